@@ -1,0 +1,170 @@
+// The Backend contract. Every numeric operation moetrain runs is a method here; the op layer
+// (src/ops) allocates outputs, checks shapes and records gradients, then calls these methods,
+// so op logic is written once and each backend only supplies arithmetic.
+//
+// Conventions for every method:
+// - Outputs come first and are preallocated by the caller, contiguous unless stated.
+// - Inputs are contiguous unless the parameter says "view" (then shape/strides/offset are
+//   honoured; a stride of 0 broadcasts).
+// - Accumulation and statistics are f32 whatever the storage dtype; bf16 results are rounded
+//   to nearest even once, on store.
+// - Shapes in names: R rows, C columns, N tokens, E experts, k top-k, B batch, S sequence,
+//   H heads, D head or hidden width, V vocabulary.
+import type { DType, HostArray } from '../tensor/dtype.js';
+import type { Tensor } from '../tensor/tensor.js';
+
+/** Opaque handle to a block of backend memory. */
+export interface DeviceBuffer { readonly bytes: number }
+
+export type UnaryOp = 'neg' | 'exp' | 'log' | 'sqrt' | 'rsqrt' | 'square' | 'silu' | 'scale' | 'addScalar';
+export type BinaryOp = 'add' | 'sub' | 'mul' | 'div';
+
+export interface MemoryStats {
+  /** Bytes held by live tensors. */
+  liveBytes: number;
+  /** Highest liveBytes since the last resetPeak(). */
+  peakBytes: number;
+  /** Bytes the backend holds from the system (allocator cache included). */
+  reservedBytes: number;
+}
+
+export interface MatmulOptions {
+  transA?: boolean;
+  transB?: boolean;
+  /** out = alpha·op(a)·op(b) + beta·out. */
+  alpha?: number;
+  beta?: number;
+}
+
+export interface AttentionOptions {
+  causal: boolean;
+  /** Softmax scale; 1/sqrt(dNope + dRope) unless a model (YaRN) says otherwise. */
+  scale: number;
+}
+
+export interface AdamHyper {
+  lr: number;
+  beta1: number;
+  beta2: number;
+  eps: number;
+  weightDecay: number;
+  /** true: AdamW (decay applied to the weights); false: Adam (decay added to the gradient, L2). */
+  decoupled: boolean;
+  /** 1-based step count for the bias corrections. */
+  step: number;
+  /** Multiplies the gradient before use (clipping and averaging folded in). */
+  gradScale: number;
+}
+
+export interface Backend {
+  readonly kind: 'cpu' | 'cuda';
+  /** What runs, in words, for the start-up line (e.g. "cpu, 2 cores" or the GPU's name). */
+  readonly description: string;
+
+  // ---- memory ----
+  alloc(bytes: number): DeviceBuffer;
+  free(buffer: DeviceBuffer): void;
+  memoryStats(): MemoryStats;
+  resetPeak(): void;
+  /** Copies host data into a contiguous tensor of the same element count and matching array type. */
+  write(dst: Tensor, src: HostArray): void;
+  /** Reads a tensor (any view) back as a new contiguous host array. */
+  read(src: Tensor): HostArray;
+  /** Waits for all queued work (timing, and before reading results). */
+  synchronize(): void;
+
+  // ---- element movement ----
+  /** dst[i] = src[i] over equal shapes; both views; converts between dtypes (f32/bf16/i32). */
+  copy(dst: Tensor, src: Tensor): void;
+  fill(dst: Tensor, value: number): void;
+
+  // ---- elementwise and reductions ----
+  /** out = op(x) (x view, same shape as out); 'scale' multiplies by scalar, 'addScalar' adds it. */
+  unary(op: UnaryOp, out: Tensor, x: Tensor, scalar?: number): void;
+  /** out = a op b; a and b are views already broadcast to out's shape (stride 0 where broadcast). */
+  binary(op: BinaryOp, out: Tensor, a: Tensor, b: Tensor): void;
+  /** out[r] = Σ_c x[r,c] (x viewed as [R, C] with C its last dimension; out has R elements). */
+  sumLastDim(out: Tensor, x: Tensor): void;
+  /** out[0] (f32) += Σ x² over all elements of x (gradient norms). */
+  sumSquaresInto(out: Tensor, x: Tensor): void;
+
+  // ---- dense algebra ----
+  /**
+   * out[b] = alpha·op(a[b])·op(b[b]) + beta·out[b]. a is [M,K] or [batch,M,K] (before op),
+   * b is [K,N] or [batch,K,N] (a rank-2 operand is shared by every batch), out is [M,N] or
+   * [batch,M,N]. a and b share a dtype (bf16 or f32); out is f32 or that dtype.
+   */
+  matmul(out: Tensor, a: Tensor, b: Tensor, opts: MatmulOptions): void;
+
+  // ---- model pieces ----
+  /** y = x·rstd·w with rstd[r] = 1/sqrt(mean(x[r]²)+eps); x,y [R,D]; w [D]; rstd [R] f32. */
+  rmsNorm(y: Tensor, rstd: Tensor, x: Tensor, w: Tensor, eps: number): void;
+  /** dx (overwritten) and dw (f32 [D], accumulated: dw += Σ_r dy·x·rstd). */
+  rmsNormBackward(dx: Tensor, dw: Tensor, dy: Tensor, x: Tensor, w: Tensor, rstd: Tensor): void;
+  /**
+   * Rotary embedding in DeepSeek's layout: x [B,S,H,D] holds interleaved pairs (x[2j], x[2j+1]);
+   * out is de-interleaved: out[j] = x[2j]·cos − x[2j+1]·sin, out[j+D/2] = x[2j+1]·cos + x[2j]·sin,
+   * with cos/sin [S, D/2] f32 tables (YaRN's magnitude scale already folded in).
+   */
+  rope(out: Tensor, x: Tensor, cos: Tensor, sin: Tensor): void;
+  /** The adjoint of rope: dx (interleaved) from dout (de-interleaved). */
+  ropeBackward(dx: Tensor, dout: Tensor, cos: Tensor, sin: Tensor): void;
+  /** out = silu(gate)·up, all [R, F]. */
+  swiglu(out: Tensor, gate: Tensor, up: Tensor): void;
+  swigluBackward(dgate: Tensor, dup: Tensor, dout: Tensor, gate: Tensor, up: Tensor): void;
+  /** out[n] = weight[ids[n]]; ids i32 [N], weight [V,D], out [N,D]. */
+  embedding(out: Tensor, ids: Tensor, weight: Tensor): void;
+  /** dweight (f32 [V,D], accumulated) += dout rows scattered by ids. */
+  embeddingBackward(dweight: Tensor, ids: Tensor, dout: Tensor): void;
+  /**
+   * Per-row softmax cross-entropy in f32. logits [N,V] (bf16 or f32), labels i32 [N] (a label < 0
+   * is ignored: loss 0). loss [N] f32, lse [N] f32 (log-sum-exp, saved for backward).
+   */
+  crossEntropy(loss: Tensor, lse: Tensor, logits: Tensor, labels: Tensor): void;
+  /** dlogits[n] = dloss[0]·scale·(softmax(logits[n]) − onehot(labels[n])); 0 for ignored rows. */
+  crossEntropyBackward(dlogits: Tensor, logits: Tensor, labels: Tensor, lse: Tensor, dloss: Tensor, scale: number): void;
+  /** Row softmax over the last dimension, f32 in and out. */
+  softmax(out: Tensor, x: Tensor): void;
+  /** dx = y·(dy − Σ dy·y), rows of the last dimension, f32. */
+  softmaxBackward(dx: Tensor, dy: Tensor, y: Tensor): void;
+  /** The k largest entries of each row of x [N,E] f32, in descending order (ties: lower index first). */
+  topk(values: Tensor, indices: Tensor, x: Tensor, k: number): void;
+  /** counts[g,e] = #{m : idx[g,m] = e}; idx i32 [G,M]; counts i32 [G,E]. */
+  bincount(counts: Tensor, idx: Tensor): void;
+  /**
+   * Groups routed slots by expert. expertOfSlot i32 [M] (M = N·k, slot m belongs to token
+   * floor(m/k)); order i32 [M] lists slots sorted by expert, stable; offsets i32 [E+1] are the
+   * group boundaries in order.
+   */
+  expertOrder(order: Tensor, offsets: Tensor, expertOfSlot: Tensor, numExperts: number): void;
+  /** out[m] = (weights ? weights[m] : 1)·x[idx[m]]; x [N,D], idx i32 [M], out [M,D]. */
+  gatherRows(out: Tensor, x: Tensor, idx: Tensor, weights: Tensor | null): void;
+  /** out[idx[m]] += (weights ? weights[m] : 1)·src[m]; out [N,D] accumulated, src [M,D]. */
+  scatterAddRows(out: Tensor, src: Tensor, idx: Tensor, weights: Tensor | null): void;
+
+  /**
+   * MLA attention. qNope [B,S,H,Dn], qPe [B,S,H,Dr], kNope [B,S,H,Dn], kPe [B,S,1,Dr] (shared by
+   * every head), v [B,S,H,Dv], all bf16 (or all f32); o [B,S,H,Dv] like the inputs; lse [B,H,S] f32
+   * (natural log of the softmax denominator of the scaled scores).
+   */
+  mlaAttention(o: Tensor, lse: Tensor, qNope: Tensor, qPe: Tensor, kNope: Tensor, kPe: Tensor, v: Tensor, opts: AttentionOptions): void;
+  /** Gradients of mlaAttention (overwritten); dkPe [B,S,1,Dr] is summed over heads. */
+  mlaAttentionBackward(
+    grads: { dqNope: Tensor; dqPe: Tensor; dkNope: Tensor; dkPe: Tensor; dv: Tensor },
+    dout: Tensor, qNope: Tensor, qPe: Tensor, kNope: Tensor, kPe: Tensor, v: Tensor, o: Tensor, lse: Tensor,
+    opts: AttentionOptions,
+  ): void;
+
+  // ---- optimizer ----
+  /**
+   * One Adam/AdamW step on f32 master weights, in place: g = grad·gradScale (+ weightDecay·param
+   * when not decoupled); m,v updated; param −= lr·(m̂/(√v̂+eps) (+ weightDecay·param when
+   * decoupled)). lowp, when given, receives the new weights rounded to its dtype (the bf16 copy
+   * used for compute).
+   */
+  adam(param: Tensor, grad: Tensor, m: Tensor, v: Tensor, lowp: Tensor | null, h: AdamHyper): void;
+}
+
+export function assertDType(t: Tensor, what: string, ...allowed: DType[]): void {
+  if (!allowed.includes(t.dtype)) throw new Error(`internal: ${what} is ${t.dtype}, expected ${allowed.join(' or ')}`);
+}

@@ -1,0 +1,103 @@
+// Tensor: a typed view (shape, strides, offset, dtype) onto a reference-counted Storage that
+// belongs to one backend. Device memory never waits for the garbage collector: a tensor is
+// released by dispose(), by the scope that created it (scope.ts), or by autograd once its
+// gradient rule has run.
+import type { Backend, DeviceBuffer } from '../backend/backend.js';
+import { bytesPerElement, type DType } from './dtype.js';
+import { trackInScope } from './scope.js';
+import type { GradLink } from '../autograd/tape.js';
+
+export type Shape = readonly number[];
+
+export function numel(shape: Shape): number {
+  let n = 1;
+  for (const d of shape) n *= d;
+  return n;
+}
+
+export function contiguousStrides(shape: Shape): number[] {
+  const s = new Array<number>(shape.length);
+  let acc = 1;
+  for (let i = shape.length - 1; i >= 0; i--) { s[i] = acc; acc *= shape[i]!; }
+  return s;
+}
+
+/** A block of backend memory shared by every view onto it. */
+export class Storage {
+  refs = 1;
+  constructor(readonly backend: Backend, readonly buffer: DeviceBuffer, readonly bytes: number) {}
+  retain(): void { this.refs++; }
+  release(): void {
+    if (this.refs <= 0) throw new Error('internal: storage released twice');
+    if (--this.refs === 0) this.backend.free(this.buffer);
+  }
+}
+
+let nextId = 1;
+
+export class Tensor {
+  readonly id = nextId++;
+  /** Set on leaves whose gradient the caller wants (parameters); see autograd/tape.ts. */
+  requiresGrad = false;
+  /** Accumulated gradient of a leaf (f32 for parameters, preallocated by the optimizer). */
+  grad: Tensor | null = null;
+  /** Set by an op that recorded this tensor as one of its outputs. */
+  gradLink: GradLink | null = null;
+  private disposed = false;
+
+  constructor(
+    readonly storage: Storage,
+    readonly shape: Shape,
+    readonly strides: readonly number[],
+    /** Offset into the storage, in elements. */
+    readonly offset: number,
+    readonly dtype: DType,
+  ) {
+    trackInScope(this);
+  }
+
+  get backend(): Backend { return this.storage.backend; }
+  get size(): number { return numel(this.shape); }
+  get rank(): number { return this.shape.length; }
+  get isDisposed(): boolean { return this.disposed; }
+  get bytes(): number { return this.size * bytesPerElement(this.dtype); }
+
+  isContiguous(): boolean {
+    let acc = 1;
+    for (let i = this.shape.length - 1; i >= 0; i--) {
+      if (this.shape[i] !== 1 && this.strides[i] !== acc) return false;
+      acc *= this.shape[i]!;
+    }
+    return true;
+  }
+
+  /** Releases this view's hold on its storage. Safe to call more than once. */
+  dispose(): void {
+    if (this.disposed) return;
+    this.disposed = true;
+    this.gradLink = null;
+    this.storage.release();
+  }
+
+  [Symbol.dispose](): void { this.dispose(); }
+
+  assertLive(what: string): void {
+    if (this.disposed) throw new Error(`internal: ${what} used a disposed tensor (id ${this.id}, shape [${this.shape}])`);
+  }
+
+  /** A new view onto the same storage. */
+  view(shape: Shape, strides: readonly number[], offset: number): Tensor {
+    this.assertLive('view');
+    this.storage.retain();
+    return new Tensor(this.storage, shape, strides, offset, this.dtype);
+  }
+
+  toString(): string { return `Tensor(${this.dtype}[${this.shape.join(',')}] on ${this.backend.kind})`; }
+}
+
+export function emptyTensor(backend: Backend, shape: Shape, dtype: DType): Tensor {
+  for (const d of shape) if (!Number.isInteger(d) || d < 0) throw new Error(`internal: bad shape [${shape}]`);
+  const bytes = numel(shape) * bytesPerElement(dtype);
+  const storage = new Storage(backend, backend.alloc(bytes), bytes);
+  return new Tensor(storage, shape, contiguousStrides(shape), 0, dtype);
+}
