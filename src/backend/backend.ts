@@ -81,7 +81,10 @@ export interface Backend {
   // ---- elementwise and reductions ----
   /** out = op(x) (x view, same shape as out); 'scale' multiplies by scalar, 'addScalar' adds it. */
   unary(op: UnaryOp, out: Tensor, x: Tensor, scalar?: number): void;
-  /** out = a op b; a and b are views already broadcast to out's shape (stride 0 where broadcast). */
+  /**
+   * out = a op b; a and b are views already broadcast to out's shape (stride 0 where broadcast).
+   * Float dtypes may be mixed (computed in f32); i32 only with i32 everywhere (index arithmetic).
+   */
   binary(op: BinaryOp, out: Tensor, a: Tensor, b: Tensor): void;
   /** out[r] = Σ_c x[r,c] (x viewed as [R, C] with C its last dimension; out has R elements). */
   sumLastDim(out: Tensor, x: Tensor): void;

@@ -41,13 +41,13 @@ export function roundToBf16InPlace(a: Float32Array): void {
   }
 }
 
-export function bf16ArrayToF32(src: Uint16Array, dst = new Float32Array(src.length)): Float32Array {
+export function bf16ArrayToF32(src: Uint16Array, dst: Float32Array = new Float32Array(src.length)): Float32Array {
   const u = new Uint32Array(dst.buffer, dst.byteOffset, dst.length);
   for (let i = 0; i < src.length; i++) u[i] = src[i]! << 16;
   return dst;
 }
 
-export function f32ArrayToBf16(src: Float32Array, dst = new Uint16Array(src.length)): Uint16Array {
+export function f32ArrayToBf16(src: Float32Array, dst: Uint16Array = new Uint16Array(src.length)): Uint16Array {
   const u = new Uint32Array(src.buffer, src.byteOffset, src.length);
   for (let i = 0; i < src.length; i++) {
     const x = u[i]!;

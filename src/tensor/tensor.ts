@@ -75,7 +75,6 @@ export class Tensor {
   dispose(): void {
     if (this.disposed) return;
     this.disposed = true;
-    this.gradLink = null;
     this.storage.release();
   }
 

@@ -1,0 +1,102 @@
+// backward(loss): runs the recorded rules in reverse topological order. Gradients of
+// intermediate tensors are disposed as soon as their node has consumed them; gradients of
+// leaves (parameters) are added into leaf.grad (f32, preallocated by the optimizer) or, when a
+// leaf has none, kept as a new f32 tensor that the caller owns.
+import { emptyTensor, type Tensor } from '../tensor/tensor.js';
+import { keep } from '../tensor/scope.js';
+import type { GradNode } from './tape.js';
+
+function addInto(acc: Tensor, g: Tensor): void {
+  acc.backend.binary('add', acc, acc, g);
+}
+
+/** prev + g, in place when prev's storage is not shared (a rule may pass a gradient through as an alias). */
+function sum(prev: Tensor, g: Tensor): Tensor {
+  if (prev.storage.refs === 1 && prev.isContiguous()) { addInto(prev, g); return prev; }
+  const out = emptyTensor(prev.backend, prev.shape, prev.dtype);
+  prev.backend.binary('add', out, prev, g);
+  prev.dispose();
+  return out;
+}
+
+/** Accumulates a gradient into a leaf's f32 grad. Used by backward and by fused rules. */
+export function accumulateLeafGrad(leaf: Tensor, g: Tensor): void {
+  if (leaf.grad) {
+    addInto(leaf.grad, g);
+  } else {
+    const acc = keep(emptyTensor(g.backend, leaf.shape, 'f32'));
+    g.backend.copy(acc, g);
+    leaf.grad = acc;
+  }
+}
+
+/** Topological order of the nodes reachable from root (inputs before the nodes that use them). */
+function topoOrder(root: GradNode): GradNode[] {
+  const order: GradNode[] = [];
+  const state = new Map<GradNode, 'open' | 'done'>();
+  const stack: { node: GradNode; next: number }[] = [{ node: root, next: 0 }];
+  state.set(root, 'open');
+  while (stack.length) {
+    const top = stack[stack.length - 1]!;
+    if (top.next < top.node.inputs.length) {
+      const link = top.node.inputs[top.next++]!.gradLink;
+      if (link && !state.has(link.node)) {
+        state.set(link.node, 'open');
+        stack.push({ node: link.node, next: 0 });
+      }
+    } else {
+      state.set(top.node, 'done');
+      order.push(top.node);
+      stack.pop();
+    }
+  }
+  return order;
+}
+
+/**
+ * Back-propagates from a scalar (or any) tensor. seed defaults to ones of root's shape. Every
+ * node reached is released afterwards, so backward runs once per forward.
+ */
+export function backward(root: Tensor, seed?: Tensor): void {
+  const rootLink = root.gradLink;
+  if (!rootLink) throw new Error('internal: backward() on a tensor that no recorded op produced');
+  const grads = new Map<GradNode, (Tensor | null)[]>();
+  const slot = (n: GradNode) => {
+    let g = grads.get(n);
+    if (!g) { g = new Array<Tensor | null>(n.outputCount).fill(null); grads.set(n, g); }
+    return g;
+  };
+  let seedGrad = seed;
+  if (!seedGrad) {
+    seedGrad = emptyTensor(root.backend, root.shape, 'f32');
+    root.backend.fill(seedGrad, 1);
+  }
+  slot(rootLink.node)[rootLink.index] = seedGrad;
+
+  const order = topoOrder(rootLink.node);
+  for (let i = order.length - 1; i >= 0; i--) {
+    const node = order[i]!;
+    const gouts = slot(node);
+    grads.delete(node);
+    const rule = node.rule;
+    if (!rule) throw new Error(`internal: ${node.name} has no backward rule (backward run twice?)`);
+    const gins = gouts.some((g) => g !== null) ? rule(gouts) : [];
+    node.release();
+    for (const g of gouts) if (g && g !== seed) g.dispose();
+    node.inputs.forEach((input, j) => {
+      const g = gins[j];
+      if (!g) return;
+      const link = input.gradLink;
+      if (link) {
+        const s = slot(link.node);
+        const prev = s[link.index];
+        if (prev) { s[link.index] = sum(prev, g); g.dispose(); } else s[link.index] = g;
+      } else if (input.requiresGrad) {
+        accumulateLeafGrad(input, g);
+        g.dispose();
+      } else {
+        g.dispose();
+      }
+    });
+  }
+}

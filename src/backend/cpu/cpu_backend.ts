@@ -1,0 +1,179 @@
+// The CPU backend: plain TypeScript over ArrayBuffers. It is the oracle every GPU kernel is
+// tested against and the default where there is no GPU, so it favours the direct definition
+// over speed (except in matmul, which dominates the default run).
+import os from 'node:os';
+import { bytesPerElement, type HostArray } from '../../tensor/dtype.js';
+import type { Tensor } from '../../tensor/tensor.js';
+import type { AdamHyper, AttentionOptions, Backend, BinaryOp, DeviceBuffer, MatmulOptions, MemoryStats, UnaryOp } from '../backend.js';
+import { HostBuffer, arrayOf, denseView, forEachIndex, readF32, storageArray, writeF32 } from './host.js';
+import { cpuMatmul } from './matmul.js';
+import { cpuMlaAttention, cpuMlaAttentionBackward } from './attention.js';
+import * as m from './model_ops.js';
+
+function unaryFn(op: UnaryOp, s: number): (x: number) => number {
+  switch (op) {
+    case 'neg': return (x) => -x;
+    case 'exp': return Math.exp;
+    case 'log': return Math.log;
+    case 'sqrt': return Math.sqrt;
+    case 'rsqrt': return (x) => 1 / Math.sqrt(x);
+    case 'square': return (x) => x * x;
+    case 'silu': return (x) => x / (1 + Math.exp(-x));
+    case 'scale': return (x) => x * s;
+    case 'addScalar': return (x) => x + s;
+    default: return op satisfies never;
+  }
+}
+
+function binaryFn(op: BinaryOp): (a: number, b: number) => number {
+  switch (op) {
+    case 'add': return (a, b) => a + b;
+    case 'sub': return (a, b) => a - b;
+    case 'mul': return (a, b) => a * b;
+    case 'div': return (a, b) => a / b;
+    default: return op satisfies never;
+  }
+}
+
+export class CpuBackend implements Backend {
+  readonly kind = 'cpu' as const;
+  readonly description = `cpu (${os.availableParallelism()} cores, TypeScript reference backend)`;
+  private live = 0;
+  private peak = 0;
+
+  alloc(bytes: number): DeviceBuffer {
+    // 8-byte granularity keeps every typed-array view aligned.
+    const buf = new HostBuffer(new ArrayBuffer(Math.ceil(bytes / 8) * 8), bytes);
+    this.live += bytes;
+    if (this.live > this.peak) this.peak = this.live;
+    return buf;
+  }
+  free(buffer: DeviceBuffer): void { this.live -= buffer.bytes; }
+  memoryStats(): MemoryStats { return { liveBytes: this.live, peakBytes: this.peak, reservedBytes: this.live }; }
+  resetPeak(): void { this.peak = this.live; }
+  synchronize(): void {}
+
+  write(dst: Tensor, src: HostArray): void {
+    const view = denseView(dst);
+    if (view.constructor !== src.constructor || view.length !== src.length) {
+      throw new Error(`internal: write of ${src.constructor.name}[${src.length}] into ${dst}`);
+    }
+    (view as Float32Array).set(src as Float32Array);
+  }
+
+  read(src: Tensor): HostArray {
+    if (src.isContiguous()) return denseView(src).slice();
+    const all = storageArray(src);
+    const out = arrayOf(src.dtype, new ArrayBuffer(src.size * bytesPerElement(src.dtype)), 0, src.size);
+    forEachIndex(src, (i, at) => { out[i] = all[at]!; });
+    return out;
+  }
+
+  copy(dst: Tensor, src: Tensor): void {
+    if (dst.size !== src.size) throw new Error(`internal: copy ${src} into ${dst}`);
+    const d = storageArray(dst);
+    if (dst.dtype === src.dtype) {
+      const s = storageArray(src);
+      const vals = new Array<number>(src.size);
+      forEachIndex(src, (i, at) => { vals[i] = s[at]!; });
+      forEachIndex(dst, (i, at) => { d[at] = vals[i]!; });
+      return;
+    }
+    const vals = readF32(src);
+    if (dst.isContiguous()) { writeF32(dst, vals); return; }
+    const tmp = arrayOf(dst.dtype, new ArrayBuffer(dst.size * bytesPerElement(dst.dtype)), 0, dst.size);
+    if (tmp instanceof Int32Array) for (let i = 0; i < vals.length; i++) tmp[i] = Math.round(vals[i]!);
+    else if (tmp instanceof Float32Array) tmp.set(vals);
+    else { const f = new Float32Array(vals); const u = new Uint32Array(f.buffer); for (let i = 0; i < f.length; i++) { const x = u[i]!; tmp[i] = ((x + 0x7fff + ((x >>> 16) & 1)) >>> 16) & 0xffff; } }
+    forEachIndex(dst, (i, at) => { d[at] = tmp[i]!; });
+  }
+
+  fill(dst: Tensor, value: number): void {
+    const n = dst.size;
+    const vals = new Float32Array(n).fill(value);
+    if (dst.dtype === 'i32') { (denseView(dst) as Int32Array).fill(value); return; }
+    writeF32(dst, vals);
+  }
+
+  unary(op: UnaryOp, out: Tensor, x: Tensor, scalar = 0): void {
+    const f = unaryFn(op, scalar);
+    const X = readF32(x);
+    for (let i = 0; i < X.length; i++) X[i] = f(X[i]!);
+    writeF32(out, X);
+  }
+
+  binary(op: BinaryOp, out: Tensor, a: Tensor, b: Tensor): void {
+    const f = binaryFn(op);
+    if (out.dtype === 'i32') {
+      const A = this.read(a) as Int32Array, B = this.read(b) as Int32Array, O = denseView(out) as Int32Array;
+      for (let i = 0; i < O.length; i++) O[i] = f(A[i]!, B[i]!) | 0;
+      return;
+    }
+    const A = readF32(a), B = readF32(b);
+    for (let i = 0; i < A.length; i++) A[i] = f(A[i]!, B[i]!);
+    writeF32(out, A);
+  }
+
+  sumLastDim(out: Tensor, x: Tensor): void {
+    const C = x.shape[x.rank - 1] ?? 1, R = x.size / C;
+    const X = readF32(x), O = new Float32Array(R);
+    for (let r = 0; r < R; r++) { let s = 0; for (let c = 0; c < C; c++) s += X[r * C + c]!; O[r] = s; }
+    writeF32(out, O);
+  }
+
+  sumSquaresInto(out: Tensor, x: Tensor): void {
+    const X = readF32(x);
+    let s = 0;
+    for (let i = 0; i < X.length; i++) s += X[i]! * X[i]!;
+    (denseView(out) as Float32Array)[0] += s;
+  }
+
+  matmul(out: Tensor, a: Tensor, b: Tensor, opts: MatmulOptions): void { cpuMatmul(out, a, b, opts); }
+
+  rmsNorm(y: Tensor, rstd: Tensor, x: Tensor, w: Tensor, eps: number): void { m.rmsNorm(y, rstd, x, w, eps); }
+  rmsNormBackward(dx: Tensor, dw: Tensor, dy: Tensor, x: Tensor, w: Tensor, rstd: Tensor): void { m.rmsNormBackward(dx, dw, dy, x, w, rstd); }
+  rope(out: Tensor, x: Tensor, cos: Tensor, sin: Tensor): void { m.rope(out, x, cos, sin); }
+  ropeBackward(dx: Tensor, dout: Tensor, cos: Tensor, sin: Tensor): void { m.ropeBackward(dx, dout, cos, sin); }
+  swiglu(out: Tensor, gate: Tensor, up: Tensor): void { m.swiglu(out, gate, up); }
+  swigluBackward(dgate: Tensor, dup: Tensor, dout: Tensor, gate: Tensor, up: Tensor): void { m.swigluBackward(dgate, dup, dout, gate, up); }
+  embedding(out: Tensor, ids: Tensor, weight: Tensor): void { m.embedding(out, ids, weight); }
+  embeddingBackward(dweight: Tensor, ids: Tensor, dout: Tensor): void { m.embeddingBackward(dweight, ids, dout); }
+  crossEntropy(loss: Tensor, lse: Tensor, logits: Tensor, labels: Tensor): void { m.crossEntropy(loss, lse, logits, labels); }
+  crossEntropyBackward(dlogits: Tensor, logits: Tensor, labels: Tensor, lse: Tensor, dloss: Tensor, scale: number): void {
+    m.crossEntropyBackward(dlogits, logits, labels, lse, dloss, scale);
+  }
+  softmax(out: Tensor, x: Tensor): void { m.softmax(out, x); }
+  softmaxBackward(dx: Tensor, dy: Tensor, y: Tensor): void { m.softmaxBackward(dx, dy, y); }
+  topk(values: Tensor, indices: Tensor, x: Tensor, k: number): void { m.topk(values, indices, x, k); }
+  bincount(counts: Tensor, idx: Tensor): void { m.bincount(counts, idx); }
+  expertOrder(order: Tensor, offsets: Tensor, expertOfSlot: Tensor, numExperts: number): void { m.expertOrder(order, offsets, expertOfSlot, numExperts); }
+  gatherRows(out: Tensor, x: Tensor, idx: Tensor, weights: Tensor | null): void { m.gatherRows(out, x, idx, weights); }
+  scatterAddRows(out: Tensor, src: Tensor, idx: Tensor, weights: Tensor | null): void { m.scatterAddRows(out, src, idx, weights); }
+
+  mlaAttention(o: Tensor, lse: Tensor, qNope: Tensor, qPe: Tensor, kNope: Tensor, kPe: Tensor, v: Tensor, opts: AttentionOptions): void {
+    cpuMlaAttention(o, lse, qNope, qPe, kNope, kPe, v, opts);
+  }
+  mlaAttentionBackward(
+    grads: { dqNope: Tensor; dqPe: Tensor; dkNope: Tensor; dkPe: Tensor; dv: Tensor },
+    dout: Tensor, qNope: Tensor, qPe: Tensor, kNope: Tensor, kPe: Tensor, v: Tensor, o: Tensor, lse: Tensor, opts: AttentionOptions,
+  ): void {
+    cpuMlaAttentionBackward(grads, dout, qNope, qPe, kNope, kPe, v, o, lse, opts);
+  }
+
+  adam(param: Tensor, grad: Tensor, mom: Tensor, vel: Tensor, lowp: Tensor | null, h: AdamHyper): void {
+    const P = denseView(param) as Float32Array, G = denseView(grad) as Float32Array;
+    const M = denseView(mom) as Float32Array, V = denseView(vel) as Float32Array;
+    const bc1 = 1 - h.beta1 ** h.step, bc2 = 1 - h.beta2 ** h.step;
+    for (let i = 0; i < P.length; i++) {
+      let g = G[i]! * h.gradScale;
+      if (!h.decoupled) g += h.weightDecay * P[i]!;
+      const mi = h.beta1 * M[i]! + (1 - h.beta1) * g;
+      const vi = h.beta2 * V[i]! + (1 - h.beta2) * g * g;
+      M[i] = mi; V[i] = vi;
+      let upd = (mi / bc1) / (Math.sqrt(vi / bc2) + h.eps);
+      if (h.decoupled) upd += h.weightDecay * P[i]!;
+      P[i] = P[i]! - h.lr * upd;
+    }
+    if (lowp) writeF32(lowp, P);
+  }
+}
