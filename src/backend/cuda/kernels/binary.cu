@@ -1,0 +1,40 @@
+// out = a op b: elementwise over out's (collapsed) shape; a and b are views already broadcast to
+// it (stride 0 where broadcast); out contiguous. Floor: (bytes of a + b + out) / ~3 TB/s, less
+// where broadcasting makes an operand re-read from cache.
+#include "common.cuh"
+
+// Codes shared with cuda_backend.ts (BINARY_CODE there).
+#define OP_ADD 0
+#define OP_SUB 1
+#define OP_MUL 2
+#define OP_DIV 3
+
+__device__ __forceinline__ float apply_binary(int op, float a, float b) {
+  switch (op) {
+    case OP_ADD: return a + b;
+    case OP_SUB: return a - b;
+    case OP_MUL: return a * b;
+    case OP_DIV: return a / b;
+    default: return MT_NAN;
+  }
+}
+
+template <typename TO, typename TA, typename TB>
+__device__ __forceinline__ void binary_body(TO* __restrict__ out, const TA* a, const TB* b, long long n, int op, int rank,
+                                            const int* dims, const long long* as, const long long* bs) {
+  MT_GRID_STRIDE(i, n) {
+    long long oa, ob;
+    if (rank == 1) { oa = i * as[MT_MAX_RANK - 1]; ob = i * bs[MT_MAX_RANK - 1]; }
+    else view_offset2((unsigned)i, rank, dims, as, bs, &oa, &ob);
+    out[i] = from_f32<TO>(apply_binary(op, to_f32(a[oa]), to_f32(b[ob])));
+  }
+}
+
+// a and b are not __restrict__: out may be one of them (in-place updates).
+#define MT_BINARY(TO, TA, TB)                                                                                          \
+  extern "C" __global__ void binary_##TO##_##TA##_##TB(TO* out, const TA* a, const TB* b, long long n, int op, int rank, \
+                                                       MT_SHAPE_PARAMS, MT_STRIDE_PARAMS(as), MT_STRIDE_PARAMS(bs)) {  \
+    MT_SHAPE_ARRAY; MT_STRIDE_ARRAY(as); MT_STRIDE_ARRAY(bs);                                                          \
+    binary_body<TO, TA, TB>(out, a, b, n, op, rank, dims, as, bs);                                                     \
+  }
+MT_FLOAT_TYPES3(MT_BINARY)

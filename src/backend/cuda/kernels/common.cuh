@@ -1,0 +1,152 @@
+// Shared by the elementwise and reduction kernels: element types with f32 load/store, warp and
+// block reductions, and the index arithmetic of strided views. Written without the CUDA headers
+// (no cuda_bf16.h, no <cstdint>) so NVRTC compiles it with no include path beyond this folder.
+//
+// Element types are named as the TypeScript dtypes (f32, bf16, i32) so that a kernel instantiated
+// for types A, B is exported as `<name>_<A>_<B>` and the host builds that name from tensor dtypes.
+#pragma once
+
+typedef float f32;
+typedef int i32;
+/** bf16 as its raw 16-bit pattern: the top half of an f32. */
+struct __align__(2) bf16 { unsigned short bits; };
+
+#define MT_FLT_MAX 3.402823466e+38f
+#define MT_INF __int_as_float(0x7f800000)
+#define MT_NAN __int_as_float(0x7fffffff)
+
+__device__ __forceinline__ float to_f32(float x) { return x; }
+__device__ __forceinline__ float to_f32(bf16 x) { return __uint_as_float(((unsigned)x.bits) << 16); }
+__device__ __forceinline__ float to_f32(int x) { return (float)x; }
+
+/** f32 → T, rounding to nearest even once (the only rounding a bf16 result sees). */
+template <typename T> __device__ __forceinline__ T from_f32(float x);
+template <> __device__ __forceinline__ float from_f32<float>(float x) { return x; }
+template <> __device__ __forceinline__ bf16 from_f32<bf16>(float x) {
+  unsigned short h;
+  asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(h) : "f"(x));
+  bf16 r; r.bits = h; return r;
+}
+// Truncation toward zero, as an Int32Array store of a small float does on the CPU.
+template <> __device__ __forceinline__ int from_f32<int>(float x) { return (int)x; }
+
+/** dst = src with dtype conversion; same-type copies move bits (exact for i32 above 2^24). */
+template <typename TO, typename TI> struct Convert {
+  static __device__ __forceinline__ TO run(TI x) { return from_f32<TO>(to_f32(x)); }
+};
+template <typename T> struct Convert<T, T> {
+  static __device__ __forceinline__ T run(T x) { return x; }
+};
+
+// ---- 16-byte vectors: 4 f32 or 8 bf16 per load ----
+
+template <typename T> struct Vec16 { static constexpr int N = 16 / sizeof(T); };
+
+/** Loads 16 aligned bytes as Vec16<T>::N floats. */
+__device__ __forceinline__ void load16(const float* p, float* out) {
+  float4 v = *reinterpret_cast<const float4*>(p);
+  out[0] = v.x; out[1] = v.y; out[2] = v.z; out[3] = v.w;
+}
+__device__ __forceinline__ void load16(const bf16* p, float* out) {
+  uint4 v = *reinterpret_cast<const uint4*>(p);
+  unsigned w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    out[2 * i] = __uint_as_float(w[i] << 16);
+    out[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+  }
+}
+__device__ __forceinline__ void store16(float* p, const float* in) {
+  *reinterpret_cast<float4*>(p) = make_float4(in[0], in[1], in[2], in[3]);
+}
+__device__ __forceinline__ void store16(bf16* p, const float* in) {
+  unsigned w[4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    w[i] = (unsigned)from_f32<bf16>(in[2 * i]).bits | ((unsigned)from_f32<bf16>(in[2 * i + 1]).bits << 16);
+  }
+  *reinterpret_cast<uint4*>(p) = make_uint4(w[0], w[1], w[2], w[3]);
+}
+
+/** Elements before p+i reaches 16-byte alignment (p must be element-aligned), at most n. */
+template <typename T> __device__ __forceinline__ int head_to_align16(const T* p, int n) {
+  unsigned long long a = (unsigned long long)p;
+  int mis = (int)((16 - (a & 15)) & 15) / (int)sizeof(T);
+  return mis < n ? mis : n;
+}
+
+// ---- reductions (f32) ----
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+/** Sum over the block, returned to every thread. scratch: 32 floats of shared memory. */
+__device__ __forceinline__ float block_sum(float v, float* scratch) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = (blockDim.x + 31) >> 5;
+  v = warp_sum(v);
+  __syncthreads();  // scratch may still be read by a previous call
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  v = lane < warps ? scratch[lane] : 0.f;
+  return warp_sum(v);
+}
+
+// ---- strided views ----
+// The host collapses a view to at most MT_MAX_RANK dimensions, innermost last, padding at the
+// front with size-1 dimensions; sizes and strides arrive as separate scalar parameters.
+#define MT_MAX_RANK 6
+
+#define MT_SHAPE_PARAMS int d0, int d1, int d2, int d3, int d4, int d5
+#define MT_STRIDE_PARAMS(p) long long p##0, long long p##1, long long p##2, long long p##3, long long p##4, long long p##5
+#define MT_SHAPE_ARRAY const int dims[MT_MAX_RANK] = {d0, d1, d2, d3, d4, d5}
+#define MT_STRIDE_ARRAY(p) const long long p[MT_MAX_RANK] = {p##0, p##1, p##2, p##3, p##4, p##5}
+
+/** Element offset of linear index i (row-major over dims) in a view with the given strides. */
+__device__ __forceinline__ long long view_offset(unsigned i, int rank, const int* dims, const long long* strides) {
+  long long off = 0;
+#pragma unroll
+  for (int k = MT_MAX_RANK - 1; k >= 0; --k) {
+    if (k >= MT_MAX_RANK - rank) {
+      unsigned d = (unsigned)dims[k];
+      unsigned q = i / d;
+      off += (long long)(i - q * d) * strides[k];
+      i = q;
+    }
+  }
+  return off;
+}
+
+/** Offsets of linear index i in two views of the same shape (one division chain for both). */
+__device__ __forceinline__ void view_offset2(unsigned i, int rank, const int* dims, const long long* sa, const long long* sb,
+                                             long long* oa, long long* ob) {
+  long long a = 0, b = 0;
+#pragma unroll
+  for (int k = MT_MAX_RANK - 1; k >= 0; --k) {
+    if (k >= MT_MAX_RANK - rank) {
+      unsigned d = (unsigned)dims[k];
+      unsigned q = i / d;
+      unsigned c = i - q * d;
+      a += (long long)c * sa[k];
+      b += (long long)c * sb[k];
+      i = q;
+    }
+  }
+  *oa = a; *ob = b;
+}
+
+#define MT_GRID_STRIDE(i, n) for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (long long)gridDim.x * blockDim.x)
+
+// ---- instantiation helpers: M(A), M(A,B), M(A,B,C) over the float types ----
+#define MT_FLOAT_TYPES1(M) M(f32) M(bf16)
+#define MT_FLOAT_TYPES2(M) M(f32, f32) M(f32, bf16) M(bf16, f32) M(bf16, bf16)
+#define MT_FLOAT_TYPES3(M) \
+  M(f32, f32, f32) M(f32, f32, bf16) M(f32, bf16, f32) M(f32, bf16, bf16) \
+  M(bf16, f32, f32) M(bf16, f32, bf16) M(bf16, bf16, f32) M(bf16, bf16, bf16)

@@ -1,0 +1,30 @@
+// out[m] = (weights ? weights[m] : 1)·x[idx[m]] for x [N,D], idx i32 [M], out [M,D] (MoE dispatch
+// of tokens to expert-ordered slots). One block per output row; an index outside [0,N) gives a NaN
+// row. Floor: M·D·(bytes of x + out) / ~3 TB/s, e.g. 98304 × 2048 bf16 in and out: 805 MB ≈ 0.27 ms.
+#include "common.cuh"
+
+template <typename TO, typename TX, typename TW>
+__device__ __forceinline__ void gather_rows(TO* __restrict__ out, const TX* __restrict__ x, const int* __restrict__ idx,
+                                            const TW* __restrict__ weights, int N, int D) {
+  const long long m = blockIdx.x;
+  const int src = idx[m];
+  TO* o = out + m * D;
+  if (src < 0 || src >= N) {
+    for (int d = threadIdx.x; d < D; d += blockDim.x) o[d] = from_f32<TO>(MT_NAN);
+    return;
+  }
+  const TX* xr = x + (long long)src * D;
+  if (weights == nullptr) {
+    for (int d = threadIdx.x; d < D; d += blockDim.x) o[d] = Convert<TO, TX>::run(xr[d]);
+  } else {
+    const float w = to_f32(weights[m]);
+    for (int d = threadIdx.x; d < D; d += blockDim.x) o[d] = from_f32<TO>(w * to_f32(xr[d]));
+  }
+}
+
+#define MT_GATHER(TO, TX, TW)                                                                                        \
+  extern "C" __global__ void gather_rows_##TO##_##TX##_##TW(TO* out, const TX* x, const int* idx, const TW* weights, \
+                                                            int N, int D) {                                          \
+    gather_rows<TO, TX, TW>(out, x, idx, weights, N, D);                                                             \
+  }
+MT_FLOAT_TYPES3(MT_GATHER)
