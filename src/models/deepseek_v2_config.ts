@@ -1,0 +1,216 @@
+// The DeepSeek-V2 configuration, read from a Hugging Face config.json: every field checked for
+// type and consistency up front, so a typo or an impossible size fails before any allocation.
+import { readFileSync } from 'node:fs';
+
+export interface RopeScaling {
+  type: 'yarn';
+  factor: number;
+  original_max_position_embeddings: number;
+  beta_fast: number;
+  beta_slow: number;
+  mscale: number;
+  mscale_all_dim: number;
+}
+
+export interface DeepseekV2Config {
+  vocab_size: number;
+  hidden_size: number;
+  /** Width of the dense SwiGLU in the first first_k_dense_replace layers. */
+  intermediate_size: number;
+  /** Width of each routed expert's SwiGLU (shared experts: n_shared_experts × this). */
+  moe_intermediate_size: number;
+  num_hidden_layers: number;
+  num_attention_heads: number;
+  /** null: a single q_proj; a number: q_a_proj → RMSNorm → q_b_proj through this rank. */
+  q_lora_rank: number | null;
+  kv_lora_rank: number;
+  qk_nope_head_dim: number;
+  qk_rope_head_dim: number;
+  v_head_dim: number;
+  n_routed_experts: number;
+  n_shared_experts: number;
+  num_experts_per_tok: number;
+  /** Renormalise the top-k router weights to sum to 1. */
+  norm_topk_prob: boolean;
+  routed_scaling_factor: number;
+  /** Layers [0, first_k_dense_replace) use the dense MLP; the rest are MoE (moe_layer_freq 1). */
+  first_k_dense_replace: number;
+  moe_layer_freq: number;
+  rms_norm_eps: number;
+  rope_theta: number;
+  rope_scaling: RopeScaling | null;
+  max_position_embeddings: number;
+  initializer_range: number;
+  tie_word_embeddings: boolean;
+  /** Load-balance loss coefficient as HF names it; moetrain's training config may override it. */
+  aux_loss_alpha: number;
+  bos_token_id: number | null;
+  eos_token_id: number | null;
+}
+
+type Kind = 'int' | 'int?' | 'number' | 'bool' | 'rope' | 'ignored';
+
+/** Every field moetrain accepts, with its kind. HF bookkeeping fields are accepted and ignored. */
+const FIELDS: Record<string, Kind> = {
+  vocab_size: 'int', hidden_size: 'int', intermediate_size: 'int', moe_intermediate_size: 'int',
+  num_hidden_layers: 'int', num_attention_heads: 'int', num_key_value_heads: 'int', q_lora_rank: 'int?',
+  kv_lora_rank: 'int', qk_nope_head_dim: 'int', qk_rope_head_dim: 'int', v_head_dim: 'int',
+  n_routed_experts: 'int', n_shared_experts: 'int', num_experts_per_tok: 'int', norm_topk_prob: 'bool',
+  routed_scaling_factor: 'number', first_k_dense_replace: 'int', moe_layer_freq: 'int', rms_norm_eps: 'number',
+  rope_theta: 'number', rope_scaling: 'rope', max_position_embeddings: 'int', initializer_range: 'number',
+  tie_word_embeddings: 'bool', aux_loss_alpha: 'number', bos_token_id: 'int?', eos_token_id: 'int?',
+  n_group: 'int', topk_group: 'int',
+  architectures: 'ignored', attention_bias: 'ignored', attention_dropout: 'ignored', auto_map: 'ignored',
+  hidden_act: 'ignored', model_type: 'ignored', pretraining_tp: 'ignored', scoring_func: 'ignored',
+  seq_aux: 'ignored', topk_method: 'ignored', torch_dtype: 'ignored', transformers_version: 'ignored',
+  use_cache: 'ignored', ep_size: 'ignored', _name_or_path: 'ignored',
+};
+
+const DEFAULTS: Partial<DeepseekV2Config> = {
+  q_lora_rank: null, norm_topk_prob: false, routed_scaling_factor: 1, first_k_dense_replace: 0, moe_layer_freq: 1,
+  rms_norm_eps: 1e-6, rope_theta: 10000, rope_scaling: null, max_position_embeddings: 4096, initializer_range: 0.02,
+  tie_word_embeddings: false, aux_loss_alpha: 0.001, bos_token_id: null, eos_token_id: null, n_shared_experts: 0,
+};
+
+function editDistance(a: string, b: string): number {
+  const d = Array.from({ length: a.length + 1 }, (_, i) => [i, ...new Array<number>(b.length).fill(0)]);
+  for (let j = 1; j <= b.length; j++) d[0]![j] = j;
+  for (let i = 1; i <= a.length; i++) for (let j = 1; j <= b.length; j++) {
+    d[i]![j] = Math.min(d[i - 1]![j]! + 1, d[i]![j - 1]! + 1, d[i - 1]![j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1));
+  }
+  return d[a.length]![b.length]!;
+}
+
+export function closestName(name: string, names: readonly string[]): string | null {
+  let best: string | null = null, bestD = Infinity;
+  for (const n of names) { const dd = editDistance(name, n); if (dd < bestD) { bestD = dd; best = n; } }
+  return bestD <= Math.max(2, Math.floor(name.length / 3)) ? best : null;
+}
+
+function fail(source: string, msg: string): never {
+  throw new Error(`${source}: ${msg}`);
+}
+
+/** Validates a parsed config.json object; `source` names it in errors (a path or "model config"). */
+export function parseDeepseekV2Config(raw: unknown, source: string): DeepseekV2Config {
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) fail(source, 'expected a JSON object');
+  const obj = raw as Record<string, unknown>;
+  const out: Record<string, unknown> = { ...DEFAULTS };
+  for (const [key, value] of Object.entries(obj)) {
+    const kind = FIELDS[key];
+    if (!kind) {
+      const near = closestName(key, Object.keys(FIELDS));
+      fail(source, `unknown field "${key}"${near ? ` (did you mean "${near}"?)` : ''}; remove it or fix its name`);
+    }
+    if (kind === 'ignored') continue;
+    const bad = (want: string) => fail(source, `field "${key}" must be ${want}, got ${JSON.stringify(value)}`);
+    switch (kind) {
+      case 'int': if (!Number.isInteger(value) || (value as number) < 0) bad('a non-negative integer'); break;
+      case 'int?': if (value !== null && (!Number.isInteger(value) || (value as number) < 0)) bad('a non-negative integer or null'); break;
+      case 'number': if (typeof value !== 'number' || !Number.isFinite(value)) bad('a number'); break;
+      case 'bool': if (typeof value !== 'boolean') bad('true or false'); break;
+      case 'rope': if (value !== null) out[key] = parseRopeScaling(value, source); continue;
+      default: kind satisfies never;
+    }
+    out[key] = value;
+  }
+  const required = ['vocab_size', 'hidden_size', 'intermediate_size', 'moe_intermediate_size', 'num_hidden_layers',
+    'num_attention_heads', 'kv_lora_rank', 'qk_nope_head_dim', 'qk_rope_head_dim', 'v_head_dim', 'n_routed_experts', 'num_experts_per_tok'];
+  for (const r of required) if (out[r] === undefined) fail(source, `missing required field "${r}"`);
+  const c = out as unknown as DeepseekV2Config;
+  const heads = obj['num_key_value_heads'];
+  if (heads !== undefined && heads !== c.num_attention_heads) fail(source, `num_key_value_heads (${heads}) must equal num_attention_heads (${c.num_attention_heads}) for MLA`);
+  for (const k of ['vocab_size', 'hidden_size', 'num_hidden_layers', 'num_attention_heads', 'kv_lora_rank', 'qk_nope_head_dim', 'v_head_dim', 'n_routed_experts', 'num_experts_per_tok', 'moe_intermediate_size'] as const) {
+    if ((c[k] as number) <= 0) fail(source, `"${k}" must be at least 1`);
+  }
+  if (c.qk_rope_head_dim <= 0 || c.qk_rope_head_dim % 2 !== 0) fail(source, `"qk_rope_head_dim" must be a positive even number (rotary pairs), got ${c.qk_rope_head_dim}`);
+  if (c.num_experts_per_tok > c.n_routed_experts) {
+    fail(source, `num_experts_per_tok (${c.num_experts_per_tok}) is larger than n_routed_experts (${c.n_routed_experts}); top-k cannot pick more experts than exist`);
+  }
+  if (c.first_k_dense_replace > c.num_hidden_layers) fail(source, `first_k_dense_replace (${c.first_k_dense_replace}) exceeds num_hidden_layers (${c.num_hidden_layers})`);
+  if (c.moe_layer_freq !== 1) fail(source, `moe_layer_freq ${c.moe_layer_freq} is not supported (only 1, as in every DeepSeek-V2 release)`);
+  if (c.first_k_dense_replace > 0 && c.intermediate_size <= 0) fail(source, '"intermediate_size" must be at least 1 when there are dense layers');
+  if (c.tie_word_embeddings) fail(source, 'tie_word_embeddings true is not supported (DeepSeek-V2 unties lm_head)');
+  return c;
+}
+
+function parseRopeScaling(v: unknown, source: string): RopeScaling {
+  if (typeof v !== 'object' || v === null) fail(source, '"rope_scaling" must be an object or null');
+  const r = v as Record<string, unknown>;
+  const type = r['type'] ?? r['rope_type'];
+  if (type !== 'yarn') fail(source, `rope_scaling type ${JSON.stringify(type)} is not supported (only "yarn"; use null for plain RoPE)`);
+  const num = (k: string, d?: number): number => {
+    const x = r[k] ?? d;
+    if (typeof x !== 'number' || !Number.isFinite(x)) fail(source, `rope_scaling.${k} must be a number`);
+    return x;
+  };
+  const known = ['type', 'rope_type', 'factor', 'original_max_position_embeddings', 'beta_fast', 'beta_slow', 'mscale', 'mscale_all_dim'];
+  for (const k of Object.keys(r)) if (!known.includes(k)) fail(source, `unknown field "rope_scaling.${k}"`);
+  return {
+    type: 'yarn', factor: num('factor'), original_max_position_embeddings: num('original_max_position_embeddings', 4096),
+    beta_fast: num('beta_fast', 32), beta_slow: num('beta_slow', 1), mscale: num('mscale', 1), mscale_all_dim: num('mscale_all_dim', 0),
+  };
+}
+
+export function loadDeepseekV2Config(path: string): DeepseekV2Config {
+  let text: string;
+  try { text = readFileSync(path, 'utf8'); } catch (e) { throw new Error(`${path}: cannot read the model config (${(e as NodeJS.ErrnoException).code ?? e}); pass an existing config.json`); }
+  let raw: unknown;
+  try { raw = JSON.parse(text); } catch (e) { throw new Error(`${path}: not valid JSON (${(e as Error).message})`); }
+  return parseDeepseekV2Config(raw, path);
+}
+
+export function isMoeLayer(c: DeepseekV2Config, layer: number): boolean {
+  return layer >= c.first_k_dense_replace;
+}
+
+/** Every parameter's HF name and shape, in the model's order (no allocation). */
+export function parameterShapes(c: DeepseekV2Config): { name: string; shape: number[] }[] {
+  const D = c.hidden_size, H = c.num_attention_heads, dq = c.qk_nope_head_dim + c.qk_rope_head_dim;
+  const out: { name: string; shape: number[] }[] = [{ name: 'model.embed_tokens.weight', shape: [c.vocab_size, D] }];
+  const mlp = (p: string, width: number) => {
+    out.push({ name: `${p}.gate_proj.weight`, shape: [width, D] }, { name: `${p}.up_proj.weight`, shape: [width, D] }, { name: `${p}.down_proj.weight`, shape: [D, width] });
+  };
+  for (let l = 0; l < c.num_hidden_layers; l++) {
+    const p = `model.layers.${l}`;
+    out.push({ name: `${p}.input_layernorm.weight`, shape: [D] });
+    if (c.q_lora_rank === null) out.push({ name: `${p}.self_attn.q_proj.weight`, shape: [H * dq, D] });
+    else out.push(
+      { name: `${p}.self_attn.q_a_proj.weight`, shape: [c.q_lora_rank, D] },
+      { name: `${p}.self_attn.q_a_layernorm.weight`, shape: [c.q_lora_rank] },
+      { name: `${p}.self_attn.q_b_proj.weight`, shape: [H * dq, c.q_lora_rank] });
+    out.push(
+      { name: `${p}.self_attn.kv_a_proj_with_mqa.weight`, shape: [c.kv_lora_rank + c.qk_rope_head_dim, D] },
+      { name: `${p}.self_attn.kv_a_layernorm.weight`, shape: [c.kv_lora_rank] },
+      { name: `${p}.self_attn.kv_b_proj.weight`, shape: [H * (c.qk_nope_head_dim + c.v_head_dim), c.kv_lora_rank] },
+      { name: `${p}.self_attn.o_proj.weight`, shape: [D, H * c.v_head_dim] },
+      { name: `${p}.post_attention_layernorm.weight`, shape: [D] });
+    if (!isMoeLayer(c, l)) { mlp(`${p}.mlp`, c.intermediate_size); continue; }
+    out.push({ name: `${p}.mlp.gate.weight`, shape: [c.n_routed_experts, D] });
+    for (let e = 0; e < c.n_routed_experts; e++) mlp(`${p}.mlp.experts.${e}`, c.moe_intermediate_size);
+    if (c.n_shared_experts > 0) mlp(`${p}.mlp.shared_experts`, c.moe_intermediate_size * c.n_shared_experts);
+  }
+  out.push({ name: 'model.norm.weight', shape: [D] }, { name: 'lm_head.weight', shape: [c.vocab_size, D] });
+  return out;
+}
+
+export function parameterCount(c: DeepseekV2Config): number {
+  return parameterShapes(c).reduce((n, p) => n + p.shape.reduce((a, b) => a * b, 1), 0);
+}
+
+/**
+ * Training FLOPs per token (TARGETS.md): 6 × (matrix parameters a token passes through,
+ * lm_head included, embedding excluded, routed experts counted k times) + 3·h·s·(dq+dv) per
+ * layer for causal attention at sequence length s.
+ */
+export function flopsPerToken(c: DeepseekV2Config, seqLen: number): number {
+  let matrix = 0;
+  for (const p of parameterShapes(c)) {
+    if (p.shape.length !== 2 || p.name === 'model.embed_tokens.weight') continue;
+    const n = p.shape[0]! * p.shape[1]!;
+    if (p.name.includes('.mlp.experts.')) matrix += n * c.num_experts_per_tok / c.n_routed_experts;
+    else matrix += n;
+  }
+  const attn = 3 * c.num_attention_heads * seqLen * (c.qk_nope_head_dim + c.qk_rope_head_dim + c.v_head_dim) * c.num_hidden_layers;
+  return 6 * matrix + attn;
+}
