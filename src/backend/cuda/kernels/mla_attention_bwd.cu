@@ -23,6 +23,9 @@ constexpr int DKDV_SMEM_BYTES =
     (3 * TILE * QK_STRIDE + 3 * TILE * V_STRIDE + 2 * TILE * P_STRIDE) * 2 + 4 * TILE * 4;
 // dq: Q, dO, two K tiles, two V tiles, dS.
 constexpr int DQ_SMEM_BYTES = (3 * TILE * QK_STRIDE + 3 * TILE * V_STRIDE + TILE * P_STRIDE) * 2;
+// The host (mla_attention.ts, bench/attention_harness.py) repeats these sizes; both fit the
+// 163 KB an sm_80 block may opt into.
+static_assert(DKDV_SMEM_BYTES == 148480 && DQ_SMEM_BYTES == 138240, "update the host's shared-memory sizes");
 
 __device__ __forceinline__ void red_add_f32x2(float* p, float a, float b) {
 #if __CUDA_ARCH__ >= 900

@@ -18,6 +18,8 @@ constexpr int FWD_WARPS = 4;
 constexpr int FWD_THREADS = FWD_WARPS * 32;
 // Shared memory: Q tile, then two K tiles, then two V tiles.
 constexpr int FWD_SMEM_BYTES = (TILE * QK_STRIDE + 2 * TILE * QK_STRIDE + 2 * TILE * V_STRIDE) * 2;
+// The host (mla_attention.ts, bench/attention_harness.py) repeats this size.
+static_assert(FWD_SMEM_BYTES == 111616, "update the host's shared-memory size");
 }  // namespace mla
 
 using namespace mla;

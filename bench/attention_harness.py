@@ -1,0 +1,291 @@
+#!/usr/bin/env python3
+"""Develops and checks the MLA attention CUDA kernels without the TypeScript side: builds
+src/backend/cuda/kernels/mla_attention_{fwd,bwd}.cu with nvcc, loads the cubins with CuPy,
+launches them on PyTorch tensors, compares against a float64 PyTorch reference (explicit
+softmax(Q·Kᵀ·scale + mask)·V, autograd for the gradients) on awkward shapes, and times them next
+to cuDNN (bench/attention_peer.py).
+
+Run on a GPU machine from the repository root:
+  PYTHONUNBUFFERED=1 python3 bench/attention_harness.py --out /tmp/attn [--no-bench] [--seqs ...]
+
+Error measure: ‖ours − ref‖ / ‖ref‖ over the whole tensor (rel) and max|ours − ref| / max|ref|
+(maxrel). bf16 inputs are exact in both; what differs is bf16 rounding of P and dS before their
+products (unit roundoff 2⁻⁸ ≈ 3.9e-3, averaging down over the sums) and of the outputs, so rel
+should sit near 2e-3..6e-3; the bounds are 1e-2 (o) and 2e-2 (gradients, two rounded
+products deep). lse is f32 from exact scores: bound 1e-4 relative.
+"""
+import argparse
+import math
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from attention_peer import (D_NOPE, D_ROPE, D_V, attention_flops, cudnn_sdpa, sets_to_rotate,  # noqa: E402
+                            time_cudnn, time_ms)
+
+import cupy  # noqa: E402  (after torch: both then share the primary context)
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+KERNELS = os.path.join(REPO, "src", "backend", "cuda", "kernels")
+TILE = 64
+# Must match the static_asserts in the .cu files.
+FWD_SMEM, DKDV_SMEM, DQ_SMEM = 111616, 148480, 138240
+D_QK = D_NOPE + D_ROPE
+
+
+def build(out_dir, arch="sm_90a"):
+    """nvcc → cubins; returns {name: path} and writes the ptxas resource report."""
+    paths, report = {}, []
+    for name in ("fwd", "bwd"):
+        src = os.path.join(KERNELS, f"mla_attention_{name}.cu")
+        cubin = os.path.join(out_dir, f"mla_attention_{name}.cubin")
+        cmd = ["nvcc", "-std=c++17", "-cubin", f"-gencode=arch=compute_{arch[3:]},code={arch}", "-Xptxas", "-v",
+               "-I", KERNELS, "-o", cubin, src]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        report.append(r.stdout + r.stderr)
+        if r.returncode != 0:
+            print(r.stdout + r.stderr)
+            raise SystemExit(f"nvcc failed for {src}")
+        paths[name] = cubin
+    text = "\n".join(report)
+    with open(os.path.join(out_dir, "ptxas.txt"), "w") as f:
+        f.write(text)
+    for line in text.splitlines():
+        if "Compiling entry" in line or "stack frame" in line or "Used" in line:
+            print("  " + line.replace("ptxas info    : ", "").strip())
+    try:
+        for name, cubin in paths.items():
+            sass = subprocess.run(["cuobjdump", "-sass", cubin], capture_output=True, text=True).stdout
+            with open(os.path.join(out_dir, f"{name}.sass"), "w") as f:
+                f.write(sass)
+            ops = {}
+            for op in re.findall(r"\b(HMMA|HGMMA|LDSM|LDGSTS|LDL|STL|RED|ATOM|MUFU\.EX2|BAR)\b", sass):
+                ops[op] = ops.get(op, 0) + 1
+            print(f"  SASS {name}: {ops}")
+    except FileNotFoundError:
+        print("  (no cuobjdump)")
+    return paths
+
+
+def u64(t):
+    return np.uint64(0 if t is None else t.data_ptr())
+
+
+class MlaKernels:
+    def __init__(self, cubins):
+        fwd = cupy.RawModule(path=cubins["fwd"])
+        bwd = cupy.RawModule(path=cubins["bwd"])
+        self.fwd = fwd.get_function("mla_attention_fwd")
+        self.fwd.max_dynamic_shared_size_bytes = FWD_SMEM
+        self.pre = bwd.get_function("mla_attention_bwd_preprocess")
+        self.dkdv = bwd.get_function("mla_attention_bwd_dkdv")
+        self.dkdv.max_dynamic_shared_size_bytes = DKDV_SMEM
+        self.dq = bwd.get_function("mla_attention_bwd_dq")
+        self.dq.max_dynamic_shared_size_bytes = DQ_SMEM
+        self.finish = bwd.get_function("mla_attention_bwd_finish")
+
+    def forward(self, qn, qp, kn, kp, v, o, lse, causal, scale):
+        B, S, H, _ = qn.shape
+        tiles = (S + TILE - 1) // TILE
+        self.fwd((tiles, H, B), (128, 1, 1),
+                 (u64(qn), u64(qp), u64(kn), u64(kp), u64(v), u64(o), u64(lse),
+                  np.int32(S), np.int32(H), np.float32(scale), np.int32(causal)), shared_mem=FWD_SMEM)
+
+    def scratch(self, B, S, H, deterministic):
+        f32 = dict(device="cuda", dtype=torch.float32)
+        return dict(
+            d_sum=torch.empty(B, H, S, **f32),
+            dq_accum=None if deterministic else torch.empty(B, S, H, D_QK, **f32),
+            dkpe=torch.empty(B, S, H, D_ROPE, **f32) if deterministic else torch.empty(B, S, D_ROPE, **f32),
+        )
+
+    def backward(self, g, do, qn, qp, kn, kp, v, o, lse, causal, scale, deterministic, sc):
+        B, S, H, _ = qn.shape
+        tiles = (S + TILE - 1) // TILE
+        rows = B * S * H
+        dq_accum = sc["dq_accum"]
+        self.pre(((rows + 7) // 8, 1, 1), (256, 1, 1),
+                 (u64(o), u64(do), u64(sc["d_sum"]), u64(dq_accum), u64(None if deterministic else sc["dkpe"]),
+                  np.int32(rows), np.int32(S), np.int32(H)))
+        self.dkdv((tiles, H, B), (256, 1, 1),
+                  (u64(qn), u64(qp), u64(kn), u64(kp), u64(v), u64(do), u64(lse), u64(sc["d_sum"]),
+                   u64(g["dk_nope"]), u64(g["dv"]), u64(dq_accum), u64(sc["dkpe"]),
+                   np.int32(S), np.int32(H), np.float32(scale), np.int32(causal), np.int32(deterministic)),
+                  shared_mem=DKDV_SMEM)
+        if deterministic:
+            self.dq((tiles, H, B), (256, 1, 1),
+                    (u64(qn), u64(qp), u64(kn), u64(kp), u64(v), u64(do), u64(lse), u64(sc["d_sum"]),
+                     u64(g["dq_nope"]), u64(g["dq_pe"]), np.int32(S), np.int32(H), np.float32(scale), np.int32(causal)),
+                    shared_mem=DQ_SMEM)
+        self.finish((B * S, 1, 1), (128, 1, 1),
+                    (u64(dq_accum), u64(g["dq_nope"]), u64(g["dq_pe"]), u64(sc["dkpe"]), u64(g["dk_pe"]),
+                     np.int32(H), np.float32(scale), np.int32(deterministic)))
+
+
+def random_inputs(B, S, H, gen, q_mag=1.0):
+    bf = dict(device="cuda", dtype=torch.bfloat16)
+    qn = (torch.randn(B, S, H, D_NOPE, generator=gen, device="cuda") * q_mag).to(torch.bfloat16)
+    qp = (torch.randn(B, S, H, D_ROPE, generator=gen, device="cuda") * q_mag).to(torch.bfloat16)
+    kn = torch.randn(B, S, H, D_NOPE, generator=gen, **bf)
+    kp = torch.randn(B, S, 1, D_ROPE, generator=gen, **bf)
+    v = torch.randn(B, S, H, D_V, generator=gen, **bf)
+    do = torch.randn(B, S, H, D_V, generator=gen, **bf)
+    return qn, qp, kn, kp, v, do
+
+
+def nan_like(shape, dtype):
+    return torch.full(shape, float("nan"), device="cuda", dtype=dtype)
+
+
+def reference(qn, qp, kn, kp, v, do, causal, scale):
+    """float64: o, lse, and gradients by autograd (k_pe's gradient sums over heads via expand)."""
+    leaves = [x.double().requires_grad_() for x in (qn, qp, kn, kp, v)]
+    qn64, qp64, kn64, kp64, v64 = leaves
+    B, S, H, _ = qn.shape
+    q = torch.cat([qn64, qp64], -1)
+    k = torch.cat([kn64, kp64.expand(B, S, H, D_ROPE)], -1)
+    scores = torch.einsum("bshd,bthd->bhst", q, k) * scale
+    if causal:
+        scores = scores.masked_fill(torch.ones(S, S, dtype=torch.bool, device="cuda").triu(1), float("-inf"))
+    lse = torch.logsumexp(scores, -1)
+    o = torch.einsum("bhst,bthd->bshd", torch.softmax(scores, -1), v64)
+    o.backward(do.double())
+    names = ("dq_nope", "dq_pe", "dk_nope", "dk_pe", "dv")
+    return o.detach(), lse.detach(), {n: x.grad for n, x in zip(names, leaves)}
+
+
+def errors(x, ref):
+    x, ref = x.double(), ref.double()
+    if not torch.isfinite(x).all():
+        return float("nan"), float("nan")
+    d = x - ref
+    return (d.norm() / ref.norm()).item(), (d.abs().max() / ref.abs().max()).item()
+
+
+def check(k, out_dir):
+    print("correctness (rel = ‖ours−ref‖/‖ref‖, maxrel = max|ours−ref|/max|ref|; ref float64)")
+    gen = torch.Generator(device="cuda").manual_seed(1234)
+    cases = [(1, 1, 3, True, 1.0), (2, 17, 3, True, 1.0), (2, 100, 16, True, 1.0), (1, 129, 3, True, 1.0),
+             (2, 1000, 16, True, 1.0), (2, 17, 3, False, 1.0), (1, 129, 16, False, 1.0), (2, 1000, 3, False, 1.0),
+             (1, 300, 4, True, 3.0)]
+    ok = True
+    worst = {}
+    for B, S, H, causal, q_mag in cases:
+        scale = D_QK ** -0.5
+        qn, qp, kn, kp, v, do = random_inputs(B, S, H, gen, q_mag)
+        o_ref, lse_ref, g_ref = reference(qn, qp, kn, kp, v, do, causal, scale)
+        o = nan_like((B, S, H, D_V), torch.bfloat16)
+        lse = nan_like((B, H, S), torch.float32)
+        k.forward(qn, qp, kn, kp, v, o, lse, causal, scale)
+        torch.cuda.synchronize()
+        res = {"o": errors(o, o_ref)}
+        lse_err = ((lse.double() - lse_ref).abs() / lse_ref.abs().clamp(min=1)).max().item() if torch.isfinite(lse).all() else float("nan")
+        line_ok = res["o"][0] <= 1e-2 and lse_err <= 1e-4
+        grads_by_mode = {}
+        for det in (False, True):
+            g = {n: nan_like(x.shape, torch.bfloat16) for n, x in
+                 (("dq_nope", qn), ("dq_pe", qp), ("dk_nope", kn), ("dk_pe", kp), ("dv", v))}
+            k.backward(g, do, qn, qp, kn, kp, v, o, lse, causal, scale, det, k.scratch(B, S, H, det))
+            torch.cuda.synchronize()
+            grads_by_mode[det] = g
+            for n in g:
+                e = errors(g[n], g_ref[n])
+                res[f"{n}{'/det' if det else ''}"] = e
+                line_ok = line_ok and e[0] <= 2e-2
+        # Deterministic mode: a second run must match bit for bit.
+        g2 = {n: nan_like(x.shape, torch.bfloat16) for n, x in grads_by_mode[True].items()}
+        k.backward(g2, do, qn, qp, kn, kp, v, o, lse, causal, scale, True, k.scratch(B, S, H, True))
+        torch.cuda.synchronize()
+        det_same = all(torch.equal(g2[n], grads_by_mode[True][n]) for n in g2)
+        line_ok = line_ok and det_same
+        ok = ok and line_ok
+        for name, (rel, mx) in res.items():
+            w = worst.get(name, (0.0, 0.0))
+            worst[name] = (max(w[0], rel if rel == rel else math.inf), max(w[1], mx if mx == mx else math.inf))
+        desc = " ".join(f"{n}={r:.1e}/{m:.1e}" for n, (r, m) in res.items() if "/det" not in n)
+        desc_det = " ".join(f"{n.split('/')[0]}={r:.1e}" for n, (r, m) in res.items() if "/det" in n)
+        print(f"  B={B} S={S:4d} H={H:2d} {'causal' if causal else 'full  '} |q|x{q_mag:g}: "
+              f"{'ok  ' if line_ok else 'FAIL'} lse={lse_err:.1e} {desc} | det: {desc_det} repeat-identical={det_same}")
+    # cuDNN's own error on one shape, for scale.
+    B, S, H = 2, 1000, 16
+    qn, qp, kn, kp, v, do = random_inputs(B, S, H, gen)
+    o_ref, _, g_ref = reference(qn, qp, kn, kp, v, do, True, D_QK ** -0.5)
+    q = torch.cat([qn, qp], -1).transpose(1, 2).detach().requires_grad_()
+    kk = torch.cat([kn, kp.expand(B, S, H, D_ROPE)], -1).transpose(1, 2).detach().requires_grad_()
+    vv = v.transpose(1, 2).detach().requires_grad_()
+    oc = cudnn_sdpa(q, kk, vv, True, D_QK ** -0.5)
+    dq, dk, dv = torch.autograd.grad(oc, (q, kk, vv), do.transpose(1, 2))
+    dk = dk.transpose(1, 2)
+    print(f"  cuDNN for scale, B=2 S=1000 H=16 causal: o={errors(oc.transpose(1, 2), o_ref)[0]:.1e} "
+          f"dq_nope={errors(dq.transpose(1, 2)[..., :D_NOPE], g_ref['dq_nope'])[0]:.1e} "
+          f"dk_pe={errors(dk[..., D_NOPE:].float().sum(2, keepdim=True), g_ref['dk_pe'])[0]:.1e} "
+          f"dv={errors(dv.transpose(1, 2), g_ref['dv'])[0]:.1e}")
+    print("  worst rel / maxrel: " + " ".join(f"{n}={r:.1e}/{m:.1e}" for n, (r, m) in worst.items()))
+    print(f"correctness: {'PASS' if ok else 'FAIL'}")
+    return ok
+
+
+def bench(k, seqs, b=1, h=16, with_det=True):
+    print(f"timing on {torch.cuda.get_device_name()}: b={b} h={h} causal bf16, median of CUDA-event timings")
+    scale = D_QK ** -0.5
+    rows = []
+    for s in seqs:
+        reps = 30 if s <= 8192 else 10
+        gen = torch.Generator(device="cuda").manual_seed(s)
+        set_bytes = b * s * h * (D_NOPE * 2 + D_ROPE + 2 * D_V) * 2
+        sets = []
+        for _ in range(sets_to_rotate(set_bytes)):
+            qn, qp, kn, kp, v, do = random_inputs(b, s, h, gen)
+            o = torch.empty(b, s, h, D_V, device="cuda", dtype=torch.bfloat16)
+            lse = torch.empty(b, h, s, device="cuda", dtype=torch.float32)
+            k.forward(qn, qp, kn, kp, v, o, lse, True, scale)
+            g = {n: torch.empty_like(x) for n, x in (("dq_nope", qn), ("dq_pe", qp), ("dk_nope", kn), ("dk_pe", kp), ("dv", v))}
+            sets.append((qn, qp, kn, kp, v, do, o, lse, g))
+        sc = k.scratch(b, s, h, False)
+        scd = k.scratch(b, s, h, True) if with_det else None
+        fwd = time_ms([lambda a=a: k.forward(*a[:5], a[6], a[7], True, scale) for a in sets], reps)
+        bwd = time_ms([lambda a=a: k.backward(a[8], a[5], *a[:5], a[6], a[7], True, scale, False, sc) for a in sets], reps)
+        bwd_det = time_ms([lambda a=a: k.backward(a[8], a[5], *a[:5], a[6], a[7], True, scale, True, scd) for a in sets],
+                          reps) if with_det else float("nan")
+        del sets, sc, scd
+        torch.cuda.empty_cache()
+        peer = time_cudnn(b, h, s, True, reps)
+        f, fb = attention_flops(b, h, s), attention_flops(b, h, s, backward=True)
+        row = (s, fwd, f / fwd / 1e9, peer["fwd_ms"], peer["fwd_tflops"], bwd, fb / bwd / 1e9, bwd_det,
+               peer["bwd_ms"], peer["bwd_tflops"])
+        rows.append(row)
+        print("  s={} ours fwd {:.3f} ms {:.0f} TF | cuDNN fwd {:.3f} ms {:.0f} TF | ours bwd {:.3f} ms {:.0f} TF "
+              "(det {:.3f}) | cuDNN bwd {:.3f} ms {:.0f} TF".format(*row), flush=True)
+    print("\n| s | ours fwd ms / TFLOPS | cuDNN fwd | ours bwd ms / TFLOPS | ours bwd det ms | cuDNN bwd |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r[0]} | {r[1]:.3f} / {r[2]:.0f} | {r[3]:.3f} / {r[4]:.0f} | {r[5]:.3f} / {r[6]:.0f} | {r[7]:.3f} | "
+              f"{r[8]:.3f} / {r[9]:.0f} |")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="/tmp/mla_attention")
+    ap.add_argument("--seqs", default="2048,4096,8192,16384,32768")
+    ap.add_argument("--no-bench", action="store_true")
+    ap.add_argument("--no-check", action="store_true")
+    args = ap.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    torch.cuda.init()
+    cupy.cuda.ExternalStream(torch.cuda.current_stream().cuda_stream).use()
+    print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, cupy {cupy.__version__}")
+    print("build (nvcc sm_90a):")
+    k = MlaKernels(build(args.out))
+    ok = True if args.no_check else check(k, args.out)
+    if not args.no_bench:
+        bench(k, [int(x) for x in args.seqs.split(",")])
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()
