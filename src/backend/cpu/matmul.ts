@@ -23,6 +23,46 @@ function slice(all: Float32Array, t: Tensor, bi: number, trans: boolean): Float3
   return out;
 }
 
+/**
+ * C[i,j] = Σ_k A[i,k]·Bt[j,k] over row-major A [M,K] and Bt [N,K], written as alpha·sum + beta·C.
+ * Blocked 2 rows × 4 columns so each loaded element feeds several multiply-adds.
+ */
+function gemmRowDot(A: Float32Array, Bt: Float32Array, C: Float32Array, cBase: number, M: number, N: number, K: number, alpha: number, beta: number): void {
+  const store = (i: number, j: number, v: number) => { const c = cBase + i * N + j; C[c] = alpha * v + (beta === 0 ? 0 : beta * C[c]!); };
+  let i = 0;
+  for (; i + 1 < M; i += 2) {
+    const a0 = i * K, a1 = a0 + K;
+    let j = 0;
+    for (; j + 3 < N; j += 4) {
+      const b0 = j * K, b1 = b0 + K, b2 = b1 + K, b3 = b2 + K;
+      let s00 = 0, s01 = 0, s02 = 0, s03 = 0, s10 = 0, s11 = 0, s12 = 0, s13 = 0;
+      for (let k = 0; k < K; k++) {
+        const x0 = A[a0 + k]!, x1 = A[a1 + k]!;
+        const y0 = Bt[b0 + k]!, y1 = Bt[b1 + k]!, y2 = Bt[b2 + k]!, y3 = Bt[b3 + k]!;
+        s00 += x0 * y0; s01 += x0 * y1; s02 += x0 * y2; s03 += x0 * y3;
+        s10 += x1 * y0; s11 += x1 * y1; s12 += x1 * y2; s13 += x1 * y3;
+      }
+      store(i, j, s00); store(i, j + 1, s01); store(i, j + 2, s02); store(i, j + 3, s03);
+      store(i + 1, j, s10); store(i + 1, j + 1, s11); store(i + 1, j + 2, s12); store(i + 1, j + 3, s13);
+    }
+    for (; j < N; j++) {
+      const b0 = j * K;
+      let s0 = 0, s1 = 0;
+      for (let k = 0; k < K; k++) { const y = Bt[b0 + k]!; s0 += A[a0 + k]! * y; s1 += A[a1 + k]! * y; }
+      store(i, j, s0); store(i + 1, j, s1);
+    }
+  }
+  for (; i < M; i++) {
+    const a0 = i * K;
+    for (let j = 0; j < N; j++) {
+      const b0 = j * K;
+      let s = 0;
+      for (let k = 0; k < K; k++) s += A[a0 + k]! * Bt[b0 + k]!;
+      store(i, j, s);
+    }
+  }
+}
+
 export function cpuMatmul(out: Tensor, a: Tensor, b: Tensor, opts: MatmulOptions): void {
   const transA = opts.transA ?? false, transB = opts.transB ?? false;
   const alpha = opts.alpha ?? 1, beta = opts.beta ?? 0;
@@ -33,41 +73,14 @@ export function cpuMatmul(out: Tensor, a: Tensor, b: Tensor, opts: MatmulOptions
   if (out.size !== batch * M * N) throw new Error(`internal: matmul out [${out.shape}] for ${batch}x${M}x${N}`);
   const A = readF32(a), B = readF32(b);
   const C = beta !== 0 ? readF32(out) : new Float32Array(batch * M * N);
-  const acc = new Float32Array(N);
+  let sharedBt: Float32Array | null = null;
   for (let bi = 0; bi < batch; bi++) {
     const As = slice(A, a, a.rank === 3 ? bi : 0, transA);
-    const cBase = bi * M * N;
-    if (transB) {
-      // B is stored [N,K]: out[i,j] = Σ_k A[i,k]·B[j,k], both rows contiguous.
-      const Bs = b.rank === 3 ? B.subarray(bi * N * K, (bi + 1) * N * K) : B;
-      for (let i = 0; i < M; i++) {
-        const ai = i * K;
-        for (let j = 0; j < N; j++) {
-          const bj = j * K;
-          let s0 = 0, s1 = 0, s2 = 0, s3 = 0, k = 0;
-          for (; k + 3 < K; k += 4) {
-            s0 += As[ai + k]! * Bs[bj + k]!; s1 += As[ai + k + 1]! * Bs[bj + k + 1]!;
-            s2 += As[ai + k + 2]! * Bs[bj + k + 2]!; s3 += As[ai + k + 3]! * Bs[bj + k + 3]!;
-          }
-          for (; k < K; k++) s0 += As[ai + k]! * Bs[bj + k]!;
-          const c = cBase + i * N + j;
-          C[c] = alpha * (s0 + s1 + s2 + s3) + beta * C[c]!;
-        }
-      }
-    } else {
-      const Bs = slice(B, b, b.rank === 3 ? bi : 0, false);
-      for (let i = 0; i < M; i++) {
-        acc.fill(0);
-        const ai = i * K;
-        for (let k = 0; k < K; k++) {
-          const x = As[ai + k]!;
-          const bk = k * N;
-          for (let j = 0; j < N; j++) acc[j] += x * Bs[bk + j]!;
-        }
-        const c = cBase + i * N;
-        for (let j = 0; j < N; j++) C[c + j] = alpha * acc[j]! + beta * C[c + j]!;
-      }
-    }
+    // The kernel wants op(b) as [N, K] rows: that is b itself when transposed, else its transpose.
+    let Bt: Float32Array;
+    if (b.rank === 3) Bt = slice(B, b, bi, !transB);
+    else Bt = sharedBt ??= slice(B, b, 0, !transB);
+    gemmRowDot(As, Bt, C, bi * M * N, M, N, K, alpha, beta);
   }
   writeF32(out, C);
 }
