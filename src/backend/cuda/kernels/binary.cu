@@ -30,6 +30,29 @@ __device__ __forceinline__ void binary_body(TO* __restrict__ out, const TA* a, c
   }
 }
 
+// i32 ⊙ i32 → i32 in integer arithmetic (wrapping, division truncating toward zero, x/0 = 0), as
+// the CPU backend's `f(a, b) | 0` gives for the values it sees.
+__device__ __forceinline__ int apply_binary_i32(int op, int a, int b) {
+  switch (op) {
+    case OP_ADD: return (int)((unsigned)a + (unsigned)b);
+    case OP_SUB: return (int)((unsigned)a - (unsigned)b);
+    case OP_MUL: return (int)((unsigned)a * (unsigned)b);
+    case OP_DIV: return b == 0 ? 0 : (b == -1 ? (int)(0u - (unsigned)a) : a / b);
+    default: return 0;
+  }
+}
+
+extern "C" __global__ void binary_i32_i32_i32(int* out, const int* a, const int* b, long long n, int op, int rank,
+                                              MT_SHAPE_PARAMS, MT_STRIDE_PARAMS(as), MT_STRIDE_PARAMS(bs)) {
+  MT_SHAPE_ARRAY; MT_STRIDE_ARRAY(as); MT_STRIDE_ARRAY(bs);
+  MT_GRID_STRIDE(i, n) {
+    long long oa, ob;
+    if (rank == 1) { oa = i * as[MT_MAX_RANK - 1]; ob = i * bs[MT_MAX_RANK - 1]; }
+    else view_offset2((unsigned)i, rank, dims, as, bs, &oa, &ob);
+    out[i] = apply_binary_i32(op, a[oa], b[ob]);
+  }
+}
+
 // a and b are not __restrict__: out may be one of them (in-place updates).
 #define MT_BINARY(TO, TA, TB)                                                                                          \
   extern "C" __global__ void binary_##TO##_##TA##_##TB(TO* out, const TA* a, const TB* b, long long n, int op, int rank, \

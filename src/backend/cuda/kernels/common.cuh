@@ -27,8 +27,8 @@ template <> __device__ __forceinline__ bf16 from_f32<bf16>(float x) {
   asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(h) : "f"(x));
   bf16 r; r.bits = h; return r;
 }
-// Truncation toward zero, as an Int32Array store of a small float does on the CPU.
-template <> __device__ __forceinline__ int from_f32<int>(float x) { return (int)x; }
+// Half-way cases round up, as the CPU backend's Math.round does.
+template <> __device__ __forceinline__ int from_f32<int>(float x) { return (int)floorf(x + 0.5f); }
 
 /** dst = src with dtype conversion; same-type copies move bits (exact for i32 above 2^24). */
 template <typename TO, typename TI> struct Convert {
@@ -146,6 +146,8 @@ __device__ __forceinline__ void view_offset2(unsigned i, int rank, const int* di
 
 // ---- instantiation helpers: M(A), M(A,B), M(A,B,C) over the float types ----
 #define MT_FLOAT_TYPES1(M) M(f32) M(bf16)
+#define MT_ALL_TYPES2(M) \
+  M(f32, f32) M(f32, bf16) M(f32, i32) M(bf16, f32) M(bf16, bf16) M(bf16, i32) M(i32, f32) M(i32, bf16) M(i32, i32)
 #define MT_FLOAT_TYPES2(M) M(f32, f32) M(f32, bf16) M(bf16, f32) M(bf16, bf16)
 #define MT_FLOAT_TYPES3(M) \
   M(f32, f32, f32) M(f32, f32, bf16) M(f32, bf16, f32) M(f32, bf16, bf16) \

@@ -20,6 +20,4 @@ __device__ __forceinline__ void copy_strided(TO* __restrict__ dst, const TI* __r
     MT_SHAPE_ARRAY; MT_STRIDE_ARRAY(ds); MT_STRIDE_ARRAY(ss);                                               \
     copy_strided<TO, TI>(dst, src, n, rank, dims, ds, ss);                                                  \
   }
-MT_COPY(f32, f32) MT_COPY(f32, bf16) MT_COPY(f32, i32)
-MT_COPY(bf16, f32) MT_COPY(bf16, bf16) MT_COPY(bf16, i32)
-MT_COPY(i32, f32) MT_COPY(i32, bf16) MT_COPY(i32, i32)
+MT_ALL_TYPES2(MT_COPY)

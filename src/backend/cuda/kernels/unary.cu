@@ -44,4 +44,5 @@ __device__ __forceinline__ void unary_body(TO* out, const TI* x, long long n, in
     MT_SHAPE_ARRAY; MT_STRIDE_ARRAY(xs);                                                                           \
     unary_body<TO, TI>(out, x, n, op, scalar, rank, dims, xs);                                                     \
   }
-MT_FLOAT_TYPES2(MT_UNARY)
+// i32 on either side goes through f32 (the CPU backend does the same), rounding half up on store.
+MT_ALL_TYPES2(MT_UNARY)
