@@ -16,6 +16,7 @@ export class CudaError extends Error {
   }
 }
 
+export const CUDA_ERROR_INVALID_VALUE = 1;
 export const CUDA_ERROR_OUT_OF_MEMORY = 2;
 
 /** CUdevice_attribute values used here (cuda.h). */
@@ -265,9 +266,13 @@ export class CudaDriver {
     const offset = new BigUint64Array(1);
     const size = new BigUint64Array(1);
     const sizes: number[] = [];
-    // The driver answers CUDA_ERROR_INVALID_VALUE for the first index past the last parameter.
-    while (this.getParamInfo(fn, sizes.length, offset, size) === 0) sizes.push(Number(size[0]));
-    return sizes;
+    for (;;) {
+      const status = this.getParamInfo(fn, sizes.length, offset, size);
+      if (status === 0) sizes.push(Number(size[0]));
+      // CUDA_ERROR_INVALID_VALUE marks the first index past the last parameter; any other
+      // answer means the driver cannot tell, and launches go unchecked.
+      else return status === CUDA_ERROR_INVALID_VALUE ? sizes : undefined;
+    }
   }
 }
 

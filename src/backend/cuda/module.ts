@@ -197,7 +197,8 @@ export class CudaKernel {
 
   /**
    * Queues the kernel on `stream` (the context's compute stream unless given). Host cost is
-   * one FFI call; `args` must have exactly the kernel's parameter count.
+   * one FFI call; `args` needs at least the kernel's parameter count (checked where the
+   * driver can tell).
    */
   launch(
     grid: readonly [number, number, number],
@@ -206,7 +207,8 @@ export class CudaKernel {
     args: KernelArgs,
     stream: bigint = this.ctx.stream,
   ): void {
-    if (this.paramSizes !== undefined && args.count !== this.paramSizes.length) {
+    // Too few slots would hand the kernel whatever lies past the array; spare slots are unread.
+    if (this.paramSizes !== undefined && args.count < this.paramSizes.length) {
       throw new Error(`internal: kernel ${this.name} takes ${this.paramSizes.length} arguments, KernelArgs has ${args.count}`);
     }
     const status = this.launchRaw(this.handle, grid[0], grid[1], grid[2], block[0], block[1], block[2], sharedBytes, stream, args.pointer, null);
