@@ -1,0 +1,44 @@
+// The tokenizer contract used by tokenization and sampling, and the serialisable description
+// (TokenizerSpec) that lets every tokenize worker thread load the same tokenizer.
+//
+// Usage:
+//   const tok = await loadTokenizer({ kind: 'hf', path: 'tok/tokenizer.json' });
+//   const [ids] = await tok.encodeBatch(['some text']);   // no EOS/BOS added
+//   const text = await tok.decode(ids);
+import { encodeBytes, decodeBytes, BYTE_EOS_ID, BYTE_VOCAB_SIZE } from './byte_tokenizer.js';
+import { loadHfTokenizer } from './hf_tokenizer.js';
+
+export interface TextTokenizer {
+  /** What the manifest and messages call this tokenizer ('bytes' or the tokenizer.json path). */
+  readonly name: string;
+  /** Number of ids the tokenizer can produce, special tokens included. */
+  readonly vocabSize: number;
+  /** The id appended after each document. */
+  readonly eosId: number;
+  /** Encodes each text as it is: no BOS, no EOS, no post-processing. */
+  encodeBatch(texts: string[]): Promise<Uint32Array[]>;
+  decode(ids: ArrayLike<number>): Promise<string>;
+}
+
+/** A tokenizer by description; plain data, so it can cross into worker threads. */
+export type TokenizerSpec =
+  | { kind: 'bytes' }
+  /** path: a tokenizer.json or the folder holding it; eosToken overrides tokenizer_config.json. */
+  | { kind: 'hf'; path: string; eosToken?: string };
+
+export async function loadTokenizer(spec: TokenizerSpec): Promise<TextTokenizer> {
+  switch (spec.kind) {
+    case 'bytes':
+      return {
+        name: 'bytes',
+        vocabSize: BYTE_VOCAB_SIZE,
+        eosId: BYTE_EOS_ID,
+        encodeBatch: async (texts) => texts.map(encodeBytes),
+        decode: async (ids) => decodeBytes(ids),
+      };
+    case 'hf':
+      return loadHfTokenizer(spec.path, spec.eosToken === undefined ? {} : { eosToken: spec.eosToken });
+    default:
+      return spec satisfies never;
+  }
+}
