@@ -1,0 +1,58 @@
+// A CPU backend that enforces the Backend contract's layout rule (backend.ts: "Inputs are
+// contiguous unless the parameter says view"). The CPU backend itself tolerates views almost
+// everywhere, so an op or gradient rule that hands a strided view to a method that requires a
+// contiguous tensor would pass every CPU test and then read garbage on the GPU. Tests that run on
+// this backend catch that on a machine without a GPU.
+import { CpuBackend } from '../../src/backend/cpu/cpu_backend.js';
+import type { AttentionOptions, MatmulOptions } from '../../src/backend/backend.js';
+import type { Tensor } from '../../src/tensor/tensor.js';
+
+function dense(method: string, ...named: [string, Tensor | null][]): void {
+  for (const [name, t] of named) {
+    if (t && !t.isContiguous()) {
+      throw new Error(`contract: ${method}(${name}) got a non-contiguous view (shape [${t.shape}], strides [${t.strides}])`);
+    }
+  }
+}
+
+export class StrictCpuBackend extends CpuBackend {
+  override sumLastDim(out: Tensor, x: Tensor): void { dense('sumLastDim', ['out', out], ['x', x]); super.sumLastDim(out, x); }
+  override matmul(out: Tensor, a: Tensor, b: Tensor, opts: MatmulOptions): void { dense('matmul', ['out', out], ['a', a], ['b', b]); super.matmul(out, a, b, opts); }
+  override rmsNorm(y: Tensor, rstd: Tensor, x: Tensor, w: Tensor, eps: number): void { dense('rmsNorm', ['x', x], ['w', w]); super.rmsNorm(y, rstd, x, w, eps); }
+  override rmsNormBackward(dx: Tensor, dw: Tensor, dy: Tensor, x: Tensor, w: Tensor, rstd: Tensor): void {
+    dense('rmsNormBackward', ['dy', dy], ['x', x], ['w', w], ['rstd', rstd]); super.rmsNormBackward(dx, dw, dy, x, w, rstd);
+  }
+  override rope(out: Tensor, x: Tensor, cos: Tensor, sin: Tensor): void { dense('rope', ['x', x], ['cos', cos], ['sin', sin]); super.rope(out, x, cos, sin); }
+  override ropeBackward(dx: Tensor, dout: Tensor, cos: Tensor, sin: Tensor): void { dense('ropeBackward', ['dout', dout]); super.ropeBackward(dx, dout, cos, sin); }
+  override swiglu(out: Tensor, gate: Tensor, up: Tensor): void { dense('swiglu', ['gate', gate], ['up', up]); super.swiglu(out, gate, up); }
+  override swigluBackward(dgate: Tensor, dup: Tensor, dout: Tensor, gate: Tensor, up: Tensor): void {
+    dense('swigluBackward', ['dout', dout], ['gate', gate], ['up', up]); super.swigluBackward(dgate, dup, dout, gate, up);
+  }
+  override embedding(out: Tensor, ids: Tensor, weight: Tensor): void { dense('embedding', ['ids', ids], ['weight', weight]); super.embedding(out, ids, weight); }
+  override embeddingBackward(dweight: Tensor, ids: Tensor, dout: Tensor): void { dense('embeddingBackward', ['ids', ids], ['dout', dout]); super.embeddingBackward(dweight, ids, dout); }
+  override crossEntropy(loss: Tensor, lse: Tensor, logits: Tensor, labels: Tensor): void { dense('crossEntropy', ['logits', logits], ['labels', labels]); super.crossEntropy(loss, lse, logits, labels); }
+  override crossEntropyBackward(dlogits: Tensor, logits: Tensor, labels: Tensor, lse: Tensor, dloss: Tensor, scale: number): void {
+    dense('crossEntropyBackward', ['logits', logits], ['labels', labels], ['lse', lse], ['dloss', dloss]);
+    super.crossEntropyBackward(dlogits, logits, labels, lse, dloss, scale);
+  }
+  override softmax(out: Tensor, x: Tensor): void { dense('softmax', ['x', x]); super.softmax(out, x); }
+  override softmaxBackward(dx: Tensor, dy: Tensor, y: Tensor): void { dense('softmaxBackward', ['dy', dy], ['y', y]); super.softmaxBackward(dx, dy, y); }
+  override topk(values: Tensor, indices: Tensor, x: Tensor, k: number): void { dense('topk', ['x', x]); super.topk(values, indices, x, k); }
+  override gatherRows(out: Tensor, x: Tensor, idx: Tensor, weights: Tensor | null): void {
+    dense('gatherRows', ['x', x], ['idx', idx], ['weights', weights]); super.gatherRows(out, x, idx, weights);
+  }
+  override scatterAddRows(out: Tensor, src: Tensor, idx: Tensor, weights: Tensor | null): void {
+    dense('scatterAddRows', ['out', out], ['src', src], ['idx', idx], ['weights', weights]); super.scatterAddRows(out, src, idx, weights);
+  }
+  override mlaAttention(o: Tensor, lse: Tensor, qNope: Tensor, qPe: Tensor, kNope: Tensor, kPe: Tensor, v: Tensor, opts: AttentionOptions): void {
+    dense('mlaAttention', ['qNope', qNope], ['qPe', qPe], ['kNope', kNope], ['kPe', kPe], ['v', v]);
+    super.mlaAttention(o, lse, qNope, qPe, kNope, kPe, v, opts);
+  }
+  override mlaAttentionBackward(
+    grads: { dqNope: Tensor; dqPe: Tensor; dkNope: Tensor; dkPe: Tensor; dv: Tensor },
+    dout: Tensor, qNope: Tensor, qPe: Tensor, kNope: Tensor, kPe: Tensor, v: Tensor, o: Tensor, lse: Tensor, opts: AttentionOptions,
+  ): void {
+    dense('mlaAttentionBackward', ['dout', dout], ['qNope', qNope], ['qPe', qPe], ['kNope', kNope], ['kPe', kPe], ['v', v], ['o', o], ['lse', lse]);
+    super.mlaAttentionBackward(grads, dout, qNope, qPe, kNope, kPe, v, o, lse, opts);
+  }
+}
