@@ -143,7 +143,7 @@ export class CudaBackend implements Backend {
   private readonly maxGridBlocks: number;
 
   // One argument buffer per call site (see the header).
-  private readonly copyArgs = new KernelArgs(4 + 1 + MAX_RANK * 3);
+  private readonly copyArgs = new KernelArgs(3 + 1 + MAX_RANK * 3);
   private readonly fillArgs = new KernelArgs(3 + 1 + MAX_RANK * 2);
   private readonly unaryArgs = new KernelArgs(5 + 1 + MAX_RANK * 2);
   private readonly binaryArgs = new KernelArgs(5 + 1 + MAX_RANK * 3);

@@ -9,7 +9,7 @@
 typedef float f32;
 typedef int i32;
 /** bf16 as its raw 16-bit pattern: the top half of an f32. */
-struct __align__(2) bf16 { unsigned short bits; };
+struct alignas(2) bf16 { unsigned short bits; };
 
 #define MT_FLT_MAX 3.402823466e+38f
 #define MT_INF __int_as_float(0x7f800000)
@@ -28,7 +28,10 @@ template <> __device__ __forceinline__ bf16 from_f32<bf16>(float x) {
   bf16 r; r.bits = h; return r;
 }
 // Half-way cases round up, as the CPU backend's Math.round does.
-template <> __device__ __forceinline__ int from_f32<int>(float x) { return (int)floorf(x + 0.5f); }
+template <> __device__ __forceinline__ int from_f32<int>(float x) {
+  const float f = floorf(x);
+  return (int)(x - f >= 0.5f ? f + 1.f : f);  // x − f is exact: no rounding of x + 0.5
+}
 
 /** dst = src with dtype conversion; same-type copies move bits (exact for i32 above 2^24). */
 template <typename TO, typename TI> struct Convert {
@@ -42,30 +45,36 @@ template <typename T> struct Convert<T, T> {
 
 template <typename T> struct Vec16 { static constexpr int N = 16 / sizeof(T); };
 
+/** 16 bytes as four words; its alignment makes every load and store of it one 128-bit access. */
+struct alignas(16) Words4 { unsigned w[4]; };
+
 /** Loads 16 aligned bytes as Vec16<T>::N floats. */
 __device__ __forceinline__ void load16(const float* p, float* out) {
-  float4 v = *reinterpret_cast<const float4*>(p);
-  out[0] = v.x; out[1] = v.y; out[2] = v.z; out[3] = v.w;
+  const Words4 v = *reinterpret_cast<const Words4*>(p);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) out[i] = __uint_as_float(v.w[i]);
 }
 __device__ __forceinline__ void load16(const bf16* p, float* out) {
-  uint4 v = *reinterpret_cast<const uint4*>(p);
-  unsigned w[4] = {v.x, v.y, v.z, v.w};
+  const Words4 v = *reinterpret_cast<const Words4*>(p);
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
-    out[2 * i] = __uint_as_float(w[i] << 16);
-    out[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+    out[2 * i] = __uint_as_float(v.w[i] << 16);
+    out[2 * i + 1] = __uint_as_float(v.w[i] & 0xffff0000u);
   }
 }
 __device__ __forceinline__ void store16(float* p, const float* in) {
-  *reinterpret_cast<float4*>(p) = make_float4(in[0], in[1], in[2], in[3]);
+  Words4 v;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) v.w[i] = __float_as_uint(in[i]);
+  *reinterpret_cast<Words4*>(p) = v;
 }
 __device__ __forceinline__ void store16(bf16* p, const float* in) {
-  unsigned w[4];
+  Words4 v;
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
-    w[i] = (unsigned)from_f32<bf16>(in[2 * i]).bits | ((unsigned)from_f32<bf16>(in[2 * i + 1]).bits << 16);
+    v.w[i] = (unsigned)from_f32<bf16>(in[2 * i]).bits | ((unsigned)from_f32<bf16>(in[2 * i + 1]).bits << 16);
   }
-  *reinterpret_cast<uint4*>(p) = make_uint4(w[0], w[1], w[2], w[3]);
+  *reinterpret_cast<Words4*>(p) = v;
 }
 
 /** Elements before p+i reaches 16-byte alignment (p must be element-aligned), at most n. */

@@ -99,15 +99,16 @@ __device__ __forceinline__ void load_b_kn(u32* b, const bf16_t* tile, int stride
   ldsm_x4_t(smem_addr(p), b[0], b[1], b[2], b[3]);
 }
 
-// Copies TILE rows of a 192-wide operand (128 columns from `nope`, 64 from `pe`) into a
+// Copies ROWS rows of a 192-wide operand (128 columns from `nope`, 64 from `pe`) into a
 // QK_STRIDE tile with cp.async; rows at or past `rows_left` are zero-filled. Row r of the
 // operand is at nope + r·nope_stride and pe + r·pe_stride (elements).
-template <int THREADS>
+template <int THREADS, int ROWS = TILE>
 __device__ __forceinline__ void load_tile_qk(bf16_t* tile, const bf16_t* nope, long long nope_stride,
                                              const bf16_t* pe, long long pe_stride, int rows_left, int tid) {
   constexpr int CHUNKS = D_QK / 8;  // 16-byte pieces per row: 16 from nope, 8 from pe
+  static_assert(ROWS * CHUNKS % THREADS == 0, "rows × pieces must divide among the threads");
   #pragma unroll
-  for (int i = 0; i < TILE * CHUNKS / THREADS; i++) {
+  for (int i = 0; i < ROWS * CHUNKS / THREADS; i++) {
     int c = tid + i * THREADS;
     int r = c / CHUNKS, ch = c % CHUNKS;
     bool valid = r < rows_left;
@@ -117,12 +118,13 @@ __device__ __forceinline__ void load_tile_qk(bf16_t* tile, const bf16_t* nope, l
   }
 }
 
-// Copies TILE rows of a 128-wide operand (V, O, dO) into a V_STRIDE tile; same rules.
-template <int THREADS>
+// Copies ROWS rows of a 128-wide operand (V, O, dO) into a V_STRIDE tile; same rules.
+template <int THREADS, int ROWS = TILE>
 __device__ __forceinline__ void load_tile_v(bf16_t* tile, const bf16_t* src0, long long stride, int rows_left, int tid) {
   constexpr int CHUNKS = D_V / 8;
+  static_assert(ROWS * CHUNKS % THREADS == 0, "rows × pieces must divide among the threads");
   #pragma unroll
-  for (int i = 0; i < TILE * CHUNKS / THREADS; i++) {
+  for (int i = 0; i < ROWS * CHUNKS / THREADS; i++) {
     int c = tid + i * THREADS;
     int r = c / CHUNKS, ch = c % CHUNKS;
     bool valid = r < rows_left;
