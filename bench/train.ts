@@ -1,0 +1,51 @@
+// Training throughput benchmark (TARGETS.md): DeepSeek-V2-Lite widths cut to 4 layers (layer 0
+// dense, 1–3 MoE), sequence 2048, 4 sequences per step, bf16 compute with f32 masters, AdamW,
+// clipping at 1.0, random tokens. Prints the step log lines, then tokens/s (median of the steps
+// after warm-up), step time and peak memory.
+//
+//   moetrain bench train [--steps 20] [--layers 4] [--seq_len 2048] [--batch 4] [--micro 4] [--device cuda]
+import os from 'node:os';
+import path from 'node:path';
+import fs from 'node:fs';
+import { selectBackend, type DeviceChoice } from '../src/backend/select.js';
+import { loadDeepseekV2Config, parameterCount, flopsPerToken } from '../src/models/deepseek_v2_config.js';
+import { packageRoot } from '../src/backend/cuda/module.js';
+import { defaultTrainConfig, mergeTrainConfig } from '../src/train/config.js';
+import { train, type BatchSource } from '../src/train/trainer.js';
+import { Rng } from '../src/nn/rng.js';
+
+export async function runTrainBench(flags: Record<string, string>): Promise<void> {
+  const num = (k: string, d: number) => (flags[k] === undefined ? d : Number(flags[k]));
+  const steps = num('steps', 20), layers = num('layers', 4), S = num('seq_len', 2048), G = num('batch', 4), micro = num('micro', G);
+  const model = loadDeepseekV2Config(path.join(packageRoot(), 'configs', 'deepseek-v2-lite.json'));
+  model.num_hidden_layers = layers;
+  const runDir = fs.mkdtempSync(path.join(os.tmpdir(), 'moetrain-bench-'));
+  const cfg = mergeTrainConfig(defaultTrainConfig(), {
+    model: 'deepseek-v2-lite (4 layers)', data: 'random', run_dir: runDir, device: flags['device'] ?? 'cuda', steps, seq_len: S,
+    micro_batch_size: micro, global_batch_size: G, checkpoint_every: 0,
+    optimizer: { lr: 3e-4 }, schedule: { type: 'constant', warmup_steps: 0 },
+  }, 'bench train');
+  const backend = await selectBackend(cfg.device as DeviceChoice);
+  console.log(`bench train: ${backend.description}; ${layers} layers, ${(parameterCount(model) / 1e9).toFixed(3)}B parameters, ` +
+    `${G}×${S} tokens per step (micro-batch ${micro}), ${(flopsPerToken(model, S) / 1e9).toFixed(2)} GFLOP/token`);
+  const rng = new Rng(cfg.seed);
+  const V = model.vocab_size;
+  const data: BatchSource = {
+    vocabSize: V,
+    batch: () => {
+      const inputs = new Int32Array(micro * S), labels = new Int32Array(micro * S);
+      for (let i = 0; i < inputs.length; i++) { inputs[i] = rng.below(V); labels[i] = rng.below(V); }
+      return { inputs, labels };
+    },
+  };
+  const t0 = performance.now();
+  const result = train({ config: cfg, model, backend, data, log: (l) => console.log(l), saveCheckpoints: false });
+  const rows = result.metrics.slice(Math.min(3, result.metrics.length - 1));
+  const tps = rows.map((r) => r.tokensPerSecond).sort((a, b) => a - b)[Math.floor(rows.length / 2)]!;
+  const peak = Math.max(...result.metrics.map((r) => r.peakMemoryBytes));
+  const stepTime = rows.map((r) => r.stepTimeSec).sort((a, b) => a - b)[Math.floor(rows.length / 2)]!;
+  console.log(`bench train: median tokens/s ${Math.round(tps).toLocaleString('en-US')}, median step ${stepTime.toFixed(3)} s, ` +
+    `peak memory ${(peak / 2 ** 30).toFixed(2)} GiB, MFU ${(100 * tps * flopsPerToken(model, S) / 989e12).toFixed(1)}% of 989 TFLOP/s ` +
+    `(${((performance.now() - t0) / 1000).toFixed(0)} s in all)`);
+  fs.rmSync(runDir, { recursive: true, force: true });
+}

@@ -1,0 +1,45 @@
+// Adam / AdamW over f32 master weights: one fused backend call per parameter updates the
+// master, both moments and the compute (bf16) copy. Clipping and micro-batch averaging arrive
+// as one gradient scale, so the gradients are never rewritten.
+import type { Backend } from '../backend/backend.js';
+import type { Param } from '../nn/param.js';
+import { keep } from '../tensor/scope.js';
+import { emptyTensor, type Tensor } from '../tensor/tensor.js';
+
+export interface AdamConfig {
+  /** "adamw": decoupled weight decay; "adam": decay added to the gradient (L2). */
+  type: 'adamw' | 'adam';
+  lr: number;
+  beta1: number;
+  beta2: number;
+  eps: number;
+  weight_decay: number;
+}
+
+export class Adam {
+  readonly m: Tensor[];
+  readonly v: Tensor[];
+  /** Number of updates taken so far (the bias correction uses step + 1). */
+  step = 0;
+
+  constructor(readonly params: readonly Param[], readonly config: AdamConfig, backend: Backend) {
+    const make = (p: Param) => { const t = keep(emptyTensor(backend, p.shape, 'f32')); backend.fill(t, 0); return t; };
+    this.m = params.map(make);
+    this.v = params.map(make);
+  }
+
+  /** One update with learning rate lr; gradScale multiplies every gradient (clipping). */
+  update(lr: number, gradScale: number): void {
+    this.step++;
+    this.params.forEach((p, i) => {
+      // Norm weights (rank 1) are not decayed, as is usual for transformer training.
+      const wd = p.shape.length >= 2 ? this.config.weight_decay : 0;
+      p.master.backend.adam(p.master, p.grad, this.m[i]!, this.v[i]!, p.value === p.master ? null : p.value, {
+        lr, beta1: this.config.beta1, beta2: this.config.beta2, eps: this.config.eps, weightDecay: wd,
+        decoupled: this.config.type === 'adamw', step: this.step, gradScale,
+      });
+    });
+  }
+
+  dispose(): void { for (const t of [...this.m, ...this.v]) t.dispose(); }
+}

@@ -1,0 +1,101 @@
+// Checkpoints: <run>/checkpoints/step-00000100/ holding model.safetensors (f32 master weights
+// under their HF names), optimizer.safetensors (Adam moments as exp_avg.<name> /
+// exp_avg_sq.<name>) and state.json (step, optimizer step, config). A checkpoint is written
+// into a temporary folder and renamed when complete, so a folder with the final name is always
+// whole; resume picks the highest complete step. Names, not layouts, identify tensors, so any
+// parallel layout can load any other.
+import fs from 'node:fs';
+import path from 'node:path';
+import type { DeepseekV2 } from '../models/deepseek_v2.js';
+import type { Adam } from '../optim/adam.js';
+import type { Tensor } from '../tensor/tensor.js';
+import { toHostF32 } from '../ops/create.js';
+import { openSafetensors, SafetensorsWriter } from '../io/safetensors.js';
+
+const PREFIX = 'step-';
+const STATE = 'state.json';
+
+export function checkpointName(step: number): string { return `${PREFIX}${String(step).padStart(8, '0')}`; }
+
+/** The newest complete checkpoint folder under dir, or null. */
+export function latestCheckpoint(dir: string): string | null {
+  if (!fs.existsSync(dir)) return null;
+  const steps = fs.readdirSync(dir)
+    .filter((n) => /^step-\d{8}$/.test(n) && fs.existsSync(path.join(dir, n, STATE)))
+    .sort();
+  const last = steps[steps.length - 1];
+  return last ? path.join(dir, last) : null;
+}
+
+/** Streams f32 tensors into one safetensors file, one device read at a time. */
+function writeF32File(file: string, entries: readonly { name: string; t: Tensor }[]): void {
+  const w = SafetensorsWriter.create(file, entries.map((e) => ({ name: e.name, dtype: 'F32', shape: [...e.t.shape] })), { format: 'moetrain' });
+  try {
+    for (const e of entries) w.write(e.name, toHostF32(e.t));
+    w.finish();
+  } catch (err) {
+    w.abort();
+    throw err;
+  }
+}
+
+export interface SaveOptions {
+  /** Complete checkpoints to keep (0: all). */
+  keep: number;
+  /** Recorded in state.json for reference. */
+  config: unknown;
+}
+
+export function saveCheckpoint(dir: string, step: number, model: DeepseekV2, optimizer: Adam, opts: SaveOptions): string {
+  fs.mkdirSync(dir, { recursive: true });
+  const final = path.join(dir, checkpointName(step));
+  const tmp = `${final}.tmp-${process.pid}`;
+  fs.rmSync(tmp, { recursive: true, force: true });
+  fs.mkdirSync(tmp);
+  writeF32File(path.join(tmp, 'model.safetensors'), model.params.map((p) => ({ name: p.name, t: p.master })));
+  writeF32File(path.join(tmp, 'optimizer.safetensors'), model.params.flatMap((p, i) => [
+    { name: `exp_avg.${p.name}`, t: optimizer.m[i]! },
+    { name: `exp_avg_sq.${p.name}`, t: optimizer.v[i]! },
+  ]));
+  const state = { format: 'moetrain-checkpoint', version: 1, step, optimizer_step: optimizer.step, time: new Date().toISOString(), config: opts.config };
+  fs.writeFileSync(path.join(tmp, STATE), JSON.stringify(state, null, 2));
+  if (fs.existsSync(final)) fs.rmSync(final, { recursive: true, force: true });
+  fs.renameSync(tmp, final);
+  if (opts.keep > 0) {
+    const all = fs.readdirSync(dir).filter((n) => /^step-\d{8}$/.test(n)).sort();
+    for (const old of all.slice(0, Math.max(0, all.length - opts.keep))) fs.rmSync(path.join(dir, old), { recursive: true, force: true });
+  }
+  return final;
+}
+
+function loadInto(file: string, names: readonly string[], targets: readonly Tensor[]): void {
+  const st = openSafetensors(file);
+  try {
+    names.forEach((name, i) => {
+      const t = targets[i]!;
+      const info = st.tensors.get(name);
+      if (!info) throw new Error(`${file}: missing tensor ${name}; the checkpoint does not match this model config`);
+      if (info.shape.join(',') !== t.shape.join(',')) {
+        throw new Error(`${file}: tensor ${name} has shape [${info.shape}] but the model expects [${t.shape}]; the checkpoint does not match this model config`);
+      }
+      if (info.dtype !== 'F32') throw new Error(`${file}: tensor ${name} is ${info.dtype}, expected F32 (a moetrain checkpoint)`);
+      t.backend.write(t, st.readTensor(name).data as Float32Array);
+    });
+  } finally {
+    st.close();
+  }
+}
+
+/** Loads weights and optimizer state; returns the step to continue from. */
+export function loadCheckpoint(folder: string, model: DeepseekV2, optimizer: Adam): number {
+  let state: { step: number; optimizer_step: number };
+  try { state = JSON.parse(fs.readFileSync(path.join(folder, STATE), 'utf8')); } catch (e) {
+    throw new Error(`${folder}: unreadable ${STATE} (${(e as Error).message}); delete this checkpoint folder to resume from the previous one`);
+  }
+  const names = model.params.map((p) => p.name);
+  loadInto(path.join(folder, 'model.safetensors'), names, model.params.map((p) => p.master));
+  for (const p of model.params) p.syncValue();
+  loadInto(path.join(folder, 'optimizer.safetensors'), [...names.map((n) => `exp_avg.${n}`), ...names.map((n) => `exp_avg_sq.${n}`)], [...optimizer.m, ...optimizer.v]);
+  optimizer.step = state.optimizer_step;
+  return state.step;
+}

@@ -1,0 +1,135 @@
+// The training configuration: a JSON file (`moetrain train --config run.json`) and/or flags
+// (`--steps 200 --optimizer.lr 1e-3`). Every field is checked up front; an unknown or mistyped
+// field is an error that suggests the closest name.
+import { readFileSync } from 'node:fs';
+import type { AdamConfig } from '../optim/adam.js';
+import type { ScheduleConfig } from '../optim/schedule.js';
+import type { LoadBalanceForm } from '../models/deepseek_v2.js';
+import { closestName } from '../models/deepseek_v2_config.js';
+
+export interface TrainConfig {
+  /** Model: a DeepSeek-V2 config.json path, or "tiny" for the built-in demo model. */
+  model: string;
+  /** Token data folder (made by `moetrain tokenize`), or "demo" for the generated demo corpus. */
+  data: string;
+  /** Where logs, metrics.jsonl and checkpoints go; a run resumes from the latest checkpoint here. */
+  run_dir: string;
+  /** "auto" picks CUDA when a GPU is present, else the CPU. */
+  device: 'auto' | 'cpu' | 'cuda';
+  /** Compute precision of weights and activations (masters, gradients and optimizer state are f32). */
+  precision: 'bf16' | 'f32';
+  /** Seeds initialisation and the data order. */
+  seed: number;
+  /** Optimizer steps in the whole run. */
+  steps: number;
+  seq_len: number;
+  /** Sequences per forward/backward pass. */
+  micro_batch_size: number;
+  /** Sequences per optimizer step (a multiple of micro_batch_size: gradient accumulation). */
+  global_batch_size: number;
+  optimizer: AdamConfig;
+  schedule: ScheduleConfig;
+  /** Global L2 norm the gradients are clipped to; 0 disables clipping. */
+  grad_clip: number;
+  load_balance: { form: LoadBalanceForm; alpha: number };
+  /** Save a checkpoint every N steps (and always at the end); 0: only at the end. */
+  checkpoint_every: number;
+  /** Complete checkpoints to keep (older ones are deleted); 0 keeps all. */
+  keep_checkpoints: number;
+  /** Start from these weights (a moetrain checkpoint or HF folder) when the run has no checkpoint yet. */
+  init_from: string | null;
+}
+
+export function defaultTrainConfig(): TrainConfig {
+  return {
+    model: 'tiny', data: 'demo', run_dir: 'runs/default', device: 'auto', precision: 'bf16', seed: 1234,
+    steps: 100, seq_len: 64, micro_batch_size: 16, global_batch_size: 16,
+    optimizer: { type: 'adamw', lr: 4e-3, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.01 },
+    schedule: { type: 'cosine', warmup_steps: 10, min_lr_ratio: 0.1, decay_fraction: 0.2 },
+    grad_clip: 1.0,
+    load_balance: { form: 'sequence', alpha: 3e-3 },
+    checkpoint_every: 50, keep_checkpoints: 2, init_from: null,
+  };
+}
+
+type Check = (v: unknown) => string | null;
+const positiveInt: Check = (v) => (Number.isInteger(v) && (v as number) > 0 ? null : 'a positive integer');
+const nonNegInt: Check = (v) => (Number.isInteger(v) && (v as number) >= 0 ? null : 'a non-negative integer');
+const nonNeg: Check = (v) => (typeof v === 'number' && Number.isFinite(v) && v >= 0 ? null : 'a non-negative number');
+const positive: Check = (v) => (typeof v === 'number' && Number.isFinite(v) && v > 0 ? null : 'a positive number');
+const fraction: Check = (v) => (typeof v === 'number' && v >= 0 && v < 1 ? null : 'a number in [0, 1)');
+const str: Check = (v) => (typeof v === 'string' && v.length > 0 ? null : 'a non-empty string');
+const strOrNull: Check = (v) => (v === null || (typeof v === 'string' && v.length > 0) ? null : 'a path or null');
+const oneOf = (...xs: string[]): Check => (v) => (xs.includes(v as string) ? null : `one of ${xs.map((x) => `"${x}"`).join(', ')}`);
+
+const SCHEMA: Record<string, Check | Record<string, Check>> = {
+  model: str, data: str, run_dir: str, device: oneOf('auto', 'cpu', 'cuda'), precision: oneOf('bf16', 'f32'),
+  seed: nonNegInt, steps: positiveInt, seq_len: positiveInt, micro_batch_size: positiveInt, global_batch_size: positiveInt,
+  optimizer: { type: oneOf('adamw', 'adam'), lr: positive, beta1: fraction, beta2: fraction, eps: positive, weight_decay: nonNeg },
+  schedule: { type: oneOf('cosine', 'wsd', 'constant'), warmup_steps: nonNegInt, min_lr_ratio: nonNeg, decay_fraction: fraction },
+  grad_clip: nonNeg,
+  load_balance: { form: oneOf('micro-batch', 'global-batch', 'sequence'), alpha: nonNeg },
+  checkpoint_every: nonNegInt, keep_checkpoints: nonNegInt, init_from: strOrNull,
+};
+
+/** Applies `overrides` (nested objects, dotted-path keys already split) onto base, checking every field. */
+export function mergeTrainConfig(base: TrainConfig, overrides: Record<string, unknown>, source: string): TrainConfig {
+  const out = structuredClone(base) as unknown as Record<string, unknown>;
+  for (const [key, value] of Object.entries(overrides)) {
+    const rule = SCHEMA[key];
+    if (!rule) {
+      const near = closestName(key, Object.keys(SCHEMA));
+      throw new Error(`${source}: unknown training option "${key}"${near ? ` (did you mean "${near}"?)` : ''}`);
+    }
+    if (typeof rule === 'function') {
+      const want = rule(value);
+      if (want) throw new Error(`${source}: "${key}" must be ${want}, got ${JSON.stringify(value)}`);
+      out[key] = value;
+      continue;
+    }
+    if (typeof value !== 'object' || value === null || Array.isArray(value)) throw new Error(`${source}: "${key}" must be an object`);
+    const section = out[key] as Record<string, unknown>;
+    for (const [sub, v] of Object.entries(value as Record<string, unknown>)) {
+      const r = rule[sub];
+      if (!r) {
+        const near = closestName(sub, Object.keys(rule));
+        throw new Error(`${source}: unknown training option "${key}.${sub}"${near ? ` (did you mean "${key}.${near}"?)` : ''}`);
+      }
+      const want = r(v);
+      if (want) throw new Error(`${source}: "${key}.${sub}" must be ${want}, got ${JSON.stringify(v)}`);
+      section[sub] = v;
+    }
+  }
+  const c = out as unknown as TrainConfig;
+  if (c.global_batch_size % c.micro_batch_size !== 0) {
+    throw new Error(`${source}: global_batch_size (${c.global_batch_size}) must be a multiple of micro_batch_size (${c.micro_batch_size})`);
+  }
+  if (c.schedule.warmup_steps > c.steps) throw new Error(`${source}: schedule.warmup_steps (${c.schedule.warmup_steps}) exceeds steps (${c.steps})`);
+  return c;
+}
+
+export function readTrainConfigFile(path: string): Record<string, unknown> {
+  let text: string;
+  try { text = readFileSync(path, 'utf8'); } catch (e) { throw new Error(`${path}: cannot read the training config (${(e as NodeJS.ErrnoException).code ?? e})`); }
+  try {
+    const v = JSON.parse(text) as unknown;
+    if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new Error('expected a JSON object');
+    return v as Record<string, unknown>;
+  } catch (e) { throw new Error(`${path}: not a valid training config (${(e as Error).message})`); }
+}
+
+/** Parses `--a.b value` flags into a nested override object (numbers and booleans typed). */
+export function flagsToOverrides(flags: Record<string, string>): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const [k, raw] of Object.entries(flags)) {
+    const parts = k.replace(/-/g, '_').split('.');
+    let v: unknown = raw;
+    if (raw === 'null') v = null;
+    else if (raw === 'true' || raw === 'false') v = raw === 'true';
+    else if (raw.trim() !== '' && !Number.isNaN(Number(raw))) v = Number(raw);
+    let o = out;
+    for (const p of parts.slice(0, -1)) o = (o[p] ??= {}) as Record<string, unknown>;
+    o[parts[parts.length - 1]!] = v;
+  }
+  return out;
+}
