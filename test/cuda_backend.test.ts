@@ -14,7 +14,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import type { Backend } from '../src/backend/backend.js';
 import { CpuBackend } from '../src/backend/cpu/cpu_backend.js';
-import { CudaBackend, devicePtr } from '../src/backend/cuda/cuda_backend.js';
+import { CudaBackend, CudaDeviceBuffer, devicePtr } from '../src/backend/cuda/cuda_backend.js';
 import { defaultCudaContext } from '../src/backend/cuda/context.js';
 import { cudaAvailable } from '../src/backend/cuda/library.js';
 import { bf16ArrayToF32, f32ArrayToBf16, type DType, type HostArray } from '../src/tensor/dtype.js';
@@ -457,7 +457,109 @@ test('adam and adamw over f32 masters with the bf16 copy', { skip }, () => {
   }
 });
 
-test('MLA attention is not wired into CudaBackend yet', { skip }, () => {
-  const t = output([1, 1, 1, 1], 'bf16');
-  assert.throws(() => gpu().mlaAttention(t.g, t.g, t.g, t.g, t.g, t.g, t.g, { causal: true, scale: 1 }), /not wired yet/);
+test('MLA attention through the backend (forward, lse, the five gradients)', { skip }, () => {
+  // The kernels' own tests (cuda_attention.test.ts) cover lengths and modes; this checks the
+  // wiring. B=1, S=70 (one full and one partial tile), H=2, bf16 inputs. Tolerances: o and the
+  // gradients pass through bf16 probabilities inside the kernel's products (two chained bf16
+  // roundings), so 2e-2; lse comes from f32 scores, 1e-4.
+  const B = 1, S = 70, H = 2;
+  const qn = input([B, S, H, 128], 'bf16'), qp = input([B, S, H, 64], 'bf16');
+  const kn = input([B, S, H, 128], 'bf16'), kp = input([B, S, 1, 64], 'bf16'), v = input([B, S, H, 128], 'bf16');
+  const o = output([B, S, H, 128], 'bf16'), lse = output([B, H, S], 'f32');
+  const opts = { causal: true, scale: 1 / Math.sqrt(192) };
+  cpu.mlaAttention(o.c, lse.c, qn.c, qp.c, kn.c, kp.c, v.c, opts);
+  gpu().mlaAttention(o.g, lse.g, qn.g, qp.g, kn.g, kp.g, v.g, opts);
+  expectClose(o, 2e-2, 'mlaAttention o');
+  expectClose(lse, 1e-4, 'mlaAttention lse');
+  const dout = input([B, S, H, 128], 'bf16');
+  const grads = {
+    dqNope: output([B, S, H, 128], 'bf16'), dqPe: output([B, S, H, 64], 'bf16'), dkNope: output([B, S, H, 128], 'bf16'),
+    dkPe: output([B, S, 1, 64], 'bf16'), dv: output([B, S, H, 128], 'bf16'),
+  };
+  const side = (k: 'c' | 'g') => ({ dqNope: grads.dqNope[k], dqPe: grads.dqPe[k], dkNope: grads.dkNope[k], dkPe: grads.dkPe[k], dv: grads.dv[k] });
+  cpu.mlaAttentionBackward(side('c'), dout.c, qn.c, qp.c, kn.c, kp.c, v.c, o.c, lse.c, opts);
+  gpu().mlaAttentionBackward(side('g'), dout.g, qn.g, qp.g, kn.g, kp.g, v.g, o.g, lse.g, opts);
+  for (const [name, p] of Object.entries(grads)) expectClose(p, 2e-2, `mlaAttentionBackward ${name}`);
+});
+
+// ---- bandwidth (MOETRAIN_BENCH=1 only; prints, asserts nothing) ----
+
+const bench = skip || (process.env.MOETRAIN_BENCH === '1' ? false : 'set MOETRAIN_BENCH=1 to time the kernels');
+
+/** A device tensor filled with random values by uploading one random chunk repeatedly. */
+function randomDevice(shape: Shape, dtype: DType, values?: Float32Array | Int32Array): Tensor {
+  const t = emptyTensor(gpu(), shape, dtype);
+  const chunk = hostOf(dtype, values ?? randn(Math.min(t.size, 1 << 22)));
+  const chunkBytes = Math.min(chunk.byteLength, t.bytes);
+  for (let at = 0; at < t.bytes; at += chunkBytes) gpu().ctx.upload(devicePtr(t) + BigInt(at), chunk, Math.min(chunkBytes, t.bytes - at));
+  return t;
+}
+
+test('bandwidth of the memory-bound kernels', { skip: bench }, (t) => {
+  const b = gpu(), ctx = b.ctx;
+  const time = (fn: () => void): number => {
+    fn(); fn();
+    const ms: number[] = [];
+    for (let i = 0; i < 10; i++) ms.push(ctx.timeMs(fn));
+    ms.sort((x, y) => x - y);
+    return ms[5]!;
+  };
+  const rows: string[] = [];
+  const report = (what: string, bytes: number, ms: number): void => {
+    rows.push(`${what.padEnd(58)} ${ms.toFixed(3).padStart(8)} ms ${(bytes / ms / 1e6).toFixed(0).padStart(6)} GB/s  floor ${(bytes / 3e12 * 1e3).toFixed(3)} ms`);
+  };
+  const big = b.alloc(2 ** 30) as CudaDeviceBuffer, big2 = b.alloc(2 ** 30) as CudaDeviceBuffer;
+  report('device-to-device copy 1 GiB (read + write)', 2 * 2 ** 30, time(() => ctx.copyDeviceToDevice(big2.ptr, big.ptr, 2 ** 30)));
+  b.free(big); b.free(big2);
+
+  const N = 4096, V = 102400;
+  const logits = randomDevice([N, V], 'bf16', randn(1 << 22, 3));
+  const labels = randomDevice([N], 'i32', randint(N, 0, V));
+  const loss = emptyTensor(b, [N], 'f32'), lse = emptyTensor(b, [N], 'f32'), dloss = randomDevice([1], 'f32', Float32Array.of(1));
+  report(`crossEntropy fwd [${N},${V}] bf16`, N * V * 2, time(() => b.crossEntropy(loss, lse, logits, labels)));
+  const dlogits = emptyTensor(b, [N, V], 'bf16');
+  report(`crossEntropy bwd [${N},${V}] bf16`, N * V * 4, time(() => b.crossEntropyBackward(dlogits, logits, labels, lse, dloss, 1 / N)));
+  logits.dispose(); dlogits.dispose();
+
+  const R = 16384, D = 2048;
+  const x = randomDevice([R, D], 'bf16'), w = randomDevice([D], 'bf16'), y = emptyTensor(b, [R, D], 'bf16'), rstd = emptyTensor(b, [R], 'f32');
+  report(`rmsNorm fwd [${R},${D}] bf16`, R * D * 4, time(() => b.rmsNorm(y, rstd, x, w, 1e-6)));
+  const dw = randomDevice([D], 'f32'), dx = emptyTensor(b, [R, D], 'bf16');
+  report(`rmsNorm bwd [${R},${D}] bf16`, R * D * 6, time(() => b.rmsNormBackward(dx, dw, y, x, w, rstd)));
+  const wide = emptyTensor(b, [R, D], 'f32');
+  report(`copy bf16 → f32 [${R},${D}]`, R * D * 6, time(() => b.copy(wide, x)));
+  report(`binary add bf16 [${R},${D}]`, R * D * 6, time(() => b.binary('add', dx, x, y)));
+  const sq = randomDevice([1], 'f32', Float32Array.of(0));
+  report(`sumSquaresInto f32 [${R},${D}]`, R * D * 4, time(() => b.sumSquaresInto(sq, wide)));
+
+  const M = 6 * R, F = 1408;
+  const gate = randomDevice([M, F], 'bf16'), up = randomDevice([M, F], 'bf16'), act = emptyTensor(b, [M, F], 'bf16');
+  report(`swiglu fwd [${M},${F}] bf16`, M * F * 6, time(() => b.swiglu(act, gate, up)));
+  const dgate = emptyTensor(b, [M, F], 'bf16'), dup = emptyTensor(b, [M, F], 'bf16');
+  report(`swiglu bwd [${M},${F}] bf16`, M * F * 10, time(() => b.swigluBackward(dgate, dup, act, gate, up)));
+  for (const u of [gate, up, act, dgate, dup]) u.dispose();
+
+  const slotsToken = randomDevice([M], 'i32', randint(M, 0, R));
+  const probs = randomDevice([M], 'f32');
+  const dispatched = emptyTensor(b, [M, D], 'bf16');
+  report(`gatherRows [${M},${D}] from [${R},${D}] bf16`, M * D * 4, time(() => b.gatherRows(dispatched, x, slotsToken, null)));
+  const combined = randomDevice([R, D], 'f32');
+  report(`scatterAddRows [${M},${D}] bf16 → f32 [${R},${D}] weighted`, M * D * 2 + R * D * 8, time(() => b.scatterAddRows(combined, dispatched, slotsToken, probs)));
+  dispatched.dispose();
+
+  const experts = randomDevice([M], 'i32', randint(M, 0, 64));
+  const order = emptyTensor(b, [M], 'i32'), offsets = emptyTensor(b, [65], 'i32');
+  report(`expertOrder M=${M} E=64`, M * 8, time(() => b.expertOrder(order, offsets, experts, 64)));
+  const router = randomDevice([R, 64], 'f32'), probsRE = emptyTensor(b, [R, 64], 'f32');
+  const topv = emptyTensor(b, [R, 6], 'f32'), topi = emptyTensor(b, [R, 6], 'i32');
+  report(`softmax [${R},64] f32`, R * 64 * 8, time(() => b.softmax(probsRE, router)));
+  report(`topk [${R},64] k=6`, R * 64 * 4, time(() => b.topk(topv, topi, probsRE, 6)));
+
+  const P = 100_000_000;
+  const param = randomDevice([P], 'f32'), grad = randomDevice([P], 'f32'), mom = randomDevice([P], 'f32'), vel = randomDevice([P], 'f32');
+  const lowp = emptyTensor(b, [P], 'bf16');
+  const h = { lr: 1e-4, beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0.1, decoupled: true, step: 3, gradScale: 1 };
+  report(`adamw ${P / 1e6}M params, bf16 copy`, P * 30, time(() => b.adam(param, grad, mom, vel, lowp, h)));
+  t.diagnostic(`${ctx.description}\n${rows.join('\n')}`);
+  console.log(`\n${ctx.description}\n${rows.join('\n')}`);
 });

@@ -12,6 +12,7 @@ import type { AdamHyper, AttentionOptions, Backend, BinaryOp, DeviceBuffer, Matm
 import { CachingAllocator, type GpuBlock } from './allocator.js';
 import type { CudaContext } from './context.js';
 import { CublasLt } from './cublaslt.js';
+import { mlaAttentionBackward as mlaAttentionBackwardCuda, mlaAttentionForward } from './mla_attention.js';
 import { KernelArgs, loadModule, type CudaKernel } from './module.js';
 
 /** Device memory handed out by CudaBackend.alloc. */
@@ -664,15 +665,15 @@ export class CudaBackend implements Backend {
     }
   }
 
-  mlaAttention(_o: Tensor, _lse: Tensor, _qNope: Tensor, _qPe: Tensor, _kNope: Tensor, _kPe: Tensor, _v: Tensor, _opts: AttentionOptions): void {
-    throw new Error('internal: MLA attention kernels not wired yet');
+  mlaAttention(o: Tensor, lse: Tensor, qNope: Tensor, qPe: Tensor, kNope: Tensor, kPe: Tensor, v: Tensor, opts: AttentionOptions): void {
+    mlaAttentionForward(this.ctx, o, lse, qNope, qPe, kNope, kPe, v, opts);
   }
 
   mlaAttentionBackward(
-    _grads: { dqNope: Tensor; dqPe: Tensor; dkNope: Tensor; dkPe: Tensor; dv: Tensor },
-    _dout: Tensor, _qNope: Tensor, _qPe: Tensor, _kNope: Tensor, _kPe: Tensor, _v: Tensor, _o: Tensor, _lse: Tensor, _opts: AttentionOptions,
+    grads: { dqNope: Tensor; dqPe: Tensor; dkNope: Tensor; dkPe: Tensor; dv: Tensor },
+    dout: Tensor, qNope: Tensor, qPe: Tensor, kNope: Tensor, kPe: Tensor, v: Tensor, o: Tensor, lse: Tensor, opts: AttentionOptions,
   ): void {
-    throw new Error('internal: MLA attention kernels not wired yet');
+    mlaAttentionBackwardCuda(this.ctx, this.allocator, grads, dout, qNope, qPe, kNope, kPe, v, o, lse, opts);
   }
 
   // ---- optimizer ----
