@@ -34,20 +34,31 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KERNELS = os.path.join(REPO, "src", "backend", "cuda", "kernels")
 TILE = 64
 # Must match the static_asserts in the .cu files.
-FWD_SMEM, DKDV_SMEM, DQ_SMEM = 111616, 148480, 138240
+DKDV_SMEM, DQ_SMEM = 148480, 138240
 D_QK = D_NOPE + D_ROPE
+
+
+# Forward tile shapes built side by side: (m-tiles per warp, key-tile rows). The first is the
+# default the TypeScript host uses (mla_attention_fwd.cu's MLA_FWD_MT / MLA_FWD_BN).
+FWD_VARIANTS = {"mt2_bn32": (2, 32), "mt1_bn64": (1, 64)}
+
+
+def fwd_smem(mt, bn):
+    return (4 * 16 * mt * (D_QK + 8) + 2 * bn * (D_QK + 8) + 2 * bn * (D_V + 8)) * 2
 
 
 def build(out_dir, arch="sm_90a"):
     """nvcc → cubins; returns {name: path} and writes the ptxas resource report."""
     paths, report = {}, []
-    for name in ("fwd", "bwd"):
-        src = os.path.join(KERNELS, f"mla_attention_{name}.cu")
+    jobs = [(f"fwd_{v}", "fwd", [f"-DMLA_FWD_MT={mt}", f"-DMLA_FWD_BN={bn}"]) for v, (mt, bn) in FWD_VARIANTS.items()]
+    jobs.append(("bwd", "bwd", []))
+    for name, src_name, defines in jobs:
+        src = os.path.join(KERNELS, f"mla_attention_{src_name}.cu")
         cubin = os.path.join(out_dir, f"mla_attention_{name}.cubin")
         cmd = ["nvcc", "-std=c++17", "-cubin", f"-gencode=arch=compute_{arch[3:]},code={arch}", "-Xptxas", "-v",
-               "-I", KERNELS, "-o", cubin, src]
+               "-I", KERNELS, *defines, "-o", cubin, src]
         r = subprocess.run(cmd, capture_output=True, text=True)
-        report.append(r.stdout + r.stderr)
+        report.append(f"== {name} {' '.join(defines)}\n" + r.stdout + r.stderr)
         if r.returncode != 0:
             print(r.stdout + r.stderr)
             raise SystemExit(f"nvcc failed for {src}")
@@ -56,13 +67,14 @@ def build(out_dir, arch="sm_90a"):
     with open(os.path.join(out_dir, "ptxas.txt"), "w") as f:
         f.write(text)
     for line in text.splitlines():
-        if "Compiling entry" in line or "stack frame" in line or "Used" in line:
+        if line.startswith("==") or "Compiling entry" in line or "stack frame" in line or "Used" in line:
             print("  " + line.replace("ptxas info    : ", "").strip())
     try:
         for name, cubin in paths.items():
             sass = subprocess.run(["cuobjdump", "-sass", cubin], capture_output=True, text=True).stdout
-            with open(os.path.join(out_dir, f"{name}.sass"), "w") as f:
-                f.write(sass)
+            if name in ("fwd_mt2_bn32", "bwd"):
+                with open(os.path.join(out_dir, f"{name}.sass"), "w") as f:
+                    f.write(sass)
             ops = {}
             for op in re.findall(r"\b(HMMA|HGMMA|LDSM|LDGSTS|LDL|STL|RED|ATOM|MUFU\.EX2|BAR)\b", sass):
                 ops[op] = ops.get(op, 0) + 1
@@ -77,11 +89,14 @@ def u64(t):
 
 
 class MlaKernels:
-    def __init__(self, cubins):
-        fwd = cupy.RawModule(path=cubins["fwd"])
+    def __init__(self, cubins, fwd_variant=next(iter(FWD_VARIANTS))):
         bwd = cupy.RawModule(path=cubins["bwd"])
-        self.fwd = fwd.get_function("mla_attention_fwd")
-        self.fwd.max_dynamic_shared_size_bytes = FWD_SMEM
+        self.fwd_variants = {}
+        for v, (mt, bn) in FWD_VARIANTS.items():
+            fn = cupy.RawModule(path=cubins[f"fwd_{v}"]).get_function("mla_attention_fwd")
+            fn.max_dynamic_shared_size_bytes = fwd_smem(mt, bn)
+            self.fwd_variants[v] = (fn, fwd_smem(mt, bn), 4 * 16 * mt)
+        self.use_fwd(fwd_variant)
         self.pre = bwd.get_function("mla_attention_bwd_preprocess")
         self.dkdv = bwd.get_function("mla_attention_bwd_dkdv")
         self.dkdv.max_dynamic_shared_size_bytes = DKDV_SMEM
@@ -89,12 +104,15 @@ class MlaKernels:
         self.dq.max_dynamic_shared_size_bytes = DQ_SMEM
         self.finish = bwd.get_function("mla_attention_bwd_finish")
 
+    def use_fwd(self, variant):
+        self.fwd, self.fwd_smem, self.fwd_rows = self.fwd_variants[variant]
+
     def forward(self, qn, qp, kn, kp, v, o, lse, causal, scale):
         B, S, H, _ = qn.shape
-        tiles = (S + TILE - 1) // TILE
+        tiles = (S + self.fwd_rows - 1) // self.fwd_rows
         self.fwd((tiles, H, B), (128, 1, 1),
                  (u64(qn), u64(qp), u64(kn), u64(kp), u64(v), u64(o), u64(lse),
-                  np.int32(S), np.int32(H), np.float32(scale), np.int32(causal)), shared_mem=FWD_SMEM)
+                  np.int32(S), np.int32(H), np.float32(scale), np.int32(causal)), shared_mem=self.fwd_smem)
 
     def scratch(self, B, S, H, deterministic):
         f32 = dict(device="cuda", dtype=torch.float32)
@@ -164,6 +182,8 @@ def errors(x, ref):
     if not torch.isfinite(x).all():
         return float("nan"), float("nan")
     d = x - ref
+    if ref.norm() == 0:  # S = 1: the softmax is constant, dq and dk vanish; compare absolutely
+        return d.norm().item() / math.sqrt(d.numel()), d.abs().max().item()
     return (d.norm() / ref.norm()).item(), (d.abs().max() / ref.abs().max()).item()
 
 
@@ -179,13 +199,19 @@ def check(k, out_dir):
         scale = D_QK ** -0.5
         qn, qp, kn, kp, v, do = random_inputs(B, S, H, gen, q_mag)
         o_ref, lse_ref, g_ref = reference(qn, qp, kn, kp, v, do, causal, scale)
-        o = nan_like((B, S, H, D_V), torch.bfloat16)
-        lse = nan_like((B, H, S), torch.float32)
-        k.forward(qn, qp, kn, kp, v, o, lse, causal, scale)
-        torch.cuda.synchronize()
-        res = {"o": errors(o, o_ref)}
-        lse_err = ((lse.double() - lse_ref).abs() / lse_ref.abs().clamp(min=1)).max().item() if torch.isfinite(lse).all() else float("nan")
-        line_ok = res["o"][0] <= 1e-2 and lse_err <= 1e-4
+        res, line_ok, lse_err = {}, True, 0.0
+        # Every forward variant; the default one goes last, and its o and lse feed the backward.
+        for variant in reversed(list(FWD_VARIANTS)):
+            k.use_fwd(variant)
+            o = nan_like((B, S, H, D_V), torch.bfloat16)
+            lse = nan_like((B, H, S), torch.float32)
+            k.forward(qn, qp, kn, kp, v, o, lse, causal, scale)
+            torch.cuda.synchronize()
+            name = "o" if variant == next(iter(FWD_VARIANTS)) else f"o/{variant}"
+            res[name] = errors(o, o_ref)
+            e = ((lse.double() - lse_ref).abs() / lse_ref.abs().clamp(min=1)).max().item() if torch.isfinite(lse).all() else float("nan")
+            lse_err = max(lse_err, e) if e == e else e
+            line_ok = line_ok and res[name][0] <= 1e-2 and e <= 1e-4
         grads_by_mode = {}
         for det in (False, True):
             g = {n: nan_like(x.shape, torch.bfloat16) for n, x in
@@ -248,7 +274,40 @@ def bench(k, seqs, b=1, h=16, with_det=True):
             sets.append((qn, qp, kn, kp, v, do, o, lse, g))
         sc = k.scratch(b, s, h, False)
         scd = k.scratch(b, s, h, True) if with_det else None
-        fwd = time_ms([lambda a=a: k.forward(*a[:5], a[6], a[7], True, scale) for a in sets], reps)
+        fwd_by_variant = {}
+        for variant in reversed(list(FWD_VARIANTS)):
+            k.use_fwd(variant)
+            fwd_by_variant[variant] = time_ms([lambda a=a: k.forward(*a[:5], a[6], a[7], True, scale) for a in sets], reps)
+        fwd = fwd_by_variant[next(iter(FWD_VARIANTS))]
+        print(f"  s={s} forward variants: " + ", ".join(f"{v} {ms:.3f} ms {attention_flops(b, h, s) / ms / 1e9:.0f} TF"
+                                                      for v, ms in fwd_by_variant.items()))
+        if s in (8192, 16384):
+            # Where the backward's time goes: each kernel alone, on one input set.
+            a = sets[0]
+            qn, qp, kn, kp, v, do, o, lse, g = a
+            tiles, rows = (s + TILE - 1) // TILE, b * s * h
+            pre = lambda det, sc_: k.pre(((rows + 7) // 8, 1, 1), (256, 1, 1), (
+                u64(o), u64(do), u64(sc_["d_sum"]), u64(sc_["dq_accum"]), u64(None if det else sc_["dkpe"]),
+                np.int32(rows), np.int32(s), np.int32(h)))
+            dkdv = lambda det, sc_: k.dkdv((tiles, h, b), (256, 1, 1), (
+                u64(qn), u64(qp), u64(kn), u64(kp), u64(v), u64(do), u64(lse), u64(sc_["d_sum"]), u64(g["dk_nope"]),
+                u64(g["dv"]), u64(sc_["dq_accum"]), u64(sc_["dkpe"]), np.int32(s), np.int32(h), np.float32(scale),
+                np.int32(1), np.int32(det)), shared_mem=DKDV_SMEM)
+            dq = lambda: k.dq((tiles, h, b), (256, 1, 1), (
+                u64(qn), u64(qp), u64(kn), u64(kp), u64(v), u64(do), u64(lse), u64(scd["d_sum"]), u64(g["dq_nope"]),
+                u64(g["dq_pe"]), np.int32(s), np.int32(h), np.float32(scale), np.int32(1)), shared_mem=DQ_SMEM)
+            fin = lambda det, sc_: k.finish((b * s, 1, 1), (128, 1, 1), (
+                u64(sc_["dq_accum"]), u64(g["dq_nope"]), u64(g["dq_pe"]), u64(sc_["dkpe"]), u64(g["dk_pe"]),
+                np.int32(h), np.float32(scale), np.int32(det)))
+            split = {
+                "preprocess": time_ms([lambda: pre(False, sc)], reps),
+                "dkdv+dq atomics": time_ms([lambda: dkdv(False, sc)], reps),
+                "dkdv alone (det)": time_ms([lambda: dkdv(True, scd)], reps),
+                "dq (det)": time_ms([dq], reps),
+                "finish": time_ms([lambda: fin(False, sc)], reps),
+                "finish (det)": time_ms([lambda: fin(True, scd)], reps),
+            }
+            print(f"  s={s} backward kernels alone (ms): " + ", ".join(f"{n} {ms:.3f}" for n, ms in split.items()))
         bwd = time_ms([lambda a=a: k.backward(a[8], a[5], *a[:5], a[6], a[7], True, scale, False, sc) for a in sets], reps)
         bwd_det = time_ms([lambda a=a: k.backward(a[8], a[5], *a[:5], a[6], a[7], True, scale, True, scd) for a in sets],
                           reps) if with_det else float("nan")

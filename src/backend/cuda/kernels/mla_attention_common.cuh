@@ -46,8 +46,11 @@ __device__ __forceinline__ float fast_exp2(float x) {
   return y;
 }
 
+// Shared-memory address of a generic pointer (inline PTX: no header declares it under NVRTC).
 __device__ __forceinline__ u32 smem_addr(const void* p) {
-  return static_cast<u32>(__cvta_generic_to_shared(p));
+  u32 r;
+  asm("{ .reg .u64 a; cvta.to.shared.u64 a, %1; cvt.u32.u64 %0, a; }" : "=r"(r) : "l"(p));
+  return r;
 }
 
 // 16-byte global→shared copy; when !valid nothing is read and the 16 bytes are zero-filled, so

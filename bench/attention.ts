@@ -1,0 +1,213 @@
+// MLA attention benchmark: our CUDA kernels (src/backend/cuda/mla_attention.ts) at b=1, h=16,
+// dq=192 (128+64), dv=128, causal, bf16, s = 2048..32768, next to cuDNN through PyTorch
+// (bench/attention_peer.py, when python3 with a CUDA torch is present) and the targets of
+// TARGETS.md. Times are the median of CUDA-event timings after a warm-up, with inputs rotated
+// among enough sets that L2 never serves a repeat.
+//
+//   node dist/bench/attention.js          (or: moetrain bench attention)
+//
+// FLOPs (FlashAttention convention): forward = b·h·s²·(dq+dv) for causal, backward = 2.5×.
+// Floor: forward FLOPs / 790 TFLOP/s (the measured bf16 GEMM ceiling of an H100 SXM).
+//
+// Measured 2026-11-25 through bench/attention_harness.py (same kernels and timing method),
+// NVIDIA H100 80GB HBM3, one run, cuDNN 9 via PyTorch 2.11 in the same run:
+//   s      ours fwd ms/TF   cuDNN fwd      ours bwd ms/TF   (det ms)  cuDNN bwd
+//   2048   0.157 / 137      0.067 / 320    0.513 / 105      0.556     0.235 / 229
+//   4096   0.484 / 177      0.187 / 460    1.672 / 128      1.791     0.624 / 344
+//   8192   1.667 / 206      0.598 / 575    6.058 / 142      6.178     1.960 / 438
+//   16384  6.015 / 228      2.201 / 624    22.751 / 151     24.594    6.777 / 507
+//   32768  23.154 / 237     8.917 / 616    91.637 / 150     97.269    28.264 / 486
+import { spawnSync } from 'node:child_process';
+import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { CudaContext } from '../src/backend/cuda/context.js';
+import { CudaBackend, devicePtr } from '../src/backend/cuda/cuda_backend.js';
+import { cudaAvailable } from '../src/backend/cuda/library.js';
+import { mlaAttentionBackward, mlaAttentionForward, type MlaGrads } from '../src/backend/cuda/mla_attention.js';
+import { packageRoot } from '../src/backend/cuda/module.js';
+import { f32ArrayToBf16 } from '../src/tensor/dtype.js';
+import { emptyTensor, type Shape, type Tensor } from '../src/tensor/tensor.js';
+
+const D_NOPE = 128, D_ROPE = 64, D_V = 128;
+const CEILING_FLOPS = 790e12;
+const L2_BYTES = 50 * 2 ** 20;
+
+/** TARGETS.md, "MLA attention, one H100": TFLOP/s at least, per s. */
+const TARGET_TFLOPS: Record<number, { fwd: number; bwd: number }> = {
+  2048: { fwd: 430, bwd: 280 }, 4096: { fwd: 580, bwd: 390 }, 8192: { fwd: 620, bwd: 450 },
+  16384: { fwd: 645, bwd: 500 }, 32768: { fwd: 645, bwd: 520 },
+};
+
+export function attentionFlops(b: number, h: number, s: number, backward = false): number {
+  const f = b * h * s * s * (D_NOPE + D_ROPE + D_V);
+  return backward ? 2.5 * f : f;
+}
+
+export interface AttentionTiming { ms: number; tflops: number }
+
+export interface AttentionBenchRow {
+  s: number;
+  fwd: AttentionTiming;
+  bwd: AttentionTiming;
+  bwdDeterministic: AttentionTiming;
+  peerFwd?: AttentionTiming;
+  peerBwd?: AttentionTiming;
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const h = s.length >> 1;
+  return s.length % 2 ? s[h]! : (s[h - 1]! + s[h]!) / 2;
+}
+
+function randomBf16Chunk(n: number, seed: number): Uint16Array {
+  const f = new Float32Array(n);
+  let s = seed >>> 0 || 1;
+  for (let i = 0; i < n; i++) {
+    s ^= s << 13; s >>>= 0; s ^= s >>> 17; s ^= s << 5; s >>>= 0;
+    f[i] = ((s / 2 ** 32) * 2 - 1) * 1.7; // uniform with unit variance
+  }
+  return f32ArrayToBf16(f);
+}
+
+/** Fills a bf16 tensor with noise by uploading slices of one random chunk (never zeros). */
+function fillRandom(ctx: CudaContext, t: Tensor, chunk: Uint16Array, start: number): void {
+  const base = devicePtr(t);
+  for (let at = 0; at < t.size;) {
+    const from = (start + at) % (chunk.length - 1);
+    const n = Math.min(chunk.length - from, t.size - at);
+    ctx.upload(base + BigInt(at * 2), chunk.subarray(from, from + n), n * 2);
+    at += n;
+  }
+}
+
+interface InputSet {
+  qNope: Tensor; qPe: Tensor; kNope: Tensor; kPe: Tensor; v: Tensor; dout: Tensor; o: Tensor; lse: Tensor; grads: MlaGrads;
+}
+
+/** Median milliseconds of `call(i)` over `reps` repetitions (i rotates the input set). */
+function timeMs(ctx: CudaContext, reps: number, call: (i: number) => void): number {
+  for (let i = 0; i < 3; i++) call(i);
+  const starts = Array.from({ length: reps }, () => ctx.createEvent());
+  const ends = Array.from({ length: reps }, () => ctx.createEvent());
+  for (let i = 0; i < reps; i++) {
+    starts[i]!.record();
+    call(i);
+    ends[i]!.record();
+  }
+  const ms = median(ends.map((e, i) => e.elapsedSince(starts[i]!)));
+  for (const e of [...starts, ...ends]) e.destroy();
+  return ms;
+}
+
+function timeOurs(be: CudaBackend, b: number, h: number, s: number, chunk: Uint16Array): Omit<AttentionBenchRow, 's'> {
+  const ctx = be.ctx;
+  const setBytes = b * s * h * (2 * D_NOPE + D_ROPE + 2 * D_V) * 2;
+  const nSets = Math.max(2, Math.min(8, Math.ceil((3 * L2_BYTES) / setBytes)));
+  const owned: Tensor[] = [];
+  const make = (shape: Shape, dtype: 'bf16' | 'f32' = 'bf16'): Tensor => { const t = emptyTensor(be, shape, dtype); owned.push(t); return t; };
+  const opts = { causal: true, scale: 1 / Math.sqrt(D_NOPE + D_ROPE) };
+  try {
+    const sets: InputSet[] = [];
+    let seedOffset = 0;
+    for (let i = 0; i < nSets; i++) {
+      const set: InputSet = {
+        qNope: make([b, s, h, D_NOPE]), qPe: make([b, s, h, D_ROPE]), kNope: make([b, s, h, D_NOPE]), kPe: make([b, s, 1, D_ROPE]),
+        v: make([b, s, h, D_V]), dout: make([b, s, h, D_V]), o: make([b, s, h, D_V]), lse: make([b, h, s], 'f32'),
+        grads: {
+          dqNope: make([b, s, h, D_NOPE]), dqPe: make([b, s, h, D_ROPE]), dkNope: make([b, s, h, D_NOPE]),
+          dkPe: make([b, s, 1, D_ROPE]), dv: make([b, s, h, D_V]),
+        },
+      };
+      for (const t of [set.qNope, set.qPe, set.kNope, set.kPe, set.v, set.dout]) fillRandom(ctx, t, chunk, (seedOffset += 7919));
+      mlaAttentionForward(ctx, set.o, set.lse, set.qNope, set.qPe, set.kNope, set.kPe, set.v, opts);
+      sets.push(set);
+    }
+    const reps = s <= 8192 ? 30 : 10;
+    const fwdMs = timeMs(ctx, reps, (i) => {
+      const x = sets[i % nSets]!;
+      mlaAttentionForward(ctx, x.o, x.lse, x.qNope, x.qPe, x.kNope, x.kPe, x.v, opts);
+    });
+    const bwd = (deterministic: boolean) => timeMs(ctx, reps, (i) => {
+      const x = sets[i % nSets]!;
+      mlaAttentionBackward(ctx, be.allocator, x.grads, x.dout, x.qNope, x.qPe, x.kNope, x.kPe, x.v, x.o, x.lse, { ...opts, deterministic });
+    });
+    const bwdMs = bwd(false);
+    const detMs = bwd(true);
+    const f = attentionFlops(b, h, s), fb = attentionFlops(b, h, s, true);
+    return {
+      fwd: { ms: fwdMs, tflops: f / fwdMs / 1e9 },
+      bwd: { ms: bwdMs, tflops: fb / bwdMs / 1e9 },
+      bwdDeterministic: { ms: detMs, tflops: fb / detMs / 1e9 },
+    };
+  } finally {
+    for (const t of owned) t.dispose();
+  }
+}
+
+interface PeerRow { s: number; fwd_ms: number; bwd_ms: number; fwd_tflops: number; bwd_tflops: number }
+
+/** cuDNN's timings per s from bench/attention_peer.py, or the reason there are none. */
+function timePeer(b: number, h: number, seqs: readonly number[]): Map<number, PeerRow> | string {
+  const probe = spawnSync('python3', ['-c', 'import torch; assert torch.cuda.is_available()'], { encoding: 'utf8' });
+  if (probe.status !== 0) return 'python3 with a CUDA build of torch not found';
+  const script = join(packageRoot(), 'bench', 'attention_peer.py');
+  const run = spawnSync('python3', [script, '--seqs', seqs.join(','), '--heads', String(h), '--batch', String(b)],
+    { encoding: 'utf8', maxBuffer: 1 << 24 });
+  if (run.status !== 0) return `attention_peer.py failed: ${run.stderr.trim().split('\n').slice(-3).join(' | ')}`;
+  const rows = new Map<number, PeerRow>();
+  for (const line of run.stdout.trim().split('\n')) {
+    if (!line.startsWith('{')) continue;
+    const r = JSON.parse(line) as PeerRow;
+    rows.set(r.s, r);
+  }
+  return rows;
+}
+
+export interface AttentionBenchOptions {
+  /** Sequence lengths (default 2048..32768). */
+  seqs?: readonly number[];
+  /** Run bench/attention_peer.py for cuDNN's numbers (default true). */
+  peer?: boolean;
+  log?: (line: string) => void;
+}
+
+/** Runs the benchmark on this process's GPU and prints the TARGETS.md table; returns the rows. */
+export async function runAttentionBench(opts: AttentionBenchOptions = {}): Promise<AttentionBenchRow[]> {
+  const log = opts.log ?? ((l: string) => console.log(l));
+  if (!cudaAvailable()) throw new Error('bench attention needs a CUDA GPU: libcuda did not load or no device is visible');
+  const b = 1, h = 16;
+  const seqs = opts.seqs ?? [2048, 4096, 8192, 16384, 32768];
+  const be = new CudaBackend(new CudaContext());
+  log(`attention bench on ${be.ctx.description}: MLA b=${b} h=${h} dq=192 dv=128 causal bf16; median of CUDA-event timings`);
+  const chunk = randomBf16Chunk(1 << 22, 0x9e3779b9);
+  const rows: AttentionBenchRow[] = seqs.map((s) => ({ s, ...timeOurs(be, b, h, s, chunk) }));
+  be.allocator.releaseCached();
+  const peer = opts.peer === false ? 'not requested' : timePeer(b, h, seqs);
+  if (typeof peer === 'string') log(`cuDNN peer: ${peer}`);
+  else {
+    for (const r of rows) {
+      const p = peer.get(r.s);
+      if (p) { r.peerFwd = { ms: p.fwd_ms, tflops: p.fwd_tflops }; r.peerBwd = { ms: p.bwd_ms, tflops: p.bwd_tflops }; }
+    }
+  }
+  const cell = (t?: AttentionTiming): string => (t ? `${t.ms.toFixed(3)} / ${t.tflops.toFixed(0)}` : '-');
+  const header = ['s', 'floor fwd ms', 'ours fwd ms / TFLOPS', 'cuDNN fwd', 'ours bwd ms / TFLOPS', 'det bwd ms', 'cuDNN bwd',
+    'target fwd', 'target bwd', 'fwd vs cuDNN', 'bwd vs cuDNN'];
+  const table = rows.map((r) => [
+    String(r.s), (attentionFlops(b, h, r.s) / CEILING_FLOPS * 1e3).toFixed(3), cell(r.fwd), cell(r.peerFwd), cell(r.bwd),
+    r.bwdDeterministic.ms.toFixed(3), cell(r.peerBwd),
+    TARGET_TFLOPS[r.s] ? `>= ${TARGET_TFLOPS[r.s]!.fwd}` : '-', TARGET_TFLOPS[r.s] ? `>= ${TARGET_TFLOPS[r.s]!.bwd}` : '-',
+    r.peerFwd ? `${(r.fwd.tflops / r.peerFwd.tflops).toFixed(2)}x` : '-',
+    r.peerBwd ? `${(r.bwd.tflops / r.peerBwd.tflops).toFixed(2)}x` : '-',
+  ]);
+  log(`| ${header.join(' | ')} |`);
+  log(`|${header.map(() => '---').join('|')}|`);
+  for (const row of table) log(`| ${row.join(' | ')} |`);
+  return rows;
+}
+
+if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
+  const seqs = process.argv[2]?.split(',').map(Number);
+  await runAttentionBench(seqs ? { seqs } : {});
+}

@@ -1,0 +1,177 @@
+// MLA attention on CUDA (src/backend/cuda/mla_attention.ts) against the CPU backend's
+// mlaAttention / mlaAttentionBackward, at small awkward sizes (S not a multiple of the 64-row
+// tile, S = 1, several heads and batches), causal and not, both backward modes. GPU tests skip
+// with "skipped: no CUDA" where no GPU is visible; the input checks run everywhere.
+//
+// Inputs are bf16 on the GPU and the same (bf16-exact) values in f32 on the CPU, so both compute
+// the same function; outputs are poisoned with NaN first, so an unwritten element fails.
+// Tolerance: ‖gpu − cpu‖/‖cpu‖ ≤ 1e-2 for o, 2e-2 for gradients. The GPU rounds P (and dS) to
+// bf16 before their products (unit roundoff 2⁻⁸ ≈ 4e-3, averaged down over each sum) and its
+// outputs to bf16; the harness measured 2e-3..3e-3 against float64 at these sizes. A wrong
+// index, mask or missing term gives errors of order 1. lse is f32 from exact scores: 1e-4.
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import type { AttentionOptions } from '../src/backend/backend.js';
+import { CpuBackend } from '../src/backend/cpu/cpu_backend.js';
+import { CudaBackend } from '../src/backend/cuda/cuda_backend.js';
+import { defaultCudaContext } from '../src/backend/cuda/context.js';
+import { cudaAvailable } from '../src/backend/cuda/library.js';
+import { mlaAttentionBackward, mlaAttentionForward, type MlaGrads } from '../src/backend/cuda/mla_attention.js';
+import { Rng } from '../src/nn/rng.js';
+import { bf16ArrayToF32, f32ArrayToBf16 } from '../src/tensor/dtype.js';
+import { emptyTensor, type Shape, type Tensor } from '../src/tensor/tensor.js';
+
+const skip = cudaAvailable() ? false : 'skipped: no CUDA';
+const D_NOPE = 128, D_ROPE = 64, D_V = 128;
+const SCALE = 1 / Math.sqrt(D_NOPE + D_ROPE);
+
+let gpuBackend: CudaBackend | undefined;
+function gpu(): CudaBackend {
+  gpuBackend ??= new CudaBackend(defaultCudaContext());
+  return gpuBackend;
+}
+
+/** N(0,1) values rounded to bf16, as f32. */
+function bf16Normal(n: number, rng: Rng): Float32Array {
+  const x = new Float32Array(n);
+  for (let i = 0; i < n; i++) x[i] = rng.normal();
+  return bf16ArrayToF32(f32ArrayToBf16(x));
+}
+
+function relativeError(got: Float32Array, ref: Float32Array): number {
+  let num = 0, den = 0;
+  for (let i = 0; i < ref.length; i++) {
+    const d = got[i]! - ref[i]!;
+    num += d * d;
+    den += ref[i]! * ref[i]!;
+  }
+  // All-zero references (S = 1: the softmax is constant, so dq and dk vanish) compare absolutely.
+  return den === 0 ? Math.sqrt(num / ref.length) : Math.sqrt(num / den);
+}
+
+interface Case { B: number; S: number; H: number; causal: boolean }
+
+interface Problem {
+  shapes: Record<'qNope' | 'qPe' | 'kNope' | 'kPe' | 'v' | 'dout', Shape>;
+  values: Record<'qNope' | 'qPe' | 'kNope' | 'kPe' | 'v' | 'dout', Float32Array>;
+}
+
+function makeProblem({ B, S, H }: Case, seed: number): Problem {
+  const rng = new Rng(seed);
+  const shapes = {
+    qNope: [B, S, H, D_NOPE], qPe: [B, S, H, D_ROPE], kNope: [B, S, H, D_NOPE], kPe: [B, S, 1, D_ROPE],
+    v: [B, S, H, D_V], dout: [B, S, H, D_V],
+  };
+  const values = {} as Problem['values'];
+  for (const [name, shape] of Object.entries(shapes) as [keyof Problem['values'], Shape][]) {
+    values[name] = bf16Normal(shape.reduce((a, b) => a * b, 1), rng);
+  }
+  return { shapes, values };
+}
+
+const GRAD_NAMES = ['dqNope', 'dqPe', 'dkNope', 'dkPe', 'dv'] as const;
+const GRAD_OF = { dqNope: 'qNope', dqPe: 'qPe', dkNope: 'kNope', dkPe: 'kPe', dv: 'v' } as const;
+
+/** The CPU backend in f32: o, lse and the five gradients. */
+function cpuReference(p: Problem, opts: AttentionOptions): Record<string, Float32Array> {
+  const cpu = new CpuBackend();
+  const t = {} as Record<keyof Problem['values'], Tensor>;
+  for (const name of Object.keys(p.shapes) as (keyof Problem['values'])[]) {
+    t[name] = emptyTensor(cpu, p.shapes[name], 'f32');
+    cpu.write(t[name], p.values[name]);
+  }
+  const [B, S, H] = p.shapes.qNope as [number, number, number];
+  const o = emptyTensor(cpu, [B, S, H, D_V], 'f32');
+  const lse = emptyTensor(cpu, [B, H, S], 'f32');
+  cpu.mlaAttention(o, lse, t.qNope, t.qPe, t.kNope, t.kPe, t.v, opts);
+  const grads = Object.fromEntries(GRAD_NAMES.map((g) => [g, emptyTensor(cpu, p.shapes[GRAD_OF[g]], 'f32')])) as unknown as MlaGrads;
+  cpu.mlaAttentionBackward(grads, t.dout, t.qNope, t.qPe, t.kNope, t.kPe, t.v, o, lse, opts);
+  const out: Record<string, Float32Array> = { o: cpu.read(o) as Float32Array, lse: cpu.read(lse) as Float32Array };
+  for (const g of GRAD_NAMES) out[g] = cpu.read(grads[g]) as Float32Array;
+  return out;
+}
+
+function poisoned(be: CudaBackend, shape: Shape, dtype: 'bf16' | 'f32'): Tensor {
+  const t = emptyTensor(be, shape, dtype);
+  if (dtype === 'bf16') be.write(t, new Uint16Array(t.size).fill(0x7fc0));
+  else be.write(t, new Float32Array(t.size).fill(NaN));
+  return t;
+}
+
+const readBf16 = (be: CudaBackend, t: Tensor): Float32Array => bf16ArrayToF32(be.read(t) as Uint16Array);
+
+/** The GPU forward and backward (both modes; deterministic twice) on the problem's values. */
+function gpuRun(p: Problem, opts: AttentionOptions): { out: Record<string, Float32Array>; det: Record<string, Float32Array>; detAgain: Record<string, Float32Array> } {
+  const be = gpu();
+  const owned: Tensor[] = [];
+  const keep = (t: Tensor): Tensor => { owned.push(t); return t; };
+  try {
+    const t = {} as Record<keyof Problem['values'], Tensor>;
+    for (const name of Object.keys(p.shapes) as (keyof Problem['values'])[]) {
+      t[name] = keep(emptyTensor(be, p.shapes[name], 'bf16'));
+      be.write(t[name], f32ArrayToBf16(p.values[name]));
+    }
+    const [B, S, H] = p.shapes.qNope as [number, number, number];
+    const o = keep(poisoned(be, [B, S, H, D_V], 'bf16'));
+    const lse = keep(poisoned(be, [B, H, S], 'f32'));
+    mlaAttentionForward(be.ctx, o, lse, t.qNope, t.qPe, t.kNope, t.kPe, t.v, opts);
+    const backward = (deterministic: boolean): Record<string, Float32Array> => {
+      const grads = Object.fromEntries(GRAD_NAMES.map((g) => [g, keep(poisoned(be, p.shapes[GRAD_OF[g]], 'bf16'))])) as unknown as MlaGrads;
+      mlaAttentionBackward(be.ctx, be.allocator, grads, t.dout, t.qNope, t.qPe, t.kNope, t.kPe, t.v, o, lse, { ...opts, deterministic });
+      return Object.fromEntries(GRAD_NAMES.map((g) => [g, readBf16(be, grads[g])]));
+    };
+    const out = { o: readBf16(be, o), lse: be.read(lse) as Float32Array, ...backward(false) };
+    return { out, det: backward(true), detAgain: backward(true) };
+  } finally {
+    for (const x of owned) x.dispose();
+  }
+}
+
+const CASES: Case[] = [
+  { B: 2, S: 17, H: 3, causal: true },
+  { B: 1, S: 1, H: 2, causal: true },
+  { B: 1, S: 70, H: 2, causal: true },
+  { B: 2, S: 33, H: 1, causal: false },
+  { B: 1, S: 129, H: 2, causal: false },
+];
+
+for (const c of CASES) {
+  test(`MLA attention on CUDA matches the CPU backend: B=${c.B} S=${c.S} H=${c.H} ${c.causal ? 'causal' : 'full'}`, { skip }, () => {
+    const opts: AttentionOptions = { causal: c.causal, scale: SCALE };
+    const p = makeProblem(c, 1000 + c.S * 7 + c.H);
+    const ref = cpuReference(p, opts);
+    const { out, det, detAgain } = gpuRun(p, opts);
+    let lseErr = 0;
+    for (let i = 0; i < ref.lse!.length; i++) lseErr = Math.max(lseErr, Math.abs(out.lse![i]! - ref.lse![i]!) / Math.max(1, Math.abs(ref.lse![i]!)));
+    assert.ok(lseErr <= 1e-4, `lse error ${lseErr}`);
+    const oErr = relativeError(out.o!, ref.o!);
+    assert.ok(oErr <= 1e-2, `o relative error ${oErr}`);
+    for (const g of GRAD_NAMES) {
+      const e = relativeError(out[g]!, ref[g]!);
+      assert.ok(e <= 2e-2, `${g} relative error ${e} (fast mode)`);
+      const ed = relativeError(det[g]!, ref[g]!);
+      assert.ok(ed <= 2e-2, `${g} relative error ${ed} (deterministic mode)`);
+      assert.deepEqual(detAgain[g], det[g], `${g}: deterministic mode gave different bits on a second run`);
+    }
+  });
+}
+
+test('MLA attention on CUDA rejects inputs it cannot take, naming the input', { skip }, () => {
+  const be = gpu();
+  const owned: Tensor[] = [];
+  const make = (shape: Shape, dtype: 'bf16' | 'f32' = 'bf16'): Tensor => { const t = emptyTensor(be, shape, dtype); owned.push(t); return t; };
+  try {
+    const [B, S, H] = [1, 8, 2];
+    const qn = make([B, S, H, D_NOPE]), qp = make([B, S, H, D_ROPE]), kn = make([B, S, H, D_NOPE]);
+    const kpPerHead = make([B, S, H, D_ROPE]), v = make([B, S, H, D_V]);
+    const o = make([B, S, H, D_V]), lse = make([B, H, S], 'f32');
+    assert.throws(() => mlaAttentionForward(be.ctx, o, lse, qn, qp, kn, kpPerHead, v, { causal: true, scale: SCALE }),
+      /mlaAttention: kPe has shape \[1,8,2,64\], expected \[B,S,1,64\]/);
+    const kp = make([B, S, 1, D_ROPE]);
+    const lseBf16 = make([B, H, S]);
+    assert.throws(() => mlaAttentionForward(be.ctx, o, lseBf16, qn, qp, kn, kp, v, { causal: true, scale: SCALE }),
+      /mlaAttention: lse is bf16; the CUDA kernels take f32 here/);
+  } finally {
+    for (const t of owned) t.dispose();
+  }
+});
