@@ -183,6 +183,14 @@ describe('model pieces', () => {
     });
     labels.dispose();
   });
+  test('crossEntropyMean: a label outside the vocabulary is an Error (as an out-of-range token id is)', () => {
+    // labels come from the data like ids; a label ≥ V would silently read another row's logit.
+    const before = be.memoryStats().liveBytes;
+    assert.throws(() => tidy(() => {
+      crossEntropyMean(fromHost(be, randomValues(14, 32), [2, 7], 'f32'), fromHost(be, [1, 7], [2], 'i32'), 2);
+    }), /7/);
+    assert.equal(be.memoryStats().liveBytes, before);
+  });
   test('softmax', () => {
     check('softmax', [input([4, 6])], ([x]) => softmax(x!));
   });
@@ -236,7 +244,7 @@ describe('gradients arriving as strided views (Backend layout contract)', () => 
   test('swiglu output consumed through a transpose', () => {
     check('swiglu→transpose', [sIn([3, 5]), sIn([3, 5])], ([g, u]) => contiguous(transpose(swiglu(g!, u!), 0, 1)), strict);
   });
-  test('softmax output consumed through a transpose (as the load-balance loss does)', () => {
+  test('softmax output consumed through a transpose (the load-balance loss's pattern)', () => {
     check('softmax→transpose', [sIn([4, 6])], ([x]) => sumLastDim(contiguous(transpose(softmax(x!), 0, 1))), strict);
   });
   test('rmsNorm output consumed through a permute', () => {
