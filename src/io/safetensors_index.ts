@@ -76,14 +76,15 @@ function tensorBytes(s: SafetensorsTensorSpec): number {
   return n;
 }
 
-/** Greedy in the given order: a shard closes when the next tensor would take it past the limit. */
+/** Greedy in the given order: a shard closes when the next tensor would take it past the limit
+ * (an empty tensor never opens a shard). */
 export function planSafetensorsShards(specs: readonly SafetensorsTensorSpec[], maxShardBytes: number, prefix = 'model'): ShardPlan[] {
   if (!(maxShardBytes > 0)) throw new Error(`maximum shard size ${maxShardBytes} must be positive`);
   const groups: { specs: SafetensorsTensorSpec[]; dataBytes: number }[] = [];
   let current: { specs: SafetensorsTensorSpec[]; dataBytes: number } | null = null;
   for (const s of specs) {
     const bytes = tensorBytes(s);
-    if (current === null || (current.specs.length > 0 && current.dataBytes + bytes > maxShardBytes)) {
+    if (current === null || (current.specs.length > 0 && bytes > 0 && current.dataBytes + bytes > maxShardBytes)) {
       current = { specs: [], dataBytes: 0 };
       groups.push(current);
     }
