@@ -244,7 +244,7 @@ describe('gradients arriving as strided views (Backend layout contract)', () => 
   test('swiglu output consumed through a transpose', () => {
     check('swiglu→transpose', [sIn([3, 5]), sIn([3, 5])], ([g, u]) => contiguous(transpose(swiglu(g!, u!), 0, 1)), strict);
   });
-  test('softmax output consumed through a transpose (the load-balance loss's pattern)', () => {
+  test('softmax output consumed through a transpose (the load-balance loss pattern)', () => {
     check('softmax→transpose', [sIn([4, 6])], ([x]) => sumLastDim(contiguous(transpose(softmax(x!), 0, 1))), strict);
   });
   test('rmsNorm output consumed through a permute', () => {
