@@ -285,10 +285,10 @@ def bench(k, seqs, b=1, h=16, with_det=True):
             # Where the backward's time goes: each kernel alone, on one input set.
             a = sets[0]
             qn, qp, kn, kp, v, do, o, lse, g = a
-            tiles, rows = (s + TILE - 1) // TILE, b * s * h
-            pre = lambda det, sc_: k.pre(((rows + 7) // 8, 1, 1), (256, 1, 1), (
+            tiles, n_rows = (s + TILE - 1) // TILE, b * s * h
+            pre = lambda det, sc_: k.pre(((n_rows + 7) // 8, 1, 1), (256, 1, 1), (
                 u64(o), u64(do), u64(sc_["d_sum"]), u64(sc_["dq_accum"]), u64(None if det else sc_["dkpe"]),
-                np.int32(rows), np.int32(s), np.int32(h)))
+                np.int32(n_rows), np.int32(s), np.int32(h)))
             dkdv = lambda det, sc_: k.dkdv((tiles, h, b), (256, 1, 1), (
                 u64(qn), u64(qp), u64(kn), u64(kp), u64(v), u64(do), u64(lse), u64(sc_["d_sum"]), u64(g["dk_nope"]),
                 u64(g["dv"]), u64(sc_["dq_accum"]), u64(sc_["dkpe"]), np.int32(s), np.int32(h), np.float32(scale),

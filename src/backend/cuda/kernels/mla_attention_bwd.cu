@@ -88,6 +88,8 @@ mla_attention_bwd_dkdv(const bf16_t* __restrict__ q_nope, const bf16_t* __restri
   bf16_t* sdSt = sPt + TILE * P_STRIDE;       // [key][query]
   float* sLse = reinterpret_cast<float*>(sdSt + TILE * P_STRIDE);  // [2][TILE], times log2(e)
   float* sD = sLse + 2 * TILE;                                     // [2][TILE]
+  const u32 aK = smem_addr(sK), aV = smem_addr(sV), aQ = smem_addr(sQ), adO = smem_addr(sdO);
+  const u32 aPt = smem_addr(sPt), adSt = smem_addr(sdSt);
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int g = lane >> 2, t = lane & 3;
@@ -104,16 +106,16 @@ mla_attention_bwd_dkdv(const bf16_t* __restrict__ q_nope, const bf16_t* __restri
   const float* lse_bh = lse + (static_cast<long long>(b) * H + h) * S;
   const float* d_bh = d_sum + (static_cast<long long>(b) * H + h) * S;
 
-  load_tile_qk<BWD_THREADS>(sK, k_nope + (row_bsh0 + k0 * HS) * D_NOPE, HS * D_NOPE,
+  load_tile_qk<BWD_THREADS>(aK, k_nope + (row_bsh0 + k0 * HS) * D_NOPE, HS * D_NOPE,
                             k_pe + (static_cast<long long>(b) * S + k0) * D_ROPE, D_ROPE, S - k0, tid);
-  load_tile_v<BWD_THREADS>(sV, v + (row_bsh0 + k0 * HS) * D_V, HS * D_V, S - k0, tid);
+  load_tile_v<BWD_THREADS>(aV, v + (row_bsh0 + k0 * HS) * D_V, HS * D_V, S - k0, tid);
 
   const int m_begin = causal ? n : 0;
   auto load_query_tile = [&](int m, int buf) {
     const int q0 = m * TILE;
-    load_tile_qk<BWD_THREADS>(sQ + buf * TILE * QK_STRIDE, qn + q0 * HS * D_NOPE, HS * D_NOPE, qp + q0 * HS * D_ROPE,
+    load_tile_qk<BWD_THREADS>(aQ + buf * TILE * QK_STRIDE * 2, qn + q0 * HS * D_NOPE, HS * D_NOPE, qp + q0 * HS * D_ROPE,
                               HS * D_ROPE, S - q0, tid);
-    load_tile_v<BWD_THREADS>(sdO + buf * TILE * V_STRIDE, dog + q0 * HS * D_V, HS * D_V, S - q0, tid);
+    load_tile_v<BWD_THREADS>(adO + buf * TILE * V_STRIDE * 2, dog + q0 * HS * D_V, HS * D_V, S - q0, tid);
     // Rows past the end get lse = +inf, so their P is exactly 0.
     if (tid < TILE) sLse[buf * TILE + tid] = q0 + tid < S ? lse_bh[q0 + tid] * LOG2E : inf_f32();
     else if (tid < 2 * TILE) sD[buf * TILE + tid - TILE] = q0 + tid - TILE < S ? d_bh[q0 + tid - TILE] : 0.f;
@@ -139,8 +141,8 @@ mla_attention_bwd_dkdv(const bf16_t* __restrict__ q_nope, const bf16_t* __restri
       cp_async_wait<0>();
     }
     __syncthreads();
-    const bf16_t* tQ = sQ + buf * TILE * QK_STRIDE;
-    const bf16_t* tdO = sdO + buf * TILE * V_STRIDE;
+    const u32 tQ = aQ + buf * TILE * QK_STRIDE * 2;
+    const u32 tdO = adO + buf * TILE * V_STRIDE * 2;
     const float* tLse = sLse + buf * TILE;
     const float* tD = sD + buf * TILE;
     const int q0 = m * TILE;
@@ -154,7 +156,7 @@ mla_attention_bwd_dkdv(const bf16_t* __restrict__ q_nope, const bf16_t* __restri
     #pragma unroll
     for (int kk = 0; kk < D_QK / 16; kk++) {
       u32 a[4], bq[4], bq2[4];
-      load_a(a, sK, QK_STRIDE, w4 * 16, kk * 16, lane);
+      load_a(a, aK, QK_STRIDE, w4 * 16, kk * 16, lane);
       load_b_nk(bq, tQ, QK_STRIDE, half * 32, kk * 16, lane);
       load_b_nk(bq2, tQ, QK_STRIDE, half * 32 + 16, kk * 16, lane);
       mma16816(acc_s[0], a, bq[0], bq[1]);
@@ -165,7 +167,7 @@ mla_attention_bwd_dkdv(const bf16_t* __restrict__ q_nope, const bf16_t* __restri
     #pragma unroll
     for (int kk = 0; kk < D_V / 16; kk++) {
       u32 a[4], bo[4], bo2[4];
-      load_a(a, sV, V_STRIDE, w4 * 16, kk * 16, lane);
+      load_a(a, aV, V_STRIDE, w4 * 16, kk * 16, lane);
       load_b_nk(bo, tdO, V_STRIDE, half * 32, kk * 16, lane);
       load_b_nk(bo2, tdO, V_STRIDE, half * 32 + 16, kk * 16, lane);
       mma16816(acc_dp[0], a, bo[0], bo[1]);
@@ -200,8 +202,8 @@ mla_attention_bwd_dkdv(const bf16_t* __restrict__ q_nope, const bf16_t* __restri
     #pragma unroll
     for (int kk = 0; kk < TILE / 16; kk++) {
       u32 ap[4], ads[4];
-      load_a(ap, sPt, P_STRIDE, w4 * 16, kk * 16, lane);
-      load_a(ads, sdSt, P_STRIDE, w4 * 16, kk * 16, lane);
+      load_a(ap, aPt, P_STRIDE, w4 * 16, kk * 16, lane);
+      load_a(ads, adSt, P_STRIDE, w4 * 16, kk * 16, lane);
       #pragma unroll
       for (int j = 0; j < D_V / 2 / 16; j++) {
         u32 bf[4];
@@ -226,11 +228,11 @@ mla_attention_bwd_dkdv(const bf16_t* __restrict__ q_nope, const bf16_t* __restri
       #pragma unroll
       for (int kk = 0; kk < TILE / 16; kk++) {
         u32 a[4];
-        load_a_t(a, sdSt, P_STRIDE, w4 * 16, kk * 16, lane);
+        load_a_t(a, adSt, P_STRIDE, w4 * 16, kk * 16, lane);
         #pragma unroll
         for (int j = 0; j < D_QK / 2 / 16; j++) {
           u32 bf[4];
-          load_b_kn(bf, sK, QK_STRIDE, kk * 16, half * 96 + j * 16, lane);
+          load_b_kn(bf, aK, QK_STRIDE, kk * 16, half * 96 + j * 16, lane);
           mma16816(acc_dq[2 * j], a, bf[0], bf[1]);
           mma16816(acc_dq[2 * j + 1], a, bf[2], bf[3]);
         }
@@ -286,6 +288,7 @@ mla_attention_bwd_dq(const bf16_t* __restrict__ q_nope, const bf16_t* __restrict
   bf16_t* sdO = sK + 2 * TILE * QK_STRIDE;
   bf16_t* sV = sdO + TILE * V_STRIDE;         // [2][TILE][V_STRIDE]
   bf16_t* sdS = sV + 2 * TILE * V_STRIDE;     // [query][key]
+  const u32 aQ = smem_addr(sQ), aK = smem_addr(sK), adO = smem_addr(sdO), aV = smem_addr(sV), adS = smem_addr(sdS);
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int g = lane >> 2, t = lane & 3;
@@ -300,11 +303,11 @@ mla_attention_bwd_dq(const bf16_t* __restrict__ q_nope, const bf16_t* __restrict
   const bf16_t* kp = k_pe + static_cast<long long>(b) * S * D_ROPE;
   const bf16_t* vv = v + row_bsh0 * D_V;
 
-  load_tile_qk<BWD_THREADS>(sQ, q_nope + (row_bsh0 + q0 * HS) * D_NOPE, HS * D_NOPE,
+  load_tile_qk<BWD_THREADS>(aQ, q_nope + (row_bsh0 + q0 * HS) * D_NOPE, HS * D_NOPE,
                             q_pe + (row_bsh0 + q0 * HS) * D_ROPE, HS * D_ROPE, S - q0, tid);
-  load_tile_v<BWD_THREADS>(sdO, dout + (row_bsh0 + q0 * HS) * D_V, HS * D_V, S - q0, tid);
-  load_tile_qk<BWD_THREADS>(sK, kn, HS * D_NOPE, kp, D_ROPE, S, tid);
-  load_tile_v<BWD_THREADS>(sV, vv, HS * D_V, S, tid);
+  load_tile_v<BWD_THREADS>(adO, dout + (row_bsh0 + q0 * HS) * D_V, HS * D_V, S - q0, tid);
+  load_tile_qk<BWD_THREADS>(aK, kn, HS * D_NOPE, kp, D_ROPE, S, tid);
+  load_tile_v<BWD_THREADS>(aV, vv, HS * D_V, S, tid);
   cp_async_commit();
 
   float lse2[2], dsum[2];
@@ -326,17 +329,17 @@ mla_attention_bwd_dq(const bf16_t* __restrict__ q_nope, const bf16_t* __restrict
     const int buf = n & 1;
     if (n + 1 < n_tiles) {
       const int kn0 = (n + 1) * TILE;
-      load_tile_qk<BWD_THREADS>(sK + (buf ^ 1) * TILE * QK_STRIDE, kn + kn0 * HS * D_NOPE, HS * D_NOPE,
+      load_tile_qk<BWD_THREADS>(aK + (buf ^ 1) * TILE * QK_STRIDE * 2, kn + kn0 * HS * D_NOPE, HS * D_NOPE,
                                 kp + static_cast<long long>(kn0) * D_ROPE, D_ROPE, S - kn0, tid);
-      load_tile_v<BWD_THREADS>(sV + (buf ^ 1) * TILE * V_STRIDE, vv + kn0 * HS * D_V, HS * D_V, S - kn0, tid);
+      load_tile_v<BWD_THREADS>(aV + (buf ^ 1) * TILE * V_STRIDE * 2, vv + kn0 * HS * D_V, HS * D_V, S - kn0, tid);
       cp_async_commit();
       cp_async_wait<1>();
     } else {
       cp_async_wait<0>();
     }
     __syncthreads();
-    const bf16_t* tK = sK + buf * TILE * QK_STRIDE;
-    const bf16_t* tV = sV + buf * TILE * V_STRIDE;
+    const u32 tK = aK + buf * TILE * QK_STRIDE * 2;
+    const u32 tV = aV + buf * TILE * V_STRIDE * 2;
     const int k0 = n * TILE;
 
     float acc_s[4][4], acc_dp[4][4];
@@ -347,7 +350,7 @@ mla_attention_bwd_dq(const bf16_t* __restrict__ q_nope, const bf16_t* __restrict
     #pragma unroll
     for (int kk = 0; kk < D_QK / 16; kk++) {
       u32 a[4], bk[4], bk2[4];
-      load_a(a, sQ, QK_STRIDE, w4 * 16, kk * 16, lane);
+      load_a(a, aQ, QK_STRIDE, w4 * 16, kk * 16, lane);
       load_b_nk(bk, tK, QK_STRIDE, half * 32, kk * 16, lane);
       load_b_nk(bk2, tK, QK_STRIDE, half * 32 + 16, kk * 16, lane);
       mma16816(acc_s[0], a, bk[0], bk[1]);
@@ -358,7 +361,7 @@ mla_attention_bwd_dq(const bf16_t* __restrict__ q_nope, const bf16_t* __restrict
     #pragma unroll
     for (int kk = 0; kk < D_V / 16; kk++) {
       u32 a[4], bv[4], bv2[4];
-      load_a(a, sdO, V_STRIDE, w4 * 16, kk * 16, lane);
+      load_a(a, adO, V_STRIDE, w4 * 16, kk * 16, lane);
       load_b_nk(bv, tV, V_STRIDE, half * 32, kk * 16, lane);
       load_b_nk(bv2, tV, V_STRIDE, half * 32 + 16, kk * 16, lane);
       mma16816(acc_dp[0], a, bv[0], bv[1]);
@@ -389,7 +392,7 @@ mla_attention_bwd_dq(const bf16_t* __restrict__ q_nope, const bf16_t* __restrict
     #pragma unroll
     for (int kk = 0; kk < TILE / 16; kk++) {
       u32 a[4];
-      load_a(a, sdS, P_STRIDE, w4 * 16, kk * 16, lane);
+      load_a(a, adS, P_STRIDE, w4 * 16, kk * 16, lane);
       #pragma unroll
       for (int j = 0; j < D_QK / 2 / 16; j++) {
         u32 bf[4];

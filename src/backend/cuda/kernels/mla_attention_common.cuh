@@ -79,34 +79,37 @@ __device__ __forceinline__ void mma16816(float* c, const u32* a, u32 b0, u32 b1)
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+// The fragment loaders and tile copies address shared memory by 32-bit shared-window
+// addresses (smem_addr of the tile start, plus bytes): converting once per tile lets the
+// compiler fold row and column offsets into the ldmatrix / cp.async immediates.
+
 // Row-major A fragment (16 rows from row0, 16 columns from col0) of a bf16 tile with `stride`.
-__device__ __forceinline__ void load_a(u32* a, const bf16_t* tile, int stride, int row0, int col0, int lane) {
-  const bf16_t* p = tile + (row0 + (lane & 15)) * stride + col0 + ((lane >> 4) << 3);
-  ldsm_x4(smem_addr(p), a[0], a[1], a[2], a[3]);
+__device__ __forceinline__ void load_a(u32* a, u32 tile, int stride, int row0, int col0, int lane) {
+  ldsm_x4(tile + ((row0 + (lane & 15)) * stride + col0 + ((lane >> 4) << 3)) * 2, a[0], a[1], a[2], a[3]);
 }
 // A fragment of the transpose of a stored tile: A[m][k] = tile[k0 + k][m0 + m].
-__device__ __forceinline__ void load_a_t(u32* a, const bf16_t* tile, int stride, int m0, int k0, int lane) {
-  const bf16_t* p = tile + (k0 + (lane & 7) + ((lane >> 4) << 3)) * stride + m0 + (((lane >> 3) & 1) << 3);
-  ldsm_x4_t(smem_addr(p), a[0], a[1], a[2], a[3]);
+__device__ __forceinline__ void load_a_t(u32* a, u32 tile, int stride, int m0, int k0, int lane) {
+  ldsm_x4_t(tile + ((k0 + (lane & 7) + ((lane >> 4) << 3)) * stride + m0 + (((lane >> 3) & 1) << 3)) * 2,
+            a[0], a[1], a[2], a[3]);
 }
 // B fragments of two adjacent n-tiles when the tile stores B transposed, rows = n:
 // B[k][n] = tile[n0 + n][k0 + k] (K in S = Q·Kᵀ). b[0..1] for n0..n0+7, b[2..3] for n0+8..n0+15.
-__device__ __forceinline__ void load_b_nk(u32* b, const bf16_t* tile, int stride, int n0, int k0, int lane) {
-  const bf16_t* p = tile + (n0 + (lane & 7) + ((lane >> 4) << 3)) * stride + k0 + (((lane >> 3) & 1) << 3);
-  ldsm_x4(smem_addr(p), b[0], b[1], b[2], b[3]);
+__device__ __forceinline__ void load_b_nk(u32* b, u32 tile, int stride, int n0, int k0, int lane) {
+  ldsm_x4(tile + ((n0 + (lane & 7) + ((lane >> 4) << 3)) * stride + k0 + (((lane >> 3) & 1) << 3)) * 2,
+          b[0], b[1], b[2], b[3]);
 }
 // B fragments of two adjacent n-tiles when the tile stores B as is, rows = k:
 // B[k][n] = tile[k0 + k][n0 + n] (V in O = P·V).
-__device__ __forceinline__ void load_b_kn(u32* b, const bf16_t* tile, int stride, int k0, int n0, int lane) {
-  const bf16_t* p = tile + (k0 + (lane & 7) + (((lane >> 3) & 1) << 3)) * stride + n0 + ((lane >> 4) << 3);
-  ldsm_x4_t(smem_addr(p), b[0], b[1], b[2], b[3]);
+__device__ __forceinline__ void load_b_kn(u32* b, u32 tile, int stride, int k0, int n0, int lane) {
+  ldsm_x4_t(tile + ((k0 + (lane & 7) + (((lane >> 3) & 1) << 3)) * stride + n0 + ((lane >> 4) << 3)) * 2,
+            b[0], b[1], b[2], b[3]);
 }
 
 // Copies ROWS rows of a 192-wide operand (128 columns from `nope`, 64 from `pe`) into a
 // QK_STRIDE tile with cp.async; rows at or past `rows_left` are zero-filled. Row r of the
 // operand is at nope + r·nope_stride and pe + r·pe_stride (elements).
 template <int THREADS, int ROWS = TILE>
-__device__ __forceinline__ void load_tile_qk(bf16_t* tile, const bf16_t* nope, long long nope_stride,
+__device__ __forceinline__ void load_tile_qk(u32 tile, const bf16_t* nope, long long nope_stride,
                                              const bf16_t* pe, long long pe_stride, int rows_left, int tid) {
   constexpr int CHUNKS = D_QK / 8;  // 16-byte pieces per row: 16 from nope, 8 from pe
   static_assert(ROWS * CHUNKS % THREADS == 0, "rows × pieces must divide among the threads");
@@ -117,13 +120,13 @@ __device__ __forceinline__ void load_tile_qk(bf16_t* tile, const bf16_t* nope, l
     bool valid = r < rows_left;
     int rr = valid ? r : 0;
     const bf16_t* src = ch < D_NOPE / 8 ? nope + rr * nope_stride + ch * 8 : pe + rr * pe_stride + (ch - D_NOPE / 8) * 8;
-    cp_async16(smem_addr(tile + r * QK_STRIDE + ch * 8), src, valid);
+    cp_async16(tile + (r * QK_STRIDE + ch * 8) * 2, src, valid);
   }
 }
 
 // Copies ROWS rows of a 128-wide operand (V, O, dO) into a V_STRIDE tile; same rules.
 template <int THREADS, int ROWS = TILE>
-__device__ __forceinline__ void load_tile_v(bf16_t* tile, const bf16_t* src0, long long stride, int rows_left, int tid) {
+__device__ __forceinline__ void load_tile_v(u32 tile, const bf16_t* src0, long long stride, int rows_left, int tid) {
   constexpr int CHUNKS = D_V / 8;
   static_assert(ROWS * CHUNKS % THREADS == 0, "rows × pieces must divide among the threads");
   #pragma unroll
@@ -132,7 +135,7 @@ __device__ __forceinline__ void load_tile_v(bf16_t* tile, const bf16_t* src0, lo
     int r = c / CHUNKS, ch = c % CHUNKS;
     bool valid = r < rows_left;
     int rr = valid ? r : 0;
-    cp_async16(smem_addr(tile + r * V_STRIDE + ch * 8), src0 + rr * stride + ch * 8, valid);
+    cp_async16(tile + (r * V_STRIDE + ch * 8) * 2, src0 + rr * stride + ch * 8, valid);
   }
 }
 

@@ -49,6 +49,7 @@ mla_attention_fwd(const bf16_t* __restrict__ q_nope, const bf16_t* __restrict__ 
   bf16_t* sQ = reinterpret_cast<bf16_t*>(smem_raw);
   bf16_t* sK = sQ + FWD_BM * QK_STRIDE;          // [2][FWD_BN][QK_STRIDE]
   bf16_t* sV = sK + 2 * FWD_BN * QK_STRIDE;      // [2][FWD_BN][V_STRIDE]
+  const u32 aQ = smem_addr(sQ), aK = smem_addr(sK), aV = smem_addr(sV);
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int g = lane >> 2, t = lane & 3;
@@ -69,9 +70,9 @@ mla_attention_fwd(const bf16_t* __restrict__ q_nope, const bf16_t* __restrict__ 
   const int causal_tiles = (min(q0 + FWD_BM, S) + FWD_BN - 1) / FWD_BN;  // tiles holding a key ≤ the last query
   const int n_tiles = causal ? causal_tiles : num_k_tiles;
 
-  load_tile_qk<FWD_THREADS, FWD_BM>(sQ, qn + q0 * HS * D_NOPE, HS * D_NOPE, qp + q0 * HS * D_ROPE, HS * D_ROPE, S - q0, tid);
-  load_tile_qk<FWD_THREADS, FWD_BN>(sK, kn, HS * D_NOPE, kp, D_ROPE, S, tid);
-  load_tile_v<FWD_THREADS, FWD_BN>(sV, vv, HS * D_V, S, tid);
+  load_tile_qk<FWD_THREADS, FWD_BM>(aQ, qn + q0 * HS * D_NOPE, HS * D_NOPE, qp + q0 * HS * D_ROPE, HS * D_ROPE, S - q0, tid);
+  load_tile_qk<FWD_THREADS, FWD_BN>(aK, kn, HS * D_NOPE, kp, D_ROPE, S, tid);
+  load_tile_v<FWD_THREADS, FWD_BN>(aV, vv, HS * D_V, S, tid);
   cp_async_commit();
 
   const float scale_log2 = scale * LOG2E;
@@ -94,17 +95,17 @@ mla_attention_fwd(const bf16_t* __restrict__ q_nope, const bf16_t* __restrict__ 
     const int buf = n & 1;
     if (n + 1 < n_tiles) {
       const int k0 = (n + 1) * FWD_BN;
-      load_tile_qk<FWD_THREADS, FWD_BN>(sK + (buf ^ 1) * FWD_BN * QK_STRIDE, kn + k0 * HS * D_NOPE, HS * D_NOPE,
+      load_tile_qk<FWD_THREADS, FWD_BN>(aK + (buf ^ 1) * FWD_BN * QK_STRIDE * 2, kn + k0 * HS * D_NOPE, HS * D_NOPE,
                                         kp + static_cast<long long>(k0) * D_ROPE, D_ROPE, S - k0, tid);
-      load_tile_v<FWD_THREADS, FWD_BN>(sV + (buf ^ 1) * FWD_BN * V_STRIDE, vv + k0 * HS * D_V, HS * D_V, S - k0, tid);
+      load_tile_v<FWD_THREADS, FWD_BN>(aV + (buf ^ 1) * FWD_BN * V_STRIDE * 2, vv + k0 * HS * D_V, HS * D_V, S - k0, tid);
       cp_async_commit();
       cp_async_wait<1>();
     } else {
       cp_async_wait<0>();
     }
     __syncthreads();
-    const bf16_t* tK = sK + buf * FWD_BN * QK_STRIDE;
-    const bf16_t* tV = sV + buf * FWD_BN * V_STRIDE;
+    const u32 tK = aK + buf * FWD_BN * QK_STRIDE * 2;
+    const u32 tV = aV + buf * FWD_BN * V_STRIDE * 2;
 
     // S = Q·Kᵀ for this warp's rows × FWD_BN keys; each K fragment feeds every m-tile.
     float acc_s[FWD_MT][FWD_BN / 8][4];
@@ -116,7 +117,7 @@ mla_attention_fwd(const bf16_t* __restrict__ q_nope, const bf16_t* __restrict__ 
     for (int kk = 0; kk < D_QK / 16; kk++) {
       u32 a[FWD_MT][4];
       #pragma unroll
-      for (int mt = 0; mt < FWD_MT; mt++) load_a(a[mt], sQ, QK_STRIDE, warp_row0 + mt * 16, kk * 16, lane);
+      for (int mt = 0; mt < FWD_MT; mt++) load_a(a[mt], aQ, QK_STRIDE, warp_row0 + mt * 16, kk * 16, lane);
       #pragma unroll
       for (int j = 0; j < FWD_BN / 16; j++) {
         u32 bf[4];
