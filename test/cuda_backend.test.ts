@@ -292,7 +292,7 @@ test('matmul: f32, bf16, transposes, shared operands across a batch, alpha/beta'
 // ---- model pieces ----
 
 test('rmsNorm forward and backward (dw accumulated across rows)', { skip }, () => {
-  for (const [R, D, xt, wt] of [[37, 53, 'f32', 'f32'], [37, 1408, 'bf16', 'f32'], [19, 2048, 'bf16', 'bf16'], [600, 129, 'f32', 'bf16'], [3, 13000, 'f32', 'f32']] as const) {
+  for (const [R, D, xt, wt] of [[37, 53, 'f32', 'f32'], [37, 1408, 'bf16', 'f32'], [19, 2048, 'bf16', 'bf16'], [600, 129, 'f32', 'bf16'], [3, 13000, 'f32', 'f32'], [2000, 256, 'bf16', 'f32']] as const) {
     const x = input([R, D], xt, randn(R * D, 2));
     const w = input([D], wt, randn(D).map((v) => 1 + 0.1 * v));
     const y = output([R, D], xt), rstd = output([R], 'f32');
@@ -420,14 +420,18 @@ test('bincount per group and expertOrder (stable)', { skip }, () => {
 });
 
 test('gatherRows and scatterAddRows, with and without weights', { skip }, () => {
-  const N = 37, D = 129, M = 222;
+  // D 129: element path; D 256: 16-byte vectors (and 4-wide reductions in the scatter).
+  for (const D of [129, 256]) scatterGatherCases(37, D, 222);
+});
+
+function scatterGatherCases(N: number, D: number, M: number): void {
   for (const [xt, ot, weighted] of [['bf16', 'bf16', false], ['f32', 'f32', true], ['bf16', 'f32', true], ['f32', 'bf16', false]] as const) {
     const x = input([N, D], xt);
     const idx = input([M], 'i32', randint(M, 0, N));
     const w = weighted ? input([M], 'f32', randn(M).map(Math.abs)) : null;
     const o = output([M, D], ot);
     cpu.gatherRows(o.c, x.c, idx.c, w?.c ?? null); gpu().gatherRows(o.g, x.g, idx.g, w?.g ?? null);
-    expectClose(o, ot === 'f32' ? F32_TOL : BF16_TOL, `gatherRows ${xt}→${ot}${weighted ? ' weighted' : ''}`);
+    expectClose(o, ot === 'f32' ? F32_TOL : BF16_TOL, `gatherRows D=${D} ${xt}→${ot}${weighted ? ' weighted' : ''}`);
   }
   for (const [st, ot, weighted] of [['bf16', 'f32', true], ['f32', 'f32', false], ['bf16', 'bf16', true], ['f32', 'bf16', false]] as const) {
     const src = input([M, D], st);
@@ -435,9 +439,9 @@ test('gatherRows and scatterAddRows, with and without weights', { skip }, () => 
     const w = weighted ? input([M], 'f32', randn(M).map(Math.abs)) : null;
     const o = input([N, D], ot);
     cpu.scatterAddRows(o.c, src.c, idx.c, w?.c ?? null); gpu().scatterAddRows(o.g, src.g, idx.g, w?.g ?? null);
-    expectClose(o, ot === 'f32' ? F32_TOL : BF16_TOL, `scatterAddRows ${st}→${ot}${weighted ? ' weighted' : ''}`);
+    expectClose(o, ot === 'f32' ? F32_TOL : BF16_TOL, `scatterAddRows D=${D} ${st}→${ot}${weighted ? ' weighted' : ''}`);
   }
-});
+}
 
 test('adam and adamw over f32 masters with the bf16 copy', { skip }, () => {
   const n = 10007;

@@ -124,6 +124,26 @@ function lastDim(t: Tensor): number { return t.rank === 0 ? 1 : t.shape[t.rank -
 
 function roundUp(x: number, m: number): number { return Math.ceil(x / m) * m; }
 
+/** Threads for a block that walks one row of D elements: ~8 elements each, 64..1024. */
+function rowThreads(D: number): number {
+  return Math.min(1024, Math.max(64, roundUp(Math.ceil(D / 8), 32)));
+}
+
+/** Vectors of 8 a thread keeps in registers on rms_norm.cu's register path (RMS_VPT there). */
+const RMS_VPT = 4;
+
+/** Block size limit of the backward (RMS_BWD_THREADS in rms_norm.cu: its register budget). */
+const RMS_BWD_THREADS = 256;
+
+/** Whether rms_norm.cu takes its register path: rows of whole 16-byte vectors, aligned, that fit. */
+function rmsRegisterPath(D: number, tensors: readonly Tensor[], maxThreads: number): boolean {
+  return D % 8 === 0 && Math.ceil(D / 8 / RMS_VPT) <= maxThreads && tensors.every((t) => (devicePtr(t) & 15n) === 0n);
+}
+
+function rmsRegisterThreads(D: number): number {
+  return roundUp(Math.ceil(D / 8 / RMS_VPT), 32);
+}
+
 function hostArrayFor(dtype: DType, n: number): HostArray {
   switch (dtype) {
     case 'f32': return new Float32Array(n);
@@ -139,7 +159,8 @@ export class CudaBackend implements Backend {
   readonly allocator: CachingAllocator;
   private lt: CublasLt | undefined;
   private readonly kernels = new Map<string, CudaKernel>();
-  private readonly sharedOptIn = new Set<CudaKernel>();
+  /** Dynamic shared memory each kernel has been allowed beyond the default. */
+  private readonly sharedLimit = new Map<CudaKernel, number>();
   /** Blocks for grid-stride kernels: enough to fill the GPU several times over. */
   private readonly maxGridBlocks: number;
 
@@ -187,14 +208,14 @@ export class CudaBackend implements Backend {
     return k;
   }
 
-  /** Raises a kernel's dynamic shared memory limit once, when a launch needs more than 48 KiB. */
+  /** Raises a kernel's dynamic shared memory limit when a launch needs more than 48 KiB. */
   private allowShared(k: CudaKernel, bytes: number, what: string): void {
-    if (bytes <= DEFAULT_SHARED || this.sharedOptIn.has(k)) return;
+    if (bytes <= DEFAULT_SHARED || (this.sharedLimit.get(k) ?? DEFAULT_SHARED) >= bytes) return;
     if (bytes > this.ctx.maxSharedBytesOptin) {
       throw new Error(`${what} needs ${bytes} bytes of shared memory; ${this.ctx.name} has ${this.ctx.maxSharedBytesOptin} per block`);
     }
-    k.setMaxDynamicShared(this.ctx.maxSharedBytesOptin);
-    this.sharedOptIn.add(k);
+    k.setMaxDynamicShared(bytes);
+    this.sharedLimit.set(k, bytes);
   }
 
   private gridFor(n: number, threads = THREADS): number {
@@ -419,13 +440,9 @@ export class CudaBackend implements Backend {
     const D = lastDim(x), R = D === 0 ? 0 : x.size / D;
     if (R === 0) return;
     assertCount(x.size, 'rmsNorm');
+    const threads = rmsRegisterPath(D, [x, y, w], 1024) ? rmsRegisterThreads(D) : rowThreads(D);
     const args = this.rmsFwdArgs.ptr(0, devicePtr(y)).ptr(1, devicePtr(rstd)).ptr(2, devicePtr(x)).ptr(3, devicePtr(w)).i32(4, D).f32(5, eps);
-    this.kernel('rms_norm.cu', `rms_norm_fwd_${x.dtype}_${w.dtype}`).launch([R, 1, 1], [this.rowThreads(D), 1, 1], 0, args);
-  }
-
-  /** Threads for a block that owns one row of D elements: ~8 elements each, 64..1024. */
-  private rowThreads(D: number): number {
-    return Math.min(1024, Math.max(64, roundUp(Math.ceil(D / 8), 32)));
+    this.kernel('rms_norm.cu', `rms_norm_fwd_${x.dtype}_${w.dtype}`).launch([R, 1, 1], [threads, 1, 1], 0, args);
   }
 
   rmsNormBackward(dx: Tensor, dw: Tensor, dy: Tensor, x: Tensor, w: Tensor, rstd: Tensor): void {
@@ -438,17 +455,21 @@ export class CudaBackend implements Backend {
     const D = lastDim(x), R = D === 0 ? 0 : x.size / D;
     if (R === 0) return;
     assertCount(x.size, 'rmsNormBackward');
-    const G = Math.min(R, this.ctx.smCount * 2);
-    const shared = D * 4;
     const k = this.kernel('rms_norm.cu', `rms_norm_bwd_${x.dtype}_${w.dtype}`);
+    const registers = rmsRegisterPath(D, [dx, dy, x, w], RMS_BWD_THREADS);
+    const threads = registers ? rmsRegisterThreads(D) : Math.min(RMS_BWD_THREADS, rowThreads(D));
+    // Register path: ~160 registers a thread, so as many blocks as fit an SM's 64K registers.
+    const blocksPerSm = registers ? Math.max(1, Math.min(16, Math.floor(65536 / (160 * threads)))) : 2;
+    const G = Math.min(R, this.ctx.smCount * blocksPerSm);
+    const shared = registers ? 0 : D * 4;
     this.allowShared(k, shared, `rmsNormBackward over width ${D}`);
     const partial = this.allocator.alloc(G * D * 4);
     try {
       const args = this.rmsBwdArgs.ptr(0, devicePtr(dx)).ptr(1, partial.ptr).ptr(2, devicePtr(dy)).ptr(3, devicePtr(x))
         .ptr(4, devicePtr(w)).ptr(5, devicePtr(rstd)).i32(6, R).i32(7, D);
-      k.launch([G, 1, 1], [this.rowThreads(D), 1, 1], shared, args);
+      k.launch([G, 1, 1], [threads, 1, 1], shared, args);
       const red = this.rmsReduceArgs.ptr(0, devicePtr(dw)).ptr(1, partial.ptr).i32(2, G).i32(3, D);
-      this.kernel('rms_norm.cu', 'rms_norm_dw_reduce').launch([Math.ceil(D / THREADS), 1, 1], [THREADS, 1, 1], 0, red);
+      this.kernel('rms_norm.cu', 'rms_norm_dw_reduce').launch([Math.ceil(D / 32), 1, 1], [32, 32, 1], 0, red);
     } finally {
       this.allocator.free(partial); // stream order: the next user of the block runs after the reduce
     }

@@ -1,6 +1,6 @@
 // out[m] = (weights ? weights[m] : 1)·x[idx[m]] for x [N,D], idx i32 [M], out [M,D] (MoE dispatch
 // of tokens to expert-ordered slots). One block per output row; an index outside [0,N) gives a NaN
-// row. Floor: M·D·(bytes of x + out) / ~3 TB/s, e.g. 98304 × 2048 bf16 in and out: 805 MB ≈ 0.27 ms.
+// row. Rows of a multiple of 8 elements move in 16-byte accesses. Floor: M·D·(bytes of x + out) / ~3 TB/s, e.g. 98304 × 2048 bf16 in and out: 805 MB ≈ 0.27 ms.
 #include "common.cuh"
 
 template <typename TO, typename TX, typename TW>
@@ -14,6 +14,17 @@ __device__ __forceinline__ void gather_rows(TO* __restrict__ out, const TX* __re
     return;
   }
   const TX* xr = x + (long long)src * D;
+  if ((D & 7) == 0 && aligned16(out) && aligned16(x)) {  // every row then starts 16-byte aligned
+    const float w = weights == nullptr ? 1.f : to_f32(weights[m]);
+    for (int d8 = threadIdx.x; d8 < D / 8; d8 += blockDim.x) {
+      float v[8];
+      load8(xr + 8 * d8, v);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) v[j] *= w;
+      store8(o + 8 * d8, v);
+    }
+    return;
+  }
   if (weights == nullptr) {
     for (int d = threadIdx.x; d < D; d += blockDim.x) o[d] = Convert<TO, TX>::run(xr[d]);
   } else {
