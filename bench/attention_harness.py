@@ -38,9 +38,9 @@ DKDV_SMEM, DQ_SMEM = 148480, 138240
 D_QK = D_NOPE + D_ROPE
 
 
-# Forward tile shapes built side by side: (m-tiles per warp, key-tile rows). The first is the
-# default the TypeScript host uses (mla_attention_fwd.cu's MLA_FWD_MT / MLA_FWD_BN).
-FWD_VARIANTS = {"mt2_bn32": (2, 32), "mt1_bn64": (1, 64)}
+# Forward variants built side by side: (m-tiles per warp, key-tile rows, lazy rescale). The
+# first is the default the TypeScript host uses (mla_attention_fwd.cu's MLA_FWD_* defaults).
+FWD_VARIANTS = {"mt2_bn32": (2, 32, 1), "mt2_bn32_eager": (2, 32, 0), "mt1_bn64": (1, 64, 0)}
 
 
 def fwd_smem(mt, bn):
@@ -50,7 +50,8 @@ def fwd_smem(mt, bn):
 def build(out_dir, arch="sm_90a"):
     """nvcc → cubins; returns {name: path} and writes the ptxas resource report."""
     paths, report = {}, []
-    jobs = [(f"fwd_{v}", "fwd", [f"-DMLA_FWD_MT={mt}", f"-DMLA_FWD_BN={bn}"]) for v, (mt, bn) in FWD_VARIANTS.items()]
+    jobs = [(f"fwd_{v}", "fwd", [f"-DMLA_FWD_MT={mt}", f"-DMLA_FWD_BN={bn}", f"-DMLA_FWD_LAZY_RESCALE={lazy}"])
+            for v, (mt, bn, lazy) in FWD_VARIANTS.items()]
     jobs.append(("bwd", "bwd", []))
     for name, src_name, defines in jobs:
         src = os.path.join(KERNELS, f"mla_attention_{src_name}.cu")
@@ -92,7 +93,7 @@ class MlaKernels:
     def __init__(self, cubins, fwd_variant=next(iter(FWD_VARIANTS))):
         bwd = cupy.RawModule(path=cubins["bwd"])
         self.fwd_variants = {}
-        for v, (mt, bn) in FWD_VARIANTS.items():
+        for v, (mt, bn, _) in FWD_VARIANTS.items():
             fn = cupy.RawModule(path=cubins[f"fwd_{v}"]).get_function("mla_attention_fwd")
             fn.max_dynamic_shared_size_bytes = fwd_smem(mt, bn)
             self.fwd_variants[v] = (fn, fwd_smem(mt, bn), 4 * 16 * mt)
@@ -343,6 +344,8 @@ def main():
     ok = True if args.no_check else check(k, args.out)
     if not args.no_bench:
         bench(k, [int(x) for x in args.seqs.split(",")])
+        print("training shape (DeepSeek-V2-Lite config of TARGETS.md: 4 sequences of 2048, 16 heads):")
+        bench(k, [2048], b=4)
     sys.exit(0 if ok else 1)
 
 

@@ -24,6 +24,9 @@
 #ifndef MLA_FWD_BN
 #define MLA_FWD_BN 32
 #endif
+#ifndef MLA_FWD_LAZY_RESCALE
+#define MLA_FWD_LAZY_RESCALE 1
+#endif
 
 namespace mla {
 constexpr int FWD_WARPS = 4;
@@ -146,7 +149,10 @@ mla_attention_fwd(const bf16_t* __restrict__ q_nope, const bf16_t* __restrict__ 
           }
     }
 
-    // Online softmax: new running max, rescale what was accumulated, exponentiate.
+    // Online softmax: new running max, exponentiate, then rescale what was accumulated. Once
+    // the maxima settle most tiles leave every row's max unchanged (alpha exactly 1), and the
+    // warp skips the 64·MT multiplications of O per row pair (MLA_FWD_LAZY_RESCALE).
+    float alpha[FWD_MT][2];
     #pragma unroll
     for (int mt = 0; mt < FWD_MT; mt++)
       #pragma unroll
@@ -158,7 +164,7 @@ mla_attention_fwd(const bf16_t* __restrict__ q_nope, const bf16_t* __restrict__ 
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
         // A row that has seen only masked keys keeps max −inf; offset by 0 so exp2 gives 0, not NaN.
         const float offset = mx == -inf_f32() ? 0.f : mx * scale_log2;
-        const float alpha = fast_exp2(row_max[mt][r] * scale_log2 - offset);
+        alpha[mt][r] = mx == row_max[mt][r] ? 1.f : fast_exp2(row_max[mt][r] * scale_log2 - offset);
         row_max[mt][r] = mx;
         float sum = 0.f;
         #pragma unroll
@@ -167,13 +173,26 @@ mla_attention_fwd(const bf16_t* __restrict__ q_nope, const bf16_t* __restrict__ 
           acc_s[mt][j][2 * r + 1] = fast_exp2(acc_s[mt][j][2 * r + 1] * scale_log2 - offset);
           sum += acc_s[mt][j][2 * r] + acc_s[mt][j][2 * r + 1];
         }
-        row_sum[mt][r] = row_sum[mt][r] * alpha + sum;
+        row_sum[mt][r] = row_sum[mt][r] * alpha[mt][r] + sum;
+      }
+    bool rescale = true;
+#if MLA_FWD_LAZY_RESCALE
+    bool changed = false;
+    #pragma unroll
+    for (int mt = 0; mt < FWD_MT; mt++) changed |= alpha[mt][0] != 1.f || alpha[mt][1] != 1.f;
+    rescale = __any_sync(0xffffffffu, changed);
+#endif
+    if (rescale) {
+      #pragma unroll
+      for (int mt = 0; mt < FWD_MT; mt++)
         #pragma unroll
         for (int j = 0; j < D_V / 8; j++) {
-          acc_o[mt][j][2 * r] *= alpha;
-          acc_o[mt][j][2 * r + 1] *= alpha;
+          acc_o[mt][j][0] *= alpha[mt][0];
+          acc_o[mt][j][1] *= alpha[mt][0];
+          acc_o[mt][j][2] *= alpha[mt][1];
+          acc_o[mt][j][3] *= alpha[mt][1];
         }
-      }
+    }
 
     // O += P·V, P fed from registers as bf16 A fragments; each V fragment feeds every m-tile.
     #pragma unroll
