@@ -8,8 +8,12 @@
 //                                        one encode at a time:    0.95 MB/s, 0.41 M tokens/s
 //   @huggingface/tokenizers 0.2.0 (JS)   1 thread: 0.46 MB/s, 0.20 M tokens/s
 //                                        2 worker threads: 0.67 MB/s, 0.29 M tokens/s
+// Rerun while another process held ~1 core: native batch 0.9-1.3 MB/s, JS 0.4-0.6 MB/s (1 or 2
+// threads). End to end, tokenizeCorpus on 8.9 MB of JSONL (4 KB documents) with this tokenizer
+// ran at ~1.0-1.1 MB/s (~0.5 M tokens/s) under that load; with the byte tokenizer at ~20 MB/s.
 // Both gave identical ids on the 200 documents compared. The native package is ~64 MB on disk
-// (binaries for every platform) and is loaded lazily, only when an HF tokenizer is used.
+// (binaries for every platform), so it is a devDependency, kept out of the GPU machines' kit
+// (.devicekit, 64 MiB carry limit), and loaded lazily, only when an HF tokenizer is used.
 //
 // Usage:
 //   const tok = await loadHfTokenizer('path/to/tokenizer.json');          // EOS from tokenizer_config.json
@@ -39,7 +43,7 @@ function tokenizersLibrary(): TokenizersModule {
     try {
       tokenizersModule = createRequire(import.meta.url)('tokenizers') as TokenizersModule;
     } catch (e) {
-      throw new Error(`cannot load the npm package 'tokenizers' (needed for HF tokenizer.json files): ${(e as Error).message}; run npm install in the moetrain folder`);
+      throw new Error(`cannot load the npm package 'tokenizers' (needed for HF tokenizer.json files): ${(e as Error).message}; run npm install (without --omit=dev) in the moetrain folder; GPU-machine kits leave it out, so tokenize on the build machine`);
     }
   }
   return tokenizersModule;
