@@ -420,7 +420,7 @@ test('bincount per group and expertOrder (stable)', { skip }, () => {
 });
 
 test('gatherRows and scatterAddRows, with and without weights', { skip }, () => {
-  // D 129: element path; D 256: 16-byte vectors (and 4-wide reductions in the scatter).
+  // D 129: element path; D 256: the gather's 16-byte vector path.
   for (const D of [129, 256]) scatterGatherCases(37, D, 222);
 });
 

@@ -85,11 +85,6 @@ __device__ __forceinline__ void store8(bf16* p, const float* in) { store16(p, in
 
 __device__ __forceinline__ bool aligned16(const void* p) { return ((unsigned long long)p & 15) == 0; }
 
-/** out[0..3] += v[0..3] as one vector reduction (sm_90); out must be 16-byte aligned. */
-__device__ __forceinline__ void red_add_v4(float* out, const float* v) {
-  asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};" ::"l"(out), "f"(v[0]), "f"(v[1]), "f"(v[2]), "f"(v[3]) : "memory");
-}
-
 /** Elements before p+i reaches 16-byte alignment (p must be element-aligned), at most n. */
 template <typename T> __device__ __forceinline__ int head_to_align16(const T* p, int n) {
   unsigned long long a = (unsigned long long)p;
