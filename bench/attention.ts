@@ -9,14 +9,14 @@
 // FLOPs (FlashAttention convention): forward = b·h·s²·(dq+dv) for causal, backward = 2.5×.
 // Floor: forward FLOPs / 790 TFLOP/s (the measured bf16 GEMM ceiling of an H100 SXM).
 //
-// Measured 2026-11-25 through bench/attention_harness.py (same kernels and timing method),
-// NVIDIA H100 80GB HBM3, one run, cuDNN 9 via PyTorch 2.11 in the same run:
-//   s      ours fwd ms/TF   cuDNN fwd      ours bwd ms/TF   (det ms)  cuDNN bwd
-//   2048   0.157 / 137      0.067 / 320    0.513 / 105      0.556     0.235 / 229
-//   4096   0.484 / 177      0.187 / 460    1.672 / 128      1.791     0.624 / 344
-//   8192   1.667 / 206      0.598 / 575    6.058 / 142      6.178     1.960 / 438
-//   16384  6.015 / 228      2.201 / 624    22.751 / 151     24.594    6.777 / 507
-//   32768  23.154 / 237     8.917 / 616    91.637 / 150     97.269    28.264 / 486
+// Measured 2026-11-25 with this file (node dist/bench/attention.js), NVIDIA H100 80GB HBM3,
+// cuDNN 9 via PyTorch 2.11 in the same run (see bench/attention_notes.md for versions):
+//   s      ours fwd ms/TF   cuDNN fwd      ours bwd ms/TF   det ms    cuDNN bwd
+//   2048   0.154 / 139      0.067 / 322    0.512 / 105      0.562     0.234 / 230
+//   4096   0.454 / 189      0.187 / 460    1.666 / 129      1.792     0.617 / 348
+//   8192   1.409 / 244      0.607 / 566    6.101 / 141      6.178     1.947 / 441
+//   16384  4.707 / 292      2.330 / 590    22.524 / 153     24.620    7.319 / 469
+//   32768  17.031 / 323     9.202 / 597    90.259 / 152     97.588    28.261 / 486
 import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
