@@ -94,8 +94,9 @@ function moeReference(m: DeepseekV2, xv: Float32Array, N: number): Float64Array 
     const probs = logits.map((l) => Math.exp(l - mx) / z);
     const picks = probs.map((pr, e) => ({ pr, e })).sort((a, b) => b.pr - a.pr || a.e - b.e).slice(0, k);
     let weights = picks.map((q) => q.pr);
-    if (c.norm_topk_prob) { const s = weights.reduce((a, b) => a + b, 0) + 1e-20; weights = weights.map((x) => x / s); }
-    weights = weights.map((x) => x * c.routed_scaling_factor);
+    // DeepSeek-V2 (HF): renormalise when norm_topk_prob and k > 1, else scale; never both.
+    if (c.norm_topk_prob && c.num_experts_per_tok > 1) { const s = weights.reduce((a, b) => a + b, 0) + 1e-20; weights = weights.map((x) => x / s); }
+    else weights = weights.map((x) => x * c.routed_scaling_factor);
     picks.forEach((q, j) => { const y = mlp(`${p}.experts.${q.e}`, xv, n, c.moe_intermediate_size); for (let i = 0; i < D; i++) out[n * D + i] += weights[j]! * y[i]!; });
     if (c.n_shared_experts > 0) { const y = mlp(`${p}.shared_experts`, xv, n, c.moe_intermediate_size * c.n_shared_experts); for (let i = 0; i < D; i++) out[n * D + i] += y[i]!; }
   }

@@ -80,6 +80,17 @@ export function backward(root: Tensor, seed?: Tensor): void {
     grads.delete(node);
     const rule = node.rule;
     if (!rule) throw new Error(`internal: ${node.name} has no backward rule (backward run twice?)`);
+    // Rules (and the backend methods they call) take contiguous gradients; pass-through rules
+    // such as permute may have produced strided views.
+    for (let j = 0; j < gouts.length; j++) {
+      const g = gouts[j];
+      if (g && !g.isContiguous()) {
+        const c = emptyTensor(g.backend, g.shape, g.dtype);
+        g.backend.copy(c, g);
+        if (g !== seed) g.dispose();
+        gouts[j] = c;
+      }
+    }
     const gins = gouts.some((g) => g !== null) ? rule(gouts) : [];
     node.release();
     for (const g of gouts) if (g && g !== seed) g.dispose();

@@ -4,13 +4,13 @@
 // node releases its saved tensors as soon as its rule has run, which is what lets activation
 // memory fall during the backward pass.
 import type { Tensor } from '../tensor/tensor.js';
-import { keep } from '../tensor/scope.js';
+import { keep, trackNodeInScope, type Releasable } from '../tensor/scope.js';
 
 export interface GradLink { readonly node: GradNode; readonly index: number }
 
 export type BackwardRule = (gradOutputs: readonly (Tensor | null)[]) => readonly (Tensor | null)[];
 
-export class GradNode {
+export class GradNode implements Releasable {
   private saved: Tensor[] = [];
   constructor(
     readonly name: string,
@@ -18,7 +18,13 @@ export class GradNode {
     readonly inputs: readonly Tensor[],
     readonly outputCount: number,
     public rule: BackwardRule | null,
-  ) {}
+  ) {
+    trackNodeInScope(this);
+  }
+
+  *parents(): Iterable<GradNode> {
+    for (const t of this.inputs) if (t.gradLink) yield t.gradLink.node;
+  }
 
   /** Keeps t's storage alive until this node's rule has run; returns the alias to use in the rule. */
   save(t: Tensor): Tensor {

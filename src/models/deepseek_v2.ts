@@ -176,9 +176,11 @@ export class DeepseekV2 {
     const logits = linear(cast(x, 'f32'), this.w(`${p}.mlp.gate.weight`));
     const probs = softmax(logits);
     const { values, indices } = topk(probs, k);
+    // DeepSeek-V2's rule (HF modeling_deepseek_v2): renormalise when norm_topk_prob and k > 1,
+    // otherwise scale by routed_scaling_factor; never both.
     let weights = values;
-    if (c.norm_topk_prob) weights = div(weights, add(reshape(sumLastDim(weights), [N, 1]), fromHost(this.backend, [1e-20], [1], 'f32')));
-    if (c.routed_scaling_factor !== 1) weights = scale(weights, c.routed_scaling_factor);
+    if (k > 1 && c.norm_topk_prob) weights = div(weights, add(reshape(sumLastDim(weights), [N, 1]), fromHost(this.backend, [1e-20], [1], 'f32')));
+    else if (c.routed_scaling_factor !== 1) weights = scale(weights, c.routed_scaling_factor);
 
     const slots = indices.view([N * k], [1], indices.offset);
     const { order, offsets } = expertOrder(slots, E);

@@ -48,7 +48,7 @@ export interface DeepseekV2Config {
   eos_token_id: number | null;
 }
 
-type Kind = 'int' | 'int?' | 'number' | 'bool' | 'rope' | 'ignored';
+type Kind = 'int' | 'int?' | 'number' | 'bool' | 'rope' | 'fixed' | 'ignored';
 
 /** Every field moetrain accepts, with its kind. HF bookkeeping fields are accepted and ignored. */
 const FIELDS: Record<string, Kind> = {
@@ -60,11 +60,14 @@ const FIELDS: Record<string, Kind> = {
   rope_theta: 'number', rope_scaling: 'rope', max_position_embeddings: 'int', initializer_range: 'number',
   tie_word_embeddings: 'bool', aux_loss_alpha: 'number', bos_token_id: 'int?', eos_token_id: 'int?',
   n_group: 'int', topk_group: 'int',
-  architectures: 'ignored', attention_bias: 'ignored', attention_dropout: 'ignored', auto_map: 'ignored',
-  hidden_act: 'ignored', model_type: 'ignored', pretraining_tp: 'ignored', scoring_func: 'ignored',
-  seq_aux: 'ignored', topk_method: 'ignored', torch_dtype: 'ignored', transformers_version: 'ignored',
-  use_cache: 'ignored', ep_size: 'ignored', _name_or_path: 'ignored',
+  hidden_act: 'fixed', scoring_func: 'fixed', topk_method: 'fixed', attention_bias: 'fixed',
+  architectures: 'ignored', attention_dropout: 'ignored', auto_map: 'ignored', model_type: 'ignored', pretraining_tp: 'ignored',
+  seq_aux: 'ignored', torch_dtype: 'ignored', transformers_version: 'ignored', use_cache: 'ignored', ep_size: 'ignored',
+  _name_or_path: 'ignored',
 };
+
+/** Fields whose value moetrain implements one way only: anything else would train another model. */
+const FIXED: Record<string, unknown> = { hidden_act: 'silu', scoring_func: 'softmax', topk_method: 'greedy', attention_bias: false };
 
 const DEFAULTS: Partial<DeepseekV2Config> = {
   q_lora_rank: null, norm_topk_prob: false, routed_scaling_factor: 1, first_k_dense_replace: 0, moe_layer_freq: 1,
@@ -103,6 +106,10 @@ export function parseDeepseekV2Config(raw: unknown, source: string): DeepseekV2C
       fail(source, `unknown field "${key}"${near ? ` (did you mean "${near}"?)` : ''}; remove it or fix its name`);
     }
     if (kind === 'ignored') continue;
+    if (kind === 'fixed') {
+      if (value !== FIXED[key]) fail(source, `"${key}": ${JSON.stringify(value)} is not supported (moetrain implements ${JSON.stringify(FIXED[key])} only)`);
+      continue;
+    }
     const bad = (want: string) => fail(source, `field "${key}" must be ${want}, got ${JSON.stringify(value)}`);
     switch (kind) {
       case 'int': if (!Number.isInteger(value) || (value as number) < 0) bad('a non-negative integer'); break;
@@ -123,6 +130,7 @@ export function parseDeepseekV2Config(raw: unknown, source: string): DeepseekV2C
   for (const k of ['vocab_size', 'hidden_size', 'num_hidden_layers', 'num_attention_heads', 'kv_lora_rank', 'qk_nope_head_dim', 'v_head_dim', 'n_routed_experts', 'num_experts_per_tok', 'moe_intermediate_size'] as const) {
     if ((c[k] as number) <= 0) fail(source, `"${k}" must be at least 1`);
   }
+  if (c.q_lora_rank !== null && c.q_lora_rank <= 0) fail(source, '"q_lora_rank" must be at least 1, or null for a single q_proj');
   if (c.qk_rope_head_dim <= 0 || c.qk_rope_head_dim % 2 !== 0) fail(source, `"qk_rope_head_dim" must be a positive even number (rotary pairs), got ${c.qk_rope_head_dim}`);
   if (c.num_experts_per_tok > c.n_routed_experts) {
     fail(source, `num_experts_per_tok (${c.num_experts_per_tok}) is larger than n_routed_experts (${c.n_routed_experts}); top-k cannot pick more experts than exist`);

@@ -3,16 +3,34 @@
 // a scope; parameters, gradients and optimizer state are created outside any scope (or kept).
 import type { Tensor } from './tensor.js';
 
-const stack: Set<Tensor>[] = [];
+/** What a scope must release: its tensors, and autograd nodes (their saved tensors). */
+export interface Releasable {
+  release(): void;
+  /** The nodes this one's inputs came from (reachability from returned tensors). */
+  parents(): Iterable<Releasable>;
+}
+
+interface Scope { tensors: Set<Tensor>; nodes: Set<Releasable> }
+
+const stack: Scope[] = [];
 
 export function trackInScope(t: Tensor): void {
   const top = stack[stack.length - 1];
-  if (top) top.add(t);
+  if (top) top.tensors.add(t);
+}
+
+/**
+ * Autograd nodes created in a scope are released with it unless a returned tensor still
+ * needs them for backward; so a forward that throws, or is never back-propagated, leaks nothing.
+ */
+export function trackNodeInScope(n: Releasable): void {
+  const top = stack[stack.length - 1];
+  if (top) top.nodes.add(n);
 }
 
 /** Removes t from every open scope, so that it outlives them; the caller then owns it. */
 export function keep<T extends Tensor>(t: T): T {
-  for (const s of stack) s.delete(t);
+  for (const s of stack) s.tensors.delete(t);
   return t;
 }
 
@@ -27,20 +45,37 @@ function collect(v: unknown, out: Set<Tensor>): void {
 
 /** Runs fn; disposes the tensors it created except those it returns (which move to the outer scope). */
 export function tidy<T extends Returned>(fn: () => T): T {
-  const mine = new Set<Tensor>();
+  const mine: Scope = { tensors: new Set(), nodes: new Set() };
   stack.push(mine);
   let result: T;
   try {
     result = fn();
   } catch (e) {
     stack.pop();
-    for (const t of mine) t.dispose();
+    for (const n of mine.nodes) n.release();
+    for (const t of mine.tensors) t.dispose();
     throw e;
   }
   stack.pop();
   const returned = new Set<Tensor>();
   collect(result, returned);
-  for (const t of mine) {
+  if (mine.nodes.size > 0) {
+    // Nodes reachable from a returned tensor stay (they move to the outer scope); others go.
+    const live = new Set<Releasable>();
+    const todo: Releasable[] = [];
+    for (const t of returned) if (t.gradLink) todo.push(t.gradLink.node);
+    while (todo.length) {
+      const n = todo.pop()!;
+      if (live.has(n)) continue;
+      live.add(n);
+      for (const p of n.parents()) if (!live.has(p)) todo.push(p);
+    }
+    for (const n of mine.nodes) {
+      if (live.has(n)) trackNodeInScope(n);
+      else n.release();
+    }
+  }
+  for (const t of mine.tensors) {
     if (returned.has(t)) trackInScope(t);
     else t.dispose();
   }

@@ -110,6 +110,7 @@ export function crossEntropy(loss: Tensor, lse: Tensor, logits: Tensor, labels: 
     const z = m + Math.log(s);
     Z[n] = z;
     const y = Y[n]!;
+    if (y >= V) throw new Error(`label ${y} is outside the vocabulary (size ${V}): check that the data was tokenized with this model's tokenizer`);
     L[n] = y < 0 ? 0 : z - X[n * V + y]!;
   }
   writeF32(loss, L); writeF32(lse, Z);
