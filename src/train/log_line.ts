@@ -13,6 +13,8 @@ export interface StepMetrics {
   gradientNorm: number;
   tokensPerSecond: number;
   peakMemoryBytes: number;
+  /** Bytes held by live tensors after the step (JSONL only: shows that memory does not grow). */
+  liveMemoryBytes: number;
   /** Model FLOPs utilisation against 989 TFLOP/s (GPU only), appended when present. */
   mfu?: number;
 }

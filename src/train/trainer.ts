@@ -114,7 +114,7 @@ export function train(run: TrainRun): TrainResult {
     const record: StepMetrics = {
       step: step + 1, totalSteps: cfg.steps, stepTimeSec: dt, crossEntropy: ce, loadBalance: lb,
       learningRate: lr, gradientNorm: gradNorm, tokensPerSecond: tokensPerStep / dt,
-      peakMemoryBytes: backend.memoryStats().peakBytes,
+      peakMemoryBytes: backend.memoryStats().peakBytes, liveMemoryBytes: backend.memoryStats().liveBytes,
       ...(backend.kind === 'cuda' ? { mfu: flopsPerStep / dt / GPU_PEAK_FLOPS } : {}),
     };
     metrics.push(record);
