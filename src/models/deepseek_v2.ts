@@ -117,6 +117,21 @@ export class DeepseekV2 {
    */
   forward(ids: Tensor, labels: Tensor, labelCount: number, lb: LoadBalance): ForwardResult {
     const [B, S] = ids.shape as [number, number];
+    const { logits, lbParts } = this.run(ids, lb);
+    const ce = crossEntropyMean(logits, reshape(labels, [B * S]), labelCount);
+    let lbTotal: Tensor;
+    if (lbParts.length === 0) lbTotal = fromHost(this.backend, [0], [1], 'f32');
+    else { lbTotal = lbParts[0]!; for (let i = 1; i < lbParts.length; i++) lbTotal = add(lbTotal, lbParts[i]!); }
+    return { crossEntropy: ce, loadBalance: lbTotal };
+  }
+
+  /** Next-token logits [B·S, V] for ids i32 [B, S] (evaluation and checkpoint parity checks). */
+  logits(ids: Tensor): Tensor {
+    return this.run(ids, { form: 'micro-batch', alpha: 0 }).logits;
+  }
+
+  private run(ids: Tensor, lb: LoadBalance): { logits: Tensor; lbParts: Tensor[] } {
+    const [B, S] = ids.shape as [number, number];
     const c = this.config;
     let h = embedding(ids, this.w('model.embed_tokens.weight'));
     h = reshape(h, [B * S, c.hidden_size]);
@@ -130,12 +145,7 @@ export class DeepseekV2 {
       if (r.lb) lbParts.push(r.lb);
     }
     const normed = rmsNorm(h, this.w('model.norm.weight'), c.rms_norm_eps);
-    const logits = linear(normed, this.w('lm_head.weight'));
-    const ce = crossEntropyMean(logits, reshape(labels, [B * S]), labelCount);
-    let lbTotal: Tensor;
-    if (lbParts.length === 0) lbTotal = fromHost(this.backend, [0], [1], 'f32');
-    else { lbTotal = lbParts[0]!; for (let i = 1; i < lbParts.length; i++) lbTotal = add(lbTotal, lbParts[i]!); }
-    return { crossEntropy: ce, loadBalance: lbTotal };
+    return { logits: linear(normed, this.w('lm_head.weight')), lbParts };
   }
 
   private layer(l: number, x: Tensor, B: number, S: number, lb: LoadBalance): { h: Tensor; lb: Tensor | null } {

@@ -104,7 +104,7 @@ export function mergeTrainConfig(base: TrainConfig, overrides: Record<string, un
   if (c.global_batch_size % c.micro_batch_size !== 0) {
     throw new Error(`${source}: global_batch_size (${c.global_batch_size}) must be a multiple of micro_batch_size (${c.micro_batch_size})`);
   }
-  if (c.schedule.warmup_steps > c.steps) throw new Error(`${source}: schedule.warmup_steps (${c.schedule.warmup_steps}) exceeds steps (${c.steps})`);
+  if (c.schedule.warmup_steps > c.steps) throw new Error(`${source}: schedule.warmup_steps (${c.schedule.warmup_steps}) exceeds steps (${c.steps}); lower --schedule.warmup_steps`);
   return c;
 }
 

@@ -13,6 +13,12 @@ import { CachingAllocator, type GpuBlock } from './allocator.js';
 import type { CudaContext } from './context.js';
 import { CublasLt } from './cublaslt.js';
 import { mlaAttentionBackward as mlaAttentionBackwardCuda, mlaAttentionForward } from './mla_attention.js';
+import { mlaAttentionGenericBackward, mlaAttentionGenericForward } from './mla_attention_generic.js';
+
+/** DeepSeek-V2's head widths in bf16 take the tensor-core kernels; anything else the generic ones. */
+function tensorCoreAttention(qNope: Tensor, qPe: Tensor, v: Tensor): boolean {
+  return qNope.dtype === 'bf16' && qNope.shape[3] === 128 && qPe.shape[3] === 64 && v.shape[3] === 128;
+}
 import { KernelArgs, loadModule, type CudaKernel } from './module.js';
 
 /** Device memory handed out by CudaBackend.alloc. */
@@ -687,14 +693,20 @@ export class CudaBackend implements Backend {
   }
 
   mlaAttention(o: Tensor, lse: Tensor, qNope: Tensor, qPe: Tensor, kNope: Tensor, kPe: Tensor, v: Tensor, opts: AttentionOptions): void {
-    mlaAttentionForward(this.ctx, o, lse, qNope, qPe, kNope, kPe, v, opts);
+    if (tensorCoreAttention(qNope, qPe, v)) mlaAttentionForward(this.ctx, o, lse, qNope, qPe, kNope, kPe, v, opts);
+    else mlaAttentionGenericForward(this.ctx, o, lse, qNope, qPe, kNope, kPe, v, opts);
   }
 
   mlaAttentionBackward(
     grads: { dqNope: Tensor; dqPe: Tensor; dkNope: Tensor; dkPe: Tensor; dv: Tensor },
     dout: Tensor, qNope: Tensor, qPe: Tensor, kNope: Tensor, kPe: Tensor, v: Tensor, o: Tensor, lse: Tensor, opts: AttentionOptions,
   ): void {
-    mlaAttentionBackwardCuda(this.ctx, this.allocator, grads, dout, qNope, qPe, kNope, kPe, v, o, lse, opts);
+    if (tensorCoreAttention(qNope, qPe, v)) {
+      mlaAttentionBackwardCuda(this.ctx, this.allocator, grads, dout, qNope, qPe, kNope, kPe, v, o, lse, opts);
+      return;
+    }
+    const toOut = (dst: Tensor, src: bigint) => this.copyStrided(devicePtr(dst), dst.dtype, contiguousStrides(dst.shape), src, 'f32', contiguousStrides(dst.shape), dst.shape);
+    mlaAttentionGenericBackward(this.ctx, this.allocator, toOut, grads, dout, qNope, qPe, kNope, kPe, v, o, lse, opts);
   }
 
   // ---- optimizer ----
