@@ -5,6 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 w=${1:-$(mktemp -d)}
+mkdir -p "$w"
 node dist/src/cli/main.js train --device cpu --steps 3 --schedule.warmup_steps 0 --run_dir "$w/run" > "$w/train.log"
 node dist/src/cli/main.js convert --format hf --from "$w/run/checkpoints/step-00000003" --to "$w/hf"
 node dist/bench/hf_logits.js "$w/hf" "$w/logits.json"

@@ -6,7 +6,7 @@ import { selectBackend } from '../backend/select.js';
 import { defaultTrainConfig, flagsToOverrides, mergeTrainConfig, readTrainConfigFile, type TrainConfig } from '../train/config.js';
 import { loadDeepseekV2Config, type DeepseekV2Config } from '../models/deepseek_v2_config.js';
 import { tinyConfig } from '../models/tiny_config.js';
-import { parameterCount } from '../models/deepseek_v2_config.js';
+import { formatHfConfig, parameterCount } from '../models/deepseek_v2_config.js';
 import { TokenDataset } from '../data/loader.js';
 import { demoCorpus, unigramEntropyNats } from '../data/demo_corpus.js';
 import { encodeBytes } from '../data/byte_tokenizer.js';
@@ -49,9 +49,7 @@ export async function trainCommand(flags: Record<string, string>): Promise<void>
     },
   };
   // config.json beside the checkpoints lets `moetrain convert` export them without more flags.
-  fs.writeFileSync(path.join(cfg.run_dir, 'config.json'), JSON.stringify({
-    architectures: ['DeepseekV2ForCausalLM'], model_type: 'deepseek_v2', num_key_value_heads: model.num_attention_heads, ...model,
-  }, null, 2));
+  fs.writeFileSync(path.join(cfg.run_dir, 'config.json'), formatHfConfig(model));
   const initFrom = cfg.init_from;
   const result = train({
     config: cfg, model, backend, data: source, log: (line) => console.log(line),

@@ -222,3 +222,17 @@ export function flopsPerToken(c: DeepseekV2Config, seqLen: number): number {
   const attn = 3 * c.num_attention_heads * seqLen * (c.qk_nope_head_dim + c.qk_rope_head_dim + c.v_head_dim) * c.num_hidden_layers;
   return 6 * matrix + attn;
 }
+
+/** Fields Hugging Face types as float: written with a decimal point even when integral. */
+const FLOAT_FIELDS = ['routed_scaling_factor', 'rope_theta', 'rms_norm_eps', 'initializer_range', 'aux_loss_alpha', 'attention_dropout'];
+
+/** config.json text that both moetrain and transformers' DeepseekV2Config accept. */
+export function formatHfConfig(c: DeepseekV2Config): string {
+  const full = {
+    architectures: ['DeepseekV2ForCausalLM'], model_type: 'deepseek_v2', num_key_value_heads: c.num_attention_heads,
+    hidden_act: 'silu', scoring_func: 'softmax', topk_method: 'greedy', attention_bias: false, attention_dropout: 0, ...c,
+  };
+  let text = JSON.stringify(full, null, 2);
+  for (const k of FLOAT_FIELDS) text = text.replace(new RegExp(`^(  "${k}": )(-?\\d+)(,?)$`, 'm'), '$1$2.0$3');
+  return text + '\n';
+}
