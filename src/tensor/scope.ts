@@ -34,10 +34,10 @@ export function keep<T extends Tensor>(t: T): T {
   return t;
 }
 
-type Returned = Tensor | readonly Returned[] | { readonly [k: string]: Returned } | number | void | null | undefined;
+type Returned = Tensor | readonly Returned[] | { readonly [k: string]: Returned } | ArrayBufferView | number | string | boolean | void | null | undefined;
 
 function collect(v: unknown, out: Set<Tensor>): void {
-  if (v === null || v === undefined || typeof v !== 'object') return;
+  if (v === null || v === undefined || typeof v !== 'object' || ArrayBuffer.isView(v)) return;
   if ((v as Tensor).storage !== undefined && (v as Tensor).shape !== undefined) { out.add(v as Tensor); return; }
   if (Array.isArray(v)) { for (const x of v) collect(x, out); return; }
   for (const x of Object.values(v as Record<string, unknown>)) collect(x, out);
