@@ -120,3 +120,15 @@ test('bad input: an unwritable run directory', () => {
   // A path below a regular file cannot be created, even by root.
   expectError(['train', '--device', 'cpu', '--run_dir', '$DIR/file/run'], /run directory .*file\/run is not writable \(ENOTDIR\)/, (d) => fs.writeFileSync(path.join(d, 'file'), ''));
 });
+
+test('bad input: resuming a run with other data settings is refused', () => {
+  const dir = tmp();
+  const base = ['train', '--device', 'cpu', '--steps', '4', '--schedule.warmup_steps', '0', '--micro_batch_size', '2', '--global_batch_size', '2', '--checkpoint_every', '2', '--run_dir', dir];
+  const first = run([...base, '--seq_len', '16']);
+  assert.equal(first.code, 0, first.err);
+  fs.rmSync(path.join(dir, 'checkpoints', 'step-00000004'), { recursive: true });
+  const again = run([...base, '--seq_len', '24']);
+  assert.notEqual(again.code, 0);
+  assert.match(again.err, /trained on other data or another seed\/sequence length/);
+  fs.rmSync(dir, { recursive: true, force: true });
+});

@@ -52,7 +52,7 @@ export async function trainCommand(flags: Record<string, string>): Promise<void>
   fs.writeFileSync(path.join(cfg.run_dir, 'config.json'), formatHfConfig(model));
   const initFrom = cfg.init_from;
   const result = train({
-    config: cfg, model, backend, data: source, log: (line) => console.log(line),
+    config: cfg, model, backend, data: source, log: (line) => console.log(line), dataFingerprint: dataset.fingerprint,
     ...(initFrom ? { initWeights: (m) => { loadWeightsInto(m, initFrom); console.log(`moetrain: initial weights from ${initFrom}`); } } : {}),
   });
   dataset.close();

@@ -44,6 +44,8 @@ export interface SaveOptions {
   keep: number;
   /** Recorded in state.json for reference. */
   config: unknown;
+  /** Identifies the data order (shards, sequence length, seed); checked on resume. */
+  dataFingerprint?: string;
 }
 
 export function saveCheckpoint(dir: string, step: number, model: DeepseekV2, optimizer: Adam, opts: SaveOptions): string {
@@ -57,7 +59,10 @@ export function saveCheckpoint(dir: string, step: number, model: DeepseekV2, opt
     { name: `exp_avg.${p.name}`, t: optimizer.m[i]! },
     { name: `exp_avg_sq.${p.name}`, t: optimizer.v[i]! },
   ]));
-  const state = { format: 'moetrain-checkpoint', version: 1, step, optimizer_step: optimizer.step, time: new Date().toISOString(), config: opts.config };
+  const state = {
+    format: 'moetrain-checkpoint', version: 1, step, optimizer_step: optimizer.step, data_fingerprint: opts.dataFingerprint ?? null,
+    time: new Date().toISOString(), config: opts.config,
+  };
   fs.writeFileSync(path.join(tmp, STATE), JSON.stringify(state, null, 2));
   if (fs.existsSync(final)) fs.rmSync(final, { recursive: true, force: true });
   fs.renameSync(tmp, final);
@@ -86,11 +91,18 @@ function loadInto(file: string, names: readonly string[], targets: readonly Tens
   }
 }
 
-/** Loads weights and optimizer state; returns the step to continue from. */
-export function loadCheckpoint(folder: string, model: DeepseekV2, optimizer: Adam): number {
-  let state: { step: number; optimizer_step: number };
+/**
+ * Loads weights and optimizer state; returns the step to continue from. A data fingerprint that
+ * differs from the one saved means the batches after resume would not be the ones the run would
+ * have seen, so it is refused.
+ */
+export function loadCheckpoint(folder: string, model: DeepseekV2, optimizer: Adam, dataFingerprint?: string): number {
+  let state: { step: number; optimizer_step: number; data_fingerprint?: string | null };
   try { state = JSON.parse(fs.readFileSync(path.join(folder, STATE), 'utf8')); } catch (e) {
     throw new Error(`${folder}: unreadable ${STATE} (${(e as Error).message}); delete this checkpoint folder to resume from the previous one`);
+  }
+  if (dataFingerprint && state.data_fingerprint && state.data_fingerprint !== dataFingerprint) {
+    throw new Error(`${folder}: this checkpoint was trained on other data or another seed/sequence length (data fingerprint ${state.data_fingerprint}, now ${dataFingerprint}); use the run's original data and settings, or a new --run_dir`);
   }
   const names = model.params.map((p) => p.name);
   loadInto(path.join(folder, 'model.safetensors'), names, model.params.map((p) => p.master));

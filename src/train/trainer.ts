@@ -34,6 +34,8 @@ export interface TrainRun {
   log: (line: string) => void;
   /** Loads initial weights (init_from) into a fresh model; called only when no checkpoint exists. */
   initWeights?: (model: DeepseekV2) => void;
+  /** Identifies the data order; saved in checkpoints and checked on resume. */
+  dataFingerprint?: string;
   /** false: never write checkpoints (benchmarks). Default true. */
   saveCheckpoints?: boolean;
 }
@@ -55,7 +57,7 @@ export function train(run: TrainRun): TrainResult {
   const latest = run.saveCheckpoints === false ? null : latestCheckpoint(ckptDir);
   let startStep = 0;
   if (latest) {
-    startStep = loadCheckpoint(latest, model, optimizer);
+    startStep = loadCheckpoint(latest, model, optimizer, run.dataFingerprint);
     run.log(`resuming from ${latest} (step ${startStep})`);
   } else if (run.initWeights) {
     run.initWeights(model);
@@ -122,7 +124,7 @@ export function train(run: TrainRun): TrainResult {
     fs.appendFileSync(metricsPath, JSON.stringify({ time: new Date().toISOString(), ...record }) + '\n');
     const last = step + 1 === cfg.steps;
     if (run.saveCheckpoints !== false && (last || (cfg.checkpoint_every > 0 && (step + 1) % cfg.checkpoint_every === 0))) {
-      saveCheckpoint(ckptDir, step + 1, model, optimizer, { keep: cfg.keep_checkpoints, config: cfg });
+      saveCheckpoint(ckptDir, step + 1, model, optimizer, { keep: cfg.keep_checkpoints, config: cfg, ...(run.dataFingerprint ? { dataFingerprint: run.dataFingerprint } : {}) });
     }
   }
   sumSq.dispose(); ceSum.dispose(); lbSum.dispose();
