@@ -25,8 +25,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from attention_peer import (D_NOPE, D_ROPE, D_V, attention_flops, cudnn_sdpa, sets_to_rotate,  # noqa: E402
-                            time_cudnn, time_ms)
+from attention_peer import (D_NOPE, D_ROPE, D_V, attention_flops, cudnn_inputs, cudnn_sdpa,  # noqa: E402
+                            sets_to_rotate, time_cudnn, time_ms)
 
 import cupy  # noqa: E402  (after torch: both then share the primary context)
 
@@ -41,6 +41,10 @@ D_QK = D_NOPE + D_ROPE
 # Forward variants built side by side: (m-tiles per warp, key-tile rows, lazy rescale). The
 # first is the default the TypeScript host uses (mla_attention_fwd.cu's MLA_FWD_* defaults).
 FWD_VARIANTS = {"mt2_bn32": (2, 32, 1), "mt2_bn32_eager": (2, 32, 0), "mt1_bn64": (1, 64, 0)}
+# The Hopper forward (mla_attention_fwd_hopper.cu, wgmma): 128 query rows per block, 384 threads
+# (producer + 2 consumer warpgroups), grid (H, tiles, B); HOP_SMEM_BYTES in the .cu.
+HOPPER = "hopper"
+HOPPER_SMEM, HOPPER_THREADS, HOPPER_ROWS = 214056, 384, 128
 
 
 def fwd_smem(mt, bn):
@@ -52,6 +56,7 @@ def build(out_dir, arch="sm_90a"):
     paths, report = {}, []
     jobs = [(f"fwd_{v}", "fwd", [f"-DMLA_FWD_MT={mt}", f"-DMLA_FWD_BN={bn}", f"-DMLA_FWD_LAZY_RESCALE={lazy}"])
             for v, (mt, bn, lazy) in FWD_VARIANTS.items()]
+    jobs.append(("fwd_hopper", "fwd_hopper", []))
     jobs.append(("bwd", "bwd", []))
     for name, src_name, defines in jobs:
         src = os.path.join(KERNELS, f"mla_attention_{src_name}.cu")
@@ -73,11 +78,11 @@ def build(out_dir, arch="sm_90a"):
     try:
         for name, cubin in paths.items():
             sass = subprocess.run(["cuobjdump", "-sass", cubin], capture_output=True, text=True).stdout
-            if name in ("fwd_mt2_bn32", "bwd"):
+            if name in ("fwd_mt2_bn32", "fwd_hopper", "bwd"):
                 with open(os.path.join(out_dir, f"{name}.sass"), "w") as f:
                     f.write(sass)
             ops = {}
-            for op in re.findall(r"\b(HMMA|HGMMA|LDSM|LDGSTS|LDL|STL|RED|ATOM|MUFU\.EX2|BAR)\b", sass):
+            for op in re.findall(r"\b(HMMA|HGMMA|WARPGROUP|LDSM|LDGSTS|LDL|STL|RED|ATOM|MUFU\.EX2|BAR|SYNCS|USETMAXREG)\b", sass):
                 ops[op] = ops.get(op, 0) + 1
             print(f"  SASS {name}: {ops}")
     except FileNotFoundError:
@@ -96,7 +101,10 @@ class MlaKernels:
         for v, (mt, bn, _) in FWD_VARIANTS.items():
             fn = cupy.RawModule(path=cubins[f"fwd_{v}"]).get_function("mla_attention_fwd")
             fn.max_dynamic_shared_size_bytes = fwd_smem(mt, bn)
-            self.fwd_variants[v] = (fn, fwd_smem(mt, bn), 4 * 16 * mt)
+            self.fwd_variants[v] = (fn, fwd_smem(mt, bn), 4 * 16 * mt, 128, False)
+        hop = cupy.RawModule(path=cubins["fwd_hopper"]).get_function("mla_attention_fwd_hopper")
+        hop.max_dynamic_shared_size_bytes = HOPPER_SMEM
+        self.fwd_variants[HOPPER] = (hop, HOPPER_SMEM, HOPPER_ROWS, HOPPER_THREADS, True)
         self.use_fwd(fwd_variant)
         self.pre = bwd.get_function("mla_attention_bwd_preprocess")
         self.dkdv = bwd.get_function("mla_attention_bwd_dkdv")
@@ -106,12 +114,13 @@ class MlaKernels:
         self.finish = bwd.get_function("mla_attention_bwd_finish")
 
     def use_fwd(self, variant):
-        self.fwd, self.fwd_smem, self.fwd_rows = self.fwd_variants[variant]
+        self.fwd, self.fwd_smem, self.fwd_rows, self.fwd_threads, self.fwd_heads_first = self.fwd_variants[variant]
 
     def forward(self, qn, qp, kn, kp, v, o, lse, causal, scale):
         B, S, H, _ = qn.shape
         tiles = (S + self.fwd_rows - 1) // self.fwd_rows
-        self.fwd((tiles, H, B), (128, 1, 1),
+        grid = (H, tiles, B) if self.fwd_heads_first else (tiles, H, B)
+        self.fwd(grid, (self.fwd_threads, 1, 1),
                  (u64(qn), u64(qp), u64(kn), u64(kp), u64(v), u64(o), u64(lse),
                   np.int32(S), np.int32(H), np.float32(scale), np.int32(causal)), shared_mem=self.fwd_smem)
 
@@ -188,21 +197,27 @@ def errors(x, ref):
     return (d.norm() / ref.norm()).item(), (d.abs().max() / ref.abs().max()).item()
 
 
-def check(k, out_dir):
+def all_fwd_variants():
+    """Every forward variant; the default (FWD_VARIANTS' first) last, so its o feeds the backward."""
+    return [HOPPER] + list(reversed(list(FWD_VARIANTS)))
+
+
+def check(k, out_dir, fwd_only=False):
     print("correctness (rel = ‖ours−ref‖/‖ref‖, maxrel = max|ours−ref|/max|ref|; ref float64)")
     gen = torch.Generator(device="cuda").manual_seed(1234)
     cases = [(1, 1, 3, True, 1.0), (2, 17, 3, True, 1.0), (2, 100, 16, True, 1.0), (1, 129, 3, True, 1.0),
              (2, 1000, 16, True, 1.0), (2, 17, 3, False, 1.0), (1, 129, 16, False, 1.0), (2, 1000, 3, False, 1.0),
-             (1, 300, 4, True, 3.0)]
+             (1, 300, 4, True, 3.0), (2, 1000, 3, True, 1.0), (1, 256, 2, True, 1.0), (1, 257, 3, True, 2.0),
+             (1, 2048, 16, True, 1.0)]
     ok = True
     worst = {}
     for B, S, H, causal, q_mag in cases:
         scale = D_QK ** -0.5
         qn, qp, kn, kp, v, do = random_inputs(B, S, H, gen, q_mag)
         o_ref, lse_ref, g_ref = reference(qn, qp, kn, kp, v, do, causal, scale)
-        res, line_ok, lse_err = {}, True, 0.0
+        res, line_ok, lse_err, lse_hop = {}, True, 0.0, 0.0
         # Every forward variant; the default one goes last, and its o and lse feed the backward.
-        for variant in reversed(list(FWD_VARIANTS)):
+        for variant in all_fwd_variants():
             k.use_fwd(variant)
             o = nan_like((B, S, H, D_V), torch.bfloat16)
             lse = nan_like((B, H, S), torch.float32)
@@ -212,9 +227,12 @@ def check(k, out_dir):
             res[name] = errors(o, o_ref)
             e = ((lse.double() - lse_ref).abs() / lse_ref.abs().clamp(min=1)).max().item() if torch.isfinite(lse).all() else float("nan")
             lse_err = max(lse_err, e) if e == e else e
+            if variant == HOPPER:
+                lse_hop = e
+                worst["lse/hopper"] = (max(worst.get("lse/hopper", (0.0, 0.0))[0], e if e == e else math.inf), 0.0)
             line_ok = line_ok and res[name][0] <= 1e-2 and e <= 1e-4
         grads_by_mode = {}
-        for det in (False, True):
+        for det in (() if fwd_only else (False, True)):
             g = {n: nan_like(x.shape, torch.bfloat16) for n, x in
                  (("dq_nope", qn), ("dq_pe", qp), ("dk_nope", kn), ("dk_pe", kp), ("dv", v))}
             k.backward(g, do, qn, qp, kn, kp, v, o, lse, causal, scale, det, k.scratch(B, S, H, det))
@@ -225,10 +243,12 @@ def check(k, out_dir):
                 res[f"{n}{'/det' if det else ''}"] = e
                 line_ok = line_ok and e[0] <= 2e-2
         # Deterministic mode: a second run must match bit for bit.
-        g2 = {n: nan_like(x.shape, torch.bfloat16) for n, x in grads_by_mode[True].items()}
-        k.backward(g2, do, qn, qp, kn, kp, v, o, lse, causal, scale, True, k.scratch(B, S, H, True))
-        torch.cuda.synchronize()
-        det_same = all(torch.equal(g2[n], grads_by_mode[True][n]) for n in g2)
+        det_same = True
+        if not fwd_only:
+            g2 = {n: nan_like(x.shape, torch.bfloat16) for n, x in grads_by_mode[True].items()}
+            k.backward(g2, do, qn, qp, kn, kp, v, o, lse, causal, scale, True, k.scratch(B, S, H, True))
+            torch.cuda.synchronize()
+            det_same = all(torch.equal(g2[n], grads_by_mode[True][n]) for n in g2)
         line_ok = line_ok and det_same
         ok = ok and line_ok
         for name, (rel, mx) in res.items():
@@ -237,7 +257,7 @@ def check(k, out_dir):
         desc = " ".join(f"{n}={r:.1e}/{m:.1e}" for n, (r, m) in res.items() if "/det" not in n)
         desc_det = " ".join(f"{n.split('/')[0]}={r:.1e}" for n, (r, m) in res.items() if "/det" in n)
         print(f"  B={B} S={S:4d} H={H:2d} {'causal' if causal else 'full  '} |q|x{q_mag:g}: "
-              f"{'ok  ' if line_ok else 'FAIL'} lse={lse_err:.1e} {desc} | det: {desc_det} repeat-identical={det_same}")
+              f"{'ok  ' if line_ok else 'FAIL'} lse={lse_err:.1e} (hopper {lse_hop:.1e}) {desc} | det: {desc_det} repeat-identical={det_same}")
     # cuDNN's own error on one shape, for scale.
     B, S, H = 2, 1000, 16
     qn, qp, kn, kp, v, do = random_inputs(B, S, H, gen)
@@ -255,6 +275,51 @@ def check(k, out_dir):
     print("  worst rel / maxrel: " + " ".join(f"{n}={r:.1e}/{m:.1e}" for n, (r, m) in worst.items()))
     print(f"correctness: {'PASS' if ok else 'FAIL'}")
     return ok
+
+
+def time_cudnn_fwd(b, h, s, reps):
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    set_bytes = b * s * h * (2 * D_QK + 2 * D_V) * 2
+    sets = [cudnn_inputs(b, s, h, gen) for _ in range(sets_to_rotate(set_bytes))]
+    ms = time_ms([lambda q=q, kk=kk, v=v: cudnn_sdpa(q, kk, v, True, D_QK ** -0.5) for q, kk, v, _ in sets], reps)
+    del sets
+    torch.cuda.empty_cache()
+    return ms
+
+
+def bench_fwd(k, seqs, b=1, h=16, variants=(HOPPER, "mt2_bn32")):
+    """Forward only: each variant twice (the spread between the two is the noise), then cuDNN."""
+    print(f"forward timing on {torch.cuda.get_device_name()}: b={b} h={h} causal bf16, median of CUDA-event timings")
+    scale = D_QK ** -0.5
+    rows = []
+    for s in seqs:
+        reps = 30 if s <= 8192 else 10
+        gen = torch.Generator(device="cuda").manual_seed(s)
+        set_bytes = b * s * h * (D_NOPE * 2 + D_ROPE + 2 * D_V) * 2
+        sets = []
+        for _ in range(sets_to_rotate(set_bytes)):
+            qn, qp, kn, kp, v, _ = random_inputs(b, s, h, gen)
+            o = torch.empty(b, s, h, D_V, device="cuda", dtype=torch.bfloat16)
+            lse = torch.empty(b, h, s, device="cuda", dtype=torch.float32)
+            sets.append((qn, qp, kn, kp, v, o, lse))
+        ms = {}
+        for rnd in range(2):
+            for variant in variants:
+                k.use_fwd(variant)
+                t = time_ms([lambda a=a: k.forward(*a, True, scale) for a in sets], reps)
+                ms.setdefault(variant, []).append(t)
+        del sets
+        torch.cuda.empty_cache()
+        peer = time_cudnn_fwd(b, h, s, reps)
+        f = attention_flops(b, h, s)
+        rows.append((s, ms, peer, f))
+        print(f"  s={s}: " + ", ".join(f"{v} {t[0]:.3f}/{t[1]:.3f} ms {f / min(t) / 1e9:.0f} TF" for v, t in ms.items())
+              + f" | cuDNN {peer:.3f} ms {f / peer / 1e9:.0f} TF", flush=True)
+    print(f"\n| s (b={b}) | " + " | ".join(f"{v} ms / TF" for v in variants) + " | cuDNN fwd ms / TF | hopper / cuDNN |")
+    print("|---|" + "---|" * (len(variants) + 2))
+    for s, ms, peer, f in rows:
+        cells = " | ".join(f"{min(ms[v]):.3f} / {f / min(ms[v]) / 1e9:.0f}" for v in variants)
+        print(f"| {s} | {cells} | {peer:.3f} / {f / peer / 1e9:.0f} | {peer / min(ms[HOPPER]):.2f}x |")
 
 
 def bench(k, seqs, b=1, h=16, with_det=True):
@@ -276,7 +341,7 @@ def bench(k, seqs, b=1, h=16, with_det=True):
         sc = k.scratch(b, s, h, False)
         scd = k.scratch(b, s, h, True) if with_det else None
         fwd_by_variant = {}
-        for variant in reversed(list(FWD_VARIANTS)):
+        for variant in all_fwd_variants():
             k.use_fwd(variant)
             fwd_by_variant[variant] = time_ms([lambda a=a: k.forward(*a[:5], a[6], a[7], True, scale) for a in sets], reps)
         fwd = fwd_by_variant[next(iter(FWD_VARIANTS))]
@@ -334,6 +399,7 @@ def main():
     ap.add_argument("--seqs", default="2048,4096,8192,16384,32768")
     ap.add_argument("--no-bench", action="store_true")
     ap.add_argument("--no-check", action="store_true")
+    ap.add_argument("--fwd-only", action="store_true", help="forward checks and forward timing (hopper, mt2_bn32, cuDNN)")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     torch.cuda.init()
@@ -341,8 +407,12 @@ def main():
     print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, cupy {cupy.__version__}")
     print("build (nvcc sm_90a):")
     k = MlaKernels(build(args.out))
-    ok = True if args.no_check else check(k, args.out)
-    if not args.no_bench:
+    ok = True if args.no_check else check(k, args.out, args.fwd_only)
+    if not args.no_bench and args.fwd_only:
+        bench_fwd(k, [int(x) for x in args.seqs.split(",")])
+        print("training shape (4 sequences of 2048, 16 heads):")
+        bench_fwd(k, [2048], b=4)
+    elif not args.no_bench:
         bench(k, [int(x) for x in args.seqs.split(",")])
         print("training shape (DeepSeek-V2-Lite config of TARGETS.md: 4 sequences of 2048, 16 heads):")
         bench(k, [2048], b=4)

@@ -3,7 +3,7 @@
 // clipping at 1.0, random tokens. Prints the step log lines, then tokens/s (median of the steps
 // after warm-up), step time and peak memory.
 //
-//   moetrain bench train [--steps 20] [--layers 4] [--seq_len 2048] [--batch 4] [--micro 4] [--device cuda]
+//   moetrain bench train [--steps 20] [--layers 4] [--seq_len 2048] [--batch 4] [--micro 4] [--device cuda] [--profile 1]
 import os from 'node:os';
 import path from 'node:path';
 import fs from 'node:fs';
@@ -39,7 +39,8 @@ export async function runTrainBench(flags: Record<string, string>): Promise<void
     },
   };
   const t0 = performance.now();
-  const result = train({ config: cfg, model, backend, data, log: (l) => console.log(l), saveCheckpoints: false });
+  const profile = flags['profile'] === 'true' || flags['profile'] === '1';
+  const result = train({ config: cfg, model, backend, data, log: (l) => console.log(l), saveCheckpoints: false, profile });
   const rows = result.metrics.slice(Math.min(3, result.metrics.length - 1));
   const tps = rows.map((r) => r.tokensPerSecond).sort((a, b) => a - b)[Math.floor(rows.length / 2)]!;
   const peak = Math.max(...result.metrics.map((r) => r.peakMemoryBytes));
@@ -47,5 +48,10 @@ export async function runTrainBench(flags: Record<string, string>): Promise<void
   console.log(`bench train: median tokens/s ${Math.round(tps).toLocaleString('en-US')}, median step ${stepTime.toFixed(3)} s, ` +
     `peak memory ${(peak / 2 ** 30).toFixed(2)} GiB, MFU ${(100 * tps * flopsPerToken(model, S) / 989e12).toFixed(1)}% of 989 TFLOP/s ` +
     `(${((performance.now() - t0) / 1000).toFixed(0)} s in all)`);
+  if (profile) {
+    const med = (k: 'forwardSec' | 'backwardSec' | 'optimizerSec') => rows.map((r) => r.phases![k]).sort((a, b) => a - b)[Math.floor(rows.length / 2)]! * 1000;
+    console.log(`bench train: phases (median ms, synchronised): forward ${med('forwardSec').toFixed(1)}, backward ${med('backwardSec').toFixed(1)}, ` +
+      `grad-norm + optimizer + zero ${med('optimizerSec').toFixed(1)}`);
+  }
   fs.rmSync(runDir, { recursive: true, force: true });
 }

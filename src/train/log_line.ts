@@ -17,6 +17,8 @@ export interface StepMetrics {
   liveMemoryBytes: number;
   /** Model FLOPs utilisation against 989 TFLOP/s (GPU only), appended when present. */
   mfu?: number;
+  /** Seconds per phase when profiling (JSONL only); optimizer includes the gradient norm. */
+  phases?: { forwardSec: number; backwardSec: number; optimizerSec: number };
 }
 
 const pad2 = (n: number) => String(n).padStart(2, '0');

@@ -38,6 +38,8 @@ export interface TrainRun {
   dataFingerprint?: string;
   /** false: never write checkpoints (benchmarks). Default true. */
   saveCheckpoints?: boolean;
+  /** Synchronise between phases and record their times (benchmarks; costs a little speed). */
+  profile?: boolean;
 }
 
 export interface TrainResult {
@@ -82,8 +84,17 @@ export function train(run: TrainRun): TrainResult {
     model.beginStep();
     backend.fill(ceSum, 0);
     backend.fill(lbSum, 0);
+    const phases = { forwardSec: 0, backwardSec: 0, optimizerSec: 0 };
+    const mark = (key: keyof typeof phases, since: number): number => {
+      if (!run.profile) return since;
+      backend.synchronize();
+      const now = performance.now();
+      phases[key] += (now - since) / 1000;
+      return now;
+    };
     for (let m = 0; m < micro; m++) {
       const { inputs, labels } = run.data.batch(step, m);
+      let t = performance.now();
       tidy(() => {
         const ids = fromHost(backend, inputs, [B, S], 'i32');
         const lab = fromHost(backend, labels, [B, S], 'i32');
@@ -94,9 +105,12 @@ export function train(run: TrainRun): TrainResult {
         const loss = scale(add(out.crossEntropy, out.loadBalance), 1 / micro);
         backend.binary('add', ceSum, ceSum, out.crossEntropy);
         backend.binary('add', lbSum, lbSum, out.loadBalance);
+        t = mark('forwardSec', t);
         backward(loss);
+        mark('backwardSec', t);
       });
     }
+    const tOpt = performance.now();
     // Global L2 norm of the gradients before clipping; clipping is a scale given to the optimizer.
     backend.fill(sumSq, 0);
     for (const p of model.params) backend.sumSquaresInto(sumSq, p.grad);
@@ -109,6 +123,7 @@ export function train(run: TrainRun): TrainResult {
     const lr = learningRate(cfg.schedule, cfg.optimizer.lr, step, cfg.steps);
     noGrad(() => optimizer.update(lr, clip));
     for (const p of model.params) p.zeroGrad();
+    mark('optimizerSec', tOpt);
     const ce = toHostF32(ceSum)[0]! / micro;
     const lb = toHostF32(lbSum)[0]! / micro;
     backend.synchronize();
@@ -118,6 +133,7 @@ export function train(run: TrainRun): TrainResult {
       learningRate: lr, gradientNorm: gradNorm, tokensPerSecond: tokensPerStep / dt,
       peakMemoryBytes: backend.memoryStats().peakBytes, liveMemoryBytes: backend.memoryStats().liveBytes,
       ...(backend.kind === 'cuda' ? { mfu: flopsPerStep / dt / GPU_PEAK_FLOPS } : {}),
+      ...(run.profile ? { phases } : {}),
     };
     metrics.push(record);
     run.log(formatLogLine(record));

@@ -121,8 +121,12 @@ __device__ __forceinline__ void wgmma_ss_m64n128k16(float* d, unsigned long long
 // B N-major in shared memory (imm-trans-b = 1).
 __device__ __forceinline__ void wgmma_rs_m64n128k16_tb(float* d, const u32* a, unsigned long long b_desc) {
   asm volatile(
+      "{\n"
+      ".reg .pred p;\n"
+      "setp.ne.b32 p, 1, 0;\n"
       "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 " MLA_D64_REGS
-      ", {%64, %65, %66, %67}, %68, 1, 1, 1, 1;\n"
+      ", {%64, %65, %66, %67}, %68, p, 1, 1, 1;\n"
+      "}\n"
       : MLA_D64
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b_desc));
 }
