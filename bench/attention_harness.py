@@ -44,6 +44,7 @@ FWD_VARIANTS = {"mt2_bn32": (2, 32, 1), "mt2_bn32_eager": (2, 32, 0), "mt1_bn64"
 # The Hopper forward (mla_attention_fwd_hopper.cu, wgmma): 128 query rows per block, 384 threads
 # (producer + 2 consumer warpgroups), grid (H, tiles, B); HOP_SMEM_BYTES in the .cu.
 HOPPER = "hopper"
+HOPPER_VARIANTS = {HOPPER: [], "hopper_simple": ["-DMLA_HOP_PINGPONG=0"]}  # the first is the default
 HOPPER_SMEM, HOPPER_THREADS, HOPPER_ROWS = 214056, 384, 128
 
 
@@ -56,7 +57,7 @@ def build(out_dir, arch="sm_90a"):
     paths, report = {}, []
     jobs = [(f"fwd_{v}", "fwd", [f"-DMLA_FWD_MT={mt}", f"-DMLA_FWD_BN={bn}", f"-DMLA_FWD_LAZY_RESCALE={lazy}"])
             for v, (mt, bn, lazy) in FWD_VARIANTS.items()]
-    jobs.append(("fwd_hopper", "fwd_hopper", []))
+    jobs += [(f"fwd_{v}", "fwd_hopper", defines) for v, defines in HOPPER_VARIANTS.items()]
     jobs.append(("bwd", "bwd", []))
     for name, src_name, defines in jobs:
         src = os.path.join(KERNELS, f"mla_attention_{src_name}.cu")
@@ -102,9 +103,10 @@ class MlaKernels:
             fn = cupy.RawModule(path=cubins[f"fwd_{v}"]).get_function("mla_attention_fwd")
             fn.max_dynamic_shared_size_bytes = fwd_smem(mt, bn)
             self.fwd_variants[v] = (fn, fwd_smem(mt, bn), 4 * 16 * mt, 128, False)
-        hop = cupy.RawModule(path=cubins["fwd_hopper"]).get_function("mla_attention_fwd_hopper")
-        hop.max_dynamic_shared_size_bytes = HOPPER_SMEM
-        self.fwd_variants[HOPPER] = (hop, HOPPER_SMEM, HOPPER_ROWS, HOPPER_THREADS, True)
+        for v in HOPPER_VARIANTS:
+            hop = cupy.RawModule(path=cubins[f"fwd_{v}"]).get_function("mla_attention_fwd_hopper")
+            hop.max_dynamic_shared_size_bytes = HOPPER_SMEM
+            self.fwd_variants[v] = (hop, HOPPER_SMEM, HOPPER_ROWS, HOPPER_THREADS, True)
         self.use_fwd(fwd_variant)
         self.pre = bwd.get_function("mla_attention_bwd_preprocess")
         self.dkdv = bwd.get_function("mla_attention_bwd_dkdv")
@@ -199,7 +201,7 @@ def errors(x, ref):
 
 def all_fwd_variants():
     """Every forward variant; the default (FWD_VARIANTS' first) last, so its o feeds the backward."""
-    return [HOPPER] + list(reversed(list(FWD_VARIANTS)))
+    return list(HOPPER_VARIANTS) + list(reversed(list(FWD_VARIANTS)))
 
 
 def check(k, out_dir, fwd_only=False):
@@ -287,7 +289,7 @@ def time_cudnn_fwd(b, h, s, reps):
     return ms
 
 
-def bench_fwd(k, seqs, b=1, h=16, variants=(HOPPER, "mt2_bn32")):
+def bench_fwd(k, seqs, b=1, h=16, variants=(*HOPPER_VARIANTS, "mt2_bn32")):
     """Forward only: each variant twice (the spread between the two is the noise), then cuDNN."""
     print(f"forward timing on {torch.cuda.get_device_name()}: b={b} h={h} causal bf16, median of CUDA-event timings")
     scale = D_QK ** -0.5

@@ -48,6 +48,8 @@ export async function runTrainBench(flags: Record<string, string>): Promise<void
   console.log(`bench train: median tokens/s ${Math.round(tps).toLocaleString('en-US')}, median step ${stepTime.toFixed(3)} s, ` +
     `peak memory ${(peak / 2 ** 30).toFixed(2)} GiB, MFU ${(100 * tps * flopsPerToken(model, S) / 989e12).toFixed(1)}% of 989 TFLOP/s ` +
     `(${((performance.now() - t0) / 1000).toFixed(0)} s in all)`);
+  const first = result.metrics[0]!, last = result.metrics[result.metrics.length - 1]!;
+  console.log(`bench train: reserved ${((last.reservedMemoryBytes ?? 0) / 2 ** 30).toFixed(2)} GiB; system allocations ${first.systemAllocations ?? '-'} after step 1, ${last.systemAllocations ?? '-'} after step ${last.step}`);
   if (profile) {
     const med = (k: 'forwardSec' | 'backwardSec' | 'optimizerSec') => rows.map((r) => r.phases![k]).sort((a, b) => a - b)[Math.floor(rows.length / 2)]! * 1000;
     console.log(`bench train: phases (median ms, synchronised): forward ${med('forwardSec').toFixed(1)}, backward ${med('backwardSec').toFixed(1)}, ` +

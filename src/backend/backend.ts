@@ -26,6 +26,8 @@ export interface MemoryStats {
   peakBytes: number;
   /** Bytes the backend holds from the system (allocator cache included). */
   reservedBytes: number;
+  /** Allocations made from the system so far (a number that keeps rising means cache misses). */
+  systemAllocations?: number;
 }
 
 export interface MatmulOptions {

@@ -15,6 +15,9 @@ export interface StepMetrics {
   peakMemoryBytes: number;
   /** Bytes held by live tensors after the step (JSONL only: shows that memory does not grow). */
   liveMemoryBytes: number;
+  /** Bytes held from the system and allocations made so far (JSONL only: allocator health). */
+  reservedMemoryBytes?: number;
+  systemAllocations?: number;
   /** Model FLOPs utilisation against 989 TFLOP/s (GPU only), appended when present. */
   mfu?: number;
   /** Seconds per phase when profiling (JSONL only); optimizer includes the gradient norm. */

@@ -128,10 +128,12 @@ export function train(run: TrainRun): TrainResult {
     const lb = toHostF32(lbSum)[0]! / micro;
     backend.synchronize();
     const dt = (performance.now() - t0) / 1000;
+    const mem = backend.memoryStats();
     const record: StepMetrics = {
       step: step + 1, totalSteps: cfg.steps, stepTimeSec: dt, crossEntropy: ce, loadBalance: lb,
       learningRate: lr, gradientNorm: gradNorm, tokensPerSecond: tokensPerStep / dt,
-      peakMemoryBytes: backend.memoryStats().peakBytes, liveMemoryBytes: backend.memoryStats().liveBytes,
+      peakMemoryBytes: mem.peakBytes, liveMemoryBytes: mem.liveBytes, reservedMemoryBytes: mem.reservedBytes,
+      ...(mem.systemAllocations !== undefined ? { systemAllocations: mem.systemAllocations } : {}),
       ...(backend.kind === 'cuda' ? { mfu: flopsPerStep / dt / GPU_PEAK_FLOPS } : {}),
       ...(run.profile ? { phases } : {}),
     };

@@ -5,7 +5,7 @@
 // b passed as cuBLASLt's "A" and a as its "B".
 //
 // Everything but the cublasLtMatmul call itself (descriptors, layouts, the heuristic's chosen
-// algorithm) is built once per shape key and cached, so the hot path is one FFI call.
+// algorithm) is built once per shape (algorithms per size bucket) and cached, so the hot path is one FFI call.
 import koffi from 'koffi';
 import type { CachingAllocator, GpuBlock } from './allocator.js';
 import type { CudaContext } from './context.js';
@@ -118,21 +118,40 @@ function alignmentOf(ptr: bigint): number {
   return low === 0 ? 256 : low & -low;
 }
 
-/** Everything cublasLtMatmul needs for one shape, built once. */
-interface Plan {
+/** The matmul descriptor and chosen algorithm, shared by shapes of one size bucket. */
+interface Algo {
   desc: bigint;
-  layoutA: bigint; // cuBLASLt's A = our b
-  layoutB: bigint; // cuBLASLt's B = our a
-  layoutC: bigint; // C and D: out
   /** Address of the heuristic result; its first 64 bytes are the algorithm. */
   algo: bigint;
 }
+
+/** The matrix layouts of one exact shape (cheap to build, unlike the heuristic). */
+interface Layouts {
+  layoutA: bigint; // cuBLASLt's A = our b
+  layoutB: bigint; // cuBLASLt's B = our a
+  layoutC: bigint; // C and D: out
+}
+
+/**
+ * Sizes in the algorithm cache's key: multiples of 64 as they are (every fixed model width),
+ * anything else rounded up to one. Routed-token counts change every step, so per-expert GEMMs
+ * would otherwise ask the heuristic (tens of µs) for a new shape on nearly every call; an
+ * algorithm chosen for one size in a bucket serves the others (if cuBLASLt refuses it for a
+ * shape, that shape gets its own heuristic result).
+ */
+function bucket(x: number): number { return Math.ceil(x / 64) * 64; }
+
+const CUBLAS_STATUS_NOT_SUPPORTED = 15;
+const CUBLAS_STATUS_INVALID_VALUE = 7;
 
 export class CublasLt {
   private readonly lt: RawLt;
   readonly handle: bigint;
   private readonly workspace: GpuBlock;
-  private readonly plans = new Map<string, Plan>();
+  private readonly algos = new Map<string, Algo>();
+  /** Algorithms chosen for one exact shape after the bucket's was refused. */
+  private readonly exactAlgos = new Map<string, Algo>();
+  private readonly layouts = new Map<string, Layouts>();
   private readonly alpha = new Float32Array(1);
   private readonly beta = new Float32Array(1);
   private readonly u64 = new BigUint64Array(1);
@@ -158,61 +177,67 @@ export class CublasLt {
     const strideA = o.strideA ?? o.m * o.k;
     const strideB = o.strideB ?? o.k * o.n;
     const strideOut = o.strideOut ?? o.m * o.n;
-    const key = `${o.m},${o.n},${o.k},${+transA},${+transB},${batch},${strideA},${strideB},${strideOut},${o.dtypeIn},${o.dtypeOut},` +
-      `${alignmentOf(a)},${alignmentOf(b)},${alignmentOf(out)}`;
-    let plan = this.plans.get(key);
-    if (!plan) {
-      if (this.plans.size >= MAX_PLANS) this.clearPlans();
-      plan = this.makePlan(o, transA, transB, batch, strideA, strideB, strideOut, a, b, out);
-      this.plans.set(key, plan);
+    const what = () => describe(o, batch);
+    for (const [name, v] of [['m', o.m], ['n', o.n], ['k', o.k], ['batch', batch]] as const) {
+      if (!Number.isInteger(v) || v < 1) throw new Error(`gemm: ${name}=${v} must be a positive integer (${what()})`);
+    }
+    if (o.dtypeIn === 'f32' && o.dtypeOut !== 'f32') throw new Error(`gemm: f32 operands need an f32 output, got ${o.dtypeOut} (${what()})`);
+    const common = `${+transA},${+transB},${batch},${o.dtypeIn},${o.dtypeOut},${alignmentOf(a)},${alignmentOf(b)},${alignmentOf(out)}`;
+    const strides = batch > 1 ? `,${strideA},${strideB},${strideOut}` : '';
+    const exactKey = `${o.m},${o.n},${o.k},${common}${strides}`;
+    let lay = this.layouts.get(exactKey);
+    if (!lay) {
+      if (this.layouts.size >= MAX_PLANS) this.clearPlans();
+      lay = this.makeLayouts(o, transA, transB, batch, strideA, strideB, strideOut);
+      this.layouts.set(exactKey, lay);
+    }
+    const bucketKey = batch > 1 ? exactKey : `${bucket(o.m)},${bucket(o.n)},${bucket(o.k)},${common}`;
+    let algo = this.exactAlgos.get(exactKey) ?? this.algos.get(bucketKey);
+    if (!algo) {
+      algo = this.makeAlgo(transA, transB, lay, a, b, out, what);
+      this.algos.set(bucketKey, algo);
     }
     this.alpha[0] = o.alpha ?? 1;
     this.beta[0] = o.beta ?? 0;
-    const status = this.lt.cublasLtMatmul(
-      this.handle, plan.desc, this.alpha,
-      b, plan.layoutA, a, plan.layoutB,
-      this.beta, out, plan.layoutC, out, plan.layoutC,
-      plan.algo, this.workspace.ptr, CUBLASLT_WORKSPACE_BYTES, this.ctx.stream,
+    let status = this.matmul(algo, lay, a, b, out);
+    if ((status === CUBLAS_STATUS_NOT_SUPPORTED || status === CUBLAS_STATUS_INVALID_VALUE) && !this.exactAlgos.has(exactKey)) {
+      algo = this.makeAlgo(transA, transB, lay, a, b, out, what);
+      this.exactAlgos.set(exactKey, algo);
+      status = this.matmul(algo, lay, a, b, out);
+    }
+    if (status !== 0) check(this.lt, 'cublasLtMatmul', status, what());
+  }
+
+  private matmul(algo: Algo, lay: Layouts, a: bigint, b: bigint, out: bigint): number {
+    return this.lt.cublasLtMatmul(
+      this.handle, algo.desc, this.alpha,
+      b, lay.layoutA, a, lay.layoutB,
+      this.beta, out, lay.layoutC, out, lay.layoutC,
+      algo.algo, this.workspace.ptr, CUBLASLT_WORKSPACE_BYTES, this.ctx.stream,
     );
-    if (status !== 0) check(this.lt, 'cublasLtMatmul', status, describe(o, batch));
   }
 
-  /**
-   * Drops every cached plan. Shapes that vary from step to step (tokens routed to an expert)
-   * would otherwise grow the cache without bound; the matmuls already queued have read theirs.
-   */
+  /** Drops every cached layout and algorithm (the matmuls already queued have read theirs). */
   clearPlans(): void {
-    for (const p of this.plans.values()) {
-      this.lt.cublasLtMatmulDescDestroy(p.desc);
-      this.lt.cublasLtMatrixLayoutDestroy(p.layoutA);
-      this.lt.cublasLtMatrixLayoutDestroy(p.layoutB);
-      this.lt.cublasLtMatrixLayoutDestroy(p.layoutC);
-      koffi.free(p.algo);
+    for (const l of this.layouts.values()) {
+      this.lt.cublasLtMatrixLayoutDestroy(l.layoutA);
+      this.lt.cublasLtMatrixLayoutDestroy(l.layoutB);
+      this.lt.cublasLtMatrixLayoutDestroy(l.layoutC);
     }
-    this.plans.clear();
+    this.layouts.clear();
+    for (const a of [...this.algos.values(), ...this.exactAlgos.values()]) {
+      this.lt.cublasLtMatmulDescDestroy(a.desc);
+      koffi.free(a.algo);
+    }
+    this.algos.clear();
+    this.exactAlgos.clear();
   }
 
-  private makePlan(
-    o: GemmOptions, transA: boolean, transB: boolean, batch: number,
-    strideA: number, strideB: number, strideOut: number, a: bigint, b: bigint, out: bigint,
-  ): Plan {
-    const what = describe(o, batch);
-    for (const [name, v] of [['m', o.m], ['n', o.n], ['k', o.k], ['batch', batch]] as const) {
-      if (!Number.isInteger(v) || v < 1) throw new Error(`gemm: ${name}=${v} must be a positive integer (${what})`);
-    }
-    if (o.dtypeIn === 'f32' && o.dtypeOut !== 'f32') throw new Error(`gemm: f32 operands need an f32 output, got ${o.dtypeOut} (${what})`);
-    const lt = this.lt;
+  private makeLayouts(o: GemmOptions, transA: boolean, transB: boolean, batch: number, strideA: number, strideB: number, strideOut: number): Layouts {
+    const lt = this.lt, what = describe(o, batch);
     const i32 = new Int32Array(1);
     const i64 = new BigInt64Array(1);
     const u64 = new BigUint64Array(1);
-
-    check(lt, 'cublasLtMatmulDescCreate', lt.cublasLtMatmulDescCreate(u64, CUBLAS_COMPUTE_32F, CUDA_R_32F));
-    const desc = u64[0]!;
-    i32[0] = transB ? CUBLAS_OP_T : CUBLAS_OP_N; // cuBLASLt's A is our b
-    check(lt, 'cublasLtMatmulDescSetAttribute', lt.cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, i32, 4));
-    i32[0] = transA ? CUBLAS_OP_T : CUBLAS_OP_N;
-    check(lt, 'cublasLtMatmulDescSetAttribute', lt.cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSB, i32, 4));
-
     const layout = (type: number, rows: number, cols: number, ld: number, stride: number): bigint => {
       check(lt, 'cublasLtMatrixLayoutCreate', lt.cublasLtMatrixLayoutCreate(u64, type, rows, cols, ld), what);
       const l = u64[0]!;
@@ -231,7 +256,19 @@ export class CublasLt {
     // a stored [m,k] is col-major [k,m] (ld k), used as is; stored [k,m] is [m,k] (ld m), transposed.
     const layoutB = transA ? layout(tin, o.m, o.k, o.m, strideA) : layout(tin, o.k, o.m, o.k, strideA);
     const layoutC = layout(cudaType(o.dtypeOut), o.n, o.m, o.n, strideOut);
+    return { layoutA, layoutB, layoutC };
+  }
 
+  private makeAlgo(transA: boolean, transB: boolean, lay: Layouts, a: bigint, b: bigint, out: bigint, what: () => string): Algo {
+    const lt = this.lt;
+    const i32 = new Int32Array(1);
+    const u64 = new BigUint64Array(1);
+    check(lt, 'cublasLtMatmulDescCreate', lt.cublasLtMatmulDescCreate(u64, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    const desc = u64[0]!;
+    i32[0] = transB ? CUBLAS_OP_T : CUBLAS_OP_N; // cuBLASLt's A is our b
+    check(lt, 'cublasLtMatmulDescSetAttribute', lt.cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, i32, 4));
+    i32[0] = transA ? CUBLAS_OP_T : CUBLAS_OP_N;
+    check(lt, 'cublasLtMatmulDescSetAttribute', lt.cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSB, i32, 4));
     check(lt, 'cublasLtMatmulPreferenceCreate', lt.cublasLtMatmulPreferenceCreate(u64));
     const pref = u64[0]!;
     try {
@@ -252,9 +289,9 @@ export class CublasLt {
       const result = koffi.alloc('uint8_t', HEURISTIC_RESULT_BYTES) as bigint;
       const count = new Int32Array(1);
       check(lt, 'cublasLtMatmulAlgoGetHeuristic',
-        lt.cublasLtMatmulAlgoGetHeuristic(this.handle, desc, layoutA, layoutB, layoutC, layoutC, pref, 1, result, count), what);
-      if (count[0] === 0) throw new Error(`cuBLASLt has no algorithm for ${what}`);
-      return { desc, layoutA, layoutB, layoutC, algo: result };
+        lt.cublasLtMatmulAlgoGetHeuristic(this.handle, desc, lay.layoutA, lay.layoutB, lay.layoutC, lay.layoutC, pref, 1, result, count), what());
+      if (count[0] === 0) throw new Error(`cuBLASLt has no algorithm for ${what()}`);
+      return { desc, algo: result };
     } finally {
       lt.cublasLtMatmulPreferenceDestroy(pref);
     }

@@ -243,7 +243,8 @@ export class CudaBackend implements Backend {
   }
 
   memoryStats(): MemoryStats {
-    return { liveBytes: this.allocator.liveBytes, peakBytes: this.allocator.peakBytes, reservedBytes: this.allocator.reservedBytes };
+    const st = this.allocator.stats();
+    return { liveBytes: st.liveBytes, peakBytes: st.peakBytes, reservedBytes: st.reservedBytes, systemAllocations: st.deviceAllocations };
   }
 
   resetPeak(): void { this.allocator.resetPeak(); }

@@ -58,6 +58,12 @@ constexpr int HOP_PRODUCER_REGS = 40;
 constexpr int HOP_CONSUMER_REGS = 232;  // 128·40 + 256·232 = 64512 ≤ 65536
 }  // namespace mla
 
+// 1: the consumer warpgroups alternate their GEMMs and overlap tile i's softmax with tile
+// i-1's P·V (FlashAttention-3's ping-pong and intra-warpgroup overlap); 0: one tile at a time.
+#ifndef MLA_HOP_PINGPONG
+#define MLA_HOP_PINGPONG 1
+#endif
+
 using namespace mla;
 
 namespace {
@@ -165,6 +171,96 @@ __device__ __forceinline__ void copy_v(u32 dst, const bf16_t* src, long long str
   }
 }
 
+
+// ---- consumer steps (one warpgroup, 64 query rows; thread holds rows g and g+8 of its warp) ----
+// Accumulator layout of wgmma m64n128 f32 per warp: d[4j+0..1] = row g, columns 8j+2t..+1;
+// d[4j+2..3] = row g+8, same columns (g = lane/4, t = lane%4).
+
+// acc_s = Q·Kᵀ: 64 rows × 128 keys, K dim 192 in 12 steps of 16 (4 per 64-column block).
+__device__ __forceinline__ void gemm_s(float* acc_s, u32 sQ_wg, u32 tK) {
+  wgmma_fence();
+  #pragma unroll
+  for (int kk = 0; kk < D_QK / 16; kk++) {
+    const u32 off = (kk >> 2) * HOP_Q_BLOCK + (kk & 3) * 32;  // block, then k16 step within it
+    const u32 koff = (kk >> 2) * HOP_K_BLOCK + (kk & 3) * 32;
+    wgmma_ss_m64n128k16(acc_s, wgmma_desc(sQ_wg + off, 16, 1024), wgmma_desc(tK + koff, 16, 1024), kk > 0);
+  }
+}
+
+// acc_o += P·V: keys are the K dim, 8 steps of 16 keys = 2048 bytes of V rows each.
+__device__ __forceinline__ void gemm_pv(float* acc_o, const u32 (*p)[4], u32 tV) {
+  wgmma_fence();
+  #pragma unroll
+  for (int kk = 0; kk < HOP_BN / 16; kk++) wgmma_rs_m64n128k16_tb(acc_o, p[kk], wgmma_desc(tV + kk * 2048, HOP_K_BLOCK, 1024));
+}
+
+// −inf for keys past S and, when causal, keys after the query.
+__device__ __forceinline__ void mask_scores(float* acc_s, int k0, int row_g, int S, int causal, int t) {
+  #pragma unroll
+  for (int j = 0; j < 16; j++)
+    #pragma unroll
+    for (int e = 0; e < 4; e++) {
+      const int key = k0 + j * 8 + 2 * t + (e & 1);
+      const int query = row_g + (e >> 1) * 8;
+      if (key >= S || (causal && key > query)) acc_s[j * 4 + e] = -inf_f32();
+    }
+}
+
+// New running maxima, acc_s ← exp2 of the scaled, shifted scores, running sums; alpha is the
+// factor the accumulated O of each row must be multiplied by.
+__device__ __forceinline__ void online_softmax(float* acc_s, float* row_max, float* row_sum, float* alpha, float scale_log2) {
+  #pragma unroll
+  for (int r = 0; r < 2; r++) {
+    float mx = row_max[r];
+    #pragma unroll
+    for (int j = 0; j < 16; j++) mx = fmaxf(mx, fmaxf(acc_s[j * 4 + 2 * r], acc_s[j * 4 + 2 * r + 1]));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+    // A row that has seen only masked keys keeps max −inf; offset 0 makes exp2 give 0, not NaN.
+    const float offset = mx == -inf_f32() ? 0.f : mx * scale_log2;
+    alpha[r] = fast_exp2(row_max[r] * scale_log2 - offset);
+    row_max[r] = mx;
+    float sum = 0.f;
+    #pragma unroll
+    for (int j = 0; j < 16; j++) {
+      acc_s[j * 4 + 2 * r] = fast_exp2(acc_s[j * 4 + 2 * r] * scale_log2 - offset);
+      acc_s[j * 4 + 2 * r + 1] = fast_exp2(acc_s[j * 4 + 2 * r + 1] * scale_log2 - offset);
+      sum += acc_s[j * 4 + 2 * r] + acc_s[j * 4 + 2 * r + 1];
+    }
+    row_sum[r] = row_sum[r] * alpha[r] + sum;
+  }
+}
+
+__device__ __forceinline__ void rescale_o(float* acc_o, const float* alpha) {
+  #pragma unroll
+  for (int j = 0; j < 16; j++) {
+    acc_o[j * 4 + 0] *= alpha[0];
+    acc_o[j * 4 + 1] *= alpha[0];
+    acc_o[j * 4 + 2] *= alpha[1];
+    acc_o[j * 4 + 3] *= alpha[1];
+  }
+}
+
+// P as bf16 A fragments: the accumulators of 8-key chunks 2kk and 2kk+1 are exactly the A
+// fragment (mma.sync m16n8k16 layout) of 16-key step kk.
+__device__ __forceinline__ void pack_p(u32 (*p)[4], const float* acc_s) {
+  #pragma unroll
+  for (int kk = 0; kk < 8; kk++) {
+    p[kk][0] = pack_bf16x2(acc_s[8 * kk + 0], acc_s[8 * kk + 1]);
+    p[kk][1] = pack_bf16x2(acc_s[8 * kk + 2], acc_s[8 * kk + 3]);
+    p[kk][2] = pack_bf16x2(acc_s[8 * kk + 4], acc_s[8 * kk + 5]);
+    p[kk][3] = pack_bf16x2(acc_s[8 * kk + 6], acc_s[8 * kk + 7]);
+  }
+}
+
+// Named barriers 1.. (0 is __syncthreads): sync waits for `count` threads, arrive does not wait.
+__device__ __forceinline__ void named_bar_sync(int id, int count) {
+  asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(count) : "memory");
+}
+__device__ __forceinline__ void named_bar_arrive(int id, int count) {
+  asm volatile("bar.arrive %0, %1;" ::"r"(id), "r"(count) : "memory");
+}
+
 }  // namespace
 
 extern "C" __global__ void __launch_bounds__(HOP_THREADS, 1)
@@ -236,6 +332,7 @@ mla_attention_fwd_hopper(const bf16_t* __restrict__ q_nope, const bf16_t* __rest
     const int warp = ctid >> 5, lane = ctid & 31;
     const int g = lane >> 2, t = lane & 3;
     const int wg_row0 = (wg - 1) * 64;        // first query row of this warpgroup in the tile
+    const int row_g = q0 + wg_row0 + warp * 16 + g;  // this thread's first query row (the other: +8)
     const float scale_log2 = scale * LOG2E;
 
     float acc_o[64];
@@ -243,93 +340,68 @@ mla_attention_fwd_hopper(const bf16_t* __restrict__ q_nope, const bf16_t* __rest
     for (int i = 0; i < 64; i++) acc_o[i] = 0.f;
     float row_max[2] = {-inf_f32(), -inf_f32()};  // raw (unscaled) maxima of rows g, g+8
     float row_sum[2] = {0.f, 0.f};                // this thread's partial sums (quad-reduced at the end)
+    float acc_s[64];
+    float alpha[2];
+    u32 p[8][4];
 
     const u32 sQ_wg = sQ + wg_row0 * 128;
     mbar_wait(bar_q, 0);
 
+#if MLA_HOP_PINGPONG
+    // Ping-pong: the two consumer warpgroups take turns issuing their GEMMs (named barriers 1
+    // and 2), so one's softmax runs while the other's wgmmas own the tensor cores. Within a
+    // warpgroup, tile i's S GEMM and tile i-1's P·V GEMM are issued together; the softmax of
+    // tile i overlaps that P·V. Consumer 1 opens the first turn for consumer 0 and skips its last
+    // hand-over, so every barrier ends with as many arrivals as waits.
+    const int me = wg - 1, other = 2 - wg;
+    if (me == 1) named_bar_arrive(1 + other, 256);
+    mbar_wait(bar_full(0), 0);
+    named_bar_sync(1 + me, 256);
+    gemm_s(acc_s, sQ_wg, sK);
+    wgmma_commit();
+    if (!(me == 1 && n_tiles == 1)) named_bar_arrive(1 + other, 256);
+    wgmma_wait<0>();
+    if (causal || (n_tiles - 1) * HOP_BN + HOP_BN > S) mask_scores(acc_s, (n_tiles - 1) * HOP_BN, row_g, S, causal, t);
+    online_softmax(acc_s, row_max, row_sum, alpha, scale_log2);
+    pack_p(p, acc_s);
+    for (int i = 1; i < n_tiles; i++) {
+      const int s = i % HOP_STAGES, prev = (i - 1) % HOP_STAGES;
+      mbar_wait(bar_full(s), (i / HOP_STAGES) & 1);
+      named_bar_sync(1 + me, 256);
+      gemm_s(acc_s, sQ_wg, sK + s * HOP_K_BYTES);
+      wgmma_commit();
+      gemm_pv(acc_o, p, sV + prev * HOP_V_BYTES);
+      wgmma_commit();
+      if (!(me == 1 && i == n_tiles - 1)) named_bar_arrive(1 + other, 256);
+      wgmma_wait<1>();  // S of tile i done; P·V of tile i-1 still running
+      online_softmax(acc_s, row_max, row_sum, alpha, scale_log2);
+      wgmma_wait<0>();  // P·V done: the stage and the P registers are free, O may be rescaled
+      mbar_arrive(bar_empty(prev));
+      rescale_o(acc_o, alpha);
+      pack_p(p, acc_s);
+    }
+    gemm_pv(acc_o, p, sV + ((n_tiles - 1) % HOP_STAGES) * HOP_V_BYTES);
+    wgmma_commit();
+    wgmma_wait<0>();
+#else
     for (int i = 0; i < n_tiles; i++) {
       const int s = i % HOP_STAGES;
       const int k0 = (n_tiles - 1 - i) * HOP_BN;
       mbar_wait(bar_full(s), (i / HOP_STAGES) & 1);
-      const u32 tK = sK + s * HOP_K_BYTES;
-      const u32 tV = sV + s * HOP_V_BYTES;
-
-      // S = Q·Kᵀ (64 × 128 keys), K dim 192 in 12 steps of 16.
-      float acc_s[64];
-      wgmma_fence();
-      #pragma unroll
-      for (int kk = 0; kk < D_QK / 16; kk++) {
-        const u32 off = (kk & 3) * 32;  // k16 step within the 64-column block
-        const unsigned long long da = wgmma_desc(sQ_wg + (kk >> 2) * HOP_Q_BLOCK + off, 16, 1024);
-        const unsigned long long db = wgmma_desc(tK + (kk >> 2) * HOP_K_BLOCK + off, 16, 1024);
-        wgmma_ss_m64n128k16(acc_s, da, db, kk > 0);
-      }
+      gemm_s(acc_s, sQ_wg, sK + s * HOP_K_BYTES);
       wgmma_commit();
       wgmma_wait<0>();
-
-      // Mask: only the first tile processed can hold future keys (causal diagonal) or keys
-      // past S (the partial last tile).
-      if (i == 0 && (causal || k0 + HOP_BN > S)) {
-        #pragma unroll
-        for (int j = 0; j < 16; j++)
-          #pragma unroll
-          for (int e = 0; e < 4; e++) {
-            const int key = k0 + j * 8 + 2 * t + (e & 1);
-            const int query = q0 + wg_row0 + warp * 16 + g + (e >> 1) * 8;
-            if (key >= S || (causal && key > query)) acc_s[j * 4 + e] = -inf_f32();
-          }
-      }
-
-      // Online softmax on rows g (r=0) and g+8 (r=1) of this warp's 16.
-      float alpha[2];
-      #pragma unroll
-      for (int r = 0; r < 2; r++) {
-        float mx = row_max[r];
-        #pragma unroll
-        for (int j = 0; j < 16; j++) mx = fmaxf(mx, fmaxf(acc_s[j * 4 + 2 * r], acc_s[j * 4 + 2 * r + 1]));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-        // A row that has seen only masked keys keeps max −inf; offset 0 makes exp2 give 0, not NaN.
-        const float offset = mx == -inf_f32() ? 0.f : mx * scale_log2;
-        alpha[r] = fast_exp2(row_max[r] * scale_log2 - offset);
-        row_max[r] = mx;
-        float sum = 0.f;
-        #pragma unroll
-        for (int j = 0; j < 16; j++) {
-          acc_s[j * 4 + 2 * r] = fast_exp2(acc_s[j * 4 + 2 * r] * scale_log2 - offset);
-          acc_s[j * 4 + 2 * r + 1] = fast_exp2(acc_s[j * 4 + 2 * r + 1] * scale_log2 - offset);
-          sum += acc_s[j * 4 + 2 * r] + acc_s[j * 4 + 2 * r + 1];
-        }
-        row_sum[r] = row_sum[r] * alpha[r] + sum;
-      }
-      #pragma unroll
-      for (int j = 0; j < 16; j++) {
-        acc_o[j * 4 + 0] *= alpha[0];
-        acc_o[j * 4 + 1] *= alpha[0];
-        acc_o[j * 4 + 2] *= alpha[1];
-        acc_o[j * 4 + 3] *= alpha[1];
-      }
-
-      // P as bf16 A fragments: the accumulator pair of 8-key chunks 2kk, 2kk+1 is exactly the
-      // A fragment of the 16-key step kk.
-      u32 p[8][4];
-      #pragma unroll
-      for (int kk = 0; kk < 8; kk++) {
-        p[kk][0] = pack_bf16x2(acc_s[8 * kk + 0], acc_s[8 * kk + 1]);
-        p[kk][1] = pack_bf16x2(acc_s[8 * kk + 2], acc_s[8 * kk + 3]);
-        p[kk][2] = pack_bf16x2(acc_s[8 * kk + 4], acc_s[8 * kk + 5]);
-        p[kk][3] = pack_bf16x2(acc_s[8 * kk + 6], acc_s[8 * kk + 7]);
-      }
-
-      // O += P·V: keys are the K dim (8 steps of 16 = 2048 bytes of V rows each).
-      wgmma_fence();
-      #pragma unroll
-      for (int kk = 0; kk < HOP_BN / 16; kk++)
-        wgmma_rs_m64n128k16_tb(acc_o, p[kk], wgmma_desc(tV + kk * 2048, HOP_K_BLOCK, 1024));
+      // Only the first tile processed can hold future keys (causal diagonal) or keys past S.
+      if (i == 0 && (causal || k0 + HOP_BN > S)) mask_scores(acc_s, k0, row_g, S, causal, t);
+      online_softmax(acc_s, row_max, row_sum, alpha, scale_log2);
+      rescale_o(acc_o, alpha);
+      pack_p(p, acc_s);
+      gemm_pv(acc_o, p, sV + s * HOP_V_BYTES);
       wgmma_commit();
       wgmma_wait<0>();
       mbar_arrive(bar_empty(s));
     }
+#endif
 
     // Epilogue: normalise and write bf16 pairs straight from the accumulators.
     float inv[2];
@@ -339,13 +411,13 @@ mla_attention_fwd_hopper(const bf16_t* __restrict__ q_nope, const bf16_t* __rest
       sum += __shfl_xor_sync(0xffffffffu, sum, 1);
       sum += __shfl_xor_sync(0xffffffffu, sum, 2);
       inv[r] = sum > 0.f ? 1.f / sum : 0.f;
-      const int query = q0 + wg_row0 + warp * 16 + g + r * 8;
+      const int query = row_g + r * 8;
       if (t == 0 && query < S)
         lse[(static_cast<long long>(b) * H + h) * S + query] = sum > 0.f ? row_max[r] * scale + logf(sum) : -inf_f32();
     }
     #pragma unroll
     for (int r = 0; r < 2; r++) {
-      const int query = q0 + wg_row0 + warp * 16 + g + r * 8;
+      const int query = row_g + r * 8;
       if (query < S) {
         bf16_t* orow = o + (row_bsh0 + query * HS) * D_V + 2 * t;
         #pragma unroll
