@@ -1,7 +1,5 @@
 // MLA attention on CUDA: the host side of kernels/mla_attention_fwd.cu and mla_attention_bwd.cu
-// (FlashAttention-2 style on mma.sync; sm_80 and later) and, on Hopper (sm_90a), of
-// kernels/mla_attention_fwd_hopper.cu (FlashAttention-3 style forward on wgmma, same arguments,
-// ~2x the mma.sync forward; the mma.sync forward stays the fallback elsewhere). The kernels take the five MLA pieces
+// (FlashAttention-2 style on mma.sync; sm_80 and later). The kernels take the five MLA pieces
 // as they are (q_nope, q_pe, k_nope, k_pe shared by every head, v) and build the 192-wide q and
 // k in shared memory, so no concatenated copy exists in device memory.
 //
@@ -35,10 +33,6 @@ const FWD_SMEM = 94208;
 const DKDV_SMEM = 148480;
 const DQ_SMEM = 138240;
 const FWD_THREADS = 128;
-/** Hopper forward: 128 query rows per block, producer + 2 consumer warpgroups (HOP_* in the .cu). */
-const HOP_FWD_ROWS = 128;
-const HOP_FWD_THREADS = 384;
-const HOP_FWD_SMEM = 214056;
 const BWD_THREADS = 256;
 const PRE_THREADS = 256; // one warp per (b, s, h) row
 const FINISH_THREADS = 128;
@@ -60,8 +54,6 @@ function addressOf(t: Tensor): bigint {
 /** The kernels of one context and a reusable argument buffer per kernel. */
 class MlaKernels {
   readonly fwd: CudaKernel;
-  /** The wgmma forward on sm_90a, else undefined (then `fwd` runs). */
-  readonly fwdHopper: CudaKernel | undefined;
   readonly pre: CudaKernel;
   readonly dkdv: CudaKernel;
   readonly dq: CudaKernel;
@@ -79,9 +71,6 @@ class MlaKernels {
     const fwdModule = loadModule(ctx, 'mla_attention_fwd.cu');
     const bwdModule = loadModule(ctx, 'mla_attention_bwd.cu');
     this.fwd = fwdModule.kernel('mla_attention_fwd');
-    // wgmma and setmaxnreg exist only on the sm_90a target (not on later "a" targets).
-    this.fwdHopper = ctx.arch === 'sm_90a' ? loadModule(ctx, 'mla_attention_fwd_hopper.cu').kernel('mla_attention_fwd_hopper') : undefined;
-    this.fwdHopper?.setMaxDynamicShared(HOP_FWD_SMEM);
     this.pre = bwdModule.kernel('mla_attention_bwd_preprocess');
     this.dkdv = bwdModule.kernel('mla_attention_bwd_dkdv');
     this.dq = bwdModule.kernel('mla_attention_bwd_dq');
@@ -146,12 +135,7 @@ export function mlaAttentionForward(
   const k = kernelsFor(ctx);
   const args = k.fwdArgs.ptr(0, addressOf(qNope)).ptr(1, addressOf(qPe)).ptr(2, addressOf(kNope)).ptr(3, addressOf(kPe))
     .ptr(4, addressOf(v)).ptr(5, addressOf(o)).ptr(6, addressOf(lse)).i32(7, S).i32(8, H).f32(9, opts.scale).i32(10, opts.causal ? 1 : 0);
-  if (k.fwdHopper) {
-    // Heads fastest, query tiles counted from the last: the longest causal tiles start first.
-    k.fwdHopper.launch([H, Math.ceil(S / HOP_FWD_ROWS), B], [HOP_FWD_THREADS, 1, 1], HOP_FWD_SMEM, args);
-  } else {
-    k.fwd.launch([Math.ceil(S / FWD_ROWS), H, B], [FWD_THREADS, 1, 1], FWD_SMEM, args);
-  }
+  k.fwd.launch([Math.ceil(S / FWD_ROWS), H, B], [FWD_THREADS, 1, 1], FWD_SMEM, args);
 }
 
 /** Gradients of mlaAttentionForward (overwritten); dkPe [B,S,1,64] is summed over heads. */
