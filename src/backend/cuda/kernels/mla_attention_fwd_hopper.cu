@@ -48,11 +48,13 @@ constexpr int HOP_V_BYTES = HOP_BN * D_V * 2;    // 32768
 constexpr int HOP_Q_BLOCK = HOP_BM * 128;        // bytes of one 64-column block of Q
 constexpr int HOP_K_BLOCK = HOP_BN * 128;        // … of K and of V
 constexpr int HOP_BAR_OFFSET = HOP_Q_BYTES + HOP_STAGES * (HOP_K_BYTES + HOP_V_BYTES);
-constexpr int HOP_NUM_BARS = 1 + 2 * HOP_STAGES;  // q_full, full[stages], empty[stages]
+// q_full, then per stage: K full, V full, K empty, V empty. K and V have their own barriers
+// because a K stage frees after its S GEMM, well before its V stage frees after P·V.
+constexpr int HOP_NUM_BARS = 1 + 4 * HOP_STAGES;
 // +1024: the dynamic shared window is only guaranteed 16-byte aligned; the kernel rounds up.
 constexpr int HOP_SMEM_BYTES = HOP_BAR_OFFSET + HOP_NUM_BARS * 8 + 1024;
 // The host (mla_attention.ts, bench/attention_harness.py) repeats this number.
-static_assert(HOP_SMEM_BYTES == 214056, "update the host's shared-memory size");
+static_assert(HOP_SMEM_BYTES == 214088, "update the host's shared-memory size");
 static_assert(HOP_SMEM_BYTES <= 232448, "over the 227 KB a Hopper block may use");
 constexpr int HOP_PRODUCER_REGS = 40;
 constexpr int HOP_CONSUMER_REGS = 232;  // 128·40 + 256·232 = 64512 ≤ 65536
@@ -275,8 +277,10 @@ mla_attention_fwd_hopper(const bf16_t* __restrict__ q_nope, const bf16_t* __rest
   const u32 sV = sK + HOP_STAGES * HOP_K_BYTES;         // [stage] V tiles
   const u32 bars = base + HOP_BAR_OFFSET;
   const u32 bar_q = bars;
-  auto bar_full = [&](int s) { return bars + 8u * (1 + s); };
-  auto bar_empty = [&](int s) { return bars + 8u * (1 + HOP_STAGES + s); };
+  auto bar_full_k = [&](int s) { return bars + 8u * (1 + s); };
+  auto bar_full_v = [&](int s) { return bars + 8u * (1 + HOP_STAGES + s); };
+  auto bar_empty_k = [&](int s) { return bars + 8u * (1 + 2 * HOP_STAGES + s); };
+  auto bar_empty_v = [&](int s) { return bars + 8u * (1 + 3 * HOP_STAGES + s); };
 
   const int tid = threadIdx.x;
   const int wg = tid >> 7;  // 0 producer, 1..2 consumers
@@ -290,8 +294,10 @@ mla_attention_fwd_hopper(const bf16_t* __restrict__ q_nope, const bf16_t* __rest
   if (tid == 0) {
     mbar_init(bar_q, 128);
     for (int s = 0; s < HOP_STAGES; s++) {
-      mbar_init(bar_full(s), 128);
-      mbar_init(bar_empty(s), 256);
+      mbar_init(bar_full_k(s), 128);
+      mbar_init(bar_full_v(s), 128);
+      mbar_init(bar_empty_k(s), 256);
+      mbar_init(bar_empty_v(s), 256);
     }
     asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
   }
@@ -306,25 +312,41 @@ mla_attention_fwd_hopper(const bf16_t* __restrict__ q_nope, const bf16_t* __rest
     const bf16_t* kn = k_nope + row_bsh0 * D_NOPE;
     const bf16_t* kp = k_pe + static_cast<long long>(b) * S * D_ROPE;
     const bf16_t* vv = v + row_bsh0 * D_V;
+    // Copy groups, in commit order: Q, then K_0, V_0, K_1, V_1, … (group 1 + 2i is K_i, 2 + 2i is
+    // V_i). cp.async writes land in the generic proxy: a group is published (fence.proxy.async,
+    // then an arrival on its full barrier) only once wait_group says it has landed. Before the
+    // producer blocks on an empty barrier it publishes everything the consumers need to get
+    // there: waiting for V stage i%2 needs consumer iteration i-1 (K_{i-1}, V_{i-2}), waiting
+    // for K stage i%2 needs consumer iteration i-2 (K_{i-2}).
+    int published = 0;
+    auto publish_through = [&](int last_group) {
+      if (published > last_group) return;
+      fence_proxy_async();
+      for (; published <= last_group; published++) {
+        const int kv = (published - 1) >> 1, st = kv % HOP_STAGES;
+        mbar_arrive(published == 0 ? bar_q : (published & 1) ? bar_full_k(st) : bar_full_v(st));
+      }
+    };
     copy_qk<HOP_BM>(sQ, q_nope + (row_bsh0 + q0 * HS) * D_NOPE, HS * D_NOPE, q_pe + (row_bsh0 + q0 * HS) * D_ROPE,
                     HS * D_ROPE, S - q0, tid);
     cp_async_commit();
     for (int i = 0; i < n_tiles; i++) {
       const int s = i % HOP_STAGES;
-      if (i >= HOP_STAGES) mbar_wait(bar_empty(s), ((i / HOP_STAGES) - 1) & 1);
+      const u32 parity = ((i / HOP_STAGES) - 1) & 1;
       const int k0 = (n_tiles - 1 - i) * HOP_BN;
+      if (i >= HOP_STAGES) mbar_wait(bar_empty_k(s), parity);
       copy_qk<HOP_BN>(sK + s * HOP_K_BYTES, kn + k0 * HS * D_NOPE, HS * D_NOPE, kp + static_cast<long long>(k0) * D_ROPE,
                       D_ROPE, S - k0, tid);
+      cp_async_commit();
+      // In flight may stay: V_{i-1}, K_i; everything through K_{i-1} (group 2i-1) has landed.
+      cp_async_wait<2>();
+      publish_through(2 * i - 1);
+      if (i >= HOP_STAGES) mbar_wait(bar_empty_v(s), parity);
       copy_v(sV + s * HOP_V_BYTES, vv + k0 * HS * D_V, HS * D_V, S - k0, tid);
       cp_async_commit();
-      // The previous group (Q, or tile i-1) has landed: publish it.
-      cp_async_wait<1>();
-      fence_proxy_async();
-      mbar_arrive(i == 0 ? bar_q : bar_full((i - 1) % HOP_STAGES));
     }
     cp_async_wait<0>();
-    fence_proxy_async();
-    mbar_arrive(bar_full((n_tiles - 1) % HOP_STAGES));
+    publish_through(2 * n_tiles);
   } else {
     // ---------------- consumers ----------------
     asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;" ::"n"(HOP_CONSUMER_REGS));
@@ -355,18 +377,20 @@ mla_attention_fwd_hopper(const bf16_t* __restrict__ q_nope, const bf16_t* __rest
     // hand-over, so every barrier ends with as many arrivals as waits.
     const int me = wg - 1, other = 2 - wg;
     if (me == 1) named_bar_arrive(1 + other, 256);
-    mbar_wait(bar_full(0), 0);
+    mbar_wait(bar_full_k(0), 0);
     named_bar_sync(1 + me, 256);
     gemm_s(acc_s, sQ_wg, sK);
     wgmma_commit();
     if (!(me == 1 && n_tiles == 1)) named_bar_arrive(1 + other, 256);
     wgmma_wait<0>();
+    mbar_arrive(bar_empty_k(0));
     if (causal || (n_tiles - 1) * HOP_BN + HOP_BN > S) mask_scores(acc_s, (n_tiles - 1) * HOP_BN, row_g, S, causal, t);
     online_softmax(acc_s, row_max, row_sum, alpha, scale_log2);
     pack_p(p, acc_s);
     for (int i = 1; i < n_tiles; i++) {
       const int s = i % HOP_STAGES, prev = (i - 1) % HOP_STAGES;
-      mbar_wait(bar_full(s), (i / HOP_STAGES) & 1);
+      mbar_wait(bar_full_k(s), (i / HOP_STAGES) & 1);
+      mbar_wait(bar_full_v(prev), ((i - 1) / HOP_STAGES) & 1);
       named_bar_sync(1 + me, 256);
       gemm_s(acc_s, sQ_wg, sK + s * HOP_K_BYTES);
       wgmma_commit();
@@ -374,12 +398,14 @@ mla_attention_fwd_hopper(const bf16_t* __restrict__ q_nope, const bf16_t* __rest
       wgmma_commit();
       if (!(me == 1 && i == n_tiles - 1)) named_bar_arrive(1 + other, 256);
       wgmma_wait<1>();  // S of tile i done; P·V of tile i-1 still running
+      mbar_arrive(bar_empty_k(s));
       online_softmax(acc_s, row_max, row_sum, alpha, scale_log2);
-      wgmma_wait<0>();  // P·V done: the stage and the P registers are free, O may be rescaled
-      mbar_arrive(bar_empty(prev));
+      wgmma_wait<0>();  // P·V done: the V stage and the P registers are free, O may be rescaled
+      mbar_arrive(bar_empty_v(prev));
       rescale_o(acc_o, alpha);
       pack_p(p, acc_s);
     }
+    mbar_wait(bar_full_v((n_tiles - 1) % HOP_STAGES), ((n_tiles - 1) / HOP_STAGES) & 1);
     gemm_pv(acc_o, p, sV + ((n_tiles - 1) % HOP_STAGES) * HOP_V_BYTES);
     wgmma_commit();
     wgmma_wait<0>();
@@ -387,19 +413,21 @@ mla_attention_fwd_hopper(const bf16_t* __restrict__ q_nope, const bf16_t* __rest
     for (int i = 0; i < n_tiles; i++) {
       const int s = i % HOP_STAGES;
       const int k0 = (n_tiles - 1 - i) * HOP_BN;
-      mbar_wait(bar_full(s), (i / HOP_STAGES) & 1);
+      mbar_wait(bar_full_k(s), (i / HOP_STAGES) & 1);
       gemm_s(acc_s, sQ_wg, sK + s * HOP_K_BYTES);
       wgmma_commit();
       wgmma_wait<0>();
+      mbar_arrive(bar_empty_k(s));
       // Only the first tile processed can hold future keys (causal diagonal) or keys past S.
       if (i == 0 && (causal || k0 + HOP_BN > S)) mask_scores(acc_s, k0, row_g, S, causal, t);
       online_softmax(acc_s, row_max, row_sum, alpha, scale_log2);
       rescale_o(acc_o, alpha);
       pack_p(p, acc_s);
+      mbar_wait(bar_full_v(s), (i / HOP_STAGES) & 1);
       gemm_pv(acc_o, p, sV + s * HOP_V_BYTES);
       wgmma_commit();
       wgmma_wait<0>();
-      mbar_arrive(bar_empty(s));
+      mbar_arrive(bar_empty_v(s));
     }
 #endif
 
