@@ -133,6 +133,8 @@ const CASES: Case[] = [
   { B: 1, S: 70, H: 2, causal: true },
   { B: 2, S: 33, H: 1, causal: false },
   { B: 1, S: 129, H: 2, causal: false },
+  // More key tiles than the Hopper forward's shared-memory ring has stages (ring reuse).
+  { B: 1, S: 300, H: 2, causal: true },
 ];
 
 for (const c of CASES) {

@@ -33,6 +33,11 @@ const FWD_SMEM = 94208;
 const DKDV_SMEM = 148480;
 const DQ_SMEM = 138240;
 const FWD_THREADS = 128;
+// The Hopper forward (mla_attention_fwd_hopper.cu: wgmma, a producer and two consumer
+// warpgroups, 128 query rows per block); sm_90a only.
+const HOP_FWD_ROWS = 128;
+const HOP_FWD_THREADS = 384;
+const HOP_FWD_SMEM = 214088;
 const BWD_THREADS = 256;
 const PRE_THREADS = 256; // one warp per (b, s, h) row
 const FINISH_THREADS = 128;
@@ -54,6 +59,8 @@ function addressOf(t: Tensor): bigint {
 /** The kernels of one context and a reusable argument buffer per kernel. */
 class MlaKernels {
   readonly fwd: CudaKernel;
+  /** The wgmma forward on sm_90a (H100/H200), else null. */
+  readonly fwdHopper: CudaKernel | null;
   readonly pre: CudaKernel;
   readonly dkdv: CudaKernel;
   readonly dq: CudaKernel;
@@ -76,6 +83,8 @@ class MlaKernels {
     this.dq = bwdModule.kernel('mla_attention_bwd_dq');
     this.finish = bwdModule.kernel('mla_attention_bwd_finish');
     this.fwd.setMaxDynamicShared(FWD_SMEM);
+    this.fwdHopper = ctx.arch === 'sm_90a' ? loadModule(ctx, 'mla_attention_fwd_hopper.cu').kernel('mla_attention_fwd_hopper') : null;
+    this.fwdHopper?.setMaxDynamicShared(HOP_FWD_SMEM);
     this.dkdv.setMaxDynamicShared(DKDV_SMEM);
     this.dq.setMaxDynamicShared(DQ_SMEM);
   }
@@ -135,7 +144,8 @@ export function mlaAttentionForward(
   const k = kernelsFor(ctx);
   const args = k.fwdArgs.ptr(0, addressOf(qNope)).ptr(1, addressOf(qPe)).ptr(2, addressOf(kNope)).ptr(3, addressOf(kPe))
     .ptr(4, addressOf(v)).ptr(5, addressOf(o)).ptr(6, addressOf(lse)).i32(7, S).i32(8, H).f32(9, opts.scale).i32(10, opts.causal ? 1 : 0);
-  k.fwd.launch([Math.ceil(S / FWD_ROWS), H, B], [FWD_THREADS, 1, 1], FWD_SMEM, args);
+  if (k.fwdHopper) k.fwdHopper.launch([H, Math.ceil(S / HOP_FWD_ROWS), B], [HOP_FWD_THREADS, 1, 1], HOP_FWD_SMEM, args);
+  else k.fwd.launch([Math.ceil(S / FWD_ROWS), H, B], [FWD_THREADS, 1, 1], FWD_SMEM, args);
 }
 
 /** Gradients of mlaAttentionForward (overwritten); dkPe [B,S,1,64] is summed over heads. */
