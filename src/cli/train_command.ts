@@ -56,6 +56,9 @@ export async function trainCommand(flags: Record<string, string>): Promise<void>
     ...(initFrom ? { initWeights: (m) => { loadWeightsInto(m, initFrom); console.log(`moetrain: initial weights from ${initFrom}`); } } : {}),
   });
   dataset.close();
+  if (result.metrics.length === 0) {
+    console.log(`moetrain: ${cfg.run_dir} already holds a checkpoint at step ${result.resumedFrom ?? cfg.steps} (the run has ${cfg.steps} steps): nothing to train (delete ${cfg.run_dir}, pass another --run_dir, or raise --steps)`);
+  }
   const last = result.metrics[result.metrics.length - 1];
   if (last && entropy !== null) {
     console.log(`moetrain: final cross-entropy ${last.crossEntropy.toFixed(4)} nats vs corpus unigram entropy ${entropy.toFixed(4)} nats (${(entropy - last.crossEntropy).toFixed(4)} below)`);
