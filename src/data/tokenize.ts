@@ -19,8 +19,8 @@ import { createHash } from 'node:crypto';
 import { Worker } from 'node:worker_threads';
 import { loadTokenizer, type TokenizerSpec, type TextTokenizer } from './tokenizer.js';
 import { resolveTokenizerJson } from './hf_tokenizer.js';
-import { tokenizeFile, inputFormatOf, shardPath, INPUT_SUFFIXES, type FileJob, type FileProgress, type FileResult } from './tokenize_file.js';
-import { readManifest, writeManifest, MANIFEST_FORMAT, MANIFEST_VERSION, type ManifestSource, type ManifestTokenizer, type TokenManifest } from './manifest.js';
+import { tokenizeFile, inputFormatOf, INPUT_SUFFIXES, type FileJob, type FileProgress, type FileResult } from './tokenize_file.js';
+import { readManifest, writeManifest, MANIFEST_FORMAT, MANIFEST_VERSION, type ManifestSource, type ManifestTokenizer } from './manifest.js';
 import { PARTIAL_SUFFIX, SHARD_HEADER_BYTES } from './shards.js';
 import type { ToWorker, FromWorker } from './tokenize_worker.js';
 

@@ -54,7 +54,7 @@ export function linear(x: Tensor, w: Tensor): Tensor {
 
 /** out[b] = a[b]·b[b] (optionally transposed) for rank-3 operands (differentiable). */
 export function bmm(a: Tensor, b: Tensor, transB = false): Tensor {
-  const [B, M, K] = a.shape as [number, number, number];
+  const [B, M] = a.shape as [number, number, number];
   const N = transB ? b.shape[1]! : b.shape[2]!;
   const out = emptyTensor(a.backend, [B, M, N], a.dtype);
   a.backend.matmul(out, a, b, { transB });
@@ -67,7 +67,6 @@ export function bmm(a: Tensor, b: Tensor, transB = false): Tensor {
       const gb = emptyTensor(a.backend, b.shape, b.dtype);
       if (transB) a.backend.matmul(gb, g!, sa, { transA: true });
       else a.backend.matmul(gb, sa, g!, { transA: true });
-      void K;
       return [ga, gb];
     };
   }
