@@ -58,6 +58,9 @@ test('an interrupted and resumed run logs the same losses as one that ran straig
   const full = losses(straight.out), tail = losses(resumed.out);
   assert.equal(tail.length, 4);
   assert.deepEqual(tail, full.slice(4));
+  // metrics.jsonl holds each step once: steps 5-8 of the first run were dropped on resume.
+  const steps = fs.readFileSync(path.join(b, 'metrics.jsonl'), 'utf8').trim().split('\n').map((l) => (JSON.parse(l) as { step: number }).step);
+  assert.deepEqual(steps, [1, 2, 3, 4, 5, 6, 7, 8]);
   const gn = (o: string) => lines(o).map((l) => /gradient-norm (\S+)/.exec(l)![1]);
   assert.deepEqual(gn(resumed.out), gn(straight.out).slice(4));
   fs.rmSync(a, { recursive: true, force: true }); fs.rmSync(b, { recursive: true, force: true });

@@ -67,7 +67,12 @@ export function train(run: TrainRun): TrainResult {
     model.initialize(cfg.seed);
   }
   const metricsPath = path.join(cfg.run_dir, 'metrics.jsonl');
-  if (startStep === 0 && fs.existsSync(metricsPath)) fs.rmSync(metricsPath);
+  if (fs.existsSync(metricsPath)) {
+    // Records past the checkpoint belong to steps that will run again: drop them.
+    const kept = fs.readFileSync(metricsPath, 'utf8').split('\n')
+      .filter((l) => l.trim() !== '' && startStep > 0 && (JSON.parse(l) as { step: number }).step <= startStep);
+    fs.writeFileSync(metricsPath, kept.map((l) => l + '\n').join(''));
+  }
   const micro = cfg.global_batch_size / cfg.micro_batch_size;
   const B = cfg.micro_batch_size, S = cfg.seq_len;
   const tokensPerStep = cfg.global_batch_size * S;
