@@ -1,6 +1,7 @@
-// MLA attention on the CPU: the direct definition, row by row, in f32. q = (q_nope | q_pe),
-// k = (k_nope | k_pe) with k_pe shared by all heads; the backward recomputes probabilities from
-// the saved lse, as the GPU kernels do.
+// MLA attention on the CPU: the direct definition, row by row, in f32. For each (batch, head)
+// the pieces are first gathered into dense rows q = (q_nope | q_pe) and k = (k_nope | k_pe), with
+// k_pe shared by all heads, so the inner loops run over contiguous memory; the backward
+// recomputes probabilities from the saved lse, as the GPU kernels do, and sums dk_pe over heads.
 import type { Tensor } from '../../tensor/tensor.js';
 import type { AttentionOptions } from '../backend.js';
 import { readF32, writeF32 } from './host.js';
@@ -12,40 +13,59 @@ function dimsOf(qNope: Tensor, qPe: Tensor, v: Tensor): Dims {
   return { B, S, H, Dn, Dr: qPe.shape[3]!, Dv: v.shape[3]! };
 }
 
-/** Scaled scores of query row (b,s,h) against keys 0..last, into p (length ≥ last+1). */
-function scores(d: Dims, qn: Float32Array, qp: Float32Array, kn: Float32Array, kp: Float32Array,
-  b: number, s: number, h: number, last: number, scale: number, p: Float32Array): void {
-  const { S, H, Dn, Dr } = d;
-  const qnBase = ((b * S + s) * H + h) * Dn, qpBase = ((b * S + s) * H + h) * Dr;
+/** Dense [S, Dn+Dr] rows of (nope | rope) for one (b, h); rope rows come from a [B,S,1,Dr] or [B,S,H,Dr] array. */
+function gatherRows(d: Dims, nope: Float32Array, rope: Float32Array, ropeHeads: number, b: number, h: number, out: Float32Array): void {
+  const { S, H, Dn, Dr } = d, Dq = Dn + Dr;
+  for (let s = 0; s < S; s++) {
+    const n = ((b * S + s) * H + h) * Dn, r = ((b * S + s) * ropeHeads + (ropeHeads === 1 ? 0 : h)) * Dr;
+    for (let i = 0; i < Dn; i++) out[s * Dq + i] = nope[n + i]!;
+    for (let i = 0; i < Dr; i++) out[s * Dq + Dn + i] = rope[r + i]!;
+  }
+}
+
+function gatherHead(d: Dims, x: Float32Array, width: number, b: number, h: number, out: Float32Array): void {
+  const { S, H } = d;
+  for (let s = 0; s < S; s++) {
+    const at = ((b * S + s) * H + h) * width;
+    for (let i = 0; i < width; i++) out[s * width + i] = x[at + i]!;
+  }
+}
+
+/** p[t] = scale·q_s·k_t for t ≤ last. */
+function scores(q: Float32Array, k: Float32Array, s: number, last: number, Dq: number, scale: number, p: Float32Array): void {
+  const qs = s * Dq;
   for (let t = 0; t <= last; t++) {
-    const knBase = ((b * S + t) * H + h) * Dn, kpBase = (b * S + t) * Dr;
+    const kt = t * Dq;
     let acc = 0;
-    for (let i = 0; i < Dn; i++) acc += qn[qnBase + i]! * kn[knBase + i]!;
-    for (let i = 0; i < Dr; i++) acc += qp[qpBase + i]! * kp[kpBase + i]!;
+    for (let i = 0; i < Dq; i++) acc += q[qs + i]! * k[kt + i]!;
     p[t] = acc * scale;
   }
 }
 
 export function cpuMlaAttention(o: Tensor, lse: Tensor, qNope: Tensor, qPe: Tensor, kNope: Tensor, kPe: Tensor, v: Tensor, opts: AttentionOptions): void {
   const d = dimsOf(qNope, qPe, v);
-  const { B, S, H, Dv } = d;
+  const { B, S, H, Dn, Dr, Dv } = d, Dq = Dn + Dr;
   const qn = readF32(qNope), qp = readF32(qPe), kn = readF32(kNope), kp = readF32(kPe), vv = readF32(v);
-  const out = new Float32Array(B * S * H * Dv);
-  const lseOut = new Float32Array(B * H * S);
-  const p = new Float32Array(S);
-  for (let b = 0; b < B; b++) for (let h = 0; h < H; h++) for (let s = 0; s < S; s++) {
-    const last = opts.causal ? s : S - 1;
-    scores(d, qn, qp, kn, kp, b, s, h, last, opts.scale, p);
-    let m = -Infinity;
-    for (let t = 0; t <= last; t++) m = Math.max(m, p[t]!);
-    let sum = 0;
-    for (let t = 0; t <= last; t++) { const e = Math.exp(p[t]! - m); p[t] = e; sum += e; }
-    const oBase = ((b * S + s) * H + h) * Dv;
-    for (let t = 0; t <= last; t++) {
-      const w = p[t]! / sum, vBase = ((b * S + t) * H + h) * Dv;
-      for (let i = 0; i < Dv; i++) out[oBase + i] += w * vv[vBase + i]!;
+  const out = new Float32Array(B * S * H * Dv), lseOut = new Float32Array(B * H * S);
+  const q = new Float32Array(S * Dq), k = new Float32Array(S * Dq), vh = new Float32Array(S * Dv), p = new Float32Array(S);
+  for (let b = 0; b < B; b++) for (let h = 0; h < H; h++) {
+    gatherRows(d, qn, qp, H, b, h, q);
+    gatherRows(d, kn, kp, 1, b, h, k);
+    gatherHead(d, vv, Dv, b, h, vh);
+    for (let s = 0; s < S; s++) {
+      const last = opts.causal ? s : S - 1;
+      scores(q, k, s, last, Dq, opts.scale, p);
+      let m = -Infinity;
+      for (let t = 0; t <= last; t++) m = Math.max(m, p[t]!);
+      let sum = 0;
+      for (let t = 0; t <= last; t++) { const e = Math.exp(p[t]! - m); p[t] = e; sum += e; }
+      const oBase = ((b * S + s) * H + h) * Dv;
+      for (let t = 0; t <= last; t++) {
+        const w = p[t]! / sum, vt = t * Dv;
+        for (let i = 0; i < Dv; i++) out[oBase + i] += w * vh[vt + i]!;
+      }
+      lseOut[(b * H + h) * S + s] = m + Math.log(sum);
     }
-    lseOut[(b * H + h) * S + s] = m + Math.log(sum);
   }
   writeF32(o, out);
   writeF32(lse, lseOut);
@@ -57,29 +77,38 @@ export function cpuMlaAttentionBackward(
   opts: AttentionOptions,
 ): void {
   const d = dimsOf(qNope, qPe, v);
-  const { B, S, H, Dn, Dr, Dv } = d;
+  const { B, S, H, Dn, Dr, Dv } = d, Dq = Dn + Dr;
   const qn = readF32(qNope), qp = readF32(qPe), kn = readF32(kNope), kp = readF32(kPe), vv = readF32(v);
   const oo = readF32(o), dO = readF32(dout), L = readF32(lse);
   const dqn = new Float32Array(qn.length), dqp = new Float32Array(qp.length);
   const dkn = new Float32Array(kn.length), dkp = new Float32Array(kp.length), dvv = new Float32Array(vv.length);
-  const p = new Float32Array(S);
-  for (let b = 0; b < B; b++) for (let h = 0; h < H; h++) for (let s = 0; s < S; s++) {
-    const last = opts.causal ? s : S - 1;
-    scores(d, qn, qp, kn, kp, b, s, h, last, opts.scale, p);
-    const l = L[(b * H + h) * S + s]!;
-    const oBase = ((b * S + s) * H + h) * Dv;
-    let delta = 0; // D = Σ dO·O
-    for (let i = 0; i < Dv; i++) delta += dO[oBase + i]! * oo[oBase + i]!;
-    const qnBase = ((b * S + s) * H + h) * Dn, qpBase = ((b * S + s) * H + h) * Dr;
-    for (let t = 0; t <= last; t++) {
-      const prob = Math.exp(p[t]! - l);
-      const vBase = ((b * S + t) * H + h) * Dv;
-      let dp = 0;
-      for (let i = 0; i < Dv; i++) { dp += dO[oBase + i]! * vv[vBase + i]!; dvv[vBase + i] += prob * dO[oBase + i]!; }
-      const ds = prob * (dp - delta) * opts.scale;
-      const knBase = ((b * S + t) * H + h) * Dn, kpBase = (b * S + t) * Dr;
-      for (let i = 0; i < Dn; i++) { dqn[qnBase + i] += ds * kn[knBase + i]!; dkn[knBase + i] += ds * qn[qnBase + i]!; }
-      for (let i = 0; i < Dr; i++) { dqp[qpBase + i] += ds * kp[kpBase + i]!; dkp[kpBase + i] += ds * qp[qpBase + i]!; }
+  const q = new Float32Array(S * Dq), k = new Float32Array(S * Dq), vh = new Float32Array(S * Dv), g = new Float32Array(S * Dv);
+  const dq = new Float32Array(S * Dq), dk = new Float32Array(S * Dq), dvh = new Float32Array(S * Dv), p = new Float32Array(S);
+  for (let b = 0; b < B; b++) for (let h = 0; h < H; h++) {
+    gatherRows(d, qn, qp, H, b, h, q);
+    gatherRows(d, kn, kp, 1, b, h, k);
+    gatherHead(d, vv, Dv, b, h, vh);
+    gatherHead(d, dO, Dv, b, h, g);
+    dq.fill(0); dk.fill(0); dvh.fill(0);
+    for (let s = 0; s < S; s++) {
+      const last = opts.causal ? s : S - 1;
+      scores(q, k, s, last, Dq, opts.scale, p);
+      const l = L[(b * H + h) * S + s]!, oBase = ((b * S + s) * H + h) * Dv, gs = s * Dv, qs = s * Dq;
+      let delta = 0; // D = Σ dO·O
+      for (let i = 0; i < Dv; i++) delta += dO[oBase + i]! * oo[oBase + i]!;
+      for (let t = 0; t <= last; t++) {
+        const prob = Math.exp(p[t]! - l), vt = t * Dv, kt = t * Dq;
+        let dp = 0;
+        for (let i = 0; i < Dv; i++) { dp += g[gs + i]! * vh[vt + i]!; dvh[vt + i] += prob * g[gs + i]!; }
+        const ds = prob * (dp - delta) * opts.scale;
+        for (let i = 0; i < Dq; i++) { dq[qs + i] += ds * k[kt + i]!; dk[kt + i] += ds * q[qs + i]!; }
+      }
+    }
+    for (let s = 0; s < S; s++) {
+      const row = (b * S + s) * H + h, pe = (b * S + s) * Dr;
+      for (let i = 0; i < Dn; i++) { dqn[row * Dn + i] = dq[s * Dq + i]!; dkn[row * Dn + i] = dk[s * Dq + i]!; }
+      for (let i = 0; i < Dr; i++) { dqp[row * Dr + i] = dq[s * Dq + Dn + i]!; dkp[pe + i] += dk[s * Dq + Dn + i]!; }
+      for (let i = 0; i < Dv; i++) dvv[row * Dv + i] = dvh[s * Dv + i]!;
     }
   }
   writeF32(grads.dqNope, dqn); writeF32(grads.dqPe, dqp); writeF32(grads.dkNope, dkn);
