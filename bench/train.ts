@@ -4,6 +4,10 @@
 // after warm-up), step time and peak memory.
 //
 //   moetrain bench train [--steps 20] [--layers 4] [--seq_len 2048] [--batch 4] [--micro 4] [--device cuda] [--profile 1]
+//                        [--peer eager|compile|both|none]   (default eager when python3 has torch and CUDA)
+//
+// The peer (bench/train_peer.py) is transformers' DeepseekV2ForCausalLM on the same card, run
+// after ours in the same command, so the two numbers are comparable.
 import os from 'node:os';
 import path from 'node:path';
 import fs from 'node:fs';
@@ -13,6 +17,7 @@ import { packageRoot } from '../src/backend/cuda/module.js';
 import { defaultTrainConfig, mergeTrainConfig } from '../src/train/config.js';
 import { train, type BatchSource } from '../src/train/trainer.js';
 import { Rng } from '../src/nn/rng.js';
+import { spawnSync } from 'node:child_process';
 
 export async function runTrainBench(flags: Record<string, string>): Promise<void> {
   const num = (k: string, d: number) => (flags[k] === undefined ? d : Number(flags[k]));
@@ -56,4 +61,23 @@ export async function runTrainBench(flags: Record<string, string>): Promise<void
       `grad-norm + optimizer + zero ${med('optimizerSec').toFixed(1)}`);
   }
   fs.rmSync(runDir, { recursive: true, force: true });
+  const peer = flags['peer'] ?? 'eager';
+  const modes = peer === 'both' ? ['eager', 'compile'] : peer === 'none' ? [] : [peer];
+  for (const mode of modes) {
+    if (mode !== 'eager' && mode !== 'compile') throw new Error(`--peer must be eager, compile, both or none, got ${peer}`);
+    console.log(`bench train: PyTorch peer (${mode}): ${runPeer(mode, layers, S, G, steps, tps)}`);
+  }
+}
+
+/** Runs bench/train_peer.py on the same card; returns a one-line summary or why it did not run. */
+function runPeer(mode: 'eager' | 'compile', layers: number, S: number, G: number, steps: number, ours: number): string {
+  const probe = spawnSync('python3', ['-c', 'import torch, transformers; assert torch.cuda.is_available()'], { encoding: 'utf8' });
+  if (probe.status !== 0) return 'skipped (python3 with torch, transformers and CUDA not found)';
+  const args = [path.join(packageRoot(), 'bench', 'train_peer.py'), '--config', path.join(packageRoot(), 'configs', 'deepseek-v2-lite.json'),
+    '--layers', String(layers), '--seq', String(S), '--batch', String(G), '--steps', String(steps), ...(mode === 'compile' ? ['--compile'] : [])];
+  const run = spawnSync('python3', args, { encoding: 'utf8', maxBuffer: 1 << 26 });
+  if (run.status !== 0) return `failed: ${run.stderr.trim().split('\n').slice(-3).join(' | ')}`;
+  const last = run.stdout.trim().split('\n').pop() ?? '';
+  const r = JSON.parse(last) as { tokens_per_second: number; step_ms: number; peak_gib: number };
+  return `${Math.round(r.tokens_per_second).toLocaleString('en-US')} tokens/s, ${r.step_ms.toFixed(1)} ms/step, peak ${r.peak_gib.toFixed(2)} GiB; ours/peer ${(ours / r.tokens_per_second).toFixed(2)}x`;
 }
