@@ -31,6 +31,10 @@ def main() -> None:
     cfg = json.load(open(args.config))
     cfg["num_hidden_layers"] = args.layers
     cfg["use_cache"] = False
+    # transformers' config is strict about floats; the JSON writes some of them as integers.
+    for k in ("rope_theta", "routed_scaling_factor", "rms_norm_eps", "initializer_range", "aux_loss_alpha", "attention_dropout"):
+        if k in cfg:
+            cfg[k] = float(cfg[k])
     config = transformers.DeepseekV2Config(**{k: v for k, v in cfg.items() if k not in ("architectures", "auto_map", "transformers_version")})
     config._attn_implementation = "sdpa"
     torch.manual_seed(0)
