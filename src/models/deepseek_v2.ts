@@ -24,7 +24,7 @@ import { topk, bincount, expertOrder } from '../ops/routing.js';
 import { gatherRows, scatterAddRows, splitRows, concatRows } from '../ops/rows.js';
 import { mlaAttention } from '../ops/mla_attention.js';
 import { Param } from '../nn/param.js';
-import { Rng } from '../nn/rng.js';
+import { normalValues } from '../nn/init.js';
 import { ropeTables, yarnMscale } from '../nn/rope_tables.js';
 import { isMoeLayer, parameterShapes, type DeepseekV2Config } from './deepseek_v2_config.js';
 
@@ -79,18 +79,13 @@ export class DeepseekV2 {
 
   /** Initialisation of DESIGN.md: N(0, σ) matrices, σ/√(2·layers) for o_proj and down_proj, norms 1. */
   initialize(seed: number): void {
-    const rng = new Rng(seed);
     const sigma = this.config.initializer_range;
     const residual = sigma / Math.sqrt(2 * this.config.num_hidden_layers);
-    for (const p of this.params) {
-      const values = new Float32Array(p.size);
-      if (p.shape.length === 1) values.fill(1);
-      else {
-        const s = p.name.endsWith('o_proj.weight') || p.name.endsWith('down_proj.weight') ? residual : sigma;
-        for (let i = 0; i < values.length; i++) values[i] = rng.normal() * s;
-      }
-      p.load(values);
-    }
+    this.params.forEach((p, index) => {
+      if (p.shape.length === 1) { p.load(new Float32Array(p.size).fill(1)); return; }
+      const s = p.name.endsWith('o_proj.weight') || p.name.endsWith('down_proj.weight') ? residual : sigma;
+      p.load(normalValues(p.size, s, seed, index));
+    });
   }
 
   private rope(S: number): { cos: Tensor; sin: Tensor } {

@@ -1,0 +1,72 @@
+// Initial weights: N(0, σ) values generated in chunks of 2^20 elements, each chunk from its own
+// generator seeded by (seed, parameter index, chunk index). The values therefore do not depend on
+// how many threads made them, and a large model (2-16B parameters) is filled by worker threads
+// in seconds instead of minutes of single-threaded Box–Muller.
+import os from 'node:os';
+import { Worker } from 'node:worker_threads';
+import { Rng } from './rng.js';
+
+export const INIT_CHUNK = 1 << 20;
+/** Parameters smaller than this are filled on the calling thread. */
+const PARALLEL_MIN = 8 * INIT_CHUNK;
+
+function mix(x: number): number {
+  x = Math.imul(x ^ (x >>> 16), 0x7feb352d) >>> 0;
+  x = Math.imul(x ^ (x >>> 15), 0x846ca68b) >>> 0;
+  return (x ^ (x >>> 16)) >>> 0;
+}
+
+/** The generator seed of one chunk. */
+export function chunkSeed(seed: number, param: number, chunk: number): number {
+  return mix((seed >>> 0) ^ mix((Math.imul(param + 1, 0x9e3779b1) + mix(chunk + 0x51ed27)) >>> 0));
+}
+
+/** Fills chunks [first, first+stride, …) of out with N(0, std) values. */
+export function fillNormalChunks(out: Float32Array, std: number, seed: number, param: number, first: number, stride: number): void {
+  const chunks = Math.ceil(out.length / INIT_CHUNK);
+  for (let c = first; c < chunks; c += stride) {
+    const rng = new Rng(chunkSeed(seed, param, c));
+    const end = Math.min(out.length, (c + 1) * INIT_CHUNK);
+    for (let i = c * INIT_CHUNK; i < end; i++) out[i] = rng.normal() * std;
+  }
+}
+
+export interface InitJob { buffer: SharedArrayBuffer; length: number; std: number; seed: number; param: number; first: number; stride: number; done: SharedArrayBuffer }
+
+let pool: Worker[] | null = null;
+
+function workers(): Worker[] {
+  if (!pool) {
+    const n = Math.max(1, Math.min(15, os.availableParallelism() - 1));
+    pool = Array.from({ length: n }, () => {
+      const w = new Worker(new URL('./init_worker.js', import.meta.url));
+      w.unref();
+      return w;
+    });
+  }
+  return pool;
+}
+
+/** N(0, std) values for parameter `param` of a model seeded with `seed`. */
+export function normalValues(length: number, std: number, seed: number, param: number): Float32Array {
+  if (length < PARALLEL_MIN) {
+    const out = new Float32Array(length);
+    fillNormalChunks(out, std, seed, param, 0, 1);
+    return out;
+  }
+  const ws = workers();
+  const buffer = new SharedArrayBuffer(length * 4);
+  const done = new SharedArrayBuffer(4);
+  const counter = new Int32Array(done);
+  ws.forEach((w, i) => w.postMessage({ buffer, length, std, seed, param, first: i, stride: ws.length, done } satisfies InitJob));
+  // Block until every worker has finished its chunks (workers run on their own threads).
+  for (let seen = Atomics.load(counter, 0); seen < ws.length; seen = Atomics.load(counter, 0)) Atomics.wait(counter, 0, seen, 60_000);
+  // A plain (non-shared) copy: device uploads through FFI take ordinary array buffers.
+  return new Float32Array(buffer).slice();
+}
+
+/** Stops the worker threads (they are unref'd, so a process exits without this). */
+export function stopInitWorkers(): void {
+  for (const w of pool ?? []) void w.terminate();
+  pool = null;
+}
