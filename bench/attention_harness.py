@@ -7,6 +7,9 @@ to cuDNN (bench/attention_peer.py).
 
 Run on a GPU machine from the repository root:
   PYTHONUNBUFFERED=1 python3 bench/attention_harness.py --out /tmp/attn [--no-bench] [--seqs ...]
+  ... --hopper-bwd: the Hopper backward (mla_attention_bwd_hopper.cu) only: its checks on B=2,
+  H∈{3,16}, S∈{1,17,129,300,1000,2048} (fast and deterministic-dkdv modes), then its timing next
+  to the mma.sync backward and cuDNN.
 
 Error measure: ‖ours − ref‖ / ‖ref‖ over the whole tensor (rel) and max|ours − ref| / max|ref|
 (maxrel). bf16 inputs are exact in both; what differs is bf16 rounding of P and dS before their
@@ -46,22 +49,28 @@ FWD_VARIANTS = {"mt2_bn32": (2, 32, 1), "mt2_bn32_eager": (2, 32, 0), "mt1_bn64"
 HOPPER = "hopper"
 HOPPER_VARIANTS = {HOPPER: [], "hopper_simple": ["-DMLA_HOP_PINGPONG=0"]}  # the first is the default
 HOPPER_SMEM, HOPPER_THREADS, HOPPER_ROWS = 214088, 384, 128
+# The Hopper backward (mla_attention_bwd_hopper.cu): replaces mla_attention_bwd_dkdv, same
+# arguments; 128 keys per block, grid (H, ceil(S/128), B), 384 threads; HB_SMEM_BYTES in the .cu.
+HOPPER_BWD_SMEM, HOPPER_BWD_THREADS, HOPPER_BWD_KEYS = 198696, 384, 128
 
 
 def fwd_smem(mt, bn):
     return (4 * 16 * mt * (D_QK + 8) + 2 * bn * (D_QK + 8) + 2 * bn * (D_V + 8)) * 2
 
 
-def build(out_dir, arch="sm_90a", fwd_only=False, hopper_variants=tuple(HOPPER_VARIANTS)):
+def build(out_dir, arch="sm_90a", fwd_only=False, hopper_variants=tuple(HOPPER_VARIANTS), hopper_bwd=False):
     """nvcc → cubins; returns {name: path} and writes the ptxas resource report. fwd_only: the
-    default mma.sync forward and the chosen Hopper variants only (no backward)."""
+    default mma.sync forward and the chosen Hopper variants only (no backward). hopper_bwd: the
+    default mma.sync forward, the chosen Hopper forward variants, both backwards."""
     paths, report = {}, []
-    mma = list(FWD_VARIANTS)[:1] if fwd_only else list(FWD_VARIANTS)
+    mma = list(FWD_VARIANTS)[:1] if fwd_only or hopper_bwd else list(FWD_VARIANTS)
     jobs = [(f"fwd_{v}", "fwd", [f"-DMLA_FWD_MT={mt}", f"-DMLA_FWD_BN={bn}", f"-DMLA_FWD_LAZY_RESCALE={lazy}"])
             for v, (mt, bn, lazy) in FWD_VARIANTS.items() if v in mma]
     jobs += [(f"fwd_{v}", "fwd_hopper", HOPPER_VARIANTS[v]) for v in hopper_variants]
     if not fwd_only:
         jobs.append(("bwd", "bwd", []))
+    if hopper_bwd:
+        jobs.append(("bwd_hopper", "bwd_hopper", []))
     for name, src_name, defines in jobs:
         src = os.path.join(KERNELS, f"mla_attention_{src_name}.cu")
         cubin = os.path.join(out_dir, f"mla_attention_{name}.cubin")
@@ -82,7 +91,7 @@ def build(out_dir, arch="sm_90a", fwd_only=False, hopper_variants=tuple(HOPPER_V
     try:
         for name, cubin in paths.items():
             sass = subprocess.run(["cuobjdump", "-sass", cubin], capture_output=True, text=True).stdout
-            if name in ("fwd_mt2_bn32", "fwd_hopper", "fwd_hopper_simple", "bwd"):
+            if name in ("fwd_mt2_bn32", "fwd_hopper", "fwd_hopper_simple", "bwd", "bwd_hopper"):
                 with open(os.path.join(out_dir, f"{name}.sass"), "w") as f:
                     f.write(sass)
             ops = {}
@@ -123,6 +132,10 @@ class MlaKernels:
         self.dq = bwd.get_function("mla_attention_bwd_dq")
         self.dq.max_dynamic_shared_size_bytes = DQ_SMEM
         self.finish = bwd.get_function("mla_attention_bwd_finish")
+        self.dkdv_hopper = None
+        if "bwd_hopper" in cubins:
+            self.dkdv_hopper = cupy.RawModule(path=cubins["bwd_hopper"]).get_function("mla_attention_bwd_dkdv_hopper")
+            self.dkdv_hopper.max_dynamic_shared_size_bytes = HOPPER_BWD_SMEM
 
     def use_fwd(self, variant):
         self.fwd, self.fwd_smem, self.fwd_rows, self.fwd_threads, self.fwd_heads_first = self.fwd_variants[variant]
@@ -143,7 +156,22 @@ class MlaKernels:
             dkpe=torch.empty(B, S, H, D_ROPE, **f32) if deterministic else torch.empty(B, S, D_ROPE, **f32),
         )
 
-    def backward(self, g, do, qn, qp, kn, kp, v, o, lse, causal, scale, deterministic, sc):
+    def dkdv_args(self, g, do, qn, qp, kn, kp, v, lse, causal, scale, deterministic, sc):
+        S, H = qn.shape[1], qn.shape[2]
+        return (u64(qn), u64(qp), u64(kn), u64(kp), u64(v), u64(do), u64(lse), u64(sc["d_sum"]),
+                u64(g["dk_nope"]), u64(g["dv"]), u64(sc["dq_accum"]), u64(sc["dkpe"]),
+                np.int32(S), np.int32(H), np.float32(scale), np.int32(causal), np.int32(deterministic))
+
+    def launch_dkdv(self, args, B, S, H, hopper):
+        if hopper:  # the wgmma kernel: 128 keys per block, heads fastest
+            self.dkdv_hopper((H, (S + HOPPER_BWD_KEYS - 1) // HOPPER_BWD_KEYS, B), (HOPPER_BWD_THREADS, 1, 1), args,
+                             shared_mem=HOPPER_BWD_SMEM)
+        else:
+            self.dkdv(((S + TILE - 1) // TILE, H, B), (256, 1, 1), args, shared_mem=DKDV_SMEM)
+
+    def backward(self, g, do, qn, qp, kn, kp, v, o, lse, causal, scale, deterministic, sc, hopper=False):
+        """hopper: mla_attention_bwd_dkdv_hopper in place of mla_attention_bwd_dkdv (the host's
+        swap); preprocess, the deterministic dq pass and finish are the same kernels."""
         B, S, H, _ = qn.shape
         tiles = (S + TILE - 1) // TILE
         rows = B * S * H
@@ -151,11 +179,7 @@ class MlaKernels:
         self.pre(((rows + 7) // 8, 1, 1), (256, 1, 1),
                  (u64(o), u64(do), u64(sc["d_sum"]), u64(dq_accum), u64(None if deterministic else sc["dkpe"]),
                   np.int32(rows), np.int32(S), np.int32(H)))
-        self.dkdv((tiles, H, B), (256, 1, 1),
-                  (u64(qn), u64(qp), u64(kn), u64(kp), u64(v), u64(do), u64(lse), u64(sc["d_sum"]),
-                   u64(g["dk_nope"]), u64(g["dv"]), u64(dq_accum), u64(sc["dkpe"]),
-                   np.int32(S), np.int32(H), np.float32(scale), np.int32(causal), np.int32(deterministic)),
-                  shared_mem=DKDV_SMEM)
+        self.launch_dkdv(self.dkdv_args(g, do, qn, qp, kn, kp, v, lse, causal, scale, deterministic, sc), B, S, H, hopper)
         if deterministic:
             self.dq((tiles, H, B), (256, 1, 1),
                     (u64(qn), u64(qp), u64(kn), u64(kp), u64(v), u64(do), u64(lse), u64(sc["d_sum"]),
@@ -404,6 +428,100 @@ def bench(k, seqs, b=1, h=16, with_det=True):
               f"{r[8]:.3f} / {r[9]:.0f} |")
 
 
+def check_hopper_bwd(k):
+    """The Hopper backward against float64 on awkward shapes, outputs poisoned: fast mode (dQ
+    by atomics into dq_accum, dk_pe by atomics) and deterministic-dkdv mode (dq_accum null:
+    no dQ in the Hopper kernel, the mma.sync dq pass; dk_pe per head), next to the mma.sync
+    backward's errors on the same inputs. Prints before each case, so a hang names its shape."""
+    print("Hopper backward correctness (rel = ‖ours−ref‖/‖ref‖ / maxrel; ref float64; "
+          "mma = the mma.sync backward on the same o, lse)")
+    gen = torch.Generator(device="cuda").manual_seed(4321)
+    cases = [(2, S, H, True, 1.0) for S in (1, 17, 129, 300, 1000, 2048) for H in (3, 16)]
+    cases += [(2, 17, 3, False, 1.0), (2, 300, 3, False, 1.0), (1, 1000, 16, False, 1.0), (2, 300, 16, True, 3.0),
+              (1, 256, 3, True, 1.0), (1, 257, 3, True, 2.0), (1, 4096, 2, True, 1.0)]
+    ok, worst = True, {}
+    names = ("dq_nope", "dq_pe", "dk_nope", "dk_pe", "dv")
+    for B, S, H, causal, q_mag in cases:
+        print(f"  B={B} S={S:4d} H={H:2d} {'causal' if causal else 'full  '} |q|x{q_mag:g}: ", end="", flush=True)
+        scale = D_QK ** -0.5
+        qn, qp, kn, kp, v, do = random_inputs(B, S, H, gen, q_mag)
+        _, _, g_ref = reference(qn, qp, kn, kp, v, do, causal, scale)
+        o = nan_like((B, S, H, D_V), torch.bfloat16)
+        lse = nan_like((B, H, S), torch.float32)
+        k.forward(qn, qp, kn, kp, v, o, lse, causal, scale)
+        res, line_ok = {}, True
+        for tag, hopper, det in (("hop", True, False), ("hop/det", True, True), ("mma", False, False)):
+            g = {n: nan_like(x.shape, torch.bfloat16) for n, x in zip(names, (qn, qp, kn, kp, v))}
+            sc = k.scratch(B, S, H, det)
+            for x in sc.values():  # poison the scratch too: preprocess must zero what is added into
+                if x is not None:
+                    x.fill_(float("nan"))
+            k.backward(g, do, qn, qp, kn, kp, v, o, lse, causal, scale, det, sc, hopper=hopper)
+            torch.cuda.synchronize()
+            for n in names:
+                e = errors(g[n], g_ref[n])
+                res[f"{n}/{tag}"] = e
+                if hopper:
+                    line_ok = line_ok and e[0] <= 2e-2
+                    w = worst.get(f"{n}/{tag}", (0.0, 0.0))
+                    worst[f"{n}/{tag}"] = (max(w[0], e[0] if e[0] == e[0] else math.inf),
+                                           max(w[1], e[1] if e[1] == e[1] else math.inf))
+        ok = ok and line_ok
+        print(("ok   " if line_ok else "FAIL ") + " ".join(
+            f"{n}={res[n + '/hop'][0]:.1e}/{res[n + '/hop'][1]:.1e}(det {res[n + '/hop/det'][0]:.1e}, mma {res[n + '/mma'][0]:.1e})"
+            for n in names), flush=True)
+        del g_ref
+        torch.cuda.empty_cache()
+    print("  worst rel / maxrel: " + " ".join(f"{n}={r:.1e}/{m:.1e}" for n, (r, m) in worst.items()))
+    print(f"Hopper backward correctness: {'PASS' if ok else 'FAIL'}", flush=True)
+    return ok
+
+
+def bench_hopper_bwd(k, seqs, b=1, h=16):
+    """Backward timing, fast mode: the whole backward with the Hopper kernel and with the
+    mma.sync one (same preprocess/finish), each kernel alone, and cuDNN; median of CUDA events."""
+    print(f"backward timing on {torch.cuda.get_device_name()}: b={b} h={h} causal bf16, median of CUDA-event timings")
+    scale = D_QK ** -0.5
+    rows = []
+    for s in seqs:
+        reps = 30 if s <= 8192 else 10
+        gen = torch.Generator(device="cuda").manual_seed(s)
+        set_bytes = b * s * h * (D_NOPE * 2 + D_ROPE + 2 * D_V) * 2
+        sets = []
+        for _ in range(sets_to_rotate(set_bytes)):
+            qn, qp, kn, kp, v, do = random_inputs(b, s, h, gen)
+            o = torch.empty(b, s, h, D_V, device="cuda", dtype=torch.bfloat16)
+            lse = torch.empty(b, h, s, device="cuda", dtype=torch.float32)
+            k.forward(qn, qp, kn, kp, v, o, lse, True, scale)
+            g = {n: torch.empty_like(x) for n, x in (("dq_nope", qn), ("dq_pe", qp), ("dk_nope", kn), ("dk_pe", kp), ("dv", v))}
+            sets.append((qn, qp, kn, kp, v, do, o, lse, g))
+        sc = k.scratch(b, s, h, False)
+        ms = {}
+        for rnd in range(2):  # twice, interleaved: the spread is the noise
+            for name, hop in (("hopper", True), ("mma.sync", False)):
+                t = time_ms([lambda a=a, hop=hop: k.backward(a[8], a[5], *a[:5], a[6], a[7], True, scale, False, sc, hopper=hop)
+                             for a in sets], reps)
+                ms.setdefault(name, []).append(t)
+        a = sets[0]
+        alone = {name: time_ms([lambda hop=hop: k.launch_dkdv(
+            k.dkdv_args(a[8], a[5], *a[:5], a[7], True, scale, False, sc), b, s, h, hop)], reps)
+            for name, hop in (("hopper", True), ("mma.sync", False))}
+        del sets, sc
+        torch.cuda.empty_cache()
+        peer = time_cudnn(b, h, s, True, reps)
+        fb = attention_flops(b, h, s, backward=True)
+        rows.append((s, {n: min(t) for n, t in ms.items()}, alone, peer["bwd_ms"], fb))
+        print(f"  s={s}: " + ", ".join(f"{n} {t[0]:.3f}/{t[1]:.3f} ms {fb / min(t) / 1e9:.0f} TF" for n, t in ms.items())
+              + " | kernel alone: " + ", ".join(f"{n} {t:.3f} ms" for n, t in alone.items())
+              + f" | cuDNN {peer['bwd_ms']:.3f} ms {peer['bwd_tflops']:.0f} TF | floor {fb / 790e12 * 1e3:.3f} ms", flush=True)
+    print(f"\n| s (b={b}) | hopper bwd ms / TF | mma.sync bwd ms / TF | hopper kernel alone ms | mma.sync dkdv alone ms "
+          "| cuDNN bwd ms / TF | hopper / cuDNN |")
+    print("|---|---|---|---|---|---|---|")
+    for s, ms, alone, peer, fb in rows:
+        print(f"| {s} | {ms['hopper']:.3f} / {fb / ms['hopper'] / 1e9:.0f} | {ms['mma.sync']:.3f} / {fb / ms['mma.sync'] / 1e9:.0f} "
+              f"| {alone['hopper']:.3f} | {alone['mma.sync']:.3f} | {peer:.3f} / {fb / peer / 1e9:.0f} | {peer / ms['hopper']:.2f}x |")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="/tmp/mla_attention")
@@ -412,12 +530,27 @@ def main():
     ap.add_argument("--no-check", action="store_true")
     ap.add_argument("--fwd-only", action="store_true", help="forward checks and forward timing (hopper, mt2_bn32, cuDNN)")
     ap.add_argument("--hopper", default=",".join(HOPPER_VARIANTS), help="Hopper forward variants to build")
+    ap.add_argument("--hopper-bwd", action="store_true",
+                    help="check and time the Hopper backward (mla_attention_bwd_hopper.cu) only")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     torch.cuda.init()
     cupy.cuda.ExternalStream(torch.cuda.current_stream().cuda_stream).use()
     print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, cupy {cupy.__version__}")
     print("build (nvcc sm_90a):")
+    if args.hopper_bwd:
+        # The forward that feeds o and lse: the first Hopper variant asked for (the one the host
+        # runs on sm_90a), else the mma.sync default.
+        k = MlaKernels(build(args.out, hopper_variants=[v for v in args.hopper.split(",") if v][:1], hopper_bwd=True),
+                       fwd_variant=next(iter(FWD_VARIANTS)))
+        hop_fwd = [v for v in k.fwd_variants if v in HOPPER_VARIANTS]
+        k.use_fwd(hop_fwd[0] if hop_fwd else next(iter(FWD_VARIANTS)))
+        ok = True if args.no_check else check_hopper_bwd(k)
+        if not args.no_bench and ok:
+            bench_hopper_bwd(k, [int(x) for x in args.seqs.split(",")])
+            print("training shape (4 sequences of 2048, 16 heads):")
+            bench_hopper_bwd(k, [2048], b=4)
+        sys.exit(0 if ok else 1)
     k = MlaKernels(build(args.out, fwd_only=args.fwd_only, hopper_variants=args.hopper.split(",")))
     ok = True if args.no_check else check(k, args.out, args.fwd_only)
     if not args.no_bench and args.fwd_only:

@@ -1,0 +1,396 @@
+// MLA attention backward for Hopper (sm_90a): the dK/dV(/dQ) kernel in the style of
+// FlashAttention-3's backward, on warpgroup MMA (wgmma). It replaces mla_attention_bwd_dkdv
+// (mla_attention_bwd.cu, mma.sync) and keeps its arguments, its scratch layouts and its
+// neighbours: mla_attention_bwd_preprocess (D = rowsum(dO∘O), zeroed f32 accumulators) runs
+// before it and mla_attention_bwd_finish (dq_accum → bf16 dq, dk_pe summed over heads) after it.
+// With P = exp(scale·Q·Kᵀ − lse) (recomputed), D from preprocess:
+//   dV = Pᵀ·dO,  dP = dO·Vᵀ,  dS = P∘(dP − D),  dK = scale·dSᵀ·Q,  dQ(unscaled) = dS·K
+//
+// Launch: grid (H, ceil(S/128), B), 384 threads, HB_SMEM_BYTES (198696) of dynamic shared
+// memory. Heads vary fastest and blockIdx.y is the key tile, so under a causal mask the longest
+// key tiles (the first, which see every later query) of every head start first.
+// Arguments as mla_attention_bwd_dkdv: dq_accum null skips dQ (deterministic mode, where
+// mla_attention_bwd_dq computes it); dkpe_per_head 0 adds dk_pe into dkpe_f32 [B,S,64] with
+// atomics, 1 stores this head's part into dkpe_f32 [B,S,H,64].
+//
+// Tiles: one block per (128-key tile, head, batch); it walks the query tiles of 64 rows that
+// can see its keys (under the causal mask: from the tile holding its first key to the end).
+// Why 128 keys and 64 queries: dQ leaves the block as f32 atomics of 64×192 per (key tile,
+// query tile) step, so the bytes of atomics per FLOP halve with each doubling of the key tile
+// (128 keys: 48 KB per 13.6 MFLOP, as FA3's 32 KB per 10.5 at d=128); the query tile is the N
+// dim of the two recompute GEMMs and the K dim of dV/dK, and 64 is what the registers allow.
+//
+// Roles (warpgroups of 128 threads):
+//   WG0, producer (setmaxnreg 40): copies K (128×192: k_nope of this head | k_pe shared by all
+//     heads) and V (128×128) once, then per query step Q (64×192: q_nope | q_pe), dO (64×128)
+//     with cp.async into a 2-stage ring of 128-byte-swizzled tiles, and lse·log2(e), D (64
+//     floats each, ordinary loads/stores; +inf lse past S makes P exactly 0 there).
+//   WG1, WG2, consumers (setmaxnreg 232): each owns 64 of the 128 keys, for every step:
+//     Sᵀ  = K_w·Qᵀ     12 × wgmma m64n64k16 SS          (recompute, K dim 192)
+//     dPᵀ = V_w·dOᵀ     8 × wgmma m64n64k16 SS
+//     Pᵀ = exp2(Sᵀ·scale·log2e − lse·log2e), masked (key > query, key ≥ S) branch-free;
+//     dSᵀ = Pᵀ∘(dPᵀ − D) (Pᵀ as rounded to bf16), both packed to bf16 registers, which are
+//     exactly the A fragments of the next two products (the C layout of m64n64 rows = keys):
+//     dV_w += Pᵀ·dO     4 × wgmma m64n128k16 RS (dO MN-major)
+//     dK_w += dSᵀ·Q     4 × (m64n128k16 + m64n64k16) RS (q_nope block | q_pe block)
+//     dSᵀ is also stored to shared memory (bf16, [key][query], swizzled: a conflict-free
+//     st.shared.b32 per pair), and after both consumers stored theirs (named barrier):
+//     dQ = dS·K (64 queries × 192, K dim 128 keys) in three 64-column chunks of 8 × wgmma
+//     m64n64k16 SS (A = dSᵀ MN-major, B = K MN-major); a consumer takes chunks {0,2} on even
+//     and {1} on odd steps (the other one the rest), each chunk added to dq_accum with
+//     red.global.add.v2.f32 (8-byte pairs; a warp covers 8 rows × 32 contiguous bytes).
+//   The consumers finish with dV, dK·scale (bf16) and the dk_pe part (f32).
+//
+// Registers per consumer thread (setmaxnreg 232; 128·40 + 256·232 = 64512 ≤ 65536):
+//   dV_w 64×128 f32 = 64, dK_w 64×192 f32 = 96: 160 live for the whole kernel;
+//   per step, one GEMM in flight at a time: Sᵀ 32 → Pᵀ 16 bf16; dPᵀ 32 → dSᵀ 16 bf16; the
+//   dV/dK GEMMs read those 32; a dQ chunk 32 after they are free. Peak ≈ 160 + 48 + addresses.
+//   ptxas (nvcc 13.0): 0 spills, 0 stack. Issuing Sᵀ and dPᵀ together (64 accumulators in
+//   flight) spilled ~400 bytes and serialised the wgmmas (C7512), so did setmaxnreg 240/24 even
+//   for this schedule, and so did a per-element causal mask (key/query compares kept live);
+//   the mask is one compare per element against a per-row bound.
+//   FA3's own hdim-192 backward uses 3 consumer warpgroups on 96-key tiles; here 2 × 64 keys
+//   keep the dQ atomics per FLOP low and the 192-wide dQ is balanced by alternating chunks.
+// Shared memory (bytes, every tile 1024-aligned):
+//   K 49152 | V 32768 | Q 2 × 24576 | dO 2 × 16384 | dSᵀ 2 × 16384 | lse, D 2 × 512 |
+//   5 mbarriers | +1024 alignment slack = 198696 (1 block per SM).
+//   dSᵀ is double-buffered: a consumer rewrites buffer i%2 at step i+2 only after the named
+//   barrier of step i+1, which the other consumer reaches only after its step-i dQ GEMMs
+//   completed (wgmma.wait), so no extra "dS empty" barrier is needed.
+// Barriers: kv_full (128 producer arrivals), full[2] (128), empty[2] (256 consumer arrivals,
+//   after the wgmma that last reads the stage — dV/dK — completed); named barrier 1 (256
+//   consumer threads) per step for dSᵀ. The producer publishes a stage (wait_group 0, fence.
+//   proxy.async, arrive) before it blocks on the next empty barrier, so no cycle can form;
+//   bench/attention_bwd_protocol_model.py checks this protocol on random interleavings.
+//
+// Floor (TARGETS.md: bwd FLOPs = 2.5 × b·h·s²·320, causal; / 790 TFLOP/s), b=1 h=16:
+//   s=2048 0.068 ms, 4096 0.272, 8192 1.087, 16384 4.35, 32768 17.4 ms.
+// This kernel computes 1664 FLOPs per (query, key) pair (Sᵀ 384, dPᵀ 256, dV 256, dK 384,
+// dQ 384) = 1.04 × the convention's 1600, plus 6% (s=2048) … 0.2% (32768) of masked waste.
+// Expected (untested, H100 SXM; whole backward incl. preprocess and finish, convention
+// TFLOPS): s=2048 ~300 (launch tail: 256 blocks of 2..32 steps on 132 SMs), 4096 ~350,
+// 8192 ~380, 16384 ~400, 32768 ~410; ±20%. Limits: the two consumers run their steps
+// serially (no intra-warpgroup pipelining: the registers are spent on dK/dV), 336 KB of
+// shared-memory operand traffic per step (~80% of the tensor time at 128 B/clk), and
+// ~1.7 TB/s of dQ atomics at s=16384.
+#include "mla_attention_hopper.cuh"
+
+namespace mla {
+constexpr int HB_BN = 128;                       // keys per block (2 consumer warpgroups × 64)
+constexpr int HB_BM = 64;                        // queries per step
+constexpr int HB_STAGES = 2;                     // Q/dO/lse/D ring depth
+constexpr int HB_THREADS = 384;                  // producer + 2 consumer warpgroups
+constexpr int HB_K_BYTES = HB_BN * D_QK * 2;     // 49152
+constexpr int HB_V_BYTES = HB_BN * D_V * 2;      // 32768
+constexpr int HB_Q_BYTES = HB_BM * D_QK * 2;     // 24576
+constexpr int HB_DO_BYTES = HB_BM * D_V * 2;     // 16384
+constexpr int HB_DS_BYTES = HB_BN * HB_BM * 2;   // 16384: dSᵀ [128 keys][64 queries]
+constexpr int HB_K_BLOCK = HB_BN * 128;          // one 64-column block of K or V
+constexpr int HB_Q_BLOCK = HB_BM * 128;          // one 64-column block of Q or dO
+constexpr int HB_K_OFF = 0;
+constexpr int HB_V_OFF = HB_K_OFF + HB_K_BYTES;
+constexpr int HB_Q_OFF = HB_V_OFF + HB_V_BYTES;
+constexpr int HB_DO_OFF = HB_Q_OFF + HB_STAGES * HB_Q_BYTES;
+constexpr int HB_DS_OFF = HB_DO_OFF + HB_STAGES * HB_DO_BYTES;
+constexpr int HB_LSE_OFF = HB_DS_OFF + 2 * HB_DS_BYTES;   // [stage][64] lse·log2e, then [stage][64] D
+constexpr int HB_BAR_OFF = HB_LSE_OFF + 2 * HB_STAGES * HB_BM * 4;
+constexpr int HB_NUM_BARS = 1 + 2 * HB_STAGES;   // kv_full, full[stage], empty[stage]
+// +1024: the dynamic shared window is only guaranteed 16-byte aligned; the kernel rounds up.
+constexpr int HB_SMEM_BYTES = HB_BAR_OFF + HB_NUM_BARS * 8 + 1024;
+// The host (bench/attention_harness.py; mla_attention.ts once wired) repeats this number.
+static_assert(HB_SMEM_BYTES == 198696, "update the host's shared-memory size");
+static_assert(HB_SMEM_BYTES <= 232448, "over the 227 KB a Hopper block may use");
+static_assert(HB_V_OFF % 1024 == 0 && HB_Q_OFF % 1024 == 0 && HB_DO_OFF % 1024 == 0 && HB_DS_OFF % 1024 == 0,
+              "wgmma operands must start 1024-byte aligned");
+constexpr int HB_PRODUCER_REGS = 40;
+constexpr int HB_CONSUMER_REGS = 232;  // 128·40 + 256·232 = 64512 ≤ 65536
+constexpr int HB_DS_BAR = 1;           // named barrier: both consumers stored their dSᵀ
+}  // namespace mla
+
+using namespace mla;
+using namespace mla::hop;
+
+namespace {
+
+__device__ __forceinline__ void red_add_v2(float* p, float a, float b) {
+  asm volatile("red.global.add.v2.f32 [%0], {%1, %2};" ::"l"(p), "f"(a), "f"(b) : "memory");
+}
+
+__device__ __forceinline__ float2 unpack_bf16x2(u32 x) {
+  return make_float2(__uint_as_float(x << 16), __uint_as_float(x & 0xffff0000u));
+}
+
+// Producer copies (128 threads). Rows at or past rows_left are zero-filled (never read).
+// A 192-wide operand: 16 pieces per row from `nope`, then 8 from `pe`; consecutive threads
+// take consecutive pieces of a row (coalesced reads).
+template <int ROWS>
+__device__ __forceinline__ void copy_qk(u32 dst, const bf16_t* nope, long long nope_stride, const bf16_t* pe,
+                                        long long pe_stride, int rows_left, int tid) {
+  #pragma unroll 4
+  for (int i = 0; i < ROWS * 16 / 128; i++) {
+    const int c = tid + i * 128, r = c >> 4, p = c & 15;
+    const bool valid = r < rows_left;
+    cp_async16(dst + swizzled(r, p, ROWS), nope + (valid ? r : 0) * nope_stride + p * 8, valid);
+  }
+  #pragma unroll 4
+  for (int i = 0; i < ROWS * 8 / 128; i++) {
+    const int c = tid + i * 128, r = c >> 3, p = c & 7;
+    const bool valid = r < rows_left;
+    cp_async16(dst + swizzled(r, 16 + p, ROWS), pe + (valid ? r : 0) * pe_stride + p * 8, valid);
+  }
+}
+// A 128-wide operand (V, dO).
+template <int ROWS>
+__device__ __forceinline__ void copy_v(u32 dst, const bf16_t* src, long long stride, int rows_left, int tid) {
+  #pragma unroll 4
+  for (int i = 0; i < ROWS * 16 / 128; i++) {
+    const int c = tid + i * 128, r = c >> 4, p = c & 15;
+    const bool valid = r < rows_left;
+    cp_async16(dst + swizzled(r, p, ROWS), src + (valid ? r : 0) * stride + p * 8, valid);
+  }
+}
+
+// Sᵀ (this consumer's 64 keys × 64 queries) = K_w·Qᵀ, K dim 192 in 12 steps of 16 (4 per block).
+__device__ __forceinline__ void gemm_st(float* acc, u32 sK_w, u32 tQ) {
+  #pragma unroll
+  for (int kk = 0; kk < D_QK / 16; kk++)
+    wgmma_ss_m64n64k16<0, 0>(acc, desc(sK_w + (kk >> 2) * HB_K_BLOCK + (kk & 3) * 32, 16, 1024),
+                             desc(tQ + (kk >> 2) * HB_Q_BLOCK + (kk & 3) * 32, 16, 1024), kk > 0);
+}
+// dPᵀ = V_w·dOᵀ, K dim 128.
+__device__ __forceinline__ void gemm_dpt(float* acc, u32 sV_w, u32 tdO) {
+  #pragma unroll
+  for (int kk = 0; kk < D_V / 16; kk++)
+    wgmma_ss_m64n64k16<0, 0>(acc, desc(sV_w + (kk >> 2) * HB_K_BLOCK + (kk & 3) * 32, 16, 1024),
+                             desc(tdO + (kk >> 2) * HB_Q_BLOCK + (kk & 3) * 32, 16, 1024), kk > 0);
+}
+// dV_w += Pᵀ·dO and dK_w += dSᵀ·Q: K dim = the 64 queries (4 steps of 16 rows = 2048 bytes of
+// the MN-major dO and Q tiles).
+__device__ __forceinline__ void gemm_dv_dk(float* acc_dv, float* acc_dk, const u32 (*p)[4], const u32 (*ds)[4], u32 tQ,
+                                           u32 tdO) {
+  #pragma unroll
+  for (int kk = 0; kk < HB_BM / 16; kk++) {
+    wgmma_rs_m64n128k16_tb(acc_dv, p[kk], desc(tdO + kk * 2048, HB_Q_BLOCK, 1024));
+    wgmma_rs_m64n128k16_tb(acc_dk, ds[kk], desc(tQ + kk * 2048, HB_Q_BLOCK, 1024));
+    wgmma_rs_m64n64k16_tb(acc_dk + 64, ds[kk], desc(tQ + 2 * HB_Q_BLOCK + kk * 2048, HB_Q_BLOCK, 1024));
+  }
+}
+// Chunk c (64 columns) of dQ = dS·K: 64 queries × 64, K dim = the 128 keys (8 steps).
+__device__ __forceinline__ void gemm_dq(float* acc, u32 tdS, u32 sK, int c) {
+  #pragma unroll
+  for (int kk = 0; kk < HB_BN / 16; kk++)
+    wgmma_ss_m64n64k16<1, 1>(acc, desc(tdS + kk * 2048, HB_DS_BYTES, 1024),
+                             desc(sK + c * HB_K_BLOCK + kk * 2048, HB_K_BLOCK, 1024), kk > 0);
+}
+
+}  // namespace
+
+extern "C" __global__ void __launch_bounds__(HB_THREADS, 1)
+mla_attention_bwd_dkdv_hopper(const bf16_t* __restrict__ q_nope, const bf16_t* __restrict__ q_pe,
+                              const bf16_t* __restrict__ k_nope, const bf16_t* __restrict__ k_pe,
+                              const bf16_t* __restrict__ v, const bf16_t* __restrict__ dout,
+                              const float* __restrict__ lse, const float* __restrict__ d_sum,
+                              bf16_t* __restrict__ dk_nope, bf16_t* __restrict__ dv, float* __restrict__ dq_accum,
+                              float* __restrict__ dkpe_f32, int S, int H, float scale, int causal, int dkpe_per_head) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  const u32 raw = smem_addr(smem_raw);
+  const u32 base = (raw + 1023u) & ~1023u;
+  const u32 sK = base + HB_K_OFF, sV = base + HB_V_OFF, sQ = base + HB_Q_OFF, sdO = base + HB_DO_OFF;
+  const u32 sdS = base + HB_DS_OFF;
+  float* sLse = reinterpret_cast<float*>(smem_raw + (base - raw) + HB_LSE_OFF);  // [stage][64]
+  float* sD = sLse + HB_STAGES * HB_BM;                                            // [stage][64]
+  const u32 bar_kv = base + HB_BAR_OFF;
+  auto bar_full = [&](int s) { return bar_kv + 8u * (1 + s); };
+  auto bar_empty = [&](int s) { return bar_kv + 8u * (1 + HB_STAGES + s); };
+
+  const int tid = threadIdx.x;
+  // Warp-uniform to the compiler (a shuffle from lane 0), so values derived from it can live in
+  // uniform registers, as wgmma descriptors must.
+  const int wg = __shfl_sync(0xffffffffu, tid >> 7, 0);  // 0 producer, 1..2 consumers
+  const int h = blockIdx.x, b = blockIdx.z;
+  const int k0 = blockIdx.y * HB_BN;
+  const int num_q_tiles = (S + HB_BM - 1) / HB_BM;
+  const int m_begin = causal ? k0 / HB_BM : 0;  // the query tile holding key k0
+  const int n_steps = num_q_tiles - m_begin;    // ≥ 1: k0 < S
+
+  if (tid == 0) {
+    mbar_init(bar_kv, 128);
+    for (int s = 0; s < HB_STAGES; s++) {
+      mbar_init(bar_full(s), 128);
+      mbar_init(bar_empty(s), 256);
+    }
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+  }
+  __syncthreads();
+
+  const long long HS = static_cast<long long>(H);
+  const long long row_bsh0 = static_cast<long long>(b) * S * H + h;  // (b, s=0, h) row index
+
+  if (wg == 0) {
+    // ---------------- producer ----------------
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;" ::"n"(HB_PRODUCER_REGS));
+    const bf16_t* qn = q_nope + row_bsh0 * D_NOPE;
+    const bf16_t* qp = q_pe + row_bsh0 * D_ROPE;
+    const bf16_t* dog = dout + row_bsh0 * D_V;
+    const float* lse_bh = lse + (static_cast<long long>(b) * H + h) * S;
+    const float* d_bh = d_sum + (static_cast<long long>(b) * H + h) * S;
+    copy_qk<HB_BN>(sK, k_nope + (row_bsh0 + k0 * HS) * D_NOPE, HS * D_NOPE,
+                   k_pe + (static_cast<long long>(b) * S + k0) * D_ROPE, D_ROPE, S - k0, tid);
+    copy_v<HB_BN>(sV, v + (row_bsh0 + k0 * HS) * D_V, HS * D_V, S - k0, tid);
+    for (int i = 0; i < n_steps; i++) {
+      const int s = i % HB_STAGES;
+      const int q0 = (m_begin + i) * HB_BM;
+      // Stage s was last read at step i-2; its consumers arrive once their dV/dK GEMMs are done.
+      if (i >= HB_STAGES) mbar_wait(bar_empty(s), ((i / HB_STAGES) - 1) & 1);
+      copy_qk<HB_BM>(sQ + s * HB_Q_BYTES, qn + q0 * HS * D_NOPE, HS * D_NOPE, qp + q0 * HS * D_ROPE, HS * D_ROPE,
+                     S - q0, tid);
+      copy_v<HB_BM>(sdO + s * HB_DO_BYTES, dog + q0 * HS * D_V, HS * D_V, S - q0, tid);
+      cp_async_commit();
+      // Rows past the end: lse = +inf, so P (and with it dS) is exactly 0; D = 0.
+      const int r = tid & (HB_BM - 1);
+      if (tid < HB_BM) sLse[s * HB_BM + r] = q0 + r < S ? lse_bh[q0 + r] * LOG2E : inf_f32();
+      else sD[s * HB_BM + r] = q0 + r < S ? d_bh[q0 + r] : 0.f;
+      // Publish before blocking on the next empty barrier: the consumers can always finish the
+      // step the producer waits for.
+      cp_async_wait<0>();
+      fence_proxy_async();
+      if (i == 0) mbar_arrive(bar_kv);
+      mbar_arrive(bar_full(s));
+    }
+  } else {
+    // ---------------- consumers ----------------
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;" ::"n"(HB_CONSUMER_REGS));
+    const int w = wg - 1;               // 0, 1: keys 64·w.. of the tile
+    const int ctid = tid - 128 * wg;
+    const int warp = ctid >> 5, lane = ctid & 31;
+    const int g = lane >> 2, t = lane & 3;
+    const int key_l = w * 64 + warp * 16 + g;  // this thread's first key row in the tile (the other: +8)
+    const float scale_log2 = scale * LOG2E;
+    const u32 sK_w = sK + w * 64 * 128, sV_w = sV + w * 64 * 128;
+    const bool with_dq = dq_accum != nullptr;
+
+    float acc_dv[64], acc_dk[96];  // dK: [0, 64) the nope columns (m64n128 layout), [64, 96) pe (m64n64)
+    #pragma unroll
+    for (int i = 0; i < 64; i++) acc_dv[i] = 0.f;
+    #pragma unroll
+    for (int i = 0; i < 96; i++) acc_dk[i] = 0.f;
+
+    mbar_wait(bar_kv, 0);
+    for (int i = 0; i < n_steps; i++) {
+      const int s = i % HB_STAGES;
+      const int q0 = (m_begin + i) * HB_BM;
+      const u32 tQ = sQ + s * HB_Q_BYTES, tdO = sdO + s * HB_DO_BYTES;
+      const u32 tdS = sdS + (i & 1) * HB_DS_BYTES;
+      const float* tLse = sLse + s * HB_BM;
+      const float* tD = sD + s * HB_BM;
+      mbar_wait(bar_full(s), (i / HB_STAGES) & 1);
+
+      float acc_s[32], acc_dp[32];
+      u32 p[4][4], ds[4][4];
+      // One GEMM at a time: Sᵀ and dPᵀ in flight together would need 64 accumulator registers
+      // next to the 160 of dK/dV, which spills at 232 (ptxas, see the header).
+      wgmma_fence();
+      gemm_st(acc_s, sK_w, tQ);
+      wgmma_commit();
+      wgmma_wait<0>();
+      // Pᵀ: rows = keys key_l (+8), columns = queries 8j+2t (+1). Element (j, e) of row r is
+      // masked iff 8j + e < thr[r]: key ≥ S masks the whole row, causal masks key > query, i.e.
+      // 8j + e < key − q0 − 2t (a bound ≤ 0 off the diagonal, so no branch is needed).
+      int thr[2];
+      #pragma unroll
+      for (int r = 0; r < 2; r++) {
+        const int key = k0 + key_l + 8 * r;
+        thr[r] = key >= S ? (1 << 30) : causal ? key - q0 - 2 * t : -(1 << 30);
+      }
+      #pragma unroll
+      for (int j = 0; j < 8; j++) {
+        const float2 l2 = *reinterpret_cast<const float2*>(tLse + 8 * j + 2 * t);
+        #pragma unroll
+        for (int r = 0; r < 2; r++) {
+          const float p0 = fast_exp2(acc_s[4 * j + 2 * r] * scale_log2 - l2.x);
+          const float p1 = fast_exp2(acc_s[4 * j + 2 * r + 1] * scale_log2 - l2.y);
+          acc_s[4 * j + 2 * r] = 8 * j < thr[r] ? 0.f : p0;
+          acc_s[4 * j + 2 * r + 1] = 8 * j + 1 < thr[r] ? 0.f : p1;
+        }
+      }
+      pack_a_n64(p, acc_s);
+      wgmma_fence();
+      gemm_dpt(acc_dp, sV_w, tdO);
+      wgmma_commit();
+      wgmma_wait<0>();
+      // dSᵀ = Pᵀ∘(dPᵀ − D), with Pᵀ as rounded for dV (its f32 registers are gone by now).
+      #pragma unroll
+      for (int j = 0; j < 8; j++) {
+        const float2 d2 = *reinterpret_cast<const float2*>(tD + 8 * j + 2 * t);
+        #pragma unroll
+        for (int r = 0; r < 2; r++) {
+          const float2 pf = unpack_bf16x2(p[j >> 1][(j & 1) * 2 + r]);
+          acc_dp[4 * j + 2 * r] = pf.x * (acc_dp[4 * j + 2 * r] - d2.x);
+          acc_dp[4 * j + 2 * r + 1] = pf.y * (acc_dp[4 * j + 2 * r + 1] - d2.y);
+        }
+      }
+      pack_a_n64(ds, acc_dp);
+      if (with_dq) {
+        // dSᵀ row key_l (+8), 4-byte pair at query 8j+2t: 16-byte piece j of a 128-byte row,
+        // swizzled by row % 8 = g, so the warp's 32 stores hit 32 distinct banks.
+        #pragma unroll
+        for (int j = 0; j < 8; j++)
+          #pragma unroll
+          for (int r = 0; r < 2; r++)
+            asm volatile("st.shared.b32 [%0], %1;" ::"r"(tdS + (key_l + 8 * r) * 128 + ((j ^ g) << 4) + 4 * t),
+                         "r"(ds[j >> 1][(j & 1) * 2 + r])
+                         : "memory");
+        fence_proxy_async();  // before the barrier: the other consumer's wgmma reads these
+      }
+      wgmma_fence();
+      gemm_dv_dk(acc_dv, acc_dk, p, ds, tQ, tdO);
+      wgmma_commit();
+      // Waiting here, before the dQ GEMMs, frees the 32 registers of Pᵀ and dSᵀ for them.
+      wgmma_wait<0>();
+      mbar_arrive(bar_empty(s));  // the stage (Q, dO, lse, D) is free
+
+      if (with_dq) {
+        named_bar_sync(HB_DS_BAR, 256);
+        // Chunks {0, 2} on even (i + w), {1} on odd: the two consumers split 192 columns 2:1
+        // and swap every step.
+        const int c_last = ((i + w) & 1) == 0 ? 2 : 1;
+        for (int c = c_last == 2 ? 0 : 1; c <= c_last; c += 2) {
+          float acc_q[32];
+          wgmma_fence();
+          gemm_dq(acc_q, tdS, sK, c);
+          wgmma_commit();
+          wgmma_wait<0>();
+          #pragma unroll
+          for (int r = 0; r < 2; r++) {
+            const int query = q0 + warp * 16 + g + 8 * r;
+            if (query < S) {
+              float* dst = dq_accum + (row_bsh0 + query * HS) * D_QK + c * 64 + 2 * t;
+              #pragma unroll
+              for (int j = 0; j < 8; j++) red_add_v2(dst + 8 * j, acc_q[4 * j + 2 * r], acc_q[4 * j + 2 * r + 1]);
+            }
+          }
+        }
+      }
+    }
+
+    // Epilogue: dV → bf16; dK·scale → dk_nope bf16 and the f32 dk_pe part.
+    #pragma unroll
+    for (int r = 0; r < 2; r++) {
+      const int key = k0 + key_l + 8 * r;
+      if (key >= S) continue;
+      const long long row = row_bsh0 + key * HS;
+      #pragma unroll
+      for (int j = 0; j < 16; j++) {
+        *reinterpret_cast<u32*>(dv + row * D_V + 8 * j + 2 * t) = pack_bf16x2(acc_dv[4 * j + 2 * r], acc_dv[4 * j + 2 * r + 1]);
+        *reinterpret_cast<u32*>(dk_nope + row * D_NOPE + 8 * j + 2 * t) =
+            pack_bf16x2(acc_dk[4 * j + 2 * r] * scale, acc_dk[4 * j + 2 * r + 1] * scale);
+      }
+      #pragma unroll
+      for (int j = 0; j < 8; j++) {
+        const float x0 = acc_dk[64 + 4 * j + 2 * r] * scale, x1 = acc_dk[64 + 4 * j + 2 * r + 1] * scale;
+        if (dkpe_per_head) *reinterpret_cast<float2*>(dkpe_f32 + row * D_ROPE + 8 * j + 2 * t) = make_float2(x0, x1);
+        else red_add_v2(dkpe_f32 + (static_cast<long long>(b) * S + key) * D_ROPE + 8 * j + 2 * t, x0, x1);
+      }
+    }
+  }
+}
