@@ -61,7 +61,8 @@ export async function trainCommand(flags: Record<string, string>): Promise<void>
   }
   const last = result.metrics[result.metrics.length - 1];
   if (last && entropy !== null) {
-    console.log(`moetrain: final cross-entropy ${last.crossEntropy.toFixed(4)} nats vs corpus unigram entropy ${entropy.toFixed(4)} nats (${(entropy - last.crossEntropy).toFixed(4)} below)`);
+    const gap = entropy - last.crossEntropy;
+    console.log(`moetrain: final cross-entropy ${last.crossEntropy.toFixed(4)} nats vs corpus unigram entropy ${entropy.toFixed(4)} nats (${Math.abs(gap).toFixed(4)} ${gap >= 0 ? 'below' : 'above'})`);
   }
   console.log(`moetrain: run directory ${cfg.run_dir} (metrics.jsonl, checkpoints/)`);
 }
