@@ -32,19 +32,26 @@ function logitsOf(config: DeepseekV2Config, dir: string): Float32Array {
   return out;
 }
 
+/** A temp folder holding config.json and a moetrain checkpoint of a freshly initialised model. */
+function freshCheckpoint(config: DeepseekV2Config, seed: number) {
+  const root = fs.mkdtempSync(path.join(os.tmpdir(), 'moetrain-hf-'));
+  const configPath = path.join(root, 'config.json');
+  fs.writeFileSync(configPath, formatHfConfig(config));
+  const be = new CpuBackend();
+  const model = new DeepseekV2(config, be, 'f32');
+  model.initialize(seed);
+  const adam = new Adam(model.params, { type: 'adamw', lr: 1, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0 }, be);
+  const ckpt = saveCheckpoint(path.join(root, 'ckpts'), 1, model, adam, { keep: 0, config: {} });
+  model.dispose(); adam.dispose();
+  return { root, configPath, ckpt };
+}
+
 for (const variant of ['q_proj', 'q_lora'] as const) {
   test(`HF export/import round trip is bit-exact and logits agree (${variant})`, () => {
-    const root = fs.mkdtempSync(path.join(os.tmpdir(), 'moetrain-hf-'));
     const raw = { ...TINY_CONFIG_JSON, ...(variant === 'q_lora' ? { q_lora_rank: 24 } : {}),
       rope_scaling: { type: 'yarn', factor: 4, original_max_position_embeddings: 64, beta_fast: 32, beta_slow: 1, mscale: 0.707, mscale_all_dim: 0.707 } };
     const config = parseDeepseekV2Config(raw, 'test config');
-    const configPath = path.join(root, 'config.json');
-    fs.writeFileSync(configPath, formatHfConfig(config));
-    // A moetrain checkpoint of a freshly initialised model (f32 masters).
-    const be = new CpuBackend();
-    const model = new DeepseekV2(config, be, 'bf16');
-    model.initialize(5);
-    const ckpt = saveCheckpoint(path.join(root, 'ckpts'), 1, model, new Adam(model.params, { type: 'adamw', lr: 1, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0 }, be), { keep: 0, config: {} });
+    const { root, configPath, ckpt } = freshCheckpoint(config, 5);
     // Small shards force a multi-file HF checkpoint with an index.
     exportHf(ckpt, path.join(root, 'hf1'), { dtype: 'bf16', maxShardBytes: 60_000, configPath });
     assert.ok(fs.existsSync(path.join(root, 'hf1', 'model.safetensors.index.json')));
@@ -56,20 +63,13 @@ for (const variant of ['q_proj', 'q_lora'] as const) {
     const fromHf = logitsOf(config, path.join(root, 'hf1')), fromNative = logitsOf(config, path.join(root, 'native'));
     assert.deepEqual(fromHf, fromNative);
     assert.ok(fromHf.every(Number.isFinite));
-    model.dispose();
     fs.rmSync(root, { recursive: true, force: true });
   });
 }
 
 test('a truncated HF shard and a missing tensor are errors naming the file and tensor', () => {
-  const root = fs.mkdtempSync(path.join(os.tmpdir(), 'moetrain-hf-'));
   const config = parseDeepseekV2Config(TINY_CONFIG_JSON, 'tiny');
-  const configPath = path.join(root, 'config.json');
-  fs.writeFileSync(configPath, formatHfConfig(config));
-  const be = new CpuBackend();
-  const model = new DeepseekV2(config, be, 'f32');
-  model.initialize(1);
-  const ckpt = saveCheckpoint(path.join(root, 'ckpts'), 1, model, new Adam(model.params, { type: 'adam', lr: 1, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0 }, be), { keep: 0, config: {} });
+  const { root, configPath, ckpt } = freshCheckpoint(config, 1);
   exportHf(ckpt, path.join(root, 'hf'), { dtype: 'bf16', maxShardBytes: 1e9, configPath });
   const shard = fs.readdirSync(path.join(root, 'hf')).find((f) => f.endsWith('.safetensors'))!;
   const file = path.join(root, 'hf', shard);
@@ -79,6 +79,5 @@ test('a truncated HF shard and a missing tensor are errors naming the file and t
   // A config with one more layer than the checkpoint holds: the missing tensor is named.
   fs.writeFileSync(configPath, formatHfConfig({ ...config, num_hidden_layers: 3 }));
   assert.throws(() => exportHf(ckpt, path.join(root, 'hf3'), { dtype: 'bf16', maxShardBytes: 1e9, configPath }), /missing tensor model\.layers\.2\./);
-  model.dispose();
   fs.rmSync(root, { recursive: true, force: true });
 });

@@ -51,6 +51,8 @@ export class DeepseekV2 {
   readonly softmaxScale: number;
   /** Expert counts accumulated over the micro-batches of one step (global-batch form), per MoE layer. */
   private globalCounts = new Map<number, { counts: Tensor; slots: number }>();
+  /** k as an i32 [1] tensor, uploaded once (token index of each routed slot). */
+  private topK: Tensor | null = null;
 
   constructor(readonly config: DeepseekV2Config, readonly backend: Backend, readonly computeDtype: DType) {
     for (const { name, shape } of parameterShapes(config)) {
@@ -191,9 +193,12 @@ export class DeepseekV2 {
     const { order, offsets } = expertOrder(slots, E);
     const bounds = toHostI32(offsets); // one device read per MoE layer: the per-expert GEMM sizes
     const counts = Array.from({ length: E }, (_, e) => bounds[e + 1]! - bounds[e]!);
-    const kT = fromHost(this.backend, [k], [1], 'i32');
+    // Slot m belongs to token floor(m/k): integer division by a broadcast [1] tensor holding k.
+    this.topK ??= keep(fromHost(this.backend, [k], [1], 'i32'));
+    const kView = this.topK.view([N * k], [0], this.topK.offset);
     const tokenOfSorted = emptyTensor(this.backend, order.shape, 'i32');
-    this.backend.binary('div', tokenOfSorted, order, kT.view([N * k], [0], kT.offset));
+    this.backend.binary('div', tokenOfSorted, order, kView);
+    kView.dispose();
     const sortedWeights = gatherRows(reshape(weights, [N * k, 1]), order, null);
     const xs = gatherRows(x, tokenOfSorted, null);
     const parts = splitRows(xs, counts);
@@ -229,6 +234,7 @@ export class DeepseekV2 {
   dispose(): void {
     for (const p of this.params) p.dispose();
     for (const t of this.ropeCache.values()) { t.cos.dispose(); t.sin.dispose(); }
+    this.topK?.dispose();
     this.beginStep();
   }
 }

@@ -5,7 +5,6 @@ import type { Backend } from '../backend/backend.js';
 import type { DType } from '../tensor/dtype.js';
 import { keep } from '../tensor/scope.js';
 import { emptyTensor, type Tensor } from '../tensor/tensor.js';
-import { hostArrayOf } from '../ops/create.js';
 
 export class Param {
   readonly master: Tensor;
@@ -43,4 +42,3 @@ export class Param {
   }
 }
 
-export { hostArrayOf };

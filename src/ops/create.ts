@@ -3,8 +3,6 @@ import type { Backend } from '../backend/backend.js';
 import { f32ArrayToBf16, type DType, type HostArray } from '../tensor/dtype.js';
 import { emptyTensor, numel, type Shape, type Tensor } from '../tensor/tensor.js';
 
-export const empty = emptyTensor;
-
 export function full(backend: Backend, shape: Shape, dtype: DType, value: number): Tensor {
   const t = emptyTensor(backend, shape, dtype);
   backend.fill(t, value);
