@@ -32,6 +32,7 @@ from attention_peer import (D_NOPE, D_ROPE, D_V, attention_flops, cudnn_inputs, 
                             sets_to_rotate, time_cudnn, time_ms)
 
 import cupy  # noqa: E402  (after torch: both then share the primary context)
+import tma_launch  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KERNELS = os.path.join(REPO, "src", "backend", "cuda", "kernels")
@@ -144,6 +145,13 @@ class MlaKernels:
         B, S, H, _ = qn.shape
         tiles = (S + self.fwd_rows - 1) // self.fwd_rows
         grid = (H, tiles, B) if self.fwd_heads_first else (tiles, H, B)
+        if self.fwd_heads_first:  # the Hopper kernel reads q, k, v through TMA tensor maps
+            rows = self.fwd_rows
+            tma_launch.launch(self.fwd, grid, (self.fwd_threads, 1, 1), self.fwd_smem, cupy.cuda.get_current_stream().ptr,
+                              [tma_launch.head_rows(qn, rows), tma_launch.head_rows(qp, rows), tma_launch.head_rows(kn, rows),
+                               tma_launch.shared_rows(kp, rows), tma_launch.head_rows(v, rows), u64(o), u64(lse),
+                               np.int32(S), np.int32(H), np.float32(scale), np.int32(causal)])
+            return
         self.fwd(grid, (self.fwd_threads, 1, 1),
                  (u64(qn), u64(qp), u64(kn), u64(kp), u64(v), u64(o), u64(lse),
                   np.int32(S), np.int32(H), np.float32(scale), np.int32(causal)), shared_mem=self.fwd_smem)

@@ -135,6 +135,8 @@ const CASES: Case[] = [
   { B: 1, S: 129, H: 2, causal: false },
   // More key tiles than the Hopper forward's shared-memory ring has stages (ring reuse).
   { B: 1, S: 300, H: 2, causal: true },
+  // Several 64-query steps per 128-key block of the Hopper backward, a partial last key tile, B > 1.
+  { B: 2, S: 260, H: 3, causal: false },
 ];
 
 for (const c of CASES) {

@@ -248,6 +248,24 @@ export class CudaDriver {
     this.check('cuFuncSetAttribute', this.raw.cuFuncSetAttribute(fn, attr, value), what);
   }
 
+  private tensorMapFns: { encode: Fn; replace: Fn } | undefined;
+
+  /** cuTensorMapEncodeTiled and cuTensorMapReplaceAddress (CUDA 12.0+), bound on first use. */
+  tensorMapFunctions(): { encode: Fn; replace: Fn } {
+    if (!this.tensorMapFns) {
+      const lib = loadLibrary('cuda');
+      this.tensorMapFns = {
+        // (CUtensorMap *out, dataType, rank, void *globalAddress, const cuuint64_t *globalDim,
+        //  const cuuint64_t *globalStrides, const cuuint32_t *boxDim, const cuuint32_t *elementStrides,
+        //  interleave, swizzle, l2Promotion, oobFill)
+        encode: lib.func('cuTensorMapEncodeTiled', 'int',
+          ['void *', 'int', 'uint', 'uint64_t', 'void *', 'void *', 'void *', 'void *', 'int', 'int', 'int', 'int']) as Fn,
+        replace: lib.func('cuTensorMapReplaceAddress', 'int', ['void *', 'uint64_t']) as Fn,
+      };
+    }
+    return this.tensorMapFns;
+  }
+
   private getParamInfo: Fn | null | undefined;
 
   /**

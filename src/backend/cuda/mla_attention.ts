@@ -1,7 +1,9 @@
 // MLA attention on CUDA: the host side of kernels/mla_attention_fwd.cu and mla_attention_bwd.cu
 // (FlashAttention-2 style on mma.sync; sm_80 and later). The kernels take the five MLA pieces
 // as they are (q_nope, q_pe, k_nope, k_pe shared by every head, v) and build the 192-wide q and
-// k in shared memory, so no concatenated copy exists in device memory.
+// k in shared memory, so no concatenated copy exists in device memory. On sm_90a (H100/H200)
+// the forward and the backward's dK/dV/dQ kernel are the wgmma versions
+// (mla_attention_fwd_hopper.cu, mla_attention_bwd_hopper.cu); the rest is shared.
 //
 // Shapes (B batch, S sequence, H heads; bf16, contiguous BSHD):
 //   qNope_BSHD [B,S,H,128]  qPe_BSHD [B,S,H,64]  kNope_BSHD [B,S,H,128]  kPe_BS1D [B,S,1,64]
@@ -19,6 +21,7 @@ import type { AttentionOptions } from '../backend.js';
 import type { CachingAllocator, GpuBlock } from './allocator.js';
 import type { CudaContext } from './context.js';
 import { KernelArgs, loadModule, type CudaKernel } from './module.js';
+import { TensorMapSlots, type TiledMap } from './tensor_map.js';
 
 const D_NOPE = 128;
 const D_ROPE = 64;
@@ -38,6 +41,12 @@ const FWD_THREADS = 128;
 const HOP_FWD_ROWS = 128;
 const HOP_FWD_THREADS = 384;
 const HOP_FWD_SMEM = 214088;
+// The Hopper backward's dK/dV/dQ kernel (mla_attention_bwd_hopper.cu: 128 keys per block, same
+// arguments as mla_attention_bwd_dkdv); sm_90a only. MOETRAIN_MLA_KERNELS=mma selects the
+// mma.sync kernels on Hopper too (for side-by-side comparisons).
+const HOP_BWD_KEYS = 128;
+const HOP_BWD_THREADS = 384;
+const HOP_BWD_SMEM = 198696;
 const BWD_THREADS = 256;
 const PRE_THREADS = 256; // one warp per (b, s, h) row
 const FINISH_THREADS = 128;
@@ -63,9 +72,14 @@ class MlaKernels {
   readonly fwdHopper: CudaKernel | null;
   readonly pre: CudaKernel;
   readonly dkdv: CudaKernel;
+  /** The wgmma dK/dV/dQ kernel on sm_90a, else null. */
+  readonly dkdvHopper: CudaKernel | null;
   readonly dq: CudaKernel;
   readonly finish: CudaKernel;
   readonly fwdArgs = new KernelArgs(11);
+  /** The Hopper forward's arguments: five tensor maps (q_nope, q_pe, k_nope, k_pe, v), then as fwdArgs. */
+  readonly fwdHopperArgs = new KernelArgs(11, [0, 1, 2, 3, 4]);
+  readonly fwdHopperMaps: TensorMapSlots;
   readonly preArgs = new KernelArgs(8);
   readonly dkdvArgs = new KernelArgs(17);
   readonly dqArgs = new KernelArgs(14);
@@ -83,8 +97,13 @@ class MlaKernels {
     this.dq = bwdModule.kernel('mla_attention_bwd_dq');
     this.finish = bwdModule.kernel('mla_attention_bwd_finish');
     this.fwd.setMaxDynamicShared(FWD_SMEM);
-    this.fwdHopper = ctx.arch === 'sm_90a' ? loadModule(ctx, 'mla_attention_fwd_hopper.cu').kernel('mla_attention_fwd_hopper') : null;
+    // wgmma and setmaxnreg exist on sm_90a only (not on later "a" targets).
+    const hopper = ctx.arch === 'sm_90a' && process.env.MOETRAIN_MLA_KERNELS !== 'mma';
+    this.fwdHopper = hopper ? loadModule(ctx, 'mla_attention_fwd_hopper.cu').kernel('mla_attention_fwd_hopper') : null;
     this.fwdHopper?.setMaxDynamicShared(HOP_FWD_SMEM);
+    this.fwdHopperMaps = new TensorMapSlots(ctx.driver, this.fwdHopperArgs);
+    this.dkdvHopper = hopper ? loadModule(ctx, 'mla_attention_bwd_hopper.cu').kernel('mla_attention_bwd_dkdv_hopper') : null;
+    this.dkdvHopper?.setMaxDynamicShared(HOP_BWD_SMEM);
     this.dkdv.setMaxDynamicShared(DKDV_SMEM);
     this.dq.setMaxDynamicShared(DQ_SMEM);
   }
@@ -142,10 +161,36 @@ export function mlaAttentionForward(
   expectTensor(op, 'lse', lse, [B, H, S], 'f32', '[B,H,S]');
   if (B * S * H === 0) return;
   const k = kernelsFor(ctx);
+  if (k.fwdHopper) {
+    const maps = k.fwdHopperMaps;
+    const rows = HOP_FWD_ROWS;
+    maps.set(0, headRows(addressOf(qNope), B, S, H, D_NOPE, rows), `${op}: qNope`);
+    maps.set(1, headRows(addressOf(qPe), B, S, H, D_ROPE, rows), `${op}: qPe`);
+    maps.set(2, headRows(addressOf(kNope), B, S, H, D_NOPE, rows), `${op}: kNope`);
+    maps.set(3, sharedRows(addressOf(kPe), B, S, D_ROPE, rows), `${op}: kPe`);
+    maps.set(4, headRows(addressOf(v), B, S, H, D_V, rows), `${op}: v`);
+    const args = k.fwdHopperArgs.ptr(5, addressOf(o)).ptr(6, addressOf(lse)).i32(7, S).i32(8, H).f32(9, opts.scale).i32(10, opts.causal ? 1 : 0);
+    k.fwdHopper.launch([H, Math.ceil(S / HOP_FWD_ROWS), B], [HOP_FWD_THREADS, 1, 1], HOP_FWD_SMEM, args);
+    return;
+  }
   const args = k.fwdArgs.ptr(0, addressOf(qNope)).ptr(1, addressOf(qPe)).ptr(2, addressOf(kNope)).ptr(3, addressOf(kPe))
     .ptr(4, addressOf(v)).ptr(5, addressOf(o)).ptr(6, addressOf(lse)).i32(7, S).i32(8, H).f32(9, opts.scale).i32(10, opts.causal ? 1 : 0);
-  if (k.fwdHopper) k.fwdHopper.launch([H, Math.ceil(S / HOP_FWD_ROWS), B], [HOP_FWD_THREADS, 1, 1], HOP_FWD_SMEM, args);
-  else k.fwd.launch([Math.ceil(S / FWD_ROWS), H, B], [FWD_THREADS, 1, 1], FWD_SMEM, args);
+  k.fwd.launch([Math.ceil(S / FWD_ROWS), H, B], [FWD_THREADS, 1, 1], FWD_SMEM, args);
+}
+
+/**
+ * Tensor map of a bf16 [B,S,H,width] tensor for the Hopper kernels: dims (width, H, S, B), one
+ * copy = 64 columns × `rows` positions of one head, 128-byte swizzled. Positions past S are
+ * outside the map, so a partial last tile arrives zero-filled.
+ */
+function headRows(address: bigint, B: number, S: number, H: number, width: number, rows: number): TiledMap {
+  const row = width * 2;
+  return { dtype: 'bf16', address, dims: [width, H, S, B], strides: [row, H * row, S * H * row], box: [64, 1, rows, 1], swizzle128: true };
+}
+
+/** Tensor map of the bf16 [B,S,1,64] rope key shared by every head: dims (64, S, B). */
+function sharedRows(address: bigint, B: number, S: number, width: number, rows: number): TiledMap {
+  return { dtype: 'bf16', address, dims: [width, S, B], strides: [width * 2, S * width * 2], box: [64, rows, 1], swizzle128: true };
 }
 
 /** Gradients of mlaAttentionForward (overwritten); dkPe [B,S,1,64] is summed over heads. */
@@ -182,10 +227,12 @@ export function mlaAttentionBackward(
     k.pre.launch([Math.ceil(rows / (PRE_THREADS / 32)), 1, 1], [PRE_THREADS, 1, 1], 0,
       k.preArgs.ptr(0, addressOf(o)).ptr(1, pDo).ptr(2, dSum).ptr(3, dqAccum).ptr(4, deterministic ? 0n : dkPeF32)
         .i32(5, rows).i32(6, S).i32(7, H));
-    k.dkdv.launch([tiles, H, B], [BWD_THREADS, 1, 1], DKDV_SMEM,
-      k.dkdvArgs.ptr(0, pQn).ptr(1, pQp).ptr(2, pKn).ptr(3, pKp).ptr(4, pV).ptr(5, pDo).ptr(6, pLse).ptr(7, dSum)
-        .ptr(8, addressOf(grads.dkNope)).ptr(9, addressOf(grads.dv)).ptr(10, dqAccum).ptr(11, dkPeF32)
-        .i32(12, S).i32(13, H).f32(14, opts.scale).i32(15, causal).i32(16, deterministic ? 1 : 0));
+    const dkdvArgs = k.dkdvArgs.ptr(0, pQn).ptr(1, pQp).ptr(2, pKn).ptr(3, pKp).ptr(4, pV).ptr(5, pDo).ptr(6, pLse).ptr(7, dSum)
+      .ptr(8, addressOf(grads.dkNope)).ptr(9, addressOf(grads.dv)).ptr(10, dqAccum).ptr(11, dkPeF32)
+      .i32(12, S).i32(13, H).f32(14, opts.scale).i32(15, causal).i32(16, deterministic ? 1 : 0);
+    // Both kernels skip dQ when dqAccum is null (deterministic mode: the dq pass below makes it).
+    if (k.dkdvHopper) k.dkdvHopper.launch([H, Math.ceil(S / HOP_BWD_KEYS), B], [HOP_BWD_THREADS, 1, 1], HOP_BWD_SMEM, dkdvArgs);
+    else k.dkdv.launch([tiles, H, B], [BWD_THREADS, 1, 1], DKDV_SMEM, dkdvArgs);
     if (deterministic) {
       k.dq.launch([tiles, H, B], [BWD_THREADS, 1, 1], DQ_SMEM,
         k.dqArgs.ptr(0, pQn).ptr(1, pQp).ptr(2, pKn).ptr(3, pKp).ptr(4, pV).ptr(5, pDo).ptr(6, pLse).ptr(7, dSum)

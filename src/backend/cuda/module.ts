@@ -132,30 +132,52 @@ export function compileKernelFile(arch: string, file: string, defines: Defines =
 
 const argMemory = new FinalizationRegistry<bigint>((mem) => koffi.free(mem));
 
+/** Bytes of a CUtensorMap kernel parameter (passed by value, 64-byte aligned). */
+export const TENSOR_MAP_BYTES = 128;
+
 /**
- * A reusable, pre-encoded kernel parameter buffer: one 8-byte slot per argument in memory that
- * never moves, plus the array of pointers to the slots that cuLaunchKernel takes. Set the
- * values (chainable), then launch as often as needed; nothing is allocated per launch.
+ * A reusable, pre-encoded kernel parameter buffer: one 8-byte slot per argument (128 bytes,
+ * 64-byte aligned, for the `wide` ones: CUtensorMap parameters) in memory that never moves,
+ * plus the array of pointers to the slots that cuLaunchKernel takes. Set the
+ * values with the typed setters (chainable), then pass it to CudaKernel.launch; the driver
+ * copies the values at launch, so the buffer may be rewritten for the next launch at once.
  */
 export class KernelArgs {
   /** Address of the `void *kernelParams[count]` array. */
   readonly pointer: bigint;
   private readonly view: DataView;
+  private readonly offsets: number[] = [];
+  private readonly base: bigint;
 
-  constructor(readonly count: number) {
-    if (!Number.isInteger(count) || count < 0) throw new Error(`internal: KernelArgs(${count})`);
+  constructor(readonly count: number, readonly wide: readonly number[] = []) {
+    if (!Number.isInteger(count) || count < 0 || wide.some((i) => !Number.isInteger(i) || i < 0 || i >= count)) {
+      throw new Error(`internal: KernelArgs(${count}, [${wide}])`);
+    }
     const slots = Math.max(count, 1);
-    const mem = koffi.alloc('uint8_t', 16 * slots) as bigint;
+    // Layout: [wide slots, 128 B each][narrow slots, 8 B each][&slot 0 … &slot count-1], from a
+    // 64-byte-aligned base.
+    let at = 0;
+    for (let i = 0; i < slots; i++) if (wide.includes(i)) { this.offsets[i] = at; at += TENSOR_MAP_BYTES; }
+    for (let i = 0; i < slots; i++) if (!wide.includes(i)) { this.offsets[i] = at; at += 8; }
+    const pointersAt = at;
+    const bytes = pointersAt + 8 * slots;
+    const mem = koffi.alloc('uint8_t', bytes + 64) as bigint;
     argMemory.register(this, mem);
-    this.view = new DataView(koffi.view(mem, 16 * slots));
-    // Layout: [slot 0 … slot count-1][&slot 0 … &slot count-1]
-    for (let i = 0; i < slots; i++) this.view.setBigUint64(8 * slots + 8 * i, mem + BigInt(8 * i), true);
-    this.pointer = mem + BigInt(8 * slots);
+    this.base = (mem + 63n) & ~63n;
+    this.view = new DataView(koffi.view(this.base, bytes));
+    for (let i = 0; i < slots; i++) this.view.setBigUint64(pointersAt + 8 * i, this.base + BigInt(this.offsets[i]!), true);
+    this.pointer = this.base + BigInt(pointersAt);
   }
 
   private slot(i: number): number {
     if (i >= this.count || i < 0) throw new Error(`internal: kernel argument ${i} of ${this.count}`);
-    return 8 * i;
+    return this.offsets[i]!;
+  }
+
+  /** Host address of wide slot i (where a CUtensorMap is encoded in place). */
+  wideAddress(i: number): bigint {
+    if (!this.wide.includes(i)) throw new Error(`internal: kernel argument ${i} is not a 128-byte slot`);
+    return this.base + BigInt(this.slot(i));
   }
 
   /** A device pointer (T* parameter). */
@@ -191,9 +213,13 @@ export class CudaKernel {
     this.driver = ctx.driver;
     this.launchRaw = ctx.driver.raw.cuLaunchKernel;
     this.paramSizes = ctx.driver.funcParamSizes(handle);
-    const wide = this.paramSizes?.findIndex((s) => s > 8) ?? -1;
-    if (wide >= 0) throw new Error(`internal: kernel ${name} (${file}) parameter ${wide} is ${this.paramSizes![wide]} bytes; KernelArgs slots hold at most 8`);
+    const odd = this.paramSizes?.findIndex((s) => s > 8 && s !== TENSOR_MAP_BYTES) ?? -1;
+    if (odd >= 0) throw new Error(`internal: kernel ${name} (${file}) parameter ${odd} is ${this.paramSizes![odd]} bytes; KernelArgs slots hold 8 or ${TENSOR_MAP_BYTES} (a CUtensorMap)`);
+    this.wideParams = (this.paramSizes ?? []).flatMap((s, i) => (s === TENSOR_MAP_BYTES ? [i] : []));
   }
+
+  /** Indices of the kernel's 128-byte (CUtensorMap) parameters, when the driver can tell. */
+  private readonly wideParams: number[];
 
   /**
    * Queues the kernel on `stream` (the context's compute stream unless given). Host cost is
@@ -210,6 +236,9 @@ export class CudaKernel {
     // Too few slots would hand the kernel whatever lies past the array; spare slots are unread.
     if (this.paramSizes !== undefined && args.count < this.paramSizes.length) {
       throw new Error(`internal: kernel ${this.name} takes ${this.paramSizes.length} arguments, KernelArgs has ${args.count}`);
+    }
+    for (const i of this.wideParams) {
+      if (!args.wide.includes(i)) throw new Error(`internal: kernel ${this.name} parameter ${i} is a CUtensorMap; its KernelArgs slot is 8 bytes`);
     }
     const status = this.launchRaw(this.handle, grid[0], grid[1], grid[2], block[0], block[1], block[2], sharedBytes, stream, args.pointer, null);
     if (status !== 0) {

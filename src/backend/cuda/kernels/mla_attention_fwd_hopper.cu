@@ -10,10 +10,11 @@
 // causal tiles of every head start first and the short ones fill the tail.
 //
 // Roles (warpgroups of 128 threads):
-//   WG0, producer: copies the block's 128×192 Q tile once, then 128-key K (128×192) and V
-//     (128×128) tiles into a two-stage ring with cp.async, writing each 16-byte piece at its
-//     128-byte-swizzled place (the layout wgmma's descriptors read), and signals "full"
-//     mbarriers; it keeps few registers (setmaxnreg.dec) so the consumers can have more.
+//   WG0, producer: one thread issues TMA bulk tensor copies (cp.async.bulk.tensor) of the
+//     block's 128×192 Q tile once, then of 128-key K (128×192) and V (128×128) tiles into a
+//     two-stage ring; the copy engine writes them 128-byte swizzled (the layout wgmma's
+//     descriptors read) and completes each on its stage's "full" mbarrier by byte count. The
+//     warpgroup keeps few registers (setmaxnreg.dec) so the consumers can have more.
 //   WG1, WG2, consumers: 64 query rows each. Per key tile: S = Q·Kᵀ as 12 wgmma m64n128k16
 //     (K dim 192 = 128 from the nope block + 64 from the rope block; both operands from shared
 //     memory), online softmax on the f32 accumulators in registers, P packed to bf16 registers
@@ -31,11 +32,11 @@
 //   N-major operand (V: rows = keys = the K dim, 64 contiguous dv values per block row):
 //     transposed B; leading byte offset = next 64-column block, stride byte offset (next 8
 //     keys) 1024; each 16-key step advances the start by 16 rows = 2048 bytes.
-// Why cp.async and not TMA: kernel arguments reach the kernel as 8-byte slots (module.ts), so a
-// 128-byte CUtensorMap cannot be a __grid_constant__ parameter yet. cp.async writes go through
-// the generic proxy, so the producer waits for its own copies, fences them into the async proxy
-// (fence.proxy.async) and only then arrives on the stage's full barrier.
-#include "mla_attention_common.cuh"
+// Tensor maps (encoded by the host, src/backend/cuda/mla_attention.ts; passed by value):
+//   q_nope, k_nope, v: dims (128, H, S, B), box (64, 1, 128, 1): one 64-column block of 128 rows
+//   of one head per copy; q_pe: (64, H, S, B), same box; k_pe: (64, S, B), box (64, 128, 1).
+// Rows past S lie outside the map's extent and arrive as zeros.
+#include "mla_attention_hopper.cuh"
 
 namespace mla {
 constexpr int HOP_BM = 128;                 // query rows per block (2 consumer warpgroups × 64)
@@ -67,112 +68,9 @@ constexpr int HOP_CONSUMER_REGS = 232;  // 128·40 + 256·232 = 64512 ≤ 65536
 #endif
 
 using namespace mla;
+using namespace mla::hop;
 
 namespace {
-
-// ---- mbarrier (shared::cta) ----
-__device__ __forceinline__ void mbar_init(u32 bar, u32 count) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(bar), "r"(count));
-}
-__device__ __forceinline__ void mbar_arrive(u32 bar) {
-  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(bar) : "memory");
-}
-__device__ __forceinline__ bool mbar_try_wait(u32 bar, u32 parity) {
-  u32 done;
-  asm volatile(
-      "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
-      : "=r"(done) : "r"(bar), "r"(parity) : "memory");
-  return done != 0;
-}
-__device__ __forceinline__ void mbar_wait(u32 bar, u32 parity) {
-  while (!mbar_try_wait(bar, parity)) {
-  }
-}
-
-__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;" ::: "memory"); }
-
-// ---- wgmma ----
-// Shared-memory matrix descriptor, 128-byte swizzle (layout type 1 in bits 62-63).
-__device__ __forceinline__ unsigned long long wgmma_desc(u32 addr, u32 lead_bytes, u32 stride_bytes) {
-  return static_cast<unsigned long long>((addr & 0x3FFFF) >> 4) |
-         (static_cast<unsigned long long>(lead_bytes >> 4) << 16) |
-         (static_cast<unsigned long long>(stride_bytes >> 4) << 32) | (1ull << 62);
-}
-__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
-__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void wgmma_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(N) : "memory"); }
-
-#define MLA_D8(i) "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]), "+f"(d[i + 5]), "+f"(d[i + 6]), "+f"(d[i + 7])
-#define MLA_D64 MLA_D8(0), MLA_D8(8), MLA_D8(16), MLA_D8(24), MLA_D8(32), MLA_D8(40), MLA_D8(48), MLA_D8(56)
-#define MLA_D64_REGS                                                                    \
-  "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "             \
-  "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "    \
-  "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "    \
-  "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}"
-
-// d (64×128 f32, this warpgroup) = (accumulate ? d : 0) + A·B, A and B K-major in shared memory.
-__device__ __forceinline__ void wgmma_ss_m64n128k16(float* d, unsigned long long a_desc, unsigned long long b_desc,
-                                                    int accumulate) {
-  asm volatile(
-      "{\n"
-      ".reg .pred p;\n"
-      "setp.ne.b32 p, %66, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 " MLA_D64_REGS
-      ", %64, %65, p, 1, 1, 0, 0;\n"
-      "}\n"
-      : MLA_D64
-      : "l"(a_desc), "l"(b_desc), "r"(accumulate));
-}
-
-// d += A·B, A (64×16 bf16) from registers in the mma.sync m16n8k16 A-fragment layout per warp,
-// B N-major in shared memory (imm-trans-b = 1).
-__device__ __forceinline__ void wgmma_rs_m64n128k16_tb(float* d, const u32* a, unsigned long long b_desc) {
-  asm volatile(
-      "{\n"
-      ".reg .pred p;\n"
-      "setp.ne.b32 p, 1, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 " MLA_D64_REGS
-      ", {%64, %65, %66, %67}, %68, p, 1, 1, 1;\n"
-      "}\n"
-      : MLA_D64
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b_desc));
-}
-
-// Byte offset of 16-byte piece `piece` (0..ncols/8-1) of row `row` in a block-major swizzled
-// operand whose blocks hold `rows` rows.
-__device__ __forceinline__ u32 swizzled(int row, int piece, int rows) {
-  return (piece >> 3) * rows * 128 + row * 128 + (((piece & 7) ^ (row & 7)) << 4);
-}
-
-// Producer copies (128 threads). Rows at or past rows_left are zero-filled.
-// A 192-wide operand: 16 pieces per row from `nope` (row stride nope_stride elements), then 8
-// from `pe`; consecutive threads take consecutive pieces of a row (coalesced reads).
-template <int ROWS>
-__device__ __forceinline__ void copy_qk(u32 dst, const bf16_t* nope, long long nope_stride, const bf16_t* pe,
-                                        long long pe_stride, int rows_left, int tid) {
-  #pragma unroll 4
-  for (int i = 0; i < ROWS * 16 / 128; i++) {
-    const int c = tid + i * 128, r = c >> 4, p = c & 15;
-    const bool valid = r < rows_left;
-    cp_async16(dst + swizzled(r, p, ROWS), nope + (valid ? r : 0) * nope_stride + p * 8, valid);
-  }
-  #pragma unroll 4
-  for (int i = 0; i < ROWS * 8 / 128; i++) {
-    const int c = tid + i * 128, r = c >> 3, p = c & 7;
-    const bool valid = r < rows_left;
-    cp_async16(dst + swizzled(r, 16 + p, ROWS), pe + (valid ? r : 0) * pe_stride + p * 8, valid);
-  }
-}
-__device__ __forceinline__ void copy_v(u32 dst, const bf16_t* src, long long stride, int rows_left, int tid) {
-  #pragma unroll 4
-  for (int i = 0; i < HOP_BN * 16 / 128; i++) {
-    const int c = tid + i * 128, r = c >> 4, p = c & 15;
-    const bool valid = r < rows_left;
-    cp_async16(dst + swizzled(r, p, HOP_BN), src + (valid ? r : 0) * stride + p * 8, valid);
-  }
-}
-
 
 // ---- consumer steps (one warpgroup, 64 query rows; thread holds rows g and g+8 of its warp) ----
 // Accumulator layout of wgmma m64n128 f32 per warp: d[4j+0..1] = row g, columns 8j+2t..+1;
@@ -185,7 +83,7 @@ __device__ __forceinline__ void gemm_s(float* acc_s, u32 sQ_wg, u32 tK) {
   for (int kk = 0; kk < D_QK / 16; kk++) {
     const u32 off = (kk >> 2) * HOP_Q_BLOCK + (kk & 3) * 32;  // block, then k16 step within it
     const u32 koff = (kk >> 2) * HOP_K_BLOCK + (kk & 3) * 32;
-    wgmma_ss_m64n128k16(acc_s, wgmma_desc(sQ_wg + off, 16, 1024), wgmma_desc(tK + koff, 16, 1024), kk > 0);
+    wgmma_ss_m64n128k16(acc_s, desc(sQ_wg + off, 16, 1024), desc(tK + koff, 16, 1024), kk > 0);
   }
 }
 
@@ -193,7 +91,7 @@ __device__ __forceinline__ void gemm_s(float* acc_s, u32 sQ_wg, u32 tK) {
 __device__ __forceinline__ void gemm_pv(float* acc_o, const u32 (*p)[4], u32 tV) {
   wgmma_fence();
   #pragma unroll
-  for (int kk = 0; kk < HOP_BN / 16; kk++) wgmma_rs_m64n128k16_tb(acc_o, p[kk], wgmma_desc(tV + kk * 2048, HOP_K_BLOCK, 1024));
+  for (int kk = 0; kk < HOP_BN / 16; kk++) wgmma_rs_m64n128k16_tb(acc_o, p[kk], desc(tV + kk * 2048, HOP_K_BLOCK, 1024));
 }
 
 // −inf for keys past S and, when causal, keys after the query.
@@ -255,20 +153,12 @@ __device__ __forceinline__ void pack_p(u32 (*p)[4], const float* acc_s) {
   }
 }
 
-// Named barriers 1.. (0 is __syncthreads): sync waits for `count` threads, arrive does not wait.
-__device__ __forceinline__ void named_bar_sync(int id, int count) {
-  asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(count) : "memory");
-}
-__device__ __forceinline__ void named_bar_arrive(int id, int count) {
-  asm volatile("bar.arrive %0, %1;" ::"r"(id), "r"(count) : "memory");
-}
-
 }  // namespace
 
 extern "C" __global__ void __launch_bounds__(HOP_THREADS, 1)
-mla_attention_fwd_hopper(const bf16_t* __restrict__ q_nope, const bf16_t* __restrict__ q_pe,
-                         const bf16_t* __restrict__ k_nope, const bf16_t* __restrict__ k_pe,
-                         const bf16_t* __restrict__ v, bf16_t* __restrict__ o, float* __restrict__ lse,
+mla_attention_fwd_hopper(const __grid_constant__ TensorMap tm_q_nope, const __grid_constant__ TensorMap tm_q_pe,
+                         const __grid_constant__ TensorMap tm_k_nope, const __grid_constant__ TensorMap tm_k_pe,
+                         const __grid_constant__ TensorMap tm_v, bf16_t* __restrict__ o, float* __restrict__ lse,
                          int S, int H, float scale, int causal) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const u32 base = (smem_addr(smem_raw) + 1023u) & ~1023u;
@@ -292,10 +182,10 @@ mla_attention_fwd_hopper(const bf16_t* __restrict__ q_nope, const bf16_t* __rest
   const int n_tiles = causal ? (min(q0 + HOP_BM, S) + HOP_BN - 1) / HOP_BN : num_k_tiles;
 
   if (tid == 0) {
-    mbar_init(bar_q, 128);
+    mbar_init(bar_q, 1);
     for (int s = 0; s < HOP_STAGES; s++) {
-      mbar_init(bar_full_k(s), 128);
-      mbar_init(bar_full_v(s), 128);
+      mbar_init(bar_full_k(s), 1);
+      mbar_init(bar_full_v(s), 1);
       mbar_init(bar_empty_k(s), 256);
       mbar_init(bar_empty_v(s), 256);
     }
@@ -309,44 +199,34 @@ mla_attention_fwd_hopper(const bf16_t* __restrict__ q_nope, const bf16_t* __rest
   if (wg == 0) {
     // ---------------- producer ----------------
     asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;" ::"n"(HOP_PRODUCER_REGS));
-    const bf16_t* kn = k_nope + row_bsh0 * D_NOPE;
-    const bf16_t* kp = k_pe + static_cast<long long>(b) * S * D_ROPE;
-    const bf16_t* vv = v + row_bsh0 * D_V;
-    // Copy groups, in commit order: Q, then K_0, V_0, K_1, V_1, … (group 1 + 2i is K_i, 2 + 2i is
-    // V_i). cp.async writes land in the generic proxy: a group is published (fence.proxy.async,
-    // then an arrival on its full barrier) only once wait_group says it has landed. Before the
-    // producer blocks on an empty barrier it publishes everything the consumers need to get
-    // there: waiting for V stage i%2 needs consumer iteration i-1 (K_{i-1}, V_{i-2}), waiting
-    // for K stage i%2 needs consumer iteration i-2 (K_{i-2}).
-    int published = 0;
-    auto publish_through = [&](int last_group) {
-      if (published > last_group) return;
-      fence_proxy_async();
-      for (; published <= last_group; published++) {
-        const int kv = (published - 1) >> 1, st = kv % HOP_STAGES;
-        mbar_arrive(published == 0 ? bar_q : (published & 1) ? bar_full_k(st) : bar_full_v(st));
+    // One thread issues every copy; a stage is refilled as soon as both consumer warpgroups have
+    // arrived on its "empty" barrier (K after its S GEMM, V after its P·V GEMM).
+    if (tid == 0) {
+      tmap_prefetch(tm_q_nope);
+      tmap_prefetch(tm_q_pe);
+      tmap_prefetch(tm_k_nope);
+      tmap_prefetch(tm_k_pe);
+      tmap_prefetch(tm_v);
+      mbar_arrive_expect_tx(bar_q, HOP_Q_BYTES);
+      tma_load_4d(sQ, tm_q_nope, bar_q, 0, h, q0, b);
+      tma_load_4d(sQ + HOP_Q_BLOCK, tm_q_nope, bar_q, 64, h, q0, b);
+      tma_load_4d(sQ + 2 * HOP_Q_BLOCK, tm_q_pe, bar_q, 0, h, q0, b);
+      for (int i = 0; i < n_tiles; i++) {
+        const int s = i % HOP_STAGES;
+        const u32 parity = ((i / HOP_STAGES) - 1) & 1;
+        const int k0 = (n_tiles - 1 - i) * HOP_BN;
+        const u32 tK = sK + s * HOP_K_BYTES, tV = sV + s * HOP_V_BYTES;
+        if (i >= HOP_STAGES) mbar_wait(bar_empty_k(s), parity);
+        mbar_arrive_expect_tx(bar_full_k(s), HOP_K_BYTES);
+        tma_load_4d(tK, tm_k_nope, bar_full_k(s), 0, h, k0, b);
+        tma_load_4d(tK + HOP_K_BLOCK, tm_k_nope, bar_full_k(s), 64, h, k0, b);
+        tma_load_3d(tK + 2 * HOP_K_BLOCK, tm_k_pe, bar_full_k(s), 0, k0, b);
+        if (i >= HOP_STAGES) mbar_wait(bar_empty_v(s), parity);
+        mbar_arrive_expect_tx(bar_full_v(s), HOP_V_BYTES);
+        tma_load_4d(tV, tm_v, bar_full_v(s), 0, h, k0, b);
+        tma_load_4d(tV + HOP_K_BLOCK, tm_v, bar_full_v(s), 64, h, k0, b);
       }
-    };
-    copy_qk<HOP_BM>(sQ, q_nope + (row_bsh0 + q0 * HS) * D_NOPE, HS * D_NOPE, q_pe + (row_bsh0 + q0 * HS) * D_ROPE,
-                    HS * D_ROPE, S - q0, tid);
-    cp_async_commit();
-    for (int i = 0; i < n_tiles; i++) {
-      const int s = i % HOP_STAGES;
-      const u32 parity = ((i / HOP_STAGES) - 1) & 1;
-      const int k0 = (n_tiles - 1 - i) * HOP_BN;
-      if (i >= HOP_STAGES) mbar_wait(bar_empty_k(s), parity);
-      copy_qk<HOP_BN>(sK + s * HOP_K_BYTES, kn + k0 * HS * D_NOPE, HS * D_NOPE, kp + static_cast<long long>(k0) * D_ROPE,
-                      D_ROPE, S - k0, tid);
-      cp_async_commit();
-      // In flight may stay: V_{i-1}, K_i; everything through K_{i-1} (group 2i-1) has landed.
-      cp_async_wait<2>();
-      publish_through(2 * i - 1);
-      if (i >= HOP_STAGES) mbar_wait(bar_empty_v(s), parity);
-      copy_v(sV + s * HOP_V_BYTES, vv + k0 * HS * D_V, HS * D_V, S - k0, tid);
-      cp_async_commit();
     }
-    cp_async_wait<0>();
-    publish_through(2 * n_tiles);
   } else {
     // ---------------- consumers ----------------
     asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;" ::"n"(HOP_CONSUMER_REGS));

@@ -1,8 +1,7 @@
-// Hopper (sm_90a) primitives for the MLA attention backward (mla_attention_bwd_hopper.cu):
-// mbarriers, proxy fences, named barriers, and warpgroup MMA (wgmma) on 128-byte-swizzled
-// shared-memory operands. Inline PTX only, no standard headers, so the text compiles under nvcc
-// and NVRTC. (mla_attention_fwd_hopper.cu carries its own copies of the first few; it predates
-// this header.)
+// Hopper (sm_90a) primitives for the MLA attention kernels (mla_attention_fwd_hopper.cu,
+// mla_attention_bwd_hopper.cu): mbarriers, proxy fences, named barriers, TMA bulk tensor copies,
+// and warpgroup MMA (wgmma) on 128-byte-swizzled shared-memory operands. Inline PTX only, no
+// standard headers, so the text compiles under nvcc and NVRTC.
 //
 // Swizzled operand layout (bf16): an operand of R rows and 64·c columns is c column blocks of
 // R rows × 128 bytes; 16-byte piece p of row r sits at piece p ^ (r % 8) of that row; every
@@ -42,9 +41,42 @@ __device__ __forceinline__ void mbar_wait(u32 bar, u32 parity) {
 // wait_group) before later async-proxy reads (wgmma operands) by any thread it synchronises with.
 __device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;" ::: "memory"); }
 
-// Named barriers 1.. (0 is __syncthreads): sync waits for `count` threads.
+// Named barriers 1.. (0 is __syncthreads): sync waits for `count` threads, arrive does not wait.
 __device__ __forceinline__ void named_bar_sync(int id, int count) {
   asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(count) : "memory");
+}
+__device__ __forceinline__ void named_bar_arrive(int id, int count) {
+  asm volatile("bar.arrive %0, %1;" ::"r"(id), "r"(count) : "memory");
+}
+
+// ---- TMA (bulk tensor copies) ----
+// A CUtensorMap as the driver encodes it (cuTensorMapEncodeTiled; src/backend/cuda/tensor_map.ts):
+// 128 opaque bytes, 64-byte aligned. Kernels take it by value as a `const __grid_constant__`
+// parameter, so the copy engine reads it from parameter space and the host needs no upload.
+struct alignas(64) TensorMap {
+  unsigned long long opaque[16];
+};
+__device__ __forceinline__ unsigned long long tmap_addr(const TensorMap& m) { return reinterpret_cast<unsigned long long>(&m); }
+__device__ __forceinline__ void tmap_prefetch(const TensorMap& m) {
+  asm volatile("prefetch.tensormap [%0];" ::"l"(tmap_addr(m)) : "memory");
+}
+// One arrival plus `bytes` more expected on the barrier's current phase: the phase completes when
+// the arrivals are in and the copies that name this barrier have written that many bytes.
+__device__ __forceinline__ void mbar_arrive_expect_tx(u32 bar, u32 bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes) : "memory");
+}
+// Box of the tensor at coordinates (c0 innermost, …) into shared memory at dst (1024-byte
+// aligned for the 128-byte swizzle); completes `bytes of the box` on bar. Coordinates past the
+// tensor's extent read as zeros (and still count as bytes).
+__device__ __forceinline__ void tma_load_3d(u32 dst, const TensorMap& m, u32 bar, int c0, int c1, int c2) {
+  asm volatile(
+      "cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4, %5}], [%2];"
+      ::"r"(dst), "l"(tmap_addr(m)), "r"(bar), "r"(c0), "r"(c1), "r"(c2) : "memory");
+}
+__device__ __forceinline__ void tma_load_4d(u32 dst, const TensorMap& m, u32 bar, int c0, int c1, int c2, int c3) {
+  asm volatile(
+      "cp.async.bulk.tensor.4d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4, %5, %6}], [%2];"
+      ::"r"(dst), "l"(tmap_addr(m)), "r"(bar), "r"(c0), "r"(c1), "r"(c2), "r"(c3) : "memory");
 }
 
 // Byte offset of 16-byte piece `piece` of row `row` in a block-major swizzled operand whose
@@ -93,6 +125,19 @@ __device__ __forceinline__ void wgmma_ss_m64n64k16(float* d, unsigned long long 
       "}\n"
       : MLA_HOP_D32
       : "l"(a_desc), "l"(b_desc), "r"(accumulate), "n"(TRANS_A), "n"(TRANS_B));
+}
+
+// d (64×128) = (accumulate ? d : 0) + A·B; A and B K-major in shared memory.
+__device__ __forceinline__ void wgmma_ss_m64n128k16(float* d, unsigned long long a_desc, unsigned long long b_desc,
+                                                    int accumulate) {
+  asm volatile(
+      "{\n"
+      ".reg .pred p;\n"
+      "setp.ne.b32 p, %66, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 " MLA_HOP_R64 ", %64, %65, p, 1, 1, 0, 0;\n"
+      "}\n"
+      : MLA_HOP_D64
+      : "l"(a_desc), "l"(b_desc), "r"(accumulate));
 }
 
 // d += A·B, A (64×16 bf16) from registers in the mma.sync m16n8k16 A-fragment layout per warp
