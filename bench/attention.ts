@@ -25,7 +25,7 @@ import { CudaBackend, devicePtr } from '../src/backend/cuda/cuda_backend.js';
 import { cudaAvailable } from '../src/backend/cuda/library.js';
 import { mlaAttentionBackward, mlaAttentionForward, type MlaGrads } from '../src/backend/cuda/mla_attention.js';
 import { packageRoot } from '../src/backend/cuda/module.js';
-import { f32ArrayToBf16 } from '../src/tensor/dtype.js';
+import { bf16ArrayToF32, f32ArrayToBf16 } from '../src/tensor/dtype.js';
 import { emptyTensor, type Shape, type Tensor } from '../src/tensor/tensor.js';
 
 const D_NOPE = 128, D_ROPE = 64, D_V = 128;
@@ -50,6 +50,8 @@ export interface AttentionBenchRow {
   fwd: AttentionTiming;
   bwd: AttentionTiming;
   bwdDeterministic: AttentionTiming;
+  /** Worst relative difference of o and the gradients from the simple (mma.sync) kernels'. */
+  agreement: number;
   peerFwd?: AttentionTiming;
   peerBwd?: AttentionTiming;
 }
@@ -136,6 +138,7 @@ function timeOurs(be: CudaBackend, b: number, h: number, s: number, chunk: Uint1
     const detMs = bwd(true);
     const f = attentionFlops(b, h, s), fb = attentionFlops(b, h, s, true);
     return {
+      agreement: agreement(be, sets[0]!, opts),
       fwd: { ms: fwdMs, tflops: f / fwdMs / 1e9 },
       bwd: { ms: bwdMs, tflops: fb / bwdMs / 1e9 },
       bwdDeterministic: { ms: detMs, tflops: fb / detMs / 1e9 },
@@ -143,6 +146,29 @@ function timeOurs(be: CudaBackend, b: number, h: number, s: number, chunk: Uint1
   } finally {
     for (const t of owned) t.dispose();
   }
+}
+
+/**
+ * Worst ‖x − y‖/‖y‖ over o and the five gradients between the default kernels and the simple
+ * (mma.sync) ones on one input set: on Hopper this checks the wgmma kernels at benchmark sizes.
+ */
+function agreement(be: CudaBackend, x: InputSet, opts: { causal: boolean; scale: number }): number {
+  const outputs = (simple: boolean): Float32Array[] => {
+    mlaAttentionForward(be.ctx, x.o, x.lse, x.qNope, x.qPe, x.kNope, x.kPe, x.v, { ...opts, simple });
+    mlaAttentionBackward(be.ctx, be.allocator, x.grads, x.dout, x.qNope, x.qPe, x.kNope, x.kPe, x.v, x.o, x.lse, { ...opts, simple });
+    const g = x.grads;
+    return [x.o, g.dqNope, g.dqPe, g.dkNope, g.dkPe, g.dv].map((t) => bf16ArrayToF32(be.read(t) as Uint16Array));
+  };
+  const simple = outputs(true), ours = outputs(false);
+  let worst = 0;
+  ours.forEach((a, i) => {
+    const ref = simple[i]!;
+    let num = 0, den = 0;
+    for (let j = 0; j < a.length; j++) { const d = a[j]! - ref[j]!; num += d * d; den += ref[j]! * ref[j]!; }
+    const e = Math.sqrt(num / den);
+    worst = Math.max(worst, Number.isNaN(e) ? Infinity : e);
+  });
+  return worst;
 }
 
 interface PeerRow { s: number; fwd_ms: number; bwd_ms: number; fwd_tflops: number; bwd_tflops: number }
@@ -193,13 +219,14 @@ export async function runAttentionBench(opts: AttentionBenchOptions = {}): Promi
   }
   const cell = (t?: AttentionTiming): string => (t ? `${t.ms.toFixed(3)} / ${t.tflops.toFixed(0)}` : '-');
   const header = ['s', 'floor fwd ms', 'ours fwd ms / TFLOPS', 'cuDNN fwd', 'ours bwd ms / TFLOPS', 'det bwd ms', 'cuDNN bwd',
-    'target fwd', 'target bwd', 'fwd vs cuDNN', 'bwd vs cuDNN'];
+    'target fwd', 'target bwd', 'fwd vs cuDNN', 'bwd vs cuDNN', 'rel diff vs simple'];
   const table = rows.map((r) => [
     String(r.s), (attentionFlops(b, h, r.s) / CEILING_FLOPS * 1e3).toFixed(3), cell(r.fwd), cell(r.peerFwd), cell(r.bwd),
     r.bwdDeterministic.ms.toFixed(3), cell(r.peerBwd),
     TARGET_TFLOPS[r.s] ? `>= ${TARGET_TFLOPS[r.s]!.fwd}` : '-', TARGET_TFLOPS[r.s] ? `>= ${TARGET_TFLOPS[r.s]!.bwd}` : '-',
     r.peerFwd ? `${(r.fwd.tflops / r.peerFwd.tflops).toFixed(2)}x` : '-',
     r.peerBwd ? `${(r.bwd.tflops / r.peerBwd.tflops).toFixed(2)}x` : '-',
+    r.agreement.toExponential(1),
   ]);
   log(`| ${header.join(' | ')} |`);
   log(`|${header.map(() => '---').join('|')}|`);

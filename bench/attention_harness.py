@@ -48,7 +48,11 @@ FWD_VARIANTS = {"mt2_bn32": (2, 32, 1), "mt2_bn32_eager": (2, 32, 0), "mt1_bn64"
 # The Hopper forward (mla_attention_fwd_hopper.cu, wgmma): 128 query rows per block, 384 threads
 # (producer + 2 consumer warpgroups), grid (H, tiles, B); HOP_SMEM_BYTES in the .cu.
 HOPPER = "hopper"
-HOPPER_VARIANTS = {HOPPER: [], "hopper_simple": ["-DMLA_HOP_PINGPONG=0"]}  # the first is the default
+HOPPER_VARIANTS = {HOPPER: [], "hopper_simple": ["-DMLA_HOP_PINGPONG=0"],  # the first is the default
+                   # Profiling builds (timing only, wrong results; not checked): without the softmax
+                   # arithmetic, without waiting on device memory, and with neither (MMA + barriers).
+                   "prof_nosoftmax": ["-DMLA_HOP_PROFILE_NO_SOFTMAX=1"], "prof_noloads": ["-DMLA_HOP_PROFILE_NO_LOADS=1"],
+                   "prof_mmaonly": ["-DMLA_HOP_PROFILE_NO_SOFTMAX=1", "-DMLA_HOP_PROFILE_NO_LOADS=1"]}
 HOPPER_SMEM, HOPPER_THREADS, HOPPER_ROWS = 214088, 384, 128
 # The Hopper backward (mla_attention_bwd_hopper.cu): replaces mla_attention_bwd_dkdv, same
 # arguments; 128 keys per block, grid (H, ceil(S/128), B), 384 threads; HB_SMEM_BYTES in the .cu.
@@ -259,6 +263,8 @@ def check(k, out_dir, fwd_only=False):
         # Every forward variant; the default one goes last, and its o and lse feed the backward.
         # Every built variant; the default (FWD_VARIANTS' first) last, so its o feeds the backward.
         for variant in k.fwd_variants:
+            if variant.startswith("prof_"):
+                continue
             k.use_fwd(variant)
             o = nan_like((B, S, H, D_V), torch.bfloat16)
             lse = nan_like((B, H, S), torch.float32)

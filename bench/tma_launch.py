@@ -61,6 +61,7 @@ def launch(func, grid, block, smem, stream, args):
         holders.append(c)
     params = (ctypes.c_void_p * len(args))(*[h.value if isinstance(h, ctypes.c_void_p) else ctypes.addressof(h)
                                              for h in holders])
-    r = _cuda.cuLaunchKernel(func.ptr, *grid, *block, smem, stream, params, None)
+    fn = getattr(func, "kernel", func)  # cupy RawKernel → its cupy.cuda.function.Function
+    r = _cuda.cuLaunchKernel(fn.ptr, *grid, *block, smem, stream, params, None)
     if r != 0:
         raise RuntimeError(f"cuLaunchKernel failed ({r})")

@@ -51,7 +51,12 @@ const BWD_THREADS = 256;
 const PRE_THREADS = 256; // one warp per (b, s, h) row
 const FINISH_THREADS = 128;
 
-export interface MlaBackwardOptions extends AttentionOptions {
+export interface MlaOptions extends AttentionOptions {
+  /** The mma.sync kernels even where the Hopper ones apply (side-by-side checks). Default false. */
+  simple?: boolean;
+}
+
+export interface MlaBackwardOptions extends MlaOptions {
   /** Identical bits on every run (no atomics); slower. Default false. */
   deterministic?: boolean;
 }
@@ -152,7 +157,7 @@ function checkScale(op: string, opts: AttentionOptions): void {
 
 /** o = softmax(scale·q·kᵀ, causal mask) · v and lse, with q = (qNope|qPe), k = (kNope|kPe). */
 export function mlaAttentionForward(
-  ctx: CudaContext, o: Tensor, lse: Tensor, qNope: Tensor, qPe: Tensor, kNope: Tensor, kPe: Tensor, v: Tensor, opts: AttentionOptions,
+  ctx: CudaContext, o: Tensor, lse: Tensor, qNope: Tensor, qPe: Tensor, kNope: Tensor, kPe: Tensor, v: Tensor, opts: MlaOptions,
 ): void {
   const op = 'mlaAttention';
   const { B, S, H } = inputDims(op, qNope, qPe, kNope, kPe, v);
@@ -161,7 +166,7 @@ export function mlaAttentionForward(
   expectTensor(op, 'lse', lse, [B, H, S], 'f32', '[B,H,S]');
   if (B * S * H === 0) return;
   const k = kernelsFor(ctx);
-  if (k.fwdHopper) {
+  if (k.fwdHopper && opts.simple !== true) {
     const maps = k.fwdHopperMaps;
     const rows = HOP_FWD_ROWS;
     maps.set(0, headRows(addressOf(qNope), B, S, H, D_NOPE, rows), `${op}: qNope`);
@@ -231,7 +236,7 @@ export function mlaAttentionBackward(
       .ptr(8, addressOf(grads.dkNope)).ptr(9, addressOf(grads.dv)).ptr(10, dqAccum).ptr(11, dkPeF32)
       .i32(12, S).i32(13, H).f32(14, opts.scale).i32(15, causal).i32(16, deterministic ? 1 : 0);
     // Both kernels skip dQ when dqAccum is null (deterministic mode: the dq pass below makes it).
-    if (k.dkdvHopper) k.dkdvHopper.launch([H, Math.ceil(S / HOP_BWD_KEYS), B], [HOP_BWD_THREADS, 1, 1], HOP_BWD_SMEM, dkdvArgs);
+    if (k.dkdvHopper && opts.simple !== true) k.dkdvHopper.launch([H, Math.ceil(S / HOP_BWD_KEYS), B], [HOP_BWD_THREADS, 1, 1], HOP_BWD_SMEM, dkdvArgs);
     else k.dkdv.launch([tiles, H, B], [BWD_THREADS, 1, 1], DKDV_SMEM, dkdvArgs);
     if (deterministic) {
       k.dq.launch([tiles, H, B], [BWD_THREADS, 1, 1], DQ_SMEM,

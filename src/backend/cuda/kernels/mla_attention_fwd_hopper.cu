@@ -67,6 +67,17 @@ constexpr int HOP_CONSUMER_REGS = 232;  // 128·40 + 256·232 = 64512 ≤ 65536
 #define MLA_HOP_PINGPONG 1
 #endif
 
+// Profiling switches (timing only; results are wrong with either on; bench/attention_harness.py
+// builds them as the prof_* variants): MLA_HOP_PROFILE_NO_SOFTMAX feeds the raw scores to P·V
+// without max/exp2/sums/rescale; MLA_HOP_PROFILE_NO_LOADS copies only the first two K/V tiles
+// and re-publishes those stages afterwards, so no consumer waits on device memory.
+#ifndef MLA_HOP_PROFILE_NO_SOFTMAX
+#define MLA_HOP_PROFILE_NO_SOFTMAX 0
+#endif
+#ifndef MLA_HOP_PROFILE_NO_LOADS
+#define MLA_HOP_PROFILE_NO_LOADS 0
+#endif
+
 using namespace mla;
 using namespace mla::hop;
 
@@ -109,6 +120,12 @@ __device__ __forceinline__ void mask_scores(float* acc_s, int k0, int row_g, int
 // New running maxima, acc_s ← exp2 of the scaled, shifted scores, running sums; alpha is the
 // factor the accumulated O of each row must be multiplied by.
 __device__ __forceinline__ void online_softmax(float* acc_s, float* row_max, float* row_sum, float* alpha, float scale_log2) {
+#if MLA_HOP_PROFILE_NO_SOFTMAX
+  alpha[0] = alpha[1] = 1.f;
+  row_max[0] = row_max[1] = 0.f;
+  row_sum[0] = row_sum[1] = 1.f;
+  return;
+#endif
   #pragma unroll
   for (int r = 0; r < 2; r++) {
     float mx = row_max[r];
@@ -217,6 +234,12 @@ mla_attention_fwd_hopper(const __grid_constant__ TensorMap tm_q_nope, const __gr
         const int k0 = (n_tiles - 1 - i) * HOP_BN;
         const u32 tK = sK + s * HOP_K_BYTES, tV = sV + s * HOP_V_BYTES;
         if (i >= HOP_STAGES) mbar_wait(bar_empty_k(s), parity);
+        if (MLA_HOP_PROFILE_NO_LOADS && i >= HOP_STAGES) {
+          mbar_arrive(bar_full_k(s));
+          mbar_wait(bar_empty_v(s), parity);
+          mbar_arrive(bar_full_v(s));
+          continue;
+        }
         mbar_arrive_expect_tx(bar_full_k(s), HOP_K_BYTES);
         tma_load_4d(tK, tm_k_nope, bar_full_k(s), 0, h, k0, b);
         tma_load_4d(tK + HOP_K_BLOCK, tm_k_nope, bar_full_k(s), 64, h, k0, b);
