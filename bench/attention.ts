@@ -9,14 +9,15 @@
 // FLOPs (FlashAttention convention): forward = b·h·s²·(dq+dv) for causal, backward = 2.5×.
 // Floor: forward FLOPs / 790 TFLOP/s (the measured bf16 GEMM ceiling of an H100 SXM).
 //
-// Measured 2026-11-25 with this file (node dist/bench/attention.js), NVIDIA H100 80GB HBM3,
-// cuDNN 9 via PyTorch 2.11 in the same run (see bench/attention_notes.md for versions):
+// Measured 2026-11-25 with this file (node dist/src/cli/main.js bench attention), NVIDIA H100
+// 80GB HBM3, cuDNN 9 via PyTorch 2.11 in the same run; Hopper kernels (TMA forward, cp.async
+// backward). bench/attention_notes.md has every version's numbers.
 //   s      ours fwd ms/TF   cuDNN fwd      ours bwd ms/TF   det ms    cuDNN bwd
-//   2048   0.154 / 139      0.067 / 322    0.512 / 105      0.562     0.234 / 230
-//   4096   0.454 / 189      0.187 / 460    1.666 / 129      1.792     0.617 / 348
-//   8192   1.409 / 244      0.607 / 566    6.101 / 141      6.178     1.947 / 441
-//   16384  4.707 / 292      2.330 / 590    22.524 / 153     24.620    7.319 / 469
-//   32768  17.031 / 323     9.202 / 597    90.259 / 152     97.588    28.261 / 486
+//   2048   0.047 / 456      0.067 / 320    0.213 / 253      0.347     0.234 / 229
+//   4096   0.143 / 602      0.186 / 461    0.677 / 317      1.109     0.623 / 345
+//   8192   0.501 / 686      0.603 / 569    2.400 / 358      3.875     1.937 / 443
+//   16384  1.908 / 720      2.229 / 617    9.239 / 372      14.891    7.507 / 458
+//   32768  7.865 / 699      9.368 / 587    36.267 / 379     61.115    28.972 / 474
 import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
