@@ -51,8 +51,9 @@ HOPPER = "hopper"
 HOPPER_VARIANTS = {HOPPER: [], "hopper_simple": ["-DMLA_HOP_PINGPONG=0"]}  # the first is the default
 HOPPER_SMEM, HOPPER_THREADS, HOPPER_ROWS = 214088, 384, 128
 # The Hopper backward (mla_attention_bwd_hopper.cu): replaces mla_attention_bwd_dkdv, same
-# arguments; 128 keys per block, grid (H, ceil(S/128), B), 384 threads; HB_SMEM_BYTES in the .cu.
-HOPPER_BWD_SMEM, HOPPER_BWD_THREADS, HOPPER_BWD_KEYS = 198696, 384, 128
+# arguments but TMA tensor maps in place of the six input pointers (q/dO boxes of 64 query
+# rows, k/v of 128 keys); grid (H, ceil(S/128), B), 384 threads; HB_SMEM_BYTES in the .cu.
+HOPPER_BWD_SMEM, HOPPER_BWD_THREADS, HOPPER_BWD_KEYS, HOPPER_BWD_QUERIES = 198696, 384, 128, 64
 
 
 def fwd_smem(mt, bn):
@@ -170,10 +171,17 @@ class MlaKernels:
                 u64(g["dk_nope"]), u64(g["dv"]), u64(sc["dq_accum"]), u64(sc["dkpe"]),
                 np.int32(S), np.int32(H), np.float32(scale), np.int32(causal), np.int32(deterministic))
 
-    def launch_dkdv(self, args, B, S, H, hopper):
-        if hopper:  # the wgmma kernel: 128 keys per block, heads fastest
-            self.dkdv_hopper((H, (S + HOPPER_BWD_KEYS - 1) // HOPPER_BWD_KEYS, B), (HOPPER_BWD_THREADS, 1, 1), args,
-                             shared_mem=HOPPER_BWD_SMEM)
+    def launch_dkdv(self, args, B, S, H, hopper, tensors=None):
+        """tensors: (qn, qp, kn, kp, v, do) for the Hopper kernel, which takes TMA tensor maps of
+        them in place of args' first six pointers."""
+        if hopper:  # the wgmma kernel: 128 keys per block, heads fastest; q/dO 64 rows per step
+            qn, qp, kn, kp, v, do = tensors
+            maps = [tma_launch.head_rows(qn, HOPPER_BWD_QUERIES), tma_launch.head_rows(qp, HOPPER_BWD_QUERIES),
+                    tma_launch.head_rows(kn, HOPPER_BWD_KEYS), tma_launch.shared_rows(kp, HOPPER_BWD_KEYS),
+                    tma_launch.head_rows(v, HOPPER_BWD_KEYS), tma_launch.head_rows(do, HOPPER_BWD_QUERIES)]
+            tma_launch.launch(self.dkdv_hopper, (H, (S + HOPPER_BWD_KEYS - 1) // HOPPER_BWD_KEYS, B),
+                              (HOPPER_BWD_THREADS, 1, 1), HOPPER_BWD_SMEM, cupy.cuda.get_current_stream().ptr,
+                              maps + list(args[6:]))
         else:
             self.dkdv(((S + TILE - 1) // TILE, H, B), (256, 1, 1), args, shared_mem=DKDV_SMEM)
 
@@ -187,7 +195,8 @@ class MlaKernels:
         self.pre(((rows + 7) // 8, 1, 1), (256, 1, 1),
                  (u64(o), u64(do), u64(sc["d_sum"]), u64(dq_accum), u64(None if deterministic else sc["dkpe"]),
                   np.int32(rows), np.int32(S), np.int32(H)))
-        self.launch_dkdv(self.dkdv_args(g, do, qn, qp, kn, kp, v, lse, causal, scale, deterministic, sc), B, S, H, hopper)
+        self.launch_dkdv(self.dkdv_args(g, do, qn, qp, kn, kp, v, lse, causal, scale, deterministic, sc), B, S, H, hopper,
+                         (qn, qp, kn, kp, v, do))
         if deterministic:
             self.dq((tiles, H, B), (256, 1, 1),
                     (u64(qn), u64(qp), u64(kn), u64(kp), u64(v), u64(do), u64(lse), u64(sc["d_sum"]),
@@ -512,7 +521,7 @@ def bench_hopper_bwd(k, seqs, b=1, h=16):
                 ms.setdefault(name, []).append(t)
         a = sets[0]
         alone = {name: time_ms([lambda hop=hop: k.launch_dkdv(
-            k.dkdv_args(a[8], a[5], *a[:5], a[7], True, scale, False, sc), b, s, h, hop)], reps)
+            k.dkdv_args(a[8], a[5], *a[:5], a[7], True, scale, False, sc), b, s, h, hop, a[:6])], reps)
             for name, hop in (("hopper", True), ("mma.sync", False))}
         del sets, sc
         torch.cuda.empty_cache()
