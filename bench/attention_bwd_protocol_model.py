@@ -3,25 +3,30 @@
 (src/backend/cuda/kernels/mla_attention_bwd_hopper.cu). No GPU; plain python3.
 
 Agents follow the kernel's program order step by step; a scheduler picks, at random, any agent
-whose next action is enabled, or any pending asynchronous event (a cp.async piece landing, a
-wgmma group completing), so copies land and GEMMs finish in arbitrary order and at arbitrary
-times. Modelled:
-  - producer threads (P of them; each copies its part of every tile, like the 128 producer
-    threads): K/V once, then per step Q/dO (cp.async, lands later) and lse/D (plain stores),
-    cp.async.wait_group 0, arrive kv_full (step 0) and full[s]; before refilling stage s it waits
-    on empty[s] with parity ((i/2) - 1) & 1;
+whose next action is enabled, or any pending asynchronous event (a TMA copy landing, a wgmma
+group completing), so copies land and GEMMs finish in arbitrary order and at arbitrary times.
+Modelled:
+  - the producer warp's lanes (L of them, like its 32 lanes; lane 0 issues every copy): lane 0
+    arrive.expect_tx on kv_full with the K/V bytes, then issues the K/V copies (5 TMA boxes);
+    per step, every lane waits on empty[s] (parity ((i/2) - 1) & 1) before refilling stage s,
+    lane 0 expect_tx(full[s], Q+dO bytes) and issues those copies, every lane stores its part of
+    lse/D (plain stores) and arrives on full[s]
+    and issues the 5 Q/dO copies, the other lanes plain-arrive on full[s] (count L);
+  - a TMA copy lands later as one event: it writes its box and completes its bytes on the
+    barrier it names (complete_tx);
   - two consumer warpgroups (one agent each; an mbarrier arrival of a warpgroup counts as its
     128 threads): wait kv_full, then per step wait full[s] (parity (i/2) & 1), Sᵀ GEMM (reads
     Q, K), lse, dPᵀ GEMM (reads dO, V), D, store dSᵀ into buffer i%2, dV/dK GEMM (reads Q, dO),
     wait, arrive empty[s], named barrier (both warpgroups), dQ GEMMs (read both halves of dSᵀ
     buffer i%2, and K) — chunks {0,2} or {1} — each waited before the next;
-  - mbarriers with phase bit and pending count (parity waits exactly as try_wait.parity:
-    done when the current phase parity differs from the one waited on), and bar.sync
-    generations.
+  - mbarriers with phase bit, pending arrival count and transaction count (a phase completes
+    when both reach zero; parity waits exactly as try_wait.parity: done when the current phase
+    parity differs from the one waited on), and bar.sync generations.
 Checks: no deadlock (nothing enabled while an agent is unfinished); every read (plain, or a
 wgmma's at issue and again at completion) sees the data of the step it belongs to (no unlanded
-or stale stage, lse/D or dSᵀ); no write (a cp.async landing, a plain store) into a location an
-in-flight wgmma is reading. Planted mutations must each fail at least one schedule.
+or stale stage, lse/D or dSᵀ); no write (a copy landing, a plain store) into a location an
+in-flight wgmma is reading; no copy still in flight when the block ends. Planted mutations must
+each fail at least one schedule.
 
 Usage: python3 bench/attention_bwd_protocol_model.py [--schedules 300] [--seed 1]
 """
@@ -36,36 +41,50 @@ class Violation(Exception):
     pass
 
 
+Q_BOXES, KV_BOXES, BOX = 5, 5, 1  # copies per step (q_nope ×2, q_pe, dO ×2) and for K/V; bytes in units
+
+
 class MBar:
     def __init__(self, count):
-        self.count, self.pending, self.phase = count, count, 0
+        self.count, self.pending, self.tx, self.phase = count, count, 0, 0
 
-    def arrive(self, n=1):
-        self.pending -= n
-        if self.pending < 0:
-            raise Violation("mbarrier over-arrival")
-        if self.pending == 0:
+    def _maybe_complete(self):
+        if self.pending == 0 and self.tx == 0:
             self.phase ^= 1
             self.pending = self.count
+
+    def arrive(self, expect_tx=0):  # mbarrier.arrive[.expect_tx]: the bytes are added first
+        self.tx += expect_tx
+        self.pending -= 1
+        if self.pending < 0:
+            raise Violation("mbarrier over-arrival")
+        self._maybe_complete()
+
+    def expect_tx(self, n):  # mbarrier.expect_tx: bytes added to the current phase, no arrival
+        self.tx += n
+
+    def complete_tx(self, n):  # a copy's bytes landing
+        self.tx -= n
+        self._maybe_complete()
 
     def done(self, parity):  # mbarrier.try_wait.parity
         return self.phase != parity
 
 
 class Model:
-    def __init__(self, n_steps, with_dq, producers, mutation, rng):
-        self.n, self.with_dq, self.P, self.mut, self.rng = n_steps, with_dq, producers, mutation, rng
-        self.kv = [None] * producers                       # part p of K/V: 'kv' once landed
-        self.stage = [[None] * producers for _ in range(STAGES)]   # Q/dO parts: step tag
-        self.lse = [[None] * producers for _ in range(STAGES)]     # lse/D parts: step tag
+    def __init__(self, n_steps, with_dq, lanes, mutation, rng):
+        self.n, self.with_dq, self.L, self.mut, self.rng = n_steps, with_dq, lanes, mutation, rng
+        self.kv = [None] * KV_BOXES                        # K/V boxes: 'kv' once landed
+        self.stage = [[None] * Q_BOXES for _ in range(STAGES)]   # Q/dO boxes: step tag
+        self.lse = [[None] * lanes for _ in range(STAGES)]       # lse/D parts per lane: step tag
         self.ds = [[None, None] for _ in range(2)]          # dSᵀ buffer b, half w: step tag
         self.reading = {}                                   # location -> in-flight wgmma reads
-        self.bar_kv = MBar(producers)
-        self.full = [MBar(producers) for _ in range(STAGES)]
+        self.bar_kv = MBar(1)
+        self.full = [MBar(1 if mutation == "full_count_one" else lanes) for _ in range(STAGES)]
         self.empty = [MBar(1 if mutation == "empty_count_one_wg" else 2) for _ in range(STAGES)]
         self.named_gen, self.named_count = 0, 0
         self.events = []                                    # pending async events: callables
-        self.pending_copies = [0] * producers
+        self.copies_in_flight = 0
         self.wgmma_done = {}                                # id -> bool
 
     # ---- locations ----
@@ -78,32 +97,42 @@ class Model:
         if got != want:
             raise Violation(f"{what}: read {got!r}, expected {want!r}")
 
-    # ---- producer thread p ----
+    def tma(self, loc, apply, bar):
+        """One bulk tensor copy: lands later, writing its box and completing BOX bytes on bar."""
+        self.copies_in_flight += 1
+
+        def land():
+            self.write(loc, apply)
+            self.copies_in_flight -= 1
+            bar.complete_tx(BOX)
+        self.events.append(land)
+
+    # ---- producer lane p (lane 0 issues the copies) ----
     def producer(self, p):
-        def copy(loc, apply):
-            self.pending_copies[p] += 1
-
-            def land():
-                self.write(loc, apply)
-                self.pending_copies[p] -= 1
-            self.events.append(land)
-
-        copy(("kv",), lambda: self.kv.__setitem__(p, "kv"))
+        if p == 0:
+            self.bar_kv.arrive(KV_BOXES * BOX)
+            for k in range(KV_BOXES):
+                self.tma(("kv",), lambda k=k: self.kv.__setitem__(k, "kv"), self.bar_kv)
         for i in range(self.n):
             s = i % STAGES
-            if i >= STAGES and self.mut != "no_empty_wait":
+            if i >= STAGES and self.mut != "no_empty_wait" and not (self.mut == "empty_wait_lane0_only" and p):
                 par = ((i // STAGES) - 1) & 1
                 if self.mut == "producer_parity":
                     par = (i // STAGES) & 1
                 yield lambda s=s, par=par: self.empty[s].done(par)
-            copy(("stage", s), lambda s=s, i=i: self.stage[s].__setitem__(p, i))
-            self.lse[s][p] = i  # plain store (visible to waiters after the arrival below)
-            if self.mut != "publish_before_landing":
-                yield lambda: self.pending_copies[p] == 0
-            if i == 0:
-                self.bar_kv.arrive()
-            self.full[s].arrive()
-        yield lambda: self.pending_copies[p] == 0  # a block may not exit with copies in flight
+            if self.mut == "arrive_before_stores" and p:
+                self.full[s].arrive()
+                yield lambda: True  # the consumers may run between the arrival and the stores
+            if p == 0:  # expect_tx and the copies first, so they fly while the lanes load lse/D
+                expect = Q_BOXES * BOX - (BOX if self.mut == "expect_tx_too_small" else 0)
+                self.full[s].expect_tx(expect)
+                for k in range(Q_BOXES):
+                    self.tma(("stage", s), lambda s=s, i=i, k=k: self.stage[s].__setitem__(k, i), self.full[s])
+                yield lambda: True
+            self.lse[s][p] = i  # plain store of this lane's lse/D part (released by its arrival)
+            if not (self.mut == "arrive_before_stores" and p):
+                self.full[s].arrive()
+            yield lambda: True
 
     # ---- consumer warpgroup w ----
     def wgmma_issue(self, reads):
@@ -123,8 +152,8 @@ class Model:
         return gid
 
     def consumer(self, w):
-        P = self.P
-        kv_ok = ("kv",), lambda: self.check("K/V", self.kv, ["kv"] * P)
+        L = self.L
+        kv_ok = ("kv",), lambda: self.check("K/V", self.kv, ["kv"] * KV_BOXES)
         yield lambda: self.bar_kv.done(0)
         for i in range(self.n):
             s = i % STAGES
@@ -133,13 +162,13 @@ class Model:
             if self.mut == "consumer_parity":
                 par ^= 1
             yield lambda s=s, par=par: self.full[s].done(par)
-            st_ok = ("stage", s), lambda s=s, i=i: self.check(f"stage {s} (Q/dO)", self.stage[s], [i] * P)
+            st_ok = ("stage", s), lambda s=s, i=i: self.check(f"stage {s} (Q/dO)", self.stage[s], [i] * Q_BOXES)
             g = self.wgmma_issue([st_ok, kv_ok])        # Sᵀ = K·Qᵀ
             yield lambda g=g: self.wgmma_done[g]
-            self.check("lse", self.lse[s], [i] * P)
+            self.check("lse", self.lse[s], [i] * L)
             g = self.wgmma_issue([st_ok, kv_ok])        # dPᵀ = V·dOᵀ
             yield lambda g=g: self.wgmma_done[g]
-            self.check("D", self.lse[s], [i] * P)
+            self.check("D", self.lse[s], [i] * L)
             if self.with_dq:
                 self.write(("ds", b), lambda b=b, i=i: self.ds[b].__setitem__(w, i))
             g = self.wgmma_issue([st_ok])                # dV += Pᵀ·dO, dK += dSᵀ·Q
@@ -161,7 +190,7 @@ class Model:
                     yield lambda g=g: self.wgmma_done[g]
 
     def run(self, max_actions=100000):
-        agents = [self.producer(p) for p in range(self.P)] + [self.consumer(w) for w in range(2)]
+        agents = [self.producer(p) for p in range(self.L)] + [self.consumer(w) for w in range(2)]
         waits = [None] * len(agents)
         live = list(range(len(agents)))
 
@@ -173,7 +202,11 @@ class Model:
         for k in list(live):
             advance(k)
         for _ in range(max_actions):
-            if not live and not self.events:
+            if not live:
+                # The block's threads are done: a copy still in flight would write into shared
+                # memory the SM may already have handed to the next block.
+                if self.copies_in_flight:
+                    raise Violation(f"block ends with {self.copies_in_flight} copies in flight")
                 return
             ready = [k for k in live if waits[k]()]
             choices = [("agent", k) for k in ready] + [("event", e) for e in range(len(self.events))]
@@ -187,13 +220,14 @@ class Model:
         raise Violation("no progress bound reached")
 
 
-MUTATIONS = ["publish_before_landing", "no_empty_wait", "producer_parity", "consumer_parity", "empty_before_wait",
-             "no_empty_arrive", "empty_count_one_wg", "single_ds_buffer", "no_named_barrier"]
+MUTATIONS = ["expect_tx_too_small", "full_count_one", "arrive_before_stores", "no_empty_wait", "empty_wait_lane0_only",
+             "producer_parity", "consumer_parity", "empty_before_wait", "no_empty_arrive", "empty_count_one_wg",
+             "single_ds_buffer", "no_named_barrier"]
 
 
-def trial(n_steps, with_dq, producers, mutation, seed):
+def trial(n_steps, with_dq, lanes, mutation, seed):
     try:
-        Model(n_steps, with_dq, producers, mutation, random.Random(seed)).run()
+        Model(n_steps, with_dq, lanes, mutation, random.Random(seed)).run()
         return None
     except Violation as e:
         return str(e)
@@ -204,7 +238,7 @@ def main():
     ap.add_argument("--schedules", type=int, default=300)
     ap.add_argument("--seed", type=int, default=1)
     args = ap.parse_args()
-    configs = [(n, dq, p) for n in range(1, 9) for dq in (True, False) for p in (1, 2)]
+    configs = [(n, dq, p) for n in range(1, 9) for dq in (True, False) for p in (1, 2, 3)]
     total, failures = 0, []
     for n, dq, p in configs:
         for k in range(args.schedules):
@@ -212,7 +246,7 @@ def main():
             total += 1
             if err:
                 failures.append((n, dq, p, k, err))
-    print(f"protocol as in the kernel: {total} schedules (n_steps 1..8 × dq on/off × 1-2 producer threads "
+    print(f"protocol as in the kernel: {total} schedules (n_steps 1..8 × dq on/off × 1-3 producer lanes "
           f"× {args.schedules}): {'OK' if not failures else f'{len(failures)} FAILED'}")
     for f in failures[:5]:
         print("   ", f)
@@ -223,6 +257,8 @@ def main():
         for n, dq, p in configs:
             if mut in ("single_ds_buffer", "no_named_barrier") and not dq:
                 continue
+            if mut in ("full_count_one", "arrive_before_stores", "empty_wait_lane0_only") and p == 1:
+                continue  # these concern the lanes other than the issuing one
             for k in range(args.schedules // 3):
                 err = trial(n, dq, p, mut, args.seed * 999_983 + k * 104_729 + n * 17 + p)
                 runs += 1

@@ -55,8 +55,14 @@ HOPPER_VARIANTS = {HOPPER: [], "hopper_simple": ["-DMLA_HOP_PINGPONG=0"],  # the
                    "prof_mmaonly": ["-DMLA_HOP_PROFILE_NO_SOFTMAX=1", "-DMLA_HOP_PROFILE_NO_LOADS=1"]}
 HOPPER_SMEM, HOPPER_THREADS, HOPPER_ROWS = 214088, 384, 128
 # The Hopper backward (mla_attention_bwd_hopper.cu): replaces mla_attention_bwd_dkdv, same
-# arguments; 128 keys per block, grid (H, ceil(S/128), B), 384 threads; HB_SMEM_BYTES in the .cu.
-HOPPER_BWD_SMEM, HOPPER_BWD_THREADS, HOPPER_BWD_KEYS = 198696, 384, 128
+# arguments but TMA tensor maps in place of the six input pointers (q/dO boxes of 64 query
+# rows, k/v of 128 keys); grid (H, ceil(S/128), B), 384 threads; HB_SMEM_BYTES in the .cu.
+HOPPER_BWD_SMEM, HOPPER_BWD_THREADS, HOPPER_BWD_KEYS, HOPPER_BWD_QUERIES = 198696, 384, 128, 64
+
+
+# Profiling builds of the Hopper backward (timing only, wrong results): without the exp2 of P,
+# without waiting on device memory after the first two query steps.
+HOPPER_BWD_PROFILES = {"prof_nosoftmax": ["-DMLA_HB_PROFILE_NO_SOFTMAX=1"], "prof_noloads": ["-DMLA_HB_PROFILE_NO_LOADS=1"]}
 
 
 def fwd_smem(mt, bn):
@@ -76,6 +82,7 @@ def build(out_dir, arch="sm_90a", fwd_only=False, hopper_variants=tuple(HOPPER_V
         jobs.append(("bwd", "bwd", []))
     if hopper_bwd:
         jobs.append(("bwd_hopper", "bwd_hopper", []))
+        jobs += [(f"bwd_hopper_{v}", "bwd_hopper", d) for v, d in HOPPER_BWD_PROFILES.items()]
     for name, src_name, defines in jobs:
         src = os.path.join(KERNELS, f"mla_attention_{src_name}.cu")
         cubin = os.path.join(out_dir, f"mla_attention_{name}.cubin")
@@ -140,6 +147,11 @@ class MlaKernels:
         self.dkdv_hopper = None
         if "bwd_hopper" in cubins:
             self.dkdv_hopper = cupy.RawModule(path=cubins["bwd_hopper"]).get_function("mla_attention_bwd_dkdv_hopper")
+            self.dkdv_hopper_prof = {}
+            for v in HOPPER_BWD_PROFILES:
+                fn = cupy.RawModule(path=cubins[f"bwd_hopper_{v}"]).get_function("mla_attention_bwd_dkdv_hopper")
+                fn.max_dynamic_shared_size_bytes = HOPPER_BWD_SMEM
+                self.dkdv_hopper_prof[v] = fn
             self.dkdv_hopper.max_dynamic_shared_size_bytes = HOPPER_BWD_SMEM
 
     def use_fwd(self, variant):
@@ -174,10 +186,17 @@ class MlaKernels:
                 u64(g["dk_nope"]), u64(g["dv"]), u64(sc["dq_accum"]), u64(sc["dkpe"]),
                 np.int32(S), np.int32(H), np.float32(scale), np.int32(causal), np.int32(deterministic))
 
-    def launch_dkdv(self, args, B, S, H, hopper):
-        if hopper:  # the wgmma kernel: 128 keys per block, heads fastest
-            self.dkdv_hopper((H, (S + HOPPER_BWD_KEYS - 1) // HOPPER_BWD_KEYS, B), (HOPPER_BWD_THREADS, 1, 1), args,
-                             shared_mem=HOPPER_BWD_SMEM)
+    def launch_dkdv(self, args, B, S, H, hopper, tensors=None, fn=None):
+        """tensors: (qn, qp, kn, kp, v, do) for the Hopper kernel, which takes TMA tensor maps of
+        them in place of args' first six pointers."""
+        if hopper:  # the wgmma kernel: 128 keys per block, heads fastest; q/dO 64 rows per step
+            qn, qp, kn, kp, v, do = tensors
+            maps = [tma_launch.head_rows(qn, HOPPER_BWD_QUERIES), tma_launch.head_rows(qp, HOPPER_BWD_QUERIES),
+                    tma_launch.head_rows(kn, HOPPER_BWD_KEYS), tma_launch.shared_rows(kp, HOPPER_BWD_KEYS),
+                    tma_launch.head_rows(v, HOPPER_BWD_KEYS), tma_launch.head_rows(do, HOPPER_BWD_QUERIES)]
+            tma_launch.launch(fn or self.dkdv_hopper, (H, (S + HOPPER_BWD_KEYS - 1) // HOPPER_BWD_KEYS, B),
+                              (HOPPER_BWD_THREADS, 1, 1), HOPPER_BWD_SMEM, cupy.cuda.get_current_stream().ptr,
+                              maps + list(args[6:]))
         else:
             self.dkdv(((S + TILE - 1) // TILE, H, B), (256, 1, 1), args, shared_mem=DKDV_SMEM)
 
@@ -191,7 +210,8 @@ class MlaKernels:
         self.pre(((rows + 7) // 8, 1, 1), (256, 1, 1),
                  (u64(o), u64(do), u64(sc["d_sum"]), u64(dq_accum), u64(None if deterministic else sc["dkpe"]),
                   np.int32(rows), np.int32(S), np.int32(H)))
-        self.launch_dkdv(self.dkdv_args(g, do, qn, qp, kn, kp, v, lse, causal, scale, deterministic, sc), B, S, H, hopper)
+        self.launch_dkdv(self.dkdv_args(g, do, qn, qp, kn, kp, v, lse, causal, scale, deterministic, sc), B, S, H, hopper,
+                         (qn, qp, kn, kp, v, do))
         if deterministic:
             self.dq((tiles, H, B), (256, 1, 1),
                     (u64(qn), u64(qp), u64(kn), u64(kp), u64(v), u64(do), u64(lse), u64(sc["d_sum"]),
@@ -518,9 +538,19 @@ def bench_hopper_bwd(k, seqs, b=1, h=16):
                 ms.setdefault(name, []).append(t)
         a = sets[0]
         alone = {name: time_ms([lambda hop=hop: k.launch_dkdv(
-            k.dkdv_args(a[8], a[5], *a[:5], a[7], True, scale, False, sc), b, s, h, hop)], reps)
+            k.dkdv_args(a[8], a[5], *a[:5], a[7], True, scale, False, sc), b, s, h, hop, a[:6])], reps)
             for name, hop in (("hopper", True), ("mma.sync", False))}
-        del sets, sc
+        # Where the Hopper kernel's time goes: without dQ (deterministic mode: no dQ GEMM, no
+        # atomics, no dSᵀ exchange), without exp2, without waiting on loads.
+        sc_det = k.scratch(b, s, h, True)
+        prof = {"no dQ": time_ms([lambda: k.launch_dkdv(
+            k.dkdv_args(a[8], a[5], *a[:5], a[7], True, scale, True, sc_det), b, s, h, True, a[:6])], reps)}
+        for v, fn in k.dkdv_hopper_prof.items():
+            prof[v] = time_ms([lambda fn=fn: k.launch_dkdv(
+                k.dkdv_args(a[8], a[5], *a[:5], a[7], True, scale, False, sc), b, s, h, True, a[:6], fn)], reps)
+        print(f"  s={s} profile, Hopper kernel alone {alone['hopper']:.3f} ms: "
+              + ", ".join(f"{n} {t:.3f} ms ({100 * (1 - t / alone['hopper']):+.0f}%)" for n, t in prof.items()), flush=True)
+        del sets, sc, sc_det
         torch.cuda.empty_cache()
         peer = time_cudnn(b, h, s, True, reps)
         fb = attention_flops(b, h, s, backward=True)

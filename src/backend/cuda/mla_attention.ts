@@ -41,10 +41,12 @@ const FWD_THREADS = 128;
 const HOP_FWD_ROWS = 128;
 const HOP_FWD_THREADS = 384;
 const HOP_FWD_SMEM = 214088;
-// The Hopper backward's dK/dV/dQ kernel (mla_attention_bwd_hopper.cu: 128 keys per block, same
-// arguments as mla_attention_bwd_dkdv); sm_90a only. MOETRAIN_MLA_KERNELS=mma selects the
-// mma.sync kernels on Hopper too (for side-by-side comparisons).
+// The Hopper backward's dK/dV/dQ kernel (mla_attention_bwd_hopper.cu: 128 keys per block; the
+// arguments of mla_attention_bwd_dkdv with tensor maps in place of the six input pointers);
+// sm_90a only. MOETRAIN_MLA_KERNELS=mma selects the mma.sync kernels on Hopper too (for
+// side-by-side comparisons).
 const HOP_BWD_KEYS = 128;
+const HOP_BWD_QUERIES = 64; // query rows per step (one TMA box of q_nope, q_pe, dout)
 const HOP_BWD_THREADS = 384;
 const HOP_BWD_SMEM = 198696;
 const BWD_THREADS = 256;
@@ -87,6 +89,9 @@ class MlaKernels {
   readonly fwdHopperMaps: TensorMapSlots;
   readonly preArgs = new KernelArgs(8);
   readonly dkdvArgs = new KernelArgs(17);
+  /** The Hopper backward's arguments: six tensor maps (q_nope, q_pe, k_nope, k_pe, v, dout), then as dkdvArgs. */
+  readonly dkdvHopperArgs = new KernelArgs(17, [0, 1, 2, 3, 4, 5]);
+  readonly dkdvHopperMaps: TensorMapSlots;
   readonly dqArgs = new KernelArgs(14);
   readonly finishArgs = new KernelArgs(8);
 
@@ -109,6 +114,7 @@ class MlaKernels {
     this.fwdHopperMaps = new TensorMapSlots(ctx.driver, this.fwdHopperArgs);
     this.dkdvHopper = hopper ? loadModule(ctx, 'mla_attention_bwd_hopper.cu').kernel('mla_attention_bwd_dkdv_hopper') : null;
     this.dkdvHopper?.setMaxDynamicShared(HOP_BWD_SMEM);
+    this.dkdvHopperMaps = new TensorMapSlots(ctx.driver, this.dkdvHopperArgs);
     this.dkdv.setMaxDynamicShared(DKDV_SMEM);
     this.dq.setMaxDynamicShared(DQ_SMEM);
   }
@@ -232,12 +238,26 @@ export function mlaAttentionBackward(
     k.pre.launch([Math.ceil(rows / (PRE_THREADS / 32)), 1, 1], [PRE_THREADS, 1, 1], 0,
       k.preArgs.ptr(0, addressOf(o)).ptr(1, pDo).ptr(2, dSum).ptr(3, dqAccum).ptr(4, deterministic ? 0n : dkPeF32)
         .i32(5, rows).i32(6, S).i32(7, H));
-    const dkdvArgs = k.dkdvArgs.ptr(0, pQn).ptr(1, pQp).ptr(2, pKn).ptr(3, pKp).ptr(4, pV).ptr(5, pDo).ptr(6, pLse).ptr(7, dSum)
-      .ptr(8, addressOf(grads.dkNope)).ptr(9, addressOf(grads.dv)).ptr(10, dqAccum).ptr(11, dkPeF32)
-      .i32(12, S).i32(13, H).f32(14, opts.scale).i32(15, causal).i32(16, deterministic ? 1 : 0);
     // Both kernels skip dQ when dqAccum is null (deterministic mode: the dq pass below makes it).
-    if (k.dkdvHopper && opts.simple !== true) k.dkdvHopper.launch([H, Math.ceil(S / HOP_BWD_KEYS), B], [HOP_BWD_THREADS, 1, 1], HOP_BWD_SMEM, dkdvArgs);
-    else k.dkdv.launch([tiles, H, B], [BWD_THREADS, 1, 1], DKDV_SMEM, dkdvArgs);
+    if (k.dkdvHopper && opts.simple !== true) {
+      // The Hopper kernel copies q, dO (64 queries per step) and k, v (its 128 keys) with TMA.
+      const maps = k.dkdvHopperMaps;
+      maps.set(0, headRows(pQn, B, S, H, D_NOPE, HOP_BWD_QUERIES), `${op}: qNope`);
+      maps.set(1, headRows(pQp, B, S, H, D_ROPE, HOP_BWD_QUERIES), `${op}: qPe`);
+      maps.set(2, headRows(pKn, B, S, H, D_NOPE, HOP_BWD_KEYS), `${op}: kNope`);
+      maps.set(3, sharedRows(pKp, B, S, D_ROPE, HOP_BWD_KEYS), `${op}: kPe`);
+      maps.set(4, headRows(pV, B, S, H, D_V, HOP_BWD_KEYS), `${op}: v`);
+      maps.set(5, headRows(pDo, B, S, H, D_V, HOP_BWD_QUERIES), `${op}: dout`);
+      const args = k.dkdvHopperArgs.ptr(6, pLse).ptr(7, dSum)
+        .ptr(8, addressOf(grads.dkNope)).ptr(9, addressOf(grads.dv)).ptr(10, dqAccum).ptr(11, dkPeF32)
+        .i32(12, S).i32(13, H).f32(14, opts.scale).i32(15, causal).i32(16, deterministic ? 1 : 0);
+      k.dkdvHopper.launch([H, Math.ceil(S / HOP_BWD_KEYS), B], [HOP_BWD_THREADS, 1, 1], HOP_BWD_SMEM, args);
+    } else {
+      const args = k.dkdvArgs.ptr(0, pQn).ptr(1, pQp).ptr(2, pKn).ptr(3, pKp).ptr(4, pV).ptr(5, pDo).ptr(6, pLse).ptr(7, dSum)
+        .ptr(8, addressOf(grads.dkNope)).ptr(9, addressOf(grads.dv)).ptr(10, dqAccum).ptr(11, dkPeF32)
+        .i32(12, S).i32(13, H).f32(14, opts.scale).i32(15, causal).i32(16, deterministic ? 1 : 0);
+      k.dkdv.launch([tiles, H, B], [BWD_THREADS, 1, 1], DKDV_SMEM, args);
+    }
     if (deterministic) {
       k.dq.launch([tiles, H, B], [BWD_THREADS, 1, 1], DQ_SMEM,
         k.dqArgs.ptr(0, pQn).ptr(1, pQp).ptr(2, pKn).ptr(3, pKp).ptr(4, pV).ptr(5, pDo).ptr(6, pLse).ptr(7, dSum)

@@ -1,6 +1,7 @@
 // MLA attention backward for Hopper (sm_90a): the dK/dV(/dQ) kernel in the style of
 // FlashAttention-3's backward, on warpgroup MMA (wgmma). It replaces mla_attention_bwd_dkdv
-// (mla_attention_bwd.cu, mma.sync) and keeps its arguments, its scratch layouts and its
+// (mla_attention_bwd.cu, mma.sync) and keeps its arguments (except that the six inputs
+// q_nope, q_pe, k_nope, k_pe, v, dout arrive as TMA tensor maps), its scratch layouts and its
 // neighbours: mla_attention_bwd_preprocess (D = rowsum(dO∘O), zeroed f32 accumulators) runs
 // before it and mla_attention_bwd_finish (dq_accum → bf16 dq, dk_pe summed over heads) after it.
 // With P = exp(scale·Q·Kᵀ − lse) (recomputed), D from preprocess:
@@ -21,10 +22,14 @@
 // dim of the two recompute GEMMs and the K dim of dV/dK, and 64 is what the registers allow.
 //
 // Roles (warpgroups of 128 threads):
-//   WG0, producer (setmaxnreg 40): copies K (128×192: k_nope of this head | k_pe shared by all
-//     heads) and V (128×128) once, then per query step Q (64×192: q_nope | q_pe), dO (64×128)
-//     with cp.async into a 2-stage ring of 128-byte-swizzled tiles, and lse·log2(e), D (64
-//     floats each, ordinary loads/stores; +inf lse past S makes P exactly 0 there).
+//   WG0, producer (setmaxnreg 40; only its warp 0 works): lane 0 issues TMA bulk tensor copies
+//     (one per 64-column block) of K (128×192: k_nope of this head | k_pe shared by all heads)
+//     and V (128×128) once, then per query step of Q (64×192: q_nope | q_pe) and dO (64×128)
+//     into a 2-stage ring; the copy engine writes them 128-byte swizzled (the layout the wgmma
+//     descriptors read: the destinations are 1024-byte aligned) and zero-fills rows past S.
+//     The warp's 32 lanes load lse·log2(e) and D (64 floats each, 2 + 2 per lane, ordinary
+//     loads/stores: a [B,H,S] f32 row's stride need not be the 16-byte multiple TMA needs;
+//     +inf lse past S makes P exactly 0 there).
 //   WG1, WG2, consumers (setmaxnreg 232): each owns 64 of the 128 keys, for every step:
 //     Sᵀ  = K_w·Qᵀ     12 × wgmma m64n64k16 SS          (recompute, K dim 192)
 //     dPᵀ = V_w·dOᵀ     8 × wgmma m64n64k16 SS
@@ -45,23 +50,32 @@
 //   dV_w 64×128 f32 = 64, dK_w 64×192 f32 = 96: 160 live for the whole kernel;
 //   per step, one GEMM in flight at a time: Sᵀ 32 → Pᵀ 16 bf16; dPᵀ 32 → dSᵀ 16 bf16; the
 //   dV/dK GEMMs read those 32; a dQ chunk 32 after they are free. Peak ≈ 160 + 48 + addresses.
-//   ptxas (nvcc 13.0): 0 spills, 0 stack. Issuing Sᵀ and dPᵀ together (64 accumulators in
-//   flight) spilled ~400 bytes and serialised the wgmmas (C7512), so did setmaxnreg 240/24 even
-//   for this schedule, and so did a per-element causal mask (key/query compares kept live);
-//   the mask is one compare per element against a per-row bound.
+//   ptxas (nvcc 13.0): 0 spills, 0 stack (168 registers: the launch bound; setmaxnreg moves
+//   them). There is no slack: see the producer's note on its origin values. Issuing Sᵀ and
+//   dPᵀ together (64 accumulators in flight) spilled ~400 bytes and serialised the wgmmas
+//   (C7512), so did setmaxnreg 240/24 even for this schedule, and so did a per-element causal
+//   mask (key/query compares kept live); the mask is one compare per element against a
+//   per-row bound.
 //   FA3's own hdim-192 backward uses 3 consumer warpgroups on 96-key tiles; here 2 × 64 keys
 //   keep the dQ atomics per FLOP low and the 192-wide dQ is balanced by alternating chunks.
 // Shared memory (bytes, every tile 1024-aligned):
 //   K 49152 | V 32768 | Q 2 × 24576 | dO 2 × 16384 | dSᵀ 2 × 16384 | lse, D 2 × 512 |
-//   5 mbarriers | +1024 alignment slack = 198696 (1 block per SM).
+//   5 mbarriers | 16 (the producer's key/query origin) | +1008 alignment slack = 198696
+//   (1 block per SM).
 //   dSᵀ is double-buffered: a consumer rewrites buffer i%2 at step i+2 only after the named
 //   barrier of step i+1, which the other consumer reaches only after its step-i dQ GEMMs
 //   completed (wgmma.wait), so no extra "dS empty" barrier is needed.
-// Barriers: kv_full (128 producer arrivals), full[2] (128), empty[2] (256 consumer arrivals,
-//   after the wgmma that last reads the stage — dV/dK — completed); named barrier 1 (256
-//   consumer threads) per step for dSᵀ. The producer publishes a stage (wait_group 0, fence.
-//   proxy.async, arrive) before it blocks on the next empty barrier, so no cycle can form;
-//   bench/attention_bwd_protocol_model.py checks this protocol on random interleavings.
+// Barriers: kv_full (count 1: lane 0's arrive.expect_tx of the K/V bytes), full[2] (count 32:
+//   the producer warp's lanes, each after its lse/D stores; lane 0's arrival also expects the
+//   Q/dO bytes before it issues their copies, so a phase completes only once every lane stored
+//   and every byte landed), empty[2] (256 consumer arrivals, after the wgmma that last reads
+//   the stage — dV/dK — completed; all 32 producer lanes wait on it before refilling the
+//   stage, as each rewrites its lse/D part); named barrier 1 (256 consumer threads) per step
+//   for dSᵀ. The producer never waits on a full barrier and issues a step completely before
+//   it blocks on the next empty barrier, so no cycle can form; the copy engine's writes are
+//   made visible to the consumers' wgmmas by the full barrier's completion itself (no proxy
+//   fence, unlike the cp.async producer this replaced). bench/attention_bwd_protocol_model.py
+//   checks this protocol on random interleavings.
 //
 // Floor (TARGETS.md: bwd FLOPs = 2.5 × b·h·s²·320, causal; / 790 TFLOP/s), b=1 h=16:
 //   s=2048 0.068 ms, 4096 0.272, 8192 1.087, 16384 4.35, 32768 17.4 ms.
@@ -95,9 +109,11 @@ constexpr int HB_DS_OFF = HB_DO_OFF + HB_STAGES * HB_DO_BYTES;
 constexpr int HB_LSE_OFF = HB_DS_OFF + 2 * HB_DS_BYTES;   // [stage][64] lse·log2e, then [stage][64] D
 constexpr int HB_BAR_OFF = HB_LSE_OFF + 2 * HB_STAGES * HB_BM * 4;
 constexpr int HB_NUM_BARS = 1 + 2 * HB_STAGES;   // kv_full, full[stage], empty[stage]
-// +1024: the dynamic shared window is only guaranteed 16-byte aligned; the kernel rounds up.
-constexpr int HB_SMEM_BYTES = HB_BAR_OFF + HB_NUM_BARS * 8 + 1024;
-// The host (bench/attention_harness.py; mla_attention.ts once wired) repeats this number.
+constexpr int HB_ORIGIN_OFF = HB_BAR_OFF + HB_NUM_BARS * 8;  // k0, first query row: for the producer (16 bytes)
+// +1008: the dynamic shared window is only guaranteed 16-byte aligned; the kernel rounds it up
+// to 1024, skipping at most 1008 bytes.
+constexpr int HB_SMEM_BYTES = HB_ORIGIN_OFF + 16 + 1008;
+// The host (bench/attention_harness.py, mla_attention.ts) repeats this number.
 static_assert(HB_SMEM_BYTES == 198696, "update the host's shared-memory size");
 static_assert(HB_SMEM_BYTES <= 232448, "over the 227 KB a Hopper block may use");
 static_assert(HB_V_OFF % 1024 == 0 && HB_Q_OFF % 1024 == 0 && HB_DO_OFF % 1024 == 0 && HB_DS_OFF % 1024 == 0,
@@ -112,42 +128,34 @@ using namespace mla::hop;
 
 namespace {
 
+// Profiling switches (timing only; results are wrong with any on; bench/attention_harness.py
+// builds them as prof_* variants): MLA_HB_PROFILE_NO_SOFTMAX uses the scaled scores as P (no
+// exp2); MLA_HB_PROFILE_NO_LOADS copies Q/dO/lse/D for the first two steps only and re-publishes
+// those stages afterwards (no wait on device memory). The cost of dQ (GEMM + atomics) is
+// the difference between the fast and the deterministic mode (dq_accum null skips both); a
+// switch that only dropped the atomics made ptxas spill and serialise the wgmmas (C7512).
+#ifndef MLA_HB_PROFILE_NO_SOFTMAX
+#define MLA_HB_PROFILE_NO_SOFTMAX 0
+#endif
+#ifndef MLA_HB_PROFILE_NO_LOADS
+#define MLA_HB_PROFILE_NO_LOADS 0
+#endif
+
 __device__ __forceinline__ void red_add_v2(float* p, float a, float b) {
   asm volatile("red.global.add.v2.f32 [%0], {%1, %2};" ::"l"(p), "f"(a), "f"(b) : "memory");
 }
 
-__device__ __forceinline__ float2 unpack_bf16x2(u32 x) {
-  return make_float2(__uint_as_float(x << 16), __uint_as_float(x & 0xffff0000u));
+__device__ __forceinline__ void st_shared_v2(u32 addr, int a, int b) {
+  asm volatile("st.shared.v2.u32 [%0], {%1, %2};" ::"r"(addr), "r"(a), "r"(b) : "memory");
+}
+__device__ __forceinline__ int2 ld_shared_v2(u32 addr) {
+  int2 v;
+  asm volatile("ld.shared.v2.u32 {%0, %1}, [%2];" : "=r"(v.x), "=r"(v.y) : "r"(addr) : "memory");
+  return v;
 }
 
-// Producer copies (128 threads). Rows at or past rows_left are zero-filled (never read).
-// A 192-wide operand: 16 pieces per row from `nope`, then 8 from `pe`; consecutive threads
-// take consecutive pieces of a row (coalesced reads).
-template <int ROWS>
-__device__ __forceinline__ void copy_qk(u32 dst, const bf16_t* nope, long long nope_stride, const bf16_t* pe,
-                                        long long pe_stride, int rows_left, int tid) {
-  #pragma unroll 4
-  for (int i = 0; i < ROWS * 16 / 128; i++) {
-    const int c = tid + i * 128, r = c >> 4, p = c & 15;
-    const bool valid = r < rows_left;
-    cp_async16(dst + swizzled(r, p, ROWS), nope + (valid ? r : 0) * nope_stride + p * 8, valid);
-  }
-  #pragma unroll 4
-  for (int i = 0; i < ROWS * 8 / 128; i++) {
-    const int c = tid + i * 128, r = c >> 3, p = c & 7;
-    const bool valid = r < rows_left;
-    cp_async16(dst + swizzled(r, 16 + p, ROWS), pe + (valid ? r : 0) * pe_stride + p * 8, valid);
-  }
-}
-// A 128-wide operand (V, dO).
-template <int ROWS>
-__device__ __forceinline__ void copy_v(u32 dst, const bf16_t* src, long long stride, int rows_left, int tid) {
-  #pragma unroll 4
-  for (int i = 0; i < ROWS * 16 / 128; i++) {
-    const int c = tid + i * 128, r = c >> 4, p = c & 15;
-    const bool valid = r < rows_left;
-    cp_async16(dst + swizzled(r, p, ROWS), src + (valid ? r : 0) * stride + p * 8, valid);
-  }
+__device__ __forceinline__ float2 unpack_bf16x2(u32 x) {
+  return make_float2(__uint_as_float(x << 16), __uint_as_float(x & 0xffff0000u));
 }
 
 // Sᵀ (this consumer's 64 keys × 64 queries) = K_w·Qᵀ, K dim 192 in 12 steps of 16 (4 per block).
@@ -186,9 +194,9 @@ __device__ __forceinline__ void gemm_dq(float* acc, u32 tdS, u32 sK, int c) {
 }  // namespace
 
 extern "C" __global__ void __launch_bounds__(HB_THREADS, 1)
-mla_attention_bwd_dkdv_hopper(const bf16_t* __restrict__ q_nope, const bf16_t* __restrict__ q_pe,
-                              const bf16_t* __restrict__ k_nope, const bf16_t* __restrict__ k_pe,
-                              const bf16_t* __restrict__ v, const bf16_t* __restrict__ dout,
+mla_attention_bwd_dkdv_hopper(const __grid_constant__ TensorMap tm_q_nope, const __grid_constant__ TensorMap tm_q_pe,
+                              const __grid_constant__ TensorMap tm_k_nope, const __grid_constant__ TensorMap tm_k_pe,
+                              const __grid_constant__ TensorMap tm_v, const __grid_constant__ TensorMap tm_dout,
                               const float* __restrict__ lse, const float* __restrict__ d_sum,
                               bf16_t* __restrict__ dk_nope, bf16_t* __restrict__ dv, float* __restrict__ dq_accum,
                               float* __restrict__ dkpe_f32, int S, int H, float scale, int causal, int dkpe_per_head) {
@@ -214,12 +222,13 @@ mla_attention_bwd_dkdv_hopper(const bf16_t* __restrict__ q_nope, const bf16_t* _
   const int n_steps = num_q_tiles - m_begin;    // ≥ 1: k0 < S
 
   if (tid == 0) {
-    mbar_init(bar_kv, 128);
+    mbar_init(bar_kv, 1);
     for (int s = 0; s < HB_STAGES; s++) {
-      mbar_init(bar_full(s), 128);
+      mbar_init(bar_full(s), 32);
       mbar_init(bar_empty(s), 256);
     }
     asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    st_shared_v2(base + HB_ORIGIN_OFF, k0, m_begin * HB_BM);
   }
   __syncthreads();
 
@@ -229,33 +238,71 @@ mla_attention_bwd_dkdv_hopper(const bf16_t* __restrict__ q_nope, const bf16_t* _
   if (wg == 0) {
     // ---------------- producer ----------------
     asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;" ::"n"(HB_PRODUCER_REGS));
-    const bf16_t* qn = q_nope + row_bsh0 * D_NOPE;
-    const bf16_t* qp = q_pe + row_bsh0 * D_ROPE;
-    const bf16_t* dog = dout + row_bsh0 * D_V;
-    const float* lse_bh = lse + (static_cast<long long>(b) * H + h) * S;
-    const float* d_bh = d_sum + (static_cast<long long>(b) * H + h) * S;
-    copy_qk<HB_BN>(sK, k_nope + (row_bsh0 + k0 * HS) * D_NOPE, HS * D_NOPE,
-                   k_pe + (static_cast<long long>(b) * S + k0) * D_ROPE, D_ROPE, S - k0, tid);
-    copy_v<HB_BN>(sV, v + (row_bsh0 + k0 * HS) * D_V, HS * D_V, S - k0, tid);
-    for (int i = 0; i < n_steps; i++) {
-      const int s = i % HB_STAGES;
-      const int q0 = (m_begin + i) * HB_BM;
-      // Stage s was last read at step i-2; its consumers arrive once their dV/dK GEMMs are done.
-      if (i >= HB_STAGES) mbar_wait(bar_empty(s), ((i / HB_STAGES) - 1) & 1);
-      copy_qk<HB_BM>(sQ + s * HB_Q_BYTES, qn + q0 * HS * D_NOPE, HS * D_NOPE, qp + q0 * HS * D_ROPE, HS * D_ROPE,
-                     S - q0, tid);
-      copy_v<HB_BM>(sdO + s * HB_DO_BYTES, dog + q0 * HS * D_V, HS * D_V, S - q0, tid);
-      cp_async_commit();
-      // Rows past the end: lse = +inf, so P (and with it dS) is exactly 0; D = 0.
-      const int r = tid & (HB_BM - 1);
-      if (tid < HB_BM) sLse[s * HB_BM + r] = q0 + r < S ? lse_bh[q0 + r] * LOG2E : inf_f32();
-      else sD[s * HB_BM + r] = q0 + r < S ? d_bh[q0 + r] : 0.f;
-      // Publish before blocking on the next empty barrier: the consumers can always finish the
-      // step the producer waits for.
-      cp_async_wait<0>();
-      fence_proxy_async();
-      if (i == 0) mbar_arrive(bar_kv);
-      mbar_arrive(bar_full(s));
+    // Warp 0 alone: its lane 0 issues every TMA copy, and its 32 lanes load lse and D (which
+    // TMA cannot copy: a [B,H,S] f32 row's stride S·4 bytes need not be a multiple of 16).
+    // Warps 1-3 have nothing to do once their registers are given up.
+    if (tid < 32) {
+      const int lane = tid;
+      // The key and query origins of the copies' coordinates, read back from shared memory
+      // (tid 0 stored them) instead of reusing k0/m_begin: when a TMA coordinate is the very
+      // value the consumers' loop also uses, ptxas (nvcc 13.0) made the consumers spill 16
+      // bytes and serialise their wgmmas (C7512), presumably because the copy's operands must
+      // sit in uniform registers and the shared value then occupies one in the consumers too.
+      const int2 origin = ld_shared_v2(base + HB_ORIGIN_OFF);
+      const int k0 = origin.x, q_first = origin.y;
+      const float* lse_bh = lse + (static_cast<long long>(b) * H + h) * S;
+      const float* d_bh = d_sum + (static_cast<long long>(b) * H + h) * S;
+      if (lane == 0) {
+        tmap_prefetch(tm_q_nope);
+        tmap_prefetch(tm_q_pe);
+        tmap_prefetch(tm_k_nope);
+        tmap_prefetch(tm_k_pe);
+        tmap_prefetch(tm_v);
+        tmap_prefetch(tm_dout);
+        // K = k_nope (two 64-column blocks) | k_pe, V = two blocks; keys past S arrive as zeros.
+        mbar_arrive_expect_tx(bar_kv, HB_K_BYTES + HB_V_BYTES);
+        tma_load_4d(sK, tm_k_nope, bar_kv, 0, h, k0, b);
+        tma_load_4d(sK + HB_K_BLOCK, tm_k_nope, bar_kv, 64, h, k0, b);
+        tma_load_3d(sK + 2 * HB_K_BLOCK, tm_k_pe, bar_kv, 0, k0, b);
+        tma_load_4d(sV, tm_v, bar_kv, 0, h, k0, b);
+        tma_load_4d(sV + HB_K_BLOCK, tm_v, bar_kv, 64, h, k0, b);
+      }
+      for (int i = 0; i < n_steps; i++) {
+        const int s = i % HB_STAGES;
+        const int q0 = q_first + i * HB_BM;
+        // Stage s was last read at step i-2; its consumers arrive once their dV/dK GEMMs are
+        // done. Every lane waits: each overwrites its part of lse/D.
+        if (i >= HB_STAGES) mbar_wait(bar_empty(s), ((i / HB_STAGES) - 1) & 1);
+        // Lane 0 first announces the Q/dO bytes and issues their copies, so they are in flight
+        // while the lanes load lse and D from device memory (which TMA cannot do, see above).
+        if (MLA_HB_PROFILE_NO_LOADS && i >= HB_STAGES) {
+          mbar_arrive(bar_full(s));
+          continue;
+        }
+        if (lane == 0) {
+          const u32 full = bar_full(s), tQ = sQ + s * HB_Q_BYTES, tdO = sdO + s * HB_DO_BYTES;
+          mbar_expect_tx(full, HB_Q_BYTES + HB_DO_BYTES);
+          tma_load_4d(tQ, tm_q_nope, full, 0, h, q0, b);
+          tma_load_4d(tQ + HB_Q_BLOCK, tm_q_nope, full, 64, h, q0, b);
+          tma_load_4d(tQ + 2 * HB_Q_BLOCK, tm_q_pe, full, 0, h, q0, b);
+          tma_load_4d(tdO, tm_dout, full, 0, h, q0, b);
+          tma_load_4d(tdO + HB_Q_BLOCK, tm_dout, full, 64, h, q0, b);
+        }
+        // Rows past the end: lse = +inf, so P (and with it dS) is exactly 0; D = 0.
+        #pragma unroll
+        for (int k = 0; k < 2; k++) {
+          const int r = lane + 32 * k;
+          sLse[s * HB_BM + r] = q0 + r < S ? lse_bh[q0 + r] * LOG2E : inf_f32();
+          sD[s * HB_BM + r] = q0 + r < S ? d_bh[q0 + r] : 0.f;
+        }
+        // Each lane's arrival releases its own lse/D stores (the consumers read them with
+        // ordinary loads after their wait on the same barrier). The phase completes only when
+        // all 32 lanes arrived and every announced byte landed (the copy engine's writes are
+        // then visible to the consumers' wgmmas without a proxy fence). The producer never
+        // waits on a full barrier, so it cannot block the consumers' progress on the step it
+        // waits for.
+        mbar_arrive(bar_full(s));
+      }
     }
   } else {
     // ---------------- consumers ----------------
@@ -307,8 +354,13 @@ mla_attention_bwd_dkdv_hopper(const bf16_t* __restrict__ q_nope, const bf16_t* _
         const float2 l2 = *reinterpret_cast<const float2*>(tLse + 8 * j + 2 * t);
         #pragma unroll
         for (int r = 0; r < 2; r++) {
+#if MLA_HB_PROFILE_NO_SOFTMAX
+          const float p0 = acc_s[4 * j + 2 * r] * scale_log2 - l2.x;
+          const float p1 = acc_s[4 * j + 2 * r + 1] * scale_log2 - l2.y;
+#else
           const float p0 = fast_exp2(acc_s[4 * j + 2 * r] * scale_log2 - l2.x);
           const float p1 = fast_exp2(acc_s[4 * j + 2 * r + 1] * scale_log2 - l2.y);
+#endif
           acc_s[4 * j + 2 * r] = 8 * j < thr[r] ? 0.f : p0;
           acc_s[4 * j + 2 * r + 1] = 8 * j + 1 < thr[r] ? 0.f : p1;
         }

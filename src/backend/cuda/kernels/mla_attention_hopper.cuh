@@ -65,6 +65,11 @@ __device__ __forceinline__ void tmap_prefetch(const TensorMap& m) {
 __device__ __forceinline__ void mbar_arrive_expect_tx(u32 bar, u32 bytes) {
   asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes) : "memory");
 }
+// `bytes` more expected on the barrier's current phase, without an arrival (the issuing thread
+// arrives later, e.g. after stores the same phase also publishes).
+__device__ __forceinline__ void mbar_expect_tx(u32 bar, u32 bytes) {
+  asm volatile("mbarrier.expect_tx.relaxed.cta.shared::cta.b64 [%0], %1;" ::"r"(bar), "r"(bytes) : "memory");
+}
 // Box of the tensor at coordinates (c0 innermost, …) into shared memory at dst (1024-byte
 // aligned for the 128-byte swizzle); completes `bytes of the box` on bar. Coordinates past the
 // tensor's extent read as zeros (and still count as bytes).
