@@ -17,11 +17,16 @@ Modelled:
   - two consumer warpgroups (one agent each; an mbarrier arrival of a warpgroup counts as its
     128 threads): wait kv_full, then per step wait full[s] (parity (i/2) & 1), Sᵀ GEMM (reads
     Q, K), lse, dPᵀ GEMM (reads dO, V), D, store dSᵀ into buffer i%2, dV/dK GEMM (reads Q, dO),
-    wait, arrive empty[s], named barrier (both warpgroups), dQ GEMMs (read both halves of dSᵀ
-    buffer i%2, and K) — chunks {0,2} or {1} — each waited before the next;
+    wait, arrive empty[s]; dQ alternates: consumer i%2 waits (bar.sync) on "dSᵀ full" of
+    buffer i%2, runs three dQ GEMMs (read both halves of the buffer, and K), each waited, then
+    bar.arrives "dSᵀ read" of the buffer if step i+2 exists; the other consumer, before storing
+    its half at step i ≥ 2, waits (bar.sync) on "dSᵀ read" of that buffer, and after its dV/dK
+    GEMMs only bar.arrives "dSᵀ full";
   - mbarriers with phase bit, pending arrival count and transaction count (a phase completes
     when both reach zero; parity waits exactly as try_wait.parity: done when the current phase
-    parity differs from the one waited on), and bar.sync generations.
+    parity differs from the one waited on), and named barriers of two warpgroups (bar.arrive
+    counts, bar.sync counts and waits for the generation to complete; no arrival may be left
+    unmatched when the block ends).
 Checks: no deadlock (nothing enabled while an agent is unfinished); every read (plain, or a
 wgmma's at issue and again at completion) sees the data of the step it belongs to (no unlanded
 or stale stage, lse/D or dSᵀ); no write (a copy landing, a plain store) into a location an
@@ -71,6 +76,23 @@ class MBar:
         return self.phase != parity
 
 
+class NamedBar:
+    """bar.arrive / bar.sync of 256 threads = two warpgroups."""
+
+    def __init__(self):
+        self.n, self.gen = 0, 0
+
+    def arrive(self):
+        self.n += 1
+        if self.n == 2:
+            self.n, self.gen = 0, self.gen + 1
+
+    def sync(self):  # a generator step: arrive, then wait for the generation to complete
+        g = self.gen
+        self.arrive()
+        return lambda: self.gen > g
+
+
 class Model:
     def __init__(self, n_steps, with_dq, lanes, mutation, rng):
         self.n, self.with_dq, self.L, self.mut, self.rng = n_steps, with_dq, lanes, mutation, rng
@@ -82,7 +104,8 @@ class Model:
         self.bar_kv = MBar(1)
         self.full = [MBar(1 if mutation == "full_count_one" else lanes) for _ in range(STAGES)]
         self.empty = [MBar(1 if mutation == "empty_count_one_wg" else 2) for _ in range(STAGES)]
-        self.named_gen, self.named_count = 0, 0
+        self.ds_full = [NamedBar(), NamedBar()]
+        self.ds_read = [NamedBar(), NamedBar()]
         self.events = []                                    # pending async events: callables
         self.copies_in_flight = 0
         self.wgmma_done = {}                                # id -> bool
@@ -169,6 +192,9 @@ class Model:
             g = self.wgmma_issue([st_ok, kv_ok])        # dPᵀ = V·dOᵀ
             yield lambda g=g: self.wgmma_done[g]
             self.check("D", self.lse[s], [i] * L)
+            dq_here = (i & 1) == w
+            if self.with_dq and not dq_here and i >= 2 and self.mut != "no_ds_read_wait":
+                yield self.ds_read[b].sync()
             if self.with_dq:
                 self.write(("ds", b), lambda b=b, i=i: self.ds[b].__setitem__(w, i))
             g = self.wgmma_issue([st_ok])                # dV += Pᵀ·dO, dK += dSᵀ·Q
@@ -177,17 +203,19 @@ class Model:
             yield lambda g=g: self.wgmma_done[g]
             if self.mut != "empty_before_wait" and self.mut != "no_empty_arrive":
                 self.empty[s].arrive()
-            if self.with_dq:
-                if self.mut != "no_named_barrier":
-                    self.named_count += 1
-                    gen = self.named_gen
-                    if self.named_count == 2:
-                        self.named_gen, self.named_count = self.named_gen + 1, 0
-                    yield lambda gen=gen: self.named_gen > gen
+            if self.with_dq and not dq_here:
+                self.ds_full[b].arrive()
+            if self.with_dq and dq_here:
+                if self.mut == "no_ds_full_wait":
+                    self.ds_full[b].arrive()
+                else:
+                    yield self.ds_full[b].sync()
                 ds_ok = ("ds", b), lambda b=b, i=i: self.check(f"dS buffer {b}", self.ds[b], [i, i])
-                for _ in range(2 if (i + w) % 2 == 0 else 1):
+                for _ in range(3):
                     g = self.wgmma_issue([ds_ok, kv_ok])  # dQ chunk = dS·K
                     yield lambda g=g: self.wgmma_done[g]
+                if i + 2 < self.n or self.mut == "ds_read_always":
+                    self.ds_read[b].arrive()
 
     def run(self, max_actions=100000):
         agents = [self.producer(p) for p in range(self.L)] + [self.consumer(w) for w in range(2)]
@@ -207,6 +235,8 @@ class Model:
                 # memory the SM may already have handed to the next block.
                 if self.copies_in_flight:
                     raise Violation(f"block ends with {self.copies_in_flight} copies in flight")
+                if any(bar.n for bar in self.ds_full + self.ds_read):
+                    raise Violation("block ends with an unmatched named-barrier arrival")
                 return
             ready = [k for k in live if waits[k]()]
             choices = [("agent", k) for k in ready] + [("event", e) for e in range(len(self.events))]
@@ -222,7 +252,7 @@ class Model:
 
 MUTATIONS = ["expect_tx_too_small", "full_count_one", "arrive_before_stores", "no_empty_wait", "empty_wait_lane0_only",
              "producer_parity", "consumer_parity", "empty_before_wait", "no_empty_arrive", "empty_count_one_wg",
-             "single_ds_buffer", "no_named_barrier"]
+             "single_ds_buffer", "no_ds_full_wait", "no_ds_read_wait", "ds_read_always"]
 
 
 def trial(n_steps, with_dq, lanes, mutation, seed):
@@ -255,7 +285,7 @@ def main():
         caught, example = 0, None
         runs = 0
         for n, dq, p in configs:
-            if mut in ("single_ds_buffer", "no_named_barrier") and not dq:
+            if mut in ("single_ds_buffer", "no_ds_full_wait", "no_ds_read_wait", "ds_read_always") and not dq:
                 continue
             if mut in ("full_count_one", "arrive_before_stores", "empty_wait_lane0_only") and p == 1:
                 continue  # these concern the lanes other than the issuing one

@@ -57,12 +57,15 @@ HOPPER_SMEM, HOPPER_THREADS, HOPPER_ROWS = 214088, 384, 128
 # The Hopper backward (mla_attention_bwd_hopper.cu): replaces mla_attention_bwd_dkdv, same
 # arguments but TMA tensor maps in place of the six input pointers (q/dO boxes of 64 query
 # rows, k/v of 128 keys); grid (H, ceil(S/128), B), 384 threads; HB_SMEM_BYTES in the .cu.
-HOPPER_BWD_SMEM, HOPPER_BWD_THREADS, HOPPER_BWD_KEYS, HOPPER_BWD_QUERIES = 198696, 384, 128, 64
+HOPPER_BWD_SMEM, HOPPER_BWD_THREADS, HOPPER_BWD_KEYS, HOPPER_BWD_QUERIES = 231464, 384, 128, 64
 
 
 # Profiling builds of the Hopper backward (timing only, wrong results): without the exp2 of P,
 # without waiting on device memory after the first two query steps.
-HOPPER_BWD_PROFILES = {"prof_nosoftmax": ["-DMLA_HB_PROFILE_NO_SOFTMAX=1"], "prof_noloads": ["-DMLA_HB_PROFILE_NO_LOADS=1"]}
+# "redglobal" and "split21" are no profiles but earlier, correct dQ schedules timed next to the
+# current one: dQ by red.global.add from registers; both consumers in lockstep splitting dQ 2:1.
+HOPPER_BWD_PROFILES = {"prof_nosoftmax": ["-DMLA_HB_PROFILE_NO_SOFTMAX=1"], "prof_noloads": ["-DMLA_HB_PROFILE_NO_LOADS=1"],
+                       "redglobal": ["-DMLA_HB_DQ_BULK=0"], "split21": ["-DMLA_HB_DQ_ALTERNATE=0"]}
 
 
 def fwd_smem(mt, bn):
@@ -117,6 +120,15 @@ def build(out_dir, arch="sm_90a", fwd_only=False, hopper_variants=tuple(HOPPER_V
 
 def u64(t):
     return np.uint64(0 if t is None else t.data_ptr())
+
+
+def dq_map(qn, dq_accum_ptr):
+    """The Hopper backward's bulk reduce-add target: dq_accum [B,S,H,192] f32 in boxes of 32
+    columns × 64 queries. Deterministic mode has no dq_accum (never used): any aligned address."""
+    B, S, H, _ = qn.shape
+    addr = int(dq_accum_ptr) or qn.data_ptr()
+    row = D_QK * 4
+    return tma_launch.TensorMap(tma_launch.F32, addr, [D_QK, H, S, B], [row, row * H, row * H * S], [32, 1, HOPPER_BWD_QUERIES, 1])
 
 
 class MlaKernels:
@@ -196,7 +208,7 @@ class MlaKernels:
                     tma_launch.head_rows(v, HOPPER_BWD_KEYS), tma_launch.head_rows(do, HOPPER_BWD_QUERIES)]
             tma_launch.launch(fn or self.dkdv_hopper, (H, (S + HOPPER_BWD_KEYS - 1) // HOPPER_BWD_KEYS, B),
                               (HOPPER_BWD_THREADS, 1, 1), HOPPER_BWD_SMEM, cupy.cuda.get_current_stream().ptr,
-                              maps + list(args[6:]))
+                              maps + list(args[6:]) + [dq_map(qn, args[10])])
         else:
             self.dkdv(((S + TILE - 1) // TILE, H, B), (256, 1, 1), args, shared_mem=DKDV_SMEM)
 

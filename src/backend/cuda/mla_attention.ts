@@ -48,7 +48,7 @@ const HOP_FWD_SMEM = 214088;
 const HOP_BWD_KEYS = 128;
 const HOP_BWD_QUERIES = 64; // query rows per step (one TMA box of q_nope, q_pe, dout)
 const HOP_BWD_THREADS = 384;
-const HOP_BWD_SMEM = 198696;
+const HOP_BWD_SMEM = 231464;
 const BWD_THREADS = 256;
 const PRE_THREADS = 256; // one warp per (b, s, h) row
 const FINISH_THREADS = 128;
@@ -90,7 +90,7 @@ class MlaKernels {
   readonly preArgs = new KernelArgs(8);
   readonly dkdvArgs = new KernelArgs(17);
   /** The Hopper backward's arguments: six tensor maps (q_nope, q_pe, k_nope, k_pe, v, dout), then as dkdvArgs. */
-  readonly dkdvHopperArgs = new KernelArgs(17, [0, 1, 2, 3, 4, 5]);
+  readonly dkdvHopperArgs = new KernelArgs(18, [0, 1, 2, 3, 4, 5, 17]);
   readonly dkdvHopperMaps: TensorMapSlots;
   readonly dqArgs = new KernelArgs(14);
   readonly finishArgs = new KernelArgs(8);
@@ -248,6 +248,11 @@ export function mlaAttentionBackward(
       maps.set(3, sharedRows(pKp, B, S, D_ROPE, HOP_BWD_KEYS), `${op}: kPe`);
       maps.set(4, headRows(pV, B, S, H, D_V, HOP_BWD_KEYS), `${op}: v`);
       maps.set(5, headRows(pDo, B, S, H, D_V, HOP_BWD_QUERIES), `${op}: dout`);
+      // dQ chunks leave as bulk reduce-adds into dqAccum [B,S,H,192] f32: boxes of 32 columns ×
+      // 64 queries. Deterministic mode has no dqAccum (the kernel skips dQ and never uses the
+      // map), so the map then describes the dkPe scratch, only to be a valid map.
+      maps.set(17, { dtype: 'f32', address: deterministic ? dkPeF32 : dqAccum, dims: [D_QK, H, S, B],
+        strides: [D_QK * 4, H * D_QK * 4, S * H * D_QK * 4], box: [32, 1, HOP_BWD_QUERIES, 1], swizzle128: true }, `${op}: dq accumulator`);
       const args = k.dkdvHopperArgs.ptr(6, pLse).ptr(7, dSum)
         .ptr(8, addressOf(grads.dkNope)).ptr(9, addressOf(grads.dv)).ptr(10, dqAccum).ptr(11, dkPeF32)
         .i32(12, S).i32(13, H).f32(14, opts.scale).i32(15, causal).i32(16, deterministic ? 1 : 0);

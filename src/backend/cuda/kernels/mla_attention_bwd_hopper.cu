@@ -7,7 +7,7 @@
 // With P = exp(scale·Q·Kᵀ − lse) (recomputed), D from preprocess:
 //   dV = Pᵀ·dO,  dP = dO·Vᵀ,  dS = P∘(dP − D),  dK = scale·dSᵀ·Q,  dQ(unscaled) = dS·K
 //
-// Launch: grid (H, ceil(S/128), B), 384 threads, HB_SMEM_BYTES (198696) of dynamic shared
+// Launch: grid (H, ceil(S/128), B), 384 threads, HB_SMEM_BYTES (231464) of dynamic shared
 // memory. Heads vary fastest and blockIdx.y is the key tile, so under a causal mask the longest
 // key tiles (the first, which see every later query) of every head start first.
 // Arguments as mla_attention_bwd_dkdv: dq_accum null skips dQ (deterministic mode, where
@@ -42,8 +42,13 @@
 //     st.shared.b32 per pair), and after both consumers stored theirs (named barrier):
 //     dQ = dS·K (64 queries × 192, K dim 128 keys) in three 64-column chunks of 8 × wgmma
 //     m64n64k16 SS (A = dSᵀ MN-major, B = K MN-major); a consumer takes chunks {0,2} on even
-//     and {1} on odd steps (the other one the rest), each chunk added to dq_accum with
-//     red.global.add.v2.f32 (8-byte pairs; a warp covers 8 rows × 32 contiguous bytes).
+//     and {1} on odd steps (the other one the rest); each chunk goes to the consumer's own
+//     f32 staging buffer in shared memory (two 128-byte-swizzled boxes of 32 columns), and one
+//     thread adds it to dq_accum with two TMA bulk reduce-adds (cp.reduce.async.bulk.tensor,
+//     18th argument: dq_accum's tensor map), waiting only for the copy engine to have read the
+//     buffer before the next chunk overwrites it. (MLA_HB_DQ_BULK=0: red.global.add.v2.f32 per
+//     thread, the first version; the copy engine's whole-line adds in L2 replace 24 partial
+//     8-byte atomics per thread per chunk.)
 //   The consumers finish with dV, dK·scale (bf16) and the dk_pe part (f32).
 //
 // Registers per consumer thread (setmaxnreg 232; 128·40 + 256·232 = 64512 ≤ 65536):
@@ -59,16 +64,17 @@
 //   FA3's own hdim-192 backward uses 3 consumer warpgroups on 96-key tiles; here 2 × 64 keys
 //   keep the dQ atomics per FLOP low and the 192-wide dQ is balanced by alternating chunks.
 // Shared memory (bytes, every tile 1024-aligned):
-//   K 49152 | V 32768 | Q 2 × 24576 | dO 2 × 16384 | dSᵀ 2 × 16384 | lse, D 2 × 512 |
-//   5 mbarriers | 16 (the producer's key/query origin) | +1008 alignment slack = 198696
+//   K 49152 | V 32768 | Q 2 × 24576 | dO 2 × 16384 | dSᵀ 2 × 16384 | dQ staging 2 × 16384 |
+//   lse, D 2 × 512 | 5 mbarriers | 16 (the producer's key/query origin) | +1008 alignment
+//   slack = 231464
 //   (1 block per SM).
 //   dSᵀ is double-buffered: a consumer rewrites buffer i%2 at step i+2 only after the named
 //   barrier of step i+1, which the other consumer reaches only after its step-i dQ GEMMs
 //   completed (wgmma.wait), so no extra "dS empty" barrier is needed.
 // Barriers: kv_full (count 1: lane 0's arrive.expect_tx of the K/V bytes), full[2] (count 32:
-//   the producer warp's lanes, each after its lse/D stores; lane 0's arrival also expects the
-//   Q/dO bytes before it issues their copies, so a phase completes only once every lane stored
-//   and every byte landed), empty[2] (256 consumer arrivals, after the wgmma that last reads
+//   the producer warp's lanes, each after its lse/D stores; lane 0 first adds the Q/dO bytes
+//   (mbarrier.expect_tx) and issues their copies, so a phase completes only once every lane
+//   stored and every byte landed), empty[2] (256 consumer arrivals, after the wgmma that last reads
 //   the stage — dV/dK — completed; all 32 producer lanes wait on it before refilling the
 //   stage, as each rewrites its lse/D part); named barrier 1 (256 consumer threads) per step
 //   for dSᵀ. The producer never waits on a full barrier and issues a step completely before
@@ -106,7 +112,12 @@ constexpr int HB_V_OFF = HB_K_OFF + HB_K_BYTES;
 constexpr int HB_Q_OFF = HB_V_OFF + HB_V_BYTES;
 constexpr int HB_DO_OFF = HB_Q_OFF + HB_STAGES * HB_Q_BYTES;
 constexpr int HB_DS_OFF = HB_DO_OFF + HB_STAGES * HB_DO_BYTES;
-constexpr int HB_LSE_OFF = HB_DS_OFF + 2 * HB_DS_BYTES;   // [stage][64] lse·log2e, then [stage][64] D
+// dQ staging, one per consumer: a 64-query × 64-column f32 chunk as two 128-byte-swizzled boxes
+// of 32 columns (what the bulk reduce-add copies out of).
+constexpr int HB_DQ_BOX_BYTES = HB_BM * 32 * 4;            // 8192
+constexpr int HB_DQ_STAGE_BYTES = 2 * HB_DQ_BOX_BYTES;     // 16384
+constexpr int HB_DQ_OFF = HB_DS_OFF + 2 * HB_DS_BYTES;
+constexpr int HB_LSE_OFF = HB_DQ_OFF + 2 * HB_DQ_STAGE_BYTES;   // [stage][64] lse·log2e, then [stage][64] D
 constexpr int HB_BAR_OFF = HB_LSE_OFF + 2 * HB_STAGES * HB_BM * 4;
 constexpr int HB_NUM_BARS = 1 + 2 * HB_STAGES;   // kv_full, full[stage], empty[stage]
 constexpr int HB_ORIGIN_OFF = HB_BAR_OFF + HB_NUM_BARS * 8;  // k0, first query row: for the producer (16 bytes)
@@ -114,14 +125,33 @@ constexpr int HB_ORIGIN_OFF = HB_BAR_OFF + HB_NUM_BARS * 8;  // k0, first query 
 // to 1024, skipping at most 1008 bytes.
 constexpr int HB_SMEM_BYTES = HB_ORIGIN_OFF + 16 + 1008;
 // The host (bench/attention_harness.py, mla_attention.ts) repeats this number.
-static_assert(HB_SMEM_BYTES == 198696, "update the host's shared-memory size");
+static_assert(HB_SMEM_BYTES == 231464, "update the host's shared-memory size");
 static_assert(HB_SMEM_BYTES <= 232448, "over the 227 KB a Hopper block may use");
-static_assert(HB_V_OFF % 1024 == 0 && HB_Q_OFF % 1024 == 0 && HB_DO_OFF % 1024 == 0 && HB_DS_OFF % 1024 == 0,
+static_assert(HB_V_OFF % 1024 == 0 && HB_Q_OFF % 1024 == 0 && HB_DO_OFF % 1024 == 0 && HB_DS_OFF % 1024 == 0 &&
+              HB_DQ_OFF % 1024 == 0,
               "wgmma operands must start 1024-byte aligned");
-constexpr int HB_PRODUCER_REGS = 40;
-constexpr int HB_CONSUMER_REGS = 232;  // 128·40 + 256·232 = 64512 ≤ 65536
+constexpr int HB_PRODUCER_REGS = 24;
+constexpr int HB_CONSUMER_REGS = 240;  // 128·24 + 256·240 = 64512 ≤ 65536 (232 spilled with the dQ staging)
 constexpr int HB_DS_BAR = 1;           // named barrier: both consumers stored their dSᵀ
+constexpr int HB_DQ_BAR = 2;           // named barriers 2, 3: consumer w's dQ staging (128 threads)
+constexpr int HB_DSF_BAR = 4;          // 4, 5: dSᵀ buffer b holds both halves (alternating dQ)
+constexpr int HB_DSE_BAR = 6;          // 6, 7: dSᵀ buffer b read by its dQ GEMMs (alternating dQ)
 }  // namespace mla
+
+// 1: one consumer computes all of a step's dQ (consumer 0 on even steps, 1 on odd); the other
+// only publishes its half of dSᵀ (bar.arrive) and goes on, so the two drift half a step apart
+// and one's softmax and dS arithmetic overlap the other's GEMMs. 0: both wait for each other
+// every step (bar.sync of 256) and split the three 64-column chunks 2:1 (the first version;
+// it kept them in lockstep).
+#ifndef MLA_HB_DQ_ALTERNATE
+#define MLA_HB_DQ_ALTERNATE 1
+#endif
+
+// 1: dQ chunks leave through shared memory as TMA bulk reduce-adds (cp.reduce.async.bulk.tensor,
+// one issuing thread per consumer); 0: each thread adds its accumulators with red.global.add.v2.
+#ifndef MLA_HB_DQ_BULK
+#define MLA_HB_DQ_BULK 1
+#endif
 
 using namespace mla;
 using namespace mla::hop;
@@ -140,6 +170,39 @@ namespace {
 #ifndef MLA_HB_PROFILE_NO_LOADS
 #define MLA_HB_PROFILE_NO_LOADS 0
 #endif
+
+// dq_accum[box at c0, h, q0, b] += the f32 box at smem (bulk async-group; the copy engine does
+// the adds in L2, whole lines at a time).
+__device__ __forceinline__ void tma_reduce_add_4d(const TensorMap& m, u32 src, int c0, int c1, int c2, int c3) {
+  asm volatile(
+      "cp.reduce.async.bulk.tensor.4d.global.shared::cta.add.tile.bulk_group [%0, {%2, %3, %4, %5}], [%1];"
+      ::"l"(tmap_addr(m)), "r"(src), "r"(c0), "r"(c1), "r"(c2), "r"(c3) : "memory");
+}
+__device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.commit_group;" ::: "memory"); }
+// Until this thread's bulk groups have finished reading shared memory (.read) or completed.
+__device__ __forceinline__ void bulk_wait_read() { asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory"); }
+__device__ __forceinline__ void bulk_wait() { asm volatile("cp.async.bulk.wait_group 0;" ::: "memory"); }
+__device__ __forceinline__ void st_shared_f32x2(u32 addr, float a, float b) {
+  asm volatile("st.shared.v2.f32 [%0], {%1, %2};" ::"r"(addr), "f"(a), "f"(b) : "memory");
+}
+
+// Consumer w's staging barrier (128 threads), with a constant barrier id per branch.
+__device__ __forceinline__ void staging_bar(int w) {
+  if (w == 0) asm volatile("bar.sync %0, 128;" ::"n"(HB_DQ_BAR) : "memory");
+  else asm volatile("bar.sync %0, 128;" ::"n"(HB_DQ_BAR + 1) : "memory");
+}
+
+// Named barrier `id + b` (b = 0, 1) of 256 threads: wait, or only arrive.
+template <int ID>
+__device__ __forceinline__ void pair_bar_sync(int b) {
+  if (b == 0) asm volatile("bar.sync %0, 256;" ::"n"(ID) : "memory");
+  else asm volatile("bar.sync %0, 256;" ::"n"(ID + 1) : "memory");
+}
+template <int ID>
+__device__ __forceinline__ void pair_bar_arrive(int b) {
+  if (b == 0) asm volatile("bar.arrive %0, 256;" ::"n"(ID) : "memory");
+  else asm volatile("bar.arrive %0, 256;" ::"n"(ID + 1) : "memory");
+}
 
 __device__ __forceinline__ void red_add_v2(float* p, float a, float b) {
   asm volatile("red.global.add.v2.f32 [%0], {%1, %2};" ::"l"(p), "f"(a), "f"(b) : "memory");
@@ -199,12 +262,13 @@ mla_attention_bwd_dkdv_hopper(const __grid_constant__ TensorMap tm_q_nope, const
                               const __grid_constant__ TensorMap tm_v, const __grid_constant__ TensorMap tm_dout,
                               const float* __restrict__ lse, const float* __restrict__ d_sum,
                               bf16_t* __restrict__ dk_nope, bf16_t* __restrict__ dv, float* __restrict__ dq_accum,
-                              float* __restrict__ dkpe_f32, int S, int H, float scale, int causal, int dkpe_per_head) {
+                              float* __restrict__ dkpe_f32, int S, int H, float scale, int causal, int dkpe_per_head,
+                              const __grid_constant__ TensorMap tm_dq_accum) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const u32 raw = smem_addr(smem_raw);
   const u32 base = (raw + 1023u) & ~1023u;
   const u32 sK = base + HB_K_OFF, sV = base + HB_V_OFF, sQ = base + HB_Q_OFF, sdO = base + HB_DO_OFF;
-  const u32 sdS = base + HB_DS_OFF;
+  const u32 sdS = base + HB_DS_OFF, sdQ = base + HB_DQ_OFF;
   float* sLse = reinterpret_cast<float*>(smem_raw + (base - raw) + HB_LSE_OFF);  // [stage][64]
   float* sD = sLse + HB_STAGES * HB_BM;                                            // [stage][64]
   const u32 bar_kv = base + HB_BAR_OFF;
@@ -382,6 +446,13 @@ mla_attention_bwd_dkdv_hopper(const __grid_constant__ TensorMap tm_q_nope, const
         }
       }
       pack_a_n64(ds, acc_dp);
+#if MLA_HB_DQ_ALTERNATE
+      // This step's dQ is computed by consumer (i & 1); dSᵀ buffer i & 1 was last read by that
+      // consumer's dQ GEMMs two steps ago: the other consumer waits for their "read" signal
+      // before overwriting its half (the computing one waited for its own GEMMs).
+      const bool dq_here = (i & 1) == w;
+      if (with_dq && !dq_here && i >= 2) pair_bar_sync<HB_DSE_BAR>(i & 1);
+#endif
       if (with_dq) {
         // dSᵀ row key_l (+8), 4-byte pair at query 8j+2t: 16-byte piece j of a 128-byte row,
         // swizzled by row % 8 = g, so the warp's 32 stores hit 32 distinct banks.
@@ -401,17 +472,50 @@ mla_attention_bwd_dkdv_hopper(const __grid_constant__ TensorMap tm_q_nope, const
       wgmma_wait<0>();
       mbar_arrive(bar_empty(s));  // the stage (Q, dO, lse, D) is free
 
+#if MLA_HB_DQ_ALTERNATE
+      if (with_dq && !dq_here) pair_bar_arrive<HB_DSF_BAR>(i & 1);  // my half is stored; go on
+      if (with_dq && dq_here) {
+        pair_bar_sync<HB_DSF_BAR>(i & 1);  // both halves stored
+        for (int c = 0; c < 3; c++) {
+#else
       if (with_dq) {
         named_bar_sync(HB_DS_BAR, 256);
         // Chunks {0, 2} on even (i + w), {1} on odd: the two consumers split 192 columns 2:1
         // and swap every step.
         const int c_last = ((i + w) & 1) == 0 ? 2 : 1;
         for (int c = c_last == 2 ? 0 : 1; c <= c_last; c += 2) {
+#endif
           float acc_q[32];
           wgmma_fence();
           gemm_dq(acc_q, tdS, sK, c);
           wgmma_commit();
           wgmma_wait<0>();
+#if MLA_HB_DQ_BULK
+          // This consumer's staging buffer is free once its last reduce-add has read it.
+          const u32 stg = sdQ + w * HB_DQ_STAGE_BYTES;
+          if (ctid == 0) bulk_wait_read();
+          staging_bar(w);
+          // Rows warp·16 + g (+8) of the step, column 8j + 2t of the chunk: box j/4, 16-byte unit
+          // 2(j%4) + t/2 of the box's 128-byte row, swizzled with row % 8 = g (conflict-free: the
+          // 8 rows of one store hit 8 different units).
+          const u32 my_row = stg + (warp * 16 + g) * 128 + (t & 1) * 8;
+          #pragma unroll
+          for (int r = 0; r < 2; r++)
+            #pragma unroll
+            for (int j = 0; j < 8; j++)
+              st_shared_f32x2(my_row + (j >> 2) * HB_DQ_BOX_BYTES + r * 1024 + (((2 * (j & 3) + (t >> 1)) ^ g) << 4),
+                              acc_q[4 * j + 2 * r], acc_q[4 * j + 2 * r + 1]);
+          fence_proxy_async();  // the copy engine reads what these generic stores wrote
+          staging_bar(w);
+          if (ctid == 0) {
+            // Queries past S lie outside the map: the copy engine skips them. (Head and batch
+            // re-read from blockIdx: keeping h and b live here made the consumers spill.)
+            const int hh = blockIdx.x, bb = blockIdx.z;
+            tma_reduce_add_4d(tm_dq_accum, stg, c * 64, hh, q0, bb);
+            tma_reduce_add_4d(tm_dq_accum, stg + HB_DQ_BOX_BYTES, c * 64 + 32, hh, q0, bb);
+            bulk_commit();
+          }
+#else
           #pragma unroll
           for (int r = 0; r < 2; r++) {
             const int query = q0 + warp * 16 + g + 8 * r;
@@ -421,9 +525,21 @@ mla_attention_bwd_dkdv_hopper(const __grid_constant__ TensorMap tm_q_nope, const
               for (int j = 0; j < 8; j++) red_add_v2(dst + 8 * j, acc_q[4 * j + 2 * r], acc_q[4 * j + 2 * r + 1]);
             }
           }
+#endif
         }
+#if MLA_HB_DQ_ALTERNATE
+        // Every dQ GEMM reading buffer i & 1 has completed (waited above): the other consumer
+        // may overwrite its half at step i + 2 (no signal when there is no such step, so every
+        // arrival has a matching wait).
+        if (i + 2 < n_steps) pair_bar_arrive<HB_DSE_BAR>(i & 1);
+#endif
       }
     }
+#if MLA_HB_DQ_BULK
+    // The reduce-adds must have completed before the block (and its shared memory) is gone and
+    // before the next kernel (finish) reads dq_accum.
+    if (ctid == 0 && with_dq) bulk_wait();
+#endif
 
     // Epilogue: dV → bf16; dK·scale → dk_nope bf16 and the f32 dk_pe part.
     #pragma unroll
