@@ -16,13 +16,13 @@
 //
 // Tiles: one block per (128-key tile, head, batch); it walks the query tiles of 64 rows that
 // can see its keys (under the causal mask: from the tile holding its first key to the end).
-// Why 128 keys and 64 queries: dQ leaves the block as f32 atomics of 64×192 per (key tile,
-// query tile) step, so the bytes of atomics per FLOP halve with each doubling of the key tile
+// Why 128 keys and 64 queries: dQ leaves the block as f32 adds of 64×192 per (key tile,
+// query tile) step, so the bytes of adds per FLOP halve with each doubling of the key tile
 // (128 keys: 48 KB per 13.6 MFLOP, as FA3's 32 KB per 10.5 at d=128); the query tile is the N
 // dim of the two recompute GEMMs and the K dim of dV/dK, and 64 is what the registers allow.
 //
 // Roles (warpgroups of 128 threads):
-//   WG0, producer (setmaxnreg 40; only its warp 0 works): lane 0 issues TMA bulk tensor copies
+//   WG0, producer (setmaxnreg 24; only its warp 0 works): lane 0 issues TMA bulk tensor copies
 //     (one per 64-column block) of K (128×192: k_nope of this head | k_pe shared by all heads)
 //     and V (128×128) once, then per query step of Q (64×192: q_nope | q_pe) and dO (64×128)
 //     into a 2-stage ring; the copy engine writes them 128-byte swizzled (the layout the wgmma
@@ -30,7 +30,7 @@
 //     The warp's 32 lanes load lse·log2(e) and D (64 floats each, 2 + 2 per lane, ordinary
 //     loads/stores: a [B,H,S] f32 row's stride need not be the 16-byte multiple TMA needs;
 //     +inf lse past S makes P exactly 0 there).
-//   WG1, WG2, consumers (setmaxnreg 232): each owns 64 of the 128 keys, for every step:
+//   WG1, WG2, consumers (setmaxnreg 240): each owns 64 of the 128 keys, for every step:
 //     Sᵀ  = K_w·Qᵀ     12 × wgmma m64n64k16 SS          (recompute, K dim 192)
 //     dPᵀ = V_w·dOᵀ     8 × wgmma m64n64k16 SS
 //     Pᵀ = exp2(Sᵀ·scale·log2e − lse·log2e), masked (key > query, key ≥ S) branch-free;
@@ -39,10 +39,12 @@
 //     dV_w += Pᵀ·dO     4 × wgmma m64n128k16 RS (dO MN-major)
 //     dK_w += dSᵀ·Q     4 × (m64n128k16 + m64n64k16) RS (q_nope block | q_pe block)
 //     dSᵀ is also stored to shared memory (bf16, [key][query], swizzled: a conflict-free
-//     st.shared.b32 per pair), and after both consumers stored theirs (named barrier):
+//     st.shared.b32 per pair). Consumer i%2 computes step i's dQ once both halves are there:
 //     dQ = dS·K (64 queries × 192, K dim 128 keys) in three 64-column chunks of 8 × wgmma
-//     m64n64k16 SS (A = dSᵀ MN-major, B = K MN-major); a consumer takes chunks {0,2} on even
-//     and {1} on odd steps (the other one the rest); each chunk goes to the consumer's own
+//     m64n64k16 SS (A = dSᵀ MN-major, B = K MN-major); the other consumer goes straight on to
+//     its next step, so the two stop running in lockstep (MLA_HB_DQ_ALTERNATE=0: both wait for
+//     each other every step and split the chunks 2:1; 8% slower at s=16384, 5% faster at
+//     4096, H100). Each chunk goes to the consumer's own
 //     f32 staging buffer in shared memory (two 128-byte-swizzled boxes of 32 columns), and one
 //     thread adds it to dq_accum with two TMA bulk reduce-adds (cp.reduce.async.bulk.tensor,
 //     18th argument: dq_accum's tensor map), waiting only for the copy engine to have read the
@@ -51,33 +53,35 @@
 //     8-byte atomics per thread per chunk.)
 //   The consumers finish with dV, dK·scale (bf16) and the dk_pe part (f32).
 //
-// Registers per consumer thread (setmaxnreg 232; 128·40 + 256·232 = 64512 ≤ 65536):
+// Registers per consumer thread (setmaxnreg 240; 128·24 + 256·240 = 64512 ≤ 65536):
 //   dV_w 64×128 f32 = 64, dK_w 64×192 f32 = 96: 160 live for the whole kernel;
 //   per step, one GEMM in flight at a time: Sᵀ 32 → Pᵀ 16 bf16; dPᵀ 32 → dSᵀ 16 bf16; the
 //   dV/dK GEMMs read those 32; a dQ chunk 32 after they are free. Peak ≈ 160 + 48 + addresses.
-//   ptxas (nvcc 13.0): 0 spills, 0 stack (168 registers: the launch bound; setmaxnreg moves
-//   them). There is no slack: see the producer's note on its origin values. Issuing Sᵀ and
-//   dPᵀ together (64 accumulators in flight) spilled ~400 bytes and serialised the wgmmas
-//   (C7512), so did setmaxnreg 240/24 even for this schedule, and so did a per-element causal
-//   mask (key/query compares kept live); the mask is one compare per element against a
-//   per-row bound.
+//   ptxas (nvcc 13.0): 8 bytes of spill, no C7512 (168 registers: the launch bound; setmaxnreg
+//   moves them). There is no slack: see the producer's note on its origin values; at 232/40
+//   the dQ staging spilled 44 bytes. Issuing Sᵀ and dPᵀ together (64 accumulators in flight)
+//   spilled ~400 bytes and serialised the wgmmas (C7512), and so did two dQ chunks in flight
+//   (344 bytes) and a per-element causal mask (key/query compares kept live); the mask is one
+//   compare per element against a per-row bound.
 //   FA3's own hdim-192 backward uses 3 consumer warpgroups on 96-key tiles; here 2 × 64 keys
-//   keep the dQ atomics per FLOP low and the 192-wide dQ is balanced by alternating chunks.
+//   keep the dQ adds per FLOP low.
 // Shared memory (bytes, every tile 1024-aligned):
 //   K 49152 | V 32768 | Q 2 × 24576 | dO 2 × 16384 | dSᵀ 2 × 16384 | dQ staging 2 × 16384 |
 //   lse, D 2 × 512 | 5 mbarriers | 16 (the producer's key/query origin) | +1008 alignment
 //   slack = 231464
 //   (1 block per SM).
-//   dSᵀ is double-buffered: a consumer rewrites buffer i%2 at step i+2 only after the named
-//   barrier of step i+1, which the other consumer reaches only after its step-i dQ GEMMs
-//   completed (wgmma.wait), so no extra "dS empty" barrier is needed.
+//   dSᵀ is double-buffered (buffer i%2 at step i). Named barriers of the two consumers (256):
+//   "dSᵀ full" b — the non-computing consumer bar.arrives after storing its half, the
+//   computing one bar.syncs before its dQ GEMMs; "dSᵀ read" b — the computing consumer
+//   bar.arrives once its dQ GEMMs completed (if step i+2 exists), the other bar.syncs before
+//   storing its half at step i+2 (the computing one rewrites its own half only after its own
+//   GEMMs completed). Staging barriers (128, per consumer) order its stores and the reduce.
 // Barriers: kv_full (count 1: lane 0's arrive.expect_tx of the K/V bytes), full[2] (count 32:
 //   the producer warp's lanes, each after its lse/D stores; lane 0 first adds the Q/dO bytes
 //   (mbarrier.expect_tx) and issues their copies, so a phase completes only once every lane
 //   stored and every byte landed), empty[2] (256 consumer arrivals, after the wgmma that last reads
 //   the stage — dV/dK — completed; all 32 producer lanes wait on it before refilling the
-//   stage, as each rewrites its lse/D part); named barrier 1 (256 consumer threads) per step
-//   for dSᵀ. The producer never waits on a full barrier and issues a step completely before
+//   stage, as each rewrites its lse/D part); the named barriers above. The producer never waits on a full barrier and issues a step completely before
 //   it blocks on the next empty barrier, so no cycle can form; the copy engine's writes are
 //   made visible to the consumers' wgmmas by the full barrier's completion itself (no proxy
 //   fence, unlike the cp.async producer this replaced). bench/attention_bwd_protocol_model.py
@@ -87,12 +91,12 @@
 //   s=2048 0.068 ms, 4096 0.272, 8192 1.087, 16384 4.35, 32768 17.4 ms.
 // This kernel computes 1664 FLOPs per (query, key) pair (Sᵀ 384, dPᵀ 256, dV 256, dK 384,
 // dQ 384) = 1.04 × the convention's 1600, plus 6% (s=2048) … 0.2% (32768) of masked waste.
-// Expected (untested, H100 SXM; whole backward incl. preprocess and finish, convention
-// TFLOPS): s=2048 ~300 (launch tail: 256 blocks of 2..32 steps on 132 SMs), 4096 ~350,
-// 8192 ~380, 16384 ~400, 32768 ~410; ±20%. Limits: the two consumers run their steps
-// serially (no intra-warpgroup pipelining: the registers are spent on dK/dV), 336 KB of
-// shared-memory operand traffic per step (~80% of the tensor time at 128 B/clk), and
-// ~1.7 TB/s of dQ atomics at s=16384.
+// Measured (H100 80GB HBM3, whole backward incl. preprocess and finish, convention TFLOPS,
+// bench/attention_notes.md): 284 / 363 / 417 / 432 / 442 at s=2048..32768, 0.93-1.24× cuDNN.
+// Limits: each consumer's steps are a serial chain of GEMM → wait → elementwise (the registers
+// are spent on dK/dV, none are left to pipeline), and two chains per SM do not keep the tensor
+// cores busy (without dQ the kernel runs 45% faster, far more than dQ's 23% of the FLOPs);
+// 336 KB of shared-memory operand traffic per step (~80% of the tensor time at 128 B/clk).
 #include "mla_attention_hopper.cuh"
 
 namespace mla {
@@ -146,6 +150,7 @@ constexpr int HB_DSE_BAR = 6;          // 6, 7: dSᵀ buffer b read by its dQ GE
 #ifndef MLA_HB_DQ_ALTERNATE
 #define MLA_HB_DQ_ALTERNATE 1
 #endif
+
 
 // 1: dQ chunks leave through shared memory as TMA bulk reduce-adds (cp.reduce.async.bulk.tensor,
 // one issuing thread per consumer); 0: each thread adds its accumulators with red.global.add.v2.
@@ -255,6 +260,35 @@ __device__ __forceinline__ void gemm_dq(float* acc, u32 tdS, u32 sK, int c) {
 }
 
 }  // namespace
+
+// One 64-column dQ chunk (a consumer's m64n64 accumulators) → its staging buffer → two bulk
+// reduce-adds into dq_accum (thread ctid 0 issues them). The buffer is reused once the copy
+// engine has read the previous chunk out of it.
+__device__ __forceinline__ void stage_dq_chunk(const float* acc_q, u32 stg, int w, int ctid, int warp, int g, int t,
+                                               const TensorMap& tm_dq_accum, int c, int q0) {
+  if (ctid == 0) bulk_wait_read();
+  staging_bar(w);
+  // Rows warp·16 + g (+8) of the step, column 8j + 2t of the chunk: box j/4, 16-byte unit
+  // 2(j%4) + t/2 of the box's 128-byte row, swizzled with row % 8 = g (conflict-free: the
+  // 8 rows of one store hit 8 different units).
+  const u32 my_row = stg + (warp * 16 + g) * 128 + (t & 1) * 8;
+  #pragma unroll
+  for (int r = 0; r < 2; r++)
+    #pragma unroll
+    for (int j = 0; j < 8; j++)
+      st_shared_f32x2(my_row + (j >> 2) * HB_DQ_BOX_BYTES + r * 1024 + (((2 * (j & 3) + (t >> 1)) ^ g) << 4),
+                      acc_q[4 * j + 2 * r], acc_q[4 * j + 2 * r + 1]);
+  fence_proxy_async();  // the copy engine reads what these generic stores wrote
+  staging_bar(w);
+  if (ctid == 0) {
+    // Queries past S lie outside the map: the copy engine skips them. (Head and batch re-read
+    // from blockIdx: keeping h and b live here made the consumers spill.)
+    const int hh = blockIdx.x, bb = blockIdx.z;
+    tma_reduce_add_4d(tm_dq_accum, stg, c * 64, hh, q0, bb);
+    tma_reduce_add_4d(tm_dq_accum, stg + HB_DQ_BOX_BYTES, c * 64 + 32, hh, q0, bb);
+    bulk_commit();
+  }
+}
 
 extern "C" __global__ void __launch_bounds__(HB_THREADS, 1)
 mla_attention_bwd_dkdv_hopper(const __grid_constant__ TensorMap tm_q_nope, const __grid_constant__ TensorMap tm_q_pe,
@@ -491,30 +525,7 @@ mla_attention_bwd_dkdv_hopper(const __grid_constant__ TensorMap tm_q_nope, const
           wgmma_commit();
           wgmma_wait<0>();
 #if MLA_HB_DQ_BULK
-          // This consumer's staging buffer is free once its last reduce-add has read it.
-          const u32 stg = sdQ + w * HB_DQ_STAGE_BYTES;
-          if (ctid == 0) bulk_wait_read();
-          staging_bar(w);
-          // Rows warp·16 + g (+8) of the step, column 8j + 2t of the chunk: box j/4, 16-byte unit
-          // 2(j%4) + t/2 of the box's 128-byte row, swizzled with row % 8 = g (conflict-free: the
-          // 8 rows of one store hit 8 different units).
-          const u32 my_row = stg + (warp * 16 + g) * 128 + (t & 1) * 8;
-          #pragma unroll
-          for (int r = 0; r < 2; r++)
-            #pragma unroll
-            for (int j = 0; j < 8; j++)
-              st_shared_f32x2(my_row + (j >> 2) * HB_DQ_BOX_BYTES + r * 1024 + (((2 * (j & 3) + (t >> 1)) ^ g) << 4),
-                              acc_q[4 * j + 2 * r], acc_q[4 * j + 2 * r + 1]);
-          fence_proxy_async();  // the copy engine reads what these generic stores wrote
-          staging_bar(w);
-          if (ctid == 0) {
-            // Queries past S lie outside the map: the copy engine skips them. (Head and batch
-            // re-read from blockIdx: keeping h and b live here made the consumers spill.)
-            const int hh = blockIdx.x, bb = blockIdx.z;
-            tma_reduce_add_4d(tm_dq_accum, stg, c * 64, hh, q0, bb);
-            tma_reduce_add_4d(tm_dq_accum, stg + HB_DQ_BOX_BYTES, c * 64 + 32, hh, q0, bb);
-            bulk_commit();
-          }
+          stage_dq_chunk(acc_q, sdQ + w * HB_DQ_STAGE_BYTES, w, ctid, warp, g, t, tm_dq_accum, c, q0);
 #else
           #pragma unroll
           for (int r = 0; r < 2; r++) {
