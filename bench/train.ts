@@ -7,7 +7,8 @@
 //                        [--peer eager|compile|both|none]   (default eager when python3 has torch and CUDA)
 //
 // The peer (bench/train_peer.py) is transformers' DeepseekV2ForCausalLM on the same card, run
-// after ours in the same command, so the two numbers are comparable.
+// in the same command, so the two numbers are comparable. It runs first, in its own process:
+// run after ours, it found our ~51 GB still held by this process and ran out of memory.
 import os from 'node:os';
 import path from 'node:path';
 import fs from 'node:fs';
@@ -22,6 +23,12 @@ import { spawnSync } from 'node:child_process';
 export async function runTrainBench(flags: Record<string, string>): Promise<void> {
   const num = (k: string, d: number) => (flags[k] === undefined ? d : Number(flags[k]));
   const steps = num('steps', 20), layers = num('layers', 4), S = num('seq_len', 2048), G = num('batch', 4), micro = num('micro', G);
+  const peer = flags['peer'] ?? 'eager';
+  const modes = peer === 'both' ? ['eager', 'compile'] : peer === 'none' ? [] : [peer];
+  const peers = modes.map((mode) => {
+    if (mode !== 'eager' && mode !== 'compile') throw new Error(`--peer must be eager, compile, both or none, got ${peer}`);
+    return { mode, result: runPeer(mode, layers, S, G, steps) };
+  });
   const model = loadDeepseekV2Config(path.join(packageRoot(), 'configs', 'deepseek-v2-lite.json'));
   model.num_hidden_layers = layers;
   const runDir = fs.mkdtempSync(path.join(os.tmpdir(), 'moetrain-bench-'));
@@ -61,16 +68,18 @@ export async function runTrainBench(flags: Record<string, string>): Promise<void
       `grad-norm + optimizer + zero ${med('optimizerSec').toFixed(1)}`);
   }
   fs.rmSync(runDir, { recursive: true, force: true });
-  const peer = flags['peer'] ?? 'eager';
-  const modes = peer === 'both' ? ['eager', 'compile'] : peer === 'none' ? [] : [peer];
-  for (const mode of modes) {
-    if (mode !== 'eager' && mode !== 'compile') throw new Error(`--peer must be eager, compile, both or none, got ${peer}`);
-    console.log(`bench train: PyTorch peer (${mode}): ${runPeer(mode, layers, S, G, steps, tps)}`);
+  for (const { mode, result } of peers) {
+    const summary = typeof result === 'string' ? result
+      : `${Math.round(result.tokens_per_second).toLocaleString('en-US')} tokens/s, ${result.step_ms.toFixed(1)} ms/step, ` +
+        `peak ${result.peak_gib.toFixed(2)} GiB; ours/peer ${(tps / result.tokens_per_second).toFixed(2)}x`;
+    console.log(`bench train: PyTorch peer (${mode}): ${summary}`);
   }
 }
 
-/** Runs bench/train_peer.py on the same card; returns a one-line summary or why it did not run. */
-function runPeer(mode: 'eager' | 'compile', layers: number, S: number, G: number, steps: number, ours: number): string {
+interface PeerResult { tokens_per_second: number; step_ms: number; peak_gib: number }
+
+/** Runs bench/train_peer.py on the same card; returns its numbers or why it did not run. */
+function runPeer(mode: 'eager' | 'compile', layers: number, S: number, G: number, steps: number): PeerResult | string {
   const probe = spawnSync('python3', ['-c', 'import torch, transformers; assert torch.cuda.is_available()'], { encoding: 'utf8' });
   if (probe.status !== 0) return 'skipped (python3 with torch, transformers and CUDA not found)';
   const args = [path.join(packageRoot(), 'bench', 'train_peer.py'), '--config', path.join(packageRoot(), 'configs', 'deepseek-v2-lite.json'),
@@ -78,6 +87,5 @@ function runPeer(mode: 'eager' | 'compile', layers: number, S: number, G: number
   const run = spawnSync('python3', args, { encoding: 'utf8', maxBuffer: 1 << 26 });
   if (run.status !== 0) return `failed: ${run.stderr.trim().split('\n').slice(-3).join(' | ')}`;
   const last = run.stdout.trim().split('\n').pop() ?? '';
-  const r = JSON.parse(last) as { tokens_per_second: number; step_ms: number; peak_gib: number };
-  return `${Math.round(r.tokens_per_second).toLocaleString('en-US')} tokens/s, ${r.step_ms.toFixed(1)} ms/step, peak ${r.peak_gib.toFixed(2)} GiB; ours/peer ${(ours / r.tokens_per_second).toFixed(2)}x`;
+  return JSON.parse(last) as PeerResult;
 }
