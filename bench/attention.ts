@@ -10,14 +10,14 @@
 // Floor: forward FLOPs / 790 TFLOP/s (the measured bf16 GEMM ceiling of an H100 SXM).
 //
 // Measured 2026-11-25 with this file (node dist/src/cli/main.js bench attention), NVIDIA H100
-// 80GB HBM3, cuDNN 9 via PyTorch 2.11 in the same run; Hopper kernels (TMA forward, cp.async
-// backward). bench/attention_notes.md has every version's numbers.
+// 80GB HBM3, cuDNN 9 via PyTorch 2.11 in the same run; Hopper kernels (TMA forward; TMA
+// backward with dQ by bulk reduce-adds). bench/attention_notes.md has every version's numbers.
 //   s      ours fwd ms/TF   cuDNN fwd      ours bwd ms/TF   det ms    cuDNN bwd
-//   2048   0.047 / 456      0.067 / 320    0.213 / 253      0.347     0.234 / 229
-//   4096   0.143 / 602      0.186 / 461    0.677 / 317      1.109     0.623 / 345
-//   8192   0.501 / 686      0.603 / 569    2.400 / 358      3.875     1.937 / 443
-//   16384  1.908 / 720      2.229 / 617    9.239 / 372      14.891    7.507 / 458
-//   32768  7.865 / 699      9.368 / 587    36.267 / 379     61.115    28.972 / 474
+//   2048   0.048 / 452      0.067 / 319    0.189 / 284      0.350     0.235 / 228
+//   4096   0.142 / 606      0.188 / 458    0.592 / 363      1.104     0.625 / 344
+//   8192   0.495 / 694      0.602 / 571    2.082 / 413      3.831     1.929 / 445
+//   16384  1.889 / 727      2.222 / 618    7.819 / 439      14.466    7.380 / 466
+//   32768  8.074 / 681      8.971 / 613    30.726 / 447     59.355    28.063 / 490
 import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
