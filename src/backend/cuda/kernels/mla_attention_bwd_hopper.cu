@@ -136,7 +136,7 @@ static_assert(HB_V_OFF % 1024 == 0 && HB_Q_OFF % 1024 == 0 && HB_DO_OFF % 1024 =
               "wgmma operands must start 1024-byte aligned");
 constexpr int HB_PRODUCER_REGS = 24;
 constexpr int HB_CONSUMER_REGS = 240;  // 128·24 + 256·240 = 64512 ≤ 65536 (232 spilled with the dQ staging)
-constexpr int HB_DS_BAR = 1;           // named barrier: both consumers stored their dSᵀ
+[[maybe_unused]] constexpr int HB_DS_BAR = 1;  // named barrier (MLA_HB_DQ_ALTERNATE=0): both consumers stored their dSᵀ
 constexpr int HB_DQ_BAR = 2;           // named barriers 2, 3: consumer w's dQ staging (128 threads)
 constexpr int HB_DSF_BAR = 4;          // 4, 5: dSᵀ buffer b holds both halves (alternating dQ)
 constexpr int HB_DSE_BAR = 6;          // 6, 7: dSᵀ buffer b read by its dQ GEMMs (alternating dQ)
@@ -463,7 +463,7 @@ mla_attention_bwd_dkdv_hopper(const __grid_constant__ TensorMap tm_q_nope, const
           acc_s[4 * j + 2 * r + 1] = 8 * j + 1 < thr[r] ? 0.f : p1;
         }
       }
-      pack_a_n64(p, acc_s);
+      pack_a<64>(p, acc_s);
       wgmma_fence();
       gemm_dpt(acc_dp, sV_w, tdO);
       wgmma_commit();
@@ -479,7 +479,7 @@ mla_attention_bwd_dkdv_hopper(const __grid_constant__ TensorMap tm_q_nope, const
           acc_dp[4 * j + 2 * r + 1] = pf.y * (acc_dp[4 * j + 2 * r + 1] - d2.y);
         }
       }
-      pack_a_n64(ds, acc_dp);
+      pack_a<64>(ds, acc_dp);
 #if MLA_HB_DQ_ALTERNATE
       // This step's dQ is computed by consumer (i & 1); dSᵀ buffer i & 1 was last read by that
       // consumer's dQ GEMMs two steps ago: the other consumer waits for their "read" signal

@@ -158,18 +158,6 @@ __device__ __forceinline__ void rescale_o(float* acc_o, const float* alpha) {
   }
 }
 
-// P as bf16 A fragments: the accumulators of 8-key chunks 2kk and 2kk+1 are exactly the A
-// fragment (mma.sync m16n8k16 layout) of 16-key step kk.
-__device__ __forceinline__ void pack_p(u32 (*p)[4], const float* acc_s) {
-  #pragma unroll
-  for (int kk = 0; kk < 8; kk++) {
-    p[kk][0] = pack_bf16x2(acc_s[8 * kk + 0], acc_s[8 * kk + 1]);
-    p[kk][1] = pack_bf16x2(acc_s[8 * kk + 2], acc_s[8 * kk + 3]);
-    p[kk][2] = pack_bf16x2(acc_s[8 * kk + 4], acc_s[8 * kk + 5]);
-    p[kk][3] = pack_bf16x2(acc_s[8 * kk + 6], acc_s[8 * kk + 7]);
-  }
-}
-
 }  // namespace
 
 extern "C" __global__ void __launch_bounds__(HOP_THREADS, 1)
@@ -289,7 +277,7 @@ mla_attention_fwd_hopper(const __grid_constant__ TensorMap tm_q_nope, const __gr
     mbar_arrive(bar_empty_k(0));
     if (causal || (n_tiles - 1) * HOP_BN + HOP_BN > S) mask_scores(acc_s, (n_tiles - 1) * HOP_BN, row_g, S, causal, t);
     online_softmax(acc_s, row_max, row_sum, alpha, scale_log2);
-    pack_p(p, acc_s);
+    pack_a<HOP_BN>(p, acc_s);  // P as the A operand of P·V
     for (int i = 1; i < n_tiles; i++) {
       const int s = i % HOP_STAGES, prev = (i - 1) % HOP_STAGES;
       mbar_wait(bar_full_k(s), (i / HOP_STAGES) & 1);
@@ -306,7 +294,7 @@ mla_attention_fwd_hopper(const __grid_constant__ TensorMap tm_q_nope, const __gr
       wgmma_wait<0>();  // P·V done: the V stage and the P registers are free, O may be rescaled
       mbar_arrive(bar_empty_v(prev));
       rescale_o(acc_o, alpha);
-      pack_p(p, acc_s);
+      pack_a<HOP_BN>(p, acc_s);  // P as the A operand of P·V
     }
     mbar_wait(bar_full_v((n_tiles - 1) % HOP_STAGES), ((n_tiles - 1) / HOP_STAGES) & 1);
     gemm_pv(acc_o, p, sV + ((n_tiles - 1) % HOP_STAGES) * HOP_V_BYTES);
@@ -325,7 +313,7 @@ mla_attention_fwd_hopper(const __grid_constant__ TensorMap tm_q_nope, const __gr
       if (i == 0 && (causal || k0 + HOP_BN > S)) mask_scores(acc_s, k0, row_g, S, causal, t);
       online_softmax(acc_s, row_max, row_sum, alpha, scale_log2);
       rescale_o(acc_o, alpha);
-      pack_p(p, acc_s);
+      pack_a<HOP_BN>(p, acc_s);  // P as the A operand of P·V
       mbar_wait(bar_full_v(s), (i / HOP_STAGES) & 1);
       gemm_pv(acc_o, p, sV + s * HOP_V_BYTES);
       wgmma_commit();

@@ -168,12 +168,13 @@ __device__ __forceinline__ void wgmma_rs_m64n128k16_tb(float* d, const u32* a, u
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b_desc));
 }
 
-// An m64nN accumulator (32 registers for N = 64) as bf16 A fragments of the next product, whose
-// K dim is this one's N: the accumulators of 8-column chunks 2kk and 2kk+1 are exactly the A
-// fragment (mma.sync m16n8k16 layout) of k16 step kk.
-__device__ __forceinline__ void pack_a_n64(u32 (*a)[4], const float* acc) {
+// An m64nN accumulator (N/2 f32 registers per thread) as bf16 A fragments of the next product,
+// whose K dim is this one's N (N/16 k16 steps): the accumulators of 8-column chunks 2kk and
+// 2kk+1 are exactly the A fragment (mma.sync m16n8k16 layout) of k16 step kk.
+template <int N>
+__device__ __forceinline__ void pack_a(u32 (*a)[4], const float* acc) {
   #pragma unroll
-  for (int kk = 0; kk < 4; kk++) {
+  for (int kk = 0; kk < N / 16; kk++) {
     a[kk][0] = pack_bf16x2(acc[8 * kk + 0], acc[8 * kk + 1]);
     a[kk][1] = pack_bf16x2(acc[8 * kk + 2], acc[8 * kk + 3]);
     a[kk][2] = pack_bf16x2(acc[8 * kk + 4], acc[8 * kk + 5]);
