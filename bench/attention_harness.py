@@ -403,22 +403,29 @@ def bench_fwd(k, seqs, b=1, h=16):
         print(f"| {s} | {cells} | {peer:.3f} / {f / peer / 1e9:.0f} | {peer / min(ms[hop]):.2f}x |")
 
 
+def backward_sets(k, b, s, h, scale):
+    """Enough input sets that L2 never serves a repeat: (qn, qp, kn, kp, v, do, o, lse, grads), with
+    o and lse from the current forward (causal) and unwritten gradient tensors."""
+    gen = torch.Generator(device="cuda").manual_seed(s)
+    set_bytes = b * s * h * (D_NOPE * 2 + D_ROPE + 2 * D_V) * 2
+    sets = []
+    for _ in range(sets_to_rotate(set_bytes)):
+        qn, qp, kn, kp, v, do = random_inputs(b, s, h, gen)
+        o = torch.empty(b, s, h, D_V, device="cuda", dtype=torch.bfloat16)
+        lse = torch.empty(b, h, s, device="cuda", dtype=torch.float32)
+        k.forward(qn, qp, kn, kp, v, o, lse, True, scale)
+        g = {n: torch.empty_like(x) for n, x in (("dq_nope", qn), ("dq_pe", qp), ("dk_nope", kn), ("dk_pe", kp), ("dv", v))}
+        sets.append((qn, qp, kn, kp, v, do, o, lse, g))
+    return sets
+
+
 def bench(k, seqs, b=1, h=16, with_det=True):
     print(f"timing on {torch.cuda.get_device_name()}: b={b} h={h} causal bf16, median of CUDA-event timings")
     scale = D_QK ** -0.5
     rows = []
     for s in seqs:
         reps = 30 if s <= 8192 else 10
-        gen = torch.Generator(device="cuda").manual_seed(s)
-        set_bytes = b * s * h * (D_NOPE * 2 + D_ROPE + 2 * D_V) * 2
-        sets = []
-        for _ in range(sets_to_rotate(set_bytes)):
-            qn, qp, kn, kp, v, do = random_inputs(b, s, h, gen)
-            o = torch.empty(b, s, h, D_V, device="cuda", dtype=torch.bfloat16)
-            lse = torch.empty(b, h, s, device="cuda", dtype=torch.float32)
-            k.forward(qn, qp, kn, kp, v, o, lse, True, scale)
-            g = {n: torch.empty_like(x) for n, x in (("dq_nope", qn), ("dq_pe", qp), ("dk_nope", kn), ("dk_pe", kp), ("dv", v))}
-            sets.append((qn, qp, kn, kp, v, do, o, lse, g))
+        sets = backward_sets(k, b, s, h, scale)
         sc = k.scratch(b, s, h, False)
         scd = k.scratch(b, s, h, True) if with_det else None
         fwd_by_variant = {}
@@ -531,16 +538,7 @@ def bench_hopper_bwd(k, seqs, b=1, h=16):
     rows = []
     for s in seqs:
         reps = 30 if s <= 8192 else 10
-        gen = torch.Generator(device="cuda").manual_seed(s)
-        set_bytes = b * s * h * (D_NOPE * 2 + D_ROPE + 2 * D_V) * 2
-        sets = []
-        for _ in range(sets_to_rotate(set_bytes)):
-            qn, qp, kn, kp, v, do = random_inputs(b, s, h, gen)
-            o = torch.empty(b, s, h, D_V, device="cuda", dtype=torch.bfloat16)
-            lse = torch.empty(b, h, s, device="cuda", dtype=torch.float32)
-            k.forward(qn, qp, kn, kp, v, o, lse, True, scale)
-            g = {n: torch.empty_like(x) for n, x in (("dq_nope", qn), ("dq_pe", qp), ("dk_nope", kn), ("dk_pe", kp), ("dv", v))}
-            sets.append((qn, qp, kn, kp, v, do, o, lse, g))
+        sets = backward_sets(k, b, s, h, scale)
         sc = k.scratch(b, s, h, False)
         ms = {}
         for rnd in range(2):  # twice, interleaved: the spread is the noise

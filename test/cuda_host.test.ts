@@ -13,6 +13,8 @@ import { CublasLt, type GemmOptions } from '../src/backend/cuda/cublaslt.js';
 import { CudaContext, defaultCudaContext, nvrtcArch } from '../src/backend/cuda/context.js';
 import { cudaAvailable, findLibrary } from '../src/backend/cuda/library.js';
 import { compileKernelFile, KernelArgs, loadModule, moduleLoadCounts, packageRoot } from '../src/backend/cuda/module.js';
+import { TensorMapSlots, type TiledMap } from '../src/backend/cuda/tensor_map.js';
+import type { CudaDriver } from '../src/backend/cuda/driver.js';
 import { NcclComm, ncclUniqueId, ncclVersion } from '../src/backend/cuda/nccl.js';
 import { bf16ArrayToF32, f32ArrayToBf16 } from '../src/tensor/dtype.js';
 
@@ -108,6 +110,45 @@ test('KernelArgs: the parameter array points at 8-byte slots holding the encoded
   assert.equal(at(3, 'float'), 1.5);
   assert.equal(BigInt(at(4, 'int64_t') as number | bigint), -(1n << 40n));
   assert.throws(() => args.i32(5, 0), /argument 5 of 5/);
+});
+
+test('KernelArgs: 128-byte CUtensorMap slots are 64-byte aligned and overlap no other slot', () => {
+  const args = new KernelArgs(4, [1, 3]).ptr(0, 0x1234n).i32(2, 7);
+  const slotPtrs = koffi.decode(args.pointer, koffi.array('uint64_t', 4, 'Typed')) as BigUint64Array;
+  for (const i of [1, 3]) {
+    assert.equal(slotPtrs[i]! % 64n, 0n, `wide slot ${i} must be 64-byte aligned`);
+    assert.equal(args.wideAddress(i), slotPtrs[i]);
+  }
+  // No slot overlaps another: sort the ranges and check each ends before the next starts.
+  const ranges = [0, 1, 2, 3].map((i) => [slotPtrs[i]!, slotPtrs[i]! + ([1, 3].includes(i) ? 128n : 8n)] as const)
+    .sort((a, b) => (a[0] < b[0] ? -1 : 1));
+  for (let i = 1; i < ranges.length; i++) assert.ok(ranges[i - 1]![1] <= ranges[i]![0], 'slots overlap');
+  assert.equal(BigInt(koffi.decode(slotPtrs[0]!, 'uint64_t') as number | bigint), 0x1234n);
+  assert.equal(koffi.decode(slotPtrs[2]!, 'int32_t'), 7);
+  assert.throws(() => args.wideAddress(0), /not a 128-byte slot/);
+  assert.throws(() => new KernelArgs(2, [2]), /KernelArgs\(2, \[2\]\)/);
+});
+
+test('TensorMapSlots: encodes a map once per geometry and only swaps the address after that', () => {
+  const calls: string[] = [];
+  const driver = {
+    tensorMapFunctions: () => ({
+      encode: (_out: bigint, dtype: number, rank: number, address: bigint) => { calls.push(`encode ${dtype} ${rank} ${address}`); return 0; },
+      replace: (_out: bigint, address: bigint) => { calls.push(`replace ${address}`); return 0; },
+    }),
+    check: (call: string, code: number) => { if (code !== 0) throw new Error(`${call} failed`); },
+  } as unknown as CudaDriver;
+  const args = new KernelArgs(2, [0, 1]);
+  const maps = new TensorMapSlots(driver, args);
+  const map = (address: bigint, S: number): TiledMap =>
+    ({ dtype: 'bf16', address, dims: [128, 2, S, 1], strides: [256, 512, 512 * S], box: [64, 1, 128, 1], swizzle128: true });
+  maps.set(0, map(0x1000n, 300), 'q');
+  maps.set(0, map(0x2000n, 300), 'q');   // same geometry: address only
+  maps.set(0, map(0x3000n, 301), 'q');   // new S: encode again
+  maps.set(1, map(0x4000n, 301), 'k');   // another slot has its own record
+  assert.deepEqual(calls, ['encode 9 4 4096', 'replace 8192', 'encode 9 4 12288', 'encode 9 4 16384']);
+  assert.throws(() => maps.set(0, map(0x1008n, 301), 'q'), /q: the copy engine needs 16-byte-aligned addresses/);
+  assert.throws(() => maps.set(0, { ...map(0x1000n, 300), strides: [256, 520, 1040] }, 'q'), /16-byte-aligned addresses and row strides/);
 });
 
 // ---- GPU ----

@@ -41,6 +41,9 @@ export class TensorMapSlots {
     const key = `${map.dtype}|${map.dims}|${map.strides}|${map.box}|${map.swizzle128}`;
     const out = this.args.wideAddress(i);
     const fns = this.driver.tensorMapFunctions();
+    if (map.address % 16n !== 0n || map.strides.some((s) => s % 16 !== 0)) {
+      throw new Error(`${what}: the copy engine needs 16-byte-aligned addresses and row strides (address ${map.address}, strides [${map.strides}] bytes)`);
+    }
     if (this.geometry.get(i) === key) {
       this.driver.check('cuTensorMapReplaceAddress', fns.replace(out, map.address), what);
       return;
@@ -50,9 +53,6 @@ export class TensorMapSlots {
       throw new Error(`internal: tensor map for ${what}: dims [${map.dims}], strides [${map.strides}], box [${map.box}]`);
     }
     const elem = map.dtype === 'bf16' ? 2 : 4;
-    if (map.address % 16n !== 0n || map.strides.some((s) => s % 16 !== 0)) {
-      throw new Error(`${what}: the copy engine needs 16-byte-aligned addresses and row strides (address ${map.address}, strides [${map.strides}] bytes)`);
-    }
     this.geometry.delete(i);
     this.driver.check('cuTensorMapEncodeTiled', fns.encode(
       out, map.dtype === 'bf16' ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT32, rank, map.address,
