@@ -375,14 +375,7 @@ def bench_fwd(k, seqs, b=1, h=16):
     rows = []
     for s in seqs:
         reps = 30 if s <= 8192 else 10
-        gen = torch.Generator(device="cuda").manual_seed(s)
-        set_bytes = b * s * h * (D_NOPE * 2 + D_ROPE + 2 * D_V) * 2
-        sets = []
-        for _ in range(sets_to_rotate(set_bytes)):
-            qn, qp, kn, kp, v, _ = random_inputs(b, s, h, gen)
-            o = torch.empty(b, s, h, D_V, device="cuda", dtype=torch.bfloat16)
-            lse = torch.empty(b, h, s, device="cuda", dtype=torch.float32)
-            sets.append((qn, qp, kn, kp, v, o, lse))
+        sets = timing_sets(k, b, s, h, scale, backward=False)
         ms = {}
         for rnd in range(2):
             for variant in variants:
@@ -403,9 +396,10 @@ def bench_fwd(k, seqs, b=1, h=16):
         print(f"| {s} | {cells} | {peer:.3f} / {f / peer / 1e9:.0f} | {peer / min(ms[hop]):.2f}x |")
 
 
-def backward_sets(k, b, s, h, scale):
-    """Enough input sets that L2 never serves a repeat: (qn, qp, kn, kp, v, do, o, lse, grads), with
-    o and lse from the current forward (causal) and unwritten gradient tensors."""
+def timing_sets(k, b, s, h, scale, backward=True):
+    """Enough input sets that L2 never serves a repeat. backward: (qn, qp, kn, kp, v, do, o, lse,
+    grads) with o and lse from the current forward (causal) and unwritten gradient tensors;
+    else (qn, qp, kn, kp, v, o, lse) with o and lse unwritten."""
     gen = torch.Generator(device="cuda").manual_seed(s)
     set_bytes = b * s * h * (D_NOPE * 2 + D_ROPE + 2 * D_V) * 2
     sets = []
@@ -413,6 +407,9 @@ def backward_sets(k, b, s, h, scale):
         qn, qp, kn, kp, v, do = random_inputs(b, s, h, gen)
         o = torch.empty(b, s, h, D_V, device="cuda", dtype=torch.bfloat16)
         lse = torch.empty(b, h, s, device="cuda", dtype=torch.float32)
+        if not backward:
+            sets.append((qn, qp, kn, kp, v, o, lse))
+            continue
         k.forward(qn, qp, kn, kp, v, o, lse, True, scale)
         g = {n: torch.empty_like(x) for n, x in (("dq_nope", qn), ("dq_pe", qp), ("dk_nope", kn), ("dk_pe", kp), ("dv", v))}
         sets.append((qn, qp, kn, kp, v, do, o, lse, g))
@@ -425,7 +422,7 @@ def bench(k, seqs, b=1, h=16, with_det=True):
     rows = []
     for s in seqs:
         reps = 30 if s <= 8192 else 10
-        sets = backward_sets(k, b, s, h, scale)
+        sets = timing_sets(k, b, s, h, scale)
         sc = k.scratch(b, s, h, False)
         scd = k.scratch(b, s, h, True) if with_det else None
         fwd_by_variant = {}
@@ -538,7 +535,7 @@ def bench_hopper_bwd(k, seqs, b=1, h=16):
     rows = []
     for s in seqs:
         reps = 30 if s <= 8192 else 10
-        sets = backward_sets(k, b, s, h, scale)
+        sets = timing_sets(k, b, s, h, scale)
         sc = k.scratch(b, s, h, False)
         ms = {}
         for rnd in range(2):  # twice, interleaved: the spread is the noise
