@@ -17,11 +17,12 @@ Modelled:
   - two consumer warpgroups (one agent each; an mbarrier arrival of a warpgroup counts as its
     128 threads): wait kv_full, then per step wait full[s] (parity (i/2) & 1), Sᵀ GEMM (reads
     Q, K), lse, dPᵀ GEMM (reads dO, V), D, store dSᵀ into buffer i%2, dV/dK GEMM (reads Q, dO),
-    wait, arrive empty[s]; dQ alternates: consumer i%2 waits (bar.sync) on "dSᵀ full" of
-    buffer i%2, runs three dQ GEMMs (read both halves of the buffer, and K), each waited, then
-    bar.arrives "dSᵀ read" of the buffer if step i+2 exists; the other consumer, before storing
-    its half at step i ≥ 2, waits (bar.sync) on "dSᵀ read" of that buffer, and after its dV/dK
-    GEMMs only bar.arrives "dSᵀ full";
+    wait, arrive empty[s]; step i's dQ belongs to consumer i%2 and uses dSᵀ buffer i%3: the
+    other consumer bar.arrives "dSᵀ full" of it after its dV/dK GEMMs; the owner, during step
+    i+1 (at step i itself for the last step), bar.syncs on it, runs three dQ GEMMs (read both
+    halves of the buffer, and K), each waited, then bar.arrives "dSᵀ read" of the buffer if
+    step i+3 exists; the non-owner of step i-3, before storing its half at step i ≥ 3,
+    bar.syncs on "dSᵀ read" of that buffer;
   - mbarriers with phase bit, pending arrival count and transaction count (a phase completes
     when both reach zero; parity waits exactly as try_wait.parity: done when the current phase
     parity differs from the one waited on), and named barriers of two warpgroups (bar.arrive
@@ -40,6 +41,7 @@ import random
 import sys
 
 STAGES = 2
+DS_BUFS = 3  # dSᵀ buffers: step i uses i % 3
 
 
 class Violation(Exception):
@@ -99,13 +101,13 @@ class Model:
         self.kv = [None] * KV_BOXES                        # K/V boxes: 'kv' once landed
         self.stage = [[None] * Q_BOXES for _ in range(STAGES)]   # Q/dO boxes: step tag
         self.lse = [[None] * lanes for _ in range(STAGES)]       # lse/D parts per lane: step tag
-        self.ds = [[None, None] for _ in range(2)]          # dSᵀ buffer b, half w: step tag
+        self.ds = [[None, None] for _ in range(DS_BUFS)]          # dSᵀ buffer b, half w: step tag
         self.reading = {}                                   # location -> in-flight wgmma reads
         self.bar_kv = MBar(1)
         self.full = [MBar(1 if mutation == "full_count_one" else lanes) for _ in range(STAGES)]
         self.empty = [MBar(1 if mutation == "empty_count_one_wg" else 2) for _ in range(STAGES)]
-        self.ds_full = [NamedBar(), NamedBar()]
-        self.ds_read = [NamedBar(), NamedBar()]
+        self.ds_full = [NamedBar() for _ in range(DS_BUFS)]
+        self.ds_read = [NamedBar() for _ in range(DS_BUFS)]
         self.events = []                                    # pending async events: callables
         self.copies_in_flight = 0
         self.wgmma_done = {}                                # id -> bool
@@ -180,7 +182,7 @@ class Model:
         yield lambda: self.bar_kv.done(0)
         for i in range(self.n):
             s = i % STAGES
-            b = 0 if self.mut == "single_ds_buffer" else i & 1
+            b = i % (2 if self.mut == "two_ds_buffers" else DS_BUFS)
             par = (i // STAGES) & 1
             if self.mut == "consumer_parity":
                 par ^= 1
@@ -192,8 +194,8 @@ class Model:
             g = self.wgmma_issue([st_ok, kv_ok])        # dPᵀ = V·dOᵀ
             yield lambda g=g: self.wgmma_done[g]
             self.check("D", self.lse[s], [i] * L)
-            dq_here = (i & 1) == w
-            if self.with_dq and not dq_here and i >= 2 and self.mut != "no_ds_read_wait":
+            owner = i & 1  # the consumer that computes step i's dQ
+            if self.with_dq and i >= 3 and w != ((i - 3) & 1) and self.mut != "no_ds_read_wait":
                 yield self.ds_read[b].sync()
             if self.with_dq:
                 self.write(("ds", b), lambda b=b, i=i: self.ds[b].__setitem__(w, i))
@@ -203,19 +205,28 @@ class Model:
             yield lambda g=g: self.wgmma_done[g]
             if self.mut != "empty_before_wait" and self.mut != "no_empty_arrive":
                 self.empty[s].arrive()
-            if self.with_dq and not dq_here:
+            if not self.with_dq:
+                continue
+            if w != owner:
                 self.ds_full[b].arrive()
-            if self.with_dq and dq_here:
+            # dQ of step i-1, one step late; the last step's dQ at once.
+            jobs = []
+            if i >= 1 and w == ((i - 1) & 1):
+                jobs.append(i - 1)
+            if i == self.n - 1 and w == owner:
+                jobs.append(i)
+            for j in jobs:
+                bj = j % (2 if self.mut == "two_ds_buffers" else DS_BUFS)
                 if self.mut == "no_ds_full_wait":
-                    self.ds_full[b].arrive()
+                    self.ds_full[bj].arrive()
                 else:
-                    yield self.ds_full[b].sync()
-                ds_ok = ("ds", b), lambda b=b, i=i: self.check(f"dS buffer {b}", self.ds[b], [i, i])
+                    yield self.ds_full[bj].sync()
+                ds_ok = ("ds", bj), lambda bj=bj, j=j: self.check(f"dS buffer {bj}", self.ds[bj], [j, j])
                 for _ in range(3):
                     g = self.wgmma_issue([ds_ok, kv_ok])  # dQ chunk = dS·K
                     yield lambda g=g: self.wgmma_done[g]
-                if i + 2 < self.n or self.mut == "ds_read_always":
-                    self.ds_read[b].arrive()
+                if j + 3 < self.n or (self.mut == "ds_read_always" and j < i):
+                    self.ds_read[bj].arrive()
 
     def run(self, max_actions=100000):
         agents = [self.producer(p) for p in range(self.L)] + [self.consumer(w) for w in range(2)]
@@ -252,7 +263,7 @@ class Model:
 
 MUTATIONS = ["expect_tx_too_small", "full_count_one", "arrive_before_stores", "no_empty_wait", "empty_wait_lane0_only",
              "producer_parity", "consumer_parity", "empty_before_wait", "no_empty_arrive", "empty_count_one_wg",
-             "single_ds_buffer", "no_ds_full_wait", "no_ds_read_wait", "ds_read_always"]
+             "two_ds_buffers", "no_ds_full_wait", "no_ds_read_wait", "ds_read_always"]
 
 
 def trial(n_steps, with_dq, lanes, mutation, seed):
@@ -285,7 +296,7 @@ def main():
         caught, example = 0, None
         runs = 0
         for n, dq, p in configs:
-            if mut in ("single_ds_buffer", "no_ds_full_wait", "no_ds_read_wait", "ds_read_always") and not dq:
+            if mut in ("two_ds_buffers", "no_ds_full_wait", "no_ds_read_wait", "ds_read_always") and not dq:
                 continue
             if mut in ("full_count_one", "arrive_before_stores", "empty_wait_lane0_only") and p == 1:
                 continue  # these concern the lanes other than the issuing one

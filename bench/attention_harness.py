@@ -62,10 +62,10 @@ HOPPER_BWD_SMEM, HOPPER_BWD_THREADS, HOPPER_BWD_KEYS, HOPPER_BWD_QUERIES = 23146
 
 # Profiling builds of the Hopper backward (timing only, wrong results): without the exp2 of P,
 # without waiting on device memory after the first two query steps.
-# "redglobal" and "split21" are no profiles but earlier, correct dQ schedules timed next to the
-# current one: dQ by red.global.add from registers; both consumers in lockstep splitting dQ 2:1.
+# "lockstep" is no profile but the earlier, correct dQ schedule timed next to the current one:
+# both consumers wait for each other every step and split dQ 2:1.
 HOPPER_BWD_PROFILES = {"prof_nosoftmax": ["-DMLA_HB_PROFILE_NO_SOFTMAX=1"], "prof_noloads": ["-DMLA_HB_PROFILE_NO_LOADS=1"],
-                       "redglobal": ["-DMLA_HB_DQ_BULK=0"], "split21": ["-DMLA_HB_DQ_ALTERNATE=0"]}
+                       "lockstep": ["-DMLA_HB_DQ_DEFER=0"]}
 
 
 def fwd_smem(mt, bn):

@@ -39,43 +39,42 @@
 //     dV_w += Pᵀ·dO     4 × wgmma m64n128k16 RS (dO MN-major)
 //     dK_w += dSᵀ·Q     4 × (m64n128k16 + m64n64k16) RS (q_nope block | q_pe block)
 //     dSᵀ is also stored to shared memory (bf16, [key][query], swizzled: a conflict-free
-//     st.shared.b32 per pair). Consumer i%2 computes step i's dQ once both halves are there:
-//     dQ = dS·K (64 queries × 192, K dim 128 keys) in three 64-column chunks of 8 × wgmma
-//     m64n64k16 SS (A = dSᵀ MN-major, B = K MN-major); the other consumer goes straight on to
-//     its next step, so the two stop running in lockstep (MLA_HB_DQ_ALTERNATE=0: both wait for
-//     each other every step and split the chunks 2:1; 8% slower at s=16384, 5% faster at
-//     4096, H100). Each chunk goes to the consumer's own
-//     f32 staging buffer in shared memory (two 128-byte-swizzled boxes of 32 columns), and one
-//     thread adds it to dq_accum with two TMA bulk reduce-adds (cp.reduce.async.bulk.tensor,
-//     18th argument: dq_accum's tensor map), waiting only for the copy engine to have read the
-//     buffer before the next chunk overwrites it. (MLA_HB_DQ_BULK=0: red.global.add.v2.f32 per
-//     thread, the first version; the copy engine's whole-line adds in L2 replace 24 partial
-//     8-byte atomics per thread per chunk.)
+//     st.shared.b32 per pair; buffer i%3). Step i's dQ belongs to consumer i%2, which computes
+//     it during step i+1, after its own dV/dK GEMMs (the last step's at once), when the other
+//     consumer's half has long been stored: neither consumer waits for the other's current
+//     step. dQ = dS·K (64 queries × 192, K dim 128 keys) in three 64-column chunks of 8 × wgmma
+//     m64n64k16 SS (A = dSᵀ MN-major, B = K MN-major); each chunk goes, 32 columns at a time,
+//     through the consumer's f32 staging box in shared memory (128-byte swizzled) and one TMA
+//     bulk reduce-add (cp.reduce.async.bulk.tensor; 18th argument: dq_accum's tensor map) issued
+//     by one thread, which waits only for the copy engine to have read the box before it is
+//     rewritten. Measured versions (bench/attention_notes.md): red.global.add.v2.f32 per
+//     thread (15-17% slower at s=4096..16384); both consumers in lockstep splitting the chunks
+//     2:1 (MLA_HB_DQ_DEFER=0); consumer i%2 computing dQ at once, in step i (no faster than
+//     lockstep: it waited for the other consumer, which was busy with the previous dQ).
 //   The consumers finish with dV, dK·scale (bf16) and the dk_pe part (f32).
 //
 // Registers per consumer thread (setmaxnreg 240; 128·24 + 256·240 = 64512 ≤ 65536):
 //   dV_w 64×128 f32 = 64, dK_w 64×192 f32 = 96: 160 live for the whole kernel;
 //   per step, one GEMM in flight at a time: Sᵀ 32 → Pᵀ 16 bf16; dPᵀ 32 → dSᵀ 16 bf16; the
 //   dV/dK GEMMs read those 32; a dQ chunk 32 after they are free. Peak ≈ 160 + 48 + addresses.
-//   ptxas (nvcc 13.0): 8 bytes of spill, no C7512 (168 registers: the launch bound; setmaxnreg
+//   ptxas (nvcc 13.0): 12 bytes of spill, no C7512 (168 registers: the launch bound; setmaxnreg
 //   moves them). There is no slack: see the producer's note on its origin values; at 232/40
 //   the dQ staging spilled 44 bytes. Issuing Sᵀ and dPᵀ together (64 accumulators in flight)
 //   spilled ~400 bytes and serialised the wgmmas (C7512), and so did two dQ chunks in flight
 //   (344 bytes) and a per-element causal mask (key/query compares kept live); the mask is one
 //   compare per element against a per-row bound.
-//   FA3's own hdim-192 backward uses 3 consumer warpgroups on 96-key tiles; here 2 × 64 keys
-//   keep the dQ adds per FLOP low.
 // Shared memory (bytes, every tile 1024-aligned):
-//   K 49152 | V 32768 | Q 2 × 24576 | dO 2 × 16384 | dSᵀ 2 × 16384 | dQ staging 2 × 16384 |
+//   K 49152 | V 32768 | Q 2 × 24576 | dO 2 × 16384 | dSᵀ 3 × 16384 | dQ staging 2 × 8192 |
 //   lse, D 2 × 512 | 5 mbarriers | 16 (the producer's key/query origin) | +1008 alignment
 //   slack = 231464
 //   (1 block per SM).
-//   dSᵀ is double-buffered (buffer i%2 at step i). Named barriers of the two consumers (256):
-//   "dSᵀ full" b — the non-computing consumer bar.arrives after storing its half, the
-//   computing one bar.syncs before its dQ GEMMs; "dSᵀ read" b — the computing consumer
-//   bar.arrives once its dQ GEMMs completed (if step i+2 exists), the other bar.syncs before
-//   storing its half at step i+2 (the computing one rewrites its own half only after its own
-//   GEMMs completed). Staging barriers (128, per consumer) order its stores and the reduce.
+//   dSᵀ has three buffers (step i: i%3), since a step's dQ runs one step late. Named barriers
+//   of the two consumers (256): "dSᵀ full" b — the non-owner of step i bar.arrives after
+//   storing its half, the owner bar.syncs before the dQ GEMMs; "dSᵀ read" b — the owner
+//   bar.arrives once its dQ GEMMs completed (if step i+3 exists), and the non-owner of step i
+//   bar.syncs on it before storing its half of step i+3 (the owner rewrites its own half only
+//   after its own GEMMs completed). Staging barriers (128, per consumer) order its stores and
+//   the reduce-add.
 // Barriers: kv_full (count 1: lane 0's arrive.expect_tx of the K/V bytes), full[2] (count 32:
 //   the producer warp's lanes, each after its lse/D stores; lane 0 first adds the Q/dO bytes
 //   (mbarrier.expect_tx) and issues their copies, so a phase completes only once every lane
@@ -116,12 +115,14 @@ constexpr int HB_V_OFF = HB_K_OFF + HB_K_BYTES;
 constexpr int HB_Q_OFF = HB_V_OFF + HB_V_BYTES;
 constexpr int HB_DO_OFF = HB_Q_OFF + HB_STAGES * HB_Q_BYTES;
 constexpr int HB_DS_OFF = HB_DO_OFF + HB_STAGES * HB_DO_BYTES;
-// dQ staging, one per consumer: a 64-query × 64-column f32 chunk as two 128-byte-swizzled boxes
-// of 32 columns (what the bulk reduce-add copies out of).
+// dSᵀ buffers: step i uses buffer i % 3; a step's dQ runs one step late (see the header), so
+// three steps' dSᵀ can be alive at once.
+constexpr int HB_DS_BUFS = 3;
+// dQ staging, one per consumer: a 64-query × 32-column f32 box, 128-byte swizzled (what one bulk
+// reduce-add copies out of).
 constexpr int HB_DQ_BOX_BYTES = HB_BM * 32 * 4;            // 8192
-constexpr int HB_DQ_STAGE_BYTES = 2 * HB_DQ_BOX_BYTES;     // 16384
-constexpr int HB_DQ_OFF = HB_DS_OFF + 2 * HB_DS_BYTES;
-constexpr int HB_LSE_OFF = HB_DQ_OFF + 2 * HB_DQ_STAGE_BYTES;   // [stage][64] lse·log2e, then [stage][64] D
+constexpr int HB_DQ_OFF = HB_DS_OFF + HB_DS_BUFS * HB_DS_BYTES;
+constexpr int HB_LSE_OFF = HB_DQ_OFF + 2 * HB_DQ_BOX_BYTES;   // [stage][64] lse·log2e, then [stage][64] D
 constexpr int HB_BAR_OFF = HB_LSE_OFF + 2 * HB_STAGES * HB_BM * 4;
 constexpr int HB_NUM_BARS = 1 + 2 * HB_STAGES;   // kv_full, full[stage], empty[stage]
 constexpr int HB_ORIGIN_OFF = HB_BAR_OFF + HB_NUM_BARS * 8;  // k0, first query row: for the producer (16 bytes)
@@ -136,26 +137,18 @@ static_assert(HB_V_OFF % 1024 == 0 && HB_Q_OFF % 1024 == 0 && HB_DO_OFF % 1024 =
               "wgmma operands must start 1024-byte aligned");
 constexpr int HB_PRODUCER_REGS = 24;
 constexpr int HB_CONSUMER_REGS = 240;  // 128·24 + 256·240 = 64512 ≤ 65536 (232 spilled with the dQ staging)
-[[maybe_unused]] constexpr int HB_DS_BAR = 1;  // named barrier (MLA_HB_DQ_ALTERNATE=0): both consumers stored their dSᵀ
+[[maybe_unused]] constexpr int HB_DS_BAR = 1;  // named barrier (MLA_HB_DQ_DEFER=0): both consumers stored their dSᵀ
 constexpr int HB_DQ_BAR = 2;           // named barriers 2, 3: consumer w's dQ staging (128 threads)
-constexpr int HB_DSF_BAR = 4;          // 4, 5: dSᵀ buffer b holds both halves (alternating dQ)
-constexpr int HB_DSE_BAR = 6;          // 6, 7: dSᵀ buffer b read by its dQ GEMMs (alternating dQ)
+[[maybe_unused]] constexpr int HB_DSF_BAR = 4;          // 4, 5, 6: dSᵀ buffer b holds both halves (deferred dQ)
+[[maybe_unused]] constexpr int HB_DSE_BAR = 7;          // 7, 8, 9: dSᵀ buffer b read by its dQ GEMMs (deferred dQ)
 }  // namespace mla
 
-// 1: one consumer computes all of a step's dQ (consumer 0 on even steps, 1 on odd); the other
-// only publishes its half of dSᵀ (bar.arrive) and goes on, so the two drift half a step apart
-// and one's softmax and dS arithmetic overlap the other's GEMMs. 0: both wait for each other
-// every step (bar.sync of 256) and split the three 64-column chunks 2:1 (the first version;
-// it kept them in lockstep).
-#ifndef MLA_HB_DQ_ALTERNATE
-#define MLA_HB_DQ_ALTERNATE 1
-#endif
-
-
-// 1: dQ chunks leave through shared memory as TMA bulk reduce-adds (cp.reduce.async.bulk.tensor,
-// one issuing thread per consumer); 0: each thread adds its accumulators with red.global.add.v2.
-#ifndef MLA_HB_DQ_BULK
-#define MLA_HB_DQ_BULK 1
+// 1: step i's dQ is computed by consumer i % 2 during step i + 1 (at the last step, at once),
+// from both consumers' halves of dSᵀ stored a step earlier, so neither consumer waits for the
+// other's current step. 0: both wait for each other every step (bar.sync of 256) and split the
+// three 64-column chunks 2:1 (lockstep; the first version).
+#ifndef MLA_HB_DQ_DEFER
+#define MLA_HB_DQ_DEFER 1
 #endif
 
 using namespace mla;
@@ -197,20 +190,22 @@ __device__ __forceinline__ void staging_bar(int w) {
   else asm volatile("bar.sync %0, 128;" ::"n"(HB_DQ_BAR + 1) : "memory");
 }
 
-// Named barrier `id + b` (b = 0, 1) of 256 threads: wait, or only arrive.
-template <int ID>
-__device__ __forceinline__ void pair_bar_sync(int b) {
-  if (b == 0) asm volatile("bar.sync %0, 256;" ::"n"(ID) : "memory");
-  else asm volatile("bar.sync %0, 256;" ::"n"(ID + 1) : "memory");
-}
-template <int ID>
-__device__ __forceinline__ void pair_bar_arrive(int b) {
-  if (b == 0) asm volatile("bar.arrive %0, 256;" ::"n"(ID) : "memory");
-  else asm volatile("bar.arrive %0, 256;" ::"n"(ID + 1) : "memory");
-}
-
 __device__ __forceinline__ void red_add_v2(float* p, float a, float b) {
   asm volatile("red.global.add.v2.f32 [%0], {%1, %2};" ::"l"(p), "f"(a), "f"(b) : "memory");
+}
+
+// Named barrier `ID + b` (b = 0, 1, 2) of 256 threads: wait, or only arrive (constant ids).
+template <int ID>
+__device__ __forceinline__ void triple_bar_sync(int b) {
+  if (b == 0) asm volatile("bar.sync %0, 256;" ::"n"(ID) : "memory");
+  else if (b == 1) asm volatile("bar.sync %0, 256;" ::"n"(ID + 1) : "memory");
+  else asm volatile("bar.sync %0, 256;" ::"n"(ID + 2) : "memory");
+}
+template <int ID>
+__device__ __forceinline__ void triple_bar_arrive(int b) {
+  if (b == 0) asm volatile("bar.arrive %0, 256;" ::"n"(ID) : "memory");
+  else if (b == 1) asm volatile("bar.arrive %0, 256;" ::"n"(ID + 1) : "memory");
+  else asm volatile("bar.arrive %0, 256;" ::"n"(ID + 2) : "memory");
 }
 
 __device__ __forceinline__ void st_shared_v2(u32 addr, int a, int b) {
@@ -261,32 +256,45 @@ __device__ __forceinline__ void gemm_dq(float* acc, u32 tdS, u32 sK, int c) {
 
 }  // namespace
 
-// One 64-column dQ chunk (a consumer's m64n64 accumulators) → its staging buffer → two bulk
-// reduce-adds into dq_accum (thread ctid 0 issues them). The buffer is reused once the copy
-// engine has read the previous chunk out of it.
-__device__ __forceinline__ void stage_dq_chunk(const float* acc_q, u32 stg, int w, int ctid, int warp, int g, int t,
-                                               const TensorMap& tm_dq_accum, int c, int q0) {
+// Half H (32 columns) of a 64-column dQ chunk (a consumer's m64n64 accumulators) → the
+// consumer's staging box → one bulk reduce-add into dq_accum (thread ctid 0 issues it). The box
+// is rewritten once the copy engine has read the previous box out of it.
+template <int HALF>
+__device__ __forceinline__ void stage_dq_box(const float* acc_q, u32 stg, int w, int ctid, int warp, int g, int t,
+                                             const TensorMap& tm_dq_accum, int c, int q0) {
   if (ctid == 0) bulk_wait_read();
   staging_bar(w);
-  // Rows warp·16 + g (+8) of the step, column 8j + 2t of the chunk: box j/4, 16-byte unit
-  // 2(j%4) + t/2 of the box's 128-byte row, swizzled with row % 8 = g (conflict-free: the
-  // 8 rows of one store hit 8 different units).
+  // Rows warp·16 + g (+8) of the step, column 8j + 2t of the chunk (j = 4·HALF..4·HALF+3):
+  // 16-byte unit 2(j%4) + t/2 of the box's 128-byte row, swizzled with row % 8 = g
+  // (conflict-free: the 8 rows of one store hit 8 different units).
   const u32 my_row = stg + (warp * 16 + g) * 128 + (t & 1) * 8;
   #pragma unroll
   for (int r = 0; r < 2; r++)
     #pragma unroll
-    for (int j = 0; j < 8; j++)
-      st_shared_f32x2(my_row + (j >> 2) * HB_DQ_BOX_BYTES + r * 1024 + (((2 * (j & 3) + (t >> 1)) ^ g) << 4),
-                      acc_q[4 * j + 2 * r], acc_q[4 * j + 2 * r + 1]);
+    for (int j = 4 * HALF; j < 4 * HALF + 4; j++)
+      st_shared_f32x2(my_row + r * 1024 + (((2 * (j & 3) + (t >> 1)) ^ g) << 4), acc_q[4 * j + 2 * r], acc_q[4 * j + 2 * r + 1]);
   fence_proxy_async();  // the copy engine reads what these generic stores wrote
   staging_bar(w);
   if (ctid == 0) {
     // Queries past S lie outside the map: the copy engine skips them. (Head and batch re-read
     // from blockIdx: keeping h and b live here made the consumers spill.)
-    const int hh = blockIdx.x, bb = blockIdx.z;
-    tma_reduce_add_4d(tm_dq_accum, stg, c * 64, hh, q0, bb);
-    tma_reduce_add_4d(tm_dq_accum, stg + HB_DQ_BOX_BYTES, c * 64 + 32, hh, q0, bb);
+    tma_reduce_add_4d(tm_dq_accum, stg, c * 64 + HALF * 32, blockIdx.x, q0, blockIdx.z);
     bulk_commit();
+  }
+}
+
+// The 64-column chunks c_first, c_first + c_step, … ≤ c_last of one step's dQ = dS·K (dSᵀ
+// buffer tdS, both halves; queries q0..q0+63), each waited for, staged and added to dq_accum.
+__device__ __forceinline__ void dq_chunks(u32 tdS, u32 sK, u32 stg, int w, int ctid, int warp, int g, int t,
+                                          const TensorMap& tm_dq_accum, int q0, int c_first, int c_step, int c_last) {
+  for (int c = c_first; c <= c_last; c += c_step) {
+    float acc_q[32];
+    wgmma_fence();
+    gemm_dq(acc_q, tdS, sK, c);
+    wgmma_commit();
+    wgmma_wait<0>();
+    stage_dq_box<0>(acc_q, stg, w, ctid, warp, g, t, tm_dq_accum, c, q0);
+    stage_dq_box<1>(acc_q, stg, w, ctid, warp, g, t, tm_dq_accum, c, q0);
   }
 }
 
@@ -425,7 +433,8 @@ mla_attention_bwd_dkdv_hopper(const __grid_constant__ TensorMap tm_q_nope, const
       const int s = i % HB_STAGES;
       const int q0 = (m_begin + i) * HB_BM;
       const u32 tQ = sQ + s * HB_Q_BYTES, tdO = sdO + s * HB_DO_BYTES;
-      const u32 tdS = sdS + (i & 1) * HB_DS_BYTES;
+      const int ds_buf = i % HB_DS_BUFS;
+      const u32 tdS = sdS + ds_buf * HB_DS_BYTES;
       const float* tLse = sLse + s * HB_BM;
       const float* tD = sD + s * HB_BM;
       mbar_wait(bar_full(s), (i / HB_STAGES) & 1);
@@ -480,12 +489,11 @@ mla_attention_bwd_dkdv_hopper(const __grid_constant__ TensorMap tm_q_nope, const
         }
       }
       pack_a<64>(ds, acc_dp);
-#if MLA_HB_DQ_ALTERNATE
-      // This step's dQ is computed by consumer (i & 1); dSᵀ buffer i & 1 was last read by that
-      // consumer's dQ GEMMs two steps ago: the other consumer waits for their "read" signal
-      // before overwriting its half (the computing one waited for its own GEMMs).
-      const bool dq_here = (i & 1) == w;
-      if (with_dq && !dq_here && i >= 2) pair_bar_sync<HB_DSE_BAR>(i & 1);
+#if MLA_HB_DQ_DEFER
+      // Buffer ds_buf last held step i-3's dSᵀ, read by the dQ GEMMs of consumer (i-3) % 2: the
+      // other consumer waits for their "read" signal before storing its half (that consumer
+      // waited for its own GEMMs).
+      if (with_dq && i >= 3 && w != ((i - 3) & 1)) triple_bar_sync<HB_DSE_BAR>(ds_buf);
 #endif
       if (with_dq) {
         // dSᵀ row key_l (+8), 4-byte pair at query 8j+2t: 16-byte piece j of a 128-byte row,
@@ -506,51 +514,39 @@ mla_attention_bwd_dkdv_hopper(const __grid_constant__ TensorMap tm_q_nope, const
       wgmma_wait<0>();
       mbar_arrive(bar_empty(s));  // the stage (Q, dO, lse, D) is free
 
-#if MLA_HB_DQ_ALTERNATE
-      if (with_dq && !dq_here) pair_bar_arrive<HB_DSF_BAR>(i & 1);  // my half is stored; go on
-      if (with_dq && dq_here) {
-        pair_bar_sync<HB_DSF_BAR>(i & 1);  // both halves stored
-        for (int c = 0; c < 3; c++) {
+#if MLA_HB_DQ_DEFER
+      if (with_dq) {
+        const u32 stg = sdQ + w * HB_DQ_BOX_BYTES;
+        // Step i's dQ belongs to consumer i % 2; the other one publishes its half and goes on.
+        if (w != (i & 1)) triple_bar_arrive<HB_DSF_BAR>(ds_buf);
+        // Step i-1's dQ, one step late: its other half was stored during step i-1.
+        if (i >= 1 && w == ((i - 1) & 1)) {
+          const int prev = (i - 1) % HB_DS_BUFS;
+          triple_bar_sync<HB_DSF_BAR>(prev);
+          dq_chunks(sdS + prev * HB_DS_BYTES, sK, stg, w, ctid, warp, g, t, tm_dq_accum, q0 - HB_BM, 0, 1, 2);
+          // Its buffer is free for step i+2's halves (no signal when there is no such step, so
+          // every arrival has a matching wait).
+          if (i + 2 < n_steps) triple_bar_arrive<HB_DSE_BAR>(prev);
+        }
+        // The last step's dQ has no next step to hide in.
+        if (i == n_steps - 1 && w == (i & 1)) {
+          triple_bar_sync<HB_DSF_BAR>(ds_buf);
+          dq_chunks(tdS, sK, stg, w, ctid, warp, g, t, tm_dq_accum, q0, 0, 1, 2);
+        }
+      }
 #else
       if (with_dq) {
         named_bar_sync(HB_DS_BAR, 256);
         // Chunks {0, 2} on even (i + w), {1} on odd: the two consumers split 192 columns 2:1
         // and swap every step.
         const int c_last = ((i + w) & 1) == 0 ? 2 : 1;
-        for (int c = c_last == 2 ? 0 : 1; c <= c_last; c += 2) {
-#endif
-          float acc_q[32];
-          wgmma_fence();
-          gemm_dq(acc_q, tdS, sK, c);
-          wgmma_commit();
-          wgmma_wait<0>();
-#if MLA_HB_DQ_BULK
-          stage_dq_chunk(acc_q, sdQ + w * HB_DQ_STAGE_BYTES, w, ctid, warp, g, t, tm_dq_accum, c, q0);
-#else
-          #pragma unroll
-          for (int r = 0; r < 2; r++) {
-            const int query = q0 + warp * 16 + g + 8 * r;
-            if (query < S) {
-              float* dst = dq_accum + (row_bsh0 + query * HS) * D_QK + c * 64 + 2 * t;
-              #pragma unroll
-              for (int j = 0; j < 8; j++) red_add_v2(dst + 8 * j, acc_q[4 * j + 2 * r], acc_q[4 * j + 2 * r + 1]);
-            }
-          }
-#endif
-        }
-#if MLA_HB_DQ_ALTERNATE
-        // Every dQ GEMM reading buffer i & 1 has completed (waited above): the other consumer
-        // may overwrite its half at step i + 2 (no signal when there is no such step, so every
-        // arrival has a matching wait).
-        if (i + 2 < n_steps) pair_bar_arrive<HB_DSE_BAR>(i & 1);
-#endif
+        dq_chunks(tdS, sK, sdQ + w * HB_DQ_BOX_BYTES, w, ctid, warp, g, t, tm_dq_accum, q0, c_last == 2 ? 0 : 1, 2, c_last);
       }
+#endif
     }
-#if MLA_HB_DQ_BULK
     // The reduce-adds must have completed before the block (and its shared memory) is gone and
     // before the next kernel (finish) reads dq_accum.
     if (ctid == 0 && with_dq) bulk_wait();
-#endif
 
     // Epilogue: dV → bf16; dK·scale → dk_nope bf16 and the f32 dk_pe part.
     #pragma unroll
