@@ -11,13 +11,13 @@
 //
 // Measured 2026-11-25 with this file (node dist/src/cli/main.js bench attention), NVIDIA H100
 // 80GB HBM3, cuDNN 9 via PyTorch 2.11 in the same run; Hopper kernels (TMA forward; TMA
-// backward with dQ by bulk reduce-adds). bench/attention_notes.md has every version's numbers.
+// backward, dQ by bulk reduce-adds one step late). bench/attention_notes.md has every version.
 //   s      ours fwd ms/TF   cuDNN fwd      ours bwd ms/TF   det ms    cuDNN bwd
-//   2048   0.048 / 452      0.067 / 319    0.189 / 284      0.350     0.235 / 228
-//   4096   0.142 / 606      0.188 / 458    0.592 / 363      1.104     0.625 / 344
-//   8192   0.495 / 694      0.602 / 571    2.082 / 413      3.831     1.929 / 445
-//   16384  1.889 / 727      2.222 / 618    7.819 / 439      14.466    7.380 / 466
-//   32768  8.074 / 681      8.971 / 613    30.726 / 447     59.355    28.063 / 490
+//   2048   0.047 / 454      0.067 / 323    0.182 / 295      0.346     0.234 / 229
+//   4096   0.141 / 609      0.186 / 461    0.553 / 388      1.092     0.621 / 346
+//   8192   0.495 / 694      0.600 / 573    1.966 / 437      3.780     1.953 / 440
+//   16384  1.880 / 731      2.227 / 617    7.809 / 440      14.701    7.331 / 469
+//   32768  8.270 / 665      9.207 / 597    30.093 / 457     58.794    28.487 / 482
 import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';

@@ -91,7 +91,7 @@
 // This kernel computes 1664 FLOPs per (query, key) pair (Sᵀ 384, dPᵀ 256, dV 256, dK 384,
 // dQ 384) = 1.04 × the convention's 1600, plus 6% (s=2048) … 0.2% (32768) of masked waste.
 // Measured (H100 80GB HBM3, whole backward incl. preprocess and finish, convention TFLOPS,
-// bench/attention_notes.md): 284 / 363 / 417 / 432 / 442 at s=2048..32768, 0.93-1.24× cuDNN.
+// bench/attention_notes.md): 295 / 388 / 437 / 440 / 457 at s=2048..32768, 0.94-1.29× cuDNN.
 // Limits: each consumer's steps are a serial chain of GEMM → wait → elementwise (the registers
 // are spent on dK/dV, none are left to pipeline), and two chains per SM do not keep the tensor
 // cores busy (without dQ the kernel runs 45% faster, far more than dQ's 23% of the FLOPs);
