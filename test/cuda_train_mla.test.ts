@@ -52,8 +52,8 @@ test(`MLA-width model: Hopper-kernel losses follow the simple kernels' and the C
   console.log(`# simple vs CPU: ${fmt(simpleVsCpu)}`);
   // Same weights, same batch: the first loss differs only by bf16 rounding inside the forward.
   assert.ok(vsSimple[0]! < 2e-3 && vsCpu[0]! < 2e-3, `first-step losses differ: ${vsSimple[0]} (simple), ${vsCpu[0]} (CPU)`);
-  // Afterwards rounding differences of ~2^-8 feed each update and grow; both GPU kernel sets
-  // round P and dS to bf16, so they stay closer to each other than to the CPU backend.
+  // Afterwards rounding differences of ~2^-8 feed each update and grow (measured on an H100 over
+  // 20 steps: at most 5.7e-3 against the simple kernels, 8.9e-3 against the CPU backend).
   assert.ok(Math.max(...vsSimple) < 2e-2, `Hopper and simple-kernel losses differ by ${Math.max(...vsSimple)} (relative)`);
-  assert.ok(Math.max(...vsCpu) < 5e-2, `Hopper and CPU losses differ by ${Math.max(...vsCpu)} (relative)`);
+  assert.ok(Math.max(...vsCpu) < 2e-2, `Hopper and CPU losses differ by ${Math.max(...vsCpu)} (relative)`);
 });

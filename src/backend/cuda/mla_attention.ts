@@ -172,6 +172,9 @@ export function mlaAttentionForward(
   expectTensor(op, 'lse', lse, [B, H, S], 'f32', '[B,H,S]');
   if (B * S * H === 0) return;
   const k = kernelsFor(ctx);
+  // Arguments 5-10, the same for the mma.sync kernel and the Hopper one.
+  const fwdTail = (args: KernelArgs): KernelArgs =>
+    args.ptr(5, addressOf(o)).ptr(6, addressOf(lse)).i32(7, S).i32(8, H).f32(9, opts.scale).i32(10, opts.causal ? 1 : 0);
   if (k.fwdHopper && opts.simple !== true) {
     const maps = k.fwdHopperMaps;
     const rows = HOP_FWD_ROWS;
@@ -180,12 +183,11 @@ export function mlaAttentionForward(
     maps.set(2, headRows(addressOf(kNope), B, S, H, D_NOPE, rows), `${op}: kNope`);
     maps.set(3, sharedRows(addressOf(kPe), B, S, D_ROPE, rows), `${op}: kPe`);
     maps.set(4, headRows(addressOf(v), B, S, H, D_V, rows), `${op}: v`);
-    const args = k.fwdHopperArgs.ptr(5, addressOf(o)).ptr(6, addressOf(lse)).i32(7, S).i32(8, H).f32(9, opts.scale).i32(10, opts.causal ? 1 : 0);
-    k.fwdHopper.launch([H, Math.ceil(S / HOP_FWD_ROWS), B], [HOP_FWD_THREADS, 1, 1], HOP_FWD_SMEM, args);
+    k.fwdHopper.launch([H, Math.ceil(S / HOP_FWD_ROWS), B], [HOP_FWD_THREADS, 1, 1], HOP_FWD_SMEM, fwdTail(k.fwdHopperArgs));
     return;
   }
-  const args = k.fwdArgs.ptr(0, addressOf(qNope)).ptr(1, addressOf(qPe)).ptr(2, addressOf(kNope)).ptr(3, addressOf(kPe))
-    .ptr(4, addressOf(v)).ptr(5, addressOf(o)).ptr(6, addressOf(lse)).i32(7, S).i32(8, H).f32(9, opts.scale).i32(10, opts.causal ? 1 : 0);
+  const args = fwdTail(k.fwdArgs.ptr(0, addressOf(qNope)).ptr(1, addressOf(qPe)).ptr(2, addressOf(kNope)).ptr(3, addressOf(kPe))
+    .ptr(4, addressOf(v)));
   k.fwd.launch([Math.ceil(S / FWD_ROWS), H, B], [FWD_THREADS, 1, 1], FWD_SMEM, args);
 }
 
@@ -234,6 +236,10 @@ export function mlaAttentionBackward(
     const [pQn, pQp, pKn, pKp, pV, pDo, pLse] = [qNope, qPe, kNope, kPe, v, dout, lse].map(addressOf) as
       [bigint, bigint, bigint, bigint, bigint, bigint, bigint];
     const causal = opts.causal ? 1 : 0;
+    // Arguments 6-16, the same for the mma.sync kernel and the Hopper one.
+    const dkdvTail = (args: KernelArgs): KernelArgs => args.ptr(6, pLse).ptr(7, dSum)
+      .ptr(8, addressOf(grads.dkNope)).ptr(9, addressOf(grads.dv)).ptr(10, dqAccum).ptr(11, dkPeF32)
+      .i32(12, S).i32(13, H).f32(14, opts.scale).i32(15, causal).i32(16, deterministic ? 1 : 0);
 
     k.pre.launch([Math.ceil(rows / (PRE_THREADS / 32)), 1, 1], [PRE_THREADS, 1, 1], 0,
       k.preArgs.ptr(0, addressOf(o)).ptr(1, pDo).ptr(2, dSum).ptr(3, dqAccum).ptr(4, deterministic ? 0n : dkPeF32)
@@ -249,18 +255,15 @@ export function mlaAttentionBackward(
       maps.set(4, headRows(pV, B, S, H, D_V, HOP_BWD_KEYS), `${op}: v`);
       maps.set(5, headRows(pDo, B, S, H, D_V, HOP_BWD_QUERIES), `${op}: dout`);
       // dQ chunks leave as bulk reduce-adds into dqAccum [B,S,H,192] f32: boxes of 32 columns ×
-      // 64 queries. Deterministic mode has no dqAccum (the kernel skips dQ and never uses the
-      // map), so the map then describes the dkPe scratch, only to be a valid map.
-      maps.set(17, { dtype: 'f32', address: deterministic ? dkPeF32 : dqAccum, dims: [D_QK, H, S, B],
-        strides: [D_QK * 4, H * D_QK * 4, S * H * D_QK * 4], box: [32, 1, HOP_BWD_QUERIES, 1], swizzle128: true }, `${op}: dq accumulator`);
-      const args = k.dkdvHopperArgs.ptr(6, pLse).ptr(7, dSum)
-        .ptr(8, addressOf(grads.dkNope)).ptr(9, addressOf(grads.dv)).ptr(10, dqAccum).ptr(11, dkPeF32)
-        .i32(12, S).i32(13, H).f32(14, opts.scale).i32(15, causal).i32(16, deterministic ? 1 : 0);
-      k.dkdvHopper.launch([H, Math.ceil(S / HOP_BWD_KEYS), B], [HOP_BWD_THREADS, 1, 1], HOP_BWD_SMEM, args);
+      // 64 queries. Deterministic mode has no dqAccum; the kernel then skips dQ and never reads
+      // this slot, so it keeps whatever map it held.
+      if (!deterministic) {
+        maps.set(17, { dtype: 'f32', address: dqAccum, dims: [D_QK, H, S, B], strides: [D_QK * 4, H * D_QK * 4, S * H * D_QK * 4],
+          box: [32, 1, HOP_BWD_QUERIES, 1], swizzle128: true }, `${op}: dq accumulator`);
+      }
+      k.dkdvHopper.launch([H, Math.ceil(S / HOP_BWD_KEYS), B], [HOP_BWD_THREADS, 1, 1], HOP_BWD_SMEM, dkdvTail(k.dkdvHopperArgs));
     } else {
-      const args = k.dkdvArgs.ptr(0, pQn).ptr(1, pQp).ptr(2, pKn).ptr(3, pKp).ptr(4, pV).ptr(5, pDo).ptr(6, pLse).ptr(7, dSum)
-        .ptr(8, addressOf(grads.dkNope)).ptr(9, addressOf(grads.dv)).ptr(10, dqAccum).ptr(11, dkPeF32)
-        .i32(12, S).i32(13, H).f32(14, opts.scale).i32(15, causal).i32(16, deterministic ? 1 : 0);
+      const args = dkdvTail(k.dkdvArgs.ptr(0, pQn).ptr(1, pQp).ptr(2, pKn).ptr(3, pKp).ptr(4, pV).ptr(5, pDo));
       k.dkdv.launch([tiles, H, B], [BWD_THREADS, 1, 1], DKDV_SMEM, args);
     }
     if (deterministic) {

@@ -208,6 +208,8 @@ export class CudaKernel {
   private readonly driver: CudaDriver;
   /** Byte size of each parameter, when the driver can tell (CUDA ≥ 12.4). */
   readonly paramSizes: readonly number[] | undefined;
+  /** Indices of the kernel's 128-byte (CUtensorMap) parameters, when the driver can tell. */
+  private readonly wideParams: number[];
 
   constructor(private readonly ctx: CudaContext, readonly handle: bigint, readonly name: string, readonly file: string) {
     this.driver = ctx.driver;
@@ -217,9 +219,6 @@ export class CudaKernel {
     if (odd >= 0) throw new Error(`internal: kernel ${name} (${file}) parameter ${odd} is ${this.paramSizes![odd]} bytes; KernelArgs slots hold 8 or ${TENSOR_MAP_BYTES} (a CUtensorMap)`);
     this.wideParams = (this.paramSizes ?? []).flatMap((s, i) => (s === TENSOR_MAP_BYTES ? [i] : []));
   }
-
-  /** Indices of the kernel's 128-byte (CUtensorMap) parameters, when the driver can tell. */
-  private readonly wideParams: number[];
 
   /**
    * Queues the kernel on `stream` (the context's compute stream unless given). Host cost is

@@ -10,8 +10,9 @@
 // Launch: grid (H, ceil(S/128), B), 384 threads, HB_SMEM_BYTES (231464) of dynamic shared
 // memory. Heads vary fastest and blockIdx.y is the key tile, so under a causal mask the longest
 // key tiles (the first, which see every later query) of every head start first.
-// Arguments as mla_attention_bwd_dkdv: dq_accum null skips dQ (deterministic mode, where
-// mla_attention_bwd_dq computes it); dkpe_per_head 0 adds dk_pe into dkpe_f32 [B,S,64] with
+// Arguments as mla_attention_bwd_dkdv, plus dq_accum's tensor map last: dq_accum null skips dQ
+// (deterministic mode, where mla_attention_bwd_dq computes it); otherwise dQ is added through
+// the map and the pointer only says that it is; dkpe_per_head 0 adds dk_pe into dkpe_f32 [B,S,64] with
 // atomics, 1 stores this head's part into dkpe_f32 [B,S,H,64].
 //
 // Tiles: one block per (128-key tile, head, batch); it walks the query tiles of 64 rows that
