@@ -61,11 +61,21 @@ HOPPER_BWD_SMEM, HOPPER_BWD_THREADS, HOPPER_BWD_KEYS, HOPPER_BWD_QUERIES = 23146
 
 
 # Profiling builds of the Hopper backward (timing only, wrong results): without the exp2 of P,
-# without waiting on device memory after the first two query steps.
-# "lockstep" is no profile but the earlier, correct dQ schedule timed next to the current one:
-# both consumers wait for each other every step and split dQ 2:1.
-HOPPER_BWD_PROFILES = {"prof_nosoftmax": ["-DMLA_HB_PROFILE_NO_SOFTMAX=1"], "prof_noloads": ["-DMLA_HB_PROFILE_NO_LOADS=1"],
-                       "lockstep": ["-DMLA_HB_DQ_DEFER=0"]}
+# without waiting on device memory after the first two query steps, without waiting for the copy
+# engine to have read a dQ staging box before rewriting it, without staging dQ at all (its GEMMs
+# still run). The others are correct alternatives timed (and checked) next to the default:
+# pipe0 stages each 64-column dQ chunk before the next one's GEMM; pipe0_cta_boxes also stages
+# the consumer's 64 rows per box (one issuing thread, two 128-thread barriers a box: the
+# previous version); pipe64 keeps two 64-column chunks in flight; sdp_overlap issues dPᵀ
+# behind Sᵀ.
+HOPPER_BWD_PROFILES = {"prof_nostaging": ["-DMLA_HB_PROFILE_NO_STAGING=1"],
+                       "pipe0_cta_boxes": ["-DMLA_HB_DQ_PIPE=0", "-DMLA_HB_DQ_WARP_BOXES=0"],
+                       "red": ["-DMLA_HB_DQ_RED=1"]}
+
+
+def dq_box_rows(defines):
+    """Query rows per dQ reduce-add box: a warp's 16, or the consumer's 64 (MLA_HB_DQ_WARP_BOXES=0)."""
+    return HOPPER_BWD_QUERIES if "-DMLA_HB_DQ_WARP_BOXES=0" in defines else 16
 
 
 def fwd_smem(mt, bn):
@@ -122,13 +132,13 @@ def u64(t):
     return np.uint64(0 if t is None else t.data_ptr())
 
 
-def dq_map(qn, dq_accum_ptr):
+def dq_map(qn, dq_accum_ptr, rows):
     """The Hopper backward's bulk reduce-add target: dq_accum [B,S,H,192] f32 in boxes of 32
-    columns × 64 queries. Deterministic mode has no dq_accum (never used): any aligned address."""
+    columns × `rows` queries. Deterministic mode has no dq_accum (never used): any aligned address."""
     B, S, H, _ = qn.shape
     addr = int(dq_accum_ptr) or qn.data_ptr()
     row = D_QK * 4
-    return tma_launch.TensorMap(tma_launch.F32, addr, [D_QK, H, S, B], [row, row * H, row * H * S], [32, 1, HOPPER_BWD_QUERIES, 1])
+    return tma_launch.TensorMap(tma_launch.F32, addr, [D_QK, H, S, B], [row, row * H, row * H * S], [32, 1, rows, 1])
 
 
 class MlaKernels:
@@ -163,7 +173,7 @@ class MlaKernels:
             for v in HOPPER_BWD_PROFILES:
                 fn = cupy.RawModule(path=cubins[f"bwd_hopper_{v}"]).get_function("mla_attention_bwd_dkdv_hopper")
                 fn.max_dynamic_shared_size_bytes = HOPPER_BWD_SMEM
-                self.dkdv_hopper_prof[v] = fn
+                self.dkdv_hopper_prof[v] = (fn, dq_box_rows(HOPPER_BWD_PROFILES[v]))
             self.dkdv_hopper.max_dynamic_shared_size_bytes = HOPPER_BWD_SMEM
 
     def use_fwd(self, variant):
@@ -198,21 +208,23 @@ class MlaKernels:
                 u64(g["dk_nope"]), u64(g["dv"]), u64(sc["dq_accum"]), u64(sc["dkpe"]),
                 np.int32(S), np.int32(H), np.float32(scale), np.int32(causal), np.int32(deterministic))
 
-    def launch_dkdv(self, args, B, S, H, hopper, tensors=None, fn=None):
+    def launch_dkdv(self, args, B, S, H, hopper, tensors=None, variant=None):
         """tensors: (qn, qp, kn, kp, v, do) for the Hopper kernel, which takes TMA tensor maps of
-        them in place of args' first six pointers."""
+        them in place of args' first six pointers; variant: (function, dQ box rows) of a
+        HOPPER_BWD_PROFILES build in place of the default."""
+        fn, rows = variant or (self.dkdv_hopper, dq_box_rows([]))
         if hopper:  # the wgmma kernel: 128 keys per block, heads fastest; q/dO 64 rows per step
             qn, qp, kn, kp, v, do = tensors
             maps = [tma_launch.head_rows(qn, HOPPER_BWD_QUERIES), tma_launch.head_rows(qp, HOPPER_BWD_QUERIES),
                     tma_launch.head_rows(kn, HOPPER_BWD_KEYS), tma_launch.shared_rows(kp, HOPPER_BWD_KEYS),
                     tma_launch.head_rows(v, HOPPER_BWD_KEYS), tma_launch.head_rows(do, HOPPER_BWD_QUERIES)]
-            tma_launch.launch(fn or self.dkdv_hopper, (H, (S + HOPPER_BWD_KEYS - 1) // HOPPER_BWD_KEYS, B),
+            tma_launch.launch(fn, (H, (S + HOPPER_BWD_KEYS - 1) // HOPPER_BWD_KEYS, B),
                               (HOPPER_BWD_THREADS, 1, 1), HOPPER_BWD_SMEM, cupy.cuda.get_current_stream().ptr,
-                              maps + list(args[6:]) + [dq_map(qn, args[10])])
+                              maps + list(args[6:]) + [dq_map(qn, args[10], rows)])
         else:
             self.dkdv(((S + TILE - 1) // TILE, H, B), (256, 1, 1), args, shared_mem=DKDV_SMEM)
 
-    def backward(self, g, do, qn, qp, kn, kp, v, o, lse, causal, scale, deterministic, sc, hopper=False):
+    def backward(self, g, do, qn, qp, kn, kp, v, o, lse, causal, scale, deterministic, sc, hopper=False, variant=None):
         """hopper: mla_attention_bwd_dkdv_hopper in place of mla_attention_bwd_dkdv (the host's
         swap); preprocess, the deterministic dq pass and finish are the same kernels."""
         B, S, H, _ = qn.shape
@@ -223,7 +235,7 @@ class MlaKernels:
                  (u64(o), u64(do), u64(sc["d_sum"]), u64(dq_accum), u64(None if deterministic else sc["dkpe"]),
                   np.int32(rows), np.int32(S), np.int32(H)))
         self.launch_dkdv(self.dkdv_args(g, do, qn, qp, kn, kp, v, lse, causal, scale, deterministic, sc), B, S, H, hopper,
-                         (qn, qp, kn, kp, v, do))
+                         (qn, qp, kn, kp, v, do), variant)
         if deterministic:
             self.dq((tiles, H, B), (256, 1, 1),
                     (u64(qn), u64(qp), u64(kn), u64(kp), u64(v), u64(do), u64(lse), u64(sc["d_sum"]),
@@ -500,13 +512,15 @@ def check_hopper_bwd(k):
         lse = nan_like((B, H, S), torch.float32)
         k.forward(qn, qp, kn, kp, v, o, lse, causal, scale)
         res, line_ok = {}, True
-        for tag, hopper, det in (("hop", True, False), ("hop/det", True, True), ("mma", False, False)):
+        alts = [(f"hop:{v}", True, False, var) for v, var in k.dkdv_hopper_prof.items() if not v.startswith("prof_")]
+        for tag, hopper, det, variant in [("hop", True, False, None), ("hop/det", True, True, None),
+                                          ("mma", False, False, None)] + alts:
             g = {n: nan_like(x.shape, torch.bfloat16) for n, x in zip(names, (qn, qp, kn, kp, v))}
             sc = k.scratch(B, S, H, det)
             for x in sc.values():  # poison the scratch too: preprocess must zero what is added into
                 if x is not None:
                     x.fill_(float("nan"))
-            k.backward(g, do, qn, qp, kn, kp, v, o, lse, causal, scale, det, sc, hopper=hopper)
+            k.backward(g, do, qn, qp, kn, kp, v, o, lse, causal, scale, det, sc, hopper=hopper, variant=variant)
             torch.cuda.synchronize()
             for n in names:
                 e = errors(g[n], g_ref[n])
@@ -552,9 +566,9 @@ def bench_hopper_bwd(k, seqs, b=1, h=16):
         sc_det = k.scratch(b, s, h, True)
         prof = {"no dQ": time_ms([lambda: k.launch_dkdv(
             k.dkdv_args(a[8], a[5], *a[:5], a[7], True, scale, True, sc_det), b, s, h, True, a[:6])], reps)}
-        for v, fn in k.dkdv_hopper_prof.items():
-            prof[v] = time_ms([lambda fn=fn: k.launch_dkdv(
-                k.dkdv_args(a[8], a[5], *a[:5], a[7], True, scale, False, sc), b, s, h, True, a[:6], fn)], reps)
+        for v, variant in k.dkdv_hopper_prof.items():
+            prof[v] = time_ms([lambda variant=variant: k.launch_dkdv(
+                k.dkdv_args(a[8], a[5], *a[:5], a[7], True, scale, False, sc), b, s, h, True, a[:6], variant)], reps)
         print(f"  s={s} profile, Hopper kernel alone {alone['hopper']:.3f} ms: "
               + ", ".join(f"{n} {t:.3f} ms ({100 * (1 - t / alone['hopper']):+.0f}%)" for n, t in prof.items()), flush=True)
         del sets, sc, sc_det

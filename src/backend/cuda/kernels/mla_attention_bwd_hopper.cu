@@ -151,6 +151,27 @@ constexpr int HB_DQ_BAR = 2;           // named barriers 2, 3: consumer w's dQ s
 #ifndef MLA_HB_DQ_DEFER
 #define MLA_HB_DQ_DEFER 1
 #endif
+// 1: each warp stages its own 16 rows of a dQ box and its lane 0 issues their reduce-add (boxes
+// of 32 columns × 16 rows; the host's dq_accum map says so), so no 128-thread barrier is
+// needed; 0: the consumer's 64 rows, two bar.syncs per box, one thread issues.
+#ifndef MLA_HB_DQ_WARP_BOXES
+#define MLA_HB_DQ_WARP_BOXES 1
+#endif
+// 1: the next 64-column dQ chunk's GEMM is issued before the current chunk's second half is
+// staged, so its waits (the copy engine reading the box, the stores) overlap the tensor cores'
+// work; 0: GEMM → wait → stage → stage, chunk after chunk.
+// 1: dPᵀ's GEMM is issued right behind Sᵀ's, so it runs while Pᵀ is computed (64 accumulator
+// registers in flight); 0: one after the other.
+#ifndef MLA_HB_SDP_OVERLAP
+#define MLA_HB_SDP_OVERLAP 0
+#endif
+// 1: dQ leaves by red.global.add.v4.f32 from the accumulators instead of the staging boxes.
+#ifndef MLA_HB_DQ_RED
+#define MLA_HB_DQ_RED 0
+#endif
+#ifndef MLA_HB_DQ_PIPE
+#define MLA_HB_DQ_PIPE 1
+#endif
 
 using namespace mla;
 using namespace mla::hop;
@@ -168,6 +189,15 @@ namespace {
 #endif
 #ifndef MLA_HB_PROFILE_NO_LOADS
 #define MLA_HB_PROFILE_NO_LOADS 0
+#endif
+// MLA_HB_PROFILE_NO_WAIT_READ: the dQ staging rewrites its box without waiting for the copy
+// engine to have read the previous one; MLA_HB_PROFILE_NO_STAGING: the dQ GEMMs run but their
+// results are neither staged nor added.
+#ifndef MLA_HB_PROFILE_NO_WAIT_READ
+#define MLA_HB_PROFILE_NO_WAIT_READ 0
+#endif
+#ifndef MLA_HB_PROFILE_NO_STAGING
+#define MLA_HB_PROFILE_NO_STAGING 0
 #endif
 
 // dq_accum[box at c0, h, q0, b] += the f32 box at smem (bulk async-group; the copy engine does
@@ -223,65 +253,88 @@ __device__ __forceinline__ float2 unpack_bf16x2(u32 x) {
 }
 
 // Sᵀ (this consumer's 64 keys × 64 queries) = K_w·Qᵀ, K dim 192 in 12 steps of 16 (4 per block).
+// Descriptor offsets are in 16-byte units (desc_base): K-major, a k16 step is 32 bytes within a
+// 64-column block, a block is HB_K_BLOCK / HB_Q_BLOCK bytes.
 __device__ __forceinline__ void gemm_st(float* acc, u32 sK_w, u32 tQ) {
+  const unsigned long long da = desc_base(sK_w, 16, 1024), db = desc_base(tQ, 16, 1024);
   #pragma unroll
   for (int kk = 0; kk < D_QK / 16; kk++)
-    wgmma_ss_m64n64k16<0, 0>(acc, desc(sK_w + (kk >> 2) * HB_K_BLOCK + (kk & 3) * 32, 16, 1024),
-                             desc(tQ + (kk >> 2) * HB_Q_BLOCK + (kk & 3) * 32, 16, 1024), kk > 0);
+    wgmma_ss_m64n64k16<0, 0>(acc, da + (kk >> 2) * (HB_K_BLOCK >> 4) + (kk & 3) * 2,
+                             db + (kk >> 2) * (HB_Q_BLOCK >> 4) + (kk & 3) * 2, kk > 0);
 }
 // dPᵀ = V_w·dOᵀ, K dim 128.
 __device__ __forceinline__ void gemm_dpt(float* acc, u32 sV_w, u32 tdO) {
+  const unsigned long long da = desc_base(sV_w, 16, 1024), db = desc_base(tdO, 16, 1024);
   #pragma unroll
   for (int kk = 0; kk < D_V / 16; kk++)
-    wgmma_ss_m64n64k16<0, 0>(acc, desc(sV_w + (kk >> 2) * HB_K_BLOCK + (kk & 3) * 32, 16, 1024),
-                             desc(tdO + (kk >> 2) * HB_Q_BLOCK + (kk & 3) * 32, 16, 1024), kk > 0);
+    wgmma_ss_m64n64k16<0, 0>(acc, da + (kk >> 2) * (HB_K_BLOCK >> 4) + (kk & 3) * 2,
+                             db + (kk >> 2) * (HB_Q_BLOCK >> 4) + (kk & 3) * 2, kk > 0);
 }
 // dV_w += Pᵀ·dO and dK_w += dSᵀ·Q: K dim = the 64 queries (4 steps of 16 rows = 2048 bytes of
 // the MN-major dO and Q tiles).
 __device__ __forceinline__ void gemm_dv_dk(float* acc_dv, float* acc_dk, const u32 (*p)[4], const u32 (*ds)[4], u32 tQ,
                                            u32 tdO) {
+  const unsigned long long ddo = desc_base(tdO, HB_Q_BLOCK, 1024), dq = desc_base(tQ, HB_Q_BLOCK, 1024);
   #pragma unroll
   for (int kk = 0; kk < HB_BM / 16; kk++) {
-    wgmma_rs_m64n128k16_tb(acc_dv, p[kk], desc(tdO + kk * 2048, HB_Q_BLOCK, 1024));
-    wgmma_rs_m64n128k16_tb(acc_dk, ds[kk], desc(tQ + kk * 2048, HB_Q_BLOCK, 1024));
-    wgmma_rs_m64n64k16_tb(acc_dk + 64, ds[kk], desc(tQ + 2 * HB_Q_BLOCK + kk * 2048, HB_Q_BLOCK, 1024));
+    wgmma_rs_m64n128k16_tb(acc_dv, p[kk], ddo + kk * 128);
+    wgmma_rs_m64n128k16_tb(acc_dk, ds[kk], dq + kk * 128);
+    wgmma_rs_m64n64k16_tb(acc_dk + 64, ds[kk], dq + ((2 * HB_Q_BLOCK) >> 4) + kk * 128);
   }
 }
-// Chunk c (64 columns) of dQ = dS·K: 64 queries × 64, K dim = the 128 keys (8 steps).
+// Chunk c (64 columns) of dQ = dS·K: 64 queries × 64, K dim = the 128 keys (8 steps; MN-major
+// operands, 2048 bytes per step).
 __device__ __forceinline__ void gemm_dq(float* acc, u32 tdS, u32 sK, int c) {
+  const unsigned long long da = desc_base(tdS, HB_DS_BYTES, 1024), db = desc_base(sK + c * HB_K_BLOCK, HB_K_BLOCK, 1024);
   #pragma unroll
-  for (int kk = 0; kk < HB_BN / 16; kk++)
-    wgmma_ss_m64n64k16<1, 1>(acc, desc(tdS + kk * 2048, HB_DS_BYTES, 1024),
-                             desc(sK + c * HB_K_BLOCK + kk * 2048, HB_K_BLOCK, 1024), kk > 0);
+  for (int kk = 0; kk < HB_BN / 16; kk++) wgmma_ss_m64n64k16<1, 1>(acc, da + kk * 128, db + kk * 128, kk > 0);
 }
 
 }  // namespace
 
-// Half H (32 columns) of a 64-column dQ chunk (a consumer's m64n64 accumulators) → the
-// consumer's staging box → one bulk reduce-add into dq_accum (thread ctid 0 issues it). The box
-// is rewritten once the copy engine has read the previous box out of it.
-template <int HALF>
-__device__ __forceinline__ void stage_dq_box(const float* acc_q, u32 stg, int w, int ctid, int warp, int g, int t,
-                                             const TensorMap& tm_dq_accum, int c, int q0) {
-  if (ctid == 0) bulk_wait_read();
+// 32 columns of dQ (col..col+31; acc16: their 16 accumulators, as wgmma m64n32 or one half of
+// m64n64 holds them) → the consumer's staging box → bulk reduce-add into dq_accum. Warp boxes:
+// each warp's 16 rows are its own box (2 KB at stg + warp·2048), which its lane 0 issues;
+// otherwise thread ctid 0 issues the consumer's 64 rows. A box is rewritten once the copy
+// engine has read it.
+__device__ __forceinline__ void stage_dq_box(const float* acc16, u32 stg, int w, int ctid, int warp, int g, int t,
+                                             const TensorMap& tm_dq_accum, int col, int q0) {
+  if (MLA_HB_PROFILE_NO_STAGING && q0 >= 0) return;
+#if MLA_HB_DQ_WARP_BOXES
+  const bool issuer = (threadIdx.x & 31) == 0;
+  if (issuer && !MLA_HB_PROFILE_NO_WAIT_READ) bulk_wait_read();
+  __syncwarp();
+#else
+  const bool issuer = ctid == 0;
+  if (issuer && !MLA_HB_PROFILE_NO_WAIT_READ) bulk_wait_read();
   staging_bar(w);
-  // Rows warp·16 + g (+8) of the step, column 8j + 2t of the chunk (j = 4·HALF..4·HALF+3):
-  // 16-byte unit 2(j%4) + t/2 of the box's 128-byte row, swizzled with row % 8 = g
-  // (conflict-free: the 8 rows of one store hit 8 different units).
+#endif
+  // Rows warp·16 + g (+8) of the step, column 8j + 2t (j = 0..3) of the box: 16-byte unit
+  // 2j + t/2 of the box's 128-byte row, swizzled with row % 8 = g (conflict-free: the 8 rows of
+  // one store hit 8 different units).
   const u32 my_row = stg + (warp * 16 + g) * 128 + (t & 1) * 8;
   #pragma unroll
   for (int r = 0; r < 2; r++)
     #pragma unroll
-    for (int j = 4 * HALF; j < 4 * HALF + 4; j++)
-      st_shared_f32x2(my_row + r * 1024 + (((2 * (j & 3) + (t >> 1)) ^ g) << 4), acc_q[4 * j + 2 * r], acc_q[4 * j + 2 * r + 1]);
+    for (int j = 0; j < 4; j++)
+      st_shared_f32x2(my_row + r * 1024 + (((2 * j + (t >> 1)) ^ g) << 4), acc16[4 * j + 2 * r], acc16[4 * j + 2 * r + 1]);
   fence_proxy_async();  // the copy engine reads what these generic stores wrote
-  staging_bar(w);
-  if (ctid == 0) {
-    // Queries past S lie outside the map: the copy engine skips them. (Head and batch re-read
-    // from blockIdx: keeping h and b live here made the consumers spill.)
-    tma_reduce_add_4d(tm_dq_accum, stg, c * 64 + HALF * 32, blockIdx.x, q0, blockIdx.z);
+#if MLA_HB_DQ_WARP_BOXES
+  __syncwarp();
+  // Queries past S lie outside the map: the copy engine skips them. (Head and batch re-read
+  // from blockIdx, the warp from threadIdx: keeping them live here made the consumers spill.)
+  if (issuer) {
+    const int wq = (threadIdx.x >> 5) & 3;
+    tma_reduce_add_4d(tm_dq_accum, stg + wq * 2048, col, blockIdx.x, q0 + wq * 16, blockIdx.z);
     bulk_commit();
   }
+#else
+  staging_bar(w);
+  if (issuer) {
+    tma_reduce_add_4d(tm_dq_accum, stg, col, blockIdx.x, q0, blockIdx.z);
+    bulk_commit();
+  }
+#endif
 }
 
 // The 64-column chunks c_first, c_first + c_step, … ≤ c_last of one step's dQ = dS·K (dSᵀ
@@ -294,9 +347,149 @@ __device__ __forceinline__ void dq_chunks(u32 tdS, u32 sK, u32 stg, int w, int c
     gemm_dq(acc_q, tdS, sK, c);
     wgmma_commit();
     wgmma_wait<0>();
-    stage_dq_box<0>(acc_q, stg, w, ctid, warp, g, t, tm_dq_accum, c, q0);
-    stage_dq_box<1>(acc_q, stg, w, ctid, warp, g, t, tm_dq_accum, c, q0);
+    stage_dq_box(acc_q, stg, w, ctid, warp, g, t, tm_dq_accum, c * 64, q0);
+    stage_dq_box(acc_q + 16, stg, w, ctid, warp, g, t, tm_dq_accum, c * 64 + 32, q0);
   }
+}
+
+// 32 columns (col0..col0+31) of dQ = dS·K: wgmma m64n32k16, K dim = the 128 keys (8 steps).
+__device__ __forceinline__ void gemm_dq32(float* acc, u32 tdS, u32 sK, int col0) {
+  // Each k16 step advances both MN-major operands by 2048 bytes (16 K rows).
+  const unsigned long long da = desc_base(tdS, HB_DS_BYTES, 1024);
+  const unsigned long long db = desc_base(sK + (col0 >> 6) * HB_K_BLOCK + (col0 & 63) * 2, HB_K_BLOCK, 1024);
+  #pragma unroll
+  for (int kk = 0; kk < HB_BN / 16; kk++) wgmma_ss_m64n32k16<1, 1>(acc, da + kk * 128, db + kk * 128, kk > 0);
+}
+
+// One step's dQ in six 32-column GEMMs, the next in flight while the current one is staged: 32
+// live accumulator registers, as one 64-column chunk (two 64-column chunks in flight spilled:
+// HGMMA accumulators must be whole aligned register blocks). The price: the dSᵀ operand is
+// read from shared memory six times instead of three.
+__device__ __forceinline__ void dq_chunks_pipelined(u32 tdS, u32 sK, u32 stg, int w, int ctid, int warp, int g, int t,
+                                                    const TensorMap& tm_dq_accum, int q0) {
+  float a[2][16];
+  wgmma_fence();
+  gemm_dq32(a[0], tdS, sK, 0);
+  wgmma_commit();
+  #pragma unroll
+  for (int k = 0; k < D_QK / 32; k++) {
+    if (k + 1 < D_QK / 32) {
+      wgmma_fence();
+      gemm_dq32(a[(k + 1) & 1], tdS, sK, 32 * (k + 1));
+      wgmma_commit();
+      wgmma_wait<1>();
+    } else {
+      wgmma_wait<0>();
+    }
+    stage_dq_box(a[k & 1], stg, w, ctid, warp, g, t, tm_dq_accum, 32 * k, q0);
+  }
+}
+
+// As dq_chunks_pipelined with 64-column GEMMs (MLA_HB_DQ_PIPE=2): the next chunk's GEMM in
+// flight while the current one's second half is staged, 48 live accumulator registers.
+__device__ __forceinline__ void dq_chunks_pipelined64(u32 tdS, u32 sK, u32 stg, int w, int ctid, int warp, int g,
+                                                      int t, const TensorMap& tm_dq_accum, int q0) {
+  float a0[32], a1[32];
+  wgmma_fence();
+  gemm_dq(a0, tdS, sK, 0);
+  wgmma_commit();
+  wgmma_wait<0>();
+  stage_dq_box(a0, stg, w, ctid, warp, g, t, tm_dq_accum, 0, q0);
+  wgmma_fence();
+  gemm_dq(a1, tdS, sK, 1);
+  wgmma_commit();
+  stage_dq_box(a0 + 16, stg, w, ctid, warp, g, t, tm_dq_accum, 32, q0);
+  wgmma_wait<0>();
+  stage_dq_box(a1, stg, w, ctid, warp, g, t, tm_dq_accum, 64, q0);
+  wgmma_fence();
+  gemm_dq(a0, tdS, sK, 2);
+  wgmma_commit();
+  stage_dq_box(a1 + 16, stg, w, ctid, warp, g, t, tm_dq_accum, 96, q0);
+  wgmma_wait<0>();
+  stage_dq_box(a0, stg, w, ctid, warp, g, t, tm_dq_accum, 128, q0);
+  stage_dq_box(a0 + 16, stg, w, ctid, warp, g, t, tm_dq_accum, 160, q0);
+}
+
+// As dq_chunks_pipelined with dS from registers (MLA_HB_DQ_PIPE=3): the A fragments of dS (64
+// queries × 128 keys, 32 registers) are read once from the dSᵀ buffer (ldmatrix.trans) and serve
+// all six 32-column GEMMs, which then read only K from shared memory.
+__device__ __forceinline__ void dq_chunks_rs(u32 tdS, u32 sK, u32 stg, int w, int ctid, int warp, int g, int t,
+                                             const TensorMap& tm_dq_accum, int q0) {
+  u32 a[HB_BN / 16][4];
+  {
+    // ldmatrix.x4.trans: lanes 8m..8m+7 give the rows (keys) of 8×8 matrix m; matrix m holds keys
+    // 16kk + 8(m/2).. and queries 16·warp + 8(m%2)..: transposed, exactly A fragment register m.
+    const int lane = threadIdx.x & 31, m = lane >> 3, r = lane & 7;
+    const u32 src = tdS + ((m >> 1) * 8 + r) * 128 + (((2 * warp + (m & 1)) ^ r) << 4);
+    #pragma unroll
+    for (int kk = 0; kk < HB_BN / 16; kk++) ldsm_x4_t(src + kk * 2048, a[kk][0], a[kk][1], a[kk][2], a[kk][3]);
+  }
+  float acc[2][16];
+  auto gemm = [&](float* d, int col0) {
+    const unsigned long long db = desc_base(sK + (col0 >> 6) * HB_K_BLOCK + (col0 & 63) * 2, HB_K_BLOCK, 1024);
+    #pragma unroll
+    for (int kk = 0; kk < HB_BN / 16; kk++) wgmma_rs_m64n32k16_tb(d, a[kk], db + kk * 128, kk > 0);
+  };
+  wgmma_fence();
+  gemm(acc[0], 0);
+  wgmma_commit();
+  #pragma unroll
+  for (int k = 0; k < D_QK / 32; k++) {
+    if (k + 1 < D_QK / 32) {
+      wgmma_fence();
+      gemm(acc[(k + 1) & 1], 32 * (k + 1));
+      wgmma_commit();
+      wgmma_wait<1>();
+    } else {
+      wgmma_wait<0>();
+    }
+    stage_dq_box(acc[k & 1], stg, w, ctid, warp, g, t, tm_dq_accum, 32 * k, q0);
+  }
+}
+
+// One step's dQ added by red.global.add.v4.f32 straight from the accumulators (MLA_HB_DQ_RED=1):
+// no staging, no shared memory, no waits; 64-column GEMMs one at a time. Lanes t and t^1
+// swap a pair so that each holds four consecutive columns of one row: even t row g, columns
+// 8j+2t..+3; odd t row g+8, columns 8j+2t-2..+1.
+__device__ __forceinline__ void dq_chunks_red(u32 tdS, u32 sK, float* dq_accum, int S, int H, int warp, int g, int t,
+                                              int q0) {
+  const int row = q0 + warp * 16 + g + ((t & 1) ? 8 : 0);
+  const bool valid = row < S;  // every thread still runs the (warpgroup-wide) GEMMs and shuffles
+  float* dst = dq_accum + ((static_cast<long long>(blockIdx.z) * S + row) * H + blockIdx.x) * D_QK + 2 * (t & ~1);
+  #pragma unroll 1
+  for (int c = 0; c < D_QK / 64; c++) {
+    float acc[32];
+    wgmma_fence();
+    gemm_dq(acc, tdS, sK, c);
+    wgmma_commit();
+    wgmma_wait<0>();
+    #pragma unroll
+    for (int j = 0; j < 8; j++) {
+      const bool odd = t & 1;
+      const float s0 = odd ? acc[4 * j] : acc[4 * j + 2], s1 = odd ? acc[4 * j + 1] : acc[4 * j + 3];
+      const float r0 = __shfl_xor_sync(0xffffffffu, s0, 1), r1 = __shfl_xor_sync(0xffffffffu, s1, 1);
+      const float4 v = odd ? make_float4(r0, r1, acc[4 * j + 2], acc[4 * j + 3]) : make_float4(acc[4 * j], acc[4 * j + 1], r0, r1);
+      if (valid)
+        asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};" ::"l"(dst + c * 64 + 8 * j), "f"(v.x), "f"(v.y),
+                     "f"(v.z), "f"(v.w) : "memory");
+    }
+  }
+}
+
+// One step's whole dQ (the deferred schedule's unit of work).
+__device__ __forceinline__ void dq_step(u32 tdS, u32 sK, u32 stg, int w, int ctid, int warp, int g, int t,
+                                        const TensorMap& tm_dq_accum, int q0, float* dq_accum, int S, int H) {
+#if MLA_HB_DQ_RED
+  dq_chunks_red(tdS, sK, dq_accum, S, H, warp, g, t, q0);
+#elif MLA_HB_DQ_PIPE == 3
+  dq_chunks_rs(tdS, sK, stg, w, ctid, warp, g, t, tm_dq_accum, q0);
+#elif MLA_HB_DQ_PIPE == 2
+  dq_chunks_pipelined64(tdS, sK, stg, w, ctid, warp, g, t, tm_dq_accum, q0);
+#elif MLA_HB_DQ_PIPE
+  dq_chunks_pipelined(tdS, sK, stg, w, ctid, warp, g, t, tm_dq_accum, q0);
+#else
+  dq_chunks(tdS, sK, stg, w, ctid, warp, g, t, tm_dq_accum, q0, 0, 1, 2);
+#endif
 }
 
 extern "C" __global__ void __launch_bounds__(HB_THREADS, 1)
@@ -447,7 +640,13 @@ mla_attention_bwd_dkdv_hopper(const __grid_constant__ TensorMap tm_q_nope, const
       wgmma_fence();
       gemm_st(acc_s, sK_w, tQ);
       wgmma_commit();
+#if MLA_HB_SDP_OVERLAP
+      gemm_dpt(acc_dp, sV_w, tdO);
+      wgmma_commit();
+      wgmma_wait<1>();
+#else
       wgmma_wait<0>();
+#endif
       // Pᵀ: rows = keys key_l (+8), columns = queries 8j+2t (+1). Element (j, e) of row r is
       // masked iff 8j + e < thr[r]: key ≥ S masks the whole row, causal masks key > query, i.e.
       // 8j + e < key − q0 − 2t (a bound ≤ 0 off the diagonal, so no branch is needed).
@@ -474,9 +673,11 @@ mla_attention_bwd_dkdv_hopper(const __grid_constant__ TensorMap tm_q_nope, const
         }
       }
       pack_a<64>(p, acc_s);
+#if !MLA_HB_SDP_OVERLAP
       wgmma_fence();
       gemm_dpt(acc_dp, sV_w, tdO);
       wgmma_commit();
+#endif
       wgmma_wait<0>();
       // dSᵀ = Pᵀ∘(dPᵀ − D), with Pᵀ as rounded for dV (its f32 registers are gone by now).
       #pragma unroll
@@ -524,7 +725,7 @@ mla_attention_bwd_dkdv_hopper(const __grid_constant__ TensorMap tm_q_nope, const
         if (i >= 1 && w == ((i - 1) & 1)) {
           const int prev = (i - 1) % HB_DS_BUFS;
           triple_bar_sync<HB_DSF_BAR>(prev);
-          dq_chunks(sdS + prev * HB_DS_BYTES, sK, stg, w, ctid, warp, g, t, tm_dq_accum, q0 - HB_BM, 0, 1, 2);
+          dq_step(sdS + prev * HB_DS_BYTES, sK, stg, w, ctid, warp, g, t, tm_dq_accum, q0 - HB_BM, dq_accum, S, H);
           // Its buffer is free for step i+2's halves (no signal when there is no such step, so
           // every arrival has a matching wait).
           if (i + 2 < n_steps) triple_bar_arrive<HB_DSE_BAR>(prev);
@@ -532,7 +733,7 @@ mla_attention_bwd_dkdv_hopper(const __grid_constant__ TensorMap tm_q_nope, const
         // The last step's dQ has no next step to hide in.
         if (i == n_steps - 1 && w == (i & 1)) {
           triple_bar_sync<HB_DSF_BAR>(ds_buf);
-          dq_chunks(tdS, sK, stg, w, ctid, warp, g, t, tm_dq_accum, q0, 0, 1, 2);
+          dq_step(tdS, sK, stg, w, ctid, warp, g, t, tm_dq_accum, q0, dq_accum, S, H);
         }
       }
 #else
@@ -547,7 +748,7 @@ mla_attention_bwd_dkdv_hopper(const __grid_constant__ TensorMap tm_q_nope, const
     }
     // The reduce-adds must have completed before the block (and its shared memory) is gone and
     // before the next kernel (finish) reads dq_accum.
-    if (ctid == 0 && with_dq) bulk_wait();
+    if ((MLA_HB_DQ_WARP_BOXES ? (ctid & 31) == 0 : ctid == 0) && with_dq) bulk_wait();
 
     // Epilogue: dV → bf16; dK·scale → dk_nope bf16 and the f32 dk_pe part.
     #pragma unroll

@@ -97,6 +97,14 @@ __device__ __forceinline__ unsigned long long desc(u32 addr, u32 lead_bytes, u32
          (static_cast<unsigned long long>(lead_bytes >> 4) << 16) |
          (static_cast<unsigned long long>(stride_bytes >> 4) << 32) | (1ull << 62);
 }
+// desc(), opaque to the compiler: a GEMM adds its k-step offsets (bytes / 16) to this, next to
+// each wgmma. With plain desc() values the compiler hoisted every step's descriptor of a
+// loop-invariant operand out of the loop, 64 bits each, and spilled them.
+__device__ __forceinline__ unsigned long long desc_base(u32 addr, u32 lead_bytes, u32 stride_bytes) {
+  unsigned long long d = desc(addr, lead_bytes, stride_bytes);
+  asm volatile("" : "+l"(d));
+  return d;
+}
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
 __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
 template <int N>
@@ -129,6 +137,21 @@ __device__ __forceinline__ void wgmma_ss_m64n64k16(float* d, unsigned long long 
       "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 " MLA_HOP_R32 ", %32, %33, p, 1, 1, %35, %36;\n"
       "}\n"
       : MLA_HOP_D32
+      : "l"(a_desc), "l"(b_desc), "r"(accumulate), "n"(TRANS_A), "n"(TRANS_B));
+}
+
+// d (64×32) = (accumulate ? d : 0) + A·B, as wgmma_ss_m64n64k16 with 32 columns.
+template <int TRANS_A, int TRANS_B>
+__device__ __forceinline__ void wgmma_ss_m64n32k16(float* d, unsigned long long a_desc, unsigned long long b_desc,
+                                                   int accumulate) {
+  asm volatile(
+      "{\n"
+      ".reg .pred p;\n"
+      "setp.ne.b32 p, %18, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, %16, %17, p, 1, 1, %19, %20;\n"
+      "}\n"
+      : MLA_HOP_D8(0), MLA_HOP_D8(8)
       : "l"(a_desc), "l"(b_desc), "r"(accumulate), "n"(TRANS_A), "n"(TRANS_B));
 }
 
@@ -166,6 +189,19 @@ __device__ __forceinline__ void wgmma_rs_m64n128k16_tb(float* d, const u32* a, u
       "}\n"
       : MLA_HOP_D64
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b_desc));
+}
+
+// d (64×32) = (accumulate ? d : 0) + A·B, A from registers as in wgmma_rs_m64n64k16_tb.
+__device__ __forceinline__ void wgmma_rs_m64n32k16_tb(float* d, const u32* a, unsigned long long b_desc, int accumulate) {
+  asm volatile(
+      "{\n"
+      ".reg .pred p;\n"
+      "setp.ne.b32 p, %21, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, {%16, %17, %18, %19}, %20, p, 1, 1, 1;\n"
+      "}\n"
+      : MLA_HOP_D8(0), MLA_HOP_D8(8)
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b_desc), "r"(accumulate));
 }
 
 // An m64nN accumulator (N/2 f32 registers per thread) as bf16 A fragments of the next product,
