@@ -61,21 +61,14 @@ HOPPER_BWD_SMEM, HOPPER_BWD_THREADS, HOPPER_BWD_KEYS, HOPPER_BWD_QUERIES = 23146
 
 
 # Profiling builds of the Hopper backward (timing only, wrong results): without the exp2 of P,
-# without waiting on device memory after the first two query steps, without waiting for the copy
-# engine to have read a dQ staging box before rewriting it, without staging dQ at all (its GEMMs
-# still run). The others are correct alternatives timed (and checked) next to the default:
-# pipe0 stages each 64-column dQ chunk before the next one's GEMM; pipe0_cta_boxes also stages
-# the consumer's 64 rows per box (one issuing thread, two 128-thread barriers a box: the
-# previous version); pipe64 keeps two 64-column chunks in flight; sdp_overlap issues dPᵀ
-# behind Sᵀ.
-HOPPER_BWD_PROFILES = {"prof_nostaging": ["-DMLA_HB_PROFILE_NO_STAGING=1"],
-                       "pipe0_cta_boxes": ["-DMLA_HB_DQ_PIPE=0", "-DMLA_HB_DQ_WARP_BOXES=0"],
-                       "red": ["-DMLA_HB_DQ_RED=1"]}
-
-
-def dq_box_rows(defines):
-    """Query rows per dQ reduce-add box: a warp's 16, or the consumer's 64 (MLA_HB_DQ_WARP_BOXES=0)."""
-    return HOPPER_BWD_QUERIES if "-DMLA_HB_DQ_WARP_BOXES=0" in defines else 16
+# without waiting on device memory after the first two query steps, without staging dQ (its
+# GEMMs still run). "pipe1" is no profile but a correct alternative, timed and checked next to
+# the default: the dQ warpgroup's GEMMs in 32-column pieces, the next in flight while the
+# current one is staged.
+HOPPER_BWD_PROFILES = {"prof_nosoftmax": ["-DMLA_HB_PROFILE_NO_SOFTMAX=1"], "prof_noloads": ["-DMLA_HB_PROFILE_NO_LOADS=1"],
+                       "prof_nostaging": ["-DMLA_HB_PROFILE_NO_STAGING=1"], "pipe1": ["-DMLA_HB_DQ_PIPE=1"]}
+# Query rows per dQ reduce-add box: one warp's 16 (the kernel's staging boxes).
+HOPPER_BWD_DQ_ROWS = 16
 
 
 def fwd_smem(mt, bn):
@@ -132,13 +125,13 @@ def u64(t):
     return np.uint64(0 if t is None else t.data_ptr())
 
 
-def dq_map(qn, dq_accum_ptr, rows):
+def dq_map(qn, dq_accum_ptr):
     """The Hopper backward's bulk reduce-add target: dq_accum [B,S,H,192] f32 in boxes of 32
-    columns × `rows` queries. Deterministic mode has no dq_accum (never used): any aligned address."""
+    columns × 16 queries. Deterministic mode has no dq_accum (never used): any aligned address."""
     B, S, H, _ = qn.shape
     addr = int(dq_accum_ptr) or qn.data_ptr()
     row = D_QK * 4
-    return tma_launch.TensorMap(tma_launch.F32, addr, [D_QK, H, S, B], [row, row * H, row * H * S], [32, 1, rows, 1])
+    return tma_launch.TensorMap(tma_launch.F32, addr, [D_QK, H, S, B], [row, row * H, row * H * S], [32, 1, HOPPER_BWD_DQ_ROWS, 1])
 
 
 class MlaKernels:
@@ -173,7 +166,7 @@ class MlaKernels:
             for v in HOPPER_BWD_PROFILES:
                 fn = cupy.RawModule(path=cubins[f"bwd_hopper_{v}"]).get_function("mla_attention_bwd_dkdv_hopper")
                 fn.max_dynamic_shared_size_bytes = HOPPER_BWD_SMEM
-                self.dkdv_hopper_prof[v] = (fn, dq_box_rows(HOPPER_BWD_PROFILES[v]))
+                self.dkdv_hopper_prof[v] = fn
             self.dkdv_hopper.max_dynamic_shared_size_bytes = HOPPER_BWD_SMEM
 
     def use_fwd(self, variant):
@@ -210,9 +203,9 @@ class MlaKernels:
 
     def launch_dkdv(self, args, B, S, H, hopper, tensors=None, variant=None):
         """tensors: (qn, qp, kn, kp, v, do) for the Hopper kernel, which takes TMA tensor maps of
-        them in place of args' first six pointers; variant: (function, dQ box rows) of a
-        HOPPER_BWD_PROFILES build in place of the default."""
-        fn, rows = variant or (self.dkdv_hopper, dq_box_rows([]))
+        them in place of args' first six pointers; variant: the function of a HOPPER_BWD_PROFILES
+        build in place of the default."""
+        fn = variant or self.dkdv_hopper
         if hopper:  # the wgmma kernel: 128 keys per block, heads fastest; q/dO 64 rows per step
             qn, qp, kn, kp, v, do = tensors
             maps = [tma_launch.head_rows(qn, HOPPER_BWD_QUERIES), tma_launch.head_rows(qp, HOPPER_BWD_QUERIES),
@@ -220,7 +213,7 @@ class MlaKernels:
                     tma_launch.head_rows(v, HOPPER_BWD_KEYS), tma_launch.head_rows(do, HOPPER_BWD_QUERIES)]
             tma_launch.launch(fn, (H, (S + HOPPER_BWD_KEYS - 1) // HOPPER_BWD_KEYS, B),
                               (HOPPER_BWD_THREADS, 1, 1), HOPPER_BWD_SMEM, cupy.cuda.get_current_stream().ptr,
-                              maps + list(args[6:]) + [dq_map(qn, args[10], rows)])
+                              maps + list(args[6:]) + [dq_map(qn, args[10])])
         else:
             self.dkdv(((S + TILE - 1) // TILE, H, B), (256, 1, 1), args, shared_mem=DKDV_SMEM)
 
@@ -558,19 +551,27 @@ def bench_hopper_bwd(k, seqs, b=1, h=16):
                              for a in sets], reps)
                 ms.setdefault(name, []).append(t)
         a = sets[0]
-        alone = {name: time_ms([lambda hop=hop: k.launch_dkdv(
-            k.dkdv_args(a[8], a[5], *a[:5], a[7], True, scale, False, sc), b, s, h, hop, a[:6])], reps)
-            for name, hop in (("hopper", True), ("mma.sync", False))}
+        alone = {"mma.sync": time_ms([lambda: k.launch_dkdv(
+            k.dkdv_args(a[8], a[5], *a[:5], a[7], True, scale, False, sc), b, s, h, False)], reps)}
         # Where the Hopper kernel's time goes: without dQ (deterministic mode: no dQ GEMM, no
-        # atomics, no dSᵀ exchange), without exp2, without waiting on loads.
+        # adds, no dSᵀ exchange), and the profiling / alternative builds. Three interleaved rounds,
+        # the minimum reported with the spread: one round's medians moved by up to ±5%.
         sc_det = k.scratch(b, s, h, True)
-        prof = {"no dQ": time_ms([lambda: k.launch_dkdv(
-            k.dkdv_args(a[8], a[5], *a[:5], a[7], True, scale, True, sc_det), b, s, h, True, a[:6])], reps)}
+        runs = {"hopper": lambda variant=None: k.launch_dkdv(
+            k.dkdv_args(a[8], a[5], *a[:5], a[7], True, scale, False, sc), b, s, h, True, a[:6], variant)}
+        runs["no dQ"] = lambda variant=None: k.launch_dkdv(
+            k.dkdv_args(a[8], a[5], *a[:5], a[7], True, scale, True, sc_det), b, s, h, True, a[:6])
         for v, variant in k.dkdv_hopper_prof.items():
-            prof[v] = time_ms([lambda variant=variant: k.launch_dkdv(
-                k.dkdv_args(a[8], a[5], *a[:5], a[7], True, scale, False, sc), b, s, h, True, a[:6], variant)], reps)
-        print(f"  s={s} profile, Hopper kernel alone {alone['hopper']:.3f} ms: "
-              + ", ".join(f"{n} {t:.3f} ms ({100 * (1 - t / alone['hopper']):+.0f}%)" for n, t in prof.items()), flush=True)
+            runs[v] = lambda variant=variant, run=runs["hopper"]: run(variant)
+        times = {n: [] for n in runs}
+        for _ in range(3):
+            for n, run in runs.items():
+                times[n].append(time_ms([run], reps))
+        alone["hopper"] = min(times["hopper"])
+        print(f"  s={s} profile, Hopper kernel alone {alone['hopper']:.3f} ms "
+              f"(spread {max(times['hopper']) - alone['hopper']:.3f}): "
+              + ", ".join(f"{n} {min(t):.3f} ms ({100 * (1 - min(t) / alone['hopper']):+.0f}%, spread {max(t) - min(t):.3f})"
+                          for n, t in times.items() if n != "hopper"), flush=True)
         del sets, sc, sc_det
         torch.cuda.empty_cache()
         peer = time_cudnn(b, h, s, True, reps)
