@@ -62,11 +62,11 @@ HOPPER_BWD_SMEM, HOPPER_BWD_THREADS, HOPPER_BWD_KEYS, HOPPER_BWD_QUERIES = 23146
 
 # Profiling builds of the Hopper backward (timing only, wrong results): without the exp2 of P,
 # without waiting on device memory after the first two query steps, without staging dQ (its
-# GEMMs still run). "pipe1" is no profile but a correct alternative, timed and checked next to
-# the default: the dQ warpgroup's GEMMs in 32-column pieces, the next in flight while the
-# current one is staged.
+# GEMMs still run). The "sched*" builds are no profiles but the kernel's other dQ schedules
+# (MLA_HB_DQ_SCHEDULE), correct, checked and timed next to the default.
 HOPPER_BWD_PROFILES = {"prof_nosoftmax": ["-DMLA_HB_PROFILE_NO_SOFTMAX=1"], "prof_noloads": ["-DMLA_HB_PROFILE_NO_LOADS=1"],
-                       "prof_nostaging": ["-DMLA_HB_PROFILE_NO_STAGING=1"], "pipe1": ["-DMLA_HB_DQ_PIPE=1"]}
+                       "prof_nostaging": ["-DMLA_HB_PROFILE_NO_STAGING=1"],
+                       "sched1": ["-DMLA_HB_DQ_SCHEDULE=1"], "sched0": ["-DMLA_HB_DQ_SCHEDULE=0"]}
 # Query rows per dQ reduce-add box: one warp's 16 (the kernel's staging boxes).
 HOPPER_BWD_DQ_ROWS = 16
 

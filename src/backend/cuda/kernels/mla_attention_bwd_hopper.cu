@@ -103,7 +103,7 @@ namespace mla {
 constexpr int HB_BN = 128;                       // keys per block (2 consumer warpgroups × 64)
 constexpr int HB_BM = 64;                        // queries per step
 constexpr int HB_STAGES = 2;                     // Q/dO/lse/D ring depth
-constexpr int HB_THREADS = 384;                  // dQ/producer + 2 consumer warpgroups
+constexpr int HB_THREADS = 384;                  // producer + 2 consumer warpgroups
 constexpr int HB_K_BYTES = HB_BN * D_QK * 2;     // 49152
 constexpr int HB_V_BYTES = HB_BN * D_V * 2;      // 32768
 constexpr int HB_Q_BYTES = HB_BM * D_QK * 2;     // 24576
@@ -116,15 +116,14 @@ constexpr int HB_V_OFF = HB_K_OFF + HB_K_BYTES;
 constexpr int HB_Q_OFF = HB_V_OFF + HB_V_BYTES;
 constexpr int HB_DO_OFF = HB_Q_OFF + HB_STAGES * HB_Q_BYTES;
 constexpr int HB_DS_OFF = HB_DO_OFF + HB_STAGES * HB_DO_BYTES;
-// dSᵀ buffers: step i uses buffer i % 3. The dQ warpgroup reads step i's while the consumers
-// compute step i+1 and store step i+2's (see the header).
+// dSᵀ buffers: step i uses buffer i % 3; a step's dQ runs one step late (see the header), so
+// three steps' dSᵀ can be alive at once.
 constexpr int HB_DS_BUFS = 3;
-// dQ staging: two sets of four 16-query × 32-column f32 boxes (one per warp of the dQ
-// warpgroup, 2 KB each, 128-byte swizzled: what one bulk reduce-add copies out of). A warp
-// fills one set while the copy engine reads the other.
-constexpr int HB_DQ_SET_BYTES = 4 * 16 * 32 * 4;           // 8192
+// dQ staging, one per consumer: a 64-query × 32-column f32 box, 128-byte swizzled (what one bulk
+// reduce-add copies out of).
+constexpr int HB_DQ_BOX_BYTES = HB_BM * 32 * 4;            // 8192
 constexpr int HB_DQ_OFF = HB_DS_OFF + HB_DS_BUFS * HB_DS_BYTES;
-constexpr int HB_LSE_OFF = HB_DQ_OFF + 2 * HB_DQ_SET_BYTES;   // [stage][64] lse·log2e, then [stage][64] D
+constexpr int HB_LSE_OFF = HB_DQ_OFF + 2 * HB_DQ_BOX_BYTES;   // [stage][64] lse·log2e, then [stage][64] D
 constexpr int HB_BAR_OFF = HB_LSE_OFF + 2 * HB_STAGES * HB_BM * 4;
 constexpr int HB_NUM_BARS = 1 + 2 * HB_STAGES;   // kv_full, full[stage], empty[stage]
 constexpr int HB_ORIGIN_OFF = HB_BAR_OFF + HB_NUM_BARS * 8;  // k0, first query row: for the producer (16 bytes)
@@ -136,20 +135,21 @@ static_assert(HB_SMEM_BYTES == 231464, "update the host's shared-memory size");
 static_assert(HB_SMEM_BYTES <= 232448, "over the 227 KB a Hopper block may use");
 static_assert(HB_V_OFF % 1024 == 0 && HB_Q_OFF % 1024 == 0 && HB_DO_OFF % 1024 == 0 && HB_DS_OFF % 1024 == 0 &&
               HB_DQ_OFF % 1024 == 0,
-              "wgmma operands and swizzled boxes must start 1024-byte aligned");
-// 128·64 + 256·224 = 65536: the whole register file. The consumers spill 688 bytes at 216.
-constexpr int HB_DQ_REGS = 64;
-constexpr int HB_CONSUMER_REGS = 224;
-constexpr int HB_DSF_BAR = 4;  // named barriers 4, 5, 6: dSᵀ buffer b holds both consumers' halves
-constexpr int HB_DSE_BAR = 7;  // 7, 8, 9: dSᵀ buffer b was read by its dQ GEMMs
-constexpr int HB_DS_BAR_THREADS = 384;  // both consumers (arrive or sync) and the dQ warpgroup
+              "wgmma operands must start 1024-byte aligned");
+constexpr int HB_PRODUCER_REGS = 24;
+constexpr int HB_CONSUMER_REGS = 240;  // 128·24 + 256·240 = 64512 ≤ 65536 (232 spilled with the dQ staging)
+constexpr int HB_DSF_BAR = 4;          // named barriers 4, 5, 6: dSᵀ buffer b holds both halves
+constexpr int HB_DSE_BAR = 7;          // 7, 8, 9: dSᵀ buffer b was read by its dQ GEMMs
 }  // namespace mla
 
-// 1: the dQ warpgroup computes a step's dQ in six 32-column GEMMs, the next in flight while the
-// current one is staged; 0: three 64-column GEMMs, each waited for before its two boxes are
-// staged (the dSᵀ operand is read from shared memory three times instead of six).
-#ifndef MLA_HB_DQ_PIPE
-#define MLA_HB_DQ_PIPE 0
+// How the dQ owner computes a step's dQ (64 queries × 192 columns): 2 (the default) 64-column
+// GEMMs for columns [0,64) and [128,192), 32-column ones for [64,128), each next GEMM in flight
+// while the previous one is staged (48 accumulator registers: what the dQ phase has; two
+// 64-column GEMMs in flight spilled 256 bytes); 1: six 32-column GEMMs, likewise pipelined
+// (the dSᵀ operand then is read from shared memory six times instead of four); 0: three
+// 64-column GEMMs, each waited for before it is staged. bench/attention_notes.md has their times.
+#ifndef MLA_HB_DQ_SCHEDULE
+#define MLA_HB_DQ_SCHEDULE 2
 #endif
 
 using namespace mla;
@@ -160,15 +160,16 @@ namespace {
 // Profiling switches (timing only; results are wrong with any on; bench/attention_harness.py
 // builds them as prof_* variants): MLA_HB_PROFILE_NO_SOFTMAX uses the scaled scores as P (no
 // exp2); MLA_HB_PROFILE_NO_LOADS copies Q/dO/lse/D for the first two steps only and re-publishes
-// those stages afterwards (no wait on device memory); MLA_HB_PROFILE_NO_STAGING: the dQ GEMMs
-// run but their results are neither staged nor added. The whole cost of dQ is the difference
-// between the fast and the deterministic mode (dq_accum null: no dSᵀ stores, no dQ).
+// those stages afterwards (no wait on device memory). The cost of dQ (GEMM + atomics) is
+// the difference between the fast and the deterministic mode (dq_accum null skips both); a
+// switch that only dropped the atomics made ptxas spill and serialise the wgmmas (C7512).
 #ifndef MLA_HB_PROFILE_NO_SOFTMAX
 #define MLA_HB_PROFILE_NO_SOFTMAX 0
 #endif
 #ifndef MLA_HB_PROFILE_NO_LOADS
 #define MLA_HB_PROFILE_NO_LOADS 0
 #endif
+// MLA_HB_PROFILE_NO_STAGING: the dQ GEMMs run but their results are neither staged nor added.
 #ifndef MLA_HB_PROFILE_NO_STAGING
 #define MLA_HB_PROFILE_NO_STAGING 0
 #endif
@@ -181,9 +182,8 @@ __device__ __forceinline__ void tma_reduce_add_4d(const TensorMap& m, u32 src, i
       ::"l"(tmap_addr(m)), "r"(src), "r"(c0), "r"(c1), "r"(c2), "r"(c3) : "memory");
 }
 __device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.commit_group;" ::: "memory"); }
-// Until at most the newest one of this thread's bulk groups is still reading shared memory.
-__device__ __forceinline__ void bulk_wait_read_all_but_one() { asm volatile("cp.async.bulk.wait_group.read 1;" ::: "memory"); }
-// Until this thread's bulk groups have completed.
+// Until this thread's bulk groups have finished reading shared memory (.read) or completed.
+__device__ __forceinline__ void bulk_wait_read() { asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory"); }
 __device__ __forceinline__ void bulk_wait() { asm volatile("cp.async.bulk.wait_group 0;" ::: "memory"); }
 __device__ __forceinline__ void st_shared_f32x2(u32 addr, float a, float b) {
   asm volatile("st.shared.v2.f32 [%0], {%1, %2};" ::"r"(addr), "f"(a), "f"(b) : "memory");
@@ -193,19 +193,18 @@ __device__ __forceinline__ void red_add_v2(float* p, float a, float b) {
   asm volatile("red.global.add.v2.f32 [%0], {%1, %2};" ::"l"(p), "f"(a), "f"(b) : "memory");
 }
 
-// Named barrier `ID + b` (b = 0, 1, 2) of HB_DS_BAR_THREADS threads: wait, or only arrive
-// (constant ids).
+// Named barrier `ID + b` (b = 0, 1, 2) of 256 threads: wait, or only arrive (constant ids).
 template <int ID>
 __device__ __forceinline__ void triple_bar_sync(int b) {
-  if (b == 0) asm volatile("bar.sync %0, %1;" ::"n"(ID), "n"(HB_DS_BAR_THREADS) : "memory");
-  else if (b == 1) asm volatile("bar.sync %0, %1;" ::"n"(ID + 1), "n"(HB_DS_BAR_THREADS) : "memory");
-  else asm volatile("bar.sync %0, %1;" ::"n"(ID + 2), "n"(HB_DS_BAR_THREADS) : "memory");
+  if (b == 0) asm volatile("bar.sync %0, 256;" ::"n"(ID) : "memory");
+  else if (b == 1) asm volatile("bar.sync %0, 256;" ::"n"(ID + 1) : "memory");
+  else asm volatile("bar.sync %0, 256;" ::"n"(ID + 2) : "memory");
 }
 template <int ID>
 __device__ __forceinline__ void triple_bar_arrive(int b) {
-  if (b == 0) asm volatile("bar.arrive %0, %1;" ::"n"(ID), "n"(HB_DS_BAR_THREADS) : "memory");
-  else if (b == 1) asm volatile("bar.arrive %0, %1;" ::"n"(ID + 1), "n"(HB_DS_BAR_THREADS) : "memory");
-  else asm volatile("bar.arrive %0, %1;" ::"n"(ID + 2), "n"(HB_DS_BAR_THREADS) : "memory");
+  if (b == 0) asm volatile("bar.arrive %0, 256;" ::"n"(ID) : "memory");
+  else if (b == 1) asm volatile("bar.arrive %0, 256;" ::"n"(ID + 1) : "memory");
+  else asm volatile("bar.arrive %0, 256;" ::"n"(ID + 2) : "memory");
 }
 
 __device__ __forceinline__ void st_shared_v2(u32 addr, int a, int b) {
@@ -258,7 +257,8 @@ __device__ __forceinline__ void gemm_dq(float* acc, u32 tdS, u32 sK, int c) {
   #pragma unroll
   for (int kk = 0; kk < HB_BN / 16; kk++) wgmma_ss_m64n64k16<1, 1>(acc, da + kk * 128, db + kk * 128, kk > 0);
 }
-// 32 columns (col0..col0+31) of dQ = dS·K: wgmma m64n32k16.
+
+// 32 columns (col0..col0+31) of dQ = dS·K: wgmma m64n32k16, K dim = the 128 keys.
 __device__ __forceinline__ void gemm_dq32(float* acc, u32 tdS, u32 sK, int col0) {
   const unsigned long long da = desc_base(tdS, HB_DS_BYTES, 1024);
   const unsigned long long db = desc_base(sK + (col0 >> 6) * HB_K_BLOCK + (col0 & 63) * 2, HB_K_BLOCK, 1024);
@@ -266,22 +266,21 @@ __device__ __forceinline__ void gemm_dq32(float* acc, u32 tdS, u32 sK, int col0)
   for (int kk = 0; kk < HB_BN / 16; kk++) wgmma_ss_m64n32k16<1, 1>(acc, da + kk * 128, db + kk * 128, kk > 0);
 }
 
-// Box k (k = 0..5: columns 32k..32k+31) of one step's dQ, from its 16 accumulators per thread
-// (acc16: wgmma m64n32, or one half of m64n64), into the warp's box of staging set k % 2 →
-// one bulk reduce-add of the warp's 16 rows into dq_accum, issued by its lane 0 (query rows
-// past S lie outside the map: the copy engine skips them). The box is rewritten only once the
-// copy engine has read what was added from it two boxes earlier.
-__device__ __forceinline__ void stage_dq_box(const float* acc16, u32 sdQ, int warp, int g, int t,
-                                             const TensorMap& tm_dq_accum, int k, int q0) {
+// 32 columns of dQ (col..col+31; acc16: their 16 accumulators, as wgmma m64n32 or one half of
+// m64n64 holds them) → bulk reduce-add into dq_accum, each warp on its own: its 16 rows go
+// into its 2 KB box of the consumer's staging (stg + warp·2048, 128-byte swizzled) and its
+// lane 0 issues the reduce-add of that box, once the copy engine has read the box's previous
+// contents. No barrier beyond the warp.
+__device__ __forceinline__ void stage_dq_box(const float* acc16, u32 stg, int warp, int g, int t,
+                                             const TensorMap& tm_dq_accum, int col, int q0) {
   if (MLA_HB_PROFILE_NO_STAGING && q0 >= 0) return;
-  const u32 box = sdQ + (k & 1) * HB_DQ_SET_BYTES + warp * 2048;
   const bool issuer = (threadIdx.x & 31) == 0;
-  if (issuer) bulk_wait_read_all_but_one();
+  if (issuer) bulk_wait_read();
   __syncwarp();
-  // Row g (+8) of the warp's 16, column 8j + 2t (j = 0..3): 16-byte unit 2j + t/2 of the
-  // 128-byte row, swizzled with row % 8 = g (conflict-free: the 8 rows of one store hit 8
-  // different units).
-  const u32 my_row = box + g * 128 + (t & 1) * 8;
+  // Row g (+8) of the warp's 16, column 8j + 2t (j = 0..3) of the box: 16-byte unit 2j + t/2
+  // of the 128-byte row, swizzled with row % 8 = g (conflict-free: the 8 rows of one store
+  // hit 8 different units).
+  const u32 my_row = stg + (warp * 16 + g) * 128 + (t & 1) * 8;
   #pragma unroll
   for (int r = 0; r < 2; r++)
     #pragma unroll
@@ -289,18 +288,44 @@ __device__ __forceinline__ void stage_dq_box(const float* acc16, u32 sdQ, int wa
       st_shared_f32x2(my_row + r * 1024 + (((2 * j + (t >> 1)) ^ g) << 4), acc16[4 * j + 2 * r], acc16[4 * j + 2 * r + 1]);
   fence_proxy_async();  // the copy engine reads what these generic stores wrote
   __syncwarp();
+  // Queries past S lie outside the map: the copy engine skips them. (Head and batch re-read
+  // from blockIdx, the warp from threadIdx: keeping them live here made the consumers spill.)
   if (issuer) {
-    // Head and batch re-read from blockIdx (not kept live).
-    tma_reduce_add_4d(tm_dq_accum, box, 32 * k, blockIdx.x, q0 + warp * 16, blockIdx.z);
+    const int wq = (threadIdx.x >> 5) & 3;
+    tma_reduce_add_4d(tm_dq_accum, stg + wq * 2048, col, blockIdx.x, q0 + wq * 16, blockIdx.z);
     bulk_commit();
   }
 }
 
-// One step's dQ = dS·K (dSᵀ buffer tdS, both consumers' halves; queries q0..q0+63), by the dQ
-// warpgroup, added to dq_accum.
-__device__ __forceinline__ void dq_step(u32 tdS, u32 sK, u32 sdQ, int warp, int g, int t, const TensorMap& tm_dq_accum,
+// One step's dQ = dS·K (dSᵀ buffer tdS, both consumers' halves; queries q0..q0+63), staged and
+// added to dq_accum (MLA_HB_DQ_SCHEDULE says how).
+__device__ __forceinline__ void dq_step(u32 tdS, u32 sK, u32 stg, int warp, int g, int t, const TensorMap& tm_dq_accum,
                                         int q0) {
-#if MLA_HB_DQ_PIPE
+#if MLA_HB_DQ_SCHEDULE == 2
+  float x[32], y[16];
+  wgmma_fence();
+  gemm_dq(x, tdS, sK, 0);  // [0, 64)
+  wgmma_commit();
+  wgmma_wait<0>();
+  stage_dq_box(x, stg, warp, g, t, tm_dq_accum, 0, q0);
+  wgmma_fence();
+  gemm_dq32(y, tdS, sK, 64);  // [64, 96)
+  wgmma_commit();
+  stage_dq_box(x + 16, stg, warp, g, t, tm_dq_accum, 32, q0);
+  wgmma_wait<0>();
+  wgmma_fence();
+  gemm_dq(x, tdS, sK, 2);  // [128, 192)
+  wgmma_commit();
+  stage_dq_box(y, stg, warp, g, t, tm_dq_accum, 64, q0);
+  wgmma_wait<0>();
+  wgmma_fence();
+  gemm_dq32(y, tdS, sK, 96);  // [96, 128)
+  wgmma_commit();
+  stage_dq_box(x, stg, warp, g, t, tm_dq_accum, 128, q0);
+  stage_dq_box(x + 16, stg, warp, g, t, tm_dq_accum, 160, q0);
+  wgmma_wait<0>();
+  stage_dq_box(y, stg, warp, g, t, tm_dq_accum, 96, q0);
+#elif MLA_HB_DQ_SCHEDULE == 1
   float a[2][16];
   wgmma_fence();
   gemm_dq32(a[0], tdS, sK, 0);
@@ -315,18 +340,17 @@ __device__ __forceinline__ void dq_step(u32 tdS, u32 sK, u32 sdQ, int warp, int 
     } else {
       wgmma_wait<0>();
     }
-    stage_dq_box(a[k & 1], sdQ, warp, g, t, tm_dq_accum, k, q0);
+    stage_dq_box(a[k & 1], stg, warp, g, t, tm_dq_accum, 32 * k, q0);
   }
 #else
-  #pragma unroll 1
   for (int c = 0; c < D_QK / 64; c++) {
     float acc[32];
     wgmma_fence();
     gemm_dq(acc, tdS, sK, c);
     wgmma_commit();
     wgmma_wait<0>();
-    stage_dq_box(acc, sdQ, warp, g, t, tm_dq_accum, 2 * c, q0);
-    stage_dq_box(acc + 16, sdQ, warp, g, t, tm_dq_accum, 2 * c + 1, q0);
+    stage_dq_box(acc, stg, warp, g, t, tm_dq_accum, 64 * c, q0);
+    stage_dq_box(acc + 16, stg, warp, g, t, tm_dq_accum, 64 * c + 32, q0);
   }
 #endif
 }
@@ -355,13 +379,12 @@ mla_attention_bwd_dkdv_hopper(const __grid_constant__ TensorMap tm_q_nope, const
   const int tid = threadIdx.x;
   // Warp-uniform to the compiler (a shuffle from lane 0), so values derived from it can live in
   // uniform registers, as wgmma descriptors must.
-  const int wg = __shfl_sync(0xffffffffu, tid >> 7, 0);  // 0 dQ + producer, 1..2 consumers
+  const int wg = __shfl_sync(0xffffffffu, tid >> 7, 0);  // 0 producer, 1..2 consumers
   const int h = blockIdx.x, b = blockIdx.z;
   const int k0 = blockIdx.y * HB_BN;
   const int num_q_tiles = (S + HB_BM - 1) / HB_BM;
   const int m_begin = causal ? k0 / HB_BM : 0;  // the query tile holding key k0
   const int n_steps = num_q_tiles - m_begin;    // ≥ 1: k0 < S
-  const bool with_dq = dq_accum != nullptr;
 
   if (tid == 0) {
     mbar_init(bar_kv, 1);
@@ -378,58 +401,22 @@ mla_attention_bwd_dkdv_hopper(const __grid_constant__ TensorMap tm_q_nope, const
   const long long row_bsh0 = static_cast<long long>(b) * S * H + h;  // (b, s=0, h) row index
 
   if (wg == 0) {
-    // ---------------- dQ warpgroup, and producer (its warp 0) ----------------
-    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;" ::"n"(HB_DQ_REGS));
-    const int warp = tid >> 5, lane = tid & 31;
-    const int g = lane >> 2, t = lane & 3;
-    // The key and query origins of the copies' coordinates, read back from shared memory (tid 0
-    // stored them) instead of reusing k0/m_begin: when a TMA coordinate is the very value the
-    // consumers' loop also uses, ptxas (nvcc 13.0) made the consumers spill and serialise their
-    // wgmmas (C7512), presumably because the copy's operands must sit in uniform registers and
-    // the shared value then occupies one in the consumers too.
-    const int2 origin = ld_shared_v2(base + HB_ORIGIN_OFF);
-    const int q_first = origin.y;
-    const float* lse_bh = lse + (static_cast<long long>(b) * H + h) * S;
-    const float* d_bh = d_sum + (static_cast<long long>(b) * H + h) * S;
-    // Warp 0's lanes load lse·log2(e) and D of a step (TMA cannot: a [B,H,S] f32 row's stride
-    // S·4 bytes need not be a multiple of 16), 2 + 2 values each; rows past the end get lse =
-    // +inf, so P (and with it dS) is exactly 0 there, and D = 0.
-    auto load_lse_d = [&](int i, float (&v)[4]) {
-      const int q0 = q_first + i * HB_BM;
-      #pragma unroll
-      for (int k = 0; k < 2; k++) {
-        const int r = q0 + lane + 32 * k;
-        v[k] = r < S ? lse_bh[r] * LOG2E : inf_f32();
-        v[2 + k] = r < S ? d_bh[r] : 0.f;
-      }
-    };
-    // Lane 0 announces step i's Q/dO bytes on its stage's full barrier and issues their copies;
-    // then every lane stores its lse/D values and arrives (the phase completes once all 32
-    // lanes arrived and every byte landed; the copy engine's writes are then visible to the
-    // consumers' wgmmas without a proxy fence).
-    auto issue_q_do = [&](int i) {
-      const int s = i % HB_STAGES;
-      const int q0 = q_first + i * HB_BM;
-      const u32 full = bar_full(s), tQ = sQ + s * HB_Q_BYTES, tdO = sdO + s * HB_DO_BYTES;
-      if (lane == 0) {
-        mbar_expect_tx(full, HB_Q_BYTES + HB_DO_BYTES);
-        tma_load_4d(tQ, tm_q_nope, full, 0, h, q0, b);
-        tma_load_4d(tQ + HB_Q_BLOCK, tm_q_nope, full, 64, h, q0, b);
-        tma_load_4d(tQ + 2 * HB_Q_BLOCK, tm_q_pe, full, 0, h, q0, b);
-        tma_load_4d(tdO, tm_dout, full, 0, h, q0, b);
-        tma_load_4d(tdO + HB_Q_BLOCK, tm_dout, full, 64, h, q0, b);
-      }
-    };
-    auto publish_lse_d = [&](int i, const float (&v)[4]) {
-      const int s = i % HB_STAGES;
-      #pragma unroll
-      for (int k = 0; k < 2; k++) {
-        sLse[s * HB_BM + lane + 32 * k] = v[k];
-        sD[s * HB_BM + lane + 32 * k] = v[2 + k];
-      }
-      mbar_arrive(bar_full(s));
-    };
-    if (warp == 0) {
+    // ---------------- producer ----------------
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;" ::"n"(HB_PRODUCER_REGS));
+    // Warp 0 alone: its lane 0 issues every TMA copy, and its 32 lanes load lse and D (which
+    // TMA cannot copy: a [B,H,S] f32 row's stride S·4 bytes need not be a multiple of 16).
+    // Warps 1-3 have nothing to do once their registers are given up.
+    if (tid < 32) {
+      const int lane = tid;
+      // The key and query origins of the copies' coordinates, read back from shared memory
+      // (tid 0 stored them) instead of reusing k0/m_begin: when a TMA coordinate is the very
+      // value the consumers' loop also uses, ptxas (nvcc 13.0) made the consumers spill 16
+      // bytes and serialise their wgmmas (C7512), presumably because the copy's operands must
+      // sit in uniform registers and the shared value then occupies one in the consumers too.
+      const int2 origin = ld_shared_v2(base + HB_ORIGIN_OFF);
+      const int k0 = origin.x, q_first = origin.y;
+      const float* lse_bh = lse + (static_cast<long long>(b) * H + h) * S;
+      const float* d_bh = d_sum + (static_cast<long long>(b) * H + h) * S;
       if (lane == 0) {
         tmap_prefetch(tm_q_nope);
         tmap_prefetch(tm_q_pe);
@@ -438,7 +425,6 @@ mla_attention_bwd_dkdv_hopper(const __grid_constant__ TensorMap tm_q_nope, const
         tmap_prefetch(tm_v);
         tmap_prefetch(tm_dout);
         // K = k_nope (two 64-column blocks) | k_pe, V = two blocks; keys past S arrive as zeros.
-        const int k0 = origin.x;
         mbar_arrive_expect_tx(bar_kv, HB_K_BYTES + HB_V_BYTES);
         tma_load_4d(sK, tm_k_nope, bar_kv, 0, h, k0, b);
         tma_load_4d(sK + HB_K_BLOCK, tm_k_nope, bar_kv, 64, h, k0, b);
@@ -446,44 +432,43 @@ mla_attention_bwd_dkdv_hopper(const __grid_constant__ TensorMap tm_q_nope, const
         tma_load_4d(sV, tm_v, bar_kv, 0, h, k0, b);
         tma_load_4d(sV + HB_K_BLOCK, tm_v, bar_kv, 64, h, k0, b);
       }
-      // The first two steps fill the empty ring.
-      for (int i = 0; i < HB_STAGES && i < n_steps; i++) {
-        float v[4];
-        issue_q_do(i);
-        load_lse_d(i, v);
-        publish_lse_d(i, v);
-      }
-    }
-    // Iteration i: step i's dQ, then the refill of step i's stage with step i+2. The refill's
-    // lse/D loads are issued first, so their latency passes during the dQ GEMMs; the stage is
-    // rewritten once both consumers finished step i (their dV/dK GEMMs, the last readers).
-    for (int i = 0; i < n_steps; i++) {
-      const bool refill = i + HB_STAGES < n_steps;
-      float v[4];
-      if (warp == 0 && refill && !(MLA_HB_PROFILE_NO_LOADS && i + HB_STAGES >= HB_STAGES)) load_lse_d(i + HB_STAGES, v);
-      if (with_dq) {
-        const int buf = i % HB_DS_BUFS;
-        // Both consumers stored their halves of step i's dSᵀ (they bar.arrive).
-        triple_bar_sync<HB_DSF_BAR>(buf);
-        dq_step(sdS + buf * HB_DS_BYTES, sK, sdQ, warp, g, t, tm_dq_accum, q_first + i * HB_BM);
-        // The buffer is free for step i+3's halves (no signal when there is no such step, so
-        // every arrival has a matching wait). The GEMMs that read it have completed.
-        if (i + HB_DS_BUFS < n_steps) triple_bar_arrive<HB_DSE_BAR>(buf);
-      }
-      if (warp == 0 && refill) {
+      for (int i = 0; i < n_steps; i++) {
         const int s = i % HB_STAGES;
-        mbar_wait(bar_empty(s), (i / HB_STAGES) & 1);
-        if (MLA_HB_PROFILE_NO_LOADS) {
-          mbar_arrive(bar_full(s));  // re-publish the stage as it is: no copies, no loads
-        } else {
-          issue_q_do(i + HB_STAGES);
-          publish_lse_d(i + HB_STAGES, v);
+        const int q0 = q_first + i * HB_BM;
+        // Stage s was last read at step i-2; its consumers arrive once their dV/dK GEMMs are
+        // done. Every lane waits: each overwrites its part of lse/D.
+        if (i >= HB_STAGES) mbar_wait(bar_empty(s), ((i / HB_STAGES) - 1) & 1);
+        // Lane 0 first announces the Q/dO bytes and issues their copies, so they are in flight
+        // while the lanes load lse and D from device memory (which TMA cannot do, see above).
+        if (MLA_HB_PROFILE_NO_LOADS && i >= HB_STAGES) {
+          mbar_arrive(bar_full(s));
+          continue;
         }
+        if (lane == 0) {
+          const u32 full = bar_full(s), tQ = sQ + s * HB_Q_BYTES, tdO = sdO + s * HB_DO_BYTES;
+          mbar_expect_tx(full, HB_Q_BYTES + HB_DO_BYTES);
+          tma_load_4d(tQ, tm_q_nope, full, 0, h, q0, b);
+          tma_load_4d(tQ + HB_Q_BLOCK, tm_q_nope, full, 64, h, q0, b);
+          tma_load_4d(tQ + 2 * HB_Q_BLOCK, tm_q_pe, full, 0, h, q0, b);
+          tma_load_4d(tdO, tm_dout, full, 0, h, q0, b);
+          tma_load_4d(tdO + HB_Q_BLOCK, tm_dout, full, 64, h, q0, b);
+        }
+        // Rows past the end: lse = +inf, so P (and with it dS) is exactly 0; D = 0.
+        #pragma unroll
+        for (int k = 0; k < 2; k++) {
+          const int r = lane + 32 * k;
+          sLse[s * HB_BM + r] = q0 + r < S ? lse_bh[q0 + r] * LOG2E : inf_f32();
+          sD[s * HB_BM + r] = q0 + r < S ? d_bh[q0 + r] : 0.f;
+        }
+        // Each lane's arrival releases its own lse/D stores (the consumers read them with
+        // ordinary loads after their wait on the same barrier). The phase completes only when
+        // all 32 lanes arrived and every announced byte landed (the copy engine's writes are
+        // then visible to the consumers' wgmmas without a proxy fence). The producer never
+        // waits on a full barrier, so it cannot block the consumers' progress on the step it
+        // waits for.
+        mbar_arrive(bar_full(s));
       }
     }
-    // The reduce-adds must have completed before the block (and its shared memory) is gone and
-    // before the next kernel (finish) reads dq_accum.
-    if (with_dq && lane == 0) bulk_wait();
   } else {
     // ---------------- consumers ----------------
     asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;" ::"n"(HB_CONSUMER_REGS));
@@ -494,6 +479,7 @@ mla_attention_bwd_dkdv_hopper(const __grid_constant__ TensorMap tm_q_nope, const
     const int key_l = w * 64 + warp * 16 + g;  // this thread's first key row in the tile (the other: +8)
     const float scale_log2 = scale * LOG2E;
     const u32 sK_w = sK + w * 64 * 128, sV_w = sV + w * 64 * 128;
+    const bool with_dq = dq_accum != nullptr;
 
     float acc_dv[64], acc_dk[96];  // dK: [0, 64) the nope columns (m64n128 layout), [64, 96) pe (m64n64)
     #pragma unroll
@@ -514,8 +500,8 @@ mla_attention_bwd_dkdv_hopper(const __grid_constant__ TensorMap tm_q_nope, const
 
       float acc_s[32], acc_dp[32];
       u32 p[4][4], ds[4][4];
-      // One GEMM at a time: Sᵀ and dPᵀ in flight together need 64 accumulator registers next to
-      // the 160 of dK/dV, which spills (ptxas, see the header).
+      // One GEMM at a time: Sᵀ and dPᵀ in flight together would need 64 accumulator registers
+      // next to the 160 of dK/dV, which spills at 232 (ptxas, see the header).
       wgmma_fence();
       gemm_st(acc_s, sK_w, tQ);
       wgmma_commit();
@@ -562,9 +548,11 @@ mla_attention_bwd_dkdv_hopper(const __grid_constant__ TensorMap tm_q_nope, const
         }
       }
       pack_a<64>(ds, acc_dp);
+      // Buffer ds_buf last held step i-3's dSᵀ, read by the dQ GEMMs of consumer (i-3) % 2: the
+      // other consumer waits for their "read" signal before storing its half (that consumer
+      // waited for its own GEMMs).
+      if (with_dq && i >= 3 && w != ((i - 3) & 1)) triple_bar_sync<HB_DSE_BAR>(ds_buf);
       if (with_dq) {
-        // Buffer ds_buf last held step i-3's dSᵀ: its dQ GEMMs must have completed.
-        if (i >= HB_DS_BUFS) triple_bar_sync<HB_DSE_BAR>(ds_buf);
         // dSᵀ row key_l (+8), 4-byte pair at query 8j+2t: 16-byte piece j of a 128-byte row,
         // swizzled by row % 8 = g, so the warp's 32 stores hit 32 distinct banks.
         #pragma unroll
@@ -574,15 +562,38 @@ mla_attention_bwd_dkdv_hopper(const __grid_constant__ TensorMap tm_q_nope, const
             asm volatile("st.shared.b32 [%0], %1;" ::"r"(tdS + (key_l + 8 * r) * 128 + ((j ^ g) << 4) + 4 * t),
                          "r"(ds[j >> 1][(j & 1) * 2 + r])
                          : "memory");
-        fence_proxy_async();  // before the barrier: the dQ warpgroup's wgmmas read these
-        triple_bar_arrive<HB_DSF_BAR>(ds_buf);
+        fence_proxy_async();  // before the barrier: the other consumer's wgmma reads these
       }
       wgmma_fence();
       gemm_dv_dk(acc_dv, acc_dk, p, ds, tQ, tdO);
       wgmma_commit();
+      // Waiting here, before the dQ GEMMs, frees the 32 registers of Pᵀ and dSᵀ for them.
       wgmma_wait<0>();
       mbar_arrive(bar_empty(s));  // the stage (Q, dO, lse, D) is free
+
+      if (with_dq) {
+        const u32 stg = sdQ + w * HB_DQ_BOX_BYTES;
+        // Step i's dQ belongs to consumer i % 2; the other one publishes its half and goes on.
+        if (w != (i & 1)) triple_bar_arrive<HB_DSF_BAR>(ds_buf);
+        // Step i-1's dQ, one step late: its other half was stored during step i-1.
+        if (i >= 1 && w == ((i - 1) & 1)) {
+          const int prev = (i - 1) % HB_DS_BUFS;
+          triple_bar_sync<HB_DSF_BAR>(prev);
+          dq_step(sdS + prev * HB_DS_BYTES, sK, stg, warp, g, t, tm_dq_accum, q0 - HB_BM);
+          // Its buffer is free for step i+2's halves (no signal when there is no such step, so
+          // every arrival has a matching wait).
+          if (i + 2 < n_steps) triple_bar_arrive<HB_DSE_BAR>(prev);
+        }
+        // The last step's dQ has no next step to hide in.
+        if (i == n_steps - 1 && w == (i & 1)) {
+          triple_bar_sync<HB_DSF_BAR>(ds_buf);
+          dq_step(tdS, sK, stg, warp, g, t, tm_dq_accum, q0);
+        }
+      }
     }
+    // The reduce-adds must have completed before the block (and its shared memory) is gone and
+    // before the next kernel (finish) reads dq_accum.
+    if (lane == 0 && with_dq) bulk_wait();
 
     // Epilogue: dV → bf16; dK·scale → dk_nope bf16 and the f32 dk_pe part.
     #pragma unroll
