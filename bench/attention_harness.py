@@ -66,7 +66,8 @@ HOPPER_BWD_SMEM, HOPPER_BWD_THREADS, HOPPER_BWD_KEYS, HOPPER_BWD_QUERIES = 23146
 # (MLA_HB_DQ_SCHEDULE), correct, checked and timed next to the default.
 HOPPER_BWD_PROFILES = {"prof_nosoftmax": ["-DMLA_HB_PROFILE_NO_SOFTMAX=1"], "prof_noloads": ["-DMLA_HB_PROFILE_NO_LOADS=1"],
                        "prof_nostaging": ["-DMLA_HB_PROFILE_NO_STAGING=1"],
-                       "sched1": ["-DMLA_HB_DQ_SCHEDULE=1"], "sched0": ["-DMLA_HB_DQ_SCHEDULE=0"]}
+                       "sched1": ["-DMLA_HB_DQ_SCHEDULE=1"], "sched0": ["-DMLA_HB_DQ_SCHEDULE=0"],
+                       "l2hint_dq": ["-DMLA_HB_L2_HINTS=1"], "l2hint_all": ["-DMLA_HB_L2_HINTS=2"]}
 # Query rows per dQ reduce-add box: one warp's 16 (the kernel's staging boxes).
 HOPPER_BWD_DQ_ROWS = 16
 
@@ -598,7 +599,11 @@ def main():
     ap.add_argument("--hopper", default=",".join(HOPPER_VARIANTS), help="Hopper forward variants to build")
     ap.add_argument("--hopper-bwd", action="store_true",
                     help="check and time the Hopper backward (mla_attention_bwd_hopper.cu) only")
+    ap.add_argument("--bwd-variants", default=",".join(HOPPER_BWD_PROFILES),
+                    help="HOPPER_BWD_PROFILES builds to check and time next to the default")
     args = ap.parse_args()
+    for v in set(HOPPER_BWD_PROFILES) - set(args.bwd_variants.split(",")):
+        del HOPPER_BWD_PROFILES[v]
     os.makedirs(args.out, exist_ok=True)
     torch.cuda.init()
     cupy.cuda.ExternalStream(torch.cuda.current_stream().cuda_stream).use()

@@ -43,29 +43,36 @@
 //     st.shared.b32 per pair; buffer i%3). Step i's dQ belongs to consumer i%2, which computes
 //     it during step i+1, after its own dV/dK GEMMs (the last step's at once), when the other
 //     consumer's half has long been stored: neither consumer waits for the other's current
-//     step. dQ = dS·K (64 queries × 192, K dim 128 keys) in three 64-column chunks of 8 × wgmma
-//     m64n64k16 SS (A = dSᵀ MN-major, B = K MN-major); each chunk goes, 32 columns at a time,
-//     through the consumer's f32 staging box in shared memory (128-byte swizzled) and one TMA
-//     bulk reduce-add (cp.reduce.async.bulk.tensor; 18th argument: dq_accum's tensor map) issued
-//     by one thread, which waits only for the copy engine to have read the box before it is
-//     rewritten. Measured versions (bench/attention_notes.md): red.global.add.v2.f32 per
-//     thread (15-17% slower at s=4096..16384); both consumers in lockstep splitting the chunks
-//     2:1 (MLA_HB_DQ_DEFER=0); consumer i%2 computing dQ at once, in step i (no faster than
-//     lockstep: it waited for the other consumer, which was busy with the previous dQ).
+//     step. dQ = dS·K (64 queries × 192, K dim 128 keys; A = dSᵀ MN-major, B = K MN-major) in
+//     GEMMs of 64 | 32 | 64 | 32 columns (wgmma m64n64k16 / m64n32k16 SS), each next one in
+//     flight while the previous one's accumulators are staged (MLA_HB_DQ_SCHEDULE). Staging:
+//     each warp writes its 16 rows × 32 columns into its own 2 KB box (f32, 128-byte
+//     swizzled) and its lane 0 issues one TMA bulk reduce-add of that box into dq_accum
+//     (cp.reduce.async.bulk.tensor; 18th argument: dq_accum's tensor map, boxes of 32 columns
+//     × 16 queries), waiting only for the copy engine to have read the box's previous
+//     contents: no barrier beyond the warp. Measured alternatives (bench/attention_notes.md):
+//     red.global.add per thread (v2: 15-17% slower; v4 after a lane swap: 21-111% slower);
+//     both consumers in lockstep splitting the chunks 2:1; the consumer's 64 rows per box with
+//     two 128-thread barriers per box (the previous version, 2-12% slower); six 32-column
+//     GEMMs pipelined (5-9% slower) or three 64-column ones unpipelined (1-21% slower); dQ
+//     on the producer warpgroup as a third chain (28% slower: see Registers).
 //   The consumers finish with dV, dK·scale (bf16) and the dk_pe part (f32).
 //
 // Registers per consumer thread (setmaxnreg 240; 128·24 + 256·240 = 64512 ≤ 65536):
 //   dV_w 64×128 f32 = 64, dK_w 64×192 f32 = 96: 160 live for the whole kernel;
 //   per step, one GEMM in flight at a time: Sᵀ 32 → Pᵀ 16 bf16; dPᵀ 32 → dSᵀ 16 bf16; the
-//   dV/dK GEMMs read those 32; a dQ chunk 32 after they are free. Peak ≈ 160 + 48 + addresses.
-//   ptxas (nvcc 13.0): 12 bytes of spill, no C7512 (168 registers: the launch bound; setmaxnreg
-//   moves them). There is no slack: see the producer's note on its origin values; at 232/40
-//   the dQ staging spilled 44 bytes. Issuing Sᵀ and dPᵀ together (64 accumulators in flight)
-//   spilled ~400 bytes and serialised the wgmmas (C7512), and so did two dQ chunks in flight
-//   (344 bytes) and a per-element causal mask (key/query compares kept live); the mask is one
-//   compare per element against a per-row bound.
+//   dV/dK GEMMs read those 32; then the dQ accumulators, 48 at most (a 64-column block and a
+//   32-column one). Peak ≈ 160 + 48 + addresses. ptxas (nvcc 13.0): no spill, no C7512 (168
+//   registers: the launch bound; setmaxnreg moves them, and an .inc waits until .decs freed
+//   as many, so the two must balance). No slack: HGMMA accumulators are whole aligned register
+//   blocks, so two 64-column dQ blocks in flight (64 registers) spilled 256 bytes, and so did
+//   Sᵀ and dPᵀ in flight together; the wgmma descriptors are made opaque (desc_base), or the
+//   compiler hoists every k-step's 64-bit descriptor out of the step loop and spills them.
+//   Moving dQ to the producer warpgroup (56 registers, consumers 224) made the consumers
+//   spill and their own steps 10% slower, and its dQ chain (one 32-column GEMM at a time,
+//   queued behind the consumers' wgmmas) became the bottleneck.
 // Shared memory (bytes, every tile 1024-aligned):
-//   K 49152 | V 32768 | Q 2 × 24576 | dO 2 × 16384 | dSᵀ 3 × 16384 | dQ staging 2 × 8192 |
+//   K 49152 | V 32768 | Q 2 × 24576 | dO 2 × 16384 | dSᵀ 3 × 16384 | dQ staging 2 × 4 × 2048 |
 //   lse, D 2 × 512 | 5 mbarriers | 16 (the producer's key/query origin) | +1008 alignment
 //   slack = 231464
 //   (1 block per SM).
@@ -74,8 +81,7 @@
 //   storing its half, the owner bar.syncs before the dQ GEMMs; "dSᵀ read" b — the owner
 //   bar.arrives once its dQ GEMMs completed (if step i+3 exists), and the non-owner of step i
 //   bar.syncs on it before storing its half of step i+3 (the owner rewrites its own half only
-//   after its own GEMMs completed). Staging barriers (128, per consumer) order its stores and
-//   the reduce-add.
+//   after its own GEMMs completed).
 // Barriers: kv_full (count 1: lane 0's arrive.expect_tx of the K/V bytes), full[2] (count 32:
 //   the producer warp's lanes, each after its lse/D stores; lane 0 first adds the Q/dO bytes
 //   (mbarrier.expect_tx) and issues their copies, so a phase completes only once every lane
@@ -92,11 +98,14 @@
 // This kernel computes 1664 FLOPs per (query, key) pair (Sᵀ 384, dPᵀ 256, dV 256, dK 384,
 // dQ 384) = 1.04 × the convention's 1600, plus 6% (s=2048) … 0.2% (32768) of masked waste.
 // Measured (H100 80GB HBM3, whole backward incl. preprocess and finish, convention TFLOPS,
-// bench/attention_notes.md): 295 / 388 / 437 / 440 / 457 at s=2048..32768, 0.94-1.29× cuDNN.
-// Limits: each consumer's steps are a serial chain of GEMM → wait → elementwise (the registers
-// are spent on dK/dV, none are left to pipeline), and two chains per SM do not keep the tensor
-// cores busy (without dQ the kernel runs 45% faster, far more than dQ's 23% of the FLOPs);
-// 336 KB of shared-memory operand traffic per step (~80% of the tensor time at 128 B/clk).
+// `moetrain bench attention`, bench/attention_notes.md): 298 / 390 / 455 / 439 / 469 at
+// s=2048..32768, 0.97-1.30× cuDNN.
+// Limits (profile in the notes): without dQ the kernel runs 37-40% faster, far more than dQ's
+// 23% of the FLOPs; without its staging (stores + reduce-adds) 20-24% faster. Each consumer's
+// steps are a serial chain of GEMM → wait → elementwise (the registers are spent on dK/dV,
+// none are left to pipeline) and two chains per SM do not keep the tensor cores busy; per
+// step ~500 KB cross shared memory (operands 350, dSᵀ 16, dQ staging 48 + 48, Q/dO 40): ~3900
+// clocks at 128 B/clock against ~3300 of tensor work, of the ~6200 a step takes.
 #include "mla_attention_hopper.cuh"
 
 namespace mla {
@@ -119,8 +128,8 @@ constexpr int HB_DS_OFF = HB_DO_OFF + HB_STAGES * HB_DO_BYTES;
 // dSᵀ buffers: step i uses buffer i % 3; a step's dQ runs one step late (see the header), so
 // three steps' dSᵀ can be alive at once.
 constexpr int HB_DS_BUFS = 3;
-// dQ staging, one per consumer: a 64-query × 32-column f32 box, 128-byte swizzled (what one bulk
-// reduce-add copies out of).
+// dQ staging, one per consumer: four 16-query × 32-column f32 boxes (one per warp, 2 KB each),
+// 128-byte swizzled: what one bulk reduce-add copies out of.
 constexpr int HB_DQ_BOX_BYTES = HB_BM * 32 * 4;            // 8192
 constexpr int HB_DQ_OFF = HB_DS_OFF + HB_DS_BUFS * HB_DS_BYTES;
 constexpr int HB_LSE_OFF = HB_DQ_OFF + 2 * HB_DQ_BOX_BYTES;   // [stage][64] lse·log2e, then [stage][64] D
@@ -148,6 +157,12 @@ constexpr int HB_DSE_BAR = 7;          // 7, 8, 9: dSᵀ buffer b was read by it
 // 64-column GEMMs in flight spilled 256 bytes); 1: six 32-column GEMMs, likewise pipelined
 // (the dSᵀ operand then is read from shared memory six times instead of four); 0: three
 // 64-column GEMMs, each waited for before it is staged. bench/attention_notes.md has their times.
+// L2 eviction hints: 1 marks the dQ reduce-adds evict-last (each dq_accum tile is added to by
+// the blocks of every key tile of its head, a few steps apart); 2 also the Q/dO copies
+// (evict-last) and K/V (evict-first); 0: none.
+#ifndef MLA_HB_L2_HINTS
+#define MLA_HB_L2_HINTS 0
+#endif
 #ifndef MLA_HB_DQ_SCHEDULE
 #define MLA_HB_DQ_SCHEDULE 2
 #endif
@@ -177,9 +192,38 @@ namespace {
 // dq_accum[box at c0, h, q0, b] += the f32 box at smem (bulk async-group; the copy engine does
 // the adds in L2, whole lines at a time).
 __device__ __forceinline__ void tma_reduce_add_4d(const TensorMap& m, u32 src, int c0, int c1, int c2, int c3) {
+#if MLA_HB_L2_HINTS
+  asm volatile(
+      "{\n.reg .b64 pol;\ncreatepolicy.fractional.L2::evict_last.b64 pol, 1.0;\n"
+      "cp.reduce.async.bulk.tensor.4d.global.shared::cta.add.tile.bulk_group.L2::cache_hint [%0, {%2, %3, %4, %5}], [%1], pol;\n}"
+      ::"l"(tmap_addr(m)), "r"(src), "r"(c0), "r"(c1), "r"(c2), "r"(c3) : "memory");
+#else
   asm volatile(
       "cp.reduce.async.bulk.tensor.4d.global.shared::cta.add.tile.bulk_group [%0, {%2, %3, %4, %5}], [%1];"
       ::"l"(tmap_addr(m)), "r"(src), "r"(c0), "r"(c1), "r"(c2), "r"(c3) : "memory");
+#endif
+}
+// tma_load_4d with an L2 eviction priority: EVICT_LAST 1 keeps the lines (Q/dO tiles, which
+// the blocks of the next key tiles of the same head read a few steps later), 0 lets them go
+// first (K/V, read once).
+template <int EVICT_LAST>
+__device__ __forceinline__ void tma_load_4d_hint(u32 dst, const TensorMap& m, u32 bar, int c0, int c1, int c2, int c3) {
+#if MLA_HB_L2_HINTS >= 2
+  if (EVICT_LAST)
+    asm volatile(
+        "{\n.reg .b64 pol;\ncreatepolicy.fractional.L2::evict_last.b64 pol, 1.0;\n"
+        "cp.async.bulk.tensor.4d.shared::cluster.global.tile.mbarrier::complete_tx::bytes.L2::cache_hint"
+        " [%0], [%1, {%3, %4, %5, %6}], [%2], pol;\n}"
+        ::"r"(dst), "l"(tmap_addr(m)), "r"(bar), "r"(c0), "r"(c1), "r"(c2), "r"(c3) : "memory");
+  else
+    asm volatile(
+        "{\n.reg .b64 pol;\ncreatepolicy.fractional.L2::evict_first.b64 pol, 1.0;\n"
+        "cp.async.bulk.tensor.4d.shared::cluster.global.tile.mbarrier::complete_tx::bytes.L2::cache_hint"
+        " [%0], [%1, {%3, %4, %5, %6}], [%2], pol;\n}"
+        ::"r"(dst), "l"(tmap_addr(m)), "r"(bar), "r"(c0), "r"(c1), "r"(c2), "r"(c3) : "memory");
+#else
+  tma_load_4d(dst, m, bar, c0, c1, c2, c3);
+#endif
 }
 __device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.commit_group;" ::: "memory"); }
 // Until this thread's bulk groups have finished reading shared memory (.read) or completed.
@@ -426,11 +470,11 @@ mla_attention_bwd_dkdv_hopper(const __grid_constant__ TensorMap tm_q_nope, const
         tmap_prefetch(tm_dout);
         // K = k_nope (two 64-column blocks) | k_pe, V = two blocks; keys past S arrive as zeros.
         mbar_arrive_expect_tx(bar_kv, HB_K_BYTES + HB_V_BYTES);
-        tma_load_4d(sK, tm_k_nope, bar_kv, 0, h, k0, b);
-        tma_load_4d(sK + HB_K_BLOCK, tm_k_nope, bar_kv, 64, h, k0, b);
+        tma_load_4d_hint<0>(sK, tm_k_nope, bar_kv, 0, h, k0, b);
+        tma_load_4d_hint<0>(sK + HB_K_BLOCK, tm_k_nope, bar_kv, 64, h, k0, b);
         tma_load_3d(sK + 2 * HB_K_BLOCK, tm_k_pe, bar_kv, 0, k0, b);
-        tma_load_4d(sV, tm_v, bar_kv, 0, h, k0, b);
-        tma_load_4d(sV + HB_K_BLOCK, tm_v, bar_kv, 64, h, k0, b);
+        tma_load_4d_hint<0>(sV, tm_v, bar_kv, 0, h, k0, b);
+        tma_load_4d_hint<0>(sV + HB_K_BLOCK, tm_v, bar_kv, 64, h, k0, b);
       }
       for (int i = 0; i < n_steps; i++) {
         const int s = i % HB_STAGES;
@@ -447,11 +491,11 @@ mla_attention_bwd_dkdv_hopper(const __grid_constant__ TensorMap tm_q_nope, const
         if (lane == 0) {
           const u32 full = bar_full(s), tQ = sQ + s * HB_Q_BYTES, tdO = sdO + s * HB_DO_BYTES;
           mbar_expect_tx(full, HB_Q_BYTES + HB_DO_BYTES);
-          tma_load_4d(tQ, tm_q_nope, full, 0, h, q0, b);
-          tma_load_4d(tQ + HB_Q_BLOCK, tm_q_nope, full, 64, h, q0, b);
-          tma_load_4d(tQ + 2 * HB_Q_BLOCK, tm_q_pe, full, 0, h, q0, b);
-          tma_load_4d(tdO, tm_dout, full, 0, h, q0, b);
-          tma_load_4d(tdO + HB_Q_BLOCK, tm_dout, full, 64, h, q0, b);
+          tma_load_4d_hint<1>(tQ, tm_q_nope, full, 0, h, q0, b);
+          tma_load_4d_hint<1>(tQ + HB_Q_BLOCK, tm_q_nope, full, 64, h, q0, b);
+          tma_load_4d_hint<1>(tQ + 2 * HB_Q_BLOCK, tm_q_pe, full, 0, h, q0, b);
+          tma_load_4d_hint<1>(tdO, tm_dout, full, 0, h, q0, b);
+          tma_load_4d_hint<1>(tdO + HB_Q_BLOCK, tm_dout, full, 64, h, q0, b);
         }
         // Rows past the end: lse = +inf, so P (and with it dS) is exactly 0; D = 0.
         #pragma unroll
