@@ -67,7 +67,7 @@ HOPPER_BWD_SMEM, HOPPER_BWD_THREADS, HOPPER_BWD_KEYS, HOPPER_BWD_QUERIES = 23146
 HOPPER_BWD_PROFILES = {"prof_nosoftmax": ["-DMLA_HB_PROFILE_NO_SOFTMAX=1"], "prof_noloads": ["-DMLA_HB_PROFILE_NO_LOADS=1"],
                        "prof_nostaging": ["-DMLA_HB_PROFILE_NO_STAGING=1"],
                        "sched1": ["-DMLA_HB_DQ_SCHEDULE=1"], "sched0": ["-DMLA_HB_DQ_SCHEDULE=0"],
-                       "l2hint_dq": ["-DMLA_HB_L2_HINTS=1"], "l2hint_all": ["-DMLA_HB_L2_HINTS=2"]}
+                       "early_fence": ["-DMLA_HB_LATE_FENCE=0"]}
 # Query rows per dQ reduce-add box: one warp's 16 (the kernel's staging boxes).
 HOPPER_BWD_DQ_ROWS = 16
 

@@ -157,11 +157,10 @@ constexpr int HB_DSE_BAR = 7;          // 7, 8, 9: dSᵀ buffer b was read by it
 // 64-column GEMMs in flight spilled 256 bytes); 1: six 32-column GEMMs, likewise pipelined
 // (the dSᵀ operand then is read from shared memory six times instead of four); 0: three
 // 64-column GEMMs, each waited for before it is staged. bench/attention_notes.md has their times.
-// L2 eviction hints: 1 marks the dQ reduce-adds evict-last (each dq_accum tile is added to by
-// the blocks of every key tile of its head, a few steps apart); 2 also the Q/dO copies
-// (evict-last) and K/V (evict-first); 0: none.
-#ifndef MLA_HB_L2_HINTS
-#define MLA_HB_L2_HINTS 0
+// 1: a consumer's proxy fence after its dSᵀ stores comes after it issued its dV/dK GEMMs;
+// 0: before them.
+#ifndef MLA_HB_LATE_FENCE
+#define MLA_HB_LATE_FENCE 1
 #endif
 #ifndef MLA_HB_DQ_SCHEDULE
 #define MLA_HB_DQ_SCHEDULE 2
@@ -192,38 +191,9 @@ namespace {
 // dq_accum[box at c0, h, q0, b] += the f32 box at smem (bulk async-group; the copy engine does
 // the adds in L2, whole lines at a time).
 __device__ __forceinline__ void tma_reduce_add_4d(const TensorMap& m, u32 src, int c0, int c1, int c2, int c3) {
-#if MLA_HB_L2_HINTS
-  asm volatile(
-      "{\n.reg .b64 pol;\ncreatepolicy.fractional.L2::evict_last.b64 pol, 1.0;\n"
-      "cp.reduce.async.bulk.tensor.4d.global.shared::cta.add.tile.bulk_group.L2::cache_hint [%0, {%2, %3, %4, %5}], [%1], pol;\n}"
-      ::"l"(tmap_addr(m)), "r"(src), "r"(c0), "r"(c1), "r"(c2), "r"(c3) : "memory");
-#else
   asm volatile(
       "cp.reduce.async.bulk.tensor.4d.global.shared::cta.add.tile.bulk_group [%0, {%2, %3, %4, %5}], [%1];"
       ::"l"(tmap_addr(m)), "r"(src), "r"(c0), "r"(c1), "r"(c2), "r"(c3) : "memory");
-#endif
-}
-// tma_load_4d with an L2 eviction priority: EVICT_LAST 1 keeps the lines (Q/dO tiles, which
-// the blocks of the next key tiles of the same head read a few steps later), 0 lets them go
-// first (K/V, read once).
-template <int EVICT_LAST>
-__device__ __forceinline__ void tma_load_4d_hint(u32 dst, const TensorMap& m, u32 bar, int c0, int c1, int c2, int c3) {
-#if MLA_HB_L2_HINTS >= 2
-  if (EVICT_LAST)
-    asm volatile(
-        "{\n.reg .b64 pol;\ncreatepolicy.fractional.L2::evict_last.b64 pol, 1.0;\n"
-        "cp.async.bulk.tensor.4d.shared::cluster.global.tile.mbarrier::complete_tx::bytes.L2::cache_hint"
-        " [%0], [%1, {%3, %4, %5, %6}], [%2], pol;\n}"
-        ::"r"(dst), "l"(tmap_addr(m)), "r"(bar), "r"(c0), "r"(c1), "r"(c2), "r"(c3) : "memory");
-  else
-    asm volatile(
-        "{\n.reg .b64 pol;\ncreatepolicy.fractional.L2::evict_first.b64 pol, 1.0;\n"
-        "cp.async.bulk.tensor.4d.shared::cluster.global.tile.mbarrier::complete_tx::bytes.L2::cache_hint"
-        " [%0], [%1, {%3, %4, %5, %6}], [%2], pol;\n}"
-        ::"r"(dst), "l"(tmap_addr(m)), "r"(bar), "r"(c0), "r"(c1), "r"(c2), "r"(c3) : "memory");
-#else
-  tma_load_4d(dst, m, bar, c0, c1, c2, c3);
-#endif
 }
 __device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.commit_group;" ::: "memory"); }
 // Until this thread's bulk groups have finished reading shared memory (.read) or completed.
@@ -470,11 +440,11 @@ mla_attention_bwd_dkdv_hopper(const __grid_constant__ TensorMap tm_q_nope, const
         tmap_prefetch(tm_dout);
         // K = k_nope (two 64-column blocks) | k_pe, V = two blocks; keys past S arrive as zeros.
         mbar_arrive_expect_tx(bar_kv, HB_K_BYTES + HB_V_BYTES);
-        tma_load_4d_hint<0>(sK, tm_k_nope, bar_kv, 0, h, k0, b);
-        tma_load_4d_hint<0>(sK + HB_K_BLOCK, tm_k_nope, bar_kv, 64, h, k0, b);
+        tma_load_4d(sK, tm_k_nope, bar_kv, 0, h, k0, b);
+        tma_load_4d(sK + HB_K_BLOCK, tm_k_nope, bar_kv, 64, h, k0, b);
         tma_load_3d(sK + 2 * HB_K_BLOCK, tm_k_pe, bar_kv, 0, k0, b);
-        tma_load_4d_hint<0>(sV, tm_v, bar_kv, 0, h, k0, b);
-        tma_load_4d_hint<0>(sV + HB_K_BLOCK, tm_v, bar_kv, 64, h, k0, b);
+        tma_load_4d(sV, tm_v, bar_kv, 0, h, k0, b);
+        tma_load_4d(sV + HB_K_BLOCK, tm_v, bar_kv, 64, h, k0, b);
       }
       for (int i = 0; i < n_steps; i++) {
         const int s = i % HB_STAGES;
@@ -491,11 +461,11 @@ mla_attention_bwd_dkdv_hopper(const __grid_constant__ TensorMap tm_q_nope, const
         if (lane == 0) {
           const u32 full = bar_full(s), tQ = sQ + s * HB_Q_BYTES, tdO = sdO + s * HB_DO_BYTES;
           mbar_expect_tx(full, HB_Q_BYTES + HB_DO_BYTES);
-          tma_load_4d_hint<1>(tQ, tm_q_nope, full, 0, h, q0, b);
-          tma_load_4d_hint<1>(tQ + HB_Q_BLOCK, tm_q_nope, full, 64, h, q0, b);
-          tma_load_4d_hint<1>(tQ + 2 * HB_Q_BLOCK, tm_q_pe, full, 0, h, q0, b);
-          tma_load_4d_hint<1>(tdO, tm_dout, full, 0, h, q0, b);
-          tma_load_4d_hint<1>(tdO + HB_Q_BLOCK, tm_dout, full, 64, h, q0, b);
+          tma_load_4d(tQ, tm_q_nope, full, 0, h, q0, b);
+          tma_load_4d(tQ + HB_Q_BLOCK, tm_q_nope, full, 64, h, q0, b);
+          tma_load_4d(tQ + 2 * HB_Q_BLOCK, tm_q_pe, full, 0, h, q0, b);
+          tma_load_4d(tdO, tm_dout, full, 0, h, q0, b);
+          tma_load_4d(tdO + HB_Q_BLOCK, tm_dout, full, 64, h, q0, b);
         }
         // Rows past the end: lse = +inf, so P (and with it dS) is exactly 0; D = 0.
         #pragma unroll
@@ -606,11 +576,15 @@ mla_attention_bwd_dkdv_hopper(const __grid_constant__ TensorMap tm_q_nope, const
             asm volatile("st.shared.b32 [%0], %1;" ::"r"(tdS + (key_l + 8 * r) * 128 + ((j ^ g) << 4) + 4 * t),
                          "r"(ds[j >> 1][(j & 1) * 2 + r])
                          : "memory");
-        fence_proxy_async();  // before the barrier: the other consumer's wgmma reads these
+        if (!MLA_HB_LATE_FENCE) fence_proxy_async();
       }
       wgmma_fence();
       gemm_dv_dk(acc_dv, acc_dk, p, ds, tQ, tdO);
       wgmma_commit();
+      // Before the "dSᵀ full" barrier (below): the other consumer's dQ wgmmas read these stores.
+      // Issued behind the dV/dK GEMMs (which do not read dSᵀ from shared memory), its wait for
+      // the stores overlaps their execution.
+      if (MLA_HB_LATE_FENCE && with_dq) fence_proxy_async();
       // Waiting here, before the dQ GEMMs, frees the 32 registers of Pᵀ and dSᵀ for them.
       wgmma_wait<0>();
       mbar_arrive(bar_empty(s));  // the stage (Q, dO, lse, D) is free
