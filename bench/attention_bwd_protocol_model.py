@@ -16,11 +16,13 @@ Modelled:
     barrier it names (complete_tx);
   - two consumer warpgroups (one agent each; an mbarrier arrival of a warpgroup counts as its
     128 threads): wait kv_full, then per step wait full[s] (parity (i/2) & 1), Sᵀ GEMM (reads
-    Q, K), lse, dPᵀ GEMM (reads dO, V), D, store dSᵀ into buffer i%2, dV/dK GEMM (reads Q, dO),
+    Q, K), lse, dPᵀ GEMM (reads dO, V), D, store dSᵀ into buffer i%3, dV/dK GEMM (reads Q, dO),
     wait, arrive empty[s]; step i's dQ belongs to consumer i%2 and uses dSᵀ buffer i%3: the
     other consumer bar.arrives "dSᵀ full" of it after its dV/dK GEMMs; the owner, during step
-    i+1 (at step i itself for the last step), bar.syncs on it, runs three dQ GEMMs (read both
-    halves of the buffer, and K), each waited, then bar.arrives "dSᵀ read" of the buffer if
+    i+1 (at step i itself for the last step), bar.syncs on it, runs four dQ GEMMs (64 | 32 |
+    64 | 32 columns; each reads both halves of the buffer, and K), each waited before the next
+    is issued (the staging of one GEMM's results overlaps the next GEMM; the staging is
+    warp-local and not modelled), then bar.arrives "dSᵀ read" of the buffer if
     step i+3 exists; the non-owner of step i-3, before storing its half at step i ≥ 3,
     bar.syncs on "dSᵀ read" of that buffer;
   - mbarriers with phase bit, pending arrival count and transaction count (a phase completes
@@ -222,7 +224,7 @@ class Model:
                 else:
                     yield self.ds_full[bj].sync()
                 ds_ok = ("ds", bj), lambda bj=bj, j=j: self.check(f"dS buffer {bj}", self.ds[bj], [j, j])
-                for _ in range(3):
+                for _ in range(4):
                     g = self.wgmma_issue([ds_ok, kv_ok])  # dQ chunk = dS·K
                     yield lambda g=g: self.wgmma_done[g]
                 if j + 3 < self.n or (self.mut == "ds_read_always" and j < i):

@@ -98,8 +98,9 @@
 // This kernel computes 1664 FLOPs per (query, key) pair (Sᵀ 384, dPᵀ 256, dV 256, dK 384,
 // dQ 384) = 1.04 × the convention's 1600, plus 6% (s=2048) … 0.2% (32768) of masked waste.
 // Measured (H100 80GB HBM3, whole backward incl. preprocess and finish, convention TFLOPS,
-// `moetrain bench attention`, bench/attention_notes.md): 298 / 390 / 455 / 439 / 469 at
-// s=2048..32768, 0.97-1.30× cuDNN.
+// `moetrain bench attention`, bench/attention_notes.md): 304 / 404 / 462 / 444 / 446 at
+// s=2048..32768, 1.32 / 1.16 / 1.05 / 0.98 / 0.92× cuDNN (both sides move ±5% between calls at
+// s ≥ 16384).
 // Limits (profile in the notes): without dQ the kernel runs 37-40% faster, far more than dQ's
 // 23% of the FLOPs; without its staging (stores + reduce-adds) 20-24% faster. Each consumer's
 // steps are a serial chain of GEMM → wait → elementwise (the registers are spent on dK/dV,
