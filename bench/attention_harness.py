@@ -62,8 +62,9 @@ HOPPER_BWD_SMEM, HOPPER_BWD_THREADS, HOPPER_BWD_KEYS, HOPPER_BWD_QUERIES = 23146
 
 # Profiling builds of the Hopper backward (timing only, wrong results): without the exp2 of P,
 # without waiting on device memory after the first two query steps, without staging dQ (its
-# GEMMs still run). The "sched*" builds are no profiles but the kernel's other dQ schedules
-# (MLA_HB_DQ_SCHEDULE), correct, checked and timed next to the default.
+# GEMMs still run). The others are no profiles but correct alternatives, checked and timed
+# next to the default: the kernel's other dQ schedules (MLA_HB_DQ_SCHEDULE) and the proxy fence
+# before the dV/dK GEMMs instead of behind them (MLA_HB_LATE_FENCE=0).
 HOPPER_BWD_PROFILES = {"prof_nosoftmax": ["-DMLA_HB_PROFILE_NO_SOFTMAX=1"], "prof_noloads": ["-DMLA_HB_PROFILE_NO_LOADS=1"],
                        "prof_nostaging": ["-DMLA_HB_PROFILE_NO_STAGING=1"],
                        "sched1": ["-DMLA_HB_DQ_SCHEDULE=1"], "sched0": ["-DMLA_HB_DQ_SCHEDULE=0"],
