@@ -146,8 +146,14 @@ static_assert(HB_SMEM_BYTES <= 232448, "over the 227 KB a Hopper block may use")
 static_assert(HB_V_OFF % 1024 == 0 && HB_Q_OFF % 1024 == 0 && HB_DO_OFF % 1024 == 0 && HB_DS_OFF % 1024 == 0 &&
               HB_DQ_OFF % 1024 == 0,
               "wgmma operands must start 1024-byte aligned");
+// setmaxnreg only moves registers within the block's launch allocation (168 per thread, the
+// __launch_bounds__ maximum for 384 threads): an .inc waits until .decs freed as many, forever
+// if they never do. 128·24 + 256·240 = 384·168. (232 for the consumers spilled.)
+constexpr int HB_LAUNCH_REGS = 168;
 constexpr int HB_PRODUCER_REGS = 24;
-constexpr int HB_CONSUMER_REGS = 240;  // 128·24 + 256·240 = 64512 ≤ 65536 (232 spilled with the dQ staging)
+constexpr int HB_CONSUMER_REGS = 240;
+static_assert(128 * HB_PRODUCER_REGS + 256 * HB_CONSUMER_REGS <= HB_THREADS * HB_LAUNCH_REGS,
+              "setmaxnreg.inc would wait for registers no warpgroup gives up");
 constexpr int HB_DSF_BAR = 4;          // named barriers 4, 5, 6: dSᵀ buffer b holds both halves
 constexpr int HB_DSE_BAR = 7;          // 7, 8, 9: dSᵀ buffer b was read by its dQ GEMMs
 }  // namespace mla
@@ -158,13 +164,13 @@ constexpr int HB_DSE_BAR = 7;          // 7, 8, 9: dSᵀ buffer b was read by it
 // 64-column GEMMs in flight spilled 256 bytes); 1: six 32-column GEMMs, likewise pipelined
 // (the dSᵀ operand then is read from shared memory six times instead of four); 0: three
 // 64-column GEMMs, each waited for before it is staged. bench/attention_notes.md has their times.
-// 1: a consumer's proxy fence after its dSᵀ stores comes after it issued its dV/dK GEMMs;
-// 0: before them.
-#ifndef MLA_HB_LATE_FENCE
-#define MLA_HB_LATE_FENCE 1
-#endif
 #ifndef MLA_HB_DQ_SCHEDULE
 #define MLA_HB_DQ_SCHEDULE 2
+#endif
+// 1 (the default): a consumer's proxy fence after its dSᵀ stores comes after it issued its dV/dK
+// GEMMs, so its wait for the stores overlaps them (2-8% faster); 0: before them.
+#ifndef MLA_HB_LATE_FENCE
+#define MLA_HB_LATE_FENCE 1
 #endif
 
 using namespace mla;
@@ -175,9 +181,9 @@ namespace {
 // Profiling switches (timing only; results are wrong with any on; bench/attention_harness.py
 // builds them as prof_* variants): MLA_HB_PROFILE_NO_SOFTMAX uses the scaled scores as P (no
 // exp2); MLA_HB_PROFILE_NO_LOADS copies Q/dO/lse/D for the first two steps only and re-publishes
-// those stages afterwards (no wait on device memory). The cost of dQ (GEMM + atomics) is
-// the difference between the fast and the deterministic mode (dq_accum null skips both); a
-// switch that only dropped the atomics made ptxas spill and serialise the wgmmas (C7512).
+// those stages afterwards (no wait on device memory). The whole cost of dQ (dSᵀ exchange,
+// GEMMs, staging, reduce-adds) is the difference between the fast and the deterministic mode
+// (dq_accum null skips all of it).
 #ifndef MLA_HB_PROFILE_NO_SOFTMAX
 #define MLA_HB_PROFILE_NO_SOFTMAX 0
 #endif
