@@ -2,22 +2,25 @@
 // dq=192 (128+64), dv=128, causal, bf16, s = 2048..32768, next to cuDNN through PyTorch
 // (bench/attention_peer.py, when python3 with a CUDA torch is present) and the targets of
 // TARGETS.md. Times are the median of CUDA-event timings after a warm-up, with inputs rotated
-// among enough sets that L2 never serves a repeat.
+// among enough sets that L2 never serves a repeat. The whole measurement (ours at every s, then
+// cuDNN at every s) runs `rounds` times (default 3) and each cell is the median over the rounds:
+// on an H100 either side's time at s ≥ 16384 moved by up to ±5% from one minute to the next,
+// more than the differences the table is read for; the per-round backward ratios are printed.
 //
 //   node dist/bench/attention.js          (or: moetrain bench attention)
 //
 // FLOPs (FlashAttention convention): forward = b·h·s²·(dq+dv) for causal, backward = 2.5×.
 // Floor: forward FLOPs / 790 TFLOP/s (the measured bf16 GEMM ceiling of an H100 SXM).
 //
-// Measured 2026-11-25 with this file (node dist/src/cli/main.js bench attention), NVIDIA H100
-// 80GB HBM3, cuDNN 9 via PyTorch 2.11 in the same run; Hopper kernels (TMA forward; TMA
-// backward, dQ by bulk reduce-adds one step late). bench/attention_notes.md has every version.
+// Measured 2026-11-25 (evening) with this file before it had rounds (one round), NVIDIA H100
+// 80GB HBM3, cuDNN 9 via PyTorch 2.11 in the same run; Hopper kernels (TMA forward; TMA backward,
+// dQ by per-warp bulk reduce-adds one step late). bench/attention_notes.md has every version.
 //   s      ours fwd ms/TF   cuDNN fwd      ours bwd ms/TF   det ms    cuDNN bwd
-//   2048   0.047 / 454      0.067 / 323    0.182 / 295      0.346     0.234 / 229
-//   4096   0.141 / 609      0.186 / 461    0.553 / 388      1.092     0.621 / 346
-//   8192   0.495 / 694      0.600 / 573    1.966 / 437      3.780     1.953 / 440
-//   16384  1.880 / 731      2.227 / 617    7.809 / 440      14.701    7.331 / 469
-//   32768  8.270 / 665      9.207 / 597    30.093 / 457     58.794    28.487 / 482
+//   2048   0.047 / 453      0.067 / 320    0.177 / 304      0.343     0.234 / 230
+//   4096   0.142 / 604      0.187 / 459    0.532 / 404      1.080     0.617 / 348
+//   8192   0.505 / 680      0.610 / 563    1.860 / 462      3.743     1.951 / 440
+//   16384  1.927 / 713      2.230 / 616    7.739 / 444      14.717    7.553 / 455
+//   32768  7.591 / 724      9.368 / 587    30.827 / 446     58.488    28.482 / 483
 import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
@@ -103,7 +106,9 @@ function timeMs(ctx: CudaContext, reps: number, call: (i: number) => void): numb
   return ms;
 }
 
-function timeOurs(be: CudaBackend, b: number, h: number, s: number, chunk: Uint16Array): Omit<AttentionBenchRow, 's'> {
+/** Our timings at one s; `agreement` (NaN unless withAgreement) compares with the simple kernels. */
+function timeOurs(be: CudaBackend, b: number, h: number, s: number, chunk: Uint16Array,
+  withAgreement: boolean): Omit<AttentionBenchRow, 's'> {
   const ctx = be.ctx;
   const setBytes = b * s * h * (2 * D_NOPE + D_ROPE + 2 * D_V) * 2;
   const nSets = Math.max(2, Math.min(8, Math.ceil((3 * L2_BYTES) / setBytes)));
@@ -139,7 +144,7 @@ function timeOurs(be: CudaBackend, b: number, h: number, s: number, chunk: Uint1
     const detMs = bwd(true);
     const f = attentionFlops(b, h, s), fb = attentionFlops(b, h, s, true);
     return {
-      agreement: agreement(be, sets[0]!, opts),
+      agreement: withAgreement ? agreement(be, sets[0]!, opts) : NaN,
       fwd: { ms: fwdMs, tflops: f / fwdMs / 1e9 },
       bwd: { ms: bwdMs, tflops: fb / bwdMs / 1e9 },
       bwdDeterministic: { ms: detMs, tflops: fb / detMs / 1e9 },
@@ -196,6 +201,8 @@ export interface AttentionBenchOptions {
   seqs?: readonly number[];
   /** Run bench/attention_peer.py for cuDNN's numbers (default true). */
   peer?: boolean;
+  /** Times the whole measurement is repeated; cells are medians over the rounds (default 3). */
+  rounds?: number;
   log?: (line: string) => void;
 }
 
@@ -206,18 +213,46 @@ export async function runAttentionBench(opts: AttentionBenchOptions = {}): Promi
   const b = 1, h = 16;
   const seqs = opts.seqs ?? [2048, 4096, 8192, 16384, 32768];
   const be = new CudaBackend(new CudaContext());
-  log(`attention bench on ${be.ctx.description}: MLA b=${b} h=${h} dq=192 dv=128 causal bf16; median of CUDA-event timings`);
+  log(`attention bench on ${be.ctx.description}: MLA b=${b} h=${h} dq=192 dv=128 causal bf16; median of CUDA-event ` +
+    `timings, median of ${opts.rounds ?? 3} rounds`);
+  const rounds = opts.rounds ?? 3;
+  if (!Number.isInteger(rounds) || rounds < 1) throw new Error(`bench attention: rounds must be a positive integer, got ${rounds}`);
   const chunk = randomBf16Chunk(1 << 22, 0x9e3779b9);
-  const rows: AttentionBenchRow[] = seqs.map((s) => ({ s, ...timeOurs(be, b, h, s, chunk) }));
-  be.allocator.releaseCached();
-  const peer = opts.peer === false ? 'not requested' : timePeer(b, h, seqs);
-  if (typeof peer === 'string') log(`cuDNN peer: ${peer}`);
-  else {
-    for (const r of rows) {
-      const p = peer.get(r.s);
-      if (p) { r.peerFwd = { ms: p.fwd_ms, tflops: p.fwd_tflops }; r.peerBwd = { ms: p.bwd_ms, tflops: p.bwd_tflops }; }
-    }
+  // ours[round][i], peers[round]: s = seqs[i]. The agreement check runs in the first round only.
+  const ours: Omit<AttentionBenchRow, 's'>[][] = [];
+  const peers: Map<number, PeerRow>[] = [];
+  let peerMissing: string | undefined;
+  for (let round = 0; round < rounds; round++) {
+    ours.push(seqs.map((s) => timeOurs(be, b, h, s, chunk, round === 0)));
+    be.allocator.releaseCached();
+    if (opts.peer === false) peerMissing = 'not requested';
+    if (peerMissing) continue;
+    const peer = timePeer(b, h, seqs);
+    if (typeof peer === 'string') peerMissing = peer;
+    else peers.push(peer);
   }
+  if (peerMissing) log(`cuDNN peer: ${peerMissing}`);
+  const timing = (ms: number[], flops: number): AttentionTiming => {
+    const m = median(ms);
+    return { ms: m, tflops: flops / m / 1e9 };
+  };
+  const rows: AttentionBenchRow[] = seqs.map((s, i) => {
+    const f = attentionFlops(b, h, s), fb = attentionFlops(b, h, s, true);
+    const row: AttentionBenchRow = {
+      s, agreement: ours[0]![i]!.agreement,
+      fwd: timing(ours.map((r) => r[i]!.fwd.ms), f),
+      bwd: timing(ours.map((r) => r[i]!.bwd.ms), fb),
+      bwdDeterministic: timing(ours.map((r) => r[i]!.bwdDeterministic.ms), fb),
+    };
+    const p = peers.map((m) => m.get(s)).filter((x): x is PeerRow => x !== undefined);
+    if (!peerMissing && p.length === peers.length) {
+      row.peerFwd = timing(p.map((x) => x.fwd_ms), f);
+      row.peerBwd = timing(p.map((x) => x.bwd_ms), fb);
+      log(`s=${s}: bwd vs cuDNN by round ${p.map((x, k) => `${(x.bwd_ms / ours[k]![i]!.bwd.ms).toFixed(2)}x`).join(' ')}, ` +
+        `fwd ${p.map((x, k) => `${(x.fwd_ms / ours[k]![i]!.fwd.ms).toFixed(2)}x`).join(' ')}`);
+    }
+    return row;
+  });
   const cell = (t?: AttentionTiming): string => (t ? `${t.ms.toFixed(3)} / ${t.tflops.toFixed(0)}` : '-');
   const header = ['s', 'floor fwd ms', 'ours fwd ms / TFLOPS', 'cuDNN fwd', 'ours bwd ms / TFLOPS', 'det bwd ms', 'cuDNN bwd',
     'target fwd', 'target bwd', 'fwd vs cuDNN', 'bwd vs cuDNN', 'rel diff vs simple'];
