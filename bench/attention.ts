@@ -177,7 +177,7 @@ function agreement(be: CudaBackend, x: InputSet, opts: { causal: boolean; scale:
   return worst;
 }
 
-interface PeerRow { s: number; fwd_ms: number; bwd_ms: number; fwd_tflops: number; bwd_tflops: number }
+export interface PeerRow { s: number; fwd_ms: number; bwd_ms: number; fwd_tflops: number; bwd_tflops: number }
 
 /** cuDNN's timings per s from bench/attention_peer.py, or the reason there are none. */
 function timePeer(b: number, h: number, seqs: readonly number[]): Map<number, PeerRow> | string {
@@ -194,6 +194,41 @@ function timePeer(b: number, h: number, seqs: readonly number[]): Map<number, Pe
     rows.set(r.s, r);
   }
   return rows;
+}
+
+/**
+ * Rows from `rounds` of measurements (ours[round][i], peers[round]: s = seqs[i]): each time the
+ * median over the rounds; cuDNN's cells only where every round has them. Also one line per s
+ * with the per-round cuDNN/ours time ratios (above 1: ours faster).
+ */
+export function combineRounds(b: number, h: number, seqs: readonly number[], ours: Omit<AttentionBenchRow, 's'>[][],
+  peers: ReadonlyMap<number, PeerRow>[]): { rows: AttentionBenchRow[]; ratios: string[] } {
+  const timing = (ms: number[], flops: number): AttentionTiming => {
+    const m = median(ms);
+    return { ms: m, tflops: flops / m / 1e9 };
+  };
+  const ratios: string[] = [];
+  const rows = seqs.map((s, i) => {
+    const f = attentionFlops(b, h, s), fb = attentionFlops(b, h, s, true);
+    const row: AttentionBenchRow = {
+      s, agreement: ours[0]![i]!.agreement,
+      fwd: timing(ours.map((r) => r[i]!.fwd.ms), f),
+      bwd: timing(ours.map((r) => r[i]!.bwd.ms), fb),
+      bwdDeterministic: timing(ours.map((r) => r[i]!.bwdDeterministic.ms), fb),
+    };
+    const p = peers.map((m) => m.get(s));
+    if (p.length > 0 && p.every((x) => x !== undefined)) {
+      const q = p as PeerRow[];
+      row.peerFwd = timing(q.map((x) => x.fwd_ms), f);
+      row.peerBwd = timing(q.map((x) => x.bwd_ms), fb);
+      const by = (pick: (x: PeerRow) => number, mine: (k: number) => number) =>
+        q.map((x, k) => `${(pick(x) / mine(k)).toFixed(2)}x`).join(' ');
+      ratios.push(`s=${s}: cuDNN/ours by round: bwd ${by((x) => x.bwd_ms, (k) => ours[k]![i]!.bwd.ms)}, ` +
+        `fwd ${by((x) => x.fwd_ms, (k) => ours[k]![i]!.fwd.ms)}`);
+    }
+    return row;
+  });
+  return { rows, ratios };
 }
 
 export interface AttentionBenchOptions {
@@ -232,27 +267,8 @@ export async function runAttentionBench(opts: AttentionBenchOptions = {}): Promi
     else peers.push(peer);
   }
   if (peerMissing) log(`cuDNN peer: ${peerMissing}`);
-  const timing = (ms: number[], flops: number): AttentionTiming => {
-    const m = median(ms);
-    return { ms: m, tflops: flops / m / 1e9 };
-  };
-  const rows: AttentionBenchRow[] = seqs.map((s, i) => {
-    const f = attentionFlops(b, h, s), fb = attentionFlops(b, h, s, true);
-    const row: AttentionBenchRow = {
-      s, agreement: ours[0]![i]!.agreement,
-      fwd: timing(ours.map((r) => r[i]!.fwd.ms), f),
-      bwd: timing(ours.map((r) => r[i]!.bwd.ms), fb),
-      bwdDeterministic: timing(ours.map((r) => r[i]!.bwdDeterministic.ms), fb),
-    };
-    const p = peers.map((m) => m.get(s)).filter((x): x is PeerRow => x !== undefined);
-    if (!peerMissing && p.length === peers.length) {
-      row.peerFwd = timing(p.map((x) => x.fwd_ms), f);
-      row.peerBwd = timing(p.map((x) => x.bwd_ms), fb);
-      log(`s=${s}: bwd vs cuDNN by round ${p.map((x, k) => `${(x.bwd_ms / ours[k]![i]!.bwd.ms).toFixed(2)}x`).join(' ')}, ` +
-        `fwd ${p.map((x, k) => `${(x.fwd_ms / ours[k]![i]!.fwd.ms).toFixed(2)}x`).join(' ')}`);
-    }
-    return row;
-  });
+  const { rows, ratios } = combineRounds(b, h, seqs, ours, peerMissing ? [] : peers);
+  for (const line of ratios) log(line);
   const cell = (t?: AttentionTiming): string => (t ? `${t.ms.toFixed(3)} / ${t.tflops.toFixed(0)}` : '-');
   const header = ['s', 'floor fwd ms', 'ours fwd ms / TFLOPS', 'cuDNN fwd', 'ours bwd ms / TFLOPS', 'det bwd ms', 'cuDNN bwd',
     'target fwd', 'target bwd', 'fwd vs cuDNN', 'bwd vs cuDNN', 'rel diff vs simple'];
