@@ -248,10 +248,10 @@ export async function runAttentionBench(opts: AttentionBenchOptions = {}): Promi
   const b = 1, h = 16;
   const seqs = opts.seqs ?? [2048, 4096, 8192, 16384, 32768];
   const be = new CudaBackend(new CudaContext());
-  log(`attention bench on ${be.ctx.description}: MLA b=${b} h=${h} dq=192 dv=128 causal bf16; median of CUDA-event ` +
-    `timings, median of ${opts.rounds ?? 3} rounds`);
   const rounds = opts.rounds ?? 3;
   if (!Number.isInteger(rounds) || rounds < 1) throw new Error(`bench attention: rounds must be a positive integer, got ${rounds}`);
+  log(`attention bench on ${be.ctx.description}: MLA b=${b} h=${h} dq=192 dv=128 causal bf16; median of CUDA-event ` +
+    `timings, median of ${rounds} rounds`);
   const chunk = randomBf16Chunk(1 << 22, 0x9e3779b9);
   // ours[round][i], peers[round]: s = seqs[i]. The agreement check runs in the first round only.
   const ours: Omit<AttentionBenchRow, 's'>[][] = [];

@@ -62,13 +62,10 @@ HOPPER_BWD_SMEM, HOPPER_BWD_THREADS, HOPPER_BWD_KEYS, HOPPER_BWD_QUERIES = 23146
 
 # Profiling builds of the Hopper backward (timing only, wrong results): without the exp2 of P,
 # without waiting on device memory after the first two query steps, without staging dQ (its
-# GEMMs still run). The others are no profiles but correct alternatives, checked and timed
-# next to the default: the kernel's other dQ schedules (MLA_HB_DQ_SCHEDULE) and the proxy fence
-# before the dV/dK GEMMs instead of behind them (MLA_HB_LATE_FENCE=0).
+# GEMMs still run). A build without the prof_ prefix would be a correct alternative: it is
+# checked against float64 and timed next to the default.
 HOPPER_BWD_PROFILES = {"prof_nosoftmax": ["-DMLA_HB_PROFILE_NO_SOFTMAX=1"], "prof_noloads": ["-DMLA_HB_PROFILE_NO_LOADS=1"],
-                       "prof_nostaging": ["-DMLA_HB_PROFILE_NO_STAGING=1"],
-                       "sched1": ["-DMLA_HB_DQ_SCHEDULE=1"], "sched0": ["-DMLA_HB_DQ_SCHEDULE=0"],
-                       "early_fence": ["-DMLA_HB_LATE_FENCE=0"]}
+                       "prof_nostaging": ["-DMLA_HB_PROFILE_NO_STAGING=1"]}
 # Query rows per dQ reduce-add box: one warp's 16 (the kernel's staging boxes).
 HOPPER_BWD_DQ_ROWS = 16
 
@@ -207,8 +204,8 @@ class MlaKernels:
         """tensors: (qn, qp, kn, kp, v, do) for the Hopper kernel, which takes TMA tensor maps of
         them in place of args' first six pointers; variant: the function of a HOPPER_BWD_PROFILES
         build in place of the default."""
-        fn = variant or self.dkdv_hopper
         if hopper:  # the wgmma kernel: 128 keys per block, heads fastest; q/dO 64 rows per step
+            fn = variant or self.dkdv_hopper
             qn, qp, kn, kp, v, do = tensors
             maps = [tma_launch.head_rows(qn, HOPPER_BWD_QUERIES), tma_launch.head_rows(qp, HOPPER_BWD_QUERIES),
                     tma_launch.head_rows(kn, HOPPER_BWD_KEYS), tma_launch.shared_rows(kp, HOPPER_BWD_KEYS),
@@ -498,6 +495,7 @@ def check_hopper_bwd(k):
               (1, 256, 3, True, 1.0), (1, 257, 3, True, 2.0), (1, 4096, 2, True, 1.0)]
     ok, worst = True, {}
     names = ("dq_nope", "dq_pe", "dk_nope", "dk_pe", "dv")
+    alts = [(f"hop:{v}", True, False, var) for v, var in k.dkdv_hopper_prof.items() if not v.startswith("prof_")]
     for B, S, H, causal, q_mag in cases:
         print(f"  B={B} S={S:4d} H={H:2d} {'causal' if causal else 'full  '} |q|x{q_mag:g}: ", end="", flush=True)
         scale = D_QK ** -0.5
@@ -507,7 +505,6 @@ def check_hopper_bwd(k):
         lse = nan_like((B, H, S), torch.float32)
         k.forward(qn, qp, kn, kp, v, o, lse, causal, scale)
         res, line_ok = {}, True
-        alts = [(f"hop:{v}", True, False, var) for v, var in k.dkdv_hopper_prof.items() if not v.startswith("prof_")]
         for tag, hopper, det, variant in [("hop", True, False, None), ("hop/det", True, True, None),
                                           ("mma", False, False, None)] + alts:
             g = {n: nan_like(x.shape, torch.bfloat16) for n, x in zip(names, (qn, qp, kn, kp, v))}

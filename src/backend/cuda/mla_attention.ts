@@ -47,7 +47,7 @@ const HOP_FWD_SMEM = 214088;
 // side-by-side comparisons).
 const HOP_BWD_KEYS = 128;
 const HOP_BWD_QUERIES = 64; // query rows per step (one TMA box of q_nope, q_pe, dout)
-const HOP_BWD_DQ_ROWS = 16; // query rows per dQ reduce-add box (one warp's rows; MLA_HB_DQ_WARP_BOXES)
+const HOP_BWD_DQ_ROWS = 16; // query rows per dQ reduce-add box (each warp adds its own rows)
 const HOP_BWD_THREADS = 384;
 const HOP_BWD_SMEM = 231464;
 const BWD_THREADS = 256;
@@ -255,9 +255,9 @@ export function mlaAttentionBackward(
       maps.set(3, sharedRows(pKp, B, S, D_ROPE, HOP_BWD_KEYS), `${op}: kPe`);
       maps.set(4, headRows(pV, B, S, H, D_V, HOP_BWD_KEYS), `${op}: v`);
       maps.set(5, headRows(pDo, B, S, H, D_V, HOP_BWD_QUERIES), `${op}: dout`);
-      // dQ chunks leave as bulk reduce-adds into dqAccum [B,S,H,192] f32: boxes of 32 columns ×
-      // 16 queries (each warp of a consumer adds its own 16 rows). Deterministic mode has no dqAccum; the kernel then skips dQ and never reads
-      // this slot, so it keeps whatever map it held.
+      // dQ leaves as bulk reduce-adds into dqAccum [B,S,H,192] f32: boxes of 32 columns × 16
+      // queries (each warp of a consumer adds its own rows). Deterministic mode has no dqAccum;
+      // the kernel then skips dQ and never reads this slot, so it keeps whatever map it held.
       if (!deterministic) {
         maps.set(17, { dtype: 'f32', address: dqAccum, dims: [D_QK, H, S, B], strides: [D_QK * 4, H * D_QK * 4, S * H * D_QK * 4],
           box: [32, 1, HOP_BWD_DQ_ROWS, 1], swizzle128: true }, `${op}: dq accumulator`);

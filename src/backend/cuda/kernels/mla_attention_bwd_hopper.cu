@@ -45,7 +45,7 @@
 //     consumer's half has long been stored: neither consumer waits for the other's current
 //     step. dQ = dS·K (64 queries × 192, K dim 128 keys; A = dSᵀ MN-major, B = K MN-major) in
 //     GEMMs of 64 | 32 | 64 | 32 columns (wgmma m64n64k16 / m64n32k16 SS), each next one in
-//     flight while the previous one's accumulators are staged (MLA_HB_DQ_SCHEDULE). Staging:
+//     flight while the previous one's accumulators are staged (see dq_step). Staging:
 //     each warp writes its 16 rows × 32 columns into its own 2 KB box (f32, 128-byte
 //     swizzled) and its lane 0 issues one TMA bulk reduce-add of that box into dq_accum
 //     (cp.reduce.async.bulk.tensor; 18th argument: dq_accum's tensor map, boxes of 32 columns
@@ -157,21 +157,6 @@ static_assert(128 * HB_PRODUCER_REGS + 256 * HB_CONSUMER_REGS <= HB_THREADS * HB
 constexpr int HB_DSF_BAR = 4;          // named barriers 4, 5, 6: dSᵀ buffer b holds both halves
 constexpr int HB_DSE_BAR = 7;          // 7, 8, 9: dSᵀ buffer b was read by its dQ GEMMs
 }  // namespace mla
-
-// How the dQ owner computes a step's dQ (64 queries × 192 columns): 2 (the default) 64-column
-// GEMMs for columns [0,64) and [128,192), 32-column ones for [64,128), each next GEMM in flight
-// while the previous one is staged (48 accumulator registers: what the dQ phase has; two
-// 64-column GEMMs in flight spilled 256 bytes); 1: six 32-column GEMMs, likewise pipelined
-// (the dSᵀ operand then is read from shared memory six times instead of four); 0: three
-// 64-column GEMMs, each waited for before it is staged. bench/attention_notes.md has their times.
-#ifndef MLA_HB_DQ_SCHEDULE
-#define MLA_HB_DQ_SCHEDULE 2
-#endif
-// 1 (the default): a consumer's proxy fence after its dSᵀ stores comes after it issued its dV/dK
-// GEMMs, so its wait for the stores overlaps them (2-8% faster); 0: before them.
-#ifndef MLA_HB_LATE_FENCE
-#define MLA_HB_LATE_FENCE 1
-#endif
 
 using namespace mla;
 using namespace mla::hop;
@@ -319,10 +304,13 @@ __device__ __forceinline__ void stage_dq_box(const float* acc16, u32 stg, int wa
 }
 
 // One step's dQ = dS·K (dSᵀ buffer tdS, both consumers' halves; queries q0..q0+63), staged and
-// added to dq_accum (MLA_HB_DQ_SCHEDULE says how).
+// added to dq_accum: 64-column GEMMs for columns [0,64) and [128,192), 32-column ones for
+// [64,128), each next GEMM in flight while the previous one is staged. 48 accumulator registers
+// is what the dQ phase has (two 64-column GEMMs in flight spilled 256 bytes); six 32-column
+// GEMMs read the dSᵀ operand six times instead of four and were 5-9% slower, three 64-column
+// ones staged after each wait 1-21% slower (bench/attention_notes.md).
 __device__ __forceinline__ void dq_step(u32 tdS, u32 sK, u32 stg, int warp, int g, int t, const TensorMap& tm_dq_accum,
                                         int q0) {
-#if MLA_HB_DQ_SCHEDULE == 2
   float x[32], y[16];
   wgmma_fence();
   gemm_dq(x, tdS, sK, 0);  // [0, 64)
@@ -346,34 +334,6 @@ __device__ __forceinline__ void dq_step(u32 tdS, u32 sK, u32 stg, int warp, int 
   stage_dq_box(x + 16, stg, warp, g, t, tm_dq_accum, 160, q0);
   wgmma_wait<0>();
   stage_dq_box(y, stg, warp, g, t, tm_dq_accum, 96, q0);
-#elif MLA_HB_DQ_SCHEDULE == 1
-  float a[2][16];
-  wgmma_fence();
-  gemm_dq32(a[0], tdS, sK, 0);
-  wgmma_commit();
-  #pragma unroll
-  for (int k = 0; k < D_QK / 32; k++) {
-    if (k + 1 < D_QK / 32) {
-      wgmma_fence();
-      gemm_dq32(a[(k + 1) & 1], tdS, sK, 32 * (k + 1));
-      wgmma_commit();
-      wgmma_wait<1>();
-    } else {
-      wgmma_wait<0>();
-    }
-    stage_dq_box(a[k & 1], stg, warp, g, t, tm_dq_accum, 32 * k, q0);
-  }
-#else
-  for (int c = 0; c < D_QK / 64; c++) {
-    float acc[32];
-    wgmma_fence();
-    gemm_dq(acc, tdS, sK, c);
-    wgmma_commit();
-    wgmma_wait<0>();
-    stage_dq_box(acc, stg, warp, g, t, tm_dq_accum, 64 * c, q0);
-    stage_dq_box(acc + 16, stg, warp, g, t, tm_dq_accum, 64 * c + 32, q0);
-  }
-#endif
 }
 
 }  // namespace
@@ -583,15 +543,14 @@ mla_attention_bwd_dkdv_hopper(const __grid_constant__ TensorMap tm_q_nope, const
             asm volatile("st.shared.b32 [%0], %1;" ::"r"(tdS + (key_l + 8 * r) * 128 + ((j ^ g) << 4) + 4 * t),
                          "r"(ds[j >> 1][(j & 1) * 2 + r])
                          : "memory");
-        if (!MLA_HB_LATE_FENCE) fence_proxy_async();
       }
       wgmma_fence();
       gemm_dv_dk(acc_dv, acc_dk, p, ds, tQ, tdO);
       wgmma_commit();
-      // Before the "dSᵀ full" barrier (below): the other consumer's dQ wgmmas read these stores.
-      // Issued behind the dV/dK GEMMs (which do not read dSᵀ from shared memory), its wait for
-      // the stores overlaps their execution.
-      if (MLA_HB_LATE_FENCE && with_dq) fence_proxy_async();
+      // Before the "dSᵀ full" barrier (below): the dQ wgmmas read the dSᵀ stores. Issued behind
+      // the dV/dK GEMMs (which do not read dSᵀ from shared memory), its wait for the stores
+      // overlaps their execution (2-8% faster than before them).
+      if (with_dq) fence_proxy_async();
       // Waiting here, before the dQ GEMMs, frees the 32 registers of Pᵀ and dSᵀ for them.
       wgmma_wait<0>();
       mbar_arrive(bar_empty(s));  // the stage (Q, dO, lse, D) is free

@@ -191,19 +191,6 @@ __device__ __forceinline__ void wgmma_rs_m64n128k16_tb(float* d, const u32* a, u
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b_desc));
 }
 
-// d (64×32) = (accumulate ? d : 0) + A·B, A from registers as in wgmma_rs_m64n64k16_tb.
-__device__ __forceinline__ void wgmma_rs_m64n32k16_tb(float* d, const u32* a, unsigned long long b_desc, int accumulate) {
-  asm volatile(
-      "{\n"
-      ".reg .pred p;\n"
-      "setp.ne.b32 p, %21, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 "
-      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, {%16, %17, %18, %19}, %20, p, 1, 1, 1;\n"
-      "}\n"
-      : MLA_HOP_D8(0), MLA_HOP_D8(8)
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b_desc), "r"(accumulate));
-}
-
 // An m64nN accumulator (N/2 f32 registers per thread) as bf16 A fragments of the next product,
 // whose K dim is this one's N (N/16 k16 steps): the accumulators of 8-column chunks 2kk and
 // 2kk+1 are exactly the A fragment (mma.sync m16n8k16 layout) of k16 step kk.
