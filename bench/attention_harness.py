@@ -65,7 +65,12 @@ HOPPER_BWD_SMEM, HOPPER_BWD_THREADS, HOPPER_BWD_KEYS, HOPPER_BWD_QUERIES = 23146
 # GEMMs still run). A build without the prof_ prefix would be a correct alternative: it is
 # checked against float64 and timed next to the default.
 HOPPER_BWD_PROFILES = {"prof_nosoftmax": ["-DMLA_HB_PROFILE_NO_SOFTMAX=1"], "prof_noloads": ["-DMLA_HB_PROFILE_NO_LOADS=1"],
-                       "prof_nostaging": ["-DMLA_HB_PROFILE_NO_STAGING=1"]}
+                       "prof_nostaging": ["-DMLA_HB_PROFILE_NO_STAGING=1"], "prof_clocks": ["-DMLA_HB_PROFILE_CLOCKS=1"]}
+# Phases of the prof_clocks build's hb_clocks[SM][role][16] (HbPhase in the .cu; role 0 the
+# producer: waiting on empty, then issuing and loading lse/D).
+HB_PHASES = ["wait full", "Sᵀ GEMM", "softmax", "dPᵀ GEMM", "dS + stores", "dV/dK GEMM", "wait dSᵀ full", "dQ step",
+             None, "wait dSᵀ read"]
+HB_DQ_PHASES = {10: "GEMM issue + wait", 11: "staging"}  # parts of "dQ step"
 # Query rows per dQ reduce-add box: one warp's 16 (the kernel's staging boxes).
 HOPPER_BWD_DQ_ROWS = 16
 
@@ -162,8 +167,10 @@ class MlaKernels:
         if "bwd_hopper" in cubins:
             self.dkdv_hopper = cupy.RawModule(path=cubins["bwd_hopper"]).get_function("mla_attention_bwd_dkdv_hopper")
             self.dkdv_hopper_prof = {}
+            self.dkdv_hopper_mods = {}
             for v in HOPPER_BWD_PROFILES:
-                fn = cupy.RawModule(path=cubins[f"bwd_hopper_{v}"]).get_function("mla_attention_bwd_dkdv_hopper")
+                self.dkdv_hopper_mods[v] = cupy.RawModule(path=cubins[f"bwd_hopper_{v}"])
+                fn = self.dkdv_hopper_mods[v].get_function("mla_attention_bwd_dkdv_hopper")
                 fn.max_dynamic_shared_size_bytes = HOPPER_BWD_SMEM
                 self.dkdv_hopper_prof[v] = fn
             self.dkdv_hopper.max_dynamic_shared_size_bytes = HOPPER_BWD_SMEM
@@ -533,6 +540,69 @@ def check_hopper_bwd(k):
     return ok
 
 
+def clock_probe(k, seqs, b=1, h=16, seconds=3.0):
+    """SM clock, power and temperature (nvidia-smi, every 100 ms) while our whole backward and
+    then cuDNN's run back to back for `seconds` each: whether a longer kernel runs at a lower
+    clock (power or heat) rather than more cycles per step."""
+    import subprocess
+    import time
+    scale = D_QK ** -0.5
+    gen = torch.Generator(device="cuda").manual_seed(7)
+    for s in seqs:
+        sets = timing_sets(k, b, s, h, scale)
+        sc = k.scratch(b, s, h, False)
+        ours = [lambda a=a: k.backward(a[8], a[5], *a[:5], a[6], a[7], True, scale, False, sc, hopper=True) for a in sets]
+        q, kk, v, do = cudnn_inputs(b, s, h, gen)
+        q, kk, v = (x.detach().requires_grad_() for x in (q, kk, v))
+        out = cudnn_sdpa(q, kk, v, True, scale)
+        peer = [lambda: torch.autograd.grad(out, (q, kk, v), do, retain_graph=True)]
+        for name, calls in (("ours", ours), ("cuDNN", peer)):
+            calls[0]()  # warm-up (cuDNN builds its plan on the first call)
+            torch.cuda.synchronize()
+            smi = subprocess.Popen(["nvidia-smi", "--query-gpu=clocks.sm,power.draw,temperature.gpu",
+                                    "--format=csv,noheader,nounits", "-lms", "100"], stdout=subprocess.PIPE, text=True)
+            t0, n = time.time(), 0
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            while time.time() - t0 < seconds:
+                calls[n % len(calls)]()
+                n += 1
+                if n % 4 == 0:
+                    torch.cuda.synchronize()
+            end.record()
+            torch.cuda.synchronize()
+            smi.terminate()
+            rows = [[float(x) for x in line.split(",")] for line in smi.communicate()[0].splitlines() if line.strip()]
+            rows = rows[len(rows) // 3:]  # after the first third: settled
+            mean = lambda i: sum(r[i] for r in rows) / max(1, len(rows))
+            print(f"  s={s} {name}: {start.elapsed_time(end) / n:.3f} ms per backward over {n} calls; "
+                  f"SM clock {mean(0):.0f} MHz (min {min(r[0] for r in rows):.0f}), power {mean(1):.0f} W, "
+                  f"{mean(2):.0f} C ({len(rows)} samples)", flush=True)
+        del sets, sc, ours, peer, out, q, kk, v, do
+        torch.cuda.empty_cache()
+
+
+def print_clocks(k, run, s, variant="prof_clocks"):
+    """One launch of the prof_clocks build; its per-phase cycles, averaged per step (each
+    consumer records every step; the producer's lane 0 too), summed over SMs."""
+    table = k.dkdv_hopper_mods[variant].get_global("hb_clocks")
+    clocks = cupy.ndarray((144 * 3 * 16,), dtype=cupy.uint64, memptr=table)  # hb_clocks' size in the .cu
+    clocks.fill(0)
+    torch.cuda.synchronize()
+    run()
+    torch.cuda.synchronize()
+    raw = clocks.get()
+    c = raw.reshape(-1, 3, 16).sum(axis=0).astype(np.float64)
+    steps = c[0, 8]  # both consumers' steps
+    per = lambda role, ph: c[role, ph] / (steps / 2)
+    for role, name in ((1, "consumer 0"), (2, "consumer 1")):
+        total = sum(per(role, i) for i, n in enumerate(HB_PHASES) if n)
+        print(f"  s={s} clocks per step, {name}: total {total:.0f} | " + ", ".join(
+            f"{n} {per(role, i):.0f}" for i, n in enumerate(HB_PHASES) if n)
+            + " (dQ step: " + ", ".join(f"{n} {per(role, i):.0f}" for i, n in HB_DQ_PHASES.items()) + ")", flush=True)
+    print(f"  s={s} clocks per step, producer: wait empty {per(0, 0):.0f}, issue+lse/D {per(0, 1):.0f}", flush=True)
+
+
 def bench_hopper_bwd(k, seqs, b=1, h=16):
     """Backward timing, fast mode: the whole backward with the Hopper kernel and with the
     mma.sync one (same preprocess/finish), each kernel alone, and cuDNN; median of CUDA events."""
@@ -567,10 +637,23 @@ def bench_hopper_bwd(k, seqs, b=1, h=16):
             for n, run in runs.items():
                 times[n].append(time_ms([run], reps))
         alone["hopper"] = min(times["hopper"])
+        # The kernels around it (DRAM-bound passes over dq_accum, O, dO).
+        n_rows = b * s * h
+        qn, qp, kn, kp, v, do, o, lse, g = a
+        alone["preprocess"] = time_ms([lambda: k.pre(((n_rows + 7) // 8, 1, 1), (256, 1, 1), (
+            u64(o), u64(do), u64(sc["d_sum"]), u64(sc["dq_accum"]), u64(sc["dkpe"]), np.int32(n_rows), np.int32(s),
+            np.int32(h)))], reps)
+        alone["finish"] = time_ms([lambda: k.finish((b * s, 1, 1), (128, 1, 1), (
+            u64(sc["dq_accum"]), u64(g["dq_nope"]), u64(g["dq_pe"]), u64(sc["dkpe"]), u64(g["dk_pe"]), np.int32(h),
+            np.float32(scale), np.int32(0)))], reps)
         print(f"  s={s} profile, Hopper kernel alone {alone['hopper']:.3f} ms "
               f"(spread {max(times['hopper']) - alone['hopper']:.3f}): "
               + ", ".join(f"{n} {min(t):.3f} ms ({100 * (1 - min(t) / alone['hopper']):+.0f}%, spread {max(t) - min(t):.3f})"
                           for n, t in times.items() if n != "hopper"), flush=True)
+        for v in k.dkdv_hopper_prof:
+            if v.startswith("prof_clocks"):
+                print(f"  {v}:")
+                print_clocks(k, runs[v], s, v)
         del sets, sc, sc_det
         torch.cuda.empty_cache()
         peer = time_cudnn(b, h, s, True, reps)
@@ -597,6 +680,8 @@ def main():
     ap.add_argument("--hopper", default=",".join(HOPPER_VARIANTS), help="Hopper forward variants to build")
     ap.add_argument("--hopper-bwd", action="store_true",
                     help="check and time the Hopper backward (mla_attention_bwd_hopper.cu) only")
+    ap.add_argument("--clock-probe", action="store_true",
+                    help="--hopper-bwd: SM clock and power while ours and cuDNN's backward run (no checks, no timing table)")
     ap.add_argument("--bwd-variants", default=",".join(HOPPER_BWD_PROFILES),
                     help="HOPPER_BWD_PROFILES builds to check and time next to the default")
     args = ap.parse_args()
@@ -614,6 +699,9 @@ def main():
                        fwd_variant=next(iter(FWD_VARIANTS)))
         hop_fwd = [v for v in k.fwd_variants if v in HOPPER_VARIANTS]
         k.use_fwd(hop_fwd[0] if hop_fwd else next(iter(FWD_VARIANTS)))
+        if args.clock_probe:
+            clock_probe(k, [int(x) for x in args.seqs.split(",")])
+            sys.exit(0)
         ok = True if args.no_check else check_hopper_bwd(k)
         if not args.no_bench and ok:
             bench_hopper_bwd(k, [int(x) for x in args.seqs.split(",")])

@@ -180,6 +180,43 @@ namespace {
 #define MLA_HB_PROFILE_NO_STAGING 0
 #endif
 
+// MLA_HB_PROFILE_CLOCKS: each consumer's thread 0 (and the producer's lane 0) adds the clock
+// cycles spent in each phase of its steps into hb_clocks[SM][role][phase] (a correct build,
+// a little slower; the harness reads the table). Phases: see HbPhase.
+#ifndef MLA_HB_PROFILE_CLOCKS
+#define MLA_HB_PROFILE_CLOCKS 0
+#endif
+// Consumer phases in step order (HB_DQ_GEMM and HB_DQ_STAGE split HB_DQ; HB_STEPS counts the
+// consumers' steps in SM 0's producer row); the producer's two: waiting for a free stage, then
+// issuing the copies and loading lse/D.
+enum HbPhase {
+  HB_WAIT_FULL, HB_GEMM_S, HB_SOFTMAX, HB_GEMM_DP, HB_DS, HB_GEMM_DVDK, HB_WAIT_DS, HB_DQ, HB_STEPS, HB_WAIT_DSE,
+  HB_DQ_GEMM, HB_DQ_STAGE, HB_WAIT_EMPTY = 0, HB_PRODUCE = 1, HB_PHASES = 16
+};
+#if MLA_HB_PROFILE_CLOCKS
+}  // namespace
+// Unmangled, so the harness finds it by name.
+extern "C" __device__ unsigned long long hb_clocks[144 * 3 * HB_PHASES];
+namespace {
+// Adds the cycles since `last` to phase `phase` of this SM's `role` row (0 producer, 1-2 the
+// consumers) and restarts the count.
+__device__ __forceinline__ void hb_clock(long long& last, int role, int phase) {
+  const long long now = clock64();
+  u32 sm;
+  asm volatile("mov.u32 %0, %%smid;" : "=r"(sm));
+  atomicAdd(&hb_clocks[(sm * 3 + role) * HB_PHASES + phase], static_cast<unsigned long long>(now - last));
+  last = now;
+}
+#define HB_CLOCK(role, phase)                    \
+  do {                                           \
+    if (prof_on) hb_clock(prof_last, role, phase); \
+  } while (0)
+#else
+#define HB_CLOCK(role, phase) \
+  do {                        \
+  } while (0)
+#endif
+
 // dq_accum[box at c0, h, q0, b] += the f32 box at smem (bulk async-group; the copy engine does
 // the adds in L2, whole lines at a time).
 __device__ __forceinline__ void tma_reduce_add_4d(const TensorMap& m, u32 src, int c0, int c1, int c2, int c3) {
@@ -312,28 +349,43 @@ __device__ __forceinline__ void stage_dq_box(const float* acc16, u32 stg, int wa
 __device__ __forceinline__ void dq_step(u32 tdS, u32 sK, u32 stg, int warp, int g, int t, const TensorMap& tm_dq_accum,
                                         int q0) {
   float x[32], y[16];
+#if MLA_HB_PROFILE_CLOCKS  // split of the step into issuing + waiting for GEMMs and staging
+  const bool prof_on = (threadIdx.x & 127) == 0;
+  const int role = threadIdx.x >> 7;
+  long long prof_last = clock64();
+#endif
   wgmma_fence();
   gemm_dq(x, tdS, sK, 0);  // [0, 64)
   wgmma_commit();
   wgmma_wait<0>();
+  HB_CLOCK(role, HB_DQ_GEMM);
   stage_dq_box(x, stg, warp, g, t, tm_dq_accum, 0, q0);
+  HB_CLOCK(role, HB_DQ_STAGE);
   wgmma_fence();
   gemm_dq32(y, tdS, sK, 64);  // [64, 96)
   wgmma_commit();
+  HB_CLOCK(role, HB_DQ_GEMM);
   stage_dq_box(x + 16, stg, warp, g, t, tm_dq_accum, 32, q0);
+  HB_CLOCK(role, HB_DQ_STAGE);
   wgmma_wait<0>();
   wgmma_fence();
   gemm_dq(x, tdS, sK, 2);  // [128, 192)
   wgmma_commit();
+  HB_CLOCK(role, HB_DQ_GEMM);
   stage_dq_box(y, stg, warp, g, t, tm_dq_accum, 64, q0);
+  HB_CLOCK(role, HB_DQ_STAGE);
   wgmma_wait<0>();
   wgmma_fence();
   gemm_dq32(y, tdS, sK, 96);  // [96, 128)
   wgmma_commit();
+  HB_CLOCK(role, HB_DQ_GEMM);
   stage_dq_box(x, stg, warp, g, t, tm_dq_accum, 128, q0);
   stage_dq_box(x + 16, stg, warp, g, t, tm_dq_accum, 160, q0);
+  HB_CLOCK(role, HB_DQ_STAGE);
   wgmma_wait<0>();
+  HB_CLOCK(role, HB_DQ_GEMM);
   stage_dq_box(y, stg, warp, g, t, tm_dq_accum, 96, q0);
+  HB_CLOCK(role, HB_DQ_STAGE);
 }
 
 }  // namespace
@@ -413,12 +465,17 @@ mla_attention_bwd_dkdv_hopper(const __grid_constant__ TensorMap tm_q_nope, const
         tma_load_4d(sV, tm_v, bar_kv, 0, h, k0, b);
         tma_load_4d(sV + HB_K_BLOCK, tm_v, bar_kv, 64, h, k0, b);
       }
+#if MLA_HB_PROFILE_CLOCKS
+      const bool prof_on = lane == 0;
+      long long prof_last = clock64();
+#endif
       for (int i = 0; i < n_steps; i++) {
         const int s = i % HB_STAGES;
         const int q0 = q_first + i * HB_BM;
         // Stage s was last read at step i-2; its consumers arrive once their dV/dK GEMMs are
         // done. Every lane waits: each overwrites its part of lse/D.
         if (i >= HB_STAGES) mbar_wait(bar_empty(s), ((i / HB_STAGES) - 1) & 1);
+        HB_CLOCK(0, HB_WAIT_EMPTY);
         // Lane 0 first announces the Q/dO bytes and issues their copies, so they are in flight
         // while the lanes load lse and D from device memory (which TMA cannot do, see above).
         if (MLA_HB_PROFILE_NO_LOADS && i >= HB_STAGES) {
@@ -448,6 +505,7 @@ mla_attention_bwd_dkdv_hopper(const __grid_constant__ TensorMap tm_q_nope, const
         // waits on a full barrier, so it cannot block the consumers' progress on the step it
         // waits for.
         mbar_arrive(bar_full(s));
+        HB_CLOCK(0, HB_PRODUCE);
       }
     }
   } else {
@@ -469,6 +527,10 @@ mla_attention_bwd_dkdv_hopper(const __grid_constant__ TensorMap tm_q_nope, const
     for (int i = 0; i < 96; i++) acc_dk[i] = 0.f;
 
     mbar_wait(bar_kv, 0);
+#if MLA_HB_PROFILE_CLOCKS
+    const bool prof_on = ctid == 0;
+    long long prof_last = clock64();
+#endif
     for (int i = 0; i < n_steps; i++) {
       const int s = i % HB_STAGES;
       const int q0 = (m_begin + i) * HB_BM;
@@ -478,6 +540,7 @@ mla_attention_bwd_dkdv_hopper(const __grid_constant__ TensorMap tm_q_nope, const
       const float* tLse = sLse + s * HB_BM;
       const float* tD = sD + s * HB_BM;
       mbar_wait(bar_full(s), (i / HB_STAGES) & 1);
+      HB_CLOCK(wg, HB_WAIT_FULL);
 
       float acc_s[32], acc_dp[32];
       u32 p[4][4], ds[4][4];
@@ -487,6 +550,7 @@ mla_attention_bwd_dkdv_hopper(const __grid_constant__ TensorMap tm_q_nope, const
       gemm_st(acc_s, sK_w, tQ);
       wgmma_commit();
       wgmma_wait<0>();
+      HB_CLOCK(wg, HB_GEMM_S);
       // Pᵀ: rows = keys key_l (+8), columns = queries 8j+2t (+1). Element (j, e) of row r is
       // masked iff 8j + e < thr[r]: key ≥ S masks the whole row, causal masks key > query, i.e.
       // 8j + e < key − q0 − 2t (a bound ≤ 0 off the diagonal, so no branch is needed).
@@ -513,10 +577,12 @@ mla_attention_bwd_dkdv_hopper(const __grid_constant__ TensorMap tm_q_nope, const
         }
       }
       pack_a<64>(p, acc_s);
+      HB_CLOCK(wg, HB_SOFTMAX);
       wgmma_fence();
       gemm_dpt(acc_dp, sV_w, tdO);
       wgmma_commit();
       wgmma_wait<0>();
+      HB_CLOCK(wg, HB_GEMM_DP);
       // dSᵀ = Pᵀ∘(dPᵀ − D), with Pᵀ as rounded for dV (its f32 registers are gone by now).
       #pragma unroll
       for (int j = 0; j < 8; j++) {
@@ -532,7 +598,11 @@ mla_attention_bwd_dkdv_hopper(const __grid_constant__ TensorMap tm_q_nope, const
       // Buffer ds_buf last held step i-3's dSᵀ, read by the dQ GEMMs of consumer (i-3) % 2: the
       // other consumer waits for their "read" signal before storing its half (that consumer
       // waited for its own GEMMs).
-      if (with_dq && i >= 3 && w != ((i - 3) & 1)) triple_bar_sync<HB_DSE_BAR>(ds_buf);
+      if (with_dq && i >= 3 && w != ((i - 3) & 1)) {
+        HB_CLOCK(wg, HB_DS);
+        triple_bar_sync<HB_DSE_BAR>(ds_buf);
+        HB_CLOCK(wg, HB_WAIT_DSE);
+      }
       if (with_dq) {
         // dSᵀ row key_l (+8), 4-byte pair at query 8j+2t: 16-byte piece j of a 128-byte row,
         // swizzled by row % 8 = g, so the warp's 32 stores hit 32 distinct banks.
@@ -544,6 +614,7 @@ mla_attention_bwd_dkdv_hopper(const __grid_constant__ TensorMap tm_q_nope, const
                          "r"(ds[j >> 1][(j & 1) * 2 + r])
                          : "memory");
       }
+      HB_CLOCK(wg, HB_DS);
       wgmma_fence();
       gemm_dv_dk(acc_dv, acc_dk, p, ds, tQ, tdO);
       wgmma_commit();
@@ -554,6 +625,7 @@ mla_attention_bwd_dkdv_hopper(const __grid_constant__ TensorMap tm_q_nope, const
       // Waiting here, before the dQ GEMMs, frees the 32 registers of Pᵀ and dSᵀ for them.
       wgmma_wait<0>();
       mbar_arrive(bar_empty(s));  // the stage (Q, dO, lse, D) is free
+      HB_CLOCK(wg, HB_GEMM_DVDK);
 
       if (with_dq) {
         const u32 stg = sdQ + w * HB_DQ_BOX_BYTES;
@@ -563,7 +635,9 @@ mla_attention_bwd_dkdv_hopper(const __grid_constant__ TensorMap tm_q_nope, const
         if (i >= 1 && w == ((i - 1) & 1)) {
           const int prev = (i - 1) % HB_DS_BUFS;
           triple_bar_sync<HB_DSF_BAR>(prev);
+          HB_CLOCK(wg, HB_WAIT_DS);
           dq_step(sdS + prev * HB_DS_BYTES, sK, stg, warp, g, t, tm_dq_accum, q0 - HB_BM);
+          HB_CLOCK(wg, HB_DQ);
           // Its buffer is free for step i+2's halves (no signal when there is no such step, so
           // every arrival has a matching wait).
           if (i + 2 < n_steps) triple_bar_arrive<HB_DSE_BAR>(prev);
@@ -571,9 +645,14 @@ mla_attention_bwd_dkdv_hopper(const __grid_constant__ TensorMap tm_q_nope, const
         // The last step's dQ has no next step to hide in.
         if (i == n_steps - 1 && w == (i & 1)) {
           triple_bar_sync<HB_DSF_BAR>(ds_buf);
+          HB_CLOCK(wg, HB_WAIT_DS);
           dq_step(tdS, sK, stg, warp, g, t, tm_dq_accum, q0);
+          HB_CLOCK(wg, HB_DQ);
         }
       }
+#if MLA_HB_PROFILE_CLOCKS
+      if (prof_on) atomicAdd(&hb_clocks[0 * HB_PHASES + HB_STEPS], 1ull);
+#endif
     }
     // The reduce-adds must have completed before the block (and its shared memory) is gone and
     // before the next kernel (finish) reads dq_accum.
