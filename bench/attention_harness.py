@@ -556,7 +556,12 @@ def clock_probe(k, seqs, b=1, h=16, seconds=3.0):
         q, kk, v = (x.detach().requires_grad_() for x in (q, kk, v))
         out = cudnn_sdpa(q, kk, v, True, scale)
         peer = [lambda: torch.autograd.grad(out, (q, kk, v), do, retain_graph=True)]
-        for name, calls in (("ours", ours), ("cuDNN", peer)):
+        # The Hopper kernel alone, default and each --bwd-variants build (e.g. prof_nostaging:
+        # what the dQ staging costs in power as well as in cycles).
+        kernels = [(f"kernel {v}", [lambda a=a, fn=fn: k.launch_dkdv(
+            k.dkdv_args(a[8], a[5], *a[:5], a[7], True, scale, False, sc), b, s, h, True, a[:6], fn) for a in sets])
+            for v, fn in [("default", None)] + list(k.dkdv_hopper_prof.items())]
+        for name, calls in [("ours", ours), ("cuDNN", peer)] + kernels:
             calls[0]()  # warm-up (cuDNN builds its plan on the first call)
             torch.cuda.synchronize()
             smi = subprocess.Popen(["nvidia-smi", "--query-gpu=clocks.sm,power.draw,temperature.gpu",
@@ -575,10 +580,10 @@ def clock_probe(k, seqs, b=1, h=16, seconds=3.0):
             rows = [[float(x) for x in line.split(",")] for line in smi.communicate()[0].splitlines() if line.strip()]
             rows = rows[len(rows) // 3:]  # after the first third: settled
             mean = lambda i: sum(r[i] for r in rows) / max(1, len(rows))
-            print(f"  s={s} {name}: {start.elapsed_time(end) / n:.3f} ms per backward over {n} calls; "
+            print(f"  s={s} {name}: {start.elapsed_time(end) / n:.3f} ms per call over {n} calls; "
                   f"SM clock {mean(0):.0f} MHz (min {min(r[0] for r in rows):.0f}), power {mean(1):.0f} W, "
                   f"{mean(2):.0f} C ({len(rows)} samples)", flush=True)
-        del sets, sc, ours, peer, out, q, kk, v, do
+        del sets, sc, ours, peer, kernels, out, q, kk, v, do
         torch.cuda.empty_cache()
 
 
