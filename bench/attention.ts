@@ -12,15 +12,17 @@
 // FLOPs (FlashAttention convention): forward = b·h·s²·(dq+dv) for causal, backward = 2.5×.
 // Floor: forward FLOPs / 790 TFLOP/s (the measured bf16 GEMM ceiling of an H100 SXM).
 //
-// Measured 2026-11-25 (evening) with this file before it had rounds (one round), NVIDIA H100
-// 80GB HBM3, cuDNN 9 via PyTorch 2.11 in the same run; Hopper kernels (TMA forward; TMA backward,
-// dQ by per-warp bulk reduce-adds one step late). bench/attention_notes.md has every version.
-//   s      ours fwd ms/TF   cuDNN fwd      ours bwd ms/TF   det ms    cuDNN bwd
-//   2048   0.047 / 453      0.067 / 320    0.177 / 304      0.343     0.234 / 230
-//   4096   0.142 / 604      0.187 / 459    0.532 / 404      1.080     0.617 / 348
-//   8192   0.505 / 680      0.610 / 563    1.860 / 462      3.743     1.951 / 440
-//   16384  1.927 / 713      2.230 / 616    7.739 / 444      14.717    7.553 / 455
-//   32768  7.591 / 724      9.368 / 587    30.827 / 446     58.488    28.482 / 483
+// Measured 2026-11-25 (third session), median of 3 rounds, NVIDIA H100 80GB HBM3, cuDNN 9 via
+// PyTorch 2.11 in the same run; Hopper kernels (TMA forward; TMA backward, dQ by per-warp bulk
+// reduce-adds one step late). bench/attention_notes.md has every version.
+//   s      ours fwd ms/TF   cuDNN fwd      ours bwd ms/TF   det ms    cuDNN bwd      bwd by round
+//   2048   0.048 / 446      0.068 / 317    0.177 / 304      0.345     0.236 / 227    1.32 1.34 1.32
+//   4096   0.143 / 603      0.188 / 456    0.531 / 404      1.086     0.623 / 345    1.17 1.17 1.17
+//   8192   0.505 / 680      0.608 / 565    1.963 / 438      3.833     1.960 / 438    1.04 1.00 0.98
+//   16384  1.931 / 712      2.234 / 615    7.782 / 442      14.721    7.235 / 475    0.97 0.93 0.93
+//   32768  8.654 / 635      9.286 / 592    30.742 / 447     59.557    28.728 / 478   0.93 0.91 0.94
+// At s ≥ 16384 both sides run into the card's 700 W limit and clock down (~1570 MHz at 32768,
+// bench/attention_harness.py --clock-probe), so those rows compare cycles at equal clocks.
 import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';

@@ -9,7 +9,9 @@
 //
 // Launch: grid (H, ceil(S/128), B), 384 threads, HB_SMEM_BYTES (231464) of dynamic shared
 // memory. Heads vary fastest and blockIdx.y is the key tile, so under a causal mask the longest
-// key tiles (the first, which see every later query) of every head start first.
+// key tiles (the first, which see every later query) of every head start first. (Orders that
+// run fewer heads at a time, for L2 reuse of dq_accum and Q/dO, measured slower at s ≥ 16384:
+// 4 heads at a time 7-9% slower, 2 heads 44% at s=32768; bench/attention_notes.md.)
 // Arguments as mla_attention_bwd_dkdv, plus dq_accum's tensor map last: dq_accum null skips dQ
 // (deterministic mode, where mla_attention_bwd_dq computes it); otherwise dQ is added through
 // the map and the pointer only says that it is; dkpe_per_head 0 adds dk_pe into dkpe_f32 [B,S,64] with
@@ -55,7 +57,10 @@
 //     both consumers in lockstep splitting the chunks 2:1; the consumer's 64 rows per box with
 //     two 128-thread barriers per box (the previous version, 2-12% slower); six 32-column
 //     GEMMs pipelined (5-9% slower) or three 64-column ones unpipelined (1-21% slower); dQ
-//     on the producer warpgroup as a third chain (28% slower: see Registers).
+//     on the producer warpgroup as a third chain (28% slower: see Registers); both consumers
+//     each computing half of every step's dQ, one step late (11-20% slower); two dSᵀ buffers
+//     and the 16 KB they free as a second staging box per warp, four staging rounds instead
+//     of six (-7% … +3%: the staging costs its bytes, not its rounds).
 //   The consumers finish with dV, dK·scale (bf16) and the dk_pe part (f32).
 //
 // Registers per consumer thread (setmaxnreg 240; 128·24 + 256·240 = 64512 ≤ 65536):
@@ -98,15 +103,19 @@
 // This kernel computes 1664 FLOPs per (query, key) pair (Sᵀ 384, dPᵀ 256, dV 256, dK 384,
 // dQ 384) = 1.04 × the convention's 1600, plus 6% (s=2048) … 0.2% (32768) of masked waste.
 // Measured (H100 80GB HBM3, whole backward incl. preprocess and finish, convention TFLOPS,
-// `moetrain bench attention`, bench/attention_notes.md): 304 / 404 / 462 / 444 / 446 at
-// s=2048..32768, 1.32 / 1.16 / 1.05 / 0.98 / 0.92× cuDNN (both sides move ±5% between calls at
-// s ≥ 16384).
-// Limits (profile in the notes): without dQ the kernel runs 37-40% faster, far more than dQ's
-// 23% of the FLOPs; without its staging (stores + reduce-adds) 20-24% faster. Each consumer's
-// steps are a serial chain of GEMM → wait → elementwise (the registers are spent on dK/dV,
-// none are left to pipeline) and two chains per SM do not keep the tensor cores busy; per
-// step ~500 KB cross shared memory (operands 350, dSᵀ 16, dQ staging 48 + 48, Q/dO 40): ~3900
-// clocks at 128 B/clock against ~3300 of tensor work, of the ~6200 a step takes.
+// `moetrain bench attention`, median of 3 rounds, bench/attention_notes.md): 304 / 404 / 438 /
+// 442 / 447 at s=2048..32768, 1.34 / 1.17 / 1.00 / 0.93 / 0.93× cuDNN. At s ≥ 16384 both sides
+// hold the card at its 700 W limit and run at the same ~1570-1600 MHz, so the long rows
+// compare clock cycles per unit of work.
+// Limits (MLA_HB_PROFILE_CLOCKS, per consumer and step, the same ~6200 clocks at every s):
+// waiting for the stage 480, Sᵀ GEMM 620, exp2 and mask 590, dPᵀ GEMM 480, dS and its stores
+// 620, dV/dK GEMMs 870, dSᵀ barriers 250, and the dQ of every other step 2500 on average
+// (GEMMs 700, staging 1650). Without the staging (its stores and reduce-adds) the kernel runs
+// 20-25% faster; its cost follows its bytes (48 KB of stores + 48 KB the copy engine reads per
+// dQ step, and 48 KB of f32 adds in L2), not the number of rounds it is issued in. Each
+// consumer's steps are a serial chain of GEMM → wait → elementwise (the registers are spent on
+// dK/dV, none are left to pipeline); per step ~500 KB cross shared memory (operands 350, dSᵀ
+// 16, dQ staging 48 + 48, Q/dO 40): ~3900 clocks at 128 B/clock against ~3300 of tensor work.
 #include "mla_attention_hopper.cuh"
 
 namespace mla {
