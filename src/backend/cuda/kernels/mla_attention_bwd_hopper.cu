@@ -205,7 +205,9 @@ enum HbPhase {
 #if MLA_HB_PROFILE_CLOCKS
 }  // namespace
 // Unmangled, so the harness finds it by name.
-extern "C" __device__ unsigned long long hb_clocks[144 * 3 * HB_PHASES];
+extern "C" {
+__device__ unsigned long long hb_clocks[144 * 3 * HB_PHASES];
+}
 namespace {
 // Adds the cycles since `last` to phase `phase` of this SM's `role` row (0 producer, 1-2 the
 // consumers) and restarts the count.
