@@ -66,7 +66,8 @@ HOPPER_BWD_SMEM, HOPPER_BWD_THREADS, HOPPER_BWD_KEYS, HOPPER_BWD_QUERIES = 23146
 # checked against float64 and timed next to the default.
 HOPPER_BWD_PROFILES = {"prof_nosoftmax": ["-DMLA_HB_PROFILE_NO_SOFTMAX=1"], "prof_noloads": ["-DMLA_HB_PROFILE_NO_LOADS=1"],
                        "prof_nostaging": ["-DMLA_HB_PROFILE_NO_STAGING=1"], "prof_clocks": ["-DMLA_HB_PROFILE_CLOCKS=1"],
-                       "prof_clocks_nostaging": ["-DMLA_HB_PROFILE_CLOCKS=1", "-DMLA_HB_PROFILE_NO_STAGING=1"]}
+                       "prof_clocks_nostaging": ["-DMLA_HB_PROFILE_CLOCKS=1", "-DMLA_HB_PROFILE_NO_STAGING=1"],
+                       "defer": ["-DMLA_HB_DEFER_BOX=1"], "prof_clocks_defer": ["-DMLA_HB_PROFILE_CLOCKS=1", "-DMLA_HB_DEFER_BOX=1"]}
 # Phases of the prof_clocks build's hb_clocks[SM][role][16] (HbPhase in the .cu; role 0 the
 # producer: waiting on empty, then issuing and loading lse/D).
 HB_PHASES = ["wait full", "Sᵀ GEMM", "softmax", "dPᵀ GEMM", "dS + stores", "dV/dK GEMM", "wait dSᵀ full", "dQ step",

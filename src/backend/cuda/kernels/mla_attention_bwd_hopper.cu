@@ -228,6 +228,13 @@ __device__ __forceinline__ void hb_clock(long long& last, int role, int phase) {
   } while (0)
 #endif
 
+// MLA_HB_DEFER_BOX: the last of a dQ step's six boxes (columns [96, 128)) is staged during the
+// owner's next step, right after it issues its Sᵀ GEMM, instead of on the chain before it
+// (the staging sits on the owner's critical path: ~550 cycles a box; bench/attention_notes.md).
+#ifndef MLA_HB_DEFER_BOX
+#define MLA_HB_DEFER_BOX 0
+#endif
+
 // dq_accum[box at c0, h, q0, b] += the f32 box at smem (bulk async-group; the copy engine does
 // the adds in L2, whole lines at a time).
 __device__ __forceinline__ void tma_reduce_add_4d(const TensorMap& m, u32 src, int c0, int c1, int c2, int c3) {
@@ -357,8 +364,9 @@ __device__ __forceinline__ void stage_dq_box(const float* acc16, u32 stg, int wa
 // is what the dQ phase has (two 64-column GEMMs in flight spilled 256 bytes); six 32-column
 // GEMMs read the dSᵀ operand six times instead of four and were 5-9% slower, three 64-column
 // ones staged after each wait 1-21% slower (bench/attention_notes.md).
+// defer (MLA_HB_DEFER_BOX): the last box's 16 accumulators go to `tail` instead of staging.
 __device__ __forceinline__ void dq_step(u32 tdS, u32 sK, u32 stg, int warp, int g, int t, const TensorMap& tm_dq_accum,
-                                        int q0) {
+                                        int q0, float (&tail)[16], bool defer) {
   float x[32], y[16];
 #if MLA_HB_PROFILE_CLOCKS  // split of the step into issuing + waiting for GEMMs and staging
   const bool prof_on = (threadIdx.x & 127) == 0;
@@ -395,7 +403,12 @@ __device__ __forceinline__ void dq_step(u32 tdS, u32 sK, u32 stg, int warp, int 
   HB_CLOCK(role, HB_DQ_STAGE);
   wgmma_wait<0>();
   HB_CLOCK(role, HB_DQ_GEMM);
-  stage_dq_box(y, stg, warp, g, t, tm_dq_accum, 96, q0);
+  if (MLA_HB_DEFER_BOX && defer) {
+    #pragma unroll
+    for (int k = 0; k < 16; k++) tail[k] = y[k];
+  } else {
+    stage_dq_box(y, stg, warp, g, t, tm_dq_accum, 96, q0);
+  }
   HB_CLOCK(role, HB_DQ_STAGE);
 }
 
@@ -537,6 +550,9 @@ mla_attention_bwd_dkdv_hopper(const __grid_constant__ TensorMap tm_q_nope, const
     #pragma unroll
     for (int i = 0; i < 96; i++) acc_dk[i] = 0.f;
 
+    // MLA_HB_DEFER_BOX: the last box of the dQ of step i-2 (computed during step i-1 by consumer
+    // (i-2) % 2), staged by that consumer at step i after it issued its Sᵀ GEMM.
+    float dq_tail[16];
     mbar_wait(bar_kv, 0);
 #if MLA_HB_PROFILE_CLOCKS
     const bool prof_on = ctid == 0;
@@ -560,6 +576,8 @@ mla_attention_bwd_dkdv_hopper(const __grid_constant__ TensorMap tm_q_nope, const
       wgmma_fence();
       gemm_st(acc_s, sK_w, tQ);
       wgmma_commit();
+      if (MLA_HB_DEFER_BOX && with_dq && i >= 2 && w == (i & 1))
+        stage_dq_box(dq_tail, sdQ + w * HB_DQ_BOX_BYTES, warp, g, t, tm_dq_accum, 96, q0 - 2 * HB_BM);
       wgmma_wait<0>();
       HB_CLOCK(wg, HB_GEMM_S);
       // Pᵀ: rows = keys key_l (+8), columns = queries 8j+2t (+1). Element (j, e) of row r is
@@ -647,7 +665,8 @@ mla_attention_bwd_dkdv_hopper(const __grid_constant__ TensorMap tm_q_nope, const
           const int prev = (i - 1) % HB_DS_BUFS;
           triple_bar_sync<HB_DSF_BAR>(prev);
           HB_CLOCK(wg, HB_WAIT_DS);
-          dq_step(sdS + prev * HB_DS_BYTES, sK, stg, warp, g, t, tm_dq_accum, q0 - HB_BM);
+          // Its last box waits for step i+1 if there is one (this consumer stages it there).
+          dq_step(sdS + prev * HB_DS_BYTES, sK, stg, warp, g, t, tm_dq_accum, q0 - HB_BM, dq_tail, i + 1 < n_steps);
           HB_CLOCK(wg, HB_DQ);
           // Its buffer is free for step i+2's halves (no signal when there is no such step, so
           // every arrival has a matching wait).
@@ -657,7 +676,7 @@ mla_attention_bwd_dkdv_hopper(const __grid_constant__ TensorMap tm_q_nope, const
         if (i == n_steps - 1 && w == (i & 1)) {
           triple_bar_sync<HB_DSF_BAR>(ds_buf);
           HB_CLOCK(wg, HB_WAIT_DS);
-          dq_step(tdS, sK, stg, warp, g, t, tm_dq_accum, q0);
+          dq_step(tdS, sK, stg, warp, g, t, tm_dq_accum, q0, dq_tail, false);
           HB_CLOCK(wg, HB_DQ);
         }
       }
