@@ -9,7 +9,8 @@ Run on a GPU machine from the repository root:
   PYTHONUNBUFFERED=1 python3 bench/attention_harness.py --out /tmp/attn [--no-bench] [--seqs ...]
   ... --hopper-bwd: the Hopper backward (mla_attention_bwd_hopper.cu) only: its checks on B=2,
   H∈{3,16}, S∈{1,17,129,300,1000,2048} (fast and deterministic-dkdv modes), then its timing next
-  to the mma.sync backward and cuDNN.
+  to the mma.sync backward and cuDNN. --clock-probe: SM clock and power while ours and cuDNN's
+  backward run. --reduce-probe: the card's f32 bulk reduce-add throughput (bench/tma_reduce_probe.cu).
 
 Error measure: ‖ours − ref‖ / ‖ref‖ over the whole tensor (rel) and max|ours − ref| / max|ref|
 (maxrel). bf16 inputs are exact in both; what differs is bf16 rounding of P and dS before their
@@ -589,6 +590,48 @@ def clock_probe(k, seqs, b=1, h=16, seconds=3.0):
         torch.cuda.empty_cache()
 
 
+def reduce_probe(out_dir, h=16):
+    """bench/tma_reduce_probe.cu: f32 bulk reduce-add throughput, one block per SM, into a
+    dq_accum-shaped [1, S, h, 192] f32 tensor whose first region_rows rows the adds walk (24 MB:
+    L2 holds it; 400 MB: it does not), for 1, 4 and 8 issuing warps per SM and 1, 2 or 4 boxes
+    in flight per warp. Our backward averages ~1.6 TB/s of these adds at s=32768 (48 KB per dQ
+    step) and spends ~550 cycles per box on the owner's chain; this says whether the card's
+    limit is near that."""
+    cubin = os.path.join(out_dir, "tma_reduce_probe.cubin")
+    src = os.path.join(REPO, "bench", "tma_reduce_probe.cu")
+    r = subprocess.run(["nvcc", "-std=c++17", "-cubin", "-gencode=arch=compute_90a,code=sm_90a", "-I", KERNELS, "-o", cubin,
+                        src], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise SystemExit(f"nvcc failed for {src}:\n{r.stderr}")
+    fn = cupy.RawModule(path=cubin).get_function("tma_reduce_probe")
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    print(f"TMA f32 reduce-add throughput on {torch.cuda.get_device_name()} ({sms} SMs, one block each; 2 KB boxes)")
+    for s_rows in (2048, 32768):
+        dq = torch.zeros(1, s_rows, h, D_QK, device="cuda", dtype=torch.float32)
+        row = D_QK * 4
+        tm = tma_launch.TensorMap(tma_launch.F32, dq.data_ptr(), [D_QK, h, s_rows, 1], [row, row * h, row * h * s_rows],
+                                  [32, 1, HOPPER_BWD_DQ_ROWS, 1])
+        for warps in (1, 4, 8):
+            for slots in (1, 2, 4):
+                iters = 3000
+                smem = 8 * slots * 2048 + 1024
+                fn.max_dynamic_shared_size_bytes = smem
+                args = [tm, np.int32(warps), np.int32(slots), np.int32(iters), np.int32(s_rows), np.int32(h)]
+                dq.zero_()
+                launch = lambda: tma_launch.launch(fn, (sms, 1, 1), (256, 1, 1), smem, cupy.cuda.get_current_stream().ptr, args)
+                launch()
+                torch.cuda.synchronize()
+                want = sms * warps * iters * 512
+                got = float(dq.double().sum())
+                ms = time_ms([launch], 5, warmup=1)
+                gbs = sms * warps * iters * 2048 / ms / 1e6
+                print(f"  region {s_rows:5d} rows ({dq.numel() * 4 / 2**20:.0f} MB), {warps} warps/SM, {slots} box(es) in flight: "
+                      f"{gbs:.0f} GB/s ({gbs / sms:.1f} GB/s per SM){'' if got == want else f'  WRONG SUM {got} != {want}'}",
+                      flush=True)
+        del dq
+        torch.cuda.empty_cache()
+
+
 def print_clocks(k, run, s, variant="prof_clocks"):
     """One launch of the prof_clocks build; its per-phase cycles, averaged per step (each
     consumer records every step; the producer's lane 0 too), summed over SMs."""
@@ -687,6 +730,8 @@ def main():
     ap.add_argument("--hopper", default=",".join(HOPPER_VARIANTS), help="Hopper forward variants to build")
     ap.add_argument("--hopper-bwd", action="store_true",
                     help="check and time the Hopper backward (mla_attention_bwd_hopper.cu) only")
+    ap.add_argument("--reduce-probe", action="store_true",
+                    help="only the TMA f32 reduce-add throughput probe (bench/tma_reduce_probe.cu)")
     ap.add_argument("--clock-probe", action="store_true",
                     help="--hopper-bwd: SM clock and power while ours and cuDNN's backward run (no checks, no timing table)")
     ap.add_argument("--bwd-variants", default=",".join(HOPPER_BWD_PROFILES),
@@ -698,6 +743,9 @@ def main():
     torch.cuda.init()
     cupy.cuda.ExternalStream(torch.cuda.current_stream().cuda_stream).use()
     print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, cupy {cupy.__version__}")
+    if args.reduce_probe:
+        reduce_probe(args.out)
+        sys.exit(0)
     print("build (nvcc sm_90a):")
     if args.hopper_bwd:
         # The forward that feeds o and lse: the first Hopper variant asked for (the one the host

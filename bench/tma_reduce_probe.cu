@@ -1,0 +1,58 @@
+// How fast can an SM, and the whole card, push f32 bulk reduce-adds (cp.reduce.async.bulk.tensor
+// .add) from shared memory into device memory? The Hopper MLA backward sends every dQ partial
+// this way (mla_attention_bwd_hopper.cu: 2 KB boxes of 16 query rows × 32 f32 columns into
+// dq_accum [B,S,H,192]), and its profile left open whether that staging waits on the copy
+// engine's latency (more boxes in flight would hide it) or on L2's add throughput (only fewer
+// bytes would help). bench/attention_harness.py --reduce-probe launches this kernel.
+//
+// Each active warp fills `slots` 2 KB boxes with 1.0f once, then its lane 0 issues `iters`
+// reduce-adds of them in turn, reusing a box once the copy engine has read it (up to slots − 1
+// reads stay pending), into dq_accum rows that walk through the first `region_rows` query rows
+// (a region L2 holds, or not) of head (warp % heads). Every add adds 512 ones, so the tensor's
+// sum checks that all of them landed.
+#include "mla_attention_hopper.cuh"
+
+using namespace mla;
+using namespace mla::hop;
+
+namespace {
+__device__ __forceinline__ void reduce_add_box(const TensorMap& m, u32 src, int col, int head, int row) {
+  asm volatile(
+      "cp.reduce.async.bulk.tensor.4d.global.shared::cta.add.tile.bulk_group [%0, {%2, %3, %4, %5}], [%1];"
+      ::"l"(tmap_addr(m)), "r"(src), "r"(col), "r"(head), "r"(row), "r"(0) : "memory");
+  asm volatile("cp.async.bulk.commit_group;" ::: "memory");
+}
+// Until at most N of this thread's bulk groups still have to read shared memory.
+template <int N>
+__device__ __forceinline__ void wait_reads() { asm volatile("cp.async.bulk.wait_group.read %0;" ::"n"(N) : "memory"); }
+}  // namespace
+
+// Launch: grid (SMs), 256 threads (8 warps), dynamic shared memory 8 · slots · 2048 + 1024.
+extern "C" __global__ void __launch_bounds__(256, 1)
+tma_reduce_probe(const __grid_constant__ TensorMap tm_dq, int warps_active, int slots, int iters, int region_rows,
+                 int heads) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  const u32 base = (smem_addr(smem_raw) + 1023u) & ~1023u;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  if (warp >= warps_active || (slots != 1 && slots != 2 && slots != 4)) return;
+  const u32 mine = base + warp * slots * 2048;
+  for (int k = lane; k < slots * 512; k += 32)
+    asm volatile("st.shared.f32 [%0], %1;" ::"r"(mine + 4 * k), "f"(1.f) : "memory");
+  fence_proxy_async();  // the copy engine reads what these generic stores wrote
+  __syncwarp();
+  if (lane != 0) return;
+  const int gw = blockIdx.x * warps_active + warp;
+  const int row_boxes = region_rows / 16;
+  for (int i = 0; i < iters; i++) {
+    if (i >= slots) {
+      if (slots == 1) wait_reads<0>();
+      else if (slots == 2) wait_reads<1>();
+      else wait_reads<3>();
+    }
+    // Six boxes cover a row block's 192 columns, as a dQ step's boxes do; then the next row
+    // block, 16 query rows further, spread over the region so warps rarely meet.
+    const int rb = static_cast<int>((static_cast<long long>(gw) * 7919 + i / 6) % row_boxes);
+    reduce_add_box(tm_dq, mine + (i % slots) * 2048, 32 * (i % 6), gw % heads, 16 * rb);
+  }
+  asm volatile("cp.async.bulk.wait_group 0;" ::: "memory");
+}
