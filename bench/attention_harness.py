@@ -24,6 +24,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 
 import numpy as np
 import torch
@@ -74,6 +75,8 @@ HOPPER_BWD_PROFILES = {"prof_nosoftmax": ["-DMLA_HB_PROFILE_NO_SOFTMAX=1"], "pro
 HB_PHASES = ["wait full", "Sᵀ GEMM", "softmax", "dPᵀ GEMM", "dS + stores", "dV/dK GEMM", "wait dSᵀ full", "dQ step",
              None, "wait dSᵀ read"]
 HB_DQ_PHASES = {10: "GEMM issue + wait", 11: "staging"}  # parts of "dQ step"
+HB_STEPS = 8  # the phase slot of the producer row that counts the consumers' steps
+HB_CLOCK_SLOTS = 144 * 3 * 16  # hb_clocks' size in the .cu
 # Query rows per dQ reduce-add box: one warp's 16 (the kernel's staging boxes).
 HOPPER_BWD_DQ_ROWS = 16
 
@@ -547,8 +550,6 @@ def clock_probe(k, seqs, b=1, h=16, seconds=3.0):
     """SM clock, power and temperature (nvidia-smi, every 100 ms) while our whole backward and
     then cuDNN's run back to back for `seconds` each: whether a longer kernel runs at a lower
     clock (power or heat) rather than more cycles per step."""
-    import subprocess
-    import time
     scale = D_QK ** -0.5
     gen = torch.Generator(device="cuda").manual_seed(7)
     for s in seqs:
@@ -636,14 +637,14 @@ def print_clocks(k, run, s, variant="prof_clocks"):
     """One launch of the prof_clocks build; its per-phase cycles, averaged per step (each
     consumer records every step; the producer's lane 0 too), summed over SMs."""
     table = k.dkdv_hopper_mods[variant].get_global("hb_clocks")
-    clocks = cupy.ndarray((144 * 3 * 16,), dtype=cupy.uint64, memptr=table)  # hb_clocks' size in the .cu
+    clocks = cupy.ndarray((HB_CLOCK_SLOTS,), dtype=cupy.uint64, memptr=table)
     clocks.fill(0)
     torch.cuda.synchronize()
     run()
     torch.cuda.synchronize()
     raw = clocks.get()
     c = raw.reshape(-1, 3, 16).sum(axis=0).astype(np.float64)
-    steps = c[0, 8]  # both consumers' steps
+    steps = c[0, HB_STEPS]  # both consumers' steps
     per = lambda role, ph: c[role, ph] / (steps / 2)
     for role, name in ((1, "consumer 0"), (2, "consumer 1")):
         total = sum(per(role, i) for i, n in enumerate(HB_PHASES) if n)
