@@ -615,7 +615,7 @@ def reduce_probe(out_dir, h=16):
         for warps in (1, 4, 8):
             for slots in (1, 2, 4):
                 iters = 3000
-                smem = 8 * slots * 2048 + 1024
+                smem = 120 * 1024  # > half an SM's shared memory: one block per SM (it uses 8·slots·2 KB)
                 fn.max_dynamic_shared_size_bytes = smem
                 args = [tm, np.int32(warps), np.int32(slots), np.int32(iters), np.int32(s_rows), np.int32(h)]
                 dq.zero_()

@@ -27,7 +27,8 @@ template <int N>
 __device__ __forceinline__ void wait_reads() { asm volatile("cp.async.bulk.wait_group.read %0;" ::"n"(N) : "memory"); }
 }  // namespace
 
-// Launch: grid (SMs), 256 threads (8 warps), dynamic shared memory 8 · slots · 2048 + 1024.
+// Launch: grid (SMs), 256 threads (8 warps), dynamic shared memory at least 8 · slots · 2048 +
+// 1024 (the harness asks for 120 KB, so that no SM holds two blocks).
 extern "C" __global__ void __launch_bounds__(256, 1)
 tma_reduce_probe(const __grid_constant__ TensorMap tm_dq, int warps_active, int slots, int iters, int region_rows,
                  int heads) {
