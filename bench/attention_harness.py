@@ -234,11 +234,7 @@ class MlaKernels:
         swap); preprocess, the deterministic dq pass and finish are the same kernels."""
         B, S, H, _ = qn.shape
         tiles = (S + TILE - 1) // TILE
-        rows = B * S * H
-        dq_accum = sc["dq_accum"]
-        self.pre(((rows + 7) // 8, 1, 1), (256, 1, 1),
-                 (u64(o), u64(do), u64(sc["d_sum"]), u64(dq_accum), u64(None if deterministic else sc["dkpe"]),
-                  np.int32(rows), np.int32(S), np.int32(H)))
+        self.preprocess(o, do, sc, deterministic)
         self.launch_dkdv(self.dkdv_args(g, do, qn, qp, kn, kp, v, lse, causal, scale, deterministic, sc), B, S, H, hopper,
                          (qn, qp, kn, kp, v, do), variant)
         if deterministic:
@@ -246,8 +242,21 @@ class MlaKernels:
                     (u64(qn), u64(qp), u64(kn), u64(kp), u64(v), u64(do), u64(lse), u64(sc["d_sum"]),
                      u64(g["dq_nope"]), u64(g["dq_pe"]), np.int32(S), np.int32(H), np.float32(scale), np.int32(causal)),
                     shared_mem=DQ_SMEM)
+        self.finish_grads(g, sc, scale, deterministic)
+
+    def preprocess(self, o, do, sc, deterministic):
+        """D = rowsum(dO∘O) into sc["d_sum"], and zeros into the accumulators the backward adds to."""
+        B, S, H, _ = o.shape
+        rows = B * S * H
+        self.pre(((rows + 7) // 8, 1, 1), (256, 1, 1),
+                 (u64(o), u64(do), u64(sc["d_sum"]), u64(sc["dq_accum"]), u64(None if deterministic else sc["dkpe"]),
+                  np.int32(rows), np.int32(S), np.int32(H)))
+
+    def finish_grads(self, g, sc, scale, deterministic):
+        """dq_accum → scaled bf16 dq_nope/dq_pe (fast mode), dk_pe summed over heads."""
+        B, S, H, _ = g["dq_nope"].shape
         self.finish((B * S, 1, 1), (128, 1, 1),
-                    (u64(dq_accum), u64(g["dq_nope"]), u64(g["dq_pe"]), u64(sc["dkpe"]), u64(g["dk_pe"]),
+                    (u64(sc["dq_accum"]), u64(g["dq_nope"]), u64(g["dq_pe"]), u64(sc["dkpe"]), u64(g["dk_pe"]),
                      np.int32(H), np.float32(scale), np.int32(deterministic)))
 
 
@@ -453,10 +462,7 @@ def bench(k, seqs, b=1, h=16, with_det=True):
             # Where the backward's time goes: each kernel alone, on one input set.
             a = sets[0]
             qn, qp, kn, kp, v, do, o, lse, g = a
-            tiles, n_rows = (s + TILE - 1) // TILE, b * s * h
-            pre = lambda det, sc_: k.pre(((n_rows + 7) // 8, 1, 1), (256, 1, 1), (
-                u64(o), u64(do), u64(sc_["d_sum"]), u64(sc_["dq_accum"]), u64(None if det else sc_["dkpe"]),
-                np.int32(n_rows), np.int32(s), np.int32(h)))
+            tiles = (s + TILE - 1) // TILE
             dkdv = lambda det, sc_: k.dkdv((tiles, h, b), (256, 1, 1), (
                 u64(qn), u64(qp), u64(kn), u64(kp), u64(v), u64(do), u64(lse), u64(sc_["d_sum"]), u64(g["dk_nope"]),
                 u64(g["dv"]), u64(sc_["dq_accum"]), u64(sc_["dkpe"]), np.int32(s), np.int32(h), np.float32(scale),
@@ -464,16 +470,13 @@ def bench(k, seqs, b=1, h=16, with_det=True):
             dq = lambda: k.dq((tiles, h, b), (256, 1, 1), (
                 u64(qn), u64(qp), u64(kn), u64(kp), u64(v), u64(do), u64(lse), u64(scd["d_sum"]), u64(g["dq_nope"]),
                 u64(g["dq_pe"]), np.int32(s), np.int32(h), np.float32(scale), np.int32(1)), shared_mem=DQ_SMEM)
-            fin = lambda det, sc_: k.finish((b * s, 1, 1), (128, 1, 1), (
-                u64(sc_["dq_accum"]), u64(g["dq_nope"]), u64(g["dq_pe"]), u64(sc_["dkpe"]), u64(g["dk_pe"]),
-                np.int32(h), np.float32(scale), np.int32(det)))
             split = {
-                "preprocess": time_ms([lambda: pre(False, sc)], reps),
+                "preprocess": time_ms([lambda: k.preprocess(o, do, sc, False)], reps),
                 "dkdv+dq atomics": time_ms([lambda: dkdv(False, sc)], reps),
                 "dkdv alone (det)": time_ms([lambda: dkdv(True, scd)], reps),
                 "dq (det)": time_ms([dq], reps),
-                "finish": time_ms([lambda: fin(False, sc)], reps),
-                "finish (det)": time_ms([lambda: fin(True, scd)], reps),
+                "finish": time_ms([lambda: k.finish_grads(g, sc, scale, False)], reps),
+                "finish (det)": time_ms([lambda: k.finish_grads(g, scd, scale, True)], reps),
             }
             print(f"  s={s} backward kernels alone (ms): " + ", ".join(f"{n} {ms:.3f}" for n, ms in split.items()))
         bwd = time_ms([lambda a=a: k.backward(a[8], a[5], *a[:5], a[6], a[7], True, scale, False, sc) for a in sets], reps)
@@ -689,14 +692,8 @@ def bench_hopper_bwd(k, seqs, b=1, h=16):
                 times[n].append(time_ms([run], reps))
         alone["hopper"] = min(times["hopper"])
         # The kernels around it (DRAM-bound passes over dq_accum, O, dO).
-        n_rows = b * s * h
-        qn, qp, kn, kp, v, do, o, lse, g = a
-        alone["preprocess"] = time_ms([lambda: k.pre(((n_rows + 7) // 8, 1, 1), (256, 1, 1), (
-            u64(o), u64(do), u64(sc["d_sum"]), u64(sc["dq_accum"]), u64(sc["dkpe"]), np.int32(n_rows), np.int32(s),
-            np.int32(h)))], reps)
-        alone["finish"] = time_ms([lambda: k.finish((b * s, 1, 1), (128, 1, 1), (
-            u64(sc["dq_accum"]), u64(g["dq_nope"]), u64(g["dq_pe"]), u64(sc["dkpe"]), u64(g["dk_pe"]), np.int32(h),
-            np.float32(scale), np.int32(0)))], reps)
+        alone["preprocess"] = time_ms([lambda: k.preprocess(a[6], a[5], sc, False)], reps)
+        alone["finish"] = time_ms([lambda: k.finish_grads(a[8], sc, scale, False)], reps)
         print(f"  s={s} profile, Hopper kernel alone {alone['hopper']:.3f} ms "
               f"(spread {max(times['hopper']) - alone['hopper']:.3f}): "
               + ", ".join(f"{n} {min(t):.3f} ms ({100 * (1 - min(t) / alone['hopper']):+.0f}%, spread {max(t) - min(t):.3f})"
