@@ -598,9 +598,10 @@ def reduce_probe(out_dir, h=16):
     """bench/tma_reduce_probe.cu: f32 bulk reduce-add throughput, one block per SM, into a
     dq_accum-shaped [1, S, h, 192] f32 tensor whose first region_rows rows the adds walk (24 MB:
     L2 holds it; 400 MB: it does not), for 1, 4 and 8 issuing warps per SM and 1, 2 or 4 boxes
-    in flight per warp. Our backward averages ~1.6 TB/s of these adds at s=32768 (48 KB per dQ
-    step) and spends ~550 cycles per box on the owner's chain; this says whether the card's
-    limit is near that."""
+    in flight per warp; boxes fixed (only the adds) or restaged before each add as the backward
+    does (stores, proxy fence, add). Our backward averages ~1.6 TB/s of these adds at s=32768
+    (48 KB per dQ step) and spends ~550 cycles per box on the owner's chain; this says whether
+    the card's limit is near that, and what a box costs a warp with nothing else running."""
     cubin = os.path.join(out_dir, "tma_reduce_probe.cubin")
     src = os.path.join(REPO, "bench", "tma_reduce_probe.cu")
     r = subprocess.run(["nvcc", "-std=c++17", "-cubin", "-gencode=arch=compute_90a,code=sm_90a", "-I", KERNELS, "-o", cubin,
@@ -615,23 +616,29 @@ def reduce_probe(out_dir, h=16):
         row = D_QK * 4
         tm = tma_launch.TensorMap(tma_launch.F32, dq.data_ptr(), [D_QK, h, s_rows, 1], [row, row * h, row * h * s_rows],
                                   [32, 1, HOPPER_BWD_DQ_ROWS, 1])
-        for warps in (1, 4, 8):
-            for slots in (1, 2, 4):
-                iters = 3000
-                smem = 120 * 1024  # > half an SM's shared memory: one block per SM (it uses 8·slots·2 KB)
-                fn.max_dynamic_shared_size_bytes = smem
-                args = [tm, np.int32(warps), np.int32(slots), np.int32(iters), np.int32(s_rows), np.int32(h)]
-                dq.zero_()
-                launch = lambda: tma_launch.launch(fn, (sms, 1, 1), (256, 1, 1), smem, cupy.cuda.get_current_stream().ptr, args)
-                launch()
-                torch.cuda.synchronize()
-                want = sms * warps * iters * 512
-                got = float(dq.double().sum())
-                ms = time_ms([launch], 5, warmup=1)
-                gbs = sms * warps * iters * 2048 / ms / 1e6
-                print(f"  region {s_rows:5d} rows ({dq.numel() * 4 / 2**20:.0f} MB), {warps} warps/SM, {slots} box(es) in flight: "
-                      f"{gbs:.0f} GB/s ({gbs / sms:.1f} GB/s per SM){'' if got == want else f'  WRONG SUM {got} != {want}'}",
-                      flush=True)
+        cycles = torch.zeros(sms * 8, device="cuda", dtype=torch.int64)
+        for restage in (0, 1):
+            for warps in (1, 4, 8):
+                for slots in (1, 2, 4):
+                    iters = 3000
+                    smem = 120 * 1024  # > half an SM's shared memory: one block per SM (it uses 8·slots·2 KB)
+                    fn.max_dynamic_shared_size_bytes = smem
+                    args = [tm, np.int32(warps), np.int32(slots), np.int32(iters), np.int32(s_rows), np.int32(h),
+                            np.int32(restage), u64(cycles)]
+                    dq.zero_()
+                    launch = lambda: tma_launch.launch(fn, (sms, 1, 1), (256, 1, 1), smem, cupy.cuda.get_current_stream().ptr,
+                                                       args)
+                    launch()
+                    torch.cuda.synchronize()
+                    want = sms * warps * iters * 512
+                    got = float(dq.double().sum())
+                    ms = time_ms([launch], 5, warmup=1)
+                    gbs = sms * warps * iters * 2048 / ms / 1e6
+                    per_box = float(cycles[:sms * warps].double().mean()) / iters
+                    print(f"  region {s_rows:5d} rows ({dq.numel() * 4 / 2**20:.0f} MB), {'restaged' if restage else 'fixed   '} "
+                          f"boxes, {warps} warps/SM, {slots} in flight: {gbs:.0f} GB/s ({gbs / sms:.1f} per SM), "
+                          f"{per_box:.0f} cycles per box per warp{'' if got == want else f'  WRONG SUM {got} != {want}'}",
+                          flush=True)
         del dq
         torch.cuda.empty_cache()
 

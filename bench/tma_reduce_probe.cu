@@ -9,7 +9,10 @@
 // reduce-adds of them in turn, reusing a box once the copy engine has read it (up to slots − 1
 // reads stay pending), into dq_accum rows that walk through the first `region_rows` query rows
 // (a region L2 holds, or not) of head (warp % heads). Every add adds 512 ones, so the tensor's
-// sum checks that all of them landed.
+// sum checks that all of them landed. restage = 1 does what the backward's staging does per box
+// instead: wait for the slot's read, the whole warp stores the box again (eight 8-byte stores a
+// lane), proxy fence, warp sync, issue. Lane 0 of each warp writes its loop's clock cycles to
+// cycles[global warp], so the harness reports cycles per box.
 #include "mla_attention_hopper.cuh"
 
 using namespace mla;
@@ -31,7 +34,7 @@ __device__ __forceinline__ void wait_reads() { asm volatile("cp.async.bulk.wait_
 // 1024 (the harness asks for 120 KB, so that no SM holds two blocks).
 extern "C" __global__ void __launch_bounds__(256, 1)
 tma_reduce_probe(const __grid_constant__ TensorMap tm_dq, int warps_active, int slots, int iters, int region_rows,
-                 int heads) {
+                 int heads, int restage, long long* __restrict__ cycles) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const u32 base = (smem_addr(smem_raw) + 1023u) & ~1023u;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -41,19 +44,32 @@ tma_reduce_probe(const __grid_constant__ TensorMap tm_dq, int warps_active, int 
     asm volatile("st.shared.f32 [%0], %1;" ::"r"(mine + 4 * k), "f"(1.f) : "memory");
   fence_proxy_async();  // the copy engine reads what these generic stores wrote
   __syncwarp();
-  if (lane != 0) return;
+  if (!restage && lane != 0) return;
   const int gw = blockIdx.x * warps_active + warp;
   const int row_boxes = region_rows / 16;
+  const long long t0 = clock64();
   for (int i = 0; i < iters; i++) {
-    if (i >= slots) {
+    if (i >= slots && lane == 0) {
       if (slots == 1) wait_reads<0>();
       else if (slots == 2) wait_reads<1>();
       else wait_reads<3>();
     }
+    const u32 box = mine + (i % slots) * 2048;
+    if (restage) {
+      __syncwarp();
+      #pragma unroll
+      for (int k = 0; k < 8; k++)
+        asm volatile("st.shared.v2.f32 [%0], {%1, %2};" ::"r"(box + 256 * k + 8 * lane), "f"(1.f), "f"(1.f) : "memory");
+      fence_proxy_async();
+      __syncwarp();
+    }
     // Six boxes cover a row block's 192 columns, as a dQ step's boxes do; then the next row
     // block, 16 query rows further, spread over the region so warps rarely meet.
     const int rb = static_cast<int>((static_cast<long long>(gw) * 7919 + i / 6) % row_boxes);
-    reduce_add_box(tm_dq, mine + (i % slots) * 2048, 32 * (i % 6), gw % heads, 16 * rb);
+    if (lane == 0) reduce_add_box(tm_dq, box, 32 * (i % 6), gw % heads, 16 * rb);
   }
-  asm volatile("cp.async.bulk.wait_group 0;" ::: "memory");
+  if (lane == 0) {
+    asm volatile("cp.async.bulk.wait_group 0;" ::: "memory");
+    cycles[gw] = clock64() - t0;
+  }
 }
