@@ -599,7 +599,8 @@ def reduce_probe(out_dir, h=16):
     dq_accum-shaped [1, S, h, 192] f32 tensor whose first region_rows rows the adds walk (24 MB:
     L2 holds it; 400 MB: it does not), for 1, 4 and 8 issuing warps per SM and 1, 2 or 4 boxes
     in flight per warp; boxes fixed (only the adds) or restaged before each add as the backward
-    does (stores, proxy fence, add). Our backward averages ~1.6 TB/s of these adds at s=32768
+    does (stores, proxy fence, add), and the restaged ones also as contiguous 2 KB bulk adds (a
+    box-tiled dq_accum). Our backward averages ~1.6 TB/s of these adds at s=32768
     (48 KB per dQ step) and spends ~550 cycles per box on the owner's chain; this says whether
     the card's limit is near that, and what a box costs a warp with nothing else running."""
     cubin = os.path.join(out_dir, "tma_reduce_probe.cubin")
@@ -617,14 +618,14 @@ def reduce_probe(out_dir, h=16):
         tm = tma_launch.TensorMap(tma_launch.F32, dq.data_ptr(), [D_QK, h, s_rows, 1], [row, row * h, row * h * s_rows],
                                   [32, 1, HOPPER_BWD_DQ_ROWS, 1])
         cycles = torch.zeros(sms * 8, device="cuda", dtype=torch.int64)
-        for restage in (0, 1):
+        for restage, flat in ((0, False), (1, False), (1, True)):
             for warps in (1, 4, 8):
                 for slots in (1, 2, 4):
                     iters = 3000
                     smem = 120 * 1024  # > half an SM's shared memory: one block per SM (it uses 8·slots·2 KB)
                     fn.max_dynamic_shared_size_bytes = smem
                     args = [tm, np.int32(warps), np.int32(slots), np.int32(iters), np.int32(s_rows), np.int32(h),
-                            np.int32(restage), u64(cycles)]
+                            np.int32(restage), u64(cycles), u64(dq if flat else None)]
                     dq.zero_()
                     launch = lambda: tma_launch.launch(fn, (sms, 1, 1), (256, 1, 1), smem, cupy.cuda.get_current_stream().ptr,
                                                        args)
@@ -635,8 +636,9 @@ def reduce_probe(out_dir, h=16):
                     ms = time_ms([launch], 5, warmup=1)
                     gbs = sms * warps * iters * 2048 / ms / 1e6
                     per_box = float(cycles[:sms * warps].double().mean()) / iters
-                    print(f"  region {s_rows:5d} rows ({dq.numel() * 4 / 2**20:.0f} MB), {'restaged' if restage else 'fixed   '} "
-                          f"boxes, {warps} warps/SM, {slots} in flight: {gbs:.0f} GB/s ({gbs / sms:.1f} per SM), "
+                    kind = ("restaged, contiguous bulk adds" if flat else "restaged, tensor adds") if restage else "fixed, tensor adds"
+                    print(f"  region {s_rows:5d} rows ({dq.numel() * 4 / 2**20:.0f} MB), {kind}, "
+                          f"{warps} warps/SM, {slots} in flight: {gbs:.0f} GB/s ({gbs / sms:.1f} per SM), "
                           f"{per_box:.0f} cycles per box per warp{'' if got == want else f'  WRONG SUM {got} != {want}'}",
                           flush=True)
         del dq

@@ -9,7 +9,8 @@
 // reduce-adds of them in turn, reusing a box once the copy engine has read it (up to slots − 1
 // reads stay pending), into dq_accum rows that walk through the first `region_rows` query rows
 // (a region L2 holds, or not) of head (warp % heads). Every add adds 512 ones, so the tensor's
-// sum checks that all of them landed. restage = 1 does what the backward's staging does per box
+// sum checks that all of them landed. dq_flat non-null: the same adds as contiguous 2 KB bulk
+// reduce-adds into dq_flat (the same bytes, laid out box by box) instead. restage = 1 does what the backward's staging does per box
 // instead: wait for the slot's read, the whole warp stores the box again (eight 8-byte stores a
 // lane), proxy fence, warp sync, issue. Lane 0 of each warp writes its loop's clock cycles to
 // cycles[global warp], so the harness reports cycles per box.
@@ -25,6 +26,13 @@ __device__ __forceinline__ void reduce_add_box(const TensorMap& m, u32 src, int 
       ::"l"(tmap_addr(m)), "r"(src), "r"(col), "r"(head), "r"(row), "r"(0) : "memory");
   asm volatile("cp.async.bulk.commit_group;" ::: "memory");
 }
+// The same 2 KB as one contiguous bulk (non-tensor) reduce-add: what a box-tiled dq_accum
+// ([.., 16 rows × 32 columns] contiguous per box) would allow.
+__device__ __forceinline__ void reduce_add_bulk(float* dst, u32 src) {
+  asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], 2048;" ::"l"(dst), "r"(src)
+               : "memory");
+  asm volatile("cp.async.bulk.commit_group;" ::: "memory");
+}
 // Until at most N of this thread's bulk groups still have to read shared memory.
 template <int N>
 __device__ __forceinline__ void wait_reads() { asm volatile("cp.async.bulk.wait_group.read %0;" ::"n"(N) : "memory"); }
@@ -34,7 +42,7 @@ __device__ __forceinline__ void wait_reads() { asm volatile("cp.async.bulk.wait_
 // 1024 (the harness asks for 120 KB, so that no SM holds two blocks).
 extern "C" __global__ void __launch_bounds__(256, 1)
 tma_reduce_probe(const __grid_constant__ TensorMap tm_dq, int warps_active, int slots, int iters, int region_rows,
-                 int heads, int restage, long long* __restrict__ cycles) {
+                 int heads, int restage, long long* __restrict__ cycles, float* __restrict__ dq_flat) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const u32 base = (smem_addr(smem_raw) + 1023u) & ~1023u;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -66,7 +74,10 @@ tma_reduce_probe(const __grid_constant__ TensorMap tm_dq, int warps_active, int 
     // Six boxes cover a row block's 192 columns, as a dQ step's boxes do; then the next row
     // block, 16 query rows further, spread over the region so warps rarely meet.
     const int rb = static_cast<int>((static_cast<long long>(gw) * 7919 + i / 6) % row_boxes);
-    if (lane == 0) reduce_add_box(tm_dq, box, 32 * (i % 6), gw % heads, 16 * rb);
+    if (lane == 0) {
+      if (dq_flat) reduce_add_bulk(dq_flat + ((static_cast<long long>(gw % heads) * row_boxes + rb) * 6 + i % 6) * 512, box);
+      else reduce_add_box(tm_dq, box, 32 * (i % 6), gw % heads, 16 * rb);
+    }
   }
   if (lane == 0) {
     asm volatile("cp.async.bulk.wait_group 0;" ::: "memory");
