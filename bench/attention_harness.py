@@ -235,6 +235,13 @@ class MlaKernels:
         else:
             self.dkdv(((S + TILE - 1) // TILE, H, B), (256, 1, 1), args, shared_mem=DKDV_SMEM)
 
+    def dkdv_alone(self, a, sc, scale, deterministic=False, hopper=True, variant=None):
+        """The dK/dV(/dQ) kernel alone, causal, on a timing set a = (qn, qp, kn, kp, v, do, o, lse,
+        grads) (timing_sets), with scratch sc; variant: a HOPPER_BWD_PROFILES build."""
+        B, S, H, _ = a[0].shape
+        self.launch_dkdv(self.dkdv_args(a[8], a[5], *a[:5], a[7], True, scale, deterministic, sc), B, S, H, hopper, a[:6],
+                         variant)
+
     def backward(self, g, do, qn, qp, kn, kp, v, o, lse, causal, scale, deterministic, sc, hopper=False, variant=None):
         """hopper: mla_attention_bwd_dkdv_hopper in place of mla_attention_bwd_dkdv (the host's
         swap); preprocess, the deterministic dq pass and finish are the same kernels."""
@@ -571,9 +578,8 @@ def clock_probe(k, seqs, b=1, h=16, seconds=3.0):
         peer = [lambda: torch.autograd.grad(out, (q, kk, v), do, retain_graph=True)]
         # The Hopper kernel alone, default and each --bwd-variants build (e.g. prof_nostaging:
         # what the dQ staging costs in power as well as in cycles).
-        kernels = [(f"kernel {v}", [lambda a=a, fn=fn: k.launch_dkdv(
-            k.dkdv_args(a[8], a[5], *a[:5], a[7], True, scale, False, sc), b, s, h, True, a[:6], fn) for a in sets])
-            for v, fn in [("default", None)] + list(k.dkdv_hopper_prof.items())]
+        kernels = [(f"kernel {v}", [lambda a=a, fn=fn: k.dkdv_alone(a, sc, scale, variant=fn) for a in sets])
+                   for v, fn in [("default", None)] + list(k.dkdv_hopper_prof.items())]
         for name, calls in [("ours", ours), ("cuDNN", peer)] + kernels:
             calls[0]()  # warm-up (cuDNN builds its plan on the first call)
             torch.cuda.synchronize()
@@ -689,16 +695,13 @@ def bench_hopper_bwd(k, seqs, b=1, h=16):
                              for a in sets], reps)
                 ms.setdefault(name, []).append(t)
         a = sets[0]
-        alone = {"mma.sync": time_ms([lambda: k.launch_dkdv(
-            k.dkdv_args(a[8], a[5], *a[:5], a[7], True, scale, False, sc), b, s, h, False)], reps)}
+        alone = {"mma.sync": time_ms([lambda: k.dkdv_alone(a, sc, scale, hopper=False)], reps)}
         # Where the Hopper kernel's time goes: without dQ (deterministic mode: no dQ GEMM, no
         # adds, no dSᵀ exchange), and the profiling / alternative builds. Three interleaved rounds,
         # the minimum reported with the spread: one round's medians moved by up to ±5%.
         sc_det = k.scratch(b, s, h, True)
-        runs = {"hopper": lambda variant=None: k.launch_dkdv(
-            k.dkdv_args(a[8], a[5], *a[:5], a[7], True, scale, False, sc), b, s, h, True, a[:6], variant)}
-        runs["no dQ"] = lambda variant=None: k.launch_dkdv(
-            k.dkdv_args(a[8], a[5], *a[:5], a[7], True, scale, True, sc_det), b, s, h, True, a[:6])
+        runs = {"hopper": lambda variant=None: k.dkdv_alone(a, sc, scale, variant=variant)}
+        runs["no dQ"] = lambda variant=None: k.dkdv_alone(a, sc_det, scale, deterministic=True)
         for v, variant in k.dkdv_hopper_prof.items():
             runs[v] = lambda variant=variant, run=runs["hopper"]: run(variant)
         times = {n: [] for n in runs}
