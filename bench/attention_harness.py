@@ -70,12 +70,14 @@ HOPPER_BWD_SMEM, HOPPER_BWD_THREADS, HOPPER_BWD_KEYS, HOPPER_BWD_QUERIES = 23146
 HOPPER_BWD_PROFILES = {"prof_nosoftmax": ["-DMLA_HB_PROFILE_NO_SOFTMAX=1"], "prof_noloads": ["-DMLA_HB_PROFILE_NO_LOADS=1"],
                        "prof_nostaging": ["-DMLA_HB_PROFILE_NO_STAGING=1"], "prof_clocks": ["-DMLA_HB_PROFILE_CLOCKS=1"],
                        "prof_clocks_nostaging": ["-DMLA_HB_PROFILE_CLOCKS=1", "-DMLA_HB_PROFILE_NO_STAGING=1"],
-                       "defer": ["-DMLA_HB_DEFER_BOX=1"], "prof_clocks_defer": ["-DMLA_HB_PROFILE_CLOCKS=1", "-DMLA_HB_DEFER_BOX=1"]}
+                       "prof_stage": ["-DMLA_HB_PROFILE_CLOCKS=1", "-DMLA_HB_PROFILE_STAGE=1"]}
 # Phases of the prof_clocks build's hb_clocks[SM][role][16] (HbPhase in the .cu; role 0 the
 # producer: waiting on empty, then issuing and loading lse/D).
 HB_PHASES = ["wait full", "Sᵀ GEMM", "softmax", "dPᵀ GEMM", "dS + stores", "dV/dK GEMM", "wait dSᵀ full", "dQ step",
              None, "wait dSᵀ read"]
 HB_DQ_PHASES = {10: "GEMM issue + wait", 11: "staging"}  # parts of "dQ step"
+# prof_stage builds: the staging's parts (thread 0 of each consumer, warp 0's boxes).
+HB_STAGE_PHASES = {12: "wait for the read", 13: "stores", 14: "fence + warp sync", 15: "issue"}
 HB_STEPS = 8  # the phase slot of the producer row that counts the consumers' steps
 HB_CLOCK_SLOTS = 144 * 3 * 16  # hb_clocks' size in the .cu
 # Query rows per dQ reduce-add box: one warp's 16 (the kernel's staging boxes).
@@ -607,14 +609,16 @@ def clock_probe(k, seqs, b=1, h=16, seconds=3.0):
 
 
 def reduce_probe(out_dir, h=16):
-    """bench/tma_reduce_probe.cu: f32 bulk reduce-add throughput, one block per SM, into a
-    dq_accum-shaped [1, S, h, 192] f32 tensor whose first region_rows rows the adds walk (24 MB:
-    L2 holds it; 400 MB: it does not), for 1, 4 and 8 issuing warps per SM and 1, 2 or 4 boxes
-    in flight per warp; boxes fixed (only the adds) or restaged before each add as the backward
-    does (stores, proxy fence, add), and the restaged ones also as contiguous 2 KB bulk adds (a
-    box-tiled dq_accum). Our backward averages ~1.6 TB/s of these adds at s=32768
-    (48 KB per dQ step) and spends ~550 cycles per box on the owner's chain; this says whether
-    the card's limit is near that, and what a box costs a warp with nothing else running."""
+    """bench/tma_reduce_probe.cu: f32 reduce-add throughput into a dq_accum-shaped [1, S, h, 192]
+    f32 tensor whose first S rows the adds walk (24 MB: L2 holds it; 384 MB: it does not).
+    Session 4 swept 1/4/8 issuing warps per SM × 1/2/4 boxes in flight, boxes fixed or restaged
+    as the backward does, tensor or contiguous bulk adds (bench/attention_notes.md): one warp
+    manages one 2 KB box per ~580 cycles however many are in flight, an SM tops out at ~13
+    bytes/clock with 4-8 warps, the card at ~3.3 TB/s in L2 and ~1.0 TB/s when the adds miss
+    it. Our backward's dQ owner stages at ~15 bytes/clock. These cases ask which limit that is:
+    the SM's or the card's (fewer blocks), the issuing thread's or the warp's (more issuing
+    lanes), and whether adds from registers through the LSU (red.global.add.v4.f32) are a
+    second path next to the copy engine (LSU warps alone and beside copy-engine warps)."""
     cubin = os.path.join(out_dir, "tma_reduce_probe.cubin")
     src = os.path.join(REPO, "bench", "tma_reduce_probe.cu")
     r = subprocess.run(["nvcc", "-std=c++17", "-cubin", "-gencode=arch=compute_90a,code=sm_90a", "-I", KERNELS, "-o", cubin,
@@ -623,36 +627,50 @@ def reduce_probe(out_dir, h=16):
         raise SystemExit(f"nvcc failed for {src}:\n{r.stderr}")
     fn = cupy.RawModule(path=cubin).get_function("tma_reduce_probe")
     sms = torch.cuda.get_device_properties(0).multi_processor_count
-    print(f"TMA f32 reduce-add throughput on {torch.cuda.get_device_name()} ({sms} SMs, one block each; 2 KB boxes)")
+    print(f"f32 reduce-add throughput on {torch.cuda.get_device_name()} ({sms} SMs; 2 KB boxes; fixed boxes unless said)")
+    # (rows, blocks, warps, slots, restage, flat, issuing lanes, first LSU warp)
+    cases = [(2048, n, 8, 2, 0, 0, 1, 8) for n in (sms, sms // 2, sms // 4, sms // 8)]
+    cases += [(2048, sms, 1, n, 0, 0, n, 8) for n in (1, 2, 4)] + [(2048, sms, 4, n, 0, 0, n, 8) for n in (1, 2, 4)]
+    cases += [(2048, sms // 4, 4, 4, 0, 0, 4, 8)]
+    cases += [(rows, sms, w, 1, 0, 0, 1, 0) for rows in (2048, 32768) for w in (4, 8)] + [(2048, sms // 4, 8, 1, 0, 0, 1, 0)]
+    cases += [(2048, sms, 8, 2, 0, 0, 1, 4), (2048, sms, 8, 2, 1, 0, 1, 4), (2048, sms, 4, 1, 1, 0, 1, 8)]
     for s_rows in (2048, 32768):
         dq = torch.zeros(1, s_rows, h, D_QK, device="cuda", dtype=torch.float32)
         row = D_QK * 4
         tm = tma_launch.TensorMap(tma_launch.F32, dq.data_ptr(), [D_QK, h, s_rows, 1], [row, row * h, row * h * s_rows],
                                   [32, 1, HOPPER_BWD_DQ_ROWS, 1])
         cycles = torch.zeros(sms * 8, device="cuda", dtype=torch.int64)
-        for restage, flat in ((0, False), (1, False), (1, True)):
-            for warps in (1, 4, 8):
-                for slots in (1, 2, 4):
-                    iters = 3000
-                    smem = 120 * 1024  # > half an SM's shared memory: one block per SM (it uses 8·slots·2 KB)
-                    fn.max_dynamic_shared_size_bytes = smem
-                    args = [tm, np.int32(warps), np.int32(slots), np.int32(iters), np.int32(s_rows), np.int32(h),
-                            np.int32(restage), u64(cycles), u64(dq if flat else None)]
-                    dq.zero_()
-                    launch = lambda: tma_launch.launch(fn, (sms, 1, 1), (256, 1, 1), smem, cupy.cuda.get_current_stream().ptr,
-                                                       args)
-                    launch()
-                    torch.cuda.synchronize()
-                    want = sms * warps * iters * 512
-                    got = float(dq.double().sum())
-                    ms = time_ms([launch], 5, warmup=1)
-                    gbs = sms * warps * iters * 2048 / ms / 1e6
-                    per_box = float(cycles[:sms * warps].double().mean()) / iters
-                    kind = ("restaged, contiguous bulk adds" if flat else "restaged, tensor adds") if restage else "fixed, tensor adds"
-                    print(f"  region {s_rows:5d} rows ({dq.numel() * 4 / 2**20:.0f} MB), {kind}, "
-                          f"{warps} warps/SM, {slots} in flight: {gbs:.0f} GB/s ({gbs / sms:.1f} per SM), "
-                          f"{per_box:.0f} cycles per box per warp{'' if got == want else f'  WRONG SUM {got} != {want}'}",
-                          flush=True)
+        for rows, blocks, warps, slots, restage, flat, lanes, lsu_from in cases:
+            if rows != s_rows:
+                continue
+            iters = 3000
+            smem = 120 * 1024  # > half an SM's shared memory: one block per SM (it uses 8·slots·2 KB)
+            fn.max_dynamic_shared_size_bytes = smem
+            args = [tm, np.int32(warps), np.int32(slots), np.int32(iters), np.int32(s_rows), np.int32(h),
+                    np.int32(restage), u64(cycles), u64(dq), np.int32(flat), np.int32(lanes), np.int32(lsu_from)]
+            dq.zero_()
+            launch = lambda: tma_launch.launch(fn, (blocks, 1, 1), (256, 1, 1), smem, cupy.cuda.get_current_stream().ptr,
+                                               args)
+            launch()
+            torch.cuda.synchronize()
+            want = blocks * warps * iters * 512
+            got = float(dq.double().sum())
+            ms = time_ms([launch], 5, warmup=1)
+            gbs = blocks * warps * iters * 2048 / ms / 1e6
+            cyc = cycles[:blocks * warps].double().view(blocks, warps).mean(0) / iters
+            tma_w, lsu_w = min(warps, lsu_from), max(0, warps - lsu_from)
+            how = []
+            if tma_w:
+                how.append(f"{tma_w} copy-engine warps ({'restaged' if restage else 'fixed'}, "
+                           f"{'contiguous' if flat else 'tensor'}, {slots} in flight, {lanes} issuing lanes)")
+            if lsu_w:
+                how.append(f"{lsu_w} LSU warps")
+            per = f"{float(cyc[:tma_w].mean()):.0f} cycles/box/warp" if tma_w else ""
+            if lsu_w:
+                per += f"{', ' if per else ''}LSU {float(cyc[tma_w:].mean()):.0f} cycles/box/warp"
+            print(f"  {s_rows:5d} rows ({dq.numel() * 4 / 2**20:.0f} MB), {blocks:3d} blocks, {' + '.join(how)}: "
+                  f"{gbs:.0f} GB/s ({gbs / blocks:.1f} per block), {per}"
+                  f"{'' if got == want else f'  WRONG SUM {got} != {want}'}", flush=True)
         del dq
         torch.cuda.empty_cache()
 
@@ -674,7 +692,10 @@ def print_clocks(k, run, s, variant="prof_clocks"):
         total = sum(per(role, i) for i, n in enumerate(HB_PHASES) if n)
         print(f"  s={s} clocks per step, {name}: total {total:.0f} | " + ", ".join(
             f"{n} {per(role, i):.0f}" for i, n in enumerate(HB_PHASES) if n)
-            + " (dQ step: " + ", ".join(f"{n} {per(role, i):.0f}" for i, n in HB_DQ_PHASES.items()) + ")", flush=True)
+            + " (dQ step: " + ", ".join(f"{n} {per(role, i):.0f}" for i, n in HB_DQ_PHASES.items()) + ")"
+            + ("" if not any(c[role, i] for i in HB_STAGE_PHASES) else
+               " (staging, warp 0: " + ", ".join(f"{n} {per(role, i):.0f}" for i, n in HB_STAGE_PHASES.items()) + ")"),
+            flush=True)
     print(f"  s={s} clocks per step, producer: wait empty {per(0, 0):.0f}, issue+lse/D {per(0, 1):.0f}", flush=True)
 
 
@@ -717,7 +738,7 @@ def bench_hopper_bwd(k, seqs, b=1, h=16):
               + ", ".join(f"{n} {min(t):.3f} ms ({100 * (1 - min(t) / alone['hopper']):+.0f}%, spread {max(t) - min(t):.3f})"
                           for n, t in times.items() if n != "hopper"), flush=True)
         for v in k.dkdv_hopper_prof:
-            if v.startswith("prof_clocks"):
+            if v.startswith("prof_clocks") or v == "prof_stage":
                 print(f"  {v}:")
                 print_clocks(k, runs[v], s, v)
         del sets, sc, sc_det

@@ -9,8 +9,8 @@
 // reduce-adds of them in turn, reusing a box once the copy engine has read it (up to slots − 1
 // reads stay pending), into dq_accum rows that walk through the first `region_rows` query rows
 // (a region L2 holds, or not) of head (warp % heads). Every add adds 512 ones, so the tensor's
-// sum checks that all of them landed. dq_flat non-null: the same adds as contiguous 2 KB bulk
-// reduce-adds into dq_flat (the same bytes, laid out box by box) instead. restage = 1 does what the backward's staging does per box
+// sum checks that all of them landed. flat: the same adds as contiguous 2 KB bulk reduce-adds
+// into dq (the same bytes, laid out box by box) instead. restage = 1 does what the backward's staging does per box
 // instead: wait for the slot's read, the whole warp stores the box again (eight 8-byte stores a
 // lane), proxy fence, warp sync, issue. Lane 0 of each warp writes its loop's clock cycles to
 // cycles[global warp], so the harness reports cycles per box.
@@ -38,26 +38,54 @@ template <int N>
 __device__ __forceinline__ void wait_reads() { asm volatile("cp.async.bulk.wait_group.read %0;" ::"n"(N) : "memory"); }
 }  // namespace
 
-// Launch: grid (SMs), 256 threads (8 warps), dynamic shared memory at least 8 · slots · 2048 +
-// 1024 (the harness asks for 120 KB, so that no SM holds two blocks).
+// Launch: grid (up to one block per SM), 256 threads (8 warps), dynamic shared memory at least
+// 8 · slots · 2048 + 1024 (the harness asks for 120 KB, so that no SM holds two blocks).
+// lanes > 1 (fixed boxes only, lanes == slots): lane l of each warp issues every lanes-th box
+// from its own slot, so a warp has `lanes` issuing threads (are bulk groups serialised per
+// thread or per warp?). Warps from lsu_from on add the same boxes from registers with
+// red.global.add.v4.f32 instead (four per lane per box; no shared memory, no copy engine).
 extern "C" __global__ void __launch_bounds__(256, 1)
 tma_reduce_probe(const __grid_constant__ TensorMap tm_dq, int warps_active, int slots, int iters, int region_rows,
-                 int heads, int restage, long long* __restrict__ cycles, float* __restrict__ dq_flat) {
+                 int heads, int restage, long long* __restrict__ cycles, float* __restrict__ dq, int flat, int lanes,
+                 int lsu_from) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const u32 base = (smem_addr(smem_raw) + 1023u) & ~1023u;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  if (warp >= warps_active || (slots != 1 && slots != 2 && slots != 4)) return;
+  if (warp >= warps_active || (slots != 1 && slots != 2 && slots != 4) || (lanes != 1 && (lanes != slots || restage)))
+    return;
+  const int gw = blockIdx.x * warps_active + warp;
+  const int row_boxes = region_rows / 16;
+  // Six boxes cover a row block's 192 columns, as a dQ step's boxes do; then the next row
+  // block, 16 query rows further, spread over the region so warps rarely meet.
+  auto row_block = [&](int i) { return static_cast<int>((static_cast<long long>(gw) * 7919 + i / 6) % row_boxes); };
+  if (warp >= lsu_from) {
+    const long long t0 = clock64();
+    const float4 one = make_float4(1.f, 1.f, 1.f, 1.f);
+    for (int i = 0; i < iters; i++) {
+      const int rb = row_block(i);
+      #pragma unroll
+      for (int k = 0; k < 4; k++) {
+        float* p = dq + (static_cast<long long>(16 * rb + 4 * k + (lane >> 3)) * heads + gw % heads) * 192 + 32 * (i % 6) +
+                   4 * (lane & 7);
+        asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};" ::"l"(p), "f"(one.x), "f"(one.y), "f"(one.z),
+                     "f"(one.w) : "memory");
+      }
+    }
+    if (lane == 0) cycles[gw] = clock64() - t0;
+    return;
+  }
   const u32 mine = base + warp * slots * 2048;
   for (int k = lane; k < slots * 512; k += 32)
     asm volatile("st.shared.f32 [%0], %1;" ::"r"(mine + 4 * k), "f"(1.f) : "memory");
   fence_proxy_async();  // the copy engine reads what these generic stores wrote
   __syncwarp();
-  if (!restage && lane != 0) return;
-  const int gw = blockIdx.x * warps_active + warp;
-  const int row_boxes = region_rows / 16;
+  if (!restage && lane >= lanes) return;
   const long long t0 = clock64();
   for (int i = 0; i < iters; i++) {
-    if (i >= slots && lane == 0) {
+    if (lanes > 1) {  // lane l: boxes l, l + lanes, ... from slot l, one of its own groups pending
+      if (i % lanes != lane) continue;
+      if (i >= lanes) wait_reads<0>();
+    } else if (i >= slots && lane == 0) {
       if (slots == 1) wait_reads<0>();
       else if (slots == 2) wait_reads<1>();
       else wait_reads<3>();
@@ -71,16 +99,12 @@ tma_reduce_probe(const __grid_constant__ TensorMap tm_dq, int warps_active, int 
       fence_proxy_async();
       __syncwarp();
     }
-    // Six boxes cover a row block's 192 columns, as a dQ step's boxes do; then the next row
-    // block, 16 query rows further, spread over the region so warps rarely meet.
-    const int rb = static_cast<int>((static_cast<long long>(gw) * 7919 + i / 6) % row_boxes);
-    if (lane == 0) {
-      if (dq_flat) reduce_add_bulk(dq_flat + ((static_cast<long long>(gw % heads) * row_boxes + rb) * 6 + i % 6) * 512, box);
+    const int rb = row_block(i);
+    if (lane == i % lanes) {
+      if (flat) reduce_add_bulk(dq + ((static_cast<long long>(gw % heads) * row_boxes + rb) * 6 + i % 6) * 512, box);
       else reduce_add_box(tm_dq, box, 32 * (i % 6), gw % heads, 16 * rb);
     }
   }
-  if (lane == 0) {
-    asm volatile("cp.async.bulk.wait_group 0;" ::: "memory");
-    cycles[gw] = clock64() - t0;
-  }
+  if (lane < lanes) asm volatile("cp.async.bulk.wait_group 0;" ::: "memory");
+  if (lane == 0) cycles[gw] = clock64() - t0;
 }

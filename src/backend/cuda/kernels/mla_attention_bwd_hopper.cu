@@ -200,8 +200,14 @@ namespace {
 // issuing the copies and loading lse/D.
 enum HbPhase {
   HB_WAIT_FULL, HB_GEMM_S, HB_SOFTMAX, HB_GEMM_DP, HB_DS, HB_GEMM_DVDK, HB_WAIT_DS, HB_DQ, HB_STEPS, HB_WAIT_DSE,
-  HB_DQ_GEMM, HB_DQ_STAGE, HB_WAIT_EMPTY = 0, HB_PRODUCE = 1, HB_PHASES = 16
+  HB_DQ_GEMM, HB_DQ_STAGE, HB_STG_WAIT, HB_STG_STORE, HB_STG_FENCE, HB_STG_ISSUE, HB_WAIT_EMPTY = 0, HB_PRODUCE = 1,
+  HB_PHASES = 16
 };
+// MLA_HB_PROFILE_STAGE (with MLA_HB_PROFILE_CLOCKS): stage_dq_box's parts on their own
+// (HB_STG_*: waiting for the box's previous read, the stores, fence + warp sync, the issue).
+#ifndef MLA_HB_PROFILE_STAGE
+#define MLA_HB_PROFILE_STAGE 0
+#endif
 #if MLA_HB_PROFILE_CLOCKS
 }  // namespace
 // Unmangled, so the harness finds it by name.
@@ -228,12 +234,6 @@ __device__ __forceinline__ void hb_clock(long long& last, int role, int phase) {
   } while (0)
 #endif
 
-// MLA_HB_DEFER_BOX: the last of a dQ step's six boxes (columns [96, 128)) is staged during the
-// owner's next step, right after it issues its Sᵀ GEMM, instead of on the chain before it
-// (the staging sits on the owner's critical path: ~550 cycles a box; bench/attention_notes.md).
-#ifndef MLA_HB_DEFER_BOX
-#define MLA_HB_DEFER_BOX 0
-#endif
 
 // dq_accum[box at c0, h, q0, b] += the f32 box at smem (bulk async-group; the copy engine does
 // the adds in L2, whole lines at a time).
@@ -335,9 +335,19 @@ __device__ __forceinline__ void gemm_dq32(float* acc, u32 tdS, u32 sK, int col0)
 __device__ __forceinline__ void stage_dq_box(const float* acc16, u32 stg, int warp, int g, int t,
                                              const TensorMap& tm_dq_accum, int col, int q0) {
   if (MLA_HB_PROFILE_NO_STAGING && q0 >= 0) return;
+#if MLA_HB_PROFILE_CLOCKS && MLA_HB_PROFILE_STAGE
+  const bool prof_on = (threadIdx.x & 127) == 0;
+  long long prof_last = clock64();
+#define HB_STG(phase) HB_CLOCK(threadIdx.x >> 7, phase)
+#else
+#define HB_STG(phase) \
+  do {                \
+  } while (0)
+#endif
   const bool issuer = (threadIdx.x & 31) == 0;
   if (issuer) bulk_wait_read();
   __syncwarp();
+  HB_STG(HB_STG_WAIT);
   // Row g (+8) of the warp's 16, column 8j + 2t (j = 0..3) of the box: 16-byte unit 2j + t/2
   // of the 128-byte row, swizzled with row % 8 = g (conflict-free: the 8 rows of one store
   // hit 8 different units).
@@ -347,8 +357,10 @@ __device__ __forceinline__ void stage_dq_box(const float* acc16, u32 stg, int wa
     #pragma unroll
     for (int j = 0; j < 4; j++)
       st_shared_f32x2(my_row + r * 1024 + (((2 * j + (t >> 1)) ^ g) << 4), acc16[4 * j + 2 * r], acc16[4 * j + 2 * r + 1]);
+  HB_STG(HB_STG_STORE);
   fence_proxy_async();  // the copy engine reads what these generic stores wrote
   __syncwarp();
+  HB_STG(HB_STG_FENCE);
   // Queries past S lie outside the map: the copy engine skips them. (Head and batch re-read
   // from blockIdx, the warp from threadIdx: keeping them live here made the consumers spill.)
   if (issuer) {
@@ -356,6 +368,8 @@ __device__ __forceinline__ void stage_dq_box(const float* acc16, u32 stg, int wa
     tma_reduce_add_4d(tm_dq_accum, stg + wq * 2048, col, blockIdx.x, q0 + wq * 16, blockIdx.z);
     bulk_commit();
   }
+  HB_STG(HB_STG_ISSUE);
+#undef HB_STG
 }
 
 // One step's dQ = dS·K (dSᵀ buffer tdS, both consumers' halves; queries q0..q0+63), staged and
@@ -364,9 +378,8 @@ __device__ __forceinline__ void stage_dq_box(const float* acc16, u32 stg, int wa
 // is what the dQ phase has (two 64-column GEMMs in flight spilled 256 bytes); six 32-column
 // GEMMs read the dSᵀ operand six times instead of four and were 5-9% slower, three 64-column
 // ones staged after each wait 1-21% slower (bench/attention_notes.md).
-// defer (MLA_HB_DEFER_BOX): the last box's 16 accumulators go to `tail` instead of staging.
 __device__ __forceinline__ void dq_step(u32 tdS, u32 sK, u32 stg, int warp, int g, int t, const TensorMap& tm_dq_accum,
-                                        int q0, float (&tail)[16], bool defer) {
+                                        int q0) {
   float x[32], y[16];
 #if MLA_HB_PROFILE_CLOCKS  // split of the step into issuing + waiting for GEMMs and staging
   const bool prof_on = (threadIdx.x & 127) == 0;
@@ -403,12 +416,7 @@ __device__ __forceinline__ void dq_step(u32 tdS, u32 sK, u32 stg, int warp, int 
   HB_CLOCK(role, HB_DQ_STAGE);
   wgmma_wait<0>();
   HB_CLOCK(role, HB_DQ_GEMM);
-  if (MLA_HB_DEFER_BOX && defer) {
-    #pragma unroll
-    for (int k = 0; k < 16; k++) tail[k] = y[k];
-  } else {
-    stage_dq_box(y, stg, warp, g, t, tm_dq_accum, 96, q0);
-  }
+  stage_dq_box(y, stg, warp, g, t, tm_dq_accum, 96, q0);
   HB_CLOCK(role, HB_DQ_STAGE);
 }
 
@@ -550,9 +558,6 @@ mla_attention_bwd_dkdv_hopper(const __grid_constant__ TensorMap tm_q_nope, const
     #pragma unroll
     for (int i = 0; i < 96; i++) acc_dk[i] = 0.f;
 
-    // MLA_HB_DEFER_BOX: the last box of the dQ of step i-2 (computed during step i-1 by consumer
-    // (i-2) % 2), staged by that consumer at step i after it issued its Sᵀ GEMM.
-    float dq_tail[16];
     mbar_wait(bar_kv, 0);
 #if MLA_HB_PROFILE_CLOCKS
     const bool prof_on = ctid == 0;
@@ -576,8 +581,6 @@ mla_attention_bwd_dkdv_hopper(const __grid_constant__ TensorMap tm_q_nope, const
       wgmma_fence();
       gemm_st(acc_s, sK_w, tQ);
       wgmma_commit();
-      if (MLA_HB_DEFER_BOX && with_dq && i >= 2 && w == (i & 1))
-        stage_dq_box(dq_tail, sdQ + w * HB_DQ_BOX_BYTES, warp, g, t, tm_dq_accum, 96, q0 - 2 * HB_BM);
       wgmma_wait<0>();
       HB_CLOCK(wg, HB_GEMM_S);
       // Pᵀ: rows = keys key_l (+8), columns = queries 8j+2t (+1). Element (j, e) of row r is
@@ -665,8 +668,7 @@ mla_attention_bwd_dkdv_hopper(const __grid_constant__ TensorMap tm_q_nope, const
           const int prev = (i - 1) % HB_DS_BUFS;
           triple_bar_sync<HB_DSF_BAR>(prev);
           HB_CLOCK(wg, HB_WAIT_DS);
-          // Its last box waits for step i+1 if there is one (this consumer stages it there).
-          dq_step(sdS + prev * HB_DS_BYTES, sK, stg, warp, g, t, tm_dq_accum, q0 - HB_BM, dq_tail, i + 1 < n_steps);
+          dq_step(sdS + prev * HB_DS_BYTES, sK, stg, warp, g, t, tm_dq_accum, q0 - HB_BM);
           HB_CLOCK(wg, HB_DQ);
           // Its buffer is free for step i+2's halves (no signal when there is no such step, so
           // every arrival has a matching wait).
@@ -676,7 +678,7 @@ mla_attention_bwd_dkdv_hopper(const __grid_constant__ TensorMap tm_q_nope, const
         if (i == n_steps - 1 && w == (i & 1)) {
           triple_bar_sync<HB_DSF_BAR>(ds_buf);
           HB_CLOCK(wg, HB_WAIT_DS);
-          dq_step(tdS, sK, stg, warp, g, t, tm_dq_accum, q0, dq_tail, false);
+          dq_step(tdS, sK, stg, warp, g, t, tm_dq_accum, q0);
           HB_CLOCK(wg, HB_DQ);
         }
       }
