@@ -16,15 +16,15 @@ Modelled:
     barrier it names (complete_tx);
   - two consumer warpgroups (one agent each; an mbarrier arrival of a warpgroup counts as its
     128 threads): wait kv_full, then per step wait full[s] (parity (i/2) & 1), Sᵀ GEMM (reads
-    Q, K), lse, dPᵀ GEMM (reads dO, V), D, store dSᵀ into buffer i%3, dV/dK GEMM (reads Q, dO),
-    wait, arrive empty[s]; step i's dQ belongs to consumer i%2 and uses dSᵀ buffer i%3: the
+    Q, K), lse, dPᵀ GEMM (reads dO, V), D, store dSᵀ into buffer i%2, dV/dK GEMM (reads Q, dO),
+    wait, arrive empty[s]; step i's dQ belongs to consumer i%2 and uses dSᵀ buffer i%2: the
     other consumer bar.arrives "dSᵀ full" of it after its dV/dK GEMMs; the owner, during step
-    i+1 (at step i itself for the last step), bar.syncs on it, runs four dQ GEMMs (64 | 32 |
-    64 | 32 columns; each reads both halves of the buffer, and K), each waited before the next
-    is issued (the staging of one GEMM's results overlaps the next GEMM; the staging is
-    warp-local and not modelled), then bar.arrives "dSᵀ read" of the buffer if
-    step i+3 exists; the non-owner of step i-3, before storing its half at step i ≥ 3,
-    bar.syncs on "dSᵀ read" of that buffer;
+    i+1 (at step i itself for the last step), bar.syncs on it, runs three dQ GEMMs (64 columns
+    each; each reads both halves of the buffer, and K), each waited before the next is issued
+    (the staging of one GEMM's results overlaps the next GEMM; the staging is warp-local and
+    not modelled), then bar.arrives "dSᵀ read" of the buffer if step i+2 exists; the
+    non-owner of step i-2, before storing its half at step i ≥ 2, bar.syncs on "dSᵀ read" of
+    that buffer;
   - mbarriers with phase bit, pending arrival count and transaction count (a phase completes
     when both reach zero; parity waits exactly as try_wait.parity: done when the current phase
     parity differs from the one waited on), and named barriers of two warpgroups (bar.arrive
@@ -43,7 +43,7 @@ import random
 import sys
 
 STAGES = 2
-DS_BUFS = 3  # dSᵀ buffers: step i uses i % 3
+DS_BUFS = 2  # dSᵀ buffers: step i uses i % 2
 
 
 class Violation(Exception):
@@ -184,7 +184,7 @@ class Model:
         yield lambda: self.bar_kv.done(0)
         for i in range(self.n):
             s = i % STAGES
-            b = i % (2 if self.mut == "two_ds_buffers" else DS_BUFS)
+            b = i % (1 if self.mut == "one_ds_buffer" else DS_BUFS)
             par = (i // STAGES) & 1
             if self.mut == "consumer_parity":
                 par ^= 1
@@ -197,7 +197,7 @@ class Model:
             yield lambda g=g: self.wgmma_done[g]
             self.check("D", self.lse[s], [i] * L)
             owner = i & 1  # the consumer that computes step i's dQ
-            if self.with_dq and i >= 3 and w != ((i - 3) & 1) and self.mut != "no_ds_read_wait":
+            if self.with_dq and i >= DS_BUFS and w != ((i - DS_BUFS) & 1) and self.mut != "no_ds_read_wait":
                 yield self.ds_read[b].sync()
             if self.with_dq:
                 self.write(("ds", b), lambda b=b, i=i: self.ds[b].__setitem__(w, i))
@@ -218,16 +218,16 @@ class Model:
             if i == self.n - 1 and w == owner:
                 jobs.append(i)
             for j in jobs:
-                bj = j % (2 if self.mut == "two_ds_buffers" else DS_BUFS)
+                bj = j % (1 if self.mut == "one_ds_buffer" else DS_BUFS)
                 if self.mut == "no_ds_full_wait":
                     self.ds_full[bj].arrive()
                 else:
                     yield self.ds_full[bj].sync()
                 ds_ok = ("ds", bj), lambda bj=bj, j=j: self.check(f"dS buffer {bj}", self.ds[bj], [j, j])
-                for _ in range(4):
+                for _ in range(3):
                     g = self.wgmma_issue([ds_ok, kv_ok])  # dQ chunk = dS·K
                     yield lambda g=g: self.wgmma_done[g]
-                if j + 3 < self.n or (self.mut == "ds_read_always" and j < i):
+                if j + DS_BUFS < self.n or (self.mut == "ds_read_always" and j < i):
                     self.ds_read[bj].arrive()
 
     def run(self, max_actions=100000):
@@ -265,7 +265,7 @@ class Model:
 
 MUTATIONS = ["expect_tx_too_small", "full_count_one", "arrive_before_stores", "no_empty_wait", "empty_wait_lane0_only",
              "producer_parity", "consumer_parity", "empty_before_wait", "no_empty_arrive", "empty_count_one_wg",
-             "two_ds_buffers", "no_ds_full_wait", "no_ds_read_wait", "ds_read_always"]
+             "one_ds_buffer", "no_ds_full_wait", "no_ds_read_wait", "ds_read_always"]
 
 
 def trial(n_steps, with_dq, lanes, mutation, seed):
@@ -298,7 +298,7 @@ def main():
         caught, example = 0, None
         runs = 0
         for n, dq, p in configs:
-            if mut in ("two_ds_buffers", "no_ds_full_wait", "no_ds_read_wait", "ds_read_always") and not dq:
+            if mut in ("one_ds_buffer", "no_ds_full_wait", "no_ds_read_wait", "ds_read_always") and not dq:
                 continue
             if mut in ("full_count_one", "arrive_before_stores", "empty_wait_lane0_only") and p == 1:
                 continue  # these concern the lanes other than the issuing one

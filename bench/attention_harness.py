@@ -69,15 +69,12 @@ HOPPER_BWD_SMEM, HOPPER_BWD_THREADS, HOPPER_BWD_KEYS, HOPPER_BWD_QUERIES = 23146
 # checked against float64 and timed next to the default.
 HOPPER_BWD_PROFILES = {"prof_nosoftmax": ["-DMLA_HB_PROFILE_NO_SOFTMAX=1"], "prof_noloads": ["-DMLA_HB_PROFILE_NO_LOADS=1"],
                        "prof_nostaging": ["-DMLA_HB_PROFILE_NO_STAGING=1"], "prof_clocks": ["-DMLA_HB_PROFILE_CLOCKS=1"],
-                       "prof_clocks_nostaging": ["-DMLA_HB_PROFILE_CLOCKS=1", "-DMLA_HB_PROFILE_NO_STAGING=1"],
-                       "prof_stage": ["-DMLA_HB_PROFILE_CLOCKS=1", "-DMLA_HB_PROFILE_STAGE=1"]}
+                       "prof_clocks_nostaging": ["-DMLA_HB_PROFILE_CLOCKS=1", "-DMLA_HB_PROFILE_NO_STAGING=1"]}
 # Phases of the prof_clocks build's hb_clocks[SM][role][16] (HbPhase in the .cu; role 0 the
 # producer: waiting on empty, then issuing and loading lse/D).
 HB_PHASES = ["wait full", "Sᵀ GEMM", "softmax", "dPᵀ GEMM", "dS + stores", "dV/dK GEMM", "wait dSᵀ full", "dQ step",
              None, "wait dSᵀ read"]
 HB_DQ_PHASES = {10: "GEMM issue + wait", 11: "staging"}  # parts of "dQ step"
-# prof_stage builds: the staging's parts (thread 0 of each consumer, warp 0's boxes).
-HB_STAGE_PHASES = {12: "wait for the read", 13: "stores", 14: "fence + warp sync", 15: "issue"}
 HB_STEPS = 8  # the phase slot of the producer row that counts the consumers' steps
 HB_CLOCK_SLOTS = 144 * 3 * 16  # hb_clocks' size in the .cu
 # Query rows per dQ reduce-add box: one warp's 16 (the kernel's staging boxes).
@@ -144,12 +141,15 @@ def u64(t):
 
 
 def dq_map(qn, dq_accum_ptr):
-    """The Hopper backward's bulk reduce-add target: dq_accum [B,S,H,192] f32 in boxes of 32
-    columns × 16 queries. Deterministic mode has no dq_accum (never used): any aligned address."""
+    """The Hopper backward's bulk reduce-add target: dq_accum [B,S,H,192] f32 seen as 5-D (32
+    columns, 6 blocks of 32 columns, H, S, B) in boxes of 64 columns × 16 queries (128-byte
+    lines, as the swizzle needs). Deterministic mode has no dq_accum (never used): any aligned
+    address."""
     B, S, H, _ = qn.shape
     addr = int(dq_accum_ptr) or qn.data_ptr()
     row = D_QK * 4
-    return tma_launch.TensorMap(tma_launch.F32, addr, [D_QK, H, S, B], [row, row * H, row * H * S], [32, 1, HOPPER_BWD_DQ_ROWS, 1])
+    return tma_launch.TensorMap(tma_launch.F32, addr, [32, D_QK // 32, H, S, B], [128, row, row * H, row * H * S],
+                                [32, 2, 1, HOPPER_BWD_DQ_ROWS, 1])
 
 
 class MlaKernels:
@@ -628,41 +628,48 @@ def reduce_probe(out_dir, h=16):
     fn = cupy.RawModule(path=cubin).get_function("tma_reduce_probe")
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     print(f"f32 reduce-add throughput on {torch.cuda.get_device_name()} ({sms} SMs; 2 KB boxes; fixed boxes unless said)")
-    # (rows, blocks, warps, slots, restage, flat, issuing lanes, first LSU warp)
-    cases = [(2048, n, 8, 2, 0, 0, 1, 8) for n in (sms, sms // 2, sms // 4, sms // 8)]
-    cases += [(2048, sms, 1, n, 0, 0, n, 8) for n in (1, 2, 4)] + [(2048, sms, 4, n, 0, 0, n, 8) for n in (1, 2, 4)]
-    cases += [(2048, sms // 4, 4, 4, 0, 0, 4, 8)]
-    cases += [(rows, sms, w, 1, 0, 0, 1, 0) for rows in (2048, 32768) for w in (4, 8)] + [(2048, sms // 4, 8, 1, 0, 0, 1, 0)]
-    cases += [(2048, sms, 8, 2, 0, 0, 1, 4), (2048, sms, 8, 2, 1, 0, 1, 4), (2048, sms, 4, 1, 1, 0, 1, 8)]
+    # (rows, blocks, warps, slots, restage, flat, issuing lanes, first LSU warp, box rows)
+    cases = [(2048, n, 8, 2, 0, 0, 1, 8, 16) for n in (sms, sms // 2, sms // 4, sms // 8)]
+    cases += [(2048, sms, 1, n, 0, 0, n, 8, 16) for n in (1, 2, 4)] + [(2048, sms, 4, n, 0, 0, n, 8, 16) for n in (1, 2, 4)]
+    cases += [(2048, sms // 4, 4, 4, 0, 0, 4, 8, 16)]
+    cases += [(rows, sms, w, 1, 0, 0, 1, 0, 16) for rows in (2048, 32768) for w in (4, 8)]
+    cases += [(2048, sms // 4, 8, 1, 0, 0, 1, 0, 16)]
+    cases += [(2048, sms, 8, 2, 0, 0, 1, 4, 16), (2048, sms, 8, 2, 1, 0, 1, 4, 16), (2048, sms, 4, 1, 1, 0, 1, 8, 16)]
+    # Box size: 8, 16, 32, 64 rows of 32 f32 (1-8 KB), one per warp at a time, 4 warps, all SMs
+    # and a quarter of them.
+    cases += [(2048, n, w, 1, 0, 0, 1, 8, r) for n in (sms, sms // 4) for w in (1, 4) for r in (8, 16, 32, 64)]
     for s_rows in (2048, 32768):
         dq = torch.zeros(1, s_rows, h, D_QK, device="cuda", dtype=torch.float32)
         row = D_QK * 4
-        tm = tma_launch.TensorMap(tma_launch.F32, dq.data_ptr(), [D_QK, h, s_rows, 1], [row, row * h, row * h * s_rows],
-                                  [32, 1, HOPPER_BWD_DQ_ROWS, 1])
+        maps = {r: tma_launch.TensorMap(tma_launch.F32, dq.data_ptr(), [D_QK, h, s_rows, 1],
+                                        [row, row * h, row * h * s_rows], [32, 1, r, 1]) for r in (8, 16, 32, 64)}
         cycles = torch.zeros(sms * 8, device="cuda", dtype=torch.int64)
-        for rows, blocks, warps, slots, restage, flat, lanes, lsu_from in cases:
+        for rows, blocks, warps, slots, restage, flat, lanes, lsu_from, box_rows in cases:
             if rows != s_rows:
                 continue
             iters = 3000
-            smem = 120 * 1024  # > half an SM's shared memory: one block per SM (it uses 8·slots·2 KB)
+            # > half an SM's shared memory: one block per SM (it uses 8 · slots · box bytes)
+            smem = max(120 * 1024, 8 * slots * box_rows * 128 + 1024)
             fn.max_dynamic_shared_size_bytes = smem
-            args = [tm, np.int32(warps), np.int32(slots), np.int32(iters), np.int32(s_rows), np.int32(h),
-                    np.int32(restage), u64(cycles), u64(dq), np.int32(flat), np.int32(lanes), np.int32(lsu_from)]
+            args = [maps[box_rows], np.int32(warps), np.int32(slots), np.int32(iters), np.int32(s_rows), np.int32(h),
+                    np.int32(restage), u64(cycles), u64(dq), np.int32(flat), np.int32(lanes), np.int32(lsu_from),
+                    np.int32(box_rows)]
             dq.zero_()
             launch = lambda: tma_launch.launch(fn, (blocks, 1, 1), (256, 1, 1), smem, cupy.cuda.get_current_stream().ptr,
                                                args)
             launch()
             torch.cuda.synchronize()
-            want = blocks * warps * iters * 512
+            want = blocks * warps * iters * 32 * box_rows
             got = float(dq.double().sum())
             ms = time_ms([launch], 5, warmup=1)
-            gbs = blocks * warps * iters * 2048 / ms / 1e6
+            gbs = blocks * warps * iters * 128 * box_rows / ms / 1e6
             cyc = cycles[:blocks * warps].double().view(blocks, warps).mean(0) / iters
             tma_w, lsu_w = min(warps, lsu_from), max(0, warps - lsu_from)
             how = []
             if tma_w:
                 how.append(f"{tma_w} copy-engine warps ({'restaged' if restage else 'fixed'}, "
-                           f"{'contiguous' if flat else 'tensor'}, {slots} in flight, {lanes} issuing lanes)")
+                           f"{'contiguous' if flat else 'tensor'}, {slots} in flight, {lanes} issuing lanes"
+                           f"{'' if box_rows == 16 else f', {box_rows * 128 // 1024} KB boxes'})")
             if lsu_w:
                 how.append(f"{lsu_w} LSU warps")
             per = f"{float(cyc[:tma_w].mean()):.0f} cycles/box/warp" if tma_w else ""
@@ -692,10 +699,7 @@ def print_clocks(k, run, s, variant="prof_clocks"):
         total = sum(per(role, i) for i, n in enumerate(HB_PHASES) if n)
         print(f"  s={s} clocks per step, {name}: total {total:.0f} | " + ", ".join(
             f"{n} {per(role, i):.0f}" for i, n in enumerate(HB_PHASES) if n)
-            + " (dQ step: " + ", ".join(f"{n} {per(role, i):.0f}" for i, n in HB_DQ_PHASES.items()) + ")"
-            + ("" if not any(c[role, i] for i in HB_STAGE_PHASES) else
-               " (staging, warp 0: " + ", ".join(f"{n} {per(role, i):.0f}" for i, n in HB_STAGE_PHASES.items()) + ")"),
-            flush=True)
+            + " (dQ step: " + ", ".join(f"{n} {per(role, i):.0f}" for i, n in HB_DQ_PHASES.items()) + ")", flush=True)
     print(f"  s={s} clocks per step, producer: wait empty {per(0, 0):.0f}, issue+lse/D {per(0, 1):.0f}", flush=True)
 
 
@@ -738,7 +742,7 @@ def bench_hopper_bwd(k, seqs, b=1, h=16):
               + ", ".join(f"{n} {min(t):.3f} ms ({100 * (1 - min(t) / alone['hopper']):+.0f}%, spread {max(t) - min(t):.3f})"
                           for n, t in times.items() if n != "hopper"), flush=True)
         for v in k.dkdv_hopper_prof:
-            if v.startswith("prof_clocks") or v == "prof_stage":
+            if v.startswith("prof_clocks"):
                 print(f"  {v}:")
                 print_clocks(k, runs[v], s, v)
         del sets, sc, sc_det

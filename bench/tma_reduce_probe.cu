@@ -39,22 +39,26 @@ __device__ __forceinline__ void wait_reads() { asm volatile("cp.async.bulk.wait_
 }  // namespace
 
 // Launch: grid (up to one block per SM), 256 threads (8 warps), dynamic shared memory at least
-// 8 · slots · 2048 + 1024 (the harness asks for 120 KB, so that no SM holds two blocks).
+// 8 · slots · box_rows · 128 + 1024 and at least 120 KB, so that no SM holds two blocks.
 // lanes > 1 (fixed boxes only, lanes == slots): lane l of each warp issues every lanes-th box
 // from its own slot, so a warp has `lanes` issuing threads (are bulk groups serialised per
-// thread or per warp?). Warps from lsu_from on add the same boxes from registers with
+// thread or per warp?). box_rows (8, 16, 32, 64; fixed tensor boxes only, the map's box rows
+// the same): boxes of box_rows × 32 f32 instead of 16 × 32 (does a bigger box cost a warp more
+// time, or the same?). Warps from lsu_from on add the same boxes from registers with
 // red.global.add.v4.f32 instead (four per lane per box; no shared memory, no copy engine).
 extern "C" __global__ void __launch_bounds__(256, 1)
 tma_reduce_probe(const __grid_constant__ TensorMap tm_dq, int warps_active, int slots, int iters, int region_rows,
                  int heads, int restage, long long* __restrict__ cycles, float* __restrict__ dq, int flat, int lanes,
-                 int lsu_from) {
+                 int lsu_from, int box_rows) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const u32 base = (smem_addr(smem_raw) + 1023u) & ~1023u;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  if (warp >= warps_active || (slots != 1 && slots != 2 && slots != 4) || (lanes != 1 && (lanes != slots || restage)))
+  if (warp >= warps_active || (slots != 1 && slots != 2 && slots != 4) || (lanes != 1 && (lanes != slots || restage)) ||
+      (box_rows != 16 && (restage || flat || lsu_from < warps_active)))
     return;
+  const int box_bytes = box_rows * 128;
   const int gw = blockIdx.x * warps_active + warp;
-  const int row_boxes = region_rows / 16;
+  const int row_boxes = region_rows / box_rows;
   // Six boxes cover a row block's 192 columns, as a dQ step's boxes do; then the next row
   // block, 16 query rows further, spread over the region so warps rarely meet.
   auto row_block = [&](int i) { return static_cast<int>((static_cast<long long>(gw) * 7919 + i / 6) % row_boxes); };
@@ -74,8 +78,8 @@ tma_reduce_probe(const __grid_constant__ TensorMap tm_dq, int warps_active, int 
     if (lane == 0) cycles[gw] = clock64() - t0;
     return;
   }
-  const u32 mine = base + warp * slots * 2048;
-  for (int k = lane; k < slots * 512; k += 32)
+  const u32 mine = base + warp * slots * box_bytes;
+  for (int k = lane; k < slots * box_bytes / 4; k += 32)
     asm volatile("st.shared.f32 [%0], %1;" ::"r"(mine + 4 * k), "f"(1.f) : "memory");
   fence_proxy_async();  // the copy engine reads what these generic stores wrote
   __syncwarp();
@@ -90,7 +94,7 @@ tma_reduce_probe(const __grid_constant__ TensorMap tm_dq, int warps_active, int 
       else if (slots == 2) wait_reads<1>();
       else wait_reads<3>();
     }
-    const u32 box = mine + (i % slots) * 2048;
+    const u32 box = mine + (i % slots) * box_bytes;
     if (restage) {
       __syncwarp();
       #pragma unroll
@@ -102,7 +106,7 @@ tma_reduce_probe(const __grid_constant__ TensorMap tm_dq, int warps_active, int 
     const int rb = row_block(i);
     if (lane == i % lanes) {
       if (flat) reduce_add_bulk(dq + ((static_cast<long long>(gw % heads) * row_boxes + rb) * 6 + i % 6) * 512, box);
-      else reduce_add_box(tm_dq, box, 32 * (i % 6), gw % heads, 16 * rb);
+      else reduce_add_box(tm_dq, box, 32 * (i % 6), gw % heads, box_rows * rb);
     }
   }
   if (lane < lanes) asm volatile("cp.async.bulk.wait_group 0;" ::: "memory");

@@ -255,12 +255,15 @@ export function mlaAttentionBackward(
       maps.set(3, sharedRows(pKp, B, S, D_ROPE, HOP_BWD_KEYS), `${op}: kPe`);
       maps.set(4, headRows(pV, B, S, H, D_V, HOP_BWD_KEYS), `${op}: v`);
       maps.set(5, headRows(pDo, B, S, H, D_V, HOP_BWD_QUERIES), `${op}: dout`);
-      // dQ leaves as bulk reduce-adds into dqAccum [B,S,H,192] f32: boxes of 32 columns × 16
-      // queries (each warp of a consumer adds its own rows). Deterministic mode has no dqAccum;
-      // the kernel then skips dQ and never reads this slot, so it keeps whatever map it held.
+      // dQ leaves as bulk reduce-adds into dqAccum [B,S,H,192] f32: boxes of 64 columns × 16
+      // queries (each warp of a consumer adds its own rows), seen as 5-D (32 columns, 6 blocks of
+      // 32, H, S, B) so that a box is 128-byte lines, as the swizzle needs. Deterministic mode has
+      // no dqAccum; the kernel then skips dQ and never reads this slot, so it keeps whatever map
+      // it held.
       if (!deterministic) {
-        maps.set(17, { dtype: 'f32', address: dqAccum, dims: [D_QK, H, S, B], strides: [D_QK * 4, H * D_QK * 4, S * H * D_QK * 4],
-          box: [32, 1, HOP_BWD_DQ_ROWS, 1], swizzle128: true }, `${op}: dq accumulator`);
+        maps.set(17, { dtype: 'f32', address: dqAccum, dims: [32, D_QK / 32, H, S, B],
+          strides: [128, D_QK * 4, H * D_QK * 4, S * H * D_QK * 4],
+          box: [32, 2, 1, HOP_BWD_DQ_ROWS, 1], swizzle128: true }, `${op}: dq accumulator`);
       }
       k.dkdvHopper.launch([H, Math.ceil(S / HOP_BWD_KEYS), B], [HOP_BWD_THREADS, 1, 1], HOP_BWD_SMEM, dkdvTail(k.dkdvHopperArgs));
     } else {

@@ -42,32 +42,33 @@
 //     dV_w += Pᵀ·dO     4 × wgmma m64n128k16 RS (dO MN-major)
 //     dK_w += dSᵀ·Q     4 × (m64n128k16 + m64n64k16) RS (q_nope block | q_pe block)
 //     dSᵀ is also stored to shared memory (bf16, [key][query], swizzled: a conflict-free
-//     st.shared.b32 per pair; buffer i%3). Step i's dQ belongs to consumer i%2, which computes
+//     st.shared.b32 per pair; buffer i%2). Step i's dQ belongs to consumer i%2, which computes
 //     it during step i+1, after its own dV/dK GEMMs (the last step's at once), when the other
 //     consumer's half has long been stored: neither consumer waits for the other's current
 //     step. dQ = dS·K (64 queries × 192, K dim 128 keys; A = dSᵀ MN-major, B = K MN-major) in
-//     GEMMs of 64 | 32 | 64 | 32 columns (wgmma m64n64k16 / m64n32k16 SS), each next one in
-//     flight while the previous one's accumulators are staged (see dq_step). Staging:
-//     each warp writes its 16 rows × 32 columns into its own 2 KB box (f32, 128-byte
-//     swizzled) and its lane 0 issues one TMA bulk reduce-add of that box into dq_accum
-//     (cp.reduce.async.bulk.tensor; 18th argument: dq_accum's tensor map, boxes of 32 columns
-//     × 16 queries), waiting only for the copy engine to have read the box's previous
-//     contents: no barrier beyond the warp. Measured alternatives (bench/attention_notes.md):
-//     red.global.add per thread (v2: 15-17% slower; v4 after a lane swap: 21-111% slower);
-//     both consumers in lockstep splitting the chunks 2:1; the consumer's 64 rows per box with
-//     two 128-thread barriers per box (the previous version, 2-12% slower); six 32-column
-//     GEMMs pipelined (5-9% slower) or three 64-column ones unpipelined (1-21% slower); dQ
-//     on the producer warpgroup as a third chain (28% slower: see Registers); both consumers
-//     each computing half of every step's dQ, one step late (11-20% slower); two dSᵀ buffers
-//     and the 16 KB they free as a second staging box per warp, four staging rounds instead
-//     of six (-7% … +3%: the staging costs its bytes, not its rounds).
+//     three 64-column GEMMs (wgmma m64n64k16 SS), each next one running while the previous
+//     one's results leave (see dq_step). Staging: each warp writes its 16 rows × 64 columns
+//     into its own 4 KB box (f32, 128-byte swizzled) and its lane 0 issues one TMA bulk
+//     reduce-add of that box into dq_accum (cp.reduce.async.bulk.tensor; 18th argument:
+//     dq_accum's 5-D tensor map, boxes of 64 columns × 16 queries), waiting only for the copy
+//     engine to have read the box's previous contents: no barrier beyond the warp. A warp's
+//     reduce-adds are serialised at a near-constant cost per add, whatever its size up to a
+//     few KB, so the box size sets the owner's staging time. Measured alternatives
+//     (bench/attention_notes.md): red.global.add per thread (v2: 15-17% slower; v4 after a
+//     lane swap: 21-111% slower; one box in six: 4-10% slower); 2 KB boxes (16 × 32, six per
+//     step, 6-13% slower; with a third dSᵀ buffer); both consumers in lockstep splitting the
+//     chunks 2:1; the consumer's 64 rows per box with two 128-thread barriers per box; dQ on
+//     the producer warpgroup as a third chain (28% slower: see Registers); both consumers
+//     each computing half of every step's dQ, one step late (11-20% slower); producer warps
+//     issuing a third of the boxes (no gain: the stores and fence stay on the owner's chain,
+//     and the SM's copy engine is shared).
 //   The consumers finish with dV, dK·scale (bf16) and the dk_pe part (f32).
 //
 // Registers per consumer thread (setmaxnreg 240; 128·24 + 256·240 = 64512 ≤ 65536):
 //   dV_w 64×128 f32 = 64, dK_w 64×192 f32 = 96: 160 live for the whole kernel;
 //   per step, one GEMM in flight at a time: Sᵀ 32 → Pᵀ 16 bf16; dPᵀ 32 → dSᵀ 16 bf16; the
-//   dV/dK GEMMs read those 32; then the dQ accumulators, 48 at most (a 64-column block and a
-//   32-column one). Peak ≈ 160 + 48 + addresses. ptxas (nvcc 13.0): no spill, no C7512 (168
+//   dV/dK GEMMs read those 32; then the dQ accumulators, 32 (one 64-column block at a time).
+//   Peak ≈ 160 + 32 + addresses. ptxas (nvcc 13.0): no spill, no C7512 (168
 //   registers: the launch bound; setmaxnreg moves them, and an .inc waits until .decs freed
 //   as many, so the two must balance). No slack: HGMMA accumulators are whole aligned register
 //   blocks, so two 64-column dQ blocks in flight (64 registers) spilled 256 bytes, and so did
@@ -77,16 +78,16 @@
 //   spill and their own steps 10% slower, and its dQ chain (one 32-column GEMM at a time,
 //   queued behind the consumers' wgmmas) became the bottleneck.
 // Shared memory (bytes, every tile 1024-aligned):
-//   K 49152 | V 32768 | Q 2 × 24576 | dO 2 × 16384 | dSᵀ 3 × 16384 | dQ staging 2 × 4 × 2048 |
+//   K 49152 | V 32768 | Q 2 × 24576 | dO 2 × 16384 | dSᵀ 2 × 16384 | dQ staging 2 × 4 × 4096 |
 //   lse, D 2 × 512 | 5 mbarriers | 16 (the producer's key/query origin) | +1008 alignment
 //   slack = 231464
 //   (1 block per SM).
-//   dSᵀ has three buffers (step i: i%3), since a step's dQ runs one step late. Named barriers
-//   of the two consumers (256): "dSᵀ full" b — the non-owner of step i bar.arrives after
-//   storing its half, the owner bar.syncs before the dQ GEMMs; "dSᵀ read" b — the owner
-//   bar.arrives once its dQ GEMMs completed (if step i+3 exists), and the non-owner of step i
-//   bar.syncs on it before storing its half of step i+3 (the owner rewrites its own half only
-//   after its own GEMMs completed).
+//   dSᵀ has two buffers (step i: i%2); a step's dQ runs one step late. Named barriers of the
+//   two consumers (256): "dSᵀ full" b — the non-owner of step i bar.arrives after storing its
+//   half, the owner bar.syncs before the dQ GEMMs; "dSᵀ read" b — the owner bar.arrives once
+//   its dQ GEMMs completed (if step i+2 exists), and the non-owner of step i bar.syncs on it
+//   before storing its half of step i+2 (the owner rewrites its own half only after its own
+//   GEMMs completed).
 // Barriers: kv_full (count 1: lane 0's arrive.expect_tx of the K/V bytes), full[2] (count 32:
 //   the producer warp's lanes, each after its lse/D stores; lane 0 first adds the Q/dO bytes
 //   (mbarrier.expect_tx) and issues their copies, so a phase completes only once every lane
@@ -107,12 +108,14 @@
 // 442 / 447 at s=2048..32768, 1.34 / 1.17 / 1.00 / 0.93 / 0.93× cuDNN. At s ≥ 16384 both sides
 // hold the card at its 700 W limit and run at the same ~1570-1600 MHz, so the long rows
 // compare clock cycles per unit of work.
-// Limits (MLA_HB_PROFILE_CLOCKS, per consumer and step, the same ~6200 clocks at every s):
-// waiting for the stage 480, Sᵀ GEMM 620, exp2 and mask 590, dPᵀ GEMM 480, dS and its stores
-// 620, dV/dK GEMMs 870, dSᵀ barriers 250, and the dQ of every other step 2500 on average
-// (GEMMs 700, staging 1650). Without the staging (its stores and reduce-adds) the kernel runs
-// 20-25% faster; its cost follows its bytes (48 KB of stores + 48 KB the copy engine reads per
-// dQ step, and 48 KB of f32 adds in L2), not the number of rounds it is issued in. Each
+// Limits (MLA_HB_PROFILE_CLOCKS, per consumer and step, the same ~6230 clocks at every s):
+// waiting for the stage 510-545, Sᵀ GEMM 700-835, exp2 and mask 515-600, dPᵀ GEMM 550-580, dS
+// and its stores 580-620, dV/dK GEMMs 860-930, dSᵀ barriers 230-440, and the dQ of every other
+// step 1960-2020 on average (GEMMs 780-800, staging 1050-1130; with 2 KB boxes it was 2500,
+// staging 1650). Without the staging (its stores and reduce-adds) the kernel runs ~20% faster.
+// A staged box's cost is mostly per reduce-add (a warp's adds are serialised; the SM's copy
+// engine tops out near 17 bytes/clock, the card's L2 near 3.3 TB/s of f32 adds), the rest its
+// stores and proxy fence (bench/tma_reduce_probe.cu, bench/attention_notes.md). Each
 // consumer's steps are a serial chain of GEMM → wait → elementwise (the registers are spent on
 // dK/dV, none are left to pipeline); per step ~500 KB cross shared memory (operands 350, dSᵀ
 // 16, dQ staging 48 + 48, Q/dO 40): ~3900 clocks at 128 B/clock against ~3300 of tensor work.
@@ -135,12 +138,15 @@ constexpr int HB_V_OFF = HB_K_OFF + HB_K_BYTES;
 constexpr int HB_Q_OFF = HB_V_OFF + HB_V_BYTES;
 constexpr int HB_DO_OFF = HB_Q_OFF + HB_STAGES * HB_Q_BYTES;
 constexpr int HB_DS_OFF = HB_DO_OFF + HB_STAGES * HB_DO_BYTES;
-// dSᵀ buffers: step i uses buffer i % 3; a step's dQ runs one step late (see the header), so
-// three steps' dSᵀ can be alive at once.
-constexpr int HB_DS_BUFS = 3;
-// dQ staging, one per consumer: four 16-query × 32-column f32 boxes (one per warp, 2 KB each),
-// 128-byte swizzled: what one bulk reduce-add copies out of.
-constexpr int HB_DQ_BOX_BYTES = HB_BM * 32 * 4;            // 8192
+// dSᵀ buffers: step i uses buffer i % 2; a step's dQ runs one step late (see the header), so the
+// non-owner of step i-2's dQ waits for it to be read before storing its half of step i. (A
+// third buffer, which spared that wait, was worth less than the 4 KB staging boxes its 16 KB
+// now hold: bench/attention_notes.md.)
+constexpr int HB_DS_BUFS = 2;
+// dQ staging, one per consumer: four 16-query × 64-column f32 boxes (one per warp, 4 KB each;
+// 32 lines of 128 bytes, 128-byte swizzled): what one bulk reduce-add copies out of.
+constexpr int HB_DQ_BOX = 16 * 64 * 4;                // 4096, one warp's box
+constexpr int HB_DQ_BOX_BYTES = 4 * HB_DQ_BOX;        // 16384, one consumer's four
 constexpr int HB_DQ_OFF = HB_DS_OFF + HB_DS_BUFS * HB_DS_BYTES;
 constexpr int HB_LSE_OFF = HB_DQ_OFF + 2 * HB_DQ_BOX_BYTES;   // [stage][64] lse·log2e, then [stage][64] D
 constexpr int HB_BAR_OFF = HB_LSE_OFF + 2 * HB_STAGES * HB_BM * 4;
@@ -200,14 +206,8 @@ namespace {
 // issuing the copies and loading lse/D.
 enum HbPhase {
   HB_WAIT_FULL, HB_GEMM_S, HB_SOFTMAX, HB_GEMM_DP, HB_DS, HB_GEMM_DVDK, HB_WAIT_DS, HB_DQ, HB_STEPS, HB_WAIT_DSE,
-  HB_DQ_GEMM, HB_DQ_STAGE, HB_STG_WAIT, HB_STG_STORE, HB_STG_FENCE, HB_STG_ISSUE, HB_WAIT_EMPTY = 0, HB_PRODUCE = 1,
-  HB_PHASES = 16
+  HB_DQ_GEMM, HB_DQ_STAGE, HB_WAIT_EMPTY = 0, HB_PRODUCE = 1, HB_PHASES = 16
 };
-// MLA_HB_PROFILE_STAGE (with MLA_HB_PROFILE_CLOCKS): stage_dq_box's parts on their own
-// (HB_STG_*: waiting for the box's previous read, the stores, fence + warp sync, the issue).
-#ifndef MLA_HB_PROFILE_STAGE
-#define MLA_HB_PROFILE_STAGE 0
-#endif
 #if MLA_HB_PROFILE_CLOCKS
 }  // namespace
 // Unmangled, so the harness finds it by name.
@@ -235,13 +235,6 @@ __device__ __forceinline__ void hb_clock(long long& last, int role, int phase) {
 #endif
 
 
-// dq_accum[box at c0, h, q0, b] += the f32 box at smem (bulk async-group; the copy engine does
-// the adds in L2, whole lines at a time).
-__device__ __forceinline__ void tma_reduce_add_4d(const TensorMap& m, u32 src, int c0, int c1, int c2, int c3) {
-  asm volatile(
-      "cp.reduce.async.bulk.tensor.4d.global.shared::cta.add.tile.bulk_group [%0, {%2, %3, %4, %5}], [%1];"
-      ::"l"(tmap_addr(m)), "r"(src), "r"(c0), "r"(c1), "r"(c2), "r"(c3) : "memory");
-}
 __device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.commit_group;" ::: "memory"); }
 // Until this thread's bulk groups have finished reading shared memory (.read) or completed.
 __device__ __forceinline__ void bulk_wait_read() { asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory"); }
@@ -319,104 +312,83 @@ __device__ __forceinline__ void gemm_dq(float* acc, u32 tdS, u32 sK, int c) {
   for (int kk = 0; kk < HB_BN / 16; kk++) wgmma_ss_m64n64k16<1, 1>(acc, da + kk * 128, db + kk * 128, kk > 0);
 }
 
-// 32 columns (col0..col0+31) of dQ = dS·K: wgmma m64n32k16, K dim = the 128 keys.
-__device__ __forceinline__ void gemm_dq32(float* acc, u32 tdS, u32 sK, int col0) {
-  const unsigned long long da = desc_base(tdS, HB_DS_BYTES, 1024);
-  const unsigned long long db = desc_base(sK + (col0 >> 6) * HB_K_BLOCK + (col0 & 63) * 2, HB_K_BLOCK, 1024);
-  #pragma unroll
-  for (int kk = 0; kk < HB_BN / 16; kk++) wgmma_ss_m64n32k16<1, 1>(acc, da + kk * 128, db + kk * 128, kk > 0);
+// dq_accum[c0 + 32·c1, h = c2, q = c3, b = c4] += the f32 box at smem (bulk async-group; the copy
+// engine does the adds in L2, whole lines at a time). The map is 5-D (32 columns, 6 blocks of
+// 32 columns, H, S, B; box 32 × 2 × 1 × 16 × 1) so that a 64-column box keeps 128-byte lines.
+__device__ __forceinline__ void tma_reduce_add_5d(const TensorMap& m, u32 src, int c0, int c1, int c2, int c3, int c4) {
+  asm volatile(
+      "cp.reduce.async.bulk.tensor.5d.global.shared::cta.add.tile.bulk_group [%0, {%2, %3, %4, %5, %6}], [%1];"
+      ::"l"(tmap_addr(m)), "r"(src), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(c4) : "memory");
 }
 
-// 32 columns of dQ (col..col+31; acc16: their 16 accumulators, as wgmma m64n32 or one half of
-// m64n64 holds them) → bulk reduce-add into dq_accum, each warp on its own: its 16 rows go
-// into its 2 KB box of the consumer's staging (stg + warp·2048, 128-byte swizzled) and its
-// lane 0 issues the reduce-add of that box, once the copy engine has read the box's previous
-// contents. No barrier beyond the warp.
-__device__ __forceinline__ void stage_dq_box(const float* acc16, u32 stg, int warp, int g, int t,
-                                             const TensorMap& tm_dq_accum, int col, int q0) {
-  if (MLA_HB_PROFILE_NO_STAGING && q0 >= 0) return;
-#if MLA_HB_PROFILE_CLOCKS && MLA_HB_PROFILE_STAGE
-  const bool prof_on = (threadIdx.x & 127) == 0;
-  long long prof_last = clock64();
-#define HB_STG(phase) HB_CLOCK(threadIdx.x >> 7, phase)
-#else
-#define HB_STG(phase) \
-  do {                \
-  } while (0)
-#endif
-  const bool issuer = (threadIdx.x & 31) == 0;
-  if (issuer) bulk_wait_read();
+// A warp's dQ staging box (stg + warp·4096, 16 queries × 64 columns): before storing, its lane 0
+// waits until the copy engine has read the box's previous contents.
+__device__ __forceinline__ void dq_box_wait() {
+  if ((threadIdx.x & 31) == 0) bulk_wait_read();
   __syncwarp();
-  HB_STG(HB_STG_WAIT);
-  // Row g (+8) of the warp's 16, column 8j + 2t (j = 0..3) of the box: 16-byte unit 2j + t/2
-  // of the 128-byte row, swizzled with row % 8 = g (conflict-free: the 8 rows of one store
-  // hit 8 different units).
-  const u32 my_row = stg + (warp * 16 + g) * 128 + (t & 1) * 8;
+}
+// 32 of the box's columns (half 0: its first 32, 1: the next), from acc16 as wgmma m64n64's
+// first or second 16 accumulators hold them: thread (g, t) has rows g and g + 8 of the warp's
+// 16, columns 8j + 2t and + 1. Row r's half h is 128-byte line 2r + h, its 16-byte units
+// swizzled by line % 8: two wavefronts per 8-byte store, the least 256 bytes can take.
+__device__ __forceinline__ void dq_box_store(const float* acc16, u32 stg, int warp, int half, int g, int t) {
   #pragma unroll
-  for (int r = 0; r < 2; r++)
+  for (int r = 0; r < 2; r++) {
+    const int line = 2 * (g + 8 * r) + half;
+    const u32 row = stg + warp * HB_DQ_BOX + line * 128 + (t & 1) * 8;
     #pragma unroll
     for (int j = 0; j < 4; j++)
-      st_shared_f32x2(my_row + r * 1024 + (((2 * j + (t >> 1)) ^ g) << 4), acc16[4 * j + 2 * r], acc16[4 * j + 2 * r + 1]);
-  HB_STG(HB_STG_STORE);
+      st_shared_f32x2(row + (((2 * j + (t >> 1)) ^ (line & 7)) << 4), acc16[4 * j + 2 * r], acc16[4 * j + 2 * r + 1]);
+  }
+}
+// Its lane 0 issues the box's reduce-add into dq_accum (columns col..col+63 of queries q0 + 16·warp
+// ..; queries past S lie outside the map: the copy engine skips them). No barrier beyond the
+// warp. (Head and batch re-read from blockIdx, the warp from threadIdx: keeping them live here
+// made the consumers spill.)
+__device__ __forceinline__ void dq_box_issue(u32 stg, const TensorMap& tm_dq_accum, int col, int q0) {
+  if (MLA_HB_PROFILE_NO_STAGING && q0 >= 0) return;
   fence_proxy_async();  // the copy engine reads what these generic stores wrote
   __syncwarp();
-  HB_STG(HB_STG_FENCE);
-  // Queries past S lie outside the map: the copy engine skips them. (Head and batch re-read
-  // from blockIdx, the warp from threadIdx: keeping them live here made the consumers spill.)
-  if (issuer) {
+  if ((threadIdx.x & 31) == 0) {
     const int wq = (threadIdx.x >> 5) & 3;
-    tma_reduce_add_4d(tm_dq_accum, stg + wq * 2048, col, blockIdx.x, q0 + wq * 16, blockIdx.z);
+    tma_reduce_add_5d(tm_dq_accum, stg + wq * HB_DQ_BOX, 0, col >> 5, blockIdx.x, q0 + wq * 16, blockIdx.z);
     bulk_commit();
   }
-  HB_STG(HB_STG_ISSUE);
-#undef HB_STG
 }
 
-// One step's dQ = dS·K (dSᵀ buffer tdS, both consumers' halves; queries q0..q0+63), staged and
-// added to dq_accum: 64-column GEMMs for columns [0,64) and [128,192), 32-column ones for
-// [64,128), each next GEMM in flight while the previous one is staged. 48 accumulator registers
-// is what the dQ phase has (two 64-column GEMMs in flight spilled 256 bytes); six 32-column
-// GEMMs read the dSᵀ operand six times instead of four and were 5-9% slower, three 64-column
-// ones staged after each wait 1-21% slower (bench/attention_notes.md).
+// One step's dQ = dS·K (dSᵀ buffer tdS, both consumers' halves; queries q0..q0+63) added to
+// dq_accum: three 64-column GEMMs into the same 32 registers, each result stored into the warp's
+// 4 KB box as soon as it completed (once the box's previous add was read), the next GEMM then
+// running while the box's fence, reduce-add issue and read take their time. A warp's bulk
+// reduce-adds are serialised at ~600-1000 cycles each almost whatever their size (1 KB 841,
+// 2 KB 841, 4 KB 920, 8 KB 1080 cycles: bench/tma_reduce_probe.cu), so three 4 KB boxes cost the
+// owner's chain about half of what six 2 KB ones did (the previous staging: 64 | 32 | 64 | 32-
+// column GEMMs into 2 KB boxes; then with 4 KB boxes; this is 6-13% faster than the first and
+// 2-6% than the second; bench/attention_notes.md).
 __device__ __forceinline__ void dq_step(u32 tdS, u32 sK, u32 stg, int warp, int g, int t, const TensorMap& tm_dq_accum,
                                         int q0) {
-  float x[32], y[16];
+  float x[32];
 #if MLA_HB_PROFILE_CLOCKS  // split of the step into issuing + waiting for GEMMs and staging
   const bool prof_on = (threadIdx.x & 127) == 0;
   const int role = threadIdx.x >> 7;
   long long prof_last = clock64();
 #endif
-  wgmma_fence();
-  gemm_dq(x, tdS, sK, 0);  // [0, 64)
-  wgmma_commit();
-  wgmma_wait<0>();
-  HB_CLOCK(role, HB_DQ_GEMM);
-  stage_dq_box(x, stg, warp, g, t, tm_dq_accum, 0, q0);
-  HB_CLOCK(role, HB_DQ_STAGE);
-  wgmma_fence();
-  gemm_dq32(y, tdS, sK, 64);  // [64, 96)
-  wgmma_commit();
-  HB_CLOCK(role, HB_DQ_GEMM);
-  stage_dq_box(x + 16, stg, warp, g, t, tm_dq_accum, 32, q0);
-  HB_CLOCK(role, HB_DQ_STAGE);
-  wgmma_wait<0>();
-  wgmma_fence();
-  gemm_dq(x, tdS, sK, 2);  // [128, 192)
-  wgmma_commit();
-  HB_CLOCK(role, HB_DQ_GEMM);
-  stage_dq_box(y, stg, warp, g, t, tm_dq_accum, 64, q0);
-  HB_CLOCK(role, HB_DQ_STAGE);
-  wgmma_wait<0>();
-  wgmma_fence();
-  gemm_dq32(y, tdS, sK, 96);  // [96, 128)
-  wgmma_commit();
-  HB_CLOCK(role, HB_DQ_GEMM);
-  stage_dq_box(x, stg, warp, g, t, tm_dq_accum, 128, q0);
-  stage_dq_box(x + 16, stg, warp, g, t, tm_dq_accum, 160, q0);
-  HB_CLOCK(role, HB_DQ_STAGE);
-  wgmma_wait<0>();
-  HB_CLOCK(role, HB_DQ_GEMM);
-  stage_dq_box(y, stg, warp, g, t, tm_dq_accum, 96, q0);
+  #pragma unroll
+  for (int c = 0; c < 3; c++) {  // columns [64c, 64c + 64)
+    wgmma_fence();  // after the previous box's stores read these registers
+    gemm_dq(x, tdS, sK, c);
+    wgmma_commit();
+    HB_CLOCK(role, HB_DQ_GEMM);
+    if (c > 0) dq_box_issue(stg, tm_dq_accum, 64 * (c - 1), q0);  // the previous box, behind this GEMM
+    HB_CLOCK(role, HB_DQ_STAGE);
+    wgmma_wait<0>();
+    HB_CLOCK(role, HB_DQ_GEMM);
+    dq_box_wait();
+    dq_box_store(x, stg, warp, 0, g, t);
+    dq_box_store(x + 16, stg, warp, 1, g, t);
+    HB_CLOCK(role, HB_DQ_STAGE);
+  }
+  dq_box_issue(stg, tm_dq_accum, 128, q0);
   HB_CLOCK(role, HB_DQ_STAGE);
 }
 
@@ -630,7 +602,7 @@ mla_attention_bwd_dkdv_hopper(const __grid_constant__ TensorMap tm_q_nope, const
       // Buffer ds_buf last held step i-3's dSᵀ, read by the dQ GEMMs of consumer (i-3) % 2: the
       // other consumer waits for their "read" signal before storing its half (that consumer
       // waited for its own GEMMs).
-      if (with_dq && i >= 3 && w != ((i - 3) & 1)) {
+      if (with_dq && i >= HB_DS_BUFS && w != ((i - HB_DS_BUFS) & 1)) {
         HB_CLOCK(wg, HB_DS);
         triple_bar_sync<HB_DSE_BAR>(ds_buf);
         HB_CLOCK(wg, HB_WAIT_DSE);
@@ -672,7 +644,7 @@ mla_attention_bwd_dkdv_hopper(const __grid_constant__ TensorMap tm_q_nope, const
           HB_CLOCK(wg, HB_DQ);
           // Its buffer is free for step i+2's halves (no signal when there is no such step, so
           // every arrival has a matching wait).
-          if (i + 2 < n_steps) triple_bar_arrive<HB_DSE_BAR>(prev);
+          if (i - 1 + HB_DS_BUFS < n_steps) triple_bar_arrive<HB_DSE_BAR>(prev);
         }
         // The last step's dQ has no next step to hide in.
         if (i == n_steps - 1 && w == (i & 1)) {

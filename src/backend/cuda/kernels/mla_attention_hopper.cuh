@@ -140,21 +140,6 @@ __device__ __forceinline__ void wgmma_ss_m64n64k16(float* d, unsigned long long 
       : "l"(a_desc), "l"(b_desc), "r"(accumulate), "n"(TRANS_A), "n"(TRANS_B));
 }
 
-// d (64×32) = (accumulate ? d : 0) + A·B, as wgmma_ss_m64n64k16 with 32 columns.
-template <int TRANS_A, int TRANS_B>
-__device__ __forceinline__ void wgmma_ss_m64n32k16(float* d, unsigned long long a_desc, unsigned long long b_desc,
-                                                   int accumulate) {
-  asm volatile(
-      "{\n"
-      ".reg .pred p;\n"
-      "setp.ne.b32 p, %18, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 "
-      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, %16, %17, p, 1, 1, %19, %20;\n"
-      "}\n"
-      : MLA_HOP_D8(0), MLA_HOP_D8(8)
-      : "l"(a_desc), "l"(b_desc), "r"(accumulate), "n"(TRANS_A), "n"(TRANS_B));
-}
-
 // d (64×128) = (accumulate ? d : 0) + A·B; A and B K-major in shared memory.
 __device__ __forceinline__ void wgmma_ss_m64n128k16(float* d, unsigned long long a_desc, unsigned long long b_desc,
                                                     int accumulate) {
