@@ -104,8 +104,8 @@
 // This kernel computes 1664 FLOPs per (query, key) pair (Sᵀ 384, dPᵀ 256, dV 256, dK 384,
 // dQ 384) = 1.04 × the convention's 1600, plus 6% (s=2048) … 0.2% (32768) of masked waste.
 // Measured (H100 80GB HBM3, whole backward incl. preprocess and finish, convention TFLOPS,
-// `moetrain bench attention`, median of 3 rounds, bench/attention_notes.md): 304 / 404 / 438 /
-// 442 / 447 at s=2048..32768, 1.34 / 1.17 / 1.00 / 0.93 / 0.93× cuDNN. At s ≥ 16384 both sides
+// `moetrain bench attention`, median of 3 rounds, bench/attention_notes.md): 315 / 429 / 471 /
+// 485 / 515 at s=2048..32768, 1.38 / 1.24 / 1.07 / 1.02 / 1.07× cuDNN. At s ≥ 16384 both sides
 // hold the card at its 700 W limit and run at the same ~1570-1600 MHz, so the long rows
 // compare clock cycles per unit of work.
 // Limits (MLA_HB_PROFILE_CLOCKS, per consumer and step, the same ~6230 clocks at every s):
