@@ -112,7 +112,7 @@
 // waiting for the stage 510-545, Sᵀ GEMM 700-835, exp2 and mask 515-600, dPᵀ GEMM 550-580, dS
 // and its stores 580-620, dV/dK GEMMs 860-930, dSᵀ barriers 230-440, and the dQ of every other
 // step 1960-2020 on average (GEMMs 780-800, staging 1050-1130; with 2 KB boxes it was 2500,
-// staging 1650). Without the staging (its stores and reduce-adds) the kernel runs ~20% faster.
+// staging 1650). Without the staging (its stores and reduce-adds) the kernel runs 9-13% faster.
 // A staged box's cost is mostly per reduce-add (a warp's adds are serialised; the SM's copy
 // engine tops out near 17 bytes/clock, the card's L2 near 3.3 TB/s of f32 adds), the rest its
 // stores and proxy fence (bench/tma_reduce_probe.cu, bench/attention_notes.md). Each
