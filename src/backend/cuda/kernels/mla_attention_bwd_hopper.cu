@@ -141,7 +141,8 @@ constexpr int HB_DS_OFF = HB_DO_OFF + HB_STAGES * HB_DO_BYTES;
 // dSᵀ buffers: step i uses buffer i % 2; a step's dQ runs one step late (see the header), so the
 // non-owner of step i-2's dQ waits for it to be read before storing its half of step i. (A
 // third buffer, which spared that wait, was worth less than the 4 KB staging boxes its 16 KB
-// now hold: bench/attention_notes.md.)
+// now hold; getting it back by letting the consumers share one set of boxes measured 0-6%
+// slower: bench/attention_notes.md.)
 constexpr int HB_DS_BUFS = 2;
 // dQ staging, one per consumer: four 16-query × 64-column f32 boxes (one per warp, 4 KB each;
 // 32 lines of 128 bytes, 128-byte swizzled): what one bulk reduce-add copies out of.
