@@ -610,15 +610,14 @@ def clock_probe(k, seqs, b=1, h=16, seconds=3.0):
 
 def reduce_probe(out_dir, h=16):
     """bench/tma_reduce_probe.cu: f32 reduce-add throughput into a dq_accum-shaped [1, S, h, 192]
-    f32 tensor whose first S rows the adds walk (24 MB: L2 holds it; 384 MB: it does not).
-    Session 4 swept 1/4/8 issuing warps per SM × 1/2/4 boxes in flight, boxes fixed or restaged
-    as the backward does, tensor or contiguous bulk adds (bench/attention_notes.md): one warp
-    manages one 2 KB box per ~580 cycles however many are in flight, an SM tops out at ~13
-    bytes/clock with 4-8 warps, the card at ~3.3 TB/s in L2 and ~1.0 TB/s when the adds miss
-    it. Our backward's dQ owner stages at ~15 bytes/clock. These cases ask which limit that is:
-    the SM's or the card's (fewer blocks), the issuing thread's or the warp's (more issuing
-    lanes), and whether adds from registers through the LSU (red.global.add.v4.f32) are a
-    second path next to the copy engine (LSU warps alone and beside copy-engine warps)."""
+    f32 tensor whose first S rows the adds walk (24 MB: L2 holds it; 384 MB: it does not): with
+    fewer SMs (the SM's limit or the card's), more issuing lanes per warp (the thread's or the
+    warp's), adds from registers through the LSU (red.global.add.v4.f32) alone and beside
+    copy-engine warps, restaged boxes as the backward stages them, and boxes of 1-8 KB. What it
+    found (bench/attention_notes.md): a warp's reduce-adds are serialised at about the same cost
+    per add up to 4 KB (so the backward's dQ boxes are 4 KB); an SM's copy engine tops out near
+    17.5 bytes/clock; the card's L2 near 3.3 TB/s of f32 adds by either path, ~1.0 TB/s when the
+    adds miss L2."""
     cubin = os.path.join(out_dir, "tma_reduce_probe.cubin")
     src = os.path.join(REPO, "bench", "tma_reduce_probe.cu")
     r = subprocess.run(["nvcc", "-std=c++17", "-cubin", "-gencode=arch=compute_90a,code=sm_90a", "-I", KERNELS, "-o", cubin,
