@@ -170,8 +170,9 @@ constexpr int HB_PRODUCER_REGS = 24;
 constexpr int HB_CONSUMER_REGS = 240;
 static_assert(128 * HB_PRODUCER_REGS + 256 * HB_CONSUMER_REGS <= HB_THREADS * HB_LAUNCH_REGS,
               "setmaxnreg.inc would wait for registers no warpgroup gives up");
-constexpr int HB_DSF_BAR = 4;          // named barriers 4, 5, 6: dSᵀ buffer b holds both halves
-constexpr int HB_DSE_BAR = 7;          // 7, 8, 9: dSᵀ buffer b was read by its dQ GEMMs
+constexpr int HB_DSF_BAR = 4;          // named barriers 4, 5: dSᵀ buffer b holds both halves
+constexpr int HB_DSE_BAR = 6;          // 6, 7: dSᵀ buffer b was read by its dQ GEMMs
+static_assert(HB_DS_BUFS == 2, "one named barrier of each kind per dSᵀ buffer (ds_bar_sync)");
 }  // namespace mla
 
 using namespace mla;
@@ -248,18 +249,17 @@ __device__ __forceinline__ void red_add_v2(float* p, float a, float b) {
   asm volatile("red.global.add.v2.f32 [%0], {%1, %2};" ::"l"(p), "f"(a), "f"(b) : "memory");
 }
 
-// Named barrier `ID + b` (b = 0, 1, 2) of 256 threads: wait, or only arrive (constant ids).
+// Named barrier `ID + b` (b = 0, 1: the dSᵀ buffer) of 256 threads: wait, or only arrive
+// (bar ids must be constants).
 template <int ID>
-__device__ __forceinline__ void triple_bar_sync(int b) {
+__device__ __forceinline__ void ds_bar_sync(int b) {
   if (b == 0) asm volatile("bar.sync %0, 256;" ::"n"(ID) : "memory");
-  else if (b == 1) asm volatile("bar.sync %0, 256;" ::"n"(ID + 1) : "memory");
-  else asm volatile("bar.sync %0, 256;" ::"n"(ID + 2) : "memory");
+  else asm volatile("bar.sync %0, 256;" ::"n"(ID + 1) : "memory");
 }
 template <int ID>
-__device__ __forceinline__ void triple_bar_arrive(int b) {
+__device__ __forceinline__ void ds_bar_arrive(int b) {
   if (b == 0) asm volatile("bar.arrive %0, 256;" ::"n"(ID) : "memory");
-  else if (b == 1) asm volatile("bar.arrive %0, 256;" ::"n"(ID + 1) : "memory");
-  else asm volatile("bar.arrive %0, 256;" ::"n"(ID + 2) : "memory");
+  else asm volatile("bar.arrive %0, 256;" ::"n"(ID + 1) : "memory");
 }
 
 __device__ __forceinline__ void st_shared_v2(u32 addr, int a, int b) {
@@ -605,7 +605,7 @@ mla_attention_bwd_dkdv_hopper(const __grid_constant__ TensorMap tm_q_nope, const
       // waited for its own GEMMs).
       if (with_dq && i >= HB_DS_BUFS && w != ((i - HB_DS_BUFS) & 1)) {
         HB_CLOCK(wg, HB_DS);
-        triple_bar_sync<HB_DSE_BAR>(ds_buf);
+        ds_bar_sync<HB_DSE_BAR>(ds_buf);
         HB_CLOCK(wg, HB_WAIT_DSE);
       }
       if (with_dq) {
@@ -635,21 +635,21 @@ mla_attention_bwd_dkdv_hopper(const __grid_constant__ TensorMap tm_q_nope, const
       if (with_dq) {
         const u32 stg = sdQ + w * HB_DQ_BOX_BYTES;
         // Step i's dQ belongs to consumer i % 2; the other one publishes its half and goes on.
-        if (w != (i & 1)) triple_bar_arrive<HB_DSF_BAR>(ds_buf);
+        if (w != (i & 1)) ds_bar_arrive<HB_DSF_BAR>(ds_buf);
         // Step i-1's dQ, one step late: its other half was stored during step i-1.
         if (i >= 1 && w == ((i - 1) & 1)) {
           const int prev = (i - 1) % HB_DS_BUFS;
-          triple_bar_sync<HB_DSF_BAR>(prev);
+          ds_bar_sync<HB_DSF_BAR>(prev);
           HB_CLOCK(wg, HB_WAIT_DS);
           dq_step(sdS + prev * HB_DS_BYTES, sK, stg, warp, g, t, tm_dq_accum, q0 - HB_BM);
           HB_CLOCK(wg, HB_DQ);
           // Its buffer is free for step i+2's halves (no signal when there is no such step, so
           // every arrival has a matching wait).
-          if (i - 1 + HB_DS_BUFS < n_steps) triple_bar_arrive<HB_DSE_BAR>(prev);
+          if (i - 1 + HB_DS_BUFS < n_steps) ds_bar_arrive<HB_DSE_BAR>(prev);
         }
         // The last step's dQ has no next step to hide in.
         if (i == n_steps - 1 && w == (i & 1)) {
-          triple_bar_sync<HB_DSF_BAR>(ds_buf);
+          ds_bar_sync<HB_DSF_BAR>(ds_buf);
           HB_CLOCK(wg, HB_WAIT_DS);
           dq_step(tdS, sK, stg, warp, g, t, tm_dq_accum, q0);
           HB_CLOCK(wg, HB_DQ);
