@@ -2,39 +2,41 @@
 // intermediate tensors are disposed as soon as their node has consumed them; gradients of
 // leaves (parameters) are added into leaf.grad (f32, preallocated by the optimizer) or, when a
 // leaf has none, kept as a new f32 tensor that the caller owns.
-import { emptyTensor, type Tensor } from '../tensor/tensor.js';
+import { backendOf } from '../backend/backend.js';
+import { emptyTensor, type GradGraphNode, type Tensor } from '../tensor/tensor.js';
 import { keep } from '../tensor/scope.js';
-import type { GradNode } from './tape.js';
 
 function addInto(acc: Tensor, g: Tensor): void {
-  acc.backend.binary('add', acc, acc, g);
+  backendOf(acc).binary('add', acc, acc, g);
 }
 
 /** prev + g, in place when prev's storage is not shared (a rule may pass a gradient through as an alias). */
 function sum(prev: Tensor, g: Tensor): Tensor {
+  const backend = backendOf(prev);
   if (prev.storage.refs === 1 && prev.isContiguous()) { addInto(prev, g); return prev; }
-  const out = emptyTensor(prev.backend, prev.shape, prev.dtype);
-  prev.backend.binary('add', out, prev, g);
+  const out = emptyTensor(backend, prev.shape, prev.dtype);
+  backend.binary('add', out, prev, g);
   prev.dispose();
   return out;
 }
 
 /** Accumulates a gradient into a leaf's f32 grad. Used by backward and by fused rules. */
 export function accumulateLeafGrad(leaf: Tensor, g: Tensor): void {
+  const backend = backendOf(g);
   if (leaf.grad) {
     addInto(leaf.grad, g);
   } else {
-    const acc = keep(emptyTensor(g.backend, leaf.shape, 'f32'));
-    g.backend.copy(acc, g);
+    const acc = keep(emptyTensor(backend, leaf.shape, 'f32'));
+    backend.copy(acc, g);
     leaf.grad = acc;
   }
 }
 
 /** Topological order of the nodes reachable from root (inputs before the nodes that use them). */
-function topoOrder(root: GradNode): GradNode[] {
-  const order: GradNode[] = [];
-  const state = new Map<GradNode, 'open' | 'done'>();
-  const stack: { node: GradNode; next: number }[] = [{ node: root, next: 0 }];
+function topoOrder(root: GradGraphNode): GradGraphNode[] {
+  const order: GradGraphNode[] = [];
+  const state = new Map<GradGraphNode, 'open' | 'done'>();
+  const stack: { node: GradGraphNode; next: number }[] = [{ node: root, next: 0 }];
   state.set(root, 'open');
   while (stack.length) {
     const top = stack[stack.length - 1]!;
@@ -60,16 +62,16 @@ function topoOrder(root: GradNode): GradNode[] {
 export function backward(root: Tensor, seed?: Tensor): void {
   const rootLink = root.gradLink;
   if (!rootLink) throw new Error('internal: backward() on a tensor that no recorded op produced');
-  const grads = new Map<GradNode, (Tensor | null)[]>();
-  const slot = (n: GradNode) => {
+  const grads = new Map<GradGraphNode, (Tensor | null)[]>();
+  const slot = (n: GradGraphNode) => {
     let g = grads.get(n);
     if (!g) { g = new Array<Tensor | null>(n.outputCount).fill(null); grads.set(n, g); }
     return g;
   };
   let seedGrad = seed;
   if (!seedGrad) {
-    seedGrad = emptyTensor(root.backend, root.shape, 'f32');
-    root.backend.fill(seedGrad, 1);
+    seedGrad = emptyTensor(backendOf(root), root.shape, 'f32');
+    backendOf(root).fill(seedGrad, 1);
   }
   slot(rootLink.node)[rootLink.index] = seedGrad;
 
@@ -85,8 +87,8 @@ export function backward(root: Tensor, seed?: Tensor): void {
     for (let j = 0; j < gouts.length; j++) {
       const g = gouts[j];
       if (g && !g.isContiguous()) {
-        const c = emptyTensor(g.backend, g.shape, g.dtype);
-        g.backend.copy(c, g);
+        const c = emptyTensor(backendOf(g), g.shape, g.dtype);
+        backendOf(g).copy(c, g);
         if (g !== seed) g.dispose();
         gouts[j] = c;
       }

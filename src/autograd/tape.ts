@@ -3,14 +3,10 @@
 // retained aliases, so the forward code may dispose its handles early (layer scopes do); each
 // node releases its saved tensors as soon as its rule has run, which is what lets activation
 // memory fall during the backward pass.
-import type { Tensor } from '../tensor/tensor.js';
-import { keep, trackNodeInScope, type Releasable } from '../tensor/scope.js';
+import type { BackwardRule, GradGraphNode, Tensor } from '../tensor/tensor.js';
+import { keep, trackNodeInScope } from '../tensor/scope.js';
 
-export interface GradLink { readonly node: GradNode; readonly index: number }
-
-export type BackwardRule = (gradOutputs: readonly (Tensor | null)[]) => readonly (Tensor | null)[];
-
-export class GradNode implements Releasable {
+export class GradNode implements GradGraphNode {
   private saved: Tensor[] = [];
   constructor(
     readonly name: string,
@@ -22,7 +18,7 @@ export class GradNode implements Releasable {
     trackNodeInScope(this);
   }
 
-  *parents(): Iterable<GradNode> {
+  *parents(): Iterable<GradGraphNode> {
     for (const t of this.inputs) if (t.gradLink) yield t.gradLink.node;
   }
 

@@ -10,11 +10,11 @@
 //   to nearest even once, on store.
 // - Shapes in names: R rows, C columns, N tokens, E experts, k top-k, B batch, S sequence,
 //   H heads, D head or hidden width, V vocabulary.
-import type { DType, HostArray } from '../tensor/dtype.js';
+import type { HostArray } from '../tensor/dtype.js';
+import type { DeviceBuffer, StorageOwner } from '../tensor/storage.js';
 import type { Tensor } from '../tensor/tensor.js';
 
-/** Opaque handle to a block of backend memory. */
-export interface DeviceBuffer { readonly bytes: number }
+export type { DeviceBuffer } from '../tensor/storage.js';
 
 export type UnaryOp = 'neg' | 'exp' | 'log' | 'sqrt' | 'rsqrt' | 'square' | 'silu' | 'scale' | 'addScalar';
 export type BinaryOp = 'add' | 'sub' | 'mul' | 'div';
@@ -58,7 +58,7 @@ export interface AdamHyper {
   gradScale: number;
 }
 
-export interface Backend {
+export interface Backend extends StorageOwner {
   readonly kind: 'cpu' | 'cuda';
   /** What runs, in words, for the start-up line (e.g. "cpu, 2 cores" or the GPU's name). */
   readonly description: string;
@@ -170,6 +170,12 @@ export interface Backend {
   adam(param: Tensor, grad: Tensor, m: Tensor, v: Tensor, lowp: Tensor | null, h: AdamHyper): void;
 }
 
-export function assertDType(t: Tensor, what: string, ...allowed: DType[]): void {
-  if (!allowed.includes(t.dtype)) throw new Error(`internal: ${what} is ${t.dtype}, expected ${allowed.join(' or ')}`);
+/**
+ * The backend that holds t's memory. Storage (tensor/storage.ts) types its owner by the smaller
+ * StorageOwner so that tensor/ need not import this file; every owner is a Backend, since only a
+ * Backend's alloc makes the buffers that storages hold (through emptyTensor). TypeScript cannot
+ * see that, hence the one cast of this design, here.
+ */
+export function backendOf(t: Tensor): Backend {
+  return t.storage.owner as Backend;
 }

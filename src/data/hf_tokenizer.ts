@@ -23,7 +23,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { createRequire } from 'node:module';
 import type { Tokenizer } from 'tokenizers';
-import type { TextTokenizer } from './tokenizer.js';
+import type { TextTokenizer } from './text_tokenizer.js';
 
 export interface HfTokenizerOptions {
   /** EOS token text (e.g. '</s>'); when absent, eos_token of tokenizer_config.json (or

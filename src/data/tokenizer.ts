@@ -1,5 +1,6 @@
-// The tokenizer contract used by tokenization and sampling, and the serialisable description
-// (TokenizerSpec) that lets every tokenize worker thread load the same tokenizer.
+// Loading a tokenizer from its serialisable description (TokenizerSpec), which lets every
+// tokenize worker thread load the same tokenizer. The contract itself is text_tokenizer.ts's
+// TextTokenizer, exported here too for the callers of loadTokenizer.
 //
 // Usage:
 //   const tok = await loadTokenizer({ kind: 'hf', path: 'tok/tokenizer.json' });
@@ -7,18 +8,9 @@
 //   const text = await tok.decode(ids);
 import { encodeBytes, decodeBytes, BYTE_EOS_ID, BYTE_VOCAB_SIZE } from './byte_tokenizer.js';
 import { loadHfTokenizer } from './hf_tokenizer.js';
+import type { TextTokenizer } from './text_tokenizer.js';
 
-export interface TextTokenizer {
-  /** What the manifest and messages call this tokenizer ('bytes' or the tokenizer.json path). */
-  readonly name: string;
-  /** Number of ids the tokenizer can produce, special tokens included. */
-  readonly vocabSize: number;
-  /** The id appended after each document. */
-  readonly eosId: number;
-  /** Encodes each text as it is: no BOS, no EOS, no post-processing. */
-  encodeBatch(texts: string[]): Promise<Uint32Array[]>;
-  decode(ids: ArrayLike<number>): Promise<string>;
-}
+export type { TextTokenizer } from './text_tokenizer.js';
 
 /** A tokenizer by description; plain data, so it can cross into worker threads. */
 export type TokenizerSpec =

@@ -1,7 +1,7 @@
 // A trainable parameter: f32 master weights, the copy used for compute (bf16 in mixed
 // precision; the master itself when compute is f32), and an f32 gradient accumulated across
 // micro-batches. All three live outside any scope for the whole run.
-import type { Backend } from '../backend/backend.js';
+import { backendOf, type Backend } from '../backend/backend.js';
 import type { DType } from '../tensor/dtype.js';
 import { keep } from '../tensor/scope.js';
 import { emptyTensor, type Tensor } from '../tensor/tensor.js';
@@ -25,15 +25,15 @@ export class Param {
 
   /** Sets the master weights from host f32 values and refreshes the compute copy. */
   load(values: Float32Array): void {
-    this.master.backend.write(this.master, values);
+    backendOf(this.master).write(this.master, values);
     this.syncValue();
   }
 
   syncValue(): void {
-    if (this.value !== this.master) this.master.backend.copy(this.value, this.master);
+    if (this.value !== this.master) backendOf(this.master).copy(this.value, this.master);
   }
 
-  zeroGrad(): void { this.grad.backend.fill(this.grad, 0); }
+  zeroGrad(): void { backendOf(this.grad).fill(this.grad, 0); }
 
   dispose(): void {
     this.grad.dispose();

@@ -1,5 +1,5 @@
 // Creating tensors and reading them back.
-import type { Backend } from '../backend/backend.js';
+import { backendOf, type Backend } from '../backend/backend.js';
 import { f32ArrayToBf16, type DType, type HostArray } from '../tensor/dtype.js';
 import { emptyTensor, numel, type Shape, type Tensor } from '../tensor/tensor.js';
 
@@ -30,7 +30,7 @@ export function hostArrayOf(values: ArrayLike<number>, dtype: DType): HostArray 
 
 /** The elements of t as f32 numbers on the host (waits for the device). */
 export function toHostF32(t: Tensor): Float32Array {
-  const h = t.backend.read(t);
+  const h = backendOf(t).read(t);
   if (h instanceof Float32Array) return h;
   if (h instanceof Int32Array) return Float32Array.from(h);
   const out = new Float32Array(h.length);
@@ -40,7 +40,7 @@ export function toHostF32(t: Tensor): Float32Array {
 }
 
 export function toHostI32(t: Tensor): Int32Array {
-  const h = t.backend.read(t);
+  const h = backendOf(t).read(t);
   if (!(h instanceof Int32Array)) throw new Error(`internal: toHostI32 of ${t.dtype}`);
   return h;
 }

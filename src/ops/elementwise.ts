@@ -1,5 +1,5 @@
 // Elementwise arithmetic with broadcasting, casts and scalar ops (differentiable).
-import type { BinaryOp } from '../backend/backend.js';
+import { backendOf, type BinaryOp } from '../backend/backend.js';
 import { beginNode, linkOutputs } from '../autograd/tape.js';
 import type { DType } from '../tensor/dtype.js';
 import { emptyTensor, type Shape, type Tensor } from '../tensor/tensor.js';
@@ -18,6 +18,7 @@ export function broadcastShape(a: Shape, b: Shape): number[] {
 
 /** Sums g (of a broadcast shape) back down to shape: the gradient of broadcasting. */
 export function sumToShape(g: Tensor, shape: Shape): Tensor {
+  const backend = backendOf(g);
   const lead = g.rank - shape.length;
   const reduced: number[] = [], kept: number[] = [];
   g.shape.forEach((d, i) => {
@@ -28,12 +29,12 @@ export function sumToShape(g: Tensor, shape: Shape): Tensor {
   const perm = [...kept, ...reduced];
   const moved = permuteView(g, perm);
   const keptSize = kept.reduce((n, i) => n * g.shape[i]!, 1);
-  const flat = emptyTensor(g.backend, moved.shape, g.dtype);
-  g.backend.copy(flat, moved);
+  const flat = emptyTensor(backend, moved.shape, g.dtype);
+  backend.copy(flat, moved);
   moved.dispose();
   const rows = flat.view([keptSize, flat.size / keptSize], [flat.size / keptSize, 1], 0);
-  const out = emptyTensor(g.backend, shape, g.dtype);
-  g.backend.sumLastDim(out, rows);
+  const out = emptyTensor(backend, shape, g.dtype);
+  backend.sumLastDim(out, rows);
   rows.dispose(); flat.dispose();
   return out;
 }
@@ -41,11 +42,12 @@ export function sumToShape(g: Tensor, shape: Shape): Tensor {
 function shapeStrides(g: Tensor, lead: number): number[] { return g.strides.slice(lead); }
 
 function binaryOp(op: BinaryOp, a: Tensor, b: Tensor, outDtype?: DType): Tensor {
+  const backend = backendOf(a);
   const shape = broadcastShape(a.shape, b.shape);
   const dtype = outDtype ?? (a.dtype === b.dtype ? a.dtype : 'f32');
-  const out = emptyTensor(a.backend, shape, dtype);
+  const out = emptyTensor(backend, shape, dtype);
   const av = broadcastView(a, shape), bv = broadcastView(b, shape);
-  a.backend.binary(op, out, av, bv);
+  backend.binary(op, out, av, bv);
   av.dispose(); bv.dispose();
   return out;
 }
@@ -66,8 +68,8 @@ export function sub(a: Tensor, b: Tensor): Tensor {
   if (node) {
     node.rule = ([g]) => {
       const gb = sumToShape(g!, b.shape);
-      const neg = emptyTensor(gb.backend, gb.shape, gb.dtype);
-      gb.backend.unary('neg', neg, gb);
+      const neg = emptyTensor(backendOf(gb), gb.shape, gb.dtype);
+      backendOf(gb).unary('neg', neg, gb);
       gb.dispose();
       return [sumToShape(g!, a.shape), neg];
     };
@@ -102,8 +104,8 @@ export function div(a: Tensor, b: Tensor): Tensor {
       const t = raw('mul', g!, so, 'f32');
       const gbFull = raw('div', t, sb, b.dtype);
       t.dispose();
-      const neg = emptyTensor(gbFull.backend, gbFull.shape, gbFull.dtype);
-      gbFull.backend.unary('neg', neg, gbFull);
+      const neg = emptyTensor(backendOf(gbFull), gbFull.shape, gbFull.dtype);
+      backendOf(gbFull).unary('neg', neg, gbFull);
       gbFull.dispose();
       const ra = sumToShape(ga, a.shape), rb = sumToShape(neg, b.shape);
       ga.dispose(); neg.dispose();
@@ -116,13 +118,14 @@ export function div(a: Tensor, b: Tensor): Tensor {
 
 /** x·c for a host scalar c. */
 export function scale(x: Tensor, c: number): Tensor {
-  const out = emptyTensor(x.backend, x.shape, x.dtype);
-  x.backend.unary('scale', out, x, c);
+  const backend = backendOf(x);
+  const out = emptyTensor(backend, x.shape, x.dtype);
+  backend.unary('scale', out, x, c);
   const node = beginNode('scale', [x], 1);
   if (node) {
     node.rule = ([g]) => {
-      const gx = emptyTensor(g!.backend, g!.shape, x.dtype);
-      g!.backend.unary('scale', gx, g!, c);
+      const gx = emptyTensor(backend, g!.shape, x.dtype);
+      backend.unary('scale', gx, g!, c);
       return [gx];
     };
   }
@@ -132,13 +135,14 @@ export function scale(x: Tensor, c: number): Tensor {
 
 /** x converted to dtype (differentiable: the gradient is converted back). */
 export function cast(x: Tensor, dtype: DType): Tensor {
-  const out = emptyTensor(x.backend, x.shape, dtype);
-  x.backend.copy(out, x);
+  const backend = backendOf(x);
+  const out = emptyTensor(backend, x.shape, dtype);
+  backend.copy(out, x);
   const node = beginNode('cast', [x], 1);
   if (node) {
     node.rule = ([g]) => {
-      const gx = emptyTensor(g!.backend, g!.shape, x.dtype);
-      g!.backend.copy(gx, g!);
+      const gx = emptyTensor(backend, g!.shape, x.dtype);
+      backend.copy(gx, g!);
       return [gx];
     };
   }

@@ -1,21 +1,23 @@
 // Token embedding lookup; the backward scatters rows into the weight's f32 gradient.
+import { backendOf } from '../backend/backend.js';
 import { beginNode, linkOutputs } from '../autograd/tape.js';
 import { accumulateLeafGrad } from '../autograd/backward.js';
 import { emptyTensor, type Tensor } from '../tensor/tensor.js';
 
 /** ids i32 [...], weight [V, D] → [..., D]. */
 export function embedding(ids: Tensor, weight: Tensor): Tensor {
+  const backend = backendOf(weight);
   const D = weight.shape[1]!;
-  const out = emptyTensor(weight.backend, [...ids.shape, D], weight.dtype);
-  weight.backend.embedding(out, ids, weight);
+  const out = emptyTensor(backend, [...ids.shape, D], weight.dtype);
+  backend.embedding(out, ids, weight);
   const node = beginNode('embedding', [weight], 1);
   if (node) {
     const sids = node.save(ids);
     node.rule = ([g]) => {
       const direct = weight.requiresGrad && !weight.gradLink && weight.grad !== null;
-      const dw = direct ? weight.grad! : emptyTensor(weight.backend, weight.shape, 'f32');
-      if (!direct) weight.backend.fill(dw, 0);
-      weight.backend.embeddingBackward(dw, sids, g!);
+      const dw = direct ? weight.grad! : emptyTensor(backend, weight.shape, 'f32');
+      if (!direct) backend.fill(dw, 0);
+      backend.embeddingBackward(dw, sids, g!);
       if (direct) return [null];
       if (weight.requiresGrad && !weight.gradLink) { accumulateLeafGrad(weight, dw); dw.dispose(); return [null]; }
       return [dw];

@@ -1,6 +1,7 @@
 // Matrix products: linear layers (x·Wᵀ) and batched matmul, with fused weight-gradient
 // accumulation: when W is a parameter leaf with a preallocated f32 grad, the backward writes
 // dW straight into it (beta = 1) instead of materialising a separate gradient.
+import { backendOf } from '../backend/backend.js';
 import { beginNode, linkOutputs, needsGrad } from '../autograd/tape.js';
 import { accumulateLeafGrad } from '../autograd/backward.js';
 import { emptyTensor, type Tensor } from '../tensor/tensor.js';
@@ -13,33 +14,34 @@ function rows2d(x: Tensor): Tensor {
 
 /** y[..., N] = x[..., K] · W[N, K]ᵀ in x's dtype (f32 accumulation). */
 export function linear(x: Tensor, w: Tensor): Tensor {
+  const backend = backendOf(x);
   const K = x.shape[x.rank - 1]!, N = w.shape[0]!;
   if (w.shape[1] !== K) throw new Error(`internal: linear of [${x.shape}] with weight [${w.shape}]`);
   const x2 = rows2d(x);
-  const out = emptyTensor(x.backend, [...x.shape.slice(0, -1), N], x.dtype);
+  const out = emptyTensor(backend, [...x.shape.slice(0, -1), N], x.dtype);
   const o2 = out.view([x2.shape[0]!, N], [N, 1], 0);
-  if (x2.shape[0]! > 0) x.backend.matmul(o2, x2, w, { transB: true });
+  if (x2.shape[0]! > 0) backend.matmul(o2, x2, w, { transB: true });
   o2.dispose();
   const node = beginNode('linear', [x, w], 1);
   if (node) {
     const sx = node.save(x2), sw = node.save(w);
     node.rule = ([g]) => {
       const g2 = rows2d(g!);
-      if (g2.shape[0] === 0) { g2.dispose(); return [needsGrad(x) ? emptyTensor(x.backend, x.shape, x.dtype) : null, null]; }
+      if (g2.shape[0] === 0) { g2.dispose(); return [needsGrad(x) ? emptyTensor(backend, x.shape, x.dtype) : null, null]; }
       let gx: Tensor | null = null;
       if (needsGrad(x)) {
-        gx = emptyTensor(x.backend, x.shape, x.dtype);
+        gx = emptyTensor(backend, x.shape, x.dtype);
         const gx2 = gx.view(sx.shape, [K, 1], 0);
-        x.backend.matmul(gx2, g2, sw, {});
+        backend.matmul(gx2, g2, sw, {});
         gx2.dispose();
       }
       let gw: Tensor | null = null;
       if (needsGrad(w)) {
         if (w.requiresGrad && !w.gradLink && w.grad) {
-          x.backend.matmul(w.grad, g2, sx, { transA: true, beta: 1 });
+          backend.matmul(w.grad, g2, sx, { transA: true, beta: 1 });
         } else {
-          gw = emptyTensor(x.backend, w.shape, 'f32');
-          x.backend.matmul(gw, g2, sx, { transA: true });
+          gw = emptyTensor(backend, w.shape, 'f32');
+          backend.matmul(gw, g2, sx, { transA: true });
           if (w.requiresGrad && !w.gradLink) { accumulateLeafGrad(w, gw); gw.dispose(); gw = null; }
         }
       }
@@ -54,19 +56,20 @@ export function linear(x: Tensor, w: Tensor): Tensor {
 
 /** out[b] = a[b]·b[b] (optionally transposed) for rank-3 operands (differentiable). */
 export function bmm(a: Tensor, b: Tensor, transB = false): Tensor {
+  const backend = backendOf(a);
   const [B, M] = a.shape as [number, number, number];
   const N = transB ? b.shape[1]! : b.shape[2]!;
-  const out = emptyTensor(a.backend, [B, M, N], a.dtype);
-  a.backend.matmul(out, a, b, { transB });
+  const out = emptyTensor(backend, [B, M, N], a.dtype);
+  backend.matmul(out, a, b, { transB });
   const node = beginNode('bmm', [a, b], 1);
   if (node) {
     const sa = node.save(a), sb = node.save(b);
     node.rule = ([g]) => {
-      const ga = emptyTensor(a.backend, a.shape, a.dtype);
-      a.backend.matmul(ga, g!, sb, { transB: !transB });
-      const gb = emptyTensor(a.backend, b.shape, b.dtype);
-      if (transB) a.backend.matmul(gb, g!, sa, { transA: true });
-      else a.backend.matmul(gb, sa, g!, { transA: true });
+      const ga = emptyTensor(backend, a.shape, a.dtype);
+      backend.matmul(ga, g!, sb, { transB: !transB });
+      const gb = emptyTensor(backend, b.shape, b.dtype);
+      if (transB) backend.matmul(gb, g!, sa, { transA: true });
+      else backend.matmul(gb, sa, g!, { transA: true });
       return [ga, gb];
     };
   }

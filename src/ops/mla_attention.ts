@@ -1,6 +1,6 @@
 // MLA attention as one differentiable op over its five pieces (see Backend.mlaAttention):
 // the backend concatenates q = (q_nope | q_pe) and k = (k_nope | k_pe) itself.
-import type { AttentionOptions } from '../backend/backend.js';
+import { backendOf, type AttentionOptions } from '../backend/backend.js';
 import { beginNode, linkOutputs } from '../autograd/tape.js';
 import { emptyTensor, type Tensor } from '../tensor/tensor.js';
 
@@ -8,7 +8,7 @@ import { emptyTensor, type Tensor } from '../tensor/tensor.js';
 export function mlaAttention(qNope: Tensor, qPe: Tensor, kNope: Tensor, kPe: Tensor, v: Tensor, opts: AttentionOptions): { o: Tensor; lse: Tensor } {
   const [B, S, H] = qNope.shape as [number, number, number];
   if (kPe.shape[2] !== 1) throw new Error(`internal: k_pe must be [B,S,1,D], got [${kPe.shape}]`);
-  const backend = qNope.backend;
+  const backend = backendOf(qNope);
   const o = emptyTensor(backend, [B, S, H, v.shape[3]!], v.dtype);
   const lse = emptyTensor(backend, [B, H, S], 'f32');
   backend.mlaAttention(o, lse, qNope, qPe, kNope, kPe, v, opts);

@@ -1,24 +1,26 @@
 // RMSNorm over the last dimension; statistics in f32; the weight's gradient is accumulated
 // in f32 straight into the parameter's grad when it has one.
+import { backendOf } from '../backend/backend.js';
 import { beginNode, linkOutputs, needsGrad } from '../autograd/tape.js';
 import { accumulateLeafGrad } from '../autograd/backward.js';
 import { emptyTensor, type Tensor } from '../tensor/tensor.js';
 
 export function rmsNorm(x: Tensor, w: Tensor, eps: number): Tensor {
+  const backend = backendOf(x);
   const D = x.shape[x.rank - 1]!;
   if (w.size !== D) throw new Error(`internal: rmsNorm weight [${w.shape}] for width ${D}`);
-  const y = emptyTensor(x.backend, x.shape, x.dtype);
-  const rstd = emptyTensor(x.backend, [x.size / D], 'f32');
-  x.backend.rmsNorm(y, rstd, x, w, eps);
+  const y = emptyTensor(backend, x.shape, x.dtype);
+  const rstd = emptyTensor(backend, [x.size / D], 'f32');
+  backend.rmsNorm(y, rstd, x, w, eps);
   const node = beginNode('rmsNorm', [x, w], 1);
   if (node) {
     const sx = node.save(x), sw = node.save(w), sr = node.save(rstd);
     node.rule = ([g]) => {
-      const dx = emptyTensor(x.backend, x.shape, x.dtype);
+      const dx = emptyTensor(backend, x.shape, x.dtype);
       const direct = w.requiresGrad && !w.gradLink && w.grad !== null;
-      let dw = direct ? w.grad! : emptyTensor(x.backend, w.shape, 'f32');
-      if (!direct) x.backend.fill(dw, 0);
-      x.backend.rmsNormBackward(dx, dw, g!, sx, sw, sr);
+      let dw = direct ? w.grad! : emptyTensor(backend, w.shape, 'f32');
+      if (!direct) backend.fill(dw, 0);
+      backend.rmsNormBackward(dx, dw, g!, sx, sw, sr);
       if (!direct && w.requiresGrad && !w.gradLink) { accumulateLeafGrad(w, dw); dw.dispose(); return [dx, null]; }
       return [dx, direct || !needsGrad(w) ? null : dw];
     };

@@ -1,11 +1,13 @@
 // Views and layout changes: reshape, permute, contiguous copies, splitting the last dimension.
+import { backendOf } from '../backend/backend.js';
 import { beginNode, linkOutputs } from '../autograd/tape.js';
 import { contiguousStrides, emptyTensor, numel, type Shape, type Tensor } from '../tensor/tensor.js';
 
 /** A copy of x in row-major layout (differentiable). */
 export function contiguous(x: Tensor): Tensor {
-  const out = emptyTensor(x.backend, x.shape, x.dtype);
-  x.backend.copy(out, x);
+  const backend = backendOf(x);
+  const out = emptyTensor(backend, x.shape, x.dtype);
+  backend.copy(out, x);
   const node = beginNode('contiguous', [x], 1);
   if (node) {
     node.rule = ([g]) => [g!.view(g!.shape, g!.strides, g!.offset)];
@@ -33,9 +35,10 @@ export function reshape(x: Tensor, shape: readonly number[]): Tensor {
 }
 
 function reshapeNoGrad(g: Tensor, shape: Shape): Tensor {
+  const backend = backendOf(g);
   if (g.isContiguous()) return g.view(shape, contiguousStrides(shape), g.offset);
-  const c = emptyTensor(g.backend, g.shape, g.dtype);
-  g.backend.copy(c, g);
+  const c = emptyTensor(backend, g.shape, g.dtype);
+  backend.copy(c, g);
   const v = c.view(shape, contiguousStrides(shape), 0);
   c.dispose();
   return v;
@@ -85,16 +88,16 @@ export function splitLastDim(x: Tensor, widths: readonly number[]): Tensor[] {
   let start = 0;
   const outs = widths.map((w) => {
     const shape = [...x.shape.slice(0, last), w];
-    const out = emptyTensor(x.backend, shape, x.dtype);
+    const out = emptyTensor(backendOf(x), shape, x.dtype);
     const src = x.view(shape, x.strides, x.offset + start * x.strides[last]!);
-    x.backend.copy(out, src);
+    backendOf(x).copy(out, src);
     src.dispose();
     start += w;
     return out;
   });
   const node = beginNode('splitLastDim', [x], widths.length);
   if (node) {
-    const shape = x.shape, dtype = x.dtype, backend = x.backend;
+    const shape = x.shape, dtype = x.dtype, backend = backendOf(x);
     node.rule = (gs) => {
       const gx = emptyTensor(backend, shape, dtype);
       if (gs.some((g) => !g)) backend.fill(gx, 0);

@@ -1,7 +1,7 @@
 // Adam / AdamW over f32 master weights: one fused backend call per parameter updates the
 // master, both moments and the compute (bf16) copy. Clipping and micro-batch averaging arrive
 // as one gradient scale, so the gradients are never rewritten.
-import type { Backend } from '../backend/backend.js';
+import { backendOf, type Backend } from '../backend/backend.js';
 import type { Param } from '../nn/param.js';
 import { keep } from '../tensor/scope.js';
 import { emptyTensor, type Tensor } from '../tensor/tensor.js';
@@ -34,7 +34,7 @@ export class Adam {
     this.params.forEach((p, i) => {
       // Norm weights (rank 1) are not decayed, as is usual for transformer training.
       const wd = p.shape.length >= 2 ? this.config.weight_decay : 0;
-      p.master.backend.adam(p.master, p.grad, this.m[i]!, this.v[i]!, p.value === p.master ? null : p.value, {
+      backendOf(p.master).adam(p.master, p.grad, this.m[i]!, this.v[i]!, p.value === p.master ? null : p.value, {
         lr, beta1: this.config.beta1, beta2: this.config.beta2, eps: this.config.eps, weightDecay: wd,
         decoupled: this.config.type === 'adamw', step: this.step, gradScale,
       });

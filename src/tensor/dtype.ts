@@ -26,21 +26,6 @@ export function f32ToBf16(x: number): number {
   return ((u + 0x7fff + ((u >>> 16) & 1)) >>> 16) & 0xffff;
 }
 
-export function bf16ToF32(bits: number): number {
-  u32Scratch[0] = bits << 16;
-  return f32Scratch[0]!;
-}
-
-/** Rounds every element of an f32 array to the nearest bf16 value, in place (bf16 emulation). */
-export function roundToBf16InPlace(a: Float32Array): void {
-  const u = new Uint32Array(a.buffer, a.byteOffset, a.length);
-  for (let i = 0; i < u.length; i++) {
-    const x = u[i]!;
-    if ((x & 0x7f800000) === 0x7f800000 && (x & 0x007fffff) !== 0) { u[i] = (x | 0x00400000) & 0xffff0000; continue; }
-    u[i] = ((x + 0x7fff + ((x >>> 16) & 1)) & 0xffff0000) >>> 0;
-  }
-}
-
 export function bf16ArrayToF32(src: Uint16Array, dst: Float32Array = new Float32Array(src.length)): Float32Array {
   const u = new Uint32Array(dst.buffer, dst.byteOffset, dst.length);
   for (let i = 0; i < src.length; i++) u[i] = src[i]! << 16;

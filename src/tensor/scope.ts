@@ -1,7 +1,8 @@
 // Scopes: every tensor created while a scope is open is released when the scope closes, except
 // the ones the scope function returns and the ones passed to keep(). The training step runs in
 // a scope; parameters, gradients and optimizer state are created outside any scope (or kept).
-import type { Tensor } from './tensor.js';
+// This file sits below tensor.ts (which registers each new tensor here), so it names tensors and
+// autograd nodes by the two small interfaces below; Tensor and autograd's GradNode implement them.
 
 /** What a scope must release: its tensors, and autograd nodes (their saved tensors). */
 export interface Releasable {
@@ -10,11 +11,17 @@ export interface Releasable {
   parents(): Iterable<Releasable>;
 }
 
-interface Scope { tensors: Set<Tensor>; nodes: Set<Releasable> }
+/** What a scope needs of a tensor: a way to dispose it, and the autograd node that produced it. */
+export interface ScopedTensor {
+  readonly gradLink: { readonly node: Releasable } | null;
+  dispose(): void;
+}
+
+interface Scope { tensors: Set<ScopedTensor>; nodes: Set<Releasable> }
 
 const stack: Scope[] = [];
 
-export function trackInScope(t: Tensor): void {
+export function trackInScope(t: ScopedTensor): void {
   const top = stack[stack.length - 1];
   if (top) top.tensors.add(t);
 }
@@ -29,18 +36,23 @@ export function trackNodeInScope(n: Releasable): void {
 }
 
 /** Removes t from every open scope, so that it outlives them; the caller then owns it. */
-export function keep<T extends Tensor>(t: T): T {
+export function keep<T extends ScopedTensor>(t: T): T {
   for (const s of stack) s.tensors.delete(t);
   return t;
 }
 
-type Returned = Tensor | readonly Returned[] | { readonly [k: string]: Returned } | ArrayBufferView | number | string | boolean | void | null | undefined;
+type Returned = ScopedTensor | readonly Returned[] | { readonly [k: string]: Returned } | ArrayBufferView | number | string | boolean | void | null | undefined;
 
-function collect(v: unknown, out: Set<Tensor>): void {
+/** Whether a value inside a scope's result is a tensor: Tensor is the one type with both members. */
+function isScopedTensor(v: object): v is ScopedTensor {
+  return 'gradLink' in v && 'dispose' in v && typeof v.dispose === 'function';
+}
+
+function collect(v: unknown, out: Set<ScopedTensor>): void {
   if (v === null || v === undefined || typeof v !== 'object' || ArrayBuffer.isView(v)) return;
-  if ((v as Tensor).storage !== undefined && (v as Tensor).shape !== undefined) { out.add(v as Tensor); return; }
+  if (isScopedTensor(v)) { out.add(v); return; }
   if (Array.isArray(v)) { for (const x of v) collect(x, out); return; }
-  for (const x of Object.values(v as Record<string, unknown>)) collect(x, out);
+  for (const x of Object.values(v)) collect(x, out);
 }
 
 /** Runs fn; disposes the tensors it created except those it returns (which move to the outer scope). */
@@ -57,7 +69,7 @@ export function tidy<T extends Returned>(fn: () => T): T {
     throw e;
   }
   stack.pop();
-  const returned = new Set<Tensor>();
+  const returned = new Set<ScopedTensor>();
   collect(result, returned);
   if (mine.nodes.size > 0) {
     // Nodes reachable from a returned tensor stay (they move to the outer scope); others go.

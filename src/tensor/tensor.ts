@@ -1,11 +1,10 @@
 // Tensor: a typed view (shape, strides, offset, dtype) onto a reference-counted Storage that
 // belongs to one backend. Device memory never waits for the garbage collector: a tensor is
 // released by dispose(), by the scope that created it (scope.ts), or by autograd once its
-// gradient rule has run.
-import type { Backend, DeviceBuffer } from '../backend/backend.js';
+// gradient rule has run. An op reaches the tensor's backend through backendOf (backend/backend.ts).
 import { bytesPerElement, type DType } from './dtype.js';
-import { trackInScope } from './scope.js';
-import type { GradLink } from '../autograd/tape.js';
+import { trackInScope, type Releasable } from './scope.js';
+import { Storage, type StorageOwner } from './storage.js';
 
 export type Shape = readonly number[];
 
@@ -22,16 +21,24 @@ export function contiguousStrides(shape: Shape): number[] {
   return s;
 }
 
-/** A block of backend memory shared by every view onto it. */
-export class Storage {
-  refs = 1;
-  constructor(readonly backend: Backend, readonly buffer: DeviceBuffer, readonly bytes: number) {}
-  retain(): void { this.refs++; }
-  release(): void {
-    if (this.refs <= 0) throw new Error('internal: storage released twice');
-    if (--this.refs === 0) this.backend.free(this.buffer);
-  }
+/** Maps the gradients of a node's outputs to the gradients of its inputs (null: none). */
+export type BackwardRule = (gradOutputs: readonly (Tensor | null)[]) => readonly (Tensor | null)[];
+
+/**
+ * A node of the gradient graph as tensors and backward() see it. Declared here, below autograd,
+ * so that Tensor need not import autograd; autograd/tape.ts's GradNode implements it.
+ */
+export interface GradGraphNode extends Releasable {
+  readonly name: string;
+  /** The op's differentiable inputs, in the order the rule returns their gradients. */
+  readonly inputs: readonly Tensor[];
+  readonly outputCount: number;
+  /** null once the rule has run (or before the op has set it). */
+  readonly rule: BackwardRule | null;
 }
+
+/** Which node produced a tensor, and which of that node's outputs it is. */
+export interface GradLink { readonly node: GradGraphNode; readonly index: number }
 
 let nextId = 1;
 
@@ -56,7 +63,6 @@ export class Tensor {
     trackInScope(this);
   }
 
-  get backend(): Backend { return this.storage.backend; }
   get size(): number { return numel(this.shape); }
   get rank(): number { return this.shape.length; }
   get isDisposed(): boolean { return this.disposed; }
@@ -91,12 +97,13 @@ export class Tensor {
     return new Tensor(this.storage, shape, strides, offset, this.dtype);
   }
 
-  toString(): string { return `Tensor(${this.dtype}[${this.shape.join(',')}] on ${this.backend.kind})`; }
+  toString(): string { return `Tensor(${this.dtype}[${this.shape.join(',')}] on ${this.storage.owner.kind})`; }
 }
 
-export function emptyTensor(backend: Backend, shape: Shape, dtype: DType): Tensor {
+/** A new contiguous tensor in fresh memory of owner (a Backend), elements unset. */
+export function emptyTensor(owner: StorageOwner, shape: Shape, dtype: DType): Tensor {
   for (const d of shape) if (!Number.isInteger(d) || d < 0) throw new Error(`internal: bad shape [${shape}]`);
   const bytes = numel(shape) * bytesPerElement(dtype);
-  const storage = new Storage(backend, backend.alloc(bytes), bytes);
+  const storage = new Storage(owner, owner.alloc(bytes), bytes);
   return new Tensor(storage, shape, contiguousStrides(shape), 0, dtype);
 }

@@ -6,6 +6,7 @@
 // parallel layout can load any other.
 import fs from 'node:fs';
 import path from 'node:path';
+import { backendOf } from '../backend/backend.js';
 import type { DeepseekV2 } from '../models/deepseek_v2.js';
 import type { Adam } from '../optim/adam.js';
 import type { Tensor } from '../tensor/tensor.js';
@@ -84,7 +85,7 @@ function loadInto(file: string, names: readonly string[], targets: readonly Tens
         throw new Error(`${file}: tensor ${name} has shape [${info.shape}] but the model expects [${t.shape}]; the checkpoint does not match this model config`);
       }
       if (info.dtype !== 'F32') throw new Error(`${file}: tensor ${name} is ${info.dtype}, expected F32 (a moetrain checkpoint)`);
-      t.backend.write(t, st.readTensor(name).data as Float32Array);
+      backendOf(t).write(t, st.readTensor(name).data as Float32Array);
     });
   } finally {
     st.close();

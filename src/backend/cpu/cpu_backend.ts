@@ -2,7 +2,7 @@
 // tested against and the default where there is no GPU, so it favours the direct definition
 // over speed (except in matmul, which dominates the default run).
 import os from 'node:os';
-import { bytesPerElement, type HostArray } from '../../tensor/dtype.js';
+import { bytesPerElement, f32ArrayToBf16, type HostArray } from '../../tensor/dtype.js';
 import type { Tensor } from '../../tensor/tensor.js';
 import type { AdamHyper, AttentionOptions, Backend, BinaryOp, DeviceBuffer, MatmulOptions, MemoryStats, UnaryOp } from '../backend.js';
 import { HostBuffer, arrayOf, denseView, forEachIndex, readF32, storageArray, writeF32 } from './host.js';
@@ -84,7 +84,7 @@ export class CpuBackend implements Backend {
     const tmp = arrayOf(dst.dtype, new ArrayBuffer(dst.size * bytesPerElement(dst.dtype)), 0, dst.size);
     if (tmp instanceof Int32Array) for (let i = 0; i < vals.length; i++) tmp[i] = Math.round(vals[i]!);
     else if (tmp instanceof Float32Array) tmp.set(vals);
-    else { const f = new Float32Array(vals); const u = new Uint32Array(f.buffer); for (let i = 0; i < f.length; i++) { const x = u[i]!; tmp[i] = ((x + 0x7fff + ((x >>> 16) & 1)) >>> 16) & 0xffff; } }
+    else f32ArrayToBf16(vals, tmp);
     forEachIndex(dst, (i, at) => { d[at] = tmp[i]!; });
   }
 
