@@ -1,7 +1,8 @@
 // Training throughput benchmark (TARGETS.md): DeepSeek-V2-Lite widths cut to 4 layers (layer 0
 // dense, 1–3 MoE), sequence 2048, 4 sequences per step, bf16 compute with f32 masters, AdamW,
 // clipping at 1.0, random tokens. Prints the step log lines, then tokens/s (median of the steps
-// after warm-up), step time and peak memory.
+// after warm-up), step time and peak memory. The bench drives Training.step itself: no run
+// directory, no metrics file, no checkpoints.
 //
 //   moetrain bench train [--steps 20] [--layers 4] [--seq_len 2048] [--batch 4] [--micro 4] [--device cuda] [--profile 1]
 //                        [--peer eager|compile|both|none]   (default eager when python3 has torch and CUDA)
@@ -9,14 +10,14 @@
 // The peer (bench/train_peer.py) is transformers' DeepseekV2ForCausalLM on the same card, run
 // in the same command, so the two numbers are comparable. It runs first, in its own process:
 // run after ours, it found our ~51 GB still held by this process and ran out of memory.
-import os from 'node:os';
 import path from 'node:path';
-import fs from 'node:fs';
 import { selectBackend, type DeviceChoice } from '../src/backend/select.js';
-import { loadDeepseekV2Config, parameterCount, flopsPerToken } from '../src/models/deepseek_v2_config.js';
+import { loadDeepseekV2Config } from '../src/models/deepseek_v2_config.js';
+import { parameterCount, flopsPerToken } from '../src/models/deepseek_v2_weights.js';
 import { packageRoot } from '../src/backend/cuda/module.js';
 import { defaultTrainConfig, mergeTrainConfig } from '../src/train/config.js';
-import { train, type BatchSource } from '../src/train/trainer.js';
+import { formatLogLine, type StepMetrics } from '../src/train/log_line.js';
+import { Training, type BatchSource, type StepHooks, type StepPhase } from '../src/train/trainer.js';
 import { Rng } from '../src/nn/rng.js';
 import { spawnSync } from 'node:child_process';
 
@@ -31,10 +32,9 @@ export async function runTrainBench(flags: Record<string, string>): Promise<void
   });
   const model = loadDeepseekV2Config(path.join(packageRoot(), 'configs', 'deepseek-v2-lite.json'));
   model.num_hidden_layers = layers;
-  const runDir = fs.mkdtempSync(path.join(os.tmpdir(), 'moetrain-bench-'));
   const cfg = mergeTrainConfig(defaultTrainConfig(), {
-    model: 'deepseek-v2-lite (4 layers)', data: 'random', run_dir: runDir, device: flags['device'] ?? 'cuda', steps, seq_len: S,
-    micro_batch_size: micro, global_batch_size: G, checkpoint_every: 0,
+    model: `deepseek-v2-lite (${layers} layers)`, data: 'random', device: flags['device'] ?? 'cuda', steps, seq_len: S,
+    micro_batch_size: micro, global_batch_size: G,
     optimizer: { lr: 3e-4 }, schedule: { type: 'constant', warmup_steps: 0 },
   }, 'bench train');
   const backend = await selectBackend(cfg.device as DeviceChoice);
@@ -52,22 +52,44 @@ export async function runTrainBench(flags: Record<string, string>): Promise<void
   };
   const t0 = performance.now();
   const profile = flags['profile'] === 'true' || flags['profile'] === '1';
-  const result = train({ config: cfg, model, backend, data, log: (l) => console.log(l), saveCheckpoints: false, profile });
-  const rows = result.metrics.slice(Math.min(3, result.metrics.length - 1));
+  // --profile: each phase synchronised and timed (costs a little speed).
+  const phaseSec: Record<StepPhase, number> = { forward: 0, backward: 0, optimizer: 0 };
+  const hooks: StepHooks = !profile ? {} : {
+    phase: (name, fn) => {
+      const t = performance.now();
+      const r = fn();
+      backend.synchronize();
+      phaseSec[name] += (performance.now() - t) / 1000;
+      return r;
+    },
+  };
+  const training = new Training(cfg, model, backend);
+  training.model.initialize(cfg.seed);
+  const metrics: StepMetrics[] = [];
+  const phases: Record<StepPhase, number>[] = [];
+  for (let step = 0; step < steps; step++) {
+    const record = training.step(step, data, hooks);
+    console.log(formatLogLine(record));
+    metrics.push(record);
+    phases.push({ ...phaseSec });
+    phaseSec.forward = phaseSec.backward = phaseSec.optimizer = 0;
+  }
+  training.dispose();
+  const rows = metrics.slice(Math.min(3, metrics.length - 1));
   const tps = rows.map((r) => r.tokensPerSecond).sort((a, b) => a - b)[Math.floor(rows.length / 2)]!;
-  const peak = Math.max(...result.metrics.map((r) => r.peakMemoryBytes));
+  const peak = Math.max(...metrics.map((r) => r.peakMemoryBytes));
   const stepTime = rows.map((r) => r.stepTimeSec).sort((a, b) => a - b)[Math.floor(rows.length / 2)]!;
   console.log(`bench train: median tokens/s ${Math.round(tps).toLocaleString('en-US')}, median step ${stepTime.toFixed(3)} s, ` +
     `peak memory ${(peak / 2 ** 30).toFixed(2)} GiB, MFU ${(100 * tps * flopsPerToken(model, S) / 989e12).toFixed(1)}% of 989 TFLOP/s ` +
     `(${((performance.now() - t0) / 1000).toFixed(0)} s in all)`);
-  const first = result.metrics[0]!, last = result.metrics[result.metrics.length - 1]!;
+  const first = metrics[0]!, last = metrics[metrics.length - 1]!;
   console.log(`bench train: reserved ${((last.reservedMemoryBytes ?? 0) / 2 ** 30).toFixed(2)} GiB; system allocations ${first.systemAllocations ?? '-'} after step 1, ${last.systemAllocations ?? '-'} after step ${last.step}`);
   if (profile) {
-    const med = (k: 'forwardSec' | 'backwardSec' | 'optimizerSec') => rows.map((r) => r.phases![k]).sort((a, b) => a - b)[Math.floor(rows.length / 2)]! * 1000;
-    console.log(`bench train: phases (median ms, synchronised): forward ${med('forwardSec').toFixed(1)}, backward ${med('backwardSec').toFixed(1)}, ` +
-      `grad-norm + optimizer + zero ${med('optimizerSec').toFixed(1)}`);
+    const timed = phases.slice(Math.min(3, phases.length - 1));
+    const med = (k: StepPhase) => timed.map((r) => r[k]).sort((a, b) => a - b)[Math.floor(timed.length / 2)]! * 1000;
+    console.log(`bench train: phases (median ms, synchronised): forward ${med('forward').toFixed(1)}, backward ${med('backward').toFixed(1)}, ` +
+      `grad-norm + optimizer + zero ${med('optimizer').toFixed(1)}`);
   }
-  fs.rmSync(runDir, { recursive: true, force: true });
   for (const { mode, result } of peers) {
     const summary = typeof result === 'string' ? result
       : `${Math.round(result.tokens_per_second).toLocaleString('en-US')} tokens/s, ${result.step_ms.toFixed(1)} ms/step, ` +

@@ -13,11 +13,11 @@ import { backward } from '../src/autograd/backward.js';
 import { fromHost, toHostF32 } from '../src/ops/create.js';
 import { add } from '../src/ops/elementwise.js';
 import { DeepseekV2 } from '../src/models/deepseek_v2.js';
-import {
-  flopsPerToken, loadDeepseekV2Config, parameterCount, parameterShapes, parseDeepseekV2Config, type RopeScaling,
-} from '../src/models/deepseek_v2_config.js';
+import { loadDeepseekV2Config, parseDeepseekV2Config } from '../src/models/deepseek_v2_config.js';
+import { flopsPerToken, parameterCount } from '../src/models/deepseek_v2_weights.js';
+import { parameterShapes } from '../src/models/deepseek_v2_names.js';
 import { TINY_CONFIG_JSON } from '../src/models/tiny_config.js';
-import { inverseFrequencies, ropeTables, yarnMscale } from '../src/nn/rope_tables.js';
+import { inverseFrequencies, ropeTables, yarnMscale, type RopeScaling } from '../src/nn/rope_tables.js';
 import { tidy } from '../src/tensor/scope.js';
 
 const LITE_PATH = fileURLToPath(new URL('../../configs/deepseek-v2-lite.json', import.meta.url));
@@ -73,8 +73,8 @@ describe('q_lora_rank', () => {
       const r = m.forward(ids, labels, B * S, { form: 'micro-batch', alpha: 0.01 });
       backward(add(r.crossEntropy, r.loadBalance));
     });
-    for (const name of ['q_a_proj', 'q_a_layernorm', 'q_b_proj']) for (const l of [0, 1]) {
-      const g = toHostF32(m.param(`model.layers.${l}.self_attn.${name}.weight`).grad);
+    for (const name of ['aProj', 'aNorm', 'bProj'] as const) for (const l of [0, 1]) {
+      const g = toHostF32(m.layers[l]!.attn.qLora![name].grad);
       assert.ok(g.some((x) => x !== 0) && g.every(Number.isFinite), `layer ${l} ${name} has no gradient`);
     }
     m.dispose();

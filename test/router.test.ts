@@ -12,6 +12,9 @@ import { softmax } from '../src/ops/softmax.js';
 import { topk, bincount, expertOrder } from '../src/ops/routing.js';
 import { DeepseekV2, type LoadBalance } from '../src/models/deepseek_v2.js';
 import { parseDeepseekV2Config, type DeepseekV2Config } from '../src/models/deepseek_v2_config.js';
+import { namedParameters } from '../src/models/deepseek_v2_names.js';
+import type { DecoderLayer, Mlp } from '../src/models/deepseek_v2_weights.js';
+import type { Param } from '../src/nn/param.js';
 import { tidy } from '../src/tensor/scope.js';
 import type { Tensor } from '../src/tensor/tensor.js';
 import { gradCheck, randomValues, GRAD_TOLERANCE } from './helpers/grad_check.js';
@@ -19,7 +22,7 @@ import { gradCheck, randomValues, GRAD_TOLERANCE } from './helpers/grad_check.js
 const be = new CpuBackend();
 
 interface MoeInternals {
-  moe(l: number, p: string, x: Tensor, B: number, S: number, lb: LoadBalance): { out: Tensor; lb: Tensor | null };
+  moe(layer: DecoderLayer<Param>, x: Tensor, B: number, S: number, lb: LoadBalance): { out: Tensor; lb: Tensor | null };
   loadBalanceLoss(l: number, probs: Tensor, slots: Tensor, B: number, S: number, lb: LoadBalance): Tensor;
 }
 const internals = (m: DeepseekV2) => m as unknown as MoeInternals;
@@ -72,10 +75,10 @@ describe('router pieces', () => {
 
 /** float64 reference of one MoE layer: softmax router, top-k, combine weights, experts + shared. */
 function moeReference(m: DeepseekV2, xv: Float32Array, N: number): Float64Array {
-  const c = m.config, D = c.hidden_size, E = c.n_routed_experts, k = c.num_experts_per_tok, p = 'model.layers.0.mlp';
-  const w = (name: string) => toHostF32(m.param(name).value);
-  const mlp = (pre: string, x: Float32Array, n: number, F: number): Float64Array => {
-    const g = w(`${pre}.gate_proj.weight`), u = w(`${pre}.up_proj.weight`), d = w(`${pre}.down_proj.weight`);
+  const c = m.config, D = c.hidden_size, E = c.n_routed_experts, k = c.num_experts_per_tok, moe = m.layers[0]!.moe!;
+  const w = (p: Param) => toHostF32(p.value);
+  const mlp = (e: Mlp<Param>, x: Float32Array, n: number, F: number): Float64Array => {
+    const g = w(e.gate), u = w(e.up), d = w(e.down);
     const h = new Float64Array(F);
     for (let f = 0; f < F; f++) {
       let a = 0, b = 0;
@@ -86,7 +89,7 @@ function moeReference(m: DeepseekV2, xv: Float32Array, N: number): Float64Array 
     for (let j = 0; j < D; j++) for (let f = 0; f < F; f++) out[j] += d[j * F + f]! * h[f]!;
     return out;
   };
-  const gate = w(`${p}.gate.weight`);
+  const gate = w(moe.router);
   const out = new Float64Array(N * D);
   for (let n = 0; n < N; n++) {
     const logits = Array.from({ length: E }, (_, e) => { let s = 0; for (let j = 0; j < D; j++) s += gate[e * D + j]! * xv[n * D + j]!; return s; });
@@ -97,8 +100,8 @@ function moeReference(m: DeepseekV2, xv: Float32Array, N: number): Float64Array 
     // DeepSeek-V2 (HF): renormalise when norm_topk_prob and k > 1, else scale; never both.
     if (c.norm_topk_prob && c.num_experts_per_tok > 1) { const s = weights.reduce((a, b) => a + b, 0) + 1e-20; weights = weights.map((x) => x / s); }
     else weights = weights.map((x) => x * c.routed_scaling_factor);
-    picks.forEach((q, j) => { const y = mlp(`${p}.experts.${q.e}`, xv, n, c.moe_intermediate_size); for (let i = 0; i < D; i++) out[n * D + i] += weights[j]! * y[i]!; });
-    if (c.n_shared_experts > 0) { const y = mlp(`${p}.shared_experts`, xv, n, c.moe_intermediate_size * c.n_shared_experts); for (let i = 0; i < D; i++) out[n * D + i] += y[i]!; }
+    picks.forEach((q, j) => { const y = mlp(moe.experts[q.e]!, xv, n, c.moe_intermediate_size); for (let i = 0; i < D; i++) out[n * D + i] += weights[j]! * y[i]!; });
+    if (moe.shared) { const y = mlp(moe.shared, xv, n, c.moe_intermediate_size * c.n_shared_experts); for (let i = 0; i < D; i++) out[n * D + i] += y[i]!; }
   }
   return out;
 }
@@ -116,12 +119,12 @@ describe('MoE layer against a float64 reference (combine weights)', () => {
       m.initialize(3);
       const D = 6, E = m.config.n_routed_experts, B = 2, S = 3, N = B * S;
       // A router with O(1) logits, so the top-k picks are far from ties.
-      m.param('model.layers.0.mlp.gate.weight').load(randomValues(E * D, 40));
-      for (const p of m.params) if (p.name.includes('_proj')) p.load(randomValues(p.size, p.name.length * 7 + 1, 0.5));
+      m.layers[0]!.moe!.router.load(randomValues(E * D, 40));
+      for (const { name, param } of namedParameters(m)) if (name.includes('_proj')) param.load(randomValues(param.size, name.length * 7 + 1, 0.5));
       const xv = randomValues(N * D, 41);
       const want = moeReference(m, xv, N);
       tidy(() => {
-        const got = toHostF32(internals(m).moe(0, 'model.layers.0', fromHost(be, xv, [N, D], 'f32'), B, S, { form: 'micro-batch', alpha: 0 }).out);
+        const got = toHostF32(internals(m).moe(m.layers[0]!, fromHost(be, xv, [N, D], 'f32'), B, S, { form: 'micro-batch', alpha: 0 }).out);
         for (let i = 0; i < got.length; i++) assert.ok(Math.abs(got[i]! - want[i]!) < 1e-4 * Math.max(1, Math.abs(want[i]!)), `out[${i}] ${got[i]} vs ${want[i]}`);
       });
       m.dispose();
@@ -135,15 +138,15 @@ describe('MoE layer against a float64 reference (combine weights)', () => {
     // Positive inputs and a strongly negative router row 3: expert 3 is never picked.
     const gate = randomValues(E * D, 50);
     for (let j = 0; j < D; j++) gate[3 * D + j] = -5;
-    m.param('model.layers.0.mlp.gate.weight').load(gate);
-    for (const p of m.params) if (p.name.includes('_proj')) p.load(randomValues(p.size, p.name.length * 3 + 2, 0.5));
+    m.layers[0]!.moe!.router.load(gate);
+    for (const { name, param } of namedParameters(m)) if (name.includes('_proj')) param.load(randomValues(param.size, name.length * 3 + 2, 0.5));
     const xv = randomValues(N * D, 51).map((v) => Math.abs(v) + 0.1);
     const want = moeReference(m, xv, N);
     tidy(() => {
-      const got = toHostF32(internals(m).moe(0, 'model.layers.0', fromHost(be, xv, [N, D], 'f32'), B, S, { form: 'micro-batch', alpha: 0 }).out);
+      const got = toHostF32(internals(m).moe(m.layers[0]!, fromHost(be, xv, [N, D], 'f32'), B, S, { form: 'micro-batch', alpha: 0 }).out);
       for (let i = 0; i < got.length; i++) assert.ok(Math.abs(got[i]! - want[i]!) < 1e-4 * Math.max(1, Math.abs(want[i]!)));
     });
-    const r = gradCheck(be, [{ shape: [N, D], values: xv }], ([x]) => internals(m).moe(0, 'model.layers.0', x!, B, S, { form: 'micro-batch', alpha: 0 }).out);
+    const r = gradCheck(be, [{ shape: [N, D], values: xv }], ([x]) => internals(m).moe(m.layers[0]!, x!, B, S, { form: 'micro-batch', alpha: 0 }).out);
     assert.ok(r.relErrors[0]! < GRAD_TOLERANCE, `d(moe)/dx relative error ${r.relErrors[0]}`);
     assert.equal(r.leakedBytes, 0);
     m.dispose();
@@ -151,8 +154,8 @@ describe('MoE layer against a float64 reference (combine weights)', () => {
 
   test('the router weight stays f32 in a bf16 model', () => {
     const m = new DeepseekV2(moeConfig({}), be, 'bf16');
-    assert.equal(m.param('model.layers.0.mlp.gate.weight').value.dtype, 'f32');
-    assert.equal(m.param('model.layers.0.mlp.experts.0.up_proj.weight').value.dtype, 'bf16');
+    assert.equal(m.layers[0]!.moe!.router.value.dtype, 'f32');
+    assert.equal(m.layers[0]!.moe!.experts[0]!.up.value.dtype, 'bf16');
     m.dispose();
   });
 });

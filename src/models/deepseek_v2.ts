@@ -1,10 +1,13 @@
 // DeepSeek-V2: MLA attention (q_proj or q-LoRA, compressed kv with a shared rotary key) and
 // DeepSeekMoE (fp32 softmax router, top-k routed SwiGLU experts plus shared experts), with the
-// load-balance loss in three forms. Parameter names are Hugging Face's, so checkpoints in either
-// direction need no renaming table.
+// load-balance loss in three forms. The forward pass reads the typed parameter structure of
+// deepseek_v2_weights.ts; Hugging Face names exist only at the checkpoint boundary
+// (deepseek_v2_names.ts). A model may hold a part of the whole (ModelPart): a pipeline stage
+// runs embedTokens / runLayers / headLoss for what it owns, and an MoE layer computes only the
+// routed experts it owns (routedExperts is where their rows enter and leave).
 //
 // Shape legend: B batch, S sequence, N = B·S tokens, D hidden, H heads, Dn/Dr/Dv nope/rope/value
-// head widths, C kv_lora_rank, E routed experts, k experts per token, V vocabulary.
+// head widths, C kv_lora_rank, E routed experts, k experts per token, V vocabulary, M routed rows.
 import type { Backend } from '../backend/backend.js';
 import type { DType } from '../tensor/dtype.js';
 import { tidy, keep } from '../tensor/scope.js';
@@ -26,7 +29,10 @@ import { mlaAttention } from '../ops/mla_attention.js';
 import { Param } from '../nn/param.js';
 import { normalValues } from '../nn/init.js';
 import { ropeTables, yarnMscale } from '../nn/rope_tables.js';
-import { isMoeLayer, parameterShapes, type DeepseekV2Config } from './deepseek_v2_config.js';
+import type { DeepseekV2Config } from './deepseek_v2_config.js';
+import {
+  buildWeights, wholeModel, type Attention, type DecoderLayer, type DeepseekV2Weights, type Mlp, type ModelPart, type MoeBlock, type ParamSpec,
+} from './deepseek_v2_weights.js';
 
 /** Which statistics the load-balance loss balances (DESIGN.md). */
 export type LoadBalanceForm = 'micro-batch' | 'global-batch' | 'sequence';
@@ -44,9 +50,14 @@ export interface ForwardResult {
   loadBalance: Tensor;
 }
 
-export class DeepseekV2 {
+export class DeepseekV2 implements DeepseekV2Weights<Param> {
+  readonly embed: Param | null;
+  readonly layers: DecoderLayer<Param>[];
+  readonly norm: Param | null;
+  readonly lmHead: Param | null;
+  /** The owned parameters in the model's order; specs[i] says what params[i] is. */
   readonly params: Param[] = [];
-  private readonly byName = new Map<string, Param>();
+  readonly specs: ParamSpec[] = [];
   private readonly ropeCache = new Map<number, { cos: Tensor; sin: Tensor }>();
   readonly softmaxScale: number;
   /** Expert counts accumulated over the micro-batches of one step (global-batch form), per MoE layer. */
@@ -54,14 +65,19 @@ export class DeepseekV2 {
   /** k as an i32 [1] tensor, uploaded once (token index of each routed slot). */
   private topK: Tensor | null = null;
 
-  constructor(readonly config: DeepseekV2Config, readonly backend: Backend, readonly computeDtype: DType) {
-    for (const { name, shape } of parameterShapes(config)) {
+  /** The whole model, or the part of it that `part` names (its parameters only are allocated). */
+  constructor(readonly config: DeepseekV2Config, readonly backend: Backend, readonly computeDtype: DType, readonly part: ModelPart = wholeModel(config)) {
+    const w = buildWeights(config, part, (spec) => {
       // The router stays f32: its logits and softmax are computed in f32 (DESIGN.md numerics).
-      const dtype = name.endsWith('.mlp.gate.weight') ? 'f32' : computeDtype;
-      const p = new Param(name, shape, backend, dtype);
+      const p = new Param(spec.shape, backend, spec.dtype === 'f32' ? 'f32' : computeDtype);
       this.params.push(p);
-      this.byName.set(name, p);
-    }
+      this.specs.push(spec);
+      return p;
+    });
+    this.embed = w.embed;
+    this.layers = w.layers;
+    this.norm = w.norm;
+    this.lmHead = w.lmHead;
     const c = config;
     let sc = 1 / Math.sqrt(c.qk_nope_head_dim + c.qk_rope_head_dim);
     if (c.rope_scaling && c.rope_scaling.mscale_all_dim) {
@@ -71,22 +87,18 @@ export class DeepseekV2 {
     this.softmaxScale = sc;
   }
 
-  param(name: string): Param {
-    const p = this.byName.get(name);
-    if (!p) throw new Error(`internal: no parameter ${name}`);
-    return p;
-  }
-
-  private w(name: string): Tensor { return this.param(name).value; }
-
-  /** Initialisation of DESIGN.md: N(0, σ) matrices, σ/√(2·layers) for o_proj and down_proj, norms 1. */
+  /**
+   * Initialisation of DESIGN.md: N(0, σ) matrices, σ/√(2·layers) for o_proj and down_proj, norms 1.
+   * Each parameter's values are seeded by its index in the whole model, so a part gets exactly
+   * the values of the same parameters of the whole model.
+   */
   initialize(seed: number): void {
     const sigma = this.config.initializer_range;
     const residual = sigma / Math.sqrt(2 * this.config.num_hidden_layers);
-    this.params.forEach((p, index) => {
-      if (p.shape.length === 1) { p.load(new Float32Array(p.size).fill(1)); return; }
-      const s = p.name.endsWith('o_proj.weight') || p.name.endsWith('down_proj.weight') ? residual : sigma;
-      p.load(normalValues(p.size, s, seed, index));
+    this.params.forEach((p, i) => {
+      const spec = this.specs[i]!;
+      if (spec.init === 'ones') { p.load(new Float32Array(p.size).fill(1)); return; }
+      p.load(normalValues(p.size, spec.init === 'residual' ? residual : sigma, seed, spec.index));
     });
   }
 
@@ -109,78 +121,108 @@ export class DeepseekV2 {
   }
 
   /**
-   * Forward pass of one micro-batch: ids and labels i32 [B, S] (labels < 0 ignored);
-   * labelCount = number of labels ≥ 0 (host-known, so no device read is needed).
+   * Forward pass of one micro-batch through the whole model: ids and labels i32 [B, S] (labels
+   * < 0 ignored); labelCount = number of labels ≥ 0 (host-known, so no device read is needed).
    */
   forward(ids: Tensor, labels: Tensor, labelCount: number, lb: LoadBalance): ForwardResult {
     const [B, S] = ids.shape as [number, number];
-    const { logits, lbParts } = this.run(ids, lb);
-    const ce = crossEntropyMean(logits, reshape(labels, [B * S]), labelCount);
-    let lbTotal: Tensor;
-    if (lbParts.length === 0) lbTotal = fromHost(this.backend, [0], [1], 'f32');
-    else { lbTotal = lbParts[0]!; for (let i = 1; i < lbParts.length; i++) lbTotal = add(lbTotal, lbParts[i]!); }
-    return { crossEntropy: ce, loadBalance: lbTotal };
+    const { h, loadBalance } = this.runLayers(this.embedTokens(ids), B, S, lb);
+    return { crossEntropy: this.headLoss(h, labels, labelCount), loadBalance };
   }
 
   /** Next-token logits [B·S, V] for ids i32 [B, S] (evaluation and checkpoint parity checks). */
   logits(ids: Tensor): Tensor {
-    return this.run(ids, { form: 'micro-batch', alpha: 0 }).logits;
+    const [B, S] = ids.shape as [number, number];
+    return this.headLogits(this.runLayers(this.embedTokens(ids), B, S, { form: 'micro-batch', alpha: 0 }).h);
   }
 
-  private run(ids: Tensor, lb: LoadBalance): { logits: Tensor; lbParts: Tensor[] } {
+  /** Token embeddings [B·S, D] of ids i32 [B, S] (a part that owns the embedding). */
+  embedTokens(ids: Tensor): Tensor {
+    if (!this.embed) throw new Error('internal: embedTokens on a model part that does not own the embedding');
     const [B, S] = ids.shape as [number, number];
-    const c = this.config;
-    let h = embedding(ids, this.w('model.embed_tokens.weight'));
-    h = reshape(h, [B * S, c.hidden_size]);
-    const lbParts: Tensor[] = [];
-    for (let l = 0; l < c.num_hidden_layers; l++) {
+    return reshape(embedding(ids, this.embed.value), [B * S, this.config.hidden_size]);
+  }
+
+  /**
+   * The owned decoder layers on hidden states h [B·S, D]: their output [B·S, D] and the sum of
+   * their load-balance losses, [1] f32 (zeros when α = 0 or no owned layer is MoE).
+   */
+  runLayers(h: Tensor, B: number, S: number, lb: LoadBalance): { h: Tensor; loadBalance: Tensor } {
+    const parts: Tensor[] = [];
+    for (const layer of this.layers) {
       // Each layer in its own scope: only its output (and its share of the load-balance loss)
       // survives; the tensors its backward rules need are held by the autograd nodes.
       const prev = h;
-      const r = tidy(() => this.layer(l, prev, B, S, lb));
+      const r = tidy(() => this.layer(layer, prev, B, S, lb));
       h = r.h;
-      if (r.lb) lbParts.push(r.lb);
+      if (r.lb) parts.push(r.lb);
     }
-    const normed = rmsNorm(h, this.w('model.norm.weight'), c.rms_norm_eps);
-    return { logits: linear(normed, this.w('lm_head.weight')), lbParts };
+    if (parts.length === 0) return { h, loadBalance: fromHost(this.backend, [0], [1], 'f32') };
+    let total = parts[0]!;
+    for (let i = 1; i < parts.length; i++) total = add(total, parts[i]!);
+    return { h, loadBalance: total };
   }
 
-  private layer(l: number, x: Tensor, B: number, S: number, lb: LoadBalance): { h: Tensor; lb: Tensor | null } {
-    const c = this.config, p = `model.layers.${l}`;
-    const a = this.attention(p, rmsNorm(x, this.w(`${p}.input_layernorm.weight`), c.rms_norm_eps), B, S);
+  /** Final norm and lm_head on h [B·S, D]: logits [B·S, V] (a part that owns the head). */
+  headLogits(h: Tensor): Tensor {
+    if (!this.norm || !this.lmHead) throw new Error('internal: headLogits on a model part that does not own the head');
+    return linear(rmsNorm(h, this.norm.value, this.config.rms_norm_eps), this.lmHead.value);
+  }
+
+  /** Mean cross-entropy [1] f32 of the head's logits against labels i32 [B, S] (labels < 0 ignored). */
+  headLoss(h: Tensor, labels: Tensor, labelCount: number): Tensor {
+    return crossEntropyMean(this.headLogits(h), reshape(labels, [h.shape[0]!]), labelCount);
+  }
+
+  private layer(layer: DecoderLayer<Param>, x: Tensor, B: number, S: number, lb: LoadBalance): { h: Tensor; lb: Tensor | null } {
+    const eps = this.config.rms_norm_eps;
+    const a = this.attention(layer.attn, rmsNorm(x, layer.inputNorm.value, eps), B, S);
     const h = add(x, a);
-    const normed = rmsNorm(h, this.w(`${p}.post_attention_layernorm.weight`), c.rms_norm_eps);
-    if (!isMoeLayer(c, l)) return { h: add(h, this.mlp(`${p}.mlp`, normed)), lb: null };
-    const moe = this.moe(l, p, normed, B, S, lb);
+    const normed = rmsNorm(h, layer.postNorm.value, eps);
+    if (layer.mlp) return { h: add(h, this.mlp(layer.mlp, normed)), lb: null };
+    const moe = this.moe(layer, normed, B, S, lb);
     return { h: add(h, moe.out), lb: moe.lb };
   }
 
-  private attention(p: string, x: Tensor, B: number, S: number): Tensor {
+  private attention(w: Attention<Param>, x: Tensor, B: number, S: number): Tensor {
     const c = this.config, H = c.num_attention_heads;
     const Dn = c.qk_nope_head_dim, Dr = c.qk_rope_head_dim, Dv = c.v_head_dim;
-    const q = c.q_lora_rank === null
-      ? linear(x, this.w(`${p}.self_attn.q_proj.weight`))
-      : linear(rmsNorm(linear(x, this.w(`${p}.self_attn.q_a_proj.weight`)), this.w(`${p}.self_attn.q_a_layernorm.weight`), c.rms_norm_eps),
-        this.w(`${p}.self_attn.q_b_proj.weight`));
+    const q = w.qProj
+      ? linear(x, w.qProj.value)
+      : linear(rmsNorm(linear(x, w.qLora!.aProj.value), w.qLora!.aNorm.value, c.rms_norm_eps), w.qLora!.bProj.value);
     const [qNope, qPeRaw] = splitLastDim(reshape(q, [B, S, H, Dn + Dr]), [Dn, Dr]) as [Tensor, Tensor];
-    const [ckv, kPeRaw] = splitLastDim(linear(x, this.w(`${p}.self_attn.kv_a_proj_with_mqa.weight`)), [c.kv_lora_rank, Dr]) as [Tensor, Tensor];
-    const kv = linear(rmsNorm(ckv, this.w(`${p}.self_attn.kv_a_layernorm.weight`), c.rms_norm_eps), this.w(`${p}.self_attn.kv_b_proj.weight`));
+    const [ckv, kPeRaw] = splitLastDim(linear(x, w.kvAProj.value), [c.kv_lora_rank, Dr]) as [Tensor, Tensor];
+    const kv = linear(rmsNorm(ckv, w.kvANorm.value, c.rms_norm_eps), w.kvBProj.value);
     const [kNope, v] = splitLastDim(reshape(kv, [B, S, H, Dn + Dv]), [Dn, Dv]) as [Tensor, Tensor];
     const { cos, sin } = this.rope(S);
     const qPe = rope(qPeRaw, cos, sin);
     const kPe = rope(reshape(kPeRaw, [B, S, 1, Dr]), cos, sin);
     const { o } = mlaAttention(qNope, qPe, kNope, kPe, v, { causal: true, scale: this.softmaxScale });
-    return linear(reshape(o, [B * S, H * Dv]), this.w(`${p}.self_attn.o_proj.weight`));
+    return linear(reshape(o, [B * S, H * Dv]), w.oProj.value);
   }
 
-  private mlp(p: string, x: Tensor): Tensor {
-    const g = linear(x, this.w(`${p}.gate_proj.weight`)), u = linear(x, this.w(`${p}.up_proj.weight`));
-    return linear(swiglu(g, u), this.w(`${p}.down_proj.weight`));
+  private mlp(w: Mlp<Param>, x: Tensor): Tensor {
+    const g = linear(x, w.gate.value), u = linear(x, w.up.value);
+    return linear(swiglu(g, u), w.down.value);
   }
 
-  private moe(l: number, p: string, x: Tensor, B: number, S: number, lb: LoadBalance): { out: Tensor; lb: Tensor | null } {
-    const c = this.config, N = B * S, E = c.n_routed_experts, k = c.num_experts_per_tok;
-    const logits = linear(cast(x, 'f32'), this.w(`${p}.mlp.gate.weight`));
+  /**
+   * The owned routed experts on their rows: xs [M, D] holds counts[i] rows for moe.experts[i],
+   * in that order; returns their outputs [M, D] in the same order. Routed rows enter and leave
+   * the local experts here and nowhere else (an expert-parallel dispatcher wraps this).
+   */
+  routedExperts(moe: MoeBlock<Param>, xs: Tensor, counts: readonly number[]): Tensor {
+    const parts = splitRows(xs, counts);
+    return concatRows(parts.map((part, i) => (counts[i]! > 0 ? this.mlp(moe.experts[i]!, part) : part)));
+  }
+
+  /**
+   * The MoE block on x [N, D]: router over all E experts, then the owned experts' share of the
+   * routed output (all of it for the whole model) plus the shared experts.
+   */
+  private moe(layer: DecoderLayer<Param>, x: Tensor, B: number, S: number, lb: LoadBalance): { out: Tensor; lb: Tensor | null } {
+    const w = layer.moe!, c = this.config, N = B * S, E = c.n_routed_experts, k = c.num_experts_per_tok;
+    const logits = linear(cast(x, 'f32'), w.router.value);
     const probs = softmax(logits);
     const { values, indices } = topk(probs, k);
     // DeepSeek-V2's rule (HF modeling_deepseek_v2): renormalise when norm_topk_prob and k > 1,
@@ -192,20 +234,22 @@ export class DeepseekV2 {
     const slots = indices.view([N * k], [1], indices.offset);
     const { order, offsets } = expertOrder(slots, E);
     const bounds = toHostI32(offsets); // one device read per MoE layer: the per-expert GEMM sizes
-    const counts = Array.from({ length: E }, (_, e) => bounds[e + 1]! - bounds[e]!);
+    // The owned experts' slots are one block of the expert-sorted order: [bounds[e0], bounds[e1]).
+    const e0 = w.firstExpert, e1 = e0 + w.experts.length;
+    const counts = Array.from({ length: e1 - e0 }, (_, i) => bounds[e0 + i + 1]! - bounds[e0 + i]!);
+    const M = bounds[e1]! - bounds[e0]!;
+    const owned = M === N * k ? order : order.view([M], [1], order.offset + bounds[e0]!);
     // Slot m belongs to token floor(m/k): integer division by a broadcast [1] tensor holding k.
     this.topK ??= keep(fromHost(this.backend, [k], [1], 'i32'));
-    const kView = this.topK.view([N * k], [0], this.topK.offset);
-    const tokenOfSorted = emptyTensor(this.backend, order.shape, 'i32');
-    this.backend.binary('div', tokenOfSorted, order, kView);
+    const kView = this.topK.view([M], [0], this.topK.offset);
+    const tokenOfSorted = emptyTensor(this.backend, [M], 'i32');
+    this.backend.binary('div', tokenOfSorted, owned, kView);
     kView.dispose();
-    const sortedWeights = gatherRows(reshape(weights, [N * k, 1]), order, null);
+    const sortedWeights = gatherRows(reshape(weights, [N * k, 1]), owned, null);
     const xs = gatherRows(x, tokenOfSorted, null);
-    const parts = splitRows(xs, counts);
-    const ys = parts.map((part, e) => (counts[e]! > 0 ? this.mlp(`${p}.mlp.experts.${e}`, part) : part));
-    let out = scatterAddRows(concatRows(ys), tokenOfSorted, sortedWeights, N);
-    if (c.n_shared_experts > 0) out = add(out, this.mlp(`${p}.mlp.shared_experts`, x));
-    const lbLoss = lb.alpha > 0 ? this.loadBalanceLoss(l, probs, slots, B, S, lb) : null;
+    let out = scatterAddRows(this.routedExperts(w, xs, counts), tokenOfSorted, sortedWeights, N);
+    if (w.shared) out = add(out, this.mlp(w.shared, x));
+    const lbLoss = lb.alpha > 0 ? this.loadBalanceLoss(layer.index, probs, slots, B, S, lb) : null;
     return { out, lb: lbLoss };
   }
 

@@ -1,16 +1,7 @@
 // The DeepSeek-V2 configuration, read from a Hugging Face config.json: every field checked for
 // type and consistency up front, so a typo or an impossible size fails before any allocation.
 import { readFileSync } from 'node:fs';
-
-export interface RopeScaling {
-  type: 'yarn';
-  factor: number;
-  original_max_position_embeddings: number;
-  beta_fast: number;
-  beta_slow: number;
-  mscale: number;
-  mscale_all_dim: number;
-}
+import type { RopeScaling } from '../nn/rope_tables.js';
 
 export interface DeepseekV2Config {
   vocab_size: number;
@@ -170,57 +161,6 @@ export function loadDeepseekV2Config(path: string): DeepseekV2Config {
 
 export function isMoeLayer(c: DeepseekV2Config, layer: number): boolean {
   return layer >= c.first_k_dense_replace;
-}
-
-/** Every parameter's HF name and shape, in the model's order (no allocation). */
-export function parameterShapes(c: DeepseekV2Config): { name: string; shape: number[] }[] {
-  const D = c.hidden_size, H = c.num_attention_heads, dq = c.qk_nope_head_dim + c.qk_rope_head_dim;
-  const out: { name: string; shape: number[] }[] = [{ name: 'model.embed_tokens.weight', shape: [c.vocab_size, D] }];
-  const mlp = (p: string, width: number) => {
-    out.push({ name: `${p}.gate_proj.weight`, shape: [width, D] }, { name: `${p}.up_proj.weight`, shape: [width, D] }, { name: `${p}.down_proj.weight`, shape: [D, width] });
-  };
-  for (let l = 0; l < c.num_hidden_layers; l++) {
-    const p = `model.layers.${l}`;
-    out.push({ name: `${p}.input_layernorm.weight`, shape: [D] });
-    if (c.q_lora_rank === null) out.push({ name: `${p}.self_attn.q_proj.weight`, shape: [H * dq, D] });
-    else out.push(
-      { name: `${p}.self_attn.q_a_proj.weight`, shape: [c.q_lora_rank, D] },
-      { name: `${p}.self_attn.q_a_layernorm.weight`, shape: [c.q_lora_rank] },
-      { name: `${p}.self_attn.q_b_proj.weight`, shape: [H * dq, c.q_lora_rank] });
-    out.push(
-      { name: `${p}.self_attn.kv_a_proj_with_mqa.weight`, shape: [c.kv_lora_rank + c.qk_rope_head_dim, D] },
-      { name: `${p}.self_attn.kv_a_layernorm.weight`, shape: [c.kv_lora_rank] },
-      { name: `${p}.self_attn.kv_b_proj.weight`, shape: [H * (c.qk_nope_head_dim + c.v_head_dim), c.kv_lora_rank] },
-      { name: `${p}.self_attn.o_proj.weight`, shape: [D, H * c.v_head_dim] },
-      { name: `${p}.post_attention_layernorm.weight`, shape: [D] });
-    if (!isMoeLayer(c, l)) { mlp(`${p}.mlp`, c.intermediate_size); continue; }
-    out.push({ name: `${p}.mlp.gate.weight`, shape: [c.n_routed_experts, D] });
-    for (let e = 0; e < c.n_routed_experts; e++) mlp(`${p}.mlp.experts.${e}`, c.moe_intermediate_size);
-    if (c.n_shared_experts > 0) mlp(`${p}.mlp.shared_experts`, c.moe_intermediate_size * c.n_shared_experts);
-  }
-  out.push({ name: 'model.norm.weight', shape: [D] }, { name: 'lm_head.weight', shape: [c.vocab_size, D] });
-  return out;
-}
-
-export function parameterCount(c: DeepseekV2Config): number {
-  return parameterShapes(c).reduce((n, p) => n + p.shape.reduce((a, b) => a * b, 1), 0);
-}
-
-/**
- * Training FLOPs per token (TARGETS.md): 6 × (matrix parameters a token passes through,
- * lm_head included, embedding excluded, routed experts counted k times) + 3·h·s·(dq+dv) per
- * layer for causal attention at sequence length s.
- */
-export function flopsPerToken(c: DeepseekV2Config, seqLen: number): number {
-  let matrix = 0;
-  for (const p of parameterShapes(c)) {
-    if (p.shape.length !== 2 || p.name === 'model.embed_tokens.weight') continue;
-    const n = p.shape[0]! * p.shape[1]!;
-    if (p.name.includes('.mlp.experts.')) matrix += n * c.num_experts_per_tok / c.n_routed_experts;
-    else matrix += n;
-  }
-  const attn = 3 * c.num_attention_heads * seqLen * (c.qk_nope_head_dim + c.qk_rope_head_dim + c.v_head_dim) * c.num_hidden_layers;
-  return 6 * matrix + attn;
 }
 
 /** Fields Hugging Face types as float: written with a decimal point even when integral. */

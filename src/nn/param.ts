@@ -1,6 +1,7 @@
 // A trainable parameter: f32 master weights, the copy used for compute (bf16 in mixed
 // precision; the master itself when compute is f32), and an f32 gradient accumulated across
-// micro-batches. All three live outside any scope for the whole run.
+// micro-batches. All three live outside any scope for the whole run. A parameter has no name:
+// the model's structure says what it is, and checkpoints name it (models/deepseek_v2_names.ts).
 import { backendOf, type Backend } from '../backend/backend.js';
 import type { DType } from '../tensor/dtype.js';
 import { keep } from '../tensor/scope.js';
@@ -12,7 +13,7 @@ export class Param {
   readonly value: Tensor;
   readonly grad: Tensor;
 
-  constructor(readonly name: string, readonly shape: readonly number[], backend: Backend, computeDtype: DType) {
+  constructor(readonly shape: readonly number[], backend: Backend, computeDtype: DType) {
     this.master = keep(emptyTensor(backend, shape, 'f32'));
     this.value = computeDtype === 'f32' ? this.master : keep(emptyTensor(backend, shape, computeDtype));
     this.grad = keep(emptyTensor(backend, shape, 'f32'));

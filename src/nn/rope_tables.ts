@@ -1,7 +1,24 @@
 // cos/sin tables for rotary embeddings: plain (θ^(−2j/d)) or YaRN (DeepSeek-V2's long-context
 // scaling: frequencies blended between interpolated and original by a linear ramp over the
 // rotation count, and the magnitude scale mscale folded into cos and sin).
-import type { RopeScaling } from '../models/deepseek_v2_config.js';
+
+/** YaRN scaling as DeepSeek-V2's config.json gives it (rope_scaling). */
+export interface RopeScaling {
+  type: 'yarn';
+  /** Context extension factor: frequencies are divided by it where the ramp says so. */
+  factor: number;
+  /** Context length the model was trained at before the extension. */
+  original_max_position_embeddings: number;
+  /** Rotation counts bounding the ramp between extrapolated and interpolated frequencies. */
+  beta_fast: number;
+  beta_slow: number;
+  /**
+   * Magnitude scales: cos and sin are multiplied by yarnMscale(factor, mscale) /
+   * yarnMscale(factor, mscale_all_dim), and the attention softmax scale by yarnMscale(factor, mscale_all_dim)².
+   */
+  mscale: number;
+  mscale_all_dim: number;
+}
 
 export function yarnMscale(scale: number, mscale: number): number {
   return scale <= 1 ? 1 : 0.1 * mscale * Math.log(scale) + 1;

@@ -22,10 +22,20 @@ export class Adam {
   /** Number of updates taken so far (the bias correction uses step + 1). */
   step = 0;
 
+  private readonly indexOf: Map<Param, number>;
+
   constructor(readonly params: readonly Param[], readonly config: AdamConfig, backend: Backend) {
     const make = (p: Param) => { const t = keep(emptyTensor(backend, p.shape, 'f32')); backend.fill(t, 0); return t; };
     this.m = params.map(make);
     this.v = params.map(make);
+    this.indexOf = new Map(params.map((p, i) => [p, i]));
+  }
+
+  /** The first and second moments of parameter p (one of `params`). */
+  moments(p: Param): { m: Tensor; v: Tensor } {
+    const i = this.indexOf.get(p);
+    if (i === undefined) throw new Error('internal: Adam.moments of a parameter this optimizer does not update');
+    return { m: this.m[i]!, v: this.v[i]! };
   }
 
   /** One update with learning rate lr; gradScale multiplies every gradient (clipping). */

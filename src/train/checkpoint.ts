@@ -2,12 +2,13 @@
 // under their HF names), optimizer.safetensors (Adam moments as exp_avg.<name> /
 // exp_avg_sq.<name>) and state.json (step, optimizer step, config). A checkpoint is written
 // into a temporary folder and renamed when complete, so a folder with the final name is always
-// whole; resume picks the highest complete step. Names, not layouts, identify tensors, so any
-// parallel layout can load any other.
+// whole; resume picks the highest complete step. Names (models/deepseek_v2_names.ts; experts by
+// global id), not layouts, identify tensors, so any parallel layout can load any other.
 import fs from 'node:fs';
 import path from 'node:path';
 import { backendOf } from '../backend/backend.js';
 import type { DeepseekV2 } from '../models/deepseek_v2.js';
+import { namedParameters } from '../models/deepseek_v2_names.js';
 import type { Adam } from '../optim/adam.js';
 import type { Tensor } from '../tensor/tensor.js';
 import { toHostF32 } from '../ops/create.js';
@@ -55,11 +56,12 @@ export function saveCheckpoint(dir: string, step: number, model: DeepseekV2, opt
   const tmp = `${final}.tmp-${process.pid}`;
   fs.rmSync(tmp, { recursive: true, force: true });
   fs.mkdirSync(tmp);
-  writeF32File(path.join(tmp, 'model.safetensors'), model.params.map((p) => ({ name: p.name, t: p.master })));
-  writeF32File(path.join(tmp, 'optimizer.safetensors'), model.params.flatMap((p, i) => [
-    { name: `exp_avg.${p.name}`, t: optimizer.m[i]! },
-    { name: `exp_avg_sq.${p.name}`, t: optimizer.v[i]! },
-  ]));
+  const named = namedParameters(model);
+  writeF32File(path.join(tmp, 'model.safetensors'), named.map(({ name, param }) => ({ name, t: param.master })));
+  writeF32File(path.join(tmp, 'optimizer.safetensors'), named.flatMap(({ name, param }) => {
+    const { m, v } = optimizer.moments(param);
+    return [{ name: `exp_avg.${name}`, t: m }, { name: `exp_avg_sq.${name}`, t: v }];
+  }));
   const state = {
     format: 'moetrain-checkpoint', version: 1, step, optimizer_step: optimizer.step, data_fingerprint: opts.dataFingerprint ?? null,
     time: new Date().toISOString(), config: opts.config,
@@ -105,10 +107,12 @@ export function loadCheckpoint(folder: string, model: DeepseekV2, optimizer: Ada
   if (dataFingerprint && state.data_fingerprint && state.data_fingerprint !== dataFingerprint) {
     throw new Error(`${folder}: this checkpoint was trained on other data or another seed/sequence length (data fingerprint ${state.data_fingerprint}, now ${dataFingerprint}); use the run's original data and settings, or a new --run_dir`);
   }
-  const names = model.params.map((p) => p.name);
-  loadInto(path.join(folder, 'model.safetensors'), names, model.params.map((p) => p.master));
-  for (const p of model.params) p.syncValue();
-  loadInto(path.join(folder, 'optimizer.safetensors'), [...names.map((n) => `exp_avg.${n}`), ...names.map((n) => `exp_avg_sq.${n}`)], [...optimizer.m, ...optimizer.v]);
+  const named = namedParameters(model);
+  loadInto(path.join(folder, 'model.safetensors'), named.map((e) => e.name), named.map((e) => e.param.master));
+  for (const { param } of named) param.syncValue();
+  const moments = named.map((e) => optimizer.moments(e.param));
+  loadInto(path.join(folder, 'optimizer.safetensors'), [...named.map((e) => `exp_avg.${e.name}`), ...named.map((e) => `exp_avg_sq.${e.name}`)],
+    [...moments.map((s) => s.m), ...moments.map((s) => s.v)]);
   optimizer.step = state.optimizer_step;
   return state.step;
 }

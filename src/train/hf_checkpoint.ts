@@ -1,5 +1,5 @@
-// Hugging Face checkpoints in and out. moetrain's parameter names are HF's DeepseekV2 names, so
-// conversion is a dtype change and a file layout change, tensor by tensor (never a whole
+// Hugging Face checkpoints in and out. moetrain's checkpoint names are HF's DeepseekV2 names
+// (models/deepseek_v2_names.ts), so conversion is a dtype change and a file layout change, tensor by tensor (never a whole
 // checkpoint in memory):
 //   importHf: HF folder (index + shards, or one model.safetensors; bf16/f16/f32) → a moetrain
 //             weights folder (model.safetensors in f32 + config.json) that `init_from` starts from.
@@ -11,7 +11,8 @@ import path from 'node:path';
 import { bf16ArrayToF32, f32ArrayToBf16 } from '../tensor/dtype.js';
 import { openShardedSafetensors, ShardedSafetensorsWriter } from '../io/safetensors_index.js';
 import { SafetensorsWriter } from '../io/safetensors.js';
-import { loadDeepseekV2Config, parameterShapes, type DeepseekV2Config } from '../models/deepseek_v2_config.js';
+import { loadDeepseekV2Config, type DeepseekV2Config } from '../models/deepseek_v2_config.js';
+import { namedParameters, parameterShapes } from '../models/deepseek_v2_names.js';
 import type { DeepseekV2 } from '../models/deepseek_v2.js';
 
 /** IEEE half → f32. */
@@ -52,13 +53,13 @@ function checkedShape(src: WeightSource, dir: string, name: string, want: readon
   if (have.join(',') !== want.join(',')) throw new Error(`${dir}: tensor ${name} has shape [${have}] but the config needs [${want}]`);
 }
 
-/** Loads weights from an HF or moetrain folder into a model's f32 masters (for init_from). */
+/** Loads weights from an HF or moetrain folder into a model's (or a model part's) f32 masters (for init_from). */
 export function loadWeightsInto(model: DeepseekV2, dir: string): void {
   const src = openWeights(dir);
   try {
-    for (const p of model.params) {
-      checkedShape(src, dir, p.name, p.shape);
-      p.load(src.readF32(p.name));
+    for (const { name, param } of namedParameters(model)) {
+      checkedShape(src, dir, name, param.shape);
+      param.load(src.readF32(name));
     }
   } finally {
     src.close();
