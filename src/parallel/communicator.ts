@@ -48,7 +48,7 @@ export interface Communicator {
   /**
    * The sub-group of this communicator's `ranks` (ascending, containing this rank). Every member
    * calls it, in the same order relative to its other group creations; non-members do not.
-   * Asking for all ranks returns this communicator.
+   * Asking for all ranks returns this communicator; a group of one is a LocalCommunicator.
    */
   group(ranks: readonly number[], name: string): Promise<Communicator>;
   /** Frees the group's resources; a closed group may not be used again. */

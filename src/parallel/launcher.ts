@@ -5,6 +5,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import type { Readable } from 'node:stream';
+import { LOST_PEER } from './cpu/peer_links.js';
 
 export interface LaunchOptions {
   /** The program each rank runs: the executable and its arguments. */
@@ -16,7 +17,7 @@ export interface LaunchOptions {
   masterPort: number;
   /** Base environment of the children (default: this process's). */
   env?: NodeJS.ProcessEnv;
-  /** From a rank's failure to SIGKILL of the ranks that have not exited (default 5 s). */
+  /** From a rank's failure to SIGKILL of the ranks that have not exited (default 3 s). */
   graceMs?: number;
   /** Where the children's lines and the launcher's own messages go (default: this process's streams). */
   stdout?: (line: string) => void;
@@ -26,12 +27,31 @@ export interface LaunchOptions {
 /** Lines kept per rank for the failure report. */
 const TAIL_LINES = 15;
 
+type ExitStatus = { code: number | null; signal: NodeJS.Signals | null };
+
 interface Rank {
   rank: number;
   child: ChildProcess;
   tail: string[];
   /** Resolves when the process has exited and its output has been read to the end. */
-  closed: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  closed: Promise<ExitStatus>;
+  status: ExitStatus | null;
+}
+
+/**
+ * The rank to blame: the first one seen failing, unless its error says it lost its connection
+ * to a rank that did not succeed either (several exits can be seen at once, not in the order
+ * they happened, and a rank that is still exiting may receive the SIGTERM meant for the others).
+ */
+function rankToBlame(first: Rank, ranks: readonly Rank[]): Rank {
+  let blamed = first;
+  for (let hops = 0; hops < ranks.length; hops++) {
+    const m = blamed.tail.map((l) => LOST_PEER.exec(l)).find((x) => x !== null);
+    const peer = m ? ranks.find((r) => r.rank === Number(m[1])) : undefined;
+    if (!peer || !peer.status || (peer.status.code === 0 && peer.status.signal === null)) return blamed;
+    blamed = peer;
+  }
+  return blamed;
 }
 
 function pipeLines(stream: Readable, onLine: (line: string) => void): Promise<void> {
@@ -61,11 +81,11 @@ export function rankEnv(o: LaunchOptions, localRank: number): NodeJS.ProcessEnv 
 export async function launchRanks(o: LaunchOptions): Promise<number> {
   const out = o.stdout ?? ((l: string) => { process.stdout.write(`${l}\n`); });
   const err = o.stderr ?? ((l: string) => { process.stderr.write(`${l}\n`); });
-  const graceMs = o.graceMs ?? 5000;
+  const graceMs = o.graceMs ?? 3000;
   const [exe, ...args] = o.program;
   if (!exe) throw new Error('internal: launchRanks without a program');
 
-  let failed: { rank: Rank; code: number | null; signal: NodeJS.Signals | null } | null = null;
+  let failed: Rank | null = null;
   let killTimer: NodeJS.Timeout | null = null;
   const ranks: Rank[] = [];
 
@@ -79,21 +99,21 @@ export async function launchRanks(o: LaunchOptions): Promise<number> {
   for (let local = 0; local < o.nprocPerNode; local++) {
     const rank = o.nodeRank * o.nprocPerNode + local;
     const child = spawn(exe, args, { env: rankEnv(o, local), stdio: ['ignore', 'pipe', 'pipe'] });
-    const r: Rank = { rank, child, tail: [], closed: Promise.resolve({ code: null, signal: null }) };
+    const r: Rank = { rank, child, tail: [], closed: Promise.resolve({ code: null, signal: null }), status: null };
     const prefix = rank === 0 ? '' : `[rank ${rank}] `;
     const keep = (line: string): void => { r.tail.push(line); if (r.tail.length > TAIL_LINES) r.tail.shift(); };
     const piped = Promise.all([
       pipeLines(child.stdout!, (line) => out(prefix + line)),
       pipeLines(child.stderr!, (line) => { keep(line); err(prefix + line); }),
     ]);
-    const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => {
+    const exited = new Promise<ExitStatus>((resolve) => {
       child.on('error', (e) => { keep(`cannot start ${exe}: ${e.message}`); resolve({ code: 127, signal: null }); });
       child.on('exit', (code, signal) => resolve({ code, signal }));
     });
     r.closed = exited.then(async (status) => {
-      // The first rank to fail is the cause; the others' failures follow from it.
+      r.status = status;
       if (!failed && (status.code !== 0 || status.signal !== null)) {
-        failed = { rank: r, ...status };
+        failed = r;
         stopOthers();
       }
       await piped;
@@ -116,11 +136,13 @@ export async function launchRanks(o: LaunchOptions): Promise<number> {
     if (killTimer) clearTimeout(killTimer);
   }
 
-  const f = failed as { rank: Rank; code: number | null; signal: NodeJS.Signals | null } | null;
-  if (!f) return 0;
-  const how = f.signal !== null ? `was killed by ${f.signal}` : `exited with status ${f.code}`;
-  err(`moetrain launch: rank ${f.rank.rank} ${how}; the other ranks were stopped. Its last error lines:`);
-  for (const line of f.rank.tail) err(`[rank ${f.rank.rank}] ${line}`);
-  if (f.rank.tail.length === 0) err(`[rank ${f.rank.rank}] (nothing on stderr)`);
-  return f.code !== null && f.code !== 0 ? f.code : 1;
+  const first = failed as Rank | null;
+  if (!first) return 0;
+  const f = rankToBlame(first, ranks);
+  const { code, signal } = f.status!;
+  const how = signal !== null ? `ended by ${signal}` : `exit status ${code}`;
+  err(`moetrain launch: rank ${f.rank} failed (${how}); the other ranks were stopped. Its last error lines:`);
+  for (const line of f.tail) err(`[rank ${f.rank}] ${line}`);
+  if (f.tail.length === 0) err(`[rank ${f.rank}] (nothing on stderr)`);
+  return code !== null && code !== 0 ? code : 1;
 }

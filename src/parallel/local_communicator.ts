@@ -1,5 +1,6 @@
-// A world of one process (no launcher): every collective is the identity, so a reduction is a
-// no-op and a gather, scatter or all-to-all is a copy. Works on any backend's tensors.
+// A group of one process (the world without a launcher, or a mesh group of size 1): every
+// collective is the identity, so a reduction is a no-op and a gather, scatter or all-to-all is
+// a copy. Works on any backend's tensors.
 import { contiguousStrides, type Tensor } from '../tensor/tensor.js';
 import { checkArgs, type Communicator, type ReduceOp } from './communicator.js';
 
@@ -17,9 +18,12 @@ function copyFlat(dst: Tensor, src: Tensor): void {
 export class LocalCommunicator implements Communicator {
   readonly rank = 0;
   readonly size = 1;
-  readonly worldRanks: readonly number[] = [0];
+  readonly worldRanks: readonly number[];
 
-  constructor(readonly name = 'world') {}
+  /** `worldRank`: this process's rank in the world the group belongs to. */
+  constructor(readonly name = 'world', worldRank = 0) {
+    this.worldRanks = [worldRank];
+  }
 
   allReduce(t: Tensor, _op: ReduceOp): void { checkArgs.allReduce(this, t); }
   reduceScatter(out: Tensor, inp: Tensor): void { checkArgs.reduceScatter(this, out, inp); copyFlat(out, inp); }

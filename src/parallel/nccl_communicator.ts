@@ -12,6 +12,7 @@ import { bf16ArrayToF32, bytesPerElement, f32ArrayToBf16 } from '../tensor/dtype
 import { emptyTensor, type Tensor } from '../tensor/tensor.js';
 import { keep } from '../tensor/scope.js';
 import { checkArgs, isWholeGroup, type Communicator, type ReduceOp } from './communicator.js';
+import { LocalCommunicator } from './local_communicator.js';
 import type { StoreClient } from './rendezvous/store_client.js';
 
 /** Element-wise maximum over `n` equal pieces of `all`, in `all`'s element type. */
@@ -155,6 +156,7 @@ export class NcclCommunicator implements Communicator {
   async group(ranks: readonly number[], name: string): Promise<Communicator> {
     checkArgs.group(this, ranks);
     if (isWholeGroup(this, ranks)) return this;
+    if (ranks.length === 1) return new LocalCommunicator(name, this.worldRanks[ranks[0]!]);
     const worldRanks = ranks.map((r) => this.worldRanks[r]!);
     const key = worldRanks.join(',');
     let g = this.groups.get(key);

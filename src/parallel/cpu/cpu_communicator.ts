@@ -9,6 +9,7 @@ import type { Tensor } from '../../tensor/tensor.js';
 import { bytesPerElement } from '../../tensor/dtype.js';
 import { denseView } from '../../backend/cpu/host.js';
 import { checkArgs, isWholeGroup, type Communicator, type ReduceOp } from '../communicator.js';
+import { LocalCommunicator } from '../local_communicator.js';
 import type { StoreClient } from '../rendezvous/store_client.js';
 import {
   CTRL_ERROR_BYTES, CTRL_STATE, CTRL_WORDS, ERROR_BYTES, STATE_DONE, STATE_FAILED, STATE_IDLE, STATE_PENDING,
@@ -189,6 +190,7 @@ export class CpuCommunicator implements Communicator {
   group(ranks: readonly number[], name: string): Promise<Communicator> {
     checkArgs.group(this, ranks);
     if (isWholeGroup(this, ranks)) return Promise.resolve(this);
+    if (ranks.length === 1) return Promise.resolve(new LocalCommunicator(name, this.worldRanks[ranks[0]!]));
     return Promise.resolve(new CpuCommunicator(this.engine, ranks.map((r) => this.worldRanks[r]!), name, false));
   }
 

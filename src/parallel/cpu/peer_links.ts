@@ -13,6 +13,9 @@ const KIND_DATA = 2;
 const KIND_BYE = 3;
 
 type PeerState = 'up' | 'bye' | 'lost';
+
+/** The lost-peer error names the peer this way; the launcher follows it to the rank that failed first. */
+export const LOST_PEER = /lost the connection to rank (\d+) /;
 interface Waiter { resolve: (m: Uint8Array) => void; reject: (e: Error) => void }
 interface Mailbox { queue: Uint8Array[]; waiters: Waiter[] }
 
