@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// The moetrain command line: train, tokenize, convert, bench. A user-caused error prints one
+// The moetrain command line: train, tokenize, convert, bench, launch. A user-caused error prints one
 // line naming the problem and the fix, and exits with status 1.
 import { parseArgs } from './args.js';
 import { trainCommand } from './train_command.js';
@@ -10,6 +10,8 @@ const USAGE = `usage: moetrain <command> [options]
   tokenize   --inputs a.jsonl[,dir,...] --output DIR [--tokenizer tokenizer.json|bytes] [--workers N] [--skip-bad-lines]
   convert    --from DIR --to DIR [--format hf|moetrain]
   bench      gemm | attention | train
+  launch     --nproc-per-node N [--nnodes M --node-rank R --master-addr A --master-port P] -- <command and options>
+             runs N ranks of a moetrain command (or of a .js file) on this node
 
 Training options are the fields of the training config (src/train/config.ts), e.g.
   --steps 200 --seq_len 128 --optimizer.lr 1e-3 --device cpu --run_dir runs/x`;
@@ -30,6 +32,10 @@ async function main(argv: string[]): Promise<void> {
     case 'bench': {
       const { benchCommand } = await import('./bench_command.js');
       return benchCommand(parseArgs(rest));
+    }
+    case 'launch': {
+      const { launchCommand } = await import('./launch_command.js');
+      return launchCommand(rest);
     }
     case undefined:
     case 'help':

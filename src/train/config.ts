@@ -6,6 +6,7 @@ import type { AdamConfig } from '../optim/adam.js';
 import type { ScheduleConfig } from '../optim/schedule.js';
 import type { LoadBalanceForm } from '../models/deepseek_v2.js';
 import { closestName } from '../models/deepseek_v2_config.js';
+import type { ParallelConfig } from '../parallel/mesh.js';
 
 export interface TrainConfig {
   /** Model: a DeepSeek-V2 config.json path, or "tiny" for the built-in demo model. */
@@ -38,6 +39,11 @@ export interface TrainConfig {
   keep_checkpoints: number;
   /** Start from these weights (a moetrain checkpoint or HF folder) when the run has no checkpoint yet. */
   init_from: string | null;
+  /**
+   * The mesh pp × dp × cp × ep (ep innermost; the product is the number of ranks `moetrain launch`
+   * starts) and the seconds a collective may wait for the other ranks; see src/parallel/mesh.ts.
+   */
+  parallel: ParallelConfig;
 }
 
 export function defaultTrainConfig(): TrainConfig {
@@ -49,6 +55,7 @@ export function defaultTrainConfig(): TrainConfig {
     grad_clip: 1.0,
     load_balance: { form: 'sequence', alpha: 3e-3 },
     checkpoint_every: 50, keep_checkpoints: 2, init_from: null,
+    parallel: { pp: 1, dp: 1, cp: 1, ep: 1, collective_timeout_sec: 300 },
   };
 }
 
@@ -70,6 +77,9 @@ const SCHEMA: Record<string, Check | Record<string, Check>> = {
   grad_clip: nonNeg,
   load_balance: { form: oneOf('micro-batch', 'global-batch', 'sequence'), alpha: nonNeg },
   checkpoint_every: nonNegInt, keep_checkpoints: nonNegInt, init_from: strOrNull,
+  // Pipeline stages, data-parallel replicas, context-parallel ranks, expert-parallel ranks, and
+  // how long a collective or the rendezvous waits for the other ranks.
+  parallel: { pp: positiveInt, dp: positiveInt, cp: positiveInt, ep: positiveInt, collective_timeout_sec: positive },
 };
 
 /** Applies `overrides` (nested objects, dotted-path keys already split) onto base, checking every field. */
