@@ -1,6 +1,7 @@
 // A group of one process (the world without a launcher, or a mesh group of size 1): every
 // collective is the identity, so a reduction is a no-op and a gather, scatter or all-to-all is
 // a copy. Works on any backend's tensors.
+import { backendOf } from '../backend/backend.js';
 import { contiguousStrides, type Tensor } from '../tensor/tensor.js';
 import { checkArgs, type Communicator, type ReduceOp } from './communicator.js';
 
@@ -9,7 +10,7 @@ function copyFlat(dst: Tensor, src: Tensor): void {
   if (dst.size === 0) return;
   const flat = src.view(dst.shape, contiguousStrides(dst.shape), src.offset);
   try {
-    dst.backend.copy(dst, flat);
+    backendOf(dst).copy(dst, flat);
   } finally {
     flat.dispose();
   }

@@ -6,6 +6,7 @@
 // to check; after one, the communicator refuses further calls (its peers are out of step).
 import { Worker } from 'node:worker_threads';
 import type { Tensor } from '../../tensor/tensor.js';
+import { backendOf } from '../../backend/backend.js';
 import { bytesPerElement } from '../../tensor/dtype.js';
 import { denseView } from '../../backend/cpu/host.js';
 import { checkArgs, isWholeGroup, type Communicator, type ReduceOp } from '../communicator.js';
@@ -18,7 +19,7 @@ import {
 
 /** The bytes of a contiguous CPU tensor, without a copy. */
 function bytesOf(t: Tensor): Uint8Array {
-  if (t.backend.kind !== 'cpu') throw new Error(`internal: the CPU communicator moves CPU tensors, got ${t}`);
+  if (backendOf(t).kind !== 'cpu') throw new Error(`internal: the CPU communicator moves CPU tensors, got ${t}`);
   const v = denseView(t);
   return new Uint8Array(v.buffer, v.byteOffset, v.byteLength);
 }
