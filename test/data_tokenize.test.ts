@@ -9,7 +9,7 @@ import { test } from 'node:test';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { tokenizeCorpus, listInputFiles } from '../src/data/tokenize.js';
+import { tokenizeCorpus, listInputs } from '../src/data/tokenize.js';
 import { readManifest } from '../src/data/manifest.js';
 import { openShard } from '../src/data/shards.js';
 import { encodeBytes, BYTE_EOS_ID } from '../src/data/byte_tokenizer.js';
@@ -196,10 +196,10 @@ test('tokenize: missing, unsupported and corrupt inputs', async () => {
     new RegExp(`input ${missing.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')} does not exist`));
   const csv = path.join(root, 'x.csv');
   fs.writeFileSync(csv, 'a,b');
-  assert.throws(() => listInputFiles([csv]), /x\.csv: unsupported file type; use one of \.txt, \.txt\.zst, \.jsonl, \.jsonl\.zst/);
+  assert.throws(() => listInputs([csv]), /x\.csv: unsupported file type; use one of \.txt, \.txt\.zst, \.jsonl, \.jsonl\.zst/);
   const emptyDir = path.join(root, 'empty');
   fs.mkdirSync(emptyDir);
-  assert.throws(() => listInputFiles([emptyDir]), /holds no \.txt/);
+  assert.throws(() => listInputs([emptyDir]), /holds no \.txt/);
   const cut = path.join(root, 'cut.jsonl.zst');
   fs.writeFileSync(cut, Buffer.from(SMALL_JSONL_ZST_BASE64, 'base64').subarray(0, 200));
   await assert.rejects(tokenizeCorpus({ inputs: [cut], output: path.join(root, 'o3'), tokenizer: { kind: 'bytes' }, workers: 1, progress: false }),
