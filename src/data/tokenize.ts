@@ -323,7 +323,8 @@ class ProgressLine {
     const mbps = this.bytes / 1e6 / s;
     const since = this.first === null ? 0 : (now - this.first.at) / 1000;
     const rate = since > 0.2 ? (this.bytes - this.first!.bytes) / since : 0;
-    const eta = rate > 0 ? (this.totalBytes - this.bytes) / rate : NaN;
+    const left = this.totalBytes - this.bytes;
+    const eta = left <= 0 ? 0 : rate > 0 ? left / rate : NaN;
     const pct = this.totalBytes > 0 ? (100 * this.bytes) / this.totalBytes : 100;
     const line = `tokenize: ${pct.toFixed(1)}% ${(this.bytes / 1e6).toFixed(1)}/${(this.totalBytes / 1e6).toFixed(1)} MB, ` +
       `${mbps.toFixed(2)} MB/s, ${fmt(Math.round(this.tokens / s))} tokens/s, ${fmt(this.documents)} docs, ETA ${formatEta(eta)}`;
@@ -331,13 +332,11 @@ class ProgressLine {
     this.printed = true;
   }
 
-  /** Stops the timer and prints the final line (when any line was printed, or the work took a second). */
+  /** Stops the timer and prints the final line (when there was anything to tokenize). */
   end(): void {
     if (this.timer !== null) clearInterval(this.timer);
-    if (!this.enabled) return;
-    const now = performance.now();
-    if (!this.printed && now - this.start < 1000) return;
-    this.print(now);
+    if (!this.enabled || (this.totalBytes === 0 && !this.printed)) return;
+    this.print(performance.now());
     if (this.tty) process.stderr.write('\n');
   }
 }
