@@ -1,7 +1,7 @@
 // `moetrain tokenize`: text corpora (.txt, .txt.zst, .jsonl, .jsonl.zst) → packed token shards.
 import os from 'node:os';
 import type { CommandSpec } from './args.js';
-import { tokenizeCorpus } from '../data/tokenize.js';
+import { tokenizeCorpus, DEFAULT_SHARD_TOKENS } from '../data/tokenize.js';
 import type { TokenizerSpec } from '../data/tokenizer.js';
 
 export const TOKENIZE_COMMAND: CommandSpec = {
@@ -15,7 +15,7 @@ export const TOKENIZE_COMMAND: CommandSpec = {
     { name: 'eos_token', value: 'TEXT', help: 'the EOS token of an HF tokenizer (default: eos_token of tokenizer_config.json beside it)' },
     { name: 'workers', value: 'N', default: `the cores (${os.availableParallelism()} here)`, help: 'worker threads, one file each at a time; 0 tokenizes in the main thread' },
     { name: 'skip_bad_lines', value: null, help: 'skip JSONL lines that are not JSON or have no string "text" (the summary names the first five) instead of stopping' },
-    { name: 'shard_tokens', value: 'N', default: String(1 << 28), help: 'most tokens per shard file' },
+    { name: 'shard_tokens', value: 'N', default: String(DEFAULT_SHARD_TOKENS), help: 'most tokens per shard file' },
   ],
   notes: [
     'Tokens are stored as uint16 when the vocabulary has at most 65,536 ids, else uint32. Progress goes to',

@@ -64,7 +64,7 @@ export interface TokenizeSummary {
   totalTokens: number;
 }
 
-const DEFAULT_SHARD_TOKENS = 1 << 28;
+export const DEFAULT_SHARD_TOKENS = 1 << 28;
 
 export async function tokenizeCorpus(options: TokenizeOptions): Promise<TokenizeSummary> {
   const start = performance.now();
