@@ -74,6 +74,7 @@ test('cli: both spellings, boolean flags, stray words and unknown options', (t) 
   one(['tokenize', '--inputs', bad, '--output', path.join(dir, 'x'), '--skip-bad-lines', 'yes'], /unexpected word "yes" after --skip-bad-lines, which takes no value/);
   one(['tokenize', '--inputs', bad, '--output', path.join(dir, 'x'), 'extra.jsonl'], /unexpected word "extra\.jsonl": moetrain tokenize takes no positional words/);
   one(['tokenize', '--input', bad], /unknown option --input for moetrain tokenize \(did you mean --inputs\?\)/);
+  one(['tokenize', '--inputs', bad, '--output', path.join(dir, 'x'), '--eos-token', '</s>'], /--eos_token applies to an HF tokenizer/);
   one(['train', '--device', 'cpu', 'fast'], /unexpected word "fast": moetrain train takes no positional words/);
   one(['train', '--stepz', '5'], /unknown option --stepz for moetrain train \(did you mean --steps\?\)/);
   one(['train', '--steps'], /option --steps needs a value \(e\.g\. --steps 100;/);
