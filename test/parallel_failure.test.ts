@@ -103,7 +103,7 @@ test('bad launcher arguments get one line each', () => {
     [['--nproc-per-node', '2'], /launch: nothing to run; put a moetrain command after "--"/],
     [['--', 'train'], /launch: --nproc-per-node is required/],
     [['--nproc-per-node', '0', '--', 'train'], /--nproc-per-node must be an integer ≥ 1, got "0"/],
-    [['--nproc-pernode', '2', '--', 'train'], /unknown option --nproc-pernode \(did you mean --nproc-per-node\?\)/],
+    [['--nproc-pernode', '2', '--', 'train'], /unknown option --nproc-pernode for moetrain launch \(did you mean --nproc-per-node\?\)/],
     [['--nproc-per-node', '2', '--nnodes', '2', '--', 'train'], /--nnodes 2 needs --master-addr with the address of node 0/],
     [['--nproc-per-node', '2', '--nnodes', '2', '--node-rank', '2', '--master-addr', '10.1.1.1', '--', 'train'], /--node-rank 2 must be below --nnodes 2/],
   ];

@@ -4,12 +4,28 @@
 // the node's rank and node 0's address from SLURM when they are not given.
 import net from 'node:net';
 import { fileURLToPath } from 'node:url';
-import { parseArgs } from './args.js';
-import { closestName } from '../models/deepseek_v2_config.js';
+import type { CommandSpec, ParsedArgs } from './args.js';
 import { launchRanks } from '../parallel/launcher.js';
 import { DEFAULT_MASTER_ADDR, DEFAULT_MASTER_PORT, firstSlurmHost } from '../parallel/launch_env.js';
 
-const OPTIONS = ['nproc-per-node', 'nnodes', 'node-rank', 'master-addr', 'master-port'];
+export const LAUNCH_COMMAND: CommandSpec = {
+  name: 'launch',
+  summary: 'start N ranks of a moetrain command on this node, with torchrun\'s environment (RANK, LOCAL_RANK, WORLD_SIZE, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT)',
+  positionals: [],
+  passThrough: 'COMMAND ...',
+  options: [
+    { name: 'nproc_per_node', value: 'N', help: '(required) processes on this node (one per GPU; each uses the GPU of its LOCAL_RANK)' },
+    { name: 'nnodes', value: 'M', default: '1 (under srun: SLURM_STEP_NUM_NODES)', help: 'nodes in the job' },
+    { name: 'node_rank', value: 'R', default: '0 (under srun: SLURM_NODEID)', help: 'this node\'s index' },
+    { name: 'master_addr', value: 'ADDR', default: '127.0.0.1 (MASTER_ADDR; under srun the first node)', help: 'address of node 0, where rank 0 serves the rendezvous' },
+    { name: 'master_port', value: 'PORT', default: 'a free port on one node (MASTER_PORT)', help: 'TCP port of the rendezvous' },
+  ],
+  notes: [
+    'COMMAND is a moetrain command with its options (e.g. train --parallel.dp 2) or a .js file run with node.',
+    'If a rank fails, the others are stopped within 10 s and that rank\'s last error lines are printed.',
+  ],
+};
+
 const EXAMPLE = 'moetrain launch --nproc-per-node 2 -- train --parallel.dp 2';
 
 function intOption(flags: Record<string, string | undefined>, name: string, min: number): number | undefined {
@@ -33,17 +49,11 @@ function freeLoopbackPort(): Promise<number> {
 
 const isLoopback = (addr: string): boolean => addr === 'localhost' || addr.startsWith('127.') || addr === '::1';
 
-export async function launchCommand(argv: readonly string[]): Promise<void> {
-  const sep = argv.indexOf('--');
-  const own = sep < 0 ? argv : argv.slice(0, sep);
-  const command = sep < 0 ? [] : argv.slice(sep + 1);
-  const { positional, flags } = parseArgs(own);
-  if (positional.length > 0) throw new Error(`launch: unexpected "${positional[0]}" before "--"; put the command after it, e.g. ${EXAMPLE}`);
-  for (const name of Object.keys(flags)) {
-    if (OPTIONS.includes(name)) continue;
-    const near = closestName(name, OPTIONS);
-    throw new Error(`launch: unknown option --${name}${near ? ` (did you mean --${near}?)` : ''}; launch options go before "--", the command's after it`);
-  }
+export async function launchCommand(args: ParsedArgs): Promise<void> {
+  const command = args.rest;
+  // Kebab-case keys: the option names of this file's messages.
+  const flags: Record<string, string> = {};
+  for (const [k, v] of Object.entries(args.flags)) flags[k.replace(/_/g, '-')] = v;
   if (command.length === 0) throw new Error(`launch: nothing to run; put a moetrain command after "--", e.g. ${EXAMPLE}`);
   const nprocPerNode = intOption(flags, 'nproc-per-node', 1);
   if (nprocPerNode === undefined) throw new Error(`launch: --nproc-per-node is required (processes on this node, one per GPU), e.g. ${EXAMPLE}`);
