@@ -14,7 +14,7 @@ import path from 'node:path';
 import fs from 'node:fs';
 import { selectBackend, type DeviceChoice } from '../src/backend/select.js';
 import { loadDeepseekV2Config, parameterCount, flopsPerToken } from '../src/models/deepseek_v2_config.js';
-import { packageRoot } from '../src/backend/cuda/module.js';
+import { packageRoot } from '../src/package_root.js';
 import { defaultTrainConfig, mergeTrainConfig } from '../src/train/config.js';
 import { train, type BatchSource } from '../src/train/trainer.js';
 import { Rng } from '../src/nn/rng.js';

@@ -10,8 +10,8 @@ import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { packageRoot } from '../src/backend/cuda/module.js';
-import { cudaAvailable } from '../src/backend/cuda/library.js';
+import { packageRoot } from '../src/package_root.js';
+import { cudaAvailable } from '../src/backend/cuda/ffi/library.js';
 import { TINY_CONFIG_JSON } from '../src/models/tiny_config.js';
 
 const cli = path.join(packageRoot(), 'dist', 'src', 'cli', 'main.js');
