@@ -37,7 +37,7 @@ export async function runTrainBench(flags: Record<string, string>): Promise<void
     micro_batch_size: micro, global_batch_size: G, checkpoint_every: 0,
     optimizer: { lr: 3e-4 }, schedule: { type: 'constant', warmup_steps: 0 },
   }, 'bench train');
-  const backend = await selectBackend(cfg.device as DeviceChoice);
+  const backend = await selectBackend(cfg.device as DeviceChoice, { mlaKernels: cfg.mla_kernels });
   console.log(`bench train: ${backend.description}; ${layers} layers, ${(parameterCount(model) / 1e9).toFixed(3)}B parameters, ` +
     `${G}×${S} tokens per step (micro-batch ${micro}), ${(flopsPerToken(model, S) / 1e9).toFixed(2)} GFLOP/token`);
   const rng = new Rng(cfg.seed);
