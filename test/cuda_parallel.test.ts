@@ -6,7 +6,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import net from 'node:net';
-import { cudaAvailable } from '../src/backend/cuda/library.js';
+import { cudaAvailable } from '../src/backend/cuda/ffi/library.js';
 import type { Backend } from '../src/backend/backend.js';
 import { f32ArrayToBf16, type DType, type HostArray } from '../src/tensor/dtype.js';
 import { emptyTensor, type Tensor } from '../src/tensor/tensor.js';

@@ -11,7 +11,7 @@ import { estimateMemory } from '../src/parallel/memory_estimate.js';
 import { splitStages } from '../src/parallel/stages.js';
 import { defaultTrainConfig, mergeTrainConfig } from '../src/train/config.js';
 import { Training, type BatchSource } from '../src/train/trainer.js';
-import { packageRoot } from '../src/backend/cuda/module.js';
+import { packageRoot } from '../src/package_root.js';
 import path from 'node:path';
 
 function smallModel(layers: number, experts: number, k: number) {

@@ -6,7 +6,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import path from 'node:path';
-import { packageRoot } from '../src/backend/cuda/module.js';
+import { packageRoot } from '../src/package_root.js';
 
 const cli = path.join(packageRoot(), 'dist', 'src', 'cli', 'main.js');
 const rankScript = path.join(packageRoot(), 'dist', 'test', 'helpers', 'parallel_rank.js');

@@ -7,7 +7,7 @@ import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { packageRoot } from '../src/backend/cuda/module.js';
+import { packageRoot } from '../src/package_root.js';
 
 const cli = path.join(packageRoot(), 'dist', 'src', 'cli', 'main.js');
 const made: string[] = [];

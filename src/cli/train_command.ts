@@ -23,7 +23,7 @@ export async function trainCommand(flags: Record<string, string>): Promise<void>
   checkRunDir(cfg.run_dir);
 
   const model: DeepseekV2Config = cfg.model === 'tiny' ? tinyConfig() : loadDeepseekV2Config(cfg.model);
-  const backend = await selectBackend(cfg.device);
+  const backend = await selectBackend(cfg.device, { mlaKernels: cfg.mla_kernels });
   console.log(`moetrain: device ${backend.kind} — ${backend.description}`);
   console.log(`moetrain: model ${cfg.model === 'tiny' ? 'tiny (built-in)' : cfg.model}, ${(parameterCount(model) / 1e6).toFixed(2)}M parameters, ${cfg.precision} compute`);
 

@@ -1,13 +1,14 @@
-// Collectives on CUDA tensors through NCCL (bindings in backend/cuda/nccl.ts). Every call is
+// Collectives on CUDA tensors through NCCL (bindings in backend/cuda/ffi/nccl.ts). Every call is
 // queued on the backend's compute stream, so it is ordered with the kernels that produce and
 // consume its buffers and the caller never waits (barrier excepted). Groups are separate NCCL
 // communicators: the group's lowest rank makes an ncclUniqueId and publishes it through the
 // rendezvous store. All-to-all is grouped send/recv; 'max' (used on small tensors: metrics)
 // gathers every rank's copy and takes the maximum on the host.
 import type { Backend } from '../backend/backend.js';
-import type { CudaContext } from '../backend/cuda/context.js';
-import { CudaBackend, devicePtr } from '../backend/cuda/cuda_backend.js';
-import { NcclComm, ncclGroupEnd, ncclGroupStart, ncclUniqueId } from '../backend/cuda/nccl.js';
+import type { CudaContext } from '../backend/cuda/runtime/context.js';
+import { CudaBackend } from '../backend/cuda/cuda_backend.js';
+import { devicePtr } from '../backend/cuda/runtime/device_buffer.js';
+import { NcclComm, ncclGroupEnd, ncclGroupStart, ncclUniqueId } from '../backend/cuda/ffi/nccl.js';
 import { bf16ArrayToF32, bytesPerElement, f32ArrayToBf16 } from '../tensor/dtype.js';
 import { emptyTensor, type Tensor } from '../tensor/tensor.js';
 import { keep } from '../tensor/scope.js';

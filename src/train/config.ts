@@ -17,6 +17,12 @@ export interface TrainConfig {
   run_dir: string;
   /** "auto" picks CUDA when a GPU is present, else the CPU. */
   device: 'auto' | 'cpu' | 'cuda';
+  /**
+   * MLA attention kernels on CUDA: "auto" takes the fastest set that applies; "hopper" (sm_90a),
+   * "mma" (mma.sync, compute capability 8.0+) or "generic" (any widths) forces one. The
+   * MOETRAIN_MLA_KERNELS environment variable overrides it.
+   */
+  mla_kernels: 'auto' | 'hopper' | 'mma' | 'generic';
   /** Compute precision of weights and activations (masters, gradients and optimizer state are f32). */
   precision: 'bf16' | 'f32';
   /** Seeds initialisation and the data order. */
@@ -51,6 +57,7 @@ export interface TrainConfig {
 export function defaultTrainConfig(): TrainConfig {
   return {
     model: 'tiny', data: 'demo', run_dir: 'runs/default', device: 'auto', precision: 'bf16', seed: 1234,
+    mla_kernels: 'auto',
     steps: 100, seq_len: 64, micro_batch_size: 16, global_batch_size: 16,
     optimizer: { type: 'adamw', lr: 4e-3, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.01 },
     schedule: { type: 'cosine', warmup_steps: 10, min_lr_ratio: 0.1, decay_fraction: 0.2 },
@@ -76,6 +83,7 @@ const oneOf = (...xs: string[]): Check => Object.assign((v: unknown) => (xs.incl
 
 const SCHEMA: Record<string, Check | Record<string, Check>> = {
   model: str, data: str, run_dir: str, device: oneOf('auto', 'cpu', 'cuda'), precision: oneOf('bf16', 'f32'),
+  mla_kernels: oneOf('auto', 'hopper', 'mma', 'generic'),
   seed: nonNegInt, steps: positiveInt, seq_len: positiveInt, micro_batch_size: positiveInt, global_batch_size: positiveInt,
   optimizer: { type: oneOf('adamw', 'adam'), lr: positive, beta1: fraction, beta2: fraction, eps: positive, weight_decay: nonNeg },
   schedule: { type: oneOf('cosine', 'wsd', 'constant'), warmup_steps: nonNegInt, min_lr_ratio: nonNeg, decay_fraction: fraction },
