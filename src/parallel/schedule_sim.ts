@@ -7,7 +7,8 @@
 //
 // The simulator runs every rank's list against given pass costs and records when each action
 // starts and ends, so idle time and the bubble fraction (idle rank-time / all rank-time) are
-// computed, not assumed. Transfers take no time; what they cost is waiting. Three semantics:
+// computed, not assumed. A transfer takes a fixed latency (default 0: what it costs is then
+// only waiting for its peer). Three semantics:
 //   ideal       the transfer actions are skipped; a pass starts once the pass that produces its
 //               input has ended, wherever that ran (the schedule's compute order alone)
 //   eager       a send completes when posted; a recv completes once its send has been posted
@@ -68,6 +69,9 @@ export interface PassCosts {
   forward: readonly number[];
   backward: readonly number[];
 }
+
+/** The cost of each pass on its own (a measured run's durations). */
+export type PassCostOf = (dir: 'forward' | 'backward', p: Pass) => number;
 
 export type CommSemantics = 'ideal' | 'eager' | 'rendezvous';
 
@@ -138,12 +142,13 @@ function halvesOf(a: Action): { sends: Transfer[]; recvs: Transfer[] } {
   }
 }
 
-/** Runs every rank's actions; throws on a deadlock or a broken schedule. */
-export function simulate(s: Schedule, costs: PassCosts, semantics: CommSemantics): Simulation {
+/**
+ * Runs every rank's actions; throws on a deadlock or a broken schedule. `latency`: how long data
+ * takes from one rank to another (added to every received tensor's arrival; default 0).
+ */
+export function simulate(s: Schedule, costs: PassCosts | PassCostOf, semantics: CommSemantics, latency = 0): Simulation {
   const S = s.stageRank.length, P = s.pp;
-  for (let st = 0; st < S; st++) {
-    if (!(costs.forward[st]! > 0 && costs.backward[st]! > 0)) throw new Error(`internal: pass costs of stage ${st} must be positive`);
-  }
+  const costOf: PassCostOf = typeof costs === 'function' ? costs : (dir, p) => costs[dir][p.stage]!;
   const pc = new Array<number>(P).fill(0);
   const clock = new Array<number>(P).fill(0);
   const busy = new Array<number>(P).fill(0);
@@ -161,7 +166,8 @@ export function simulate(s: Schedule, costs: PassCosts, semantics: CommSemantics
     const to = s.stageRank[next]!;
     // Local hand-offs (consecutive stages on one rank, the turn of DualPipeV's V) need no transfer;
     // in the ideal semantics nothing does.
-    if (to === rank || semantics === 'ideal') have[to]!.set(key(kind, mb, stage), at);
+    if (to === rank) have[to]!.set(key(kind, mb, stage), at);
+    else if (semantics === 'ideal') have[to]!.set(key(kind, mb, stage), at + latency);
   };
 
   /** Runs a compute action if its inputs are there; returns false when it must wait (ideal only). */
@@ -184,15 +190,16 @@ export function simulate(s: Schedule, costs: PassCosts, semantics: CommSemantics
       if (done.has(`${dir}${p.mb}:${p.stage}`)) broken(r, a, 'this pass ran before');
       if (dir === 'f') {
         if (p.stage > 0 && !need(key('activation', p.mb, p.stage - 1), 'its input activation')) return false;
-        cost += costs.forward[p.stage]!;
+        cost += costOf('forward', p);
       } else {
         const f = done.get(`f${p.mb}:${p.stage}`);
         if (f === undefined) broken(r, a, 'its forward has not run on this rank');
         ready = Math.max(ready, f);
         if (p.stage < S - 1 && !need(key('gradient', p.mb, p.stage + 1), 'the gradient of its output')) return false;
-        cost += costs.backward[p.stage]!;
+        cost += costOf('backward', p);
       }
     }
+    if (!(cost > 0)) broken(r, a, `its cost must be positive, got ${cost}`);
     const end = ready + cost;
     timeline.push({ rank: r, action: a, start: ready, end });
     clock[r] = end;
@@ -230,8 +237,9 @@ export function simulate(s: Schedule, costs: PassCosts, semantics: CommSemantics
     for (const t of recvs) {
       const peer = posted.get(`send ${transferKey(t)}`);
       if (peer === undefined) return false;
-      end = Math.max(end, peer);
+      end = Math.max(end, semantics === 'rendezvous' ? peer : peer + latency);
     }
+    if (semantics === 'rendezvous') end += latency;
     for (const t of recvs) have[r]!.set(transferKey(t), end);
     timeline.push({ rank: r, action: a, start: t0, end });
     clock[r] = end;

@@ -1,0 +1,196 @@
+// One rank of the pipeline tests (test/pipeline_parallel.test.ts), started by
+// `moetrain launch --nproc-per-node 2`. The tiny model with 4 layers in f32; each rank builds the
+// model parts of the stages it holds (splitStages over the schedule's virtual stages), runs one
+// optimizer step's schedule with runPipelineStep, and checks itself against the whole model's
+// step computed here in one process from the same seed and micro-batches. Without arguments
+// (node --test imports every file under dist/test) it does nothing.
+//   equal KINDS M FORM  per schedule (KINDS: 1f1b,dualpipev): the step's losses and every
+//                       parameter gradient of this rank's parts against the single-process step
+//                       (M micro-batches, load-balance FORM); prints "rank R ok …" with the
+//                       largest differences
+//   idle KINDS M        per schedule: runs the step 3 times (the first warms up) and prints the
+//                       measured idle fraction next to the simulator's replay of the same passes
+// Micro-batches are B = PP_B (default 2) sequences of S = PP_S (default 16) tokens.
+// The part-1 mesh check refuses pp > 1 until the trainer runs pipelines, so the two processes
+// join as dp2 and the world communicator serves as the pipeline group.
+import assert from 'node:assert/strict';
+import { CpuBackend } from '../../src/backend/cpu/cpu_backend.js';
+import { backward } from '../../src/autograd/backward.js';
+import { fromHost, toHostF32 } from '../../src/ops/create.js';
+import { add, scale } from '../../src/ops/elementwise.js';
+import { tidy } from '../../src/tensor/scope.js';
+import { emptyTensor } from '../../src/tensor/tensor.js';
+import { DeepseekV2, type LoadBalance, type LoadBalanceForm } from '../../src/models/deepseek_v2.js';
+import { parseDeepseekV2Config } from '../../src/models/deepseek_v2_config.js';
+import { namedParameters } from '../../src/models/deepseek_v2_names.js';
+import { TINY_CONFIG_JSON } from '../../src/models/tiny_config.js';
+import { initDistributed, type Distributed } from '../../src/parallel/init_distributed.js';
+import { runPipelineStep, type MicroBatchTokens, type PipelineChunk } from '../../src/parallel/pipeline.js';
+import { pipelineSchedule, stagesOfRank } from '../../src/parallel/schedule.js';
+import { simulate, uniformCosts, type Pass, type ScheduleKind } from '../../src/parallel/schedule_sim.js';
+import { splitStages } from '../../src/parallel/stages.js';
+
+const B = Number(process.env.PP_B ?? 2), S = Number(process.env.PP_S ?? 16), SEED = 77;
+const config = parseDeepseekV2Config({ ...TINY_CONFIG_JSON, num_hidden_layers: 4 }, 'pipeline test');
+
+/** Micro-batch mb's tokens: a seeded hash, with every 7th label ignored (< 0). */
+function batchOf(mb: number): MicroBatchTokens {
+  const inputs = new Int32Array(B * S), labels = new Int32Array(B * S);
+  for (let i = 0; i < B * S; i++) {
+    const h = Math.imul((mb + 1) * 1009 + i, 0x9e3779b1) >>> 0;
+    inputs[i] = h % config.vocab_size;
+    labels[i] = i % 7 === 3 ? -100 : (h >>> 8) % config.vocab_size;
+  }
+  return { inputs, labels };
+}
+
+/** The whole model's step in this process: loss sums and every parameter's gradient by name. */
+function singleProcess(be: CpuBackend, micro: number, lb: LoadBalance): { ce: number; lb: number; grads: Map<string, Float32Array> } {
+  const model = new DeepseekV2(config, be, 'f32');
+  model.initialize(SEED);
+  model.beginStep();
+  let ce = 0, lbSum = 0;
+  for (let mb = 0; mb < micro; mb++) {
+    const { inputs, labels } = batchOf(mb);
+    tidy(() => {
+      const count = labels.filter((l) => l >= 0).length;
+      const out = model.forward(fromHost(be, inputs, [B, S], 'i32'), fromHost(be, labels, [B, S], 'i32'), count, lb);
+      // f32 sums, as the executor's device accumulator adds them.
+      ce = Math.fround(ce + toHostF32(out.crossEntropy)[0]!);
+      lbSum += toHostF32(out.loadBalance)[0]!;
+      backward(scale(add(out.crossEntropy, out.loadBalance), 1 / micro));
+    });
+  }
+  const grads = new Map(namedParameters(model).map(({ name, param }) => [name, toHostF32(param.grad)]));
+  model.dispose();
+  return { ce, lb: lbSum, grads };
+}
+
+function maxAbs(x: Float32Array): number {
+  let m = 0;
+  for (const v of x) m = Math.max(m, Math.abs(v));
+  return m;
+}
+
+/** This rank's model parts for a schedule, and a function that runs one step of it. */
+function pipelineOf(d: Distributed, be: CpuBackend, kind: ScheduleKind, micro: number, lb: LoadBalance) {
+  const schedule = pipelineSchedule(kind, d.world, micro);
+  const stages = splitStages(config, schedule.stageRank.length, S);
+  const chunks: PipelineChunk[] = stagesOfRank(kind, d.world, d.rank).map((stage) => {
+    const st = stages[stage]!;
+    const model = new DeepseekV2(config, be, 'f32', {
+      layers: [st.first, st.end], experts: [0, config.n_routed_experts], embed: stage === 0, head: stage === stages.length - 1,
+    });
+    model.initialize(SEED);
+    return { stage, model };
+  });
+  const step = () => {
+    for (const c of chunks) { c.model.beginStep(); for (const p of c.model.params) p.zeroGrad(); }
+    return runPipelineStep({ schedule, comm: d.comm, chunks, batch: batchOf, microBatchSize: B, seqLen: S, loadBalance: lb });
+  };
+  return { schedule, chunks, step, dispose: () => { for (const c of chunks) c.model.dispose(); } };
+}
+
+function equal(d: Distributed, be: CpuBackend, kind: ScheduleKind, micro: number, lb: LoadBalance): void {
+  const pipe = pipelineOf(d, be, kind, micro, lb);
+  const got = pipe.step();
+  const want = singleProcess(be, micro, lb);
+  // The load-balance sum is over every rank's layers, added in another order than one process's.
+  const lbAll = fromHost(be, [got.loadBalanceSum], [1], 'f32');
+  d.comm.allReduce(lbAll, 'sum');
+  const lbTotal = toHostF32(lbAll)[0]!;
+  const lbRel = Math.abs(lbTotal - want.lb) / Math.abs(want.lb);
+  assert.ok(lbRel < 1e-6, `load-balance sum ${lbTotal} vs ${want.lb}`);
+  let ceNote = '';
+  if (got.crossEntropySum !== null) {
+    assert.equal(got.crossEntropySum, want.ce, 'cross-entropy sum');
+    ceNote = `, cross-entropy sum ${got.crossEntropySum.toFixed(6)} = single ${want.ce.toFixed(6)}`;
+  }
+  let worst = 0, worstName = '', n = 0;
+  for (const c of pipe.chunks) {
+    for (const { name, param } of namedParameters(c.model)) {
+      const g = toHostF32(param.grad), w = want.grads.get(name);
+      assert.ok(w, `${name} is not a parameter of the whole model`);
+      assert.ok(maxAbs(w) > 0, `${name}: the single-process gradient is zero (the check would be empty)`);
+      const rel = maxAbs(g.map((v, i) => v - w[i]!)) / maxAbs(w);
+      if (rel > worst) { worst = rel; worstName = ` (${name})`; }
+      n++;
+    }
+  }
+  assert.ok(worst <= 1e-6, `max |Δgrad| / max |grad| = ${worst}${worstName}`);
+  console.log(`rank ${d.rank} ok ${kind} m${micro} ${lb.form}: ${n} gradients, max |Δ|/max|g| ${worst.toExponential(2)}${worstName}, load-balance sum rel ${lbRel.toExponential(2)}${ceNote}`);
+  pipe.dispose();
+}
+
+/** One-way time (ms) of an activation-sized message between ranks 0 and 1: 20 round trips. */
+function pingPong(d: Distributed, be: CpuBackend): number {
+  const t = emptyTensor(be, [B * S, config.hidden_size], 'f32');
+  be.fill(t, 1);
+  d.comm.barrier();
+  const t0 = performance.now(), n = 20;
+  for (let i = 0; i < n; i++) {
+    if (d.rank === 0) { d.comm.send(t, 1); d.comm.recv(t, 1); } else { d.comm.recv(t, 0); d.comm.send(t, 0); }
+  }
+  const ms = (performance.now() - t0) / (2 * n);
+  t.dispose();
+  return ms;
+}
+
+/**
+ * Per round: every rank's passes (direction, micro-batch, stage, ms) and its idle and wall time
+ * go to every rank; the simulator replays the round with each pass's measured duration.
+ */
+function idle(d: Distributed, be: CpuBackend, kind: ScheduleKind, micro: number, lb: LoadBalance): void {
+  const pipe = pipelineOf(d, be, kind, micro, lb);
+  const latency = pingPong(d, be);
+  const rounds: { measured: number; simulated: number; withLatency: number; wall: number; transfer: number }[] = [];
+  for (let round = 0; round < 3; round++) {
+    d.comm.barrier();
+    const t0 = performance.now();
+    const r = pipe.step();
+    d.comm.barrier();
+    const wall = performance.now() - t0;
+    const row = new Float32Array([...r.passes.flatMap((p) => [p.dir === 'forward' ? 0 : 1, p.mb, p.stage, p.ms]), wall - r.computeMs, wall]);
+    const all = emptyTensor(be, [d.world, row.length], 'f32');
+    d.comm.allGather(all, fromHost(be, row, [row.length], 'f32'));
+    const rows = toHostF32(all);
+    const ms = new Map<string, number>();
+    let idleAll = 0, wallAll = 0;
+    for (let q = 0; q < d.world; q++) {
+      const theirs = rows.subarray(q * row.length, (q + 1) * row.length);
+      for (let i = 0; i + 4 <= row.length - 2; i += 4) ms.set(`${theirs[i]} ${theirs[i + 1]} ${theirs[i + 2]}`, theirs[i + 3]!);
+      idleAll += theirs[row.length - 2]!;
+      wallAll += theirs[row.length - 1]!;
+    }
+    const cost = (dir: 'forward' | 'backward', p: Pass) => ms.get(`${dir === 'forward' ? 0 : 1} ${p.mb} ${p.stage}`)!;
+    const sim = simulate(pipe.schedule, cost, 'eager'), simL = simulate(pipe.schedule, cost, 'eager', latency);
+    // The first round warms the JIT up.
+    if (round > 0) rounds.push({ measured: idleAll / wallAll, simulated: sim.bubble, withLatency: simL.bubble, wall, transfer: r.transferMs });
+  }
+  const mean = (f: (x: (typeof rounds)[number]) => number) => rounds.reduce((a, x) => a + f(x), 0) / rounds.length;
+  const unit = simulate(pipe.schedule, uniformCosts(pipe.schedule.stageRank.length), 'eager').bubble;
+  const measured = mean((x) => x.measured), simulated = mean((x) => x.simulated), withLatency = mean((x) => x.withLatency);
+  console.log(`rank ${d.rank} idle ${kind} m${micro}: measured ${measured.toFixed(4)} simulated ${simulated.toFixed(4)} with ${latency.toFixed(2)} ms latency ${withLatency.toFixed(4)} unit-cost ${unit.toFixed(4)} (rounds measured/simulated ${rounds.map((x) => `${x.measured.toFixed(3)}/${x.simulated.toFixed(3)}`).join(' ')}); blocked in transfers ${mean((x) => x.transfer).toFixed(1)} of ${mean((x) => x.wall).toFixed(1)} ms`);
+  pipe.dispose();
+}
+
+async function main(): Promise<void> {
+  const [mode, kinds, microArg, formArg] = process.argv.slice(2);
+  if (!mode) return;
+  const micro = Number(microArg);
+  const lb: LoadBalance = { form: (formArg ?? 'sequence') as LoadBalanceForm, alpha: 0.01 };
+  const be = new CpuBackend();
+  const d = await initDistributed({ parallel: { pp: 1, dp: 2, cp: 1, ep: 1, collective_timeout_sec: 60 }, global_batch_size: 2 * B, micro_batch_size: B }, config, be);
+  for (const kind of kinds!.split(',') as ScheduleKind[]) {
+    if (mode === 'equal') equal(d, be, kind, micro, lb);
+    else if (mode === 'idle') idle(d, be, kind, micro, lb);
+    else throw new Error(`unknown mode ${mode}`);
+  }
+  d.comm.barrier();
+  await d.close();
+}
+
+main().catch((e: unknown) => {
+  console.error(`moetrain: error: ${(e as Error).stack ?? (e as Error).message}`);
+  process.exit(1);
+});
