@@ -2,7 +2,8 @@
 // pass runs once on the rank that holds its stage, every forward precedes its backward and
 // every dependency across ranks is respected (checked here on the timeline, independently of
 // the simulator's own checks), no schedule deadlocks with buffered or with rendezvous
-// transfers, the bubble fractions equal the closed forms, and broken schedules are caught.
+// transfers, the bubble fractions equal the closed forms, and broken schedules are caught; the
+// model parts each rank holds.
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
@@ -11,6 +12,9 @@ import {
 import {
   passesOf, simulate, uniformCosts, type Action, type CommSemantics, type PassCosts, type Schedule, type ScheduleKind, type Simulation, type Transfer,
 } from '../src/parallel/schedule_sim.js';
+import { pipelineParts } from '../src/parallel/pipeline.js';
+import { parseDeepseekV2Config } from '../src/models/deepseek_v2_config.js';
+import { TINY_CONFIG_JSON } from '../src/models/tiny_config.js';
 
 const KINDS: readonly ScheduleKind[] = ['1f1b', 'dualpipev'];
 const SEMANTICS: readonly CommSemantics[] = ['ideal', 'eager', 'rendezvous'];
@@ -194,5 +198,29 @@ describe('the simulator catches broken schedules', () => {
     const s: Schedule = { kind: '1f1b', pp: 2, micro: 2, stageRank: [0, 1], actions: [rank0, rank1] };
     checkTimeline(s, simulate(s, uniformCosts(2), 'eager'), 'eager');
     assert.throws(() => simulate(s, uniformCosts(2), 'rendezvous'), /deadlocks under rendezvous transfers: rank 0 waits at send activation of \(1, stage 0\) 0→1; rank 1 waits at send gradient of \(0, stage 1\) 1→0/);
+  });
+});
+
+describe('model parts of a pipeline rank', () => {
+  const c4 = parseDeepseekV2Config({ ...TINY_CONFIG_JSON, num_hidden_layers: 4 }, 'parts');
+  const all: readonly [number, number] = [0, c4.n_routed_experts];
+
+  test('1F1B: one part per rank; DualPipeV: rank r holds stages r and 2·pp−1−r, rank 0 the embedding and the head; the layers are covered once', () => {
+    for (const kind of KINDS) {
+      const parts = [0, 1].flatMap((r) => pipelineParts(c4, kind, 2, r, 16, all));
+      const layers = parts.flatMap(({ part }) => Array.from({ length: part.layers[1] - part.layers[0] }, (_, i) => part.layers[0] + i)).sort();
+      assert.deepEqual(layers, [0, 1, 2, 3], kind);
+      assert.equal(parts.filter((p) => p.part.embed).length, 1);
+      assert.equal(parts.filter((p) => p.part.head).length, 1);
+    }
+    const v0 = pipelineParts(c4, 'dualpipev', 2, 0, 16, all);
+    assert.deepEqual(v0.map((p) => [p.stage, p.part.embed, p.part.head]), [[0, true, false], [3, false, true]]);
+    assert.deepEqual(pipelineParts(c4, '1f1b', 2, 1, 16, [4, 8]).map((p) => [p.stage, p.part.experts, p.part.head]), [[1, [4, 8], true]]);
+  });
+
+  test('DualPipeV needs 2·pp layers: one line with the numbers and the fix', () => {
+    const c3 = parseDeepseekV2Config({ ...TINY_CONFIG_JSON, num_hidden_layers: 3 }, 'parts');
+    assert.throws(() => pipelineParts(c3, 'dualpipev', 2, 0, 16, all), /^Error: the dualpipev schedule splits the layers into 2·pp = 2·2 = 4 chunks, but the model has 3 layers; lower --parallel\.pp to at most 1 or use --parallel\.schedule 1f1b$/);
+    assert.equal(pipelineParts(c3, '1f1b', 2, 0, 16, all).length, 1);
   });
 });

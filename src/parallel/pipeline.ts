@@ -21,8 +21,29 @@ import { add, scale } from '../ops/elementwise.js';
 import { keep, tidy } from '../tensor/scope.js';
 import { emptyTensor, type Tensor } from '../tensor/tensor.js';
 import type { DeepseekV2, LoadBalance } from '../models/deepseek_v2.js';
+import type { DeepseekV2Config } from '../models/deepseek_v2_config.js';
+import type { ModelPart } from '../models/deepseek_v2_weights.js';
 import type { Communicator } from './communicator.js';
-import type { Action, Pass, Schedule, Transfer } from './schedule_sim.js';
+import { stagesOfRank, virtualStages } from './schedule.js';
+import type { Action, Pass, Schedule, ScheduleKind, Transfer } from './schedule_sim.js';
+import { splitStages } from './stages.js';
+
+/**
+ * The model parts of pipeline rank `rank`, one per virtual stage it holds (chunk order): the
+ * layers of splitStages over the schedule's virtual stages (`override`: layer counts per virtual
+ * stage), the embedding with stage 0, the head with the last, routed experts [first, end).
+ */
+export function pipelineParts(c: DeepseekV2Config, kind: ScheduleKind, pp: number, rank: number, seqLen: number, experts: readonly [number, number], override?: readonly number[]): { stage: number; part: ModelPart }[] {
+  const V = virtualStages(kind, pp), L = c.num_hidden_layers;
+  if (kind === 'dualpipev' && L < V) {
+    throw new Error(`the dualpipev schedule splits the layers into 2·pp = 2·${pp} = ${V} chunks, but the model has ${L} layers; lower --parallel.pp to at most ${Math.floor(L / 2)} or use --parallel.schedule 1f1b`);
+  }
+  const stages = splitStages(c, V, seqLen, override);
+  return stagesOfRank(kind, pp, rank).map((stage) => ({
+    stage,
+    part: { layers: [stages[stage]!.first, stages[stage]!.end], experts, embed: stage === 0, head: stage === V - 1 },
+  }));
+}
 
 /** A model part that runs one virtual stage. */
 export interface PipelineChunk {

@@ -1,15 +1,16 @@
 // One rank of the pipeline tests (test/pipeline_parallel.test.ts), started by
-// `moetrain launch --nproc-per-node 2`. The tiny model with 4 layers in f32; each rank builds the
-// model parts of the stages it holds (splitStages over the schedule's virtual stages), runs one
+// `moetrain launch --nproc-per-node 2`. The tiny model with 4 layers; each rank builds the
+// model parts of the stages it holds (pipelineParts: splitStages over the virtual stages), runs one
 // optimizer step's schedule with runPipelineStep, and checks itself against the whole model's
 // step computed here in one process from the same seed and micro-batches. Without arguments
 // (node --test imports every file under dist/test) it does nothing.
-//   equal KINDS M FORM  per schedule (KINDS: 1f1b,dualpipev): the step's losses and every
-//                       parameter gradient of this rank's parts against the single-process step
-//                       (M micro-batches, load-balance FORM); prints "rank R ok …" with the
-//                       largest differences
-//   idle KINDS M        per schedule: runs the step 3 times (the first warms up) and prints the
-//                       measured idle fraction next to the simulator's replay of the same passes
+//   equal KINDS M FORM [DTYPES]  per compute dtype (f32 by default; f32,bf16) and schedule
+//                       (KINDS: 1f1b,dualpipev): the step's losses and every parameter gradient
+//                       of this rank's parts against the single-process step (M micro-batches,
+//                       load-balance FORM); prints "rank R ok …" with the largest differences
+//   idle KINDS M        per schedule: runs the step 3 times (the first warms up), checks that
+//                       the live bytes stay put, and prints the measured idle fraction next to
+//                       the simulator's replay of the same passes
 // Micro-batches are B = PP_B (default 2) sequences of S = PP_S (default 16) tokens.
 // The part-1 mesh check refuses pp > 1 until the trainer runs pipelines, so the two processes
 // join as dp2 and the world communicator serves as the pipeline group.
@@ -20,15 +21,15 @@ import { fromHost, toHostF32 } from '../../src/ops/create.js';
 import { add, scale } from '../../src/ops/elementwise.js';
 import { tidy } from '../../src/tensor/scope.js';
 import { emptyTensor } from '../../src/tensor/tensor.js';
+import type { DType } from '../../src/tensor/dtype.js';
 import { DeepseekV2, type LoadBalance, type LoadBalanceForm } from '../../src/models/deepseek_v2.js';
 import { parseDeepseekV2Config } from '../../src/models/deepseek_v2_config.js';
 import { namedParameters } from '../../src/models/deepseek_v2_names.js';
 import { TINY_CONFIG_JSON } from '../../src/models/tiny_config.js';
 import { initDistributed, type Distributed } from '../../src/parallel/init_distributed.js';
-import { runPipelineStep, type MicroBatchTokens, type PipelineChunk } from '../../src/parallel/pipeline.js';
-import { pipelineSchedule, stagesOfRank } from '../../src/parallel/schedule.js';
+import { pipelineParts, runPipelineStep, type MicroBatchTokens, type PipelineChunk } from '../../src/parallel/pipeline.js';
+import { pipelineSchedule } from '../../src/parallel/schedule.js';
 import { simulate, uniformCosts, type Pass, type ScheduleKind } from '../../src/parallel/schedule_sim.js';
-import { splitStages } from '../../src/parallel/stages.js';
 
 const B = Number(process.env.PP_B ?? 2), S = Number(process.env.PP_S ?? 16), SEED = 77;
 const config = parseDeepseekV2Config({ ...TINY_CONFIG_JSON, num_hidden_layers: 4 }, 'pipeline test');
@@ -45,8 +46,8 @@ function batchOf(mb: number): MicroBatchTokens {
 }
 
 /** The whole model's step in this process: loss sums and every parameter's gradient by name. */
-function singleProcess(be: CpuBackend, micro: number, lb: LoadBalance): { ce: number; lb: number; grads: Map<string, Float32Array> } {
-  const model = new DeepseekV2(config, be, 'f32');
+function singleProcess(be: CpuBackend, micro: number, lb: LoadBalance, dtype: DType): { ce: number; lb: number; grads: Map<string, Float32Array> } {
+  const model = new DeepseekV2(config, be, dtype);
   model.initialize(SEED);
   model.beginStep();
   let ce = 0, lbSum = 0;
@@ -73,14 +74,10 @@ function maxAbs(x: Float32Array): number {
 }
 
 /** This rank's model parts for a schedule, and a function that runs one step of it. */
-function pipelineOf(d: Distributed, be: CpuBackend, kind: ScheduleKind, micro: number, lb: LoadBalance) {
+function pipelineOf(d: Distributed, be: CpuBackend, kind: ScheduleKind, micro: number, lb: LoadBalance, dtype: DType) {
   const schedule = pipelineSchedule(kind, d.world, micro);
-  const stages = splitStages(config, schedule.stageRank.length, S);
-  const chunks: PipelineChunk[] = stagesOfRank(kind, d.world, d.rank).map((stage) => {
-    const st = stages[stage]!;
-    const model = new DeepseekV2(config, be, 'f32', {
-      layers: [st.first, st.end], experts: [0, config.n_routed_experts], embed: stage === 0, head: stage === stages.length - 1,
-    });
+  const chunks: PipelineChunk[] = pipelineParts(config, kind, d.world, d.rank, S, [0, config.n_routed_experts]).map(({ stage, part }) => {
+    const model = new DeepseekV2(config, be, dtype, part);
     model.initialize(SEED);
     return { stage, model };
   });
@@ -91,10 +88,9 @@ function pipelineOf(d: Distributed, be: CpuBackend, kind: ScheduleKind, micro: n
   return { schedule, chunks, step, dispose: () => { for (const c of chunks) c.model.dispose(); } };
 }
 
-function equal(d: Distributed, be: CpuBackend, kind: ScheduleKind, micro: number, lb: LoadBalance): void {
-  const pipe = pipelineOf(d, be, kind, micro, lb);
+function equal(d: Distributed, be: CpuBackend, kind: ScheduleKind, micro: number, lb: LoadBalance, dtype: DType, want: ReturnType<typeof singleProcess>): void {
+  const pipe = pipelineOf(d, be, kind, micro, lb, dtype);
   const got = pipe.step();
-  const want = singleProcess(be, micro, lb);
   // The load-balance sum is over every rank's layers, added in another order than one process's.
   const lbAll = fromHost(be, [got.loadBalanceSum], [1], 'f32');
   d.comm.allReduce(lbAll, 'sum');
@@ -118,7 +114,7 @@ function equal(d: Distributed, be: CpuBackend, kind: ScheduleKind, micro: number
     }
   }
   assert.ok(worst <= 1e-6, `max |Δgrad| / max |grad| = ${worst}${worstName}`);
-  console.log(`rank ${d.rank} ok ${kind} m${micro} ${lb.form}: ${n} gradients, max |Δ|/max|g| ${worst.toExponential(2)}${worstName}, load-balance sum rel ${lbRel.toExponential(2)}${ceNote}`);
+  console.log(`rank ${d.rank} ok ${kind} ${dtype} m${micro} ${lb.form}: ${n} gradients, max |Δ|/max|g| ${worst.toExponential(2)}${worstName}, load-balance sum rel ${lbRel.toExponential(2)}${ceNote}`);
   pipe.dispose();
 }
 
@@ -141,9 +137,10 @@ function pingPong(d: Distributed, be: CpuBackend): number {
  * go to every rank; the simulator replays the round with each pass's measured duration.
  */
 function idle(d: Distributed, be: CpuBackend, kind: ScheduleKind, micro: number, lb: LoadBalance): void {
-  const pipe = pipelineOf(d, be, kind, micro, lb);
+  const pipe = pipelineOf(d, be, kind, micro, lb, 'f32');
   const latency = pingPong(d, be);
   const rounds: { measured: number; simulated: number; withLatency: number; wall: number; transfer: number }[] = [];
+  const live: number[] = [];
   for (let round = 0; round < 3; round++) {
     d.comm.barrier();
     const t0 = performance.now();
@@ -151,9 +148,13 @@ function idle(d: Distributed, be: CpuBackend, kind: ScheduleKind, micro: number,
     d.comm.barrier();
     const wall = performance.now() - t0;
     const row = new Float32Array([...r.passes.flatMap((p) => [p.dir === 'forward' ? 0 : 1, p.mb, p.stage, p.ms]), wall - r.computeMs, wall]);
-    const all = emptyTensor(be, [d.world, row.length], 'f32');
-    d.comm.allGather(all, fromHost(be, row, [row.length], 'f32'));
+    const all = emptyTensor(be, [d.world, row.length], 'f32'), mine = fromHost(be, row, [row.length], 'f32');
+    d.comm.allGather(all, mine);
     const rows = toHostF32(all);
+    all.dispose(); mine.dispose();
+    // A step leaves the live bytes where the first (which creates the RoPE tables) left them.
+    live.push(be.memoryStats().liveBytes);
+    assert.equal(live[round], live[0], `${kind}: live bytes after step ${round + 1}`);
     const ms = new Map<string, number>();
     let idleAll = 0, wallAll = 0;
     for (let q = 0; q < d.world; q++) {
@@ -170,21 +171,27 @@ function idle(d: Distributed, be: CpuBackend, kind: ScheduleKind, micro: number,
   const mean = (f: (x: (typeof rounds)[number]) => number) => rounds.reduce((a, x) => a + f(x), 0) / rounds.length;
   const unit = simulate(pipe.schedule, uniformCosts(pipe.schedule.stageRank.length), 'eager').bubble;
   const measured = mean((x) => x.measured), simulated = mean((x) => x.simulated), withLatency = mean((x) => x.withLatency);
-  console.log(`rank ${d.rank} idle ${kind} m${micro}: measured ${measured.toFixed(4)} simulated ${simulated.toFixed(4)} with ${latency.toFixed(2)} ms latency ${withLatency.toFixed(4)} unit-cost ${unit.toFixed(4)} (rounds measured/simulated ${rounds.map((x) => `${x.measured.toFixed(3)}/${x.simulated.toFixed(3)}`).join(' ')}); blocked in transfers ${mean((x) => x.transfer).toFixed(1)} of ${mean((x) => x.wall).toFixed(1)} ms`);
+  const closest = Math.min(...rounds.map((x) => x.measured - x.simulated));
+  console.log(`rank ${d.rank} idle ${kind} m${micro}: measured ${measured.toFixed(4)} simulated ${simulated.toFixed(4)} closest round ${closest >= 0 ? '+' : ''}${closest.toFixed(4)} with ${latency.toFixed(2)} ms latency ${withLatency.toFixed(4)} unit-cost ${unit.toFixed(4)} (rounds measured/simulated ${rounds.map((x) => `${x.measured.toFixed(3)}/${x.simulated.toFixed(3)}`).join(' ')}); blocked in transfers ${mean((x) => x.transfer).toFixed(1)} of ${mean((x) => x.wall).toFixed(1)} ms`);
   pipe.dispose();
 }
 
 async function main(): Promise<void> {
-  const [mode, kinds, microArg, formArg] = process.argv.slice(2);
+  const [mode, kinds, microArg, formArg, dtypes] = process.argv.slice(2);
   if (!mode) return;
   const micro = Number(microArg);
   const lb: LoadBalance = { form: (formArg ?? 'sequence') as LoadBalanceForm, alpha: 0.01 };
   const be = new CpuBackend();
   const d = await initDistributed({ parallel: { pp: 1, dp: 2, cp: 1, ep: 1, collective_timeout_sec: 60 }, global_batch_size: 2 * B, micro_batch_size: B }, config, be);
-  for (const kind of kinds!.split(',') as ScheduleKind[]) {
-    if (mode === 'equal') equal(d, be, kind, micro, lb);
-    else if (mode === 'idle') idle(d, be, kind, micro, lb);
-    else throw new Error(`unknown mode ${mode}`);
+  if (mode === 'equal') {
+    for (const dtype of (dtypes ?? 'f32').split(',') as DType[]) {
+      const want = singleProcess(be, micro, lb, dtype);
+      for (const kind of kinds!.split(',') as ScheduleKind[]) equal(d, be, kind, micro, lb, dtype, want);
+    }
+  } else if (mode === 'idle') {
+    for (const kind of kinds!.split(',') as ScheduleKind[]) idle(d, be, kind, micro, lb);
+  } else {
+    throw new Error(`unknown mode ${mode}`);
   }
   d.comm.barrier();
   await d.close();
