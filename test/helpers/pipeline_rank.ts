@@ -1,8 +1,8 @@
 // One rank of the pipeline tests (test/pipeline_parallel.test.ts), started by
-// `moetrain launch --nproc-per-node 2`. The tiny model with 4 layers; each rank builds the
-// model parts of the stages it holds (pipelineParts: splitStages over the virtual stages), runs one
-// optimizer step's schedule with runPipelineStep, and checks itself against the whole model's
-// step computed here in one process from the same seed and micro-batches. Without arguments
+// `moetrain launch --nproc-per-node 2`. With the pieces of pipeline_fixture.ts (the tiny model
+// with 4 layers), each rank builds the model parts of the stages it holds, runs one optimizer
+// step's schedule with runPipelineStep, and checks itself against the whole model's step
+// computed here in one process from the same seed and micro-batches. Without arguments
 // (node --test imports every file under dist/test) it does nothing.
 //   equal KINDS M FORM [DTYPES]  per compute dtype (f32 by default; f32,bf16) and schedule
 //                       (KINDS: 1f1b,dualpipev): the step's losses and every parameter gradient
@@ -11,85 +11,20 @@
 //   idle KINDS M        per schedule: runs the step 3 times (the first warms up), checks that
 //                       the live bytes stay put, and prints the measured idle fraction next to
 //                       the simulator's replay of the same passes
-// Micro-batches are B = PP_B (default 2) sequences of S = PP_S (default 16) tokens.
 // The part-1 mesh check refuses pp > 1 until the trainer runs pipelines, so the two processes
 // join as dp2 and the world communicator serves as the pipeline group.
 import assert from 'node:assert/strict';
 import { CpuBackend } from '../../src/backend/cpu/cpu_backend.js';
-import { backward } from '../../src/autograd/backward.js';
 import { fromHost, toHostF32 } from '../../src/ops/create.js';
-import { add, scale } from '../../src/ops/elementwise.js';
-import { tidy } from '../../src/tensor/scope.js';
 import { emptyTensor } from '../../src/tensor/tensor.js';
 import type { DType } from '../../src/tensor/dtype.js';
-import { DeepseekV2, type LoadBalance, type LoadBalanceForm } from '../../src/models/deepseek_v2.js';
-import { parseDeepseekV2Config } from '../../src/models/deepseek_v2_config.js';
-import { namedParameters } from '../../src/models/deepseek_v2_names.js';
-import { TINY_CONFIG_JSON } from '../../src/models/tiny_config.js';
+import type { LoadBalance, LoadBalanceForm } from '../../src/models/deepseek_v2.js';
 import { initDistributed, type Distributed } from '../../src/parallel/init_distributed.js';
-import { pipelineParts, runPipelineStep, type MicroBatchTokens, type PipelineChunk } from '../../src/parallel/pipeline.js';
-import { pipelineSchedule } from '../../src/parallel/schedule.js';
 import { simulate, uniformCosts, type Pass, type ScheduleKind } from '../../src/parallel/schedule_sim.js';
+import { B, config, gradientDifference, pipelineOf, S, singleProcess, type Reference } from './pipeline_fixture.js';
 
-const B = Number(process.env.PP_B ?? 2), S = Number(process.env.PP_S ?? 16), SEED = 77;
-const config = parseDeepseekV2Config({ ...TINY_CONFIG_JSON, num_hidden_layers: 4 }, 'pipeline test');
-
-/** Micro-batch mb's tokens: a seeded hash, with every 7th label ignored (< 0). */
-function batchOf(mb: number): MicroBatchTokens {
-  const inputs = new Int32Array(B * S), labels = new Int32Array(B * S);
-  for (let i = 0; i < B * S; i++) {
-    const h = Math.imul((mb + 1) * 1009 + i, 0x9e3779b1) >>> 0;
-    inputs[i] = h % config.vocab_size;
-    labels[i] = i % 7 === 3 ? -100 : (h >>> 8) % config.vocab_size;
-  }
-  return { inputs, labels };
-}
-
-/** The whole model's step in this process: loss sums and every parameter's gradient by name. */
-function singleProcess(be: CpuBackend, micro: number, lb: LoadBalance, dtype: DType): { ce: number; lb: number; grads: Map<string, Float32Array> } {
-  const model = new DeepseekV2(config, be, dtype);
-  model.initialize(SEED);
-  model.beginStep();
-  let ce = 0, lbSum = 0;
-  for (let mb = 0; mb < micro; mb++) {
-    const { inputs, labels } = batchOf(mb);
-    tidy(() => {
-      const count = labels.filter((l) => l >= 0).length;
-      const out = model.forward(fromHost(be, inputs, [B, S], 'i32'), fromHost(be, labels, [B, S], 'i32'), count, lb);
-      // f32 sums, as the executor's device accumulator adds them.
-      ce = Math.fround(ce + toHostF32(out.crossEntropy)[0]!);
-      lbSum += toHostF32(out.loadBalance)[0]!;
-      backward(scale(add(out.crossEntropy, out.loadBalance), 1 / micro));
-    });
-  }
-  const grads = new Map(namedParameters(model).map(({ name, param }) => [name, toHostF32(param.grad)]));
-  model.dispose();
-  return { ce, lb: lbSum, grads };
-}
-
-function maxAbs(x: Float32Array): number {
-  let m = 0;
-  for (const v of x) m = Math.max(m, Math.abs(v));
-  return m;
-}
-
-/** This rank's model parts for a schedule, and a function that runs one step of it. */
-function pipelineOf(d: Distributed, be: CpuBackend, kind: ScheduleKind, micro: number, lb: LoadBalance, dtype: DType) {
-  const schedule = pipelineSchedule(kind, d.world, micro);
-  const chunks: PipelineChunk[] = pipelineParts(config, kind, d.world, d.rank, S, [0, config.n_routed_experts]).map(({ stage, part }) => {
-    const model = new DeepseekV2(config, be, dtype, part);
-    model.initialize(SEED);
-    return { stage, model };
-  });
-  const step = () => {
-    for (const c of chunks) { c.model.beginStep(); for (const p of c.model.params) p.zeroGrad(); }
-    return runPipelineStep({ schedule, comm: d.comm, chunks, batch: batchOf, microBatchSize: B, seqLen: S, loadBalance: lb });
-  };
-  return { schedule, chunks, step, dispose: () => { for (const c of chunks) c.model.dispose(); } };
-}
-
-function equal(d: Distributed, be: CpuBackend, kind: ScheduleKind, micro: number, lb: LoadBalance, dtype: DType, want: ReturnType<typeof singleProcess>): void {
-  const pipe = pipelineOf(d, be, kind, micro, lb, dtype);
+function equal(d: Distributed, be: CpuBackend, kind: ScheduleKind, micro: number, lb: LoadBalance, dtype: DType, want: Reference): void {
+  const pipe = pipelineOf(d.comm, be, kind, micro, lb, dtype);
   const got = pipe.step();
   // The load-balance sum is over every rank's layers, added in another order than one process's.
   const lbAll = fromHost(be, [got.loadBalanceSum], [1], 'f32');
@@ -102,17 +37,7 @@ function equal(d: Distributed, be: CpuBackend, kind: ScheduleKind, micro: number
     assert.equal(got.crossEntropySum, want.ce, 'cross-entropy sum');
     ceNote = `, cross-entropy sum ${got.crossEntropySum.toFixed(6)} = single ${want.ce.toFixed(6)}`;
   }
-  let worst = 0, worstName = '', n = 0;
-  for (const c of pipe.chunks) {
-    for (const { name, param } of namedParameters(c.model)) {
-      const g = toHostF32(param.grad), w = want.grads.get(name);
-      assert.ok(w, `${name} is not a parameter of the whole model`);
-      assert.ok(maxAbs(w) > 0, `${name}: the single-process gradient is zero (the check would be empty)`);
-      const rel = maxAbs(g.map((v, i) => v - w[i]!)) / maxAbs(w);
-      if (rel > worst) { worst = rel; worstName = ` (${name})`; }
-      n++;
-    }
-  }
+  const { worst, where: worstName, count: n } = gradientDifference(pipe.chunks, want);
   assert.ok(worst <= 1e-6, `max |Δgrad| / max |grad| = ${worst}${worstName}`);
   console.log(`rank ${d.rank} ok ${kind} ${dtype} m${micro} ${lb.form}: ${n} gradients, max |Δ|/max|g| ${worst.toExponential(2)}${worstName}, load-balance sum rel ${lbRel.toExponential(2)}${ceNote}`);
   pipe.dispose();
@@ -137,7 +62,7 @@ function pingPong(d: Distributed, be: CpuBackend): number {
  * go to every rank; the simulator replays the round with each pass's measured duration.
  */
 function idle(d: Distributed, be: CpuBackend, kind: ScheduleKind, micro: number, lb: LoadBalance): void {
-  const pipe = pipelineOf(d, be, kind, micro, lb, 'f32');
+  const pipe = pipelineOf(d.comm, be, kind, micro, lb, 'f32');
   const latency = pingPong(d, be);
   const rounds: { measured: number; simulated: number; withLatency: number; wall: number; transfer: number }[] = [];
   const live: number[] = [];
