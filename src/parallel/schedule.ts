@@ -9,12 +9,15 @@
 //   2·pp − 1 − r (chunk 1, on the way back), so rank 0 holds the embedding and the head, and
 //   rank pp − 1 turns the V locally. Per rank, in order (F0/B0 are chunk 0's forward/backward of
 //   the next micro-batch in order, F1/B1 chunk 1's; "F0&B1" is a forward and a backward of
-//   different micro-batches as one unit, which a GPU overlaps, hiding one's communication
-//   behind the other's compute):
+//   different micro-batches as one unit, which a GPU can overlap to hide one's all-to-all behind
+//   the other's compute; pipeline.ts runs them one after the other):
 //     2(p−r−1) × F0;  (r+1) × [F0, F1];  (p−r−1) × [B1, F1];
 //     (m−2p+r+1) × [F0&B1, F1&B0];  (p−r−1) × [B1, F1&B0];  (r+1) × [B1, B0];  (p−r−1) × B0
 //   The counts are whole for m ≥ 2·pp − 1 (rank 0's steady state is then empty); below that a
-//   rank would run micro-batches that do not exist.
+//   rank would run micro-batches that do not exist. With per-chunk costs F and B the bubble is
+//   (p−1)(F+B+max(F,B)) / (2m(F+B) + (p−1)(F+B+max(F,B))): against 1F1B over the same layers
+//   (a stage = two chunks) each rank idles (p−1)·min(F,B) less. The backward is not split into
+//   input and weight gradients (DeepSeek's zero-bubble variant fills more of the bubble so).
 //
 // Transfers are placed by a global order: the schedule's compute order is timed first (the
 // ideal semantics of the simulator, at the costs given), each transfer gets a moment between
@@ -115,10 +118,20 @@ export function computeOrder(kind: ScheduleKind, pp: number, micro: number): Act
 /** Busy intervals of one rank in the ideal timing, sorted. */
 type Intervals = { start: number; end: number }[];
 
+/** Index of the last interval that starts before t (−1 when none). */
+function lastStartingBefore(iv: Intervals, t: number): number {
+  let lo = 0, hi = iv.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1;
+    if (iv[mid]!.start < t) lo = mid + 1; else hi = mid;
+  }
+  return lo - 1;
+}
+
 /** Time a rank inside a pass at t still needs before it can meet a transfer (0 when between passes). */
 function stallAt(iv: Intervals, t: number): number {
-  for (const x of iv) if (x.start < t && t < x.end) return x.end - t;
-  return 0;
+  const x = iv[lastStartingBefore(iv, t)];
+  return x && t < x.end ? x.end - t : 0;
 }
 
 /**
@@ -127,10 +140,14 @@ function stallAt(iv: Intervals, t: number): number {
  * the earliest of those where b is between passes too, else the one where b's pass ends soonest.
  */
 function transferTime(a: Intervals, b: Intervals, ready: number, needed: number): number {
-  const candidates = new Set<number>([ready]);
-  for (const iv of [a, b]) for (const x of iv) for (const t of [x.start, x.end]) if (t >= ready && t <= needed) candidates.add(t);
+  const candidates = [ready];
+  for (const iv of [a, b]) {
+    for (let i = Math.max(0, lastStartingBefore(iv, ready)); i < iv.length && iv[i]!.start <= needed; i++) {
+      for (const t of [iv[i]!.start, iv[i]!.end]) if (t >= ready && t <= needed) candidates.push(t);
+    }
+  }
   let best = ready, bestStall = Infinity;
-  for (const t of [...candidates].sort((x, y) => x - y)) {
+  for (const t of candidates.sort((x, y) => x - y)) {
     if (stallAt(a, t) > 0) continue;
     const stall = stallAt(b, t);
     if (stall < bestStall) { best = t; bestStall = stall; }
