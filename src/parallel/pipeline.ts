@@ -84,7 +84,7 @@ export interface PipelineStepResult {
   crossEntropySum: number | null;
   /** Σ over micro-batches of this rank's layers' load-balance losses (the step's is the sum over the pipeline group). */
   loadBalanceSum: number;
-  /** Time in passes, time blocked in transfers, and the whole step on this rank (ms). */
+  /** Time in passes, time blocked in transfers, and the whole step on this rank (host ms; on a GPU, passes are their enqueue time). */
   computeMs: number;
   transferMs: number;
   totalMs: number;
@@ -279,7 +279,8 @@ class StepRunner {
 /**
  * Runs this rank's share of one optimizer step: every pass and transfer of
  * step.schedule.actions[comm.rank], in order. The chunks' parameter gradients accumulate the
- * step's gradients (the caller zeroes them before and reduces, clips and applies them after).
+ * step's gradients; the caller zeroes them and calls each chunk's model.beginStep() before, and
+ * reduces, clips and applies them after.
  */
 export function runPipelineStep(step: PipelineStep): PipelineStepResult {
   return new StepRunner(step).run();
