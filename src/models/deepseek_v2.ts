@@ -4,7 +4,9 @@
 // deepseek_v2_weights.ts; Hugging Face names exist only at the checkpoint boundary
 // (deepseek_v2_names.ts). A model may hold a part of the whole (ModelPart): a pipeline stage
 // runs embedTokens / runLayers / headLoss for what it owns, and an MoE layer computes only the
-// routed experts it owns (routedExperts is where their rows enter and leave).
+// routed experts it owns (routedExperts is where their rows enter and leave); under expert
+// parallelism an ExpertDispatchHook (expert_dispatch_hook.ts) brings it the other ranks' tokens
+// for those experts and returns the whole routed output.
 //
 // Shape legend: B batch, S sequence, N = B·S tokens, D hidden, H heads, Dn/Dr/Dv nope/rope/value
 // head widths, C kv_lora_rank, E routed experts, k experts per token, V vocabulary, M routed rows.
@@ -30,6 +32,7 @@ import { Param } from '../nn/param.js';
 import { normalValues } from '../nn/init.js';
 import { ropeTables, yarnMscale } from '../nn/rope_tables.js';
 import type { DeepseekV2Config } from './deepseek_v2_config.js';
+import type { ExpertDispatchHook } from './expert_dispatch_hook.js';
 import {
   buildWeights, wholeModel, type Attention, type DecoderLayer, type DeepseekV2Weights, type Mlp, type ModelPart, type MoeBlock, type ParamSpec,
 } from './deepseek_v2_weights.js';
@@ -64,6 +67,11 @@ export class DeepseekV2 implements DeepseekV2Weights<Param> {
   private globalCounts = new Map<number, { counts: Tensor; slots: number }>();
   /** k as an i32 [1] tensor, uploaded once (token index of each routed slot). */
   private topK: Tensor | null = null;
+  /**
+   * Expert parallelism: set (by the trainer, when ep > 1) to send routed tokens to the ranks
+   * that own their experts; null: an MoE layer computes only the owned experts' share.
+   */
+  expertDispatch: ExpertDispatchHook | null = null;
 
   /** The whole model, or the part of it that `part` names (its parameters only are allocated). */
   constructor(readonly config: DeepseekV2Config, readonly backend: Backend, readonly computeDtype: DType, readonly part: ModelPart = wholeModel(config)) {
@@ -217,11 +225,12 @@ export class DeepseekV2 implements DeepseekV2Weights<Param> {
   }
 
   /**
-   * The MoE block on x [N, D]: router over all E experts, then the owned experts' share of the
-   * routed output (all of it for the whole model) plus the shared experts.
+   * The MoE block on x [N, D]: router over all E experts, then the routed output (through the
+   * expert dispatcher when one is set; otherwise the owned experts' share, all of it for the
+   * whole model) plus the shared experts.
    */
   private moe(layer: DecoderLayer<Param>, x: Tensor, B: number, S: number, lb: LoadBalance): { out: Tensor; lb: Tensor | null } {
-    const w = layer.moe!, c = this.config, N = B * S, E = c.n_routed_experts, k = c.num_experts_per_tok;
+    const w = layer.moe!, c = this.config, N = B * S, k = c.num_experts_per_tok;
     const logits = linear(cast(x, 'f32'), w.router.value);
     const probs = softmax(logits);
     const { values, indices } = topk(probs, k);
@@ -232,6 +241,21 @@ export class DeepseekV2 implements DeepseekV2Weights<Param> {
     else if (c.routed_scaling_factor !== 1) weights = scale(weights, c.routed_scaling_factor);
 
     const slots = indices.view([N * k], [1], indices.offset);
+    let out = this.expertDispatch
+      ? this.expertDispatch.routedOutput(x, indices, weights, { first: w.firstExpert, count: w.experts.length, run: (xs, counts) => this.routedExperts(w, xs, counts) })
+      : this.ownedRoutedOutput(w, x, slots, weights);
+    if (w.shared) out = add(out, this.mlp(w.shared, x));
+    const lbLoss = lb.alpha > 0 ? this.loadBalanceLoss(layer.index, probs, slots, B, S, lb) : null;
+    return { out, lb: lbLoss };
+  }
+
+  /**
+   * The owned experts' share of the routed output for x [N, D], with slots i32 [N·k] the expert
+   * of each routed slot (global ids) and weights f32 [N, k]: the rows of the owned experts are
+   * grouped by expert, run, and added back to their tokens weighted by the router.
+   */
+  private ownedRoutedOutput(w: MoeBlock<Param>, x: Tensor, slots: Tensor, weights: Tensor): Tensor {
+    const N = x.shape[0]!, E = this.config.n_routed_experts, k = this.config.num_experts_per_tok;
     const { order, offsets } = expertOrder(slots, E);
     const bounds = toHostI32(offsets); // one device read per MoE layer: the per-expert GEMM sizes
     // The owned experts' slots are one block of the expert-sorted order: [bounds[e0], bounds[e1]).
@@ -247,10 +271,7 @@ export class DeepseekV2 implements DeepseekV2Weights<Param> {
     kView.dispose();
     const sortedWeights = gatherRows(reshape(weights, [N * k, 1]), owned, null);
     const xs = gatherRows(x, tokenOfSorted, null);
-    let out = scatterAddRows(this.routedExperts(w, xs, counts), tokenOfSorted, sortedWeights, N);
-    if (w.shared) out = add(out, this.mlp(w.shared, x));
-    const lbLoss = lb.alpha > 0 ? this.loadBalanceLoss(layer.index, probs, slots, B, S, lb) : null;
-    return { out, lb: lbLoss };
+    return scatterAddRows(this.routedExperts(w, xs, counts), tokenOfSorted, sortedWeights, N);
   }
 
   /** α·E·Σ_i f_i·P_i with f the fraction of routed slots per expert and P the mean router probability. */
