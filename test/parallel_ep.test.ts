@@ -1,10 +1,11 @@
-// Expert parallelism in real processes started by `moetrain launch` (CPU communicator, f32):
-// the dispatcher and one MoE decoder layer against the single-process computation of the same
-// tokens, which every rank computes itself (test/helpers/parallel_ep_rank.ts says what is
-// compared: outputs, input and router-weight gradients, every owned expert's gradients, rows
-// sent per unique (token, rank) pair, a rank that receives nothing, a rank with no tokens).
-// Then 3 optimizer steps of the trainer under ep2 and dp2·ep2 against a single process, once the
-// distributed trainer is built (see trainerIsDistributed).
+// Expert parallelism in real processes started by `moetrain launch` (CPU communicator): the
+// all-to-all op moving f32 and bf16 rows exactly both ways; the dispatcher (f32 and bf16) and one
+// MoE decoder layer (f32) against the single-process computation of the same tokens, which every
+// rank computes itself (test/helpers/parallel_ep_rank.ts says what is compared: outputs, input
+// and router-weight gradients, every owned expert's gradients, rows sent per unique (token, rank)
+// pair, a rank that receives nothing, a rank with no tokens). Then 3 optimizer steps of the
+// trainer under ep2 and dp2·ep2 against a single process, once the distributed trainer is built
+// (see trainerIsDistributed).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
@@ -26,20 +27,20 @@ function launchRanks(nproc: number, args: string[]): void {
   assert.equal(r.code, 0, r.err);
   for (let rank = 0; rank < nproc; rank++) {
     const prefix = rank === 0 ? '' : `\\[rank ${rank}\\] `;
-    assert.match(r.out, new RegExp(`^${prefix}rank ${rank} ok \\d+ checks, max rel err \\S+$`, 'm'));
+    assert.match(r.out, new RegExp(`^${prefix}rank ${rank} ok \\d+ checks, max rel err \\S+ \\(bf16 \\S+\\)$`, 'm'));
   }
 }
 
-test('ep2: the dispatcher and one MoE layer equal the single-process computation', () => {
-  launchRanks(2, ['dispatch,layer', '1']);
+test('ep2: the all-to-all op, the dispatcher and one MoE layer equal the single-process computation', () => {
+  launchRanks(2, ['a2a,dispatch,layer', '1']);
 });
 
 test('dp2·ep2: the same over the two ep sub-groups', () => {
-  launchRanks(4, ['dispatch,layer', '2']);
+  launchRanks(4, ['a2a,dispatch,layer', '2']);
 });
 
-test('ep4: the dispatcher with two experts per rank (a token\'s 3 experts on up to 3 ranks)', () => {
-  launchRanks(4, ['dispatch', '1']);
+test('ep4: the all-to-all and the dispatcher with two experts per rank (a token\'s 3 experts on up to 3 ranks)', () => {
+  launchRanks(4, ['a2a,dispatch', '1']);
 });
 
 /**

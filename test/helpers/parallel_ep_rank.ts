@@ -3,17 +3,20 @@
 // initial values), on which it computes the single-process reference for EVERY ep rank's tokens
 // (the tokens are a pure function of the rank, so no rank needs another's data). Then it runs
 // its own tokens through the ExpertDispatch and compares, in f32:
-//   dispatch DP  the dispatcher alone on chosen routings (random; one where the last ep rank
-//                receives nothing; one where ep rank 1 has no tokens): the routed output, the
+//   dispatch DP  the dispatcher alone on chosen routings (random, in f32 and with bf16 rows
+//                and experts; one where the last ep rank receives nothing; one where ep rank 1
+//                has no tokens): the routed output, the
 //                gradients of x and of the router weights, each owned expert's parameter
 //                gradients (the sum over every rank's tokens), and the rows sent (one per unique
 //                (token, rank) pair) and received
 //   layer DP     one decoder layer with an MoE block (attention, router, load-balance loss,
 //                shared expert) through runLayers: output, input gradient, every dense
 //                parameter's gradient (this rank's tokens) and every owned expert's (all tokens)
+//   a2a          allToAllRows alone, f32 and bf16 rows, uneven and zero counts: rows arrive
+//                exactly, and the backward returns each row's gradient to its sender exactly
 // Modes may be joined by commas (dispatch,layer). DP is the mesh's dp; ep = WORLD_SIZE / DP; the
 // dispatcher runs over the mesh's ep group (a sub-group when DP > 1). Each rank prints
-// "rank R ok N checks, max rel err E".
+// "rank R ok N checks, max rel err E (bf16 B)".
 // Without a first argument (node --test imports every file under dist/test) it does nothing.
 import assert from 'node:assert/strict';
 import { CpuBackend } from '../../src/backend/cpu/cpu_backend.js';
@@ -25,12 +28,14 @@ import { reshape } from '../../src/ops/shape.js';
 import { gatherRows, scatterAddRows } from '../../src/ops/rows.js';
 import { tidy } from '../../src/tensor/scope.js';
 import type { Tensor } from '../../src/tensor/tensor.js';
+import type { DType } from '../../src/tensor/dtype.js';
 import { DeepseekV2 } from '../../src/models/deepseek_v2.js';
 import { parseDeepseekV2Config, type DeepseekV2Config } from '../../src/models/deepseek_v2_config.js';
 import { namedParameters } from '../../src/models/deepseek_v2_names.js';
 import { TINY_CONFIG_JSON } from '../../src/models/tiny_config.js';
 import { initDistributed } from '../../src/parallel/init_distributed.js';
 import { ExpertDispatch, ownedExperts } from '../../src/parallel/expert_dispatch.js';
+import { allToAllRows } from '../../src/parallel/all_to_all_op.js';
 import type { Communicator } from '../../src/parallel/communicator.js';
 
 const be = new CpuBackend();
@@ -46,6 +51,13 @@ const SEED = 23;
  * rounding at 6e-8; 2e-6 leaves a margin of ~10 over the largest error seen.
  */
 const TOL = 2e-6;
+/**
+ * bf16 rows and experts: the expert-parallel path rounds each pair's combined row to bf16 before
+ * the tokens add them up, where a single process rounds once (2^-9 relative each), and the
+ * experts' inputs and outputs round at different points of the gradient sums; 2e-2 of the
+ * largest value bounds a few such roundings.
+ */
+const TOL_BF16 = 2e-2;
 
 /** A value in [-1, 1) from (a, b, c): a cheap integer hash. */
 function hash(a: number, b: number, c: number): number {
@@ -55,8 +67,8 @@ function hash(a: number, b: number, c: number): number {
   return ((h >>> 0) / 2 ** 32) * 2 - 1;
 }
 
-let checks = 0, worst = 0;
-function close(got: Float32Array, want: Float32Array, what: string): void {
+let checks = 0, worst = 0, worstBf16 = 0;
+function close(got: Float32Array, want: Float32Array, what: string, tol = TOL): void {
   assert.equal(got.length, want.length, `${what}: length`);
   let scale = 0;
   for (const v of want) scale = Math.max(scale, Math.abs(v));
@@ -69,14 +81,15 @@ function close(got: Float32Array, want: Float32Array, what: string): void {
   let err = 0;
   for (let i = 0; i < want.length; i++) err = Math.max(err, Math.abs(got[i]! - want[i]!));
   const rel = err / scale;
-  if (!(rel <= TOL)) assert.fail(`${what}: max |diff| ${err} is ${rel} of the largest reference value ${scale} (tolerance ${TOL})`);
-  worst = Math.max(worst, rel);
+  if (!(rel <= tol)) assert.fail(`${what}: max |diff| ${err} is ${rel} of the largest reference value ${scale} (tolerance ${tol})`);
+  if (tol === TOL) worst = Math.max(worst, rel);
+  else worstBf16 = Math.max(worstBf16, rel);
   checks++;
 }
 
 /** The layer part [MOE_LAYER, MOE_LAYER+1) holding experts [first, end), initialised like the whole model. */
-function layerModel(experts: readonly [number, number]): DeepseekV2 {
-  const m = new DeepseekV2(config, be, 'f32', { layers: [MOE_LAYER, MOE_LAYER + 1], experts, embed: false, head: false });
+function layerModel(experts: readonly [number, number], dtype: DType = 'f32'): DeepseekV2 {
+  const m = new DeepseekV2(config, be, dtype, { layers: [MOE_LAYER, MOE_LAYER + 1], experts, embed: false, head: false });
   m.initialize(SEED);
   return m;
 }
@@ -102,15 +115,15 @@ function addInto(acc: Map<string, Float32Array>, g: Map<string, Float32Array>): 
  * Σ out ⊙ g as a [1] loss for out, g [N, D], any N (zero included: a rank with no tokens still
  * runs backward, which is collective): rows summed by a scatter into one row, then summed.
  */
-function lossOf(out: Tensor, g: Float32Array): Tensor {
+function lossOf(out: Tensor, g: Float32Array, width = D): Tensor {
   const N = out.shape[0]!;
-  const rows = mul(out, fromHost(be, g, [N, D], 'f32'));
+  const rows = mul(out, fromHost(be, g, [N, width], 'f32'));
   return sumAll(scatterAddRows(rows, fromHost(be, new Int32Array(N), [N], 'i32'), null, 1));
 }
 
-/** A leaf [rows, cols] f32 that requires a gradient. */
-function leaf(values: Float32Array, shape: number[]): Tensor {
-  const t = fromHost(be, values, shape, 'f32');
+/** A leaf that requires a gradient (its gradient arrives as f32). */
+function leaf(values: Float32Array, shape: number[], dtype: DType = 'f32'): Tensor {
+  const t = fromHost(be, values, shape, dtype);
   t.requiresGrad = true;
   return t;
 }
@@ -156,7 +169,7 @@ function uniquePairs(c: DispatchCase, P: number): number[] {
  */
 function referenceRouted(whole: DeepseekV2, c: DispatchCase): { out: Float32Array; dx: Float32Array; dw: Float32Array } {
   return tidy(() => {
-    const x = leaf(c.x, [c.N, D]), w = leaf(c.weights, [c.N, k]);
+    const x = leaf(c.x, [c.N, D], whole.computeDtype), w = leaf(c.weights, [c.N, k]);
     const order = Array.from({ length: c.N * k }, (_, s) => s).sort((a, b) => c.indices[a]! - c.indices[b]! || a - b);
     const counts = new Array<number>(E).fill(0);
     for (const e of c.indices) counts[e]!++;
@@ -171,46 +184,67 @@ function referenceRouted(whole: DeepseekV2, c: DispatchCase): { out: Float32Arra
   });
 }
 
-function dispatchMode(comm: Communicator): void {
-  const P = comm.size, me = comm.rank;
+function dispatchMode(comm: Communicator, routing: Routing, dtype: DType): void {
+  const P = comm.size, me = comm.rank, what = `${routing} ${dtype}`, tol = dtype === 'f32' ? TOL : TOL_BF16;
   const owned = ownedExperts(me, P, E);
-  const whole = layerModel([0, E]), part = layerModel(owned);
+  const whole = layerModel([0, E], dtype), part = layerModel(owned, dtype);
   const moe = part.layers[0]!.moe!;
   const dispatch = new ExpertDispatch(comm, E);
   const local = { first: owned[0], count: owned[1] - owned[0], run: (xs: Tensor, counts: readonly number[]) => part.routedExperts(moe, xs, counts) };
-  for (const routing of ['random', 'last-rank-idle', 'rank-1-empty'] as const) {
-    if (routing === 'rank-1-empty' && P < 2) continue;
-    const cases = Array.from({ length: P }, (_, q) => dispatchCase(routing, q, P));
-    const refs = cases.map((c) => referenceRouted(whole, c));
-    const wholeGrads = takeGrads(whole); // the experts' gradients over every rank's tokens
-    const mine = cases[me]!;
-    const before = { ...dispatch.stats };
-    tidy(() => {
-      const x = leaf(mine.x, [mine.N, D]), w = leaf(mine.weights, [mine.N, k]);
-      const out = dispatch.routedOutput(x, fromHost(be, mine.indices, [mine.N, k], 'i32'), w, local);
-      backward(lossOf(out, mine.g));
-      const ref = refs[me]!;
-      close(toHostF32(out), ref.out, `${routing}: routed output`);
-      close(toHostF32(x.grad!), ref.dx, `${routing}: x gradient`);
-      close(toHostF32(w.grad!), ref.dw, `${routing}: router weight gradient`);
-      x.grad!.dispose(); w.grad!.dispose();
-    });
-    for (const [name, g] of takeGrads(part)) {
-      if (isExpert(name)) close(g, wholeGrads.get(name)!, `${routing}: ${name} gradient`);
-    }
-    // Dedupe: one row per unique (token, rank) pair, each way.
-    const sent = uniquePairs(mine, P).reduce((a, b) => a + b, 0);
-    const received = cases.reduce((s, c) => s + uniquePairs(c, P)[me]!, 0);
-    assert.equal(dispatch.stats.sentRows - before.sentRows, sent, `${routing}: rows sent`);
-    assert.equal(dispatch.stats.receivedRows - before.receivedRows, received, `${routing}: rows received`);
-    assert.equal(dispatch.stats.slots - before.slots, mine.N * k, `${routing}: slots`);
-    if (routing === 'last-rank-idle') {
-      if (me === P - 1) assert.equal(received, 0, 'the last rank receives nothing');
-      if (me === 0) assert.ok(sent < mine.N * k, 'token 0 sends fewer rows than slots');
-    }
-    checks += 3;
+  const cases = Array.from({ length: P }, (_, q) => dispatchCase(routing, q, P));
+  const refs = cases.map((c) => referenceRouted(whole, c));
+  const wholeGrads = takeGrads(whole); // the experts' gradients over every rank's tokens
+  const mine = cases[me]!, ref = refs[me]!;
+  tidy(() => {
+    const x = leaf(mine.x, [mine.N, D], dtype), w = leaf(mine.weights, [mine.N, k]);
+    const out = dispatch.routedOutput(x, fromHost(be, mine.indices, [mine.N, k], 'i32'), w, local);
+    assert.equal(out.dtype, dtype, `${what}: output dtype`);
+    backward(lossOf(out, mine.g));
+    close(toHostF32(out), ref.out, `${what}: routed output`, tol);
+    close(toHostF32(x.grad!), ref.dx, `${what}: x gradient`, tol);
+    close(toHostF32(w.grad!), ref.dw, `${what}: router weight gradient`, tol);
+    x.grad!.dispose(); w.grad!.dispose();
+  });
+  for (const [name, g] of takeGrads(part)) {
+    if (isExpert(name)) close(g, wholeGrads.get(name)!, `${what}: ${name} gradient`, tol);
   }
+  // Dedupe: one row per unique (token, rank) pair, each way.
+  const sent = uniquePairs(mine, P).reduce((a, b) => a + b, 0);
+  const received = cases.reduce((s, c) => s + uniquePairs(c, P)[me]!, 0);
+  assert.deepEqual(dispatch.stats, { layers: 1, slots: mine.N * k, sentRows: sent, receivedRows: received }, `${what}: rows moved`);
+  if (routing === 'last-rank-idle') {
+    if (me === P - 1) assert.equal(received, 0, 'the last rank receives nothing');
+    if (me === 0) assert.ok(sent < mine.N * k, 'token 0 sends fewer rows than slots');
+  }
+  checks++;
   whole.dispose(); part.dispose();
+}
+
+/** allToAllRows on rows that name (source, destination, row, column), exactly, both ways. */
+function allToAllMode(comm: Communicator): void {
+  const P = comm.size, me = comm.rank, W = 3;
+  const rows = (src: number, dst: number): number => (src * 5 + dst * 3 + 1) % 4; // zeros included
+  const value = (src: number, dst: number, i: number, j: number): number => src * 64 + dst * 16 + i * 4 + j; // exact in bf16
+  const send = Array.from({ length: P }, (_, p) => rows(me, p)), recv = Array.from({ length: P }, (_, p) => rows(p, me));
+  const table = (counts: number[], f: (p: number, i: number, j: number) => number): Float32Array => {
+    const out: number[] = [];
+    counts.forEach((n, p) => { for (let i = 0; i < n; i++) for (let j = 0; j < W; j++) out.push(f(p, i, j)); });
+    return Float32Array.from(out);
+  };
+  for (const dtype of ['f32', 'bf16'] as const) {
+    tidy(() => {
+      const x = leaf(table(send, (p, i, j) => value(me, p, i, j)), [send.reduce((a, b) => a + b, 0), W], dtype);
+      const out = allToAllRows(x, send, recv, comm);
+      assert.equal(out.dtype, dtype);
+      assert.deepEqual(toHostF32(out), table(recv, (p, i, j) => value(p, me, i, j)), `${dtype}: rows received`);
+      // Loss Σ out ⊙ G with G = 1 + the row's value: x's gradient is G at the row's destination.
+      const G = table(recv, (p, i, j) => 1 + value(p, me, i, j));
+      backward(lossOf(out, G, W));
+      assert.deepEqual(toHostF32(x.grad!), table(send, (p, i, j) => 1 + value(me, p, i, j)), `${dtype}: gradients returned`);
+      x.grad!.dispose();
+    });
+    checks += 2;
+  }
 }
 
 /** One rank's input to the layer: h [S, D] (one sequence of S tokens) and the output cotangent. */
@@ -260,14 +294,20 @@ async function main(): Promise<void> {
     { num_hidden_layers: config.num_hidden_layers, n_routed_experts: E }, be);
   for (const m of mode.split(',')) {
     switch (m) {
-      case 'dispatch': dispatchMode(d.groups.ep); break;
+      case 'dispatch':
+        dispatchMode(d.groups.ep, 'random', 'f32');
+        dispatchMode(d.groups.ep, 'random', 'bf16');
+        dispatchMode(d.groups.ep, 'last-rank-idle', 'f32');
+        if (d.groups.ep.size > 1) dispatchMode(d.groups.ep, 'rank-1-empty', 'f32');
+        break;
+      case 'a2a': allToAllMode(d.groups.ep); break;
       case 'layer': layerMode(d.groups.ep); break;
       default: throw new Error(`unknown mode ${m}`);
     }
   }
   d.comm.barrier();
   await d.close();
-  console.log(`rank ${d.rank} ok ${checks} checks, max rel err ${worst.toExponential(2)}`);
+  console.log(`rank ${d.rank} ok ${checks} checks, max rel err ${worst.toExponential(2)} (bf16 ${worstBf16.toExponential(2)})`);
 }
 
 main().catch((e: unknown) => {
