@@ -1,9 +1,10 @@
 // Expert parallelism in real processes started by `moetrain launch` (CPU communicator): the
 // all-to-all op moving f32 and bf16 rows exactly both ways; the dispatcher (f32 and bf16) and one
 // MoE decoder layer (f32) against the single-process computation of the same tokens, which every
-// rank computes itself (test/helpers/parallel_ep_rank.ts says what is compared: outputs, input
-// and router-weight gradients, every owned expert's gradients, rows sent per unique (token, rank)
-// pair, a rank that receives nothing, a rank with no tokens). Then 3 optimizer steps of the
+// rank computes itself, and the whole model's losses and gradients likewise
+// (test/helpers/parallel_ep_rank.ts says what is compared: outputs, input and router-weight
+// gradients, every owned expert's gradients, rows sent per unique (token, rank) pair, a rank that
+// receives nothing, a rank with no tokens). Then 3 optimizer steps of the
 // trainer under ep2 and dp2·ep2 against a single process, once the distributed trainer is built
 // (see trainerIsDistributed).
 import { test } from 'node:test';
@@ -31,16 +32,16 @@ function launchRanks(nproc: number, args: string[]): void {
   }
 }
 
-test('ep2: the all-to-all op, the dispatcher and one MoE layer equal the single-process computation', () => {
-  launchRanks(2, ['a2a,dispatch,layer', '1']);
+test('ep2: the all-to-all op, the dispatcher, one MoE layer and the whole model equal the single-process computation', () => {
+  launchRanks(2, ['a2a,dispatch,layer,model', '1']);
 });
 
 test('dp2·ep2: the same over the two ep sub-groups', () => {
-  launchRanks(4, ['a2a,dispatch,layer', '2']);
+  launchRanks(4, ['a2a,dispatch,layer,model', '2']);
 });
 
-test('ep4: the all-to-all and the dispatcher with two experts per rank (a token\'s 3 experts on up to 3 ranks)', () => {
-  launchRanks(4, ['a2a,dispatch', '1']);
+test('ep4: the all-to-all, the dispatcher and the whole model with two experts per rank (a token\'s 3 experts on up to 3 ranks)', () => {
+  launchRanks(4, ['a2a,dispatch,model', '1']);
 });
 
 /**

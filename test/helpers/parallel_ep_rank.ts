@@ -12,6 +12,11 @@
 //   layer DP     one decoder layer with an MoE block (attention, router, load-balance loss,
 //                shared expert) through runLayers: output, input gradient, every dense
 //                parameter's gradient (this rank's tokens) and every owned expert's (all tokens)
+//   model DP     the whole model (embedding, dense layer, two MoE layers, head; cross-entropy
+//                and the sequence load-balance loss): both losses, every dense parameter's
+//                gradient and every owned expert's; two MoE layers check that the ranks run
+//                the backward all-to-alls of several layers in one order; live bytes return
+//                to where they were before the step
 //   a2a          allToAllRows alone, f32 and bf16 rows, uneven and zero counts: rows arrive
 //                exactly, and the backward returns each row's gradient to its sender exactly
 // Modes may be joined by commas (dispatch,layer). DP is the mesh's dp; ep = WORLD_SIZE / DP; the
@@ -285,6 +290,41 @@ function layerMode(comm: Communicator): void {
   whole.dispose(); part.dispose();
 }
 
+/** Cross-entropy and load-balance loss of the model on ep rank q's two sequences; gradients taken. */
+function runModel(m: DeepseekV2, q: number): { losses: Float32Array; grads: Map<string, Float32Array> } {
+  const B = 2, S = 8, V = config.vocab_size;
+  const ids = Array.from({ length: B * S }, (_, i) => Math.floor((hash(q, i, 8) * 0.5 + 0.5) * V));
+  const labels = ids.map((_, i) => (i % S === S - 1 ? -1 : ids[i + 1]!));
+  let losses = new Float32Array(0);
+  tidy(() => {
+    const r = m.forward(fromHost(be, ids, [B, S], 'i32'), fromHost(be, labels, [B, S], 'i32'), B * (S - 1), { form: 'sequence', alpha: 0.05 });
+    backward(add(r.crossEntropy, r.loadBalance));
+    losses = Float32Array.from([...toHostF32(r.crossEntropy), ...toHostF32(r.loadBalance)]);
+  });
+  return { losses, grads: takeGrads(m) };
+}
+
+function modelMode(comm: Communicator): void {
+  const P = comm.size, me = comm.rank;
+  const whole = new DeepseekV2(config, be, 'f32');
+  const part = new DeepseekV2(config, be, 'f32', { layers: [0, config.num_hidden_layers], experts: ownedExperts(me, P, E), embed: true, head: true });
+  for (const m of [whole, part]) m.initialize(SEED);
+  part.expertDispatch = new ExpertDispatch(comm, E);
+  const refs = Array.from({ length: P }, (_, q) => runModel(whole, q));
+  const expertSums = new Map<string, Float32Array>();
+  for (const r of refs) addInto(expertSums, new Map([...r.grads].filter(([name]) => isExpert(name))));
+  const got = runModel(part, me), ref = refs[me]!;
+  // A second step (after the first made the RoPE tables and k, which live on) leaks nothing.
+  const live = be.memoryStats().liveBytes;
+  runModel(part, me);
+  assert.equal(be.memoryStats().liveBytes, live, 'the dispatched step releases every tensor it made');
+  close(got.losses.subarray(0, 1), ref.losses.subarray(0, 1), 'model cross-entropy');
+  close(got.losses.subarray(1), ref.losses.subarray(1), 'model load-balance loss');
+  for (const [name, g] of got.grads) close(g, (isExpert(name) ? expertSums : ref.grads).get(name)!, `model: ${name} gradient`);
+  assert.equal(got.grads.size, [...ref.grads.keys()].filter((n) => !isExpert(n)).length + 2 * 3 * E / P, 'every dense parameter and owned expert was compared');
+  whole.dispose(); part.dispose();
+}
+
 async function main(): Promise<void> {
   const [mode, dpText] = process.argv.slice(2);
   if (!mode) return;
@@ -302,6 +342,7 @@ async function main(): Promise<void> {
         break;
       case 'a2a': allToAllMode(d.groups.ep); break;
       case 'layer': layerMode(d.groups.ep); break;
+      case 'model': modelMode(d.groups.ep); break;
       default: throw new Error(`unknown mode ${m}`);
     }
   }
