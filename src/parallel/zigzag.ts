@@ -28,22 +28,31 @@ export function zigzagPositions(seqLen: number, cp: number, rank: number): numbe
   return out;
 }
 
-/** Rank r's share [B, S/cp] of a [B, S] row-major batch (token ids or labels). */
-export function zigzagSplit<T extends Int32Array | Float32Array>(x: T, batch: number, seqLen: number, cp: number, rank: number): T {
-  if (x.length !== batch * seqLen) throw new Error(`internal: zigzagSplit of ${x.length} values as [${batch}, ${seqLen}]`);
+/**
+ * Rank r's share [B, S/cp, width] of a [B, S, width] row-major array (token ids or labels with
+ * width 1, or a tensor's host values).
+ */
+export function zigzagSplit<T extends Int32Array | Float32Array>(x: T, batch: number, seqLen: number, cp: number, rank: number, width = 1): T {
+  if (x.length !== batch * seqLen * width) throw new Error(`internal: zigzagSplit of ${x.length} values as [${batch}, ${seqLen}, ${width}]`);
   const pos = zigzagPositions(seqLen, cp, rank), local = pos.length;
-  const out = new (x.constructor as new (n: number) => T)(batch * local);
-  for (let b = 0; b < batch; b++) for (let i = 0; i < local; i++) out[b * local + i] = x[b * seqLen + pos[i]!]!;
+  const out = new (x.constructor as new (n: number) => T)(batch * local * width);
+  for (let b = 0; b < batch; b++) for (let i = 0; i < local; i++) {
+    const from = (b * seqLen + pos[i]!) * width;
+    out.set(x.subarray(from, from + width), (b * local + i) * width);
+  }
   return out;
 }
 
-/** The inverse of zigzagSplit: every rank's share (parts[r]) put back into a [B, S] batch. */
-export function zigzagJoin<T extends Int32Array | Float32Array>(parts: readonly T[], batch: number, seqLen: number): T {
-  const cp = parts.length, out = new (parts[0]!.constructor as new (n: number) => T)(batch * seqLen);
+/** The inverse of zigzagSplit: every rank's share (parts[r]) put back into a [B, S, width] array. */
+export function zigzagJoin<T extends Int32Array | Float32Array>(parts: readonly T[], batch: number, seqLen: number, width = 1): T {
+  const cp = parts.length, out = new (parts[0]!.constructor as new (n: number) => T)(batch * seqLen * width);
   const local = seqLen / cp;
   parts.forEach((p, r) => {
     const pos = zigzagPositions(seqLen, cp, r);
-    for (let b = 0; b < batch; b++) for (let i = 0; i < local; i++) out[b * seqLen + pos[i]!] = p[b * local + i]!;
+    for (let b = 0; b < batch; b++) for (let i = 0; i < local; i++) {
+      const from = (b * local + i) * width;
+      out.set(p.subarray(from, from + width), (b * seqLen + pos[i]!) * width);
+    }
   });
   return out;
 }
