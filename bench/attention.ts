@@ -26,9 +26,9 @@ import { packageRoot } from '../src/package_root.js';
 import { bf16ArrayToF32, f32ArrayToBf16 } from '../src/tensor/dtype.js';
 import { emptyTensor, type Shape, type Tensor } from '../src/tensor/tensor.js';
 
-const D_NOPE = 128, D_ROPE = 64, D_V = 128;
+export const D_NOPE = 128, D_ROPE = 64, D_V = 128;
 const CEILING_FLOPS = 790e12;
-const L2_BYTES = 50 * 2 ** 20;
+export const L2_BYTES = 50 * 2 ** 20;
 
 /** TARGETS.md, "MLA attention, one H100": TFLOP/s at least, per s. */
 const TARGET_TFLOPS: Record<number, { fwd: number; bwd: number }> = {
@@ -54,13 +54,13 @@ export interface AttentionBenchRow {
   peerBwd?: AttentionTiming;
 }
 
-function median(xs: number[]): number {
+export function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
   const h = s.length >> 1;
   return s.length % 2 ? s[h]! : (s[h - 1]! + s[h]!) / 2;
 }
 
-function randomBf16Chunk(n: number, seed: number): Uint16Array {
+export function randomBf16Chunk(n: number, seed: number): Uint16Array {
   const f = new Float32Array(n);
   let s = seed >>> 0 || 1;
   for (let i = 0; i < n; i++) {
@@ -71,7 +71,7 @@ function randomBf16Chunk(n: number, seed: number): Uint16Array {
 }
 
 /** Fills a bf16 tensor with noise by uploading slices of one random chunk (never zeros). */
-function fillRandom(ctx: CudaContext, t: Tensor, chunk: Uint16Array, start: number): void {
+export function fillRandom(ctx: CudaContext, t: Tensor, chunk: Uint16Array, start: number): void {
   const base = devicePtr(t);
   for (let at = 0; at < t.size;) {
     const from = (start + at) % (chunk.length - 1);
@@ -86,7 +86,7 @@ interface InputSet {
 }
 
 /** Median milliseconds of `call(i)` over `reps` repetitions (i rotates the input set). */
-function timeMs(ctx: CudaContext, reps: number, call: (i: number) => void): number {
+export function timeMs(ctx: CudaContext, reps: number, call: (i: number) => void): number {
   for (let i = 0; i < 3; i++) call(i);
   const starts = Array.from({ length: reps }, () => ctx.createEvent());
   const ends = Array.from({ length: reps }, () => ctx.createEvent());

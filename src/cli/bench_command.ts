@@ -8,7 +8,7 @@ import { fileURLToPath } from 'node:url';
 import type { ParsedArgs } from './args.js';
 
 /** The function `exported` of dist/bench/<name>.js (untyped: this side cannot import its type). */
-async function loadBench(name: 'gemm' | 'attention' | 'train', exported: string): Promise<Function> {
+async function loadBench(name: 'gemm' | 'attention' | 'attention_ring' | 'train', exported: string): Promise<Function> {
   const url = new URL(`../../bench/${name}.js`, import.meta.url);
   const file = fileURLToPath(url);
   if (!existsSync(file)) throw new Error(`benchmark ${name}: ${file} does not exist; build the package (npm run build), which compiles bench/ into dist/bench/`);
@@ -25,7 +25,8 @@ export async function benchCommand(args: ParsedArgs): Promise<void> {
       (await loadBench('gemm', 'runGemmBench'))({});
       return;
     case 'attention':
-      await (await loadBench('attention', 'runAttentionBench'))();
+      if (args.flags.cp !== undefined) await (await loadBench('attention_ring', 'runRingAttentionBench'))({ cp: Number(args.flags.cp) });
+      else await (await loadBench('attention', 'runAttentionBench'))();
       return;
     case 'train':
       await (await loadBench('train', 'runTrainBench'))(args.flags);

@@ -7,6 +7,7 @@ export const BENCH_COMMAND: CommandSpec = {
   summary: 'GPU benchmarks: gemm (cuBLASLt bf16 GEMMs), attention (MLA attention kernels against cuDNN), train (training steps of DeepSeek-V2-Lite cut to a few layers, against a PyTorch peer).',
   positionals: [{ name: 'BENCHMARK', help: 'gemm | attention | train', required: true }],
   options: [
+    { name: 'cp', value: 'N', help: 'attention: time the ring-attention blocks one of N context-parallel ranks computes (2 or 4) against the whole-sequence kernel, s = 4096/8192/16384' },
     { name: 'steps', value: 'N', default: '20', help: 'train: steps to time (the median excludes the first three)' },
     { name: 'layers', value: 'N', default: '4', help: 'train: layers of DeepSeek-V2-Lite to keep (layer 0 dense, the rest MoE)' },
     { name: 'seq_len', value: 'N', default: '2048', help: 'train: tokens per sequence' },

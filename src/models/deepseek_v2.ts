@@ -30,8 +30,9 @@ import { gatherRows, scatterAddRows, splitRows, concatRows } from '../ops/rows.j
 import { mlaAttention } from '../ops/mla_attention.js';
 import { Param } from '../nn/param.js';
 import { normalValues } from '../nn/init.js';
-import { ropeTables, yarnMscale } from '../nn/rope_tables.js';
+import { ropeTablesAt, yarnMscale } from '../nn/rope_tables.js';
 import type { DeepseekV2Config } from './deepseek_v2_config.js';
+import type { AttentionHook } from './attention_hook.js';
 import type { ModelSection, SectionHooks } from './section_hooks.js';
 import type { ExpertDispatchHook } from './expert_dispatch_hook.js';
 import {
@@ -95,6 +96,7 @@ export class DeepseekV2 implements DeepseekV2Weights<Param> {
    * that own their experts; null: an MoE layer computes only the owned experts' share.
    */
   expertDispatch: ExpertDispatchHook | null = null;
+  private attnHook: AttentionHook | null = null;
 
   /** The whole model, or the part of it that `part` names (its parameters only are allocated). */
   constructor(readonly config: DeepseekV2Config, readonly backend: Backend, readonly computeDtype: DType, readonly part: ModelPart = wholeModel(config)) {
@@ -133,11 +135,25 @@ export class DeepseekV2 implements DeepseekV2Weights<Param> {
     });
   }
 
+  /**
+   * Context parallelism (parallel/context_parallel.ts): the local tokens are a share of longer
+   * sequences, RoPE takes their global positions and attention runs through the hook; null
+   * attends over the local tokens as the whole sequence.
+   */
+  get attentionHook(): AttentionHook | null { return this.attnHook; }
+  set attentionHook(h: AttentionHook | null) {
+    for (const t of this.ropeCache.values()) { t.cos.dispose(); t.sin.dispose(); }
+    this.ropeCache.clear();
+    this.attnHook = h;
+  }
+
+  /** cos/sin tables [S, Dr/2] of the S local tokens' positions (0..S−1 without a hook). */
   private rope(S: number): { cos: Tensor; sin: Tensor } {
     let t = this.ropeCache.get(S);
     if (!t) {
       const c = this.config;
-      const { cos, sin } = ropeTables(S, c.qk_rope_head_dim, c.rope_theta, c.rope_scaling);
+      const positions = this.attnHook ? this.attnHook.positions(S) : Array.from({ length: S }, (_, s) => s);
+      const { cos, sin } = ropeTablesAt(positions, c.qk_rope_head_dim, c.rope_theta, c.rope_scaling);
       const half = c.qk_rope_head_dim / 2;
       t = { cos: keep(fromHost(this.backend, cos, [S, half], 'f32')), sin: keep(fromHost(this.backend, sin, [S, half], 'f32')) };
       this.ropeCache.set(S, t);
@@ -233,7 +249,8 @@ export class DeepseekV2 implements DeepseekV2Weights<Param> {
     const { cos, sin } = this.rope(S);
     const qPe = rope(qPeRaw, cos, sin);
     const kPe = rope(reshape(kPeRaw, [B, S, 1, Dr]), cos, sin);
-    const { o } = mlaAttention(qNope, qPe, kNope, kPe, v, { causal: true, scale: this.softmaxScale });
+    const opts = { causal: true, scale: this.softmaxScale };
+    const o = this.attnHook ? this.attnHook.attention(qNope, qPe, kNope, kPe, v, opts) : mlaAttention(qNope, qPe, kNope, kPe, v, opts).o;
     return linear(reshape(o, [B * S, H * Dv]), w.oProj.value);
   }
 
@@ -323,9 +340,13 @@ export class DeepseekV2 implements DeepseekV2Weights<Param> {
   private loadBalanceLoss(l: number, probs: Tensor, slots: Tensor, B: number, S: number, lb: LoadBalance): Tensor {
     const c = this.config, E = c.n_routed_experts, k = c.num_experts_per_tok, N = B * S;
     if (lb.form === 'sequence') {
+      // With context parallelism a sequence's counts are summed over the cp ranks, and this
+      // rank's loss is its tokens' share of Σ f·P (the shares add up over cp to the loss).
       const counts = bincount(slots.view([B, S * k], [S * k, 1], slots.offset), E);
-      const f = scale(cast(counts, 'f32'), 1 / (S * k));
-      const P = scale(sumLastDim(contiguous(permute(reshape(probs, [B, S, E]), [0, 2, 1]))), 1 / S); // [B, E]
+      this.attnHook?.sumSequenceCounts(counts);
+      const seq = S * (this.attnHook?.cp ?? 1);
+      const f = scale(cast(counts, 'f32'), 1 / (seq * k));
+      const P = scale(sumLastDim(contiguous(permute(reshape(probs, [B, S, E]), [0, 2, 1]))), 1 / seq); // [B, E]
       return scale(sumAll(mul(f, P)), lb.alpha * E / B);
     }
     const P = scale(sumLastDim(contiguous(permute(probs, [1, 0]))), 1 / N); // [E]

@@ -47,15 +47,20 @@ export function inverseFrequencies(dim: number, base: number, scaling: RopeScali
 
 /** cos and sin [S, dim/2] as f32 for positions 0..S−1. */
 export function ropeTables(seqLen: number, dim: number, base: number, scaling: RopeScaling | null): { cos: Float32Array; sin: Float32Array } {
+  return ropeTablesAt(Array.from({ length: seqLen }, (_, s) => s), dim, base, scaling);
+}
+
+/** cos and sin [positions.length, dim/2] as f32, row i for position positions[i] (a context-parallel rank's tokens). */
+export function ropeTablesAt(positions: readonly number[], dim: number, base: number, scaling: RopeScaling | null): { cos: Float32Array; sin: Float32Array } {
   const inv = inverseFrequencies(dim, base, scaling);
   const m = scaling ? yarnMscale(scaling.factor, scaling.mscale) / yarnMscale(scaling.factor, scaling.mscale_all_dim) : 1;
-  const half = dim / 2;
-  const cos = new Float32Array(seqLen * half), sin = new Float32Array(seqLen * half);
-  for (let s = 0; s < seqLen; s++) for (let j = 0; j < half; j++) {
+  const half = dim / 2, n = positions.length;
+  const cos = new Float32Array(n * half), sin = new Float32Array(n * half);
+  for (let i = 0; i < n; i++) for (let j = 0; j < half; j++) {
     // f32 angle as in the reference implementation (positions and frequencies in float32).
-    const angle = Math.fround(Math.fround(s) * Math.fround(inv[j]!));
-    cos[s * half + j] = Math.cos(angle) * m;
-    sin[s * half + j] = Math.sin(angle) * m;
+    const angle = Math.fround(Math.fround(positions[i]!) * Math.fround(inv[j]!));
+    cos[i * half + j] = Math.cos(angle) * m;
+    sin[i * half + j] = Math.sin(angle) * m;
   }
   return { cos, sin };
 }
