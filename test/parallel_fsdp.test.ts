@@ -24,6 +24,7 @@ import { defaultTrainConfig, mergeTrainConfig, type TrainConfig } from '../src/t
 import { Training } from '../src/train/trainer.js';
 import type { StepMetrics } from '../src/train/log_line.js';
 import { syntheticBatches } from './helpers/synthetic_batches.js';
+import { compareParams } from './helpers/compare_params.js';
 
 const tiny = (over: Record<string, unknown> = {}): DeepseekV2Config => parseDeepseekV2Config({ ...TINY_CONFIG_JSON, ...over }, 'fsdp test');
 
@@ -193,25 +194,6 @@ describe('the sharded path with groups of one', () => {
     assert.equal(be.memoryStats().liveBytes, base, 'dispose releases shards, views and the RoPE cache');
   });
 });
-
-/** Per tensor ‖Δ‖/‖w‖ (the largest, and where) and the largest element difference, over master weights. */
-export function compareParams(want: Map<string, Float32Array>, got: Map<string, Float32Array>): { relL2: number; maxAbs: number; worst: string } {
-  let relL2 = 0, maxAbs = 0, worst = '';
-  for (const [name, w] of want) {
-    if (name.startsWith('exp_avg')) continue;
-    const v = got.get(name);
-    assert.ok(v && v.length === w.length, `${name}: present with ${w.length} elements`);
-    let d2 = 0, w2 = 0;
-    for (let i = 0; i < w.length; i++) {
-      const d = v[i]! - w[i]!;
-      d2 += d * d; w2 += w[i]! * w[i]!;
-      maxAbs = Math.max(maxAbs, Math.abs(d));
-    }
-    const rel = Math.sqrt(d2 / w2);
-    if (rel > relL2) { relL2 = rel; worst = name; }
-  }
-  return { relL2, maxAbs, worst };
-}
 
 /** Padding of the f32 router flat in the tiny model's bf16 plan (its compute copy is its master). */
 function padOf(fsdp: FullyShardedModel, _what: 'router'): number {
