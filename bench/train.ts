@@ -10,6 +10,10 @@
 // The peer (bench/train_peer.py) is transformers' DeepseekV2ForCausalLM on the same card, run
 // in the same command, so the two numbers are comparable. It runs first, in its own process:
 // run after ours, it found our ~51 GB still held by this process and ran out of memory.
+//
+// Under `moetrain launch --nproc-per-node N -- bench train …` every rank runs the step with
+// sharded parameters over dp = N (the launched path, NCCL even for N = 1); rank 0 prints, and
+// the peer runs only for N = 1.
 import path from 'node:path';
 import { selectBackend, type DeviceChoice } from '../src/backend/select.js';
 import { loadDeepseekV2Config } from '../src/models/deepseek_v2_config.js';
@@ -19,13 +23,19 @@ import { defaultTrainConfig, mergeTrainConfig } from '../src/train/config.js';
 import { formatLogLine, type StepMetrics } from '../src/train/log_line.js';
 import { Training, type BatchSource, type StepHooks, type StepPhase } from '../src/train/trainer.js';
 import { Rng } from '../src/nn/rng.js';
+import { applyLaunchEnv } from '../src/parallel/launch_env.js';
+import { initDistributed } from '../src/parallel/init_distributed.js';
 import { spawnSync } from 'node:child_process';
 
 export async function runTrainBench(flags: Record<string, string>): Promise<void> {
   const num = (k: string, d: number) => (flags[k] === undefined ? d : Number(flags[k]));
   const steps = num('steps', 20), layers = num('layers', 4), S = num('seq_len', 2048), G = num('batch', 4), micro = num('micro', G);
+  // Before the backend: the CUDA context takes its device from LOCAL_RANK.
+  const launch = applyLaunchEnv();
+  const leader = launch.rank === 0;
+  const say = (line: string): void => { if (leader) console.log(line); };
   const peer = flags['peer'] ?? 'eager';
-  const modes = peer === 'both' ? ['eager', 'compile'] : peer === 'none' ? [] : [peer];
+  const modes = peer === 'both' ? ['eager', 'compile'] : peer === 'none' || launch.world > 1 ? [] : [peer];
   const peers = modes.map((mode) => {
     if (mode !== 'eager' && mode !== 'compile') throw new Error(`--peer must be eager, compile, both or none, got ${peer}`);
     return { mode, result: runPeer(mode, layers, S, G, steps) };
@@ -35,11 +45,13 @@ export async function runTrainBench(flags: Record<string, string>): Promise<void
   const cfg = mergeTrainConfig(defaultTrainConfig(), {
     model: `deepseek-v2-lite (${layers} layers)`, data: 'random', device: flags['device'] ?? 'cuda', steps, seq_len: S,
     micro_batch_size: micro, global_batch_size: G,
-    optimizer: { lr: 3e-4 }, schedule: { type: 'constant', warmup_steps: 0 },
+    optimizer: { lr: 3e-4 }, schedule: { type: 'constant', warmup_steps: 0 }, parallel: { dp: launch.world },
   }, 'bench train');
   const backend = await selectBackend(cfg.device as DeviceChoice, { mlaKernels: cfg.mla_kernels });
-  console.log(`bench train: ${backend.description}; ${layers} layers, ${(parameterCount(model) / 1e9).toFixed(3)}B parameters, ` +
-    `${G}×${S} tokens per step (micro-batch ${micro}), ${(flopsPerToken(model, S) / 1e9).toFixed(2)} GFLOP/token`);
+  const dist = launch.source === 'none' ? null : await initDistributed(cfg, model, backend);
+  say(`bench train: ${backend.description}; ${layers} layers, ${(parameterCount(model) / 1e9).toFixed(3)}B parameters, ` +
+    `${G}×${S} tokens per step (micro-batch ${micro}), ${(flopsPerToken(model, S) / 1e9).toFixed(2)} GFLOP/token` +
+    (dist ? `; launched: ${dist.world} rank(s), parameters sharded over dp ${dist.world}` : ''));
   const rng = new Rng(cfg.seed);
   const V = model.vocab_size;
   const data: BatchSource = {
@@ -63,18 +75,20 @@ export async function runTrainBench(flags: Record<string, string>): Promise<void
       return r;
     },
   };
-  const training = new Training(cfg, model, backend);
+  const training = new Training(cfg, model, backend, dist);
   training.model.initialize(cfg.seed);
   const metrics: StepMetrics[] = [];
   const phases: Record<StepPhase, number>[] = [];
   for (let step = 0; step < steps; step++) {
     const record = training.step(step, data, hooks);
-    console.log(formatLogLine(record));
+    say(formatLogLine(record));
     metrics.push(record);
     phases.push({ ...phaseSec });
     phaseSec.forward = phaseSec.backward = phaseSec.optimizer = 0;
   }
   training.dispose();
+  await dist?.close();
+  if (!leader) return;
   const rows = metrics.slice(Math.min(3, metrics.length - 1));
   const tps = rows.map((r) => r.tokensPerSecond).sort((a, b) => a - b)[Math.floor(rows.length / 2)]!;
   const peak = Math.max(...metrics.map((r) => r.peakMemoryBytes));
