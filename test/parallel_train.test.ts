@@ -164,6 +164,9 @@ describe('moetrain launch -- train', () => {
     assert.match(r.out, /^moetrain: mesh pp1·dp2·cp1·ep1 \(2 ranks; 2 replicas read different sequences\): dense parameters sharded over 2 ranks, routed experts over 2$/m);
     assert.match(r.out, /^moetrain: per rank 0\.\d\dM parameters held: persistent \d+\.\d\d MB \(weights .*\) = 16\.00 bytes per held element \(f32 compute; \d+\.\d% padding\)/m);
     sameSteps(jsonl(want.dir), jsonl(dir));
+    // What stays between steps (weights, gradients, moments) is halved on each of 2 ranks.
+    const kept = (d: string) => jsonl(d).at(-1)!.liveMemoryBytes;
+    assert.ok(kept(dir) < 0.55 * kept(want.dir), `rank 0 keeps ${kept(dir)} bytes between steps, the single process ${kept(want.dir)}`);
   });
 
   test('a launched world of one takes the sharded path and matches the plain run', () => {
