@@ -146,6 +146,32 @@ describe('the sharded path with groups of one', () => {
     });
   }
 
+  test('checkpoint entries: a whole run\'s masters and moments written into a sharded run\'s entries continue it', async () => {
+    const cfg = config({ precision: 'bf16', load_balance: { form: 'micro-batch', alpha: 0.01 } });
+    const be = new CpuBackend();
+    const c = tiny();
+    const data = syntheticBatches({ vocab: c.vocab_size, seqLen: cfg.seq_len, microBatch: cfg.micro_batch_size });
+    const whole = new Training(cfg, c, be);
+    whole.model.initialize(cfg.seed);
+    whole.step(0, data);
+    const sharded = new Training(cfg, c, be, await initDistributed(cfg, c, be, {}));
+    const source = new Map(whole.checkpointEntries().map((e) => [e.name, e]));
+    const entries = sharded.checkpointEntries();
+    assert.equal(entries.length, source.size);
+    for (const e of entries) {
+      const w = source.get(e.name)!;
+      assert.deepEqual(e.shape, w.shape, e.name);
+      be.write(e.tensor, toHostF32(w.tensor).subarray(e.start, e.end));
+    }
+    sharded.checkpointLoaded(whole.optimizer.step);
+    const a = whole.step(1, data), b = sharded.step(1, data);
+    assert.equal(b.crossEntropy, a.crossEntropy, 'the restored bf16 compute copies give the same forward');
+    assert.ok(Math.abs(b.gradientNorm - a.gradientNorm) <= 1e-6 * a.gradientNorm);
+    assert.equal(b.learningRate, a.learningRate);
+    whole.dispose();
+    sharded.dispose();
+  });
+
   test('a unit\'s weights are gathered only while it runs and its backward needs them; nothing outlives a step', () => {
     const be = new CpuBackend();
     const c = tiny();
