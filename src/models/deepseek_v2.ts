@@ -32,6 +32,7 @@ import { Param, type ParamMaker } from '../nn/param.js';
 import { normalValues } from '../nn/init.js';
 import { ropeTables, yarnMscale } from '../nn/rope_tables.js';
 import type { DeepseekV2Config } from './deepseek_v2_config.js';
+import type { ModelSection, SectionHooks } from './section_hooks.js';
 import type { ExpertCountsHook, ModelUnit, UnitHooks } from './unit_hooks.js';
 import {
   buildWeights, wholeModel, type Attention, type DecoderLayer, type DeepseekV2Weights, type Mlp, type ModelPart, type MoeBlock, type ParamSpec,
@@ -53,6 +54,18 @@ export interface ForwardResult {
   loadBalance: Tensor;
 }
 
+/** The router's result for one MoE layer (DeepseekV2.route). */
+interface Routing {
+  /** Router probabilities [N, E] f32 and the routed slots' experts [N·k] i32 (load-balance loss). */
+  probs: Tensor;
+  slots: Tensor;
+  /** Routed rows per owned expert, in expert order. */
+  counts: number[];
+  /** The token [M] i32 and router weight [M, 1] f32 of each owned routed row, grouped by expert. */
+  tokenOfSorted: Tensor;
+  sortedWeights: Tensor;
+}
+
 export class DeepseekV2 implements DeepseekV2Weights<Param> {
   readonly embed: Param | null;
   readonly layers: DecoderLayer<Param>[];
@@ -67,6 +80,8 @@ export class DeepseekV2 implements DeepseekV2Weights<Param> {
   private globalCounts = new Map<number, { counts: Tensor; slots: number }>();
   /** k as an i32 [1] tensor, uploaded once (token index of each routed slot). */
   private topK: Tensor | null = null;
+  /** Hooks around the parts of the forward pass (a profiler's timing); null runs them directly. */
+  sections: SectionHooks | null = null;
   /** Set by the trainer under a sharded layout: wraps each unit's forward (unit_hooks.ts). */
   unitHooks: UnitHooks | null = null;
   /** Set by the trainer when several ranks read different data: sums the global-batch expert counts. */
@@ -195,15 +210,20 @@ export class DeepseekV2 implements DeepseekV2Weights<Param> {
 
   /** Mean cross-entropy [1] f32 of the head's logits against labels i32 [B, S] (labels < 0 ignored). */
   headLoss(h: Tensor, labels: Tensor, labelCount: number): Tensor {
-    return crossEntropyMean(this.headLogits(h), reshape(labels, [h.shape[0]!]), labelCount);
+    return this.section('head', h, (x) => crossEntropyMean(this.headLogits(x), reshape(labels, [x.shape[0]!]), labelCount));
+  }
+
+  private section(kind: ModelSection, x: Tensor, fn: (x: Tensor) => Tensor): Tensor {
+    return this.sections ? this.sections.section(kind, x, fn) : fn(x);
   }
 
   private layer(layer: DecoderLayer<Param>, x: Tensor, B: number, S: number, lb: LoadBalance): { h: Tensor; lb: Tensor | null } {
     const eps = this.config.rms_norm_eps;
-    const a = this.attention(layer.attn, rmsNorm(x, layer.inputNorm.value, eps), B, S);
+    const a = this.section('attention', rmsNorm(x, layer.inputNorm.value, eps), (xn) => this.attention(layer.attn, xn, B, S));
     const h = add(x, a);
     const normed = rmsNorm(h, layer.postNorm.value, eps);
-    if (layer.mlp) return { h: add(h, this.mlp(layer.mlp, normed)), lb: null };
+    const mlp = layer.mlp;
+    if (mlp) return { h: add(h, this.section('mlp', normed, (xn) => this.mlp(mlp, xn))), lb: null };
     const moe = this.moe(layer, normed, B, S, lb);
     return { h: add(h, moe.out), lb: moe.lb };
   }
@@ -245,7 +265,26 @@ export class DeepseekV2 implements DeepseekV2Weights<Param> {
    * routed output (all of it for the whole model) plus the shared experts.
    */
   private moe(layer: DecoderLayer<Param>, x: Tensor, B: number, S: number, lb: LoadBalance): { out: Tensor; lb: Tensor | null } {
-    const w = layer.moe!, c = this.config, N = B * S, E = c.n_routed_experts, k = c.num_experts_per_tok;
+    const w = layer.moe!, N = B * S;
+    let r!: Routing;
+    const xs = this.section('router', x, (xr) => {
+      r = this.route(w, xr, N);
+      return gatherRows(xr, r.tokenOfSorted, null);
+    });
+    const ys = this.section('experts', xs, (rows) => this.routedExperts(w, rows, r.counts));
+    let out = this.section('router', ys, (rows) => scatterAddRows(rows, r.tokenOfSorted, r.sortedWeights, N));
+    const shared = w.shared;
+    if (shared) out = add(out, this.section('experts', x, (xe) => this.mlp(shared, xe)));
+    const lbLoss = lb.alpha > 0 ? this.section('router', r.probs, (p) => this.loadBalanceLoss(layer.index, p, r.slots, B, S, lb)) : null;
+    return { out, lb: lbLoss };
+  }
+
+  /**
+   * The router on x [N, D]: f32 softmax over all E experts, top-k, and the owned experts' routed
+   * slots grouped by expert (their token, router weight and per-expert counts).
+   */
+  private route(w: MoeBlock<Param>, x: Tensor, N: number): Routing {
+    const c = this.config, E = c.n_routed_experts, k = c.num_experts_per_tok;
     const logits = linear(cast(x, 'f32'), w.router.value);
     const probs = softmax(logits);
     const { values, indices } = topk(probs, k);
@@ -270,11 +309,7 @@ export class DeepseekV2 implements DeepseekV2Weights<Param> {
     this.backend.binary('div', tokenOfSorted, owned, kView);
     kView.dispose();
     const sortedWeights = gatherRows(reshape(weights, [N * k, 1]), owned, null);
-    const xs = gatherRows(x, tokenOfSorted, null);
-    let out = scatterAddRows(this.routedExperts(w, xs, counts), tokenOfSorted, sortedWeights, N);
-    if (w.shared) out = add(out, this.mlp(w.shared, x));
-    const lbLoss = lb.alpha > 0 ? this.loadBalanceLoss(layer.index, probs, slots, B, S, lb) : null;
-    return { out, lb: lbLoss };
+    return { probs, slots, counts, tokenOfSorted, sortedWeights };
   }
 
   /** α·E·Σ_i f_i·P_i with f the fraction of routed slots per expert and P the mean router probability. */

@@ -24,7 +24,7 @@ import { keep } from '../tensor/scope.js';
 import { emptyTensor, evictedTensor, contiguousStrides, type Tensor } from '../tensor/tensor.js';
 import { bytesPerElement, type DType } from '../tensor/dtype.js';
 import { Param } from '../nn/param.js';
-import type { AdamSlot } from '../optim/adam.js';
+import type { AdamSlot } from '../backend/tensor_list.js';
 import { DeepseekV2 } from '../models/deepseek_v2.js';
 import type { DeepseekV2Config } from '../models/deepseek_v2_config.js';
 import type { ModelPart } from '../models/deepseek_v2_weights.js';
@@ -154,7 +154,7 @@ class Flat {
     }
     return runs.map(({ lo, hi, decay }) => {
       const part = (t: Tensor) => keep(view(t, [hi - lo], lo));
-      return { master: part(this.master), grad: part(this.grad), m: part(this.m), v: part(this.v), compute: this.compute === this.master ? null : part(this.compute), decay };
+      return { param: part(this.master), grad: part(this.grad), m: part(this.m), v: part(this.v), lowp: this.compute === this.master ? null : part(this.compute), decay };
     });
   }
 
@@ -261,13 +261,20 @@ export class FullyShardedModel implements UnitHooks {
   /** The optimizer's slots: runs of this rank's shards (fixed for the run). */
   adamSlots(): AdamSlot[] { return this.optimizerSlots; }
 
-  /** Adds Σ g² over this rank's gradient shards (padding is zero) into the f32 [1] accumulator. */
-  sumGradSquares(into: Tensor): void {
-    for (const u of this.units) for (const f of u.flats) this.backend.sumSquaresInto(into, f.grad);
+  /** This rank's gradient shards, whole (their padding is zero): Σ g² over them is this rank's part of the norm. */
+  gradShards(): Tensor[] {
+    return this.units.flatMap((u) => u.flats.map((f) => f.grad));
   }
 
+  /** Zeroes the gradient shards. */
   zeroGrads(): void {
-    for (const u of this.units) for (const f of u.flats) { this.backend.fill(f.grad, 0); f.gradIsZero = true; }
+    for (const u of this.units) for (const f of u.flats) this.backend.fill(f.grad, 0);
+    this.markGradsZeroed();
+  }
+
+  /** Records that the gradient shards hold zeros (the optimizer's fused update zeroes every slot, and the padding is never written). */
+  markGradsZeroed(): void {
+    for (const u of this.units) for (const f of u.flats) f.gradIsZero = true;
   }
 
   /** Refreshes the compute shards from the masters (after masters were loaded directly, e.g. from a checkpoint). */
@@ -318,7 +325,7 @@ export class FullyShardedModel implements UnitHooks {
 
   dispose(): void {
     this.model.dispose();
-    for (const s of this.optimizerSlots) for (const t of [s.master, s.grad, s.m, s.v, s.compute]) t?.dispose();
+    for (const s of this.optimizerSlots) for (const t of [s.param, s.grad, s.m, s.v, s.lowp]) t?.dispose();
     for (const e of this.entries ?? []) e.tensor.dispose();
     for (const u of this.units) for (const f of u.flats) f.dispose();
   }

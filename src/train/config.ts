@@ -126,6 +126,7 @@ const OPTION_HELP: Record<string, string> = {
   keep_checkpoints: 'complete checkpoints to keep (older ones are deleted); 0 keeps all',
   init_from: 'start from these weights (moetrain checkpoint or HF folder) when the run has no checkpoint yet',
   max_epochs: 'most passes over the data; a run that needs more is refused up front; 0 or null: no cap',
+  mla_kernels: 'MLA attention kernels on the GPU: auto (Hopper kernels on H100/H200, else mma.sync or generic), hopper, mma, generic',
   'parallel.pp': 'pipeline stages (mesh pp × dp × cp × ep = ranks started by `moetrain launch`)',
   'parallel.dp': 'data-parallel replicas (with ep: dp·ep replicas read different sequences)',
   'parallel.cp': 'context-parallel ranks (the sequence is split over them)',

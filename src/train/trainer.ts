@@ -12,6 +12,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import type { Backend } from '../backend/backend.js';
+import { TensorList } from '../backend/tensor_list.js';
 import { backward } from '../autograd/backward.js';
 import { noGrad } from '../autograd/tape.js';
 import { fromHost, toHostF32 } from '../ops/create.js';
@@ -78,6 +79,8 @@ export class Training {
   /** The sharded parameters of a launched run; null in a single process (whole parameters). */
   readonly sharded: FullyShardedModel | null;
   private readonly sumSq: Tensor;
+  /** Every parameter's gradient (or this rank's gradient shards), for the one-pass gradient norm. */
+  private readonly grads: TensorList<Tensor>;
   private readonly ceSum: Tensor;
   private readonly lbSum: Tensor;
   private readonly flopsPerStep: number;
@@ -102,6 +105,7 @@ export class Training {
     }
     this.flopsPerStep = flopsPerToken(modelConfig, config.seq_len) * config.global_batch_size * config.seq_len;
     this.sumSq = keep(emptyTensor(backend, [1], 'f32'));
+    this.grads = new TensorList(this.sharded ? this.sharded.gradShards() : this.model.params.map((p) => p.grad));
     this.ceSum = keep(emptyTensor(backend, [1], 'f32'));
     this.lbSum = keep(emptyTensor(backend, [1], 'f32'));
   }
@@ -150,9 +154,7 @@ export class Training {
     const { gradNorm, lr } = phase('optimizer', () => {
       // Global L2 norm of the gradients before clipping; clipping is a scale given to the optimizer.
       // Sharded gradients are sums over the R replicas: the mean is 1/R of them.
-      backend.fill(sumSq, 0);
-      if (sharded) sharded.sumGradSquares(sumSq);
-      else for (const p of model.params) backend.sumSquaresInto(sumSq, p.grad);
+      backend.sumSquaresMulti(sumSq, this.grads);
       dist?.comm.allReduce(sumSq, 'sum');
       const [sq] = toHostF32(sumSq);
       const norm = Math.sqrt(sq!) / R;
@@ -161,9 +163,9 @@ export class Training {
       }
       const clip = cfg.grad_clip > 0 && norm > cfg.grad_clip ? cfg.grad_clip / (norm + 1e-6) : 1;
       const rate = learningRate(cfg.schedule, cfg.optimizer.lr, step, cfg.steps);
+      // The update also zeroes every gradient (one pass over the parameters or shards).
       noGrad(() => this.optimizer.update(rate, clip / R));
-      if (sharded) sharded.zeroGrads();
-      else for (const p of model.params) p.zeroGrad();
+      sharded?.markGradsZeroed();
       return { gradNorm: norm, lr: rate };
     });
     let ce = toHostF32(ceSum)[0]!, lb = toHostF32(lbSum)[0]!;
@@ -211,6 +213,7 @@ export class Training {
 
   dispose(): void {
     this.sumSq.dispose(); this.ceSum.dispose(); this.lbSum.dispose();
+    this.grads.dispose();
     this.optimizer.dispose();
     if (this.sharded) this.sharded.dispose();
     else this.model.dispose();
