@@ -115,12 +115,16 @@ describe('sharded training equals the single process (3 steps, tiny model, f32)'
     });
   }
 
-  test('global-batch load balance: counts summed over dp2 replicas equal one micro-batch of the whole batch', async (t) => {
-    // One micro-batch per replica: the replicas' summed counts are the counts of the global
-    // batch, which a single process sees in one micro-batch of all 8 sequences.
-    const layout = f32({ dp: 2, form: 'global-batch', microBatch: 4 });
-    assertEquivalent(await single({ ...layout, microBatch: 8 }), launched(layout), layoutConfig(layout).optimizer.lr, (l) => t.diagnostic(l));
-  });
+  // One micro-batch per replica: the replicas' summed counts are the counts of the global batch,
+  // which a single process sees in one micro-batch of all 8 sequences.
+  for (const [name, mesh, runs] of [['dp2', { dp: 2 }, true], ['ep2', { ep: 2 }, dispatcherBuilt]] as const) {
+    test(`global-batch load balance: counts summed over ${name} replicas equal one micro-batch of the whole batch`, {
+      skip: runs ? false : 'needs the expert dispatcher (src/parallel/expert_dispatch.ts, issue 13 item 5)',
+    }, async (t) => {
+      const layout = f32({ ...mesh, form: 'global-batch', microBatch: 4 });
+      assertEquivalent(await single({ ...layout, microBatch: 8 }), launched(layout), layoutConfig(layout).optimizer.lr, (l) => t.diagnostic(l));
+    });
+  }
 });
 
 function runCli(args: string[]) {
