@@ -26,6 +26,9 @@ export class Adam {
   step = 0;
   /** What one update walks: every parameter's slot, or the runs of a sharded layout's shards. */
   readonly slots: TensorList<AdamSlot>;
+  /** The first and second moments of each slot (of params[i] when built over whole parameters). */
+  readonly m: readonly Tensor[];
+  readonly v: readonly Tensor[];
 
   private readonly indexOf: Map<Param, number>;
   /** Moments this optimizer allocated (whole parameters), disposed with it. */
@@ -37,13 +40,16 @@ export class Adam {
   constructor(from: readonly Param[] | readonly AdamSlot[], readonly config: AdamConfig, backend?: Backend) {
     if (backend === undefined) {
       this.slots = new TensorList(from as readonly AdamSlot[]);
+      this.m = this.slots.entries.map((s) => s.m);
+      this.v = this.slots.entries.map((s) => s.v);
       this.indexOf = new Map();
       return;
     }
     const params = from as readonly Param[];
     const zeros = (p: Param) => { const t = keep(emptyTensor(backend, p.shape, 'f32')); backend.fill(t, 0); this.owned.push(t); return t; };
-    const m = params.map(zeros), v = params.map(zeros);
-    this.slots = adamSlotList(params, m, v);
+    this.m = params.map(zeros);
+    this.v = params.map(zeros);
+    this.slots = adamSlotList(params, this.m, this.v);
     this.indexOf = new Map(params.map((p, i) => [p, i]));
   }
 
@@ -51,8 +57,7 @@ export class Adam {
   moments(p: Param): { m: Tensor; v: Tensor } {
     const i = this.indexOf.get(p);
     if (i === undefined) throw new Error('internal: Adam.moments of a parameter this optimizer does not update whole');
-    const s = this.slots.entries[i]!;
-    return { m: s.m, v: s.v };
+    return { m: this.m[i]!, v: this.v[i]! };
   }
 
   /**
