@@ -1,8 +1,8 @@
 // Sharded training on CPU processes started by `moetrain launch` gives the single process's
 // numbers: after 3 optimizer steps of the tiny model (f32), the losses and gradient norms of
 // every step and the final parameters, assembled from the ranks' shards (each element held by
-// exactly one rank), under dp2, dp4 and, once the expert dispatcher is built, ep2 and dp2·ep2.
-// The global-batch load-balance loss sums its expert counts over the replicas. Then the command
+// exactly one rank), under dp2, dp4, ep2 and dp2·ep2. The global-batch load-balance loss sums
+// its expert counts over the replicas (dp2 and ep2). Then the command
 // line: `moetrain launch … -- train` prints the single process's step lines from rank 0 alone,
 // with the mesh and per-rank bytes, and a launched world of one (the sharded path with one
 // shard, the path the GPU acceptance measures through NCCL) matches the plain run.
@@ -29,8 +29,6 @@ import { compareParams } from './helpers/compare_params.js';
 const root = packageRoot();
 const cli = path.join(root, 'dist', 'src', 'cli', 'main.js');
 const rankScript = path.join(root, 'dist', 'test', 'helpers', 'parallel_train_rank.js');
-/** Expert parallelism needs the dispatcher (issue 13 item 5); its layouts run once it is built. */
-const dispatcherBuilt = fs.existsSync(path.join(root, 'dist', 'src', 'parallel', 'expert_dispatch.js'));
 
 const made: string[] = [];
 after(() => { for (const d of made) fs.rmSync(d, { recursive: true, force: true }); });
@@ -103,24 +101,22 @@ function assertEquivalent(want: Result, got: Result, lr: number, report: (line: 
 const f32 = (over: Partial<TrainLayout>): TrainLayout => ({ dp: 1, ep: 1, precision: 'f32', form: 'sequence', microBatch: 2, globalBatch: 8, steps: 3, ...over });
 
 describe('sharded training equals the single process (3 steps, tiny model, f32)', () => {
-  const cases: [string, TrainLayout, boolean][] = [
-    ['dp2, sequence load balance, 2 micro-batches per replica', f32({ dp: 2 }), true],
-    ['dp4, micro-batch load balance, 2 micro-batches per replica', f32({ dp: 4, form: 'micro-batch', microBatch: 1 }), true],
-    ['ep2, sequence load balance', f32({ ep: 2 }), dispatcherBuilt],
-    ['dp2·ep2, micro-batch load balance', f32({ dp: 2, ep: 2, form: 'micro-batch', microBatch: 1 }), dispatcherBuilt],
+  const cases: [string, TrainLayout][] = [
+    ['dp2, sequence load balance, 2 micro-batches per replica', f32({ dp: 2 })],
+    ['dp4, micro-batch load balance, 2 micro-batches per replica', f32({ dp: 4, form: 'micro-batch', microBatch: 1 })],
+    ['ep2, sequence load balance', f32({ ep: 2 })],
+    ['dp2·ep2, micro-batch load balance, 2 micro-batches per replica', f32({ dp: 2, ep: 2, form: 'micro-batch', microBatch: 1 })],
   ];
-  for (const [name, layout, runs] of cases) {
-    test(name, { skip: runs ? false : 'needs the expert dispatcher (src/parallel/expert_dispatch.ts, issue 13 item 5)' }, async (t) => {
+  for (const [name, layout] of cases) {
+    test(name, async (t) => {
       assertEquivalent(await single(layout), launched(layout), layoutConfig(layout).optimizer.lr, (l) => t.diagnostic(l));
     });
   }
 
   // One micro-batch per replica: the replicas' summed counts are the counts of the global batch,
   // which a single process sees in one micro-batch of all 8 sequences.
-  for (const [name, mesh, runs] of [['dp2', { dp: 2 }, true], ['ep2', { ep: 2 }, dispatcherBuilt]] as const) {
-    test(`global-batch load balance: counts summed over ${name} replicas equal one micro-batch of the whole batch`, {
-      skip: runs ? false : 'needs the expert dispatcher (src/parallel/expert_dispatch.ts, issue 13 item 5)',
-    }, async (t) => {
+  for (const [name, mesh] of [['dp2', { dp: 2 }], ['ep2', { ep: 2 }]] as const) {
+    test(`global-batch load balance: counts summed over ${name} replicas equal one micro-batch of the whole batch`, async (t) => {
       const layout = f32({ ...mesh, form: 'global-batch', microBatch: 4 });
       assertEquivalent(await single({ ...layout, microBatch: 8 }), launched(layout), layoutConfig(layout).optimizer.lr, (l) => t.diagnostic(l));
     });

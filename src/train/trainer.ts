@@ -27,6 +27,7 @@ import { Adam } from '../optim/adam.js';
 import type { Distributed } from '../parallel/init_distributed.js';
 import { FullyShardedModel, type ShardEntry } from '../parallel/fsdp.js';
 import { DataGroupExpertCounts } from '../parallel/expert_counts.js';
+import { ExpertDispatch, ownedExperts } from '../parallel/expert_dispatch.js';
 import { allReduceValues } from '../parallel/host_values.js';
 import { formatShardLines } from './shard_line.js';
 import { learningRate } from '../optim/schedule.js';
@@ -89,15 +90,14 @@ export class Training {
   constructor(readonly config: TrainConfig, modelConfig: DeepseekV2Config, readonly backend: Backend, readonly dist: Distributed | null = null) {
     if (dist) {
       const { mesh, groups } = dist;
-      if (mesh.sizes.ep > 1) {
-        throw new Error(`--parallel.ep ${mesh.sizes.ep}: the trainer does not route tokens to other ranks' experts yet (expert dispatch, issue 13 item 5); use --parallel.ep 1 and spread the ranks over --parallel.dp`);
-      }
       this.sharded = new FullyShardedModel(modelConfig, backend, config.precision, expertParallelPart(modelConfig, mesh.sizes.ep, mesh.coords.ep), {
         dense: groups.denseShard, expert: groups.expertShard,
       });
       this.model = this.sharded.model;
       this.optimizer = new Adam(this.sharded.adamSlots(), config.optimizer);
       if (groups.data.size > 1) this.model.expertCounts = new DataGroupExpertCounts(groups.data);
+      // Each ep rank holds E/ep experts and its own tokens: tokens travel to their experts' ranks.
+      if (groups.ep.size > 1) this.model.expertDispatch = new ExpertDispatch(groups.ep, modelConfig.n_routed_experts);
     } else {
       this.sharded = null;
       this.model = new DeepseekV2(modelConfig, backend, config.precision);
@@ -220,10 +220,9 @@ export class Training {
   }
 }
 
-/** The part of the model an expert-parallel rank holds: every layer, routed experts [i·E/ep, (i+1)·E/ep). */
+/** The part of the model an expert-parallel rank holds: every layer, its routed experts. */
 function expertParallelPart(c: DeepseekV2Config, ep: number, index: number): ModelPart {
-  const per = c.n_routed_experts / ep;
-  return { ...wholeModel(c), experts: [index * per, (index + 1) * per] };
+  return { ...wholeModel(c), experts: ownedExperts(index, ep, c.n_routed_experts) };
 }
 
 /** A whole run: resume or initialise, then every remaining step with its log line, JSONL record and checkpoints. */
