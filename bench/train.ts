@@ -13,6 +13,10 @@
 // The peer (bench/train_peer.py) is transformers' DeepseekV2ForCausalLM on the same card, run
 // in the same command, so the two numbers are comparable. It runs first, in its own process:
 // run after ours, it found our ~51 GB still held by this process and ran out of memory.
+//
+// Under `moetrain launch --nproc-per-node N -- bench train …` every rank runs the step with
+// sharded parameters over dp = N (the launched path, NCCL even for N = 1); rank 0 prints, and
+// the peer runs only for N = 1.
 import path from 'node:path';
 import { selectBackend, type DeviceChoice } from '../src/backend/select.js';
 import { CudaBackend } from '../src/backend/cuda/cuda_backend.js';
@@ -24,6 +28,8 @@ import { defaultTrainConfig, mergeTrainConfig } from '../src/train/config.js';
 import { formatLogLine, type StepMetrics } from '../src/train/log_line.js';
 import { Training, type BatchSource, type StepHooks, type StepPhase } from '../src/train/trainer.js';
 import { Rng } from '../src/nn/rng.js';
+import { applyLaunchEnv } from '../src/parallel/launch_env.js';
+import { initDistributed } from '../src/parallel/init_distributed.js';
 import { spawnSync } from 'node:child_process';
 import { PROFILE_KINDS, SectionProfiler, type KindTimes, type ProfileKind } from './train_profile.js';
 
@@ -36,8 +42,12 @@ export async function runTrainBench(flags: Record<string, string>): Promise<void
   const steps = num('steps', 20), layers = num('layers', 4), S = num('seq_len', 2048), G = num('batch', 4), micro = num('micro', G);
   const gemmCeiling = num('gemm_ceiling', 786);
   if (!(gemmCeiling > 0)) throw new Error(`--gemm_ceiling must be a positive number of TFLOP/s, got ${flags['gemm_ceiling']}`);
+  // Before the backend: the CUDA context takes its device from LOCAL_RANK.
+  const launch = applyLaunchEnv();
+  const leader = launch.rank === 0;
+  const say = (line: string): void => { if (leader) console.log(line); };
   const peer = flags['peer'] ?? 'eager';
-  const modes = peer === 'both' ? ['eager', 'compile'] : peer === 'none' ? [] : [peer];
+  const modes = peer === 'both' ? ['eager', 'compile'] : peer === 'none' || launch.world > 1 ? [] : [peer];
   const peers = modes.map((mode) => {
     if (mode !== 'eager' && mode !== 'compile') throw new Error(`--peer must be eager, compile, both or none, got ${peer}`);
     return { mode, result: runPeer(mode, layers, S, G, steps) };
@@ -47,11 +57,13 @@ export async function runTrainBench(flags: Record<string, string>): Promise<void
   const cfg = mergeTrainConfig(defaultTrainConfig(), {
     model: `deepseek-v2-lite (${layers} layers)`, data: 'random', device: flags['device'] ?? 'cuda', steps, seq_len: S,
     micro_batch_size: micro, global_batch_size: G,
-    optimizer: { lr: 3e-4 }, schedule: { type: 'constant', warmup_steps: 0 },
+    optimizer: { lr: 3e-4 }, schedule: { type: 'constant', warmup_steps: 0 }, parallel: { dp: launch.world },
   }, 'bench train');
   const backend = await selectBackend(cfg.device as DeviceChoice, { mlaKernels: cfg.mla_kernels });
-  console.log(`bench train: ${backend.description}; ${layers} layers, ${(parameterCount(model) / 1e9).toFixed(3)}B parameters, ` +
-    `${G}×${S} tokens per step (micro-batch ${micro}), ${(flopsPerToken(model, S) / 1e9).toFixed(2)} GFLOP/token`);
+  const dist = launch.source === 'none' ? null : await initDistributed(cfg, model, backend);
+  say(`bench train: ${backend.description}; ${layers} layers, ${(parameterCount(model) / 1e9).toFixed(3)}B parameters, ` +
+    `${G}×${S} tokens per step (micro-batch ${micro}), ${(flopsPerToken(model, S) / 1e9).toFixed(2)} GFLOP/token` +
+    (dist ? `; launched: ${dist.world} rank(s), parameters sharded over dp ${dist.world}` : ''));
   const rng = new Rng(cfg.seed);
   const V = model.vocab_size;
   const data: BatchSource = {
@@ -79,7 +91,7 @@ export async function runTrainBench(flags: Record<string, string>): Promise<void
       return r;
     },
   };
-  const training = new Training(cfg, model, backend);
+  const training = new Training(cfg, model, backend, dist);
   training.model.initialize(cfg.seed);
   training.model.sections = profiler;
   const ctx = backend instanceof CudaBackend ? backend.ctx : null;
@@ -96,7 +108,7 @@ export async function runTrainBench(flags: Record<string, string>): Promise<void
       kernels: launchCounts.kernels - k0, cublasLt: launchCounts.cublasLt - g0,
       hostMs: wall - ((ctx?.waits.ms ?? 0) - w0), waits: (ctx?.waits.count ?? 0) - n0,
     });
-    console.log(formatLogLine(record));
+    say(formatLogLine(record));
     metrics.push(record);
     phases.push({ ...phaseSec });
     phaseSec.forward = phaseSec.backward = phaseSec.optimizer = 0;
@@ -106,6 +118,8 @@ export async function runTrainBench(flags: Record<string, string>): Promise<void
     }
   }
   training.dispose();
+  await dist?.close();
+  if (!leader) return;
   const rows = metrics.slice(Math.min(3, metrics.length - 1));
   const tps = rows.map((r) => r.tokensPerSecond).sort((a, b) => a - b)[Math.floor(rows.length / 2)]!;
   const peak = Math.max(...metrics.map((r) => r.peakMemoryBytes));

@@ -1,10 +1,18 @@
 // `moetrain train`: builds the run from the config (or the embedded demo when given nothing),
 // prepares the demo corpus if asked, runs the training loop, and ends with a summary line.
 // Options: train_options.ts (derived from the training config).
+//
+// Started by `moetrain launch` (or any launcher with torchrun's environment, or srun), each rank
+// runs this command: it joins the others (parallel/init_distributed.ts) and trains with sharded
+// parameters; rank 0 prepares the demo data, writes the run folder's files and prints every
+// line, the other ranks print nothing but errors.
 import fs from 'node:fs';
 import path from 'node:path';
 import { selectBackend } from '../backend/select.js';
-import { defaultTrainConfig, flagsToOverrides, mergeTrainConfig, readTrainConfigFile } from '../train/config.js';
+import { applyLaunchEnv } from '../parallel/launch_env.js';
+import { initDistributed, type Distributed } from '../parallel/init_distributed.js';
+import type { Backend } from '../backend/backend.js';
+import { defaultTrainConfig, flagsToOverrides, mergeTrainConfig, readTrainConfigFile, type TrainConfig } from '../train/config.js';
 import { loadDeepseekV2Config, type DeepseekV2Config } from '../models/deepseek_v2_config.js';
 import { tinyConfig } from '../models/tiny_config.js';
 import { formatHfConfig } from '../models/deepseek_v2_config.js';
@@ -20,20 +28,36 @@ export async function trainCommand(flags: Record<string, string>): Promise<void>
   let cfg = defaultTrainConfig();
   if (configFile) cfg = mergeTrainConfig(cfg, readTrainConfigFile(configFile), configFile);
   cfg = mergeTrainConfig(cfg, flagsToOverrides(rest), 'command line');
+  // Before the backend: the CUDA context takes its device from LOCAL_RANK.
+  const launch = applyLaunchEnv();
   checkRunDir(cfg.run_dir);
 
   const model: DeepseekV2Config = cfg.model === 'tiny' ? tinyConfig() : loadDeepseekV2Config(cfg.model);
   const backend = await selectBackend(cfg.device, { mlaKernels: cfg.mla_kernels });
-  console.log(`moetrain: device ${backend.kind} — ${backend.description}`);
-  console.log(`moetrain: model ${cfg.model === 'tiny' ? 'tiny (built-in)' : cfg.model}, ${(parameterCount(model) / 1e6).toFixed(2)}M parameters, ${cfg.precision} compute`);
+  const dist = launch.source === 'none' ? null : await initDistributed(cfg, model, backend);
+  try {
+    await trainRun(cfg, model, backend, dist);
+  } finally {
+    await dist?.close();
+  }
+}
+
+async function trainRun(cfg: TrainConfig, model: DeepseekV2Config, backend: Backend, dist: Distributed | null): Promise<void> {
+  const leader = !dist || dist.rank === 0;
+  const say = (line: string): void => { if (leader) console.log(line); };
+  say(`moetrain: device ${backend.kind} — ${backend.description}${dist ? ` (rank 0 of ${dist.world}; each rank on its LOCAL_RANK's device)` : ''}`);
+  say(`moetrain: model ${cfg.model === 'tiny' ? 'tiny (built-in)' : cfg.model}, ${(parameterCount(model) / 1e6).toFixed(2)}M parameters, ${cfg.precision} compute`);
 
   let dataDir = cfg.data;
   let entropy: number | null = null;
   if (cfg.data === 'demo') {
+    // Rank 0 makes the demo folder; the others then find it made and reuse it.
+    if (!leader) dist!.comm.barrier();
     const prepared = await prepareDemoData({ runDir: cfg.run_dir, seed: cfg.seed });
+    if (leader) dist?.comm.barrier();
     dataDir = prepared.dir;
     entropy = prepared.entropy;
-    console.log(`moetrain: demo corpus ${DEMO_CORPUS_BYTES.toLocaleString('en-US')} bytes (seed ${cfg.seed}), byte-unigram entropy ${entropy.toFixed(4)} nats/token`);
+    say(`moetrain: demo corpus ${DEMO_CORPUS_BYTES.toLocaleString('en-US')} bytes (seed ${cfg.seed}), byte-unigram entropy ${entropy.toFixed(4)} nats/token`);
   }
   const dataset = TokenDataset.open({ dir: dataDir, seqLen: cfg.seq_len, seed: cfg.seed });
   if (dataset.vocabSize > model.vocab_size) {
@@ -42,7 +66,7 @@ export async function trainCommand(flags: Record<string, string>): Promise<void>
   dataset.checkRun({ steps: cfg.steps, globalBatch: cfg.global_batch_size, maxEpochs: cfg.max_epochs });
   const epochs = dataset.epochsFor(cfg.steps, cfg.global_batch_size);
   if (epochs > 1) {
-    console.log(`moetrain: the run reads its data ${epochs.toFixed(2)} times (${dataset.windows.toLocaleString('en-US')} sequences per epoch, a fresh order each epoch)${cfg.max_epochs ? '' : '; --max_epochs caps it'}`);
+    say(`moetrain: the run reads its data ${epochs.toFixed(2)} times (${dataset.windows.toLocaleString('en-US')} sequences per epoch, a fresh order each epoch)${cfg.max_epochs ? '' : '; --max_epochs caps it'}`);
   }
   const source: BatchSource = {
     vocabSize: dataset.vocabSize,
@@ -52,24 +76,24 @@ export async function trainCommand(flags: Record<string, string>): Promise<void>
     },
   };
   // config.json beside the checkpoints lets `moetrain convert` export them without more flags.
-  fs.writeFileSync(path.join(cfg.run_dir, 'config.json'), formatHfConfig(model));
+  if (leader) fs.writeFileSync(path.join(cfg.run_dir, 'config.json'), formatHfConfig(model));
   const initFrom = cfg.init_from;
   const started = performance.now();
   const result = train({
-    config: cfg, model, backend, data: source, log: (line) => console.log(line), dataFingerprint: dataset.fingerprint,
-    ...(initFrom ? { initWeights: (m) => { loadWeightsInto(m, initFrom); console.log(`moetrain: initial weights from ${initFrom}`); } } : {}),
+    config: cfg, model, backend, data: source, log: say, dataFingerprint: dataset.fingerprint, ...(dist ? { dist } : {}),
+    ...(initFrom ? { initWeights: (m) => { loadWeightsInto(m, initFrom); say(`moetrain: initial weights from ${initFrom}`); } } : {}),
   });
   dataset.close();
   if (result.metrics.length === 0) {
-    console.log(`moetrain: ${cfg.run_dir} already holds a checkpoint at step ${result.resumedFrom ?? cfg.steps} (the run has ${cfg.steps} steps): nothing to train (delete ${cfg.run_dir}, pass another --run_dir, or raise --steps)`);
+    say(`moetrain: ${cfg.run_dir} already holds a checkpoint at step ${result.resumedFrom ?? cfg.steps} (the run has ${cfg.steps} steps): nothing to train (delete ${cfg.run_dir}, pass another --run_dir, or raise --steps)`);
   }
   const last = result.metrics[result.metrics.length - 1];
   if (last && entropy !== null) {
     const gap = entropy - last.crossEntropy;
-    console.log(`moetrain: final cross-entropy ${last.crossEntropy.toFixed(4)} nats vs corpus unigram entropy ${entropy.toFixed(4)} nats (${Math.abs(gap).toFixed(4)} ${gap >= 0 ? 'below' : 'above'})`);
+    say(`moetrain: final cross-entropy ${last.crossEntropy.toFixed(4)} nats vs corpus unigram entropy ${entropy.toFixed(4)} nats (${Math.abs(gap).toFixed(4)} ${gap >= 0 ? 'below' : 'above'})`);
   }
-  if (result.metrics.length > 0) console.log(`moetrain: ${runSummary(result.metrics, cfg.global_batch_size * cfg.seq_len, (performance.now() - started) / 1000)}`);
-  console.log(`moetrain: run directory ${cfg.run_dir} (metrics.jsonl, checkpoints/; moetrain plot ${cfg.run_dir} draws the curves)`);
+  if (result.metrics.length > 0) say(`moetrain: ${runSummary(result.metrics, cfg.global_batch_size * cfg.seq_len, (performance.now() - started) / 1000)}`);
+  say(`moetrain: run directory ${cfg.run_dir} (metrics.jsonl, checkpoints/; moetrain plot ${cfg.run_dir} draws the curves)`);
 }
 
 /** Fails early, before any work, when the run directory cannot be created or written. */

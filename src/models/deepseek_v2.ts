@@ -6,7 +6,9 @@
 // runs embedTokens / runLayers / headLoss for what it owns, and an MoE layer computes only the
 // routed experts it owns (routedExperts is where their rows enter and leave); under expert
 // parallelism an ExpertDispatchHook (expert_dispatch_hook.ts) brings it the other ranks' tokens
-// for those experts and returns the whole routed output.
+// for those experts and returns the whole routed output. A parallel layout also enters through
+// the hooks of unit_hooks.ts: around each unit's forward (embedding, decoder layer, head) and at
+// the global-batch expert counts.
 //
 // Shape legend: B batch, S sequence, N = B·S tokens, D hidden, H heads, Dn/Dr/Dv nope/rope/value
 // head widths, C kv_lora_rank, E routed experts, k experts per token, V vocabulary, M routed rows.
@@ -28,13 +30,14 @@ import { softmax } from '../ops/softmax.js';
 import { topk, bincount, expertOrder } from '../ops/routing.js';
 import { gatherRows, scatterAddRows, splitRows, concatRows } from '../ops/rows.js';
 import { mlaAttention } from '../ops/mla_attention.js';
-import { Param } from '../nn/param.js';
+import { Param, type ParamMaker } from '../nn/param.js';
 import { normalValues } from '../nn/init.js';
 import { ropeTablesAt, yarnMscale } from '../nn/rope_tables.js';
 import type { DeepseekV2Config } from './deepseek_v2_config.js';
 import type { AttentionHook } from './attention_hook.js';
 import type { ModelSection, SectionHooks } from './section_hooks.js';
 import type { ExpertDispatchHook } from './expert_dispatch_hook.js';
+import type { ExpertCountsHook, ModelUnit, UnitHooks } from './unit_hooks.js';
 import {
   buildWeights, wholeModel, type Attention, type DecoderLayer, type DeepseekV2Weights, type Mlp, type ModelPart, type MoeBlock, type ParamSpec,
 } from './deepseek_v2_weights.js';
@@ -97,12 +100,23 @@ export class DeepseekV2 implements DeepseekV2Weights<Param> {
    */
   expertDispatch: ExpertDispatchHook | null = null;
   private attnHook: AttentionHook | null = null;
+  /** Set by the trainer under a sharded layout: wraps each unit's forward (unit_hooks.ts). */
+  unitHooks: UnitHooks | null = null;
+  /** Set by the trainer when several ranks read different data: sums the global-batch expert counts. */
+  expertCounts: ExpertCountsHook | null = null;
 
-  /** The whole model, or the part of it that `part` names (its parameters only are allocated). */
-  constructor(readonly config: DeepseekV2Config, readonly backend: Backend, readonly computeDtype: DType, readonly part: ModelPart = wholeModel(config)) {
+  /**
+   * The whole model, or the part of it that `part` names (its parameters only are allocated);
+   * `makeParam` makes each parameter (default: a whole Param of its own; a sharded layout passes
+   * its own maker).
+   */
+  constructor(
+    readonly config: DeepseekV2Config, readonly backend: Backend, readonly computeDtype: DType, readonly part: ModelPart = wholeModel(config),
+    makeParam: ParamMaker = (spec, dtype) => new Param(spec.shape, backend, dtype),
+  ) {
     const w = buildWeights(config, part, (spec) => {
       // The router stays f32: its logits and softmax are computed in f32 (DESIGN.md numerics).
-      const p = new Param(spec.shape, backend, spec.dtype === 'f32' ? 'f32' : computeDtype);
+      const p = makeParam(spec, spec.dtype === 'f32' ? 'f32' : computeDtype);
       this.params.push(p);
       this.specs.push(spec);
       return p;
@@ -183,11 +197,17 @@ export class DeepseekV2 implements DeepseekV2Weights<Param> {
     return this.headLogits(this.runLayers(this.embedTokens(ids), B, S, { form: 'micro-batch', alpha: 0 }).h);
   }
 
+  /** Runs one unit's forward through the unit hooks when set (unit_hooks.ts). */
+  private runUnit(unit: ModelUnit, inputs: readonly Tensor[], forward: (inputs: readonly Tensor[]) => Tensor[]): Tensor[] {
+    return this.unitHooks ? this.unitHooks.runUnit(unit, inputs, forward) : forward(inputs);
+  }
+
   /** Token embeddings [B·S, D] of ids i32 [B, S] (a part that owns the embedding). */
   embedTokens(ids: Tensor): Tensor {
-    if (!this.embed) throw new Error('internal: embedTokens on a model part that does not own the embedding');
+    const embed = this.embed;
+    if (!embed) throw new Error('internal: embedTokens on a model part that does not own the embedding');
     const [B, S] = ids.shape as [number, number];
-    return reshape(embedding(ids, this.embed.value), [B * S, this.config.hidden_size]);
+    return this.runUnit({ kind: 'embed' }, [], () => [reshape(embedding(ids, embed.value), [B * S, this.config.hidden_size])])[0]!;
   }
 
   /**
@@ -200,9 +220,12 @@ export class DeepseekV2 implements DeepseekV2Weights<Param> {
       // Each layer in its own scope: only its output (and its share of the load-balance loss)
       // survives; the tensors its backward rules need are held by the autograd nodes.
       const prev = h;
-      const r = tidy(() => this.layer(layer, prev, B, S, lb));
-      h = r.h;
-      if (r.lb) parts.push(r.lb);
+      const [out, lbPart] = tidy(() => this.runUnit({ kind: 'layer', index: layer.index }, [prev], ([x]) => {
+        const r = this.layer(layer, x!, B, S, lb);
+        return r.lb ? [r.h, r.lb] : [r.h];
+      }));
+      h = out!;
+      if (lbPart) parts.push(lbPart);
     }
     if (parts.length === 0) return { h, loadBalance: fromHost(this.backend, [0], [1], 'f32') };
     let total = parts[0]!;
@@ -212,8 +235,9 @@ export class DeepseekV2 implements DeepseekV2Weights<Param> {
 
   /** Final norm and lm_head on h [B·S, D]: logits [B·S, V] (a part that owns the head). */
   headLogits(h: Tensor): Tensor {
-    if (!this.norm || !this.lmHead) throw new Error('internal: headLogits on a model part that does not own the head');
-    return linear(rmsNorm(h, this.norm.value, this.config.rms_norm_eps), this.lmHead.value);
+    const norm = this.norm, lmHead = this.lmHead;
+    if (!norm || !lmHead) throw new Error('internal: headLogits on a model part that does not own the head');
+    return this.runUnit({ kind: 'head' }, [h], ([x]) => [linear(rmsNorm(x!, norm.value, this.config.rms_norm_eps), lmHead.value)])[0]!;
   }
 
   /** Mean cross-entropy [1] f32 of the head's logits against labels i32 [B, S] (labels < 0 ignored). */
@@ -352,11 +376,13 @@ export class DeepseekV2 implements DeepseekV2Weights<Param> {
     const P = scale(sumLastDim(contiguous(permute(probs, [1, 0]))), 1 / N); // [E]
     const counts = cast(bincount(slots, E), 'f32');
     if (lb.form === 'micro-batch') return scale(sumAll(mul(scale(counts, 1 / (N * k)), P)), lb.alpha * E);
-    // global-batch: counts accumulated over this step's micro-batches so far (and, with data or
-    // expert parallelism, summed over those ranks by the caller before the next micro-batch).
+    // global-batch: counts accumulated over this step's micro-batches so far; with data or
+    // expert parallelism each micro-batch's counts are first summed over the ranks reading
+    // different data (the expertCounts hook), and so are the slots they saw.
+    const ranks = this.expertCounts ? this.expertCounts.sumExpertCounts(counts) : 1;
     const prev = this.globalCounts.get(l);
     const total = keep(prev ? add(prev.counts, counts) : scale(counts, 1));
-    const seen = (prev?.slots ?? 0) + N * k;
+    const seen = (prev?.slots ?? 0) + N * k * ranks;
     prev?.counts.dispose();
     this.globalCounts.set(l, { counts: total, slots: seen });
     return scale(sumAll(mul(scale(total, 1 / seen), P)), lb.alpha * E);

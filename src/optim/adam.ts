@@ -1,9 +1,11 @@
 // Adam / AdamW over f32 master weights: one multi-tensor backend call (fused_adam.ts) updates
 // every master, both moments and the compute (bf16) copy, and zeroes the gradients. Clipping and
 // micro-batch averaging arrive as one gradient scale, so the gradients are never rewritten
-// before the update.
+// before the update. A slot is a whole parameter (a single process) or a contiguous run of a
+// sharded flat buffer (parallel/fsdp.ts): the update is element-wise, so how the elements are
+// cut into slots does not change the numbers.
 import { backendOf, type AdamHyper, type Backend } from '../backend/backend.js';
-import type { AdamSlot, TensorList } from '../backend/tensor_list.js';
+import { TensorList, type AdamSlot } from '../backend/tensor_list.js';
 import type { Param } from '../nn/param.js';
 import { keep } from '../tensor/scope.js';
 import { emptyTensor, type Tensor } from '../tensor/tensor.js';
@@ -20,52 +22,62 @@ export interface AdamConfig {
 }
 
 export class Adam {
-  readonly m: Tensor[];
-  readonly v: Tensor[];
   /** Number of updates taken so far (the bias correction uses step + 1). */
   step = 0;
+  /** What one update walks: every parameter's slot, or the runs of a sharded layout's shards. */
+  readonly slots: TensorList<AdamSlot>;
+  /** The first and second moments of each slot (of params[i] when built over whole parameters). */
+  readonly m: readonly Tensor[];
+  readonly v: readonly Tensor[];
 
   private readonly indexOf: Map<Param, number>;
-  /** Every parameter's slot for the fused pass, built on the first update. */
-  private slotList: TensorList<AdamSlot> | null = null;
+  /** Moments this optimizer allocated (whole parameters), disposed with it. */
+  private readonly owned: Tensor[] = [];
 
-  constructor(readonly params: readonly Param[], readonly config: AdamConfig, backend: Backend) {
-    const make = (p: Param) => { const t = keep(emptyTensor(backend, p.shape, 'f32')); backend.fill(t, 0); return t; };
-    this.m = params.map(make);
-    this.v = params.map(make);
+  /** Over whole parameters, with moments allocated here; or over slots whose tensors the caller owns. */
+  constructor(params: readonly Param[], config: AdamConfig, backend: Backend);
+  constructor(slots: readonly AdamSlot[], config: AdamConfig);
+  constructor(from: readonly Param[] | readonly AdamSlot[], readonly config: AdamConfig, backend?: Backend) {
+    if (backend === undefined) {
+      this.slots = new TensorList(from as readonly AdamSlot[]);
+      this.m = this.slots.entries.map((s) => s.m);
+      this.v = this.slots.entries.map((s) => s.v);
+      this.indexOf = new Map();
+      return;
+    }
+    const params = from as readonly Param[];
+    const zeros = (p: Param) => { const t = keep(emptyTensor(backend, p.shape, 'f32')); backend.fill(t, 0); this.owned.push(t); return t; };
+    this.m = params.map(zeros);
+    this.v = params.map(zeros);
+    this.slots = adamSlotList(params, this.m, this.v);
     this.indexOf = new Map(params.map((p, i) => [p, i]));
   }
 
-  /** The first and second moments of parameter p (one of `params`). */
+  /** The first and second moments of whole parameter p (one of the constructor's params). */
   moments(p: Param): { m: Tensor; v: Tensor } {
     const i = this.indexOf.get(p);
-    if (i === undefined) throw new Error('internal: Adam.moments of a parameter this optimizer does not update');
+    if (i === undefined) throw new Error('internal: Adam.moments of a parameter this optimizer does not update whole');
     return { m: this.m[i]!, v: this.v[i]! };
   }
 
   /**
-   * One update with learning rate lr; gradScale multiplies every gradient (clipping). Every
-   * gradient is 0 afterwards, ready for the next step's accumulation.
+   * One update with learning rate lr; gradScale multiplies every gradient (clipping, 1/replicas).
+   * Every gradient the slots cover is 0 afterwards, ready for the next step's accumulation.
    */
   update(lr: number, gradScale: number): void {
     this.step++;
-    fusedAdamStep(this.slots(), this.hyper(lr, gradScale));
+    fusedAdamStep(this.slots, this.hyper(lr, gradScale));
   }
 
-  /** The same update as `update`, one backend call per parameter: the reference the fused pass is checked against. */
+  /** The same update as `update`, one backend call per slot: the reference the fused pass is checked against. */
   updateEach(lr: number, gradScale: number): void {
     this.step++;
     const h = this.hyper(lr, gradScale), undecayed = { ...h, weightDecay: 0 };
-    for (const s of this.slots().entries) {
+    for (const s of this.slots.entries) {
       const backend = backendOf(s.param);
       backend.adam(s.param, s.grad, s.m, s.v, s.lowp, s.decay ? h : undecayed);
       backend.fill(s.grad, 0);
     }
-  }
-
-  private slots(): TensorList<AdamSlot> {
-    this.slotList ??= adamSlotList(this.params, this.m, this.v);
-    return this.slotList;
   }
 
   private hyper(lr: number, gradScale: number): AdamHyper {
@@ -74,7 +86,7 @@ export class Adam {
   }
 
   dispose(): void {
-    this.slotList?.dispose();
-    for (const t of [...this.m, ...this.v]) t.dispose();
+    this.slots.dispose();
+    for (const t of this.owned) t.dispose();
   }
 }

@@ -107,3 +107,9 @@ export function emptyTensor(owner: StorageOwner, shape: Shape, dtype: DType): Te
   const storage = new Storage(owner, owner.alloc(bytes), bytes);
   return new Tensor(storage, shape, contiguousStrides(shape), 0, dtype);
 }
+
+/** A contiguous tensor whose storage starts evicted: no memory until `storage.restore()`. */
+export function evictedTensor(owner: StorageOwner, shape: Shape, dtype: DType): Tensor {
+  for (const d of shape) if (!Number.isInteger(d) || d < 0) throw new Error(`internal: bad shape [${shape}]`);
+  return new Tensor(new Storage(owner, null, numel(shape) * bytesPerElement(dtype)), shape, contiguousStrides(shape), 0, dtype);
+}

@@ -2,6 +2,13 @@
 // accumulation, the global gradient norm (before clipping) and clipping folded into the
 // optimizer, the schedule, timing with the device synchronised. train() runs a whole run around
 // it: resume or initialise, one log line and one JSONL record per step, and checkpoints.
+//
+// A launched run (parallel/init_distributed.ts) holds its parameters fully sharded
+// (parallel/fsdp.ts): its R = dp·ep replicas each read G/R sequences of the global batch G,
+// gradients are reduce-scattered (summed, so 1/R joins clipping in the optimizer's gradient
+// scale), the gradient norm is the square root of the world's summed Σg² over shards, and rank 0
+// alone logs: losses averaged over the replicas, tokens per second over the slowest rank's step
+// time, the largest peak memory.
 import fs from 'node:fs';
 import path from 'node:path';
 import type { Backend } from '../backend/backend.js';
@@ -14,9 +21,16 @@ import { keep, tidy } from '../tensor/scope.js';
 import { emptyTensor, type Tensor } from '../tensor/tensor.js';
 import { DeepseekV2 } from '../models/deepseek_v2.js';
 import type { DeepseekV2Config } from '../models/deepseek_v2_config.js';
-import { flopsPerToken } from '../models/deepseek_v2_weights.js';
+import { namedParameters } from '../models/deepseek_v2_names.js';
+import { flopsPerToken, wholeModel, type ModelPart } from '../models/deepseek_v2_weights.js';
 import { Adam } from '../optim/adam.js';
 import { learningRate } from '../optim/schedule.js';
+import type { Distributed } from '../parallel/init_distributed.js';
+import { FullyShardedModel, type ShardEntry } from '../parallel/fsdp.js';
+import { DataGroupExpertCounts } from '../parallel/expert_counts.js';
+import { ExpertDispatch, ownedExperts } from '../parallel/expert_dispatch.js';
+import { allReduceValues } from '../parallel/host_values.js';
+import { formatShardLines } from './shard_line.js';
 import type { TrainConfig } from './config.js';
 import { formatLogLine, type StepMetrics } from './log_line.js';
 import { latestCheckpoint, loadCheckpoint, saveCheckpoint } from './checkpoint.js';
@@ -39,6 +53,8 @@ export interface TrainRun {
   initWeights?: (model: DeepseekV2) => void;
   /** Identifies the data order; saved in checkpoints and checked on resume. */
   dataFingerprint?: string;
+  /** The launched run this rank belongs to (sharded parameters; rank 0 writes the files); absent: a single process. */
+  dist?: Distributed;
 }
 
 export interface TrainResult {
@@ -61,28 +77,52 @@ const GPU_PEAK_FLOPS = 989e12;
 export class Training {
   readonly model: DeepseekV2;
   readonly optimizer: Adam;
+  /** The sharded parameters of a launched run; null in a single process (whole parameters). */
+  readonly sharded: FullyShardedModel | null;
   private readonly sumSq: Tensor;
-  /** Every parameter's gradient, for the one-pass gradient norm. */
+  /** Every parameter's gradient (or this rank's gradient shards), for the one-pass gradient norm. */
   private readonly grads: TensorList<Tensor>;
   private readonly ceSum: Tensor;
   private readonly lbSum: Tensor;
   private readonly flopsPerStep: number;
 
-  constructor(readonly config: TrainConfig, modelConfig: DeepseekV2Config, readonly backend: Backend) {
-    this.model = new DeepseekV2(modelConfig, backend, config.precision);
-    this.optimizer = new Adam(this.model.params, config.optimizer, backend);
+  /** `dist`: the launched run this rank belongs to (parameters sharded over it); null: a single process. */
+  constructor(readonly config: TrainConfig, modelConfig: DeepseekV2Config, readonly backend: Backend, readonly dist: Distributed | null = null) {
+    if (dist) {
+      const { mesh, groups } = dist;
+      this.sharded = new FullyShardedModel(modelConfig, backend, config.precision, expertParallelPart(modelConfig, mesh.sizes.ep, mesh.coords.ep), {
+        dense: groups.denseShard, expert: groups.expertShard,
+      });
+      this.model = this.sharded.model;
+      this.optimizer = new Adam(this.sharded.adamSlots(), config.optimizer);
+      if (groups.data.size > 1) this.model.expertCounts = new DataGroupExpertCounts(groups.data);
+      // Each ep rank holds E/ep experts and its own tokens: tokens travel to their experts' ranks.
+      if (groups.ep.size > 1) this.model.expertDispatch = new ExpertDispatch(groups.ep, modelConfig.n_routed_experts);
+    } else {
+      this.sharded = null;
+      this.model = new DeepseekV2(modelConfig, backend, config.precision);
+      this.optimizer = new Adam(this.model.params, config.optimizer, backend);
+    }
     this.flopsPerStep = flopsPerToken(modelConfig, config.seq_len) * config.global_batch_size * config.seq_len;
     this.sumSq = keep(emptyTensor(backend, [1], 'f32'));
-    this.grads = new TensorList(this.model.params.map((p) => p.grad));
+    this.grads = new TensorList(this.sharded ? this.sharded.gradShards() : this.model.params.map((p) => p.grad));
     this.ceSum = keep(emptyTensor(backend, [1], 'f32'));
     this.lbSum = keep(emptyTensor(backend, [1], 'f32'));
   }
 
+  /** Replicas reading different sequences (dp·ep), and this rank's index among them. */
+  get replicas(): { count: number; index: number } {
+    const data = this.dist?.groups.data;
+    return { count: data?.size ?? 1, index: data?.rank ?? 0 };
+  }
+
   /** Optimizer step `step` (0-based): its micro-batches from data, the update, and its metrics. */
   step(step: number, data: BatchSource, hooks: StepHooks = {}): StepMetrics {
-    const { config: cfg, backend, model, ceSum, lbSum, sumSq } = this;
+    const { config: cfg, backend, model, ceSum, lbSum, sumSq, sharded, dist } = this;
     const phase = hooks.phase ?? (<T>(_: StepPhase, fn: () => T): T => fn());
     const micro = cfg.global_batch_size / cfg.micro_batch_size;
+    // Replica d reads micro-batches [d·micro/R, (d+1)·micro/R) of the global batch.
+    const R = this.replicas.count, local = micro / R, first = this.replicas.index * local;
     const B = cfg.micro_batch_size, S = cfg.seq_len;
     backend.synchronize();
     backend.resetPeak();
@@ -90,8 +130,8 @@ export class Training {
     model.beginStep();
     backend.fill(ceSum, 0);
     backend.fill(lbSum, 0);
-    for (let m = 0; m < micro; m++) {
-      const { inputs, labels } = data.batch(step, m);
+    for (let m = 0; m < local; m++) {
+      const { inputs, labels } = data.batch(step, first + m);
       tidy(() => {
         const loss = phase('forward', () => {
           const ids = fromHost(backend, inputs, [B, S], 'i32');
@@ -99,59 +139,110 @@ export class Training {
           let count = 0;
           for (let i = 0; i < labels.length; i++) if (labels[i]! >= 0) count++;
           const out = model.forward(ids, lab, count, cfg.load_balance);
-          // Each micro-batch contributes 1/micro of the step's mean losses.
-          const total = scale(add(out.crossEntropy, out.loadBalance), 1 / micro);
+          // Each micro-batch contributes 1/local of this replica's mean losses.
+          const total = scale(add(out.crossEntropy, out.loadBalance), 1 / local);
           backend.binary('add', ceSum, ceSum, out.crossEntropy);
           backend.binary('add', lbSum, lbSum, out.loadBalance);
           return total;
         });
-        phase('backward', () => backward(loss));
+        phase('backward', () => {
+          backward(loss);
+          sharded?.finishBackward();
+        });
       });
     }
     const { gradNorm, lr } = phase('optimizer', () => {
       // Global L2 norm of the gradients before clipping; clipping is a scale given to the optimizer.
+      // Sharded gradients are sums over the R replicas: the mean is 1/R of them.
       backend.sumSquaresMulti(sumSq, this.grads);
+      dist?.comm.allReduce(sumSq, 'sum');
       const [sq] = toHostF32(sumSq);
-      const norm = Math.sqrt(sq!);
+      const norm = Math.sqrt(sq!) / R;
       if (!Number.isFinite(norm)) {
         throw new Error(`step ${step + 1}: the gradient norm is ${norm}; lower optimizer.lr or check the data (the last checkpoint is intact)`);
       }
       const clip = cfg.grad_clip > 0 && norm > cfg.grad_clip ? cfg.grad_clip / (norm + 1e-6) : 1;
       const rate = learningRate(cfg.schedule, cfg.optimizer.lr, step, cfg.steps);
-      // The update also zeroes every gradient (one pass over the parameters).
-      noGrad(() => this.optimizer.update(rate, clip));
+      // The update also zeroes every gradient (one pass over the parameters or shards).
+      noGrad(() => this.optimizer.update(rate, clip / R));
+      sharded?.markGradsZeroed();
       return { gradNorm: norm, lr: rate };
     });
-    const ce = toHostF32(ceSum)[0]! / micro;
-    const lb = toHostF32(lbSum)[0]! / micro;
+    let ce = toHostF32(ceSum)[0]!, lb = toHostF32(lbSum)[0]!;
+    if (dist) [ce, lb] = allReduceValues(dist.groups.data, backend, [ce, lb], 'sum') as [number, number];
     backend.synchronize();
-    const dt = (performance.now() - t0) / 1000;
+    let dt = (performance.now() - t0) / 1000;
     const mem = backend.memoryStats();
+    let peak = mem.peakBytes;
+    // The step takes as long as its slowest rank; memory is reported for the fullest.
+    if (dist) [dt, peak] = allReduceValues(dist.comm, backend, [dt, peak], 'max') as [number, number];
     return {
-      step: step + 1, totalSteps: cfg.steps, stepTimeSec: dt, crossEntropy: ce, loadBalance: lb,
+      step: step + 1, totalSteps: cfg.steps, stepTimeSec: dt, crossEntropy: ce / micro, loadBalance: lb / micro,
       learningRate: lr, gradientNorm: gradNorm, tokensPerSecond: (cfg.global_batch_size * S) / dt,
-      peakMemoryBytes: mem.peakBytes, liveMemoryBytes: mem.liveBytes, reservedMemoryBytes: mem.reservedBytes,
+      peakMemoryBytes: peak, liveMemoryBytes: mem.liveBytes, reservedMemoryBytes: mem.reservedBytes,
       ...(mem.systemAllocations !== undefined ? { systemAllocations: mem.systemAllocations } : {}),
       ...(backend.kind === 'cuda' ? { mfu: this.flopsPerStep / dt / GPU_PEAK_FLOPS } : {}),
     };
+  }
+
+  /**
+   * This rank's master weights and Adam moments as ranges [start, end) of the flattened full
+   * tensors (HF names, exp_avg.<name>, exp_avg_sq.<name>); whole tensors in a single process.
+   * The tensors stay owned by the model and optimizer; loading into them and then calling
+   * checkpointLoaded restores a run.
+   */
+  checkpointEntries(): ShardEntry[] {
+    if (this.sharded) return this.sharded.shardEntries();
+    const named = namedParameters(this.model);
+    const whole = (name: string, shape: readonly number[], tensor: Tensor): ShardEntry => ({ name, shape, start: 0, end: tensor.size, tensor });
+    return [
+      ...named.map(({ name, param }) => whole(name, param.shape, param.master)),
+      ...named.flatMap(({ name, param }) => {
+        const { m, v } = this.optimizer.moments(param);
+        return [whole(`exp_avg.${name}`, param.shape, m), whole(`exp_avg_sq.${name}`, param.shape, v)];
+      }),
+    ];
+  }
+
+  /** After checkpointEntries' tensors were loaded: refreshes the compute copies and the optimizer's step count. */
+  checkpointLoaded(optimizerStep: number): void {
+    if (this.sharded) this.sharded.syncCompute();
+    else for (const p of this.model.params) p.syncValue();
+    this.optimizer.step = optimizerStep;
   }
 
   dispose(): void {
     this.sumSq.dispose(); this.ceSum.dispose(); this.lbSum.dispose();
     this.grads.dispose();
     this.optimizer.dispose();
-    this.model.dispose();
+    if (this.sharded) this.sharded.dispose();
+    else this.model.dispose();
   }
+}
+
+/** The part of the model an expert-parallel rank holds: every layer, its routed experts. */
+function expertParallelPart(c: DeepseekV2Config, ep: number, index: number): ModelPart {
+  return { ...wholeModel(c), experts: ownedExperts(index, ep, c.n_routed_experts) };
 }
 
 /** A whole run: resume or initialise, then every remaining step with its log line, JSONL record and checkpoints. */
 export function train(run: TrainRun): TrainResult {
   const { config: cfg, backend } = run;
-  fs.mkdirSync(cfg.run_dir, { recursive: true });
-  const training = new Training(cfg, run.model, backend);
-  const { model, optimizer } = training;
+  const dist = run.dist ?? null;
+  // Rank 0 of a launched run writes the run folder's files; the other ranks only compute.
+  const leader = !dist || dist.rank === 0;
+  if (leader) fs.mkdirSync(cfg.run_dir, { recursive: true });
+  const training = new Training(cfg, run.model, backend, dist);
+  const { model, optimizer, sharded } = training;
   const ckptDir = path.join(cfg.run_dir, 'checkpoints');
   const latest = latestCheckpoint(ckptDir);
+  if (sharded && dist) {
+    for (const line of formatShardLines(dist.mesh, dist.groups, sharded.bytes(), cfg.precision)) run.log(line);
+    if (latest) {
+      throw new Error(`${cfg.run_dir} holds checkpoint ${latest}, and launched runs cannot resume from checkpoints yet (the sharded format of issue 13 item 6); pass a new --run_dir`);
+    }
+    run.log('moetrain: launched runs write no checkpoints yet (the sharded checkpoint format of issue 13 item 6)');
+  }
   let startStep = 0;
   if (latest) {
     startStep = loadCheckpoint(latest, model, optimizer, run.dataFingerprint);
@@ -162,7 +253,7 @@ export function train(run: TrainRun): TrainResult {
     model.initialize(cfg.seed);
   }
   const metricsPath = path.join(cfg.run_dir, 'metrics.jsonl');
-  if (fs.existsSync(metricsPath)) {
+  if (leader && fs.existsSync(metricsPath)) {
     // Records past the checkpoint belong to steps that will run again: drop them.
     const kept = fs.readFileSync(metricsPath, 'utf8').split('\n')
       .filter((l) => l.trim() !== '' && startStep > 0 && (JSON.parse(l) as { step: number }).step <= startStep);
@@ -173,9 +264,9 @@ export function train(run: TrainRun): TrainResult {
     const record = training.step(step, run.data);
     metrics.push(record);
     run.log(formatLogLine(record));
-    fs.appendFileSync(metricsPath, JSON.stringify({ time: new Date().toISOString(), ...record }) + '\n');
+    if (leader) fs.appendFileSync(metricsPath, JSON.stringify({ time: new Date().toISOString(), ...record }) + '\n');
     const last = step + 1 === cfg.steps;
-    if (last || (cfg.checkpoint_every > 0 && (step + 1) % cfg.checkpoint_every === 0)) {
+    if (!sharded && (last || (cfg.checkpoint_every > 0 && (step + 1) % cfg.checkpoint_every === 0))) {
       saveCheckpoint(ckptDir, step + 1, model, optimizer, { keep: cfg.keep_checkpoints, config: cfg, ...(run.dataFingerprint ? { dataFingerprint: run.dataFingerprint } : {}) });
     }
   }

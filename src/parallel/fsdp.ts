@@ -1,0 +1,332 @@
+// Fully sharded data parallel (ZeRO-3) for DeepSeek-V2. Every rank keeps, between steps, only
+// its shard of each unit's flat buffers (fsdp_plan.ts): the f32 master, the compute copy (bf16;
+// the master itself when compute is f32), the f32 gradient and Adam's two moments — 18 bytes per
+// held element in bf16. A unit's weights exist whole only while it runs:
+//
+//   forward   gather the unit (all-gather of each flat's compute shard), issue the next unit's
+//             gather, run it, release the gathered memory (the last unit stays for its backward).
+//   backward  a boundary on the unit's outputs (unit_boundary.ts) gathers it again and allocates
+//             its full f32 gradient flat (the parameters' gradients are views into it); a boundary
+//             on its inputs, after the unit's backward, reduce-scatters that flat into the gradient
+//             shard (adding to earlier micro-batches') and frees it and the weights. The embedding
+//             has no input boundary (token ids need no gradient) and its backward reads no
+//             weights: finishBackward() reduces it once backward() returns.
+//
+// The parameters' compute tensors are views of an evicted storage (tensor/storage.ts) while the
+// unit is not gathered, so autograd may keep them saved across the release; using one outside a
+// gather is an internal error. Communicators here queue on the compute stream, so the early
+// gather is simply ordered before the unit's kernels; with a communication stream it would
+// overlap them (the gather then needs an event that the unit's first kernel waits on, and a
+// release must wait for the unit's last kernel before the memory is reused).
+import type { Backend } from '../backend/backend.js';
+import { needsGrad } from '../autograd/tape.js';
+import { keep } from '../tensor/scope.js';
+import { emptyTensor, evictedTensor, contiguousStrides, type Tensor } from '../tensor/tensor.js';
+import { bytesPerElement, type DType } from '../tensor/dtype.js';
+import { Param } from '../nn/param.js';
+import type { AdamSlot } from '../backend/tensor_list.js';
+import { DeepseekV2 } from '../models/deepseek_v2.js';
+import type { DeepseekV2Config } from '../models/deepseek_v2_config.js';
+import type { ModelPart } from '../models/deepseek_v2_weights.js';
+import type { ModelUnit, UnitHooks } from '../models/unit_hooks.js';
+import type { Communicator } from './communicator.js';
+import { heldRange, planShards, type FlatMember, type FlatPlan, type ShardGroupKind } from './fsdp_plan.js';
+import { backwardBoundary } from './unit_boundary.js';
+
+/** The groups the flats are sharded over: dense parameters over dp·cp·ep, routed experts over dp·cp. */
+export type ShardGroups = Record<ShardGroupKind, Communicator>;
+
+/**
+ * This rank's range [start, end) of the flattened full tensor `name` (HF name, experts by global
+ * id) of `shape`, held in `tensor` (f32, end − start elements): master weights under the
+ * parameter's name, Adam's moments under exp_avg.<name> and exp_avg_sq.<name>.
+ */
+export interface ShardEntry {
+  name: string;
+  shape: readonly number[];
+  start: number;
+  end: number;
+  tensor: Tensor;
+}
+
+/** What one rank keeps between steps. */
+export interface ShardBytes {
+  /** Elements of every shard this rank holds (parameters and padding). */
+  heldElements: number;
+  /** Of those, elements of parameters (the rest is padding). */
+  parameterElements: number;
+  /** f32 master and compute copy. */
+  weights: number;
+  /** f32 gradient shards. */
+  gradients: number;
+  /** Adam's two moments. */
+  optimizer: number;
+  /** Largest unit's gathered weights plus its full f32 gradient (transient, during its backward). */
+  largestUnitTransient: number;
+}
+
+const view = (t: Tensor, shape: readonly number[], offset: number): Tensor => t.view(shape, contiguousStrides(shape), t.offset + offset);
+
+/** One flat buffer of a unit: this rank's persistent shards and the transient whole buffers. */
+class Flat {
+  readonly master: Tensor;
+  readonly compute: Tensor;
+  readonly grad: Tensor;
+  readonly m: Tensor;
+  readonly v: Tensor;
+  /** [padded] compute dtype: resident while the unit is gathered. */
+  readonly gathered: Tensor;
+  /** [padded] f32: resident during the unit's backward. */
+  readonly fullGrad: Tensor;
+  /** The gradient shard holds zeros (no micro-batch reduced since the last zeroGrads). */
+  gradIsZero = true;
+
+  constructor(readonly plan: FlatPlan, readonly comm: Communicator, readonly backend: Backend) {
+    const s = plan.shardSize;
+    const zeros = (dtype: DType): Tensor => { const t = keep(emptyTensor(backend, [s], dtype)); backend.fill(t, 0); return t; };
+    this.master = zeros('f32');
+    this.compute = plan.dtype === 'f32' ? this.master : zeros(plan.dtype);
+    this.grad = zeros('f32');
+    this.m = zeros('f32');
+    this.v = zeros('f32');
+    this.gathered = keep(evictedTensor(backend, [plan.padded], plan.dtype));
+    this.fullGrad = keep(evictedTensor(backend, [plan.padded], 'f32'));
+  }
+
+  get isGathered(): boolean { return this.gathered.storage.resident; }
+  get inBackward(): boolean { return this.fullGrad.storage.resident; }
+
+  gather(): void {
+    this.gathered.storage.restore();
+    this.comm.allGather(this.gathered, this.compute);
+  }
+
+  release(): void { this.gathered.storage.evict(); }
+
+  beginGrad(): void {
+    this.fullGrad.storage.restore();
+    this.backend.fill(this.fullGrad, 0);
+  }
+
+  /** grad shard += this rank's slice of Σ over the group of the full gradient; frees the full gradient. */
+  reduceGrad(): void {
+    if (this.gradIsZero) {
+      this.comm.reduceScatter(this.grad, this.fullGrad);
+    } else {
+      const part = emptyTensor(this.backend, [this.plan.shardSize], 'f32');
+      this.comm.reduceScatter(part, this.fullGrad);
+      this.backend.binary('add', this.grad, this.grad, part);
+      part.dispose();
+    }
+    this.gradIsZero = false;
+    this.fullGrad.storage.evict();
+  }
+
+  /** Stores the part of member's full values that this rank holds (master and compute copy). */
+  load(member: FlatMember, values: Float32Array): void {
+    if (values.length !== member.size) throw new Error(`internal: ${member.name} takes ${member.size} values, got ${values.length}`);
+    const r = heldRange(this.plan, member, this.comm.rank);
+    if (!r) return;
+    const n = r.end - r.start;
+    const master = view(this.master, [n], r.shardOffset);
+    this.backend.write(master, values.subarray(r.start, r.end));
+    if (this.compute !== this.master) {
+      const compute = view(this.compute, [n], r.shardOffset);
+      this.backend.copy(compute, master);
+      compute.dispose();
+    }
+    master.dispose();
+  }
+
+  /**
+   * Adam slots over this shard: runs of members with the same weight decay (a run spans the
+   * zero padding between its members, which Adam leaves at zero).
+   */
+  slots(): AdamSlot[] {
+    const runs: { lo: number; hi: number; decay: boolean }[] = [];
+    for (const member of this.plan.members) {
+      const r = heldRange(this.plan, member, this.comm.rank);
+      if (!r) continue;
+      const lo = r.shardOffset, hi = r.shardOffset + r.end - r.start;
+      const last = runs[runs.length - 1];
+      if (last && last.decay === member.decay) last.hi = hi;
+      else runs.push({ lo, hi, decay: member.decay });
+    }
+    return runs.map(({ lo, hi, decay }) => {
+      const part = (t: Tensor) => keep(view(t, [hi - lo], lo));
+      return { param: part(this.master), grad: part(this.grad), m: part(this.m), v: part(this.v), lowp: this.compute === this.master ? null : part(this.compute), decay };
+    });
+  }
+
+  dispose(): void {
+    for (const t of [this.master, this.compute, this.grad, this.m, this.v, this.gathered, this.fullGrad]) t.dispose();
+  }
+}
+
+class Unit {
+  constructor(readonly unit: ModelUnit, readonly flats: Flat[], readonly weightsInBackward: boolean) {}
+  get isGathered(): boolean { return this.flats[0]!.isGathered; }
+  get inBackward(): boolean { return this.flats[0]!.inBackward; }
+}
+
+const unitName = (u: ModelUnit): string => (u.kind === 'layer' ? `layer ${u.index}` : u.kind);
+
+/** A DeepSeek-V2 model (or part) whose parameters are sharded over `groups`; see the file header. */
+export class FullyShardedModel implements UnitHooks {
+  readonly model: DeepseekV2;
+  private readonly units: Unit[];
+  private readonly layerUnit = new Map<number, number>();
+  private readonly members = new Map<number, { flat: Flat; member: FlatMember }>();
+  private readonly optimizerSlots: AdamSlot[] = [];
+  private entries: ShardEntry[] | null = null;
+
+  constructor(config: DeepseekV2Config, readonly backend: Backend, computeDtype: DType, part: ModelPart, groups: ShardGroups) {
+    const plans = planShards(config, part, computeDtype, { dense: groups.dense.size, expert: groups.expert.size });
+    this.units = plans.map((p, i) => {
+      if (p.unit.kind === 'layer') this.layerUnit.set(p.unit.index, i);
+      const flats = p.flats.map((f) => new Flat(f, groups[f.group], backend));
+      for (const flat of flats) for (const member of flat.plan.members) this.members.set(member.index, { flat, member });
+      // The embedding's backward scatters rows into its gradient without reading the weights.
+      return new Unit(p.unit, flats, p.unit.kind !== 'embed');
+    });
+    this.model = new DeepseekV2(config, backend, computeDtype, part, (spec, dtype) => this.makeParam(spec.index, spec.shape, dtype));
+    this.model.unitHooks = this;
+    for (const u of this.units) for (const f of u.flats) this.optimizerSlots.push(...f.slots());
+  }
+
+  private makeParam(index: number, shape: readonly number[], dtype: DType): Param {
+    const at = this.members.get(index);
+    if (!at) throw new Error(`internal: parameter ${index} is in no flat of the sharding plan`);
+    const { flat, member } = at;
+    if (flat.plan.dtype !== dtype) throw new Error(`internal: ${member.name} computes in ${dtype} but its flat holds ${flat.plan.dtype}`);
+    return new Param(shape, {
+      value: keep(view(flat.gathered, shape, member.offset)),
+      grad: keep(view(flat.fullGrad, shape, member.offset)),
+      load: (values) => flat.load(member, values),
+    });
+  }
+
+  private unitIndex(u: ModelUnit): number {
+    const i = u.kind === 'embed' ? (this.units[0]?.unit.kind === 'embed' ? 0 : -1)
+      : u.kind === 'head' ? (this.units[this.units.length - 1]?.unit.kind === 'head' ? this.units.length - 1 : -1)
+        : this.layerUnit.get(u.index) ?? -1;
+    if (i < 0) throw new Error(`internal: the sharded model part has no ${unitName(u)} unit`);
+    return i;
+  }
+
+  private gather(u: Unit): void { if (!u.isGathered) for (const f of u.flats) f.gather(); }
+  private release(u: Unit): void { if (u.isGathered) for (const f of u.flats) f.release(); }
+
+  runUnit(unit: ModelUnit, inputs: readonly Tensor[], forward: (inputs: readonly Tensor[]) => Tensor[]): Tensor[] {
+    const i = this.unitIndex(unit), u = this.units[i]!, next = this.units[i + 1];
+    this.gather(u);
+    if (next) this.gather(next); // issued before this unit's compute (see the file header)
+    const xs = inputs.some(needsGrad) ? backwardBoundary(`${unitName(unit)} input`, inputs, () => this.afterBackward(u)) : inputs;
+    let outs: Tensor[];
+    try {
+      outs = forward(xs);
+    } catch (e) {
+      this.release(u);
+      if (next) this.release(next);
+      throw e;
+    }
+    const backwardFollows = outs.some(needsGrad);
+    // The last unit's backward comes next: it keeps its weights rather than gathering them again.
+    if (!(backwardFollows && i === this.units.length - 1)) this.release(u);
+    return backwardFollows ? backwardBoundary(`${unitName(unit)} output`, outs, () => this.beforeBackward(i)) : outs;
+  }
+
+  /** Before unit i's backward: its weights (when its backward reads them) and a zeroed full gradient; prefetch unit i−1. */
+  private beforeBackward(i: number): void {
+    const u = this.units[i]!, prev = this.units[i - 1];
+    if (u.weightsInBackward) this.gather(u);
+    if (!u.inBackward) for (const f of u.flats) f.beginGrad();
+    if (prev?.weightsInBackward) this.gather(prev);
+  }
+
+  /** After a unit's backward: reduce-scatter its gradient into the shards, free it and the weights. */
+  private afterBackward(u: Unit): void {
+    if (u.inBackward) for (const f of u.flats) f.reduceGrad();
+    this.release(u);
+  }
+
+  /**
+   * Call after every backward(): reduces the units whose backward had no input boundary (the
+   * embedding) and releases whatever is still gathered, in the same order on every rank.
+   */
+  finishBackward(): void {
+    for (let i = this.units.length - 1; i >= 0; i--) this.afterBackward(this.units[i]!);
+  }
+
+  /** The optimizer's slots: runs of this rank's shards (fixed for the run). */
+  adamSlots(): AdamSlot[] { return this.optimizerSlots; }
+
+  /** This rank's gradient shards, whole (their padding is zero): Σ g² over them is this rank's part of the norm. */
+  gradShards(): Tensor[] {
+    return this.units.flatMap((u) => u.flats.map((f) => f.grad));
+  }
+
+  /** Zeroes the gradient shards. */
+  zeroGrads(): void {
+    for (const u of this.units) for (const f of u.flats) this.backend.fill(f.grad, 0);
+    this.markGradsZeroed();
+  }
+
+  /** Records that the gradient shards hold zeros (the optimizer's fused update zeroes every slot, and the padding is never written). */
+  markGradsZeroed(): void {
+    for (const u of this.units) for (const f of u.flats) f.gradIsZero = true;
+  }
+
+  /** Refreshes the compute shards from the masters (after masters were loaded directly, e.g. from a checkpoint). */
+  syncCompute(): void {
+    for (const u of this.units) for (const f of u.flats) if (f.compute !== f.master) this.backend.copy(f.compute, f.master);
+  }
+
+  /** This rank's ranges of every master weight and Adam moment (for checkpoints); the tensors stay owned here. */
+  shardEntries(): ShardEntry[] {
+    if (this.entries) return this.entries;
+    const masters: ShardEntry[] = [], moments: ShardEntry[] = [];
+    for (const u of this.units) {
+      for (const f of u.flats) {
+        for (const member of f.plan.members) {
+          const r = heldRange(f.plan, member, f.comm.rank);
+          if (!r) continue;
+          const entry = (name: string, t: Tensor): ShardEntry => ({ name, shape: member.shape, start: r.start, end: r.end, tensor: keep(view(t, [r.end - r.start], r.shardOffset)) });
+          masters.push(entry(member.name, f.master));
+          moments.push(entry(`exp_avg.${member.name}`, f.m), entry(`exp_avg_sq.${member.name}`, f.v));
+        }
+      }
+    }
+    this.entries = [...masters, ...moments];
+    return this.entries;
+  }
+
+  /** What this rank keeps between steps, and its largest transient unit. */
+  bytes(): ShardBytes {
+    const out: ShardBytes = { heldElements: 0, parameterElements: 0, weights: 0, gradients: 0, optimizer: 0, largestUnitTransient: 0 };
+    for (const u of this.units) {
+      let transient = 0;
+      for (const f of u.flats) {
+        const s = f.plan.shardSize;
+        out.heldElements += s;
+        for (const member of f.plan.members) {
+          const r = heldRange(f.plan, member, f.comm.rank);
+          if (r) out.parameterElements += r.end - r.start;
+        }
+        out.weights += s * 4 + (f.compute === f.master ? 0 : s * bytesPerElement(f.plan.dtype));
+        out.gradients += s * 4;
+        out.optimizer += s * 8;
+        transient += f.plan.padded * (bytesPerElement(f.plan.dtype) + 4);
+      }
+      out.largestUnitTransient = Math.max(out.largestUnitTransient, transient);
+    }
+    return out;
+  }
+
+  dispose(): void {
+    this.model.dispose();
+    for (const s of this.optimizerSlots) for (const t of [s.param, s.grad, s.m, s.v, s.lowp]) t?.dispose();
+    for (const e of this.entries ?? []) e.tensor.dispose();
+    for (const u of this.units) for (const f of u.flats) f.dispose();
+  }
+}

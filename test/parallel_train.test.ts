@@ -1,0 +1,186 @@
+// Sharded training on CPU processes started by `moetrain launch` gives the single process's
+// numbers: after 3 optimizer steps of the tiny model (f32), the losses and gradient norms of
+// every step and the final parameters, assembled from the ranks' shards (each element held by
+// exactly one rank), under dp2, dp4, ep2 and dp2·ep2. The global-batch load-balance loss sums
+// its expert counts over the replicas (dp2 and ep2). Then the command
+// line: `moetrain launch … -- train` prints the single process's step lines from rank 0 alone,
+// with the mesh and per-rank bytes, and a launched world of one (the sharded path with one
+// shard, the path the GPU acceptance measures through NCCL) matches the plain run.
+//
+// Tolerances. Sharding changes only the order of f32 additions: gradients of micro-batches
+// summed on different ranks and then across ranks (and the norm's Σg² summed per shard and then
+// across ranks), against one running sum. Each sum has a relative rounding error of a few 1e-7,
+// which reaches the losses of later steps through the updates: losses and norms agree within
+// 1e-5 relative (seen: a few 1e-7). Parameters: Adam divides each gradient by its running RMS,
+// so an element whose gradient sits near the rounding noise may move by a visible part of the
+// learning rate: each tensor's ‖Δ‖/‖w‖ stays below 1e-5 and every element within 1e-2·lr (each
+// test reports what it saw: ~1e-6 and ~1e-3·lr).
+import { after, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { packageRoot } from '../src/package_root.js';
+import type { StepMetrics } from '../src/train/log_line.js';
+import { layoutConfig, trainLayout, type RankOutput, type TrainLayout } from './helpers/parallel_train_rank.js';
+import { compareParams } from './helpers/compare_params.js';
+
+const root = packageRoot();
+const cli = path.join(root, 'dist', 'src', 'cli', 'main.js');
+const rankScript = path.join(root, 'dist', 'test', 'helpers', 'parallel_train_rank.js');
+
+const made: string[] = [];
+after(() => { for (const d of made) fs.rmSync(d, { recursive: true, force: true }); });
+const tmp = (): string => {
+  const d = fs.mkdtempSync(path.join(os.tmpdir(), 'moetrain-fsdp-'));
+  made.push(d);
+  return d;
+};
+
+interface Result { metrics: StepMetrics[]; params: Map<string, Float32Array> }
+
+/** Runs the layout under the launcher and assembles every full tensor from the ranks' ranges. */
+function launched(layout: TrainLayout): Result {
+  const dir = tmp();
+  const world = layout.dp * layout.ep;
+  const r = spawnSync(process.execPath, [cli, 'launch', '--nproc-per-node', String(world), '--', rankScript, dir, JSON.stringify(layout)], { encoding: 'utf8', timeout: 120_000 });
+  assert.equal(r.status, 0, r.stderr);
+  const full = new Map<string, { values: Float32Array; held: Uint8Array }>();
+  let metrics: StepMetrics[] | null = null;
+  for (let rank = 0; rank < world; rank++) {
+    const name = path.join(dir, `rank-${String(rank).padStart(5, '0')}`);
+    const index = JSON.parse(fs.readFileSync(`${name}.json`, 'utf8')) as RankOutput;
+    const bytes = fs.readFileSync(`${name}.f32`);
+    const data = new Float32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 4);
+    if (rank === 0) metrics = index.metrics;
+    else assert.deepEqual(index.metrics.map((m) => [m.crossEntropy, m.gradientNorm]), metrics!.map((m) => [m.crossEntropy, m.gradientNorm]), `rank ${rank} reports rank 0's numbers`);
+    for (const e of index.entries) {
+      const n = e.shape.reduce((a, b) => a * b, 1);
+      let t = full.get(e.name);
+      if (!t) { t = { values: new Float32Array(n), held: new Uint8Array(n) }; full.set(e.name, t); }
+      t.values.set(data.subarray(e.at, e.at + e.end - e.start), e.start);
+      for (let i = e.start; i < e.end; i++) t.held[i]!++;
+    }
+  }
+  for (const [name, t] of full) assert.ok(t.held.every((h) => h === 1), `${name}: every element held by exactly one rank`);
+  return { metrics: metrics!, params: new Map([...full].map(([k, v]) => [k, v.values])) };
+}
+
+const singles = new Map<string, Promise<Result>>();
+/** The same training in this process, without a launcher (whole parameters); cached per batch shape. */
+function single(layout: TrainLayout): Promise<Result> {
+  const key = JSON.stringify({ ...layout, dp: 1, ep: 1 });
+  let r = singles.get(key);
+  if (!r) {
+    r = trainLayout({ ...layout, dp: 1, ep: 1 }).then((x) => ({ metrics: x.metrics, params: new Map(x.entries.map((e) => [e.name, e.values])) }));
+    singles.set(key, r);
+  }
+  return r;
+}
+
+/** Checks the tolerances of the file header; reports the differences seen. */
+function assertEquivalent(want: Result, got: Result, lr: number, report: (line: string) => void): void {
+  assert.equal(got.metrics.length, want.metrics.length);
+  let worstMetric = 0;
+  want.metrics.forEach((a, s) => {
+    const b = got.metrics[s]!;
+    for (const k of ['crossEntropy', 'loadBalance', 'gradientNorm', 'learningRate'] as const) {
+      const rel = Math.abs(a[k] - b[k]) / Math.abs(a[k]);
+      worstMetric = Math.max(worstMetric, rel);
+      assert.ok(rel <= 1e-5, `step ${s + 1} ${k}: ${b[k]}, single process ${a[k]}`);
+    }
+  });
+  assert.deepEqual([...got.params.keys()].sort(), [...want.params.keys()].sort(), 'the same tensors');
+  const d = compareParams(want.params, got.params);
+  report(`losses and norms within ${worstMetric.toExponential(1)} relative; parameters: ‖Δ‖/‖w‖ ≤ ${d.relL2.toExponential(1)} (${d.worst}), largest element difference ${(d.maxAbs / lr).toExponential(1)}·lr`);
+  assert.ok(d.relL2 < 1e-5, `parameters: relative L2 difference ${d.relL2} in ${d.worst}`);
+  assert.ok(d.maxAbs < 1e-2 * lr, `parameters: largest element difference ${d.maxAbs} (lr ${lr})`);
+}
+
+const f32 = (over: Partial<TrainLayout>): TrainLayout => ({ dp: 1, ep: 1, precision: 'f32', form: 'sequence', microBatch: 2, globalBatch: 8, steps: 3, ...over });
+
+describe('sharded training equals the single process (3 steps, tiny model, f32)', () => {
+  const cases: [string, TrainLayout][] = [
+    ['dp2, sequence load balance, 2 micro-batches per replica', f32({ dp: 2 })],
+    ['dp4, micro-batch load balance, 2 micro-batches per replica', f32({ dp: 4, form: 'micro-batch', microBatch: 1 })],
+    ['ep2, sequence load balance', f32({ ep: 2 })],
+    ['dp2·ep2, micro-batch load balance, 2 micro-batches per replica', f32({ dp: 2, ep: 2, form: 'micro-batch', microBatch: 1 })],
+  ];
+  for (const [name, layout] of cases) {
+    test(name, async (t) => {
+      assertEquivalent(await single(layout), launched(layout), layoutConfig(layout).optimizer.lr, (l) => t.diagnostic(l));
+    });
+  }
+
+  // One micro-batch per replica: the replicas' summed counts are the counts of the global batch,
+  // which a single process sees in one micro-batch of all 8 sequences.
+  for (const [name, mesh] of [['dp2', { dp: 2 }], ['ep2', { ep: 2 }]] as const) {
+    test(`global-batch load balance: counts summed over ${name} replicas equal one micro-batch of the whole batch`, async (t) => {
+      const layout = f32({ ...mesh, form: 'global-batch', microBatch: 4 });
+      assertEquivalent(await single({ ...layout, microBatch: 8 }), launched(layout), layoutConfig(layout).optimizer.lr, (l) => t.diagnostic(l));
+    });
+  }
+});
+
+function runCli(args: string[]) {
+  const r = spawnSync(process.execPath, [cli, ...args], { cwd: root, encoding: 'utf8', timeout: 120_000, env: { ...process.env, MOETRAIN_DEBUG: '' } });
+  return { code: r.status, out: r.stdout, err: r.stderr };
+}
+
+function jsonl(dir: string): StepMetrics[] {
+  return fs.readFileSync(path.join(dir, 'metrics.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as StepMetrics);
+}
+
+describe('moetrain launch -- train', () => {
+  const common = ['--device', 'cpu', '--precision', 'f32', '--steps', '3', '--seq_len', '32', '--micro_batch_size', '2', '--global_batch_size', '8', '--schedule.warmup_steps', '1'];
+  let plain: { dir: string; out: string } | null = null;
+  const plainRun = () => {
+    if (!plain) {
+      const dir = tmp();
+      const r = runCli(['train', ...common, '--run_dir', dir]);
+      assert.equal(r.code, 0, r.err);
+      plain = { dir, out: r.out };
+    }
+    return plain;
+  };
+  const sameSteps = (want: StepMetrics[], got: StepMetrics[]) => {
+    assert.equal(got.length, want.length);
+    want.forEach((a, s) => {
+      for (const k of ['crossEntropy', 'loadBalance', 'gradientNorm'] as const) {
+        assert.ok(Math.abs(a[k] - got[s]![k]) <= 1e-5 * Math.abs(a[k]), `step ${s + 1} ${k}: ${got[s]![k]} vs ${a[k]}`);
+      }
+    });
+  };
+
+  test('dp2 on the demo data: rank 0 alone prints the single process\'s step lines, the mesh and per-rank bytes', () => {
+    const want = plainRun();
+    const dir = tmp();
+    const r = runCli(['launch', '--nproc-per-node', '2', '--', 'train', ...common, '--parallel.dp', '2', '--run_dir', dir]);
+    assert.equal(r.code, 0, r.err);
+    assert.doesNotMatch(r.out, /\[rank 1\]/, 'rank 1 prints nothing');
+    assert.doesNotMatch(r.err, /\[rank 1\]/, 'rank 1 reports no error');
+    assert.equal(r.out.split('\n').filter((l) => l.includes('| INFO | step ')).length, 3);
+    assert.match(r.out, /^moetrain: mesh pp1·dp2·cp1·ep1 \(2 ranks; 2 replicas read different sequences\): dense parameters sharded over 2 ranks, routed experts over 2$/m);
+    assert.match(r.out, /^moetrain: per rank 0\.\d\dM parameters held: persistent \d+\.\d\d MB \(weights .*\) = 16\.00 bytes per held element \(f32 compute; \d+\.\d% padding\)/m);
+    sameSteps(jsonl(want.dir), jsonl(dir));
+    // What stays between steps (weights, gradients, moments) is halved on each of 2 ranks.
+    const kept = (d: string) => jsonl(d).at(-1)!.liveMemoryBytes;
+    assert.ok(kept(dir) < 0.55 * kept(want.dir), `rank 0 keeps ${kept(dir)} bytes between steps, the single process ${kept(want.dir)}`);
+  });
+
+  test('a launched world of one takes the sharded path and matches the plain run', () => {
+    const want = plainRun();
+    const dir = tmp();
+    const r = runCli(['launch', '--nproc-per-node', '1', '--', 'train', ...common, '--run_dir', dir]);
+    assert.equal(r.code, 0, r.err);
+    assert.match(r.out, /^moetrain: mesh pp1·dp1·cp1·ep1 \(1 ranks;/m);
+    sameSteps(jsonl(want.dir), jsonl(dir));
+  });
+
+  test('a global batch the replicas cannot split evenly is one line with the numbers', () => {
+    const r = runCli(['launch', '--nproc-per-node', '2', '--', 'train', ...common, '--global_batch_size', '6', '--parallel.dp', '2', '--run_dir', tmp()]);
+    assert.notEqual(r.code, 0);
+    assert.match(r.err, /moetrain: error: micro-batches % \(dp·ep\) = \(6\/2\) % \(2·1\) = 3 % 2 = 1 ≠ 0; .*make global_batch_size \/ micro_batch_size a multiple of 2/);
+  });
+});
