@@ -10,6 +10,7 @@ const USAGE = `usage: moetrain <command> [options]
   tokenize   --inputs a.jsonl[,dir,...] --output DIR [--tokenizer tokenizer.json|bytes] [--workers N] [--skip-bad-lines]
   convert    --from DIR --to DIR [--format hf|moetrain]
   bench      gemm | attention | train
+  check-checkpoint DIR                                     verify a checkpoint (or every one of a run folder): exit 0 when intact
 
 Training options are the fields of the training config (src/train/config.ts), e.g.
   --steps 200 --seq_len 128 --optimizer.lr 1e-3 --device cpu --run_dir runs/x`;
@@ -26,6 +27,11 @@ async function main(argv: string[]): Promise<void> {
     case 'convert': {
       const { convertCommand } = await import('./convert_command.js');
       return convertCommand(parseArgs(rest).flags);
+    }
+    case 'check-checkpoint': {
+      const { checkCheckpointCommand } = await import('./check_checkpoint_command.js');
+      const args = parseArgs(rest);
+      return checkCheckpointCommand(args.positional, args.flags);
     }
     case 'bench': {
       const { benchCommand } = await import('./bench_command.js');

@@ -14,6 +14,7 @@ import { encodeBytes } from '../data/byte_tokenizer.js';
 import { tokenizeCorpus } from '../data/tokenize.js';
 import { train, type BatchSource } from '../train/trainer.js';
 import { loadWeightsInto } from '../train/hf_checkpoint.js';
+import { listenForStop, STOP_EXIT_CODE } from '../train/signals.js';
 
 const DEMO_BYTES = 600_000;
 
@@ -50,13 +51,29 @@ export async function trainCommand(flags: Record<string, string>): Promise<void>
     },
   };
   // config.json beside the checkpoints lets `moetrain convert` export them without more flags.
-  fs.writeFileSync(path.join(cfg.run_dir, 'config.json'), formatHfConfig(model));
+  const modelConfigJson = formatHfConfig(model);
+  fs.writeFileSync(path.join(cfg.run_dir, 'config.json'), modelConfigJson);
   const initFrom = cfg.init_from;
-  const result = train({
-    config: cfg, model, backend, data: source, log: (line) => console.log(line), dataFingerprint: dataset.fingerprint,
-    ...(initFrom ? { initWeights: (m) => { loadWeightsInto(m, initFrom); console.log(`moetrain: initial weights from ${initFrom}`); } } : {}),
-  });
-  dataset.close();
+  // Ranks of `moetrain launch` get the launcher's forwarded signals (see train/signals.ts).
+  const launched = process.env['WORLD_SIZE'] !== undefined;
+  const stop = listenForStop({ launched, log: (line) => console.log(line) });
+  const rerun = launched ? 'the same moetrain launch command' : `moetrain ${process.argv.slice(2).map(shellWord).join(' ')}`;
+  let result;
+  try {
+    result = await train({
+      config: cfg, model, backend, data: source, log: (line) => console.log(line), dataFingerprint: dataset.fingerprint, modelConfigJson, stop,
+      ...(initFrom ? { initWeights: (m) => { loadWeightsInto(m, initFrom); console.log(`moetrain: initial weights from ${initFrom}`); } } : {}),
+    });
+  } finally {
+    stop.close();
+    dataset.close();
+  }
+  if (result.stoppedBy) {
+    const where = result.checkpoint ? `checkpoint ${result.checkpoint}; resume with: ${rerun}` : 'no step finished, so there is nothing to resume';
+    console.log(`moetrain: stopped by ${result.stoppedBy} after step ${result.finalStep}; ${where}`);
+    process.exitCode = STOP_EXIT_CODE[result.stoppedBy];
+    return;
+  }
   if (result.metrics.length === 0) {
     console.log(`moetrain: ${cfg.run_dir} already holds a checkpoint at step ${result.resumedFrom ?? cfg.steps} (the run has ${cfg.steps} steps): nothing to train (delete ${cfg.run_dir}, pass another --run_dir, or raise --steps)`);
   }
@@ -66,6 +83,11 @@ export async function trainCommand(flags: Record<string, string>): Promise<void>
     console.log(`moetrain: final cross-entropy ${last.crossEntropy.toFixed(4)} nats vs corpus unigram entropy ${entropy.toFixed(4)} nats (${Math.abs(gap).toFixed(4)} ${gap >= 0 ? 'below' : 'above'})`);
   }
   console.log(`moetrain: run directory ${cfg.run_dir} (metrics.jsonl, checkpoints/)`);
+}
+
+/** A word as a POSIX shell reads it back (for the resume command). */
+function shellWord(w: string): string {
+  return /^[\w@%+=:,./-]+$/.test(w) ? w : `'${w.replace(/'/g, `'\\''`)}'`;
 }
 
 /** Fails early, before any work, when the run directory cannot be created or written. */
