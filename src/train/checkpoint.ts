@@ -57,21 +57,27 @@ export interface WriteOptions {
 }
 
 /**
- * Test hook: MOETRAIN_TEST_KILL_CHECKPOINT="<step>:<point>" makes this process SIGKILL itself at
- * that point of writing checkpoint <step> (points: rank-file-half, rank-file, index, state,
- * manifest, rename, prune), so the kill tests can hit every stage of the writer.
+ * Test hook: MOETRAIN_TEST_CHECKPOINT_HOOK="<step or *>:<point>:kill" makes this process SIGKILL
+ * itself at that point of writing that checkpoint, and "…:sleep<ms>" pauses it there, so the
+ * kill and signal tests can hit every stage of the writer. Points: rank-file-half, rank-file,
+ * index, state, manifest, rename, prune.
  */
-function killPoint(step: number): (point: string) => void {
-  const spec = process.env['MOETRAIN_TEST_KILL_CHECKPOINT'];
+function testHook(step: number): (point: string) => void {
+  const spec = process.env['MOETRAIN_TEST_CHECKPOINT_HOOK'];
   if (!spec) return () => {};
-  const [s, at] = spec.split(':');
-  return (point) => { if (Number(s) === step && at === point) process.kill(process.pid, 'SIGKILL'); };
+  const [s, at, action] = spec.split(':');
+  return (point) => {
+    if ((s !== '*' && Number(s) !== step) || at !== point) return;
+    if (action === 'kill') process.kill(process.pid, 'SIGKILL');
+    const ms = /^sleep(\d+)$/.exec(action ?? '');
+    if (ms) Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, Number(ms[1]));
+  };
 }
 
 /** Every rank calls this with the entries it holds; returns the checkpoint's final folder. */
 export function writeCheckpoint(dir: string, step: number, entries: readonly CheckpointEntry[], opts: WriteOptions): string {
   const group = opts.group ?? SINGLE_PROCESS;
-  const kill = killPoint(step);
+  const hook = testHook(step);
   const final = path.join(dir, checkpointName(step));
   const tmp = `${final}.tmp-${opts.jobId ?? process.pid}`;
   fs.mkdirSync(dir, { recursive: true });
@@ -79,7 +85,7 @@ export function writeCheckpoint(dir: string, step: number, entries: readonly Che
   fs.mkdirSync(tmp, { recursive: true });
   let mine: ManifestFile & { file: string };
   try {
-    mine = writeRankFile(tmp, group.rank, entries, () => kill('rank-file-half'));
+    mine = writeRankFile(tmp, group.rank, entries, () => hook('rank-file-half'));
   } catch (e) {
     if (!(e instanceof NonFiniteError)) throw e;
     if (group.size === 1) fs.rmSync(tmp, { recursive: true, force: true });
@@ -87,50 +93,50 @@ export function writeCheckpoint(dir: string, step: number, entries: readonly Che
   }
   // Rank 0 collects every rank's size and checksum from these small files.
   writeJsonFile(path.join(tmp, `${mine.file}.xxh32.json`), { bytes: mine.bytes, xxh32: mine.xxh32 });
-  kill('rank-file');
+  hook('rank-file');
   group.barrier();
-  if (group.rank === 0) finishCheckpoint(dir, tmp, final, step, group.size, opts, kill);
+  if (group.rank === 0) finishCheckpoint(dir, tmp, final, step, group.size, opts, hook);
   group.barrier();
   return final;
 }
 
 /** Rank 0, once every rank file is written: index, state, config, manifest, rename, pruning. */
-function finishCheckpoint(dir: string, tmp: string, final: string, step: number, worldSize: number, opts: WriteOptions, kill: (point: string) => void): void {
+function finishCheckpoint(dir: string, tmp: string, final: string, step: number, worldSize: number, opts: WriteOptions, hook: (point: string) => void): void {
   const files: Record<string, ManifestFile> = {};
   for (let r = 0; r < worldSize; r++) {
     const sum = path.join(tmp, `${rankFileName(r)}.xxh32.json`);
     files[rankFileName(r)] = JSON.parse(fs.readFileSync(sum, 'utf8')) as ManifestFile;
   }
   writeJsonFile(path.join(tmp, INDEX_FILE), buildIndex(tmp, worldSize));
-  kill('index');
+  hook('index');
   const state: CheckpointState = {
     format: 'moetrain-checkpoint', version: 2, step, optimizer_step: opts.optimizerStep, data_fingerprint: opts.dataFingerprint ?? null,
     ...(opts.schedule ? { schedule: opts.schedule } : {}), world_size: worldSize, ...(opts.mesh !== undefined ? { mesh: opts.mesh } : {}),
     time: new Date().toISOString(), config: opts.config,
   };
   writeJsonFile(path.join(tmp, STATE_FILE), state);
-  kill('state');
+  hook('state');
   if (opts.modelConfigJson !== undefined) fs.writeFileSync(path.join(tmp, CONFIG_FILE), opts.modelConfigJson);
   for (const f of [INDEX_FILE, STATE_FILE, ...(opts.modelConfigJson !== undefined ? [CONFIG_FILE] : [])]) files[f] = hashFile(path.join(tmp, f));
   for (let r = 0; r < worldSize; r++) fs.rmSync(path.join(tmp, `${rankFileName(r)}.xxh32.json`));
   writeManifest(tmp, files);
   fsyncFolder(tmp);
-  kill('manifest');
+  hook('manifest');
   const job = path.basename(tmp).split('.tmp-')[1]!;
   if (fs.existsSync(final)) fs.renameSync(final, `${final}.deleting-${job}`);
   fs.renameSync(tmp, final);
   fsyncFolder(dir);
-  kill('rename');
-  prune(dir, step, opts.keep, job, kill);
+  hook('rename');
+  prune(dir, step, opts.keep, job, hook);
 }
 
 /** Deletes complete checkpoints older than the newest `keep` (counting `step`'s) and leftovers of interrupted writes. */
-function prune(dir: string, step: number, keep: number, job: string, kill: (point: string) => void): void {
+function prune(dir: string, step: number, keep: number, job: string, hook: (point: string) => void): void {
   if (keep > 0) {
     const older = listCheckpoints(dir).filter((f) => Number(FINAL.exec(path.basename(f))![1]) < step);
     for (const f of older.slice(keep - 1)) {
       fs.renameSync(f, `${f}.deleting-${job}`);
-      kill('prune');
+      hook('prune');
     }
   }
   for (const n of fs.readdirSync(dir)) if (LEFTOVER.test(n)) fs.rmSync(path.join(dir, n), { recursive: true, force: true });
