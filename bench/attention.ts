@@ -1,4 +1,5 @@
-// MLA attention benchmark: our CUDA kernels (src/backend/cuda/mla_attention.ts) at b=1, h=16,
+// MLA attention benchmark: our CUDA kernels (src/backend/cuda/ops/mla_attention.ts, the set
+// "auto" picks on this GPU) at b=1, h=16,
 // dq=192 (128+64), dv=128, causal, bf16, s = 2048..32768, next to cuDNN through PyTorch
 // (bench/attention_peer.py, when python3 with a CUDA torch is present) and the targets of
 // TARGETS.md. Times are the median of CUDA-event timings after a warm-up, with inputs rotated
@@ -11,26 +12,17 @@
 //
 // FLOPs (FlashAttention convention): forward = b·h·s²·(dq+dv) for causal, backward = 2.5×.
 // Floor: forward FLOPs / 790 TFLOP/s (the measured bf16 GEMM ceiling of an H100 SXM).
-//
-// Measured 2026-11-25 (third session), median of 3 rounds, NVIDIA H100 80GB HBM3, cuDNN 9 via
-// PyTorch 2.11 in the same run; Hopper kernels (TMA forward; TMA backward, dQ by per-warp bulk
-// reduce-adds one step late). bench/attention_notes.md has every version.
-//   s      ours fwd ms/TF   cuDNN fwd      ours bwd ms/TF   det ms    cuDNN bwd      bwd by round
-//   2048   0.048 / 446      0.068 / 317    0.177 / 304      0.345     0.236 / 227    1.32 1.34 1.32
-//   4096   0.143 / 603      0.188 / 456    0.531 / 404      1.086     0.623 / 345    1.17 1.17 1.17
-//   8192   0.505 / 680      0.608 / 565    1.963 / 438      3.833     1.960 / 438    1.04 1.00 0.98
-//   16384  1.931 / 712      2.234 / 615    7.782 / 442      14.721    7.235 / 475    0.97 0.93 0.93
-//   32768  8.654 / 635      9.286 / 592    30.742 / 447     59.557    28.728 / 478   0.93 0.91 0.94
-// At s ≥ 16384 both sides run into the card's 700 W limit and clock down (~1570 MHz at 32768,
-// bench/attention_harness.py --clock-probe), so those rows compare cycles at equal clocks.
+// Measured tables, with the card and date of each: bench/attention_notes.md and TARGETS.md.
 import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
-import { CudaContext } from '../src/backend/cuda/context.js';
-import { CudaBackend, devicePtr } from '../src/backend/cuda/cuda_backend.js';
-import { cudaAvailable } from '../src/backend/cuda/library.js';
-import { mlaAttentionBackward, mlaAttentionForward, type MlaGrads } from '../src/backend/cuda/mla_attention.js';
-import { packageRoot } from '../src/backend/cuda/module.js';
+import { CudaBackend } from '../src/backend/cuda/cuda_backend.js';
+import { cudaAvailable } from '../src/backend/cuda/ffi/library.js';
+import { MlaAttentionLauncher, type MlaGrads, type MlaTensorCoreKernels } from '../src/backend/cuda/ops/mla_attention.js';
+import { chooseMlaKernels } from '../src/backend/cuda/ops/mla_kernel_choice.js';
+import { CudaContext } from '../src/backend/cuda/runtime/context.js';
+import { devicePtr } from '../src/backend/cuda/runtime/device_buffer.js';
+import { packageRoot } from '../src/package_root.js';
 import { bf16ArrayToF32, f32ArrayToBf16 } from '../src/tensor/dtype.js';
 import { emptyTensor, type Shape, type Tensor } from '../src/tensor/tensor.js';
 
@@ -56,7 +48,7 @@ export interface AttentionBenchRow {
   fwd: AttentionTiming;
   bwd: AttentionTiming;
   bwdDeterministic: AttentionTiming;
-  /** Worst relative difference of o and the gradients from the simple (mma.sync) kernels'. */
+  /** Worst relative difference of o and the gradients from the mma.sync kernels'. */
   agreement: number;
   peerFwd?: AttentionTiming;
   peerBwd?: AttentionTiming;
@@ -108,8 +100,11 @@ function timeMs(ctx: CudaContext, reps: number, call: (i: number) => void): numb
   return ms;
 }
 
-/** Our timings at one s; `agreement` (NaN unless withAgreement) compares with the simple kernels. */
-function timeOurs(be: CudaBackend, b: number, h: number, s: number, chunk: Uint16Array,
+/** The backend, its tensor-core MLA launcher and the kernel set timed. */
+interface Ours { be: CudaBackend; attention: MlaAttentionLauncher; kernels: MlaTensorCoreKernels }
+
+/** Our timings at one s; `agreement` (NaN unless withAgreement) compares with the mma.sync kernels. */
+function timeOurs({ be, attention, kernels }: Ours, b: number, h: number, s: number, chunk: Uint16Array,
   withAgreement: boolean): Omit<AttentionBenchRow, 's'> {
   const ctx = be.ctx;
   const setBytes = b * s * h * (2 * D_NOPE + D_ROPE + 2 * D_V) * 2;
@@ -130,23 +125,23 @@ function timeOurs(be: CudaBackend, b: number, h: number, s: number, chunk: Uint1
         },
       };
       for (const t of [set.qNope, set.qPe, set.kNope, set.kPe, set.v, set.dout]) fillRandom(ctx, t, chunk, (seedOffset += 7919));
-      mlaAttentionForward(ctx, set.o, set.lse, set.qNope, set.qPe, set.kNope, set.kPe, set.v, opts);
+      attention.forward(kernels, set.o, set.lse, set.qNope, set.qPe, set.kNope, set.kPe, set.v, opts);
       sets.push(set);
     }
     const reps = s <= 8192 ? 30 : 10;
     const fwdMs = timeMs(ctx, reps, (i) => {
       const x = sets[i % nSets]!;
-      mlaAttentionForward(ctx, x.o, x.lse, x.qNope, x.qPe, x.kNope, x.kPe, x.v, opts);
+      attention.forward(kernels, x.o, x.lse, x.qNope, x.qPe, x.kNope, x.kPe, x.v, opts);
     });
     const bwd = (deterministic: boolean) => timeMs(ctx, reps, (i) => {
       const x = sets[i % nSets]!;
-      mlaAttentionBackward(ctx, be.allocator, x.grads, x.dout, x.qNope, x.qPe, x.kNope, x.kPe, x.v, x.o, x.lse, { ...opts, deterministic });
+      attention.backward(kernels, x.grads, x.dout, x.qNope, x.qPe, x.kNope, x.kPe, x.v, x.o, x.lse, { ...opts, deterministic });
     });
     const bwdMs = bwd(false);
     const detMs = bwd(true);
     const f = attentionFlops(b, h, s), fb = attentionFlops(b, h, s, true);
     return {
-      agreement: withAgreement ? agreement(be, sets[0]!, opts) : NaN,
+      agreement: withAgreement ? agreement({ be, attention, kernels }, sets[0]!, opts) : NaN,
       fwd: { ms: fwdMs, tflops: f / fwdMs / 1e9 },
       bwd: { ms: bwdMs, tflops: fb / bwdMs / 1e9 },
       bwdDeterministic: { ms: detMs, tflops: fb / detMs / 1e9 },
@@ -157,17 +152,17 @@ function timeOurs(be: CudaBackend, b: number, h: number, s: number, chunk: Uint1
 }
 
 /**
- * Worst ‖x − y‖/‖y‖ over o and the five gradients between the default kernels and the simple
- * (mma.sync) ones on one input set: on Hopper this checks the wgmma kernels at benchmark sizes.
+ * Worst ‖x − y‖/‖y‖ over o and the five gradients between the timed kernels and the mma.sync
+ * ones on one input set: on Hopper this checks the wgmma kernels at benchmark sizes.
  */
-function agreement(be: CudaBackend, x: InputSet, opts: { causal: boolean; scale: number }): number {
-  const outputs = (simple: boolean): Float32Array[] => {
-    mlaAttentionForward(be.ctx, x.o, x.lse, x.qNope, x.qPe, x.kNope, x.kPe, x.v, { ...opts, simple });
-    mlaAttentionBackward(be.ctx, be.allocator, x.grads, x.dout, x.qNope, x.qPe, x.kNope, x.kPe, x.v, x.o, x.lse, { ...opts, simple });
+function agreement({ be, attention, kernels }: Ours, x: InputSet, opts: { causal: boolean; scale: number }): number {
+  const outputs = (set: MlaTensorCoreKernels): Float32Array[] => {
+    attention.forward(set, x.o, x.lse, x.qNope, x.qPe, x.kNope, x.kPe, x.v, opts);
+    attention.backward(set, x.grads, x.dout, x.qNope, x.qPe, x.kNope, x.kPe, x.v, x.o, x.lse, opts);
     const g = x.grads;
     return [x.o, g.dqNope, g.dqPe, g.dkNope, g.dkPe, g.dv].map((t) => bf16ArrayToF32(be.read(t) as Uint16Array));
   };
-  const simple = outputs(true), ours = outputs(false);
+  const simple = outputs('mma'), ours = outputs(kernels);
   let worst = 0;
   ours.forEach((a, i) => {
     const ref = simple[i]!;
@@ -250,17 +245,21 @@ export async function runAttentionBench(opts: AttentionBenchOptions = {}): Promi
   const b = 1, h = 16;
   const seqs = opts.seqs ?? [2048, 4096, 8192, 16384, 32768];
   const be = new CudaBackend(new CudaContext());
+  const kernels = chooseMlaKernels({ arch: be.ctx.arch, computeCapability: be.ctx.computeCapability, dtype: 'bf16',
+    dNope: D_NOPE, dRope: D_ROPE, dV: D_V, request: 'auto' });
+  if (kernels === 'generic') throw new Error(`bench attention times the tensor-core MLA kernels; ${be.ctx.name} has none (compute capability 8.0 or later)`);
+  const ours: Ours = { be, attention: new MlaAttentionLauncher(be.ctx, be.allocator), kernels };
   const rounds = opts.rounds ?? 3;
   if (!Number.isInteger(rounds) || rounds < 1) throw new Error(`bench attention: rounds must be a positive integer, got ${rounds}`);
-  log(`attention bench on ${be.ctx.description}: MLA b=${b} h=${h} dq=192 dv=128 causal bf16; median of CUDA-event ` +
-    `timings, median of ${rounds} rounds`);
+  log(`attention bench on ${be.ctx.description}: MLA b=${b} h=${h} dq=192 dv=128 causal bf16, ${kernels} kernels; ` +
+    `median of CUDA-event timings, median of ${rounds} rounds`);
   const chunk = randomBf16Chunk(1 << 22, 0x9e3779b9);
-  // ours[round][i], peers[round]: s = seqs[i]. The agreement check runs in the first round only.
-  const ours: Omit<AttentionBenchRow, 's'>[][] = [];
+  // timed[round][i], peers[round]: s = seqs[i]. The agreement check runs in the first round only.
+  const timed: Omit<AttentionBenchRow, 's'>[][] = [];
   const peers: Map<number, PeerRow>[] = [];
   let peerMissing: string | undefined;
   for (let round = 0; round < rounds; round++) {
-    ours.push(seqs.map((s) => timeOurs(be, b, h, s, chunk, round === 0)));
+    timed.push(seqs.map((s) => timeOurs(ours, b, h, s, chunk, round === 0)));
     be.allocator.releaseCached();
     if (opts.peer === false) peerMissing = 'not requested';
     if (peerMissing) continue;
@@ -269,11 +268,11 @@ export async function runAttentionBench(opts: AttentionBenchOptions = {}): Promi
     else peers.push(peer);
   }
   if (peerMissing) log(`cuDNN peer: ${peerMissing}`);
-  const { rows, ratios } = combineRounds(b, h, seqs, ours, peerMissing ? [] : peers);
+  const { rows, ratios } = combineRounds(b, h, seqs, timed, peerMissing ? [] : peers);
   for (const line of ratios) log(line);
   const cell = (t?: AttentionTiming): string => (t ? `${t.ms.toFixed(3)} / ${t.tflops.toFixed(0)}` : '-');
   const header = ['s', 'floor fwd ms', 'ours fwd ms / TFLOPS', 'cuDNN fwd', 'ours bwd ms / TFLOPS', 'det bwd ms', 'cuDNN bwd',
-    'target fwd', 'target bwd', 'fwd vs cuDNN', 'bwd vs cuDNN', 'rel diff vs simple'];
+    'target fwd', 'target bwd', 'fwd vs cuDNN', 'bwd vs cuDNN', 'rel diff vs mma.sync'];
   const table = rows.map((r) => [
     String(r.s), (attentionFlops(b, h, r.s) / CEILING_FLOPS * 1e3).toFixed(3), cell(r.fwd), cell(r.peerFwd), cell(r.bwd),
     r.bwdDeterministic.ms.toFixed(3), cell(r.peerBwd),

@@ -5,7 +5,8 @@ launches them on PyTorch tensors, compares against a float64 PyTorch reference (
 softmax(Q·Kᵀ·scale + mask)·V, autograd for the gradients) on awkward shapes, and times them next
 to cuDNN (bench/attention_peer.py).
 
-Run on a GPU machine from the repository root:
+Run on a GPU machine from the repository root, after `npx tsc -p tsconfig.json` (the kernels'
+-D defines are read from the built launcher, dist/src/backend/cuda/ops/mla_attention.js, with node):
   PYTHONUNBUFFERED=1 python3 bench/attention_harness.py --out /tmp/attn [--no-bench] [--seqs ...]
   ... --hopper-bwd: the Hopper backward (mla_attention_bwd_hopper.cu) only: its checks on B=2,
   H∈{3,16}, S∈{1,17,129,300,1000,2048} (fast and deterministic-dkdv modes), then its timing next
@@ -20,8 +21,10 @@ products deep). lse is f32 from exact scores: bound 1e-4 relative.
 """
 import argparse
 import concurrent.futures
+import json
 import math
 import os
+import pathlib
 import re
 import subprocess
 import sys
@@ -39,28 +42,61 @@ import tma_launch  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KERNELS = os.path.join(REPO, "src", "backend", "cuda", "kernels")
-TILE = 64
-# Must match the static_asserts in the .cu files.
-DKDV_SMEM, DQ_SMEM = 148480, 138240
+
+
+def launcher_defines():
+    """The -D defines src/backend/cuda/ops/mla_attention.ts compiles each kernel file with, read
+    from its build (dist/) so that no number is repeated here: {"common", "fwd", "bwd",
+    "fwd_hopper", "bwd_hopper": {name: value}}."""
+    launcher = pathlib.Path(REPO, "dist", "src", "backend", "cuda", "ops", "mla_attention.js")
+    if not launcher.exists():
+        raise SystemExit(f"{launcher} not found: build the TypeScript first (npx tsc -p tsconfig.json)")
+    script = (f"const m = await import({json.dumps(launcher.as_uri())}); console.log(JSON.stringify({{common: "
+              "m.MLA_COMMON_DEFINES, fwd: m.MLA_FWD_DEFINES, bwd: m.MLA_BWD_DEFINES, fwd_hopper: m.MLA_HOP_FWD_DEFINES, "
+              "bwd_hopper: m.MLA_HOP_BWD_DEFINES}))")
+    try:
+        r = subprocess.run(["node", "--input-type=module", "-e", script], capture_output=True, text=True, cwd=REPO)
+    except FileNotFoundError:
+        raise SystemExit("node not found: the kernels' defines come from the built launcher (on the GPU machines, "
+                         "source the devicekit's setup.sh)")
+    if r.returncode != 0:
+        raise SystemExit(f"reading the launcher's defines failed:\n{r.stderr}")
+    return json.loads(r.stdout)
+
+
+def define_flags(defines):
+    """-DNAME=value options, sorted by name (as the launcher passes them to NVRTC)."""
+    return [f"-D{k}={defines[k]}" for k in sorted(defines)]
+
+
+DEFINES = launcher_defines()
+TILE = DEFINES["common"]["MLA_TILE"]
+BWD_THREADS, PRE_THREADS, FINISH_THREADS = (DEFINES["bwd"][k] for k in ("MLA_BWD_THREADS", "MLA_BWD_PRE_THREADS",
+                                                                        "MLA_BWD_FINISH_THREADS"))
+DKDV_SMEM, DQ_SMEM = DEFINES["bwd"]["MLA_BWD_DKDV_SMEM"], DEFINES["bwd"]["MLA_BWD_DQ_SMEM"]
+FWD_THREADS = DEFINES["fwd"]["MLA_FWD_THREADS"]
 D_QK = D_NOPE + D_ROPE
 
 
 # Forward variants built side by side: (m-tiles per warp, key-tile rows, lazy rescale). The
-# first is the default the TypeScript host uses (mla_attention_fwd.cu's MLA_FWD_* defaults).
-FWD_VARIANTS = {"mt2_bn32": (2, 32, 1), "mt2_bn32_eager": (2, 32, 0), "mt1_bn64": (1, 64, 0)}
+# first is the one the TypeScript host runs (its MLA_FWD_DEFINES).
+FWD_VARIANTS = {"mt2_bn32": (DEFINES["fwd"]["MLA_FWD_MT"], DEFINES["fwd"]["MLA_FWD_BN"], DEFINES["fwd"]["MLA_FWD_LAZY_RESCALE"]),
+                "mt2_bn32_eager": (2, 32, 0), "mt1_bn64": (1, 64, 0)}
 # The Hopper forward (mla_attention_fwd_hopper.cu, wgmma): 128 query rows per block, 384 threads
-# (producer + 2 consumer warpgroups), grid (H, tiles, B); HOP_SMEM_BYTES in the .cu.
+# (producer + 2 consumer warpgroups), grid (H, tiles, B); the sizes are the launcher's.
 HOPPER = "hopper"
 HOPPER_VARIANTS = {HOPPER: [], "hopper_simple": ["-DMLA_HOP_PINGPONG=0"],  # the first is the default
                    # Profiling builds (timing only, wrong results; not checked): without the softmax
                    # arithmetic, without waiting on device memory, and with neither (MMA + barriers).
                    "prof_nosoftmax": ["-DMLA_HOP_PROFILE_NO_SOFTMAX=1"], "prof_noloads": ["-DMLA_HOP_PROFILE_NO_LOADS=1"],
                    "prof_mmaonly": ["-DMLA_HOP_PROFILE_NO_SOFTMAX=1", "-DMLA_HOP_PROFILE_NO_LOADS=1"]}
-HOPPER_SMEM, HOPPER_THREADS, HOPPER_ROWS = 214088, 384, 128
+HOPPER_SMEM, HOPPER_THREADS, HOPPER_ROWS, HOPPER_KEYS = (DEFINES["fwd_hopper"][k] for k in (
+    "MLA_HOP_FWD_SMEM", "MLA_HOP_FWD_THREADS", "MLA_HOP_FWD_ROWS", "MLA_HOP_FWD_KEYS"))
 # The Hopper backward (mla_attention_bwd_hopper.cu): replaces mla_attention_bwd_dkdv, same
 # arguments but TMA tensor maps in place of the six input pointers (q/dO boxes of 64 query
-# rows, k/v of 128 keys); grid (H, ceil(S/128), B), 384 threads; HB_SMEM_BYTES in the .cu.
-HOPPER_BWD_SMEM, HOPPER_BWD_THREADS, HOPPER_BWD_KEYS, HOPPER_BWD_QUERIES = 231464, 384, 128, 64
+# rows, k/v of 128 keys); grid (H, ceil(S/128), B), 384 threads; the sizes are the launcher's.
+HOPPER_BWD_SMEM, HOPPER_BWD_THREADS, HOPPER_BWD_KEYS, HOPPER_BWD_QUERIES, HOPPER_BWD_DQ_ROWS = (DEFINES["bwd_hopper"][k] for k in (
+    "MLA_HOP_BWD_SMEM", "MLA_HOP_BWD_THREADS", "MLA_HOP_BWD_KEYS", "MLA_HOP_BWD_QUERIES", "MLA_HOP_BWD_DQ_ROWS"))
 
 
 # Profiling builds of the Hopper backward (timing only, wrong results): without the exp2 of P,
@@ -77,12 +113,22 @@ HB_PHASES = ["wait full", "Sᵀ GEMM", "softmax", "dPᵀ GEMM", "dS + stores", "
 HB_DQ_PHASES = {10: "GEMM issue + wait", 11: "staging"}  # parts of "dQ step"
 HB_STEPS = 8  # the phase slot of the producer row that counts the consumers' steps
 HB_CLOCK_SLOTS = 144 * 3 * 16  # hb_clocks' size in the .cu
-# Query rows per dQ reduce-add box: one warp's 16 (the kernel's staging boxes).
-HOPPER_BWD_DQ_ROWS = 16
+
+
+def fwd_rows(mt):
+    """Query rows per block of the mma.sync forward: its warps × 16 × m-tiles per warp."""
+    return FWD_THREADS // 32 * 16 * mt
 
 
 def fwd_smem(mt, bn):
-    return (4 * 16 * mt * (D_QK + 8) + 2 * bn * (D_QK + 8) + 2 * bn * (D_V + 8)) * 2
+    """The mma.sync forward's shared memory (its layout; the kernel static_asserts MLA_FWD_SMEM against it)."""
+    return (fwd_rows(mt) * (D_QK + 8) + 2 * bn * (D_QK + 8) + 2 * bn * (D_V + 8)) * 2
+
+
+def fwd_defines(mt, bn, lazy):
+    """The -D options of one mma.sync forward variant: the launcher's, with its shape replaced."""
+    return define_flags({**DEFINES["fwd"], "MLA_FWD_MT": mt, "MLA_FWD_BN": bn, "MLA_FWD_LAZY_RESCALE": lazy,
+                         "MLA_FWD_SMEM": fwd_smem(mt, bn)})
 
 
 def build(out_dir, arch="sm_90a", fwd_only=False, hopper_variants=tuple(HOPPER_VARIANTS), hopper_bwd=False):
@@ -91,14 +137,13 @@ def build(out_dir, arch="sm_90a", fwd_only=False, hopper_variants=tuple(HOPPER_V
     default mma.sync forward, the chosen Hopper forward variants, both backwards."""
     paths, report = {}, []
     mma = list(FWD_VARIANTS)[:1] if fwd_only or hopper_bwd else list(FWD_VARIANTS)
-    jobs = [(f"fwd_{v}", "fwd", [f"-DMLA_FWD_MT={mt}", f"-DMLA_FWD_BN={bn}", f"-DMLA_FWD_LAZY_RESCALE={lazy}"])
-            for v, (mt, bn, lazy) in FWD_VARIANTS.items() if v in mma]
-    jobs += [(f"fwd_{v}", "fwd_hopper", HOPPER_VARIANTS[v]) for v in hopper_variants]
+    jobs = [(f"fwd_{v}", "fwd", fwd_defines(mt, bn, lazy)) for v, (mt, bn, lazy) in FWD_VARIANTS.items() if v in mma]
+    jobs += [(f"fwd_{v}", "fwd_hopper", define_flags(DEFINES["fwd_hopper"]) + HOPPER_VARIANTS[v]) for v in hopper_variants]
     if not fwd_only:
-        jobs.append(("bwd", "bwd", []))
+        jobs.append(("bwd", "bwd", define_flags(DEFINES["bwd"])))
     if hopper_bwd:
-        jobs.append(("bwd_hopper", "bwd_hopper", []))
-        jobs += [(f"bwd_hopper_{v}", "bwd_hopper", d) for v, d in HOPPER_BWD_PROFILES.items()]
+        jobs.append(("bwd_hopper", "bwd_hopper", define_flags(DEFINES["bwd_hopper"])))
+        jobs += [(f"bwd_hopper_{v}", "bwd_hopper", define_flags(DEFINES["bwd_hopper"]) + d) for v, d in HOPPER_BWD_PROFILES.items()]
     def nvcc(job):
         name, src_name, defines = job
         src = os.path.join(KERNELS, f"mla_attention_{src_name}.cu")
@@ -166,7 +211,7 @@ class MlaKernels:
                 continue
             fn = cupy.RawModule(path=cubins[f"fwd_{v}"]).get_function("mla_attention_fwd")
             fn.max_dynamic_shared_size_bytes = fwd_smem(mt, bn)
-            self.fwd_variants[v] = (fn, fwd_smem(mt, bn), 4 * 16 * mt, 128, False)
+            self.fwd_variants[v] = (fn, fwd_smem(mt, bn), fwd_rows(mt), FWD_THREADS, False)
         self.use_fwd(fwd_variant)
         if "bwd" not in cubins:
             return
@@ -197,10 +242,10 @@ class MlaKernels:
         tiles = (S + self.fwd_rows - 1) // self.fwd_rows
         grid = (H, tiles, B) if self.fwd_heads_first else (tiles, H, B)
         if self.fwd_heads_first:  # the Hopper kernel reads q, k, v through TMA tensor maps
-            rows = self.fwd_rows
+            rows, keys = self.fwd_rows, HOPPER_KEYS
             tma_launch.launch(self.fwd, grid, (self.fwd_threads, 1, 1), self.fwd_smem, cupy.cuda.get_current_stream().ptr,
-                              [tma_launch.head_rows(qn, rows), tma_launch.head_rows(qp, rows), tma_launch.head_rows(kn, rows),
-                               tma_launch.shared_rows(kp, rows), tma_launch.head_rows(v, rows), u64(o), u64(lse),
+                              [tma_launch.head_rows(qn, rows), tma_launch.head_rows(qp, rows), tma_launch.head_rows(kn, keys),
+                               tma_launch.shared_rows(kp, keys), tma_launch.head_rows(v, keys), u64(o), u64(lse),
                                np.int32(S), np.int32(H), np.float32(scale), np.int32(causal)])
             return
         self.fwd(grid, (self.fwd_threads, 1, 1),
@@ -235,7 +280,7 @@ class MlaKernels:
                               (HOPPER_BWD_THREADS, 1, 1), HOPPER_BWD_SMEM, cupy.cuda.get_current_stream().ptr,
                               maps + list(args[6:]) + [dq_map(qn, args[10])])
         else:
-            self.dkdv(((S + TILE - 1) // TILE, H, B), (256, 1, 1), args, shared_mem=DKDV_SMEM)
+            self.dkdv(((S + TILE - 1) // TILE, H, B), (BWD_THREADS, 1, 1), args, shared_mem=DKDV_SMEM)
 
     def dkdv_alone(self, a, sc, scale, deterministic=False, hopper=True, variant=None):
         """The dK/dV(/dQ) kernel alone, causal, on a timing set a = (qn, qp, kn, kp, v, do, o, lse,
@@ -253,7 +298,7 @@ class MlaKernels:
         self.launch_dkdv(self.dkdv_args(g, do, qn, qp, kn, kp, v, lse, causal, scale, deterministic, sc), B, S, H, hopper,
                          (qn, qp, kn, kp, v, do), variant)
         if deterministic:
-            self.dq((tiles, H, B), (256, 1, 1),
+            self.dq((tiles, H, B), (BWD_THREADS, 1, 1),
                     (u64(qn), u64(qp), u64(kn), u64(kp), u64(v), u64(do), u64(lse), u64(sc["d_sum"]),
                      u64(g["dq_nope"]), u64(g["dq_pe"]), np.int32(S), np.int32(H), np.float32(scale), np.int32(causal)),
                     shared_mem=DQ_SMEM)
@@ -263,14 +308,15 @@ class MlaKernels:
         """D = rowsum(dO∘O) into sc["d_sum"], and zeros into the accumulators the backward adds to."""
         B, S, H, _ = o.shape
         rows = B * S * H
-        self.pre(((rows + 7) // 8, 1, 1), (256, 1, 1),
+        per_block = PRE_THREADS // 32  # one warp per row
+        self.pre(((rows + per_block - 1) // per_block, 1, 1), (PRE_THREADS, 1, 1),
                  (u64(o), u64(do), u64(sc["d_sum"]), u64(sc["dq_accum"]), u64(None if deterministic else sc["dkpe"]),
                   np.int32(rows), np.int32(S), np.int32(H)))
 
     def finish_grads(self, g, sc, scale, deterministic):
         """dq_accum → scaled bf16 dq_nope/dq_pe (fast mode), dk_pe summed over heads."""
         B, S, H, _ = g["dq_nope"].shape
-        self.finish((B * S, 1, 1), (128, 1, 1),
+        self.finish((B * S, 1, 1), (FINISH_THREADS, 1, 1),
                     (u64(sc["dq_accum"]), u64(g["dq_nope"]), u64(g["dq_pe"]), u64(sc["dkpe"]), u64(g["dk_pe"]),
                      np.int32(H), np.float32(scale), np.int32(deterministic)))
 
@@ -478,11 +524,11 @@ def bench(k, seqs, b=1, h=16, with_det=True):
             a = sets[0]
             qn, qp, kn, kp, v, do, o, lse, g = a
             tiles = (s + TILE - 1) // TILE
-            dkdv = lambda det, sc_: k.dkdv((tiles, h, b), (256, 1, 1), (
+            dkdv = lambda det, sc_: k.dkdv((tiles, h, b), (BWD_THREADS, 1, 1), (
                 u64(qn), u64(qp), u64(kn), u64(kp), u64(v), u64(do), u64(lse), u64(sc_["d_sum"]), u64(g["dk_nope"]),
                 u64(g["dv"]), u64(sc_["dq_accum"]), u64(sc_["dkpe"]), np.int32(s), np.int32(h), np.float32(scale),
                 np.int32(1), np.int32(det)), shared_mem=DKDV_SMEM)
-            dq = lambda: k.dq((tiles, h, b), (256, 1, 1), (
+            dq = lambda: k.dq((tiles, h, b), (BWD_THREADS, 1, 1), (
                 u64(qn), u64(qp), u64(kn), u64(kp), u64(v), u64(do), u64(lse), u64(scd["d_sum"]), u64(g["dq_nope"]),
                 u64(g["dq_pe"]), np.int32(s), np.int32(h), np.float32(scale), np.int32(1)), shared_mem=DQ_SMEM)
             split = {
@@ -620,8 +666,8 @@ def reduce_probe(out_dir, h=16):
     adds miss L2."""
     cubin = os.path.join(out_dir, "tma_reduce_probe.cubin")
     src = os.path.join(REPO, "bench", "tma_reduce_probe.cu")
-    r = subprocess.run(["nvcc", "-std=c++17", "-cubin", "-gencode=arch=compute_90a,code=sm_90a", "-I", KERNELS, "-o", cubin,
-                        src], capture_output=True, text=True)
+    r = subprocess.run(["nvcc", "-std=c++17", "-cubin", "-gencode=arch=compute_90a,code=sm_90a", "-I", KERNELS,
+                        *define_flags(DEFINES["common"]), "-o", cubin, src], capture_output=True, text=True)
     if r.returncode != 0:
         raise SystemExit(f"nvcc failed for {src}:\n{r.stderr}")
     fn = cupy.RawModule(path=cubin).get_function("tma_reduce_probe")

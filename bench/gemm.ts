@@ -22,11 +22,11 @@
 import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
-import { CachingAllocator, type GpuBlock } from '../src/backend/cuda/allocator.js';
-import { CublasLt } from '../src/backend/cuda/cublaslt.js';
-import { CudaContext } from '../src/backend/cuda/context.js';
-import { cudaAvailable } from '../src/backend/cuda/library.js';
-import { packageRoot } from '../src/backend/cuda/module.js';
+import { CachingAllocator, type GpuBlock } from '../src/backend/cuda/runtime/allocator.js';
+import { CublasLt } from '../src/backend/cuda/ffi/cublaslt.js';
+import { CudaContext } from '../src/backend/cuda/runtime/context.js';
+import { cudaAvailable } from '../src/backend/cuda/ffi/library.js';
+import { packageRoot } from '../src/package_root.js';
 import { f32ArrayToBf16 } from '../src/tensor/dtype.js';
 
 /** The bf16 dense ceiling used for floors (TFLOP/s measured for a large GEMM on an H100). */

@@ -1,7 +1,7 @@
 """Launching the Hopper MLA kernels that take CUtensorMap parameters from Python (the harness):
 encodes tensor maps with the driver's cuTensorMapEncodeTiled through ctypes and launches with
 cuLaunchKernel, since CuPy's kernel call passes only pointers and scalars. Same map geometry as
-src/backend/cuda/mla_attention.ts (headRows / sharedRows)."""
+src/backend/cuda/ops/mla_attention.ts (headRows / sharedRows)."""
 import ctypes
 
 import numpy as np

@@ -14,7 +14,7 @@ import path from 'node:path';
 import { selectBackend, type DeviceChoice } from '../src/backend/select.js';
 import { loadDeepseekV2Config } from '../src/models/deepseek_v2_config.js';
 import { parameterCount, flopsPerToken } from '../src/models/deepseek_v2_weights.js';
-import { packageRoot } from '../src/backend/cuda/module.js';
+import { packageRoot } from '../src/package_root.js';
 import { defaultTrainConfig, mergeTrainConfig } from '../src/train/config.js';
 import { formatLogLine, type StepMetrics } from '../src/train/log_line.js';
 import { Training, type BatchSource, type StepHooks, type StepPhase } from '../src/train/trainer.js';
@@ -37,7 +37,7 @@ export async function runTrainBench(flags: Record<string, string>): Promise<void
     micro_batch_size: micro, global_batch_size: G,
     optimizer: { lr: 3e-4 }, schedule: { type: 'constant', warmup_steps: 0 },
   }, 'bench train');
-  const backend = await selectBackend(cfg.device as DeviceChoice);
+  const backend = await selectBackend(cfg.device as DeviceChoice, { mlaKernels: cfg.mla_kernels });
   console.log(`bench train: ${backend.description}; ${layers} layers, ${(parameterCount(model) / 1e9).toFixed(3)}B parameters, ` +
     `${G}×${S} tokens per step (micro-batch ${micro}), ${(flopsPerToken(model, S) / 1e9).toFixed(2)} GFLOP/token`);
   const rng = new Rng(cfg.seed);

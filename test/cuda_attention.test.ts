@@ -1,4 +1,5 @@
-// MLA attention on CUDA (src/backend/cuda/mla_attention.ts) against the CPU backend's
+// MLA attention on CUDA (src/backend/cuda/ops/mla_attention.ts: the tensor-core kernels this GPU
+// runs by default, Hopper's on an H100) against the CPU backend's
 // mlaAttention / mlaAttentionBackward, at small awkward sizes (S not a multiple of the 64-row
 // tile, S = 1, several heads and batches), causal and not, both backward modes. GPU tests skip
 // with "skipped: no CUDA" where no GPU is visible; the input checks run everywhere.
@@ -14,9 +15,10 @@ import { test } from 'node:test';
 import type { AttentionOptions } from '../src/backend/backend.js';
 import { CpuBackend } from '../src/backend/cpu/cpu_backend.js';
 import { CudaBackend } from '../src/backend/cuda/cuda_backend.js';
-import { defaultCudaContext } from '../src/backend/cuda/context.js';
-import { cudaAvailable } from '../src/backend/cuda/library.js';
-import { mlaAttentionBackward, mlaAttentionForward, type MlaGrads } from '../src/backend/cuda/mla_attention.js';
+import { defaultCudaContext } from '../src/backend/cuda/runtime/context.js';
+import { cudaAvailable } from '../src/backend/cuda/ffi/library.js';
+import { MlaAttentionLauncher, type MlaGrads, type MlaTensorCoreKernels } from '../src/backend/cuda/ops/mla_attention.js';
+import { chooseMlaKernels } from '../src/backend/cuda/ops/mla_kernel_choice.js';
 import { Rng } from '../src/nn/rng.js';
 import { bf16ArrayToF32, f32ArrayToBf16 } from '../src/tensor/dtype.js';
 import { emptyTensor, type Shape, type Tensor } from '../src/tensor/tensor.js';
@@ -29,6 +31,19 @@ let gpuBackend: CudaBackend | undefined;
 function gpu(): CudaBackend {
   gpuBackend ??= new CudaBackend(defaultCudaContext());
   return gpuBackend;
+}
+
+let gpuAttention: { kernels: MlaTensorCoreKernels; launcher: MlaAttentionLauncher } | undefined;
+/** The tensor-core kernel set "auto" picks on this GPU for DeepSeek's widths, and its launcher. */
+function attention(): { kernels: MlaTensorCoreKernels; launcher: MlaAttentionLauncher } {
+  if (!gpuAttention) {
+    const be = gpu();
+    const kernels = chooseMlaKernels({ arch: be.ctx.arch, computeCapability: be.ctx.computeCapability, dtype: 'bf16',
+      dNope: D_NOPE, dRope: D_ROPE, dV: D_V, request: 'auto' });
+    assert.notEqual(kernels, 'generic', `${be.ctx.name} has no tensor-core MLA kernels`);
+    gpuAttention = { kernels: kernels as MlaTensorCoreKernels, launcher: new MlaAttentionLauncher(be.ctx, be.allocator) };
+  }
+  return gpuAttention;
 }
 
 /** N(0,1) values rounded to bf16, as f32. */
@@ -114,10 +129,11 @@ function gpuRun(p: Problem, opts: AttentionOptions): { out: Record<string, Float
     const [B, S, H] = p.shapes.qNope as [number, number, number];
     const o = keep(poisoned(be, [B, S, H, D_V], 'bf16'));
     const lse = keep(poisoned(be, [B, H, S], 'f32'));
-    mlaAttentionForward(be.ctx, o, lse, t.qNope, t.qPe, t.kNope, t.kPe, t.v, opts);
+    const { kernels, launcher } = attention();
+    launcher.forward(kernels, o, lse, t.qNope, t.qPe, t.kNope, t.kPe, t.v, opts);
     const backward = (deterministic: boolean): Record<string, Float32Array> => {
       const grads = Object.fromEntries(GRAD_NAMES.map((g) => [g, keep(poisoned(be, p.shapes[GRAD_OF[g]], 'bf16'))])) as unknown as MlaGrads;
-      mlaAttentionBackward(be.ctx, be.allocator, grads, t.dout, t.qNope, t.qPe, t.kNope, t.kPe, t.v, o, lse, { ...opts, deterministic });
+      launcher.backward(kernels, grads, t.dout, t.qNope, t.qPe, t.kNope, t.kPe, t.v, o, lse, { ...opts, deterministic });
       return Object.fromEntries(GRAD_NAMES.map((g) => [g, readBf16(be, grads[g])]));
     };
     const out = { o: readBf16(be, o), lse: be.read(lse) as Float32Array, ...backward(false) };
@@ -169,11 +185,12 @@ test('MLA attention on CUDA rejects inputs it cannot take, naming the input', { 
     const qn = make([B, S, H, D_NOPE]), qp = make([B, S, H, D_ROPE]), kn = make([B, S, H, D_NOPE]);
     const kpPerHead = make([B, S, H, D_ROPE]), v = make([B, S, H, D_V]);
     const o = make([B, S, H, D_V]), lse = make([B, H, S], 'f32');
-    assert.throws(() => mlaAttentionForward(be.ctx, o, lse, qn, qp, kn, kpPerHead, v, { causal: true, scale: SCALE }),
+    const { kernels, launcher } = attention();
+    assert.throws(() => launcher.forward(kernels, o, lse, qn, qp, kn, kpPerHead, v, { causal: true, scale: SCALE }),
       /mlaAttention: kPe has shape \[1,8,2,64\], expected \[B,S,1,64\]/);
     const kp = make([B, S, 1, D_ROPE]);
     const lseBf16 = make([B, H, S]);
-    assert.throws(() => mlaAttentionForward(be.ctx, o, lseBf16, qn, qp, kn, kp, v, { causal: true, scale: SCALE }),
+    assert.throws(() => launcher.forward(kernels, o, lseBf16, qn, qp, kn, kp, v, { causal: true, scale: SCALE }),
       /mlaAttention: lse is bf16; the CUDA kernels take f32 here/);
   } finally {
     for (const t of owned) t.dispose();

@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import type { Backend } from '../src/backend/backend.js';
 import { CpuBackend } from '../src/backend/cpu/cpu_backend.js';
-import { cudaAvailable } from '../src/backend/cuda/library.js';
+import { cudaAvailable } from '../src/backend/cuda/ffi/library.js';
 import { Rng } from '../src/nn/rng.js';
 import { fromHost, toHostF32 } from '../src/ops/create.js';
 import type { DType } from '../src/tensor/dtype.js';

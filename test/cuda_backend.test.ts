@@ -14,9 +14,10 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import type { Backend } from '../src/backend/backend.js';
 import { CpuBackend } from '../src/backend/cpu/cpu_backend.js';
-import { CudaBackend, CudaDeviceBuffer, devicePtr } from '../src/backend/cuda/cuda_backend.js';
-import { defaultCudaContext } from '../src/backend/cuda/context.js';
-import { cudaAvailable } from '../src/backend/cuda/library.js';
+import { CudaBackend } from '../src/backend/cuda/cuda_backend.js';
+import { CudaDeviceBuffer, devicePtr } from '../src/backend/cuda/runtime/device_buffer.js';
+import { defaultCudaContext } from '../src/backend/cuda/runtime/context.js';
+import { cudaAvailable } from '../src/backend/cuda/ffi/library.js';
 import { bf16ArrayToF32, f32ArrayToBf16, type DType, type HostArray } from '../src/tensor/dtype.js';
 import { emptyTensor, type Shape, type Tensor } from '../src/tensor/tensor.js';
 

@@ -6,8 +6,8 @@ import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { packageRoot } from '../src/backend/cuda/module.js';
-import { cudaAvailable } from '../src/backend/cuda/library.js';
+import { packageRoot } from '../src/package_root.js';
+import { cudaAvailable } from '../src/backend/cuda/ffi/library.js';
 
 const cli = path.join(packageRoot(), 'dist', 'src', 'cli', 'main.js');
 const skip = cudaAvailable() ? false : 'skipped: no CUDA';

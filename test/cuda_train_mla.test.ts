@@ -1,7 +1,7 @@
 // A small model with DeepSeek-V2's MLA head widths (128/64/128 bf16), so the GPU run goes
 // through the tensor-core attention kernels (the Hopper wgmma ones on sm_90a) rather than the
 // generic ones the tiny demo uses: 20 steps with the Hopper kernels against 20 steps with the
-// simple mma.sync kernels (MOETRAIN_MLA_KERNELS=mma), and both against the CPU backend.
+// simple mma.sync kernels (--mla_kernels mma), and both against the CPU backend.
 // Sequence 384 gives more key tiles than the Hopper kernels' shared-memory rings have stages.
 // Skipped without CUDA.
 import { test } from 'node:test';
@@ -10,8 +10,8 @@ import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { packageRoot } from '../src/backend/cuda/module.js';
-import { cudaAvailable } from '../src/backend/cuda/library.js';
+import { packageRoot } from '../src/package_root.js';
+import { cudaAvailable } from '../src/backend/cuda/ffi/library.js';
 import { TINY_CONFIG_JSON } from '../src/models/tiny_config.js';
 
 const cli = path.join(packageRoot(), 'dist', 'src', 'cli', 'main.js');
@@ -19,10 +19,10 @@ const skip = cudaAvailable() ? false : 'skipped: no CUDA';
 
 const STEPS = 20;
 
-function losses(device: string, config: string, env: NodeJS.ProcessEnv = {}): number[] {
+function losses(device: string, config: string, extra: string[] = []): number[] {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), `moetrain-mla-${device}-`));
   const r = spawnSync(process.execPath, [cli, 'train', '--device', device, '--model', config, '--steps', String(STEPS), '--seq_len', '384',
-    '--micro_batch_size', '2', '--global_batch_size', '2', '--schedule.warmup_steps', '4', '--checkpoint_every', '0', '--run_dir', dir], { encoding: 'utf8', env: { ...process.env, ...env } });
+    '--micro_batch_size', '2', '--global_batch_size', '2', '--schedule.warmup_steps', '4', '--checkpoint_every', '0', '--run_dir', dir, ...extra], { encoding: 'utf8' });
   assert.equal(r.status, 0, r.stderr);
   const out = fs.readFileSync(path.join(dir, 'metrics.jsonl'), 'utf8').trim().split('\n').map((l) => (JSON.parse(l) as { crossEntropy: number }).crossEntropy);
   fs.rmSync(dir, { recursive: true, force: true });
@@ -43,7 +43,7 @@ test(`MLA-width model: Hopper-kernel losses follow the simple kernels' and the C
     // (with MoE layers, Hopper and simple kernels drifted 1e-5 → 3e-2 apart within 12 steps).
     first_k_dense_replace: TINY_CONFIG_JSON.num_hidden_layers,
   }));
-  const hopper = losses('cuda', config), simple = losses('cuda', config, { MOETRAIN_MLA_KERNELS: 'mma' }), cpu = losses('cpu', config);
+  const hopper = losses('cuda', config), simple = losses('cuda', config, ['--mla_kernels', 'mma']), cpu = losses('cpu', config);
   fs.rmSync(dir, { recursive: true, force: true });
   const vsSimple = relDiff(hopper, simple), vsCpu = relDiff(hopper, cpu), simpleVsCpu = relDiff(simple, cpu);
   const fmt = (xs: number[]): string => xs.map((x) => x.toExponential(1)).join(' ');

@@ -1,10 +1,12 @@
 // Loader: the Feistel permutation is a bijection for awkward sizes; windows of S+1 tokens with
 // labels shifted by one, read across shard boundaries; the batch of step k is a pure function of
 // (data, S, seed, k) whatever was read before; data-parallel ranks and micro-batches partition
-// the global batch; one epoch visits every window once and the next epoch reshuffles; clear
-// Errors for data that is too small and for shards that disagree with the manifest.
+// the global batch; one epoch visits every window once and the next epoch reshuffles; the data
+// fingerprint depends on the content, not on file names or folders; clear Errors for data that
+// is too small (naming --max_epochs) and for shards that disagree with the manifest.
 import assert from 'node:assert/strict';
-import { test } from 'node:test';
+import { after, test } from 'node:test';
+import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -35,9 +37,16 @@ test('permutation: bijection with inverse for awkward sizes; seed and epoch chan
   assert.ok(base.filter((x, i) => i > 0 && Math.abs(x - base[i - 1]!) === 1).length < 20);
 });
 
+const made: string[] = [];
+after(() => { for (const d of made) fs.rmSync(d, { recursive: true, force: true }); });
+function tempDir(): string {
+  const d = fs.mkdtempSync(path.join(os.tmpdir(), 'moetrain-loader-'));
+  made.push(d);
+  return d;
+}
+
 /** A data folder whose token at stream position p is p (vocab large enough), in shards of the given sizes. */
-function makeData(shardSizes: number[], vocabSize = 1 << 20): string {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'moetrain-loader-'));
+function makeData(shardSizes: number[], vocabSize = 1 << 20, dir = tempDir(), name = (i: number) => `s${i}.tokens`): string {
   const manifest: TokenManifest = {
     format: MANIFEST_FORMAT, version: MANIFEST_VERSION,
     tokenizer: { name: 'test', vocabSize, eosId: 0, fingerprint: 'test' },
@@ -45,12 +54,12 @@ function makeData(shardSizes: number[], vocabSize = 1 << 20): string {
   };
   let p = 0;
   shardSizes.forEach((size, i) => {
-    const file = `s${i}.tokens`;
+    const file = name(i);
     const w = ShardWriter.create(path.join(dir, file), { vocabSize });
     w.append(Uint32Array.from({ length: size }, () => p++));
-    w.finish();
+    const { sha256 } = w.finish();
     // Source names sort in creation order (a, b, c, ...), so the stream is s0, s1, ...
-    manifest.sources.push({ source: `/src/${String.fromCharCode(97 + i)}`, bytes: 0, mtimeMs: 0, documents: 1, tokens: size, skippedLines: 0, shards: [{ file, tokens: size }] });
+    manifest.sources.push({ source: `/src/${String.fromCharCode(97 + i)}`, bytes: 0, mtimeMs: 0, documents: 1, tokens: size, skippedLines: 0, shards: [{ file, tokens: size, sha256 }] });
   });
   writeManifest(dir, manifest);
   return dir;
@@ -125,11 +134,14 @@ test('loader: too little data is an Error with the numbers and the fix', () => {
   const data = TokenDataset.open({ dir, seqLen: 9, seed: 0 }); // 10 windows
   data.checkRun({ steps: 5, globalBatch: 2 });
   assert.throws(() => data.checkRun({ steps: 6, globalBatch: 2 }),
-    /has 10 windows of S\+1 = 10 tokens \(100 tokens\); the run needs steps × global batch = 6 × 2 = 12 windows \(1\.20 epochs\), more than the 1 epoch\(s\) allowed; tokenize more text, lower the steps, batch size or sequence length, or allow more epochs/);
+    /has 10 windows of S\+1 = 10 tokens \(100 tokens\); the run needs steps × global batch = 6 × 2 = 12 windows \(1\.20 epochs\), more than the 1 epoch\(s\) allowed; tokenize more text, lower the steps, batch size or sequence length, or allow more epochs \(--max_epochs 2, or 0 for no cap\)/);
   data.checkRun({ steps: 6, globalBatch: 2, maxEpochs: 2 });
+  data.checkRun({ steps: 600, globalBatch: 2, maxEpochs: null });
+  data.checkRun({ steps: 600, globalBatch: 2, maxEpochs: 0 });
+  assert.equal(data.epochsFor(15, 2), 3);
   assert.throws(() => data.checkRun({ steps: 1, globalBatch: 11, maxEpochs: 100 }), /fewer than one global batch of 11 sequences/);
   assert.throws(() => TokenDataset.open({ dir, seqLen: 100, seed: 0 }), /holds 100 tokens, less than one window of S\+1 = 101/);
-  const none = fs.mkdtempSync(path.join(os.tmpdir(), 'moetrain-loader-none-'));
+  const none = tempDir();
   assert.throws(() => TokenDataset.open({ dir: none, seqLen: 4, seed: 0 }), /has no manifest\.json; create it with moetrain tokenize/);
 });
 
@@ -138,11 +150,11 @@ test('loader: shards that disagree with the manifest are Errors naming the shard
   // Same size, but a token id beyond the vocabulary (bit rot).
   const f1 = path.join(dir, 's1.tokens');
   const bytes = fs.readFileSync(f1);
-  bytes.writeUInt32LE(0xffffffff, 32 + 4 * 10);
+  bytes.writeUInt16LE(0xffff, 32 + 2 * 10); // a vocabulary of 1000 is stored as uint16
   fs.writeFileSync(f1, bytes);
   const data = TokenDataset.open({ dir, seqLen: 9, seed: 0 });
   assert.throws(() => { for (let w = 0; w < data.windows; w++) data.readWindow(w); },
-    (e: Error) => e.message.includes(f1) && /token id 4294967295 at token 10, outside the vocabulary of 1000/.test(e.message));
+    (e: Error) => e.message.includes(f1) && /token id 65535 at token 10, outside the vocabulary of 1000/.test(e.message));
   // A shard replaced by a shorter one.
   const f0 = path.join(dir, 's0.tokens');
   const w = ShardWriter.create(f0, { vocabSize: 1000 });
@@ -152,4 +164,36 @@ test('loader: shards that disagree with the manifest are Errors naming the shard
   assert.throws(() => fresh.readWindow(0), (e: Error) => e.message.includes(f0) && /holds 40 tokens .* says 50 tokens/.test(e.message));
   fs.rmSync(f0);
   assert.throws(() => TokenDataset.open({ dir, seqLen: 9, seed: 0 }).readWindow(0), /cannot open token shard .*s0\.tokens/);
+});
+
+test('loader: the fingerprint is the content, S and seed; never file names or folders', () => {
+  const fp = (dir: string, seqLen = 9, seed = 0): string => TokenDataset.open({ dir, seqLen, seed }).fingerprint;
+  const a = makeData([50, 70]);
+  const renamed = makeData([50, 70], 1 << 20, tempDir(), (i) => `other-name-${i}.tokens`);
+  assert.equal(fp(renamed), fp(a), 'other shard names, other folder, same tokens');
+  // A moved copy of the folder.
+  const moved = path.join(tempDir(), 'moved');
+  fs.cpSync(a, moved, { recursive: true });
+  fs.rmSync(a, { recursive: true });
+  const before = fp(moved);
+  assert.equal(fp(moved), before);
+  assert.notEqual(fp(moved, 10), before, 'S is part of it');
+  assert.notEqual(fp(moved, 9, 1), before, 'the seed is part of it');
+  assert.notEqual(fp(makeData([70, 50])), before, 'the same tokens in other shards are another window layout');
+  // One token changed, same counts: another fingerprint.
+  const changed = makeData([50, 70]);
+  const w = ShardWriter.create(path.join(changed, 's1.tokens'), { vocabSize: 1 << 20 });
+  w.append(Uint32Array.from({ length: 70 }, (_, i) => (i === 69 ? 0 : 50 + i)));
+  const m = JSON.parse(fs.readFileSync(path.join(changed, 'manifest.json'), 'utf8')) as TokenManifest;
+  m.sources[1]!.shards[0]!.sha256 = w.finish().sha256;
+  writeManifest(changed, m);
+  assert.notEqual(fp(changed), before);
+  // A manifest from before shards carried a hash: the file names stand in, as they always did,
+  // so checkpoints of such runs still resume.
+  const old = makeData([50, 70]);
+  const om = JSON.parse(fs.readFileSync(path.join(old, 'manifest.json'), 'utf8')) as TokenManifest;
+  for (const s of om.sources) for (const sh of s.shards) delete sh.sha256;
+  writeManifest(old, om);
+  const legacy = createHash('sha256').update('test|S=9|seed=0').update('|s0.tokens:50').update('|s1.tokens:70').digest('hex').slice(0, 16);
+  assert.equal(fp(old), legacy);
 });

@@ -1,14 +1,22 @@
 // Token shards: streamed write (many small appends across the write buffer), reads by range,
-// the .partial → final rename, and every damaged-file case as an Error naming file and problem.
+// the .partial → final rename, uint16 storage when the vocabulary fits (uint32 otherwise, and
+// uint32 shards written before uint16 existed still read), the content hash (the same for both
+// widths), and every damaged-file case as an Error naming file and problem.
 import assert from 'node:assert/strict';
-import { test } from 'node:test';
+import { after, test } from 'node:test';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { ShardWriter, openShard, SHARD_HEADER_BYTES, PARTIAL_SUFFIX } from '../src/data/shards.js';
+import { createHash } from 'node:crypto';
+import { ShardWriter, openShard, shardDTypeFor, SHARD_HEADER_BYTES, PARTIAL_SUFFIX } from '../src/data/shards.js';
+
+const made: string[] = [];
+after(() => { for (const d of made) fs.rmSync(d, { recursive: true, force: true }); });
 
 function tempDir(): string {
-  return fs.mkdtempSync(path.join(os.tmpdir(), 'moetrain-shards-'));
+  const d = fs.mkdtempSync(path.join(os.tmpdir(), 'moetrain-shards-'));
+  made.push(d);
+  return d;
 }
 
 function writeShard(file: string, tokens: Uint32Array, vocabSize = 1000): void {
@@ -25,14 +33,17 @@ test('shards: write in pieces, read any range', () => {
   w.append([]);
   assert.ok(!fs.existsSync(file), 'no final name before finish');
   assert.ok(fs.existsSync(file + PARTIAL_SUFFIX));
-  assert.deepEqual(w.finish(), { path: file, tokens: 103 });
+  const sha256 = createHash('sha256').update(new Uint8Array(tokens.buffer)).digest('hex');
+  assert.deepEqual(w.finish(), { path: file, tokens: 103, sha256 });
   assert.ok(!fs.existsSync(file + PARTIAL_SUFFIX));
-  assert.equal(fs.statSync(file).size, SHARD_HEADER_BYTES + 4 * 103);
+  assert.equal(fs.statSync(file).size, SHARD_HEADER_BYTES + 2 * 103, 'a vocabulary of 1000 is stored as uint16');
+  assert.equal(fs.readFileSync(file).readUInt32LE(12), 2);
   assert.equal(fs.readFileSync(file).toString('latin1', 0, 8), 'MTTOKENS');
 
   const r = openShard(file);
   assert.equal(r.tokenCount, 103);
   assert.equal(r.vocabSize, 1000);
+  assert.equal(r.dtype, 'uint16');
   assert.deepEqual(r.read(0, 103), tokens);
   assert.deepEqual(r.read(50, 13), tokens.subarray(50, 63));
   const out = new Uint32Array(20).fill(7);
@@ -41,6 +52,45 @@ test('shards: write in pieces, read any range', () => {
   assert.equal(r.read(103, 0).length, 0);
   assert.throws(() => r.read(100, 4), /outside shard/);
   r.close();
+});
+
+test('shards: uint16 when every id fits, uint32 otherwise; both read back as uint32 with the same content hash', () => {
+  assert.equal(shardDTypeFor(257), 'uint16');
+  assert.equal(shardDTypeFor(65536), 'uint16');
+  assert.equal(shardDTypeFor(65537), 'uint32');
+  assert.equal(shardDTypeFor(102400), 'uint32');
+  const dir = tempDir();
+  const small = Uint32Array.from({ length: 1001 }, (_, i) => (i * 7919) % 65536);
+  const write = (name: string, tokens: Uint32Array, vocabSize: number, dtype?: 'uint16' | 'uint32') => {
+    const w = ShardWriter.create(path.join(dir, name), { vocabSize, bufferTokens: 100, ...(dtype ? { dtype } : {}) });
+    w.append(tokens.subarray(0, 500)); w.append(tokens.subarray(500));
+    return w.finish();
+  };
+  const narrow = write('n.tokens', small, 65536);
+  // The layout moetrain wrote before uint16 existed (dtype code 1, 4 bytes a token).
+  const wide = write('w.tokens', small, 65536, 'uint32');
+  assert.equal(narrow.sha256, wide.sha256, 'the hash is of the ids, not of the stored bytes');
+  assert.equal(fs.statSync(path.join(dir, 'n.tokens')).size, SHARD_HEADER_BYTES + 2 * 1001);
+  assert.equal(fs.statSync(path.join(dir, 'w.tokens')).size, SHARD_HEADER_BYTES + 4 * 1001);
+  for (const [name, dtype] of [['n.tokens', 'uint16'], ['w.tokens', 'uint32']] as const) {
+    const r = openShard(path.join(dir, name));
+    assert.equal(r.dtype, dtype);
+    assert.deepEqual(r.read(0, 1001), small);
+    assert.deepEqual(r.read(999, 2), small.subarray(999));
+    const out = new Uint32Array(5).fill(9);
+    r.read(3, 3, out.subarray(1));
+    assert.deepEqual(Array.from(out), [9, small[3], small[4], small[5], 9]);
+    r.close();
+  }
+  const big = Uint32Array.from({ length: 50 }, (_, i) => 100000 + i);
+  write('b.tokens', big, 102400);
+  const r = openShard(path.join(dir, 'b.tokens'));
+  assert.equal(r.dtype, 'uint32');
+  assert.deepEqual(r.read(0, 50), big);
+  r.close();
+  assert.throws(() => ShardWriter.create(path.join(dir, 'x.tokens'), { vocabSize: 70000, dtype: 'uint16' }), /a vocabulary of 70000 does not fit uint16/);
+  const other = write('o.tokens', Uint32Array.from(small, (t, i) => (i === 1000 ? t ^ 1 : t)), 65536);
+  assert.notEqual(other.sha256, narrow.sha256);
 });
 
 test('shards: empty shard and out-of-vocabulary token', () => {
@@ -57,7 +107,7 @@ test('shards: empty shard and out-of-vocabulary token', () => {
 test('shards: damaged files are Errors that name the file and the problem', () => {
   const dir = tempDir();
   const good = path.join(dir, 'good.tokens');
-  writeShard(good, Uint32Array.from({ length: 10 }, (_, i) => i));
+  writeShard(good, Uint32Array.from({ length: 10 }, (_, i) => i), 100000);
   const bytes = fs.readFileSync(good);
   const variant = (name: string, edit: (b: Buffer) => Buffer): string => {
     const file = path.join(dir, name);
@@ -70,7 +120,8 @@ test('shards: damaged files are Errors that name the file and the problem', () =
     ['tiny.tokens', (b) => b.subarray(0, 10), /truncated: 10 bytes, shorter than the 32-byte header/],
     ['magic.tokens', (b) => { b.write('NOTTOKEN', 0, 'latin1'); return b; }, /not a moetrain token shard: magic "NOTTOKEN"/],
     ['version.tokens', (b) => { b.writeUInt32LE(9, 8); return b; }, /version 9/],
-    ['dtype.tokens', (b) => { b.writeUInt32LE(2, 12); return b; }, /dtype code 2/],
+    ['dtype.tokens', (b) => { b.writeUInt32LE(3, 12); return b; }, /dtype code 3; only 1 \(uint32\) and 2 \(uint16\) exist/],
+    ['narrowed.tokens', (b) => { b.writeUInt32LE(2, 12); return b; }, /longer than its header says: header says 10 tokens \(52 bytes\) but the file has 72 bytes/],
     ['count.tokens', (b) => { b.writeBigUInt64LE(11n, 24); return b; }, /truncated: header says 11 tokens/],
   ];
   for (const [name, edit, pattern] of cases) {

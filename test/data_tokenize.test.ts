@@ -2,14 +2,17 @@
 // by the reference zstd compressor) from folders and files, on worker threads and in-process;
 // the tokens in the shards equal each document's bytes + EOS; shards split at shardTokens;
 // resume after an interruption (a leftover .partial, a file missing from the manifest) redoes
-// only what is unfinished; bad JSONL lines (file:line Error, or skipped and counted); missing
-// and unsupported inputs; a different tokenizer on resume; an HF tokenizer in the workers.
+// only what is unfinished; bad JSONL lines (file:line Error, or skipped, counted and named);
+// files of other types in input folders named as ignored; uint16 shards with content hashes;
+// progress and summary lines; missing and unsupported inputs; a different tokenizer on resume;
+// an HF tokenizer in the workers.
 import assert from 'node:assert/strict';
-import { test } from 'node:test';
+import { after, test } from 'node:test';
+import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { tokenizeCorpus, listInputFiles } from '../src/data/tokenize.js';
+import { tokenizeCorpus, listInputs } from '../src/data/tokenize.js';
 import { readManifest } from '../src/data/manifest.js';
 import { openShard } from '../src/data/shards.js';
 import { encodeBytes, BYTE_EOS_ID } from '../src/data/byte_tokenizer.js';
@@ -17,8 +20,12 @@ import { loadHfTokenizer } from '../src/data/hf_tokenizer.js';
 import { zstdStoredFrames, smallJsonlText, SMALL_JSONL_ZST_BASE64 } from './fixtures/data/zstd_frames.js';
 import { byteLevelBpeFromMerges } from './fixtures/data/bpe_tokenizer_json.js';
 
+const made: string[] = [];
+after(() => { for (const d of made) fs.rmSync(d, { recursive: true, force: true }); });
 function tempDir(): string {
-  return fs.mkdtempSync(path.join(os.tmpdir(), 'moetrain-tok-'));
+  const d = fs.mkdtempSync(path.join(os.tmpdir(), 'moetrain-tok-'));
+  made.push(d);
+  return d;
 }
 
 /** All tokens of a data folder, in manifest order. */
@@ -89,9 +96,20 @@ test('tokenize: every format, on workers and in-process, gives document bytes + 
     assert.equal(summary.tokens, corpus.expected.length);
     assert.equal(summary.totalTokens, corpus.expected.length);
     assert.equal(summary.documents, 4 + 1 + 301 + 40 + 1);
+    assert.deepEqual(summary.ignoredFiles, [path.join(root, 'in', 'ignored.md')]);
+    assert.deepEqual(summary.skippedExamples, []);
     assert.deepEqual(readAll(out), corpus.expected, `workers=${workers}`);
     const m = readManifest(out)!;
     assert.equal(m.tokenizer.vocabSize, 257);
+    for (const s of m.sources) {
+      for (const sh of s.shards) {
+        const r = openShard(path.join(out, sh.file));
+        assert.equal(r.dtype, 'uint16', 'byte tokens take 2 bytes each');
+        const hash = createHash('sha256').update(new Uint8Array(r.read(0, r.tokenCount).buffer)).digest('hex');
+        r.close();
+        assert.equal(sh.sha256, hash, `${sh.file}: the manifest holds the content hash`);
+      }
+    }
     assert.equal(m.tokenizer.eosId, 256);
     assert.deepEqual(m.sources.map((s) => s.source), [...m.sources.map((s) => s.source)].sort());
   }
@@ -115,7 +133,20 @@ test('tokenize: a long .txt is cut at line starts without losing or repeating te
   const text = line.repeat(Math.ceil((5 << 20) / line.length)) + '  indented last line';
   const file = path.join(root, 'big.txt');
   fs.writeFileSync(file, text);
-  await tokenizeCorpus({ inputs: [file], output: path.join(root, 'out'), tokenizer: { kind: 'bytes' }, workers: 0, progress: false });
+  // With progress: the final progress line, then the summary.
+  const written: string[] = [];
+  const write = process.stderr.write;
+  process.stderr.write = ((chunk: string) => { written.push(String(chunk)); return true; }) as typeof process.stderr.write;
+  try {
+    await tokenizeCorpus({ inputs: [file], output: path.join(root, 'out'), tokenizer: { kind: 'bytes' }, workers: 0 });
+  } finally {
+    process.stderr.write = write;
+  }
+  const lines = written.join('').split('\n').filter((l) => l !== '');
+  const mb = (Buffer.byteLength(text) / 1e6).toFixed(1);
+  assert.match(lines[lines.length - 2]!, new RegExp(`^tokenize: 100\\.0% ${mb}/${mb} MB, [\\d.]+ MB/s, [\\d,]+ tokens/s, 1 docs, ETA 0s$`));
+  assert.match(lines[lines.length - 1]!, /^tokenize: 1 file\(s\) tokenized, 0 already done; 1 documents, [\d,]+ tokens in/);
+  for (const l of lines.slice(0, -1)) assert.match(l, /^tokenize: \d+\.\d% /);
   const got = readAllTyped(path.join(root, 'out'));
   const want = encodeBytes(text);
   assert.equal(got.length, want.length + 1);
@@ -179,7 +210,20 @@ test('tokenize: bad JSONL lines name file:line, or are skipped and counted', asy
   const out = path.join(root, 'skip');
   const s = await tokenizeCorpus({ inputs: [file], output: out, tokenizer: { kind: 'bytes' }, workers: 1, skipBadLines: true, progress: false });
   assert.equal(s.skippedLines, 4);
+  assert.deepEqual(s.skippedExamples, [`${file}:3`, `${file}:4`, `${file}:5`, `${file}:6`]);
+  assert.deepEqual(s.ignoredFiles, []);
   assert.equal(s.documents, 3);
+  // More than five: the first five, in input order.
+  const many = path.join(root, 'many');
+  fs.mkdirSync(many);
+  fs.writeFileSync(path.join(many, 'a.jsonl'), 'x\n{"text": "a"}\ny\n');
+  fs.writeFileSync(path.join(many, 'b.jsonl'), 'p\nq\nr\ns\n');
+  fs.writeFileSync(path.join(many, 'notes.csv'), 'not an input');
+  const sm = await tokenizeCorpus({ inputs: [many], output: path.join(root, 'many-out'), tokenizer: { kind: 'bytes' }, workers: 2, skipBadLines: true, progress: false });
+  assert.equal(sm.skippedLines, 6);
+  const a = path.join(many, 'a.jsonl'), b = path.join(many, 'b.jsonl');
+  assert.deepEqual(sm.skippedExamples, [`${a}:1`, `${a}:3`, `${b}:1`, `${b}:2`, `${b}:3`]);
+  assert.deepEqual(sm.ignoredFiles, [path.join(many, 'notes.csv')]);
   assert.deepEqual(readAll(out), docsTokens(['ok 1', 'ok 2', 'ok 3']));
   assert.equal(readManifest(out)!.sources[0]!.skippedLines, 4);
 
@@ -196,10 +240,10 @@ test('tokenize: missing, unsupported and corrupt inputs', async () => {
     new RegExp(`input ${missing.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')} does not exist`));
   const csv = path.join(root, 'x.csv');
   fs.writeFileSync(csv, 'a,b');
-  assert.throws(() => listInputFiles([csv]), /x\.csv: unsupported file type; use one of \.txt, \.txt\.zst, \.jsonl, \.jsonl\.zst/);
+  assert.throws(() => listInputs([csv]), /x\.csv: unsupported file type; use one of \.txt, \.txt\.zst, \.jsonl, \.jsonl\.zst/);
   const emptyDir = path.join(root, 'empty');
   fs.mkdirSync(emptyDir);
-  assert.throws(() => listInputFiles([emptyDir]), /holds no \.txt/);
+  assert.throws(() => listInputs([emptyDir]), /holds no \.txt/);
   const cut = path.join(root, 'cut.jsonl.zst');
   fs.writeFileSync(cut, Buffer.from(SMALL_JSONL_ZST_BASE64, 'base64').subarray(0, 200));
   await assert.rejects(tokenizeCorpus({ inputs: [cut], output: path.join(root, 'o3'), tokenizer: { kind: 'bytes' }, workers: 1, progress: false }),

@@ -9,7 +9,7 @@ import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { packageRoot } from '../src/backend/cuda/module.js';
+import { packageRoot } from '../src/package_root.js';
 
 const FIELDS = ['cross-entropy-loss', 'load-balance-loss', 'learning-rate', 'gradient-norm'] as const;
 type StepFields = { step: number } & Record<(typeof FIELDS)[number], string>;

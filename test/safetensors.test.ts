@@ -3,7 +3,7 @@
 // tensors written in pieces and out of order, a hand-made file as other writers lay it out, and
 // every lie or damage in a file as an Error naming the file and the problem.
 import assert from 'node:assert/strict';
-import { test } from 'node:test';
+import { after, test } from 'node:test';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -15,8 +15,12 @@ import {
 
 const DTYPES: SafetensorsDType[] = ['F64', 'F32', 'F16', 'BF16', 'F8_E4M3', 'F8_E5M2', 'I64', 'I32', 'I16', 'I8', 'U64', 'U32', 'U16', 'U8', 'BOOL'];
 
+const made: string[] = [];
+after(() => { for (const d of made) fs.rmSync(d, { recursive: true, force: true }); });
 function tempDir(): string {
-  return fs.mkdtempSync(path.join(os.tmpdir(), 'moetrain-st-'));
+  const d = fs.mkdtempSync(path.join(os.tmpdir(), 'moetrain-st-'));
+  made.push(d);
+  return d;
 }
 
 function bytesOf(v: ArrayBufferView): Buffer {

@@ -3,7 +3,7 @@
 // same way; an unfinished save has no index; an index that names a missing shard or a tensor
 // its shard lacks is an Error naming both.
 import assert from 'node:assert/strict';
-import { test } from 'node:test';
+import { after, test } from 'node:test';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -13,8 +13,12 @@ import {
   planSafetensorsShards, ShardedSafetensorsWriter, openShardedSafetensors, readSafetensorsIndex, writeSafetensorsIndex, INDEX_FILE,
 } from '../src/io/safetensors_index.js';
 
+const made: string[] = [];
+after(() => { for (const d of made) fs.rmSync(d, { recursive: true, force: true }); });
 function tempDir(): string {
-  return fs.mkdtempSync(path.join(os.tmpdir(), 'moetrain-sti-'));
+  const d = fs.mkdtempSync(path.join(os.tmpdir(), 'moetrain-sti-'));
+  made.push(d);
+  return d;
 }
 
 const specs: SafetensorsTensorSpec[] = [

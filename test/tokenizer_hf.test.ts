@@ -2,7 +2,7 @@
 // itself: ids equal a hand-checked case and a plain reference BPE encoder; EOS resolution
 // (tokenizer_config.json string or object form, explicit option) and every error a user can cause.
 import assert from 'node:assert/strict';
-import { test } from 'node:test';
+import { after, test } from 'node:test';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -10,8 +10,12 @@ import { loadHfTokenizer } from '../src/data/hf_tokenizer.js';
 import { demoCorpus } from '../src/data/demo_corpus.js';
 import { buildByteLevelBpe, byteLevelBpeFromMerges, referenceBpeEncode } from './fixtures/data/bpe_tokenizer_json.js';
 
+const made: string[] = [];
+after(() => { for (const d of made) fs.rmSync(d, { recursive: true, force: true }); });
 function tempDir(): string {
-  return fs.mkdtempSync(path.join(os.tmpdir(), 'moetrain-hf-'));
+  const d = fs.mkdtempSync(path.join(os.tmpdir(), 'moetrain-hf-'));
+  made.push(d);
+  return d;
 }
 
 function writeTokenizer(dir: string, json: unknown, config?: unknown): string {
@@ -75,6 +79,6 @@ test('hf tokenizer: unreadable files are Errors naming the file', async () => {
   fs.writeFileSync(bad, '{"model": {"type": "NoSuchModel"}}');
   await assert.rejects(loadHfTokenizer(bad, { eosToken: 'x' }), (e: Error) => e.message.includes(bad) && /can load/.test(e.message));
   await assert.rejects(loadHfTokenizer(path.join(dir, 'missing.json')), /missing\.json does not exist/);
-  const empty = fs.mkdtempSync(path.join(os.tmpdir(), 'moetrain-hf-empty-'));
+  const empty = tempDir();
   await assert.rejects(loadHfTokenizer(empty), /has no tokenizer\.json/);
 });

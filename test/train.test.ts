@@ -1,15 +1,22 @@
-// End-to-end training on the CPU: the log line format, the loss falling below the corpus's
-// unigram entropy, resume equivalence, and the bad-input errors of the command line.
-import { test } from 'node:test';
+// End-to-end training on the CPU: the log line format and the summary line, the loss falling
+// below the corpus's unigram entropy, resume equivalence (also after the run folder was moved),
+// runs over more than one epoch, and the bad-input errors of the command line.
+import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { packageRoot } from '../src/backend/cuda/module.js';
+import { packageRoot } from '../src/package_root.js';
 
 const cli = path.join(packageRoot(), 'dist', 'src', 'cli', 'main.js');
-const tmp = () => fs.mkdtempSync(path.join(os.tmpdir(), 'moetrain-test-'));
+const made: string[] = [];
+after(() => { for (const d of made) fs.rmSync(d, { recursive: true, force: true }); });
+const tmp = (): string => {
+  const d = fs.mkdtempSync(path.join(os.tmpdir(), 'moetrain-test-'));
+  made.push(d);
+  return d;
+};
 
 function run(args: string[], cwd = packageRoot()) {
   const r = spawnSync(process.execPath, [cli, ...args], { cwd, encoding: 'utf8', env: { ...process.env, MOETRAIN_DEBUG: '' } });
@@ -37,7 +44,9 @@ test('the demo run logs exact lines and its loss falls well below the unigram en
   const jsonl = fs.readFileSync(path.join(dir, 'metrics.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as { step: number; crossEntropy: number });
   assert.equal(jsonl.length, 40);
   assert.equal(jsonl[39]!.crossEntropy.toFixed(4), last.toFixed(4));
-  fs.rmSync(dir, { recursive: true, force: true });
+  const best = Math.min(...losses(r.out));
+  const summary = new RegExp(`^moetrain: summary: steps 1-40 \\(40\\), 40,960 tokens in \\d+\\.\\d s; final loss ${last.toFixed(4)}, best ${best.toFixed(4)} at step \\d+; mean [\\d,]+ tokens/s$`, 'm');
+  assert.match(r.out, summary);
 });
 
 test('an interrupted and resumed run logs the same losses as one that ran straight through', () => {
@@ -63,7 +72,50 @@ test('an interrupted and resumed run logs the same losses as one that ran straig
   assert.deepEqual(steps, [1, 2, 3, 4, 5, 6, 7, 8]);
   const gn = (o: string) => lines(o).map((l) => /gradient-norm (\S+)/.exec(l)![1]);
   assert.deepEqual(gn(resumed.out), gn(straight.out).slice(4));
-  fs.rmSync(a, { recursive: true, force: true }); fs.rmSync(b, { recursive: true, force: true });
+  assert.match(resumed.out, /^moetrain: summary: steps 5-8 \(4\), /m);
+});
+
+test('a run folder that was moved resumes and logs the same losses as one that ran straight through', () => {
+  // A constant schedule: 4 steps then 8 follow the same learning rates as 8 straight.
+  const common = ['train', '--device', 'cpu', '--seq_len', '32', '--micro_batch_size', '4', '--global_batch_size', '8', '--schedule.type', 'constant', '--schedule.warmup_steps', '2'];
+  const straight = run([...common, '--steps', '8', '--run_dir', path.join(tmp(), 'straight')]);
+  assert.equal(straight.code, 0, straight.err);
+  const first = path.join(tmp(), 'first');
+  const half = run([...common, '--steps', '4', '--run_dir', first]);
+  assert.equal(half.code, 0, half.err);
+  const moved = path.join(tmp(), 'moved', 'elsewhere');
+  fs.mkdirSync(path.dirname(moved));
+  fs.renameSync(first, moved);
+  const resumed = run([...common, '--steps', '8', '--run_dir', moved]);
+  assert.equal(resumed.code, 0, resumed.err);
+  assert.match(resumed.out, /resuming from .*elsewhere\/checkpoints\/step-00000004 \(step 4\)/);
+  assert.deepEqual(losses(resumed.out), losses(straight.out).slice(4));
+  // The data folder was reused as it was: one source, still named where it was first made.
+  const manifest = JSON.parse(fs.readFileSync(path.join(moved, 'demo-data', 'tokens', 'manifest.json'), 'utf8')) as { sources: { source: string }[] };
+  assert.equal(manifest.sources.length, 1);
+  assert.ok(manifest.sources[0]!.source.startsWith(first));
+});
+
+test('a run may read its data more than once: a new order each epoch, capped by --max_epochs', () => {
+  const dir = tmp();
+  const text = path.join(dir, 'small.txt');
+  fs.writeFileSync(text, 'A small corpus for a run of several epochs. '.repeat(40)); // 1,760 bytes
+  const tok = run(['tokenize', '--inputs', text, '--output', path.join(dir, 'tok')]);
+  assert.equal(tok.code, 0, tok.err);
+  // 1,761 tokens = 103 windows of 17; 32 sequences a step: 3.2 steps an epoch, 8 steps = 2.49 epochs.
+  const common = ['train', '--device', 'cpu', '--data', path.join(dir, 'tok'), '--seq_len', '16', '--micro_batch_size', '32', '--global_batch_size', '32', '--steps', '8', '--schedule.warmup_steps', '2'];
+  const r = run([...common, '--run_dir', path.join(dir, 'run')]);
+  assert.equal(r.code, 0, r.err);
+  assert.match(r.out, /the run reads its data 2\.49 times \(103 sequences per epoch, a fresh order each epoch\); --max_epochs caps it/);
+  assert.equal(lines(r.out).length, 8);
+  assert.ok(losses(r.out).every(Number.isFinite));
+  const capped = run([...common, '--max_epochs', '2', '--run_dir', path.join(dir, 'run2')]);
+  assert.equal(capped.code, 1);
+  assert.match(capped.err, /\(2\.49 epochs\), more than the 2 epoch\(s\) allowed; .*allow more epochs \(--max_epochs 3, or 0 for no cap\)/);
+  const enough = run([...common, '--max-epochs', '3', '--run_dir', path.join(dir, 'run3')]);
+  assert.equal(enough.code, 0, enough.err);
+  assert.doesNotMatch(enough.out, /--max_epochs caps it/);
+  assert.deepEqual(losses(enough.out), losses(r.out));
 });
 
 function expectError(args: string[], pattern: RegExp, setup?: (dir: string) => void) {
@@ -76,11 +128,11 @@ function expectError(args: string[], pattern: RegExp, setup?: (dir: string) => v
   assert.match(errLines[0]!, /^moetrain: error: /);
   assert.match(errLines[0]!, pattern);
   assert.ok(!fs.existsSync(path.join(dir, 'run', 'checkpoints')) || fs.readdirSync(path.join(dir, 'run', 'checkpoints')).length === 0, 'no checkpoint may be left');
-  fs.rmSync(dir, { recursive: true, force: true });
 }
 
 test('bad input: unknown and mistyped options', () => {
-  expectError(['train', '--device', 'cpu', '--stepz', '5', '--run_dir', '$DIR/run'], /unknown training option "stepz" \(did you mean "steps"\?\)/);
+  expectError(['train', '--device', 'cpu', '--stepz', '5', '--run_dir', '$DIR/run'], /unknown option --stepz for moetrain train \(did you mean --steps\?\)/);
+  expectError(['train', '--config', '$DIR/run.json', '--run_dir', '$DIR/run'], /run\.json: unknown training option "stepz" \(did you mean "steps"\?\)/, (d) => fs.writeFileSync(path.join(d, 'run.json'), '{"stepz": 5}'));
   expectError(['train', '--device', 'cpu', '--optimizer.lr', '-1', '--run_dir', '$DIR/run'], /"optimizer.lr" must be a positive number/);
   expectError(['train', '--device', 'gpu', '--run_dir', '$DIR/run'], /"device" must be one of "auto", "cpu", "cuda"/);
   expectError(['train', '--micro_batch_size', '3', '--global_batch_size', '8', '--run_dir', '$DIR/run'], /global_batch_size \(8\) must be a multiple of micro_batch_size \(3\)/);
@@ -133,5 +185,4 @@ test('bad input: resuming a run with other data settings is refused', () => {
   const again = run([...base, '--seq_len', '24']);
   assert.notEqual(again.code, 0);
   assert.match(again.err, /trained on other data or another seed\/sequence length/);
-  fs.rmSync(dir, { recursive: true, force: true });
 });

@@ -4,11 +4,19 @@
 // checkpoint checked is intact, 1 otherwise.
 import fs from 'node:fs';
 import path from 'node:path';
+import type { CommandSpec } from './args.js';
 import { listCheckpoints } from '../train/checkpoint.js';
 import { CheckpointDamage, INDEX_FILE, LEGACY_MODEL_FILE, MANIFEST_FILE, STATE_FILE } from '../train/checkpoint_format.js';
 import { verifyCheckpoint, verifyCheckpointValues } from '../train/checkpoint_manifest.js';
 
-const USAGE = 'usage: moetrain check-checkpoint DIR   (a checkpoint folder such as runs/x/checkpoints/step-00000100, or a run folder)';
+export const CHECK_CHECKPOINT_COMMAND: CommandSpec = {
+  name: 'check-checkpoint',
+  summary: 'Verify a checkpoint as resume would, and every value in it: the manifest, each file\'s size and XXH32 checksum, and no NaN or infinity. Exit status 0 when every checkpoint checked is intact, 1 otherwise.',
+  positionals: [{ name: 'DIR', help: 'a checkpoint folder (runs/x/checkpoints/step-00000100), or a run folder or its checkpoints/ folder to check each checkpoint there', required: true }],
+  options: [],
+};
+
+const USAGE = 'usage: moetrain check-checkpoint DIR (moetrain check-checkpoint --help)';
 
 /** The checkpoint folders DIR names: itself, or those of its checkpoints/ folder, newest first. */
 function foldersOf(dir: string): string[] {
@@ -36,11 +44,8 @@ function checkOne(folder: string): boolean {
   }
 }
 
-export function checkCheckpointCommand(positional: readonly string[], flags: Record<string, string>): void {
-  const extra = Object.keys(flags);
-  if (extra.length > 0) throw new Error(`check-checkpoint has no option --${extra[0]}; ${USAGE}`);
-  if (positional.length !== 1) throw new Error(`check-checkpoint takes one folder, got ${positional.length}; ${USAGE}`);
-  const folders = foldersOf(positional[0]!);
+export function checkCheckpointCommand(dir: string): void {
+  const folders = foldersOf(dir);
   const bad = folders.filter((f) => !checkOne(f)).length;
   if (bad > 0) process.exitCode = 1;
 }

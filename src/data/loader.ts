@@ -13,11 +13,17 @@
 //
 // Usage:
 //   const data = TokenDataset.open({ dir: 'data/tok', seqLen: 512, seed: 1234 });
-//   data.checkRun({ steps: 1000, globalBatch: 64, maxEpochs: 1 });   // Error if too small
+//   data.checkRun({ steps: 1000, globalBatch: 64, maxEpochs: 1 });   // Error if too small (null: no cap)
 //   const { inputs, labels } = data.batch({ step, globalBatch: 64, microBatch: 8, microIndex: m,
 //                                           dpRank, dpSize });      // Int32Array [8·512] each
 //   checkpoint.dataFingerprint = data.fingerprint;                   // compare when resuming
 //   data.close();
+//
+// The fingerprint identifies the data by content, never by where it lies: the tokenizer's
+// fingerprint, S, the seed, and each shard's content hash (manifest sha256) and token count in
+// stream order. So a data folder or a run folder may be moved or copied and still resume.
+// Folders tokenized before shards carried a hash use the shard's file name in its place (the
+// name holds a hash of the source path at tokenize time, fixed in the manifest).
 import path from 'node:path';
 import { createHash } from 'node:crypto';
 import { readManifest, MANIFEST_FILE } from './manifest.js';
@@ -63,8 +69,8 @@ export interface Batch {
 export interface RunCheck {
   steps: number;
   globalBatch: number;
-  /** Most passes over the data the run may make (default 1). */
-  maxEpochs?: number;
+  /** Most passes over the data the run may make (default 1); null or 0: no cap. */
+  maxEpochs?: number | null;
 }
 
 export class TokenDataset {
@@ -74,7 +80,7 @@ export class TokenDataset {
   readonly windows: number;
   readonly vocabSize: number;
   readonly eosId: number;
-  /** Identifies (shards, S, seed): store it in a checkpoint and compare it on resume. */
+  /** Identifies (shard contents, S, seed): store it in a checkpoint and compare it on resume. */
   readonly fingerprint: string;
 
   private readonly shardFiles: string[];
@@ -100,7 +106,7 @@ export class TokenDataset {
         if (sh.tokens === 0) continue;
         this.shardFiles.push(path.join(dir, sh.file));
         this.shardStart.push(this.shardStart[this.shardStart.length - 1]! + sh.tokens);
-        hash.update(`|${sh.file}:${sh.tokens}`);
+        hash.update(`|${sh.sha256 ?? sh.file}:${sh.tokens}`);
       }
     }
     this.tokens = this.shardStart[this.shardStart.length - 1]!;
@@ -117,9 +123,14 @@ export class TokenDataset {
     return new TokenDataset(options.dir, options.seqLen, options.seed, options.maxOpenShards ?? 64);
   }
 
+  /** Passes over the data that `steps` steps of `globalBatch` sequences make (1.5: one and a half). */
+  epochsFor(steps: number, globalBatch: number): number {
+    return (steps * globalBatch) / this.windows;
+  }
+
   /** Throws an Error that says what to change when the run needs more windows than allowed. */
   checkRun(run: RunCheck): void {
-    const maxEpochs = run.maxEpochs ?? 1;
+    const maxEpochs = run.maxEpochs === undefined ? 1 : run.maxEpochs === null || run.maxEpochs === 0 ? Infinity : run.maxEpochs;
     const required = run.steps * run.globalBatch;
     const where = `data folder ${this.dir} has ${this.windows.toLocaleString('en-US')} windows of S+1 = ${this.seqLen + 1} tokens (${this.tokens.toLocaleString('en-US')} tokens)`;
     if (run.globalBatch > this.windows) {
@@ -128,7 +139,7 @@ export class TokenDataset {
     if (required > this.windows * maxEpochs) {
       throw new Error(`${where}; the run needs steps × global batch = ${run.steps} × ${run.globalBatch} = ${required.toLocaleString('en-US')} windows ` +
         `(${(required / this.windows).toFixed(2)} epochs), more than the ${maxEpochs} epoch(s) allowed; tokenize more text, ` +
-        `lower the steps, batch size or sequence length, or allow more epochs (--max-epochs)`);
+        `lower the steps, batch size or sequence length, or allow more epochs (--max_epochs ${Math.ceil(required / this.windows)}, or 0 for no cap)`);
     }
   }
 

@@ -1,5 +1,5 @@
 // manifest.json of a token data folder: which tokenizer made it and, for every input file
-// tokenized into it, that file's shards and token counts. tokenize.ts writes it (temp name +
+// tokenized into it, that file's shards, token counts and content hashes. tokenize.ts writes it (temp name +
 // rename) after each input file completes, so a shard listed here is complete; loader.ts reads
 // it to concatenate the shards, in the order listed (sources sorted by path).
 //
@@ -8,6 +8,7 @@
 //   writeManifest('data/tok', m);
 import fs from 'node:fs';
 import path from 'node:path';
+import { writeJsonAtomic } from '../io/files.js';
 
 export const MANIFEST_FILE = 'manifest.json';
 export const MANIFEST_FORMAT = 'moetrain-tokens';
@@ -27,6 +28,9 @@ export interface ManifestShard {
   /** File name inside the data folder. */
   file: string;
   tokens: number;
+  /** Hex sha256 of the shard's ids as little-endian uint32 (whatever the stored width): what
+   * identifies the data (loader.ts). Folders tokenized before it existed lack it. */
+  sha256?: string;
 }
 
 export interface ManifestSource {
@@ -72,7 +76,8 @@ export function readManifest(dir: string): TokenManifest | null {
   for (const s of m.sources) {
     if (typeof s?.source !== 'string' || !Array.isArray(s.shards)) throw bad('a source entry is incomplete');
     for (const sh of s.shards) {
-      if (typeof sh?.file !== 'string' || !Number.isInteger(sh.tokens) || sh.tokens < 0 || sh.file.includes('/') || sh.file.includes('\\')) {
+      if (typeof sh?.file !== 'string' || !Number.isInteger(sh.tokens) || sh.tokens < 0 || sh.file.includes('/') || sh.file.includes('\\') ||
+        (sh.sha256 !== undefined && !(typeof sh.sha256 === 'string' && /^[0-9a-f]{64}$/.test(sh.sha256)))) {
         throw bad(`shard entry ${JSON.stringify(sh)} of ${s.source} is invalid`);
       }
     }
@@ -82,14 +87,5 @@ export function readManifest(dir: string): TokenManifest | null {
 
 export function writeManifest(dir: string, manifest: TokenManifest): void {
   const sorted: TokenManifest = { ...manifest, sources: [...manifest.sources].sort((a, b) => (a.source < b.source ? -1 : a.source > b.source ? 1 : 0)) };
-  const file = path.join(dir, MANIFEST_FILE);
-  const temp = file + '.partial';
-  const fd = fs.openSync(temp, 'w');
-  try {
-    fs.writeSync(fd, JSON.stringify(sorted, null, 1) + '\n');
-    fs.fsyncSync(fd);
-  } finally {
-    fs.closeSync(fd);
-  }
-  fs.renameSync(temp, file);
+  writeJsonAtomic(path.join(dir, MANIFEST_FILE), sorted);
 }

@@ -4,14 +4,18 @@
 // are complete. Running again over the same folder skips files already listed (same size and
 // mtime) and redoes files that were interrupted (their `.partial` shards are deleted first).
 // Formats and document rules: tokenize_file.ts. EOS is appended after every document.
-// Progress on stderr: a \r-updated line on a TTY, a line every 10 s otherwise; then a summary.
+// Progress on stderr: the first line half a second in, then a \r-updated line every second on a
+// TTY or a line every 10 s otherwise, and a final line; then a summary that names the first
+// skipped lines (file:line) and the files of other types that folders held and were ignored.
+// Shards store uint16 ids when the vocabulary fits, else uint32 (shards.ts).
 //
 // Usage:
 //   const summary = await tokenizeCorpus({
 //     inputs: ['corpus/', 'extra.jsonl.zst'], output: 'data/tok',
 //     tokenizer: { kind: 'hf', path: 'tok/tokenizer.json' },   // or { kind: 'bytes' }
 //     workers: 2, skipBadLines: false, shardTokens: 1 << 28 });
-//   // summary.documents, summary.tokens, summary.tokensPerSecond, summary.skippedLines
+//   // summary.documents, summary.tokens, summary.tokensPerSecond, summary.skippedLines,
+//   // summary.skippedExamples ('a.jsonl:12'), summary.ignoredFiles
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -19,9 +23,9 @@ import { createHash } from 'node:crypto';
 import { Worker } from 'node:worker_threads';
 import { loadTokenizer, type TokenizerSpec, type TextTokenizer } from './tokenizer.js';
 import { resolveTokenizerJson } from './hf_tokenizer.js';
-import { tokenizeFile, inputFormatOf, INPUT_SUFFIXES, type FileJob, type FileProgress, type FileResult } from './tokenize_file.js';
+import { tokenizeFile, inputFormatOf, INPUT_SUFFIXES, SKIPPED_EXAMPLES, type FileJob, type FileProgress, type FileResult } from './tokenize_file.js';
 import { readManifest, writeManifest, MANIFEST_FORMAT, MANIFEST_VERSION, type ManifestSource, type ManifestTokenizer } from './manifest.js';
-import { PARTIAL_SUFFIX, SHARD_HEADER_BYTES } from './shards.js';
+import { PARTIAL_SUFFIX, openShard } from './shards.js';
 import type { ToWorker, FromWorker } from './tokenize_worker.js';
 
 export interface TokenizeOptions {
@@ -34,7 +38,7 @@ export interface TokenizeOptions {
   workers?: number;
   /** Count and skip bad JSONL lines instead of stopping with an Error. */
   skipBadLines?: boolean;
-  /** Most tokens per shard (default 2^28 = 1 GiB of uint32). */
+  /** Most tokens per shard (default 2^28: 512 MiB as uint16, 1 GiB as uint32). */
   shardTokens?: number;
   /** Progress and summary lines on stderr (default true). */
   progress?: boolean;
@@ -49,6 +53,10 @@ export interface TokenizeSummary {
   documents: number;
   tokens: number;
   skippedLines: number;
+  /** file:line of the first skipped lines (at most SKIPPED_EXAMPLES), in input order. */
+  skippedExamples: string[];
+  /** Files inside the input folders that are not of a tokenizable type. */
+  ignoredFiles: string[];
   bytes: number;
   seconds: number;
   tokensPerSecond: number;
@@ -56,11 +64,11 @@ export interface TokenizeSummary {
   totalTokens: number;
 }
 
-const DEFAULT_SHARD_TOKENS = 1 << 28;
+export const DEFAULT_SHARD_TOKENS = 1 << 28;
 
 export async function tokenizeCorpus(options: TokenizeOptions): Promise<TokenizeSummary> {
   const start = performance.now();
-  const files = listInputFiles(options.inputs);
+  const { files, ignored } = listInputs(options.inputs);
   const shardTokens = options.shardTokens ?? DEFAULT_SHARD_TOKENS;
   if (!(Number.isInteger(shardTokens) && shardTokens > 0)) throw new Error(`shardTokens ${shardTokens} must be a positive integer`);
   const workers = options.workers ?? os.availableParallelism();
@@ -106,7 +114,9 @@ export async function tokenizeCorpus(options: TokenizeOptions): Promise<Tokenize
   todo.sort((a, b) => b.stat.size - a.stat.size);
   const progress = new ProgressLine(todo.reduce((s, t) => s + t.stat.size, 0), showProgress);
   const totals = { documents: 0, tokens: 0, skippedLines: 0, bytes: 0 };
+  const skippedAt = new Map<string, number[]>();
   const complete = (item: (typeof todo)[number], r: FileResult): void => {
+    if (r.skippedLineNumbers.length > 0) skippedAt.set(item.file, r.skippedLineNumbers);
     // Shard names in the manifest are relative to the data folder; tokenizeFile gives them so.
     manifest!.sources.push({
       source: item.file, bytes: item.stat.size, mtimeMs: item.stat.mtimeMs,
@@ -128,8 +138,9 @@ export async function tokenizeCorpus(options: TokenizeOptions): Promise<Tokenize
   }
 
   const seconds = (performance.now() - start) / 1000;
+  const skippedExamples = files.flatMap((f) => (skippedAt.get(f) ?? []).map((line) => `${f}:${line}`)).slice(0, SKIPPED_EXAMPLES);
   const summary: TokenizeSummary = {
-    files: files.length, filesAlreadyDone: alreadyDone, ...totals, seconds,
+    files: files.length, filesAlreadyDone: alreadyDone, ...totals, skippedExamples, ignoredFiles: ignored, seconds,
     tokensPerSecond: totals.tokens / Math.max(seconds, 1e-9),
     totalTokens: manifest.sources.reduce((s, x) => s + x.tokens, 0),
   };
@@ -138,14 +149,30 @@ export async function tokenizeCorpus(options: TokenizeOptions): Promise<Tokenize
       `tokenize: ${todo.length} file(s) tokenized, ${alreadyDone} already done; ${fmt(summary.documents)} documents, ` +
       `${fmt(summary.tokens)} tokens in ${seconds.toFixed(1)} s (${fmt(Math.round(summary.tokensPerSecond))} tokens/s)` +
       `${summary.skippedLines > 0 ? `; skipped ${fmt(summary.skippedLines)} bad line(s)` : ''}; ${outDir} now holds ${fmt(summary.totalTokens)} tokens\n`);
+    if (summary.skippedLines > 0) {
+      const more = summary.skippedLines > skippedExamples.length ? ` (the first ${skippedExamples.length} of ${fmt(summary.skippedLines)})` : '';
+      process.stderr.write(`tokenize: skipped lines${more}: ${skippedExamples.map(shortPath).join(', ')}\n`);
+    }
+    if (ignored.length > 0) {
+      const shown = ignored.slice(0, 5).map(shortPath).join(', ');
+      process.stderr.write(`tokenize: ignored ${ignored.length} file(s) in the input folders that are not ${INPUT_SUFFIXES.join(', ')}: ${shown}${ignored.length > 5 ? `, and ${ignored.length - 5} more` : ''}\n`);
+    }
   }
   return summary;
 }
 
-/** Expands the inputs into absolute file paths (folders recursively), sorted and deduplicated. */
-export function listInputFiles(inputs: string[]): string[] {
+/** A path relative to the working directory when it lies inside it (shorter messages). */
+function shortPath(p: string): string {
+  const rel = path.relative(process.cwd(), p);
+  return rel !== '' && !rel.startsWith('..') && !path.isAbsolute(rel) ? rel : p;
+}
+
+/** Expands the inputs into absolute file paths (folders recursively), sorted and deduplicated;
+ * `ignored`: the other files the folders hold (absolute, sorted). */
+export function listInputs(inputs: string[]): { files: string[]; ignored: string[] } {
   if (inputs.length === 0) throw new Error('tokenize: no inputs given; name files or folders of .txt, .jsonl or .jsonl.zst');
   const found = new Set<string>();
+  const ignored = new Set<string>();
   for (const input of inputs) {
     let st: fs.Stats;
     try {
@@ -159,6 +186,7 @@ export function listInputFiles(inputs: string[]): string[] {
         if (!entry.isFile()) continue;
         const full = path.resolve(entry.parentPath ?? (entry as unknown as { path: string }).path, entry.name);
         if (inputFormatOf(full) !== null) found.add(full);
+        else ignored.add(full);
       }
       if (found.size === before) throw new Error(`input folder ${input} holds no ${INPUT_SUFFIXES.join(', ')} files`);
     } else {
@@ -166,7 +194,7 @@ export function listInputFiles(inputs: string[]): string[] {
       found.add(path.resolve(input));
     }
   }
-  return [...found].sort();
+  return { files: [...found].sort(), ignored: [...ignored].sort() };
 }
 
 /** A shard file stem that a person can recognise and that cannot collide between inputs. */
@@ -175,10 +203,13 @@ function outputStem(absFile: string): string {
   return `${base}-${createHash('sha256').update(absFile).digest('hex').slice(0, 10)}`;
 }
 
+/** Every shard of the source opens (its header agrees with its size) and holds the listed count. */
 function shardsIntact(dir: string, source: ManifestSource): boolean {
   return source.shards.every((sh) => {
     try {
-      return fs.statSync(path.join(dir, sh.file)).size === SHARD_HEADER_BYTES + 4 * sh.tokens;
+      const r = openShard(path.join(dir, sh.file));
+      r.close();
+      return r.tokenCount === sh.tokens;
     } catch {
       return false;
     }
@@ -254,29 +285,46 @@ function runPool(size: number, spec: TokenizerSpec, jobs: FileJob[], onDone: (in
 
 function fmt(n: number): string { return n.toLocaleString('en-US'); }
 
-/** The progress line: MB/s of input bytes (as stored), tokens/s, ETA from the byte rate. */
+/** The progress line: MB/s of input bytes (as stored), tokens/s, and an ETA from the byte rate
+ * measured since the first report (so the tokenizers' start-up does not skew it). A timer prints
+ * it while the main thread is free (worker threads); add() prints it when due otherwise. */
 class ProgressLine {
   private bytes = 0;
   private tokens = 0;
   private documents = 0;
   private readonly start = performance.now();
-  private lastPrint = 0;
   private readonly tty = process.stderr.isTTY === true;
+  /** When the next line is due: half a second in, then every second (TTY) or 10 s. */
+  private due = this.start + 500;
+  private first: { at: number; bytes: number } | null = null;
   private printed = false;
-  constructor(private totalBytes: number, private enabled: boolean) {}
+  private readonly timer: NodeJS.Timeout | null;
+
+  constructor(private totalBytes: number, private enabled: boolean) {
+    this.timer = enabled ? setInterval(() => this.maybePrint(), 100) : null;
+    this.timer?.unref();
+  }
 
   add(p: FileProgress): void {
     this.bytes += p.bytes; this.tokens += p.tokens; this.documents += p.documents;
+    if (this.first === null && this.bytes > 0) this.first = { at: performance.now(), bytes: this.bytes };
+    this.maybePrint();
+  }
+
+  private maybePrint(): void {
     const now = performance.now();
-    if (!this.enabled || now - this.lastPrint < (this.tty ? 500 : 10_000)) return;
-    this.lastPrint = now;
+    if (!this.enabled || now < this.due) return;
+    this.due = now + (this.tty ? 1000 : 10_000);
     this.print(now);
   }
 
   private print(now: number): void {
     const s = Math.max((now - this.start) / 1000, 1e-6);
     const mbps = this.bytes / 1e6 / s;
-    const eta = this.bytes > 0 ? (this.totalBytes - this.bytes) / (this.bytes / s) : NaN;
+    const since = this.first === null ? 0 : (now - this.first.at) / 1000;
+    const rate = since > 0.2 ? (this.bytes - this.first!.bytes) / since : 0;
+    const left = this.totalBytes - this.bytes;
+    const eta = left <= 0 ? 0 : rate > 0 ? left / rate : NaN;
     const pct = this.totalBytes > 0 ? (100 * this.bytes) / this.totalBytes : 100;
     const line = `tokenize: ${pct.toFixed(1)}% ${(this.bytes / 1e6).toFixed(1)}/${(this.totalBytes / 1e6).toFixed(1)} MB, ` +
       `${mbps.toFixed(2)} MB/s, ${fmt(Math.round(this.tokens / s))} tokens/s, ${fmt(this.documents)} docs, ETA ${formatEta(eta)}`;
@@ -284,8 +332,12 @@ class ProgressLine {
     this.printed = true;
   }
 
+  /** Stops the timer and prints the final line (when there was anything to tokenize). */
   end(): void {
-    if (this.enabled && this.tty && this.printed) process.stderr.write('\n');
+    if (this.timer !== null) clearInterval(this.timer);
+    if (!this.enabled || (this.totalBytes === 0 && !this.printed)) return;
+    this.print(performance.now());
+    if (this.tty) process.stderr.write('\n');
   }
 }
 

@@ -49,12 +49,17 @@ export interface FileJob {
   skipBadLines: boolean;
 }
 
+/** The most skipped line numbers a file reports (the summary names the first ones). */
+export const SKIPPED_EXAMPLES = 5;
+
 export interface FileResult {
-  /** Shard file names (relative to the output folder) and their token counts, in order. */
-  shards: { file: string; tokens: number }[];
+  /** Shard file names (relative to the output folder), token counts and content hashes, in order. */
+  shards: { file: string; tokens: number; sha256: string }[];
   documents: number;
   tokens: number;
   skippedLines: number;
+  /** Line numbers (1-based) of the first SKIPPED_EXAMPLES skipped lines. */
+  skippedLineNumbers: number[];
   /** Input bytes as stored (compressed size for .zst). */
   bytes: number;
 }
@@ -108,7 +113,7 @@ function* inputChunks(file: string, zstd: boolean): Generator<{ data: Uint8Array
 /** Writes tokens to consecutive shards of at most shardTokens each. */
 class ShardSequence {
   private writer: ShardWriter | null = null;
-  readonly shards: { file: string; tokens: number }[] = [];
+  readonly shards: { file: string; tokens: number; sha256: string }[] = [];
   constructor(private job: FileJob, private vocabSize: number) {}
 
   append(ids: Uint32Array): void {
@@ -126,8 +131,8 @@ class ShardSequence {
   }
 
   private close(): void {
-    const { path: p, tokens } = this.writer!.finish();
-    this.shards.push({ file: path.basename(p), tokens });
+    const { path: p, tokens, sha256 } = this.writer!.finish();
+    this.shards.push({ file: path.basename(p), tokens, sha256 });
     this.writer = null;
   }
 
@@ -141,7 +146,7 @@ export async function tokenizeFile(job: FileJob, tokenizer: TextTokenizer, onPro
   if (!(Number.isInteger(job.shardTokens) && job.shardTokens > 0)) throw new Error(`shardTokens ${job.shardTokens} must be a positive integer`);
   const out = new ShardSequence(job, tokenizer.vocabSize);
   const eos = Uint32Array.of(tokenizer.eosId);
-  const result: FileResult = { shards: out.shards, documents: 0, tokens: 0, skippedLines: 0, bytes: 0 };
+  const result: FileResult = { shards: out.shards, documents: 0, tokens: 0, skippedLines: 0, skippedLineNumbers: [], bytes: 0 };
   let pending: FileProgress = { bytes: 0, tokens: 0, documents: 0 };
   let lastReport = Date.now();
   const report = (force: boolean): void => {
@@ -151,12 +156,24 @@ export async function tokenizeFile(job: FileJob, tokenizer: TextTokenizer, onPro
     lastReport = Date.now();
   };
 
+  // Progress counts input bytes as their text is encoded, not as it is read (a read is 4 MB
+  // ahead): the stored bytes read so far times the fraction of the decoded text consumed.
+  let storedRead = 0, storedReported = 0, decodedChars = 0, consumedChars = 0, batchConsumed = 0;
+  const reportBytes = (): void => {
+    const target = decodedChars > 0 ? Math.floor(storedRead * Math.min(1, consumedChars / decodedChars)) : 0;
+    pending.bytes += target - storedReported;
+    storedReported = target;
+  };
+
   // Texts wait here until ~BATCH_CHARS are ready, then go to the tokenizer in one call.
   // endsDocument[i]: whether EOS follows texts[i] (false for the pieces of a long .txt).
+  // batchConsumed: input characters (lines with their newline, or .txt pieces) behind the batch.
   let texts: string[] = [];
   let endsDocument: boolean[] = [];
   let batchChars = 0;
   const encodePending = async (): Promise<void> => {
+    consumedChars += batchConsumed;
+    batchConsumed = 0;
     if (texts.length === 0) return;
     const encoded = await tokenizer.encodeBatch(texts);
     for (let i = 0; i < encoded.length; i++) {
@@ -170,6 +187,7 @@ export async function tokenizeFile(job: FileJob, tokenizer: TextTokenizer, onPro
       }
     }
     texts = []; endsDocument = []; batchChars = 0;
+    reportBytes();
     report(false);
   };
   const add = async (text: string, endDocument: boolean): Promise<void> => {
@@ -188,10 +206,14 @@ export async function tokenizeFile(job: FileJob, tokenizer: TextTokenizer, onPro
         if (nl < 0 && !atEnd) { carry = text.slice(start); return; }
         const line = text.slice(start, nl < 0 ? text.length : nl);
         lineNumber++;
+        batchConsumed += line.length + 1;
         if (line.trim().length > 0) {
           const doc = parseJsonlText(line);
           if (typeof doc === 'string') await add(doc, true);
-          else if (job.skipBadLines) result.skippedLines++;
+          else if (job.skipBadLines) {
+            result.skippedLines++;
+            if (result.skippedLineNumbers.length < SKIPPED_EXAMPLES) result.skippedLineNumbers.push(lineNumber);
+          }
           else throw new Error(`${job.file}:${lineNumber}: ${doc.problem}; fix or remove the line, or pass --skip-bad-lines to skip such lines`);
         }
         if (nl < 0) { carry = ''; return; }
@@ -199,17 +221,20 @@ export async function tokenizeFile(job: FileJob, tokenizer: TextTokenizer, onPro
       }
     };
     const takeText = async (text: string, atEnd: boolean): Promise<void> => {
-      if (atEnd) { await add(text, true); carry = ''; return; }
+      if (atEnd) { batchConsumed += text.length; await add(text, true); carry = ''; return; }
       if (text.length < READ_CHUNK_BYTES) { carry = text; return; }
       const cut = cutPoint(text);
       if (cut < 0) { carry = text; return; }
+      batchConsumed += cut;
       await add(text.slice(0, cut), false);
       carry = text.slice(cut);
     };
     for (const { data, storedBytes } of inputChunks(job.file, kind.zstd)) {
       result.bytes += storedBytes;
-      pending.bytes += storedBytes;
-      const text = carry + decoder.decode(data, { stream: true });
+      storedRead += storedBytes;
+      const decoded = decoder.decode(data, { stream: true });
+      decodedChars += decoded.length;
+      const text = carry + decoded;
       if (kind.format === 'jsonl') await takeLines(text, false);
       else await takeText(text, false);
     }
@@ -217,6 +242,7 @@ export async function tokenizeFile(job: FileJob, tokenizer: TextTokenizer, onPro
     if (kind.format === 'jsonl') { if (rest.length > 0) await takeLines(rest, true); } else await takeText(rest, true);
     await encodePending();
     out.finish();
+    pending.bytes += storedRead - storedReported;
     report(true);
     return result;
   } catch (e) {

@@ -23,8 +23,8 @@
 //   w.finish();
 //   // or at once: writeSafetensors('out.safetensors', [{ name, dtype, shape, data }], metadata);
 import fs from 'node:fs';
-import os from 'node:os';
 import type { DType } from '../tensor/dtype.js';
+import { assertLittleEndianHost, readFully, writeFully } from './files.js';
 
 export type SafetensorsDType =
   | 'F64' | 'F32' | 'F16' | 'BF16' | 'F8_E4M3' | 'F8_E5M2'
@@ -125,13 +125,6 @@ export interface SafetensorsFile {
 
 /** Largest header accepted (the reference implementation's limit). */
 const MAX_HEADER_BYTES = 100_000_000;
-/** One read call moves at most this much (Linux caps a read near 2 GiB). */
-const MAX_IO_BYTES = 1 << 30;
-
-function assertLittleEndianHost(): void {
-  if (os.endianness() !== 'LE') throw new Error('safetensors support needs a little-endian host');
-}
-
 function elementCount(shape: readonly number[]): number {
   let n = 1;
   for (const d of shape) n *= d;
@@ -212,17 +205,8 @@ export function parseSafetensorsHeader(path: string, headerJson: Uint8Array, fil
   return { metadata, tensors };
 }
 
-function readFully(path: string, fd: number, into: Uint8Array, position: number): void {
-  let done = 0;
-  while (done < into.length) {
-    const n = fs.readSync(fd, into, done, Math.min(into.length - done, MAX_IO_BYTES), position + done);
-    if (n === 0) throw new Error(`safetensors file ${path} ended early at byte ${position + done} (was it truncated while open?)`);
-    done += n;
-  }
-}
-
 export function openSafetensors(path: string): SafetensorsFile {
-  assertLittleEndianHost();
+  assertLittleEndianHost('safetensors files');
   let fd: number;
   try {
     fd = fs.openSync(path, 'r');
@@ -233,9 +217,9 @@ export function openSafetensors(path: string): SafetensorsFile {
     const size = fs.fstatSync(fd).size;
     if (size < 8) throw new Error(`safetensors file ${path} is truncated: ${size} bytes, shorter than the 8-byte header length`);
     const lengthBytes = new Uint8Array(8);
-    readFully(path, fd, lengthBytes, 0);
+    readFully(fd, lengthBytes, 0, `safetensors file ${path}`);
     const json = new Uint8Array(safetensorsHeaderLength(path, lengthBytes, size));
-    readFully(path, fd, json, 8);
+    readFully(fd, json, 8, `safetensors file ${path}`);
     const { metadata, tensors } = parseSafetensorsHeader(path, json, size);
     let closed = false;
     const info = (name: string): SafetensorsTensorInfo => {
@@ -253,7 +237,7 @@ export function openSafetensors(path: string): SafetensorsFile {
       }
       const out = range.into ?? new Uint8Array(length);
       if (out.length < length) throw new Error(`internal: destination of ${out.length} bytes for a read of ${length}`);
-      readFully(path, fd, out.subarray(0, length), t.fileOffset + start);
+      readFully(fd, out.subarray(0, length), t.fileOffset + start, `safetensors file ${path}`);
       return out.subarray(0, length);
     };
     return {
@@ -310,13 +294,6 @@ export function encodeSafetensorsHeader(specs: readonly SafetensorsTensorSpec[],
   return { header, offsets, dataBytes: at };
 }
 
-function writeFully(fd: number, bytes: Uint8Array, position: number): void {
-  let done = 0;
-  while (done < bytes.length) {
-    done += fs.writeSync(fd, bytes, done, Math.min(bytes.length - done, MAX_IO_BYTES), position + done);
-  }
-}
-
 export class SafetensorsWriter {
   private readonly written: number[];
   private readonly index = new Map<string, number>();
@@ -336,7 +313,7 @@ export class SafetensorsWriter {
 
   /** Opens `<path>.partial` and writes the header; tensors are laid out in `specs` order. */
   static create(path: string, specs: readonly SafetensorsTensorSpec[], metadata?: Record<string, string>): SafetensorsWriter {
-    assertLittleEndianHost();
+    assertLittleEndianHost('safetensors files');
     const { header, offsets } = encodeSafetensorsHeader(specs, metadata);
     const tempPath = path + '.partial';
     const fd = fs.openSync(tempPath, 'w');

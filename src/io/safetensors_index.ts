@@ -19,6 +19,7 @@ import {
   openSafetensors, SafetensorsWriter, encodeSafetensorsHeader, safetensorsDTypeBytes,
   type SafetensorsFile, type SafetensorsTensorInfo, type SafetensorsTensorSpec, type ReadRange, type SafetensorsArray, type SafetensorsDType,
 } from './safetensors.js';
+import { writeJsonAtomic } from './files.js';
 
 export const INDEX_FILE = 'model.safetensors.index.json';
 export const SINGLE_FILE = 'model.safetensors';
@@ -46,18 +47,6 @@ export function readSafetensorsIndex(file: string): SafetensorsIndex {
   }
   const metadata = index.metadata !== null && typeof index.metadata === 'object' ? index.metadata : { total_size: NaN };
   return { metadata: metadata as SafetensorsIndex['metadata'], weight_map: index.weight_map };
-}
-
-function writeJsonAtomic(file: string, value: unknown): void {
-  const temp = file + '.partial';
-  const fd = fs.openSync(temp, 'w');
-  try {
-    fs.writeSync(fd, JSON.stringify(value, null, 2) + '\n');
-    fs.fsyncSync(fd);
-  } finally {
-    fs.closeSync(fd);
-  }
-  fs.renameSync(temp, file);
 }
 
 export function writeSafetensorsIndex(file: string, index: SafetensorsIndex): void {

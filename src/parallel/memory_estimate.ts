@@ -3,8 +3,8 @@
 // activations kept for backward, logits, workspace). It follows what the code allocates:
 // - every parameter is sharded over dp·cp·ep (dense) or dp·cp (routed experts, of which each
 //   expert-parallel rank holds E/ep); one rank alone holds everything unsharded;
-// - f32 master (4 B), bf16 compute copy (2 B; none in f32 compute), f32 gradient (4 B) and two
-//   f32 moments (8 B) per held parameter: 18 B in the default recipe;
+// - f32 master (4 B), bf16 compute copy (2 B; none in f32 compute nor for the f32 router), f32
+//   gradient (4 B) and two f32 moments (8 B) per held parameter: 18 B in the default recipe;
 // - with sharding, a layer's bf16 weights are gathered before use (the next layer's gather is
 //   issued early, so two layers are whole at once) and its f32 gradients are whole from its
 //   backward until they are reduce-scattered;
@@ -99,10 +99,11 @@ export function estimateMemory(input: EstimateInput): RankEstimate[] {
   const rowsPerExpert = Math.ceil(T * c.num_experts_per_tok / localExperts);
   return stages.map((st, s) => {
     const last = s === stages.length - 1;
-    let dense = (s === 0 ? V * D : 0) + (last ? V * D + D : 0), experts = 0, largestLayer = 0, largestPair = 0, prev = 0;
+    let dense = (s === 0 ? V * D : 0) + (last ? V * D + D : 0), experts = 0, largestLayer = 0, largestPair = 0, prev = 0, router = 0;
     for (let l = st.first; l < st.end; l++) {
       const p = layerParams(c, l);
       dense += p.dense;
+      if (isMoeLayer(c, l)) router += c.n_routed_experts * D;
       experts += p.experts;
       // Only sharded parameters are gathered (and have whole gradients for a while).
       const local = (denseGroup > 1 ? p.dense : 0) + (expertGroup > 1 ? p.experts / mesh.ep : 0);
@@ -112,7 +113,8 @@ export function estimateMemory(input: EstimateInput): RankEstimate[] {
     }
     const held = dense / denseGroup + experts / mesh.ep / expertGroup;
     const masterWeights = 4 * held;
-    const computeWeights = precision === 'bf16' ? 2 * held : 0;
+    // The router stays f32: it has no separate compute copy.
+    const computeWeights = precision === 'bf16' ? 2 * (held - router / denseGroup) : 0;
     const gradients = 4 * held, moments = 8 * held;
     const head = last && denseGroup > 1 ? V * D : 0;
     const gatheredWeights = e * Math.max(largestPair, head);

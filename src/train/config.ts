@@ -6,6 +6,7 @@ import type { AdamConfig } from '../optim/adam.js';
 import type { ScheduleConfig } from '../optim/schedule.js';
 import type { LoadBalanceForm } from '../models/deepseek_v2.js';
 import { closestName } from '../models/deepseek_v2_config.js';
+import type { ParallelConfig } from '../parallel/mesh.js';
 
 export interface TrainConfig {
   /** Model: a DeepSeek-V2 config.json path, or "tiny" for the built-in demo model. */
@@ -16,6 +17,12 @@ export interface TrainConfig {
   run_dir: string;
   /** "auto" picks CUDA when a GPU is present, else the CPU. */
   device: 'auto' | 'cpu' | 'cuda';
+  /**
+   * MLA attention kernels on CUDA: "auto" takes the fastest set that applies; "hopper" (sm_90a),
+   * "mma" (mma.sync, compute capability 8.0+) or "generic" (any widths) forces one. The
+   * MOETRAIN_MLA_KERNELS environment variable overrides it.
+   */
+  mla_kernels: 'auto' | 'hopper' | 'mma' | 'generic';
   /** Compute precision of weights and activations (masters, gradients and optimizer state are f32). */
   precision: 'bf16' | 'f32';
   /** Seeds initialisation and the data order. */
@@ -38,17 +45,27 @@ export interface TrainConfig {
   keep_checkpoints: number;
   /** Start from these weights (a moetrain checkpoint or HF folder) when the run has no checkpoint yet. */
   init_from: string | null;
+  /**
+   * The mesh pp × dp × cp × ep (ep innermost; the product is the number of ranks `moetrain launch`
+   * starts) and the seconds a collective may wait for the other ranks; see src/parallel/mesh.ts.
+   */
+  parallel: ParallelConfig;
+  /** Most passes over the data; a run that needs more is refused up front. null or 0: no cap. */
+  max_epochs: number | null;
 }
 
 export function defaultTrainConfig(): TrainConfig {
   return {
     model: 'tiny', data: 'demo', run_dir: 'runs/default', device: 'auto', precision: 'bf16', seed: 1234,
+    mla_kernels: 'auto',
     steps: 100, seq_len: 64, micro_batch_size: 16, global_batch_size: 16,
     optimizer: { type: 'adamw', lr: 4e-3, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.01 },
     schedule: { type: 'cosine', warmup_steps: 10, min_lr_ratio: 0.1, decay_fraction: 0.2 },
     grad_clip: 1.0,
     load_balance: { form: 'sequence', alpha: 3e-3 },
     checkpoint_every: 50, keep_checkpoints: 2, init_from: null,
+    parallel: { pp: 1, dp: 1, cp: 1, ep: 1, collective_timeout_sec: 300 },
+    max_epochs: null,
   };
 }
 
@@ -60,17 +77,92 @@ const positive: Check = (v) => (typeof v === 'number' && Number.isFinite(v) && v
 const fraction: Check = (v) => (typeof v === 'number' && v >= 0 && v < 1 ? null : 'a number in [0, 1)');
 const str: Check = (v) => (typeof v === 'string' && v.length > 0 ? null : 'a non-empty string');
 const strOrNull: Check = (v) => (v === null || (typeof v === 'string' && v.length > 0) ? null : 'a path or null');
-const oneOf = (...xs: string[]): Check => (v) => (xs.includes(v as string) ? null : `one of ${xs.map((x) => `"${x}"`).join(', ')}`);
+const nonNegIntOrNull: Check = (v) => (v === null || (Number.isInteger(v) && (v as number) >= 0) ? null : 'a non-negative integer or null');
+/** A check that the value is one of `xs`; help lists the choices (`choices`). */
+const oneOf = (...xs: string[]): Check => Object.assign((v: unknown) => (xs.includes(v as string) ? null : `one of ${xs.map((x) => `"${x}"`).join(', ')}`), { choices: xs });
 
 const SCHEMA: Record<string, Check | Record<string, Check>> = {
   model: str, data: str, run_dir: str, device: oneOf('auto', 'cpu', 'cuda'), precision: oneOf('bf16', 'f32'),
+  mla_kernels: oneOf('auto', 'hopper', 'mma', 'generic'),
   seed: nonNegInt, steps: positiveInt, seq_len: positiveInt, micro_batch_size: positiveInt, global_batch_size: positiveInt,
   optimizer: { type: oneOf('adamw', 'adam'), lr: positive, beta1: fraction, beta2: fraction, eps: positive, weight_decay: nonNeg },
   schedule: { type: oneOf('cosine', 'wsd', 'constant'), warmup_steps: nonNegInt, min_lr_ratio: nonNeg, decay_fraction: fraction },
   grad_clip: nonNeg,
   load_balance: { form: oneOf('micro-batch', 'global-batch', 'sequence'), alpha: nonNeg },
   checkpoint_every: nonNegInt, keep_checkpoints: nonNegInt, init_from: strOrNull,
+  // Pipeline stages, data-parallel replicas, context-parallel ranks, expert-parallel ranks, and
+  // how long a collective or the rendezvous waits for the other ranks.
+  parallel: { pp: positiveInt, dp: positiveInt, cp: positiveInt, ep: positiveInt, collective_timeout_sec: positive },
+  max_epochs: nonNegIntOrNull,
 };
+
+/** One line per SCHEMA field (dotted for sections): what `moetrain train --help` prints beside
+ * the field's default. A test checks that every field has one. */
+const OPTION_HELP: Record<string, string> = {
+  model: 'a DeepSeek-V2 config.json, or "tiny" for the built-in demo model',
+  data: 'token data folder made by `moetrain tokenize`, or "demo" for the generated demo corpus',
+  run_dir: 'logs, metrics.jsonl and checkpoints; a run resumes from the latest checkpoint here',
+  device: 'auto: CUDA when a GPU is present, else the CPU',
+  precision: 'compute precision (master weights, gradients and optimizer state are always f32)',
+  seed: 'seeds the initial weights and the data order',
+  steps: 'optimizer steps in the whole run',
+  seq_len: 'tokens per training sequence',
+  micro_batch_size: 'sequences per forward/backward pass',
+  global_batch_size: 'sequences per optimizer step (a multiple of micro_batch_size: gradient accumulation)',
+  'optimizer.type': 'adamw (decoupled weight decay) or adam',
+  'optimizer.lr': 'peak learning rate',
+  'optimizer.beta1': 'Adam first-moment decay',
+  'optimizer.beta2': 'Adam second-moment decay',
+  'optimizer.eps': 'Adam denominator epsilon',
+  'optimizer.weight_decay': 'weight decay (adamw)',
+  'schedule.type': 'learning-rate schedule after warmup: cosine decay, warmup-stable-decay, or constant',
+  'schedule.warmup_steps': 'linear warmup steps from 0 to the peak rate',
+  'schedule.min_lr_ratio': 'final learning rate as a fraction of the peak (cosine and wsd)',
+  'schedule.decay_fraction': 'wsd: fraction of all steps spent in the final decay',
+  grad_clip: 'global L2 norm the gradients are clipped to; 0 disables clipping',
+  'load_balance.form': 'load-balance loss over each micro-batch, the global batch, or each sequence',
+  'load_balance.alpha': 'load-balance loss coefficient',
+  checkpoint_every: 'save a checkpoint every N steps (and always at the end); 0: only at the end',
+  keep_checkpoints: 'complete checkpoints to keep (older ones are deleted); 0 keeps all',
+  init_from: 'start from these weights (moetrain checkpoint or HF folder) when the run has no checkpoint yet',
+  max_epochs: 'most passes over the data; a run that needs more is refused up front; 0 or null: no cap',
+  mla_kernels: 'MLA attention kernels on the GPU: auto (Hopper kernels on H100/H200, else mma.sync or generic), hopper, mma, generic',
+  'parallel.pp': 'pipeline stages (mesh pp × dp × cp × ep = ranks started by `moetrain launch`)',
+  'parallel.dp': 'data-parallel replicas (with ep: dp·ep replicas read different sequences)',
+  'parallel.cp': 'context-parallel ranks (the sequence is split over them)',
+  'parallel.ep': 'expert-parallel ranks (each holds n_routed_experts / ep experts; innermost)',
+  'parallel.collective_timeout_sec': 'seconds a collective or the rendezvous waits for the other ranks before failing',
+};
+
+export interface TrainOptionInfo {
+  /** Dotted name, e.g. "optimizer.lr". */
+  name: string;
+  /** Value in defaultTrainConfig(). */
+  default: unknown;
+  /** The allowed values of a choice field, else null. */
+  choices: readonly string[] | null;
+  /** What the field takes, found by asking its check: a flag (true passes), a number, or text. */
+  kind: 'flag' | 'number' | 'text';
+  /** One line for --help ('' when OPTION_HELP has none). */
+  help: string;
+}
+
+/** Every training option in SCHEMA order, with its default and help line: the --help listing. */
+export function trainOptions(): TrainOptionInfo[] {
+  const defaults = defaultTrainConfig() as unknown as Record<string, unknown>;
+  const out: TrainOptionInfo[] = [];
+  const add = (name: string, check: Check, value: unknown): void => {
+    const choices = (check as { choices?: readonly string[] }).choices ?? null;
+    const kind = check(true) === null ? 'flag' : [0, 0.5, 1].some((v) => check(v) === null) ? 'number' : 'text';
+    out.push({ name, default: value, choices, kind, help: OPTION_HELP[name] ?? '' });
+  };
+  for (const [key, rule] of Object.entries(SCHEMA)) {
+    if (typeof rule === 'function') { add(key, rule, defaults[key]); continue; }
+    const section = defaults[key] as Record<string, unknown>;
+    for (const [sub, check] of Object.entries(rule)) add(`${key}.${sub}`, check, section[sub]);
+  }
+  return out;
+}
 
 /** Applies `overrides` (nested objects, dotted-path keys already split) onto base, checking every field. */
 export function mergeTrainConfig(base: TrainConfig, overrides: Record<string, unknown>, source: string): TrainConfig {

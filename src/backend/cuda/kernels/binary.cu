@@ -1,13 +1,12 @@
 // out = a op b: elementwise over out's (collapsed) shape; a and b are views already broadcast to
 // it (stride 0 where broadcast); out contiguous. Floor: (bytes of a + b + out) / ~3 TB/s, less
 // where broadcasting makes an operand re-read from cache.
-#include "common.cuh"
+#include "strided_views.cuh"
 
-// Codes shared with cuda_backend.ts (BINARY_CODE there).
-#define OP_ADD 0
-#define OP_SUB 1
-#define OP_MUL 2
-#define OP_DIV 3
+// Op codes: -D defines from ops/binary.ts (BINARY_DEFINES), which launches with them.
+#if !defined(OP_ADD) || !defined(OP_SUB) || !defined(OP_MUL) || !defined(OP_DIV)
+#error "the OP_* codes are set by ops/binary.ts (BINARY_DEFINES)"
+#endif
 
 __device__ __forceinline__ float apply_binary(int op, float a, float b) {
   switch (op) {

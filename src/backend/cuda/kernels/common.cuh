@@ -1,5 +1,5 @@
 // Shared by the elementwise and reduction kernels: element types with f32 load/store, warp and
-// block reductions, and the index arithmetic of strided views. Written without the CUDA headers
+// block reductions, grid-stride loops (strided views: strided_views.cuh). Written without the CUDA headers
 // (no cuda_bf16.h, no <cstdint>) so NVRTC compiles it with no include path beyond this folder.
 //
 // Element types are named as the TypeScript dtypes (f32, bf16, i32) so that a kernel instantiated
@@ -114,49 +114,6 @@ __device__ __forceinline__ float block_sum(float v, float* scratch) {
   __syncthreads();
   v = lane < warps ? scratch[lane] : 0.f;
   return warp_sum(v);
-}
-
-// ---- strided views ----
-// The host collapses a view to at most MT_MAX_RANK dimensions, innermost last, padding at the
-// front with size-1 dimensions; sizes and strides arrive as separate scalar parameters.
-#define MT_MAX_RANK 6
-
-#define MT_SHAPE_PARAMS int d0, int d1, int d2, int d3, int d4, int d5
-#define MT_STRIDE_PARAMS(p) long long p##0, long long p##1, long long p##2, long long p##3, long long p##4, long long p##5
-#define MT_SHAPE_ARRAY const int dims[MT_MAX_RANK] = {d0, d1, d2, d3, d4, d5}
-#define MT_STRIDE_ARRAY(p) const long long p[MT_MAX_RANK] = {p##0, p##1, p##2, p##3, p##4, p##5}
-
-/** Element offset of linear index i (row-major over dims) in a view with the given strides. */
-__device__ __forceinline__ long long view_offset(unsigned i, int rank, const int* dims, const long long* strides) {
-  long long off = 0;
-#pragma unroll
-  for (int k = MT_MAX_RANK - 1; k >= 0; --k) {
-    if (k >= MT_MAX_RANK - rank) {
-      unsigned d = (unsigned)dims[k];
-      unsigned q = i / d;
-      off += (long long)(i - q * d) * strides[k];
-      i = q;
-    }
-  }
-  return off;
-}
-
-/** Offsets of linear index i in two views of the same shape (one division chain for both). */
-__device__ __forceinline__ void view_offset2(unsigned i, int rank, const int* dims, const long long* sa, const long long* sb,
-                                             long long* oa, long long* ob) {
-  long long a = 0, b = 0;
-#pragma unroll
-  for (int k = MT_MAX_RANK - 1; k >= 0; --k) {
-    if (k >= MT_MAX_RANK - rank) {
-      unsigned d = (unsigned)dims[k];
-      unsigned q = i / d;
-      unsigned c = i - q * d;
-      a += (long long)c * sa[k];
-      b += (long long)c * sb[k];
-      i = q;
-    }
-  }
-  *oa = a; *ob = b;
 }
 
 #define MT_GRID_STRIDE(i, n) for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (long long)gridDim.x * blockDim.x)

@@ -1,7 +1,7 @@
 // Strided copy with dtype conversion: dst[i] = src[i] over one (collapsed) shape, both views,
 // broadcast strides 0 allowed in src. Used by Backend.copy and by read() of non-contiguous views.
 // Floor: (bytes read + bytes written) / ~3 TB/s, e.g. 64 MiB bf16 → f32 (64 + 128 MiB) ≈ 67 µs.
-#include "common.cuh"
+#include "strided_views.cuh"
 
 template <typename TO, typename TI>
 __device__ __forceinline__ void copy_strided(TO* __restrict__ dst, const TI* __restrict__ src, long long n, int rank,

@@ -9,7 +9,11 @@
 // 3.36 GB ≈ 1.12 ms. __expf (ex2.approx) keeps the exponentials off the critical path.
 #include "common.cuh"
 
-#define CE_THREADS 512
+// Threads per block (one block per row; also the launch bound): a -D define from
+// ops/cross_entropy.ts (CROSS_ENTROPY_DEFINES), which launches with it.
+#ifndef CE_THREADS
+#error "CE_THREADS is set by ops/cross_entropy.ts (CROSS_ENTROPY_DEFINES)"
+#endif
 
 struct MaxSum { float m, s; };
 

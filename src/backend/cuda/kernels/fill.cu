@@ -1,6 +1,6 @@
 // Fill a view with one bit pattern (the host converts the value to the dtype's bits: f32 and i32
 // are 32-bit words, bf16 a 16-bit word). Floor: bytes written / ~3 TB/s.
-#include "common.cuh"
+#include "strided_views.cuh"
 
 template <typename W>
 __device__ __forceinline__ void fill_strided(W* __restrict__ dst, long long n, W bits, int rank, const int* dims, const long long* ds) {

@@ -15,17 +15,27 @@
 //                                 fixed order in deterministic mode)
 #include "mla_attention_common.cuh"
 
+// The launch shapes: -D defines from ops/mla_attention.ts (MLA_BWD_DEFINES), which launches
+// with them: MLA_BWD_THREADS (dkdv, dq), MLA_BWD_PRE_THREADS (preprocess: one warp per row),
+// MLA_BWD_FINISH_THREADS, and the dynamic shared memory of dkdv and dq, MLA_BWD_DKDV_SMEM and
+// MLA_BWD_DQ_SMEM, which must equal the layouts below.
+#if !defined(MLA_BWD_THREADS) || !defined(MLA_BWD_PRE_THREADS) || !defined(MLA_BWD_FINISH_THREADS) || \
+    !defined(MLA_BWD_DKDV_SMEM) || !defined(MLA_BWD_DQ_SMEM)
+#error "MLA_BWD_THREADS, _PRE_THREADS, _FINISH_THREADS, _DKDV_SMEM and _DQ_SMEM are set by ops/mla_attention.ts (MLA_BWD_DEFINES)"
+#endif
+
 namespace mla {
-constexpr int BWD_WARPS = 8;
-constexpr int BWD_THREADS = BWD_WARPS * 32;
+constexpr int BWD_THREADS = MLA_BWD_THREADS;
+// Warp w of dkdv and dq owns rows 16·(w%4) of a tile and half w/4 of the columns.
+static_assert(BWD_THREADS == 8 * 32 && TILE == 4 * 16, "eight warps: four 16-row slices of a 64-row tile × two column halves");
 // dkdv: K, V, two Q tiles, two dO tiles, Pᵀ, dSᵀ (bf16), then lse·log2(e) and D for two tiles.
 constexpr int DKDV_SMEM_BYTES =
     (3 * TILE * QK_STRIDE + 3 * TILE * V_STRIDE + 2 * TILE * P_STRIDE) * 2 + 4 * TILE * 4;
 // dq: Q, dO, two K tiles, two V tiles, dS.
 constexpr int DQ_SMEM_BYTES = (3 * TILE * QK_STRIDE + 3 * TILE * V_STRIDE + TILE * P_STRIDE) * 2;
-// The host (mla_attention.ts, bench/attention_harness.py) repeats these sizes; both fit the
-// 163 KB an sm_80 block may opt into.
-static_assert(DKDV_SMEM_BYTES == 148480 && DQ_SMEM_BYTES == 138240, "update the host's shared-memory sizes");
+// Both fit the 163 KB an sm_80 block may opt into.
+static_assert(DKDV_SMEM_BYTES == MLA_BWD_DKDV_SMEM && DQ_SMEM_BYTES == MLA_BWD_DQ_SMEM,
+              "MLA_BWD_DKDV_SMEM / MLA_BWD_DQ_SMEM (the launches' shared memory) must match these layouts");
 
 __device__ __forceinline__ void red_add_f32x2(float* p, float a, float b) {
 #if __CUDA_ARCH__ >= 900
@@ -41,7 +51,7 @@ using namespace mla;
 
 // D[b,h,s] = Σ_d dO·O over the 128 value columns; one warp per (b,s,h) row. Also zeroes
 // dq_accum [B,S,H,192] and dkpe_accum [B,S,64] (either may be null).
-extern "C" __global__ void __launch_bounds__(256)
+extern "C" __global__ void __launch_bounds__(MLA_BWD_PRE_THREADS)
 mla_attention_bwd_preprocess(const bf16_t* __restrict__ o, const bf16_t* __restrict__ dout, float* __restrict__ d_sum,
                              float* __restrict__ dq_accum, float* __restrict__ dkpe_accum, int rows, int S, int H) {
   const int lane = threadIdx.x & 31;
@@ -421,7 +431,7 @@ mla_attention_bwd_dq(const bf16_t* __restrict__ q_nope, const bf16_t* __restrict
 
 // One block per (b, s) position: dq_accum (f32, unscaled; null in deterministic mode) → scaled
 // bf16 dq_nope/dq_pe, and dk_pe = Σ_h of the f32 dk_pe parts → bf16.
-extern "C" __global__ void __launch_bounds__(128)
+extern "C" __global__ void __launch_bounds__(MLA_BWD_FINISH_THREADS)
 mla_attention_bwd_finish(const float* __restrict__ dq_accum, bf16_t* __restrict__ dq_nope, bf16_t* __restrict__ dq_pe,
                          const float* __restrict__ dkpe_f32, bf16_t* __restrict__ dk_pe, int H, float scale,
                          int dkpe_per_head) {

@@ -7,11 +7,10 @@
 // With P = exp(scale·Q·Kᵀ − lse) (recomputed), D from preprocess:
 //   dV = Pᵀ·dO,  dP = dO·Vᵀ,  dS = P∘(dP − D),  dK = scale·dSᵀ·Q,  dQ(unscaled) = dS·K
 //
-// Launch: grid (H, ceil(S/128), B), 384 threads, HB_SMEM_BYTES (231464) of dynamic shared
-// memory. Heads vary fastest and blockIdx.y is the key tile, so under a causal mask the longest
-// key tiles (the first, which see every later query) of every head start first. (Orders that
-// run fewer heads at a time, for L2 reuse of dq_accum and Q/dO, measured slower at s ≥ 16384:
-// 4 heads at a time 7-9% slower, 2 heads 44% at s=32768; bench/attention_notes.md.)
+// Launch: grid (H, ceil(S/128), B), 384 threads, HB_SMEM_BYTES of dynamic shared memory
+// (-D defines from ops/mla_attention.ts, MLA_HOP_BWD_DEFINES; the launcher uses the same).
+// Heads vary fastest and blockIdx.y is the key tile, so under a causal mask the longest key
+// tiles (the first, which see every later query) of every head start first.
 // Arguments as mla_attention_bwd_dkdv, plus dq_accum's tensor map last: dq_accum null skips dQ
 // (deterministic mode, where mla_attention_bwd_dq computes it); otherwise dQ is added through
 // the map and the pointer only says that it is; dkpe_per_head 0 adds dk_pe into dkpe_f32 [B,S,64] with
@@ -53,15 +52,7 @@
 //     dq_accum's 5-D tensor map, boxes of 64 columns × 16 queries), waiting only for the copy
 //     engine to have read the box's previous contents: no barrier beyond the warp. A warp's
 //     reduce-adds are serialised at a near-constant cost per add, whatever its size up to a
-//     few KB, so the box size sets the owner's staging time. Measured alternatives
-//     (bench/attention_notes.md): red.global.add per thread (v2: 15-17% slower; v4 after a
-//     lane swap: 21-111% slower; one box in six: 4-10% slower); 2 KB boxes (16 × 32, six per
-//     step, 6-13% slower; with a third dSᵀ buffer); both consumers in lockstep splitting the
-//     chunks 2:1; the consumer's 64 rows per box with two 128-thread barriers per box; dQ on
-//     the producer warpgroup as a third chain (28% slower: see Registers); both consumers
-//     each computing half of every step's dQ, one step late (11-20% slower); producer warps
-//     issuing a third of the boxes (no gain: the stores and fence stay on the owner's chain,
-//     and the SM's copy engine is shared).
+//     few KB, so the box size sets the owner's staging time.
 //   The consumers finish with dV, dK·scale (bf16) and the dk_pe part (f32).
 //
 // Registers per consumer thread (setmaxnreg 240; 128·24 + 256·240 = 64512 ≤ 65536):
@@ -71,12 +62,9 @@
 //   Peak ≈ 160 + 32 + addresses. ptxas (nvcc 13.0): no spill, no C7512 (168
 //   registers: the launch bound; setmaxnreg moves them, and an .inc waits until .decs freed
 //   as many, so the two must balance). No slack: HGMMA accumulators are whole aligned register
-//   blocks, so two 64-column dQ blocks in flight (64 registers) spilled 256 bytes, and so did
-//   Sᵀ and dPᵀ in flight together; the wgmma descriptors are made opaque (desc_base), or the
+//   blocks, so two GEMMs' accumulators in flight (two 64-column dQ blocks, or Sᵀ and dPᵀ) do
+//   not fit without spilling; the wgmma descriptors are made opaque (desc_base), or the
 //   compiler hoists every k-step's 64-bit descriptor out of the step loop and spills them.
-//   Moving dQ to the producer warpgroup (56 registers, consumers 224) made the consumers
-//   spill and their own steps 10% slower, and its dQ chain (one 32-column GEMM at a time,
-//   queued behind the consumers' wgmmas) became the bottleneck.
 // Shared memory (bytes, every tile 1024-aligned):
 //   K 49152 | V 32768 | Q 2 × 24576 | dO 2 × 16384 | dSᵀ 2 × 16384 | dQ staging 2 × 4 × 4096 |
 //   lse, D 2 × 512 | 5 mbarriers | 16 (the producer's key/query origin) | +1008 alignment
@@ -103,29 +91,27 @@
 //   s=2048 0.068 ms, 4096 0.272, 8192 1.087, 16384 4.35, 32768 17.4 ms.
 // This kernel computes 1664 FLOPs per (query, key) pair (Sᵀ 384, dPᵀ 256, dV 256, dK 384,
 // dQ 384) = 1.04 × the convention's 1600, plus 6% (s=2048) … 0.2% (32768) of masked waste.
-// Measured (H100 80GB HBM3, whole backward incl. preprocess and finish, convention TFLOPS,
-// `moetrain bench attention`, median of 3 rounds, bench/attention_notes.md): 315 / 429 / 471 /
-// 485 / 515 at s=2048..32768, 1.38 / 1.24 / 1.07 / 1.02 / 1.07× cuDNN. At s ≥ 16384 both sides
-// hold the card at its 700 W limit and run at the same ~1570-1600 MHz, so the long rows
-// compare clock cycles per unit of work.
-// Limits (MLA_HB_PROFILE_CLOCKS, per consumer and step, the same ~6230 clocks at every s):
-// waiting for the stage 510-545, Sᵀ GEMM 700-835, exp2 and mask 515-600, dPᵀ GEMM 550-580, dS
-// and its stores 580-620, dV/dK GEMMs 860-930, dSᵀ barriers 230-440, and the dQ of every other
-// step 1960-2020 on average (GEMMs 780-800, staging 1050-1130; with 2 KB boxes it was 2500,
-// staging 1650). Without the staging (its stores and reduce-adds) the kernel runs 9-13% faster.
-// A staged box's cost is mostly per reduce-add (a warp's adds are serialised; the SM's copy
-// engine tops out near 17 bytes/clock, the card's L2 near 3.3 TB/s of f32 adds), the rest its
-// stores and proxy fence (bench/tma_reduce_probe.cu, bench/attention_notes.md). Each
-// consumer's steps are a serial chain of GEMM → wait → elementwise (the registers are spent on
-// dK/dV, none are left to pipeline); per step ~500 KB cross shared memory (operands 350, dSᵀ
-// 16, dQ staging 48 + 48, Q/dO 40): ~3900 clocks at 128 B/clock against ~3300 of tensor work.
+// Measured speeds, the per-phase clock profile and the alternatives tried for each choice
+// above: bench/attention_notes.md ("Hopper backward: what its header recorded"). Build
+// switches (profiling builds): bench/attention_notes.md, "Build switches".
+//
+// One file of ~650 lines, over the 500-line guide: the producer/consumer protocol (ring stages,
+// mbarrier phases, the named barriers of the one-step-late dQ) is one unit that must be read
+// and changed together, and the helpers here exist only for it.
 #include "mla_attention_hopper.cuh"
 
+#if !defined(MLA_HOP_BWD_THREADS) || !defined(MLA_HOP_BWD_KEYS) || !defined(MLA_HOP_BWD_QUERIES) || \
+    !defined(MLA_HOP_BWD_DQ_ROWS) || !defined(MLA_HOP_BWD_SMEM)
+#error "MLA_HOP_BWD_THREADS, _KEYS, _QUERIES, _DQ_ROWS and _SMEM are set by ops/mla_attention.ts (MLA_HOP_BWD_DEFINES)"
+#endif
+
 namespace mla {
-constexpr int HB_BN = 128;                       // keys per block (2 consumer warpgroups × 64)
-constexpr int HB_BM = 64;                        // queries per step
+constexpr int HB_BN = MLA_HOP_BWD_KEYS;          // keys per block (2 consumer warpgroups × 64)
+constexpr int HB_BM = MLA_HOP_BWD_QUERIES;       // queries per step
 constexpr int HB_STAGES = 2;                     // Q/dO/lse/D ring depth
-constexpr int HB_THREADS = 384;                  // producer + 2 consumer warpgroups
+constexpr int HB_THREADS = MLA_HOP_BWD_THREADS;  // producer + 2 consumer warpgroups
+static_assert(HB_THREADS == 3 * 128 && HB_BN == 2 * 64 && HB_BM == 64,
+              "a producer and two consumer warpgroups of 64 keys; a step's queries are the N of wgmma m64n64");
 constexpr int HB_K_BYTES = HB_BN * D_QK * 2;     // 49152
 constexpr int HB_V_BYTES = HB_BN * D_V * 2;      // 32768
 constexpr int HB_Q_BYTES = HB_BM * D_QK * 2;     // 24576
@@ -139,14 +125,12 @@ constexpr int HB_Q_OFF = HB_V_OFF + HB_V_BYTES;
 constexpr int HB_DO_OFF = HB_Q_OFF + HB_STAGES * HB_Q_BYTES;
 constexpr int HB_DS_OFF = HB_DO_OFF + HB_STAGES * HB_DO_BYTES;
 // dSᵀ buffers: step i uses buffer i % 2; a step's dQ runs one step late (see the header), so the
-// non-owner of step i-2's dQ waits for it to be read before storing its half of step i. (A
-// third buffer, which spared that wait, was worth less than the 4 KB staging boxes its 16 KB
-// now hold; getting it back by letting the consumers share one set of boxes measured 0-6%
-// slower: bench/attention_notes.md.)
+// non-owner of step i-2's dQ waits for it to be read before storing its half of step i.
 constexpr int HB_DS_BUFS = 2;
 // dQ staging, one per consumer: four 16-query × 64-column f32 boxes (one per warp, 4 KB each;
 // 32 lines of 128 bytes, 128-byte swizzled): what one bulk reduce-add copies out of.
-constexpr int HB_DQ_BOX = 16 * 64 * 4;                // 4096, one warp's box
+static_assert(MLA_HOP_BWD_DQ_ROWS == 16, "a box holds one warp's 16 rows of the m64 accumulators");
+constexpr int HB_DQ_BOX = MLA_HOP_BWD_DQ_ROWS * 64 * 4;  // 4096, one warp's box
 constexpr int HB_DQ_BOX_BYTES = 4 * HB_DQ_BOX;        // 16384, one consumer's four
 constexpr int HB_DQ_OFF = HB_DS_OFF + HB_DS_BUFS * HB_DS_BYTES;
 constexpr int HB_LSE_OFF = HB_DQ_OFF + 2 * HB_DQ_BOX_BYTES;   // [stage][64] lse·log2e, then [stage][64] D
@@ -156,15 +140,14 @@ constexpr int HB_ORIGIN_OFF = HB_BAR_OFF + HB_NUM_BARS * 8;  // k0, first query 
 // +1008: the dynamic shared window is only guaranteed 16-byte aligned; the kernel rounds it up
 // to 1024, skipping at most 1008 bytes.
 constexpr int HB_SMEM_BYTES = HB_ORIGIN_OFF + 16 + 1008;
-// The host (bench/attention_harness.py, mla_attention.ts) repeats this number.
-static_assert(HB_SMEM_BYTES == 231464, "update the host's shared-memory size");
+static_assert(HB_SMEM_BYTES == MLA_HOP_BWD_SMEM, "MLA_HOP_BWD_SMEM (the launch's shared memory) must match this layout");
 static_assert(HB_SMEM_BYTES <= 232448, "over the 227 KB a Hopper block may use");
 static_assert(HB_V_OFF % 1024 == 0 && HB_Q_OFF % 1024 == 0 && HB_DO_OFF % 1024 == 0 && HB_DS_OFF % 1024 == 0 &&
               HB_DQ_OFF % 1024 == 0,
               "wgmma operands must start 1024-byte aligned");
 // setmaxnreg only moves registers within the block's launch allocation (168 per thread, the
 // __launch_bounds__ maximum for 384 threads): an .inc waits until .decs freed as many, forever
-// if they never do. 128·24 + 256·240 = 384·168. (232 for the consumers spilled.)
+// if they never do. 128·24 + 256·240 = 384·168.
 constexpr int HB_LAUNCH_REGS = 168;
 constexpr int HB_PRODUCER_REGS = 24;
 constexpr int HB_CONSUMER_REGS = 240;
@@ -180,26 +163,17 @@ using namespace mla::hop;
 
 namespace {
 
-// Profiling switches (timing only; results are wrong with any on; bench/attention_harness.py
-// builds them as prof_* variants): MLA_HB_PROFILE_NO_SOFTMAX uses the scaled scores as P (no
-// exp2); MLA_HB_PROFILE_NO_LOADS copies Q/dO/lse/D for the first two steps only and re-publishes
-// those stages afterwards (no wait on device memory). The whole cost of dQ (dSᵀ exchange,
-// GEMMs, staging, reduce-adds) is the difference between the fast and the deterministic mode
-// (dq_accum null skips all of it).
+// Profiling switches, off unless a build sets them: what each does is in
+// bench/attention_notes.md, "Build switches" (bench/attention_harness.py builds them).
 #ifndef MLA_HB_PROFILE_NO_SOFTMAX
 #define MLA_HB_PROFILE_NO_SOFTMAX 0
 #endif
 #ifndef MLA_HB_PROFILE_NO_LOADS
 #define MLA_HB_PROFILE_NO_LOADS 0
 #endif
-// MLA_HB_PROFILE_NO_STAGING: the dQ GEMMs run but their results are neither staged nor added.
 #ifndef MLA_HB_PROFILE_NO_STAGING
 #define MLA_HB_PROFILE_NO_STAGING 0
 #endif
-
-// MLA_HB_PROFILE_CLOCKS: each consumer's thread 0 (and the producer's lane 0) adds the clock
-// cycles spent in each phase of its steps into hb_clocks[SM][role][phase] (a correct build,
-// a little slower; the harness reads the table). Phases: see HbPhase.
 #ifndef MLA_HB_PROFILE_CLOCKS
 #define MLA_HB_PROFILE_CLOCKS 0
 #endif
@@ -361,11 +335,9 @@ __device__ __forceinline__ void dq_box_issue(u32 stg, const TensorMap& tm_dq_acc
 // dq_accum: three 64-column GEMMs into the same 32 registers, each result stored into the warp's
 // 4 KB box as soon as it completed (once the box's previous add was read), the next GEMM then
 // running while the box's fence, reduce-add issue and read take their time. A warp's bulk
-// reduce-adds are serialised at ~600-1000 cycles each almost whatever their size (1 KB 841,
-// 2 KB 841, 4 KB 920, 8 KB 1080 cycles: bench/tma_reduce_probe.cu), so three 4 KB boxes cost the
-// owner's chain about half of what six 2 KB ones did (the previous staging: 64 | 32 | 64 | 32-
-// column GEMMs into 2 KB boxes; then with 4 KB boxes; this is 6-13% faster than the first and
-// 2-6% than the second; bench/attention_notes.md).
+// reduce-adds are serialised at a near-constant cost each almost whatever their size up to a
+// few KB (bench/tma_reduce_probe.cu), so three 4 KB boxes cost the owner's chain about half of
+// what six 2 KB ones would.
 __device__ __forceinline__ void dq_step(u32 tdS, u32 sK, u32 stg, int warp, int g, int t, const TensorMap& tm_dq_accum,
                                         int q0) {
   float x[32];
@@ -625,7 +597,7 @@ mla_attention_bwd_dkdv_hopper(const __grid_constant__ TensorMap tm_q_nope, const
       wgmma_commit();
       // Before the "dSᵀ full" barrier (below): the dQ wgmmas read the dSᵀ stores. Issued behind
       // the dV/dK GEMMs (which do not read dSᵀ from shared memory), its wait for the stores
-      // overlaps their execution (2-8% faster than before them).
+      // overlaps their execution.
       if (with_dq) fence_proxy_async();
       // Waiting here, before the dQ GEMMs, frees the 32 registers of Pᵀ and dSᵀ for them.
       wgmma_wait<0>();

@@ -14,13 +14,20 @@
 typedef unsigned short bf16_t;  // raw bf16 bits
 typedef unsigned int u32;
 
+// Head widths and the mma.sync kernels' tile: -D defines from ops/mla_attention.ts
+// (MLA_COMMON_DEFINES), which checks the tensors' shapes and sizes the grids with them.
+#if !defined(MLA_D_NOPE) || !defined(MLA_D_ROPE) || !defined(MLA_D_V) || !defined(MLA_TILE)
+#error "MLA_D_NOPE, MLA_D_ROPE, MLA_D_V and MLA_TILE are set by ops/mla_attention.ts (MLA_COMMON_DEFINES)"
+#endif
+
 namespace mla {
 
-constexpr int D_NOPE = 128;
-constexpr int D_ROPE = 64;
+constexpr int D_NOPE = MLA_D_NOPE;
+constexpr int D_ROPE = MLA_D_ROPE;
 constexpr int D_QK = D_NOPE + D_ROPE;  // 192: q = (q_nope | q_pe), k = (k_nope | k_pe)
-constexpr int D_V = 128;
-constexpr int TILE = 64;               // query rows and key rows per tile, every kernel
+constexpr int D_V = MLA_D_V;
+constexpr int TILE = MLA_TILE;         // query rows and key rows per tile, mma.sync backward kernels
+static_assert(D_NOPE == 128 && D_ROPE == 64 && D_V == 128, "the kernels' fragment and copy layouts are written for DeepSeek-V2's 128/64/128");
 // Shared-memory row strides in elements: 16 bytes of padding shifts consecutive rows by four
 // banks, so the eight 16-byte rows one ldmatrix reads land in distinct banks.
 constexpr int QK_STRIDE = D_QK + 8;    // 400 bytes

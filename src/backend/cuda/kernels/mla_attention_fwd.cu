@@ -18,26 +18,28 @@
 // (2×64 for O, 2×16 for S) within the 255-register budget and two blocks fit per SM.
 #include "mla_attention_common.cuh"
 
-#ifndef MLA_FWD_MT
-#define MLA_FWD_MT 2
-#endif
-#ifndef MLA_FWD_BN
-#define MLA_FWD_BN 32
-#endif
-#ifndef MLA_FWD_LAZY_RESCALE
-#define MLA_FWD_LAZY_RESCALE 1
+// The launch shape: -D defines from ops/mla_attention.ts (MLA_FWD_DEFINES), which launches
+// with them; variant builds (bench/attention_harness.py) set MT, BN and LAZY_RESCALE otherwise.
+//   MLA_FWD_THREADS        threads per block (warps of 16·MT query rows each)
+//   MLA_FWD_MT             16-row m-tiles per warp
+//   MLA_FWD_BN             key rows per tile
+//   MLA_FWD_LAZY_RESCALE   1: skip rescaling O when no row of the warp has a new maximum
+//   MLA_FWD_SMEM           dynamic shared memory of a launch; must equal FWD_SMEM_BYTES below
+#if !defined(MLA_FWD_THREADS) || !defined(MLA_FWD_MT) || !defined(MLA_FWD_BN) || !defined(MLA_FWD_LAZY_RESCALE) || \
+    !defined(MLA_FWD_SMEM)
+#error "MLA_FWD_THREADS, _MT, _BN, _LAZY_RESCALE and _SMEM are set by ops/mla_attention.ts (MLA_FWD_DEFINES)"
 #endif
 
 namespace mla {
-constexpr int FWD_WARPS = 4;
-constexpr int FWD_THREADS = FWD_WARPS * 32;
+constexpr int FWD_THREADS = MLA_FWD_THREADS;
+constexpr int FWD_WARPS = FWD_THREADS / 32;
 constexpr int FWD_MT = MLA_FWD_MT;         // 16-row m-tiles per warp
 constexpr int FWD_BM = FWD_WARPS * 16 * FWD_MT;  // query rows per block
 constexpr int FWD_BN = MLA_FWD_BN;         // key rows per tile
 // Shared memory: Q tile, then two K tiles, then two V tiles.
 constexpr int FWD_SMEM_BYTES = (FWD_BM * QK_STRIDE + 2 * FWD_BN * QK_STRIDE + 2 * FWD_BN * V_STRIDE) * 2;
-// The host (mla_attention.ts, bench/attention_harness.py) repeats these numbers.
-static_assert(FWD_MT != 2 || FWD_BN != 32 || FWD_SMEM_BYTES == 94208, "update the host's shared-memory size");
+static_assert(FWD_THREADS % 32 == 0, "whole warps");
+static_assert(FWD_SMEM_BYTES == MLA_FWD_SMEM, "MLA_FWD_SMEM (the launch's shared memory) must match this layout");
 static_assert(FWD_BN % 16 == 0 && FWD_BN <= 64, "key tile: 16, 32, 48 or 64 rows");
 }  // namespace mla
 

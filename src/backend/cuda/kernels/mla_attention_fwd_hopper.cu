@@ -5,7 +5,8 @@
 //   o[b,s,h,:] = Σ_j softmax_j(scale·(q_nope·k_nope + q_pe·k_pe[b,j])) · v[b,j,h,:]
 //   lse[b,h,s] = natural log of that softmax's denominator (scaled scores)
 //
-// Launch: grid (H, ceil(S/128), B), 384 threads, HOP_SMEM_BYTES of dynamic shared memory.
+// Launch: grid (H, ceil(S/128), B), 384 threads, HOP_SMEM_BYTES of dynamic shared memory
+// (-D defines from ops/mla_attention.ts, MLA_HOP_FWD_DEFINES; the launcher uses the same).
 // Heads vary fastest and blockIdx.y counts query tiles from the last one down, so the longest
 // causal tiles of every head start first and the short ones fill the tail.
 //
@@ -32,17 +33,23 @@
 //   N-major operand (V: rows = keys = the K dim, 64 contiguous dv values per block row):
 //     transposed B; leading byte offset = next 64-column block, stride byte offset (next 8
 //     keys) 1024; each 16-key step advances the start by 16 rows = 2048 bytes.
-// Tensor maps (encoded by the host, src/backend/cuda/mla_attention.ts; passed by value):
+// Tensor maps (encoded by the host, src/backend/cuda/ops/mla_attention.ts; passed by value):
 //   q_nope, k_nope, v: dims (128, H, S, B), box (64, 1, 128, 1): one 64-column block of 128 rows
 //   of one head per copy; q_pe: (64, H, S, B), same box; k_pe: (64, S, B), box (64, 128, 1).
 // Rows past S lie outside the map's extent and arrive as zeros.
 #include "mla_attention_hopper.cuh"
 
+#if !defined(MLA_HOP_FWD_THREADS) || !defined(MLA_HOP_FWD_ROWS) || !defined(MLA_HOP_FWD_KEYS) || !defined(MLA_HOP_FWD_SMEM)
+#error "MLA_HOP_FWD_THREADS, _ROWS, _KEYS and _SMEM are set by ops/mla_attention.ts (MLA_HOP_FWD_DEFINES)"
+#endif
+
 namespace mla {
-constexpr int HOP_BM = 128;                 // query rows per block (2 consumer warpgroups × 64)
-constexpr int HOP_BN = 128;                 // key rows per tile
+constexpr int HOP_BM = MLA_HOP_FWD_ROWS;    // query rows per block (2 consumer warpgroups × 64)
+constexpr int HOP_BN = MLA_HOP_FWD_KEYS;    // key rows per tile (the K/V copies' box)
 constexpr int HOP_STAGES = 2;               // K/V ring depth
-constexpr int HOP_THREADS = 384;            // producer + 2 consumer warpgroups
+constexpr int HOP_THREADS = MLA_HOP_FWD_THREADS;  // producer + 2 consumer warpgroups
+static_assert(HOP_THREADS == 3 * 128 && HOP_BM == 2 * 64 && HOP_BN == 128,
+              "a producer and two consumer warpgroups of 64 query rows; S tiles are wgmma m64n128");
 constexpr int HOP_Q_BYTES = HOP_BM * D_QK * 2;   // 49152
 constexpr int HOP_K_BYTES = HOP_BN * D_QK * 2;   // 49152
 constexpr int HOP_V_BYTES = HOP_BN * D_V * 2;    // 32768
@@ -54,23 +61,18 @@ constexpr int HOP_BAR_OFFSET = HOP_Q_BYTES + HOP_STAGES * (HOP_K_BYTES + HOP_V_B
 constexpr int HOP_NUM_BARS = 1 + 4 * HOP_STAGES;
 // +1024: the dynamic shared window is only guaranteed 16-byte aligned; the kernel rounds up.
 constexpr int HOP_SMEM_BYTES = HOP_BAR_OFFSET + HOP_NUM_BARS * 8 + 1024;
-// The host (mla_attention.ts, bench/attention_harness.py) repeats this number.
-static_assert(HOP_SMEM_BYTES == 214088, "update the host's shared-memory size");
+static_assert(HOP_SMEM_BYTES == MLA_HOP_FWD_SMEM, "MLA_HOP_FWD_SMEM (the launch's shared memory) must match this layout");
 static_assert(HOP_SMEM_BYTES <= 232448, "over the 227 KB a Hopper block may use");
 constexpr int HOP_PRODUCER_REGS = 40;
 constexpr int HOP_CONSUMER_REGS = 232;  // 128·40 + 256·232 = 64512 ≤ 65536
 }  // namespace mla
 
-// 1: the consumer warpgroups alternate their GEMMs and overlap tile i's softmax with tile
-// i-1's P·V (FlashAttention-3's ping-pong and intra-warpgroup overlap); 0: one tile at a time.
+// Build switches (a variant and profiling builds; defaults below): what each does is in
+// bench/attention_notes.md, "Build switches". MLA_HOP_PINGPONG 1 is the kernel the host runs:
+// the consumer warpgroups alternate their GEMMs and overlap tile i's softmax with tile i-1's P·V.
 #ifndef MLA_HOP_PINGPONG
 #define MLA_HOP_PINGPONG 1
 #endif
-
-// Profiling switches (timing only; results are wrong with either on; bench/attention_harness.py
-// builds them as the prof_* variants): MLA_HOP_PROFILE_NO_SOFTMAX feeds the raw scores to P·V
-// without max/exp2/sums/rescale; MLA_HOP_PROFILE_NO_LOADS copies only the first two K/V tiles
-// and re-publishes those stages afterwards, so no consumer waits on device memory.
 #ifndef MLA_HOP_PROFILE_NO_SOFTMAX
 #define MLA_HOP_PROFILE_NO_SOFTMAX 0
 #endif

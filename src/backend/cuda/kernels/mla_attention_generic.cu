@@ -7,7 +7,11 @@
 // v [B,S,H,Dv], o [B,S,H,Dv], lse [B,H,S] f32. Widths up to 32·MAXPL per lane group.
 #include "common.cuh"
 
-#define MAXPL 8  // dims per lane: Dn+Dr ≤ 256 and Dv ≤ 256
+// Dims per lane (Dn+Dr ≤ 32·MAXPL and Dv ≤ 32·MAXPL): a -D define from
+// ops/mla_attention_generic.ts (MLA_GENERIC_DEFINES), which refuses wider heads.
+#ifndef MAXPL
+#error "MAXPL is set by ops/mla_attention_generic.ts (MLA_GENERIC_DEFINES)"
+#endif
 
 template <typename T>
 __device__ void generic_fwd(const T* qn, const T* qp, const T* kn, const T* kp, const T* v, T* o, float* lse,

@@ -50,7 +50,7 @@ __device__ __forceinline__ void named_bar_arrive(int id, int count) {
 }
 
 // ---- TMA (bulk tensor copies) ----
-// A CUtensorMap as the driver encodes it (cuTensorMapEncodeTiled; src/backend/cuda/tensor_map.ts):
+// A CUtensorMap as the driver encodes it (cuTensorMapEncodeTiled; src/backend/cuda/runtime/tensor_map.ts):
 // 128 opaque bytes, 64-byte aligned. Kernels take it by value as a `const __grid_constant__`
 // parameter, so the copy engine reads it from parameter space and the host needs no upload.
 struct alignas(64) TensorMap {

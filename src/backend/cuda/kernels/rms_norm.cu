@@ -15,11 +15,14 @@
 // backward reads dy, x and writes dx: 201 MB ≈ 67 µs (+ G·D·4 bytes of partials written and read).
 #include "common.cuh"
 
-#define RMS_VPT 4  // vectors of 8 per thread on the register path
-// The backward keeps ~160 registers a thread (dy, x, w and the dw partial of its columns), so its
-// blocks are at most 256 threads (65536 registers per block); the register path then covers
-// D ≤ 8·4·256 = 8192 and wider rows take the generic path.
-#define RMS_BWD_THREADS 256
+// -D defines from ops/rms_norm.ts (RMS_NORM_DEFINES), whose launch geometry follows them:
+// RMS_VPT, vectors of 8 per thread on the register path; RMS_BWD_THREADS, the backward's block
+// size limit. The backward keeps ~160 registers a thread (dy, x, w and the dw partial of its
+// columns), so its blocks are at most 256 threads (65536 registers per block); the register path
+// then covers D ≤ 8·4·256 = 8192 and wider rows take the generic path.
+#if !defined(RMS_VPT) || !defined(RMS_BWD_THREADS)
+#error "RMS_VPT and RMS_BWD_THREADS are set by ops/rms_norm.ts (RMS_NORM_DEFINES)"
+#endif
 
 template <typename T, typename TW>
 __device__ __forceinline__ bool rms_register_path(const T* x, const T* y, const TW* w, int D) {

@@ -5,7 +5,11 @@
 // sizes (16384 × 64 f32 = 4 MB read ≈ 1.4 µs at 3 TB/s).
 #include "common.cuh"
 
-#define TOPK_PER_LANE 8  // E ≤ 32·8 = 256
+// Values each lane keeps (E ≤ 32·TOPK_PER_LANE): a -D define from ops/topk.ts (TOPK_DEFINES),
+// which refuses wider rows.
+#ifndef TOPK_PER_LANE
+#error "TOPK_PER_LANE is set by ops/topk.ts (TOPK_DEFINES)"
+#endif
 #define TOPK_NONE 0x7fffffff
 
 __device__ __forceinline__ bool better(float va, int ia, float vb, int ib) {

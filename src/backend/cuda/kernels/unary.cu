@@ -1,18 +1,13 @@
 // out = op(x): elementwise, x a (collapsed) view, out contiguous. The op is a run-time code that
 // is uniform across the launch, so the switch costs a predictable branch, not divergence.
 // Floor: (bytes read + bytes written) / ~3 TB/s.
-#include "common.cuh"
+#include "strided_views.cuh"
 
-// Codes shared with cuda_backend.ts (UNARY_CODE there).
-#define OP_NEG 0
-#define OP_EXP 1
-#define OP_LOG 2
-#define OP_SQRT 3
-#define OP_RSQRT 4
-#define OP_SQUARE 5
-#define OP_SILU 6
-#define OP_SCALE 7
-#define OP_ADD_SCALAR 8
+// Op codes: -D defines from ops/unary.ts (UNARY_DEFINES), which launches with them.
+#if !defined(OP_NEG) || !defined(OP_EXP) || !defined(OP_LOG) || !defined(OP_SQRT) || !defined(OP_RSQRT) || \
+    !defined(OP_SQUARE) || !defined(OP_SILU) || !defined(OP_SCALE) || !defined(OP_ADD_SCALAR)
+#error "the OP_* codes are set by ops/unary.ts (UNARY_DEFINES)"
+#endif
 
 __device__ __forceinline__ float apply_unary(int op, float x, float s) {
   switch (op) {

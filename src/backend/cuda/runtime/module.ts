@@ -1,6 +1,6 @@
 // Kernel modules: a .cu file from src/backend/cuda/kernels/ compiled by NVRTC for the device's
 // own architecture, specialised by -D defines, cached on disk and in memory, and launched
-// through pre-encoded parameter buffers.
+// through pre-encoded parameter buffers (kernel_args.ts).
 //
 // Compile options, and why:
 // - --gpu-architecture=sm_XY[a] (sm_90a on Hopper): a CUBIN for exactly this GPU, with the
@@ -19,22 +19,11 @@ import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { dirname, isAbsolute, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import koffi from 'koffi';
+import { packageRoot } from '../../../package_root.js';
+import { CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, type CudaDriver, type RawDriver } from '../ffi/driver.js';
+import { compileToCubin, nvrtcVersion } from '../ffi/nvrtc.js';
 import type { CudaContext } from './context.js';
-import { CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, type CudaDriver, type RawDriver } from './driver.js';
-import { compileToCubin, nvrtcVersion } from './nvrtc.js';
-
-/** The package root (the folder with package.json), from src/ or from dist/src/ alike. */
-export function packageRoot(): string {
-  let dir = dirname(fileURLToPath(import.meta.url));
-  for (;;) {
-    if (existsSync(join(dir, 'package.json'))) return dir;
-    const up = dirname(dir);
-    if (up === dir) throw new Error(`internal: no package.json above ${fileURLToPath(import.meta.url)}`);
-    dir = up;
-  }
-}
+import { TENSOR_MAP_BYTES, type KernelArgs } from './kernel_args.js';
 
 /** Where the .cu sources live; they are read from the source tree, never copied into dist/. */
 export function kernelsDir(): string {
@@ -76,7 +65,8 @@ function sourceWithLocalHeaders(file: string, seen = new Set<string>()): string 
 
 export type Defines = Readonly<Record<string, string | number>>;
 
-function defineOptions(defines: Defines): string[] {
+/** `-DNAME=value` compiler options for `defines` (sorted by name; NVRTC and nvcc read them alike). */
+export function defineOptions(defines: Defines): string[] {
   return Object.keys(defines).sort().map((k) => {
     if (!/^[A-Za-z_]\w*$/.test(k)) throw new Error(`kernel define "${k}" is not a C identifier`);
     return `-D${k}=${defines[k]}`;
@@ -130,78 +120,8 @@ export function compileKernelFile(arch: string, file: string, defines: Defines =
 
 // ---- launching ----
 
-const argMemory = new FinalizationRegistry<bigint>((mem) => koffi.free(mem));
-
-/** Bytes of a CUtensorMap kernel parameter (passed by value, 64-byte aligned). */
-export const TENSOR_MAP_BYTES = 128;
-
-/**
- * A reusable, pre-encoded kernel parameter buffer: one 8-byte slot per argument (128 bytes,
- * 64-byte aligned, for the `wide` ones: CUtensorMap parameters) in memory that never moves,
- * plus the array of pointers to the slots that cuLaunchKernel takes. Set the
- * values with the typed setters (chainable), then pass it to CudaKernel.launch; the driver
- * copies the values at launch, so the buffer may be rewritten for the next launch at once.
- */
-export class KernelArgs {
-  /** Address of the `void *kernelParams[count]` array. */
-  readonly pointer: bigint;
-  private readonly view: DataView;
-  private readonly offsets: number[] = [];
-  private readonly base: bigint;
-
-  constructor(readonly count: number, readonly wide: readonly number[] = []) {
-    if (!Number.isInteger(count) || count < 0 || wide.some((i) => !Number.isInteger(i) || i < 0 || i >= count)) {
-      throw new Error(`internal: KernelArgs(${count}, [${wide}])`);
-    }
-    const slots = Math.max(count, 1);
-    // Layout: [wide slots, 128 B each][narrow slots, 8 B each][&slot 0 … &slot count-1], from a
-    // 64-byte-aligned base.
-    let at = 0;
-    for (let i = 0; i < slots; i++) if (wide.includes(i)) { this.offsets[i] = at; at += TENSOR_MAP_BYTES; }
-    for (let i = 0; i < slots; i++) if (!wide.includes(i)) { this.offsets[i] = at; at += 8; }
-    const pointersAt = at;
-    const bytes = pointersAt + 8 * slots;
-    const mem = koffi.alloc('uint8_t', bytes + 64) as bigint;
-    argMemory.register(this, mem);
-    this.base = (mem + 63n) & ~63n;
-    this.view = new DataView(koffi.view(this.base, bytes));
-    for (let i = 0; i < slots; i++) this.view.setBigUint64(pointersAt + 8 * i, this.base + BigInt(this.offsets[i]!), true);
-    this.pointer = this.base + BigInt(pointersAt);
-  }
-
-  private slot(i: number): number {
-    if (i >= this.count || i < 0) throw new Error(`internal: kernel argument ${i} of ${this.count}`);
-    return this.offsets[i]!;
-  }
-
-  /** Host address of wide slot i (where a CUtensorMap is encoded in place). */
-  wideAddress(i: number): bigint {
-    if (!this.wide.includes(i)) throw new Error(`internal: kernel argument ${i} is not a 128-byte slot`);
-    return this.base + BigInt(this.slot(i));
-  }
-
-  /** A device pointer (T* parameter). */
-  ptr(i: number, devicePtr: bigint): this {
-    this.view.setBigUint64(this.slot(i), devicePtr, true);
-    return this;
-  }
-  i32(i: number, v: number): this {
-    this.view.setInt32(this.slot(i), v, true);
-    return this;
-  }
-  u32(i: number, v: number): this {
-    this.view.setUint32(this.slot(i), v, true);
-    return this;
-  }
-  f32(i: number, v: number): this {
-    this.view.setFloat32(this.slot(i), v, true);
-    return this;
-  }
-  i64(i: number, v: bigint): this {
-    this.view.setBigInt64(this.slot(i), v, true);
-    return this;
-  }
-}
+/** Dynamic shared memory a kernel may use without opting in. */
+const DEFAULT_DYNAMIC_SHARED = 48 * 1024;
 
 export class CudaKernel {
   private readonly launchRaw: RawDriver['cuLaunchKernel'];
@@ -210,6 +130,8 @@ export class CudaKernel {
   readonly paramSizes: readonly number[] | undefined;
   /** Indices of the kernel's 128-byte (CUtensorMap) parameters, when the driver can tell. */
   private readonly wideParams: number[];
+  /** Dynamic shared memory a launch may use so far (bytes). */
+  private sharedLimit = DEFAULT_DYNAMIC_SHARED;
 
   constructor(private readonly ctx: CudaContext, readonly handle: bigint, readonly name: string, readonly file: string) {
     this.driver = ctx.driver;
@@ -251,6 +173,19 @@ export class CudaKernel {
       throw new Error(`internal: kernel ${this.name} wants ${bytes} B of shared memory; ${this.ctx.name} allows ${this.ctx.maxSharedBytesOptin}`);
     }
     this.driver.funcSetAttribute(this.handle, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, bytes, `kernel ${this.name}, ${bytes} bytes`);
+    this.sharedLimit = bytes;
+  }
+
+  /**
+   * Makes a launch with `bytes` of dynamic shared memory possible: raises the limit when it is
+   * above what is allowed so far. `what` names the request in the error when the GPU has less.
+   */
+  allowDynamicShared(bytes: number, what: string): void {
+    if (bytes <= this.sharedLimit) return;
+    if (bytes > this.ctx.maxSharedBytesOptin) {
+      throw new Error(`${what} needs ${bytes} bytes of shared memory; ${this.ctx.name} has ${this.ctx.maxSharedBytesOptin} per block`);
+    }
+    this.setMaxDynamicShared(bytes);
   }
 }
 
@@ -301,4 +236,16 @@ export function loadModule(ctx: CudaContext, file: string, defines: Defines = {}
   const mod = new CudaModule(ctx, handle, path);
   perContext.set(key, mod);
   return mod;
+}
+
+/** One kernel source with its defines, compiled and loaded into `ctx` on the first kernel asked for. */
+export class KernelFile {
+  private module: CudaModule | undefined;
+
+  constructor(private readonly ctx: CudaContext, readonly file: string, readonly defines: Defines = {}) {}
+
+  kernel(name: string): CudaKernel {
+    this.module ??= loadModule(this.ctx, this.file, this.defines);
+    return this.module.kernel(name);
+  }
 }

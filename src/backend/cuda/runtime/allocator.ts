@@ -17,7 +17,7 @@
 // queued behind the last use. Work on any other stream that touches a block must be fenced
 // back onto the compute stream before the block is freed.
 import type { CudaContext } from './context.js';
-import { CUDA_ERROR_OUT_OF_MEMORY, CudaError } from './driver.js';
+import { CUDA_ERROR_OUT_OF_MEMORY, CudaError } from '../ffi/driver.js';
 
 const SMALL_LIMIT = 1 << 20;
 const SMALL_GRANULE = 512;

@@ -3,8 +3,8 @@
 // A map is encoded by the driver straight into a 128-byte KernelArgs slot; when only the base
 // address changes between launches (the usual case: same shapes, new tensors), the cheaper
 // cuTensorMapReplaceAddress rewrites it in place.
-import type { CudaDriver } from './driver.js';
-import type { KernelArgs } from './module.js';
+import type { CudaDriver } from '../ffi/driver.js';
+import type { KernelArgs } from './kernel_args.js';
 
 // CUtensorMap enums (cuda.h).
 const CU_TENSOR_MAP_DATA_TYPE_FLOAT32 = 7;

@@ -2,7 +2,7 @@
 // context's compute stream so they are ordered with the kernels that produce and consume their
 // buffers. Rank 0 makes the 128-byte ncclUniqueId and the launcher hands it to every rank.
 import koffi from 'koffi';
-import type { CudaContext } from './context.js';
+import type { CudaContext } from '../runtime/context.js';
 import { loadLibrary } from './library.js';
 
 type Fn = (...args: unknown[]) => number;

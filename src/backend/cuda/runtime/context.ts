@@ -11,7 +11,7 @@ import {
   cudaDriver,
   type CudaDriver,
   type HostBytes,
-} from './driver.js';
+} from '../ffi/driver.js';
 
 /** A device event; `elapsedMs` needs both events recorded and the later one complete. */
 export class CudaEvent {

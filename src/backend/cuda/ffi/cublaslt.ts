@@ -7,8 +7,8 @@
 // Everything but the cublasLtMatmul call itself (descriptors, layouts, the heuristic's chosen
 // algorithm) is built once per shape (algorithms per size bucket) and cached, so the hot path is one FFI call.
 import koffi from 'koffi';
-import type { CachingAllocator, GpuBlock } from './allocator.js';
-import type { CudaContext } from './context.js';
+import type { CachingAllocator, GpuBlock } from '../runtime/allocator.js';
+import type { CudaContext } from '../runtime/context.js';
 import { loadLibrary } from './library.js';
 
 type Fn = (...args: unknown[]) => number;

@@ -1,0 +1,263 @@
+// Launcher of the tensor-core MLA attention kernels: kernels/mla_attention_fwd.cu and
+// mla_attention_bwd.cu (FlashAttention-2 style on mma.sync; sm_80 and later), and on sm_90a
+// (H100/H200) mla_attention_fwd_hopper.cu and mla_attention_bwd_hopper.cu (wgmma and TMA), which
+// replace the forward and the backward's dK/dV/dQ kernel; the backward's preprocess and finish
+// kernels are shared. The caller passes which set runs (mla_kernel_choice.ts chooses). The
+// kernels take the five MLA pieces as they are (q_nope, q_pe, k_nope, k_pe shared by every
+// head, v) and build the 192-wide q and k in shared memory, so no concatenated copy exists.
+//
+// Shapes (B batch, S sequence, H heads; bf16, contiguous BSHD):
+//   qNope_BSHD [B,S,H,128]  qPe_BSHD [B,S,H,64]  kNope_BSHD [B,S,H,128]  kPe_BS1D [B,S,1,64]
+//   v_BSHD [B,S,H,128]  o_BSHD [B,S,H,128]  lse_BHS [B,H,S] f32 (natural log)
+// Backward scratch (from the caching allocator, freed in stream order when the call returns):
+//   D_BHS [B,H,S] f32 = rowsum(dO∘O); fast mode: dqAccum_BSHD [B,S,H,192] f32 and
+//   dkPe_BSD [B,S,64] f32 (atomics); deterministic mode: dkPeHeads_BSHD [B,S,H,64] f32.
+//
+// Fast mode adds dQ into f32 with atomics (run-to-run differences of rounding size);
+// deterministic mode computes dQ in a separate pass per query tile and sums dk_pe over heads
+// in a fixed order, so two runs give identical bits (slower).
+//
+// The -D defines below are every number a kernel and this launcher share; each kernel derives
+// its layout from them and static_asserts the shared-memory size given here. Profiling and
+// variant builds (other -D switches) are listed in bench/attention_notes.md, "Build switches".
+import { bytesPerElement } from '../../../tensor/dtype.js';
+import type { Tensor } from '../../../tensor/tensor.js';
+import type { AttentionOptions } from '../../backend.js';
+import type { CachingAllocator, GpuBlock } from '../runtime/allocator.js';
+import type { CudaContext } from '../runtime/context.js';
+import { devicePtr } from '../runtime/device_buffer.js';
+import { KernelArgs } from '../runtime/kernel_args.js';
+import { KernelFile } from '../runtime/module.js';
+import { TensorMapSlots, type TiledMap } from '../runtime/tensor_map.js';
+
+/** Head widths and the query/key tile of the mma.sync backward (mla_attention_common.cuh). */
+export const MLA_COMMON_DEFINES = { MLA_D_NOPE: 128, MLA_D_ROPE: 64, MLA_D_V: 128, MLA_TILE: 64 } as const;
+/**
+ * mla_attention_fwd.cu: threads per block, 16-row m-tiles per warp (query rows per block =
+ * threads/32 · 16 · MT), key rows per tile, lazy rescaling, dynamic shared memory.
+ */
+export const MLA_FWD_DEFINES = {
+  ...MLA_COMMON_DEFINES, MLA_FWD_THREADS: 128, MLA_FWD_MT: 2, MLA_FWD_BN: 32, MLA_FWD_LAZY_RESCALE: 1, MLA_FWD_SMEM: 94208,
+} as const;
+/** mla_attention_bwd.cu: block sizes of dkdv/dq, preprocess (one warp per row) and finish; shared memory of dkdv and dq. */
+export const MLA_BWD_DEFINES = {
+  ...MLA_COMMON_DEFINES, MLA_BWD_THREADS: 256, MLA_BWD_PRE_THREADS: 256, MLA_BWD_FINISH_THREADS: 128,
+  MLA_BWD_DKDV_SMEM: 148480, MLA_BWD_DQ_SMEM: 138240,
+} as const;
+/** mla_attention_fwd_hopper.cu: a producer and two consumer warpgroups; query rows per block, key rows per tile. */
+export const MLA_HOP_FWD_DEFINES = {
+  ...MLA_COMMON_DEFINES, MLA_HOP_FWD_THREADS: 384, MLA_HOP_FWD_ROWS: 128, MLA_HOP_FWD_KEYS: 128, MLA_HOP_FWD_SMEM: 214088,
+} as const;
+/**
+ * mla_attention_bwd_hopper.cu: keys per block, query rows per step (one TMA box of q_nope, q_pe,
+ * dout), query rows per dQ reduce-add box (each warp adds its own rows).
+ */
+export const MLA_HOP_BWD_DEFINES = {
+  ...MLA_COMMON_DEFINES, MLA_HOP_BWD_THREADS: 384, MLA_HOP_BWD_KEYS: 128, MLA_HOP_BWD_QUERIES: 64, MLA_HOP_BWD_DQ_ROWS: 16,
+  MLA_HOP_BWD_SMEM: 231464,
+} as const;
+
+const { MLA_D_NOPE: D_NOPE, MLA_D_ROPE: D_ROPE, MLA_D_V: D_V, MLA_TILE: TILE } = MLA_COMMON_DEFINES;
+const D_QK = D_NOPE + D_ROPE;
+const FWD_ROWS = (MLA_FWD_DEFINES.MLA_FWD_THREADS / 32) * 16 * MLA_FWD_DEFINES.MLA_FWD_MT;
+
+/** The tensor-core kernel sets: Hopper's wgmma kernels or the mma.sync ones. */
+export type MlaTensorCoreKernels = 'hopper' | 'mma';
+
+export interface MlaBackwardOptions extends AttentionOptions {
+  /** Identical bits on every run (no atomics); slower. Default false. */
+  deterministic?: boolean;
+}
+
+export interface MlaGrads { dqNope: Tensor; dqPe: Tensor; dkNope: Tensor; dkPe: Tensor; dv: Tensor }
+
+interface Dims { B: number; S: number; H: number }
+
+function expectTensor(op: string, name: string, t: Tensor, shape: readonly number[], dtype: 'bf16' | 'f32', layout: string): void {
+  if (t.dtype !== dtype) {
+    throw new Error(`${op}: ${name} is ${t.dtype}; the CUDA kernels take ${dtype} here (cast ${name} to ${dtype})`);
+  }
+  if (t.rank !== shape.length || t.shape.some((d, i) => d !== shape[i])) {
+    throw new Error(`${op}: ${name} has shape [${t.shape}], expected ${layout} = [${shape}]`);
+  }
+  if (!t.isContiguous()) throw new Error(`${op}: ${name} must be contiguous (${layout}); make a contiguous copy first`);
+  if (devicePtr(t) % 16n !== 0n) {
+    throw new Error(`${op}: ${name} starts at a 16-byte-misaligned address (offset ${t.offset} elements); the kernels read 16-byte pieces, so pass a tensor whose offset is a multiple of ${16 / bytesPerElement(dtype)} elements`);
+  }
+}
+
+/** Checks the five MLA inputs and returns B, S, H. */
+function inputDims(op: string, qNope: Tensor, qPe: Tensor, kNope: Tensor, kPe: Tensor, v: Tensor): Dims {
+  if (qNope.rank !== 4) throw new Error(`${op}: qNope has shape [${qNope.shape}], expected [B,S,H,${D_NOPE}]`);
+  const [B, S, H] = qNope.shape as [number, number, number, number];
+  expectTensor(op, 'qNope', qNope, [B, S, H, D_NOPE], 'bf16', `[B,S,H,${D_NOPE}]`);
+  expectTensor(op, 'qPe', qPe, [B, S, H, D_ROPE], 'bf16', `[B,S,H,${D_ROPE}]`);
+  expectTensor(op, 'kNope', kNope, [B, S, H, D_NOPE], 'bf16', `[B,S,H,${D_NOPE}]`);
+  expectTensor(op, 'kPe', kPe, [B, S, 1, D_ROPE], 'bf16', `[B,S,1,${D_ROPE}] (one rope key shared by every head)`);
+  expectTensor(op, 'v', v, [B, S, H, D_V], 'bf16', `[B,S,H,${D_V}]`);
+  if (B > 65535 || H > 65535) throw new Error(`${op}: batch ${B} and heads ${H} must each be at most 65535 (grid limits); split the batch`);
+  if (B * S * H > 2 ** 31 - 1) throw new Error(`${op}: B·S·H = ${B * S * H} rows exceed 2^31-1; split the batch`);
+  return { B, S, H };
+}
+
+function checkScale(op: string, opts: AttentionOptions): void {
+  if (!Number.isFinite(opts.scale) || opts.scale <= 0) throw new Error(`${op}: scale ${opts.scale} must be a positive finite number (usually 1/sqrt(192))`);
+}
+
+/**
+ * Tensor map of a bf16 [B,S,H,width] tensor for the Hopper kernels: dims (width, H, S, B), one
+ * copy = 64 columns × `rows` positions of one head, 128-byte swizzled. Positions past S are
+ * outside the map, so a partial last tile arrives zero-filled.
+ */
+function headRows(address: bigint, B: number, S: number, H: number, width: number, rows: number): TiledMap {
+  const row = width * 2;
+  return { dtype: 'bf16', address, dims: [width, H, S, B], strides: [row, H * row, S * H * row], box: [64, 1, rows, 1], swizzle128: true };
+}
+
+/** Tensor map of the bf16 [B,S,1,64] rope key shared by every head: dims (64, S, B). */
+function sharedRows(address: bigint, B: number, S: number, width: number, rows: number): TiledMap {
+  return { dtype: 'bf16', address, dims: [width, S, B], strides: [width * 2, S * width * 2], box: [64, rows, 1], swizzle128: true };
+}
+
+/** The tensor-core MLA kernels of one context, each with its own argument buffer. */
+export class MlaAttentionLauncher {
+  private readonly fwdFile: KernelFile;
+  private readonly bwdFile: KernelFile;
+  private readonly fwdHopperFile: KernelFile;
+  private readonly bwdHopperFile: KernelFile;
+  private readonly fwdArgs = new KernelArgs(11);
+  /** The Hopper forward's arguments: five tensor maps (q_nope, q_pe, k_nope, k_pe, v), then as fwdArgs. */
+  private readonly fwdHopperArgs = new KernelArgs(11, [0, 1, 2, 3, 4]);
+  private readonly fwdHopperMaps: TensorMapSlots;
+  private readonly preArgs = new KernelArgs(8);
+  private readonly dkdvArgs = new KernelArgs(17);
+  /** The Hopper backward's arguments: six tensor maps (q_nope, q_pe, k_nope, k_pe, v, dout), then as dkdvArgs. */
+  private readonly dkdvHopperArgs = new KernelArgs(18, [0, 1, 2, 3, 4, 5, 17]);
+  private readonly dkdvHopperMaps: TensorMapSlots;
+  private readonly dqArgs = new KernelArgs(14);
+  private readonly finishArgs = new KernelArgs(8);
+
+  constructor(ctx: CudaContext, private readonly allocator: CachingAllocator) {
+    this.fwdFile = new KernelFile(ctx, 'mla_attention_fwd.cu', MLA_FWD_DEFINES);
+    this.bwdFile = new KernelFile(ctx, 'mla_attention_bwd.cu', MLA_BWD_DEFINES);
+    this.fwdHopperFile = new KernelFile(ctx, 'mla_attention_fwd_hopper.cu', MLA_HOP_FWD_DEFINES);
+    this.bwdHopperFile = new KernelFile(ctx, 'mla_attention_bwd_hopper.cu', MLA_HOP_BWD_DEFINES);
+    this.fwdHopperMaps = new TensorMapSlots(ctx.driver, this.fwdHopperArgs);
+    this.dkdvHopperMaps = new TensorMapSlots(ctx.driver, this.dkdvHopperArgs);
+  }
+
+  /** o = softmax(scale·q·kᵀ, causal mask) · v and lse, with q = (qNope|qPe), k = (kNope|kPe). */
+  forward(kernels: MlaTensorCoreKernels, o: Tensor, lse: Tensor, qNope: Tensor, qPe: Tensor, kNope: Tensor, kPe: Tensor, v: Tensor,
+          opts: AttentionOptions): void {
+    const op = 'mlaAttention';
+    const { B, S, H } = inputDims(op, qNope, qPe, kNope, kPe, v);
+    checkScale(op, opts);
+    expectTensor(op, 'o', o, [B, S, H, D_V], 'bf16', `[B,S,H,${D_V}]`);
+    expectTensor(op, 'lse', lse, [B, H, S], 'f32', '[B,H,S]');
+    if (B * S * H === 0) return;
+    // Arguments 5-10, the same for the mma.sync kernel and the Hopper one.
+    const fwdTail = (args: KernelArgs): KernelArgs =>
+      args.ptr(5, devicePtr(o)).ptr(6, devicePtr(lse)).i32(7, S).i32(8, H).f32(9, opts.scale).i32(10, opts.causal ? 1 : 0);
+    if (kernels === 'hopper') {
+      const { MLA_HOP_FWD_THREADS: threads, MLA_HOP_FWD_ROWS: rows, MLA_HOP_FWD_KEYS: keys, MLA_HOP_FWD_SMEM: smem } = MLA_HOP_FWD_DEFINES;
+      const k = this.fwdHopperFile.kernel('mla_attention_fwd_hopper');
+      k.allowDynamicShared(smem, op);
+      const maps = this.fwdHopperMaps;
+      maps.set(0, headRows(devicePtr(qNope), B, S, H, D_NOPE, rows), `${op}: qNope`);
+      maps.set(1, headRows(devicePtr(qPe), B, S, H, D_ROPE, rows), `${op}: qPe`);
+      maps.set(2, headRows(devicePtr(kNope), B, S, H, D_NOPE, keys), `${op}: kNope`);
+      maps.set(3, sharedRows(devicePtr(kPe), B, S, D_ROPE, keys), `${op}: kPe`);
+      maps.set(4, headRows(devicePtr(v), B, S, H, D_V, keys), `${op}: v`);
+      k.launch([H, Math.ceil(S / rows), B], [threads, 1, 1], smem, fwdTail(this.fwdHopperArgs));
+      return;
+    }
+    const k = this.fwdFile.kernel('mla_attention_fwd');
+    k.allowDynamicShared(MLA_FWD_DEFINES.MLA_FWD_SMEM, op);
+    const args = fwdTail(this.fwdArgs.ptr(0, devicePtr(qNope)).ptr(1, devicePtr(qPe)).ptr(2, devicePtr(kNope)).ptr(3, devicePtr(kPe))
+      .ptr(4, devicePtr(v)));
+    k.launch([Math.ceil(S / FWD_ROWS), H, B], [MLA_FWD_DEFINES.MLA_FWD_THREADS, 1, 1], MLA_FWD_DEFINES.MLA_FWD_SMEM, args);
+  }
+
+  /** Gradients of forward (overwritten); dkPe [B,S,1,64] is summed over heads. */
+  backward(kernels: MlaTensorCoreKernels, grads: MlaGrads, dout: Tensor, qNope: Tensor, qPe: Tensor, kNope: Tensor, kPe: Tensor,
+           v: Tensor, o: Tensor, lse: Tensor, opts: MlaBackwardOptions): void {
+    const op = 'mlaAttentionBackward';
+    const { B, S, H } = inputDims(op, qNope, qPe, kNope, kPe, v);
+    checkScale(op, opts);
+    expectTensor(op, 'o', o, [B, S, H, D_V], 'bf16', `[B,S,H,${D_V}]`);
+    expectTensor(op, 'dout', dout, [B, S, H, D_V], 'bf16', `[B,S,H,${D_V}]`);
+    expectTensor(op, 'lse', lse, [B, H, S], 'f32', '[B,H,S]');
+    expectTensor(op, 'dqNope', grads.dqNope, [B, S, H, D_NOPE], 'bf16', `[B,S,H,${D_NOPE}]`);
+    expectTensor(op, 'dqPe', grads.dqPe, [B, S, H, D_ROPE], 'bf16', `[B,S,H,${D_ROPE}]`);
+    expectTensor(op, 'dkNope', grads.dkNope, [B, S, H, D_NOPE], 'bf16', `[B,S,H,${D_NOPE}]`);
+    expectTensor(op, 'dkPe', grads.dkPe, [B, S, 1, D_ROPE], 'bf16', `[B,S,1,${D_ROPE}]`);
+    expectTensor(op, 'dv', grads.dv, [B, S, H, D_V], 'bf16', `[B,S,H,${D_V}]`);
+    if (B * S * H === 0) return;
+    const { MLA_BWD_THREADS, MLA_BWD_PRE_THREADS, MLA_BWD_FINISH_THREADS, MLA_BWD_DKDV_SMEM, MLA_BWD_DQ_SMEM } = MLA_BWD_DEFINES;
+    const deterministic = opts.deterministic === true;
+    const rows = B * S * H;
+    const tiles = Math.ceil(S / TILE);
+    const scratch: GpuBlock[] = [];
+    const take = (bytes: number): bigint => { const b = this.allocator.alloc(bytes); scratch.push(b); return b.ptr; };
+    try {
+      const dSum = take(rows * 4);
+      const dqAccum = deterministic ? 0n : take(rows * D_QK * 4);
+      const dkPeF32 = take((deterministic ? rows : B * S) * D_ROPE * 4);
+      const [pQn, pQp, pKn, pKp, pV, pDo, pLse] = [qNope, qPe, kNope, kPe, v, dout, lse].map(devicePtr) as
+        [bigint, bigint, bigint, bigint, bigint, bigint, bigint];
+      const causal = opts.causal ? 1 : 0;
+      // Arguments 6-16, the same for the mma.sync kernel and the Hopper one.
+      const dkdvTail = (args: KernelArgs): KernelArgs => args.ptr(6, pLse).ptr(7, dSum)
+        .ptr(8, devicePtr(grads.dkNope)).ptr(9, devicePtr(grads.dv)).ptr(10, dqAccum).ptr(11, dkPeF32)
+        .i32(12, S).i32(13, H).f32(14, opts.scale).i32(15, causal).i32(16, deterministic ? 1 : 0);
+
+      this.bwdFile.kernel('mla_attention_bwd_preprocess').launch([Math.ceil(rows / (MLA_BWD_PRE_THREADS / 32)), 1, 1], [MLA_BWD_PRE_THREADS, 1, 1], 0,
+        this.preArgs.ptr(0, devicePtr(o)).ptr(1, pDo).ptr(2, dSum).ptr(3, dqAccum).ptr(4, deterministic ? 0n : dkPeF32)
+          .i32(5, rows).i32(6, S).i32(7, H));
+      // Both kernels skip dQ when dqAccum is null (deterministic mode: the dq pass below makes it).
+      if (kernels === 'hopper') {
+        const { MLA_HOP_BWD_THREADS: threads, MLA_HOP_BWD_KEYS: keys, MLA_HOP_BWD_QUERIES: queries, MLA_HOP_BWD_DQ_ROWS: dqRows,
+          MLA_HOP_BWD_SMEM: smem } = MLA_HOP_BWD_DEFINES;
+        const k = this.bwdHopperFile.kernel('mla_attention_bwd_dkdv_hopper');
+        k.allowDynamicShared(smem, op);
+        // The Hopper kernel copies q, dO (`queries` per step) and k, v (its `keys`) with TMA.
+        const maps = this.dkdvHopperMaps;
+        maps.set(0, headRows(pQn, B, S, H, D_NOPE, queries), `${op}: qNope`);
+        maps.set(1, headRows(pQp, B, S, H, D_ROPE, queries), `${op}: qPe`);
+        maps.set(2, headRows(pKn, B, S, H, D_NOPE, keys), `${op}: kNope`);
+        maps.set(3, sharedRows(pKp, B, S, D_ROPE, keys), `${op}: kPe`);
+        maps.set(4, headRows(pV, B, S, H, D_V, keys), `${op}: v`);
+        maps.set(5, headRows(pDo, B, S, H, D_V, queries), `${op}: dout`);
+        // dQ leaves as bulk reduce-adds into dqAccum [B,S,H,192] f32: boxes of 64 columns ×
+        // dqRows queries (each warp of a consumer adds its own rows), seen as 5-D (32 columns, 6
+        // blocks of 32, H, S, B) so that a box is 128-byte lines, as the swizzle needs.
+        // Deterministic mode has no dqAccum; the kernel then skips dQ and never reads this slot,
+        // so it keeps whatever map it held.
+        if (!deterministic) {
+          maps.set(17, { dtype: 'f32', address: dqAccum, dims: [32, D_QK / 32, H, S, B],
+            strides: [128, D_QK * 4, H * D_QK * 4, S * H * D_QK * 4],
+            box: [32, 2, 1, dqRows, 1], swizzle128: true }, `${op}: dq accumulator`);
+        }
+        k.launch([H, Math.ceil(S / keys), B], [threads, 1, 1], smem, dkdvTail(this.dkdvHopperArgs));
+      } else {
+        const k = this.bwdFile.kernel('mla_attention_bwd_dkdv');
+        k.allowDynamicShared(MLA_BWD_DKDV_SMEM, op);
+        const args = dkdvTail(this.dkdvArgs.ptr(0, pQn).ptr(1, pQp).ptr(2, pKn).ptr(3, pKp).ptr(4, pV).ptr(5, pDo));
+        k.launch([tiles, H, B], [MLA_BWD_THREADS, 1, 1], MLA_BWD_DKDV_SMEM, args);
+      }
+      if (deterministic) {
+        const k = this.bwdFile.kernel('mla_attention_bwd_dq');
+        k.allowDynamicShared(MLA_BWD_DQ_SMEM, op);
+        k.launch([tiles, H, B], [MLA_BWD_THREADS, 1, 1], MLA_BWD_DQ_SMEM,
+          this.dqArgs.ptr(0, pQn).ptr(1, pQp).ptr(2, pKn).ptr(3, pKp).ptr(4, pV).ptr(5, pDo).ptr(6, pLse).ptr(7, dSum)
+            .ptr(8, devicePtr(grads.dqNope)).ptr(9, devicePtr(grads.dqPe)).i32(10, S).i32(11, H).f32(12, opts.scale).i32(13, causal));
+      }
+      this.bwdFile.kernel('mla_attention_bwd_finish').launch([B * S, 1, 1], [MLA_BWD_FINISH_THREADS, 1, 1], 0,
+        this.finishArgs.ptr(0, dqAccum).ptr(1, devicePtr(grads.dqNope)).ptr(2, devicePtr(grads.dqPe)).ptr(3, dkPeF32)
+          .ptr(4, devicePtr(grads.dkPe)).i32(5, H).f32(6, opts.scale).i32(7, deterministic ? 1 : 0));
+    } finally {
+      // Stream order: the next user of these blocks is queued behind the kernels above.
+      for (const b of scratch) this.allocator.free(b);
+    }
+  }
+}
