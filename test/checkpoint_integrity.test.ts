@@ -9,7 +9,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { CpuBackend } from '../src/backend/cpu/cpu_backend.js';
-import { packageRoot } from '../src/backend/cuda/module.js';
+import { packageRoot } from '../src/package_root.js';
 import { openSafetensors } from '../src/io/safetensors.js';
 import { DeepseekV2 } from '../src/models/deepseek_v2.js';
 import { parseDeepseekV2Config } from '../src/models/deepseek_v2_config.js';
@@ -160,6 +160,11 @@ test('moetrain check-checkpoint: exit 0 with a line for an intact one, 1 with th
     const missing = run(['check-checkpoint', path.join(dir, 'nope')]);
     assert.equal(missing.code, 1);
     assert.match(missing.err, /^moetrain: error: \S+nope does not exist; usage: moetrain check-checkpoint DIR/);
+    const help = run(['check-checkpoint', '--help']);
+    assert.equal(help.code, 0);
+    assert.match(help.out, /usage: moetrain check-checkpoint DIR/);
+    assert.match(run(['--help']).out, /\n  check-checkpoint +verify a checkpoint/);
+    assert.match(run(['check-checkpoint']).err, /moetrain check-checkpoint needs DIR/);
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
   }

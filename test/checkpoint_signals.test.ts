@@ -8,7 +8,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { packageRoot } from '../src/backend/cuda/module.js';
+import { packageRoot } from '../src/package_root.js';
 import { listCheckpoints } from '../src/train/checkpoint.js';
 import { verifyCheckpoint } from '../src/train/checkpoint_manifest.js';
 

@@ -17,7 +17,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { packageRoot } from '../src/backend/cuda/module.js';
+import { packageRoot } from '../src/package_root.js';
 import { CheckpointReader } from '../src/train/checkpoint_format.js';
 import { verifyCheckpoint } from '../src/train/checkpoint_manifest.js';
 

@@ -189,7 +189,9 @@ export async function train(run: TrainRun): Promise<TrainResult> {
     model.initialize(cfg.seed);
   }
   const metricsPath = path.join(cfg.run_dir, 'metrics.jsonl');
-  if (fs.existsSync(metricsPath)) {
+  // Rank 0 writes the run's metrics.jsonl.
+  const lead = group.rank === 0;
+  if (lead && fs.existsSync(metricsPath)) {
     // Records past the checkpoint belong to steps that will run again: drop them (and a last
     // line cut short by a killed process).
     const kept = fs.readFileSync(metricsPath, 'utf8').split('\n').filter((l) => {
@@ -225,7 +227,7 @@ export async function train(run: TrainRun): Promise<TrainResult> {
     }
     metrics.push(record);
     run.log(formatLogLine(record));
-    fs.appendFileSync(metricsPath, JSON.stringify({ time: new Date().toISOString(), ...record }) + '\n');
+    if (lead) fs.appendFileSync(metricsPath, JSON.stringify({ time: new Date().toISOString(), ...record }) + '\n');
     if (step + 1 === cfg.steps || (cfg.checkpoint_every > 0 && (step + 1) % cfg.checkpoint_every === 0)) save(step + 1);
   }
   if (stoppedBy && step > savedStep) save(step);
