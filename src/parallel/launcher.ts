@@ -92,8 +92,9 @@ export async function launchRanks(o: LaunchOptions): Promise<number> {
   let failed: Rank | null = null;
   let killTimer: NodeJS.Timeout | null = null;
   const ranks: Rank[] = [];
-  /** The signal passed on to the ranks, if any. */
+  /** The signal passed on to the ranks, if any, and whether a second one killed them. */
   let forwarded: NodeJS.Signals | null = null;
+  let killedOnSignal = false;
   /** A rank's exit status after it stopped on that signal: 128 + its number. */
   const stopCode = (): number | null => (forwarded === null ? null : 128 + os.constants.signals[forwarded as 'SIGINT' | 'SIGTERM']);
 
@@ -133,6 +134,7 @@ export async function launchRanks(o: LaunchOptions): Promise<number> {
   const onSignal = (signal: NodeJS.Signals): void => {
     const again = forwarded !== null;
     forwarded ??= signal;
+    killedOnSignal ||= again;
     err(again ? `moetrain launch: ${signal} again, killing the ranks` : `moetrain launch: ${signal}, passed on to the ranks (again to kill them at once)`);
     for (const r of ranks) r.child.kill(again ? 'SIGKILL' : signal);
   };
@@ -147,6 +149,10 @@ export async function launchRanks(o: LaunchOptions): Promise<number> {
   }
 
   const first = failed as Rank | null;
+  if (killedOnSignal) {
+    err(`moetrain launch: the ranks were killed on the second ${forwarded}`);
+    return stopCode()!;
+  }
   if (!first) {
     const code = stopCode();
     if (code === null || !ranks.some((r) => r.status?.code === code)) return 0;

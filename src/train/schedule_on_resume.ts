@@ -1,9 +1,10 @@
 // Changing --steps, --optimizer.lr or --schedule.* between a checkpoint and its resume: the run
 // follows the settings it is given now (the learning rate is a pure function of the step and
 // those settings), and says so in one line naming each change and the learning rate of the next
-// step under the old and the new settings. Unchanged settings print nothing.
+// step under the old and the new settings (written as the log line writes it). Unchanged settings print nothing.
 import { learningRate } from '../optim/schedule.js';
 import type { ScheduleRecord } from './checkpoint_format.js';
+import { formatExp } from './log_line.js';
 
 /** The schedule a checkpoint recorded; the format before schedule records has the config's fields. */
 export function savedSchedule(state: { schedule?: ScheduleRecord; config?: unknown }): ScheduleRecord | null {
@@ -28,5 +29,5 @@ export function scheduleChangeLine(saved: ScheduleRecord | null, now: ScheduleRe
   if (changed.length === 0) return null;
   const before = learningRate(saved.schedule, saved.lr, step, saved.steps);
   const after = learningRate(now.schedule, now.lr, step, now.steps);
-  return `moetrain: the learning-rate schedule differs from the checkpoint's (${changed.join(', ')}); the new settings apply: step ${step + 1} runs at ${after.toExponential(6)} (the checkpoint's settings give ${before.toExponential(6)})`;
+  return `moetrain: the learning-rate schedule differs from the checkpoint's (${changed.join(', ')}); the new settings apply: step ${step + 1} runs at ${formatExp(after, 6)} (the checkpoint's settings give ${formatExp(before, 6)})`;
 }
