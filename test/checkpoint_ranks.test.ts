@@ -116,3 +116,31 @@ test('SIGINT to the launcher: every rank stops after the same step with one chec
     fs.rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('a second SIGINT to the launcher kills the ranks at once, mid-checkpoint, leaving no complete checkpoint', async () => {
+  const dir = tmp();
+  try {
+    const r = await new Promise<{ code: number | null; out: string; err: string; afterSecondMs: number }>((resolve) => {
+      // Every checkpoint write pauses 4 s halfway through the rank files.
+      const child = spawn(process.execPath, [cli, 'launch', '--nproc-per-node', '2', '--', rankScript, 'train', dir, '40'],
+        { env: { ...process.env, MOETRAIN_TEST_CHECKPOINT_HOOK: '*:rank-file-half:sleep4000' } });
+      let out = '', err = '', sent = 0, secondAt = 0;
+      child.stdout.on('data', (d: Buffer) => {
+        out += d.toString();
+        if (sent === 0 && /step 00000002\//.test(out)) { sent = 1; child.kill('SIGINT'); }
+        if (sent === 1 && /SIGINT received/.test(out)) { sent = 2; secondAt = performance.now(); child.kill('SIGINT'); }
+      });
+      child.stderr.on('data', (d: Buffer) => { err += d.toString(); });
+      child.on('close', (code) => resolve({ code, out, err, afterSecondMs: performance.now() - secondAt }));
+    });
+    assert.equal(r.code, 130, r.err);
+    assert.match(r.err, /moetrain launch: SIGINT again, killing the ranks/);
+    assert.match(r.err, /moetrain launch: the ranks were killed on the second SIGINT/);
+    assert.ok(r.afterSecondMs < 3000, `the job ended ${r.afterSecondMs.toFixed(0)} ms after the second SIGINT`);
+    assert.doesNotMatch(r.out, /stopped by SIGINT/);
+    const ckpts = path.join(dir, 'checkpoints');
+    for (const f of fs.existsSync(ckpts) ? fs.readdirSync(ckpts) : []) assert.match(f, /^step-\d{8}\.tmp-\d+$/, 'only a temporary folder may be left');
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});

@@ -99,7 +99,8 @@ async function main(): Promise<void> {
           return { inputs: Int32Array.from({ length: n }, (_, i) => tok(i)), labels: Int32Array.from({ length: n }, (_, i) => tok(i + 1)) };
         },
       };
-      const stop = listenForStop({ launched: world > 1, log: (l) => { if (d.rank === 0) console.log(l); } });
+      // Every rank says when its own listener saw the signal (the first to see it stops them all).
+      const stop = listenForStop({ launched: world > 1, log: (l) => console.log(l) });
       fs.mkdirSync(dir, { recursive: true });
       const result = await train({
         config: cfg, model, backend: be, data, group, stop,
