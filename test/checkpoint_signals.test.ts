@@ -48,7 +48,7 @@ test('SIGINT mid-run: a checkpoint, one line with the resume command, exit 130; 
     assert.equal(full.status, 0, full.stderr);
     const r = await runSignalled(args(stopped), [{ after: /step 00000005\//, signal: 'SIGINT' }]);
     assert.equal(r.code, 130, r.err);
-    assert.match(r.out, /moetrain: SIGINT received: finishing this step and writing a checkpoint \(Ctrl-C again quits at once, without it\)/);
+    assert.match(r.out, /moetrain: SIGINT received: stopping after the current step, with a checkpoint \(Ctrl-C again quits at once, without it\)/);
     const m = /moetrain: stopped by SIGINT after step (\d+); checkpoint (\S+); resume with: moetrain (.*)\n/.exec(r.out);
     assert.ok(m, r.out);
     const step = Number(m[1]);

@@ -36,7 +36,7 @@ export function listenForStop(opts: ListenOptions): StopListener {
     signal = s;
     if (!opts.launched) stopListening();
     const again = opts.launched ? '' : ` (${s === 'SIGINT' ? 'Ctrl-C' : 'a second signal'} again quits at once, without it)`;
-    opts.log(`moetrain: ${s} received: finishing this step and writing a checkpoint${again}`);
+    opts.log(`moetrain: ${s} received: stopping after the current step, with a checkpoint${again}`);
   }
   for (const s of signals) process.on(s, onSignal);
   return {
