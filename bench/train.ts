@@ -1,17 +1,22 @@
 // Training throughput benchmark (TARGETS.md): DeepSeek-V2-Lite widths cut to 4 layers (layer 0
 // dense, 1–3 MoE), sequence 2048, 4 sequences per step, bf16 compute with f32 masters, AdamW,
 // clipping at 1.0, random tokens. Prints the step log lines, then tokens/s (median of the steps
-// after warm-up), step time and peak memory. The bench drives Training.step itself: no run
-// directory, no metrics file, no checkpoints.
+// after warm-up), step time and peak memory, MFU against 989 TFLOP/s and against the measured
+// GEMM ceiling, and on CUDA the launches and host time per step. --profile adds the step broken
+// down by layer kind (bench/train_profile.ts) and the optimizer against its byte floor. The
+// bench drives Training.step itself: no run directory, no metrics file, no checkpoints.
 //
 //   moetrain bench train [--steps 20] [--layers 4] [--seq_len 2048] [--batch 4] [--micro 4] [--device cuda] [--profile 1]
 //                        [--peer eager|compile|both|none]   (default eager when python3 has torch and CUDA)
+//                        [--gemm_ceiling 786]   (TFLOP/s; cuBLASLt bf16 at 8192³ on an H100, DESIGN.md)
 //
 // The peer (bench/train_peer.py) is transformers' DeepseekV2ForCausalLM on the same card, run
 // in the same command, so the two numbers are comparable. It runs first, in its own process:
 // run after ours, it found our ~51 GB still held by this process and ran out of memory.
 import path from 'node:path';
 import { selectBackend, type DeviceChoice } from '../src/backend/select.js';
+import { CudaBackend } from '../src/backend/cuda/cuda_backend.js';
+import { launchCounts } from '../src/backend/cuda/runtime/module.js';
 import { loadDeepseekV2Config } from '../src/models/deepseek_v2_config.js';
 import { parameterCount, flopsPerToken } from '../src/models/deepseek_v2_weights.js';
 import { packageRoot } from '../src/package_root.js';
@@ -20,10 +25,17 @@ import { formatLogLine, type StepMetrics } from '../src/train/log_line.js';
 import { Training, type BatchSource, type StepHooks, type StepPhase } from '../src/train/trainer.js';
 import { Rng } from '../src/nn/rng.js';
 import { spawnSync } from 'node:child_process';
+import { PROFILE_KINDS, SectionProfiler, type KindTimes, type ProfileKind } from './train_profile.js';
+
+/** Bytes per parameter of the optimizer phase: Σ g² reads the gradient (4), the fused AdamW pass 34 (adam_multi.cu). */
+const OPTIMIZER_BYTES_PER_PARAM = 4 + 34;
+const HBM_BYTES_PER_SEC = 3e12;
 
 export async function runTrainBench(flags: Record<string, string>): Promise<void> {
   const num = (k: string, d: number) => (flags[k] === undefined ? d : Number(flags[k]));
   const steps = num('steps', 20), layers = num('layers', 4), S = num('seq_len', 2048), G = num('batch', 4), micro = num('micro', G);
+  const gemmCeiling = num('gemm_ceiling', 786);
+  if (!(gemmCeiling > 0)) throw new Error(`--gemm_ceiling must be a positive number of TFLOP/s, got ${flags['gemm_ceiling']}`);
   const peer = flags['peer'] ?? 'eager';
   const modes = peer === 'both' ? ['eager', 'compile'] : peer === 'none' ? [] : [peer];
   const peers = modes.map((mode) => {
@@ -52,12 +64,16 @@ export async function runTrainBench(flags: Record<string, string>): Promise<void
   };
   const t0 = performance.now();
   const profile = flags['profile'] === 'true' || flags['profile'] === '1';
-  // --profile: each phase synchronised and timed (costs a little speed).
+  // --profile: each phase synchronised and timed, and each part of the model (costs some speed).
   const phaseSec: Record<StepPhase, number> = { forward: 0, backward: 0, optimizer: 0 };
-  const hooks: StepHooks = !profile ? {} : {
+  const profiler = profile ? new SectionProfiler(backend) : null;
+  const hooks: StepHooks = !profiler ? {} : {
     phase: (name, fn) => {
+      backend.synchronize();
       const t = performance.now();
+      if (name === 'backward') profiler.beginBackward();
       const r = fn();
+      if (name === 'backward') profiler.endBackward();
       backend.synchronize();
       phaseSec[name] += (performance.now() - t) / 1000;
       return r;
@@ -65,14 +81,29 @@ export async function runTrainBench(flags: Record<string, string>): Promise<void
   };
   const training = new Training(cfg, model, backend);
   training.model.initialize(cfg.seed);
+  training.model.sections = profiler;
+  const ctx = backend instanceof CudaBackend ? backend.ctx : null;
   const metrics: StepMetrics[] = [];
   const phases: Record<StepPhase, number>[] = [];
+  const kinds: { forward: KindTimes; backward: KindTimes }[] = [];
+  const perStep: { kernels: number; cublasLt: number; hostMs: number; waits: number }[] = [];
   for (let step = 0; step < steps; step++) {
+    const k0 = launchCounts.kernels, g0 = launchCounts.cublasLt, w0 = ctx?.waits.ms ?? 0, n0 = ctx?.waits.count ?? 0;
+    const t = performance.now();
     const record = training.step(step, data, hooks);
+    const wall = performance.now() - t;
+    perStep.push({
+      kernels: launchCounts.kernels - k0, cublasLt: launchCounts.cublasLt - g0,
+      hostMs: wall - ((ctx?.waits.ms ?? 0) - w0), waits: (ctx?.waits.count ?? 0) - n0,
+    });
     console.log(formatLogLine(record));
     metrics.push(record);
     phases.push({ ...phaseSec });
     phaseSec.forward = phaseSec.backward = phaseSec.optimizer = 0;
+    if (profiler) {
+      kinds.push({ forward: profiler.forward, backward: profiler.backward });
+      profiler.reset();
+    }
   }
   training.dispose();
   const rows = metrics.slice(Math.min(3, metrics.length - 1));
@@ -82,6 +113,16 @@ export async function runTrainBench(flags: Record<string, string>): Promise<void
   console.log(`bench train: median tokens/s ${Math.round(tps).toLocaleString('en-US')}, median step ${stepTime.toFixed(3)} s, ` +
     `peak memory ${(peak / 2 ** 30).toFixed(2)} GiB, MFU ${(100 * tps * flopsPerToken(model, S) / 989e12).toFixed(1)}% of 989 TFLOP/s ` +
     `(${((performance.now() - t0) / 1000).toFixed(0)} s in all)`);
+  const modelTflops = tps * flopsPerToken(model, S) / 1e12;
+  console.log(`bench train: model FLOPs ${modelTflops.toFixed(0)} TFLOP/s: MFU ${(100 * modelTflops / 989).toFixed(1)}% of 989 TFLOP/s (bf16 dense peak), ` +
+    `${(100 * modelTflops / gemmCeiling).toFixed(1)}% of the measured GEMM ceiling ${gemmCeiling} TFLOP/s`);
+  if (ctx) {
+    const counted = perStep.slice(Math.min(3, perStep.length - 1));
+    const medOf = (f: (r: (typeof perStep)[number]) => number) => counted.map(f).sort((a, b) => a - b)[Math.floor(counted.length / 2)]!;
+    console.log(`bench train: launches per step ${medOf((r) => r.kernels + r.cublasLt)} (kernels ${medOf((r) => r.kernels)}, ` +
+      `cuBLASLt ${medOf((r) => r.cublasLt)}); host time per step ${medOf((r) => r.hostMs).toFixed(1)} ms ` +
+      `(the step's wall time less the ${medOf((r) => r.waits)} waits on the device${profile ? '; --profile adds waits and marker work' : ''})`);
+  }
   const first = metrics[0]!, last = metrics[metrics.length - 1]!;
   console.log(`bench train: reserved ${((last.reservedMemoryBytes ?? 0) / 2 ** 30).toFixed(2)} GiB; system allocations ${first.systemAllocations ?? '-'} after step 1, ${last.systemAllocations ?? '-'} after step ${last.step}`);
   if (profile) {
@@ -89,12 +130,44 @@ export async function runTrainBench(flags: Record<string, string>): Promise<void
     const med = (k: StepPhase) => timed.map((r) => r[k]).sort((a, b) => a - b)[Math.floor(timed.length / 2)]! * 1000;
     console.log(`bench train: phases (median ms, synchronised): forward ${med('forward').toFixed(1)}, backward ${med('backward').toFixed(1)}, ` +
       `grad-norm + optimizer + zero ${med('optimizer').toFixed(1)}`);
+    printBreakdown(kinds.slice(Math.min(3, kinds.length - 1)), med('forward'), med('backward'), med('optimizer'));
+    const floorMs = parameterCount(model) * OPTIMIZER_BYTES_PER_PARAM / HBM_BYTES_PER_SEC * 1000;
+    console.log(`bench train: optimizer ${med('optimizer').toFixed(1)} ms against its byte floor ${floorMs.toFixed(1)} ms ` +
+      `(${OPTIMIZER_BYTES_PER_PARAM} B/parameter: Σg² 4, fused AdamW + bf16 copy + zeroed gradient 34, at 3 TB/s): ` +
+      `${(med('optimizer') / floorMs).toFixed(2)}× the floor`);
   }
   for (const { mode, result } of peers) {
     const summary = typeof result === 'string' ? result
       : `${Math.round(result.tokens_per_second).toLocaleString('en-US')} tokens/s, ${result.step_ms.toFixed(1)} ms/step, ` +
         `peak ${result.peak_gib.toFixed(2)} GiB; ours/peer ${(tps / result.tokens_per_second).toFixed(2)}x`;
     console.log(`bench train: PyTorch peer (${mode}): ${summary}`);
+  }
+}
+
+/**
+ * The median step by layer kind, forward and backward (ms); "other" in each phase is the phase's
+ * median time less its sections (embedding, norms, residual adds, host work between parts).
+ */
+function printBreakdown(steps: { forward: KindTimes; backward: KindTimes }[], forwardMs: number, backwardMs: number, optimizerMs: number): void {
+  const med = (xs: number[]) => xs.sort((a, b) => a - b)[Math.floor(xs.length / 2)]! * 1000;
+  const names: Record<ProfileKind, string> = {
+    attention: 'attention', mlp: 'dense MLP', router: 'router + dispatch', experts: 'MoE experts', head: 'lm_head + CE',
+    other: 'other (embedding, norms, residuals, host)',
+  };
+  const parts = PROFILE_KINDS.filter((k) => k !== 'other');
+  const fwd = parts.map((k) => med(steps.map((s) => s.forward[k]))), bwd = parts.map((k) => med(steps.map((s) => s.backward[k])));
+  const sum = (xs: number[]) => xs.reduce((a, b) => a + b, 0);
+  const rows: { name: string; f: number | null; b: number | null; total: number }[] = [
+    ...parts.map((k, i) => ({ name: names[k], f: fwd[i]!, b: bwd[i]!, total: fwd[i]! + bwd[i]! })),
+    { name: names.other, f: forwardMs - sum(fwd), b: backwardMs - sum(bwd), total: forwardMs - sum(fwd) + backwardMs - sum(bwd) },
+    { name: 'optimizer (grad-norm + fused AdamW)', f: null, b: null, total: optimizerMs },
+  ];
+  const step = forwardMs + backwardMs + optimizerMs;
+  const cell = (x: number | null, w: number) => (x === null ? '' : x.toFixed(1)).padStart(w);
+  console.log('bench train: step by layer kind (median ms, synchronised)');
+  console.log(`  ${'part'.padEnd(42)} ${'forward'.padStart(8)} ${'backward'.padStart(9)} ${'total'.padStart(8)} ${'share'.padStart(6)}`);
+  for (const r of rows) {
+    console.log(`  ${r.name.padEnd(42)} ${cell(r.f, 8)} ${cell(r.b, 9)} ${cell(r.total, 8)} ${(100 * r.total / step).toFixed(1).padStart(5)}%`);
   }
 }
 

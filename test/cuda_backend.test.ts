@@ -18,6 +18,7 @@ import { CudaBackend } from '../src/backend/cuda/cuda_backend.js';
 import { CudaDeviceBuffer, devicePtr } from '../src/backend/cuda/runtime/device_buffer.js';
 import { defaultCudaContext } from '../src/backend/cuda/runtime/context.js';
 import { cudaAvailable } from '../src/backend/cuda/ffi/library.js';
+import { TensorList } from '../src/backend/tensor_list.js';
 import { bf16ArrayToF32, f32ArrayToBf16, type DType, type HostArray } from '../src/tensor/dtype.js';
 import { emptyTensor, type Shape, type Tensor } from '../src/tensor/tensor.js';
 
@@ -565,6 +566,17 @@ test('bandwidth of the memory-bound kernels', { skip: bench }, (t) => {
   const lowp = emptyTensor(b, [P], 'bf16');
   const h = { lr: 1e-4, beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0.1, decoupled: true, step: 3, gradScale: 1 };
   report(`adamw ${P / 1e6}M params, bf16 copy`, P * 30, time(() => b.adam(param, grad, mom, vel, lowp, h)));
+  // The same parameters as a list of expert-sized tensors (2048×1408), one launch per list.
+  const E = 2048 * 1408, parts = Math.floor(P / E);
+  const part = (t: Tensor, i: number) => t.view([E], [1], t.offset + i * E);
+  const slots = Array.from({ length: parts }, (_, i) => ({
+    param: part(param, i), grad: part(grad, i), m: part(mom, i), v: part(vel, i), lowp: part(lowp, i), decay: true,
+  }));
+  const list = new TensorList(slots), grads = new TensorList(slots.map((s) => s.grad));
+  report(`adamMulti ${parts} × ${E} params, bf16 copy, grads zeroed`, parts * E * 34, time(() => b.adamMulti(list, h)));
+  report(`sumSquaresMulti ${parts} × ${E} f32`, parts * E * 4, time(() => b.sumSquaresMulti(sq, grads)));
+  list.dispose(); grads.dispose();
+  for (const s of slots) for (const t of [s.param, s.grad, s.m, s.v, s.lowp]) t.dispose();
   t.diagnostic(`${ctx.description}\n${rows.join('\n')}`);
   console.log(`\n${ctx.description}\n${rows.join('\n')}`);
 });

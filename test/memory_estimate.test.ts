@@ -79,3 +79,19 @@ test('stages: the split balances FLOPs, honours an override, and rejects impossi
   assert.throws(() => splitStages(c, 2, 2048, [13, 13]), /sum to 27/);
   assert.throws(() => splitStages(c, 28, 2048), /exceeds the model's 27 layers/);
 });
+
+test('moetrain estimate-memory prints the table for a mesh and refuses a mesh that does not divide', async () => {
+  const { spawnSync } = await import('node:child_process');
+  const cli = path.join(packageRoot(), 'dist', 'src', 'cli', 'main.js');
+  const model = path.join(packageRoot(), 'configs', 'deepseek-v2-lite.json');
+  const ok = spawnSync(process.execPath, [cli, 'estimate-memory', '--model', model, '--parallel.pp', '2', '--parallel.dp', '2', '--parallel.ep', '2',
+    '--seq_len', '2048', '--micro_batch_size', '1', '--global_batch_size', '16'], { encoding: 'utf8' });
+  assert.equal(ok.status, 0, ok.stderr);
+  assert.match(ok.stdout, /mesh pp2·dp2·cp1·ep2/);
+  assert.match(ok.stdout, /^ {4}0 {2}0-14 /m);
+  assert.match(ok.stdout, /^ {4}1 {2}15-26 /m);
+  assert.match(ok.stdout, /largest peak: \d+\.\d\d GiB on stage 0/);
+  const bad = spawnSync(process.execPath, [cli, 'estimate-memory', '--model', model, '--parallel.ep', '3'], { encoding: 'utf8' });
+  assert.equal(bad.status, 1);
+  assert.match(bad.stderr, /n_routed_experts % ep = 64 % 3 = 1 ≠ 0/);
+});

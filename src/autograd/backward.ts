@@ -32,24 +32,27 @@ export function accumulateLeafGrad(leaf: Tensor, g: Tensor): void {
   }
 }
 
-/** Topological order of the nodes reachable from root (inputs before the nodes that use them). */
-function topoOrder(root: GradGraphNode): GradGraphNode[] {
+/** Topological order of the nodes reachable from the roots (inputs before the nodes that use them). */
+function topoOrder(roots: readonly GradGraphNode[]): GradGraphNode[] {
   const order: GradGraphNode[] = [];
   const state = new Map<GradGraphNode, 'open' | 'done'>();
-  const stack: { node: GradGraphNode; next: number }[] = [{ node: root, next: 0 }];
-  state.set(root, 'open');
-  while (stack.length) {
-    const top = stack[stack.length - 1]!;
-    if (top.next < top.node.inputs.length) {
-      const link = top.node.inputs[top.next++]!.gradLink;
-      if (link && !state.has(link.node)) {
-        state.set(link.node, 'open');
-        stack.push({ node: link.node, next: 0 });
+  for (const root of roots) {
+    if (state.has(root)) continue;
+    const stack: { node: GradGraphNode; next: number }[] = [{ node: root, next: 0 }];
+    state.set(root, 'open');
+    while (stack.length) {
+      const top = stack[stack.length - 1]!;
+      if (top.next < top.node.inputs.length) {
+        const link = top.node.inputs[top.next++]!.gradLink;
+        if (link && !state.has(link.node)) {
+          state.set(link.node, 'open');
+          stack.push({ node: link.node, next: 0 });
+        }
+      } else {
+        state.set(top.node, 'done');
+        order.push(top.node);
+        stack.pop();
       }
-    } else {
-      state.set(top.node, 'done');
-      order.push(top.node);
-      stack.pop();
     }
   }
   return order;
@@ -60,22 +63,42 @@ function topoOrder(root: GradGraphNode): GradGraphNode[] {
  * node reached is released afterwards, so backward runs once per forward.
  */
 export function backward(root: Tensor, seed?: Tensor): void {
-  const rootLink = root.gradLink;
-  if (!rootLink) throw new Error('internal: backward() on a tensor that no recorded op produced');
+  backwardFrom([{ root, ...(seed ? { seed } : {}) }]);
+}
+
+/**
+ * Back-propagates from several tensors of one graph in one pass, each with its seed (default:
+ * f32 ones of its shape), as a pipeline stage does from its output, seeded with the gradient
+ * received for it, and from its own load-balance loss. Seeds stay the caller's.
+ */
+export function backwardFrom(roots: readonly { root: Tensor; seed?: Tensor }[]): void {
   const grads = new Map<GradGraphNode, (Tensor | null)[]>();
   const slot = (n: GradGraphNode) => {
     let g = grads.get(n);
     if (!g) { g = new Array<Tensor | null>(n.outputCount).fill(null); grads.set(n, g); }
     return g;
   };
-  let seedGrad = seed;
-  if (!seedGrad) {
-    seedGrad = emptyTensor(backendOf(root), root.shape, 'f32');
-    backendOf(root).fill(seedGrad, 1);
+  const seeds = new Set<Tensor>();
+  for (const { root, seed } of roots) {
+    const rootLink = root.gradLink;
+    if (!rootLink) throw new Error('internal: backward() on a tensor that no recorded op produced');
+    let seedGrad = seed;
+    if (seedGrad) {
+      seeds.add(seedGrad);
+    } else {
+      seedGrad = emptyTensor(backendOf(root), root.shape, 'f32');
+      backendOf(root).fill(seedGrad, 1);
+    }
+    const s = slot(rootLink.node), prev = s[rootLink.index];
+    if (!prev) { s[rootLink.index] = seedGrad; continue; }
+    // Two roots on one output: their seeds add (into a fresh tensor, since seeds are the caller's).
+    const both = emptyTensor(backendOf(prev), prev.shape, prev.dtype);
+    backendOf(prev).binary('add', both, prev, seedGrad);
+    for (const t of [prev, seedGrad]) if (!seeds.has(t)) t.dispose();
+    s[rootLink.index] = both;
   }
-  slot(rootLink.node)[rootLink.index] = seedGrad;
 
-  const order = topoOrder(rootLink.node);
+  const order = topoOrder(roots.map((r) => r.root.gradLink!.node));
   for (let i = order.length - 1; i >= 0; i--) {
     const node = order[i]!;
     const gouts = slot(node);
@@ -89,13 +112,13 @@ export function backward(root: Tensor, seed?: Tensor): void {
       if (g && !g.isContiguous()) {
         const c = emptyTensor(backendOf(g), g.shape, g.dtype);
         backendOf(g).copy(c, g);
-        if (g !== seed) g.dispose();
+        if (!seeds.has(g)) g.dispose();
         gouts[j] = c;
       }
     }
     const gins = gouts.some((g) => g !== null) ? rule(gouts) : [];
     node.release();
-    for (const g of gouts) if (g && g !== seed) g.dispose();
+    for (const g of gouts) if (g && !seeds.has(g)) g.dispose();
     node.inputs.forEach((input, j) => {
       const g = gins[j];
       if (!g) return;

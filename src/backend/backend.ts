@@ -13,6 +13,7 @@
 import type { HostArray } from '../tensor/dtype.js';
 import type { DeviceBuffer, StorageOwner } from '../tensor/storage.js';
 import type { Tensor } from '../tensor/tensor.js';
+import type { AdamSlot, TensorList } from './tensor_list.js';
 
 export type { DeviceBuffer } from '../tensor/storage.js';
 
@@ -92,6 +93,13 @@ export interface Backend extends StorageOwner {
   sumLastDim(out: Tensor, x: Tensor): void;
   /** out[0] (f32) += Σ x² over all elements of x (gradient norms). */
   sumSquaresInto(out: Tensor, x: Tensor): void;
+  /**
+   * out[0] (f32) = Σ over the tensors of list (f32 or bf16, contiguous, one dtype) of Σ x²: the
+   * squared global gradient norm in one pass. The sum's order is fixed (the CPU: tensor by tensor
+   * in list order, each added into out in f32; CUDA: fixed block partials and one final
+   * reduction, no float atomics), so a result is bitwise reproducible.
+   */
+  sumSquaresMulti(out: Tensor, list: TensorList<Tensor>): void;
 
   // ---- dense algebra ----
   /**
@@ -168,6 +176,12 @@ export interface Backend extends StorageOwner {
    * used for compute).
    */
   adam(param: Tensor, grad: Tensor, m: Tensor, v: Tensor, lowp: Tensor | null, h: AdamHyper): void;
+  /**
+   * The adam step of every slot of list in one pass, each element with adam's arithmetic
+   * (h.weightDecay applies to the slots marked decay, 0 to the others), and then every slot's
+   * gradient set to 0 (the next step accumulates into it).
+   */
+  adamMulti(list: TensorList<AdamSlot>, h: AdamHyper): void;
 }
 
 /**

@@ -13,7 +13,8 @@ export const BENCH_COMMAND: CommandSpec = {
     { name: 'batch', value: 'N', default: '4', help: 'train: sequences per step' },
     { name: 'micro', value: 'N', default: 'the batch', help: 'train: sequences per micro-batch' },
     { name: 'device', value: 'auto|cpu|cuda', default: 'cuda', help: 'train: the device' },
-    { name: 'profile', value: null, help: 'train: synchronise between phases and record forward/backward/optimizer times (slower)' },
+    { name: 'profile', value: null, help: 'train: synchronise between phases and parts and print the step by layer kind (slower)' },
+    { name: 'gemm_ceiling', value: 'TFLOPS', default: '786', help: 'train: the measured bf16 GEMM ceiling that the second MFU figure is taken against' },
     { name: 'peer', value: 'eager|compile|both|none', default: 'eager', help: 'train: the PyTorch peer run first in the same command' },
   ],
 };

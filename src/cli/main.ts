@@ -14,6 +14,7 @@ commands:
   convert    Hugging Face DeepseekV2 checkpoints ⇄ moetrain weights
   plot       an SVG of a run's loss, learning rate, gradient norm and tokens/s
   bench      GPU benchmarks: gemm | attention | train
+  estimate-memory   per-rank GPU memory of a model on a mesh (persistent and peak, by part), allocating nothing
   launch     start N ranks of a moetrain command on this node (torchrun's contract): launch --nproc-per-node N -- train ...
   check-checkpoint  verify a checkpoint (or each of a run folder): sizes, checksums, finite values; exit 0 when intact
 
@@ -68,6 +69,11 @@ async function main(argv: string[]): Promise<void> {
       if (args === null) return;
       const { benchCommand } = await import('./bench_command.js');
       return benchCommand(args);
+    }
+    case 'estimate-memory': {
+      const { estimateCommand, ESTIMATE_COMMAND } = await import('./estimate_command.js');
+      const args = parse(ESTIMATE_COMMAND, rest);
+      return args === null ? undefined : estimateCommand(args.flags);
     }
     case 'launch': {
       const { launchCommand, LAUNCH_COMMAND } = await import('./launch_command.js');

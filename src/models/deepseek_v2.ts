@@ -4,7 +4,9 @@
 // deepseek_v2_weights.ts; Hugging Face names exist only at the checkpoint boundary
 // (deepseek_v2_names.ts). A model may hold a part of the whole (ModelPart): a pipeline stage
 // runs embedTokens / runLayers / headLoss for what it owns, and an MoE layer computes only the
-// routed experts it owns (routedExperts is where their rows enter and leave).
+// routed experts it owns (routedExperts is where their rows enter and leave); under expert
+// parallelism an ExpertDispatchHook (expert_dispatch_hook.ts) brings it the other ranks' tokens
+// for those experts and returns the whole routed output.
 //
 // Shape legend: B batch, S sequence, N = B·S tokens, D hidden, H heads, Dn/Dr/Dv nope/rope/value
 // head widths, C kv_lora_rank, E routed experts, k experts per token, V vocabulary, M routed rows.
@@ -30,6 +32,8 @@ import { Param } from '../nn/param.js';
 import { normalValues } from '../nn/init.js';
 import { ropeTables, yarnMscale } from '../nn/rope_tables.js';
 import type { DeepseekV2Config } from './deepseek_v2_config.js';
+import type { ModelSection, SectionHooks } from './section_hooks.js';
+import type { ExpertDispatchHook } from './expert_dispatch_hook.js';
 import {
   buildWeights, wholeModel, type Attention, type DecoderLayer, type DeepseekV2Weights, type Mlp, type ModelPart, type MoeBlock, type ParamSpec,
 } from './deepseek_v2_weights.js';
@@ -50,6 +54,26 @@ export interface ForwardResult {
   loadBalance: Tensor;
 }
 
+/** The router's result for one MoE layer (DeepseekV2.route). */
+/** The router's output for N tokens. */
+interface Gate {
+  /** Router probabilities [N, E] f32 (load-balance loss). */
+  probs: Tensor;
+  /** Top-k experts [N, k] i32, the same as slots [N·k] (a view), and their weights [N, k] f32. */
+  indices: Tensor;
+  slots: Tensor;
+  weights: Tensor;
+}
+
+/** The owned experts' share of the routed slots, grouped by expert. */
+interface Routing {
+  /** Routed rows per owned expert, in expert order. */
+  counts: number[];
+  /** The token [M] i32 and router weight [M, 1] f32 of each owned routed row, grouped by expert. */
+  tokenOfSorted: Tensor;
+  sortedWeights: Tensor;
+}
+
 export class DeepseekV2 implements DeepseekV2Weights<Param> {
   readonly embed: Param | null;
   readonly layers: DecoderLayer<Param>[];
@@ -64,6 +88,13 @@ export class DeepseekV2 implements DeepseekV2Weights<Param> {
   private globalCounts = new Map<number, { counts: Tensor; slots: number }>();
   /** k as an i32 [1] tensor, uploaded once (token index of each routed slot). */
   private topK: Tensor | null = null;
+  /** Hooks around the parts of the forward pass (a profiler's timing); null runs them directly. */
+  sections: SectionHooks | null = null;
+  /**
+   * Expert parallelism: set (by the trainer, when ep > 1) to send routed tokens to the ranks
+   * that own their experts; null: an MoE layer computes only the owned experts' share.
+   */
+  expertDispatch: ExpertDispatchHook | null = null;
 
   /** The whole model, or the part of it that `part` names (its parameters only are allocated). */
   constructor(readonly config: DeepseekV2Config, readonly backend: Backend, readonly computeDtype: DType, readonly part: ModelPart = wholeModel(config)) {
@@ -171,15 +202,20 @@ export class DeepseekV2 implements DeepseekV2Weights<Param> {
 
   /** Mean cross-entropy [1] f32 of the head's logits against labels i32 [B, S] (labels < 0 ignored). */
   headLoss(h: Tensor, labels: Tensor, labelCount: number): Tensor {
-    return crossEntropyMean(this.headLogits(h), reshape(labels, [h.shape[0]!]), labelCount);
+    return this.section('head', h, (x) => crossEntropyMean(this.headLogits(x), reshape(labels, [x.shape[0]!]), labelCount));
+  }
+
+  private section(kind: ModelSection, x: Tensor, fn: (x: Tensor) => Tensor): Tensor {
+    return this.sections ? this.sections.section(kind, x, fn) : fn(x);
   }
 
   private layer(layer: DecoderLayer<Param>, x: Tensor, B: number, S: number, lb: LoadBalance): { h: Tensor; lb: Tensor | null } {
     const eps = this.config.rms_norm_eps;
-    const a = this.attention(layer.attn, rmsNorm(x, layer.inputNorm.value, eps), B, S);
+    const a = this.section('attention', rmsNorm(x, layer.inputNorm.value, eps), (xn) => this.attention(layer.attn, xn, B, S));
     const h = add(x, a);
     const normed = rmsNorm(h, layer.postNorm.value, eps);
-    if (layer.mlp) return { h: add(h, this.mlp(layer.mlp, normed)), lb: null };
+    const mlp = layer.mlp;
+    if (mlp) return { h: add(h, this.section('mlp', normed, (xn) => this.mlp(mlp, xn))), lb: null };
     const moe = this.moe(layer, normed, B, S, lb);
     return { h: add(h, moe.out), lb: moe.lb };
   }
@@ -217,11 +253,38 @@ export class DeepseekV2 implements DeepseekV2Weights<Param> {
   }
 
   /**
-   * The MoE block on x [N, D]: router over all E experts, then the owned experts' share of the
-   * routed output (all of it for the whole model) plus the shared experts.
+   * The MoE block on x [N, D]: router over all E experts, then the routed output (through the
+   * expert dispatcher when one is set; otherwise the owned experts' share, all of it for the
+   * whole model) plus the shared experts.
    */
   private moe(layer: DecoderLayer<Param>, x: Tensor, B: number, S: number, lb: LoadBalance): { out: Tensor; lb: Tensor | null } {
-    const w = layer.moe!, c = this.config, N = B * S, E = c.n_routed_experts, k = c.num_experts_per_tok;
+    const w = layer.moe!, N = B * S;
+    let g!: Gate;
+    let out: Tensor;
+    const dispatch = this.expertDispatch;
+    if (dispatch) {
+      const weights = this.section('router', x, (xr) => { g = this.gate(w, xr, N); return g.weights; });
+      const local = { first: w.firstExpert, count: w.experts.length, run: (xs: Tensor, counts: readonly number[]) => this.routedExperts(w, xs, counts) };
+      out = this.section('experts', x, (xe) => dispatch.routedOutput(xe, g.indices, weights, local));
+    } else {
+      let r!: Routing;
+      const xs = this.section('router', x, (xr) => {
+        g = this.gate(w, xr, N);
+        r = this.ownedRouting(w, g, N);
+        return gatherRows(xr, r.tokenOfSorted, null);
+      });
+      const ys = this.section('experts', xs, (rows) => this.routedExperts(w, rows, r.counts));
+      out = this.section('router', ys, (rows) => scatterAddRows(rows, r.tokenOfSorted, r.sortedWeights, N));
+    }
+    const shared = w.shared;
+    if (shared) out = add(out, this.section('experts', x, (xe) => this.mlp(shared, xe)));
+    const lbLoss = lb.alpha > 0 ? this.section('router', g.probs, (p) => this.loadBalanceLoss(layer.index, p, g.slots, B, S, lb)) : null;
+    return { out, lb: lbLoss };
+  }
+
+  /** The router on x [N, D]: f32 softmax over all E experts, top-k, and the routing weights. */
+  private gate(w: MoeBlock<Param>, x: Tensor, N: number): Gate {
+    const c = this.config, k = c.num_experts_per_tok;
     const logits = linear(cast(x, 'f32'), w.router.value);
     const probs = softmax(logits);
     const { values, indices } = topk(probs, k);
@@ -230,10 +293,17 @@ export class DeepseekV2 implements DeepseekV2Weights<Param> {
     let weights = values;
     if (k > 1 && c.norm_topk_prob) weights = div(weights, add(reshape(sumLastDim(weights), [N, 1]), fromHost(this.backend, [1e-20], [1], 'f32')));
     else if (c.routed_scaling_factor !== 1) weights = scale(weights, c.routed_scaling_factor);
+    return { probs, indices, weights, slots: indices.view([N * k], [1], indices.offset) };
+  }
 
-    const slots = indices.view([N * k], [1], indices.offset);
-    const { order, offsets } = expertOrder(slots, E);
-    const bounds = toHostI32(offsets); // one device read per MoE layer: the per-expert GEMM sizes
+  /**
+   * The owned experts' routed slots grouped by expert: their token, router weight and the
+   * per-expert counts (one device read per MoE layer: the per-expert GEMM sizes).
+   */
+  private ownedRouting(w: MoeBlock<Param>, g: Gate, N: number): Routing {
+    const E = this.config.n_routed_experts, k = this.config.num_experts_per_tok;
+    const { order, offsets } = expertOrder(g.slots, E);
+    const bounds = toHostI32(offsets);
     // The owned experts' slots are one block of the expert-sorted order: [bounds[e0], bounds[e1]).
     const e0 = w.firstExpert, e1 = e0 + w.experts.length;
     const counts = Array.from({ length: e1 - e0 }, (_, i) => bounds[e0 + i + 1]! - bounds[e0 + i]!);
@@ -245,12 +315,8 @@ export class DeepseekV2 implements DeepseekV2Weights<Param> {
     const tokenOfSorted = emptyTensor(this.backend, [M], 'i32');
     this.backend.binary('div', tokenOfSorted, owned, kView);
     kView.dispose();
-    const sortedWeights = gatherRows(reshape(weights, [N * k, 1]), owned, null);
-    const xs = gatherRows(x, tokenOfSorted, null);
-    let out = scatterAddRows(this.routedExperts(w, xs, counts), tokenOfSorted, sortedWeights, N);
-    if (w.shared) out = add(out, this.mlp(w.shared, x));
-    const lbLoss = lb.alpha > 0 ? this.loadBalanceLoss(layer.index, probs, slots, B, S, lb) : null;
-    return { out, lb: lbLoss };
+    const sortedWeights = gatherRows(reshape(g.weights, [N * k, 1]), owned, null);
+    return { counts, tokenOfSorted, sortedWeights };
   }
 
   /** α·E·Σ_i f_i·P_i with f the fraction of routed slots per expert and P the mean router probability. */

@@ -6,6 +6,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import type { Backend } from '../backend/backend.js';
+import { TensorList } from '../backend/tensor_list.js';
 import { backward } from '../autograd/backward.js';
 import { noGrad } from '../autograd/tape.js';
 import { fromHost, toHostF32 } from '../ops/create.js';
@@ -82,6 +83,8 @@ export class Training {
   readonly model: DeepseekV2;
   readonly optimizer: Adam;
   private readonly sumSq: Tensor;
+  /** Every parameter's gradient, for the one-pass gradient norm. */
+  private readonly grads: TensorList<Tensor>;
   private readonly ceSum: Tensor;
   private readonly lbSum: Tensor;
   private readonly flopsPerStep: number;
@@ -91,6 +94,7 @@ export class Training {
     this.optimizer = new Adam(this.model.params, config.optimizer, backend);
     this.flopsPerStep = flopsPerToken(modelConfig, config.seq_len) * config.global_batch_size * config.seq_len;
     this.sumSq = keep(emptyTensor(backend, [1], 'f32'));
+    this.grads = new TensorList(this.model.params.map((p) => p.grad));
     this.ceSum = keep(emptyTensor(backend, [1], 'f32'));
     this.lbSum = keep(emptyTensor(backend, [1], 'f32'));
   }
@@ -127,8 +131,7 @@ export class Training {
     }
     const { gradNorm, lr } = phase('optimizer', () => {
       // Global L2 norm of the gradients before clipping; clipping is a scale given to the optimizer.
-      backend.fill(sumSq, 0);
-      for (const p of model.params) backend.sumSquaresInto(sumSq, p.grad);
+      backend.sumSquaresMulti(sumSq, this.grads);
       const [sq] = toHostF32(sumSq);
       const norm = Math.sqrt(sq!);
       if (!Number.isFinite(norm)) {
@@ -136,8 +139,8 @@ export class Training {
       }
       const clip = cfg.grad_clip > 0 && norm > cfg.grad_clip ? cfg.grad_clip / (norm + 1e-6) : 1;
       const rate = learningRate(cfg.schedule, cfg.optimizer.lr, step, cfg.steps);
+      // The update also zeroes every gradient (one pass over the parameters).
       noGrad(() => this.optimizer.update(rate, clip));
-      for (const p of model.params) p.zeroGrad();
       return { gradNorm: norm, lr: rate };
     });
     const ce = toHostF32(ceSum)[0]! / micro;
@@ -156,6 +159,7 @@ export class Training {
 
   dispose(): void {
     this.sumSq.dispose(); this.ceSum.dispose(); this.lbSum.dispose();
+    this.grads.dispose();
     this.optimizer.dispose();
     this.model.dispose();
   }

@@ -5,6 +5,7 @@
 // this backend catch that on a machine without a GPU.
 import { CpuBackend } from '../../src/backend/cpu/cpu_backend.js';
 import type { AttentionOptions, MatmulOptions } from '../../src/backend/backend.js';
+import type { TensorList } from '../../src/backend/tensor_list.js';
 import type { Tensor } from '../../src/tensor/tensor.js';
 
 function dense(method: string, ...named: [string, Tensor | null][]): void {
@@ -16,6 +17,9 @@ function dense(method: string, ...named: [string, Tensor | null][]): void {
 }
 
 export class StrictCpuBackend extends CpuBackend {
+  override sumSquaresMulti(out: Tensor, list: TensorList<Tensor>): void {
+    dense('sumSquaresMulti', ...list.entries.map((t, i): [string, Tensor] => [`list[${i}]`, t])); super.sumSquaresMulti(out, list);
+  }
   override sumLastDim(out: Tensor, x: Tensor): void { dense('sumLastDim', ['out', out], ['x', x]); super.sumLastDim(out, x); }
   override matmul(out: Tensor, a: Tensor, b: Tensor, opts: MatmulOptions): void { dense('matmul', ['out', out], ['a', a], ['b', b]); super.matmul(out, a, b, opts); }
   override rmsNorm(y: Tensor, rstd: Tensor, x: Tensor, w: Tensor, eps: number): void { dense('rmsNorm', ['x', x], ['w', w]); super.rmsNorm(y, rstd, x, w, eps); }

@@ -5,6 +5,7 @@ import os from 'node:os';
 import { bytesPerElement, f32ArrayToBf16, type HostArray } from '../../tensor/dtype.js';
 import type { Tensor } from '../../tensor/tensor.js';
 import type { AdamHyper, AttentionOptions, Backend, BinaryOp, DeviceBuffer, MatmulOptions, MemoryStats, UnaryOp } from '../backend.js';
+import type { AdamSlot, TensorList } from '../tensor_list.js';
 import { HostBuffer, arrayOf, denseView, forEachIndex, readF32, storageArray, writeF32 } from './host.js';
 import { cpuMatmul } from './matmul.js';
 import { cpuMlaAttention, cpuMlaAttentionBackward } from './attention.js';
@@ -128,6 +129,11 @@ export class CpuBackend implements Backend {
     (denseView(out) as Float32Array)[0] += s;
   }
 
+  sumSquaresMulti(out: Tensor, list: TensorList<Tensor>): void {
+    (denseView(out) as Float32Array)[0] = 0;
+    for (const x of list.entries) this.sumSquaresInto(out, x);
+  }
+
   matmul(out: Tensor, a: Tensor, b: Tensor, opts: MatmulOptions): void { cpuMatmul(out, a, b, opts); }
 
   rmsNorm(y: Tensor, rstd: Tensor, x: Tensor, w: Tensor, eps: number): void { m.rmsNorm(y, rstd, x, w, eps); }
@@ -175,5 +181,13 @@ export class CpuBackend implements Backend {
       P[i] = P[i]! - h.lr * upd;
     }
     if (lowp) writeF32(lowp, P);
+  }
+
+  adamMulti(list: TensorList<AdamSlot>, h: AdamHyper): void {
+    const undecayed = { ...h, weightDecay: 0 };
+    for (const s of list.entries) {
+      this.adam(s.param, s.grad, s.m, s.v, s.lowp, s.decay ? h : undecayed);
+      this.fill(s.grad, 0);
+    }
   }
 }

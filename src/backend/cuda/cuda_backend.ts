@@ -6,7 +6,9 @@
 import type { DType, HostArray } from '../../tensor/dtype.js';
 import { contiguousStrides, type Tensor } from '../../tensor/tensor.js';
 import type { AdamHyper, AttentionOptions, Backend, BinaryOp, DeviceBuffer, MatmulOptions, MemoryStats, UnaryOp } from '../backend.js';
+import type { AdamSlot, TensorList } from '../tensor_list.js';
 import { AdamLauncher } from './ops/adam.js';
+import { AdamMultiLauncher } from './ops/adam_multi.js';
 import { BincountLauncher } from './ops/bincount.js';
 import { BinaryLauncher } from './ops/binary.js';
 import { assertContiguous } from './ops/common.js';
@@ -26,6 +28,7 @@ import { ScatterAddRowsLauncher } from './ops/scatter_add_rows.js';
 import { SoftmaxLauncher } from './ops/softmax.js';
 import { SumLastDimLauncher } from './ops/sum_last_dim.js';
 import { SumSquaresLauncher } from './ops/sum_squares.js';
+import { SumSquaresMultiLauncher } from './ops/sum_squares_multi.js';
 import { SwigluLauncher } from './ops/swiglu.js';
 import { TopkLauncher } from './ops/topk.js';
 import { UnaryLauncher } from './ops/unary.js';
@@ -59,6 +62,7 @@ export class CudaBackend implements Backend {
   private readonly binaryOps: BinaryLauncher;
   private readonly sumRows: SumLastDimLauncher;
   private readonly sumSquares: SumSquaresLauncher;
+  private readonly sumSquaresList: SumSquaresMultiLauncher;
   private readonly gemm: MatmulLauncher;
   private readonly norm: RmsNormLauncher;
   private readonly rotary: RopeLauncher;
@@ -74,6 +78,7 @@ export class CudaBackend implements Backend {
   private readonly attention: MlaAttentionLauncher;
   private readonly attentionGeneric: MlaAttentionGenericLauncher;
   private readonly optimizer: AdamLauncher;
+  private readonly optimizerList: AdamMultiLauncher;
 
   constructor(readonly ctx: CudaContext, options: CudaBackendOptions = {}) {
     this.description = ctx.description;
@@ -86,6 +91,7 @@ export class CudaBackend implements Backend {
     this.binaryOps = new BinaryLauncher(ctx);
     this.sumRows = new SumLastDimLauncher(ctx, this.filler);
     this.sumSquares = new SumSquaresLauncher(ctx);
+    this.sumSquaresList = new SumSquaresMultiLauncher(ctx, alloc);
     this.gemm = new MatmulLauncher(ctx, alloc, this.filler, this.unaryOps);
     this.norm = new RmsNormLauncher(ctx, alloc);
     this.rotary = new RopeLauncher(ctx);
@@ -101,6 +107,7 @@ export class CudaBackend implements Backend {
     this.attention = new MlaAttentionLauncher(ctx, alloc);
     this.attentionGeneric = new MlaAttentionGenericLauncher(ctx, alloc, this.copier);
     this.optimizer = new AdamLauncher(ctx);
+    this.optimizerList = new AdamMultiLauncher(ctx, alloc);
   }
 
   // ---- memory ----
@@ -155,6 +162,7 @@ export class CudaBackend implements Backend {
   binary(op: BinaryOp, out: Tensor, a: Tensor, b: Tensor): void { this.binaryOps.binary(op, out, a, b); }
   sumLastDim(out: Tensor, x: Tensor): void { this.sumRows.sumLastDim(out, x); }
   sumSquaresInto(out: Tensor, x: Tensor): void { this.sumSquares.sumSquaresInto(out, x); }
+  sumSquaresMulti(out: Tensor, list: TensorList<Tensor>): void { this.sumSquaresList.sumSquaresMulti(out, list); }
   matmul(out: Tensor, a: Tensor, b: Tensor, opts: MatmulOptions): void { this.gemm.matmul(out, a, b, opts); }
   rmsNorm(y: Tensor, rstd: Tensor, x: Tensor, w: Tensor, eps: number): void { this.norm.rmsNorm(y, rstd, x, w, eps); }
   rmsNormBackward(dx: Tensor, dw: Tensor, dy: Tensor, x: Tensor, w: Tensor, rstd: Tensor): void { this.norm.rmsNormBackward(dx, dw, dy, x, w, rstd); }
@@ -178,6 +186,7 @@ export class CudaBackend implements Backend {
   gatherRows(out: Tensor, x: Tensor, idx: Tensor, weights: Tensor | null): void { this.gather.gatherRows(out, x, idx, weights); }
   scatterAddRows(out: Tensor, src: Tensor, idx: Tensor, weights: Tensor | null): void { this.scatter.scatterAddRows(out, src, idx, weights); }
   adam(param: Tensor, grad: Tensor, m: Tensor, v: Tensor, lowp: Tensor | null, h: AdamHyper): void { this.optimizer.adam(param, grad, m, v, lowp, h); }
+  adamMulti(list: TensorList<AdamSlot>, h: AdamHyper): void { this.optimizerList.adamMulti(list, h); }
 
   // ---- MLA attention: the kernels chooseMlaKernels picks for these tensors ----
 

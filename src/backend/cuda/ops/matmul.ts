@@ -6,6 +6,7 @@ import { CublasLt } from '../ffi/cublaslt.js';
 import type { CachingAllocator } from '../runtime/allocator.js';
 import type { CudaContext } from '../runtime/context.js';
 import { devicePtr } from '../runtime/device_buffer.js';
+import { launchCounts } from '../runtime/module.js';
 import { assertContiguous, assertFloat, assertSameDType } from './common.js';
 import type { FillLauncher } from './fill.js';
 import type { UnaryLauncher } from './unary.js';
@@ -55,11 +56,13 @@ export class MatmulLauncher {
     assertFloat(out, 'matmul output');
     if (batch > 1 && a.rank === 3 && b.rank === 2 && !transA) {
       // A shared right operand: the batch is one [batch·M, K] × [K, N] product.
+      launchCounts.cublasLt++;
       this.cublasLt.gemm(devicePtr(out), devicePtr(a), devicePtr(b), {
         m: batch * M, n: N, k: K, transA: false, transB, alpha, beta, dtypeIn, dtypeOut: dtypeOut as 'f32' | 'bf16',
       });
       return;
     }
+    launchCounts.cublasLt++;
     this.cublasLt.gemm(devicePtr(out), devicePtr(a), devicePtr(b), {
       m: M, n: N, k: K, transA, transB, alpha, beta, batch,
       strideA: a.rank === 3 ? M * K : 0,

@@ -62,6 +62,11 @@ export class CudaContext {
   /** Largest dynamic shared memory a kernel may opt in to, in bytes. */
   readonly maxSharedBytesOptin: number;
   readonly totalMemoryBytes: number;
+  /**
+   * Calls that blocked the host until the GPU caught up (synchronize, download) and the
+   * milliseconds spent in them; the rest of a step's wall time is host work (bench train).
+   */
+  readonly waits = { count: 0, ms: 0 };
 
   constructor(ordinal: number = localRankOrdinal()) {
     this.driver = cudaDriver();
@@ -101,7 +106,11 @@ export class CudaContext {
   makeCurrent(): void { this.driver.ctxSetCurrent(this.context); }
 
   /** Waits for all queued work in the context (every stream). */
-  synchronize(): void { this.driver.ctxSynchronize(); }
+  synchronize(): void {
+    const t0 = performance.now();
+    this.driver.ctxSynchronize();
+    this.countWait(t0);
+  }
 
   memoryInfo(): { free: number; total: number } { return this.driver.memGetInfo(); }
 
@@ -114,8 +123,15 @@ export class CudaContext {
 
   /** Device → host after all earlier work on the compute stream; returns with dst filled. */
   download(dst: HostBytes, src: bigint, bytes: number = dst.byteLength): void {
+    const t0 = performance.now();
     this.driver.memcpyDtoHAsync(dst, src, bytes, this.stream);
     this.driver.streamSynchronize(this.stream);
+    this.countWait(t0);
+  }
+
+  private countWait(since: number): void {
+    this.waits.count++;
+    this.waits.ms += performance.now() - since;
   }
 
   copyDeviceToDevice(dst: bigint, src: bigint, bytes: number): void {

@@ -120,6 +120,12 @@ export function compileKernelFile(arch: string, file: string, defines: Defines =
 
 // ---- launching ----
 
+/**
+ * Work queued on the GPU so far, counted by kind: kernels launched through CudaKernel.launch and
+ * cuBLASLt products (ops/matmul.ts). bench train reports the difference over a step.
+ */
+export const launchCounts = { kernels: 0, cublasLt: 0 };
+
 /** Dynamic shared memory a kernel may use without opting in. */
 const DEFAULT_DYNAMIC_SHARED = 48 * 1024;
 
@@ -165,6 +171,7 @@ export class CudaKernel {
     if (status !== 0) {
       throw this.driver.error('cuLaunchKernel', status, `kernel ${this.name} (${this.file}), grid [${grid}], block [${block}], ${sharedBytes} B dynamic shared memory`);
     }
+    launchCounts.kernels++;
   }
 
   /** Allows up to `bytes` of dynamic shared memory (needed above 48 KiB). */
