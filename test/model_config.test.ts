@@ -5,7 +5,7 @@
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { fileURLToPath } from 'node:url';
-import { mkdtempSync, writeFileSync, readFileSync } from 'node:fs';
+import { mkdtempSync, writeFileSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { CpuBackend } from '../src/backend/cpu/cpu_backend.js';
@@ -149,11 +149,15 @@ describe('bad configs give an Error naming the field', () => {
   });
   test('missing file and invalid JSON', () => {
     const dir = mkdtempSync(join(tmpdir(), 'moetrain-cfg-'));
-    const missing = join(dir, 'nope.json');
-    assert.throws(() => loadDeepseekV2Config(missing), (e: unknown) => e instanceof Error && e.message.includes(missing) && /cannot read/.test(e.message));
-    const broken = join(dir, 'broken.json');
-    writeFileSync(broken, '{"hidden_size": 2048,');
-    assert.throws(() => loadDeepseekV2Config(broken), (e: unknown) => e instanceof Error && e.message.includes(broken) && /not valid JSON/.test(e.message));
+    try {
+      const missing = join(dir, 'nope.json');
+      assert.throws(() => loadDeepseekV2Config(missing), (e: unknown) => e instanceof Error && e.message.includes(missing) && /cannot read/.test(e.message));
+      const broken = join(dir, 'broken.json');
+      writeFileSync(broken, '{"hidden_size": 2048,');
+      assert.throws(() => loadDeepseekV2Config(broken), (e: unknown) => e instanceof Error && e.message.includes(broken) && /not valid JSON/.test(e.message));
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
 

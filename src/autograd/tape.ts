@@ -6,8 +6,15 @@
 import type { BackwardRule, GradGraphNode, Tensor } from '../tensor/tensor.js';
 import { keep, trackNodeInScope } from '../tensor/scope.js';
 
+/** Nodes recorded and not yet released, for leak tests. */
+let liveNodes = 0;
+
+/** How many autograd nodes exist that have not been released (by backward or by their scope). */
+export function liveGradNodeCount(): number { return liveNodes; }
+
 export class GradNode implements GradGraphNode {
   private saved: Tensor[] = [];
+  private released = false;
   constructor(
     readonly name: string,
     /** The op's differentiable inputs, in the order the rule returns their gradients. */
@@ -15,6 +22,7 @@ export class GradNode implements GradGraphNode {
     readonly outputCount: number,
     public rule: BackwardRule | null,
   ) {
+    liveNodes++;
     trackNodeInScope(this);
   }
 
@@ -30,6 +38,7 @@ export class GradNode implements GradGraphNode {
   }
 
   release(): void {
+    if (!this.released) { this.released = true; liveNodes--; }
     for (const t of this.saved) t.dispose();
     this.saved = [];
     this.rule = null;

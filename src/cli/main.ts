@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// The moetrain command line: train, tokenize, convert, plot, bench, launch. Each command's options are
+// The moetrain command line: train, tokenize, convert, plot, bench, launch, check-checkpoint. Each command's options are
 // declared once in its CommandSpec (args.ts), which parses them and prints its --help. A
 // user-caused error prints one line naming the problem and the fix, and exits with status 1.
 import fs from 'node:fs';
@@ -16,6 +16,7 @@ commands:
   bench      GPU benchmarks: gemm | attention | train
   estimate-memory   per-rank GPU memory of a model on a mesh (persistent and peak, by part), allocating nothing
   launch     start N ranks of a moetrain command on this node (torchrun's contract): launch --nproc-per-node N -- train ...
+  check-checkpoint  verify a checkpoint (or each of a run folder): sizes, checksums, finite values; exit 0 when intact
 
   --version  print moetrain's version
 
@@ -79,6 +80,11 @@ async function main(argv: string[]): Promise<void> {
       const args = parse(LAUNCH_COMMAND, rest);
       return args === null ? undefined : launchCommand(args);
     }
+    case 'check-checkpoint': {
+      const { checkCheckpointCommand, CHECK_CHECKPOINT_COMMAND } = await import('./check_checkpoint_command.js');
+      const args = parse(CHECK_CHECKPOINT_COMMAND, rest);
+      return args === null ? undefined : checkCheckpointCommand(args.positional[0]!);
+    }
     case '--version':
     case 'version':
       console.log(`moetrain ${version()}`);
@@ -93,7 +99,7 @@ async function main(argv: string[]): Promise<void> {
       console.log(USAGE);
       return;
     default:
-      throw new Error(`unknown command "${command}"; the commands are train, tokenize, convert, plot and bench (moetrain --help)`);
+      throw new Error(`unknown command "${command}"; the commands are train, tokenize, convert, plot, bench, launch and check-checkpoint (moetrain --help)`);
   }
 }
 

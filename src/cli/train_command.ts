@@ -21,6 +21,7 @@ import { TokenDataset } from '../data/loader.js';
 import { prepareDemoData, DEMO_CORPUS_BYTES } from '../data/demo_data.js';
 import { train, type BatchSource } from '../train/trainer.js';
 import { loadWeightsInto } from '../train/hf_checkpoint.js';
+import { listenForStop, STOP_EXIT_CODE } from '../train/signals.js';
 import { runSummary } from './run_summary.js';
 
 export async function trainCommand(flags: Record<string, string>): Promise<void> {
@@ -76,14 +77,31 @@ async function trainRun(cfg: TrainConfig, model: DeepseekV2Config, backend: Back
     },
   };
   // config.json beside the checkpoints lets `moetrain convert` export them without more flags.
-  if (leader) fs.writeFileSync(path.join(cfg.run_dir, 'config.json'), formatHfConfig(model));
+  const modelConfigJson = formatHfConfig(model);
+  if (leader) fs.writeFileSync(path.join(cfg.run_dir, 'config.json'), modelConfigJson);
   const initFrom = cfg.init_from;
+  // Ranks of `moetrain launch` get the launcher's forwarded signals (see train/signals.ts).
+  const launched = process.env['WORLD_SIZE'] !== undefined;
+  const stop = listenForStop({ launched, log: (line) => console.log(line) });
+  const rerun = launched ? 'the same moetrain launch command' : `moetrain ${process.argv.slice(2).map(shellWord).join(' ')}`;
   const started = performance.now();
-  const result = train({
-    config: cfg, model, backend, data: source, log: say, dataFingerprint: dataset.fingerprint, ...(dist ? { dist } : {}),
-    ...(initFrom ? { initWeights: (m) => { loadWeightsInto(m, initFrom); say(`moetrain: initial weights from ${initFrom}`); } } : {}),
-  });
-  dataset.close();
+  let result;
+  try {
+    result = await train({
+      config: cfg, model, backend, data: source, log: say, dataFingerprint: dataset.fingerprint, modelConfigJson, stop, ...(dist ? { dist } : {}),
+      ...(initFrom ? { initWeights: (m) => { loadWeightsInto(m, initFrom); say(`moetrain: initial weights from ${initFrom}`); } } : {}),
+    });
+  } finally {
+    stop.close();
+    dataset.close();
+  }
+  if (result.stoppedBy) {
+    if (result.metrics.length > 0) say(`moetrain: ${runSummary(result.metrics, cfg.global_batch_size * cfg.seq_len, (performance.now() - started) / 1000)}`);
+    const where = result.checkpoint ? `checkpoint ${result.checkpoint}; resume with: ${rerun}` : 'no step finished, so there is nothing to resume';
+    say(`moetrain: stopped by ${result.stoppedBy} after step ${result.finalStep}; ${where}`);
+    process.exitCode = STOP_EXIT_CODE[result.stoppedBy];
+    return;
+  }
   if (result.metrics.length === 0) {
     say(`moetrain: ${cfg.run_dir} already holds a checkpoint at step ${result.resumedFrom ?? cfg.steps} (the run has ${cfg.steps} steps): nothing to train (delete ${cfg.run_dir}, pass another --run_dir, or raise --steps)`);
   }
@@ -94,6 +112,11 @@ async function trainRun(cfg: TrainConfig, model: DeepseekV2Config, backend: Back
   }
   if (result.metrics.length > 0) say(`moetrain: ${runSummary(result.metrics, cfg.global_batch_size * cfg.seq_len, (performance.now() - started) / 1000)}`);
   say(`moetrain: run directory ${cfg.run_dir} (metrics.jsonl, checkpoints/; moetrain plot ${cfg.run_dir} draws the curves)`);
+}
+
+/** A word as a POSIX shell reads it back (for the resume command). */
+function shellWord(w: string): string {
+  return /^[\w@%+=:,./-]+$/.test(w) ? w : `'${w.replace(/'/g, `'\\''`)}'`;
 }
 
 /** Fails early, before any work, when the run directory cannot be created or written. */

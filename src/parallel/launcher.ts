@@ -2,7 +2,11 @@
 // contract, passes their output through (rank 0's lines unchanged, other ranks' lines prefixed
 // with "[rank R] "), and takes the job down when one rank fails: that rank's last error lines
 // are printed with its rank, the others get SIGTERM and, after a grace period, SIGKILL.
+// SIGINT or SIGTERM to the launcher is passed on to every rank (a training run finishes its step,
+// checkpoints and exits 130 / 143, which is then a stop, not a failure); a second one SIGKILLs
+// the ranks at once.
 import { spawn, type ChildProcess } from 'node:child_process';
+import os from 'node:os';
 import { createInterface } from 'node:readline';
 import type { Readable } from 'node:stream';
 import { LOST_PEER } from './cpu/peer_links.js';
@@ -88,6 +92,11 @@ export async function launchRanks(o: LaunchOptions): Promise<number> {
   let failed: Rank | null = null;
   let killTimer: NodeJS.Timeout | null = null;
   const ranks: Rank[] = [];
+  /** The signal passed on to the ranks, if any, and whether a second one killed them. */
+  let forwarded: NodeJS.Signals | null = null;
+  let killedOnSignal = false;
+  /** A rank's exit status after it stopped on that signal: 128 + its number. */
+  const stopCode = (): number | null => (forwarded === null ? null : 128 + os.constants.signals[forwarded as 'SIGINT' | 'SIGTERM']);
 
   const stopOthers = (): void => {
     for (const r of ranks) if (r.child.exitCode === null && r.child.signalCode === null) r.child.kill('SIGTERM');
@@ -112,7 +121,7 @@ export async function launchRanks(o: LaunchOptions): Promise<number> {
     });
     r.closed = exited.then(async (status) => {
       r.status = status;
-      if (!failed && (status.code !== 0 || status.signal !== null)) {
+      if (!failed && (status.code !== 0 || status.signal !== null) && !(status.signal === null && status.code === stopCode())) {
         failed = r;
         stopOthers();
       }
@@ -123,8 +132,11 @@ export async function launchRanks(o: LaunchOptions): Promise<number> {
   }
 
   const onSignal = (signal: NodeJS.Signals): void => {
-    err(`moetrain launch: ${signal}, stopping the ranks`);
-    for (const r of ranks) r.child.kill(signal);
+    const again = forwarded !== null;
+    forwarded ??= signal;
+    killedOnSignal ||= again;
+    err(again ? `moetrain launch: ${signal} again, killing the ranks` : `moetrain launch: ${signal}, passed on to the ranks (again to kill them at once)`);
+    for (const r of ranks) r.child.kill(again ? 'SIGKILL' : signal);
   };
   process.on('SIGINT', onSignal);
   process.on('SIGTERM', onSignal);
@@ -137,7 +149,16 @@ export async function launchRanks(o: LaunchOptions): Promise<number> {
   }
 
   const first = failed as Rank | null;
-  if (!first) return 0;
+  if (killedOnSignal) {
+    err(`moetrain launch: the ranks were killed on the second ${forwarded}`);
+    return stopCode()!;
+  }
+  if (!first) {
+    const code = stopCode();
+    if (code === null || !ranks.some((r) => r.status?.code === code)) return 0;
+    err(`moetrain launch: the ranks stopped on ${forwarded} (exit status ${code})`);
+    return code;
+  }
   const f = rankToBlame(first, ranks);
   const { code, signal } = f.status!;
   const how = signal !== null ? `ended by ${signal}` : `exit status ${code}`;

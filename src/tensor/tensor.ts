@@ -41,6 +41,11 @@ export interface GradGraphNode extends Releasable {
 export interface GradLink { readonly node: GradGraphNode; readonly index: number }
 
 let nextId = 1;
+/** Tensors created and not yet disposed (views included), for leak tests. */
+let liveTensors = 0;
+
+/** How many tensor handles exist that have not been disposed. */
+export function liveTensorCount(): number { return liveTensors; }
 
 export class Tensor {
   readonly id = nextId++;
@@ -60,6 +65,7 @@ export class Tensor {
     readonly offset: number,
     readonly dtype: DType,
   ) {
+    liveTensors++;
     trackInScope(this);
   }
 
@@ -81,6 +87,7 @@ export class Tensor {
   dispose(): void {
     if (this.disposed) return;
     this.disposed = true;
+    liveTensors--;
     this.storage.release();
   }
 

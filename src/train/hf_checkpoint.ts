@@ -5,6 +5,9 @@
 //             weights folder (model.safetensors in f32 + config.json) that `init_from` starts from.
 //   exportHf: moetrain checkpoint (or weights folder) → HF folder: bf16 (default) or f32 shards of
 //             bounded size, model.safetensors.index.json, config.json.
+// A moetrain checkpoint in the layout-free format (train/checkpoint_format.ts: rank files and an
+// index) is verified against its manifest first, then read tensor by tensor, each assembled from
+// the ranges the ranks wrote; `init_from` reads it the same way.
 // bf16 → f32 → bf16 is exact, so an HF → moetrain → HF round trip is bit-exact.
 import fs from 'node:fs';
 import path from 'node:path';
@@ -12,6 +15,8 @@ import { bf16ArrayToF32, f32ArrayToBf16 } from '../tensor/dtype.js';
 import { openShardedSafetensors, ShardedSafetensorsWriter } from '../io/safetensors_index.js';
 import { SafetensorsWriter } from '../io/safetensors.js';
 import { loadDeepseekV2Config, type DeepseekV2Config } from '../models/deepseek_v2_config.js';
+import { CheckpointDamage, CheckpointReader, firstNonFinite, INDEX_FILE } from './checkpoint_format.js';
+import { verifyCheckpoint } from './checkpoint_manifest.js';
 import { namedParameters, parameterShapes } from '../models/deepseek_v2_names.js';
 import type { DeepseekV2 } from '../models/deepseek_v2.js';
 
@@ -29,8 +34,32 @@ interface WeightSource {
   close(): void;
 }
 
+/** A moetrain checkpoint folder of rank files, verified; whole tensors assembled from their ranges. */
+function openCheckpointWeights(dir: string): WeightSource {
+  let reader: CheckpointReader;
+  try {
+    verifyCheckpoint(dir);
+    reader = CheckpointReader.open(dir);
+  } catch (e) {
+    if (e instanceof CheckpointDamage) throw new Error(`${e.message}; use an intact checkpoint (moetrain check-checkpoint ${dir} says what is wrong)`);
+    throw e;
+  }
+  return {
+    shape: (name) => reader.shape(name),
+    readF32: (name) => {
+      const shape = reader.shape(name)!;
+      const data = reader.readRange(name, 0, shape.reduce((a, b) => a * b, 1));
+      const bad = firstNonFinite(data);
+      if (bad >= 0) throw new Error(`${dir}: tensor ${name} holds ${data[bad]} at element ${bad}; the checkpoint is damaged`);
+      return data;
+    },
+    close: () => reader.close(),
+  };
+}
+
 /** Opens any folder of weights: an HF folder (index or single file) or a moetrain checkpoint/weights folder. */
 export function openWeights(dir: string): WeightSource {
+  if (fs.existsSync(path.join(dir, INDEX_FILE))) return openCheckpointWeights(dir);
   const st = openShardedSafetensors(dir);
   return {
     shape: (name) => st.tensors.get(name)?.shape.slice() ?? null,

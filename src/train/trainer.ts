@@ -1,7 +1,8 @@
 // The training loop. Training.step runs one optimizer step: micro-batches with gradient
 // accumulation, the global gradient norm (before clipping) and clipping folded into the
 // optimizer, the schedule, timing with the device synchronised. train() runs a whole run around
-// it: resume or initialise, one log line and one JSONL record per step, and checkpoints.
+// it: resume or initialise, one log line and one JSONL record per step, checkpoints, and a clean
+// stop with a checkpoint on SIGINT/SIGTERM (signals.ts).
 //
 // A launched run (parallel/init_distributed.ts) holds its parameters fully sharded
 // (parallel/fsdp.ts): its R = dp·ep replicas each read G/R sequences of the global batch G,
@@ -33,7 +34,11 @@ import { allReduceValues } from '../parallel/host_values.js';
 import { formatShardLines } from './shard_line.js';
 import type { TrainConfig } from './config.js';
 import { formatLogLine, type StepMetrics } from './log_line.js';
-import { latestCheckpoint, loadCheckpoint, saveCheckpoint } from './checkpoint.js';
+import { writeCheckpoint } from './checkpoint.js';
+import { agreeMax, SINGLE_PROCESS, type CheckpointGroup } from './checkpoint_group.js';
+import { latestIntactCheckpoint, resumeFromLatest } from './checkpoint_resume.js';
+import { savedSchedule, scheduleChangeLine } from './schedule_on_resume.js';
+import { turnEventLoop, type StopListener, type StopSignal } from './signals.js';
 
 /** Where batches come from: a pure function of (step, micro-batch), so resuming is exact. */
 export interface BatchSource {
@@ -55,13 +60,29 @@ export interface TrainRun {
   dataFingerprint?: string;
   /** The launched run this rank belongs to (sharded parameters; rank 0 writes the files); absent: a single process. */
   dist?: Distributed;
+  /** The model's HF config.json text, stored in each checkpoint. */
+  modelConfigJson?: string;
+  /** The ranks that checkpoint and stop together when `dist` is absent (tests); default this process alone. */
+  group?: CheckpointGroup;
+  /** SIGINT/SIGTERM (signals.ts): the run stops at the next step boundary with a checkpoint. */
+  stop?: StopListener;
+  /** How to start over when no checkpoint is intact, for that error. */
+  startOver?: string;
 }
 
 export interface TrainResult {
   metrics: StepMetrics[];
+  /** The last step completed. */
   finalStep: number;
   resumedFrom: number | null;
+  /** The signal that stopped the run early, or null. */
+  stoppedBy: StopSignal | null;
+  /** The newest checkpoint the run has (written or resumed from), or null. */
+  checkpoint: string | null;
 }
+
+/** A step whose gradient norm is NaN or infinite; train() adds which checkpoint is intact. */
+export class NonFiniteGradientError extends Error {}
 
 /** The parts of a step a caller may time: forward and backward of each micro-batch, then norm + optimizer. */
 export type StepPhase = 'forward' | 'backward' | 'optimizer';
@@ -159,7 +180,7 @@ export class Training {
       const [sq] = toHostF32(sumSq);
       const norm = Math.sqrt(sq!) / R;
       if (!Number.isFinite(norm)) {
-        throw new Error(`step ${step + 1}: the gradient norm is ${norm}; lower optimizer.lr or check the data (the last checkpoint is intact)`);
+        throw new NonFiniteGradientError(`step ${step + 1}: the gradient norm is ${norm}; lower optimizer.lr or check the data`);
       }
       const clip = cfg.grad_clip > 0 && norm > cfg.grad_clip ? cfg.grad_clip / (norm + 1e-6) : 1;
       const rate = learningRate(cfg.schedule, cfg.optimizer.lr, step, cfg.steps);
@@ -225,51 +246,79 @@ function expertParallelPart(c: DeepseekV2Config, ep: number, index: number): Mod
   return { ...wholeModel(c), experts: ownedExperts(index, ep, c.n_routed_experts) };
 }
 
+/** Stop codes agreed by all-reduce (max): every rank stops after the same step. */
+const STOP_CODES: readonly (StopSignal | null)[] = [null, 'SIGINT', 'SIGTERM'];
+
 /** A whole run: resume or initialise, then every remaining step with its log line, JSONL record and checkpoints. */
-export function train(run: TrainRun): TrainResult {
+export async function train(run: TrainRun): Promise<TrainResult> {
   const { config: cfg, backend } = run;
   const dist = run.dist ?? null;
-  // Rank 0 of a launched run writes the run folder's files; the other ranks only compute.
-  const leader = !dist || dist.rank === 0;
-  if (leader) fs.mkdirSync(cfg.run_dir, { recursive: true });
+  // The world's ranks checkpoint and stop together; rank 0 writes the run folder's own files.
+  const group: CheckpointGroup = dist?.comm ?? run.group ?? SINGLE_PROCESS;
+  const lead = group.rank === 0;
+  if (lead) fs.mkdirSync(cfg.run_dir, { recursive: true });
   const training = new Training(cfg, run.model, backend, dist);
-  const { model, optimizer, sharded } = training;
+  const { model, sharded } = training;
+  if (sharded && dist) for (const line of formatShardLines(dist.mesh, dist.groups, sharded.bytes(), cfg.precision)) run.log(line);
   const ckptDir = path.join(cfg.run_dir, 'checkpoints');
-  const latest = latestCheckpoint(ckptDir);
-  if (sharded && dist) {
-    for (const line of formatShardLines(dist.mesh, dist.groups, sharded.bytes(), cfg.precision)) run.log(line);
-    if (latest) {
-      throw new Error(`${cfg.run_dir} holds checkpoint ${latest}, and launched runs cannot resume from checkpoints yet (the sharded format of issue 13 item 6); pass a new --run_dir`);
-    }
-    run.log('moetrain: launched runs write no checkpoints yet (the sharded checkpoint format of issue 13 item 6)');
-  }
+  const schedule = { steps: cfg.steps, lr: cfg.optimizer.lr, schedule: cfg.schedule };
+  const resumed = resumeFromLatest(ckptDir, { entries: training.checkpointEntries(), loaded: (st) => training.checkpointLoaded(st.optimizer_step) }, {
+    backend, group, log: run.log, ...(run.dataFingerprint ? { dataFingerprint: run.dataFingerprint } : {}),
+    startOver: run.startOver ?? `move ${ckptDir} aside (mv ${ckptDir} ${ckptDir}.damaged) and run the same command again, or pass a new --run_dir`,
+  });
   let startStep = 0;
-  if (latest) {
-    startStep = loadCheckpoint(latest, model, optimizer, run.dataFingerprint);
-    run.log(`resuming from ${latest} (step ${startStep})`);
+  if (resumed) {
+    startStep = resumed.state.step;
+    run.log(`resuming from ${resumed.folder} (step ${startStep})`);
+    const change = scheduleChangeLine(savedSchedule(resumed.state), schedule, startStep);
+    if (change) run.log(change);
   } else if (run.initWeights) {
     run.initWeights(model);
   } else {
     model.initialize(cfg.seed);
   }
   const metricsPath = path.join(cfg.run_dir, 'metrics.jsonl');
-  if (leader && fs.existsSync(metricsPath)) {
-    // Records past the checkpoint belong to steps that will run again: drop them.
-    const kept = fs.readFileSync(metricsPath, 'utf8').split('\n')
-      .filter((l) => l.trim() !== '' && startStep > 0 && (JSON.parse(l) as { step: number }).step <= startStep);
+  if (lead && fs.existsSync(metricsPath)) {
+    // Records past the checkpoint belong to steps that will run again: drop them (and a last
+    // line cut short by a killed process).
+    const kept = fs.readFileSync(metricsPath, 'utf8').split('\n').filter((l) => {
+      try { return startStep > 0 && (JSON.parse(l) as { step: number }).step <= startStep; } catch { return false; }
+    });
     fs.writeFileSync(metricsPath, kept.map((l) => l + '\n').join(''));
   }
+  // Names the temporary checkpoint folders; the same on every rank.
+  const jobId = String(agreeMax(group, backend, [group.rank === 0 ? process.pid : 0])[0]);
+  let checkpoint = resumed?.folder ?? null;
+  let savedStep = resumed ? startStep : 0;
+  const save = (step: number): void => {
+    checkpoint = writeCheckpoint(ckptDir, step, training.checkpointEntries(), {
+      keep: cfg.keep_checkpoints, config: cfg, schedule, group, jobId, optimizerStep: training.optimizer.step,
+      ...(dist ? { mesh: dist.mesh } : {}),
+      ...(run.dataFingerprint ? { dataFingerprint: run.dataFingerprint } : {}), ...(run.modelConfigJson ? { modelConfigJson: run.modelConfigJson } : {}),
+    });
+    savedStep = step;
+  };
   const metrics: StepMetrics[] = [];
-  for (let step = startStep; step < cfg.steps; step++) {
-    const record = training.step(step, run.data);
+  let stoppedBy: StopSignal | null = null;
+  let step = startStep;
+  for (; step < cfg.steps; step++) {
+    await turnEventLoop();
+    stoppedBy = STOP_CODES[agreeMax(group, backend, [STOP_CODES.indexOf(run.stop?.signal ?? null)])[0]!] ?? null;
+    if (stoppedBy) break;
+    let record: StepMetrics;
+    try {
+      record = training.step(step, run.data);
+    } catch (e) {
+      if (!(e instanceof NonFiniteGradientError)) throw e;
+      const intact = latestIntactCheckpoint(ckptDir);
+      throw new Error(`${e.message}; ${intact ? `the latest intact checkpoint is ${intact} (checksums verified): the run resumes from it` : 'no intact checkpoint exists: the run starts over'}`);
+    }
     metrics.push(record);
     run.log(formatLogLine(record));
-    if (leader) fs.appendFileSync(metricsPath, JSON.stringify({ time: new Date().toISOString(), ...record }) + '\n');
-    const last = step + 1 === cfg.steps;
-    if (!sharded && (last || (cfg.checkpoint_every > 0 && (step + 1) % cfg.checkpoint_every === 0))) {
-      saveCheckpoint(ckptDir, step + 1, model, optimizer, { keep: cfg.keep_checkpoints, config: cfg, ...(run.dataFingerprint ? { dataFingerprint: run.dataFingerprint } : {}) });
-    }
+    if (lead) fs.appendFileSync(metricsPath, JSON.stringify({ time: new Date().toISOString(), ...record }) + '\n');
+    if (step + 1 === cfg.steps || (cfg.checkpoint_every > 0 && (step + 1) % cfg.checkpoint_every === 0)) save(step + 1);
   }
+  if (stoppedBy && step > savedStep) save(step);
   training.dispose();
-  return { metrics, finalStep: cfg.steps, resumedFrom: latest ? startStep : null };
+  return { metrics, finalStep: step, resumedFrom: resumed ? startStep : null, stoppedBy, checkpoint };
 }
