@@ -183,4 +183,31 @@ describe('moetrain launch -- train', () => {
     assert.notEqual(r.code, 0);
     assert.match(r.err, /moetrain: error: micro-batches % \(dp·ep\) = \(6\/2\) % \(2·1\) = 3 % 2 = 1 ≠ 0; .*make global_batch_size \/ micro_batch_size a multiple of 2/);
   });
+
+  test('a checkpoint saved under dp2·ep2 resumes under one process and under ep2 with the same next-step loss', () => {
+    // 2 steps under dp2·ep2 (4 ranks) write a sharded checkpoint at step 2; step 3 then runs
+    // from it under three layouts. Only the order of f32 additions differs between them.
+    const saved = tmp();
+    const first = runCli(['launch', '--nproc-per-node', '4', '--', 'train', ...common, '--steps', '2', '--parallel.dp', '2', '--parallel.ep', '2', '--run_dir', saved]);
+    assert.equal(first.code, 0, first.err);
+    assert.ok(fs.existsSync(path.join(saved, 'checkpoints', 'step-00000002', 'manifest.json')), 'a complete sharded checkpoint at step 2');
+    const resume = (launch: string[], mesh: string[]) => {
+      const dir = tmp();
+      fs.cpSync(saved, dir, { recursive: true });
+      const r = runCli([...launch, 'train', ...common, '--steps', '3', ...mesh, '--run_dir', dir]);
+      assert.equal(r.code, 0, r.err);
+      assert.match(r.out, /resuming from .*step-00000002 \(step 2\)/);
+      const m = jsonl(dir);
+      assert.equal(m.at(-1)!.step, 3);
+      return m.at(-1)!;
+    };
+    const alone = resume([], []);
+    const ep2 = resume(['launch', '--nproc-per-node', '2', '--'], ['--parallel.ep', '2']);
+    const dp2ep2 = resume(['launch', '--nproc-per-node', '4', '--'], ['--parallel.dp', '2', '--parallel.ep', '2']);
+    for (const [name, got] of [['ep2', ep2], ['dp2·ep2', dp2ep2]] as const) {
+      for (const k of ['crossEntropy', 'gradientNorm'] as const) {
+        assert.ok(Math.abs(got[k] - alone[k]) <= 1e-5 * Math.abs(alone[k]), `${name} step 3 ${k}: ${got[k]} vs one process ${alone[k]}`);
+      }
+    }
+  });
 });
