@@ -30,6 +30,8 @@ import { Training, type BatchSource, type StepHooks, type StepPhase } from '../s
 import { Rng } from '../src/nn/rng.js';
 import { applyLaunchEnv } from '../src/parallel/launch_env.js';
 import { initDistributed } from '../src/parallel/init_distributed.js';
+import { estimateMemory } from '../src/parallel/memory_estimate.js';
+import os from 'node:os';
 import { spawnSync } from 'node:child_process';
 import { PROFILE_KINDS, SectionProfiler, type KindTimes, type ProfileKind } from './train_profile.js';
 
@@ -55,11 +57,12 @@ export async function runTrainBench(flags: Record<string, string>): Promise<void
   const model = loadDeepseekV2Config(path.join(packageRoot(), 'configs', 'deepseek-v2-lite.json'));
   model.num_hidden_layers = layers;
   const cfg = mergeTrainConfig(defaultTrainConfig(), {
-    model: `deepseek-v2-lite (${layers} layers)`, data: 'random', device: flags['device'] ?? 'cuda', steps, seq_len: S,
+    model: `deepseek-v2-lite (${layers} layers)`, data: 'random', device: flags['device'] ?? 'auto', steps, seq_len: S,
     micro_batch_size: micro, global_batch_size: G,
     optimizer: { lr: 3e-4 }, schedule: { type: 'constant', warmup_steps: 0 }, parallel: { dp: launch.world },
   }, 'bench train');
   const backend = await selectBackend(cfg.device as DeviceChoice, { mlaKernels: cfg.mla_kernels });
+  refuseIfTooLarge(backend, cfg.precision, model, { pp: 1, dp: launch.world, cp: 1, ep: 1 }, S, micro, G / micro / launch.world);
   const dist = launch.source === 'none' ? null : await initDistributed(cfg, model, backend);
   say(`bench train: ${backend.description}; ${layers} layers, ${(parameterCount(model) / 1e9).toFixed(3)}B parameters, ` +
     `${G}×${S} tokens per step (micro-batch ${micro}), ${(flopsPerToken(model, S) / 1e9).toFixed(2)} GFLOP/token` +
@@ -198,3 +201,20 @@ function runPeer(mode: 'eager' | 'compile', layers: number, S: number, G: number
   const last = run.stdout.trim().split('\n').pop() ?? '';
   return JSON.parse(last) as PeerResult;
 }
+
+/**
+ * Refuses before any allocation when the memory estimator (parallel/memory_estimate.ts, within a
+ * few percent of the measured peak) says the run cannot fit the device: the GPU's memory, or the
+ * machine's RAM for --device cpu.
+ */
+function refuseIfTooLarge(backend: { kind: 'cpu' | 'cuda' }, precision: 'bf16' | 'f32', model: Parameters<typeof estimateMemory>[0]['model'],
+                          mesh: { pp: number; dp: number; cp: number; ep: number }, seqLen: number, micro: number, microBatches: number): void {
+  const [est] = estimateMemory({ model, mesh, seqLen, microBatchSize: micro, microBatches: Math.max(1, microBatches), precision, device: backend.kind });
+  const have = backend instanceof CudaBackend ? backend.ctx.totalMemoryBytes : os.totalmem();
+  if (est!.peakBytes <= have) return;
+  const gib = (b: number) => (b / 2 ** 30).toFixed(1);
+  const where = backend.kind === 'cuda' ? 'this GPU has' : 'this machine has (--device cpu)';
+  throw new Error(`bench train needs about ${gib(est!.peakBytes)} GiB (moetrain estimate-memory) but ${where} ${gib(have)} GiB; ` +
+    `use fewer --layers, a smaller --batch or --seq_len, or a GPU with more memory`);
+}
+

@@ -95,3 +95,13 @@ test('moetrain estimate-memory prints the table for a mesh and refuses a mesh th
   assert.equal(bad.status, 1);
   assert.match(bad.stderr, /n_routed_experts % ep = 64 % 3 = 1 ≠ 0/);
 });
+
+test('bench train refuses up front, in one line, when the estimate exceeds the device', async () => {
+  const { spawnSync } = await import('node:child_process');
+  const cli = path.join(packageRoot(), 'dist', 'src', 'cli', 'main.js');
+  // 64 layers of DeepSeek-V2-Lite widths need far more than any CPU machine of this project (24 GiB) or GPU has.
+  const r = spawnSync(process.execPath, [cli, 'bench', 'train', '--device', 'cpu', '--peer', 'none', '--layers', '27', '--batch', '64'], { encoding: 'utf8', timeout: 30_000 });
+  assert.equal(r.status, 1, r.stdout + r.stderr);
+  assert.match(r.stderr, /^moetrain: error: bench train needs about \d+\.\d GiB \(moetrain estimate-memory\) but this machine has \(--device cpu\) \d+\.\d GiB; use fewer --layers/);
+  assert.equal(r.stderr.trim().split('\n').length, 1);
+});
