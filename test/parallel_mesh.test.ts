@@ -3,7 +3,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { applyLaunchEnv, firstSlurmHost, localRank, readLaunchEnv, slurmTasksOnNode } from '../src/parallel/launch_env.js';
-import { checkPart1Mesh, Mesh, meshCoordsOf, meshGroupRanks, meshRankOf, validateMesh, type MeshSizes } from '../src/parallel/mesh.js';
+import { Mesh, meshCoordsOf, meshGroupRanks, meshRankOf, validateMesh, type MeshSizes } from '../src/parallel/mesh.js';
 import { initDistributed } from '../src/parallel/init_distributed.js';
 import { LocalCommunicator } from '../src/parallel/local_communicator.js';
 import { rankEnv } from '../src/parallel/launcher.js';
@@ -83,16 +83,22 @@ test('an invalid mesh is one line with the equation and the numbers', () => {
   assert.throws(() => validateMesh({ pp: 1, dp: 8, cp: 1, ep: 1 }, 8, w), /micro-batches % \(dp·ep\) = \(16\/4\) % \(8·1\) = 4 % 8 = 4 ≠ 0/);
   assert.throws(() => validateMesh({ pp: 1, dp: 0, cp: 1, ep: 1 }, 1, w), /--parallel.dp must be a positive integer/);
   validateMesh({ pp: 2, dp: 2, cp: 1, ep: 2 }, 8, w);
-  assert.throws(() => checkPart1Mesh({ pp: 2, dp: 1, cp: 1, ep: 1 }), /--parallel.pp 2: pipeline parallelism is not built yet \(part 2/);
-  assert.throws(() => checkPart1Mesh({ pp: 1, dp: 1, cp: 2, ep: 1 }), /--parallel.cp 2: context parallelism is not built yet/);
-  checkPart1Mesh({ pp: 1, dp: 4, cp: 1, ep: 2 });
+  const pw = { ...w, numLayers: 4, seqLen: 32 };
+  validateMesh({ pp: 2, dp: 1, cp: 2, ep: 1 }, 4, { ...pw, schedule: 'dualpipev' });
+  assert.throws(() => validateMesh({ pp: 1, dp: 1, cp: 3, ep: 1 }, 3, pw), /^Error: seq_len % \(2·cp\) = 32 % \(2·3\) = 2 ≠ 0: .*choose --parallel.cp dividing seq_len \/ 2 = 16/);
+  assert.throws(() => validateMesh({ pp: 4, dp: 1, cp: 1, ep: 1 }, 4, { ...pw, schedule: 'dualpipev' }), /^Error: num_hidden_layers = 4 < 2·pp = 8: .*lower --parallel.pp to at most 2 or use --parallel.schedule 1f1b$/);
+  assert.throws(() => validateMesh({ pp: 2, dp: 2, cp: 1, ep: 1 }, 4, { ...pw, schedule: 'dualpipev' }), /^Error: the dualpipev schedule needs ≥ 2·pp − 1 = 2·2 − 1 = 3 micro-batches per replica, got \(global_batch_size \/ micro_batch_size\) \/ \(dp·ep\) = \(16\/4\) \/ \(2·1\) = 2; raise global_batch_size to 24 .*--parallel.schedule 1f1b$/);
 });
 
 test('the parallel section of the training config: defaults, flags, and bad values', () => {
   const d = defaultTrainConfig();
-  assert.deepEqual(d.parallel, { pp: 1, dp: 1, cp: 1, ep: 1, collective_timeout_sec: 300 });
+  assert.deepEqual(d.parallel, { pp: 1, dp: 1, cp: 1, ep: 1, collective_timeout_sec: 300, schedule: '1f1b', stages: null });
   const c = mergeTrainConfig(d, flagsToOverrides({ 'parallel.dp': '2', 'parallel.ep': '4', 'parallel.collective_timeout_sec': '30' }), 'command line');
-  assert.deepEqual(c.parallel, { pp: 1, dp: 2, cp: 1, ep: 4, collective_timeout_sec: 30 });
+  assert.deepEqual(c.parallel, { pp: 1, dp: 2, cp: 1, ep: 4, collective_timeout_sec: 30, schedule: '1f1b', stages: null });
+  const p = mergeTrainConfig(d, flagsToOverrides({ 'parallel.pp': '2', 'parallel.schedule': 'dualpipev', 'parallel.stages': '1,2,2,1' }), 'command line');
+  assert.deepEqual([p.parallel.schedule, p.parallel.stages], ['dualpipev', [1, 2, 2, 1]]);
+  assert.throws(() => mergeTrainConfig(d, flagsToOverrides({ 'parallel.schedule': 'gpipe' }), 'command line'), /"parallel.schedule" must be one of "1f1b", "dualpipev", got "gpipe"/);
+  assert.throws(() => mergeTrainConfig(d, flagsToOverrides({ 'parallel.stages': '2,x' }), 'command line'), /"parallel.stages" must be null or a list of positive layer counts/);
   assert.throws(() => mergeTrainConfig(d, flagsToOverrides({ 'parallel.dp': '0' }), 'command line'), /"parallel.dp" must be a positive integer, got 0/);
   assert.throws(() => mergeTrainConfig(d, flagsToOverrides({ 'parallel.ed': '2' }), 'command line'), /did you mean "parallel.ep"/);
 });

@@ -8,7 +8,7 @@ import type { Communicator } from './communicator.js';
 import { CpuCommunicator } from './cpu/cpu_communicator.js';
 import { applyLaunchEnv, type LaunchEnv } from './launch_env.js';
 import { LocalCommunicator } from './local_communicator.js';
-import { checkPart1Mesh, Mesh, validateMesh, type ParallelConfig } from './mesh.js';
+import { Mesh, validateMesh, type ParallelConfig } from './mesh.js';
 import { StoreClient } from './rendezvous/store_client.js';
 import { startStoreServer, type StoreServer } from './rendezvous/store_server.js';
 
@@ -43,9 +43,12 @@ export interface Distributed {
 
 /** What initDistributed reads from the training config (TrainConfig has these fields). */
 export interface DistributedConfig {
-  parallel: ParallelConfig;
+  /** The mesh sizes and timeout; the schedule (checked when pp > 1) is optional. */
+  parallel: Omit<ParallelConfig, 'schedule' | 'stages'> & Partial<Pick<ParallelConfig, 'schedule'>>;
   global_batch_size: number;
   micro_batch_size: number;
+  /** Checked against cp when given. */
+  seq_len?: number;
 }
 
 /** What initDistributed reads from the model config (DeepseekV2Config has these fields). */
@@ -95,8 +98,8 @@ export async function initDistributed(cfg: DistributedConfig, model: Distributed
   validateMesh(sizes, launch.world, {
     numLayers: model.num_hidden_layers, nRoutedExperts: model.n_routed_experts,
     globalBatch: cfg.global_batch_size, microBatch: cfg.micro_batch_size,
+    ...(cfg.seq_len !== undefined ? { seqLen: cfg.seq_len } : {}), ...(cfg.parallel.schedule ? { schedule: cfg.parallel.schedule } : {}),
   });
-  checkPart1Mesh(sizes);
   const mesh = new Mesh(sizes, launch.rank);
   const base = { mesh, rank: launch.rank, world: launch.world, localRank: launch.localRank, launch };
 

@@ -2,11 +2,13 @@
 //   rank = ((pp_i·dp + dp_i)·cp + cp_i)·ep + ep_i,
 // so the ranks of one expert-parallel group are neighbours (on one machine where possible).
 // A group "along" some dimensions is the set of ranks that agree on every other coordinate.
-// The math is general; part 1 of the parallel work runs dp and ep only (checkPart1Mesh).
 //
 // Who holds what: the batch is split over dp·ep (each data rank reads its own micro-batches;
 // ep ranks hold different tokens, which is why dense gradients are summed over dp·cp·ep),
 // cp splits each sequence, pp splits the layers.
+
+import { minMicroBatches, virtualStages } from './schedule.js';
+import type { ScheduleKind } from './schedule_sim.js';
 
 /** The `parallel` section of the training config. */
 export interface ParallelConfig {
@@ -20,6 +22,10 @@ export interface ParallelConfig {
   ep: number;
   /** Seconds a collective, or the start-up rendezvous, waits for the other ranks before it fails. */
   collective_timeout_sec: number;
+  /** The pipeline schedule when pp > 1 (schedule.ts). */
+  schedule: ScheduleKind;
+  /** Layers per virtual stage (pp for 1f1b, 2·pp for dualpipev), overriding the cost-balanced split (stages.ts); null: balanced. */
+  stages: number[] | null;
 }
 
 export type MeshDim = 'pp' | 'dp' | 'cp' | 'ep';
@@ -73,6 +79,10 @@ export interface MeshWorkload {
   nRoutedExperts: number;
   globalBatch: number;
   microBatch: number;
+  /** Tokens per sequence: cp must divide seq_len / 2 (the zigzag layout's 2·cp chunks). */
+  seqLen?: number;
+  /** The pipeline schedule (checked when pp > 1): its layer budget and micro-batch minimum. */
+  schedule?: ScheduleKind;
 }
 
 /**
@@ -93,17 +103,22 @@ export function validateMesh(s: MeshSizes, world: number, w: MeshWorkload): void
   if (w.numLayers < s.pp) {
     throw new Error(`num_hidden_layers = ${w.numLayers} < pp = ${s.pp}: every pipeline stage needs a layer; lower --parallel.pp to at most ${w.numLayers}`);
   }
+  if (s.pp > 1 && w.schedule === 'dualpipev' && w.numLayers < virtualStages('dualpipev', s.pp)) {
+    throw new Error(`num_hidden_layers = ${w.numLayers} < 2·pp = ${2 * s.pp}: the dualpipev schedule gives every rank two chunks of layers; lower --parallel.pp to at most ${Math.floor(w.numLayers / 2)} or use --parallel.schedule 1f1b`);
+  }
+  if (w.seqLen !== undefined && s.cp > 1 && w.seqLen % (2 * s.cp) !== 0) {
+    throw new Error(`seq_len % (2·cp) = ${w.seqLen} % (2·${s.cp}) = ${w.seqLen % (2 * s.cp)} ≠ 0: the zigzag layout splits each sequence into 2·cp equal chunks; choose --parallel.cp dividing seq_len / 2 = ${w.seqLen / 2} or a seq_len that is a multiple of ${2 * s.cp}`);
+  }
   const micro = w.globalBatch / w.microBatch;
   const dataRanks = s.dp * s.ep;
   if (micro % dataRanks !== 0) {
     throw new Error(`micro-batches % (dp·ep) = (${w.globalBatch}/${w.microBatch}) % (${s.dp}·${s.ep}) = ${micro} % ${dataRanks} = ${micro % dataRanks} ≠ 0; each data rank needs whole micro-batches: make global_batch_size / micro_batch_size a multiple of ${dataRanks}`);
   }
-}
-
-/** Part 1 of the parallel work runs dp and ep; pipeline and context parallel come in part 2. */
-export function checkPart1Mesh(s: MeshSizes): void {
-  if (s.pp !== 1) throw new Error(`--parallel.pp ${s.pp}: pipeline parallelism is not built yet (part 2, issue 14); use --parallel.pp 1 and spread the ranks over --parallel.dp and --parallel.ep`);
-  if (s.cp !== 1) throw new Error(`--parallel.cp ${s.cp}: context parallelism is not built yet (part 2, issue 14); use --parallel.cp 1 and spread the ranks over --parallel.dp and --parallel.ep`);
+  // Each replica's micro-batches run through the pipeline.
+  const least = w.schedule ? minMicroBatches(w.schedule, s.pp) : 1;
+  if (s.pp > 1 && micro / dataRanks < least) {
+    throw new Error(`the ${w.schedule} schedule needs ≥ 2·pp − 1 = 2·${s.pp} − 1 = ${least} micro-batches per replica, got (global_batch_size / micro_batch_size) / (dp·ep) = (${w.globalBatch}/${w.microBatch}) / (${s.dp}·${s.ep}) = ${micro / dataRanks}; raise global_batch_size to ${least * dataRanks * w.microBatch} (or lower micro_batch_size), or use --parallel.schedule 1f1b`);
+  }
 }
 
 /** The groups the parallel code uses, each as the ascending list of its world ranks. */

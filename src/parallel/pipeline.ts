@@ -56,6 +56,8 @@ export interface MicroBatchTokens {
   inputs: Int32Array;
   /** Next-token labels i32 [B·S] (< 0: not counted). */
   labels: Int32Array;
+  /** What the cross-entropy divides by: the whole micro-batch's label count under context parallelism; default the labels ≥ 0 here. */
+  labelCount?: number;
 }
 
 export interface PipelineStep {
@@ -69,6 +71,8 @@ export interface PipelineStep {
   microBatchSize: number;
   seqLen: number;
   loadBalance: LoadBalance;
+  /** Runs after each backward pass of `stage` (fully sharded parts reduce the embedding's gradient here: FullyShardedModel.finishBackward). */
+  afterBackward?: (stage: number) => void;
 }
 
 /** How long one pass took (ms). */
@@ -241,8 +245,8 @@ class StepRunner {
       const { h, loadBalance } = model.runLayers(x, B, S, this.step.loadBalance);
       this.backend.binary('add', this.lbSum, this.lbSum, loadBalance);
       if (!last) return { root: h, loadBalance };
-      let count = 0;
-      for (const l of tokens!.labels) if (l >= 0) count++;
+      let count = tokens!.labelCount ?? 0;
+      if (tokens!.labelCount === undefined) for (const l of tokens!.labels) if (l >= 0) count++;
       const ce = model.headLoss(h, fromHost(this.backend, tokens!.labels, [B, S], 'i32'), count);
       this.backend.binary('add', this.ceSum, this.ceSum, ce);
       return { root: scale(add(ce, loadBalance), 1 / m), loadBalance };
@@ -263,6 +267,7 @@ class StepRunner {
     const roots: { root: Tensor; seed?: Tensor }[] = [seed ? { root: f.root, seed } : { root: f.root }];
     if (seed && f.loadBalance.gradLink) roots.push({ root: f.loadBalance, seed: this.lbSeed });
     tidy(() => backwardFrom(roots));
+    this.step.afterBackward?.(p.stage);
     seed?.dispose();
     f.root.dispose();
     f.loadBalance.dispose();

@@ -64,7 +64,7 @@ export function defaultTrainConfig(): TrainConfig {
     grad_clip: 1.0,
     load_balance: { form: 'sequence', alpha: 3e-3 },
     checkpoint_every: 50, keep_checkpoints: 2, init_from: null,
-    parallel: { pp: 1, dp: 1, cp: 1, ep: 1, collective_timeout_sec: 300 },
+    parallel: { pp: 1, dp: 1, cp: 1, ep: 1, collective_timeout_sec: 300, schedule: '1f1b', stages: null },
     max_epochs: null,
   };
 }
@@ -79,6 +79,7 @@ const str: Check = (v) => (typeof v === 'string' && v.length > 0 ? null : 'a non
 const strOrNull: Check = (v) => (v === null || (typeof v === 'string' && v.length > 0) ? null : 'a path or null');
 const nonNegIntOrNull: Check = (v) => (v === null || (Number.isInteger(v) && (v as number) >= 0) ? null : 'a non-negative integer or null');
 /** A check that the value is one of `xs`; help lists the choices (`choices`). */
+const stageList: Check = (v) => (v === null || (Array.isArray(v) && v.length > 0 && v.every((x) => Number.isInteger(x) && x > 0)) ? null : 'null or a list of positive layer counts (e.g. "3,5" or [3, 5])');
 const oneOf = (...xs: string[]): Check => Object.assign((v: unknown) => (xs.includes(v as string) ? null : `one of ${xs.map((x) => `"${x}"`).join(', ')}`), { choices: xs });
 
 const SCHEMA: Record<string, Check | Record<string, Check>> = {
@@ -90,9 +91,13 @@ const SCHEMA: Record<string, Check | Record<string, Check>> = {
   grad_clip: nonNeg,
   load_balance: { form: oneOf('micro-batch', 'global-batch', 'sequence'), alpha: nonNeg },
   checkpoint_every: nonNegInt, keep_checkpoints: nonNegInt, init_from: strOrNull,
-  // Pipeline stages, data-parallel replicas, context-parallel ranks, expert-parallel ranks, and
-  // how long a collective or the rendezvous waits for the other ranks.
-  parallel: { pp: positiveInt, dp: positiveInt, cp: positiveInt, ep: positiveInt, collective_timeout_sec: positive },
+  // Pipeline stages, data-parallel replicas, context-parallel ranks, expert-parallel ranks, how
+  // long a collective or the rendezvous waits for the other ranks, the pipeline schedule and an
+  // optional split of the layers over its stages.
+  parallel: {
+    pp: positiveInt, dp: positiveInt, cp: positiveInt, ep: positiveInt, collective_timeout_sec: positive,
+    schedule: oneOf('1f1b', 'dualpipev'), stages: stageList,
+  },
   max_epochs: nonNegIntOrNull,
 };
 
@@ -132,6 +137,8 @@ const OPTION_HELP: Record<string, string> = {
   'parallel.cp': 'context-parallel ranks (the sequence is split over them)',
   'parallel.ep': 'expert-parallel ranks (each holds n_routed_experts / ep experts; innermost)',
   'parallel.collective_timeout_sec': 'seconds a collective or the rendezvous waits for the other ranks before failing',
+  'parallel.schedule': 'pipeline schedule when pp > 1: 1f1b, or dualpipev (two chunks per rank in a V; needs ≥ 2·pp − 1 micro-batches per replica)',
+  'parallel.stages': 'layers per pipeline stage, e.g. 3,5 (2·pp counts for dualpipev); null: split to balance cost (printed at start)',
 };
 
 export interface TrainOptionInfo {
@@ -187,9 +194,11 @@ export function mergeTrainConfig(base: TrainConfig, overrides: Record<string, un
         const near = closestName(sub, Object.keys(rule));
         throw new Error(`${source}: unknown training option "${key}.${sub}"${near ? ` (did you mean "${key}.${near}"?)` : ''}`);
       }
-      const want = r(v);
+      // A list given as a flag arrives as "3,5".
+      const value = r === stageList && typeof v === 'string' && /^\d+(,\d+)*$/.test(v) ? v.split(',').map(Number) : v;
+      const want = r(value);
       if (want) throw new Error(`${source}: "${key}.${sub}" must be ${want}, got ${JSON.stringify(v)}`);
-      section[sub] = v;
+      section[sub] = value;
     }
   }
   const c = out as unknown as TrainConfig;

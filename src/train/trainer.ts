@@ -5,11 +5,19 @@
 // stop with a checkpoint on SIGINT/SIGTERM (signals.ts).
 //
 // A launched run (parallel/init_distributed.ts) holds its parameters fully sharded
-// (parallel/fsdp.ts): its R = dp·ep replicas each read G/R sequences of the global batch G,
-// gradients are reduce-scattered (summed, so 1/R joins clipping in the optimizer's gradient
-// scale), the gradient norm is the square root of the world's summed Σg² over shards, and rank 0
-// alone logs: losses averaged over the replicas, tokens per second over the slowest rank's step
+// (parallel/fsdp.ts) over dp·cp·ep: its R = dp·ep replicas each read G/R sequences of the global
+// batch G, gradients are reduce-scattered (summed, so 1/R joins clipping in the optimizer's
+// gradient scale), the gradient norm is the square root of the world's summed Σg² over shards
+// (each element held by one rank), and rank 0 alone logs: losses summed over the world (every
+// rank's share of them) over the micro-batches, tokens per second over the slowest rank's step
 // time, the largest peak memory.
+//
+// With pp > 1 each rank holds its pipeline stage's model part(s) (parallel/pipeline.ts; two
+// under DualPipeV), each sharded on its own, and the pipeline executor runs the replica's
+// micro-batches through the schedule. With cp > 1 each rank of a cp group reads the same
+// micro-batches and keeps its zigzag share of every sequence (parallel/zigzag.ts); attention
+// runs as a ring over the group (parallel/context_parallel.ts) and the cross-entropy divides by
+// the whole micro-batch's label count, so the shares add up over cp.
 import fs from 'node:fs';
 import path from 'node:path';
 import type { Backend } from '../backend/backend.js';
@@ -23,7 +31,7 @@ import { emptyTensor, type Tensor } from '../tensor/tensor.js';
 import { DeepseekV2 } from '../models/deepseek_v2.js';
 import type { DeepseekV2Config } from '../models/deepseek_v2_config.js';
 import { namedParameters } from '../models/deepseek_v2_names.js';
-import { flopsPerToken, wholeModel, type ModelPart } from '../models/deepseek_v2_weights.js';
+import { flopsPerToken, wholeModel } from '../models/deepseek_v2_weights.js';
 import { Adam } from '../optim/adam.js';
 import { learningRate } from '../optim/schedule.js';
 import type { Distributed } from '../parallel/init_distributed.js';
@@ -31,6 +39,13 @@ import { FullyShardedModel, type ShardEntry } from '../parallel/fsdp.js';
 import { DataGroupExpertCounts } from '../parallel/expert_counts.js';
 import { ExpertDispatch, ownedExperts } from '../parallel/expert_dispatch.js';
 import { allReduceValues } from '../parallel/host_values.js';
+import { ContextParallelAttention } from '../parallel/context_parallel.js';
+import { pipelineParts, runPipelineStep, type MicroBatchTokens } from '../parallel/pipeline.js';
+import { pipelineSchedule } from '../parallel/schedule.js';
+import type { Schedule } from '../parallel/schedule_sim.js';
+import { zigzagSplit } from '../parallel/zigzag.js';
+import type { ShardBytes } from '../parallel/fsdp.js';
+import { formatStageLines } from './stage_line.js';
 import { formatShardLines } from './shard_line.js';
 import type { TrainConfig } from './config.js';
 import { formatLogLine, type StepMetrics } from './log_line.js';
@@ -98,8 +113,12 @@ const GPU_PEAK_FLOPS = 989e12;
 export class Training {
   readonly model: DeepseekV2;
   readonly optimizer: Adam;
-  /** The sharded parameters of a launched run; null in a single process (whole parameters). */
+  /** The sharded parameters of a launched run (its first part under pp > 1); null in a single process (whole parameters). */
   readonly sharded: FullyShardedModel | null;
+  /** Every sharded model part this rank holds with its virtual pipeline stage (one unless pp > 1 with DualPipeV; empty in a single process). */
+  readonly parts: readonly { stage: number; sharded: FullyShardedModel }[];
+  /** The schedule of one step when pp > 1, else null. */
+  private readonly pipeline: Schedule | null;
   private readonly sumSq: Tensor;
   /** Every parameter's gradient (or this rank's gradient shards), for the one-pass gradient norm. */
   private readonly grads: TensorList<Tensor>;
@@ -111,24 +130,69 @@ export class Training {
   constructor(readonly config: TrainConfig, modelConfig: DeepseekV2Config, readonly backend: Backend, readonly dist: Distributed | null = null) {
     if (dist) {
       const { mesh, groups } = dist;
-      this.sharded = new FullyShardedModel(modelConfig, backend, config.precision, expertParallelPart(modelConfig, mesh.sizes.ep, mesh.coords.ep), {
-        dense: groups.denseShard, expert: groups.expertShard,
+      const experts = ownedExperts(mesh.coords.ep, mesh.sizes.ep, modelConfig.n_routed_experts);
+      const { pp } = mesh.sizes, kind = config.parallel.schedule;
+      const parts = pp > 1
+        ? pipelineParts(modelConfig, kind, pp, mesh.coords.pp, config.seq_len, experts, config.parallel.stages ?? undefined)
+        : [{ stage: 0, part: { ...wholeModel(modelConfig), experts } }];
+      this.parts = parts.map(({ stage, part }) => {
+        const sharded = new FullyShardedModel(modelConfig, backend, config.precision, part, { dense: groups.denseShard, expert: groups.expertShard });
+        const m = sharded.model;
+        if (groups.data.size > 1) m.expertCounts = new DataGroupExpertCounts(groups.data);
+        // Each ep rank holds E/ep experts and its own tokens: tokens travel to their experts' ranks.
+        if (groups.ep.size > 1) m.expertDispatch = new ExpertDispatch(groups.ep, modelConfig.n_routed_experts);
+        if (groups.cp.size > 1) m.attentionHook = new ContextParallelAttention(groups.cp);
+        return { stage, sharded };
       });
+      this.sharded = this.parts[0]!.sharded;
       this.model = this.sharded.model;
-      this.optimizer = new Adam(this.sharded.adamSlots(), config.optimizer);
-      if (groups.data.size > 1) this.model.expertCounts = new DataGroupExpertCounts(groups.data);
-      // Each ep rank holds E/ep experts and its own tokens: tokens travel to their experts' ranks.
-      if (groups.ep.size > 1) this.model.expertDispatch = new ExpertDispatch(groups.ep, modelConfig.n_routed_experts);
+      this.optimizer = new Adam(this.parts.flatMap((p) => p.sharded.adamSlots()), config.optimizer);
+      const micro = config.global_batch_size / config.micro_batch_size;
+      this.pipeline = pp > 1 ? pipelineSchedule(kind, pp, micro / groups.data.size) : null;
     } else {
       this.sharded = null;
+      this.parts = [];
+      this.pipeline = null;
       this.model = new DeepseekV2(modelConfig, backend, config.precision);
       this.optimizer = new Adam(this.model.params, config.optimizer, backend);
     }
     this.flopsPerStep = flopsPerToken(modelConfig, config.seq_len) * config.global_batch_size * config.seq_len;
     this.sumSq = keep(emptyTensor(backend, [1], 'f32'));
-    this.grads = new TensorList(this.sharded ? this.sharded.gradShards() : this.model.params.map((p) => p.grad));
+    this.grads = new TensorList(this.sharded ? this.parts.flatMap((p) => p.sharded.gradShards()) : this.model.params.map((p) => p.grad));
     this.ceSum = keep(emptyTensor(backend, [1], 'f32'));
     this.lbSum = keep(emptyTensor(backend, [1], 'f32'));
+  }
+
+  /** The model (parts) this rank holds. */
+  get models(): DeepseekV2[] {
+    return this.sharded ? this.parts.map((p) => p.sharded.model) : [this.model];
+  }
+
+  /** What this rank keeps between steps, over its parts (null in a single process). */
+  shardBytes(): ShardBytes | null {
+    if (!this.sharded) return null;
+    const out: ShardBytes = { heldElements: 0, parameterElements: 0, weights: 0, gradients: 0, optimizer: 0, largestUnitTransient: 0 };
+    for (const p of this.parts) {
+      const b = p.sharded.bytes();
+      out.heldElements += b.heldElements; out.parameterElements += b.parameterElements;
+      out.weights += b.weights; out.gradients += b.gradients; out.optimizer += b.optimizer;
+      out.largestUnitTransient = Math.max(out.largestUnitTransient, b.largestUnitTransient);
+    }
+    return out;
+  }
+
+  /**
+   * Micro-batch `mb` of step `step` as this rank reads it: the whole micro-batch, or under cp > 1
+   * its zigzag share; labelCount is the whole micro-batch's.
+   */
+  private tokens(data: BatchSource, step: number, mb: number): MicroBatchTokens & { labelCount: number } {
+    const { inputs, labels } = data.batch(step, mb);
+    let labelCount = 0;
+    for (let i = 0; i < labels.length; i++) if (labels[i]! >= 0) labelCount++;
+    const cp = this.dist?.groups.cp;
+    if (!cp || cp.size === 1) return { inputs, labels, labelCount };
+    const B = this.config.micro_batch_size, S = this.config.seq_len;
+    return { inputs: zigzagSplit(inputs, B, S, cp.size, cp.rank), labels: zigzagSplit(labels, B, S, cp.size, cp.rank), labelCount };
   }
 
   /** Replicas reading different sequences (dp·ep), and this rank's index among them. */
@@ -144,22 +208,32 @@ export class Training {
     const micro = cfg.global_batch_size / cfg.micro_batch_size;
     // Replica d reads micro-batches [d·micro/R, (d+1)·micro/R) of the global batch.
     const R = this.replicas.count, local = micro / R, first = this.replicas.index * local;
-    const B = cfg.micro_batch_size, S = cfg.seq_len;
+    // Under cp each rank holds S/cp tokens of every sequence.
+    const B = cfg.micro_batch_size, S = cfg.seq_len / (dist?.groups.cp.size ?? 1);
     backend.synchronize();
     backend.resetPeak();
     const t0 = performance.now();
-    model.beginStep();
+    for (const m of this.models) m.beginStep();
     backend.fill(ceSum, 0);
     backend.fill(lbSum, 0);
-    for (let m = 0; m < local; m++) {
-      const { inputs, labels } = data.batch(step, first + m);
+    let pipelined: { ce: number; lb: number } | null = null;
+    if (this.pipeline && dist) {
+      // The executor runs forwards and backwards interleaved: the step's passes are one 'forward' phase.
+      const partOf = new Map(this.parts.map((p) => [p.stage, p.sharded]));
+      const r = phase('forward', () => runPipelineStep({
+        schedule: this.pipeline!, comm: dist.groups.pp, chunks: this.parts.map((p) => ({ stage: p.stage, model: p.sharded.model })),
+        batch: (mb) => this.tokens(data, step, first + mb), microBatchSize: B, seqLen: S, loadBalance: cfg.load_balance,
+        afterBackward: (stage) => partOf.get(stage)!.finishBackward(),
+      }));
+      pipelined = { ce: r.crossEntropySum ?? 0, lb: r.loadBalanceSum };
+    }
+    for (let m = 0; m < (pipelined ? 0 : local); m++) {
+      const { inputs, labels, labelCount } = this.tokens(data, step, first + m);
       tidy(() => {
         const loss = phase('forward', () => {
           const ids = fromHost(backend, inputs, [B, S], 'i32');
           const lab = fromHost(backend, labels, [B, S], 'i32');
-          let count = 0;
-          for (let i = 0; i < labels.length; i++) if (labels[i]! >= 0) count++;
-          const out = model.forward(ids, lab, count, cfg.load_balance);
+          const out = model.forward(ids, lab, labelCount, cfg.load_balance);
           // Each micro-batch contributes 1/local of this replica's mean losses.
           const total = scale(add(out.crossEntropy, out.loadBalance), 1 / local);
           backend.binary('add', ceSum, ceSum, out.crossEntropy);
@@ -186,11 +260,12 @@ export class Training {
       const rate = learningRate(cfg.schedule, cfg.optimizer.lr, step, cfg.steps);
       // The update also zeroes every gradient (one pass over the parameters or shards).
       noGrad(() => this.optimizer.update(rate, clip / R));
-      sharded?.markGradsZeroed();
+      for (const p of this.parts) p.sharded.markGradsZeroed();
       return { gradNorm: norm, lr: rate };
     });
-    let ce = toHostF32(ceSum)[0]!, lb = toHostF32(lbSum)[0]!;
-    if (dist) [ce, lb] = allReduceValues(dist.groups.data, backend, [ce, lb], 'sum') as [number, number];
+    let ce = pipelined ? pipelined.ce : toHostF32(ceSum)[0]!, lb = pipelined ? pipelined.lb : toHostF32(lbSum)[0]!;
+    // Each rank holds a share: its replica's micro-batches, its cp share of their tokens, its stage's layers.
+    if (dist) [ce, lb] = allReduceValues(dist.comm, backend, [ce, lb], 'sum') as [number, number];
     backend.synchronize();
     let dt = (performance.now() - t0) / 1000;
     const mem = backend.memoryStats();
@@ -213,7 +288,7 @@ export class Training {
    * checkpointLoaded restores a run.
    */
   checkpointEntries(): ShardEntry[] {
-    if (this.sharded) return this.sharded.shardEntries();
+    if (this.sharded) return this.parts.flatMap((p) => p.sharded.shardEntries());
     const named = namedParameters(this.model);
     const whole = (name: string, shape: readonly number[], tensor: Tensor): ShardEntry => ({ name, shape, start: 0, end: tensor.size, tensor });
     return [
@@ -227,7 +302,7 @@ export class Training {
 
   /** After checkpointEntries' tensors were loaded: refreshes the compute copies and the optimizer's step count. */
   checkpointLoaded(optimizerStep: number): void {
-    if (this.sharded) this.sharded.syncCompute();
+    if (this.sharded) for (const p of this.parts) p.sharded.syncCompute();
     else for (const p of this.model.params) p.syncValue();
     this.optimizer.step = optimizerStep;
   }
@@ -236,14 +311,9 @@ export class Training {
     this.sumSq.dispose(); this.ceSum.dispose(); this.lbSum.dispose();
     this.grads.dispose();
     this.optimizer.dispose();
-    if (this.sharded) this.sharded.dispose();
+    if (this.sharded) for (const p of this.parts) p.sharded.dispose();
     else this.model.dispose();
   }
-}
-
-/** The part of the model an expert-parallel rank holds: every layer, its routed experts. */
-function expertParallelPart(c: DeepseekV2Config, ep: number, index: number): ModelPart {
-  return { ...wholeModel(c), experts: ownedExperts(index, ep, c.n_routed_experts) };
 }
 
 /** Stop codes agreed by all-reduce (max): every rank stops after the same step. */
@@ -258,8 +328,15 @@ export async function train(run: TrainRun): Promise<TrainResult> {
   const lead = group.rank === 0;
   if (lead) fs.mkdirSync(cfg.run_dir, { recursive: true });
   const training = new Training(cfg, run.model, backend, dist);
-  const { model, sharded } = training;
-  if (sharded && dist) for (const line of formatShardLines(dist.mesh, dist.groups, sharded.bytes(), cfg.precision)) run.log(line);
+  const bytes = training.shardBytes();
+  if (bytes && dist) {
+    for (const line of formatShardLines(dist.mesh, dist.groups, bytes, cfg.precision)) run.log(line);
+    const { pp } = dist.mesh.sizes;
+    if (pp > 1) {
+      const micro = cfg.global_batch_size / cfg.micro_batch_size / dist.groups.data.size;
+      for (const line of formatStageLines(run.model, cfg.parallel.schedule, pp, cfg.seq_len, micro, cfg.parallel.stages)) run.log(line);
+    }
+  }
   const ckptDir = path.join(cfg.run_dir, 'checkpoints');
   const schedule = { steps: cfg.steps, lr: cfg.optimizer.lr, schedule: cfg.schedule };
   const resumed = resumeFromLatest(ckptDir, { entries: training.checkpointEntries(), loaded: (st) => training.checkpointLoaded(st.optimizer_step) }, {
@@ -273,9 +350,9 @@ export async function train(run: TrainRun): Promise<TrainResult> {
     const change = scheduleChangeLine(savedSchedule(resumed.state), schedule, startStep);
     if (change) run.log(change);
   } else if (run.initWeights) {
-    run.initWeights(model);
+    for (const m of training.models) run.initWeights(m);
   } else {
-    model.initialize(cfg.seed);
+    for (const m of training.models) m.initialize(cfg.seed);
   }
   const metricsPath = path.join(cfg.run_dir, 'metrics.jsonl');
   if (lead && fs.existsSync(metricsPath)) {
