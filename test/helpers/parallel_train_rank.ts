@@ -9,7 +9,9 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { CpuBackend } from '../../src/backend/cpu/cpu_backend.js';
 import { toHostF32 } from '../../src/ops/create.js';
-import { tinyConfig } from '../../src/models/tiny_config.js';
+import { TINY_CONFIG_JSON } from '../../src/models/tiny_config.js';
+import { parseDeepseekV2Config, type DeepseekV2Config } from '../../src/models/deepseek_v2_config.js';
+import type { ScheduleKind } from '../../src/parallel/schedule_sim.js';
 import type { LoadBalanceForm } from '../../src/models/deepseek_v2.js';
 import { initDistributed } from '../../src/parallel/init_distributed.js';
 import { defaultTrainConfig, mergeTrainConfig, type TrainConfig } from '../../src/train/config.js';
@@ -21,6 +23,12 @@ import { syntheticBatches } from './synthetic_batches.js';
 export interface TrainLayout {
   dp: number;
   ep: number;
+  /** Pipeline stages and context-parallel ranks (default 1), the schedule (default 1f1b). */
+  pp?: number;
+  cp?: number;
+  schedule?: ScheduleKind;
+  /** The tiny model's num_hidden_layers (default 2; a pipeline needs a layer per virtual stage). */
+  layers?: number;
   precision: 'f32' | 'bf16';
   form: LoadBalanceForm;
   microBatch: number;
@@ -32,8 +40,23 @@ export function layoutConfig(l: TrainLayout): TrainConfig {
   return mergeTrainConfig(defaultTrainConfig(), {
     device: 'cpu', precision: l.precision, steps: l.steps, seq_len: 32, micro_batch_size: l.microBatch, global_batch_size: l.globalBatch,
     schedule: { type: 'cosine', warmup_steps: 1 }, load_balance: { form: l.form, alpha: 0.01 },
-    parallel: { pp: 1, dp: l.dp, cp: 1, ep: l.ep, collective_timeout_sec: 60 },
+    parallel: { pp: l.pp ?? 1, dp: l.dp, cp: l.cp ?? 1, ep: l.ep, collective_timeout_sec: 60, schedule: l.schedule ?? '1f1b' },
   }, 'parallel train test');
+}
+
+/** The ranks a layout launches. */
+export function layoutWorld(l: TrainLayout): number {
+  return (l.pp ?? 1) * l.dp * (l.cp ?? 1) * l.ep;
+}
+
+/** The layout with one rank: what the single process trains. */
+export function singleLayout(l: TrainLayout): TrainLayout {
+  return { ...l, dp: 1, ep: 1, pp: 1, cp: 1, schedule: '1f1b' };
+}
+
+/** The tiny model with the layout's layer count. */
+export function layoutModel(l: TrainLayout): DeepseekV2Config {
+  return parseDeepseekV2Config({ ...TINY_CONFIG_JSON, num_hidden_layers: l.layers ?? TINY_CONFIG_JSON.num_hidden_layers }, 'tiny config (test layout)');
 }
 
 export interface RankOutput {
@@ -45,11 +68,11 @@ export interface RankOutput {
 /** Trains `layout` on this process (a launched rank when the environment says so, else a single process). */
 export async function trainLayout(layout: TrainLayout): Promise<{ metrics: StepMetrics[]; entries: { name: string; shape: readonly number[]; start: number; end: number; values: Float32Array }[]; rank: number }> {
   const backend = new CpuBackend();
-  const model = tinyConfig();
+  const model = layoutModel(layout);
   const cfg = layoutConfig(layout);
   const dist = process.env.WORLD_SIZE === undefined ? null : await initDistributed(cfg, model, backend);
   const training = new Training(cfg, model, backend, dist);
-  training.model.initialize(cfg.seed);
+  for (const m of training.models) m.initialize(cfg.seed);
   const data = syntheticBatches({ vocab: model.vocab_size, seqLen: cfg.seq_len, microBatch: cfg.micro_batch_size });
   const metrics: StepMetrics[] = [];
   for (let s = 0; s < cfg.steps; s++) metrics.push(training.step(s, data));
