@@ -3,7 +3,10 @@
 // losses and gradient norms of every step and the final parameters, assembled from the ranks'
 // ranges (each element held by exactly one rank), under pp2 (1F1B and DualPipeV), cp2, pp2·cp2
 // and pp2·dp2·ep2. Tolerances as in test/parallel_train.test.ts (only the order of f32
-// additions differs: per-stage and per-cp-rank partial sums, then the reductions).
+// additions differs: per-stage and per-cp-rank partial sums, then the reductions; losses and
+// norms seen within 1.2e-6 relative), except each tensor's ‖Δ‖/‖w‖ < 2e-5 under pp: in layer
+// 0's o_proj one element's gradient cancels to ~3e-8 (near Adam's eps), differs by 1% between
+// the summation orders, and its step-1 update by 2e-3·lr, which alone makes ‖Δ‖/‖w‖ 1.2e-5.
 //
 // The 8-rank pp2·dp2·ep2 layout takes about a minute on 2 cores: it runs when
 // MOETRAIN_SLOW_TESTS=1, as does the cross-layout resume (a pp2·dp2·ep2 checkpoint resumed
@@ -48,6 +51,7 @@ const f32 = (over: Partial<TrainLayout>): TrainLayout => ({ dp: 1, ep: 1, precis
 
 describe('pipeline and context-parallel training equal the single process (3 steps, tiny model with 4 layers, f32)', () => {
   const cases: [string, TrainLayout, boolean][] = [
+    // name, layout, runs in CI
     ['pp2, 1f1b, 4 micro-batches', f32({ pp: 2 }), true],
     ['pp2, dualpipev, 4 micro-batches', f32({ pp: 2, schedule: 'dualpipev' }), true],
     ['cp2, sequence load balance', f32({ cp: 2 }), true],
@@ -56,7 +60,8 @@ describe('pipeline and context-parallel training equal the single process (3 ste
   ];
   for (const [name, layout, run] of cases) {
     test(name, { skip: run ? false : 'set MOETRAIN_SLOW_TESTS=1 (8 ranks)' }, async (t) => {
-      assertEquivalent(await single(layout), launchedLayout(layout, tmp()), layoutConfig(layout).optimizer.lr, (l) => t.diagnostic(l));
+      const relL2Max = (layout.pp ?? 1) > 1 ? 2e-5 : 1e-5;
+      assertEquivalent(await single(layout), launchedLayout(layout, tmp()), layoutConfig(layout).optimizer.lr, (l) => t.diagnostic(l), relL2Max);
     });
   }
 });
