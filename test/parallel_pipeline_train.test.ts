@@ -99,6 +99,16 @@ describe('moetrain launch -- train with pp and cp', () => {
     });
   });
 
+  test('--parallel.stages overrides the split; a split that does not fit is one line', () => {
+    const model = modelFile();
+    const r = runCli(['launch', '--nproc-per-node', '2', '--', 'train', ...common(model), '--steps', '1', '--parallel.pp', '2', '--parallel.stages', '1,3', '--run_dir', tmp()]);
+    assert.equal(r.code, 0, r.err);
+    assert.match(r.out, /^moetrain: pipeline 1f1b, pp 2, 2 virtual stages \(--parallel.stages\): stage 0: layers 0-0 \(1; .*stage 1: layers 1-3 \(3; /m);
+    const bad = runCli(['launch', '--nproc-per-node', '2', '--', 'train', ...common(model), '--steps', '1', '--parallel.pp', '2', '--parallel.stages', '1,2', '--run_dir', tmp()]);
+    assert.notEqual(bad.code, 0);
+    assert.match(bad.err, /parallel stage split \[1, 2\] must have 2 positive layer counts that sum to 4/);
+  });
+
   test('a checkpoint saved under pp2·dp2·ep2 resumes under cp2 and under one process with the same next-step loss', () => {
     const model = modelFile();
     const saved = tmp();
