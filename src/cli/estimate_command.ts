@@ -49,6 +49,7 @@ export function estimateCommand(flags: Record<string, string>): void {
   const globalBatch = global !== undefined ? cfg.global_batch_size : cfg.micro_batch_size * replicas;
   validateMesh(mesh, mesh.pp * mesh.dp * mesh.cp * mesh.ep, {
     numLayers: model.num_hidden_layers, nRoutedExperts: model.n_routed_experts, globalBatch, microBatch: cfg.micro_batch_size,
+    seqLen: cfg.seq_len, schedule: cfg.parallel.schedule,
   });
   const rows = estimateMemory({
     model, mesh, seqLen: cfg.seq_len, microBatchSize: cfg.micro_batch_size,
