@@ -13,18 +13,13 @@
 // ~7 s and the resume test ~10 s.
 import { after, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { packageRoot } from '../src/package_root.js';
-import type { StepMetrics } from '../src/train/log_line.js';
 import { TINY_CONFIG_JSON } from '../src/models/tiny_config.js';
 import { layoutConfig, singleLayout, trainLayout, type TrainLayout } from './helpers/parallel_train_rank.js';
-import { assertEquivalent, launchedLayout, type LayoutResult } from './helpers/launched_layout.js';
+import { assertEquivalent, launchedLayout, type LayoutResult, jsonl, runCli } from './helpers/launched_layout.js';
 
-const root = packageRoot();
-const cli = path.join(root, 'dist', 'src', 'cli', 'main.js');
 
 const made: string[] = [];
 after(() => { for (const d of made) fs.rmSync(d, { recursive: true, force: true }); });
@@ -64,14 +59,6 @@ describe('pipeline and context-parallel training equal the single process (3 ste
   }
 });
 
-function runCli(args: string[]) {
-  const r = spawnSync(process.execPath, [cli, ...args], { cwd: root, encoding: 'utf8', timeout: 300_000, env: { ...process.env, MOETRAIN_DEBUG: '' } });
-  return { code: r.status, out: r.stdout, err: r.stderr };
-}
-
-function jsonl(dir: string): StepMetrics[] {
-  return fs.readFileSync(path.join(dir, 'metrics.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as StepMetrics);
-}
 
 describe('moetrain launch -- train with pp and cp', () => {
   /** The tiny model with 4 layers, as a config.json in a temporary folder. */

@@ -17,17 +17,13 @@
 // test reports what it saw: ~1e-6 and ~1e-3·lr).
 import { after, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { packageRoot } from '../src/package_root.js';
 import type { StepMetrics } from '../src/train/log_line.js';
 import { layoutConfig, trainLayout, type TrainLayout } from './helpers/parallel_train_rank.js';
-import { assertEquivalent, launchedLayout, type LayoutResult } from './helpers/launched_layout.js';
+import { assertEquivalent, launchedLayout, type LayoutResult, jsonl, runCli } from './helpers/launched_layout.js';
 
-const root = packageRoot();
-const cli = path.join(root, 'dist', 'src', 'cli', 'main.js');
 
 const made: string[] = [];
 after(() => { for (const d of made) fs.rmSync(d, { recursive: true, force: true }); });
@@ -79,14 +75,6 @@ describe('sharded training equals the single process (3 steps, tiny model, f32)'
   }
 });
 
-function runCli(args: string[]) {
-  const r = spawnSync(process.execPath, [cli, ...args], { cwd: root, encoding: 'utf8', timeout: 120_000, env: { ...process.env, MOETRAIN_DEBUG: '' } });
-  return { code: r.status, out: r.stdout, err: r.stderr };
-}
-
-function jsonl(dir: string): StepMetrics[] {
-  return fs.readFileSync(path.join(dir, 'metrics.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as StepMetrics);
-}
 
 describe('moetrain launch -- train', () => {
   const common = ['--device', 'cpu', '--precision', 'f32', '--steps', '3', '--seq_len', '32', '--micro_batch_size', '2', '--global_batch_size', '8', '--schedule.warmup_steps', '1'];

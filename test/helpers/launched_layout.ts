@@ -64,3 +64,16 @@ export function assertEquivalent(want: LayoutResult, got: LayoutResult, lr: numb
   assert.ok(d.relL2 < relL2Max, `parameters: relative L2 difference ${d.relL2} in ${d.worst}`);
   assert.ok(d.maxAbs < 1e-2 * lr, `parameters: largest element difference ${d.maxAbs} (lr ${lr})`);
 }
+
+/** Runs the moetrain command line (a launch or a plain command) from the package root. */
+export function runCli(args: string[], timeoutMs = 300_000): { code: number | null; out: string; err: string } {
+  const root = packageRoot();
+  const r = spawnSync(process.execPath, [path.join(root, 'dist', 'src', 'cli', 'main.js'), ...args], { cwd: root, encoding: 'utf8', timeout: timeoutMs, env: { ...process.env, MOETRAIN_DEBUG: '' } });
+  return { code: r.status, out: r.stdout, err: r.stderr };
+}
+
+/** A run folder's metrics.jsonl records. */
+export function jsonl(dir: string): StepMetrics[] {
+  return fs.readFileSync(path.join(dir, 'metrics.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as StepMetrics);
+}
+
