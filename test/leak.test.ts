@@ -15,7 +15,8 @@ import { keep, tidy } from '../src/tensor/scope.js';
 import { liveTensorCount } from '../src/tensor/tensor.js';
 import { defaultTrainConfig, mergeTrainConfig } from '../src/train/config.js';
 import { saveCheckpoint } from '../src/train/checkpoint.js';
-import { Training, type BatchSource } from '../src/train/trainer.js';
+import { Training } from '../src/train/trainer.js';
+import { fixedBatches } from './helpers/fixed_batches.js';
 
 interface Sample { tensors: number; nodes: number; bytes: number }
 
@@ -62,14 +63,7 @@ test('1,000 steps of the tiny model: live tensors, autograd nodes and live bytes
       steps: 1000, seq_len: 8, micro_batch_size: 1, global_batch_size: 2, schedule: { warmup_steps: 5 }, run_dir: dir,
     }, 'leak test');
     const model = tinyConfig();
-    const data: BatchSource = {
-      vocabSize: model.vocab_size,
-      batch: (step, micro) => {
-        const n = cfg.micro_batch_size * cfg.seq_len;
-        const tok = (i: number) => (step * 7919 + micro * 104729 + i * 31) % 256;
-        return { inputs: Int32Array.from({ length: n }, (_, i) => tok(i)), labels: Int32Array.from({ length: n }, (_, i) => tok(i + 1)) };
-      },
-    };
+    const data = fixedBatches(model.vocab_size, cfg.micro_batch_size, cfg.seq_len);
     const training = new Training(cfg, model, be);
     training.model.initialize(1);
     const samples: Sample[] = [sample(be)];

@@ -18,7 +18,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { TINY_CONFIG_JSON } from '../src/models/tiny_config.js';
 import { layoutConfig, singleLayout, trainLayout, type TrainLayout } from './helpers/parallel_train_rank.js';
-import { assertEquivalent, launchedLayout, type LayoutResult, jsonl, runCli } from './helpers/launched_layout.js';
+import { assertEquivalent, launchedLayout, type LayoutResult, jsonl, resumeToStep3, runCli } from './helpers/launched_layout.js';
 
 
 const made: string[] = [];
@@ -102,16 +102,7 @@ describe('moetrain launch -- train with pp and cp', () => {
     const first = runCli(['launch', '--nproc-per-node', '8', '--', 'train', ...common(model), '--steps', '2', '--parallel.pp', '2', '--parallel.dp', '2', '--parallel.ep', '2', '--run_dir', saved]);
     assert.equal(first.code, 0, first.err);
     assert.ok(fs.existsSync(path.join(saved, 'checkpoints', 'step-00000002', 'manifest.json')), 'a complete sharded checkpoint at step 2');
-    const resume = (launch: string[], mesh: string[]) => {
-      const dir = tmp();
-      fs.cpSync(saved, dir, { recursive: true });
-      const r = runCli([...launch, 'train', ...common(model), '--steps', '3', ...mesh, '--run_dir', dir]);
-      assert.equal(r.code, 0, r.err);
-      assert.match(r.out, /resuming from .*step-00000002 \(step 2\)/);
-      const m = jsonl(dir);
-      assert.equal(m.at(-1)!.step, 3);
-      return m.at(-1)!;
-    };
+    const resume = (launch: string[], mesh: string[]) => resumeToStep3(saved, tmp(), launch, [...common(model), ...mesh]);
     const alone = resume([], []);
     const cp2 = resume(['launch', '--nproc-per-node', '2', '--'], ['--parallel.cp', '2']);
     for (const k of ['crossEntropy', 'gradientNorm'] as const) {

@@ -22,7 +22,7 @@ import os from 'node:os';
 import path from 'node:path';
 import type { StepMetrics } from '../src/train/log_line.js';
 import { layoutConfig, trainLayout, type TrainLayout } from './helpers/parallel_train_rank.js';
-import { assertEquivalent, launchedLayout, type LayoutResult, jsonl, runCli } from './helpers/launched_layout.js';
+import { assertEquivalent, launchedLayout, type LayoutResult, jsonl, resumeToStep3, runCli } from './helpers/launched_layout.js';
 
 
 const made: string[] = [];
@@ -135,16 +135,7 @@ describe('moetrain launch -- train', () => {
     const first = runCli(['launch', '--nproc-per-node', '4', '--', 'train', ...common, '--steps', '2', '--parallel.dp', '2', '--parallel.ep', '2', '--run_dir', saved]);
     assert.equal(first.code, 0, first.err);
     assert.ok(fs.existsSync(path.join(saved, 'checkpoints', 'step-00000002', 'manifest.json')), 'a complete sharded checkpoint at step 2');
-    const resume = (launch: string[], mesh: string[]) => {
-      const dir = tmp();
-      fs.cpSync(saved, dir, { recursive: true });
-      const r = runCli([...launch, 'train', ...common, '--steps', '3', ...mesh, '--run_dir', dir]);
-      assert.equal(r.code, 0, r.err);
-      assert.match(r.out, /resuming from .*step-00000002 \(step 2\)/);
-      const m = jsonl(dir);
-      assert.equal(m.at(-1)!.step, 3);
-      return m.at(-1)!;
-    };
+    const resume = (launch: string[], mesh: string[]) => resumeToStep3(saved, tmp(), launch, [...common, ...mesh]);
     const alone = resume([], []);
     const ep2 = resume(['launch', '--nproc-per-node', '2', '--'], ['--parallel.ep', '2']);
     const dp2ep2 = resume(['launch', '--nproc-per-node', '4', '--'], ['--parallel.dp', '2', '--parallel.ep', '2']);

@@ -23,7 +23,8 @@ import { agreeMax } from '../../src/train/checkpoint_group.js';
 import { resumeFromLatest } from '../../src/train/checkpoint_resume.js';
 import { defaultTrainConfig, mergeTrainConfig } from '../../src/train/config.js';
 import { listenForStop, STOP_EXIT_CODE } from '../../src/train/signals.js';
-import { train, type BatchSource } from '../../src/train/trainer.js';
+import { train } from '../../src/train/trainer.js';
+import { fixedBatches } from './fixed_batches.js';
 
 const be = new CpuBackend();
 const model = tinyConfig();
@@ -91,14 +92,7 @@ async function main(): Promise<void> {
       break;
     }
     case 'train': {
-      const data: BatchSource = {
-        vocabSize: model.vocab_size,
-        batch: (step, micro) => {
-          const n = cfg.micro_batch_size * cfg.seq_len;
-          const tok = (i: number) => (step * 7919 + micro * 104729 + i * 31) % 256;
-          return { inputs: Int32Array.from({ length: n }, (_, i) => tok(i)), labels: Int32Array.from({ length: n }, (_, i) => tok(i + 1)) };
-        },
-      };
+      const data = fixedBatches(model.vocab_size, cfg.micro_batch_size, cfg.seq_len);
       // Every rank says when its own listener saw the signal (the first to see it stops them all).
       const stop = listenForStop({ launched: world > 1, log: (l) => console.log(l) });
       fs.mkdirSync(dir, { recursive: true });

@@ -77,3 +77,18 @@ export function jsonl(dir: string): StepMetrics[] {
   return fs.readFileSync(path.join(dir, 'metrics.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as StepMetrics);
 }
 
+/**
+ * Copies the run folder `saved` (holding a checkpoint at step 2) to `dir`, runs `train` from it
+ * to step 3 (under `launch`, e.g. ['launch', '--nproc-per-node', '2', '--'], or [] for one
+ * process) and returns step 3's record.
+ */
+export function resumeToStep3(saved: string, dir: string, launch: string[], trainArgs: string[]): StepMetrics {
+  fs.cpSync(saved, dir, { recursive: true });
+  const r = runCli([...launch, 'train', ...trainArgs, '--steps', '3', '--run_dir', dir]);
+  assert.equal(r.code, 0, r.err);
+  assert.match(r.out, /resuming from .*step-00000002 \(step 2\)/);
+  const m = jsonl(dir);
+  assert.equal(m.at(-1)!.step, 3);
+  return m.at(-1)!;
+}
+
