@@ -11,7 +11,8 @@ import { backward } from '../src/autograd/backward.js';
 import { fromHost, toHostF32 } from '../src/ops/create.js';
 import { add } from '../src/ops/elementwise.js';
 import { tidy } from '../src/tensor/scope.js';
-import { emptyTensor, evictedTensor } from '../src/tensor/tensor.js';
+import { emptyTensor, evictedTensor, type Tensor } from '../src/tensor/tensor.js';
+import { backendOf } from '../src/backend/backend.js';
 import { parseDeepseekV2Config, type DeepseekV2Config } from '../src/models/deepseek_v2_config.js';
 import { parameterShapes } from '../src/models/deepseek_v2_names.js';
 import { wholeModel } from '../src/models/deepseek_v2_weights.js';
@@ -20,6 +21,7 @@ import { ALIGN_ELEMENTS, heldRange, planShards } from '../src/parallel/fsdp_plan
 import { FullyShardedModel } from '../src/parallel/fsdp.js';
 import { initDistributed } from '../src/parallel/init_distributed.js';
 import { LocalCommunicator } from '../src/parallel/local_communicator.js';
+import { checkArgs, type Communicator } from '../src/parallel/communicator.js';
 import { defaultTrainConfig, mergeTrainConfig, type TrainConfig } from '../src/train/config.js';
 import { Training } from '../src/train/trainer.js';
 import type { StepMetrics } from '../src/train/log_line.js';
@@ -175,9 +177,11 @@ describe('the sharded path with groups of one', () => {
   test('a unit\'s weights are gathered only while it runs and its backward needs them; nothing outlives a step', () => {
     const be = new CpuBackend();
     const c = tiny();
-    const one = new LocalCommunicator();
+    // Rank 0 of a group of two whose other rank is this one again: the flats are really sharded
+    // (a group of one holds them whole and never evicts; see the next test).
+    const two = new MirroredPair();
     const base = be.memoryStats().liveBytes;
-    const fsdp = new FullyShardedModel(c, be, 'bf16', wholeModel(c), { dense: one, expert: one });
+    const fsdp = new FullyShardedModel(c, be, 'bf16', wholeModel(c), { dense: two, expert: two });
     const m = fsdp.model;
     m.initialize(5);
     const resident = () => ({
@@ -214,17 +218,93 @@ describe('the sharded path with groups of one', () => {
       else assert.equal(be.memoryStats().liveBytes, steady, `step ${step + 1}: live bytes back to the steady state`);
     }
     const bytes = fsdp.bytes();
-    assert.equal(bytes.weights + bytes.gradients + bytes.optimizer, 18 * bytes.heldElements - 2 * fsdp.model.layers[1]!.moe!.router.size - 2 * padOf(fsdp, 'router'), '18 bytes per element except the f32 router flat (16)');
+    assert.equal(bytes.weights + bytes.gradients + bytes.optimizer, 18 * bytes.heldElements - 2 * routerShard(fsdp, 2), '18 bytes per element except the f32 router flat (16)');
+    assert.ok(bytes.largestUnitTransient > 0);
     ids.dispose(); labels.dispose();
     fsdp.dispose();
     assert.equal(be.memoryStats().liveBytes, base, 'dispose releases shards, views and the RoPE cache');
   });
+
+  test('a group of one holds its flats whole: no gather, no full gradient, no reduce-scatter; gradients accumulate in the shard', () => {
+    const be = new CpuBackend();
+    const c = tiny();
+    const one = new CountingLocal();
+    const fsdp = new FullyShardedModel(c, be, 'bf16', wholeModel(c), { dense: one, expert: one });
+    const m = fsdp.model;
+    m.initialize(5);
+    const ids = fromHost(be, [3, 1, 4, 1, 5, 9, 2, 6], [1, 8], 'i32');
+    const labels = fromHost(be, [1, 4, 1, 5, 9, 2, 6, -100], [1, 8], 'i32');
+    const shardNorm = (): number => {
+      const sq = emptyTensor(be, [1], 'f32');
+      be.fill(sq, 0);
+      for (const g of fsdp.gradShards()) be.sumSquaresInto(sq, g);
+      const v = toHostF32(sq)[0]!;
+      sq.dispose();
+      return v;
+    };
+    const norms: number[] = [];
+    // Two micro-batches of one step: the second adds to the first (the shards are the gradients).
+    for (let micro = 0; micro < 2; micro++) {
+      if (micro === 0) m.beginStep();
+      tidy(() => {
+        const r = m.forward(ids, labels, 7, { form: 'global-batch', alpha: 0.01 });
+        assert.equal(m.layers[0]!.attn.oProj.value.storage.resident, true, 'the weights are the shard: always resident');
+        backward(add(r.crossEntropy, r.loadBalance));
+        fsdp.finishBackward();
+      });
+      norms.push(shardNorm());
+    }
+    assert.equal(one.calls, 0, 'no collective on a group of one');
+    assert.ok(norms[0]! > 0);
+    // The same micro-batch twice: the accumulated gradient is twice the first (Σg² four times).
+    assert.ok(Math.abs(norms[1]! / norms[0]! - 4) < 1e-4, `accumulated Σg² ratio ${norms[1]! / norms[0]!}`);
+    assert.equal(fsdp.bytes().largestUnitTransient, 0, 'nothing gathered');
+    assert.equal(m.layers[0]!.attn.oProj.grad.storage, fsdp.gradShards()[1]!.storage, 'the parameter gradients are views of the shards');
+    ids.dispose(); labels.dispose();
+    fsdp.dispose();
+  });
 });
 
-/** Padding of the f32 router flat in the tiny model's bf16 plan (its compute copy is its master). */
-function padOf(fsdp: FullyShardedModel, _what: 'router'): number {
+/** Elements of the f32 router flat's shard in the tiny model's bf16 plan over a group of `g` (its compute copy is its master). */
+function routerShard(fsdp: FullyShardedModel, g: number): number {
   const c = fsdp.model.config;
-  const units = planShards(c, wholeModel(c), 'bf16', { dense: 1, expert: 1 });
-  const flat = units[2]!.flats.find((f) => f.dtype === 'f32')!;
-  return flat.shardSize - flat.members[0]!.size;
+  const units = planShards(c, wholeModel(c), 'bf16', { dense: g, expert: g });
+  return units[2]!.flats.find((f) => f.dtype === 'f32')!.shardSize;
+}
+
+/**
+ * Rank 0 of a pair whose rank 1 mirrors it: a gather writes this rank's input into both halves,
+ * a reduce-scatter keeps the first half. Enough for residency and memory checks, not for values.
+ */
+class MirroredPair implements Communicator {
+  readonly rank = 0;
+  readonly size = 2;
+  readonly worldRanks = [0, 1];
+  readonly name = 'mirrored pair';
+  allGather(out: Tensor, inp: Tensor): void {
+    checkArgs.allGather(this, out, inp);
+    const be = backendOf(out);
+    for (const half of [0, 1]) { const v = out.view([inp.size], [1], out.offset + half * inp.size); be.copy(v, inp); v.dispose(); }
+  }
+  reduceScatter(out: Tensor, inp: Tensor): void {
+    checkArgs.reduceScatter(this, out, inp);
+    const v = inp.view([out.size], [1], inp.offset);
+    backendOf(out).copy(out, v);
+    v.dispose();
+  }
+  allReduce(): void { throw new Error('not used by the sharded model'); }
+  allToAll(): void { throw new Error('not used by the sharded model'); }
+  send(): void { throw new Error('not used by the sharded model'); }
+  recv(): void { throw new Error('not used by the sharded model'); }
+  sendRecv(): void { throw new Error('not used by the sharded model'); }
+  barrier(): void {}
+  group(): Promise<Communicator> { return Promise.reject(new Error('not used by the sharded model')); }
+  close(): void {}
+}
+
+/** A group of one that counts the collectives it is asked for. */
+class CountingLocal extends LocalCommunicator {
+  calls = 0;
+  override allGather(out: Tensor, inp: Tensor): void { this.calls++; super.allGather(out, inp); }
+  override reduceScatter(out: Tensor, inp: Tensor): void { this.calls++; super.reduceScatter(out, inp); }
 }
