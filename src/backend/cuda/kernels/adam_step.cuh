@@ -9,12 +9,16 @@ struct AdamStep {
   float bc1, bc2, grad_scale;
 };
 
+// Every operation is an explicitly rounded intrinsic: left to itself, NVRTC contracts a·b + c
+// into an FMA in one kernel's inlining context and not in another's (measured on the H100: the
+// scalar and the vectorised path of the two kernels differed by an ulp in m), and the two must
+// give the same bits.
 __device__ __forceinline__ float adam_element(float p, float g_raw, float& m, float& v, const AdamStep& h, float wd) {
-  float g = g_raw * h.grad_scale;
-  if (!h.decoupled) g = fmaf(wd, p, g);
-  m = h.beta1 * m + (1.f - h.beta1) * g;
-  v = h.beta2 * v + (1.f - h.beta2) * g * g;
-  float upd = (m / h.bc1) / (sqrtf(v / h.bc2) + h.eps);
-  if (h.decoupled) upd = fmaf(wd, p, upd);
-  return p - h.lr * upd;
+  float g = __fmul_rn(g_raw, h.grad_scale);
+  if (!h.decoupled) g = __fmaf_rn(wd, p, g);
+  m = __fadd_rn(__fmul_rn(h.beta1, m), __fmul_rn(1.f - h.beta1, g));
+  v = __fadd_rn(__fmul_rn(h.beta2, v), __fmul_rn(__fmul_rn(1.f - h.beta2, g), g));
+  float upd = __fdiv_rn(__fdiv_rn(m, h.bc1), __fadd_rn(__fsqrt_rn(__fdiv_rn(v, h.bc2)), h.eps));
+  if (h.decoupled) upd = __fmaf_rn(wd, p, upd);
+  return __fsub_rn(p, __fmul_rn(h.lr, upd));
 }
