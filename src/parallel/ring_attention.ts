@@ -321,7 +321,7 @@ function ringBackward(
  * [B,L,H,Dn], qPe [B,L,H,Dr], kNope [B,L,H,Dn], kPe [B,L,1,Dr], v [B,L,H,Dv] (the local tokens,
  * chunks r and 2·cp−1−r); every rank of `comm` (the cp group) calls it with the same shapes.
  * Returns o [B,L,H,Dv] (differentiable) and the merged lse [B,H,L] f32. With cp = 1 it computes
- * the same function as mlaAttention (as two chunks).
+ * the same function as mlaAttention (the same one causal launch).
  */
 export function ringMlaAttention(qNope: Tensor, qPe: Tensor, kNope: Tensor, kPe: Tensor, v: Tensor, opts: RingAttentionOptions, comm: Communicator): { o: Tensor; lse: Tensor } {
   const be = backendOf(qNope);
