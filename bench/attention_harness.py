@@ -246,11 +246,11 @@ class MlaKernels:
             tma_launch.launch(self.fwd, grid, (self.fwd_threads, 1, 1), self.fwd_smem, cupy.cuda.get_current_stream().ptr,
                               [tma_launch.head_rows(qn, rows), tma_launch.head_rows(qp, rows), tma_launch.head_rows(kn, keys),
                                tma_launch.shared_rows(kp, keys), tma_launch.head_rows(v, keys), u64(o), u64(lse),
-                               np.int32(S), np.int32(H), np.float32(scale), np.int32(causal)])
+                               np.int32(S), np.int32(S), np.int32(H), np.float32(scale), np.int32(causal)])
             return
         self.fwd(grid, (self.fwd_threads, 1, 1),
                  (u64(qn), u64(qp), u64(kn), u64(kp), u64(v), u64(o), u64(lse),
-                  np.int32(S), np.int32(H), np.float32(scale), np.int32(causal)), shared_mem=self.fwd_smem)
+                  np.int32(S), np.int32(S), np.int32(H), np.float32(scale), np.int32(causal)), shared_mem=self.fwd_smem)
 
     def scratch(self, B, S, H, deterministic):
         f32 = dict(device="cuda", dtype=torch.float32)
@@ -264,7 +264,7 @@ class MlaKernels:
         S, H = qn.shape[1], qn.shape[2]
         return (u64(qn), u64(qp), u64(kn), u64(kp), u64(v), u64(do), u64(lse), u64(sc["d_sum"]),
                 u64(g["dk_nope"]), u64(g["dv"]), u64(sc["dq_accum"]), u64(sc["dkpe"]),
-                np.int32(S), np.int32(H), np.float32(scale), np.int32(causal), np.int32(deterministic))
+                np.int32(S), np.int32(S), np.int32(H), np.float32(scale), np.int32(causal), np.int32(deterministic))
 
     def launch_dkdv(self, args, B, S, H, hopper, tensors=None, variant=None):
         """tensors: (qn, qp, kn, kp, v, do) for the Hopper kernel, which takes TMA tensor maps of
@@ -300,7 +300,7 @@ class MlaKernels:
         if deterministic:
             self.dq((tiles, H, B), (BWD_THREADS, 1, 1),
                     (u64(qn), u64(qp), u64(kn), u64(kp), u64(v), u64(do), u64(lse), u64(sc["d_sum"]),
-                     u64(g["dq_nope"]), u64(g["dq_pe"]), np.int32(S), np.int32(H), np.float32(scale), np.int32(causal)),
+                     u64(g["dq_nope"]), u64(g["dq_pe"]), np.int32(S), np.int32(S), np.int32(H), np.float32(scale), np.int32(causal)),
                     shared_mem=DQ_SMEM)
         self.finish_grads(g, sc, scale, deterministic)
 
@@ -311,14 +311,14 @@ class MlaKernels:
         per_block = PRE_THREADS // 32  # one warp per row
         self.pre(((rows + per_block - 1) // per_block, 1, 1), (PRE_THREADS, 1, 1),
                  (u64(o), u64(do), u64(sc["d_sum"]), u64(sc["dq_accum"]), u64(None if deterministic else sc["dkpe"]),
-                  np.int32(rows), np.int32(S), np.int32(H)))
+                  np.int32(rows), np.int32(S), np.int32(H), np.int64(0 if deterministic else B * S * D_ROPE)))
 
     def finish_grads(self, g, sc, scale, deterministic):
         """dq_accum → scaled bf16 dq_nope/dq_pe (fast mode), dk_pe summed over heads."""
         B, S, H, _ = g["dq_nope"].shape
         self.finish((B * S, 1, 1), (FINISH_THREADS, 1, 1),
                     (u64(sc["dq_accum"]), u64(g["dq_nope"]), u64(g["dq_pe"]), u64(sc["dkpe"]), u64(g["dk_pe"]),
-                     np.int32(H), np.float32(scale), np.int32(deterministic)))
+                     np.int32(H), np.float32(scale), np.int32(deterministic), np.int32(B * S), np.int32(B * S)))
 
 
 def random_inputs(B, S, H, gen, q_mag=1.0):

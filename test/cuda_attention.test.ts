@@ -1,8 +1,10 @@
 // MLA attention on CUDA (src/backend/cuda/ops/mla_attention.ts: the tensor-core kernels this GPU
 // runs by default, Hopper's on an H100) against the CPU backend's
 // mlaAttention / mlaAttentionBackward, at small awkward sizes (S not a multiple of the 64-row
-// tile, S = 1, several heads and batches), causal and not, both backward modes. GPU tests skip
-// with "skipped: no CUDA" where no GPU is visible; the input checks run everywhere.
+// tile, S = 1, several heads and batches), causal and not, both backward modes; and unmasked
+// blocks with q and kv of different lengths (ring attention's steps: awkward lengths both ways
+// and the bench's s = 4096, cp = 4 shapes at one head). GPU tests skip with "skipped: no CUDA"
+// where no GPU is visible; the input checks run everywhere.
 //
 // Inputs are bf16 on the GPU and the same (bf16-exact) values in f32 on the CPU, so both compute
 // the same function; outputs are poisoned with NaN first, so an unwritten element fails.
@@ -64,18 +66,19 @@ function relativeError(got: Float32Array, ref: Float32Array): number {
   return den === 0 ? Math.sqrt(num / ref.length) : Math.sqrt(num / den);
 }
 
-interface Case { B: number; S: number; H: number; causal: boolean }
+/** Sq query and Skv key positions (Skv = Sq unless given). */
+interface Case { B: number; S: number; Skv?: number; H: number; causal: boolean }
 
 interface Problem {
   shapes: Record<'qNope' | 'qPe' | 'kNope' | 'kPe' | 'v' | 'dout', Shape>;
   values: Record<'qNope' | 'qPe' | 'kNope' | 'kPe' | 'v' | 'dout', Float32Array>;
 }
 
-function makeProblem({ B, S, H }: Case, seed: number): Problem {
+function makeProblem({ B, S, Skv = S, H }: Case, seed: number): Problem {
   const rng = new Rng(seed);
   const shapes = {
-    qNope: [B, S, H, D_NOPE], qPe: [B, S, H, D_ROPE], kNope: [B, S, H, D_NOPE], kPe: [B, S, 1, D_ROPE],
-    v: [B, S, H, D_V], dout: [B, S, H, D_V],
+    qNope: [B, S, H, D_NOPE], qPe: [B, S, H, D_ROPE], kNope: [B, Skv, H, D_NOPE], kPe: [B, Skv, 1, D_ROPE],
+    v: [B, Skv, H, D_V], dout: [B, S, H, D_V],
   };
   const values = {} as Problem['values'];
   for (const [name, shape] of Object.entries(shapes) as [keyof Problem['values'], Shape][]) {
@@ -153,12 +156,23 @@ const CASES: Case[] = [
   { B: 1, S: 300, H: 2, causal: true },
   // Several 64-query steps per 128-key block of the Hopper backward, a partial last key tile, B > 1.
   { B: 2, S: 260, H: 3, causal: false },
+  // Unmasked blocks with q ≠ kv: more keys than queries and fewer, partial tiles on both sides,
+  // one side shorter than one tile, B > 1 (the batch strides of q and k differ).
+  { B: 2, S: 192, Skv: 320, H: 3, causal: false },
+  { B: 1, S: 320, Skv: 64, H: 2, causal: false },
+  { B: 2, S: 17, Skv: 300, H: 2, causal: false },
+  { B: 2, S: 300, Skv: 17, H: 2, causal: false },
+  { B: 1, S: 1, Skv: 129, H: 2, causal: false },
+  // The bench's per-step shapes at s = 4096, cp = 4 (c = 512), one head: q 2c × kv c, q c × kv 2c.
+  { B: 1, S: 1024, Skv: 512, H: 1, causal: false },
+  { B: 1, S: 512, Skv: 1024, H: 1, causal: false },
 ];
 
 for (const c of CASES) {
-  test(`MLA attention on CUDA matches the CPU backend: B=${c.B} S=${c.S} H=${c.H} ${c.causal ? 'causal' : 'full'}`, { skip }, () => {
+  const lengths = c.Skv === undefined ? `S=${c.S}` : `q ${c.S} × kv ${c.Skv}`;
+  test(`MLA attention on CUDA matches the CPU backend: B=${c.B} ${lengths} H=${c.H} ${c.causal ? 'causal' : 'full'}`, { skip }, () => {
     const opts: AttentionOptions = { causal: c.causal, scale: SCALE };
-    const p = makeProblem(c, 1000 + c.S * 7 + c.H);
+    const p = makeProblem(c, 1000 + c.S * 7 + c.H + (c.Skv ?? 0) * 13);
     const ref = cpuReference(p, opts);
     const { out, det, detAgain } = gpuRun(p, opts);
     let lseErr = 0;
@@ -187,11 +201,18 @@ test('MLA attention on CUDA rejects inputs it cannot take, naming the input', { 
     const o = make([B, S, H, D_V]), lse = make([B, H, S], 'f32');
     const { kernels, launcher } = attention();
     assert.throws(() => launcher.forward(kernels, o, lse, qn, qp, kn, kpPerHead, v, { causal: true, scale: SCALE }),
-      /mlaAttention: kPe has shape \[1,8,2,64\], expected \[B,S,1,64\]/);
+      /mlaAttention: kPe has shape \[1,8,2,64\], expected \[B,Skv,1,64\]/);
     const kp = make([B, S, 1, D_ROPE]);
     const lseBf16 = make([B, H, S]);
     assert.throws(() => launcher.forward(kernels, o, lseBf16, qn, qp, kn, kp, v, { causal: true, scale: SCALE }),
       /mlaAttention: lse is bf16; the CUDA kernels take f32 here/);
+    // A causal mask compares positions: q and kv of different lengths are refused.
+    const kn2 = make([B, 2 * S, H, D_NOPE]), kp2 = make([B, 2 * S, 1, D_ROPE]), v2 = make([B, 2 * S, H, D_V]);
+    assert.throws(() => launcher.forward(kernels, o, lse, qn, qp, kn2, kp2, v2, { causal: true, scale: SCALE }),
+      /mlaAttention: a causal mask needs as many queries as keys, got q 8 × kv 16/);
+    // kv of another length than v.
+    assert.throws(() => launcher.forward(kernels, o, lse, qn, qp, kn2, kp2, v, { causal: false, scale: SCALE }),
+      /mlaAttention: v has shape \[1,8,2,128\], expected \[B,Skv,H,128\] = \[1,16,2,128\]/);
   } finally {
     for (const t of owned) t.dispose();
   }

@@ -1,6 +1,7 @@
 // The generic CUDA MLA attention (kernels/mla_attention_generic.cu: any head widths, f32 or
 // bf16; what the tiny model and non-DeepSeek widths use) against the CPU backend, through the
-// Backend interface. Outputs poisoned with NaN first.
+// Backend interface, causal (q and kv of one length) and unmasked with q and kv of equal and of
+// different lengths (ring attention's blocks). Outputs poisoned with NaN first.
 // Tolerance: f32 1e-4 relative (same math, different summation order; atomics in backward);
 // bf16 2e-2 (inputs identical, outputs rounded once to bf16, ~4e-3, plus the CPU's own rounding).
 import assert from 'node:assert/strict';
@@ -21,13 +22,15 @@ function rel(a: Float32Array, b: Float32Array): number {
   return d === 0 ? Math.sqrt(n) : Math.sqrt(n / d);
 }
 
-function run(be: Backend, dtype: DType, vals: Record<string, Float32Array>, dims: { B: number; S: number; H: number; Dn: number; Dr: number; Dv: number }, causal: boolean) {
-  const { B, S, H, Dn, Dr, Dv } = dims;
+interface Dims { B: number; Sq: number; Skv: number; H: number; Dn: number; Dr: number; Dv: number }
+
+function run(be: Backend, dtype: DType, vals: Record<string, Float32Array>, dims: Dims, causal: boolean) {
+  const { B, Sq, Skv, H, Dn, Dr, Dv } = dims;
   const t = (name: string, shape: number[]) => fromHost(be, vals[name]!, shape, dtype);
-  const qn = t('qn', [B, S, H, Dn]), qp = t('qp', [B, S, H, Dr]), kn = t('kn', [B, S, H, Dn]), kp = t('kp', [B, S, 1, Dr]), v = t('v', [B, S, H, Dv]);
-  const dout = t('do', [B, S, H, Dv]);
+  const qn = t('qn', [B, Sq, H, Dn]), qp = t('qp', [B, Sq, H, Dr]), kn = t('kn', [B, Skv, H, Dn]), kp = t('kp', [B, Skv, 1, Dr]), v = t('v', [B, Skv, H, Dv]);
+  const dout = t('do', [B, Sq, H, Dv]);
   const poison = (shape: number[], dt: DType): Tensor => { const x = emptyTensor(be, shape, dt); be.fill(x, NaN); return x; };
-  const o = poison([B, S, H, Dv], dtype), lse = poison([B, H, S], 'f32');
+  const o = poison([B, Sq, H, Dv], dtype), lse = poison([B, H, Sq], 'f32');
   const opts = { causal, scale: 1 / Math.sqrt(Dn + Dr) };
   be.mlaAttention(o, lse, qn, qp, kn, kp, v, opts);
   const grads = { dqNope: poison(qn.shape as number[], dtype), dqPe: poison(qp.shape as number[], dtype), dkNope: poison(kn.shape as number[], dtype), dkPe: poison(kp.shape as number[], dtype), dv: poison(v.shape as number[], dtype) };
@@ -35,16 +38,18 @@ function run(be: Backend, dtype: DType, vals: Record<string, Float32Array>, dims
   return { o: toHostF32(o), lse: toHostF32(lse), ...Object.fromEntries(Object.entries(grads).map(([k, x]) => [k, toHostF32(x)])) } as Record<string, Float32Array>;
 }
 
+const LENGTHS: [number, number, boolean][] = [[37, 37, true], [37, 37, false], [19, 44, false], [44, 9, false]];
+
 for (const dtype of ['f32', 'bf16'] as const) {
-  for (const causal of [true, false]) {
-    test(`generic MLA attention on CUDA matches the CPU backend (${dtype}, ${causal ? 'causal' : 'full'}, widths 16+8/24)`, { skip }, async () => {
+  for (const [Sq, Skv, causal] of LENGTHS) {
+    test(`generic MLA attention on CUDA matches the CPU backend (${dtype}, q ${Sq} × kv ${Skv} ${causal ? 'causal' : 'full'}, widths 16+8/24)`, { skip }, async () => {
       const { createCudaBackend } = await import('../src/backend/cuda/create.js');
       const gpu = createCudaBackend(), cpu = new CpuBackend();
-      const dims = { B: 2, S: 37, H: 3, Dn: 16, Dr: 8, Dv: 24 };
+      const dims: Dims = { B: 2, Sq, Skv, H: 3, Dn: 16, Dr: 8, Dv: 24 };
       const rng = new Rng(7);
       const n = (k: number) => Float32Array.from({ length: k }, () => rng.normal());
-      const { B, S, H, Dn, Dr, Dv } = dims;
-      const vals = { qn: n(B * S * H * Dn), qp: n(B * S * H * Dr), kn: n(B * S * H * Dn), kp: n(B * S * Dr), v: n(B * S * H * Dv), do: n(B * S * H * Dv) };
+      const { B, H, Dn, Dr, Dv } = dims;
+      const vals = { qn: n(B * Sq * H * Dn), qp: n(B * Sq * H * Dr), kn: n(B * Skv * H * Dn), kp: n(B * Skv * Dr), v: n(B * Skv * H * Dv), do: n(B * Sq * H * Dv) };
       const g = run(gpu, dtype, vals, dims, causal), c = run(cpu, dtype, vals, dims, causal);
       const tol = dtype === 'f32' ? 1e-4 : 2e-2;
       for (const k of Object.keys(c)) {

@@ -4,9 +4,12 @@
 // ranges (each element held by exactly one rank), under pp2 (1F1B and DualPipeV), cp2, pp2·cp2
 // and pp2·dp2·ep2. Tolerances as in test/parallel_train.test.ts (only the order of f32
 // additions differs: per-stage and per-cp-rank partial sums, then the reductions; losses and
-// norms seen within 1.2e-6 relative), except each tensor's ‖Δ‖/‖w‖ < 2e-5 under pp: in layer
-// 0's o_proj one element's gradient cancels to ~3e-8 (near Adam's eps), differs by 1% between
-// the summation orders, and its step-1 update by 2e-3·lr, which alone makes ‖Δ‖/‖w‖ 1.2e-5.
+// norms seen within 1.2e-6 relative), except each tensor's ‖Δ‖/‖w‖ < 2e-5 under pp and cp: in
+// layer 0's o_proj one element's gradient cancels to ~3e-8 (near Adam's eps), differs by 1%
+// between the summation orders, and its step-1 update by 2e-3·lr, which alone makes ‖Δ‖/‖w‖
+// 1.2e-5. Under cp the attention's order is the ring's (one launch per step since issue 14's
+// restructure: cp2 shows exactly that 1.2e-5, 1.9e-3·lr; the ring's o and gradients stay within
+// ~1e-7 of the whole sequence's, as before, in test/ring_attention.test.ts).
 //
 // Then the command line: the start-up lines of a pipelined run, and a checkpoint saved under
 // pp2·dp2·ep2 resumed under cp2 and under one process. On 2 cores the 8-rank equivalence takes
@@ -53,7 +56,7 @@ describe('pipeline and context-parallel training equal the single process (3 ste
   ];
   for (const [name, layout] of cases) {
     test(name, async (t) => {
-      const relL2Max = (layout.pp ?? 1) > 1 ? 2e-5 : 1e-5;
+      const relL2Max = (layout.pp ?? 1) > 1 || (layout.cp ?? 1) > 1 ? 2e-5 : 1e-5;
       assertEquivalent(await single(layout), launchedLayout(layout, tmp()), layoutConfig(layout).optimizer.lr, (l) => t.diagnostic(l), relL2Max);
     });
   }

@@ -13,7 +13,7 @@ import { mlaAttention } from '../src/ops/mla_attention.js';
 import { tidy } from '../src/tensor/scope.js';
 import { LocalCommunicator } from '../src/parallel/local_communicator.js';
 import { ringMerge, ringMlaAttention } from '../src/parallel/ring_attention.js';
-import { blockKind, ringBlocks, zigzagChunk, zigzagJoin, zigzagPositions, zigzagSplit } from '../src/parallel/zigzag.js';
+import { blockKind, ringBlocks, ringStep, zigzagChunk, zigzagJoin, zigzagPositions, zigzagSplit } from '../src/parallel/zigzag.js';
 
 const cli = path.join(packageRoot(), 'dist', 'src', 'cli', 'main.js');
 const rankScript = path.join(packageRoot(), 'dist', 'test', 'helpers', 'ring_rank.js');
@@ -63,6 +63,37 @@ test('ring blocks: every causal chunk pair exactly once, and the same work on ev
     for (let q = 0; q < 2 * cp; q++) for (let k = 0; k <= q; k++) assert.equal(seen.get(`${q},${k}`), q === k ? 'diagonal' : 'full', `cp${cp}: block ${q},${k}`);
     assert.equal(seen.size, cp * (2 * cp + 1));
     assert.deepEqual(work, new Array(cp).fill(2 * cp), `cp${cp}: causal work per rank`);
+  }
+});
+
+test('ring steps: one launch per step covers exactly the causal pairs of its blocks, with the local causal mask or none', () => {
+  const c = 3;
+  for (const cp of [1, 2, 3, 4, 5]) {
+    const S = 2 * cp * c;
+    for (let r = 0; r < cp; r++) {
+      const qPos = zigzagPositions(S, cp, r);
+      const seen = new Set<string>();
+      for (let j = 0; j < cp; j++) {
+        const source = (r - j + cp) % cp, kPos = zigzagPositions(S, cp, source), step = ringStep(cp, r, source);
+        const qIdx = step.q === 'both' ? [...Array(2 * c).keys()] : [...Array(c).keys()].map((i) => c + i);
+        const kIdx = step.kv === 'both' ? [...Array(2 * c).keys()] : [...Array(c).keys()];
+        if (step.causal) assert.equal(qIdx.length, kIdx.length, `cp${cp} r${r} step ${j}: a causal launch is square`);
+        // Inside the launch, its mask (launch-local indices) is the global causal mask.
+        qIdx.forEach((qi, a) => kIdx.forEach((ki, b) => {
+          const sees = step.causal ? b <= a : true, want = kPos[ki]! <= qPos[qi]!;
+          assert.equal(sees, want, `cp${cp} r${r} step ${j}: q ${qPos[qi]} k ${kPos[ki]}`);
+          if (sees) seen.add(`${qPos[qi]},${kPos[ki]}`);
+        }));
+        // The same chunk pairs as the step's blocks.
+        const chunks = (side: 'both' | 0 | 1, of: number) => (side === 'both' ? [0, 1] : [side]).map((x) => [of, 2 * cp - 1 - of][x]!);
+        const fromStep = chunks(step.q, r).flatMap((qc) => chunks(step.kv, source).filter((kc) => blockKind(qc, kc) !== 'skip').map((kc) => `${qc},${kc}`)).sort();
+        const fromBlocks = ringBlocks(cp, r, source).map((b) => `${[r, 2 * cp - 1 - r][b.q]},${[source, 2 * cp - 1 - source][b.k]}`).sort();
+        assert.deepEqual(fromStep, fromBlocks, `cp${cp} r${r} step ${j}`);
+      }
+      // Over the steps: every (query, key ≤ query) pair of this rank's queries.
+      const want = qPos.reduce((n, q) => n + q + 1, 0);
+      assert.equal(seen.size, want, `cp${cp} r${r}: causal pairs covered`);
+    }
   }
 });
 

@@ -156,12 +156,13 @@ export interface Backend extends StorageOwner {
   scatterAddRows(out: Tensor, src: Tensor, idx: Tensor, weights: Tensor | null): void;
 
   /**
-   * MLA attention. qNope [B,S,H,Dn], qPe [B,S,H,Dr], kNope [B,S,H,Dn], kPe [B,S,1,Dr] (shared by
-   * every head), v [B,S,H,Dv], all bf16 (or all f32); o [B,S,H,Dv] like the inputs; lse [B,H,S] f32
-   * (natural log of the softmax denominator of the scaled scores).
+   * MLA attention. qNope [B,Sq,H,Dn], qPe [B,Sq,H,Dr], kNope [B,Skv,H,Dn], kPe [B,Skv,1,Dr] (shared
+   * by every head), v [B,Skv,H,Dv], all bf16 (or all f32); o [B,Sq,H,Dv] like the inputs; lse
+   * [B,H,Sq] f32 (natural log of the softmax denominator of the scaled scores). Sq ≠ Skv is a
+   * non-causal block (ring attention's steps); causal needs Sq = Skv (query i sees keys ≤ i).
    */
   mlaAttention(o: Tensor, lse: Tensor, qNope: Tensor, qPe: Tensor, kNope: Tensor, kPe: Tensor, v: Tensor, opts: AttentionOptions): void;
-  /** Gradients of mlaAttention (overwritten); dkPe [B,S,1,Dr] is summed over heads. */
+  /** Gradients of mlaAttention (overwritten), each shaped as its input; dkPe [B,Skv,1,Dr] is summed over heads. */
   mlaAttentionBackward(
     grads: { dqNope: Tensor; dqPe: Tensor; dkNope: Tensor; dkPe: Tensor; dv: Tensor },
     dout: Tensor, qNope: Tensor, qPe: Tensor, kNope: Tensor, kPe: Tensor, v: Tensor, o: Tensor, lse: Tensor,

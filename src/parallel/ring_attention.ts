@@ -14,12 +14,23 @@
 // choice there. The op takes the five pieces the model already has, so cp = 1 and the
 // whole-sequence path share them.
 //
-// Forward: cp steps; at step j the rank holds the k/v of rank (r − j) mod cp and computes the
-// blocks ringBlocks() names (causal-diagonal or full, each through Backend.mlaAttention with its
-// lse), merging each into its q half's f32 output by log-sum-exp (ringMerge), then passes the
-// k/v on to r + 1. Backward: the FlashAttention identity per block with the MERGED o and lse;
-// k/v travel the other way (to r − 1) together with an f32 accumulator of their dk_nope, dk_pe
-// (summed over heads) and dv, which arrives back at its owner after the last step; dq stays local.
+// One attention launch per ring step (zigzag.ts, ringStep): a rank's local tokens are chunks r
+// and 2·cp−1−r in increasing global order, so with its own k/v (step 0) the ordinary causal mask
+// over the 2·c local tokens is exact (one causal launch of length 2·c); with the k/v of a rank
+// j < r both q chunks see kv chunk j fully and chunk 2·cp−1−j not at all (one unmasked launch,
+// q 2·c × kv c); with j > r only q chunk 2·cp−1−r sees both kv chunks (q c × kv 2·c). So a rank
+// makes 1 causal launch and cp−1 unmasked ones with Sq ≠ Skv, each large enough to fill the GPU,
+// instead of 2·cp+1 launches of c×c chunk blocks. The k/v pack holds each of k_nope, k_pe and v
+// contiguous over both halves, so kv 2·c is a view of it; kv half 0 is a view too, which the
+// kernels take as it is when B = 1 and as a contiguous copy when B > 1 (its rows are then not
+// contiguous: each batch row's second half sits in between).
+//
+// Forward: cp steps; at step j the rank holds the k/v of rank (r − j) mod cp, makes that step's
+// launch through Backend.mlaAttention with its lse, and merges each q half of the result into
+// that half's f32 output by log-sum-exp (ringMerge), then passes the k/v on to r + 1. Backward:
+// the FlashAttention identity per launch with the MERGED o and lse; k/v travel the other way (to
+// r − 1) together with an f32 accumulator of their dk_nope, dk_pe (summed over heads) and dv,
+// which arrives back at its owner after the last step; dq stays local.
 //
 // Shape legend: B batch, L = S/cp local tokens (two chunks of c = L/2), H heads, Dn/Dr/Dv widths.
 import { backendOf, type AttentionOptions, type Backend } from '../backend/backend.js';
@@ -28,23 +39,33 @@ import { tidy } from '../tensor/scope.js';
 import { contiguousStrides, emptyTensor, type Shape, type Tensor } from '../tensor/tensor.js';
 import type { DType } from '../tensor/dtype.js';
 import type { Communicator } from './communicator.js';
-import { ringBlocks } from './zigzag.js';
+import { ringStep, type RingStep } from './zigzag.js';
 
 /** Options of ringMlaAttention: the softmax scale (attention over the whole sequence is causal). */
 export interface RingAttentionOptions { scale: number }
 
 interface Dims { B: number; L: number; c: number; H: number; Dn: number; Dr: number; Dv: number }
 
-/** k_nope [B,c,H,Dn], k_pe [B,c,1,Dr] and v [B,c,H,Dv] of one local half. */
-interface KvHalf { kNope: Tensor; kPe: Tensor; v: Tensor }
-
-/** Both halves' k/v as contiguous views of one flat buffer (one message per ring step). */
-interface KvPack { buf: Tensor; halves: [KvHalf, KvHalf] }
+/** k_nope [B,L,H,Dn], k_pe [B,L,1,Dr] and v [B,L,H,Dv] of one rank, each contiguous, as views of one flat buffer (one message per ring step). */
+interface KvPack { buf: Tensor; kNope: Tensor; kPe: Tensor; v: Tensor }
 
 function kvPack(be: Backend, d: Dims, dtype: DType): KvPack {
+  const shapes: Shape[] = [[d.B, d.L, d.H, d.Dn], [d.B, d.L, 1, d.Dr], [d.B, d.L, d.H, d.Dv]];
+  const buf = emptyTensor(be, [shapes.reduce((n, s) => n + s.reduce((a, b) => a * b, 1), 0)], dtype);
+  let at = buf.offset;
+  const [kNope, kPe, v] = shapes.map((s) => { const t = buf.view(s, contiguousStrides(s), at); at += t.size; return t; }) as [Tensor, Tensor, Tensor];
+  return { buf, kNope, kPe, v };
+}
+
+/** f32 accumulators of dk_nope, dk_pe, dv for each local half of one rank's k/v, in one buffer. */
+interface GradPack { buf: Tensor; halves: [KvHalf, KvHalf] }
+/** k_nope [B,c,H,Dn], k_pe [B,c,1,Dr] and v [B,c,H,Dv] (or their gradients) of one local half. */
+interface KvHalf { kNope: Tensor; kPe: Tensor; v: Tensor }
+
+function gradPack(be: Backend, d: Dims): GradPack {
   const shapes: Shape[] = [[d.B, d.c, d.H, d.Dn], [d.B, d.c, 1, d.Dr], [d.B, d.c, d.H, d.Dv]];
   const per = shapes.reduce((n, s) => n + s.reduce((a, b) => a * b, 1), 0);
-  const buf = emptyTensor(be, [2 * per], dtype);
+  const buf = emptyTensor(be, [2 * per], 'f32');
   let at = buf.offset;
   const half = (): KvHalf => {
     const [kNope, kPe, v] = shapes.map((s) => { const t = buf.view(s, contiguousStrides(s), at); at += t.size; return t; }) as [Tensor, Tensor, Tensor];
@@ -66,21 +87,56 @@ function halfOf(be: Backend, t: Tensor, x: 0 | 1, c: number, dtype: DType = t.dt
   return out;
 }
 
+/** t itself (as a new view) when contiguous, else a contiguous copy: what the attention kernels take. Dispose after use. */
+function contiguous(be: Backend, t: Tensor): Tensor {
+  if (t.isContiguous()) return t.view(t.shape, t.strides, t.offset);
+  const out = emptyTensor(be, t.shape, t.dtype);
+  be.copy(out, t);
+  return out;
+}
+
 /** View of half x of an lse [B, H, L] as [B, H, c]. */
 function lseHalfView(lse: Tensor, x: 0 | 1, c: number): Tensor {
   return lse.view([lse.shape[0]!, lse.shape[1]!, c], lse.strides, lse.offset + x * c);
 }
 
-/** Copies the local k/v pieces [B, L, …] into the halves of a pack. */
-function fillPack(be: Backend, p: KvPack, kNope: Tensor, kPe: Tensor, v: Tensor, c: number): void {
-  for (const x of [0, 1] as const) {
-    const h = p.halves[x];
-    for (const [dst, src] of [[h.kNope, kNope], [h.kPe, kPe], [h.v, v]] as const) {
-      const view = halfView(src, x, c);
-      be.copy(dst, view);
-      view.dispose();
-    }
-  }
+/** A contiguous copy of half x of an lse [B, H, L]. */
+function lseHalfOf(be: Backend, lse: Tensor, x: 0 | 1, c: number): Tensor {
+  const view = lseHalfView(lse, x, c), out = emptyTensor(be, view.shape, lse.dtype);
+  be.copy(out, view);
+  view.dispose();
+  return out;
+}
+
+/** The k/v operands of a step's launch: the whole pack (kv 2·c) or its half 0 (kv c; a copy when B > 1). Dispose after use. */
+function kvOperands(be: Backend, p: KvPack, kv: RingStep['kv'], c: number): KvHalf {
+  const pick = (t: Tensor): Tensor => {
+    if (kv === 'both') return t.view(t.shape, t.strides, t.offset);
+    const view = halfView(t, 0, c), out = contiguous(be, view);
+    view.dispose();
+    return out;
+  };
+  return { kNope: pick(p.kNope), kPe: pick(p.kPe), v: pick(p.v) };
+}
+
+function disposeKv(t: KvHalf): void {
+  t.kNope.dispose();
+  t.kPe.dispose();
+  t.v.dispose();
+}
+
+/** Local halves (0, 1) a side of a step covers, with the view of half x of a result [B, 2·c or c, …] of that side. */
+function sideHalves(side: 'both' | 0 | 1, c: number): { x: 0 | 1; part: (t: Tensor) => Tensor; partLse: (t: Tensor) => Tensor }[] {
+  const whole = (t: Tensor) => t.view(t.shape, t.strides, t.offset);
+  if (side !== 'both') return [{ x: side, part: whole, partLse: whole }];
+  return ([0, 1] as const).map((x) => ({ x, part: (t: Tensor) => halfView(t, x, c), partLse: (t: Tensor) => lseHalfView(t, x, c) }));
+}
+
+/** Copies the local k/v pieces [B, L, …] into a pack. */
+function fillPack(be: Backend, p: KvPack, kNope: Tensor, kPe: Tensor, v: Tensor): void {
+  be.copy(p.kNope, kNope);
+  be.copy(p.kPe, kPe);
+  be.copy(p.v, v);
 }
 
 function dimsOf(qNope: Tensor, qPe: Tensor, kNope: Tensor, kPe: Tensor, v: Tensor, cp: number): Dims {
@@ -93,7 +149,8 @@ function dimsOf(qNope: Tensor, qPe: Tensor, kNope: Tensor, kPe: Tensor, v: Tenso
 }
 
 /**
- * Merges a block's (o [B,c,H,Dv], lse [B,H,c]) into the running f32 (acc.o, acc.lse), in place:
+ * Merges a block's (o [B,c,H,Dv], lse [B,H,c]; views of any strides) into the running f32
+ * (acc.o, acc.lse), contiguous, in place:
  * lse' = log(e^lse_acc + e^lse) = lse_acc + max(δ, 0) + log(1 + e^−|δ|) with δ = lse − lse_acc
  * (no exp of a positive number, so nothing overflows), then o' = o_acc·e^(lse_acc−lse') +
  * o·e^(lse−lse'), both weights ≤ 1.
@@ -129,29 +186,38 @@ export function ringMerge(be: Backend, acc: { o: Tensor; lse: Tensor }, o: Tenso
 }
 
 /** The forward ring: o [B,L,H,Dv] in v's dtype and the merged lse [B,H,L] f32. */
-function ringForward(be: Backend, comm: Communicator, d: Dims, q: { nope: Tensor; pe: Tensor }[], kNope: Tensor, kPe: Tensor, v: Tensor, scale: number): { o: Tensor; lse: Tensor } {
+function ringForward(be: Backend, comm: Communicator, d: Dims, qNope: Tensor, qPe: Tensor, kNope: Tensor, kPe: Tensor, v: Tensor, scale: number): { o: Tensor; lse: Tensor } {
   const { B, L, c, H, Dv } = d, cp = comm.size, r = comm.rank;
   const o = emptyTensor(be, [B, L, H, Dv], v.dtype), lse = emptyTensor(be, [B, H, L], 'f32');
   tidy(() => {
-    let cur = kvPack(be, d, kNope.dtype), next = kvPack(be, d, kNope.dtype);
-    fillPack(be, cur, kNope, kPe, v, c);
-    const acc: ({ o: Tensor; lse: Tensor } | null)[] = [null, null];
+    const q = {
+      both: { nope: contiguous(be, qNope), pe: contiguous(be, qPe) },
+      1: cp > 1 ? { nope: halfOf(be, qNope, 1, c), pe: halfOf(be, qPe, 1, c) } : null,
+    };
+    let cur = kvPack(be, d, kNope.dtype), next = cp > 1 ? kvPack(be, d, kNope.dtype) : cur;
+    fillPack(be, cur, kNope, kPe, v);
+    const acc = ([0, 1] as const).map(() => ({ o: emptyTensor(be, [B, c, H, Dv], 'f32'), lse: emptyTensor(be, [B, H, c], 'f32') }));
     for (let j = 0; j < cp; j++) {
-      const source = (r - j + cp) % cp;
-      for (const blk of ringBlocks(cp, r, source)) {
-        const kv = cur.halves[blk.k], qh = q[blk.q]!;
-        const bo = emptyTensor(be, [B, c, H, Dv], v.dtype), bl = emptyTensor(be, [B, H, c], 'f32');
-        be.mlaAttention(bo, bl, qh.nope, qh.pe, kv.kNope, kv.kPe, kv.v, { causal: blk.kind === 'diagonal', scale });
-        const a = acc[blk.q];
-        if (a) {
-          ringMerge(be, a, bo, bl);
+      const step = ringStep(cp, r, (r - j + cp) % cp);
+      const qs = q[step.q]!, Sq = step.q === 'both' ? L : c;
+      const kv = kvOperands(be, cur, step.kv, c);
+      const bo = emptyTensor(be, [B, Sq, H, Dv], v.dtype), bl = emptyTensor(be, [B, H, Sq], 'f32');
+      be.mlaAttention(bo, bl, qs.nope, qs.pe, kv.kNope, kv.kPe, kv.v, { causal: step.causal, scale });
+      disposeKv(kv);
+      for (const { x, part, partLse } of sideHalves(step.q, c)) {
+        const ov = part(bo), lv = partLse(bl), a = acc[x]!;
+        // Step 0 (own k/v, both halves) starts each half's accumulator.
+        if (j === 0) {
+          be.copy(a.o, ov);
+          be.copy(a.lse, lv);
         } else {
-          const first = { o: emptyTensor(be, bo.shape, 'f32'), lse: bl };
-          be.copy(first.o, bo);
-          acc[blk.q] = first;
+          ringMerge(be, a, ov, lv);
         }
-        bo.dispose();
+        ov.dispose();
+        lv.dispose();
       }
+      bo.dispose();
+      bl.dispose();
       if (j < cp - 1) {
         comm.sendRecv(cur.buf, (r + 1) % cp, next.buf, (r - 1 + cp) % cp);
         [cur, next] = [next, cur];
@@ -164,13 +230,6 @@ function ringForward(be: Backend, comm: Communicator, d: Dims, q: { nope: Tensor
     }
   });
   return { o, lse };
-}
-
-/** f32 accumulators of dk_nope, dk_pe, dv for both halves of one rank's k/v, in one buffer. */
-function gradPack(be: Backend, d: Dims): KvPack {
-  const p = kvPack(be, d, 'f32');
-  be.fill(p.buf, 0);
-  return p;
 }
 
 interface InputGrads { dqNope: Tensor; dqPe: Tensor; dkNope: Tensor; dkPe: Tensor; dv: Tensor }
@@ -186,36 +245,53 @@ function ringBackward(
     dkNope: emptyTensor(be, [B, L, H, Dn], kNope.dtype), dkPe: emptyTensor(be, [B, L, 1, Dr], kPe.dtype), dv: emptyTensor(be, [B, L, H, Dv], v.dtype),
   };
   tidy(() => {
-    const halves = ([0, 1] as const).map((x) => {
-      const h = {
-        qNope: halfOf(be, qNope, x, c), qPe: halfOf(be, qPe, x, c), dout: halfOf(be, dout, x, c), o: halfOf(be, o, x, c),
-        lse: emptyTensor(be, [B, H, c], 'f32'),
-        dqNope: emptyTensor(be, [B, c, H, Dn], 'f32'), dqPe: emptyTensor(be, [B, c, H, Dr], 'f32'),
-      };
-      be.copy(h.lse, lseHalfView(lse, x, c));
-      be.fill(h.dqNope, 0);
-      be.fill(h.dqPe, 0);
+    // The q side of a launch: all L local tokens, or half 1 (contiguous copies).
+    const q = {
+      both: { qNope: contiguous(be, qNope), qPe: contiguous(be, qPe), dout: contiguous(be, dout), o: contiguous(be, o), lse: contiguous(be, lse) },
+      1: cp > 1 ? { qNope: halfOf(be, qNope, 1, c), qPe: halfOf(be, qPe, 1, c), dout: halfOf(be, dout, 1, c), o: halfOf(be, o, 1, c), lse: lseHalfOf(be, lse, 1, c) } : null,
+    };
+    // f32 dq of each local half.
+    const dq = ([0, 1] as const).map(() => {
+      const h = { nope: emptyTensor(be, [B, c, H, Dn], 'f32'), pe: emptyTensor(be, [B, c, H, Dr], 'f32') };
+      be.fill(h.nope, 0);
+      be.fill(h.pe, 0);
       return h;
     });
-    let cur = kvPack(be, d, kNope.dtype), next = kvPack(be, d, kNope.dtype);
-    let acc = gradPack(be, d), accNext = kvPack(be, d, 'f32');
-    fillPack(be, cur, kNope, kPe, v, c);
-    const g = {
-      dqNope: emptyTensor(be, [B, c, H, Dn], qNope.dtype), dqPe: emptyTensor(be, [B, c, H, Dr], qPe.dtype),
-      dkNope: emptyTensor(be, [B, c, H, Dn], kNope.dtype), dkPe: emptyTensor(be, [B, c, 1, Dr], kPe.dtype), dv: emptyTensor(be, [B, c, H, Dv], v.dtype),
+    let cur = kvPack(be, d, kNope.dtype), next = cp > 1 ? kvPack(be, d, kNope.dtype) : cur;
+    let acc = gradPack(be, d), accNext = cp > 1 ? gradPack(be, d) : acc;
+    be.fill(acc.buf, 0);
+    fillPack(be, cur, kNope, kPe, v);
+    // One set of launch gradients per (Sq, Skv) a step uses.
+    const gradsOf = new Map<string, InputGrads>();
+    const gradsFor = (Sq: number, Skv: number): InputGrads => {
+      const key = `${Sq}x${Skv}`;
+      let g = gradsOf.get(key);
+      if (!g) {
+        g = {
+          dqNope: emptyTensor(be, [B, Sq, H, Dn], qNope.dtype), dqPe: emptyTensor(be, [B, Sq, H, Dr], qPe.dtype),
+          dkNope: emptyTensor(be, [B, Skv, H, Dn], kNope.dtype), dkPe: emptyTensor(be, [B, Skv, 1, Dr], kPe.dtype), dv: emptyTensor(be, [B, Skv, H, Dv], v.dtype),
+        };
+        gradsOf.set(key, g);
+      }
+      return g;
     };
-    const addInto = (a: Tensor, b: Tensor) => be.binary('add', a, a, b);
+    const addInto = (a: Tensor, b: Tensor) => { be.binary('add', a, a, b); b.dispose(); };
     const prev = (r - 1 + cp) % cp, nextRank = (r + 1) % cp;
     for (let j = 0; j < cp; j++) {
-      const source = (r + j) % cp;
-      for (const blk of ringBlocks(cp, r, source)) {
-        const kv = cur.halves[blk.k], qh = halves[blk.q]!, dk = acc.halves[blk.k];
-        be.mlaAttentionBackward(g, qh.dout, qh.qNope, qh.qPe, kv.kNope, kv.kPe, kv.v, qh.o, qh.lse, { causal: blk.kind === 'diagonal', scale });
-        addInto(qh.dqNope, g.dqNope);
-        addInto(qh.dqPe, g.dqPe);
-        addInto(dk.kNope, g.dkNope);
-        addInto(dk.kPe, g.dkPe);
-        addInto(dk.v, g.dv);
+      const step = ringStep(cp, r, (r + j) % cp);
+      const qs = q[step.q]!, kv = kvOperands(be, cur, step.kv, c);
+      const g = gradsFor(step.q === 'both' ? L : c, step.kv === 'both' ? L : c);
+      be.mlaAttentionBackward(g, qs.dout, qs.qNope, qs.qPe, kv.kNope, kv.kPe, kv.v, qs.o, qs.lse, { causal: step.causal, scale });
+      disposeKv(kv);
+      for (const { x, part } of sideHalves(step.q, c)) {
+        addInto(dq[x]!.nope, part(g.dqNope));
+        addInto(dq[x]!.pe, part(g.dqPe));
+      }
+      for (const { x, part } of sideHalves(step.kv, c)) {
+        const a = acc.halves[x];
+        addInto(a.kNope, part(g.dkNope));
+        addInto(a.kPe, part(g.dkPe));
+        addInto(a.v, part(g.dv));
       }
       if (cp === 1) break;
       // k/v and their gradients move to r − 1; after the last step only the gradients move,
@@ -228,8 +304,8 @@ function ringBackward(
       [acc, accNext] = [accNext, acc];
     }
     for (const x of [0, 1] as const) {
-      const h = halves[x]!, a = acc.halves[x];
-      const pairs: [Tensor, Tensor][] = [[out.dqNope, h.dqNope], [out.dqPe, h.dqPe], [out.dkNope, a.kNope], [out.dkPe, a.kPe], [out.dv, a.v]];
+      const h = dq[x]!, a = acc.halves[x];
+      const pairs: [Tensor, Tensor][] = [[out.dqNope, h.nope], [out.dqPe, h.pe], [out.dkNope, a.kNope], [out.dkPe, a.kPe], [out.dv, a.v]];
       for (const [dst, src] of pairs) {
         const view = halfView(dst, x, c);
         be.copy(view, src);
@@ -245,14 +321,12 @@ function ringBackward(
  * [B,L,H,Dn], qPe [B,L,H,Dr], kNope [B,L,H,Dn], kPe [B,L,1,Dr], v [B,L,H,Dv] (the local tokens,
  * chunks r and 2·cp−1−r); every rank of `comm` (the cp group) calls it with the same shapes.
  * Returns o [B,L,H,Dv] (differentiable) and the merged lse [B,H,L] f32. With cp = 1 it computes
- * the same function as mlaAttention (as two chunks).
+ * the same function as mlaAttention (the same one causal launch).
  */
 export function ringMlaAttention(qNope: Tensor, qPe: Tensor, kNope: Tensor, kPe: Tensor, v: Tensor, opts: RingAttentionOptions, comm: Communicator): { o: Tensor; lse: Tensor } {
   const be = backendOf(qNope);
   const d = dimsOf(qNope, qPe, kNope, kPe, v, comm.size);
-  const q = tidy(() => ([0, 1] as const).map((x) => ({ nope: halfOf(be, qNope, x, d.c), pe: halfOf(be, qPe, x, d.c) })));
-  const { o, lse } = ringForward(be, comm, d, q, kNope, kPe, v, opts.scale);
-  for (const h of q) { h.nope.dispose(); h.pe.dispose(); }
+  const { o, lse } = ringForward(be, comm, d, qNope, qPe, kNope, kPe, v, opts.scale);
   const node = beginNode('ringMlaAttention', [qNope, qPe, kNope, kPe, v], 1);
   if (node) {
     const s = [qNope, qPe, kNope, kPe, v, o, lse].map((t) => node.save(t)) as [Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor];

@@ -2,8 +2,8 @@
 // S/(2·cp) tokens, and rank r holds chunks r and 2·cp−1−r, in that order, as its S/cp local
 // tokens. Under causal attention chunk i attends to i+1 chunks, so every rank has the same
 // work: (r+1) + (2·cp−r) = 2·cp+1 chunk blocks. Pure host functions: the global position of a
-// local token (RoPE rows), a rank's share of a [B, S] batch, and which blocks of a ring step a
-// rank computes.
+// local token (RoPE rows), a rank's share of a [B, S] batch, which chunk blocks of a ring step a
+// rank computes, and the one attention launch that covers them.
 
 /** The checked chunk length S/(2·cp); a user-facing error when cp does not divide S/2. */
 export function zigzagChunk(seqLen: number, cp: number): number {
@@ -81,4 +81,26 @@ export function ringBlocks(cp: number, rank: number, source: number): RingBlock[
     if (kind !== 'skip') out.push({ q, k, kind });
   }
   return out;
+}
+
+/**
+ * The one attention launch of a ring step: local q (both halves, or half 1 only) against the
+ * k/v held (both halves, or half 0 only), with the ordinary causal mask on local indices or none.
+ * Both halves of a side mean its 2·c tokens as one operand, in local order.
+ */
+export interface RingStep { q: 'both' | 1; kv: 'both' | 0; causal: boolean }
+
+/**
+ * The launch that covers exactly ringBlocks(cp, rank, source). A rank's local tokens are chunks
+ * r < 2·cp−1−r in increasing global order, so
+ *   own k/v (source = rank): causal over the 2·c local tokens with the local causal mask is the
+ *     two diagonal blocks plus q half 1 × kv half 0 (one causal launch of length 2·c);
+ *   source < rank: chunk `source` precedes both q chunks and chunk 2·cp−1−source follows both:
+ *     q 2·c × kv half 0 (c), no mask;
+ *   source > rank: only q chunk 2·cp−1−rank follows both kv chunks: q half 1 (c) × kv 2·c, no mask.
+ */
+export function ringStep(cp: number, rank: number, source: number): RingStep {
+  if (!(rank >= 0 && rank < cp && source >= 0 && source < cp)) throw new Error(`internal: ringStep(cp ${cp}, rank ${rank}, source ${source})`);
+  if (source === rank) return { q: 'both', kv: 'both', causal: true };
+  return source < rank ? { q: 'both', kv: 0, causal: false } : { q: 1, kv: 'both', causal: false };
 }

@@ -2,20 +2,26 @@
 // the pieces are first gathered into dense rows q = (q_nope | q_pe) and k = (k_nope | k_pe), with
 // k_pe shared by all heads, so the inner loops run over contiguous memory; the backward
 // recomputes probabilities from the saved lse, as the GPU kernels do, and sums dk_pe over heads.
+// q has Sq positions and k/v Skv (a non-causal block of ring attention has Sq ≠ Skv); the causal
+// mask compares positions, so it needs Sq = Skv (Backend.mlaAttention).
 import type { Tensor } from '../../tensor/tensor.js';
 import type { AttentionOptions } from '../backend.js';
 import { readF32, writeF32 } from './host.js';
 
-interface Dims { B: number; S: number; H: number; Dn: number; Dr: number; Dv: number }
+interface Dims { B: number; Sq: number; Skv: number; H: number; Dn: number; Dr: number; Dv: number }
 
-function dimsOf(qNope: Tensor, qPe: Tensor, v: Tensor): Dims {
-  const [B, S, H, Dn] = qNope.shape as [number, number, number, number];
-  return { B, S, H, Dn, Dr: qPe.shape[3]!, Dv: v.shape[3]! };
+function dimsOf(qNope: Tensor, qPe: Tensor, v: Tensor, opts: AttentionOptions): Dims {
+  const [B, Sq, H, Dn] = qNope.shape as [number, number, number, number];
+  const Skv = v.shape[1]!;
+  if (opts.causal && Sq !== Skv) {
+    throw new Error(`mlaAttention: a causal mask needs as many queries as keys, got q ${Sq} × kv ${Skv} positions; pass causal: false for a block of other positions`);
+  }
+  return { B, Sq, Skv, H, Dn, Dr: qPe.shape[3]!, Dv: v.shape[3]! };
 }
 
-/** Dense [S, Dn+Dr] rows of (nope | rope) for one (b, h); rope rows come from a [B,S,1,Dr] or [B,S,H,Dr] array. */
-function gatherRows(d: Dims, nope: Float32Array, rope: Float32Array, ropeHeads: number, b: number, h: number, out: Float32Array): void {
-  const { S, H, Dn, Dr } = d, Dq = Dn + Dr;
+/** Dense [S, Dn+Dr] rows of (nope | rope) for one (b, h) of S positions; rope rows come from a [B,S,1,Dr] or [B,S,H,Dr] array. */
+function gatherRows(d: Dims, S: number, nope: Float32Array, rope: Float32Array, ropeHeads: number, b: number, h: number, out: Float32Array): void {
+  const { H, Dn, Dr } = d, Dq = Dn + Dr;
   for (let s = 0; s < S; s++) {
     const n = ((b * S + s) * H + h) * Dn, r = ((b * S + s) * ropeHeads + (ropeHeads === 1 ? 0 : h)) * Dr;
     for (let i = 0; i < Dn; i++) out[s * Dq + i] = nope[n + i]!;
@@ -23,8 +29,8 @@ function gatherRows(d: Dims, nope: Float32Array, rope: Float32Array, ropeHeads: 
   }
 }
 
-function gatherHead(d: Dims, x: Float32Array, width: number, b: number, h: number, out: Float32Array): void {
-  const { S, H } = d;
+function gatherHead(d: Dims, S: number, x: Float32Array, width: number, b: number, h: number, out: Float32Array): void {
+  const { H } = d;
   for (let s = 0; s < S; s++) {
     const at = ((b * S + s) * H + h) * width;
     for (let i = 0; i < width; i++) out[s * width + i] = x[at + i]!;
@@ -43,28 +49,28 @@ function scores(q: Float32Array, k: Float32Array, s: number, last: number, Dq: n
 }
 
 export function cpuMlaAttention(o: Tensor, lse: Tensor, qNope: Tensor, qPe: Tensor, kNope: Tensor, kPe: Tensor, v: Tensor, opts: AttentionOptions): void {
-  const d = dimsOf(qNope, qPe, v);
-  const { B, S, H, Dn, Dr, Dv } = d, Dq = Dn + Dr;
+  const d = dimsOf(qNope, qPe, v, opts);
+  const { B, Sq, Skv, H, Dn, Dr, Dv } = d, Dq = Dn + Dr;
   const qn = readF32(qNope), qp = readF32(qPe), kn = readF32(kNope), kp = readF32(kPe), vv = readF32(v);
-  const out = new Float32Array(B * S * H * Dv), lseOut = new Float32Array(B * H * S);
-  const q = new Float32Array(S * Dq), k = new Float32Array(S * Dq), vh = new Float32Array(S * Dv), p = new Float32Array(S);
+  const out = new Float32Array(B * Sq * H * Dv), lseOut = new Float32Array(B * H * Sq);
+  const q = new Float32Array(Sq * Dq), k = new Float32Array(Skv * Dq), vh = new Float32Array(Skv * Dv), p = new Float32Array(Skv);
   for (let b = 0; b < B; b++) for (let h = 0; h < H; h++) {
-    gatherRows(d, qn, qp, H, b, h, q);
-    gatherRows(d, kn, kp, 1, b, h, k);
-    gatherHead(d, vv, Dv, b, h, vh);
-    for (let s = 0; s < S; s++) {
-      const last = opts.causal ? s : S - 1;
+    gatherRows(d, Sq, qn, qp, H, b, h, q);
+    gatherRows(d, Skv, kn, kp, 1, b, h, k);
+    gatherHead(d, Skv, vv, Dv, b, h, vh);
+    for (let s = 0; s < Sq; s++) {
+      const last = opts.causal ? s : Skv - 1;
       scores(q, k, s, last, Dq, opts.scale, p);
       let m = -Infinity;
       for (let t = 0; t <= last; t++) m = Math.max(m, p[t]!);
       let sum = 0;
       for (let t = 0; t <= last; t++) { const e = Math.exp(p[t]! - m); p[t] = e; sum += e; }
-      const oBase = ((b * S + s) * H + h) * Dv;
+      const oBase = ((b * Sq + s) * H + h) * Dv;
       for (let t = 0; t <= last; t++) {
         const w = p[t]! / sum, vt = t * Dv;
         for (let i = 0; i < Dv; i++) out[oBase + i] += w * vh[vt + i]!;
       }
-      lseOut[(b * H + h) * S + s] = m + Math.log(sum);
+      lseOut[(b * H + h) * Sq + s] = m + Math.log(sum);
     }
   }
   writeF32(o, out);
@@ -76,24 +82,24 @@ export function cpuMlaAttentionBackward(
   dout: Tensor, qNope: Tensor, qPe: Tensor, kNope: Tensor, kPe: Tensor, v: Tensor, o: Tensor, lse: Tensor,
   opts: AttentionOptions,
 ): void {
-  const d = dimsOf(qNope, qPe, v);
-  const { B, S, H, Dn, Dr, Dv } = d, Dq = Dn + Dr;
+  const d = dimsOf(qNope, qPe, v, opts);
+  const { B, Sq, Skv, H, Dn, Dr, Dv } = d, Dq = Dn + Dr;
   const qn = readF32(qNope), qp = readF32(qPe), kn = readF32(kNope), kp = readF32(kPe), vv = readF32(v);
   const oo = readF32(o), dO = readF32(dout), L = readF32(lse);
   const dqn = new Float32Array(qn.length), dqp = new Float32Array(qp.length);
   const dkn = new Float32Array(kn.length), dkp = new Float32Array(kp.length), dvv = new Float32Array(vv.length);
-  const q = new Float32Array(S * Dq), k = new Float32Array(S * Dq), vh = new Float32Array(S * Dv), g = new Float32Array(S * Dv);
-  const dq = new Float32Array(S * Dq), dk = new Float32Array(S * Dq), dvh = new Float32Array(S * Dv), p = new Float32Array(S);
+  const q = new Float32Array(Sq * Dq), k = new Float32Array(Skv * Dq), vh = new Float32Array(Skv * Dv), g = new Float32Array(Sq * Dv);
+  const dq = new Float32Array(Sq * Dq), dk = new Float32Array(Skv * Dq), dvh = new Float32Array(Skv * Dv), p = new Float32Array(Skv);
   for (let b = 0; b < B; b++) for (let h = 0; h < H; h++) {
-    gatherRows(d, qn, qp, H, b, h, q);
-    gatherRows(d, kn, kp, 1, b, h, k);
-    gatherHead(d, vv, Dv, b, h, vh);
-    gatherHead(d, dO, Dv, b, h, g);
+    gatherRows(d, Sq, qn, qp, H, b, h, q);
+    gatherRows(d, Skv, kn, kp, 1, b, h, k);
+    gatherHead(d, Skv, vv, Dv, b, h, vh);
+    gatherHead(d, Sq, dO, Dv, b, h, g);
     dq.fill(0); dk.fill(0); dvh.fill(0);
-    for (let s = 0; s < S; s++) {
-      const last = opts.causal ? s : S - 1;
+    for (let s = 0; s < Sq; s++) {
+      const last = opts.causal ? s : Skv - 1;
       scores(q, k, s, last, Dq, opts.scale, p);
-      const l = L[(b * H + h) * S + s]!, oBase = ((b * S + s) * H + h) * Dv, gs = s * Dv, qs = s * Dq;
+      const l = L[(b * H + h) * Sq + s]!, oBase = ((b * Sq + s) * H + h) * Dv, gs = s * Dv, qs = s * Dq;
       let delta = 0; // D = Σ dO·O
       for (let i = 0; i < Dv; i++) delta += dO[oBase + i]! * oo[oBase + i]!;
       for (let t = 0; t <= last; t++) {
@@ -104,10 +110,15 @@ export function cpuMlaAttentionBackward(
         for (let i = 0; i < Dq; i++) { dq[qs + i] += ds * k[kt + i]!; dk[kt + i] += ds * q[qs + i]!; }
       }
     }
-    for (let s = 0; s < S; s++) {
-      const row = (b * S + s) * H + h, pe = (b * S + s) * Dr;
-      for (let i = 0; i < Dn; i++) { dqn[row * Dn + i] = dq[s * Dq + i]!; dkn[row * Dn + i] = dk[s * Dq + i]!; }
-      for (let i = 0; i < Dr; i++) { dqp[row * Dr + i] = dq[s * Dq + Dn + i]!; dkp[pe + i] += dk[s * Dq + Dn + i]!; }
+    for (let s = 0; s < Sq; s++) {
+      const row = (b * Sq + s) * H + h;
+      for (let i = 0; i < Dn; i++) dqn[row * Dn + i] = dq[s * Dq + i]!;
+      for (let i = 0; i < Dr; i++) dqp[row * Dr + i] = dq[s * Dq + Dn + i]!;
+    }
+    for (let s = 0; s < Skv; s++) {
+      const row = (b * Skv + s) * H + h, pe = (b * Skv + s) * Dr;
+      for (let i = 0; i < Dn; i++) dkn[row * Dn + i] = dk[s * Dq + i]!;
+      for (let i = 0; i < Dr; i++) dkp[pe + i] += dk[s * Dq + Dn + i]!;
       for (let i = 0; i < Dv; i++) dvv[row * Dv + i] = dvh[s * Dv + i]!;
     }
   }

@@ -1,6 +1,6 @@
 // MLA attention backward, FlashAttention-2 style on mma.sync (sm_80 and later). Layouts as in
-// mla_attention_fwd.cu; every gradient has its input's layout, and dk_pe [B,S,1,64] is summed
-// over heads. With P = softmax(scale·Q·Kᵀ) (recomputed from lse) and D = rowsum(dO∘O):
+// mla_attention_fwd.cu (q, dout, o: Sq positions; k, v: Skv; Sq ≠ Skv only without the causal
+// mask); every gradient has its input's layout, and dk_pe [B,Skv,1,64] is summed over heads. With P = softmax(scale·Q·Kᵀ) (recomputed from lse) and D = rowsum(dO∘O):
 //   dV = Pᵀ·dO,  dP = dO·Vᵀ,  dS = P∘(dP − D),  dQ = scale·dS·K,  dK = scale·dSᵀ·Q
 //
 // Kernels, in launch order:
@@ -49,46 +49,49 @@ __device__ __forceinline__ void red_add_f32x2(float* p, float a, float b) {
 
 using namespace mla;
 
-// D[b,h,s] = Σ_d dO·O over the 128 value columns; one warp per (b,s,h) row. Also zeroes
-// dq_accum [B,S,H,192] and dkpe_accum [B,S,64] (either may be null).
+// D[b,h,s] = Σ_d dO·O over the 128 value columns; one warp per (b,s,h) query row (rows =
+// B·Sq·H). Also zeroes dq_accum [B,Sq,H,192] and the dkpe_count floats of dkpe_accum [B,Skv,64]
+// (either may be null; the key positions need not match the query rows, so dkpe_accum is
+// zeroed by a grid-stride loop over every thread of the launch).
 extern "C" __global__ void __launch_bounds__(MLA_BWD_PRE_THREADS)
 mla_attention_bwd_preprocess(const bf16_t* __restrict__ o, const bf16_t* __restrict__ dout, float* __restrict__ d_sum,
-                             float* __restrict__ dq_accum, float* __restrict__ dkpe_accum, int rows, int S, int H) {
+                             float* __restrict__ dq_accum, float* __restrict__ dkpe_accum, int rows, int Sq, int H,
+                             long long dkpe_count) {
   const int lane = threadIdx.x & 31;
+  if (dkpe_accum) {
+    const long long threads = static_cast<long long>(gridDim.x) * blockDim.x;
+    for (long long i = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x; i < dkpe_count; i += threads) dkpe_accum[i] = 0.f;
+  }
   const long long row = static_cast<long long>(blockIdx.x) * (blockDim.x >> 5) + (threadIdx.x >> 5);
   if (row >= rows) return;
   const int h = static_cast<int>(row % H);
   const long long bs = row / H;
-  const int s = static_cast<int>(bs % S);
-  const long long b = bs / S;
+  const int s = static_cast<int>(bs % Sq);
+  const long long b = bs / Sq;
   const uint2 ov = *reinterpret_cast<const uint2*>(o + row * D_V + lane * 4);
   const uint2 dv = *reinterpret_cast<const uint2*>(dout + row * D_V + lane * 4);
   float acc = bf16_to_f32(ov.x & 0xffff) * bf16_to_f32(dv.x & 0xffff) + bf16_to_f32(ov.x >> 16) * bf16_to_f32(dv.x >> 16) +
               bf16_to_f32(ov.y & 0xffff) * bf16_to_f32(dv.y & 0xffff) + bf16_to_f32(ov.y >> 16) * bf16_to_f32(dv.y >> 16);
   #pragma unroll
   for (int off = 16; off > 0; off >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, off);
-  if (lane == 0) d_sum[(b * H + h) * S + s] = acc;
+  if (lane == 0) d_sum[(b * H + h) * Sq + s] = acc;
   if (dq_accum) {
     #pragma unroll
     for (int i = 0; i < D_QK / 32; i++) dq_accum[row * D_QK + lane + 32 * i] = 0.f;
-  }
-  if (dkpe_accum && h == 0) {
-    dkpe_accum[bs * D_ROPE + lane] = 0.f;
-    dkpe_accum[bs * D_ROPE + lane + 32] = 0.f;
   }
 }
 
 // One block per (64-key tile n, head h, batch b). Warp w owns keys 16·(w%4).. of the tile for
 // Sᵀ, dPᵀ, dV, dK (value / qk columns split in halves by w/4) and queries 16·(w%4).. for dQ.
 // dq_accum null: dQ is left to mla_attention_bwd_dq. dkpe_per_head: 0 adds dk_pe into
-// dkpe_f32 [B,S,64] with atomics; 1 stores this head's part into dkpe_f32 [B,S,H,64].
+// dkpe_f32 [B,Skv,64] with atomics; 1 stores this head's part into dkpe_f32 [B,Skv,H,64].
 extern "C" __global__ void __launch_bounds__(BWD_THREADS, 1)
 mla_attention_bwd_dkdv(const bf16_t* __restrict__ q_nope, const bf16_t* __restrict__ q_pe,
                        const bf16_t* __restrict__ k_nope, const bf16_t* __restrict__ k_pe,
                        const bf16_t* __restrict__ v, const bf16_t* __restrict__ dout,
                        const float* __restrict__ lse, const float* __restrict__ d_sum,
                        bf16_t* __restrict__ dk_nope, bf16_t* __restrict__ dv, float* __restrict__ dq_accum,
-                       float* __restrict__ dkpe_f32, int S, int H, float scale, int causal, int dkpe_per_head) {
+                       float* __restrict__ dkpe_f32, int Sq, int Skv, int H, float scale, int causal, int dkpe_per_head) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   bf16_t* sK = reinterpret_cast<bf16_t*>(smem_raw);
   bf16_t* sV = sK + TILE * QK_STRIDE;
@@ -104,31 +107,32 @@ mla_attention_bwd_dkdv(const bf16_t* __restrict__ q_nope, const bf16_t* __restri
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int g = lane >> 2, t = lane & 3;
   const int w4 = warp & 3, half = warp >> 2;
-  const int num_tiles = (S + TILE - 1) / TILE;
+  const int num_tiles = (Sq + TILE - 1) / TILE;  // query tiles
   const int n = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
   const int k0 = n * TILE;
 
   const long long HS = static_cast<long long>(H);
-  const long long row_bsh0 = static_cast<long long>(b) * S * H + h;
+  const long long row_bsh0 = static_cast<long long>(b) * Sq * H + h;   // (b, s=0, h) query row
+  const long long krow_bsh0 = static_cast<long long>(b) * Skv * H + h;  // (b, s=0, h) key row
   const bf16_t* qn = q_nope + row_bsh0 * D_NOPE;
   const bf16_t* qp = q_pe + row_bsh0 * D_ROPE;
   const bf16_t* dog = dout + row_bsh0 * D_V;
-  const float* lse_bh = lse + (static_cast<long long>(b) * H + h) * S;
-  const float* d_bh = d_sum + (static_cast<long long>(b) * H + h) * S;
+  const float* lse_bh = lse + (static_cast<long long>(b) * H + h) * Sq;
+  const float* d_bh = d_sum + (static_cast<long long>(b) * H + h) * Sq;
 
-  load_tile_qk<BWD_THREADS>(aK, k_nope + (row_bsh0 + k0 * HS) * D_NOPE, HS * D_NOPE,
-                            k_pe + (static_cast<long long>(b) * S + k0) * D_ROPE, D_ROPE, S - k0, tid);
-  load_tile_v<BWD_THREADS>(aV, v + (row_bsh0 + k0 * HS) * D_V, HS * D_V, S - k0, tid);
+  load_tile_qk<BWD_THREADS>(aK, k_nope + (krow_bsh0 + k0 * HS) * D_NOPE, HS * D_NOPE,
+                            k_pe + (static_cast<long long>(b) * Skv + k0) * D_ROPE, D_ROPE, Skv - k0, tid);
+  load_tile_v<BWD_THREADS>(aV, v + (krow_bsh0 + k0 * HS) * D_V, HS * D_V, Skv - k0, tid);
 
   const int m_begin = causal ? n : 0;
   auto load_query_tile = [&](int m, int buf) {
     const int q0 = m * TILE;
     load_tile_qk<BWD_THREADS>(aQ + buf * TILE * QK_STRIDE * 2, qn + q0 * HS * D_NOPE, HS * D_NOPE, qp + q0 * HS * D_ROPE,
-                              HS * D_ROPE, S - q0, tid);
-    load_tile_v<BWD_THREADS>(adO + buf * TILE * V_STRIDE * 2, dog + q0 * HS * D_V, HS * D_V, S - q0, tid);
+                              HS * D_ROPE, Sq - q0, tid);
+    load_tile_v<BWD_THREADS>(adO + buf * TILE * V_STRIDE * 2, dog + q0 * HS * D_V, HS * D_V, Sq - q0, tid);
     // Rows past the end get lse = +inf, so their P is exactly 0.
-    if (tid < TILE) sLse[buf * TILE + tid] = q0 + tid < S ? lse_bh[q0 + tid] * LOG2E : inf_f32();
-    else if (tid < 2 * TILE) sD[buf * TILE + tid - TILE] = q0 + tid - TILE < S ? d_bh[q0 + tid - TILE] : 0.f;
+    if (tid < TILE) sLse[buf * TILE + tid] = q0 + tid < Sq ? lse_bh[q0 + tid] * LOG2E : inf_f32();
+    else if (tid < 2 * TILE) sD[buf * TILE + tid - TILE] = q0 + tid - TILE < Sq ? d_bh[q0 + tid - TILE] : 0.f;
   };
   load_query_tile(m_begin, 0);
   cp_async_commit();
@@ -187,7 +191,7 @@ mla_attention_bwd_dkdv(const bf16_t* __restrict__ q_nope, const bf16_t* __restri
     }
 
     // Pᵀ and dSᵀ = Pᵀ∘(dPᵀ − D) to shared memory as bf16 [key][query].
-    const bool need_mask = (causal && m == n) || k0 + TILE > S;
+    const bool need_mask = (causal && m == n) || k0 + TILE > Skv;
     #pragma unroll
     for (int j = 0; j < 4; j++)
       #pragma unroll
@@ -198,8 +202,8 @@ mla_attention_bwd_dkdv(const bf16_t* __restrict__ q_nope, const bf16_t* __restri
         float p1 = fast_exp2(acc_s[j][2 * r + 1] * scale_log2 - tLse[q_l + 1]);
         if (need_mask) {
           const int key = k0 + key_l, query = q0 + q_l;
-          if (key >= S || (causal && query < key)) p0 = 0.f;
-          if (key >= S || (causal && query + 1 < key)) p1 = 0.f;
+          if (key >= Skv || (causal && query < key)) p0 = 0.f;
+          if (key >= Skv || (causal && query + 1 < key)) p1 = 0.f;
         }
         const float ds0 = p0 * (acc_dp[j][2 * r] - tD[q_l]);
         const float ds1 = p1 * (acc_dp[j][2 * r + 1] - tD[q_l + 1]);
@@ -250,7 +254,7 @@ mla_attention_bwd_dkdv(const bf16_t* __restrict__ q_nope, const bf16_t* __restri
       #pragma unroll
       for (int r = 0; r < 2; r++) {
         const int query = q0 + w4 * 16 + g + r * 8;
-        if (query < S) {
+        if (query < Sq) {
           float* dst = dq_accum + (row_bsh0 + query * HS) * D_QK + half * 96 + 2 * t;
           #pragma unroll
           for (int j = 0; j < D_QK / 2 / 8; j++) red_add_f32x2(dst + j * 8, acc_dq[j][2 * r], acc_dq[j][2 * r + 1]);
@@ -264,8 +268,8 @@ mla_attention_bwd_dkdv(const bf16_t* __restrict__ q_nope, const bf16_t* __restri
   #pragma unroll
   for (int r = 0; r < 2; r++) {
     const int key = k0 + w4 * 16 + g + r * 8;
-    if (key >= S) continue;
-    const long long row = row_bsh0 + key * HS;
+    if (key >= Skv) continue;
+    const long long row = krow_bsh0 + key * HS;
     #pragma unroll
     for (int j = 0; j < D_V / 2 / 8; j++)
       *reinterpret_cast<u32*>(dv + row * D_V + half * 64 + j * 8 + 2 * t) = pack_bf16x2(acc_dv[j][2 * r], acc_dv[j][2 * r + 1]);
@@ -278,7 +282,7 @@ mla_attention_bwd_dkdv(const bf16_t* __restrict__ q_nope, const bf16_t* __restri
       } else if (dkpe_per_head) {
         *reinterpret_cast<float2*>(dkpe_f32 + row * D_ROPE + col - D_NOPE) = make_float2(x0, x1);
       } else {
-        red_add_f32x2(dkpe_f32 + (static_cast<long long>(b) * S + key) * D_ROPE + col - D_NOPE, x0, x1);
+        red_add_f32x2(dkpe_f32 + (static_cast<long long>(b) * Skv + key) * D_ROPE + col - D_NOPE, x0, x1);
       }
     }
   }
@@ -291,7 +295,7 @@ mla_attention_bwd_dq(const bf16_t* __restrict__ q_nope, const bf16_t* __restrict
                      const bf16_t* __restrict__ k_nope, const bf16_t* __restrict__ k_pe,
                      const bf16_t* __restrict__ v, const bf16_t* __restrict__ dout,
                      const float* __restrict__ lse, const float* __restrict__ d_sum,
-                     bf16_t* __restrict__ dq_nope, bf16_t* __restrict__ dq_pe, int S, int H, float scale, int causal) {
+                     bf16_t* __restrict__ dq_nope, bf16_t* __restrict__ dq_pe, int Sq, int Skv, int H, float scale, int causal) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   bf16_t* sQ = reinterpret_cast<bf16_t*>(smem_raw);
   bf16_t* sK = sQ + TILE * QK_STRIDE;         // [2][TILE][QK_STRIDE]
@@ -303,30 +307,31 @@ mla_attention_bwd_dq(const bf16_t* __restrict__ q_nope, const bf16_t* __restrict
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int g = lane >> 2, t = lane & 3;
   const int w4 = warp & 3, half = warp >> 2;
-  const int num_tiles = (S + TILE - 1) / TILE;
+  const int num_tiles = (Sq + TILE - 1) / TILE;  // query tiles
   const int m = num_tiles - 1 - blockIdx.x, h = blockIdx.y, b = blockIdx.z;
   const int q0 = m * TILE;
 
   const long long HS = static_cast<long long>(H);
-  const long long row_bsh0 = static_cast<long long>(b) * S * H + h;
-  const bf16_t* kn = k_nope + row_bsh0 * D_NOPE;
-  const bf16_t* kp = k_pe + static_cast<long long>(b) * S * D_ROPE;
-  const bf16_t* vv = v + row_bsh0 * D_V;
+  const long long row_bsh0 = static_cast<long long>(b) * Sq * H + h;   // (b, s=0, h) query row
+  const long long krow_bsh0 = static_cast<long long>(b) * Skv * H + h;  // (b, s=0, h) key row
+  const bf16_t* kn = k_nope + krow_bsh0 * D_NOPE;
+  const bf16_t* kp = k_pe + static_cast<long long>(b) * Skv * D_ROPE;
+  const bf16_t* vv = v + krow_bsh0 * D_V;
 
   load_tile_qk<BWD_THREADS>(aQ, q_nope + (row_bsh0 + q0 * HS) * D_NOPE, HS * D_NOPE,
-                            q_pe + (row_bsh0 + q0 * HS) * D_ROPE, HS * D_ROPE, S - q0, tid);
-  load_tile_v<BWD_THREADS>(adO, dout + (row_bsh0 + q0 * HS) * D_V, HS * D_V, S - q0, tid);
-  load_tile_qk<BWD_THREADS>(aK, kn, HS * D_NOPE, kp, D_ROPE, S, tid);
-  load_tile_v<BWD_THREADS>(aV, vv, HS * D_V, S, tid);
+                            q_pe + (row_bsh0 + q0 * HS) * D_ROPE, HS * D_ROPE, Sq - q0, tid);
+  load_tile_v<BWD_THREADS>(adO, dout + (row_bsh0 + q0 * HS) * D_V, HS * D_V, Sq - q0, tid);
+  load_tile_qk<BWD_THREADS>(aK, kn, HS * D_NOPE, kp, D_ROPE, Skv, tid);
+  load_tile_v<BWD_THREADS>(aV, vv, HS * D_V, Skv, tid);
   cp_async_commit();
 
   float lse2[2], dsum[2];
   #pragma unroll
   for (int r = 0; r < 2; r++) {
     const int query = q0 + w4 * 16 + g + r * 8;
-    const long long i = (static_cast<long long>(b) * H + h) * S + query;
-    lse2[r] = query < S ? lse[i] * LOG2E : inf_f32();
-    dsum[r] = query < S ? d_sum[i] : 0.f;
+    const long long i = (static_cast<long long>(b) * H + h) * Sq + query;
+    lse2[r] = query < Sq ? lse[i] * LOG2E : inf_f32();
+    dsum[r] = query < Sq ? d_sum[i] : 0.f;
   }
 
   const float scale_log2 = scale * LOG2E;
@@ -334,14 +339,14 @@ mla_attention_bwd_dq(const bf16_t* __restrict__ q_nope, const bf16_t* __restrict
   #pragma unroll
   for (int j = 0; j < D_QK / 16; j++) acc_dq[j][0] = acc_dq[j][1] = acc_dq[j][2] = acc_dq[j][3] = 0.f;
 
-  const int n_tiles = causal ? m + 1 : num_tiles;
+  const int n_tiles = causal ? m + 1 : (Skv + TILE - 1) / TILE;
   for (int n = 0; n < n_tiles; n++) {
     const int buf = n & 1;
     if (n + 1 < n_tiles) {
       const int kn0 = (n + 1) * TILE;
       load_tile_qk<BWD_THREADS>(aK + (buf ^ 1) * TILE * QK_STRIDE * 2, kn + kn0 * HS * D_NOPE, HS * D_NOPE,
-                                kp + static_cast<long long>(kn0) * D_ROPE, D_ROPE, S - kn0, tid);
-      load_tile_v<BWD_THREADS>(aV + (buf ^ 1) * TILE * V_STRIDE * 2, vv + kn0 * HS * D_V, HS * D_V, S - kn0, tid);
+                                kp + static_cast<long long>(kn0) * D_ROPE, D_ROPE, Skv - kn0, tid);
+      load_tile_v<BWD_THREADS>(aV + (buf ^ 1) * TILE * V_STRIDE * 2, vv + kn0 * HS * D_V, HS * D_V, Skv - kn0, tid);
       cp_async_commit();
       cp_async_wait<1>();
     } else {
@@ -380,7 +385,7 @@ mla_attention_bwd_dq(const bf16_t* __restrict__ q_nope, const bf16_t* __restrict
       mma16816(acc_dp[3], a, bv2[2], bv2[3]);
     }
 
-    const bool need_mask = (causal && n == m) || k0 + TILE > S;
+    const bool need_mask = (causal && n == m) || k0 + TILE > Skv;
     #pragma unroll
     for (int j = 0; j < 4; j++)
       #pragma unroll
@@ -391,8 +396,8 @@ mla_attention_bwd_dq(const bf16_t* __restrict__ q_nope, const bf16_t* __restrict
         float p1 = fast_exp2(acc_s[j][2 * r + 1] * scale_log2 - lse2[r]);
         if (need_mask) {
           const int key = k0 + key_l, query = q0 + q_l;
-          if (key >= S || (causal && query < key)) p0 = 0.f;
-          if (key + 1 >= S || (causal && query < key + 1)) p1 = 0.f;
+          if (key >= Skv || (causal && query < key)) p0 = 0.f;
+          if (key + 1 >= Skv || (causal && query < key + 1)) p1 = 0.f;
         }
         *reinterpret_cast<u32*>(sdS + q_l * P_STRIDE + key_l) =
             pack_bf16x2(p0 * (acc_dp[j][2 * r] - dsum[r]), p1 * (acc_dp[j][2 * r + 1] - dsum[r]));
@@ -417,7 +422,7 @@ mla_attention_bwd_dq(const bf16_t* __restrict__ q_nope, const bf16_t* __restrict
   #pragma unroll
   for (int r = 0; r < 2; r++) {
     const int query = q0 + w4 * 16 + g + r * 8;
-    if (query >= S) continue;
+    if (query >= Sq) continue;
     const long long row = row_bsh0 + query * HS;
     #pragma unroll
     for (int j = 0; j < D_QK / 2 / 8; j++) {
@@ -429,14 +434,15 @@ mla_attention_bwd_dq(const bf16_t* __restrict__ q_nope, const bf16_t* __restrict
   }
 }
 
-// One block per (b, s) position: dq_accum (f32, unscaled; null in deterministic mode) → scaled
-// bf16 dq_nope/dq_pe, and dk_pe = Σ_h of the f32 dk_pe parts → bf16.
+// One block per flat position index bs (launched for the larger of B·Sq query and B·Skv key
+// positions): for a query position, dq_accum (f32, unscaled; null in deterministic mode) →
+// scaled bf16 dq_nope/dq_pe; for a key position, dk_pe = Σ_h of the f32 dk_pe parts → bf16.
 extern "C" __global__ void __launch_bounds__(MLA_BWD_FINISH_THREADS)
 mla_attention_bwd_finish(const float* __restrict__ dq_accum, bf16_t* __restrict__ dq_nope, bf16_t* __restrict__ dq_pe,
                          const float* __restrict__ dkpe_f32, bf16_t* __restrict__ dk_pe, int H, float scale,
-                         int dkpe_per_head) {
+                         int dkpe_per_head, int q_positions, int k_positions) {
   const long long bs = blockIdx.x;
-  if (dq_accum) {
+  if (dq_accum && bs < q_positions) {
     for (int i = threadIdx.x; i < H * (D_QK / 2); i += blockDim.x) {
       const int h = i / (D_QK / 2), c = (i % (D_QK / 2)) * 2;
       const long long row = bs * H + h;
@@ -446,6 +452,7 @@ mla_attention_bwd_finish(const float* __restrict__ dq_accum, bf16_t* __restrict_
       else *reinterpret_cast<u32*>(dq_pe + row * D_ROPE + c - D_NOPE) = y;
     }
   }
+  if (bs >= k_positions) return;
   for (int c = threadIdx.x; c < D_ROPE; c += blockDim.x) {
     float sum;
     if (dkpe_per_head) {

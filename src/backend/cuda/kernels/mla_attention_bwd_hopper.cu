@@ -7,14 +7,16 @@
 // With P = exp(scale·Q·Kᵀ − lse) (recomputed), D from preprocess:
 //   dV = Pᵀ·dO,  dP = dO·Vᵀ,  dS = P∘(dP − D),  dK = scale·dSᵀ·Q,  dQ(unscaled) = dS·K
 //
-// Launch: grid (H, ceil(S/128), B), 384 threads, HB_SMEM_BYTES of dynamic shared memory
+// q, dout, o have Sq positions and k, v Skv (Sq ≠ Skv only without the causal mask: a ring
+// attention block); the tensor maps of q, dout and dq_accum span Sq, those of k, v Skv.
+// Launch: grid (H, ceil(Skv/128), B), 384 threads, HB_SMEM_BYTES of dynamic shared memory
 // (-D defines from ops/mla_attention.ts, MLA_HOP_BWD_DEFINES; the launcher uses the same).
 // Heads vary fastest and blockIdx.y is the key tile, so under a causal mask the longest key
 // tiles (the first, which see every later query) of every head start first.
 // Arguments as mla_attention_bwd_dkdv, plus dq_accum's tensor map last: dq_accum null skips dQ
 // (deterministic mode, where mla_attention_bwd_dq computes it); otherwise dQ is added through
-// the map and the pointer only says that it is; dkpe_per_head 0 adds dk_pe into dkpe_f32 [B,S,64] with
-// atomics, 1 stores this head's part into dkpe_f32 [B,S,H,64].
+// the map and the pointer only says that it is; dkpe_per_head 0 adds dk_pe into dkpe_f32 [B,Skv,64] with
+// atomics, 1 stores this head's part into dkpe_f32 [B,Skv,H,64].
 //
 // Tiles: one block per (128-key tile, head, batch); it walks the query tiles of 64 rows that
 // can see its keys (under the causal mask: from the tile holding its first key to the end).
@@ -317,7 +319,7 @@ __device__ __forceinline__ void dq_box_store(const float* acc16, u32 stg, int wa
   }
 }
 // Its lane 0 issues the box's reduce-add into dq_accum (columns col..col+63 of queries q0 + 16·warp
-// ..; queries past S lie outside the map: the copy engine skips them). No barrier beyond the
+// ..; queries past Sq lie outside the map: the copy engine skips them). No barrier beyond the
 // warp. (Head and batch re-read from blockIdx, the warp from threadIdx: keeping them live here
 // made the consumers spill.)
 __device__ __forceinline__ void dq_box_issue(u32 stg, const TensorMap& tm_dq_accum, int col, int q0) {
@@ -373,7 +375,7 @@ mla_attention_bwd_dkdv_hopper(const __grid_constant__ TensorMap tm_q_nope, const
                               const __grid_constant__ TensorMap tm_v, const __grid_constant__ TensorMap tm_dout,
                               const float* __restrict__ lse, const float* __restrict__ d_sum,
                               bf16_t* __restrict__ dk_nope, bf16_t* __restrict__ dv, float* __restrict__ dq_accum,
-                              float* __restrict__ dkpe_f32, int S, int H, float scale, int causal, int dkpe_per_head,
+                              float* __restrict__ dkpe_f32, int Sq, int Skv, int H, float scale, int causal, int dkpe_per_head,
                               const __grid_constant__ TensorMap tm_dq_accum) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const u32 raw = smem_addr(smem_raw);
@@ -392,9 +394,9 @@ mla_attention_bwd_dkdv_hopper(const __grid_constant__ TensorMap tm_q_nope, const
   const int wg = __shfl_sync(0xffffffffu, tid >> 7, 0);  // 0 producer, 1..2 consumers
   const int h = blockIdx.x, b = blockIdx.z;
   const int k0 = blockIdx.y * HB_BN;
-  const int num_q_tiles = (S + HB_BM - 1) / HB_BM;
+  const int num_q_tiles = (Sq + HB_BM - 1) / HB_BM;
   const int m_begin = causal ? k0 / HB_BM : 0;  // the query tile holding key k0
-  const int n_steps = num_q_tiles - m_begin;    // ≥ 1: k0 < S
+  const int n_steps = num_q_tiles - m_begin;    // ≥ 1: k0 < Skv, and Skv = Sq when causal
 
   if (tid == 0) {
     mbar_init(bar_kv, 1);
@@ -408,7 +410,7 @@ mla_attention_bwd_dkdv_hopper(const __grid_constant__ TensorMap tm_q_nope, const
   __syncthreads();
 
   const long long HS = static_cast<long long>(H);
-  const long long row_bsh0 = static_cast<long long>(b) * S * H + h;  // (b, s=0, h) row index
+  const long long krow_bsh0 = static_cast<long long>(b) * Skv * H + h;  // (b, s=0, h) key row index
 
   if (wg == 0) {
     // ---------------- producer ----------------
@@ -425,8 +427,8 @@ mla_attention_bwd_dkdv_hopper(const __grid_constant__ TensorMap tm_q_nope, const
       // sit in uniform registers and the shared value then occupies one in the consumers too.
       const int2 origin = ld_shared_v2(base + HB_ORIGIN_OFF);
       const int k0 = origin.x, q_first = origin.y;
-      const float* lse_bh = lse + (static_cast<long long>(b) * H + h) * S;
-      const float* d_bh = d_sum + (static_cast<long long>(b) * H + h) * S;
+      const float* lse_bh = lse + (static_cast<long long>(b) * H + h) * Sq;
+      const float* d_bh = d_sum + (static_cast<long long>(b) * H + h) * Sq;
       if (lane == 0) {
         tmap_prefetch(tm_q_nope);
         tmap_prefetch(tm_q_pe);
@@ -434,7 +436,7 @@ mla_attention_bwd_dkdv_hopper(const __grid_constant__ TensorMap tm_q_nope, const
         tmap_prefetch(tm_k_pe);
         tmap_prefetch(tm_v);
         tmap_prefetch(tm_dout);
-        // K = k_nope (two 64-column blocks) | k_pe, V = two blocks; keys past S arrive as zeros.
+        // K = k_nope (two 64-column blocks) | k_pe, V = two blocks; keys past Skv arrive as zeros.
         mbar_arrive_expect_tx(bar_kv, HB_K_BYTES + HB_V_BYTES);
         tma_load_4d(sK, tm_k_nope, bar_kv, 0, h, k0, b);
         tma_load_4d(sK + HB_K_BLOCK, tm_k_nope, bar_kv, 64, h, k0, b);
@@ -472,8 +474,8 @@ mla_attention_bwd_dkdv_hopper(const __grid_constant__ TensorMap tm_q_nope, const
         #pragma unroll
         for (int k = 0; k < 2; k++) {
           const int r = lane + 32 * k;
-          sLse[s * HB_BM + r] = q0 + r < S ? lse_bh[q0 + r] * LOG2E : inf_f32();
-          sD[s * HB_BM + r] = q0 + r < S ? d_bh[q0 + r] : 0.f;
+          sLse[s * HB_BM + r] = q0 + r < Sq ? lse_bh[q0 + r] * LOG2E : inf_f32();
+          sD[s * HB_BM + r] = q0 + r < Sq ? d_bh[q0 + r] : 0.f;
         }
         // Each lane's arrival releases its own lse/D stores (the consumers read them with
         // ordinary loads after their wait on the same barrier). The phase completes only when
@@ -529,13 +531,13 @@ mla_attention_bwd_dkdv_hopper(const __grid_constant__ TensorMap tm_q_nope, const
       wgmma_wait<0>();
       HB_CLOCK(wg, HB_GEMM_S);
       // Pᵀ: rows = keys key_l (+8), columns = queries 8j+2t (+1). Element (j, e) of row r is
-      // masked iff 8j + e < thr[r]: key ≥ S masks the whole row, causal masks key > query, i.e.
+      // masked iff 8j + e < thr[r]: key ≥ Skv masks the whole row, causal masks key > query, i.e.
       // 8j + e < key − q0 − 2t (a bound ≤ 0 off the diagonal, so no branch is needed).
       int thr[2];
       #pragma unroll
       for (int r = 0; r < 2; r++) {
         const int key = k0 + key_l + 8 * r;
-        thr[r] = key >= S ? (1 << 30) : causal ? key - q0 - 2 * t : -(1 << 30);
+        thr[r] = key >= Skv ? (1 << 30) : causal ? key - q0 - 2 * t : -(1 << 30);
       }
       #pragma unroll
       for (int j = 0; j < 8; j++) {
@@ -639,8 +641,8 @@ mla_attention_bwd_dkdv_hopper(const __grid_constant__ TensorMap tm_q_nope, const
     #pragma unroll
     for (int r = 0; r < 2; r++) {
       const int key = k0 + key_l + 8 * r;
-      if (key >= S) continue;
-      const long long row = row_bsh0 + key * HS;
+      if (key >= Skv) continue;
+      const long long row = krow_bsh0 + key * HS;
       #pragma unroll
       for (int j = 0; j < 16; j++) {
         *reinterpret_cast<u32*>(dv + row * D_V + 8 * j + 2 * t) = pack_bf16x2(acc_dv[4 * j + 2 * r], acc_dv[4 * j + 2 * r + 1]);
@@ -651,7 +653,7 @@ mla_attention_bwd_dkdv_hopper(const __grid_constant__ TensorMap tm_q_nope, const
       for (int j = 0; j < 8; j++) {
         const float x0 = acc_dk[64 + 4 * j + 2 * r] * scale, x1 = acc_dk[64 + 4 * j + 2 * r + 1] * scale;
         if (dkpe_per_head) *reinterpret_cast<float2*>(dkpe_f32 + row * D_ROPE + 8 * j + 2 * t) = make_float2(x0, x1);
-        else red_add_v2(dkpe_f32 + (static_cast<long long>(b) * S + key) * D_ROPE + 8 * j + 2 * t, x0, x1);
+        else red_add_v2(dkpe_f32 + (static_cast<long long>(b) * Skv + key) * D_ROPE + 8 * j + 2 * t, x0, x1);
       }
     }
   }

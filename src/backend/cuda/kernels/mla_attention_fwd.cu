@@ -4,9 +4,11 @@
 //   o[b,s,h,:] = Σ_j softmax_j(scale·(q_nope·k_nope + q_pe·k_pe[b,j])) · v[b,j,h,:]
 //   lse[b,h,s] = natural log of that softmax's denominator (scaled scores)
 //
-// Layouts (elements, all contiguous): q_nope, k_nope [B,S,H,128]; q_pe [B,S,H,64]; k_pe
-// [B,S,1,64] shared by every head; v, o [B,S,H,128] bf16; lse [B,H,S] f32. The 192-wide q and
-// k are assembled in shared memory from their two parts, so no concatenated copy exists.
+// Layouts (elements, all contiguous): q_nope [B,Sq,H,128], q_pe [B,Sq,H,64]; k_nope [B,Skv,H,128],
+// k_pe [B,Skv,1,64] shared by every head, v [B,Skv,H,128]; o [B,Sq,H,128] bf16; lse [B,H,Sq] f32.
+// Sq ≠ Skv only without the causal mask (a ring attention block; the launcher checks). The
+// 192-wide q and k are assembled in shared memory from their two parts, so no concatenated
+// copy exists.
 //
 // One block of 4 warps per (query tile, head, batch); each warp owns MLA_FWD_MT × 16 query rows
 // and runs the online softmax over key tiles of MLA_FWD_BN rows, K/V double-buffered through
@@ -49,7 +51,7 @@ extern "C" __global__ void __launch_bounds__(FWD_THREADS, 2)
 mla_attention_fwd(const bf16_t* __restrict__ q_nope, const bf16_t* __restrict__ q_pe,
                   const bf16_t* __restrict__ k_nope, const bf16_t* __restrict__ k_pe,
                   const bf16_t* __restrict__ v, bf16_t* __restrict__ o, float* __restrict__ lse,
-                  int S, int H, float scale, int causal) {
+                  int Sq, int Skv, int H, float scale, int causal) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   bf16_t* sQ = reinterpret_cast<bf16_t*>(smem_raw);
   bf16_t* sK = sQ + FWD_BM * QK_STRIDE;          // [2][FWD_BN][QK_STRIDE]
@@ -58,26 +60,27 @@ mla_attention_fwd(const bf16_t* __restrict__ q_nope, const bf16_t* __restrict__ 
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int g = lane >> 2, t = lane & 3;
-  const int num_q_tiles = (S + FWD_BM - 1) / FWD_BM;
+  const int num_q_tiles = (Sq + FWD_BM - 1) / FWD_BM;
   const int m_tile = num_q_tiles - 1 - blockIdx.x;
   const int h = blockIdx.y, b = blockIdx.z;
   const int q0 = m_tile * FWD_BM;
 
   const long long HS = static_cast<long long>(H);
-  const long long row_bsh0 = static_cast<long long>(b) * S * H + h;  // (b, s=0, h) row index
+  const long long row_bsh0 = static_cast<long long>(b) * Sq * H + h;  // (b, s=0, h) row index of q, o
+  const long long krow_bsh0 = static_cast<long long>(b) * Skv * H + h;  // … of k, v
   const bf16_t* qn = q_nope + row_bsh0 * D_NOPE;
   const bf16_t* qp = q_pe + row_bsh0 * D_ROPE;
-  const bf16_t* kn = k_nope + row_bsh0 * D_NOPE;
-  const bf16_t* kp = k_pe + static_cast<long long>(b) * S * D_ROPE;
-  const bf16_t* vv = v + row_bsh0 * D_V;
+  const bf16_t* kn = k_nope + krow_bsh0 * D_NOPE;
+  const bf16_t* kp = k_pe + static_cast<long long>(b) * Skv * D_ROPE;
+  const bf16_t* vv = v + krow_bsh0 * D_V;
 
-  const int num_k_tiles = (S + FWD_BN - 1) / FWD_BN;
-  const int causal_tiles = (min(q0 + FWD_BM, S) + FWD_BN - 1) / FWD_BN;  // tiles holding a key ≤ the last query
+  const int num_k_tiles = (Skv + FWD_BN - 1) / FWD_BN;
+  const int causal_tiles = (min(q0 + FWD_BM, Sq) + FWD_BN - 1) / FWD_BN;  // tiles holding a key ≤ the last query
   const int n_tiles = causal ? causal_tiles : num_k_tiles;
 
-  load_tile_qk<FWD_THREADS, FWD_BM>(aQ, qn + q0 * HS * D_NOPE, HS * D_NOPE, qp + q0 * HS * D_ROPE, HS * D_ROPE, S - q0, tid);
-  load_tile_qk<FWD_THREADS, FWD_BN>(aK, kn, HS * D_NOPE, kp, D_ROPE, S, tid);
-  load_tile_v<FWD_THREADS, FWD_BN>(aV, vv, HS * D_V, S, tid);
+  load_tile_qk<FWD_THREADS, FWD_BM>(aQ, qn + q0 * HS * D_NOPE, HS * D_NOPE, qp + q0 * HS * D_ROPE, HS * D_ROPE, Sq - q0, tid);
+  load_tile_qk<FWD_THREADS, FWD_BN>(aK, kn, HS * D_NOPE, kp, D_ROPE, Skv, tid);
+  load_tile_v<FWD_THREADS, FWD_BN>(aV, vv, HS * D_V, Skv, tid);
   cp_async_commit();
 
   const float scale_log2 = scale * LOG2E;
@@ -101,8 +104,8 @@ mla_attention_fwd(const bf16_t* __restrict__ q_nope, const bf16_t* __restrict__ 
     if (n + 1 < n_tiles) {
       const int k0 = (n + 1) * FWD_BN;
       load_tile_qk<FWD_THREADS, FWD_BN>(aK + (buf ^ 1) * FWD_BN * QK_STRIDE * 2, kn + k0 * HS * D_NOPE, HS * D_NOPE,
-                                        kp + static_cast<long long>(k0) * D_ROPE, D_ROPE, S - k0, tid);
-      load_tile_v<FWD_THREADS, FWD_BN>(aV + (buf ^ 1) * FWD_BN * V_STRIDE * 2, vv + k0 * HS * D_V, HS * D_V, S - k0, tid);
+                                        kp + static_cast<long long>(k0) * D_ROPE, D_ROPE, Skv - k0, tid);
+      load_tile_v<FWD_THREADS, FWD_BN>(aV + (buf ^ 1) * FWD_BN * V_STRIDE * 2, vv + k0 * HS * D_V, HS * D_V, Skv - k0, tid);
       cp_async_commit();
       cp_async_wait<1>();
     } else {
@@ -138,7 +141,7 @@ mla_attention_fwd(const bf16_t* __restrict__ q_nope, const bf16_t* __restrict__ 
     // Masks: future keys (causal, tiles reaching past the block's first query) and keys past
     // the end (last tile only).
     const int k0 = n * FWD_BN;
-    if ((causal && k0 + FWD_BN - 1 > q0 + warp_row0) || k0 + FWD_BN > S) {
+    if ((causal && k0 + FWD_BN - 1 > q0 + warp_row0) || k0 + FWD_BN > Skv) {
       #pragma unroll
       for (int mt = 0; mt < FWD_MT; mt++)
         #pragma unroll
@@ -147,7 +150,7 @@ mla_attention_fwd(const bf16_t* __restrict__ q_nope, const bf16_t* __restrict__ 
           for (int e = 0; e < 4; e++) {
             const int key = k0 + j * 8 + 2 * t + (e & 1);
             const int query = q0 + warp_row0 + mt * 16 + g + (e >> 1) * 8;
-            if (key >= S || (causal && key > query)) acc_s[mt][j][e] = -inf_f32();
+            if (key >= Skv || (causal && key > query)) acc_s[mt][j][e] = -inf_f32();
           }
     }
 
@@ -234,8 +237,8 @@ mla_attention_fwd(const bf16_t* __restrict__ q_nope, const bf16_t* __restrict__ 
       s += __shfl_xor_sync(0xffffffffu, s, 2);
       inv[r] = s > 0.f ? 1.f / s : 0.f;
       const int query = q0 + warp_row0 + mt * 16 + g + r * 8;
-      if (t == 0 && query < S)
-        lse[(static_cast<long long>(b) * H + h) * S + query] = s > 0.f ? row_max[mt][r] * scale + logf(s) : -inf_f32();
+      if (t == 0 && query < Sq)
+        lse[(static_cast<long long>(b) * H + h) * Sq + query] = s > 0.f ? row_max[mt][r] * scale + logf(s) : -inf_f32();
     }
     #pragma unroll
     for (int j = 0; j < D_V / 8; j++) {
@@ -251,7 +254,7 @@ mla_attention_fwd(const bf16_t* __restrict__ q_nope, const bf16_t* __restrict__ 
   for (int i = 0; i < 16 * FWD_MT * (D_V / 8) / 32; i++) {
     const int c = lane + i * 32;
     const int r = c / (D_V / 8), ch = c % (D_V / 8);
-    if (q0 + warp_row0 + r < S)
+    if (q0 + warp_row0 + r < Sq)
       *reinterpret_cast<uint4*>(og + r * HS * D_V + ch * 8) = *reinterpret_cast<const uint4*>(sO + r * QK_STRIDE + ch * 8);
   }
 }

@@ -1,11 +1,12 @@
 // MLA attention forward for Hopper (sm_90a): FlashAttention-3 style on warpgroup MMA (wgmma).
 // Same function and arguments as mla_attention_fwd in mla_attention_fwd.cu (the mma.sync
-// fallback), so the host can launch either:
+// fallback; q has Sq positions, k/v Skv, Sq ≠ Skv only without the causal mask), so the host
+// can launch either:
 //
 //   o[b,s,h,:] = Σ_j softmax_j(scale·(q_nope·k_nope + q_pe·k_pe[b,j])) · v[b,j,h,:]
 //   lse[b,h,s] = natural log of that softmax's denominator (scaled scores)
 //
-// Launch: grid (H, ceil(S/128), B), 384 threads, HOP_SMEM_BYTES of dynamic shared memory
+// Launch: grid (H, ceil(Sq/128), B), 384 threads, HOP_SMEM_BYTES of dynamic shared memory
 // (-D defines from ops/mla_attention.ts, MLA_HOP_FWD_DEFINES; the launcher uses the same).
 // Heads vary fastest and blockIdx.y counts query tiles from the last one down, so the longest
 // causal tiles of every head start first and the short ones fill the tail.
@@ -21,7 +22,7 @@
 //     memory), online softmax on the f32 accumulators in registers, P packed to bf16 registers
 //     as the A operand of O += P·V (8 wgmma m64n128k16, V from shared memory, N-major), then
 //     an "empty" arrival that gives the stage back to the producer.
-// Key tiles run from the last (the causal diagonal, or the partial tile past S) to the first,
+// Key tiles run from the last (the causal diagonal, or the partial tile past Skv) to the first,
 // so only the first tile a block processes needs a mask.
 //
 // Shared-memory operand layout (bf16, 128-byte swizzle): an operand of R rows and 64·c columns
@@ -34,9 +35,9 @@
 //     transposed B; leading byte offset = next 64-column block, stride byte offset (next 8
 //     keys) 1024; each 16-key step advances the start by 16 rows = 2048 bytes.
 // Tensor maps (encoded by the host, src/backend/cuda/ops/mla_attention.ts; passed by value):
-//   q_nope, k_nope, v: dims (128, H, S, B), box (64, 1, 128, 1): one 64-column block of 128 rows
-//   of one head per copy; q_pe: (64, H, S, B), same box; k_pe: (64, S, B), box (64, 128, 1).
-// Rows past S lie outside the map's extent and arrive as zeros.
+//   q_nope: dims (128, H, Sq, B), k_nope, v: (128, H, Skv, B), box (64, 1, 128, 1): one 64-column
+//   block of 128 rows of one head per copy; q_pe: (64, H, Sq, B), same box; k_pe: (64, Skv, B),
+//   box (64, 128, 1). Rows past Sq / Skv lie outside the map's extent and arrive as zeros.
 #include "mla_attention_hopper.cuh"
 
 #if !defined(MLA_HOP_FWD_THREADS) || !defined(MLA_HOP_FWD_ROWS) || !defined(MLA_HOP_FWD_KEYS) || !defined(MLA_HOP_FWD_SMEM)
@@ -107,15 +108,15 @@ __device__ __forceinline__ void gemm_pv(float* acc_o, const u32 (*p)[4], u32 tV)
   for (int kk = 0; kk < HOP_BN / 16; kk++) wgmma_rs_m64n128k16_tb(acc_o, p[kk], desc(tV + kk * 2048, HOP_K_BLOCK, 1024));
 }
 
-// −inf for keys past S and, when causal, keys after the query.
-__device__ __forceinline__ void mask_scores(float* acc_s, int k0, int row_g, int S, int causal, int t) {
+// −inf for keys past Skv and, when causal, keys after the query.
+__device__ __forceinline__ void mask_scores(float* acc_s, int k0, int row_g, int Skv, int causal, int t) {
   #pragma unroll
   for (int j = 0; j < 16; j++)
     #pragma unroll
     for (int e = 0; e < 4; e++) {
       const int key = k0 + j * 8 + 2 * t + (e & 1);
       const int query = row_g + (e >> 1) * 8;
-      if (key >= S || (causal && key > query)) acc_s[j * 4 + e] = -inf_f32();
+      if (key >= Skv || (causal && key > query)) acc_s[j * 4 + e] = -inf_f32();
     }
 }
 
@@ -166,7 +167,7 @@ extern "C" __global__ void __launch_bounds__(HOP_THREADS, 1)
 mla_attention_fwd_hopper(const __grid_constant__ TensorMap tm_q_nope, const __grid_constant__ TensorMap tm_q_pe,
                          const __grid_constant__ TensorMap tm_k_nope, const __grid_constant__ TensorMap tm_k_pe,
                          const __grid_constant__ TensorMap tm_v, bf16_t* __restrict__ o, float* __restrict__ lse,
-                         int S, int H, float scale, int causal) {
+                         int Sq, int Skv, int H, float scale, int causal) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const u32 base = (smem_addr(smem_raw) + 1023u) & ~1023u;
   const u32 sQ = base;
@@ -182,11 +183,11 @@ mla_attention_fwd_hopper(const __grid_constant__ TensorMap tm_q_nope, const __gr
   const int tid = threadIdx.x;
   const int wg = tid >> 7;  // 0 producer, 1..2 consumers
   const int h = blockIdx.x, b = blockIdx.z;
-  const int num_q_tiles = (S + HOP_BM - 1) / HOP_BM;
+  const int num_q_tiles = (Sq + HOP_BM - 1) / HOP_BM;
   const int m_tile = num_q_tiles - 1 - static_cast<int>(blockIdx.y);
   const int q0 = m_tile * HOP_BM;
-  const int num_k_tiles = (S + HOP_BN - 1) / HOP_BN;
-  const int n_tiles = causal ? (min(q0 + HOP_BM, S) + HOP_BN - 1) / HOP_BN : num_k_tiles;
+  const int num_k_tiles = (Skv + HOP_BN - 1) / HOP_BN;
+  const int n_tiles = causal ? (min(q0 + HOP_BM, Sq) + HOP_BN - 1) / HOP_BN : num_k_tiles;
 
   if (tid == 0) {
     mbar_init(bar_q, 1);
@@ -201,7 +202,7 @@ mla_attention_fwd_hopper(const __grid_constant__ TensorMap tm_q_nope, const __gr
   __syncthreads();
 
   const long long HS = static_cast<long long>(H);
-  const long long row_bsh0 = static_cast<long long>(b) * S * H + h;  // (b, s=0, h) row index
+  const long long row_bsh0 = static_cast<long long>(b) * Sq * H + h;  // (b, s=0, h) row index of o
 
   if (wg == 0) {
     // ---------------- producer ----------------
@@ -277,7 +278,7 @@ mla_attention_fwd_hopper(const __grid_constant__ TensorMap tm_q_nope, const __gr
     if (!(me == 1 && n_tiles == 1)) named_bar_arrive(1 + other, 256);
     wgmma_wait<0>();
     mbar_arrive(bar_empty_k(0));
-    if (causal || (n_tiles - 1) * HOP_BN + HOP_BN > S) mask_scores(acc_s, (n_tiles - 1) * HOP_BN, row_g, S, causal, t);
+    if (causal || (n_tiles - 1) * HOP_BN + HOP_BN > Skv) mask_scores(acc_s, (n_tiles - 1) * HOP_BN, row_g, Skv, causal, t);
     online_softmax(acc_s, row_max, row_sum, alpha, scale_log2);
     pack_a<HOP_BN>(p, acc_s);  // P as the A operand of P·V
     for (int i = 1; i < n_tiles; i++) {
@@ -311,8 +312,8 @@ mla_attention_fwd_hopper(const __grid_constant__ TensorMap tm_q_nope, const __gr
       wgmma_commit();
       wgmma_wait<0>();
       mbar_arrive(bar_empty_k(s));
-      // Only the first tile processed can hold future keys (causal diagonal) or keys past S.
-      if (i == 0 && (causal || k0 + HOP_BN > S)) mask_scores(acc_s, k0, row_g, S, causal, t);
+      // Only the first tile processed can hold future keys (causal diagonal) or keys past Skv.
+      if (i == 0 && (causal || k0 + HOP_BN > Skv)) mask_scores(acc_s, k0, row_g, Skv, causal, t);
       online_softmax(acc_s, row_max, row_sum, alpha, scale_log2);
       rescale_o(acc_o, alpha);
       pack_a<HOP_BN>(p, acc_s);  // P as the A operand of P·V
@@ -333,13 +334,13 @@ mla_attention_fwd_hopper(const __grid_constant__ TensorMap tm_q_nope, const __gr
       sum += __shfl_xor_sync(0xffffffffu, sum, 2);
       inv[r] = sum > 0.f ? 1.f / sum : 0.f;
       const int query = row_g + r * 8;
-      if (t == 0 && query < S)
-        lse[(static_cast<long long>(b) * H + h) * S + query] = sum > 0.f ? row_max[r] * scale + logf(sum) : -inf_f32();
+      if (t == 0 && query < Sq)
+        lse[(static_cast<long long>(b) * H + h) * Sq + query] = sum > 0.f ? row_max[r] * scale + logf(sum) : -inf_f32();
     }
     #pragma unroll
     for (int r = 0; r < 2; r++) {
       const int query = row_g + r * 8;
-      if (query < S) {
+      if (query < Sq) {
         bf16_t* orow = o + (row_bsh0 + query * HS) * D_V + 2 * t;
         #pragma unroll
         for (int j = 0; j < 16; j++)

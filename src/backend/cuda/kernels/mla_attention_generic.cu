@@ -3,8 +3,9 @@
 // model. One warp per query row, keys visited one by one with an online softmax; lanes split
 // the head dimensions. Correctness over speed: it does O(S²·D) work with no data reuse.
 //
-// Layouts: qNope [B,S,H,Dn], qPe [B,S,H,Dr], kNope [B,S,H,Dn], kPe [B,S,Dr] (shared by heads),
-// v [B,S,H,Dv], o [B,S,H,Dv], lse [B,H,S] f32. Widths up to 32·MAXPL per lane group.
+// Layouts: qNope [B,Sq,H,Dn], qPe [B,Sq,H,Dr], kNope [B,Skv,H,Dn], kPe [B,Skv,Dr] (shared by
+// heads), v [B,Skv,H,Dv], o [B,Sq,H,Dv], lse [B,H,Sq] f32; Sq ≠ Skv only without the causal mask.
+// Widths up to 32·MAXPL per lane group.
 #include "common.cuh"
 
 // Dims per lane (Dn+Dr ≤ 32·MAXPL and Dv ≤ 32·MAXPL): a -D define from
@@ -15,9 +16,9 @@
 
 template <typename T>
 __device__ void generic_fwd(const T* qn, const T* qp, const T* kn, const T* kp, const T* v, T* o, float* lse,
-                            int S, int H, int Dn, int Dr, int Dv, float scale, int causal) {
+                            int Sq, int Skv, int H, int Dn, int Dr, int Dv, float scale, int causal) {
   const int s = blockIdx.x, h = blockIdx.y, b = blockIdx.z, lane = threadIdx.x;
-  const long row = ((long)b * S + s) * H + h;
+  const long row = ((long)b * Sq + s) * H + h;
   float q[MAXPL], acc[MAXPL];
   const int Dq = Dn + Dr;
   for (int i = 0; i < MAXPL; ++i) {
@@ -26,14 +27,14 @@ __device__ void generic_fwd(const T* qn, const T* qp, const T* kn, const T* kp, 
     acc[i] = 0.f;
   }
   float m = -MT_INF, l = 0.f;
-  const int last = causal ? s : S - 1;
+  const int last = causal ? s : Skv - 1;
   for (int t = 0; t <= last; ++t) {
-    const long krow = ((long)b * S + t) * H + h;
+    const long krow = ((long)b * Skv + t) * H + h;
     float part = 0.f;
     for (int i = 0; i < MAXPL; ++i) {
       const int d = lane + 32 * i;
       if (d < Dn) part += q[i] * to_f32(kn[krow * Dn + d]);
-      else if (d < Dq) part += q[i] * to_f32(kp[((long)b * S + t) * Dr + d - Dn]);
+      else if (d < Dq) part += q[i] * to_f32(kp[((long)b * Skv + t) * Dr + d - Dn]);
     }
     const float sc = warp_sum(part) * scale;
     const float mNew = fmaxf(m, sc);
@@ -49,7 +50,7 @@ __device__ void generic_fwd(const T* qn, const T* qp, const T* kn, const T* kp, 
     const int d = lane + 32 * i;
     if (d < Dv) o[row * Dv + d] = from_f32<T>(acc[i] / l);
   }
-  if (lane == 0) lse[((long)b * H + h) * S + s] = m + logf(l);
+  if (lane == 0) lse[((long)b * H + h) * Sq + s] = m + logf(l);
 }
 
 // Backward, one warp per query row: dq in registers; dk, dv and dk_pe (summed over heads) added
@@ -57,9 +58,9 @@ __device__ void generic_fwd(const T* qn, const T* qp, const T* kn, const T* kp, 
 template <typename T>
 __device__ void generic_bwd(const T* qn, const T* qp, const T* kn, const T* kp, const T* v, const T* o, const T* dout,
                             const float* lse, T* dqn, T* dqp, float* dkn, float* dkp, float* dv,
-                            int S, int H, int Dn, int Dr, int Dv, float scale, int causal) {
+                            int Sq, int Skv, int H, int Dn, int Dr, int Dv, float scale, int causal) {
   const int s = blockIdx.x, h = blockIdx.y, b = blockIdx.z, lane = threadIdx.x;
-  const long row = ((long)b * S + s) * H + h;
+  const long row = ((long)b * Sq + s) * H + h;
   const int Dq = Dn + Dr;
   float q[MAXPL], dq[MAXPL], g[MAXPL];
   float dpart = 0.f;
@@ -71,11 +72,11 @@ __device__ void generic_bwd(const T* qn, const T* qp, const T* kn, const T* kp, 
     if (d < Dv) dpart += g[i] * to_f32(o[row * Dv + d]);
   }
   const float delta = warp_sum(dpart);
-  const float L = lse[((long)b * H + h) * S + s];
-  const int last = causal ? s : S - 1;
+  const float L = lse[((long)b * H + h) * Sq + s];
+  const int last = causal ? s : Skv - 1;
   for (int t = 0; t <= last; ++t) {
-    const long krow = ((long)b * S + t) * H + h;
-    const long prow = (long)b * S + t;
+    const long krow = ((long)b * Skv + t) * H + h;
+    const long prow = (long)b * Skv + t;
     float part = 0.f, dp = 0.f;
     for (int i = 0; i < MAXPL; ++i) {
       const int d = lane + 32 * i;
@@ -101,13 +102,14 @@ __device__ void generic_bwd(const T* qn, const T* qp, const T* kn, const T* kp, 
 
 #define MLA_GENERIC(T)                                                                                          \
   extern "C" __global__ void mla_generic_fwd_##T(const T* qn, const T* qp, const T* kn, const T* kp, const T* v, \
-      T* o, float* lse, int S, int H, int Dn, int Dr, int Dv, float scale, int causal) {                       \
-    generic_fwd<T>(qn, qp, kn, kp, v, o, lse, S, H, Dn, Dr, Dv, scale, causal);                                 \
+      T* o, float* lse, int Sq, int Skv, int H, int Dn, int Dr, int Dv, float scale, int causal) {              \
+    generic_fwd<T>(qn, qp, kn, kp, v, o, lse, Sq, Skv, H, Dn, Dr, Dv, scale, causal);                           \
   }                                                                                                             \
   extern "C" __global__ void mla_generic_bwd_##T(const T* qn, const T* qp, const T* kn, const T* kp, const T* v, \
       const T* o, const T* dout, const float* lse, T* dqn, T* dqp, float* dkn, float* dkp, float* dv,           \
-      int S, int H, int Dn, int Dr, int Dv, float scale, int causal) {                                          \
-    generic_bwd<T>(qn, qp, kn, kp, v, o, dout, lse, dqn, dqp, dkn, dkp, dv, S, H, Dn, Dr, Dv, scale, causal);   \
+      int Sq, int Skv, int H, int Dn, int Dr, int Dv, float scale, int causal) {                                \
+    generic_bwd<T>(qn, qp, kn, kp, v, o, dout, lse, dqn, dqp, dkn, dkp, dv, Sq, Skv, H, Dn, Dr, Dv, scale,       \
+                   causal);                                                                                     \
   }
 
 MLA_GENERIC(f32)

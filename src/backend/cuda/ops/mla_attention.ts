@@ -6,12 +6,13 @@
 // kernels take the five MLA pieces as they are (q_nope, q_pe, k_nope, k_pe shared by every
 // head, v) and build the 192-wide q and k in shared memory, so no concatenated copy exists.
 //
-// Shapes (B batch, S sequence, H heads; bf16, contiguous BSHD):
-//   qNope_BSHD [B,S,H,128]  qPe_BSHD [B,S,H,64]  kNope_BSHD [B,S,H,128]  kPe_BS1D [B,S,1,64]
-//   v_BSHD [B,S,H,128]  o_BSHD [B,S,H,128]  lse_BHS [B,H,S] f32 (natural log)
+// Shapes (B batch, Sq query and Skv key positions, H heads; bf16, contiguous BSHD):
+//   qNope [B,Sq,H,128]  qPe [B,Sq,H,64]  kNope [B,Skv,H,128]  kPe [B,Skv,1,64]
+//   v [B,Skv,H,128]  o [B,Sq,H,128]  lse [B,H,Sq] f32 (natural log)
+// Sq ≠ Skv is a non-causal block (ring attention's steps); causal needs Sq = Skv.
 // Backward scratch (from the caching allocator, freed in stream order when the call returns):
-//   D_BHS [B,H,S] f32 = rowsum(dO∘O); fast mode: dqAccum_BSHD [B,S,H,192] f32 and
-//   dkPe_BSD [B,S,64] f32 (atomics); deterministic mode: dkPeHeads_BSHD [B,S,H,64] f32.
+//   D [B,H,Sq] f32 = rowsum(dO∘O); fast mode: dqAccum [B,Sq,H,192] f32 and dkPe [B,Skv,64] f32
+//   (atomics); deterministic mode: dkPeHeads [B,Skv,H,64] f32.
 //
 // Fast mode adds dQ into f32 with atomics (run-to-run differences of rounding size);
 // deterministic mode computes dQ in a separate pass per query tile and sums dk_pe over heads
@@ -71,7 +72,7 @@ export interface MlaBackwardOptions extends AttentionOptions {
 
 export interface MlaGrads { dqNope: Tensor; dqPe: Tensor; dkNope: Tensor; dkPe: Tensor; dv: Tensor }
 
-interface Dims { B: number; S: number; H: number }
+interface Dims { B: number; Sq: number; Skv: number; H: number }
 
 function expectTensor(op: string, name: string, t: Tensor, shape: readonly number[], dtype: 'bf16' | 'f32', layout: string): void {
   if (t.dtype !== dtype) {
@@ -86,18 +87,24 @@ function expectTensor(op: string, name: string, t: Tensor, shape: readonly numbe
   }
 }
 
-/** Checks the five MLA inputs and returns B, S, H. */
-function inputDims(op: string, qNope: Tensor, qPe: Tensor, kNope: Tensor, kPe: Tensor, v: Tensor): Dims {
-  if (qNope.rank !== 4) throw new Error(`${op}: qNope has shape [${qNope.shape}], expected [B,S,H,${D_NOPE}]`);
-  const [B, S, H] = qNope.shape as [number, number, number, number];
-  expectTensor(op, 'qNope', qNope, [B, S, H, D_NOPE], 'bf16', `[B,S,H,${D_NOPE}]`);
-  expectTensor(op, 'qPe', qPe, [B, S, H, D_ROPE], 'bf16', `[B,S,H,${D_ROPE}]`);
-  expectTensor(op, 'kNope', kNope, [B, S, H, D_NOPE], 'bf16', `[B,S,H,${D_NOPE}]`);
-  expectTensor(op, 'kPe', kPe, [B, S, 1, D_ROPE], 'bf16', `[B,S,1,${D_ROPE}] (one rope key shared by every head)`);
-  expectTensor(op, 'v', v, [B, S, H, D_V], 'bf16', `[B,S,H,${D_V}]`);
+/** Checks the five MLA inputs and returns B, Sq (q's positions), Skv (k's and v's), H. */
+function inputDims(op: string, qNope: Tensor, qPe: Tensor, kNope: Tensor, kPe: Tensor, v: Tensor, causal: boolean): Dims {
+  if (qNope.rank !== 4) throw new Error(`${op}: qNope has shape [${qNope.shape}], expected [B,Sq,H,${D_NOPE}]`);
+  if (kNope.rank !== 4) throw new Error(`${op}: kNope has shape [${kNope.shape}], expected [B,Skv,H,${D_NOPE}]`);
+  const [B, Sq, H] = qNope.shape as [number, number, number, number];
+  const Skv = kNope.shape[1]!;
+  expectTensor(op, 'qNope', qNope, [B, Sq, H, D_NOPE], 'bf16', `[B,Sq,H,${D_NOPE}]`);
+  expectTensor(op, 'qPe', qPe, [B, Sq, H, D_ROPE], 'bf16', `[B,Sq,H,${D_ROPE}]`);
+  expectTensor(op, 'kNope', kNope, [B, Skv, H, D_NOPE], 'bf16', `[B,Skv,H,${D_NOPE}]`);
+  expectTensor(op, 'kPe', kPe, [B, Skv, 1, D_ROPE], 'bf16', `[B,Skv,1,${D_ROPE}] (one rope key shared by every head)`);
+  expectTensor(op, 'v', v, [B, Skv, H, D_V], 'bf16', `[B,Skv,H,${D_V}]`);
+  if (causal && Sq !== Skv) {
+    throw new Error(`${op}: a causal mask needs as many queries as keys, got q ${Sq} × kv ${Skv} positions; pass causal: false for a block of other positions`);
+  }
   if (B > 65535 || H > 65535) throw new Error(`${op}: batch ${B} and heads ${H} must each be at most 65535 (grid limits); split the batch`);
-  if (B * S * H > 2 ** 31 - 1) throw new Error(`${op}: B·S·H = ${B * S * H} rows exceed 2^31-1; split the batch`);
-  return { B, S, H };
+  const S = Math.max(Sq, Skv);
+  if (B * S * H > 2 ** 31 - 1) throw new Error(`${op}: B·S·H = ${B * S * H} rows (S = ${S}, the longer of q and kv) exceed 2^31-1; split the batch`);
+  return { B, Sq, Skv, H };
 }
 
 function checkScale(op: string, opts: AttentionOptions): void {
@@ -125,17 +132,17 @@ export class MlaAttentionLauncher {
   private readonly bwdFile: KernelFile;
   private readonly fwdHopperFile: KernelFile;
   private readonly bwdHopperFile: KernelFile;
-  private readonly fwdArgs = new KernelArgs(11);
+  private readonly fwdArgs = new KernelArgs(12);
   /** The Hopper forward's arguments: five tensor maps (q_nope, q_pe, k_nope, k_pe, v), then as fwdArgs. */
-  private readonly fwdHopperArgs = new KernelArgs(11, [0, 1, 2, 3, 4]);
+  private readonly fwdHopperArgs = new KernelArgs(12, [0, 1, 2, 3, 4]);
   private readonly fwdHopperMaps: TensorMapSlots;
-  private readonly preArgs = new KernelArgs(8);
-  private readonly dkdvArgs = new KernelArgs(17);
-  /** The Hopper backward's arguments: six tensor maps (q_nope, q_pe, k_nope, k_pe, v, dout), then as dkdvArgs. */
-  private readonly dkdvHopperArgs = new KernelArgs(18, [0, 1, 2, 3, 4, 5, 17]);
+  private readonly preArgs = new KernelArgs(9);
+  private readonly dkdvArgs = new KernelArgs(18);
+  /** The Hopper backward's arguments: six tensor maps (q_nope, q_pe, k_nope, k_pe, v, dout), then as dkdvArgs, then dq_accum's map. */
+  private readonly dkdvHopperArgs = new KernelArgs(19, [0, 1, 2, 3, 4, 5, 18]);
   private readonly dkdvHopperMaps: TensorMapSlots;
-  private readonly dqArgs = new KernelArgs(14);
-  private readonly finishArgs = new KernelArgs(8);
+  private readonly dqArgs = new KernelArgs(15);
+  private readonly finishArgs = new KernelArgs(10);
 
   constructor(ctx: CudaContext, private readonly allocator: CachingAllocator) {
     this.fwdFile = new KernelFile(ctx, 'mla_attention_fwd.cu', MLA_FWD_DEFINES);
@@ -146,74 +153,78 @@ export class MlaAttentionLauncher {
     this.dkdvHopperMaps = new TensorMapSlots(ctx.driver, this.dkdvHopperArgs);
   }
 
-  /** o = softmax(scale·q·kᵀ, causal mask) · v and lse, with q = (qNope|qPe), k = (kNope|kPe). */
+  /** o = softmax(scale·q·kᵀ, causal mask or none) · v and lse, with q = (qNope|qPe), k = (kNope|kPe). */
   forward(kernels: MlaTensorCoreKernels, o: Tensor, lse: Tensor, qNope: Tensor, qPe: Tensor, kNope: Tensor, kPe: Tensor, v: Tensor,
           opts: AttentionOptions): void {
     const op = 'mlaAttention';
-    const { B, S, H } = inputDims(op, qNope, qPe, kNope, kPe, v);
+    const { B, Sq, Skv, H } = inputDims(op, qNope, qPe, kNope, kPe, v, opts.causal);
     checkScale(op, opts);
-    expectTensor(op, 'o', o, [B, S, H, D_V], 'bf16', `[B,S,H,${D_V}]`);
-    expectTensor(op, 'lse', lse, [B, H, S], 'f32', '[B,H,S]');
-    if (B * S * H === 0) return;
-    // Arguments 5-10, the same for the mma.sync kernel and the Hopper one.
+    expectTensor(op, 'o', o, [B, Sq, H, D_V], 'bf16', `[B,Sq,H,${D_V}]`);
+    expectTensor(op, 'lse', lse, [B, H, Sq], 'f32', '[B,H,Sq]');
+    if (B * Sq * H === 0) return;
+    // No key at all: an empty softmax, which the kernels do not compute.
+    if (Skv === 0) throw new Error(`${op}: kv has 0 positions (q ${Sq}); skip the call for an empty block`);
+    // Arguments 5-11, the same for the mma.sync kernel and the Hopper one.
     const fwdTail = (args: KernelArgs): KernelArgs =>
-      args.ptr(5, devicePtr(o)).ptr(6, devicePtr(lse)).i32(7, S).i32(8, H).f32(9, opts.scale).i32(10, opts.causal ? 1 : 0);
+      args.ptr(5, devicePtr(o)).ptr(6, devicePtr(lse)).i32(7, Sq).i32(8, Skv).i32(9, H).f32(10, opts.scale).i32(11, opts.causal ? 1 : 0);
     if (kernels === 'hopper') {
       const { MLA_HOP_FWD_THREADS: threads, MLA_HOP_FWD_ROWS: rows, MLA_HOP_FWD_KEYS: keys, MLA_HOP_FWD_SMEM: smem } = MLA_HOP_FWD_DEFINES;
       const k = this.fwdHopperFile.kernel('mla_attention_fwd_hopper');
       k.allowDynamicShared(smem, op);
       const maps = this.fwdHopperMaps;
-      maps.set(0, headRows(devicePtr(qNope), B, S, H, D_NOPE, rows), `${op}: qNope`);
-      maps.set(1, headRows(devicePtr(qPe), B, S, H, D_ROPE, rows), `${op}: qPe`);
-      maps.set(2, headRows(devicePtr(kNope), B, S, H, D_NOPE, keys), `${op}: kNope`);
-      maps.set(3, sharedRows(devicePtr(kPe), B, S, D_ROPE, keys), `${op}: kPe`);
-      maps.set(4, headRows(devicePtr(v), B, S, H, D_V, keys), `${op}: v`);
-      k.launch([H, Math.ceil(S / rows), B], [threads, 1, 1], smem, fwdTail(this.fwdHopperArgs));
+      maps.set(0, headRows(devicePtr(qNope), B, Sq, H, D_NOPE, rows), `${op}: qNope`);
+      maps.set(1, headRows(devicePtr(qPe), B, Sq, H, D_ROPE, rows), `${op}: qPe`);
+      maps.set(2, headRows(devicePtr(kNope), B, Skv, H, D_NOPE, keys), `${op}: kNope`);
+      maps.set(3, sharedRows(devicePtr(kPe), B, Skv, D_ROPE, keys), `${op}: kPe`);
+      maps.set(4, headRows(devicePtr(v), B, Skv, H, D_V, keys), `${op}: v`);
+      k.launch([H, Math.ceil(Sq / rows), B], [threads, 1, 1], smem, fwdTail(this.fwdHopperArgs));
       return;
     }
     const k = this.fwdFile.kernel('mla_attention_fwd');
     k.allowDynamicShared(MLA_FWD_DEFINES.MLA_FWD_SMEM, op);
     const args = fwdTail(this.fwdArgs.ptr(0, devicePtr(qNope)).ptr(1, devicePtr(qPe)).ptr(2, devicePtr(kNope)).ptr(3, devicePtr(kPe))
       .ptr(4, devicePtr(v)));
-    k.launch([Math.ceil(S / FWD_ROWS), H, B], [MLA_FWD_DEFINES.MLA_FWD_THREADS, 1, 1], MLA_FWD_DEFINES.MLA_FWD_SMEM, args);
+    k.launch([Math.ceil(Sq / FWD_ROWS), H, B], [MLA_FWD_DEFINES.MLA_FWD_THREADS, 1, 1], MLA_FWD_DEFINES.MLA_FWD_SMEM, args);
   }
 
-  /** Gradients of forward (overwritten); dkPe [B,S,1,64] is summed over heads. */
+  /** Gradients of forward (overwritten), each shaped as its input; dkPe [B,Skv,1,64] is summed over heads. */
   backward(kernels: MlaTensorCoreKernels, grads: MlaGrads, dout: Tensor, qNope: Tensor, qPe: Tensor, kNope: Tensor, kPe: Tensor,
            v: Tensor, o: Tensor, lse: Tensor, opts: MlaBackwardOptions): void {
     const op = 'mlaAttentionBackward';
-    const { B, S, H } = inputDims(op, qNope, qPe, kNope, kPe, v);
+    const { B, Sq, Skv, H } = inputDims(op, qNope, qPe, kNope, kPe, v, opts.causal);
     checkScale(op, opts);
-    expectTensor(op, 'o', o, [B, S, H, D_V], 'bf16', `[B,S,H,${D_V}]`);
-    expectTensor(op, 'dout', dout, [B, S, H, D_V], 'bf16', `[B,S,H,${D_V}]`);
-    expectTensor(op, 'lse', lse, [B, H, S], 'f32', '[B,H,S]');
-    expectTensor(op, 'dqNope', grads.dqNope, [B, S, H, D_NOPE], 'bf16', `[B,S,H,${D_NOPE}]`);
-    expectTensor(op, 'dqPe', grads.dqPe, [B, S, H, D_ROPE], 'bf16', `[B,S,H,${D_ROPE}]`);
-    expectTensor(op, 'dkNope', grads.dkNope, [B, S, H, D_NOPE], 'bf16', `[B,S,H,${D_NOPE}]`);
-    expectTensor(op, 'dkPe', grads.dkPe, [B, S, 1, D_ROPE], 'bf16', `[B,S,1,${D_ROPE}]`);
-    expectTensor(op, 'dv', grads.dv, [B, S, H, D_V], 'bf16', `[B,S,H,${D_V}]`);
-    if (B * S * H === 0) return;
+    expectTensor(op, 'o', o, [B, Sq, H, D_V], 'bf16', `[B,Sq,H,${D_V}]`);
+    expectTensor(op, 'dout', dout, [B, Sq, H, D_V], 'bf16', `[B,Sq,H,${D_V}]`);
+    expectTensor(op, 'lse', lse, [B, H, Sq], 'f32', '[B,H,Sq]');
+    expectTensor(op, 'dqNope', grads.dqNope, [B, Sq, H, D_NOPE], 'bf16', `[B,Sq,H,${D_NOPE}]`);
+    expectTensor(op, 'dqPe', grads.dqPe, [B, Sq, H, D_ROPE], 'bf16', `[B,Sq,H,${D_ROPE}]`);
+    expectTensor(op, 'dkNope', grads.dkNope, [B, Skv, H, D_NOPE], 'bf16', `[B,Skv,H,${D_NOPE}]`);
+    expectTensor(op, 'dkPe', grads.dkPe, [B, Skv, 1, D_ROPE], 'bf16', `[B,Skv,1,${D_ROPE}]`);
+    expectTensor(op, 'dv', grads.dv, [B, Skv, H, D_V], 'bf16', `[B,Skv,H,${D_V}]`);
+    if (B * H === 0 || Sq + Skv === 0) return;
+    if (Sq === 0 || Skv === 0) throw new Error(`${op}: q ${Sq} × kv ${Skv} positions; skip the call for an empty block`);
     const { MLA_BWD_THREADS, MLA_BWD_PRE_THREADS, MLA_BWD_FINISH_THREADS, MLA_BWD_DKDV_SMEM, MLA_BWD_DQ_SMEM } = MLA_BWD_DEFINES;
     const deterministic = opts.deterministic === true;
-    const rows = B * S * H;
-    const tiles = Math.ceil(S / TILE);
+    const rows = B * Sq * H;  // query rows
+    const kRows = B * Skv * H;
     const scratch: GpuBlock[] = [];
     const take = (bytes: number): bigint => { const b = this.allocator.alloc(bytes); scratch.push(b); return b.ptr; };
     try {
       const dSum = take(rows * 4);
       const dqAccum = deterministic ? 0n : take(rows * D_QK * 4);
-      const dkPeF32 = take((deterministic ? rows : B * S) * D_ROPE * 4);
+      const dkPeF32 = take((deterministic ? kRows : B * Skv) * D_ROPE * 4);
       const [pQn, pQp, pKn, pKp, pV, pDo, pLse] = [qNope, qPe, kNope, kPe, v, dout, lse].map(devicePtr) as
         [bigint, bigint, bigint, bigint, bigint, bigint, bigint];
       const causal = opts.causal ? 1 : 0;
-      // Arguments 6-16, the same for the mma.sync kernel and the Hopper one.
+      // Arguments 6-17, the same for the mma.sync kernel and the Hopper one.
       const dkdvTail = (args: KernelArgs): KernelArgs => args.ptr(6, pLse).ptr(7, dSum)
         .ptr(8, devicePtr(grads.dkNope)).ptr(9, devicePtr(grads.dv)).ptr(10, dqAccum).ptr(11, dkPeF32)
-        .i32(12, S).i32(13, H).f32(14, opts.scale).i32(15, causal).i32(16, deterministic ? 1 : 0);
+        .i32(12, Sq).i32(13, Skv).i32(14, H).f32(15, opts.scale).i32(16, causal).i32(17, deterministic ? 1 : 0);
 
+      // Fast mode: preprocess also zeroes the f32 dk_pe accumulator, B·Skv·64 floats.
       this.bwdFile.kernel('mla_attention_bwd_preprocess').launch([Math.ceil(rows / (MLA_BWD_PRE_THREADS / 32)), 1, 1], [MLA_BWD_PRE_THREADS, 1, 1], 0,
         this.preArgs.ptr(0, devicePtr(o)).ptr(1, pDo).ptr(2, dSum).ptr(3, dqAccum).ptr(4, deterministic ? 0n : dkPeF32)
-          .i32(5, rows).i32(6, S).i32(7, H));
+          .i32(5, rows).i32(6, Sq).i32(7, H).i64(8, deterministic ? 0n : BigInt(B * Skv * D_ROPE)));
       // Both kernels skip dQ when dqAccum is null (deterministic mode: the dq pass below makes it).
       if (kernels === 'hopper') {
         const { MLA_HOP_BWD_THREADS: threads, MLA_HOP_BWD_KEYS: keys, MLA_HOP_BWD_QUERIES: queries, MLA_HOP_BWD_DQ_ROWS: dqRows,
@@ -222,39 +233,41 @@ export class MlaAttentionLauncher {
         k.allowDynamicShared(smem, op);
         // The Hopper kernel copies q, dO (`queries` per step) and k, v (its `keys`) with TMA.
         const maps = this.dkdvHopperMaps;
-        maps.set(0, headRows(pQn, B, S, H, D_NOPE, queries), `${op}: qNope`);
-        maps.set(1, headRows(pQp, B, S, H, D_ROPE, queries), `${op}: qPe`);
-        maps.set(2, headRows(pKn, B, S, H, D_NOPE, keys), `${op}: kNope`);
-        maps.set(3, sharedRows(pKp, B, S, D_ROPE, keys), `${op}: kPe`);
-        maps.set(4, headRows(pV, B, S, H, D_V, keys), `${op}: v`);
-        maps.set(5, headRows(pDo, B, S, H, D_V, queries), `${op}: dout`);
-        // dQ leaves as bulk reduce-adds into dqAccum [B,S,H,192] f32: boxes of 64 columns ×
+        maps.set(0, headRows(pQn, B, Sq, H, D_NOPE, queries), `${op}: qNope`);
+        maps.set(1, headRows(pQp, B, Sq, H, D_ROPE, queries), `${op}: qPe`);
+        maps.set(2, headRows(pKn, B, Skv, H, D_NOPE, keys), `${op}: kNope`);
+        maps.set(3, sharedRows(pKp, B, Skv, D_ROPE, keys), `${op}: kPe`);
+        maps.set(4, headRows(pV, B, Skv, H, D_V, keys), `${op}: v`);
+        maps.set(5, headRows(pDo, B, Sq, H, D_V, queries), `${op}: dout`);
+        // dQ leaves as bulk reduce-adds into dqAccum [B,Sq,H,192] f32: boxes of 64 columns ×
         // dqRows queries (each warp of a consumer adds its own rows), seen as 5-D (32 columns, 6
-        // blocks of 32, H, S, B) so that a box is 128-byte lines, as the swizzle needs.
+        // blocks of 32, H, Sq, B) so that a box is 128-byte lines, as the swizzle needs.
         // Deterministic mode has no dqAccum; the kernel then skips dQ and never reads this slot,
         // so it keeps whatever map it held.
         if (!deterministic) {
-          maps.set(17, { dtype: 'f32', address: dqAccum, dims: [32, D_QK / 32, H, S, B],
-            strides: [128, D_QK * 4, H * D_QK * 4, S * H * D_QK * 4],
+          maps.set(18, { dtype: 'f32', address: dqAccum, dims: [32, D_QK / 32, H, Sq, B],
+            strides: [128, D_QK * 4, H * D_QK * 4, Sq * H * D_QK * 4],
             box: [32, 2, 1, dqRows, 1], swizzle128: true }, `${op}: dq accumulator`);
         }
-        k.launch([H, Math.ceil(S / keys), B], [threads, 1, 1], smem, dkdvTail(this.dkdvHopperArgs));
+        k.launch([H, Math.ceil(Skv / keys), B], [threads, 1, 1], smem, dkdvTail(this.dkdvHopperArgs));
       } else {
         const k = this.bwdFile.kernel('mla_attention_bwd_dkdv');
         k.allowDynamicShared(MLA_BWD_DKDV_SMEM, op);
         const args = dkdvTail(this.dkdvArgs.ptr(0, pQn).ptr(1, pQp).ptr(2, pKn).ptr(3, pKp).ptr(4, pV).ptr(5, pDo));
-        k.launch([tiles, H, B], [MLA_BWD_THREADS, 1, 1], MLA_BWD_DKDV_SMEM, args);
+        k.launch([Math.ceil(Skv / TILE), H, B], [MLA_BWD_THREADS, 1, 1], MLA_BWD_DKDV_SMEM, args);
       }
       if (deterministic) {
         const k = this.bwdFile.kernel('mla_attention_bwd_dq');
         k.allowDynamicShared(MLA_BWD_DQ_SMEM, op);
-        k.launch([tiles, H, B], [MLA_BWD_THREADS, 1, 1], MLA_BWD_DQ_SMEM,
+        k.launch([Math.ceil(Sq / TILE), H, B], [MLA_BWD_THREADS, 1, 1], MLA_BWD_DQ_SMEM,
           this.dqArgs.ptr(0, pQn).ptr(1, pQp).ptr(2, pKn).ptr(3, pKp).ptr(4, pV).ptr(5, pDo).ptr(6, pLse).ptr(7, dSum)
-            .ptr(8, devicePtr(grads.dqNope)).ptr(9, devicePtr(grads.dqPe)).i32(10, S).i32(11, H).f32(12, opts.scale).i32(13, causal));
+            .ptr(8, devicePtr(grads.dqNope)).ptr(9, devicePtr(grads.dqPe)).i32(10, Sq).i32(11, Skv).i32(12, H).f32(13, opts.scale)
+            .i32(14, causal));
       }
-      this.bwdFile.kernel('mla_attention_bwd_finish').launch([B * S, 1, 1], [MLA_BWD_FINISH_THREADS, 1, 1], 0,
+      // One block per flat position of the longer of q (dQ) and kv (dk_pe).
+      this.bwdFile.kernel('mla_attention_bwd_finish').launch([B * Math.max(Sq, Skv), 1, 1], [MLA_BWD_FINISH_THREADS, 1, 1], 0,
         this.finishArgs.ptr(0, dqAccum).ptr(1, devicePtr(grads.dqNope)).ptr(2, devicePtr(grads.dqPe)).ptr(3, dkPeF32)
-          .ptr(4, devicePtr(grads.dkPe)).i32(5, H).f32(6, opts.scale).i32(7, deterministic ? 1 : 0));
+          .ptr(4, devicePtr(grads.dkPe)).i32(5, H).f32(6, opts.scale).i32(7, deterministic ? 1 : 0).i32(8, B * Sq).i32(9, B * Skv));
     } finally {
       // Stream order: the next user of these blocks is queued behind the kernels above.
       for (const b of scratch) this.allocator.free(b);

@@ -17,34 +17,40 @@ import type { MlaGrads } from './mla_attention.js';
 export const MLA_GENERIC_DEFINES = { MAXPL: 8 } as const;
 const MAX_WIDTH = 32 * MLA_GENERIC_DEFINES.MAXPL;
 
-function dims(qNope: Tensor, qPe: Tensor, v: Tensor) {
-  const [B, S, H, Dn] = qNope.shape as [number, number, number, number];
-  const Dr = qPe.shape[3]!, Dv = v.shape[3]!;
+/** B, Sq (q's positions), Skv (k's and v's), H and the widths; causal needs Sq = Skv. */
+function dims(qNope: Tensor, qPe: Tensor, v: Tensor, opts: AttentionOptions) {
+  const [B, Sq, H, Dn] = qNope.shape as [number, number, number, number];
+  const Skv = v.shape[1]!, Dr = qPe.shape[3]!, Dv = v.shape[3]!;
   if (Dn + Dr > MAX_WIDTH || Dv > MAX_WIDTH) throw new Error(`mlaAttention: head widths ${Dn}+${Dr} / ${Dv} exceed ${MAX_WIDTH}, the limit of the generic CUDA kernel`);
-  return { B, S, H, Dn, Dr, Dv };
+  if (opts.causal && Sq !== Skv) {
+    throw new Error(`mlaAttention: a causal mask needs as many queries as keys, got q ${Sq} × kv ${Skv} positions; pass causal: false for a block of other positions`);
+  }
+  if (B * Sq * H > 0 && Skv === 0) throw new Error(`mlaAttention: kv has 0 positions (q ${Sq}); skip the call for an empty block`);
+  return { B, Sq, Skv, H, Dn, Dr, Dv };
 }
 
 export class MlaAttentionGenericLauncher {
   private readonly file: KernelFile;
-  private readonly fwdArgs = new KernelArgs(14);
-  private readonly bwdArgs = new KernelArgs(20);
+  private readonly fwdArgs = new KernelArgs(15);
+  private readonly bwdArgs = new KernelArgs(21);
 
   constructor(private readonly ctx: CudaContext, private readonly allocator: CachingAllocator, private readonly copy: CopyLauncher) {
     this.file = new KernelFile(ctx, 'mla_attention_generic.cu', MLA_GENERIC_DEFINES);
   }
 
   forward(o: Tensor, lse: Tensor, qNope: Tensor, qPe: Tensor, kNope: Tensor, kPe: Tensor, v: Tensor, opts: AttentionOptions): void {
-    const { B, S, H, Dn, Dr, Dv } = dims(qNope, qPe, v);
-    if (B * S * H === 0) return;
+    const { B, Sq, Skv, H, Dn, Dr, Dv } = dims(qNope, qPe, v, opts);
+    if (B * Sq * H === 0) return;
     const args = this.fwdArgs.ptr(0, devicePtr(qNope)).ptr(1, devicePtr(qPe)).ptr(2, devicePtr(kNope)).ptr(3, devicePtr(kPe)).ptr(4, devicePtr(v))
-      .ptr(5, devicePtr(o)).ptr(6, devicePtr(lse)).i32(7, S).i32(8, H).i32(9, Dn).i32(10, Dr).i32(11, Dv).f32(12, opts.scale).i32(13, opts.causal ? 1 : 0);
-    this.file.kernel(`mla_generic_fwd_${qNope.dtype}`).launch([S, H, B], [32, 1, 1], 0, args);
+      .ptr(5, devicePtr(o)).ptr(6, devicePtr(lse)).i32(7, Sq).i32(8, Skv).i32(9, H).i32(10, Dn).i32(11, Dr).i32(12, Dv).f32(13, opts.scale)
+      .i32(14, opts.causal ? 1 : 0);
+    this.file.kernel(`mla_generic_fwd_${qNope.dtype}`).launch([Sq, H, B], [32, 1, 1], 0, args);
   }
 
   backward(grads: MlaGrads, dout: Tensor, qNope: Tensor, qPe: Tensor, kNope: Tensor, kPe: Tensor, v: Tensor, o: Tensor, lse: Tensor,
            opts: AttentionOptions): void {
-    const { B, S, H, Dn, Dr, Dv } = dims(qNope, qPe, v);
-    if (B * S * H === 0) return;
+    const { B, Sq, Skv, H, Dn, Dr, Dv } = dims(qNope, qPe, v, opts);
+    if (B * Sq * H === 0) return;
     const scratch: GpuBlock[] = [];
     const zeroed = (elements: number): bigint => {
       const b = this.allocator.alloc(elements * 4);
@@ -59,8 +65,9 @@ export class MlaAttentionGenericLauncher {
       const dkn = zeroed(kNope.size), dkp = zeroed(kPe.size), dv = zeroed(v.size);
       const args = this.bwdArgs.ptr(0, devicePtr(qNope)).ptr(1, devicePtr(qPe)).ptr(2, devicePtr(kNope)).ptr(3, devicePtr(kPe)).ptr(4, devicePtr(v))
         .ptr(5, devicePtr(o)).ptr(6, devicePtr(dout)).ptr(7, devicePtr(lse)).ptr(8, devicePtr(grads.dqNope)).ptr(9, devicePtr(grads.dqPe))
-        .ptr(10, dkn).ptr(11, dkp).ptr(12, dv).i32(13, S).i32(14, H).i32(15, Dn).i32(16, Dr).i32(17, Dv).f32(18, opts.scale).i32(19, opts.causal ? 1 : 0);
-      this.file.kernel(`mla_generic_bwd_${qNope.dtype}`).launch([S, H, B], [32, 1, 1], 0, args);
+        .ptr(10, dkn).ptr(11, dkp).ptr(12, dv).i32(13, Sq).i32(14, Skv).i32(15, H).i32(16, Dn).i32(17, Dr).i32(18, Dv).f32(19, opts.scale)
+        .i32(20, opts.causal ? 1 : 0);
+      this.file.kernel(`mla_generic_bwd_${qNope.dtype}`).launch([Sq, H, B], [32, 1, 1], 0, args);
       toOut(grads.dkNope, dkn);
       toOut(grads.dkPe, dkp);
       toOut(grads.dv, dv);
