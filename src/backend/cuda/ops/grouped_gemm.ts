@@ -1,0 +1,150 @@
+// Launcher of kernels/grouped_gemm.cu: the grouped expert linear (forward, backward data,
+// backward weight), one launch each for all experts, with the experts' row counts read by the
+// kernels from the device offsets (no host synchronisation).
+//
+// The experts' weights (and f32 gradients) reach the kernel as a device array of E base
+// addresses, rebuilt and uploaded (stream-ordered, 8·E bytes) on every call. Why not one base
+// and a stride: the weights are separate storages or views into FSDP flats where an expert's
+// gate, up and down interleave with the other experts', so equal spacing is not guaranteed, and
+// the table costs one small copy per launch.
+//
+// bf16 runs the kernels; f32 (tests, the f32-compute mode) falls back to one cuBLASLt product
+// per expert after reading the offsets on the host.
+import type { Tensor } from '../../../tensor/tensor.js';
+import type { CachingAllocator } from '../runtime/allocator.js';
+import type { CudaContext } from '../runtime/context.js';
+import { devicePtr } from '../runtime/device_buffer.js';
+import { KernelArgs } from '../runtime/kernel_args.js';
+import { KernelFile } from '../runtime/module.js';
+import { assertContiguous, assertSameDType } from './common.js';
+import type { MatmulLauncher } from './matmul.js';
+
+const BM = 128, BN = 128, BK = 32, STAGES = 4, THREADS = 256;
+/** Shared memory per CTA: STAGES × (A tile + B tile), each the larger of [128][32+8] and [32][128+8] bf16. */
+const SMEM = STAGES * 2 * Math.max(BM * (BK + 8), BK * (BM + 8)) * 2;
+
+/** The -D defines kernels/grouped_gemm.cu is compiled with (it static_asserts GG_SMEM). */
+export const GROUPED_GEMM_DEFINES = { GG_BM: BM, GG_BN: BN, GG_BK: BK, GG_STAGES: STAGES, GG_THREADS: THREADS, GG_SMEM: SMEM } as const;
+
+/** The kernels' shape rule: K and N multiples of 64 (whole 16-byte pieces and whole k16 steps). */
+const WIDTH_MULTIPLE = 64;
+/** The grid's y dimension holds the worst-case row tiles. */
+const MAX_GRID_Y = 65535;
+
+type Product = 'forward' | 'data' | 'weight';
+
+export class GroupedGemmLauncher {
+  private readonly file: KernelFile;
+  private readonly args = new KernelArgs(8);
+  private table = new BigUint64Array(0);
+
+  constructor(private readonly ctx: CudaContext, private readonly allocator: CachingAllocator, private readonly gemm: MatmulLauncher) {
+    this.file = new KernelFile(ctx, 'grouped_gemm.cu', GROUPED_GEMM_DEFINES);
+  }
+
+  groupedLinear(out: Tensor, x: Tensor, weights: readonly Tensor[], offsets: Tensor): void {
+    const { M, N, K } = this.check('groupedLinear', x, out, weights, offsets);
+    if (x.dtype === 'f32') { this.perExpert('forward', out, x, weights, offsets); return; }
+    this.launch('grouped_fwd_bf16', [Math.ceil(N / BN), this.rowTiles(M, weights.length), 1], out, x, weights, offsets, M, N, K);
+  }
+
+  groupedLinearBackwardData(dx: Tensor, dy: Tensor, weights: readonly Tensor[], offsets: Tensor): void {
+    const { M, N, K } = this.check('groupedLinearBackwardData', dx, dy, weights, offsets);
+    if (dy.dtype === 'f32') { this.perExpert('data', dx, dy, weights, offsets); return; }
+    this.launch('grouped_dx_bf16', [Math.ceil(K / BN), this.rowTiles(M, weights.length), 1], dx, dy, weights, offsets, M, N, K);
+  }
+
+  groupedLinearWeightGrad(dweights: readonly Tensor[], dy: Tensor, x: Tensor, offsets: Tensor): void {
+    const { M, N, K } = this.check('groupedLinearWeightGrad', x, dy, dweights, offsets);
+    for (const [e, g] of dweights.entries()) if (g.dtype !== 'f32') throw new Error(`internal: groupedLinearWeightGrad dweights[${e}] is ${g.dtype}, expected f32`);
+    if (x.dtype === 'f32') { this.perExpert('weight', dy, x, dweights, offsets); return; }
+    if (M === 0) return;
+    const E = dweights.length;
+    const table = this.upload(dweights);
+    try {
+      const args = this.args.ptr(0, table.ptr).ptr(1, devicePtr(dy)).ptr(2, devicePtr(x)).ptr(3, devicePtr(offsets))
+        .i32(4, E).i32(5, M).i32(6, N).i32(7, K);
+      const k = this.file.kernel('grouped_dw_bf16');
+      k.allowDynamicShared(SMEM, 'groupedLinearWeightGrad');
+      k.launch([Math.ceil(K / BN), Math.ceil(N / BM), E], [THREADS, 1, 1], SMEM, args);
+    } finally {
+      this.allocator.free(table);
+    }
+  }
+
+  /**
+   * Shapes of one product: rows [M, K] (x or dx), cols [M, N] (out or dy), mats E × [N, K].
+   * Returns M, N, K after checking what the kernels assume.
+   */
+  private check(what: string, rows: Tensor, cols: Tensor, mats: readonly Tensor[], offsets: Tensor): { M: number; N: number; K: number } {
+    if (rows.rank !== 2 || cols.rank !== 2) throw new Error(`internal: ${what} wants rank-2 row blocks, got [${rows.shape}] and [${cols.shape}]`);
+    const M = rows.shape[0]!, K = rows.shape[1]!, N = cols.shape[1]!;
+    if (cols.shape[0] !== M) throw new Error(`internal: ${what} row counts differ: [${rows.shape}] and [${cols.shape}]`);
+    if (mats.length === 0) throw new Error(`internal: ${what} over no experts`);
+    if (offsets.dtype !== 'i32' || offsets.size !== mats.length + 1) throw new Error(`internal: ${what} offsets ${offsets} for ${mats.length} experts (i32 [E+1])`);
+    assertContiguous(offsets, `${what} offsets`);
+    for (const [t, name] of [[rows, 'rows'], [cols, 'cols']] as const) assertContiguous(t, `${what} ${name}`);
+    assertSameDType(rows, cols, `${what} row blocks`);
+    if (rows.dtype === 'i32') throw new Error(`internal: ${what} on i32 tensors`);
+    mats.forEach((w, e) => {
+      assertContiguous(w, `${what} expert ${e} matrix`);
+      if (w.rank !== 2 || w.shape[0] !== N || w.shape[1] !== K) throw new Error(`internal: ${what} expert ${e} matrix [${w.shape}], expected [${N}, ${K}]`);
+    });
+    if (rows.dtype === 'bf16') {
+      if (K % WIDTH_MULTIPLE !== 0 || N % WIDTH_MULTIPLE !== 0) {
+        throw new Error(`internal: ${what}: the grouped GEMM kernels take K and N multiples of ${WIDTH_MULTIPLE}, got K ${K}, N ${N}`);
+      }
+      for (const [t, name] of [[rows, 'rows'], [cols, 'cols'], ...mats.map((w, e) => [w, `expert ${e} matrix`] as const)] as const) {
+        if (devicePtr(t) % 16n !== 0n) throw new Error(`internal: ${what} ${name} is not 16-byte aligned (cp.async copies 16-byte pieces)`);
+      }
+    }
+    return { M, N, K };
+  }
+
+  private rowTiles(M: number, E: number): number {
+    const tiles = Math.ceil(M / BM) + E;
+    if (tiles > MAX_GRID_Y) throw new Error(`internal: grouped GEMM over ${M} rows and ${E} experts needs ${tiles} row tiles (at most ${MAX_GRID_Y})`);
+    return tiles;
+  }
+
+  private launch(name: string, grid: [number, number, number], out: Tensor, a: Tensor, weights: readonly Tensor[], offsets: Tensor,
+                 M: number, N: number, K: number): void {
+    if (M === 0) return;
+    const table = this.upload(weights);
+    try {
+      const args = this.args.ptr(0, devicePtr(out)).ptr(1, devicePtr(a)).ptr(2, table.ptr).ptr(3, devicePtr(offsets))
+        .i32(4, weights.length).i32(5, M).i32(6, N).i32(7, K);
+      const k = this.file.kernel(name);
+      k.allowDynamicShared(SMEM, name);
+      k.launch(grid, [THREADS, 1, 1], SMEM, args);
+    } finally {
+      // Stream-ordered: a later allocation of this block is used only by later work on the stream.
+      this.allocator.free(table);
+    }
+  }
+
+  /** The experts' base addresses as a device array (u64 × E). */
+  private upload(mats: readonly Tensor[]) {
+    if (this.table.length < mats.length) this.table = new BigUint64Array(mats.length);
+    mats.forEach((w, e) => { this.table[e] = devicePtr(w); });
+    const block = this.allocator.alloc(8 * mats.length);
+    this.ctx.upload(block.ptr, this.table, 8 * mats.length);
+    return block;
+  }
+
+  /** f32: one cuBLASLt product per expert with the options ops/linear.ts uses (offsets read on the host). */
+  private perExpert(product: Product, a: Tensor, b: Tensor, mats: readonly Tensor[], offsets: Tensor): void {
+    const off = new Int32Array(offsets.size);
+    this.ctx.download(off, devicePtr(offsets), 4 * offsets.size);
+    const rows = (t: Tensor, s: number, en: number) => t.view([en - s, t.shape[1]!], [t.shape[1]!, 1], t.offset + s * t.shape[1]!);
+    mats.forEach((w, e) => {
+      const s = off[e]! - off[0]!, en = off[e + 1]! - off[0]!;
+      if (en === s) return;
+      const av = rows(a, s, en), bv = rows(b, s, en);
+      if (product === 'forward') this.gemm.matmul(av, bv, w, { transB: true });
+      else if (product === 'data') this.gemm.matmul(av, bv, w, {});
+      else this.gemm.matmul(w, av, bv, { transA: true, beta: 1 });
+      av.dispose(); bv.dispose();
+    });
+  }
+}
