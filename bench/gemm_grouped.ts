@@ -1,7 +1,8 @@
 // Grouped expert GEMM benchmark: the three products of one routed-expert projection for all 64
 // experts of a DeepSeek-V2-Lite MoE layer (8192 tokens × top-6 = 49152 routed rows, ~768 per
-// expert, skewed as routing skews them), timed as one grouped launch each (kernels/grouped_gemm.cu)
-// against one cuBLASLt product per expert (the per-expert path), median of CUDA-event timings.
+// expert, skewed as routing skews them), timed as one grouped launch each, for each grouped
+// kernel set (mma: kernels/grouped_gemm.cu; wgmma: kernels/grouped_gemm_wgmma.cu, sm_90a), against
+// one cuBLASLt product per expert (the per-expert path), median of CUDA-event timings.
 //
 //   moetrain bench gemm --grouped        (or: node dist/bench/gemm_grouped.js)
 //
@@ -32,7 +33,12 @@ function median(xs: number[]): number {
   return s.length % 2 ? s[s.length >> 1]! : (s[(s.length >> 1) - 1]! + s[s.length >> 1]!) / 2;
 }
 
-export interface GroupedGemmRow { product: string; K: number; N: number; floorMs: number; groupedMs: number; perExpertMs: number }
+export interface GroupedGemmRow {
+  product: string; K: number; N: number; floorMs: number;
+  /** Milliseconds per kernel set (absent: the set does not run on this GPU). */
+  grouped: { mma: number; wgmma?: number };
+  perExpertMs: number;
+}
 
 export function runGroupedGemmBench(opts: { log?: (line: string) => void } = {}): GroupedGemmRow[] {
   const log = opts.log ?? ((l: string) => console.log(l));
@@ -40,6 +46,7 @@ export function runGroupedGemmBench(opts: { log?: (line: string) => void } = {})
   const be = new CudaBackend(defaultCudaContext());
   const ctx = be.ctx;
   const counts = benchCounts();
+  const hopper = ctx.arch === 'sm_90a';
   const starts = [0];
   for (const c of counts) starts.push(starts[starts.length - 1]! + c);
   log(`grouped GEMM bench on ${ctx.description}: E ${E}, M ${M} rows (per expert ${Math.min(...counts)}..${Math.max(...counts)}), bf16, f32 accumulation; median of ${REPS}`);
@@ -71,25 +78,33 @@ export function runGroupedGemmBench(opts: { log?: (line: string) => void } = {})
     ];
     for (const [product, grouped, perExpert] of products) {
       const time = (fn: () => void) => { for (let i = 0; i < 3; i++) fn(); return median(Array.from({ length: REPS }, () => ctx.timeMs(fn))); };
-      const groupedMs = time(grouped);
+      be.groupedGemmKernels = 'mma';
+      const times: GroupedGemmRow['grouped'] = { mma: time(grouped) };
+      if (hopper) { be.groupedGemmKernels = 'wgmma'; times.wgmma = time(grouped); }
       const perExpertMs = time(perExpert);
-      rows.push({ product, K, N, floorMs: (2 * M * N * K) / CEILING_FLOPS * 1e3, groupedMs, perExpertMs });
+      rows.push({ product, K, N, floorMs: (2 * M * N * K) / CEILING_FLOPS * 1e3, grouped: times, perExpertMs });
     }
     for (const t of [x, dy, y, dx, ...ws, ...gs, ...xr, ...dyr, ...yr, ...dxr]) t.dispose();
   }
   offsets.dispose();
   const tflops = (r: GroupedGemmRow, ms: number) => ((2 * M * r.N * r.K) / (ms * 1e-3) / 1e12).toFixed(1);
-  const header = ['product', 'K', 'N', 'floor ms', 'grouped ms', 'grouped TFLOP/s', '% of floor', 'per-expert ms', 'per-expert TFLOP/s', 'speed-up'];
-  const table = rows.map((r) => [
-    r.product, String(r.K), String(r.N), r.floorMs.toFixed(3), r.groupedMs.toFixed(3), tflops(r, r.groupedMs),
-    `${((r.floorMs / r.groupedMs) * 100).toFixed(0)}%`, r.perExpertMs.toFixed(3), tflops(r, r.perExpertMs), (r.perExpertMs / r.groupedMs).toFixed(2),
-  ]);
+  const header = ['product', 'K', 'N', 'floor ms', 'mma ms', 'mma TFLOP/s', 'wgmma ms', 'wgmma TFLOP/s', 'wgmma % of floor',
+    'per-expert ms', 'per-expert TFLOP/s', 'best speed-up'];
+  const table = rows.map((r) => {
+    const w = r.grouped.wgmma, best = Math.min(r.grouped.mma, w ?? Infinity);
+    return [
+      r.product, String(r.K), String(r.N), r.floorMs.toFixed(3), r.grouped.mma.toFixed(3), tflops(r, r.grouped.mma),
+      w !== undefined ? w.toFixed(3) : '-', w !== undefined ? tflops(r, w) : '-', w !== undefined ? `${((r.floorMs / w) * 100).toFixed(0)}%` : '-',
+      r.perExpertMs.toFixed(3), tflops(r, r.perExpertMs), (r.perExpertMs / best).toFixed(2),
+    ];
+  });
   const widths = header.map((h, c) => Math.max(h.length, ...table.map((row) => row[c]!.length)));
   const fmt = (cells: string[]) => cells.map((cell, c) => (c === 0 ? cell.padEnd(widths[c]!) : cell.padStart(widths[c]!))).join('  ');
   log(fmt(header));
   for (const row of table) log(fmt(row));
   const sum = (f: (r: GroupedGemmRow) => number) => rows.reduce((a, r) => a + f(r), 0);
-  log(`all six products: grouped ${sum((r) => r.groupedMs).toFixed(3)} ms, per-expert ${sum((r) => r.perExpertMs).toFixed(3)} ms, floor ${sum((r) => r.floorMs).toFixed(3)} ms`);
+  const wgmmaSum = hopper ? `, wgmma ${sum((r) => r.grouped.wgmma!).toFixed(3)} ms` : '';
+  log(`all six products: mma ${sum((r) => r.grouped.mma).toFixed(3)} ms${wgmmaSum}, per-expert ${sum((r) => r.perExpertMs).toFixed(3)} ms, floor ${sum((r) => r.floorMs).toFixed(3)} ms`);
   return rows;
 }
 

@@ -1,5 +1,6 @@
-// The grouped expert GEMM kernels (kernels/grouped_gemm.cu through Backend.groupedLinear*) on
-// the GPU, each product checked two ways:
+// The grouped expert GEMM kernels on the GPU through Backend.groupedLinear*, every test once per
+// kernel set (mma: kernels/grouped_gemm.cu; wgmma: kernels/grouped_gemm_wgmma.cu, sm_90a only),
+// each product checked two ways:
 // - awkward shapes (E = 5, counts [0, 1, 130, 7, 64], K = 192, N = 320: zero-row experts, a
 //   1-row expert, row tails, widths that are 64- but not 128-multiples; offsets that start at a
 //   nonzero base, as a part owning middle experts passes them) against the CPU backend;
@@ -89,42 +90,54 @@ function offsetsOn(b: Backend, counts: readonly number[], base: number, pad: num
   return t.view([counts.length + 1], [1], t.offset + pad);
 }
 
-test('grouped GEMM, awkward shapes: forward, dX and dW against the CPU backend', { skip }, () => {
-  const counts = [0, 1, 130, 7, 64], E = counts.length, K = 192, N = 320;
-  const M = counts.reduce((a, b) => a + b, 0);
-  const xv = values(M * K, 1), dyv = values(M * N, 1);
-  const wv = counts.map(() => values(N * K, 0.1)), gv = counts.map(() => values(N * K, 1));
-  const side = (b: Backend) => ({
-    x: upload(b, xv, [M, K], 'bf16'), dy: upload(b, dyv, [M, N], 'bf16'),
-    ws: wv.map((v) => upload(b, v, [N, K], 'bf16')), gs: gv.map((v) => upload(b, v, [N, K], 'f32')),
-    off: offsetsOn(b, counts, 1000, 3),
-  });
-  const c = side(cpu), g = side(gpu());
-  const yc = emptyTensor(cpu, [M, N], 'bf16'), yg = poisoned([M, N], 'bf16');
-  cpu.groupedLinear(yc, c.x, c.ws, c.off); gpu().groupedLinear(yg, g.x, g.ws, g.off);
-  expectClose(readF32(gpu(), yg), readF32(cpu, yc), BF16_TOL, 'forward');
-  const dxc = emptyTensor(cpu, [M, K], 'bf16'), dxg = poisoned([M, K], 'bf16');
-  cpu.groupedLinearBackwardData(dxc, c.dy, c.ws, c.off); gpu().groupedLinearBackwardData(dxg, g.dy, g.ws, g.off);
-  expectClose(readF32(gpu(), dxg), readF32(cpu, dxc), BF16_TOL, 'dX');
-  cpu.groupedLinearWeightGrad(c.gs, c.dy, c.x, c.off); gpu().groupedLinearWeightGrad(g.gs, g.dy, g.x, g.off);
-  for (let e = 0; e < E; e++) {
-    const got = readF32(gpu(), g.gs[e]!);
-    if (counts[e] === 0) assert.deepEqual(got, gv[e], `dW of expert ${e} (no rows) must be untouched`);
-    else expectClose(got, readF32(cpu, c.gs[e]!), F32_TOL, `dW of expert ${e} (${counts[e]} rows)`);
-  }
-});
+/** The kernel sets this GPU runs (wgmma on sm_90a only). */
+function kernelSets(): ('mma' | 'wgmma')[] {
+  return gpu().ctx.arch === 'sm_90a' ? ['mma', 'wgmma'] : ['mma'];
+}
 
-test('grouped GEMM, no rows at all: nothing written, gradients untouched', { skip }, () => {
-  const K = 64, N = 128;
-  const x = upload(gpu(), new Float32Array(0), [0, K], 'bf16'), dy = upload(gpu(), new Float32Array(0), [0, N], 'bf16');
-  const w = upload(gpu(), values(N * K, 1), [N, K], 'bf16');
-  const init = values(N * K, 1);
-  const gw = upload(gpu(), init, [N, K], 'f32');
-  const off = offsetsOn(gpu(), [0, 0], 5, 0);
-  gpu().groupedLinear(emptyTensor(gpu(), [0, N], 'bf16'), x, [w, w], off);
-  gpu().groupedLinearWeightGrad([gw, gw], dy, x, off);
-  assert.deepEqual(readF32(gpu(), gw), init);
-});
+for (const set of ['mma', 'wgmma'] as const) {
+  const skipSet = skip || (set === 'wgmma' && !kernelSets().includes('wgmma') ? 'skipped: wgmma needs sm_90a' : false);
+
+  test(`grouped GEMM (${set}), awkward shapes: forward, dX and dW against the CPU backend`, { skip: skipSet }, () => {
+    gpu().groupedGemmKernels = set;
+    const counts = [0, 1, 130, 7, 64], E = counts.length, K = 192, N = 320;
+    const M = counts.reduce((a, b) => a + b, 0);
+    const xv = values(M * K, 1), dyv = values(M * N, 1);
+    const wv = counts.map(() => values(N * K, 0.1)), gv = counts.map(() => values(N * K, 1));
+    const side = (b: Backend) => ({
+      x: upload(b, xv, [M, K], 'bf16'), dy: upload(b, dyv, [M, N], 'bf16'),
+      ws: wv.map((v) => upload(b, v, [N, K], 'bf16')), gs: gv.map((v) => upload(b, v, [N, K], 'f32')),
+      off: offsetsOn(b, counts, 1000, 3),
+    });
+    const c = side(cpu), g = side(gpu());
+    const yc = emptyTensor(cpu, [M, N], 'bf16'), yg = poisoned([M, N], 'bf16');
+    cpu.groupedLinear(yc, c.x, c.ws, c.off); gpu().groupedLinear(yg, g.x, g.ws, g.off);
+    expectClose(readF32(gpu(), yg), readF32(cpu, yc), BF16_TOL, 'forward');
+    const dxc = emptyTensor(cpu, [M, K], 'bf16'), dxg = poisoned([M, K], 'bf16');
+    cpu.groupedLinearBackwardData(dxc, c.dy, c.ws, c.off); gpu().groupedLinearBackwardData(dxg, g.dy, g.ws, g.off);
+    expectClose(readF32(gpu(), dxg), readF32(cpu, dxc), BF16_TOL, 'dX');
+    cpu.groupedLinearWeightGrad(c.gs, c.dy, c.x, c.off); gpu().groupedLinearWeightGrad(g.gs, g.dy, g.x, g.off);
+    for (let e = 0; e < E; e++) {
+      const got = readF32(gpu(), g.gs[e]!);
+      if (counts[e] === 0) assert.deepEqual(got, gv[e], `dW of expert ${e} (no rows) must be untouched`);
+      else expectClose(got, readF32(cpu, c.gs[e]!), F32_TOL, `dW of expert ${e} (${counts[e]} rows)`);
+    }
+  });
+
+  test(`grouped GEMM (${set}), no rows at all: nothing written, gradients untouched`, { skip: skipSet }, () => {
+    gpu().groupedGemmKernels = set;
+    const K = 64, N = 128;
+    const x = upload(gpu(), new Float32Array(0), [0, K], 'bf16'), dy = upload(gpu(), new Float32Array(0), [0, N], 'bf16');
+    const w = upload(gpu(), values(N * K, 1), [N, K], 'bf16');
+    const init = values(N * K, 1);
+    const gw = upload(gpu(), init, [N, K], 'f32');
+    const off = offsetsOn(gpu(), [0, 0], 5, 0);
+    gpu().groupedLinear(emptyTensor(gpu(), [0, N], 'bf16'), x, [w, w], off);
+    gpu().groupedLinearWeightGrad([gw, gw], dy, x, off);
+    assert.deepEqual(readF32(gpu(), gw), init);
+  });
+
+}
 
 /** Skewed counts summing to M over E experts: expert e gets ~ (e/(E−1))·2 × the mean, a few get 0. */
 function skewedCounts(E: number, M: number): number[] {
@@ -135,9 +148,11 @@ function skewedCounts(E: number, M: number): number[] {
   return counts;
 }
 
-for (const [K, N] of [[2048, 1408], [1408, 2048]] as const) {
-  test(`grouped GEMM, bench shapes E = 64, M = 49152, K = ${K}, N = ${N}: against per-expert cuBLASLt and sampled f64 dots`, { skip }, () => {
+for (const set of ['mma', 'wgmma'] as const) for (const [K, N] of [[2048, 1408], [1408, 2048]] as const) {
+  const skipSet = skip || (set === 'wgmma' && !kernelSets().includes('wgmma') ? 'skipped: wgmma needs sm_90a' : false);
+  test(`grouped GEMM (${set}), bench shapes E = 64, M = 49152, K = ${K}, N = ${N}: against per-expert cuBLASLt and sampled f64 dots`, { skip: skipSet }, () => {
     const be = gpu();
+    be.groupedGemmKernels = set;
     const E = 64, M = 49152, counts = skewedCounts(E, M);
     const starts = [0];
     for (const c of counts) starts.push(starts[starts.length - 1]! + c);

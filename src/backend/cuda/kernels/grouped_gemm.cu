@@ -23,6 +23,7 @@
 // Shapes (asserted by the launcher, ops/grouped_gemm.ts): bf16 operands, K and N multiples of 64,
 // every base address 16-byte aligned.
 #include "common.cuh"
+#include "grouped_gemm_common.cuh"
 
 #if !defined(GG_BM) || !defined(GG_BN) || !defined(GG_BK) || !defined(GG_STAGES) || !defined(GG_THREADS) || !defined(GG_SMEM)
 #error "GG_BM, GG_BN, GG_BK, GG_STAGES, GG_THREADS and GG_SMEM are set by ops/grouped_gemm.ts (GROUPED_GEMM_DEFINES)"
@@ -56,18 +57,10 @@ constexpr int STAGE_BYTES = 2 * TILE_BYTES;  // A then B
 static_assert(GG_SMEM == STAGES * STAGE_BYTES, "GG_SMEM (ops/grouped_gemm.ts) must equal STAGES × 2 × the larger tile layout");
 static_assert(TILE_BYTES % 16 == 0, "tiles start 16-byte aligned");
 
-__device__ __forceinline__ u32 smem_addr(const void* p) {
-  u32 r;
-  asm("{ .reg .u64 a; cvta.to.shared.u64 a, %1; cvt.u32.u64 %0, a; }" : "=r"(r) : "l"(p));
-  return r;
-}
-// 16-byte global→shared copy; when !valid nothing is read and the 16 bytes are zero-filled.
-__device__ __forceinline__ void cp_async16(u32 dst, const void* src, bool valid) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(valid ? 16 : 0) : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory"); }
+using ggc::smem_addr;
+using ggc::cp_async16;
+using ggc::cp_async_commit;
+using ggc::cp_async_wait;
 __device__ __forceinline__ void ldsm_x4(u32 addr, u32* r) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr) : "memory");
@@ -227,20 +220,6 @@ __device__ __forceinline__ void accumulate_f32(const float (&acc)[MI][NI][4], fl
     }
 }
 
-// The (expert, first row, end row) of row tile `t` in the walk over experts in order, rows
-// relative to off[0] and clamped to [0, M]; false when t is past the last tile.
-__device__ __forceinline__ bool find_row_tile(const int* __restrict__ off, int E, int M, int t, int& e, int& row0, int& rowEnd) {
-  const int base = off[0];
-  for (int x = 0; x < E; ++x) {
-    const int s = min(max(off[x] - base, 0), M);
-    const int en = min(max(off[x + 1] - base, s), M);
-    const int tiles = (en - s + BM - 1) / BM;
-    if (t < tiles) { e = x; row0 = s + t * BM; rowEnd = en; return true; }
-    t -= tiles;
-  }
-  return false;
-}
-
 }  // namespace gg
 
 // Y[M,N] = X_e · W_eᵀ per row block. grid (ceil(N/BN), ceil(M/BM) + E).
@@ -249,7 +228,7 @@ grouped_fwd_bf16(bf16* __restrict__ Y, const bf16* __restrict__ X, const bf16* c
                  const int* __restrict__ off, int E, int M, int N, int K) {
   extern __shared__ __align__(128) unsigned char smem[];
   int e, row0, rowEnd;
-  if (!gg::find_row_tile(off, E, M, blockIdx.y, e, row0, rowEnd)) return;
+  if (!ggc::find_row_tile<gg::BM>(off, E, M, blockIdx.y, e, row0, rowEnd)) return;
   const int j0 = blockIdx.x * gg::BN;
   float acc[gg::MI][gg::NI][4];
   gg::mainloop<true, true>(acc, smem, X + (long long)row0 * K, K, rowEnd - row0, W[e] + (long long)j0 * K, K, N - j0, K);
@@ -262,7 +241,7 @@ grouped_dx_bf16(bf16* __restrict__ dX, const bf16* __restrict__ dY, const bf16* 
                 const int* __restrict__ off, int E, int M, int N, int K) {
   extern __shared__ __align__(128) unsigned char smem[];
   int e, row0, rowEnd;
-  if (!gg::find_row_tile(off, E, M, blockIdx.y, e, row0, rowEnd)) return;
+  if (!ggc::find_row_tile<gg::BM>(off, E, M, blockIdx.y, e, row0, rowEnd)) return;
   const int j0 = blockIdx.x * gg::BN;
   float acc[gg::MI][gg::NI][4];
   gg::mainloop<true, false>(acc, smem, dY + (long long)row0 * N, N, rowEnd - row0, W[e] + j0, K, K - j0, N);
@@ -275,9 +254,8 @@ grouped_dw_bf16(float* const* __restrict__ dW, const bf16* __restrict__ dY, cons
                 const int* __restrict__ off, int E, int M, int N, int K) {
   extern __shared__ __align__(128) unsigned char smem[];
   const int e = blockIdx.z;
-  const int base = off[0];
-  const int s = min(max(off[e] - base, 0), M);
-  const int en = min(max(off[e + 1] - base, s), M);
+  int s, en;
+  ggc::expert_rows(off, e, M, s, en);
   if (en == s) return;  // no rows: the gradient keeps its value
   const int i0 = blockIdx.y * gg::BM, j0 = blockIdx.x * gg::BN;
   float acc[gg::MI][gg::NI][4];

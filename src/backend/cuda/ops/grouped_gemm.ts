@@ -1,6 +1,11 @@
-// Launcher of kernels/grouped_gemm.cu: the grouped expert linear (forward, backward data,
-// backward weight), one launch each for all experts, with the experts' row counts read by the
-// kernels from the device offsets (no host synchronisation).
+// Launcher of the grouped expert linear kernels (forward, backward data, backward weight), one
+// launch each for all experts, with the experts' row counts read by the kernels from the device
+// offsets (no host synchronisation). Two kernel sets, the same grids and shape rules:
+//   mma    kernels/grouped_gemm.cu, mma.sync m16n8k16 (sm_80 and later);
+//   wgmma  kernels/grouped_gemm_wgmma.cu, Hopper warpgroup MMA (sm_90a only).
+// Which one runs is the backend option groupedGemm. 'auto' is mma for now: the wgmma set was
+// written without a GPU at hand; once test/cuda_grouped_gemm.test.ts passes for it on an H100
+// and bench gemm --grouped shows it faster, 'auto' becomes wgmma on sm_90a (AUTO_WGMMA).
 //
 // The experts' weights (and f32 gradients) reach the kernel as a device array of E base
 // addresses, rebuilt and uploaded (stream-ordered, 8·E bytes) on every call. Why not one base
@@ -19,12 +24,26 @@ import { KernelFile } from '../runtime/module.js';
 import { assertContiguous, assertSameDType } from './common.js';
 import type { MatmulLauncher } from './matmul.js';
 
-const BM = 128, BN = 128, BK = 32, STAGES = 4, THREADS = 256;
-/** Shared memory per CTA: STAGES × (A tile + B tile), each the larger of [128][32+8] and [32][128+8] bf16. */
-const SMEM = STAGES * 2 * Math.max(BM * (BK + 8), BK * (BM + 8)) * 2;
+/** Output tile of both kernel sets (rows × columns) and their block size. */
+const BM = 128, BN = 128, THREADS = 256;
+const MMA_BK = 32, MMA_STAGES = 4;
+/** mma: STAGES × (A tile + B tile), each the larger of [128][32+8] and [32][128+8] bf16 (padded rows). */
+const MMA_SMEM = MMA_STAGES * 2 * Math.max(BM * (MMA_BK + 8), MMA_BK * (BM + 8)) * 2;
+const WGMMA_BK = 64, WGMMA_STAGES = 5;
+/** wgmma: STAGES × (A + B) tiles of 128 × 64 bf16 (swizzled, unpadded), plus 1024 bytes to align the window. */
+const WGMMA_SMEM = WGMMA_STAGES * 2 * BM * WGMMA_BK * 2 + 1024;
 
 /** The -D defines kernels/grouped_gemm.cu is compiled with (it static_asserts GG_SMEM). */
-export const GROUPED_GEMM_DEFINES = { GG_BM: BM, GG_BN: BN, GG_BK: BK, GG_STAGES: STAGES, GG_THREADS: THREADS, GG_SMEM: SMEM } as const;
+export const GROUPED_GEMM_DEFINES = { GG_BM: BM, GG_BN: BN, GG_BK: MMA_BK, GG_STAGES: MMA_STAGES, GG_THREADS: THREADS, GG_SMEM: MMA_SMEM } as const;
+/** The -D defines kernels/grouped_gemm_wgmma.cu is compiled with (it static_asserts GGW_SMEM). */
+export const GROUPED_GEMM_WGMMA_DEFINES = {
+  GGW_BM: BM, GGW_BN: BN, GGW_BK: WGMMA_BK, GGW_STAGES: WGMMA_STAGES, GGW_THREADS: THREADS, GGW_SMEM: WGMMA_SMEM,
+} as const;
+
+export type GroupedGemmKernels = 'mma' | 'wgmma';
+/** Whether 'auto' picks wgmma on sm_90a (see the header). */
+const AUTO_WGMMA = false;
+export type GroupedGemmRequest = 'auto' | GroupedGemmKernels;
 
 /** The kernels' shape rule: K and N multiples of 64 (whole 16-byte pieces and whole k16 steps). */
 const WIDTH_MULTIPLE = 64;
@@ -34,24 +53,47 @@ const MAX_GRID_Y = 65535;
 type Product = 'forward' | 'data' | 'weight';
 
 export class GroupedGemmLauncher {
-  private readonly file: KernelFile;
+  private readonly mmaFile: KernelFile;
+  private readonly wgmmaFile: KernelFile;
   private readonly args = new KernelArgs(8);
   private table = new BigUint64Array(0);
+  /** The kernel set every bf16 call runs. */
+  kernels: GroupedGemmKernels;
 
-  constructor(private readonly ctx: CudaContext, private readonly allocator: CachingAllocator, private readonly gemm: MatmulLauncher) {
-    this.file = new KernelFile(ctx, 'grouped_gemm.cu', GROUPED_GEMM_DEFINES);
+  constructor(private readonly ctx: CudaContext, private readonly allocator: CachingAllocator, private readonly gemm: MatmulLauncher,
+              request: GroupedGemmRequest = 'auto') {
+    this.mmaFile = new KernelFile(ctx, 'grouped_gemm.cu', GROUPED_GEMM_DEFINES);
+    this.wgmmaFile = new KernelFile(ctx, 'grouped_gemm_wgmma.cu', GROUPED_GEMM_WGMMA_DEFINES);
+    this.kernels = 'mma';
+    this.use(request);
+  }
+
+  /** Chooses the kernel set ('auto': mma, or wgmma on sm_90a with AUTO_WGMMA); wgmma off sm_90a is an error. */
+  use(request: GroupedGemmRequest): void {
+    const hopper = this.ctx.arch === 'sm_90a';
+    if (request === 'wgmma' && !hopper) throw new Error(`the wgmma grouped GEMM kernels need an sm_90a GPU (H100/H200); ${this.ctx.name} is ${this.ctx.arch}: use groupedGemm 'mma' or 'auto'`);
+    this.kernels = request === 'auto' ? (hopper && AUTO_WGMMA ? 'wgmma' : 'mma') : request;
+  }
+
+  /** The kernel of one product in the chosen set, allowed its shared memory. */
+  private kernel(product: 'fwd' | 'dx' | 'dw') {
+    const wgmma = this.kernels === 'wgmma';
+    const k = wgmma ? this.wgmmaFile.kernel(`grouped_wgmma_${product}_bf16`) : this.mmaFile.kernel(`grouped_${product}_bf16`);
+    const smem = wgmma ? WGMMA_SMEM : MMA_SMEM;
+    k.allowDynamicShared(smem, `grouped GEMM (${this.kernels})`);
+    return { k, smem };
   }
 
   groupedLinear(out: Tensor, x: Tensor, weights: readonly Tensor[], offsets: Tensor): void {
     const { M, N, K } = this.check('groupedLinear', x, out, weights, offsets);
     if (x.dtype === 'f32') { this.perExpert('forward', out, x, weights, offsets); return; }
-    this.launch('grouped_fwd_bf16', [Math.ceil(N / BN), this.rowTiles(M, weights.length), 1], out, x, weights, offsets, M, N, K);
+    this.launch('fwd', [Math.ceil(N / BN), this.rowTiles(M, weights.length), 1], out, x, weights, offsets, M, N, K);
   }
 
   groupedLinearBackwardData(dx: Tensor, dy: Tensor, weights: readonly Tensor[], offsets: Tensor): void {
     const { M, N, K } = this.check('groupedLinearBackwardData', dx, dy, weights, offsets);
     if (dy.dtype === 'f32') { this.perExpert('data', dx, dy, weights, offsets); return; }
-    this.launch('grouped_dx_bf16', [Math.ceil(K / BN), this.rowTiles(M, weights.length), 1], dx, dy, weights, offsets, M, N, K);
+    this.launch('dx', [Math.ceil(K / BN), this.rowTiles(M, weights.length), 1], dx, dy, weights, offsets, M, N, K);
   }
 
   groupedLinearWeightGrad(dweights: readonly Tensor[], dy: Tensor, x: Tensor, offsets: Tensor): void {
@@ -64,9 +106,8 @@ export class GroupedGemmLauncher {
     try {
       const args = this.args.ptr(0, table.ptr).ptr(1, devicePtr(dy)).ptr(2, devicePtr(x)).ptr(3, devicePtr(offsets))
         .i32(4, E).i32(5, M).i32(6, N).i32(7, K);
-      const k = this.file.kernel('grouped_dw_bf16');
-      k.allowDynamicShared(SMEM, 'groupedLinearWeightGrad');
-      k.launch([Math.ceil(K / BN), Math.ceil(N / BM), E], [THREADS, 1, 1], SMEM, args);
+      const { k, smem } = this.kernel('dw');
+      k.launch([Math.ceil(K / BN), Math.ceil(N / BM), E], [THREADS, 1, 1], smem, args);
     } finally {
       this.allocator.free(table);
     }
@@ -107,16 +148,15 @@ export class GroupedGemmLauncher {
     return tiles;
   }
 
-  private launch(name: string, grid: [number, number, number], out: Tensor, a: Tensor, weights: readonly Tensor[], offsets: Tensor,
+  private launch(product: 'fwd' | 'dx', grid: [number, number, number], out: Tensor, a: Tensor, weights: readonly Tensor[], offsets: Tensor,
                  M: number, N: number, K: number): void {
     if (M === 0) return;
     const table = this.upload(weights);
     try {
       const args = this.args.ptr(0, devicePtr(out)).ptr(1, devicePtr(a)).ptr(2, table.ptr).ptr(3, devicePtr(offsets))
         .i32(4, weights.length).i32(5, M).i32(6, N).i32(7, K);
-      const k = this.file.kernel(name);
-      k.allowDynamicShared(SMEM, name);
-      k.launch(grid, [THREADS, 1, 1], SMEM, args);
+      const { k, smem } = this.kernel(product);
+      k.launch(grid, [THREADS, 1, 1], smem, args);
     } finally {
       // Stream-ordered: a later allocation of this block is used only by later work on the stream.
       this.allocator.free(table);
