@@ -18,7 +18,7 @@ import { EmbeddingLauncher } from './ops/embedding.js';
 import { ExpertOrderLauncher } from './ops/expert_order.js';
 import { FillLauncher } from './ops/fill.js';
 import { GatherRowsLauncher } from './ops/gather_rows.js';
-import { GroupedGemmLauncher, type GroupedGemmRequest } from './ops/grouped_gemm.js';
+import { GroupedGemmLauncher, type GroupedGemmKernels, type GroupedGemmRequest } from './ops/grouped_gemm.js';
 import { MatmulLauncher } from './ops/matmul.js';
 import { MlaAttentionLauncher, type MlaGrads } from './ops/mla_attention.js';
 import { MlaAttentionGenericLauncher } from './ops/mla_attention_generic.js';
@@ -40,7 +40,7 @@ import { CudaDeviceBuffer, devicePtr } from './runtime/device_buffer.js';
 export interface CudaBackendOptions {
   /** MLA attention kernels (ops/mla_kernel_choice.ts); default "auto". */
   mlaKernels?: MlaKernelsRequest;
-  /** Grouped expert GEMM kernels (ops/grouped_gemm.ts: 'mma', 'wgmma' on sm_90a); default "auto". */
+  /** Grouped expert GEMM kernels (ops/grouped_gemm.ts: 'mma', 'wgmma' on sm_90a, 'per_expert'); default "auto". */
   groupedGemm?: GroupedGemmRequest;
 }
 
@@ -170,8 +170,8 @@ export class CudaBackend implements Backend {
   sumSquaresMulti(out: Tensor, list: TensorList<Tensor>): void { this.sumSquaresList.sumSquaresMulti(out, list); }
   matmul(out: Tensor, a: Tensor, b: Tensor, opts: MatmulOptions): void { this.gemm.matmul(out, a, b, opts); }
   /** The grouped GEMM kernel set bf16 products run ('mma' or 'wgmma'); settable for tests and benchmarks. */
-  get groupedGemmKernels(): 'mma' | 'wgmma' { return this.groupedGemm.kernels; }
-  set groupedGemmKernels(k: 'mma' | 'wgmma') { this.groupedGemm.use(k); }
+  get groupedGemmKernels(): GroupedGemmKernels { return this.groupedGemm.kernels; }
+  set groupedGemmKernels(k: GroupedGemmKernels) { this.groupedGemm.use(k); }
   groupedLinear(out: Tensor, x: Tensor, weights: readonly Tensor[], offsets: Tensor): void { this.groupedGemm.groupedLinear(out, x, weights, offsets); }
   groupedLinearBackwardData(dx: Tensor, dy: Tensor, weights: readonly Tensor[], offsets: Tensor): void {
     this.groupedGemm.groupedLinearBackwardData(dx, dy, weights, offsets);

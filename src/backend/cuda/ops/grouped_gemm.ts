@@ -13,8 +13,9 @@
 // gate, up and down interleave with the other experts', so equal spacing is not guaranteed, and
 // the table costs one small copy per launch.
 //
-// bf16 runs the kernels; f32 (tests, the f32-compute mode) falls back to one cuBLASLt product
-// per expert after reading the offsets on the host.
+// bf16 at widths that are multiples of 64 runs the kernels; anything else (f32 compute, odd
+// widths) and the per_expert setting run one cuBLASLt product per expert after reading the
+// offsets on the host (one synchronisation per call).
 import type { Tensor } from '../../../tensor/tensor.js';
 import type { CachingAllocator } from '../runtime/allocator.js';
 import type { CudaContext } from '../runtime/context.js';
@@ -40,12 +41,13 @@ export const GROUPED_GEMM_WGMMA_DEFINES = {
   GGW_BM: BM, GGW_BN: BN, GGW_BK: WGMMA_BK, GGW_STAGES: WGMMA_STAGES, GGW_THREADS: THREADS, GGW_SMEM: WGMMA_SMEM,
 } as const;
 
-export type GroupedGemmKernels = 'mma' | 'wgmma';
+/** per_expert: one cuBLASLt product per expert after reading the offsets (the path the kernels replace; A/B runs). */
+export type GroupedGemmKernels = 'mma' | 'wgmma' | 'per_expert';
 /** Whether 'auto' picks wgmma on sm_90a (see the header). */
 const AUTO_WGMMA = false;
 export type GroupedGemmRequest = 'auto' | GroupedGemmKernels;
 
-/** The kernels' shape rule: K and N multiples of 64 (whole 16-byte pieces and whole k16 steps). */
+/** The kernels' shape rule: K and N multiples of 64 (whole 16-byte pieces, whole k16 steps, whole 64-column swizzle blocks). */
 const WIDTH_MULTIPLE = 64;
 /** The grid's y dimension holds the worst-case row tiles. */
 const MAX_GRID_Y = 65535;
@@ -86,20 +88,20 @@ export class GroupedGemmLauncher {
 
   groupedLinear(out: Tensor, x: Tensor, weights: readonly Tensor[], offsets: Tensor): void {
     const { M, N, K } = this.check('groupedLinear', x, out, weights, offsets);
-    if (x.dtype === 'f32') { this.perExpert('forward', out, x, weights, offsets); return; }
+    if (!this.kernelsTake(x, out, weights, K, N)) { this.perExpert('forward', out, x, weights, offsets); return; }
     this.launch('fwd', [Math.ceil(N / BN), this.rowTiles(M, weights.length), 1], out, x, weights, offsets, M, N, K);
   }
 
   groupedLinearBackwardData(dx: Tensor, dy: Tensor, weights: readonly Tensor[], offsets: Tensor): void {
     const { M, N, K } = this.check('groupedLinearBackwardData', dx, dy, weights, offsets);
-    if (dy.dtype === 'f32') { this.perExpert('data', dx, dy, weights, offsets); return; }
+    if (!this.kernelsTake(dy, dx, weights, K, N)) { this.perExpert('data', dx, dy, weights, offsets); return; }
     this.launch('dx', [Math.ceil(K / BN), this.rowTiles(M, weights.length), 1], dx, dy, weights, offsets, M, N, K);
   }
 
   groupedLinearWeightGrad(dweights: readonly Tensor[], dy: Tensor, x: Tensor, offsets: Tensor): void {
     const { M, N, K } = this.check('groupedLinearWeightGrad', x, dy, dweights, offsets);
     for (const [e, g] of dweights.entries()) if (g.dtype !== 'f32') throw new Error(`internal: groupedLinearWeightGrad dweights[${e}] is ${g.dtype}, expected f32`);
-    if (x.dtype === 'f32') { this.perExpert('weight', dy, x, dweights, offsets); return; }
+    if (!this.kernelsTake(x, dy, dweights, K, N)) { this.perExpert('weight', dy, x, dweights, offsets); return; }
     if (M === 0) return;
     const E = dweights.length;
     const table = this.upload(dweights);
@@ -131,15 +133,18 @@ export class GroupedGemmLauncher {
       assertContiguous(w, `${what} expert ${e} matrix`);
       if (w.rank !== 2 || w.shape[0] !== N || w.shape[1] !== K) throw new Error(`internal: ${what} expert ${e} matrix [${w.shape}], expected [${N}, ${K}]`);
     });
-    if (rows.dtype === 'bf16') {
-      if (K % WIDTH_MULTIPLE !== 0 || N % WIDTH_MULTIPLE !== 0) {
-        throw new Error(`internal: ${what}: the grouped GEMM kernels take K and N multiples of ${WIDTH_MULTIPLE}, got K ${K}, N ${N}`);
-      }
-      for (const [t, name] of [[rows, 'rows'], [cols, 'cols'], ...mats.map((w, e) => [w, `expert ${e} matrix`] as const)] as const) {
-        if (devicePtr(t) % 16n !== 0n) throw new Error(`internal: ${what} ${name} is not 16-byte aligned (cp.async copies 16-byte pieces)`);
-      }
-    }
     return { M, N, K };
+  }
+
+  /**
+   * Whether the kernels take this product: bf16, K and N multiples of 64, every address 16-byte
+   * aligned (cp.async copies 16-byte pieces), and a kernel set chosen. Otherwise the product runs
+   * per expert (f32 runs, odd widths of small test models, per_expert runs).
+   */
+  private kernelsTake(a: Tensor, b: Tensor, mats: readonly Tensor[], K: number, N: number): boolean {
+    if (this.kernels === 'per_expert' || a.dtype !== 'bf16') return false;
+    if (K % WIDTH_MULTIPLE !== 0 || N % WIDTH_MULTIPLE !== 0) return false;
+    return [a, b, ...mats].every((t) => devicePtr(t) % 16n === 0n);
   }
 
   private rowTiles(M: number, E: number): number {
