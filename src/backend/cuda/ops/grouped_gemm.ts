@@ -8,16 +8,17 @@
 // and bench gemm --grouped shows it faster, 'auto' becomes wgmma on sm_90a (AUTO_WGMMA).
 //
 // The experts' weights (and f32 gradients) reach the kernel as a device array of E base
-// addresses, rebuilt and uploaded (stream-ordered, 8·E bytes) on every call. Why not one base
-// and a stride: the weights are separate storages or views into FSDP flats where an expert's
-// gate, up and down interleave with the other experts', so equal spacing is not guaranteed, and
-// the table costs one small copy per launch.
+// addresses. Why not one base and a stride: the weights are separate storages or views into FSDP
+// flats where an expert's gate, up and down interleave with the other experts', so equal spacing
+// is not guaranteed. The tables are cached by their contents (a whole parameter never moves, and
+// gathered FSDP buffers mostly come back at the same addresses), so a training step uploads none
+// after the first: a copy from pageable host memory may make the driver wait for the stream.
 //
 // bf16 at widths that are multiples of 64 runs the kernels; anything else (f32 compute, odd
 // widths) and the per_expert setting run one cuBLASLt product per expert after reading the
 // offsets on the host (one synchronisation per call).
 import type { Tensor } from '../../../tensor/tensor.js';
-import type { CachingAllocator } from '../runtime/allocator.js';
+import type { CachingAllocator, GpuBlock } from '../runtime/allocator.js';
 import type { CudaContext } from '../runtime/context.js';
 import { devicePtr } from '../runtime/device_buffer.js';
 import { KernelArgs } from '../runtime/kernel_args.js';
@@ -49,6 +50,8 @@ export type GroupedGemmRequest = 'auto' | GroupedGemmKernels;
 
 /** The kernels' shape rule: K and N multiples of 64 (whole 16-byte pieces, whole k16 steps, whole 64-column swizzle blocks). */
 const WIDTH_MULTIPLE = 64;
+/** Address tables kept uploaded: 6 per MoE layer (gate, up, down weights and gradients), 27 layers, with room. */
+const TABLE_CACHE = 256;
 /** The grid's y dimension holds the worst-case row tiles. */
 const MAX_GRID_Y = 65535;
 
@@ -59,6 +62,8 @@ export class GroupedGemmLauncher {
   private readonly wgmmaFile: KernelFile;
   private readonly args = new KernelArgs(8);
   private table = new BigUint64Array(0);
+  /** Uploaded address tables by contents, oldest first (bounded: TABLE_CACHE entries). */
+  private readonly tables = new Map<string, GpuBlock>();
   /** The kernel set every bf16 call runs. */
   kernels: GroupedGemmKernels;
 
@@ -104,15 +109,11 @@ export class GroupedGemmLauncher {
     if (!this.kernelsTake(x, dy, dweights, K, N)) { this.perExpert('weight', dy, x, dweights, offsets); return; }
     if (M === 0) return;
     const E = dweights.length;
-    const table = this.upload(dweights);
-    try {
-      const args = this.args.ptr(0, table.ptr).ptr(1, devicePtr(dy)).ptr(2, devicePtr(x)).ptr(3, devicePtr(offsets))
-        .i32(4, E).i32(5, M).i32(6, N).i32(7, K);
-      const { k, smem } = this.kernel('dw');
-      k.launch([Math.ceil(K / BN), Math.ceil(N / BM), E], [THREADS, 1, 1], smem, args);
-    } finally {
-      this.allocator.free(table);
-    }
+    const table = this.tableOf(dweights);
+    const args = this.args.ptr(0, table).ptr(1, devicePtr(dy)).ptr(2, devicePtr(x)).ptr(3, devicePtr(offsets))
+      .i32(4, E).i32(5, M).i32(6, N).i32(7, K);
+    const { k, smem } = this.kernel('dw');
+    k.launch([Math.ceil(K / BN), Math.ceil(N / BM), E], [THREADS, 1, 1], smem, args);
   }
 
   /**
@@ -156,25 +157,34 @@ export class GroupedGemmLauncher {
   private launch(product: 'fwd' | 'dx', grid: [number, number, number], out: Tensor, a: Tensor, weights: readonly Tensor[], offsets: Tensor,
                  M: number, N: number, K: number): void {
     if (M === 0) return;
-    const table = this.upload(weights);
-    try {
-      const args = this.args.ptr(0, devicePtr(out)).ptr(1, devicePtr(a)).ptr(2, table.ptr).ptr(3, devicePtr(offsets))
-        .i32(4, weights.length).i32(5, M).i32(6, N).i32(7, K);
-      const { k, smem } = this.kernel(product);
-      k.launch(grid, [THREADS, 1, 1], smem, args);
-    } finally {
-      // Stream-ordered: a later allocation of this block is used only by later work on the stream.
-      this.allocator.free(table);
-    }
+    const table = this.tableOf(weights);
+    const args = this.args.ptr(0, devicePtr(out)).ptr(1, devicePtr(a)).ptr(2, table).ptr(3, devicePtr(offsets))
+      .i32(4, weights.length).i32(5, M).i32(6, N).i32(7, K);
+    const { k, smem } = this.kernel(product);
+    k.launch(grid, [THREADS, 1, 1], smem, args);
   }
 
-  /** The experts' base addresses as a device array (u64 × E). */
-  private upload(mats: readonly Tensor[]) {
+  /** The device address of a table holding the experts' base addresses (u64 × E), uploaded on first use. */
+  private tableOf(mats: readonly Tensor[]): bigint {
     if (this.table.length < mats.length) this.table = new BigUint64Array(mats.length);
     mats.forEach((w, e) => { this.table[e] = devicePtr(w); });
+    const key = this.table.subarray(0, mats.length).join(',');
+    const hit = this.tables.get(key);
+    if (hit) {
+      this.tables.delete(key);
+      this.tables.set(key, hit);  // most recently used last
+      return hit.ptr;
+    }
+    if (this.tables.size >= TABLE_CACHE) {
+      // Stream-ordered allocator: a later allocation of the freed block is used only by later work.
+      const [oldest, block] = this.tables.entries().next().value as [string, GpuBlock];
+      this.tables.delete(oldest);
+      this.allocator.free(block);
+    }
     const block = this.allocator.alloc(8 * mats.length);
     this.ctx.upload(block.ptr, this.table, 8 * mats.length);
-    return block;
+    this.tables.set(key, block);
+    return block.ptr;
   }
 
   /** f32: one cuBLASLt product per expert with the options ops/linear.ts uses (offsets read on the host). */
