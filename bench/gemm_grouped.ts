@@ -50,10 +50,14 @@ export function runGroupedGemmBench(opts: { log?: (line: string) => void } = {})
   const starts = [0];
   for (const c of counts) starts.push(starts[starts.length - 1]! + c);
   log(`grouped GEMM bench on ${ctx.description}: E ${E}, M ${M} rows (per expert ${Math.min(...counts)}..${Math.max(...counts)}), bf16, f32 accumulation; median of ${REPS}`);
+  // uniform(−scale, scale) noise: one random chunk of a prime length, tiled (quick at 10^8 elements).
+  const chunk = new Float32Array(1_048_583);
+  let s = 0x2545f491;
+  for (let i = 0; i < chunk.length; i++) { s ^= s << 13; s >>>= 0; s ^= s >>> 17; s ^= s << 5; s >>>= 0; chunk[i] = (s / 2 ** 32) * 2 - 1; }
+  let at = 0;
   const noise = (n: number, scale: number): Uint16Array => {
     const f = new Float32Array(n);
-    let s = 0x2545f491;
-    for (let i = 0; i < n; i++) { s ^= s << 13; s >>>= 0; s ^= s >>> 17; s ^= s << 5; s >>>= 0; f[i] = scale * ((s / 2 ** 32) * 2 - 1); }
+    for (let i = 0; i < n; i++) { f[i] = scale * chunk[at]!; if (++at === chunk.length) at = 0; }
     return f32ArrayToBf16(f);
   };
   const offsets = emptyTensor(be, [E + 1], 'i32');

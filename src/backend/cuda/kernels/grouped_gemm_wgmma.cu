@@ -60,13 +60,18 @@ __device__ __forceinline__ u64 desc(u32 addr, u32 lead_bytes, u32 stride_bytes) 
 // columns 8j+2t..+1; d[4j+2..3] = row 16w+g+8, same columns.
 template <int TA, int TB>
 __device__ __forceinline__ void wgmma_m64n128k16(float* d, u64 a_desc, u64 b_desc) {
+  // scale-d is the predicate p, always true: d accumulates (the caller zeroes it first).
   asm volatile(
+      "{\n"
+      ".reg .pred p;\n"
+      "setp.ne.b32 p, 1, 0;\n"
       "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
       "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
       "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
       "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
       "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
-      "%64, %65, 1, 1, 1, %66, %67;\n"
+      "%64, %65, p, 1, 1, %66, %67;\n"
+      "}\n"
       : GGW_D64
       : "l"(a_desc), "l"(b_desc), "n"(TA), "n"(TB));
 }
