@@ -18,6 +18,8 @@
 // Floors (FLOPs ÷ ~790 TFLOP/s, the dense bf16 rate an H100 SXM sustains): the bench shapes,
 // 64 experts × ~768 rows (M = 49152), K = 2048, N = 1408: each product is 2·M·N·K = 283.5 GFLOP
 // ≈ 0.36 ms; a MoE layer's routed experts (gate, up, down; forward + 2 backward) 2.55 TFLOP ≈ 3.2 ms.
+// The weight product also reads and writes every expert's f32 gradient (64 × 1408 × 2048 × 8 B =
+// 1.48 GB ≈ 0.44 ms at ~3.35 TB/s), so its floor is the larger of the two, ~0.44 ms.
 // mma.sync peaks well below wgmma on Hopper, so this v1 is expected at ~50–60% of that floor.
 //
 // Shapes (asserted by the launcher, ops/grouped_gemm.ts): bf16 operands, K and N multiples of 64,
