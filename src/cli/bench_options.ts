@@ -17,6 +17,7 @@ export const BENCH_COMMAND: CommandSpec = {
     { name: 'device', value: 'auto|cpu|cuda', default: 'cuda', help: 'train: the device' },
     { name: 'profile', value: null, help: 'train: synchronise between phases and parts and print the step by layer kind (slower)' },
     { name: 'gemm_ceiling', value: 'TFLOPS', default: '786', help: 'train: the measured bf16 GEMM ceiling that the second MFU figure is taken against' },
+    { name: 'grouped_gemm', value: 'auto|mma|wgmma|per_expert', default: 'auto', help: 'train: routed-expert GEMM kernels (as the train option)' },
     { name: 'peer', value: 'eager|compile|both|none', default: 'eager', help: 'train: the PyTorch peer run first in the same command' },
   ],
 };
