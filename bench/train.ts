@@ -60,8 +60,9 @@ export async function runTrainBench(flags: Record<string, string>): Promise<void
     model: `deepseek-v2-lite (${layers} layers)`, data: 'random', device: flags['device'] ?? 'auto', steps, seq_len: S,
     micro_batch_size: micro, global_batch_size: G,
     optimizer: { lr: 3e-4 }, schedule: { type: 'constant', warmup_steps: 0 }, parallel: { dp: launch.world },
+    ...(flags['grouped_gemm'] !== undefined ? { grouped_gemm: flags['grouped_gemm'] } : {}),
   }, 'bench train');
-  const backend = await selectBackend(cfg.device as DeviceChoice, { mlaKernels: cfg.mla_kernels });
+  const backend = await selectBackend(cfg.device as DeviceChoice, { mlaKernels: cfg.mla_kernels, groupedGemm: cfg.grouped_gemm });
   refuseIfTooLarge(backend, cfg.precision, model, { pp: 1, dp: launch.world, cp: 1, ep: 1 }, S, micro, G / micro / launch.world);
   const dist = launch.source === 'none' ? null : await initDistributed(cfg, model, backend);
   say(`bench train: ${backend.description}; ${layers} layers, ${(parameterCount(model) / 1e9).toFixed(3)}B parameters, ` +

@@ -108,6 +108,21 @@ export interface Backend extends StorageOwner {
    * [batch,M,N]. a and b share a dtype (bf16 or f32); out is f32 or that dtype.
    */
   matmul(out: Tensor, a: Tensor, b: Tensor, opts: MatmulOptions): void;
+  /**
+   * Grouped linear over experts' row blocks (one launch for all experts where the backend can):
+   * rows [offsets[e] − offsets[0], offsets[e+1] − offsets[0]) of x and out belong to expert e,
+   * offsets i32 [E+1] non-decreasing, on the device (its last block ends at out's last row, M).
+   * out [M,N] = x_e [·,K] · weights[e]ᵀ with weights[e] [N,K] (E of them, any storage, contiguous);
+   * x, weights and out share a dtype. An expert with no rows is skipped.
+   */
+  groupedLinear(out: Tensor, x: Tensor, weights: readonly Tensor[], offsets: Tensor): void;
+  /** dx [M,K] = dy_e [·,N] · weights[e] [N,K] per row block (offsets as in groupedLinear). */
+  groupedLinearBackwardData(dx: Tensor, dy: Tensor, weights: readonly Tensor[], offsets: Tensor): void;
+  /**
+   * dweights[e] (f32 [N,K], accumulated) += dy_eᵀ · x_e over expert e's rows (offsets as in
+   * groupedLinear); an expert with no rows leaves its dweights[e] as it is.
+   */
+  groupedLinearWeightGrad(dweights: readonly Tensor[], dy: Tensor, x: Tensor, offsets: Tensor): void;
 
   // ---- model pieces ----
   /** y = x·rstd·w with rstd[r] = 1/sqrt(mean(x[r]²)+eps); x,y [R,D]; w [D]; rstd [R] f32. */

@@ -3,12 +3,15 @@
 import type { Backend } from './backend.js';
 import { CpuBackend } from './cpu/cpu_backend.js';
 import type { MlaKernelsRequest } from './cuda/ops/mla_kernel_choice.js';
+import type { GroupedGemmRequest } from './cuda/ops/grouped_gemm.js';
 
 export type DeviceChoice = 'auto' | 'cpu' | 'cuda';
 
 export interface BackendOptions {
   /** MLA attention kernels on CUDA (backend/cuda/ops/mla_kernel_choice.ts); default "auto". */
   mlaKernels?: MlaKernelsRequest;
+  /** Routed-expert GEMM kernels on CUDA (backend/cuda/ops/grouped_gemm.ts); default "auto". */
+  groupedGemm?: GroupedGemmRequest;
 }
 
 /** Every request, checked complete against the type (the CUDA module itself loads lazily). */
@@ -32,13 +35,13 @@ export async function selectBackend(device: DeviceChoice, options: BackendOption
       return new CpuBackend();
     case 'cuda': {
       const { createCudaBackend } = await import('./cuda/create.js');
-      return createCudaBackend({ mlaKernels: mlaKernelsRequest(options) });
+      return createCudaBackend({ mlaKernels: mlaKernelsRequest(options), groupedGemm: options.groupedGemm });
     }
     case 'auto': {
       const { cudaAvailable } = await import('./cuda/ffi/library.js');
       if (!cudaAvailable()) return new CpuBackend();
       const { createCudaBackend } = await import('./cuda/create.js');
-      return createCudaBackend({ mlaKernels: mlaKernelsRequest(options) });
+      return createCudaBackend({ mlaKernels: mlaKernelsRequest(options), groupedGemm: options.groupedGemm });
     }
     default:
       return device satisfies never;

@@ -1,4 +1,4 @@
-// `moetrain bench gemm | attention | train`: the benchmarks of bench/, on the GPU.
+// `moetrain bench gemm [--grouped] | attention | train`: the benchmarks of bench/, on the GPU.
 //
 // bench/ is its own entry point above src/: it imports src/, never the reverse. So this command
 // loads the compiled benchmark file by a path computed at run time (dist/src/cli/ → dist/bench/)
@@ -8,7 +8,7 @@ import { fileURLToPath } from 'node:url';
 import type { ParsedArgs } from './args.js';
 
 /** The function `exported` of dist/bench/<name>.js (untyped: this side cannot import its type). */
-async function loadBench(name: 'gemm' | 'attention' | 'attention_ring' | 'train', exported: string): Promise<Function> {
+async function loadBench(name: 'gemm' | 'gemm_grouped' | 'attention' | 'attention_ring' | 'train', exported: string): Promise<Function> {
   const url = new URL(`../../bench/${name}.js`, import.meta.url);
   const file = fileURLToPath(url);
   if (!existsSync(file)) throw new Error(`benchmark ${name}: ${file} does not exist; build the package (npm run build), which compiles bench/ into dist/bench/`);
@@ -22,7 +22,8 @@ export async function benchCommand(args: ParsedArgs): Promise<void> {
   const [what] = args.positional;
   switch (what) {
     case 'gemm':
-      (await loadBench('gemm', 'runGemmBench'))({});
+      if (args.flags.grouped === 'true') (await loadBench('gemm_grouped', 'runGroupedGemmBench'))({});
+      else (await loadBench('gemm', 'runGemmBench'))({});
       return;
     case 'attention':
       if (args.flags.cp !== undefined) await (await loadBench('attention_ring', 'runRingAttentionBench'))({ cp: Number(args.flags.cp) });

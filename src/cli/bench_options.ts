@@ -1,4 +1,4 @@
-// The options of `moetrain bench` (benchmarks of bench/, run on a GPU). Only `bench train` takes
+// The options of `moetrain bench` (benchmarks of bench/, run on a GPU). Mostly `bench train` takes
 // options; bench/train.ts reads them under these snake_case names.
 import type { CommandSpec } from './args.js';
 
@@ -7,6 +7,7 @@ export const BENCH_COMMAND: CommandSpec = {
   summary: 'GPU benchmarks: gemm (cuBLASLt bf16 GEMMs), attention (MLA attention kernels against cuDNN), train (training steps of DeepSeek-V2-Lite cut to a few layers, against a PyTorch peer).',
   positionals: [{ name: 'BENCHMARK', help: 'gemm | attention | train', required: true }],
   options: [
+    { name: 'grouped', value: null, help: 'gemm: time the grouped expert GEMM (forward, dX, dW at the 64-expert bench shapes) against one cuBLASLt product per expert' },
     { name: 'cp', value: 'N', help: 'attention: time the ring-attention blocks one of N context-parallel ranks computes (2 or 4) against the whole-sequence kernel, s = 4096/8192/16384' },
     { name: 'steps', value: 'N', default: '20', help: 'train: steps to time (the median excludes the first three)' },
     { name: 'layers', value: 'N', default: '4', help: 'train: layers of DeepSeek-V2-Lite to keep (layer 0 dense, the rest MoE)' },
@@ -16,6 +17,7 @@ export const BENCH_COMMAND: CommandSpec = {
     { name: 'device', value: 'auto|cpu|cuda', default: 'cuda', help: 'train: the device' },
     { name: 'profile', value: null, help: 'train: synchronise between phases and parts and print the step by layer kind (slower)' },
     { name: 'gemm_ceiling', value: 'TFLOPS', default: '786', help: 'train: the measured bf16 GEMM ceiling that the second MFU figure is taken against' },
+    { name: 'grouped_gemm', value: 'auto|mma|wgmma|per_expert', default: 'auto', help: 'train: routed-expert GEMM kernels (as the train option)' },
     { name: 'peer', value: 'eager|compile|both|none', default: 'eager', help: 'train: the PyTorch peer run first in the same command' },
   ],
 };

@@ -34,7 +34,7 @@ export async function trainCommand(flags: Record<string, string>): Promise<void>
   checkRunDir(cfg.run_dir);
 
   const model: DeepseekV2Config = cfg.model === 'tiny' ? tinyConfig() : loadDeepseekV2Config(cfg.model);
-  const backend = await selectBackend(cfg.device, { mlaKernels: cfg.mla_kernels });
+  const backend = await selectBackend(cfg.device, { mlaKernels: cfg.mla_kernels, groupedGemm: cfg.grouped_gemm });
   const dist = launch.source === 'none' ? null : await initDistributed(cfg, model, backend);
   try {
     await trainRun(cfg, model, backend, dist);

@@ -28,7 +28,8 @@ import { embedding } from '../ops/embedding.js';
 import { crossEntropyMean } from '../ops/cross_entropy.js';
 import { softmax } from '../ops/softmax.js';
 import { topk, bincount, expertOrder } from '../ops/routing.js';
-import { gatherRows, scatterAddRows, splitRows, concatRows } from '../ops/rows.js';
+import { gatherRows, scatterAddRows } from '../ops/rows.js';
+import { groupedLinear } from '../ops/grouped_linear.js';
 import { mlaAttention } from '../ops/mla_attention.js';
 import { Param, type ParamMaker } from '../nn/param.js';
 import { normalValues } from '../nn/init.js';
@@ -71,8 +72,8 @@ interface Gate {
 
 /** The owned experts' share of the routed slots, grouped by expert. */
 interface Routing {
-  /** Routed rows per owned expert, in expert order. */
-  counts: number[];
+  /** Row-block boundaries of the owned experts, i32 [owned + 1] on the device (relative to the first entry). */
+  offsets: Tensor;
   /** The token [M] i32 and router weight [M, 1] f32 of each owned routed row, grouped by expert. */
   tokenOfSorted: Tensor;
   sortedWeights: Tensor;
@@ -286,11 +287,25 @@ export class DeepseekV2 implements DeepseekV2Weights<Param> {
   /**
    * The owned routed experts on their rows: xs [M, D] holds counts[i] rows for moe.experts[i],
    * in that order; returns their outputs [M, D] in the same order. Routed rows enter and leave
-   * the local experts here and nowhere else (an expert-parallel dispatcher wraps this).
+   * the local experts here and nowhere else (an expert-parallel dispatcher wraps this, with
+   * counts it knows on the host; they go to the device as offsets, a copy with no wait).
    */
   routedExperts(moe: MoeBlock<Param>, xs: Tensor, counts: readonly number[]): Tensor {
-    const parts = splitRows(xs, counts);
-    return concatRows(parts.map((part, i) => (counts[i]! > 0 ? this.mlp(moe.experts[i]!, part) : part)));
+    const bounds = [0];
+    for (const c of counts) bounds.push(bounds[bounds.length - 1]! + c);
+    return this.expertsOnRows(moe, xs, fromHost(this.backend, bounds, [bounds.length], 'i32'));
+  }
+
+  /**
+   * routedExperts with the row blocks given by device offsets i32 [owned + 1] (expert i's rows are
+   * [offsets[i] − offsets[0], offsets[i+1] − offsets[0])): every projection is one grouped
+   * product over all owned experts, so no count is read on the host.
+   */
+  private expertsOnRows(moe: MoeBlock<Param>, xs: Tensor, offsets: Tensor): Tensor {
+    const ex = moe.experts;
+    const g = groupedLinear(xs, ex.map((m) => m.gate.value), offsets);
+    const u = groupedLinear(xs, ex.map((m) => m.up.value), offsets);
+    return groupedLinear(swiglu(g, u), ex.map((m) => m.down.value), offsets);
   }
 
   /**
@@ -314,7 +329,7 @@ export class DeepseekV2 implements DeepseekV2Weights<Param> {
         r = this.ownedRouting(w, g, N);
         return gatherRows(xr, r.tokenOfSorted, null);
       });
-      const ys = this.section('experts', xs, (rows) => this.routedExperts(w, rows, r.counts));
+      const ys = this.section('experts', xs, (rows) => this.expertsOnRows(w, rows, r.offsets));
       out = this.section('router', ys, (rows) => scatterAddRows(rows, r.tokenOfSorted, r.sortedWeights, N));
     }
     const shared = w.shared;
@@ -339,17 +354,23 @@ export class DeepseekV2 implements DeepseekV2Weights<Param> {
 
   /**
    * The owned experts' routed slots grouped by expert: their token, router weight and the
-   * per-expert counts (one device read per MoE layer: the per-expert GEMM sizes).
+   * experts' row blocks as device offsets. When this part owns every expert the row count is
+   * N·k and nothing is read on the host; a part owning some experts reads the boundaries once
+   * per MoE layer (its row count sizes the tensors).
    */
   private ownedRouting(w: MoeBlock<Param>, g: Gate, N: number): Routing {
     const E = this.config.n_routed_experts, k = this.config.num_experts_per_tok;
     const { order, offsets } = expertOrder(g.slots, E);
-    const bounds = toHostI32(offsets);
     // The owned experts' slots are one block of the expert-sorted order: [bounds[e0], bounds[e1]).
     const e0 = w.firstExpert, e1 = e0 + w.experts.length;
-    const counts = Array.from({ length: e1 - e0 }, (_, i) => bounds[e0 + i + 1]! - bounds[e0 + i]!);
-    const M = bounds[e1]! - bounds[e0]!;
-    const owned = M === N * k ? order : order.view([M], [1], order.offset + bounds[e0]!);
+    let M = N * k, first = 0;
+    if (e0 !== 0 || e1 !== E) {
+      const bounds = toHostI32(offsets);
+      M = bounds[e1]! - bounds[e0]!;
+      first = bounds[e0]!;
+    }
+    const owned = M === N * k ? order : order.view([M], [1], order.offset + first);
+    const ownedOffsets = e1 - e0 === E ? offsets : offsets.view([e1 - e0 + 1], [1], offsets.offset + e0);
     // Slot m belongs to token floor(m/k): integer division by a broadcast [1] tensor holding k.
     this.topK ??= keep(fromHost(this.backend, [k], [1], 'i32'));
     const kView = this.topK.view([M], [0], this.topK.offset);
@@ -357,7 +378,7 @@ export class DeepseekV2 implements DeepseekV2Weights<Param> {
     this.backend.binary('div', tokenOfSorted, owned, kView);
     kView.dispose();
     const sortedWeights = gatherRows(reshape(g.weights, [N * k, 1]), owned, null);
-    return { counts, tokenOfSorted, sortedWeights };
+    return { offsets: ownedOffsets, tokenOfSorted, sortedWeights };
   }
 
   /** α·E·Σ_i f_i·P_i with f the fraction of routed slots per expert and P the mean router probability. */

@@ -22,6 +22,18 @@ export class StrictCpuBackend extends CpuBackend {
   }
   override sumLastDim(out: Tensor, x: Tensor): void { dense('sumLastDim', ['out', out], ['x', x]); super.sumLastDim(out, x); }
   override matmul(out: Tensor, a: Tensor, b: Tensor, opts: MatmulOptions): void { dense('matmul', ['out', out], ['a', a], ['b', b]); super.matmul(out, a, b, opts); }
+  override groupedLinear(out: Tensor, x: Tensor, weights: readonly Tensor[], offsets: Tensor): void {
+    dense('groupedLinear', ['out', out], ['x', x], ['offsets', offsets], ...weights.map((w, e): [string, Tensor] => [`weights[${e}]`, w]));
+    super.groupedLinear(out, x, weights, offsets);
+  }
+  override groupedLinearBackwardData(dx: Tensor, dy: Tensor, weights: readonly Tensor[], offsets: Tensor): void {
+    dense('groupedLinearBackwardData', ['dx', dx], ['dy', dy], ['offsets', offsets], ...weights.map((w, e): [string, Tensor] => [`weights[${e}]`, w]));
+    super.groupedLinearBackwardData(dx, dy, weights, offsets);
+  }
+  override groupedLinearWeightGrad(dweights: readonly Tensor[], dy: Tensor, x: Tensor, offsets: Tensor): void {
+    dense('groupedLinearWeightGrad', ['dy', dy], ['x', x], ['offsets', offsets], ...dweights.map((w, e): [string, Tensor] => [`dweights[${e}]`, w]));
+    super.groupedLinearWeightGrad(dweights, dy, x, offsets);
+  }
   override rmsNorm(y: Tensor, rstd: Tensor, x: Tensor, w: Tensor, eps: number): void { dense('rmsNorm', ['x', x], ['w', w]); super.rmsNorm(y, rstd, x, w, eps); }
   override rmsNormBackward(dx: Tensor, dw: Tensor, dy: Tensor, x: Tensor, w: Tensor, rstd: Tensor): void {
     dense('rmsNormBackward', ['dy', dy], ['x', x], ['w', w], ['rstd', rstd]); super.rmsNormBackward(dx, dw, dy, x, w, rstd);

@@ -8,6 +8,7 @@ import type { AdamHyper, AttentionOptions, Backend, BinaryOp, DeviceBuffer, Matm
 import type { AdamSlot, TensorList } from '../tensor_list.js';
 import { HostBuffer, arrayOf, denseView, forEachIndex, readF32, storageArray, writeF32 } from './host.js';
 import { cpuMatmul } from './matmul.js';
+import { cpuGroupedLinear, cpuGroupedLinearBackwardData, cpuGroupedLinearWeightGrad } from './grouped_matmul.js';
 import { cpuMlaAttention, cpuMlaAttentionBackward } from './attention.js';
 import * as m from './model_ops.js';
 
@@ -135,6 +136,13 @@ export class CpuBackend implements Backend {
   }
 
   matmul(out: Tensor, a: Tensor, b: Tensor, opts: MatmulOptions): void { cpuMatmul(out, a, b, opts); }
+  groupedLinear(out: Tensor, x: Tensor, weights: readonly Tensor[], offsets: Tensor): void { cpuGroupedLinear(out, x, weights, offsets); }
+  groupedLinearBackwardData(dx: Tensor, dy: Tensor, weights: readonly Tensor[], offsets: Tensor): void {
+    cpuGroupedLinearBackwardData(dx, dy, weights, offsets);
+  }
+  groupedLinearWeightGrad(dweights: readonly Tensor[], dy: Tensor, x: Tensor, offsets: Tensor): void {
+    cpuGroupedLinearWeightGrad(dweights, dy, x, offsets);
+  }
 
   rmsNorm(y: Tensor, rstd: Tensor, x: Tensor, w: Tensor, eps: number): void { m.rmsNorm(y, rstd, x, w, eps); }
   rmsNormBackward(dx: Tensor, dw: Tensor, dy: Tensor, x: Tensor, w: Tensor, rstd: Tensor): void { m.rmsNormBackward(dx, dw, dy, x, w, rstd); }

@@ -18,6 +18,7 @@ import { EmbeddingLauncher } from './ops/embedding.js';
 import { ExpertOrderLauncher } from './ops/expert_order.js';
 import { FillLauncher } from './ops/fill.js';
 import { GatherRowsLauncher } from './ops/gather_rows.js';
+import { GroupedGemmLauncher, type GroupedGemmKernels, type GroupedGemmRequest } from './ops/grouped_gemm.js';
 import { MatmulLauncher } from './ops/matmul.js';
 import { MlaAttentionLauncher, type MlaGrads } from './ops/mla_attention.js';
 import { MlaAttentionGenericLauncher } from './ops/mla_attention_generic.js';
@@ -39,6 +40,8 @@ import { CudaDeviceBuffer, devicePtr } from './runtime/device_buffer.js';
 export interface CudaBackendOptions {
   /** MLA attention kernels (ops/mla_kernel_choice.ts); default "auto". */
   mlaKernels?: MlaKernelsRequest;
+  /** Grouped expert GEMM kernels (ops/grouped_gemm.ts: 'mma', 'wgmma' on sm_90a, 'per_expert'); default "auto". */
+  groupedGemm?: GroupedGemmRequest;
 }
 
 function hostArrayFor(dtype: DType, n: number): HostArray {
@@ -64,6 +67,7 @@ export class CudaBackend implements Backend {
   private readonly sumSquares: SumSquaresLauncher;
   private readonly sumSquaresList: SumSquaresMultiLauncher;
   private readonly gemm: MatmulLauncher;
+  private readonly groupedGemm: GroupedGemmLauncher;
   private readonly norm: RmsNormLauncher;
   private readonly rotary: RopeLauncher;
   private readonly gatedUnit: SwigluLauncher;
@@ -93,6 +97,7 @@ export class CudaBackend implements Backend {
     this.sumSquares = new SumSquaresLauncher(ctx);
     this.sumSquaresList = new SumSquaresMultiLauncher(ctx, alloc);
     this.gemm = new MatmulLauncher(ctx, alloc, this.filler, this.unaryOps);
+    this.groupedGemm = new GroupedGemmLauncher(ctx, alloc, this.gemm, options.groupedGemm);
     this.norm = new RmsNormLauncher(ctx, alloc);
     this.rotary = new RopeLauncher(ctx);
     this.gatedUnit = new SwigluLauncher(ctx);
@@ -164,6 +169,16 @@ export class CudaBackend implements Backend {
   sumSquaresInto(out: Tensor, x: Tensor): void { this.sumSquares.sumSquaresInto(out, x); }
   sumSquaresMulti(out: Tensor, list: TensorList<Tensor>): void { this.sumSquaresList.sumSquaresMulti(out, list); }
   matmul(out: Tensor, a: Tensor, b: Tensor, opts: MatmulOptions): void { this.gemm.matmul(out, a, b, opts); }
+  /** The grouped GEMM kernel set bf16 products run ('mma' or 'wgmma'); settable for tests and benchmarks. */
+  get groupedGemmKernels(): GroupedGemmKernels { return this.groupedGemm.kernels; }
+  set groupedGemmKernels(k: GroupedGemmKernels) { this.groupedGemm.use(k); }
+  groupedLinear(out: Tensor, x: Tensor, weights: readonly Tensor[], offsets: Tensor): void { this.groupedGemm.groupedLinear(out, x, weights, offsets); }
+  groupedLinearBackwardData(dx: Tensor, dy: Tensor, weights: readonly Tensor[], offsets: Tensor): void {
+    this.groupedGemm.groupedLinearBackwardData(dx, dy, weights, offsets);
+  }
+  groupedLinearWeightGrad(dweights: readonly Tensor[], dy: Tensor, x: Tensor, offsets: Tensor): void {
+    this.groupedGemm.groupedLinearWeightGrad(dweights, dy, x, offsets);
+  }
   rmsNorm(y: Tensor, rstd: Tensor, x: Tensor, w: Tensor, eps: number): void { this.norm.rmsNorm(y, rstd, x, w, eps); }
   rmsNormBackward(dx: Tensor, dw: Tensor, dy: Tensor, x: Tensor, w: Tensor, rstd: Tensor): void { this.norm.rmsNormBackward(dx, dw, dy, x, w, rstd); }
   rope(out: Tensor, x: Tensor, cos: Tensor, sin: Tensor): void { this.rotary.rope(out, x, cos, sin); }

@@ -1,0 +1,296 @@
+#!/usr/bin/env python3
+"""Thread-by-thread model of the grouped expert GEMM kernels (src/backend/cuda/kernels/
+grouped_gemm.cu: mma.sync; grouped_gemm_wgmma.cu: wgmma). No GPU; python3 with numpy.
+
+It replays each kernel's index arithmetic as written (cp.async piece placement with zero-fill,
+the padded or 128-byte-swizzled shared layouts, ldmatrix / ldmatrix.trans lane addresses and
+fragment semantics, mma.sync m16n8k16 fragments, wgmma descriptors read under the swizzle model
+of mla_attention_hopper.cuh, the pipeline's stage slots, the tile scheduler over device offsets,
+the epilogue predicates) on small integer matrices, and requires exact equality with numpy for
+forward, dX and dW (accumulated onto an initial gradient), with zero-row experts, a 1-row
+expert, row tails, widths that are 64- but not 128-multiples and offsets starting at 1000.
+Every global read is bounds-checked. It checks the index math against the documented
+instruction semantics; it cannot check the hardware itself (the GPU tests do).
+
+  python3 bench/grouped_gemm_model.py          (~2 min: mma, then wgmma)
+
+Keep it in step with the kernels when their tiles or layouts change.
+"""
+import numpy as np
+
+
+def mma():
+    """The mma.sync kernels (grouped_gemm.cu); returns run(counts, K, N, base)."""
+    BM=BN=128; BK=32; STAGES=4; THREADS=256
+    WARPS_M, WARPS_N = 2, 4; WM=BM//WARPS_M; WN=BN//WARPS_N; MI=WM//16; NI=WN//8
+    KS=BK+8; MS=BM+8
+    KMAJ_BYTES=BM*KS*2; MNMAJ_BYTES=BK*MS*2; TILE=max(KMAJ_BYTES,MNMAJ_BYTES); STAGE=2*TILE
+    assert STAGES*STAGE == 81920
+
+    class G:  # a global array with bounds-checked reads
+        def __init__(s, a): s.a=a.ravel()
+        def read8(s, idx):
+            assert 0 <= idx and idx+8 <= s.a.size, ('OOB read', idx, s.a.size)
+            return s.a[idx:idx+8]
+
+    def load_stage(smem, tile, src, off, ld, r0, rows, red, kmajor):
+        for tid in range(THREADS):
+            if kmajor:
+                P=BK//8
+                for s in range(BM*P//THREADS):
+                    q=tid+s*THREADS; i=q//P; p=q%P; r=r0+p*8
+                    valid = i<rows and r<red
+                    d=(tile+(i*KS+p*8)*2); assert d%16==0; d//=2
+                    smem[d:d+8] = src.read8(off+i*ld+r) if valid else 0
+            else:
+                P=BM//8
+                for s in range(BK*P//THREADS):
+                    q=tid+s*THREADS; rr=q//P; p=q%P; r=r0+rr; i=p*8
+                    valid = r<red and i<rows
+                    d=(tile+(rr*MS+p*8)*2); assert d%16==0; d//=2
+                    smem[d:d+8] = src.read8(off+r*ld+i) if valid else 0
+
+    def ldsm(smem, addrs, trans):
+        # addrs: 32 byte addresses; returns r[4][32][2]
+        out=np.zeros((4,32,2))
+        for j in range(4):
+            rows=[addrs[8*j+r] for r in range(8)]
+            for a in rows: assert a%16==0
+            Mx=np.array([smem[a//2:a//2+8] for a in rows])  # [8 rows][8 cols]
+            for t in range(32):
+                if not trans: out[j,t]=Mx[t//4, 2*(t%4):2*(t%4)+2]
+                else: out[j,t]=[Mx[2*(t%4), t//4], Mx[2*(t%4)+1, t//4]]
+        return out
+
+    def mma(c, a, b0, b1):
+        A=np.zeros((16,16)); B=np.zeros((16,8))
+        for t in range(32):
+            g,tt=t//4,t%4
+            for v in range(2):
+                A[g][2*tt+v]=a[0][t][v]; A[g+8][2*tt+v]=a[1][t][v]; A[g][2*tt+8+v]=a[2][t][v]; A[g+8][2*tt+8+v]=a[3][t][v]
+                B[2*tt+v][g]=b0[t][v]; B[2*tt+8+v][g]=b1[t][v]
+        C=A@B
+        for t in range(32):
+            g,tt=t//4,t%4
+            c[t][0]+=C[g][2*tt]; c[t][1]+=C[g][2*tt+1]; c[t][2]+=C[g+8][2*tt]; c[t][3]+=C[g+8][2*tt+1]
+
+    def load_a(smem, tile, i0, k0, kmajor):
+        if kmajor: addrs=[tile+((i0+(l&15))*KS+k0+((l>>4)<<3))*2 for l in range(32)]; return ldsm(smem, addrs, False)
+        addrs=[tile+((k0+(l&7)+((l>>4)<<3))*MS+i0+(((l>>3)&1)<<3))*2 for l in range(32)]; return ldsm(smem, addrs, True)
+    def load_b(smem, tile, j0, k0, kmajor):
+        if kmajor: addrs=[tile+((j0+(l&7)+((l>>4)<<3))*KS+k0+(((l>>3)&1)<<3))*2 for l in range(32)]; return ldsm(smem, addrs, False)
+        addrs=[tile+((k0+(l&7)+(((l>>3)&1)<<3))*MS+j0+((l>>4)<<3))*2 for l in range(32)]; return ldsm(smem, addrs, True)
+
+    def mainloop(A, aoff, lda, rowsA, B, boff, ldb, rowsB, red, A_K, B_K):
+        smem=np.full(STAGES*STAGE//2, np.nan)
+        acc=np.zeros((8, MI, NI, 32, 4))  # per warp
+        ktiles=(red+BK-1)//BK
+        for s in range(STAGES-1):
+            if s<ktiles:
+                st=s*STAGE
+                load_stage(smem, st, A, aoff, lda, s*BK, rowsA, red, A_K)
+                load_stage(smem, st+TILE, B, boff, ldb, s*BK, rowsB, red, B_K)
+        for kt in range(ktiles):
+            nxt=kt+STAGES-1
+            ta=(kt%STAGES)*STAGE; tb=ta+TILE
+            # compute first with a snapshot (the real loads of `nxt` go to another slot; check that)
+            assert nxt%STAGES != kt%STAGES
+            if nxt<ktiles:
+                st=(nxt%STAGES)*STAGE
+                load_stage(smem, st, A, aoff, lda, nxt*BK, rowsA, red, A_K)
+                load_stage(smem, st+TILE, B, boff, ldb, nxt*BK, rowsB, red, B_K)
+            for w in range(8):
+                wm, wn = w//WARPS_N, w%WARPS_N
+                for k0 in range(0, BK, 16):
+                    a=[load_a(smem, ta, wm*WM+mi*16, k0, A_K) for mi in range(MI)]
+                    b=[load_b(smem, tb, wn*WN+nj*16, k0, B_K) for nj in range(NI//2)]
+                    for mi in range(MI):
+                        for ni in range(NI):
+                            mma(acc[w,mi,ni], a[mi], b[ni//2][(ni&1)*2], b[ni//2][(ni&1)*2+1])
+        assert not np.isnan(acc).any()
+        return acc
+
+    def store(acc, C, coff, ldc, rows, cols, accumulate):
+        for w in range(8):
+            wm, wn = w//WARPS_N, w%WARPS_N
+            for t in range(32):
+                g,tt=t//4,t%4
+                for mi in range(MI):
+                    for h in range(2):
+                        i=wm*WM+mi*16+g+8*h
+                        if i>=rows: continue
+                        for ni in range(NI):
+                            j=wn*WN+ni*8+2*tt
+                            if j>=cols: continue
+                            idx=coff+i*ldc+j
+                            assert 0<=idx and idx+2<=C.size
+                            if accumulate: C[idx]+=acc[w,mi,ni,t,2*h]; C[idx+1]+=acc[w,mi,ni,t,2*h+1]
+                            else: C[idx]=acc[w,mi,ni,t,2*h]; C[idx+1]=acc[w,mi,ni,t,2*h+1]
+
+    def find_row_tile(off, E, M, t):
+        base=off[0]
+        for x in range(E):
+            s=min(max(off[x]-base,0),M); en=min(max(off[x+1]-base,s),M)
+            tiles=(en-s+BM-1)//BM
+            if t<tiles: return x, s+t*BM, en
+            t-=tiles
+        return None
+
+    def run(counts, K, N, base):
+        rng=np.random.default_rng(1)
+        E=len(counts); M=sum(counts)
+        off=[base]; [off.append(off[-1]+c) for c in counts]
+        X=rng.integers(-3,4,(M,K)).astype(float); dY=rng.integers(-3,4,(M,N)).astype(float)
+        W=[rng.integers(-3,4,(N,K)).astype(float) for _ in counts]
+        G0=[rng.integers(-3,4,(N,K)).astype(float) for _ in counts]
+        st=[o-base for o in off]
+        # forward
+        Y=np.full(M*N, np.nan); Xg=G(X)
+        for by in range((M+BM-1)//BM+E):
+            f=find_row_tile(off,E,M,by)
+            if f is None: continue
+            e,row0,rowEnd=f
+            for bx in range((N+BN-1)//BN):
+                j0=bx*BN
+                acc=mainloop(Xg, row0*K, K, rowEnd-row0, G(W[e]), j0*K, K, N-j0, K, True, True)
+                store(acc, Y, row0*N+j0, N, rowEnd-row0, N-j0, False)
+        ref=np.concatenate([X[st[e]:st[e+1]]@W[e].T for e in range(E)]) if M else np.zeros((0,N))
+        assert not np.isnan(Y).any(), 'forward: unwritten'
+        assert np.array_equal(Y.reshape(M,N), ref), 'forward mismatch'
+        # dX
+        dX=np.full(M*K, np.nan); dYg=G(dY)
+        for by in range((M+BM-1)//BM+E):
+            f=find_row_tile(off,E,M,by)
+            if f is None: continue
+            e,row0,rowEnd=f
+            for bx in range((K+BN-1)//BN):
+                j0=bx*BN
+                acc=mainloop(dYg, row0*N, N, rowEnd-row0, G(W[e]), j0, K, K-j0, N, True, False)
+                store(acc, dX, row0*K+j0, K, rowEnd-row0, K-j0, False)
+        ref=np.concatenate([dY[st[e]:st[e+1]]@W[e] for e in range(E)])
+        assert not np.isnan(dX).any(), 'dX: unwritten'
+        assert np.array_equal(dX.reshape(M,K), ref), 'dX mismatch'
+        # dW
+        Gs=[g.copy().ravel() for g in G0]
+        for e in range(E):
+            s=min(max(off[e]-base,0),M); en=min(max(off[e+1]-base,s),M)
+            if en==s: continue
+            for by in range((N+BM-1)//BM):
+                for bx in range((K+BN-1)//BN):
+                    i0=by*BM; j0=bx*BN
+                    acc=mainloop(dYg, s*N+i0, N, N-i0, Xg, s*K+j0, K, K-j0, en-s, False, False)
+                    store(acc, Gs[e], i0*K+j0, K, N-i0, K-j0, True)
+        for e in range(E):
+            ref=G0[e]+dY[st[e]:st[e+1]].T@X[st[e]:st[e+1]]
+            assert np.array_equal(Gs[e].reshape(N,K), ref), f'dW mismatch expert {e}'
+        print('ok', counts, K, N, base)
+    return run
+
+
+def wgmma():
+    """The wgmma kernels (grouped_gemm_wgmma.cu); returns run(counts, K, N, base)."""
+    BM=BN=128; BK=64; STAGES=5; THREADS=256; DIST=STAGES-2
+    TILE=BM*BK*2; STAGE=2*TILE; MN_BLOCK=BK*128
+    class G:
+        def __init__(s,a): s.a=a.ravel()
+        def read8(s,i):
+            assert 0<=i and i+8<=s.a.size, ('OOB', i, s.a.size); return s.a[i:i+8]
+    def load_stage(sm, tile, src, off, ld, r0, rows, red, kmajor):
+        for tid in range(THREADS):
+            for s in range((BM*BK//8)//THREADS):
+                q=tid+s*THREADS
+                if kmajor:
+                    i=q>>3; p=q&7; r=r0+p*8; valid=i<rows and r<red
+                    d=tile+i*128+((p^(i&7))<<4); sm[d//2:d//2+8]=src.read8(off+i*ld+r) if valid else 0
+                else:
+                    rr=q>>4; p=q&15; r=r0+rr; i=p*8; valid=r<red and i<rows
+                    d=tile+(p>>3)*MN_BLOCK+rr*128+(((p&7)^(rr&7))<<4); sm[d//2:d//2+8]=src.read8(off+r*ld+i) if valid else 0
+    def sw(addr): return addr ^ (((addr>>7)&7)<<4)
+    def read_op(sm, start, lbo, sbo, kmajor, R):
+        # returns M[R][16]: element (row/col index x, k)
+        out=np.zeros((R,16))
+        for x in range(R):
+            for k in range(16):
+                if kmajor: a=start+(x//8)*sbo+(x%8)*128+k*2
+                else: a=start+(x//64)*lbo+(k//8)*sbo+(k%8)*128+(x%64)*2
+                a=sw(a); assert a%2==0; out[x,k]=sm[a//2]
+        return out
+    def mainloop(A,aoff,lda,rowsA,B,boff,ldb,rowsB,red,A_K,B_K):
+        base=0  # 1024-aligned
+        sm=np.full((STAGES*STAGE)//2, np.nan)
+        acc=np.zeros((2,64,128))
+        kt_n=(red+BK-1)//BK
+        for s in range(DIST):
+            if s<kt_n:
+                st=base+s*STAGE; load_stage(sm,st,A,aoff,lda,s*BK,rowsA,red,A_K); load_stage(sm,st+TILE,B,boff,ldb,s*BK,rowsB,red,B_K)
+        inflight={}
+        for kt in range(kt_n):
+            nxt=kt+DIST
+            slot_next=nxt%STAGES
+            # slots read by groups kt-1 (in flight) and kt must differ from the refilled slot
+            assert slot_next not in ((kt-1)%STAGES, kt%STAGES)
+            if nxt<kt_n:
+                st=base+slot_next*STAGE; load_stage(sm,st,A,aoff,lda,nxt*BK,rowsA,red,A_K); load_stage(sm,st+TILE,B,boff,ldb,nxt*BK,rowsB,red,B_K)
+            ta=base+(kt%STAGES)*STAGE; tb=ta+TILE
+            for wg in range(2):
+                for kk in range(BK//16):
+                    if A_K: Am=read_op(sm, ta+wg*64*128+kk*32, 16, 1024, True, 64)
+                    else: Am=read_op(sm, ta+wg*MN_BLOCK+kk*2048, MN_BLOCK, 1024, False, 64)
+                    if B_K: Bm=read_op(sm, tb+kk*32, 16, 1024, True, 128)
+                    else: Bm=read_op(sm, tb+kk*2048, MN_BLOCK, 1024, False, 128)
+                    assert not np.isnan(Am).any() and not np.isnan(Bm).any()
+                    acc[wg]+=Am@Bm.T
+        return acc
+    def store(acc, C, coff, ldc, rows, cols, accumulate):
+        for tid in range(THREADS):
+            wg=tid>>7; w=(tid>>5)&3; lane=tid&31
+            for j in range(16):
+                for h in range(2):
+                    i=wg*64+w*16+(lane>>2)+8*h; col=8*j+2*(lane&3)
+                    if i>=rows or col>=cols: continue
+                    # thread's registers acc[4j+2h], acc[4j+2h+1] = D[16w+g+8h][8j+2t+{0,1}] of its warpgroup
+                    v0=acc[wg][16*w+(lane>>2)+8*h][8*j+2*(lane&3)]; v1=acc[wg][16*w+(lane>>2)+8*h][8*j+2*(lane&3)+1]
+                    idx=coff+i*ldc+col; assert 0<=idx and idx+2<=C.size
+                    if accumulate: C[idx]+=v0; C[idx+1]+=v1
+                    else: C[idx]=v0; C[idx+1]=v1
+    def find_row_tile(off,E,M,t):
+        base=off[0]
+        for x in range(E):
+            s=min(max(off[x]-base,0),M); en=min(max(off[x+1]-base,s),M); tiles=(en-s+BM-1)//BM
+            if t<tiles: return x,s+t*BM,en
+            t-=tiles
+    def run(counts,K,N,base):
+        rng=np.random.default_rng(2); E=len(counts); M=sum(counts)
+        off=[base]; [off.append(off[-1]+c) for c in counts]; st=[o-base for o in off]
+        X=rng.integers(-3,4,(M,K)).astype(float); dY=rng.integers(-3,4,(M,N)).astype(float)
+        W=[rng.integers(-3,4,(N,K)).astype(float) for _ in counts]; G0=[rng.integers(-3,4,(N,K)).astype(float) for _ in counts]
+        Y=np.full(M*N,np.nan); dX=np.full(M*K,np.nan)
+        for by in range((M+BM-1)//BM+E):
+            f=find_row_tile(off,E,M,by)
+            if f is None: continue
+            e,row0,rowEnd=f
+            for bx in range((N+BN-1)//BN):
+                j0=bx*BN; store(mainloop(G(X),row0*K,K,rowEnd-row0,G(W[e]),j0*K,K,N-j0,K,True,True),Y,row0*N+j0,N,rowEnd-row0,N-j0,False)
+            for bx in range((K+BN-1)//BN):
+                j0=bx*BN; store(mainloop(G(dY),row0*N,N,rowEnd-row0,G(W[e]),j0,K,K-j0,N,True,False),dX,row0*K+j0,K,rowEnd-row0,K-j0,False)
+        assert np.array_equal(Y.reshape(M,N), np.concatenate([X[st[e]:st[e+1]]@W[e].T for e in range(E)])), 'fwd'
+        assert np.array_equal(dX.reshape(M,K), np.concatenate([dY[st[e]:st[e+1]]@W[e] for e in range(E)])), 'dX'
+        Gs=[g.copy().ravel() for g in G0]
+        for e in range(E):
+            s=st[e]; en=st[e+1]
+            if en==s: continue
+            for by in range((N+BM-1)//BM):
+                for bx in range((K+BN-1)//BN):
+                    i0=by*BM; j0=bx*BN
+                    store(mainloop(G(dY),s*N+i0,N,N-i0,G(X),s*K+j0,K,K-j0,en-s,False,False),Gs[e],i0*K+j0,K,N-i0,K-j0,True)
+        for e in range(E): assert np.array_equal(Gs[e].reshape(N,K), G0[e]+dY[st[e]:st[e+1]].T@X[st[e]:st[e+1]]), f'dW {e}'
+        print('ok',counts,K,N,base)
+    return run
+
+
+if __name__ == '__main__':
+    for name, model in (('mma', mma), ('wgmma', wgmma)):
+        run = model()
+        print(name)
+        run([0, 1, 130, 7, 64], 192, 320, 1000)
+        run([3, 0, 330], 64, 128, 0)

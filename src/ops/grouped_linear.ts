@@ -1,0 +1,62 @@
+// The routed experts' linear layers as one product over all experts: rows sorted by expert, the
+// block of expert e (rows [offsets[e] − offsets[0], offsets[e+1] − offsets[0])) multiplied by
+// its own weight. The row counts stay on the device (offsets i32 [E+1]); only the total M is
+// known on the host. Backward gives dx in one grouped product and accumulates each expert's dW
+// straight into its parameter's f32 gradient (beta = 1), as linear.ts does for one weight.
+import { backendOf } from '../backend/backend.js';
+import { beginNode, linkOutputs, needsGrad } from '../autograd/tape.js';
+import { accumulateLeafGrad } from '../autograd/backward.js';
+import { emptyTensor, type Tensor } from '../tensor/tensor.js';
+
+/** A weight whose gradient the backward writes in place: a leaf with its preallocated f32 grad. */
+function direct(w: Tensor): boolean { return w.requiresGrad && !w.gradLink && w.grad !== null; }
+
+/** y [M, N] = x_e · weights[e]ᵀ per expert row block; x [M, K], weights E × [N, K], offsets i32 [E+1]. */
+export function groupedLinear(x: Tensor, weights: readonly Tensor[], offsets: Tensor): Tensor {
+  const backend = backendOf(x);
+  const E = weights.length;
+  if (x.rank !== 2 || !x.isContiguous()) throw new Error(`internal: groupedLinear input must be a contiguous [M, K], got ${x}`);
+  if (E === 0) throw new Error('internal: groupedLinear over no experts');
+  const [M, K] = x.shape as [number, number];
+  const N = weights[0]!.shape[0]!;
+  weights.forEach((w, e) => {
+    if (w.rank !== 2 || w.shape[0] !== N || w.shape[1] !== K) throw new Error(`internal: groupedLinear expert ${e} weight [${w.shape}], expected [${N}, ${K}]`);
+  });
+  if (offsets.dtype !== 'i32' || offsets.size !== E + 1) throw new Error(`internal: groupedLinear offsets ${offsets} for ${E} experts (i32 [E+1])`);
+  const out = emptyTensor(backend, [M, N], x.dtype);
+  if (M > 0) backend.groupedLinear(out, x, weights, offsets);
+  const node = beginNode('groupedLinear', [x, ...weights], 1);
+  if (node) {
+    const sx = node.save(x), so = node.save(offsets), sw = weights.map((w) => node.save(w));
+    node.rule = ([g]) => {
+      if (!g!.isContiguous()) throw new Error(`internal: groupedLinear gradient must be contiguous, got ${g}`);
+      let gx: Tensor | null = null;
+      if (needsGrad(x)) {
+        gx = emptyTensor(backend, [M, K], x.dtype);
+        if (M > 0) backend.groupedLinearBackwardData(gx, g!, sw, so);
+      }
+      const gws: (Tensor | null)[] = weights.map(() => null);
+      if (M > 0 && weights.some(needsGrad)) {
+        // Leaves with a gradient take dW in place; any other weight gets a zeroed f32 tensor
+        // (the product accumulates) that is then handed on as linear.ts does.
+        const targets = weights.map((w) => {
+          if (direct(w)) return w.grad!;
+          const t = emptyTensor(backend, w.shape, 'f32');
+          backend.fill(t, 0);
+          return t;
+        });
+        backend.groupedLinearWeightGrad(targets, g!, sx, so);
+        weights.forEach((w, e) => {
+          if (direct(w)) return;
+          const t = targets[e]!;
+          if (w.requiresGrad && !w.gradLink) { accumulateLeafGrad(w, t); t.dispose(); }
+          else if (needsGrad(w)) gws[e] = t;
+          else t.dispose();
+        });
+      }
+      return [gx, ...gws];
+    };
+  }
+  linkOutputs(node, [out]);
+  return out;
+}

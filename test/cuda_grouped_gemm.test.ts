@@ -1,0 +1,233 @@
+// The grouped expert GEMM kernels on the GPU through Backend.groupedLinear*, every test once per
+// kernel set (mma: kernels/grouped_gemm.cu; wgmma: kernels/grouped_gemm_wgmma.cu, sm_90a only),
+// each product checked two ways:
+// - awkward shapes (E = 5, counts [0, 1, 130, 7, 64], K = 192, N = 320: zero-row experts, a
+//   1-row expert, row tails, widths that are 64- but not 128-multiples; offsets that start at a
+//   nonzero base, as a part owning middle experts passes them) against the CPU backend;
+// - the bench shapes (E = 64, 49152 rows skewed 0..~1.7× the mean 768, K = 2048 / N = 1408 and
+//   K = 1408 / N = 2048) against one cuBLASLt product per expert (the path the kernels replace,
+//   itself checked against the CPU in cuda_backend.test.ts), plus 256 sampled elements per
+//   product against f64 dot products on the host.
+// Outputs are poisoned with NaN first, so an element no CTA wrote fails. Tolerances:
+// - bf16 outputs (forward, dX), ‖gpu − ref‖/‖ref‖ ≤ 1e-2: both sides accumulate the same exact
+//   bf16 products in f32 (or f64) in different orders (~1e-6 relative) and round once to bf16,
+//   so an element near a rounding boundary lands one bf16 ulp (2^-8) apart; the sampled check is
+//   per element: |gpu − ref| ≤ 2^-8·|ref| + 1e-5·Σ|terms|.
+// - f32 dW (accumulated onto a random initial gradient, beta = 1), ≤ 1e-5: summation order only;
+//   sampled: |gpu − ref| ≤ 1e-5·(Σ|terms| + |init|). Experts with no rows keep their gradient
+//   bit for bit.
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import type { Backend } from '../src/backend/backend.js';
+import { CpuBackend } from '../src/backend/cpu/cpu_backend.js';
+import { CudaBackend } from '../src/backend/cuda/cuda_backend.js';
+import { devicePtr } from '../src/backend/cuda/runtime/device_buffer.js';
+import { defaultCudaContext } from '../src/backend/cuda/runtime/context.js';
+import { cudaAvailable } from '../src/backend/cuda/ffi/library.js';
+import { bf16ArrayToF32, f32ArrayToBf16, type DType, type HostArray } from '../src/tensor/dtype.js';
+import { emptyTensor, type Shape, type Tensor } from '../src/tensor/tensor.js';
+
+const skip = cudaAvailable() ? false : 'skipped: no CUDA';
+const BF16_TOL = 1e-2;
+const F32_TOL = 1e-5;
+
+const SEED = (Date.now() ^ (process.pid << 8)) >>> 0;
+let state = SEED || 1;
+function uniform(): number {
+  state ^= state << 13; state >>>= 0; state ^= state >>> 17; state ^= state << 5; state >>>= 0;
+  return state / 2 ** 32;
+}
+/** Uniform values in [−1, 1), rounded to bf16; a prime count, so tiling it lines up with no row or column. */
+const POOL = (() => {
+  const p = new Float32Array(1_048_583);
+  for (let i = 0; i < p.length; i++) p[i] = 2 * uniform() - 1;
+  return bf16ArrayToF32(f32ArrayToBf16(p));
+})();
+/**
+ * n values: the pool tiled from a random start, times scale (a power of two, so they stay exact
+ * bf16 and host references see the device's values). Tiling keeps the 10^8-element bench shapes
+ * quick to make.
+ */
+function values(n: number, scale: number): Float32Array {
+  const out = new Float32Array(n);
+  let at = Math.floor(uniform() * POOL.length);
+  for (let i = 0; i < n; i++) { out[i] = scale * POOL[at]!; if (++at === POOL.length) at = 0; }
+  return out;
+}
+
+const cpu = new CpuBackend();
+let cuda: CudaBackend | undefined;
+function gpu(): CudaBackend {
+  cuda ??= new CudaBackend(defaultCudaContext());
+  return cuda;
+}
+
+function upload(b: Backend, v: Float32Array | Int32Array, shape: Shape, dtype: DType): Tensor {
+  const t = emptyTensor(b, shape, dtype);
+  const host: HostArray = dtype === 'bf16' ? f32ArrayToBf16(v as Float32Array) : dtype === 'i32' ? Int32Array.from(v) : Float32Array.from(v);
+  b.write(t, host);
+  return t;
+}
+function poisoned(shape: Shape, dtype: DType): Tensor {
+  const t = emptyTensor(gpu(), shape, dtype);
+  if (t.bytes > 0) gpu().ctx.fillWords(devicePtr(t), dtype === 'f32' ? 0x7fc00000 : 0x7fc07fc0, Math.ceil(t.bytes / 4));
+  return t;
+}
+function readF32(b: Backend, t: Tensor): Float32Array {
+  const a = b.read(t);
+  return a instanceof Uint16Array ? bf16ArrayToF32(a) : a instanceof Int32Array ? Float32Array.from(a) : a;
+}
+
+function relErr(got: Float32Array, want: Float32Array, what: string): number {
+  assert.equal(got.length, want.length, what);
+  let num = 0, den = 0;
+  for (let i = 0; i < want.length; i++) {
+    if (Number.isNaN(got[i]!)) assert.fail(`${what}: element ${i} is NaN (unwritten?), expected ${want[i]} (seed ${SEED})`);
+    const d = got[i]! - want[i]!;
+    num += d * d; den += want[i]! * want[i]!;
+  }
+  return den === 0 ? Math.sqrt(num) : Math.sqrt(num / den);
+}
+function expectClose(got: Float32Array, want: Float32Array, tol: number, what: string): void {
+  const err = relErr(got, want, what);
+  assert.ok(err <= tol, `${what}: relative error ${err.toExponential(3)} > ${tol} (seed ${SEED})`);
+}
+
+/** Offsets [base, base + c0, …] as i32 [E+1], stored after `pad` leading entries (a view into a longer array). */
+function offsetsOn(b: Backend, counts: readonly number[], base: number, pad: number): Tensor {
+  const all = [...Array.from({ length: pad }, () => -7), base];
+  for (const c of counts) all.push(all[all.length - 1]! + c);
+  const t = upload(b, Int32Array.from(all), [all.length], 'i32');
+  return t.view([counts.length + 1], [1], t.offset + pad);
+}
+
+/** The kernel sets this GPU runs (wgmma on sm_90a only). */
+function kernelSets(): ('mma' | 'wgmma')[] {
+  return gpu().ctx.arch === 'sm_90a' ? ['mma', 'wgmma'] : ['mma'];
+}
+
+for (const set of ['mma', 'wgmma'] as const) {
+  const skipSet = skip || (set === 'wgmma' && !kernelSets().includes('wgmma') ? 'skipped: wgmma needs sm_90a' : false);
+
+  test(`grouped GEMM (${set}), awkward shapes: forward, dX and dW against the CPU backend`, { skip: skipSet }, () => {
+    gpu().groupedGemmKernels = set;
+    const counts = [0, 1, 130, 7, 64], E = counts.length, K = 192, N = 320;
+    const M = counts.reduce((a, b) => a + b, 0);
+    const xv = values(M * K, 1), dyv = values(M * N, 1);
+    const wv = counts.map(() => values(N * K, 0.125)), gv = counts.map(() => values(N * K, 1));
+    const side = (b: Backend) => ({
+      x: upload(b, xv, [M, K], 'bf16'), dy: upload(b, dyv, [M, N], 'bf16'),
+      ws: wv.map((v) => upload(b, v, [N, K], 'bf16')), gs: gv.map((v) => upload(b, v, [N, K], 'f32')),
+      off: offsetsOn(b, counts, 1000, 3),
+    });
+    const c = side(cpu), g = side(gpu());
+    const yc = emptyTensor(cpu, [M, N], 'bf16'), yg = poisoned([M, N], 'bf16');
+    cpu.groupedLinear(yc, c.x, c.ws, c.off); gpu().groupedLinear(yg, g.x, g.ws, g.off);
+    expectClose(readF32(gpu(), yg), readF32(cpu, yc), BF16_TOL, 'forward');
+    const dxc = emptyTensor(cpu, [M, K], 'bf16'), dxg = poisoned([M, K], 'bf16');
+    cpu.groupedLinearBackwardData(dxc, c.dy, c.ws, c.off); gpu().groupedLinearBackwardData(dxg, g.dy, g.ws, g.off);
+    expectClose(readF32(gpu(), dxg), readF32(cpu, dxc), BF16_TOL, 'dX');
+    cpu.groupedLinearWeightGrad(c.gs, c.dy, c.x, c.off); gpu().groupedLinearWeightGrad(g.gs, g.dy, g.x, g.off);
+    for (let e = 0; e < E; e++) {
+      const got = readF32(gpu(), g.gs[e]!);
+      if (counts[e] === 0) assert.deepEqual(got, gv[e], `dW of expert ${e} (no rows) must be untouched`);
+      else expectClose(got, readF32(cpu, c.gs[e]!), F32_TOL, `dW of expert ${e} (${counts[e]} rows)`);
+    }
+  });
+
+  test(`grouped GEMM (${set}), no rows at all: nothing written, gradients untouched`, { skip: skipSet }, () => {
+    gpu().groupedGemmKernels = set;
+    const K = 64, N = 128;
+    const x = upload(gpu(), new Float32Array(0), [0, K], 'bf16'), dy = upload(gpu(), new Float32Array(0), [0, N], 'bf16');
+    const w = upload(gpu(), values(N * K, 1), [N, K], 'bf16');
+    const init = values(N * K, 1);
+    const gw = upload(gpu(), init, [N, K], 'f32');
+    const off = offsetsOn(gpu(), [0, 0], 5, 0);
+    gpu().groupedLinear(emptyTensor(gpu(), [0, N], 'bf16'), x, [w, w], off);
+    gpu().groupedLinearWeightGrad([gw, gw], dy, x, off);
+    assert.deepEqual(readF32(gpu(), gw), init);
+  });
+
+}
+
+/** Skewed counts summing to M over E experts: expert e gets ~ (e/(E−1))·2 × the mean, a few get 0. */
+function skewedCounts(E: number, M: number): number[] {
+  const raw = Array.from({ length: E }, (_, e) => (e % 16 === 5 ? 0 : 0.15 + 1.7 * (e / (E - 1))));
+  const sum = raw.reduce((a, b) => a + b, 0);
+  const counts = raw.map((r) => Math.floor((r / sum) * M));
+  counts[E - 1]! += M - counts.reduce((a, b) => a + b, 0);
+  return counts;
+}
+
+for (const [K, N] of [[2048, 1408], [1408, 2048]] as const) {
+  test(`grouped GEMM, bench shapes E = 64, M = 49152, K = ${K}, N = ${N}, every kernel set: against per-expert cuBLASLt and sampled f64 dots`, { skip }, () => {
+    const be = gpu();
+    const E = 64, M = 49152, counts = skewedCounts(E, M);
+    const starts = [0];
+    for (const c of counts) starts.push(starts[starts.length - 1]! + c);
+    const expertOf = (m: number) => { let e = 0; while (starts[e + 1]! <= m) e++; return e; };
+    const xv = values(M * K, 1), dyv = values(M * N, 1);
+    const wv = counts.map(() => values(N * K, 0.0625)), gv = counts.map(() => values(N * K, 1));
+    const x = upload(be, xv, [M, K], 'bf16'), dy = upload(be, dyv, [M, N], 'bf16');
+    const ws = wv.map((v) => upload(be, v, [N, K], 'bf16'));
+    const off = offsetsOn(be, counts, 0, 0);
+    const rows = (t: Tensor, e: number) => t.view([counts[e]!, t.shape[1]!], [t.shape[1]!, 1], t.offset + starts[e]! * t.shape[1]!);
+
+    // The per-expert path, once.
+    const yRef = poisoned([M, N], 'bf16'), dxRef = poisoned([M, K], 'bf16');
+    const gsRef = gv.map((v) => upload(be, v, [N, K], 'f32'));
+    for (let e = 0; e < E; e++) {
+      if (counts[e] === 0) continue;
+      be.matmul(rows(yRef, e), rows(x, e), ws[e]!, { transB: true });
+      be.matmul(rows(dxRef, e), rows(dy, e), ws[e]!, {});
+      be.matmul(gsRef[e]!, rows(dy, e), rows(x, e), { transA: true, beta: 1 });
+    }
+    const yRefH = readF32(be, yRef), dxRefH = readF32(be, dxRef), gRefH = gsRef.map((t) => readF32(be, t));
+    for (const t of [yRef, dxRef, ...gsRef]) t.dispose();
+
+    for (const set of kernelSets()) {
+      be.groupedGemmKernels = set;
+      const y = poisoned([M, N], 'bf16'), dx = poisoned([M, K], 'bf16');
+      const gs = gv.map((v) => upload(be, v, [N, K], 'f32'));
+      be.groupedLinear(y, x, ws, off);
+      be.groupedLinearBackwardData(dx, dy, ws, off);
+      be.groupedLinearWeightGrad(gs, dy, x, off);
+      const yh = readF32(be, y), dxh = readF32(be, dx), gh = gs.map((t) => readF32(be, t));
+      for (const t of [y, dx, ...gs]) t.dispose();
+      expectClose(yh, yRefH, BF16_TOL, `${set}: forward vs cuBLASLt`);
+      expectClose(dxh, dxRefH, BF16_TOL, `${set}: dX vs cuBLASLt`);
+      for (let e = 0; e < E; e++) {
+        if (counts[e] === 0) assert.deepEqual(gh[e], gv[e], `${set}: dW of expert ${e} (no rows) must be untouched`);
+        else expectClose(gh[e]!, gRefH[e]!, F32_TOL, `${set}: dW of expert ${e} vs cuBLASLt`);
+      }
+
+      // Sampled elements against f64 dot products of the exact bf16 inputs.
+      const pick = (n: number) => Math.floor(uniform() * n);
+      for (let s = 0; s < 256; s++) {
+        const m = pick(M), e = expertOf(m);
+        { // forward y[m][n] = Σ_k x[m][k]·W_e[n][k]
+          const n = pick(N);
+          let ref = 0, abs = 0;
+          for (let k = 0; k < K; k++) { const t = xv[m * K + k]! * wv[e]![n * K + k]!; ref += t; abs += Math.abs(t); }
+          const got = yh[m * N + n]!;
+          assert.ok(Math.abs(got - ref) <= 2 ** -8 * Math.abs(ref) + 1e-5 * abs, `${set}: forward y[${m}][${n}] (expert ${e}) = ${got}, f64 ${ref} (seed ${SEED})`);
+        }
+        { // dX[m][k] = Σ_n dy[m][n]·W_e[n][k]
+          const k = pick(K);
+          let ref = 0, abs = 0;
+          for (let n = 0; n < N; n++) { const t = dyv[m * N + n]! * wv[e]![n * K + k]!; ref += t; abs += Math.abs(t); }
+          const got = dxh[m * K + k]!;
+          assert.ok(Math.abs(got - ref) <= 2 ** -8 * Math.abs(ref) + 1e-5 * abs, `${set}: dX[${m}][${k}] (expert ${e}) = ${got}, f64 ${ref} (seed ${SEED})`);
+        }
+        { // dW_e[n][k] = init + Σ_{m ∈ e} dy[m][n]·x[m][k]
+          const ee = pick(E), n = pick(N), k = pick(K);
+          let ref = gv[ee]![n * K + k]!, abs = Math.abs(ref);
+          for (let r = starts[ee]!; r < starts[ee + 1]!; r++) { const t = dyv[r * N + n]! * xv[r * K + k]!; ref += t; abs += Math.abs(t); }
+          const got = gh[ee]![n * K + k]!;
+          assert.ok(Math.abs(got - ref) <= 1e-5 * abs + 1e-30, `${set}: dW[${ee}][${n}][${k}] = ${got}, f64 ${ref} (seed ${SEED})`);
+        }
+      }
+    }
+    for (const t of [x, dy, off, ...ws]) t.dispose();
+  });
+}
