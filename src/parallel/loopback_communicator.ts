@@ -15,7 +15,9 @@
 //                  recvRows[p] differs from the self block's length (zeros when the input is
 //                  empty); the caller's counts decide every size, as with real peers;
 //   send/recv      a send copies into a scratch buffer per (peer, dtype, size); a recv fills its
-//                  tensor from the last same-sized send to that peer, or with zeros.
+//                  tensor from the last same-sized send to that peer, or, before any, with fixed
+//                  pseudo-random values in [−1, 1) (zeros would route every token of the next
+//                  stage alike; see recvCopy).
 // Groups made by group() are loopbacks of their own size sharing one record of what moved:
 // calls and bytes per collective kind and group, with the bytes the real collective would put
 // on the wire per rank (NCCL's bus-bandwidth conventions, below), and, when a timer is given,
@@ -23,6 +25,7 @@
 // stand in for. A group of one is a LocalCommunicator, as in the other implementations.
 import { backendOf } from '../backend/backend.js';
 import { bytesPerElement } from '../tensor/dtype.js';
+import { fromHost } from '../ops/create.js';
 import { keep } from '../tensor/scope.js';
 import { emptyTensor, type Tensor } from '../tensor/tensor.js';
 import { checkArgs, isWholeGroup, rowsOf, type Communicator, type ReduceOp } from './communicator.js';
@@ -187,12 +190,18 @@ export class LoopbackCommunicator implements Communicator {
   }
 
   private recvCopy(t: Tensor, peer: number): void {
-    const s = this.scratch.get(this.scratchKey(peer, t));
-    if (s) copyRange(t, 0, s, 0, t.size);
-    else if (t.size > 0) {
-      const flat = t.view([t.size], [1], t.offset);
-      try { backendOf(t).fill(flat, 0); } finally { flat.dispose(); }
+    const key = this.scratchKey(peer, t);
+    let s = this.scratch.get(key);
+    if (!s) {
+      // Nothing of this size sent yet: values in [−1, 1), not zeros. A stage fed zeros gives
+      // every token the same routing (all of them to the same experts, so the all-to-all would
+      // go to one rank) and zero activations that the next sends would pass on.
+      const values = new Float32Array(t.size);
+      for (let i = 0, x = 0x9e3779b9; i < values.length; i++) { x = (Math.imul(x, 1664525) + 1013904223) >>> 0; values[i] = t.dtype === 'i32' ? 0 : x / 2 ** 31 - 1; }
+      s = keep(fromHost(backendOf(t), values, [t.size], t.dtype));
+      this.scratch.set(key, s);
     }
+    copyRange(t, 0, s, 0, t.size);
   }
 
   send(t: Tensor, peer: number): void {
