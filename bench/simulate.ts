@@ -204,7 +204,7 @@ export async function runSimulateBench(flags: Record<string, string>): Promise<v
   say(`bench simulate: ${backend.description}; rank ${rank} of ${meshName(sizes)} (pipeline rank ${dist.mesh.coords.pp}, ` +
     `virtual stage${kind === 'dualpipev' ? 's' : ''} ${stagesOfRank(kind, sizes.pp, dist.mesh.coords.pp).join(' and ')}, ${kind}${flags['rank'] === undefined ? ', the costliest' : ''}); ` +
     `${layers} layers, ${(parameterCount(model) / 1e9).toFixed(2)}B parameters in the model; ${G}×${S} tokens per step, micro-batch ${micro}, ` +
-    `${m} micro-batches per replica; every collective is a local copy (loopback)`);
+    `${m} micro-batches per replica; every collective is a local copy (loopback; all-to-all assumes symmetric routing: every peer sends this rank what it sends itself)`);
   const training = new Training(cfg, model, backend, dist);
   const bytes = training.shardBytes()!;
   for (const line of formatShardLines(dist.mesh, dist.groups, bytes, cfg.precision)) say(line);
