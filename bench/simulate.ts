@@ -221,8 +221,8 @@ export async function runSimulateBench(flags: Record<string, string>): Promise<v
     },
   };
   const holdsHead = stagesOfRank(kind, sizes.pp, dist.mesh.coords.pp).includes(kind === '1f1b' ? sizes.pp - 1 : 2 * sizes.pp - 1);
-  say(`bench simulate: log lines are this rank's: ${holdsHead ? 'its stage holds the head, so cross-entropy is the loss' : 'cross-entropy is computed on the rank of the last stage, so it reads 0 here'}; ` +
-    'gradient-norm is of its own shards; tokens-per-second is the global batch over this rank\'s step time (no communication, no bubble)');
+  say(`bench simulate: log lines are this rank's: ${holdsHead ? 'its stage holds the head: cross-entropy is its replica\'s mean' : 'cross-entropy is computed on the rank of the last stage, so it reads 0 here'}; ` +
+    'load-balance-loss is of its own layers; the values come from stand-in inputs and weights (loopback copies), so only their finiteness means something; gradient-norm is of its own shards; tokens-per-second is the global batch over this rank\'s step time (no communication, no bubble)');
   const metrics: StepMetrics[] = [];
   const comms: Record<CollectiveKind, CollectiveRecord>[] = [];
   for (let step = 0; step < steps; step++) {
@@ -230,6 +230,10 @@ export async function runSimulateBench(flags: Record<string, string>): Promise<v
     const record = training.step(step, data);
     timer?.flush();
     delete record.mfu; // the model's FLOPs over one rank's time would be no one's utilisation
+    // The step sums every rank's share of the losses over the world; here there is one rank: its
+    // replica's sums over the global micro-batch count, so × replicas gives its replica's mean.
+    record.crossEntropy *= replicas;
+    record.loadBalance *= replicas;
     say(formatLogLine(record));
     metrics.push(record);
     comms.push(dist.comm.stats.byKind());

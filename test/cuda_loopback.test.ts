@@ -11,7 +11,7 @@ import type { Backend } from '../src/backend/backend.js';
 import { CpuBackend } from '../src/backend/cpu/cpu_backend.js';
 import { f32ArrayToBf16, type DType, type HostArray } from '../src/tensor/dtype.js';
 import { emptyTensor, type Tensor } from '../src/tensor/tensor.js';
-import { LoopbackCommunicator } from '../src/parallel/loopback_communicator.js';
+import { gatherRotation, LoopbackCommunicator } from '../src/parallel/loopback_communicator.js';
 import { packageRoot } from '../src/package_root.js';
 
 const skip = cudaAvailable() ? false : 'skipped: no CUDA';
@@ -106,8 +106,11 @@ test('loopback at the bench\'s shapes: one MoE layer\'s expert all-gather over d
   };
   for (const p of [0, 1]) {
     for (const at of [0, 12_345_678, shard - 4099]) {
-      const got = slice(out, p * shard + at, 4099);
-      for (let i = 0; i < got.length; i++) if (got[i] !== host[at + i]) assert.fail(`slot ${p}, element ${at + i}: ${got[i]} ≠ ${host[at + i]}`);
+      const got = slice(out, p * shard + at, 4099), from = gatherRotation(p, 1, 2, shard);
+      for (let i = 0; i < got.length; i++) {
+        const want = host[(from + at + i) % shard];
+        if (got[i] !== want) assert.fail(`slot ${p}, element ${at + i}: ${got[i]} ≠ ${want}`);
+      }
     }
   }
   console.log(`# all-gather copy of ${(2 * shard * 2 / 1e9).toFixed(2)} GB: ${ms.toFixed(2)} ms, ${(2 * shard * 2 * 2 / ms / 1e6).toFixed(0)} GB/s read+written`);
@@ -126,20 +129,22 @@ test('loopback at the bench\'s shapes: one MoE layer\'s expert all-gather over d
   world.close();
 });
 
-test('bench simulate, tiny model: CUDA gives the CPU\'s first-step loss at pp2·dp2·ep2', { skip }, () => {
+test('bench simulate, tiny model: finite on CUDA at pp2·dp2·ep2, and the CPU\'s first-step loss at dp2·ep2', { skip }, () => {
   const cli = path.join(packageRoot(), 'dist', 'src', 'cli', 'main.js');
-  const run = (device: string) => {
-    const r = spawnSync(process.execPath, [cli, 'bench', 'simulate', '--model', 'tiny', '--device', device, '--steps', '2'], { encoding: 'utf8' });
+  const run = (device: string, layout: string) => {
+    const r = spawnSync(process.execPath, [cli, 'bench', 'simulate', '--model', 'tiny', '--device', device, '--steps', '2', '--layout', layout], { encoding: 'utf8' });
     assert.equal(r.status, 0, r.stderr);
-    process.stdout.write(r.stdout.split('\n').filter((l) => l.includes('| INFO |') || l.includes('step ') && l.includes('tokens/s')).map((l) => `# ${device}: ${l}\n`).join(''));
+    process.stdout.write(r.stdout.split('\n').filter((l) => l.includes('| INFO |') || l.includes('tokens/s')).map((l) => `# ${device} ${layout}: ${l}\n`).join(''));
     return [...r.stdout.matchAll(/cross-entropy-loss ([\d.]+) .* gradient-norm ([\d.]+)/g)].map((m) => ({ ce: Number(m[1]), norm: Number(m[2]) }));
   };
-  const gpu = run('cuda'), cpu = run('cpu');
-  assert.equal(gpu.length, 2);
-  for (const r of gpu) assert.ok(Number.isFinite(r.ce) && r.ce > 0 && Number.isFinite(r.norm) && r.norm > 0, JSON.stringify(r));
-  // Same initial weights (one seeded pool), tokens and loopback values on both; bf16 compute with
-  // f32 accumulation in different orders moves the loss by well under 1%; a routing tie broken
-  // differently moves it a little more. 3% catches a wrong copy, which changes the input itself.
+  const piped = run('cuda', 'pp2,dp2,ep2');
+  assert.equal(piped.length, 2);
+  for (const r of piped) assert.ok(Number.isFinite(r.ce) && r.ce > 0 && Number.isFinite(r.norm) && r.norm > 0, JSON.stringify(r));
+  // Without pp the loss reads no stand-in activations (a pipeline rank's inputs are its own earlier
+  // sends): the same weights (one seeded pool), tokens and loopback copies on both devices; bf16
+  // compute with f32 accumulation in different orders moves the loss by well under 1%, a routing
+  // tie broken differently a little more. 3% catches a wrong copy, which changes the weights.
+  const gpu = run('cuda', 'dp2,ep2'), cpu = run('cpu', 'dp2,ep2');
   const rel = Math.abs(gpu[0]!.ce - cpu[0]!.ce) / cpu[0]!.ce;
   assert.ok(rel < 0.03, `first-step cross-entropy: GPU ${gpu[0]!.ce}, CPU ${cpu[0]!.ce}`);
 });

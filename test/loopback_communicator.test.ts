@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { CpuBackend } from '../src/backend/cpu/cpu_backend.js';
 import { fromHost, toHostF32, toHostI32 } from '../src/ops/create.js';
 import { emptyTensor } from '../src/tensor/tensor.js';
-import { LoopbackCommunicator } from '../src/parallel/loopback_communicator.js';
+import { gatherRotation, LoopbackCommunicator } from '../src/parallel/loopback_communicator.js';
 import { LocalCommunicator } from '../src/parallel/local_communicator.js';
 import { Mesh } from '../src/parallel/mesh.js';
 import { buildMeshGroups } from '../src/parallel/init_distributed.js';
@@ -15,11 +15,16 @@ import { buildMeshGroups } from '../src/parallel/init_distributed.js';
 const be = new CpuBackend();
 const f32 = (xs: number[], shape = [xs.length]) => fromHost(be, Float32Array.from(xs), shape, 'f32');
 
-test('all-gather copies this rank\'s input into every slot; reduce-scatter copies its own slice; all-reduce leaves t', () => {
+test('all-gather copies this rank\'s input into every slot (rotated in the others); reduce-scatter copies its own slice; all-reduce leaves t', () => {
   const c = new LoopbackCommunicator(4, 2);
-  const inp = f32([1, 2, 3]), out = emptyTensor(be, [12], 'f32');
+  const inp = f32([1, 2, 3, 4, 5]), out = emptyTensor(be, [20], 'f32');
   c.allGather(out, inp);
-  assert.deepEqual(Array.from(toHostF32(out)), [1, 2, 3, 1, 2, 3, 1, 2, 3, 1, 2, 3]);
+  // Slot p starts at (p − 2 mod 4)·7919 mod 5: slot 2 at 0, slot 3 at 4, slot 0 at 3, slot 1 at 2.
+  assert.deepEqual(Array.from(toHostF32(out)), [4, 5, 1, 2, 3, 3, 4, 5, 1, 2, 1, 2, 3, 4, 5, 5, 1, 2, 3, 4]);
+  assert.deepEqual([0, 1, 2, 3].map((p) => gatherRotation(p, 2, 4, 5)), [3, 2, 0, 4]);
+  // A router of 64 experts × 2048 sharded over 4: no gathered row equals another.
+  const rows = new Set([0, 1, 2, 3].map((p) => gatherRotation(p, 1, 4, 16 * 2048) % 2048));
+  assert.equal(rows.size, 4);
   const full = f32(Array.from({ length: 8 }, (_, i) => i)), part = emptyTensor(be, [2], 'f32');
   c.reduceScatter(part, full);
   assert.deepEqual(Array.from(toHostF32(part)), [4, 5]);
@@ -27,8 +32,8 @@ test('all-gather copies this rank\'s input into every slot; reduce-scatter copie
   c.allReduce(t, 'sum');
   assert.deepEqual(Array.from(toHostF32(t)), [7, 8]);
   const k = c.stats.byKind();
-  // Bus bytes: all-gather (n−1)/n · 48, reduce-scatter (n−1)/n · 32, all-reduce 2(n−1)/n · 8.
-  assert.deepEqual([k['all-gather'].calls, k['all-gather'].payloadBytes, k['all-gather'].busBytes], [1, 48, 36]);
+  // Bus bytes: all-gather (n−1)/n · 80, reduce-scatter (n−1)/n · 32, all-reduce 2(n−1)/n · 8.
+  assert.deepEqual([k['all-gather'].calls, k['all-gather'].payloadBytes, k['all-gather'].busBytes], [1, 80, 60]);
   assert.deepEqual([k['reduce-scatter'].calls, k['reduce-scatter'].payloadBytes, k['reduce-scatter'].busBytes], [1, 32, 24]);
   assert.deepEqual([k['all-reduce'].calls, k['all-reduce'].payloadBytes, k['all-reduce'].busBytes], [1, 8, 12]);
   for (const x of [inp, out, full, part, t]) x.dispose();

@@ -3,7 +3,8 @@
 // parameter shards, its experts, expert dispatch, the pipeline schedule's transfers) runs with
 // real shapes while no peer exists. Nothing ever waits. Values that would come from peers are
 // stand-ins (finite, not meaningful):
-//   allGather      this rank's input copied into every slot;
+//   allGather      this rank's input copied into every slot, rotated in the other ranks' slots
+//                  (gatherRotation: identical copies would tie the router's rows);
 //   reduceScatter  this rank's own slice of the input copied out (not a sum over size copies:
 //                  a sum of identical slices would only scale the gradient by size, and one
 //                  copy is the cheapest kernel that writes the output's bytes, so the copy time
@@ -93,6 +94,18 @@ function copyRange(dst: Tensor, dstAt: number, src: Tensor, srcAt: number, n: nu
   }
 }
 
+/**
+ * Where slot p of a loopback all-gather starts reading this rank's input of n elements (it reads
+ * on cyclically): 0 for the rank's own slot, d·7919 mod n for the slot d ranks further on. Were
+ * every slot the same copy, the rows of a weight sharded by rows would repeat — the router's rows
+ * of experts e, e + E/n, … would be equal, their logits tied, and routing would pile onto a few
+ * experts; a rotation by a prime that divides no row length keeps every gathered row distinct.
+ */
+export function gatherRotation(p: number, rank: number, size: number, n: number): number {
+  const d = (p - rank + size) % size;
+  return n === 0 ? 0 : (d * 7919) % n;
+}
+
 export interface LoopbackOptions {
   /** For messages and the stats ("world", "dp", …). */
   name?: string;
@@ -148,7 +161,12 @@ export class LoopbackCommunicator implements Communicator {
     checkArgs.allGather(this, out, inp);
     const bytes = out.size * bytesPerElement(out.dtype);
     this.run('all-gather', bytes, (this.size - 1) / this.size * bytes, () => {
-      for (let p = 0; p < this.size; p++) copyRange(out, p * inp.size, inp, 0, inp.size);
+      const n = inp.size;
+      for (let p = 0; p < this.size; p++) {
+        const s = gatherRotation(p, this.rank, this.size, n);
+        copyRange(out, p * n, inp, s, n - s);
+        copyRange(out, p * n + n - s, inp, 0, s);
+      }
     });
   }
 
