@@ -15,6 +15,9 @@ import { defaultTrainConfig, mergeTrainConfig } from '../src/train/config.js';
 import { Training, type BatchSource } from '../src/train/trainer.js';
 import { Rng } from '../src/nn/rng.js';
 import { packageRoot } from '../src/package_root.js';
+import { loadDeepseekV2Config } from '../src/models/deepseek_v2_config.js';
+import { estimateMemory } from '../src/parallel/memory_estimate.js';
+import { parseLayout } from '../bench/simulate.js';
 
 const sizes = { pp: 2, dp: 2, cp: 1, ep: 2 };
 const S = 16, G = 12;
@@ -74,6 +77,21 @@ test('the costliest stage\'s rank: 1F1B puts the head on pp rank 1; under DualPi
   const c = model();
   assert.equal(heaviestRank(c, sizes, '1f1b', S), 4);
   assert.equal(heaviestRank(c, sizes, 'dualpipev', S), 0);
+});
+
+test('the lead\'s default run: full DeepSeek-V2-Lite at pp2·dp2·ep2, rank 0 (stage 0, the costliest), fits an 80 GB GPU by the estimator', () => {
+  const c = loadDeepseekV2Config(path.join(packageRoot(), 'configs', 'deepseek-v2-lite.json'));
+  assert.equal(heaviestRank(c, sizes, '1f1b', 2048), 0);
+  // The reference's batch: 1024 sequences of 2048 in micro-batches of 1, 256 per replica.
+  const [stage0, stage1] = estimateMemory({ model: c, mesh: sizes, seqLen: 2048, microBatchSize: 1, microBatches: 256, precision: 'bf16', device: 'cuda' });
+  assert.ok(stage0!.peakBytes < 60 * 2 ** 30 && stage1!.peakBytes < stage0!.peakBytes, `${stage0!.peakBytes / 2 ** 30} GiB`);
+});
+
+test('--layout: sizes named in any order and separator, 1 for the rest; a bad word is one line with the fix', () => {
+  assert.deepEqual(parseLayout('pp2,dp2,ep2'), { pp: 2, dp: 2, cp: 1, ep: 2 });
+  assert.deepEqual(parseLayout('ep8'), { pp: 1, dp: 1, cp: 1, ep: 8 });
+  assert.deepEqual(parseLayout('pp2·dp2·cp1·ep2'), { pp: 2, dp: 2, cp: 1, ep: 2 });
+  assert.throws(() => parseLayout('pp2,pp4'), /"pp4" is not one of pp<N>, dp<N>, cp<N>, ep<N> \(each at most once, N ≥ 1\); write e\.g\. --layout pp2,dp2,cp1,ep2/);
 });
 
 test('a rank outside the mesh is one line naming the range', async () => {
