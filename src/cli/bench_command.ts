@@ -1,4 +1,4 @@
-// `moetrain bench gemm [--grouped] | attention | train`: the benchmarks of bench/, on the GPU.
+// `moetrain bench gemm [--grouped] | attention | train | simulate`: the benchmarks of bench/, on the GPU.
 //
 // bench/ is its own entry point above src/: it imports src/, never the reverse. So this command
 // loads the compiled benchmark file by a path computed at run time (dist/src/cli/ → dist/bench/)
@@ -8,7 +8,7 @@ import { fileURLToPath } from 'node:url';
 import type { ParsedArgs } from './args.js';
 
 /** The function `exported` of dist/bench/<name>.js (untyped: this side cannot import its type). */
-async function loadBench(name: 'gemm' | 'gemm_grouped' | 'attention' | 'attention_ring' | 'train', exported: string): Promise<Function> {
+async function loadBench(name: 'gemm' | 'gemm_grouped' | 'attention' | 'attention_ring' | 'train' | 'simulate', exported: string): Promise<Function> {
   const url = new URL(`../../bench/${name}.js`, import.meta.url);
   const file = fileURLToPath(url);
   if (!existsSync(file)) throw new Error(`benchmark ${name}: ${file} does not exist; build the package (npm run build), which compiles bench/ into dist/bench/`);
@@ -32,7 +32,10 @@ export async function benchCommand(args: ParsedArgs): Promise<void> {
     case 'train':
       await (await loadBench('train', 'runTrainBench'))(args.flags);
       return;
+    case 'simulate':
+      await (await loadBench('simulate', 'runSimulateBench'))(args.flags);
+      return;
     default:
-      throw new Error(`unknown benchmark "${what ?? ''}"; choose gemm, attention or train`);
+      throw new Error(`unknown benchmark "${what ?? ''}"; choose gemm, attention, train or simulate`);
   }
 }

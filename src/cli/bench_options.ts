@@ -1,23 +1,34 @@
-// The options of `moetrain bench` (benchmarks of bench/, run on a GPU). Mostly `bench train` takes
-// options; bench/train.ts reads them under these snake_case names.
+// The options of `moetrain bench` (benchmarks of bench/, run on a GPU). `bench train` and
+// `bench simulate` take options; bench/train.ts and bench/simulate.ts read them under these
+// snake_case names.
 import type { CommandSpec } from './args.js';
 
 export const BENCH_COMMAND: CommandSpec = {
   name: 'bench',
-  summary: 'GPU benchmarks: gemm (cuBLASLt bf16 GEMMs), attention (MLA attention kernels against cuDNN), train (training steps of DeepSeek-V2-Lite cut to a few layers, against a PyTorch peer).',
-  positionals: [{ name: 'BENCHMARK', help: 'gemm | attention | train', required: true }],
+  summary: 'GPU benchmarks: gemm (cuBLASLt bf16 GEMMs), attention (MLA attention kernels against cuDNN), train (training steps of DeepSeek-V2-Lite cut to a few layers, against a PyTorch peer), simulate (one rank of a multi-GPU layout on one device, collectives as local copies, with a predicted multi-GPU throughput).',
+  positionals: [{ name: 'BENCHMARK', help: 'gemm | attention | train | simulate', required: true }],
   options: [
     { name: 'grouped', value: null, help: 'gemm: time the grouped expert GEMM (forward, dX, dW at the 64-expert bench shapes) against one cuBLASLt product per expert' },
     { name: 'cp', value: 'N', help: 'attention: time the ring-attention blocks one of N context-parallel ranks computes (2 or 4) against the whole-sequence kernel, s = 4096/8192/16384' },
-    { name: 'steps', value: 'N', default: '20', help: 'train: steps to time (the median excludes the first three)' },
-    { name: 'layers', value: 'N', default: '4', help: 'train: layers of DeepSeek-V2-Lite to keep (layer 0 dense, the rest MoE)' },
-    { name: 'seq_len', value: 'N', default: '2048', help: 'train: tokens per sequence' },
-    { name: 'batch', value: 'N', default: '4', help: 'train: sequences per step' },
-    { name: 'micro', value: 'N', default: 'the batch', help: 'train: sequences per micro-batch' },
-    { name: 'device', value: 'auto|cpu|cuda', default: 'cuda', help: 'train: the device' },
+    { name: 'steps', value: 'N', default: '20', help: 'train: steps to time (the median excludes the first three); simulate: steps to run (default 2; the first is not timed)' },
+    { name: 'layers', value: 'N', default: '4', help: 'train: layers of DeepSeek-V2-Lite to keep (layer 0 dense, the rest MoE); simulate: default all 27 (tiny: 4)' },
+    { name: 'seq_len', value: 'N', default: '2048', help: 'train, simulate: tokens per sequence (simulate --model tiny: 32)' },
+    { name: 'batch', value: 'N', default: '4', help: 'train: sequences per step; simulate: the global batch (default 1024, the reference\'s; tiny: 16)' },
+    { name: 'micro', value: 'N', default: 'the batch', help: 'train: sequences per micro-batch; simulate: default 1' },
+    { name: 'device', value: 'auto|cpu|cuda', default: 'cuda', help: 'train, simulate: the device' },
     { name: 'profile', value: null, help: 'train: synchronise between phases and parts and print the step by layer kind (slower)' },
     { name: 'gemm_ceiling', value: 'TFLOPS', default: '786', help: 'train: the measured bf16 GEMM ceiling that the second MFU figure is taken against' },
     { name: 'grouped_gemm', value: 'auto|mma|wgmma|per_expert', default: 'auto', help: 'train: routed-expert GEMM kernels (as the train option)' },
     { name: 'peer', value: 'eager|compile|both|none', default: 'eager', help: 'train: the PyTorch peer run first in the same command' },
+    { name: 'model', value: 'PATH|tiny', default: 'configs/deepseek-v2-lite.json', help: 'simulate: the model config, or "tiny" (the built-in demo model, for a CPU smoke test)' },
+    { name: 'layout', value: 'pp2,dp2,cp1,ep2', default: 'pp2,dp2,cp1,ep2', help: 'simulate: the mesh (sizes not named are 1); --parallel.* override it' },
+    { name: 'parallel.pp', value: 'N', help: 'simulate: pipeline stages' },
+    { name: 'parallel.dp', value: 'N', help: 'simulate: data-parallel replicas' },
+    { name: 'parallel.cp', value: 'N', help: 'simulate: context-parallel ranks' },
+    { name: 'parallel.ep', value: 'N', help: 'simulate: expert-parallel ranks' },
+    { name: 'rank', value: 'R', default: 'the costliest stage\'s', help: 'simulate: which world rank of the mesh to run' },
+    { name: 'schedule', value: '1f1b|dualpipev', default: '1f1b', help: 'simulate: the pipeline schedule' },
+    { name: 'bus_gbps', value: 'GB/s', default: '360', help: 'simulate: the bus bandwidth per GPU the prediction assumes (NVIDIA\'s published H100 NVLink figures; not measured here)' },
+    { name: 'latency_us', value: 'µs', default: '10', help: 'simulate: the cost per collective call the prediction assumes' },
   ],
 };

@@ -1,7 +1,8 @@
 // The collectives every parallel piece (sharded parameters, expert dispatch, pipeline stages,
-// ring attention) is written against. Three implementations: NCCL on CUDA tensors
+// ring attention) is written against. Implementations: NCCL on CUDA tensors
 // (nccl_communicator.ts), TCP between processes of one machine on CPU tensors
-// (cpu/cpu_communicator.ts), and a world of one (local_communicator.ts).
+// (cpu/cpu_communicator.ts), a world of one (local_communicator.ts), and one rank of a larger
+// world simulated in one process with local copies (loopback_communicator.ts).
 //
 // Every call blocks the caller until its result may be read (NCCL: until it is queued on the
 // compute stream, which orders it with the kernels around it). Tensors are contiguous; a group's
