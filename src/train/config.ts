@@ -137,7 +137,7 @@ const OPTION_HELP: Record<string, string> = {
   init_from: 'start from these weights (moetrain checkpoint or HF folder) when the run has no checkpoint yet',
   max_epochs: 'most passes over the data; a run that needs more is refused up front; 0 or null: no cap',
   mla_kernels: 'MLA attention kernels on the GPU: auto (Hopper kernels on H100/H200, else mma.sync or generic), hopper, mma, generic',
-  grouped_gemm: 'routed-expert GEMM kernels on the GPU: auto (mma for now), mma, wgmma (H100/H200), per_expert (one cuBLASLt call per expert)',
+  grouped_gemm: 'routed-expert GEMM kernels on the GPU: auto (wgmma on H100/H200, else mma), mma, wgmma (H100/H200), per_expert (one cuBLASLt call per expert)',
   'parallel.pp': 'pipeline stages (mesh pp × dp × cp × ep = ranks started by `moetrain launch`)',
   'parallel.dp': 'data-parallel replicas (with ep: dp·ep replicas read different sequences)',
   'parallel.cp': 'context-parallel ranks (the sequence is split over them)',
