@@ -25,7 +25,7 @@ import { rmsNorm } from '../ops/rms_norm.js';
 import { rope } from '../ops/rope.js';
 import { swiglu } from '../ops/swiglu.js';
 import { embedding } from '../ops/embedding.js';
-import { crossEntropyMean } from '../ops/cross_entropy.js';
+import { linearCrossEntropyMean } from '../ops/linear_cross_entropy.js';
 import { softmax } from '../ops/softmax.js';
 import { topk, bincount, expertOrder } from '../ops/routing.js';
 import { gatherRows, scatterAddRows, splitRows, concatRows } from '../ops/rows.js';
@@ -240,9 +240,17 @@ export class DeepseekV2 implements DeepseekV2Weights<Param> {
     return this.runUnit({ kind: 'head' }, [h], ([x]) => [linear(rmsNorm(x!, norm.value, this.config.rms_norm_eps), lmHead.value)])[0]!;
   }
 
-  /** Mean cross-entropy [1] f32 of the head's logits against labels i32 [B, S] (labels < 0 ignored). */
+  /**
+   * Mean cross-entropy [1] f32 of the head's logits against labels i32 [B, S] (labels < 0
+   * ignored), computed in row chunks so that the logits of the whole micro-batch never exist
+   * (ops/linear_cross_entropy.ts).
+   */
   headLoss(h: Tensor, labels: Tensor, labelCount: number): Tensor {
-    return this.section('head', h, (x) => crossEntropyMean(this.headLogits(x), reshape(labels, [x.shape[0]!]), labelCount));
+    const norm = this.norm, lmHead = this.lmHead;
+    if (!norm || !lmHead) throw new Error('internal: headLoss on a model part that does not own the head');
+    return this.section('head', h, (x) => this.runUnit({ kind: 'head' }, [x], ([y]) => [
+      linearCrossEntropyMean(rmsNorm(y!, norm.value, this.config.rms_norm_eps), lmHead.value, reshape(labels, [y!.shape[0]!]), labelCount),
+    ])[0]!);
   }
 
   private section(kind: ModelSection, x: Tensor, fn: (x: Tensor) => Tensor): Tensor {
