@@ -334,7 +334,8 @@ export class DeepseekV2 implements DeepseekV2Weights<Param> {
         r = this.ownedRouting(w, g, N);
         return gatherRows(xr, r.tokenOfSorted, null);
       });
-      const ys = this.section('experts', xs, (rows) => this.routedExperts(w, rows, r.counts));
+      // In a scope: the experts' outputs before their concatenation go as soon as it is made.
+      const ys = this.section('experts', xs, (rows) => tidy(() => this.routedExperts(w, rows, r.counts)));
       out = this.section('router', ys, (rows) => scatterAddRows(rows, r.tokenOfSorted, r.sortedWeights, N));
     }
     const shared = w.shared;

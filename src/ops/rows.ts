@@ -2,6 +2,7 @@
 // them back, and split/concatenate row blocks, all differentiable (weights included).
 import { backendOf } from '../backend/backend.js';
 import { beginNode, linkOutputs, needsGrad } from '../autograd/tape.js';
+import { markRecomputable } from '../autograd/recompute.js';
 import { emptyTensor, type Tensor } from '../tensor/tensor.js';
 
 /** Rows per block of gatheredRowDots: its f32 products stay near ROW_DOT_BLOCK_BYTES. */
@@ -39,6 +40,9 @@ export function gatherRows(x: Tensor, idx: Tensor, weights: Tensor | null): Tens
   const D = x.shape[1]!, M = idx.size;
   const out = emptyTensor(backend, [M, D], x.dtype);
   backend.gatherRows(out, x, idx, weights);
+  // Unweighted rows at least as large as x (the MoE's routed rows, k per token) are recomputed
+  // from x when a later op saved them for backward (autograd/recompute.ts): one gather more.
+  if (!weights && M >= x.shape[0]! && needsGrad(x)) markRecomputable(out, [x, idx], (dst, [xs, ix]) => backend.gatherRows(dst, xs!, ix!, null));
   const inputs = weights ? [x, weights] : [x];
   const node = beginNode('gatherRows', inputs, 1);
   if (node) {
