@@ -26,38 +26,46 @@ function aligned(n: number, dtype: DType): number {
 
 export class ParamArena {
   private readonly slabs = new Map<DType, { t: Tensor; used: number }>();
-  /** Elements still to be taken per dtype: the last slab of a dtype is cut to what is left. */
-  private readonly remaining = new Map<DType, number>();
+  /** Per dtype, the aligned sizes still to be taken, in the order they will be taken. */
+  private readonly queue = new Map<DType, { sizes: number[]; next: number }>();
 
   /**
-   * An arena for parameters of the given shapes and compute dtypes: each takes an f32 master and
-   * an f32 gradient, and a compute copy when its compute dtype is not f32 (nn/param.ts).
+   * An arena for parameters of the given shapes and compute dtypes, made in this order: each
+   * takes an f32 master, a compute copy when its compute dtype is not f32, and an f32 gradient
+   * (nn/param.ts). Knowing every request up front, each slab is cut to the requests it will hold.
    */
   constructor(private readonly backend: Backend, params: readonly { shape: readonly number[]; dtype: DType }[], private readonly slabBytes = PARAM_SLAB_BYTES) {
-    const need = (dtype: DType, n: number) => this.remaining.set(dtype, (this.remaining.get(dtype) ?? 0) + aligned(n, dtype));
+    const need = (dtype: DType, n: number) => {
+      let q = this.queue.get(dtype);
+      if (!q) this.queue.set(dtype, (q = { sizes: [], next: 0 }));
+      q.sizes.push(aligned(n, dtype));
+    };
     for (const p of params) {
       const n = p.shape.reduce((a, b) => a * b, 1);
-      need('f32', n); need('f32', n);
+      need('f32', n);
       if (p.dtype !== 'f32') need(p.dtype, n);
+      need('f32', n);
     }
   }
 
   /** A kept, contiguous, uninitialised tensor of shape and dtype carved from a slab. */
   take(shape: readonly number[], dtype: DType): Tensor {
-    const n = shape.reduce((a, b) => a * b, 1), size = aligned(n, dtype);
-    const left = this.remaining.get(dtype) ?? 0;
-    if (size > left) throw new Error(`internal: the parameter arena was not sized for another [${shape}] ${dtype}`);
+    const size = aligned(shape.reduce((a, b) => a * b, 1), dtype);
+    const q = this.queue.get(dtype);
+    if (!q || q.sizes[q.next] !== size) throw new Error(`internal: the parameter arena was not planned for a [${shape}] ${dtype} here`);
     let slab = this.slabs.get(dtype);
     if (!slab || slab.used + size > slab.t.size) {
       slab?.t.dispose();
-      // A full slab, or what is left when that is less; a tensor larger than a slab gets its own.
-      const elements = Math.max(Math.min(Math.floor(this.slabBytes / bytesPerElement(dtype)), left), size);
+      // The next requests up to a slab's bytes (at least one request: a larger tensor gets its own).
+      const limit = Math.floor(this.slabBytes / bytesPerElement(dtype));
+      let elements = 0;
+      for (let i = q.next; i < q.sizes.length && (elements === 0 || elements + q.sizes[i]! <= limit); i++) elements += q.sizes[i]!;
       slab = { t: keep(emptyTensor(this.backend, [elements], dtype)), used: 0 };
       this.slabs.set(dtype, slab);
     }
     const out = keep(slab.t.view(shape, contiguousStrides(shape), slab.used));
     slab.used += size;
-    this.remaining.set(dtype, left - size);
+    q.next++;
     return out;
   }
 
