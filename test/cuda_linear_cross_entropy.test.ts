@@ -97,14 +97,14 @@ test('linearCrossEntropyMean on the GPU equals the CPU backend (N=300 in chunks 
 
 test('bench shapes (8192 tokens, D=2048, V=102400, bf16): chunked equals unchunked on the GPU and needs a fraction of the memory', { skip }, () => {
   const s = { N: 8192, D: 2048, V: 102400, ignoredEvery: 0 };
-  poisonBlocks(gpu(), [1280 * 102400 * 2, 8192 * 2048 * 2, 8192 * 4]);
+  poisonBlocks(gpu(), [2560 * 102400 * 2, 8192 * 2048 * 2, 8192 * 4]);
   run(gpu(), s, true); run(gpu(), s, false); // warm-up: kernels compiled, GEMM plans made
   const chunked = run(gpu(), s, true), plain = run(gpu(), s, false);
   const gib = (b: number) => (b / 2 ** 30).toFixed(3);
   console.log(`# forward+backward: chunked ${chunked.ms.toFixed(2)} ms, peak +${gib(chunked.peakOverBytes)} GiB; unchunked ${plain.ms.toFixed(2)} ms, peak +${gib(plain.peakOverBytes)} GiB`);
   expectClose(chunked, plain, 'chunked vs unchunked at bench shapes');
-  // Unchunked holds logits and dlogits (2 × 1.56 GiB); chunked one 250 MiB chunk, dx (bf16, then
-  // the leaf's f32 copy) and the rows' lse/loss: about 0.34 GiB.
-  assert.ok(chunked.peakOverBytes < 0.5 * 2 ** 30, `chunked peak +${gib(chunked.peakOverBytes)} GiB`);
+  // Unchunked holds logits and dlogits (2 × 1.56 GiB); chunked one 500 MiB chunk, dx (bf16, then
+  // the leaf's f32 copy) and the rows' lse/loss: about 0.6 GiB.
+  assert.ok(chunked.peakOverBytes < 0.75 * 2 ** 30, `chunked peak +${gib(chunked.peakOverBytes)} GiB`);
   assert.ok(plain.peakOverBytes > 3 * 2 ** 30);
 });

@@ -13,8 +13,11 @@
 // Why recompute rather than compute the gradients during forward (the loss's upstream gradient
 // is a scalar, so dx and dW could be formed at forward time and scaled in backward): that needs a
 // [V, D] f32 temporary for dW (800 MiB at DeepSeek-V2-Lite widths) alive from the head's forward
-// to its backward, which is exactly the step's memory peak, while the recompute costs one GEMM of
-// 2·N·D·V FLOPs (3.4 TFLOP, ≈4.5 ms at ~750 TFLOP/s for 8192 tokens) and no memory at the peak.
+// to its backward — at the start of backward, when every layer's saved activations are alive —
+// and one per micro-batch in flight on the head's pipeline stage (DualPipeV runs several
+// forwards before their backwards), plus a pass over it to apply the scalar (≈1.3 ms). The
+// recompute costs one GEMM of 2·N·D·V FLOPs (3.4 TFLOP, ≈4.5 ms at ~750 TFLOP/s for 8192 tokens)
+// and no memory beyond one chunk, whatever the schedule.
 // Under FSDP the lm_head's weights are gathered for the head unit's forward and again for its
 // backward (fsdp.ts), so both passes read W as this op does.
 //
@@ -31,12 +34,14 @@ import { bytesPerElement } from '../tensor/dtype.js';
 import { emptyTensor, type Tensor } from '../tensor/tensor.js';
 
 /**
- * Bytes of one chunk's logits. Larger chunks make dW's accumulation cheaper (each chunk's dW GEMM
- * reads and writes the whole [V, D] f32 gradient once: 1.6 GB at V=102400, D=2048, ≈0.55 ms, so
- * the row count R should keep the GEMM's 2·R·D·V FLOPs well above that), smaller chunks lower the
- * peak. 256 MiB: 1280 rows of bf16 logits at V=102400 (a dW GEMM of 0.54 TFLOP ≈ 0.7 ms per chunk).
+ * Bytes of one chunk's logits. Larger chunks make dW's accumulation cheaper: each chunk's dW GEMM
+ * reads and writes the whole [V, D] f32 gradient once (1.6 GB at V=102400, D=2048, ≈0.55 ms at
+ * ~3 TB/s, next to its 2·R·D·V FLOPs: ≈1.4 ms for R = 2560 rows), so every chunk beyond the first
+ * adds up to ≈0.55 ms. Smaller chunks lower the head's working set, which at the bench's shapes
+ * stays below an MoE layer's forward working set (≈0.75 GiB) with 512 MiB: 2560 rows of bf16
+ * logits at V=102400, four chunks for 8192 tokens.
  */
-export const CHUNK_LOGIT_BYTES = 256 * 2 ** 20;
+export const CHUNK_LOGIT_BYTES = 512 * 2 ** 20;
 
 /** Rows per chunk for a vocabulary of V in x's dtype: a multiple of 64 when that many fit (GEMM tiles). */
 export function linearCrossEntropyChunkRows(V: number, elementBytes: number): number {
