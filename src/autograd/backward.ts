@@ -116,7 +116,8 @@ export function backwardFrom(roots: readonly { root: Tensor; seed?: Tensor }[]):
         gouts[j] = c;
       }
     }
-    const gins = gouts.some((g) => g !== null) ? rule(gouts) : [];
+    let gins: readonly (Tensor | null)[] = [];
+    if (gouts.some((g) => g !== null)) { node.prepare(); gins = rule(gouts); }
     node.release();
     for (const g of gouts) if (g && !seeds.has(g)) g.dispose();
     node.inputs.forEach((input, j) => {

@@ -33,13 +33,19 @@ export class GradNode implements GradGraphNode {
   /** Keeps t's storage alive until this node's rule has run; returns the alias to use in the rule. */
   save(t: Tensor): Tensor {
     const alias = keep(t.view(t.shape, t.strides, t.offset));
+    alias.storage.savedRefs++;
     this.saved.push(alias);
     return alias;
   }
 
+  /** Before the rule runs: recomputes the saved tensors whose memory was given back (autograd/recompute.ts). */
+  prepare(): void {
+    for (const t of this.saved) if (t.storage.awaitsRebuild) t.storage.rematerialize();
+  }
+
   release(): void {
     if (!this.released) { this.released = true; liveNodes--; }
-    for (const t of this.saved) t.dispose();
+    for (const t of this.saved) { t.storage.savedRefs--; t.dispose(); }
     this.saved = [];
     this.rule = null;
   }
@@ -53,6 +59,9 @@ export function noGrad<T>(fn: () => T): T {
   gradEnabled = false;
   try { return fn(); } finally { gradEnabled = before; }
 }
+
+/** Whether ops record gradient nodes now (false inside noGrad). */
+export function isRecording(): boolean { return gradEnabled; }
 
 export function needsGrad(t: Tensor): boolean {
   return t.requiresGrad || t.gradLink !== null;

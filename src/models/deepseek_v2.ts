@@ -25,13 +25,14 @@ import { rmsNorm } from '../ops/rms_norm.js';
 import { rope } from '../ops/rope.js';
 import { swiglu } from '../ops/swiglu.js';
 import { embedding } from '../ops/embedding.js';
-import { crossEntropyMean } from '../ops/cross_entropy.js';
+import { linearCrossEntropyMean } from '../ops/linear_cross_entropy.js';
 import { softmax } from '../ops/softmax.js';
 import { topk, bincount, expertOrder } from '../ops/routing.js';
 import { gatherRows, scatterAddRows } from '../ops/rows.js';
 import { groupedLinear } from '../ops/grouped_linear.js';
 import { mlaAttention } from '../ops/mla_attention.js';
 import { Param, type ParamMaker } from '../nn/param.js';
+import { ParamArena } from '../nn/param_arena.js';
 import { normalValues } from '../nn/init.js';
 import { ropeTablesAt, yarnMscale } from '../nn/rope_tables.js';
 import type { DeepseekV2Config } from './deepseek_v2_config.js';
@@ -113,15 +114,22 @@ export class DeepseekV2 implements DeepseekV2Weights<Param> {
    */
   constructor(
     readonly config: DeepseekV2Config, readonly backend: Backend, readonly computeDtype: DType, readonly part: ModelPart = wholeModel(config),
-    makeParam: ParamMaker = (spec, dtype) => new Param(spec.shape, backend, dtype),
+    makeParam?: ParamMaker,
   ) {
+    // The router stays f32: its logits and softmax are computed in f32 (DESIGN.md numerics).
+    const dtypeOf = (spec: ParamSpec): DType => (spec.dtype === 'f32' ? 'f32' : computeDtype);
+    // Whole parameters come from one arena (nn/param_arena.ts), sized by a pass over the specs.
+    const specs: ParamSpec[] = [];
+    buildWeights(config, part, (spec) => { specs.push(spec); return spec; });
+    const arena = makeParam ? null : new ParamArena(backend, specs.map((s) => ({ shape: s.shape, dtype: dtypeOf(s) })));
+    const make: ParamMaker = makeParam ?? ((spec, dtype) => new Param(spec.shape, backend, dtype, arena!));
     const w = buildWeights(config, part, (spec) => {
-      // The router stays f32: its logits and softmax are computed in f32 (DESIGN.md numerics).
-      const p = makeParam(spec, spec.dtype === 'f32' ? 'f32' : computeDtype);
+      const p = make(spec, dtypeOf(spec));
       this.params.push(p);
       this.specs.push(spec);
       return p;
     });
+    arena?.close();
     this.embed = w.embed;
     this.layers = w.layers;
     this.norm = w.norm;
@@ -241,9 +249,17 @@ export class DeepseekV2 implements DeepseekV2Weights<Param> {
     return this.runUnit({ kind: 'head' }, [h], ([x]) => [linear(rmsNorm(x!, norm.value, this.config.rms_norm_eps), lmHead.value)])[0]!;
   }
 
-  /** Mean cross-entropy [1] f32 of the head's logits against labels i32 [B, S] (labels < 0 ignored). */
+  /**
+   * Mean cross-entropy [1] f32 of the head's logits against labels i32 [B, S] (labels < 0
+   * ignored), computed in row chunks so that the logits of the whole micro-batch never exist
+   * (ops/linear_cross_entropy.ts).
+   */
   headLoss(h: Tensor, labels: Tensor, labelCount: number): Tensor {
-    return this.section('head', h, (x) => crossEntropyMean(this.headLogits(x), reshape(labels, [x.shape[0]!]), labelCount));
+    const norm = this.norm, lmHead = this.lmHead;
+    if (!norm || !lmHead) throw new Error('internal: headLoss on a model part that does not own the head');
+    return this.section('head', h, (x) => this.runUnit({ kind: 'head' }, [x], ([y]) => [
+      linearCrossEntropyMean(rmsNorm(y!, norm.value, this.config.rms_norm_eps), lmHead.value, reshape(labels, [y!.shape[0]!]), labelCount),
+    ])[0]!);
   }
 
   private section(kind: ModelSection, x: Tensor, fn: (x: Tensor) => Tensor): Tensor {
@@ -252,12 +268,16 @@ export class DeepseekV2 implements DeepseekV2Weights<Param> {
 
   private layer(layer: DecoderLayer<Param>, x: Tensor, B: number, S: number, lb: LoadBalance): { h: Tensor; lb: Tensor | null } {
     const eps = this.config.rms_norm_eps;
-    const a = this.section('attention', rmsNorm(x, layer.inputNorm.value, eps), (xn) => this.attention(layer.attn, xn, B, S));
+    // Attention and the MLP/MoE each run in a scope of their own: their temporaries that backward
+    // does not need (projections before their split, expert outputs before their concatenation,
+    // f32 accumulators) are freed as each ends, not when the whole layer does, which lowers the
+    // forward's peak (the last layer's forward, on top of every earlier layer's saved tensors).
+    const a = tidy(() => this.section('attention', rmsNorm(x, layer.inputNorm.value, eps), (xn) => this.attention(layer.attn, xn, B, S)));
     const h = add(x, a);
     const normed = rmsNorm(h, layer.postNorm.value, eps);
     const mlp = layer.mlp;
-    if (mlp) return { h: add(h, this.section('mlp', normed, (xn) => this.mlp(mlp, xn))), lb: null };
-    const moe = this.moe(layer, normed, B, S, lb);
+    if (mlp) return { h: add(h, tidy(() => this.section('mlp', normed, (xn) => this.mlp(mlp, xn)))), lb: null };
+    const moe = tidy(() => this.moe(layer, normed, B, S, lb));
     return { h: add(h, moe.out), lb: moe.lb };
   }
 
@@ -329,7 +349,8 @@ export class DeepseekV2 implements DeepseekV2Weights<Param> {
         r = this.ownedRouting(w, g, N);
         return gatherRows(xr, r.tokenOfSorted, null);
       });
-      const ys = this.section('experts', xs, (rows) => this.expertsOnRows(w, rows, r.offsets));
+      // In a scope: the gate/up products and their SwiGLU go as soon as the down product is made.
+      const ys = this.section('experts', xs, (rows) => tidy(() => this.expertsOnRows(w, rows, r.offsets)));
       out = this.section('router', ys, (rows) => scatterAddRows(rows, r.tokenOfSorted, r.sortedWeights, N));
     }
     const shared = w.shared;

@@ -11,6 +11,7 @@ import { backendOf, type Backend } from '../backend/backend.js';
 import type { DType } from '../tensor/dtype.js';
 import { keep } from '../tensor/scope.js';
 import { emptyTensor, type Tensor } from '../tensor/tensor.js';
+import type { ParamArena } from './param_arena.js';
 
 /** What a sharded layout gives a parameter: its views and how to load full values into its shard. */
 export interface ParamShardViews {
@@ -36,9 +37,9 @@ export class Param {
   private readonly shardLoad: ((values: Float32Array) => void) | null;
 
   /** A whole parameter with its own master, compute copy and gradient; or a sharded one's views. */
-  constructor(shape: readonly number[], backend: Backend, computeDtype: DType);
+  constructor(shape: readonly number[], backend: Backend, computeDtype: DType, arena?: ParamArena);
   constructor(shape: readonly number[], shard: ParamShardViews);
-  constructor(readonly shape: readonly number[], from: Backend | ParamShardViews, computeDtype?: DType) {
+  constructor(readonly shape: readonly number[], from: Backend | ParamShardViews, computeDtype?: DType, arena?: ParamArena) {
     if (computeDtype === undefined) {
       const shard = from as ParamShardViews;
       this.whole = null;
@@ -47,10 +48,12 @@ export class Param {
       this.grad = shard.grad;
     } else {
       const backend = from as Backend;
-      this.whole = keep(emptyTensor(backend, shape, 'f32'));
+      // From an arena (param_arena.ts: no per-tensor rounding of GPU blocks) or allocations of their own.
+      const make = (dtype: DType) => (arena ? arena.take(shape, dtype) : keep(emptyTensor(backend, shape, dtype)));
+      this.whole = make('f32');
       this.shardLoad = null;
-      this.value = computeDtype === 'f32' ? this.whole : keep(emptyTensor(backend, shape, computeDtype));
-      this.grad = keep(emptyTensor(backend, shape, 'f32'));
+      this.value = computeDtype === 'f32' ? this.whole : make(computeDtype);
+      this.grad = make('f32');
       backend.fill(this.grad, 0);
     }
     this.value.requiresGrad = true;

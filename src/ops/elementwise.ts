@@ -1,6 +1,7 @@
 // Elementwise arithmetic with broadcasting, casts and scalar ops (differentiable).
 import { backendOf, type BinaryOp } from '../backend/backend.js';
-import { beginNode, linkOutputs } from '../autograd/tape.js';
+import { beginNode, linkOutputs, needsGrad } from '../autograd/tape.js';
+import { markRecomputable } from '../autograd/recompute.js';
 import type { DType } from '../tensor/dtype.js';
 import { emptyTensor, type Shape, type Tensor } from '../tensor/tensor.js';
 import { broadcastView, permuteView } from './shape.js';
@@ -133,11 +134,17 @@ export function scale(x: Tensor, c: number): Tensor {
   return out;
 }
 
-/** x converted to dtype (differentiable: the gradient is converted back). */
+/**
+ * x converted to dtype (differentiable: the gradient is converted back). A widening cast (the
+ * router's f32 copy of its bf16 input) is recomputed from x when a later op saved it for backward
+ * (autograd/recompute.ts): x is kept by other ops anyway, so the wider copy costs nothing between
+ * forward and backward.
+ */
 export function cast(x: Tensor, dtype: DType): Tensor {
   const backend = backendOf(x);
   const out = emptyTensor(backend, x.shape, dtype);
   backend.copy(out, x);
+  if (out.bytes > x.bytes && needsGrad(x)) markRecomputable(out, [x], (dst, [src]) => backend.copy(dst, src!));
   const node = beginNode('cast', [x], 1);
   if (node) {
     node.rule = ([g]) => {

@@ -2,16 +2,35 @@
 // them back, and split/concatenate row blocks, all differentiable (weights included).
 import { backendOf } from '../backend/backend.js';
 import { beginNode, linkOutputs, needsGrad } from '../autograd/tape.js';
+import { markRecomputable } from '../autograd/recompute.js';
 import { emptyTensor, type Tensor } from '../tensor/tensor.js';
 
-/** Per-row dot products of two [M, D] tensors → [M, 1] f32 (used for weight gradients). */
-function rowDots(a: Tensor, b: Tensor): Tensor {
-  const backend = backendOf(a);
-  const prod = emptyTensor(backend, a.shape, 'f32');
-  backend.binary('mul', prod, a, b);
-  const out = emptyTensor(backend, [a.shape[0]!, 1], 'f32');
-  backend.sumLastDim(out, prod);
-  prod.dispose();
+/** Rows per block of gatheredRowDots: its f32 products stay near ROW_DOT_BLOCK_BYTES. */
+const ROW_DOT_BLOCK_BYTES = 64 * 2 ** 20;
+
+/**
+ * out[m] = Σ_d x[idx[m], d]·b[m, d] → [M, 1] f32 (the gradient of a row's router weight), for x
+ * [N, D], idx i32 [M], b [M, D]. Computed in blocks of rows, so the gathered rows and their f32
+ * products exist for one block at a time (at M = 49,152 routed rows of D = 2048 they would be
+ * 192 MiB and 384 MiB, at the busiest point of the MoE backward); each row's arithmetic is the
+ * same whatever the block.
+ */
+function gatheredRowDots(x: Tensor, idx: Tensor, b: Tensor): Tensor {
+  const backend = backendOf(b);
+  const [M, D] = b.shape as [number, number];
+  const out = emptyTensor(backend, [M, 1], 'f32');
+  const R = Math.max(1, Math.min(M, Math.floor(ROW_DOT_BLOCK_BYTES / (4 * Math.max(D, 1)))));
+  const rows = emptyTensor(backend, [R, D], x.dtype), prod = emptyTensor(backend, [R, D], 'f32');
+  for (let r0 = 0; r0 < M; r0 += R) {
+    const n = Math.min(R, M - r0);
+    const rv = rows.view([n, D], [D, 1], 0), pv = prod.view([n, D], [D, 1], 0);
+    const iv = idx.view([n], [1], idx.offset + r0), bv = b.view([n, D], [D, 1], b.offset + r0 * D), ov = out.view([n], [1], r0);
+    backend.gatherRows(rv, x, iv, null);
+    backend.binary('mul', pv, rv, bv);
+    backend.sumLastDim(ov, pv);
+    for (const t of [rv, pv, iv, bv, ov]) t.dispose();
+  }
+  rows.dispose(); prod.dispose();
   return out;
 }
 
@@ -21,6 +40,9 @@ export function gatherRows(x: Tensor, idx: Tensor, weights: Tensor | null): Tens
   const D = x.shape[1]!, M = idx.size;
   const out = emptyTensor(backend, [M, D], x.dtype);
   backend.gatherRows(out, x, idx, weights);
+  // Unweighted rows at least as large as x (the MoE's routed rows, k per token) are recomputed
+  // from x when a later op saved them for backward (autograd/recompute.ts): one gather more.
+  if (!weights && M >= x.shape[0]! && needsGrad(x)) markRecomputable(out, [x, idx], (dst, [xs, ix]) => backend.gatherRows(dst, xs!, ix!, null));
   const inputs = weights ? [x, weights] : [x];
   const node = beginNode('gatherRows', inputs, 1);
   if (node) {
@@ -35,13 +57,7 @@ export function gatherRows(x: Tensor, idx: Tensor, weights: Tensor | null): Tens
         if (x.dtype === 'f32') dx = acc;
         else { dx = emptyTensor(backend, x.shape, x.dtype); backend.copy(dx, acc); acc.dispose(); }
       }
-      let dw: Tensor | null = null;
-      if (sx) {
-        const rows = emptyTensor(backend, [M, D], x.dtype);
-        backend.gatherRows(rows, sx, si, null);
-        dw = rowDots(rows, g!);
-        rows.dispose();
-      }
+      const dw = sx ? gatheredRowDots(sx, si, g!) : null;
       return weights ? [dx, dw] : [dx];
     };
   }
@@ -73,13 +89,7 @@ export function scatterAddRows(src: Tensor, idx: Tensor, weights: Tensor | null,
         dsrc = emptyTensor(backend, src.shape, src.dtype);
         backend.gatherRows(dsrc, g!, si, sw);
       }
-      let dw: Tensor | null = null;
-      if (ss) {
-        const rows = emptyTensor(backend, src.shape, g!.dtype);
-        backend.gatherRows(rows, g!, si, null);
-        dw = rowDots(rows, ss);
-        rows.dispose();
-      }
+      const dw = ss ? gatheredRowDots(g!, si, ss) : null;
       return weights ? [dsrc, dw] : [dsrc];
     };
   }

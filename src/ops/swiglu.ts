@@ -1,6 +1,9 @@
-// SwiGLU activation: silu(gate)·up.
+// SwiGLU activation: silu(gate)·up. Its output is recomputed in backward from the saved gate and
+// up rather than kept for the projection that reads it (autograd/recompute.ts): one elementwise
+// pass more, and an [R, F] activation less per MLP from forward to backward.
 import { backendOf } from '../backend/backend.js';
 import { beginNode, linkOutputs } from '../autograd/tape.js';
+import { markRecomputable } from '../autograd/recompute.js';
 import { emptyTensor, type Tensor } from '../tensor/tensor.js';
 
 export function swiglu(gate: Tensor, up: Tensor): Tensor {
@@ -10,6 +13,7 @@ export function swiglu(gate: Tensor, up: Tensor): Tensor {
   const node = beginNode('swiglu', [gate, up], 1);
   if (node) {
     const sg = node.save(gate), su = node.save(up);
+    markRecomputable(out, [gate, up], (dst, [g, u]) => backend.swiglu(dst, g!, u!));
     node.rule = ([g]) => {
       const dg = emptyTensor(backend, gate.shape, gate.dtype);
       const du = emptyTensor(backend, up.shape, up.dtype);

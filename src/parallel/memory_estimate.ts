@@ -1,20 +1,28 @@
 // Per-rank memory estimate for a mesh (pp, dp, cp, ep): persistent state (sharded master
 // weights, compute copy, gradients, Adam moments) and the peak on top of it (gathered weights,
-// activations kept for backward, logits, workspace). It follows what the code allocates:
+// activations kept for backward, the working set of the busiest layer or of the head,
+// workspace). It follows what the code allocates:
 // - every parameter is sharded over dp·cp·ep (dense) or dp·cp (routed experts, of which each
 //   expert-parallel rank holds E/ep); one rank alone holds everything unsharded;
 // - f32 master (4 B), bf16 compute copy (2 B; none in f32 compute nor for the f32 router), f32
-//   gradient (4 B) and two f32 moments (8 B) per held parameter: 18 B in the default recipe;
+//   gradient (4 B) and two f32 moments (8 B) per held parameter: 18 B in the default recipe. A
+//   single process carves masters, copies and gradients from slabs (nn/param_arena.ts) but
+//   allocates Adam's moments per parameter, so on the GPU each moment is rounded like any block;
 // - with sharding, a layer's bf16 weights are gathered before use (the next layer's gather is
 //   issued early, so two layers are whole at once) and its f32 gradients are whole from its
 //   backward until they are reduce-scattered;
 // - the activations a layer keeps for backward, counted tensor by tensor from the model's ops
-//   (models/deepseek_v2.ts), for every micro-batch in flight on the stage (1F1B: pp − s on
-//   stage s);
-// - on the last stage, bf16 logits and their gradient over the whole vocabulary;
+//   (models/deepseek_v2.ts; SwiGLU outputs, the MoE's gathered rows and the router's f32 input
+//   copy are recomputed in backward, autograd/recompute.ts, and cost nothing between), for every
+//   micro-batch in flight on the stage (1F1B: pp − s on stage s);
+// - on top of those, the working set of one layer's forward (the largest: an MoE layer's routed
+//   rows, expert activations and outputs at their concatenation) or of the head (one chunk of
+//   logits, ops/linear_cross_entropy.ts), whichever is larger;
 // - on the GPU, the caching allocator rounds tensors over 1 MiB up to 2 MiB, which matters
 //   for the many per-expert tensors.
 import { isMoeLayer, type DeepseekV2Config } from '../models/deepseek_v2_config.js';
+import { buildWeights, type ModelPart } from '../models/deepseek_v2_weights.js';
+import { linearCrossEntropyChunkRows } from '../ops/linear_cross_entropy.js';
 import { layerParams, splitStages, type Stage } from './stages.js';
 
 export interface MeshSizes { pp: number; dp: number; cp: number; ep: number }
@@ -43,7 +51,9 @@ export interface RankEstimate {
     moments: number;
     gatheredWeights: number;
     layerGradients: number;
+    /** Saved for backward over the micro-batches in flight, plus the busiest layer's forward working set. */
     activations: number;
+    /** What the head's working set (a chunk of logits, its input and gradient) adds beyond that layer's. */
     logits: number;
     workspace: number;
   };
@@ -61,30 +71,45 @@ function rounded(bytes: number, device: 'cuda' | 'cpu'): number {
 }
 
 /**
- * Activation bytes one layer keeps for backward per micro-batch of T tokens (this rank's
- * tokens), e the compute element size. Routed-expert tensors are per local expert with
- * `rowsPerExpert` rows each.
+ * Bytes one layer keeps for backward per micro-batch of T tokens (this rank's tokens), e the
+ * compute element size, and the working set its forward holds on top of them at its busiest
+ * point. Routed-expert tensors are per local expert with `rowsPerExpert` rows each.
  */
-function layerActivationBytes(c: DeepseekV2Config, layer: number, T: number, e: number, localExperts: number, rowsPerExpert: number, device: 'cuda' | 'cpu'): number {
-  const D = c.hidden_size, H = c.num_attention_heads, Dn = c.qk_nope_head_dim, Dr = c.qk_rope_head_dim, Dv = c.v_head_dim;
+function layerActivationBytes(c: DeepseekV2Config, layer: number, T: number, e: number, localExperts: number, rowsPerExpert: number, device: 'cuda' | 'cpu'): { saved: number; working: number } {
+  const D = c.hidden_size, H = c.num_attention_heads, Dn = c.qk_nope_head_dim, Dr = c.qk_rope_head_dim, Dv = c.v_head_dim, C = c.kv_lora_rank;
   const r = (elements: number, size = e) => rounded(elements * size, device);
-  // Attention: input norm (output, rstd), q (or q-LoRA's two), compressed kv and its norm,
-  // kv_b output, rotated q_pe/k_pe, attention output and lse, o_proj output, the residual sum
-  // and the post-attention norm (output, rstd).
-  let bytes = r(T * D) + r(T, 4);
-  bytes += c.q_lora_rank === null ? r(T * H * (Dn + Dr)) : r(T * c.q_lora_rank) * 2 + r(T, 4) + r(T * H * (Dn + Dr));
-  bytes += r(T * (c.kv_lora_rank + Dr)) + r(T * c.kv_lora_rank) + r(T, 4) + r(T * H * (Dn + Dv));
-  bytes += r(T * H * Dr) + r(T * Dr) + r(T * H * Dv) + r(T * H, 4);
-  bytes += r(T * D) * 2 + r(T * D) + r(T, 4);
-  if (!isMoeLayer(c, layer)) return bytes + r(T * c.intermediate_size) * 3 + r(T * D);
+  // Attention: the layer input and its norm (rstd, output), q-LoRA's pair, q_nope and the rotated
+  // q_pe, the compressed kv and its norm, k_nope, v, the rotated k_pe, the attention output and
+  // lse; then the residual sum and the post-attention norm.
+  let saved = r(T * D) + r(T, 4) + r(T * D);
+  if (c.q_lora_rank !== null) saved += r(T * c.q_lora_rank) * 2 + r(T, 4);
+  saved += r(T * H * Dn) + r(T * H * Dr) + r(T * C) * 2 + r(T, 4) + r(T * H * Dn) + r(T * H * Dv) + r(T * Dr) + r(T * H * Dv) + r(T * H, 4);
+  saved += r(T * D) + r(T, 4) + r(T * D);
+  // The attention's working set: q, the kv_a output, kv, the unrotated q_pe and k_pe, o_proj's output.
+  const attnWorking = r(T * H * (Dn + Dr)) + r(T * (C + Dr)) + r(T * H * (Dn + Dv)) + r(T * H * Dr) + r(T * Dr) + r(T * D);
+  if (!isMoeLayer(c, layer)) {
+    // Gate and up (the SwiGLU output is recomputed); working: the SwiGLU output and down's output.
+    const I = c.intermediate_size;
+    return { saved: saved + r(T * I) * 2, working: Math.max(attnWorking, r(T * I) + r(T * D)) };
+  }
   const k = c.num_experts_per_tok, F = c.moe_intermediate_size, E = c.n_routed_experts;
-  // Router in f32 (input copy, logits, probabilities, top-k), the gathered rows, per local
-  // expert gate/up/activation, the combined rows, and the shared experts.
-  bytes += r(T * D, 4) + r(T * E, 4) * 2 + r(T * k, 4) * 3;
   const slots = rowsPerExpert * localExperts;
-  bytes += r(slots * D) + localExperts * r(rowsPerExpert * F) * 3 + r(slots * D);
-  if (c.n_shared_experts > 0) bytes += r(T * F * c.n_shared_experts) * 3;
-  return bytes + r(T * D);
+  // Router probabilities, top-k positions, the slots' order, token and weight; per local expert
+  // gate and up; the concatenated expert outputs (their router weights' gradient reads them);
+  // the shared experts' gate and up.
+  saved += r(T * E, 4) + r(T * k, 4) * 4 + localExperts * r(rowsPerExpert * F) * 2 + r(slots * D);
+  if (c.n_shared_experts > 0) saved += r(T * F * c.n_shared_experts) * 2;
+  // Working set at the experts' concatenation: the router's f32 input and logits, the gathered
+  // rows, and every local expert's SwiGLU output and down projection output.
+  const moeWorking = r(T * D, 4) + r(T * E, 4) + r(slots * D) + localExperts * (r(rowsPerExpert * F) + r(rowsPerExpert * D));
+  return { saved, working: Math.max(attnWorking, moeWorking) };
+}
+
+/** Bytes of Adam's two f32 moments when each parameter of `part` has its own (a single process). */
+function momentBytesPerParameter(c: DeepseekV2Config, part: ModelPart, device: 'cuda' | 'cpu'): number {
+  let bytes = 0;
+  buildWeights(c, part, (spec) => { bytes += 2 * rounded(4 * spec.shape.reduce((a, b) => a * b, 1), device); return spec; });
+  return bytes;
 }
 
 export function estimateMemory(input: EstimateInput): RankEstimate[] {
@@ -115,16 +140,26 @@ export function estimateMemory(input: EstimateInput): RankEstimate[] {
     const masterWeights = 4 * held;
     // The router stays f32: it has no separate compute copy.
     const computeWeights = precision === 'bf16' ? 2 * (held - router / denseGroup) : 0;
-    const gradients = 4 * held, moments = 8 * held;
+    const single = mesh.pp * denseGroup === 1;
+    const part: ModelPart = { layers: [st.first, st.end], experts: [0, c.n_routed_experts], embed: s === 0, head: last };
+    const gradients = 4 * held, moments = single ? momentBytesPerParameter(c, part, device) : 8 * held;
     const head = last && denseGroup > 1 ? V * D : 0;
     const gatheredWeights = e * Math.max(largestPair, head);
     const layerGradients = 4 * Math.max(largestLayer, head);
     const inFlight = Math.min(mesh.pp - s, microBatches);
-    let perMicro = s === 0 ? rounded(T * D * e, device) : 0;
-    for (let l = st.first; l < st.end; l++) perMicro += layerActivationBytes(c, l, T, e, localExperts, rowsPerExpert, device);
+    let perMicro = 0, working = 0;
+    for (let l = st.first; l < st.end; l++) {
+      const a = layerActivationBytes(c, l, T, e, localExperts, rowsPerExpert, device);
+      perMicro += a.saved;
+      working = Math.max(working, a.working);
+    }
     if (mesh.ep > 1) perMicro += (st.end - st.first) * 2 * rounded(T * c.num_experts_per_tok * D * e, device);
-    const activations = inFlight * perMicro;
-    const logits = last ? 2 * rounded(T * V * e, device) + rounded(T * D * e, device) : 0;
+    const activations = inFlight * perMicro + working;
+    // The head: its normed input (saved), one chunk of logits (reused in place for their
+    // gradient), the rows' loss and lse, and in backward its input's gradient.
+    const R = Math.min(T, linearCrossEntropyChunkRows(V, e));
+    const headWorking = last ? rounded(R * V * e, device) + 2 * rounded(T * 4, device) + 2 * rounded(T * D * e, device) + rounded(T * 4, device) : 0;
+    const logits = Math.max(0, headWorking - working);
     const workspace = device === 'cuda' ? CUBLASLT_WORKSPACE : 0;
     const persistentBytes = masterWeights + computeWeights + gradients + moments;
     return {

@@ -35,6 +35,8 @@ export interface GradGraphNode extends Releasable {
   readonly outputCount: number;
   /** null once the rule has run (or before the op has set it). */
   readonly rule: BackwardRule | null;
+  /** Makes what the rule saved resident again (recomputed activations); call right before the rule. */
+  prepare(): void;
 }
 
 /** Which node produced a tensor, and which of that node's outputs it is. */
