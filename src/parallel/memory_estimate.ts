@@ -73,7 +73,8 @@ function rounded(bytes: number, device: 'cuda' | 'cpu'): number {
 /**
  * Bytes one layer keeps for backward per micro-batch of T tokens (this rank's tokens), e the
  * compute element size, and the working set its forward holds on top of them at its busiest
- * point. Routed-expert tensors are per local expert with `rowsPerExpert` rows each.
+ * point. The routed experts' tensors hold all local experts' rows at once (one grouped product
+ * per projection), `rowsPerExpert` rows for each expert on balanced routing.
  */
 function layerActivationBytes(c: DeepseekV2Config, layer: number, T: number, e: number, localExperts: number, rowsPerExpert: number, device: 'cuda' | 'cpu'): { saved: number; working: number } {
   const D = c.hidden_size, H = c.num_attention_heads, Dn = c.qk_nope_head_dim, Dr = c.qk_rope_head_dim, Dv = c.v_head_dim, C = c.kv_lora_rank;
@@ -94,14 +95,14 @@ function layerActivationBytes(c: DeepseekV2Config, layer: number, T: number, e: 
   }
   const k = c.num_experts_per_tok, F = c.moe_intermediate_size, E = c.n_routed_experts;
   const slots = rowsPerExpert * localExperts;
-  // Router probabilities, top-k positions, the slots' order, token and weight; per local expert
-  // gate and up; the concatenated expert outputs (their router weights' gradient reads them);
-  // the shared experts' gate and up.
-  saved += r(T * E, 4) + r(T * k, 4) * 4 + localExperts * r(rowsPerExpert * F) * 2 + r(slots * D);
+  // Router probabilities, top-k positions, the slots' order, token and weight; the experts' gate
+  // and up; their down output (the router weights' gradient reads it); the shared experts' gate
+  // and up.
+  saved += r(T * E, 4) + r(T * k, 4) * 4 + r(slots * F) * 2 + r(slots * D);
   if (c.n_shared_experts > 0) saved += r(T * F * c.n_shared_experts) * 2;
-  // Working set at the experts' concatenation: the router's f32 input and logits, the gathered
-  // rows, and every local expert's SwiGLU output and down projection output.
-  const moeWorking = r(T * D, 4) + r(T * E, 4) + r(slots * D) + localExperts * (r(rowsPerExpert * F) + r(rowsPerExpert * D));
+  // Working set at the experts' down product: the router's f32 input and logits, the gathered
+  // rows, the SwiGLU output and the down output.
+  const moeWorking = r(T * D, 4) + r(T * E, 4) + r(slots * D) + r(slots * F) + r(slots * D);
   return { saved, working: Math.max(attnWorking, moeWorking) };
 }
 
