@@ -5,6 +5,10 @@
 //   expert-parallel rank holds E/ep); one rank alone holds everything unsharded;
 // - f32 master (4 B), bf16 compute copy (2 B; none in f32 compute nor for the f32 router), f32
 //   gradient (4 B) and two f32 moments (8 B) per held parameter: 18 B in the default recipe;
+//   in the lean recipe (optim/recipe.ts; one rank only) bf16 weights (2 B), bf16 moments (4 B)
+//   and a bf16 gradient (2 B) where a matmul writes it once per step, f32 (4 B) for the
+//   embedding, the norms and under accumulation: 8 B per matrix parameter; the f32 router keeps
+//   the default's f32 state (16 B);
 // - with sharding, a layer's bf16 weights are gathered before use (the next layer's gather is
 //   issued early, so two layers are whole at once) and its f32 gradients are whole from its
 //   backward until they are reduce-scattered;
@@ -15,6 +19,7 @@
 // - on the GPU, the caching allocator rounds tensors over 1 MiB up to 2 MiB, which matters
 //   for the many per-expert tensors.
 import { isMoeLayer, type DeepseekV2Config } from '../models/deepseek_v2_config.js';
+import type { Recipe } from '../optim/recipe.js';
 import { layerParams, splitStages, type Stage } from './stages.js';
 
 export interface MeshSizes { pp: number; dp: number; cp: number; ep: number }
@@ -27,6 +32,8 @@ export interface EstimateInput {
   /** Micro-batches per optimizer step on one data-parallel rank (bounds the 1F1B in-flight count). */
   microBatches: number;
   precision: 'bf16' | 'f32';
+  /** The training recipe (default "default"); "lean" needs bf16 and a single rank. */
+  recipe?: Recipe;
   /** 'cuda' rounds allocations like the caching allocator; 'cpu' counts bytes exactly. */
   device: 'cuda' | 'cpu';
 }
@@ -89,6 +96,10 @@ function layerActivationBytes(c: DeepseekV2Config, layer: number, T: number, e: 
 
 export function estimateMemory(input: EstimateInput): RankEstimate[] {
   const { model: c, mesh, seqLen, microBatchSize, microBatches, precision, device } = input;
+  const recipe = input.recipe ?? 'default';
+  if (recipe === 'lean' && (precision !== 'bf16' || mesh.pp * mesh.dp * mesh.cp * mesh.ep !== 1)) {
+    throw new Error(`the lean recipe runs on one rank in bf16 (got ${precision}, mesh pp${mesh.pp}·dp${mesh.dp}·cp${mesh.cp}·ep${mesh.ep}); estimate it with --precision bf16 and a 1×1×1×1 mesh, or use --recipe default`);
+  }
   const stages: Stage[] = splitStages(c, mesh.pp, seqLen);
   const denseGroup = mesh.dp * mesh.cp * mesh.ep, expertGroup = mesh.dp * mesh.cp;
   const e = precision === 'bf16' ? 2 : 4;
@@ -100,7 +111,10 @@ export function estimateMemory(input: EstimateInput): RankEstimate[] {
   return stages.map((st, s) => {
     const last = s === stages.length - 1;
     let dense = (s === 0 ? V * D : 0) + (last ? V * D + D : 0), experts = 0, largestLayer = 0, largestPair = 0, prev = 0, router = 0;
+    // The lean recipe keeps f32 gradients for the embedding and the norms (see the header).
+    let f32Grads = (s === 0 ? V * D : 0) + (last ? D : 0);
     for (let l = st.first; l < st.end; l++) {
+      f32Grads += 2 * D + c.kv_lora_rank + (c.q_lora_rank ?? 0);
       const p = layerParams(c, l);
       dense += p.dense;
       if (isMoeLayer(c, l)) router += c.n_routed_experts * D;
@@ -112,10 +126,18 @@ export function estimateMemory(input: EstimateInput): RankEstimate[] {
       prev = local;
     }
     const held = dense / denseGroup + experts / mesh.ep / expertGroup;
-    const masterWeights = 4 * held;
+    let masterWeights = 4 * held;
     // The router stays f32: it has no separate compute copy.
-    const computeWeights = precision === 'bf16' ? 2 * (held - router / denseGroup) : 0;
-    const gradients = 4 * held, moments = 8 * held;
+    let computeWeights = precision === 'bf16' ? 2 * (held - router / denseGroup) : 0;
+    let gradients = 4 * held, moments = 8 * held;
+    if (recipe === 'lean') {
+      // One rank: held counts every parameter. The f32 router is updated as in the default recipe.
+      const bf16Grads = microBatches === 1 ? held - router - f32Grads : 0;
+      masterWeights = 4 * router;
+      computeWeights = 2 * (held - router);
+      gradients = 2 * bf16Grads + 4 * (held - bf16Grads);
+      moments = 4 * (held - router) + 8 * router;
+    }
     const head = last && denseGroup > 1 ? V * D : 0;
     const gatheredWeights = e * Math.max(largestPair, head);
     const layerGradients = 4 * Math.max(largestLayer, head);
