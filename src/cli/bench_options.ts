@@ -17,5 +17,6 @@ export const BENCH_COMMAND: CommandSpec = {
     { name: 'profile', value: null, help: 'train: synchronise between phases and parts and print the step by layer kind (slower)' },
     { name: 'gemm_ceiling', value: 'TFLOPS', default: '786', help: 'train: the measured bf16 GEMM ceiling that the second MFU figure is taken against' },
     { name: 'peer', value: 'eager|compile|both|none', default: 'eager', help: 'train: the PyTorch peer run first in the same command' },
+    { name: 'recipe', value: 'default|lean|both', default: 'default', help: 'train: the training recipe (src/optim/recipe.ts); both runs our trainer once per recipe and the peer once' },
   ],
 };
