@@ -7,7 +7,7 @@
 //   errors of it, bf16 and f32 gradients, decay only where a slot says so, gradients zeroed;
 // - training: 30 tiny steps within 1% of the default recipe's loss (measured: 0.05%), a lean
 //   run that resumes from a checkpoint logs the same losses and writes the same bytes as one
-//   that ran straight through, and a run cannot change its recipe on resume;
+//   that ran straight through, and a run cannot change its recipe on resume; live bytes steady;
 // - what is refused: precision f32, a launched (sharded) run;
 // - memory: the lean model's persistent bytes per parameter.
 import assert from 'node:assert/strict';
@@ -182,7 +182,10 @@ function runSteps(recipe: string, steps: number): number[] {
   const training = new Training(cfg, model, cpu);
   training.model.initialize(cfg.seed);
   const data = fixedBatches(model.vocab_size, cfg.micro_batch_size, cfg.seq_len);
-  const losses = Array.from({ length: steps }, (_, s) => training.step(s, data).crossEntropy);
+  const live: number[] = [];
+  const losses = Array.from({ length: steps }, (_, s) => { const m = training.step(s, data); live.push(m.liveMemoryBytes); return m.crossEntropy; });
+  // Nothing a step allocates outlives it.
+  assert.equal(live[steps - 1], live[4], `${recipe}: live bytes after step 5 and after step ${steps}`);
   training.dispose();
   return losses;
 }
