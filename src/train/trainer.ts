@@ -4,6 +4,10 @@
 // it: resume or initialise, one log line and one JSONL record per step, checkpoints, and a clean
 // stop with a checkpoint on SIGINT/SIGTERM (signals.ts).
 //
+// The recipe (optim/recipe.ts) decides the parameters and the optimizer: f32 masters and Adam
+// ("default"), or bf16 weights without masters and LeanAdam ("lean", a single process only), whose
+// gradients are bf16 and f32 side by side, so the norm sums one list per dtype.
+//
 // A launched run (parallel/init_distributed.ts) holds its parameters fully sharded
 // (parallel/fsdp.ts) over dp·cp·ep: its R = dp·ep replicas each read G/R sequences of the global
 // batch G, gradients are reduce-scattered (summed, so 1/R joins clipping in the optimizer's
