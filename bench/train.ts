@@ -9,6 +9,7 @@
 //   moetrain bench train [--steps 20] [--layers 4] [--seq_len 2048] [--batch 4] [--micro 4] [--device cuda] [--profile 1]
 //                        [--peer eager|compile|both|none]   (default eager when python3 has torch and CUDA)
 //                        [--gemm_ceiling 786]   (TFLOP/s; cuBLASLt bf16 at 8192³ on an H100, DESIGN.md)
+//                        [--recipe default|lean|both]   (optim/recipe.ts; both: our trainer once per recipe, the peer once)
 //
 // The peer (bench/train_peer.py) is transformers' DeepseekV2ForCausalLM on the same card, run
 // in the same command, so the two numbers are comparable. It runs first, in its own process:
@@ -33,13 +34,34 @@ import { initDistributed } from '../src/parallel/init_distributed.js';
 import { estimateMemory } from '../src/parallel/memory_estimate.js';
 import os from 'node:os';
 import { spawnSync } from 'node:child_process';
+import { RECIPES, type Recipe } from '../src/optim/recipe.js';
 import { PROFILE_KINDS, SectionProfiler, type KindTimes, type ProfileKind } from './train_profile.js';
 
-/** Bytes per parameter of the optimizer phase: Σ g² reads the gradient (4), the fused AdamW pass 34 (adam_multi.cu). */
-const OPTIMIZER_BYTES_PER_PARAM = 4 + 34;
+/**
+ * Bytes per parameter of the optimizer phase: Σ g² reads the gradient (4), the fused AdamW pass 34
+ * (adam_multi.cu); lean: Σ g² 2, the pass 16 (adam_lean_multi.cu; the embedding's f32 gradient aside).
+ */
+const OPTIMIZER_BYTES: Record<Recipe, { perParam: number; what: string }> = {
+  default: { perParam: 4 + 34, what: 'Σg² 4, fused AdamW + bf16 copy + zeroed gradient 34' },
+  lean: { perParam: 2 + 16, what: 'Σg² 2, fused bf16 AdamW with stochastic rounding + zeroed gradient 16' },
+};
 const HBM_BYTES_PER_SEC = 3e12;
 
-export async function runTrainBench(flags: Record<string, string>): Promise<void> {
+export async function runTrainBench(flags: Record<string, string>, peersRun?: { mode: string; result: PeerResult | string }[]): Promise<void> {
+  const recipeFlag = flags['recipe'] ?? 'default';
+  if (recipeFlag === 'both') {
+    // The peer runs once (its recipe does not change); our trainer runs once per recipe.
+    let peers: { mode: string; result: PeerResult | string }[] | undefined;
+    for (const recipe of RECIPES) {
+      const line = `bench train: --recipe ${recipe}`;
+      console.log(line);
+      await runTrainBench({ ...flags, recipe }, peers);
+      peers ??= lastPeers;
+    }
+    return;
+  }
+  if (!(RECIPES as readonly string[]).includes(recipeFlag)) throw new Error(`--recipe must be default, lean or both, got ${recipeFlag}`);
+  const recipe = recipeFlag as Recipe;
   const num = (k: string, d: number) => (flags[k] === undefined ? d : Number(flags[k]));
   const steps = num('steps', 20), layers = num('layers', 4), S = num('seq_len', 2048), G = num('batch', 4), micro = num('micro', G);
   const gemmCeiling = num('gemm_ceiling', 786);
@@ -50,23 +72,24 @@ export async function runTrainBench(flags: Record<string, string>): Promise<void
   const say = (line: string): void => { if (leader) console.log(line); };
   const peer = flags['peer'] ?? 'eager';
   const modes = peer === 'both' ? ['eager', 'compile'] : peer === 'none' || launch.world > 1 ? [] : [peer];
-  const peers = modes.map((mode) => {
+  const peers = peersRun ?? modes.map((mode) => {
     if (mode !== 'eager' && mode !== 'compile') throw new Error(`--peer must be eager, compile, both or none, got ${peer}`);
     return { mode, result: runPeer(mode, layers, S, G, steps) };
   });
+  lastPeers = peers;
   const model = loadDeepseekV2Config(path.join(packageRoot(), 'configs', 'deepseek-v2-lite.json'));
   model.num_hidden_layers = layers;
   const cfg = mergeTrainConfig(defaultTrainConfig(), {
-    model: `deepseek-v2-lite (${layers} layers)`, data: 'random', device: flags['device'] ?? 'auto', steps, seq_len: S,
+    model: `deepseek-v2-lite (${layers} layers)`, data: 'random', device: flags['device'] ?? 'auto', recipe, steps, seq_len: S,
     micro_batch_size: micro, global_batch_size: G,
     optimizer: { lr: 3e-4 }, schedule: { type: 'constant', warmup_steps: 0 }, parallel: { dp: launch.world },
     ...(flags['grouped_gemm'] !== undefined ? { grouped_gemm: flags['grouped_gemm'] } : {}),
   }, 'bench train');
   const backend = await selectBackend(cfg.device as DeviceChoice, { mlaKernels: cfg.mla_kernels, groupedGemm: cfg.grouped_gemm });
-  refuseIfTooLarge(backend, cfg.precision, model, { pp: 1, dp: launch.world, cp: 1, ep: 1 }, S, micro, G / micro / launch.world);
+  refuseIfTooLarge(backend, cfg.precision, recipe, model, { pp: 1, dp: launch.world, cp: 1, ep: 1 }, S, micro, G / micro / launch.world);
   const dist = launch.source === 'none' ? null : await initDistributed(cfg, model, backend);
   say(`bench train: ${backend.description}; ${layers} layers, ${(parameterCount(model) / 1e9).toFixed(3)}B parameters, ` +
-    `${G}×${S} tokens per step (micro-batch ${micro}), ${(flopsPerToken(model, S) / 1e9).toFixed(2)} GFLOP/token` +
+    `${G}×${S} tokens per step (micro-batch ${micro}), ${(flopsPerToken(model, S) / 1e9).toFixed(2)} GFLOP/token, recipe ${recipe}` +
     (dist ? `; launched: ${dist.world} rank(s), parameters sharded over dp ${dist.world}` : ''));
   const rng = new Rng(cfg.seed);
   const V = model.vocab_size;
@@ -149,9 +172,10 @@ export async function runTrainBench(flags: Record<string, string>): Promise<void
     console.log(`bench train: phases (median ms, synchronised): forward ${med('forward').toFixed(1)}, backward ${med('backward').toFixed(1)}, ` +
       `grad-norm + optimizer + zero ${med('optimizer').toFixed(1)}`);
     printBreakdown(kinds.slice(Math.min(3, kinds.length - 1)), med('forward'), med('backward'), med('optimizer'));
-    const floorMs = parameterCount(model) * OPTIMIZER_BYTES_PER_PARAM / HBM_BYTES_PER_SEC * 1000;
+    const bytes = OPTIMIZER_BYTES[recipe];
+    const floorMs = parameterCount(model) * bytes.perParam / HBM_BYTES_PER_SEC * 1000;
     console.log(`bench train: optimizer ${med('optimizer').toFixed(1)} ms against its byte floor ${floorMs.toFixed(1)} ms ` +
-      `(${OPTIMIZER_BYTES_PER_PARAM} B/parameter: Σg² 4, fused AdamW + bf16 copy + zeroed gradient 34, at 3 TB/s): ` +
+      `(${bytes.perParam} B/parameter: ${bytes.what}, at 3 TB/s): ` +
       `${(med('optimizer') / floorMs).toFixed(2)}× the floor`);
   }
   for (const { mode, result } of peers) {
@@ -191,6 +215,9 @@ function printBreakdown(steps: { forward: KindTimes; backward: KindTimes }[], fo
 
 interface PeerResult { tokens_per_second: number; step_ms: number; peak_gib: number }
 
+/** The peers of the last runTrainBench call (--recipe both runs them once). */
+let lastPeers: { mode: string; result: PeerResult | string }[] | undefined;
+
 /** Runs bench/train_peer.py on the same card; returns its numbers or why it did not run. */
 function runPeer(mode: 'eager' | 'compile', layers: number, S: number, G: number, steps: number): PeerResult | string {
   const probe = spawnSync('python3', ['-c', 'import torch, transformers; assert torch.cuda.is_available()'], { encoding: 'utf8' });
@@ -208,9 +235,9 @@ function runPeer(mode: 'eager' | 'compile', layers: number, S: number, G: number
  * few percent of the measured peak) says the run cannot fit the device: the GPU's memory, or the
  * machine's RAM for --device cpu.
  */
-function refuseIfTooLarge(backend: { kind: 'cpu' | 'cuda' }, precision: 'bf16' | 'f32', model: Parameters<typeof estimateMemory>[0]['model'],
+function refuseIfTooLarge(backend: { kind: 'cpu' | 'cuda' }, precision: 'bf16' | 'f32', recipe: Recipe, model: Parameters<typeof estimateMemory>[0]['model'],
                           mesh: { pp: number; dp: number; cp: number; ep: number }, seqLen: number, micro: number, microBatches: number): void {
-  const [est] = estimateMemory({ model, mesh, seqLen, microBatchSize: micro, microBatches: Math.max(1, microBatches), precision, device: backend.kind });
+  const [est] = estimateMemory({ model, mesh, seqLen, microBatchSize: micro, microBatches: Math.max(1, microBatches), precision, recipe, device: backend.kind });
   const have = backend instanceof CudaBackend ? backend.ctx.totalMemoryBytes : os.totalmem();
   if (est!.peakBytes <= have) return;
   const gib = (b: number) => (b / 2 ** 30).toFixed(1);

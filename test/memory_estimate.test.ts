@@ -22,11 +22,11 @@ function smallModel(layers: number, experts: number, k: number) {
   }, 'memory-estimate test model');
 }
 
-for (const [layers, S, B, E, k] of [[3, 128, 2, 16, 4], [2, 256, 2, 8, 2]] as const) {
-  test(`the estimate matches the CPU backend's measured peak (${layers} layers, ${B}×${S} tokens, ${E} experts top-${k})`, () => {
+for (const [layers, S, B, E, k, recipe] of [[3, 128, 2, 16, 4, 'default'], [2, 256, 2, 8, 2, 'default'], [3, 128, 2, 16, 4, 'lean']] as const) {
+  test(`the estimate matches the CPU backend's measured peak (${layers} layers, ${B}×${S} tokens, ${E} experts top-${k}, recipe ${recipe})`, () => {
     const model = smallModel(layers, E, k);
     const cfg = mergeTrainConfig(defaultTrainConfig(), {
-      run_dir: '/nonexistent-unused', device: 'cpu', steps: 20, seq_len: S, micro_batch_size: B, global_batch_size: B, checkpoint_every: 0,
+      run_dir: '/nonexistent-unused', device: 'cpu', recipe, steps: 20, seq_len: S, micro_batch_size: B, global_batch_size: B, checkpoint_every: 0,
     }, 'test');
     const training = new Training(cfg, model, new CpuBackend());
     let seed = 7;
@@ -41,7 +41,7 @@ for (const [layers, S, B, E, k] of [[3, 128, 2, 16, 4], [2, 256, 2, 8, 2]] as co
     };
     const measured = training.step(0, data);
     training.dispose();
-    const [est] = estimateMemory({ model, mesh: { pp: 1, dp: 1, cp: 1, ep: 1 }, seqLen: S, microBatchSize: B, microBatches: 1, precision: 'bf16', device: 'cpu' });
+    const [est] = estimateMemory({ model, mesh: { pp: 1, dp: 1, cp: 1, ep: 1 }, seqLen: S, microBatchSize: B, microBatches: 1, precision: 'bf16', recipe, device: 'cpu' });
     // Persistent state is exact; the activations part is counted op by op and may miss small
     // temporaries, so the peak is held to 3% and the part above persistent to 20%.
     // What stays live after the step is the persistent state plus a few small step buffers
@@ -64,6 +64,21 @@ test('sharding: every parameter is held exactly once across the ranks of a stage
     assert.ok(Math.abs(total / parameterCount(c) - 1) < 1e-9, `mesh ${JSON.stringify(mesh)} holds ${total} of ${parameterCount(c)} parameters`);
     for (const r of rows) assert.ok(Math.abs(r.persistentBytes / (18 * r.heldParams) - 1) < 1e-3, 'about 18 bytes per held parameter (the f32 router has no bf16 copy)');
   }
+});
+
+test('the lean recipe: about 8 bytes per parameter (10 accumulating) on one rank; refused on a mesh', () => {
+  const c = loadDeepseekV2Config(path.join(packageRoot(), 'configs', 'deepseek-v2-lite.json'));
+  c.num_hidden_layers = 4;
+  const one = { pp: 1, dp: 1, cp: 1, ep: 1 };
+  const est = (recipe: 'default' | 'lean', microBatches: number) =>
+    estimateMemory({ model: c, mesh: one, seqLen: 2048, microBatchSize: 4, microBatches, precision: 'bf16', recipe, device: 'cuda' })[0]!;
+  const lean = est('lean', 1), acc = est('lean', 2), dflt = est('default', 1);
+  // The embedding (210M of 2.26B parameters) keeps an f32 gradient: 8.2 bytes per parameter overall.
+  assert.ok(lean.persistentBytes / lean.heldParams > 8 && lean.persistentBytes / lean.heldParams < 8.3, `${lean.persistentBytes / lean.heldParams} B/param`);
+  assert.ok(Math.abs(acc.persistentBytes / acc.heldParams - 10) < 0.01, `${acc.persistentBytes / acc.heldParams} B/param accumulating`);
+  assert.equal(lean.peakBytes - lean.persistentBytes, dflt.peakBytes - dflt.persistentBytes);
+  assert.throws(() => estimateMemory({ model: c, mesh: { ...one, dp: 2 }, seqLen: 2048, microBatchSize: 1, microBatches: 1, precision: 'bf16', recipe: 'lean', device: 'cuda' }),
+    /the lean recipe runs on one rank in bf16 .*--recipe default/);
 });
 
 test('stages: the split balances FLOPs, honours an override, and rejects impossible ones', () => {

@@ -13,7 +13,7 @@
 import type { HostArray } from '../tensor/dtype.js';
 import type { DeviceBuffer, StorageOwner } from '../tensor/storage.js';
 import type { Tensor } from '../tensor/tensor.js';
-import type { AdamSlot, TensorList } from './tensor_list.js';
+import type { AdamSlot, LeanAdamSlot, TensorList } from './tensor_list.js';
 
 export type { DeviceBuffer } from '../tensor/storage.js';
 
@@ -57,6 +57,14 @@ export interface AdamHyper {
   step: number;
   /** Multiplies the gradient before use (clipping and averaging folded in). */
   gradScale: number;
+}
+
+/** AdamHyper plus what the lean recipe's stochastic rounding hashes (backend/cpu/stochastic_round.ts). */
+export interface LeanAdamHyper extends AdamHyper {
+  /** The run's seed (u32). */
+  seed: number;
+  /** Slot i of the list draws the bits of stream firstStream + i (distinct streams across a run's lists). */
+  firstStream: number;
 }
 
 export interface Backend extends StorageOwner {
@@ -198,6 +206,13 @@ export interface Backend extends StorageOwner {
    * gradient set to 0 (the next step accumulates into it).
    */
   adamMulti(list: TensorList<AdamSlot>, h: AdamHyper): void;
+  /**
+   * The lean recipe's step over every slot of list (bf16 weights and moments, no f32 master):
+   * each element is widened to f32, stepped with adam's arithmetic, and the weights, m and v are
+   * stored back to bf16 with stochastic rounding whose bits are hashed from (h.seed, h.step,
+   * stream, element index, array) (backend/cpu/stochastic_round.ts); every gradient is then 0.
+   */
+  adamLeanMulti(list: TensorList<LeanAdamSlot>, h: LeanAdamHyper): void;
 }
 
 /**

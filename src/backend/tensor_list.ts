@@ -21,6 +21,19 @@ export interface AdamSlot {
   readonly decay: boolean;
 }
 
+/** One parameter's tensors for Backend.adamLeanMulti (the lean recipe: no f32 master, optim/lean_adam.ts). */
+export interface LeanAdamSlot {
+  /** bf16 weights, the tensor the forward pass reads, updated in place with stochastic rounding. */
+  readonly weights: Tensor;
+  /** The gradient (bf16 or f32, the same dtype in every slot of a list): read, then set to 0. */
+  readonly grad: Tensor;
+  /** bf16 first and second moments, updated in place with stochastic rounding. */
+  readonly m: Tensor;
+  readonly v: Tensor;
+  /** Whether AdamHyper.weightDecay applies to this parameter. */
+  readonly decay: boolean;
+}
+
 /** What a backend keeps with a list between calls: its device-side table. */
 export interface TensorListTable {
   dispose(): void;

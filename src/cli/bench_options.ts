@@ -30,5 +30,6 @@ export const BENCH_COMMAND: CommandSpec = {
     { name: 'schedule', value: '1f1b|dualpipev', default: '1f1b', help: 'simulate: the pipeline schedule' },
     { name: 'bus_gbps', value: 'GB/s', default: '360', help: 'simulate: the bus bandwidth per GPU the prediction assumes (NVIDIA\'s published H100 NVLink figures; not measured here)' },
     { name: 'latency_us', value: 'µs', default: '10', help: 'simulate: the cost per collective call the prediction assumes' },
+    { name: 'recipe', value: 'default|lean|both', default: 'default', help: 'train: the training recipe (src/optim/recipe.ts); both runs our trainer once per recipe and the peer once' },
   ],
 };

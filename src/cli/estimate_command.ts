@@ -25,10 +25,12 @@ export const ESTIMATE_COMMAND: CommandSpec = {
     { name: 'micro_batch_size', value: 'N', default: String(d.micro_batch_size), help: 'sequences per forward/backward pass' },
     { name: 'global_batch_size', value: 'N', default: 'micro_batch_size × dp × ep', help: 'sequences per optimizer step (sets the micro-batches in flight under pipelining)' },
     { name: 'precision', value: 'bf16|f32', default: d.precision, help: 'compute precision' },
+    { name: 'recipe', value: 'default|lean', default: d.recipe, help: 'training recipe: default (18 B per parameter) or lean (8 B; 10 when accumulating; one rank)' },
     { name: 'device', value: 'cuda|cpu', default: 'cuda', help: 'cuda rounds allocations as the GPU caching allocator does; cpu counts bytes exactly' },
   ],
   notes: [
-    'Persistent: f32 master, bf16 copy, f32 gradient and Adam m, v of the parameters this rank holds (18 bytes each in bf16).',
+    'Persistent: f32 master, bf16 copy, f32 gradient and Adam m, v of the parameters this rank holds (18 bytes each in bf16);',
+    'with --recipe lean, bf16 weights, bf16 m, v and bf16 gradients with one micro-batch per step (8 bytes; 10 accumulating).',
     'Peak adds the gathered weights of two layers and one layer\'s whole gradients (when sharded), the activations kept',
     'for backward of every micro-batch in flight, the logits and their gradient on the last stage, and workspace.',
   ],
@@ -53,8 +55,8 @@ export function estimateCommand(flags: Record<string, string>): void {
   });
   const rows = estimateMemory({
     model, mesh, seqLen: cfg.seq_len, microBatchSize: cfg.micro_batch_size,
-    microBatches: globalBatch / cfg.micro_batch_size / replicas, precision: cfg.precision, device,
+    microBatches: globalBatch / cfg.micro_batch_size / replicas, precision: cfg.precision, recipe: cfg.recipe, device,
   });
-  console.log(`${cfg.model}${layers !== undefined ? ` (first ${layers} layers)` : ''}, sequence ${cfg.seq_len}, micro-batch ${cfg.micro_batch_size}, global batch ${globalBatch}, ${cfg.precision}`);
+  console.log(`${cfg.model}${layers !== undefined ? ` (first ${layers} layers)` : ''}, sequence ${cfg.seq_len}, micro-batch ${cfg.micro_batch_size}, global batch ${globalBatch}, ${cfg.precision}, recipe ${cfg.recipe}`);
   console.log(formatEstimate(rows, mesh));
 }

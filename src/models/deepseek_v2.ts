@@ -122,7 +122,7 @@ export class DeepseekV2 implements DeepseekV2Weights<Param> {
     const specs: ParamSpec[] = [];
     buildWeights(config, part, (spec) => { specs.push(spec); return spec; });
     const arena = makeParam ? null : new ParamArena(backend, specs.map((s) => ({ shape: s.shape, dtype: dtypeOf(s) })));
-    const make: ParamMaker = makeParam ?? ((spec, dtype) => new Param(spec.shape, backend, dtype, arena!));
+    const make: ParamMaker = makeParam ?? ((spec, dtype) => new Param(spec.shape, backend, dtype, { arena: arena! }));
     const w = buildWeights(config, part, (spec) => {
       const p = make(spec, dtypeOf(spec));
       this.params.push(p);

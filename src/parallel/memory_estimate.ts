@@ -8,6 +8,10 @@
 //   gradient (4 B) and two f32 moments (8 B) per held parameter: 18 B in the default recipe. A
 //   single process carves masters, copies and gradients from slabs (nn/param_arena.ts) but
 //   allocates Adam's moments per parameter, so on the GPU each moment is rounded like any block;
+//   in the lean recipe (optim/recipe.ts; one rank only) bf16 weights (2 B), bf16 moments (4 B)
+//   and a bf16 gradient (2 B) where a matmul writes it once per step, f32 (4 B) for the
+//   embedding, the norms and under accumulation: 8 B per matrix parameter; the f32 router keeps
+//   the default's f32 state (16 B);
 // - with sharding, a layer's bf16 weights are gathered before use (the next layer's gather is
 //   issued early, so two layers are whole at once) and its f32 gradients are whole from its
 //   backward until they are reduce-scattered;
@@ -23,6 +27,7 @@
 import { isMoeLayer, type DeepseekV2Config } from '../models/deepseek_v2_config.js';
 import { buildWeights, type ModelPart } from '../models/deepseek_v2_weights.js';
 import { linearCrossEntropyChunkRows } from '../ops/linear_cross_entropy.js';
+import type { Recipe } from '../optim/recipe.js';
 import { layerParams, splitStages, type Stage } from './stages.js';
 
 export interface MeshSizes { pp: number; dp: number; cp: number; ep: number }
@@ -35,6 +40,8 @@ export interface EstimateInput {
   /** Micro-batches per optimizer step on one data-parallel rank (bounds the 1F1B in-flight count). */
   microBatches: number;
   precision: 'bf16' | 'f32';
+  /** The training recipe (default "default"); "lean" needs bf16 and a single rank. */
+  recipe?: Recipe;
   /** 'cuda' rounds allocations like the caching allocator; 'cpu' counts bytes exactly. */
   device: 'cuda' | 'cpu';
 }
@@ -115,6 +122,10 @@ function momentBytesPerParameter(c: DeepseekV2Config, part: ModelPart, device: '
 
 export function estimateMemory(input: EstimateInput): RankEstimate[] {
   const { model: c, mesh, seqLen, microBatchSize, microBatches, precision, device } = input;
+  const recipe = input.recipe ?? 'default';
+  if (recipe === 'lean' && (precision !== 'bf16' || mesh.pp * mesh.dp * mesh.cp * mesh.ep !== 1)) {
+    throw new Error(`the lean recipe runs on one rank in bf16 (got ${precision}, mesh pp${mesh.pp}·dp${mesh.dp}·cp${mesh.cp}·ep${mesh.ep}); estimate it with --precision bf16 and a 1×1×1×1 mesh, or use --recipe default`);
+  }
   const stages: Stage[] = splitStages(c, mesh.pp, seqLen);
   const denseGroup = mesh.dp * mesh.cp * mesh.ep, expertGroup = mesh.dp * mesh.cp;
   const e = precision === 'bf16' ? 2 : 4;
@@ -126,7 +137,10 @@ export function estimateMemory(input: EstimateInput): RankEstimate[] {
   return stages.map((st, s) => {
     const last = s === stages.length - 1;
     let dense = (s === 0 ? V * D : 0) + (last ? V * D + D : 0), experts = 0, largestLayer = 0, largestPair = 0, prev = 0, router = 0;
+    // The lean recipe keeps f32 gradients for the embedding and the norms (see the header).
+    let f32Grads = (s === 0 ? V * D : 0) + (last ? D : 0);
     for (let l = st.first; l < st.end; l++) {
+      f32Grads += 2 * D + c.kv_lora_rank + (c.q_lora_rank ?? 0);
       const p = layerParams(c, l);
       dense += p.dense;
       if (isMoeLayer(c, l)) router += c.n_routed_experts * D;
@@ -138,12 +152,20 @@ export function estimateMemory(input: EstimateInput): RankEstimate[] {
       prev = local;
     }
     const held = dense / denseGroup + experts / mesh.ep / expertGroup;
-    const masterWeights = 4 * held;
+    let masterWeights = 4 * held;
     // The router stays f32: it has no separate compute copy.
-    const computeWeights = precision === 'bf16' ? 2 * (held - router / denseGroup) : 0;
+    let computeWeights = precision === 'bf16' ? 2 * (held - router / denseGroup) : 0;
     const single = mesh.pp * denseGroup === 1;
     const part: ModelPart = { layers: [st.first, st.end], experts: [0, c.n_routed_experts], embed: s === 0, head: last };
-    const gradients = 4 * held, moments = single ? momentBytesPerParameter(c, part, device) : 8 * held;
+    let gradients = 4 * held, moments = single ? momentBytesPerParameter(c, part, device) : 8 * held;
+    if (recipe === 'lean') {
+      // One rank: held counts every parameter. The f32 router is updated as in the default recipe.
+      const bf16Grads = microBatches === 1 ? held - router - f32Grads : 0;
+      masterWeights = 4 * router;
+      computeWeights = 2 * (held - router);
+      gradients = 2 * bf16Grads + 4 * (held - bf16Grads);
+      moments = 4 * (held - router) + 8 * router;
+    }
     const head = last && denseGroup > 1 ? V * D : 0;
     const gatheredWeights = e * Math.max(largestPair, head);
     const layerGradients = 4 * Math.max(largestLayer, head);

@@ -15,6 +15,8 @@ import { backendOf } from '../backend/backend.js';
 import type { DeepseekV2 } from '../models/deepseek_v2.js';
 import { namedParameters } from '../models/deepseek_v2_names.js';
 import type { Adam } from '../optim/adam.js';
+import type { LeanAdam } from '../optim/lean_adam.js';
+import { f32ArrayToBf16 } from '../tensor/dtype.js';
 import {
   buildIndex, CheckpointDamage, CheckpointReader, CONFIG_FILE, firstNonFinite, fsyncFolder, INDEX_FILE, NonFiniteError, rankFileName,
   readCheckpointState, STATE_FILE, writeJsonFile, writeRankFile, type CheckpointEntry, type CheckpointState, type ScheduleRecord,
@@ -142,12 +144,12 @@ function prune(dir: string, step: number, keep: number, job: string, hook: (poin
   for (const n of fs.readdirSync(dir)) if (LEFTOVER.test(n)) fs.rmSync(path.join(dir, n), { recursive: true, force: true });
 }
 
-/** The master weights (HF names) and Adam moments of a model that holds whole tensors. */
-export function modelEntries(model: DeepseekV2, optimizer: Adam): CheckpointEntry[] {
+/** The master weights (HF names; a lean run's bf16 weights) and Adam moments of a model that holds whole tensors. */
+export function modelEntries(model: DeepseekV2, optimizer: Adam | LeanAdam): CheckpointEntry[] {
   const named = namedParameters(model);
   const whole = (name: string, shape: readonly number[], tensor: CheckpointEntry['tensor']): CheckpointEntry => ({ name, shape, start: 0, end: tensor.size, tensor });
   return [
-    ...named.map(({ name, param }) => whole(name, param.shape, param.master)),
+    ...named.map(({ name, param }) => whole(name, param.shape, param.weights)),
     ...named.flatMap(({ name, param }) => {
       const { m, v } = optimizer.moments(param);
       return [whole(`exp_avg.${name}`, param.shape, m), whole(`exp_avg_sq.${name}`, param.shape, v)];
@@ -168,7 +170,8 @@ export function readEntries(folder: string, entries: readonly CheckpointEntry[])
       const data = reader.readRange(e.name, e.start, e.end);
       const bad = firstNonFinite(data);
       if (bad >= 0) throw new CheckpointDamage(folder, 'damaged', `${e.name} holds ${data[bad]} at element ${e.start + bad}`);
-      backendOf(e.tensor).write(e.tensor, data);
+      // A lean run's bf16 tensors were saved widened to f32: narrowing them back is exact.
+      backendOf(e.tensor).write(e.tensor, e.tensor.dtype === 'bf16' ? f32ArrayToBf16(data) : data);
     }
   } finally {
     reader.close();
@@ -182,6 +185,14 @@ export function checkDataFingerprint(folder: string, state: CheckpointState, dat
   }
 }
 
+/** Refuses a checkpoint written under another training recipe (config.recipe; absent: "default"). */
+export function checkRecipe(folder: string, state: CheckpointState, recipe: string): void {
+  const saved = (state.config as { recipe?: unknown } | null)?.recipe ?? 'default';
+  if (saved !== recipe) {
+    throw new Error(`${folder}: this checkpoint was written by a --recipe ${String(saved)} run, and this run asks for --recipe ${recipe}; a run keeps its recipe on resume (the optimizer state differs): pass --recipe ${String(saved)}, or start a new --run_dir`);
+  }
+}
+
 /** What a run restores from a checkpoint: its entries, and what to do once they are loaded. */
 export interface CheckpointTarget {
   entries: readonly CheckpointEntry[];
@@ -189,7 +200,7 @@ export interface CheckpointTarget {
 }
 
 /** A model holding whole tensors: refreshes the compute copies and the optimizer's step after loading. */
-export function modelTarget(model: DeepseekV2, optimizer: Adam): CheckpointTarget {
+export function modelTarget(model: DeepseekV2, optimizer: Adam | LeanAdam): CheckpointTarget {
   return {
     entries: modelEntries(model, optimizer),
     loaded: (state) => {
@@ -202,12 +213,12 @@ export function modelTarget(model: DeepseekV2, optimizer: Adam): CheckpointTarge
 export type SaveOptions = Omit<WriteOptions, 'optimizerStep'>;
 
 /** writeCheckpoint of a whole model and its optimizer. */
-export function saveCheckpoint(dir: string, step: number, model: DeepseekV2, optimizer: Adam, opts: SaveOptions): string {
+export function saveCheckpoint(dir: string, step: number, model: DeepseekV2, optimizer: Adam | LeanAdam, opts: SaveOptions): string {
   return writeCheckpoint(dir, step, modelEntries(model, optimizer), { ...opts, optimizerStep: optimizer.step });
 }
 
 /** Loads a checkpoint folder into a model (whole or a part) and its optimizer; returns its step. */
-export function loadCheckpoint(folder: string, model: DeepseekV2, optimizer: Adam, dataFingerprint?: string): number {
+export function loadCheckpoint(folder: string, model: DeepseekV2, optimizer: Adam | LeanAdam, dataFingerprint?: string): number {
   const state = readCheckpointState(folder);
   checkDataFingerprint(folder, state, dataFingerprint);
   const target = modelTarget(model, optimizer);

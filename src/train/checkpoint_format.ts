@@ -32,7 +32,8 @@ export function rankFileName(rank: number): string { return `rank-${String(rank)
 
 /**
  * This rank's range [start, end) of the flattened full tensor `name` of `shape`, held in
- * `tensor` (f32, end − start elements). A process holding whole tensors passes start 0, end numel.
+ * `tensor` (f32, or bf16 in the lean recipe, end − start elements; stored as F32 either way, so
+ * bf16 values widen and narrow back exactly). A process holding whole tensors passes start 0, end numel.
  */
 export interface CheckpointEntry {
   name: string;
@@ -101,7 +102,7 @@ export function writeRankFile(folder: string, rank: number, entries: readonly Ch
   const file = rankFileName(rank);
   const specs = entries.map((e) => {
     const len = e.end - e.start;
-    if (!(Number.isInteger(e.start) && e.start >= 0 && e.end <= numel(e.shape) && len >= 0 && len === e.tensor.size && e.tensor.dtype === 'f32')) {
+    if (!(Number.isInteger(e.start) && e.start >= 0 && e.end <= numel(e.shape) && len >= 0 && len === e.tensor.size && (e.tensor.dtype === 'f32' || e.tensor.dtype === 'bf16'))) {
       throw new Error(`internal: checkpoint entry ${e.name} [${e.start}, ${e.end}) of [${e.shape}] does not match its tensor ${e.tensor}`);
     }
     return { name: e.name, dtype: 'F32' as const, shape: [len] };

@@ -8,7 +8,7 @@ import type { Backend } from '../backend/backend.js';
 import { CheckpointDamage, readCheckpointState, type CheckpointState } from './checkpoint_format.js';
 import { agreeMax, SINGLE_PROCESS, type CheckpointGroup } from './checkpoint_group.js';
 import { verifyCheckpoint } from './checkpoint_manifest.js';
-import { checkDataFingerprint, listCheckpoints, readEntries, type CheckpointTarget } from './checkpoint.js';
+import { checkDataFingerprint, checkRecipe, listCheckpoints, readEntries, type CheckpointTarget } from './checkpoint.js';
 
 export interface ResumeOptions {
   backend: Backend;
@@ -17,6 +17,8 @@ export interface ResumeOptions {
   /** Receives the skip lines. */
   log: (line: string) => void;
   dataFingerprint?: string;
+  /** The run's training recipe (config.recipe): a checkpoint of another recipe is refused. */
+  recipe?: string;
   /** How to start over, for the error when no checkpoint is intact (a command or two). */
   startOver: string;
 }
@@ -31,6 +33,7 @@ export function resumeFromLatest(dir: string, target: CheckpointTarget, opts: Re
     if (!agreed(group, opts, folder, problem)) continue;
     const state = readCheckpointState(folder);
     checkDataFingerprint(folder, state, opts.dataFingerprint);
+    if (opts.recipe !== undefined) checkRecipe(folder, state, opts.recipe);
     problem = check(folder, () => { readEntries(folder, target.entries); });
     if (!agreed(group, opts, folder, problem)) continue;
     target.loaded(state);

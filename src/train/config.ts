@@ -4,6 +4,7 @@
 import { readFileSync } from 'node:fs';
 import type { AdamConfig } from '../optim/adam.js';
 import type { ScheduleConfig } from '../optim/schedule.js';
+import { RECIPES, type Recipe } from '../optim/recipe.js';
 import type { LoadBalanceForm } from '../models/deepseek_v2.js';
 import { closestName } from '../models/deepseek_v2_config.js';
 import type { ParallelConfig } from '../parallel/mesh.js';
@@ -28,8 +29,15 @@ export interface TrainConfig {
    * sm_90a) or "per_expert" (one cuBLASLt product per expert, reading the counts on the host).
    */
   grouped_gemm: 'auto' | 'mma' | 'wgmma' | 'per_expert';
-  /** Compute precision of weights and activations (masters, gradients and optimizer state are f32). */
+  /** Compute precision of weights and activations (masters, gradients and optimizer state are f32 in the default recipe). */
   precision: 'bf16' | 'f32';
+  /**
+   * "default": f32 master, bf16 copy, f32 gradient and moments (18 B/parameter); "lean": bf16
+   * weights and moments updated with stochastic rounding, bf16 gradients with one micro-batch
+   * per step (8 B/parameter; 10 with accumulation); see src/optim/recipe.ts. Needs bf16 precision
+   * and a single process; a run keeps its recipe on resume.
+   */
+  recipe: Recipe;
   /** Seeds initialisation and the data order. */
   seed: number;
   /** Optimizer steps in the whole run. */
@@ -61,7 +69,7 @@ export interface TrainConfig {
 
 export function defaultTrainConfig(): TrainConfig {
   return {
-    model: 'tiny', data: 'demo', run_dir: 'runs/default', device: 'auto', precision: 'bf16', seed: 1234,
+    model: 'tiny', data: 'demo', run_dir: 'runs/default', device: 'auto', precision: 'bf16', recipe: 'default', seed: 1234,
     mla_kernels: 'auto', grouped_gemm: 'auto',
     steps: 100, seq_len: 64, micro_batch_size: 16, global_batch_size: 16,
     optimizer: { type: 'adamw', lr: 4e-3, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.01 },
@@ -88,7 +96,7 @@ const stageList: Check = (v) => (v === null || (Array.isArray(v) && v.length > 0
 const oneOf = (...xs: string[]): Check => Object.assign((v: unknown) => (xs.includes(v as string) ? null : `one of ${xs.map((x) => `"${x}"`).join(', ')}`), { choices: xs });
 
 const SCHEMA: Record<string, Check | Record<string, Check>> = {
-  model: str, data: str, run_dir: str, device: oneOf('auto', 'cpu', 'cuda'), precision: oneOf('bf16', 'f32'),
+  model: str, data: str, run_dir: str, device: oneOf('auto', 'cpu', 'cuda'), precision: oneOf('bf16', 'f32'), recipe: oneOf(...RECIPES),
   mla_kernels: oneOf('auto', 'hopper', 'mma', 'generic'), grouped_gemm: oneOf('auto', 'mma', 'wgmma', 'per_expert'),
   seed: nonNegInt, steps: positiveInt, seq_len: positiveInt, micro_batch_size: positiveInt, global_batch_size: positiveInt,
   optimizer: { type: oneOf('adamw', 'adam'), lr: positive, beta1: fraction, beta2: fraction, eps: positive, weight_decay: nonNeg },
@@ -113,7 +121,8 @@ const OPTION_HELP: Record<string, string> = {
   data: 'token data folder made by `moetrain tokenize`, or "demo" for the generated demo corpus',
   run_dir: 'logs, metrics.jsonl and checkpoints; a run resumes from the latest checkpoint here',
   device: 'auto: CUDA when a GPU is present, else the CPU',
-  precision: 'compute precision (master weights, gradients and optimizer state are always f32)',
+  precision: 'compute precision (master weights, gradients and optimizer state are f32 in the default recipe)',
+  recipe: 'default: f32 master + bf16 copy + f32 grads and Adam moments (18 B/param); lean: bf16 weights and moments with stochastic rounding, bf16 grads when one micro-batch per step (8 B/param; 10 when accumulating); needs precision bf16, one process',
   seed: 'seeds the initial weights and the data order',
   steps: 'optimizer steps in the whole run',
   seq_len: 'tokens per training sequence',
@@ -211,6 +220,7 @@ export function mergeTrainConfig(base: TrainConfig, overrides: Record<string, un
   if (c.global_batch_size % c.micro_batch_size !== 0) {
     throw new Error(`${source}: global_batch_size (${c.global_batch_size}) must be a multiple of micro_batch_size (${c.micro_batch_size})`);
   }
+  if (c.recipe === 'lean' && c.precision !== 'bf16') throw new Error(`${source}: recipe "lean" keeps bf16 weights and needs precision "bf16" (got "${c.precision}"); pass --precision bf16 or --recipe default`);
   if (c.schedule.warmup_steps > c.steps) throw new Error(`${source}: schedule.warmup_steps (${c.schedule.warmup_steps}) exceeds steps (${c.steps}); lower --schedule.warmup_steps`);
   return c;
 }

@@ -4,6 +4,10 @@
 // it: resume or initialise, one log line and one JSONL record per step, checkpoints, and a clean
 // stop with a checkpoint on SIGINT/SIGTERM (signals.ts).
 //
+// The recipe (optim/recipe.ts) decides the parameters and the optimizer: f32 masters and Adam
+// ("default"), or bf16 weights without masters and LeanAdam ("lean", a single process only), whose
+// gradients are bf16 and f32 side by side, so the norm sums one list per dtype.
+//
 // A launched run (parallel/init_distributed.ts) holds its parameters fully sharded
 // (parallel/fsdp.ts) over dp·cp·ep: its R = dp·ep replicas each read G/R sequences of the global
 // batch G, gradients are reduce-scattered (summed, so 1/R joins clipping in the optimizer's
@@ -33,6 +37,9 @@ import type { DeepseekV2Config } from '../models/deepseek_v2_config.js';
 import { namedParameters } from '../models/deepseek_v2_names.js';
 import { flopsPerToken, wholeModel } from '../models/deepseek_v2_weights.js';
 import { Adam } from '../optim/adam.js';
+import { LeanAdam } from '../optim/lean_adam.js';
+import { leanGradDtype } from '../optim/recipe.js';
+import { Param } from '../nn/param.js';
 import { learningRate } from '../optim/schedule.js';
 import type { Distributed } from '../parallel/init_distributed.js';
 import { FullyShardedModel, type ShardEntry } from '../parallel/fsdp.js';
@@ -112,7 +119,8 @@ const GPU_PEAK_FLOPS = 989e12;
 /** One run's model, optimizer and step buffers; step() runs one optimizer step. */
 export class Training {
   readonly model: DeepseekV2;
-  readonly optimizer: Adam;
+  /** Adam over f32 masters (recipe "default") or over bf16 weights with stochastic rounding ("lean"). */
+  readonly optimizer: Adam | LeanAdam;
   /** The sharded parameters of a launched run (its first part under pp > 1); null in a single process (whole parameters). */
   readonly sharded: FullyShardedModel | null;
   /** Every sharded model part this rank holds with its virtual pipeline stage (one unless pp > 1 with DualPipeV; empty in a single process). */
@@ -120,14 +128,19 @@ export class Training {
   /** The schedule of one step when pp > 1, else null. */
   private readonly pipeline: Schedule | null;
   private readonly sumSq: Tensor;
-  /** Every parameter's gradient (or this rank's gradient shards), for the one-pass gradient norm. */
-  private readonly grads: TensorList<Tensor>;
+  /** Every parameter's gradient (or this rank's gradient shards), one list per dtype, for the gradient norm. */
+  private readonly grads: TensorList<Tensor>[];
+  /** Σg² of the second list (the lean recipe's f32 gradients beside its bf16 ones). */
+  private readonly sumSqMore: Tensor;
   private readonly ceSum: Tensor;
   private readonly lbSum: Tensor;
   private readonly flopsPerStep: number;
 
   /** `dist`: the launched run this rank belongs to (parameters sharded over it); null: a single process. */
   constructor(readonly config: TrainConfig, modelConfig: DeepseekV2Config, readonly backend: Backend, readonly dist: Distributed | null = null) {
+    if (dist && config.recipe !== 'default') {
+      throw new Error(`recipe "${config.recipe}" runs in a single process only: a launched run's sharded layout (parallel/fsdp.ts) keeps f32 master shards; train without \`moetrain launch\`, or pass --recipe default`);
+    }
     if (dist) {
       const { mesh, groups } = dist;
       const experts = ownedExperts(mesh.coords.ep, mesh.sizes.ep, modelConfig.n_routed_experts);
@@ -153,12 +166,22 @@ export class Training {
       this.sharded = null;
       this.parts = [];
       this.pipeline = null;
-      this.model = new DeepseekV2(modelConfig, backend, config.precision);
-      this.optimizer = new Adam(this.model.params, config.optimizer, backend);
+      if (config.recipe === 'lean') {
+        // bf16 weights without masters; gradients bf16 where a matmul writes them once per step.
+        const micro = config.global_batch_size / config.micro_batch_size;
+        this.model = new DeepseekV2(modelConfig, backend, config.precision, wholeModel(modelConfig), (spec, dtype) =>
+          (dtype === 'f32' ? new Param(spec.shape, backend, dtype) : new Param(spec.shape, backend, dtype, { lean: { gradDtype: leanGradDtype(spec, micro) } })));
+        this.optimizer = new LeanAdam(this.model.params, config.optimizer, backend, config.seed);
+      } else {
+        this.model = new DeepseekV2(modelConfig, backend, config.precision);
+        this.optimizer = new Adam(this.model.params, config.optimizer, backend);
+      }
     }
     this.flopsPerStep = flopsPerToken(modelConfig, config.seq_len) * config.global_batch_size * config.seq_len;
     this.sumSq = keep(emptyTensor(backend, [1], 'f32'));
-    this.grads = new TensorList(this.sharded ? this.parts.flatMap((p) => p.sharded.gradShards()) : this.model.params.map((p) => p.grad));
+    const grads = this.sharded ? this.parts.flatMap((p) => p.sharded.gradShards()) : this.model.params.map((p) => p.grad);
+    this.grads = (['f32', 'bf16'] as const).map((dt) => grads.filter((g) => g.dtype === dt)).filter((l) => l.length > 0).map((l) => new TensorList(l));
+    this.sumSqMore = keep(emptyTensor(backend, [1], 'f32'));
     this.ceSum = keep(emptyTensor(backend, [1], 'f32'));
     this.lbSum = keep(emptyTensor(backend, [1], 'f32'));
   }
@@ -249,7 +272,11 @@ export class Training {
     const { gradNorm, lr } = phase('optimizer', () => {
       // Global L2 norm of the gradients before clipping; clipping is a scale given to the optimizer.
       // Sharded gradients are sums over the R replicas: the mean is 1/R of them.
-      backend.sumSquaresMulti(sumSq, this.grads);
+      this.grads.forEach((list, i) => {
+        if (i === 0) { backend.sumSquaresMulti(sumSq, list); return; }
+        backend.sumSquaresMulti(this.sumSqMore, list);
+        backend.binary('add', sumSq, sumSq, this.sumSqMore);
+      });
       dist?.comm.allReduce(sumSq, 'sum');
       const [sq] = toHostF32(sumSq);
       const norm = Math.sqrt(sq!) / R;
@@ -282,7 +309,7 @@ export class Training {
   }
 
   /**
-   * This rank's master weights and Adam moments as ranges [start, end) of the flattened full
+   * This rank's master weights (a lean run's bf16 weights) and Adam moments as ranges [start, end) of the flattened full
    * tensors (HF names, exp_avg.<name>, exp_avg_sq.<name>); whole tensors in a single process.
    * The tensors stay owned by the model and optimizer; loading into them and then calling
    * checkpointLoaded restores a run.
@@ -292,7 +319,7 @@ export class Training {
     const named = namedParameters(this.model);
     const whole = (name: string, shape: readonly number[], tensor: Tensor): ShardEntry => ({ name, shape, start: 0, end: tensor.size, tensor });
     return [
-      ...named.map(({ name, param }) => whole(name, param.shape, param.master)),
+      ...named.map(({ name, param }) => whole(name, param.shape, param.weights)),
       ...named.flatMap(({ name, param }) => {
         const { m, v } = this.optimizer.moments(param);
         return [whole(`exp_avg.${name}`, param.shape, m), whole(`exp_avg_sq.${name}`, param.shape, v)];
@@ -309,7 +336,8 @@ export class Training {
 
   dispose(): void {
     this.sumSq.dispose(); this.ceSum.dispose(); this.lbSum.dispose();
-    this.grads.dispose();
+    for (const l of this.grads) l.dispose();
+    this.sumSqMore.dispose();
     this.optimizer.dispose();
     if (this.sharded) for (const p of this.parts) p.sharded.dispose();
     else this.model.dispose();
@@ -340,7 +368,7 @@ export async function train(run: TrainRun): Promise<TrainResult> {
   const ckptDir = path.join(cfg.run_dir, 'checkpoints');
   const schedule = { steps: cfg.steps, lr: cfg.optimizer.lr, schedule: cfg.schedule };
   const resumed = resumeFromLatest(ckptDir, { entries: training.checkpointEntries(), loaded: (st) => training.checkpointLoaded(st.optimizer_step) }, {
-    backend, group, log: run.log, ...(run.dataFingerprint ? { dataFingerprint: run.dataFingerprint } : {}),
+    backend, group, log: run.log, recipe: cfg.recipe, ...(run.dataFingerprint ? { dataFingerprint: run.dataFingerprint } : {}),
     startOver: run.startOver ?? `move ${ckptDir} aside (mv ${ckptDir} ${ckptDir}.damaged) and run the same command again, or pass a new --run_dir`,
   });
   let startStep = 0;

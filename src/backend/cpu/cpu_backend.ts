@@ -4,8 +4,9 @@
 import os from 'node:os';
 import { bytesPerElement, f32ArrayToBf16, type HostArray } from '../../tensor/dtype.js';
 import type { Tensor } from '../../tensor/tensor.js';
-import type { AdamHyper, AttentionOptions, Backend, BinaryOp, DeviceBuffer, MatmulOptions, MemoryStats, UnaryOp } from '../backend.js';
-import type { AdamSlot, TensorList } from '../tensor_list.js';
+import type { AdamHyper, AttentionOptions, LeanAdamHyper, Backend, BinaryOp, DeviceBuffer, MatmulOptions, MemoryStats, UnaryOp } from '../backend.js';
+import type { AdamSlot, LeanAdamSlot, TensorList } from '../tensor_list.js';
+import { adamLeanSlot } from './adam_lean.js';
 import { HostBuffer, arrayOf, denseView, forEachIndex, readF32, storageArray, writeF32 } from './host.js';
 import { cpuMatmul } from './matmul.js';
 import { cpuGroupedLinear, cpuGroupedLinearBackwardData, cpuGroupedLinearWeightGrad } from './grouped_matmul.js';
@@ -197,5 +198,9 @@ export class CpuBackend implements Backend {
       this.adam(s.param, s.grad, s.m, s.v, s.lowp, s.decay ? h : undecayed);
       this.fill(s.grad, 0);
     }
+  }
+
+  adamLeanMulti(list: TensorList<LeanAdamSlot>, h: LeanAdamHyper): void {
+    list.entries.forEach((s, i) => adamLeanSlot(s, h, h.firstStream + i));
   }
 }

@@ -5,10 +5,11 @@
 // freed block may serve the next op at once).
 import type { DType, HostArray } from '../../tensor/dtype.js';
 import { contiguousStrides, type Tensor } from '../../tensor/tensor.js';
-import type { AdamHyper, AttentionOptions, Backend, BinaryOp, DeviceBuffer, MatmulOptions, MemoryStats, UnaryOp } from '../backend.js';
-import type { AdamSlot, TensorList } from '../tensor_list.js';
+import type { AdamHyper, AttentionOptions, LeanAdamHyper, Backend, BinaryOp, DeviceBuffer, MatmulOptions, MemoryStats, UnaryOp } from '../backend.js';
+import type { AdamSlot, LeanAdamSlot, TensorList } from '../tensor_list.js';
 import { AdamLauncher } from './ops/adam.js';
 import { AdamMultiLauncher } from './ops/adam_multi.js';
+import { AdamLeanMultiLauncher } from './ops/adam_lean_multi.js';
 import { BincountLauncher } from './ops/bincount.js';
 import { BinaryLauncher } from './ops/binary.js';
 import { assertContiguous } from './ops/common.js';
@@ -83,6 +84,7 @@ export class CudaBackend implements Backend {
   private readonly attentionGeneric: MlaAttentionGenericLauncher;
   private readonly optimizer: AdamLauncher;
   private readonly optimizerList: AdamMultiLauncher;
+  private readonly optimizerLean: AdamLeanMultiLauncher;
 
   constructor(readonly ctx: CudaContext, options: CudaBackendOptions = {}) {
     this.description = ctx.description;
@@ -113,6 +115,7 @@ export class CudaBackend implements Backend {
     this.attentionGeneric = new MlaAttentionGenericLauncher(ctx, alloc, this.copier);
     this.optimizer = new AdamLauncher(ctx);
     this.optimizerList = new AdamMultiLauncher(ctx, alloc);
+    this.optimizerLean = new AdamLeanMultiLauncher(ctx, alloc);
   }
 
   // ---- memory ----
@@ -202,6 +205,7 @@ export class CudaBackend implements Backend {
   scatterAddRows(out: Tensor, src: Tensor, idx: Tensor, weights: Tensor | null): void { this.scatter.scatterAddRows(out, src, idx, weights); }
   adam(param: Tensor, grad: Tensor, m: Tensor, v: Tensor, lowp: Tensor | null, h: AdamHyper): void { this.optimizer.adam(param, grad, m, v, lowp, h); }
   adamMulti(list: TensorList<AdamSlot>, h: AdamHyper): void { this.optimizerList.adamMulti(list, h); }
+  adamLeanMulti(list: TensorList<LeanAdamSlot>, h: LeanAdamHyper): void { this.optimizerLean.adamLeanMulti(list, h); }
 
   // ---- MLA attention: the kernels chooseMlaKernels picks for these tensors ----
 

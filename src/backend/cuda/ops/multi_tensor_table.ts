@@ -31,7 +31,7 @@ export interface TableRow {
 }
 
 /** Which op a table was built for (a list's table serves that op only). */
-export type TableKind = 'adam' | 'sumSquares';
+export type TableKind = 'adam' | 'adamLean' | 'sumSquares';
 
 export class MultiTensorTable implements TensorListTable {
   readonly chunks: number;

@@ -1,0 +1,48 @@
+// Training recipes: what a parameter costs in memory and how it is updated.
+//
+// default  f32 master + bf16 compute copy + f32 gradient + f32 Adam moments: 18 bytes per
+//          parameter (optim/adam.ts). The reference numerics.
+// lean     bf16 weights without a master, updated with stochastic rounding; bf16 Adam moments,
+//          also stochastically rounded; bf16 gradients when a step has one micro-batch, f32 when
+//          micro-batches accumulate (a sum of many bf16 roundings would lose the small ones):
+//          8 bytes per parameter, 10 with accumulation (optim/lean_adam.ts says why this design).
+//          Parameters computed in f32 (the router) and the embedding's gradient (scattered row by
+//          row, many adds per row) stay as in the default recipe.
+import type { DType } from '../tensor/dtype.js';
+
+export type Recipe = 'default' | 'lean';
+
+export const RECIPES: readonly Recipe[] = ['default', 'lean'];
+
+/** What a trainer needs of an optimizer, whichever the recipe. */
+export interface Optimizer {
+  /** Number of updates taken so far (restored from a checkpoint on resume). */
+  step: number;
+  /** One update with learning rate lr; gradScale multiplies every gradient; every gradient is 0 afterwards. */
+  update(lr: number, gradScale: number): void;
+  dispose(): void;
+}
+
+/** Bytes one parameter held in the compute dtype keeps between steps (weights, gradient, moments). */
+export interface RecipeBytes { weights: number; gradient: number; moments: number }
+
+/**
+ * Bytes per parameter of a recipe for a bf16 (computeBytes 2) or f32 (4) compute dtype; lean
+ * needs bf16 compute. accumulating: several micro-batches per step on this rank.
+ */
+export function recipeBytes(recipe: Recipe, computeBytes: number, accumulating: boolean): RecipeBytes {
+  switch (recipe) {
+    case 'default': return { weights: 4 + (computeBytes === 4 ? 0 : computeBytes), gradient: 4, moments: 8 };
+    case 'lean': return { weights: 2, gradient: accumulating ? 4 : 2, moments: 4 };
+    default: return recipe satisfies never;
+  }
+}
+
+/**
+ * The gradient dtype of a lean parameter: bf16 when the step has one micro-batch and a matmul
+ * writes the gradient in one pass (every matrix but the embedding, parameter 0 of the whole
+ * model's order, whose backward adds row by row); f32 otherwise.
+ */
+export function leanGradDtype(spec: { readonly shape: readonly number[]; readonly index: number }, microBatchesPerStep: number): DType {
+  return microBatchesPerStep === 1 && spec.shape.length === 2 && spec.index !== 0 ? 'bf16' : 'f32';
+}
