@@ -10,7 +10,7 @@ import { cudaAvailable } from '../src/backend/cuda/ffi/library.js';
 import { DeepseekV2 } from '../src/models/deepseek_v2.js';
 import { tinyConfig } from '../src/models/tiny_config.js';
 import { normalValues } from '../src/nn/init.js';
-import { toHostF32 } from '../src/ops/create.js';
+import { fromHost, toHostF32 } from '../src/ops/create.js';
 import { Adam, type AdamConfig } from '../src/optim/adam.js';
 
 const CONFIG: AdamConfig = { type: 'adamw', lr: 1e-2, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1 };
@@ -82,4 +82,21 @@ test('Adam.update on CUDA matches updateEach on CUDA and the CPU', { skip: cudaA
     assert.ok(Math.sqrt(num / den) <= 1e-5, `master ${i}: relative error ${Math.sqrt(num / den)} against the CPU`);
   });
   fused.dispose(); each.dispose(); ref.dispose();
+});
+
+test('the CPU step reads a bf16 gradient as its value, the same as that value in f32', () => {
+  const be = new CpuBackend();
+  const n = 37;
+  const h = { lr: 1e-2, beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0.1, decoupled: false, step: 3, gradScale: 0.5 };
+  const run = (gradDtype: 'f32' | 'bf16'): Float32Array[] => {
+    const t = (values: Float32Array, dtype: 'f32' | 'bf16' = 'f32') => fromHost(be, values, [n], dtype);
+    // Gradients that bf16 holds exactly (8 significant bits), so both runs see the same numbers.
+    const g = Float32Array.from({ length: n }, (_, i) => ((i % 11) - 5) / 64);
+    const p = t(normalValues(n, 0.1, 1, 0)), m = t(normalValues(n, 1e-3, 2, 0)), v = t(normalValues(n, 1e-3, 3, 0).map((x) => x * x)), grad = t(g, gradDtype);
+    be.adam(p, grad, m, v, null, h);
+    const out = [toHostF32(p), toHostF32(m), toHostF32(v)];
+    for (const x of [p, m, v, grad]) x.dispose();
+    return out;
+  };
+  assert.deepEqual(run('bf16'), run('f32'));
 });

@@ -176,7 +176,8 @@ export class CpuBackend implements Backend {
   }
 
   adam(param: Tensor, grad: Tensor, mom: Tensor, vel: Tensor, lowp: Tensor | null, h: AdamHyper): void {
-    const P = denseView(param) as Float32Array, G = denseView(grad) as Float32Array;
+    // A bf16 gradient is stored as its bits (u16): widen it, never read the bits as numbers.
+    const P = denseView(param) as Float32Array, G = grad.dtype === 'f32' ? denseView(grad) as Float32Array : readF32(grad);
     const M = denseView(mom) as Float32Array, V = denseView(vel) as Float32Array;
     const bc1 = 1 - h.beta1 ** h.step, bc2 = 1 - h.beta2 ** h.step;
     for (let i = 0; i < P.length; i++) {
