@@ -2,13 +2,14 @@
 // block of expert e (rows [offsets[e] − offsets[0], offsets[e+1] − offsets[0])) multiplied by
 // its own weight. The row counts stay on the device (offsets i32 [E+1]); only the total M is
 // known on the host. Backward gives dx in one grouped product and accumulates each expert's dW
-// straight into its parameter's f32 gradient (beta = 1), as linear.ts does for one weight.
+// straight into its parameter's gradient (f32; bf16 in the lean recipe) with beta = 1, as
+// linear.ts does for one weight.
 import { backendOf } from '../backend/backend.js';
 import { beginNode, linkOutputs, needsGrad } from '../autograd/tape.js';
 import { accumulateLeafGrad } from '../autograd/backward.js';
 import { emptyTensor, type Tensor } from '../tensor/tensor.js';
 
-/** A weight whose gradient the backward writes in place: a leaf with its preallocated f32 grad. */
+/** A weight whose gradient the backward writes in place: a leaf with its preallocated grad. */
 function direct(w: Tensor): boolean { return w.requiresGrad && !w.gradLink && w.grad !== null; }
 
 /** y [M, N] = x_e · weights[e]ᵀ per expert row block; x [M, K], weights E × [N, K], offsets i32 [E+1]. */

@@ -106,8 +106,10 @@ export class GroupedGemmLauncher {
 
   groupedLinearWeightGrad(dweights: readonly Tensor[], dy: Tensor, x: Tensor, offsets: Tensor): void {
     const { M, N, K } = this.check('groupedLinearWeightGrad', x, dy, dweights, offsets);
-    for (const [e, g] of dweights.entries()) if (g.dtype !== 'f32') throw new Error(`internal: groupedLinearWeightGrad dweights[${e}] is ${g.dtype}, expected f32`);
-    if (!this.kernelsTake(x, dy, dweights, K, N)) { this.perExpert('weight', dy, x, dweights, offsets); return; }
+    // The kernels accumulate into f32; the lean recipe's bf16 gradients (one micro-batch) go per
+    // expert through cuBLASLt, which reads the counts on the host (one wait per product).
+    const f32 = dweights.every((g) => g.dtype === 'f32');
+    if (!f32 || !this.kernelsTake(x, dy, dweights, K, N)) { this.perExpert('weight', dy, x, dweights, offsets); return; }
     if (M === 0) return;
     const E = dweights.length;
     const table = this.tableOf(dweights);
