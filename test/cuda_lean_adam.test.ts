@@ -2,7 +2,8 @@
 // (kernels/adam_lean_multi.cu) against the CPU reference (backend/cpu/adam_lean.ts) over sizes
 // that are no chunk's or vector's multiple (1, 7, 4097, 16387, 3·16384+5), the bench's expert
 // and attention shapes (1408×2048, 2048×2048), unaligned views (the one-element path), bf16 and
-// f32 gradients, two steps through one list (the table built once). Both draw the same rounding
+// f32 gradients, two steps through one list (the table built once; the second starts the CPU
+// from the GPU's state after the first, so each step is compared alone). Both draw the same rounding
 // bits, so they differ only where the f32 arithmetic order (fused multiply-adds on the GPU, f64
 // then one rounding on the CPU) moves a value across a rounding threshold: such an element is
 // one bf16 spacing away, and there are few of them (≤ 1e-3 of the elements). The update is in
@@ -97,6 +98,13 @@ test('adamLeanMulti on CUDA matches the CPU (sizes, bench shapes, alignment, bf1
           assert.deepEqual(got, toHostF32(rs[k]), `${what} ${k}: a repeat on the GPU gives other bits`);
         }
         assert.ok(toHostF32(s.grad).every((x) => x === 0), `${what}: the gradient is zeroed`);
+      });
+      // The second step starts both sides from the GPU's state: otherwise an element one spacing
+      // apart after the first step may end two apart (its own rounding on top), and each step is
+      // meant to be compared alone.
+      c.list.entries.forEach((cs, i) => {
+        const gs = g.list.entries[i]!;
+        for (const k of ['weights', 'm', 'v'] as const) cpu.write(cs[k], gpu.read(gs[k]));
       });
       // Fresh gradients for the second step (the same on both sides).
       for (const set of [c, g, again]) set.list.entries.forEach((s, i) => {
