@@ -2,7 +2,8 @@
 // experts of a DeepSeek-V2-Lite MoE layer (8192 tokens × top-6 = 49152 routed rows, ~768 per
 // expert, skewed as routing skews them), timed as one grouped launch each, for each grouped
 // kernel set (mma: kernels/grouped_gemm.cu; wgmma: kernels/grouped_gemm_wgmma.cu, sm_90a), against
-// one cuBLASLt product per expert (the per-expert path), median of CUDA-event timings.
+// one cuBLASLt product per expert (the per-expert path), median of CUDA-event timings. A fourth row
+// per shape times the weight product into bf16 gradients (the lean recipe; not in the six-product sum).
 //
 //   moetrain bench gemm --grouped        (or: node dist/bench/gemm_grouped.js)
 //
@@ -64,12 +65,15 @@ export function runGroupedGemmBench(opts: { log?: (line: string) => void } = {})
   be.write(offsets, Int32Array.from(starts));
   const rowsOf = (t: Tensor, e: number) => t.view([counts[e]!, t.shape[1]!], [t.shape[1]!, 1], t.offset + starts[e]! * t.shape[1]!);
   const rows: GroupedGemmRow[] = [];
+  const LEAN_WEIGHT = 'weight bf16 dW += dYᵀ·X';
   for (const [K, N] of [[2048, 1408], [1408, 2048]] as const) {
     const x = emptyTensor(be, [M, K], 'bf16'), dy = emptyTensor(be, [M, N], 'bf16');
     const y = emptyTensor(be, [M, N], 'bf16'), dx = emptyTensor(be, [M, K], 'bf16');
     be.write(x, noise(M * K, 1)); be.write(dy, noise(M * N, 1));
     const ws = counts.map(() => { const w = emptyTensor(be, [N, K], 'bf16'); be.write(w, noise(N * K, 0.05)); return w; });
     const gs = counts.map(() => { const g = emptyTensor(be, [N, K], 'f32'); be.fill(g, 0); return g; });
+    // The lean recipe's bf16 gradients (the mma set runs them per expert).
+    const gb = counts.map(() => { const g = emptyTensor(be, [N, K], 'bf16'); be.fill(g, 0); return g; });
     const xr = counts.map((_, e) => rowsOf(x, e)), dyr = counts.map((_, e) => rowsOf(dy, e));
     const yr = counts.map((_, e) => rowsOf(y, e)), dxr = counts.map((_, e) => rowsOf(dx, e));
     const products: [string, () => void, () => void][] = [
@@ -79,6 +83,8 @@ export function runGroupedGemmBench(opts: { log?: (line: string) => void } = {})
         () => counts.forEach((c, e) => c > 0 && be.matmul(dxr[e]!, dyr[e]!, ws[e]!, {}))],
       ['weight dW += dYᵀ·X', () => be.groupedLinearWeightGrad(gs, dy, x, offsets),
         () => counts.forEach((c, e) => c > 0 && be.matmul(gs[e]!, dyr[e]!, xr[e]!, { transA: true, beta: 1 }))],
+      [LEAN_WEIGHT, () => be.groupedLinearWeightGrad(gb, dy, x, offsets),
+        () => counts.forEach((c, e) => c > 0 && be.matmul(gb[e]!, dyr[e]!, xr[e]!, { transA: true, beta: 1 }))],
     ];
     for (const [product, grouped, perExpert] of products) {
       const time = (fn: () => void) => { for (let i = 0; i < 3; i++) fn(); return median(Array.from({ length: REPS }, () => ctx.timeMs(fn))); };
@@ -88,7 +94,7 @@ export function runGroupedGemmBench(opts: { log?: (line: string) => void } = {})
       const perExpertMs = time(perExpert);
       rows.push({ product, K, N, floorMs: (2 * M * N * K) / CEILING_FLOPS * 1e3, grouped: times, perExpertMs });
     }
-    for (const t of [x, dy, y, dx, ...ws, ...gs, ...xr, ...dyr, ...yr, ...dxr]) t.dispose();
+    for (const t of [x, dy, y, dx, ...ws, ...gs, ...gb, ...xr, ...dyr, ...yr, ...dxr]) t.dispose();
   }
   offsets.dispose();
   const tflops = (r: GroupedGemmRow, ms: number) => ((2 * M * r.N * r.K) / (ms * 1e-3) / 1e12).toFixed(1);
@@ -106,7 +112,7 @@ export function runGroupedGemmBench(opts: { log?: (line: string) => void } = {})
   const fmt = (cells: string[]) => cells.map((cell, c) => (c === 0 ? cell.padEnd(widths[c]!) : cell.padStart(widths[c]!))).join('  ');
   log(fmt(header));
   for (const row of table) log(fmt(row));
-  const sum = (f: (r: GroupedGemmRow) => number) => rows.reduce((a, r) => a + f(r), 0);
+  const sum = (f: (r: GroupedGemmRow) => number) => rows.reduce((a, r) => a + (r.product === LEAN_WEIGHT ? 0 : f(r)), 0);
   const wgmmaSum = hopper ? `, wgmma ${sum((r) => r.grouped.wgmma!).toFixed(3)} ms` : '';
   log(`all six products: mma ${sum((r) => r.grouped.mma).toFixed(3)} ms${wgmmaSum}, per-expert ${sum((r) => r.perExpertMs).toFixed(3)} ms, floor ${sum((r) => r.floorMs).toFixed(3)} ms`);
   return rows;

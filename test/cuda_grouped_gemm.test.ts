@@ -16,6 +16,7 @@
 // - f32 dW (accumulated onto a random initial gradient, beta = 1), ≤ 1e-5: summation order only;
 //   sampled: |gpu − ref| ≤ 1e-5·(Σ|terms| + |init|). Experts with no rows keep their gradient
 //   bit for bit.
+// - bf16 dW (the lean recipe's gradients), ≤ 1e-2 as the bf16 outputs: f32 sums, one rounding.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import type { Backend } from '../src/backend/backend.js';
@@ -133,6 +134,15 @@ for (const set of ['mma', 'wgmma'] as const) {
       if (counts[e] === 0) assert.deepEqual(got, gv[e], `dW of expert ${e} (no rows) must be untouched`);
       else expectClose(got, readF32(cpu, c.gs[e]!), F32_TOL, `dW of expert ${e} (${counts[e]} rows)`);
     }
+    // bf16 gradients (the lean recipe): the wgmma set's own kernel, the mma set's per-expert
+    // fallback; both add in f32 and round once, as the CPU does, so bf16's tolerance.
+    const cb = gv.map((v) => upload(cpu, v, [N, K], 'bf16')), gb = gv.map((v) => upload(gpu(), v, [N, K], 'bf16'));
+    cpu.groupedLinearWeightGrad(cb, c.dy, c.x, c.off); gpu().groupedLinearWeightGrad(gb, g.dy, g.x, g.off);
+    for (let e = 0; e < E; e++) {
+      const got = readF32(gpu(), gb[e]!);
+      if (counts[e] === 0) assert.deepEqual(got, readF32(cpu, upload(cpu, gv[e]!, [N, K], 'bf16')), `bf16 dW of expert ${e} (no rows) must be untouched`);
+      else expectClose(got, readF32(cpu, cb[e]!), BF16_TOL, `bf16 dW of expert ${e} (${counts[e]} rows)`);
+    }
   });
 
   test(`grouped GEMM (${set}), no rows at all: nothing written, gradients untouched`, { skip: skipSet }, () => {
@@ -175,15 +185,16 @@ for (const [K, N] of [[2048, 1408], [1408, 2048]] as const) {
 
     // The per-expert path, once.
     const yRef = poisoned([M, N], 'bf16'), dxRef = poisoned([M, K], 'bf16');
-    const gsRef = gv.map((v) => upload(be, v, [N, K], 'f32'));
+    const gsRef = gv.map((v) => upload(be, v, [N, K], 'f32')), gbRef = gv.map((v) => upload(be, v, [N, K], 'bf16'));
     for (let e = 0; e < E; e++) {
       if (counts[e] === 0) continue;
       be.matmul(rows(yRef, e), rows(x, e), ws[e]!, { transB: true });
       be.matmul(rows(dxRef, e), rows(dy, e), ws[e]!, {});
       be.matmul(gsRef[e]!, rows(dy, e), rows(x, e), { transA: true, beta: 1 });
+      be.matmul(gbRef[e]!, rows(dy, e), rows(x, e), { transA: true, beta: 1 });
     }
-    const yRefH = readF32(be, yRef), dxRefH = readF32(be, dxRef), gRefH = gsRef.map((t) => readF32(be, t));
-    for (const t of [yRef, dxRef, ...gsRef]) t.dispose();
+    const yRefH = readF32(be, yRef), dxRefH = readF32(be, dxRef), gRefH = gsRef.map((t) => readF32(be, t)), gbRefH = gbRef.map((t) => readF32(be, t));
+    for (const t of [yRef, dxRef, ...gsRef, ...gbRef]) t.dispose();
 
     for (const set of kernelSets()) {
       be.groupedGemmKernels = set;
@@ -199,6 +210,11 @@ for (const [K, N] of [[2048, 1408], [1408, 2048]] as const) {
       for (let e = 0; e < E; e++) {
         if (counts[e] === 0) assert.deepEqual(gh[e], gv[e], `${set}: dW of expert ${e} (no rows) must be untouched`);
         else expectClose(gh[e]!, gRefH[e]!, F32_TOL, `${set}: dW of expert ${e} vs cuBLASLt`);
+      }
+      if (set === 'wgmma') { // bf16 gradients (the lean recipe's kernel): one rounding on each side
+        const gb = gv.map((v) => upload(be, v, [N, K], 'bf16'));
+        be.groupedLinearWeightGrad(gb, dy, x, off);
+        gb.forEach((t, e) => { expectClose(readF32(be, t), gbRefH[e]!, BF16_TOL, `${set}: bf16 dW of expert ${e} vs cuBLASLt`); t.dispose(); });
       }
 
       // Sampled elements against f64 dot products of the exact bf16 inputs.

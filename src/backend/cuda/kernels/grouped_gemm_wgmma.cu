@@ -22,8 +22,9 @@
 #include "common.cuh"
 #include "grouped_gemm_common.cuh"
 
-#if !defined(GGW_BM) || !defined(GGW_BN) || !defined(GGW_BK) || !defined(GGW_STAGES) || !defined(GGW_THREADS) || !defined(GGW_SMEM)
-#error "GGW_BM, GGW_BN, GGW_BK, GGW_STAGES, GGW_THREADS and GGW_SMEM are set by ops/grouped_gemm.ts (GROUPED_GEMM_WGMMA_DEFINES)"
+#if !defined(GGW_BM) || !defined(GGW_BN) || !defined(GGW_BK) || !defined(GGW_STAGES) || !defined(GGW_THREADS) || !defined(GGW_SMEM) || \
+    !defined(GGW_DW_STAGES) || !defined(GGW_DW_BLOCKS) || !defined(GGW_DW_SMEM)
+#error "GGW_BM, GGW_BN, GGW_BK, GGW_STAGES, GGW_THREADS, GGW_SMEM and GGW_DW_* are set by ops/grouped_gemm.ts (GROUPED_GEMM_WGMMA_DEFINES)"
 #endif
 
 namespace ggw {
@@ -31,14 +32,19 @@ namespace ggw {
 typedef unsigned int u32;
 typedef unsigned long long u64;
 
-constexpr int BM = GGW_BM, BN = GGW_BN, BK = GGW_BK, STAGES = GGW_STAGES, THREADS = GGW_THREADS;
-constexpr int DIST = STAGES - 2;                  // stages copied ahead of the one computed
+constexpr int BM = GGW_BM, BN = GGW_BN, BK = GGW_BK, THREADS = GGW_THREADS;
+// The weight product runs GGW_DW_BLOCKS CTAs per SM with GGW_DW_STAGES stages each: its reduction
+// is one expert's rows (~768: 12 k-steps) and its epilogue reads and writes a 64 KiB f32 tile,
+// about as long as the main loop, so a second resident CTA computes while the first one's
+// epilogue waits on memory (with one CTA per SM the two were serialised).
+constexpr int STAGES = GGW_STAGES, DW_STAGES = GGW_DW_STAGES;
 constexpr int TILE_BYTES = BM * BK * 2;           // either layout: 16 KiB
 constexpr int STAGE_BYTES = 2 * TILE_BYTES;       // A then B
 constexpr int MN_BLOCK = BK * 128;                // one 64-value column block of an MN-major tile
 static_assert(BM == 128 && BN == 128 && BK == 64 && THREADS == 256, "the copy, descriptor and epilogue code is written for 128×128×64 tiles, two warpgroups");
-static_assert(STAGES >= 3, "one stage computing, one draining, at least one in flight");
+static_assert(STAGES >= 3 && DW_STAGES >= 3, "one stage computing, one draining, at least one in flight");
 static_assert(GGW_SMEM == STAGES * STAGE_BYTES + 1024, "GGW_SMEM (ops/grouped_gemm.ts): the stages plus 1024 bytes to align the window");
+static_assert(GGW_DW_SMEM == DW_STAGES * STAGE_BYTES + 1024, "GGW_DW_SMEM (ops/grouped_gemm.ts): the weight product's stages plus 1024 bytes");
 
 __device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;" ::: "memory"); }
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
@@ -107,9 +113,11 @@ __device__ __forceinline__ u64 desc_b(u32 tile, int kk) {
 }
 
 // acc = Σ_{r < red} A(i, r)·B(j, r) for this thread's part of the 128 × 128 tile; red > 0.
-template <bool A_K, bool B_K>
+// NSTAGES stage buffers, copies DIST = NSTAGES − 2 stages ahead.
+template <int NSTAGES, bool A_K, bool B_K>
 __device__ __forceinline__ void mainloop(float (&acc)[64], unsigned char* smem_raw, const bf16* A, long long lda, int rowsA,
                                          const bf16* B, long long ldb, int rowsB, int red) {
+  constexpr int DIST = NSTAGES - 2;
   const int tid = threadIdx.x, wg = tid >> 7;
   const u32 base = (ggc::smem_addr(smem_raw) + 1023u) & ~1023u;  // the window is only 16-byte aligned
 #pragma unroll
@@ -131,12 +139,12 @@ __device__ __forceinline__ void mainloop(float (&acc)[64], unsigned char* smem_r
     __syncthreads();      // everyone's copies of stage kt; every wgmma group ≤ kt − 2 complete
     const int next = kt + DIST;
     if (next < ktiles) {
-      const u32 st = base + (next % STAGES) * STAGE_BYTES;
+      const u32 st = base + (next % NSTAGES) * STAGE_BYTES;
       load_stage<A_K>(st, A, lda, next * BK, rowsA, red, tid);
       load_stage<B_K>(st + TILE_BYTES, B, ldb, next * BK, rowsB, red, tid);
     }
     ggc::cp_async_commit();
-    const u32 ta = base + (kt % STAGES) * STAGE_BYTES, tb = ta + TILE_BYTES;
+    const u32 ta = base + (kt % NSTAGES) * STAGE_BYTES, tb = ta + TILE_BYTES;
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < BK / 16; ++kk) wgmma_m64n128k16<A_K ? 0 : 1, B_K ? 0 : 1>(acc, desc_a<A_K>(ta, wg, kk), desc_b<B_K>(tb, kk));
@@ -184,6 +192,42 @@ __device__ __forceinline__ void accumulate_f32(const float (&acc)[64], float* C,
     }
 }
 
+// C (bf16) = round(C + acc): the lean recipe's bf16 gradients, rounded once per product as a
+// cuBLASLt product with beta = 1 rounds them.
+__device__ __forceinline__ void accumulate_bf16(const float (&acc)[64], bf16* C, long long ldc, int rows, int cols) {
+#pragma unroll
+  for (int j = 0; j < 16; ++j)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      int i, col;
+      acc_pos(j, h, i, col);
+      if (i >= rows || col >= cols) continue;
+      u32* p = reinterpret_cast<u32*>(C + (long long)i * ldc + col);
+      const u32 old = *p;
+      const float lo = __uint_as_float(old << 16) + acc[4 * j + 2 * h], hi = __uint_as_float(old & 0xFFFF0000u) + acc[4 * j + 2 * h + 1];
+      u32 packed;
+      asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(packed) : "f"(hi), "f"(lo));
+      *p = packed;
+    }
+}
+
+inline __device__ void store_acc(const float (&acc)[64], float* C, long long ldc, int rows, int cols) { accumulate_f32(acc, C, ldc, rows, cols); }
+inline __device__ void store_acc(const float (&acc)[64], bf16* C, long long ldc, int rows, int cols) { accumulate_bf16(acc, C, ldc, rows, cols); }
+
+// dW_e[N,K] += dY_eᵀ · X_e over the expert's rows, G the gradient's element type.
+template <typename G>
+__device__ __forceinline__ void dw_tile(G* const* __restrict__ dW, const bf16* __restrict__ dY, const bf16* __restrict__ X,
+                                        const int* __restrict__ off, int M, int N, int K, unsigned char* smem_raw) {
+  const int e = blockIdx.z;
+  int s, en;
+  ggc::expert_rows(off, e, M, s, en);
+  if (en == s) return;  // no rows: the gradient keeps its value
+  const int i0 = blockIdx.y * BM, j0 = blockIdx.x * BN;
+  float acc[64];
+  mainloop<DW_STAGES, false, false>(acc, smem_raw, dY + (long long)s * N + i0, N, N - i0, X + (long long)s * K + j0, K, K - j0, en - s);
+  store_acc(acc, dW[e] + (long long)i0 * K + j0, K, N - i0, K - j0);
+}
+
 }  // namespace ggw
 
 // Y[M,N] = X_e · W_eᵀ per row block. grid (ceil(N/BN), ceil(M/BM) + E).
@@ -195,7 +239,7 @@ grouped_wgmma_fwd_bf16(bf16* __restrict__ Y, const bf16* __restrict__ X, const b
   if (!ggc::find_row_tile<ggw::BM>(off, E, M, blockIdx.y, e, row0, rowEnd)) return;
   const int j0 = blockIdx.x * ggw::BN;
   float acc[64];
-  ggw::mainloop<true, true>(acc, smem_raw, X + (long long)row0 * K, K, rowEnd - row0, W[e] + (long long)j0 * K, K, N - j0, K);
+  ggw::mainloop<ggw::STAGES, true, true>(acc, smem_raw, X + (long long)row0 * K, K, rowEnd - row0, W[e] + (long long)j0 * K, K, N - j0, K);
   ggw::store_bf16(acc, Y + (long long)row0 * N + j0, N, rowEnd - row0, N - j0);
 }
 
@@ -208,21 +252,22 @@ grouped_wgmma_dx_bf16(bf16* __restrict__ dX, const bf16* __restrict__ dY, const 
   if (!ggc::find_row_tile<ggw::BM>(off, E, M, blockIdx.y, e, row0, rowEnd)) return;
   const int j0 = blockIdx.x * ggw::BN;
   float acc[64];
-  ggw::mainloop<true, false>(acc, smem_raw, dY + (long long)row0 * N, N, rowEnd - row0, W[e] + j0, K, K - j0, N);
+  ggw::mainloop<ggw::STAGES, true, false>(acc, smem_raw, dY + (long long)row0 * N, N, rowEnd - row0, W[e] + j0, K, K - j0, N);
   ggw::store_bf16(acc, dX + (long long)row0 * K + j0, K, rowEnd - row0, K - j0);
 }
 
-// dW_e[N,K] += dY_eᵀ · X_e over the expert's rows. grid (ceil(K/BN), ceil(N/BM), E).
-extern "C" __global__ void __launch_bounds__(ggw::THREADS, 1)
+// dW_e[N,K] += dY_eᵀ · X_e over the expert's rows, f32 gradients. grid (ceil(K/BN), ceil(N/BM), E).
+extern "C" __global__ void __launch_bounds__(ggw::THREADS, GGW_DW_BLOCKS)
 grouped_wgmma_dw_bf16(float* const* __restrict__ dW, const bf16* __restrict__ dY, const bf16* __restrict__ X,
                       const int* __restrict__ off, int E, int M, int N, int K) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  const int e = blockIdx.z;
-  int s, en;
-  ggc::expert_rows(off, e, M, s, en);
-  if (en == s) return;  // no rows: the gradient keeps its value
-  const int i0 = blockIdx.y * ggw::BM, j0 = blockIdx.x * ggw::BN;
-  float acc[64];
-  ggw::mainloop<false, false>(acc, smem_raw, dY + (long long)s * N + i0, N, N - i0, X + (long long)s * K + j0, K, K - j0, en - s);
-  ggw::accumulate_f32(acc, dW[e] + (long long)i0 * K + j0, K, N - i0, K - j0);
+  ggw::dw_tile(dW, dY, X, off, M, N, K, smem_raw);
+}
+
+// The same with bf16 gradients (the lean recipe with one micro-batch).
+extern "C" __global__ void __launch_bounds__(ggw::THREADS, GGW_DW_BLOCKS)
+grouped_wgmma_dw_bf16_gbf16(bf16* const* __restrict__ dW, const bf16* __restrict__ dY, const bf16* __restrict__ X,
+                            const int* __restrict__ off, int E, int M, int N, int K) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  ggw::dw_tile(dW, dY, X, off, M, N, K, smem_raw);
 }

@@ -35,12 +35,19 @@ const MMA_SMEM = MMA_STAGES * 2 * Math.max(BM * (MMA_BK + 8), MMA_BK * (BM + 8))
 const WGMMA_BK = 64, WGMMA_STAGES = 5;
 /** wgmma: STAGES × (A + B) tiles of 128 × 64 bf16 (swizzled, unpadded), plus 1024 bytes to align the window. */
 const WGMMA_SMEM = WGMMA_STAGES * 2 * BM * WGMMA_BK * 2 + 1024;
+/**
+ * wgmma weight product: two CTAs per SM of three stages each (2 × 97 KiB of the 227 KiB), so one
+ * CTA's f32 read-modify-write epilogue overlaps the other's main loop (kernel header).
+ */
+const WGMMA_DW_STAGES = 3, WGMMA_DW_BLOCKS = 2;
+const WGMMA_DW_SMEM = WGMMA_DW_STAGES * 2 * BM * WGMMA_BK * 2 + 1024;
 
 /** The -D defines kernels/grouped_gemm.cu is compiled with (it static_asserts GG_SMEM). */
 export const GROUPED_GEMM_DEFINES = { GG_BM: BM, GG_BN: BN, GG_BK: MMA_BK, GG_STAGES: MMA_STAGES, GG_THREADS: THREADS, GG_SMEM: MMA_SMEM } as const;
 /** The -D defines kernels/grouped_gemm_wgmma.cu is compiled with (it static_asserts GGW_SMEM). */
 export const GROUPED_GEMM_WGMMA_DEFINES = {
   GGW_BM: BM, GGW_BN: BN, GGW_BK: WGMMA_BK, GGW_STAGES: WGMMA_STAGES, GGW_THREADS: THREADS, GGW_SMEM: WGMMA_SMEM,
+  GGW_DW_STAGES: WGMMA_DW_STAGES, GGW_DW_BLOCKS: WGMMA_DW_BLOCKS, GGW_DW_SMEM: WGMMA_DW_SMEM,
 } as const;
 
 /** per_expert: one cuBLASLt product per expert after reading the offsets (the path the kernels replace; A/B runs). */
@@ -84,10 +91,10 @@ export class GroupedGemmLauncher {
   }
 
   /** The kernel of one product in the chosen set, allowed its shared memory. */
-  private kernel(product: 'fwd' | 'dx' | 'dw') {
+  private kernel(product: 'fwd' | 'dx' | 'dw' | 'dw_gbf16') {
     const wgmma = this.kernels === 'wgmma';
-    const k = wgmma ? this.wgmmaFile.kernel(`grouped_wgmma_${product}_bf16`) : this.mmaFile.kernel(`grouped_${product}_bf16`);
-    const smem = wgmma ? WGMMA_SMEM : MMA_SMEM;
+    const k = wgmma ? this.wgmmaFile.kernel(`grouped_wgmma_${product === 'dw_gbf16' ? 'dw_bf16_gbf16' : `${product}_bf16`}`) : this.mmaFile.kernel(`grouped_${product}_bf16`);
+    const smem = !wgmma ? MMA_SMEM : product.startsWith('dw') ? WGMMA_DW_SMEM : WGMMA_SMEM;
     k.allowDynamicShared(smem, `grouped GEMM (${this.kernels})`);
     return { k, smem };
   }
@@ -106,16 +113,18 @@ export class GroupedGemmLauncher {
 
   groupedLinearWeightGrad(dweights: readonly Tensor[], dy: Tensor, x: Tensor, offsets: Tensor): void {
     const { M, N, K } = this.check('groupedLinearWeightGrad', x, dy, dweights, offsets);
-    // The kernels accumulate into f32; the lean recipe's bf16 gradients (one micro-batch) go per
-    // expert through cuBLASLt, which reads the counts on the host (one wait per product).
-    const f32 = dweights.every((g) => g.dtype === 'f32');
-    if (!f32 || !this.kernelsTake(x, dy, dweights, K, N)) { this.perExpert('weight', dy, x, dweights, offsets); return; }
+    // Both sets accumulate into f32 gradients; the wgmma set also into bf16 ones (the lean recipe
+    // with one micro-batch). Otherwise (bf16 gradients on the mma set, mixed types) the product
+    // goes per expert through cuBLASLt, which reads the counts on the host (one wait per product).
+    const f32 = dweights.every((g) => g.dtype === 'f32'), bf16 = dweights.every((g) => g.dtype === 'bf16');
+    const typed = f32 || (bf16 && this.kernels === 'wgmma');
+    if (!typed || !this.kernelsTake(x, dy, dweights, K, N)) { this.perExpert('weight', dy, x, dweights, offsets); return; }
     if (M === 0) return;
     const E = dweights.length;
     const table = this.tableOf(dweights);
     const args = this.args.ptr(0, table).ptr(1, devicePtr(dy)).ptr(2, devicePtr(x)).ptr(3, devicePtr(offsets))
       .i32(4, E).i32(5, M).i32(6, N).i32(7, K);
-    const { k, smem } = this.kernel('dw');
+    const { k, smem } = this.kernel(f32 ? 'dw' : 'dw_gbf16');
     k.launch([Math.ceil(K / BN), Math.ceil(N / BM), E], [THREADS, 1, 1], smem, args);
   }
 
