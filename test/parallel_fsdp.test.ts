@@ -21,7 +21,7 @@ import { ALIGN_ELEMENTS, heldRange, planShards } from '../src/parallel/fsdp_plan
 import { FullyShardedModel } from '../src/parallel/fsdp.js';
 import { initDistributed } from '../src/parallel/init_distributed.js';
 import { LocalCommunicator } from '../src/parallel/local_communicator.js';
-import { checkArgs, type Communicator } from '../src/parallel/communicator.js';
+import { checkArgs, FINISHED, type Communicator, type PendingCollective } from '../src/parallel/communicator.js';
 import { defaultTrainConfig, mergeTrainConfig, type TrainConfig } from '../src/train/config.js';
 import { Training } from '../src/train/trainer.js';
 import type { StepMetrics } from '../src/train/log_line.js';
@@ -225,6 +225,44 @@ describe('the sharded path with groups of one', () => {
     assert.equal(be.memoryStats().liveBytes, base, 'dispose releases shards, views and the RoPE cache');
   });
 
+  test('a started gather is waited for before its unit computes or is released (a gather that lands only at wait())', () => {
+    // DeferredPair's gather writes NaN at start and the real values at wait(), as a communication
+    // stream's gather lands later: any read of a unit's weights before its ready() gives NaN.
+    const run = (comm: Communicator) => {
+      const be = new CpuBackend();
+      const c = tiny();
+      const fsdp = new FullyShardedModel(c, be, 'bf16', wholeModel(c), { dense: comm, expert: comm });
+      const m = fsdp.model;
+      m.initialize(5);
+      const ids = fromHost(be, [3, 1, 4, 1, 5, 9, 2, 6], [1, 8], 'i32');
+      const labels = fromHost(be, [1, 4, 1, 5, 9, 2, 6, -100], [1, 8], 'i32');
+      const out: number[] = [];
+      for (let step = 0; step < 2; step++) {
+        m.beginStep();
+        tidy(() => {
+          const r = m.forward(ids, labels, 7, { form: 'global-batch', alpha: 0.01 });
+          out.push(toHostF32(r.crossEntropy)[0]!);
+          backward(add(r.crossEntropy, r.loadBalance));
+          fsdp.finishBackward();
+        });
+        const sq = emptyTensor(be, [1], 'f32');
+        be.fill(sq, 0);
+        for (const g of fsdp.gradShards()) be.sumSquaresInto(sq, g);
+        out.push(toHostF32(sq)[0]!);
+        sq.dispose();
+        fsdp.zeroGrads();
+      }
+      ids.dispose(); labels.dispose();
+      fsdp.dispose();
+      return out;
+    };
+    const deferred = new DeferredPair();
+    const want = run(new MirroredPair()), got = run(deferred);
+    assert.ok(want.every(Number.isFinite));
+    assert.deepEqual(got, want);
+    assert.ok(deferred.started > 0 && deferred.waited === deferred.started, `every started gather was waited for (${deferred.waited} of ${deferred.started})`);
+  });
+
   test('a group of one holds its flats whole: no gather, no full gradient, no reduce-scatter; gradients accumulate in the shard', () => {
     const be = new CpuBackend();
     const c = tiny();
@@ -281,6 +319,11 @@ class MirroredPair implements Communicator {
   readonly size = 2;
   readonly worldRanks = [0, 1];
   readonly name = 'mirrored pair';
+  allGatherStart(out: Tensor, inp: Tensor): PendingCollective {
+    this.allGather(out, inp);
+    return FINISHED;
+  }
+
   allGather(out: Tensor, inp: Tensor): void {
     checkArgs.allGather(this, out, inp);
     const be = backendOf(out);
@@ -300,6 +343,19 @@ class MirroredPair implements Communicator {
   barrier(): void {}
   group(): Promise<Communicator> { return Promise.reject(new Error('not used by the sharded model')); }
   close(): void {}
+}
+
+/** MirroredPair whose started gathers land only at wait() (NaN until then): a communication stream's timing at its latest. */
+class DeferredPair extends MirroredPair {
+  started = 0;
+  waited = 0;
+  override allGatherStart(out: Tensor, inp: Tensor): PendingCollective {
+    checkArgs.allGather(this, out, inp);
+    backendOf(out).fill(out, Number.NaN);
+    this.started++;
+    let done = false;
+    return { wait: () => { if (!done) { done = true; this.waited++; this.allGather(out, inp); } } };
+  }
 }
 
 /** A group of one that counts the collectives it is asked for. */

@@ -98,10 +98,11 @@ test('a rank outside the mesh is one line naming the range', async () => {
   await assert.rejects(simulatedRank(sizes, 8, { numLayers: 4, nRoutedExperts: 8, globalBatch: 8, microBatch: 1 }), /--rank 8 is not a rank of the mesh pp2·dp2·cp1·ep2 \(world 8\); choose 0 … 7/);
 });
 
-test('predicted step: compute spread over the slots with the bubble, plus every collective at the assumed link', () => {
+test('predicted step: compute spread over the slots with the bubble, the gathers hidden behind it, every other collective at the assumed link', () => {
   // 8 micro-batches, 4 s of compute: 0.5 s each; 1F1B at pp 2 idles 1/9 → 9 slots → 4.5 s.
-  // Communication at 100 GB/s and 10 µs a call: all-gather 200 GB → 2 s + 1000·10 µs = 2.01 s;
-  // all-to-all 50 GB → 0.5 s + 2000·10 µs = 0.52 s; p2p 1 GB → 0.01 s + 0; nothing else → 2.54 s.
+  // Communication at 100 GB/s and 10 µs a call: all-gather 200 GB → 2 s + 1000·10 µs = 2.01 s
+  // (hidden: shorter than 4.5 s); all-to-all 50 GB → 0.5 s + 2000·10 µs = 0.52 s; p2p 1 GB →
+  // 0.01 s + 0; nothing else → 0.53 s exposed.
   const none = { calls: 0, busBytes: 0 };
   const p = predictStep({
     computeSec: 4, microBatches: 8, bubble: 1 / 9, tokensPerStep: 1_000_000,
@@ -115,10 +116,19 @@ test('predicted step: compute spread over the slots with the bubble, plus every 
   close(p.commSec['all-gather'], 2.01);
   close(p.commSec['all-to-all'], 0.52);
   close(p.commSec.p2p, 0.01);
-  close(p.exposedCommSec, 2.54);
-  close(p.stepSec, 7.04);
-  close(p.tokensPerSec, 1_000_000 / 7.04);
+  close(p.exposedCommSec, 0.53);
+  close(p.stepSec, 5.03);
+  close(p.tokensPerSec, 1_000_000 / 5.03);
   close(p.hiddenStepSec, 4.5);
+  // Gathers that outlast compute: 1 s of compute, no bubble → the 1.01 s they exceed it is exposed.
+  const q = predictStep({
+    computeSec: 1, microBatches: 8, bubble: 0, tokensPerStep: 1_000_000,
+    comm: { 'all-gather': { calls: 1000, busBytes: 200e9 }, 'reduce-scatter': none, 'all-to-all': { calls: 2000, busBytes: 50e9 }, p2p: { calls: 0, busBytes: 1e9 }, 'all-reduce': none },
+    link: { busBytesPerSec: 100e9, latencySec: 10e-6 },
+  });
+  close(q.exposedCommSec, 1.54);
+  close(q.stepSec, 2.54);
+  close(q.hiddenStepSec, 2.54);
 });
 
 test('moetrain bench simulate --model tiny --device cpu runs and prints the split and the prediction', () => {

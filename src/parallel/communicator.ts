@@ -4,13 +4,23 @@
 // (cpu/cpu_communicator.ts), a world of one (local_communicator.ts), and one rank of a larger
 // world simulated in one process with local copies (loopback_communicator.ts).
 //
-// Every call blocks the caller until its result may be read (NCCL: until it is queued on the
-// compute stream, which orders it with the kernels around it). Tensors are contiguous; a group's
+// Every call blocks the caller until its result may be read (NCCL: until the compute stream waits
+// for it, which orders it with the kernels around it), except allGatherStart, whose result may be
+// read only after its handle's wait(): with NCCL it runs on the communication stream while the
+// compute stream goes on (FSDP's prefetch of the next unit). Tensors are contiguous; a group's
 // ranks must make the same calls in the same order, with matching sizes. Peers and ranks are
 // numbered within the communicator (a group's rank 0 is its lowest world rank).
 import type { Tensor } from '../tensor/tensor.js';
 
 export type ReduceOp = 'sum' | 'max';
+
+/** A started collective; wait() orders its result before the work queued after it (idempotent). */
+export interface PendingCollective {
+  wait(): void;
+}
+
+/** A collective already finished when its start returned (implementations with one stream). */
+export const FINISHED: PendingCollective = { wait() {} };
 
 export interface Communicator {
   /** This process's rank in the group. */
@@ -28,6 +38,11 @@ export interface Communicator {
   reduceScatter(out: Tensor, inp: Tensor): void;
   /** out = every rank's inp in rank order; out has size·inp.size elements. */
   allGather(out: Tensor, inp: Tensor): void;
+  /**
+   * allGather that later compute may overlap: out may be read, and out and inp written or freed,
+   * only after the handle's wait(). Ranks start and wait in the same order as other calls.
+   */
+  allGatherStart(out: Tensor, inp: Tensor): PendingCollective;
   /**
    * Counts are in rows (first dimension) per peer: inp's first sendRows[0] rows go to rank 0,
    * the next sendRows[1] to rank 1, …; out receives recvRows[p] rows from each rank p, in rank

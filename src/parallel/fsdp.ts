@@ -14,10 +14,11 @@
 //
 // The parameters' compute tensors are views of an evicted storage (tensor/storage.ts) while the
 // unit is not gathered, so autograd may keep them saved across the release; using one outside a
-// gather is an internal error. Communicators here queue on the compute stream, so the early
-// gather is simply ordered before the unit's kernels; with a communication stream it would
-// overlap them (the gather then needs an event that the unit's first kernel waits on, and a
-// release must wait for the unit's last kernel before the memory is reused).
+// gather is an internal error. Gathers are started (Communicator.allGatherStart): with NCCL the
+// next unit's gather runs on the communication stream while this unit computes, and the compute
+// stream waits for it (an event, no host wait) just before the unit's first kernel (ready());
+// a release waits for a gather still pending, so its memory is never reused under it. Gradient
+// reduce-scatters stay ordered on the compute stream (their output is added to at once).
 import type { Backend } from '../backend/backend.js';
 import { needsGrad } from '../autograd/tape.js';
 import { keep } from '../tensor/scope.js';
@@ -29,7 +30,7 @@ import { DeepseekV2 } from '../models/deepseek_v2.js';
 import type { DeepseekV2Config } from '../models/deepseek_v2_config.js';
 import type { ModelPart } from '../models/deepseek_v2_weights.js';
 import type { ModelUnit, UnitHooks } from '../models/unit_hooks.js';
-import type { Communicator } from './communicator.js';
+import type { Communicator, PendingCollective } from './communicator.js';
 import { heldRange, planShards, type FlatMember, type FlatPlan, type ShardGroupKind } from './fsdp_plan.js';
 import { backwardBoundary } from './unit_boundary.js';
 
@@ -90,6 +91,8 @@ class Flat {
   readonly whole: boolean;
   private wholeGathered = false;
   private wholeInBackward = false;
+  /** The gather started and not yet waited for. */
+  private pending: PendingCollective | null = null;
 
   constructor(readonly plan: FlatPlan, readonly comm: Communicator, readonly backend: Backend) {
     const s = plan.shardSize;
@@ -111,12 +114,19 @@ class Flat {
   gather(): void {
     if (this.whole) { this.wholeGathered = true; return; }
     this.gathered.storage.restore();
-    this.comm.allGather(this.gathered, this.compute);
+    this.pending = this.comm.allGatherStart(this.gathered, this.compute);
+  }
+
+  /** Orders the started gather before the kernels queued from now on (they may read the weights). */
+  ready(): void {
+    this.pending?.wait();
+    this.pending = null;
   }
 
   release(): void {
-    if (this.whole) this.wholeGathered = false;
-    else this.gathered.storage.evict();
+    if (this.whole) { this.wholeGathered = false; return; }
+    this.ready(); // the gathered memory is reused only after the gather wrote it
+    this.gathered.storage.evict();
   }
 
   beginGrad(): void {
@@ -233,12 +243,15 @@ export class FullyShardedModel implements UnitHooks {
   }
 
   private gather(u: Unit): void { if (!u.isGathered) for (const f of u.flats) f.gather(); }
+  /** Gathers u if it is not, and orders its gather before the kernels that follow. */
+  private gatherReady(u: Unit): void { this.gather(u); for (const f of u.flats) f.ready(); }
   private release(u: Unit): void { if (u.isGathered) for (const f of u.flats) f.release(); }
 
   runUnit(unit: ModelUnit, inputs: readonly Tensor[], forward: (inputs: readonly Tensor[]) => Tensor[]): Tensor[] {
     const i = this.unitIndex(unit), u = this.units[i]!, next = this.units[i + 1];
     this.gather(u);
-    if (next) this.gather(next); // issued before this unit's compute (see the file header)
+    if (next) this.gather(next); // started before this unit's compute, which it overlaps (see the file header)
+    for (const f of u.flats) f.ready();
     const xs = inputs.some(needsGrad) ? backwardBoundary(`${unitName(unit)} input`, inputs, () => this.afterBackward(u)) : inputs;
     let outs: Tensor[];
     try {
@@ -257,7 +270,7 @@ export class FullyShardedModel implements UnitHooks {
   /** Before unit i's backward: its weights (when its backward reads them) and a zeroed full gradient; prefetch unit i−1. */
   private beforeBackward(i: number): void {
     const u = this.units[i]!, prev = this.units[i - 1];
-    if (u.weightsInBackward) this.gather(u);
+    if (u.weightsInBackward) this.gatherReady(u);
     if (!u.inBackward) for (const f of u.flats) f.beginGrad();
     if (prev?.weightsInBackward) this.gather(prev);
   }

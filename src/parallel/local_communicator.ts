@@ -3,7 +3,7 @@
 // a copy. Works on any backend's tensors.
 import { backendOf } from '../backend/backend.js';
 import { contiguousStrides, type Tensor } from '../tensor/tensor.js';
-import { checkArgs, type Communicator, type ReduceOp } from './communicator.js';
+import { checkArgs, FINISHED, type Communicator, type PendingCollective, type ReduceOp } from './communicator.js';
 
 /** dst ← src for contiguous tensors of equal element count, whatever their shapes. */
 function copyFlat(dst: Tensor, src: Tensor): void {
@@ -28,6 +28,11 @@ export class LocalCommunicator implements Communicator {
 
   allReduce(t: Tensor, _op: ReduceOp): void { checkArgs.allReduce(this, t); }
   reduceScatter(out: Tensor, inp: Tensor): void { checkArgs.reduceScatter(this, out, inp); copyFlat(out, inp); }
+  allGatherStart(out: Tensor, inp: Tensor): PendingCollective {
+    this.allGather(out, inp);
+    return FINISHED;
+  }
+
   allGather(out: Tensor, inp: Tensor): void { checkArgs.allGather(this, out, inp); copyFlat(out, inp); }
   allToAll(out: Tensor, inp: Tensor, sendRows: readonly number[], recvRows: readonly number[]): void {
     checkArgs.allToAll(this, out, inp, sendRows, recvRows);

@@ -24,12 +24,17 @@
 // on the wire per rank (NCCL's bus-bandwidth conventions, below), and, when a timer is given,
 // the time of the copies (CUDA events in bench/simulate.ts), so a report can say what the copies
 // stand in for. A group of one is a LocalCommunicator, as in the other implementations.
+// With `overlap` on CUDA tensors, allGatherStart runs its copies on the communication stream under
+// the NCCL communicator's event protocol, so one GPU exercises FSDP's overlapped prefetch (the
+// copies then overlap compute, and the bench's subtraction of copy time would not hold: the
+// bench leaves it off).
 import { backendOf } from '../backend/backend.js';
 import { bytesPerElement } from '../tensor/dtype.js';
 import { fromHost } from '../ops/create.js';
 import { keep } from '../tensor/scope.js';
 import { emptyTensor, type Tensor } from '../tensor/tensor.js';
-import { checkArgs, isWholeGroup, rowsOf, type Communicator, type ReduceOp } from './communicator.js';
+import { CudaBackend } from '../backend/cuda/cuda_backend.js';
+import { checkArgs, FINISHED, isWholeGroup, rowsOf, type Communicator, type PendingCollective, type ReduceOp } from './communicator.js';
 import { LocalCommunicator } from './local_communicator.js';
 
 export type CollectiveKind = 'all-gather' | 'reduce-scatter' | 'all-reduce' | 'all-to-all' | 'p2p';
@@ -114,6 +119,8 @@ export interface LoopbackOptions {
   /** Shared by a world and its groups (default a new one). */
   stats?: LoopbackStats;
   timer?: CopyTimer;
+  /** allGatherStart on CUDA tensors runs on the communication stream (see the file header). */
+  overlap?: boolean;
 }
 
 export class LoopbackCommunicator implements Communicator {
@@ -121,6 +128,7 @@ export class LoopbackCommunicator implements Communicator {
   readonly worldRanks: readonly number[];
   readonly stats: LoopbackStats;
   private readonly timer: CopyTimer | null;
+  private readonly overlap: boolean;
   /** The last send to each peer, by "peer dtype size". */
   private readonly scratch = new Map<string, Tensor>();
   private readonly groups = new Map<string, LoopbackCommunicator>();
@@ -135,6 +143,7 @@ export class LoopbackCommunicator implements Communicator {
     if (this.worldRanks.length !== size) throw new Error(`internal: loopback group ${this.name} of ${size} ranks given ${this.worldRanks.length} world ranks`);
     this.stats = opts.stats ?? new LoopbackStats();
     this.timer = opts.timer ?? null;
+    this.overlap = opts.overlap ?? false;
   }
 
   /** Records a call and runs its copies (timed when a timer is set). */
@@ -155,6 +164,22 @@ export class LoopbackCommunicator implements Communicator {
     checkArgs.reduceScatter(this, out, inp);
     const bytes = inp.size * bytesPerElement(inp.dtype);
     this.run('reduce-scatter', bytes, (this.size - 1) / this.size * bytes, () => copyRange(out, 0, inp, this.rank * out.size, out.size));
+  }
+
+  allGatherStart(out: Tensor, inp: Tensor): PendingCollective {
+    const be = backendOf(out);
+    if (!this.overlap || !(be instanceof CudaBackend)) { this.allGather(out, inp); return FINISHED; }
+    const ctx = be.ctx, comm = ctx.commStream;
+    ctx.order(ctx.stream, comm);
+    ctx.onStream(comm, () => this.allGather(out, inp));
+    let done: bigint | null = ctx.mark(comm);
+    return {
+      wait: () => {
+        if (done === null) return;
+        ctx.waitMark(ctx.stream, done);
+        done = null;
+      },
+    };
   }
 
   allGather(out: Tensor, inp: Tensor): void {
@@ -252,7 +277,7 @@ export class LoopbackCommunicator implements Communicator {
     const key = `${ranks.join(',')} ${name}`;
     let g = this.groups.get(key);
     if (!g) {
-      g = new LoopbackCommunicator(ranks.length, ranks.indexOf(this.rank), { name, worldRanks, stats: this.stats, ...(this.timer ? { timer: this.timer } : {}) });
+      g = new LoopbackCommunicator(ranks.length, ranks.indexOf(this.rank), { name, worldRanks, stats: this.stats, overlap: this.overlap, ...(this.timer ? { timer: this.timer } : {}) });
       this.groups.set(key, g);
     }
     return Promise.resolve(g);

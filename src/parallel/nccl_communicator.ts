@@ -1,6 +1,11 @@
-// Collectives on CUDA tensors through NCCL (bindings in backend/cuda/ffi/nccl.ts). Every call is
-// queued on the backend's compute stream, so it is ordered with the kernels that produce and
-// consume its buffers and the caller never waits (barrier excepted). Groups are separate NCCL
+// Collectives on CUDA tensors through NCCL (bindings in backend/cuda/ffi/nccl.ts). Every call of
+// every group runs on the context's one communication stream, after the compute stream's work
+// queued so far (an event), and the compute stream waits for it before its next kernel — except
+// allGatherStart's, which the compute stream waits for only at the handle's wait(), so FSDP's
+// prefetched gather of the next unit overlaps this unit's compute. The caller never waits
+// (barrier excepted). Why one communication stream for all groups: NCCL kernels of different
+// communicators that run at once may wait on each other across ranks in different orders and
+// hang; on one stream they run in the order they were issued, which is the same on every rank. Groups are separate NCCL
 // communicators: the group's lowest rank makes an ncclUniqueId and publishes it through the
 // rendezvous store. All-to-all is grouped send/recv; 'max' (used on small tensors: metrics)
 // gathers every rank's copy and takes the maximum on the host.
@@ -12,7 +17,7 @@ import { NcclComm, ncclGroupEnd, ncclGroupStart, ncclUniqueId } from '../backend
 import { bf16ArrayToF32, bytesPerElement, f32ArrayToBf16 } from '../tensor/dtype.js';
 import { emptyTensor, type Tensor } from '../tensor/tensor.js';
 import { keep } from '../tensor/scope.js';
-import { checkArgs, isWholeGroup, type Communicator, type ReduceOp } from './communicator.js';
+import { checkArgs, FINISHED, isWholeGroup, type Communicator, type PendingCollective, type ReduceOp } from './communicator.js';
 import { LocalCommunicator } from './local_communicator.js';
 import type { StoreClient } from './rendezvous/store_client.js';
 
@@ -49,6 +54,24 @@ export class NcclCommunicator implements Communicator {
 
   get size(): number { return this.worldRanks.length; }
 
+  private get ctx(): CudaContext { return (this.backend as CudaBackend).ctx; }
+
+  /**
+   * Queues `calls` on the communication stream after the compute stream's work so far and returns
+   * an event after them (for CudaContext.waitMark).
+   */
+  private issue(calls: (stream: bigint) => void): bigint {
+    const ctx = this.ctx, comm = ctx.commStream;
+    ctx.order(ctx.stream, comm);
+    calls(comm);
+    return ctx.mark(comm);
+  }
+
+  /** issue(), then the compute stream waits for it: the result is ordered before the next kernel. */
+  private run(calls: (stream: bigint) => void): void {
+    this.ctx.waitMark(this.ctx.stream, this.issue(calls));
+  }
+
   /** Joins an NCCL communicator over `worldRanks` (blocks until every member has joined). */
   private static async join(backend: Backend, store: StoreClient, worldRanks: readonly number[], me: number, name: string): Promise<NcclCommunicator> {
     if (!(backend instanceof CudaBackend)) throw new Error(`internal: the NCCL communicator needs the CUDA backend, got ${backend.kind}`);
@@ -79,12 +102,12 @@ export class NcclCommunicator implements Communicator {
     if (t.size === 0) return;
     switch (op) {
       case 'sum':
-        this.nccl.allReduce(devicePtr(t), devicePtr(t), t.size, t.dtype);
+        this.run((s) => this.nccl.allReduce(devicePtr(t), devicePtr(t), t.size, t.dtype, s));
         return;
       case 'max': {
         const all = emptyTensor(this.backend, [this.size * t.size], t.dtype);
         try {
-          this.nccl.allGather(devicePtr(t), devicePtr(all), t.size, t.dtype);
+          this.run((s) => this.nccl.allGather(devicePtr(t), devicePtr(all), t.size, t.dtype, s));
           this.backend.write(t, hostMax(this.backend.read(all), this.size));
         } finally {
           all.dispose();
@@ -98,12 +121,25 @@ export class NcclCommunicator implements Communicator {
 
   reduceScatter(out: Tensor, inp: Tensor): void {
     checkArgs.reduceScatter(this, out, inp);
-    if (out.size > 0) this.nccl.reduceScatter(devicePtr(inp), devicePtr(out), out.size, out.dtype);
+    if (out.size > 0) this.run((s) => this.nccl.reduceScatter(devicePtr(inp), devicePtr(out), out.size, out.dtype, s));
   }
 
   allGather(out: Tensor, inp: Tensor): void {
     checkArgs.allGather(this, out, inp);
-    if (inp.size > 0) this.nccl.allGather(devicePtr(inp), devicePtr(out), inp.size, inp.dtype);
+    if (inp.size > 0) this.run((s) => this.nccl.allGather(devicePtr(inp), devicePtr(out), inp.size, inp.dtype, s));
+  }
+
+  allGatherStart(out: Tensor, inp: Tensor): PendingCollective {
+    checkArgs.allGather(this, out, inp);
+    if (inp.size === 0) return FINISHED;
+    let done: bigint | null = this.issue((s) => this.nccl.allGather(devicePtr(inp), devicePtr(out), inp.size, inp.dtype, s));
+    return {
+      wait: () => {
+        if (done === null) return;
+        this.ctx.waitMark(this.ctx.stream, done);
+        done = null;
+      },
+    };
   }
 
   allToAll(out: Tensor, inp: Tensor, sendRows: readonly number[], recvRows: readonly number[]): void {
@@ -111,46 +147,51 @@ export class NcclCommunicator implements Communicator {
     const eb = BigInt(bytesPerElement(inp.dtype));
     const dtype = inp.dtype;
     let sendAt = devicePtr(inp), recvAt = devicePtr(out);
-    ncclGroupStart();
-    try {
-      for (let p = 0; p < this.size; p++) {
-        const s = sendRows[p]! * rowElems, r = recvRows[p]! * rowElems;
-        if (s > 0) this.nccl.send(sendAt, s, dtype, p);
-        if (r > 0) this.nccl.recv(recvAt, r, dtype, p);
-        sendAt += BigInt(s) * eb;
-        recvAt += BigInt(r) * eb;
+    this.run((stream) => {
+      ncclGroupStart();
+      try {
+        for (let p = 0; p < this.size; p++) {
+          const s = sendRows[p]! * rowElems, r = recvRows[p]! * rowElems;
+          if (s > 0) this.nccl.send(sendAt, s, dtype, p, stream);
+          if (r > 0) this.nccl.recv(recvAt, r, dtype, p, stream);
+          sendAt += BigInt(s) * eb;
+          recvAt += BigInt(r) * eb;
+        }
+      } finally {
+        ncclGroupEnd();
       }
-    } finally {
-      ncclGroupEnd();
-    }
+    });
   }
 
   send(t: Tensor, peer: number): void {
     checkArgs.peer(this, 'send', t, peer);
-    if (t.size > 0) this.nccl.send(devicePtr(t), t.size, t.dtype, peer);
+    if (t.size > 0) this.run((s) => this.nccl.send(devicePtr(t), t.size, t.dtype, peer, s));
   }
 
   recv(t: Tensor, peer: number): void {
     checkArgs.peer(this, 'recv', t, peer);
-    if (t.size > 0) this.nccl.recv(devicePtr(t), t.size, t.dtype, peer);
+    if (t.size > 0) this.run((s) => this.nccl.recv(devicePtr(t), t.size, t.dtype, peer, s));
   }
 
   sendRecv(send: Tensor, to: number, recv: Tensor, from: number): void {
     checkArgs.peer(this, 'sendRecv', send, to);
     checkArgs.peer(this, 'sendRecv', recv, from);
-    ncclGroupStart();
-    try {
-      if (send.size > 0) this.nccl.send(devicePtr(send), send.size, send.dtype, to);
-      if (recv.size > 0) this.nccl.recv(devicePtr(recv), recv.size, recv.dtype, from);
-    } finally {
-      ncclGroupEnd();
-    }
+    this.run((s) => {
+      ncclGroupStart();
+      try {
+        if (send.size > 0) this.nccl.send(devicePtr(send), send.size, send.dtype, to, s);
+        if (recv.size > 0) this.nccl.recv(devicePtr(recv), recv.size, recv.dtype, from, s);
+      } finally {
+        ncclGroupEnd();
+      }
+    });
   }
 
   barrier(): void {
     // A one-element all-reduce, then wait for the stream: every rank has reached this point.
     this.scratch ??= keep(emptyTensor(this.backend, [1], 'i32'));
-    this.nccl.allReduce(devicePtr(this.scratch), devicePtr(this.scratch), 1, 'i32');
+    const scratch = this.scratch;
+    this.run((s) => this.nccl.allReduce(devicePtr(scratch), devicePtr(scratch), 1, 'i32', s));
     this.backend.synchronize();
   }
 

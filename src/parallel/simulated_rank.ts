@@ -24,13 +24,13 @@ export interface SimulatedRank extends Distributed {
  * World rank `rank` of a mesh of `sizes`, checked against the workload as a launched run is
  * (one line with the numbers and the fix when it does not divide).
  */
-export async function simulatedRank(sizes: MeshSizes, rank: number, workload: MeshWorkload, timer?: CopyTimer): Promise<SimulatedRank> {
+export async function simulatedRank(sizes: MeshSizes, rank: number, workload: MeshWorkload, timer?: CopyTimer, overlap = false): Promise<SimulatedRank> {
   const world = meshWorld(sizes);
   validateMesh(sizes, world, workload);
   if (!(Number.isInteger(rank) && rank >= 0 && rank < world)) {
     throw new Error(`--rank ${rank} is not a rank of the mesh pp${sizes.pp}·dp${sizes.dp}·cp${sizes.cp}·ep${sizes.ep} (world ${world}); choose 0 … ${world - 1}`);
   }
-  const comm = new LoopbackCommunicator(world, rank, timer ? { timer } : {});
+  const comm = new LoopbackCommunicator(world, rank, { overlap, ...(timer ? { timer } : {}) });
   const mesh = new Mesh(sizes, rank);
   const groups = await buildMeshGroups(comm, mesh);
   return {

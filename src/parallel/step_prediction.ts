@@ -2,13 +2,17 @@
 // compute, spread over the schedule's slots including its bubble, plus the communication the
 // loopback copies stood in for, timed at an assumed bus bandwidth:
 //
-//   step ≈ (compute / m) · m / (1 − bubble)  +  Σ_kind (busBytes_kind / bandwidth + calls_kind · latency)
+//   step ≈ others + max((compute / m) · m / (1 − bubble), gathers)
+//   gathers = all-gather time, others = Σ of the other kinds, each busBytes / bandwidth + calls · latency
 //
 // m micro-batches per replica; (compute / m) the rank's compute per micro-batch; m / (1 − bubble)
-// the slots a pipeline rank spends, idle ones included (1F1B: m + pp − 1). Every collective
-// counts as exposed: they are queued on the compute stream (FSDP's early gather is only ordered
-// before its unit, expert all-to-alls and pipeline transfers wait for their data), so none
-// overlaps compute. `hiddenStepSec` is the bound were all of them hidden behind compute.
+// the slots a pipeline rank spends, idle ones included (1F1B: m + pp − 1). FSDP's all-gathers run
+// on the communication stream, each unit's gather started before the previous unit computes
+// (nccl_communicator.ts, fsdp.ts), so they hide behind compute until they outlast it. The other
+// kinds are exposed: the compute stream waits for them at once (a reduce-scatter's output is
+// added to, expert all-to-alls and pipeline transfers wait for their data), and as they share the
+// one communication stream with the gathers, they add to both sides. `hiddenStepSec` is the
+// bound were every collective hidden behind compute.
 // Assumes the other pipeline stages cost what the simulated one does (the split balances them)
 // and that every peer sends what this rank does (symmetric routing, no straggler).
 import type { CollectiveKind } from './loopback_communicator.js';
@@ -46,7 +50,7 @@ export interface StepPrediction {
   exposedCommSec: number;
   stepSec: number;
   tokensPerSec: number;
-  /** The step were every collective hidden behind compute (an upper bound on speed; not built). */
+  /** The step were every collective hidden behind compute (an upper bound on speed; only the gathers are). */
   hiddenStepSec: number;
   hiddenTokensPerSec: number;
 }
@@ -62,9 +66,11 @@ export function predictStep(p: StepPredictionInput): StepPrediction {
     const c = p.comm[k];
     return [k, c.busBytes / p.link.busBytesPerSec + c.calls * p.link.latencySec];
   })) as Record<CollectiveKind, number>;
-  const exposedCommSec = COLLECTIVE_KINDS.reduce((s, k) => s + commSec[k], 0);
+  const gathers = commSec['all-gather'];
+  const others = COLLECTIVE_KINDS.reduce((s, k) => s + (k === 'all-gather' ? 0 : commSec[k]), 0);
+  const exposedCommSec = others + Math.max(0, gathers - computeWithBubbleSec);
   const stepSec = computeWithBubbleSec + exposedCommSec;
-  const hiddenStepSec = Math.max(computeWithBubbleSec, exposedCommSec);
+  const hiddenStepSec = Math.max(computeWithBubbleSec, gathers + others);
   return {
     computePerMicroSec, slots, computeWithBubbleSec, commSec, exposedCommSec, stepSec,
     tokensPerSec: p.tokensPerStep / stepSec, hiddenStepSec, hiddenTokensPerSec: p.tokensPerStep / hiddenStepSec,

@@ -10,7 +10,7 @@
 // differs in its last bits run to run, while a message still missing a rank's part is off by
 // a share of order one.
 import { backendOf } from '../../src/backend/backend.js';
-import type { Communicator, ReduceOp } from '../../src/parallel/communicator.js';
+import type { Communicator, PendingCollective, ReduceOp } from '../../src/parallel/communicator.js';
 import { bf16ArrayToF32, type HostArray as Host } from '../../src/tensor/dtype.js';
 import type { Tensor } from '../../src/tensor/tensor.js';
 
@@ -68,6 +68,7 @@ export class ReplayRing implements Communicator {
   allReduce(_t: Tensor, _op: ReduceOp): void { this.unsupported('allReduce'); }
   reduceScatter(): void { this.unsupported('reduceScatter'); }
   allGather(): void { this.unsupported('allGather'); }
+  allGatherStart(): PendingCollective { this.unsupported('allGatherStart'); }
   allToAll(): void { this.unsupported('allToAll'); }
   send(): void { this.unsupported('send'); }
   recv(): void { this.unsupported('recv'); }

@@ -9,7 +9,7 @@ import type { Tensor } from '../../tensor/tensor.js';
 import { backendOf } from '../../backend/backend.js';
 import { bytesPerElement } from '../../tensor/dtype.js';
 import { denseView } from '../../backend/cpu/host.js';
-import { checkArgs, isWholeGroup, type Communicator, type ReduceOp } from '../communicator.js';
+import { checkArgs, FINISHED, isWholeGroup, type Communicator, type PendingCollective, type ReduceOp } from '../communicator.js';
 import { LocalCommunicator } from '../local_communicator.js';
 import type { StoreClient } from '../rendezvous/store_client.js';
 import {
@@ -150,6 +150,11 @@ export class CpuCommunicator implements Communicator {
     checkArgs.reduceScatter(this, out, inp);
     const o = bytesOf(out);
     o.set(this.engine.run({ kind: 'reduceScatter', dtype: inp.dtype, outBytes: o.byteLength }, this, 'reduceScatter', bytesOf(inp), o.byteLength));
+  }
+
+  allGatherStart(out: Tensor, inp: Tensor): PendingCollective {
+    this.allGather(out, inp);
+    return FINISHED;
   }
 
   allGather(out: Tensor, inp: Tensor): void {

@@ -26,6 +26,8 @@ export const CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR = 76;
 export const CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN = 97;
 /** CUfunction_attribute: opt-in above 48 KiB of dynamic shared memory. */
 export const CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES = 8;
+/** CUevent_flags: an event only for ordering (no timestamps: cheaper to record and wait on). */
+export const CU_EVENT_DISABLE_TIMING = 2;
 
 type Fn = (...args: unknown[]) => number;
 
@@ -38,7 +40,7 @@ export interface RawDriver {
   cuMemcpyHtoD_v2: Fn; cuMemcpyDtoH_v2: Fn; cuMemcpyDtoD_v2: Fn;
   cuMemcpyHtoDAsync_v2: Fn; cuMemcpyDtoHAsync_v2: Fn; cuMemcpyDtoDAsync_v2: Fn;
   cuMemsetD8_v2: Fn; cuMemsetD32_v2: Fn; cuMemsetD8Async: Fn; cuMemsetD32Async: Fn;
-  cuStreamCreate: Fn; cuStreamSynchronize: Fn; cuStreamDestroy_v2: Fn;
+  cuStreamCreate: Fn; cuStreamSynchronize: Fn; cuStreamDestroy_v2: Fn; cuStreamWaitEvent: Fn;
   cuEventCreate: Fn; cuEventRecord: Fn; cuEventSynchronize: Fn; cuEventElapsedTime_v2: Fn; cuEventDestroy_v2: Fn;
   cuModuleLoadData: Fn; cuModuleGetFunction: Fn; cuModuleUnload: Fn; cuFuncSetAttribute: Fn;
   cuLaunchKernel: Fn;
@@ -75,6 +77,7 @@ function bindRaw(): RawDriver {
     cuStreamCreate: f('cuStreamCreate', ['void *', 'uint']),
     cuStreamSynchronize: f('cuStreamSynchronize', ['void *']),
     cuStreamDestroy_v2: f('cuStreamDestroy_v2', ['void *']),
+    cuStreamWaitEvent: f('cuStreamWaitEvent', ['void *', 'void *', 'uint']),
     cuEventCreate: f('cuEventCreate', ['void *', 'uint']),
     cuEventRecord: f('cuEventRecord', ['void *', 'void *']),
     cuEventSynchronize: f('cuEventSynchronize', ['void *']),
@@ -219,6 +222,8 @@ export class CudaDriver {
   }
   streamSynchronize(stream: bigint): void { this.check('cuStreamSynchronize', this.raw.cuStreamSynchronize(stream)); }
   streamDestroy(stream: bigint): void { this.check('cuStreamDestroy_v2', this.raw.cuStreamDestroy_v2(stream)); }
+  /** Work queued on `stream` after this call waits for `event`'s recorded work (no host wait). */
+  streamWaitEvent(stream: bigint, event: bigint): void { this.check('cuStreamWaitEvent', this.raw.cuStreamWaitEvent(stream, event, 0)); }
 
   /** flags 0 keeps timing on (CU_EVENT_DISABLE_TIMING = 2 turns it off). */
   eventCreate(flags = 0): bigint {

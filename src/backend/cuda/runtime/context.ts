@@ -1,13 +1,17 @@
 // CudaContext: one GPU as this process sees it. It initialises the driver, picks the device
 // (the ordinal is LOCAL_RANK, counted among the devices CUDA_VISIBLE_DEVICES leaves visible),
 // makes the device's primary context current, and owns the one compute stream every kernel,
-// GEMM, copy and collective of the backend is queued on. One stream keeps ordering simple:
-// the allocator may hand a freed block to the next op without any synchronisation.
+// GEMM and copy of the backend is queued on. One stream keeps ordering simple: the allocator may
+// hand a freed block to the next op without any synchronisation. The one exception is the
+// communication stream (commStream) that NCCL collectives run on so that a prefetched all-gather
+// overlaps compute (parallel/nccl_communicator.ts): work crosses between the two streams only
+// through order() and mark()/waitMark(), events with no host wait.
 import {
   CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR,
   CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR,
   CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
   CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+  CU_EVENT_DISABLE_TIMING,
   cudaDriver,
   type CudaDriver,
   type HostBytes,
@@ -52,8 +56,10 @@ export class CudaContext {
   readonly device: number;
   /** The device's primary context (shared with any other library in this process). */
   readonly context: bigint;
-  /** The compute stream. */
-  readonly stream: bigint;
+  /** The compute stream (onStream() redirects it for a while). */
+  get stream(): bigint { return this.current; }
+  private current: bigint;
+  private comm: bigint | null = null;
   readonly name: string;
   readonly smCount: number;
   readonly computeCapability: readonly [number, number];
@@ -86,7 +92,7 @@ export class CudaContext {
     this.device = this.driver.deviceGet(ordinal);
     this.context = this.driver.primaryCtxRetain(this.device);
     this.driver.ctxSetCurrent(this.context);
-    this.stream = this.driver.streamCreate(0);
+    this.current = this.driver.streamCreate(0);
     this.name = this.driver.deviceName(this.device);
     this.smCount = this.driver.deviceAttribute(CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT, this.device);
     const major = this.driver.deviceAttribute(CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, this.device);
@@ -113,6 +119,47 @@ export class CudaContext {
   }
 
   memoryInfo(): { free: number; total: number } { return this.driver.memGetInfo(); }
+
+  // ---- the communication stream ----
+
+  /** The stream collectives run on, created on first use. */
+  get commStream(): bigint {
+    this.comm ??= this.driver.streamCreate(0);
+    return this.comm;
+  }
+
+  /** Work queued on `to` from now on waits for the work queued on `from` so far (an event; the host does not wait). */
+  order(from: bigint, to: bigint): void {
+    this.waitMark(to, this.mark(from));
+  }
+
+  /** An event after the work queued on `stream` so far; pass it to waitMark once (which frees it). */
+  mark(stream: bigint): bigint {
+    const event = this.driver.eventCreate(CU_EVENT_DISABLE_TIMING);
+    this.driver.eventRecord(event, stream);
+    return event;
+  }
+
+  /** Work queued on `stream` from now on waits for `event` (from mark); the event is freed (the driver keeps it until it completes). */
+  waitMark(stream: bigint, event: bigint): void {
+    this.driver.streamWaitEvent(stream, event);
+    this.driver.eventDestroy(event);
+  }
+
+  /**
+   * Runs `fn` with every kernel, copy and fill it queues redirected to `stream` (the loopback
+   * communicator's copies on the communication stream). It must not allocate or free device
+   * memory: the allocator's reuse follows the compute stream's order.
+   */
+  onStream<T>(stream: bigint, fn: () => T): T {
+    const before = this.current;
+    this.current = stream;
+    try {
+      return fn();
+    } finally {
+      this.current = before;
+    }
+  }
 
   // ---- stream-ordered copies and fills ----
 
