@@ -104,6 +104,7 @@ async function simulate(c: SimCase, hold: Hold, data?: (model: DeepseekV2Config)
     gathered: flats.reduce((n, f) => n + f.padded * bytesPerElement(f.dtype), 0),
     fullGrads: flats.reduce((n, f) => n + f.padded * 4, 0),
     residentAfterStep: resident.filter((r) => r).length - wholeParams,
+    heldOverStep: training.shardBytes()!.heldOverStep,
   };
   const params = new Map(training.checkpointEntries().map((e) => [e.name, toHostF32(e.tensor)]));
   training.dispose();
@@ -146,6 +147,7 @@ describe('collectives per step with held weights and gradients (one simulated ra
         } else {
           assert.equal(rs.calls, m * N, `${name}: a reduce-scatter per flat per micro-batch`);
         }
+        assert.equal(r.heldOverStep, (hold.weights ? r.gathered : 0) + (hold.grads ? r.fullGrads : 0), `${name}: the start-up line's held bytes`);
         assert.equal(r.residentAfterStep, 0, `${name}: no weights gathered and no full gradient whole after the step`);
         assert.equal(r.metrics[1]!.liveMemoryBytes, none.metrics[1]!.liveMemoryBytes, `${name}: nothing held past the step`);
         for (const [s, row] of r.metrics.entries()) {

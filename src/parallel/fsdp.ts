@@ -72,6 +72,8 @@ export interface ShardBytes {
   optimizer: number;
   /** Largest unit's gathered weights plus its full f32 gradient (transient, during its backward). */
   largestUnitTransient: number;
+  /** Every sharded unit's gathered weights (hold_weights) and full f32 gradients (hold_grads): whole during a step. */
+  heldOverStep: number;
 }
 
 const view = (t: Tensor, shape: readonly number[], offset: number): Tensor => t.view(shape, contiguousStrides(shape), t.offset + offset);
@@ -315,8 +317,9 @@ export class FullyShardedModel implements UnitHooks {
   /**
    * Call when a step's passes are over, before the optimizer changes the shards (the gathered
    * copies would go stale), also when the step threw: releases the held gathered weights, and
-   * drops full gradients that were never reduced (a step that threw), so the next step starts
-   * from zeroed ones. Collective-free.
+   * drops full gradients that were never reduced (a step that threw; the next step's backward
+   * zeroes them afresh, while what reached the shards stays). Makes no collective call, so a
+   * rank that threw alone cannot wait here for the others.
    */
   releaseHeld(): void {
     for (const u of this.units) {
@@ -368,9 +371,9 @@ export class FullyShardedModel implements UnitHooks {
     return this.entries;
   }
 
-  /** What this rank keeps between steps, and its largest transient unit. */
+  /** What this rank keeps between steps, its largest transient unit and what it holds over a step. */
   bytes(): ShardBytes {
-    const out: ShardBytes = { heldElements: 0, parameterElements: 0, weights: 0, gradients: 0, optimizer: 0, largestUnitTransient: 0 };
+    const out: ShardBytes = { heldElements: 0, parameterElements: 0, weights: 0, gradients: 0, optimizer: 0, largestUnitTransient: 0, heldOverStep: 0 };
     for (const u of this.units) {
       let transient = 0;
       for (const f of u.flats) {
@@ -383,7 +386,9 @@ export class FullyShardedModel implements UnitHooks {
         out.weights += s * 4 + (f.compute === f.master ? 0 : s * bytesPerElement(f.plan.dtype));
         out.gradients += s * 4;
         out.optimizer += s * 8;
-        if (!f.whole) transient += f.plan.padded * (bytesPerElement(f.plan.dtype) + 4); // a group of one gathers nothing
+        if (f.whole) continue; // a group of one gathers nothing
+        transient += f.plan.padded * (bytesPerElement(f.plan.dtype) + 4);
+        out.heldOverStep += f.plan.padded * ((this.hold.weights ? bytesPerElement(f.plan.dtype) : 0) + (this.hold.grads ? 4 : 0));
       }
       out.largestUnitTransient = Math.max(out.largestUnitTransient, transient);
     }

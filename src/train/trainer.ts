@@ -196,11 +196,11 @@ export class Training {
   /** What this rank keeps between steps, over its parts (null in a single process). */
   shardBytes(): ShardBytes | null {
     if (!this.sharded) return null;
-    const out: ShardBytes = { heldElements: 0, parameterElements: 0, weights: 0, gradients: 0, optimizer: 0, largestUnitTransient: 0 };
+    const out: ShardBytes = { heldElements: 0, parameterElements: 0, weights: 0, gradients: 0, optimizer: 0, largestUnitTransient: 0, heldOverStep: 0 };
     for (const p of this.parts) {
       const b = p.sharded.bytes();
       out.heldElements += b.heldElements; out.parameterElements += b.parameterElements;
-      out.weights += b.weights; out.gradients += b.gradients; out.optimizer += b.optimizer;
+      out.weights += b.weights; out.gradients += b.gradients; out.optimizer += b.optimizer; out.heldOverStep += b.heldOverStep;
       out.largestUnitTransient = Math.max(out.largestUnitTransient, b.largestUnitTransient);
     }
     return out;
