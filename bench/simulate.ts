@@ -12,6 +12,7 @@
 //                           [--parallel.pp N --parallel.dp N --parallel.cp N --parallel.ep N] [--rank R]
 //                           [--schedule 1f1b|dualpipev] [--seq_len 2048] [--batch 1024] [--micro 1] [--steps 2]
 //                           [--device auto|cpu|cuda] [--bus_gbps 360] [--latency_us 10]
+//                           [--parallel.hold_weights] [--parallel.hold_grads]
 //
 // Prints each step's log line, then the step split into compute and the loopback copies (with
 // what they stand in for, per collective kind), the schedule's bubble, the measured peak memory
@@ -177,6 +178,8 @@ export async function runSimulateBench(flags: Record<string, string>): Promise<v
   const workload = { numLayers: layers, nRoutedExperts: model.n_routed_experts, globalBatch: G, microBatch: micro, seqLen: S, schedule: kind };
   const rank = flags['rank'] !== undefined ? num('rank', 0) : heaviestRank(model, sizes, kind, S);
   const replicas = sizes.dp * sizes.ep, m = G / micro / replicas;
+  // The train options of the same names (fsdp.ts): fewer gathers and reduce-scatters per step, more memory.
+  const holdWeights = flags['parallel.hold_weights'] === 'true', holdGrads = flags['parallel.hold_grads'] === 'true';
 
   const cfg = mergeTrainConfig(defaultTrainConfig(), {
     model: tiny ? 'tiny' : `deepseek-v2-lite (${layers} layers)`, data: 'random', device: flags['device'] ?? 'auto', steps, seq_len: S,
@@ -184,12 +187,12 @@ export async function runSimulateBench(flags: Record<string, string>): Promise<v
     // The update's cost does not depend on the rate; a small one keeps the stand-in values near
     // their initial scale over the steps (the reference's log shows 1e-6 too).
     optimizer: { lr: 1e-6 }, schedule: { type: 'constant', warmup_steps: 0 },
-    parallel: { pp: sizes.pp, dp: sizes.dp, cp: sizes.cp, ep: sizes.ep, schedule: kind },
+    parallel: { pp: sizes.pp, dp: sizes.dp, cp: sizes.cp, ep: sizes.ep, schedule: kind, hold_weights: holdWeights, hold_grads: holdGrads },
   }, 'bench simulate');
   const backend = await selectBackend(cfg.device as DeviceChoice, { mlaKernels: cfg.mla_kernels });
 
   // Before any allocation: the estimator's peak for this rank's stage (it models the 1F1B split).
-  const estimate = estimateMemory({ model, mesh: sizes, seqLen: S, microBatchSize: micro, microBatches: m, precision: cfg.precision, device: backend.kind });
+  const estimate = estimateMemory({ model, mesh: sizes, seqLen: S, microBatchSize: micro, microBatches: m, precision: cfg.precision, device: backend.kind, holdWeights, holdGrads });
   const pipeRank = Math.floor(rank / (sizes.dp * sizes.cp * sizes.ep));
   const estRow = kind === '1f1b' ? estimate[pipeRank]! : estimate.reduce((a, b) => (b.peakBytes > a.peakBytes ? b : a));
   const have = backend instanceof CudaBackend ? backend.ctx.totalMemoryBytes : os.totalmem();
@@ -205,7 +208,7 @@ export async function runSimulateBench(flags: Record<string, string>): Promise<v
   say(`bench simulate: ${backend.description}; rank ${rank} of ${meshName(sizes)} (pipeline rank ${dist.mesh.coords.pp}, ` +
     `virtual stage${kind === 'dualpipev' ? 's' : ''} ${stagesOfRank(kind, sizes.pp, dist.mesh.coords.pp).join(' and ')}, ${kind}${flags['rank'] === undefined ? ', the costliest' : ''}); ` +
     `${layers} layers, ${(parameterCount(model) / 1e9).toFixed(2)}B parameters in the model; ${G}×${S} tokens per step, micro-batch ${micro}, ` +
-    `${m} micro-batches per replica; every collective is a local copy (loopback; all-to-all assumes symmetric routing: every peer sends this rank what it sends itself)`);
+    `${m} micro-batches per replica${holdWeights ? '; gathered weights held over the step' : ''}${holdGrads ? '; full gradients held over the step' : ''}; every collective is a local copy (loopback; all-to-all assumes symmetric routing: every peer sends this rank what it sends itself)`);
   const training = new Training(cfg, model, backend, dist);
   const bytes = training.shardBytes()!;
   for (const line of formatShardLines(dist.mesh, dist.groups, bytes, cfg.precision)) say(line);

@@ -92,9 +92,9 @@ test('an invalid mesh is one line with the equation and the numbers', () => {
 
 test('the parallel section of the training config: defaults, flags, and bad values', () => {
   const d = defaultTrainConfig();
-  assert.deepEqual(d.parallel, { pp: 1, dp: 1, cp: 1, ep: 1, collective_timeout_sec: 300, schedule: '1f1b', stages: null });
+  assert.deepEqual(d.parallel, { pp: 1, dp: 1, cp: 1, ep: 1, collective_timeout_sec: 300, schedule: '1f1b', stages: null, hold_weights: false, hold_grads: false });
   const c = mergeTrainConfig(d, flagsToOverrides({ 'parallel.dp': '2', 'parallel.ep': '4', 'parallel.collective_timeout_sec': '30' }), 'command line');
-  assert.deepEqual(c.parallel, { pp: 1, dp: 2, cp: 1, ep: 4, collective_timeout_sec: 30, schedule: '1f1b', stages: null });
+  assert.deepEqual(c.parallel, { pp: 1, dp: 2, cp: 1, ep: 4, collective_timeout_sec: 30, schedule: '1f1b', stages: null, hold_weights: false, hold_grads: false });
   const p = mergeTrainConfig(d, flagsToOverrides({ 'parallel.pp': '2', 'parallel.schedule': 'dualpipev', 'parallel.stages': '1,2,2,1' }), 'command line');
   assert.deepEqual([p.parallel.schedule, p.parallel.stages], ['dualpipev', [1, 2, 2, 1]]);
   assert.throws(() => mergeTrainConfig(d, flagsToOverrides({ 'parallel.schedule': 'gpipe' }), 'command line'), /"parallel.schedule" must be one of "1f1b", "dualpipev", got "gpipe"/);

@@ -26,6 +26,8 @@ export const BENCH_COMMAND: CommandSpec = {
     { name: 'parallel.dp', value: 'N', help: 'simulate: data-parallel replicas' },
     { name: 'parallel.cp', value: 'N', help: 'simulate: context-parallel ranks' },
     { name: 'parallel.ep', value: 'N', help: 'simulate: expert-parallel ranks' },
+    { name: 'parallel.hold_weights', value: null, help: 'simulate: hold each unit\'s gathered weights over the step (the train option: 1 all-gather per unit per step)' },
+    { name: 'parallel.hold_grads', value: null, help: 'simulate: accumulate each unit\'s full gradient over the step (the train option: 1 reduce-scatter per unit per step)' },
     { name: 'rank', value: 'R', default: 'the costliest stage\'s', help: 'simulate: which world rank of the mesh to run' },
     { name: 'schedule', value: '1f1b|dualpipev', default: '1f1b', help: 'simulate: the pipeline schedule' },
     { name: 'overlap', value: null, help: 'simulate: the FSDP all-gathers\' loopback copies run on the communication stream, as NCCL runs them, overlapping compute (compute is then the step less the other copies)' },

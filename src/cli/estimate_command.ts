@@ -26,6 +26,8 @@ export const ESTIMATE_COMMAND: CommandSpec = {
     { name: 'global_batch_size', value: 'N', default: 'micro_batch_size × dp × ep', help: 'sequences per optimizer step (sets the micro-batches in flight under pipelining)' },
     { name: 'precision', value: 'bf16|f32', default: d.precision, help: 'compute precision' },
     { name: 'recipe', value: 'default|lean', default: d.recipe, help: 'training recipe: default (18 B per parameter) or lean (8 B; 10 when accumulating; one rank)' },
+    { name: 'parallel.hold_weights', value: null, help: 'count every sharded unit of the stage gathered for the whole step (the train option)' },
+    { name: 'parallel.hold_grads', value: null, help: 'count every sharded unit\'s whole f32 gradient resident for the whole step (the train option)' },
     { name: 'device', value: 'cuda|cpu', default: 'cuda', help: 'cuda rounds allocations as the GPU caching allocator does; cpu counts bytes exactly' },
   ],
   notes: [
@@ -33,6 +35,8 @@ export const ESTIMATE_COMMAND: CommandSpec = {
     'with --recipe lean, bf16 weights, bf16 m, v and bf16 gradients with one micro-batch per step (8 bytes; 10 accumulating).',
     'Peak adds the gathered weights of two layers and one layer\'s whole gradients (when sharded), the activations kept',
     'for backward of every micro-batch in flight, the logits and their gradient on the last stage, and workspace.',
+    'With --parallel.hold_weights every sharded unit\'s gathered weights (held-weights) replace the two layers, and with',
+    '--parallel.hold_grads every sharded unit\'s whole f32 gradient (held-grads) replaces the one layer\'s.',
   ],
 };
 
@@ -56,7 +60,9 @@ export function estimateCommand(flags: Record<string, string>): void {
   const rows = estimateMemory({
     model, mesh, seqLen: cfg.seq_len, microBatchSize: cfg.micro_batch_size,
     microBatches: globalBatch / cfg.micro_batch_size / replicas, precision: cfg.precision, recipe: cfg.recipe, device,
+    holdWeights: cfg.parallel.hold_weights, holdGrads: cfg.parallel.hold_grads,
   });
-  console.log(`${cfg.model}${layers !== undefined ? ` (first ${layers} layers)` : ''}, sequence ${cfg.seq_len}, micro-batch ${cfg.micro_batch_size}, global batch ${globalBatch}, ${cfg.precision}, recipe ${cfg.recipe}`);
+  console.log(`${cfg.model}${layers !== undefined ? ` (first ${layers} layers)` : ''}, sequence ${cfg.seq_len}, micro-batch ${cfg.micro_batch_size}, global batch ${globalBatch}, ${cfg.precision}, recipe ${cfg.recipe}` +
+    `${cfg.parallel.hold_weights ? ', holding gathered weights' : ''}${cfg.parallel.hold_grads ? ', holding full gradients' : ''}`);
   console.log(formatEstimate(rows, mesh));
 }

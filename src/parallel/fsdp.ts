@@ -12,6 +12,15 @@
 //             has no input boundary (token ids need no gradient) and its backward reads no
 //             weights: finishBackward() reduces it once backward() returns.
 //
+// Holding (the train config's parallel.hold_weights / hold_grads): with m micro-batches per
+// step the above gathers each unit 2·m times and reduce-scatters it m times. hold_weights keeps
+// a unit's gathered weights from its first gather until the trainer calls releaseHeld() before
+// the optimizer changes the shards (one gather per unit per step); hold_grads keeps its full
+// gradient across micro-batches, accumulating them, until reduceHeldGrads() at the end of the
+// step (one reduce-scatter per unit per step). Both trade memory for communication: every unit
+// of the part is then whole at the peak (memory_estimate.ts counts it). A group of one gathers
+// and reduces nothing, so the options change nothing there.
+//
 // The parameters' compute tensors are views of an evicted storage (tensor/storage.ts) while the
 // unit is not gathered, so autograd may keep them saved across the release; using one outside a
 // gather is an internal error. Gathers are started (Communicator.allGatherStart): with NCCL the
@@ -64,6 +73,8 @@ export interface ShardBytes {
   optimizer: number;
   /** Largest unit's gathered weights plus its full f32 gradient (transient, during its backward). */
   largestUnitTransient: number;
+  /** Every sharded unit's gathered weights (hold_weights) and full f32 gradients (hold_grads): whole during a step. */
+  heldOverStep: number;
 }
 
 const view = (t: Tensor, shape: readonly number[], offset: number): Tensor => t.view(shape, contiguousStrides(shape), t.offset + offset);
@@ -150,6 +161,12 @@ class Flat {
     this.fullGrad.storage.evict();
   }
 
+  /** Frees the full gradient without reducing it (a step that threw before reducing). */
+  dropGrad(): void {
+    if (this.whole) this.wholeInBackward = false;
+    else this.fullGrad.storage.evict();
+  }
+
   /** Stores the part of member's full values that this rank holds (master and compute copy). */
   load(member: FlatMember, values: Float32Array): void {
     if (values.length !== member.size) throw new Error(`internal: ${member.name} takes ${member.size} values, got ${values.length}`);
@@ -199,6 +216,14 @@ class Unit {
 
 const unitName = (u: ModelUnit): string => (u.kind === 'layer' ? `layer ${u.index}` : u.kind);
 
+/** What stays whole across the micro-batches of a step (see the file header); both off: nothing. */
+export interface HoldOptions {
+  /** Gathered weights stay until releaseHeld(). */
+  weights: boolean;
+  /** Full gradients accumulate until reduceHeldGrads(). */
+  grads: boolean;
+}
+
 /** A DeepSeek-V2 model (or part) whose parameters are sharded over `groups`; see the file header. */
 export class FullyShardedModel implements UnitHooks {
   readonly model: DeepseekV2;
@@ -208,7 +233,8 @@ export class FullyShardedModel implements UnitHooks {
   private readonly optimizerSlots: AdamSlot[] = [];
   private entries: ShardEntry[] | null = null;
 
-  constructor(config: DeepseekV2Config, readonly backend: Backend, computeDtype: DType, part: ModelPart, groups: ShardGroups) {
+  constructor(config: DeepseekV2Config, readonly backend: Backend, computeDtype: DType, part: ModelPart, groups: ShardGroups,
+    readonly hold: HoldOptions = { weights: false, grads: false }) {
     const plans = planShards(config, part, computeDtype, { dense: groups.dense.size, expert: groups.expert.size });
     this.units = plans.map((p, i) => {
       if (p.unit.kind === 'layer') this.layerUnit.set(p.unit.index, i);
@@ -263,7 +289,7 @@ export class FullyShardedModel implements UnitHooks {
     }
     const backwardFollows = outs.some(needsGrad);
     // The last unit's backward comes next: it keeps its weights rather than gathering them again.
-    if (!(backwardFollows && i === this.units.length - 1)) this.release(u);
+    if (!this.hold.weights && !(backwardFollows && i === this.units.length - 1)) this.release(u);
     return backwardFollows ? backwardBoundary(`${unitName(unit)} output`, outs, () => this.beforeBackward(i)) : outs;
   }
 
@@ -275,10 +301,10 @@ export class FullyShardedModel implements UnitHooks {
     if (prev?.weightsInBackward) this.gather(prev);
   }
 
-  /** After a unit's backward: reduce-scatter its gradient into the shards, free it and the weights. */
+  /** After a unit's backward: reduce-scatter its gradient into the shards, free it and the weights (unless held). */
   private afterBackward(u: Unit): void {
-    if (u.inBackward) for (const f of u.flats) f.reduceGrad();
-    this.release(u);
+    if (u.inBackward && !this.hold.grads) for (const f of u.flats) f.reduceGrad();
+    if (!this.hold.weights) this.release(u);
   }
 
   /**
@@ -287,6 +313,32 @@ export class FullyShardedModel implements UnitHooks {
    */
   finishBackward(): void {
     for (let i = this.units.length - 1; i >= 0; i--) this.afterBackward(this.units[i]!);
+  }
+
+  /**
+   * Call once per step after the last micro-batch's backward (before the gradient norm): with
+   * hold_grads, reduce-scatters every unit's accumulated full gradient into its shard and frees
+   * it, in the same order on every rank; otherwise finishBackward() already did.
+   */
+  reduceHeldGrads(): void {
+    for (let i = this.units.length - 1; i >= 0; i--) {
+      const u = this.units[i]!;
+      if (u.inBackward) for (const f of u.flats) f.reduceGrad();
+    }
+  }
+
+  /**
+   * Call when a step's passes are over, before the optimizer changes the shards (the gathered
+   * copies would go stale), also when the step threw: releases the held gathered weights, and
+   * drops full gradients that were never reduced (a step that threw; the next step's backward
+   * zeroes them afresh, while what reached the shards stays). Makes no collective call, so a
+   * rank that threw alone cannot wait here for the others.
+   */
+  releaseHeld(): void {
+    for (const u of this.units) {
+      this.release(u);
+      if (u.inBackward) for (const f of u.flats) f.dropGrad();
+    }
   }
 
   /** The optimizer's slots: runs of this rank's shards (fixed for the run). */
@@ -332,9 +384,9 @@ export class FullyShardedModel implements UnitHooks {
     return this.entries;
   }
 
-  /** What this rank keeps between steps, and its largest transient unit. */
+  /** What this rank keeps between steps, its largest transient unit and what it holds over a step. */
   bytes(): ShardBytes {
-    const out: ShardBytes = { heldElements: 0, parameterElements: 0, weights: 0, gradients: 0, optimizer: 0, largestUnitTransient: 0 };
+    const out: ShardBytes = { heldElements: 0, parameterElements: 0, weights: 0, gradients: 0, optimizer: 0, largestUnitTransient: 0, heldOverStep: 0 };
     for (const u of this.units) {
       let transient = 0;
       for (const f of u.flats) {
@@ -347,7 +399,9 @@ export class FullyShardedModel implements UnitHooks {
         out.weights += s * 4 + (f.compute === f.master ? 0 : s * bytesPerElement(f.plan.dtype));
         out.gradients += s * 4;
         out.optimizer += s * 8;
-        if (!f.whole) transient += f.plan.padded * (bytesPerElement(f.plan.dtype) + 4); // a group of one gathers nothing
+        if (f.whole) continue; // a group of one gathers nothing
+        transient += f.plan.padded * (bytesPerElement(f.plan.dtype) + 4);
+        out.heldOverStep += f.plan.padded * ((this.hold.weights ? bytesPerElement(f.plan.dtype) : 0) + (this.hold.grads ? 4 : 0));
       }
       out.largestUnitTransient = Math.max(out.largestUnitTransient, transient);
     }

@@ -44,7 +44,7 @@ export interface Distributed {
 /** What initDistributed reads from the training config (TrainConfig has these fields). */
 export interface DistributedConfig {
   /** The mesh sizes and timeout; the schedule (checked when pp > 1) is optional. */
-  parallel: Omit<ParallelConfig, 'schedule' | 'stages'> & Partial<Pick<ParallelConfig, 'schedule'>>;
+  parallel: Omit<ParallelConfig, 'schedule' | 'stages' | 'hold_weights' | 'hold_grads'> & Partial<Pick<ParallelConfig, 'schedule'>>;
   global_batch_size: number;
   micro_batch_size: number;
   /** Checked against cp when given. */

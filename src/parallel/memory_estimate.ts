@@ -14,7 +14,10 @@
 //   the default's f32 state (16 B);
 // - with sharding, a layer's bf16 weights are gathered before use (the next layer's gather is
 //   issued early, so two layers are whole at once) and its f32 gradients are whole from its
-//   backward until they are reduce-scattered;
+//   backward until they are reduce-scattered; with parallel.hold_weights every unit of the stage
+//   stays gathered until the step's end (the held weights replace the two gathered layers), and
+//   with parallel.hold_grads every unit's f32 gradient stays whole over the micro-batches (the
+//   held gradients replace the one layer's): all of them are resident at the peak;
 // - the activations a layer keeps for backward, counted tensor by tensor from the model's ops
 //   (models/deepseek_v2.ts; SwiGLU outputs, the MoE's gathered rows and the router's f32 input
 //   copy are recomputed in backward, autograd/recompute.ts, and cost nothing between), for every
@@ -44,6 +47,10 @@ export interface EstimateInput {
   recipe?: Recipe;
   /** 'cuda' rounds allocations like the caching allocator; 'cpu' counts bytes exactly. */
   device: 'cuda' | 'cpu';
+  /** parallel.hold_weights: every sharded unit's gathered weights resident for the whole step. */
+  holdWeights?: boolean;
+  /** parallel.hold_grads: every sharded unit's full f32 gradient resident for the whole step. */
+  holdGrads?: boolean;
 }
 
 export interface RankEstimate {
@@ -56,8 +63,14 @@ export interface RankEstimate {
     computeWeights: number;
     gradients: number;
     moments: number;
+    /** The two layers (or the head) gathered at once; 0 with hold_weights (heldWeights holds them). */
     gatheredWeights: number;
+    /** One layer's (or the head's) whole f32 gradient; 0 with hold_grads (heldGradients holds it). */
     layerGradients: number;
+    /** hold_weights: every sharded unit of the stage gathered (compute dtype; the router f32). */
+    heldWeights: number;
+    /** hold_grads: every sharded unit's whole f32 gradient. */
+    heldGradients: number;
     /** Saved for backward over the micro-batches in flight, plus the busiest layer's forward working set. */
     activations: number;
     /** What the head's working set (a chunk of logits, its input and gradient) adds beyond that layer's. */
@@ -137,6 +150,8 @@ export function estimateMemory(input: EstimateInput): RankEstimate[] {
   return stages.map((st, s) => {
     const last = s === stages.length - 1;
     let dense = (s === 0 ? V * D : 0) + (last ? V * D + D : 0), experts = 0, largestLayer = 0, largestPair = 0, prev = 0, router = 0;
+    // Elements of every unit that is gathered (sharded over more than one rank), and of those the f32 router's.
+    let gatheredUnits = denseGroup > 1 ? (s === 0 ? V * D : 0) + (last ? V * D + D : 0) : 0, gatheredRouter = 0;
     // The lean recipe keeps f32 gradients for the embedding and the norms (see the header).
     let f32Grads = (s === 0 ? V * D : 0) + (last ? D : 0);
     for (let l = st.first; l < st.end; l++) {
@@ -147,6 +162,8 @@ export function estimateMemory(input: EstimateInput): RankEstimate[] {
       experts += p.experts;
       // Only sharded parameters are gathered (and have whole gradients for a while).
       const local = (denseGroup > 1 ? p.dense : 0) + (expertGroup > 1 ? p.experts / mesh.ep : 0);
+      gatheredUnits += local;
+      if (denseGroup > 1 && isMoeLayer(c, l)) gatheredRouter += c.n_routed_experts * D;
       largestLayer = Math.max(largestLayer, local);
       largestPair = Math.max(largestPair, local + prev);
       prev = local;
@@ -167,8 +184,12 @@ export function estimateMemory(input: EstimateInput): RankEstimate[] {
       moments = 4 * (held - router) + 8 * router;
     }
     const head = last && denseGroup > 1 ? V * D : 0;
-    const gatheredWeights = e * Math.max(largestPair, head);
-    const layerGradients = 4 * Math.max(largestLayer, head);
+    const holdWeights = input.holdWeights ?? false, holdGrads = input.holdGrads ?? false;
+    const gatheredWeights = holdWeights ? 0 : e * Math.max(largestPair, head);
+    const layerGradients = holdGrads ? 0 : 4 * Math.max(largestLayer, head);
+    // The router is f32 in either precision (it has no compute copy).
+    const heldWeights = holdWeights ? e * (gatheredUnits - gatheredRouter) + 4 * gatheredRouter : 0;
+    const heldGradients = holdGrads ? 4 * gatheredUnits : 0;
     const inFlight = Math.min(mesh.pp - s, microBatches);
     let perMicro = 0, working = 0;
     for (let l = st.first; l < st.end; l++) {
@@ -187,9 +208,9 @@ export function estimateMemory(input: EstimateInput): RankEstimate[] {
     const persistentBytes = masterWeights + computeWeights + gradients + moments;
     return {
       stage: s, layers: [st.first, st.end], heldParams: held,
-      parts: { masterWeights, computeWeights, gradients, moments, gatheredWeights, layerGradients, activations, logits, workspace },
+      parts: { masterWeights, computeWeights, gradients, moments, gatheredWeights, layerGradients, heldWeights, heldGradients, activations, logits, workspace },
       persistentBytes,
-      peakBytes: persistentBytes + gatheredWeights + layerGradients + activations + logits + workspace,
+      peakBytes: persistentBytes + gatheredWeights + layerGradients + heldWeights + heldGradients + activations + logits + workspace,
     };
   });
 }
@@ -198,12 +219,13 @@ export function estimateMemory(input: EstimateInput): RankEstimate[] {
 export function formatEstimate(rows: readonly RankEstimate[], mesh: MeshSizes): string {
   const gib = (b: number) => (b / 2 ** 30).toFixed(2);
   const lines = [`memory estimate per rank, mesh pp${mesh.pp}·dp${mesh.dp}·cp${mesh.cp}·ep${mesh.ep} (GiB):`,
-    'stage  layers   params(B)  master  bf16   grads  moments | gathered  layer-grads  activations  logits  workspace | persistent  peak'];
+    'stage  layers   params(B)  master  bf16   grads  moments | gathered  layer-grads  held-weights  held-grads  activations  logits  workspace | persistent  peak'];
   for (const r of rows) {
     const p = r.parts;
     lines.push(`${String(r.stage).padStart(5)}  ${`${r.layers[0]}-${r.layers[1] - 1}`.padEnd(7)}  ${(r.heldParams / 1e9).toFixed(3).padStart(9)}  ` +
       `${gib(p.masterWeights).padStart(6)}  ${gib(p.computeWeights).padStart(5)}  ${gib(p.gradients).padStart(5)}  ${gib(p.moments).padStart(7)} | ` +
-      `${gib(p.gatheredWeights).padStart(8)}  ${gib(p.layerGradients).padStart(11)}  ${gib(p.activations).padStart(11)}  ${gib(p.logits).padStart(6)}  ` +
+      `${gib(p.gatheredWeights).padStart(8)}  ${gib(p.layerGradients).padStart(11)}  ${gib(p.heldWeights).padStart(12)}  ${gib(p.heldGradients).padStart(10)}  ` +
+      `${gib(p.activations).padStart(11)}  ${gib(p.logits).padStart(6)}  ` +
       `${gib(p.workspace).padStart(9)} | ${gib(r.persistentBytes).padStart(10)}  ${gib(r.peakBytes).padStart(5)}`);
   }
   const worst = rows.reduce((a, b) => (b.peakBytes > a.peakBytes ? b : a));

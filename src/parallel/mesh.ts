@@ -26,6 +26,10 @@ export interface ParallelConfig {
   schedule: ScheduleKind;
   /** Layers per virtual stage (pp for 1f1b, 2·pp for dualpipev), overriding the cost-balanced split (stages.ts); null: balanced. */
   stages: number[] | null;
+  /** Keep each unit's gathered weights from its first gather to the step's end: one all-gather per unit per step (fsdp.ts). */
+  hold_weights: boolean;
+  /** Accumulate each unit's full f32 gradient over the micro-batches: one reduce-scatter per unit per step (fsdp.ts). */
+  hold_grads: boolean;
 }
 
 export type MeshDim = 'pp' | 'dp' | 'cp' | 'ep';

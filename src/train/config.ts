@@ -77,7 +77,7 @@ export function defaultTrainConfig(): TrainConfig {
     grad_clip: 1.0,
     load_balance: { form: 'sequence', alpha: 3e-3 },
     checkpoint_every: 50, keep_checkpoints: 2, init_from: null,
-    parallel: { pp: 1, dp: 1, cp: 1, ep: 1, collective_timeout_sec: 300, schedule: '1f1b', stages: null },
+    parallel: { pp: 1, dp: 1, cp: 1, ep: 1, collective_timeout_sec: 300, schedule: '1f1b', stages: null, hold_weights: false, hold_grads: false },
     max_epochs: null,
   };
 }
@@ -90,6 +90,7 @@ const positive: Check = (v) => (typeof v === 'number' && Number.isFinite(v) && v
 const fraction: Check = (v) => (typeof v === 'number' && v >= 0 && v < 1 ? null : 'a number in [0, 1)');
 const str: Check = (v) => (typeof v === 'string' && v.length > 0 ? null : 'a non-empty string');
 const strOrNull: Check = (v) => (v === null || (typeof v === 'string' && v.length > 0) ? null : 'a path or null');
+const bool: Check = (v) => (typeof v === 'boolean' ? null : 'true or false');
 const nonNegIntOrNull: Check = (v) => (v === null || (Number.isInteger(v) && (v as number) >= 0) ? null : 'a non-negative integer or null');
 /** A check that the value is one of `xs`; help lists the choices (`choices`). */
 const stageList: Check = (v) => (v === null || (Array.isArray(v) && v.length > 0 && v.every((x) => Number.isInteger(x) && x > 0)) ? null : 'null or a list of positive layer counts (e.g. "3,5" or [3, 5])');
@@ -105,11 +106,11 @@ const SCHEMA: Record<string, Check | Record<string, Check>> = {
   load_balance: { form: oneOf('micro-batch', 'global-batch', 'sequence'), alpha: nonNeg },
   checkpoint_every: nonNegInt, keep_checkpoints: nonNegInt, init_from: strOrNull,
   // Pipeline stages, data-parallel replicas, context-parallel ranks, expert-parallel ranks, how
-  // long a collective or the rendezvous waits for the other ranks, the pipeline schedule and an
-  // optional split of the layers over its stages.
+  // long a collective or the rendezvous waits for the other ranks, the pipeline schedule, an
+  // optional split of the layers over its stages, and what FSDP holds whole across micro-batches.
   parallel: {
     pp: positiveInt, dp: positiveInt, cp: positiveInt, ep: positiveInt, collective_timeout_sec: positive,
-    schedule: oneOf('1f1b', 'dualpipev'), stages: stageList,
+    schedule: oneOf('1f1b', 'dualpipev'), stages: stageList, hold_weights: bool, hold_grads: bool,
   },
   max_epochs: nonNegIntOrNull,
 };
@@ -153,6 +154,8 @@ const OPTION_HELP: Record<string, string> = {
   'parallel.ep': 'expert-parallel ranks (each holds n_routed_experts / ep experts; innermost)',
   'parallel.collective_timeout_sec': 'seconds a collective or the rendezvous waits for the other ranks before failing',
   'parallel.schedule': 'pipeline schedule when pp > 1: 1f1b, or dualpipev (two chunks per rank in a V; needs ≥ 2·pp − 1 micro-batches per replica)',
+  'parallel.hold_weights': 'keep each unit\'s gathered bf16 weights until the optimizer step: 1 all-gather per unit per step instead of 2 per micro-batch, for the whole stage\'s weights resident (estimate-memory shows the cost); nothing changes for flats sharded over one rank',
+  'parallel.hold_grads': 'accumulate each unit\'s full f32 gradient over the micro-batches: 1 reduce-scatter per unit per step instead of 1 per micro-batch, for the whole stage\'s f32 gradients resident; nothing changes for flats sharded over one rank',
   'parallel.stages': 'layers per pipeline stage, e.g. 3,5 (2·pp counts for dualpipev); null: split to balance cost (printed at start)',
 };
 

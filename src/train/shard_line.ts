@@ -13,6 +13,7 @@ export function formatShardLines(mesh: Mesh, groups: MeshGroups, b: ShardBytes, 
   const padding = b.heldElements > 0 ? (1 - b.parameterElements / b.heldElements) * 100 : 0;
   return [
     `moetrain: mesh ${mesh.name} (${mesh.world} ranks; ${groups.data.size} replicas read different sequences): dense parameters sharded over ${groups.denseShard.size} ranks, routed experts over ${groups.expertShard.size}`,
-    `moetrain: per rank ${(b.parameterElements / 1e6).toFixed(2)}M parameters held: persistent ${mb(persistent)} (weights ${mb(b.weights)}, gradients ${mb(b.gradients)}, optimizer state ${mb(b.optimizer)}) = ${(persistent / b.heldElements).toFixed(2)} bytes per held element (${precision} compute; ${padding.toFixed(1)}% padding); a unit's gathered weights and gradient take at most ${mb(b.largestUnitTransient)} while it runs`,
+    `moetrain: per rank ${(b.parameterElements / 1e6).toFixed(2)}M parameters held: persistent ${mb(persistent)} (weights ${mb(b.weights)}, gradients ${mb(b.gradients)}, optimizer state ${mb(b.optimizer)}) = ${(persistent / b.heldElements).toFixed(2)} bytes per held element (${precision} compute; ${padding.toFixed(1)}% padding); a unit's gathered weights and gradient take at most ${mb(b.largestUnitTransient)} while it runs` +
+      (b.heldOverStep > 0 ? `; held over each step (parallel.hold_weights / hold_grads): ${mb(b.heldOverStep)}` : ''),
   ];
 }

@@ -14,7 +14,8 @@
 // gradient scale), the gradient norm is the square root of the world's summed Σg² over shards
 // (each element held by one rank), and rank 0 alone logs: losses summed over the world (every
 // rank's share of them) over the micro-batches, tokens per second over the slowest rank's step
-// time, the largest peak memory.
+// time, the largest peak memory. With parallel.hold_weights / hold_grads the step ends its
+// passes by reducing the held full gradients and releasing the held gathered weights (fsdp.ts).
 //
 // With pp > 1 each rank holds its pipeline stage's model part(s) (parallel/pipeline.ts; two
 // under DualPipeV), each sharded on its own, and the pipeline executor runs the replica's
@@ -149,7 +150,8 @@ export class Training {
         ? pipelineParts(modelConfig, kind, pp, mesh.coords.pp, config.seq_len, experts, config.parallel.stages ?? undefined)
         : [{ stage: 0, part: { ...wholeModel(modelConfig), experts } }];
       this.parts = parts.map(({ stage, part }) => {
-        const sharded = new FullyShardedModel(modelConfig, backend, config.precision, part, { dense: groups.denseShard, expert: groups.expertShard });
+        const sharded = new FullyShardedModel(modelConfig, backend, config.precision, part, { dense: groups.denseShard, expert: groups.expertShard },
+          { weights: config.parallel.hold_weights, grads: config.parallel.hold_grads });
         const m = sharded.model;
         if (groups.data.size > 1) m.expertCounts = new DataGroupExpertCounts(groups.data);
         // Each ep rank holds E/ep experts and its own tokens: tokens travel to their experts' ranks.
@@ -194,11 +196,11 @@ export class Training {
   /** What this rank keeps between steps, over its parts (null in a single process). */
   shardBytes(): ShardBytes | null {
     if (!this.sharded) return null;
-    const out: ShardBytes = { heldElements: 0, parameterElements: 0, weights: 0, gradients: 0, optimizer: 0, largestUnitTransient: 0 };
+    const out: ShardBytes = { heldElements: 0, parameterElements: 0, weights: 0, gradients: 0, optimizer: 0, largestUnitTransient: 0, heldOverStep: 0 };
     for (const p of this.parts) {
       const b = p.sharded.bytes();
       out.heldElements += b.heldElements; out.parameterElements += b.parameterElements;
-      out.weights += b.weights; out.gradients += b.gradients; out.optimizer += b.optimizer;
+      out.weights += b.weights; out.gradients += b.gradients; out.optimizer += b.optimizer; out.heldOverStep += b.heldOverStep;
       out.largestUnitTransient = Math.max(out.largestUnitTransient, b.largestUnitTransient);
     }
     return out;
@@ -240,34 +242,41 @@ export class Training {
     backend.fill(ceSum, 0);
     backend.fill(lbSum, 0);
     let pipelined: { ce: number; lb: number } | null = null;
-    if (this.pipeline && dist) {
-      // The executor runs forwards and backwards interleaved: the step's passes are one 'forward' phase.
-      const partOf = new Map(this.parts.map((p) => [p.stage, p.sharded]));
-      const r = phase('forward', () => runPipelineStep({
-        schedule: this.pipeline!, comm: dist.groups.pp, chunks: this.parts.map((p) => ({ stage: p.stage, model: p.sharded.model })),
-        batch: (mb) => this.tokens(data, step, first + mb), microBatchSize: B, seqLen: S, loadBalance: cfg.load_balance,
-        afterBackward: (stage) => partOf.get(stage)!.finishBackward(),
-      }));
-      pipelined = { ce: r.crossEntropySum ?? 0, lb: r.loadBalanceSum };
-    }
-    for (let m = 0; m < (pipelined ? 0 : local); m++) {
-      const { inputs, labels, labelCount } = this.tokens(data, step, first + m);
-      tidy(() => {
-        const loss = phase('forward', () => {
-          const ids = fromHost(backend, inputs, [B, S], 'i32');
-          const lab = fromHost(backend, labels, [B, S], 'i32');
-          const out = model.forward(ids, lab, labelCount, cfg.load_balance);
-          // Each micro-batch contributes 1/local of this replica's mean losses.
-          const total = scale(add(out.crossEntropy, out.loadBalance), 1 / local);
-          backend.binary('add', ceSum, ceSum, out.crossEntropy);
-          backend.binary('add', lbSum, lbSum, out.loadBalance);
-          return total;
+    // Held gathered weights (parallel.hold_weights) go before the optimizer changes the shards,
+    // also when a pass throws; held full gradients (hold_grads) are reduced once, after the last backward.
+    try {
+      if (this.pipeline && dist) {
+        // The executor runs forwards and backwards interleaved: the step's passes are one 'forward' phase.
+        const partOf = new Map(this.parts.map((p) => [p.stage, p.sharded]));
+        const r = phase('forward', () => runPipelineStep({
+          schedule: this.pipeline!, comm: dist.groups.pp, chunks: this.parts.map((p) => ({ stage: p.stage, model: p.sharded.model })),
+          batch: (mb) => this.tokens(data, step, first + mb), microBatchSize: B, seqLen: S, loadBalance: cfg.load_balance,
+          afterBackward: (stage) => partOf.get(stage)!.finishBackward(),
+        }));
+        pipelined = { ce: r.crossEntropySum ?? 0, lb: r.loadBalanceSum };
+      }
+      for (let m = 0; m < (pipelined ? 0 : local); m++) {
+        const { inputs, labels, labelCount } = this.tokens(data, step, first + m);
+        tidy(() => {
+          const loss = phase('forward', () => {
+            const ids = fromHost(backend, inputs, [B, S], 'i32');
+            const lab = fromHost(backend, labels, [B, S], 'i32');
+            const out = model.forward(ids, lab, labelCount, cfg.load_balance);
+            // Each micro-batch contributes 1/local of this replica's mean losses.
+            const total = scale(add(out.crossEntropy, out.loadBalance), 1 / local);
+            backend.binary('add', ceSum, ceSum, out.crossEntropy);
+            backend.binary('add', lbSum, lbSum, out.loadBalance);
+            return total;
+          });
+          phase('backward', () => {
+            backward(loss);
+            sharded?.finishBackward();
+          });
         });
-        phase('backward', () => {
-          backward(loss);
-          sharded?.finishBackward();
-        });
-      });
+      }
+      phase(pipelined ? 'forward' : 'backward', () => { for (const p of this.parts) p.sharded.reduceHeldGrads(); });
+    } finally {
+      for (const p of this.parts) p.sharded.releaseHeld();
     }
     const { gradNorm, lr } = phase('optimizer', () => {
       // Global L2 norm of the gradients before clipping; clipping is a scale given to the optimizer.

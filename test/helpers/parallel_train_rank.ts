@@ -34,13 +34,17 @@ export interface TrainLayout {
   microBatch: number;
   globalBatch: number;
   steps: number;
+  /** parallel.hold_weights and parallel.hold_grads (default false). */
+  holdWeights?: boolean;
+  holdGrads?: boolean;
 }
 
 export function layoutConfig(l: TrainLayout): TrainConfig {
   return mergeTrainConfig(defaultTrainConfig(), {
     device: 'cpu', precision: l.precision, steps: l.steps, seq_len: 32, micro_batch_size: l.microBatch, global_batch_size: l.globalBatch,
     schedule: { type: 'cosine', warmup_steps: 1 }, load_balance: { form: l.form, alpha: 0.01 },
-    parallel: { pp: l.pp ?? 1, dp: l.dp, cp: l.cp ?? 1, ep: l.ep, collective_timeout_sec: 60, schedule: l.schedule ?? '1f1b' },
+    parallel: { pp: l.pp ?? 1, dp: l.dp, cp: l.cp ?? 1, ep: l.ep, collective_timeout_sec: 60, schedule: l.schedule ?? '1f1b',
+      hold_weights: l.holdWeights ?? false, hold_grads: l.holdGrads ?? false },
   }, 'parallel train test');
 }
 
@@ -51,7 +55,7 @@ export function layoutWorld(l: TrainLayout): number {
 
 /** The layout with one rank: what the single process trains. */
 export function singleLayout(l: TrainLayout): TrainLayout {
-  return { ...l, dp: 1, ep: 1, pp: 1, cp: 1, schedule: '1f1b' };
+  return { ...l, dp: 1, ep: 1, pp: 1, cp: 1, schedule: '1f1b', holdWeights: false, holdGrads: false };
 }
 
 /** The tiny model with the layout's layer count. */
