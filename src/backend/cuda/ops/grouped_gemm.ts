@@ -5,8 +5,9 @@
 //   wgmma  kernels/grouped_gemm_wgmma.cu, Hopper warpgroup MMA (sm_90a only).
 // Which one runs is the backend option groupedGemm; 'auto' is wgmma on sm_90a, else mma. On an
 // H100 (2026-12-06, bench gemm --grouped, the six products of one MoE layer at the bench shapes)
-// test/cuda_grouped_gemm.test.ts passed for both and wgmma took 6.87 ms against mma's 9.00
-// (one cuBLASLt call per expert: 5.84; the weight product is the weak one, 154 TFLOP/s).
+// test/cuda_grouped_gemm.test.ts passed for both and wgmma took 5.91 ms against mma's 9.20 and
+// one cuBLASLt call per expert's 6.35 (18:17 UTC; the weight product, two CTAs per SM since then,
+// 1.31 ms = 216 TFLOP/s, was 1.82 with one; into bf16 gradients 1.00 ms).
 //
 // The experts' weights (and f32 gradients) reach the kernel as a device array of E base
 // addresses. Why not one base and a stride: the weights are separate storages or views into FSDP
