@@ -129,7 +129,7 @@ test('loopback at the bench\'s shapes: one MoE layer\'s expert all-gather over d
   world.close();
 });
 
-test('bench simulate --overlap on CUDA (gathers on the communication stream): the same losses as without', { skip }, () => {
+test('bench simulate --overlap on CUDA (gathers and reduce-scatters on the communication stream): the same losses as without', { skip }, () => {
   const cli = path.join(packageRoot(), 'dist', 'src', 'cli', 'main.js');
   const run = (extra: string[]) => {
     const r = spawnSync(process.execPath, [cli, 'bench', 'simulate', '--model', 'tiny', '--device', 'cuda', '--steps', '3', '--layout', 'dp2,ep2', ...extra], { encoding: 'utf8' });

@@ -202,10 +202,12 @@ describe('the sharded path with groups of one', () => {
         assert.deepEqual(resident(), { embed: false, layer0: false, layer1: false, router: false, head: true, grads: false }, 'after forward only the head stays gathered');
         assert.throws(() => be.read(m.layers[0]!.attn.oProj.value), /used while evicted/);
         backward(add(r.crossEntropy, r.loadBalance));
-        assert.deepEqual(resident(), { embed: false, layer0: false, layer1: false, router: false, head: false, grads: false }, 'after backward only the embedding gradient waits');
+        // Layer 0's reduction is in flight (finished once the next one starts: the embedding's).
+        assert.deepEqual(resident(), { embed: false, layer0: false, layer1: false, router: false, head: false, grads: true }, 'after backward the embedding gradient waits and layer 0\'s is being reduced');
         assert.equal(m.embed!.grad.storage.resident, true);
         fsdp.finishBackward();
         assert.equal(m.embed!.grad.storage.resident, false);
+        assert.equal(m.layers[0]!.inputNorm.grad.storage.resident, false, 'every reduction finished');
       });
       const sq = emptyTensor(be, [1], 'f32');
       be.fill(sq, 0);
@@ -225,9 +227,11 @@ describe('the sharded path with groups of one', () => {
     assert.equal(be.memoryStats().liveBytes, base, 'dispose releases shards, views and the RoPE cache');
   });
 
-  test('a started gather is waited for before its unit computes or is released (a gather that lands only at wait())', () => {
-    // DeferredPair's gather writes NaN at start and the real values at wait(), as a communication
-    // stream's gather lands later: any read of a unit's weights before its ready() gives NaN.
+  test('started gathers and reduce-scatters are waited for before their results are read or their memory freed (collectives that land only at wait())', () => {
+    // DeferredPair's collectives write NaN at start and the real values at wait(), as a
+    // communication stream's land later: a unit's weights read before its ready(), or a gradient
+    // shard read before its reduction finished, give NaN. Two micro-batches per step, so the
+    // second reduction goes through a partial sum.
     const run = (comm: Communicator) => {
       const be = new CpuBackend();
       const c = tiny();
@@ -239,12 +243,14 @@ describe('the sharded path with groups of one', () => {
       const out: number[] = [];
       for (let step = 0; step < 2; step++) {
         m.beginStep();
-        tidy(() => {
-          const r = m.forward(ids, labels, 7, { form: 'global-batch', alpha: 0.01 });
-          out.push(toHostF32(r.crossEntropy)[0]!);
-          backward(add(r.crossEntropy, r.loadBalance));
-          fsdp.finishBackward();
-        });
+        for (let micro = 0; micro < 2; micro++) {
+          tidy(() => {
+            const r = m.forward(ids, labels, 7, { form: 'global-batch', alpha: 0.01 });
+            out.push(toHostF32(r.crossEntropy)[0]!);
+            backward(add(r.crossEntropy, r.loadBalance));
+            fsdp.finishBackward();
+          });
+        }
         const sq = emptyTensor(be, [1], 'f32');
         be.fill(sq, 0);
         for (const g of fsdp.gradShards()) be.sumSquaresInto(sq, g);
@@ -252,6 +258,7 @@ describe('the sharded path with groups of one', () => {
         sq.dispose();
         fsdp.zeroGrads();
       }
+      out.push(be.memoryStats().liveBytes); // nothing of a reduction left behind
       ids.dispose(); labels.dispose();
       fsdp.dispose();
       return out;
@@ -260,7 +267,7 @@ describe('the sharded path with groups of one', () => {
     const want = run(new MirroredPair()), got = run(deferred);
     assert.ok(want.every(Number.isFinite));
     assert.deepEqual(got, want);
-    assert.ok(deferred.started > 0 && deferred.waited === deferred.started, `every started gather was waited for (${deferred.waited} of ${deferred.started})`);
+    assert.ok(deferred.started > 0 && deferred.waited === deferred.started, `every started collective was waited for (${deferred.waited} of ${deferred.started})`);
   });
 
   test('a group of one holds its flats whole: no gather, no full gradient, no reduce-scatter; gradients accumulate in the shard', () => {
@@ -329,6 +336,11 @@ class MirroredPair implements Communicator {
     const be = backendOf(out);
     for (const half of [0, 1]) { const v = out.view([inp.size], [1], out.offset + half * inp.size); be.copy(v, inp); v.dispose(); }
   }
+  reduceScatterStart(out: Tensor, inp: Tensor): PendingCollective {
+    this.reduceScatter(out, inp);
+    return FINISHED;
+  }
+
   reduceScatter(out: Tensor, inp: Tensor): void {
     checkArgs.reduceScatter(this, out, inp);
     const v = inp.view([out.size], [1], inp.offset);
@@ -345,10 +357,20 @@ class MirroredPair implements Communicator {
   close(): void {}
 }
 
-/** MirroredPair whose started gathers land only at wait() (NaN until then): a communication stream's timing at its latest. */
+/**
+ * MirroredPair whose started gathers and reduce-scatters land only at wait() (NaN until then): a
+ * communication stream's timing at its latest.
+ */
 class DeferredPair extends MirroredPair {
   started = 0;
   waited = 0;
+  override reduceScatterStart(out: Tensor, inp: Tensor): PendingCollective {
+    checkArgs.reduceScatter(this, out, inp);
+    backendOf(out).fill(out, Number.NaN);
+    this.started++;
+    let done = false;
+    return { wait: () => { if (!done) { done = true; this.waited++; this.reduceScatter(out, inp); } } };
+  }
   override allGatherStart(out: Tensor, inp: Tensor): PendingCollective {
     checkArgs.allGather(this, out, inp);
     backendOf(out).fill(out, Number.NaN);

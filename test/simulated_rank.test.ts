@@ -129,6 +129,15 @@ test('predicted step: compute spread over the slots with the bubble, the gathers
   close(q.exposedCommSec, 1.54);
   close(q.stepSec, 2.54);
   close(q.hiddenStepSec, 2.54);
+  // Reduce-scatters hide as the gathers do: 100 GB more → 1.0 s + 500·10 µs on the overlapped side.
+  const r = predictStep({
+    computeSec: 4, microBatches: 8, bubble: 1 / 9, tokensPerStep: 1_000_000,
+    comm: { 'all-gather': { calls: 1000, busBytes: 200e9 }, 'reduce-scatter': { calls: 500, busBytes: 100e9 }, 'all-to-all': { calls: 2000, busBytes: 50e9 }, p2p: { calls: 0, busBytes: 1e9 }, 'all-reduce': none },
+    link: { busBytesPerSec: 100e9, latencySec: 10e-6 },
+  });
+  close(r.commSec['reduce-scatter'], 1.005);
+  close(r.exposedCommSec, 0.53); // 3.015 s of gathers and reductions hide behind 4.5 s of compute
+  close(r.stepSec, 5.03);
 });
 
 test('moetrain bench simulate --model tiny --device cpu runs and prints the split and the prediction', () => {

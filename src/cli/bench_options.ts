@@ -30,7 +30,7 @@ export const BENCH_COMMAND: CommandSpec = {
     { name: 'parallel.hold_grads', value: null, help: 'simulate: accumulate each unit\'s full gradient over the step (the train option: 1 reduce-scatter per unit per step)' },
     { name: 'rank', value: 'R', default: 'the costliest stage\'s', help: 'simulate: which world rank of the mesh to run' },
     { name: 'schedule', value: '1f1b|dualpipev', default: '1f1b', help: 'simulate: the pipeline schedule' },
-    { name: 'overlap', value: null, help: 'simulate: the FSDP all-gathers\' loopback copies run on the communication stream, as NCCL runs them, overlapping compute (compute is then the step less the other copies)' },
+    { name: 'overlap', value: null, help: 'simulate: the FSDP all-gathers\' and reduce-scatters\' loopback copies run on the communication stream, as NCCL runs them, overlapping compute (compute is then the step less the other copies)' },
     { name: 'bus_gbps', value: 'GB/s', default: '360', help: 'simulate: the bus bandwidth per GPU the prediction assumes (NVIDIA\'s published H100 NVLink figures; not measured here)' },
     { name: 'latency_us', value: 'µs', default: '10', help: 'simulate: the cost per collective call the prediction assumes' },
     { name: 'recipe', value: 'default|lean|both', default: 'default', help: 'train: the training recipe (src/optim/recipe.ts); both runs our trainer once per recipe and the peer once' },

@@ -7,7 +7,8 @@
 // Every call blocks the caller until its result may be read (NCCL: until the compute stream waits
 // for it, which orders it with the kernels around it), except allGatherStart, whose result may be
 // read only after its handle's wait(): with NCCL it runs on the communication stream while the
-// compute stream goes on (FSDP's prefetch of the next unit). Tensors are contiguous; a group's
+// compute stream goes on (FSDP's prefetch of the next unit), and reduceScatterStart likewise
+// (FSDP's gradient reduction overlapping the previous unit's backward). Tensors are contiguous; a group's
 // ranks must make the same calls in the same order, with matching sizes. Peers and ranks are
 // numbered within the communicator (a group's rank 0 is its lowest world rank).
 import type { Tensor } from '../tensor/tensor.js';
@@ -36,6 +37,8 @@ export interface Communicator {
   allReduce(t: Tensor, op: ReduceOp): void;
   /** out = this rank's slice of Σ over the group of inp; inp has size·out.size elements. */
   reduceScatter(out: Tensor, inp: Tensor): void;
+  /** reduceScatter that later compute may overlap, with allGatherStart's rules for out and inp. */
+  reduceScatterStart(out: Tensor, inp: Tensor): PendingCollective;
   /** out = every rank's inp in rank order; out has size·inp.size elements. */
   allGather(out: Tensor, inp: Tensor): void;
   /**

@@ -26,8 +26,10 @@
 // gather is an internal error. Gathers are started (Communicator.allGatherStart): with NCCL the
 // next unit's gather runs on the communication stream while this unit computes, and the compute
 // stream waits for it (an event, no host wait) just before the unit's first kernel (ready());
-// a release waits for a gather still pending, so its memory is never reused under it. Gradient
-// reduce-scatters stay ordered on the compute stream (their output is added to at once).
+// a release waits for a gather still pending, so its memory is never reused under it. A unit's
+// gradient reduce-scatter is started likewise after its backward and finished (waited for, added
+// to the shard, its full gradient freed) after the previous unit's backward, which it overlaps:
+// two units' full gradients are whole at once (memory_estimate.ts counts them).
 import type { Backend } from '../backend/backend.js';
 import { needsGrad } from '../autograd/tape.js';
 import { keep } from '../tensor/scope.js';
@@ -104,6 +106,8 @@ class Flat {
   private wholeInBackward = false;
   /** The gather started and not yet waited for. */
   private pending: PendingCollective | null = null;
+  /** The reduce-scatter started and not finished, and the partial sum it writes when the shard already holds one. */
+  private reducing: { pending: PendingCollective; part: Tensor | null } | null = null;
 
   constructor(readonly plan: FlatPlan, readonly comm: Communicator, readonly backend: Backend) {
     const s = plan.shardSize;
@@ -120,7 +124,8 @@ class Flat {
   }
 
   get isGathered(): boolean { return this.whole ? this.wholeGathered : this.gathered.storage.resident; }
-  get inBackward(): boolean { return this.whole ? this.wholeInBackward : this.fullGrad.storage.resident; }
+  /** Between beginGrad() and reduceGrad() (a full gradient being reduced is no longer in backward). */
+  get inBackward(): boolean { return this.whole ? this.wholeInBackward : this.fullGrad.storage.resident && this.reducing === null; }
 
   gather(): void {
     if (this.whole) { this.wholeGathered = true; return; }
@@ -146,26 +151,44 @@ class Flat {
     this.backend.fill(this.fullGrad, 0);
   }
 
-  /** grad shard += this rank's slice of Σ over the group of the full gradient; frees the full gradient. */
+  /**
+   * Starts grad shard += this rank's slice of Σ over the group of the full gradient (straight into
+   * the shard while it holds zeros, else into a partial sum); finishReduce() completes it.
+   */
   reduceGrad(): void {
     if (this.whole) { this.gradIsZero = false; this.wholeInBackward = false; return; }
-    if (this.gradIsZero) {
-      this.comm.reduceScatter(this.grad, this.fullGrad);
-    } else {
-      const part = emptyTensor(this.backend, [this.plan.shardSize], 'f32');
-      this.comm.reduceScatter(part, this.fullGrad);
-      this.backend.binary('add', this.grad, this.grad, part);
-      part.dispose();
-    }
+    // Kept out of the caller's scope: it lives until finishReduce(), which may come after that scope ends.
+    const part = this.gradIsZero ? null : keep(emptyTensor(this.backend, [this.plan.shardSize], 'f32'));
+    this.reducing = { pending: this.comm.reduceScatterStart(part ?? this.grad, this.fullGrad), part };
     this.gradIsZero = false;
+  }
+
+  /** Orders the started reduce-scatter before later kernels, adds the partial sum, frees the full gradient. */
+  finishReduce(): void {
+    const r = this.reducing;
+    if (!r) return;
+    this.reducing = null;
+    r.pending.wait();
+    if (r.part) {
+      this.backend.binary('add', this.grad, this.grad, r.part);
+      r.part.dispose();
+    }
     this.fullGrad.storage.evict();
   }
 
-  /** Frees the full gradient without reducing it (a step that threw before reducing). */
+  /** Frees the full gradient without reducing it, or without adding a reduction in flight (a step that threw). */
   dropGrad(): void {
-    if (this.whole) this.wholeInBackward = false;
-    else this.fullGrad.storage.evict();
+    if (this.whole) { this.wholeInBackward = false; return; }
+    if (this.reducing) {
+      this.reducing.pending.wait(); // its buffers are reused only after it
+      this.reducing.part?.dispose();
+      this.reducing = null;
+    }
+    if (this.fullGrad.storage.resident) this.fullGrad.storage.evict();
   }
+
+  /** A reduce-scatter started and not finished. */
+  get isReducing(): boolean { return this.reducing !== null; }
 
   /** Stores the part of member's full values that this rank holds (master and compute copy). */
   load(member: FlatMember, values: Float32Array): void {
@@ -232,6 +255,8 @@ export class FullyShardedModel implements UnitHooks {
   private readonly members = new Map<number, { flat: Flat; member: FlatMember }>();
   private readonly optimizerSlots: AdamSlot[] = [];
   private entries: ShardEntry[] | null = null;
+  /** Units whose gradient reduce-scatters are started and not finished (afterBackward). */
+  private reducing: Unit[] = [];
 
   constructor(config: DeepseekV2Config, readonly backend: Backend, computeDtype: DType, part: ModelPart, groups: ShardGroups,
     readonly hold: HoldOptions = { weights: false, grads: false }) {
@@ -301,18 +326,35 @@ export class FullyShardedModel implements UnitHooks {
     if (prev?.weightsInBackward) this.gather(prev);
   }
 
-  /** After a unit's backward: reduce-scatter its gradient into the shards, free it and the weights (unless held). */
+  /**
+   * After a unit's backward: starts the reduce-scatter of its gradient into the shards, finishes
+   * the one started before it (which had the unit's backward to overlap), frees the weights
+   * (unless held). The unit's full gradient lives until its own reduction is finished.
+   */
   private afterBackward(u: Unit): void {
-    if (u.inBackward && !this.hold.grads) for (const f of u.flats) f.reduceGrad();
+    if (u.inBackward && !this.hold.grads) {
+      const earlier = this.reducing;
+      for (const f of u.flats) f.reduceGrad();
+      this.reducing = [u];
+      this.finishReductions(earlier);
+    }
     if (!this.hold.weights) this.release(u);
+  }
+
+  /** Completes the reductions of `units` (default: every one in flight), in order. */
+  private finishReductions(units: Unit[] = this.reducing): void {
+    for (const u of units) for (const f of u.flats) f.finishReduce();
+    if (units === this.reducing) this.reducing = [];
   }
 
   /**
    * Call after every backward(): reduces the units whose backward had no input boundary (the
-   * embedding) and releases whatever is still gathered, in the same order on every rank.
+   * embedding), finishes every reduction in flight and releases whatever is still gathered, in
+   * the same order on every rank.
    */
   finishBackward(): void {
     for (let i = this.units.length - 1; i >= 0; i--) this.afterBackward(this.units[i]!);
+    this.finishReductions();
   }
 
   /**
@@ -324,7 +366,9 @@ export class FullyShardedModel implements UnitHooks {
     for (let i = this.units.length - 1; i >= 0; i--) {
       const u = this.units[i]!;
       if (u.inBackward) for (const f of u.flats) f.reduceGrad();
+      this.reducing.push(u);
     }
+    this.finishReductions();
   }
 
   /**
@@ -337,8 +381,9 @@ export class FullyShardedModel implements UnitHooks {
   releaseHeld(): void {
     for (const u of this.units) {
       this.release(u);
-      if (u.inBackward) for (const f of u.flats) f.dropGrad();
+      for (const f of u.flats) if (f.inBackward || f.isReducing) f.dropGrad();
     }
+    this.reducing = [];
   }
 
   /** The optimizer's slots: runs of this rank's shards (fixed for the run). */

@@ -27,6 +27,11 @@ export class LocalCommunicator implements Communicator {
   }
 
   allReduce(t: Tensor, _op: ReduceOp): void { checkArgs.allReduce(this, t); }
+  reduceScatterStart(out: Tensor, inp: Tensor): PendingCollective {
+    this.reduceScatter(out, inp);
+    return FINISHED;
+  }
+
   reduceScatter(out: Tensor, inp: Tensor): void { checkArgs.reduceScatter(this, out, inp); copyFlat(out, inp); }
   allGatherStart(out: Tensor, inp: Tensor): PendingCollective {
     this.allGather(out, inp);

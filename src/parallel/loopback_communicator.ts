@@ -24,7 +24,7 @@
 // on the wire per rank (NCCL's bus-bandwidth conventions, below), and, when a timer is given,
 // the time of the copies (CUDA events in bench/simulate.ts), so a report can say what the copies
 // stand in for. A group of one is a LocalCommunicator, as in the other implementations.
-// With `overlap` on CUDA tensors, allGatherStart runs its copies on the communication stream under
+// With `overlap` on CUDA tensors, allGatherStart and reduceScatterStart run their copies on the communication stream under
 // the NCCL communicator's event protocol, so one GPU exercises FSDP's overlapped prefetch (the
 // copies then overlap compute, and the bench's subtraction of copy time would not hold: the
 // bench leaves it off).
@@ -167,11 +167,20 @@ export class LoopbackCommunicator implements Communicator {
   }
 
   allGatherStart(out: Tensor, inp: Tensor): PendingCollective {
+    return this.started(out, () => this.allGather(out, inp));
+  }
+
+  reduceScatterStart(out: Tensor, inp: Tensor): PendingCollective {
+    return this.started(out, () => this.reduceScatter(out, inp));
+  }
+
+  /** Runs `copies` on the communication stream when overlapping on CUDA (the NCCL protocol), else at once. */
+  private started(out: Tensor, copies: () => void): PendingCollective {
     const be = backendOf(out);
-    if (!this.overlap || !(be instanceof CudaBackend)) { this.allGather(out, inp); return FINISHED; }
+    if (!this.overlap || !(be instanceof CudaBackend)) { copies(); return FINISHED; }
     const ctx = be.ctx, comm = ctx.commStream;
     ctx.order(ctx.stream, comm);
-    ctx.onStream(comm, () => this.allGather(out, inp));
+    ctx.onStream(comm, copies);
     let done: bigint | null = ctx.mark(comm);
     return {
       wait: () => {

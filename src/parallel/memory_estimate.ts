@@ -14,10 +14,11 @@
 //   the default's f32 state (16 B);
 // - with sharding, a layer's bf16 weights are gathered before use (the next layer's gather is
 //   issued early, so two layers are whole at once) and its f32 gradients are whole from its
-//   backward until they are reduce-scattered; with parallel.hold_weights every unit of the stage
+//   backward until its reduce-scatter, which overlaps the previous unit's backward, is finished
+//   (so two neighbouring units' gradients are whole at once); with parallel.hold_weights every unit of the stage
 //   stays gathered until the step's end (the held weights replace the two gathered layers), and
 //   with parallel.hold_grads every unit's f32 gradient stays whole over the micro-batches (the
-//   held gradients replace the one layer's): all of them are resident at the peak;
+//   held gradients replace the two units'): all of them are resident at the peak;
 // - the activations a layer keeps for backward, counted tensor by tensor from the model's ops
 //   (models/deepseek_v2.ts; SwiGLU outputs, the MoE's gathered rows and the router's f32 input
 //   copy are recomputed in backward, autograd/recompute.ts, and cost nothing between), for every
@@ -147,9 +148,14 @@ export function estimateMemory(input: EstimateInput): RankEstimate[] {
   const localExperts = c.n_routed_experts / mesh.ep;
   // Each rank of an expert-parallel group receives, on balanced routing, as many slots as it sends.
   const rowsPerExpert = Math.ceil(T * c.num_experts_per_tok / localExperts);
+  // Elements of layer l that are sharded over more than one rank (gathered, with whole gradients for a while).
+  const localOf = (l: number): number => {
+    const p = layerParams(c, l);
+    return (denseGroup > 1 ? p.dense : 0) + (expertGroup > 1 ? p.experts / mesh.ep : 0);
+  };
   return stages.map((st, s) => {
     const last = s === stages.length - 1;
-    let dense = (s === 0 ? V * D : 0) + (last ? V * D + D : 0), experts = 0, largestLayer = 0, largestPair = 0, prev = 0, router = 0;
+    let dense = (s === 0 ? V * D : 0) + (last ? V * D + D : 0), experts = 0, largestPair = 0, prev = 0, router = 0;
     // Elements of every unit that is gathered (sharded over more than one rank), and of those the f32 router's.
     let gatheredUnits = denseGroup > 1 ? (s === 0 ? V * D : 0) + (last ? V * D + D : 0) : 0, gatheredRouter = 0;
     // The lean recipe keeps f32 gradients for the embedding and the norms (see the header).
@@ -161,10 +167,9 @@ export function estimateMemory(input: EstimateInput): RankEstimate[] {
       if (isMoeLayer(c, l)) router += c.n_routed_experts * D;
       experts += p.experts;
       // Only sharded parameters are gathered (and have whole gradients for a while).
-      const local = (denseGroup > 1 ? p.dense : 0) + (expertGroup > 1 ? p.experts / mesh.ep : 0);
+      const local = localOf(l);
       gatheredUnits += local;
       if (denseGroup > 1 && isMoeLayer(c, l)) gatheredRouter += c.n_routed_experts * D;
-      largestLayer = Math.max(largestLayer, local);
       largestPair = Math.max(largestPair, local + prev);
       prev = local;
     }
@@ -186,7 +191,11 @@ export function estimateMemory(input: EstimateInput): RankEstimate[] {
     const head = last && denseGroup > 1 ? V * D : 0;
     const holdWeights = input.holdWeights ?? false, holdGrads = input.holdGrads ?? false;
     const gatheredWeights = holdWeights ? 0 : e * Math.max(largestPair, head);
-    const layerGradients = holdGrads ? 0 : 4 * Math.max(largestLayer, head);
+    // Two neighbouring units' gradients: a pair of layers, the head with the stage's last layer, or
+    // the embedding with its first (their reductions overlap the next unit's backward).
+    const firstLocal = st.end > st.first ? localOf(st.first) : 0, lastLocal = st.end > st.first ? localOf(st.end - 1) : 0;
+    const embed = s === 0 && denseGroup > 1 ? V * D : 0;
+    const layerGradients = holdGrads ? 0 : 4 * Math.max(largestPair, head + lastLocal, embed + firstLocal);
     // The router is f32 in either precision (it has no compute copy).
     const heldWeights = holdWeights ? e * (gatheredUnits - gatheredRouter) + 4 * gatheredRouter : 0;
     const heldGradients = holdGrads ? 4 * gatheredUnits : 0;

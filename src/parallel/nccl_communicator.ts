@@ -1,8 +1,9 @@
 // Collectives on CUDA tensors through NCCL (bindings in backend/cuda/ffi/nccl.ts). Every call of
 // every group runs on the context's one communication stream, after the compute stream's work
 // queued so far (an event), and the compute stream waits for it before its next kernel — except
-// allGatherStart's, which the compute stream waits for only at the handle's wait(), so FSDP's
-// prefetched gather of the next unit overlaps this unit's compute. The caller never waits
+// allGatherStart's and reduceScatterStart's, which the compute stream waits for only at the
+// handle's wait(), so FSDP's prefetched gather of the next unit overlaps this unit's compute and
+// a unit's gradient reduction overlaps the previous unit's backward. The caller never waits
 // (barrier excepted). Why one communication stream for all groups: NCCL kernels of different
 // communicators that run at once may wait on each other across ranks in different orders and
 // hang; on one stream they run in the order they were issued, which is the same on every rank. Groups are separate NCCL
@@ -132,12 +133,23 @@ export class NcclCommunicator implements Communicator {
   allGatherStart(out: Tensor, inp: Tensor): PendingCollective {
     checkArgs.allGather(this, out, inp);
     if (inp.size === 0) return FINISHED;
-    let done: bigint | null = this.issue((s) => this.nccl.allGather(devicePtr(inp), devicePtr(out), inp.size, inp.dtype, s));
+    return this.pending(this.issue((s) => this.nccl.allGather(devicePtr(inp), devicePtr(out), inp.size, inp.dtype, s)));
+  }
+
+  reduceScatterStart(out: Tensor, inp: Tensor): PendingCollective {
+    checkArgs.reduceScatter(this, out, inp);
+    if (out.size === 0) return FINISHED;
+    return this.pending(this.issue((s) => this.nccl.reduceScatter(devicePtr(inp), devicePtr(out), out.size, out.dtype, s)));
+  }
+
+  /** A handle whose wait() makes the compute stream wait for the event `done` (once). */
+  private pending(done: bigint): PendingCollective {
+    let event: bigint | null = done;
     return {
       wait: () => {
-        if (done === null) return;
-        this.ctx.waitMark(this.ctx.stream, done);
-        done = null;
+        if (event === null) return;
+        this.ctx.waitMark(this.ctx.stream, event);
+        event = null;
       },
     };
   }

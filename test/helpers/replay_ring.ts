@@ -67,6 +67,7 @@ export class ReplayRing implements Communicator {
   private unsupported(what: string): never { throw new Error(`internal: ReplayRing supports sendRecv only, not ${what}`); }
   allReduce(_t: Tensor, _op: ReduceOp): void { this.unsupported('allReduce'); }
   reduceScatter(): void { this.unsupported('reduceScatter'); }
+  reduceScatterStart(): PendingCollective { this.unsupported('reduceScatterStart'); }
   allGather(): void { this.unsupported('allGather'); }
   allGatherStart(): PendingCollective { this.unsupported('allGatherStart'); }
   allToAll(): void { this.unsupported('allToAll'); }

@@ -146,6 +146,11 @@ export class CpuCommunicator implements Communicator {
     bytes.set(this.engine.run({ kind: 'allReduce', reduce: op, dtype: t.dtype, bytes: bytes.byteLength }, this, 'allReduce', bytes, bytes.byteLength));
   }
 
+  reduceScatterStart(out: Tensor, inp: Tensor): PendingCollective {
+    this.reduceScatter(out, inp);
+    return FINISHED;
+  }
+
   reduceScatter(out: Tensor, inp: Tensor): void {
     checkArgs.reduceScatter(this, out, inp);
     const o = bytesOf(out);
