@@ -162,21 +162,11 @@ __device__ __forceinline__ void acc_pos(int j, int h, int& i, int& col) {
   col = 8 * j + 2 * (lane & 3);
 }
 
-__device__ __forceinline__ void store_bf16(const float (&acc)[64], bf16* C, long long ldc, int rows, int cols) {
-#pragma unroll
-  for (int j = 0; j < 16; ++j)
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      int i, col;
-      acc_pos(j, h, i, col);
-      if (i >= rows || col >= cols) continue;  // cols is even: col < cols ⇒ col + 1 < cols
-      u32 packed;
-      asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(packed) : "f"(acc[4 * j + 2 * h + 1]), "f"(acc[4 * j + 2 * h]));
-      *reinterpret_cast<u32*>(C + (long long)i * ldc + col) = packed;
-    }
-}
-
-__device__ __forceinline__ void accumulate_f32(const float (&acc)[64], float* C, long long ldc, int rows, int cols) {
+// Calls f(i, col, lo, hi) for each of this thread's accumulator pairs inside the rows × cols
+// corner of the tile: (lo, hi) are the tile's (i, col) and (i, col + 1); cols is even, so
+// col < cols ⇒ col + 1 < cols.
+template <typename F>
+__device__ __forceinline__ void for_each_pair(const float (&acc)[64], int rows, int cols, F f) {
 #pragma unroll
   for (int j = 0; j < 16; ++j)
 #pragma unroll
@@ -184,31 +174,40 @@ __device__ __forceinline__ void accumulate_f32(const float (&acc)[64], float* C,
       int i, col;
       acc_pos(j, h, i, col);
       if (i >= rows || col >= cols) continue;
-      float2* p = reinterpret_cast<float2*>(C + (long long)i * ldc + col);
-      float2 v = *p;
-      v.x += acc[4 * j + 2 * h];
-      v.y += acc[4 * j + 2 * h + 1];
-      *p = v;
+      f(i, col, acc[4 * j + 2 * h], acc[4 * j + 2 * h + 1]);
     }
+}
+
+__device__ __forceinline__ u32 pack_bf16x2(float lo, float hi) {
+  u32 packed;
+  asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(packed) : "f"(hi), "f"(lo));
+  return packed;
+}
+
+__device__ __forceinline__ void store_bf16(const float (&acc)[64], bf16* C, long long ldc, int rows, int cols) {
+  for_each_pair(acc, rows, cols, [&](int i, int col, float lo, float hi) {
+    *reinterpret_cast<u32*>(C + (long long)i * ldc + col) = pack_bf16x2(lo, hi);
+  });
+}
+
+__device__ __forceinline__ void accumulate_f32(const float (&acc)[64], float* C, long long ldc, int rows, int cols) {
+  for_each_pair(acc, rows, cols, [&](int i, int col, float lo, float hi) {
+    float2* p = reinterpret_cast<float2*>(C + (long long)i * ldc + col);
+    float2 v = *p;
+    v.x += lo;
+    v.y += hi;
+    *p = v;
+  });
 }
 
 // C (bf16) = round(C + acc): the lean recipe's bf16 gradients, rounded once per product as a
 // cuBLASLt product with beta = 1 rounds them.
 __device__ __forceinline__ void accumulate_bf16(const float (&acc)[64], bf16* C, long long ldc, int rows, int cols) {
-#pragma unroll
-  for (int j = 0; j < 16; ++j)
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      int i, col;
-      acc_pos(j, h, i, col);
-      if (i >= rows || col >= cols) continue;
-      u32* p = reinterpret_cast<u32*>(C + (long long)i * ldc + col);
-      const u32 old = *p;
-      const float lo = __uint_as_float(old << 16) + acc[4 * j + 2 * h], hi = __uint_as_float(old & 0xFFFF0000u) + acc[4 * j + 2 * h + 1];
-      u32 packed;
-      asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(packed) : "f"(hi), "f"(lo));
-      *p = packed;
-    }
+  for_each_pair(acc, rows, cols, [&](int i, int col, float lo, float hi) {
+    u32* p = reinterpret_cast<u32*>(C + (long long)i * ldc + col);
+    const u32 old = *p;
+    *p = pack_bf16x2(__uint_as_float(old << 16) + lo, __uint_as_float(old & 0xFFFF0000u) + hi);
+  });
 }
 
 inline __device__ void store_acc(const float (&acc)[64], float* C, long long ldc, int rows, int cols) { accumulate_f32(acc, C, ldc, rows, cols); }
