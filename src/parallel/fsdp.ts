@@ -176,7 +176,7 @@ class Flat {
     this.fullGrad.storage.evict();
   }
 
-  /** Frees the full gradient without reducing it, or without adding a reduction in flight (a step that threw). */
+  /** Frees the full gradient, if any, without reducing it or adding a reduction in flight (a step that threw). */
   dropGrad(): void {
     if (this.whole) { this.wholeInBackward = false; return; }
     if (this.reducing) {
@@ -186,9 +186,6 @@ class Flat {
     }
     if (this.fullGrad.storage.resident) this.fullGrad.storage.evict();
   }
-
-  /** A reduce-scatter started and not finished. */
-  get isReducing(): boolean { return this.reducing !== null; }
 
   /** Stores the part of member's full values that this rank holds (master and compute copy). */
   load(member: FlatMember, values: Float32Array): void {
@@ -235,6 +232,11 @@ class Unit {
   constructor(readonly unit: ModelUnit, readonly flats: Flat[], readonly weightsInBackward: boolean) {}
   get isGathered(): boolean { return this.flats[0]!.isGathered; }
   get inBackward(): boolean { return this.flats[0]!.inBackward; }
+}
+
+/** Completes the started reductions of `units`, in order. */
+function finishReductions(units: readonly Unit[]): void {
+  for (const u of units) for (const f of u.flats) f.finishReduce();
 }
 
 const unitName = (u: ModelUnit): string => (u.kind === 'layer' ? `layer ${u.index}` : u.kind);
@@ -336,15 +338,9 @@ export class FullyShardedModel implements UnitHooks {
       const earlier = this.reducing;
       for (const f of u.flats) f.reduceGrad();
       this.reducing = [u];
-      this.finishReductions(earlier);
+      finishReductions(earlier);
     }
     if (!this.hold.weights) this.release(u);
-  }
-
-  /** Completes the reductions of `units` (default: every one in flight), in order. */
-  private finishReductions(units: Unit[] = this.reducing): void {
-    for (const u of units) for (const f of u.flats) f.finishReduce();
-    if (units === this.reducing) this.reducing = [];
   }
 
   /**
@@ -354,7 +350,8 @@ export class FullyShardedModel implements UnitHooks {
    */
   finishBackward(): void {
     for (let i = this.units.length - 1; i >= 0; i--) this.afterBackward(this.units[i]!);
-    this.finishReductions();
+    finishReductions(this.reducing);
+    this.reducing = [];
   }
 
   /**
@@ -363,12 +360,14 @@ export class FullyShardedModel implements UnitHooks {
    * it, in the same order on every rank; otherwise finishBackward() already did.
    */
   reduceHeldGrads(): void {
+    const started: Unit[] = [];
     for (let i = this.units.length - 1; i >= 0; i--) {
       const u = this.units[i]!;
-      if (u.inBackward) for (const f of u.flats) f.reduceGrad();
-      this.reducing.push(u);
+      if (!u.inBackward) continue;
+      for (const f of u.flats) f.reduceGrad();
+      started.push(u);
     }
-    this.finishReductions();
+    finishReductions(started); // they overlap one another, not compute: the norm comes next
   }
 
   /**
@@ -381,7 +380,7 @@ export class FullyShardedModel implements UnitHooks {
   releaseHeld(): void {
     for (const u of this.units) {
       this.release(u);
-      for (const f of u.flats) if (f.inBackward || f.isReducing) f.dropGrad();
+      for (const f of u.flats) f.dropGrad();
     }
     this.reducing = [];
   }

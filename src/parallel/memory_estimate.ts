@@ -15,8 +15,8 @@
 // - with sharding, a layer's bf16 weights are gathered before use (the next layer's gather is
 //   issued early, so two layers are whole at once) and its f32 gradients are whole from its
 //   backward until its reduce-scatter, which overlaps the previous unit's backward, is finished
-//   (so two neighbouring units' gradients are whole at once); with parallel.hold_weights every unit of the stage
-//   stays gathered until the step's end (the held weights replace the two gathered layers), and
+//   (so two neighbouring units' gradients are whole at once); with parallel.hold_weights every
+//   unit of the stage stays gathered until the step's end (the held weights replace the two gathered layers), and
 //   with parallel.hold_grads every unit's f32 gradient stays whole over the micro-batches (the
 //   held gradients replace the two units'): all of them are resident at the peak;
 // - the activations a layer keeps for backward, counted tensor by tensor from the model's ops
@@ -66,7 +66,7 @@ export interface RankEstimate {
     moments: number;
     /** The two layers (or the head) gathered at once; 0 with hold_weights (heldWeights holds them). */
     gatheredWeights: number;
-    /** One layer's (or the head's) whole f32 gradient; 0 with hold_grads (heldGradients holds it). */
+    /** Two neighbouring units' whole f32 gradients (one being reduced); 0 with hold_grads (heldGradients holds them). */
     layerGradients: number;
     /** hold_weights: every sharded unit of the stage gathered (compute dtype; the router f32). */
     heldWeights: number;

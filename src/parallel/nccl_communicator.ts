@@ -6,8 +6,8 @@
 // a unit's gradient reduction overlaps the previous unit's backward. The caller never waits
 // (barrier excepted). Why one communication stream for all groups: NCCL kernels of different
 // communicators that run at once may wait on each other across ranks in different orders and
-// hang; on one stream they run in the order they were issued, which is the same on every rank. Groups are separate NCCL
-// communicators: the group's lowest rank makes an ncclUniqueId and publishes it through the
+// hang; on one stream they run in the order they were issued, which is the same on every rank.
+// Groups are separate NCCL communicators: the group's lowest rank makes an ncclUniqueId and publishes it through the
 // rendezvous store. All-to-all is grouped send/recv; 'max' (used on small tensors: metrics)
 // gathers every rank's copy and takes the maximum on the host.
 import type { Backend } from '../backend/backend.js';
@@ -57,20 +57,9 @@ export class NcclCommunicator implements Communicator {
 
   private get ctx(): CudaContext { return (this.backend as CudaBackend).ctx; }
 
-  /**
-   * Queues `calls` on the communication stream after the compute stream's work so far and returns
-   * an event after them (for CudaContext.waitMark).
-   */
-  private issue(calls: (stream: bigint) => void): bigint {
-    const ctx = this.ctx, comm = ctx.commStream;
-    ctx.order(ctx.stream, comm);
-    calls(comm);
-    return ctx.mark(comm);
-  }
-
-  /** issue(), then the compute stream waits for it: the result is ordered before the next kernel. */
+  /** Queues `calls` on the communication stream, and the compute stream waits for them: the result is ordered before the next kernel. */
   private run(calls: (stream: bigint) => void): void {
-    this.ctx.waitMark(this.ctx.stream, this.issue(calls));
+    this.ctx.onCommStream(calls).wait();
   }
 
   /** Joins an NCCL communicator over `worldRanks` (blocks until every member has joined). */
@@ -133,25 +122,13 @@ export class NcclCommunicator implements Communicator {
   allGatherStart(out: Tensor, inp: Tensor): PendingCollective {
     checkArgs.allGather(this, out, inp);
     if (inp.size === 0) return FINISHED;
-    return this.pending(this.issue((s) => this.nccl.allGather(devicePtr(inp), devicePtr(out), inp.size, inp.dtype, s)));
+    return this.ctx.onCommStream((s) => this.nccl.allGather(devicePtr(inp), devicePtr(out), inp.size, inp.dtype, s));
   }
 
   reduceScatterStart(out: Tensor, inp: Tensor): PendingCollective {
     checkArgs.reduceScatter(this, out, inp);
     if (out.size === 0) return FINISHED;
-    return this.pending(this.issue((s) => this.nccl.reduceScatter(devicePtr(inp), devicePtr(out), out.size, out.dtype, s)));
-  }
-
-  /** A handle whose wait() makes the compute stream wait for the event `done` (once). */
-  private pending(done: bigint): PendingCollective {
-    let event: bigint | null = done;
-    return {
-      wait: () => {
-        if (event === null) return;
-        this.ctx.waitMark(this.ctx.stream, event);
-        event = null;
-      },
-    };
+    return this.ctx.onCommStream((s) => this.nccl.reduceScatter(devicePtr(inp), devicePtr(out), out.size, out.dtype, s));
   }
 
   allToAll(out: Tensor, inp: Tensor, sendRows: readonly number[], recvRows: readonly number[]): void {

@@ -91,11 +91,11 @@ export class GroupedGemmLauncher {
     this.kernels = request === 'auto' ? (hopper && AUTO_WGMMA ? 'wgmma' : 'mma') : request;
   }
 
-  /** The kernel of one product in the chosen set, allowed its shared memory. */
-  private kernel(product: 'fwd' | 'dx' | 'dw' | 'dw_gbf16') {
+  /** The kernel of one product in the chosen set (bf16Grads: the wgmma weight product into bf16 gradients), allowed its shared memory. */
+  private kernel(product: 'fwd' | 'dx' | 'dw', bf16Grads = false) {
     const wgmma = this.kernels === 'wgmma';
-    const k = wgmma ? this.wgmmaFile.kernel(`grouped_wgmma_${product === 'dw_gbf16' ? 'dw_bf16_gbf16' : `${product}_bf16`}`) : this.mmaFile.kernel(`grouped_${product}_bf16`);
-    const smem = !wgmma ? MMA_SMEM : product.startsWith('dw') ? WGMMA_DW_SMEM : WGMMA_SMEM;
+    const k = wgmma ? this.wgmmaFile.kernel(`grouped_wgmma_${product}_bf16${bf16Grads ? '_gbf16' : ''}`) : this.mmaFile.kernel(`grouped_${product}_bf16`);
+    const smem = !wgmma ? MMA_SMEM : product === 'dw' ? WGMMA_DW_SMEM : WGMMA_SMEM;
     k.allowDynamicShared(smem, `grouped GEMM (${this.kernels})`);
     return { k, smem };
   }
@@ -125,7 +125,7 @@ export class GroupedGemmLauncher {
     const table = this.tableOf(dweights);
     const args = this.args.ptr(0, table).ptr(1, devicePtr(dy)).ptr(2, devicePtr(x)).ptr(3, devicePtr(offsets))
       .i32(4, E).i32(5, M).i32(6, N).i32(7, K);
-    const { k, smem } = this.kernel(f32 ? 'dw' : 'dw_gbf16');
+    const { k, smem } = this.kernel('dw', !f32);
     k.launch([Math.ceil(K / BN), Math.ceil(N / BM), E], [THREADS, 1, 1], smem, args);
   }
 

@@ -3,9 +3,10 @@
 // makes the device's primary context current, and owns the one compute stream every kernel,
 // GEMM and copy of the backend is queued on. One stream keeps ordering simple: the allocator may
 // hand a freed block to the next op without any synchronisation. The one exception is the
-// communication stream (commStream) that NCCL collectives run on so that a prefetched all-gather
-// overlaps compute (parallel/nccl_communicator.ts): work crosses between the two streams only
-// through order() and mark()/waitMark(), events with no host wait.
+// communication stream that NCCL collectives run on so that FSDP's gathers and gradient
+// reductions overlap compute (parallel/nccl_communicator.ts): work reaches it only through
+// onCommStream(), which orders it after the compute stream's work and hands back the wait the
+// compute stream does before reading its results (events; the host never waits).
 import {
   CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR,
   CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR,
@@ -56,7 +57,7 @@ export class CudaContext {
   readonly device: number;
   /** The device's primary context (shared with any other library in this process). */
   readonly context: bigint;
-  /** The compute stream (onStream() redirects it for a while). */
+  /** The compute stream (the communication stream while onCommStream's callback runs). */
   get stream(): bigint { return this.current; }
   private current: bigint;
   private comm: bigint | null = null;
@@ -122,43 +123,44 @@ export class CudaContext {
 
   // ---- the communication stream ----
 
-  /** The stream collectives run on, created on first use. */
-  get commStream(): bigint {
+  /**
+   * Queues `fn`'s work on the communication stream (created on first use), after the work queued
+   * on the compute stream so far; while `fn` runs, `stream` is the communication stream, so the
+   * backend's kernels and copies go there too (the loopback communicator's copies). `fn` must not
+   * allocate or free device memory: the allocator's reuse follows the compute stream's order. The
+   * returned wait() makes the compute stream's later work wait for it (once; no host wait).
+   */
+  onCommStream(fn: (stream: bigint) => void): { wait(): void } {
     this.comm ??= this.driver.streamCreate(0);
-    return this.comm;
+    const comm = this.comm, compute = this.current;
+    this.waitFor(comm, this.mark(compute));
+    this.current = comm;
+    try {
+      fn(comm);
+    } finally {
+      this.current = compute;
+    }
+    let done: bigint | null = this.mark(comm);
+    return {
+      wait: () => {
+        if (done === null) return;
+        this.waitFor(this.current, done);
+        done = null;
+      },
+    };
   }
 
-  /** Work queued on `to` from now on waits for the work queued on `from` so far (an event; the host does not wait). */
-  order(from: bigint, to: bigint): void {
-    this.waitMark(to, this.mark(from));
-  }
-
-  /** An event after the work queued on `stream` so far; pass it to waitMark once (which frees it). */
-  mark(stream: bigint): bigint {
+  /** An event after the work queued on `stream` so far (for waitFor, which frees it). */
+  private mark(stream: bigint): bigint {
     const event = this.driver.eventCreate(CU_EVENT_DISABLE_TIMING);
     this.driver.eventRecord(event, stream);
     return event;
   }
 
-  /** Work queued on `stream` from now on waits for `event` (from mark); the event is freed (the driver keeps it until it completes). */
-  waitMark(stream: bigint, event: bigint): void {
+  /** Work queued on `stream` from now on waits for `event`; the event is freed (the driver keeps it until it completes). */
+  private waitFor(stream: bigint, event: bigint): void {
     this.driver.streamWaitEvent(stream, event);
     this.driver.eventDestroy(event);
-  }
-
-  /**
-   * Runs `fn` with every kernel, copy and fill it queues redirected to `stream` (the loopback
-   * communicator's copies on the communication stream). It must not allocate or free device
-   * memory: the allocator's reuse follows the compute stream's order.
-   */
-  onStream<T>(stream: bigint, fn: () => T): T {
-    const before = this.current;
-    this.current = stream;
-    try {
-      return fn();
-    } finally {
-      this.current = before;
-    }
   }
 
   // ---- stream-ordered copies and fills ----
