@@ -191,6 +191,19 @@ export interface Backend extends StorageOwner {
     dout: Tensor, qNope: Tensor, qPe: Tensor, kNope: Tensor, kPe: Tensor, v: Tensor, o: Tensor, lse: Tensor,
     opts: AttentionOptions,
   ): void;
+  /**
+   * The backward of one block of a longer attention (ring attention's steps): overwrites the
+   * block's key-side gradients, as mlaAttentionBackward does, and ADDS the block's dq into rows
+   * qFrom … qFrom+Sq−1 of dqAcc f32 [B,L,H,Dn+Dr] (q_nope's columns, then q_pe's) in units of
+   * 1/scale (the unscaled Σ dS·k the kernels accumulate): dq = opts.scale · dqAcc once every
+   * block is in. The caller zeroes dqAcc once and converts it once, so the per-query work of a
+   * backward (an f32 accumulator zeroed, read and rounded) is not repeated for every block.
+   */
+  mlaAttentionBackwardBlock(
+    dqAcc: Tensor, qFrom: number, grads: { dkNope: Tensor; dkPe: Tensor; dv: Tensor },
+    dout: Tensor, qNope: Tensor, qPe: Tensor, kNope: Tensor, kPe: Tensor, v: Tensor, o: Tensor, lse: Tensor,
+    opts: AttentionOptions,
+  ): void;
 
   // ---- optimizer ----
   /**

@@ -30,7 +30,9 @@
 // that half's f32 output by log-sum-exp (ringMerge), then passes the k/v on to r + 1. Backward:
 // the FlashAttention identity per launch with the MERGED o and lse; k/v travel the other way (to
 // r − 1) together with an f32 accumulator of their dk_nope, dk_pe (summed over heads) and dv,
-// which arrives back at its owner after the last step; dq stays local.
+// which arrives back at its owner after the last step; dq stays local: every step adds into one
+// f32 accumulator of the L local queries (Backend.mlaAttentionBackwardBlock), zeroed once and
+// rounded once, so the per-query part of a backward is paid once per ring, not once per step.
 //
 // Shape legend: B batch, L = S/cp local tokens (two chunks of c = L/2), H heads, Dn/Dr/Dv widths.
 import { backendOf, type AttentionOptions, type Backend } from '../backend/backend.js';
@@ -250,28 +252,21 @@ function ringBackward(
       both: { qNope: contiguous(be, qNope), qPe: contiguous(be, qPe), dout: contiguous(be, dout), o: contiguous(be, o), lse: contiguous(be, lse) },
       1: cp > 1 ? { qNope: halfOf(be, qNope, 1, c), qPe: halfOf(be, qPe, 1, c), dout: halfOf(be, dout, 1, c), o: halfOf(be, o, 1, c), lse: lseHalfOf(be, lse, 1, c) } : null,
     };
-    // f32 dq of each local half.
-    const dq = ([0, 1] as const).map(() => {
-      const h = { nope: emptyTensor(be, [B, c, H, Dn], 'f32'), pe: emptyTensor(be, [B, c, H, Dr], 'f32') };
-      be.fill(h.nope, 0);
-      be.fill(h.pe, 0);
-      return h;
-    });
+    // dq of all L local tokens, q_nope's columns then q_pe's, in units of 1/scale; every step
+    // adds into the rows its q side covers (mlaAttentionBackwardBlock), converted once at the end.
+    const dqAcc = emptyTensor(be, [B, L, H, Dn + Dr], 'f32');
+    be.fill(dqAcc, 0);
     let cur = kvPack(be, d, kNope.dtype), next = cp > 1 ? kvPack(be, d, kNope.dtype) : cur;
     let acc = gradPack(be, d), accNext = cp > 1 ? gradPack(be, d) : acc;
     be.fill(acc.buf, 0);
     fillPack(be, cur, kNope, kPe, v);
-    // One set of launch gradients per (Sq, Skv) a step uses.
-    const gradsOf = new Map<string, InputGrads>();
-    const gradsFor = (Sq: number, Skv: number): InputGrads => {
-      const key = `${Sq}x${Skv}`;
-      let g = gradsOf.get(key);
+    // One set of the key side's launch gradients per kv length a step uses.
+    const gradsOf = new Map<number, KvHalf>();
+    const gradsFor = (Skv: number): KvHalf => {
+      let g = gradsOf.get(Skv);
       if (!g) {
-        g = {
-          dqNope: emptyTensor(be, [B, Sq, H, Dn], qNope.dtype), dqPe: emptyTensor(be, [B, Sq, H, Dr], qPe.dtype),
-          dkNope: emptyTensor(be, [B, Skv, H, Dn], kNope.dtype), dkPe: emptyTensor(be, [B, Skv, 1, Dr], kPe.dtype), dv: emptyTensor(be, [B, Skv, H, Dv], v.dtype),
-        };
-        gradsOf.set(key, g);
+        g = { kNope: emptyTensor(be, [B, Skv, H, Dn], kNope.dtype), kPe: emptyTensor(be, [B, Skv, 1, Dr], kPe.dtype), v: emptyTensor(be, [B, Skv, H, Dv], v.dtype) };
+        gradsOf.set(Skv, g);
       }
       return g;
     };
@@ -280,18 +275,15 @@ function ringBackward(
     for (let j = 0; j < cp; j++) {
       const step = ringStep(cp, r, (r + j) % cp);
       const qs = q[step.q]!, kv = kvOperands(be, cur, step.kv, c);
-      const g = gradsFor(step.q === 'both' ? L : c, step.kv === 'both' ? L : c);
-      be.mlaAttentionBackward(g, qs.dout, qs.qNope, qs.qPe, kv.kNope, kv.kPe, kv.v, qs.o, qs.lse, { causal: step.causal, scale });
+      const g = gradsFor(step.kv === 'both' ? L : c);
+      be.mlaAttentionBackwardBlock(dqAcc, step.q === 'both' ? 0 : c, { dkNope: g.kNope, dkPe: g.kPe, dv: g.v }, qs.dout, qs.qNope, qs.qPe,
+        kv.kNope, kv.kPe, kv.v, qs.o, qs.lse, { causal: step.causal, scale });
       disposeKv(kv);
-      for (const { x, part } of sideHalves(step.q, c)) {
-        addInto(dq[x]!.nope, part(g.dqNope));
-        addInto(dq[x]!.pe, part(g.dqPe));
-      }
       for (const { x, part } of sideHalves(step.kv, c)) {
         const a = acc.halves[x];
-        addInto(a.kNope, part(g.dkNope));
-        addInto(a.kPe, part(g.dkPe));
-        addInto(a.v, part(g.dv));
+        addInto(a.kNope, part(g.kNope));
+        addInto(a.kPe, part(g.kPe));
+        addInto(a.v, part(g.v));
       }
       if (cp === 1) break;
       // k/v and their gradients move to r − 1; after the last step only the gradients move,
@@ -303,9 +295,12 @@ function ringBackward(
       comm.sendRecv(acc.buf, prev, accNext.buf, nextRank);
       [acc, accNext] = [accNext, acc];
     }
+    const cols = (from: number, width: number) => dqAcc.view([B, L, H, width], dqAcc.strides, dqAcc.offset + from);
+    be.unary('scale', out.dqNope, cols(0, Dn), scale);
+    be.unary('scale', out.dqPe, cols(Dn, Dr), scale);
     for (const x of [0, 1] as const) {
-      const h = dq[x]!, a = acc.halves[x];
-      const pairs: [Tensor, Tensor][] = [[out.dqNope, h.nope], [out.dqPe, h.pe], [out.dkNope, a.kNope], [out.dkPe, a.kPe], [out.dv, a.v]];
+      const a = acc.halves[x];
+      const pairs: [Tensor, Tensor][] = [[out.dkNope, a.kNope], [out.dkPe, a.kPe], [out.dv, a.v]];
       for (const [dst, src] of pairs) {
         const view = halfView(dst, x, c);
         be.copy(view, src);

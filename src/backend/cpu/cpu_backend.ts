@@ -10,6 +10,7 @@ import { adamLeanSlot } from './adam_lean.js';
 import { HostBuffer, arrayOf, denseView, forEachIndex, readF32, storageArray, writeF32 } from './host.js';
 import { cpuMatmul } from './matmul.js';
 import { cpuGroupedLinear, cpuGroupedLinearBackwardData, cpuGroupedLinearWeightGrad } from './grouped_matmul.js';
+import { mlaBackwardBlockByWhole } from '../mla_backward_block.js';
 import { cpuMlaAttention, cpuMlaAttentionBackward } from './attention.js';
 import * as m from './model_ops.js';
 
@@ -173,6 +174,12 @@ export class CpuBackend implements Backend {
     dout: Tensor, qNope: Tensor, qPe: Tensor, kNope: Tensor, kPe: Tensor, v: Tensor, o: Tensor, lse: Tensor, opts: AttentionOptions,
   ): void {
     cpuMlaAttentionBackward(grads, dout, qNope, qPe, kNope, kPe, v, o, lse, opts);
+  }
+  mlaAttentionBackwardBlock(
+    dqAcc: Tensor, qFrom: number, grads: { dkNope: Tensor; dkPe: Tensor; dv: Tensor },
+    dout: Tensor, qNope: Tensor, qPe: Tensor, kNope: Tensor, kPe: Tensor, v: Tensor, o: Tensor, lse: Tensor, opts: AttentionOptions,
+  ): void {
+    mlaBackwardBlockByWhole(this, dqAcc, qFrom, grads, dout, qNope, qPe, kNope, kPe, v, o, lse, opts);
   }
 
   adam(param: Tensor, grad: Tensor, mom: Tensor, vel: Tensor, lowp: Tensor | null, h: AdamHyper): void {

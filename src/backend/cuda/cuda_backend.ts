@@ -21,7 +21,8 @@ import { FillLauncher } from './ops/fill.js';
 import { GatherRowsLauncher } from './ops/gather_rows.js';
 import { GroupedGemmLauncher, type GroupedGemmKernels, type GroupedGemmRequest } from './ops/grouped_gemm.js';
 import { MatmulLauncher } from './ops/matmul.js';
-import { MlaAttentionLauncher, type MlaGrads } from './ops/mla_attention.js';
+import { MlaAttentionLauncher, type MlaGrads, type MlaKvGrads } from './ops/mla_attention.js';
+import { mlaBackwardBlockByWhole } from '../mla_backward_block.js';
 import { MlaAttentionGenericLauncher } from './ops/mla_attention_generic.js';
 import { chooseMlaKernels, type MlaKernels, type MlaKernelsRequest } from './ops/mla_kernel_choice.js';
 import { RmsNormLauncher } from './ops/rms_norm.js';
@@ -228,5 +229,12 @@ export class CudaBackend implements Backend {
     const kernels = this.mlaKernelsFor(qNope, qPe, v);
     if (kernels === 'generic') this.attentionGeneric.backward(grads, dout, qNope, qPe, kNope, kPe, v, o, lse, opts);
     else this.attention.backward(kernels, grads, dout, qNope, qPe, kNope, kPe, v, o, lse, opts);
+  }
+
+  mlaAttentionBackwardBlock(dqAcc: Tensor, qFrom: number, grads: MlaKvGrads, dout: Tensor, qNope: Tensor, qPe: Tensor, kNope: Tensor,
+                            kPe: Tensor, v: Tensor, o: Tensor, lse: Tensor, opts: AttentionOptions): void {
+    // Only the Hopper backward adds dQ into part of a longer accumulator (a tensor map of its rows).
+    if (this.mlaKernelsFor(qNope, qPe, v) === 'hopper') this.attention.backwardBlock(dqAcc, qFrom, grads, dout, qNope, qPe, kNope, kPe, v, o, lse, opts);
+    else mlaBackwardBlockByWhole(this, dqAcc, qFrom, grads, dout, qNope, qPe, kNope, kPe, v, o, lse, opts);
   }
 }

@@ -71,6 +71,8 @@ export interface MlaBackwardOptions extends AttentionOptions {
 }
 
 export interface MlaGrads { dqNope: Tensor; dqPe: Tensor; dkNope: Tensor; dkPe: Tensor; dv: Tensor }
+/** The key side's gradients of one block (backwardBlock): dkPe summed over heads. */
+export type MlaKvGrads = Pick<MlaGrads, 'dkNope' | 'dkPe' | 'dv'>;
 
 interface Dims { B: number; Sq: number; Skv: number; H: number }
 
@@ -191,86 +193,156 @@ export class MlaAttentionLauncher {
   backward(kernels: MlaTensorCoreKernels, grads: MlaGrads, dout: Tensor, qNope: Tensor, qPe: Tensor, kNope: Tensor, kPe: Tensor,
            v: Tensor, o: Tensor, lse: Tensor, opts: MlaBackwardOptions): void {
     const op = 'mlaAttentionBackward';
-    const { B, Sq, Skv, H } = inputDims(op, qNope, qPe, kNope, kPe, v, opts.causal);
-    checkScale(op, opts);
-    expectTensor(op, 'o', o, [B, Sq, H, D_V], 'bf16', `[B,Sq,H,${D_V}]`);
-    expectTensor(op, 'dout', dout, [B, Sq, H, D_V], 'bf16', `[B,Sq,H,${D_V}]`);
-    expectTensor(op, 'lse', lse, [B, H, Sq], 'f32', '[B,H,Sq]');
+    const d = this.backwardInputs(op, grads, dout, qNope, qPe, kNope, kPe, v, o, lse, opts);
+    if (!d) return;
+    const { B, Sq, Skv, H } = d;
     expectTensor(op, 'dqNope', grads.dqNope, [B, Sq, H, D_NOPE], 'bf16', `[B,Sq,H,${D_NOPE}]`);
     expectTensor(op, 'dqPe', grads.dqPe, [B, Sq, H, D_ROPE], 'bf16', `[B,Sq,H,${D_ROPE}]`);
-    expectTensor(op, 'dkNope', grads.dkNope, [B, Skv, H, D_NOPE], 'bf16', `[B,Skv,H,${D_NOPE}]`);
-    expectTensor(op, 'dkPe', grads.dkPe, [B, Skv, 1, D_ROPE], 'bf16', `[B,Skv,1,${D_ROPE}]`);
-    expectTensor(op, 'dv', grads.dv, [B, Skv, H, D_V], 'bf16', `[B,Skv,H,${D_V}]`);
-    if (B * H === 0 || Sq + Skv === 0) return;
-    if (Sq === 0 || Skv === 0) throw new Error(`${op}: q ${Sq} × kv ${Skv} positions; skip the call for an empty block`);
-    const { MLA_BWD_THREADS, MLA_BWD_PRE_THREADS, MLA_BWD_FINISH_THREADS, MLA_BWD_DKDV_SMEM, MLA_BWD_DQ_SMEM } = MLA_BWD_DEFINES;
+    const { MLA_BWD_THREADS, MLA_BWD_DQ_SMEM } = MLA_BWD_DEFINES;
     const deterministic = opts.deterministic === true;
     const rows = B * Sq * H;  // query rows
-    const kRows = B * Skv * H;
     const scratch: GpuBlock[] = [];
     const take = (bytes: number): bigint => { const b = this.allocator.alloc(bytes); scratch.push(b); return b.ptr; };
     try {
       const dSum = take(rows * 4);
       const dqAccum = deterministic ? 0n : take(rows * D_QK * 4);
-      const dkPeF32 = take((deterministic ? kRows : B * Skv) * D_ROPE * 4);
-      const [pQn, pQp, pKn, pKp, pV, pDo, pLse] = [qNope, qPe, kNope, kPe, v, dout, lse].map(devicePtr) as
-        [bigint, bigint, bigint, bigint, bigint, bigint, bigint];
-      const causal = opts.causal ? 1 : 0;
-      // Arguments 6-17, the same for the mma.sync kernel and the Hopper one.
-      const dkdvTail = (args: KernelArgs): KernelArgs => args.ptr(6, pLse).ptr(7, dSum)
-        .ptr(8, devicePtr(grads.dkNope)).ptr(9, devicePtr(grads.dv)).ptr(10, dqAccum).ptr(11, dkPeF32)
-        .i32(12, Sq).i32(13, Skv).i32(14, H).f32(15, opts.scale).i32(16, causal).i32(17, deterministic ? 1 : 0);
-
-      // Fast mode: preprocess also zeroes the f32 dk_pe accumulator, B·Skv·64 floats.
-      this.bwdFile.kernel('mla_attention_bwd_preprocess').launch([Math.ceil(rows / (MLA_BWD_PRE_THREADS / 32)), 1, 1], [MLA_BWD_PRE_THREADS, 1, 1], 0,
-        this.preArgs.ptr(0, devicePtr(o)).ptr(1, pDo).ptr(2, dSum).ptr(3, dqAccum).ptr(4, deterministic ? 0n : dkPeF32)
-          .i32(5, rows).i32(6, Sq).i32(7, H).i64(8, deterministic ? 0n : BigInt(B * Skv * D_ROPE)));
+      const dkPeF32 = take((deterministic ? B * Skv * H : B * Skv) * D_ROPE * 4);
+      // Fast mode: preprocess also zeroes dqAccum and the f32 dk_pe accumulator, B·Skv·64 floats.
+      this.preprocess(d, o, dout, dSum, dqAccum, deterministic ? 0n : dkPeF32);
       // Both kernels skip dQ when dqAccum is null (deterministic mode: the dq pass below makes it).
-      if (kernels === 'hopper') {
-        const { MLA_HOP_BWD_THREADS: threads, MLA_HOP_BWD_KEYS: keys, MLA_HOP_BWD_QUERIES: queries, MLA_HOP_BWD_DQ_ROWS: dqRows,
-          MLA_HOP_BWD_SMEM: smem } = MLA_HOP_BWD_DEFINES;
-        const k = this.bwdHopperFile.kernel('mla_attention_bwd_dkdv_hopper');
-        k.allowDynamicShared(smem, op);
-        // The Hopper kernel copies q, dO (`queries` per step) and k, v (its `keys`) with TMA.
-        const maps = this.dkdvHopperMaps;
-        maps.set(0, headRows(pQn, B, Sq, H, D_NOPE, queries), `${op}: qNope`);
-        maps.set(1, headRows(pQp, B, Sq, H, D_ROPE, queries), `${op}: qPe`);
-        maps.set(2, headRows(pKn, B, Skv, H, D_NOPE, keys), `${op}: kNope`);
-        maps.set(3, sharedRows(pKp, B, Skv, D_ROPE, keys), `${op}: kPe`);
-        maps.set(4, headRows(pV, B, Skv, H, D_V, keys), `${op}: v`);
-        maps.set(5, headRows(pDo, B, Sq, H, D_V, queries), `${op}: dout`);
-        // dQ leaves as bulk reduce-adds into dqAccum [B,Sq,H,192] f32: boxes of 64 columns ×
-        // dqRows queries (each warp of a consumer adds its own rows), seen as 5-D (32 columns, 6
-        // blocks of 32, H, Sq, B) so that a box is 128-byte lines, as the swizzle needs.
-        // Deterministic mode has no dqAccum; the kernel then skips dQ and never reads this slot,
-        // so it keeps whatever map it held.
-        if (!deterministic) {
-          maps.set(18, { dtype: 'f32', address: dqAccum, dims: [32, D_QK / 32, H, Sq, B],
-            strides: [128, D_QK * 4, H * D_QK * 4, Sq * H * D_QK * 4],
-            box: [32, 2, 1, dqRows, 1], swizzle128: true }, `${op}: dq accumulator`);
-        }
-        k.launch([H, Math.ceil(Skv / keys), B], [threads, 1, 1], smem, dkdvTail(this.dkdvHopperArgs));
-      } else {
-        const k = this.bwdFile.kernel('mla_attention_bwd_dkdv');
-        k.allowDynamicShared(MLA_BWD_DKDV_SMEM, op);
-        const args = dkdvTail(this.dkdvArgs.ptr(0, pQn).ptr(1, pQp).ptr(2, pKn).ptr(3, pKp).ptr(4, pV).ptr(5, pDo));
-        k.launch([Math.ceil(Skv / TILE), H, B], [MLA_BWD_THREADS, 1, 1], MLA_BWD_DKDV_SMEM, args);
-      }
+      this.dkdv(kernels, d, grads, dout, qNope, qPe, kNope, kPe, v, lse, dSum, dkPeF32, opts,
+        deterministic ? null : { address: dqAccum, rows: Sq });
       if (deterministic) {
         const k = this.bwdFile.kernel('mla_attention_bwd_dq');
         k.allowDynamicShared(MLA_BWD_DQ_SMEM, op);
         k.launch([Math.ceil(Sq / TILE), H, B], [MLA_BWD_THREADS, 1, 1], MLA_BWD_DQ_SMEM,
-          this.dqArgs.ptr(0, pQn).ptr(1, pQp).ptr(2, pKn).ptr(3, pKp).ptr(4, pV).ptr(5, pDo).ptr(6, pLse).ptr(7, dSum)
-            .ptr(8, devicePtr(grads.dqNope)).ptr(9, devicePtr(grads.dqPe)).i32(10, Sq).i32(11, Skv).i32(12, H).f32(13, opts.scale)
-            .i32(14, causal));
+          this.dqArgs.ptr(0, devicePtr(qNope)).ptr(1, devicePtr(qPe)).ptr(2, devicePtr(kNope)).ptr(3, devicePtr(kPe)).ptr(4, devicePtr(v))
+            .ptr(5, devicePtr(dout)).ptr(6, devicePtr(lse)).ptr(7, dSum).ptr(8, devicePtr(grads.dqNope)).ptr(9, devicePtr(grads.dqPe))
+            .i32(10, Sq).i32(11, Skv).i32(12, H).f32(13, opts.scale).i32(14, opts.causal ? 1 : 0));
       }
-      // One block per flat position of the longer of q (dQ) and kv (dk_pe).
-      this.bwdFile.kernel('mla_attention_bwd_finish').launch([B * Math.max(Sq, Skv), 1, 1], [MLA_BWD_FINISH_THREADS, 1, 1], 0,
-        this.finishArgs.ptr(0, dqAccum).ptr(1, devicePtr(grads.dqNope)).ptr(2, devicePtr(grads.dqPe)).ptr(3, dkPeF32)
-          .ptr(4, devicePtr(grads.dkPe)).i32(5, H).f32(6, opts.scale).i32(7, deterministic ? 1 : 0).i32(8, B * Sq).i32(9, B * Skv));
+      this.finish(d, dqAccum, grads.dqNope, grads.dqPe, B * Sq, dkPeF32, grads.dkPe, B * Skv, opts.scale, deterministic);
     } finally {
       // Stream order: the next user of these blocks is queued behind the kernels above.
       for (const b of scratch) this.allocator.free(b);
     }
+  }
+
+  /**
+   * One block of a longer backward (ring attention's steps; Hopper kernels, fast mode): adds the
+   * block's dQ, unscaled (dS·K: dq = scale · the sum), into rows qFrom … qFrom+Sq−1 of dqAccum
+   * f32 [B,L,H,192] (q_nope's 128 columns, then q_pe's 64), and overwrites the kv gradients
+   * (dkPe summed over heads). Against a whole backward per block this leaves out what is per
+   * query, not per block: zeroing an f32 dQ accumulator and turning it into bf16 dq (4 bytes
+   * written, then 4 read and 2 written per element: ~55 µs for 4096 rows of 16 heads on an
+   * H100), which the caller does once for all its blocks.
+   */
+  backwardBlock(dqAccum: Tensor, qFrom: number, grads: MlaKvGrads, dout: Tensor, qNope: Tensor, qPe: Tensor, kNope: Tensor,
+                kPe: Tensor, v: Tensor, o: Tensor, lse: Tensor, opts: AttentionOptions): void {
+    const op = 'mlaAttentionBackwardBlock';
+    const d = this.backwardInputs(op, grads, dout, qNope, qPe, kNope, kPe, v, o, lse, opts);
+    if (!d) return;
+    const { B, Sq, Skv, H } = d;
+    const L = dqAccum.shape[1] ?? 0;
+    expectTensor(op, 'dqAccum', dqAccum, [B, L, H, D_QK], 'f32', `[B,L,H,${D_QK}]`);
+    if (!(Number.isInteger(qFrom) && qFrom >= 0 && qFrom + Sq <= L)) {
+      throw new Error(`${op}: query rows ${qFrom}..${qFrom + Sq - 1} of the block lie outside the accumulator's ${L}`);
+    }
+    const scratch: GpuBlock[] = [];
+    const take = (bytes: number): bigint => { const b = this.allocator.alloc(bytes); scratch.push(b); return b.ptr; };
+    try {
+      const dSum = take(B * Sq * H * 4), dkPeF32 = take(B * Skv * D_ROPE * 4);
+      this.preprocess(d, o, dout, dSum, 0n, dkPeF32);
+      this.dkdv('hopper', d, grads, dout, qNope, qPe, kNope, kPe, v, lse, dSum, dkPeF32, opts,
+        { address: devicePtr(dqAccum) + BigInt(qFrom * H * D_QK * 4), rows: L });
+      this.finish(d, 0n, null, null, 0, dkPeF32, grads.dkPe, B * Skv, opts.scale, false);
+    } finally {
+      for (const b of scratch) this.allocator.free(b);
+    }
+  }
+
+  /** Checks what both backward entries take; null when there is nothing to compute. */
+  private backwardInputs(op: string, grads: MlaKvGrads, dout: Tensor, qNope: Tensor, qPe: Tensor, kNope: Tensor, kPe: Tensor, v: Tensor,
+                         o: Tensor, lse: Tensor, opts: AttentionOptions): Dims | null {
+    const { B, Sq, Skv, H } = inputDims(op, qNope, qPe, kNope, kPe, v, opts.causal);
+    checkScale(op, opts);
+    expectTensor(op, 'o', o, [B, Sq, H, D_V], 'bf16', `[B,Sq,H,${D_V}]`);
+    expectTensor(op, 'dout', dout, [B, Sq, H, D_V], 'bf16', `[B,Sq,H,${D_V}]`);
+    expectTensor(op, 'lse', lse, [B, H, Sq], 'f32', '[B,H,Sq]');
+    expectTensor(op, 'dkNope', grads.dkNope, [B, Skv, H, D_NOPE], 'bf16', `[B,Skv,H,${D_NOPE}]`);
+    expectTensor(op, 'dkPe', grads.dkPe, [B, Skv, 1, D_ROPE], 'bf16', `[B,Skv,1,${D_ROPE}]`);
+    expectTensor(op, 'dv', grads.dv, [B, Skv, H, D_V], 'bf16', `[B,Skv,H,${D_V}]`);
+    if (B * H === 0 || Sq + Skv === 0) return null;
+    if (Sq === 0 || Skv === 0) throw new Error(`${op}: q ${Sq} × kv ${Skv} positions; skip the call for an empty block`);
+    return { B, Sq, Skv, H };
+  }
+
+  /** D = rowsum(dO∘O) over the block's query rows; zeroes dqAccum (its B·Sq·H rows) and dkPeF32 (B·Skv·64 floats) where given. */
+  private preprocess(d: Dims, o: Tensor, dout: Tensor, dSum: bigint, dqAccum: bigint, dkPeF32: bigint): void {
+    const { MLA_BWD_PRE_THREADS: threads } = MLA_BWD_DEFINES;
+    const rows = d.B * d.Sq * d.H;
+    this.bwdFile.kernel('mla_attention_bwd_preprocess').launch([Math.ceil(rows / (threads / 32)), 1, 1], [threads, 1, 1], 0,
+      this.preArgs.ptr(0, devicePtr(o)).ptr(1, devicePtr(dout)).ptr(2, dSum).ptr(3, dqAccum).ptr(4, dkPeF32)
+        .i32(5, rows).i32(6, d.Sq).i32(7, d.H).i64(8, dkPeF32 === 0n ? 0n : BigInt(d.B * d.Skv * D_ROPE)));
+  }
+
+  /**
+   * dK, dV (and dk_pe's f32 parts into dkPeF32) of every key tile; dQ added into `dq`'s rows when
+   * given: an f32 [B,·,H,192] accumulator of `rows` positions per batch whose address is the
+   * block's first query row (so a block may add into part of a longer accumulator).
+   */
+  private dkdv(kernels: MlaTensorCoreKernels, d: Dims, grads: MlaKvGrads, dout: Tensor, qNope: Tensor, qPe: Tensor, kNope: Tensor,
+               kPe: Tensor, v: Tensor, lse: Tensor, dSum: bigint, dkPeF32: bigint, opts: MlaBackwardOptions,
+               dq: { address: bigint; rows: number } | null): void {
+    const op = 'mlaAttentionBackward';
+    const { B, Sq, Skv, H } = d;
+    const deterministic = dq === null;
+    const [pQn, pQp, pKn, pKp, pV, pDo] = [qNope, qPe, kNope, kPe, v, dout].map(devicePtr) as [bigint, bigint, bigint, bigint, bigint, bigint];
+    // Arguments 6-17, the same for the mma.sync kernel and the Hopper one.
+    const dkdvTail = (args: KernelArgs): KernelArgs => args.ptr(6, devicePtr(lse)).ptr(7, dSum)
+      .ptr(8, devicePtr(grads.dkNope)).ptr(9, devicePtr(grads.dv)).ptr(10, dq?.address ?? 0n).ptr(11, dkPeF32)
+      .i32(12, Sq).i32(13, Skv).i32(14, H).f32(15, opts.scale).i32(16, opts.causal ? 1 : 0).i32(17, deterministic ? 1 : 0);
+    if (kernels === 'hopper') {
+      const { MLA_HOP_BWD_THREADS: threads, MLA_HOP_BWD_KEYS: keys, MLA_HOP_BWD_QUERIES: queries, MLA_HOP_BWD_DQ_ROWS: dqRows,
+        MLA_HOP_BWD_SMEM: smem } = MLA_HOP_BWD_DEFINES;
+      const k = this.bwdHopperFile.kernel('mla_attention_bwd_dkdv_hopper');
+      k.allowDynamicShared(smem, op);
+      // The Hopper kernel copies q, dO (`queries` per step) and k, v (its `keys`) with TMA.
+      const maps = this.dkdvHopperMaps;
+      maps.set(0, headRows(pQn, B, Sq, H, D_NOPE, queries), `${op}: qNope`);
+      maps.set(1, headRows(pQp, B, Sq, H, D_ROPE, queries), `${op}: qPe`);
+      maps.set(2, headRows(pKn, B, Skv, H, D_NOPE, keys), `${op}: kNope`);
+      maps.set(3, sharedRows(pKp, B, Skv, D_ROPE, keys), `${op}: kPe`);
+      maps.set(4, headRows(pV, B, Skv, H, D_V, keys), `${op}: v`);
+      maps.set(5, headRows(pDo, B, Sq, H, D_V, queries), `${op}: dout`);
+      // dQ leaves as bulk reduce-adds into the accumulator: boxes of 64 columns × dqRows queries
+      // (each warp of a consumer adds its own rows), seen as 5-D (32 columns, 6 blocks of 32, H,
+      // Sq, B) so that a box is 128-byte lines, as the swizzle needs. The map spans the block's
+      // Sq rows (rows past them are clipped) inside a batch stride of dq.rows positions.
+      // Deterministic mode has no accumulator; the kernel then skips dQ and never reads this
+      // slot, so it keeps whatever map it held.
+      if (dq) {
+        maps.set(18, { dtype: 'f32', address: dq.address, dims: [32, D_QK / 32, H, Sq, B],
+          strides: [128, D_QK * 4, H * D_QK * 4, dq.rows * H * D_QK * 4],
+          box: [32, 2, 1, dqRows, 1], swizzle128: true }, `${op}: dq accumulator`);
+      }
+      k.launch([H, Math.ceil(Skv / keys), B], [threads, 1, 1], smem, dkdvTail(this.dkdvHopperArgs));
+      return;
+    }
+    if (dq && dq.rows !== Sq) throw new Error('internal: the mma.sync backward adds dQ into an accumulator of its own rows only');
+    const { MLA_BWD_THREADS, MLA_BWD_DKDV_SMEM } = MLA_BWD_DEFINES;
+    const k = this.bwdFile.kernel('mla_attention_bwd_dkdv');
+    k.allowDynamicShared(MLA_BWD_DKDV_SMEM, op);
+    const args = dkdvTail(this.dkdvArgs.ptr(0, pQn).ptr(1, pQp).ptr(2, pKn).ptr(3, pKp).ptr(4, pV).ptr(5, pDo));
+    k.launch([Math.ceil(Skv / TILE), H, B], [MLA_BWD_THREADS, 1, 1], MLA_BWD_DKDV_SMEM, args);
+  }
+
+  /** f32 dQ → bf16 dq_nope/dq_pe over qPositions flat positions (B·Sq; 0 skips it), dk_pe summed over heads → bf16 over kPositions. */
+  private finish(d: Dims, dqAccum: bigint, dqNope: Tensor | null, dqPe: Tensor | null, qPositions: number, dkPeF32: bigint,
+                 dkPe: Tensor, kPositions: number, scale: number, deterministic: boolean): void {
+    const { MLA_BWD_FINISH_THREADS: threads } = MLA_BWD_DEFINES;
+    // One block per flat position of the longer of q (dQ) and kv (dk_pe).
+    this.bwdFile.kernel('mla_attention_bwd_finish').launch([Math.max(qPositions, kPositions), 1, 1], [threads, 1, 1], 0,
+      this.finishArgs.ptr(0, dqAccum).ptr(1, dqNope ? devicePtr(dqNope) : 0n).ptr(2, dqPe ? devicePtr(dqPe) : 0n).ptr(3, dkPeF32)
+        .ptr(4, devicePtr(dkPe)).i32(5, d.H).f32(6, scale).i32(7, deterministic ? 1 : 0).i32(8, qPositions).i32(9, kPositions));
   }
 }
