@@ -11,10 +11,10 @@
 // timed alone (median of CUDA-event timings, inputs rotated so that L2 never serves a repeat)
 // and the ring's time is that sum. The lse merges and the transfers are not timed.
 // Backward, a ring step is Backend.mlaAttentionBackwardBlock: the step's dK/dV and its dQ added
-// into the rank's one f32 accumulator of dQ; what is per query, not per step (zeroing that
-// accumulator for the 2c local queries and rounding it to bf16 dq once), is timed alone and
-// added once to the ring's backward ("query part"). The whole-sequence row is the ordinary
-// backward, which does that part itself.
+// into the rank's one f32 accumulator of the 2c local queries, which step 0 (the causal launch)
+// zeroes in its preprocess and the last step rounds into bf16 dq in its finish kernel; so the
+// backward ring is t(causal, zeroing) + (cp − 2)·max(t(2c × c), t(c × 2c)) + max of the two with
+// the rounding. The whole-sequence row is the ordinary backward, which does both itself.
 //
 // Two rows per (s, cp):
 //   own work         batch b = 1: a rank does 1/cp of the whole sequence's causal work, so its
@@ -50,18 +50,25 @@ export function rankLaunches(cp: number, c: number, rank = 0): LaunchShape[] {
   });
 }
 
-/** One input set of one launch shape: q, k, v, dout, o/lse from its forward, gradients (a ring step's: dqAcc and the kv side). */
-interface InputSet { qNope: Tensor; qPe: Tensor; kNope: Tensor; kPe: Tensor; v: Tensor; dout: Tensor; o: Tensor; lse: Tensor; grads: MlaGrads; dqAcc: Tensor }
+/** One input set of one launch shape: q, k, v, dout, o/lse from its forward, gradients (a ring step's: dqAcc and the kv side; finish: dq of all 2c queries). */
+interface InputSet {
+  qNope: Tensor; qPe: Tensor; kNope: Tensor; kPe: Tensor; v: Tensor; dout: Tensor; o: Tensor; lse: Tensor; grads: MlaGrads; dqAcc: Tensor;
+  finish: { dqNope: Tensor; dqPe: Tensor } | null;
+}
+
+/** A ring step's backward: which step it is (first: zeroes the accumulator; last: rounds it into dq), over the 2c local queries. */
+interface RingStepBwd { step: 'first' | 'middle' | 'last'; c: number }
 
 /** Median forward and backward ms of one launch. */
 interface Timed { fwd: number; bwd: number }
 
 /**
- * Median forward and backward ms of one launch shape. `ringStep`: the backward is a ring step's
- * (backwardBlock into an f32 dQ accumulator, Hopper kernels); else the whole backward.
+ * Median forward and backward ms of one launch shape. `ringStep`: the backward is that ring
+ * step's (backwardBlock into the f32 dQ accumulator of the 2c queries, Hopper kernels); null: the
+ * whole backward.
  */
 function timeLaunch(be: CudaBackend, attention: MlaAttentionLauncher, kernels: MlaTensorCoreKernels, b: number, h: number,
-  shape: LaunchShape, chunk: Uint16Array, ringStep: boolean): Timed {
+  shape: LaunchShape, chunk: Uint16Array, ringStep: RingStepBwd | null): Timed {
   const ctx = be.ctx;
   const owned: Tensor[] = [];
   const make = (s: Shape, dtype: 'bf16' | 'f32' = 'bf16'): Tensor => { const t = emptyTensor(be, s, dtype); owned.push(t); return t; };
@@ -78,7 +85,8 @@ function timeLaunch(be: CudaBackend, attention: MlaAttentionLauncher, kernels: M
         qNope: make([b, sq, h, D_NOPE]), qPe: make([b, sq, h, D_ROPE]), kNope: make([b, skv, h, D_NOPE]), kPe: make([b, skv, 1, D_ROPE]),
         v: make([b, skv, h, D_V]), dout: make([b, sq, h, D_V]), o: make([b, sq, h, D_V]), lse: make([b, h, sq], 'f32'),
         grads: { dqNope: make([b, sq, h, D_NOPE]), dqPe: make([b, sq, h, D_ROPE]), dkNope: make([b, skv, h, D_NOPE]), dkPe: make([b, skv, 1, D_ROPE]), dv: make([b, skv, h, D_V]) },
-        dqAcc: make([b, sq, h, D_NOPE + D_ROPE], 'f32'),
+        dqAcc: make([b, ringStep ? 2 * ringStep.c : sq, h, D_NOPE + D_ROPE], 'f32'),
+        finish: ringStep?.step === 'last' ? { dqNope: make([b, 2 * ringStep.c, h, D_NOPE]), dqPe: make([b, 2 * ringStep.c, h, D_ROPE]) } : null,
       };
       for (const t of [set.qNope, set.qPe, set.kNope, set.kPe, set.v, set.dout]) fillRandom(ctx, t, chunk, (seed += 7919));
       attention.forward(kernels, set.o, set.lse, set.qNope, set.qPe, set.kNope, set.kPe, set.v, opts);
@@ -92,7 +100,10 @@ function timeLaunch(be: CudaBackend, attention: MlaAttentionLauncher, kernels: M
     });
     const bwd = timeMs(ctx, reps, () => {
       const x = sets[next++ % nSets]!;
-      if (ringStep) attention.backwardBlock(x.dqAcc, 0, x.grads, x.dout, x.qNope, x.qPe, x.kNope, x.kPe, x.v, x.o, x.lse, opts);
+      if (ringStep) {
+        attention.backwardBlock(x.dqAcc, sq === 2 * ringStep.c ? 0 : ringStep.c, x.grads, x.dout, x.qNope, x.qPe, x.kNope, x.kPe, x.v, x.o, x.lse, opts,
+          { overwrite: ringStep.step === 'first', ...(x.finish ? { finish: x.finish } : {}) });
+      }
       else attention.backward(kernels, x.grads, x.dout, x.qNope, x.qPe, x.kNope, x.kPe, x.v, x.o, x.lse, opts);
     });
     return { fwd, bwd };
@@ -102,34 +113,10 @@ function timeLaunch(be: CudaBackend, attention: MlaAttentionLauncher, kernels: M
 }
 
 /**
- * The ring's once-per-backward query part at batch b: the f32 dQ accumulator of the 2c local
- * queries zeroed, then scaled and rounded into bf16 dq_nope and dq_pe (as ring_attention.ts does).
+ * The three launch shapes of a ring at one batch, the backward of the two unmasked ones as the
+ * ring's last step (with the rounding of dq), and the ring's step-synchronous time from them.
  */
-function timeQueryPart(be: CudaBackend, b: number, h: number, rows: number): number {
-  const owned: Tensor[] = [];
-  const make = (s: Shape, dtype: 'bf16' | 'f32' = 'bf16'): Tensor => { const t = emptyTensor(be, s, dtype); owned.push(t); return t; };
-  try {
-    const W = D_NOPE + D_ROPE;
-    // Sets rotated as in timeLaunch, so that L2 does not serve a repeat.
-    const sets = Array.from({ length: 4 }, () => ({ acc: make([b, rows, h, W], 'f32'), nope: make([b, rows, h, D_NOPE]), pe: make([b, rows, h, D_ROPE]) }));
-    let next = 0;
-    return timeMs(be.ctx, 20, () => {
-      const x = sets[next++ % sets.length]!;
-      be.fill(x.acc, 0);
-      const cols = (from: number, width: number) => x.acc.view([b, rows, h, width], x.acc.strides, x.acc.offset + from);
-      const nope = cols(0, D_NOPE), pe = cols(D_NOPE, D_ROPE);
-      be.unary('scale', x.nope, nope, 0.07);
-      be.unary('scale', x.pe, pe, 0.07);
-      nope.dispose();
-      pe.dispose();
-    });
-  } finally {
-    for (const t of owned) t.dispose();
-  }
-}
-
-/** The three launch shapes of a ring at one batch, the backward's query part, and the ring's step-synchronous time from them. */
-export interface RingLaunchTimes { causal: Timed; qLong: Timed; kvLong: Timed; queryPart: number; ring: Timed }
+export interface RingLaunchTimes { causal: Timed; qLong: Timed; kvLong: Timed; qLongLast: number; kvLongLast: number; ring: Timed }
 
 export interface RingBenchRow {
   s: number;
@@ -148,10 +135,14 @@ export interface RingBenchOptions {
   log?: (line: string) => void;
 }
 
-/** The ring's time from its launch times: t(causal 2c) + (cp − 1)·max over the two unmasked shapes, + the backward's query part (see the header). */
-function ringTime(cp: number, causal: Timed, qLong: Timed, kvLong: Timed, queryPart: number): Timed {
-  const t = (k: keyof Timed) => causal[k] + (cp - 1) * Math.max(qLong[k], kvLong[k]);
-  return { fwd: t('fwd'), bwd: t('bwd') + queryPart };
+/**
+ * The ring's time from its launch times: forward t(causal 2c) + (cp − 1)·max over the two
+ * unmasked shapes; backward the same with the last step's rounding of dq (see the header).
+ */
+function ringTime(cp: number, causal: Timed, qLong: Timed, kvLong: Timed, qLongLast: number, kvLongLast: number): Timed {
+  const fwd = causal.fwd + (cp - 1) * Math.max(qLong.fwd, kvLong.fwd);
+  const bwd = causal.bwd + (cp - 2) * Math.max(qLong.bwd, kvLong.bwd) + Math.max(qLongLast, kvLongLast);
+  return { fwd, bwd };
 }
 
 /** Runs the ring-launch benchmark on this process's GPU and prints its table; returns the rows. */
@@ -178,13 +169,15 @@ export async function runRingAttentionBench(opts: RingBenchOptions): Promise<Rin
   }
   const chunk = randomBf16Chunk(1 << 22, 0x9e3779b9);
   // Ring steps run backwardBlock where the kernels have it (Hopper); elsewhere the whole backward, as the backend does.
-  const ringStep = kernels === 'hopper';
+  const blocks = kernels === 'hopper';
   const launchTimes = (batch: number, c: number): RingLaunchTimes => {
-    const causal = timeLaunch(be, attention, kernels, batch, h, { sq: 2 * c, skv: 2 * c, causal: true }, chunk, ringStep);
-    const qLong = timeLaunch(be, attention, kernels, batch, h, { sq: 2 * c, skv: c, causal: false }, chunk, ringStep);
-    const kvLong = timeLaunch(be, attention, kernels, batch, h, { sq: c, skv: 2 * c, causal: false }, chunk, ringStep);
-    const queryPart = ringStep ? timeQueryPart(be, batch, h, 2 * c) : 0;
-    return { causal, qLong, kvLong, queryPart, ring: ringTime(cp, causal, qLong, kvLong, queryPart) };
+    const step = (s: RingStepBwd['step']): RingStepBwd | null => (blocks ? { step: s, c } : null);
+    const causal = timeLaunch(be, attention, kernels, batch, h, { sq: 2 * c, skv: 2 * c, causal: true }, chunk, step('first'));
+    const qLong = timeLaunch(be, attention, kernels, batch, h, { sq: 2 * c, skv: c, causal: false }, chunk, step('middle'));
+    const kvLong = timeLaunch(be, attention, kernels, batch, h, { sq: c, skv: 2 * c, causal: false }, chunk, step('middle'));
+    const qLongLast = blocks ? timeLaunch(be, attention, kernels, batch, h, { sq: 2 * c, skv: c, causal: false }, chunk, step('last')).bwd : qLong.bwd;
+    const kvLongLast = blocks ? timeLaunch(be, attention, kernels, batch, h, { sq: c, skv: 2 * c, causal: false }, chunk, step('last')).bwd : kvLong.bwd;
+    return { causal, qLong, kvLong, qLongLast, kvLongLast, ring: ringTime(cp, causal, qLong, kvLong, qLongLast, kvLongLast) };
   };
   const byRound: RingBenchRow[][] = [];
   for (let round = 0; round < rounds; round++) {
@@ -192,7 +185,7 @@ export async function runRingAttentionBench(opts: RingBenchOptions): Promise<Rin
       const c = s / (2 * cp);
       const row: RingBenchRow = {
         s, cp,
-        whole: timeLaunch(be, attention, kernels, b, h, { sq: s, skv: s, causal: true }, chunk, false),
+        whole: timeLaunch(be, attention, kernels, b, h, { sq: s, skv: s, causal: true }, chunk, null),
         own: launchTimes(b, c),
         sameWork: launchTimes(b * cp, c),
       };
@@ -206,12 +199,12 @@ export async function runRingAttentionBench(opts: RingBenchOptions): Promise<Rin
   const rows = seqs.map((s, i): RingBenchRow => {
     const times = (k: 'own' | 'sameWork'): RingLaunchTimes => {
       const causal = med(i, (r) => r[k].causal), qLong = med(i, (r) => r[k].qLong), kvLong = med(i, (r) => r[k].kvLong);
-      const queryPart = median(byRound.map((r) => r[i]![k].queryPart));
-      return { causal, qLong, kvLong, queryPart, ring: ringTime(cp, causal, qLong, kvLong, queryPart) };
+      const qLongLast = median(byRound.map((r) => r[i]![k].qLongLast)), kvLongLast = median(byRound.map((r) => r[i]![k].kvLongLast));
+      return { causal, qLong, kvLong, qLongLast, kvLongLast, ring: ringTime(cp, causal, qLong, kvLong, qLongLast, kvLongLast) };
     };
     return { s, cp, whole: med(i, (r) => r.whole), own: times('own'), sameWork: times('sameWork') };
   });
-  const header = ['s', 'cp', 'row (batch)', 'causal 2c fwd / bwd ms', 'q 2c × kv c fwd / bwd ms', 'q c × kv 2c fwd / bwd ms', 'bwd query part ms',
+  const header = ['s', 'cp', 'row (batch)', 'causal 2c fwd / bwd ms', 'q 2c × kv c fwd / bwd ms', 'q c × kv 2c fwd / bwd ms', 'last step bwd ms (2c × c, c × 2c)',
     'whole fwd ms / TFLOPS', 'ring fwd ms / TFLOPS', 'fwd ratio', 'whole bwd ms / TFLOPS', 'ring bwd ms / TFLOPS', 'bwd ratio'];
   log(`| ${header.join(' | ')} |`);
   log(`|${header.map(() => '---').join('|')}|`);
@@ -224,7 +217,7 @@ export async function runRingAttentionBench(opts: RingBenchOptions): Promise<Rin
       const flops = attentionFlops(batch, h, r.s) / cp;
       const ratio = (k: 'fwd' | 'bwd') => tf(flops * (k === 'bwd' ? 2.5 : 1), t.ring[k]) / tf(whole * (k === 'bwd' ? 2.5 : 1), r.whole[k]);
       log(`| ${[
-        r.s, r.cp, `${name} (${batch})`, pair(t.causal), pair(t.qLong), pair(t.kvLong), t.queryPart.toFixed(3),
+        r.s, r.cp, `${name} (${batch})`, pair(t.causal), pair(t.qLong), pair(t.kvLong), `${t.qLongLast.toFixed(3)}, ${t.kvLongLast.toFixed(3)}`,
         `${r.whole.fwd.toFixed(3)} / ${tf(whole, r.whole.fwd).toFixed(0)}`, `${t.ring.fwd.toFixed(3)} / ${tf(flops, t.ring.fwd).toFixed(0)}`, `${ratio('fwd').toFixed(3)}x`,
         `${r.whole.bwd.toFixed(3)} / ${tf(2.5 * whole, r.whole.bwd).toFixed(0)}`, `${t.ring.bwd.toFixed(3)} / ${tf(2.5 * flops, t.ring.bwd).toFixed(0)}`, `${ratio('bwd').toFixed(3)}x`,
       ].join(' | ')} |`);

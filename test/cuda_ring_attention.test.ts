@@ -110,8 +110,11 @@ test('ring attention on CUDA (bf16, tensor-core kernels), all ranks replayed on 
 // rows inside grow by the block's dq / scale, and the kv gradients equal the whole backward's. On
 // the CPU (the fallback through the whole backward) and on CUDA (Hopper: the kernel's reduce-adds
 // through a tensor map of those rows) against the same CPU whole backward.
-function checkBlock(be: Backend, dtype: DType, tol: number): string {
-  const B = 2, Sq = 100, Skv = 260, H = 2, L = 300, qFrom = 150, Dn = 128, Dr = 64, Dv = 128, W = Dn + Dr, scale = 1 / Math.sqrt(W);
+// With `ends` (the first and last block of a ring in one: the block covers all L = Sq rows), the
+// accumulator's old values are overwritten and dq comes out rounded into the q dtype.
+function checkBlock(be: Backend, dtype: DType, tol: number, ends = false): string {
+  const B = 2, Sq = 100, Skv = 260, H = 2, Dn = 128, Dr = 64, Dv = 128, W = Dn + Dr, scale = 1 / Math.sqrt(W);
+  const L = ends ? Sq : 300, qFrom = ends ? 0 : 150;
   const rng = new Rng(4242);
   const bf = (n: number) => bf16ArrayToF32(f32ArrayToBf16(Float32Array.from({ length: n }, () => rng.normal())));
   const shapes: Record<Name, number[]> = {
@@ -137,28 +140,33 @@ function checkBlock(be: Backend, dtype: DType, tol: number): string {
     const acc = fromHost(be, accStart, [B, L, H, W], 'f32');
     const g = { dkNope: fromHost(be, new Float32Array(B * Skv * H * Dn).fill(NaN), [B, Skv, H, Dn], dtype),
       dkPe: fromHost(be, new Float32Array(B * Skv * Dr).fill(NaN), [B, Skv, 1, Dr], dtype), dv: fromHost(be, new Float32Array(B * Skv * H * Dv).fill(NaN), [B, Skv, H, Dv], dtype) };
-    be.mlaAttentionBackwardBlock(acc, qFrom, g, t.dout, t.qNope, t.qPe, t.kNope, t.kPe, t.v, o, lse, opts);
-    return { acc: toHostF32(acc), dkv: [toHostF32(g.dkNope), toHostF32(g.dkPe), toHostF32(g.dv)] };
+    const fin = { dqNope: fromHost(be, new Float32Array(B * L * H * Dn).fill(NaN), [B, L, H, Dn], dtype), dqPe: fromHost(be, new Float32Array(B * L * H * Dr).fill(NaN), [B, L, H, Dr], dtype) };
+    be.mlaAttentionBackwardBlock(acc, qFrom, g, t.dout, t.qNope, t.qPe, t.kNope, t.kPe, t.v, o, lse, opts, ends ? { overwrite: true, finish: fin } : {});
+    return { acc: toHostF32(acc), dkv: [toHostF32(g.dkNope), toHostF32(g.dkPe), toHostF32(g.dv)], dq: [toHostF32(fin.dqNope), toHostF32(fin.dqPe)] };
   });
   let outside = 0;
   const added = [new Float32Array(B * Sq * H * Dn), new Float32Array(B * Sq * H * Dr)];
   for (let b = 0; b < B; b++) for (let l = 0; l < L; l++) for (let h = 0; h < H; h++) for (let w = 0; w < W; w++) {
     const i = ((b * L + l) * H + h) * W + w;
     if (l < qFrom || l >= qFrom + Sq) { if (!Object.is(got.acc[i], accStart[i])) outside++; continue; }
-    const row = (b * Sq + l - qFrom) * H + h, d = (got.acc[i]! - accStart[i]!) * scale;
+    const row = (b * Sq + l - qFrom) * H + h, d = (got.acc[i]! - (ends ? 0 : accStart[i]!)) * scale;
     if (w < Dn) added[0]![row * Dn + w] = d; else added[1]![row * Dr + w - Dn] = d;
   }
   assert.equal(outside, 0, `${outside} accumulator elements outside the block's rows changed`);
   const errs = [rel(added[0]!, ref.dq[0]!), rel(added[1]!, ref.dq[1]!), ...got.dkv.map((x, i) => rel(x, ref.dkv[i]!))];
-  errs.forEach((e, i) => assert.ok(e <= tol, `${['dqNope', 'dqPe', 'dkNope', 'dkPe', 'dv'][i]} relative error ${e.toExponential(2)} > ${tol}`));
-  return `backward block: dqNope ${errs[0]!.toExponential(1)} dqPe ${errs[1]!.toExponential(1)} dkNope ${errs[2]!.toExponential(1)} dkPe ${errs[3]!.toExponential(1)} dv ${errs[4]!.toExponential(1)}`;
+  if (ends) errs.push(rel(got.dq[0]!, ref.dq[0]!), rel(got.dq[1]!, ref.dq[1]!));
+  errs.forEach((e, i) => assert.ok(e <= tol, `${['dqNope', 'dqPe', 'dkNope', 'dkPe', 'dv', 'finished dqNope', 'finished dqPe'][i]} relative error ${e.toExponential(2)} > ${tol}`));
+  return `backward block${ends ? ' (overwrite, finish)' : ''}: dqNope ${errs[0]!.toExponential(1)} dqPe ${errs[1]!.toExponential(1)} dkNope ${errs[2]!.toExponential(1)} dkPe ${errs[3]!.toExponential(1)} dv ${errs[4]!.toExponential(1)}`;
 }
 
 test('a ring step\'s backward block adds its dq into its rows of a longer accumulator and leaves the others (CPU)', () => {
   console.log(checkBlock(new CpuBackend(), 'f32', 1e-5));
+  console.log(checkBlock(new CpuBackend(), 'f32', 1e-5, true));
 });
 
 test('a ring step\'s backward block on CUDA adds into its rows of a longer accumulator and leaves the others', { skip }, async () => {
   const { createCudaBackend } = await import('../src/backend/cuda/create.js');
-  console.log(checkBlock(createCudaBackend(), 'bf16', 2e-2));
+  const be = createCudaBackend();
+  console.log(checkBlock(be, 'bf16', 2e-2));
+  console.log(checkBlock(be, 'bf16', 2e-2, true));
 });

@@ -45,6 +45,14 @@ export interface AttentionOptions {
   scale: number;
 }
 
+/** What the first and last blocks of a blockwise MLA backward also do (Backend.mlaAttentionBackwardBlock). */
+export interface MlaBlockEnds {
+  /** dqAcc = this block's dq instead of += (the block covers every row of dqAcc). */
+  overwrite?: boolean;
+  /** After this block: dqNope [B,L,H,Dn] and dqPe [B,L,H,Dr] (the q dtypes) = scale · dqAcc's two column ranges. */
+  finish?: { dqNope: Tensor; dqPe: Tensor };
+}
+
 export interface AdamHyper {
   lr: number;
   beta1: number;
@@ -196,13 +204,15 @@ export interface Backend extends StorageOwner {
    * block's key-side gradients, as mlaAttentionBackward does, and ADDS the block's dq into rows
    * qFrom … qFrom+Sq−1 of dqAcc f32 [B,L,H,Dn+Dr] (q_nope's columns, then q_pe's) in units of
    * 1/scale (the unscaled Σ dS·k the kernels accumulate): dq = opts.scale · dqAcc once every
-   * block is in. The caller zeroes dqAcc once and converts it once, so the per-query work of a
-   * backward (an f32 accumulator zeroed, read and rounded) is not repeated for every block.
+   * block is in. `ends.overwrite` (the first block, which must cover all L rows) sets dqAcc to the
+   * block's dq instead; `ends.finish` (the last block) then writes dq = scale · dqAcc, all rows,
+   * into its two tensors. So the per-query work of a backward (an f32 accumulator zeroed, read
+   * and rounded) is done once for all blocks, inside the first and last blocks' own passes.
    */
   mlaAttentionBackwardBlock(
     dqAcc: Tensor, qFrom: number, grads: { dkNope: Tensor; dkPe: Tensor; dv: Tensor },
     dout: Tensor, qNope: Tensor, qPe: Tensor, kNope: Tensor, kPe: Tensor, v: Tensor, o: Tensor, lse: Tensor,
-    opts: AttentionOptions,
+    opts: AttentionOptions, ends?: MlaBlockEnds,
   ): void;
 
   // ---- optimizer ----

@@ -3,13 +3,14 @@
 // kernels): the block's dq is computed whole into a temporary, brought to the accumulator's
 // units (1/scale) and added into its rows. The Hopper kernels add straight into the accumulator
 // (ops/mla_attention.ts, backwardBlock).
-import type { AttentionOptions, Backend } from './backend.js';
+import type { AttentionOptions, Backend, MlaBlockEnds } from './backend.js';
 import { tidy } from '../tensor/scope.js';
 import { emptyTensor, type Tensor } from '../tensor/tensor.js';
 
 export function mlaBackwardBlockByWhole(
   be: Backend, dqAcc: Tensor, qFrom: number, grads: { dkNope: Tensor; dkPe: Tensor; dv: Tensor },
   dout: Tensor, qNope: Tensor, qPe: Tensor, kNope: Tensor, kPe: Tensor, v: Tensor, o: Tensor, lse: Tensor, opts: AttentionOptions,
+  ends: MlaBlockEnds = {},
 ): void {
   const [B, Sq, H, Dn] = qNope.shape as [number, number, number, number];
   const Dr = qPe.shape[3]!, W = Dn + Dr, L = dqAcc.shape[1]!;
@@ -19,7 +20,9 @@ export function mlaBackwardBlockByWhole(
   if (!(Number.isInteger(qFrom) && qFrom >= 0 && qFrom + Sq <= L)) {
     throw new Error(`mlaAttentionBackwardBlock: query rows ${qFrom}..${qFrom + Sq - 1} of the block lie outside the accumulator's ${L}`);
   }
+  checkBlockEnds(ends, qFrom, Sq, L);
   tidy(() => {
+    if (ends.overwrite) be.fill(dqAcc, 0);
     const dqNope = emptyTensor(be, qNope.shape, qNope.dtype), dqPe = emptyTensor(be, qPe.shape, qPe.dtype);
     be.mlaAttentionBackward({ dqNope, dqPe, ...grads }, dout, qNope, qPe, kNope, kPe, v, o, lse, opts);
     // The block's dq as [B,Sq,H,W] f32 in the accumulator's units.
@@ -37,5 +40,17 @@ export function mlaBackwardBlockByWhole(
       be.binary('add', sum, rows, part);
       be.copy(rows, sum);
     }
+    if (ends.finish) {
+      const all = (from: number, width: number) => dqAcc.view([B, L, H, width], dqAcc.strides, dqAcc.offset + from);
+      be.unary('scale', ends.finish.dqNope, all(0, Dn), opts.scale);
+      be.unary('scale', ends.finish.dqPe, all(Dn, Dr), opts.scale);
+    }
   });
+}
+
+/** The shape rules of MlaBlockEnds, shared by every implementation. */
+export function checkBlockEnds(ends: MlaBlockEnds, qFrom: number, Sq: number, L: number): void {
+  if (ends.overwrite && (qFrom !== 0 || Sq !== L)) {
+    throw new Error(`mlaAttentionBackwardBlock: overwrite needs a block over all ${L} rows of the accumulator, got rows ${qFrom}..${qFrom + Sq - 1}`);
+  }
 }

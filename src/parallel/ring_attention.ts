@@ -254,8 +254,8 @@ function ringBackward(
     };
     // dq of all L local tokens, q_nope's columns then q_pe's, in units of 1/scale; every step
     // adds into the rows its q side covers (mlaAttentionBackwardBlock), converted once at the end.
+    // Step 0 (causal, all L queries) sets it; the last step rounds it into out's dq.
     const dqAcc = emptyTensor(be, [B, L, H, Dn + Dr], 'f32');
-    be.fill(dqAcc, 0);
     let cur = kvPack(be, d, kNope.dtype), next = cp > 1 ? kvPack(be, d, kNope.dtype) : cur;
     let acc = gradPack(be, d), accNext = cp > 1 ? gradPack(be, d) : acc;
     be.fill(acc.buf, 0);
@@ -277,7 +277,8 @@ function ringBackward(
       const qs = q[step.q]!, kv = kvOperands(be, cur, step.kv, c);
       const g = gradsFor(step.kv === 'both' ? L : c);
       be.mlaAttentionBackwardBlock(dqAcc, step.q === 'both' ? 0 : c, { dkNope: g.kNope, dkPe: g.kPe, dv: g.v }, qs.dout, qs.qNope, qs.qPe,
-        kv.kNope, kv.kPe, kv.v, qs.o, qs.lse, { causal: step.causal, scale });
+        kv.kNope, kv.kPe, kv.v, qs.o, qs.lse, { causal: step.causal, scale },
+        { overwrite: j === 0, ...(j === cp - 1 ? { finish: { dqNope: out.dqNope, dqPe: out.dqPe } } : {}) });
       disposeKv(kv);
       for (const { x, part } of sideHalves(step.kv, c)) {
         const a = acc.halves[x];
@@ -295,9 +296,6 @@ function ringBackward(
       comm.sendRecv(acc.buf, prev, accNext.buf, nextRank);
       [acc, accNext] = [accNext, acc];
     }
-    const cols = (from: number, width: number) => dqAcc.view([B, L, H, width], dqAcc.strides, dqAcc.offset + from);
-    be.unary('scale', out.dqNope, cols(0, Dn), scale);
-    be.unary('scale', out.dqPe, cols(Dn, Dr), scale);
     for (const x of [0, 1] as const) {
       const a = acc.halves[x];
       const pairs: [Tensor, Tensor][] = [[out.dkNope, a.kNope], [out.dkPe, a.kPe], [out.dv, a.v]];

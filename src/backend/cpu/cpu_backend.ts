@@ -4,7 +4,7 @@
 import os from 'node:os';
 import { bytesPerElement, f32ArrayToBf16, type HostArray } from '../../tensor/dtype.js';
 import type { Tensor } from '../../tensor/tensor.js';
-import type { AdamHyper, AttentionOptions, LeanAdamHyper, Backend, BinaryOp, DeviceBuffer, MatmulOptions, MemoryStats, UnaryOp } from '../backend.js';
+import type { AdamHyper, AttentionOptions, LeanAdamHyper, Backend, BinaryOp, DeviceBuffer, MatmulOptions, MemoryStats, MlaBlockEnds, UnaryOp } from '../backend.js';
 import type { AdamSlot, LeanAdamSlot, TensorList } from '../tensor_list.js';
 import { adamLeanSlot } from './adam_lean.js';
 import { HostBuffer, arrayOf, denseView, forEachIndex, readF32, storageArray, writeF32 } from './host.js';
@@ -178,8 +178,9 @@ export class CpuBackend implements Backend {
   mlaAttentionBackwardBlock(
     dqAcc: Tensor, qFrom: number, grads: { dkNope: Tensor; dkPe: Tensor; dv: Tensor },
     dout: Tensor, qNope: Tensor, qPe: Tensor, kNope: Tensor, kPe: Tensor, v: Tensor, o: Tensor, lse: Tensor, opts: AttentionOptions,
+    ends?: MlaBlockEnds,
   ): void {
-    mlaBackwardBlockByWhole(this, dqAcc, qFrom, grads, dout, qNope, qPe, kNope, kPe, v, o, lse, opts);
+    mlaBackwardBlockByWhole(this, dqAcc, qFrom, grads, dout, qNope, qPe, kNope, kPe, v, o, lse, opts, ends);
   }
 
   adam(param: Tensor, grad: Tensor, mom: Tensor, vel: Tensor, lowp: Tensor | null, h: AdamHyper): void {

@@ -5,7 +5,7 @@
 // freed block may serve the next op at once).
 import type { DType, HostArray } from '../../tensor/dtype.js';
 import { contiguousStrides, type Tensor } from '../../tensor/tensor.js';
-import type { AdamHyper, AttentionOptions, LeanAdamHyper, Backend, BinaryOp, DeviceBuffer, MatmulOptions, MemoryStats, UnaryOp } from '../backend.js';
+import type { AdamHyper, AttentionOptions, LeanAdamHyper, Backend, BinaryOp, DeviceBuffer, MatmulOptions, MemoryStats, MlaBlockEnds, UnaryOp } from '../backend.js';
 import type { AdamSlot, LeanAdamSlot, TensorList } from '../tensor_list.js';
 import { AdamLauncher } from './ops/adam.js';
 import { AdamMultiLauncher } from './ops/adam_multi.js';
@@ -232,9 +232,9 @@ export class CudaBackend implements Backend {
   }
 
   mlaAttentionBackwardBlock(dqAcc: Tensor, qFrom: number, grads: MlaKvGrads, dout: Tensor, qNope: Tensor, qPe: Tensor, kNope: Tensor,
-                            kPe: Tensor, v: Tensor, o: Tensor, lse: Tensor, opts: AttentionOptions): void {
+                            kPe: Tensor, v: Tensor, o: Tensor, lse: Tensor, opts: AttentionOptions, ends?: MlaBlockEnds): void {
     // Only the Hopper backward adds dQ into part of a longer accumulator (a tensor map of its rows).
-    if (this.mlaKernelsFor(qNope, qPe, v) === 'hopper') this.attention.backwardBlock(dqAcc, qFrom, grads, dout, qNope, qPe, kNope, kPe, v, o, lse, opts);
-    else mlaBackwardBlockByWhole(this, dqAcc, qFrom, grads, dout, qNope, qPe, kNope, kPe, v, o, lse, opts);
+    if (this.mlaKernelsFor(qNope, qPe, v) === 'hopper') this.attention.backwardBlock(dqAcc, qFrom, grads, dout, qNope, qPe, kNope, kPe, v, o, lse, opts, ends);
+    else mlaBackwardBlockByWhole(this, dqAcc, qFrom, grads, dout, qNope, qPe, kNope, kPe, v, o, lse, opts, ends);
   }
 }

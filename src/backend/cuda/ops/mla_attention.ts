@@ -23,7 +23,8 @@
 // variant builds (other -D switches) are listed in bench/attention_notes.md, "Build switches".
 import { bytesPerElement } from '../../../tensor/dtype.js';
 import type { Tensor } from '../../../tensor/tensor.js';
-import type { AttentionOptions } from '../../backend.js';
+import type { AttentionOptions, MlaBlockEnds } from '../../backend.js';
+import { checkBlockEnds } from '../../mla_backward_block.js';
 import type { CachingAllocator, GpuBlock } from '../runtime/allocator.js';
 import type { CudaContext } from '../runtime/context.js';
 import { devicePtr } from '../runtime/device_buffer.js';
@@ -234,10 +235,12 @@ export class MlaAttentionLauncher {
    * (dkPe summed over heads). Against a whole backward per block this leaves out what is per
    * query, not per block: zeroing an f32 dQ accumulator and turning it into bf16 dq (4 bytes
    * written, then 4 read and 2 written per element: ~55 µs for 4096 rows of 16 heads on an
-   * H100), which the caller does once for all its blocks.
+   * H100), which is done once for all the blocks: `ends.overwrite` zeroes the accumulator in the
+   * first block's preprocess (it covers every row), `ends.finish` rounds it in the last block's
+   * finish kernel (Backend.mlaAttentionBackwardBlock).
    */
   backwardBlock(dqAccum: Tensor, qFrom: number, grads: MlaKvGrads, dout: Tensor, qNope: Tensor, qPe: Tensor, kNope: Tensor,
-                kPe: Tensor, v: Tensor, o: Tensor, lse: Tensor, opts: AttentionOptions): void {
+                kPe: Tensor, v: Tensor, o: Tensor, lse: Tensor, opts: AttentionOptions, ends: MlaBlockEnds = {}): void {
     const op = 'mlaAttentionBackwardBlock';
     const d = this.backwardInputs(op, grads, dout, qNope, qPe, kNope, kPe, v, o, lse, opts);
     if (!d) return;
@@ -247,14 +250,23 @@ export class MlaAttentionLauncher {
     if (!(Number.isInteger(qFrom) && qFrom >= 0 && qFrom + Sq <= L)) {
       throw new Error(`${op}: query rows ${qFrom}..${qFrom + Sq - 1} of the block lie outside the accumulator's ${L}`);
     }
+    checkBlockEnds(ends, qFrom, Sq, L);
+    const fin = ends.finish ?? null;
+    if (fin) {
+      expectTensor(op, 'finish.dqNope', fin.dqNope, [B, L, H, D_NOPE], 'bf16', `[B,L,H,${D_NOPE}]`);
+      expectTensor(op, 'finish.dqPe', fin.dqPe, [B, L, H, D_ROPE], 'bf16', `[B,L,H,${D_ROPE}]`);
+    }
     const scratch: GpuBlock[] = [];
     const take = (bytes: number): bigint => { const b = this.allocator.alloc(bytes); scratch.push(b); return b.ptr; };
     try {
       const dSum = take(B * Sq * H * 4), dkPeF32 = take(B * Skv * D_ROPE * 4);
-      this.preprocess(d, o, dout, dSum, 0n, dkPeF32);
+      // overwrite: the block covers all rows, so its preprocess zeroes the whole accumulator.
+      this.preprocess(d, o, dout, dSum, ends.overwrite ? devicePtr(dqAccum) : 0n, dkPeF32);
       this.dkdv('hopper', d, grads, dout, qNope, qPe, kNope, kPe, v, lse, dSum, dkPeF32, opts,
         { address: devicePtr(dqAccum) + BigInt(qFrom * H * D_QK * 4), rows: L });
-      this.finish(d, 0n, null, null, 0, dkPeF32, grads.dkPe, B * Skv, opts.scale, false);
+      // finish: all B·L positions of the accumulator, beside this block's dk_pe.
+      this.finish(d, fin ? devicePtr(dqAccum) : 0n, fin?.dqNope ?? null, fin?.dqPe ?? null, fin ? B * L : 0, dkPeF32, grads.dkPe, B * Skv,
+        opts.scale, false);
     } finally {
       for (const b of scratch) this.allocator.free(b);
     }
