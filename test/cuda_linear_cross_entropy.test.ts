@@ -43,7 +43,7 @@ function poisonBlocks(be: CudaBackend, byteSizes: readonly number[]): void {
 interface Shape { N: number; D: number; V: number; ignoredEvery: number }
 interface Out { loss: number; dx: Float32Array; dw: Float32Array; peakOverBytes: number; ms: number }
 
-function run(be: Backend, s: Shape, chunked: boolean, chunkRows?: number): Out {
+function run(be: Backend, s: Shape, chunked: boolean, chunkRows?: number, keepLogits = false): Out {
   return tidy(() => {
     const labels = Int32Array.from({ length: s.N }, (_, i) => (s.ignoredEvery && i % s.ignoredEvery === 1 ? -100 : (i * 7919 + 13) % s.V));
     const x = fromHost(be, values(s.N * s.D, 17, 1), [s.N, s.D], 'bf16');
@@ -56,7 +56,7 @@ function run(be: Backend, s: Shape, chunked: boolean, chunkRows?: number): Out {
     be.resetPeak();
     const base = be.memoryStats().liveBytes;
     const t0 = performance.now();
-    const loss = chunked ? linearCrossEntropyMean(x, w, y, count, chunkRows) : crossEntropyMean(linear(x, w), y, count);
+    const loss = chunked ? linearCrossEntropyMean(x, w, y, count, chunkRows, keepLogits) : crossEntropyMean(linear(x, w), y, count);
     backward(loss);
     be.synchronize();
     const ms = performance.now() - t0;
@@ -93,6 +93,7 @@ test('linearCrossEntropyMean on the GPU equals the CPU backend (N=300 in chunks 
   const got = run(gpu(), s, true, 128);
   expectClose(got, want, 'GPU vs CPU, chunked');
   expectClose(run(gpu(), s, false), want, 'GPU unchunked vs CPU chunked');
+  expectClose(run(gpu(), s, true, 128, true), want, 'GPU with the logits kept vs CPU chunked');
 });
 
 test('bench shapes (8192 tokens, D=2048, V=102400, bf16): chunked equals unchunked on the GPU and needs a fraction of the memory', { skip }, () => {

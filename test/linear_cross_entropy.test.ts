@@ -29,7 +29,8 @@ function makeCase(N: number, D: number, V: number, seed: number, ignoredEvery = 
 interface Result { loss: number; dx: Float32Array; dw: Float32Array }
 
 /** Loss, dx and dW of one implementation; dW lands in a preallocated f32 grad when `gradInit` is set (filled with it). */
-function run(backend: Backend, c: Case, dtype: DType, chunked: boolean, chunkRows: number | undefined, gradInit: number | null, seed: number): Result {
+function run(backend: Backend, c: Case, dtype: DType, chunked: boolean, chunkRows: number | undefined, gradInit: number | null, seed: number,
+  keepLogits = false): Result {
   return tidy(() => {
     const x = fromHost(backend, randomValues(c.N * c.D, seed, 1), [c.N, c.D], dtype);
     const w = fromHost(backend, randomValues(c.V * c.D, seed + 1, 0.5), [c.V, c.D], dtype);
@@ -37,7 +38,7 @@ function run(backend: Backend, c: Case, dtype: DType, chunked: boolean, chunkRow
     if (gradInit !== null) { w.grad = keep(emptyTensor(backend, w.shape, 'f32')); backend.fill(w.grad, gradInit); }
     const y = fromHost(backend, Int32Array.from(c.labels), [c.N], 'i32');
     const count = c.labels.filter((l) => l >= 0).length;
-    const loss = chunked ? linearCrossEntropyMean(x, w, y, count, chunkRows) : crossEntropyMean(linear(x, w), y, count);
+    const loss = chunked ? linearCrossEntropyMean(x, w, y, count, chunkRows, keepLogits) : crossEntropyMean(linear(x, w), y, count);
     const value = toHostF32(loss)[0]!;
     backward(loss);
     const out = { loss: value, dx: toHostF32(x.grad!), dw: toHostF32(w.grad!) };
@@ -81,6 +82,22 @@ for (const dtype of ['f32', 'bf16'] as const) {
       assert.equal(be.memoryStats().liveBytes, before, 'every tensor released');
     });
   }
+}
+
+for (const dtype of ['f32', 'bf16'] as const) {
+  test(`keepLogits: the logits kept for backward give the unchunked pair's loss and gradients bit for bit, whatever chunk size is asked (${dtype})`, () => {
+    const c = makeCase(37, 24, 53, 3, 5);
+    const before = be.memoryStats().liveBytes;
+    for (const gradInit of [null, 0.25]) {
+      const want = run(be, c, dtype, false, undefined, gradInit, 11);
+      // chunkRows 8 is ignored: kept logits are the whole micro-batch's, one chunk.
+      const got = run(be, c, dtype, true, 8, gradInit, 11, true);
+      assert.equal(got.loss, want.loss);
+      assert.deepEqual(got.dx, want.dx);
+      assert.deepEqual(got.dw, want.dw);
+    }
+    assert.equal(be.memoryStats().liveBytes, before, 'every tensor released, the kept logits too');
+  });
 }
 
 test('linearCrossEntropyMean: gradients against finite differences (f32, chunks of 3 over 10 rows, an ignored label)', () => {

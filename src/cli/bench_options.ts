@@ -16,6 +16,7 @@ export const BENCH_COMMAND: CommandSpec = {
     { name: 'batch', value: 'N', default: '4', help: 'train: sequences per step; simulate: the global batch (default 1024, the reference\'s; tiny: 16)' },
     { name: 'micro', value: 'N', default: 'the batch', help: 'train: sequences per micro-batch; simulate: default 1' },
     { name: 'device', value: 'auto|cpu|cuda', default: 'cuda', help: 'train, simulate: the device' },
+    { name: 'keep_logits', value: null, help: 'train: the default recipe keeps the head\'s logits for backward (the train option; the lean recipe never does)' },
     { name: 'profile', value: null, help: 'train: synchronise between phases and parts and print the step by layer kind (slower)' },
     { name: 'gemm_ceiling', value: 'TFLOPS', default: '786', help: 'train: the measured bf16 GEMM ceiling that the second MFU figure is taken against' },
     { name: 'grouped_gemm', value: 'auto|mma|wgmma|per_expert', default: 'auto', help: 'train: routed-expert GEMM kernels (as the train option)' },

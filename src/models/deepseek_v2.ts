@@ -96,6 +96,8 @@ export class DeepseekV2 implements DeepseekV2Weights<Param> {
   private topK: Tensor | null = null;
   /** Hooks around the parts of the forward pass (a profiler's timing); null runs them directly. */
   sections: SectionHooks | null = null;
+  /** The head keeps the micro-batch's logits for backward instead of recomputing them (train option keep_logits; ops/linear_cross_entropy.ts). */
+  keepLogits = false;
   /**
    * Expert parallelism: set (by the trainer, when ep > 1) to send routed tokens to the ranks
    * that own their experts; null: an MoE layer computes only the owned experts' share.
@@ -258,7 +260,8 @@ export class DeepseekV2 implements DeepseekV2Weights<Param> {
     const norm = this.norm, lmHead = this.lmHead;
     if (!norm || !lmHead) throw new Error('internal: headLoss on a model part that does not own the head');
     return this.section('head', h, (x) => this.runUnit({ kind: 'head' }, [x], ([y]) => [
-      linearCrossEntropyMean(rmsNorm(y!, norm.value, this.config.rms_norm_eps), lmHead.value, reshape(labels, [y!.shape[0]!]), labelCount),
+      linearCrossEntropyMean(rmsNorm(y!, norm.value, this.config.rms_norm_eps), lmHead.value, reshape(labels, [y!.shape[0]!]), labelCount, undefined,
+        this.keepLogits),
     ])[0]!);
   }
 

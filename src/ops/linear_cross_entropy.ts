@@ -26,6 +26,13 @@
 // several chunks, dW is accumulated chunk by chunk (a different f32 summation order over the
 // rows; each row's logits, loss and dx are the same as unchunked on the CPU backend).
 //
+// keepLogits (the train option keep_logits) trades memory for that GEMM: forward computes all N
+// rows' logits at once into one [N, V] buffer that stays alive until backward, which turns it
+// into dlogits in place and runs dx and dW as one GEMM each (no recompute, and dW's f32 gradient
+// read and written once rather than once per chunk). It costs N·V·2 bytes held from the head's
+// forward to its backward (1.56 GiB for 8192 tokens), at the start of backward where the step's
+// memory peaks, against the chunk's 512 MiB.
+//
 // Shape legend: N rows (tokens), D hidden, V vocabulary, R rows of one chunk.
 import { backendOf } from '../backend/backend.js';
 import { beginNode, linkOutputs, needsGrad } from '../autograd/tape.js';
@@ -58,13 +65,13 @@ const vecView = (t: Tensor, r0: number, rows: number): Tensor => t.view([rows], 
  * the number of labels ≥ 0, known to the caller from the data (no device read). `chunkRows`
  * overrides the byte-based chunk size (tests).
  */
-export function linearCrossEntropyMean(x: Tensor, w: Tensor, labels: Tensor, count: number, chunkRows?: number): Tensor {
+export function linearCrossEntropyMean(x: Tensor, w: Tensor, labels: Tensor, count: number, chunkRows?: number, keepLogits = false): Tensor {
   const backend = backendOf(x);
   const D = x.shape[x.rank - 1]!, N = x.size / D, V = w.shape[0]!;
   if (w.shape[1] !== D || w.rank !== 2) throw new Error(`internal: linearCrossEntropyMean of [${x.shape}] with weight [${w.shape}]`);
   if (labels.size !== N) throw new Error(`internal: linearCrossEntropyMean of ${N} rows with ${labels.size} labels`);
   if (!x.isContiguous() || !labels.isContiguous()) throw new Error('internal: linearCrossEntropyMean takes contiguous x and labels');
-  const R = Math.max(1, Math.min(chunkRows ?? linearCrossEntropyChunkRows(V, bytesPerElement(x.dtype)), N));
+  const R = keepLogits ? Math.max(1, N) : Math.max(1, Math.min(chunkRows ?? linearCrossEntropyChunkRows(V, bytesPerElement(x.dtype)), N));
   const x2 = x.view([N, D], [D, 1], x.offset);
   const loss = emptyTensor(backend, [N], 'f32');
   const lse = emptyTensor(backend, [N], 'f32');
@@ -76,7 +83,6 @@ export function linearCrossEntropyMean(x: Tensor, w: Tensor, labels: Tensor, cou
     backend.crossEntropy(lc, zc, logits, yc);
     for (const t of [logits, xc, lc, zc, yc]) t.dispose();
   });
-  chunk?.dispose();
   const mean = emptyTensor(backend, [1], 'f32');
   const lossRows = loss.view([1, N], [N, 1], 0);
   backend.sumLastDim(mean, lossRows);
@@ -84,7 +90,8 @@ export function linearCrossEntropyMean(x: Tensor, w: Tensor, labels: Tensor, cou
   lossRows.dispose(); loss.dispose();
   const node = beginNode('linearCrossEntropy', [x, w], 1);
   if (node) {
-    const sx = node.save(x2), sw = node.save(w), sy = node.save(labels), sz = node.save(lse);
+    // Kept: the whole micro-batch's logits (one chunk of N rows) go to backward.
+    const sx = node.save(x2), sw = node.save(w), sy = node.save(labels), sz = node.save(lse), sl = keepLogits && chunk ? node.save(chunk) : null;
     node.rule = ([g]) => {
       const gx = needsGrad(x) ? emptyTensor(backend, x.shape, x.dtype) : null;
       if (N === 0) return [gx, null];
@@ -93,22 +100,23 @@ export function linearCrossEntropyMean(x: Tensor, w: Tensor, labels: Tensor, cou
       // first chunk on); otherwise into a gradient of its own that the first chunk overwrites.
       const direct = w.requiresGrad && !w.gradLink && w.grad !== null;
       const gw = !needsGrad(w) ? null : direct ? w.grad! : emptyTensor(backend, w.shape, 'f32');
-      const buf = emptyTensor(backend, [R, V], x.dtype);
+      const buf = sl ?? emptyTensor(backend, [R, V], x.dtype);
       forEachChunk(N, R, (r0, rows) => {
-        const dlogits = buf.view([rows, V], [V, 1], 0), xc = rowsView(sx, r0, rows, D);
+        const dlogits = buf.view([rows, V], [V, 1], buf.offset), xc = rowsView(sx, r0, rows, D);
         const yc = vecView(sy, r0, rows), zc = vecView(sz, r0, rows);
-        backend.matmul(dlogits, xc, sw, { transB: true });
+        if (!sl) backend.matmul(dlogits, xc, sw, { transB: true });
         backend.crossEntropyBackward(dlogits, dlogits, yc, zc, g!, 1 / Math.max(count, 1));
         if (gx2) { const gxc = rowsView(gx2, r0, rows, D); backend.matmul(gxc, dlogits, sw, {}); gxc.dispose(); }
         if (gw) backend.matmul(gw, dlogits, xc, { transA: true, beta: direct || r0 > 0 ? 1 : 0 });
         for (const t of [dlogits, xc, yc, zc]) t.dispose();
       });
-      buf.dispose(); gx2?.dispose();
+      if (!sl) buf.dispose();
+      gx2?.dispose();
       if (gw && !direct && w.requiresGrad && !w.gradLink) { accumulateLeafGrad(w, gw); gw.dispose(); return [gx, null]; }
       return [gx, direct ? null : gw];
     };
   }
-  x2.dispose(); lse.dispose();
+  x2.dispose(); lse.dispose(); chunk?.dispose();
   linkOutputs(node, [mean]);
   return mean;
 }

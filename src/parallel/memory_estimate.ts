@@ -52,6 +52,8 @@ export interface EstimateInput {
   holdWeights?: boolean;
   /** parallel.hold_grads: every sharded unit's full f32 gradient resident for the whole step. */
   holdGrads?: boolean;
+  /** keep_logits: the head keeps each micro-batch's whole logits from its forward to its backward. */
+  keepLogits?: boolean;
 }
 
 export interface RankEstimate {
@@ -209,9 +211,12 @@ export function estimateMemory(input: EstimateInput): RankEstimate[] {
     if (mesh.ep > 1) perMicro += (st.end - st.first) * 2 * rounded(T * c.num_experts_per_tok * D * e, device);
     const activations = inFlight * perMicro + working;
     // The head: its normed input (saved), one chunk of logits (reused in place for their
-    // gradient), the rows' loss and lse, and in backward its input's gradient.
-    const R = Math.min(T, linearCrossEntropyChunkRows(V, e));
-    const headWorking = last ? rounded(R * V * e, device) + 2 * rounded(T * 4, device) + 2 * rounded(T * D * e, device) + rounded(T * 4, device) : 0;
+    // gradient), the rows' loss and lse, and in backward its input's gradient. keep_logits: the
+    // chunk is the whole micro-batch, one per micro-batch in flight on the stage.
+    const keepLogits = input.keepLogits ?? false;
+    const R = keepLogits ? T : Math.min(T, linearCrossEntropyChunkRows(V, e));
+    const headWorking = !last ? 0 : (keepLogits ? inFlight : 1) * rounded(R * V * e, device) + 2 * rounded(T * 4, device) +
+      2 * rounded(T * D * e, device) + rounded(T * 4, device);
     const logits = Math.max(0, headWorking - working);
     const workspace = device === 'cuda' ? CUBLASLT_WORKSPACE : 0;
     const persistentBytes = masterWeights + computeWeights + gradients + moments;

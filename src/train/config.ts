@@ -29,6 +29,8 @@ export interface TrainConfig {
    * sm_90a) or "per_expert" (one cuBLASLt product per expert, reading the counts on the host).
    */
   grouped_gemm: 'auto' | 'mma' | 'wgmma' | 'per_expert';
+  /** The head keeps each micro-batch's logits (tokens × vocabulary, compute dtype) for backward instead of recomputing them. */
+  keep_logits: boolean;
   /** Compute precision of weights and activations (masters, gradients and optimizer state are f32 in the default recipe). */
   precision: 'bf16' | 'f32';
   /**
@@ -70,7 +72,7 @@ export interface TrainConfig {
 export function defaultTrainConfig(): TrainConfig {
   return {
     model: 'tiny', data: 'demo', run_dir: 'runs/default', device: 'auto', precision: 'bf16', recipe: 'default', seed: 1234,
-    mla_kernels: 'auto', grouped_gemm: 'auto',
+    mla_kernels: 'auto', grouped_gemm: 'auto', keep_logits: false,
     steps: 100, seq_len: 64, micro_batch_size: 16, global_batch_size: 16,
     optimizer: { type: 'adamw', lr: 4e-3, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.01 },
     schedule: { type: 'cosine', warmup_steps: 10, min_lr_ratio: 0.1, decay_fraction: 0.2 },
@@ -99,7 +101,7 @@ const oneOf = (...xs: string[]): Check => Object.assign((v: unknown) => (xs.incl
 const SCHEMA: Record<string, Check | Record<string, Check>> = {
   model: str, data: str, run_dir: str, device: oneOf('auto', 'cpu', 'cuda'), precision: oneOf('bf16', 'f32'), recipe: oneOf(...RECIPES),
   mla_kernels: oneOf('auto', 'hopper', 'mma', 'generic'), grouped_gemm: oneOf('auto', 'mma', 'wgmma', 'per_expert'),
-  seed: nonNegInt, steps: positiveInt, seq_len: positiveInt, micro_batch_size: positiveInt, global_batch_size: positiveInt,
+  keep_logits: bool, seed: nonNegInt, steps: positiveInt, seq_len: positiveInt, micro_batch_size: positiveInt, global_batch_size: positiveInt,
   optimizer: { type: oneOf('adamw', 'adam'), lr: positive, beta1: fraction, beta2: fraction, eps: positive, weight_decay: nonNeg },
   schedule: { type: oneOf('cosine', 'wsd', 'constant'), warmup_steps: nonNegInt, min_lr_ratio: nonNeg, decay_fraction: fraction },
   grad_clip: nonNeg,
@@ -148,6 +150,7 @@ const OPTION_HELP: Record<string, string> = {
   max_epochs: 'most passes over the data; a run that needs more is refused up front; 0 or null: no cap',
   mla_kernels: 'MLA attention kernels on the GPU: auto (Hopper kernels on H100/H200, else mma.sync or generic), hopper, mma, generic',
   grouped_gemm: 'routed-expert GEMM kernels on the GPU: auto (wgmma on H100/H200, else mma), mma, wgmma (H100/H200), per_expert (one cuBLASLt call per expert)',
+  keep_logits: 'the head keeps each micro-batch\'s logits for backward (tokens × vocabulary × 2 bytes held from the head\'s forward to its backward, e.g. 1.56 GiB for 8192 tokens of DeepSeek-V2-Lite) instead of recomputing them: one lm_head GEMM less per micro-batch; estimate-memory shows the cost',
   'parallel.pp': 'pipeline stages (mesh pp × dp × cp × ep = ranks started by `moetrain launch`)',
   'parallel.dp': 'data-parallel replicas (with ep: dp·ep replicas read different sequences)',
   'parallel.cp': 'context-parallel ranks (the sequence is split over them)',
