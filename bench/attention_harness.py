@@ -82,8 +82,11 @@ D_QK = D_NOPE + D_ROPE
 # first is the one the TypeScript host runs (its MLA_FWD_DEFINES).
 FWD_VARIANTS = {"mt2_bn32": (DEFINES["fwd"]["MLA_FWD_MT"], DEFINES["fwd"]["MLA_FWD_BN"], DEFINES["fwd"]["MLA_FWD_LAZY_RESCALE"]),
                 "mt2_bn32_eager": (2, 32, 0), "mt1_bn64": (1, 64, 0)}
-# The Hopper forward (mla_attention_fwd_hopper.cu, wgmma): 128 query rows per block, 384 threads
-# (producer + 2 consumer warpgroups), grid (H, tiles, B); the sizes are the launcher's.
+# The Hopper forward (mla_attention_fwd_hopper.cu, wgmma): 128 query rows per work item, 384
+# threads (producer + 2 consumer warpgroups), a 1-D grid of min(items, SMs) persistent CTAs over
+# the H·tiles·B items; after the launcher's arguments B, the work counter and its value at the
+# launch's start (never reset: a launch with fewer CTAs than items adds its item count, as
+# ops/mla_attention.ts keeps it); the sizes are the launcher's.
 HOPPER = "hopper"
 HOPPER_VARIANTS = {HOPPER: [], "hopper_simple": ["-DMLA_HOP_PINGPONG=0"],  # the first is the default
                    # Profiling builds (timing only, wrong results; not checked): without the softmax
@@ -213,6 +216,8 @@ class MlaKernels:
             fn.max_dynamic_shared_size_bytes = fwd_smem(mt, bn)
             self.fwd_variants[v] = (fn, fwd_smem(mt, bn), fwd_rows(mt), FWD_THREADS, False)
         self.use_fwd(fwd_variant)
+        self.work = torch.zeros(1, dtype=torch.int32, device="cuda")  # the Hopper forward's work counter
+        self.work_claims = 0
         if "bwd" not in cubins:
             return
         bwd = cupy.RawModule(path=cubins["bwd"])
@@ -240,13 +245,18 @@ class MlaKernels:
     def forward(self, qn, qp, kn, kp, v, o, lse, causal, scale):
         B, S, H, _ = qn.shape
         tiles = (S + self.fwd_rows - 1) // self.fwd_rows
-        grid = (H, tiles, B) if self.fwd_heads_first else (tiles, H, B)
+        grid = (tiles, H, B)
         if self.fwd_heads_first:  # the Hopper kernel reads q, k, v through TMA tensor maps
             rows, keys = self.fwd_rows, HOPPER_KEYS
+            items = H * tiles * B
+            grid = (min(items, cupy.cuda.Device().attributes["MultiProcessorCount"]), 1, 1)
             tma_launch.launch(self.fwd, grid, (self.fwd_threads, 1, 1), self.fwd_smem, cupy.cuda.get_current_stream().ptr,
                               [tma_launch.head_rows(qn, rows), tma_launch.head_rows(qp, rows), tma_launch.head_rows(kn, keys),
                                tma_launch.shared_rows(kp, keys), tma_launch.head_rows(v, keys), u64(o), u64(lse),
-                               np.int32(S), np.int32(S), np.int32(H), np.float32(scale), np.int32(causal)])
+                               np.int32(S), np.int32(S), np.int32(H), np.float32(scale), np.int32(causal), np.int32(B),
+                               u64(self.work), np.uint32(self.work_claims)])
+            if grid[0] < items:
+                self.work_claims = (self.work_claims + items) % 2**32
             return
         self.fwd(grid, (self.fwd_threads, 1, 1),
                  (u64(qn), u64(qp), u64(kn), u64(kp), u64(v), u64(o), u64(lse),

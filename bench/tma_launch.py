@@ -50,13 +50,13 @@ def shared_rows(t, rows):
 
 
 def launch(func, grid, block, smem, stream, args):
-    """args: TensorMap, or numpy scalars (np.uint64 pointers, np.int32, np.float32)."""
+    """args: TensorMap, or numpy scalars (np.uint64 pointers, np.int32, np.uint32, np.float32)."""
     holders = []
     for a in args:
         if isinstance(a, TensorMap):
             holders.append(ctypes.c_void_p(a.ptr))
             continue
-        c = {np.dtype(np.uint64): ctypes.c_uint64, np.dtype(np.int32): ctypes.c_int32,
+        c = {np.dtype(np.uint64): ctypes.c_uint64, np.dtype(np.int32): ctypes.c_int32, np.dtype(np.uint32): ctypes.c_uint32,
              np.dtype(np.float32): ctypes.c_float}[np.asarray(a).dtype](a.item())
         holders.append(c)
     params = (ctypes.c_void_p * len(args))(*[h.value if isinstance(h, ctypes.c_void_p) else ctypes.addressof(h)

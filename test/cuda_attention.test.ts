@@ -3,8 +3,10 @@
 // mlaAttention / mlaAttentionBackward, at small awkward sizes (S not a multiple of the 64-row
 // tile, S = 1, several heads and batches), causal and not, both backward modes; and unmasked
 // blocks with q and kv of different lengths (ring attention's steps: awkward lengths both ways
-// and the bench's s = 4096, cp = 4 shapes at one head). GPU tests skip with "skipped: no CUDA"
-// where no GPU is visible; the input checks run everywhere.
+// and the bench's s = 4096, cp = 4 shapes at one head). On Hopper, the persistent forward (CTAs
+// walking several query tiles) gives the same bits as one CTA per tile, and with a handful of
+// CTAs forced matches the CPU. GPU tests skip with "skipped: no CUDA" where no GPU is visible;
+// the input checks run everywhere.
 //
 // Inputs are bf16 on the GPU and the same (bf16-exact) values in f32 on the CPU, so both compute
 // the same function; outputs are poisoned with NaN first, so an unwritten element fails.
@@ -19,7 +21,7 @@ import { CpuBackend } from '../src/backend/cpu/cpu_backend.js';
 import { CudaBackend } from '../src/backend/cuda/cuda_backend.js';
 import { defaultCudaContext } from '../src/backend/cuda/runtime/context.js';
 import { cudaAvailable } from '../src/backend/cuda/ffi/library.js';
-import { MlaAttentionLauncher, type MlaGrads, type MlaTensorCoreKernels } from '../src/backend/cuda/ops/mla_attention.js';
+import { MlaAttentionLauncher, type MlaForwardOptions, type MlaGrads, type MlaTensorCoreKernels } from '../src/backend/cuda/ops/mla_attention.js';
 import { chooseMlaKernels } from '../src/backend/cuda/ops/mla_kernel_choice.js';
 import { Rng } from '../src/nn/rng.js';
 import { bf16ArrayToF32, f32ArrayToBf16 } from '../src/tensor/dtype.js';
@@ -190,6 +192,93 @@ for (const c of CASES) {
   });
 }
 
+/** The Hopper forward's raw outputs (o as bf16 bits, lse) for each `persistent` choice, on one upload of the inputs. */
+function hopperForwards(p: Problem, opts: AttentionOptions, launches: readonly MlaForwardOptions['persistent'][]): { o: Uint16Array; lse: Float32Array }[] {
+  const be = gpu();
+  const owned: Tensor[] = [];
+  const keep = (t: Tensor): Tensor => { owned.push(t); return t; };
+  try {
+    const t = {} as Record<keyof Problem['values'], Tensor>;
+    for (const name of ['qNope', 'qPe', 'kNope', 'kPe', 'v'] as const) {
+      t[name] = keep(emptyTensor(be, p.shapes[name], 'bf16'));
+      be.write(t[name], f32ArrayToBf16(p.values[name]));
+    }
+    const [B, S, H] = p.shapes.qNope as [number, number, number];
+    return launches.map((persistent) => {
+      const o = keep(poisoned(be, [B, S, H, D_V], 'bf16'));
+      const lse = keep(poisoned(be, [B, H, S], 'f32'));
+      attention().launcher.forward('hopper', o, lse, t.qNope, t.qPe, t.kNope, t.kPe, t.v, { ...opts, persistent });
+      return { o: be.read(o) as Uint16Array, lse: be.read(lse) as Float32Array };
+    });
+  } finally {
+    for (const x of owned) x.dispose();
+  }
+}
+
+/** Index of the first element whose bits differ, or -1. */
+function firstDifference(a: Uint16Array | Float32Array, b: Uint16Array | Float32Array): number {
+  const x = new Uint8Array(a.buffer, a.byteOffset, a.byteLength), y = new Uint8Array(b.buffer, b.byteOffset, b.byteLength);
+  for (let i = 0; i < x.length; i++) if (x[i] !== y[i]) return Math.floor(i / a.BYTES_PER_ELEMENT);
+  return x.length === y.length ? -1 : x.length;
+}
+
+// The persistent Hopper forward: a 1-D grid of CTAs each running several query tiles ("items",
+// H·ceil(Sq/128)·B of them) claimed from a work counter, its K/V ring and Q buffer running on
+// across items. Each item's arithmetic is the same whichever CTA runs it, so every launch must
+// give the same bits: one CTA per item (false), one per SM (true), and 7 CTAs (many items each,
+// on any GPU). The launches follow one another on the launcher's counter, which is never reset.
+// Shapes with more items than an H100 has SMs (132): causal (8 tiles × 16 heads × 3 = 384, from
+// 8 key tiles down to 1), ring attention's unmasked q 2c × kv c block at c = 512 (512 items of 4
+// key tiles), and items of a single key tile.
+const PERSISTENT_CASES: Case[] = [
+  { B: 3, S: 1000, H: 16, causal: true },
+  { B: 4, S: 1024, Skv: 512, H: 16, causal: false },
+  { B: 2, S: 300, Skv: 17, H: 16, causal: false },
+];
+
+for (const c of PERSISTENT_CASES) {
+  const lengths = c.Skv === undefined ? `S=${c.S}` : `q ${c.S} × kv ${c.Skv}`;
+  test(`MLA attention on CUDA: the persistent Hopper forward gives the same bits as one CTA per query tile: B=${c.B} ${lengths} H=${c.H} ${c.causal ? 'causal' : 'full'}`, { skip }, (t) => {
+    if (attention().kernels !== 'hopper') { t.skip(`${gpu().ctx.name} runs the mma.sync forward`); return; }
+    const p = makeProblem(c, 5000 + c.S + c.H + (c.Skv ?? 0) * 3);
+    const launches = [false, true, 7] as const;
+    const runs = hopperForwards(p, { causal: c.causal, scale: SCALE }, launches);
+    const [first] = runs;
+    assert.ok(!bf16ArrayToF32(first!.o).some(Number.isNaN) && !first!.lse.some(Number.isNaN), 'one CTA per tile left outputs unwritten');
+    runs.forEach((r, i) => {
+      const o = firstDifference(r.o, first!.o), lse = firstDifference(r.lse, first!.lse);
+      assert.equal(o, -1, `persistent: ${launches[i]}: o differs from one CTA per tile at element ${o}`);
+      assert.equal(lse, -1, `persistent: ${launches[i]}: lse differs from one CTA per tile at element ${lse}`);
+    });
+  });
+}
+
+// Several items per CTA at small awkward shapes, against the CPU: 5 CTAs over 18 causal items of
+// 3, 2 and 1 key tiles (Q reloaded per item, the K/V ring's stages and phases carried across
+// items, claims, and CTAs whose last item has one key tile); unmasked items of one key tile
+// only; unmasked items of 3 key tiles with a partial last one, on 4 CTAs.
+const FEW_CTA_CASES: (Case & { ctas: number })[] = [
+  { B: 2, S: 300, H: 3, causal: true, ctas: 5 },
+  { B: 2, S: 300, Skv: 17, H: 3, causal: false, ctas: 5 },
+  { B: 2, S: 192, Skv: 300, H: 3, causal: false, ctas: 4 },
+];
+
+for (const c of FEW_CTA_CASES) {
+  const lengths = c.Skv === undefined ? `S=${c.S}` : `q ${c.S} × kv ${c.Skv}`;
+  test(`MLA attention on CUDA: the Hopper forward on ${c.ctas} CTAs matches the CPU backend: B=${c.B} ${lengths} H=${c.H} ${c.causal ? 'causal' : 'full'}`, { skip }, (t) => {
+    if (attention().kernels !== 'hopper') { t.skip(`${gpu().ctx.name} runs the mma.sync forward`); return; }
+    const opts: AttentionOptions = { causal: c.causal, scale: SCALE };
+    const p = makeProblem(c, 7000 + c.S * 7 + c.H + (c.Skv ?? 0) * 13);
+    const ref = cpuReference(p, opts);
+    const [run] = hopperForwards(p, opts, [c.ctas]);
+    let lseErr = 0;
+    for (let i = 0; i < ref.lse!.length; i++) lseErr = Math.max(lseErr, Math.abs(run!.lse[i]! - ref.lse![i]!) / Math.max(1, Math.abs(ref.lse![i]!)));
+    assert.ok(lseErr <= 1e-4, `lse error ${lseErr}`);
+    const oErr = relativeError(bf16ArrayToF32(run!.o), ref.o!);
+    assert.ok(oErr <= 1e-2, `o relative error ${oErr}`);
+  });
+}
+
 test('MLA attention on CUDA rejects inputs it cannot take, naming the input', { skip }, () => {
   const be = gpu();
   const owned: Tensor[] = [];
@@ -213,6 +302,10 @@ test('MLA attention on CUDA rejects inputs it cannot take, naming the input', { 
     // kv of another length than v.
     assert.throws(() => launcher.forward(kernels, o, lse, qn, qp, kn2, kp2, v, { causal: false, scale: SCALE }),
       /mlaAttention: v has shape \[1,8,2,128\], expected \[B,Skv,H,128\] = \[1,16,2,128\]/);
+    if (kernels === 'hopper') {
+      assert.throws(() => launcher.forward(kernels, o, lse, qn, qp, kn, kp, v, { causal: true, scale: SCALE, persistent: 0 }),
+        /mlaAttention: persistent: 0 must be true, false or a whole number of CTAs ≥ 1/);
+    }
   } finally {
     for (const t of owned) t.dispose();
   }

@@ -48,7 +48,7 @@ export const MLA_BWD_DEFINES = {
 } as const;
 /** mla_attention_fwd_hopper.cu: a producer and two consumer warpgroups; query rows per block, key rows per tile. */
 export const MLA_HOP_FWD_DEFINES = {
-  ...MLA_COMMON_DEFINES, MLA_HOP_FWD_THREADS: 384, MLA_HOP_FWD_ROWS: 128, MLA_HOP_FWD_KEYS: 128, MLA_HOP_FWD_SMEM: 214088,
+  ...MLA_COMMON_DEFINES, MLA_HOP_FWD_THREADS: 384, MLA_HOP_FWD_ROWS: 128, MLA_HOP_FWD_KEYS: 128, MLA_HOP_FWD_SMEM: 214104,
 } as const;
 /**
  * mla_attention_bwd_hopper.cu: keys per block, query rows per step (one TMA box of q_nope, q_pe,
@@ -65,6 +65,16 @@ const FWD_ROWS = (MLA_FWD_DEFINES.MLA_FWD_THREADS / 32) * 16 * MLA_FWD_DEFINES.M
 
 /** The tensor-core kernel sets: Hopper's wgmma kernels or the mma.sync ones. */
 export type MlaTensorCoreKernels = 'hopper' | 'mma';
+
+export interface MlaForwardOptions extends AttentionOptions {
+  /**
+   * Hopper forward only: how many CTAs walk the n_items = H·ceil(Sq/128)·B query tiles. true
+   * (default): one per SM (the kernel's shared memory fits one), each taking several tiles, so
+   * one tile's loads overlap the previous one's last GEMMs and stores; false: one CTA per tile;
+   * a number n: at most n CTAs (tests force several tiles per CTA on small shapes).
+   */
+  persistent?: boolean | number;
+}
 
 export interface MlaBackwardOptions extends AttentionOptions {
   /** Identical bits on every run (no atomics); slower. Default false. */
@@ -136,8 +146,11 @@ export class MlaAttentionLauncher {
   private readonly fwdHopperFile: KernelFile;
   private readonly bwdHopperFile: KernelFile;
   private readonly fwdArgs = new KernelArgs(12);
-  /** The Hopper forward's arguments: five tensor maps (q_nope, q_pe, k_nope, k_pe, v), then as fwdArgs. */
-  private readonly fwdHopperArgs = new KernelArgs(12, [0, 1, 2, 3, 4]);
+  /**
+   * The Hopper forward's arguments: five tensor maps (q_nope, q_pe, k_nope, k_pe, v), then as
+   * fwdArgs, then B, the work counter and its value at the launch's start.
+   */
+  private readonly fwdHopperArgs = new KernelArgs(15, [0, 1, 2, 3, 4]);
   private readonly fwdHopperMaps: TensorMapSlots;
   private readonly preArgs = new KernelArgs(9);
   private readonly dkdvArgs = new KernelArgs(18);
@@ -146,8 +159,21 @@ export class MlaAttentionLauncher {
   private readonly dkdvHopperMaps: TensorMapSlots;
   private readonly dqArgs = new KernelArgs(15);
   private readonly finishArgs = new KernelArgs(10);
+  /** The persistent Hopper forward's default CTA count. */
+  private readonly smCount: number;
+  /**
+   * The persistent Hopper forward's work counter (one u32 its CTAs claim query tiles from; never
+   * reset) and the value it holds once the launches queued so far have run: each launch with
+   * fewer CTAs than tiles adds its tile count (the kernel header says why), mod 2^32. Launches
+   * run in stream order (the context's one compute stream), so each starts where the last ended.
+   */
+  private readonly workCounter: GpuBlock;
+  private workClaims = 0;
 
   constructor(ctx: CudaContext, private readonly allocator: CachingAllocator) {
+    this.smCount = ctx.smCount;
+    this.workCounter = allocator.alloc(4);
+    ctx.fillWords(this.workCounter.ptr, 0, 1);
     this.fwdFile = new KernelFile(ctx, 'mla_attention_fwd.cu', MLA_FWD_DEFINES);
     this.bwdFile = new KernelFile(ctx, 'mla_attention_bwd.cu', MLA_BWD_DEFINES);
     this.fwdHopperFile = new KernelFile(ctx, 'mla_attention_fwd_hopper.cu', MLA_HOP_FWD_DEFINES);
@@ -158,7 +184,7 @@ export class MlaAttentionLauncher {
 
   /** o = softmax(scale·q·kᵀ, causal mask or none) · v and lse, with q = (qNope|qPe), k = (kNope|kPe). */
   forward(kernels: MlaTensorCoreKernels, o: Tensor, lse: Tensor, qNope: Tensor, qPe: Tensor, kNope: Tensor, kPe: Tensor, v: Tensor,
-          opts: AttentionOptions): void {
+          opts: MlaForwardOptions): void {
     const op = 'mlaAttention';
     const { B, Sq, Skv, H } = inputDims(op, qNope, qPe, kNope, kPe, v, opts.causal);
     checkScale(op, opts);
@@ -180,7 +206,17 @@ export class MlaAttentionLauncher {
       maps.set(2, headRows(devicePtr(kNope), B, Skv, H, D_NOPE, keys), `${op}: kNope`);
       maps.set(3, sharedRows(devicePtr(kPe), B, Skv, D_ROPE, keys), `${op}: kPe`);
       maps.set(4, headRows(devicePtr(v), B, Skv, H, D_V, keys), `${op}: v`);
-      k.launch([H, Math.ceil(Sq / rows), B], [threads, 1, 1], smem, fwdTail(this.fwdHopperArgs));
+      // Work items: query tiles of one (head, batch); a 1-D grid of `ctas` walks them (kernel header).
+      const items = H * Math.ceil(Sq / rows) * B;
+      if (items > 2 ** 31 - 1) throw new Error(`${op}: H·ceil(Sq/${rows})·B = ${items} query tiles exceed the grid's 2^31-1; split the batch`);
+      const persistent = opts.persistent ?? true;
+      if (typeof persistent === 'number' && !(Number.isInteger(persistent) && persistent >= 1)) {
+        throw new Error(`${op}: persistent: ${persistent} must be true, false or a whole number of CTAs ≥ 1`);
+      }
+      const ctas = persistent === false ? items : Math.min(items, persistent === true ? this.smCount : persistent);
+      k.launch([ctas, 1, 1], [threads, 1, 1], smem,
+        fwdTail(this.fwdHopperArgs).i32(12, B).ptr(13, this.workCounter.ptr).u32(14, this.workClaims));
+      if (ctas < items) this.workClaims = (this.workClaims + items) >>> 0;
       return;
     }
     const k = this.fwdFile.kernel('mla_attention_fwd');
