@@ -170,3 +170,32 @@ test('a ring step\'s backward block on CUDA adds into its rows of a longer accum
   console.log(checkBlock(be, 'bf16', 2e-2));
   console.log(checkBlock(be, 'bf16', 2e-2, true));
 });
+
+// Backend.attentionMerge on CUDA against the CPU: o a half of a [B, 2c, H, Dv] block output (rows
+// strided by batch, bf16), lse the matching half of [B, H, 2c]; lse gaps from 0 to far past f32
+// exp overflow, and a running side with no keys yet (−∞).
+test('attentionMerge on CUDA equals the CPU: strided bf16 block halves, large lse gaps, an empty side', { skip }, async () => {
+  const { createCudaBackend } = await import('../src/backend/cuda/create.js');
+  const gpu = createCudaBackend(), cpu = new CpuBackend();
+  const B = 2, c = 37, H = 3, Dv = 128, rng = new Rng(77);
+  const accO = Float32Array.from({ length: B * c * H * Dv }, () => rng.normal());
+  const accLse = Float32Array.from({ length: B * H * c }, (_, i) => (i % 11 === 3 ? -Infinity : [0, 5, -700, 900, 2][i % 5]! + rng.normal()));
+  const blockO = bf16ArrayToF32(f32ArrayToBf16(Float32Array.from({ length: B * 2 * c * H * Dv }, () => rng.normal())));
+  const blockLse = Float32Array.from({ length: B * H * 2 * c }, (_, i) => [1, -3, 800, -600, 0][i % 5]! + rng.normal());
+  const run = (be: Backend, dtype: DType): [Float32Array, Float32Array] => tidy(() => {
+    const ao = fromHost(be, accO, [B, c, H, Dv], 'f32'), al = fromHost(be, accLse, [B, H, c], 'f32');
+    const bo = fromHost(be, blockO, [B, 2 * c, H, Dv], dtype), bl = fromHost(be, blockLse, [B, H, 2 * c], 'f32');
+    // Half 1 of the block: rows c..2c of each batch row.
+    const o = bo.view([B, c, H, Dv], bo.strides, bo.offset + c * H * Dv), lse = bl.view([B, H, c], bl.strides, bl.offset + c);
+    be.attentionMerge(ao, al, o, lse);
+    return [toHostF32(ao), toHostF32(al)];
+  });
+  const [wantO, wantL] = run(cpu, 'f32'), [gotO, gotL] = run(gpu, 'bf16');
+  assert.ok(gotO.every(Number.isFinite) && gotL.every(Number.isFinite), 'a non-finite merge result');
+  let lseErr = 0;
+  for (let i = 0; i < wantL.length; i++) lseErr = Math.max(lseErr, Math.abs(gotL[i]! - wantL[i]!) / Math.max(1, Math.abs(wantL[i]!)));
+  assert.ok(lseErr <= 1e-6, `lse relative error ${lseErr}`);
+  // The weights e^(lse − lse') come from f32 differences of numbers up to ~900 here, whose f32
+  // spacing is 6e-5 (the CPU works in f64): 2e-4 bounds that; real lse values are ~10-20.
+  assert.ok(rel(gotO, wantO) <= 2e-4, `o relative error ${rel(gotO, wantO)}`);
+});

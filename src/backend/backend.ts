@@ -215,6 +215,16 @@ export interface Backend extends StorageOwner {
     opts: AttentionOptions, ends?: MlaBlockEnds,
   ): void;
 
+  /**
+   * Merges a partial attention over more keys into a running one (ring attention's steps):
+   * accO f32 [B,c,H,Dv] and accLse f32 [B,H,c] (contiguous) hold the softmax-normalised output
+   * and log-sum-exp over the keys seen so far; o [B,c,H,Dv] (any float dtype) and lse [B,H,c]
+   * (views whose last dimensions are contiguous: o's [H,Dv] rows, lse's c) the same over other
+   * keys. Afterwards acc holds them over both: lse' = log(e^lseAcc + e^lse), accO' =
+   * accO·e^(lseAcc−lse') + o·e^(lse−lse'), computed without exponentiating a positive number.
+   */
+  attentionMerge(accO: Tensor, accLse: Tensor, o: Tensor, lse: Tensor): void;
+
   // ---- optimizer ----
   /**
    * One Adam/AdamW step on f32 master weights, in place: g = grad·gradScale (+ weightDecay·param

@@ -6,7 +6,7 @@
 // mask compares positions, so it needs Sq = Skv (Backend.mlaAttention).
 import type { Tensor } from '../../tensor/tensor.js';
 import type { AttentionOptions } from '../backend.js';
-import { readF32, writeF32 } from './host.js';
+import { denseView, readF32, writeF32 } from './host.js';
 
 interface Dims { B: number; Sq: number; Skv: number; H: number; Dn: number; Dr: number; Dv: number }
 
@@ -124,4 +124,26 @@ export function cpuMlaAttentionBackward(
   }
   writeF32(grads.dqNope, dqn); writeF32(grads.dqPe, dqp); writeF32(grads.dkNope, dkn);
   writeF32(grads.dkPe, dkp); writeF32(grads.dv, dvv);
+}
+
+/** Backend.attentionMerge on the CPU: one pass per (b, t, h) row; the f64 weights as the CUDA kernel's f32 ones. */
+export function cpuAttentionMerge(accO: Tensor, accLse: Tensor, o: Tensor, lse: Tensor): void {
+  const [B, c, H, Dv] = accO.shape as [number, number, number, number];
+  const A = denseView(accO) as Float32Array, AL = denseView(accLse) as Float32Array;
+  const O = readF32(o), L = readF32(lse);
+  for (let b = 0; b < B; b++) for (let h = 0; h < H; h++) for (let t = 0; t < c; t++) {
+    const li = (b * H + h) * c + t;
+    const [wa, wb, next] = mergeWeights(AL[li]!, L[li]!);
+    AL[li] = next;
+    const row = ((b * c + t) * H + h) * Dv;
+    for (let d = 0; d < Dv; d++) A[row + d] = A[row + d]! * wa + O[row + d]! * wb;
+  }
+}
+
+/** The two weights and the merged log-sum-exp of partial softmaxes with log-sum-exps la and lb; a side with −∞ (no keys) weighs 0. */
+export function mergeWeights(la: number, lb: number): [number, number, number] {
+  if (la === -Infinity) return [0, 1, lb];
+  if (lb === -Infinity) return [1, 0, la];
+  const next = Math.max(la, lb) + Math.log1p(Math.exp(-Math.abs(la - lb)));
+  return [Math.exp(la - next), Math.exp(lb - next), next];
 }

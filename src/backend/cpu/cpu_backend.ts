@@ -11,7 +11,7 @@ import { HostBuffer, arrayOf, denseView, forEachIndex, readF32, storageArray, wr
 import { cpuMatmul } from './matmul.js';
 import { cpuGroupedLinear, cpuGroupedLinearBackwardData, cpuGroupedLinearWeightGrad } from './grouped_matmul.js';
 import { mlaBackwardBlockByWhole } from '../mla_backward_block.js';
-import { cpuMlaAttention, cpuMlaAttentionBackward } from './attention.js';
+import { cpuAttentionMerge, cpuMlaAttention, cpuMlaAttentionBackward } from './attention.js';
 import * as m from './model_ops.js';
 
 function unaryFn(op: UnaryOp, s: number): (x: number) => number {
@@ -175,6 +175,7 @@ export class CpuBackend implements Backend {
   ): void {
     cpuMlaAttentionBackward(grads, dout, qNope, qPe, kNope, kPe, v, o, lse, opts);
   }
+  attentionMerge(accO: Tensor, accLse: Tensor, o: Tensor, lse: Tensor): void { cpuAttentionMerge(accO, accLse, o, lse); }
   mlaAttentionBackwardBlock(
     dqAcc: Tensor, qFrom: number, grads: { dkNope: Tensor; dkPe: Tensor; dv: Tensor },
     dout: Tensor, qNope: Tensor, qPe: Tensor, kNope: Tensor, kPe: Tensor, v: Tensor, o: Tensor, lse: Tensor, opts: AttentionOptions,

@@ -29,6 +29,7 @@ import { RmsNormLauncher } from './ops/rms_norm.js';
 import { RopeLauncher } from './ops/rope.js';
 import { ScatterAddRowsLauncher } from './ops/scatter_add_rows.js';
 import { SoftmaxLauncher } from './ops/softmax.js';
+import { AttentionMergeLauncher } from './ops/attention_merge.js';
 import { SumLastDimLauncher } from './ops/sum_last_dim.js';
 import { SumSquaresLauncher } from './ops/sum_squares.js';
 import { SumSquaresMultiLauncher } from './ops/sum_squares_multi.js';
@@ -76,6 +77,7 @@ export class CudaBackend implements Backend {
   private readonly lookup: EmbeddingLauncher;
   private readonly loss: CrossEntropyLauncher;
   private readonly rowSoftmax: SoftmaxLauncher;
+  private readonly merger: AttentionMergeLauncher;
   private readonly router: TopkLauncher;
   private readonly counts: BincountLauncher;
   private readonly grouping: ExpertOrderLauncher;
@@ -107,6 +109,7 @@ export class CudaBackend implements Backend {
     this.lookup = new EmbeddingLauncher(ctx);
     this.loss = new CrossEntropyLauncher(ctx);
     this.rowSoftmax = new SoftmaxLauncher(ctx);
+    this.merger = new AttentionMergeLauncher(ctx);
     this.router = new TopkLauncher(ctx);
     this.counts = new BincountLauncher(ctx);
     this.grouping = new ExpertOrderLauncher(ctx, alloc);
@@ -230,6 +233,8 @@ export class CudaBackend implements Backend {
     if (kernels === 'generic') this.attentionGeneric.backward(grads, dout, qNope, qPe, kNope, kPe, v, o, lse, opts);
     else this.attention.backward(kernels, grads, dout, qNope, qPe, kNope, kPe, v, o, lse, opts);
   }
+
+  attentionMerge(accO: Tensor, accLse: Tensor, o: Tensor, lse: Tensor): void { this.merger.merge(accO, accLse, o, lse); }
 
   mlaAttentionBackwardBlock(dqAcc: Tensor, qFrom: number, grads: MlaKvGrads, dout: Tensor, qNope: Tensor, qPe: Tensor, kNope: Tensor,
                             kPe: Tensor, v: Tensor, o: Tensor, lse: Tensor, opts: AttentionOptions, ends?: MlaBlockEnds): void {
