@@ -44,6 +44,7 @@
 //
 // Scheduling: the grid is (ceil(width / 256), ceil(M/128) + E) as in grouped_gemm.cu; column
 // tiles run fastest, so the CTAs on one row tile run together and share its A rows in L2.
+// bench/grouped_gemm_model.py replays the boxes, descriptors, masks and the mbarrier ring.
 #include "common.cuh"
 #include "grouped_gemm_common.cuh"
 
@@ -133,7 +134,7 @@ __device__ __forceinline__ void wgmma_wait() { asm volatile("wgmma.wait_group.sy
 // form uses d[0..63], which hold columns 0..127 in the n256 layout as well.
 template <int WN, int TB>
 __device__ __forceinline__ void wgmma_k16(float* d, u64 a_desc, u64 b_desc) {
-  if (WN == 256) {
+  if constexpr (WN == 256) {
     asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
                  "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 {" GGT_R128 "}, %128, %129, p, 1, 1, 0, %130;\n}\n"
                  : GGT_D64(0), GGT_D64(64)
