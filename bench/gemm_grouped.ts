@@ -1,7 +1,8 @@
 // Grouped expert GEMM benchmark: the three products of one routed-expert projection for all 64
 // experts of a DeepSeek-V2-Lite MoE layer (8192 tokens × top-6 = 49152 routed rows, ~768 per
 // expert, skewed as routing skews them), timed as one grouped launch each, for each grouped
-// kernel set (mma: kernels/grouped_gemm.cu; wgmma: kernels/grouped_gemm_wgmma.cu, sm_90a), against
+// kernel set (mma: kernels/grouped_gemm.cu; wgmma: kernels/grouped_gemm_wgmma.cu, sm_90a; tma:
+// kernels/grouped_gemm_tma.cu for forward and data, wgmma's weight product, sm_90a), against
 // one cuBLASLt product per expert (the per-expert path), median of CUDA-event timings. A fourth row
 // per shape times the weight product into bf16 gradients (the lean recipe; not in the six-product sum).
 //
@@ -37,7 +38,7 @@ function median(xs: number[]): number {
 export interface GroupedGemmRow {
   product: string; K: number; N: number; floorMs: number;
   /** Milliseconds per kernel set (absent: the set does not run on this GPU). */
-  grouped: { mma: number; wgmma?: number };
+  grouped: { mma: number; wgmma?: number; tma?: number };
   perExpertMs: number;
 }
 
@@ -90,7 +91,10 @@ export function runGroupedGemmBench(opts: { log?: (line: string) => void } = {})
       const time = (fn: () => void) => { for (let i = 0; i < 3; i++) fn(); return median(Array.from({ length: REPS }, () => ctx.timeMs(fn))); };
       be.groupedGemmKernels = 'mma';
       const times: GroupedGemmRow['grouped'] = { mma: time(grouped) };
-      if (hopper) { be.groupedGemmKernels = 'wgmma'; times.wgmma = time(grouped); }
+      if (hopper) {
+        be.groupedGemmKernels = 'wgmma'; times.wgmma = time(grouped);
+        be.groupedGemmKernels = 'tma'; times.tma = time(grouped);
+      }
       const perExpertMs = time(perExpert);
       rows.push({ product, K, N, floorMs: (2 * M * N * K) / CEILING_FLOPS * 1e3, grouped: times, perExpertMs });
     }
@@ -99,12 +103,14 @@ export function runGroupedGemmBench(opts: { log?: (line: string) => void } = {})
   offsets.dispose();
   const tflops = (r: GroupedGemmRow, ms: number) => ((2 * M * r.N * r.K) / (ms * 1e-3) / 1e12).toFixed(1);
   const header = ['product', 'K', 'N', 'floor ms', 'mma ms', 'mma TFLOP/s', 'wgmma ms', 'wgmma TFLOP/s', 'wgmma % of floor',
-    'per-expert ms', 'per-expert TFLOP/s', 'best speed-up'];
+    'tma ms', 'tma TFLOP/s', 'tma % of floor', 'per-expert ms', 'per-expert TFLOP/s', 'best speed-up'];
+  const hopperCells = (r: GroupedGemmRow, ms: number | undefined) =>
+    ms !== undefined ? [ms.toFixed(3), tflops(r, ms), `${((r.floorMs / ms) * 100).toFixed(0)}%`] : ['-', '-', '-'];
   const table = rows.map((r) => {
-    const w = r.grouped.wgmma, best = Math.min(r.grouped.mma, w ?? Infinity);
+    const best = Math.min(r.grouped.mma, r.grouped.wgmma ?? Infinity, r.grouped.tma ?? Infinity);
     return [
       r.product, String(r.K), String(r.N), r.floorMs.toFixed(3), r.grouped.mma.toFixed(3), tflops(r, r.grouped.mma),
-      w !== undefined ? w.toFixed(3) : '-', w !== undefined ? tflops(r, w) : '-', w !== undefined ? `${((r.floorMs / w) * 100).toFixed(0)}%` : '-',
+      ...hopperCells(r, r.grouped.wgmma), ...hopperCells(r, r.grouped.tma),
       r.perExpertMs.toFixed(3), tflops(r, r.perExpertMs), (r.perExpertMs / best).toFixed(2),
     ];
   });
@@ -113,7 +119,7 @@ export function runGroupedGemmBench(opts: { log?: (line: string) => void } = {})
   log(fmt(header));
   for (const row of table) log(fmt(row));
   const sum = (f: (r: GroupedGemmRow) => number) => rows.reduce((a, r) => a + (r.product === LEAN_WEIGHT ? 0 : f(r)), 0);
-  const wgmmaSum = hopper ? `, wgmma ${sum((r) => r.grouped.wgmma!).toFixed(3)} ms` : '';
+  const wgmmaSum = hopper ? `, wgmma ${sum((r) => r.grouped.wgmma!).toFixed(3)} ms, tma ${sum((r) => r.grouped.tma!).toFixed(3)} ms` : '';
   log(`all six products: mma ${sum((r) => r.grouped.mma).toFixed(3)} ms${wgmmaSum}, per-expert ${sum((r) => r.perExpertMs).toFixed(3)} ms, floor ${sum((r) => r.floorMs).toFixed(3)} ms`);
   return rows;
 }

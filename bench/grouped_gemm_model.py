@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Thread-by-thread model of the grouped expert GEMM kernels (src/backend/cuda/kernels/
-grouped_gemm.cu: mma.sync; grouped_gemm_wgmma.cu: wgmma). No GPU; python3 with numpy.
+grouped_gemm.cu: mma.sync; grouped_gemm_wgmma.cu: wgmma; grouped_gemm_tma.cu: TMA-fed forward
+and dX). No GPU; python3 with numpy.
 
 It replays each kernel's index arithmetic as written (cp.async piece placement with zero-fill,
 the padded or 128-byte-swizzled shared layouts, ldmatrix / ldmatrix.trans lane addresses and
@@ -11,8 +12,13 @@ forward, dX and dW (accumulated onto an initial gradient), with zero-row experts
 expert, row tails, widths that are 64- but not 128-multiples and offsets starting at 1000.
 Every global read is bounds-checked. It checks the index math against the documented
 instruction semantics; it cannot check the hardware itself (the GPU tests do).
+For tma: the copy engine's boxes (128-byte swizzle, zeros outside the tensor, byte counts
+against the producer's expect_tx), the narrow / wide column tiles, descriptors, epilogue masks,
+and the full/empty mbarrier ring under random interleavings of the producer and the two
+consumer warpgroups (parity waits as PTX defines them; no stage refilled while a wgmma group
+that reads it is in flight, no stage read before its own copies landed).
 
-  python3 bench/grouped_gemm_model.py          (~2 min: mma, then wgmma)
+  python3 bench/grouped_gemm_model.py          (~30 s on one core: mma, wgmma, then tma)
 
 Keep it in step with the kernels when their tiles or layouts change.
 """
@@ -288,9 +294,138 @@ def wgmma():
     return run
 
 
+def tma():
+    """The TMA kernels (grouped_gemm_tma.cu: forward and dX); returns run(counts, K, N, base)."""
+    BM=128; BN=256; BK=64; STAGES=4
+    A_BYTES=BM*BK*2; B_BYTES=BN*BK*2; STAGE=A_BYTES+B_BYTES; FWD_PIECE=128*BK*2; DX_PIECE=BK*64*2
+    def sw(addr): return addr ^ (((addr>>7)&7)<<4)
+    def box(sm, dst, T, c0, c1, rows):
+        # the copy engine: box (64 innermost, rows) of the 2-D tensor T[dim1][dim0] at (c0, c1);
+        # element (x, y) at dst + y*128 + 2x under the 128-byte swizzle; outside T: zeros
+        assert dst%1024==0 and c0>=0 and c1>=0
+        for y in range(rows):
+            for x in range(64):
+                v=T[c1+y, c0+x] if c1+y<T.shape[0] and c0+x<T.shape[1] else 0
+                sm[sw(dst+y*128+2*x)//2]=v
+        return 64*rows*2
+    def read_op(sm, start, lbo, sbo, kmajor, R):
+        out=np.zeros((R,16))
+        for x in range(R):
+            for k in range(16):
+                if kmajor: a=start+(x//8)*sbo+(x%8)*128+k*2
+                else: a=start+(x//64)*lbo+(k//8)*sbo+(k%8)*128+(x%64)*2
+                out[x,k]=sm[sw(a)//2]
+        return out
+    def cta(Amat, W, row0, j0, width, red, B_K):
+        cols=min(BN, width-j0); narrow=cols<=BN//2; WN=128 if narrow else 256
+        pieces=(2 if B_K else 4)>>(1 if narrow else 0)
+        expect=A_BYTES+pieces*(FWD_PIECE if B_K else DX_PIECE)
+        sm=np.full(STAGES*STAGE//2, np.nan); acc=np.zeros((2,64,256))
+        for kt in range(red//BK):
+            ta=(kt%STAGES)*STAGE; tb=ta+A_BYTES
+            sm[ta//2:(ta+STAGE)//2]=np.nan  # what the stage held before is not read
+            got=box(sm, ta, Amat, kt*BK, row0, 128)
+            for p in range(pieces):
+                got+=box(sm, tb+p*FWD_PIECE, W, kt*BK, j0+128*p, 128) if B_K else box(sm, tb+p*DX_PIECE, W, j0+64*p, kt*BK, 64)
+            assert got==expect, ('expect_tx', got, expect)
+            for half in range(2):
+                for kk in range(BK//16):
+                    Am=read_op(sm, ta+half*64*128+kk*32, 16, 1024, True, 64)
+                    Bm=read_op(sm, tb+kk*32, 16, 1024, True, WN) if B_K else read_op(sm, tb+kk*2048, DX_PIECE, 1024, False, WN)
+                    assert not np.isnan(Am).any() and not np.isnan(Bm).any()
+                    acc[half][:, :WN]+=Am@Bm.T
+        return acc, cols
+    def store(acc, C, row0, j0, width, rows, cols):
+        for tid in range(128, 384):
+            half=(tid>>7)-1; w=(tid>>5)&3; lane=tid&31
+            for h in range(2):
+                i=half*64+w*16+(lane>>2)+8*h
+                if i>=rows: continue
+                for j in range(32):
+                    col=8*j+2*(lane&3)
+                    if col>=cols: continue
+                    idx=(row0+i)*width+j0+col; assert 0<=idx and idx+2<=C.size
+                    C[idx]=acc[half][16*w+(lane>>2)+8*h][col]; C[idx+1]=acc[half][16*w+(lane>>2)+8*h][col+1]
+    def find_row_tile(off,E,M,t):
+        base=off[0]
+        for x in range(E):
+            s=min(max(off[x]-base,0),M); en=min(max(off[x+1]-base,s),M); tiles=(en-s+BM-1)//BM
+            if t<tiles: return x,s+t*BM,en
+            t-=tiles
+    def run(counts,K,N,base,tail=0):
+        # tail: rows after the last expert's, in the tensors but in no expert (never stored)
+        rng=np.random.default_rng(3); E=len(counts); M=sum(counts)+tail
+        off=[base]; [off.append(off[-1]+c) for c in counts]; st=[o-base for o in off]; cov=st[-1]
+        X=rng.integers(-3,4,(M,K)).astype(float); dY=rng.integers(-3,4,(M,N)).astype(float)
+        W=[rng.integers(-3,4,(N,K)).astype(float) for _ in counts]
+        Y=np.full(M*N,np.nan); dX=np.full(M*K,np.nan)
+        for by in range((M+BM-1)//BM+E):
+            f=find_row_tile(off,E,M,by)
+            if f is None: continue
+            e,row0,rowEnd=f
+            for bx in range((N+BN-1)//BN):
+                acc,cols=cta(X, W[e], row0, bx*BN, N, K, True); store(acc, Y, row0, bx*BN, N, rowEnd-row0, cols)
+            for bx in range((K+BN-1)//BN):
+                acc,cols=cta(dY, W[e], row0, bx*BN, K, N, False); store(acc, dX, row0, bx*BN, K, rowEnd-row0, cols)
+        Y=Y.reshape(M,N); dX=dX.reshape(M,K)
+        assert np.isnan(Y[cov:]).all() and np.isnan(dX[cov:]).all(), 'rows in no expert were stored'
+        assert np.array_equal(Y[:cov], np.concatenate([X[st[e]:st[e+1]]@W[e].T for e in range(E)])), 'fwd'
+        assert np.array_equal(dX[:cov], np.concatenate([dY[st[e]:st[e+1]]@W[e] for e in range(E)])), 'dX'
+        print('ok',counts,K,N,base,'tail',tail)
+    return run
+
+
+def tma_ring(ktiles, trials=300, seed=5):
+    """The mbarrier ring of grouped_gemm_tma.cu under random interleavings (one CTA, ktiles k-steps)."""
+    STAGES=4; rng=np.random.default_rng(seed)
+    for _ in range(trials):
+        # a barrier: completed phases and arrivals pending in the current one
+        full=[[0,0] for _ in range(STAGES)]; empty=[[0,0] for _ in range(STAGES)]
+        def arrive(bar, count):
+            bar[1]+=1
+            if bar[1]==count: bar[0]+=1; bar[1]=0
+        def passes(bar, parity): return (bar[0]&1)!=parity  # try_wait.parity: that phase has completed
+        holds=[None]*STAGES        # k-step whose copies a stage holds
+        reading=[set(), set()]     # k-steps whose wgmmas are in flight, per consumer warpgroup
+        def producer():
+            for kt in range(ktiles):
+                s=kt%STAGES
+                if kt>=STAGES:
+                    while not passes(empty[s], (kt//STAGES-1)&1): yield
+                assert all(x%STAGES!=s for r in reading for x in r), ("refill under a wgmma", kt)
+                holds[s]=kt
+                yield  # the copies land later
+                arrive(full[s], 1)  # arrive.expect_tx plus the bytes: one completion
+        def consumer(wg):
+            for kt in range(ktiles):
+                s=kt%STAGES
+                while not passes(full[s], (kt//STAGES)&1): yield
+                assert holds[s]==kt, ('stage read before its copies', kt, holds[s])
+                reading[wg].add(kt); yield
+                reading[wg].discard(kt-1)  # wait_group 1
+                if kt>0:
+                    for _ in range(4): arrive(empty[(kt-1)%STAGES], 8)  # lane 0 of each of the 4 warps
+                yield
+            reading[wg].clear()
+        agents=[producer(), consumer(0), consumer(1)]
+        live=list(agents); steps=0
+        while live:
+            a=live[rng.integers(len(live))]
+            try: next(a)
+            except StopIteration: live.remove(a)
+            steps+=1; assert steps<100000, 'deadlock'
+    print('ok ring', ktiles, 'k-steps,', trials, 'interleavings')
+
+
 if __name__ == '__main__':
     for name, model in (('mma', mma), ('wgmma', wgmma)):
         run = model()
         print(name)
         run([0, 1, 130, 7, 64], 192, 320, 1000)
         run([3, 0, 330], 64, 128, 0)
+    print('tma')
+    run = tma()
+    run([0, 1, 130, 7, 64], 192, 320, 1000, tail=9)
+    run([3, 0, 129], 64, 128, 0)
+    run([2, 129], 128, 640, 5)
+    for k in (1, 3, 4, 5, 9, 32): tma_ring(k)

@@ -1,6 +1,7 @@
 // The grouped expert GEMM kernels on the GPU through Backend.groupedLinear*, every test once per
-// kernel set (mma: kernels/grouped_gemm.cu; wgmma: kernels/grouped_gemm_wgmma.cu, sm_90a only),
-// each product checked two ways:
+// kernel set (mma: kernels/grouped_gemm.cu; wgmma: kernels/grouped_gemm_wgmma.cu and tma:
+// kernels/grouped_gemm_tma.cu with wgmma's weight product, both sm_90a only), each product
+// checked two ways:
 // - awkward shapes (E = 5, counts [0, 1, 130, 7, 64], K = 192, N = 320: zero-row experts, a
 //   1-row expert, row tails, widths that are 64- but not 128-multiples; offsets that start at a
 //   nonzero base, as a part owning middle experts passes them) against the CPU backend;
@@ -8,6 +9,10 @@
 //   K = 1408 / N = 2048) against one cuBLASLt product per expert (the path the kernels replace,
 //   itself checked against the CPU in cuda_backend.test.ts), plus 256 sampled elements per
 //   product against f64 dot products on the host.
+// The tma set's forward and dX are also checked at K, N ∈ {64, 192, 1408, 2048} against the CPU
+// (0-, 1- and 129-row experts: tiles that start mid-tile-grid and spill into the next expert),
+// with rows that belong to no expert (they must keep their poison), and at the bench shapes
+// against the wgmma set.
 // Outputs are poisoned with NaN first, so an element no CTA wrote fails. Tolerances:
 // - bf16 outputs (forward, dX), ‖gpu − ref‖/‖ref‖ ≤ 1e-2: both sides accumulate the same exact
 //   bf16 products in f32 (or f64) in different orders (~1e-6 relative) and round once to bf16,
@@ -102,13 +107,14 @@ function offsetsOn(b: Backend, counts: readonly number[], base: number, pad: num
   return t.view([counts.length + 1], [1], t.offset + pad);
 }
 
-/** The kernel sets this GPU runs (wgmma on sm_90a only). */
-function kernelSets(): ('mma' | 'wgmma')[] {
-  return gpu().ctx.arch === 'sm_90a' ? ['mma', 'wgmma'] : ['mma'];
+/** The kernel sets this GPU runs (wgmma and tma on sm_90a only). */
+function kernelSets(): ('mma' | 'wgmma' | 'tma')[] {
+  return gpu().ctx.arch === 'sm_90a' ? ['mma', 'wgmma', 'tma'] : ['mma'];
 }
+const skipHopper = skip || (!kernelSets().includes('tma') ? 'skipped: the tma set needs sm_90a' : false);
 
-for (const set of ['mma', 'wgmma'] as const) {
-  const skipSet = skip || (set === 'wgmma' && !kernelSets().includes('wgmma') ? 'skipped: wgmma needs sm_90a' : false);
+for (const set of ['mma', 'wgmma', 'tma'] as const) {
+  const skipSet = skip || (set !== 'mma' && !kernelSets().includes(set) ? `skipped: ${set} needs sm_90a` : false);
 
   test(`grouped GEMM (${set}), awkward shapes: forward, dX and dW against the CPU backend`, { skip: skipSet }, () => {
     gpu().groupedGemmKernels = set;
@@ -134,8 +140,8 @@ for (const set of ['mma', 'wgmma'] as const) {
       if (counts[e] === 0) assert.deepEqual(got, gv[e], `dW of expert ${e} (no rows) must be untouched`);
       else expectClose(got, readF32(cpu, c.gs[e]!), F32_TOL, `dW of expert ${e} (${counts[e]} rows)`);
     }
-    // bf16 gradients (the lean recipe): the wgmma set's own kernel, the mma set's per-expert
-    // fallback; both add in f32 and round once, as the CPU does, so bf16's tolerance.
+    // bf16 gradients (the lean recipe): the wgmma set's own kernel (tma runs it too), the mma
+    // set's per-expert fallback; both add in f32 and round once, as the CPU does, so bf16's tolerance.
     const cb = gv.map((v) => upload(cpu, v, [N, K], 'bf16')), gb = gv.map((v) => upload(gpu(), v, [N, K], 'bf16'));
     cpu.groupedLinearWeightGrad(cb, c.dy, c.x, c.off); gpu().groupedLinearWeightGrad(gb, g.dy, g.x, g.off);
     for (let e = 0; e < E; e++) {
@@ -211,7 +217,7 @@ for (const [K, N] of [[2048, 1408], [1408, 2048]] as const) {
         if (counts[e] === 0) assert.deepEqual(gh[e], gv[e], `${set}: dW of expert ${e} (no rows) must be untouched`);
         else expectClose(gh[e]!, gRefH[e]!, F32_TOL, `${set}: dW of expert ${e} vs cuBLASLt`);
       }
-      if (set === 'wgmma') { // bf16 gradients (the lean recipe's kernel): one rounding on each side
+      if (set !== 'mma') { // bf16 gradients (the lean recipe's kernel): one rounding on each side
         const gb = gv.map((v) => upload(be, v, [N, K], 'bf16'));
         be.groupedLinearWeightGrad(gb, dy, x, off);
         gb.forEach((t, e) => { expectClose(readF32(be, t), gbRefH[e]!, BF16_TOL, `${set}: bf16 dW of expert ${e} vs cuBLASLt`); t.dispose(); });
@@ -244,6 +250,92 @@ for (const [K, N] of [[2048, 1408], [1408, 2048]] as const) {
         }
       }
     }
+    for (const t of [x, dy, off, ...ws]) t.dispose();
+  });
+}
+
+// ---- the tma set's forward and data kernels (kernels/grouped_gemm_tma.cu) ----
+
+/** Forward and dX of `counts` rows (offsets from a nonzero base) on the GPU's tma set and the CPU backend. */
+function tmaAgainstCpu(counts: readonly number[], K: number, N: number, what: string): void {
+  const M = counts.reduce((a, b) => a + b, 0);
+  const xv = values(M * K, 1), dyv = values(M * N, 1), wv = counts.map(() => values(N * K, 0.125));
+  const side = (b: Backend) => ({
+    x: upload(b, xv, [M, K], 'bf16'), dy: upload(b, dyv, [M, N], 'bf16'),
+    ws: wv.map((v) => upload(b, v, [N, K], 'bf16')), off: offsetsOn(b, counts, 77, 1),
+  });
+  const c = side(cpu), g = side(gpu());
+  gpu().groupedGemmKernels = 'tma';
+  const yc = emptyTensor(cpu, [M, N], 'bf16'), yg = poisoned([M, N], 'bf16');
+  cpu.groupedLinear(yc, c.x, c.ws, c.off); gpu().groupedLinear(yg, g.x, g.ws, g.off);
+  expectClose(readF32(gpu(), yg), readF32(cpu, yc), BF16_TOL, `${what}: forward`);
+  const dxc = emptyTensor(cpu, [M, K], 'bf16'), dxg = poisoned([M, K], 'bf16');
+  cpu.groupedLinearBackwardData(dxc, c.dy, c.ws, c.off); gpu().groupedLinearBackwardData(dxg, g.dy, g.ws, g.off);
+  expectClose(readF32(gpu(), dxg), readF32(cpu, dxc), BF16_TOL, `${what}: dX`);
+  for (const t of [g.x, g.dy, g.off, yg, dxg, ...g.ws]) t.dispose();
+}
+
+// Output widths: 64 (one narrow tile: at most 128 valid columns, wgmma n128), 192 (one wide tile
+// with 64 zero-filled columns), 1408 (five 256-column tiles and a narrow one of 128), 2048 (eight
+// whole tiles); the same numbers as reductions: 1, 3, 22 and 32 k-steps of 64.
+for (const [K, N] of [[64, 64], [64, 2048], [2048, 64], [192, 1408], [1408, 192], [2048, 1408], [1408, 2048]] as const) {
+  test(`grouped GEMM (tma), K = ${K}, N = ${N}: forward and dX against the CPU backend (E = 7 with 0-, 1- and 129-row experts; M = 1; M = 2 over 3 experts)`, { skip: skipHopper }, () => {
+    tmaAgainstCpu([0, 1, 129, 0, 7, 300, 64], K, N, `E = 7, K = ${K}, N = ${N}`);
+    tmaAgainstCpu([1], K, N, `M = 1, K = ${K}, N = ${N}`);
+    tmaAgainstCpu([0, 2, 0], K, N, `M = 2, K = ${K}, N = ${N}`);
+  });
+}
+
+test('grouped GEMM (tma): rows past the last expert keep their poison; the covered rows match the wgmma set', { skip: skipHopper }, () => {
+  // The last expert's row tile runs past its end into rows that are in the tensor (loaded by the
+  // copy engine, computed) but belong to no expert: they must not be stored.
+  const be = gpu();
+  const counts = [5, 0, 131, 1], covered = 137, M = covered + 50, K = 192, N = 1408;
+  const x = upload(be, values(M * K, 1), [M, K], 'bf16'), dy = upload(be, values(M * N, 1), [M, N], 'bf16');
+  const ws = counts.map(() => upload(be, values(N * K, 0.125), [N, K], 'bf16'));
+  const off = offsetsOn(be, counts, 0, 0);
+  const run = (set: 'wgmma' | 'tma') => {
+    be.groupedGemmKernels = set;
+    const y = poisoned([M, N], 'bf16'), dx = poisoned([M, K], 'bf16');
+    be.groupedLinear(y, x, ws, off);
+    be.groupedLinearBackwardData(dx, dy, ws, off);
+    const out = { y: be.read(y) as Uint16Array, dx: be.read(dx) as Uint16Array };
+    y.dispose(); dx.dispose();
+    return out;
+  };
+  const ref = run('wgmma'), got = run('tma');
+  for (const [name, width] of [['y', N], ['dx', K]] as const) {
+    const g = got[name], r = ref[name];
+    for (let i = covered * width; i < M * width; i++) {
+      if (g[i] !== 0x7fc0) assert.fail(`tma ${name}: row ${Math.floor(i / width)} belongs to no expert but was written (${g[i]!.toString(16)})`);
+    }
+    expectClose(bf16ArrayToF32(g.subarray(0, covered * width)), bf16ArrayToF32(r.subarray(0, covered * width)), BF16_TOL, `tma ${name} vs wgmma`);
+  }
+  for (const t of [x, dy, off, ...ws]) t.dispose();
+});
+
+for (const [K, N] of [[2048, 1408], [1408, 2048]] as const) {
+  test(`grouped GEMM (tma), bench shapes E = 64, M = 49152, K = ${K}, N = ${N}: forward and dX match the wgmma set`, { skip: skipHopper }, () => {
+    const be = gpu();
+    const E = 64, M = 49152, counts = skewedCounts(E, M);
+    // A 1-row and a 129-row expert among the skewed ones; the last expert absorbs the difference.
+    counts[E - 1]! += counts[3]! - 1 + counts[9]! - 129;
+    counts[3] = 1; counts[9] = 129;
+    const x = upload(be, values(M * K, 1), [M, K], 'bf16'), dy = upload(be, values(M * N, 1), [M, N], 'bf16');
+    const ws = counts.map(() => upload(be, values(N * K, 0.0625), [N, K], 'bf16'));
+    const off = offsetsOn(be, counts, 0, 0);
+    const run = (set: 'wgmma' | 'tma') => {
+      be.groupedGemmKernels = set;
+      const y = poisoned([M, N], 'bf16'), dx = poisoned([M, K], 'bf16');
+      be.groupedLinear(y, x, ws, off);
+      be.groupedLinearBackwardData(dx, dy, ws, off);
+      const out = { y: readF32(be, y), dx: readF32(be, dx) };
+      y.dispose(); dx.dispose();
+      return out;
+    };
+    const ref = run('wgmma'), got = run('tma');
+    expectClose(got.y, ref.y, BF16_TOL, 'tma forward vs wgmma');
+    expectClose(got.dx, ref.dx, BF16_TOL, 'tma dX vs wgmma');
     for (const t of [x, dy, off, ...ws]) t.dispose();
   });
 }

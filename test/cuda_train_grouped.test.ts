@@ -1,7 +1,7 @@
 // Training through the grouped expert GEMM on the GPU against the per-expert path it replaced
 // (--grouped_gemm per_expert: one cuBLASLt product per expert): 20 steps of a small MoE model
 // whose widths the kernels take (hidden 256, expert width 128, 16 experts, top-4), with the
-// mma.sync kernels and, on sm_90a, the wgmma ones. Skipped without CUDA.
+// mma.sync kernels and, on sm_90a, the wgmma and tma ones. Skipped without CUDA.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
@@ -34,7 +34,7 @@ test(`grouped expert GEMM: losses follow the per-expert path for ${STEPS} steps`
     ...TINY_CONFIG_JSON, hidden_size: 256, moe_intermediate_size: 128, n_routed_experts: 16, num_experts_per_tok: 4,
   }));
   const reference = losses(config, 'per_expert');
-  const sets = defaultCudaContext().arch === 'sm_90a' ? ['mma', 'wgmma'] : ['mma'];
+  const sets = defaultCudaContext().arch === 'sm_90a' ? ['mma', 'wgmma', 'tma'] : ['mma'];
   for (const set of sets) {
     const got = losses(config, set);
     const worst = Math.max(...got.map((x, i) => Math.abs(x - reference[i]!) / reference[i]!));

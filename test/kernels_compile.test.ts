@@ -14,7 +14,7 @@ import { BINARY_DEFINES } from '../src/backend/cuda/ops/binary.js';
 import { COPY_DEFINES } from '../src/backend/cuda/ops/copy.js';
 import { CROSS_ENTROPY_DEFINES } from '../src/backend/cuda/ops/cross_entropy.js';
 import { FILL_DEFINES } from '../src/backend/cuda/ops/fill.js';
-import { GROUPED_GEMM_DEFINES, GROUPED_GEMM_WGMMA_DEFINES } from '../src/backend/cuda/ops/grouped_gemm.js';
+import { GROUPED_GEMM_DEFINES, GROUPED_GEMM_TMA_DEFINES, GROUPED_GEMM_WGMMA_DEFINES } from '../src/backend/cuda/ops/grouped_gemm.js';
 import {
   MLA_BWD_DEFINES, MLA_COMMON_DEFINES, MLA_FWD_DEFINES, MLA_HOP_BWD_DEFINES, MLA_HOP_FWD_DEFINES,
 } from '../src/backend/cuda/ops/mla_attention.js';
@@ -39,6 +39,7 @@ const DEFINES: Readonly<Record<string, Defines>> = {
   'mla_attention_generic.cu': MLA_GENERIC_DEFINES, 'mla_attention_fwd.cu': MLA_FWD_DEFINES, 'mla_attention_bwd.cu': MLA_BWD_DEFINES,
   'mla_attention_fwd_hopper.cu': MLA_HOP_FWD_DEFINES, 'mla_attention_bwd_hopper.cu': MLA_HOP_BWD_DEFINES,
   'grouped_gemm.cu': GROUPED_GEMM_DEFINES, 'grouped_gemm_wgmma.cu': GROUPED_GEMM_WGMMA_DEFINES,
+  'grouped_gemm_tma.cu': GROUPED_GEMM_TMA_DEFINES,
   'adam_multi.cu': MULTI_TENSOR_DEFINES, 'adam_lean_multi.cu': MULTI_TENSOR_DEFINES, 'sum_squares_multi.cu': MULTI_TENSOR_DEFINES,
   // bench/: the probe includes mla_attention_hopper.cuh, so it takes the MLA head widths.
   'tma_reduce_probe.cu': MLA_COMMON_DEFINES,

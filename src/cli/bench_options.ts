@@ -19,7 +19,7 @@ export const BENCH_COMMAND: CommandSpec = {
     { name: 'keep_logits', value: null, help: 'train: the default recipe keeps the head\'s logits for backward (the train option; the lean recipe never does)' },
     { name: 'profile', value: null, help: 'train: synchronise between phases and parts and print the step by layer kind (slower)' },
     { name: 'gemm_ceiling', value: 'TFLOPS', default: '786', help: 'train: the measured bf16 GEMM ceiling that the second MFU figure is taken against' },
-    { name: 'grouped_gemm', value: 'auto|mma|wgmma|per_expert', default: 'auto', help: 'train: routed-expert GEMM kernels (as the train option)' },
+    { name: 'grouped_gemm', value: 'auto|mma|wgmma|tma|per_expert', default: 'auto', help: 'train: routed-expert GEMM kernels (as the train option)' },
     { name: 'peer', value: 'eager|compile|both|none', default: 'eager', help: 'train: the PyTorch peer run first in the same command' },
     { name: 'model', value: 'PATH|tiny', default: 'configs/deepseek-v2-lite.json', help: 'simulate: the model config, or "tiny" (the built-in demo model, for a CPU smoke test)' },
     { name: 'layout', value: 'pp2,dp2,cp1,ep2', default: 'pp2,dp2,cp1,ep2', help: 'simulate: the mesh (sizes not named are 1); --parallel.* override it' },

@@ -1,8 +1,10 @@
 // Launcher of the grouped expert linear kernels (forward, backward data, backward weight), one
 // launch each for all experts, with the experts' row counts read by the kernels from the device
-// offsets (no host synchronisation). Two kernel sets, the same grids and shape rules:
+// offsets (no host synchronisation). Three kernel sets, the same row-tile grids and shape rules:
 //   mma    kernels/grouped_gemm.cu, mma.sync m16n8k16 (sm_80 and later);
-//   wgmma  kernels/grouped_gemm_wgmma.cu, Hopper warpgroup MMA (sm_90a only).
+//   wgmma  kernels/grouped_gemm_wgmma.cu, Hopper warpgroup MMA (sm_90a only);
+//   tma    kernels/grouped_gemm_tma.cu for the forward and data products (sm_90a only): TMA copies
+//          from a producer warpgroup, 128 × 256 tiles; its weight product is wgmma's kernel.
 // Which one runs is the backend option groupedGemm; 'auto' is wgmma on sm_90a, else mma. On an
 // H100 (2026-12-06, bench gemm --grouped, the six products of one MoE layer at the bench shapes)
 // test/cuda_grouped_gemm.test.ts passed for both and wgmma took 5.91 ms against mma's 9.20 and
@@ -15,6 +17,10 @@
 // is not guaranteed. The tables are cached by their contents (a whole parameter never moves, and
 // gathered FSDP buffers mostly come back at the same addresses), so a training step uploads none
 // after the first: a copy from pageable host memory may make the driver wait for the stream.
+// The tma set reads each expert's weight through its own CUtensorMap instead of an address: the
+// E maps (128 bytes each) are encoded on the host and uploaded as one device array, cached by
+// the same contents (and the product, which sets the map's box) in the same table cache, so the
+// E cuTensorMapEncodeTiled calls are paid on a cache miss only.
 //
 // bf16 at widths that are multiples of 64 runs the kernels; anything else (f32 compute, odd
 // widths) and the per_expert setting run one cuBLASLt product per expert after reading the
@@ -25,6 +31,7 @@ import type { CudaContext } from '../runtime/context.js';
 import { devicePtr } from '../runtime/device_buffer.js';
 import { KernelArgs } from '../runtime/kernel_args.js';
 import { KernelFile } from '../runtime/module.js';
+import { TensorMapArray, TensorMapSlots, type TiledMap } from '../runtime/tensor_map.js';
 import { assertContiguous, assertSameDType } from './common.js';
 import type { MatmulLauncher } from './matmul.js';
 
@@ -43,6 +50,11 @@ const WGMMA_SMEM = WGMMA_STAGES * 2 * BM * WGMMA_BK * 2 + 1024;
 const WGMMA_DW_STAGES = 3, WGMMA_DW_BLOCKS = 2;
 const WGMMA_DW_SMEM = WGMMA_DW_STAGES * 2 * BM * WGMMA_BK * 2 + 1024;
 
+/** tma: a 128 × 256 tile (two consumer warpgroups of 64 rows, one producer), four stages of A (128 × 64) and B (256 × 64). */
+const TMA_BN = 256, TMA_THREADS = 384, TMA_STAGES = 4;
+/** tma: STAGES × (A + B) tiles, a full and an empty mbarrier per stage, 1024 bytes to align the window. */
+const TMA_SMEM = TMA_STAGES * (BM + TMA_BN) * WGMMA_BK * 2 + TMA_STAGES * 2 * 8 + 1024;
+
 /** The -D defines kernels/grouped_gemm.cu is compiled with (it static_asserts GG_SMEM). */
 export const GROUPED_GEMM_DEFINES = { GG_BM: BM, GG_BN: BN, GG_BK: MMA_BK, GG_STAGES: MMA_STAGES, GG_THREADS: THREADS, GG_SMEM: MMA_SMEM } as const;
 /** The -D defines kernels/grouped_gemm_wgmma.cu is compiled with (it static_asserts GGW_SMEM). */
@@ -50,17 +62,24 @@ export const GROUPED_GEMM_WGMMA_DEFINES = {
   GGW_BM: BM, GGW_BN: BN, GGW_BK: WGMMA_BK, GGW_STAGES: WGMMA_STAGES, GGW_THREADS: THREADS, GGW_SMEM: WGMMA_SMEM,
   GGW_DW_STAGES: WGMMA_DW_STAGES, GGW_DW_BLOCKS: WGMMA_DW_BLOCKS, GGW_DW_SMEM: WGMMA_DW_SMEM,
 } as const;
+/** The -D defines kernels/grouped_gemm_tma.cu is compiled with (it static_asserts GGT_SMEM). */
+export const GROUPED_GEMM_TMA_DEFINES = {
+  GGT_BM: BM, GGT_BN: TMA_BN, GGT_BK: WGMMA_BK, GGT_STAGES: TMA_STAGES, GGT_THREADS: TMA_THREADS, GGT_SMEM: TMA_SMEM,
+} as const;
 
 /** per_expert: one cuBLASLt product per expert after reading the offsets (the path the kernels replace; A/B runs). */
-export type GroupedGemmKernels = 'mma' | 'wgmma' | 'per_expert';
+export type GroupedGemmKernels = 'mma' | 'wgmma' | 'tma' | 'per_expert';
 /** Whether 'auto' picks wgmma on sm_90a (see the header). */
 const AUTO_WGMMA = true;
 export type GroupedGemmRequest = 'auto' | GroupedGemmKernels;
 
 /** The kernels' shape rule: K and N multiples of 64 (whole 16-byte pieces, whole k16 steps, whole 64-column swizzle blocks). */
 const WIDTH_MULTIPLE = 64;
-/** Address tables kept uploaded: 6 per MoE layer (gate, up, down weights and gradients), 27 layers, with room. */
-const TABLE_CACHE = 256;
+/**
+ * Tables kept uploaded: 12 per MoE layer (addresses of the gate, up and down weights and
+ * gradients; under tma, the weights' forward and data map arrays), 27 layers, with room.
+ */
+const TABLE_CACHE = 512;
 /** The grid's y dimension holds the worst-case row tiles. */
 const MAX_GRID_Y = 65535;
 
@@ -69,9 +88,14 @@ type Product = 'forward' | 'data' | 'weight';
 export class GroupedGemmLauncher {
   private readonly mmaFile: KernelFile;
   private readonly wgmmaFile: KernelFile;
+  private readonly tmaFile: KernelFile;
   private readonly args = new KernelArgs(8);
+  /** tma forward / data: the A operand's map (by value), then as args (the weights' map array in place of the address table). */
+  private readonly tmaArgs = new KernelArgs(8, [0]);
+  private readonly tmaMaps: TensorMapSlots;
+  private readonly weightMaps: TensorMapArray;
   private table = new BigUint64Array(0);
-  /** Uploaded address tables by contents, oldest first (bounded: TABLE_CACHE entries). */
+  /** Uploaded address tables and map arrays by contents, oldest first (bounded: TABLE_CACHE entries). */
   private readonly tables = new Map<string, GpuBlock>();
   /** The kernel set every bf16 call runs. */
   kernels: GroupedGemmKernels;
@@ -80,20 +104,28 @@ export class GroupedGemmLauncher {
               request: GroupedGemmRequest = 'auto') {
     this.mmaFile = new KernelFile(ctx, 'grouped_gemm.cu', GROUPED_GEMM_DEFINES);
     this.wgmmaFile = new KernelFile(ctx, 'grouped_gemm_wgmma.cu', GROUPED_GEMM_WGMMA_DEFINES);
+    this.tmaFile = new KernelFile(ctx, 'grouped_gemm_tma.cu', GROUPED_GEMM_TMA_DEFINES);
+    this.tmaMaps = new TensorMapSlots(ctx.driver, this.tmaArgs);
+    this.weightMaps = new TensorMapArray(ctx.driver);
     this.kernels = 'mma';
     this.use(request);
   }
 
-  /** Chooses the kernel set ('auto': mma, or wgmma on sm_90a with AUTO_WGMMA); wgmma off sm_90a is an error. */
+  /** Chooses the kernel set ('auto': mma, or wgmma on sm_90a with AUTO_WGMMA); wgmma or tma off sm_90a is an error. */
   use(request: GroupedGemmRequest): void {
     const hopper = this.ctx.arch === 'sm_90a';
-    if (request === 'wgmma' && !hopper) throw new Error(`the wgmma grouped GEMM kernels need an sm_90a GPU (H100/H200); ${this.ctx.name} is ${this.ctx.arch}: use groupedGemm 'mma' or 'auto'`);
+    if ((request === 'wgmma' || request === 'tma') && !hopper) {
+      throw new Error(`the ${request} grouped GEMM kernels need an sm_90a GPU (H100/H200); ${this.ctx.name} is ${this.ctx.arch}: use groupedGemm 'mma' or 'auto'`);
+    }
     this.kernels = request === 'auto' ? (hopper && AUTO_WGMMA ? 'wgmma' : 'mma') : request;
   }
 
-  /** The kernel of one product in the chosen set (bf16Grads: the wgmma weight product into bf16 gradients), allowed its shared memory. */
+  /**
+   * The kernel of one product in the chosen set (bf16Grads: the wgmma weight product into bf16
+   * gradients), allowed its shared memory. The tma set's own kernels are launched by launchTma.
+   */
   private kernel(product: 'fwd' | 'dx' | 'dw', bf16Grads = false) {
-    const wgmma = this.kernels === 'wgmma';
+    const wgmma = this.kernels === 'wgmma' || this.kernels === 'tma';
     const k = wgmma ? this.wgmmaFile.kernel(`grouped_wgmma_${product}_bf16${bf16Grads ? '_gbf16' : ''}`) : this.mmaFile.kernel(`grouped_${product}_bf16`);
     const smem = !wgmma ? MMA_SMEM : product === 'dw' ? WGMMA_DW_SMEM : WGMMA_SMEM;
     k.allowDynamicShared(smem, `grouped GEMM (${this.kernels})`);
@@ -103,22 +135,24 @@ export class GroupedGemmLauncher {
   groupedLinear(out: Tensor, x: Tensor, weights: readonly Tensor[], offsets: Tensor): void {
     const { M, N, K } = this.check('groupedLinear', x, out, weights, offsets);
     if (!this.kernelsTake(x, out, weights, K, N)) { this.perExpert('forward', out, x, weights, offsets); return; }
+    if (this.kernels === 'tma' && K > 0 && N > 0) { this.launchTma('fwd', out, x, weights, offsets, M, N, K); return; }
     this.launch('fwd', [Math.ceil(N / BN), this.rowTiles(M, weights.length), 1], out, x, weights, offsets, M, N, K);
   }
 
   groupedLinearBackwardData(dx: Tensor, dy: Tensor, weights: readonly Tensor[], offsets: Tensor): void {
     const { M, N, K } = this.check('groupedLinearBackwardData', dx, dy, weights, offsets);
     if (!this.kernelsTake(dy, dx, weights, K, N)) { this.perExpert('data', dx, dy, weights, offsets); return; }
+    if (this.kernels === 'tma' && K > 0 && N > 0) { this.launchTma('dx', dx, dy, weights, offsets, M, N, K); return; }
     this.launch('dx', [Math.ceil(K / BN), this.rowTiles(M, weights.length), 1], dx, dy, weights, offsets, M, N, K);
   }
 
   groupedLinearWeightGrad(dweights: readonly Tensor[], dy: Tensor, x: Tensor, offsets: Tensor): void {
     const { M, N, K } = this.check('groupedLinearWeightGrad', x, dy, dweights, offsets);
-    // Both sets accumulate into f32 gradients; the wgmma set also into bf16 ones (the lean recipe
-    // with one micro-batch). Otherwise (bf16 gradients on the mma set, mixed types) the product
+    // Every set accumulates into f32 gradients; the wgmma set (and tma, which runs its kernel)
+    // also into bf16 ones (the lean recipe with one micro-batch). Otherwise (bf16 gradients on the mma set, mixed types) the product
     // goes per expert through cuBLASLt, which reads the counts on the host (one wait per product).
     const f32 = dweights.every((g) => g.dtype === 'f32'), bf16 = dweights.every((g) => g.dtype === 'bf16');
-    const typed = f32 || (bf16 && this.kernels === 'wgmma');
+    const typed = f32 || (bf16 && (this.kernels === 'wgmma' || this.kernels === 'tma'));
     if (!typed || !this.kernelsTake(x, dy, dweights, K, N)) { this.perExpert('weight', dy, x, dweights, offsets); return; }
     if (M === 0) return;
     const E = dweights.length;
@@ -177,11 +211,52 @@ export class GroupedGemmLauncher {
     k.launch(grid, [THREADS, 1, 1], smem, args);
   }
 
+  /**
+   * The tma set's forward (out [M,N] = a [M,K] · W_eᵀ) or data (out [M,K] = a [M,N] · W_e)
+   * product: the A map over a's rows (box 64 × 128 rows), the weights' map array, and output
+   * width / reduction in the places of N / K as the kernel reads them. K, N > 0 (a map has no
+   * empty dimension; the caller runs wgmma's kernel then).
+   */
+  private launchTma(product: 'fwd' | 'dx', out: Tensor, a: Tensor, weights: readonly Tensor[], offsets: Tensor,
+                    M: number, N: number, K: number): void {
+    if (M === 0) return;
+    const red = product === 'fwd' ? K : N, width = product === 'fwd' ? N : K;
+    const what = `grouped GEMM (tma) ${product === 'fwd' ? 'forward' : 'data'}`;
+    this.tmaMaps.set(0, { dtype: 'bf16', address: devicePtr(a), dims: [red, M], strides: [red * 2], box: [WGMMA_BK, BM], swizzle128: true },
+      `${what}: rows [${M}, ${red}]`);
+    const args = this.tmaArgs.ptr(1, this.weightMapsOf(product, weights, N, K, what)).ptr(2, devicePtr(out)).ptr(3, devicePtr(offsets))
+      .i32(4, weights.length).i32(5, M).i32(6, N).i32(7, K);
+    const k = this.tmaFile.kernel(`grouped_tma_${product}_bf16`);
+    k.allowDynamicShared(TMA_SMEM, what);
+    k.launch([Math.ceil(width / TMA_BN), this.rowTiles(M, weights.length), 1], [TMA_THREADS, 1, 1], TMA_SMEM, args);
+  }
+
+  /**
+   * The device array of the experts' weight maps (each W_e [N, K]: dims (K, N); forward boxes of
+   * 64 k × 128 weight rows, data boxes of 64 output columns × 64 reduction rows; kernel header),
+   * encoded and uploaded on first use of these weights for this product.
+   */
+  private weightMapsOf(product: 'fwd' | 'dx', weights: readonly Tensor[], N: number, K: number, what: string): bigint {
+    const box = product === 'fwd' ? [WGMMA_BK, 128] : [64, WGMMA_BK];
+    return this.cached(`${product}|${N}|${K}|${weights.map(devicePtr).join(',')}`, () => {
+      weights.forEach((w, e) => {
+        const map: TiledMap = { dtype: 'bf16', address: devicePtr(w), dims: [K, N], strides: [K * 2], box, swizzle128: true };
+        this.weightMaps.set(e, map, `${what}: expert ${e} weight [${N}, ${K}]`);
+      });
+      return this.weightMaps.bytes(weights.length);
+    });
+  }
+
   /** The device address of a table holding the experts' base addresses (u64 × E), uploaded on first use. */
   private tableOf(mats: readonly Tensor[]): bigint {
     if (this.table.length < mats.length) this.table = new BigUint64Array(mats.length);
     mats.forEach((w, e) => { this.table[e] = devicePtr(w); });
-    const key = this.table.subarray(0, mats.length).join(',');
+    const contents = this.table.subarray(0, mats.length);
+    return this.cached(contents.join(','), () => contents);
+  }
+
+  /** The device copy of the bytes `make` returns (called on a miss only), kept by `key`. */
+  private cached(key: string, make: () => ArrayBufferView): bigint {
     const hit = this.tables.get(key);
     if (hit) {
       this.tables.delete(key);
@@ -194,8 +269,9 @@ export class GroupedGemmLauncher {
       this.tables.delete(oldest);
       this.allocator.free(block);
     }
-    const block = this.allocator.alloc(8 * mats.length);
-    this.ctx.upload(block.ptr, this.table, 8 * mats.length);
+    const bytes = make();
+    const block = this.allocator.alloc(bytes.byteLength);
+    this.ctx.upload(block.ptr, bytes, bytes.byteLength);
     this.tables.set(key, block);
     return block.ptr;
   }

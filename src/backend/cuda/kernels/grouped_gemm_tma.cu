@@ -1,0 +1,270 @@
+// Grouped expert GEMM on Hopper (sm_90a) with TMA copies and a producer warpgroup: the forward
+// and backward-data products of grouped_gemm.cu (read its header first: products, the row-tile
+// scheduler over the device offsets, shape rules), with the same launch grids in row tiles and
+// the same epilogue (bf16 output, rounded once, overwritten; rows past the expert's end and
+// columns past the width are not stored). The weight product keeps grouped_gemm_wgmma.cu's kernel.
+//
+// Why another kernel: grouped_gemm_wgmma.cu copies operands with cp.async from the same threads
+// that issue the wgmmas and meets at a CTA barrier every k-step; at the bench shapes it runs at
+// ~45% of the 0.36 ms floor per product. Here the copies are the copy engine's, issued by one
+// thread, and the MMA warps only wait on mbarriers.
+//
+// CTA: 384 threads, a 128 × 256 output tile (BM × BN), reduction steps of BK = 64.
+//   WG0, producer (setmaxnreg.dec to 40 registers): thread 0 issues, per k-step, one TMA copy of
+//     the A tile (X or dY: 128 rows × 64) and the B tile's pieces into a STAGES = 4 ring; each
+//     stage's "full" mbarrier completes by byte count, its "empty" one when every consumer warp
+//     has finished the wgmmas that read it.
+//   WG1, WG2, consumers (setmaxnreg.inc to 232): rows 0..63 and 64..127 of the tile, 128 f32
+//     accumulators a thread (wgmma m64n256k16), one wgmma group kept in flight: after issuing
+//     step kt they wait for step kt − 1 and give its stage back.
+// Why BN = 256: a 64 × 256 wgmma reads its 64-row A slice once per 256 columns (a 128-wide tile
+// reads it twice as often), so the shared-memory operand traffic per FLOP drops by a quarter,
+// and 128 accumulators still fit the consumers' registers. The bench widths are 2048 = 8 × 256
+// and 1408 = 5 × 256 + 128: a column tile with at most 128 valid columns runs m64n128k16 and
+// copies half the B pieces (`narrow`), so the 1408 products compute no padding columns.
+// Shared memory: 4 stages × (A 16 KiB + B 32 KiB) = 192 KiB, 8 mbarriers, 1024 bytes to align
+// the window: one CTA per SM; five stages would not fit the 227 KiB.
+//
+// Operands, all 128-byte swizzled by the copy engine (the layouts of grouped_gemm_wgmma.cu):
+//   A, K-major: box (64, 128) of a map over the whole [M, red] tensor at (k0, row0), row0 the
+//     tile's first row, any row; rows past M arrive as zeros. Rows past the expert's end are the
+//     next expert's: they are computed with this expert's weights and masked in the epilogue.
+//   B forward, W_e [N, K] K-major: two boxes (64, 128) at (k0, j0) and (k0, j0 + 128); piece p of
+//     the stage at p·16 KiB, so the 256 rows are one K-major tile (SBO 1024, k16 step +32 bytes).
+//   B backward data, W_e as [N reduction rows, K output columns], MN-major: four boxes (64, 64)
+//     at (j0 + 64b, k0), column block b at b·8 KiB (LBO 8 KiB, SBO 1024, k16 step +2048 bytes).
+//   Columns past the width (the map's extent) arrive as zeros.
+// The weights of the E experts are not one strided tensor (FSDP flats interleave them), so each
+// expert has its own CUtensorMap: the host encodes E maps into a device array (128 bytes each,
+// cached by content like the address tables; ops/grouped_gemm.ts) and the producer passes the
+// global address of map e to cp.async.bulk.tensor. The array was written by a host copy, so the
+// producer first makes it visible to the tensormap proxy (fence.proxy.tensormap … acquire.sys,
+// once per CTA, as the CUDA programming guide prescribes for maps in global memory). The A map
+// is a __grid_constant__ parameter.
+//
+// Scheduling: the grid is (ceil(width / 256), ceil(M/128) + E) as in grouped_gemm.cu; column
+// tiles run fastest, so the CTAs on one row tile run together and share its A rows in L2.
+// bench/grouped_gemm_model.py replays the boxes, descriptors, masks and the mbarrier ring.
+#include "common.cuh"
+#include "grouped_gemm_common.cuh"
+
+#if !defined(GGT_BM) || !defined(GGT_BN) || !defined(GGT_BK) || !defined(GGT_STAGES) || !defined(GGT_THREADS) || !defined(GGT_SMEM)
+#error "GGT_BM, GGT_BN, GGT_BK, GGT_STAGES, GGT_THREADS and GGT_SMEM are set by ops/grouped_gemm.ts (GROUPED_GEMM_TMA_DEFINES)"
+#endif
+
+namespace ggt {
+
+typedef unsigned int u32;
+typedef unsigned long long u64;
+
+constexpr int BM = GGT_BM, BN = GGT_BN, BK = GGT_BK, STAGES = GGT_STAGES, THREADS = GGT_THREADS;
+static_assert(BM == 128 && BN == 256 && BK == 64 && THREADS == 384,
+              "copies, descriptors and the epilogue are written for 128×256×64 tiles, a producer and two consumer warpgroups");
+static_assert(STAGES >= 2, "a ring");
+constexpr int A_BYTES = BM * BK * 2;         // 16 KiB
+constexpr int B_BYTES = BN * BK * 2;         // 32 KiB
+constexpr int STAGE_BYTES = A_BYTES + B_BYTES;
+constexpr int FWD_PIECE = 128 * BK * 2;      // forward B box: 128 weight rows × 64 k
+constexpr int DX_PIECE = BK * 64 * 2;        // data B box: 64 reduction rows × 64 output columns
+constexpr int BAR_OFFSET = STAGES * STAGE_BYTES;
+constexpr int SMEM = BAR_OFFSET + 2 * STAGES * 8 + 1024;  // + full/empty barriers, + window alignment
+static_assert(GGT_SMEM == SMEM, "GGT_SMEM (ops/grouped_gemm.ts): STAGES × 48 KiB, the barriers and 1024 bytes to align the window");
+static_assert(SMEM <= 232448, "over the 227 KiB a Hopper block may use");
+constexpr int CONSUMER_WARPS = 8;            // arrivals that free a stage
+constexpr int PRODUCER_REGS = 40, CONSUMER_REGS = 232;  // 128·40 + 256·232 = 64512 ≤ 65536
+
+// A CUtensorMap: 128 opaque bytes, 64-byte aligned (the host encodes them, tensor_map.ts).
+struct alignas(64) TensorMap {
+  u64 opaque[16];
+};
+
+// ---- mbarriers ----
+__device__ __forceinline__ void mbar_init(u32 bar, u32 count) { asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(bar), "r"(count)); }
+__device__ __forceinline__ void mbar_arrive(u32 bar) { asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(bar) : "memory"); }
+// One arrival plus `bytes` that the copies naming this barrier must write before the phase completes.
+__device__ __forceinline__ void mbar_arrive_expect_tx(u32 bar, u32 bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void mbar_wait(u32 bar, u32 parity) {
+  u32 done;
+  do {
+    asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+                 : "=r"(done) : "r"(bar), "r"(parity) : "memory");
+  } while (!done);
+}
+
+// ---- TMA ----
+// Makes a map that a host copy wrote to global memory visible to the copy engine's reads.
+__device__ __forceinline__ void tmap_acquire(u64 map) { asm volatile("fence.proxy.tensormap::generic.acquire.sys [%0], 128;" ::"l"(map) : "memory"); }
+__device__ __forceinline__ void tmap_prefetch(u64 map) { asm volatile("prefetch.tensormap [%0];" ::"l"(map) : "memory"); }
+// Box of a 2-D map at (c0 innermost, c1) into shared memory at dst (1024-byte aligned), completing
+// the box's bytes on bar; elements outside the tensor arrive as zeros and count as bytes.
+__device__ __forceinline__ void tma_load_2d(u32 dst, u64 map, u32 bar, int c0, int c1) {
+  asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4}], [%2];"
+               ::"r"(dst), "l"(map), "r"(bar), "r"(c0), "r"(c1) : "memory");
+}
+
+// ---- wgmma ----
+// Shared-memory matrix descriptor, 128-byte swizzle (layout type 1 in bits 62-63).
+__device__ __forceinline__ u64 desc(u32 addr, u32 lead_bytes, u32 stride_bytes) {
+  return static_cast<u64>((addr & 0x3FFFF) >> 4) | (static_cast<u64>(lead_bytes >> 4) << 16) |
+         (static_cast<u64>(stride_bytes >> 4) << 32) | (1ull << 62);
+}
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void wgmma_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(N) : "memory"); }
+
+#define GGT_D8(i) "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]), "+f"(d[i + 5]), "+f"(d[i + 6]), "+f"(d[i + 7])
+#define GGT_D64(i) GGT_D8(i), GGT_D8(i + 8), GGT_D8(i + 16), GGT_D8(i + 24), GGT_D8(i + 32), GGT_D8(i + 40), GGT_D8(i + 48), GGT_D8(i + 56)
+#define GGT_R64 \
+  "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, " \
+  "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, " \
+  "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, " \
+  "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
+#define GGT_R128 GGT_R64 ", " \
+  "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, " \
+  "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, " \
+  "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, " \
+  "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127"
+
+// d (64 × WN f32) += A (64×16, K-major) · B (16 × WN; TB 0 K-major, 1 MN-major), both in shared
+// memory; the caller zeroes d first. Accumulator layout, warp w of the warpgroup (g = lane/4,
+// t = lane%4): d[4j+0..1] = row 16w+g, columns 8j+2t..+1; d[4j+2..3] = row 16w+g+8. The n128
+// form uses d[0..63], which hold columns 0..127 in the n256 layout as well.
+template <int WN, int TB>
+__device__ __forceinline__ void wgmma_k16(float* d, u64 a_desc, u64 b_desc) {
+  if constexpr (WN == 256) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 {" GGT_R128 "}, %128, %129, p, 1, 1, 0, %130;\n}\n"
+                 : GGT_D64(0), GGT_D64(64)
+                 : "l"(a_desc), "l"(b_desc), "n"(TB));
+  } else {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {" GGT_R64 "}, %64, %65, p, 1, 1, 0, %66;\n}\n"
+                 : GGT_D64(0)
+                 : "l"(a_desc), "l"(b_desc), "n"(TB));
+  }
+}
+
+// Barriers: full[s] at bars + 8s, empty[s] at bars + 8(STAGES + s).
+__device__ __forceinline__ u32 full_bar(u32 bars, int s) { return bars + 8u * s; }
+__device__ __forceinline__ u32 empty_bar(u32 bars, int s) { return bars + 8u * (STAGES + s); }
+
+// The producer's thread: stage kt % STAGES of k-step kt gets A at (kt·BK, row0) and B's pieces
+// (B_K: forward, else backward data) once both consumer warpgroups have freed it.
+template <bool B_K>
+__device__ __forceinline__ void produce(u32 base, u32 bars, u64 a_map, u64 w_map, int row0, int j0, int ktiles, bool narrow) {
+  tmap_acquire(w_map);
+  tmap_prefetch(a_map);
+  tmap_prefetch(w_map);
+  const int pieces = (B_K ? 2 : 4) >> (narrow ? 1 : 0);
+  const u32 bytes = A_BYTES + pieces * (B_K ? FWD_PIECE : DX_PIECE);
+  for (int kt = 0; kt < ktiles; ++kt) {
+    const int s = kt % STAGES;
+    if (kt >= STAGES) mbar_wait(empty_bar(bars, s), (kt / STAGES - 1) & 1);  // the phase in which k-step kt − STAGES freed it
+    const u32 full = full_bar(bars, s), ta = base + s * STAGE_BYTES, tb = ta + A_BYTES;
+    mbar_arrive_expect_tx(full, bytes);
+    tma_load_2d(ta, a_map, full, kt * BK, row0);
+    for (int p = 0; p < pieces; ++p) {
+      if (B_K) tma_load_2d(tb + p * FWD_PIECE, w_map, full, kt * BK, j0 + 128 * p);
+      else tma_load_2d(tb + p * DX_PIECE, w_map, full, j0 + 64 * p, kt * BK);
+    }
+  }
+}
+
+// A consumer warpgroup's main loop: acc (its 64 rows × WN columns) = Σ over the k-steps.
+template <int WN, bool B_K>
+__device__ __forceinline__ void consume(float (&acc)[128], u32 base, u32 bars, int half, int ktiles) {
+  const int lane = threadIdx.x & 31;
+  for (int kt = 0; kt < ktiles; ++kt) {
+    const int s = kt % STAGES;
+    mbar_wait(full_bar(bars, s), (kt / STAGES) & 1);
+    const u32 ta = base + s * STAGE_BYTES + half * 64 * 128, tb = base + s * STAGE_BYTES + A_BYTES;
+    const u64 da = desc(ta, 16, 1024), db = B_K ? desc(tb, 16, 1024) : desc(tb, DX_PIECE, 1024);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < BK / 16; ++kk) wgmma_k16<WN, B_K ? 0 : 1>(acc, da + ((kk * 32) >> 4), db + ((kk * (B_K ? 32 : 2048)) >> 4));
+    wgmma_commit();
+    wgmma_wait<1>();  // k-step kt − 1's wgmmas are done: its stage may be refilled
+    if (kt > 0 && lane == 0) mbar_arrive(empty_bar(bars, (kt - 1) % STAGES));
+  }
+  wgmma_wait<0>();
+}
+
+__device__ __forceinline__ u32 pack_bf16x2(float lo, float hi) {
+  u32 packed;
+  asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(packed) : "f"(hi), "f"(lo));
+  return packed;
+}
+
+// out[row0 + i][j0 + col] = acc as bf16 for the warpgroup's rows i < rows and columns col < cols
+// (even, so col < cols ⇒ col + 1 < cols).
+__device__ __forceinline__ void store_bf16(const float (&acc)[128], bf16* C, long long ldc, int half, int rows, int cols) {
+  const int w = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int i = half * 64 + w * 16 + (lane >> 2) + 8 * h;
+    if (i >= rows) continue;
+    bf16* row = C + (long long)i * ldc + 2 * (lane & 3);
+#pragma unroll
+    for (int j = 0; j < 32; ++j)
+      if (8 * j + 2 * (lane & 3) < cols) *reinterpret_cast<u32*>(row + 8 * j) = pack_bf16x2(acc[4 * j + 2 * h], acc[4 * j + 2 * h + 1]);
+  }
+}
+
+// One CTA: out[M, width] row tile blockIdx.y, column tile blockIdx.x, reduction `red` (> 0, a
+// multiple of BK); a_map over the [M, red] rows, w_maps[e] over expert e's weight.
+template <bool B_K>
+__device__ __forceinline__ void gemm_tile(const TensorMap& a_map, const TensorMap* __restrict__ w_maps, bf16* __restrict__ out,
+                                          const int* __restrict__ off, int E, int M, int width, int red, unsigned char* smem_raw) {
+  int e, row0, rowEnd;
+  if (!ggc::find_row_tile<BM>(off, E, M, blockIdx.y, e, row0, rowEnd)) return;  // the whole CTA, before any barrier
+  const int j0 = blockIdx.x * BN, cols = min(BN, width - j0), ktiles = red / BK;
+  const bool narrow = cols <= BN / 2;
+  const u32 base = (ggc::smem_addr(smem_raw) + 1023u) & ~1023u;  // the window is only 16-byte aligned
+  const u32 bars = base + BAR_OFFSET;
+  const int tid = threadIdx.x, wg = tid >> 7;
+  if (tid == 0) {
+    for (int s = 0; s < STAGES; ++s) {
+      mbar_init(full_bar(bars, s), 1);
+      mbar_init(empty_bar(bars, s), CONSUMER_WARPS);
+    }
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+  }
+  __syncthreads();
+  if (wg == 0) {
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;" ::"n"(PRODUCER_REGS));
+    if (tid == 0)
+      produce<B_K>(base, bars, reinterpret_cast<u64>(&a_map), reinterpret_cast<u64>(w_maps + e), row0, j0, ktiles, narrow);
+  } else {
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;" ::"n"(CONSUMER_REGS));
+    const int half = wg - 1;
+    float acc[128];
+#pragma unroll
+    for (int c = 0; c < 128; ++c) acc[c] = 0.f;
+    if (narrow) consume<128, B_K>(acc, base, bars, half, ktiles);
+    else consume<256, B_K>(acc, base, bars, half, ktiles);
+    store_bf16(acc, out + (long long)row0 * width + j0, width, half, rowEnd - row0, cols);
+  }
+}
+
+}  // namespace ggt
+
+// Y[M,N] = X_e · W_eᵀ per row block: x_map over X [M, K], w_maps[e] over W_e [N, K] with box (64, 128).
+// grid (ceil(N/BN), ceil(M/BM) + E).
+extern "C" __global__ void __launch_bounds__(ggt::THREADS, 1)
+grouped_tma_fwd_bf16(const __grid_constant__ ggt::TensorMap x_map, const ggt::TensorMap* __restrict__ w_maps, bf16* __restrict__ Y,
+                     const int* __restrict__ off, int E, int M, int N, int K) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  ggt::gemm_tile<true>(x_map, w_maps, Y, off, E, M, N, K, smem_raw);
+}
+
+// dX[M,K] = dY_e · W_e per row block: dy_map over dY [M, N], w_maps[e] over W_e [N, K] with box (64, 64).
+// grid (ceil(K/BN), ceil(M/BM) + E).
+extern "C" __global__ void __launch_bounds__(ggt::THREADS, 1)
+grouped_tma_dx_bf16(const __grid_constant__ ggt::TensorMap dy_map, const ggt::TensorMap* __restrict__ w_maps, bf16* __restrict__ dX,
+                    const int* __restrict__ off, int E, int M, int N, int K) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  ggt::gemm_tile<false>(dy_map, w_maps, dX, off, E, M, K, N, smem_raw);
+}
