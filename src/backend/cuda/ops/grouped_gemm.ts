@@ -5,6 +5,9 @@
 //   wgmma  kernels/grouped_gemm_wgmma.cu, Hopper warpgroup MMA (sm_90a only);
 //   tma    kernels/grouped_gemm_tma.cu for the forward and data products (sm_90a only): TMA copies
 //          from a producer warpgroup, 128 × 256 tiles; its weight product is wgmma's kernel.
+//          Written 2026-12-06 and NOT YET RUN on a GPU (the session's device time ran out):
+//          test/cuda_grouped_gemm.test.ts covers it on the next `npm run test:gpu`; until that
+//          passes it is a request only (auto never picks it).
 // Which one runs is the backend option groupedGemm; 'auto' is wgmma on sm_90a, else mma. On an
 // H100 (2026-12-06, bench gemm --grouped, the six products of one MoE layer at the bench shapes)
 // test/cuda_grouped_gemm.test.ts passed for both and wgmma took 5.91 ms against mma's 9.20 and
