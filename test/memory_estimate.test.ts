@@ -120,3 +120,39 @@ test('bench train refuses up front, in one line, when the estimate exceeds the d
   assert.match(r.stderr, /^moetrain: error: bench train needs about \d+\.\d GiB \(moetrain estimate-memory\) but this machine has \(--device cpu\) \d+\.\d GiB; use fewer --layers/);
   assert.equal(r.stderr.trim().split('\n').length, 1);
 });
+
+// keep_logits reaches the head through the trainer (models[…].keepLogits), leaves the losses as
+// they are (at this vocabulary every micro-batch is one chunk either way, so the arithmetic is the
+// same, bit for bit), and the estimate with keepLogits still holds the measured peak to 3%.
+test('keep_logits: the trainer hands it to the head; same losses bit for bit as recomputing; the estimate holds', () => {
+  const model = smallModel(2, 8, 2), S = 128, B = 2;
+  const run = (keep: boolean) => {
+    const cfg = mergeTrainConfig(defaultTrainConfig(), {
+      run_dir: '/nonexistent-unused', device: 'cpu', steps: 20, seq_len: S, micro_batch_size: B, global_batch_size: B, checkpoint_every: 0, keep_logits: keep,
+    }, 'test');
+    const training = new Training(cfg, model, new CpuBackend());
+    training.model.initialize(cfg.seed);
+    assert.ok(training.models.every((m) => m.keepLogits === keep), 'every model part got keep_logits');
+    let seed = 11;
+    const next = () => (seed = (seed * 1103515245 + 12345) % 2147483648) % 1000;
+    const data: BatchSource = {
+      vocabSize: 1000,
+      batch: () => {
+        const inputs = new Int32Array(B * S), labels = new Int32Array(B * S);
+        for (let i = 0; i < B * S; i++) { inputs[i] = next(); labels[i] = next(); }
+        return { inputs, labels };
+      },
+    };
+    const steps = [training.step(0, data), training.step(1, data)];
+    training.dispose();
+    return steps;
+  };
+  const plain = run(false), kept = run(true);
+  for (let i = 0; i < 2; i++) {
+    assert.equal(kept[i]!.crossEntropy, plain[i]!.crossEntropy, `step ${i + 1} loss`);
+    assert.equal(kept[i]!.gradientNorm, plain[i]!.gradientNorm, `step ${i + 1} gradient norm`);
+  }
+  const [est] = estimateMemory({ model, mesh: { pp: 1, dp: 1, cp: 1, ep: 1 }, seqLen: S, microBatchSize: B, microBatches: 1, precision: 'bf16', device: 'cpu', keepLogits: true });
+  const rel = Math.abs(est!.peakBytes / kept[0]!.peakMemoryBytes - 1);
+  assert.ok(rel < 0.03, `estimated peak ${est!.peakBytes} vs measured ${kept[0]!.peakMemoryBytes} (${(rel * 100).toFixed(1)}%)`);
+});
