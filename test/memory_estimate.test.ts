@@ -22,6 +22,19 @@ function smallModel(layers: number, experts: number, k: number) {
   }, 'memory-estimate test model');
 }
 
+/** Batches of B×S random token ids below 1000 (inputs and labels), from a seeded generator. */
+function randomBatches(B: number, S: number, seed: number): BatchSource {
+  const next = () => (seed = (seed * 1103515245 + 12345) % 2147483648) % 1000;
+  return {
+    vocabSize: 1000,
+    batch: () => {
+      const inputs = new Int32Array(B * S), labels = new Int32Array(B * S);
+      for (let i = 0; i < B * S; i++) { inputs[i] = next(); labels[i] = next(); }
+      return { inputs, labels };
+    },
+  };
+}
+
 for (const [layers, S, B, E, k, recipe] of [[3, 128, 2, 16, 4, 'default'], [2, 256, 2, 8, 2, 'default'], [3, 128, 2, 16, 4, 'lean']] as const) {
   test(`the estimate matches the CPU backend's measured peak (${layers} layers, ${B}×${S} tokens, ${E} experts top-${k}, recipe ${recipe})`, () => {
     const model = smallModel(layers, E, k);
@@ -29,17 +42,7 @@ for (const [layers, S, B, E, k, recipe] of [[3, 128, 2, 16, 4, 'default'], [2, 2
       run_dir: '/nonexistent-unused', device: 'cpu', recipe, steps: 20, seq_len: S, micro_batch_size: B, global_batch_size: B, checkpoint_every: 0,
     }, 'test');
     const training = new Training(cfg, model, new CpuBackend());
-    let seed = 7;
-    const next = () => (seed = (seed * 1103515245 + 12345) % 2147483648) % 1000;
-    const data: BatchSource = {
-      vocabSize: 1000,
-      batch: () => {
-        const inputs = new Int32Array(B * S), labels = new Int32Array(B * S);
-        for (let i = 0; i < B * S; i++) { inputs[i] = next(); labels[i] = next(); }
-        return { inputs, labels };
-      },
-    };
-    const measured = training.step(0, data);
+    const measured = training.step(0, randomBatches(B, S, 7));
     training.dispose();
     const [est] = estimateMemory({ model, mesh: { pp: 1, dp: 1, cp: 1, ep: 1 }, seqLen: S, microBatchSize: B, microBatches: 1, precision: 'bf16', recipe, device: 'cpu' });
     // Persistent state is exact; the activations part is counted op by op and may miss small
@@ -133,16 +136,7 @@ test('keep_logits: the trainer hands it to the head; same losses bit for bit as 
     const training = new Training(cfg, model, new CpuBackend());
     training.model.initialize(cfg.seed);
     assert.ok(training.models.every((m) => m.keepLogits === keep), 'every model part got keep_logits');
-    let seed = 11;
-    const next = () => (seed = (seed * 1103515245 + 12345) % 2147483648) % 1000;
-    const data: BatchSource = {
-      vocabSize: 1000,
-      batch: () => {
-        const inputs = new Int32Array(B * S), labels = new Int32Array(B * S);
-        for (let i = 0; i < B * S; i++) { inputs[i] = next(); labels[i] = next(); }
-        return { inputs, labels };
-      },
-    };
+    const data = randomBatches(B, S, 11);
     const steps = [training.step(0, data), training.step(1, data)];
     training.dispose();
     return steps;

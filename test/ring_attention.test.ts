@@ -12,7 +12,7 @@ import { fromHost, toHostF32 } from '../src/ops/create.js';
 import { mlaAttention } from '../src/ops/mla_attention.js';
 import { tidy } from '../src/tensor/scope.js';
 import { LocalCommunicator } from '../src/parallel/local_communicator.js';
-import { ringMerge, ringMlaAttention } from '../src/parallel/ring_attention.js';
+import { ringMlaAttention } from '../src/parallel/ring_attention.js';
 import { blockKind, ringBlocks, ringStep, zigzagChunk, zigzagJoin, zigzagPositions, zigzagSplit } from '../src/parallel/zigzag.js';
 
 const cli = path.join(packageRoot(), 'dist', 'src', 'cli', 'main.js');
@@ -97,14 +97,14 @@ test('ring steps: one launch per step covers exactly the causal pairs of its blo
   }
 });
 
-test('ringMerge: exact log-sum-exp merge, finite for lse gaps far past exp overflow', () => {
+test('attentionMerge (ring attention\'s merge): exact log-sum-exp merge, finite for lse gaps far past exp overflow', () => {
   const be = new CpuBackend();
   tidy(() => {
     // B=1, c=2, H=1, Dv=2; lse gaps 0, ±1000 (exp(1000) overflows f32), 3.
     const cases: [number, number][] = [[0.5, 0.5], [-500, 500], [700, -300], [1, 4]];
     for (const [la, lb] of cases) {
       const acc = { o: fromHost(be, [1, 2, 3, 4], [1, 2, 1, 2], 'f32'), lse: fromHost(be, [la, la], [1, 1, 2], 'f32') };
-      ringMerge(be, acc, fromHost(be, [5, 6, 7, 8], [1, 2, 1, 2], 'f32'), fromHost(be, [lb, lb], [1, 1, 2], 'f32'));
+      be.attentionMerge(acc.o, acc.lse, fromHost(be, [5, 6, 7, 8], [1, 2, 1, 2], 'f32'), fromHost(be, [lb, lb], [1, 1, 2], 'f32'));
       const m = Math.max(la, lb), lse = m + Math.log(Math.exp(la - m) + Math.exp(lb - m));
       const wa = Math.exp(la - lse), wb = Math.exp(lb - lse);
       const o = toHostF32(acc.o), l = toHostF32(acc.lse);

@@ -17,10 +17,7 @@ export function mlaBackwardBlockByWhole(
   if (dqAcc.dtype !== 'f32' || dqAcc.rank !== 4 || dqAcc.shape[0] !== B || dqAcc.shape[2] !== H || dqAcc.shape[3] !== W || !dqAcc.isContiguous()) {
     throw new Error(`mlaAttentionBackwardBlock: dqAcc must be a contiguous f32 [${B},L,${H},${W}], got ${dqAcc.dtype} [${dqAcc.shape}]`);
   }
-  if (!(Number.isInteger(qFrom) && qFrom >= 0 && qFrom + Sq <= L)) {
-    throw new Error(`mlaAttentionBackwardBlock: query rows ${qFrom}..${qFrom + Sq - 1} of the block lie outside the accumulator's ${L}`);
-  }
-  checkBlockEnds(ends, qFrom, Sq, L);
+  checkBlockRows(qFrom, Sq, L, ends);
   tidy(() => {
     if (ends.overwrite) be.fill(dqAcc, 0);
     const dqNope = emptyTensor(be, qNope.shape, qNope.dtype), dqPe = emptyTensor(be, qPe.shape, qPe.dtype);
@@ -48,8 +45,11 @@ export function mlaBackwardBlockByWhole(
   });
 }
 
-/** The shape rules of MlaBlockEnds, shared by every implementation. */
-export function checkBlockEnds(ends: MlaBlockEnds, qFrom: number, Sq: number, L: number): void {
+/** Where a block's Sq query rows sit in an accumulator of L, and what MlaBlockEnds needs: shared by every implementation. */
+export function checkBlockRows(qFrom: number, Sq: number, L: number, ends: MlaBlockEnds): void {
+  if (!(Number.isInteger(qFrom) && qFrom >= 0 && qFrom + Sq <= L)) {
+    throw new Error(`mlaAttentionBackwardBlock: query rows ${qFrom}..${qFrom + Sq - 1} of the block lie outside the accumulator's ${L}`);
+  }
   if (ends.overwrite && (qFrom !== 0 || Sq !== L)) {
     throw new Error(`mlaAttentionBackwardBlock: overwrite needs a block over all ${L} rows of the accumulator, got rows ${qFrom}..${qFrom + Sq - 1}`);
   }

@@ -35,7 +35,7 @@
 //
 // Shape legend: N rows (tokens), D hidden, V vocabulary, R rows of one chunk.
 import { backendOf } from '../backend/backend.js';
-import { beginNode, linkOutputs, needsGrad } from '../autograd/tape.js';
+import { beginNode, isRecording, linkOutputs, needsGrad } from '../autograd/tape.js';
 import { accumulateLeafGrad } from '../autograd/backward.js';
 import { bytesPerElement } from '../tensor/dtype.js';
 import { emptyTensor, type Tensor } from '../tensor/tensor.js';
@@ -71,7 +71,9 @@ export function linearCrossEntropyMean(x: Tensor, w: Tensor, labels: Tensor, cou
   if (w.shape[1] !== D || w.rank !== 2) throw new Error(`internal: linearCrossEntropyMean of [${x.shape}] with weight [${w.shape}]`);
   if (labels.size !== N) throw new Error(`internal: linearCrossEntropyMean of ${N} rows with ${labels.size} labels`);
   if (!x.isContiguous() || !labels.isContiguous()) throw new Error('internal: linearCrossEntropyMean takes contiguous x and labels');
-  const R = keepLogits ? Math.max(1, N) : Math.max(1, Math.min(chunkRows ?? linearCrossEntropyChunkRows(V, bytesPerElement(x.dtype)), N));
+  // Kept only where backward will read them (a forward without gradients chunks as usual).
+  const keep = keepLogits && isRecording() && (needsGrad(x) || needsGrad(w));
+  const R = keep ? Math.max(1, N) : Math.max(1, Math.min(chunkRows ?? linearCrossEntropyChunkRows(V, bytesPerElement(x.dtype)), N));
   const x2 = x.view([N, D], [D, 1], x.offset);
   const loss = emptyTensor(backend, [N], 'f32');
   const lse = emptyTensor(backend, [N], 'f32');
@@ -91,7 +93,7 @@ export function linearCrossEntropyMean(x: Tensor, w: Tensor, labels: Tensor, cou
   const node = beginNode('linearCrossEntropy', [x, w], 1);
   if (node) {
     // Kept: the whole micro-batch's logits (one chunk of N rows) go to backward.
-    const sx = node.save(x2), sw = node.save(w), sy = node.save(labels), sz = node.save(lse), sl = keepLogits && chunk ? node.save(chunk) : null;
+    const sx = node.save(x2), sw = node.save(w), sy = node.save(labels), sz = node.save(lse), sl = keep && chunk ? node.save(chunk) : null;
     node.rule = ([g]) => {
       const gx = needsGrad(x) ? emptyTensor(backend, x.shape, x.dtype) : null;
       if (N === 0) return [gx, null];

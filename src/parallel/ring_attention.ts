@@ -27,7 +27,7 @@
 //
 // Forward: cp steps; at step j the rank holds the k/v of rank (r − j) mod cp, makes that step's
 // launch through Backend.mlaAttention with its lse, and merges each q half of the result into
-// that half's f32 output by log-sum-exp (ringMerge), then passes the k/v on to r + 1. Backward:
+// that half's f32 output by log-sum-exp in one pass (Backend.attentionMerge), then passes the k/v on to r + 1. Backward:
 // the FlashAttention identity per launch with the MERGED o and lse; k/v travel the other way (to
 // r − 1) together with an f32 accumulator of their dk_nope, dk_pe (summed over heads) and dv,
 // which arrives back at its owner after the last step; dq stays local: every step adds into one
@@ -150,18 +150,6 @@ function dimsOf(qNope: Tensor, qPe: Tensor, kNope: Tensor, kPe: Tensor, v: Tenso
   return { B, L, c: L / 2, H, Dn, Dr, Dv };
 }
 
-/**
- * Merges a block's (o [B,c,H,Dv], lse [B,H,c]; views whose rows are contiguous) into the running
- * f32 (acc.o, acc.lse), contiguous, in place (Backend.attentionMerge: one pass, where the
- * elementwise ops took ~19 launches and three passes over o per merge):
- * lse' = log(e^lse_acc + e^lse) = max + log(1 + e^−|δ|) with δ = lse − lse_acc (no exp of a
- * positive number, so nothing overflows), then o' = o_acc·e^(lse_acc−lse') + o·e^(lse−lse'),
- * both weights ≤ 1.
- */
-export function ringMerge(be: Backend, acc: { o: Tensor; lse: Tensor }, o: Tensor, lse: Tensor): void {
-  be.attentionMerge(acc.o, acc.lse, o, lse);
-}
-
 /** The forward ring: o [B,L,H,Dv] in v's dtype and the merged lse [B,H,L] f32. */
 function ringForward(be: Backend, comm: Communicator, d: Dims, qNope: Tensor, qPe: Tensor, kNope: Tensor, kPe: Tensor, v: Tensor, scale: number): { o: Tensor; lse: Tensor } {
   const { B, L, c, H, Dv } = d, cp = comm.size, r = comm.rank;
@@ -188,7 +176,7 @@ function ringForward(be: Backend, comm: Communicator, d: Dims, qNope: Tensor, qP
           be.copy(a.o, ov);
           be.copy(a.lse, lv);
         } else {
-          ringMerge(be, a, ov, lv);
+          be.attentionMerge(a.o, a.lse, ov, lv);
         }
         ov.dispose();
         lv.dispose();

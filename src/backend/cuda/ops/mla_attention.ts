@@ -24,7 +24,7 @@
 import { bytesPerElement } from '../../../tensor/dtype.js';
 import type { Tensor } from '../../../tensor/tensor.js';
 import type { AttentionOptions, MlaBlockEnds } from '../../backend.js';
-import { checkBlockEnds } from '../../mla_backward_block.js';
+import { checkBlockRows } from '../../mla_backward_block.js';
 import type { CachingAllocator, GpuBlock } from '../runtime/allocator.js';
 import type { CudaContext } from '../runtime/context.js';
 import { devicePtr } from '../runtime/device_buffer.js';
@@ -238,9 +238,7 @@ export class MlaAttentionLauncher {
     const { MLA_BWD_THREADS, MLA_BWD_DQ_SMEM } = MLA_BWD_DEFINES;
     const deterministic = opts.deterministic === true;
     const rows = B * Sq * H;  // query rows
-    const scratch: GpuBlock[] = [];
-    const take = (bytes: number): bigint => { const b = this.allocator.alloc(bytes); scratch.push(b); return b.ptr; };
-    try {
+    this.withScratch((take) => {
       const dSum = take(rows * 4);
       const dqAccum = deterministic ? 0n : take(rows * D_QK * 4);
       const dkPeF32 = take((deterministic ? B * Skv * H : B * Skv) * D_ROPE * 4);
@@ -258,10 +256,7 @@ export class MlaAttentionLauncher {
             .i32(10, Sq).i32(11, Skv).i32(12, H).f32(13, opts.scale).i32(14, opts.causal ? 1 : 0));
       }
       this.finish(d, dqAccum, grads.dqNope, grads.dqPe, B * Sq, dkPeF32, grads.dkPe, B * Skv, opts.scale, deterministic);
-    } finally {
-      // Stream order: the next user of these blocks is queued behind the kernels above.
-      for (const b of scratch) this.allocator.free(b);
-    }
+    });
   }
 
   /**
@@ -283,18 +278,13 @@ export class MlaAttentionLauncher {
     const { B, Sq, Skv, H } = d;
     const L = dqAccum.shape[1] ?? 0;
     expectTensor(op, 'dqAccum', dqAccum, [B, L, H, D_QK], 'f32', `[B,L,H,${D_QK}]`);
-    if (!(Number.isInteger(qFrom) && qFrom >= 0 && qFrom + Sq <= L)) {
-      throw new Error(`${op}: query rows ${qFrom}..${qFrom + Sq - 1} of the block lie outside the accumulator's ${L}`);
-    }
-    checkBlockEnds(ends, qFrom, Sq, L);
+    checkBlockRows(qFrom, Sq, L, ends);
     const fin = ends.finish ?? null;
     if (fin) {
       expectTensor(op, 'finish.dqNope', fin.dqNope, [B, L, H, D_NOPE], 'bf16', `[B,L,H,${D_NOPE}]`);
       expectTensor(op, 'finish.dqPe', fin.dqPe, [B, L, H, D_ROPE], 'bf16', `[B,L,H,${D_ROPE}]`);
     }
-    const scratch: GpuBlock[] = [];
-    const take = (bytes: number): bigint => { const b = this.allocator.alloc(bytes); scratch.push(b); return b.ptr; };
-    try {
+    this.withScratch((take) => {
       const dSum = take(B * Sq * H * 4), dkPeF32 = take(B * Skv * D_ROPE * 4);
       // overwrite: the block covers all rows, so its preprocess zeroes the whole accumulator.
       this.preprocess(d, o, dout, dSum, ends.overwrite ? devicePtr(dqAccum) : 0n, dkPeF32);
@@ -303,6 +293,14 @@ export class MlaAttentionLauncher {
       // finish: all B·L positions of the accumulator, beside this block's dk_pe.
       this.finish(d, fin ? devicePtr(dqAccum) : 0n, fin?.dqNope ?? null, fin?.dqPe ?? null, fin ? B * L : 0, dkPeF32, grads.dkPe, B * Skv,
         opts.scale, false);
+    });
+  }
+
+  /** Runs fn with `take(bytes)` handing out scratch device memory, all freed when fn returns (in stream order: the next user of a block is queued behind the kernels fn launched). */
+  private withScratch(fn: (take: (bytes: number) => bigint) => void): void {
+    const scratch: GpuBlock[] = [];
+    try {
+      fn((bytes) => { const b = this.allocator.alloc(bytes); scratch.push(b); return b.ptr; });
     } finally {
       for (const b of scratch) this.allocator.free(b);
     }
