@@ -22,6 +22,7 @@ import path from 'node:path';
 import { selectBackend, type DeviceChoice } from '../src/backend/select.js';
 import { CudaBackend } from '../src/backend/cuda/cuda_backend.js';
 import { launchCounts } from '../src/backend/cuda/runtime/module.js';
+import { LaunchTimer, launchTiming, type LaunchTimes } from '../src/backend/cuda/runtime/launch_timer.js';
 import { loadDeepseekV2Config } from '../src/models/deepseek_v2_config.js';
 import { parameterCount, flopsPerToken } from '../src/models/deepseek_v2_weights.js';
 import { packageRoot } from '../src/package_root.js';
@@ -128,7 +129,12 @@ export async function runTrainBench(flags: Record<string, string>, peersRun?: { 
   const phases: Record<StepPhase, number>[] = [];
   const kinds: { forward: KindTimes; backward: KindTimes }[] = [];
   const perStep: { kernels: number; cublasLt: number; hostMs: number; waits: number }[] = [];
+  // --kernels: device time by kernel over the steps after warm-up (runtime/launch_timer.ts).
+  const kernelTimer = flags['kernels'] === 'true' || flags['kernels'] === '1' ? (ctx ? new LaunchTimer(ctx.driver) : null) : null;
+  const kernelTimes: LaunchTimes = new Map();
+  let kernelSteps = 0;
   for (let step = 0; step < steps; step++) {
+    launchTiming.timer = kernelTimer && step >= Math.min(3, steps - 1) ? kernelTimer : null;
     const k0 = launchCounts.kernels, g0 = launchCounts.cublasLt, w0 = ctx?.waits.ms ?? 0, n0 = ctx?.waits.count ?? 0;
     const t = performance.now();
     const record = training.step(step, data, hooks);
@@ -137,6 +143,16 @@ export async function runTrainBench(flags: Record<string, string>, peersRun?: { 
       kernels: launchCounts.kernels - k0, cublasLt: launchCounts.cublasLt - g0,
       hostMs: wall - ((ctx?.waits.ms ?? 0) - w0), waits: (ctx?.waits.count ?? 0) - n0,
     });
+    if (launchTiming.timer) {
+      for (const [name, t] of launchTiming.timer.collect()) {
+        const row = kernelTimes.get(name) ?? { ms: 0, count: 0 };
+        row.ms += t.ms;
+        row.count += t.count;
+        kernelTimes.set(name, row);
+      }
+      kernelSteps++;
+      launchTiming.timer = null;
+    }
     say(formatLogLine(record));
     metrics.push(record);
     phases.push({ ...phaseSec });
@@ -147,6 +163,7 @@ export async function runTrainBench(flags: Record<string, string>, peersRun?: { 
     }
   }
   training.dispose();
+  kernelTimer?.dispose();
   await dist?.close();
   if (!leader) return;
   const rows = metrics.slice(Math.min(3, metrics.length - 1));
@@ -180,6 +197,7 @@ export async function runTrainBench(flags: Record<string, string>, peersRun?: { 
       `(${bytes.perParam} B/parameter: ${bytes.what}, at 3 TB/s): ` +
       `${(med('optimizer') / floorMs).toFixed(2)}× the floor`);
   }
+  if (kernelSteps > 0) printKernelTimes(kernelTimes, kernelSteps, stepTime * 1000);
   for (const { mode, result } of peers) {
     const summary = typeof result === 'string' ? result
       : `${Math.round(result.tokens_per_second).toLocaleString('en-US')} tokens/s, ${result.step_ms.toFixed(1)} ms/step, ` +
@@ -249,3 +267,18 @@ function refuseIfTooLarge(backend: { kind: 'cpu' | 'cuda' }, precision: 'bf16' |
     `use fewer --layers, a smaller --batch or --seq_len, or a GPU with more memory`);
 }
 
+
+/** The kernels and cuBLASLt products by device time per step (mean over the timed steps), largest first. */
+function printKernelTimes(times: LaunchTimes, steps: number, stepMs: number): void {
+  const rows = [...times].map(([name, t]) => ({ name, ms: t.ms / steps, count: t.count / steps })).sort((a, b) => b.ms - a.ms);
+  const total = rows.reduce((a, r) => a + r.ms, 0);
+  console.log(`bench train: device time by kernel (mean of ${steps} step(s); ${total.toFixed(1)} ms of launches in a ${stepMs.toFixed(1)} ms median step; ` +
+    'cuBLASLt products named m×n×k, their input and output dtypes, += where they accumulate)');
+  console.log(`  ${'kernel'.padEnd(64)} ${'ms/step'.padStart(8)} ${'launches'.padStart(8)} ${'share'.padStart(6)}`);
+  const shown = rows.slice(0, 40);
+  for (const r of shown) {
+    console.log(`  ${r.name.slice(0, 64).padEnd(64)} ${r.ms.toFixed(2).padStart(8)} ${String(Math.round(r.count * 10) / 10).padStart(8)} ${(100 * r.ms / total).toFixed(1).padStart(5)}%`);
+  }
+  const rest = rows.slice(shown.length);
+  if (rest.length > 0) console.log(`  ${`(${rest.length} more)`.padEnd(64)} ${rest.reduce((a, r) => a + r.ms, 0).toFixed(2).padStart(8)}`);
+}

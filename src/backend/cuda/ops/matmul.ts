@@ -2,10 +2,11 @@
 // with a shared rank-2 right operand folded into one taller product. No kernel file of its own.
 import type { Tensor } from '../../../tensor/tensor.js';
 import type { MatmulOptions } from '../../backend.js';
-import { CublasLt } from '../ffi/cublaslt.js';
+import { CublasLt, type GemmOptions } from '../ffi/cublaslt.js';
 import type { CachingAllocator } from '../runtime/allocator.js';
 import type { CudaContext } from '../runtime/context.js';
 import { devicePtr } from '../runtime/device_buffer.js';
+import { launchTiming } from '../runtime/launch_timer.js';
 import { launchCounts } from '../runtime/module.js';
 import { assertContiguous, assertFloat, assertSameDType } from './common.js';
 import type { FillLauncher } from './fill.js';
@@ -56,19 +57,26 @@ export class MatmulLauncher {
     assertFloat(out, 'matmul output');
     if (batch > 1 && a.rank === 3 && b.rank === 2 && !transA) {
       // A shared right operand: the batch is one [batch·M, K] × [K, N] product.
-      launchCounts.cublasLt++;
-      this.cublasLt.gemm(devicePtr(out), devicePtr(a), devicePtr(b), {
+      this.gemm(`${batch * M}x${N}x${K}`, {
         m: batch * M, n: N, k: K, transA: false, transB, alpha, beta, dtypeIn, dtypeOut: dtypeOut as 'f32' | 'bf16',
-      });
+      }, out, a, b);
       return;
     }
-    launchCounts.cublasLt++;
-    this.cublasLt.gemm(devicePtr(out), devicePtr(a), devicePtr(b), {
+    this.gemm(`${batch > 1 ? `${batch}x` : ''}${M}x${N}x${K}${transA ? ' tA' : ''}${transB ? ' tB' : ''}`, {
       m: M, n: N, k: K, transA, transB, alpha, beta, batch,
       strideA: a.rank === 3 ? M * K : 0,
       strideB: b.rank === 3 ? K * N : 0,
       strideOut: M * N,
       dtypeIn, dtypeOut: dtypeOut as 'f32' | 'bf16',
-    });
+    }, out, a, b);
+  }
+
+  /** One cuBLASLt product, counted, and timed under `shape` when a launch timer is installed. */
+  private gemm(shape: string, opts: GemmOptions, out: Tensor, a: Tensor, b: Tensor): void {
+    launchCounts.cublasLt++;
+    const run = () => this.cublasLt.gemm(devicePtr(out), devicePtr(a), devicePtr(b), opts);
+    const timer = launchTiming.timer;
+    if (timer) timer.around(`cuBLASLt ${shape} ${opts.dtypeIn}->${opts.dtypeOut}${opts.beta ? ' +=' : ''}`, this.ctx.stream, run);
+    else run();
   }
 }

@@ -24,6 +24,7 @@ import { CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, type CudaDriver, type 
 import { compileToCubin, nvrtcVersion } from '../ffi/nvrtc.js';
 import type { CudaContext } from './context.js';
 import { TENSOR_MAP_BYTES, type KernelArgs } from './kernel_args.js';
+import { launchTiming } from './launch_timer.js';
 
 /** Where the .cu sources live; they are read from the source tree, never copied into dist/. */
 export function kernelsDir(): string {
@@ -167,7 +168,10 @@ export class CudaKernel {
     for (const i of this.wideParams) {
       if (!args.wide.includes(i)) throw new Error(`internal: kernel ${this.name} parameter ${i} is a CUtensorMap; its KernelArgs slot is 8 bytes`);
     }
-    const status = this.launchRaw(this.handle, grid[0], grid[1], grid[2], block[0], block[1], block[2], sharedBytes, stream, args.pointer, null);
+    const timer = launchTiming.timer;
+    const status = timer
+      ? timer.around(this.name, stream, () => this.launchRaw(this.handle, grid[0], grid[1], grid[2], block[0], block[1], block[2], sharedBytes, stream, args.pointer, null))
+      : this.launchRaw(this.handle, grid[0], grid[1], grid[2], block[0], block[1], block[2], sharedBytes, stream, args.pointer, null);
     if (status !== 0) {
       throw this.driver.error('cuLaunchKernel', status, `kernel ${this.name} (${this.file}), grid [${grid}], block [${block}], ${sharedBytes} B dynamic shared memory`);
     }
