@@ -4,7 +4,9 @@
 // kernel set (mma: kernels/grouped_gemm.cu; wgmma: kernels/grouped_gemm_wgmma.cu, sm_90a; tma:
 // kernels/grouped_gemm_tma.cu for forward and data, wgmma's weight product, sm_90a), against
 // one cuBLASLt product per expert (the per-expert path), median of CUDA-event timings. A fourth row
-// per shape times the weight product into bf16 gradients (the lean recipe; not in the six-product sum).
+// per shape times the weight product into bf16 gradients (the lean recipe) and a fifth the weight
+// product with beta 0 (a step's first write into gradients marked logically zero,
+// autograd/lazy_grad_zero.ts: written, not read); neither is in the six-product sum.
 //
 //   moetrain bench gemm --grouped        (or: node dist/bench/gemm_grouped.js)
 //
@@ -66,7 +68,7 @@ export function runGroupedGemmBench(opts: { log?: (line: string) => void } = {})
   be.write(offsets, Int32Array.from(starts));
   const rowsOf = (t: Tensor, e: number) => t.view([counts[e]!, t.shape[1]!], [t.shape[1]!, 1], t.offset + starts[e]! * t.shape[1]!);
   const rows: GroupedGemmRow[] = [];
-  const LEAN_WEIGHT = 'weight bf16 dW += dYᵀ·X';
+  const LEAN_WEIGHT = 'weight bf16 dW += dYᵀ·X', FIRST_WEIGHT = 'weight dW = dYᵀ·X (beta 0)';
   for (const [K, N] of [[2048, 1408], [1408, 2048]] as const) {
     const x = emptyTensor(be, [M, K], 'bf16'), dy = emptyTensor(be, [M, N], 'bf16');
     const y = emptyTensor(be, [M, N], 'bf16'), dx = emptyTensor(be, [M, K], 'bf16');
@@ -86,6 +88,8 @@ export function runGroupedGemmBench(opts: { log?: (line: string) => void } = {})
         () => counts.forEach((c, e) => c > 0 && be.matmul(gs[e]!, dyr[e]!, xr[e]!, { transA: true, beta: 1 }))],
       [LEAN_WEIGHT, () => be.groupedLinearWeightGrad(gb, dy, x, offsets),
         () => counts.forEach((c, e) => c > 0 && be.matmul(gb[e]!, dyr[e]!, xr[e]!, { transA: true, beta: 1 }))],
+      [FIRST_WEIGHT, () => be.groupedLinearWeightGrad(gs, dy, x, offsets, 0),
+        () => counts.forEach((c, e) => c > 0 && be.matmul(gs[e]!, dyr[e]!, xr[e]!, { transA: true, beta: 0 }))],
     ];
     for (const [product, grouped, perExpert] of products) {
       const time = (fn: () => void) => { for (let i = 0; i < 3; i++) fn(); return median(Array.from({ length: REPS }, () => ctx.timeMs(fn))); };
@@ -118,7 +122,7 @@ export function runGroupedGemmBench(opts: { log?: (line: string) => void } = {})
   const fmt = (cells: string[]) => cells.map((cell, c) => (c === 0 ? cell.padEnd(widths[c]!) : cell.padStart(widths[c]!))).join('  ');
   log(fmt(header));
   for (const row of table) log(fmt(row));
-  const sum = (f: (r: GroupedGemmRow) => number) => rows.reduce((a, r) => a + (r.product === LEAN_WEIGHT ? 0 : f(r)), 0);
+  const sum = (f: (r: GroupedGemmRow) => number) => rows.reduce((a, r) => a + (r.product === LEAN_WEIGHT || r.product === FIRST_WEIGHT ? 0 : f(r)), 0);
   const wgmmaSum = hopper ? `, wgmma ${sum((r) => r.grouped.wgmma!).toFixed(3)} ms, tma ${sum((r) => r.grouped.tma!).toFixed(3)} ms` : '';
   log(`all six products: mma ${sum((r) => r.grouped.mma).toFixed(3)} ms${wgmmaSum}, per-expert ${sum((r) => r.perExpertMs).toFixed(3)} ms, floor ${sum((r) => r.floorMs).toFixed(3)} ms`);
   return rows;

@@ -39,12 +39,14 @@ import { RECIPES, type Recipe } from '../src/optim/recipe.js';
 import { PROFILE_KINDS, SectionProfiler, type KindTimes, type ProfileKind } from './train_profile.js';
 
 /**
- * Bytes per parameter of the optimizer phase: Σ g² reads the gradient (4), the fused AdamW pass 34
- * (adam_multi.cu); lean: Σ g² 2, the pass 16 (adam_lean_multi.cu; the embedding's f32 gradient aside).
+ * Bytes per parameter of the optimizer phase: Σ g² reads the gradient (4), the fused AdamW pass 30
+ * (adam_multi.cu, which leaves the gradients: the trainer marks them logically zero,
+ * autograd/lazy_grad_zero.ts); lean: Σ g² 2, the pass 14 (adam_lean_multi.cu; the embedding's f32
+ * gradient aside).
  */
 const OPTIMIZER_BYTES: Record<Recipe, { perParam: number; what: string }> = {
-  default: { perParam: 4 + 34, what: 'Σg² 4, fused AdamW + bf16 copy + zeroed gradient 34' },
-  lean: { perParam: 2 + 16, what: 'Σg² 2, fused bf16 AdamW with stochastic rounding + zeroed gradient 16' },
+  default: { perParam: 4 + 30, what: 'Σg² 4, fused AdamW + bf16 copy 30 (gradients zeroed lazily)' },
+  lean: { perParam: 2 + 14, what: 'Σg² 2, fused bf16 AdamW with stochastic rounding 14 (gradients zeroed lazily)' },
 };
 const HBM_BYTES_PER_SEC = 3e12;
 
@@ -189,7 +191,7 @@ export async function runTrainBench(flags: Record<string, string>, peersRun?: { 
     const timed = phases.slice(Math.min(3, phases.length - 1));
     const med = (k: StepPhase) => timed.map((r) => r[k]).sort((a, b) => a - b)[Math.floor(timed.length / 2)]! * 1000;
     console.log(`bench train: phases (median ms, synchronised): forward ${med('forward').toFixed(1)}, backward ${med('backward').toFixed(1)}, ` +
-      `grad-norm + optimizer + zero ${med('optimizer').toFixed(1)}`);
+      `grad-norm + optimizer ${med('optimizer').toFixed(1)}`);
     printBreakdown(kinds.slice(Math.min(3, kinds.length - 1)), med('forward'), med('backward'), med('optimizer'));
     const bytes = OPTIMIZER_BYTES[recipe];
     const floorMs = parameterCount(model) * bytes.perParam / HBM_BYTES_PER_SEC * 1000;

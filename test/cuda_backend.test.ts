@@ -574,6 +574,7 @@ test('bandwidth of the memory-bound kernels', { skip: bench }, (t) => {
   }));
   const list = new TensorList(slots), grads = new TensorList(slots.map((s) => s.grad));
   report(`adamMulti ${parts} × ${E} params, bf16 copy, grads zeroed`, parts * E * 34, time(() => b.adamMulti(list, h)));
+  report(`adamMulti ${parts} × ${E} params, bf16 copy, grads kept`, parts * E * 30, time(() => b.adamMulti(list, h, 'keep')));
   report(`sumSquaresMulti ${parts} × ${E} f32`, parts * E * 4, time(() => b.sumSquaresMulti(sq, grads)));
   list.dispose(); grads.dispose();
   for (const s of slots) for (const t of [s.param, s.grad, s.m, s.v, s.lowp]) t.dispose();

@@ -22,6 +22,11 @@
 //   sampled: |gpu − ref| ≤ 1e-5·(Σ|terms| + |init|). Experts with no rows keep their gradient
 //   bit for bit.
 // - bf16 dW (the lean recipe's gradients), ≤ 1e-2 as the bf16 outputs: f32 sums, one rounding.
+// - dW with beta = 0 (a step's first write into a gradient marked logically zero,
+//   autograd/lazy_grad_zero.ts), f32 and bf16, into NaN-poisoned gradients: the same tolerances
+//   against the CPU (awkward shapes, kernel widths and the per-expert path's odd widths, then a
+//   beta = 1 product on top) and against per-expert cuBLASLt with beta 0 (bench shapes); experts
+//   with no rows, and every expert of a product over no rows, must hold exactly +0.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import type { Backend } from '../src/backend/backend.js';
@@ -151,6 +156,51 @@ for (const set of ['mma', 'wgmma', 'tma'] as const) {
     }
   });
 
+  test(`grouped GEMM (${set}), dW with beta 0 over poisoned f32 and bf16 gradients: the CPU's values, then beta 1 on top; zeros where an expert has no rows`, { skip: skipSet }, () => {
+    gpu().groupedGemmKernels = set;
+    const counts = [0, 1, 130, 7, 64, 0];
+    // Kernel widths (64-multiples), and odd ones that go per expert through cuBLASLt.
+    for (const [K, N] of [[192, 320], [40, 24]] as const) {
+      const M = counts.reduce((a, b) => a + b, 0);
+      const xv = values(M * K, 1), dyv = values(M * N, 1), dyv2 = values(M * N, 1);
+      const side = (b: Backend) => ({
+        x: upload(b, xv, [M, K], 'bf16'), dy: upload(b, dyv, [M, N], 'bf16'), dy2: upload(b, dyv2, [M, N], 'bf16'), off: offsetsOn(b, counts, 40, 2),
+      });
+      const c = side(cpu), g = side(gpu());
+      for (const dtype of ['f32', 'bf16'] as const) {
+        const what = `${set}, K = ${K}, N = ${N}, ${dtype} gradients`;
+        const tol = dtype === 'f32' ? F32_TOL : BF16_TOL;
+        const cg = counts.map(() => { const t = emptyTensor(cpu, [N, K], dtype); cpu.fill(t, Number.NaN); return t; });
+        const gg = counts.map(() => poisoned([N, K], dtype));
+        cpu.groupedLinearWeightGrad(cg, c.dy, c.x, c.off, 0); gpu().groupedLinearWeightGrad(gg, g.dy, g.x, g.off, 0);
+        for (let e = 0; e < counts.length; e++) {
+          const got = readF32(gpu(), gg[e]!);
+          if (counts[e] === 0) assert.ok(got.every((v) => Object.is(v, 0)), `${what}: expert ${e} (no rows) holds zeros after beta 0`);
+          else expectClose(got, readF32(cpu, cg[e]!), tol, `${what}: expert ${e} (${counts[e]} rows), beta 0`);
+        }
+        // The step's next micro-batch accumulates onto what the first wrote.
+        cpu.groupedLinearWeightGrad(cg, c.dy2, c.x, c.off, 1); gpu().groupedLinearWeightGrad(gg, g.dy2, g.x, g.off, 1);
+        for (let e = 0; e < counts.length; e++) {
+          const got = readF32(gpu(), gg[e]!);
+          if (counts[e] === 0) assert.ok(got.every((v) => Object.is(v, 0)), `${what}: expert ${e} (no rows) keeps its zeros under beta 1`);
+          else expectClose(got, readF32(cpu, cg[e]!), tol, `${what}: expert ${e} (${counts[e]} rows), beta 0 then 1`);
+        }
+        for (const t of [...cg, ...gg]) t.dispose();
+      }
+      for (const t of [c.x, c.dy, c.dy2, c.off, g.x, g.dy, g.dy2, g.off]) t.dispose();
+    }
+    // A product over no rows at all: beta 0 writes zeros into every expert's gradient.
+    const K = 64, N = 128;
+    const x = upload(gpu(), new Float32Array(0), [0, K], 'bf16'), dy = upload(gpu(), new Float32Array(0), [0, N], 'bf16');
+    const off = offsetsOn(gpu(), [0, 0], 5, 0);
+    for (const dtype of ['f32', 'bf16'] as const) {
+      const gs = [poisoned([N, K], dtype), poisoned([N, K], dtype)];
+      gpu().groupedLinearWeightGrad(gs, dy, x, off, 0);
+      gs.forEach((t, e) => { assert.ok(readF32(gpu(), t).every((v) => Object.is(v, 0)), `${set}: no rows at all, ${dtype} expert ${e} holds zeros after beta 0`); t.dispose(); });
+    }
+    for (const t of [x, dy, off]) t.dispose();
+  });
+
   test(`grouped GEMM (${set}), no rows at all: nothing written, gradients untouched`, { skip: skipSet }, () => {
     gpu().groupedGemmKernels = set;
     const K = 64, N = 128;
@@ -192,15 +242,19 @@ for (const [K, N] of [[2048, 1408], [1408, 2048]] as const) {
     // The per-expert path, once.
     const yRef = poisoned([M, N], 'bf16'), dxRef = poisoned([M, K], 'bf16');
     const gsRef = gv.map((v) => upload(be, v, [N, K], 'f32')), gbRef = gv.map((v) => upload(be, v, [N, K], 'bf16'));
+    // beta 0 (the product alone; an expert without rows: zeros).
+    const gzRef = gv.map(() => upload(be, new Float32Array(N * K), [N, K], 'f32'));
     for (let e = 0; e < E; e++) {
       if (counts[e] === 0) continue;
       be.matmul(rows(yRef, e), rows(x, e), ws[e]!, { transB: true });
       be.matmul(rows(dxRef, e), rows(dy, e), ws[e]!, {});
       be.matmul(gsRef[e]!, rows(dy, e), rows(x, e), { transA: true, beta: 1 });
       be.matmul(gbRef[e]!, rows(dy, e), rows(x, e), { transA: true, beta: 1 });
+      be.matmul(gzRef[e]!, rows(dy, e), rows(x, e), { transA: true, beta: 0 });
     }
     const yRefH = readF32(be, yRef), dxRefH = readF32(be, dxRef), gRefH = gsRef.map((t) => readF32(be, t)), gbRefH = gbRef.map((t) => readF32(be, t));
-    for (const t of [yRef, dxRef, ...gsRef, ...gbRef]) t.dispose();
+    const gzRefH = gzRef.map((t) => readF32(be, t));
+    for (const t of [yRef, dxRef, ...gsRef, ...gbRef, ...gzRef]) t.dispose();
 
     for (const set of kernelSets()) {
       be.groupedGemmKernels = set;
@@ -216,6 +270,16 @@ for (const [K, N] of [[2048, 1408], [1408, 2048]] as const) {
       for (let e = 0; e < E; e++) {
         if (counts[e] === 0) assert.deepEqual(gh[e], gv[e], `${set}: dW of expert ${e} (no rows) must be untouched`);
         else expectClose(gh[e]!, gRefH[e]!, F32_TOL, `${set}: dW of expert ${e} vs cuBLASLt`);
+      }
+      { // beta 0 into poisoned f32 gradients (a step's first write)
+        const gz = gv.map(() => poisoned([N, K], 'f32'));
+        be.groupedLinearWeightGrad(gz, dy, x, off, 0);
+        gz.forEach((t, e) => {
+          const got = readF32(be, t);
+          if (counts[e] === 0) assert.ok(got.every((v) => Object.is(v, 0)), `${set}: beta 0 dW of expert ${e} (no rows) holds zeros`);
+          else expectClose(got, gzRefH[e]!, F32_TOL, `${set}: beta 0 dW of expert ${e} vs cuBLASLt`);
+          t.dispose();
+        });
       }
       if (set !== 'mma') { // bf16 gradients (the lean recipe's kernel): one rounding on each side
         const gb = gv.map((v) => upload(be, v, [N, K], 'bf16'));

@@ -7,7 +7,8 @@
 // bits, so they differ only where the f32 arithmetic order (fused multiply-adds on the GPU, f64
 // then one rounding on the CPU) moves a value across a rounding threshold: such an element is
 // one bf16 spacing away, and there are few of them (≤ 1e-3 of the elements). The update is in
-// place (nothing to poison); the gradients must be exactly zero after it, the GPU must give the
+// place (nothing to poison); the gradients must be exactly zero after it (with GradsAfter 'keep':
+// the same bits as 'zero', and the gradients left as they were), the GPU must give the
 // same bits on a repeat, and the tables must be freed with their lists. Then the tiny lean run
 // on the GPU follows the CPU's lean run, and its device memory does not grow.
 import assert from 'node:assert/strict';
@@ -86,8 +87,10 @@ test('adamLeanMulti on CUDA matches the CPU (sizes, bench shapes, alignment, bf1
     for (const step of [7, 8]) {
       const h = { ...H, decoupled, step };
       cpu.adamLeanMulti(c.list, h);
+      const kept = step === 8 ? again.list.entries.map((s) => toHostF32(s.grad)) : null;
       gpu.adamLeanMulti(g.list, h);
-      gpu.adamLeanMulti(again.list, h);
+      // The repeat of the second step leaves its gradients: the same bits otherwise.
+      gpu.adamLeanMulti(again.list, h, kept ? 'keep' : 'zero');
       gpu.synchronize();
       g.list.entries.forEach((s, i) => {
         const what = `${gradType} grads${offset ? ', unaligned' : ''}, step ${step}, slot ${i} (n=${s.weights.size})`;
@@ -98,6 +101,7 @@ test('adamLeanMulti on CUDA matches the CPU (sizes, bench shapes, alignment, bf1
           assert.deepEqual(got, toHostF32(rs[k]), `${what} ${k}: a repeat on the GPU gives other bits`);
         }
         assert.ok(toHostF32(s.grad).every((x) => x === 0), `${what}: the gradient is zeroed`);
+        if (kept) assert.deepEqual(toHostF32(rs.grad), kept[i], `${what}: "keep" leaves the gradient`);
       });
       // The second step starts both sides from the GPU's state: otherwise an element one spacing
       // apart after the first step may end two apart (its own rounding on top), and each step is

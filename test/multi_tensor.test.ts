@@ -6,7 +6,8 @@
 // vector's multiple (1, 7, 4097, 16387, 3·16384+5, chunks of 16384), an unaligned view (the
 // one-element path), bf16 and f32 gradients, outputs poisoned with NaN; adamMulti against the
 // per-tensor CUDA kernel bit for bit (they share adam_step.cuh); sumSquaresMulti bitwise equal
-// over repeated runs. Tolerances as test/cuda_backend.test.ts: f32 1e-5 relative (the CPU
+// over repeated runs; adamMulti with GradsAfter 'keep' gives the bits of 'zero' and leaves the
+// gradients as they were. Tolerances as test/cuda_backend.test.ts: f32 1e-5 relative (the CPU
 // computes in f64 and rounds once), bf16 copies 1e-2 (one bf16 ulp on a few elements).
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
@@ -175,6 +176,29 @@ test('adamMulti on CUDA matches the CPU and the per-tensor kernel (sizes, alignm
     for (const t of [...c.owned, ...g.owned, ...r.owned]) t.dispose();
   }
   assert.equal(gpu.memoryStats().liveBytes, live0, 'the tables are freed with their lists');
+});
+
+test('adamMulti on CUDA with "keep": the bits of "zero", the gradients left as they were (sizes, alignment, bf16 grads)', { skip: skipCuda }, async () => {
+  const { createCudaBackend } = await import('../src/backend/cuda/create.js');
+  const gpu = createCudaBackend();
+  const vals = slotValues(new Rng(11), SIZES);
+  for (const [gradType, offset] of [['f32', false], ['f32', true], ['bf16', false], ['bf16', true]] as const) {
+    const z = makeSlots(gpu, vals, gradType, offset), k = makeSlots(gpu, vals, gradType, offset);
+    const zl = new TensorList(z.slots), kl = new TensorList(k.slots);
+    const before = k.slots.map((s) => toHostF32(s.grad));
+    gpu.adamMulti(zl, H, 'zero');
+    gpu.adamMulti(kl, H, 'keep');
+    gpu.synchronize();
+    k.slots.forEach((s, i) => {
+      const what = `${gradType} grads${offset ? ', unaligned' : ''}, slot ${i} (n=${s.param.size})`, zs = z.slots[i]!;
+      for (const f of ['param', 'm', 'v'] as const) bitsEqual(toHostF32(s[f]), toHostF32(zs[f]), `${what} ${f}: "keep" against "zero"`);
+      if (s.lowp) bitsEqual(toHostF32(s.lowp), toHostF32(zs.lowp!), `${what} bf16 copy: "keep" against "zero"`);
+      bitsEqual(toHostF32(s.grad), before[i]!, `${what}: the gradient is left as it was`);
+      assert.ok(toHostF32(zs.grad).every((x) => x === 0), `${what}: "zero" zeroes the gradient`);
+    });
+    zl.dispose(); kl.dispose();
+    for (const t of [...z.owned, ...k.owned]) t.dispose();
+  }
 });
 
 test('sumSquaresMulti on CUDA matches the CPU and gives the same bits every run', { skip: skipCuda }, async () => {

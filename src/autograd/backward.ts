@@ -1,10 +1,12 @@
 // backward(loss): runs the recorded rules in reverse topological order. Gradients of
 // intermediate tensors are disposed as soon as their node has consumed them; gradients of
-// leaves (parameters) are added into leaf.grad (f32, preallocated by the optimizer) or, when a
-// leaf has none, kept as a new f32 tensor that the caller owns.
+// leaves (parameters) are added into leaf.grad (f32, preallocated by the optimizer; copied into
+// it when it is logically zero, lazy_grad_zero.ts) or, when a leaf has none, kept as a new f32
+// tensor that the caller owns.
 import { backendOf } from '../backend/backend.js';
 import { emptyTensor, type GradGraphNode, type Tensor } from '../tensor/tensor.js';
 import { keep } from '../tensor/scope.js';
+import { claimGradBeta } from './lazy_grad_zero.js';
 
 function addInto(acc: Tensor, g: Tensor): void {
   backendOf(acc).binary('add', acc, acc, g);
@@ -20,11 +22,12 @@ function sum(prev: Tensor, g: Tensor): Tensor {
   return out;
 }
 
-/** Accumulates a gradient into a leaf's f32 grad. Used by backward and by fused rules. */
+/** Accumulates a gradient into a leaf's f32 grad (the first write of a step copies). Used by backward and by fused rules. */
 export function accumulateLeafGrad(leaf: Tensor, g: Tensor): void {
   const backend = backendOf(g);
   if (leaf.grad) {
-    addInto(leaf.grad, g);
+    if (claimGradBeta(leaf.grad) === 0) backend.copy(leaf.grad, g);
+    else addInto(leaf.grad, g);
   } else {
     const acc = keep(emptyTensor(backend, leaf.shape, 'f32'));
     backend.copy(acc, g);

@@ -67,6 +67,13 @@ export interface AdamHyper {
   gradScale: number;
 }
 
+/**
+ * What an optimizer pass leaves in the gradients it read: 'zero' writes zeros (4 bytes per f32
+ * element, 2 per bf16), 'keep' leaves them, for a caller that marks them logically zero instead
+ * (autograd/lazy_grad_zero.ts: the next step's first write overwrites them).
+ */
+export type GradsAfter = 'zero' | 'keep';
+
 /** AdamHyper plus what the lean recipe's stochastic rounding hashes (backend/cpu/stochastic_round.ts). */
 export interface LeanAdamHyper extends AdamHyper {
   /** The run's seed (u32). */
@@ -135,10 +142,12 @@ export interface Backend extends StorageOwner {
   /** dx [M,K] = dy_e [·,N] · weights[e] [N,K] per row block (offsets as in groupedLinear). */
   groupedLinearBackwardData(dx: Tensor, dy: Tensor, weights: readonly Tensor[], offsets: Tensor): void;
   /**
-   * dweights[e] (f32 [N,K], accumulated) += dy_eᵀ · x_e over expert e's rows (offsets as in
-   * groupedLinear); an expert with no rows leaves its dweights[e] as it is.
+   * dweights[e] (f32 or bf16 [N,K], one dtype) = dy_eᵀ · x_e over expert e's rows (offsets as in
+   * groupedLinear) + beta·dweights[e]. beta 1 (the default) accumulates, and an expert with no
+   * rows leaves its dweights[e] as it is; beta 0 overwrites without reading, and an expert with no
+   * rows gets zeros (the first gradient write of a step, autograd/lazy_grad_zero.ts).
    */
-  groupedLinearWeightGrad(dweights: readonly Tensor[], dy: Tensor, x: Tensor, offsets: Tensor): void;
+  groupedLinearWeightGrad(dweights: readonly Tensor[], dy: Tensor, x: Tensor, offsets: Tensor, beta?: 0 | 1): void;
 
   // ---- model pieces ----
   /** y = x·rstd·w with rstd[r] = 1/sqrt(mean(x[r]²)+eps); x,y [R,D]; w [D]; rstd [R] f32. */
@@ -235,17 +244,18 @@ export interface Backend extends StorageOwner {
   adam(param: Tensor, grad: Tensor, m: Tensor, v: Tensor, lowp: Tensor | null, h: AdamHyper): void;
   /**
    * The adam step of every slot of list in one pass, each element with adam's arithmetic
-   * (h.weightDecay applies to the slots marked decay, 0 to the others), and then every slot's
-   * gradient set to 0 (the next step accumulates into it).
+   * (h.weightDecay applies to the slots marked decay, 0 to the others), and then, with grads
+   * 'zero' (the default), every slot's gradient set to 0 in the same pass (the next step
+   * accumulates into it); with 'keep' the gradients are only read.
    */
-  adamMulti(list: TensorList<AdamSlot>, h: AdamHyper): void;
+  adamMulti(list: TensorList<AdamSlot>, h: AdamHyper, grads?: GradsAfter): void;
   /**
    * The lean recipe's step over every slot of list (bf16 weights and moments, no f32 master):
    * each element is widened to f32, stepped with adam's arithmetic, and the weights, m and v are
    * stored back to bf16 with stochastic rounding whose bits are hashed from (h.seed, h.step,
-   * stream, element index, array) (backend/cpu/stochastic_round.ts); every gradient is then 0.
+   * stream, element index, array) (backend/cpu/stochastic_round.ts); the gradients as adamMulti's.
    */
-  adamLeanMulti(list: TensorList<LeanAdamSlot>, h: LeanAdamHyper): void;
+  adamLeanMulti(list: TensorList<LeanAdamSlot>, h: LeanAdamHyper, grads?: GradsAfter): void;
 }
 
 /**

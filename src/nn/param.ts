@@ -3,6 +3,11 @@
 // micro-batches. All three live outside any scope for the whole run. A parameter has no name:
 // the model's structure says what it is, and checkpoints name it (models/deepseek_v2_names.ts).
 //
+// A whole parameter's gradient starts marked logically zero (autograd/lazy_grad_zero.ts: its
+// first write overwrites it), as the trainer marks it again after every optimizer step; it is
+// also filled with zeros once here, so code that reads it without settling it first (tests,
+// tools) sees zeros until the first optimizer step.
+//
 // A lean parameter (the lean recipe, optim/lean_adam.ts) has no f32 master: its bf16 compute
 // tensor is the weights, updated in place with stochastic rounding, and its gradient is bf16 or
 // f32 as the recipe decides.
@@ -12,6 +17,7 @@
 // runs, and the master, moments and gradient it keeps between steps are this rank's slices of
 // flat per-unit shards, owned by the sharded layout.
 import { backendOf, type Backend } from '../backend/backend.js';
+import { markGradZero } from '../autograd/lazy_grad_zero.js';
 import { f32ArrayToBf16, type DType } from '../tensor/dtype.js';
 import { keep } from '../tensor/scope.js';
 import { emptyTensor, type Tensor } from '../tensor/tensor.js';
@@ -66,6 +72,7 @@ export class Param {
       this.value = keep(emptyTensor(backend, shape, 'bf16'));
       this.grad = keep(emptyTensor(backend, shape, lean.gradDtype));
       backend.fill(this.grad, 0);
+      markGradZero(this.grad);
     } else {
       const backend = from as Backend;
       // From an arena (param_arena.ts: no per-tensor rounding of GPU blocks) or allocations of their own.
@@ -75,6 +82,7 @@ export class Param {
       this.value = computeDtype === 'f32' ? this.whole : make(computeDtype);
       this.grad = make('f32');
       backend.fill(this.grad, 0);
+      markGradZero(this.grad);
     }
     this.value.requiresGrad = true;
     this.value.grad = this.grad;
@@ -109,7 +117,11 @@ export class Param {
     if (this.value !== this.master) backendOf(this.master).copy(this.value, this.master);
   }
 
-  /** Zeroes a whole parameter's gradient (a sharded layout zeroes its gradient shards itself). */
+  /**
+   * Writes zeros into a whole parameter's gradient at once (a sharded layout zeroes its gradient
+   * shards itself). A mark of logical zero (autograd/lazy_grad_zero.ts) may stay: the memory then
+   * agrees with it.
+   */
   zeroGrad(): void {
     if (this.shardLoad) throw new Error('internal: zeroGrad of a sharded parameter; the sharded layout zeroes its gradient shards');
     backendOf(this.grad).fill(this.grad, 0);

@@ -1,7 +1,10 @@
-// Token embedding lookup; the backward scatters rows into the weight's f32 gradient.
+// Token embedding lookup; the backward scatters rows into the weight's f32 gradient. The scatter
+// can only add, so a gradient marked logically zero (autograd/lazy_grad_zero.ts) is zero-filled
+// first (the same pass a zeroing optimizer would spend on it).
 import { backendOf } from '../backend/backend.js';
 import { beginNode, linkOutputs } from '../autograd/tape.js';
 import { accumulateLeafGrad } from '../autograd/backward.js';
+import { settleGrad } from '../autograd/lazy_grad_zero.js';
 import { emptyTensor, type Tensor } from '../tensor/tensor.js';
 
 /** ids i32 [...], weight [V, D] → [..., D]. */
@@ -16,7 +19,7 @@ export function embedding(ids: Tensor, weight: Tensor): Tensor {
     node.rule = ([g]) => {
       const direct = weight.requiresGrad && !weight.gradLink && weight.grad !== null;
       const dw = direct ? weight.grad! : emptyTensor(backend, weight.shape, 'f32');
-      if (!direct) backend.fill(dw, 0);
+      if (direct) settleGrad(dw); else backend.fill(dw, 0);
       backend.embeddingBackward(dw, sids, g!);
       if (direct) return [null];
       if (weight.requiresGrad && !weight.gradLink) { accumulateLeafGrad(weight, dw); dw.dispose(); return [null]; }

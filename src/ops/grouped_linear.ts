@@ -1,12 +1,14 @@
 // The routed experts' linear layers as one product over all experts: rows sorted by expert, the
 // block of expert e (rows [offsets[e] − offsets[0], offsets[e+1] − offsets[0])) multiplied by
 // its own weight. The row counts stay on the device (offsets i32 [E+1]); only the total M is
-// known on the host. Backward gives dx in one grouped product and accumulates each expert's dW
-// straight into its parameter's gradient (f32; bf16 in the lean recipe) with beta = 1, as
-// linear.ts does for one weight.
+// known on the host. Backward gives dx in one grouped product and writes each expert's dW
+// straight into its parameter's gradient (f32; bf16 in the lean recipe), as linear.ts does for
+// one weight: accumulated (beta = 1), or overwritten (beta = 0) when the step's first write
+// finds every expert's gradient logically zero (autograd/lazy_grad_zero.ts).
 import { backendOf } from '../backend/backend.js';
 import { beginNode, linkOutputs, needsGrad } from '../autograd/tape.js';
 import { accumulateLeafGrad } from '../autograd/backward.js';
+import { claimGradBeta, isGradZeroPending, settleGrad } from '../autograd/lazy_grad_zero.js';
 import { emptyTensor, type Tensor } from '../tensor/tensor.js';
 
 /** A weight whose gradient the backward writes in place: a leaf with its preallocated grad. */
@@ -38,15 +40,23 @@ export function groupedLinear(x: Tensor, weights: readonly Tensor[], offsets: Te
       }
       const gws: (Tensor | null)[] = weights.map(() => null);
       if (M > 0 && weights.some(needsGrad)) {
-        // Leaves with a gradient take dW in place; any other weight gets a zeroed f32 tensor
-        // (the product accumulates) that is then handed on as linear.ts does.
+        // Leaves with a gradient take dW in place; any other weight gets an f32 tensor of its own
+        // that is then handed on as linear.ts does. One beta for the whole product: 0 when no
+        // target holds values to keep (fresh tensors, gradients marked logically zero; an expert
+        // without rows then gets zeros), else 1 with the fresh and the marked ones zero-filled
+        // first (a mix of marked and written gradients does not arise in training, where the
+        // optimizer marks them all at once).
+        const overwrite = weights.every((w) => !direct(w) || isGradZeroPending(w.grad!));
         const targets = weights.map((w) => {
-          if (direct(w)) return w.grad!;
+          if (direct(w)) {
+            if (overwrite) claimGradBeta(w.grad!); else settleGrad(w.grad!);
+            return w.grad!;
+          }
           const t = emptyTensor(backend, w.shape, 'f32');
-          backend.fill(t, 0);
+          if (!overwrite) backend.fill(t, 0);
           return t;
         });
-        backend.groupedLinearWeightGrad(targets, g!, sx, so);
+        backend.groupedLinearWeightGrad(targets, g!, sx, so, overwrite ? 0 : 1);
         weights.forEach((w, e) => {
           if (direct(w)) return;
           const t = targets[e]!;

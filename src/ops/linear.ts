@@ -1,9 +1,11 @@
 // Matrix products: linear layers (x·Wᵀ) and batched matmul, with fused weight-gradient
 // accumulation: when W is a parameter leaf with a preallocated f32 grad, the backward writes
-// dW straight into it (beta = 1) instead of materialising a separate gradient.
+// dW straight into it instead of materialising a separate gradient: beta = 1, or beta = 0 for
+// the first write of a step into a gradient marked logically zero (autograd/lazy_grad_zero.ts).
 import { backendOf } from '../backend/backend.js';
 import { beginNode, linkOutputs, needsGrad } from '../autograd/tape.js';
 import { accumulateLeafGrad } from '../autograd/backward.js';
+import { claimGradBeta } from '../autograd/lazy_grad_zero.js';
 import { emptyTensor, type Tensor } from '../tensor/tensor.js';
 
 function rows2d(x: Tensor): Tensor {
@@ -38,7 +40,7 @@ export function linear(x: Tensor, w: Tensor): Tensor {
       let gw: Tensor | null = null;
       if (needsGrad(w)) {
         if (w.requiresGrad && !w.gradLink && w.grad) {
-          backend.matmul(w.grad, g2, sx, { transA: true, beta: 1 });
+          backend.matmul(w.grad, g2, sx, { transA: true, beta: claimGradBeta(w.grad) });
         } else {
           gw = emptyTensor(backend, w.shape, 'f32');
           backend.matmul(gw, g2, sx, { transA: true });

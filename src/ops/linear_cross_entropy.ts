@@ -37,6 +37,7 @@
 import { backendOf } from '../backend/backend.js';
 import { beginNode, isRecording, linkOutputs, needsGrad } from '../autograd/tape.js';
 import { accumulateLeafGrad } from '../autograd/backward.js';
+import { claimGradBeta } from '../autograd/lazy_grad_zero.js';
 import { bytesPerElement } from '../tensor/dtype.js';
 import { emptyTensor, type Tensor } from '../tensor/tensor.js';
 
@@ -99,7 +100,8 @@ export function linearCrossEntropyMean(x: Tensor, w: Tensor, labels: Tensor, cou
       if (N === 0) return [gx, null];
       const gx2 = gx?.view([N, D], [D, 1], 0) ?? null;
       // dW goes straight into the parameter's f32 gradient when it has one (beta = 1 from the
-      // first chunk on); otherwise into a gradient of its own that the first chunk overwrites.
+      // first chunk on, unless that gradient is logically zero, autograd/lazy_grad_zero.ts: then
+      // the first chunk overwrites it); otherwise into a gradient of its own that the first chunk overwrites.
       const direct = w.requiresGrad && !w.gradLink && w.grad !== null;
       const gw = !needsGrad(w) ? null : direct ? w.grad! : emptyTensor(backend, w.shape, 'f32');
       const buf = sl ?? emptyTensor(backend, [R, V], x.dtype);
@@ -109,7 +111,7 @@ export function linearCrossEntropyMean(x: Tensor, w: Tensor, labels: Tensor, cou
         if (!sl) backend.matmul(dlogits, xc, sw, { transB: true });
         backend.crossEntropyBackward(dlogits, dlogits, yc, zc, g!, 1 / Math.max(count, 1));
         if (gx2) { const gxc = rowsView(gx2, r0, rows, D); backend.matmul(gxc, dlogits, sw, {}); gxc.dispose(); }
-        if (gw) backend.matmul(gw, dlogits, xc, { transA: true, beta: direct || r0 > 0 ? 1 : 0 });
+        if (gw) backend.matmul(gw, dlogits, xc, { transA: true, beta: direct ? claimGradBeta(gw) : r0 > 0 ? 1 : 0 });
         for (const t of [dlogits, xc, yc, zc]) t.dispose();
       });
       if (!sl) buf.dispose();

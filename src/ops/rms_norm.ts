@@ -1,8 +1,10 @@
 // RMSNorm over the last dimension; statistics in f32; the weight's gradient is accumulated
-// in f32 straight into the parameter's grad when it has one.
+// in f32 straight into the parameter's grad when it has one. The backend only adds into dw, so
+// a gradient marked logically zero (autograd/lazy_grad_zero.ts) is zero-filled first (D floats).
 import { backendOf } from '../backend/backend.js';
 import { beginNode, linkOutputs, needsGrad } from '../autograd/tape.js';
 import { accumulateLeafGrad } from '../autograd/backward.js';
+import { settleGrad } from '../autograd/lazy_grad_zero.js';
 import { emptyTensor, type Tensor } from '../tensor/tensor.js';
 
 export function rmsNorm(x: Tensor, w: Tensor, eps: number): Tensor {
@@ -19,7 +21,7 @@ export function rmsNorm(x: Tensor, w: Tensor, eps: number): Tensor {
       const dx = emptyTensor(backend, x.shape, x.dtype);
       const direct = w.requiresGrad && !w.gradLink && w.grad !== null;
       let dw = direct ? w.grad! : emptyTensor(backend, w.shape, 'f32');
-      if (!direct) backend.fill(dw, 0);
+      if (direct) settleGrad(dw); else backend.fill(dw, 0);
       backend.rmsNormBackward(dx, dw, g!, sx, sw, sr);
       if (!direct && w.requiresGrad && !w.gradLink) { accumulateLeafGrad(w, dw); dw.dispose(); return [dx, null]; }
       return [dx, direct || !needsGrad(w) ? null : dw];

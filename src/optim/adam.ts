@@ -1,10 +1,11 @@
 // Adam / AdamW over f32 master weights: one multi-tensor backend call (fused_adam.ts) updates
-// every master, both moments and the compute (bf16) copy, and zeroes the gradients. Clipping and
+// every master, both moments and the compute (bf16) copy, and zeroes the gradients (or leaves
+// them, for a caller that marks them logically zero: autograd/lazy_grad_zero.ts). Clipping and
 // micro-batch averaging arrive as one gradient scale, so the gradients are never rewritten
 // before the update. A slot is a whole parameter (a single process) or a contiguous run of a
 // sharded flat buffer (parallel/fsdp.ts): the update is element-wise, so how the elements are
 // cut into slots does not change the numbers.
-import { backendOf, type AdamHyper, type Backend } from '../backend/backend.js';
+import { backendOf, type AdamHyper, type Backend, type GradsAfter } from '../backend/backend.js';
 import { TensorList, type AdamSlot } from '../backend/tensor_list.js';
 import type { Param } from '../nn/param.js';
 import { keep } from '../tensor/scope.js';
@@ -62,21 +63,22 @@ export class Adam {
 
   /**
    * One update with learning rate lr; gradScale multiplies every gradient (clipping, 1/replicas).
-   * Every gradient the slots cover is 0 afterwards, ready for the next step's accumulation.
+   * With grads 'zero' (the default) every gradient the slots cover is 0 afterwards, ready for the
+   * next step's accumulation; with 'keep' the gradients are left as they are.
    */
-  update(lr: number, gradScale: number): void {
+  update(lr: number, gradScale: number, grads: GradsAfter = 'zero'): void {
     this.step++;
-    fusedAdamStep(this.slots, this.hyper(lr, gradScale));
+    fusedAdamStep(this.slots, this.hyper(lr, gradScale), grads);
   }
 
   /** The same update as `update`, one backend call per slot: the reference the fused pass is checked against. */
-  updateEach(lr: number, gradScale: number): void {
+  updateEach(lr: number, gradScale: number, grads: GradsAfter = 'zero'): void {
     this.step++;
     const h = this.hyper(lr, gradScale), undecayed = { ...h, weightDecay: 0 };
     for (const s of this.slots.entries) {
       const backend = backendOf(s.param);
       backend.adam(s.param, s.grad, s.m, s.v, s.lowp, s.decay ? h : undecayed);
-      backend.fill(s.grad, 0);
+      if (grads === 'zero') backend.fill(s.grad, 0);
     }
   }
 

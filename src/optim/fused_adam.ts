@@ -1,8 +1,9 @@
 // The optimizer pass as one backend call: every parameter's Adam/AdamW step, its compute copy
-// and its zeroed gradient in one multi-tensor pass (Backend.adamMulti), over a list of slots
-// built once from the parameters and their moments. The weight-decay rule lives here: matrices
-// are decayed, norm weights (rank 1) are not, as is usual for transformer training.
-import { backendOf, type AdamHyper } from '../backend/backend.js';
+// and its zeroed gradient (unless the caller keeps it) in one multi-tensor pass
+// (Backend.adamMulti), over a list of slots built once from the parameters and their moments.
+// The weight-decay rule lives here: matrices are decayed, norm weights (rank 1) are not, as is
+// usual for transformer training.
+import { backendOf, type AdamHyper, type GradsAfter } from '../backend/backend.js';
 import { TensorList, type AdamSlot } from '../backend/tensor_list.js';
 import type { Param } from '../nn/param.js';
 import type { Tensor } from '../tensor/tensor.js';
@@ -14,8 +15,8 @@ export function adamSlotList(params: readonly Param[], m: readonly Tensor[], v: 
   })));
 }
 
-/** One step over every slot (h.weightDecay where a slot decays); every gradient is 0 afterwards. */
-export function fusedAdamStep(list: TensorList<AdamSlot>, h: AdamHyper): void {
+/** One step over every slot (h.weightDecay where a slot decays); every gradient is 0 afterwards unless grads is 'keep'. */
+export function fusedAdamStep(list: TensorList<AdamSlot>, h: AdamHyper, grads: GradsAfter): void {
   const first = list.entries[0];
-  if (first) backendOf(first.param).adamMulti(list, h);
+  if (first) backendOf(first.param).adamMulti(list, h, grads);
 }

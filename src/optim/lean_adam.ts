@@ -13,7 +13,7 @@
 // v is stored as bf16 itself, not √v: bf16 keeps f32's exponent range, so g² neither overflows
 // nor underflows where f32 would not, and with unbiased rounding its 8-bit mantissa adds a
 // zero-mean relative error of at most 2^-8 to v, 2^-9 to √v, in the update's denominator.
-import { backendOf, type AdamHyper, type Backend, type LeanAdamHyper } from '../backend/backend.js';
+import { backendOf, type AdamHyper, type Backend, type GradsAfter, type LeanAdamHyper } from '../backend/backend.js';
 import { TensorList, type LeanAdamSlot } from '../backend/tensor_list.js';
 import type { Param } from '../nn/param.js';
 import { keep } from '../tensor/scope.js';
@@ -65,17 +65,17 @@ export class LeanAdam implements Optimizer {
     throw new Error('internal: LeanAdam.moments of a parameter this optimizer does not update');
   }
 
-  update(lr: number, gradScale: number): void {
+  update(lr: number, gradScale: number, grads: GradsAfter = 'zero'): void {
     this.step++;
     const c = this.config;
     const h: AdamHyper = { lr, beta1: c.beta1, beta2: c.beta2, eps: c.eps, weightDecay: c.weight_decay, decoupled: c.type === 'adamw', step: this.step, gradScale };
     this.lists.forEach((list, i) => {
       const lh: LeanAdamHyper = { ...h, seed: this.seed >>> 0, firstStream: this.firstStreams[i]! };
-      backendOf(list.entries[0]!.weights).adamLeanMulti(list, lh);
+      backendOf(list.entries[0]!.weights).adamLeanMulti(list, lh, grads);
     });
     if (this.wide) {
       this.wide.step = this.step - 1;
-      this.wide.update(lr, gradScale);
+      this.wide.update(lr, gradScale, grads);
     }
   }
 

@@ -8,6 +8,7 @@
 //          8 bytes per parameter, 10 with accumulation (optim/lean_adam.ts says why this design).
 //          Parameters computed in f32 (the router) and the embedding's gradient (scattered row by
 //          row, many adds per row) stay as in the default recipe.
+import type { GradsAfter } from '../backend/backend.js';
 import type { DType } from '../tensor/dtype.js';
 
 export type Recipe = 'default' | 'lean';
@@ -18,8 +19,8 @@ export const RECIPES: readonly Recipe[] = ['default', 'lean'];
 export interface Optimizer {
   /** Number of updates taken so far (restored from a checkpoint on resume). */
   step: number;
-  /** One update with learning rate lr; gradScale multiplies every gradient; every gradient is 0 afterwards. */
-  update(lr: number, gradScale: number): void;
+  /** One update with learning rate lr; gradScale multiplies every gradient; every gradient is 0 afterwards unless grads is 'keep' (default 'zero'). */
+  update(lr: number, gradScale: number, grads?: GradsAfter): void;
   dispose(): void;
 }
 

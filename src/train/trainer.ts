@@ -8,6 +8,12 @@
 // ("default"), or bf16 weights without masters and LeanAdam ("lean", a single process only), whose
 // gradients are bf16 and f32 side by side, so the norm sums one list per dtype.
 //
+// Whole parameters' gradients are zeroed lazily (autograd/lazy_grad_zero.ts): the optimizer
+// leaves them as they are and the trainer marks them logically zero, so the next step's first
+// write of each one overwrites it (beta = 0) instead of adding to zeros written for it; before
+// the norm, a gradient no op wrote this step (an unused parameter) is zero-filled. Sharded
+// parameters keep the optimizer's zeroing (parallel/fsdp.ts owns their buffers).
+//
 // A launched run (parallel/init_distributed.ts) holds its parameters fully sharded
 // (parallel/fsdp.ts) over dp·cp·ep: its R = dp·ep replicas each read G/R sequences of the global
 // batch G, gradients are reduce-scattered (summed, so 1/R joins clipping in the optimizer's
@@ -29,6 +35,7 @@ import type { Backend } from '../backend/backend.js';
 import { TensorList } from '../backend/tensor_list.js';
 import { backward } from '../autograd/backward.js';
 import { noGrad } from '../autograd/tape.js';
+import { markGradZero, settleGrad } from '../autograd/lazy_grad_zero.js';
 import { fromHost, toHostF32 } from '../ops/create.js';
 import { add, scale } from '../ops/elementwise.js';
 import { keep, tidy } from '../tensor/scope.js';
@@ -131,6 +138,8 @@ export class Training {
   private readonly sumSq: Tensor;
   /** Every parameter's gradient (or this rank's gradient shards), one list per dtype, for the gradient norm. */
   private readonly grads: TensorList<Tensor>[];
+  /** Whole parameters' gradients, zeroed lazily (see the file header); empty when sharded. */
+  private readonly lazyGrads: readonly Tensor[];
   /** Σg² of the second list (the lean recipe's f32 gradients beside its bf16 ones). */
   private readonly sumSqMore: Tensor;
   private readonly ceSum: Tensor;
@@ -184,6 +193,7 @@ export class Training {
     this.sumSq = keep(emptyTensor(backend, [1], 'f32'));
     const grads = this.sharded ? this.parts.flatMap((p) => p.sharded.gradShards()) : this.model.params.map((p) => p.grad);
     this.grads = (['f32', 'bf16'] as const).map((dt) => grads.filter((g) => g.dtype === dt)).filter((l) => l.length > 0).map((l) => new TensorList(l));
+    this.lazyGrads = this.sharded ? [] : grads;
     this.sumSqMore = keep(emptyTensor(backend, [1], 'f32'));
     this.ceSum = keep(emptyTensor(backend, [1], 'f32'));
     this.lbSum = keep(emptyTensor(backend, [1], 'f32'));
@@ -281,7 +291,9 @@ export class Training {
     }
     const { gradNorm, lr } = phase('optimizer', () => {
       // Global L2 norm of the gradients before clipping; clipping is a scale given to the optimizer.
-      // Sharded gradients are sums over the R replicas: the mean is 1/R of them.
+      // Sharded gradients are sums over the R replicas: the mean is 1/R of them. A whole
+      // gradient still marked logically zero (no op wrote it this step) is zero-filled first.
+      for (const g of this.lazyGrads) settleGrad(g);
       this.grads.forEach((list, i) => {
         if (i === 0) { backend.sumSquaresMulti(sumSq, list); return; }
         backend.sumSquaresMulti(this.sumSqMore, list);
@@ -295,8 +307,10 @@ export class Training {
       }
       const clip = cfg.grad_clip > 0 && norm > cfg.grad_clip ? cfg.grad_clip / (norm + 1e-6) : 1;
       const rate = learningRate(cfg.schedule, cfg.optimizer.lr, step, cfg.steps);
-      // The update also zeroes every gradient (one pass over the parameters or shards).
-      noGrad(() => this.optimizer.update(rate, clip / R));
+      // The update zeroes the gradient shards in its pass; whole gradients are left as they are
+      // and marked logically zero instead (the next step's first write overwrites them).
+      noGrad(() => this.optimizer.update(rate, clip / R, sharded ? 'zero' : 'keep'));
+      for (const g of this.lazyGrads) markGradZero(g);
       for (const p of this.parts) p.sharded.markGradsZeroed();
       return { gradNorm: norm, lr: rate };
     });

@@ -6,7 +6,7 @@
 // per-step change is (1 − β2) of v, both below half a bf16 spacing (2^-9 relative), so
 // round-to-nearest would drop them and the weights and v would stall; rounded stochastically
 // they are kept in expectation.
-import type { LeanAdamHyper } from '../backend.js';
+import type { GradsAfter, LeanAdamHyper } from '../backend.js';
 import type { LeanAdamSlot } from '../tensor_list.js';
 import { denseView } from './host.js';
 import { ROUND_SALT, roundingBits, roundingKey, stochasticRoundBf16 } from './stochastic_round.js';
@@ -15,8 +15,8 @@ const widen = new Uint32Array(1);
 const widened = new Float32Array(widen.buffer);
 const bf16ToF32 = (bits: number): number => { widen[0] = bits << 16; return widened[0]!; };
 
-/** One slot's step (stream: its index in the hash); zeroes its gradient. */
-export function adamLeanSlot(s: LeanAdamSlot, h: LeanAdamHyper, stream: number): void {
+/** One slot's step (stream: its index in the hash); zeroes its gradient unless grads is 'keep'. */
+export function adamLeanSlot(s: LeanAdamSlot, h: LeanAdamHyper, stream: number, grads: GradsAfter): void {
   const W = denseView(s.weights) as Uint16Array, M = denseView(s.m) as Uint16Array, V = denseView(s.v) as Uint16Array;
   const G = denseView(s.grad);
   if (!(W instanceof Uint16Array && M instanceof Uint16Array && V instanceof Uint16Array)) throw new Error('internal: adamLeanMulti weights, m and v must be bf16');
@@ -35,6 +35,6 @@ export function adamLeanSlot(s: LeanAdamSlot, h: LeanAdamHyper, stream: number):
     W[i] = stochasticRoundBf16(Math.fround(p - h.lr * upd), roundingBits(key, i, ROUND_SALT.weights));
     M[i] = stochasticRoundBf16(m, roundingBits(key, i, ROUND_SALT.m));
     V[i] = stochasticRoundBf16(v, roundingBits(key, i, ROUND_SALT.v));
-    G[i] = 0;
   }
+  if (grads === 'zero') G.fill(0);
 }

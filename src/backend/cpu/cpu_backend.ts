@@ -4,7 +4,7 @@
 import os from 'node:os';
 import { bytesPerElement, f32ArrayToBf16, type HostArray } from '../../tensor/dtype.js';
 import type { Tensor } from '../../tensor/tensor.js';
-import type { AdamHyper, AttentionOptions, LeanAdamHyper, Backend, BinaryOp, DeviceBuffer, MatmulOptions, MemoryStats, MlaBlockEnds, UnaryOp } from '../backend.js';
+import type { AdamHyper, AttentionOptions, GradsAfter, LeanAdamHyper, Backend, BinaryOp, DeviceBuffer, MatmulOptions, MemoryStats, MlaBlockEnds, UnaryOp } from '../backend.js';
 import type { AdamSlot, LeanAdamSlot, TensorList } from '../tensor_list.js';
 import { adamLeanSlot } from './adam_lean.js';
 import { HostBuffer, arrayOf, denseView, forEachIndex, readF32, storageArray, writeF32 } from './host.js';
@@ -142,8 +142,8 @@ export class CpuBackend implements Backend {
   groupedLinearBackwardData(dx: Tensor, dy: Tensor, weights: readonly Tensor[], offsets: Tensor): void {
     cpuGroupedLinearBackwardData(dx, dy, weights, offsets);
   }
-  groupedLinearWeightGrad(dweights: readonly Tensor[], dy: Tensor, x: Tensor, offsets: Tensor): void {
-    cpuGroupedLinearWeightGrad(dweights, dy, x, offsets);
+  groupedLinearWeightGrad(dweights: readonly Tensor[], dy: Tensor, x: Tensor, offsets: Tensor, beta: 0 | 1 = 1): void {
+    cpuGroupedLinearWeightGrad(dweights, dy, x, offsets, beta);
   }
 
   rmsNorm(y: Tensor, rstd: Tensor, x: Tensor, w: Tensor, eps: number): void { m.rmsNorm(y, rstd, x, w, eps); }
@@ -202,15 +202,15 @@ export class CpuBackend implements Backend {
     if (lowp) writeF32(lowp, P);
   }
 
-  adamMulti(list: TensorList<AdamSlot>, h: AdamHyper): void {
+  adamMulti(list: TensorList<AdamSlot>, h: AdamHyper, grads: GradsAfter = 'zero'): void {
     const undecayed = { ...h, weightDecay: 0 };
     for (const s of list.entries) {
       this.adam(s.param, s.grad, s.m, s.v, s.lowp, s.decay ? h : undecayed);
-      this.fill(s.grad, 0);
+      if (grads === 'zero') this.fill(s.grad, 0);
     }
   }
 
-  adamLeanMulti(list: TensorList<LeanAdamSlot>, h: LeanAdamHyper): void {
-    list.entries.forEach((s, i) => adamLeanSlot(s, h, h.firstStream + i));
+  adamLeanMulti(list: TensorList<LeanAdamSlot>, h: LeanAdamHyper, grads: GradsAfter = 'zero'): void {
+    list.entries.forEach((s, i) => adamLeanSlot(s, h, h.firstStream + i, grads));
   }
 }

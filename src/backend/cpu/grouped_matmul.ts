@@ -43,11 +43,12 @@ export function cpuGroupedLinearBackwardData(dx: Tensor, dy: Tensor, weights: re
   });
 }
 
-export function cpuGroupedLinearWeightGrad(dweights: readonly Tensor[], dy: Tensor, x: Tensor, offsets: Tensor): void {
+/** beta 1 accumulates (an expert with no rows keeps its gradient); beta 0 overwrites (no rows: zeros, the product over no rows). */
+export function cpuGroupedLinearWeightGrad(dweights: readonly Tensor[], dy: Tensor, x: Tensor, offsets: Tensor, beta: 0 | 1): void {
   blocks(offsets, dweights.length, x.shape[0]!, 'groupedLinearWeightGrad').forEach(([s, en], e) => {
-    if (en === s) return;
+    if (en === s && beta === 1) return;
     const gv = rows(dy, s, en), xv = rows(x, s, en);
-    cpuMatmul(dweights[e]!, gv, xv, { transA: true, beta: 1 });
+    cpuMatmul(dweights[e]!, gv, xv, { transA: true, beta });
     gv.dispose(); xv.dispose();
   });
 }

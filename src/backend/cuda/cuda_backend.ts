@@ -5,7 +5,7 @@
 // freed block may serve the next op at once).
 import type { DType, HostArray } from '../../tensor/dtype.js';
 import { contiguousStrides, type Tensor } from '../../tensor/tensor.js';
-import type { AdamHyper, AttentionOptions, LeanAdamHyper, Backend, BinaryOp, DeviceBuffer, MatmulOptions, MemoryStats, MlaBlockEnds, UnaryOp } from '../backend.js';
+import type { AdamHyper, AttentionOptions, GradsAfter, LeanAdamHyper, Backend, BinaryOp, DeviceBuffer, MatmulOptions, MemoryStats, MlaBlockEnds, UnaryOp } from '../backend.js';
 import type { AdamSlot, LeanAdamSlot, TensorList } from '../tensor_list.js';
 import { AdamLauncher } from './ops/adam.js';
 import { AdamMultiLauncher } from './ops/adam_multi.js';
@@ -183,8 +183,8 @@ export class CudaBackend implements Backend {
   groupedLinearBackwardData(dx: Tensor, dy: Tensor, weights: readonly Tensor[], offsets: Tensor): void {
     this.groupedGemm.groupedLinearBackwardData(dx, dy, weights, offsets);
   }
-  groupedLinearWeightGrad(dweights: readonly Tensor[], dy: Tensor, x: Tensor, offsets: Tensor): void {
-    this.groupedGemm.groupedLinearWeightGrad(dweights, dy, x, offsets);
+  groupedLinearWeightGrad(dweights: readonly Tensor[], dy: Tensor, x: Tensor, offsets: Tensor, beta: 0 | 1 = 1): void {
+    this.groupedGemm.groupedLinearWeightGrad(dweights, dy, x, offsets, beta);
   }
   rmsNorm(y: Tensor, rstd: Tensor, x: Tensor, w: Tensor, eps: number): void { this.norm.rmsNorm(y, rstd, x, w, eps); }
   rmsNormBackward(dx: Tensor, dw: Tensor, dy: Tensor, x: Tensor, w: Tensor, rstd: Tensor): void { this.norm.rmsNormBackward(dx, dw, dy, x, w, rstd); }
@@ -208,8 +208,8 @@ export class CudaBackend implements Backend {
   gatherRows(out: Tensor, x: Tensor, idx: Tensor, weights: Tensor | null): void { this.gather.gatherRows(out, x, idx, weights); }
   scatterAddRows(out: Tensor, src: Tensor, idx: Tensor, weights: Tensor | null): void { this.scatter.scatterAddRows(out, src, idx, weights); }
   adam(param: Tensor, grad: Tensor, m: Tensor, v: Tensor, lowp: Tensor | null, h: AdamHyper): void { this.optimizer.adam(param, grad, m, v, lowp, h); }
-  adamMulti(list: TensorList<AdamSlot>, h: AdamHyper): void { this.optimizerList.adamMulti(list, h); }
-  adamLeanMulti(list: TensorList<LeanAdamSlot>, h: LeanAdamHyper): void { this.optimizerLean.adamLeanMulti(list, h); }
+  adamMulti(list: TensorList<AdamSlot>, h: AdamHyper, grads: GradsAfter = 'zero'): void { this.optimizerList.adamMulti(list, h, grads); }
+  adamLeanMulti(list: TensorList<LeanAdamSlot>, h: LeanAdamHyper, grads: GradsAfter = 'zero'): void { this.optimizerLean.adamLeanMulti(list, h, grads); }
 
   // ---- MLA attention: the kernels chooseMlaKernels picks for these tensors ----
 

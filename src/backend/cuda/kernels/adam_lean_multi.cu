@@ -3,14 +3,16 @@
 // entry the weights, grad, m and v); each element is widened to f32, stepped with adam_step.cuh
 // (the default recipe's arithmetic), and the weights, m and v are stored back with stochastic
 // rounding (stochastic_round.cuh; bits hashed from seed, step, stream = first_stream + entry,
-// element index), the gradient zeroed in the same pass. The CPU reference is
+// element index), the gradient zeroed in the same pass when zero_grad is set (the trainer clears
+// it and marks the gradients logically zero instead: autograd/lazy_grad_zero.ts). The CPU reference is
 // backend/cpu/adam_lean.ts; the bits drawn are the same, so results differ from it only where
 // f32 arithmetic order moves a value across a rounding threshold (one bf16 spacing at most).
 // Entries whose addresses are all 16-byte aligned move four elements per access.
 //
-// Bytes per parameter with bf16 gradients: read weights, grad, m, v (2+2+2+2) and write them
-// (2+2+2+2): 16 B (20 B with f32 gradients), against the default recipe's 34 B. Floor for the
-// 2.255B parameters of the 4-layer DeepSeek-V2-Lite bench: 36 GB ≈ 12 ms at ~3 TB/s on an H100.
+// Bytes per parameter with bf16 gradients: read weights, grad, m, v (2+2+2+2) and write weights,
+// m, v (2+2+2): 14 B, plus 2 for the zeroed gradient when zero_grad (16 B; with f32 gradients
+// 18 B, 22 B zeroed), against the default recipe's 30 B (34 B zeroed). Floor for the 2.255B
+// parameters of the 4-layer DeepSeek-V2-Lite bench: 31.6 GB ≈ 10.5 ms at ~3 TB/s on an H100.
 #include "common.cuh"
 #include "adam_step.cuh"
 #include "multi_tensor.cuh"
@@ -34,7 +36,7 @@ __device__ __forceinline__ void lean_element(bf16* w, float g, bf16* m, bf16* v,
 template <typename TG>
 __device__ __forceinline__ void adam_lean_multi_body(const MtEntry* __restrict__ entries, const int* __restrict__ chunk_entry,
                                                      int num_chunks, const AdamStep& h, unsigned seed, unsigned step,
-                                                     unsigned first_stream) {
+                                                     unsigned first_stream, int zero_grad) {
   for (int c = blockIdx.x; c < num_chunks; c += gridDim.x) {
     const MtChunk k = mt_chunk(entries, chunk_entry, c);
     const int flags = k.e->flags;
@@ -61,13 +63,13 @@ __device__ __forceinline__ void adam_lean_multi_body(const MtEntry* __restrict__
         *reinterpret_cast<Words2*>(w + i) = *reinterpret_cast<const Words2*>(ww);
         *reinterpret_cast<Words2*>(m + i) = *reinterpret_cast<const Words2*>(mm);
         *reinterpret_cast<Words2*>(v + i) = *reinterpret_cast<const Words2*>(vv);
-        lean_zero4(grad + i);
+        if (zero_grad) lean_zero4(grad + i);
       }
       done = groups * 4;
     }
     for (int i = done + threadIdx.x; i < k.len; i += blockDim.x) {
       lean_element(w + i, to_f32(grad[i]), m + i, v + i, h, wd, key, base + (unsigned)i);
-      grad[i] = from_f32<TG>(0.f);
+      if (zero_grad) grad[i] = from_f32<TG>(0.f);
     }
   }
 }
@@ -76,8 +78,8 @@ __device__ __forceinline__ void adam_lean_multi_body(const MtEntry* __restrict__
   extern "C" __global__ void adam_lean_multi_##TG(const MtEntry* entries, const int* chunk_entry, int num_chunks,      \
                                                   float lr, float beta1, float beta2, float eps, float wd, int decoupled, \
                                                   float bc1, float bc2, float gradScale, unsigned seed, unsigned step,  \
-                                                  unsigned first_stream) {                                            \
+                                                  unsigned first_stream, int zero_grad) {                             \
     const AdamStep h = {lr, beta1, beta2, eps, wd, decoupled, bc1, bc2, gradScale};                                   \
-    adam_lean_multi_body<TG>(entries, chunk_entry, num_chunks, h, seed, step, first_stream);                          \
+    adam_lean_multi_body<TG>(entries, chunk_entry, num_chunks, h, seed, step, first_stream, zero_grad);               \
   }
 MT_FLOAT_TYPES1(MT_ADAM_LEAN_MULTI)

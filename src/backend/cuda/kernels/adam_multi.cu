@@ -1,14 +1,17 @@
 // Multi-tensor Adam/AdamW: one launch updates every parameter of a list (the device table of
 // multi_tensor.cuh: per entry param, grad, m, v and the optional compute copy lowp), each element
-// with adam_step.cuh's arithmetic (the bits of adam.cu), writes the compute copy and zeroes the
-// gradient in the same pass. The per-entry decay flag chooses wd or 0 (norm weights).
-// Entries whose addresses are all 16-byte aligned move four elements per access (16-byte f32
-// loads and stores, 8-byte bf16); a chunk's last len % 4 elements, and unaligned entries, go
-// one element at a time.
+// with adam_step.cuh's arithmetic (the bits of adam.cu), writes the compute copy and, when
+// zero_grad is set, zeroes the gradient in the same pass. The trainer clears zero_grad for whole
+// parameters: it marks their gradients logically zero instead (autograd/lazy_grad_zero.ts), and
+// the next step's first write overwrites them. The per-entry decay flag chooses wd or 0 (norm
+// weights). Entries whose addresses are all 16-byte aligned move four elements per access
+// (16-byte f32 loads and stores, 8-byte bf16); a chunk's last len % 4 elements, and unaligned
+// entries, go one element at a time.
 //
-// Bytes per parameter: read param, grad, m, v (4+4+4+4) and write param, m, v, the bf16 copy and
-// the zeroed gradient (4+4+4+2+4): 34 B. Floor for the 2.255B parameters of the 4-layer
-// DeepSeek-V2-Lite bench (bench train): 76.7 GB ≈ 25.6 ms at ~3 TB/s on an H100.
+// Bytes per parameter: read param, grad, m, v (4+4+4+4) and write param, m, v and the bf16 copy
+// (4+4+4+2): 30 B, plus 4 for the zeroed f32 gradient when zero_grad (34 B; sharded parameters).
+// Floor for the 2.255B parameters of the 4-layer DeepSeek-V2-Lite bench (bench train): 67.7 GB
+// ≈ 22.6 ms at ~3 TB/s on an H100 (76.7 GB ≈ 25.6 ms with the zeroing).
 #include "common.cuh"
 #include "adam_step.cuh"
 #include "multi_tensor.cuh"
@@ -21,7 +24,7 @@ __device__ __forceinline__ void zero4(TG* p) {
 
 template <typename TG, typename TL>
 __device__ __forceinline__ void adam_multi_body(const MtEntry* __restrict__ entries, const int* __restrict__ chunk_entry,
-                                                int num_chunks, const AdamStep& h) {
+                                                int num_chunks, const AdamStep& h, int zero_grad) {
   for (int c = blockIdx.x; c < num_chunks; c += gridDim.x) {
     const MtChunk k = mt_chunk(entries, chunk_entry, c);
     const int flags = k.e->flags;
@@ -46,7 +49,7 @@ __device__ __forceinline__ void adam_multi_body(const MtEntry* __restrict__ entr
         store4(param + i, p);
         store4(m + i, mm);
         store4(v + i, vv);
-        zero4(grad + i);
+        if (zero_grad) zero4(grad + i);
         if (lowp != nullptr) store4(lowp + i, p);
       }
       done = groups * 4;
@@ -57,7 +60,7 @@ __device__ __forceinline__ void adam_multi_body(const MtEntry* __restrict__ entr
       m[i] = mi;
       v[i] = vi;
       param[i] = p;
-      grad[i] = from_f32<TG>(0.f);
+      if (zero_grad) grad[i] = from_f32<TG>(0.f);
       if (lowp != nullptr) lowp[i] = from_f32<TL>(p);
     }
   }
@@ -66,8 +69,9 @@ __device__ __forceinline__ void adam_multi_body(const MtEntry* __restrict__ entr
 #define MT_ADAM_MULTI(TG, TL)                                                                                     \
   extern "C" __global__ void adam_multi_##TG##_##TL(const MtEntry* entries, const int* chunk_entry, int num_chunks, \
                                                     float lr, float beta1, float beta2, float eps, float wd,        \
-                                                    int decoupled, float bc1, float bc2, float gradScale) {         \
+                                                    int decoupled, float bc1, float bc2, float gradScale,          \
+                                                    int zero_grad) {                                               \
     const AdamStep h = {lr, beta1, beta2, eps, wd, decoupled, bc1, bc2, gradScale};                                \
-    adam_multi_body<TG, TL>(entries, chunk_entry, num_chunks, h);                                                 \
+    adam_multi_body<TG, TL>(entries, chunk_entry, num_chunks, h, zero_grad);                                      \
   }
 MT_FLOAT_TYPES2(MT_ADAM_MULTI)

@@ -2,12 +2,14 @@
 // block of rows, each in one launch for all experts (v1: mma.sync m16n8k16, cp.async pipeline).
 //   forward       Y[M,N]  = X[M,K] · W_eᵀ      rows of expert e: [off[e]−off[0], off[e+1]−off[0])
 //   backward data dX[M,K] = dY[M,N] · W_e
-//   backward W    dW_e[N,K] += dY_eᵀ · X_e     (f32, accumulated into the existing gradient)
+//   backward W    dW_e[N,K] = dY_eᵀ · X_e + beta·dW_e   (f32; beta 1 accumulates into the existing
+//                 gradient, beta 0 overwrites it: a step's first write, autograd/lazy_grad_zero.ts)
 // Row counts stay on the device: off is an i32 [E+1] prefix-sum array. The forward and data
 // kernels are launched over the worst-case number of row tiles, ceil(M/BM) + E (Σ_e ceil(c_e/BM)
 // ≤ M/BM + E), and each CTA finds its (expert, row tile) by walking off; CTAs past the last tile
 // exit at once. The weight kernel runs one CTA per (N tile, K tile, expert) and loops over the
-// expert's rows, which may be 0 (the gradient is then left as it is).
+// expert's rows, which may be 0: the gradient is then left as it is (beta 1) or its tile is
+// written with zeros (beta 0, so a gradient marked logically zero holds zeros afterwards).
 //
 // One templated main loop serves all three: C[i][j] = Σ_r A(i,r)·B(j,r), where each operand is
 // "K-major" (r contiguous in memory: X, dY as A; W as B in forward) or "MN-major" (i or j
@@ -19,7 +21,8 @@
 // 64 experts × ~768 rows (M = 49152), K = 2048, N = 1408: each product is 2·M·N·K = 283.5 GFLOP
 // ≈ 0.36 ms; a MoE layer's routed experts (gate, up, down; forward + 2 backward) 2.55 TFLOP ≈ 3.2 ms.
 // The weight product also reads and writes every expert's f32 gradient (64 × 1408 × 2048 × 8 B =
-// 1.48 GB ≈ 0.44 ms at ~3.35 TB/s), so its floor is the larger of the two, ~0.44 ms.
+// 1.48 GB ≈ 0.44 ms at ~3.35 TB/s), so its floor is the larger of the two, ~0.44 ms; with beta 0
+// it only writes it (0.74 GB ≈ 0.22 ms), under the FLOP floor.
 // mma.sync peaks well below wgmma on Hopper, so this v1 is expected at ~50–60% of that floor.
 //
 // Shapes (asserted by the launcher, ops/grouped_gemm.ts): bf16 operands, K and N multiples of 64,
@@ -199,8 +202,9 @@ __device__ __forceinline__ void store_bf16(const float (&acc)[MI][NI][4], bf16* 
     }
 }
 
-// C (f32) += the tile, rows < rows, columns < cols. Each element belongs to one thread: no atomics.
-__device__ __forceinline__ void accumulate_f32(const float (&acc)[MI][NI][4], float* C, long long ldc, int rows, int cols) {
+// C (f32) = the tile + beta·C, rows < rows, columns < cols (beta 0: C is not read). Each element
+// belongs to one thread: no atomics.
+__device__ __forceinline__ void store_f32(const float (&acc)[MI][NI][4], float* C, long long ldc, int rows, int cols, int beta) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int wm = warp / WARPS_N, wn = warp % WARPS_N, g = lane >> 2, t = lane & 3;
 #pragma unroll
@@ -214,9 +218,12 @@ __device__ __forceinline__ void accumulate_f32(const float (&acc)[MI][NI][4], fl
         const int j = wn * WN + ni * 8 + 2 * t;
         if (j >= cols) continue;
         float2* p = reinterpret_cast<float2*>(C + (long long)i * ldc + j);
-        float2 v = *p;
-        v.x += acc[mi][ni][2 * h];
-        v.y += acc[mi][ni][2 * h + 1];
+        float2 v = make_float2(acc[mi][ni][2 * h], acc[mi][ni][2 * h + 1]);
+        if (beta) {
+          const float2 old = *p;
+          v.x += old.x;
+          v.y += old.y;
+        }
         *p = v;
       }
     }
@@ -250,17 +257,27 @@ grouped_dx_bf16(bf16* __restrict__ dX, const bf16* __restrict__ dY, const bf16* 
   gg::store_bf16(acc, dX + (long long)row0 * K + j0, K, rowEnd - row0, K - j0);
 }
 
-// dW_e[N,K] += dY_eᵀ · X_e over the expert's rows. grid (ceil(K/BN), ceil(N/BM), E).
+// dW_e[N,K] = dY_eᵀ · X_e over the expert's rows + beta·dW_e (beta 0 or 1). grid (ceil(K/BN), ceil(N/BM), E).
 extern "C" __global__ void __launch_bounds__(gg::THREADS, 2)
 grouped_dw_bf16(float* const* __restrict__ dW, const bf16* __restrict__ dY, const bf16* __restrict__ X,
-                const int* __restrict__ off, int E, int M, int N, int K) {
+                const int* __restrict__ off, int E, int M, int N, int K, int beta) {
   extern __shared__ __align__(128) unsigned char smem[];
   const int e = blockIdx.z;
   int s, en;
   ggc::expert_rows(off, e, M, s, en);
-  if (en == s) return;  // no rows: the gradient keeps its value
+  if (en == s && beta) return;  // no rows: the gradient keeps its value
   const int i0 = blockIdx.y * gg::BM, j0 = blockIdx.x * gg::BN;
   float acc[gg::MI][gg::NI][4];
-  gg::mainloop<false, false>(acc, smem, dY + (long long)s * N + i0, N, N - i0, X + (long long)s * K + j0, K, K - j0, en - s);
-  gg::accumulate_f32(acc, dW[e] + (long long)i0 * K + j0, K, N - i0, K - j0);
+  if (en == s) {
+    // No rows and beta 0: the product over no rows, zeros.
+#pragma unroll
+    for (int mi = 0; mi < gg::MI; ++mi)
+#pragma unroll
+      for (int ni = 0; ni < gg::NI; ++ni)
+#pragma unroll
+        for (int c = 0; c < 4; ++c) acc[mi][ni][c] = 0.f;
+  } else {
+    gg::mainloop<false, false>(acc, smem, dY + (long long)s * N + i0, N, N - i0, X + (long long)s * K + j0, K, K - j0, en - s);
+  }
+  gg::store_f32(acc, dW[e] + (long long)i0 * K + j0, K, N - i0, K - j0, beta);
 }

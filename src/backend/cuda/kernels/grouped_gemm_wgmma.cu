@@ -34,9 +34,9 @@ typedef unsigned long long u64;
 
 constexpr int BM = GGW_BM, BN = GGW_BN, BK = GGW_BK, THREADS = GGW_THREADS;
 // The weight product runs GGW_DW_BLOCKS CTAs per SM with GGW_DW_STAGES stages each: its reduction
-// is one expert's rows (~768: 12 k-steps) and its epilogue reads and writes a 64 KiB f32 tile,
-// about as long as the main loop, so a second resident CTA computes while the first one's
-// epilogue waits on memory (with one CTA per SM the two were serialised).
+// is one expert's rows (~768: 12 k-steps) and its epilogue reads and writes a 64 KiB f32 tile
+// (only writes it with beta 0), about as long as the main loop, so a second resident CTA computes
+// while the first one's epilogue waits on memory (with one CTA per SM the two were serialised).
 constexpr int STAGES = GGW_STAGES, DW_STAGES = GGW_DW_STAGES;
 constexpr int TILE_BYTES = BM * BK * 2;           // either layout: 16 KiB
 constexpr int STAGE_BYTES = 2 * TILE_BYTES;       // A then B
@@ -190,41 +190,55 @@ __device__ __forceinline__ void store_bf16(const float (&acc)[64], bf16* C, long
   });
 }
 
-__device__ __forceinline__ void accumulate_f32(const float (&acc)[64], float* C, long long ldc, int rows, int cols) {
+// C (f32) = acc + beta·C (beta 0: C is not read).
+__device__ __forceinline__ void store_f32(const float (&acc)[64], float* C, long long ldc, int rows, int cols, int beta) {
   for_each_pair(acc, rows, cols, [&](int i, int col, float lo, float hi) {
     float2* p = reinterpret_cast<float2*>(C + (long long)i * ldc + col);
-    float2 v = *p;
-    v.x += lo;
-    v.y += hi;
+    float2 v = make_float2(lo, hi);
+    if (beta) {
+      const float2 old = *p;
+      v.x += old.x;
+      v.y += old.y;
+    }
     *p = v;
   });
 }
 
-// C (bf16) = round(C + acc): the lean recipe's bf16 gradients, rounded once per product as a
-// cuBLASLt product with beta = 1 rounds them.
-__device__ __forceinline__ void accumulate_bf16(const float (&acc)[64], bf16* C, long long ldc, int rows, int cols) {
+// C (bf16) = round(acc + beta·C): the lean recipe's bf16 gradients, rounded once per product as a
+// cuBLASLt product with that beta rounds them.
+__device__ __forceinline__ void store_grad_bf16(const float (&acc)[64], bf16* C, long long ldc, int rows, int cols, int beta) {
   for_each_pair(acc, rows, cols, [&](int i, int col, float lo, float hi) {
     u32* p = reinterpret_cast<u32*>(C + (long long)i * ldc + col);
-    const u32 old = *p;
-    *p = pack_bf16x2(__uint_as_float(old << 16) + lo, __uint_as_float(old & 0xFFFF0000u) + hi);
+    if (beta) {
+      const u32 old = *p;
+      lo += __uint_as_float(old << 16);
+      hi += __uint_as_float(old & 0xFFFF0000u);
+    }
+    *p = pack_bf16x2(lo, hi);
   });
 }
 
-inline __device__ void store_acc(const float (&acc)[64], float* C, long long ldc, int rows, int cols) { accumulate_f32(acc, C, ldc, rows, cols); }
-inline __device__ void store_acc(const float (&acc)[64], bf16* C, long long ldc, int rows, int cols) { accumulate_bf16(acc, C, ldc, rows, cols); }
+inline __device__ void store_acc(const float (&acc)[64], float* C, long long ldc, int rows, int cols, int beta) { store_f32(acc, C, ldc, rows, cols, beta); }
+inline __device__ void store_acc(const float (&acc)[64], bf16* C, long long ldc, int rows, int cols, int beta) { store_grad_bf16(acc, C, ldc, rows, cols, beta); }
 
-// dW_e[N,K] += dY_eᵀ · X_e over the expert's rows, G the gradient's element type.
+// dW_e[N,K] = dY_eᵀ · X_e over the expert's rows + beta·dW_e (beta 0 or 1), G the gradient's
+// element type. An expert with no rows keeps its gradient (beta 1) or gets zeros (beta 0).
 template <typename G>
 __device__ __forceinline__ void dw_tile(G* const* __restrict__ dW, const bf16* __restrict__ dY, const bf16* __restrict__ X,
-                                        const int* __restrict__ off, int M, int N, int K, unsigned char* smem_raw) {
+                                        const int* __restrict__ off, int M, int N, int K, int beta, unsigned char* smem_raw) {
   const int e = blockIdx.z;
   int s, en;
   ggc::expert_rows(off, e, M, s, en);
-  if (en == s) return;  // no rows: the gradient keeps its value
+  if (en == s && beta) return;  // no rows: the gradient keeps its value
   const int i0 = blockIdx.y * BM, j0 = blockIdx.x * BN;
   float acc[64];
-  mainloop<DW_STAGES, false, false>(acc, smem_raw, dY + (long long)s * N + i0, N, N - i0, X + (long long)s * K + j0, K, K - j0, en - s);
-  store_acc(acc, dW[e] + (long long)i0 * K + j0, K, N - i0, K - j0);
+  if (en == s) {
+#pragma unroll
+    for (int c = 0; c < 64; ++c) acc[c] = 0.f;  // no rows and beta 0: the product over no rows
+  } else {
+    mainloop<DW_STAGES, false, false>(acc, smem_raw, dY + (long long)s * N + i0, N, N - i0, X + (long long)s * K + j0, K, K - j0, en - s);
+  }
+  store_acc(acc, dW[e] + (long long)i0 * K + j0, K, N - i0, K - j0, beta);
 }
 
 }  // namespace ggw
@@ -255,18 +269,18 @@ grouped_wgmma_dx_bf16(bf16* __restrict__ dX, const bf16* __restrict__ dY, const 
   ggw::store_bf16(acc, dX + (long long)row0 * K + j0, K, rowEnd - row0, K - j0);
 }
 
-// dW_e[N,K] += dY_eᵀ · X_e over the expert's rows, f32 gradients. grid (ceil(K/BN), ceil(N/BM), E).
+// dW_e[N,K] = dY_eᵀ · X_e over the expert's rows + beta·dW_e, f32 gradients. grid (ceil(K/BN), ceil(N/BM), E).
 extern "C" __global__ void __launch_bounds__(ggw::THREADS, GGW_DW_BLOCKS)
 grouped_wgmma_dw_bf16(float* const* __restrict__ dW, const bf16* __restrict__ dY, const bf16* __restrict__ X,
-                      const int* __restrict__ off, int E, int M, int N, int K) {
+                      const int* __restrict__ off, int E, int M, int N, int K, int beta) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  ggw::dw_tile(dW, dY, X, off, M, N, K, smem_raw);
+  ggw::dw_tile(dW, dY, X, off, M, N, K, beta, smem_raw);
 }
 
 // The same with bf16 gradients (the lean recipe with one micro-batch).
 extern "C" __global__ void __launch_bounds__(ggw::THREADS, GGW_DW_BLOCKS)
 grouped_wgmma_dw_bf16_gbf16(bf16* const* __restrict__ dW, const bf16* __restrict__ dY, const bf16* __restrict__ X,
-                            const int* __restrict__ off, int E, int M, int N, int K) {
+                            const int* __restrict__ off, int E, int M, int N, int K, int beta) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  ggw::dw_tile(dW, dY, X, off, M, N, K, smem_raw);
+  ggw::dw_tile(dW, dY, X, off, M, N, K, beta, smem_raw);
 }

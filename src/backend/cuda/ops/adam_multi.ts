@@ -1,8 +1,9 @@
 // Launcher of kernels/adam_multi.cu: the Adam/AdamW step of every slot of a TensorList in one
-// launch, writing the compute copies and zeroing the gradients in the same pass. The list's
-// device table (multi_tensor_table.ts) is built on the first call and reused after.
+// launch, writing the compute copies and zeroing the gradients in the same pass (or leaving them:
+// GradsAfter 'keep'). The list's device table (multi_tensor_table.ts) is built on the first call
+// and reused after.
 import type { DType } from '../../../tensor/dtype.js';
-import type { AdamHyper } from '../../backend.js';
+import type { AdamHyper, GradsAfter } from '../../backend.js';
 import type { AdamSlot, TensorList } from '../../tensor_list.js';
 import type { CachingAllocator } from '../runtime/allocator.js';
 import type { CudaContext } from '../runtime/context.js';
@@ -14,19 +15,19 @@ import { MULTI_TENSOR_DEFINES, MultiTensorTable, type TableRow } from './multi_t
 
 export class AdamMultiLauncher {
   private readonly file: KernelFile;
-  private readonly args = new KernelArgs(12);
+  private readonly args = new KernelArgs(13);
 
   constructor(private readonly ctx: CudaContext, private readonly allocator: CachingAllocator) {
     this.file = new KernelFile(ctx, 'adam_multi.cu', MULTI_TENSOR_DEFINES);
   }
 
-  adamMulti(list: TensorList<AdamSlot>, h: AdamHyper): void {
+  adamMulti(list: TensorList<AdamSlot>, h: AdamHyper, grads: GradsAfter): void {
     const table = this.tableOf(list);
     if (table.chunks === 0) return;
     const bc1 = 1 - h.beta1 ** h.step, bc2 = 1 - h.beta2 ** h.step;
     const args = this.args.ptr(0, table.entries).ptr(1, table.chunkEntry).i32(2, table.chunks)
       .f32(3, h.lr).f32(4, h.beta1).f32(5, h.beta2).f32(6, h.eps).f32(7, h.weightDecay).i32(8, h.decoupled ? 1 : 0)
-      .f32(9, bc1).f32(10, bc2).f32(11, h.gradScale);
+      .f32(9, bc1).f32(10, bc2).f32(11, h.gradScale).i32(12, grads === 'zero' ? 1 : 0);
     const [gradType, lowpType] = table.dtypes;
     this.file.kernel(`adam_multi_${gradType}_${lowpType}`).launch([table.grid, 1, 1], [THREADS, 1, 1], 0, args);
   }

@@ -48,7 +48,8 @@ const WGMMA_BK = 64, WGMMA_STAGES = 5;
 const WGMMA_SMEM = WGMMA_STAGES * 2 * BM * WGMMA_BK * 2 + 1024;
 /**
  * wgmma weight product: two CTAs per SM of three stages each (2 × 97 KiB of the 227 KiB), so one
- * CTA's f32 read-modify-write epilogue overlaps the other's main loop (kernel header).
+ * CTA's f32 read-modify-write epilogue (a write only, with beta 0) overlaps the other's main loop
+ * (kernel header).
  */
 const WGMMA_DW_STAGES = 3, WGMMA_DW_BLOCKS = 2;
 const WGMMA_DW_SMEM = WGMMA_DW_STAGES * 2 * BM * WGMMA_BK * 2 + 1024;
@@ -93,6 +94,8 @@ export class GroupedGemmLauncher {
   private readonly wgmmaFile: KernelFile;
   private readonly tmaFile: KernelFile;
   private readonly args = new KernelArgs(8);
+  /** The weight product's: the forward's eight and beta. */
+  private readonly dwArgs = new KernelArgs(9);
   /** tma forward / data: the A operand's map (by value), then as args (the weights' map array in place of the address table). */
   private readonly tmaArgs = new KernelArgs(8, [0]);
   private readonly tmaMaps: TensorMapSlots;
@@ -149,19 +152,29 @@ export class GroupedGemmLauncher {
     this.launch('dx', [Math.ceil(K / BN), this.rowTiles(M, weights.length), 1], dx, dy, weights, offsets, M, N, K);
   }
 
-  groupedLinearWeightGrad(dweights: readonly Tensor[], dy: Tensor, x: Tensor, offsets: Tensor): void {
+  /**
+   * dW_e = dY_eᵀ·X_e + beta·dW_e. beta 0 (a step's first write, autograd/lazy_grad_zero.ts) writes
+   * without reading, half the gradient traffic, and gives an expert with no rows zeros.
+   */
+  groupedLinearWeightGrad(dweights: readonly Tensor[], dy: Tensor, x: Tensor, offsets: Tensor, beta: 0 | 1): void {
     const { M, N, K } = this.check('groupedLinearWeightGrad', x, dy, dweights, offsets);
-    // Every set accumulates into f32 gradients; the wgmma set (and tma, which runs its kernel)
-    // also into bf16 ones (the lean recipe with one micro-batch). Otherwise (bf16 gradients on the mma set, mixed types) the product
-    // goes per expert through cuBLASLt, which reads the counts on the host (one wait per product).
+    // Every set writes f32 gradients; the wgmma set (and tma, which runs its kernel) also bf16
+    // ones (the lean recipe with one micro-batch). Otherwise (bf16 gradients on the mma set, mixed
+    // types) the product goes per expert through cuBLASLt, which reads the counts on the host (one
+    // wait per product).
     const f32 = dweights.every((g) => g.dtype === 'f32'), bf16 = dweights.every((g) => g.dtype === 'bf16');
     const typed = f32 || (bf16 && (this.kernels === 'wgmma' || this.kernels === 'tma'));
-    if (!typed || !this.kernelsTake(x, dy, dweights, K, N)) { this.perExpert('weight', dy, x, dweights, offsets); return; }
-    if (M === 0) return;
+    if (M === 0) {
+      // No rows at all: nothing to add, or (beta 0) each gradient is a product over no rows, which
+      // the matmul launcher writes as zeros.
+      if (beta === 0) for (const w of dweights) this.gemm.matmul(w, dy, x, { transA: true, beta: 0 });
+      return;
+    }
+    if (!typed || !this.kernelsTake(x, dy, dweights, K, N)) { this.perExpert('weight', dy, x, dweights, offsets, beta); return; }
     const E = dweights.length;
     const table = this.tableOf(dweights);
-    const args = this.args.ptr(0, table).ptr(1, devicePtr(dy)).ptr(2, devicePtr(x)).ptr(3, devicePtr(offsets))
-      .i32(4, E).i32(5, M).i32(6, N).i32(7, K);
+    const args = this.dwArgs.ptr(0, table).ptr(1, devicePtr(dy)).ptr(2, devicePtr(x)).ptr(3, devicePtr(offsets))
+      .i32(4, E).i32(5, M).i32(6, N).i32(7, K).i32(8, beta);
     const { k, smem } = this.kernel('dw', !f32);
     k.launch([Math.ceil(K / BN), Math.ceil(N / BM), E], [THREADS, 1, 1], smem, args);
   }
@@ -279,18 +292,22 @@ export class GroupedGemmLauncher {
     return block.ptr;
   }
 
-  /** f32: one cuBLASLt product per expert with the options ops/linear.ts uses (offsets read on the host). */
-  private perExpert(product: Product, a: Tensor, b: Tensor, mats: readonly Tensor[], offsets: Tensor): void {
+  /**
+   * f32: one cuBLASLt product per expert with the options ops/linear.ts uses (offsets read on the
+   * host). The weight product's beta 0 runs an expert with no rows too: a product over no rows,
+   * which the matmul launcher writes as zeros.
+   */
+  private perExpert(product: Product, a: Tensor, b: Tensor, mats: readonly Tensor[], offsets: Tensor, beta: 0 | 1 = 1): void {
     const off = new Int32Array(offsets.size);
     this.ctx.download(off, devicePtr(offsets), 4 * offsets.size);
     const rows = (t: Tensor, s: number, en: number) => t.view([en - s, t.shape[1]!], [t.shape[1]!, 1], t.offset + s * t.shape[1]!);
     mats.forEach((w, e) => {
       const s = off[e]! - off[0]!, en = off[e + 1]! - off[0]!;
-      if (en === s) return;
+      if (en === s && (product !== 'weight' || beta === 1)) return;
       const av = rows(a, s, en), bv = rows(b, s, en);
       if (product === 'forward') this.gemm.matmul(av, bv, w, { transB: true });
       else if (product === 'data') this.gemm.matmul(av, bv, w, {});
-      else this.gemm.matmul(w, av, bv, { transA: true, beta: 1 });
+      else this.gemm.matmul(w, av, bv, { transA: true, beta });
       av.dispose(); bv.dispose();
     });
   }
