@@ -128,22 +128,22 @@ __device__ __forceinline__ void wgmma_wait() { asm volatile("wgmma.wait_group.sy
   "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, " \
   "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127"
 
-// d (64 × WN f32) += A (64×16, K-major) · B (16 × WN; TB 0 K-major, 1 MN-major), both in shared
-// memory; the caller zeroes d first. Accumulator layout, warp w of the warpgroup (g = lane/4,
+// d (64 × WN f32) += A (64×16) · B (16 × WN), both in shared memory (TA, TB: 0 K-major, 1 MN-major);
+// the caller zeroes d first. Accumulator layout, warp w of the warpgroup (g = lane/4,
 // t = lane%4): d[4j+0..1] = row 16w+g, columns 8j+2t..+1; d[4j+2..3] = row 16w+g+8. The n128
 // form uses d[0..63], which hold columns 0..127 in the n256 layout as well.
-template <int WN, int TB>
+template <int WN, int TA, int TB>
 __device__ __forceinline__ void wgmma_k16(float* d, u64 a_desc, u64 b_desc) {
   if constexpr (WN == 256) {
     asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 {" GGT_R128 "}, %128, %129, p, 1, 1, 0, %130;\n}\n"
+                 "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 {" GGT_R128 "}, %128, %129, p, 1, 1, %130, %131;\n}\n"
                  : GGT_D64(0), GGT_D64(64)
-                 : "l"(a_desc), "l"(b_desc), "n"(TB));
+                 : "l"(a_desc), "l"(b_desc), "n"(TA), "n"(TB));
   } else {
     asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {" GGT_R64 "}, %64, %65, p, 1, 1, 0, %66;\n}\n"
+                 "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {" GGT_R64 "}, %64, %65, p, 1, 1, %66, %67;\n}\n"
                  : GGT_D64(0)
-                 : "l"(a_desc), "l"(b_desc), "n"(TB));
+                 : "l"(a_desc), "l"(b_desc), "n"(TA), "n"(TB));
   }
 }
 
@@ -184,7 +184,7 @@ __device__ __forceinline__ void consume(float (&acc)[128], u32 base, u32 bars, i
     const u64 da = desc(ta, 16, 1024), db = B_K ? desc(tb, 16, 1024) : desc(tb, DX_PIECE, 1024);
     wgmma_fence();
 #pragma unroll
-    for (int kk = 0; kk < BK / 16; ++kk) wgmma_k16<WN, B_K ? 0 : 1>(acc, da + ((kk * 32) >> 4), db + ((kk * (B_K ? 32 : 2048)) >> 4));
+    for (int kk = 0; kk < BK / 16; ++kk) wgmma_k16<WN, 0, B_K ? 0 : 1>(acc, da + ((kk * 32) >> 4), db + ((kk * (B_K ? 32 : 2048)) >> 4));
     wgmma_commit();
     wgmma_wait<1>();  // k-step kt − 1's wgmmas are done: its stage may be refilled
     if (kt > 0 && lane == 0) mbar_arrive(empty_bar(bars, (kt - 1) % STAGES));
@@ -249,6 +249,180 @@ __device__ __forceinline__ void gemm_tile(const TensorMap& a_map, const TensorMa
   }
 }
 
+
+// ---- the weight product: dW_e[N, K] (+)= dY_eᵀ · X_e (header: "Weight product") ----
+
+constexpr int DW_BLOCK = BK * 64 * 2;  // one MN-major column block: 64 reduction rows × 64 values, 8 KiB
+static_assert(2 * DW_BLOCK == A_BYTES && 4 * DW_BLOCK == B_BYTES, "A is two column blocks of dY, B four of X");
+
+__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;" ::: "memory"); }
+__device__ __forceinline__ void st_shared_zero16(u32 addr) { asm volatile("st.shared.v4.u32 [%0], {%1, %1, %1, %1};" ::"r"(addr), "r"(0) : "memory"); }
+// Asks the copy engine to bring `bytes` (a multiple of 16) at a 16-byte-aligned address into L2.
+__device__ __forceinline__ void prefetch_l2(const void* p, u32 bytes) {
+  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p), "r"(bytes) : "memory");
+}
+
+// The output tiles in the order every CTA walks them: tile t is expert t / (tn·tk), then row tile
+// (of N, BM rows) and column tile (of K, BN columns), column tiles fastest. CTA b takes tiles
+// b, b + gridDim.x, …; its producer and consumers walk the same list and read the same offsets,
+// so they agree on every tile's k-steps without talking.
+struct DwTile {
+  int e, i0, j0, s, rows, ktiles;  // expert, the tile's first dW row and column, the expert's first row and row count
+};
+__device__ __forceinline__ DwTile dw_tile(int t, int tn, int tk, const int* __restrict__ off, int M) {
+  DwTile d;
+  const int per = tn * tk;
+  d.e = t / per;
+  const int r = t - d.e * per;
+  d.i0 = (r / tk) * BM;
+  d.j0 = (r % tk) * BN;
+  int en;
+  ggc::expert_rows(off, d.e, M, d.s, en);
+  d.rows = en - d.s;
+  d.ktiles = (d.rows + BK - 1) / BK;
+  return d;
+}
+
+// The producer's thread: for each of the CTA's tiles, its k-steps into the ring (ring position
+// `it` runs on across tiles, so the producer fills the next tile's stages while the consumers
+// store this one). Step kt: dY rows s + 64·kt.. as two column blocks (i0, i0 + 64) and X's rows as
+// four (j0 + 64b), two for a narrow tile. Before a tile's first step with beta 1, the old
+// gradient tile is prefetched into L2 for the epilogue's read.
+template <typename G>
+__device__ __forceinline__ void dw_produce(u32 base, u32 bars, u64 dy_map, u64 x_map, G* const* __restrict__ dW,
+                                           const int* __restrict__ off, int E, int M, int N, int K, int beta) {
+  tmap_prefetch(dy_map);
+  tmap_prefetch(x_map);
+  const int tn = (N + BM - 1) / BM, tk = (K + BN - 1) / BN, total = E * tn * tk;
+  int it = 0;
+  for (int t = blockIdx.x; t < total; t += gridDim.x) {
+    const DwTile d = dw_tile(t, tn, tk, off, M);
+    if (d.ktiles == 0) continue;
+    if (beta) {
+      const int rows = min(BM, N - d.i0);
+      const u32 bytes = min(BN, K - d.j0) * (u32)sizeof(G);
+      const G* g = dW[d.e] + (long long)d.i0 * K + d.j0;
+      for (int i = 0; i < rows; ++i) prefetch_l2(g + (long long)i * K, bytes);
+    }
+    const int bblocks = K - d.j0 <= BN / 2 ? 2 : 4;
+    const u32 bytes = A_BYTES + bblocks * DW_BLOCK;
+    for (int kt = 0; kt < d.ktiles; ++kt, ++it) {
+      const int s = it % STAGES, row = d.s + kt * BK;
+      if (it >= STAGES) mbar_wait(empty_bar(bars, s), (it / STAGES - 1) & 1);
+      const u32 full = full_bar(bars, s), ta = base + s * STAGE_BYTES, tb = ta + A_BYTES;
+      mbar_arrive_expect_tx(full, bytes);
+      tma_load_2d(ta, dy_map, full, d.i0, row);
+      tma_load_2d(ta + DW_BLOCK, dy_map, full, d.i0 + 64, row);
+      for (int b = 0; b < bblocks; ++b) tma_load_2d(tb + b * DW_BLOCK, x_map, full, d.j0 + 64 * b, row);
+    }
+  }
+}
+
+// A consumer warpgroup's k-steps of one tile: acc (dW rows i0 + 64·half.., WN columns) = Σ over
+// the expert's rows. valid_last: the expert's rows in the last step (1..64). Rows past it are the
+// next expert's (or zeros past M): this warpgroup zeroes them in its own dY column block
+// (the only one it reads) once the stage has landed, so they add 0 · X; X's rows are left as
+// they are (finite activations: a non-finite one there makes the step's loss non-finite anyway).
+template <int WN>
+__device__ __forceinline__ void dw_consume(float (&acc)[128], u32 base, u32 bars, int half, int ktiles, int valid_last, int& it) {
+  const int lane = threadIdx.x & 31, t128 = threadIdx.x & 127;
+  for (int kt = 0; kt < ktiles; ++kt, ++it) {
+    const int s = it % STAGES;
+    mbar_wait(full_bar(bars, s), (it / STAGES) & 1);
+    const u32 ta = base + s * STAGE_BYTES + half * DW_BLOCK, tb = base + s * STAGE_BYTES + A_BYTES;
+    if (kt == ktiles - 1 && valid_last < BK) {
+      // Whole 128-byte rows: the swizzle permutes 16-byte pieces within a row, never across rows.
+      for (int q = valid_last * 8 + t128; q < BK * 8; q += 128) st_shared_zero16(ta + (q >> 3) * 128 + (q & 7) * 16);
+      fence_proxy_async();  // the zeros, visible to the wgmmas' (async proxy) reads
+      // Every thread's zeros, before the warpgroup's wgmmas (barriers 1 and 2: one per consumer warpgroup).
+      if (half == 0) asm volatile("bar.sync 1, 128;" ::: "memory");
+      else asm volatile("bar.sync 2, 128;" ::: "memory");
+    }
+    const u64 da = desc(ta, DW_BLOCK, 1024), db = desc(tb, DW_BLOCK, 1024);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < BK / 16; ++kk) wgmma_k16<WN, 1, 1>(acc, da + ((kk * 2048) >> 4), db + ((kk * 2048) >> 4));
+    wgmma_commit();
+    wgmma_wait<1>();  // step it − 1's wgmmas are done: its stage may be refilled
+    if (kt > 0 && lane == 0) mbar_arrive(empty_bar(bars, (it - 1) % STAGES));
+  }
+  wgmma_wait<0>();
+  if (ktiles > 0 && lane == 0) mbar_arrive(empty_bar(bars, (it - 1) % STAGES));  // the tile's last stage
+}
+
+__device__ __forceinline__ float2 load_pair(const float* p) { return *reinterpret_cast<const float2*>(p); }
+__device__ __forceinline__ float2 load_pair(const bf16* p) {
+  const u32 v = *reinterpret_cast<const u32*>(p);
+  return make_float2(__uint_as_float(v << 16), __uint_as_float(v & 0xFFFF0000u));
+}
+__device__ __forceinline__ void store_pair(float* p, float lo, float hi) { *reinterpret_cast<float2*>(p) = make_float2(lo, hi); }
+__device__ __forceinline__ void store_pair(bf16* p, float lo, float hi) { *reinterpret_cast<u32*>(p) = pack_bf16x2(lo, hi); }
+
+// C (G = f32, or bf16 rounded once) = acc + beta·C for the warpgroup's rows i < rows and columns
+// col < cols of the tile at C (row stride ldc). With beta 1 the old values of 16 pairs are loaded
+// before any is stored, so the loads overlap (the producer prefetched the tile into L2).
+template <typename G>
+__device__ __forceinline__ void dw_store(const float (&acc)[128], G* C, long long ldc, int half, int rows, int cols, int beta) {
+  const int w = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
+  constexpr int CHUNK = 16;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int i = half * 64 + w * 16 + (lane >> 2) + 8 * h;
+    if (i >= rows) continue;
+    G* row = C + (long long)i * ldc + 2 * (lane & 3);
+#pragma unroll
+    for (int j0 = 0; j0 < 32; j0 += CHUNK) {
+      float2 old[CHUNK];
+#pragma unroll
+      for (int j = 0; j < CHUNK; ++j) {
+        old[j] = make_float2(0.f, 0.f);
+        if (beta && 8 * (j0 + j) + 2 * (lane & 3) < cols) old[j] = load_pair(row + 8 * (j0 + j));
+      }
+#pragma unroll
+      for (int j = 0; j < CHUNK; ++j)
+        if (8 * (j0 + j) + 2 * (lane & 3) < cols)
+          store_pair(row + 8 * (j0 + j), acc[4 * (j0 + j) + 2 * h] + old[j].x, acc[4 * (j0 + j) + 2 * h + 1] + old[j].y);
+    }
+  }
+}
+
+// The persistent weight-product CTA (grid ≤ the SM count): a producer warpgroup and two consumer
+// warpgroups (rows 0..63 and 64..127 of each 128 × 256 tile) over the CTA's tiles.
+template <typename G>
+__device__ __forceinline__ void dw_cta(const TensorMap& dy_map, const TensorMap& x_map, G* const* __restrict__ dW,
+                                       const int* __restrict__ off, int E, int M, int N, int K, int beta, unsigned char* smem_raw) {
+  const u32 base = (ggc::smem_addr(smem_raw) + 1023u) & ~1023u;
+  const u32 bars = base + BAR_OFFSET;
+  const int tid = threadIdx.x, wg = tid >> 7;
+  if (tid == 0) {
+    for (int s = 0; s < STAGES; ++s) {
+      mbar_init(full_bar(bars, s), 1);
+      mbar_init(empty_bar(bars, s), CONSUMER_WARPS);
+    }
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+  }
+  __syncthreads();
+  if (wg == 0) {
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;" ::"n"(PRODUCER_REGS));
+    if (tid == 0) dw_produce<G>(base, bars, reinterpret_cast<u64>(&dy_map), reinterpret_cast<u64>(&x_map), dW, off, E, M, N, K, beta);
+    return;
+  }
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;" ::"n"(CONSUMER_REGS));
+  const int half = wg - 1, tn = (N + BM - 1) / BM, tk = (K + BN - 1) / BN, total = E * tn * tk;
+  int it = 0;
+  for (int t = blockIdx.x; t < total; t += gridDim.x) {
+    const DwTile d = dw_tile(t, tn, tk, off, M);
+    if (d.ktiles == 0 && beta) continue;  // no rows: the gradient keeps its value (beta 0: zeros below)
+    float acc[128];
+#pragma unroll
+    for (int c = 0; c < 128; ++c) acc[c] = 0.f;
+    const int cols = min(BN, K - d.j0), valid_last = d.rows - (d.ktiles - 1) * BK;
+    if (cols <= BN / 2) dw_consume<128>(acc, base, bars, half, d.ktiles, valid_last, it);
+    else dw_consume<256>(acc, base, bars, half, d.ktiles, valid_last, it);
+    dw_store(acc, dW[d.e] + (long long)d.i0 * K + d.j0, K, half, N - d.i0, cols, beta);
+  }
+}
+
 }  // namespace ggt
 
 // Y[M,N] = X_e · W_eᵀ per row block: x_map over X [M, K], w_maps[e] over W_e [N, K] with box (64, 128).
@@ -267,4 +441,21 @@ grouped_tma_dx_bf16(const __grid_constant__ ggt::TensorMap dy_map, const ggt::Te
                     const int* __restrict__ off, int E, int M, int N, int K) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   ggt::gemm_tile<false>(dy_map, w_maps, dX, off, E, M, K, N, smem_raw);
+}
+
+// dW_e[N,K] = dY_eᵀ · X_e + beta·dW_e (f32 gradients): dy_map over dY [M, N], x_map over X [M, K],
+// both with box (64, 64); dW the E gradients' addresses. grid min(E·ceil(N/BM)·ceil(K/BN), SMs).
+extern "C" __global__ void __launch_bounds__(ggt::THREADS, 1)
+grouped_tma_dw_bf16(const __grid_constant__ ggt::TensorMap dy_map, const __grid_constant__ ggt::TensorMap x_map, float* const* __restrict__ dW,
+                    const int* __restrict__ off, int E, int M, int N, int K, int beta) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  ggt::dw_cta(dy_map, x_map, dW, off, E, M, N, K, beta, smem_raw);
+}
+
+// The same with bf16 gradients (the lean recipe with one micro-batch), rounded once.
+extern "C" __global__ void __launch_bounds__(ggt::THREADS, 1)
+grouped_tma_dw_bf16_gbf16(const __grid_constant__ ggt::TensorMap dy_map, const __grid_constant__ ggt::TensorMap x_map, bf16* const* __restrict__ dW,
+                          const int* __restrict__ off, int E, int M, int N, int K, int beta) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  ggt::dw_cta(dy_map, x_map, dW, off, E, M, N, K, beta, smem_raw);
 }

@@ -3,11 +3,12 @@
 // offsets (no host synchronisation). Three kernel sets, the same row-tile grids and shape rules:
 //   mma    kernels/grouped_gemm.cu, mma.sync m16n8k16 (sm_80 and later);
 //   wgmma  kernels/grouped_gemm_wgmma.cu, Hopper warpgroup MMA (sm_90a only);
-//   tma    kernels/grouped_gemm_tma.cu for the forward and data products (sm_90a only): TMA copies
-//          from a producer warpgroup, 128 × 256 tiles; its weight product is wgmma's kernel.
-//          Written 2026-12-06 and NOT YET RUN on a GPU (the session's device time ran out):
-//          test/cuda_grouped_gemm.test.ts covers it on the next `npm run test:gpu`; until that
-//          passes it is a request only (auto never picks it).
+//   tma    kernels/grouped_gemm_tma.cu (sm_90a only): TMA copies from a producer warpgroup,
+//          128 × 256 tiles, all three products; the weight product is its own persistent kernel
+//          (one CTA per SM walking (expert, row tile, column tile) tiles). Forward and data written
+//          2026-12-06, the weight product after; NONE OF THEM YET RUN on a GPU (no device time in
+//          the sessions that wrote them): test/cuda_grouped_gemm.test.ts covers them on the next
+//          `npm run test:gpu`; until that passes the set is a request only (auto never picks it).
 // Which one runs is the backend option groupedGemm; 'auto' is wgmma on sm_90a, else mma. On an
 // H100 (2026-12-06, bench gemm --grouped, the six products of one MoE layer at the bench shapes)
 // test/cuda_grouped_gemm.test.ts passed for both and wgmma took 5.91 ms against mma's 9.20 and
@@ -23,7 +24,9 @@
 // The tma set reads each expert's weight through its own CUtensorMap instead of an address: the
 // E maps (128 bytes each) are encoded on the host and uploaded as one device array, cached by
 // the same contents (and the product, which sets the map's box) in the same table cache, so the
-// E cuTensorMapEncodeTiled calls are paid on a cache miss only.
+// E cuTensorMapEncodeTiled calls are paid on a cache miss only. Its weight product reads only
+// the activations through maps (dY and X, kernel parameters) and writes the gradients through
+// the address table wgmma's weight product uses.
 //
 // bf16 at widths that are multiples of 64 runs the kernels; anything else (f32 compute, odd
 // widths) and the per_expert setting run one cuBLASLt product per expert after reading the
@@ -99,6 +102,9 @@ export class GroupedGemmLauncher {
   /** tma forward / data: the A operand's map (by value), then as args (the weights' map array in place of the address table). */
   private readonly tmaArgs = new KernelArgs(8, [0]);
   private readonly tmaMaps: TensorMapSlots;
+  /** tma weight product: the maps over dY and X (by value), the gradients' address table, offsets, E, M, N, K, beta. */
+  private readonly tmaDwArgs = new KernelArgs(9, [0, 1]);
+  private readonly tmaDwMaps: TensorMapSlots;
   private readonly weightMaps: TensorMapArray;
   private table = new BigUint64Array(0);
   /** Uploaded address tables and map arrays by contents, oldest first (bounded: TABLE_CACHE entries). */
@@ -112,6 +118,7 @@ export class GroupedGemmLauncher {
     this.wgmmaFile = new KernelFile(ctx, 'grouped_gemm_wgmma.cu', GROUPED_GEMM_WGMMA_DEFINES);
     this.tmaFile = new KernelFile(ctx, 'grouped_gemm_tma.cu', GROUPED_GEMM_TMA_DEFINES);
     this.tmaMaps = new TensorMapSlots(ctx.driver, this.tmaArgs);
+    this.tmaDwMaps = new TensorMapSlots(ctx.driver, this.tmaDwArgs);
     this.weightMaps = new TensorMapArray(ctx.driver);
     this.kernels = 'mma';
     this.use(request);
@@ -128,7 +135,8 @@ export class GroupedGemmLauncher {
 
   /**
    * The kernel of one product in the chosen set (bf16Grads: the wgmma weight product into bf16
-   * gradients), allowed its shared memory. The tma set's own kernels are launched by launchTma.
+   * gradients), allowed its shared memory. The tma set's own kernels are launched by launchTma
+   * and launchTmaWeight; it runs wgmma's only where a width is 0.
    */
   private kernel(product: 'fwd' | 'dx' | 'dw', bf16Grads = false) {
     const wgmma = this.kernels === 'wgmma' || this.kernels === 'tma';
@@ -158,8 +166,8 @@ export class GroupedGemmLauncher {
    */
   groupedLinearWeightGrad(dweights: readonly Tensor[], dy: Tensor, x: Tensor, offsets: Tensor, beta: 0 | 1): void {
     const { M, N, K } = this.check('groupedLinearWeightGrad', x, dy, dweights, offsets);
-    // Every set writes f32 gradients; the wgmma set (and tma, which runs its kernel) also bf16
-    // ones (the lean recipe with one micro-batch). Otherwise (bf16 gradients on the mma set, mixed
+    // Every set writes f32 gradients; the wgmma and tma sets also bf16 ones (the lean recipe with
+    // one micro-batch). Otherwise (bf16 gradients on the mma set, mixed
     // types) the product goes per expert through cuBLASLt, which reads the counts on the host (one
     // wait per product).
     const f32 = dweights.every((g) => g.dtype === 'f32'), bf16 = dweights.every((g) => g.dtype === 'bf16');
@@ -172,6 +180,7 @@ export class GroupedGemmLauncher {
     }
     if (!typed || !this.kernelsTake(x, dy, dweights, K, N)) { this.perExpert('weight', dy, x, dweights, offsets, beta); return; }
     const E = dweights.length;
+    if (this.kernels === 'tma' && K > 0 && N > 0) { this.launchTmaWeight(dweights, dy, x, offsets, M, N, K, beta, !f32); return; }
     const table = this.tableOf(dweights);
     const args = this.dwArgs.ptr(0, table).ptr(1, devicePtr(dy)).ptr(2, devicePtr(x)).ptr(3, devicePtr(offsets))
       .i32(4, E).i32(5, M).i32(6, N).i32(7, K).i32(8, beta);
@@ -245,6 +254,27 @@ export class GroupedGemmLauncher {
     const k = this.tmaFile.kernel(`grouped_tma_${product}_bf16`);
     k.allowDynamicShared(TMA_SMEM, what);
     k.launch([Math.ceil(width / TMA_BN), this.rowTiles(M, weights.length), 1], [TMA_THREADS, 1, 1], TMA_SMEM, args);
+  }
+
+  /**
+   * The tma set's weight product dW_e = dY_eᵀ·X_e + beta·dW_e: maps over the whole dY [M, N] and
+   * X [M, K] with boxes of 64 columns × 64 rows (the MN-major column blocks of the kernel header),
+   * the gradients' address table, and a persistent grid of at most one CTA per SM over the
+   * E·ceil(N/128)·ceil(K/256) output tiles.
+   */
+  private launchTmaWeight(dweights: readonly Tensor[], dy: Tensor, x: Tensor, offsets: Tensor, M: number, N: number, K: number,
+                          beta: 0 | 1, bf16Grads: boolean): void {
+    const what = 'grouped GEMM (tma) weight';
+    const box = [64, WGMMA_BK];
+    this.tmaDwMaps.set(0, { dtype: 'bf16', address: devicePtr(dy), dims: [N, M], strides: [N * 2], box, swizzle128: true }, `${what}: dY [${M}, ${N}]`);
+    this.tmaDwMaps.set(1, { dtype: 'bf16', address: devicePtr(x), dims: [K, M], strides: [K * 2], box, swizzle128: true }, `${what}: X [${M}, ${K}]`);
+    const E = dweights.length;
+    const args = this.tmaDwArgs.ptr(2, this.tableOf(dweights)).ptr(3, devicePtr(offsets))
+      .i32(4, E).i32(5, M).i32(6, N).i32(7, K).i32(8, beta);
+    const k = this.tmaFile.kernel(`grouped_tma_dw_bf16${bf16Grads ? '_gbf16' : ''}`);
+    k.allowDynamicShared(TMA_SMEM, what);
+    const tiles = E * Math.ceil(N / BM) * Math.ceil(K / TMA_BN);
+    k.launch([Math.min(tiles, this.ctx.smCount), 1, 1], [TMA_THREADS, 1, 1], TMA_SMEM, args);
   }
 
   /**
