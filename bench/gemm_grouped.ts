@@ -2,7 +2,8 @@
 // experts of a DeepSeek-V2-Lite MoE layer (8192 tokens × top-6 = 49152 routed rows, ~768 per
 // expert, skewed as routing skews them), timed as one grouped launch each, for each grouped
 // kernel set (mma: kernels/grouped_gemm.cu; wgmma: kernels/grouped_gemm_wgmma.cu, sm_90a; tma:
-// kernels/grouped_gemm_tma.cu for forward and data, wgmma's weight product, sm_90a), against
+// kernels/grouped_gemm_tma.cu, its own kernels for all three products, the weight product's
+// persistent one included, sm_90a), against
 // one cuBLASLt product per expert (the per-expert path), median of CUDA-event timings. A fourth row
 // per shape times the weight product into bf16 gradients (the lean recipe) and a fifth the weight
 // product with beta 0 (a step's first write into gradients marked logically zero,

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Thread-by-thread model of the grouped expert GEMM kernels (src/backend/cuda/kernels/
 grouped_gemm.cu: mma.sync; grouped_gemm_wgmma.cu: wgmma; grouped_gemm_tma.cu: TMA-fed forward
-and dX). No GPU; python3 with numpy.
+and dX; its weight product has its own model, grouped_gemm_tma_dw_model.py). No GPU; python3
+with numpy.
 
 It replays each kernel's index arithmetic as written (cp.async piece placement with zero-fill,
 the padded or 128-byte-swizzled shared layouts, ldmatrix / ldmatrix.trans lane addresses and

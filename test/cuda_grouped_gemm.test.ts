@@ -1,7 +1,6 @@
 // The grouped expert GEMM kernels on the GPU through Backend.groupedLinear*, every test once per
 // kernel set (mma: kernels/grouped_gemm.cu; wgmma: kernels/grouped_gemm_wgmma.cu and tma:
-// kernels/grouped_gemm_tma.cu with wgmma's weight product, both sm_90a only), each product
-// checked two ways:
+// kernels/grouped_gemm_tma.cu, both sm_90a only), each product checked two ways:
 // - awkward shapes (E = 5, counts [0, 1, 130, 7, 64], K = 192, N = 320: zero-row experts, a
 //   1-row expert, row tails, widths that are 64- but not 128-multiples; offsets that start at a
 //   nonzero base, as a part owning middle experts passes them) against the CPU backend;
@@ -12,7 +11,12 @@
 // The tma set's forward and dX are also checked at K, N ∈ {64, 192, 1408, 2048} against the CPU
 // (0-, 1- and 129-row experts: tiles that start mid-tile-grid and spill into the next expert),
 // with rows that belong to no expert (they must keep their poison), and at the bench shapes
-// against the wgmma set.
+// against the wgmma set. Its weight product likewise: against the CPU at K, N ∈ {64, 192, 320,
+// 448, 1408} (a narrow column tile of 64 or 128 columns, a wide one of 192, a second row tile of
+// 64 rows) over experts of 0, 1, 63, 64, 65, 129 and 130 rows (last steps of 1, 63 and 64 rows,
+// whose next rows are the next expert's, or rows in no expert after the last), beta 0 into
+// poisoned then beta 1 on top, f32 and bf16 gradients; and at the bench shapes against the wgmma
+// set (f32 beta 0 and 1, bf16).
 // Outputs are poisoned with NaN first, so an element no CTA wrote fails. Tolerances:
 // - bf16 outputs (forward, dX), ‖gpu − ref‖/‖ref‖ ≤ 1e-2: both sides accumulate the same exact
 //   bf16 products in f32 (or f64) in different orders (~1e-6 relative) and round once to bf16,
@@ -145,8 +149,8 @@ for (const set of ['mma', 'wgmma', 'tma'] as const) {
       if (counts[e] === 0) assert.deepEqual(got, gv[e], `dW of expert ${e} (no rows) must be untouched`);
       else expectClose(got, readF32(cpu, c.gs[e]!), F32_TOL, `dW of expert ${e} (${counts[e]} rows)`);
     }
-    // bf16 gradients (the lean recipe): the wgmma set's own kernel (tma runs it too), the mma
-    // set's per-expert fallback; both add in f32 and round once, as the CPU does, so bf16's tolerance.
+    // bf16 gradients (the lean recipe): the wgmma and tma sets' own kernels, the mma set's
+    // per-expert fallback; all add in f32 and round once, as the CPU does, so bf16's tolerance.
     const cb = gv.map((v) => upload(cpu, v, [N, K], 'bf16')), gb = gv.map((v) => upload(gpu(), v, [N, K], 'bf16'));
     cpu.groupedLinearWeightGrad(cb, c.dy, c.x, c.off); gpu().groupedLinearWeightGrad(gb, g.dy, g.x, g.off);
     for (let e = 0; e < E; e++) {
@@ -396,5 +400,78 @@ for (const [K, N] of [[2048, 1408], [1408, 2048]] as const) {
     expectClose(bf16ArrayToF32(got.y), bf16ArrayToF32(ref.y), BF16_TOL, 'tma forward vs wgmma');
     expectClose(bf16ArrayToF32(got.dx), bf16ArrayToF32(ref.dx), BF16_TOL, 'tma dX vs wgmma');
     for (const t of [x, dy, off, ...ws]) t.dispose();
+  });
+}
+
+// ---- the tma set's weight product (grouped_tma_dw_bf16 / _gbf16) ----
+
+/**
+ * dW over `counts` rows (offsets from a nonzero base; `tail` rows after the last expert's, in no
+ * expert) on the tma set and the CPU: beta 0 into NaN-poisoned gradients, then beta 1 with
+ * another dY on top, f32 and bf16 gradients. Experts with no rows must hold exactly +0.
+ */
+function tmaWeightAgainstCpu(counts: readonly number[], K: number, N: number, tail: number, what: string): void {
+  const M = counts.reduce((a, b) => a + b, 0) + tail;
+  const xv = values(M * K, 1), dyv = values(M * N, 1), dyv2 = values(M * N, 1);
+  const side = (b: Backend) => ({
+    x: upload(b, xv, [M, K], 'bf16'), dy: upload(b, dyv, [M, N], 'bf16'), dy2: upload(b, dyv2, [M, N], 'bf16'), off: offsetsOn(b, counts, 77, 1),
+  });
+  const c = side(cpu), g = side(gpu());
+  gpu().groupedGemmKernels = 'tma';
+  for (const dtype of ['f32', 'bf16'] as const) {
+    const tol = dtype === 'f32' ? F32_TOL : BF16_TOL;
+    const cg = counts.map(() => { const t = emptyTensor(cpu, [N, K], dtype); cpu.fill(t, Number.NaN); return t; });
+    const gg = counts.map(() => poisoned([N, K], dtype));
+    for (const [beta, dyC, dyG] of [[0, c.dy, g.dy], [1, c.dy2, g.dy2]] as const) {
+      cpu.groupedLinearWeightGrad(cg, dyC, c.x, c.off, beta); gpu().groupedLinearWeightGrad(gg, dyG, g.x, g.off, beta);
+      for (let e = 0; e < counts.length; e++) {
+        const got = readF32(gpu(), gg[e]!);
+        const name = `${what}, ${dtype} gradients, beta ${beta === 0 ? '0' : '0 then 1'}: expert ${e} (${counts[e]} rows)`;
+        if (counts[e] === 0) assert.ok(got.every((v) => Object.is(v, 0)), `${name} holds zeros`);
+        else expectClose(got, readF32(cpu, cg[e]!), tol, name);
+      }
+    }
+    for (const t of gg) t.dispose();
+  }
+  for (const t of [g.x, g.dy, g.dy2, g.off]) t.dispose();
+}
+
+// dW [N, K]: N = 64 (one row tile, its second dY block outside the tensor), 192 (a second row
+// tile of 64 rows), 1408 (11 row tiles); K = 64 and 320 (a narrow column tile of 64), 448 (a
+// wide one of 192), 1408 (five wide and a narrow one of 128).
+for (const [K, N] of [[64, 64], [320, 192], [448, 64], [1408, 192], [192, 1408]] as const) {
+  test(`grouped GEMM (tma), weight product K = ${K}, N = ${N}: beta 0 and 1, f32 and bf16 gradients against the CPU backend`, { skip: skipHopper }, () => {
+    tmaWeightAgainstCpu([0, 1, 65, 130, 0, 63, 64, 129, 7], K, N, 0, `E = 9, K = ${K}, N = ${N}`);
+    tmaWeightAgainstCpu([1], K, N, 0, `M = 1, K = ${K}, N = ${N}`);
+    tmaWeightAgainstCpu([3, 0, 65], K, N, 50, `rows in no expert after the last, K = ${K}, N = ${N}`);
+  });
+}
+
+for (const [K, N] of [[2048, 1408], [1408, 2048]] as const) {
+  test(`grouped GEMM (tma), bench shapes E = 64, M = 49152, K = ${K}, N = ${N}: the weight product matches the wgmma set (f32 beta 0 and 1, bf16)`, { skip: skipHopper }, () => {
+    const be = gpu();
+    const E = 64, M = 49152, counts = skewedCounts(E, M);
+    counts[E - 1]! += counts[3]! - 1 + counts[9]! - 129;
+    counts[3] = 1; counts[9] = 129;
+    const x = upload(be, values(M * K, 1), [M, K], 'bf16'), dy = upload(be, values(M * N, 1), [M, N], 'bf16');
+    const off = offsetsOn(be, counts, 0, 0);
+    const init = counts.map(() => values(N * K, 1));
+    const run = (set: 'wgmma' | 'tma', dtype: 'f32' | 'bf16', beta: 0 | 1) => {
+      be.groupedGemmKernels = set;
+      const gs = init.map((v) => (beta === 0 ? poisoned([N, K], dtype) : upload(be, v, [N, K], dtype)));
+      be.groupedLinearWeightGrad(gs, dy, x, off, beta);
+      const out = gs.map((t) => readF32(be, t));
+      for (const t of gs) t.dispose();
+      return out;
+    };
+    for (const [dtype, beta] of [['f32', 0], ['f32', 1], ['bf16', 1]] as const) {
+      const ref = run('wgmma', dtype, beta), got = run('tma', dtype, beta);
+      for (let e = 0; e < E; e++) {
+        const name = `tma ${dtype} dW (beta ${beta}) of expert ${e} (${counts[e]} rows) vs wgmma`;
+        if (counts[e] === 0) assert.deepEqual(got[e], ref[e], `${name}: no rows`);
+        else expectClose(got[e]!, ref[e]!, dtype === 'f32' ? F32_TOL : BF16_TOL, name);
+      }
+    }
+    for (const t of [x, dy, off]) t.dispose();
   });
 }

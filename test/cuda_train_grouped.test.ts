@@ -1,7 +1,10 @@
 // Training through the grouped expert GEMM on the GPU against the per-expert path it replaced
 // (--grouped_gemm per_expert: one cuBLASLt product per expert): 20 steps of a small MoE model
 // whose widths the kernels take (hidden 256, expert width 128, 16 experts, top-4), with the
-// mma.sync kernels and, on sm_90a, the wgmma and tma ones. Skipped without CUDA.
+// mma.sync kernels and, on sm_90a, the wgmma and tma ones (all three products of each set: the
+// tma set's forward, data and its own persistent weight kernel). Two micro-batches a step, so
+// every step's expert gradients are written once with beta 0 (the first write after the
+// optimizer marked them logically zero) and once with beta 1. Skipped without CUDA.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
@@ -20,7 +23,7 @@ const STEPS = 20;
 function losses(config: string, groupedGemm: string): number[] {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), `moetrain-grouped-${groupedGemm}-`));
   const r = spawnSync(process.execPath, [cli, 'train', '--device', 'cuda', '--model', config, '--steps', String(STEPS), '--seq_len', '256',
-    '--micro_batch_size', '4', '--global_batch_size', '4', '--checkpoint_every', '0', '--run_dir', dir, '--grouped_gemm', groupedGemm], { encoding: 'utf8' });
+    '--micro_batch_size', '4', '--global_batch_size', '8', '--checkpoint_every', '0', '--run_dir', dir, '--grouped_gemm', groupedGemm], { encoding: 'utf8' });
   assert.equal(r.status, 0, r.stderr);
   const out = fs.readFileSync(path.join(dir, 'metrics.jsonl'), 'utf8').trim().split('\n').map((l) => (JSON.parse(l) as { crossEntropy: number }).crossEntropy);
   fs.rmSync(dir, { recursive: true, force: true });

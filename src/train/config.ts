@@ -26,7 +26,7 @@ export interface TrainConfig {
   mla_kernels: 'auto' | 'hopper' | 'mma' | 'generic';
   /**
    * Routed-expert GEMM on CUDA (bf16): "auto", "mma" (mma.sync kernels), "wgmma" (Hopper kernels,
-   * sm_90a), "tma" (Hopper, TMA-fed forward and data products; sm_90a) or "per_expert" (one
+   * sm_90a), "tma" (Hopper, TMA-fed kernels for all three products; sm_90a) or "per_expert" (one
    * cuBLASLt product per expert, reading the counts on the host).
    */
   grouped_gemm: 'auto' | 'mma' | 'wgmma' | 'tma' | 'per_expert';
@@ -150,7 +150,7 @@ const OPTION_HELP: Record<string, string> = {
   init_from: 'start from these weights (moetrain checkpoint or HF folder) when the run has no checkpoint yet',
   max_epochs: 'most passes over the data; a run that needs more is refused up front; 0 or null: no cap',
   mla_kernels: 'MLA attention kernels on the GPU: auto (Hopper kernels on H100/H200, else mma.sync or generic), hopper, mma, generic',
-  grouped_gemm: 'routed-expert GEMM kernels on the GPU: auto (wgmma on H100/H200, else mma), mma, wgmma (H100/H200), tma (H100/H200: TMA-fed forward and data products; new, not yet verified on a GPU), per_expert (one cuBLASLt call per expert)',
+  grouped_gemm: 'routed-expert GEMM kernels on the GPU: auto (wgmma on H100/H200, else mma), mma, wgmma (H100/H200), tma (H100/H200: TMA-fed forward, data and weight products, the weight product a persistent kernel; new, NOT YET RUN on a GPU), per_expert (one cuBLASLt call per expert)',
   keep_logits: 'the head keeps each micro-batch\'s logits for backward (tokens × vocabulary × 2 bytes held from the head\'s forward to its backward, e.g. 1.56 GiB for 8192 tokens of DeepSeek-V2-Lite) instead of recomputing them: one lm_head GEMM less per micro-batch; estimate-memory shows the cost',
   'parallel.pp': 'pipeline stages (mesh pp × dp × cp × ep = ranks started by `moetrain launch`)',
   'parallel.dp': 'data-parallel replicas (with ep: dp·ep replicas read different sequences)',

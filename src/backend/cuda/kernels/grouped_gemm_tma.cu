@@ -1,8 +1,9 @@
-// Grouped expert GEMM on Hopper (sm_90a) with TMA copies and a producer warpgroup: the forward
-// and backward-data products of grouped_gemm.cu (read its header first: products, the row-tile
-// scheduler over the device offsets, shape rules), with the same launch grids in row tiles and
-// the same epilogue (bf16 output, rounded once, overwritten; rows past the expert's end and
-// columns past the width are not stored). The weight product keeps grouped_gemm_wgmma.cu's kernel.
+// Grouped expert GEMM on Hopper (sm_90a) with TMA copies and a producer warpgroup: the three
+// products of grouped_gemm.cu (read its header first: products, the row-tile scheduler over the
+// device offsets, shape rules). Forward and backward data use its launch grids in row tiles and
+// its epilogue (bf16 output, rounded once, overwritten; rows past the expert's end and columns
+// past the width are not stored); the weight product is a persistent kernel ("Weight product"
+// below). NOT YET RUN on a GPU.
 //
 // Why another kernel: grouped_gemm_wgmma.cu copies operands with cp.async from the same threads
 // that issue the wgmmas and meets at a CTA barrier every k-step; at the bench shapes it runs at
@@ -45,6 +46,48 @@
 // Scheduling: the grid is (ceil(width / 256), ceil(M/128) + E) as in grouped_gemm.cu; column
 // tiles run fastest, so the CTAs on one row tile run together and share its A rows in L2.
 // bench/grouped_gemm_model.py replays the boxes, descriptors, masks and the mbarrier ring.
+//
+// Weight product, dW_e[N, K] = dY_eᵀ·X_e + beta·dW_e (beta 0 overwrites, and an expert with no
+// rows gets zeros; beta 1 accumulates, and such an expert is left alone), f32 or bf16 gradients
+// (bf16: f32 sum, one rounding), written through the gradients' address table.
+//   Tile: 128 dW rows (columns of dY) × 256 dW columns (columns of X), reduction over the
+//   expert's rows in steps of 64. Both operands are MN-major: a stage's A is two boxes (64
+//   values, 64 rows) of one map over the whole dY [M, N] at (i0, i0 + 64; row), B four such boxes
+//   of X [M, K] (two on a narrow column tile), each box an 8 KiB column block (LBO 8 KiB, SBO
+//   1024, k16 step +2048 bytes); the same 48 KiB stages and ring as above. A box starts at any
+//   row (s + 64·kt). Rows of the last step past the expert's end belong to the next expert (or
+//   lie past M, zeros): consumer warpgroup h reads only dY block h, so after the stage lands it
+//   zeroes rows valid.. of that block (whole 128-byte rows, which the swizzle leaves in place,
+//   ≤ 4 16-byte stores a thread, last step only), fences them into the async proxy and meets its
+//   own 128 threads at a named barrier; no cross-warpgroup wait. X's rows there stay (0 · a
+//   finite activation; a non-finite one makes the step's loss non-finite anyway).
+//   Per full tile at the bench's mean 768 rows: 2·128·256·768 = 50.3 MFLOP, 12 k-steps, operands
+//   (128 + 256)·768·2 = 590 KB read from L2: 85 FLOP/byte (a 128 × 128 tile: 64). At 790 TFLOP/s
+//   over 132 SMs the MMAs take 8.4 µs (0.7 µs a step); at the ~5.5 TB/s of L2 that caps
+//   wgmma's 128 × 128 tiles near 45% of peak, 85 FLOP/byte allows ~470 TFLOP/s: ~14 µs a tile.
+//   Epilogue: 128 KiB of f32 written (beta 0), also read (beta 1); bf16 half of each.
+//   Why persistent (grid = min(tiles, SMs), CTA b takes tiles b, b + grid, …): with a 12-step
+//   reduction, a CTA per tile would expose its prologue (filling 4 stages: ~3 µs of L2 latency
+//   and copies) and its epilogue (1-3 µs) on every tile, ~30% of its main loop; two CTAs per SM
+//   cannot fit (192 KiB of ring, 2 × 128 × 128 accumulator registers). Persistent, the ring runs
+//   on across tiles (ring position `it` on both sides), so the producer fills the next tile's
+//   stages while the consumers store this one and the consumers start on full stages; only the
+//   epilogue's own time stays exposed. With beta 1 the producer also asks the copy engine to
+//   prefetch the tile's old gradient rows into L2 (cp.async.bulk.prefetch.L2) before the tile's
+//   first step, ≥ 12 steps before the epilogue reads them, and the epilogue loads 16 pairs
+//   before storing any.
+//   Why static tile striding rather than an atomic counter: tiles are expert-major, column tiles
+//   fastest, so a CTA's ~43 bench tiles sample every part of the expert skew (0.4–1.6× the mean)
+//   and the CTAs' sums differ by a few %; a counter would need resetting per launch and a tile
+//   queue from the producer to the consumers. Producer and consumers walk the same tiles and
+//   read the same offsets, so they agree on each tile's k-steps without talking.
+//   Bench-shape prediction (283.5 GFLOP a product; 5632 tiles for dW [1408, 2048], 6144 with
+//   1024 narrow for [2048, 1408]; ~43 tiles a CTA): main loops ~0.60 ms at the L2 cap, plus
+//   ~43 exposed epilogues: f32 beta 0 ~0.67 ms, f32 beta 1 ~0.75 ms (HBM floor 0.54 ms: 1.48 GB
+//   of gradient and 0.34 GB of operands at 3.35 TB/s), bf16 beta 1 ~0.70 ms; wgmma's kernel
+//   measured 1.31 (f32 beta 1) and 1.00 ms (bf16).
+// bench/grouped_gemm_tma_dw_model.py replays its tile walk, boxes, zeroing, descriptors,
+// epilogue and the ring across tiles.
 #include "common.cuh"
 #include "grouped_gemm_common.cuh"
 
