@@ -21,6 +21,7 @@ import {
 import { MLA_GENERIC_DEFINES } from '../src/backend/cuda/ops/mla_attention_generic.js';
 import { MULTI_TENSOR_DEFINES } from '../src/backend/cuda/ops/multi_tensor_table.js';
 import { RMS_NORM_DEFINES } from '../src/backend/cuda/ops/rms_norm.js';
+import { SLOT_ROWS_DEFINES } from '../src/backend/cuda/ops/slot_rows.js';
 import { TOPK_DEFINES } from '../src/backend/cuda/ops/topk.js';
 import { UNARY_DEFINES } from '../src/backend/cuda/ops/unary.js';
 import { defineOptions, kernelsDir as kernelsFolder, type Defines } from '../src/backend/cuda/runtime/module.js';
@@ -35,7 +36,7 @@ const files = cuFiles(kernelsDir);
 /** The defines each source is compiled with: its launcher's (a file not listed takes none). */
 const DEFINES: Readonly<Record<string, Defines>> = {
   'copy.cu': COPY_DEFINES, 'fill.cu': FILL_DEFINES, 'unary.cu': UNARY_DEFINES, 'binary.cu': BINARY_DEFINES,
-  'cross_entropy.cu': CROSS_ENTROPY_DEFINES, 'rms_norm.cu': RMS_NORM_DEFINES, 'topk.cu': TOPK_DEFINES,
+  'cross_entropy.cu': CROSS_ENTROPY_DEFINES, 'rms_norm.cu': RMS_NORM_DEFINES, 'topk.cu': TOPK_DEFINES, 'slot_rows.cu': SLOT_ROWS_DEFINES,
   'mla_attention_generic.cu': MLA_GENERIC_DEFINES, 'mla_attention_fwd.cu': MLA_FWD_DEFINES, 'mla_attention_bwd.cu': MLA_BWD_DEFINES,
   'mla_attention_fwd_hopper.cu': MLA_HOP_FWD_DEFINES, 'mla_attention_bwd_hopper.cu': MLA_HOP_BWD_DEFINES,
   'grouped_gemm.cu': GROUPED_GEMM_DEFINES, 'grouped_gemm_wgmma.cu': GROUPED_GEMM_WGMMA_DEFINES,

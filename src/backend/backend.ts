@@ -194,6 +194,28 @@ export interface Backend extends StorageOwner {
   gatherRows(out: Tensor, x: Tensor, idx: Tensor, weights: Tensor | null): void;
   /** out[idx[m]] += (weights ? weights[m] : 1)·src[m]; out [N,D] accumulated, src [M,D]. */
   scatterAddRows(out: Tensor, src: Tensor, idx: Tensor, weights: Tensor | null): void;
+  /**
+   * The inverse of expertOrder's order over one block of it: order i32 [S] is a permutation of
+   * the slots [0,S); rowOfSlot i32 [S] gets, for each slot s = order[m], m − first when
+   * first ≤ m < first + count (the slot's row among those count rows), and −1 otherwise.
+   */
+  expertOrderInverse(rowOfSlot: Tensor, order: Tensor, first: number, count: number): void;
+  /**
+   * out[n] = Σ_{j<k, r = rowOfSlot[n·k+j] ≥ 0} (weights ? weights[r] : 1)·rows[r] for rows [M,D],
+   * rowOfSlot i32 [N·k] (k = its size / N), weights f32 [M] (or [M,1]) or null, out [N,D]
+   * overwritten (0 for a token without rows): each token sums the rows of its k routed slots,
+   * without atomics. The terms are added in f32 in increasing r (the order of the rows, which is
+   * the order a scatter-add over the rows adds them in) and rounded once to out's dtype.
+   */
+  sumSlotRows(out: Tensor, rows: Tensor, rowOfSlot: Tensor, weights: Tensor | null): void;
+  /**
+   * The gradients of the weighted sumSlotRows, per row m of token t = tokenOfRow[m] (i32 [M]):
+   * drows[m] = (weights ? weights[m] : 1)·dout[t] (drows [M,D], one rounding) and
+   * dweights[m] = Σ_d dout[t,d]·rows[m,d] (f32 [M] or [M,1], f32 products summed in f32 or wider,
+   * rounded once). Either output may be null, and is then not computed; rows is needed only for
+   * dweights.
+   */
+  sumSlotRowsBackward(drows: Tensor | null, dweights: Tensor | null, dout: Tensor, rows: Tensor | null, tokenOfRow: Tensor, weights: Tensor | null): void;
 
   /**
    * MLA attention. qNope [B,Sq,H,Dn], qPe [B,Sq,H,Dr], kNope [B,Skv,H,Dn], kPe [B,Skv,1,Dr] (shared

@@ -27,8 +27,9 @@ import { swiglu } from '../ops/swiglu.js';
 import { embedding } from '../ops/embedding.js';
 import { linearCrossEntropyMean } from '../ops/linear_cross_entropy.js';
 import { softmax } from '../ops/softmax.js';
-import { topk, bincount, expertOrder } from '../ops/routing.js';
-import { gatherRows, scatterAddRows } from '../ops/rows.js';
+import { topk, bincount, expertOrder, expertOrderInverse } from '../ops/routing.js';
+import { gatherRows } from '../ops/rows.js';
+import { combineRows, dispatchRows } from '../ops/expert_rows.js';
 import { groupedLinear } from '../ops/grouped_linear.js';
 import { mlaAttention } from '../ops/mla_attention.js';
 import { Param, type ParamMaker } from '../nn/param.js';
@@ -78,6 +79,8 @@ interface Routing {
   /** The token [M] i32 and router weight [M, 1] f32 of each owned routed row, grouped by expert. */
   tokenOfSorted: Tensor;
   sortedWeights: Tensor;
+  /** The owned row of each routed slot [N·k] i32 (slot n·k + j: token n's j-th pick), −1 for slots of other experts. */
+  rowOfSlot: Tensor;
 }
 
 export class DeepseekV2 implements DeepseekV2Weights<Param> {
@@ -350,11 +353,11 @@ export class DeepseekV2 implements DeepseekV2Weights<Param> {
       const xs = this.section('router', x, (xr) => {
         g = this.gate(w, xr, N);
         r = this.ownedRouting(w, g, N);
-        return gatherRows(xr, r.tokenOfSorted, null);
+        return dispatchRows(xr, r.tokenOfSorted, r.rowOfSlot);
       });
       // In a scope: the gate/up products and their SwiGLU go as soon as the down product is made.
       const ys = this.section('experts', xs, (rows) => tidy(() => this.expertsOnRows(w, rows, r.offsets)));
-      out = this.section('router', ys, (rows) => scatterAddRows(rows, r.tokenOfSorted, r.sortedWeights, N));
+      out = this.section('router', ys, (rows) => combineRows(rows, r.tokenOfSorted, r.rowOfSlot, r.sortedWeights, N));
     }
     const shared = w.shared;
     if (shared) out = add(out, this.section('experts', x, (xe) => this.mlp(shared, xe)));
@@ -378,7 +381,8 @@ export class DeepseekV2 implements DeepseekV2Weights<Param> {
 
   /**
    * The owned experts' routed slots grouped by expert: their token, router weight and the
-   * experts' row blocks as device offsets. When this part owns every expert the row count is
+   * experts' row blocks as device offsets, and each slot's row (the inverse of the order, which
+   * lets a token sum its own rows: ops/expert_rows.ts). When this part owns every expert the row count is
    * N·k and nothing is read on the host; a part owning some experts reads the boundaries once
    * per MoE layer (its row count sizes the tensors).
    */
@@ -402,7 +406,7 @@ export class DeepseekV2 implements DeepseekV2Weights<Param> {
     this.backend.binary('div', tokenOfSorted, owned, kView);
     kView.dispose();
     const sortedWeights = gatherRows(reshape(g.weights, [N * k, 1]), owned, null);
-    return { offsets: ownedOffsets, tokenOfSorted, sortedWeights };
+    return { offsets: ownedOffsets, tokenOfSorted, sortedWeights, rowOfSlot: expertOrderInverse(order, first, M) };
   }
 
   /** α·E·Σ_i f_i·P_i with f the fraction of routed slots per expert and P the mean router probability. */

@@ -1,5 +1,6 @@
 // Router helpers: top-k selection (differentiable in the selected values), expert counts and
-// the slot order that groups routed tokens by expert (integer results, no gradient).
+// the slot order that groups routed tokens by expert and its inverse (integer results, no
+// gradient).
 import { backendOf } from '../backend/backend.js';
 import { beginNode, linkOutputs } from '../autograd/tape.js';
 import { emptyTensor, type Tensor } from '../tensor/tensor.js';
@@ -56,4 +57,17 @@ export function expertOrder(expertOfSlot: Tensor, numExperts: number): { order: 
   const offsets = emptyTensor(backend, [numExperts + 1], 'i32');
   backend.expertOrder(order, offsets, expertOfSlot, numExperts);
   return { order, offsets };
+}
+
+/**
+ * The row of each routed slot among `count` rows that start at `first` in order (a block of
+ * experts' rows, ownedRouting), −1 for slots outside it: rowOfSlot i32 [S] for order i32 [S].
+ */
+export function expertOrderInverse(order: Tensor, first: number, count: number): Tensor {
+  const S = order.size;
+  if (first < 0 || count < 0 || first + count > S) throw new Error(`internal: rows [${first}, ${first + count}) of an order of ${S} slots`);
+  const backend = backendOf(order);
+  const rowOfSlot = emptyTensor(backend, [S], 'i32');
+  backend.expertOrderInverse(rowOfSlot, order, first, count);
+  return rowOfSlot;
 }

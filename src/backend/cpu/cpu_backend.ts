@@ -165,6 +165,11 @@ export class CpuBackend implements Backend {
   expertOrder(order: Tensor, offsets: Tensor, expertOfSlot: Tensor, numExperts: number): void { m.expertOrder(order, offsets, expertOfSlot, numExperts); }
   gatherRows(out: Tensor, x: Tensor, idx: Tensor, weights: Tensor | null): void { m.gatherRows(out, x, idx, weights); }
   scatterAddRows(out: Tensor, src: Tensor, idx: Tensor, weights: Tensor | null): void { m.scatterAddRows(out, src, idx, weights); }
+  expertOrderInverse(rowOfSlot: Tensor, order: Tensor, first: number, count: number): void { m.expertOrderInverse(rowOfSlot, order, first, count); }
+  sumSlotRows(out: Tensor, rows: Tensor, rowOfSlot: Tensor, weights: Tensor | null): void { m.sumSlotRows(out, rows, rowOfSlot, weights); }
+  sumSlotRowsBackward(drows: Tensor | null, dweights: Tensor | null, dout: Tensor, rows: Tensor | null, tokenOfRow: Tensor, weights: Tensor | null): void {
+    m.sumSlotRowsBackward(drows, dweights, dout, rows, tokenOfRow, weights);
+  }
 
   mlaAttention(o: Tensor, lse: Tensor, qNope: Tensor, qPe: Tensor, kNope: Tensor, kPe: Tensor, v: Tensor, opts: AttentionOptions): void {
     cpuMlaAttention(o, lse, qNope, qPe, kNope, kPe, v, opts);

@@ -208,3 +208,53 @@ export function scatterAddRows(out: Tensor, src: Tensor, idx: Tensor, weights: T
   }
   writeF32(out, O);
 }
+
+export function expertOrderInverse(rowOfSlot: Tensor, order: Tensor, first: number, count: number): void {
+  const O = readI32(order), R = denseView(rowOfSlot) as Int32Array;
+  R.fill(-1);
+  for (let m = first; m < first + count; m++) R[O[m]!] = m - first;
+}
+
+// A token's rows are added in increasing row index, each term into an f32 accumulator
+// (Float32Array) as scatterAddRows adds them, so the sum is bit for bit the scatter-add's.
+export function sumSlotRows(out: Tensor, rows: Tensor, rowOfSlot: Tensor, weights: Tensor | null): void {
+  const D = rows.shape[rows.rank - 1]!, N = D === 0 ? 0 : out.size / D, M = D === 0 ? 0 : rows.size / D;
+  const X = readF32(rows), I = readI32(rowOfSlot), Wt = weights ? readF32(weights) : null, O = new Float32Array(N * D);
+  const k = N === 0 ? 0 : I.length / N, picked: number[] = [];
+  for (let n = 0; n < N; n++) {
+    picked.length = 0;
+    for (let j = 0; j < k; j++) { const r = I[n * k + j]!; if (r >= 0 && r < M) picked.push(r); }
+    picked.sort((a, b) => a - b);
+    for (const r of picked) {
+      const w = Wt ? Wt[r]! : 1;
+      for (let d = 0; d < D; d++) O[n * D + d] += w * X[r * D + d]!;
+    }
+  }
+  writeF32(out, O);
+}
+
+// dweights: each product rounded to f32, summed in f64 and rounded once (the arithmetic of the
+// gather, f32 multiply and row sum it stands for); drows as gatherRows computes it.
+export function sumSlotRowsBackward(drows: Tensor | null, dweights: Tensor | null, dout: Tensor, rows: Tensor | null, tokenOfRow: Tensor, weights: Tensor | null): void {
+  const D = dout.shape[dout.rank - 1]!, T = readI32(tokenOfRow), M = T.length;
+  const G = readF32(dout), Wt = weights ? readF32(weights) : null;
+  if (drows) {
+    const DR = new Float32Array(M * D);
+    for (let m = 0; m < M; m++) {
+      const w = Wt ? Wt[m]! : 1, src = T[m]! * D;
+      for (let d = 0; d < D; d++) DR[m * D + d] = w * G[src + d]!;
+    }
+    writeF32(drows, DR);
+  }
+  if (dweights) {
+    if (!rows) throw new Error('internal: sumSlotRowsBackward needs rows for dweights');
+    const Y = readF32(rows), DW = new Float32Array(M);
+    for (let m = 0; m < M; m++) {
+      const src = T[m]! * D;
+      let s = 0;
+      for (let d = 0; d < D; d++) s += Math.fround(G[src + d]! * Y[m * D + d]!);
+      DW[m] = s;
+    }
+    writeF32(dweights, DW);
+  }
+}

@@ -28,6 +28,7 @@ import { chooseMlaKernels, type MlaKernels, type MlaKernelsRequest } from './ops
 import { RmsNormLauncher } from './ops/rms_norm.js';
 import { RopeLauncher } from './ops/rope.js';
 import { ScatterAddRowsLauncher } from './ops/scatter_add_rows.js';
+import { SlotRowsLauncher } from './ops/slot_rows.js';
 import { SoftmaxLauncher } from './ops/softmax.js';
 import { AttentionMergeLauncher } from './ops/attention_merge.js';
 import { SumLastDimLauncher } from './ops/sum_last_dim.js';
@@ -83,6 +84,7 @@ export class CudaBackend implements Backend {
   private readonly grouping: ExpertOrderLauncher;
   private readonly gather: GatherRowsLauncher;
   private readonly scatter: ScatterAddRowsLauncher;
+  private readonly slotRows: SlotRowsLauncher;
   private readonly attention: MlaAttentionLauncher;
   private readonly attentionGeneric: MlaAttentionGenericLauncher;
   private readonly optimizer: AdamLauncher;
@@ -115,6 +117,7 @@ export class CudaBackend implements Backend {
     this.grouping = new ExpertOrderLauncher(ctx, alloc);
     this.gather = new GatherRowsLauncher(ctx);
     this.scatter = new ScatterAddRowsLauncher(ctx, alloc, this.copier);
+    this.slotRows = new SlotRowsLauncher(ctx);
     this.attention = new MlaAttentionLauncher(ctx, alloc);
     this.attentionGeneric = new MlaAttentionGenericLauncher(ctx, alloc, this.copier);
     this.optimizer = new AdamLauncher(ctx);
@@ -207,6 +210,11 @@ export class CudaBackend implements Backend {
   }
   gatherRows(out: Tensor, x: Tensor, idx: Tensor, weights: Tensor | null): void { this.gather.gatherRows(out, x, idx, weights); }
   scatterAddRows(out: Tensor, src: Tensor, idx: Tensor, weights: Tensor | null): void { this.scatter.scatterAddRows(out, src, idx, weights); }
+  expertOrderInverse(rowOfSlot: Tensor, order: Tensor, first: number, count: number): void { this.grouping.expertOrderInverse(rowOfSlot, order, first, count); }
+  sumSlotRows(out: Tensor, rows: Tensor, rowOfSlot: Tensor, weights: Tensor | null): void { this.slotRows.sumSlotRows(out, rows, rowOfSlot, weights); }
+  sumSlotRowsBackward(drows: Tensor | null, dweights: Tensor | null, dout: Tensor, rows: Tensor | null, tokenOfRow: Tensor, weights: Tensor | null): void {
+    this.slotRows.sumSlotRowsBackward(drows, dweights, dout, rows, tokenOfRow, weights);
+  }
   adam(param: Tensor, grad: Tensor, m: Tensor, v: Tensor, lowp: Tensor | null, h: AdamHyper): void { this.optimizer.adam(param, grad, m, v, lowp, h); }
   adamMulti(list: TensorList<AdamSlot>, h: AdamHyper, grads: GradsAfter = 'zero'): void { this.optimizerList.adamMulti(list, h, grads); }
   adamLeanMulti(list: TensorList<LeanAdamSlot>, h: LeanAdamHyper, grads: GradsAfter = 'zero'): void { this.optimizerLean.adamLeanMulti(list, h, grads); }

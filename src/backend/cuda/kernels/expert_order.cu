@@ -67,3 +67,15 @@ extern "C" __global__ void expert_order_place(int* __restrict__ order, const int
     __syncwarp();
   }
 }
+
+// The inverse of one block of the order (Backend.expertOrderInverse): for every position m,
+// row_of_slot[order[m]] = m − first inside [first, first + count), −1 outside. order is a
+// permutation of the slots, so every entry is written once, with no fill first. ~S·8 bytes.
+extern "C" __global__ void expert_order_inverse(int* __restrict__ row_of_slot, const int* __restrict__ order, int S, int first,
+                                                int count) {
+  MT_GRID_STRIDE(m, S) {
+    const int slot = order[m];
+    const long long row = m - first;
+    if (slot >= 0 && slot < S) row_of_slot[slot] = row >= 0 && row < count ? (int)row : -1;
+  }
+}

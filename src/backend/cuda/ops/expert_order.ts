@@ -1,18 +1,20 @@
 // Launcher of kernels/expert_order.cu: routed slots grouped by expert, stably, in three
-// launches (per-chunk histograms, one scan block, one placing warp per chunk).
+// launches (per-chunk histograms, one scan block, one placing warp per chunk); and the inverse
+// of a block of that order (each slot's row), one grid-stride launch.
 import type { Tensor } from '../../../tensor/tensor.js';
 import type { CachingAllocator } from '../runtime/allocator.js';
 import type { CudaContext } from '../runtime/context.js';
 import { devicePtr } from '../runtime/device_buffer.js';
 import { KernelArgs } from '../runtime/kernel_args.js';
 import { KernelFile } from '../runtime/module.js';
-import { assertContiguous, roundUp, THREADS } from './common.js';
+import { assertContiguous, gridFor, roundUp, THREADS } from './common.js';
 
 export class ExpertOrderLauncher {
   private readonly file: KernelFile;
   private readonly histArgs = new KernelArgs(5);
   private readonly scanArgs = new KernelArgs(4);
   private readonly placeArgs = new KernelArgs(6);
+  private readonly inverseArgs = new KernelArgs(5);
 
   constructor(private readonly ctx: CudaContext, private readonly allocator: CachingAllocator) {
     this.file = new KernelFile(ctx, 'expert_order.cu');
@@ -45,5 +47,19 @@ export class ExpertOrderLauncher {
     } finally {
       this.allocator.free(work);
     }
+  }
+
+  expertOrderInverse(rowOfSlot: Tensor, order: Tensor, first: number, count: number): void {
+    for (const [t, what] of [[rowOfSlot, 'rowOfSlot'], [order, 'order']] as const) {
+      assertContiguous(t, `expertOrderInverse ${what}`);
+      if (t.dtype !== 'i32') throw new Error(`internal: expertOrderInverse ${what} is ${t.dtype}, expected i32`);
+    }
+    const S = order.size;
+    if (rowOfSlot.size !== S || first < 0 || count < 0 || first + count > S) {
+      throw new Error(`internal: expertOrderInverse of rows [${first}, ${first + count}) of ${S} slots into ${rowOfSlot.size}`);
+    }
+    if (S === 0) return;
+    const args = this.inverseArgs.ptr(0, devicePtr(rowOfSlot)).ptr(1, devicePtr(order)).i32(2, S).i32(3, first).i32(4, count);
+    this.file.kernel('expert_order_inverse').launch([gridFor(this.ctx, S), 1, 1], [THREADS, 1, 1], 0, args);
   }
 }
