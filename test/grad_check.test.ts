@@ -20,6 +20,7 @@ import { crossEntropyMean } from '../src/ops/cross_entropy.js';
 import { softmax } from '../src/ops/softmax.js';
 import { topk } from '../src/ops/routing.js';
 import { gatherRows, scatterAddRows, splitRows, concatRows } from '../src/ops/rows.js';
+import { dispatchRows, combineRows } from '../src/ops/expert_rows.js';
 import { mlaAttention } from '../src/ops/mla_attention.js';
 import { ropeTables } from '../src/nn/rope_tables.js';
 import { tidy } from '../src/tensor/scope.js';
@@ -210,6 +211,15 @@ describe('model pieces', () => {
     check('scatterAddRows unweighted', [input([7, 3])], ([s]) => scatterAddRows(s!, idx2, null, 5));
     idx.dispose(); idx2.dispose();
   });
+  test('dispatchRows and combineRows: rows and router weights, slots without a row, a token without rows', () => {
+    // N = 5 tokens, k = 2 slots each, 7 rows; slots 3, 6 and 7 belong to experts not owned (−1),
+    // so token 3 has no row and tokens 1 and 4 have one.
+    const rowOfSlot = fromHost(be, [0, 3, 5, -1, 1, 6, -1, -1, 2, 4], [10], 'i32');
+    const tokenOfRow = fromHost(be, [0, 2, 4, 0, 4, 1, 2], [7], 'i32');
+    check('dispatchRows', [input([5, 3])], ([x]) => dispatchRows(x!, tokenOfRow, rowOfSlot));
+    check('combineRows', [input([7, 3]), input([7, 1])], ([y, w]) => combineRows(y!, tokenOfRow, rowOfSlot, w!, 5));
+    rowOfSlot.dispose(); tokenOfRow.dispose();
+  });
   test('splitRows and concatRows (empty blocks, reordering, an unused block)', () => {
     check('split/concat', [input([6, 3])], ([x]) => {
       const [p0, p1, p2, p3] = splitRows(x!, [2, 0, 3, 1]) as [Tensor, Tensor, Tensor, Tensor];
@@ -249,6 +259,13 @@ describe('gradients arriving as strided views (Backend layout contract)', () => 
   });
   test('rmsNorm output consumed through a permute', () => {
     check('rmsNorm→permute', [sIn([2, 3, 5]), sIn([5], randomValues(5, 91, 0.3, 1))], ([x, w]) => contiguous(permute(rmsNorm(x!, w!, 1e-6), [2, 0, 1])), strict);
+  });
+  test('dispatchRows and combineRows outputs consumed through a transpose', () => {
+    const rowOfSlot = fromHost(strict, [0, 3, 5, -1, 1, 6, -1, -1, 2, 4], [10], 'i32');
+    const tokenOfRow = fromHost(strict, [0, 2, 4, 0, 4, 1, 2], [7], 'i32');
+    check('dispatchRows→transpose', [sIn([5, 3])], ([x]) => contiguous(transpose(dispatchRows(x!, tokenOfRow, rowOfSlot), 0, 1)), strict);
+    check('combineRows→transpose', [sIn([7, 3]), sIn([7, 1])], ([y, w]) => contiguous(transpose(combineRows(y!, tokenOfRow, rowOfSlot, w!, 5), 0, 1)), strict);
+    rowOfSlot.dispose(); tokenOfRow.dispose();
   });
   test('mlaAttention output consumed through a permute', () => {
     const B = 1, S = 3, H = 2, Dn = 2, Dr = 2, Dv = 3;

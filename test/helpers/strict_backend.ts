@@ -60,6 +60,16 @@ export class StrictCpuBackend extends CpuBackend {
   override scatterAddRows(out: Tensor, src: Tensor, idx: Tensor, weights: Tensor | null): void {
     dense('scatterAddRows', ['out', out], ['src', src], ['idx', idx], ['weights', weights]); super.scatterAddRows(out, src, idx, weights);
   }
+  override expertOrderInverse(rowOfSlot: Tensor, order: Tensor, first: number, count: number): void {
+    dense('expertOrderInverse', ['rowOfSlot', rowOfSlot], ['order', order]); super.expertOrderInverse(rowOfSlot, order, first, count);
+  }
+  override sumSlotRows(out: Tensor, rows: Tensor, rowOfSlot: Tensor, weights: Tensor | null): void {
+    dense('sumSlotRows', ['out', out], ['rows', rows], ['rowOfSlot', rowOfSlot], ['weights', weights]); super.sumSlotRows(out, rows, rowOfSlot, weights);
+  }
+  override sumSlotRowsBackward(drows: Tensor | null, dweights: Tensor | null, dout: Tensor, rows: Tensor | null, tokenOfRow: Tensor, weights: Tensor | null): void {
+    dense('sumSlotRowsBackward', ['drows', drows], ['dweights', dweights], ['dout', dout], ['rows', rows], ['tokenOfRow', tokenOfRow], ['weights', weights]);
+    super.sumSlotRowsBackward(drows, dweights, dout, rows, tokenOfRow, weights);
+  }
   override mlaAttention(o: Tensor, lse: Tensor, qNope: Tensor, qPe: Tensor, kNope: Tensor, kPe: Tensor, v: Tensor, opts: AttentionOptions): void {
     dense('mlaAttention', ['qNope', qNope], ['qPe', qPe], ['kNope', kNope], ['kPe', kPe], ['v', v]);
     super.mlaAttention(o, lse, qNope, qPe, kNope, kPe, v, opts);
