@@ -1,7 +1,8 @@
 // CudaBackend against the CPU oracle, method by method: fresh random inputs (the seed is printed
 // with every failure), shapes that are no tile's multiple (rows 37, widths 53/129/1408, V 1000,
-// 1001 and 102400, E 64 with k 6), GPU outputs poisoned with NaN (or an i32 sentinel) before the
-// call so an unwritten element fails, and a tolerance per dtype:
+// 1001 and 102400, E 64 with k 6; the MoE's routed rows also at the bench shape N 8192, k 6,
+// D 2048), GPU outputs poisoned with NaN (or an i32 sentinel) before the call so an unwritten
+// element fails, and a tolerance per dtype:
 // - f32 results: ‖gpu − cpu‖/‖cpu‖ ≤ 1e-5. Both sides compute in f32 (the CPU partly in f64 and
 //   rounds once); only summation order and the last ulp of exp/log differ, ~1e-7..1e-6.
 //   Where the GPU uses __expf (cross-entropy), 2e-5: ex2.approx plus the rounding of x·log2(e)
@@ -445,6 +446,59 @@ function scatterGatherCases(N: number, D: number, M: number): void {
   }
 }
 
+/** N tokens' k distinct experts out of E (expert 4 never, when E > 4: an expert without rows), as slots [N·k]. */
+function routedSlots(N: number, k: number, E: number): Int32Array {
+  const slots = new Int32Array(N * k);
+  for (let n = 0; n < N; n++) {
+    for (let j = 0; j < k; j++) {
+      let e: number;
+      do e = Math.floor(uniform() * E); while ((E > 4 && e === 4) || slots.subarray(n * k, n * k + j).includes(e));
+      slots[n * k + j] = e;
+    }
+  }
+  return slots;
+}
+
+test('expertOrderInverse, sumSlotRows and sumSlotRowsBackward: awkward shapes and the bench shape', { skip }, () => {
+  // [N, k, D, E]: widths 53 (element path) and 256 (16-byte path), one token, the bench shape.
+  for (const [N, k, D, E] of [[37, 3, 53, 7], [37, 3, 256, 7], [1, 6, 16, 64], [8192, 6, 2048, 64]] as const) {
+    const bench = N === 8192;
+    const slots = input([N * k], 'i32', routedSlots(N, k, E));
+    const order = output([N * k], 'i32'), offsets = output([E + 1], 'i32');
+    cpu.expertOrder(order.c, offsets.c, slots.c, E); gpu().expertOrder(order.g, offsets.g, slots.g, E);
+    expectExact(order, `expertOrder N=${N} k=${k}`);
+    const bounds = cpu.read(offsets.c) as Int32Array, orderHost = cpu.read(order.c) as Int32Array;
+    for (const [e0, e1] of [[0, E], [2, Math.min(5, E)]] as const) {
+      const first = bounds[e0]!, M = bounds[e1]! - first, what = `N=${N} k=${k} D=${D} experts [${e0},${e1}) M=${M}`;
+      const inv = output([N * k], 'i32');
+      cpu.expertOrderInverse(inv.c, order.c, first, M); gpu().expertOrderInverse(inv.g, order.g, first, M);
+      expectExact(inv, `expertOrderInverse ${what}`);
+      const tok = input([M], 'i32', Int32Array.from(orderHost.subarray(first, first + M), (s) => Math.floor(s / k)));
+      const fwdCases = bench ? [['bf16', 'bf16', true], ['bf16', 'bf16', false]] as const
+        : [['bf16', 'bf16', true], ['f32', 'f32', true], ['bf16', 'bf16', false], ['f32', 'bf16', false], ['bf16', 'f32', true]] as const;
+      for (const [rt, ot, weighted] of fwdCases) {
+        const rows = input([M, D], rt), w = weighted ? input([M], 'f32', randn(M).map(Math.abs)) : null;
+        const out = output([N, D], ot);
+        cpu.sumSlotRows(out.c, rows.c, inv.c, w?.c ?? null); gpu().sumSlotRows(out.g, rows.g, inv.g, w?.g ?? null);
+        expectClose(out, ot === 'f32' ? F32_TOL : BF16_TOL, `sumSlotRows ${what} ${rt}→${ot}${weighted ? ' weighted' : ''}`);
+        for (const t of [rows, w, out]) if (t) { t.c.dispose(); t.g.dispose(); }
+      }
+      // [drows, dout, rows] dtypes, and which outputs are asked for.
+      const bwdCases = bench ? [['bf16', 'bf16', 'bf16', true, true]] as const
+        : [['bf16', 'bf16', 'bf16', true, true], ['f32', 'f32', 'f32', true, true], ['f32', 'bf16', 'bf16', true, false], ['bf16', 'bf16', 'f32', false, true]] as const;
+      for (const [dt, gt, rt, wantRows, wantWeights] of bwdCases) {
+        const dout = input([N, D], gt), rows = input([M, D], rt), w = input([M], 'f32', randn(M).map(Math.abs));
+        const drows = wantRows ? output([M, D], dt) : null, dw = wantWeights ? output([M, 1], 'f32') : null;
+        cpu.sumSlotRowsBackward(drows?.c ?? null, dw?.c ?? null, dout.c, rows.c, tok.c, w.c);
+        gpu().sumSlotRowsBackward(drows?.g ?? null, dw?.g ?? null, dout.g, rows.g, tok.g, w.g);
+        if (drows) expectClose(drows, dt === 'f32' ? F32_TOL : BF16_TOL, `sumSlotRowsBackward drows ${what} ${gt}→${dt}`);
+        if (dw) expectClose(dw, F32_TOL, `sumSlotRowsBackward dweights ${what} ${gt}·${rt}`);
+        for (const t of [dout, rows, w, drows, dw]) if (t) { t.c.dispose(); t.g.dispose(); }
+      }
+    }
+  }
+});
+
 test('adam and adamw over f32 masters with the bf16 copy', { skip }, () => {
   const n = 10007;
   for (const [decoupled, withLowp] of [[true, true], [false, false], [true, false]] as const) {
@@ -551,6 +605,17 @@ test('bandwidth of the memory-bound kernels', { skip: bench }, (t) => {
   report(`gatherRows [${M},${D}] from [${R},${D}] bf16`, M * D * 4, time(() => b.gatherRows(dispatched, x, slotsToken, null)));
   const combined = randomDevice([R, D], 'f32');
   report(`scatterAddRows [${M},${D}] bf16 → f32 [${R},${D}] weighted`, M * D * 2 + R * D * 8, time(() => b.scatterAddRows(combined, dispatched, slotsToken, probs)));
+  // The MoE combine without atomics: R tokens' k = 6 slots, rows a random permutation of them.
+  const perm = Int32Array.from({ length: M }, (_, i) => i);
+  for (let i = M - 1; i > 0; i--) { const j = Math.floor(uniform() * (i + 1)); [perm[i], perm[j]] = [perm[j]!, perm[i]!]; }
+  const tokenOfRowHost = new Int32Array(M);
+  perm.forEach((row, slot) => { tokenOfRowHost[row] = Math.floor(slot / 6); });
+  const rowOfSlot = randomDevice([M], 'i32', perm), tokenOfRow = randomDevice([M], 'i32', tokenOfRowHost);
+  const tokensOut = emptyTensor(b, [R, D], 'bf16'), rowWeights = randomDevice([M], 'f32'), dweights = emptyTensor(b, [M], 'f32');
+  report(`sumSlotRows [${M},${D}] bf16 → [${R},${D}] weighted, k=6`, M * D * 2 + R * D * 2, time(() => b.sumSlotRows(tokensOut, dispatched, rowOfSlot, rowWeights)));
+  const drows = emptyTensor(b, [M, D], 'bf16');
+  report(`sumSlotRowsBackward [${M},${D}] bf16, drows and dweights`, M * D * 6, time(() => b.sumSlotRowsBackward(drows, dweights, tokensOut, dispatched, tokenOfRow, rowWeights)));
+  for (const u of [rowOfSlot, tokenOfRow, tokensOut, rowWeights, dweights, drows]) u.dispose();
   dispatched.dispose();
 
   const experts = randomDevice([M], 'i32', randint(M, 0, 64));

@@ -118,10 +118,10 @@ function layerActivationBytes(c: DeepseekV2Config, layer: number, T: number, e: 
   }
   const k = c.num_experts_per_tok, F = c.moe_intermediate_size, E = c.n_routed_experts;
   const slots = rowsPerExpert * localExperts;
-  // Router probabilities, top-k positions, the slots' order, token and weight; the experts' gate
-  // and up; their down output (the router weights' gradient reads it); the shared experts' gate
-  // and up.
-  saved += r(T * E, 4) + r(T * k, 4) * 4 + r(slots * F) * 2 + r(slots * D);
+  // Router probabilities, top-k positions, the slots' order, token, weight and row (the order's
+  // inverse, ops/expert_rows.ts); the experts' gate and up; their down output (the router
+  // weights' gradient reads it); the shared experts' gate and up.
+  saved += r(T * E, 4) + r(T * k, 4) * 5 + r(slots * F) * 2 + r(slots * D);
   if (c.n_shared_experts > 0) saved += r(T * F * c.n_shared_experts) * 2;
   // Working set at the experts' down product: the router's f32 input and logits, the gathered
   // rows, the SwiGLU output and the down output.

@@ -7,8 +7,10 @@
 // Floor: (M·D·bytes of src + N·D·8 for out) / ~3 TB/s if the atomics resolve in L2; e.g.
 // 98304 × 2048 bf16 into [16384, 2048] f32: 0.67 GB ≈ 0.22 ms. Measured on an H100 80GB HBM3:
 // 0.79 ms with these scalar atomics; 16-byte loads with red.global.add.v4.f32 took 0.98 ms.
-// The gap is the atomics: a deterministic, atomic-free combine (each token summing its k slots
-// through the inverse of expertOrder) is the next step if this shows in a profile.
+// The gap is the atomics. The MoE layer's own combine and its dispatch's backward do not come
+// here: each token sums its k slots' rows through the inverse of expertOrder (slot_rows.cu,
+// deterministic, no f32 workspace); this kernel serves the expert-parallel dispatcher and the
+// top-k backward.
 #include "common.cuh"
 
 template <typename TS, typename TW>
