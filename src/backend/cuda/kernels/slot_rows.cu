@@ -17,14 +17,21 @@
 // [0,N) in token_of_row gives NaN outputs (as gather_rows.cu).
 //
 // Floors at the bench shape (N = 8192 tokens, k = 6, M = 49152 rows, D = 2048, bf16; ~3 TB/s):
-//   sum_slot_rows:     M·D·2 read + N·D·2 written = 201 + 34 MB = 235 MB ≈ 0.08 ms
-//                      (the path it replaces: an f32 [N,D] fill 67 MB, the atomic scatter-add
-//                      reading 201 MB and updating 134 MB of f32, the copy to bf16 101 MB:
-//                      ≈ 0.50 GB in three launches, measured ~0.4 ms for the scatter alone at this M).
-//   sum_slot_rows_bwd: dout rows M·D·2 (each token's row once per slot) + rows M·D·2 read,
-//                      drows M·D·2 written = 604 MB ≈ 0.20 ms (the path it replaces: a weighted
-//                      gather, 403 MB, and per block of rows a gather, an f32 product and a row
-//                      sum, ≈ 1.6 GB: ≈ 2.0 GB in total).
+//   sum_slot_rows:     M·D·2 read + N·D·2 written (+ 0.4 MB of row indices and weights)
+//                      = 201 + 34 MB = 235 MB ≈ 0.08 ms, one launch. The path it replaces: an
+//                      f32 [N,D] fill (67 MB), the atomic scatter-add reading 201 MB and updating
+//                      the f32 rows (≥ 134 MB), the copy to bf16 (101 MB): ≈ 0.50 GB in three
+//                      launches; scatter_add_rows.cu measured 0.79 ms at twice this M, so ~0.4 ms
+//                      for its scatter here and ~0.47 ms in all.
+//   sum_slot_rows_bwd: dout's rows M·D·2 (a token's row once per slot) + rows M·D·2 read, drows
+//                      M·D·2 written = 604 MB ≈ 0.20 ms, one launch. The path it replaces: a
+//                      weighted gather (403 MB), then per block of 8192 rows a gather, an f32
+//                      product and a row sum (1.6 GB, part of it in L2): 1.0 to 2.0 GB in 19
+//                      launches.
+// Prediction per MoE layer at ~80% of the floor: forward 0.47 → ~0.10 ms (the combine), backward
+// 0.47 → ~0.10 ms (the dispatch's backward) and 0.4–0.7 → ~0.25 ms (the combine's backward):
+// ~0.35 ms saved forward and ~0.5–0.8 ms backward, ~1 ms and ~1.5–2.4 ms over 3 layers (bench
+// train --profile's "router + dispatch": 3.1 ms forward, 5.5 ms backward before).
 #include "common.cuh"
 
 // -D define from ops/slot_rows.ts (SLOT_ROWS_DEFINES): SLOT_MAX_K, the most slots a token may
