@@ -1,8 +1,8 @@
 // Recomputed activations (autograd/recompute.ts): an output marked recomputable gives its memory
 // back once only backward's saved views hold it, comes back bit for bit before the first rule
 // that reads it, and the gradients are those of the same graph whose output stayed resident.
-// Cases: SwiGLU → linear (the MLP), gathered rows → linear (the MoE's routed rows), and the
-// widening cast → linear (the router). Also: nothing is marked without gradient recording, and a
+// Cases: SwiGLU → linear (the MLP), gathered rows → linear (the MoE's routed rows, through
+// gatherRows and through dispatchRows), and the widening cast → linear (the router). Also: nothing is marked without gradient recording, and a
 // forward that is never back-propagated releases everything.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -14,6 +14,7 @@ import { cast } from '../src/ops/elementwise.js';
 import { linear } from '../src/ops/linear.js';
 import { sumAll } from '../src/ops/reduce.js';
 import { gatherRows } from '../src/ops/rows.js';
+import { dispatchRows } from '../src/ops/expert_rows.js';
 import { swiglu } from '../src/ops/swiglu.js';
 import { tidy, keep } from '../src/tensor/scope.js';
 import type { Tensor } from '../src/tensor/tensor.js';
@@ -35,6 +36,11 @@ const idx = () => fromHost(be, Int32Array.from([3, 0, 3, 1, 4, 2, 2, 0, 1, 4, 3,
 const cases: Case[] = [
   { name: 'swiglu → linear', dtype: 'bf16', shapes: [[7, 10], [7, 10], [5, 10]], op: ([g, u]) => swiglu(g!, u!) },
   { name: 'gatherRows (12 rows of 5) → linear', dtype: 'bf16', shapes: [[5, 6], [4, 6]], op: ([x]) => gatherRows(x!, idx(), null) },
+  // The same 12 rows as 5 tokens' k = 4 slots (eight slots without a row): rowOfSlot is idx's inverse.
+  {
+    name: 'dispatchRows (12 rows of 5) → linear', dtype: 'bf16', shapes: [[5, 6], [4, 6]],
+    op: ([x]) => dispatchRows(x!, idx(), fromHost(be, Int32Array.from([1, 7, -1, -1, 3, 8, -1, -1, 5, 6, -1, -1, 0, 2, 10, 11, 4, 9, -1, -1]), [20], 'i32')),
+  },
   { name: 'cast bf16 → f32 → linear', dtype: 'bf16', shapes: [[6, 8], [3, 8]], op: ([x]) => cast(x!, 'f32') },
 ];
 
