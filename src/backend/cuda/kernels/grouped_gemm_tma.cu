@@ -256,6 +256,16 @@ __device__ __forceinline__ void store_bf16(const float (&acc)[128], bf16* C, lon
   }
 }
 
+// The ring's barriers, by one thread before the CTA's first barrier: a stage's "full" completes
+// by the producer's byte count, its "empty" when every consumer warp has released it.
+__device__ __forceinline__ void init_ring(u32 bars) {
+  for (int s = 0; s < STAGES; ++s) {
+    mbar_init(full_bar(bars, s), 1);
+    mbar_init(empty_bar(bars, s), CONSUMER_WARPS);
+  }
+  asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+}
+
 // One CTA: out[M, width] row tile blockIdx.y, column tile blockIdx.x, reduction `red` (> 0, a
 // multiple of BK); a_map over the [M, red] rows, w_maps[e] over expert e's weight.
 template <bool B_K>
@@ -268,13 +278,7 @@ __device__ __forceinline__ void gemm_tile(const TensorMap& a_map, const TensorMa
   const u32 base = (ggc::smem_addr(smem_raw) + 1023u) & ~1023u;  // the window is only 16-byte aligned
   const u32 bars = base + BAR_OFFSET;
   const int tid = threadIdx.x, wg = tid >> 7;
-  if (tid == 0) {
-    for (int s = 0; s < STAGES; ++s) {
-      mbar_init(full_bar(bars, s), 1);
-      mbar_init(empty_bar(bars, s), CONSUMER_WARPS);
-    }
-    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
-  }
+  if (tid == 0) init_ring(bars);
   __syncthreads();
   if (wg == 0) {
     asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;" ::"n"(PRODUCER_REGS));
@@ -437,13 +441,7 @@ __device__ __forceinline__ void dw_cta(const TensorMap& dy_map, const TensorMap&
   const u32 base = (ggc::smem_addr(smem_raw) + 1023u) & ~1023u;
   const u32 bars = base + BAR_OFFSET;
   const int tid = threadIdx.x, wg = tid >> 7;
-  if (tid == 0) {
-    for (int s = 0; s < STAGES; ++s) {
-      mbar_init(full_bar(bars, s), 1);
-      mbar_init(empty_bar(bars, s), CONSUMER_WARPS);
-    }
-    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
-  }
+  if (tid == 0) init_ring(bars);
   __syncthreads();
   if (wg == 0) {
     asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;" ::"n"(PRODUCER_REGS));
