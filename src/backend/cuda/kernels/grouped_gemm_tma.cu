@@ -241,20 +241,45 @@ __device__ __forceinline__ u32 pack_bf16x2(float lo, float hi) {
   return packed;
 }
 
-// out[row0 + i][j0 + col] = acc as bf16 for the warpgroup's rows i < rows and columns col < cols
-// (even, so col < cols ⇒ col + 1 < cols).
-__device__ __forceinline__ void store_bf16(const float (&acc)[128], bf16* C, long long ldc, int half, int rows, int cols) {
+__device__ __forceinline__ float2 load_pair(const float* p) { return *reinterpret_cast<const float2*>(p); }
+__device__ __forceinline__ float2 load_pair(const bf16* p) {
+  const u32 v = *reinterpret_cast<const u32*>(p);
+  return make_float2(__uint_as_float(v << 16), __uint_as_float(v & 0xFFFF0000u));
+}
+__device__ __forceinline__ void store_pair(float* p, float lo, float hi) { *reinterpret_cast<float2*>(p) = make_float2(lo, hi); }
+__device__ __forceinline__ void store_pair(bf16* p, float lo, float hi) { *reinterpret_cast<u32*>(p) = pack_bf16x2(lo, hi); }
+
+// C (G = f32, or bf16 rounded once) = acc + beta·C for the warpgroup's rows i < rows and columns
+// col < cols (even, so col < cols ⇒ col + 1 < cols) of the tile at C (row stride ldc); beta 0
+// does not read C (the forward and data products' bf16 outputs, a first gradient write). With
+// beta 1 the old values of 16 pairs are loaded before any is stored, so the loads overlap (the
+// weight product's producer prefetched the tile into L2).
+template <typename G>
+__device__ __forceinline__ void store_tile(const float (&acc)[128], G* C, long long ldc, int half, int rows, int cols, int beta) {
   const int w = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
+  constexpr int CHUNK = 16;
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     const int i = half * 64 + w * 16 + (lane >> 2) + 8 * h;
     if (i >= rows) continue;
-    bf16* row = C + (long long)i * ldc + 2 * (lane & 3);
+    G* row = C + (long long)i * ldc + 2 * (lane & 3);
 #pragma unroll
-    for (int j = 0; j < 32; ++j)
-      if (8 * j + 2 * (lane & 3) < cols) *reinterpret_cast<u32*>(row + 8 * j) = pack_bf16x2(acc[4 * j + 2 * h], acc[4 * j + 2 * h + 1]);
+    for (int j0 = 0; j0 < 32; j0 += CHUNK) {
+      float2 old[CHUNK];
+#pragma unroll
+      for (int j = 0; j < CHUNK; ++j)
+        if (beta && 8 * (j0 + j) + 2 * (lane & 3) < cols) old[j] = load_pair(row + 8 * (j0 + j));
+#pragma unroll
+      for (int j = 0; j < CHUNK; ++j) {
+        if (8 * (j0 + j) + 2 * (lane & 3) >= cols) continue;
+        float lo = acc[4 * (j0 + j) + 2 * h], hi = acc[4 * (j0 + j) + 2 * h + 1];
+        if (beta) { lo += old[j].x; hi += old[j].y; }  // beta 0 stores acc itself (a −0 stays −0)
+        store_pair(row + 8 * (j0 + j), lo, hi);
+      }
+    }
   }
 }
+
 
 // The ring's barriers, by one thread before the CTA's first barrier: a stage's "full" completes
 // by the producer's byte count, its "empty" when every consumer warp has released it.
@@ -292,7 +317,7 @@ __device__ __forceinline__ void gemm_tile(const TensorMap& a_map, const TensorMa
     for (int c = 0; c < 128; ++c) acc[c] = 0.f;
     if (narrow) consume<128, B_K>(acc, base, bars, half, ktiles);
     else consume<256, B_K>(acc, base, bars, half, ktiles);
-    store_bf16(acc, out + (long long)row0 * width + j0, width, half, rowEnd - row0, cols);
+    store_tile<bf16>(acc, out + (long long)row0 * width + j0, width, half, rowEnd - row0, cols, 0);
   }
 }
 
@@ -397,42 +422,6 @@ __device__ __forceinline__ void dw_consume(float (&acc)[128], u32 base, u32 bars
   if (ktiles > 0 && lane == 0) mbar_arrive(empty_bar(bars, (it - 1) % STAGES));  // the tile's last stage
 }
 
-__device__ __forceinline__ float2 load_pair(const float* p) { return *reinterpret_cast<const float2*>(p); }
-__device__ __forceinline__ float2 load_pair(const bf16* p) {
-  const u32 v = *reinterpret_cast<const u32*>(p);
-  return make_float2(__uint_as_float(v << 16), __uint_as_float(v & 0xFFFF0000u));
-}
-__device__ __forceinline__ void store_pair(float* p, float lo, float hi) { *reinterpret_cast<float2*>(p) = make_float2(lo, hi); }
-__device__ __forceinline__ void store_pair(bf16* p, float lo, float hi) { *reinterpret_cast<u32*>(p) = pack_bf16x2(lo, hi); }
-
-// C (G = f32, or bf16 rounded once) = acc + beta·C for the warpgroup's rows i < rows and columns
-// col < cols of the tile at C (row stride ldc). With beta 1 the old values of 16 pairs are loaded
-// before any is stored, so the loads overlap (the producer prefetched the tile into L2).
-template <typename G>
-__device__ __forceinline__ void dw_store(const float (&acc)[128], G* C, long long ldc, int half, int rows, int cols, int beta) {
-  const int w = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
-  constexpr int CHUNK = 16;
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    const int i = half * 64 + w * 16 + (lane >> 2) + 8 * h;
-    if (i >= rows) continue;
-    G* row = C + (long long)i * ldc + 2 * (lane & 3);
-#pragma unroll
-    for (int j0 = 0; j0 < 32; j0 += CHUNK) {
-      float2 old[CHUNK];
-#pragma unroll
-      for (int j = 0; j < CHUNK; ++j) {
-        old[j] = make_float2(0.f, 0.f);
-        if (beta && 8 * (j0 + j) + 2 * (lane & 3) < cols) old[j] = load_pair(row + 8 * (j0 + j));
-      }
-#pragma unroll
-      for (int j = 0; j < CHUNK; ++j)
-        if (8 * (j0 + j) + 2 * (lane & 3) < cols)
-          store_pair(row + 8 * (j0 + j), acc[4 * (j0 + j) + 2 * h] + old[j].x, acc[4 * (j0 + j) + 2 * h + 1] + old[j].y);
-    }
-  }
-}
-
 // The persistent weight-product CTA (grid ≤ the SM count): a producer warpgroup and two consumer
 // warpgroups (rows 0..63 and 64..127 of each 128 × 256 tile) over the CTA's tiles.
 template <typename G>
@@ -460,7 +449,7 @@ __device__ __forceinline__ void dw_cta(const TensorMap& dy_map, const TensorMap&
     const int cols = min(BN, K - d.j0), valid_last = d.rows - (d.ktiles - 1) * BK;
     if (cols <= BN / 2) dw_consume<128>(acc, base, bars, half, d.ktiles, valid_last, it);
     else dw_consume<256>(acc, base, bars, half, d.ktiles, valid_last, it);
-    dw_store(acc, dW[d.e] + (long long)d.i0 * K + d.j0, K, half, N - d.i0, cols, beta);
+    store_tile(acc, dW[d.e] + (long long)d.i0 * K + d.j0, K, half, N - d.i0, cols, beta);
   }
 }
 
