@@ -13,13 +13,20 @@ forward, dX and dW (accumulated onto an initial gradient), with zero-row experts
 expert, row tails, widths that are 64- but not 128-multiples and offsets starting at 1000.
 Every global read is bounds-checked. It checks the index math against the documented
 instruction semantics; it cannot check the hardware itself (the GPU tests do).
-For tma: the copy engine's boxes (128-byte swizzle, zeros outside the tensor, byte counts
-against the producer's expect_tx), the narrow / wide column tiles, descriptors, epilogue masks,
-and the full/empty mbarrier ring under random interleavings of the producer and the two
-consumer warpgroups (parity waits as PTX defines them; no stage refilled while a wgmma group
-that reads it is in flight, no stage read before its own copies landed).
+For tma (persistent CTAs): each CTA's tile walk (rounds of the grid, the row-tile cursor
+checked against a scan from expert 0, every tile taken once) with a grid of 2-5 CTAs that each
+walk several tiles past zero-row experts; the producer thread and both consumer warpgroups as
+coroutines in random interleavings, moving the data itself through the ring, whose position runs
+on across tiles: the copy engine's boxes (128-byte swizzle, zeros outside the tensor, byte counts
+against the producer's expect_tx), each weight map acquired by the CTA before a copy through it,
+the narrow / wide column tiles, descriptors, epilogue masks (every element stored once), and the
+full/empty mbarriers (parity waits as PTX defines them; no stage refilled while a wgmma group
+that reads it is in flight, none read before its own copies landed, no deadlock, every stage
+given back by the end).
 
-  python3 bench/grouped_gemm_model.py          (~30 s on one core: mma, wgmma, then tma)
+  python3 bench/grouped_gemm_model.py              (~40 s on one core: mma, wgmma, then tma)
+  python3 bench/grouped_gemm_model.py --mutations  (tma only: plants each of a list of bugs in
+                                                    turn and requires the replay to fail on it)
 
 Keep it in step with the kernels when their tiles or layouts change.
 """
@@ -295,138 +302,232 @@ def wgmma():
     return run
 
 
+TMA_MUT = set()  # planted bugs of the tma replay (names in TMA_MUTATIONS; --mutations)
+
+
 def tma():
-    """The TMA kernels (grouped_gemm_tma.cu: forward and dX); returns run(counts, K, N, base)."""
-    BM=128; BN=256; BK=64; STAGES=4
+    """The TMA forward and dX kernels (grouped_gemm_tma.cu: persistent CTAs); returns run(counts, K, N, base, grid, tail)."""
+    BM=128; BN=256; BK=64; STAGES=4; CONSUMER_WARPS=8
     A_BYTES=BM*BK*2; B_BYTES=BN*BK*2; STAGE=A_BYTES+B_BYTES; FWD_PIECE=128*BK*2; DX_PIECE=BK*64*2
     def sw(addr): return addr ^ (((addr>>7)&7)<<4)
     def box(sm, dst, T, c0, c1, rows):
         # the copy engine: box (64 innermost, rows) of the 2-D tensor T[dim1][dim0] at (c0, c1);
         # element (x, y) at dst + y*128 + 2x under the 128-byte swizzle; outside T: zeros
         assert dst%1024==0 and c0>=0 and c1>=0
-        for y in range(rows):
-            for x in range(64):
-                v=T[c1+y, c0+x] if c1+y<T.shape[0] and c0+x<T.shape[1] else 0
-                sm[sw(dst+y*128+2*x)//2]=v
+        y, x = np.meshgrid(np.arange(rows), np.arange(64), indexing='ij')
+        r, c = c1+y, c0+x
+        inside = (r<T.shape[0]) & (c<T.shape[1])
+        v = np.zeros((rows, 64)); v[inside] = T[r[inside], c[inside]]
+        sm[sw(dst+y*128+2*x)//2] = v
         return 64*rows*2
     def read_op(sm, start, lbo, sbo, kmajor, R):
-        out=np.zeros((R,16))
-        for x in range(R):
-            for k in range(16):
-                if kmajor: a=start+(x//8)*sbo+(x%8)*128+k*2
-                else: a=start+(x//64)*lbo+(k//8)*sbo+(k%8)*128+(x%64)*2
-                out[x,k]=sm[sw(a)//2]
-        return out
-    def cta(Amat, W, row0, j0, width, red, B_K):
-        cols=min(BN, width-j0); narrow=cols<=BN//2; WN=128 if narrow else 256
-        pieces=(2 if B_K else 4)>>(1 if narrow else 0)
-        expect=A_BYTES+pieces*(FWD_PIECE if B_K else DX_PIECE)
-        sm=np.full(STAGES*STAGE//2, np.nan); acc=np.zeros((2,64,256))
-        for kt in range(red//BK):
-            ta=(kt%STAGES)*STAGE; tb=ta+A_BYTES
-            sm[ta//2:(ta+STAGE)//2]=np.nan  # what the stage held before is not read
-            got=box(sm, ta, Amat, kt*BK, row0, 128)
-            for p in range(pieces):
-                got+=box(sm, tb+p*FWD_PIECE, W, kt*BK, j0+128*p, 128) if B_K else box(sm, tb+p*DX_PIECE, W, j0+64*p, kt*BK, 64)
-            assert got==expect, ('expect_tx', got, expect)
-            for half in range(2):
-                for kk in range(BK//16):
-                    Am=read_op(sm, ta+half*64*128+kk*32, 16, 1024, True, 64)
-                    Bm=read_op(sm, tb+kk*32, 16, 1024, True, WN) if B_K else read_op(sm, tb+kk*2048, DX_PIECE, 1024, False, WN)
-                    assert not np.isnan(Am).any() and not np.isnan(Bm).any()
-                    acc[half][:, :WN]+=Am@Bm.T
-        return acc, cols
-    def store(acc, C, row0, j0, width, rows, cols):
-        for tid in range(128, 384):
-            half=(tid>>7)-1; w=(tid>>5)&3; lane=tid&31
-            for h in range(2):
-                i=half*64+w*16+(lane>>2)+8*h
-                if i>=rows: continue
-                for j in range(32):
-                    col=8*j+2*(lane&3)
-                    if col>=cols: continue
-                    idx=(row0+i)*width+j0+col; assert 0<=idx and idx+2<=C.size
-                    C[idx]=acc[half][16*w+(lane>>2)+8*h][col]; C[idx+1]=acc[half][16*w+(lane>>2)+8*h][col+1]
+        x, k = np.meshgrid(np.arange(R), np.arange(16), indexing='ij')
+        if kmajor: a = start+(x//8)*sbo+(x%8)*128+k*2
+        else: a = start+(x//64)*lbo+(k//8)*sbo+(k%8)*128+(x%64)*2
+        return sm[sw(a)//2]
+    def expert_rows(off, x, M):
+        s=min(max(off[x]-off[0],0),M); return s, min(max(off[x+1]-off[0],s),M)
     def find_row_tile(off,E,M,t):
-        base=off[0]
+        # ggc::find_row_tile as grouped_gemm.cu uses it: a scan from expert 0
         for x in range(E):
-            s=min(max(off[x]-base,0),M); en=min(max(off[x+1]-base,s),M); tiles=(en-s+BM-1)//BM
+            s,en=expert_rows(off,x,M); tiles=(en-s+BM-1)//BM
             if t<tiles: return x,s+t*BM,en
             t-=tiles
-    def run(counts,K,N,base,tail=0):
-        # tail: rows after the last expert's, in the tensors but in no expert (never stored)
-        rng=np.random.default_rng(3); E=len(counts); M=sum(counts)+tail
-        off=[base]; [off.append(off[-1]+c) for c in counts]; st=[o-base for o in off]; cov=st[-1]
-        X=rng.integers(-3,4,(M,K)).astype(float); dY=rng.integers(-3,4,(M,N)).astype(float)
-        W=[rng.integers(-3,4,(N,K)).astype(float) for _ in counts]
-        Y=np.full(M*N,np.nan); dX=np.full(M*K,np.nan)
-        for by in range((M+BM-1)//BM+E):
-            f=find_row_tile(off,E,M,by)
-            if f is None: continue
-            e,row0,rowEnd=f
-            for bx in range((N+BN-1)//BN):
-                acc,cols=cta(X, W[e], row0, bx*BN, N, K, True); store(acc, Y, row0, bx*BN, N, rowEnd-row0, cols)
-            for bx in range((K+BN-1)//BN):
-                acc,cols=cta(dY, W[e], row0, bx*BN, K, N, False); store(acc, dX, row0, bx*BN, K, rowEnd-row0, cols)
-        Y=Y.reshape(M,N); dX=dX.reshape(M,K)
-        assert np.isnan(Y[cov:]).all() and np.isnan(dX[cov:]).all(), 'rows in no expert were stored'
-        assert np.array_equal(Y[:cov], np.concatenate([X[st[e]:st[e+1]]@W[e].T for e in range(E)])), 'fwd'
-        assert np.array_equal(dX[:cov], np.concatenate([dY[st[e]:st[e+1]]@W[e] for e in range(E)])), 'dX'
-        print('ok',counts,K,N,base,'tail',tail)
-    return run
-
-
-def tma_ring(ktiles, trials=300, seed=5):
-    """The mbarrier ring of grouped_gemm_tma.cu under random interleavings (one CTA, ktiles k-steps)."""
-    STAGES=4; rng=np.random.default_rng(seed)
-    for _ in range(trials):
+    class RowTileCursor:  # ggc::RowTileCursor: resumes at the expert the previous call stopped at
+        def __init__(c): c.x=0; c.first=0
+        def find(c, off, E, M, t):
+            while c.x<E:
+                s,en=expert_rows(off,c.x,M); tiles=(en-s+BM-1)//BM
+                if t-c.first<tiles: return c.x, s+(t-c.first)*BM, en
+                if 'cursor_no_advance' not in TMA_MUT: c.first+=tiles
+                c.x+=1
+            return None
+    def walk(b, G, off, E, M, width):
+        # GemmWalk: CTA b's tiles (e, row0, rowEnd, j0, cols); round r, tile r·G + (b + r) mod G
+        gx=(width+BN-1)//BN; total=gx*((M+BM-1)//BM+E); cur=RowTileCursor(); r=0
+        while True:
+            u=r*G+(b+r)%G+(1 if 'tile_index_plus_1' in TMA_MUT else 0); r+=1
+            if u>=total: return
+            y=u//gx; j0=(u-y*gx)*BN
+            f=cur.find(off,E,M,y)
+            assert f==find_row_tile(off,E,M,y), ('the cursor and a scan from expert 0 differ', y)
+            if f is None: return
+            yield u, f[0], f[1], f[2], j0, min(BN, width-j0)
+    def cta(b, G, Amat, W, out, writes, off, E, M, width, red, B_K, rng):
+        """CTA b: the producer thread and both consumer warpgroups as coroutines, run in a random
+        interleaving, moving real data through the ring into `out` (writes: stores per element)."""
+        ktiles=red//BK
+        sm=np.full(STAGES*STAGE//2, np.nan)
         # a barrier: completed phases and arrivals pending in the current one
         full=[[0,0] for _ in range(STAGES)]; empty=[[0,0] for _ in range(STAGES)]
         def arrive(bar, count):
             bar[1]+=1
             if bar[1]==count: bar[0]+=1; bar[1]=0
         def passes(bar, parity): return (bar[0]&1)!=parity  # try_wait.parity: that phase has completed
-        holds=[None]*STAGES        # k-step whose copies a stage holds
-        reading=[set(), set()]     # k-steps whose wgmmas are in flight, per consumer warpgroup
+        holds=[None]*STAGES        # ring position whose copies a stage holds
+        reading=[set(), set()]     # positions whose wgmma group is in flight, per consumer warpgroup
         def producer():
-            for kt in range(ktiles):
-                s=kt%STAGES
-                if kt>=STAGES:
-                    while not passes(empty[s], (kt//STAGES-1)&1): yield
-                assert all(x%STAGES!=s for r in reading for x in r), ("refill under a wgmma", kt)
-                holds[s]=kt
-                yield  # the copies land later
-                arrive(full[s], 1)  # arrive.expect_tx plus the bytes: one completion
-        def consumer(wg):
-            for kt in range(ktiles):
-                s=kt%STAGES
-                while not passes(full[s], (kt//STAGES)&1): yield
-                assert holds[s]==kt, ('stage read before its copies', kt, holds[s])
-                reading[wg].add(kt); yield
-                reading[wg].discard(kt-1)  # wait_group 1
-                if kt>0:
-                    for _ in range(4): arrive(empty[(kt-1)%STAGES], 8)  # lane 0 of each of the 4 warps
+            p_width = red if 'producer_gx_from_red' in TMA_MUT else width
+            it=0; acquired=-1; visible=set()  # maps fenced for the copy engine by this CTA
+            for _, e, row0, rowEnd, j0, cols in walk(b, G, off, E, M, p_width):
+                if e!=acquired and not ('acquire_once' in TMA_MUT and acquired>=0):
+                    visible.add(e); acquired=e
+                pieces=(2 if B_K else 4)>>(1 if cols<=BN//2 else 0)
+                expect=A_BYTES+(B_BYTES if 'expect_full_b' in TMA_MUT else pieces*(FWD_PIECE if B_K else DX_PIECE))
+                for kt in range(ktiles):
+                    pos = kt if 'it_per_tile' in TMA_MUT else it
+                    s=pos%STAGES
+                    if 'parity_from_kt' in TMA_MUT:
+                        if kt>=STAGES:
+                            while not passes(empty[s], (kt//STAGES-1)&1): yield
+                    elif pos>=STAGES:
+                        while not passes(empty[s], (pos//STAGES-1)&1): yield
+                    assert all(x%STAGES!=s for r in reading for x in r), ('refill under a wgmma', it)
+                    assert e in visible, ('copy through a weight map not acquired by this CTA', e)
+                    holds[s]=pos; ta=s*STAGE; tb=ta+A_BYTES
+                    sm[ta//2:(ta+STAGE)//2]=np.nan  # what the stage held before is never read
+                    yield  # the copies land later
+                    got=box(sm, ta, Amat, kt*BK, row0, 128)
+                    for p in range(pieces):
+                        got+=box(sm, tb+p*FWD_PIECE, W[e], kt*BK, j0+128*p, 128) if B_K else box(sm, tb+p*DX_PIECE, W[e], j0+64*p, kt*BK, 64)
+                    assert got==expect, ('expect_tx', got, expect)
+                    arrive(full[s], 1)  # arrive.expect_tx plus the bytes: one completion
+                    it+=1
+        def consumer(half):
+            it=0
+            for _, e, row0, rowEnd, j0, cols in walk(b, G, off, E, M, width):
+                WN=128 if cols<=BN//2 else 256
+                if 'consumer_skips_narrow' in TMA_MUT and WN==128: continue
+                acc=np.zeros((64,256))
+                if 'it_per_tile' in TMA_MUT: it=0
+                for kt in range(ktiles):
+                    s=it%STAGES
+                    while not passes(full[s], (it//STAGES)&1): yield
+                    assert holds[s]==it, ('stage read before its copies', it, holds[s])
+                    ta=s*STAGE+half*64*128; tb=s*STAGE+A_BYTES
+                    for kk in range(BK//16):  # the group's wgmmas (they read the stage while in flight)
+                        Am=read_op(sm, ta+kk*32, 16, 1024, True, 64)
+                        Bm=read_op(sm, tb+kk*32, 16, 1024, True, WN) if B_K else read_op(sm, tb+kk*2048, DX_PIECE, 1024, False, WN)
+                        assert not np.isnan(Am).any() and not np.isnan(Bm).any(), ('read an unwritten stage byte', it)
+                        acc[:, :WN]+=Am@Bm.T
+                    reading[half].add(it)
+                    yield
+                    reading[half].discard(it-1)  # wait_group 1: group it − 1 is done
+                    release = it if 'release_current' in TMA_MUT else it-1
+                    if kt>0 or 'release_current' in TMA_MUT:
+                        for _ in range(4): arrive(empty[release%STAGES], CONSUMER_WARPS)  # lane 0 of each warp
+                    it+=1
+                    yield
+                reading[half].clear()  # wait_group 0, then the tile's last stage
+                if ktiles>0 and not {'no_last_release','release_current'} & TMA_MUT:
+                    for _ in range(4): arrive(empty[(it-1)%STAGES], CONSUMER_WARPS)
+                store(acc, half, out, writes, row0, j0, width, rowEnd-row0, cols)
                 yield
-            reading[wg].clear()
-        agents=[producer(), consumer(0), consumer(1)]
-        live=list(agents); steps=0
+        live=[producer(), consumer(0), consumer(1)]; steps=0
         while live:
             a=live[rng.integers(len(live))]
             try: next(a)
             except StopIteration: live.remove(a)
-            steps+=1; assert steps<100000, 'deadlock'
-    print('ok ring', ktiles, 'k-steps,', trials, 'interleavings')
+            steps+=1; assert steps<200000, ('deadlock', b)
+        # every stage filled as often as it was given back: the ring ends empty
+        assert all(f==[n,0] and e==[n,0] for f,e,n in ((full[s],empty[s],full[s][0]) for s in range(STAGES))), ('ring not drained', full, empty)
+    def store(acc, half, C, writes, row0, j0, width, rows, cols):
+        # store_tile, beta 0: thread tid of the warpgroup, rows i < rows and column pairs col < cols
+        tid=np.arange(128)[:,None,None]; h=np.arange(2)[None,:,None]; j=np.arange(32)[None,None,:]
+        w=tid>>5; lane=tid&31
+        i=half*64+w*16+(lane>>2)+8*h; col=8*j+2*(lane&3); ar=16*w+(lane>>2)+8*h
+        i,col,ar=np.broadcast_arrays(i,col,ar)
+        keep=(i<rows)&(col<cols); i,col,ar=i[keep],col[keep],ar[keep]
+        idx=(row0+i)*width+j0+col
+        assert (idx>=0).all() and (idx+2<=C.size).all()
+        C[idx]=acc[ar,col]; C[idx+1]=acc[ar,col+1]
+        np.add.at(writes, idx, 1); np.add.at(writes, idx+1, 1)
+    def run(counts,K,N,base,grid,tail=0,trials=8):
+        # tail: rows after the last expert's, in the tensors but in no expert (never stored)
+        rng=np.random.default_rng(3); E=len(counts); M=sum(counts)+tail
+        off=[base]; [off.append(off[-1]+c) for c in counts]; st=[o-base for o in off]; cov=st[-1]
+        X=rng.integers(-3,4,(M,K)).astype(float); dY=rng.integers(-3,4,(M,N)).astype(float)
+        W=[rng.integers(-3,4,(N,K)).astype(float) for _ in counts]
+        for name, Amat, width, red, B_K, ref in (
+                ('fwd', X, N, K, True, np.concatenate([X[st[e]:st[e+1]]@W[e].T for e in range(E)])),
+                ('dX', dY, K, N, False, np.concatenate([dY[st[e]:st[e+1]]@W[e] for e in range(E)]))):
+            tiles=((width+BN-1)//BN)*((M+BM-1)//BM+E); G=min(tiles, grid)  # the launcher's grid
+            # the CTAs' walks: every tile of a row tile once, none past the last row tile
+            row_tiles=sum((c+BM-1)//BM for c in counts)
+            walked=sorted(u for b in range(G) for u,*_ in walk(b, G, off, E, M, width))
+            assert walked==list(range(row_tiles*((width+BN-1)//BN))), (name, 'tiles taken twice or missed')
+            for trial in range(trials):
+                out=np.full(M*width, np.nan); writes=np.zeros(M*width, dtype=int)
+                for b in range(G): cta(b, G, Amat, W, out, writes, off, E, M, width, red, B_K, rng)
+                out=out.reshape(M,width); writes=writes.reshape(M,width)
+                assert np.isnan(out[cov:]).all(), (name, 'rows in no expert were stored')
+                assert (writes[:cov]==1).all(), (name, 'an element stored', int(writes[:cov].min()), 'to', int(writes[:cov].max()), 'times')
+                assert np.array_equal(out[:cov], ref), (name, 'differs from numpy')
+        print('ok',counts,K,N,base,'grid',grid,'tail',tail)
+    return run
+
+
+def tma_suite():
+    run = tma()
+    # Zero-row experts, a 1-row expert, row tails, rows in no expert, offsets from 1000; forward
+    # width 320 (a wide tile and a narrow one of 64) over 3 k-steps, dX width 192 (wide, 64 zero
+    # columns) over 5; 3 CTAs for 10 and 5 tiles of 14 and 7 slots.
+    run([0, 1, 130, 7, 64], 192, 320, 1000, grid=3, tail=9)
+    # Forward of one k-step a tile (tiles end at every stage and parity), dX of two; narrow tiles only.
+    run([3, 0, 129], 64, 128, 0, grid=2)
+    # Three column tiles (256, 256, narrow 128), dX over 10 k-steps.
+    run([2, 129], 128, 640, 5, grid=4)
+    # Many experts, most of one row tile or none, one k-step a forward tile: each of 3 CTAs walks
+    # 4-8 tiles across experts (its weight map changing from tile to tile), the ring wrapping often.
+    run([5, 0, 200, 0, 0, 64, 1, 300, 0, 128, 129, 2], 64, 448, 0, grid=3, tail=3)
+    # Runs of zero-row experts between multi-tile ones; dX over three column tiles (the last of
+    # 128); 5 CTAs for 16 and 24 tiles.
+    run([0, 300, 0, 1, 0, 257, 0, 0, 64], 640, 320, 2, grid=5, tail=1)
+    # More CTAs asked for than tiles: the launcher's min, one tile each.
+    run([40], 128, 192, 7, grid=64, trials=1)
+
+
+TMA_MUTATIONS = {
+    'no_last_release': "a tile's last stage is never given back",
+    'release_current': 'the stage the in-flight wgmma group reads is given back',
+    'parity_from_kt': "the producer's empty wait from the tile's own k-step, not the ring position",
+    'it_per_tile': 'the ring position restarts at every tile (stage and parity not carried)',
+    'acquire_once': "only the CTA's first expert's weight map is acquired",
+    'producer_gx_from_red': "the producer's tile list from the reduction's width (the sides walk different tiles)",
+    'consumer_skips_narrow': 'the consumers skip narrow column tiles, the producer does not',
+    'tile_index_plus_1': 'the tile index off by one on both sides',
+    'cursor_no_advance': "the row-tile cursor does not count the tiles of the experts it passes",
+    'expect_full_b': 'expect_tx of the whole B tile on a narrow tile',
+}
+
+
+def tma_mutations():
+    import contextlib, io
+    caught = 0
+    for name, what in TMA_MUTATIONS.items():
+        TMA_MUT.clear(); TMA_MUT.add(name)
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                tma_suite()
+        except (AssertionError, IndexError) as err:
+            caught += 1
+            print(f'caught   {name}: {what} ({str(err)[:90]})')
+            continue
+        print(f'MISSED   {name}: {what}')
+    TMA_MUT.clear()
+    print(f'{caught} of {len(TMA_MUTATIONS)} planted bugs caught')
+    assert caught == len(TMA_MUTATIONS)
 
 
 if __name__ == '__main__':
+    import sys
+    if '--mutations' in sys.argv:
+        tma_mutations()
+        sys.exit()
     for name, model in (('mma', mma), ('wgmma', wgmma)):
         run = model()
         print(name)
         run([0, 1, 130, 7, 64], 192, 320, 1000)
         run([3, 0, 330], 64, 128, 0)
     print('tma')
-    run = tma()
-    run([0, 1, 130, 7, 64], 192, 320, 1000, tail=9)
-    run([3, 0, 129], 64, 128, 0)
-    run([2, 129], 128, 640, 5)
-    for k in (1, 3, 4, 5, 9, 32): tma_ring(k)
+    tma_suite()

@@ -1,9 +1,11 @@
 // Grouped expert GEMM on Hopper (sm_90a) with TMA copies and a producer warpgroup: the three
 // products of grouped_gemm.cu (read its header first: products, the row-tile scheduler over the
-// device offsets, shape rules). Forward and backward data use its launch grids in row tiles and
-// its epilogue (bf16 output, rounded once, overwritten; rows past the expert's end and columns
-// past the width are not stored); the weight product is a persistent kernel ("Weight product"
-// below). NOT YET RUN on a GPU.
+// device offsets, shape rules). Forward and backward data use its row tiles and its epilogue
+// (bf16 output, rounded once, overwritten; rows past the expert's end and columns past the width
+// are not stored). All three products are persistent kernels: at most one CTA per SM, each
+// walking a list of output tiles with the copy ring running on from tile to tile ("Scheduling",
+// "Weight product" below). NOT YET RUN on a GPU (compile-checked with nvcc and replayed by the
+// Python models named below only).
 //
 // Why another kernel: grouped_gemm_wgmma.cu copies operands with cp.async from the same threads
 // that issue the wgmmas and meets at a CTA barrier every k-step; at the bench shapes it runs at
@@ -17,7 +19,8 @@
 //     has finished the wgmmas that read it.
 //   WG1, WG2, consumers (setmaxnreg.inc to 232): rows 0..63 and 64..127 of the tile, 128 f32
 //     accumulators a thread (wgmma m64n256k16), one wgmma group kept in flight: after issuing
-//     step kt they wait for step kt − 1 and give its stage back.
+//     step kt they wait for step kt − 1 and give its stage back, and the tile's last stage once
+//     its wgmmas are done, before the epilogue.
 // Why BN = 256: a 64 × 256 wgmma reads its 64-row A slice once per 256 columns (a 128-wide tile
 // reads it twice as often), so the shared-memory operand traffic per FLOP drops by a quarter,
 // and 128 accumulators still fit the consumers' registers. The bench widths are 2048 = 8 × 256
@@ -39,13 +42,41 @@
 // expert has its own CUtensorMap: the host encodes E maps into a device array (128 bytes each,
 // cached by content like the address tables; ops/grouped_gemm.ts) and the producer passes the
 // global address of map e to cp.async.bulk.tensor. The array was written by a host copy, so the
-// producer first makes it visible to the tensormap proxy (fence.proxy.tensormap … acquire.sys,
-// once per CTA, as the CUDA programming guide prescribes for maps in global memory). The A map
-// is a __grid_constant__ parameter.
+// producer makes map e visible to the tensormap proxy (fence.proxy.tensormap … acquire.sys, as
+// the CUDA programming guide prescribes for maps in global memory) before its first copy through
+// it: when a tile's expert differs from the previous tile's, which is once per expert the CTA
+// uses, since its experts come in increasing order. The A map is a __grid_constant__ parameter.
 //
-// Scheduling: the grid is (ceil(width / 256), ceil(M/128) + E) as in grouped_gemm.cu; column
-// tiles run fastest, so the CTAs on one row tile run together and share its A rows in L2.
-// bench/grouped_gemm_model.py replays the boxes, descriptors, masks and the mbarrier ring.
+// Scheduling (forward and data): tiles u = y·gx + x over gx = ceil(width / 256) column tiles and
+// gy = ceil(M/128) + E row-tile slots (grouped_gemm.cu's grid, flattened; slots past the last
+// row tile are empty), column tiles fastest, so the CTAs that run together mostly share a row
+// tile and its A rows come from L2. The grid is min(gx·gy, SMs); in round r, CTA b takes tile
+// r·G + (b + r) mod G (G = the grid), so the G CTAs together take tiles rG..rG + G − 1 as with a
+// stride of G, but each CTA's column tile moves on every round. Why: with tiles b, b + G, … and
+// G a multiple of gx (132 SMs, gx = 6 at width 1408), CTA b would get column tile b mod 6 in
+// every round, and the 22 CTAs on the narrow last column (128 columns, half the work) would idle
+// half the time: 110 CTAs doing the 2080 wide tiles take 18.9 tile times where 17.3 is the
+// balanced share, 9%. Producer and consumers walk the same list over the same offsets and agree
+// on every tile's k-steps (red / 64, every tile) without talking; a row-tile cursor
+// (ggc::RowTileCursor) resumes the expert walk where the CTA's previous tile left it, so finding
+// a tile costs ~3 offset reads instead of a scan over ~32 experts.
+//   Why persistent (as the weight product, below): a CTA per tile (192 KiB of ring: one CTA per
+//   SM) would expose on every tile its prologue (the find, filling 4 stages: ~3 µs of L2 latency
+//   and copies) and its epilogue (~1.5 µs of bf16 stores; half on a narrow tile) around a main
+//   loop of 22 or 32 k-steps of ~0.7 µs at the MMA peak (2·128·256·64 FLOP at 790 TFLOP/s / 132).
+//   Persistent, the ring runs on across tiles (position `it` on both sides): the producer issues
+//   the next tile's first stages while the consumers finish this one's last three steps and its
+//   epilogue, so only the epilogue stays exposed.
+//   Bench-shape prediction (49152 rows over 64 experts: ~416 row tiles, 384 full and most
+//   experts' partial last one; per tile, a CTA per tile → persistent, µs; sums over 132 SMs):
+//     2048 → 1408 (32 k-steps; 5 wide + 1 narrow column tile: 2080 wide, 416 narrow tiles):
+//       wide 3 + 22.4 + 1.5 → 23.9, narrow 3 + 11.2 + 0.75 → 12: 471 → 415 µs, −12%;
+//     1408 → 2048 (22 k-steps; 8 wide column tiles: 3328 tiles): 3 + 15.4 + 1.5 → 16.9:
+//       502 → 427 µs, −15%.
+//   If the main loops run at the ~470 TFLOP/s L2 cap of the weight product's estimate (1.18 µs a
+//   step), the same 3 µs a tile are −8% and −10% (737 → 681, 768 → 692 µs): ~10% a product.
+// bench/grouped_gemm_model.py replays the tile walk, boxes, descriptors, masks and the mbarrier
+// ring across each CTA's tiles.
 //
 // Weight product, dW_e[N, K] = dY_eᵀ·X_e + beta·dW_e (beta 0 overwrites, and an expert with no
 // rows gets zeros; beta 1 accumulates, and such an expert is left alone), f32 or bf16 gradients
@@ -194,47 +225,6 @@ __device__ __forceinline__ void wgmma_k16(float* d, u64 a_desc, u64 b_desc) {
 __device__ __forceinline__ u32 full_bar(u32 bars, int s) { return bars + 8u * s; }
 __device__ __forceinline__ u32 empty_bar(u32 bars, int s) { return bars + 8u * (STAGES + s); }
 
-// The producer's thread: stage kt % STAGES of k-step kt gets A at (kt·BK, row0) and B's pieces
-// (B_K: forward, else backward data) once both consumer warpgroups have freed it.
-template <bool B_K>
-__device__ __forceinline__ void produce(u32 base, u32 bars, u64 a_map, u64 w_map, int row0, int j0, int ktiles, bool narrow) {
-  tmap_acquire(w_map);
-  tmap_prefetch(a_map);
-  tmap_prefetch(w_map);
-  const int pieces = (B_K ? 2 : 4) >> (narrow ? 1 : 0);
-  const u32 bytes = A_BYTES + pieces * (B_K ? FWD_PIECE : DX_PIECE);
-  for (int kt = 0; kt < ktiles; ++kt) {
-    const int s = kt % STAGES;
-    if (kt >= STAGES) mbar_wait(empty_bar(bars, s), (kt / STAGES - 1) & 1);  // the phase in which k-step kt − STAGES freed it
-    const u32 full = full_bar(bars, s), ta = base + s * STAGE_BYTES, tb = ta + A_BYTES;
-    mbar_arrive_expect_tx(full, bytes);
-    tma_load_2d(ta, a_map, full, kt * BK, row0);
-    for (int p = 0; p < pieces; ++p) {
-      if (B_K) tma_load_2d(tb + p * FWD_PIECE, w_map, full, kt * BK, j0 + 128 * p);
-      else tma_load_2d(tb + p * DX_PIECE, w_map, full, j0 + 64 * p, kt * BK);
-    }
-  }
-}
-
-// A consumer warpgroup's main loop: acc (its 64 rows × WN columns) = Σ over the k-steps.
-template <int WN, bool B_K>
-__device__ __forceinline__ void consume(float (&acc)[128], u32 base, u32 bars, int half, int ktiles) {
-  const int lane = threadIdx.x & 31;
-  for (int kt = 0; kt < ktiles; ++kt) {
-    const int s = kt % STAGES;
-    mbar_wait(full_bar(bars, s), (kt / STAGES) & 1);
-    const u32 ta = base + s * STAGE_BYTES + half * 64 * 128, tb = base + s * STAGE_BYTES + A_BYTES;
-    const u64 da = desc(ta, 16, 1024), db = B_K ? desc(tb, 16, 1024) : desc(tb, DX_PIECE, 1024);
-    wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < BK / 16; ++kk) wgmma_k16<WN, 0, B_K ? 0 : 1>(acc, da + ((kk * 32) >> 4), db + ((kk * (B_K ? 32 : 2048)) >> 4));
-    wgmma_commit();
-    wgmma_wait<1>();  // k-step kt − 1's wgmmas are done: its stage may be refilled
-    if (kt > 0 && lane == 0) mbar_arrive(empty_bar(bars, (kt - 1) % STAGES));
-  }
-  wgmma_wait<0>();
-}
-
 __device__ __forceinline__ u32 pack_bf16x2(float lo, float hi) {
   u32 packed;
   asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(packed) : "f"(hi), "f"(lo));
@@ -281,6 +271,15 @@ __device__ __forceinline__ void store_tile(const float (&acc)[128], G* C, long l
 }
 
 
+// ---- the ring, shared by the three products ----
+// Ring position `it` counts a CTA's k-steps over all its tiles, on the producer's side and on each
+// consumer warpgroup's: k-step `it` uses stage it % STAGES in round it / STAGES. Both sides carry
+// it from tile to tile, so the producer fills the next tile's stages while the consumers finish
+// this one (last wgmmas, epilogue). One producer loop and one consumer loop serve all three
+// products because the ring protocol (which phase to wait for, which stage to give back when) is
+// what a persistent kernel deadlocks on; the products differ only in a stage's boxes (`copy`) and
+// the wgmmas that read them (`mma`).
+
 // The ring's barriers, by one thread before the CTA's first barrier: a stage's "full" completes
 // by the producer's byte count, its "empty" when every consumer warp has released it.
 __device__ __forceinline__ void init_ring(u32 bars) {
@@ -291,15 +290,120 @@ __device__ __forceinline__ void init_ring(u32 bars) {
   asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
 }
 
-// One CTA: out[M, width] row tile blockIdx.y, column tile blockIdx.x, reduction `red` (> 0, a
-// multiple of BK); a_map over the [M, red] rows, w_maps[e] over expert e's weight.
+// The producer's thread, one tile: k-steps 0..ktiles−1 at ring positions it.. (it advances). A
+// stage is refilled once all 8 consumer warps released its previous round (position it − STAGES:
+// the empty barrier's phase it / STAGES − 1); copy(kt, full, stage) issues the k-step's boxes,
+// `bytes` in all, which complete `full`.
+template <typename Copy>
+__device__ __forceinline__ void produce_ring(u32 base, u32 bars, int ktiles, u32 bytes, int& it, Copy copy) {
+  for (int kt = 0; kt < ktiles; ++kt, ++it) {
+    const int s = it % STAGES;
+    if (it >= STAGES) mbar_wait(empty_bar(bars, s), (it / STAGES - 1) & 1);
+    const u32 full = full_bar(bars, s);
+    mbar_arrive_expect_tx(full, bytes);
+    copy(kt, full, base + s * STAGE_BYTES);
+  }
+}
+
+// A consumer warpgroup, one tile: k-steps 0..ktiles−1 at ring positions it.. (it advances).
+// mma(kt, stage) issues and commits the k-step's wgmmas; one group stays in flight, so position
+// it − 1's stage is given back once group it − 1 is done, and the tile's last stage after
+// wgmma_wait<0>: every stage exactly once, or the producer would wait forever in a later round.
+template <typename Mma>
+__device__ __forceinline__ void consume_ring(u32 base, u32 bars, int ktiles, int& it, Mma mma) {
+  const int lane = threadIdx.x & 31;
+  for (int kt = 0; kt < ktiles; ++kt, ++it) {
+    const int s = it % STAGES;
+    mbar_wait(full_bar(bars, s), (it / STAGES) & 1);
+    mma(kt, base + s * STAGE_BYTES);
+    wgmma_wait<1>();  // group it − 1 is done: its stage may be refilled
+    if (kt > 0 && lane == 0) mbar_arrive(empty_bar(bars, (it - 1) % STAGES));
+  }
+  wgmma_wait<0>();
+  if (ktiles > 0 && lane == 0) mbar_arrive(empty_bar(bars, (it - 1) % STAGES));  // the tile's last stage
+}
+
+
+// ---- forward and data products: out[M, width] = A[M, red] · B_e (header: "Scheduling") ----
+
+struct GemmTile {
+  int e, row0, rowEnd, j0, cols;  // expert, the tile's rows row0..rowEnd−1 (≤ BM stored), first column, valid columns
+};
+
+// The tiles of CTA blockIdx.x, in the order its producer and its consumers both walk them (the
+// same offsets and arithmetic, so they agree on every tile without talking). Tile u = y·gx + x:
+// column tile x of gx = ceil(width / BN), row-tile slot y of ceil(M/BM) + E (slots past the last
+// row tile are empty). Round r covers tiles r·G..r·G + G − 1 (G = gridDim.x) and CTA b takes the
+// (b + r) mod G-th of them; u grows with r, so the row-tile cursor only moves forward.
+struct GemmWalk {
+  const int* __restrict__ off;
+  int E, M, width, gx, total, r = 0;
+  ggc::RowTileCursor<BM> rows;
+  __device__ __forceinline__ GemmWalk(const int* __restrict__ off_, int E_, int M_, int width_)
+      : off(off_), E(E_), M(M_), width(width_), gx((width_ + BN - 1) / BN), total(gx * ((M_ + BM - 1) / BM + E_)) {}
+  // The CTA's next tile; false when it has none left.
+  __device__ __forceinline__ bool next(GemmTile& g) {
+    const int u = r * (int)gridDim.x + (int)((blockIdx.x + r) % gridDim.x);
+    ++r;
+    if (u >= total) return false;
+    const int y = u / gx;
+    g.j0 = (u - y * gx) * BN;
+    g.cols = min(BN, width - g.j0);
+    return rows.find(off, E, M, y, g.e, g.row0, g.rowEnd);  // false: past the last row tile, as is every later u
+  }
+};
+
+// The producer's thread: per tile, A at (kt·BK, row0) and B's pieces (B_K: forward, else backward
+// data; half of them on a narrow column tile) for each k-step. Expert e's weight map is acquired
+// for the copy engine (header: operands) before its first use here: the CTA's experts come in
+// increasing order (row-tile slots only grow), so acquiring when the expert changes is once per
+// expert the CTA uses, not once per tile.
 template <bool B_K>
-__device__ __forceinline__ void gemm_tile(const TensorMap& a_map, const TensorMap* __restrict__ w_maps, bf16* __restrict__ out,
-                                          const int* __restrict__ off, int E, int M, int width, int red, unsigned char* smem_raw) {
-  int e, row0, rowEnd;
-  if (!ggc::find_row_tile<BM>(off, E, M, blockIdx.y, e, row0, rowEnd)) return;  // the whole CTA, before any barrier
-  const int j0 = blockIdx.x * BN, cols = min(BN, width - j0), ktiles = red / BK;
-  const bool narrow = cols <= BN / 2;
+__device__ __forceinline__ void gemm_produce(u32 base, u32 bars, u64 a_map, const TensorMap* __restrict__ w_maps,
+                                             const int* __restrict__ off, int E, int M, int width, int red) {
+  tmap_prefetch(a_map);
+  const int ktiles = red / BK;
+  GemmWalk walk(off, E, M, width);
+  int it = 0, acquired = -1;
+  for (GemmTile g; walk.next(g);) {
+    const u64 w_map = reinterpret_cast<u64>(w_maps + g.e);
+    if (g.e != acquired) {
+      tmap_acquire(w_map);
+      tmap_prefetch(w_map);
+      acquired = g.e;
+    }
+    const int pieces = (B_K ? 2 : 4) >> (g.cols <= BN / 2 ? 1 : 0);
+    produce_ring(base, bars, ktiles, A_BYTES + pieces * (B_K ? FWD_PIECE : DX_PIECE), it, [&](int kt, u32 full, u32 ta) {
+      const u32 tb = ta + A_BYTES;
+      tma_load_2d(ta, a_map, full, kt * BK, g.row0);
+      for (int p = 0; p < pieces; ++p) {
+        if (B_K) tma_load_2d(tb + p * FWD_PIECE, w_map, full, kt * BK, g.j0 + 128 * p);
+        else tma_load_2d(tb + p * DX_PIECE, w_map, full, g.j0 + 64 * p, kt * BK);
+      }
+    });
+  }
+}
+
+// A consumer warpgroup's k-steps of one tile: acc (its 64 rows × WN columns) = Σ over the k-steps.
+template <int WN, bool B_K>
+__device__ __forceinline__ void gemm_consume(float (&acc)[128], u32 base, u32 bars, int half, int ktiles, int& it) {
+  consume_ring(base, bars, ktiles, it, [&](int, u32 stage) {
+    const u32 ta = stage + half * 64 * 128, tb = stage + A_BYTES;
+    const u64 da = desc(ta, 16, 1024), db = B_K ? desc(tb, 16, 1024) : desc(tb, DX_PIECE, 1024);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < BK / 16; ++kk) wgmma_k16<WN, 0, B_K ? 0 : 1>(acc, da + ((kk * 32) >> 4), db + ((kk * (B_K ? 32 : 2048)) >> 4));
+    wgmma_commit();
+  });
+}
+
+// The persistent forward/data CTA (grid ≤ the SM count): a producer warpgroup and two consumer
+// warpgroups (rows 0..63 and 64..127 of each 128 × 256 tile) over the CTA's tiles of out[M,
+// width], reduction `red` (> 0, a multiple of BK); a_map over the [M, red] rows, w_maps[e] over
+// expert e's weight.
+template <bool B_K>
+__device__ __forceinline__ void gemm_cta(const TensorMap& a_map, const TensorMap* __restrict__ w_maps, bf16* __restrict__ out,
+                                         const int* __restrict__ off, int E, int M, int width, int red, unsigned char* smem_raw) {
   const u32 base = (ggc::smem_addr(smem_raw) + 1023u) & ~1023u;  // the window is only 16-byte aligned
   const u32 bars = base + BAR_OFFSET;
   const int tid = threadIdx.x, wg = tid >> 7;
@@ -307,17 +411,20 @@ __device__ __forceinline__ void gemm_tile(const TensorMap& a_map, const TensorMa
   __syncthreads();
   if (wg == 0) {
     asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;" ::"n"(PRODUCER_REGS));
-    if (tid == 0)
-      produce<B_K>(base, bars, reinterpret_cast<u64>(&a_map), reinterpret_cast<u64>(w_maps + e), row0, j0, ktiles, narrow);
-  } else {
-    asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;" ::"n"(CONSUMER_REGS));
-    const int half = wg - 1;
+    if (tid == 0) gemm_produce<B_K>(base, bars, reinterpret_cast<u64>(&a_map), w_maps, off, E, M, width, red);
+    return;
+  }
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;" ::"n"(CONSUMER_REGS));
+  const int half = wg - 1, ktiles = red / BK;
+  GemmWalk walk(off, E, M, width);
+  int it = 0;
+  for (GemmTile g; walk.next(g);) {
     float acc[128];
 #pragma unroll
     for (int c = 0; c < 128; ++c) acc[c] = 0.f;
-    if (narrow) consume<128, B_K>(acc, base, bars, half, ktiles);
-    else consume<256, B_K>(acc, base, bars, half, ktiles);
-    store_tile<bf16>(acc, out + (long long)row0 * width + j0, width, half, rowEnd - row0, cols, 0);
+    if (g.cols <= BN / 2) gemm_consume<128, B_K>(acc, base, bars, half, ktiles, it);
+    else gemm_consume<256, B_K>(acc, base, bars, half, ktiles, it);
+    store_tile<bf16>(acc, out + (long long)g.row0 * width + g.j0, width, half, g.rowEnd - g.row0, g.cols, 0);
   }
 }
 
@@ -377,16 +484,13 @@ __device__ __forceinline__ void dw_produce(u32 base, u32 bars, u64 dy_map, u64 x
       for (int i = 0; i < rows; ++i) prefetch_l2(g + (long long)i * K, bytes);
     }
     const int bblocks = K - d.j0 <= BN / 2 ? 2 : 4;
-    const u32 bytes = A_BYTES + bblocks * DW_BLOCK;
-    for (int kt = 0; kt < d.ktiles; ++kt, ++it) {
-      const int s = it % STAGES, row = d.s + kt * BK;
-      if (it >= STAGES) mbar_wait(empty_bar(bars, s), (it / STAGES - 1) & 1);
-      const u32 full = full_bar(bars, s), ta = base + s * STAGE_BYTES, tb = ta + A_BYTES;
-      mbar_arrive_expect_tx(full, bytes);
+    produce_ring(base, bars, d.ktiles, A_BYTES + bblocks * DW_BLOCK, it, [&](int kt, u32 full, u32 ta) {
+      const int row = d.s + kt * BK;
+      const u32 tb = ta + A_BYTES;
       tma_load_2d(ta, dy_map, full, d.i0, row);
       tma_load_2d(ta + DW_BLOCK, dy_map, full, d.i0 + 64, row);
       for (int b = 0; b < bblocks; ++b) tma_load_2d(tb + b * DW_BLOCK, x_map, full, d.j0 + 64 * b, row);
-    }
+    });
   }
 }
 
@@ -397,11 +501,9 @@ __device__ __forceinline__ void dw_produce(u32 base, u32 bars, u64 dy_map, u64 x
 // they are (finite activations: a non-finite one there makes the step's loss non-finite anyway).
 template <int WN>
 __device__ __forceinline__ void dw_consume(float (&acc)[128], u32 base, u32 bars, int half, int ktiles, int valid_last, int& it) {
-  const int lane = threadIdx.x & 31, t128 = threadIdx.x & 127;
-  for (int kt = 0; kt < ktiles; ++kt, ++it) {
-    const int s = it % STAGES;
-    mbar_wait(full_bar(bars, s), (it / STAGES) & 1);
-    const u32 ta = base + s * STAGE_BYTES + half * DW_BLOCK, tb = base + s * STAGE_BYTES + A_BYTES;
+  const int t128 = threadIdx.x & 127;
+  consume_ring(base, bars, ktiles, it, [&](int kt, u32 stage) {
+    const u32 ta = stage + half * DW_BLOCK, tb = stage + A_BYTES;
     if (kt == ktiles - 1 && valid_last < BK) {
       // Whole 128-byte rows: the swizzle permutes 16-byte pieces within a row, never across rows.
       for (int q = valid_last * 8 + t128; q < BK * 8; q += 128) st_shared_zero16(ta + (q >> 3) * 128 + (q & 7) * 16);
@@ -415,11 +517,7 @@ __device__ __forceinline__ void dw_consume(float (&acc)[128], u32 base, u32 bars
 #pragma unroll
     for (int kk = 0; kk < BK / 16; ++kk) wgmma_k16<WN, 1, 1>(acc, da + ((kk * 2048) >> 4), db + ((kk * 2048) >> 4));
     wgmma_commit();
-    wgmma_wait<1>();  // step it − 1's wgmmas are done: its stage may be refilled
-    if (kt > 0 && lane == 0) mbar_arrive(empty_bar(bars, (it - 1) % STAGES));
-  }
-  wgmma_wait<0>();
-  if (ktiles > 0 && lane == 0) mbar_arrive(empty_bar(bars, (it - 1) % STAGES));  // the tile's last stage
+  });
 }
 
 // The persistent weight-product CTA (grid ≤ the SM count): a producer warpgroup and two consumer
@@ -456,21 +554,21 @@ __device__ __forceinline__ void dw_cta(const TensorMap& dy_map, const TensorMap&
 }  // namespace ggt
 
 // Y[M,N] = X_e · W_eᵀ per row block: x_map over X [M, K], w_maps[e] over W_e [N, K] with box (64, 128).
-// grid (ceil(N/BN), ceil(M/BM) + E).
+// grid min(ceil(N/BN)·(ceil(M/BM) + E), SMs).
 extern "C" __global__ void __launch_bounds__(ggt::THREADS, 1)
 grouped_tma_fwd_bf16(const __grid_constant__ ggt::TensorMap x_map, const ggt::TensorMap* __restrict__ w_maps, bf16* __restrict__ Y,
                      const int* __restrict__ off, int E, int M, int N, int K) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  ggt::gemm_tile<true>(x_map, w_maps, Y, off, E, M, N, K, smem_raw);
+  ggt::gemm_cta<true>(x_map, w_maps, Y, off, E, M, N, K, smem_raw);
 }
 
 // dX[M,K] = dY_e · W_e per row block: dy_map over dY [M, N], w_maps[e] over W_e [N, K] with box (64, 64).
-// grid (ceil(K/BN), ceil(M/BM) + E).
+// grid min(ceil(K/BN)·(ceil(M/BM) + E), SMs).
 extern "C" __global__ void __launch_bounds__(ggt::THREADS, 1)
 grouped_tma_dx_bf16(const __grid_constant__ ggt::TensorMap dy_map, const ggt::TensorMap* __restrict__ w_maps, bf16* __restrict__ dX,
                     const int* __restrict__ off, int E, int M, int N, int K) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  ggt::gemm_tile<false>(dy_map, w_maps, dX, off, E, M, K, N, smem_raw);
+  ggt::gemm_cta<false>(dy_map, w_maps, dX, off, E, M, K, N, smem_raw);
 }
 
 // dW_e[N,K] = dY_eᵀ · X_e + beta·dW_e (f32 gradients): dy_map over dY [M, N], x_map over X [M, K],

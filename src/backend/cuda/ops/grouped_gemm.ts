@@ -1,14 +1,18 @@
 // Launcher of the grouped expert linear kernels (forward, backward data, backward weight), one
 // launch each for all experts, with the experts' row counts read by the kernels from the device
-// offsets (no host synchronisation). Three kernel sets, the same row-tile grids and shape rules:
+// offsets (no host synchronisation). Three kernel sets, the same row tiles over the offsets and
+// shape rules:
 //   mma    kernels/grouped_gemm.cu, mma.sync m16n8k16 (sm_80 and later);
 //   wgmma  kernels/grouped_gemm_wgmma.cu, Hopper warpgroup MMA (sm_90a only);
 //   tma    kernels/grouped_gemm_tma.cu (sm_90a only): TMA copies from a producer warpgroup,
-//          128 × 256 tiles, all three products; the weight product is its own persistent kernel
-//          (one CTA per SM walking (expert, row tile, column tile) tiles). Forward and data written
-//          2026-12-06, the weight product after; NONE OF THEM YET RUN on a GPU (no device time in
-//          the sessions that wrote them): test/cuda_grouped_gemm.test.ts covers them on the next
-//          `npm run test:gpu`; until that passes the set is a request only (auto never picks it).
+//          128 × 256 tiles, all three products, each a persistent kernel (at most one CTA per SM,
+//          each walking its share of the output tiles with the copy ring running on from tile to
+//          tile; forward and data over (row tile, column tile), the weight product over (expert,
+//          row tile, column tile)). Written from 2026-12-06; NONE OF THEM YET RUN on a GPU (no
+//          device time in the sessions that wrote them; compile-checked, and replayed by
+//          bench/grouped_gemm_model.py and bench/grouped_gemm_tma_dw_model.py):
+//          test/cuda_grouped_gemm.test.ts covers them on the next `npm run test:gpu`; until that
+//          passes the set is a request only (auto never picks it).
 // Which one runs is the backend option groupedGemm; 'auto' is wgmma on sm_90a, else mma. On an
 // H100 (2026-12-06, bench gemm --grouped, the six products of one MoE layer at the bench shapes)
 // test/cuda_grouped_gemm.test.ts passed for both and wgmma took 5.91 ms against mma's 9.20 and
@@ -240,7 +244,11 @@ export class GroupedGemmLauncher {
    * The tma set's forward (out [M,N] = a [M,K] · W_eᵀ) or data (out [M,K] = a [M,N] · W_e)
    * product: the A map over a's rows (box 64 × 128 rows), the weights' map array, and output
    * width / reduction in the places of N / K as the kernel reads them. K, N > 0 (a map has no
-   * empty dimension; the caller runs wgmma's kernel then).
+   * empty dimension; the caller runs wgmma's kernel then). A persistent grid of at most one CTA
+   * per SM over the ceil(width/256) · (ceil(M/128) + E) tiles (column tiles × row-tile slots,
+   * the slots past the last row tile empty): one CTA per tile would expose each tile's ring fill
+   * (kernel header). The kernel walks the tiles in one dimension, so the slot count has no grid
+   * y limit here.
    */
   private launchTma(product: 'fwd' | 'dx', out: Tensor, a: Tensor, weights: readonly Tensor[], offsets: Tensor,
                     M: number, N: number, K: number): void {
@@ -253,7 +261,8 @@ export class GroupedGemmLauncher {
       .i32(4, weights.length).i32(5, M).i32(6, N).i32(7, K);
     const k = this.tmaFile.kernel(`grouped_tma_${product}_bf16`);
     k.allowDynamicShared(TMA_SMEM, what);
-    k.launch([Math.ceil(width / TMA_BN), this.rowTiles(M, weights.length), 1], [TMA_THREADS, 1, 1], TMA_SMEM, args);
+    const tiles = Math.ceil(width / TMA_BN) * (Math.ceil(M / BM) + weights.length);
+    k.launch([Math.min(tiles, this.ctx.smCount), 1, 1], [TMA_THREADS, 1, 1], TMA_SMEM, args);
   }
 
   /**
