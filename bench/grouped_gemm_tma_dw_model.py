@@ -4,8 +4,9 @@ grouped_tma_dw_bf16 / _gbf16: dW_e[N, K] = dY_eᵀ·X_e + beta·dW_e, persistent
 python3 with numpy. The sibling of grouped_gemm_model.py (forward and data products).
 
 It replays, as the kernel writes them:
-- the tile walk: CTA b takes tiles b, b + grid, … of E·ceil(N/128)·ceil(K/256) (expert-major,
-  column tiles fastest), producer and consumers each reading the offsets on their own;
+- the tile walk: in round r CTA b takes tile r·grid + (b + r) mod grid (rotated_tile) of
+  E·ceil(N/128)·ceil(K/256) (expert-major, column tiles fastest), stopping at the first one past
+  the end; producer and consumers each reading the offsets on their own; every tile is taken once;
 - the copy engine's boxes: (64 values, 64 rows) of dY [M, N] and X [M, K] at (column, the
   expert's first row + 64·kt) under the 128-byte swizzle, zeros outside the tensor, byte counts
   against the producer's expect_tx (two X blocks for a narrow column tile);
@@ -108,12 +109,25 @@ def producer_steps(d, K):
     return steps, expect
 
 
+def rotated_tiles(b, grid, total):
+    """CTA b's tiles in walk order, as rotated_tile(r) in the kernel."""
+    r = 0
+    while True:
+        t = r * grid + (b + r) % grid
+        if 'rotation_no_wrap' in MUT:
+            t = r * grid + b + r
+        if t >= total:
+            return
+        yield t
+        r += 1
+
+
 def cta_data(b, grid, dY, X, G, off, E, M, N, K, beta, gdtype):
     """CTA b's tiles, in order: copies, zeroing, wgmmas and the epilogue into G (list of flat arrays)."""
     _, tn, tk = tiles_of(E, N, K)
     sm = np.full(STAGES * STAGE // 2, np.nan)
     it = 0
-    for t in range(b, E * tn * tk, grid):
+    for t in rotated_tiles(b, grid, E * tn * tk):
         d = dw_tile(t, tn, tk, off, M)
         e, i0, j0, s, rows, ktiles = d
         if ktiles == 0 and (beta or 'skip_empty_beta0' in MUT):
@@ -206,7 +220,7 @@ def ring(total, grid, tile, beta, trials, seed):
     """The full/empty ring of each CTA across its tiles, under random interleavings."""
     rng = np.random.default_rng(seed)
     for b in range(grid):
-        mine = [tile(t) for t in range(b, total, grid)]
+        mine = [tile(t) for t in rotated_tiles(b, grid, total)]
         for _ in range(trials):
             full = [[0, 0] for _ in range(STAGES)]
             empty = [[0, 0] for _ in range(STAGES)]
@@ -306,6 +320,7 @@ MUTATIONS = {
     'rows_out_bm': 'rows past N stored',
     'release_current': "the stage a wgmma group still reads is released",
     'no_last_release': "a tile's last stage is never released",
+    'rotation_no_wrap': 'round r shifted by r without the wrap (tiles taken twice or never)',
 }
 
 

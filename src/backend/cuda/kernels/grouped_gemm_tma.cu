@@ -97,7 +97,7 @@
 //   over 132 SMs the MMAs take 8.4 µs (0.7 µs a step); at the ~5.5 TB/s of L2 that caps
 //   wgmma's 128 × 128 tiles near 45% of peak, 85 FLOP/byte allows ~470 TFLOP/s: ~14 µs a tile.
 //   Epilogue: 128 KiB of f32 written (beta 0), also read (beta 1); bf16 half of each.
-//   Why persistent (grid = min(tiles, SMs), CTA b takes tiles b, b + grid, …): with a 12-step
+//   Why persistent (grid = min(tiles, SMs), CTA b takes rotated_tile(r) in round r): with a 12-step
 //   reduction, a CTA per tile would expose its prologue (filling 4 stages: ~3 µs of L2 latency
 //   and copies) and its epilogue (1-3 µs) on every tile, ~30% of its main loop; two CTAs per SM
 //   cannot fit (192 KiB of ring, 2 × 128 × 128 accumulator registers). Persistent, the ring runs
@@ -326,6 +326,11 @@ __device__ __forceinline__ void consume_ring(u32 base, u32 bars, int ktiles, int
 
 // ---- forward and data products: out[M, width] = A[M, red] · B_e (header: "Scheduling") ----
 
+// Tile of CTA blockIdx.x in round r of a persistent walk (header: "Scheduling"): the G CTAs of
+// round r take tiles rG..rG + G − 1, CTA b the (b + r) mod G-th, so a CTA's column tile moves
+// every round. The tile grows with r, so a CTA stops at its first tile ≥ the total.
+__device__ __forceinline__ int rotated_tile(int r) { return r * (int)gridDim.x + (int)((blockIdx.x + r) % gridDim.x); }
+
 struct GemmTile {
   int e, row0, rowEnd, j0, cols;  // expert, the tile's rows row0..rowEnd−1 (≤ BM stored), first column, valid columns
 };
@@ -343,8 +348,7 @@ struct GemmWalk {
       : off(off_), E(E_), M(M_), width(width_), gx((width_ + BN - 1) / BN), total(gx * ((M_ + BM - 1) / BM + E_)) {}
   // The CTA's next tile; false when it has none left.
   __device__ __forceinline__ bool next(GemmTile& g) {
-    const int u = r * (int)gridDim.x + (int)((blockIdx.x + r) % gridDim.x);
-    ++r;
+    const int u = rotated_tile(r++);
     if (u >= total) return false;
     const int y = u / gx;
     g.j0 = (u - y * gx) * BN;
@@ -442,8 +446,9 @@ __device__ __forceinline__ void prefetch_l2(const void* p, u32 bytes) {
 }
 
 // The output tiles in the order every CTA walks them: tile t is expert t / (tn·tk), then row tile
-// (of N, BM rows) and column tile (of K, BN columns), column tiles fastest. CTA b takes tiles
-// b, b + gridDim.x, …; its producer and consumers walk the same list and read the same offsets,
+// (of N, BM rows) and column tile (of K, BN columns), column tiles fastest. CTA b takes tile
+// rotated_tile(r) in round r, as the forward does (at K = 1408, 6 column tiles a row tile, plain
+// striding would leave 22 of 132 CTAs on the narrow column every round); its producer and consumers walk the same list and read the same offsets,
 // so they agree on every tile's k-steps without talking.
 struct DwTile {
   int e, i0, j0, s, rows, ktiles;  // expert, the tile's first dW row and column, the expert's first row and row count
@@ -474,7 +479,7 @@ __device__ __forceinline__ void dw_produce(u32 base, u32 bars, u64 dy_map, u64 x
   tmap_prefetch(x_map);
   const int tn = (N + BM - 1) / BM, tk = (K + BN - 1) / BN, total = E * tn * tk;
   int it = 0;
-  for (int t = blockIdx.x; t < total; t += gridDim.x) {
+  for (int r = 0, t = rotated_tile(0); t < total; t = rotated_tile(++r)) {
     const DwTile d = dw_tile(t, tn, tk, off, M);
     if (d.ktiles == 0) continue;
     if (beta) {
@@ -538,7 +543,7 @@ __device__ __forceinline__ void dw_cta(const TensorMap& dy_map, const TensorMap&
   asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;" ::"n"(CONSUMER_REGS));
   const int half = wg - 1, tn = (N + BM - 1) / BM, tk = (K + BN - 1) / BN, total = E * tn * tk;
   int it = 0;
-  for (int t = blockIdx.x; t < total; t += gridDim.x) {
+  for (int r = 0, t = rotated_tile(0); t < total; t = rotated_tile(++r)) {
     const DwTile d = dw_tile(t, tn, tk, off, M);
     if (d.ktiles == 0 && beta) continue;  // no rows: the gradient keeps its value (beta 0: zeros below)
     float acc[128];
