@@ -502,21 +502,8 @@ TMA_MUTATIONS = {
 
 
 def tma_mutations():
-    import contextlib, io
-    caught = 0
-    for name, what in TMA_MUTATIONS.items():
-        TMA_MUT.clear(); TMA_MUT.add(name)
-        try:
-            with contextlib.redirect_stdout(io.StringIO()):
-                tma_suite()
-        except (AssertionError, IndexError) as err:
-            caught += 1
-            print(f'caught   {name}: {what} ({str(err)[:90]})')
-            continue
-        print(f'MISSED   {name}: {what}')
-    TMA_MUT.clear()
-    print(f'{caught} of {len(TMA_MUTATIONS)} planted bugs caught')
-    assert caught == len(TMA_MUTATIONS)
+    from planted_bugs import check_planted
+    check_planted(TMA_MUTATIONS, TMA_MUT, tma_suite)
 
 
 if __name__ == '__main__':

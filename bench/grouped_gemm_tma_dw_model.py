@@ -27,8 +27,6 @@ numpy's f32 sum rounded once, as the kernel rounds).
   python3 bench/grouped_gemm_tma_dw_model.py               (~20 s on one core)
   python3 bench/grouped_gemm_tma_dw_model.py --mutations   (~1 min)
 """
-import contextlib
-import io
 import sys
 
 import numpy as np
@@ -325,21 +323,8 @@ MUTATIONS = {
 
 
 def mutations():
-    caught = 0
-    for name, what in MUTATIONS.items():
-        MUT.clear()
-        MUT.add(name)
-        try:
-            with contextlib.redirect_stdout(io.StringIO()):
-                suite()
-        except (AssertionError, IndexError) as err:
-            caught += 1
-            print(f'caught   {name}: {what} ({str(err)[:90]})')
-            continue
-        print(f'MISSED   {name}: {what}')
-    MUT.clear()
-    print(f'{caught} of {len(MUTATIONS)} planted bugs caught')
-    assert caught == len(MUTATIONS)
+    from planted_bugs import check_planted
+    check_planted(MUTATIONS, MUT, suite)
 
 
 if __name__ == '__main__':
