@@ -110,15 +110,22 @@ export async function runTrainBench(flags: Record<string, string>, peersRun?: { 
   const profile = flags['profile'] === 'true' || flags['profile'] === '1';
   // --profile: each phase synchronised and timed, and each part of the model (costs some speed).
   const phaseSec: Record<StepPhase, number> = { forward: 0, backward: 0, optimizer: 0 };
-  const profiler = profile ? new SectionProfiler(backend) : null;
+  const ctx = backend instanceof CudaBackend ? backend.ctx : null;
+  // --kernels: device time by kernel over the steps after warm-up (runtime/launch_timer.ts), each
+  // launch under the part of the step it belongs to (the model's sections, else the phase).
+  const kernelTimer = flags['kernels'] === 'true' || flags['kernels'] === '1' ? (ctx ? new LaunchTimer(ctx.driver) : null) : null;
+  const setPart = (part: string) => { if (kernelTimer) kernelTimer.part = part; };
+  const profiler = profile || kernelTimer ? new SectionProfiler(backend, { timed: profile, onKind: (k) => setPart(k) }) : null;
   const hooks: StepHooks = !profiler ? {} : {
     phase: (name, fn) => {
-      backend.synchronize();
+      if (profile) backend.synchronize();
       const t = performance.now();
+      setPart(name === 'optimizer' ? 'optimizer' : 'other');
       if (name === 'backward') profiler.beginBackward();
       const r = fn();
       if (name === 'backward') profiler.endBackward();
-      backend.synchronize();
+      setPart('other');
+      if (profile) backend.synchronize();
       phaseSec[name] += (performance.now() - t) / 1000;
       return r;
     },
@@ -126,13 +133,10 @@ export async function runTrainBench(flags: Record<string, string>, peersRun?: { 
   const training = new Training(cfg, model, backend, dist);
   training.model.initialize(cfg.seed);
   training.model.sections = profiler;
-  const ctx = backend instanceof CudaBackend ? backend.ctx : null;
   const metrics: StepMetrics[] = [];
   const phases: Record<StepPhase, number>[] = [];
   const kinds: { forward: KindTimes; backward: KindTimes }[] = [];
   const perStep: { kernels: number; cublasLt: number; hostMs: number; waits: number }[] = [];
-  // --kernels: device time by kernel over the steps after warm-up (runtime/launch_timer.ts).
-  const kernelTimer = flags['kernels'] === 'true' || flags['kernels'] === '1' ? (ctx ? new LaunchTimer(ctx.driver) : null) : null;
   const kernelTimes: LaunchTimes = new Map();
   let kernelSteps = 0;
   for (let step = 0; step < steps; step++) {
@@ -277,7 +281,7 @@ function printKernelTimes(times: LaunchTimes, steps: number, stepMs: number): vo
   console.log(`bench train: device time by kernel (mean of ${steps} step(s); ${total.toFixed(1)} ms of launches in a ${stepMs.toFixed(1)} ms median step; ` +
     'cuBLASLt products named m×n×k, their input and output dtypes, += where they accumulate)');
   console.log(`  ${'kernel'.padEnd(64)} ${'ms/step'.padStart(8)} ${'launches'.padStart(8)} ${'share'.padStart(6)}`);
-  const shown = rows.slice(0, 40);
+  const shown = rows.slice(0, 120);
   for (const r of shown) {
     console.log(`  ${r.name.slice(0, 64).padEnd(64)} ${r.ms.toFixed(2).padStart(8)} ${String(Math.round(r.count * 10) / 10).padStart(8)} ${(100 * r.ms / total).toFixed(1).padStart(5)}%`);
   }

@@ -23,23 +23,32 @@ export type KindTimes = Record<ProfileKind, number>;
 const zeroTimes = (): KindTimes => ({ attention: 0, mlp: 0, router: 0, experts: 0, head: 0, other: 0 });
 
 export class SectionProfiler implements SectionHooks {
-  /** Seconds per kind in this step, forward and backward. */
+  /** Seconds per kind in this step, forward and backward (zeros when not timed). */
   forward = zeroTimes();
   backward = zeroTimes();
   /** Sections whose backward has started and not finished, most recent last. */
   private open: ModelSection[] = [];
   private lastEvent = 0;
 
-  constructor(private readonly backend: Backend) {}
+  /**
+   * timed: synchronise and read the clock around every section (--profile); without it the
+   * sections only report, through `onKind`, which kind the launches from now on belong to
+   * (--kernels alone, which must not add waits).
+   */
+  constructor(private readonly backend: Backend, private readonly opts: { timed: boolean; onKind?: (kind: ProfileKind) => void } = { timed: true }) {}
 
   section(kind: ModelSection, x: Tensor, fn: (x: Tensor) => Tensor): Tensor {
-    this.backend.synchronize();
+    this.sync();
     const t0 = performance.now();
+    this.opts.onKind?.(kind);
     const y = this.marker(fn(this.marker(x, () => this.closeSection(kind))), () => this.openSection(kind));
-    this.backend.synchronize();
-    this.forward[kind] += (performance.now() - t0) / 1000;
+    this.opts.onKind?.('other');
+    this.sync();
+    if (this.opts.timed) this.forward[kind] += (performance.now() - t0) / 1000;
     return y;
   }
+
+  private sync(): void { if (this.opts.timed) this.backend.synchronize(); }
 
   /** Starts the backward clock (call with the device synchronised, before backward). */
   beginBackward(): void {
@@ -61,6 +70,7 @@ export class SectionProfiler implements SectionHooks {
 
   /** Seconds since the last event to the open section (or "other"); restarts the clock. */
   private charge(): void {
+    if (!this.opts.timed) return;
     this.backend.synchronize();
     const now = performance.now();
     this.backward[this.open[this.open.length - 1] ?? 'other'] += (now - this.lastEvent) / 1000;
@@ -70,12 +80,14 @@ export class SectionProfiler implements SectionHooks {
   private openSection(kind: ModelSection): void {
     this.charge();
     this.open.push(kind);
+    this.opts.onKind?.(kind);
   }
 
   private closeSection(kind: ModelSection): void {
     this.charge();
     const at = this.open.lastIndexOf(kind);
     if (at >= 0) this.open.splice(at, 1);
+    this.opts.onKind?.(this.open[this.open.length - 1] ?? 'other');
   }
 
   /** An alias of t whose backward rule runs onBackward, then passes the gradient through; t itself when nothing records. */

@@ -14,16 +14,16 @@ import { tinyConfig } from '../src/models/tiny_config.js';
 import { fromHost, toHostF32 } from '../src/ops/create.js';
 import { add } from '../src/ops/elementwise.js';
 import { tidy } from '../src/tensor/scope.js';
-import { SectionProfiler } from '../bench/train_profile.js';
+import { SectionProfiler, type ProfileKind } from '../bench/train_profile.js';
 
 const B = 2, S = 12;
 
 /** Loss and every gradient of one forward + backward, with or without the profiler. */
-function run(profiled: boolean): { loss: Float32Array; grads: Float32Array[]; profiler: SectionProfiler | null; calls: ModelSection[] } {
+function run(profiled: boolean, opts?: ConstructorParameters<typeof SectionProfiler>[1]): { loss: Float32Array; grads: Float32Array[]; profiler: SectionProfiler | null; calls: ModelSection[] } {
   const be = new CpuBackend();
   const model = new DeepseekV2(tinyConfig(), be, 'bf16');
   model.initialize(3);
-  const profiler = profiled ? new SectionProfiler(be) : null;
+  const profiler = profiled ? new SectionProfiler(be, opts) : null;
   const calls: ModelSection[] = [];
   if (profiler) {
     model.sections = { section: (kind, x, fn) => { calls.push(kind); return profiler.section(kind, x, fn); } };
@@ -64,4 +64,22 @@ test('the section profiler changes no number and times every layer kind in both 
   assert.equal(p.openSections, 0, 'every section opened in backward is closed');
   p.reset();
   assert.equal(p.forward.attention, 0);
+});
+
+test('untimed, the sections only say which kind runs (bench train --kernels): every kind in forward and in backward, and no times', () => {
+  const kinds: ProfileKind[] = [];
+  const untimed = run(true, { timed: false, onKind: (k) => { kinds.push(k); } });
+  // The forward reports each section and 'other' after it, ending with the head; backward then
+  // reopens the sections in reverse order.
+  assert.ok(kinds.includes('head'), 'the head is reported');
+  const forwardKinds = new Set(kinds.slice(0, kinds.indexOf('head') + 1)), backwardKinds = new Set(kinds.slice(kinds.indexOf('head') + 1));
+  for (const kind of ['attention', 'mlp', 'router', 'experts', 'head'] as const) {
+    assert.ok(forwardKinds.has(kind), `forward reports ${kind}`);
+    assert.ok(backwardKinds.has(kind), `backward reports ${kind}`);
+  }
+  assert.equal(kinds[kinds.length - 1], 'other', 'the last section closed hands back to other');
+  const p = untimed.profiler!;
+  for (const kind of ['attention', 'mlp', 'router', 'experts', 'head'] as const) assert.equal(p.forward[kind] + p.backward[kind], 0, `${kind} untimed`);
+  assert.equal(p.openSections, 0);
+  assert.deepEqual(untimed.loss, run(false).loss);
 });

@@ -18,10 +18,16 @@ export class LaunchTimer {
 
   constructor(private readonly driver: CudaDriver) {}
 
-  /** Queues `fn`'s work on `stream` between two events, under `name`. */
+  /**
+   * The part of the step being launched (bench train --kernels sets it from the model's sections
+   * and the step's phases); launches are reported as "part: name", or under their name alone when it is null.
+   */
+  part: string | null = null;
+
+  /** Queues `fn`'s work on `stream` between two events, under `name` (and the current part). */
   around<T>(name: string, stream: bigint, fn: () => T): T {
     const i = this.names.length;
-    this.names.push(name);
+    this.names.push(this.part === null ? name : `${this.part}: ${name}`);
     this.driver.eventRecord(this.event(2 * i), stream);
     const r = fn();
     this.driver.eventRecord(this.event(2 * i + 1), stream);
