@@ -2,7 +2,8 @@
 // (--grouped_gemm per_expert: one cuBLASLt product per expert): 20 steps of a small MoE model
 // whose widths the kernels take (hidden 256, expert width 128, 16 experts, top-4), with the
 // mma.sync kernels and, on sm_90a, the wgmma and tma ones (all three products of each set: the
-// tma set's forward, data and its own persistent weight kernel). Two micro-batches a step, so
+// tma set's forward, data and its own persistent weight kernel), and auto (on sm_90a the tma set
+// with wgmma's weight product for beta 1). Two micro-batches a step, so
 // every step's expert gradients are written once with beta 0 (the first write after the
 // optimizer marked them logically zero) and once with beta 1. Skipped without CUDA.
 import { test } from 'node:test';
@@ -37,7 +38,7 @@ test(`grouped expert GEMM: losses follow the per-expert path for ${STEPS} steps`
     ...TINY_CONFIG_JSON, hidden_size: 256, moe_intermediate_size: 128, n_routed_experts: 16, num_experts_per_tok: 4,
   }));
   const reference = losses(config, 'per_expert');
-  const sets = defaultCudaContext().arch === 'sm_90a' ? ['mma', 'wgmma', 'tma'] : ['mma'];
+  const sets = defaultCudaContext().arch === 'sm_90a' ? ['mma', 'wgmma', 'tma', 'auto'] : ['mma'];
   for (const set of sets) {
     const got = losses(config, set);
     const worst = Math.max(...got.map((x, i) => Math.abs(x - reference[i]!) / reference[i]!));

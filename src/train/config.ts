@@ -150,7 +150,7 @@ const OPTION_HELP: Record<string, string> = {
   init_from: 'start from these weights (moetrain checkpoint or HF folder) when the run has no checkpoint yet',
   max_epochs: 'most passes over the data; a run that needs more is refused up front; 0 or null: no cap',
   mla_kernels: 'MLA attention kernels on the GPU: auto (Hopper kernels on H100/H200, else mma.sync or generic), hopper, mma, generic',
-  grouped_gemm: 'routed-expert GEMM kernels on the GPU: auto (wgmma on H100/H200, else mma), mma, wgmma (H100/H200), tma (H100/H200: TMA-fed forward, data and weight products, the weight product a persistent kernel; new, NOT YET RUN on a GPU), per_expert (one cuBLASLt call per expert)',
+  grouped_gemm: 'routed-expert GEMM kernels on the GPU: auto (tma on H100/H200, with the wgmma weight product where it accumulates; else mma), mma, wgmma (H100/H200), tma (H100/H200: TMA-fed persistent forward, data and weight products), per_expert (one cuBLASLt call per expert)',
   keep_logits: 'the head keeps each micro-batch\'s logits for backward (tokens × vocabulary × 2 bytes held from the head\'s forward to its backward, e.g. 1.56 GiB for 8192 tokens of DeepSeek-V2-Lite) instead of recomputing them: one lm_head GEMM less per micro-batch; estimate-memory shows the cost',
   'parallel.pp': 'pipeline stages (mesh pp × dp × cp × ep = ranks started by `moetrain launch`)',
   'parallel.dp': 'data-parallel replicas (with ep: dp·ep replicas read different sequences)',

@@ -8,16 +8,22 @@
 //          128 × 256 tiles, all three products, each a persistent kernel (at most one CTA per SM,
 //          each walking its share of the output tiles with the copy ring running on from tile to
 //          tile; forward and data over (row tile, column tile), the weight product over (expert,
-//          row tile, column tile)). Written from 2026-12-06; NONE OF THEM YET RUN on a GPU (no
-//          device time in the sessions that wrote them; compile-checked, and replayed by
-//          bench/grouped_gemm_model.py and bench/grouped_gemm_tma_dw_model.py):
-//          test/cuda_grouped_gemm.test.ts covers them on the next `npm run test:gpu`; until that
-//          passes the set is a request only (auto never picks it).
-// Which one runs is the backend option groupedGemm; 'auto' is wgmma on sm_90a, else mma. On an
-// H100 (2026-12-06, bench gemm --grouped, the six products of one MoE layer at the bench shapes)
-// test/cuda_grouped_gemm.test.ts passed for both and wgmma took 5.91 ms against mma's 9.20 and
-// one cuBLASLt call per expert's 6.35 (18:17 UTC; the weight product, two CTAs per SM since then,
-// 1.31 ms = 216 TFLOP/s, was 1.82 with one; into bf16 gradients 1.00 ms).
+//          row tile, column tile)).
+// Which one runs is the backend option groupedGemm; 'auto' is tma on sm_90a (with wgmma's weight
+// product where it accumulates, beta 1), else mma. Measured on an H100 (2026-12-07 02:58 UTC,
+// bench gemm --grouped, the bench shapes: 64 experts, 49152 rows), ms per product:
+//                              mma    wgmma   tma    one cuBLASLt call per expert
+//   forward 2048 → 1408       1.190  0.753  0.561  0.964
+//   data    2048 → 1408       1.125  0.847  0.634  0.825
+//   forward 1408 → 2048       1.183  0.830  0.655  0.815
+//   data    1408 → 2048       1.040  0.780  0.555  0.916
+//   weight, beta 0, f32       1.008  0.803  0.695  0.866   ([1408, 2048] gradients; [2048, 1408]: 1.017 0.807 0.652 0.886)
+//   weight, beta 1, f32       2.208  1.294  3.075  1.210
+//   weight, beta 1, bf16      0.877  0.987  6.047  0.844
+// The tma weight product accumulating into a gradient is 2.4-6× slower than its beta 0 (not yet
+// understood: the L2 prefetch of the old gradient tile and the epilogue's loads are the suspects),
+// so 'auto' sends beta 1 to wgmma. The bench step (one micro-batch: every expert gradient written
+// once, beta 0) ran at 93,439 tokens/s with tma against 87,988 with wgmma (bench train --kernels).
 //
 // The experts' weights (and f32 gradients) reach the kernel as a device array of E base
 // addresses. Why not one base and a stride: the weights are separate storages or views into FSDP
@@ -80,8 +86,6 @@ export const GROUPED_GEMM_TMA_DEFINES = {
 
 /** per_expert: one cuBLASLt product per expert after reading the offsets (the path the kernels replace; A/B runs). */
 export type GroupedGemmKernels = 'mma' | 'wgmma' | 'tma' | 'per_expert';
-/** Whether 'auto' picks wgmma on sm_90a (see the header). */
-const AUTO_WGMMA = true;
 export type GroupedGemmRequest = 'auto' | GroupedGemmKernels;
 
 /** The kernels' shape rule: K and N multiples of 64 (whole 16-byte pieces, whole k16 steps, whole 64-column swizzle blocks). */
@@ -115,6 +119,8 @@ export class GroupedGemmLauncher {
   private readonly tables = new Map<string, GpuBlock>();
   /** The kernel set every bf16 call runs. */
   kernels: GroupedGemmKernels;
+  /** tma set: the weight product with beta 1 runs wgmma's kernel ('auto'; use()). */
+  private accumulateWithWgmma = false;
 
   constructor(private readonly ctx: CudaContext, private readonly allocator: CachingAllocator, private readonly gemm: MatmulLauncher,
               request: GroupedGemmRequest = 'auto') {
@@ -128,13 +134,18 @@ export class GroupedGemmLauncher {
     this.use(request);
   }
 
-  /** Chooses the kernel set ('auto': mma, or wgmma on sm_90a with AUTO_WGMMA); wgmma or tma off sm_90a is an error. */
+  /**
+   * Chooses the kernel set ('auto': tma on sm_90a, else mma); wgmma or tma off sm_90a is an error.
+   * Under 'auto' the weight product that accumulates into a gradient (beta 1: the second and later
+   * micro-batches) runs wgmma's kernel, which measured faster there (header).
+   */
   use(request: GroupedGemmRequest): void {
     const hopper = this.ctx.arch === 'sm_90a';
     if ((request === 'wgmma' || request === 'tma') && !hopper) {
       throw new Error(`the ${request} grouped GEMM kernels need an sm_90a GPU (H100/H200); ${this.ctx.name} is ${this.ctx.arch}: use groupedGemm 'mma' or 'auto'`);
     }
-    this.kernels = request === 'auto' ? (hopper && AUTO_WGMMA ? 'wgmma' : 'mma') : request;
+    this.kernels = request === 'auto' ? (hopper ? 'tma' : 'mma') : request;
+    this.accumulateWithWgmma = request === 'auto';
   }
 
   /**
@@ -184,7 +195,10 @@ export class GroupedGemmLauncher {
     }
     if (!typed || !this.kernelsTake(x, dy, dweights, K, N)) { this.perExpert('weight', dy, x, dweights, offsets, beta); return; }
     const E = dweights.length;
-    if (this.kernels === 'tma' && K > 0 && N > 0) { this.launchTmaWeight(dweights, dy, x, offsets, M, N, K, beta, !f32); return; }
+    if (this.kernels === 'tma' && K > 0 && N > 0 && !(beta === 1 && this.accumulateWithWgmma)) {
+      this.launchTmaWeight(dweights, dy, x, offsets, M, N, K, beta, !f32);
+      return;
+    }
     const table = this.tableOf(dweights);
     const args = this.dwArgs.ptr(0, table).ptr(1, devicePtr(dy)).ptr(2, devicePtr(x)).ptr(3, devicePtr(offsets))
       .i32(4, E).i32(5, M).i32(6, N).i32(7, K).i32(8, beta);
