@@ -23,8 +23,7 @@ __device__ __forceinline__ void binary_body(TO* __restrict__ out, const TA* a, c
                                             const int* dims, const long long* as, const long long* bs) {
   MT_GRID_STRIDE(i, n) {
     long long oa, ob;
-    if (rank == 1) { oa = i * as[MT_MAX_RANK - 1]; ob = i * bs[MT_MAX_RANK - 1]; }
-    else view_offset2((unsigned)i, rank, dims, as, bs, &oa, &ob);
+    index_offsets2(i, rank, dims, as, bs, &oa, &ob);
     out[i] = from_f32<TO>(apply_binary(op, to_f32(a[oa]), to_f32(b[ob])));
   }
 }
@@ -38,8 +37,7 @@ __device__ __forceinline__ void binary_vec8_body(TO* __restrict__ out, const TA*
                                                  const int* dims, const long long* as, const long long* bs) {
   MT_GRID_STRIDE(i, n8) {
     long long oa, ob;
-    if (rank == 1) { oa = i * as[MT_MAX_RANK - 1]; ob = i * bs[MT_MAX_RANK - 1]; }
-    else view_offset2((unsigned)i, rank, dims, as, bs, &oa, &ob);
+    index_offsets2(i, rank, dims, as, bs, &oa, &ob);
     float va[8], vb[8];
     load8(a + 8 * oa, va);
     load8(b + 8 * ob, vb);
@@ -66,8 +64,7 @@ extern "C" __global__ void binary_i32_i32_i32(int* out, const int* a, const int*
   MT_SHAPE_ARRAY; MT_STRIDE_ARRAY(as); MT_STRIDE_ARRAY(bs);
   MT_GRID_STRIDE(i, n) {
     long long oa, ob;
-    if (rank == 1) { oa = i * as[MT_MAX_RANK - 1]; ob = i * bs[MT_MAX_RANK - 1]; }
-    else view_offset2((unsigned)i, rank, dims, as, bs, &oa, &ob);
+    index_offsets2(i, rank, dims, as, bs, &oa, &ob);
     out[i] = apply_binary_i32(op, a[oa], b[ob]);
   }
 }

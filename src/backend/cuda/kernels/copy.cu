@@ -8,8 +8,7 @@ __device__ __forceinline__ void copy_strided(TO* __restrict__ dst, const TI* __r
                                              const int* dims, const long long* ds, const long long* ss) {
   MT_GRID_STRIDE(i, n) {
     long long od, os;
-    if (rank == 1) { od = i * ds[MT_MAX_RANK - 1]; os = i * ss[MT_MAX_RANK - 1]; }
-    else view_offset2((unsigned)i, rank, dims, ds, ss, &od, &os);
+    index_offsets2(i, rank, dims, ds, ss, &od, &os);
     dst[od] = Convert<TO, TI>::run(src[os]);
   }
 }
@@ -22,8 +21,7 @@ __device__ __forceinline__ void copy_vec8(TO* __restrict__ dst, const TI* __rest
                                           const int* dims, const long long* ds, const long long* ss) {
   MT_GRID_STRIDE(i, n8) {
     long long od, os;
-    if (rank == 1) { od = i * ds[MT_MAX_RANK - 1]; os = i * ss[MT_MAX_RANK - 1]; }
-    else view_offset2((unsigned)i, rank, dims, ds, ss, &od, &os);
+    index_offsets2(i, rank, dims, ds, ss, &od, &os);
     if constexpr (sizeof(TO) == sizeof(TI) && Convert<TO, TI>::same) {
       const Words4* from = reinterpret_cast<const Words4*>(src + 8 * os);
       Words4* to = reinterpret_cast<Words4*>(dst + 8 * od);
