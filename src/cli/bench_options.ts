@@ -18,7 +18,7 @@ export const BENCH_COMMAND: CommandSpec = {
     { name: 'device', value: 'auto|cpu|cuda', default: 'cuda', help: 'train, simulate: the device' },
     { name: 'keep_logits', value: null, help: 'train: the default recipe keeps the head\'s logits for backward (the train option; the lean recipe never does)' },
     { name: 'profile', value: null, help: 'train: synchronise between phases and parts and print the step by layer kind (slower)' },
-    { name: 'kernels', value: null, help: 'train: time every kernel and cuBLASLt product of the steps after warm-up with device events and print the largest by device time per step (the step runs a little slower)' },
+    { name: 'kernels', value: null, help: 'train: time every kernel and cuBLASLt product of the steps after warm-up with device events and print them by device time per step, each under the part of the step that launched it (attention, mlp, router, experts, head, optimizer, other; the step runs a little slower)' },
     { name: 'gemm_ceiling', value: 'TFLOPS', default: '786', help: 'train: the measured bf16 GEMM ceiling that the second MFU figure is taken against' },
     { name: 'grouped_gemm', value: 'auto|mma|wgmma|tma|per_expert', default: 'auto', help: 'train: routed-expert GEMM kernels (as the train option)' },
     { name: 'peer', value: 'eager|compile|both|none', default: 'eager', help: 'train: the PyTorch peer run first in the same command' },
