@@ -20,9 +20,9 @@
 //   weight, beta 0, f32       1.008  0.803  0.695  0.866   ([1408, 2048] gradients; [2048, 1408]: 1.017 0.807 0.652 0.886)
 //   weight, beta 1, f32       2.208  1.294  3.075  1.210
 //   weight, beta 1, bf16      0.877  0.987  6.047  0.844
-// The tma weight product accumulating into a gradient is 2.4-6× slower than its beta 0 (not yet
-// understood: the L2 prefetch of the old gradient tile and the epilogue's loads are the suspects),
-// so 'auto' sends beta 1 to wgmma. The bench step (one micro-batch: every expert gradient written
+// The tma weight product accumulating into a gradient is 4.4× slower than its own beta 0 with f32
+// gradients and 6× slower than wgmma's with bf16 ones (not yet understood: the L2 prefetch of the
+// old gradient tile and the epilogue's loads are the suspects), so 'auto' sends beta 1 to wgmma. The bench step (one micro-batch: every expert gradient written
 // once, beta 0) ran at 93,439 tokens/s with tma against 87,988 with wgmma (bench train --kernels).
 //
 // The experts' weights (and f32 gradients) reach the kernel as a device array of E base
