@@ -185,6 +185,64 @@ test('copy: transposed, broadcast, dtype conversions, rank-5 permutation, reshap
   expectExact(o, 'transposed source into a flat destination (staged)');
 });
 
+test('copy and binary, 8-wide paths: split views, row blocks, a 192-wide pack, and views that must fall back (odd width, misaligned start)', { skip }, () => {
+  const run = (dst: Pair, src: Pair): void => { cpu.copy(dst.c, src.c); gpu().copy(dst.g, src.g); };
+  for (const [td, ts] of [['bf16', 'bf16'], ['f32', 'f32'], ['bf16', 'f32'], ['f32', 'bf16']] as const) {
+    // q [B·S, H, 192] split into its first 128 and last 64 columns (the MLA split), as in attention.
+    const q = input([6, 3, 192], ts);
+    for (const [first, width] of [[0, 128], [128, 64]] as const) {
+      const o = output([6, 3, width], td);
+      run(o, view(q, [6, 3, width], [576, 192, 1], first));
+      expectExact(o, `${ts} → ${td}: columns ${first}..${first + width} of a 192-wide pack`);
+    }
+    // Into a strided destination: the pack rebuilt from its pieces (the split's backward).
+    const pack = output([6, 3, 192], td);
+    run(view(pack, [6, 3, 128], [576, 192, 1], 0), view(q, [6, 3, 128], [576, 192, 1], 0));
+    run(view(pack, [6, 3, 64], [576, 192, 1], 128), view(q, [6, 3, 64], [576, 192, 1], 128));
+    expectExact(pack, `${ts} → ${td}: a pack written through two strided views`);
+    // A row block at an offset of whole vectors, and fallbacks: a width of 12 and a start 4 elements in.
+    const rows = input([9, 40], ts);
+    let o = output([5, 40], td);
+    run(o, view(rows, [5, 40], [40, 1], 80));
+    expectExact(o, `${ts} → ${td}: a row block`);
+    o = output([9, 12], td);
+    run(o, view(rows, [9, 12], [40, 1], 8));
+    expectExact(o, `${ts} → ${td}: width 12 (scalar path)`);
+    o = output([5, 32], td);
+    run(o, view(rows, [5, 32], [40, 1], 4));
+    expectExact(o, `${ts} → ${td}: a start 4 elements past alignment (scalar path)`);
+  }
+  // Same-type copies move bits: NaN payloads survive the 8-wide path.
+  const nan = input([2, 64], 'f32', Float32Array.from({ length: 128 }, (_, i) => (i % 5 === 0 ? Number.NaN : i)));
+  const on = output([2, 64], 'f32');
+  run(on, nan);
+  gpu().synchronize();
+  const bits = (a: HostArray) => new Uint32Array(a.buffer, a.byteOffset, a.length);
+  assert.deepEqual(bits(gpu().read(on.g)), bits(cpu.read(nan.c)), 'f32 → f32 with NaNs: the same bits');
+  for (const op of ['add', 'sub', 'mul', 'div'] as const) {
+    for (const [to, ta, tb] of [['bf16', 'bf16', 'bf16'], ['f32', 'f32', 'f32'], ['f32', 'bf16', 'f32'], ['bf16', 'f32', 'bf16']] as const) {
+      const tol = to === 'f32' ? F32_TOL : BF16_TOL, away = (v: number) => Math.sign(v) * (Math.abs(v) + 0.5);
+      // Contiguous [R, 2048]-like rows, a row-broadcast operand (stride 0 over rows) and a split view.
+      const a = input([7, 64], ta), b = input([7, 64], tb, randn(7 * 64).map(away));
+      let o = output([7, 64], to);
+      cpu.binary(op, o.c, a.c, b.c); gpu().binary(op, o.g, a.g, b.g);
+      expectClose(o, tol, `binary ${op} ${ta},${tb}→${to}: contiguous`);
+      const row = input([64], tb, randn(64).map(away));
+      o = output([7, 64], to);
+      cpu.binary(op, o.c, a.c, view(row, [7, 64], [0, 1]).c); gpu().binary(op, o.g, a.g, view(row, [7, 64], [0, 1]).g);
+      expectClose(o, tol, `binary ${op} ${ta},${tb}→${to}: a row broadcast over rows`);
+      const wide = input([7, 96], ta);
+      o = output([7, 64], to);
+      cpu.binary(op, o.c, view(wide, [7, 64], [96, 1], 32).c, b.c); gpu().binary(op, o.g, view(wide, [7, 64], [96, 1], 32).g, b.g);
+      expectClose(o, tol, `binary ${op} ${ta},${tb}→${to}: columns 32..96 of a 96-wide operand`);
+      o = output([7, 60], to);
+      cpu.binary(op, o.c, view(wide, [7, 60], [96, 1], 4).c, view(b, [7, 60], [64, 1], 0).c);
+      gpu().binary(op, o.g, view(wide, [7, 60], [96, 1], 4).g, view(b, [7, 60], [64, 1], 0).g);
+      expectClose(o, tol, `binary ${op} ${ta},${tb}→${to}: width 60 at a misaligned start (scalar path)`);
+    }
+  }
+});
+
 test('fill: f32, bf16, i32, and a strided view', { skip }, () => {
   for (const [dtype, value] of [['f32', 1.25], ['bf16', 0.3], ['i32', -5], ['f32', -0.1]] as const) {
     const o = output([37, 129], dtype);

@@ -35,9 +35,11 @@ template <> __device__ __forceinline__ int from_f32<int>(float x) {
 
 /** dst = src with dtype conversion; same-type copies move bits (exact for i32 above 2^24). */
 template <typename TO, typename TI> struct Convert {
+  static constexpr bool same = false;
   static __device__ __forceinline__ TO run(TI x) { return from_f32<TO>(to_f32(x)); }
 };
 template <typename T> struct Convert<T, T> {
+  static constexpr bool same = true;
   static __device__ __forceinline__ T run(T x) { return x; }
 };
 

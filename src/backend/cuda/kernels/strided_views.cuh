@@ -47,3 +47,10 @@ __device__ __forceinline__ void view_offset2(unsigned i, int rank, const int* di
   }
   *oa = a; *ob = b;
 }
+
+/** view_offset2 with the collapsed rank-1 case (a plain stride per view) taken without the divisions. */
+__device__ __forceinline__ void index_offsets2(long long i, int rank, const int* dims, const long long* sa, const long long* sb,
+                                               long long* oa, long long* ob) {
+  if (rank == 1) { *oa = i * sa[MT_MAX_RANK - 1]; *ob = i * sb[MT_MAX_RANK - 1]; }
+  else view_offset2((unsigned)i, rank, dims, sa, sb, oa, ob);
+}

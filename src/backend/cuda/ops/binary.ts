@@ -7,7 +7,7 @@ import { devicePtr } from '../runtime/device_buffer.js';
 import { KernelArgs } from '../runtime/kernel_args.js';
 import { KernelFile } from '../runtime/module.js';
 import { assertContiguous, assertCount, gridFor, THREADS } from './common.js';
-import { collapseViews, setViewArgs, STRIDED_VIEWS_DEFINES, viewArgCount } from './strided_views.js';
+import { collapseViews, setViewArgs, STRIDED_VIEWS_DEFINES, vectorViews, VEC, viewArgCount } from './strided_views.js';
 
 export const BINARY_DEFINES = { ...STRIDED_VIEWS_DEFINES, OP_ADD: 0, OP_SUB: 1, OP_MUL: 2, OP_DIV: 3 } as const;
 
@@ -37,8 +37,13 @@ export class BinaryLauncher {
     const ints = [out, a, b].filter((t) => t.dtype === 'i32').length;
     if (ints !== 0 && ints !== 3) throw new Error(`internal: binary ${op} mixes i32 with floats (${out.dtype} = ${a.dtype} ${op} ${b.dtype})`);
     const v = collapseViews(out.shape, [a.strides, b.strides], `binary ${op}`);
-    const args = this.args.ptr(0, devicePtr(out)).ptr(1, devicePtr(a)).ptr(2, devicePtr(b)).i64(3, BigInt(n)).i32(4, opCode(op));
-    setViewArgs(args, 5, v);
-    this.file.kernel(`binary_${out.dtype}_${a.dtype}_${b.dtype}`).launch([gridFor(this.ctx, n), 1, 1], [THREADS, 1, 1], 0, args);
+    // out is contiguous: in vector units its stride is 1, as its base must be 16-byte aligned.
+    const vec = ints === 0 ? vectorViews({ ...v, strides: [...v.strides, v.dims.map((_, k) => (k === v.dims.length - 1 ? 1 : 0))] },
+      [devicePtr(out), devicePtr(a), devicePtr(b)]) : null;
+    const count = vec ? n / VEC : n;
+    const args = this.args.ptr(0, devicePtr(out)).ptr(1, devicePtr(a)).ptr(2, devicePtr(b)).i64(3, BigInt(count)).i32(4, opCode(op));
+    setViewArgs(args, 5, vec ? { ...vec, strides: vec.strides.slice(0, 2) } : v);
+    const name = `binary_${vec ? 'vec8_' : ''}${out.dtype}_${a.dtype}_${b.dtype}`;
+    this.file.kernel(name).launch([gridFor(this.ctx, count), 1, 1], [THREADS, 1, 1], 0, args);
   }
 }

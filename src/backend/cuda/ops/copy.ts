@@ -8,7 +8,7 @@ import { devicePtr } from '../runtime/device_buffer.js';
 import { KernelArgs } from '../runtime/kernel_args.js';
 import { KernelFile } from '../runtime/module.js';
 import { assertCount, gridFor, THREADS } from './common.js';
-import { collapseViews, setViewArgs, STRIDED_VIEWS_DEFINES, viewArgCount } from './strided_views.js';
+import { collapseViews, setViewArgs, STRIDED_VIEWS_DEFINES, vectorViews, VEC, viewArgCount } from './strided_views.js';
 
 export const COPY_DEFINES = STRIDED_VIEWS_DEFINES;
 
@@ -50,8 +50,10 @@ export class CopyLauncher {
     if (n === 0) return;
     assertCount(n, 'copy');
     const v = collapseViews(shape, [dstStrides, srcStrides], 'copy');
-    const args = this.args.ptr(0, dst).ptr(1, src).i64(2, BigInt(n));
-    setViewArgs(args, 3, v);
-    this.file.kernel(`copy_${dstType}_${srcType}`).launch([gridFor(this.ctx, n), 1, 1], [THREADS, 1, 1], 0, args);
+    const vec = dstType !== 'i32' && srcType !== 'i32' ? vectorViews(v, [dst, src]) : null;
+    const count = vec ? n / VEC : n;
+    const args = this.args.ptr(0, dst).ptr(1, src).i64(2, BigInt(count));
+    setViewArgs(args, 3, vec ?? v);
+    this.file.kernel(`copy_${vec ? 'vec8_' : ''}${dstType}_${srcType}`).launch([gridFor(this.ctx, count), 1, 1], [THREADS, 1, 1], 0, args);
   }
 }
