@@ -16,7 +16,9 @@
 // 64 rows) over experts of 0, 1, 63, 64, 65, 129 and 130 rows (last steps of 1, 63 and 64 rows,
 // whose next rows are the next expert's, or rows in no expert after the last), beta 0 into
 // poisoned then beta 1 on top, f32 and bf16 gradients; and at the bench shapes against the wgmma
-// set (f32 beta 0 and 1, bf16).
+// set (f32 beta 0 and 1, bf16 beta 0 and 1). With beta 0 it also gives the Σ of the squares of
+// what it wrote (autograd/grad_squares.ts): checked against the host's f64 sum of the stored
+// gradients at all those shapes (≤ 1e-5 relative), and beta 1 must decline and leave it alone.
 // Outputs are poisoned with NaN first, so an element no CTA wrote fails. Tolerances:
 // - bf16 outputs (forward, dX), ‖gpu − ref‖/‖ref‖ ≤ 1e-2: both sides accumulate the same exact
 //   bf16 products in f32 (or f64) in different orders (~1e-6 relative) and round once to bf16,
@@ -410,6 +412,17 @@ for (const [K, N] of [[2048, 1408], [1408, 2048]] as const) {
  * expert) on the tma set and the CPU: beta 0 into NaN-poisoned gradients, then beta 1 with
  * another dY on top, f32 and bf16 gradients. Experts with no rows must hold exactly +0.
  */
+/**
+ * The weight product said it gave the squares, and squares[0] is the Σ of the squares of the
+ * gradients as stored, summed on the host in f64: within 1e-5 (the order of ~10⁶ f32 adds).
+ */
+function expectSquares(gave: boolean, got: number, grads: readonly Tensor[], what: string): void {
+  assert.ok(gave, `${what}: the squares were given`);
+  let want = 0;
+  for (const t of grads) for (const v of readF32(gpu(), t)) want += v * v;
+  assert.ok(Math.abs(got - want) <= 1e-5 * want + 1e-30, `${what}: squares ${got}, host Σ g² ${want}`);
+}
+
 function tmaWeightAgainstCpu(counts: readonly number[], K: number, N: number, tail: number, what: string): void {
   // The GPU sees `tail` rows in no expert after the last; the CPU reference, which requires the
   // offsets to cover every row, gets only the covered ones (the rows a correct kernel reads).
@@ -426,7 +439,14 @@ function tmaWeightAgainstCpu(counts: readonly number[], K: number, N: number, ta
     const cg = counts.map(() => { const t = emptyTensor(cpu, [N, K], dtype); cpu.fill(t, Number.NaN); return t; });
     const gg = counts.map(() => poisoned([N, K], dtype));
     for (const [beta, dyC, dyG] of [[0, c.dy, g.dy], [1, c.dy2, g.dy2]] as const) {
-      cpu.groupedLinearWeightGrad(cg, dyC, c.x, c.off, beta); gpu().groupedLinearWeightGrad(gg, dyG, g.x, g.off, beta);
+      const squares = poisoned([1], 'f32');
+      cpu.groupedLinearWeightGrad(cg, dyC, c.x, c.off, beta);
+      const gave = gpu().groupedLinearWeightGrad(gg, dyG, g.x, g.off, beta, squares);
+      // beta 0 also gives the Σ of the squares of what it wrote (as stored); beta 1 declines.
+      const sq = readF32(gpu(), squares)[0]!;
+      squares.dispose();
+      if (beta === 0) expectSquares(gave, sq, gg, `${what}, ${dtype} gradients, beta 0`);
+      else assert.ok(!gave && Number.isNaN(sq), `${what}, ${dtype} gradients, beta 1: squares declined and left alone (${gave}, ${sq})`);
       for (let e = 0; e < counts.length; e++) {
         const got = readF32(gpu(), gg[e]!);
         const name = `${what}, ${dtype} gradients, beta ${beta === 0 ? '0' : '0 then 1'}: expert ${e} (${counts[e]} rows)`;
@@ -451,7 +471,7 @@ for (const [K, N] of [[64, 64], [320, 192], [448, 64], [1408, 192], [192, 1408]]
 }
 
 for (const [K, N] of [[2048, 1408], [1408, 2048]] as const) {
-  test(`grouped GEMM (tma), bench shapes E = 64, M = 49152, K = ${K}, N = ${N}: the weight product matches the wgmma set (f32 beta 0 and 1, bf16)`, { skip: skipHopper }, () => {
+  test(`grouped GEMM (tma), bench shapes E = 64, M = 49152, K = ${K}, N = ${N}: the weight product matches the wgmma set (f32 and bf16, beta 0 and 1), and its squares the host's`, { skip: skipHopper }, () => {
     const be = gpu();
     const E = 64, M = 49152, counts = skewedCounts(E, M);
     counts[E - 1]! += counts[3]! - 1 + counts[9]! - 129;
@@ -462,12 +482,14 @@ for (const [K, N] of [[2048, 1408], [1408, 2048]] as const) {
     const run = (set: 'wgmma' | 'tma', dtype: 'f32' | 'bf16', beta: 0 | 1) => {
       be.groupedGemmKernels = set;
       const gs = init.map((v) => (beta === 0 ? poisoned([N, K], dtype) : upload(be, v, [N, K], dtype)));
-      be.groupedLinearWeightGrad(gs, dy, x, off, beta);
+      const squares = set === 'tma' && beta === 0 ? poisoned([1], 'f32') : undefined;
+      const gave = be.groupedLinearWeightGrad(gs, dy, x, off, beta, squares);
+      if (squares) { expectSquares(gave, readF32(be, squares)[0]!, gs, `tma ${dtype} dW beta 0`); squares.dispose(); }
       const out = gs.map((t) => readF32(be, t));
       for (const t of gs) t.dispose();
       return out;
     };
-    for (const [dtype, beta] of [['f32', 0], ['f32', 1], ['bf16', 1]] as const) {
+    for (const [dtype, beta] of [['f32', 0], ['f32', 1], ['bf16', 1], ['bf16', 0]] as const) {
       const ref = run('wgmma', dtype, beta), got = run('tma', dtype, beta);
       for (let e = 0; e < E; e++) {
         const name = `tma ${dtype} dW (beta ${beta}) of expert ${e} (${counts[e]} rows) vs wgmma`;

@@ -17,11 +17,13 @@
 // layout zeroes its own buffers.
 import { backendOf } from '../backend/backend.js';
 import type { Tensor } from '../tensor/tensor.js';
+import { forgetGradSquares } from './grad_squares.js';
 
 const pending = new WeakSet<Tensor>();
 
 /** Marks grad as logically zero: its next write overwrites it (see the file header). */
 export function markGradZero(grad: Tensor): void {
+  forgetGradSquares(grad);
   pending.add(grad);
 }
 
@@ -33,12 +35,16 @@ export function isGradZeroPending(grad: Tensor): boolean {
 /**
  * The beta of a write into grad that covers every element of it: 0 (overwrite) when grad is
  * pending, which clears the mark, so the caller must then write; 1 (accumulate) otherwise.
+ * Either way the write to come makes any record of grad's squares stale (grad_squares.ts).
  */
 export function claimGradBeta(grad: Tensor): 0 | 1 {
+  forgetGradSquares(grad);
   return pending.delete(grad) ? 0 : 1;
 }
 
 /** Makes a pending gradient's memory hold its logical zeros (for writers that can only add, and for readers). */
 export function settleGrad(grad: Tensor): void {
-  if (pending.delete(grad)) backendOf(grad).fill(grad, 0);
+  if (!pending.delete(grad)) return;
+  forgetGradSquares(grad);
+  backendOf(grad).fill(grad, 0);
 }

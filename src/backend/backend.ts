@@ -146,8 +146,12 @@ export interface Backend extends StorageOwner {
    * groupedLinear) + beta·dweights[e]. beta 1 (the default) accumulates, and an expert with no
    * rows leaves its dweights[e] as it is; beta 0 overwrites without reading, and an expert with no
    * rows gets zeros (the first gradient write of a step, autograd/lazy_grad_zero.ts).
+   * squares (f32 [1]) is a request: a backend that can add up the squares of what it writes for
+   * less than a pass over dweights sets squares[0] = Σ over every element of every dweights[e]
+   * (as stored, after the write) and returns true; otherwise it leaves squares alone and returns
+   * false (autograd/grad_squares.ts).
    */
-  groupedLinearWeightGrad(dweights: readonly Tensor[], dy: Tensor, x: Tensor, offsets: Tensor, beta?: 0 | 1): void;
+  groupedLinearWeightGrad(dweights: readonly Tensor[], dy: Tensor, x: Tensor, offsets: Tensor, beta?: 0 | 1, squares?: Tensor): boolean;
 
   // ---- model pieces ----
   /** y = x·rstd·w with rstd[r] = 1/sqrt(mean(x[r]²)+eps); x,y [R,D]; w [D]; rstd [R] f32. */

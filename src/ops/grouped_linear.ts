@@ -4,11 +4,14 @@
 // known on the host. Backward gives dx in one grouped product and writes each expert's dW
 // straight into its parameter's gradient (f32; bf16 in the lean recipe), as linear.ts does for
 // one weight: accumulated (beta = 1), or overwritten (beta = 0) when the step's first write
-// finds every expert's gradient logically zero (autograd/lazy_grad_zero.ts).
+// finds every expert's gradient logically zero (autograd/lazy_grad_zero.ts). An overwrite also
+// asks the backend for the Σ of the squares of what it wrote, for the step's gradient norm
+// (autograd/grad_squares.ts).
 import { backendOf } from '../backend/backend.js';
 import { beginNode, linkOutputs, needsGrad } from '../autograd/tape.js';
 import { accumulateLeafGrad } from '../autograd/backward.js';
 import { claimGradBeta, isGradZeroPending, settleGrad } from '../autograd/lazy_grad_zero.js';
+import { forgetGradSquares, isRecordingGradSquares, recordGradSquares } from '../autograd/grad_squares.js';
 import { emptyTensor, type Tensor } from '../tensor/tensor.js';
 
 /** A weight whose gradient the backward writes in place: a leaf with its preallocated grad. */
@@ -56,7 +59,12 @@ export function groupedLinear(x: Tensor, weights: readonly Tensor[], offsets: Te
           if (!overwrite) backend.fill(t, 0);
           return t;
         });
-        backend.groupedLinearWeightGrad(targets, g!, sx, so, overwrite ? 0 : 1);
+        // The squares are worth recording when every target is a leaf's gradient (the norm reads those).
+        const record = overwrite && isRecordingGradSquares() && weights.every(direct);
+        const squares = record ? emptyTensor(backend, [1], 'f32') : undefined;
+        for (const w of weights) if (direct(w)) forgetGradSquares(w.grad!);
+        if (backend.groupedLinearWeightGrad(targets, g!, sx, so, overwrite ? 0 : 1, squares)) recordGradSquares(targets, squares!);
+        else squares?.dispose();
         weights.forEach((w, e) => {
           if (direct(w)) return;
           const t = targets[e]!;

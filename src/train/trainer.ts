@@ -32,7 +32,8 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import type { Backend } from '../backend/backend.js';
-import { TensorList } from '../backend/tensor_list.js';
+import { GradSquareSum } from './grad_square_sum.js';
+import { setGradSquaresRecording } from '../autograd/grad_squares.js';
 import { backward } from '../autograd/backward.js';
 import { noGrad } from '../autograd/tape.js';
 import { markGradZero, settleGrad } from '../autograd/lazy_grad_zero.js';
@@ -137,11 +138,10 @@ export class Training {
   private readonly pipeline: Schedule | null;
   private readonly sumSq: Tensor;
   /** Every parameter's gradient (or this rank's gradient shards), one list per dtype, for the gradient norm. */
-  private readonly grads: TensorList<Tensor>[];
+  /** The gradient norm's Σ g² over these gradients (whole ones, or this rank's shards). */
+  private readonly gradSquares: GradSquareSum;
   /** Whole parameters' gradients, zeroed lazily (see the file header); empty when sharded. */
   private readonly lazyGrads: readonly Tensor[];
-  /** Σg² of the second list (the lean recipe's f32 gradients beside its bf16 ones). */
-  private readonly sumSqMore: Tensor;
   private readonly ceSum: Tensor;
   private readonly lbSum: Tensor;
   private readonly flopsPerStep: number;
@@ -192,9 +192,8 @@ export class Training {
     this.flopsPerStep = flopsPerToken(modelConfig, config.seq_len) * config.global_batch_size * config.seq_len;
     this.sumSq = keep(emptyTensor(backend, [1], 'f32'));
     const grads = this.sharded ? this.parts.flatMap((p) => p.sharded.gradShards()) : this.model.params.map((p) => p.grad);
-    this.grads = (['f32', 'bf16'] as const).map((dt) => grads.filter((g) => g.dtype === dt)).filter((l) => l.length > 0).map((l) => new TensorList(l));
+    this.gradSquares = new GradSquareSum(backend, grads);
     this.lazyGrads = this.sharded ? [] : grads;
-    this.sumSqMore = keep(emptyTensor(backend, [1], 'f32'));
     this.ceSum = keep(emptyTensor(backend, [1], 'f32'));
     this.lbSum = keep(emptyTensor(backend, [1], 'f32'));
   }
@@ -250,6 +249,8 @@ export class Training {
     backend.resetPeak();
     const t0 = performance.now();
     for (const m of this.models) m.beginStep();
+    // Whole gradients: their writers may leave their Σ g² for the norm (autograd/grad_squares.ts).
+    setGradSquaresRecording(this.lazyGrads.length > 0);
     backend.fill(ceSum, 0);
     backend.fill(lbSum, 0);
     let pipelined: { ce: number; lb: number } | null = null;
@@ -294,11 +295,8 @@ export class Training {
       // Sharded gradients are sums over the R replicas: the mean is 1/R of them. A whole
       // gradient still marked logically zero (no op wrote it this step) is zero-filled first.
       for (const g of this.lazyGrads) settleGrad(g);
-      this.grads.forEach((list, i) => {
-        if (i === 0) { backend.sumSquaresMulti(sumSq, list); return; }
-        backend.sumSquaresMulti(this.sumSqMore, list);
-        backend.binary('add', sumSq, sumSq, this.sumSqMore);
-      });
+      this.gradSquares.sum(sumSq);
+      setGradSquaresRecording(false);
       dist?.comm.allReduce(sumSq, 'sum');
       const [sq] = toHostF32(sumSq);
       const norm = Math.sqrt(sq!) / R;
@@ -360,8 +358,7 @@ export class Training {
 
   dispose(): void {
     this.sumSq.dispose(); this.ceSum.dispose(); this.lbSum.dispose();
-    for (const l of this.grads) l.dispose();
-    this.sumSqMore.dispose();
+    this.gradSquares.dispose();
     this.optimizer.dispose();
     if (this.sharded) for (const p of this.parts) p.sharded.dispose();
     else this.model.dispose();

@@ -30,9 +30,9 @@ export class StrictCpuBackend extends CpuBackend {
     dense('groupedLinearBackwardData', ['dx', dx], ['dy', dy], ['offsets', offsets], ...weights.map((w, e): [string, Tensor] => [`weights[${e}]`, w]));
     super.groupedLinearBackwardData(dx, dy, weights, offsets);
   }
-  override groupedLinearWeightGrad(dweights: readonly Tensor[], dy: Tensor, x: Tensor, offsets: Tensor, beta: 0 | 1 = 1): void {
+  override groupedLinearWeightGrad(dweights: readonly Tensor[], dy: Tensor, x: Tensor, offsets: Tensor, beta: 0 | 1 = 1, squares?: Tensor): boolean {
     dense('groupedLinearWeightGrad', ['dy', dy], ['x', x], ['offsets', offsets], ...dweights.map((w, e): [string, Tensor] => [`dweights[${e}]`, w]));
-    super.groupedLinearWeightGrad(dweights, dy, x, offsets, beta);
+    return super.groupedLinearWeightGrad(dweights, dy, x, offsets, beta, squares);
   }
   override rmsNorm(y: Tensor, rstd: Tensor, x: Tensor, w: Tensor, eps: number): void { dense('rmsNorm', ['x', x], ['w', w]); super.rmsNorm(y, rstd, x, w, eps); }
   override rmsNormBackward(dx: Tensor, dw: Tensor, dy: Tensor, x: Tensor, w: Tensor, rstd: Tensor): void {

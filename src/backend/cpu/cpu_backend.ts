@@ -142,8 +142,13 @@ export class CpuBackend implements Backend {
   groupedLinearBackwardData(dx: Tensor, dy: Tensor, weights: readonly Tensor[], offsets: Tensor): void {
     cpuGroupedLinearBackwardData(dx, dy, weights, offsets);
   }
-  groupedLinearWeightGrad(dweights: readonly Tensor[], dy: Tensor, x: Tensor, offsets: Tensor, beta: 0 | 1 = 1): void {
+  /**
+   * Declines the squares (returns false): on the CPU, summing them costs what the norm's own pass
+   * costs, and the step's norm stays the plain sumSquaresMulti.
+   */
+  groupedLinearWeightGrad(dweights: readonly Tensor[], dy: Tensor, x: Tensor, offsets: Tensor, beta: 0 | 1 = 1, _squares?: Tensor): boolean {
     cpuGroupedLinearWeightGrad(dweights, dy, x, offsets, beta);
+    return false;
   }
 
   rmsNorm(y: Tensor, rstd: Tensor, x: Tensor, w: Tensor, eps: number): void { m.rmsNorm(y, rstd, x, w, eps); }

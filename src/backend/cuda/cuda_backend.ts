@@ -186,8 +186,8 @@ export class CudaBackend implements Backend {
   groupedLinearBackwardData(dx: Tensor, dy: Tensor, weights: readonly Tensor[], offsets: Tensor): void {
     this.groupedGemm.groupedLinearBackwardData(dx, dy, weights, offsets);
   }
-  groupedLinearWeightGrad(dweights: readonly Tensor[], dy: Tensor, x: Tensor, offsets: Tensor, beta: 0 | 1 = 1): void {
-    this.groupedGemm.groupedLinearWeightGrad(dweights, dy, x, offsets, beta);
+  groupedLinearWeightGrad(dweights: readonly Tensor[], dy: Tensor, x: Tensor, offsets: Tensor, beta: 0 | 1 = 1, squares?: Tensor): boolean {
+    return this.groupedGemm.groupedLinearWeightGrad(dweights, dy, x, offsets, beta, squares);
   }
   rmsNorm(y: Tensor, rstd: Tensor, x: Tensor, w: Tensor, eps: number): void { this.norm.rmsNorm(y, rstd, x, w, eps); }
   rmsNormBackward(dx: Tensor, dw: Tensor, dy: Tensor, x: Tensor, w: Tensor, rstd: Tensor): void { this.norm.rmsNormBackward(dx, dw, dy, x, w, rstd); }

@@ -119,6 +119,15 @@
 //   measured 1.31 (f32 beta 1) and 1.00 ms (bf16).
 // bench/grouped_gemm_tma_dw_model.py replays its tile walk, boxes, zeroing, descriptors,
 // epilogue and the ring across tiles.
+//
+// Gradient norm: with beta 0 the weight product can also leave the Σ of the squares of what it
+// wrote (autograd/grad_squares.ts), so the step's norm pass (sum_squares_multi, at its byte
+// floor) need not read the expert gradients, ~74% of the bench model's 9 GB, again: ~2.2 ms.
+// The epilogue has the values in registers as it stores them; each consumer warp adds its
+// squares (of the stored values: bf16 ones rounded) with shuffles and writes one partial per
+// tile, so no atomics and no order that depends on the schedule; grouped_tma_dw_squares_final
+// adds the partials in a fixed order. Cost: 2 FMAs per stored value and one shuffle reduction a
+// tile, beside ~1.5 µs of stores.
 #include "common.cuh"
 #include "grouped_gemm_common.cuh"
 
@@ -239,15 +248,22 @@ __device__ __forceinline__ float2 load_pair(const bf16* p) {
 __device__ __forceinline__ void store_pair(float* p, float lo, float hi) { *reinterpret_cast<float2*>(p) = make_float2(lo, hi); }
 __device__ __forceinline__ void store_pair(bf16* p, float lo, float hi) { *reinterpret_cast<u32*>(p) = pack_bf16x2(lo, hi); }
 
+// A value as the store below leaves it in a G: itself (f32), or rounded to nearest even (bf16,
+// as cvt.rn.bf16x2 in pack_bf16x2 rounds it).
+__device__ __forceinline__ float as_stored(float v, const float*) { return v; }
+__device__ __forceinline__ float as_stored(float v, const bf16*) { return to_f32(from_f32<bf16>(v)); }
+
 // C (G = f32, or bf16 rounded once) = acc + beta·C for the warpgroup's rows i < rows and columns
 // col < cols (even, so col < cols ⇒ col + 1 < cols) of the tile at C (row stride ldc); beta 0
 // does not read C (the forward and data products' bf16 outputs, a first gradient write). With
 // beta 1 the old values of 16 pairs are loaded before any is stored, so the loads overlap (the
-// weight product's producer prefetched the tile into L2).
-template <typename G>
-__device__ __forceinline__ void store_tile(const float (&acc)[128], G* C, long long ldc, int half, int rows, int cols, int beta) {
+// weight product's producer prefetched the tile into L2). With SQUARES it returns the thread's
+// Σ of the squares of the values it stored, as stored (the gradient norm's share; else 0).
+template <bool SQUARES = false, typename G>
+__device__ __forceinline__ float store_tile(const float (&acc)[128], G* C, long long ldc, int half, int rows, int cols, int beta) {
   const int w = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
   constexpr int CHUNK = 16;
+  float squares = 0.f;
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     const int i = half * 64 + w * 16 + (lane >> 2) + 8 * h;
@@ -265,11 +281,15 @@ __device__ __forceinline__ void store_tile(const float (&acc)[128], G* C, long l
         float lo = acc[4 * (j0 + j) + 2 * h], hi = acc[4 * (j0 + j) + 2 * h + 1];
         if (beta) { lo += old[j].x; hi += old[j].y; }  // beta 0 stores acc itself (a −0 stays −0)
         store_pair(row + 8 * (j0 + j), lo, hi);
+        if (SQUARES) {
+          const float a = as_stored(lo, row), b = as_stored(hi, row);
+          squares = fmaf(a, a, fmaf(b, b, squares));
+        }
       }
     }
   }
+  return squares;
 }
-
 
 // ---- the ring, shared by the three products ----
 // Ring position `it` counts a CTA's k-steps over all its tiles, on the producer's side and on each
@@ -428,7 +448,7 @@ __device__ __forceinline__ void gemm_cta(const TensorMap& a_map, const TensorMap
     for (int c = 0; c < 128; ++c) acc[c] = 0.f;
     if (g.cols <= BN / 2) gemm_consume<128, B_K>(acc, base, bars, half, ktiles, it);
     else gemm_consume<256, B_K>(acc, base, bars, half, ktiles, it);
-    store_tile<bf16>(acc, out + (long long)g.row0 * width + g.j0, width, half, g.rowEnd - g.row0, g.cols, 0);
+    store_tile(acc, out + (long long)g.row0 * width + g.j0, width, half, g.rowEnd - g.row0, g.cols, 0);
   }
 }
 
@@ -526,10 +546,15 @@ __device__ __forceinline__ void dw_consume(float (&acc)[128], u32 base, u32 bars
 }
 
 // The persistent weight-product CTA (grid ≤ the SM count): a producer warpgroup and two consumer
-// warpgroups (rows 0..63 and 64..127 of each 128 × 256 tile) over the CTA's tiles.
+// warpgroups (rows 0..63 and 64..127 of each 128 × 256 tile) over the CTA's tiles. With squares
+// (beta 0 only; null otherwise), consumer warp v (0..7) of tile t writes the Σ of the squares of
+// the values it stored to squares[8t + v]: every tile is written, an expert without rows too
+// (zeros), so dw_squares_final can add all 8·tiles partials in a fixed order (header: "Gradient
+// norm").
 template <typename G>
 __device__ __forceinline__ void dw_cta(const TensorMap& dy_map, const TensorMap& x_map, G* const* __restrict__ dW,
-                                       const int* __restrict__ off, int E, int M, int N, int K, int beta, unsigned char* smem_raw) {
+                                       const int* __restrict__ off, int E, int M, int N, int K, int beta, float* __restrict__ squares,
+                                       unsigned char* smem_raw) {
   const u32 base = (ggc::smem_addr(smem_raw) + 1023u) & ~1023u;
   const u32 bars = base + BAR_OFFSET;
   const int tid = threadIdx.x, wg = tid >> 7;
@@ -552,8 +577,26 @@ __device__ __forceinline__ void dw_cta(const TensorMap& dy_map, const TensorMap&
     const int cols = min(BN, K - d.j0), valid_last = d.rows - (d.ktiles - 1) * BK;
     if (cols <= BN / 2) dw_consume<128>(acc, base, bars, half, d.ktiles, valid_last, it);
     else dw_consume<256>(acc, base, bars, half, d.ktiles, valid_last, it);
-    store_tile(acc, dW[d.e] + (long long)d.i0 * K + d.j0, K, half, N - d.i0, cols, beta);
+    G* tile = dW[d.e] + (long long)d.i0 * K + d.j0;
+    if (squares == nullptr) {
+      store_tile(acc, tile, K, half, N - d.i0, cols, beta);
+      continue;
+    }
+    float sq = store_tile<true>(acc, tile, K, half, N - d.i0, cols, 0);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) sq += __shfl_xor_sync(0xffffffffu, sq, o);
+    if ((threadIdx.x & 31) == 0) squares[8 * t + ((threadIdx.x - 128) >> 5)] = sq;
   }
+}
+
+// out[0] = Σ partials[0..count) in a fixed order (one block: each thread a strided share, then
+// block_sum), so the same gradients give the same bits.
+__device__ __forceinline__ void sum_partials(float* out, const float* __restrict__ partials, int count) {
+  __shared__ float scratch[32];
+  float s = 0.f;
+  for (int i = threadIdx.x; i < count; i += blockDim.x) s += partials[i];
+  s = block_sum(s, scratch);
+  if (threadIdx.x == 0) out[0] = s;
 }
 
 }  // namespace ggt
@@ -577,18 +620,24 @@ grouped_tma_dx_bf16(const __grid_constant__ ggt::TensorMap dy_map, const ggt::Te
 }
 
 // dW_e[N,K] = dY_eᵀ · X_e + beta·dW_e (f32 gradients): dy_map over dY [M, N], x_map over X [M, K],
-// both with box (64, 64); dW the E gradients' addresses. grid min(E·ceil(N/BM)·ceil(K/BN), SMs).
+// both with box (64, 64); dW the E gradients' addresses; squares null, or (beta 0) 8 f32 partials
+// a tile for grouped_tma_dw_squares_final. grid min(E·ceil(N/BM)·ceil(K/BN), SMs).
 extern "C" __global__ void __launch_bounds__(ggt::THREADS, 1)
 grouped_tma_dw_bf16(const __grid_constant__ ggt::TensorMap dy_map, const __grid_constant__ ggt::TensorMap x_map, float* const* __restrict__ dW,
-                    const int* __restrict__ off, int E, int M, int N, int K, int beta) {
+                    const int* __restrict__ off, int E, int M, int N, int K, int beta, float* __restrict__ squares) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  ggt::dw_cta(dy_map, x_map, dW, off, E, M, N, K, beta, smem_raw);
+  ggt::dw_cta(dy_map, x_map, dW, off, E, M, N, K, beta, squares, smem_raw);
 }
 
 // The same with bf16 gradients (the lean recipe with one micro-batch), rounded once.
 extern "C" __global__ void __launch_bounds__(ggt::THREADS, 1)
 grouped_tma_dw_bf16_gbf16(const __grid_constant__ ggt::TensorMap dy_map, const __grid_constant__ ggt::TensorMap x_map, bf16* const* __restrict__ dW,
-                          const int* __restrict__ off, int E, int M, int N, int K, int beta) {
+                          const int* __restrict__ off, int E, int M, int N, int K, int beta, float* __restrict__ squares) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  ggt::dw_cta(dy_map, x_map, dW, off, E, M, N, K, beta, smem_raw);
+  ggt::dw_cta(dy_map, x_map, dW, off, E, M, N, K, beta, squares, smem_raw);
+}
+
+// squares[0] = Σ of the weight product's 8·tiles partials (dw_cta), one block.
+extern "C" __global__ void grouped_tma_dw_squares_final(float* squares, const float* __restrict__ partials, int count) {
+  ggt::sum_partials(squares, partials, count);
 }

@@ -72,6 +72,9 @@ const TMA_BN = 256, TMA_THREADS = 384, TMA_STAGES = 4;
 /** tma: STAGES × (A + B) tiles, a full and an empty mbarrier per stage, 1024 bytes to align the window. */
 const TMA_SMEM = TMA_STAGES * (BM + TMA_BN) * WGMMA_BK * 2 + TMA_STAGES * 2 * 8 + 1024;
 
+/** tma weight product's squares: one partial per consumer warp a tile, added by one block of 1024 threads. */
+const SQUARES_PER_TILE = 8, SQUARES_FINAL_THREADS = 1024;
+
 /** The -D defines kernels/grouped_gemm.cu is compiled with (it static_asserts GG_SMEM). */
 export const GROUPED_GEMM_DEFINES = { GG_BM: BM, GG_BN: BN, GG_BK: MMA_BK, GG_STAGES: MMA_STAGES, GG_THREADS: THREADS, GG_SMEM: MMA_SMEM } as const;
 /** The -D defines kernels/grouped_gemm_wgmma.cu is compiled with (it static_asserts GGW_SMEM). */
@@ -110,8 +113,10 @@ export class GroupedGemmLauncher {
   /** tma forward / data: the A operand's map (by value), then as args (the weights' map array in place of the address table). */
   private readonly tmaArgs = new KernelArgs(8, [0]);
   private readonly tmaMaps: TensorMapSlots;
-  /** tma weight product: the maps over dY and X (by value), the gradients' address table, offsets, E, M, N, K, beta. */
-  private readonly tmaDwArgs = new KernelArgs(9, [0, 1]);
+  /** tma weight product: the maps over dY and X (by value), the gradients' address table, offsets, E, M, N, K, beta, squares' partials. */
+  private readonly tmaDwArgs = new KernelArgs(10, [0, 1]);
+  /** grouped_tma_dw_squares_final: the squares' f32 [1], the partials, their count. */
+  private readonly squaresArgs = new KernelArgs(3);
   private readonly tmaDwMaps: TensorMapSlots;
   private readonly weightMaps: TensorMapArray;
   private table = new BigUint64Array(0);
@@ -177,9 +182,13 @@ export class GroupedGemmLauncher {
 
   /**
    * dW_e = dY_eᵀ·X_e + beta·dW_e. beta 0 (a step's first write, autograd/lazy_grad_zero.ts) writes
-   * without reading, half the gradient traffic, and gives an expert with no rows zeros.
+   * without reading, half the gradient traffic, and gives an expert with no rows zeros. With
+   * squares (f32 [1]), the tma weight product with beta 0 also sets squares[0] to the Σ of the
+   * squares of every value it wrote (autograd/grad_squares.ts) and returns true; every other path
+   * leaves squares alone and returns false (summing there would cost what the caller's own pass
+   * costs).
    */
-  groupedLinearWeightGrad(dweights: readonly Tensor[], dy: Tensor, x: Tensor, offsets: Tensor, beta: 0 | 1): void {
+  groupedLinearWeightGrad(dweights: readonly Tensor[], dy: Tensor, x: Tensor, offsets: Tensor, beta: 0 | 1, squares?: Tensor): boolean {
     const { M, N, K } = this.check('groupedLinearWeightGrad', x, dy, dweights, offsets);
     // Every set writes f32 gradients; the wgmma and tma sets also bf16 ones (the lean recipe with
     // one micro-batch). Otherwise (bf16 gradients on the mma set, mixed
@@ -191,19 +200,19 @@ export class GroupedGemmLauncher {
       // No rows at all: nothing to add, or (beta 0) each gradient is a product over no rows, which
       // the matmul launcher writes as zeros.
       if (beta === 0) for (const w of dweights) this.gemm.matmul(w, dy, x, { transA: true, beta: 0 });
-      return;
+      return false;
     }
-    if (!typed || !this.kernelsTake(x, dy, dweights, K, N)) { this.perExpert('weight', dy, x, dweights, offsets, beta); return; }
+    if (!typed || !this.kernelsTake(x, dy, dweights, K, N)) { this.perExpert('weight', dy, x, dweights, offsets, beta); return false; }
     const E = dweights.length;
     if (this.kernels === 'tma' && K > 0 && N > 0 && !(beta === 1 && this.accumulateWithWgmma)) {
-      this.launchTmaWeight(dweights, dy, x, offsets, M, N, K, beta, !f32);
-      return;
+      return this.launchTmaWeight(dweights, dy, x, offsets, M, N, K, beta, !f32, beta === 0 ? squares : undefined);
     }
     const table = this.tableOf(dweights);
     const args = this.dwArgs.ptr(0, table).ptr(1, devicePtr(dy)).ptr(2, devicePtr(x)).ptr(3, devicePtr(offsets))
       .i32(4, E).i32(5, M).i32(6, N).i32(7, K).i32(8, beta);
     const { k, smem } = this.kernel('dw', !f32);
     k.launch([Math.ceil(K / BN), Math.ceil(N / BM), E], [THREADS, 1, 1], smem, args);
+    return false;
   }
 
   /**
@@ -283,21 +292,30 @@ export class GroupedGemmLauncher {
    * The tma set's weight product dW_e = dY_eᵀ·X_e + beta·dW_e: maps over the whole dY [M, N] and
    * X [M, K] with boxes of 64 columns × 64 rows (the MN-major column blocks of the kernel header),
    * the gradients' address table, and a persistent grid of at most one CTA per SM over the
-   * E·ceil(N/128)·ceil(K/256) output tiles.
+   * E·ceil(N/128)·ceil(K/256) output tiles. With squares (beta 0), the kernel leaves 8 partial sums
+   * of squares a tile in a scratch block and a one-block kernel adds them into squares[0]; returns
+   * whether it did.
    */
   private launchTmaWeight(dweights: readonly Tensor[], dy: Tensor, x: Tensor, offsets: Tensor, M: number, N: number, K: number,
-                          beta: 0 | 1, bf16Grads: boolean): void {
+                          beta: 0 | 1, bf16Grads: boolean, squares?: Tensor): boolean {
     const what = 'grouped GEMM (tma) weight';
     const box = [64, WGMMA_BK];
     this.tmaDwMaps.set(0, { dtype: 'bf16', address: devicePtr(dy), dims: [N, M], strides: [N * 2], box, swizzle128: true }, `${what}: dY [${M}, ${N}]`);
     this.tmaDwMaps.set(1, { dtype: 'bf16', address: devicePtr(x), dims: [K, M], strides: [K * 2], box, swizzle128: true }, `${what}: X [${M}, ${K}]`);
-    const E = dweights.length;
+    const E = dweights.length, tiles = E * Math.ceil(N / BM) * Math.ceil(K / TMA_BN);
+    if (squares && (squares.dtype !== 'f32' || squares.size !== 1)) throw new Error(`internal: ${what}: squares is ${squares}, expected f32 [1]`);
+    // Stream-ordered allocator: the block freed below is reused only by later work on the stream.
+    const partials = squares ? this.allocator.alloc(tiles * SQUARES_PER_TILE * 4) : null;
     const args = this.tmaDwArgs.ptr(2, this.tableOf(dweights)).ptr(3, devicePtr(offsets))
-      .i32(4, E).i32(5, M).i32(6, N).i32(7, K).i32(8, beta);
+      .i32(4, E).i32(5, M).i32(6, N).i32(7, K).i32(8, beta).ptr(9, partials?.ptr ?? 0n);
     const k = this.tmaFile.kernel(`grouped_tma_dw_bf16${bf16Grads ? '_gbf16' : ''}`);
     k.allowDynamicShared(TMA_SMEM, what);
-    const tiles = E * Math.ceil(N / BM) * Math.ceil(K / TMA_BN);
     k.launch([Math.min(tiles, this.ctx.smCount), 1, 1], [TMA_THREADS, 1, 1], TMA_SMEM, args);
+    if (!squares || !partials) return false;
+    this.tmaFile.kernel('grouped_tma_dw_squares_final').launch([1, 1, 1], [SQUARES_FINAL_THREADS, 1, 1], 0,
+      this.squaresArgs.ptr(0, devicePtr(squares)).ptr(1, partials.ptr).i32(2, tiles * SQUARES_PER_TILE));
+    this.allocator.free(partials);
+    return true;
   }
 
   /**
