@@ -3,9 +3,13 @@
 // whose widths the kernels take (hidden 256, expert width 128, 16 experts, top-4), with the
 // mma.sync kernels and, on sm_90a, the wgmma and tma ones (all three products of each set: the
 // tma set's forward, data and its own persistent weight kernel), and auto (on sm_90a the tma set
-// with wgmma's weight product for beta 1). Two micro-batches a step, so
-// every step's expert gradients are written once with beta 0 (the first write after the
-// optimizer marked them logically zero) and once with beta 1. Skipped without CUDA.
+// with wgmma's weight product for beta 1), and tma_pair (the tma set with its forward and data
+// products in 2-CTA clusters). Two micro-batches a step, so every step's expert gradients are
+// written once with beta 0 (the first write after the optimizer marked them logically zero) and
+// once with beta 1. A second test runs one micro-batch a step, where the tma weight product's
+// Σ g² (autograd/grad_squares.ts) is what the gradient norm reads for the expert gradients: the
+// norms and losses of tma and auto must follow per_expert's, whose norm sums every gradient
+// itself. Skipped without CUDA.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
@@ -21,12 +25,16 @@ const cli = path.join(packageRoot(), 'dist', 'src', 'cli', 'main.js');
 const skip = cudaAvailable() ? false : 'skipped: no CUDA';
 const STEPS = 20;
 
-function losses(config: string, groupedGemm: string): number[] {
+function losses(config: string, groupedGemm: string, micro = 2): number[] {
+  return metrics(config, groupedGemm, micro).map((m) => m.crossEntropy);
+}
+
+function metrics(config: string, groupedGemm: string, micro: number): { crossEntropy: number; gradientNorm: number }[] {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), `moetrain-grouped-${groupedGemm}-`));
   const r = spawnSync(process.execPath, [cli, 'train', '--device', 'cuda', '--model', config, '--steps', String(STEPS), '--seq_len', '256',
-    '--micro_batch_size', '4', '--global_batch_size', '8', '--checkpoint_every', '0', '--run_dir', dir, '--grouped_gemm', groupedGemm], { encoding: 'utf8' });
+    '--micro_batch_size', '4', '--global_batch_size', String(4 * micro), '--checkpoint_every', '0', '--run_dir', dir, '--grouped_gemm', groupedGemm], { encoding: 'utf8' });
   assert.equal(r.status, 0, r.stderr);
-  const out = fs.readFileSync(path.join(dir, 'metrics.jsonl'), 'utf8').trim().split('\n').map((l) => (JSON.parse(l) as { crossEntropy: number }).crossEntropy);
+  const out = fs.readFileSync(path.join(dir, 'metrics.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as { crossEntropy: number; gradientNorm: number });
   fs.rmSync(dir, { recursive: true, force: true });
   return out;
 }
@@ -38,7 +46,7 @@ test(`grouped expert GEMM: losses follow the per-expert path for ${STEPS} steps`
     ...TINY_CONFIG_JSON, hidden_size: 256, moe_intermediate_size: 128, n_routed_experts: 16, num_experts_per_tok: 4,
   }));
   const reference = losses(config, 'per_expert');
-  const sets = defaultCudaContext().arch === 'sm_90a' ? ['mma', 'wgmma', 'tma', 'auto'] : ['mma'];
+  const sets = defaultCudaContext().arch === 'sm_90a' ? ['mma', 'wgmma', 'tma', 'tma_pair', 'auto'] : ['mma'];
   for (const set of sets) {
     const got = losses(config, set);
     const worst = Math.max(...got.map((x, i) => Math.abs(x - reference[i]!) / reference[i]!));
@@ -48,6 +56,26 @@ test(`grouped expert GEMM: losses follow the per-expert path for ${STEPS} steps`
     // allows that drift and still catches a wrong kernel, which moves the loss far more.
     assert.ok(worst < 0.02, `${set}: losses differ from per_expert by ${worst} (relative)`);
     assert.ok(got[STEPS - 1]! < got[0]!, `${set}: the loss did not fall (${got[0]} → ${got[STEPS - 1]})`);
+  }
+  fs.rmSync(dir, { recursive: true, force: true });
+});
+
+test(`grouped expert GEMM, one micro-batch: the norm from the weight products' squares follows per_expert's for ${STEPS} steps`, { skip: skip || (defaultCudaContext().arch !== 'sm_90a' ? 'skipped: the tma set needs sm_90a' : false) }, () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'moetrain-grouped-config-'));
+  const config = path.join(dir, 'config.json');
+  fs.writeFileSync(config, JSON.stringify({
+    ...TINY_CONFIG_JSON, hidden_size: 256, moe_intermediate_size: 128, n_routed_experts: 16, num_experts_per_tok: 4,
+  }));
+  const reference = metrics(config, 'per_expert', 1);
+  for (const set of ['tma', 'auto']) {
+    const got = metrics(config, set, 1);
+    for (const key of ['crossEntropy', 'gradientNorm'] as const) {
+      const worst = Math.max(...got.map((m, i) => Math.abs(m[key] - reference[i]![key]) / reference[i]![key]));
+      console.log(`# ${set}, one micro-batch: worst relative ${key} difference to per_expert over ${STEPS} steps: ${worst.toExponential(2)}`);
+      // As above: bf16 drift of a few 1e-3; a norm that missed or double-counted the expert
+      // gradients (most of the model's) would be off by tens of percent.
+      assert.ok(worst < 0.02, `${set}: ${key} differs from per_expert by ${worst} (relative)`);
+    }
   }
   fs.rmSync(dir, { recursive: true, force: true });
 });
