@@ -10,13 +10,26 @@ import { keep } from '../tensor/scope.js';
 import { Tensor } from '../tensor/tensor.js';
 import { isRecording } from './tape.js';
 
+let enabled = true;
+
+/**
+ * Runs fn with these marks on or off (train option recompute: 'none' keeps the outputs instead;
+ * 'layers' turns them off while a whole layer is computed again in backward, rerun.ts, whose
+ * backward follows at once).
+ */
+export function withRecomputeMarks<T>(on: boolean, fn: () => T): T {
+  const before = enabled;
+  enabled = on;
+  try { return fn(); } finally { enabled = before; }
+}
+
 /**
  * Marks out (a whole, contiguous tensor in a storage of its own) as recomputable by
  * compute(dst, sources), which must write exactly what produced out from the same sources. The
  * sources are held until out is recomputed or released. No-op when gradients are not recorded.
  */
 export function markRecomputable(out: Tensor, sources: readonly Tensor[], compute: (dst: Tensor, sources: readonly Tensor[]) => void): void {
-  if (!isRecording() || out.offset !== 0 || !out.isContiguous() || out.bytes !== out.storage.bytes) return;
+  if (!enabled || !isRecording() || out.offset !== 0 || !out.isContiguous() || out.bytes !== out.storage.bytes) return;
   const held = sources.map((s) => keep(s.view(s.shape, s.strides, s.offset)));
   const { shape, strides, dtype } = out;
   out.storage.setRebuild({

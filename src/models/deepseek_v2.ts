@@ -26,6 +26,8 @@ import { rope } from '../ops/rope.js';
 import { swiglu } from '../ops/swiglu.js';
 import { embedding } from '../ops/embedding.js';
 import { linearCrossEntropyMean } from '../ops/linear_cross_entropy.js';
+import { withRecomputeMarks } from '../autograd/recompute.js';
+import { rerunInBackward } from '../autograd/rerun.js';
 import { softmax } from '../ops/softmax.js';
 import { topk, bincount, expertOrder, expertOrderInverse } from '../ops/routing.js';
 import { gatherRows } from '../ops/rows.js';
@@ -47,6 +49,8 @@ import {
 
 /** Which statistics the load-balance loss balances (DESIGN.md). */
 export type LoadBalanceForm = 'micro-batch' | 'global-batch' | 'sequence';
+/** What backward computes again instead of keeping (DeepseekV2.recompute, train option recompute). */
+export type RecomputeMode = 'cheap' | 'none' | 'layers';
 
 export interface LoadBalance {
   form: LoadBalanceForm;
@@ -101,6 +105,13 @@ export class DeepseekV2 implements DeepseekV2Weights<Param> {
   sections: SectionHooks | null = null;
   /** The head keeps the micro-batch's logits for backward instead of recomputing them (train option keep_logits; ops/linear_cross_entropy.ts). */
   keepLogits = false;
+  /**
+   * What backward gets by computing again rather than keeping (train option recompute): 'cheap'
+   * the SwiGLU outputs, the MoE's gathered rows and the router's f32 input (autograd/recompute.ts);
+   * 'none' keeps them; 'layers' keeps only each decoder layer's input and output and runs the
+   * whole layer again in backward (autograd/rerun.ts).
+   */
+  recompute: RecomputeMode = 'cheap';
   /**
    * Expert parallelism: set (by the trainer, when ep > 1) to send routed tokens to the ranks
    * that own their experts; null: an MoE layer computes only the owned experts' share.
@@ -229,14 +240,23 @@ export class DeepseekV2 implements DeepseekV2Weights<Param> {
    * their load-balance losses, [1] f32 (zeros when α = 0 or no owned layer is MoE).
    */
   runLayers(h: Tensor, B: number, S: number, lb: LoadBalance): { h: Tensor; loadBalance: Tensor } {
+    if (this.recompute === 'layers' && lb.form === 'global-batch' && lb.alpha > 0) {
+      // Its counts accumulate over the step's micro-batches as each forward runs; a second forward would add them twice.
+      throw new Error('recompute=layers cannot be combined with load_balance.form=global-batch: use load_balance.form sequence or micro-batch, or recompute cheap');
+    }
     const parts: Tensor[] = [];
     for (const layer of this.layers) {
       // Each layer in its own scope: only its output (and its share of the load-balance loss)
       // survives; the tensors its backward rules need are held by the autograd nodes.
       const prev = h;
-      const [out, lbPart] = tidy(() => this.runUnit({ kind: 'layer', index: layer.index }, [prev], ([x]) => {
-        const r = this.layer(layer, x!, B, S, lb);
+      const run = (inputs: readonly Tensor[]) => {
+        const r = this.layer(layer, inputs[0]!, B, S, lb);
         return r.lb ? [r.h, r.lb] : [r.h];
+      };
+      const [out, lbPart] = tidy(() => this.runUnit({ kind: 'layer', index: layer.index }, [prev], (inputs) => {
+        if (this.recompute !== 'layers') return withRecomputeMarks(this.recompute === 'cheap', () => run(inputs));
+        // Computed again in backward, where its backward follows at once: nothing to give back.
+        return rerunInBackward(inputs, (again) => withRecomputeMarks(false, () => run(again)));
       }));
       h = out!;
       if (lbPart) parts.push(lbPart);

@@ -5,7 +5,7 @@ import { readFileSync } from 'node:fs';
 import type { AdamConfig } from '../optim/adam.js';
 import type { ScheduleConfig } from '../optim/schedule.js';
 import { RECIPES, type Recipe } from '../optim/recipe.js';
-import type { LoadBalanceForm } from '../models/deepseek_v2.js';
+import type { LoadBalanceForm, RecomputeMode } from '../models/deepseek_v2.js';
 import { closestName } from '../models/deepseek_v2_config.js';
 import type { ParallelConfig } from '../parallel/mesh.js';
 
@@ -32,6 +32,13 @@ export interface TrainConfig {
   grouped_gemm: 'auto' | 'mma' | 'wgmma' | 'tma' | 'tma_pair' | 'per_expert';
   /** The head keeps each micro-batch's logits (tokens × vocabulary, compute dtype) for backward instead of recomputing them. */
   keep_logits: boolean;
+  /**
+   * What backward computes again instead of keeping from forward: "cheap" (SwiGLU outputs, the
+   * MoE's gathered rows, the router's f32 input), "none", or "layers" (every decoder layer: only
+   * its input and output kept; not with the global-batch load-balance form). See
+   * models/deepseek_v2.ts (DeepseekV2.recompute).
+   */
+  recompute: RecomputeMode;
   /** Compute precision of weights and activations (masters, gradients and optimizer state are f32 in the default recipe). */
   precision: 'bf16' | 'f32';
   /**
@@ -73,7 +80,7 @@ export interface TrainConfig {
 export function defaultTrainConfig(): TrainConfig {
   return {
     model: 'tiny', data: 'demo', run_dir: 'runs/default', device: 'auto', precision: 'bf16', recipe: 'default', seed: 1234,
-    mla_kernels: 'auto', grouped_gemm: 'auto', keep_logits: false,
+    mla_kernels: 'auto', grouped_gemm: 'auto', keep_logits: false, recompute: 'cheap',
     steps: 100, seq_len: 64, micro_batch_size: 16, global_batch_size: 16,
     optimizer: { type: 'adamw', lr: 4e-3, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.01 },
     schedule: { type: 'cosine', warmup_steps: 10, min_lr_ratio: 0.1, decay_fraction: 0.2 },
@@ -102,7 +109,7 @@ const oneOf = (...xs: string[]): Check => Object.assign((v: unknown) => (xs.incl
 const SCHEMA: Record<string, Check | Record<string, Check>> = {
   model: str, data: str, run_dir: str, device: oneOf('auto', 'cpu', 'cuda'), precision: oneOf('bf16', 'f32'), recipe: oneOf(...RECIPES),
   mla_kernels: oneOf('auto', 'hopper', 'mma', 'generic'), grouped_gemm: oneOf('auto', 'mma', 'wgmma', 'tma', 'tma_pair', 'per_expert'),
-  keep_logits: bool, seed: nonNegInt, steps: positiveInt, seq_len: positiveInt, micro_batch_size: positiveInt, global_batch_size: positiveInt,
+  keep_logits: bool, recompute: oneOf('cheap', 'none', 'layers'), seed: nonNegInt, steps: positiveInt, seq_len: positiveInt, micro_batch_size: positiveInt, global_batch_size: positiveInt,
   optimizer: { type: oneOf('adamw', 'adam'), lr: positive, beta1: fraction, beta2: fraction, eps: positive, weight_decay: nonNeg },
   schedule: { type: oneOf('cosine', 'wsd', 'constant'), warmup_steps: nonNegInt, min_lr_ratio: nonNeg, decay_fraction: fraction },
   grad_clip: nonNeg,
@@ -152,6 +159,7 @@ const OPTION_HELP: Record<string, string> = {
   mla_kernels: 'MLA attention kernels on the GPU: auto (Hopper kernels on H100/H200, else mma.sync or generic), hopper, mma, generic',
   grouped_gemm: 'routed-expert GEMM kernels on the GPU: auto (tma on H100/H200, with the wgmma weight product where it accumulates; else mma), mma, wgmma (H100/H200), tma (H100/H200: TMA-fed persistent forward, data and weight products), tma_pair (tma with the forward and data products in 2-CTA clusters that share each weight tile), per_expert (one cuBLASLt call per expert)',
   keep_logits: 'the head keeps each micro-batch\'s logits for backward (tokens × vocabulary × 2 bytes held from the head\'s forward to its backward, e.g. 1.56 GiB for 8192 tokens of DeepSeek-V2-Lite) instead of recomputing them: one lm_head GEMM less per micro-batch; estimate-memory shows the cost',
+  recompute: 'what backward computes again instead of keeping: cheap (SwiGLU outputs, the MoE\'s gathered rows, the router\'s f32 input), none (keep all: faster, more memory), layers (every decoder layer recomputed in backward from its input: one more forward of the layers, the least memory; not with load_balance.form global-batch); estimate-memory shows the cost',
   'parallel.pp': 'pipeline stages (mesh pp × dp × cp × ep = ranks started by `moetrain launch`)',
   'parallel.dp': 'data-parallel replicas (with ep: dp·ep replicas read different sequences)',
   'parallel.cp': 'context-parallel ranks (the sequence is split over them)',
@@ -226,6 +234,9 @@ export function mergeTrainConfig(base: TrainConfig, overrides: Record<string, un
   const c = out as unknown as TrainConfig;
   if (c.global_batch_size % c.micro_batch_size !== 0) {
     throw new Error(`${source}: global_batch_size (${c.global_batch_size}) must be a multiple of micro_batch_size (${c.micro_batch_size})`);
+  }
+  if (c.recompute === 'layers' && c.load_balance.form === 'global-batch' && c.load_balance.alpha > 0) {
+    throw new Error(`${source}: recompute "layers" runs each layer's forward twice, and the global-batch load-balance counts would be added twice; use --load_balance.form sequence (or micro-batch), or --recompute cheap`);
   }
   if (c.recipe === 'lean' && c.precision !== 'bf16') throw new Error(`${source}: recipe "lean" keeps bf16 weights and needs precision "bf16" (got "${c.precision}"); pass --precision bf16 or --recipe default`);
   if (c.schedule.warmup_steps > c.steps) throw new Error(`${source}: schedule.warmup_steps (${c.schedule.warmup_steps}) exceeds steps (${c.steps}); lower --schedule.warmup_steps`);

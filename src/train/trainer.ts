@@ -188,7 +188,7 @@ export class Training {
         this.optimizer = new Adam(this.model.params, config.optimizer, backend);
       }
     }
-    for (const m of this.models) m.keepLogits = config.keep_logits;
+    for (const m of this.models) { m.keepLogits = config.keep_logits; m.recompute = config.recompute; }
     this.flopsPerStep = flopsPerToken(modelConfig, config.seq_len) * config.global_batch_size * config.seq_len;
     this.sumSq = keep(emptyTensor(backend, [1], 'f32'));
     const grads = this.sharded ? this.parts.flatMap((p) => p.sharded.gradShards()) : this.model.params.map((p) => p.grad);
