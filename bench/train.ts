@@ -26,7 +26,7 @@ import { LaunchTimer, launchTiming, type LaunchTimes } from '../src/backend/cuda
 import { loadDeepseekV2Config } from '../src/models/deepseek_v2_config.js';
 import { parameterCount, flopsPerToken } from '../src/models/deepseek_v2_weights.js';
 import { packageRoot } from '../src/package_root.js';
-import { defaultTrainConfig, mergeTrainConfig } from '../src/train/config.js';
+import { defaultTrainConfig, mergeTrainConfig, type TrainConfig } from '../src/train/config.js';
 import { formatLogLine, type StepMetrics } from '../src/train/log_line.js';
 import { Training, type BatchSource, type StepHooks, type StepPhase } from '../src/train/trainer.js';
 import { Rng } from '../src/nn/rng.js';
@@ -87,11 +87,12 @@ export async function runTrainBench(flags: Record<string, string>, peersRun?: { 
     micro_batch_size: micro, global_batch_size: G,
     optimizer: { lr: 3e-4 }, schedule: { type: 'constant', warmup_steps: 0 }, parallel: { dp: launch.world },
     ...(flags['grouped_gemm'] !== undefined ? { grouped_gemm: flags['grouped_gemm'] } : {}),
+    ...(flags['recompute'] !== undefined ? { recompute: flags['recompute'] } : {}),
     // The lean recipe is about memory: it always recomputes the head's logits.
     keep_logits: recipe === 'default' && (flags['keep_logits'] === 'true' || flags['keep_logits'] === '1'),
   }, 'bench train');
   const backend = await selectBackend(cfg.device as DeviceChoice, { mlaKernels: cfg.mla_kernels, groupedGemm: cfg.grouped_gemm });
-  refuseIfTooLarge(backend, cfg.precision, recipe, model, { pp: 1, dp: launch.world, cp: 1, ep: 1 }, S, micro, G / micro / launch.world, cfg.keep_logits);
+  refuseIfTooLarge(backend, cfg, model, { pp: 1, dp: launch.world, cp: 1, ep: 1 }, S, micro, G / micro / launch.world);
   const dist = launch.source === 'none' ? null : await initDistributed(cfg, model, backend);
   say(`bench train: ${backend.description}; ${layers} layers, ${(parameterCount(model) / 1e9).toFixed(3)}B parameters, ` +
     `${G}×${S} tokens per step (micro-batch ${micro}), ${(flopsPerToken(model, S) / 1e9).toFixed(2)} GFLOP/token, recipe ${recipe}` +
@@ -261,10 +262,12 @@ function runPeer(mode: 'eager' | 'compile', layers: number, S: number, G: number
  * few percent of the measured peak) says the run cannot fit the device: the GPU's memory, or the
  * machine's RAM for --device cpu.
  */
-function refuseIfTooLarge(backend: { kind: 'cpu' | 'cuda' }, precision: 'bf16' | 'f32', recipe: Recipe, model: Parameters<typeof estimateMemory>[0]['model'],
-                          mesh: { pp: number; dp: number; cp: number; ep: number }, seqLen: number, micro: number, microBatches: number,
-                          keepLogits: boolean): void {
-  const [est] = estimateMemory({ model, mesh, seqLen, microBatchSize: micro, microBatches: Math.max(1, microBatches), precision, recipe, device: backend.kind, keepLogits });
+function refuseIfTooLarge(backend: { kind: 'cpu' | 'cuda' }, cfg: TrainConfig, model: Parameters<typeof estimateMemory>[0]['model'],
+                          mesh: { pp: number; dp: number; cp: number; ep: number }, seqLen: number, micro: number, microBatches: number): void {
+  const [est] = estimateMemory({
+    model, mesh, seqLen, microBatchSize: micro, microBatches: Math.max(1, microBatches), precision: cfg.precision, recipe: cfg.recipe,
+    device: backend.kind, keepLogits: cfg.keep_logits, recompute: cfg.recompute,
+  });
   const have = backend instanceof CudaBackend ? backend.ctx.totalMemoryBytes : os.totalmem();
   if (est!.peakBytes <= have) return;
   const gib = (b: number) => (b / 2 ** 30).toFixed(1);

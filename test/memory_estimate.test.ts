@@ -35,16 +35,19 @@ function randomBatches(B: number, S: number, seed: number): BatchSource {
   };
 }
 
-for (const [layers, S, B, E, k, recipe] of [[3, 128, 2, 16, 4, 'default'], [2, 256, 2, 8, 2, 'default'], [3, 128, 2, 16, 4, 'lean']] as const) {
-  test(`the estimate matches the CPU backend's measured peak (${layers} layers, ${B}×${S} tokens, ${E} experts top-${k}, recipe ${recipe})`, () => {
+for (const [layers, S, B, E, k, recipe, recompute] of [
+  [3, 128, 2, 16, 4, 'default', 'cheap'], [2, 256, 2, 8, 2, 'default', 'cheap'], [3, 128, 2, 16, 4, 'lean', 'cheap'],
+  [3, 128, 2, 16, 4, 'default', 'none'], [4, 128, 2, 16, 4, 'default', 'layers'],
+] as const) {
+  test(`the estimate matches the CPU backend's measured peak (${layers} layers, ${B}×${S} tokens, ${E} experts top-${k}, recipe ${recipe}, recompute ${recompute})`, () => {
     const model = smallModel(layers, E, k);
     const cfg = mergeTrainConfig(defaultTrainConfig(), {
-      run_dir: '/nonexistent-unused', device: 'cpu', recipe, steps: 20, seq_len: S, micro_batch_size: B, global_batch_size: B, checkpoint_every: 0,
+      run_dir: '/nonexistent-unused', device: 'cpu', recipe, recompute, steps: 20, seq_len: S, micro_batch_size: B, global_batch_size: B, checkpoint_every: 0,
     }, 'test');
     const training = new Training(cfg, model, new CpuBackend());
     const measured = training.step(0, randomBatches(B, S, 7));
     training.dispose();
-    const [est] = estimateMemory({ model, mesh: { pp: 1, dp: 1, cp: 1, ep: 1 }, seqLen: S, microBatchSize: B, microBatches: 1, precision: 'bf16', recipe, device: 'cpu' });
+    const [est] = estimateMemory({ model, mesh: { pp: 1, dp: 1, cp: 1, ep: 1 }, seqLen: S, microBatchSize: B, microBatches: 1, precision: 'bf16', recipe, device: 'cpu', recompute });
     // Persistent state is exact; the activations part is counted op by op and may miss small
     // temporaries, so the peak is held to 3% and the part above persistent to 20%.
     // What stays live after the step is the persistent state plus a few small step buffers

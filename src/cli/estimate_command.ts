@@ -29,6 +29,7 @@ export const ESTIMATE_COMMAND: CommandSpec = {
     { name: 'parallel.hold_weights', value: null, help: 'count every sharded unit of the stage gathered for the whole step (the train option)' },
     { name: 'parallel.hold_grads', value: null, help: 'count every sharded unit\'s whole f32 gradient resident for the whole step (the train option)' },
     { name: 'keep_logits', value: null, help: 'count each micro-batch\'s whole logits kept by the head from its forward to its backward (the train option)' },
+    { name: 'recompute', value: 'cheap|none|layers', default: d.recompute, help: 'what backward computes again instead of keeping (the train option): cheap parts, none, or whole layers' },
     { name: 'device', value: 'cuda|cpu', default: 'cuda', help: 'cuda rounds allocations as the GPU caching allocator does; cpu counts bytes exactly' },
   ],
   notes: [
@@ -62,6 +63,7 @@ export function estimateCommand(flags: Record<string, string>): void {
     model, mesh, seqLen: cfg.seq_len, microBatchSize: cfg.micro_batch_size,
     microBatches: globalBatch / cfg.micro_batch_size / replicas, precision: cfg.precision, recipe: cfg.recipe, device,
     holdWeights: cfg.parallel.hold_weights, holdGrads: cfg.parallel.hold_grads, keepLogits: cfg.keep_logits,
+    recompute: cfg.recompute,
   });
   console.log(`${cfg.model}${layers !== undefined ? ` (first ${layers} layers)` : ''}, sequence ${cfg.seq_len}, micro-batch ${cfg.micro_batch_size}, global batch ${globalBatch}, ${cfg.precision}, recipe ${cfg.recipe}` +
     `${cfg.parallel.hold_weights ? ', holding gathered weights' : ''}${cfg.parallel.hold_grads ? ', holding full gradients' : ''}`);

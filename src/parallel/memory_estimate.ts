@@ -20,8 +20,10 @@
 //   with parallel.hold_grads every unit's f32 gradient stays whole over the micro-batches (the
 //   held gradients replace the two units'): all of them are resident at the peak;
 // - the activations a layer keeps for backward, counted tensor by tensor from the model's ops
-//   (models/deepseek_v2.ts; SwiGLU outputs, the MoE's gathered rows and the router's f32 input
-//   copy are recomputed in backward, autograd/recompute.ts, and cost nothing between), for every
+//   (models/deepseek_v2.ts; with recompute cheap, the default, SwiGLU outputs, the MoE's gathered
+//   rows and the router's f32 input copy are recomputed in backward, autograd/recompute.ts, and
+//   cost nothing between; with none they are kept; with layers a layer keeps only its input, and
+//   its whole activations exist again while its backward runs, autograd/rerun.ts), for every
 //   micro-batch in flight on the stage (1F1B: pp − s on stage s);
 // - on top of those, the working set of one layer's forward (the largest: an MoE layer's routed
 //   rows, expert activations and outputs at their concatenation) or of the head (one chunk of
@@ -32,6 +34,7 @@ import { isMoeLayer, type DeepseekV2Config } from '../models/deepseek_v2_config.
 import { buildWeights, type ModelPart } from '../models/deepseek_v2_weights.js';
 import { linearCrossEntropyChunkRows } from '../ops/linear_cross_entropy.js';
 import type { Recipe } from '../optim/recipe.js';
+import type { RecomputeMode } from '../models/deepseek_v2.js';
 import { layerParams, splitStages, type Stage } from './stages.js';
 
 export interface MeshSizes { pp: number; dp: number; cp: number; ep: number }
@@ -54,6 +57,8 @@ export interface EstimateInput {
   holdGrads?: boolean;
   /** keep_logits: the head keeps each micro-batch's whole logits from its forward to its backward. */
   keepLogits?: boolean;
+  /** The train option recompute (default 'cheap'). */
+  recompute?: RecomputeMode;
 }
 
 export interface RankEstimate {
@@ -99,7 +104,8 @@ function rounded(bytes: number, device: 'cuda' | 'cpu'): number {
  * point. The routed experts' tensors hold all local experts' rows at once (one grouped product
  * per projection), `rowsPerExpert` rows for each expert on balanced routing.
  */
-function layerActivationBytes(c: DeepseekV2Config, layer: number, T: number, e: number, localExperts: number, rowsPerExpert: number, device: 'cuda' | 'cpu'): { saved: number; working: number } {
+function layerActivationBytes(c: DeepseekV2Config, layer: number, T: number, e: number, localExperts: number, rowsPerExpert: number, device: 'cuda' | 'cpu',
+                              keepRecomputed: boolean): { saved: number; working: number } {
   const D = c.hidden_size, H = c.num_attention_heads, Dn = c.qk_nope_head_dim, Dr = c.qk_rope_head_dim, Dv = c.v_head_dim, C = c.kv_lora_rank;
   const r = (elements: number, size = e) => rounded(elements * size, device);
   // Attention: the layer input and its norm (rstd, output), q-LoRA's pair, q_nope and the rotated
@@ -112,9 +118,9 @@ function layerActivationBytes(c: DeepseekV2Config, layer: number, T: number, e: 
   // The attention's working set: q, the kv_a output, kv, the unrotated q_pe and k_pe, o_proj's output.
   const attnWorking = r(T * H * (Dn + Dr)) + r(T * (C + Dr)) + r(T * H * (Dn + Dv)) + r(T * H * Dr) + r(T * Dr) + r(T * D);
   if (!isMoeLayer(c, layer)) {
-    // Gate and up (the SwiGLU output is recomputed); working: the SwiGLU output and down's output.
+    // Gate and up (and the SwiGLU output unless recomputed); working: the SwiGLU output and down's output.
     const I = c.intermediate_size;
-    return { saved: saved + r(T * I) * 2, working: Math.max(attnWorking, r(T * I) + r(T * D)) };
+    return { saved: saved + r(T * I) * (keepRecomputed ? 3 : 2), working: Math.max(attnWorking, r(T * I) + r(T * D)) };
   }
   const k = c.num_experts_per_tok, F = c.moe_intermediate_size, E = c.n_routed_experts;
   const slots = rowsPerExpert * localExperts;
@@ -122,7 +128,9 @@ function layerActivationBytes(c: DeepseekV2Config, layer: number, T: number, e: 
   // inverse, ops/expert_rows.ts); the experts' gate and up; their down output (the router
   // weights' gradient reads it); the shared experts' gate and up.
   saved += r(T * E, 4) + r(T * k, 4) * 5 + r(slots * F) * 2 + r(slots * D);
-  if (c.n_shared_experts > 0) saved += r(T * F * c.n_shared_experts) * 2;
+  if (c.n_shared_experts > 0) saved += r(T * F * c.n_shared_experts) * (keepRecomputed ? 3 : 2);
+  // recompute none: the router's f32 input, the gathered rows and the experts' SwiGLU output too.
+  if (keepRecomputed) saved += r(T * D, 4) + r(slots * D) + r(slots * F);
   // Working set at the experts' down product: the router's f32 input and logits, the gathered
   // rows, the SwiGLU output and the down output.
   const moeWorking = r(T * D, 4) + r(T * E, 4) + r(slots * D) + r(slots * F) + r(slots * D);
@@ -202,11 +210,13 @@ export function estimateMemory(input: EstimateInput): RankEstimate[] {
     const heldWeights = holdWeights ? e * (gatheredUnits - gatheredRouter) + 4 * gatheredRouter : 0;
     const heldGradients = holdGrads ? 4 * gatheredUnits : 0;
     const inFlight = Math.min(mesh.pp - s, microBatches);
+    const recompute = input.recompute ?? 'cheap';
     let perMicro = 0, working = 0;
     for (let l = st.first; l < st.end; l++) {
-      const a = layerActivationBytes(c, l, T, e, localExperts, rowsPerExpert, device);
-      perMicro += a.saved;
-      working = Math.max(working, a.working);
+      const a = layerActivationBytes(c, l, T, e, localExperts, rowsPerExpert, device, recompute === 'none');
+      // layers: only the layer's input is kept; its activations return while its backward runs.
+      perMicro += recompute === 'layers' ? rounded(T * D * e, device) : a.saved;
+      working = Math.max(working, recompute === 'layers' ? a.saved + a.working : a.working);
     }
     if (mesh.ep > 1) perMicro += (st.end - st.first) * 2 * rounded(T * c.num_experts_per_tok * D * e, device);
     const activations = inFlight * perMicro + working;
