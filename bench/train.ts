@@ -32,7 +32,7 @@ import { Training, type BatchSource, type StepHooks, type StepPhase } from '../s
 import { Rng } from '../src/nn/rng.js';
 import { applyLaunchEnv } from '../src/parallel/launch_env.js';
 import { initDistributed } from '../src/parallel/init_distributed.js';
-import { estimateMemory } from '../src/parallel/memory_estimate.js';
+import { estimateMemory, type RankEstimate } from '../src/parallel/memory_estimate.js';
 import os from 'node:os';
 import { spawnSync } from 'node:child_process';
 import { RECIPES, type Recipe } from '../src/optim/recipe.js';
@@ -92,7 +92,7 @@ export async function runTrainBench(flags: Record<string, string>, peersRun?: { 
     keep_logits: recipe === 'default' && (flags['keep_logits'] === 'true' || flags['keep_logits'] === '1'),
   }, 'bench train');
   const backend = await selectBackend(cfg.device as DeviceChoice, { mlaKernels: cfg.mla_kernels, groupedGemm: cfg.grouped_gemm });
-  refuseIfTooLarge(backend, cfg, model, { pp: 1, dp: launch.world, cp: 1, ep: 1 }, S, micro, G / micro / launch.world);
+  const estimate = refuseIfTooLarge(backend, cfg, model, { pp: 1, dp: launch.world, cp: 1, ep: 1 }, S, micro, G / micro / launch.world);
   const dist = launch.source === 'none' ? null : await initDistributed(cfg, model, backend);
   say(`bench train: ${backend.description}; ${layers} layers, ${(parameterCount(model) / 1e9).toFixed(3)}B parameters, ` +
     `${G}×${S} tokens per step (micro-batch ${micro}), ${(flopsPerToken(model, S) / 1e9).toFixed(2)} GFLOP/token, recipe ${recipe}` +
@@ -191,6 +191,9 @@ export async function runTrainBench(flags: Record<string, string>, peersRun?: { 
       `(the step's wall time less the ${medOf((r) => r.waits)} waits on the device${profile ? '; --profile adds waits and marker work' : ''})`);
   }
   const first = metrics[0]!, last = metrics[metrics.length - 1]!;
+  console.log(`bench train: peak ${(peak / 2 ** 30).toFixed(2)} GiB measured, ${(estimate.peakBytes / 2 ** 30).toFixed(2)} GiB estimated ` +
+    `(moetrain estimate-memory, ${(100 * (estimate.peakBytes / peak - 1)).toFixed(1)}%); persistent ${(last.liveMemoryBytes / 2 ** 30).toFixed(2)} GiB live after the step, ` +
+    `${(estimate.persistentBytes / 2 ** 30).toFixed(2)} GiB estimated`);
   console.log(`bench train: reserved ${((last.reservedMemoryBytes ?? 0) / 2 ** 30).toFixed(2)} GiB; system allocations ${first.systemAllocations ?? '-'} after step 1, ${last.systemAllocations ?? '-'} after step ${last.step}`);
   if (profile) {
     const timed = phases.slice(Math.min(3, phases.length - 1));
@@ -260,16 +263,16 @@ function runPeer(mode: 'eager' | 'compile', layers: number, S: number, G: number
 /**
  * Refuses before any allocation when the memory estimator (parallel/memory_estimate.ts, within a
  * few percent of the measured peak) says the run cannot fit the device: the GPU's memory, or the
- * machine's RAM for --device cpu.
+ * machine's RAM for --device cpu. Returns the estimate, which the summary prints beside the measured peak.
  */
 function refuseIfTooLarge(backend: { kind: 'cpu' | 'cuda' }, cfg: TrainConfig, model: Parameters<typeof estimateMemory>[0]['model'],
-                          mesh: { pp: number; dp: number; cp: number; ep: number }, seqLen: number, micro: number, microBatches: number): void {
+                          mesh: { pp: number; dp: number; cp: number; ep: number }, seqLen: number, micro: number, microBatches: number): RankEstimate {
   const [est] = estimateMemory({
     model, mesh, seqLen, microBatchSize: micro, microBatches: Math.max(1, microBatches), precision: cfg.precision, recipe: cfg.recipe,
     device: backend.kind, keepLogits: cfg.keep_logits, recompute: cfg.recompute,
   });
   const have = backend instanceof CudaBackend ? backend.ctx.totalMemoryBytes : os.totalmem();
-  if (est!.peakBytes <= have) return;
+  if (est!.peakBytes <= have) return est!;
   const gib = (b: number) => (b / 2 ** 30).toFixed(1);
   const where = backend.kind === 'cuda' ? 'this GPU has' : 'this machine has (--device cpu)';
   throw new Error(`bench train needs about ${gib(est!.peakBytes)} GiB (moetrain estimate-memory) but ${where} ${gib(have)} GiB; ` +
