@@ -88,9 +88,8 @@ export async function runTrainBench(flags: Record<string, string>, peersRun?: { 
     optimizer: { lr: 3e-4 }, schedule: { type: 'constant', warmup_steps: 0 }, parallel: { dp: launch.world },
     ...(flags['grouped_gemm'] !== undefined ? { grouped_gemm: flags['grouped_gemm'] } : {}),
     ...(flags['recompute'] !== undefined ? { recompute: flags['recompute'] } : {}),
-    // Both recipes: the lean one's peak with the logits kept (estimated 21.9 GiB at the bench shape)
-    // is still under the compiled peer's 22.7, and keeping them saves one lm_head GEMM a step.
-    keep_logits: flags['keep_logits'] === 'true' || flags['keep_logits'] === '1',
+    // The lean recipe is about memory: it always recomputes the head's logits.
+    keep_logits: recipe === 'default' && (flags['keep_logits'] === 'true' || flags['keep_logits'] === '1'),
   }, 'bench train');
   const backend = await selectBackend(cfg.device as DeviceChoice, { mlaKernels: cfg.mla_kernels, groupedGemm: cfg.grouped_gemm });
   const estimate = refuseIfTooLarge(backend, cfg, model, { pp: 1, dp: launch.world, cp: 1, ep: 1 }, S, micro, G / micro / launch.world);
