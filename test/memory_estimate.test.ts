@@ -37,7 +37,7 @@ function randomBatches(B: number, S: number, seed: number): BatchSource {
 
 for (const [layers, S, B, E, k, recipe, recompute] of [
   [3, 128, 2, 16, 4, 'default', 'cheap'], [2, 256, 2, 8, 2, 'default', 'cheap'], [3, 128, 2, 16, 4, 'lean', 'cheap'],
-  [3, 128, 2, 16, 4, 'default', 'none'], [4, 128, 2, 16, 4, 'default', 'layers'],
+  [3, 128, 2, 16, 4, 'default', 'none'], [3, 128, 2, 16, 4, 'default', 'copies'], [4, 128, 2, 16, 4, 'default', 'layers'],
 ] as const) {
   test(`the estimate matches the CPU backend's measured peak (${layers} layers, ${B}×${S} tokens, ${E} experts top-${k}, recipe ${recipe}, recompute ${recompute})`, () => {
     const model = smallModel(layers, E, k);

@@ -1,12 +1,13 @@
 // The train option recompute (models/deepseek_v2.ts DeepseekV2.recompute; autograd/recompute.ts
 // and autograd/rerun.ts) on the CPU:
 // - training the tiny model for 3 steps gives the same losses, gradient norms and weights bit for
-//   bit with recompute cheap, none and layers (the same ops in the same order; only when they
+//   bit with recompute cheap, copies, none and layers (the same ops in the same order; only when they
 //   run differs), with one and with two micro-batches, the sequence and micro-batch
 //   load-balance forms;
 // - what stays alive from forward to backward: with layers, far less than with cheap (each
 //   layer's activations are gone, only its input and output are held), with none more than with
-//   cheap (the SwiGLU outputs and gathered rows are held); after the step every byte and every
+//   cheap (the SwiGLU outputs and gathered rows are held), with copies in between (the SwiGLU
+//   outputs are held); after the step every byte and every
 //   autograd node is back where it was;
 // - rerunInBackward on a small block: the input's gradient arrives whole when the input feeds the
 //   block twice, an input no output depends on gets none, and outside recording it is the plain forward;
@@ -54,7 +55,7 @@ function bitsEqual(got: Float32Array, want: Float32Array, what: string): void {
 for (const [micro, form] of [[1, 'sequence'], [2, 'micro-batch']] as const) {
   test(`recompute cheap, none and layers train the same bit for bit (${micro} micro-batch${micro > 1 ? 'es' : ''}, load balance ${form})`, () => {
     const ref = train('cheap', micro, form);
-    for (const mode of ['none', 'layers'] as const) {
+    for (const mode of ['copies', 'none', 'layers'] as const) {
       const got = train(mode, micro, form);
       got.metrics.forEach((m, s) => {
         for (const k of ['crossEntropy', 'loadBalance', 'gradientNorm'] as const) {
@@ -66,9 +67,9 @@ for (const [micro, form] of [[1, 'sequence'], [2, 'micro-batch']] as const) {
   });
 }
 
-test('recompute: bytes held from forward to backward (layers < cheap < none), all returned after backward', () => {
-  const held: Record<RecomputeMode, number> = { cheap: 0, none: 0, layers: 0 };
-  for (const mode of ['cheap', 'none', 'layers'] as const) {
+test('recompute: bytes held from forward to backward (layers < cheap < copies < none), all returned after backward', () => {
+  const held: Record<RecomputeMode, number> = { cheap: 0, copies: 0, none: 0, layers: 0 };
+  for (const mode of ['cheap', 'copies', 'none', 'layers'] as const) {
     const backend = new CpuBackend();
     const m = new DeepseekV2(model, backend, 'bf16');
     m.initialize(7);
@@ -89,7 +90,8 @@ test('recompute: bytes held from forward to backward (layers < cheap < none), al
     assert.equal(liveGradNodeCount(), nodes, `${mode}: every autograd node released`);
     ids.dispose(); labels.dispose(); m.dispose();
   }
-  console.log(`# bytes held from forward to backward: cheap ${held.cheap}, none ${held.none}, layers ${held.layers}`);
+  console.log(`# bytes held from forward to backward: cheap ${held.cheap}, copies ${held.copies}, none ${held.none}, layers ${held.layers}`);
+  assert.ok(held.cheap < held.copies && held.copies < held.none, `cheap ${held.cheap} < copies ${held.copies} < none ${held.none}`);
   assert.ok(held.layers < 0.5 * held.cheap, `layers holds ${held.layers} bytes, cheap ${held.cheap}`);
   assert.ok(held.none > held.cheap, `none holds ${held.none} bytes, cheap ${held.cheap}`);
 });

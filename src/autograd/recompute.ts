@@ -10,16 +10,22 @@ import { keep } from '../tensor/scope.js';
 import { Tensor } from '../tensor/tensor.js';
 import { isRecording } from './tape.js';
 
-let enabled = true;
+/**
+ * What an op recomputes: 'copy', an output that is a copy of a tensor kept anyway (gathered rows,
+ * a widening cast: no arithmetic, only memory), or 'compute', one that takes arithmetic (SwiGLU).
+ */
+export type RecomputeKind = 'copy' | 'compute';
+
+let enabled: ReadonlySet<RecomputeKind> = new Set(['copy', 'compute']);
 
 /**
- * Runs fn with these marks on or off (train option recompute: 'none' keeps the outputs instead;
- * 'layers' turns them off while a whole layer is computed again in backward, rerun.ts, whose
- * backward follows at once).
+ * Runs fn with only these kinds of marks taking effect (train option recompute: 'cheap' both,
+ * 'copies' the copies only, 'none' neither; 'layers' none while a whole layer is computed again in
+ * backward, rerun.ts, whose backward follows at once).
  */
-export function withRecomputeMarks<T>(on: boolean, fn: () => T): T {
+export function withRecomputeMarks<T>(kinds: readonly RecomputeKind[], fn: () => T): T {
   const before = enabled;
-  enabled = on;
+  enabled = new Set(kinds);
   try { return fn(); } finally { enabled = before; }
 }
 
@@ -28,8 +34,9 @@ export function withRecomputeMarks<T>(on: boolean, fn: () => T): T {
  * compute(dst, sources), which must write exactly what produced out from the same sources. The
  * sources are held until out is recomputed or released. No-op when gradients are not recorded.
  */
-export function markRecomputable(out: Tensor, sources: readonly Tensor[], compute: (dst: Tensor, sources: readonly Tensor[]) => void): void {
-  if (!enabled || !isRecording() || out.offset !== 0 || !out.isContiguous() || out.bytes !== out.storage.bytes) return;
+export function markRecomputable(out: Tensor, sources: readonly Tensor[], compute: (dst: Tensor, sources: readonly Tensor[]) => void,
+                                 kind: RecomputeKind): void {
+  if (!enabled.has(kind) || !isRecording() || out.offset !== 0 || !out.isContiguous() || out.bytes !== out.storage.bytes) return;
   const held = sources.map((s) => keep(s.view(s.shape, s.strides, s.offset)));
   const { shape, strides, dtype } = out;
   out.storage.setRebuild({

@@ -29,7 +29,7 @@ export const ESTIMATE_COMMAND: CommandSpec = {
     { name: 'parallel.hold_weights', value: null, help: 'count every sharded unit of the stage gathered for the whole step (the train option)' },
     { name: 'parallel.hold_grads', value: null, help: 'count every sharded unit\'s whole f32 gradient resident for the whole step (the train option)' },
     { name: 'keep_logits', value: null, help: 'count each micro-batch\'s whole logits kept by the head from its forward to its backward (the train option)' },
-    { name: 'recompute', value: 'cheap|none|layers', default: d.recompute, help: 'what backward computes again instead of keeping (the train option): cheap parts, none, or whole layers' },
+    { name: 'recompute', value: 'cheap|copies|none|layers', default: d.recompute, help: 'what backward computes again instead of keeping (the train option): cheap parts, only the copies among them, none, or whole layers' },
     { name: 'device', value: 'cuda|cpu', default: 'cuda', help: 'cuda rounds allocations as the GPU caching allocator does; cpu counts bytes exactly' },
   ],
   notes: [

@@ -26,7 +26,7 @@ import { rope } from '../ops/rope.js';
 import { swiglu } from '../ops/swiglu.js';
 import { embedding } from '../ops/embedding.js';
 import { linearCrossEntropyMean } from '../ops/linear_cross_entropy.js';
-import { withRecomputeMarks } from '../autograd/recompute.js';
+import { withRecomputeMarks, type RecomputeKind } from '../autograd/recompute.js';
 import { rerunInBackward } from '../autograd/rerun.js';
 import { softmax } from '../ops/softmax.js';
 import { topk, bincount, expertOrder, expertOrderInverse } from '../ops/routing.js';
@@ -50,7 +50,9 @@ import {
 /** Which statistics the load-balance loss balances (DESIGN.md). */
 export type LoadBalanceForm = 'micro-batch' | 'global-batch' | 'sequence';
 /** What backward computes again instead of keeping (DeepseekV2.recompute, train option recompute). */
-export type RecomputeMode = 'cheap' | 'none' | 'layers';
+export type RecomputeMode = 'cheap' | 'copies' | 'none' | 'layers';
+/** The marks (autograd/recompute.ts) each mode but 'layers' lets take effect. */
+const RECOMPUTED_KINDS: Record<Exclude<RecomputeMode, 'layers'>, RecomputeKind[]> = { cheap: ['copy', 'compute'], copies: ['copy'], none: [] };
 
 export interface LoadBalance {
   form: LoadBalanceForm;
@@ -108,7 +110,8 @@ export class DeepseekV2 implements DeepseekV2Weights<Param> {
   /**
    * What backward gets by computing again rather than keeping (train option recompute): 'cheap'
    * the SwiGLU outputs, the MoE's gathered rows and the router's f32 input (autograd/recompute.ts);
-   * 'none' keeps them; 'layers' keeps only each decoder layer's input and output and runs the
+   * 'copies' only the last two (copies of tensors kept anyway: no arithmetic), keeping the SwiGLU
+   * outputs; 'none' keeps them all; 'layers' keeps only each decoder layer's input and output and runs the
    * whole layer again in backward (autograd/rerun.ts).
    */
   recompute: RecomputeMode = 'cheap';
@@ -254,9 +257,9 @@ export class DeepseekV2 implements DeepseekV2Weights<Param> {
         return r.lb ? [r.h, r.lb] : [r.h];
       };
       const [out, lbPart] = tidy(() => this.runUnit({ kind: 'layer', index: layer.index }, [prev], (inputs) => {
-        if (this.recompute !== 'layers') return withRecomputeMarks(this.recompute === 'cheap', () => run(inputs));
+        if (this.recompute !== 'layers') return withRecomputeMarks(RECOMPUTED_KINDS[this.recompute], () => run(inputs));
         // Computed again in backward, where its backward follows at once: nothing to give back.
-        return rerunInBackward(inputs, (again) => withRecomputeMarks(false, () => run(again)));
+        return rerunInBackward(inputs, (again) => withRecomputeMarks([], () => run(again)));
       }));
       h = out!;
       if (lbPart) parts.push(lbPart);

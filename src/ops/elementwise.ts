@@ -144,7 +144,7 @@ export function cast(x: Tensor, dtype: DType): Tensor {
   const backend = backendOf(x);
   const out = emptyTensor(backend, x.shape, dtype);
   backend.copy(out, x);
-  if (out.bytes > x.bytes && needsGrad(x)) markRecomputable(out, [x], (dst, [src]) => backend.copy(dst, src!));
+  if (out.bytes > x.bytes && needsGrad(x)) markRecomputable(out, [x], (dst, [src]) => backend.copy(dst, src!), 'copy');
   const node = beginNode('cast', [x], 1);
   if (node) {
     node.rule = ([g]) => {

@@ -38,7 +38,7 @@ export function dispatchRows(x: Tensor, tokenOfRow: Tensor, rowOfSlot: Tensor): 
   backend.gatherRows(out, x, tokenOfRow, null);
   // As rows.ts's gatherRows: k rows per token are recomputed from x when an op saved them for
   // backward (autograd/recompute.ts), one gather more instead of M rows kept.
-  if (M >= N && needsGrad(x)) markRecomputable(out, [x, tokenOfRow], (dst, [xs, ix]) => backend.gatherRows(dst, xs!, ix!, null));
+  if (M >= N && needsGrad(x)) markRecomputable(out, [x, tokenOfRow], (dst, [xs, ix]) => backend.gatherRows(dst, xs!, ix!, null), 'copy');
   const node = beginNode('dispatchRows', [x], 1);
   if (node) {
     const sr = node.save(rowOfSlot);

@@ -42,7 +42,7 @@ export function gatherRows(x: Tensor, idx: Tensor, weights: Tensor | null): Tens
   backend.gatherRows(out, x, idx, weights);
   // Unweighted rows at least as large as x (the MoE's routed rows, k per token) are recomputed
   // from x when a later op saved them for backward (autograd/recompute.ts): one gather more.
-  if (!weights && M >= x.shape[0]! && needsGrad(x)) markRecomputable(out, [x, idx], (dst, [xs, ix]) => backend.gatherRows(dst, xs!, ix!, null));
+  if (!weights && M >= x.shape[0]! && needsGrad(x)) markRecomputable(out, [x, idx], (dst, [xs, ix]) => backend.gatherRows(dst, xs!, ix!, null), 'copy');
   const inputs = weights ? [x, weights] : [x];
   const node = beginNode('gatherRows', inputs, 1);
   if (node) {

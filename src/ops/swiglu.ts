@@ -13,7 +13,7 @@ export function swiglu(gate: Tensor, up: Tensor): Tensor {
   const node = beginNode('swiglu', [gate, up], 1);
   if (node) {
     const sg = node.save(gate), su = node.save(up);
-    markRecomputable(out, [gate, up], (dst, [g, u]) => backend.swiglu(dst, g!, u!));
+    markRecomputable(out, [gate, up], (dst, [g, u]) => backend.swiglu(dst, g!, u!), 'compute');
     node.rule = ([g]) => {
       const dg = emptyTensor(backend, gate.shape, gate.dtype);
       const du = emptyTensor(backend, up.shape, up.dtype);

@@ -22,7 +22,7 @@
 // - the activations a layer keeps for backward, counted tensor by tensor from the model's ops
 //   (models/deepseek_v2.ts; with recompute cheap, the default, SwiGLU outputs, the MoE's gathered
 //   rows and the router's f32 input copy are recomputed in backward, autograd/recompute.ts, and
-//   cost nothing between; with none they are kept; with layers a layer keeps only its input, and
+//   cost nothing between; with copies the SwiGLU outputs are kept; with none all are kept; with layers a layer keeps only its input, and
 //   its whole activations exist again while its backward runs, autograd/rerun.ts), for every
 //   micro-batch in flight on the stage (1F1B: pp − s on stage s);
 // - on top of those, the working set of one layer's forward (the largest: an MoE layer's routed
@@ -105,7 +105,7 @@ function rounded(bytes: number, device: 'cuda' | 'cpu'): number {
  * per projection), `rowsPerExpert` rows for each expert on balanced routing.
  */
 function layerActivationBytes(c: DeepseekV2Config, layer: number, T: number, e: number, localExperts: number, rowsPerExpert: number, device: 'cuda' | 'cpu',
-                              keepRecomputed: boolean): { saved: number; working: number } {
+                              keep: { swiglu: boolean; copies: boolean }): { saved: number; working: number } {
   const D = c.hidden_size, H = c.num_attention_heads, Dn = c.qk_nope_head_dim, Dr = c.qk_rope_head_dim, Dv = c.v_head_dim, C = c.kv_lora_rank;
   const r = (elements: number, size = e) => rounded(elements * size, device);
   // Attention: the layer input and its norm (rstd, output), q-LoRA's pair, q_nope and the rotated
@@ -120,7 +120,7 @@ function layerActivationBytes(c: DeepseekV2Config, layer: number, T: number, e: 
   if (!isMoeLayer(c, layer)) {
     // Gate and up (and the SwiGLU output unless recomputed); working: the SwiGLU output and down's output.
     const I = c.intermediate_size;
-    return { saved: saved + r(T * I) * (keepRecomputed ? 3 : 2), working: Math.max(attnWorking, r(T * I) + r(T * D)) };
+    return { saved: saved + r(T * I) * (keep.swiglu ? 3 : 2), working: Math.max(attnWorking, r(T * I) + r(T * D)) };
   }
   const k = c.num_experts_per_tok, F = c.moe_intermediate_size, E = c.n_routed_experts;
   const slots = rowsPerExpert * localExperts;
@@ -128,9 +128,10 @@ function layerActivationBytes(c: DeepseekV2Config, layer: number, T: number, e: 
   // inverse, ops/expert_rows.ts); the experts' gate and up; their down output (the router
   // weights' gradient reads it); the shared experts' gate and up.
   saved += r(T * E, 4) + r(T * k, 4) * 5 + r(slots * F) * 2 + r(slots * D);
-  if (c.n_shared_experts > 0) saved += r(T * F * c.n_shared_experts) * (keepRecomputed ? 3 : 2);
-  // recompute none: the router's f32 input, the gathered rows and the experts' SwiGLU output too.
-  if (keepRecomputed) saved += r(T * D, 4) + r(slots * D) + r(slots * F);
+  if (c.n_shared_experts > 0) saved += r(T * F * c.n_shared_experts) * (keep.swiglu ? 3 : 2);
+  // recompute copies / none: the experts' SwiGLU output; none: the router's f32 input and the gathered rows too.
+  if (keep.swiglu) saved += r(slots * F);
+  if (keep.copies) saved += r(T * D, 4) + r(slots * D);
   // Working set at the experts' down product: the router's f32 input and logits, the gathered
   // rows, the SwiGLU output and the down output.
   const moeWorking = r(T * D, 4) + r(T * E, 4) + r(slots * D) + r(slots * F) + r(slots * D);
@@ -213,7 +214,8 @@ export function estimateMemory(input: EstimateInput): RankEstimate[] {
     const recompute = input.recompute ?? 'cheap';
     let perMicro = 0, working = 0;
     for (let l = st.first; l < st.end; l++) {
-      const a = layerActivationBytes(c, l, T, e, localExperts, rowsPerExpert, device, recompute === 'none');
+      const a = layerActivationBytes(c, l, T, e, localExperts, rowsPerExpert, device,
+        { swiglu: recompute === 'none' || recompute === 'copies', copies: recompute === 'none' });
       // layers: only the layer's input is kept; its activations return while its backward runs.
       perMicro += recompute === 'layers' ? rounded(T * D * e, device) : a.saved;
       working = Math.max(working, recompute === 'layers' ? a.saved + a.working : a.working);
