@@ -69,12 +69,18 @@ test(`grouped expert GEMM, one micro-batch: the norm from the weight products' s
   const reference = metrics(config, 'per_expert', 1);
   for (const set of ['tma', 'auto']) {
     const got = metrics(config, set, 1);
-    for (const key of ['crossEntropy', 'gradientNorm'] as const) {
+    // Step 1 starts from the same weights: the two norms differ only by the products' summation
+    // order (~1e-3); a norm that missed or double-counted the expert gradients (most of this
+    // model's) would be off by tens of percent. Later steps drift as the losses do (bf16 roundings
+    // feeding the next weights); measured on an H100 (2026-12-07): norms up to 2.0% apart by step
+    // 20, losses 1.4e-3.
+    const first = Math.abs(got[0]!.gradientNorm - reference[0]!.gradientNorm) / reference[0]!.gradientNorm;
+    console.log(`# ${set}, one micro-batch: step 1 relative gradient-norm difference to per_expert: ${first.toExponential(2)}`);
+    assert.ok(first < 5e-3, `${set}: step 1 gradient norm ${got[0]!.gradientNorm}, per_expert ${reference[0]!.gradientNorm}`);
+    for (const [key, bound] of [['crossEntropy', 0.02], ['gradientNorm', 0.05]] as const) {
       const worst = Math.max(...got.map((m, i) => Math.abs(m[key] - reference[i]![key]) / reference[i]![key]));
       console.log(`# ${set}, one micro-batch: worst relative ${key} difference to per_expert over ${STEPS} steps: ${worst.toExponential(2)}`);
-      // As above: bf16 drift of a few 1e-3; a norm that missed or double-counted the expert
-      // gradients (most of the model's) would be off by tens of percent.
-      assert.ok(worst < 0.02, `${set}: ${key} differs from per_expert by ${worst} (relative)`);
+      assert.ok(worst < bound, `${set}: ${key} differs from per_expert by ${worst} (relative)`);
     }
   }
   fs.rmSync(dir, { recursive: true, force: true });
