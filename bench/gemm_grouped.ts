@@ -128,6 +128,10 @@ export function runGroupedGemmBench(opts: { log?: (line: string) => void } = {})
   const sum = (f: (r: GroupedGemmRow) => number) => rows.reduce((a, r) => a + (r.product === LEAN_WEIGHT || r.product === FIRST_WEIGHT ? 0 : f(r)), 0);
   const pairSum = sum((r) => (r.product.startsWith('weight') ? r.grouped.tma! : r.grouped.tma_pair!));
   const wgmmaSum = hopper ? `, wgmma ${sum((r) => r.grouped.wgmma!).toFixed(3)} ms, tma ${sum((r) => r.grouped.tma!).toFixed(3)} ms, tma_pair ${pairSum.toFixed(3)} ms` : '';
+  if (hopper) {
+    const clusters = [...be.groupedGemmPairClusters].map(([k, n]) => `${k} ${n}`).join(', ');
+    log(`tma_pair: 2-CTA clusters a launch (cuOccupancyMaxActiveClusters, ${ctx.smCount} SMs): ${clusters}`);
+  }
   log(`all six products: mma ${sum((r) => r.grouped.mma).toFixed(3)} ms${wgmmaSum}, per-expert ${sum((r) => r.perExpertMs).toFixed(3)} ms, floor ${sum((r) => r.floorMs).toFixed(3)} ms`);
   return rows;
 }

@@ -182,6 +182,8 @@ export class CudaBackend implements Backend {
   /** The grouped GEMM kernel set bf16 products run ('mma', 'wgmma', 'tma', 'tma_pair' or 'per_expert'); settable for tests and benchmarks. */
   get groupedGemmKernels(): GroupedGemmKernels { return this.groupedGemm.kernels; }
   set groupedGemmKernels(k: GroupedGemmKernels) { this.groupedGemm.use(k); }
+  /** tma_pair: the 2-CTA clusters each pair kernel launched so far runs at once, by kernel (benchmarks report it). */
+  get groupedGemmPairClusters(): ReadonlyMap<string, number> { return this.groupedGemm.pairClusterCounts; }
   groupedLinear(out: Tensor, x: Tensor, weights: readonly Tensor[], offsets: Tensor): void { this.groupedGemm.groupedLinear(out, x, weights, offsets); }
   groupedLinearBackwardData(dx: Tensor, dy: Tensor, weights: readonly Tensor[], offsets: Tensor): void {
     this.groupedGemm.groupedLinearBackwardData(dx, dy, weights, offsets);

@@ -305,6 +305,9 @@ export class GroupedGemmLauncher {
     k.launch([Math.min(columns * slots, this.ctx.smCount), 1, 1], [TMA_THREADS, 1, 1], TMA_SMEM, args);
   }
 
+  /** The answers of pairClusters so far, by kernel name. */
+  get pairClusterCounts(): ReadonlyMap<string, number> { return this.clusters; }
+
   /** How many 2-CTA clusters of k run at once on this GPU (asked once per kernel). */
   private pairClusters(k: CudaKernel, what: string): number {
     let n = this.clusters.get(k.name);
