@@ -12,14 +12,17 @@
 //   tma_pair  the tma set with the forward and data products in clusters of two CTAs on
 //          neighbouring row tiles of one expert, each copying half of the shared weight tile into
 //          both (kernel header "CTA pairs": a third less L2 traffic); the weight product is tma's.
+//          Correct (tested as tma is) but measured 1.3–1.6× slower than tma (table below): opt-in
+//          while that is understood.
 // Which one runs is the backend option groupedGemm; 'auto' is tma on sm_90a (with wgmma's weight
 // product where it accumulates, beta 1), else mma. Measured on an H100 (2026-12-07 02:58 UTC,
-// bench gemm --grouped, the bench shapes: 64 experts, 49152 rows), ms per product:
-//                              mma    wgmma   tma    one cuBLASLt call per expert
-//   forward 2048 → 1408       1.190  0.753  0.561  0.964
-//   data    2048 → 1408       1.125  0.847  0.634  0.825
-//   forward 1408 → 2048       1.183  0.830  0.655  0.815
-//   data    1408 → 2048       1.040  0.780  0.555  0.916
+// bench gemm --grouped, the bench shapes: 64 experts, 49152 rows), ms per product; tma_pair
+// measured at 05:41 UTC in a call whose tma column agreed with this one within 7%:
+//                              mma    wgmma   tma    tma_pair  one cuBLASLt call per expert
+//   forward 2048 → 1408       1.190  0.753  0.561  0.833     0.964
+//   data    2048 → 1408       1.125  0.847  0.634  0.870     0.825
+//   forward 1408 → 2048       1.183  0.830  0.655  0.815     0.815
+//   data    1408 → 2048       1.040  0.780  0.555  0.878     0.916
 //   weight, beta 0, f32       1.008  0.803  0.695  0.866   ([1408, 2048] gradients; [2048, 1408]: 1.017 0.807 0.652 0.886)
 //   weight, beta 1, f32       2.208  1.294  3.075  1.210
 //   weight, beta 1, bf16      0.877  0.987  6.047  0.844
