@@ -35,7 +35,7 @@ import { combineRows, dispatchRows } from '../ops/expert_rows.js';
 import { groupedLinear } from '../ops/grouped_linear.js';
 import { mlaAttention } from '../ops/mla_attention.js';
 import { Param, type ParamMaker } from '../nn/param.js';
-import { ParamArena } from '../nn/param_arena.js';
+import { ParamArena, wholeParamTensors } from '../nn/param_arena.js';
 import { normalValues } from '../nn/init.js';
 import { ropeTablesAt, yarnMscale } from '../nn/rope_tables.js';
 import type { DeepseekV2Config } from './deepseek_v2_config.js';
@@ -140,7 +140,7 @@ export class DeepseekV2 implements DeepseekV2Weights<Param> {
     // Whole parameters come from one arena (nn/param_arena.ts), sized by a pass over the specs.
     const specs: ParamSpec[] = [];
     buildWeights(config, part, (spec) => { specs.push(spec); return spec; });
-    const arena = makeParam ? null : new ParamArena(backend, specs.map((s) => ({ shape: s.shape, dtype: dtypeOf(s) })));
+    const arena = makeParam ? null : new ParamArena(backend, wholeParamTensors(specs.map((s) => ({ shape: s.shape, dtype: dtypeOf(s) }))));
     const make: ParamMaker = makeParam ?? ((spec, dtype) => new Param(spec.shape, backend, dtype, { arena: arena! }));
     const w = buildWeights(config, part, (spec) => {
       const p = make(spec, dtypeOf(spec));

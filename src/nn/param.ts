@@ -69,8 +69,8 @@ export class Param {
       if (computeDtype !== 'bf16') throw new Error(`internal: a lean parameter computes in bf16, not ${computeDtype}`);
       this.whole = null;
       this.shardLoad = null;
-      this.value = keep(emptyTensor(backend, shape, 'bf16'));
-      this.grad = keep(emptyTensor(backend, shape, lean.gradDtype));
+      this.value = arena ? arena.take(shape, 'bf16') : keep(emptyTensor(backend, shape, 'bf16'));
+      this.grad = arena ? arena.take(shape, lean.gradDtype) : keep(emptyTensor(backend, shape, lean.gradDtype));
       backend.fill(this.grad, 0);
       markGradZero(this.grad);
     } else {

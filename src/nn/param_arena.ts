@@ -1,10 +1,11 @@
-// Parameters carved out of a few large buffers instead of one allocation each. The GPU's caching
-// allocator rounds every block over 1 MiB up to a multiple of 2 MiB (the driver's large page):
-// a DeepSeek-V2-Lite expert matrix [1408, 2048] is 5.5 MiB in bf16 and 11 MiB in f32, so each of
-// its master, compute copy and gradient would waste 0.5–1 MiB, about 1.4 GiB over the 576 expert
-// matrices of the bench's 4-layer slice. An arena hands out views of slabs instead; the waste is
-// what is left at the end of each slab, and the 256-byte alignment of every view (cuBLASLt's
-// preferred operand alignment, and more than any vector load needs).
+// Parameters (and their optimizer state) carved out of a few large buffers instead of one
+// allocation each. The GPU's caching allocator rounds every block over 1 MiB up to a multiple of
+// 2 MiB (the driver's large page): a DeepSeek-V2-Lite expert matrix [1408, 2048] is 5.5 MiB in
+// bf16 and 11 MiB in f32, so each of its master, compute copy and gradient would waste 0.5–1 MiB,
+// about 1.4 GiB over the 576 expert matrices of the bench's 4-layer slice, and Adam's two f32
+// moments 1.1 GiB more. An arena hands out views of slabs instead; the waste is the 256-byte
+// alignment of every view (cuBLASLt's preferred operand alignment, and more than any vector load
+// needs): each slab is cut to the requests it will hold.
 //
 // A view holds its slab's storage like any view does: a slab is freed when the last parameter
 // carved from it is disposed. The arena itself keeps a reference to its current slab of each
@@ -24,27 +25,32 @@ function aligned(n: number, dtype: DType): number {
   return Math.ceil(n / align) * align;
 }
 
+/** One tensor an arena will hand out. */
+export interface ArenaTensor { shape: readonly number[]; dtype: DType }
+
+/**
+ * What whole default-recipe parameters of these shapes and compute dtypes take, in order
+ * (nn/param.ts): each an f32 master, a compute copy when its compute dtype is not f32, and an f32
+ * gradient.
+ */
+export function wholeParamTensors(params: readonly ArenaTensor[]): ArenaTensor[] {
+  return params.flatMap((p) => [{ shape: p.shape, dtype: 'f32' as DType }, ...(p.dtype !== 'f32' ? [p] : []), { shape: p.shape, dtype: 'f32' as DType }]);
+}
+
 export class ParamArena {
   private readonly slabs = new Map<DType, { t: Tensor; used: number }>();
   /** Per dtype, the aligned sizes still to be taken, in the order they will be taken. */
   private readonly queue = new Map<DType, { sizes: number[]; next: number }>();
 
   /**
-   * An arena for parameters of the given shapes and compute dtypes, made in this order: each
-   * takes an f32 master, a compute copy when its compute dtype is not f32, and an f32 gradient
-   * (nn/param.ts). Knowing every request up front, each slab is cut to the requests it will hold.
+   * An arena for exactly these tensors, taken in this order (per dtype); wholeParamTensors lists a
+   * model's. Knowing every request up front, each slab is cut to the requests it will hold.
    */
-  constructor(private readonly backend: Backend, params: readonly { shape: readonly number[]; dtype: DType }[], private readonly slabBytes = PARAM_SLAB_BYTES) {
-    const need = (dtype: DType, n: number) => {
-      let q = this.queue.get(dtype);
-      if (!q) this.queue.set(dtype, (q = { sizes: [], next: 0 }));
-      q.sizes.push(aligned(n, dtype));
-    };
-    for (const p of params) {
-      const n = p.shape.reduce((a, b) => a * b, 1);
-      need('f32', n);
-      if (p.dtype !== 'f32') need(p.dtype, n);
-      need('f32', n);
+  constructor(private readonly backend: Backend, tensors: readonly ArenaTensor[], private readonly slabBytes = PARAM_SLAB_BYTES) {
+    for (const t of tensors) {
+      let q = this.queue.get(t.dtype);
+      if (!q) this.queue.set(t.dtype, (q = { sizes: [], next: 0 }));
+      q.sizes.push(aligned(t.shape.reduce((a, b) => a * b, 1), t.dtype));
     }
   }
 

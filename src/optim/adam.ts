@@ -8,8 +8,8 @@
 import { backendOf, type AdamHyper, type Backend, type GradsAfter } from '../backend/backend.js';
 import { TensorList, type AdamSlot } from '../backend/tensor_list.js';
 import type { Param } from '../nn/param.js';
-import { keep } from '../tensor/scope.js';
-import { emptyTensor, type Tensor } from '../tensor/tensor.js';
+import { ParamArena } from '../nn/param_arena.js';
+import type { Tensor } from '../tensor/tensor.js';
 import { adamSlotList, fusedAdamStep } from './fused_adam.js';
 
 export interface AdamConfig {
@@ -47,9 +47,12 @@ export class Adam {
       return;
     }
     const params = from as readonly Param[];
-    const zeros = (p: Param) => { const t = keep(emptyTensor(backend, p.shape, 'f32')); backend.fill(t, 0); this.owned.push(t); return t; };
+    // All m, then all v, carved from slabs (nn/param_arena.ts: no per-tensor rounding of GPU blocks).
+    const arena = new ParamArena(backend, [...params, ...params].map((p) => ({ shape: p.shape, dtype: 'f32' as const })));
+    const zeros = (p: Param) => { const t = arena.take(p.shape, 'f32'); backend.fill(t, 0); this.owned.push(t); return t; };
     this.m = params.map(zeros);
     this.v = params.map(zeros);
+    arena.close();
     this.slots = adamSlotList(params, this.m, this.v);
     this.indexOf = new Map(params.map((p, i) => [p, i]));
   }

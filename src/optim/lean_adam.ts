@@ -16,8 +16,8 @@
 import { backendOf, type AdamHyper, type Backend, type GradsAfter, type LeanAdamHyper } from '../backend/backend.js';
 import { TensorList, type LeanAdamSlot } from '../backend/tensor_list.js';
 import type { Param } from '../nn/param.js';
-import { keep } from '../tensor/scope.js';
-import { emptyTensor, type Tensor } from '../tensor/tensor.js';
+import { ParamArena } from '../nn/param_arena.js';
+import type { Tensor } from '../tensor/tensor.js';
 import { Adam, type AdamConfig } from './adam.js';
 import type { Optimizer } from './recipe.js';
 
@@ -33,8 +33,10 @@ export class LeanAdam implements Optimizer {
 
   /** params: lean parameters (bf16 weights) and f32 ones; seed: the run's seed, hashed by the rounding. */
   constructor(params: readonly Param[], readonly config: AdamConfig, backend: Backend, readonly seed: number) {
-    const zeros = (p: Param): Tensor => { const t = keep(emptyTensor(backend, p.shape, 'bf16')); backend.fill(t, 0); this.owned.push(t); return t; };
     const lean = params.filter((p) => p.lean), wide = params.filter((p) => !p.lean);
+    // Each lean parameter's m then v, carved from slabs (nn/param_arena.ts: no per-tensor rounding of GPU blocks).
+    const arena = new ParamArena(backend, lean.flatMap((p) => [p, p]).map((p) => ({ shape: p.shape, dtype: 'bf16' as const })));
+    const zeros = (p: Param): Tensor => { const t = arena.take(p.shape, 'bf16'); backend.fill(t, 0); this.owned.push(t); return t; };
     for (const p of wide) if (p.value.dtype !== 'f32') throw new Error('internal: LeanAdam updates bf16 parameters only as lean ones');
     const byDtype = new Map<string, LeanAdamSlot[]>();
     for (const p of lean) {
@@ -44,6 +46,7 @@ export class LeanAdam implements Optimizer {
       slots.push({ weights: p.value, grad: p.grad, m: mv.m, v: mv.v, decay: p.shape.length >= 2 });
       byDtype.set(p.grad.dtype, slots);
     }
+    arena.close();
     this.lists = [];
     this.firstStreams = [];
     let stream = 0;

@@ -6,8 +6,7 @@
 //   expert-parallel rank holds E/ep); one rank alone holds everything unsharded;
 // - f32 master (4 B), bf16 compute copy (2 B; none in f32 compute nor for the f32 router), f32
 //   gradient (4 B) and two f32 moments (8 B) per held parameter: 18 B in the default recipe. A
-//   single process carves masters, copies and gradients from slabs (nn/param_arena.ts) but
-//   allocates Adam's moments per parameter, so on the GPU each moment is rounded like any block;
+//   single process carves all of them from slabs (nn/param_arena.ts), so no block is rounded;
 //   in the lean recipe (optim/recipe.ts; one rank only) bf16 weights (2 B), bf16 moments (4 B)
 //   and a bf16 gradient (2 B) where a matmul writes it once per step, f32 (4 B) for the
 //   embedding, the norms and under accumulation: 8 B per matrix parameter; the f32 router keeps
@@ -31,7 +30,6 @@
 // - on the GPU, the caching allocator rounds tensors over 1 MiB up to 2 MiB, which matters
 //   for the many per-expert tensors.
 import { isMoeLayer, type DeepseekV2Config } from '../models/deepseek_v2_config.js';
-import { buildWeights, type ModelPart } from '../models/deepseek_v2_weights.js';
 import { linearCrossEntropyChunkRows } from '../ops/linear_cross_entropy.js';
 import type { Recipe } from '../optim/recipe.js';
 import type { RecomputeMode } from '../models/deepseek_v2.js';
@@ -138,13 +136,6 @@ function layerActivationBytes(c: DeepseekV2Config, layer: number, T: number, e: 
   return { saved, working: Math.max(attnWorking, moeWorking) };
 }
 
-/** Bytes of Adam's two f32 moments when each parameter of `part` has its own (a single process). */
-function momentBytesPerParameter(c: DeepseekV2Config, part: ModelPart, device: 'cuda' | 'cpu'): number {
-  let bytes = 0;
-  buildWeights(c, part, (spec) => { bytes += 2 * rounded(4 * spec.shape.reduce((a, b) => a * b, 1), device); return spec; });
-  return bytes;
-}
-
 export function estimateMemory(input: EstimateInput): RankEstimate[] {
   const { model: c, mesh, seqLen, microBatchSize, microBatches, precision, device } = input;
   const recipe = input.recipe ?? 'default';
@@ -188,9 +179,7 @@ export function estimateMemory(input: EstimateInput): RankEstimate[] {
     let masterWeights = 4 * held;
     // The router stays f32: it has no separate compute copy.
     let computeWeights = precision === 'bf16' ? 2 * (held - router / denseGroup) : 0;
-    const single = mesh.pp * denseGroup === 1;
-    const part: ModelPart = { layers: [st.first, st.end], experts: [0, c.n_routed_experts], embed: s === 0, head: last };
-    let gradients = 4 * held, moments = single ? momentBytesPerParameter(c, part, device) : 8 * held;
+    let gradients = 4 * held, moments = 8 * held;
     if (recipe === 'lean') {
       // One rank: held counts every parameter. The f32 router is updated as in the default recipe.
       const bf16Grads = microBatches === 1 ? held - router - f32Grads : 0;

@@ -44,7 +44,8 @@ import { emptyTensor, type Tensor } from '../tensor/tensor.js';
 import { DeepseekV2 } from '../models/deepseek_v2.js';
 import type { DeepseekV2Config } from '../models/deepseek_v2_config.js';
 import { namedParameters } from '../models/deepseek_v2_names.js';
-import { flopsPerToken, wholeModel } from '../models/deepseek_v2_weights.js';
+import { buildWeights, flopsPerToken, wholeModel, type ParamSpec } from '../models/deepseek_v2_weights.js';
+import { ParamArena, wholeParamTensors, type ArenaTensor } from '../nn/param_arena.js';
 import { Adam } from '../optim/adam.js';
 import { LeanAdam } from '../optim/lean_adam.js';
 import { leanGradDtype } from '../optim/recipe.js';
@@ -179,9 +180,17 @@ export class Training {
       this.pipeline = null;
       if (config.recipe === 'lean') {
         // bf16 weights without masters; gradients bf16 where a matmul writes them once per step.
+        // Carved from one arena (nn/param_arena.ts), as the default recipe's parameters are.
         const micro = config.global_batch_size / config.micro_batch_size;
+        const specs: ParamSpec[] = [];
+        buildWeights(modelConfig, wholeModel(modelConfig), (spec) => { specs.push(spec); return spec; });
+        const arena = new ParamArena(backend, specs.flatMap((s): ArenaTensor[] => (s.dtype === 'f32'
+          ? wholeParamTensors([{ shape: s.shape, dtype: 'f32' }])
+          : [{ shape: s.shape, dtype: 'bf16' }, { shape: s.shape, dtype: leanGradDtype(s, micro) }])));
         this.model = new DeepseekV2(modelConfig, backend, config.precision, wholeModel(modelConfig), (spec, dtype) =>
-          (dtype === 'f32' ? new Param(spec.shape, backend, dtype) : new Param(spec.shape, backend, dtype, { lean: { gradDtype: leanGradDtype(spec, micro) } })));
+          (dtype === 'f32' ? new Param(spec.shape, backend, dtype, { arena })
+            : new Param(spec.shape, backend, dtype, { arena, lean: { gradDtype: leanGradDtype(spec, micro) } })));
+        arena.close();
         this.optimizer = new LeanAdam(this.model.params, config.optimizer, backend, config.seed);
       } else {
         this.model = new DeepseekV2(modelConfig, backend, config.precision);
@@ -235,6 +244,9 @@ export class Training {
     const data = this.dist?.groups.data;
     return { count: data?.size ?? 1, index: data?.rank ?? 0 };
   }
+
+  /** Gradient bytes the last step's norm read (gradients whose writers left their squares are not read). */
+  get gradNormReadBytes(): number { return this.gradSquares.lastReadBytes; }
 
   /** Optimizer step `step` (0-based): its micro-batches from data, the update, and its metrics. */
   step(step: number, data: BatchSource, hooks: StepHooks = {}): StepMetrics {
