@@ -178,11 +178,13 @@ test('GradSquareSum reads a record only if all its gradients are its own', () =>
   recordGradSquares([grads[0]!, grads[1]!], scalar(100));
   sum.sum(out);
   close(toHostF32(out)[0]!, 100 + sumSq([grads[2]!]), 'its own record replaces the two gradients');
+  assert.equal(sum.lastReadBytes, grads[2]!.bytes, 'only the unrecorded gradient was read');
   recordGradSquares([grads[0]!, stranger], scalar(100));
   sum.sum(out);
   close(toHostF32(out)[0]!, sumSq(grads), 'a record with a stranger is ignored');
   sum.sum(out);
   close(toHostF32(out)[0]!, sumSq(grads), 'no records: every gradient');
+  assert.equal(sum.lastReadBytes, 3 * grads[0]!.bytes);
   setGradSquaresRecording(false);
   sum.dispose();
   for (const t of [...grads, stranger, out]) t.dispose();

@@ -17,7 +17,7 @@ export const BENCH_COMMAND: CommandSpec = {
     { name: 'micro', value: 'N', default: 'the batch', help: 'train: sequences per micro-batch; simulate: default 1' },
     { name: 'device', value: 'auto|cpu|cuda', default: 'cuda', help: 'train, simulate: the device' },
     { name: 'recompute', value: 'cheap|copies|none|layers', default: 'cheap', help: 'train: what backward computes again instead of keeping (the train option)' },
-    { name: 'keep_logits', value: null, help: 'train: the default recipe keeps the head\'s logits for backward (the train option; the lean recipe never does)' },
+    { name: 'keep_logits', value: null, help: 'train: the head keeps its logits for backward (the train option), in either recipe' },
     { name: 'profile', value: null, help: 'train: synchronise between phases and parts and print the step by layer kind (slower)' },
     { name: 'kernels', value: null, help: 'train: time every kernel and cuBLASLt product of the steps after warm-up with device events and print them by device time per step, each under the part of the step that launched it (attention, mlp, router, experts, head, optimizer, other; the step runs a little slower)' },
     { name: 'gemm_ceiling', value: 'TFLOPS', default: '786', help: 'train: the measured bf16 GEMM ceiling that the second MFU figure is taken against' },

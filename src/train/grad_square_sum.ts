@@ -17,6 +17,8 @@ export class GradSquareSum {
   private readonly index: Map<Tensor, number>;
   private rest: { key: string; lists: TensorList<Tensor>[] } | null = null;
   private readonly scratch: Tensor;
+  /** Gradient bytes the last sum read (the recorded gradients' squares cost nothing here). */
+  lastReadBytes = 0;
 
   constructor(private readonly backend: Backend, private readonly grads: readonly Tensor[]) {
     this.all = listsByDtype(grads);
@@ -31,6 +33,7 @@ export class GradSquareSum {
     const used = records.filter((r) => r.grads.every((g) => this.index.has(g)));
     const covered = new Set(used.flatMap((r) => r.grads.map((g) => this.index.get(g)!)));
     const lists = covered.size === 0 ? this.all : this.listsWithout(covered);
+    this.lastReadBytes = lists.reduce((n, l) => n + l.entries.reduce((m, t) => m + t.bytes, 0), 0);
     lists.forEach((list, i) => {
       if (i === 0) { this.backend.sumSquaresMulti(out, list); return; }
       this.backend.sumSquaresMulti(this.scratch, list);
