@@ -25,10 +25,8 @@ import { fromHost, toHostF32 } from '../src/ops/create.js';
 import { groupedLinear } from '../src/ops/grouped_linear.js';
 import { tidy } from '../src/tensor/scope.js';
 import { emptyTensor, type Tensor } from '../src/tensor/tensor.js';
-import { defaultTrainConfig, mergeTrainConfig } from '../src/train/config.js';
 import { GradSquareSum } from '../src/train/grad_square_sum.js';
-import { Training } from '../src/train/trainer.js';
-import { fixedBatches } from './helpers/fixed_batches.js';
+import { trainTiny } from './helpers/train_tiny.js';
 
 /** A CPU backend whose grouped weight product gives the squares of what it wrote (+ bias). */
 class SquaresCpu extends CpuBackend {
@@ -127,19 +125,7 @@ test('groupedLinear records an overwrite of every expert gradient with the backe
 });
 
 const model = tinyConfig();
-const trainConfig = (micro: number) =>
-  mergeTrainConfig(defaultTrainConfig(), { device: 'cpu', steps: 3, seq_len: 16, micro_batch_size: 2, global_batch_size: 2 * micro, schedule: { warmup_steps: 1 } }, 'test');
-
-function train(backend: CpuBackend, micro: number) {
-  const cfg = trainConfig(micro);
-  const training = new Training(cfg, model, backend);
-  training.model.initialize(cfg.seed);
-  const data = fixedBatches(model.vocab_size, cfg.micro_batch_size, cfg.seq_len);
-  const metrics = Array.from({ length: cfg.steps }, (_, s) => training.step(s, data));
-  const weights = training.checkpointEntries().map((e) => toHostF32(e.tensor));
-  training.dispose();
-  return { metrics, weights };
-}
+const train = (backend: CpuBackend, micro: number) => trainTiny(backend, micro);
 
 for (const micro of [1, 3]) {
   test(`trainer, ${micro} micro-batch${micro > 1 ? 'es' : ''}: the norm with the writers' squares matches the plain run; the records are ${micro === 1 ? '' : 'not '}what it reads`, () => {

@@ -30,24 +30,21 @@ import { spawnSync } from 'node:child_process';
 import { CpuBackend } from '../src/backend/cpu/cpu_backend.js';
 import { toHostF32 } from '../src/ops/create.js';
 import { bytesPerElement } from '../src/tensor/dtype.js';
-import { loadDeepseekV2Config, parseDeepseekV2Config, type DeepseekV2Config } from '../src/models/deepseek_v2_config.js';
+import { loadDeepseekV2Config, type DeepseekV2Config } from '../src/models/deepseek_v2_config.js';
 import { parameterShapes } from '../src/models/deepseek_v2_names.js';
-import { TINY_CONFIG_JSON } from '../src/models/tiny_config.js';
 import { ownedExperts } from '../src/parallel/expert_dispatch.js';
 import { planShards } from '../src/parallel/fsdp_plan.js';
 import { estimateMemory } from '../src/parallel/memory_estimate.js';
-import type { MeshSizes } from '../src/parallel/mesh.js';
 import { pipelineParts } from '../src/parallel/pipeline.js';
-import type { ScheduleKind } from '../src/parallel/schedule_sim.js';
 import { simulatedRank } from '../src/parallel/simulated_rank.js';
 import { splitStages } from '../src/parallel/stages.js';
 import { packageRoot } from '../src/package_root.js';
 import { defaultTrainConfig, mergeTrainConfig } from '../src/train/config.js';
-import type { StepMetrics } from '../src/train/log_line.js';
 import { Training, type BatchSource } from '../src/train/trainer.js';
 import { syntheticBatches } from './helpers/synthetic_batches.js';
 import { assertEquivalent, launchedLayout, type LayoutResult } from './helpers/launched_layout.js';
 import { layoutConfig, type TrainLayout } from './helpers/parallel_train_rank.js';
+import { SIM_SEQ_LEN, simulatedTraining, tinyWithLayers, type SimCase } from './helpers/simulated_training.js';
 
 const made: string[] = [];
 after(() => { for (const d of made) fs.rmSync(d, { recursive: true, force: true }); });
@@ -65,29 +62,12 @@ const HOLDS: [string, Hold][] = [
   ['both', { weights: true, grads: true }],
 ];
 
-const S = 16;
-const tinyWith = (layers: number): DeepseekV2Config => parseDeepseekV2Config({ ...TINY_CONFIG_JSON, num_hidden_layers: layers }, 'hold test');
-
-interface SimCase { name: string; sizes: MeshSizes; rank: number; kind: ScheduleKind; layers: number; globalBatch: number }
+const S = SIM_SEQ_LEN;
+const tinyWith = tinyWithLayers;
 
 /** One simulated rank, 2 steps; the loopback's counts of the second step and its metrics. */
 async function simulate(c: SimCase, hold: Hold, data?: (model: DeepseekV2Config) => BatchSource) {
-  const model = tinyWith(c.layers), be = new CpuBackend();
-  const cfg = mergeTrainConfig(defaultTrainConfig(), {
-    device: 'cpu', steps: 2, seq_len: S, micro_batch_size: 1, global_batch_size: c.globalBatch, checkpoint_every: 0, precision: 'bf16',
-    schedule: { type: 'constant', warmup_steps: 0 }, optimizer: { lr: 1e-2 },
-    parallel: { ...c.sizes, schedule: c.kind, hold_weights: hold.weights, hold_grads: hold.grads },
-  }, 'hold test');
-  const dist = await simulatedRank(c.sizes, c.rank, { numLayers: c.layers, nRoutedExperts: model.n_routed_experts, globalBatch: c.globalBatch, microBatch: 1, seqLen: S, schedule: c.kind });
-  const training = new Training(cfg, model, be, dist);
-  for (const m of training.models) m.initialize(cfg.seed);
-  const source = data?.(model) ?? syntheticBatches({ vocab: model.vocab_size, seqLen: S, microBatch: 1 });
-  const metrics: StepMetrics[] = [];
-  for (let s = 0; s < 2; s++) {
-    dist.comm.stats.reset();
-    metrics.push(training.step(s, source));
-  }
-  const stats = dist.comm.stats.byKind();
+  const { model, metrics, stats, training, dist } = await simulatedTraining(c, { parallel: { hold_weights: hold.weights, hold_grads: hold.grads } }, data);
   // Sharded flats of the rank's parts, as the trainer plans them.
   const { pp, dp, ep } = c.sizes;
   const coords = dist.mesh.coords;

@@ -26,25 +26,12 @@ import { add, mul } from '../src/ops/elementwise.js';
 import { sumAll } from '../src/ops/reduce.js';
 import { tidy } from '../src/tensor/scope.js';
 import { defaultTrainConfig, mergeTrainConfig } from '../src/train/config.js';
-import { Training } from '../src/train/trainer.js';
-import { fixedBatches } from './helpers/fixed_batches.js';
+import { trainTiny } from './helpers/train_tiny.js';
 
 const model = tinyConfig();
 
-function train(recompute: RecomputeMode, micro: number, form: 'sequence' | 'micro-batch') {
-  const backend = new CpuBackend();
-  const cfg = mergeTrainConfig(defaultTrainConfig(), {
-    device: 'cpu', recompute, steps: 3, seq_len: 16, micro_batch_size: 2, global_batch_size: 2 * micro, schedule: { warmup_steps: 1 },
-    load_balance: { form, alpha: 0.01 },
-  }, 'test');
-  const training = new Training(cfg, model, backend);
-  training.model.initialize(cfg.seed);
-  const data = fixedBatches(model.vocab_size, cfg.micro_batch_size, cfg.seq_len);
-  const metrics = Array.from({ length: cfg.steps }, (_, s) => training.step(s, data));
-  const weights = training.checkpointEntries().map((e) => toHostF32(e.tensor));
-  training.dispose();
-  return { metrics, weights };
-}
+const train = (recompute: RecomputeMode, micro: number, form: 'sequence' | 'micro-batch') =>
+  trainTiny(new CpuBackend(), micro, { recompute, load_balance: { form, alpha: 0.01 } });
 
 function bitsEqual(got: Float32Array, want: Float32Array, what: string): void {
   assert.equal(got.length, want.length, what);

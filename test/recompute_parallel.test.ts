@@ -11,46 +11,18 @@
 // cp's ring and all-reduce) which may only grow.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { CpuBackend } from '../src/backend/cpu/cpu_backend.js';
 import { toHostF32 } from '../src/ops/create.js';
-import { parseDeepseekV2Config } from '../src/models/deepseek_v2_config.js';
-import { TINY_CONFIG_JSON } from '../src/models/tiny_config.js';
-import type { MeshSizes } from '../src/parallel/mesh.js';
-import type { ScheduleKind } from '../src/parallel/schedule_sim.js';
-import { simulatedRank } from '../src/parallel/simulated_rank.js';
-import { defaultTrainConfig, mergeTrainConfig } from '../src/train/config.js';
-import type { StepMetrics } from '../src/train/log_line.js';
-import { Training } from '../src/train/trainer.js';
-import { syntheticBatches } from './helpers/synthetic_batches.js';
+import { simulatedTraining, type SimCase } from './helpers/simulated_training.js';
 
-const S = 16;
-
-interface Case { name: string; sizes: MeshSizes; rank: number; kind: ScheduleKind; layers: number; globalBatch: number }
-
-async function run(c: Case, recompute: 'cheap' | 'layers') {
-  const model = parseDeepseekV2Config({ ...TINY_CONFIG_JSON, num_hidden_layers: c.layers }, 'recompute test');
-  const cfg = mergeTrainConfig(defaultTrainConfig(), {
-    device: 'cpu', steps: 2, seq_len: S, micro_batch_size: 1, global_batch_size: c.globalBatch, checkpoint_every: 0, precision: 'bf16',
-    schedule: { type: 'constant', warmup_steps: 0 }, optimizer: { lr: 1e-2 }, recompute,
-    parallel: { ...c.sizes, schedule: c.kind },
-  }, 'recompute test');
-  const dist = await simulatedRank(c.sizes, c.rank, { numLayers: c.layers, nRoutedExperts: model.n_routed_experts, globalBatch: c.globalBatch, microBatch: 1, seqLen: S, schedule: c.kind });
-  const training = new Training(cfg, model, new CpuBackend(), dist);
-  for (const m of training.models) m.initialize(cfg.seed);
-  const source = syntheticBatches({ vocab: model.vocab_size, seqLen: S, microBatch: 1 });
-  const metrics: StepMetrics[] = [];
-  for (let s = 0; s < 2; s++) {
-    dist.comm.stats.reset();
-    metrics.push(training.step(s, source));
-  }
-  const stats = dist.comm.stats.byKind();
+async function run(c: SimCase, recompute: 'cheap' | 'layers') {
+  const { metrics, stats, training, dist } = await simulatedTraining(c, { recompute });
   const weights = training.checkpointEntries().map((e) => toHostF32(e.tensor));
   training.dispose();
   await dist.close();
   return { metrics, stats, weights };
 }
 
-const CASES: Case[] = [
+const CASES: SimCase[] = [
   { name: 'dp2 (FSDP), 2 micro-batches per replica', sizes: { pp: 1, dp: 2, cp: 1, ep: 1 }, rank: 0, kind: '1f1b', layers: 2, globalBatch: 4 },
   { name: 'ep2, 2 micro-batches per replica', sizes: { pp: 1, dp: 1, cp: 1, ep: 2 }, rank: 1, kind: '1f1b', layers: 2, globalBatch: 4 },
   { name: 'cp2', sizes: { pp: 1, dp: 1, cp: 2, ep: 1 }, rank: 1, kind: '1f1b', layers: 2, globalBatch: 2 },
