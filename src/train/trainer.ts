@@ -138,8 +138,7 @@ export class Training {
   /** The schedule of one step when pp > 1, else null. */
   private readonly pipeline: Schedule | null;
   private readonly sumSq: Tensor;
-  /** Every parameter's gradient (or this rank's gradient shards), one list per dtype, for the gradient norm. */
-  /** The gradient norm's Σ g² over these gradients (whole ones, or this rank's shards). */
+  /** The gradient norm's Σ g² over every parameter's gradient (or this rank's gradient shards). */
   private readonly gradSquares: GradSquareSum;
   /** Whole parameters' gradients, zeroed lazily (see the file header); empty when sharded. */
   private readonly lazyGrads: readonly Tensor[];
