@@ -118,13 +118,13 @@ function offsetsOn(b: Backend, counts: readonly number[], base: number, pad: num
   return t.view([counts.length + 1], [1], t.offset + pad);
 }
 
-/** The kernel sets this GPU runs (wgmma, tma and tma_pair on sm_90a only). */
-function kernelSets(): ('mma' | 'wgmma' | 'tma' | 'tma_pair')[] {
-  return gpu().ctx.arch === 'sm_90a' ? ['mma', 'wgmma', 'tma', 'tma_pair'] : ['mma'];
+/** The kernel sets this GPU runs (wgmma and tma on sm_90a only). */
+function kernelSets(): ('mma' | 'wgmma' | 'tma')[] {
+  return gpu().ctx.arch === 'sm_90a' ? ['mma', 'wgmma', 'tma'] : ['mma'];
 }
 const skipHopper = skip || (!kernelSets().includes('tma') ? 'skipped: the tma set needs sm_90a' : false);
 
-for (const set of ['mma', 'wgmma', 'tma', 'tma_pair'] as const) {
+for (const set of ['mma', 'wgmma', 'tma'] as const) {
   const skipSet = skip || (set !== 'mma' && !kernelSets().includes(set) ? `skipped: ${set} needs sm_90a` : false);
 
   test(`grouped GEMM (${set}), awkward shapes: forward, dX and dW against the CPU backend`, { skip: skipSet }, () => {
@@ -327,7 +327,7 @@ for (const [K, N] of [[2048, 1408], [1408, 2048]] as const) {
 // ---- the tma set's forward and data kernels (kernels/grouped_gemm_tma.cu) ----
 
 /** Forward and dX of `counts` rows (offsets from a nonzero base) on the GPU's tma set and the CPU backend. */
-function tmaAgainstCpu(set: 'tma' | 'tma_pair', counts: readonly number[], K: number, N: number, what: string): void {
+function tmaAgainstCpu(counts: readonly number[], K: number, N: number, what: string): void {
   const M = counts.reduce((a, b) => a + b, 0);
   const xv = values(M * K, 1), dyv = values(M * N, 1), wv = counts.map(() => values(N * K, 0.125));
   const side = (b: Backend) => ({
@@ -335,7 +335,7 @@ function tmaAgainstCpu(set: 'tma' | 'tma_pair', counts: readonly number[], K: nu
     ws: wv.map((v) => upload(b, v, [N, K], 'bf16')), off: offsetsOn(b, counts, 77, 1),
   });
   const c = side(cpu), g = side(gpu());
-  gpu().groupedGemmKernels = set;
+  gpu().groupedGemmKernels = 'tma';
   const yc = emptyTensor(cpu, [M, N], 'bf16'), yg = poisoned([M, N], 'bf16');
   cpu.groupedLinear(yc, c.x, c.ws, c.off); gpu().groupedLinear(yg, g.x, g.ws, g.off);
   expectClose(readF32(gpu(), yg), readF32(cpu, yc), BF16_TOL, `${what}: forward`);
@@ -348,21 +348,16 @@ function tmaAgainstCpu(set: 'tma' | 'tma_pair', counts: readonly number[], K: nu
 // Output widths: 64 (one narrow tile: at most 128 valid columns, wgmma n128), 192 (one wide tile
 // with 64 zero-filled columns), 1408 (five 256-column tiles and a narrow one of 128), 2048 (eight
 // whole tiles); the same numbers as reductions: 1, 3, 22 and 32 k-steps of 64.
-// tma_pair: the same cases pair row tiles within one expert (the 129- and 300-row experts), across
-// two (the shared weight tile is not shared), and beside a phantom slot past the last row tile
-// (M = 1: one row tile, so CTA 1 of the only pair computes zeros and stores nothing).
-for (const set of ['tma', 'tma_pair'] as const) {
-  for (const [K, N] of [[64, 64], [64, 2048], [2048, 64], [192, 1408], [1408, 192], [2048, 1408], [1408, 2048]] as const) {
-    test(`grouped GEMM (${set}), K = ${K}, N = ${N}: forward and dX against the CPU backend (E = 7 with 0-, 1- and 129-row experts; M = 1; M = 2 over 3 experts)`, { skip: skipHopper }, () => {
-      tmaAgainstCpu(set, [0, 1, 129, 0, 7, 300, 64], K, N, `${set}, E = 7, K = ${K}, N = ${N}`);
-      tmaAgainstCpu(set, [1], K, N, `${set}, M = 1, K = ${K}, N = ${N}`);
-      tmaAgainstCpu(set, [0, 2, 0], K, N, `${set}, M = 2, K = ${K}, N = ${N}`);
-    });
-  }
+for (const [K, N] of [[64, 64], [64, 2048], [2048, 64], [192, 1408], [1408, 192], [2048, 1408], [1408, 2048]] as const) {
+  test(`grouped GEMM (tma), K = ${K}, N = ${N}: forward and dX against the CPU backend (E = 7 with 0-, 1- and 129-row experts; M = 1; M = 2 over 3 experts)`, { skip: skipHopper }, () => {
+    tmaAgainstCpu([0, 1, 129, 0, 7, 300, 64], K, N, `E = 7, K = ${K}, N = ${N}`);
+    tmaAgainstCpu([1], K, N, `M = 1, K = ${K}, N = ${N}`);
+    tmaAgainstCpu([0, 2, 0], K, N, `M = 2, K = ${K}, N = ${N}`);
+  });
 }
 
 /** y = x·W_eᵀ and dx = dy·W_e on kernel set `set` into poisoned outputs; their bf16 bits. */
-function forwardAndData(be: CudaBackend, set: 'wgmma' | 'tma' | 'tma_pair', x: Tensor, dy: Tensor, ws: Tensor[], off: Tensor, M: number, N: number, K: number) {
+function forwardAndData(be: CudaBackend, set: 'wgmma' | 'tma', x: Tensor, dy: Tensor, ws: Tensor[], off: Tensor, M: number, N: number, K: number) {
   be.groupedGemmKernels = set;
   const y = poisoned([M, N], 'bf16'), dx = poisoned([M, K], 'bf16');
   be.groupedLinear(y, x, ws, off);
@@ -372,29 +367,28 @@ function forwardAndData(be: CudaBackend, set: 'wgmma' | 'tma' | 'tma_pair', x: T
   return out;
 }
 
-for (const set of ['tma', 'tma_pair'] as const) {
-  test(`grouped GEMM (${set}): rows past the last expert keep their poison; the covered rows match the wgmma set`, { skip: skipHopper }, () => {
-    // The last expert's row tile runs past its end into rows that are in the tensor (loaded by the
-    // copy engine, computed) but belong to no expert: they must not be stored.
-    const be = gpu();
-    const counts = [5, 0, 131, 1], covered = 137, M = covered + 50, K = 192, N = 1408;
-    const x = upload(be, values(M * K, 1), [M, K], 'bf16'), dy = upload(be, values(M * N, 1), [M, N], 'bf16');
-    const ws = counts.map(() => upload(be, values(N * K, 0.125), [N, K], 'bf16'));
-    const off = offsetsOn(be, counts, 0, 0);
-    const ref = forwardAndData(be, 'wgmma', x, dy, ws, off, M, N, K), got = forwardAndData(be, set, x, dy, ws, off, M, N, K);
-    for (const [name, width] of [['y', N], ['dx', K]] as const) {
-      const g = got[name], r = ref[name];
-      for (let i = covered * width; i < M * width; i++) {
-        if (g[i] !== 0x7fc0) assert.fail(`${set} ${name}: row ${Math.floor(i / width)} belongs to no expert but was written (${g[i]!.toString(16)})`);
-      }
-      expectClose(bf16ArrayToF32(g.subarray(0, covered * width)), bf16ArrayToF32(r.subarray(0, covered * width)), BF16_TOL, `${set} ${name} vs wgmma`);
+test('grouped GEMM (tma): rows past the last expert keep their poison; the covered rows match the wgmma set', { skip: skipHopper }, () => {
+  // The last expert's row tile runs past its end into rows that are in the tensor (loaded by the
+  // copy engine, computed) but belong to no expert: they must not be stored.
+  const be = gpu();
+  const counts = [5, 0, 131, 1], covered = 137, M = covered + 50, K = 192, N = 1408;
+  const x = upload(be, values(M * K, 1), [M, K], 'bf16'), dy = upload(be, values(M * N, 1), [M, N], 'bf16');
+  const ws = counts.map(() => upload(be, values(N * K, 0.125), [N, K], 'bf16'));
+  const off = offsetsOn(be, counts, 0, 0);
+  const run = (set: 'wgmma' | 'tma') => forwardAndData(be, set, x, dy, ws, off, M, N, K);
+  const ref = run('wgmma'), got = run('tma');
+  for (const [name, width] of [['y', N], ['dx', K]] as const) {
+    const g = got[name], r = ref[name];
+    for (let i = covered * width; i < M * width; i++) {
+      if (g[i] !== 0x7fc0) assert.fail(`tma ${name}: row ${Math.floor(i / width)} belongs to no expert but was written (${g[i]!.toString(16)})`);
     }
-    for (const t of [x, dy, off, ...ws]) t.dispose();
-  });
-}
+    expectClose(bf16ArrayToF32(g.subarray(0, covered * width)), bf16ArrayToF32(r.subarray(0, covered * width)), BF16_TOL, `tma ${name} vs wgmma`);
+  }
+  for (const t of [x, dy, off, ...ws]) t.dispose();
+});
 
 for (const [K, N] of [[2048, 1408], [1408, 2048]] as const) {
-  test(`grouped GEMM (tma, tma_pair), bench shapes E = 64, M = 49152, K = ${K}, N = ${N}: forward and dX match the wgmma set`, { skip: skipHopper }, () => {
+  test(`grouped GEMM (tma), bench shapes E = 64, M = 49152, K = ${K}, N = ${N}: forward and dX match the wgmma set`, { skip: skipHopper }, () => {
     const be = gpu();
     const E = 64, M = 49152, counts = skewedCounts(E, M);
     // A 1-row and a 129-row expert among the skewed ones; the last expert absorbs the difference.
@@ -403,18 +397,21 @@ for (const [K, N] of [[2048, 1408], [1408, 2048]] as const) {
     const x = upload(be, values(M * K, 1), [M, K], 'bf16'), dy = upload(be, values(M * N, 1), [M, N], 'bf16');
     const ws = counts.map(() => upload(be, values(N * K, 0.0625), [N, K], 'bf16'));
     const off = offsetsOn(be, counts, 0, 0);
-    const ref = forwardAndData(be, 'wgmma', x, dy, ws, off, M, N, K);
-    for (const set of ['tma', 'tma_pair'] as const) {
-      const got = forwardAndData(be, set, x, dy, ws, off, M, N, K);
-      expectClose(bf16ArrayToF32(got.y), bf16ArrayToF32(ref.y), BF16_TOL, `${set} forward vs wgmma`);
-      expectClose(bf16ArrayToF32(got.dx), bf16ArrayToF32(ref.dx), BF16_TOL, `${set} dX vs wgmma`);
-    }
+    const run = (set: 'wgmma' | 'tma') => forwardAndData(be, set, x, dy, ws, off, M, N, K);
+    const ref = run('wgmma'), got = run('tma');
+    expectClose(bf16ArrayToF32(got.y), bf16ArrayToF32(ref.y), BF16_TOL, 'tma forward vs wgmma');
+    expectClose(bf16ArrayToF32(got.dx), bf16ArrayToF32(ref.dx), BF16_TOL, 'tma dX vs wgmma');
     for (const t of [x, dy, off, ...ws]) t.dispose();
   });
 }
 
 // ---- the tma set's weight product (grouped_tma_dw_bf16 / _gbf16) ----
 
+/**
+ * dW over `counts` rows (offsets from a nonzero base; `tail` rows after the last expert's, in no
+ * expert) on the tma set and the CPU: beta 0 into NaN-poisoned gradients, then beta 1 with
+ * another dY on top, f32 and bf16 gradients. Experts with no rows must hold exactly +0.
+ */
 /**
  * The weight product said it gave the squares, and squares[0] is the Σ of the squares of the
  * gradients as stored, summed on the host in f64: within 1e-5 (the order of ~10⁶ f32 adds).
@@ -426,11 +423,6 @@ function expectSquares(gave: boolean, got: number, grads: readonly Tensor[], wha
   assert.ok(Math.abs(got - want) <= 1e-5 * want + 1e-30, `${what}: squares ${got}, host Σ g² ${want}`);
 }
 
-/**
- * dW over `counts` rows (offsets from a nonzero base; `tail` rows after the last expert's, in no
- * expert) on the tma set and the CPU: beta 0 into NaN-poisoned gradients, then beta 1 with
- * another dY on top, f32 and bf16 gradients. Experts with no rows must hold exactly +0.
- */
 function tmaWeightAgainstCpu(counts: readonly number[], K: number, N: number, tail: number, what: string): void {
   // The GPU sees `tail` rows in no expert after the last; the CPU reference, which requires the
   // offsets to cover every row, gets only the covered ones (the rows a correct kernel reads).

@@ -37,12 +37,11 @@ export class BinaryLauncher {
     const ints = [out, a, b].filter((t) => t.dtype === 'i32').length;
     if (ints !== 0 && ints !== 3) throw new Error(`internal: binary ${op} mixes i32 with floats (${out.dtype} = ${a.dtype} ${op} ${b.dtype})`);
     const v = collapseViews(out.shape, [a.strides, b.strides], `binary ${op}`);
-    // out is contiguous: in vector units its stride is 1, as its base must be 16-byte aligned.
-    const vec = ints === 0 ? vectorViews({ ...v, strides: [...v.strides, v.dims.map((_, k) => (k === v.dims.length - 1 ? 1 : 0))] },
-      [devicePtr(out), devicePtr(a), devicePtr(b)]) : null;
+    // out is contiguous (its index is the element's), so only its base's alignment is asked for.
+    const vec = ints === 0 ? vectorViews(v, [devicePtr(out), devicePtr(a), devicePtr(b)]) : null;
     const count = vec ? n / VEC : n;
     const args = this.args.ptr(0, devicePtr(out)).ptr(1, devicePtr(a)).ptr(2, devicePtr(b)).i64(3, BigInt(count)).i32(4, opCode(op));
-    setViewArgs(args, 5, vec ? { ...vec, strides: vec.strides.slice(0, 2) } : v);
+    setViewArgs(args, 5, vec ?? v);
     const name = `binary_${vec ? 'vec8_' : ''}${out.dtype}_${a.dtype}_${b.dtype}`;
     this.file.kernel(name).launch([gridFor(this.ctx, count), 1, 1], [THREADS, 1, 1], 0, args);
   }
