@@ -3,8 +3,7 @@
 // whose widths the kernels take (hidden 256, expert width 128, 16 experts, top-4), with the
 // mma.sync kernels and, on sm_90a, the wgmma and tma ones (all three products of each set: the
 // tma set's forward, data and its own persistent weight kernel), and auto (on sm_90a the tma set
-// with wgmma's weight product for beta 1), and tma_pair (the tma set with its forward and data
-// products in 2-CTA clusters). Two micro-batches a step, so every step's expert gradients are
+// with wgmma's weight product for beta 1). Two micro-batches a step, so every step's expert gradients are
 // written once with beta 0 (the first write after the optimizer marked them logically zero) and
 // once with beta 1. A second test runs one micro-batch a step, where the tma weight product's
 // Σ g² (autograd/grad_squares.ts) is what the gradient norm reads for the expert gradients: the
@@ -25,8 +24,14 @@ const cli = path.join(packageRoot(), 'dist', 'src', 'cli', 'main.js');
 const skip = cudaAvailable() ? false : 'skipped: no CUDA';
 const STEPS = 20;
 
-function losses(config: string, groupedGemm: string, micro = 2): number[] {
-  return metrics(config, groupedGemm, micro).map((m) => m.crossEntropy);
+/** A small MoE model whose widths the kernels take, written as a config.json in a fresh folder (returned with it). */
+function moeConfig(): { dir: string; config: string } {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'moetrain-grouped-config-'));
+  const config = path.join(dir, 'config.json');
+  fs.writeFileSync(config, JSON.stringify({
+    ...TINY_CONFIG_JSON, hidden_size: 256, moe_intermediate_size: 128, n_routed_experts: 16, num_experts_per_tok: 4,
+  }));
+  return { dir, config };
 }
 
 function metrics(config: string, groupedGemm: string, micro: number): { crossEntropy: number; gradientNorm: number }[] {
@@ -40,15 +45,12 @@ function metrics(config: string, groupedGemm: string, micro: number): { crossEnt
 }
 
 test(`grouped expert GEMM: losses follow the per-expert path for ${STEPS} steps`, { skip }, () => {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'moetrain-grouped-config-'));
-  const config = path.join(dir, 'config.json');
-  fs.writeFileSync(config, JSON.stringify({
-    ...TINY_CONFIG_JSON, hidden_size: 256, moe_intermediate_size: 128, n_routed_experts: 16, num_experts_per_tok: 4,
-  }));
-  const reference = losses(config, 'per_expert');
-  const sets = defaultCudaContext().arch === 'sm_90a' ? ['mma', 'wgmma', 'tma', 'tma_pair', 'auto'] : ['mma'];
+  const { dir, config } = moeConfig();
+  const losses = (set: string) => metrics(config, set, 2).map((m) => m.crossEntropy);
+  const reference = losses('per_expert');
+  const sets = defaultCudaContext().arch === 'sm_90a' ? ['mma', 'wgmma', 'tma', 'auto'] : ['mma'];
   for (const set of sets) {
-    const got = losses(config, set);
+    const got = losses(set);
     const worst = Math.max(...got.map((x, i) => Math.abs(x - reference[i]!) / reference[i]!));
     console.log(`# ${set}: worst relative cross-entropy difference to per_expert over ${STEPS} steps: ${worst.toExponential(2)}`);
     // Same bf16 products, f32 accumulation in another order: each step's bf16 roundings differ by
@@ -61,11 +63,7 @@ test(`grouped expert GEMM: losses follow the per-expert path for ${STEPS} steps`
 });
 
 test(`grouped expert GEMM, one micro-batch: the norm from the weight products' squares follows per_expert's for ${STEPS} steps`, { skip: skip || (defaultCudaContext().arch !== 'sm_90a' ? 'skipped: the tma set needs sm_90a' : false) }, () => {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'moetrain-grouped-config-'));
-  const config = path.join(dir, 'config.json');
-  fs.writeFileSync(config, JSON.stringify({
-    ...TINY_CONFIG_JSON, hidden_size: 256, moe_intermediate_size: 128, n_routed_experts: 16, num_experts_per_tok: 4,
-  }));
+  const { dir, config } = moeConfig();
   const reference = metrics(config, 'per_expert', 1);
   for (const set of ['tma', 'auto']) {
     const got = metrics(config, set, 1);
