@@ -41,7 +41,7 @@ function median(xs: number[]): number {
 export interface GroupedGemmRow {
   product: string; K: number; N: number; floorMs: number;
   /** Milliseconds per kernel set (absent: the set does not run on this GPU). */
-  grouped: { mma: number; wgmma?: number; tma?: number; tma_pair?: number };
+  grouped: { mma: number; wgmma?: number; tma?: number };
   perExpertMs: number;
 }
 
@@ -99,8 +99,6 @@ export function runGroupedGemmBench(opts: { log?: (line: string) => void } = {})
       if (hopper) {
         be.groupedGemmKernels = 'wgmma'; times.wgmma = time(grouped);
         be.groupedGemmKernels = 'tma'; times.tma = time(grouped);
-        // tma_pair differs from tma in the forward and data products only.
-        if (!product.startsWith('weight')) { be.groupedGemmKernels = 'tma_pair'; times.tma_pair = time(grouped); }
       }
       const perExpertMs = time(perExpert);
       rows.push({ product, K, N, floorMs: (2 * M * N * K) / CEILING_FLOPS * 1e3, grouped: times, perExpertMs });
@@ -110,14 +108,14 @@ export function runGroupedGemmBench(opts: { log?: (line: string) => void } = {})
   offsets.dispose();
   const tflops = (r: GroupedGemmRow, ms: number) => ((2 * M * r.N * r.K) / (ms * 1e-3) / 1e12).toFixed(1);
   const header = ['product', 'K', 'N', 'floor ms', 'mma ms', 'mma TFLOP/s', 'wgmma ms', 'wgmma TFLOP/s', 'wgmma % of floor',
-    'tma ms', 'tma TFLOP/s', 'tma % of floor', 'tma_pair ms', 'tma_pair TFLOP/s', 'per-expert ms', 'per-expert TFLOP/s', 'best speed-up'];
+    'tma ms', 'tma TFLOP/s', 'tma % of floor', 'per-expert ms', 'per-expert TFLOP/s', 'best speed-up'];
   const hopperCells = (r: GroupedGemmRow, ms: number | undefined) =>
     ms !== undefined ? [ms.toFixed(3), tflops(r, ms), `${((r.floorMs / ms) * 100).toFixed(0)}%`] : ['-', '-', '-'];
   const table = rows.map((r) => {
-    const best = Math.min(r.grouped.mma, r.grouped.wgmma ?? Infinity, r.grouped.tma ?? Infinity, r.grouped.tma_pair ?? Infinity);
+    const best = Math.min(r.grouped.mma, r.grouped.wgmma ?? Infinity, r.grouped.tma ?? Infinity);
     return [
       r.product, String(r.K), String(r.N), r.floorMs.toFixed(3), r.grouped.mma.toFixed(3), tflops(r, r.grouped.mma),
-      ...hopperCells(r, r.grouped.wgmma), ...hopperCells(r, r.grouped.tma), ...hopperCells(r, r.grouped.tma_pair).slice(0, 2),
+      ...hopperCells(r, r.grouped.wgmma), ...hopperCells(r, r.grouped.tma),
       r.perExpertMs.toFixed(3), tflops(r, r.perExpertMs), (r.perExpertMs / best).toFixed(2),
     ];
   });
@@ -126,12 +124,7 @@ export function runGroupedGemmBench(opts: { log?: (line: string) => void } = {})
   log(fmt(header));
   for (const row of table) log(fmt(row));
   const sum = (f: (r: GroupedGemmRow) => number) => rows.reduce((a, r) => a + (r.product === LEAN_WEIGHT || r.product === FIRST_WEIGHT ? 0 : f(r)), 0);
-  const pairSum = sum((r) => (r.product.startsWith('weight') ? r.grouped.tma! : r.grouped.tma_pair!));
-  const wgmmaSum = hopper ? `, wgmma ${sum((r) => r.grouped.wgmma!).toFixed(3)} ms, tma ${sum((r) => r.grouped.tma!).toFixed(3)} ms, tma_pair ${pairSum.toFixed(3)} ms` : '';
-  if (hopper) {
-    const clusters = [...be.groupedGemmPairClusters].map(([k, n]) => `${k} ${n}`).join(', ');
-    log(`tma_pair: 2-CTA clusters a launch (cuOccupancyMaxActiveClusters, ${ctx.smCount} SMs): ${clusters}`);
-  }
+  const wgmmaSum = hopper ? `, wgmma ${sum((r) => r.grouped.wgmma!).toFixed(3)} ms, tma ${sum((r) => r.grouped.tma!).toFixed(3)} ms` : '';
   log(`all six products: mma ${sum((r) => r.grouped.mma).toFixed(3)} ms${wgmmaSum}, per-expert ${sum((r) => r.perExpertMs).toFixed(3)} ms, floor ${sum((r) => r.floorMs).toFixed(3)} ms`);
   return rows;
 }

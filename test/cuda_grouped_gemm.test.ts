@@ -408,11 +408,6 @@ for (const [K, N] of [[2048, 1408], [1408, 2048]] as const) {
 // ---- the tma set's weight product (grouped_tma_dw_bf16 / _gbf16) ----
 
 /**
- * dW over `counts` rows (offsets from a nonzero base; `tail` rows after the last expert's, in no
- * expert) on the tma set and the CPU: beta 0 into NaN-poisoned gradients, then beta 1 with
- * another dY on top, f32 and bf16 gradients. Experts with no rows must hold exactly +0.
- */
-/**
  * The weight product said it gave the squares, and squares[0] is the Σ of the squares of the
  * gradients as stored, summed on the host in f64: within 1e-5 (the order of ~10⁶ f32 adds).
  */
@@ -423,6 +418,11 @@ function expectSquares(gave: boolean, got: number, grads: readonly Tensor[], wha
   assert.ok(Math.abs(got - want) <= 1e-5 * want + 1e-30, `${what}: squares ${got}, host Σ g² ${want}`);
 }
 
+/**
+ * dW over `counts` rows (offsets from a nonzero base; `tail` rows after the last expert's, in no
+ * expert) on the tma set and the CPU: beta 0 into NaN-poisoned gradients, then beta 1 with
+ * another dY on top, f32 and bf16 gradients. Experts with no rows must hold exactly +0.
+ */
 function tmaWeightAgainstCpu(counts: readonly number[], K: number, N: number, tail: number, what: string): void {
   // The GPU sees `tail` rows in no expert after the last; the CPU reference, which requires the
   // offsets to cover every row, gets only the covered ones (the rows a correct kernel reads).

@@ -44,7 +44,7 @@ import { CudaDeviceBuffer, devicePtr } from './runtime/device_buffer.js';
 export interface CudaBackendOptions {
   /** MLA attention kernels (ops/mla_kernel_choice.ts); default "auto". */
   mlaKernels?: MlaKernelsRequest;
-  /** Grouped expert GEMM kernels (ops/grouped_gemm.ts: 'mma', 'wgmma', 'tma' or 'tma_pair' on sm_90a, 'per_expert'); default "auto". */
+  /** Grouped expert GEMM kernels (ops/grouped_gemm.ts: 'mma', 'wgmma' or 'tma' on sm_90a, 'per_expert'); default "auto". */
   groupedGemm?: GroupedGemmRequest;
 }
 
@@ -104,7 +104,7 @@ export class CudaBackend implements Backend {
     this.sumSquares = new SumSquaresLauncher(ctx);
     this.sumSquaresList = new SumSquaresMultiLauncher(ctx, alloc);
     this.gemm = new MatmulLauncher(ctx, alloc, this.filler, this.unaryOps);
-    this.groupedGemm = new GroupedGemmLauncher(ctx, alloc, this.gemm, options.groupedGemm);
+    this.groupedGemm = new GroupedGemmLauncher(ctx, alloc, this.gemm, this.sumSquaresList, options.groupedGemm);
     this.norm = new RmsNormLauncher(ctx, alloc);
     this.rotary = new RopeLauncher(ctx);
     this.gatedUnit = new SwigluLauncher(ctx);
@@ -179,11 +179,9 @@ export class CudaBackend implements Backend {
   sumSquaresInto(out: Tensor, x: Tensor): void { this.sumSquares.sumSquaresInto(out, x); }
   sumSquaresMulti(out: Tensor, list: TensorList<Tensor>): void { this.sumSquaresList.sumSquaresMulti(out, list); }
   matmul(out: Tensor, a: Tensor, b: Tensor, opts: MatmulOptions): void { this.gemm.matmul(out, a, b, opts); }
-  /** The grouped GEMM kernel set bf16 products run ('mma', 'wgmma', 'tma', 'tma_pair' or 'per_expert'); settable for tests and benchmarks. */
+  /** The grouped GEMM kernel set bf16 products run ('mma', 'wgmma', 'tma' or 'per_expert'); settable for tests and benchmarks. */
   get groupedGemmKernels(): GroupedGemmKernels { return this.groupedGemm.kernels; }
   set groupedGemmKernels(k: GroupedGemmKernels) { this.groupedGemm.use(k); }
-  /** tma_pair: the 2-CTA clusters each pair kernel launched so far runs at once, by kernel (benchmarks report it). */
-  get groupedGemmPairClusters(): ReadonlyMap<string, number> { return this.groupedGemm.pairClusterCounts; }
   groupedLinear(out: Tensor, x: Tensor, weights: readonly Tensor[], offsets: Tensor): void { this.groupedGemm.groupedLinear(out, x, weights, offsets); }
   groupedLinearBackwardData(dx: Tensor, dy: Tensor, weights: readonly Tensor[], offsets: Tensor): void {
     this.groupedGemm.groupedLinearBackwardData(dx, dy, weights, offsets);

@@ -271,23 +271,6 @@ export class CudaDriver {
     return this.tensorMapFns;
   }
 
-  private maxActiveClustersFn: Fn | undefined;
-
-  /**
-   * How many clusters of fn (its cluster shape set at compile time, __cluster_dims__) can run at
-   * once with this block and dynamic shared memory (cuOccupancyMaxActiveClusters, CUDA 11.8+): a
-   * persistent grid of more clusters than this would run its last ones after the others.
-   */
-  maxActiveClusters(fn: bigint, grid: number, block: number, sharedBytes: number, what: string): number {
-    this.maxActiveClustersFn ??= loadLibrary('cuda').func('cuOccupancyMaxActiveClusters', 'int', ['void *', 'void *', 'void *']) as Fn;
-    // CUlaunchConfig: grid x, y, z, block x, y, z, shared bytes (7 × u32), padding, hStream,
-    // attrs (pointers), numAttrs (u32), padding: 56 bytes. No attributes: the kernel's own cluster shape.
-    const config = new ArrayBuffer(56), words = new Uint32Array(config);
-    words.set([grid, 1, 1, block, 1, 1, sharedBytes]);
-    this.check('cuOccupancyMaxActiveClusters', this.maxActiveClustersFn(this.i32, fn, new Uint8Array(config)), what);
-    return this.i32[0]!;
-  }
-
   private getParamInfo: Fn | null | undefined;
 
   /**

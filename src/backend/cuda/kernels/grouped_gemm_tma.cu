@@ -77,29 +77,12 @@
 //   step), the same 3 µs a tile are −8% and −10% (737 → 681, 768 → 692 µs): ~10% a product.
 // bench/grouped_gemm_model.py replays the tile walk, boxes, descriptors, masks and the mbarrier
 // ring across each CTA's tiles.
-//
-// CTA pairs (grouped_tma_pair_*: the forward and data products of the `tma_pair` set). Measured
-// at the bench shapes, the products above move 6.3–6.5 TB/s of operands from L2 into shared
-// memory (48 KiB a k-step: 3.6 GB in 0.561 ms forward 2048 → 1408), which is about what L2 gives
-// on an H100; cuBLASLt's large GEMMs in the same step (~805 TFLOP/s) move about as much a second,
-// but with a B tile shared by two CTAs. So the pair kernels run clusters of two CTAs on
-// neighbouring row tiles (row-tile slots 2y and 2y + 1, one column tile): when both tiles are one
-// expert's they need the same weight tile, and each CTA copies half of its pieces into both CTAs'
-// stages at once (cp.async.bulk.tensor … multicast::cluster), so a pair reads 64 KiB a k-step from
-// L2 instead of 96: a third less. When the two tiles are different experts' (an expert's last row
-// tile beside the next one's first: about one pair in seven at ~6.5 row tiles an expert), each
-// copies all of its own. The protocol: a stage's "full" barrier counts all 48 KiB however they
-// come (a peer's bytes may land before this CTA's own expect_tx: the transaction count goes below
-// zero until then, and the phase cannot complete while the producer's arrival is pending); its
-// "empty" barrier waits for the consumer warps of both CTAs (16 arrivals, 8 of them remote through
-// mapa), because the peer's copies write into this CTA's stage. The two CTAs walk the same pair
-// tiles with the same k-steps, so their rings stay in step; a slot 2y + 1 past the last row tile
-// is computed on zeros and not stored, so the pair never splits. Prediction (bench shapes, if the
-// products are bound by those L2 bytes): forward/data 0.56–0.66 ms → ~0.45 ms each, ~2.5 ms a
-// step over the 18 products. Measured (H100, 2026-12-07, bench gemm --grouped): 0.815–0.878 ms,
-// 1.3–1.6× slower than the single-CTA kernels; correct at every tested shape. Not understood yet;
-// to check first: how many clusters the grid gets (bench gemm prints it), then whether the
-// pairs' lock-step (every stage waits for both CTAs' consumers) stalls them.
+// Tried and taken out (commit ce87017, 2026-12-07): the forward and data products in 2-CTA
+// clusters on neighbouring row tiles sharing the weight tile by TMA multicast, a third less L2
+// traffic. Correct at every tested shape on an H100, but 1.3–1.6× slower (0.815–0.878 ms a
+// product against 0.547–0.634), for reasons not found (suspects: fewer clusters resident than
+// SMs / 2, and the pair's lock-step, every stage waiting for both CTAs' consumers). That commit
+// holds it with its tests and a model of its ring (bench/grouped_gemm_pair_model.py).
 //
 // Weight product, dW_e[N, K] = dY_eᵀ·X_e + beta·dW_e (beta 0 overwrites, and an expert with no
 // rows gets zeros; beta 1 accumulates, and such an expert is left alone), f32 or bf16 gradients
@@ -150,8 +133,8 @@
 // one-block final sums; the bench step 96,886 → 99,737 tokens/s.
 // The epilogue has the values in registers as it stores them; each consumer warp adds its
 // squares (of the stored values: bf16 ones rounded) with shuffles and writes one partial per
-// tile, so no atomics and no order that depends on the schedule; grouped_tma_dw_squares_final
-// adds the partials in a fixed order. Cost: 2 FMAs per stored value and one shuffle reduction a
+// tile, so no atomics and no order that depends on the schedule; sum_squares_multi.cu's final
+// reduction adds the partials in a fixed order (ops/grouped_gemm.ts). Cost: 2 FMAs per stored value and one shuffle reduction a
 // tile, beside ~1.5 µs of stores.
 #include "common.cuh"
 #include "grouped_gemm_common.cuh"
@@ -210,29 +193,6 @@ __device__ __forceinline__ void tmap_prefetch(u64 map) { asm volatile("prefetch.
 __device__ __forceinline__ void tma_load_2d(u32 dst, u64 map, u32 bar, int c0, int c1) {
   asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4}], [%2];"
                ::"r"(dst), "l"(map), "r"(bar), "r"(c0), "r"(c1) : "memory");
-}
-
-// ---- clusters (CTA pairs, header: "CTA pairs") ----
-__device__ __forceinline__ u32 cluster_rank() { u32 r; asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r)); return r; }
-__device__ __forceinline__ u32 cluster_id() { u32 r; asm volatile("mov.u32 %0, %%clusterid.x;" : "=r"(r)); return r; }
-__device__ __forceinline__ u32 cluster_count() { u32 r; asm volatile("mov.u32 %0, %%nclusterid.x;" : "=r"(r)); return r; }
-// Every thread of both CTAs: the release orders this CTA's earlier shared-memory work (barrier
-// inits) before the peer's later remote operations, the acquire the peer's before this one's.
-// Not .aligned: the producer warp reaches it with its thread 0 arriving later than the others.
-__device__ __forceinline__ void cluster_sync() {
-  asm volatile("barrier.cluster.arrive.release;\nbarrier.cluster.wait.acquire;" ::: "memory");
-}
-// One arrival on the mbarrier at the same shared-memory offset as `bar` in cluster CTA `rank`.
-__device__ __forceinline__ void mbar_arrive_remote(u32 bar, u32 rank) {
-  u32 remote;
-  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(bar), "r"(rank));
-  asm volatile("mbarrier.arrive.release.cluster.shared::cluster.b64 _, [%0];" ::"r"(remote) : "memory");
-}
-// tma_load_2d into the same offset dst of every CTA in `mask`, completing bytes on the mbarrier
-// at bar's offset in each of them.
-__device__ __forceinline__ void tma_load_2d_multicast(u32 dst, u64 map, u32 bar, int c0, int c1, unsigned short mask) {
-  asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes.multicast::cluster [%0], [%1, {%3, %4}], [%2], %5;"
-               ::"r"(dst), "l"(map), "r"(bar), "r"(c0), "r"(c1), "h"(mask) : "memory");
 }
 
 // ---- wgmma ----
@@ -350,11 +310,10 @@ __device__ __forceinline__ float store_tile(const float (&acc)[128], G* C, long 
 
 // The ring's barriers, by one thread before the CTA's first barrier: a stage's "full" completes
 // by the producer's byte count, its "empty" when every consumer warp has released it.
-template <int CL = 1>
 __device__ __forceinline__ void init_ring(u32 bars) {
   for (int s = 0; s < STAGES; ++s) {
     mbar_init(full_bar(bars, s), 1);
-    mbar_init(empty_bar(bars, s), CONSUMER_WARPS * CL);  // CL = 2: the peer's consumer warps too (header: "CTA pairs")
+    mbar_init(empty_bar(bars, s), CONSUMER_WARPS);
   }
   asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
 }
@@ -378,15 +337,7 @@ __device__ __forceinline__ void produce_ring(u32 base, u32 bars, int ktiles, u32
 // mma(kt, stage) issues and commits the k-step's wgmmas; one group stays in flight, so position
 // it − 1's stage is given back once group it − 1 is done, and the tile's last stage after
 // wgmma_wait<0>: every stage exactly once, or the producer would wait forever in a later round.
-// Gives stage s back: to this CTA's producer, and with CL = 2 to the peer's, whose multicast
-// copies write this stage here too (header: "CTA pairs").
-template <int CL>
-__device__ __forceinline__ void release_stage(u32 bars, int s) {
-  mbar_arrive(empty_bar(bars, s));
-  if (CL == 2) mbar_arrive_remote(empty_bar(bars, s), cluster_rank() ^ 1u);
-}
-
-template <int CL = 1, typename Mma>
+template <typename Mma>
 __device__ __forceinline__ void consume_ring(u32 base, u32 bars, int ktiles, int& it, Mma mma) {
   const int lane = threadIdx.x & 31;
   for (int kt = 0; kt < ktiles; ++kt, ++it) {
@@ -394,10 +345,10 @@ __device__ __forceinline__ void consume_ring(u32 base, u32 bars, int ktiles, int
     mbar_wait(full_bar(bars, s), (it / STAGES) & 1);
     mma(kt, base + s * STAGE_BYTES);
     wgmma_wait<1>();  // group it − 1 is done: its stage may be refilled
-    if (kt > 0 && lane == 0) release_stage<CL>(bars, (it - 1) % STAGES);
+    if (kt > 0 && lane == 0) mbar_arrive(empty_bar(bars, (it - 1) % STAGES));
   }
   wgmma_wait<0>();
-  if (ktiles > 0 && lane == 0) release_stage<CL>(bars, (it - 1) % STAGES);  // the tile's last stage
+  if (ktiles > 0 && lane == 0) mbar_arrive(empty_bar(bars, (it - 1) % STAGES));  // the tile's last stage
 }
 
 
@@ -417,42 +368,20 @@ struct GemmTile {
 // column tile x of gx = ceil(width / BN), row-tile slot y of ceil(M/BM) + E (slots past the last
 // row tile are empty). Round r covers tiles r·G..r·G + G − 1 (G = gridDim.x) and CTA b takes the
 // (b + r) mod G-th of them; u grows with r, so the row-tile cursor only moves forward.
-// CL = 2 (header: "CTA pairs"): u is a pair tile, row-tile slots 2y (the cluster's CTA 0) and
-// 2y + 1 (CTA 1) at column tile x, over ceil(slots / 2) pair rows; cluster c of C takes the
-// (c + r) mod C-th of round r's C pair tiles. Both CTAs find both slots (a cursor for the even
-// slots and one for the odd, so each only moves forward), so they agree on when to stop and on
-// `shared`: both tiles are one expert's, so their weight tile is the same and each CTA copies half
-// of it into both. A slot 2y + 1 past the last row tile is a phantom for CTA 1: rows M.. (the
-// copy engine's zeros), CTA 0's expert (so shared), nothing stored.
-template <int CL>
 struct GemmWalk {
   const int* __restrict__ off;
   int E, M, width, gx, total, r = 0;
-  ggc::RowTileCursor<BM> rows, odd;
+  ggc::RowTileCursor<BM> rows;
   __device__ __forceinline__ GemmWalk(const int* __restrict__ off_, int E_, int M_, int width_)
-      : off(off_), E(E_), M(M_), width(width_), gx((width_ + BN - 1) / BN), total(gx * (((M_ + BM - 1) / BM + E_ + CL - 1) / CL)) {}
+      : off(off_), E(E_), M(M_), width(width_), gx((width_ + BN - 1) / BN), total(gx * ((M_ + BM - 1) / BM + E_)) {}
   // The CTA's next tile; false when it has none left.
-  __device__ __forceinline__ bool next(GemmTile& g, bool& shared) {
-    int u;
-    if (CL == 1) {
-      u = rotated_tile(r++);
-    } else {
-      const int C = (int)cluster_count();
-      u = r * C + (int)((cluster_id() + r) % C);
-      ++r;
-    }
+  __device__ __forceinline__ bool next(GemmTile& g) {
+    const int u = rotated_tile(r++);
     if (u >= total) return false;
     const int y = u / gx;
     g.j0 = (u - y * gx) * BN;
     g.cols = min(BN, width - g.j0);
-    shared = false;
-    if (CL == 1) return rows.find(off, E, M, y, g.e, g.row0, g.rowEnd);  // false: past the last row tile, as is every later u
-    GemmTile mate = g;
-    if (!rows.find(off, E, M, 2 * y, g.e, g.row0, g.rowEnd)) return false;
-    if (!odd.find(off, E, M, 2 * y + 1, mate.e, mate.row0, mate.rowEnd)) { mate.e = g.e; mate.row0 = M; mate.rowEnd = M; }
-    shared = mate.e == g.e;
-    if (cluster_rank() == 1) g = mate;
-    return true;
+    return rows.find(off, E, M, y, g.e, g.row0, g.rowEnd);  // false: past the last row tile, as is every later u
   }
 };
 
@@ -460,18 +389,15 @@ struct GemmWalk {
 // data; half of them on a narrow column tile) for each k-step. Expert e's weight map is acquired
 // for the copy engine (header: operands) before its first use here: the CTA's experts come in
 // increasing order (row-tile slots only grow), so acquiring when the expert changes is once per
-// expert the CTA uses, not once per tile. CL = 2 with a shared weight tile: piece p is copied by
-// CTA p mod 2 into both CTAs (the stage's "full" barrier in each counts all of A and B either way).
-template <bool B_K, int CL>
+// expert the CTA uses, not once per tile.
+template <bool B_K>
 __device__ __forceinline__ void gemm_produce(u32 base, u32 bars, u64 a_map, const TensorMap* __restrict__ w_maps,
                                              const int* __restrict__ off, int E, int M, int width, int red) {
   tmap_prefetch(a_map);
   const int ktiles = red / BK;
-  const int rank = CL == 2 ? (int)cluster_rank() : 0;
-  GemmWalk<CL> walk(off, E, M, width);
+  GemmWalk walk(off, E, M, width);
   int it = 0, acquired = -1;
-  bool shared;
-  for (GemmTile g; walk.next(g, shared);) {
+  for (GemmTile g; walk.next(g);) {
     const u64 w_map = reinterpret_cast<u64>(w_maps + g.e);
     if (g.e != acquired) {
       tmap_acquire(w_map);
@@ -483,19 +409,17 @@ __device__ __forceinline__ void gemm_produce(u32 base, u32 bars, u64 a_map, cons
       const u32 tb = ta + A_BYTES;
       tma_load_2d(ta, a_map, full, kt * BK, g.row0);
       for (int p = 0; p < pieces; ++p) {
-        const u32 dst = tb + p * (B_K ? FWD_PIECE : DX_PIECE);
-        const int c0 = B_K ? kt * BK : g.j0 + 64 * p, c1 = B_K ? g.j0 + 128 * p : kt * BK;
-        if (!shared) tma_load_2d(dst, w_map, full, c0, c1);
-        else if ((p & 1) == rank) tma_load_2d_multicast(dst, w_map, full, c0, c1, 0x3);
+        if (B_K) tma_load_2d(tb + p * FWD_PIECE, w_map, full, kt * BK, g.j0 + 128 * p);
+        else tma_load_2d(tb + p * DX_PIECE, w_map, full, g.j0 + 64 * p, kt * BK);
       }
     });
   }
 }
 
 // A consumer warpgroup's k-steps of one tile: acc (its 64 rows × WN columns) = Σ over the k-steps.
-template <int WN, bool B_K, int CL>
+template <int WN, bool B_K>
 __device__ __forceinline__ void gemm_consume(float (&acc)[128], u32 base, u32 bars, int half, int ktiles, int& it) {
-  consume_ring<CL>(base, bars, ktiles, it, [&](int, u32 stage) {
+  consume_ring(base, bars, ktiles, it, [&](int, u32 stage) {
     const u32 ta = stage + half * 64 * 128, tb = stage + A_BYTES;
     const u64 da = desc(ta, 16, 1024), db = B_K ? desc(tb, 16, 1024) : desc(tb, DX_PIECE, 1024);
     wgmma_fence();
@@ -508,38 +432,32 @@ __device__ __forceinline__ void gemm_consume(float (&acc)[128], u32 base, u32 ba
 // The persistent forward/data CTA (grid ≤ the SM count): a producer warpgroup and two consumer
 // warpgroups (rows 0..63 and 64..127 of each 128 × 256 tile) over the CTA's tiles of out[M,
 // width], reduction `red` (> 0, a multiple of BK); a_map over the [M, red] rows, w_maps[e] over
-// expert e's weight. CL = 2: one of a cluster's CTA pair (header: "CTA pairs"); both meet at a
-// cluster barrier after initialising their rings (the peer's copies and arrivals name them) and
-// again before leaving (a CTA's shared memory must outlive the peer's last arrival on it).
-template <bool B_K, int CL = 1>
+// expert e's weight.
+template <bool B_K>
 __device__ __forceinline__ void gemm_cta(const TensorMap& a_map, const TensorMap* __restrict__ w_maps, bf16* __restrict__ out,
                                          const int* __restrict__ off, int E, int M, int width, int red, unsigned char* smem_raw) {
   const u32 base = (ggc::smem_addr(smem_raw) + 1023u) & ~1023u;  // the window is only 16-byte aligned
   const u32 bars = base + BAR_OFFSET;
   const int tid = threadIdx.x, wg = tid >> 7;
-  if (tid == 0) init_ring<CL>(bars);
+  if (tid == 0) init_ring(bars);
   __syncthreads();
-  if (CL == 2) cluster_sync();
   if (wg == 0) {
     asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;" ::"n"(PRODUCER_REGS));
-    if (tid == 0) gemm_produce<B_K, CL>(base, bars, reinterpret_cast<u64>(&a_map), w_maps, off, E, M, width, red);
-    if (CL == 2) cluster_sync();
+    if (tid == 0) gemm_produce<B_K>(base, bars, reinterpret_cast<u64>(&a_map), w_maps, off, E, M, width, red);
     return;
   }
   asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;" ::"n"(CONSUMER_REGS));
   const int half = wg - 1, ktiles = red / BK;
-  GemmWalk<CL> walk(off, E, M, width);
+  GemmWalk walk(off, E, M, width);
   int it = 0;
-  bool shared;
-  for (GemmTile g; walk.next(g, shared);) {
+  for (GemmTile g; walk.next(g);) {
     float acc[128];
 #pragma unroll
     for (int c = 0; c < 128; ++c) acc[c] = 0.f;
-    if (g.cols <= BN / 2) gemm_consume<128, B_K, CL>(acc, base, bars, half, ktiles, it);
-    else gemm_consume<256, B_K, CL>(acc, base, bars, half, ktiles, it);
+    if (g.cols <= BN / 2) gemm_consume<128, B_K>(acc, base, bars, half, ktiles, it);
+    else gemm_consume<256, B_K>(acc, base, bars, half, ktiles, it);
     store_tile(acc, out + (long long)g.row0 * width + g.j0, width, half, g.rowEnd - g.row0, g.cols, 0);
   }
-  if (CL == 2) cluster_sync();
 }
 
 
@@ -639,7 +557,7 @@ __device__ __forceinline__ void dw_consume(float (&acc)[128], u32 base, u32 bars
 // warpgroups (rows 0..63 and 64..127 of each 128 × 256 tile) over the CTA's tiles. With squares
 // (beta 0 only; null otherwise), consumer warp v (0..7) of tile t writes the Σ of the squares of
 // the values it stored to squares[8t + v]: every tile is written, an expert without rows too
-// (zeros), so dw_squares_final can add all 8·tiles partials in a fixed order (header: "Gradient
+// (zeros), so one fixed-order reduction can add all 8·tiles partials (header: "Gradient
 // norm").
 template <typename G>
 __device__ __forceinline__ void dw_cta(const TensorMap& dy_map, const TensorMap& x_map, G* const* __restrict__ dW,
@@ -679,16 +597,6 @@ __device__ __forceinline__ void dw_cta(const TensorMap& dy_map, const TensorMap&
   }
 }
 
-// out[0] = Σ partials[0..count) in a fixed order (one block: each thread a strided share, then
-// block_sum), so the same gradients give the same bits.
-__device__ __forceinline__ void sum_partials(float* out, const float* __restrict__ partials, int count) {
-  __shared__ float scratch[32];
-  float s = 0.f;
-  for (int i = threadIdx.x; i < count; i += blockDim.x) s += partials[i];
-  s = block_sum(s, scratch);
-  if (threadIdx.x == 0) out[0] = s;
-}
-
 }  // namespace ggt
 
 // Y[M,N] = X_e · W_eᵀ per row block: x_map over X [M, K], w_maps[e] over W_e [N, K] with box (64, 128).
@@ -709,24 +617,9 @@ grouped_tma_dx_bf16(const __grid_constant__ ggt::TensorMap dy_map, const ggt::Te
   ggt::gemm_cta<false>(dy_map, w_maps, dX, off, E, M, K, N, smem_raw);
 }
 
-// The same two products in CTA pairs (header: "CTA pairs"): clusters of 2 along the grid, grid
-// 2·min(ceil(width/BN)·ceil((ceil(M/BM) + E) / 2), the device's active 2-CTA clusters).
-extern "C" __global__ void __cluster_dims__(2, 1, 1) __launch_bounds__(ggt::THREADS, 1)
-grouped_tma_pair_fwd_bf16(const __grid_constant__ ggt::TensorMap x_map, const ggt::TensorMap* __restrict__ w_maps, bf16* __restrict__ Y,
-                          const int* __restrict__ off, int E, int M, int N, int K) {
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  ggt::gemm_cta<true, 2>(x_map, w_maps, Y, off, E, M, N, K, smem_raw);
-}
-extern "C" __global__ void __cluster_dims__(2, 1, 1) __launch_bounds__(ggt::THREADS, 1)
-grouped_tma_pair_dx_bf16(const __grid_constant__ ggt::TensorMap dy_map, const ggt::TensorMap* __restrict__ w_maps, bf16* __restrict__ dX,
-                         const int* __restrict__ off, int E, int M, int N, int K) {
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  ggt::gemm_cta<false, 2>(dy_map, w_maps, dX, off, E, M, K, N, smem_raw);
-}
-
 // dW_e[N,K] = dY_eᵀ · X_e + beta·dW_e (f32 gradients): dy_map over dY [M, N], x_map over X [M, K],
 // both with box (64, 64); dW the E gradients' addresses; squares null, or (beta 0) 8 f32 partials
-// a tile for grouped_tma_dw_squares_final. grid min(E·ceil(N/BM)·ceil(K/BN), SMs).
+// a tile, which the launcher adds up. grid min(E·ceil(N/BM)·ceil(K/BN), SMs).
 extern "C" __global__ void __launch_bounds__(ggt::THREADS, 1)
 grouped_tma_dw_bf16(const __grid_constant__ ggt::TensorMap dy_map, const __grid_constant__ ggt::TensorMap x_map, float* const* __restrict__ dW,
                     const int* __restrict__ off, int E, int M, int N, int K, int beta, float* __restrict__ squares) {
@@ -740,9 +633,4 @@ grouped_tma_dw_bf16_gbf16(const __grid_constant__ ggt::TensorMap dy_map, const _
                           const int* __restrict__ off, int E, int M, int N, int K, int beta, float* __restrict__ squares) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   ggt::dw_cta(dy_map, x_map, dW, off, E, M, N, K, beta, squares, smem_raw);
-}
-
-// squares[0] = Σ of the weight product's 8·tiles partials (dw_cta), one block.
-extern "C" __global__ void grouped_tma_dw_squares_final(float* squares, const float* __restrict__ partials, int count) {
-  ggt::sum_partials(squares, partials, count);
 }

@@ -1,6 +1,6 @@
 // Launcher of the grouped expert linear kernels (forward, backward data, backward weight), one
 // launch each for all experts, with the experts' row counts read by the kernels from the device
-// offsets (no host synchronisation). Four kernel sets, the same row tiles over the offsets and
+// offsets (no host synchronisation). Three kernel sets, the same row tiles over the offsets and
 // shape rules:
 //   mma    kernels/grouped_gemm.cu, mma.sync m16n8k16 (sm_80 and later);
 //   wgmma  kernels/grouped_gemm_wgmma.cu, Hopper warpgroup MMA (sm_90a only);
@@ -9,20 +9,15 @@
 //          each walking its share of the output tiles with the copy ring running on from tile to
 //          tile; forward and data over (row tile, column tile), the weight product over (expert,
 //          row tile, column tile)).
-//   tma_pair  the tma set with the forward and data products in clusters of two CTAs on
-//          neighbouring row tiles of one expert, each copying half of the shared weight tile into
-//          both (kernel header "CTA pairs": a third less L2 traffic); the weight product is tma's.
-//          Correct (tested as tma is) but measured 1.3–1.6× slower than tma (table below): opt-in
-//          while that is understood.
 // Which one runs is the backend option groupedGemm; 'auto' is tma on sm_90a (with wgmma's weight
 // product where it accumulates, beta 1), else mma. Measured on an H100 (2026-12-07 02:58 UTC,
-// bench gemm --grouped, the bench shapes: 64 experts, 49152 rows), ms per product; tma_pair
-// measured at 05:41 UTC in a call whose tma column agreed with this one within 7%:
-//                              mma    wgmma   tma    tma_pair  one cuBLASLt call per expert
-//   forward 2048 → 1408       1.190  0.753  0.561  0.833     0.964
-//   data    2048 → 1408       1.125  0.847  0.634  0.870     0.825
-//   forward 1408 → 2048       1.183  0.830  0.655  0.815     0.815
-//   data    1408 → 2048       1.040  0.780  0.555  0.878     0.916
+// bench gemm --grouped, the bench shapes: 64 experts, 49152 rows), ms per product (a tma variant
+// in 2-CTA clusters, measured slower, is described in the kernel's header):
+//                              mma    wgmma   tma    one cuBLASLt call per expert
+//   forward 2048 → 1408       1.190  0.753  0.561  0.964
+//   data    2048 → 1408       1.125  0.847  0.634  0.825
+//   forward 1408 → 2048       1.183  0.830  0.655  0.815
+//   data    1408 → 2048       1.040  0.780  0.555  0.916
 //   weight, beta 0, f32       1.008  0.803  0.695  0.866   ([1408, 2048] gradients; [2048, 1408]: 1.017 0.807 0.652 0.886)
 //   weight, beta 1, f32       2.208  1.294  3.075  1.210
 //   weight, beta 1, bf16      0.877  0.987  6.047  0.844
@@ -52,10 +47,11 @@ import type { CachingAllocator, GpuBlock } from '../runtime/allocator.js';
 import type { CudaContext } from '../runtime/context.js';
 import { devicePtr } from '../runtime/device_buffer.js';
 import { KernelArgs } from '../runtime/kernel_args.js';
-import { KernelFile, type CudaKernel } from '../runtime/module.js';
+import { KernelFile } from '../runtime/module.js';
 import { TensorMapArray, TensorMapSlots, type TiledMap } from '../runtime/tensor_map.js';
 import { assertContiguous, assertSameDType } from './common.js';
 import type { MatmulLauncher } from './matmul.js';
+import type { SumSquaresMultiLauncher } from './sum_squares_multi.js';
 
 /** Output tile of both kernel sets (rows × columns) and their block size. */
 const BM = 128, BN = 128, THREADS = 256;
@@ -78,8 +74,8 @@ const TMA_BN = 256, TMA_THREADS = 384, TMA_STAGES = 4;
 /** tma: STAGES × (A + B) tiles, a full and an empty mbarrier per stage, 1024 bytes to align the window. */
 const TMA_SMEM = TMA_STAGES * (BM + TMA_BN) * WGMMA_BK * 2 + TMA_STAGES * 2 * 8 + 1024;
 
-/** tma weight product's squares: one partial per consumer warp a tile, added by one block of 1024 threads. */
-const SQUARES_PER_TILE = 8, SQUARES_FINAL_THREADS = 1024;
+/** tma weight product's squares: one partial per consumer warp a tile. */
+const SQUARES_PER_TILE = 8;
 
 /** The -D defines kernels/grouped_gemm.cu is compiled with (it static_asserts GG_SMEM). */
 export const GROUPED_GEMM_DEFINES = { GG_BM: BM, GG_BN: BN, GG_BK: MMA_BK, GG_STAGES: MMA_STAGES, GG_THREADS: THREADS, GG_SMEM: MMA_SMEM } as const;
@@ -94,7 +90,7 @@ export const GROUPED_GEMM_TMA_DEFINES = {
 } as const;
 
 /** per_expert: one cuBLASLt product per expert after reading the offsets (the path the kernels replace; A/B runs). */
-export type GroupedGemmKernels = 'mma' | 'wgmma' | 'tma' | 'tma_pair' | 'per_expert';
+export type GroupedGemmKernels = 'mma' | 'wgmma' | 'tma' | 'per_expert';
 export type GroupedGemmRequest = 'auto' | GroupedGemmKernels;
 
 /** The kernels' shape rule: K and N multiples of 64 (whole 16-byte pieces, whole k16 steps, whole 64-column swizzle blocks). */
@@ -121,8 +117,6 @@ export class GroupedGemmLauncher {
   private readonly tmaMaps: TensorMapSlots;
   /** tma weight product: the maps over dY and X (by value), the gradients' address table, offsets, E, M, N, K, beta, squares' partials. */
   private readonly tmaDwArgs = new KernelArgs(10, [0, 1]);
-  /** grouped_tma_dw_squares_final: the squares' f32 [1], the partials, their count. */
-  private readonly squaresArgs = new KernelArgs(3);
   private readonly tmaDwMaps: TensorMapSlots;
   private readonly weightMaps: TensorMapArray;
   private table = new BigUint64Array(0);
@@ -130,13 +124,12 @@ export class GroupedGemmLauncher {
   private readonly tables = new Map<string, GpuBlock>();
   /** The kernel set every bf16 call runs. */
   kernels: GroupedGemmKernels;
-  /** tma_pair: the 2-CTA clusters each pair kernel can run at once, by kernel name. */
-  private readonly clusters = new Map<string, number>();
   /** tma set: the weight product with beta 1 runs wgmma's kernel ('auto'; use()). */
   private accumulateWithWgmma = false;
 
+  /** partialSums: adds up the tma weight product's per-tile squares (sum_squares_multi.cu's final reduction). */
   constructor(private readonly ctx: CudaContext, private readonly allocator: CachingAllocator, private readonly gemm: MatmulLauncher,
-              request: GroupedGemmRequest = 'auto') {
+              private readonly partialSums: SumSquaresMultiLauncher, request: GroupedGemmRequest = 'auto') {
     this.mmaFile = new KernelFile(ctx, 'grouped_gemm.cu', GROUPED_GEMM_DEFINES);
     this.wgmmaFile = new KernelFile(ctx, 'grouped_gemm_wgmma.cu', GROUPED_GEMM_WGMMA_DEFINES);
     this.tmaFile = new KernelFile(ctx, 'grouped_gemm_tma.cu', GROUPED_GEMM_TMA_DEFINES);
@@ -154,15 +147,12 @@ export class GroupedGemmLauncher {
    */
   use(request: GroupedGemmRequest): void {
     const hopper = this.ctx.arch === 'sm_90a';
-    if ((request === 'wgmma' || request === 'tma' || request === 'tma_pair') && !hopper) {
+    if ((request === 'wgmma' || request === 'tma') && !hopper) {
       throw new Error(`the ${request} grouped GEMM kernels need an sm_90a GPU (H100/H200); ${this.ctx.name} is ${this.ctx.arch}: use groupedGemm 'mma' or 'auto'`);
     }
     this.kernels = request === 'auto' ? (hopper ? 'tma' : 'mma') : request;
     this.accumulateWithWgmma = request === 'auto';
   }
-
-  /** The tma set or its variant with CTA pairs (which differ in the forward and data products only). */
-  private get tma(): boolean { return this.kernels === 'tma' || this.kernels === 'tma_pair'; }
 
   /**
    * The kernel of one product in the chosen set (bf16Grads: the wgmma weight product into bf16
@@ -170,7 +160,7 @@ export class GroupedGemmLauncher {
    * and launchTmaWeight; it runs wgmma's only where a width is 0.
    */
   private kernel(product: 'fwd' | 'dx' | 'dw', bf16Grads = false) {
-    const wgmma = this.kernels === 'wgmma' || this.tma;
+    const wgmma = this.kernels === 'wgmma' || this.kernels === 'tma';
     const k = wgmma ? this.wgmmaFile.kernel(`grouped_wgmma_${product}_bf16${bf16Grads ? '_gbf16' : ''}`) : this.mmaFile.kernel(`grouped_${product}_bf16`);
     const smem = !wgmma ? MMA_SMEM : product === 'dw' ? WGMMA_DW_SMEM : WGMMA_SMEM;
     k.allowDynamicShared(smem, `grouped GEMM (${this.kernels})`);
@@ -180,14 +170,14 @@ export class GroupedGemmLauncher {
   groupedLinear(out: Tensor, x: Tensor, weights: readonly Tensor[], offsets: Tensor): void {
     const { M, N, K } = this.check('groupedLinear', x, out, weights, offsets);
     if (!this.kernelsTake(x, out, weights, K, N)) { this.perExpert('forward', out, x, weights, offsets); return; }
-    if (this.tma && K > 0 && N > 0) { this.launchTma('fwd', out, x, weights, offsets, M, N, K); return; }
+    if (this.kernels === 'tma' && K > 0 && N > 0) { this.launchTma('fwd', out, x, weights, offsets, M, N, K); return; }
     this.launch('fwd', [Math.ceil(N / BN), this.rowTiles(M, weights.length), 1], out, x, weights, offsets, M, N, K);
   }
 
   groupedLinearBackwardData(dx: Tensor, dy: Tensor, weights: readonly Tensor[], offsets: Tensor): void {
     const { M, N, K } = this.check('groupedLinearBackwardData', dx, dy, weights, offsets);
     if (!this.kernelsTake(dy, dx, weights, K, N)) { this.perExpert('data', dx, dy, weights, offsets); return; }
-    if (this.tma && K > 0 && N > 0) { this.launchTma('dx', dx, dy, weights, offsets, M, N, K); return; }
+    if (this.kernels === 'tma' && K > 0 && N > 0) { this.launchTma('dx', dx, dy, weights, offsets, M, N, K); return; }
     this.launch('dx', [Math.ceil(K / BN), this.rowTiles(M, weights.length), 1], dx, dy, weights, offsets, M, N, K);
   }
 
@@ -206,7 +196,7 @@ export class GroupedGemmLauncher {
     // types) the product goes per expert through cuBLASLt, which reads the counts on the host (one
     // wait per product).
     const f32 = dweights.every((g) => g.dtype === 'f32'), bf16 = dweights.every((g) => g.dtype === 'bf16');
-    const typed = f32 || (bf16 && (this.kernels === 'wgmma' || this.tma));
+    const typed = f32 || (bf16 && (this.kernels === 'wgmma' || this.kernels === 'tma'));
     if (M === 0) {
       // No rows at all: nothing to add, or (beta 0) each gradient is a product over no rows, which
       // the matmul launcher writes as zeros.
@@ -215,7 +205,7 @@ export class GroupedGemmLauncher {
     }
     if (!typed || !this.kernelsTake(x, dy, dweights, K, N)) { this.perExpert('weight', dy, x, dweights, offsets, beta); return false; }
     const E = dweights.length;
-    if (this.tma && K > 0 && N > 0 && !(beta === 1 && this.accumulateWithWgmma)) {
+    if (this.kernels === 'tma' && K > 0 && N > 0 && !(beta === 1 && this.accumulateWithWgmma)) {
       return this.launchTmaWeight(dweights, dy, x, offsets, M, N, K, beta, !f32, beta === 0 ? squares : undefined);
     }
     const table = this.tableOf(dweights);
@@ -293,33 +283,10 @@ export class GroupedGemmLauncher {
       `${what}: rows [${M}, ${red}]`);
     const args = this.tmaArgs.ptr(1, this.weightMapsOf(product, weights, N, K, what)).ptr(2, devicePtr(out)).ptr(3, devicePtr(offsets))
       .i32(4, weights.length).i32(5, M).i32(6, N).i32(7, K);
-    const slots = Math.ceil(M / BM) + weights.length, columns = Math.ceil(width / TMA_BN);
-    if (this.kernels === 'tma_pair') {
-      // Clusters of two CTAs over pair tiles (two row-tile slots, one column tile; kernel header
-      // "CTA pairs"), at most as many as can run at once.
-      const k = this.tmaFile.kernel(`grouped_tma_pair_${product}_bf16`);
-      k.allowDynamicShared(TMA_SMEM, what);
-      const pairs = columns * Math.ceil(slots / 2);
-      k.launch([2 * Math.min(pairs, this.pairClusters(k, what)), 1, 1], [TMA_THREADS, 1, 1], TMA_SMEM, args);
-      return;
-    }
     const k = this.tmaFile.kernel(`grouped_tma_${product}_bf16`);
     k.allowDynamicShared(TMA_SMEM, what);
-    k.launch([Math.min(columns * slots, this.ctx.smCount), 1, 1], [TMA_THREADS, 1, 1], TMA_SMEM, args);
-  }
-
-  /** The answers of pairClusters so far, by kernel name. */
-  get pairClusterCounts(): ReadonlyMap<string, number> { return this.clusters; }
-
-  /** How many 2-CTA clusters of k run at once on this GPU (asked once per kernel). */
-  private pairClusters(k: CudaKernel, what: string): number {
-    let n = this.clusters.get(k.name);
-    if (n === undefined) {
-      n = this.ctx.driver.maxActiveClusters(k.handle, 2 * Math.floor(this.ctx.smCount / 2), TMA_THREADS, TMA_SMEM, what);
-      if (n < 1) throw new Error(`${what}: ${this.ctx.name} can run no cluster of two ${TMA_SMEM}-byte CTAs; use groupedGemm 'tma'`);
-      this.clusters.set(k.name, n);
-    }
-    return n;
+    const tiles = Math.ceil(width / TMA_BN) * (Math.ceil(M / BM) + weights.length);
+    k.launch([Math.min(tiles, this.ctx.smCount), 1, 1], [TMA_THREADS, 1, 1], TMA_SMEM, args);
   }
 
   /**
@@ -327,8 +294,8 @@ export class GroupedGemmLauncher {
    * X [M, K] with boxes of 64 columns × 64 rows (the MN-major column blocks of the kernel header),
    * the gradients' address table, and a persistent grid of at most one CTA per SM over the
    * E·ceil(N/128)·ceil(K/256) output tiles. With squares (beta 0), the kernel leaves 8 partial sums
-   * of squares a tile in a scratch block and a one-block kernel adds them into squares[0]; returns
-   * whether it did.
+   * of squares a tile in a scratch block and sum_squares_multi's final reduction adds them into
+   * squares[0]; returns whether it did.
    */
   private launchTmaWeight(dweights: readonly Tensor[], dy: Tensor, x: Tensor, offsets: Tensor, M: number, N: number, K: number,
                           beta: 0 | 1, bf16Grads: boolean, squares?: Tensor): boolean {
@@ -346,8 +313,7 @@ export class GroupedGemmLauncher {
     k.allowDynamicShared(TMA_SMEM, what);
     k.launch([Math.min(tiles, this.ctx.smCount), 1, 1], [TMA_THREADS, 1, 1], TMA_SMEM, args);
     if (!squares || !partials) return false;
-    this.tmaFile.kernel('grouped_tma_dw_squares_final').launch([1, 1, 1], [SQUARES_FINAL_THREADS, 1, 1], 0,
-      this.squaresArgs.ptr(0, devicePtr(squares)).ptr(1, partials.ptr).i32(2, tiles * SQUARES_PER_TILE));
+    this.partialSums.sumPartials(squares, partials.ptr, tiles * SQUARES_PER_TILE);
     this.allocator.free(partials);
     return true;
   }

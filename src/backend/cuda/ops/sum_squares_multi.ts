@@ -13,7 +13,7 @@ import { KernelFile } from '../runtime/module.js';
 import { assertContiguous, assertFloat, THREADS } from './common.js';
 import { MULTI_TENSOR_DEFINES, MultiTensorTable, type TableRow } from './multi_tensor_table.js';
 
-/** Threads of the final reduction (one block over at most smCount·4 partials). */
+/** Threads of the final reduction (one block: at most smCount·4 partials here, ~50K from a weight product's squares). */
 const FINAL_THREADS = 512;
 
 export class SumSquaresMultiLauncher {
@@ -35,8 +35,16 @@ export class SumSquaresMultiLauncher {
     const [dtype] = table.dtypes;
     this.file.kernel(`sum_squares_multi_${dtype}`).launch([table.grid, 1, 1], [THREADS, 1, 1], 0,
       this.partialArgs.ptr(0, table.entries).ptr(1, table.chunkEntry).i32(2, table.chunks).ptr(3, table.partials));
+    this.sumPartials(out, table.partials, table.grid);
+  }
+
+  /**
+   * out (f32 [1]) = Σ of `count` f32 partials at `partials`, in a fixed order (one block): the
+   * second half of sumSquaresMulti, also what the tma weight product's squares end with.
+   */
+  sumPartials(out: Tensor, partials: bigint, count: number): void {
     this.file.kernel('sum_squares_multi_final').launch([1, 1, 1], [FINAL_THREADS, 1, 1], 0,
-      this.finalArgs.ptr(0, devicePtr(out)).ptr(1, table.partials).i32(2, table.grid));
+      this.finalArgs.ptr(0, devicePtr(out)).ptr(1, partials).i32(2, count));
   }
 
   /** The list's table, built and attached on first use. */
