@@ -51,8 +51,13 @@ import {
 export type LoadBalanceForm = 'micro-batch' | 'global-batch' | 'sequence';
 /** What backward computes again instead of keeping (DeepseekV2.recompute, train option recompute). */
 export type RecomputeMode = 'cheap' | 'copies' | 'none' | 'layers';
-/** The marks (autograd/recompute.ts) each mode but 'layers' lets take effect. */
-const RECOMPUTED_KINDS: Record<Exclude<RecomputeMode, 'layers'>, RecomputeKind[]> = { cheap: ['copy', 'compute'], copies: ['copy'], none: [] };
+/**
+ * The marks (autograd/recompute.ts) that take effect in a layer's forward under each mode: none
+ * under 'layers', whose second forward is followed by its backward at once.
+ */
+export function recomputedKinds(mode: RecomputeMode): RecomputeKind[] {
+  return mode === 'cheap' ? ['copy', 'compute'] : mode === 'copies' ? ['copy'] : [];
+}
 
 export interface LoadBalance {
   form: LoadBalanceForm;
@@ -257,9 +262,9 @@ export class DeepseekV2 implements DeepseekV2Weights<Param> {
         return r.lb ? [r.h, r.lb] : [r.h];
       };
       const [out, lbPart] = tidy(() => this.runUnit({ kind: 'layer', index: layer.index }, [prev], (inputs) => {
-        if (this.recompute !== 'layers') return withRecomputeMarks(RECOMPUTED_KINDS[this.recompute], () => run(inputs));
-        // Computed again in backward, where its backward follows at once: nothing to give back.
-        return rerunInBackward(inputs, (again) => withRecomputeMarks([], () => run(again)));
+        const kinds = recomputedKinds(this.recompute);
+        if (this.recompute !== 'layers') return withRecomputeMarks(kinds, () => run(inputs));
+        return rerunInBackward(inputs, (again) => withRecomputeMarks(kinds, () => run(again)));
       }));
       h = out!;
       if (lbPart) parts.push(lbPart);

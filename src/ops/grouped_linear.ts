@@ -52,7 +52,8 @@ export function groupedLinear(x: Tensor, weights: readonly Tensor[], offsets: Te
         const overwrite = weights.every((w) => !direct(w) || isGradZeroPending(w.grad!));
         const targets = weights.map((w) => {
           if (direct(w)) {
-            if (overwrite) claimGradBeta(w.grad!); else settleGrad(w.grad!);
+            // Both make any record of the gradient's squares stale; settleGrad only when it fills.
+            if (overwrite) claimGradBeta(w.grad!); else { settleGrad(w.grad!); forgetGradSquares(w.grad!); }
             return w.grad!;
           }
           const t = emptyTensor(backend, w.shape, 'f32');
@@ -62,7 +63,6 @@ export function groupedLinear(x: Tensor, weights: readonly Tensor[], offsets: Te
         // The squares are worth recording when every target is a leaf's gradient (the norm reads those).
         const record = overwrite && isRecordingGradSquares() && weights.every(direct);
         const squares = record ? emptyTensor(backend, [1], 'f32') : undefined;
-        for (const w of weights) if (direct(w)) forgetGradSquares(w.grad!);
         if (backend.groupedLinearWeightGrad(targets, g!, sx, so, overwrite ? 0 : 1, squares)) recordGradSquares(targets, squares!);
         else squares?.dispose();
         weights.forEach((w, e) => {

@@ -32,7 +32,7 @@
 import { isMoeLayer, type DeepseekV2Config } from '../models/deepseek_v2_config.js';
 import { linearCrossEntropyChunkRows } from '../ops/linear_cross_entropy.js';
 import type { Recipe } from '../optim/recipe.js';
-import type { RecomputeMode } from '../models/deepseek_v2.js';
+import { recomputedKinds, type RecomputeMode } from '../models/deepseek_v2.js';
 import { layerParams, splitStages, type Stage } from './stages.js';
 
 export interface MeshSizes { pp: number; dp: number; cp: number; ep: number }
@@ -200,11 +200,11 @@ export function estimateMemory(input: EstimateInput): RankEstimate[] {
     const heldWeights = holdWeights ? e * (gatheredUnits - gatheredRouter) + 4 * gatheredRouter : 0;
     const heldGradients = holdGrads ? 4 * gatheredUnits : 0;
     const inFlight = Math.min(mesh.pp - s, microBatches);
-    const recompute = input.recompute ?? 'cheap';
+    const recompute = input.recompute ?? 'cheap', kinds = recomputedKinds(recompute);
+    const keep = { swiglu: !kinds.includes('compute'), copies: !kinds.includes('copy') };
     let perMicro = 0, working = 0;
     for (let l = st.first; l < st.end; l++) {
-      const a = layerActivationBytes(c, l, T, e, localExperts, rowsPerExpert, device,
-        { swiglu: recompute === 'none' || recompute === 'copies', copies: recompute === 'none' });
+      const a = layerActivationBytes(c, l, T, e, localExperts, rowsPerExpert, device, keep);
       // layers: only the layer's input is kept; its activations return while its backward runs.
       perMicro += recompute === 'layers' ? rounded(T * D * e, device) : a.saved;
       working = Math.max(working, recompute === 'layers' ? a.saved + a.working : a.working);
