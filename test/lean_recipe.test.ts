@@ -1,7 +1,8 @@
 // The lean recipe (optim/recipe.ts, optim/lean_adam.ts) on the CPU:
 // - stochastic rounding (backend/cpu/stochastic_round.ts): only the two bf16 neighbours, mean
 //   equal to the input within 5 standard errors, exact for bf16 values, non-finite values kept,
-//   and the bits a pure function of (seed, step, stream, element, array);
+//   the bits a pure function of (seed, step, stream, element), and each array's 16 of them
+//   uniform and unlike the other arrays';
 // - one adamLeanMulti step against an f64 Adam on the same bf16 inputs: every stored weight, m
 //   and v is a bf16 neighbour of the f64 value, the mean over 400 seeds is within 5 standard
 //   errors of it, bf16 and f32 gradients, decay only where a slot says so, gradients zeroed;
@@ -18,7 +19,7 @@ import os from 'node:os';
 import path from 'node:path';
 import type { LeanAdamHyper } from '../src/backend/backend.js';
 import { CpuBackend } from '../src/backend/cpu/cpu_backend.js';
-import { ROUND_SALT, roundingBits, roundingKey, stochasticRoundBf16 } from '../src/backend/cpu/stochastic_round.js';
+import { drawM, drawV, drawWeights, elementBits, roundingKey, stochasticRoundBf16 } from '../src/backend/cpu/stochastic_round.js';
 import { TensorList, type LeanAdamSlot } from '../src/backend/tensor_list.js';
 import { tinyConfig } from '../src/models/tiny_config.js';
 import { Rng } from '../src/nn/rng.js';
@@ -44,12 +45,13 @@ function neighbours(x: number): [number, number] {
 
 test('stochastic rounding: the two neighbours, unbiased, exact on bf16 values, non-finite kept', () => {
   const key = roundingKey(7, 3, 0);
-  for (const x of [1 + 1e-4, -3.14159e-5, 0.1, 12345.678, 1e-30]) {
+  const draws = [drawWeights, drawM, drawV];
+  for (const [d, x] of [1 + 1e-4, -3.14159e-5, 0.1, 12345.678, 1e-30].entries()) {
     const [lo, hi] = neighbours(Math.fround(x));
     const N = 200_000;
     let sum = 0;
     for (let i = 0; i < N; i++) {
-      const y = bf(stochasticRoundBf16(x, roundingBits(key, i, ROUND_SALT.weights)));
+      const y = bf(stochasticRoundBf16(x, draws[d % 3]!(elementBits(key, i))));
       assert.ok(y === lo || y === hi, `${x} rounded to ${y}, not ${lo} or ${hi}`);
       sum += y;
     }
@@ -57,26 +59,34 @@ test('stochastic rounding: the two neighbours, unbiased, exact on bf16 values, n
     const spacing = hi - lo, se = spacing / (2 * Math.sqrt(N));
     assert.ok(Math.abs(sum / N - Math.fround(x)) <= 5 * se + 1e-40, `${x}: mean ${sum / N} is ${Math.abs(sum / N - x) / se} standard errors away`);
   }
-  for (const x of [0, 1, -2.5, 0.15625]) for (let i = 0; i < 100; i++) assert.equal(bf(stochasticRoundBf16(x, roundingBits(key, i, 0))), x);
+  for (const x of [0, 1, -2.5, 0.15625]) for (let i = 0; i < 100; i++) assert.equal(bf(stochasticRoundBf16(x, elementBits(key, i))), x);
   assert.equal(bf(stochasticRoundBf16(Infinity, 0xffff)), Infinity);
   assert.equal(bf(stochasticRoundBf16(-Infinity, 0xffff)), -Infinity);
   assert.ok(Number.isNaN(bf(stochasticRoundBf16(Number.NaN, 0))));
 });
 
-test('stochastic rounding bits: a pure function of (seed, step, stream, element, array)', () => {
-  const draw = (seed: number, step: number, stream: number, salt: number) =>
-    Array.from({ length: 64 }, (_, i) => roundingBits(roundingKey(seed, step, stream), i, salt));
-  assert.deepEqual(draw(1234, 5, 2, ROUND_SALT.m), draw(1234, 5, 2, ROUND_SALT.m));
-  const base = draw(1234, 5, 2, ROUND_SALT.weights);
-  for (const other of [draw(1235, 5, 2, ROUND_SALT.weights), draw(1234, 6, 2, ROUND_SALT.weights), draw(1234, 5, 3, ROUND_SALT.weights), draw(1234, 5, 2, ROUND_SALT.v)]) {
+test('stochastic rounding bits: a pure function of (seed, step, stream, element); the three draws uniform and unlike each other', () => {
+  const draw = (seed: number, step: number, stream: number) => Array.from({ length: 64 }, (_, i) => elementBits(roundingKey(seed, step, stream), i));
+  assert.deepEqual(draw(1234, 5, 2), draw(1234, 5, 2));
+  const base = draw(1234, 5, 2);
+  for (const other of [draw(1235, 5, 2), draw(1234, 6, 2), draw(1234, 5, 3)]) {
     const same = base.filter((b, i) => b === other[i]).length;
     assert.ok(same <= 1, `${same} of 64 draws equal across different inputs`);
   }
-  // The low 16 bits (those the rounding uses) are spread: each of 16 buckets gets 1/16 ± 20%.
-  const buckets = new Array<number>(16).fill(0);
-  const key = roundingKey(1, 1, 0);
-  for (let i = 0; i < 160_000; i++) buckets[(roundingBits(key, i, 0) & 0xffff) >>> 12]!++;
-  for (const b of buckets) assert.ok(Math.abs(b - 10_000) < 2_000, `bucket ${b} of 160,000 draws`);
+  // Each array's 16 bits are spread (each of 16 buckets gets 1/16 ± 20%), and no two arrays round an
+  // element with the same bits more often than chance (1 in 65,536) allows.
+  const key = roundingKey(1, 1, 0), N = 160_000;
+  const draws = { weights: drawWeights, m: drawM, v: drawV };
+  const buckets = Object.fromEntries(Object.keys(draws).map((k) => [k, new Array<number>(16).fill(0)]));
+  let sameWM = 0, sameWV = 0, sameMV = 0;
+  for (let i = 0; i < N; i++) {
+    const bits = elementBits(key, i), w = drawWeights(bits), m = drawM(bits), v = drawV(bits);
+    for (const [k, f] of Object.entries(draws)) buckets[k]![f(bits) >>> 12]!++;
+    for (const r of [w, m, v]) assert.ok(r >= 0 && r < 65536, `draw ${r} is not 16 bits`);
+    sameWM += +(w === m); sameWV += +(w === v); sameMV += +(m === v);
+  }
+  for (const [k, b] of Object.entries(buckets)) for (const n of b) assert.ok(Math.abs(n - N / 16) < 2_000, `${k}: bucket ${n} of ${N} draws`);
+  assert.ok(Math.max(sameWM, sameWV, sameMV) <= 12, `equal draws between arrays: ${sameWM}, ${sameWV}, ${sameMV} of ${N} (chance: ~2.4)`);
 });
 
 interface LeanValues { w: Float32Array; g: Float32Array; m: Float32Array; v: Float32Array; decay: boolean }

@@ -1,7 +1,8 @@
 // The CPU reference of Backend.adamLeanMulti: the lean recipe's Adam/AdamW step over bf16
 // weights and bf16 moments. Each element is widened to f32, stepped with the arithmetic of the
 // default step (cpu_backend.ts adam; cuda/kernels/adam_step.cuh), and the new weights, m and v
-// are stored back with stochastic rounding (stochastic_round.ts), each array with its own bits.
+// are stored back with stochastic rounding (stochastic_round.ts), each array with its own 16 of
+// the element's hashed bits.
 // Why stochastic rounding for all three: an Adam update is typically 1e-3 of a weight and v's
 // per-step change is (1 − β2) of v, both below half a bf16 spacing (2^-9 relative), so
 // round-to-nearest would drop them and the weights and v would stall; rounded stochastically
@@ -9,7 +10,7 @@
 import type { GradsAfter, LeanAdamHyper } from '../backend.js';
 import type { LeanAdamSlot } from '../tensor_list.js';
 import { denseView } from './host.js';
-import { ROUND_SALT, roundingBits, roundingKey, stochasticRoundBf16 } from './stochastic_round.js';
+import { drawM, drawV, drawWeights, elementBits, roundingKey, stochasticRoundBf16 } from './stochastic_round.js';
 
 const widen = new Uint32Array(1);
 const widened = new Float32Array(widen.buffer);
@@ -32,9 +33,10 @@ export function adamLeanSlot(s: LeanAdamSlot, h: LeanAdamHyper, stream: number, 
     const v = Math.fround(h.beta2 * bf16ToF32(V[i]!) + (1 - h.beta2) * g * g);
     let upd = (m / bc1) / (Math.sqrt(v / bc2) + h.eps);
     if (h.decoupled) upd += wd * p;
-    W[i] = stochasticRoundBf16(Math.fround(p - h.lr * upd), roundingBits(key, i, ROUND_SALT.weights));
-    M[i] = stochasticRoundBf16(m, roundingBits(key, i, ROUND_SALT.m));
-    V[i] = stochasticRoundBf16(v, roundingBits(key, i, ROUND_SALT.v));
+    const bits = elementBits(key, i);
+    W[i] = stochasticRoundBf16(Math.fround(p - h.lr * upd), drawWeights(bits));
+    M[i] = stochasticRoundBf16(m, drawM(bits));
+    V[i] = stochasticRoundBf16(v, drawV(bits));
   }
   if (grads === 'zero') G.fill(0);
 }

@@ -1,13 +1,10 @@
 // Stochastic rounding f32 → bf16 with counter-based random bits, the same bits as the CPU
 // reference (backend/cpu/stochastic_round.ts, which explains the scheme): lowbias32 hashes of
-// (seed, step, stream) → key, then of (key, element index, array salt) → 32 bits, of which the
-// low 16 are added to the f32 pattern before truncation. Infinities and NaN round to nearest.
+// (seed, step, stream) → key, then one of key ^ (element index · golden ratio) → 32 bits, from
+// which each array of the element takes 16 (draw_*), added to the f32 pattern before truncation.
+// Infinities and NaN round to nearest.
 #pragma once
 #include "common.cuh"
-
-#define MT_SALT_WEIGHTS 0x00000000u
-#define MT_SALT_M 0x68e31da4u
-#define MT_SALT_V 0xb5297a4du
 
 __device__ __forceinline__ unsigned mix32(unsigned x) {
   x ^= x >> 16;
@@ -21,9 +18,12 @@ __device__ __forceinline__ unsigned rounding_key(unsigned seed, unsigned step, u
   return mix32(seed ^ mix32(step ^ mix32(stream + 0x9e3779b9u)));
 }
 
-__device__ __forceinline__ unsigned rounding_bits(unsigned key, unsigned i, unsigned salt) {
-  return mix32(key ^ mix32(i) ^ salt);
-}
+__device__ __forceinline__ unsigned element_bits(unsigned key, unsigned i) { return mix32(key ^ (i * 0x9e3779b9u)); }
+
+// The 16 bits (the low half of the result) each array of an element rounds with.
+__device__ __forceinline__ unsigned draw_weights(unsigned bits) { return bits & 0xffffu; }
+__device__ __forceinline__ unsigned draw_m(unsigned bits) { return bits >> 16; }
+__device__ __forceinline__ unsigned draw_v(unsigned bits) { return (bits * 0x2c1b3c6du) >> 16; }
 
 __device__ __forceinline__ bf16 stochastic_round_bf16(float x, unsigned r) {
   const unsigned bits = __float_as_uint(x);
