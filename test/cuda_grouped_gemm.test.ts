@@ -19,6 +19,10 @@
 // set (f32 beta 0 and 1, bf16 beta 0 and 1). With beta 0 it also gives the Σ of the squares of
 // what it wrote (autograd/grad_squares.ts): checked against the host's f64 sum of the stored
 // gradients at all those shapes (≤ 1e-5 relative), and beta 1 must decline and leave it alone.
+// The tma set's SwiGLU forward (gate, up and silu(gate)·up in one launch) must give, bit for bit,
+// what the tma forward product twice and the SwiGLU kernel give, at K, N ∈ {64, 192, 1408, 2048}
+// (pair tiles of 64 and 128 valid columns) over the same awkward experts with rows past the
+// last expert (poison kept), and at the bench shape; and the CPU's values within bf16 tolerance.
 // Outputs are poisoned with NaN first, so an element no CTA wrote fails. Tolerances:
 // - bf16 outputs (forward, dX), ‖gpu − ref‖/‖ref‖ ≤ 1e-2: both sides accumulate the same exact
 //   bf16 products in f32 (or f64) in different orders (~1e-6 relative) and round once to bf16,
@@ -38,6 +42,7 @@ import { test } from 'node:test';
 import type { Backend } from '../src/backend/backend.js';
 import { CpuBackend } from '../src/backend/cpu/cpu_backend.js';
 import { CudaBackend } from '../src/backend/cuda/cuda_backend.js';
+import type { GroupedGemmLauncher } from '../src/backend/cuda/ops/grouped_gemm.js';
 import { devicePtr } from '../src/backend/cuda/runtime/device_buffer.js';
 import { defaultCudaContext } from '../src/backend/cuda/runtime/context.js';
 import { cudaAvailable } from '../src/backend/cuda/ffi/library.js';
@@ -500,3 +505,56 @@ for (const [K, N] of [[2048, 1408], [1408, 2048]] as const) {
     for (const t of [x, dy, off]) t.dispose();
   });
 }
+
+// ---- the tma set's SwiGLU forward (grouped_tma_fwd_swiglu_bf16) ----
+
+/**
+ * g, u, h from the tma SwiGLU launch (called on the launcher, which must say it ran) against the
+ * tma forward product twice and the SwiGLU kernel, bit for bit over all M rows (rows past the
+ * experts keep their poison in both), and against the CPU backend within bf16 tolerance.
+ */
+function swigluAgainstUnfused(counts: readonly number[], extra: number, K: number, N: number, what: string, againstCpu = true): void {
+  const covered = counts.reduce((a, b) => a + b, 0), M = covered + extra;
+  const xv = values(M * K, 1), gv = counts.map(() => values(N * K, 0.125)), uv = counts.map(() => values(N * K, 0.125));
+  const side = (b: Backend) => ({
+    x: upload(b, xv, [M, K], 'bf16'), gates: gv.map((v) => upload(b, v, [N, K], 'bf16')), ups: uv.map((v) => upload(b, v, [N, K], 'bf16')),
+    off: offsetsOn(b, counts, 77, 1),
+  });
+  const be = gpu(), d = side(be);
+  be.groupedGemmKernels = 'tma';
+  const launcher = (be as unknown as { groupedGemm: GroupedGemmLauncher }).groupedGemm;
+  const fused = { g: poisoned([M, N], 'bf16'), u: poisoned([M, N], 'bf16'), h: poisoned([M, N], 'bf16') };
+  assert.ok(launcher.groupedSwiGLU(fused.h, fused.g, fused.u, d.x, d.gates, d.ups, d.off), `${what}: the tma set declined the SwiGLU launch`);
+  const plain = { g: poisoned([M, N], 'bf16'), u: poisoned([M, N], 'bf16'), h: poisoned([M, N], 'bf16') };
+  be.groupedLinear(plain.g, d.x, d.gates, d.off);
+  be.groupedLinear(plain.u, d.x, d.ups, d.off);
+  const gc = plain.g.view([covered, N], [N, 1], 0), uc = plain.u.view([covered, N], [N, 1], 0), hc = plain.h.view([covered, N], [N, 1], 0);
+  be.swiglu(hc, gc, uc);
+  for (const k of ['g', 'u', 'h'] as const) {
+    const got = be.read(fused[k]) as Uint16Array, want = be.read(plain[k]) as Uint16Array;
+    for (let i = 0; i < got.length; i++) {
+      if (got[i] !== want[i]) assert.fail(`${what}: ${k}[${Math.floor(i / N)}, ${i % N}] is ${got[i]!.toString(16)}, unfused ${want[i]!.toString(16)} (seed ${SEED})`);
+    }
+  }
+  if (againstCpu) {
+    const c = side(cpu);
+    const ref = { g: emptyTensor(cpu, [covered, N], 'bf16'), u: emptyTensor(cpu, [covered, N], 'bf16'), h: emptyTensor(cpu, [covered, N], 'bf16') };
+    const xc = c.x.view([covered, K], [K, 1], 0);
+    cpu.groupedSwiGLU(ref.h, ref.g, ref.u, xc, c.gates, c.ups, c.off);
+    for (const k of ['g', 'u', 'h'] as const) {
+      expectClose(readF32(be, fused[k]).subarray(0, covered * N), readF32(cpu, ref[k]), BF16_TOL, `${what}: ${k} against the CPU`);
+    }
+  }
+  for (const t of [d.x, d.off, ...d.gates, ...d.ups, ...Object.values(fused), ...Object.values(plain), gc, uc, hc]) t.dispose();
+}
+
+for (const [K, N] of [[64, 64], [192, 192], [2048, 1408], [1408, 2048], [64, 1408]] as const) {
+  test(`grouped GEMM (tma) SwiGLU forward, K = ${K}, N = ${N}: the unfused products and SwiGLU bit for bit, the CPU within bf16 (E = 7 with 0-, 1- and 129-row experts and rows past them; M = 1)`, { skip: skipHopper }, () => {
+    swigluAgainstUnfused([0, 1, 129, 0, 7, 300, 64], 45, K, N, `E = 7, K = ${K}, N = ${N}`);
+    swigluAgainstUnfused([1], 0, K, N, `M = 1, K = ${K}, N = ${N}`);
+  });
+}
+
+test('grouped GEMM (tma) SwiGLU forward, bench shape E = 64, M = 49152, K = 2048, N = 1408: the unfused products and SwiGLU bit for bit (no CPU reference at this size)', { skip: skipHopper }, () => {
+  swigluAgainstUnfused(skewedCounts(64, 49152), 0, 2048, 1408, 'bench shape', false);
+});

@@ -152,6 +152,12 @@ export interface Backend extends StorageOwner {
    * false (autograd/grad_squares.ts).
    */
   groupedLinearWeightGrad(dweights: readonly Tensor[], dy: Tensor, x: Tensor, offsets: Tensor, beta?: 0 | 1, squares?: Tensor): boolean;
+  /**
+   * The experts' gate and up products and their SwiGLU: g = groupedLinear(x, gates), u =
+   * groupedLinear(x, ups), h = silu(g)·u, all [M, N], with the values of those three calls (a
+   * backend may do it in one pass; the CUDA tma set does, in the products' epilogue).
+   */
+  groupedSwiGLU(h: Tensor, g: Tensor, u: Tensor, x: Tensor, gates: readonly Tensor[], ups: readonly Tensor[], offsets: Tensor): void;
 
   // ---- model pieces ----
   /** y = x·rstd·w with rstd[r] = 1/sqrt(mean(x[r]²)+eps); x,y [R,D]; w [D]; rstd [R] f32. */

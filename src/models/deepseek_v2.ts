@@ -24,6 +24,7 @@ import { linear } from '../ops/linear.js';
 import { rmsNorm } from '../ops/rms_norm.js';
 import { rope } from '../ops/rope.js';
 import { swiglu } from '../ops/swiglu.js';
+import { groupedSwiGLU } from '../ops/grouped_swiglu.js';
 import { embedding } from '../ops/embedding.js';
 import { linearCrossEntropyMean } from '../ops/linear_cross_entropy.js';
 import { withRecomputeMarks, type RecomputeKind } from '../autograd/recompute.js';
@@ -353,13 +354,13 @@ export class DeepseekV2 implements DeepseekV2Weights<Param> {
   /**
    * routedExperts with the row blocks given by device offsets i32 [owned + 1] (expert i's rows are
    * [offsets[i] − offsets[0], offsets[i+1] − offsets[0])): every projection is one grouped
-   * product over all owned experts, so no count is read on the host.
+   * product over all owned experts, so no count is read on the host; gate, up and their SwiGLU
+   * are one (ops/grouped_swiglu.ts).
    */
   private expertsOnRows(moe: MoeBlock<Param>, xs: Tensor, offsets: Tensor): Tensor {
     const ex = moe.experts;
-    const g = groupedLinear(xs, ex.map((m) => m.gate.value), offsets);
-    const u = groupedLinear(xs, ex.map((m) => m.up.value), offsets);
-    return groupedLinear(swiglu(g, u), ex.map((m) => m.down.value), offsets);
+    const h = groupedSwiGLU(xs, ex.map((m) => m.gate.value), ex.map((m) => m.up.value), offsets);
+    return groupedLinear(h, ex.map((m) => m.down.value), offsets);
   }
 
   /**

@@ -17,9 +17,8 @@ import { emptyTensor, type Tensor } from '../tensor/tensor.js';
 /** A weight whose gradient the backward writes in place: a leaf with its preallocated grad. */
 function direct(w: Tensor): boolean { return w.requiresGrad && !w.gradLink && w.grad !== null; }
 
-/** y [M, N] = x_e · weights[e]ᵀ per expert row block; x [M, K], weights E × [N, K], offsets i32 [E+1]. */
-export function groupedLinear(x: Tensor, weights: readonly Tensor[], offsets: Tensor): Tensor {
-  const backend = backendOf(x);
+/** The shape of groupedLinear(x, weights, offsets): [M, N]; throws on inconsistent operands. */
+export function groupedLinearShape(x: Tensor, weights: readonly Tensor[], offsets: Tensor): [number, number] {
   const E = weights.length;
   if (x.rank !== 2 || !x.isContiguous()) throw new Error(`internal: groupedLinear input must be a contiguous [M, K], got ${x}`);
   if (E === 0) throw new Error('internal: groupedLinear over no experts');
@@ -29,8 +28,23 @@ export function groupedLinear(x: Tensor, weights: readonly Tensor[], offsets: Te
     if (w.rank !== 2 || w.shape[0] !== N || w.shape[1] !== K) throw new Error(`internal: groupedLinear expert ${e} weight [${w.shape}], expected [${N}, ${K}]`);
   });
   if (offsets.dtype !== 'i32' || offsets.size !== E + 1) throw new Error(`internal: groupedLinear offsets ${offsets} for ${E} experts (i32 [E+1])`);
+  return [M, N];
+}
+
+/** y [M, N] = x_e · weights[e]ᵀ per expert row block; x [M, K], weights E × [N, K], offsets i32 [E+1]. */
+export function groupedLinear(x: Tensor, weights: readonly Tensor[], offsets: Tensor): Tensor {
+  const backend = backendOf(x);
+  const [M, N] = groupedLinearShape(x, weights, offsets);
   const out = emptyTensor(backend, [M, N], x.dtype);
   if (M > 0) backend.groupedLinear(out, x, weights, offsets);
+  recordGroupedLinear(x, weights, offsets, out);
+  return out;
+}
+
+/** The tape's node for out = groupedLinear(x, weights, offsets), where out was computed by the caller (ops/grouped_swiglu.ts). */
+export function recordGroupedLinear(x: Tensor, weights: readonly Tensor[], offsets: Tensor, out: Tensor): void {
+  const backend = backendOf(x);
+  const [M, K] = x.shape as [number, number];
   const node = beginNode('groupedLinear', [x, ...weights], 1);
   if (node) {
     const sx = node.save(x), so = node.save(offsets), sw = weights.map((w) => node.save(w));
@@ -77,5 +91,4 @@ export function groupedLinear(x: Tensor, weights: readonly Tensor[], offsets: Te
     };
   }
   linkOutputs(node, [out]);
-  return out;
 }

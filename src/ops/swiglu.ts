@@ -7,9 +7,15 @@ import { markRecomputable } from '../autograd/recompute.js';
 import { emptyTensor, type Tensor } from '../tensor/tensor.js';
 
 export function swiglu(gate: Tensor, up: Tensor): Tensor {
+  const out = emptyTensor(backendOf(gate), gate.shape, gate.dtype);
+  backendOf(gate).swiglu(out, gate, up);
+  recordSwiglu(gate, up, out);
+  return out;
+}
+
+/** The tape's node for out = swiglu(gate, up), where out was computed by the caller (ops/grouped_swiglu.ts). */
+export function recordSwiglu(gate: Tensor, up: Tensor, out: Tensor): void {
   const backend = backendOf(gate);
-  const out = emptyTensor(backend, gate.shape, gate.dtype);
-  backend.swiglu(out, gate, up);
   const node = beginNode('swiglu', [gate, up], 1);
   if (node) {
     const sg = node.save(gate), su = node.save(up);
@@ -22,5 +28,4 @@ export function swiglu(gate: Tensor, up: Tensor): Tensor {
     };
   }
   linkOutputs(node, [out]);
-  return out;
 }

@@ -155,6 +155,11 @@ export class CpuBackend implements Backend {
   rmsNormBackward(dx: Tensor, dw: Tensor, dy: Tensor, x: Tensor, w: Tensor, rstd: Tensor): void { m.rmsNormBackward(dx, dw, dy, x, w, rstd); }
   rope(out: Tensor, x: Tensor, cos: Tensor, sin: Tensor): void { m.rope(out, x, cos, sin); }
   ropeBackward(dx: Tensor, dout: Tensor, cos: Tensor, sin: Tensor): void { m.ropeBackward(dx, dout, cos, sin); }
+  groupedSwiGLU(h: Tensor, g: Tensor, u: Tensor, x: Tensor, gates: readonly Tensor[], ups: readonly Tensor[], offsets: Tensor): void {
+    this.groupedLinear(g, x, gates, offsets);
+    this.groupedLinear(u, x, ups, offsets);
+    this.swiglu(h, g, u);
+  }
   swiglu(out: Tensor, gate: Tensor, up: Tensor): void { m.swiglu(out, gate, up); }
   swigluBackward(dgate: Tensor, dup: Tensor, dout: Tensor, gate: Tensor, up: Tensor): void { m.swigluBackward(dgate, dup, dout, gate, up); }
   embedding(out: Tensor, ids: Tensor, weight: Tensor): void { m.embedding(out, ids, weight); }

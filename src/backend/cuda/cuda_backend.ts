@@ -193,6 +193,12 @@ export class CudaBackend implements Backend {
   rmsNormBackward(dx: Tensor, dw: Tensor, dy: Tensor, x: Tensor, w: Tensor, rstd: Tensor): void { this.norm.rmsNormBackward(dx, dw, dy, x, w, rstd); }
   rope(out: Tensor, x: Tensor, cos: Tensor, sin: Tensor): void { this.rotary.rope(out, x, cos, sin); }
   ropeBackward(dx: Tensor, dout: Tensor, cos: Tensor, sin: Tensor): void { this.rotary.ropeBackward(dx, dout, cos, sin); }
+  groupedSwiGLU(h: Tensor, g: Tensor, u: Tensor, x: Tensor, gates: readonly Tensor[], ups: readonly Tensor[], offsets: Tensor): void {
+    if (this.groupedGemm.groupedSwiGLU(h, g, u, x, gates, ups, offsets)) return;
+    this.groupedLinear(g, x, gates, offsets);
+    this.groupedLinear(u, x, ups, offsets);
+    this.swiglu(h, g, u);
+  }
   swiglu(out: Tensor, gate: Tensor, up: Tensor): void { this.gatedUnit.swiglu(out, gate, up); }
   swigluBackward(dgate: Tensor, dup: Tensor, dout: Tensor, gate: Tensor, up: Tensor): void { this.gatedUnit.swigluBackward(dgate, dup, dout, gate, up); }
   embedding(out: Tensor, ids: Tensor, weight: Tensor): void { this.lookup.embedding(out, ids, weight); }

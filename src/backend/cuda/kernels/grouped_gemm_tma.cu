@@ -126,6 +126,15 @@
 // bench/grouped_gemm_tma_dw_model.py replays its tile walk, boxes, zeroing, descriptors,
 // epilogue and the ring across tiles.
 //
+// SwiGLU (the experts' gate and up in one forward, grouped_tma_fwd_swiglu_bf16): a 128 × 256 tile
+// holds 128 columns of the gate product (piece 0 of the B stage: rows jp..jp + 127 of Wg_e) and
+// the same 128 columns of the up product (piece 1: the same rows of Wu_e), so each consumer thread
+// holds g and u of the same (row, column) in d[4j..] and d[4(j + 16)..] (wgmma_k16's layout) and
+// the epilogue stores G, U (for backward) and H = silu(G)·U from the values it rounded, with
+// swiglu.cuh's arithmetic: the bits of the gate and up products and the SwiGLU kernel. Saves the
+// SwiGLU pass's read of G and U (2·M·N bf16) and a launch, and the narrow last column tile of
+// each product at N = 1408 (11 pair tiles instead of 2 × (5 wide + 1 narrow)).
+//
 // Gradient norm: with beta 0 the weight product can also leave the Σ of the squares of what it
 // wrote (autograd/grad_squares.ts), so the step's norm pass (sum_squares_multi, at its byte
 // floor) need not read the expert gradients, ~74% of the bench model's 9 GB, again: ~2.2 ms.
@@ -138,6 +147,7 @@
 // tile, beside ~1.5 µs of stores.
 #include "common.cuh"
 #include "grouped_gemm_common.cuh"
+#include "swiglu.cuh"
 
 #if !defined(GGT_BM) || !defined(GGT_BN) || !defined(GGT_BK) || !defined(GGT_STAGES) || !defined(GGT_THREADS) || !defined(GGT_SMEM)
 #error "GGT_BM, GGT_BN, GGT_BK, GGT_STAGES, GGT_THREADS and GGT_SMEM are set by ops/grouped_gemm.ts (GROUPED_GEMM_TMA_DEFINES)"
@@ -390,27 +400,40 @@ struct GemmWalk {
 // for the copy engine (header: operands) before its first use here: the CTA's experts come in
 // increasing order (row-tile slots only grow), so acquiring when the expert changes is once per
 // expert the CTA uses, not once per tile.
-template <bool B_K>
+// PAIR (the SwiGLU forward, B_K): w_maps holds the E gate maps, then the E up maps; the walk's
+// width is 256 per 128 output columns, and a tile's pieces are rows j0/2.. of the gate and of the up
+// weight.
+template <bool B_K, bool PAIR = false>
 __device__ __forceinline__ void gemm_produce(u32 base, u32 bars, u64 a_map, const TensorMap* __restrict__ w_maps,
                                              const int* __restrict__ off, int E, int M, int width, int red) {
+  static_assert(B_K || !PAIR, "the SwiGLU pair is a forward product");
   tmap_prefetch(a_map);
   const int ktiles = red / BK;
   GemmWalk walk(off, E, M, width);
   int it = 0, acquired = -1;
   for (GemmTile g; walk.next(g);) {
-    const u64 w_map = reinterpret_cast<u64>(w_maps + g.e);
+    const u64 w_map = reinterpret_cast<u64>(w_maps + g.e), up_map = PAIR ? reinterpret_cast<u64>(w_maps + E + g.e) : 0;
     if (g.e != acquired) {
       tmap_acquire(w_map);
       tmap_prefetch(w_map);
+      if (PAIR) {
+        tmap_acquire(up_map);
+        tmap_prefetch(up_map);
+      }
       acquired = g.e;
     }
     const int pieces = (B_K ? 2 : 4) >> (g.cols <= BN / 2 ? 1 : 0);
     produce_ring(base, bars, ktiles, A_BYTES + pieces * (B_K ? FWD_PIECE : DX_PIECE), it, [&](int kt, u32 full, u32 ta) {
       const u32 tb = ta + A_BYTES;
       tma_load_2d(ta, a_map, full, kt * BK, g.row0);
-      for (int p = 0; p < pieces; ++p) {
-        if (B_K) tma_load_2d(tb + p * FWD_PIECE, w_map, full, kt * BK, g.j0 + 128 * p);
-        else tma_load_2d(tb + p * DX_PIECE, w_map, full, g.j0 + 64 * p, kt * BK);
+      if constexpr (PAIR) {
+        tma_load_2d(tb, w_map, full, kt * BK, g.j0 / 2);
+        tma_load_2d(tb + FWD_PIECE, up_map, full, kt * BK, g.j0 / 2);
+      } else {
+        for (int p = 0; p < pieces; ++p) {
+          if (B_K) tma_load_2d(tb + p * FWD_PIECE, w_map, full, kt * BK, g.j0 + 128 * p);
+          else tma_load_2d(tb + p * DX_PIECE, w_map, full, g.j0 + 64 * p, kt * BK);
+        }
       }
     });
   }
@@ -429,13 +452,36 @@ __device__ __forceinline__ void gemm_consume(float (&acc)[128], u32 base, u32 ba
   });
 }
 
+// The SwiGLU pair's epilogue (header: "SwiGLU"): G, U and H (row stride ldc) at the warpgroup's
+// rows i < rows and the columns col < cols (even) of the tile's 128, as store_tile stores bf16.
+__device__ __forceinline__ void store_swiglu_tile(const float (&acc)[128], bf16* G, bf16* U, bf16* H, long long ldc, int half, int rows,
+                                                  int cols) {
+  const int w = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int i = half * 64 + w * 16 + (lane >> 2) + 8 * h;
+    if (i >= rows) continue;
+    const long long o = (long long)i * ldc + 2 * (lane & 3);
+#pragma unroll
+    for (int j = 0; j < 16; ++j) {
+      if (8 * j + 2 * (lane & 3) >= cols) continue;
+      const float g0 = as_stored(acc[4 * j + 2 * h], G), g1 = as_stored(acc[4 * j + 2 * h + 1], G);
+      const float u0 = as_stored(acc[4 * (j + 16) + 2 * h], U), u1 = as_stored(acc[4 * (j + 16) + 2 * h + 1], U);
+      store_pair(G + o + 8 * j, g0, g1);
+      store_pair(U + o + 8 * j, u0, u1);
+      store_pair(H + o + 8 * j, swiglu_value(g0, u0), swiglu_value(g1, u1));
+    }
+  }
+}
+
 // The persistent forward/data CTA (grid ≤ the SM count): a producer warpgroup and two consumer
 // warpgroups (rows 0..63 and 64..127 of each 128 × 256 tile) over the CTA's tiles of out[M,
 // width], reduction `red` (> 0, a multiple of BK); a_map over the [M, red] rows, w_maps[e] over
-// expert e's weight.
-template <bool B_K>
-__device__ __forceinline__ void gemm_cta(const TensorMap& a_map, const TensorMap* __restrict__ w_maps, bf16* __restrict__ out,
-                                         const int* __restrict__ off, int E, int M, int width, int red, unsigned char* smem_raw) {
+// expert e's weight. store(acc, tile, half) is the epilogue: store_tile into out, or (PAIR) the
+// SwiGLU pair's.
+template <bool B_K, bool PAIR = false, typename Store>
+__device__ __forceinline__ void gemm_cta(const TensorMap& a_map, const TensorMap* __restrict__ w_maps, const int* __restrict__ off,
+                                         int E, int M, int width, int red, unsigned char* smem_raw, Store store) {
   const u32 base = (ggc::smem_addr(smem_raw) + 1023u) & ~1023u;  // the window is only 16-byte aligned
   const u32 bars = base + BAR_OFFSET;
   const int tid = threadIdx.x, wg = tid >> 7;
@@ -443,7 +489,7 @@ __device__ __forceinline__ void gemm_cta(const TensorMap& a_map, const TensorMap
   __syncthreads();
   if (wg == 0) {
     asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;" ::"n"(PRODUCER_REGS));
-    if (tid == 0) gemm_produce<B_K>(base, bars, reinterpret_cast<u64>(&a_map), w_maps, off, E, M, width, red);
+    if (tid == 0) gemm_produce<B_K, PAIR>(base, bars, reinterpret_cast<u64>(&a_map), w_maps, off, E, M, width, red);
     return;
   }
   asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;" ::"n"(CONSUMER_REGS));
@@ -456,8 +502,17 @@ __device__ __forceinline__ void gemm_cta(const TensorMap& a_map, const TensorMap
     for (int c = 0; c < 128; ++c) acc[c] = 0.f;
     if (g.cols <= BN / 2) gemm_consume<128, B_K>(acc, base, bars, half, ktiles, it);
     else gemm_consume<256, B_K>(acc, base, bars, half, ktiles, it);
-    store_tile(acc, out + (long long)g.row0 * width + g.j0, width, half, g.rowEnd - g.row0, g.cols, 0);
+    store(acc, g, half);
   }
+}
+
+// The forward and data products' CTA: out[M, width] as store_tile stores it.
+template <bool B_K>
+__device__ __forceinline__ void plain_cta(const TensorMap& a_map, const TensorMap* __restrict__ w_maps, bf16* __restrict__ out,
+                                          const int* __restrict__ off, int E, int M, int width, int red, unsigned char* smem_raw) {
+  gemm_cta<B_K>(a_map, w_maps, off, E, M, width, red, smem_raw, [&](const float (&acc)[128], const GemmTile& g, int half) {
+    store_tile(acc, out + (long long)g.row0 * width + g.j0, width, half, g.rowEnd - g.row0, g.cols, 0);
+  });
 }
 
 
@@ -605,7 +660,7 @@ extern "C" __global__ void __launch_bounds__(ggt::THREADS, 1)
 grouped_tma_fwd_bf16(const __grid_constant__ ggt::TensorMap x_map, const ggt::TensorMap* __restrict__ w_maps, bf16* __restrict__ Y,
                      const int* __restrict__ off, int E, int M, int N, int K) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  ggt::gemm_cta<true>(x_map, w_maps, Y, off, E, M, N, K, smem_raw);
+  ggt::plain_cta<true>(x_map, w_maps, Y, off, E, M, N, K, smem_raw);
 }
 
 // dX[M,K] = dY_e · W_e per row block: dy_map over dY [M, N], w_maps[e] over W_e [N, K] with box (64, 64).
@@ -614,7 +669,22 @@ extern "C" __global__ void __launch_bounds__(ggt::THREADS, 1)
 grouped_tma_dx_bf16(const __grid_constant__ ggt::TensorMap dy_map, const ggt::TensorMap* __restrict__ w_maps, bf16* __restrict__ dX,
                     const int* __restrict__ off, int E, int M, int N, int K) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  ggt::gemm_cta<false>(dy_map, w_maps, dX, off, E, M, K, N, smem_raw);
+  ggt::plain_cta<false>(dy_map, w_maps, dX, off, E, M, K, N, smem_raw);
+}
+
+// G, U [M,N] = X_e · Wg_eᵀ, X_e · Wu_eᵀ and H = silu(G)·U per row block (header: "SwiGLU"): x_map over X
+// [M, K]; w_maps the E gate maps, then the E up maps, each over [N, K] with box (64, 128). The walk
+// runs 256 columns per 128 of N. grid min(ceil(N/128)·(ceil(M/BM) + E), SMs).
+extern "C" __global__ void __launch_bounds__(ggt::THREADS, 1)
+grouped_tma_fwd_swiglu_bf16(const __grid_constant__ ggt::TensorMap x_map, const ggt::TensorMap* __restrict__ w_maps, bf16* __restrict__ G,
+                            bf16* __restrict__ U, bf16* __restrict__ H, const int* __restrict__ off, int E, int M, int N, int K) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  const int width = 2 * 128 * ((N + 127) / 128);
+  ggt::gemm_cta<true, true>(x_map, w_maps, off, E, M, width, K, smem_raw, [&](const float (&acc)[128], const ggt::GemmTile& g, int half) {
+    const int jp = g.j0 / 2;
+    const long long o = (long long)g.row0 * N + jp;
+    ggt::store_swiglu_tile(acc, G + o, U + o, H + o, N, half, g.rowEnd - g.row0, min(128, N - jp));
+  });
 }
 
 // dW_e[N,K] = dY_eᵀ · X_e + beta·dW_e (f32 gradients): dy_map over dY [M, N], x_map over X [M, K],

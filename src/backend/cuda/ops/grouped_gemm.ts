@@ -115,6 +115,9 @@ export class GroupedGemmLauncher {
   /** tma forward / data: the A operand's map (by value), then as args (the weights' map array in place of the address table). */
   private readonly tmaArgs = new KernelArgs(8, [0]);
   private readonly tmaMaps: TensorMapSlots;
+  /** tma SwiGLU forward: x's map (by value), the gate-then-up map array, G, U, H, offsets, E, M, N, K. */
+  private readonly tmaSwigluArgs = new KernelArgs(10, [0]);
+  private readonly tmaSwigluMaps: TensorMapSlots;
   /** tma weight product: the maps over dY and X (by value), the gradients' address table, offsets, E, M, N, K, beta, squares' partials. */
   private readonly tmaDwArgs = new KernelArgs(10, [0, 1]);
   private readonly tmaDwMaps: TensorMapSlots;
@@ -134,6 +137,7 @@ export class GroupedGemmLauncher {
     this.wgmmaFile = new KernelFile(ctx, 'grouped_gemm_wgmma.cu', GROUPED_GEMM_WGMMA_DEFINES);
     this.tmaFile = new KernelFile(ctx, 'grouped_gemm_tma.cu', GROUPED_GEMM_TMA_DEFINES);
     this.tmaMaps = new TensorMapSlots(ctx.driver, this.tmaArgs);
+    this.tmaSwigluMaps = new TensorMapSlots(ctx.driver, this.tmaSwigluArgs);
     this.tmaDwMaps = new TensorMapSlots(ctx.driver, this.tmaDwArgs);
     this.weightMaps = new TensorMapArray(ctx.driver);
     this.kernels = 'mma';
@@ -172,6 +176,33 @@ export class GroupedGemmLauncher {
     if (!this.kernelsTake(x, out, weights, K, N)) { this.perExpert('forward', out, x, weights, offsets); return; }
     if (this.kernels === 'tma' && K > 0 && N > 0) { this.launchTma('fwd', out, x, weights, offsets, M, N, K); return; }
     this.launch('fwd', [Math.ceil(N / BN), this.rowTiles(M, weights.length), 1], out, x, weights, offsets, M, N, K);
+  }
+
+  /**
+   * The tma set's gate and up products with their SwiGLU in one launch (kernel header: "SwiGLU"):
+   * g, u [M, N] = x·Wg_eᵀ, x·Wu_eᵀ and h = silu(g)·u, the bits of two groupedLinear calls and the
+   * SwiGLU kernel. The weights' map array holds the E gate maps, then the E up maps; the grid is
+   * at most one CTA per SM over ceil(N/128)·(ceil(M/128) + E) tiles of 128 output columns (256
+   * accumulator columns: gate and up). Returns false where the tma set does not take the shapes
+   * (another set chosen, unaligned tensors, widths not multiples of 64): the caller composes them.
+   */
+  groupedSwiGLU(h: Tensor, g: Tensor, u: Tensor, x: Tensor, gates: readonly Tensor[], ups: readonly Tensor[], offsets: Tensor): boolean {
+    const { M, N, K } = this.check('groupedSwiGLU gate', x, g, gates, offsets);
+    this.check('groupedSwiGLU up', x, u, ups, offsets);
+    this.check('groupedSwiGLU out', x, h, ups, offsets);
+    if (this.kernels !== 'tma' || K === 0 || N === 0 || !this.kernelsTake(x, g, [...gates, ...ups, u, h], K, N)) return false;
+    if (M === 0) return true;
+    const what = 'grouped GEMM (tma) SwiGLU forward';
+    this.tmaSwigluMaps.set(0, { dtype: 'bf16', address: devicePtr(x), dims: [K, M], strides: [K * 2], box: [WGMMA_BK, BM], swizzle128: true },
+      `${what}: rows [${M}, ${K}]`);
+    const E = gates.length;
+    const args = this.tmaSwigluArgs.ptr(1, this.weightMapsOf('fwd', [...gates, ...ups], N, K, what)).ptr(2, devicePtr(g)).ptr(3, devicePtr(u))
+      .ptr(4, devicePtr(h)).ptr(5, devicePtr(offsets)).i32(6, E).i32(7, M).i32(8, N).i32(9, K);
+    const k = this.tmaFile.kernel('grouped_tma_fwd_swiglu_bf16');
+    k.allowDynamicShared(TMA_SMEM, what);
+    const tiles = Math.ceil(N / 128) * (Math.ceil(M / BM) + E);
+    k.launch([Math.min(tiles, this.ctx.smCount), 1, 1], [TMA_THREADS, 1, 1], TMA_SMEM, args);
+    return true;
   }
 
   groupedLinearBackwardData(dx: Tensor, dy: Tensor, weights: readonly Tensor[], offsets: Tensor): void {
