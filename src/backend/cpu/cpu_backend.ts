@@ -9,7 +9,7 @@ import type { AdamSlot, LeanAdamSlot, TensorList } from '../tensor_list.js';
 import { adamLeanSlot } from './adam_lean.js';
 import { HostBuffer, arrayOf, denseView, forEachIndex, readF32, storageArray, writeF32 } from './host.js';
 import { cpuMatmul } from './matmul.js';
-import { cpuGroupedLinear, cpuGroupedLinearBackwardData, cpuGroupedLinearBackwardDataPair, cpuGroupedLinearWeightGrad } from './grouped_matmul.js';
+import { cpuGroupedLinear, cpuGroupedLinearBackwardData, cpuGroupedLinearWeightGrad } from './grouped_matmul.js';
 import { mlaBackwardBlockByWhole } from '../mla_backward_block.js';
 import { cpuAttentionMerge, cpuMlaAttention, cpuMlaAttentionBackward } from './attention.js';
 import * as m from './model_ops.js';
@@ -141,9 +141,6 @@ export class CpuBackend implements Backend {
   groupedLinear(out: Tensor, x: Tensor, weights: readonly Tensor[], offsets: Tensor): void { cpuGroupedLinear(out, x, weights, offsets); }
   groupedLinearBackwardData(dx: Tensor, dy: Tensor, weights: readonly Tensor[], offsets: Tensor): void {
     cpuGroupedLinearBackwardData(dx, dy, weights, offsets);
-  }
-  groupedLinearBackwardDataPair(dx: Tensor, dy1: Tensor, dy2: Tensor, w1: readonly Tensor[], w2: readonly Tensor[], offsets: Tensor): void {
-    cpuGroupedLinearBackwardDataPair(dx, dy1, dy2, w1, w2, offsets);
   }
   /**
    * Declines the squares (returns false): on the CPU, summing them costs what the norm's own pass

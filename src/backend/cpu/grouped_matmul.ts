@@ -2,10 +2,9 @@
 // products): one cpuMatmul per expert on views of its row block, with exactly the operands and
 // options ops/linear.ts passes for one expert, so the grouped path computes bit for bit what a
 // per-expert linear computes.
-import { backendOf } from '../backend.js';
-import { emptyTensor, type Tensor } from '../../tensor/tensor.js';
+import type { Tensor } from '../../tensor/tensor.js';
 import { cpuMatmul } from './matmul.js';
-import { denseView, readI32 } from './host.js';
+import { readI32 } from './host.js';
 
 /** Row blocks [start, end) of each expert, relative to offsets[0], checked against M rows. */
 function blocks(offsets: Tensor, E: number, M: number, what: string): [number, number][] {
@@ -42,30 +41,6 @@ export function cpuGroupedLinearBackwardData(dx: Tensor, dy: Tensor, weights: re
     cpuMatmul(dv, gv, weights[e]!, {});
     gv.dispose(); dv.dispose();
   });
-}
-
-/**
- * The pair data product: one product per expert over the concatenated reduction, [dy1 | dy2] ·
- * [w1; w2], so the two sums are one and rounded once (what the CUDA kernel computes).
- */
-export function cpuGroupedLinearBackwardDataPair(dx: Tensor, dy1: Tensor, dy2: Tensor, w1: readonly Tensor[], w2: readonly Tensor[], offsets: Tensor): void {
-  const M = dy1.shape[0]!, N = dy1.shape[1]!, K = dx.shape[1]!;
-  if (dy2.shape[0] !== M || dy2.shape[1] !== N || w1.length !== w2.length) throw new Error('internal: groupedLinearBackwardDataPair operands differ in shape');
-  const be = backendOf(dx);
-  const dyCat = emptyTensor(be, [M, 2 * N], dy1.dtype);
-  const cat = denseView(dyCat), a = denseView(dy1), b = denseView(dy2);
-  for (let r = 0; r < M; r++) {
-    cat.set(a.subarray(r * N, (r + 1) * N), 2 * r * N);
-    cat.set(b.subarray(r * N, (r + 1) * N), (2 * r + 1) * N);
-  }
-  const wCat = w1.map((p, e) => {
-    const w = emptyTensor(be, [2 * N, K], p.dtype), v = denseView(w);
-    v.set(denseView(p), 0);
-    v.set(denseView(w2[e]!), N * K);
-    return w;
-  });
-  cpuGroupedLinearBackwardData(dx, dyCat, wCat, offsets);
-  for (const t of [dyCat, ...wCat]) t.dispose();
 }
 
 /** beta 1 accumulates (an expert with no rows keeps its gradient); beta 0 overwrites (no rows: zeros, the product over no rows). */

@@ -4,7 +4,7 @@
 // runs on the context's single compute stream (so results are ordered without events, and a
 // freed block may serve the next op at once).
 import type { DType, HostArray } from '../../tensor/dtype.js';
-import { contiguousStrides, emptyTensor, type Tensor } from '../../tensor/tensor.js';
+import { contiguousStrides, type Tensor } from '../../tensor/tensor.js';
 import type { AdamHyper, AttentionOptions, GradsAfter, LeanAdamHyper, Backend, BinaryOp, DeviceBuffer, MatmulOptions, MemoryStats, MlaBlockEnds, UnaryOp } from '../backend.js';
 import type { AdamSlot, LeanAdamSlot, TensorList } from '../tensor_list.js';
 import { AdamLauncher } from './ops/adam.js';
@@ -185,15 +185,6 @@ export class CudaBackend implements Backend {
   groupedLinear(out: Tensor, x: Tensor, weights: readonly Tensor[], offsets: Tensor): void { this.groupedGemm.groupedLinear(out, x, weights, offsets); }
   groupedLinearBackwardData(dx: Tensor, dy: Tensor, weights: readonly Tensor[], offsets: Tensor): void {
     this.groupedGemm.groupedLinearBackwardData(dx, dy, weights, offsets);
-  }
-  groupedLinearBackwardDataPair(dx: Tensor, dy1: Tensor, dy2: Tensor, w1: readonly Tensor[], w2: readonly Tensor[], offsets: Tensor): void {
-    if (this.groupedGemm.groupedLinearBackwardDataPair(dx, dy1, dy2, w1, w2, offsets)) return;
-    // Another kernel set: the two products, the second into a scratch tensor added on (two roundings).
-    this.groupedGemm.groupedLinearBackwardData(dx, dy1, w1, offsets);
-    const second = emptyTensor(this, dx.shape, dx.dtype);
-    this.groupedGemm.groupedLinearBackwardData(second, dy2, w2, offsets);
-    this.binary('add', dx, dx, second);
-    second.dispose();
   }
   groupedLinearWeightGrad(dweights: readonly Tensor[], dy: Tensor, x: Tensor, offsets: Tensor, beta: 0 | 1 = 1, squares?: Tensor): boolean {
     return this.groupedGemm.groupedLinearWeightGrad(dweights, dy, x, offsets, beta, squares);

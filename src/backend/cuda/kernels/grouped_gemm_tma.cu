@@ -135,12 +135,6 @@
 // SwiGLU pass's read of G and U (2·M·N bf16) and a launch, and the narrow last column tile of
 // each product at N = 1408 (11 pair tiles instead of 2 × (5 wide + 1 narrow)).
 //
-// Pair data product (grouped_tma_dx_pair_bf16): dX = dG_e·Wg_e + dU_e·Wu_e, the gate's and the up's
-// data products as one reduction over 2N: k-steps 0..N/64 − 1 copy dG and Wg_e, the rest dU and
-// Wu_e, into the same accumulators. The input's gradient is then written once and rounded once,
-// instead of two products written and a third pass adding them (2·M·K bf16 read, M·K written),
-// and each tile's prologue and epilogue serve twice the k-steps.
-//
 // Gradient norm: with beta 0 the weight product can also leave the Σ of the squares of what it
 // wrote (autograd/grad_squares.ts), so the step's norm pass (sum_squares_multi, at its byte
 // floor) need not read the expert gradients, ~74% of the bench model's 9 GB, again: ~2.2 ms.
@@ -406,29 +400,23 @@ struct GemmWalk {
 // for the copy engine (header: operands) before its first use here: the CTA's experts come in
 // increasing order (row-tile slots only grow), so acquiring when the expert changes is once per
 // expert the CTA uses, not once per tile.
-// How a product pairs the experts' gate and up weights (w_maps then holds the E gate maps, then the
-// E up maps): not at all (PLAIN); side by side in the B stage, the SwiGLU forward (COLUMNS: the
-// walk's width is 256 per 128 output columns, and a tile's pieces are rows j0/2.. of the gate and
-// of the up weight; header "SwiGLU"); one after the other along the reduction, the pair data
-// product (REDUCTION: red = 2N, the second half's k-steps copy a_map2 and the up weights; header
-// "Pair data product").
-enum Pair { PLAIN, COLUMNS, REDUCTION };
-
-template <bool B_K, Pair PAIR = PLAIN>
-__device__ __forceinline__ void gemm_produce(u32 base, u32 bars, u64 a_map, u64 a_map2, const TensorMap* __restrict__ w_maps,
+// PAIR (the SwiGLU forward, B_K): w_maps holds the E gate maps, then the E up maps; the walk's
+// width is 256 per 128 output columns, and a tile's pieces are rows j0/2.. of the gate and of the up
+// weight.
+template <bool B_K, bool PAIR = false>
+__device__ __forceinline__ void gemm_produce(u32 base, u32 bars, u64 a_map, const TensorMap* __restrict__ w_maps,
                                              const int* __restrict__ off, int E, int M, int width, int red) {
-  static_assert((PAIR != COLUMNS || B_K) && (PAIR != REDUCTION || !B_K), "COLUMNS pairs a forward product, REDUCTION a data product");
+  static_assert(B_K || !PAIR, "the SwiGLU pair is a forward product");
   tmap_prefetch(a_map);
-  if (PAIR == REDUCTION) tmap_prefetch(a_map2);
   const int ktiles = red / BK;
   GemmWalk walk(off, E, M, width);
   int it = 0, acquired = -1;
   for (GemmTile g; walk.next(g);) {
-    const u64 w_map = reinterpret_cast<u64>(w_maps + g.e), up_map = PAIR != PLAIN ? reinterpret_cast<u64>(w_maps + E + g.e) : 0;
+    const u64 w_map = reinterpret_cast<u64>(w_maps + g.e), up_map = PAIR ? reinterpret_cast<u64>(w_maps + E + g.e) : 0;
     if (g.e != acquired) {
       tmap_acquire(w_map);
       tmap_prefetch(w_map);
-      if (PAIR != PLAIN) {
+      if (PAIR) {
         tmap_acquire(up_map);
         tmap_prefetch(up_map);
       }
@@ -437,18 +425,14 @@ __device__ __forceinline__ void gemm_produce(u32 base, u32 bars, u64 a_map, u64 
     const int pieces = (B_K ? 2 : 4) >> (g.cols <= BN / 2 ? 1 : 0);
     produce_ring(base, bars, ktiles, A_BYTES + pieces * (B_K ? FWD_PIECE : DX_PIECE), it, [&](int kt, u32 full, u32 ta) {
       const u32 tb = ta + A_BYTES;
-      if constexpr (PAIR == COLUMNS) {
-        tma_load_2d(ta, a_map, full, kt * BK, g.row0);
+      tma_load_2d(ta, a_map, full, kt * BK, g.row0);
+      if constexpr (PAIR) {
         tma_load_2d(tb, w_map, full, kt * BK, g.j0 / 2);
         tma_load_2d(tb + FWD_PIECE, up_map, full, kt * BK, g.j0 / 2);
       } else {
-        const bool second = PAIR == REDUCTION && kt >= ktiles / 2;
-        const int k = second ? kt - ktiles / 2 : kt;
-        const u64 wm = second ? up_map : w_map;
-        tma_load_2d(ta, second ? a_map2 : a_map, full, k * BK, g.row0);
         for (int p = 0; p < pieces; ++p) {
-          if (B_K) tma_load_2d(tb + p * FWD_PIECE, wm, full, k * BK, g.j0 + 128 * p);
-          else tma_load_2d(tb + p * DX_PIECE, wm, full, g.j0 + 64 * p, k * BK);
+          if (B_K) tma_load_2d(tb + p * FWD_PIECE, w_map, full, kt * BK, g.j0 + 128 * p);
+          else tma_load_2d(tb + p * DX_PIECE, w_map, full, g.j0 + 64 * p, kt * BK);
         }
       }
     });
@@ -493,11 +477,11 @@ __device__ __forceinline__ void store_swiglu_tile(const float (&acc)[128], bf16*
 // The persistent forward/data CTA (grid ≤ the SM count): a producer warpgroup and two consumer
 // warpgroups (rows 0..63 and 64..127 of each 128 × 256 tile) over the CTA's tiles of out[M,
 // width], reduction `red` (> 0, a multiple of BK); a_map over the [M, red] rows, w_maps[e] over
-// expert e's weight (a_map2: the pair data product's second A). store(acc, tile, half) is the
-// epilogue: store_tile into out, or the SwiGLU pair's.
-template <bool B_K, Pair PAIR = PLAIN, typename Store>
-__device__ __forceinline__ void gemm_cta(const TensorMap& a_map, const TensorMap& a_map2, const TensorMap* __restrict__ w_maps,
-                                         const int* __restrict__ off, int E, int M, int width, int red, unsigned char* smem_raw, Store store) {
+// expert e's weight. store(acc, tile, half) is the epilogue: store_tile into out, or (PAIR) the
+// SwiGLU pair's.
+template <bool B_K, bool PAIR = false, typename Store>
+__device__ __forceinline__ void gemm_cta(const TensorMap& a_map, const TensorMap* __restrict__ w_maps, const int* __restrict__ off,
+                                         int E, int M, int width, int red, unsigned char* smem_raw, Store store) {
   const u32 base = (ggc::smem_addr(smem_raw) + 1023u) & ~1023u;  // the window is only 16-byte aligned
   const u32 bars = base + BAR_OFFSET;
   const int tid = threadIdx.x, wg = tid >> 7;
@@ -505,9 +489,7 @@ __device__ __forceinline__ void gemm_cta(const TensorMap& a_map, const TensorMap
   __syncthreads();
   if (wg == 0) {
     asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;" ::"n"(PRODUCER_REGS));
-    if (tid == 0) {
-      gemm_produce<B_K, PAIR>(base, bars, reinterpret_cast<u64>(&a_map), reinterpret_cast<u64>(&a_map2), w_maps, off, E, M, width, red);
-    }
+    if (tid == 0) gemm_produce<B_K, PAIR>(base, bars, reinterpret_cast<u64>(&a_map), w_maps, off, E, M, width, red);
     return;
   }
   asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;" ::"n"(CONSUMER_REGS));
@@ -524,12 +506,11 @@ __device__ __forceinline__ void gemm_cta(const TensorMap& a_map, const TensorMap
   }
 }
 
-// The forward and data products' CTA (and the pair data product's): out[M, width] as store_tile stores it.
-template <bool B_K, Pair PAIR = PLAIN>
-__device__ __forceinline__ void plain_cta(const TensorMap& a_map, const TensorMap& a_map2, const TensorMap* __restrict__ w_maps,
-                                          bf16* __restrict__ out, const int* __restrict__ off, int E, int M, int width, int red,
-                                          unsigned char* smem_raw) {
-  gemm_cta<B_K, PAIR>(a_map, a_map2, w_maps, off, E, M, width, red, smem_raw, [&](const float (&acc)[128], const GemmTile& g, int half) {
+// The forward and data products' CTA: out[M, width] as store_tile stores it.
+template <bool B_K>
+__device__ __forceinline__ void plain_cta(const TensorMap& a_map, const TensorMap* __restrict__ w_maps, bf16* __restrict__ out,
+                                          const int* __restrict__ off, int E, int M, int width, int red, unsigned char* smem_raw) {
+  gemm_cta<B_K>(a_map, w_maps, off, E, M, width, red, smem_raw, [&](const float (&acc)[128], const GemmTile& g, int half) {
     store_tile(acc, out + (long long)g.row0 * width + g.j0, width, half, g.rowEnd - g.row0, g.cols, 0);
   });
 }
@@ -679,7 +660,7 @@ extern "C" __global__ void __launch_bounds__(ggt::THREADS, 1)
 grouped_tma_fwd_bf16(const __grid_constant__ ggt::TensorMap x_map, const ggt::TensorMap* __restrict__ w_maps, bf16* __restrict__ Y,
                      const int* __restrict__ off, int E, int M, int N, int K) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  ggt::plain_cta<true>(x_map, x_map, w_maps, Y, off, E, M, N, K, smem_raw);
+  ggt::plain_cta<true>(x_map, w_maps, Y, off, E, M, N, K, smem_raw);
 }
 
 // dX[M,K] = dY_e · W_e per row block: dy_map over dY [M, N], w_maps[e] over W_e [N, K] with box (64, 64).
@@ -688,18 +669,7 @@ extern "C" __global__ void __launch_bounds__(ggt::THREADS, 1)
 grouped_tma_dx_bf16(const __grid_constant__ ggt::TensorMap dy_map, const ggt::TensorMap* __restrict__ w_maps, bf16* __restrict__ dX,
                     const int* __restrict__ off, int E, int M, int N, int K) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  ggt::plain_cta<false>(dy_map, dy_map, w_maps, dX, off, E, M, K, N, smem_raw);
-}
-
-// dX[M,K] = dG_e · Wg_e + dU_e · Wu_e per row block, one reduction over 2N (header: "Pair data
-// product"): dg_map, du_map over dG, dU [M, N]; w_maps the E gate maps, then the E up maps, each
-// over [N, K] with box (64, 64). grid min(ceil(K/BN)·(ceil(M/BM) + E), SMs).
-extern "C" __global__ void __launch_bounds__(ggt::THREADS, 1)
-grouped_tma_dx_pair_bf16(const __grid_constant__ ggt::TensorMap dg_map, const __grid_constant__ ggt::TensorMap du_map,
-                         const ggt::TensorMap* __restrict__ w_maps, bf16* __restrict__ dX, const int* __restrict__ off, int E, int M, int N,
-                         int K) {
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  ggt::plain_cta<false, ggt::REDUCTION>(dg_map, du_map, w_maps, dX, off, E, M, K, 2 * N, smem_raw);
+  ggt::plain_cta<false>(dy_map, w_maps, dX, off, E, M, K, N, smem_raw);
 }
 
 // G, U [M,N] = X_e · Wg_eᵀ, X_e · Wu_eᵀ and H = silu(G)·U per row block (header: "SwiGLU"): x_map over X
@@ -710,7 +680,7 @@ grouped_tma_fwd_swiglu_bf16(const __grid_constant__ ggt::TensorMap x_map, const 
                             bf16* __restrict__ U, bf16* __restrict__ H, const int* __restrict__ off, int E, int M, int N, int K) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const int width = 2 * 128 * ((N + 127) / 128);
-  ggt::gemm_cta<true, ggt::COLUMNS>(x_map, x_map, w_maps, off, E, M, width, K, smem_raw, [&](const float (&acc)[128], const ggt::GemmTile& g, int half) {
+  ggt::gemm_cta<true, true>(x_map, w_maps, off, E, M, width, K, smem_raw, [&](const float (&acc)[128], const ggt::GemmTile& g, int half) {
     const int jp = g.j0 / 2;
     const long long o = (long long)g.row0 * N + jp;
     ggt::store_swiglu_tile(acc, G + o, U + o, H + o, N, half, g.rowEnd - g.row0, min(128, N - jp));

@@ -118,9 +118,6 @@ export class GroupedGemmLauncher {
   /** tma SwiGLU forward: x's map (by value), the gate-then-up map array, G, U, H, offsets, E, M, N, K. */
   private readonly tmaSwigluArgs = new KernelArgs(10, [0]);
   private readonly tmaSwigluMaps: TensorMapSlots;
-  /** tma pair data product: the maps over dG and dU (by value), the gate-then-up map array, dX, offsets, E, M, N, K. */
-  private readonly tmaPairArgs = new KernelArgs(9, [0, 1]);
-  private readonly tmaPairMaps: TensorMapSlots;
   /** tma weight product: the maps over dY and X (by value), the gradients' address table, offsets, E, M, N, K, beta, squares' partials. */
   private readonly tmaDwArgs = new KernelArgs(10, [0, 1]);
   private readonly tmaDwMaps: TensorMapSlots;
@@ -141,7 +138,6 @@ export class GroupedGemmLauncher {
     this.tmaFile = new KernelFile(ctx, 'grouped_gemm_tma.cu', GROUPED_GEMM_TMA_DEFINES);
     this.tmaMaps = new TensorMapSlots(ctx.driver, this.tmaArgs);
     this.tmaSwigluMaps = new TensorMapSlots(ctx.driver, this.tmaSwigluArgs);
-    this.tmaPairMaps = new TensorMapSlots(ctx.driver, this.tmaPairArgs);
     this.tmaDwMaps = new TensorMapSlots(ctx.driver, this.tmaDwArgs);
     this.weightMaps = new TensorMapArray(ctx.driver);
     this.kernels = 'mma';
@@ -205,29 +201,6 @@ export class GroupedGemmLauncher {
     const k = this.tmaFile.kernel('grouped_tma_fwd_swiglu_bf16');
     k.allowDynamicShared(TMA_SMEM, what);
     const tiles = Math.ceil(N / 128) * (Math.ceil(M / BM) + E);
-    k.launch([Math.min(tiles, this.ctx.smCount), 1, 1], [TMA_THREADS, 1, 1], TMA_SMEM, args);
-    return true;
-  }
-
-  /**
-   * The tma set's pair data product (kernel header: "Pair data product"): dx [M, K] = dy1_e·W1_e +
-   * dy2_e·W2_e per row block as one reduction over 2N, written and rounded once. Returns false
-   * where the tma set does not take the shapes: the caller composes it.
-   */
-  groupedLinearBackwardDataPair(dx: Tensor, dy1: Tensor, dy2: Tensor, w1: readonly Tensor[], w2: readonly Tensor[], offsets: Tensor): boolean {
-    const { M, N, K } = this.check('groupedLinearBackwardDataPair first', dx, dy1, w1, offsets);
-    this.check('groupedLinearBackwardDataPair second', dx, dy2, w2, offsets);
-    if (this.kernels !== 'tma' || K === 0 || N === 0 || !this.kernelsTake(dy1, dx, [...w1, ...w2, dy2], K, N)) return false;
-    if (M === 0) return true;
-    const what = 'grouped GEMM (tma) pair data product';
-    [dy1, dy2].forEach((dy, i) => this.tmaPairMaps.set(i, { dtype: 'bf16', address: devicePtr(dy), dims: [N, M], strides: [N * 2], box: [WGMMA_BK, BM], swizzle128: true },
-      `${what}: rows [${M}, ${N}]`));
-    const E = w1.length;
-    const args = this.tmaPairArgs.ptr(2, this.weightMapsOf('dx', [...w1, ...w2], N, K, what)).ptr(3, devicePtr(dx)).ptr(4, devicePtr(offsets))
-      .i32(5, E).i32(6, M).i32(7, N).i32(8, K);
-    const k = this.tmaFile.kernel('grouped_tma_dx_pair_bf16');
-    k.allowDynamicShared(TMA_SMEM, what);
-    const tiles = Math.ceil(K / TMA_BN) * (Math.ceil(M / BM) + E);
     k.launch([Math.min(tiles, this.ctx.smCount), 1, 1], [TMA_THREADS, 1, 1], TMA_SMEM, args);
     return true;
   }
