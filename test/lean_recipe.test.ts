@@ -24,6 +24,7 @@ import { TensorList, type LeanAdamSlot } from '../src/backend/tensor_list.js';
 import { tinyConfig } from '../src/models/tiny_config.js';
 import { Rng } from '../src/nn/rng.js';
 import { fromHost, toHostF32 } from '../src/ops/create.js';
+import type { LeanAdam } from '../src/optim/lean_adam.js';
 import { recipeBytes } from '../src/optim/recipe.js';
 import type { Distributed } from '../src/parallel/init_distributed.js';
 import { packageRoot } from '../src/package_root.js';
@@ -225,6 +226,32 @@ test('lean memory: no f32 master; bf16 gradients with one micro-batch, f32 with 
   assert.ok(l2 < 10.5 && l2 > l1, `lean, accumulating: ${l2} B/param`);
   assert.deepEqual(recipeBytes('lean', 2, false), { weights: 2, gradient: 2, moments: 4 });
   assert.deepEqual(recipeBytes('default', 2, false), { weights: 6, gradient: 4, moments: 8 });
+});
+
+test('lean parameters: the matrices are bf16 without a master; the norm gains and the router keep f32 masters and f32 moments', () => {
+  const cfg = resolveTrainConfig({ device: 'cpu', recipe: 'lean', seq_len: 32, micro_batch_size: 8, global_batch_size: 8 }, 'test');
+  const t = new Training(cfg, model, cpu);
+  const opt = t.optimizer as LeanAdam;
+  let gains = 0, matrices = 0, router = 0;
+  for (const p of t.model.params) {
+    const { m, v } = opt.moments(p);
+    if (p.shape.length === 1) {
+      gains++;
+      assert.ok(!p.lean && p.weights.dtype === 'f32' && p.value.dtype === 'bf16' && p.grad.dtype === 'f32', `gain [${p.shape}]`);
+      assert.equal(m.dtype, 'f32'); assert.equal(v.dtype, 'f32');
+    } else if (p.value.dtype === 'f32') {
+      router++;
+      assert.ok(!p.lean && m.dtype === 'f32' && v.dtype === 'f32', `router [${p.shape}]`);
+    } else {
+      matrices++;
+      assert.ok(p.lean && p.weights === p.value && m.dtype === 'bf16' && v.dtype === 'bf16', `matrix [${p.shape}]`);
+    }
+  }
+  // tiny: per layer the attention, kv and MLP norms (and q's where q_lora_rank is set), then the final norm.
+  const perLayer = 3 + (model.q_lora_rank ? 1 : 0);
+  assert.equal(gains, perLayer * model.num_hidden_layers + 1);
+  assert.ok(matrices > 0 && router > 0, `${matrices} matrices, ${router} routers`);
+  t.dispose();
 });
 
 test('refused: lean with precision f32, lean in a launched run', () => {

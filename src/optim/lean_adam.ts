@@ -1,6 +1,7 @@
 // The lean recipe's Adam/AdamW (optim/recipe.ts): bf16 weights with no f32 master, bf16 moments,
-// one multi-tensor pass per gradient dtype (Backend.adamLeanMulti). Parameters computed in f32
-// (the router) are updated by the default Adam beside it.
+// one multi-tensor pass per gradient dtype (Backend.adamLeanMulti). The parameters that keep an
+// f32 master (optim/recipe.ts leanKeepsMaster: the router, the norm gains) are updated by the
+// default Adam beside it.
 //
 // Why stochastic rounding rather than a compensated (Kahan) bf16 term: a Kahan term is one more
 // bf16 array per parameter (10 bytes instead of 8) and it compensates only the weights, not the
@@ -27,17 +28,16 @@ export class LeanAdam implements Optimizer {
   private readonly lists: TensorList<LeanAdamSlot>[];
   private readonly firstStreams: number[];
   private readonly momentsOf = new Map<Param, { m: Tensor; v: Tensor }>();
-  /** The default update of the parameters that compute in f32 (no bf16 weights to round to). */
+  /** The default update of the parameters that keep an f32 master. */
   private readonly wide: Adam | null;
   private readonly owned: Tensor[] = [];
 
-  /** params: lean parameters (bf16 weights) and f32 ones; seed: the run's seed, hashed by the rounding. */
+  /** params: lean parameters (bf16 weights) and ones with f32 masters; seed: the run's seed, hashed by the rounding. */
   constructor(params: readonly Param[], readonly config: AdamConfig, backend: Backend, readonly seed: number) {
     const lean = params.filter((p) => p.lean), wide = params.filter((p) => !p.lean);
     // Each lean parameter's m then v, carved from slabs (nn/param_arena.ts: no per-tensor rounding of GPU blocks).
     const arena = new ParamArena(backend, lean.flatMap((p) => [p, p]).map((p) => ({ shape: p.shape, dtype: 'bf16' as const })));
     const zeros = (p: Param): Tensor => { const t = arena.take(p.shape, 'bf16'); backend.fill(t, 0); this.owned.push(t); return t; };
-    for (const p of wide) if (p.value.dtype !== 'f32') throw new Error('internal: LeanAdam updates bf16 parameters only as lean ones');
     const byDtype = new Map<string, LeanAdamSlot[]>();
     for (const p of lean) {
       const mv = { m: zeros(p), v: zeros(p) };
@@ -60,7 +60,7 @@ export class LeanAdam implements Optimizer {
     this.wide = wide.length > 0 ? new Adam(wide, config, backend) : null;
   }
 
-  /** The first and second moments of p (bf16 for a lean parameter, f32 for an f32 one). */
+  /** The first and second moments of p (bf16 for a lean parameter, f32 for one with a master). */
   moments(p: Param): { m: Tensor; v: Tensor } {
     const mv = this.momentsOf.get(p);
     if (mv) return mv;

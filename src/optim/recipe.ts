@@ -6,8 +6,9 @@
 //          also stochastically rounded; bf16 gradients when a step has one micro-batch, f32 when
 //          micro-batches accumulate (a sum of many bf16 roundings would lose the small ones):
 //          8 bytes per parameter, 10 with accumulation (optim/lean_adam.ts says why this design).
-//          Parameters computed in f32 (the router) and the embedding's gradient (scattered row by
-//          row, many adds per row) stay as in the default recipe.
+//          Parameters computed in f32 (the router), the RMSNorm gains (leanKeepsMaster) and the
+//          embedding's gradient (scattered row by row, many adds per row) stay as in the default
+//          recipe.
 import type { GradsAfter } from '../backend/backend.js';
 import type { DType } from '../tensor/dtype.js';
 
@@ -37,6 +38,18 @@ export function recipeBytes(recipe: Recipe, computeBytes: number, accumulating: 
     case 'lean': return { weights: 2, gradient: accumulating ? 4 : 2, moments: 4 };
     default: return recipe satisfies never;
   }
+}
+
+/**
+ * Whether a parameter of a lean run keeps the default recipe's f32 master and update: those
+ * computed in f32 (the router) and the 1-D ones, the RMSNorm gains. A gain sits near 1, where the
+ * bf16 spacing is 2^-7 ≈ 0.0078, and Adam moves it by about lr (≤ 4e-3 in the tiny runs, falling
+ * with the schedule): a stochastically rounded gain moves by a whole spacing or not at all, noise
+ * larger than the step. They are a few thousand parameters a layer; docs/lean_recipe.md measures
+ * what keeping their masters changes.
+ */
+export function leanKeepsMaster(shape: readonly number[], dtype: DType | 'compute'): boolean {
+  return dtype === 'f32' || shape.length === 1;
 }
 
 /**

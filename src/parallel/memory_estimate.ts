@@ -9,8 +9,8 @@
 //   single process carves all of them from slabs (nn/param_arena.ts), so no block is rounded;
 //   in the lean recipe (optim/recipe.ts; one rank only) bf16 weights (2 B), bf16 moments (4 B)
 //   and a bf16 gradient (2 B) where a matmul writes it once per step, f32 (4 B) for the
-//   embedding, the norms and under accumulation: 8 B per matrix parameter; the f32 router keeps
-//   the default's f32 state (16 B);
+//   embedding and under accumulation: 8 B per matrix parameter; the f32 router (16 B) and the
+//   norm gains (18 B) keep the default's state (recipe.ts leanKeepsMaster);
 // - with sharding, a layer's bf16 weights are gathered before use (the next layer's gather is
 //   issued early, so two layers are whole at once) and its f32 gradients are whole from its
 //   backward until its reduce-scatter, which overlaps the previous unit's backward, is finished
@@ -160,10 +160,11 @@ export function estimateMemory(input: EstimateInput): RankEstimate[] {
     let dense = (s === 0 ? V * D : 0) + (last ? V * D + D : 0), experts = 0, largestPair = 0, prev = 0, router = 0;
     // Elements of every unit that is gathered (sharded over more than one rank), and of those the f32 router's.
     let gatheredUnits = denseGroup > 1 ? (s === 0 ? V * D : 0) + (last ? V * D + D : 0) : 0, gatheredRouter = 0;
-    // The lean recipe keeps f32 gradients for the embedding and the norms (see the header).
-    let f32Grads = (s === 0 ? V * D : 0) + (last ? D : 0);
+    // The lean recipe keeps f32 gradients for the embedding and the norms, and the norms' masters
+    // and f32 moments (see the header).
+    let norms = last ? D : 0;
     for (let l = st.first; l < st.end; l++) {
-      f32Grads += 2 * D + c.kv_lora_rank + (c.q_lora_rank ?? 0);
+      norms += 2 * D + c.kv_lora_rank + (c.q_lora_rank ?? 0);
       const p = layerParams(c, l);
       dense += p.dense;
       if (isMoeLayer(c, l)) router += c.n_routed_experts * D;
@@ -181,12 +182,13 @@ export function estimateMemory(input: EstimateInput): RankEstimate[] {
     let computeWeights = precision === 'bf16' ? 2 * (held - router / denseGroup) : 0;
     let gradients = 4 * held, moments = 8 * held;
     if (recipe === 'lean') {
-      // One rank: held counts every parameter. The f32 router is updated as in the default recipe.
-      const bf16Grads = microBatches === 1 ? held - router - f32Grads : 0;
-      masterWeights = 4 * router;
+      // One rank: held counts every parameter. The f32 router and the norm gains are updated as in
+      // the default recipe.
+      const bf16Grads = microBatches === 1 ? held - router - norms - (s === 0 ? V * D : 0) : 0;
+      masterWeights = 4 * (router + norms);
       computeWeights = 2 * (held - router);
       gradients = 2 * bf16Grads + 4 * (held - bf16Grads);
-      moments = 4 * (held - router) + 8 * router;
+      moments = 4 * (held - router - norms) + 8 * (router + norms);
     }
     const head = last && denseGroup > 1 ? V * D : 0;
     const holdWeights = input.holdWeights ?? false, holdGrads = input.holdGrads ?? false;

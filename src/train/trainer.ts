@@ -48,7 +48,7 @@ import { buildWeights, flopsPerToken, wholeModel, type ParamSpec } from '../mode
 import { ParamArena, wholeParamTensors, type ArenaTensor } from '../nn/param_arena.js';
 import { Adam } from '../optim/adam.js';
 import { LeanAdam } from '../optim/lean_adam.js';
-import { leanGradDtype } from '../optim/recipe.js';
+import { leanGradDtype, leanKeepsMaster } from '../optim/recipe.js';
 import { Param } from '../nn/param.js';
 import { learningRate } from '../optim/schedule.js';
 import type { Distributed } from '../parallel/init_distributed.js';
@@ -178,16 +178,17 @@ export class Training {
       this.parts = [];
       this.pipeline = null;
       if (config.recipe === 'lean') {
-        // bf16 weights without masters; gradients bf16 where a matmul writes them once per step.
-        // Carved from one arena (nn/param_arena.ts), as the default recipe's parameters are.
+        // bf16 weights without masters, except where leanKeepsMaster says; gradients bf16 where a
+        // matmul writes them once per step. Carved from one arena (nn/param_arena.ts), as the
+        // default recipe's parameters are.
         const micro = config.global_batch_size / config.micro_batch_size;
         const specs: ParamSpec[] = [];
         buildWeights(modelConfig, wholeModel(modelConfig), (spec) => { specs.push(spec); return spec; });
-        const arena = new ParamArena(backend, specs.flatMap((s): ArenaTensor[] => (s.dtype === 'f32'
-          ? wholeParamTensors([{ shape: s.shape, dtype: 'f32' }])
+        const arena = new ParamArena(backend, specs.flatMap((s): ArenaTensor[] => (leanKeepsMaster(s.shape, s.dtype)
+          ? wholeParamTensors([{ shape: s.shape, dtype: s.dtype === 'f32' ? 'f32' : 'bf16' }])
           : [{ shape: s.shape, dtype: 'bf16' }, { shape: s.shape, dtype: leanGradDtype(s, micro) }])));
         this.model = new DeepseekV2(modelConfig, backend, config.precision, wholeModel(modelConfig), (spec, dtype) =>
-          (dtype === 'f32' ? new Param(spec.shape, backend, dtype, { arena })
+          (leanKeepsMaster(spec.shape, dtype) ? new Param(spec.shape, backend, dtype, { arena })
             : new Param(spec.shape, backend, dtype, { arena, lean: { gradDtype: leanGradDtype(spec, micro) } })));
         arena.close();
         this.optimizer = new LeanAdam(this.model.params, config.optimizer, backend, config.seed);
