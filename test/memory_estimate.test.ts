@@ -35,34 +35,38 @@ function randomBatches(B: number, S: number, seed: number): BatchSource {
   };
 }
 
-// What stays live beyond the persistent estimate, by shape: the step's small buffers do not depend
-// on the recipe, so a lean case must leave exactly what the default case of its shape left.
-const extraByShape = new Map<string, number>();
+type Recompute = 'cheap' | 'copies' | 'none' | 'layers';
+
+/** One step of a small model on the CPU backend, and the estimator's numbers for the same run. */
+function stepAndEstimate(layers: number, S: number, B: number, E: number, k: number, recipe: 'default' | 'lean', recompute: Recompute) {
+  const model = smallModel(layers, E, k);
+  const cfg = mergeTrainConfig(defaultTrainConfig(), {
+    run_dir: '/nonexistent-unused', device: 'cpu', recipe, recompute, steps: 20, seq_len: S, micro_batch_size: B, global_batch_size: B, checkpoint_every: 0,
+  }, 'test');
+  const training = new Training(cfg, model, new CpuBackend());
+  const measured = training.step(0, randomBatches(B, S, 7));
+  training.dispose();
+  const [est] = estimateMemory({ model, mesh: { pp: 1, dp: 1, cp: 1, ep: 1 }, seqLen: S, microBatchSize: B, microBatches: 1, precision: 'bf16', recipe, device: 'cpu', recompute });
+  return { measured, est: est!, extra: measured.liveMemoryBytes - est!.persistentBytes };
+}
+
 for (const [layers, S, B, E, k, recipe, recompute] of [
   [3, 128, 2, 16, 4, 'default', 'cheap'], [2, 256, 2, 8, 2, 'default', 'cheap'], [3, 128, 2, 16, 4, 'lean', 'cheap'],
   [3, 128, 2, 16, 4, 'default', 'none'], [3, 128, 2, 16, 4, 'default', 'copies'], [4, 128, 2, 16, 4, 'default', 'layers'],
 ] as const) {
   test(`the estimate matches the CPU backend's measured peak (${layers} layers, ${B}×${S} tokens, ${E} experts top-${k}, recipe ${recipe}, recompute ${recompute})`, () => {
-    const model = smallModel(layers, E, k);
-    const cfg = mergeTrainConfig(defaultTrainConfig(), {
-      run_dir: '/nonexistent-unused', device: 'cpu', recipe, recompute, steps: 20, seq_len: S, micro_batch_size: B, global_batch_size: B, checkpoint_every: 0,
-    }, 'test');
-    const training = new Training(cfg, model, new CpuBackend());
-    const measured = training.step(0, randomBatches(B, S, 7));
-    training.dispose();
-    const [est] = estimateMemory({ model, mesh: { pp: 1, dp: 1, cp: 1, ep: 1 }, seqLen: S, microBatchSize: B, microBatches: 1, precision: 'bf16', recipe, device: 'cpu', recompute });
+    const { measured, est, extra } = stepAndEstimate(layers, S, B, E, k, recipe, recompute);
     // Persistent state is exact; the activations part is counted op by op and may miss small
     // temporaries, so the peak is held to 3% and the part above persistent to 20%.
     // What stays live after the step is the persistent state plus a few small step buffers
     // (loss sums, RoPE tables): a few KB.
-    const extra = measured.liveMemoryBytes - est!.persistentBytes;
-    assert.ok(extra >= 0 && extra < 64 * 1024, `live after the step ${measured.liveMemoryBytes} vs persistent estimate ${est!.persistentBytes}`);
-    const shape = `${layers},${S},${B},${E},${k},${recompute}`;
-    if (recipe === 'default') extraByShape.set(shape, extra);
-    else assert.equal(extra, extraByShape.get(shape), `lean: live after the step less the persistent estimate, against the default's at ${shape}`);
-    const rel = Math.abs(est!.peakBytes / measured.peakMemoryBytes - 1);
-    assert.ok(rel < 0.03, `estimated peak ${est!.peakBytes} vs measured ${measured.peakMemoryBytes} (${(rel * 100).toFixed(1)}%)`);
-    const over = measured.peakMemoryBytes - measured.liveMemoryBytes, estOver = est!.peakBytes - est!.persistentBytes;
+    assert.ok(extra >= 0 && extra < 64 * 1024, `live after the step ${measured.liveMemoryBytes} vs persistent estimate ${est.persistentBytes}`);
+    // Those buffers do not depend on the recipe: a lean run leaves exactly what the default run of
+    // its shape leaves beyond its persistent estimate (the 64 KB bound alone hides a few KB missed).
+    if (recipe === 'lean') assert.equal(extra, stepAndEstimate(layers, S, B, E, k, 'default', recompute).extra, 'lean against default: live after the step less the persistent estimate');
+    const rel = Math.abs(est.peakBytes / measured.peakMemoryBytes - 1);
+    assert.ok(rel < 0.03, `estimated peak ${est.peakBytes} vs measured ${measured.peakMemoryBytes} (${(rel * 100).toFixed(1)}%)`);
+    const over = measured.peakMemoryBytes - measured.liveMemoryBytes, estOver = est.peakBytes - est.persistentBytes;
     assert.ok(Math.abs(estOver / over - 1) < 0.2, `estimated transient ${estOver} vs measured ${over}`);
   });
 }
