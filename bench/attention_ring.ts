@@ -113,6 +113,57 @@ function timeLaunch(be: CudaBackend, attention: MlaAttentionLauncher, kernels: M
 }
 
 /**
+ * Median forward and backward ms of rank `rank`'s whole ring in one launch each (Hopper; kernel
+ * headers, "Ring slots"): q of the rank's 2c tokens at batch b, the cp ranks' k/v in slots; the
+ * backward zeroes its dQ accumulator and rounds it into dq itself, as a ring's first and last block.
+ */
+function timeOneLaunch(be: CudaBackend, attention: MlaAttentionLauncher, b: number, h: number, cp: number, c: number, rank: number,
+  chunk: Uint16Array): Timed {
+  const ctx = be.ctx, L = 2 * c, ring = { ranks: cp, rank };
+  const owned: Tensor[] = [];
+  const make = (s: Shape, dtype: 'bf16' | 'f32' = 'bf16'): Tensor => { const t = emptyTensor(be, s, dtype); owned.push(t); return t; };
+  const opts = { causal: true, scale: 1 / Math.sqrt(D_NOPE + D_ROPE) };
+  try {
+    const setBytes = b * h * 2 * L * (2 * D_NOPE + 2 * D_ROPE + 2 * D_V + cp * (2 * D_NOPE + 2 * D_V)) + cp * b * L * 4 * D_ROPE;
+    const nSets = Math.max(2, Math.min(16, Math.ceil((3 * L2_BYTES) / setBytes)));
+    const sets: InputSet[] = [];
+    let seed = 0;
+    for (let i = 0; i < nSets; i++) {
+      const kv = cp * b;
+      const set: InputSet = {
+        qNope: make([b, L, h, D_NOPE]), qPe: make([b, L, h, D_ROPE]), kNope: make([kv, L, h, D_NOPE]), kPe: make([kv, L, 1, D_ROPE]),
+        v: make([kv, L, h, D_V]), dout: make([b, L, h, D_V]), o: make([b, L, h, D_V]), lse: make([b, h, L], 'f32'),
+        grads: { dqNope: make([b, L, h, D_NOPE]), dqPe: make([b, L, h, D_ROPE]), dkNope: make([kv, L, h, D_NOPE]), dkPe: make([kv, L, 1, D_ROPE]), dv: make([kv, L, h, D_V]) },
+        dqAcc: make([b, L, h, D_NOPE + D_ROPE], 'f32'), finish: null,
+      };
+      for (const t of [set.qNope, set.qPe, set.kNope, set.kPe, set.v, set.dout]) fillRandom(ctx, t, chunk, (seed += 7919));
+      attention.forward('hopper', set.o, set.lse, set.qNope, set.qPe, set.kNope, set.kPe, set.v, { ...opts, ring });
+      sets.push(set);
+    }
+    const reps = b * L * L * cp > 8192 * 8192 ? 10 : 20;
+    let next = 0;
+    const fwd = timeMs(ctx, reps, () => {
+      const x = sets[next++ % nSets]!;
+      attention.forward('hopper', x.o, x.lse, x.qNope, x.qPe, x.kNope, x.kPe, x.v, { ...opts, ring });
+    });
+    const bwd = timeMs(ctx, reps, () => {
+      const x = sets[next++ % nSets]!;
+      attention.backwardBlock(x.dqAcc, 0, x.grads, x.dout, x.qNope, x.qPe, x.kNope, x.kPe, x.v, x.o, x.lse, opts,
+        { overwrite: true, finish: { dqNope: x.grads.dqNope, dqPe: x.grads.dqPe } }, ring);
+    });
+    return { fwd, bwd };
+  } finally {
+    for (const t of owned) t.dispose();
+  }
+}
+
+/** Every rank's ring in one launch at one batch; the ring's time is the slowest rank's (the layer waits for it). */
+function oneLaunchRing(be: CudaBackend, attention: MlaAttentionLauncher, b: number, h: number, cp: number, c: number, chunk: Uint16Array): Timed {
+  const ranks = Array.from({ length: cp }, (_, r) => timeOneLaunch(be, attention, b, h, cp, c, r, chunk));
+  return { fwd: Math.max(...ranks.map((t) => t.fwd)), bwd: Math.max(...ranks.map((t) => t.bwd)) };
+}
+
+/**
  * The three launch shapes of a ring at one batch, the backward of the two unmasked ones as the
  * ring's last step (with the rounding of dq), and the ring's step-synchronous time from them.
  */
@@ -126,6 +177,8 @@ export interface RingBenchRow {
   /** Batch 1 (a rank's own work) and batch cp (all ranks' work: the same total work as whole). */
   own: RingLaunchTimes;
   sameWork: RingLaunchTimes;
+  /** The whole ring in one launch per rank (Hopper only), at batch 1 and cp: the slowest rank. */
+  oneLaunch: { own: Timed; sameWork: Timed } | null;
 }
 
 export interface RingBenchOptions {
@@ -188,6 +241,8 @@ export async function runRingAttentionBench(opts: RingBenchOptions): Promise<Rin
         whole: timeLaunch(be, attention, kernels, b, h, { sq: s, skv: s, causal: true }, chunk, null),
         own: launchTimes(b, c),
         sameWork: launchTimes(b * cp, c),
+        oneLaunch: blocks && c % 128 === 0
+          ? { own: oneLaunchRing(be, attention, b, h, cp, c, chunk), sameWork: oneLaunchRing(be, attention, b * cp, h, cp, c, chunk) } : null,
       };
       be.allocator.releaseCached();
       return row;
@@ -202,7 +257,9 @@ export async function runRingAttentionBench(opts: RingBenchOptions): Promise<Rin
       const qLongLast = median(byRound.map((r) => r[i]![k].qLongLast)), kvLongLast = median(byRound.map((r) => r[i]![k].kvLongLast));
       return { causal, qLong, kvLong, qLongLast, kvLongLast, ring: ringTime(cp, causal, qLong, kvLong, qLongLast, kvLongLast) };
     };
-    return { s, cp, whole: med(i, (r) => r.whole), own: times('own'), sameWork: times('sameWork') };
+    const one = byRound[0]![i]!.oneLaunch
+      ? { own: med(i, (r) => r.oneLaunch!.own), sameWork: med(i, (r) => r.oneLaunch!.sameWork) } : null;
+    return { s, cp, whole: med(i, (r) => r.whole), own: times('own'), sameWork: times('sameWork'), oneLaunch: one };
   });
   const header = ['s', 'cp', 'row (batch)', 'causal 2c fwd / bwd ms', 'q 2c × kv c fwd / bwd ms', 'q c × kv 2c fwd / bwd ms', 'last step bwd ms (2c × c, c × 2c)',
     'whole fwd ms / TFLOPS', 'ring fwd ms / TFLOPS', 'fwd ratio', 'whole bwd ms / TFLOPS', 'ring bwd ms / TFLOPS', 'bwd ratio'];
@@ -228,6 +285,31 @@ export async function runRingAttentionBench(opts: RingBenchOptions): Promise<Rin
     }
   }
   log(`target (issue 14): same-total-work ring TFLOP/s ≥ 0.95× the whole-sequence kernel's, forward and backward; cp=${cp}: ${verdicts.join('; ')}`);
+  // The ring in one launch per rank (what ring_attention.ts runs on Hopper when c is a multiple of 128).
+  if (rows.some((r) => r.oneLaunch)) {
+    const head = ['s', 'cp', 'row (batch)', 'whole fwd ms / TFLOPS', 'one-launch ring fwd ms / TFLOPS (slowest rank)', 'fwd ratio',
+      'whole bwd ms / TFLOPS', 'one-launch ring bwd ms / TFLOPS (slowest rank)', 'bwd ratio'];
+    log(`| ${head.join(' | ')} |`);
+    log(`|${head.map(() => '---').join('|')}|`);
+    const oneVerdicts: string[] = [];
+    for (const r of rows) {
+      if (!r.oneLaunch) continue;
+      const whole = attentionFlops(b, h, r.s);
+      for (const [name, batch, t] of [['own work', b, r.oneLaunch.own], ['same total work', b * cp, r.oneLaunch.sameWork]] as const) {
+        const flops = attentionFlops(batch, h, r.s) / cp;
+        const ratio = (k: 'fwd' | 'bwd') => tf(flops, t[k]) / tf(whole, r.whole[k]);
+        log(`| ${[r.s, r.cp, `${name} (${batch})`,
+          `${r.whole.fwd.toFixed(3)} / ${tf(whole, r.whole.fwd).toFixed(0)}`, `${t.fwd.toFixed(3)} / ${tf(flops, t.fwd).toFixed(0)}`, `${ratio('fwd').toFixed(3)}x`,
+          `${r.whole.bwd.toFixed(3)} / ${tf(2.5 * whole, r.whole.bwd).toFixed(0)}`, `${t.bwd.toFixed(3)} / ${tf(2.5 * flops, t.bwd).toFixed(0)}`, `${ratio('bwd').toFixed(3)}x`,
+        ].join(' | ')} |`);
+        if (batch !== b) {
+          const ok = ratio('fwd') >= 0.95 && ratio('bwd') >= 0.95;
+          oneVerdicts.push(`s=${r.s}: fwd ${ratio('fwd').toFixed(3)}x bwd ${ratio('bwd').toFixed(3)}x ${ok ? 'meets' : 'MISSES'} it`);
+        }
+      }
+    }
+    log(`target (issue 14), the ring in one launch per rank: cp=${cp}: ${oneVerdicts.join('; ')}`);
+  }
   return rows;
 }
 

@@ -5,7 +5,8 @@
 // checks the replay itself against the multi-process test's tolerance; on CUDA (bf16, DeepSeek's
 // 128/64/128 widths, the tensor-core kernels "auto" picks: Hopper's on an H100) it runs the
 // ring's launches (one causal of 2c, then q 2c × kv c or q c × kv 2c unmasked) on the GPU,
-// including B = 2, where kv half 0 is a copy. GPU tests skip with "skipped: no CUDA".
+// including B = 2, where kv half 0 is a copy, and, where c is a multiple of 128 on Hopper, the
+// whole ring in one launch forward and one backward. GPU tests skip with "skipped: no CUDA".
 //
 // Tolerance, ‖got − ref‖/‖ref‖: CPU 3e-5 (f32, sums in another order); CUDA 1e-2 for o and 2e-2
 // for the gradients as test/cuda_attention.test.ts (bf16 P and dS), plus each launch's o and
@@ -16,6 +17,8 @@ import { test } from 'node:test';
 import type { Backend } from '../src/backend/backend.js';
 import { CpuBackend } from '../src/backend/cpu/cpu_backend.js';
 import { cudaAvailable } from '../src/backend/cuda/ffi/library.js';
+import { chooseMlaKernels } from '../src/backend/cuda/ops/mla_kernel_choice.js';
+import type { CudaBackend } from '../src/backend/cuda/cuda_backend.js';
 import { backward } from '../src/autograd/backward.js';
 import { Rng } from '../src/nn/rng.js';
 import { fromHost, toHostF32 } from '../src/ops/create.js';
@@ -95,14 +98,30 @@ test('ring attention, all ranks replayed in one process on the CPU, equals whole
   for (const c of CPU_CASES) console.log(check(be, 'f32', { Dn: 8, Dr: 4, Dv: 6 }, c, { o: 3e-5, grad: 3e-5 }));
 });
 
-// c = 80 and 200: chunks off the 64/128-row tiles; B = 2: kv half 0 copied; cp 4 with c = 128:
-// every launch shape at full tiles.
-const GPU_CASES: Case[] = [{ cp: 2, B: 1, c: 80, H: 2 }, { cp: 2, B: 2, c: 200, H: 2 }, { cp: 4, B: 1, c: 128, H: 2 }, { cp: 4, B: 2, c: 80, H: 1 }];
+// c = 80 and 200: chunks off the 64/128-row tiles, so one launch per ring step; B = 2: kv half 0
+// copied. c a multiple of 128 on Hopper: the whole ring in one launch (Backend.mlaAttentionRing
+// and its backward: every rank's slots, a lower rank's seen through half its keys), at cp 2, 3
+// and 4, B = 1 and 2.
+const GPU_CASES: Case[] = [{ cp: 2, B: 1, c: 80, H: 2 }, { cp: 2, B: 2, c: 200, H: 2 }, { cp: 4, B: 1, c: 128, H: 2 }, { cp: 4, B: 2, c: 80, H: 1 },
+  { cp: 2, B: 2, c: 256, H: 2 }, { cp: 3, B: 1, c: 128, H: 3 }, { cp: 4, B: 2, c: 128, H: 1 }];
 
 test('ring attention on CUDA (bf16, tensor-core kernels), all ranks replayed on one GPU, equals the CPU whole-sequence attention', { skip }, async () => {
   const { createCudaBackend } = await import('../src/backend/cuda/create.js');
   const be = createCudaBackend();
-  for (const c of GPU_CASES) console.log(check(be, 'bf16', { Dn: 128, Dr: 64, Dv: 128 }, c, { o: 1e-2, grad: 2e-2 }));
+  const { ctx } = be as CudaBackend;
+  const hopper = chooseMlaKernels({ arch: ctx.arch, computeCapability: ctx.computeCapability, dtype: 'bf16', dNope: 128, dRope: 64, dV: 128, request: 'auto' }) === 'hopper';
+  // Count the rings that ran in one launch, so that a case meant for it cannot pass through the per-step path.
+  const oneLaunch = { fwd: 0, bwd: 0 };
+  const fwd = be.mlaAttentionRing.bind(be), bwd = be.mlaAttentionBackwardRing.bind(be);
+  be.mlaAttentionRing = (...a) => { const done = fwd(...a); oneLaunch.fwd += done ? 1 : 0; return done; };
+  be.mlaAttentionBackwardRing = (...a) => { const done = bwd(...a); oneLaunch.bwd += done ? 1 : 0; return done; };
+  for (const c of GPU_CASES) {
+    oneLaunch.fwd = oneLaunch.bwd = 0;
+    console.log(check(be, 'bf16', { Dn: 128, Dr: 64, Dv: 128 }, c, { o: 1e-2, grad: 2e-2 }));
+    const want = c.c % 128 === 0 && hopper ? 1 : 0;
+    assert.ok(oneLaunch.fwd >= want * c.cp && oneLaunch.bwd >= want * c.cp,
+      `cp${c.cp} c${c.c}: ${oneLaunch.fwd} forward and ${oneLaunch.bwd} backward rings in one launch, expected ${want * c.cp} each`);
+  }
 });
 
 // Backend.mlaAttentionBackwardBlock on its own: a block of q 100 (B = 2) adds into rows 150..249

@@ -45,6 +45,19 @@ export interface AttentionOptions {
   scale: number;
 }
 
+/**
+ * The k/v slots of ring attention in one call (Backend.mlaAttentionRing): `ranks` slots of the
+ * ring of rank `rank`, slot j holding the k/v of rank (rank − j) mod ranks as batch rows j·B …
+ * j·B + B − 1 of [ranks·B, L, …] tensors (slot 0: the rank's own). The queries are the rank's L =
+ * 2c zigzag tokens (chunks rank and 2·ranks−1−rank): slot 0 under the causal mask; a slot of a
+ * lower rank seen by every query through its first c keys; a slot of a higher rank seen whole
+ * by the second chunk's queries only (parallel/zigzag.ts, ringStep).
+ */
+export interface RingSlots {
+  ranks: number;
+  rank: number;
+}
+
 /** What the first and last blocks of a blockwise MLA backward also do (Backend.mlaAttentionBackwardBlock). */
 export interface MlaBlockEnds {
   /** dqAcc = this block's dq instead of += (the block covers every row of dqAcc). */
@@ -255,6 +268,26 @@ export interface Backend extends StorageOwner {
     dout: Tensor, qNope: Tensor, qPe: Tensor, kNope: Tensor, kPe: Tensor, v: Tensor, o: Tensor, lse: Tensor,
     opts: AttentionOptions, ends?: MlaBlockEnds,
   ): void;
+
+  /**
+   * Ring attention's forward of one rank in one call where this backend has such a launch
+   * (RingSlots): qNope [B,L,H,Dn] and qPe the rank's L = 2c zigzag tokens; kNope [n·B,L,H,Dn],
+   * kPe [n·B,L,1,Dr] and v [n·B,L,H,Dv] the n ranks' k/v in slots; o [B,L,H,Dv] and lse [B,H,L]
+   * the causal attention of those queries over the whole sequence. Returns false, touching
+   * nothing, where the backend has no such launch for these inputs: the caller then composes the
+   * ring from mlaAttention and attentionMerge (parallel/ring_attention.ts).
+   */
+  mlaAttentionRing(o: Tensor, lse: Tensor, qNope: Tensor, qPe: Tensor, kNope: Tensor, kPe: Tensor, v: Tensor, ring: RingSlots, scale: number): boolean;
+  /**
+   * The backward of mlaAttentionRing in one call, or false as there: dqNope/dqPe [B,L,H,·] of the
+   * queries, and dkNope/dkPe/dv in slots shaped as kNope/kPe/v, each slot's the gradient of that
+   * rank's k/v from this rank's queries (dkPe summed over heads). Rows of keys that no query sees
+   * (the last c of a lower rank's slot) are not written.
+   */
+  mlaAttentionBackwardRing(
+    grads: { dqNope: Tensor; dqPe: Tensor; dkNope: Tensor; dkPe: Tensor; dv: Tensor },
+    dout: Tensor, qNope: Tensor, qPe: Tensor, kNope: Tensor, kPe: Tensor, v: Tensor, o: Tensor, lse: Tensor, ring: RingSlots, scale: number,
+  ): boolean;
 
   /**
    * Merges a partial attention over more keys into a running one (ring attention's steps):

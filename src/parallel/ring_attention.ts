@@ -14,25 +14,33 @@
 // choice there. The op takes the five pieces the model already has, so cp = 1 and the
 // whole-sequence path share them.
 //
-// One attention launch per ring step (zigzag.ts, ringStep): a rank's local tokens are chunks r
-// and 2·cp−1−r in increasing global order, so with its own k/v (step 0) the ordinary causal mask
-// over the 2·c local tokens is exact (one causal launch of length 2·c); with the k/v of a rank
-// j < r both q chunks see kv chunk j fully and chunk 2·cp−1−j not at all (one unmasked launch,
-// q 2·c × kv c); with j > r only q chunk 2·cp−1−r sees both kv chunks (q c × kv 2·c). So a rank
-// makes 1 causal launch and cp−1 unmasked ones with Sq ≠ Skv, each large enough to fill the GPU,
-// instead of 2·cp+1 launches of c×c chunk blocks. The k/v pack holds each of k_nope, k_pe and v
-// contiguous over both halves, so kv 2·c is a view of it; kv half 0 is a view too, which the
-// kernels take as it is when B = 1 and as a contiguous copy when B > 1 (its rows are then not
-// contiguous: each batch row's second half sits in between).
+// The k/v travel first: cp − 1 ring steps pass them on to r + 1 (three messages a step: k_nope,
+// k_pe, v), and the rank keeps every block it sees in a slot (Backend's RingSlots: slot j holds
+// the k/v of rank (r − j) mod cp). Then the attention, where it sees every key:
+//   in one launch (Backend.mlaAttentionRing; CUDA's Hopper kernels, c a multiple of 128): each
+//     query tile walks its keys of every slot under one online softmax, so nothing is merged,
+//     and the launch has the whole sequence's shape of work (s/128 query tiles a head, of the
+//     same mean length), where a launch per step is a quarter to a half as long and runs short
+//     launches' lower TFLOP/s (bench/attention_notes.md);
+//   else one launch per ring step (zigzag.ts, ringStep): a rank's local tokens are chunks r and
+//     2·cp−1−r in increasing global order, so with its own k/v (slot 0) the ordinary causal mask
+//     over the 2·c local tokens is exact (one causal launch of length 2·c); with the k/v of a
+//     rank j < r both q chunks see kv chunk j fully and chunk 2·cp−1−j not at all (one unmasked
+//     launch, q 2·c × kv c); with j > r only q chunk 2·cp−1−r sees both kv chunks (q c × kv 2·c).
+//     Each q half of a launch's result merges into that half's f32 output by log-sum-exp
+//     (Backend.attentionMerge). kv half 0 of a slot is a view when B = 1 and a contiguous copy
+//     when B > 1 (each batch row's second half sits in between).
+// What this gives up: the transfers no longer overlap this layer's attention (they did not
+// before either: a step's launch waited for its k/v). What overlapping them would take: the
+// one-launch kernel's producer waiting on a per-slot arrival flag, with CTAs left free for
+// the communication kernels.
 //
-// Forward: cp steps; at step j the rank holds the k/v of rank (r − j) mod cp, makes that step's
-// launch through Backend.mlaAttention with its lse, and merges each q half of the result into
-// that half's f32 output by log-sum-exp in one pass (Backend.attentionMerge), then passes the k/v on to r + 1. Backward:
-// the FlashAttention identity per launch with the MERGED o and lse; k/v travel the other way (to
-// r − 1) together with an f32 accumulator of their dk_nope, dk_pe (summed over heads) and dv,
-// which arrives back at its owner after the last step; dq stays local: every step adds into one
-// f32 accumulator of the L local queries (Backend.mlaAttentionBackwardBlock), zeroed once and
-// rounded once, so the per-query part of a backward is paid once per ring, not once per step.
+// Backward: the k/v travel again into slots; one launch (Backend.mlaAttentionBackwardRing) or
+// one per step (Backend.mlaAttentionBackwardBlock, in the order of the k/v's owners r, r + 1,
+// …) gives dq, through one f32 accumulator of the L local queries zeroed and rounded once, and
+// each slot's k/v gradient from this rank's queries. Those go home around the ring the other
+// way: an f32 accumulator of dk_nope, dk_pe (summed over heads) and dv travels to r − 1, each
+// rank adding its slot of the accumulator's owner, which receives the sum after cp steps.
 //
 // Shape legend: B batch, L = S/cp local tokens (two chunks of c = L/2), H heads, Dn/Dr/Dv widths.
 import { backendOf, type AttentionOptions, type Backend } from '../backend/backend.js';
@@ -47,17 +55,6 @@ import { ringStep, type RingStep } from './zigzag.js';
 export interface RingAttentionOptions { scale: number }
 
 interface Dims { B: number; L: number; c: number; H: number; Dn: number; Dr: number; Dv: number }
-
-/** k_nope [B,L,H,Dn], k_pe [B,L,1,Dr] and v [B,L,H,Dv] of one rank, each contiguous, as views of one flat buffer (one message per ring step). */
-interface KvPack { buf: Tensor; kNope: Tensor; kPe: Tensor; v: Tensor }
-
-function kvPack(be: Backend, d: Dims, dtype: DType): KvPack {
-  const shapes: Shape[] = [[d.B, d.L, d.H, d.Dn], [d.B, d.L, 1, d.Dr], [d.B, d.L, d.H, d.Dv]];
-  const buf = emptyTensor(be, [shapes.reduce((n, s) => n + s.reduce((a, b) => a * b, 1), 0)], dtype);
-  let at = buf.offset;
-  const [kNope, kPe, v] = shapes.map((s) => { const t = buf.view(s, contiguousStrides(s), at); at += t.size; return t; }) as [Tensor, Tensor, Tensor];
-  return { buf, kNope, kPe, v };
-}
 
 /** f32 accumulators of dk_nope, dk_pe, dv for each local half of one rank's k/v, in one buffer. */
 interface GradPack { buf: Tensor; halves: [KvHalf, KvHalf] }
@@ -111,7 +108,7 @@ function lseHalfOf(be: Backend, lse: Tensor, x: 0 | 1, c: number): Tensor {
 }
 
 /** The k/v operands of a step's launch: the whole pack (kv 2·c) or its half 0 (kv c; a copy when B > 1). Dispose after use. */
-function kvOperands(be: Backend, p: KvPack, kv: RingStep['kv'], c: number): KvHalf {
+function kvOperands(be: Backend, p: KvHalf, kv: RingStep['kv'], c: number): KvHalf {
   const pick = (t: Tensor): Tensor => {
     if (kv === 'both') return t.view(t.shape, t.strides, t.offset);
     const view = halfView(t, 0, c), out = contiguous(be, view);
@@ -134,8 +131,8 @@ function sideHalves(side: 'both' | 0 | 1, c: number): { x: 0 | 1; part: (t: Tens
   return ([0, 1] as const).map((x) => ({ x, part: (t: Tensor) => halfView(t, x, c), partLse: (t: Tensor) => lseHalfView(t, x, c) }));
 }
 
-/** Copies the local k/v pieces [B, L, …] into a pack. */
-function fillPack(be: Backend, p: KvPack, kNope: Tensor, kPe: Tensor, v: Tensor): void {
+/** Copies the local k/v pieces [B, L, …] into a slot. */
+function fillSlot(be: Backend, p: KvHalf, kNope: Tensor, kPe: Tensor, v: Tensor): void {
   be.copy(p.kNope, kNope);
   be.copy(p.kPe, kPe);
   be.copy(p.v, v);
@@ -150,51 +147,97 @@ function dimsOf(qNope: Tensor, qPe: Tensor, kNope: Tensor, kPe: Tensor, v: Tenso
   return { B, L, c: L / 2, H, Dn, Dr, Dv };
 }
 
+/** k_nope [n·B,L,H,Dn], k_pe [n·B,L,1,Dr], v [n·B,L,H,Dv]: the k/v of all n ranks of the ring in slots (RingSlots; slot 0 this rank's own), or their gradients. */
+interface KvSlots { kNope: Tensor; kPe: Tensor; v: Tensor }
+
+/** Slot j of t [n·B, L, …] as [B, L, …] (a contiguous view). */
+function slotView(t: Tensor, j: number, B: number): Tensor {
+  const s = [B, ...t.shape.slice(1)];
+  return t.view(s, contiguousStrides(s), t.offset + j * B * t.strides[0]!);
+}
+
+function slotOf(x: KvSlots, j: number, B: number): KvHalf {
+  return { kNope: slotView(x.kNope, j, B), kPe: slotView(x.kPe, j, B), v: slotView(x.v, j, B) };
+}
+
+function emptySlots(be: Backend, d: Dims, n: number, dtype: DType): KvSlots {
+  const { B, L, H, Dn, Dr, Dv } = d;
+  return { kNope: emptyTensor(be, [n * B, L, H, Dn], dtype), kPe: emptyTensor(be, [n * B, L, 1, Dr], dtype), v: emptyTensor(be, [n * B, L, H, Dv], dtype) };
+}
+
+/**
+ * The ring's k/v transfers: slot 0 gets this rank's k/v, and at step j = 1 … cp−1 the rank
+ * passes slot j − 1 on to r + 1 and receives slot j from r − 1, so slot j ends up holding the k/v
+ * of rank (r − j) mod cp (RingSlots).
+ */
+function gatherSlots(be: Backend, comm: Communicator, d: Dims, kNope: Tensor, kPe: Tensor, v: Tensor): KvSlots {
+  const cp = comm.size, r = comm.rank, slots = emptySlots(be, d, cp, kNope.dtype);
+  const own = slotOf(slots, 0, d.B);
+  fillSlot(be, own, kNope, kPe, v);
+  disposeKv(own);
+  for (let j = 1; j < cp; j++) {
+    const from = slotOf(slots, j - 1, d.B), to = slotOf(slots, j, d.B);
+    for (const k of ['kNope', 'kPe', 'v'] as const) comm.sendRecv(from[k], (r + 1) % cp, to[k], (r - 1 + cp) % cp);
+    disposeKv(from);
+    disposeKv(to);
+  }
+  return slots;
+}
+
 /** The forward ring: o [B,L,H,Dv] in v's dtype and the merged lse [B,H,L] f32. */
 function ringForward(be: Backend, comm: Communicator, d: Dims, qNope: Tensor, qPe: Tensor, kNope: Tensor, kPe: Tensor, v: Tensor, scale: number): { o: Tensor; lse: Tensor } {
-  const { B, L, c, H, Dv } = d, cp = comm.size, r = comm.rank;
-  const o = emptyTensor(be, [B, L, H, Dv], v.dtype), lse = emptyTensor(be, [B, H, L], 'f32');
+  const o = emptyTensor(be, [d.B, d.L, d.H, d.Dv], v.dtype), lse = emptyTensor(be, [d.B, d.H, d.L], 'f32');
   tidy(() => {
-    const q = {
-      both: { nope: contiguous(be, qNope), pe: contiguous(be, qPe) },
-      1: cp > 1 ? { nope: halfOf(be, qNope, 1, c), pe: halfOf(be, qPe, 1, c) } : null,
-    };
-    let cur = kvPack(be, d, kNope.dtype), next = cp > 1 ? kvPack(be, d, kNope.dtype) : cur;
-    fillPack(be, cur, kNope, kPe, v);
-    const acc = ([0, 1] as const).map(() => ({ o: emptyTensor(be, [B, c, H, Dv], 'f32'), lse: emptyTensor(be, [B, H, c], 'f32') }));
-    for (let j = 0; j < cp; j++) {
-      const step = ringStep(cp, r, (r - j + cp) % cp);
-      const qs = q[step.q]!, Sq = step.q === 'both' ? L : c;
-      const kv = kvOperands(be, cur, step.kv, c);
-      const bo = emptyTensor(be, [B, Sq, H, Dv], v.dtype), bl = emptyTensor(be, [B, H, Sq], 'f32');
-      be.mlaAttention(bo, bl, qs.nope, qs.pe, kv.kNope, kv.kPe, kv.v, { causal: step.causal, scale });
-      disposeKv(kv);
-      for (const { x, part, partLse } of sideHalves(step.q, c)) {
-        const ov = part(bo), lv = partLse(bl), a = acc[x]!;
-        // Step 0 (own k/v, both halves) starts each half's accumulator.
-        if (j === 0) {
-          be.copy(a.o, ov);
-          be.copy(a.lse, lv);
-        } else {
-          be.attentionMerge(a.o, a.lse, ov, lv);
-        }
-        ov.dispose();
-        lv.dispose();
-      }
-      bo.dispose();
-      bl.dispose();
-      if (j < cp - 1) {
-        comm.sendRecv(cur.buf, (r + 1) % cp, next.buf, (r - 1 + cp) % cp);
-        [cur, next] = [next, cur];
-      }
-    }
-    for (const x of [0, 1] as const) {
-      const a = acc[x]!, ov = halfView(o, x, c), lv = lseHalfView(lse, x, c);
-      be.copy(ov, a.o);
-      be.copy(lv, a.lse);
-    }
+    const slots = gatherSlots(be, comm, d, kNope, kPe, v);
+    const qn = contiguous(be, qNope), qp = contiguous(be, qPe);
+    if (comm.size > 1 && be.mlaAttentionRing(o, lse, qn, qp, slots.kNope, slots.kPe, slots.v, { ranks: comm.size, rank: comm.rank }, scale)) return;
+    forwardBySteps(be, comm, d, o, lse, qn, qp, slots, scale);
   });
   return { o, lse };
+}
+
+/**
+ * The forward composed of one launch per ring step (header), for backends without the ring in
+ * one launch: step j's launch with the k/v of slot j, and each q half merged into that half's f32
+ * output by log-sum-exp.
+ */
+function forwardBySteps(be: Backend, comm: Communicator, d: Dims, o: Tensor, lse: Tensor, qNope: Tensor, qPe: Tensor, slots: KvSlots, scale: number): void {
+  const { B, L, c, H, Dv } = d, cp = comm.size, r = comm.rank;
+  const q = {
+    both: { nope: qNope, pe: qPe },
+    1: cp > 1 ? { nope: halfOf(be, qNope, 1, c), pe: halfOf(be, qPe, 1, c) } : null,
+  };
+  const acc = ([0, 1] as const).map(() => ({ o: emptyTensor(be, [B, c, H, Dv], 'f32'), lse: emptyTensor(be, [B, H, c], 'f32') }));
+  for (let j = 0; j < cp; j++) {
+    const step = ringStep(cp, r, (r - j + cp) % cp);
+    const qs = q[step.q]!, Sq = step.q === 'both' ? L : c;
+    const slot = slotOf(slots, j, B), kv = kvOperands(be, slot, step.kv, c);
+    const bo = emptyTensor(be, [B, Sq, H, Dv], o.dtype), bl = emptyTensor(be, [B, H, Sq], 'f32');
+    be.mlaAttention(bo, bl, qs.nope, qs.pe, kv.kNope, kv.kPe, kv.v, { causal: step.causal, scale });
+    disposeKv(kv);
+    disposeKv(slot);
+    for (const { x, part, partLse } of sideHalves(step.q, c)) {
+      const ov = part(bo), lv = partLse(bl), a = acc[x]!;
+      // Step 0 (own k/v, both halves) starts each half's accumulator.
+      if (j === 0) {
+        be.copy(a.o, ov);
+        be.copy(a.lse, lv);
+      } else {
+        be.attentionMerge(a.o, a.lse, ov, lv);
+      }
+      ov.dispose();
+      lv.dispose();
+    }
+    bo.dispose();
+    bl.dispose();
+  }
+  for (const x of [0, 1] as const) {
+    const a = acc[x]!, ov = halfView(o, x, c), lv = lseHalfView(lse, x, c);
+    be.copy(ov, a.o);
+    be.copy(lv, a.lse);
+    ov.dispose();
+    lv.dispose();
+  }
 }
 
 interface InputGrads { dqNope: Tensor; dqPe: Tensor; dkNope: Tensor; dkPe: Tensor; dv: Tensor }
@@ -210,53 +253,32 @@ function ringBackward(
     dkNope: emptyTensor(be, [B, L, H, Dn], kNope.dtype), dkPe: emptyTensor(be, [B, L, 1, Dr], kPe.dtype), dv: emptyTensor(be, [B, L, H, Dv], v.dtype),
   };
   tidy(() => {
-    // The q side of a launch: all L local tokens, or half 1 (contiguous copies).
-    const q = {
-      both: { qNope: contiguous(be, qNope), qPe: contiguous(be, qPe), dout: contiguous(be, dout), o: contiguous(be, o), lse: contiguous(be, lse) },
-      1: cp > 1 ? { qNope: halfOf(be, qNope, 1, c), qPe: halfOf(be, qPe, 1, c), dout: halfOf(be, dout, 1, c), o: halfOf(be, o, 1, c), lse: lseHalfOf(be, lse, 1, c) } : null,
-    };
-    // dq of all L local tokens, q_nope's columns then q_pe's, in units of 1/scale; every step
-    // adds into the rows its q side covers (mlaAttentionBackwardBlock), converted once at the end.
-    // Step 0 (causal, all L queries) sets it; the last step rounds it into out's dq.
-    const dqAcc = emptyTensor(be, [B, L, H, Dn + Dr], 'f32');
-    let cur = kvPack(be, d, kNope.dtype), next = cp > 1 ? kvPack(be, d, kNope.dtype) : cur;
+    const slots = gatherSlots(be, comm, d, kNope, kPe, v);
+    // Slot j's gradient: that rank's k/v gradient from this rank's queries.
+    const grads = emptySlots(be, d, cp, kNope.dtype);
+    const ins = { qNope: contiguous(be, qNope), qPe: contiguous(be, qPe), dout: contiguous(be, dout), o: contiguous(be, o), lse: contiguous(be, lse) };
+    const all = { dqNope: out.dqNope, dqPe: out.dqPe, dkNope: grads.kNope, dkPe: grads.kPe, dv: grads.v };
+    const oneLaunch = cp > 1 && be.mlaAttentionBackwardRing(all, ins.dout, ins.qNope, ins.qPe, slots.kNope, slots.kPe, slots.v, ins.o, ins.lse,
+      { ranks: cp, rank: r }, scale);
+    if (!oneLaunch) backwardBySteps(be, comm, d, out, grads, ins, slots, scale);
+    // The k/v gradients go home: an f32 accumulator travels to r − 1 at every step, and at step j
+    // each rank adds its slot of rank (r + j) mod cp, so after cp steps every rank holds the sum
+    // over all ranks' queries of its own k/v's gradient.
     let acc = gradPack(be, d), accNext = cp > 1 ? gradPack(be, d) : acc;
     be.fill(acc.buf, 0);
-    fillPack(be, cur, kNope, kPe, v);
-    // One set of the key side's launch gradients per kv length a step uses.
-    const gradsOf = new Map<number, KvHalf>();
-    const gradsFor = (Skv: number): KvHalf => {
-      let g = gradsOf.get(Skv);
-      if (!g) {
-        g = { kNope: emptyTensor(be, [B, Skv, H, Dn], kNope.dtype), kPe: emptyTensor(be, [B, Skv, 1, Dr], kPe.dtype), v: emptyTensor(be, [B, Skv, H, Dv], v.dtype) };
-        gradsOf.set(Skv, g);
-      }
-      return g;
-    };
     const addInto = (a: Tensor, b: Tensor) => { be.binary('add', a, a, b); b.dispose(); };
-    const prev = (r - 1 + cp) % cp, nextRank = (r + 1) % cp;
     for (let j = 0; j < cp; j++) {
-      const step = ringStep(cp, r, (r + j) % cp);
-      const qs = q[step.q]!, kv = kvOperands(be, cur, step.kv, c);
-      const g = gradsFor(step.kv === 'both' ? L : c);
-      be.mlaAttentionBackwardBlock(dqAcc, step.q === 'both' ? 0 : c, { dkNope: g.kNope, dkPe: g.kPe, dv: g.v }, qs.dout, qs.qNope, qs.qPe,
-        kv.kNope, kv.kPe, kv.v, qs.o, qs.lse, { causal: step.causal, scale },
-        { overwrite: j === 0, ...(j === cp - 1 ? { finish: { dqNope: out.dqNope, dqPe: out.dqPe } } : {}) });
-      disposeKv(kv);
-      for (const { x, part } of sideHalves(step.kv, c)) {
+      const owner = (r + j) % cp, g = slotOf(grads, (r - owner + cp) % cp, B);
+      // The halves some query of this rank sees: half 0 of a lower rank's k/v, else both.
+      for (const x of ringStep(cp, r, owner).kv === 'both' ? [0, 1] as const : [0] as const) {
         const a = acc.halves[x];
-        addInto(a.kNope, part(g.kNope));
-        addInto(a.kPe, part(g.kPe));
-        addInto(a.v, part(g.v));
+        addInto(a.kNope, halfView(g.kNope, x, c));
+        addInto(a.kPe, halfView(g.kPe, x, c));
+        addInto(a.v, halfView(g.v, x, c));
       }
+      disposeKv(g);
       if (cp === 1) break;
-      // k/v and their gradients move to r − 1; after the last step only the gradients move,
-      // which brings each accumulator home.
-      if (j < cp - 1) {
-        comm.sendRecv(cur.buf, prev, next.buf, nextRank);
-        [cur, next] = [next, cur];
-      }
-      comm.sendRecv(acc.buf, prev, accNext.buf, nextRank);
+      comm.sendRecv(acc.buf, (r - 1 + cp) % cp, accNext.buf, (r + 1) % cp);
       [acc, accNext] = [accNext, acc];
     }
     for (const x of [0, 1] as const) {
@@ -270,6 +292,52 @@ function ringBackward(
     }
   });
   return out;
+}
+
+/**
+ * The backward composed of one launch per ring step (header), for backends without the ring in
+ * one launch, in the order of the k/v's owners r, r + 1, …: each step's dq added into one f32
+ * accumulator of the L local queries (zeroed by the first, rounded into dq by the last) and its
+ * k/v gradient into the halves of that owner's slot the step covers.
+ */
+function backwardBySteps(be: Backend, comm: Communicator, d: Dims, out: InputGrads, grads: KvSlots,
+  ins: { qNope: Tensor; qPe: Tensor; dout: Tensor; o: Tensor; lse: Tensor }, slots: KvSlots, scale: number): void {
+  const { B, L, c, H, Dn, Dr, Dv } = d, cp = comm.size, r = comm.rank;
+  // The q side of a launch: all L local tokens, or half 1 (contiguous copies).
+  const q = {
+    both: ins,
+    1: cp > 1 ? { qNope: halfOf(be, ins.qNope, 1, c), qPe: halfOf(be, ins.qPe, 1, c), dout: halfOf(be, ins.dout, 1, c), o: halfOf(be, ins.o, 1, c), lse: lseHalfOf(be, ins.lse, 1, c) } : null,
+  };
+  // dq of all L local tokens, q_nope's columns then q_pe's, in units of 1/scale.
+  const dqAcc = emptyTensor(be, [B, L, H, Dn + Dr], 'f32');
+  // One set of the key side's launch gradients per kv length a step uses.
+  const gradsOf = new Map<number, KvHalf>();
+  const gradsFor = (Skv: number): KvHalf => {
+    let g = gradsOf.get(Skv);
+    if (!g) {
+      g = { kNope: emptyTensor(be, [B, Skv, H, Dn], grads.kNope.dtype), kPe: emptyTensor(be, [B, Skv, 1, Dr], grads.kPe.dtype), v: emptyTensor(be, [B, Skv, H, Dv], grads.v.dtype) };
+      gradsOf.set(Skv, g);
+    }
+    return g;
+  };
+  for (let j = 0; j < cp; j++) {
+    const owner = (r + j) % cp, s = (r - owner + cp) % cp;
+    const step = ringStep(cp, r, owner);
+    const qs = q[step.q]!, slot = slotOf(slots, s, B), kv = kvOperands(be, slot, step.kv, c);
+    const g = gradsFor(step.kv === 'both' ? L : c);
+    be.mlaAttentionBackwardBlock(dqAcc, step.q === 'both' ? 0 : c, { dkNope: g.kNope, dkPe: g.kPe, dv: g.v }, qs.dout, qs.qNope, qs.qPe,
+      kv.kNope, kv.kPe, kv.v, qs.o, qs.lse, { causal: step.causal, scale },
+      { overwrite: j === 0, ...(j === cp - 1 ? { finish: { dqNope: out.dqNope, dqPe: out.dqPe } } : {}) });
+    disposeKv(kv);
+    disposeKv(slot);
+    const to = slotOf(grads, s, B);
+    for (const t of ['kNope', 'kPe', 'v'] as const) {
+      const dst = step.kv === 'both' ? to[t].view(to[t].shape, to[t].strides, to[t].offset) : halfView(to[t], 0, c);
+      be.copy(dst, g[t]);
+      dst.dispose();
+    }
+    disposeKv(to);
+  }
 }
 
 /**

@@ -191,6 +191,9 @@ export class CpuBackend implements Backend {
     cpuMlaAttentionBackward(grads, dout, qNope, qPe, kNope, kPe, v, o, lse, opts);
   }
   attentionMerge(accO: Tensor, accLse: Tensor, o: Tensor, lse: Tensor): void { cpuAttentionMerge(accO, accLse, o, lse); }
+  /** The CPU composes the ring from its per-step calls (parallel/ring_attention.ts), which are its oracle. */
+  mlaAttentionRing(): boolean { return false; }
+  mlaAttentionBackwardRing(): boolean { return false; }
   mlaAttentionBackwardBlock(
     dqAcc: Tensor, qFrom: number, grads: { dkNope: Tensor; dkPe: Tensor; dv: Tensor },
     dout: Tensor, qNope: Tensor, qPe: Tensor, kNope: Tensor, kPe: Tensor, v: Tensor, o: Tensor, lse: Tensor, opts: AttentionOptions,

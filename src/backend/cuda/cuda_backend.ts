@@ -4,8 +4,8 @@
 // runs on the context's single compute stream (so results are ordered without events, and a
 // freed block may serve the next op at once).
 import type { DType, HostArray } from '../../tensor/dtype.js';
-import { contiguousStrides, type Tensor } from '../../tensor/tensor.js';
-import type { AdamHyper, AttentionOptions, GradsAfter, LeanAdamHyper, Backend, BinaryOp, DeviceBuffer, MatmulOptions, MemoryStats, MlaBlockEnds, UnaryOp } from '../backend.js';
+import { contiguousStrides, emptyTensor, type Tensor } from '../../tensor/tensor.js';
+import type { AdamHyper, AttentionOptions, GradsAfter, LeanAdamHyper, Backend, BinaryOp, DeviceBuffer, MatmulOptions, MemoryStats, MlaBlockEnds, RingSlots, UnaryOp } from '../backend.js';
 import type { AdamSlot, LeanAdamSlot, TensorList } from '../tensor_list.js';
 import { AdamLauncher } from './ops/adam.js';
 import { AdamMultiLauncher } from './ops/adam_multi.js';
@@ -249,6 +249,33 @@ export class CudaBackend implements Backend {
   }
 
   attentionMerge(accO: Tensor, accLse: Tensor, o: Tensor, lse: Tensor): void { this.merger.merge(accO, accLse, o, lse); }
+
+  /** Hopper kernels and a zigzag chunk of whole 128-key tiles: the ring's blocks in one launch (kernel headers, "Ring slots"). */
+  private ringInOneLaunch(qNope: Tensor, qPe: Tensor, v: Tensor, ring: RingSlots): boolean {
+    return ring.ranks >= 2 && (qNope.shape[1]! / 2) % 128 === 0 && this.mlaKernelsFor(qNope, qPe, v) === 'hopper';
+  }
+
+  mlaAttentionRing(o: Tensor, lse: Tensor, qNope: Tensor, qPe: Tensor, kNope: Tensor, kPe: Tensor, v: Tensor, ring: RingSlots, scale: number): boolean {
+    if (!this.ringInOneLaunch(qNope, qPe, v, ring)) return false;
+    this.attention.forward('hopper', o, lse, qNope, qPe, kNope, kPe, v, { causal: true, scale, ring });
+    return true;
+  }
+
+  mlaAttentionBackwardRing(grads: MlaGrads, dout: Tensor, qNope: Tensor, qPe: Tensor, kNope: Tensor, kPe: Tensor, v: Tensor, o: Tensor,
+                           lse: Tensor, ring: RingSlots, scale: number): boolean {
+    if (!this.ringInOneLaunch(qNope, qPe, v, ring)) return false;
+    // One launch is the ring's first and last block: its preprocess zeroes the f32 dQ
+    // accumulator, its finish rounds it into dq.
+    const [B, L, H] = qNope.shape as [number, number, number];
+    const dqAcc = emptyTensor(this, [B, L, H, qNope.shape[3]! + qPe.shape[3]!], 'f32');
+    try {
+      this.attention.backwardBlock(dqAcc, 0, grads, dout, qNope, qPe, kNope, kPe, v, o, lse, { causal: true, scale },
+        { overwrite: true, finish: { dqNope: grads.dqNope, dqPe: grads.dqPe } }, ring);
+    } finally {
+      dqAcc.dispose();
+    }
+    return true;
+  }
 
   mlaAttentionBackwardBlock(dqAcc: Tensor, qFrom: number, grads: MlaKvGrads, dout: Tensor, qNope: Tensor, qPe: Tensor, kNope: Tensor,
                             kPe: Tensor, v: Tensor, o: Tensor, lse: Tensor, opts: AttentionOptions, ends?: MlaBlockEnds): void {

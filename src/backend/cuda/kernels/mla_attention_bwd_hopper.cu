@@ -9,7 +9,11 @@
 //
 // q, dout, o have Sq positions and k, v Skv (Sq ≠ Skv only without the causal mask: a ring
 // attention block); the tensor maps of q, dout and dq_accum span Sq, those of k, v Skv.
-// Launch: grid (H, ceil(Skv/128), B), 384 threads, HB_SMEM_BYTES of dynamic shared memory
+// Ring slots (ring attention in one launch; see the forward kernel's header): k/v, dk_nope, dv
+// and dk_pe's f32 parts hold ring_n slots of B batch rows (slot-major), grid y runs over every
+// slot's key tiles (key_tile below), and each tile walks the query tiles that see it; ring_n = 1:
+// no ring.
+// Launch: grid (H, ceil(Skv/128) + the later slots' key tiles, B), 384 threads, HB_SMEM_BYTES of dynamic shared memory
 // (-D defines from ops/mla_attention.ts, MLA_HOP_BWD_DEFINES; the launcher uses the same).
 // Heads vary fastest and blockIdx.y is the key tile, so under a causal mask the longest key
 // tiles (the first, which see every later query) of every head start first.
@@ -367,6 +371,26 @@ __device__ __forceinline__ void dq_step(u32 tdS, u32 sK, u32 stg, int warp, int 
   HB_CLOCK(role, HB_DQ_STAGE);
 }
 
+// Key tile y of the launch (grid y): its ring slot, first key and first query tile. Slot 0
+// (the launch without a ring: all of it) has ceil(Skv/128) tiles; ring slot j ≥ 1 (the forward
+// kernel's header, "Ring slots") the keys some query sees: with src = (rank − j) mod n, the
+// first c if src < rank (seen by every query), all 2c if src > rank (seen by the second chunk's
+// queries, rows ≥ c), and no mask in either.
+struct KeyTile {
+  int slot, k0, m_begin;
+};
+__device__ __forceinline__ KeyTile key_tile(int y, int Skv, int causal, int ring_n, int ring_rank, int ring_split) {
+  const int n0 = (Skv + HB_BN - 1) / HB_BN;
+  if (y < n0) return {0, y * HB_BN, causal ? y * HB_BN / HB_BM : 0};  // causal: the query tile holding key k0
+  y -= n0;
+  for (int j = 1;; j++) {
+    const int src = (ring_rank - j + ring_n) % ring_n;
+    const int t = (src < ring_rank ? ring_split : 2 * ring_split) / HB_BN;
+    if (y < t) return {j, y * HB_BN, src < ring_rank ? 0 : ring_split / HB_BM};
+    y -= t;
+  }
+}
+
 }  // namespace
 
 extern "C" __global__ void __launch_bounds__(HB_THREADS, 1)
@@ -376,7 +400,7 @@ mla_attention_bwd_dkdv_hopper(const __grid_constant__ TensorMap tm_q_nope, const
                               const float* __restrict__ lse, const float* __restrict__ d_sum,
                               bf16_t* __restrict__ dk_nope, bf16_t* __restrict__ dv, float* __restrict__ dq_accum,
                               float* __restrict__ dkpe_f32, int Sq, int Skv, int H, float scale, int causal, int dkpe_per_head,
-                              const __grid_constant__ TensorMap tm_dq_accum) {
+                              const __grid_constant__ TensorMap tm_dq_accum, int ring_n, int ring_rank, int ring_split) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const u32 raw = smem_addr(smem_raw);
   const u32 base = (raw + 1023u) & ~1023u;
@@ -393,10 +417,13 @@ mla_attention_bwd_dkdv_hopper(const __grid_constant__ TensorMap tm_q_nope, const
   // uniform registers, as wgmma descriptors must.
   const int wg = __shfl_sync(0xffffffffu, tid >> 7, 0);  // 0 producer, 1..2 consumers
   const int h = blockIdx.x, b = blockIdx.z;
-  const int k0 = blockIdx.y * HB_BN;
+  const KeyTile tile = key_tile(blockIdx.y, Skv, causal, ring_n, ring_rank, ring_split);
+  const int k0 = tile.k0;
+  const int kb = tile.slot * gridDim.z + b;     // the k/v side's batch coordinate: slot-major
+  causal = causal && tile.slot == 0;            // later ring slots are unmasked
   const int num_q_tiles = (Sq + HB_BM - 1) / HB_BM;
-  const int m_begin = causal ? k0 / HB_BM : 0;  // the query tile holding key k0
-  const int n_steps = num_q_tiles - m_begin;    // ≥ 1: k0 < Skv, and Skv = Sq when causal
+  const int m_begin = tile.m_begin;
+  const int n_steps = num_q_tiles - m_begin;    // ≥ 1: k0 < Skv, Skv = Sq when causal, and a ring's c < Sq
 
   if (tid == 0) {
     mbar_init(bar_kv, 1);
@@ -410,7 +437,7 @@ mla_attention_bwd_dkdv_hopper(const __grid_constant__ TensorMap tm_q_nope, const
   __syncthreads();
 
   const long long HS = static_cast<long long>(H);
-  const long long krow_bsh0 = static_cast<long long>(b) * Skv * H + h;  // (b, s=0, h) key row index
+  const long long krow_bsh0 = static_cast<long long>(kb) * Skv * H + h;  // (kb, s=0, h) key row index
 
   if (wg == 0) {
     // ---------------- producer ----------------
@@ -438,11 +465,11 @@ mla_attention_bwd_dkdv_hopper(const __grid_constant__ TensorMap tm_q_nope, const
         tmap_prefetch(tm_dout);
         // K = k_nope (two 64-column blocks) | k_pe, V = two blocks; keys past Skv arrive as zeros.
         mbar_arrive_expect_tx(bar_kv, HB_K_BYTES + HB_V_BYTES);
-        tma_load_4d(sK, tm_k_nope, bar_kv, 0, h, k0, b);
-        tma_load_4d(sK + HB_K_BLOCK, tm_k_nope, bar_kv, 64, h, k0, b);
-        tma_load_3d(sK + 2 * HB_K_BLOCK, tm_k_pe, bar_kv, 0, k0, b);
-        tma_load_4d(sV, tm_v, bar_kv, 0, h, k0, b);
-        tma_load_4d(sV + HB_K_BLOCK, tm_v, bar_kv, 64, h, k0, b);
+        tma_load_4d(sK, tm_k_nope, bar_kv, 0, h, k0, kb);
+        tma_load_4d(sK + HB_K_BLOCK, tm_k_nope, bar_kv, 64, h, k0, kb);
+        tma_load_3d(sK + 2 * HB_K_BLOCK, tm_k_pe, bar_kv, 0, k0, kb);
+        tma_load_4d(sV, tm_v, bar_kv, 0, h, k0, kb);
+        tma_load_4d(sV + HB_K_BLOCK, tm_v, bar_kv, 64, h, k0, kb);
       }
 #if MLA_HB_PROFILE_CLOCKS
       const bool prof_on = lane == 0;
@@ -653,7 +680,7 @@ mla_attention_bwd_dkdv_hopper(const __grid_constant__ TensorMap tm_q_nope, const
       for (int j = 0; j < 8; j++) {
         const float x0 = acc_dk[64 + 4 * j + 2 * r] * scale, x1 = acc_dk[64 + 4 * j + 2 * r + 1] * scale;
         if (dkpe_per_head) *reinterpret_cast<float2*>(dkpe_f32 + row * D_ROPE + 8 * j + 2 * t) = make_float2(x0, x1);
-        else red_add_v2(dkpe_f32 + (static_cast<long long>(b) * Skv + key) * D_ROPE + 8 * j + 2 * t, x0, x1);
+        else red_add_v2(dkpe_f32 + (static_cast<long long>(kb) * Skv + key) * D_ROPE + 8 * j + 2 * t, x0, x1);
       }
     }
   }

@@ -62,6 +62,18 @@
 //   q_nope: dims (128, H, Sq, B), k_nope, v: (128, H, Skv, B), box (64, 1, 128, 1): one 64-column
 //   block of 128 rows of one head per copy; q_pe: (64, H, Sq, B), same box; k_pe: (64, Skv, B),
 //   box (64, 128, 1). Rows past Sq / Skv lie outside the map's extent and arrive as zeros.
+//
+// Ring slots (ring attention in one launch, parallel/ring_attention.ts; ring_n = 1 otherwise):
+// q holds the rank's Sq = 2c zigzag tokens (chunks rank and 2n−1−rank, c = ring_split, a
+// multiple of 128) and k/v hold n slots of B batch rows of Skv = 2c tokens each, slot-major (the
+// maps' batch coordinate is slot·B + b). Slot 0 is the rank's own k/v under the causal mask (exact
+// over the 2c local tokens, which are in increasing global order); slot j ≥ 1 holds the k/v of
+// rank src = (rank − j) mod n: if src < rank every query sees the slot's first c keys (chunk src);
+// if src > rank only the queries of the second chunk (rows ≥ c) see all 2c. So an item walks
+// slot 0's tiles as without a ring, then its tiles of each later slot, all unmasked, and one
+// online softmax covers the whole ring: no partial outputs to merge. The ring's items have the
+// same count and mean length as the whole sequence's (s/128 query tiles a head, ~s/256 key tiles
+// each), which is what lets short ring blocks run as fast as the whole-sequence kernel.
 #include "mla_attention_hopper.cuh"
 
 #if !defined(MLA_HOP_FWD_THREADS) || !defined(MLA_HOP_FWD_ROWS) || !defined(MLA_HOP_FWD_KEYS) || !defined(MLA_HOP_FWD_SMEM)
@@ -111,6 +123,12 @@ using namespace mla;
 using namespace mla::hop;
 
 namespace {
+
+// Ring slots (header): n slots of k/v, slot j of the rank `rank`'s ring holding the k/v of rank
+// (rank − j) mod n; split = c, the zigzag chunk (a multiple of 128). n = 1: no ring.
+struct Ring {
+  int n, rank, split;
+};
 
 // ---- consumer steps (one warpgroup, 64 query rows; thread holds rows g and g+8 of its warp) ----
 // Accumulator layout of wgmma m64n128 f32 per warp: d[4j+0..1] = row g, columns 8j+2t..+1;
@@ -188,20 +206,44 @@ __device__ __forceinline__ void rescale_o(float* acc_o, const float* alpha) {
 }
 
 // ---- work items (the header's numbering and claims) ----
-// One 128-row query tile of one (head, batch): its first query row and its key tiles.
+// One 128-row query tile of one (head, batch): its first query row, the key tiles of slot 0 (the
+// k/v of the launch without a ring) and of all slots.
 struct WorkItem {
-  int h, b, q0, n_tiles;
+  int h, b, q0, n0, n_tiles;
 };
 
+// Key tiles of ring slot j ≥ 1 that the query tile at q0 sees (header: "Ring slots").
+__device__ __forceinline__ int ring_slot_tiles(const Ring& R, int j, int q0) {
+  const int src = (R.rank - j + R.n) % R.n;
+  if (src < R.rank) return R.split / HOP_BN;
+  return q0 >= R.split ? 2 * R.split / HOP_BN : 0;
+}
+
 // Item `it` as the 3-D grid (x = h, y = query tile from the last, z = b) numbered it = x + H·(y + tiles·z).
-__device__ __forceinline__ WorkItem work_item(int it, int H, int num_q_tiles, int Sq, int Skv, int causal) {
+__device__ __forceinline__ WorkItem work_item(int it, int H, int num_q_tiles, int Sq, int Skv, int causal, const Ring& R) {
   WorkItem w;
   w.h = it % H;
   const int rest = it / H;
   w.b = rest / num_q_tiles;
   w.q0 = (num_q_tiles - 1 - rest % num_q_tiles) * HOP_BM;
-  w.n_tiles = causal ? (min(w.q0 + HOP_BM, Sq) + HOP_BN - 1) / HOP_BN : (Skv + HOP_BN - 1) / HOP_BN;
+  w.n0 = causal ? (min(w.q0 + HOP_BM, Sq) + HOP_BN - 1) / HOP_BN : (Skv + HOP_BN - 1) / HOP_BN;
+  w.n_tiles = w.n0;
+  for (int j = 1; j < R.n; j++) w.n_tiles += ring_slot_tiles(R, j, w.q0);
   return w;
+}
+
+// Tile i of item w (the order the producer issues and the consumers take them): slot 0's from
+// the last (the diagonal or the partial tile past Skv, which alone needs a mask) to the first,
+// then each later slot's from its first. Returns the tile's first key; slot: its ring slot.
+__device__ __forceinline__ int item_tile(const WorkItem& w, const Ring& R, int i, int& slot) {
+  slot = 0;
+  if (i < w.n0) return (w.n0 - 1 - i) * HOP_BN;
+  i -= w.n0;
+  for (slot = 1;; slot++) {
+    const int t = ring_slot_tiles(R, slot, w.q0);
+    if (i < t) return i * HOP_BN;
+    i -= t;
+  }
 }
 
 // The next item for this CTA, or -1 when none is left: the launch's c-th claim (c = counter −
@@ -220,7 +262,7 @@ mla_attention_fwd_hopper(const __grid_constant__ TensorMap tm_q_nope, const __gr
                          const __grid_constant__ TensorMap tm_k_nope, const __grid_constant__ TensorMap tm_k_pe,
                          const __grid_constant__ TensorMap tm_v, bf16_t* __restrict__ o, float* __restrict__ lse,
                          int Sq, int Skv, int H, float scale, int causal, int B,
-                         unsigned* __restrict__ work_counter, unsigned work_base) {
+                         unsigned* __restrict__ work_counter, unsigned work_base, int ring_n, int ring_rank, int ring_split) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const u32 base = (smem_addr(smem_raw) + 1023u) & ~1023u;
   const u32 sQ = base;
@@ -239,6 +281,7 @@ mla_attention_fwd_hopper(const __grid_constant__ TensorMap tm_q_nope, const __gr
   const int wg = tid >> 7;  // 0 producer, 1..2 consumers
   const int num_q_tiles = (Sq + HOP_BM - 1) / HOP_BM;
   const int n_items = H * num_q_tiles * B;  // ≤ B·Sq·H < 2^31 (the host checks)
+  const Ring ring{ring_n, ring_rank, ring_split};
   // A grid wider than the work: this CTA has no item (the whole CTA leaves before any barrier).
   if (static_cast<int>(blockIdx.x) >= n_items) return;
 
@@ -283,20 +326,22 @@ mla_attention_fwd_hopper(const __grid_constant__ TensorMap tm_q_nope, const __gr
           mbar_arrive(bar_q);
           break;
         }
-        const WorkItem w = work_item(it, H, num_q_tiles, Sq, Skv, causal);
+        const WorkItem w = work_item(it, H, num_q_tiles, Sq, Skv, causal, ring);
         for (int i = 0; i < w.n_tiles; i++, kv++) {
           const int s = kv % HOP_STAGES;
           const u32 parity = (kv / HOP_STAGES - 1) & 1;  // the phase in which tile kv - 2 freed the stage
-          const int k0 = (w.n_tiles - 1 - i) * HOP_BN;
+          int slot;
+          const int k0 = item_tile(w, ring, i, slot);
+          const int kb = slot * B + w.b;  // the k/v maps' batch coordinate: slot-major
           const u32 tK = sK + s * HOP_K_BYTES, tV = sV + s * HOP_V_BYTES;
           const bool refill = kv >= HOP_STAGES;
           const bool copy = !(MLA_HOP_PROFILE_NO_LOADS && refill);  // else re-publish the stage as it is
           if (refill) mbar_wait(bar_empty_k(s), parity);
           if (copy) {
             mbar_arrive_expect_tx(bar_full_k(s), HOP_K_BYTES);
-            tma_load_4d(tK, tm_k_nope, bar_full_k(s), 0, w.h, k0, w.b);
-            tma_load_4d(tK + HOP_K_BLOCK, tm_k_nope, bar_full_k(s), 64, w.h, k0, w.b);
-            tma_load_3d(tK + 2 * HOP_K_BLOCK, tm_k_pe, bar_full_k(s), 0, k0, w.b);
+            tma_load_4d(tK, tm_k_nope, bar_full_k(s), 0, w.h, k0, kb);
+            tma_load_4d(tK + HOP_K_BLOCK, tm_k_nope, bar_full_k(s), 64, w.h, k0, kb);
+            tma_load_3d(tK + 2 * HOP_K_BLOCK, tm_k_pe, bar_full_k(s), 0, k0, kb);
           } else {
             mbar_arrive(bar_full_k(s));
           }
@@ -319,8 +364,8 @@ mla_attention_fwd_hopper(const __grid_constant__ TensorMap tm_q_nope, const __gr
           if (refill) mbar_wait(bar_empty_v(s), parity);
           if (copy) {
             mbar_arrive_expect_tx(bar_full_v(s), HOP_V_BYTES);
-            tma_load_4d(tV, tm_v, bar_full_v(s), 0, w.h, k0, w.b);
-            tma_load_4d(tV + HOP_K_BLOCK, tm_v, bar_full_v(s), 64, w.h, k0, w.b);
+            tma_load_4d(tV, tm_v, bar_full_v(s), 0, w.h, k0, kb);
+            tma_load_4d(tV + HOP_K_BLOCK, tm_v, bar_full_v(s), 64, w.h, k0, kb);
           } else {
             mbar_arrive(bar_full_v(s));
           }
@@ -365,7 +410,7 @@ mla_attention_fwd_hopper(const __grid_constant__ TensorMap tm_q_nope, const __gr
       mbar_wait(bar_q, k & 1);
       const int it = *item_slot;  // read before this item's q_empty arrival, after which it may change
       if (it < 0) break;
-      const WorkItem w = work_item(it, H, num_q_tiles, Sq, Skv, causal);
+      const WorkItem w = work_item(it, H, num_q_tiles, Sq, Skv, causal, ring);
       const int n_tiles = w.n_tiles;
       const int row_g = w.q0 + wg_row0 + warp * 16 + g;  // this thread's first query row (the other: +8)
       #pragma unroll
@@ -383,7 +428,8 @@ mla_attention_fwd_hopper(const __grid_constant__ TensorMap tm_q_nope, const __gr
       wgmma_wait<0>();
       mbar_arrive(bar_empty_k(s0));
       if (n_tiles == 1) mbar_arrive(bar_q_empty);  // Q read for the last time in this item
-      if (causal || (n_tiles - 1) * HOP_BN + HOP_BN > Skv) mask_scores(acc_s, (n_tiles - 1) * HOP_BN, row_g, Skv, causal, t);
+      // The first tile is slot 0's last: the only one that may hold future keys or keys past Skv.
+      if (causal || w.n0 * HOP_BN > Skv) mask_scores(acc_s, (w.n0 - 1) * HOP_BN, row_g, Skv, causal, t);
       online_softmax(acc_s, row_max, row_sum, alpha, scale_log2);
       pack_a<HOP_BN>(p, acc_s);  // P as the A operand of P·V
       for (int i = 1; i < n_tiles; i++) {
@@ -416,7 +462,7 @@ mla_attention_fwd_hopper(const __grid_constant__ TensorMap tm_q_nope, const __gr
       for (int i = 0; i < n_tiles; i++) {
         const u32 c = kv + i;  // this tile's number in the ring
         const int s = c % HOP_STAGES;
-        const int k0 = (n_tiles - 1 - i) * HOP_BN;
+        const int k0 = (w.n0 - 1 - i) * HOP_BN;  // slot 0's tiles come first; only i = 0 uses it
         mbar_wait(bar_full_k(s), (c / HOP_STAGES) & 1);
         gemm_s(acc_s, sQ_wg, sK + s * HOP_K_BYTES);
         wgmma_commit();

@@ -23,7 +23,7 @@
 // variant builds (other -D switches) are listed in bench/attention_notes.md, "Build switches".
 import { bytesPerElement } from '../../../tensor/dtype.js';
 import type { Tensor } from '../../../tensor/tensor.js';
-import type { AttentionOptions, MlaBlockEnds } from '../../backend.js';
+import type { AttentionOptions, MlaBlockEnds, RingSlots } from '../../backend.js';
 import { checkBlockRows } from '../../mla_backward_block.js';
 import type { CachingAllocator, GpuBlock } from '../runtime/allocator.js';
 import type { CudaContext } from '../runtime/context.js';
@@ -74,6 +74,8 @@ export interface MlaForwardOptions extends AttentionOptions {
    * a number n: at most n CTAs (tests force several tiles per CTA on small shapes).
    */
   persistent?: boolean | number;
+  /** Hopper only: ring attention's whole forward in this launch, k/v in slots (RingSlots). */
+  ring?: RingSlots;
 }
 
 export interface MlaBackwardOptions extends AttentionOptions {
@@ -85,7 +87,26 @@ export interface MlaGrads { dqNope: Tensor; dqPe: Tensor; dkNope: Tensor; dkPe: 
 /** The key side's gradients of one block (backwardBlock): dkPe summed over heads. */
 export type MlaKvGrads = Pick<MlaGrads, 'dkNope' | 'dkPe' | 'dv'>;
 
-interface Dims { B: number; Sq: number; Skv: number; H: number }
+/** B batch rows of q (the k/v side has slots·B), positions and heads; slots: ring slots (1: no ring). */
+interface Dims { B: number; Sq: number; Skv: number; H: number; ring?: RingSlots }
+
+/** How many slots of B batch rows the k/v side has. */
+const slotsOf = (d: Dims): number => d.ring?.ranks ?? 1;
+
+/** The ring arguments every Hopper launch ends with: slots, rank, c (1, 0, 0 without a ring). */
+function ringArgs(args: KernelArgs, first: number, d: Dims): KernelArgs {
+  return args.i32(first, slotsOf(d)).i32(first + 1, d.ring?.rank ?? 0).i32(first + 2, d.ring ? d.Sq / 2 : 0);
+}
+
+/** Key tiles of `keys` rows over every slot (the backward's grid y; its kernel's key_tile). */
+function ringKeyTiles(d: Dims, keys: number): number {
+  let tiles = Math.ceil(d.Skv / keys);
+  if (d.ring) for (let j = 1; j < d.ring.ranks; j++) {
+    const src = (d.ring.rank - j + d.ring.ranks) % d.ring.ranks;
+    tiles += (src < d.ring.rank ? d.Sq / 2 : d.Sq) / keys;
+  }
+  return tiles;
+}
 
 function expectTensor(op: string, name: string, t: Tensor, shape: readonly number[], dtype: 'bf16' | 'f32', layout: string): void {
   if (t.dtype !== dtype) {
@@ -100,24 +121,38 @@ function expectTensor(op: string, name: string, t: Tensor, shape: readonly numbe
   }
 }
 
-/** Checks the five MLA inputs and returns B, Sq (q's positions), Skv (k's and v's), H. */
-function inputDims(op: string, qNope: Tensor, qPe: Tensor, kNope: Tensor, kPe: Tensor, v: Tensor, causal: boolean): Dims {
+/**
+ * Checks the five MLA inputs and returns B, Sq (q's positions), Skv (k's and v's), H. With ring
+ * slots the k/v tensors hold ring.ranks slots of B batch rows (RingSlots), which the Hopper
+ * kernels walk in one launch: causal over the rank's 2c tokens, c a multiple of 128.
+ */
+function inputDims(op: string, qNope: Tensor, qPe: Tensor, kNope: Tensor, kPe: Tensor, v: Tensor, causal: boolean, ring?: RingSlots): Dims {
   if (qNope.rank !== 4) throw new Error(`${op}: qNope has shape [${qNope.shape}], expected [B,Sq,H,${D_NOPE}]`);
   if (kNope.rank !== 4) throw new Error(`${op}: kNope has shape [${kNope.shape}], expected [B,Skv,H,${D_NOPE}]`);
   const [B, Sq, H] = qNope.shape as [number, number, number, number];
   const Skv = kNope.shape[1]!;
+  const n = ring?.ranks ?? 1, kvB = n === 1 ? 'B' : `${n}·B`;
   expectTensor(op, 'qNope', qNope, [B, Sq, H, D_NOPE], 'bf16', `[B,Sq,H,${D_NOPE}]`);
   expectTensor(op, 'qPe', qPe, [B, Sq, H, D_ROPE], 'bf16', `[B,Sq,H,${D_ROPE}]`);
-  expectTensor(op, 'kNope', kNope, [B, Skv, H, D_NOPE], 'bf16', `[B,Skv,H,${D_NOPE}]`);
-  expectTensor(op, 'kPe', kPe, [B, Skv, 1, D_ROPE], 'bf16', `[B,Skv,1,${D_ROPE}] (one rope key shared by every head)`);
-  expectTensor(op, 'v', v, [B, Skv, H, D_V], 'bf16', `[B,Skv,H,${D_V}]`);
+  expectTensor(op, 'kNope', kNope, [n * B, Skv, H, D_NOPE], 'bf16', `[${kvB},Skv,H,${D_NOPE}]`);
+  expectTensor(op, 'kPe', kPe, [n * B, Skv, 1, D_ROPE], 'bf16', `[${kvB},Skv,1,${D_ROPE}] (one rope key shared by every head)`);
+  expectTensor(op, 'v', v, [n * B, Skv, H, D_V], 'bf16', `[${kvB},Skv,H,${D_V}]`);
+  if (ring) {
+    const { ranks, rank } = ring;
+    if (!(Number.isInteger(ranks) && ranks >= 2 && Number.isInteger(rank) && rank >= 0 && rank < ranks)) {
+      throw new Error(`${op}: ring slots of rank ${rank} among ${ranks} ranks; give 0 ≤ rank < ranks, ranks ≥ 2`);
+    }
+    if (!causal || Sq !== Skv || Sq % 256 !== 0) {
+      throw new Error(`${op}: a ring launch is causal over the rank's 2c tokens with c a multiple of 128, got q ${Sq} × kv ${Skv}, causal ${causal}; use one launch per ring step`);
+    }
+  }
   if (causal && Sq !== Skv) {
     throw new Error(`${op}: a causal mask needs as many queries as keys, got q ${Sq} × kv ${Skv} positions; pass causal: false for a block of other positions`);
   }
-  if (B > 65535 || H > 65535) throw new Error(`${op}: batch ${B} and heads ${H} must each be at most 65535 (grid limits); split the batch`);
-  const S = Math.max(Sq, Skv);
+  if (n * B > 65535 || H > 65535) throw new Error(`${op}: batch ${B} and heads ${H} must each be at most 65535 (grid limits); split the batch`);
+  const S = Math.max(Sq, n * Skv);
   if (B * S * H > 2 ** 31 - 1) throw new Error(`${op}: B·S·H = ${B * S * H} rows (S = ${S}, the longer of q and kv) exceed 2^31-1; split the batch`);
-  return { B, Sq, Skv, H };
+  return { B, Sq, Skv, H, ...(ring ? { ring } : {}) };
 }
 
 function checkScale(op: string, opts: AttentionOptions): void {
@@ -148,14 +183,14 @@ export class MlaAttentionLauncher {
   private readonly fwdArgs = new KernelArgs(12);
   /**
    * The Hopper forward's arguments: five tensor maps (q_nope, q_pe, k_nope, k_pe, v), then as
-   * fwdArgs, then B, the work counter and its value at the launch's start.
+   * fwdArgs, then B, the work counter and its value at the launch's start, then the ring slots.
    */
-  private readonly fwdHopperArgs = new KernelArgs(15, [0, 1, 2, 3, 4]);
+  private readonly fwdHopperArgs = new KernelArgs(18, [0, 1, 2, 3, 4]);
   private readonly fwdHopperMaps: TensorMapSlots;
   private readonly preArgs = new KernelArgs(9);
   private readonly dkdvArgs = new KernelArgs(18);
-  /** The Hopper backward's arguments: six tensor maps (q_nope, q_pe, k_nope, k_pe, v, dout), then as dkdvArgs, then dq_accum's map. */
-  private readonly dkdvHopperArgs = new KernelArgs(19, [0, 1, 2, 3, 4, 5, 18]);
+  /** The Hopper backward's arguments: six tensor maps (q_nope, q_pe, k_nope, k_pe, v, dout), then as dkdvArgs, then dq_accum's map, then the ring slots. */
+  private readonly dkdvHopperArgs = new KernelArgs(22, [0, 1, 2, 3, 4, 5, 18]);
   private readonly dkdvHopperMaps: TensorMapSlots;
   private readonly dqArgs = new KernelArgs(15);
   private readonly finishArgs = new KernelArgs(10);
@@ -186,7 +221,9 @@ export class MlaAttentionLauncher {
   forward(kernels: MlaTensorCoreKernels, o: Tensor, lse: Tensor, qNope: Tensor, qPe: Tensor, kNope: Tensor, kPe: Tensor, v: Tensor,
           opts: MlaForwardOptions): void {
     const op = 'mlaAttention';
-    const { B, Sq, Skv, H } = inputDims(op, qNope, qPe, kNope, kPe, v, opts.causal);
+    const d = inputDims(op, qNope, qPe, kNope, kPe, v, opts.causal, opts.ring);
+    const { B, Sq, Skv, H } = d, n = slotsOf(d);
+    if (opts.ring && kernels !== 'hopper') throw new Error(`${op}: ring slots in one launch need the Hopper kernels; use one launch per ring step`);
     checkScale(op, opts);
     expectTensor(op, 'o', o, [B, Sq, H, D_V], 'bf16', `[B,Sq,H,${D_V}]`);
     expectTensor(op, 'lse', lse, [B, H, Sq], 'f32', '[B,H,Sq]');
@@ -203,9 +240,9 @@ export class MlaAttentionLauncher {
       const maps = this.fwdHopperMaps;
       maps.set(0, headRows(devicePtr(qNope), B, Sq, H, D_NOPE, rows), `${op}: qNope`);
       maps.set(1, headRows(devicePtr(qPe), B, Sq, H, D_ROPE, rows), `${op}: qPe`);
-      maps.set(2, headRows(devicePtr(kNope), B, Skv, H, D_NOPE, keys), `${op}: kNope`);
-      maps.set(3, sharedRows(devicePtr(kPe), B, Skv, D_ROPE, keys), `${op}: kPe`);
-      maps.set(4, headRows(devicePtr(v), B, Skv, H, D_V, keys), `${op}: v`);
+      maps.set(2, headRows(devicePtr(kNope), n * B, Skv, H, D_NOPE, keys), `${op}: kNope`);
+      maps.set(3, sharedRows(devicePtr(kPe), n * B, Skv, D_ROPE, keys), `${op}: kPe`);
+      maps.set(4, headRows(devicePtr(v), n * B, Skv, H, D_V, keys), `${op}: v`);
       // Work items: query tiles of one (head, batch); a 1-D grid of `ctas` walks them (kernel header).
       const items = H * Math.ceil(Sq / rows) * B;
       if (items > 2 ** 31 - 1) throw new Error(`${op}: H·ceil(Sq/${rows})·B = ${items} query tiles exceed the grid's 2^31-1; split the batch`);
@@ -215,7 +252,7 @@ export class MlaAttentionLauncher {
       }
       const ctas = persistent === false ? items : Math.min(items, persistent === true ? this.smCount : persistent);
       k.launch([ctas, 1, 1], [threads, 1, 1], smem,
-        fwdTail(this.fwdHopperArgs).i32(12, B).ptr(13, this.workCounter.ptr).u32(14, this.workClaims));
+        ringArgs(fwdTail(this.fwdHopperArgs).i32(12, B).ptr(13, this.workCounter.ptr).u32(14, this.workClaims), 15, d));
       if (ctas < items) this.workClaims = (this.workClaims + items) >>> 0;
       return;
     }
@@ -271,11 +308,11 @@ export class MlaAttentionLauncher {
    * finish kernel (Backend.mlaAttentionBackwardBlock).
    */
   backwardBlock(dqAccum: Tensor, qFrom: number, grads: MlaKvGrads, dout: Tensor, qNope: Tensor, qPe: Tensor, kNope: Tensor,
-                kPe: Tensor, v: Tensor, o: Tensor, lse: Tensor, opts: AttentionOptions, ends: MlaBlockEnds = {}): void {
+                kPe: Tensor, v: Tensor, o: Tensor, lse: Tensor, opts: AttentionOptions, ends: MlaBlockEnds = {}, ring?: RingSlots): void {
     const op = 'mlaAttentionBackwardBlock';
-    const d = this.backwardInputs(op, grads, dout, qNope, qPe, kNope, kPe, v, o, lse, opts);
+    const d = this.backwardInputs(op, grads, dout, qNope, qPe, kNope, kPe, v, o, lse, opts, ring);
     if (!d) return;
-    const { B, Sq, Skv, H } = d;
+    const { B, Sq, Skv, H } = d, n = slotsOf(d);
     const L = dqAccum.shape[1] ?? 0;
     expectTensor(op, 'dqAccum', dqAccum, [B, L, H, D_QK], 'f32', `[B,L,H,${D_QK}]`);
     checkBlockRows(qFrom, Sq, L, ends);
@@ -285,13 +322,13 @@ export class MlaAttentionLauncher {
       expectTensor(op, 'finish.dqPe', fin.dqPe, [B, L, H, D_ROPE], 'bf16', `[B,L,H,${D_ROPE}]`);
     }
     this.withScratch((take) => {
-      const dSum = take(B * Sq * H * 4), dkPeF32 = take(B * Skv * D_ROPE * 4);
+      const dSum = take(B * Sq * H * 4), dkPeF32 = take(n * B * Skv * D_ROPE * 4);
       // overwrite: the block covers all rows, so its preprocess zeroes the whole accumulator.
       this.preprocess(d, o, dout, dSum, ends.overwrite ? devicePtr(dqAccum) : 0n, dkPeF32);
       this.dkdv('hopper', d, grads, dout, qNope, qPe, kNope, kPe, v, lse, dSum, dkPeF32, opts,
         { address: devicePtr(dqAccum) + BigInt(qFrom * H * D_QK * 4), rows: L });
       // finish: all B·L positions of the accumulator, beside this block's dk_pe.
-      this.finish(d, fin ? devicePtr(dqAccum) : 0n, fin?.dqNope ?? null, fin?.dqPe ?? null, fin ? B * L : 0, dkPeF32, grads.dkPe, B * Skv,
+      this.finish(d, fin ? devicePtr(dqAccum) : 0n, fin?.dqNope ?? null, fin?.dqPe ?? null, fin ? B * L : 0, dkPeF32, grads.dkPe, n * B * Skv,
         opts.scale, false);
     });
   }
@@ -308,27 +345,29 @@ export class MlaAttentionLauncher {
 
   /** Checks what both backward entries take; null when there is nothing to compute. */
   private backwardInputs(op: string, grads: MlaKvGrads, dout: Tensor, qNope: Tensor, qPe: Tensor, kNope: Tensor, kPe: Tensor, v: Tensor,
-                         o: Tensor, lse: Tensor, opts: AttentionOptions): Dims | null {
-    const { B, Sq, Skv, H } = inputDims(op, qNope, qPe, kNope, kPe, v, opts.causal);
+                         o: Tensor, lse: Tensor, opts: AttentionOptions, ring?: RingSlots): Dims | null {
+    const d = inputDims(op, qNope, qPe, kNope, kPe, v, opts.causal, ring);
+    const { B, Sq, Skv, H } = d, n = slotsOf(d);
     checkScale(op, opts);
     expectTensor(op, 'o', o, [B, Sq, H, D_V], 'bf16', `[B,Sq,H,${D_V}]`);
     expectTensor(op, 'dout', dout, [B, Sq, H, D_V], 'bf16', `[B,Sq,H,${D_V}]`);
     expectTensor(op, 'lse', lse, [B, H, Sq], 'f32', '[B,H,Sq]');
-    expectTensor(op, 'dkNope', grads.dkNope, [B, Skv, H, D_NOPE], 'bf16', `[B,Skv,H,${D_NOPE}]`);
-    expectTensor(op, 'dkPe', grads.dkPe, [B, Skv, 1, D_ROPE], 'bf16', `[B,Skv,1,${D_ROPE}]`);
-    expectTensor(op, 'dv', grads.dv, [B, Skv, H, D_V], 'bf16', `[B,Skv,H,${D_V}]`);
+    const kvB = n === 1 ? 'B' : `${n}·B`;
+    expectTensor(op, 'dkNope', grads.dkNope, [n * B, Skv, H, D_NOPE], 'bf16', `[${kvB},Skv,H,${D_NOPE}]`);
+    expectTensor(op, 'dkPe', grads.dkPe, [n * B, Skv, 1, D_ROPE], 'bf16', `[${kvB},Skv,1,${D_ROPE}]`);
+    expectTensor(op, 'dv', grads.dv, [n * B, Skv, H, D_V], 'bf16', `[${kvB},Skv,H,${D_V}]`);
     if (B * H === 0 || Sq + Skv === 0) return null;
     if (Sq === 0 || Skv === 0) throw new Error(`${op}: q ${Sq} × kv ${Skv} positions; skip the call for an empty block`);
-    return { B, Sq, Skv, H };
+    return d;
   }
 
-  /** D = rowsum(dO∘O) over the block's query rows; zeroes dqAccum (its B·Sq·H rows) and dkPeF32 (B·Skv·64 floats) where given. */
+  /** D = rowsum(dO∘O) over the block's query rows; zeroes dqAccum (its B·Sq·H rows) and dkPeF32 (slots·B·Skv·64 floats) where given. */
   private preprocess(d: Dims, o: Tensor, dout: Tensor, dSum: bigint, dqAccum: bigint, dkPeF32: bigint): void {
     const { MLA_BWD_PRE_THREADS: threads } = MLA_BWD_DEFINES;
     const rows = d.B * d.Sq * d.H;
     this.bwdFile.kernel('mla_attention_bwd_preprocess').launch([Math.ceil(rows / (threads / 32)), 1, 1], [threads, 1, 1], 0,
       this.preArgs.ptr(0, devicePtr(o)).ptr(1, devicePtr(dout)).ptr(2, dSum).ptr(3, dqAccum).ptr(4, dkPeF32)
-        .i32(5, rows).i32(6, d.Sq).i32(7, d.H).i64(8, dkPeF32 === 0n ? 0n : BigInt(d.B * d.Skv * D_ROPE)));
+        .i32(5, rows).i32(6, d.Sq).i32(7, d.H).i64(8, dkPeF32 === 0n ? 0n : BigInt(slotsOf(d) * d.B * d.Skv * D_ROPE)));
   }
 
   /**
@@ -340,7 +379,7 @@ export class MlaAttentionLauncher {
                kPe: Tensor, v: Tensor, lse: Tensor, dSum: bigint, dkPeF32: bigint, opts: MlaBackwardOptions,
                dq: { address: bigint; rows: number } | null): void {
     const op = 'mlaAttentionBackward';
-    const { B, Sq, Skv, H } = d;
+    const { B, Sq, Skv, H } = d, n = slotsOf(d);
     const deterministic = dq === null;
     const [pQn, pQp, pKn, pKp, pV, pDo] = [qNope, qPe, kNope, kPe, v, dout].map(devicePtr) as [bigint, bigint, bigint, bigint, bigint, bigint];
     // Arguments 6-17, the same for the mma.sync kernel and the Hopper one.
@@ -356,9 +395,9 @@ export class MlaAttentionLauncher {
       const maps = this.dkdvHopperMaps;
       maps.set(0, headRows(pQn, B, Sq, H, D_NOPE, queries), `${op}: qNope`);
       maps.set(1, headRows(pQp, B, Sq, H, D_ROPE, queries), `${op}: qPe`);
-      maps.set(2, headRows(pKn, B, Skv, H, D_NOPE, keys), `${op}: kNope`);
-      maps.set(3, sharedRows(pKp, B, Skv, D_ROPE, keys), `${op}: kPe`);
-      maps.set(4, headRows(pV, B, Skv, H, D_V, keys), `${op}: v`);
+      maps.set(2, headRows(pKn, n * B, Skv, H, D_NOPE, keys), `${op}: kNope`);
+      maps.set(3, sharedRows(pKp, n * B, Skv, D_ROPE, keys), `${op}: kPe`);
+      maps.set(4, headRows(pV, n * B, Skv, H, D_V, keys), `${op}: v`);
       maps.set(5, headRows(pDo, B, Sq, H, D_V, queries), `${op}: dout`);
       // dQ leaves as bulk reduce-adds into the accumulator: boxes of 64 columns × dqRows queries
       // (each warp of a consumer adds its own rows), seen as 5-D (32 columns, 6 blocks of 32, H,
@@ -371,9 +410,10 @@ export class MlaAttentionLauncher {
           strides: [128, D_QK * 4, H * D_QK * 4, dq.rows * H * D_QK * 4],
           box: [32, 2, 1, dqRows, 1], swizzle128: true }, `${op}: dq accumulator`);
       }
-      k.launch([H, Math.ceil(Skv / keys), B], [threads, 1, 1], smem, dkdvTail(this.dkdvHopperArgs));
+      k.launch([H, ringKeyTiles(d, keys), B], [threads, 1, 1], smem, ringArgs(dkdvTail(this.dkdvHopperArgs), 19, d));
       return;
     }
+    if (d.ring) throw new Error(`${op}: ring slots in one launch need the Hopper kernels; use one launch per ring step`);
     if (dq && dq.rows !== Sq) throw new Error('internal: the mma.sync backward adds dQ into an accumulator of its own rows only');
     const { MLA_BWD_THREADS, MLA_BWD_DKDV_SMEM } = MLA_BWD_DEFINES;
     const k = this.bwdFile.kernel('mla_attention_bwd_dkdv');
