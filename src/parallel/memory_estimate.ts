@@ -25,7 +25,8 @@
 //   its whole activations exist again while its backward runs, autograd/rerun.ts), for every
 //   micro-batch in flight on the stage (1F1B: pp − s on stage s);
 // - on top of those, the working set of one layer's forward (the largest: an MoE layer's routed
-//   rows, expert activations and outputs at their concatenation) or of the head (one chunk of
+//   rows, expert activations and outputs at their concatenation; with cp > 1 the attention's
+//   also holds the ring's k/v of every cp rank) or of the head (one chunk of
 //   logits, ops/linear_cross_entropy.ts), whichever is larger;
 // - on the GPU, the caching allocator rounds tensors over 1 MiB up to 2 MiB, which matters
 //   for the many per-expert tensors.
@@ -103,7 +104,7 @@ function rounded(bytes: number, device: 'cuda' | 'cpu'): number {
  * per projection), `rowsPerExpert` rows for each expert on balanced routing.
  */
 function layerActivationBytes(c: DeepseekV2Config, layer: number, T: number, e: number, localExperts: number, rowsPerExpert: number, device: 'cuda' | 'cpu',
-                              keep: { swiglu: boolean; copies: boolean }): { saved: number; working: number } {
+                              keep: { swiglu: boolean; copies: boolean }, cp: number): { saved: number; working: number } {
   const D = c.hidden_size, H = c.num_attention_heads, Dn = c.qk_nope_head_dim, Dr = c.qk_rope_head_dim, Dv = c.v_head_dim, C = c.kv_lora_rank;
   const r = (elements: number, size = e) => rounded(elements * size, device);
   // Attention: the layer input and its norm (rstd, output), q-LoRA's pair, q_nope and the rotated
@@ -113,8 +114,10 @@ function layerActivationBytes(c: DeepseekV2Config, layer: number, T: number, e: 
   if (c.q_lora_rank !== null) saved += r(T * c.q_lora_rank) * 2 + r(T, 4);
   saved += r(T * H * Dn) + r(T * H * Dr) + r(T * C) * 2 + r(T, 4) + r(T * H * Dn) + r(T * H * Dv) + r(T * Dr) + r(T * H * Dv) + r(T * H, 4);
   saved += r(T * D) + r(T, 4) + r(T * D);
-  // The attention's working set: q, the kv_a output, kv, the unrotated q_pe and k_pe, o_proj's output.
-  const attnWorking = r(T * H * (Dn + Dr)) + r(T * (C + Dr)) + r(T * H * (Dn + Dv)) + r(T * H * Dr) + r(T * Dr) + r(T * D);
+  // The attention's working set: q, the kv_a output, kv, the unrotated q_pe and k_pe, o_proj's output;
+  // with cp > 1 also the ring's slots, every cp rank's k_nope, k_pe and v (ring_attention.ts).
+  const ringSlots = cp > 1 ? rounded(cp * T * (H * (Dn + Dv) + Dr) * e, device) : 0;
+  const attnWorking = r(T * H * (Dn + Dr)) + r(T * (C + Dr)) + r(T * H * (Dn + Dv)) + r(T * H * Dr) + r(T * Dr) + r(T * D) + ringSlots;
   if (!isMoeLayer(c, layer)) {
     // Gate and up (and the SwiGLU output unless recomputed); working: the SwiGLU output and down's output.
     const I = c.intermediate_size;
@@ -206,7 +209,7 @@ export function estimateMemory(input: EstimateInput): RankEstimate[] {
     const keep = { swiglu: !kinds.includes('compute'), copies: !kinds.includes('copy') };
     let perMicro = 0, working = 0;
     for (let l = st.first; l < st.end; l++) {
-      const a = layerActivationBytes(c, l, T, e, localExperts, rowsPerExpert, device, keep);
+      const a = layerActivationBytes(c, l, T, e, localExperts, rowsPerExpert, device, keep, mesh.cp);
       // layers: only the layer's input is kept; its activations return while its backward runs.
       perMicro += recompute === 'layers' ? rounded(T * D * e, device) : a.saved;
       working = Math.max(working, recompute === 'layers' ? a.saved + a.working : a.working);
