@@ -83,6 +83,14 @@
 // product against 0.547–0.634), for reasons not found (suspects: fewer clusters resident than
 // SMs / 2, and the pair's lock-step, every stage waiting for both CTAs' consumers). That commit
 // holds it with its tests and a model of its ring (bench/grouped_gemm_pair_model.py).
+// What bounds the forward and data products (a reading of ops/grouped_gemm.ts's table, not a
+// profile): the wgmma set's 128 × 128 tiles read 64 FLOP per byte of operands from L2, these
+// 128 × 256 tiles 85.3, 1.33× as many, and the wgmma times are 1.27–1.41× these (mean 1.34). Both
+// sets then move ~5–6 TB/s of operands from L2 into the SMs (283.5 GFLOP / 0.561 ms / 85.3 = 5.9
+// TB/s here), which is about what an H100's L2 delivers, so the products run at the operand
+// traffic's limit, not the MMAs' (~500 of 790 TFLOP/s). Only fewer bytes per FLOP would move
+// them: larger CTA tiles (the accumulators of 128 × 256 already fill two consumer warpgroups'
+// registers) or one weight tile sent to two CTAs (clusters with multicast, the attempt above).
 //
 // Weight product, dW_e[N, K] = dY_eᵀ·X_e + beta·dW_e (beta 0 overwrites, and an expert with no
 // rows gets zeros; beta 1 accumulates, and such an expert is left alone), f32 or bf16 gradients
