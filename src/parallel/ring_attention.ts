@@ -8,10 +8,10 @@
 // backward, with kv_b_proj's weight gradient formed on every rank: 2·512·4096 FLOPs a key token
 // forward against 2·c·H·320 for the attention it feeds (c = the rank's 2 chunks' tokens), that is
 // +20% at s = 16384, cp = 4 (c = 4096) and +80% at s = 4096, cp = 4. The expanded block of a ring
-// step (c = 4096: 34 MB) moves over NVLink (~400 GB/s) in ~85 µs while the step's two full
-// blocks take ~570 µs of attention at 600 TFLOP/s, so it is hidden where cp stays within a
-// node; across nodes (~50 GB/s a GPU) it would not be, and the latent would be the better
-// choice there. The op takes the five pieces the model already has, so cp = 1 and the
+// step (c = 4096: 34 MB) moves over NVLink (~400 GB/s) in ~85 µs against the ~570 µs of
+// attention its two full blocks take at 600 TFLOP/s, so within a node the transfers cost ~15%
+// of the attention while they are not overlapped (below); across nodes (~50 GB/s a GPU) they
+// would cost more than the attention, and the latent would be the better choice there. The op takes the five pieces the model already has, so cp = 1 and the
 // whole-sequence path share them.
 //
 // The k/v travel first: cp − 1 ring steps pass them on to r + 1 (three messages a step: k_nope,
