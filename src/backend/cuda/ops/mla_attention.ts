@@ -149,7 +149,7 @@ function inputDims(op: string, qNope: Tensor, qPe: Tensor, kNope: Tensor, kPe: T
   if (causal && Sq !== Skv) {
     throw new Error(`${op}: a causal mask needs as many queries as keys, got q ${Sq} × kv ${Skv} positions; pass causal: false for a block of other positions`);
   }
-  if (n * B > 65535 || H > 65535) throw new Error(`${op}: batch ${B} and heads ${H} must each be at most 65535 (grid limits); split the batch`);
+  if (n * B > 65535 || H > 65535) throw new Error(`${op}: k/v batch rows ${n * B} and heads ${H} must each be at most 65535 (grid limits); split the batch`);
   const S = Math.max(Sq, n * Skv);
   if (B * S * H > 2 ** 31 - 1) throw new Error(`${op}: B·S·H = ${B * S * H} rows (S = ${S}, the longer of q and kv) exceed 2^31-1; split the batch`);
   return { B, Sq, Skv, H, ...(ring ? { ring } : {}) };
