@@ -157,10 +157,12 @@ function timeOneLaunch(be: CudaBackend, attention: MlaAttentionLauncher, b: numb
   }
 }
 
-/** Every rank's ring in one launch at one batch; the ring's time is the slowest rank's (the layer waits for it). */
-function oneLaunchRing(be: CudaBackend, attention: MlaAttentionLauncher, b: number, h: number, cp: number, c: number, chunk: Uint16Array): Timed {
+/** Every rank's ring in one launch at one batch, by rank; the ring's time is the slowest rank's (the layer waits for it). */
+interface RankTimes extends Timed { ranks: Timed[] }
+
+function oneLaunchRing(be: CudaBackend, attention: MlaAttentionLauncher, b: number, h: number, cp: number, c: number, chunk: Uint16Array): RankTimes {
   const ranks = Array.from({ length: cp }, (_, r) => timeOneLaunch(be, attention, b, h, cp, c, r, chunk));
-  return { fwd: Math.max(...ranks.map((t) => t.fwd)), bwd: Math.max(...ranks.map((t) => t.bwd)) };
+  return { fwd: Math.max(...ranks.map((t) => t.fwd)), bwd: Math.max(...ranks.map((t) => t.bwd)), ranks };
 }
 
 /**
@@ -178,7 +180,7 @@ export interface RingBenchRow {
   own: RingLaunchTimes;
   sameWork: RingLaunchTimes;
   /** The whole ring in one launch per rank (Hopper only), at batch 1 and cp: the slowest rank. */
-  oneLaunch: { own: Timed; sameWork: Timed } | null;
+  oneLaunch: { own: RankTimes; sameWork: RankTimes } | null;
 }
 
 export interface RingBenchOptions {
@@ -257,8 +259,13 @@ export async function runRingAttentionBench(opts: RingBenchOptions): Promise<Rin
       const qLongLast = median(byRound.map((r) => r[i]![k].qLongLast)), kvLongLast = median(byRound.map((r) => r[i]![k].kvLongLast));
       return { causal, qLong, kvLong, qLongLast, kvLongLast, ring: ringTime(cp, causal, qLong, kvLong, qLongLast, kvLongLast) };
     };
+    // Medians over rounds of each rank's times, and the slowest rank's of those.
+    const medRanks = (pick: (r: RingBenchRow) => RankTimes): RankTimes => {
+      const ranks = Array.from({ length: cp }, (_, k) => med(i, (r) => pick(r).ranks[k]!));
+      return { fwd: Math.max(...ranks.map((t) => t.fwd)), bwd: Math.max(...ranks.map((t) => t.bwd)), ranks };
+    };
     const one = byRound[0]![i]!.oneLaunch
-      ? { own: med(i, (r) => r.oneLaunch!.own), sameWork: med(i, (r) => r.oneLaunch!.sameWork) } : null;
+      ? { own: medRanks((r) => r.oneLaunch!.own), sameWork: medRanks((r) => r.oneLaunch!.sameWork) } : null;
     return { s, cp, whole: med(i, (r) => r.whole), own: times('own'), sameWork: times('sameWork'), oneLaunch: one };
   });
   const header = ['s', 'cp', 'row (batch)', 'causal 2c fwd / bwd ms', 'q 2c × kv c fwd / bwd ms', 'q c × kv 2c fwd / bwd ms', 'last step bwd ms (2c × c, c × 2c)',
@@ -288,7 +295,7 @@ export async function runRingAttentionBench(opts: RingBenchOptions): Promise<Rin
   // The ring in one launch per rank (what ring_attention.ts runs on Hopper when c is a multiple of 128).
   if (rows.some((r) => r.oneLaunch)) {
     const head = ['s', 'cp', 'row (batch)', 'whole fwd ms / TFLOPS', 'one-launch ring fwd ms / TFLOPS (slowest rank)', 'fwd ratio',
-      'whole bwd ms / TFLOPS', 'one-launch ring bwd ms / TFLOPS (slowest rank)', 'bwd ratio'];
+      'whole bwd ms / TFLOPS', 'one-launch ring bwd ms / TFLOPS (slowest rank)', 'bwd ratio', 'ranks 0…cp−1 fwd / bwd ms'];
     log(`| ${head.join(' | ')} |`);
     log(`|${head.map(() => '---').join('|')}|`);
     const oneVerdicts: string[] = [];
@@ -301,6 +308,7 @@ export async function runRingAttentionBench(opts: RingBenchOptions): Promise<Rin
         log(`| ${[r.s, r.cp, `${name} (${batch})`,
           `${r.whole.fwd.toFixed(3)} / ${tf(whole, r.whole.fwd).toFixed(0)}`, `${t.fwd.toFixed(3)} / ${tf(flops, t.fwd).toFixed(0)}`, `${ratio('fwd').toFixed(3)}x`,
           `${r.whole.bwd.toFixed(3)} / ${tf(2.5 * whole, r.whole.bwd).toFixed(0)}`, `${t.bwd.toFixed(3)} / ${tf(2.5 * flops, t.bwd).toFixed(0)}`, `${ratio('bwd').toFixed(3)}x`,
+          `${t.ranks.map((x) => x.fwd.toFixed(3)).join(', ')} / ${t.ranks.map((x) => x.bwd.toFixed(3)).join(', ')}`,
         ].join(' | ')} |`);
         if (batch !== b) {
           const ok = ratio('fwd') >= 0.95 && ratio('bwd') >= 0.95;
