@@ -63,6 +63,7 @@ import type { Schedule } from '../parallel/schedule_sim.js';
 import { zigzagSplit } from '../parallel/zigzag.js';
 import type { ShardBytes } from '../parallel/fsdp.js';
 import { formatStageLines } from './stage_line.js';
+import { formatContextLine } from './context_line.js';
 import { formatShardLines } from './shard_line.js';
 import type { TrainConfig } from './config.js';
 import { formatLogLine, type StepMetrics } from './log_line.js';
@@ -392,7 +393,8 @@ export async function train(run: TrainRun): Promise<TrainResult> {
   const bytes = training.shardBytes();
   if (bytes && dist) {
     for (const line of formatShardLines(dist.mesh, dist.groups, bytes, cfg.precision)) run.log(line);
-    const { pp } = dist.mesh.sizes;
+    const { pp, cp } = dist.mesh.sizes;
+    if (cp > 1) run.log(formatContextLine(cp, cfg.seq_len));
     if (pp > 1) {
       const micro = cfg.global_batch_size / cfg.micro_batch_size / dist.groups.data.size;
       for (const line of formatStageLines(run.model, cfg.parallel.schedule, pp, cfg.seq_len, micro, cfg.parallel.stages)) run.log(line);
