@@ -62,6 +62,18 @@ interface RingStepBwd { step: 'first' | 'middle' | 'last'; c: number }
 /** Median forward and backward ms of one launch. */
 interface Timed { fwd: number; bwd: number }
 
+/** Input sets to rotate through so that L2 (50 MB) never serves a repeat: enough for 3× its size, 2 to 16. */
+const setsFor = (setBytes: number): number => Math.max(2, Math.min(16, Math.ceil((3 * L2_BYTES) / setBytes)));
+
+/** Median ms of fwd and of bwd over `reps` calls each, every call on the next input set in turn. */
+function timeRotating<S>(be: CudaBackend, sets: readonly S[], reps: number, fwd: (x: S) => void, bwd: (x: S) => void): Timed {
+  let next = 0;
+  return {
+    fwd: timeMs(be.ctx, reps, () => fwd(sets[next++ % sets.length]!)),
+    bwd: timeMs(be.ctx, reps, () => bwd(sets[next++ % sets.length]!)),
+  };
+}
+
 /**
  * Median forward and backward ms of one launch shape. `ringStep`: the backward is that ring
  * step's (backwardBlock into the f32 dQ accumulator of the 2c queries, Hopper kernels); null: the
@@ -77,7 +89,7 @@ function timeLaunch(be: CudaBackend, attention: MlaAttentionLauncher, kernels: M
   try {
     // q, q_pe, dout, o, dq, dq_pe on the q side; k, k_pe, v, dk, dk_pe, dv on the kv side.
     const setBytes = b * h * 2 * (sq * (2 * D_NOPE + 2 * D_ROPE + 2 * D_V) + skv * (2 * D_NOPE + 2 * D_V)) + b * 2 * skv * 2 * D_ROPE;
-    const nSets = Math.max(2, Math.min(16, Math.ceil((3 * L2_BYTES) / setBytes)));
+    const nSets = setsFor(setBytes);
     const sets: InputSet[] = [];
     let seed = 0;
     for (let i = 0; i < nSets; i++) {
@@ -93,20 +105,13 @@ function timeLaunch(be: CudaBackend, attention: MlaAttentionLauncher, kernels: M
       sets.push(set);
     }
     const reps = b * sq * skv > 8192 * 8192 ? 10 : 20;
-    let next = 0;
-    const fwd = timeMs(ctx, reps, () => {
-      const x = sets[next++ % nSets]!;
-      attention.forward(kernels, x.o, x.lse, x.qNope, x.qPe, x.kNope, x.kPe, x.v, opts);
-    });
-    const bwd = timeMs(ctx, reps, () => {
-      const x = sets[next++ % nSets]!;
+    return timeRotating(be, sets, reps, (x) => attention.forward(kernels, x.o, x.lse, x.qNope, x.qPe, x.kNope, x.kPe, x.v, opts), (x) => {
       if (ringStep) {
         attention.backwardBlock(x.dqAcc, sq === 2 * ringStep.c ? 0 : ringStep.c, x.grads, x.dout, x.qNope, x.qPe, x.kNope, x.kPe, x.v, x.o, x.lse, opts,
           { overwrite: ringStep.step === 'first', ...(x.finish ? { finish: x.finish } : {}) });
       }
       else attention.backward(kernels, x.grads, x.dout, x.qNope, x.qPe, x.kNope, x.kPe, x.v, x.o, x.lse, opts);
     });
-    return { fwd, bwd };
   } finally {
     for (const t of owned) t.dispose();
   }
@@ -125,7 +130,7 @@ function timeOneLaunch(be: CudaBackend, attention: MlaAttentionLauncher, b: numb
   const opts = { causal: true, scale: 1 / Math.sqrt(D_NOPE + D_ROPE) };
   try {
     const setBytes = b * h * 2 * L * (2 * D_NOPE + 2 * D_ROPE + 2 * D_V + cp * (2 * D_NOPE + 2 * D_V)) + cp * b * L * 4 * D_ROPE;
-    const nSets = Math.max(2, Math.min(16, Math.ceil((3 * L2_BYTES) / setBytes)));
+    const nSets = setsFor(setBytes);
     const sets: InputSet[] = [];
     let seed = 0;
     for (let i = 0; i < nSets; i++) {
@@ -141,17 +146,9 @@ function timeOneLaunch(be: CudaBackend, attention: MlaAttentionLauncher, b: numb
       sets.push(set);
     }
     const reps = b * L * L * cp > 8192 * 8192 ? 10 : 20;
-    let next = 0;
-    const fwd = timeMs(ctx, reps, () => {
-      const x = sets[next++ % nSets]!;
-      attention.forward('hopper', x.o, x.lse, x.qNope, x.qPe, x.kNope, x.kPe, x.v, { ...opts, ring });
-    });
-    const bwd = timeMs(ctx, reps, () => {
-      const x = sets[next++ % nSets]!;
-      attention.backwardBlock(x.dqAcc, 0, x.grads, x.dout, x.qNope, x.qPe, x.kNope, x.kPe, x.v, x.o, x.lse, opts,
-        { overwrite: true, finish: { dqNope: x.grads.dqNope, dqPe: x.grads.dqPe } }, ring);
-    });
-    return { fwd, bwd };
+    return timeRotating(be, sets, reps, (x) => attention.forward('hopper', x.o, x.lse, x.qNope, x.qPe, x.kNope, x.kPe, x.v, { ...opts, ring }),
+      (x) => attention.backwardBlock(x.dqAcc, 0, x.grads, x.dout, x.qNope, x.qPe, x.kNope, x.kPe, x.v, x.o, x.lse, opts,
+        { overwrite: true, finish: { dqNope: x.grads.dqNope, dqPe: x.grads.dqPe } }, ring));
   } finally {
     for (const t of owned) t.dispose();
   }
@@ -160,9 +157,13 @@ function timeOneLaunch(be: CudaBackend, attention: MlaAttentionLauncher, b: numb
 /** Every rank's ring in one launch at one batch, by rank; the ring's time is the slowest rank's (the layer waits for it). */
 interface RankTimes extends Timed { ranks: Timed[] }
 
-function oneLaunchRing(be: CudaBackend, attention: MlaAttentionLauncher, b: number, h: number, cp: number, c: number, chunk: Uint16Array): RankTimes {
-  const ranks = Array.from({ length: cp }, (_, r) => timeOneLaunch(be, attention, b, h, cp, c, r, chunk));
+/** The ranks' times with the slowest rank's forward and backward. */
+function slowest(ranks: Timed[]): RankTimes {
   return { fwd: Math.max(...ranks.map((t) => t.fwd)), bwd: Math.max(...ranks.map((t) => t.bwd)), ranks };
+}
+
+function oneLaunchRing(be: CudaBackend, attention: MlaAttentionLauncher, b: number, h: number, cp: number, c: number, chunk: Uint16Array): RankTimes {
+  return slowest(Array.from({ length: cp }, (_, r) => timeOneLaunch(be, attention, b, h, cp, c, r, chunk)));
 }
 
 /**
@@ -260,10 +261,7 @@ export async function runRingAttentionBench(opts: RingBenchOptions): Promise<Rin
       return { causal, qLong, kvLong, qLongLast, kvLongLast, ring: ringTime(cp, causal, qLong, kvLong, qLongLast, kvLongLast) };
     };
     // Medians over rounds of each rank's times, and the slowest rank's of those.
-    const medRanks = (pick: (r: RingBenchRow) => RankTimes): RankTimes => {
-      const ranks = Array.from({ length: cp }, (_, k) => med(i, (r) => pick(r).ranks[k]!));
-      return { fwd: Math.max(...ranks.map((t) => t.fwd)), bwd: Math.max(...ranks.map((t) => t.bwd)), ranks };
-    };
+    const medRanks = (pick: (r: RingBenchRow) => RankTimes): RankTimes => slowest(Array.from({ length: cp }, (_, k) => med(i, (r) => pick(r).ranks[k]!)));
     const one = byRound[0]![i]!.oneLaunch
       ? { own: medRanks((r) => r.oneLaunch!.own), sameWork: medRanks((r) => r.oneLaunch!.sameWork) } : null;
     return { s, cp, whole: med(i, (r) => r.whole), own: times('own'), sameWork: times('sameWork'), oneLaunch: one };
