@@ -119,8 +119,10 @@ test('ring attention on CUDA (bf16, tensor-core kernels), all ranks replayed on 
     oneLaunch.fwd = oneLaunch.bwd = 0;
     console.log(check(be, 'bf16', { Dn: 128, Dr: 64, Dv: 128 }, c, { o: 1e-2, grad: 2e-2 }));
     const want = c.c % 128 === 0 && hopper ? 1 : 0;
-    assert.ok(oneLaunch.fwd >= want * c.cp && oneLaunch.bwd >= want * c.cp,
-      `cp${c.cp} c${c.c}: ${oneLaunch.fwd} forward and ${oneLaunch.bwd} backward rings in one launch, expected ${want * c.cp} each`);
+    // Every rank's call once per replay pass (at least cp), or none where the chunk needs the per-step path.
+    const took = (n: number) => (want ? n >= c.cp : n === 0);
+    assert.ok(took(oneLaunch.fwd) && took(oneLaunch.bwd),
+      `cp${c.cp} c${c.c}: ${oneLaunch.fwd} forward and ${oneLaunch.bwd} backward rings in one launch, expected ${want ? `at least ${c.cp}` : 'none'} each`);
   }
 });
 

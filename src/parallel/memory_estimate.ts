@@ -116,7 +116,7 @@ function layerActivationBytes(c: DeepseekV2Config, layer: number, T: number, e: 
   saved += r(T * D) + r(T, 4) + r(T * D);
   // The attention's working set: q, the kv_a output, kv, the unrotated q_pe and k_pe, o_proj's output;
   // with cp > 1 also the ring's slots, every cp rank's k_nope, k_pe and v (ring_attention.ts).
-  const ringSlots = cp > 1 ? rounded(cp * T * (H * (Dn + Dv) + Dr) * e, device) : 0;
+  const ringSlots = cp > 1 ? r(cp * T * (H * (Dn + Dv) + Dr)) : 0;
   const attnWorking = r(T * H * (Dn + Dr)) + r(T * (C + Dr)) + r(T * H * (Dn + Dv)) + r(T * H * Dr) + r(T * Dr) + r(T * D) + ringSlots;
   if (!isMoeLayer(c, layer)) {
     // Gate and up (and the SwiGLU output unless recomputed); working: the SwiGLU output and down's output.
