@@ -372,10 +372,8 @@ __device__ __forceinline__ void dq_step(u32 tdS, u32 sK, u32 stg, int warp, int 
 }
 
 // Key tile y of the launch (grid y): its ring slot, first key and first query tile. Slot 0
-// (the launch without a ring: all of it) has ceil(Skv/128) tiles; ring slot j ≥ 1 (the forward
-// kernel's header, "Ring slots") the keys some query sees: with src = (rank − j) mod n, the
-// first c if src < rank (seen by every query), all 2c if src > rank (seen by the second chunk's
-// queries, rows ≥ c), and no mask in either.
+// (the launch without a ring: all of it) has ceil(Skv/128) tiles; ring slot j ≥ 1 the tiles of
+// the keys some query sees, from the first query row that sees them (ring_slot_view), unmasked.
 struct KeyTile {
   int slot, k0, m_begin;
 };
@@ -384,10 +382,9 @@ __device__ __forceinline__ KeyTile key_tile(int y, int Skv, int causal, int ring
   if (y < n0) return {0, y * HB_BN, causal ? y * HB_BN / HB_BM : 0};  // causal: the query tile holding key k0
   y -= n0;
   for (int j = 1;; j++) {
-    const int src = (ring_rank - j + ring_n) % ring_n;
-    const int t = (src < ring_rank ? ring_split : 2 * ring_split) / HB_BN;
-    if (y < t) return {j, y * HB_BN, src < ring_rank ? 0 : ring_split / HB_BM};
-    y -= t;
+    const RingSlotView s = ring_slot_view(ring_n, ring_rank, ring_split, j);
+    if (y < s.keys / HB_BN) return {j, y * HB_BN, s.first_query / HB_BM};
+    y -= s.keys / HB_BN;
   }
 }
 

@@ -212,11 +212,11 @@ struct WorkItem {
   int h, b, q0, n0, n_tiles;
 };
 
-// Key tiles of ring slot j ≥ 1 that the query tile at q0 sees (header: "Ring slots").
+// Key tiles of ring slot j ≥ 1 that the query tile at q0 sees (header: "Ring slots"; a tile
+// lies within one chunk, as c is a multiple of 128).
 __device__ __forceinline__ int ring_slot_tiles(const Ring& R, int j, int q0) {
-  const int src = (R.rank - j + R.n) % R.n;
-  if (src < R.rank) return R.split / HOP_BN;
-  return q0 >= R.split ? 2 * R.split / HOP_BN : 0;
+  const RingSlotView s = ring_slot_view(R.n, R.rank, R.split, j);
+  return q0 >= s.first_query ? s.keys / HOP_BN : 0;
 }
 
 // Item `it` as the 3-D grid (x = h, y = query tile from the last, z = b) numbered it = x + H·(y + tiles·z).

@@ -190,5 +190,20 @@ __device__ __forceinline__ void pack_a(u32 (*a)[4], const float* acc) {
   }
 }
 
+// Ring slot j ≥ 1 of rank `rank` among n (ring attention in one launch; the forward kernel's
+// header, "Ring slots"): it holds the k/v of rank src = (rank − j) mod n in local order (chunk
+// src, then chunk 2n−1−src, c = split tokens each). A lower rank's first chunk precedes both of
+// this rank's query chunks and its second follows both: every query sees its first c keys. A
+// higher rank's two chunks both precede only this rank's second query chunk: queries from row c
+// on see all 2c. Neither needs a mask. The one rule both kernels walk (by query tile, by key tile).
+struct RingSlotView {
+  int keys;        // keys some query sees: the first `keys` of the slot
+  int first_query; // the first query row that sees them; every later row does too
+};
+__device__ __forceinline__ RingSlotView ring_slot_view(int n, int rank, int split, int j) {
+  const int src = (rank - j + n) % n;
+  return src < rank ? RingSlotView{split, 0} : RingSlotView{2 * split, split};
+}
+
 }  // namespace hop
 }  // namespace mla
