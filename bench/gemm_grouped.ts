@@ -3,11 +3,16 @@
 // expert, skewed as routing skews them), timed as one grouped launch each, for each grouped
 // kernel set (mma: kernels/grouped_gemm.cu; wgmma: kernels/grouped_gemm_wgmma.cu, sm_90a; tma:
 // kernels/grouped_gemm_tma.cu, its own kernels for all three products, the weight product's
-// persistent one included, sm_90a), against
+// persistent one included, sm_90a; tma_pair: tma with the forward and data products in 2-CTA
+// clusters, its weight product tma's, so only those rows have its column), against
 // one cuBLASLt product per expert (the per-expert path), median of CUDA-event timings. A fourth row
 // per shape times the weight product into bf16 gradients (the lean recipe) and a fifth the weight
 // product with beta 0 (a step's first write into gradients marked logically zero,
-// autograd/lazy_grad_zero.ts: written, not read); neither is in the six-product sum.
+// autograd/lazy_grad_zero.ts: written, not read); neither is in the six-product sum. On sm_90a
+// it also times the SwiGLU forward (gate and up products and silu(g)·u in one launch, K = 2048 →
+// N = 1408) on tma and tma_pair, and prints how many 2-CTA clusters each tma_pair kernel launched
+// beside how many the GPU runs at once and its SM count (a grid short of SMs / 2 clusters would
+// leave SMs idle).
 //
 //   moetrain bench gemm --grouped        (or: node dist/bench/gemm_grouped.js)
 //
@@ -41,7 +46,7 @@ function median(xs: number[]): number {
 export interface GroupedGemmRow {
   product: string; K: number; N: number; floorMs: number;
   /** Milliseconds per kernel set (absent: the set does not run on this GPU). */
-  grouped: { mma: number; wgmma?: number; tma?: number };
+  grouped: { mma: number; wgmma?: number; tma?: number; tma_pair?: number };
   perExpertMs: number;
 }
 
@@ -69,6 +74,7 @@ export function runGroupedGemmBench(opts: { log?: (line: string) => void } = {})
   be.write(offsets, Int32Array.from(starts));
   const rowsOf = (t: Tensor, e: number) => t.view([counts[e]!, t.shape[1]!], [t.shape[1]!, 1], t.offset + starts[e]! * t.shape[1]!);
   const rows: GroupedGemmRow[] = [];
+  let swigluLine = '';
   const LEAN_WEIGHT = 'weight bf16 dW += dYᵀ·X', FIRST_WEIGHT = 'weight dW = dYᵀ·X (beta 0)';
   for (const [K, N] of [[2048, 1408], [1408, 2048]] as const) {
     const x = emptyTensor(be, [M, K], 'bf16'), dy = emptyTensor(be, [M, N], 'bf16');
@@ -99,23 +105,42 @@ export function runGroupedGemmBench(opts: { log?: (line: string) => void } = {})
       if (hopper) {
         be.groupedGemmKernels = 'wgmma'; times.wgmma = time(grouped);
         be.groupedGemmKernels = 'tma'; times.tma = time(grouped);
+        // tma_pair differs from tma in the forward and data products only.
+        if (!product.startsWith('weight')) { be.groupedGemmKernels = 'tma_pair'; times.tma_pair = time(grouped); }
       }
       const perExpertMs = time(perExpert);
       rows.push({ product, K, N, floorMs: (2 * M * N * K) / CEILING_FLOPS * 1e3, grouped: times, perExpertMs });
+    }
+    if (hopper && K === 2048) {
+      // The SwiGLU forward: ws as the gates, a second set of weights as the ups; y, and two more
+      // [M, N] outputs, as G, U and H. 2 products' FLOPs.
+      const ups = counts.map(() => { const w = emptyTensor(be, [N, K], 'bf16'); be.write(w, noise(N * K, 0.05)); return w; });
+      const u = emptyTensor(be, [M, N], 'bf16'), h = emptyTensor(be, [M, N], 'bf16');
+      const time = (fn: () => void) => { for (let i = 0; i < 3; i++) fn(); return median(Array.from({ length: REPS }, () => ctx.timeMs(fn))); };
+      const cells = (['tma', 'tma_pair'] as const).map((set) => {
+        be.groupedGemmKernels = set;
+        const ms = time(() => be.groupedSwiGLU(h, y, u, x, ws, ups, offsets));
+        return `${set} ${ms.toFixed(3)} ms (${((4 * M * N * K) / (ms * 1e-3) / 1e12).toFixed(1)} TFLOP/s)`;
+      });
+      swigluLine = `SwiGLU forward (gate + up + silu(g)·u, K ${K} → N ${N}, 2 products, floor ${((4 * M * N * K) / CEILING_FLOPS * 1e3).toFixed(3)} ms): ${cells.join(', ')}`;
+      for (const t of [...ups, u, h]) t.dispose();
     }
     for (const t of [x, dy, y, dx, ...ws, ...gs, ...gb, ...xr, ...dyr, ...yr, ...dxr]) t.dispose();
   }
   offsets.dispose();
   const tflops = (r: GroupedGemmRow, ms: number) => ((2 * M * r.N * r.K) / (ms * 1e-3) / 1e12).toFixed(1);
   const header = ['product', 'K', 'N', 'floor ms', 'mma ms', 'mma TFLOP/s', 'wgmma ms', 'wgmma TFLOP/s', 'wgmma % of floor',
-    'tma ms', 'tma TFLOP/s', 'tma % of floor', 'per-expert ms', 'per-expert TFLOP/s', 'best speed-up'];
+    'tma ms', 'tma TFLOP/s', 'tma % of floor', 'tma_pair ms', 'tma_pair TFLOP/s', 'tma_pair / tma', 'per-expert ms', 'per-expert TFLOP/s',
+    'best speed-up'];
   const hopperCells = (r: GroupedGemmRow, ms: number | undefined) =>
     ms !== undefined ? [ms.toFixed(3), tflops(r, ms), `${((r.floorMs / ms) * 100).toFixed(0)}%`] : ['-', '-', '-'];
   const table = rows.map((r) => {
-    const best = Math.min(r.grouped.mma, r.grouped.wgmma ?? Infinity, r.grouped.tma ?? Infinity);
+    const best = Math.min(r.grouped.mma, r.grouped.wgmma ?? Infinity, r.grouped.tma ?? Infinity, r.grouped.tma_pair ?? Infinity);
+    const pair = r.grouped.tma_pair;
     return [
       r.product, String(r.K), String(r.N), r.floorMs.toFixed(3), r.grouped.mma.toFixed(3), tflops(r, r.grouped.mma),
-      ...hopperCells(r, r.grouped.wgmma), ...hopperCells(r, r.grouped.tma),
+      ...hopperCells(r, r.grouped.wgmma), ...hopperCells(r, r.grouped.tma), ...hopperCells(r, pair).slice(0, 2),
+      pair !== undefined ? (pair / r.grouped.tma!).toFixed(2) : '-',
       r.perExpertMs.toFixed(3), tflops(r, r.perExpertMs), (r.perExpertMs / best).toFixed(2),
     ];
   });
@@ -124,7 +149,13 @@ export function runGroupedGemmBench(opts: { log?: (line: string) => void } = {})
   log(fmt(header));
   for (const row of table) log(fmt(row));
   const sum = (f: (r: GroupedGemmRow) => number) => rows.reduce((a, r) => a + (r.product === LEAN_WEIGHT || r.product === FIRST_WEIGHT ? 0 : f(r)), 0);
-  const wgmmaSum = hopper ? `, wgmma ${sum((r) => r.grouped.wgmma!).toFixed(3)} ms, tma ${sum((r) => r.grouped.tma!).toFixed(3)} ms` : '';
+  const pairSum = sum((r) => r.grouped.tma_pair ?? r.grouped.tma!);  // tma_pair runs tma's weight product
+  const wgmmaSum = hopper ? `, wgmma ${sum((r) => r.grouped.wgmma!).toFixed(3)} ms, tma ${sum((r) => r.grouped.tma!).toFixed(3)} ms, tma_pair ${pairSum.toFixed(3)} ms` : '';
+  if (hopper) {
+    log(swigluLine);
+    const clusters = [...be.groupedGemmPairClusters].map(([k, c]) => `${k} ${c.launched} of ${c.resident}`).join(', ');
+    log(`tma_pair: 2-CTA clusters launched of those resident at once (cuOccupancyMaxActiveClusters) on ${ctx.smCount} SMs: ${clusters}`);
+  }
   log(`all six products: mma ${sum((r) => r.grouped.mma).toFixed(3)} ms${wgmmaSum}, per-expert ${sum((r) => r.perExpertMs).toFixed(3)} ms, floor ${sum((r) => r.floorMs).toFixed(3)} ms`);
   return rows;
 }

@@ -1,5 +1,5 @@
 """The planted-bug run shared by the Python kernel models (grouped_gemm_model.py,
-grouped_gemm_tma_dw_model.py): each named bug is switched on alone, the model's suite must fail
+grouped_gemm_tma_dw_model.py, grouped_gemm_pair_model.py): each named bug is switched on alone, the model's suite must fail
 on it (an assertion or an out-of-bounds read), and the run fails if any bug goes unnoticed. A
 model that cannot catch a bug of the kind it exists for is not checking that part."""
 import contextlib

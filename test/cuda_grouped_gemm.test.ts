@@ -1,6 +1,6 @@
 // The grouped expert GEMM kernels on the GPU through Backend.groupedLinear*, every test once per
-// kernel set (mma: kernels/grouped_gemm.cu; wgmma: kernels/grouped_gemm_wgmma.cu and tma:
-// kernels/grouped_gemm_tma.cu, both sm_90a only), each product checked two ways:
+// kernel set (mma: kernels/grouped_gemm.cu; wgmma: kernels/grouped_gemm_wgmma.cu, tma and
+// tma_pair: kernels/grouped_gemm_tma.cu, all three sm_90a only), each product checked two ways:
 // - awkward shapes (E = 5, counts [0, 1, 130, 7, 64], K = 192, N = 320: zero-row experts, a
 //   1-row expert, row tails, widths that are 64- but not 128-multiples; offsets that start at a
 //   nonzero base, as a part owning middle experts passes them) against the CPU backend;
@@ -11,7 +11,10 @@
 // The tma set's forward and dX are also checked at K, N ∈ {64, 192, 1408, 2048} against the CPU
 // (0-, 1- and 129-row experts: tiles that start mid-tile-grid and spill into the next expert),
 // with rows that belong to no expert (they must keep their poison), and at the bench shapes
-// against the wgmma set. Its weight product likewise: against the CPU at K, N ∈ {64, 192, 320,
+// against the wgmma set. tma_pair's forward and dX (CTA pairs, kernel header) run the same cases
+// (pairs within one expert, across two, and beside a phantom slot past the last row tile) and at
+// the bench shapes must equal tma's bit for bit (the same wgmmas over the same k-steps; only how
+// the weight tile reaches shared memory differs). Its weight product likewise: against the CPU at K, N ∈ {64, 192, 320,
 // 448, 1408} (a narrow column tile of 64 or 128 columns, a wide one of 192, a second row tile of
 // 64 rows) over experts of 0, 1, 63, 64, 65, 129 and 130 rows (last steps of 1, 63 and 64 rows,
 // whose next rows are the next expert's, or rows in no expert after the last), beta 0 into
@@ -21,8 +24,10 @@
 // gradients at all those shapes (≤ 1e-5 relative), and beta 1 must decline and leave it alone.
 // The tma set's SwiGLU forward (gate, up and silu(gate)·up in one launch) must give, bit for bit,
 // what the tma forward product twice and the SwiGLU kernel give, at K, N ∈ {64, 192, 1408, 2048}
-// (pair tiles of 64 and 128 valid columns) over the same awkward experts with rows past the
-// last expert (poison kept), and at the bench shape; and the CPU's values within bf16 tolerance.
+// (gate-and-up tiles of 64 and 128 valid columns) over the same awkward experts with rows past
+// the last expert (poison kept), and at the bench shape; and the CPU's values within bf16
+// tolerance; tma_pair's SwiGLU forward the same against tma_pair's forward product (which the
+// bench-shape test holds to tma's bits).
 // Outputs are poisoned with NaN first, so an element no CTA wrote fails. Tolerances:
 // - bf16 outputs (forward, dX), ‖gpu − ref‖/‖ref‖ ≤ 1e-2: both sides accumulate the same exact
 //   bf16 products in f32 (or f64) in different orders (~1e-6 relative) and round once to bf16,
@@ -123,13 +128,13 @@ function offsetsOn(b: Backend, counts: readonly number[], base: number, pad: num
   return t.view([counts.length + 1], [1], t.offset + pad);
 }
 
-/** The kernel sets this GPU runs (wgmma and tma on sm_90a only). */
-function kernelSets(): ('mma' | 'wgmma' | 'tma')[] {
-  return gpu().ctx.arch === 'sm_90a' ? ['mma', 'wgmma', 'tma'] : ['mma'];
+/** The kernel sets this GPU runs (wgmma, tma and tma_pair on sm_90a only). */
+function kernelSets(): ('mma' | 'wgmma' | 'tma' | 'tma_pair')[] {
+  return gpu().ctx.arch === 'sm_90a' ? ['mma', 'wgmma', 'tma', 'tma_pair'] : ['mma'];
 }
 const skipHopper = skip || (!kernelSets().includes('tma') ? 'skipped: the tma set needs sm_90a' : false);
 
-for (const set of ['mma', 'wgmma', 'tma'] as const) {
+for (const set of ['mma', 'wgmma', 'tma', 'tma_pair'] as const) {
   const skipSet = skip || (set !== 'mma' && !kernelSets().includes(set) ? `skipped: ${set} needs sm_90a` : false);
 
   test(`grouped GEMM (${set}), awkward shapes: forward, dX and dW against the CPU backend`, { skip: skipSet }, () => {
@@ -331,8 +336,8 @@ for (const [K, N] of [[2048, 1408], [1408, 2048]] as const) {
 
 // ---- the tma set's forward and data kernels (kernels/grouped_gemm_tma.cu) ----
 
-/** Forward and dX of `counts` rows (offsets from a nonzero base) on the GPU's tma set and the CPU backend. */
-function tmaAgainstCpu(counts: readonly number[], K: number, N: number, what: string): void {
+/** Forward and dX of `counts` rows (offsets from a nonzero base) on the GPU's tma or tma_pair set and the CPU backend. */
+function tmaAgainstCpu(set: 'tma' | 'tma_pair', counts: readonly number[], K: number, N: number, what: string): void {
   const M = counts.reduce((a, b) => a + b, 0);
   const xv = values(M * K, 1), dyv = values(M * N, 1), wv = counts.map(() => values(N * K, 0.125));
   const side = (b: Backend) => ({
@@ -340,7 +345,7 @@ function tmaAgainstCpu(counts: readonly number[], K: number, N: number, what: st
     ws: wv.map((v) => upload(b, v, [N, K], 'bf16')), off: offsetsOn(b, counts, 77, 1),
   });
   const c = side(cpu), g = side(gpu());
-  gpu().groupedGemmKernels = 'tma';
+  gpu().groupedGemmKernels = set;
   const yc = emptyTensor(cpu, [M, N], 'bf16'), yg = poisoned([M, N], 'bf16');
   cpu.groupedLinear(yc, c.x, c.ws, c.off); gpu().groupedLinear(yg, g.x, g.ws, g.off);
   expectClose(readF32(gpu(), yg), readF32(cpu, yc), BF16_TOL, `${what}: forward`);
@@ -352,17 +357,22 @@ function tmaAgainstCpu(counts: readonly number[], K: number, N: number, what: st
 
 // Output widths: 64 (one narrow tile: at most 128 valid columns, wgmma n128), 192 (one wide tile
 // with 64 zero-filled columns), 1408 (five 256-column tiles and a narrow one of 128), 2048 (eight
-// whole tiles); the same numbers as reductions: 1, 3, 22 and 32 k-steps of 64.
-for (const [K, N] of [[64, 64], [64, 2048], [2048, 64], [192, 1408], [1408, 192], [2048, 1408], [1408, 2048]] as const) {
-  test(`grouped GEMM (tma), K = ${K}, N = ${N}: forward and dX against the CPU backend (E = 7 with 0-, 1- and 129-row experts; M = 1; M = 2 over 3 experts)`, { skip: skipHopper }, () => {
-    tmaAgainstCpu([0, 1, 129, 0, 7, 300, 64], K, N, `E = 7, K = ${K}, N = ${N}`);
-    tmaAgainstCpu([1], K, N, `M = 1, K = ${K}, N = ${N}`);
-    tmaAgainstCpu([0, 2, 0], K, N, `M = 2, K = ${K}, N = ${N}`);
-  });
+// whole tiles); the same numbers as reductions: 1, 3, 22 and 32 k-steps of 64. tma_pair: the E = 7
+// case pairs row tiles within one expert (the 129- and 300-row experts), across two (the weight
+// tile not shared) and beside a phantom slot; M = 1 is one pair whose CTA 1 computes zeros and
+// stores nothing.
+for (const set of ['tma', 'tma_pair'] as const) {
+  for (const [K, N] of [[64, 64], [64, 2048], [2048, 64], [192, 1408], [1408, 192], [2048, 1408], [1408, 2048]] as const) {
+    test(`grouped GEMM (${set}), K = ${K}, N = ${N}: forward and dX against the CPU backend (E = 7 with 0-, 1- and 129-row experts; M = 1; M = 2 over 3 experts)`, { skip: skipHopper }, () => {
+      tmaAgainstCpu(set, [0, 1, 129, 0, 7, 300, 64], K, N, `${set}, E = 7, K = ${K}, N = ${N}`);
+      tmaAgainstCpu(set, [1], K, N, `${set}, M = 1, K = ${K}, N = ${N}`);
+      tmaAgainstCpu(set, [0, 2, 0], K, N, `${set}, M = 2, K = ${K}, N = ${N}`);
+    });
+  }
 }
 
 /** y = x·W_eᵀ and dx = dy·W_e on kernel set `set` into poisoned outputs; their bf16 bits. */
-function forwardAndData(be: CudaBackend, set: 'wgmma' | 'tma', x: Tensor, dy: Tensor, ws: Tensor[], off: Tensor, M: number, N: number, K: number) {
+function forwardAndData(be: CudaBackend, set: 'wgmma' | 'tma' | 'tma_pair', x: Tensor, dy: Tensor, ws: Tensor[], off: Tensor, M: number, N: number, K: number) {
   be.groupedGemmKernels = set;
   const y = poisoned([M, N], 'bf16'), dx = poisoned([M, K], 'bf16');
   be.groupedLinear(y, x, ws, off);
@@ -372,28 +382,37 @@ function forwardAndData(be: CudaBackend, set: 'wgmma' | 'tma', x: Tensor, dy: Te
   return out;
 }
 
-test('grouped GEMM (tma): rows past the last expert keep their poison; the covered rows match the wgmma set', { skip: skipHopper }, () => {
-  // The last expert's row tile runs past its end into rows that are in the tensor (loaded by the
-  // copy engine, computed) but belong to no expert: they must not be stored.
-  const be = gpu();
-  const counts = [5, 0, 131, 1], covered = 137, M = covered + 50, K = 192, N = 1408;
-  const x = upload(be, values(M * K, 1), [M, K], 'bf16'), dy = upload(be, values(M * N, 1), [M, N], 'bf16');
-  const ws = counts.map(() => upload(be, values(N * K, 0.125), [N, K], 'bf16'));
-  const off = offsetsOn(be, counts, 0, 0);
-  const run = (set: 'wgmma' | 'tma') => forwardAndData(be, set, x, dy, ws, off, M, N, K);
-  const ref = run('wgmma'), got = run('tma');
-  for (const [name, width] of [['y', N], ['dx', K]] as const) {
-    const g = got[name], r = ref[name];
-    for (let i = covered * width; i < M * width; i++) {
-      if (g[i] !== 0x7fc0) assert.fail(`tma ${name}: row ${Math.floor(i / width)} belongs to no expert but was written (${g[i]!.toString(16)})`);
+for (const set of ['tma', 'tma_pair'] as const) {
+  test(`grouped GEMM (${set}): rows past the last expert keep their poison; the covered rows match the wgmma set`, { skip: skipHopper }, () => {
+    // The last expert's row tile runs past its end into rows that are in the tensor (loaded by the
+    // copy engine, computed) but belong to no expert: they must not be stored.
+    const be = gpu();
+    const counts = [5, 0, 131, 1], covered = 137, M = covered + 50, K = 192, N = 1408;
+    const x = upload(be, values(M * K, 1), [M, K], 'bf16'), dy = upload(be, values(M * N, 1), [M, N], 'bf16');
+    const ws = counts.map(() => upload(be, values(N * K, 0.125), [N, K], 'bf16'));
+    const off = offsetsOn(be, counts, 0, 0);
+    const ref = forwardAndData(be, 'wgmma', x, dy, ws, off, M, N, K), got = forwardAndData(be, set, x, dy, ws, off, M, N, K);
+    for (const [name, width] of [['y', N], ['dx', K]] as const) {
+      const g = got[name], r = ref[name];
+      for (let i = covered * width; i < M * width; i++) {
+        if (g[i] !== 0x7fc0) assert.fail(`${set} ${name}: row ${Math.floor(i / width)} belongs to no expert but was written (${g[i]!.toString(16)})`);
+      }
+      expectClose(bf16ArrayToF32(g.subarray(0, covered * width)), bf16ArrayToF32(r.subarray(0, covered * width)), BF16_TOL, `${set} ${name} vs wgmma`);
     }
-    expectClose(bf16ArrayToF32(g.subarray(0, covered * width)), bf16ArrayToF32(r.subarray(0, covered * width)), BF16_TOL, `tma ${name} vs wgmma`);
+    for (const t of [x, dy, off, ...ws]) t.dispose();
+  });
+}
+
+/** Where two bf16 arrays first differ, as a message; '' when they are equal bit for bit. */
+function firstDifference(got: Uint16Array, want: Uint16Array, width: number): string {
+  for (let i = 0; i < want.length; i++) {
+    if (got[i] !== want[i]) return `[${Math.floor(i / width)}, ${i % width}] is ${got[i]!.toString(16)}, expected ${want[i]!.toString(16)}`;
   }
-  for (const t of [x, dy, off, ...ws]) t.dispose();
-});
+  return '';
+}
 
 for (const [K, N] of [[2048, 1408], [1408, 2048]] as const) {
-  test(`grouped GEMM (tma), bench shapes E = 64, M = 49152, K = ${K}, N = ${N}: forward and dX match the wgmma set`, { skip: skipHopper }, () => {
+  test(`grouped GEMM (tma, tma_pair), bench shapes E = 64, M = 49152, K = ${K}, N = ${N}: forward and dX match the wgmma set, tma_pair's tma's bit for bit`, { skip: skipHopper }, () => {
     const be = gpu();
     const E = 64, M = 49152, counts = skewedCounts(E, M);
     // A 1-row and a 129-row expert among the skewed ones; the last expert absorbs the difference.
@@ -402,10 +421,14 @@ for (const [K, N] of [[2048, 1408], [1408, 2048]] as const) {
     const x = upload(be, values(M * K, 1), [M, K], 'bf16'), dy = upload(be, values(M * N, 1), [M, N], 'bf16');
     const ws = counts.map(() => upload(be, values(N * K, 0.0625), [N, K], 'bf16'));
     const off = offsetsOn(be, counts, 0, 0);
-    const run = (set: 'wgmma' | 'tma') => forwardAndData(be, set, x, dy, ws, off, M, N, K);
-    const ref = run('wgmma'), got = run('tma');
+    const run = (set: 'wgmma' | 'tma' | 'tma_pair') => forwardAndData(be, set, x, dy, ws, off, M, N, K);
+    const ref = run('wgmma'), got = run('tma'), pair = run('tma_pair');
     expectClose(bf16ArrayToF32(got.y), bf16ArrayToF32(ref.y), BF16_TOL, 'tma forward vs wgmma');
     expectClose(bf16ArrayToF32(got.dx), bf16ArrayToF32(ref.dx), BF16_TOL, 'tma dX vs wgmma');
+    for (const [name, width] of [['y', N], ['dx', K]] as const) {
+      const diff = firstDifference(pair[name], got[name], width);
+      if (diff) assert.fail(`tma_pair ${name} differs from tma: ${diff} (seed ${SEED})`);
+    }
     for (const t of [x, dy, off, ...ws]) t.dispose();
   });
 }
@@ -506,14 +529,15 @@ for (const [K, N] of [[2048, 1408], [1408, 2048]] as const) {
   });
 }
 
-// ---- the tma set's SwiGLU forward (grouped_tma_fwd_swiglu_bf16) ----
+// ---- the tma set's SwiGLU forward (grouped_tma_fwd_swiglu_bf16; tma_pair: grouped_tma_pair_fwd_swiglu_bf16) ----
 
 /**
  * g, u, h from the tma SwiGLU launch (called on the launcher, which must say it ran) against the
  * tma forward product twice and the SwiGLU kernel, bit for bit over all M rows (rows past the
  * experts keep their poison in both), and against the CPU backend within bf16 tolerance.
  */
-function swigluAgainstUnfused(counts: readonly number[], extra: number, K: number, N: number, what: string, againstCpu = true): void {
+function swigluAgainstUnfused(set: 'tma' | 'tma_pair', counts: readonly number[], extra: number, K: number, N: number, what: string,
+                              againstCpu = true): void {
   const covered = counts.reduce((a, b) => a + b, 0), M = covered + extra;
   const xv = values(M * K, 1), gv = counts.map(() => values(N * K, 0.125)), uv = counts.map(() => values(N * K, 0.125));
   const side = (b: Backend) => ({
@@ -521,10 +545,10 @@ function swigluAgainstUnfused(counts: readonly number[], extra: number, K: numbe
     off: offsetsOn(b, counts, 77, 1),
   });
   const be = gpu(), d = side(be);
-  be.groupedGemmKernels = 'tma';
+  be.groupedGemmKernels = set;
   const launcher = (be as unknown as { groupedGemm: GroupedGemmLauncher }).groupedGemm;
   const fused = { g: poisoned([M, N], 'bf16'), u: poisoned([M, N], 'bf16'), h: poisoned([M, N], 'bf16') };
-  assert.ok(launcher.groupedSwiGLU(fused.h, fused.g, fused.u, d.x, d.gates, d.ups, d.off), `${what}: the tma set declined the SwiGLU launch`);
+  assert.ok(launcher.groupedSwiGLU(fused.h, fused.g, fused.u, d.x, d.gates, d.ups, d.off), `${what}: the ${set} set declined the SwiGLU launch`);
   const plain = { g: poisoned([M, N], 'bf16'), u: poisoned([M, N], 'bf16'), h: poisoned([M, N], 'bf16') };
   be.groupedLinear(plain.g, d.x, d.gates, d.off);
   be.groupedLinear(plain.u, d.x, d.ups, d.off);
@@ -548,13 +572,15 @@ function swigluAgainstUnfused(counts: readonly number[], extra: number, K: numbe
   for (const t of [d.x, d.off, ...d.gates, ...d.ups, ...Object.values(fused), ...Object.values(plain), gc, uc, hc]) t.dispose();
 }
 
-for (const [K, N] of [[64, 64], [192, 192], [2048, 1408], [1408, 2048], [64, 1408]] as const) {
-  test(`grouped GEMM (tma) SwiGLU forward, K = ${K}, N = ${N}: the unfused products and SwiGLU bit for bit, the CPU within bf16 (E = 7 with 0-, 1- and 129-row experts and rows past them; M = 1)`, { skip: skipHopper }, () => {
-    swigluAgainstUnfused([0, 1, 129, 0, 7, 300, 64], 45, K, N, `E = 7, K = ${K}, N = ${N}`);
-    swigluAgainstUnfused([1], 0, K, N, `M = 1, K = ${K}, N = ${N}`);
+for (const set of ['tma', 'tma_pair'] as const) {
+  for (const [K, N] of [[64, 64], [192, 192], [2048, 1408], [1408, 2048], [64, 1408]] as const) {
+    test(`grouped GEMM (${set}) SwiGLU forward, K = ${K}, N = ${N}: the unfused products and SwiGLU bit for bit, the CPU within bf16 (E = 7 with 0-, 1- and 129-row experts and rows past them; M = 1)`, { skip: skipHopper }, () => {
+      swigluAgainstUnfused(set, [0, 1, 129, 0, 7, 300, 64], 45, K, N, `${set}, E = 7, K = ${K}, N = ${N}`);
+      swigluAgainstUnfused(set, [1], 0, K, N, `${set}, M = 1, K = ${K}, N = ${N}`);
+    });
+  }
+
+  test(`grouped GEMM (${set}) SwiGLU forward, bench shape E = 64, M = 49152, K = 2048, N = 1408: the unfused products and SwiGLU bit for bit (no CPU reference at this size)`, { skip: skipHopper }, () => {
+    swigluAgainstUnfused(set, skewedCounts(64, 49152), 0, 2048, 1408, `${set}, bench shape`, false);
   });
 }
-
-test('grouped GEMM (tma) SwiGLU forward, bench shape E = 64, M = 49152, K = 2048, N = 1408: the unfused products and SwiGLU bit for bit (no CPU reference at this size)', { skip: skipHopper }, () => {
-  swigluAgainstUnfused(skewedCounts(64, 49152), 0, 2048, 1408, 'bench shape', false);
-});

@@ -3,7 +3,8 @@
 // whose widths the kernels take (hidden 256, expert width 128, 16 experts, top-4), with the
 // mma.sync kernels and, on sm_90a, the wgmma and tma ones (all three products of each set: the
 // tma set's forward, data and its own persistent weight kernel), and auto (on sm_90a the tma set
-// with wgmma's weight product for beta 1). Two micro-batches a step, so every step's expert gradients are
+// with wgmma's weight product for beta 1), and tma_pair (the tma set with its forward, data and
+// SwiGLU products in 2-CTA clusters). Two micro-batches a step, so every step's expert gradients are
 // written once with beta 0 (the first write after the optimizer marked them logically zero) and
 // once with beta 1. A second test runs one micro-batch a step, where the tma weight product's
 // Σ g² (autograd/grad_squares.ts) is what the gradient norm reads for the expert gradients: the
@@ -48,7 +49,7 @@ test(`grouped expert GEMM: losses follow the per-expert path for ${STEPS} steps`
   const { dir, config } = moeConfig();
   const losses = (set: string) => metrics(config, set, 2).map((m) => m.crossEntropy);
   const reference = losses('per_expert');
-  const sets = defaultCudaContext().arch === 'sm_90a' ? ['mma', 'wgmma', 'tma', 'auto'] : ['mma'];
+  const sets = defaultCudaContext().arch === 'sm_90a' ? ['mma', 'wgmma', 'tma', 'tma_pair', 'auto'] : ['mma'];
   for (const set of sets) {
     const got = losses(set);
     const worst = Math.max(...got.map((x, i) => Math.abs(x - reference[i]!) / reference[i]!));

@@ -26,10 +26,11 @@ export interface TrainConfig {
   mla_kernels: 'auto' | 'hopper' | 'mma' | 'generic';
   /**
    * Routed-expert GEMM on CUDA (bf16): "auto", "mma" (mma.sync kernels), "wgmma" (Hopper kernels,
-   * sm_90a), "tma" (Hopper, TMA-fed kernels for all three products; sm_90a) or "per_expert" (one
-   * cuBLASLt product per expert, reading the counts on the host).
+   * sm_90a), "tma" (Hopper, TMA-fed kernels for all three products; sm_90a), "tma_pair" (tma with
+   * the forward, data and SwiGLU products in 2-CTA clusters sharing each weight tile; sm_90a,
+   * opt-in) or "per_expert" (one cuBLASLt product per expert, reading the counts on the host).
    */
-  grouped_gemm: 'auto' | 'mma' | 'wgmma' | 'tma' | 'per_expert';
+  grouped_gemm: 'auto' | 'mma' | 'wgmma' | 'tma' | 'tma_pair' | 'per_expert';
   /** The head keeps each micro-batch's logits (tokens × vocabulary, compute dtype) for backward instead of recomputing them. */
   keep_logits: boolean;
   /**
@@ -108,7 +109,7 @@ const oneOf = (...xs: string[]): Check => Object.assign((v: unknown) => (xs.incl
 
 const SCHEMA: Record<string, Check | Record<string, Check>> = {
   model: str, data: str, run_dir: str, device: oneOf('auto', 'cpu', 'cuda'), precision: oneOf('bf16', 'f32'), recipe: oneOf(...RECIPES),
-  mla_kernels: oneOf('auto', 'hopper', 'mma', 'generic'), grouped_gemm: oneOf('auto', 'mma', 'wgmma', 'tma', 'per_expert'),
+  mla_kernels: oneOf('auto', 'hopper', 'mma', 'generic'), grouped_gemm: oneOf('auto', 'mma', 'wgmma', 'tma', 'tma_pair', 'per_expert'),
   keep_logits: bool, recompute: oneOf('cheap', 'copies', 'none', 'layers'), seed: nonNegInt, steps: positiveInt, seq_len: positiveInt, micro_batch_size: positiveInt, global_batch_size: positiveInt,
   optimizer: { type: oneOf('adamw', 'adam'), lr: positive, beta1: fraction, beta2: fraction, eps: positive, weight_decay: nonNeg },
   schedule: { type: oneOf('cosine', 'wsd', 'constant'), warmup_steps: nonNegInt, min_lr_ratio: nonNeg, decay_fraction: fraction },
@@ -157,7 +158,7 @@ const OPTION_HELP: Record<string, string> = {
   init_from: 'start from these weights (moetrain checkpoint or HF folder) when the run has no checkpoint yet',
   max_epochs: 'most passes over the data; a run that needs more is refused up front; 0 or null: no cap',
   mla_kernels: 'MLA attention kernels on the GPU: auto (Hopper kernels on H100/H200, else mma.sync or generic), hopper, mma, generic',
-  grouped_gemm: 'routed-expert GEMM kernels on the GPU: auto (tma on H100/H200, with the wgmma weight product where it accumulates; else mma), mma, wgmma (H100/H200), tma (H100/H200: TMA-fed persistent forward, data and weight products), per_expert (one cuBLASLt call per expert)',
+  grouped_gemm: 'routed-expert GEMM kernels on the GPU: auto (tma on H100/H200, with the wgmma weight product where it accumulates; else mma), mma, wgmma (H100/H200), tma (H100/H200: TMA-fed persistent forward, data and weight products), tma_pair (tma with the forward, data and SwiGLU products in 2-CTA clusters that share each weight tile by TMA multicast; opt-in, not yet measured faster), per_expert (one cuBLASLt call per expert)',
   keep_logits: 'the head keeps each micro-batch\'s logits for backward (tokens × vocabulary × 2 bytes held from the head\'s forward to its backward, e.g. 1.56 GiB for 8192 tokens of DeepSeek-V2-Lite) instead of recomputing them: one lm_head GEMM less per micro-batch; estimate-memory shows the cost',
   recompute: 'what backward computes again instead of keeping: cheap (SwiGLU outputs, the MoE\'s gathered rows, the router\'s f32 input), copies (only the gathered rows and the f32 input, which are copies: SwiGLU outputs kept), none (keep all: faster, more memory), layers (every decoder layer recomputed in backward from its input: one more forward of the layers, the least memory; not with load_balance.form global-batch); estimate-memory shows the cost',
   'parallel.pp': 'pipeline stages (mesh pp × dp × cp × ep = ranks started by `moetrain launch`)',

@@ -44,7 +44,7 @@ import { CudaDeviceBuffer, devicePtr } from './runtime/device_buffer.js';
 export interface CudaBackendOptions {
   /** MLA attention kernels (ops/mla_kernel_choice.ts); default "auto". */
   mlaKernels?: MlaKernelsRequest;
-  /** Grouped expert GEMM kernels (ops/grouped_gemm.ts: 'mma', 'wgmma' or 'tma' on sm_90a, 'per_expert'); default "auto". */
+  /** Grouped expert GEMM kernels (ops/grouped_gemm.ts: 'mma', 'wgmma', 'tma' or 'tma_pair' on sm_90a, 'per_expert'); default "auto". */
   groupedGemm?: GroupedGemmRequest;
 }
 
@@ -179,9 +179,11 @@ export class CudaBackend implements Backend {
   sumSquaresInto(out: Tensor, x: Tensor): void { this.sumSquares.sumSquaresInto(out, x); }
   sumSquaresMulti(out: Tensor, list: TensorList<Tensor>): void { this.sumSquaresList.sumSquaresMulti(out, list); }
   matmul(out: Tensor, a: Tensor, b: Tensor, opts: MatmulOptions): void { this.gemm.matmul(out, a, b, opts); }
-  /** The grouped GEMM kernel set bf16 products run ('mma', 'wgmma', 'tma' or 'per_expert'); settable for tests and benchmarks. */
+  /** The grouped GEMM kernel set bf16 products run ('mma', 'wgmma', 'tma', 'tma_pair' or 'per_expert'); settable for tests and benchmarks. */
   get groupedGemmKernels(): GroupedGemmKernels { return this.groupedGemm.kernels; }
   set groupedGemmKernels(k: GroupedGemmKernels) { this.groupedGemm.use(k); }
+  /** tma_pair, by pair kernel launched so far: 2-CTA clusters resident at once and launched last time (benchmarks print them). */
+  get groupedGemmPairClusters(): ReadonlyMap<string, { resident: number; launched: number }> { return this.groupedGemm.pairClusters; }
   groupedLinear(out: Tensor, x: Tensor, weights: readonly Tensor[], offsets: Tensor): void { this.groupedGemm.groupedLinear(out, x, weights, offsets); }
   groupedLinearBackwardData(dx: Tensor, dy: Tensor, weights: readonly Tensor[], offsets: Tensor): void {
     this.groupedGemm.groupedLinearBackwardData(dx, dy, weights, offsets);

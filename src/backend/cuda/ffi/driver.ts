@@ -271,6 +271,25 @@ export class CudaDriver {
     return this.tensorMapFns;
   }
 
+  private maxActiveClustersFn: Fn | undefined;
+
+  /**
+   * How many clusters of fn (its cluster shape fixed at compile time by __cluster_dims__) can be
+   * resident at once with this block size and dynamic shared memory (cuOccupancyMaxActiveClusters,
+   * CUDA 11.8+): a persistent grid of more clusters than this would run its last ones after the
+   * others. fn must already allow sharedBytes (funcSetAttribute).
+   */
+  maxActiveClusters(fn: bigint, grid: number, block: number, sharedBytes: number, what: string): number {
+    this.maxActiveClustersFn ??= loadLibrary('cuda').func('cuOccupancyMaxActiveClusters', 'int', ['void *', 'void *', 'void *']) as Fn;
+    // CUlaunchConfig: gridDim x, y, z, blockDim x, y, z, sharedMemBytes (7 × u32), 4 bytes of
+    // padding, hStream (8), attrs (8), numAttrs (u32), 4 bytes of padding: 56 bytes. No
+    // attributes: the kernel's own cluster shape applies.
+    const config = new ArrayBuffer(56);
+    new Uint32Array(config).set([grid, 1, 1, block, 1, 1, sharedBytes]);
+    this.check('cuOccupancyMaxActiveClusters', this.maxActiveClustersFn(this.i32, fn, new Uint8Array(config)), what);
+    return this.i32[0]!;
+  }
+
   private getParamInfo: Fn | null | undefined;
 
   /**

@@ -77,12 +77,6 @@
 //   step), the same 3 µs a tile are −8% and −10% (737 → 681, 768 → 692 µs): ~10% a product.
 // bench/grouped_gemm_model.py replays the tile walk, boxes, descriptors, masks and the mbarrier
 // ring across each CTA's tiles.
-// Tried and taken out (commit ce87017, 2026-12-07): the forward and data products in 2-CTA
-// clusters on neighbouring row tiles sharing the weight tile by TMA multicast, a third less L2
-// traffic. Correct at every tested shape on an H100, but 1.3–1.6× slower (0.815–0.878 ms a
-// product against 0.547–0.634), for reasons not found (suspects: fewer clusters resident than
-// SMs / 2, and the pair's lock-step, every stage waiting for both CTAs' consumers). That commit
-// holds it with its tests and a model of its ring (bench/grouped_gemm_pair_model.py).
 // What bounds the forward and data products (a reading of ops/grouped_gemm.ts's table, not a
 // profile): the wgmma set's 128 × 128 tiles read 64 FLOP per byte of operands from L2, these
 // 128 × 256 tiles 85.3, 1.33× as many, and the wgmma times are 1.27–1.41× these (mean 1.34). Both
@@ -90,7 +84,48 @@
 // TB/s here), which is about what an H100's L2 delivers, so the products run at the operand
 // traffic's limit, not the MMAs' (~500 of 790 TFLOP/s). Only fewer bytes per FLOP would move
 // them: larger CTA tiles (the accumulators of 128 × 256 already fill two consumer warpgroups'
-// registers) or one weight tile sent to two CTAs (clusters with multicast, the attempt above).
+// registers) or one weight tile sent to two CTAs (the CTA pairs below).
+//
+// CTA pairs (grouped_tma_pair_*: the forward, data and SwiGLU products of the opt-in `tma_pair`
+// set). Clusters of two CTAs on neighbouring row tiles (row-tile slots 2y and 2y + 1, one column
+// tile): when both tiles are one expert's they need the same weight tile, and each CTA copies
+// half of its pieces into both CTAs' stages at once (cp.async.bulk.tensor … multicast::cluster),
+// so a pair reads 64 KiB a k-step from L2 instead of 96: a third less. When the two tiles are different experts' (an expert's last row tile beside
+// the next one's first: about one pair in seven at ~6.5 row tiles an expert), each copies all of
+// its own. The protocol: a stage's "full" barrier counts all 48 KiB however they come (a peer's
+// bytes may land before this CTA's own expect_tx: the transaction count goes below zero until
+// then, and the phase cannot complete while the producer's arrival is pending); its "empty"
+// barrier waits for the consumer warps of both CTAs (16 arrivals, 8 of them remote through mapa),
+// because the peer's copies write into this CTA's stage. The two CTAs walk the same pair tiles
+// with the same k-steps, so their rings stay in step; a slot 2y + 1 past the last row tile is
+// computed on zeros and not stored, so the pair never splits. bench/grouped_gemm_pair_model.py
+// replays the pair walk and the two rings, the end included.
+// History: ce87017 had this protocol and measured 1.3–1.6× slower than the single-CTA kernels
+// (0.815–0.878 ms a product against 0.547–0.634, H100, 2026-12-07), correct at every tested shape.
+// What differs here, each a suspect read from that code, none yet measured:
+//   Why a whole producer warp: there, thread 0 alone ran the producer loop and the other 127
+//   producer threads, lanes 1–31 of its own warp among them, went straight to the closing
+//   cluster barrier (not .aligned) and waited there for the whole kernel, so warp 0 stayed
+//   diverged with 31 lanes in a barrier wait while lane 0 issued every copy; how the scheduler
+//   shares the warp between those two paths is not specified, and every k-step of both CTAs waits
+//   on that lane. Here all of warp 0 walks the tiles and waits on the empty barriers, lane 0
+//   issues the expect_tx and the copies, and the warp meets at __syncwarp every k-step; warps
+//   1–3 of the producer warpgroup end at once, as in the single-CTA kernels.
+//   Why no closing cluster barrier: a CTA's shared memory must outlive the peer's last remote
+//   arrival on its empty barriers and the peer's last multicast into its stages. Here warp 0,
+//   after its last k-step, waits for the last round of every stage to be released by both CTAs'
+//   consumers (drain_ring): each copy into this CTA was consumed by then and each remote arrival
+//   had landed, and the other warps end without waiting for anything.
+//   Why the remote arrival has the default semantics (release at CTA scope) and not
+//   .release.cluster: it publishes no data, and a cluster-scope release orders every earlier
+//   memory operation of the arriving thread first (the previous tile's epilogue stores among
+//   them), once a k-step for each of the 8 consumer warps.
+//   The cluster barrier after the barrier inits is .aligned, each warp converged by __syncwarp.
+// Not changed: the grid, 2·min(pair tiles, cuOccupancyMaxActiveClusters) (bench gemm --grouped
+// prints both counts), and the lock-step of a pair (a stage is refilled when the slower CTA's
+// consumers release it): multicast needs it, and with 4 stages the two CTAs, which run the same
+// k-steps, drift at most a few stages apart. Prediction (bench shapes, if the products are bound
+// by the L2 bytes): forward/data 0.56–0.66 ms → ~0.45 ms each.
 //
 // Weight product, dW_e[N, K] = dY_eᵀ·X_e + beta·dW_e (beta 0 overwrites, and an expert with no
 // rows gets zeros; beta 1 accumulates, and such an expert is left alone), f32 or bf16 gradients
@@ -141,7 +176,7 @@
 // the epilogue stores G, U (for backward) and H = silu(G)·U from the values it rounded, with
 // swiglu.cuh's arithmetic: the bits of the gate and up products and the SwiGLU kernel. Saves the
 // SwiGLU pass's read of G and U (2·M·N bf16) and a launch, and the narrow last column tile of
-// each product at N = 1408 (11 pair tiles instead of 2 × (5 wide + 1 narrow)).
+// each product at N = 1408 (11 gate-and-up tiles instead of 2 × (5 wide + 1 narrow)).
 //
 // Gradient norm: with beta 0 the weight product can also leave the Σ of the squares of what it
 // wrote (autograd/grad_squares.ts), so the step's norm pass (sum_squares_multi, at its byte
@@ -211,6 +246,34 @@ __device__ __forceinline__ void tmap_prefetch(u64 map) { asm volatile("prefetch.
 __device__ __forceinline__ void tma_load_2d(u32 dst, u64 map, u32 bar, int c0, int c1) {
   asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4}], [%2];"
                ::"r"(dst), "l"(map), "r"(bar), "r"(c0), "r"(c1) : "memory");
+}
+
+// ---- clusters (the tma_pair kernels, header: "CTA pairs") ----
+__device__ __forceinline__ u32 cluster_rank() { u32 r; asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r)); return r; }
+__device__ __forceinline__ u32 cluster_id() { u32 r; asm volatile("mov.u32 %0, %%clusterid.x;" : "=r"(r)); return r; }
+__device__ __forceinline__ u32 cluster_count() { u32 r; asm volatile("mov.u32 %0, %%nclusterid.x;" : "=r"(r)); return r; }
+// Every thread of both CTAs: the release orders this CTA's barrier inits before the peer's first
+// remote arrival or multicast, the acquire the peer's before this CTA's. .aligned wants each warp
+// converged, hence the __syncwarp (warp 0 comes from thread 0's inits).
+__device__ __forceinline__ void cluster_sync() {
+  __syncwarp();
+  asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;" ::: "memory");
+}
+// One arrival on the mbarrier at bar's offset in cluster CTA `rank`. The default semantics
+// (release at CTA scope), not .release.cluster: the arrival publishes no data, it only says
+// that this warp's wgmmas have finished reading the stage (wgmma.wait_group returned) before the
+// peer's copies overwrite it, and a cluster-scope release would order every earlier memory
+// operation of the thread (the previous tile's epilogue stores) before the arrival.
+__device__ __forceinline__ void mbar_arrive_remote(u32 bar, u32 rank) {
+  u32 remote;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(bar), "r"(rank));
+  asm volatile("mbarrier.arrive.shared::cluster.b64 _, [%0];" ::"r"(remote) : "memory");
+}
+// tma_load_2d into the same offset dst of every CTA in `mask`, completing the box's bytes on the
+// mbarrier at bar's offset in each of them.
+__device__ __forceinline__ void tma_load_2d_multicast(u32 dst, u64 map, u32 bar, int c0, int c1, unsigned short mask) {
+  asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes.multicast::cluster [%0], [%1, {%3, %4}], [%2], %5;"
+               ::"r"(dst), "l"(map), "r"(bar), "r"(c0), "r"(c1), "h"(mask) : "memory");
 }
 
 // ---- wgmma ----
@@ -327,35 +390,60 @@ __device__ __forceinline__ float store_tile(const float (&acc)[128], G* C, long 
 // the wgmmas that read them (`mma`).
 
 // The ring's barriers, by one thread before the CTA's first barrier: a stage's "full" completes
-// by the producer's byte count, its "empty" when every consumer warp has released it.
+// by the producer's byte count, its "empty" when every consumer warp has released it; with CL = 2
+// the peer's consumer warps too, because the peer's multicast copies write this CTA's stages
+// (header: "CTA pairs").
+template <int CL = 1>
 __device__ __forceinline__ void init_ring(u32 bars) {
   for (int s = 0; s < STAGES; ++s) {
     mbar_init(full_bar(bars, s), 1);
-    mbar_init(empty_bar(bars, s), CONSUMER_WARPS);
+    mbar_init(empty_bar(bars, s), CONSUMER_WARPS * CL);
   }
   asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
 }
 
-// The producer's thread, one tile: k-steps 0..ktiles−1 at ring positions it.. (it advances). A
-// stage is refilled once all 8 consumer warps released its previous round (position it − STAGES:
-// the empty barrier's phase it / STAGES − 1); copy(kt, full, stage) issues the k-step's boxes,
-// `bytes` in all, which complete `full`.
-template <typename Copy>
+// The producer, one tile: k-steps 0..ktiles−1 at ring positions it.. (it advances). A stage is
+// refilled once all consumer warps released its previous round (position it − STAGES: the empty
+// barrier's phase it / STAGES − 1); copy(kt, full, stage) issues the k-step's boxes, `bytes` in
+// all, which complete `full`. One thread, or (WARP, the pair kernels) a whole warp that waits
+// together while lane 0 issues, then meets at __syncwarp: header "CTA pairs", why a warp.
+template <bool WARP = false, typename Copy>
 __device__ __forceinline__ void produce_ring(u32 base, u32 bars, int ktiles, u32 bytes, int& it, Copy copy) {
   for (int kt = 0; kt < ktiles; ++kt, ++it) {
     const int s = it % STAGES;
     if (it >= STAGES) mbar_wait(empty_bar(bars, s), (it / STAGES - 1) & 1);
     const u32 full = full_bar(bars, s);
-    mbar_arrive_expect_tx(full, bytes);
-    copy(kt, full, base + s * STAGE_BYTES);
+    if (!WARP || (threadIdx.x & 31) == 0) {
+      mbar_arrive_expect_tx(full, bytes);
+      copy(kt, full, base + s * STAGE_BYTES);
+    }
+    if (WARP) __syncwarp();
   }
+}
+
+// The pair kernels' producer warp after its last k-step (ring position `it`): waits until the
+// consumers of both CTAs have released the last round of every stage, the waits the producer
+// would make before positions it..it + STAGES − 1. After that no remote arrival or multicast copy
+// names this CTA's shared memory any more, so the CTA may end (its other warps have, or do
+// without waiting): header "CTA pairs", the end.
+__device__ __forceinline__ void drain_ring(u32 bars, int it) {
+  for (int k = 0; k < STAGES; ++k, ++it)
+    if (it >= STAGES) mbar_wait(empty_bar(bars, it % STAGES), (it / STAGES - 1) & 1);
+}
+
+// Gives stage s back: to this CTA's producer, and with CL = 2 to the peer's, whose multicast
+// copies write this stage here too (header: "CTA pairs").
+template <int CL>
+__device__ __forceinline__ void release_stage(u32 bars, int s) {
+  mbar_arrive(empty_bar(bars, s));
+  if (CL == 2) mbar_arrive_remote(empty_bar(bars, s), cluster_rank() ^ 1u);
 }
 
 // A consumer warpgroup, one tile: k-steps 0..ktiles−1 at ring positions it.. (it advances).
 // mma(kt, stage) issues and commits the k-step's wgmmas; one group stays in flight, so position
 // it − 1's stage is given back once group it − 1 is done, and the tile's last stage after
 // wgmma_wait<0>: every stage exactly once, or the producer would wait forever in a later round.
-template <typename Mma>
+template <int CL = 1, typename Mma>
 __device__ __forceinline__ void consume_ring(u32 base, u32 bars, int ktiles, int& it, Mma mma) {
   const int lane = threadIdx.x & 31;
   for (int kt = 0; kt < ktiles; ++kt, ++it) {
@@ -363,10 +451,10 @@ __device__ __forceinline__ void consume_ring(u32 base, u32 bars, int ktiles, int
     mbar_wait(full_bar(bars, s), (it / STAGES) & 1);
     mma(kt, base + s * STAGE_BYTES);
     wgmma_wait<1>();  // group it − 1 is done: its stage may be refilled
-    if (kt > 0 && lane == 0) mbar_arrive(empty_bar(bars, (it - 1) % STAGES));
+    if (kt > 0 && lane == 0) release_stage<CL>(bars, (it - 1) % STAGES);
   }
   wgmma_wait<0>();
-  if (ktiles > 0 && lane == 0) mbar_arrive(empty_bar(bars, (it - 1) % STAGES));  // the tile's last stage
+  if (ktiles > 0 && lane == 0) release_stage<CL>(bars, (it - 1) % STAGES);  // the tile's last stage
 }
 
 
@@ -386,71 +474,110 @@ struct GemmTile {
 // column tile x of gx = ceil(width / BN), row-tile slot y of ceil(M/BM) + E (slots past the last
 // row tile are empty). Round r covers tiles r·G..r·G + G − 1 (G = gridDim.x) and CTA b takes the
 // (b + r) mod G-th of them; u grows with r, so the row-tile cursor only moves forward.
+// CL = 2 (header: "CTA pairs"): u is a pair tile, row-tile slots 2y (the cluster's CTA 0) and
+// 2y + 1 (CTA 1) at column tile x, over ceil(slots / 2) pair rows; cluster c of C takes the
+// (c + r) mod C-th of round r's C pair tiles, the rotation above with clusters for CTAs. Both
+// CTAs find both slots (a cursor for the even slots and one for the odd, so each only moves
+// forward), so they agree on when to stop and on `shared`: both slots are one expert's, so their
+// weight tile is the same and each CTA copies half of it into both. A slot 2y + 1 past the last
+// row tile is a phantom for CTA 1: rows M.. (the copy engine's zeros), CTA 0's expert (so
+// shared), nothing stored; so a pair never splits and both rings see the same k-steps.
+template <int CL = 1>
 struct GemmWalk {
   const int* __restrict__ off;
   int E, M, width, gx, total, r = 0;
-  ggc::RowTileCursor<BM> rows;
+  ggc::RowTileCursor<BM> rows, odd;
   __device__ __forceinline__ GemmWalk(const int* __restrict__ off_, int E_, int M_, int width_)
-      : off(off_), E(E_), M(M_), width(width_), gx((width_ + BN - 1) / BN), total(gx * ((M_ + BM - 1) / BM + E_)) {}
-  // The CTA's next tile; false when it has none left.
-  __device__ __forceinline__ bool next(GemmTile& g) {
-    const int u = rotated_tile(r++);
+      : off(off_), E(E_), M(M_), width(width_), gx((width_ + BN - 1) / BN), total(gx * (((M_ + BM - 1) / BM + E_ + CL - 1) / CL)) {}
+  // The CTA's next tile; false when it has none left. shared (CL = 2): the pair's two tiles are
+  // one expert's.
+  __device__ __forceinline__ bool next(GemmTile& g, bool& shared) {
+    int u;
+    if (CL == 1) {
+      u = rotated_tile(r++);
+    } else {
+      const int C = (int)cluster_count();
+      u = r * C + (int)((cluster_id() + r) % C);
+      ++r;
+    }
     if (u >= total) return false;
     const int y = u / gx;
     g.j0 = (u - y * gx) * BN;
     g.cols = min(BN, width - g.j0);
-    return rows.find(off, E, M, y, g.e, g.row0, g.rowEnd);  // false: past the last row tile, as is every later u
+    shared = false;
+    if (CL == 1) return rows.find(off, E, M, y, g.e, g.row0, g.rowEnd);  // false: past the last row tile, as is every later u
+    GemmTile mate = g;
+    if (!rows.find(off, E, M, 2 * y, g.e, g.row0, g.rowEnd)) return false;
+    if (!odd.find(off, E, M, 2 * y + 1, mate.e, mate.row0, mate.rowEnd)) { mate.e = g.e; mate.row0 = M; mate.rowEnd = M; }
+    shared = mate.e == g.e;
+    if (cluster_rank() == 1) g = mate;
+    return true;
   }
 };
 
-// The producer's thread: per tile, A at (kt·BK, row0) and B's pieces (B_K: forward, else backward
-// data; half of them on a narrow column tile) for each k-step. Expert e's weight map is acquired
-// for the copy engine (header: operands) before its first use here: the CTA's experts come in
+// The producer: per tile, A at (kt·BK, row0) and B's pieces (B_K: forward, else backward data;
+// half of them on a narrow column tile) for each k-step. Expert e's weight map is acquired for
+// the copy engine (header: operands) before its first use here: the CTA's experts come in
 // increasing order (row-tile slots only grow), so acquiring when the expert changes is once per
 // expert the CTA uses, not once per tile.
-// PAIR (the SwiGLU forward, B_K): w_maps holds the E gate maps, then the E up maps; the walk's
-// width is 256 per 128 output columns, and a tile's pieces are rows j0/2.. of the gate and of the up
-// weight.
-template <bool B_K, bool PAIR = false>
+// SWIGLU (the SwiGLU forward, B_K): w_maps holds the E gate maps, then the E up maps; the walk's
+// width is 256 per 128 output columns, and a tile's two pieces are rows j0/2.. of the gate and of
+// the up weight.
+// CL = 1: thread 0 alone. CL = 2: the whole of warp 0, lane 0 issuing (produce_ring<true>); with a
+// shared weight tile piece p is copied by CTA p mod 2 into both CTAs (each stage's "full" barrier
+// counts all of A and B however they come), then the warp drains the ring (drain_ring).
+template <bool B_K, bool SWIGLU = false, int CL = 1>
 __device__ __forceinline__ void gemm_produce(u32 base, u32 bars, u64 a_map, const TensorMap* __restrict__ w_maps,
                                              const int* __restrict__ off, int E, int M, int width, int red) {
-  static_assert(B_K || !PAIR, "the SwiGLU pair is a forward product");
-  tmap_prefetch(a_map);
+  static_assert(B_K || !SWIGLU, "the SwiGLU forward is a forward product");
+  const bool lead = CL == 1 || (threadIdx.x & 31) == 0;  // the thread that issues fences and copies
+  const u32 rank = CL == 2 ? cluster_rank() : 0u;
+  if (lead) tmap_prefetch(a_map);
   const int ktiles = red / BK;
-  GemmWalk walk(off, E, M, width);
+  GemmWalk<CL> walk(off, E, M, width);
   int it = 0, acquired = -1;
-  for (GemmTile g; walk.next(g);) {
-    const u64 w_map = reinterpret_cast<u64>(w_maps + g.e), up_map = PAIR ? reinterpret_cast<u64>(w_maps + E + g.e) : 0;
+  bool shared;
+  for (GemmTile g; walk.next(g, shared);) {
+    const u64 w_map = reinterpret_cast<u64>(w_maps + g.e), up_map = SWIGLU ? reinterpret_cast<u64>(w_maps + E + g.e) : 0;
     if (g.e != acquired) {
-      tmap_acquire(w_map);
-      tmap_prefetch(w_map);
-      if (PAIR) {
-        tmap_acquire(up_map);
-        tmap_prefetch(up_map);
+      // The fence is per thread: the lane that issues the copies through the map.
+      if (lead) {
+        tmap_acquire(w_map);
+        tmap_prefetch(w_map);
+        if (SWIGLU) {
+          tmap_acquire(up_map);
+          tmap_prefetch(up_map);
+        }
       }
       acquired = g.e;
     }
-    const int pieces = (B_K ? 2 : 4) >> (g.cols <= BN / 2 ? 1 : 0);
-    produce_ring(base, bars, ktiles, A_BYTES + pieces * (B_K ? FWD_PIECE : DX_PIECE), it, [&](int kt, u32 full, u32 ta) {
+    const int pieces = (B_K ? 2 : 4) >> (g.cols <= BN / 2 ? 1 : 0);  // SWIGLU: 2 (its tiles are all 256 wide)
+    produce_ring<CL == 2>(base, bars, ktiles, A_BYTES + pieces * (B_K ? FWD_PIECE : DX_PIECE), it, [&](int kt, u32 full, u32 ta) {
       const u32 tb = ta + A_BYTES;
+      // B piece p: this CTA's own copy, or (shared) CTA p mod 2's into both.
+      const auto piece = [&](int p, u32 dst, u64 map, int c0, int c1) {
+        if (CL == 1 || !shared) tma_load_2d(dst, map, full, c0, c1);
+        else if ((u32)(p & 1) == rank) tma_load_2d_multicast(dst, map, full, c0, c1, 0x3);
+      };
       tma_load_2d(ta, a_map, full, kt * BK, g.row0);
-      if constexpr (PAIR) {
-        tma_load_2d(tb, w_map, full, kt * BK, g.j0 / 2);
-        tma_load_2d(tb + FWD_PIECE, up_map, full, kt * BK, g.j0 / 2);
+      if constexpr (SWIGLU) {
+        piece(0, tb, w_map, kt * BK, g.j0 / 2);
+        piece(1, tb + FWD_PIECE, up_map, kt * BK, g.j0 / 2);
       } else {
         for (int p = 0; p < pieces; ++p) {
-          if (B_K) tma_load_2d(tb + p * FWD_PIECE, w_map, full, kt * BK, g.j0 + 128 * p);
-          else tma_load_2d(tb + p * DX_PIECE, w_map, full, g.j0 + 64 * p, kt * BK);
+          if (B_K) piece(p, tb + p * FWD_PIECE, w_map, kt * BK, g.j0 + 128 * p);
+          else piece(p, tb + p * DX_PIECE, w_map, g.j0 + 64 * p, kt * BK);
         }
       }
     });
   }
+  if (CL == 2) drain_ring(bars, it);
 }
 
 // A consumer warpgroup's k-steps of one tile: acc (its 64 rows × WN columns) = Σ over the k-steps.
-template <int WN, bool B_K>
+template <int WN, bool B_K, int CL>
 __device__ __forceinline__ void gemm_consume(float (&acc)[128], u32 base, u32 bars, int half, int ktiles, int& it) {
-  consume_ring(base, bars, ktiles, it, [&](int, u32 stage) {
+  consume_ring<CL>(base, bars, ktiles, it, [&](int, u32 stage) {
     const u32 ta = stage + half * 64 * 128, tb = stage + A_BYTES;
     const u64 da = desc(ta, 16, 1024), db = B_K ? desc(tb, 16, 1024) : desc(tb, DX_PIECE, 1024);
     wgmma_fence();
@@ -460,7 +587,7 @@ __device__ __forceinline__ void gemm_consume(float (&acc)[128], u32 base, u32 ba
   });
 }
 
-// The SwiGLU pair's epilogue (header: "SwiGLU"): G, U and H (row stride ldc) at the warpgroup's
+// The SwiGLU forward's epilogue (header: "SwiGLU"): G, U and H (row stride ldc) at the warpgroup's
 // rows i < rows and the columns col < cols (even) of the tile's 128, as store_tile stores bf16.
 __device__ __forceinline__ void store_swiglu_tile(const float (&acc)[128], bf16* G, bf16* U, bf16* H, long long ldc, int half, int rows,
                                                   int cols) {
@@ -485,41 +612,61 @@ __device__ __forceinline__ void store_swiglu_tile(const float (&acc)[128], bf16*
 // The persistent forward/data CTA (grid ≤ the SM count): a producer warpgroup and two consumer
 // warpgroups (rows 0..63 and 64..127 of each 128 × 256 tile) over the CTA's tiles of out[M,
 // width], reduction `red` (> 0, a multiple of BK); a_map over the [M, red] rows, w_maps[e] over
-// expert e's weight. store(acc, tile, half) is the epilogue: store_tile into out, or (PAIR) the
-// SwiGLU pair's.
-template <bool B_K, bool PAIR = false, typename Store>
+// expert e's weight. store(acc, tile, half) is the epilogue: store_tile into out, or (SWIGLU) the
+// SwiGLU's. CL = 2: one of a cluster's CTA pair (header: "CTA pairs"); both meet at a cluster
+// barrier after initialising their rings (the peer's copies and arrivals name them), and warp 0
+// drains the ring before the CTA ends (a CTA's shared memory must outlive the peer's last
+// arrival and copy into it).
+template <bool B_K, bool SWIGLU = false, int CL = 1, typename Store>
 __device__ __forceinline__ void gemm_cta(const TensorMap& a_map, const TensorMap* __restrict__ w_maps, const int* __restrict__ off,
                                          int E, int M, int width, int red, unsigned char* smem_raw, Store store) {
   const u32 base = (ggc::smem_addr(smem_raw) + 1023u) & ~1023u;  // the window is only 16-byte aligned
   const u32 bars = base + BAR_OFFSET;
   const int tid = threadIdx.x, wg = tid >> 7;
-  if (tid == 0) init_ring(bars);
-  __syncthreads();
+  if (tid == 0) init_ring<CL>(bars);
+  if (CL == 2) cluster_sync();  // orders this CTA's inits for its own threads too
+  else __syncthreads();
   if (wg == 0) {
     asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;" ::"n"(PRODUCER_REGS));
-    if (tid == 0) gemm_produce<B_K, PAIR>(base, bars, reinterpret_cast<u64>(&a_map), w_maps, off, E, M, width, red);
+    // CL = 2: warp 0 whole (header: "CTA pairs", why a warp); warps 1-3 end here as with CL = 1.
+    if (CL == 1 ? tid == 0 : tid < 32) gemm_produce<B_K, SWIGLU, CL>(base, bars, reinterpret_cast<u64>(&a_map), w_maps, off, E, M, width, red);
     return;
   }
   asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;" ::"n"(CONSUMER_REGS));
   const int half = wg - 1, ktiles = red / BK;
-  GemmWalk walk(off, E, M, width);
+  GemmWalk<CL> walk(off, E, M, width);
   int it = 0;
-  for (GemmTile g; walk.next(g);) {
+  bool shared;
+  for (GemmTile g; walk.next(g, shared);) {
     float acc[128];
 #pragma unroll
     for (int c = 0; c < 128; ++c) acc[c] = 0.f;
-    if (g.cols <= BN / 2) gemm_consume<128, B_K>(acc, base, bars, half, ktiles, it);
-    else gemm_consume<256, B_K>(acc, base, bars, half, ktiles, it);
+    if (g.cols <= BN / 2) gemm_consume<128, B_K, CL>(acc, base, bars, half, ktiles, it);
+    else gemm_consume<256, B_K, CL>(acc, base, bars, half, ktiles, it);
     store(acc, g, half);
   }
 }
 
 // The forward and data products' CTA: out[M, width] as store_tile stores it.
-template <bool B_K>
+template <bool B_K, int CL = 1>
 __device__ __forceinline__ void plain_cta(const TensorMap& a_map, const TensorMap* __restrict__ w_maps, bf16* __restrict__ out,
                                           const int* __restrict__ off, int E, int M, int width, int red, unsigned char* smem_raw) {
-  gemm_cta<B_K>(a_map, w_maps, off, E, M, width, red, smem_raw, [&](const float (&acc)[128], const GemmTile& g, int half) {
+  gemm_cta<B_K, false, CL>(a_map, w_maps, off, E, M, width, red, smem_raw, [&](const float (&acc)[128], const GemmTile& g, int half) {
     store_tile(acc, out + (long long)g.row0 * width + g.j0, width, half, g.rowEnd - g.row0, g.cols, 0);
+  });
+}
+
+// The SwiGLU forward's CTA (header: "SwiGLU"): G, U, H [M, N] from the 256-wide tiles of gate and
+// up columns.
+template <int CL = 1>
+__device__ __forceinline__ void swiglu_cta(const TensorMap& x_map, const TensorMap* __restrict__ w_maps, bf16* __restrict__ G,
+                                           bf16* __restrict__ U, bf16* __restrict__ H, const int* __restrict__ off, int E, int M, int N,
+                                           int K, unsigned char* smem_raw) {
+  const int width = 2 * 128 * ((N + 127) / 128);
+  gemm_cta<true, true, CL>(x_map, w_maps, off, E, M, width, K, smem_raw, [&](const float (&acc)[128], const GemmTile& g, int half) {
+    const int jp = g.j0 / 2;
+    const long long o = (long long)g.row0 * N + jp;
+    store_swiglu_tile(acc, G + o, U + o, H + o, N, half, g.rowEnd - g.row0, min(128, N - jp));
   });
 }
 
@@ -687,12 +834,29 @@ extern "C" __global__ void __launch_bounds__(ggt::THREADS, 1)
 grouped_tma_fwd_swiglu_bf16(const __grid_constant__ ggt::TensorMap x_map, const ggt::TensorMap* __restrict__ w_maps, bf16* __restrict__ G,
                             bf16* __restrict__ U, bf16* __restrict__ H, const int* __restrict__ off, int E, int M, int N, int K) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  const int width = 2 * 128 * ((N + 127) / 128);
-  ggt::gemm_cta<true, true>(x_map, w_maps, off, E, M, width, K, smem_raw, [&](const float (&acc)[128], const ggt::GemmTile& g, int half) {
-    const int jp = g.j0 / 2;
-    const long long o = (long long)g.row0 * N + jp;
-    ggt::store_swiglu_tile(acc, G + o, U + o, H + o, N, half, g.rowEnd - g.row0, min(128, N - jp));
-  });
+  ggt::swiglu_cta(x_map, w_maps, G, U, H, off, E, M, N, K, smem_raw);
+}
+
+// The forward, data and SwiGLU products in CTA pairs (header: "CTA pairs"): clusters of 2 along
+// the grid; grid 2·min(pair tiles, the 2-CTA clusters the device runs at once), pair tiles
+// ceil(width / BN)·ceil((ceil(M/BM) + E) / 2) (width N, K, or 2·128·ceil(N/128) for SwiGLU).
+extern "C" __global__ void __cluster_dims__(2, 1, 1) __launch_bounds__(ggt::THREADS, 1)
+grouped_tma_pair_fwd_bf16(const __grid_constant__ ggt::TensorMap x_map, const ggt::TensorMap* __restrict__ w_maps, bf16* __restrict__ Y,
+                          const int* __restrict__ off, int E, int M, int N, int K) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  ggt::plain_cta<true, 2>(x_map, w_maps, Y, off, E, M, N, K, smem_raw);
+}
+extern "C" __global__ void __cluster_dims__(2, 1, 1) __launch_bounds__(ggt::THREADS, 1)
+grouped_tma_pair_dx_bf16(const __grid_constant__ ggt::TensorMap dy_map, const ggt::TensorMap* __restrict__ w_maps, bf16* __restrict__ dX,
+                         const int* __restrict__ off, int E, int M, int N, int K) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  ggt::plain_cta<false, 2>(dy_map, w_maps, dX, off, E, M, K, N, smem_raw);
+}
+extern "C" __global__ void __cluster_dims__(2, 1, 1) __launch_bounds__(ggt::THREADS, 1)
+grouped_tma_pair_fwd_swiglu_bf16(const __grid_constant__ ggt::TensorMap x_map, const ggt::TensorMap* __restrict__ w_maps, bf16* __restrict__ G,
+                                 bf16* __restrict__ U, bf16* __restrict__ H, const int* __restrict__ off, int E, int M, int N, int K) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  ggt::swiglu_cta<2>(x_map, w_maps, G, U, H, off, E, M, N, K, smem_raw);
 }
 
 // dW_e[N,K] = dY_eᵀ · X_e + beta·dW_e (f32 gradients): dy_map over dY [M, N], x_map over X [M, K],

@@ -1,6 +1,6 @@
 // Launcher of the grouped expert linear kernels (forward, backward data, backward weight), one
 // launch each for all experts, with the experts' row counts read by the kernels from the device
-// offsets (no host synchronisation). Three kernel sets, the same row tiles over the offsets and
+// offsets (no host synchronisation). Four kernel sets, the same row tiles over the offsets and
 // shape rules:
 //   mma    kernels/grouped_gemm.cu, mma.sync m16n8k16 (sm_80 and later);
 //   wgmma  kernels/grouped_gemm_wgmma.cu, Hopper warpgroup MMA (sm_90a only);
@@ -9,10 +9,14 @@
 //          each walking its share of the output tiles with the copy ring running on from tile to
 //          tile; forward and data over (row tile, column tile), the weight product over (expert,
 //          row tile, column tile)).
+//   tma_pair  the tma set with the forward, data and SwiGLU products in clusters of two CTAs on
+//          neighbouring row tiles, which copy a weight tile they share into both by TMA multicast
+//          (kernel header "CTA pairs": a third less L2 traffic); the weight product is tma's.
+//          Opt-in until measured: an earlier form of it (ce87017) measured 1.3–1.6× slower than
+//          tma; the kernel header lists what was changed since and why.
 // Which one runs is the backend option groupedGemm; 'auto' is tma on sm_90a (with wgmma's weight
 // product where it accumulates, beta 1), else mma. Measured on an H100 (2026-12-07 02:58 UTC,
-// bench gemm --grouped, the bench shapes: 64 experts, 49152 rows), ms per product (a tma variant
-// in 2-CTA clusters, measured slower, is described in the kernel's header):
+// bench gemm --grouped, the bench shapes: 64 experts, 49152 rows), ms per product:
 //                              mma    wgmma   tma    one cuBLASLt call per expert
 //   forward 2048 → 1408       1.190  0.753  0.561  0.964
 //   data    2048 → 1408       1.125  0.847  0.634  0.825
@@ -47,7 +51,7 @@ import type { CachingAllocator, GpuBlock } from '../runtime/allocator.js';
 import type { CudaContext } from '../runtime/context.js';
 import { devicePtr } from '../runtime/device_buffer.js';
 import { KernelArgs } from '../runtime/kernel_args.js';
-import { KernelFile } from '../runtime/module.js';
+import { KernelFile, type CudaKernel } from '../runtime/module.js';
 import { TensorMapArray, TensorMapSlots, type TiledMap } from '../runtime/tensor_map.js';
 import { assertContiguous, assertSameDType } from './common.js';
 import type { MatmulLauncher } from './matmul.js';
@@ -90,7 +94,7 @@ export const GROUPED_GEMM_TMA_DEFINES = {
 } as const;
 
 /** per_expert: one cuBLASLt product per expert after reading the offsets (the path the kernels replace; A/B runs). */
-export type GroupedGemmKernels = 'mma' | 'wgmma' | 'tma' | 'per_expert';
+export type GroupedGemmKernels = 'mma' | 'wgmma' | 'tma' | 'tma_pair' | 'per_expert';
 export type GroupedGemmRequest = 'auto' | GroupedGemmKernels;
 
 /** The kernels' shape rule: K and N multiples of 64 (whole 16-byte pieces, whole k16 steps, whole 64-column swizzle blocks). */
@@ -129,6 +133,11 @@ export class GroupedGemmLauncher {
   kernels: GroupedGemmKernels;
   /** tma set: the weight product with beta 1 runs wgmma's kernel ('auto'; use()). */
   private accumulateWithWgmma = false;
+  /**
+   * tma_pair, by kernel name: the 2-CTA clusters the GPU runs at once (asked once per kernel) and
+   * how many the kernel's last launch ran (benchmarks print both).
+   */
+  private readonly clusters = new Map<string, { resident: number; launched: number }>();
 
   /** partialSums: adds up the tma weight product's per-tile squares (sum_squares_multi.cu's final reduction). */
   constructor(private readonly ctx: CudaContext, private readonly allocator: CachingAllocator, private readonly gemm: MatmulLauncher,
@@ -145,18 +154,24 @@ export class GroupedGemmLauncher {
   }
 
   /**
-   * Chooses the kernel set ('auto': tma on sm_90a, else mma); wgmma or tma off sm_90a is an error.
+   * Chooses the kernel set ('auto': tma on sm_90a, else mma); wgmma, tma or tma_pair off sm_90a is an error.
    * Under 'auto' the weight product that accumulates into a gradient (beta 1: the second and later
    * micro-batches) runs wgmma's kernel, which measured faster there (header).
    */
   use(request: GroupedGemmRequest): void {
     const hopper = this.ctx.arch === 'sm_90a';
-    if ((request === 'wgmma' || request === 'tma') && !hopper) {
+    if ((request === 'wgmma' || request === 'tma' || request === 'tma_pair') && !hopper) {
       throw new Error(`the ${request} grouped GEMM kernels need an sm_90a GPU (H100/H200); ${this.ctx.name} is ${this.ctx.arch}: use groupedGemm 'mma' or 'auto'`);
     }
     this.kernels = request === 'auto' ? (hopper ? 'tma' : 'mma') : request;
     this.accumulateWithWgmma = request === 'auto';
   }
+
+  /** The tma set or its variant in CTA pairs (they differ in the forward, data and SwiGLU kernels only). */
+  private get tma(): boolean { return this.kernels === 'tma' || this.kernels === 'tma_pair'; }
+
+  /** tma_pair: per pair kernel launched so far, the 2-CTA clusters resident at once and those its last launch ran. */
+  get pairClusters(): ReadonlyMap<string, { resident: number; launched: number }> { return this.clusters; }
 
   /**
    * The kernel of one product in the chosen set (bf16Grads: the wgmma weight product into bf16
@@ -164,7 +179,7 @@ export class GroupedGemmLauncher {
    * and launchTmaWeight; it runs wgmma's only where a width is 0.
    */
   private kernel(product: 'fwd' | 'dx' | 'dw', bf16Grads = false) {
-    const wgmma = this.kernels === 'wgmma' || this.kernels === 'tma';
+    const wgmma = this.kernels === 'wgmma' || this.tma;
     const k = wgmma ? this.wgmmaFile.kernel(`grouped_wgmma_${product}_bf16${bf16Grads ? '_gbf16' : ''}`) : this.mmaFile.kernel(`grouped_${product}_bf16`);
     const smem = !wgmma ? MMA_SMEM : product === 'dw' ? WGMMA_DW_SMEM : WGMMA_SMEM;
     k.allowDynamicShared(smem, `grouped GEMM (${this.kernels})`);
@@ -174,7 +189,7 @@ export class GroupedGemmLauncher {
   groupedLinear(out: Tensor, x: Tensor, weights: readonly Tensor[], offsets: Tensor): void {
     const { M, N, K } = this.check('groupedLinear', x, out, weights, offsets);
     if (!this.kernelsTake(x, out, weights, K, N)) { this.perExpert('forward', out, x, weights, offsets); return; }
-    if (this.kernels === 'tma' && K > 0 && N > 0) { this.launchTma('fwd', out, x, weights, offsets, M, N, K); return; }
+    if (this.tma && K > 0 && N > 0) { this.launchTma('fwd', out, x, weights, offsets, M, N, K); return; }
     this.launch('fwd', [Math.ceil(N / BN), this.rowTiles(M, weights.length), 1], out, x, weights, offsets, M, N, K);
   }
 
@@ -183,32 +198,30 @@ export class GroupedGemmLauncher {
    * g, u [M, N] = x·Wg_eᵀ, x·Wu_eᵀ and h = silu(g)·u, the bits of two groupedLinear calls and the
    * SwiGLU kernel. The weights' map array holds the E gate maps, then the E up maps; the grid is
    * at most one CTA per SM over ceil(N/128)·(ceil(M/128) + E) tiles of 128 output columns (256
-   * accumulator columns: gate and up). Returns false where the tma set does not take the shapes
+   * accumulator columns: gate and up); tma_pair runs it in CTA pairs over pairs of those tiles.
+   * Returns false where the tma set does not take the shapes
    * (another set chosen, unaligned tensors, widths not multiples of 64): the caller composes them.
    */
   groupedSwiGLU(h: Tensor, g: Tensor, u: Tensor, x: Tensor, gates: readonly Tensor[], ups: readonly Tensor[], offsets: Tensor): boolean {
     const { M, N, K } = this.check('groupedSwiGLU gate', x, g, gates, offsets);
     this.check('groupedSwiGLU up', x, u, ups, offsets);
     this.check('groupedSwiGLU out', x, h, ups, offsets);
-    if (this.kernels !== 'tma' || K === 0 || N === 0 || !this.kernelsTake(x, g, [...gates, ...ups, u, h], K, N)) return false;
+    if (!this.tma || K === 0 || N === 0 || !this.kernelsTake(x, g, [...gates, ...ups, u, h], K, N)) return false;
     if (M === 0) return true;
-    const what = 'grouped GEMM (tma) SwiGLU forward';
+    const what = `grouped GEMM (${this.kernels}) SwiGLU forward`;
     this.tmaSwigluMaps.set(0, { dtype: 'bf16', address: devicePtr(x), dims: [K, M], strides: [K * 2], box: [WGMMA_BK, BM], swizzle128: true },
       `${what}: rows [${M}, ${K}]`);
     const E = gates.length;
     const args = this.tmaSwigluArgs.ptr(1, this.weightMapsOf('fwd', [...gates, ...ups], N, K, what)).ptr(2, devicePtr(g)).ptr(3, devicePtr(u))
       .ptr(4, devicePtr(h)).ptr(5, devicePtr(offsets)).i32(6, E).i32(7, M).i32(8, N).i32(9, K);
-    const k = this.tmaFile.kernel('grouped_tma_fwd_swiglu_bf16');
-    k.allowDynamicShared(TMA_SMEM, what);
-    const tiles = Math.ceil(N / 128) * (Math.ceil(M / BM) + E);
-    k.launch([Math.min(tiles, this.ctx.smCount), 1, 1], [TMA_THREADS, 1, 1], TMA_SMEM, args);
+    this.launchPersistent('fwd_swiglu', Math.ceil(N / 128), Math.ceil(M / BM) + E, args, what);
     return true;
   }
 
   groupedLinearBackwardData(dx: Tensor, dy: Tensor, weights: readonly Tensor[], offsets: Tensor): void {
     const { M, N, K } = this.check('groupedLinearBackwardData', dx, dy, weights, offsets);
     if (!this.kernelsTake(dy, dx, weights, K, N)) { this.perExpert('data', dx, dy, weights, offsets); return; }
-    if (this.kernels === 'tma' && K > 0 && N > 0) { this.launchTma('dx', dx, dy, weights, offsets, M, N, K); return; }
+    if (this.tma && K > 0 && N > 0) { this.launchTma('dx', dx, dy, weights, offsets, M, N, K); return; }
     this.launch('dx', [Math.ceil(K / BN), this.rowTiles(M, weights.length), 1], dx, dy, weights, offsets, M, N, K);
   }
 
@@ -227,7 +240,7 @@ export class GroupedGemmLauncher {
     // types) the product goes per expert through cuBLASLt, which reads the counts on the host (one
     // wait per product).
     const f32 = dweights.every((g) => g.dtype === 'f32'), bf16 = dweights.every((g) => g.dtype === 'bf16');
-    const typed = f32 || (bf16 && (this.kernels === 'wgmma' || this.kernels === 'tma'));
+    const typed = f32 || (bf16 && (this.kernels === 'wgmma' || this.tma));
     if (M === 0) {
       // No rows at all: nothing to add, or (beta 0) each gradient is a product over no rows, which
       // the matmul launcher writes as zeros.
@@ -236,7 +249,7 @@ export class GroupedGemmLauncher {
     }
     if (!typed || !this.kernelsTake(x, dy, dweights, K, N)) { this.perExpert('weight', dy, x, dweights, offsets, beta); return false; }
     const E = dweights.length;
-    if (this.kernels === 'tma' && K > 0 && N > 0 && !(beta === 1 && this.accumulateWithWgmma)) {
+    if (this.tma && K > 0 && N > 0 && !(beta === 1 && this.accumulateWithWgmma)) {
       return this.launchTmaWeight(dweights, dy, x, offsets, M, N, K, beta, !f32, beta === 0 ? squares : undefined);
     }
     const table = this.tableOf(dweights);
@@ -309,15 +322,44 @@ export class GroupedGemmLauncher {
                     M: number, N: number, K: number): void {
     if (M === 0) return;
     const red = product === 'fwd' ? K : N, width = product === 'fwd' ? N : K;
-    const what = `grouped GEMM (tma) ${product === 'fwd' ? 'forward' : 'data'}`;
+    const what = `grouped GEMM (${this.kernels}) ${product === 'fwd' ? 'forward' : 'data'}`;
     this.tmaMaps.set(0, { dtype: 'bf16', address: devicePtr(a), dims: [red, M], strides: [red * 2], box: [WGMMA_BK, BM], swizzle128: true },
       `${what}: rows [${M}, ${red}]`);
     const args = this.tmaArgs.ptr(1, this.weightMapsOf(product, weights, N, K, what)).ptr(2, devicePtr(out)).ptr(3, devicePtr(offsets))
       .i32(4, weights.length).i32(5, M).i32(6, N).i32(7, K);
-    const k = this.tmaFile.kernel(`grouped_tma_${product}_bf16`);
+    this.launchPersistent(product, Math.ceil(width / TMA_BN), Math.ceil(M / BM) + weights.length, args, what);
+  }
+
+  /**
+   * One of the tma set's persistent forward-type kernels (grouped_tma_<name>_bf16) over `columns`
+   * column tiles × `slots` row-tile slots: at most one CTA per SM; or under tma_pair
+   * (grouped_tma_pair_<name>_bf16, kernel header "CTA pairs") clusters of two CTAs over the
+   * columns · ceil(slots / 2) pair tiles, at most as many clusters as the GPU runs at once.
+   */
+  private launchPersistent(name: 'fwd' | 'dx' | 'fwd_swiglu', columns: number, slots: number, args: KernelArgs, what: string): void {
+    if (this.kernels !== 'tma_pair') {
+      const k = this.tmaFile.kernel(`grouped_tma_${name}_bf16`);
+      k.allowDynamicShared(TMA_SMEM, what);
+      k.launch([Math.min(columns * slots, this.ctx.smCount), 1, 1], [TMA_THREADS, 1, 1], TMA_SMEM, args);
+      return;
+    }
+    const k = this.tmaFile.kernel(`grouped_tma_pair_${name}_bf16`);
     k.allowDynamicShared(TMA_SMEM, what);
-    const tiles = Math.ceil(width / TMA_BN) * (Math.ceil(M / BM) + weights.length);
-    k.launch([Math.min(tiles, this.ctx.smCount), 1, 1], [TMA_THREADS, 1, 1], TMA_SMEM, args);
+    const counts = this.clusterCounts(k, what);
+    counts.launched = Math.min(columns * Math.ceil(slots / 2), counts.resident);
+    k.launch([2 * counts.launched, 1, 1], [TMA_THREADS, 1, 1], TMA_SMEM, args);
+  }
+
+  /** The cluster counts of pair kernel k, asking the driver how many run at once on first use. */
+  private clusterCounts(k: CudaKernel, what: string): { resident: number; launched: number } {
+    let counts = this.clusters.get(k.name);
+    if (counts === undefined) {
+      const resident = this.ctx.driver.maxActiveClusters(k.handle, 2 * Math.floor(this.ctx.smCount / 2), TMA_THREADS, TMA_SMEM, what);
+      if (resident < 1) throw new Error(`${what}: ${this.ctx.name} can run no cluster of two ${TMA_SMEM}-byte CTAs; use groupedGemm 'tma'`);
+      counts = { resident, launched: 0 };
+      this.clusters.set(k.name, counts);
+    }
+    return counts;
   }
 
   /**
