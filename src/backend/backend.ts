@@ -155,6 +155,16 @@ export interface Backend extends StorageOwner {
   /** dx [M,K] = dy_e [·,N] · weights[e] [N,K] per row block (offsets as in groupedLinear). */
   groupedLinearBackwardData(dx: Tensor, dy: Tensor, weights: readonly Tensor[], offsets: Tensor): void;
   /**
+   * dx [M,K] = dy1_e · w1[e] + dy2_e · w2[e] per row block (dy1, dy2 [M,N]; w1[e], w2[e] [N,K];
+   * offsets as in groupedLinear): the input gradient of two grouped products of the same x (the
+   * experts' gate, 1, and up, 2; ops/grouped_swiglu.ts). The reference value is autograd's sum of
+   * the two products' gradients: each rounded as groupedLinearBackwardData rounds it, then added as
+   * binary('add') adds (grouped_data_pair.ts), which the CPU backend gives bit for bit. A backend
+   * may instead compute one reduction over the 2N-long [dy1 dy2]·[w1; w2], rounded once (CUDA's
+   * tma set): within bf16 rounding of the reference, and closer to the exact sum.
+   */
+  groupedLinearBackwardDataPair(dx: Tensor, dy1: Tensor, dy2: Tensor, w1: readonly Tensor[], w2: readonly Tensor[], offsets: Tensor): void;
+  /**
    * dweights[e] (f32 or bf16 [N,K], one dtype) = dy_eᵀ · x_e over expert e's rows (offsets as in
    * groupedLinear) + beta·dweights[e]. beta 1 (the default) accumulates, and an expert with no
    * rows leaves its dweights[e] as it is; beta 0 overwrites without reading, and an expert with no

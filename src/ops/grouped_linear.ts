@@ -41,8 +41,8 @@ export function groupedLinear(x: Tensor, weights: readonly Tensor[], offsets: Te
   return out;
 }
 
-/** The tape's node for out = groupedLinear(x, weights, offsets), where out was computed by the caller (ops/grouped_swiglu.ts). */
-export function recordGroupedLinear(x: Tensor, weights: readonly Tensor[], offsets: Tensor, out: Tensor): void {
+/** The tape's node for out = groupedLinear(x, weights, offsets), where out was computed by the caller. */
+function recordGroupedLinear(x: Tensor, weights: readonly Tensor[], offsets: Tensor, out: Tensor): void {
   const backend = backendOf(x);
   const [M, K] = x.shape as [number, number];
   const node = beginNode('groupedLinear', [x, ...weights], 1);
@@ -55,40 +55,47 @@ export function recordGroupedLinear(x: Tensor, weights: readonly Tensor[], offse
         gx = emptyTensor(backend, [M, K], x.dtype);
         if (M > 0) backend.groupedLinearBackwardData(gx, g!, sw, so);
       }
-      const gws: (Tensor | null)[] = weights.map(() => null);
-      if (M > 0 && weights.some(needsGrad)) {
-        // Leaves with a gradient take dW in place; any other weight gets an f32 tensor of its own
-        // that is then handed on as linear.ts does. One beta for the whole product: 0 when no
-        // target holds values to keep (fresh tensors, gradients marked logically zero; an expert
-        // without rows then gets zeros), else 1 with the fresh and the marked ones zero-filled
-        // first (a mix of marked and written gradients does not arise in training, where the
-        // optimizer marks them all at once).
-        const overwrite = weights.every((w) => !direct(w) || isGradZeroPending(w.grad!));
-        const targets = weights.map((w) => {
-          if (direct(w)) {
-            // Both make any record of the gradient's squares stale; settleGrad only when it fills.
-            if (overwrite) claimGradBeta(w.grad!); else { settleGrad(w.grad!); forgetGradSquares(w.grad!); }
-            return w.grad!;
-          }
-          const t = emptyTensor(backend, w.shape, 'f32');
-          if (!overwrite) backend.fill(t, 0);
-          return t;
-        });
-        // The squares are worth recording when every target is a leaf's gradient (the norm reads those).
-        const record = overwrite && isRecordingGradSquares() && weights.every(direct);
-        const squares = record ? emptyTensor(backend, [1], 'f32') : undefined;
-        if (backend.groupedLinearWeightGrad(targets, g!, sx, so, overwrite ? 0 : 1, squares)) recordGradSquares(targets, squares!);
-        else squares?.dispose();
-        weights.forEach((w, e) => {
-          if (direct(w)) return;
-          const t = targets[e]!;
-          if (w.requiresGrad && !w.gradLink) { accumulateLeafGrad(w, t); t.dispose(); }
-          else if (needsGrad(w)) gws[e] = t;
-          else t.dispose();
-        });
-      }
-      return [gx, ...gws];
+      return [gx, ...groupedWeightGrads(weights, g!, sx, so)];
     };
   }
   linkOutputs(node, [out]);
+}
+
+/**
+ * The weights' side of a grouped product's backward (dy the output's gradient, x and offsets as
+ * saved): leaves with a gradient take dW in place; any other weight gets an f32 tensor of its own
+ * that is returned (null elsewhere) or added into its leaf, as linear.ts does.
+ */
+export function groupedWeightGrads(weights: readonly Tensor[], dy: Tensor, x: Tensor, offsets: Tensor): (Tensor | null)[] {
+  const backend = backendOf(x);
+  const gws: (Tensor | null)[] = weights.map(() => null);
+  if (x.shape[0] === 0 || !weights.some(needsGrad)) return gws;
+  // One beta for the whole product: 0 when no target holds values to keep (fresh tensors,
+  // gradients marked logically zero; an expert without rows then gets zeros), else 1 with the
+  // fresh and the marked ones zero-filled first (a mix of marked and written gradients does not
+  // arise in training, where the optimizer marks them all at once).
+  const overwrite = weights.every((w) => !direct(w) || isGradZeroPending(w.grad!));
+  const targets = weights.map((w) => {
+    if (direct(w)) {
+      // Both make any record of the gradient's squares stale; settleGrad only when it fills.
+      if (overwrite) claimGradBeta(w.grad!); else { settleGrad(w.grad!); forgetGradSquares(w.grad!); }
+      return w.grad!;
+    }
+    const t = emptyTensor(backend, w.shape, 'f32');
+    if (!overwrite) backend.fill(t, 0);
+    return t;
+  });
+  // The squares are worth recording when every target is a leaf's gradient (the norm reads those).
+  const record = overwrite && isRecordingGradSquares() && weights.every(direct);
+  const squares = record ? emptyTensor(backend, [1], 'f32') : undefined;
+  if (backend.groupedLinearWeightGrad(targets, dy, x, offsets, overwrite ? 0 : 1, squares)) recordGradSquares(targets, squares!);
+  else squares?.dispose();
+  weights.forEach((w, e) => {
+    if (direct(w)) return;
+    const t = targets[e]!;
+    if (w.requiresGrad && !w.gradLink) { accumulateLeafGrad(w, t); t.dispose(); }
+    else if (needsGrad(w)) gws[e] = t;
+    else t.dispose();
+  });
+  return gws;
 }

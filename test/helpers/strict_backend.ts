@@ -30,6 +30,11 @@ export class StrictCpuBackend extends CpuBackend {
     dense('groupedLinearBackwardData', ['dx', dx], ['dy', dy], ['offsets', offsets], ...weights.map((w, e): [string, Tensor] => [`weights[${e}]`, w]));
     super.groupedLinearBackwardData(dx, dy, weights, offsets);
   }
+  override groupedLinearBackwardDataPair(dx: Tensor, dy1: Tensor, dy2: Tensor, w1: readonly Tensor[], w2: readonly Tensor[], offsets: Tensor): void {
+    dense('groupedLinearBackwardDataPair', ['dx', dx], ['dy1', dy1], ['dy2', dy2], ['offsets', offsets],
+      ...[...w1, ...w2].map((w, i): [string, Tensor] => [i < w1.length ? `w1[${i}]` : `w2[${i - w1.length}]`, w]));
+    super.groupedLinearBackwardDataPair(dx, dy1, dy2, w1, w2, offsets);
+  }
   override groupedLinearWeightGrad(dweights: readonly Tensor[], dy: Tensor, x: Tensor, offsets: Tensor, beta: 0 | 1 = 1, squares?: Tensor): boolean {
     dense('groupedLinearWeightGrad', ['dy', dy], ['x', x], ['offsets', offsets], ...dweights.map((w, e): [string, Tensor] => [`dweights[${e}]`, w]));
     return super.groupedLinearWeightGrad(dweights, dy, x, offsets, beta, squares);

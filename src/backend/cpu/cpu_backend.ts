@@ -11,6 +11,7 @@ import { HostBuffer, arrayOf, denseView, forEachIndex, readF32, storageArray, wr
 import { cpuMatmul } from './matmul.js';
 import { cpuGroupedLinear, cpuGroupedLinearBackwardData, cpuGroupedLinearWeightGrad } from './grouped_matmul.js';
 import { mlaBackwardBlockByWhole } from '../mla_backward_block.js';
+import { groupedDataPairByParts } from '../grouped_data_pair.js';
 import { cpuAttentionMerge, cpuMlaAttention, cpuMlaAttentionBackward } from './attention.js';
 import * as m from './model_ops.js';
 
@@ -141,6 +142,10 @@ export class CpuBackend implements Backend {
   groupedLinear(out: Tensor, x: Tensor, weights: readonly Tensor[], offsets: Tensor): void { cpuGroupedLinear(out, x, weights, offsets); }
   groupedLinearBackwardData(dx: Tensor, dy: Tensor, weights: readonly Tensor[], offsets: Tensor): void {
     cpuGroupedLinearBackwardData(dx, dy, weights, offsets);
+  }
+  /** The two products and their sum, autograd's bits for the pair (grouped_data_pair.ts: why the oracle keeps them). */
+  groupedLinearBackwardDataPair(dx: Tensor, dy1: Tensor, dy2: Tensor, w1: readonly Tensor[], w2: readonly Tensor[], offsets: Tensor): void {
+    groupedDataPairByParts(this, dx, dy1, dy2, w1, w2, offsets);
   }
   /**
    * Declines the squares (returns false): on the CPU, summing them costs what the norm's own pass

@@ -23,6 +23,7 @@ import { GroupedGemmLauncher, type GroupedGemmKernels, type GroupedGemmRequest }
 import { MatmulLauncher } from './ops/matmul.js';
 import { MlaAttentionLauncher, type MlaGrads, type MlaKvGrads } from './ops/mla_attention.js';
 import { mlaBackwardBlockByWhole } from '../mla_backward_block.js';
+import { groupedDataPairByParts } from '../grouped_data_pair.js';
 import { MlaAttentionGenericLauncher } from './ops/mla_attention_generic.js';
 import { chooseMlaKernels, type MlaKernels, type MlaKernelsRequest } from './ops/mla_kernel_choice.js';
 import { RmsNormLauncher } from './ops/rms_norm.js';
@@ -187,6 +188,10 @@ export class CudaBackend implements Backend {
   groupedLinear(out: Tensor, x: Tensor, weights: readonly Tensor[], offsets: Tensor): void { this.groupedGemm.groupedLinear(out, x, weights, offsets); }
   groupedLinearBackwardData(dx: Tensor, dy: Tensor, weights: readonly Tensor[], offsets: Tensor): void {
     this.groupedGemm.groupedLinearBackwardData(dx, dy, weights, offsets);
+  }
+  /** The two products and their sum, the bits of autograd's sum of their two gradients (grouped_data_pair.ts). */
+  groupedLinearBackwardDataPair(dx: Tensor, dy1: Tensor, dy2: Tensor, w1: readonly Tensor[], w2: readonly Tensor[], offsets: Tensor): void {
+    groupedDataPairByParts(this, dx, dy1, dy2, w1, w2, offsets);
   }
   groupedLinearWeightGrad(dweights: readonly Tensor[], dy: Tensor, x: Tensor, offsets: Tensor, beta: 0 | 1 = 1, squares?: Tensor): boolean {
     return this.groupedGemm.groupedLinearWeightGrad(dweights, dy, x, offsets, beta, squares);
