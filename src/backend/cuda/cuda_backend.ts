@@ -189,8 +189,12 @@ export class CudaBackend implements Backend {
   groupedLinearBackwardData(dx: Tensor, dy: Tensor, weights: readonly Tensor[], offsets: Tensor): void {
     this.groupedGemm.groupedLinearBackwardData(dx, dy, weights, offsets);
   }
-  /** The two products and their sum, the bits of autograd's sum of their two gradients (grouped_data_pair.ts). */
+  /**
+   * The tma set's one-reduction kernel (rounded once; kernel header "Gate-and-up data product");
+   * elsewhere the two products and their sum, the bits of autograd's sum of their two gradients (grouped_data_pair.ts).
+   */
   groupedLinearBackwardDataPair(dx: Tensor, dy1: Tensor, dy2: Tensor, w1: readonly Tensor[], w2: readonly Tensor[], offsets: Tensor): void {
+    if (this.groupedGemm.groupedLinearBackwardDataPair(dx, dy1, dy2, w1, w2, offsets)) return;
     groupedDataPairByParts(this, dx, dy1, dy2, w1, w2, offsets);
   }
   groupedLinearWeightGrad(dweights: readonly Tensor[], dy: Tensor, x: Tensor, offsets: Tensor, beta: 0 | 1 = 1, squares?: Tensor): boolean {

@@ -86,9 +86,9 @@
 // them: larger CTA tiles (the accumulators of 128 × 256 already fill two consumer warpgroups'
 // registers) or one weight tile sent to two CTAs (the CTA pairs below).
 //
-// CTA pairs (grouped_tma_pair_*: the forward, data and SwiGLU products of the opt-in `tma_pair`
-// set). Clusters of two CTAs on neighbouring row tiles (row-tile slots 2y and 2y + 1, one column
-// tile): when both tiles are one expert's they need the same weight tile, and each CTA copies
+// CTA pairs (grouped_tma_pair_*: the forward, data, gate-and-up data and SwiGLU products of the
+// opt-in `tma_pair` set). Clusters of two CTAs on neighbouring row tiles (row-tile slots 2y and
+// 2y + 1, one column tile): when both tiles are one expert's they need the same weight tile, and each CTA copies
 // half of its pieces into both CTAs' stages at once (cp.async.bulk.tensor … multicast::cluster),
 // so a pair reads 64 KiB a k-step from L2 instead of 96: a third less. When the two tiles are different experts' (an expert's last row tile beside
 // the next one's first: about one pair in seven at ~6.5 row tiles an expert), each copies all of
@@ -177,6 +177,20 @@
 // swiglu.cuh's arithmetic: the bits of the gate and up products and the SwiGLU kernel. Saves the
 // SwiGLU pass's read of G and U (2·M·N bf16) and a launch, and the narrow last column tile of
 // each product at N = 1408 (11 gate-and-up tiles instead of 2 × (5 wide + 1 narrow)).
+//
+// Gate-and-up data product (grouped_tma_dx_gate_up_bf16; grouped_tma_pair_dx_gate_up_bf16 in CTA
+// pairs): dX = dG_e·Wg_e + dU_e·Wu_e, x's gradient through the gate and the up products, as one
+// data product over the 2N-long reduction [dG dU]·[Wg_e; Wu_e]: k-steps 0..N/64 − 1 copy dG and
+// Wg_e, the rest dU and Wu_e, into the same accumulators. dX is written once and rounded once,
+// where two data products and autograd's add write two [M, K] bf16 tensors, read them both and
+// write a third (the add: ~0.71 ms a step on an H100, issue 16), and each tile's prologue and
+// epilogue serve twice the k-steps. Its values differ from that sum of two rounded products by
+// bf16 rounding (closer to the exact sum); the CPU oracle keeps the two roundings and the add
+// (backend/grouped_data_pair.ts: the golden demo and the CPU equivalence tests depend on those
+// bits), and test/cuda_grouped_gemm.test.ts checks this kernel against it within bf16 tolerance.
+// Bench-shape estimate (data 1408 → 2048 measured 0.555 ms a product, ops/grouped_gemm.ts):
+// ~1.05–1.1 ms for the kernel (twice the k-steps, half the epilogues) against 2 × 0.555 + 0.71 =
+// 1.82 ms. Not yet run on a GPU.
 //
 // Gradient norm: with beta 0 the weight product can also leave the Σ of the squares of what it
 // wrote (autograd/grad_squares.ts), so the step's norm pass (sum_squares_multi, at its byte
@@ -515,43 +529,52 @@ struct GemmWalk {
   }
 };
 
+// How a forward/data product reads the experts' gate and up weights (gemm_produce's GU).
+enum GateUp { NO_GATE_UP, GATE_UP_COLUMNS, GATE_UP_REDUCTION };
+
 // The producer: per tile, A at (kt·BK, row0) and B's pieces (B_K: forward, else backward data;
 // half of them on a narrow column tile) for each k-step. Expert e's weight map is acquired for
 // the copy engine (header: operands) before its first use here: the CTA's experts come in
 // increasing order (row-tile slots only grow), so acquiring when the expert changes is once per
 // expert the CTA uses, not once per tile.
-// SWIGLU (the SwiGLU forward, B_K): w_maps holds the E gate maps, then the E up maps; the walk's
-// width is 256 per 128 output columns, and a tile's two pieces are rows j0/2.. of the gate and of
-// the up weight.
+// GU, how the product reads the experts' gate and up weights (w_maps then holds the E gate maps,
+// then the E up maps): not at all (NO_GATE_UP: w_maps[e] is expert e's one weight); side by side
+// in the B stage, the SwiGLU forward (GATE_UP_COLUMNS, B_K: the walk's width is 256 per 128 output
+// columns, and a tile's two pieces are rows j0/2.. of the gate and of the up weight; header
+// "SwiGLU"); one after the other along the reduction, the gate-and-up data product
+// (GATE_UP_REDUCTION, !B_K: red = 2N, and k-steps red/2/BK.. copy a_map2 and the up weights at
+// k-step − red/2/BK; header "Gate-and-up data product").
 // CL = 1: thread 0 alone. CL = 2: the whole of warp 0, lane 0 issuing (produce_ring<true>); with a
 // shared weight tile piece p is copied by CTA p mod 2 into both CTAs (each stage's "full" barrier
 // counts all of A and B however they come), then the warp drains the ring (drain_ring).
-template <bool B_K, bool SWIGLU = false, int CL = 1>
-__device__ __forceinline__ void gemm_produce(u32 base, u32 bars, u64 a_map, const TensorMap* __restrict__ w_maps,
+template <bool B_K, GateUp GU = NO_GATE_UP, int CL = 1>
+__device__ __forceinline__ void gemm_produce(u32 base, u32 bars, u64 a_map, u64 a_map2, const TensorMap* __restrict__ w_maps,
                                              const int* __restrict__ off, int E, int M, int width, int red) {
-  static_assert(B_K || !SWIGLU, "the SwiGLU forward is a forward product");
+  static_assert((GU != GATE_UP_COLUMNS || B_K) && (GU != GATE_UP_REDUCTION || !B_K),
+                "gate and up side by side is the SwiGLU forward, along the reduction the data product");
   const bool lead = CL == 1 || (threadIdx.x & 31) == 0;  // the thread that issues fences and copies
   const u32 rank = CL == 2 ? cluster_rank() : 0u;
   if (lead) tmap_prefetch(a_map);
-  const int ktiles = red / BK;
+  if (lead && GU == GATE_UP_REDUCTION) tmap_prefetch(a_map2);
+  const int ktiles = red / BK, half_k = ktiles / 2;  // half_k: GATE_UP_REDUCTION's first up k-step
   GemmWalk<CL> walk(off, E, M, width);
   int it = 0, acquired = -1;
   bool shared;
   for (GemmTile g; walk.next(g, shared);) {
-    const u64 w_map = reinterpret_cast<u64>(w_maps + g.e), up_map = SWIGLU ? reinterpret_cast<u64>(w_maps + E + g.e) : 0;
+    const u64 w_map = reinterpret_cast<u64>(w_maps + g.e), up_map = GU != NO_GATE_UP ? reinterpret_cast<u64>(w_maps + E + g.e) : 0;
     if (g.e != acquired) {
       // The fence is per thread: the lane that issues the copies through the map.
       if (lead) {
         tmap_acquire(w_map);
         tmap_prefetch(w_map);
-        if (SWIGLU) {
+        if (GU != NO_GATE_UP) {
           tmap_acquire(up_map);
           tmap_prefetch(up_map);
         }
       }
       acquired = g.e;
     }
-    const int pieces = (B_K ? 2 : 4) >> (g.cols <= BN / 2 ? 1 : 0);  // SWIGLU: 2 (its tiles are all 256 wide)
+    const int pieces = (B_K ? 2 : 4) >> (g.cols <= BN / 2 ? 1 : 0);  // GATE_UP_COLUMNS: 2 (its tiles are all 256 wide)
     produce_ring<CL == 2>(base, bars, ktiles, A_BYTES + pieces * (B_K ? FWD_PIECE : DX_PIECE), it, [&](int kt, u32 full, u32 ta) {
       const u32 tb = ta + A_BYTES;
       // B piece p: this CTA's own copy, or (shared) CTA p mod 2's into both.
@@ -559,14 +582,18 @@ __device__ __forceinline__ void gemm_produce(u32 base, u32 bars, u64 a_map, cons
         if (CL == 1 || !shared) tma_load_2d(dst, map, full, c0, c1);
         else if ((u32)(p & 1) == rank) tma_load_2d_multicast(dst, map, full, c0, c1, 0x3);
       };
-      tma_load_2d(ta, a_map, full, kt * BK, g.row0);
-      if constexpr (SWIGLU) {
+      // GATE_UP_REDUCTION's second half: dY2 and the up weight, from their k-step 0.
+      const bool up = GU == GATE_UP_REDUCTION && kt >= half_k;
+      const int k = up ? kt - half_k : kt;
+      tma_load_2d(ta, up ? a_map2 : a_map, full, k * BK, g.row0);
+      if constexpr (GU == GATE_UP_COLUMNS) {
         piece(0, tb, w_map, kt * BK, g.j0 / 2);
         piece(1, tb + FWD_PIECE, up_map, kt * BK, g.j0 / 2);
       } else {
+        const u64 map = up ? up_map : w_map;
         for (int p = 0; p < pieces; ++p) {
-          if (B_K) piece(p, tb + p * FWD_PIECE, w_map, kt * BK, g.j0 + 128 * p);
-          else piece(p, tb + p * DX_PIECE, w_map, g.j0 + 64 * p, kt * BK);
+          if (B_K) piece(p, tb + p * FWD_PIECE, map, k * BK, g.j0 + 128 * p);
+          else piece(p, tb + p * DX_PIECE, map, g.j0 + 64 * p, k * BK);
         }
       }
     });
@@ -612,14 +639,15 @@ __device__ __forceinline__ void store_swiglu_tile(const float (&acc)[128], bf16*
 // The persistent forward/data CTA (grid ≤ the SM count): a producer warpgroup and two consumer
 // warpgroups (rows 0..63 and 64..127 of each 128 × 256 tile) over the CTA's tiles of out[M,
 // width], reduction `red` (> 0, a multiple of BK); a_map over the [M, red] rows, w_maps[e] over
-// expert e's weight. store(acc, tile, half) is the epilogue: store_tile into out, or (SWIGLU) the
-// SwiGLU's. CL = 2: one of a cluster's CTA pair (header: "CTA pairs"); both meet at a cluster
+// expert e's weight (a_map2: GATE_UP_REDUCTION's second A, over dY2; unused otherwise). store(acc,
+// tile, half) is the epilogue: store_tile into out, or (GATE_UP_COLUMNS) the SwiGLU's. CL = 2:
+// one of a cluster's CTA pair (header: "CTA pairs"); both meet at a cluster
 // barrier after initialising their rings (the peer's copies and arrivals name them), and warp 0
 // drains the ring before the CTA ends (a CTA's shared memory must outlive the peer's last
 // arrival and copy into it).
-template <bool B_K, bool SWIGLU = false, int CL = 1, typename Store>
-__device__ __forceinline__ void gemm_cta(const TensorMap& a_map, const TensorMap* __restrict__ w_maps, const int* __restrict__ off,
-                                         int E, int M, int width, int red, unsigned char* smem_raw, Store store) {
+template <bool B_K, GateUp GU = NO_GATE_UP, int CL = 1, typename Store>
+__device__ __forceinline__ void gemm_cta(const TensorMap& a_map, const TensorMap& a_map2, const TensorMap* __restrict__ w_maps,
+                                         const int* __restrict__ off, int E, int M, int width, int red, unsigned char* smem_raw, Store store) {
   const u32 base = (ggc::smem_addr(smem_raw) + 1023u) & ~1023u;  // the window is only 16-byte aligned
   const u32 bars = base + BAR_OFFSET;
   const int tid = threadIdx.x, wg = tid >> 7;
@@ -629,7 +657,9 @@ __device__ __forceinline__ void gemm_cta(const TensorMap& a_map, const TensorMap
   if (wg == 0) {
     asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;" ::"n"(PRODUCER_REGS));
     // CL = 2: warp 0 whole (header: "CTA pairs", why a warp); warps 1-3 end here as with CL = 1.
-    if (CL == 1 ? tid == 0 : tid < 32) gemm_produce<B_K, SWIGLU, CL>(base, bars, reinterpret_cast<u64>(&a_map), w_maps, off, E, M, width, red);
+    if (CL == 1 ? tid == 0 : tid < 32) {
+      gemm_produce<B_K, GU, CL>(base, bars, reinterpret_cast<u64>(&a_map), reinterpret_cast<u64>(&a_map2), w_maps, off, E, M, width, red);
+    }
     return;
   }
   asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;" ::"n"(CONSUMER_REGS));
@@ -647,11 +677,13 @@ __device__ __forceinline__ void gemm_cta(const TensorMap& a_map, const TensorMap
   }
 }
 
-// The forward and data products' CTA: out[M, width] as store_tile stores it.
-template <bool B_K, int CL = 1>
-__device__ __forceinline__ void plain_cta(const TensorMap& a_map, const TensorMap* __restrict__ w_maps, bf16* __restrict__ out,
-                                          const int* __restrict__ off, int E, int M, int width, int red, unsigned char* smem_raw) {
-  gemm_cta<B_K, false, CL>(a_map, w_maps, off, E, M, width, red, smem_raw, [&](const float (&acc)[128], const GemmTile& g, int half) {
+// The forward and data products' CTA, and (GATE_UP_REDUCTION, a_map2 over dY2) the gate-and-up
+// data product's: out[M, width] as store_tile stores it.
+template <bool B_K, int CL = 1, GateUp GU = NO_GATE_UP>
+__device__ __forceinline__ void plain_cta(const TensorMap& a_map, const TensorMap& a_map2, const TensorMap* __restrict__ w_maps,
+                                          bf16* __restrict__ out, const int* __restrict__ off, int E, int M, int width, int red,
+                                          unsigned char* smem_raw) {
+  gemm_cta<B_K, GU, CL>(a_map, a_map2, w_maps, off, E, M, width, red, smem_raw, [&](const float (&acc)[128], const GemmTile& g, int half) {
     store_tile(acc, out + (long long)g.row0 * width + g.j0, width, half, g.rowEnd - g.row0, g.cols, 0);
   });
 }
@@ -663,7 +695,7 @@ __device__ __forceinline__ void swiglu_cta(const TensorMap& x_map, const TensorM
                                            bf16* __restrict__ U, bf16* __restrict__ H, const int* __restrict__ off, int E, int M, int N,
                                            int K, unsigned char* smem_raw) {
   const int width = 2 * 128 * ((N + 127) / 128);
-  gemm_cta<true, true, CL>(x_map, w_maps, off, E, M, width, K, smem_raw, [&](const float (&acc)[128], const GemmTile& g, int half) {
+  gemm_cta<true, GATE_UP_COLUMNS, CL>(x_map, x_map, w_maps, off, E, M, width, K, smem_raw, [&](const float (&acc)[128], const GemmTile& g, int half) {
     const int jp = g.j0 / 2;
     const long long o = (long long)g.row0 * N + jp;
     store_swiglu_tile(acc, G + o, U + o, H + o, N, half, g.rowEnd - g.row0, min(128, N - jp));
@@ -815,7 +847,7 @@ extern "C" __global__ void __launch_bounds__(ggt::THREADS, 1)
 grouped_tma_fwd_bf16(const __grid_constant__ ggt::TensorMap x_map, const ggt::TensorMap* __restrict__ w_maps, bf16* __restrict__ Y,
                      const int* __restrict__ off, int E, int M, int N, int K) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  ggt::plain_cta<true>(x_map, w_maps, Y, off, E, M, N, K, smem_raw);
+  ggt::plain_cta<true>(x_map, x_map, w_maps, Y, off, E, M, N, K, smem_raw);
 }
 
 // dX[M,K] = dY_e · W_e per row block: dy_map over dY [M, N], w_maps[e] over W_e [N, K] with box (64, 64).
@@ -824,7 +856,18 @@ extern "C" __global__ void __launch_bounds__(ggt::THREADS, 1)
 grouped_tma_dx_bf16(const __grid_constant__ ggt::TensorMap dy_map, const ggt::TensorMap* __restrict__ w_maps, bf16* __restrict__ dX,
                     const int* __restrict__ off, int E, int M, int N, int K) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  ggt::plain_cta<false>(dy_map, w_maps, dX, off, E, M, K, N, smem_raw);
+  ggt::plain_cta<false>(dy_map, dy_map, w_maps, dX, off, E, M, K, N, smem_raw);
+}
+
+// dX[M,K] = dG_e · Wg_e + dU_e · Wu_e per row block, one reduction over 2N rounded once (header:
+// "Gate-and-up data product"): dg_map, du_map over dG, dU [M, N]; w_maps the E gate maps, then the
+// E up maps, each over [N, K] with box (64, 64). grid min(ceil(K/BN)·(ceil(M/BM) + E), SMs).
+extern "C" __global__ void __launch_bounds__(ggt::THREADS, 1)
+grouped_tma_dx_gate_up_bf16(const __grid_constant__ ggt::TensorMap dg_map, const __grid_constant__ ggt::TensorMap du_map,
+                            const ggt::TensorMap* __restrict__ w_maps, bf16* __restrict__ dX, const int* __restrict__ off, int E, int M,
+                            int N, int K) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  ggt::plain_cta<false, 1, ggt::GATE_UP_REDUCTION>(dg_map, du_map, w_maps, dX, off, E, M, K, 2 * N, smem_raw);
 }
 
 // G, U [M,N] = X_e · Wg_eᵀ, X_e · Wu_eᵀ and H = silu(G)·U per row block (header: "SwiGLU"): x_map over X
@@ -837,20 +880,28 @@ grouped_tma_fwd_swiglu_bf16(const __grid_constant__ ggt::TensorMap x_map, const 
   ggt::swiglu_cta(x_map, w_maps, G, U, H, off, E, M, N, K, smem_raw);
 }
 
-// The forward, data and SwiGLU products in CTA pairs (header: "CTA pairs"): clusters of 2 along
-// the grid; grid 2·min(pair tiles, the 2-CTA clusters the device runs at once), pair tiles
-// ceil(width / BN)·ceil((ceil(M/BM) + E) / 2) (width N, K, or 2·128·ceil(N/128) for SwiGLU).
+// The forward, data, gate-and-up data and SwiGLU products in CTA pairs (header: "CTA pairs"):
+// clusters of 2 along the grid; grid 2·min(pair tiles, the 2-CTA clusters the device runs at
+// once), pair tiles ceil(width / BN)·ceil((ceil(M/BM) + E) / 2) (width N, K, or 2·128·ceil(N/128)
+// for SwiGLU).
 extern "C" __global__ void __cluster_dims__(2, 1, 1) __launch_bounds__(ggt::THREADS, 1)
 grouped_tma_pair_fwd_bf16(const __grid_constant__ ggt::TensorMap x_map, const ggt::TensorMap* __restrict__ w_maps, bf16* __restrict__ Y,
                           const int* __restrict__ off, int E, int M, int N, int K) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  ggt::plain_cta<true, 2>(x_map, w_maps, Y, off, E, M, N, K, smem_raw);
+  ggt::plain_cta<true, 2>(x_map, x_map, w_maps, Y, off, E, M, N, K, smem_raw);
 }
 extern "C" __global__ void __cluster_dims__(2, 1, 1) __launch_bounds__(ggt::THREADS, 1)
 grouped_tma_pair_dx_bf16(const __grid_constant__ ggt::TensorMap dy_map, const ggt::TensorMap* __restrict__ w_maps, bf16* __restrict__ dX,
                          const int* __restrict__ off, int E, int M, int N, int K) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  ggt::plain_cta<false, 2>(dy_map, w_maps, dX, off, E, M, K, N, smem_raw);
+  ggt::plain_cta<false, 2>(dy_map, dy_map, w_maps, dX, off, E, M, K, N, smem_raw);
+}
+extern "C" __global__ void __cluster_dims__(2, 1, 1) __launch_bounds__(ggt::THREADS, 1)
+grouped_tma_pair_dx_gate_up_bf16(const __grid_constant__ ggt::TensorMap dg_map, const __grid_constant__ ggt::TensorMap du_map,
+                                 const ggt::TensorMap* __restrict__ w_maps, bf16* __restrict__ dX, const int* __restrict__ off, int E, int M,
+                                 int N, int K) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  ggt::plain_cta<false, 2, ggt::GATE_UP_REDUCTION>(dg_map, du_map, w_maps, dX, off, E, M, K, 2 * N, smem_raw);
 }
 extern "C" __global__ void __cluster_dims__(2, 1, 1) __launch_bounds__(ggt::THREADS, 1)
 grouped_tma_pair_fwd_swiglu_bf16(const __grid_constant__ ggt::TensorMap x_map, const ggt::TensorMap* __restrict__ w_maps, bf16* __restrict__ G,

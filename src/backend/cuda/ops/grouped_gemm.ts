@@ -8,10 +8,12 @@
 //          128 × 256 tiles, all three products, each a persistent kernel (at most one CTA per SM,
 //          each walking its share of the output tiles with the copy ring running on from tile to
 //          tile; forward and data over (row tile, column tile), the weight product over (expert,
-//          row tile, column tile)).
-//   tma_pair  the tma set with the forward, data and SwiGLU products in clusters of two CTAs on
-//          neighbouring row tiles, which copy a weight tile they share into both by TMA multicast
-//          (kernel header "CTA pairs": a third less L2 traffic); the weight product is tma's.
+//          row tile, column tile)); also the SwiGLU forward and the gate-and-up data product
+//          (x's gradient through the experts' gate and up as one reduction over 2N).
+//   tma_pair  the tma set with the forward, data, gate-and-up data and SwiGLU products in
+//          clusters of two CTAs on neighbouring row tiles, which copy a weight tile they share
+//          into both by TMA multicast (kernel header "CTA pairs": a third less L2 traffic); the
+//          weight product is tma's.
 //          Opt-in until measured: an earlier form of it (ce87017) measured 1.3–1.6× slower than
 //          tma; the kernel header lists what was changed since and why.
 // Which one runs is the backend option groupedGemm; 'auto' is tma on sm_90a (with wgmma's weight
@@ -122,6 +124,9 @@ export class GroupedGemmLauncher {
   /** tma SwiGLU forward: x's map (by value), the gate-then-up map array, G, U, H, offsets, E, M, N, K. */
   private readonly tmaSwigluArgs = new KernelArgs(10, [0]);
   private readonly tmaSwigluMaps: TensorMapSlots;
+  /** tma gate-and-up data product: the maps over dY1 and dY2 (by value), the W1-then-W2 map array, dX, offsets, E, M, N, K. */
+  private readonly tmaGateUpDxArgs = new KernelArgs(9, [0, 1]);
+  private readonly tmaGateUpDxMaps: TensorMapSlots;
   /** tma weight product: the maps over dY and X (by value), the gradients' address table, offsets, E, M, N, K, beta, squares' partials. */
   private readonly tmaDwArgs = new KernelArgs(10, [0, 1]);
   private readonly tmaDwMaps: TensorMapSlots;
@@ -147,6 +152,7 @@ export class GroupedGemmLauncher {
     this.tmaFile = new KernelFile(ctx, 'grouped_gemm_tma.cu', GROUPED_GEMM_TMA_DEFINES);
     this.tmaMaps = new TensorMapSlots(ctx.driver, this.tmaArgs);
     this.tmaSwigluMaps = new TensorMapSlots(ctx.driver, this.tmaSwigluArgs);
+    this.tmaGateUpDxMaps = new TensorMapSlots(ctx.driver, this.tmaGateUpDxArgs);
     this.tmaDwMaps = new TensorMapSlots(ctx.driver, this.tmaDwArgs);
     this.weightMaps = new TensorMapArray(ctx.driver);
     this.kernels = 'mma';
@@ -215,6 +221,30 @@ export class GroupedGemmLauncher {
     const args = this.tmaSwigluArgs.ptr(1, this.weightMapsOf('fwd', [...gates, ...ups], N, K, what)).ptr(2, devicePtr(g)).ptr(3, devicePtr(u))
       .ptr(4, devicePtr(h)).ptr(5, devicePtr(offsets)).i32(6, E).i32(7, M).i32(8, N).i32(9, K);
     this.launchPersistent('fwd_swiglu', Math.ceil(N / 128), Math.ceil(M / BM) + E, args, what);
+    return true;
+  }
+
+  /**
+   * The tma set's gate-and-up data product (kernel header "Gate-and-up data product"): dx [M, K] =
+   * dy1_e·W1_e + dy2_e·W2_e per row block as one reduction over 2N, written and rounded once (the
+   * backend's composed form rounds both products and their sum: backend/grouped_data_pair.ts).
+   * The maps over dy1 and dy2 are kernel parameters; the weights' map array holds the E W1 maps,
+   * then the E W2 maps, with the data product's boxes; the grid is the data product's, and
+   * tma_pair runs it in CTA pairs. Returns false where the tma set does not take the shapes
+   * (another set chosen, unaligned tensors, widths not multiples of 64): the caller composes it.
+   */
+  groupedLinearBackwardDataPair(dx: Tensor, dy1: Tensor, dy2: Tensor, w1: readonly Tensor[], w2: readonly Tensor[], offsets: Tensor): boolean {
+    const { M, N, K } = this.check('groupedLinearBackwardDataPair first', dx, dy1, w1, offsets);
+    this.check('groupedLinearBackwardDataPair second', dx, dy2, w2, offsets);
+    if (!this.tma || K === 0 || N === 0 || !this.kernelsTake(dy1, dx, [...w1, ...w2, dy2], K, N)) return false;
+    if (M === 0) return true;
+    const what = `grouped GEMM (${this.kernels}) gate-and-up data`;
+    [dy1, dy2].forEach((dy, i) => this.tmaGateUpDxMaps.set(i,
+      { dtype: 'bf16', address: devicePtr(dy), dims: [N, M], strides: [N * 2], box: [WGMMA_BK, BM], swizzle128: true }, `${what}: dY${i + 1} [${M}, ${N}]`));
+    const E = w1.length;
+    const args = this.tmaGateUpDxArgs.ptr(2, this.weightMapsOf('dx', [...w1, ...w2], N, K, what)).ptr(3, devicePtr(dx)).ptr(4, devicePtr(offsets))
+      .i32(5, E).i32(6, M).i32(7, N).i32(8, K);
+    this.launchPersistent('dx_gate_up', Math.ceil(K / TMA_BN), Math.ceil(M / BM) + E, args, what);
     return true;
   }
 
@@ -336,7 +366,7 @@ export class GroupedGemmLauncher {
    * (grouped_tma_pair_<name>_bf16, kernel header "CTA pairs") clusters of two CTAs over the
    * columns · ceil(slots / 2) pair tiles, at most as many clusters as the GPU runs at once.
    */
-  private launchPersistent(name: 'fwd' | 'dx' | 'fwd_swiglu', columns: number, slots: number, args: KernelArgs, what: string): void {
+  private launchPersistent(name: 'fwd' | 'dx' | 'fwd_swiglu' | 'dx_gate_up', columns: number, slots: number, args: KernelArgs, what: string): void {
     if (this.kernels !== 'tma_pair') {
       const k = this.tmaFile.kernel(`grouped_tma_${name}_bf16`);
       k.allowDynamicShared(TMA_SMEM, what);
