@@ -10,9 +10,12 @@
 // product with beta 0 (a step's first write into gradients marked logically zero,
 // autograd/lazy_grad_zero.ts: written, not read); neither is in the six-product sum. On sm_90a
 // it also times the SwiGLU forward (gate and up products and silu(g)·u in one launch, K = 2048 →
-// N = 1408) on tma and tma_pair, and prints how many 2-CTA clusters each tma_pair kernel launched
-// beside how many the GPU runs at once and its SM count (a grid short of SMs / 2 clusters would
-// leave SMs idle).
+// N = 1408) on tma and tma_pair; and the gate-and-up data product (x's gradient through the gate
+// and the up, dX = dG·Wg + dU·Wu, N = 1408 → K = 2048: one launch over the 2N-long reduction,
+// Backend.groupedLinearBackwardDataPair) on tma and tma_pair against what autograd ran before it:
+// the two data products and the add of their outputs (each part timed too); and it prints how
+// many 2-CTA clusters each tma_pair kernel launched beside how many the GPU runs at once and its
+// SM count (a grid short of SMs / 2 clusters would leave SMs idle).
 //
 //   moetrain bench gemm --grouped        (or: node dist/bench/gemm_grouped.js)
 //
@@ -74,7 +77,7 @@ export function runGroupedGemmBench(opts: { log?: (line: string) => void } = {})
   be.write(offsets, Int32Array.from(starts));
   const rowsOf = (t: Tensor, e: number) => t.view([counts[e]!, t.shape[1]!], [t.shape[1]!, 1], t.offset + starts[e]! * t.shape[1]!);
   const rows: GroupedGemmRow[] = [];
-  let swigluLine = '';
+  let swigluLine = '', gateUpLine = '';
   const LEAN_WEIGHT = 'weight bf16 dW += dYᵀ·X', FIRST_WEIGHT = 'weight dW = dYᵀ·X (beta 0)';
   for (const [K, N] of [[2048, 1408], [1408, 2048]] as const) {
     const x = emptyTensor(be, [M, K], 'bf16'), dy = emptyTensor(be, [M, N], 'bf16');
@@ -117,12 +120,26 @@ export function runGroupedGemmBench(opts: { log?: (line: string) => void } = {})
       const ups = counts.map(() => { const w = emptyTensor(be, [N, K], 'bf16'); be.write(w, noise(N * K, 0.05)); return w; });
       const u = emptyTensor(be, [M, N], 'bf16'), h = emptyTensor(be, [M, N], 'bf16');
       const time = (fn: () => void) => { for (let i = 0; i < 3; i++) fn(); return median(Array.from({ length: REPS }, () => ctx.timeMs(fn))); };
+      const tf = (ms: number) => ((4 * M * N * K) / (ms * 1e-3) / 1e12).toFixed(1);
+      const floor = ((4 * M * N * K) / CEILING_FLOPS * 1e3).toFixed(3);
       const cells = (['tma', 'tma_pair'] as const).map((set) => {
         be.groupedGemmKernels = set;
         const ms = time(() => be.groupedSwiGLU(h, y, u, x, ws, ups, offsets));
-        return `${set} ${ms.toFixed(3)} ms (${((4 * M * N * K) / (ms * 1e-3) / 1e12).toFixed(1)} TFLOP/s)`;
+        return `${set} ${ms.toFixed(3)} ms (${tf(ms)} TFLOP/s)`;
       });
-      swigluLine = `SwiGLU forward (gate + up + silu(g)·u, K ${K} → N ${N}, 2 products, floor ${((4 * M * N * K) / CEILING_FLOPS * 1e3).toFixed(3)} ms): ${cells.join(', ')}`;
+      swigluLine = `SwiGLU forward (gate + up + silu(g)·u, K ${K} → N ${N}, 2 products, floor ${floor} ms): ${cells.join(', ')}`;
+      // The gate-and-up data product: dy as dG, u as dU, ws and ups as the gates and ups. Against
+      // the two data products (the up's into dx, the gate's into x as scratch) and the add.
+      be.write(u, noise(M * N, 1));
+      const gateUp = (['tma', 'tma_pair'] as const).map((set) => {
+        be.groupedGemmKernels = set;
+        const one = time(() => be.groupedLinearBackwardDataPair(dx, dy, u, ws, ups, offsets));
+        const products = time(() => { be.groupedLinearBackwardData(dx, u, ups, offsets); be.groupedLinearBackwardData(x, dy, ws, offsets); });
+        const add = time(() => be.binary('add', dx, dx, x));
+        const two = time(() => { be.groupedLinearBackwardData(dx, u, ups, offsets); be.groupedLinearBackwardData(x, dy, ws, offsets); be.binary('add', dx, dx, x); });
+        return `${set} ${one.toFixed(3)} ms (${tf(one)} TFLOP/s) vs ${two.toFixed(3)} ms (products ${products.toFixed(3)}, add ${add.toFixed(3)}): ${(one / two).toFixed(2)}×`;
+      });
+      gateUpLine = `gate-and-up data (dX = dG·Wg + dU·Wu, N ${N} → K ${K}, 2 products, floor ${floor} ms), one launch vs two products + add: ${gateUp.join('; ')}`;
       for (const t of [...ups, u, h]) t.dispose();
     }
     for (const t of [x, dy, y, dx, ...ws, ...gs, ...gb, ...xr, ...dyr, ...yr, ...dxr]) t.dispose();
@@ -153,6 +170,7 @@ export function runGroupedGemmBench(opts: { log?: (line: string) => void } = {})
   const wgmmaSum = hopper ? `, wgmma ${sum((r) => r.grouped.wgmma!).toFixed(3)} ms, tma ${sum((r) => r.grouped.tma!).toFixed(3)} ms, tma_pair ${pairSum.toFixed(3)} ms` : '';
   if (hopper) {
     log(swigluLine);
+    log(gateUpLine);
     const clusters = [...be.groupedGemmPairClusters].map(([k, c]) => `${k} ${c.launched} of ${c.resident}`).join(', ');
     log(`tma_pair: 2-CTA clusters launched of those resident at once (cuOccupancyMaxActiveClusters) on ${ctx.smCount} SMs: ${clusters}`);
   }

@@ -28,6 +28,12 @@
 // the last expert (poison kept), and at the bench shape; and the CPU's values within bf16
 // tolerance; tma_pair's SwiGLU forward the same against tma_pair's forward product (which the
 // bench-shape test holds to tma's bits).
+// The tma and tma_pair sets' gate-and-up data product (dX = dG·Wg + dU·Wu, one reduction over 2N,
+// rounded once) against the CPU's (two rounded products and their rounded sum, the numerics the
+// CPU oracle keeps) within bf16 tolerance at K, N ∈ {64, 192, 1408, 2048} over the same awkward
+// experts with rows past the last expert (poison kept); at the bench shape (E = 64, 49152 rows,
+// N = 1408, K = 2048, plus rows in no expert) against the wgmma set's composed form (itself the
+// two products and the add, bit for bit) and sampled f64 dots, and tma_pair's equal to tma's.
 // Outputs are poisoned with NaN first, so an element no CTA wrote fails. Tolerances:
 // - bf16 outputs (forward, dX), ‖gpu − ref‖/‖ref‖ ≤ 1e-2: both sides accumulate the same exact
 //   bf16 products in f32 (or f64) in different orders (~1e-6 relative) and round once to bf16,
@@ -584,3 +590,105 @@ for (const set of ['tma', 'tma_pair'] as const) {
     swigluAgainstUnfused(set, skewedCounts(64, 49152), 0, 2048, 1408, `${set}, bench shape`, false);
   });
 }
+
+// ---- the tma set's gate-and-up data product (grouped_tma_dx_gate_up_bf16; tma_pair: grouped_tma_pair_dx_gate_up_bf16) ----
+
+/** The launcher's gate-and-up data product on `set` into a poisoned dx; it must say it ran. */
+function gateUpData(set: 'tma' | 'tma_pair', dg: Tensor, du: Tensor, gates: Tensor[], ups: Tensor[], off: Tensor, M: number, K: number, what: string): Tensor {
+  const be = gpu();
+  be.groupedGemmKernels = set;
+  const launcher = (be as unknown as { groupedGemm: GroupedGemmLauncher }).groupedGemm;
+  const dx = poisoned([M, K], 'bf16');
+  assert.ok(launcher.groupedLinearBackwardDataPair(dx, dg, du, gates, ups, off), `${what}: the ${set} set declined the gate-and-up data product`);
+  return dx;
+}
+
+/**
+ * dX = dG·Wg + dU·Wu (one reduction over 2N, rounded once) against the CPU's pair data product
+ * (two rounded products and their rounded sum: backend/grouped_data_pair.ts) within bf16
+ * tolerance, over `counts` rows and `extra` rows past the last expert, which must keep their poison.
+ */
+function gateUpAgainstCpu(set: 'tma' | 'tma_pair', counts: readonly number[], extra: number, K: number, N: number, what: string): void {
+  const covered = counts.reduce((a, b) => a + b, 0), M = covered + extra;
+  const gv = values(M * N, 1), uv = values(M * N, 1), wg = counts.map(() => values(N * K, 0.125)), wu = counts.map(() => values(N * K, 0.125));
+  const side = (b: Backend, rows: number) => ({
+    dg: upload(b, gv.subarray(0, rows * N), [rows, N], 'bf16'), du: upload(b, uv.subarray(0, rows * N), [rows, N], 'bf16'),
+    gates: wg.map((v) => upload(b, v, [N, K], 'bf16')), ups: wu.map((v) => upload(b, v, [N, K], 'bf16')), off: offsetsOn(b, counts, 77, 1),
+  });
+  const d = side(gpu(), M);
+  const dx = gateUpData(set, d.dg, d.du, d.gates, d.ups, d.off, M, K, what);
+  const got = gpu().read(dx) as Uint16Array;
+  for (let i = covered * K; i < M * K; i++) {
+    if (got[i] !== 0x7fc0) assert.fail(`${what}: row ${Math.floor(i / K)} belongs to no expert but was written (${got[i]!.toString(16)})`);
+  }
+  const c = side(cpu, covered), ref = emptyTensor(cpu, [covered, K], 'bf16');
+  cpu.groupedLinearBackwardDataPair(ref, c.dg, c.du, c.gates, c.ups, c.off);
+  expectClose(bf16ArrayToF32(got.subarray(0, covered * K)), readF32(cpu, ref), BF16_TOL, `${what}: dX against the CPU`);
+  for (const t of [d.dg, d.du, d.off, dx, ...d.gates, ...d.ups]) t.dispose();
+}
+
+// Reductions of 2N: 2 k-steps (N = 64: one gate step, one up step), 6, 44 and 64; output widths
+// K as the data product's (a narrow tile of 64, a wide one with 64 zero columns, 5 wide + 1
+// narrow, 8 wide). tma_pair: pairs within one expert, across two, and beside a phantom slot.
+for (const set of ['tma', 'tma_pair'] as const) {
+  for (const [K, N] of [[64, 64], [192, 192], [2048, 1408], [1408, 2048], [64, 1408], [1408, 64]] as const) {
+    test(`grouped GEMM (${set}) gate-and-up data product, K = ${K}, N = ${N}: against the CPU within bf16, rows past the experts keep their poison (E = 7 with 0-, 1- and 129-row experts; M = 1; M = 2 over 3 experts)`, { skip: skipHopper }, () => {
+      gateUpAgainstCpu(set, [0, 1, 129, 0, 7, 300, 64], 45, K, N, `${set}, E = 7, K = ${K}, N = ${N}`);
+      gateUpAgainstCpu(set, [1], 0, K, N, `${set}, M = 1, K = ${K}, N = ${N}`);
+      gateUpAgainstCpu(set, [0, 2, 0], 3, K, N, `${set}, M = 2, K = ${K}, N = ${N}`);
+    });
+  }
+}
+
+test('grouped GEMM gate-and-up data product, bench shape E = 64, M = 49152 (+ 77 rows in no expert), K = 2048, N = 1408: tma against the wgmma set\'s two products and their sum and sampled f64 dots, tma_pair tma\'s bit for bit, poison kept; other sets compose it bit for bit', { skip: skipHopper }, () => {
+  const be = gpu();
+  const E = 64, covered = 49152, M = covered + 77, K = 2048, N = 1408, counts = skewedCounts(E, covered);
+  counts[E - 1]! += counts[3]! - 1 + counts[9]! - 129;
+  counts[3] = 1; counts[9] = 129;
+  const starts = [0];
+  for (const c of counts) starts.push(starts[starts.length - 1]! + c);
+  const expertOf = (m: number) => { let e = 0; while (starts[e + 1]! <= m) e++; return e; };
+  const gv = values(M * N, 1), uv = values(M * N, 1), wg = counts.map(() => values(N * K, 0.0625)), wu = counts.map(() => values(N * K, 0.0625));
+  const dg = upload(be, gv, [M, N], 'bf16'), du = upload(be, uv, [M, N], 'bf16');
+  const gates = wg.map((v) => upload(be, v, [N, K], 'bf16')), ups = wu.map((v) => upload(be, v, [N, K], 'bf16'));
+  const off = offsetsOn(be, counts, 0, 0);
+  const dgc = dg.view([covered, N], [N, 1], dg.offset), duc = du.view([covered, N], [N, 1], du.offset);
+
+  // The wgmma set composes it (the launcher declines): the bits of its two products and the add,
+  // in autograd's order (the up's product, then the gate's added into it).
+  be.groupedGemmKernels = 'wgmma';
+  const launcher = (be as unknown as { groupedGemm: GroupedGemmLauncher }).groupedGemm;
+  const composed = poisoned([covered, K], 'bf16');
+  assert.ok(!launcher.groupedLinearBackwardDataPair(composed, dgc, duc, gates, ups, off), 'the wgmma set must decline');
+  be.groupedLinearBackwardDataPair(composed, dgc, duc, gates, ups, off);
+  const byHand = poisoned([covered, K], 'bf16'), fromGate = poisoned([covered, K], 'bf16');
+  be.groupedLinearBackwardData(byHand, duc, ups, off);
+  be.groupedLinearBackwardData(fromGate, dgc, gates, off);
+  be.binary('add', byHand, byHand, fromGate);
+  const ref = be.read(composed) as Uint16Array;
+  const diff = firstDifference(ref, be.read(byHand) as Uint16Array, K);
+  if (diff) assert.fail(`wgmma: the composed pair differs from the two products and the add: ${diff}`);
+
+  const tmaDx = gateUpData('tma', dg, du, gates, ups, off, M, K, 'tma, bench shape');
+  const got = be.read(tmaDx) as Uint16Array;
+  for (let i = covered * K; i < M * K; i++) if (got[i] !== 0x7fc0) assert.fail(`tma: row ${Math.floor(i / K)} belongs to no expert but was written`);
+  const gotF = bf16ArrayToF32(got);
+  expectClose(gotF.subarray(0, covered * K), bf16ArrayToF32(ref), BF16_TOL, 'tma gate-and-up dX vs wgmma products and sum');
+  // One rounding of the whole reduction: per element within half an ulp of the exact sum, plus the f32 accumulation's order.
+  const pick = (n: number) => Math.floor(uniform() * n);
+  for (let s = 0; s < 256; s++) {
+    const m = pick(covered), k = pick(K), e = expertOf(m);
+    let exact = 0, abs = 0;
+    for (let n = 0; n < N; n++) {
+      const a = gv[m * N + n]! * wg[e]![n * K + k]!, b = uv[m * N + n]! * wu[e]![n * K + k]!;
+      exact += a + b; abs += Math.abs(a) + Math.abs(b);
+    }
+    const v = gotF[m * K + k]!;
+    assert.ok(Math.abs(v - exact) <= 2 ** -8 * Math.abs(exact) + 1e-5 * abs, `tma: dX[${m}][${k}] (expert ${e}) = ${v}, f64 ${exact} (seed ${SEED})`);
+  }
+
+  const pairDx = gateUpData('tma_pair', dg, du, gates, ups, off, M, K, 'tma_pair, bench shape');
+  const pd = firstDifference(be.read(pairDx) as Uint16Array, got, K);
+  if (pd) assert.fail(`tma_pair gate-and-up dX differs from tma: ${pd} (seed ${SEED})`);
+  for (const t of [dg, du, dgc, duc, off, composed, byHand, fromGate, tmaDx, pairDx, ...gates, ...ups]) t.dispose();
+});
