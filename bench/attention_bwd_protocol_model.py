@@ -342,6 +342,19 @@ def trial(n_steps, with_dq, lanes, mutation, seed, items=None):
         return str(e)
 
 
+def catches(label, mut, runs):
+    """Runs a planted mutation over (trial error or None, case text) pairs; prints how many it fails; True if any."""
+    caught, total, example = 0, 0, None
+    for err, case in runs:
+        total += 1
+        if err:
+            caught += 1
+            example = example or f"{case}: {err}"
+    print(f"{label}{mut:24s}: fails {caught}/{total} schedules{'' if caught else '  <-- NOT CAUGHT'}"
+          + (f"  e.g. {example}" if example else ""))
+    return caught > 0
+
+
 def persistent_check(args):
     """The persistent variant: CTAs of 1-4 items of 1-5 steps each (random per schedule)."""
     def cases(seed_base, count):
@@ -362,19 +375,13 @@ def persistent_check(args):
     for f in failures[:5]:
         print("   ", f)
     ok = not failures
-    for mut in PERSISTENT_MUTATIONS:
-        caught, runs, example = 0, 0, None
+    def runs(mut):
         for dq, p, items, seed in cases(args.seed * 999_983, args.schedules // 3):
             if len(items) < 2 and mut != "kv_empty_before_dq":
                 items = items + [2]  # these concern the boundary between items
-            err = trial(0, dq, p, mut, seed, items)
-            runs += 1
-            if err:
-                caught += 1
-                example = example or f"items={items} dq={dq}: {err}"
-        print(f"persistent mutation {mut:22s}: fails {caught}/{runs} schedules{'' if caught else '  <-- NOT CAUGHT'}"
-              + (f"  e.g. {example}" if example else ""))
-        ok = ok and caught > 0
+            yield trial(0, dq, p, mut, seed, items), f"items={items} dq={dq}"
+    for mut in PERSISTENT_MUTATIONS:
+        ok = catches("persistent mutation ", mut, runs(mut)) and ok
     return ok
 
 
@@ -401,23 +408,16 @@ def main():
     for f in failures[:5]:
         print("   ", f)
     ok = ok and not failures
-    for mut in MUTATIONS:
-        caught, example = 0, None
-        runs = 0
+    def runs(mut):
         for n, dq, p in configs:
             if mut in ("one_ds_buffer", "no_ds_full_wait", "no_ds_read_wait", "ds_read_always") and not dq:
                 continue
             if mut in ("full_count_one", "arrive_before_stores", "empty_wait_lane0_only") and p == 1:
                 continue  # these concern the lanes other than the issuing one
             for k in range(args.schedules // 3):
-                err = trial(n, dq, p, mut, args.seed * 999_983 + k * 104_729 + n * 17 + p)
-                runs += 1
-                if err:
-                    caught += 1
-                    example = example or f"n_steps={n} dq={dq}: {err}"
-        print(f"mutation {mut:24s}: fails {caught}/{runs} schedules{'' if caught else '  <-- NOT CAUGHT'}"
-              + (f"  e.g. {example}" if example else ""))
-        ok = ok and caught > 0
+                yield trial(n, dq, p, mut, args.seed * 999_983 + k * 104_729 + n * 17 + p), f"n_steps={n} dq={dq}"
+    for mut in MUTATIONS:
+        ok = catches("mutation ", mut, runs(mut)) and ok
     print("model check:", "PASS" if ok else "FAIL")
     sys.exit(0 if ok else 1)
 
