@@ -6,8 +6,9 @@
 // - On the tape it is one node for the two products (outputs g and u), then swiglu's own node
 //   (ops/swiglu.ts: its recompute in backward, what it saves). Why one node: x's gradient,
 //   dg·Wg + du·Wu, is then one backend call (Backend.groupedLinearBackwardDataPair), which CUDA's
-//   tma set makes one product over the 2N-long reduction, written and rounded once, instead of
-//   two products and autograd's add of them (the add alone ~0.71 ms a step on an H100, issue 16). The
+//   tma set can make one product over the 2N-long reduction, written and rounded once, instead of
+//   two products and autograd's add of them (the add alone ~0.71 ms a step on an H100, issue 16;
+//   opt-in until that kernel has run on a GPU: GroupedGemmLauncher.gateUpData). The
 //   CPU oracle composes that call from the two products and the add, so on the CPU this node
 //   gives the bits of the two groupedLinear nodes it replaces (backend/grouped_data_pair.ts), and
 //   each weight's gradient is groupedLinear's (groupedWeightGrads), the up's first, as the two

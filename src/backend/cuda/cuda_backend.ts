@@ -183,6 +183,8 @@ export class CudaBackend implements Backend {
   /** The grouped GEMM kernel set bf16 products run ('mma', 'wgmma', 'tma', 'tma_pair' or 'per_expert'); settable for tests and benchmarks. */
   get groupedGemmKernels(): GroupedGemmKernels { return this.groupedGemm.kernels; }
   set groupedGemmKernels(k: GroupedGemmKernels) { this.groupedGemm.use(k); }
+  /** The gate-and-up data product as one tma launch rather than composed (GroupedGemmLauncher.gateUpData; opt-in). */
+  set groupedGemmGateUpData(on: boolean) { this.groupedGemm.gateUpData = on; }
   /** tma_pair, by pair kernel launched so far: 2-CTA clusters resident at once and launched last time (benchmarks print them). */
   get groupedGemmPairClusters(): ReadonlyMap<string, { resident: number; launched: number }> { return this.groupedGemm.pairClusters; }
   groupedLinear(out: Tensor, x: Tensor, weights: readonly Tensor[], offsets: Tensor): void { this.groupedGemm.groupedLinear(out, x, weights, offsets); }
@@ -194,7 +196,7 @@ export class CudaBackend implements Backend {
    * elsewhere the two products and their sum, the bits of autograd's sum of their two gradients (grouped_data_pair.ts).
    */
   groupedLinearBackwardDataPair(dx: Tensor, dy1: Tensor, dy2: Tensor, w1: readonly Tensor[], w2: readonly Tensor[], offsets: Tensor): void {
-    if (this.groupedGemm.groupedLinearBackwardDataPair(dx, dy1, dy2, w1, w2, offsets)) return;
+    if (this.groupedGemm.gateUpData && this.groupedGemm.groupedLinearBackwardDataPair(dx, dy1, dy2, w1, w2, offsets)) return;
     groupedDataPairByParts(this, dx, dy1, dy2, w1, w2, offsets);
   }
   groupedLinearWeightGrad(dweights: readonly Tensor[], dy: Tensor, x: Tensor, offsets: Tensor, beta: 0 | 1 = 1, squares?: Tensor): boolean {

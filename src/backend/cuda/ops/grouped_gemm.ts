@@ -139,6 +139,13 @@ export class GroupedGemmLauncher {
   /** tma set: the weight product with beta 1 runs wgmma's kernel ('auto'; use()). */
   private accumulateWithWgmma = false;
   /**
+   * Whether the backend's gate-and-up data product runs the tma kernel (groupedLinearBackwardDataPair)
+   * or composes two data products and an add. Off by default until the kernel has run on a GPU
+   * (written 2026-12-07 with no device time left to test it); the CUDA tests and bench gemm
+   * --grouped call the launcher directly, and bench train --gate_up_dx switches it on.
+   */
+  gateUpData = false;
+  /**
    * tma_pair, by kernel name: the 2-CTA clusters the GPU runs at once (asked once per kernel) and
    * how many the kernel's last launch ran (benchmarks print both).
    */
