@@ -51,6 +51,8 @@ import argparse
 import random
 import sys
 
+from protocol_report import catches, clean
+
 STAGES = 2
 DS_BUFS = 2  # dSᵀ buffers: step i uses i % 2
 
@@ -342,19 +344,6 @@ def trial(n_steps, with_dq, lanes, mutation, seed, items=None):
         return str(e)
 
 
-def catches(label, mut, runs):
-    """Runs a planted mutation over (trial error or None, case text) pairs; prints how many it fails; True if any."""
-    caught, total, example = 0, 0, None
-    for err, case in runs:
-        total += 1
-        if err:
-            caught += 1
-            example = example or f"{case}: {err}"
-    print(f"{label}{mut:24s}: fails {caught}/{total} schedules{'' if caught else '  <-- NOT CAUGHT'}"
-          + (f"  e.g. {example}" if example else ""))
-    return caught > 0
-
-
 def persistent_check(args):
     """The persistent variant: CTAs of 1-4 items of 1-5 steps each (random per schedule)."""
     def cases(seed_base, count):
@@ -364,17 +353,8 @@ def persistent_check(args):
                     rng = random.Random(seed_base + k * 7919 + p * 31 + dq)
                     items = [rng.randint(1, 5) for _ in range(rng.randint(1, 4))]
                     yield dq, p, items, seed_base + k * 104_729 + p + 2 * dq
-    total, failures = 0, []
-    for dq, p, items, seed in cases(args.seed * 1_000_003, args.schedules):
-        err = trial(0, dq, p, None, seed, items)
-        total += 1
-        if err:
-            failures.append((items, dq, p, err))
-    print(f"persistent protocol: {total} schedules (1-4 items of 1-5 steps × dq on/off × 1-2 producer lanes): "
-          f"{'OK' if not failures else f'{len(failures)} FAILED'}")
-    for f in failures[:5]:
-        print("   ", f)
-    ok = not failures
+    ok = clean("persistent protocol (1-4 items of 1-5 steps × dq on/off × 1-2 producer lanes)",
+               ((trial(0, dq, p, None, seed, items), (items, dq, p)) for dq, p, items, seed in cases(args.seed * 1_000_003, args.schedules)))
     def runs(mut):
         for dq, p, items, seed in cases(args.seed * 999_983, args.schedules // 3):
             if len(items) < 2 and mut != "kv_empty_before_dq":
@@ -396,18 +376,9 @@ def main():
         print("model check:", "PASS" if ok else "FAIL")
         sys.exit(0 if ok else 1)
     configs = [(n, dq, p) for n in range(1, 9) for dq in (True, False) for p in (1, 2, 3)]
-    total, failures = 0, []
-    for n, dq, p in configs:
-        for k in range(args.schedules):
-            err = trial(n, dq, p, None, args.seed * 1_000_003 + k * 7919 + n * 31 + p)
-            total += 1
-            if err:
-                failures.append((n, dq, p, k, err))
-    print(f"protocol as in the kernel: {total} schedules (n_steps 1..8 × dq on/off × 1-3 producer lanes "
-          f"× {args.schedules}): {'OK' if not failures else f'{len(failures)} FAILED'}")
-    for f in failures[:5]:
-        print("   ", f)
-    ok = ok and not failures
+    ok = clean(f"protocol as in the kernel (n_steps 1..8 × dq on/off × 1-3 producer lanes × {args.schedules})",
+               ((trial(n, dq, p, None, args.seed * 1_000_003 + k * 7919 + n * 31 + p), (n, dq, p, k))
+                for n, dq, p in configs for k in range(args.schedules))) and ok
     def runs(mut):
         for n, dq, p in configs:
             if mut in ("one_ds_buffer", "no_ds_full_wait", "no_ds_read_wait", "ds_read_always") and not dq:

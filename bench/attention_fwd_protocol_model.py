@@ -38,6 +38,8 @@ import argparse
 import random
 import sys
 
+from protocol_report import catches, clean
+
 STAGES = 2
 Q_BOXES, K_BOXES, V_BOXES = 3, 3, 2
 
@@ -341,32 +343,17 @@ def main():
     seqs = [[1], [2], [1, 1], [3, 1], [1, 3], [2, 2, 2], [4, 3, 2, 1], [1, 1, 1, 1, 1]]
     seqs += [[rng.randint(1, 4) for _ in range(rng.randint(1, 5))] for _ in range(12)]
     configs = [(s, pp) for s in seqs for pp in (True, False)]
-    total, failures = 0, []
-    for ci, (items, pp) in enumerate(configs):
-        for k in range(args.schedules):
-            e = trial(items, pp, None, args.seed * 1_000_003 + k * 7919 + ci * 31)
-            total += 1
-            if e:
-                failures.append((items, pp, k, e))
-    print(f"protocol as in the kernel: {total} schedules ({len(seqs)} item sequences × ping-pong on/off × "
-          f"{args.schedules}): {'OK' if not failures else f'{len(failures)} FAILED'}")
-    for f in failures[:5]:
-        print("   ", f)
-    ok = ok and not failures
-    for mut in MUTATIONS:
-        caught, runs, example = 0, 0, None
+    ok = clean(f"protocol as in the kernel ({len(seqs)} item sequences × ping-pong on/off × {args.schedules})",
+               ((trial(items, pp, None, args.seed * 1_000_003 + k * 7919 + ci * 31), (items, pp, k))
+                for ci, (items, pp) in enumerate(configs) for k in range(args.schedules))) and ok
+    def runs(mut):
         for ci, (items, pp) in enumerate(configs):
             if mut.startswith("turns_") and not pp:
                 continue
             for k in range(max(1, args.schedules // 4)):
-                e = trial(items, pp, mut, args.seed * 999_983 + k * 104_729 + ci * 17)
-                runs += 1
-                if e:
-                    caught += 1
-                    example = example or f"items={items} pp={pp}: {e}"
-        print(f"mutation {mut:20s}: fails {caught}/{runs} schedules{'' if caught else '  <-- NOT CAUGHT'}"
-              + (f"  e.g. {example}" if example else ""))
-        ok = ok and caught > 0
+                yield trial(items, pp, mut, args.seed * 999_983 + k * 104_729 + ci * 17), f"items={items} pp={pp}"
+    for mut in MUTATIONS:
+        ok = catches("mutation ", mut, runs(mut)) and ok
     print("model check:", "PASS" if ok else "FAIL")
     sys.exit(0 if ok else 1)
 
