@@ -56,6 +56,24 @@ interface InputSet {
   finish: { dqNope: Tensor; dqPe: Tensor } | null;
 }
 
+/**
+ * One input set's tensors (random q, k, v, dout; o and lse left for a forward to fill): q of sq
+ * positions at batch b, k/v of skv at batch kvB (b, or b·slots with ring slots), the f32 dQ
+ * accumulator of dqRows positions, and the bf16 dq a last ring step rounds into (finishRows, or none).
+ */
+function makeInputSet(be: CudaBackend, make: (s: Shape, dtype?: 'bf16' | 'f32') => Tensor, chunk: Uint16Array, seed: number,
+  b: number, kvB: number, sq: number, skv: number, h: number, dqRows: number, finishRows: number | null): InputSet {
+  const set: InputSet = {
+    qNope: make([b, sq, h, D_NOPE]), qPe: make([b, sq, h, D_ROPE]), kNope: make([kvB, skv, h, D_NOPE]), kPe: make([kvB, skv, 1, D_ROPE]),
+    v: make([kvB, skv, h, D_V]), dout: make([b, sq, h, D_V]), o: make([b, sq, h, D_V]), lse: make([b, h, sq], 'f32'),
+    grads: { dqNope: make([b, sq, h, D_NOPE]), dqPe: make([b, sq, h, D_ROPE]), dkNope: make([kvB, skv, h, D_NOPE]), dkPe: make([kvB, skv, 1, D_ROPE]), dv: make([kvB, skv, h, D_V]) },
+    dqAcc: make([b, dqRows, h, D_NOPE + D_ROPE], 'f32'),
+    finish: finishRows === null ? null : { dqNope: make([b, finishRows, h, D_NOPE]), dqPe: make([b, finishRows, h, D_ROPE]) },
+  };
+  [set.qNope, set.qPe, set.kNope, set.kPe, set.v, set.dout].forEach((t, i) => fillRandom(be.ctx, t, chunk, seed + 7919 * (i + 1)));
+  return set;
+}
+
 /** A ring step's backward: which step it is (first: zeroes the accumulator; last: rounds it into dq), over the 2c local queries. */
 interface RingStepBwd { step: 'first' | 'middle' | 'last'; c: number }
 
@@ -80,7 +98,6 @@ function timeRotating<S>(be: CudaBackend, sets: readonly S[], reps: number, fwd:
  */
 function timeLaunch(be: CudaBackend, attention: MlaAttentionLauncher, kernels: MlaTensorCoreKernels, b: number, h: number,
   shape: LaunchShape, chunk: Uint16Array, ringStep: RingStepBwd | null): Timed {
-  const ctx = be.ctx;
   const owned: Tensor[] = [];
   const make = (s: Shape, dtype: 'bf16' | 'f32' = 'bf16'): Tensor => { const t = emptyTensor(be, s, dtype); owned.push(t); return t; };
   const { sq, skv, causal } = shape;
@@ -90,16 +107,9 @@ function timeLaunch(be: CudaBackend, attention: MlaAttentionLauncher, kernels: M
     const setBytes = b * h * 2 * (sq * (2 * D_NOPE + 2 * D_ROPE + 2 * D_V) + skv * (2 * D_NOPE + 2 * D_V)) + b * 2 * skv * 2 * D_ROPE;
     const nSets = setsFor(setBytes);
     const sets: InputSet[] = [];
-    let seed = 0;
     for (let i = 0; i < nSets; i++) {
-      const set: InputSet = {
-        qNope: make([b, sq, h, D_NOPE]), qPe: make([b, sq, h, D_ROPE]), kNope: make([b, skv, h, D_NOPE]), kPe: make([b, skv, 1, D_ROPE]),
-        v: make([b, skv, h, D_V]), dout: make([b, sq, h, D_V]), o: make([b, sq, h, D_V]), lse: make([b, h, sq], 'f32'),
-        grads: { dqNope: make([b, sq, h, D_NOPE]), dqPe: make([b, sq, h, D_ROPE]), dkNope: make([b, skv, h, D_NOPE]), dkPe: make([b, skv, 1, D_ROPE]), dv: make([b, skv, h, D_V]) },
-        dqAcc: make([b, ringStep ? 2 * ringStep.c : sq, h, D_NOPE + D_ROPE], 'f32'),
-        finish: ringStep?.step === 'last' ? { dqNope: make([b, 2 * ringStep.c, h, D_NOPE]), dqPe: make([b, 2 * ringStep.c, h, D_ROPE]) } : null,
-      };
-      for (const t of [set.qNope, set.qPe, set.kNope, set.kPe, set.v, set.dout]) fillRandom(ctx, t, chunk, (seed += 7919));
+      const set = makeInputSet(be, make, chunk, 6 * 7919 * i, b, b, sq, skv, h, ringStep ? 2 * ringStep.c : sq,
+        ringStep?.step === 'last' ? 2 * ringStep.c : null);
       attention.forward(kernels, set.o, set.lse, set.qNope, set.qPe, set.kNope, set.kPe, set.v, opts);
       sets.push(set);
     }
@@ -125,7 +135,7 @@ function timeLaunch(be: CudaBackend, attention: MlaAttentionLauncher, kernels: M
  */
 function timeOneLaunch(be: CudaBackend, attention: MlaAttentionLauncher, b: number, h: number, cp: number, c: number, rank: number,
   chunk: Uint16Array): Timed {
-  const ctx = be.ctx, L = 2 * c, ring = { ranks: cp, rank };
+  const L = 2 * c, ring = { ranks: cp, rank };
   const owned: Tensor[] = [];
   const make = (s: Shape, dtype: 'bf16' | 'f32' = 'bf16'): Tensor => { const t = emptyTensor(be, s, dtype); owned.push(t); return t; };
   const opts = { causal: true, scale: 1 / Math.sqrt(D_NOPE + D_ROPE) };
@@ -133,25 +143,16 @@ function timeOneLaunch(be: CudaBackend, attention: MlaAttentionLauncher, b: numb
     const setBytes = b * h * 2 * L * (2 * D_NOPE + 2 * D_ROPE + 2 * D_V + cp * (2 * D_NOPE + 2 * D_V)) + cp * b * L * 4 * D_ROPE;
     const nSets = setsFor(setBytes);
     const sets: InputSet[] = [];
-    let seed = 0;
     for (let i = 0; i < nSets; i++) {
-      const kv = cp * b;
-      const set: InputSet = {
-        qNope: make([b, L, h, D_NOPE]), qPe: make([b, L, h, D_ROPE]), kNope: make([kv, L, h, D_NOPE]), kPe: make([kv, L, 1, D_ROPE]),
-        v: make([kv, L, h, D_V]), dout: make([b, L, h, D_V]), o: make([b, L, h, D_V]), lse: make([b, h, L], 'f32'),
-        grads: { dqNope: make([b, L, h, D_NOPE]), dqPe: make([b, L, h, D_ROPE]), dkNope: make([kv, L, h, D_NOPE]), dkPe: make([kv, L, 1, D_ROPE]), dv: make([kv, L, h, D_V]) },
-        dqAcc: make([b, L, h, D_NOPE + D_ROPE], 'f32'), finish: null,
-      };
-      for (const t of [set.qNope, set.qPe, set.kNope, set.kPe, set.v, set.dout]) fillRandom(ctx, t, chunk, (seed += 7919));
+      const set = makeInputSet(be, make, chunk, 6 * 7919 * i, b, cp * b, L, L, h, L, null);
       attention.forward('hopper', set.o, set.lse, set.qNope, set.qPe, set.kNope, set.kPe, set.v, { ...opts, ring });
       sets.push(set);
     }
     const reps = b * L * L * cp > 8192 * 8192 ? 10 : 20;
+    const bwd = (persistent: boolean) => (x: InputSet) => attention.backwardBlock(x.dqAcc, 0, x.grads, x.dout, x.qNope, x.qPe, x.kNope, x.kPe,
+      x.v, x.o, x.lse, { ...opts, persistent }, { overwrite: true, finish: { dqNope: x.grads.dqNope, dqPe: x.grads.dqPe } }, ring);
     return timeRotating(be, sets, reps, (x) => attention.forward('hopper', x.o, x.lse, x.qNope, x.qPe, x.kNope, x.kPe, x.v, { ...opts, ring }),
-      (x) => attention.backwardBlock(x.dqAcc, 0, x.grads, x.dout, x.qNope, x.qPe, x.kNope, x.kPe, x.v, x.o, x.lse, opts,
-        { overwrite: true, finish: { dqNope: x.grads.dqNope, dqPe: x.grads.dqPe } }, ring),
-      (x) => attention.backwardBlock(x.dqAcc, 0, x.grads, x.dout, x.qNope, x.qPe, x.kNope, x.kPe, x.v, x.o, x.lse, { ...opts, persistent: true },
-        { overwrite: true, finish: { dqNope: x.grads.dqNope, dqPe: x.grads.dqPe } }, ring));
+      bwd(false), bwd(true));
   } finally {
     for (const t of owned) t.dispose();
   }

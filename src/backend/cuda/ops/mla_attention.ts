@@ -107,7 +107,11 @@ function ringArgs(args: KernelArgs, first: number, d: Dims): KernelArgs {
   return args.i32(first, slotsOf(d)).i32(first + 1, d.ring?.rank ?? 0).i32(first + 2, d.ring ? d.Sq / 2 : 0);
 }
 
-/** Key tiles of `keys` rows over every slot (the backward's grid y; its kernel's key_tile). */
+/**
+ * Key tiles of `keys` rows over every slot (the backward's grid y; its kernel's key_tile). The
+ * rule is parallel/zigzag.ts's ringStep (a lower rank's first c keys, a higher rank's 2c), which
+ * backend/ may not import (a layer above it); the kernels hold it once, in ring_slot_view.
+ */
 function ringKeyTiles(d: Dims, keys: number): number {
   let tiles = Math.ceil(d.Skv / keys);
   if (d.ring) for (let j = 1; j < d.ring.ranks; j++) {
