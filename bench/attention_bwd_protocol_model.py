@@ -36,16 +36,7 @@ or stale stage, lse/D or dSᵀ); no write (a copy landing, a plain store) into a
 in-flight wgmma is reading; no copy still in flight when the block ends. Planted mutations must
 each fail at least one schedule.
 
-Persistent variant (mla_attention_bwd_dkdv_hopper_persistent; --persistent runs only it, the
-default runs both): a CTA runs several items (key tiles) of given step counts. Ring positions
-count across items on both sides (stage c % 2, phases c / 2); the K/V buffer is one: item k's
-copies (tagged k) are issued by lane 0 before its first step for k = 0, else after its first
-min(steps, 2) steps and after waiting kv_empty (count: both consumers, each arriving after its
-last K/V read of the item, i.e. after its last dQ GEMMs) with parity (k-1) & 1; bar_kv phase k
-(waited with parity k & 1) publishes item k's slot (slot k % 2, written by lane 0 just before),
-which the consumers read at the item's start, in its steps and in its epilogue (after their
-kv_empty arrival); after the last item one more bar_kv phase carries "no more items". Checks as
-above, plus: every K/V read sees its own item's tiles, every slot read its own item.
+Usage: python3 bench/attention_bwd_protocol_model.py [--schedules 300] [--seed 1]
 """
 import argparse
 import random
@@ -109,10 +100,7 @@ class NamedBar:
 
 
 class Model:
-    def __init__(self, n_steps, with_dq, lanes, mutation, rng, items=None):
-        # items: the step counts of a persistent CTA's items; None: the one-item kernel.
-        self.persistent = items is not None
-        self.items = items if self.persistent else [n_steps]
+    def __init__(self, n_steps, with_dq, lanes, mutation, rng):
         self.n, self.with_dq, self.L, self.mut, self.rng = n_steps, with_dq, lanes, mutation, rng
         self.kv = [None] * KV_BOXES                        # K/V boxes: 'kv' once landed
         self.stage = [[None] * Q_BOXES for _ in range(STAGES)]   # Q/dO boxes: step tag
@@ -120,8 +108,6 @@ class Model:
         self.ds = [[None, None] for _ in range(DS_BUFS)]          # dSᵀ buffer b, half w: step tag
         self.reading = {}                                   # location -> in-flight wgmma reads
         self.bar_kv = MBar(1)
-        self.kv_empty = MBar(1 if mutation == "kv_empty_one_consumer" else 2)
-        self.slot = [None, None]                            # item slots (persistent): item index
         self.full = [MBar(1 if mutation == "full_count_one" else lanes) for _ in range(STAGES)]
         self.empty = [MBar(1 if mutation == "empty_count_one_wg" else 2) for _ in range(STAGES)]
         self.ds_full = [NamedBar() for _ in range(DS_BUFS)]
@@ -151,56 +137,31 @@ class Model:
         self.events.append(land)
 
     # ---- producer lane p (lane 0 issues the copies) ----
-    def load_kv(self, k):
-        """Lane 0: item k's K/V (persistent: after kv_empty of item k-1, publishing its slot)."""
-        if self.persistent and k > 0 and self.mut != "no_kv_empty_wait":
-            par = (k - 1) & 1
-            if self.mut == "kv_empty_parity":
-                par = k & 1
-            yield lambda par=par: self.kv_empty.done(par)
-        if self.persistent:
-            self.slot[0 if self.mut == "one_item_slot" else k % 2] = k
-        self.bar_kv.arrive(KV_BOXES * BOX)
-        for b in range(KV_BOXES):
-            self.tma(("kv",), lambda b=b, k=k: self.kv.__setitem__(b, k), self.bar_kv)
-
     def producer(self, p):
-        c = 0  # ring positions issued, across items
-        for k, n in enumerate(self.items):
-            if self.mut == "ring_reset_per_item":
-                c = 0
-            kv_after = -1 if k == 0 else min(n, STAGES) - 1
-            if p == 0 and kv_after < 0:
-                yield from self.load_kv(k)
-            for i in range(n):
-                s = c % STAGES
-                if c >= STAGES and self.mut != "no_empty_wait" and not (self.mut == "empty_wait_lane0_only" and p):
-                    par = ((c // STAGES) - 1) & 1
-                    if self.mut == "producer_parity":
-                        par = (c // STAGES) & 1
-                    yield lambda s=s, par=par: self.empty[s].done(par)
-                if self.mut == "arrive_before_stores" and p:
-                    self.full[s].arrive()
-                    yield lambda: True  # the consumers may run between the arrival and the stores
-                if p == 0:  # expect_tx and the copies first, so they fly while the lanes load lse/D
-                    expect = Q_BOXES * BOX - (BOX if self.mut == "expect_tx_too_small" else 0)
-                    self.full[s].expect_tx(expect)
-                    for b in range(Q_BOXES):
-                        self.tma(("stage", s), lambda s=s, c=c, b=b: self.stage[s].__setitem__(b, c), self.full[s])
-                    yield lambda: True
-                self.lse[s][p] = c  # plain store of this lane's lse/D part (released by its arrival)
-                if not (self.mut == "arrive_before_stores" and p):
-                    self.full[s].arrive()
+        if p == 0:
+            self.bar_kv.arrive(KV_BOXES * BOX)
+            for k in range(KV_BOXES):
+                self.tma(("kv",), lambda k=k: self.kv.__setitem__(k, "kv"), self.bar_kv)
+        for i in range(self.n):
+            s = i % STAGES
+            if i >= STAGES and self.mut != "no_empty_wait" and not (self.mut == "empty_wait_lane0_only" and p):
+                par = ((i // STAGES) - 1) & 1
+                if self.mut == "producer_parity":
+                    par = (i // STAGES) & 1
+                yield lambda s=s, par=par: self.empty[s].done(par)
+            if self.mut == "arrive_before_stores" and p:
+                self.full[s].arrive()
+                yield lambda: True  # the consumers may run between the arrival and the stores
+            if p == 0:  # expect_tx and the copies first, so they fly while the lanes load lse/D
+                expect = Q_BOXES * BOX - (BOX if self.mut == "expect_tx_too_small" else 0)
+                self.full[s].expect_tx(expect)
+                for k in range(Q_BOXES):
+                    self.tma(("stage", s), lambda s=s, i=i, k=k: self.stage[s].__setitem__(k, i), self.full[s])
                 yield lambda: True
-                if p == 0 and i == kv_after:
-                    yield from self.load_kv(k)
-                c += 1
-        if self.persistent and p == 0:  # no more items: one more bar_kv phase, slot -1
-            k = len(self.items)
-            if self.mut != "no_kv_empty_wait":
-                yield lambda: self.kv_empty.done((k - 1) & 1)
-            self.slot[0 if self.mut == "one_item_slot" else k % 2] = -1
-            self.bar_kv.arrive()
+            self.lse[s][p] = i  # plain store of this lane's lse/D part (released by its arrival)
+            if not (self.mut == "arrive_before_stores" and p):
+                self.full[s].arrive()
+            yield lambda: True
 
     # ---- consumer warpgroup w ----
     def wgmma_issue(self, reads):
@@ -221,80 +182,55 @@ class Model:
 
     def consumer(self, w):
         L = self.L
-        c = 0  # ring positions consumed, across items
-        for k in range(len(self.items) + (1 if self.persistent else 0)):
-            if self.mut == "ring_reset_per_item":
-                c = 0
-            yield lambda k=k: self.bar_kv.done(k & 1)
-            si = 0 if self.mut == "one_item_slot" else k % 2
-            if self.persistent:
-                if k == len(self.items):
-                    self.check("item slot (end)", self.slot[si], -1)
-                    return
-                self.check("item slot", self.slot[si], k)
-            n = self.items[k]
-            kv_ok = ("kv",), lambda k=k: self.check("K/V", self.kv, [k] * KV_BOXES)
-            kv_arrived = False
-            for i in range(n):
-                s = c % STAGES
-                b = i % (1 if self.mut == "one_ds_buffer" else DS_BUFS)
-                par = (c // STAGES) & 1
-                if self.mut == "consumer_parity":
-                    par ^= 1
-                yield lambda s=s, par=par: self.full[s].done(par)
-                st_ok = ("stage", s), lambda s=s, c=c: self.check(f"stage {s} (Q/dO)", self.stage[s], [c] * Q_BOXES)
-                g = self.wgmma_issue([st_ok, kv_ok])        # Sᵀ = K·Qᵀ
-                yield lambda g=g: self.wgmma_done[g]
-                self.check("lse", self.lse[s], [c] * L)
-                g = self.wgmma_issue([st_ok, kv_ok])        # dPᵀ = V·dOᵀ
-                yield lambda g=g: self.wgmma_done[g]
-                self.check("D", self.lse[s], [c] * L)
-                if self.persistent:
-                    self.check("item slot (step)", self.slot[si], k)
-                owner = i & 1  # the consumer that computes step i's dQ
-                if self.with_dq and i >= DS_BUFS and w != ((i - DS_BUFS) & 1) and self.mut != "no_ds_read_wait":
-                    yield self.ds_read[b].sync()
-                if self.with_dq:
-                    self.write(("ds", b), lambda b=b, k=k, i=i: self.ds[b].__setitem__(w, (k, i)))
-                g = self.wgmma_issue([st_ok])                # dV += Pᵀ·dO, dK += dSᵀ·Q
-                if self.mut == "empty_before_wait":
-                    self.empty[s].arrive()
-                yield lambda g=g: self.wgmma_done[g]
-                if self.mut != "empty_before_wait" and self.mut != "no_empty_arrive":
-                    self.empty[s].arrive()
-                c += 1
-                if self.persistent and i == n - 1 and self.mut == "kv_empty_before_dq":
-                    self.kv_empty.arrive()
-                    kv_arrived = True
-                if not self.with_dq:
-                    continue
-                if w != owner:
-                    self.ds_full[b].arrive()
-                # dQ of step i-1, one step late; the last step's dQ at once.
-                jobs = []
-                if i >= 1 and w == ((i - 1) & 1):
-                    jobs.append(i - 1)
-                if i == n - 1 and w == owner:
-                    jobs.append(i)
-                for j in jobs:
-                    bj = j % (1 if self.mut == "one_ds_buffer" else DS_BUFS)
-                    if self.mut == "no_ds_full_wait":
-                        self.ds_full[bj].arrive()
-                    else:
-                        yield self.ds_full[bj].sync()
-                    ds_ok = ("ds", bj), lambda bj=bj, k=k, j=j: self.check(f"dS buffer {bj}", self.ds[bj], [(k, j), (k, j)])
-                    for _ in range(3):
-                        g = self.wgmma_issue([ds_ok, kv_ok])  # dQ chunk = dS·K
-                        yield lambda g=g: self.wgmma_done[g]
-                    if self.persistent:
-                        self.check("item slot (dQ issue)", self.slot[si], k)  # h, b of the reduce-adds
-                    if j + DS_BUFS < n or (self.mut == "ds_read_always" and j < i):
-                        self.ds_read[bj].arrive()
-            if self.persistent and not kv_arrived and self.mut != "no_kv_empty_arrive":
-                self.kv_empty.arrive()
-            yield lambda: True  # the epilogue: the producer may run on
-            if self.persistent:
-                self.check("item slot (epilogue)", self.slot[si], k)
+        kv_ok = ("kv",), lambda: self.check("K/V", self.kv, ["kv"] * KV_BOXES)
+        yield lambda: self.bar_kv.done(0)
+        for i in range(self.n):
+            s = i % STAGES
+            b = i % (1 if self.mut == "one_ds_buffer" else DS_BUFS)
+            par = (i // STAGES) & 1
+            if self.mut == "consumer_parity":
+                par ^= 1
+            yield lambda s=s, par=par: self.full[s].done(par)
+            st_ok = ("stage", s), lambda s=s, i=i: self.check(f"stage {s} (Q/dO)", self.stage[s], [i] * Q_BOXES)
+            g = self.wgmma_issue([st_ok, kv_ok])        # Sᵀ = K·Qᵀ
+            yield lambda g=g: self.wgmma_done[g]
+            self.check("lse", self.lse[s], [i] * L)
+            g = self.wgmma_issue([st_ok, kv_ok])        # dPᵀ = V·dOᵀ
+            yield lambda g=g: self.wgmma_done[g]
+            self.check("D", self.lse[s], [i] * L)
+            owner = i & 1  # the consumer that computes step i's dQ
+            if self.with_dq and i >= DS_BUFS and w != ((i - DS_BUFS) & 1) and self.mut != "no_ds_read_wait":
+                yield self.ds_read[b].sync()
+            if self.with_dq:
+                self.write(("ds", b), lambda b=b, i=i: self.ds[b].__setitem__(w, i))
+            g = self.wgmma_issue([st_ok])                # dV += Pᵀ·dO, dK += dSᵀ·Q
+            if self.mut == "empty_before_wait":
+                self.empty[s].arrive()
+            yield lambda g=g: self.wgmma_done[g]
+            if self.mut != "empty_before_wait" and self.mut != "no_empty_arrive":
+                self.empty[s].arrive()
+            if not self.with_dq:
+                continue
+            if w != owner:
+                self.ds_full[b].arrive()
+            # dQ of step i-1, one step late; the last step's dQ at once.
+            jobs = []
+            if i >= 1 and w == ((i - 1) & 1):
+                jobs.append(i - 1)
+            if i == self.n - 1 and w == owner:
+                jobs.append(i)
+            for j in jobs:
+                bj = j % (1 if self.mut == "one_ds_buffer" else DS_BUFS)
+                if self.mut == "no_ds_full_wait":
+                    self.ds_full[bj].arrive()
+                else:
+                    yield self.ds_full[bj].sync()
+                ds_ok = ("ds", bj), lambda bj=bj, j=j: self.check(f"dS buffer {bj}", self.ds[bj], [j, j])
+                for _ in range(3):
+                    g = self.wgmma_issue([ds_ok, kv_ok])  # dQ chunk = dS·K
+                    yield lambda g=g: self.wgmma_done[g]
+                if j + DS_BUFS < self.n or (self.mut == "ds_read_always" and j < i):
+                    self.ds_read[bj].arrive()
 
     def run(self, max_actions=100000):
         agents = [self.producer(p) for p in range(self.L)] + [self.consumer(w) for w in range(2)]
@@ -329,56 +265,28 @@ class Model:
         raise Violation("no progress bound reached")
 
 
-PERSISTENT_MUTATIONS = ["no_kv_empty_arrive", "no_kv_empty_wait", "kv_empty_parity", "kv_empty_one_consumer",
-                        "kv_empty_before_dq", "ring_reset_per_item", "one_item_slot"]
 MUTATIONS = ["expect_tx_too_small", "full_count_one", "arrive_before_stores", "no_empty_wait", "empty_wait_lane0_only",
              "producer_parity", "consumer_parity", "empty_before_wait", "no_empty_arrive", "empty_count_one_wg",
              "one_ds_buffer", "no_ds_full_wait", "no_ds_read_wait", "ds_read_always"]
 
 
-def trial(n_steps, with_dq, lanes, mutation, seed, items=None):
+def trial(n_steps, with_dq, lanes, mutation, seed):
     try:
-        Model(n_steps, with_dq, lanes, mutation, random.Random(seed), items).run()
+        Model(n_steps, with_dq, lanes, mutation, random.Random(seed)).run()
         return None
     except Violation as e:
         return str(e)
-
-
-def persistent_check(args):
-    """The persistent variant: CTAs of 1-4 items of 1-5 steps each (random per schedule)."""
-    def cases(seed_base, count):
-        for dq in (True, False):
-            for p in (1, 2):
-                for k in range(count):
-                    rng = random.Random(seed_base + k * 7919 + p * 31 + dq)
-                    items = [rng.randint(1, 5) for _ in range(rng.randint(1, 4))]
-                    yield dq, p, items, seed_base + k * 104_729 + p + 2 * dq
-    ok = clean("persistent protocol (1-4 items of 1-5 steps × dq on/off × 1-2 producer lanes)",
-               ((trial(0, dq, p, None, seed, items), (items, dq, p)) for dq, p, items, seed in cases(args.seed * 1_000_003, args.schedules)))
-    def runs(mut):
-        for dq, p, items, seed in cases(args.seed * 999_983, args.schedules // 3):
-            if len(items) < 2 and mut != "kv_empty_before_dq":
-                items = items + [2]  # these concern the boundary between items
-            yield trial(0, dq, p, mut, seed, items), f"items={items} dq={dq}"
-    for mut in PERSISTENT_MUTATIONS:
-        ok = catches("persistent mutation ", mut, runs(mut)) and ok
-    return ok
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--schedules", type=int, default=300)
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--persistent", action="store_true", help="only the persistent variant's model")
     args = ap.parse_args()
-    ok = persistent_check(args)
-    if args.persistent:
-        print("model check:", "PASS" if ok else "FAIL")
-        sys.exit(0 if ok else 1)
     configs = [(n, dq, p) for n in range(1, 9) for dq in (True, False) for p in (1, 2, 3)]
     ok = clean(f"protocol as in the kernel (n_steps 1..8 × dq on/off × 1-3 producer lanes × {args.schedules})",
                ((trial(n, dq, p, None, args.seed * 1_000_003 + k * 7919 + n * 31 + p), (n, dq, p, k))
-                for n, dq, p in configs for k in range(args.schedules))) and ok
+                for n, dq, p in configs for k in range(args.schedules)))
     def runs(mut):
         for n, dq, p in configs:
             if mut in ("one_ds_buffer", "no_ds_full_wait", "no_ds_read_wait", "ds_read_always") and not dq:

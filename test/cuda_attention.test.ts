@@ -16,12 +16,12 @@
 // index, mask or missing term gives errors of order 1. lse is f32 from exact scores: 1e-4.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import type { AttentionOptions, RingSlots } from '../src/backend/backend.js';
+import type { AttentionOptions } from '../src/backend/backend.js';
 import { CpuBackend } from '../src/backend/cpu/cpu_backend.js';
 import { CudaBackend } from '../src/backend/cuda/cuda_backend.js';
 import { defaultCudaContext } from '../src/backend/cuda/runtime/context.js';
 import { cudaAvailable } from '../src/backend/cuda/ffi/library.js';
-import { MlaAttentionLauncher, type MlaBackwardOptions, type MlaForwardOptions, type MlaGrads, type MlaTensorCoreKernels } from '../src/backend/cuda/ops/mla_attention.js';
+import { MlaAttentionLauncher, type MlaForwardOptions, type MlaGrads, type MlaTensorCoreKernels } from '../src/backend/cuda/ops/mla_attention.js';
 import { chooseMlaKernels } from '../src/backend/cuda/ops/mla_kernel_choice.js';
 import { Rng } from '../src/nn/rng.js';
 import { bf16ArrayToF32, f32ArrayToBf16 } from '../src/tensor/dtype.js';
@@ -279,84 +279,6 @@ for (const c of FEW_CTA_CASES) {
   });
 }
 
-/**
- * The Hopper backward (fast mode, through backwardBlock with overwrite and finish, as the ring's
- * one-launch path calls it) for each `persistent` choice on one upload of the inputs: dq (bf16,
- * finished) and the kv gradients as raw bf16 bits. o and lse come from the Hopper forward (with
- * the ring's slots when given); k/v hold ring.ranks slots of B rows then.
- */
-function hopperBackwards(c: Case, seed: number, launches: readonly MlaBackwardOptions['persistent'][], ring?: RingSlots): Record<string, Uint16Array>[] {
-  const be = gpu();
-  const owned: Tensor[] = [];
-  const keep = (t: Tensor): Tensor => { owned.push(t); return t; };
-  const n = ring?.ranks ?? 1;
-  const p = makeProblem({ ...c, B: c.B * n }, seed);  // k/v of n·B rows; q, dout use the first B
-  try {
-    const { B, S: Sq, H } = c, Skv = c.Skv ?? c.S;
-    const shapes = { qNope: [B, Sq, H, D_NOPE], qPe: [B, Sq, H, D_ROPE], kNope: [n * B, Skv, H, D_NOPE], kPe: [n * B, Skv, 1, D_ROPE],
-      v: [n * B, Skv, H, D_V], dout: [B, Sq, H, D_V] } as const;
-    const t = {} as Record<keyof Problem['values'], Tensor>;
-    for (const name of Object.keys(shapes) as (keyof Problem['values'])[]) {
-      t[name] = keep(emptyTensor(be, shapes[name], 'bf16'));
-      const size = shapes[name].reduce((a, b) => a * b, 1);
-      be.write(t[name], f32ArrayToBf16(p.values[name].subarray(0, size)));
-    }
-    const opts: AttentionOptions = { causal: c.causal, scale: SCALE };
-    const o = keep(poisoned(be, [B, Sq, H, D_V], 'bf16')), lse = keep(poisoned(be, [B, H, Sq], 'f32'));
-    attention().launcher.forward('hopper', o, lse, t.qNope, t.qPe, t.kNope, t.kPe, t.v, { ...opts, ...(ring ? { ring } : {}) });
-    return launches.map((persistent) => {
-      const g = { dkNope: keep(poisoned(be, shapes.kNope, 'bf16')), dkPe: keep(poisoned(be, shapes.kPe, 'bf16')), dv: keep(poisoned(be, shapes.v, 'bf16')) };
-      const fin = { dqNope: keep(poisoned(be, shapes.qNope, 'bf16')), dqPe: keep(poisoned(be, shapes.qPe, 'bf16')) };
-      const acc = keep(poisoned(be, [B, Sq, H, D_NOPE + D_ROPE], 'f32'));
-      attention().launcher.backwardBlock(acc, 0, g, t.dout, t.qNope, t.qPe, t.kNope, t.kPe, t.v, o, lse, { ...opts, persistent },
-        { overwrite: true, finish: fin }, ring);
-      return Object.fromEntries(Object.entries({ ...g, ...fin }).map(([k, x]) => [k, be.read(x) as Uint16Array]));
-    });
-  } finally {
-    for (const x of owned) x.dispose();
-  }
-}
-
-// The persistent Hopper backward (opt-in): a 1-D grid of CTAs each running several key tiles
-// ("items", H·key tiles·B) claimed from the work counter, its Q/dO ring running on across items
-// and one K/V buffer reloaded per item (kv_empty). Each item's arithmetic is the same whichever
-// CTA runs it, so dK and dV (one CTA writes each row) must keep their bits; dq and dk_pe are f32
-// sums of reduce-adds / atomics whose order varies run to run, rounded to bf16: they may differ
-// by a rounding step in some elements, bounded here by a relative difference of 4e-3 (bf16's
-// 2⁻⁸; a wrong or missing item gives errors of order 1). Launches: one CTA per item (false),
-// one per SM (true), and 7 CTAs (many items each on any GPU). Shapes: causal with 8 key tiles
-// from 16 query steps down to 1 (B=3, S=1000, 16 heads: 384 items), items of one query step
-// (q 300 × kv 17 unmasked), and ring slots at cp = 4 (c = 128) of two ranks, one of which sees a
-// later rank's slot (src > rank: items starting at the second chunk) and one that does not.
-const PERSISTENT_BWD_CASES: (Case & { ring?: RingSlots })[] = [
-  { B: 3, S: 1000, H: 16, causal: true },
-  { B: 2, S: 300, Skv: 17, H: 16, causal: false },
-  { B: 2, S: 256, H: 4, causal: true, ring: { ranks: 4, rank: 1 } },
-  { B: 1, S: 256, H: 5, causal: true, ring: { ranks: 4, rank: 3 } },
-];
-
-for (const c of PERSISTENT_BWD_CASES) {
-  const lengths = c.Skv === undefined ? `S=${c.S}` : `q ${c.S} × kv ${c.Skv}`;
-  const ringName = c.ring ? ` ring rank ${c.ring.rank} of ${c.ring.ranks}` : '';
-  test(`MLA attention on CUDA: the persistent Hopper backward matches one CTA per key tile: B=${c.B} ${lengths} H=${c.H} ${c.causal ? 'causal' : 'full'}${ringName}`, { skip }, (t) => {
-    if (attention().kernels !== 'hopper') { t.skip(`${gpu().ctx.name} runs the mma.sync backward`); return; }
-    const launches = [false, true, 7] as const;
-    const runs = hopperBackwards(c, 9000 + c.S + c.H + (c.Skv ?? 0) * 3, launches, c.ring);
-    const [first] = runs;
-    for (const [k, x] of Object.entries(first!)) assert.ok(!bf16ArrayToF32(x).some(Number.isNaN), `one CTA per tile left ${k} unwritten (or NaN)`);
-    runs.forEach((r, i) => {
-      for (const k of ['dkNope', 'dv']) {
-        const at = firstDifference(r[k]!, first![k]!);
-        assert.equal(at, -1, `persistent: ${launches[i]}: ${k} differs from one CTA per tile at element ${at}`);
-      }
-      for (const k of ['dkPe', 'dqNope', 'dqPe']) {
-        const e = relativeError(bf16ArrayToF32(r[k]!), bf16ArrayToF32(first![k]!));
-        assert.ok(e <= 4e-3, `persistent: ${launches[i]}: ${k} relative difference ${e} from one CTA per tile`);
-      }
-    });
-  });
-}
-
 test('MLA attention on CUDA rejects inputs it cannot take, naming the input', { skip }, () => {
   const be = gpu();
   const owned: Tensor[] = [];
@@ -383,9 +305,6 @@ test('MLA attention on CUDA rejects inputs it cannot take, naming the input', { 
     if (kernels === 'hopper') {
       assert.throws(() => launcher.forward(kernels, o, lse, qn, qp, kn, kp, v, { causal: true, scale: SCALE, persistent: 0 }),
         /mlaAttention: persistent: 0 must be true, false or a whole number of CTAs ≥ 1/);
-      const grads = { dqNope: make([B, S, H, D_NOPE]), dqPe: make([B, S, H, D_ROPE]), dkNope: make([B, S, H, D_NOPE]), dkPe: make([B, S, 1, D_ROPE]), dv: make([B, S, H, D_V]) };
-      assert.throws(() => launcher.backward(kernels, grads, o, qn, qp, kn, kp, v, o, lse, { causal: true, scale: SCALE, persistent: 2.5 }),
-        /mlaAttentionBackward: persistent: 2.5 must be true, false or a whole number of CTAs ≥ 1/);
     }
   } finally {
     for (const t of owned) t.dispose();

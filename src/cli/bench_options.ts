@@ -10,7 +10,7 @@ export const BENCH_COMMAND: CommandSpec = {
   options: [
     { name: 'grouped', value: null, help: 'gemm: time the grouped expert GEMM (forward, dX, dW at the 64-expert bench shapes) against one cuBLASLt product per expert' },
     { name: 'cp', value: 'N', help: 'attention: time the ring-attention blocks one of N context-parallel ranks computes (2 or 4) against the whole-sequence kernel, s = 4096/8192/16384' },
-    { name: 'one_launch', value: null, help: 'attention --cp: time only the ring in one launch per rank (both backward entries) against the whole-sequence kernel, not the launch per ring step' },
+    { name: 'one_launch', value: null, help: 'attention --cp: time only the ring in one launch per rank against the whole-sequence kernel, not the launch per ring step' },
     { name: 'steps', value: 'N', default: '20', help: 'train: steps to time (the median excludes the first three); simulate: steps to run (default 2; the first is not timed)' },
     { name: 'layers', value: 'N', default: '4', help: 'train: layers of DeepSeek-V2-Lite to keep (layer 0 dense, the rest MoE); simulate: default all 27 (tiny: 4)' },
     { name: 'seq_len', value: 'N', default: '2048', help: 'train, simulate: tokens per sequence (simulate --model tiny: 32)' },

@@ -101,41 +101,14 @@
 // above: bench/attention_notes.md ("Hopper backward: what its header recorded"). Build
 // switches (profiling builds): bench/attention_notes.md, "Build switches".
 //
-// Persistent variant (opt-in: entry mla_attention_bwd_dkdv_hopper_persistent, the same body as a
-// template; MlaBackwardOptions.persistent; built and compile-checked, not yet run on a GPU):
-// a 1-D grid of G = min(n_items, SMs) CTAs; an item is one (head, key tile y, batch), numbered
-// as the grid above (x = head fastest, then y, then batch); CTA x runs item x, then claims items
-// G, G+1, … from the u32 work counter as the persistent forward does (claim_item, work_base; its
-// header). Why: ring key tiles at cp = 4 walk only 8-16 query steps, so each CTA's K/V load and
-// its epilogue (dV/dK stores, dk_pe adds) are a large exposed share; across items they overlap.
-// Protocol across items: the Q/dO ring runs on (ring positions c counted across items on both
-// sides: stage c % 2, phases c / 2; the consumers read the item's first position from its slot);
-// K/V is one buffer: bar_kv is used once per item (item k: parity k & 1), and a kv_empty
-// mbarrier (256 consumer arrivals, each after its last K/V read of the item, i.e. after its last
-// dQ GEMMs, which for the last step run at once) lets the producer load item k's K/V after
-// waiting its phase k − 1. The producer issues item k's first min(steps, 2) Q/dO stages before
-// that wait (they free earlier), so they land while the consumers finish item k − 1; its
-// epilogue then overlaps item k's K/V load. Item k's identity (k0, first query row, steps,
-// causal, h, b, kb, first ring position) sits in shared slot k % 2, written by the producer just
-// before its bar_kv arrival; slot k % 2 is rewritten only after kv_empty phase k + 1, which each
-// consumer reaches after item k's epilogue. Consumers re-read its fields where used (volatile
-// loads): held in registers they spilled. After the last item, one more bar_kv phase publishes
-// 0 steps. dSᵀ buffers and named barriers restart per item (their arrivals balance within an
-// item, and a consumer starts item k's steps only after both consumers' kv_empty arrivals of
-// item k − 1, i.e. after every dQ GEMM of it); the per-warp dQ staging boxes carry on (each
-// warp waits for its box's previous reduce-add to have been read), and each warp's lane 0 waits
-// for its reduce-adds to complete once, at the CTA's end. bench/attention_bwd_protocol_model.py
-// --persistent models this with planted bugs. ptxas (nvcc 13.0): see bench/attention_notes.md,
-// "Session 2026-12-07".
-//
 // One file of ~650 lines, over the 500-line guide: the producer/consumer protocol (ring stages,
 // mbarrier phases, the named barriers of the one-step-late dQ) is one unit that must be read
 // and changed together, and the helpers here exist only for it.
 #include "mla_attention_hopper.cuh"
 
 #if !defined(MLA_HOP_BWD_THREADS) || !defined(MLA_HOP_BWD_KEYS) || !defined(MLA_HOP_BWD_QUERIES) || \
-    !defined(MLA_HOP_BWD_DQ_ROWS) || !defined(MLA_HOP_BWD_SMEM) || !defined(MLA_HOP_BWD_PERSISTENT_SMEM)
-#error "MLA_HOP_BWD_THREADS, _KEYS, _QUERIES, _DQ_ROWS, _SMEM and _PERSISTENT_SMEM are set by ops/mla_attention.ts (MLA_HOP_BWD_DEFINES)"
+    !defined(MLA_HOP_BWD_DQ_ROWS) || !defined(MLA_HOP_BWD_SMEM)
+#error "MLA_HOP_BWD_THREADS, _KEYS, _QUERIES, _DQ_ROWS and _SMEM are set by ops/mla_attention.ts (MLA_HOP_BWD_DEFINES)"
 #endif
 
 namespace mla {
@@ -175,17 +148,6 @@ constexpr int HB_ORIGIN_OFF = HB_BAR_OFF + HB_NUM_BARS * 8;  // k0, first query 
 constexpr int HB_SMEM_BYTES = HB_ORIGIN_OFF + 16 + 1008;
 static_assert(HB_SMEM_BYTES == MLA_HOP_BWD_SMEM, "MLA_HOP_BWD_SMEM (the launch's shared memory) must match this layout");
 static_assert(HB_SMEM_BYTES <= 232448, "over the 227 KB a Hopper block may use");
-// The persistent variant appends, after the origin slot (so the one-CTA-per-tile layout above
-// is untouched): two item slots of 8 ints (item k of a CTA uses slot k % 2; HbItemSlot), then
-// the kv_empty mbarrier.
-// 64-aligned (base is 1024-aligned): bit 5 of a slot's address is its item's parity, k & 1.
-constexpr int HB_ITEM_OFF = (HB_ORIGIN_OFF + 16 + 63) / 64 * 64;
-constexpr int HB_ITEM_BYTES = 32;
-constexpr int HB_KV_EMPTY_OFF = HB_ITEM_OFF + 2 * HB_ITEM_BYTES;
-constexpr int HB_PERSISTENT_SMEM_BYTES = HB_KV_EMPTY_OFF + 8 + 1008;
-static_assert(HB_PERSISTENT_SMEM_BYTES == MLA_HOP_BWD_PERSISTENT_SMEM,
-              "MLA_HOP_BWD_PERSISTENT_SMEM (the persistent launch's shared memory) must match this layout");
-static_assert(HB_PERSISTENT_SMEM_BYTES <= 232448, "over the 227 KB a Hopper block may use");
 static_assert(HB_V_OFF % 1024 == 0 && HB_Q_OFF % 1024 == 0 && HB_DO_OFF % 1024 == 0 && HB_DS_OFF % 1024 == 0 &&
               HB_DQ_OFF % 1024 == 0,
               "wgmma operands must start 1024-byte aligned");
@@ -363,22 +325,14 @@ __device__ __forceinline__ void dq_box_store(const float* acc16, u32 stg, int wa
 // Its lane 0 issues the box's reduce-add into dq_accum (columns col..col+63 of queries q0 + 16·warp
 // ..; queries past Sq lie outside the map: the copy engine skips them). No barrier beyond the
 // warp. (Head and batch re-read from blockIdx, the warp from threadIdx: keeping them live here
-// made the consumers spill. The persistent variant re-reads them from the item's shared slot
-// `item` for the same reason: its CTA's blockIdx is not the item.)
-template <bool PERSISTENT>
-__device__ __forceinline__ void dq_box_issue(u32 stg, const TensorMap& tm_dq_accum, int col, int q0, u32 item) {
+// made the consumers spill.)
+__device__ __forceinline__ void dq_box_issue(u32 stg, const TensorMap& tm_dq_accum, int col, int q0) {
   if (MLA_HB_PROFILE_NO_STAGING && q0 >= 0) return;
   fence_proxy_async();  // the copy engine reads what these generic stores wrote
   __syncwarp();
   if ((threadIdx.x & 31) == 0) {
     const int wq = (threadIdx.x >> 5) & 3;
-    int h = blockIdx.x, b = blockIdx.z;
-    if (PERSISTENT) {
-      const int2 hb = ld_shared_v2(item + 16);  // the item's h, b (its slot: st_shared_v4)
-      h = hb.x;
-      b = hb.y;
-    }
-    tma_reduce_add_5d(tm_dq_accum, stg + wq * HB_DQ_BOX, 0, col >> 5, h, q0 + wq * 16, b);
+    tma_reduce_add_5d(tm_dq_accum, stg + wq * HB_DQ_BOX, 0, col >> 5, blockIdx.x, q0 + wq * 16, blockIdx.z);
     bulk_commit();
   }
 }
@@ -390,9 +344,8 @@ __device__ __forceinline__ void dq_box_issue(u32 stg, const TensorMap& tm_dq_acc
 // reduce-adds are serialised at a near-constant cost each almost whatever their size up to a
 // few KB (bench/tma_reduce_probe.cu), so three 4 KB boxes cost the owner's chain about half of
 // what six 2 KB ones would.
-template <bool PERSISTENT>
 __device__ __forceinline__ void dq_step(u32 tdS, u32 sK, u32 stg, int warp, int g, int t, const TensorMap& tm_dq_accum,
-                                        int q0, u32 item) {
+                                        int q0) {
   float x[32];
 #if MLA_HB_PROFILE_CLOCKS  // split of the step into issuing + waiting for GEMMs and staging
   const bool prof_on = (threadIdx.x & 127) == 0;
@@ -405,7 +358,7 @@ __device__ __forceinline__ void dq_step(u32 tdS, u32 sK, u32 stg, int warp, int 
     gemm_dq(x, tdS, sK, c);
     wgmma_commit();
     HB_CLOCK(role, HB_DQ_GEMM);
-    if (c > 0) dq_box_issue<PERSISTENT>(stg, tm_dq_accum, 64 * (c - 1), q0, item);  // the previous box, behind this GEMM
+    if (c > 0) dq_box_issue(stg, tm_dq_accum, 64 * (c - 1), q0);  // the previous box, behind this GEMM
     HB_CLOCK(role, HB_DQ_STAGE);
     wgmma_wait<0>();
     HB_CLOCK(role, HB_DQ_GEMM);
@@ -414,7 +367,7 @@ __device__ __forceinline__ void dq_step(u32 tdS, u32 sK, u32 stg, int warp, int 
     dq_box_store(x + 16, stg, warp, 1, g, t);
     HB_CLOCK(role, HB_DQ_STAGE);
   }
-  dq_box_issue<PERSISTENT>(stg, tm_dq_accum, 128, q0, item);
+  dq_box_issue(stg, tm_dq_accum, 128, q0);
   HB_CLOCK(role, HB_DQ_STAGE);
 }
 
@@ -435,51 +388,16 @@ __device__ __forceinline__ KeyTile key_tile(int y, int Skv, int causal, int ring
   }
 }
 
-
-// ---- the persistent variant's work items (the header's "Persistent variant") ----
-// Key tiles of every slot: the one-CTA-per-tile grid's y extent (ringKeyTiles on the host).
-__device__ __forceinline__ int key_tiles(int Skv, int ring_n, int ring_rank, int ring_split) {
-  int n = (Skv + HB_BN - 1) / HB_BN;
-  for (int j = 1; j < ring_n; j++) n += ring_slot_view(ring_n, ring_rank, ring_split, j).keys / HB_BN;
-  return n;
-}
-
-// What the producer publishes of item k in slot k % 2 (8 ints): k0, first query row, steps (0:
-// no more items), the item's causal flag (slot 0 only), then h, b, kb (the k/v batch coordinate)
-// and the ring position of its first step.
-// The consumers read it with ld.shared where they need it rather than keeping it live.
-
-__device__ __forceinline__ void st_shared_v4(u32 addr, int a, int b, int c, int d) {
-  asm volatile("st.shared.v4.u32 [%0], {%1, %2, %3, %4};" ::"r"(addr), "r"(a), "r"(b), "r"(c), "r"(d) : "memory");
-}
-__device__ __forceinline__ int ld_shared_s32(u32 addr) {
-  int v;
-  asm volatile("ld.shared.u32 %0, [%1];" : "=r"(v) : "r"(addr) : "memory");
-  return v;
-}
-
-// The next item for this CTA, or -1 when none is left: claim c of the launch (c = counter −
-// work_base, mod 2^32) gets item G + c, as in the persistent forward (its header: the counter is
-// never reset). With one CTA per item there is nothing to claim.
-__device__ __forceinline__ int claim_item(int n_items, unsigned* work_counter, unsigned work_base) {
-  if (static_cast<int>(gridDim.x) >= n_items) return -1;
-  const unsigned c = atomicAdd(work_counter, 1u) - work_base;
-  const long long it = static_cast<long long>(gridDim.x) + c;
-  return it < n_items ? static_cast<int>(it) : -1;
-}
-
 }  // namespace
 
-// The kernel body of both entries. PERSISTENT false: one CTA per (head, key tile, batch) of the
-// grid (H, key tiles, B), B = gridDim.z, work_counter unused; true: the 1-D grid of items (header).
-template <bool PERSISTENT>
-__device__ __forceinline__ void dkdv_body(const TensorMap& tm_q_nope, const TensorMap& tm_q_pe, const TensorMap& tm_k_nope,
-                                          const TensorMap& tm_k_pe, const TensorMap& tm_v, const TensorMap& tm_dout,
-                                          const float* __restrict__ lse, const float* __restrict__ d_sum,
-                                          bf16_t* __restrict__ dk_nope, bf16_t* __restrict__ dv, float* __restrict__ dq_accum,
-                                          float* __restrict__ dkpe_f32, int Sq, int Skv, int H, float scale, int causal,
-                                          int dkpe_per_head, const TensorMap& tm_dq_accum, int ring_n, int ring_rank,
-                                          int ring_split, int B, unsigned* __restrict__ work_counter, unsigned work_base) {
+extern "C" __global__ void __launch_bounds__(HB_THREADS, 1)
+mla_attention_bwd_dkdv_hopper(const __grid_constant__ TensorMap tm_q_nope, const __grid_constant__ TensorMap tm_q_pe,
+                              const __grid_constant__ TensorMap tm_k_nope, const __grid_constant__ TensorMap tm_k_pe,
+                              const __grid_constant__ TensorMap tm_v, const __grid_constant__ TensorMap tm_dout,
+                              const float* __restrict__ lse, const float* __restrict__ d_sum,
+                              bf16_t* __restrict__ dk_nope, bf16_t* __restrict__ dv, float* __restrict__ dq_accum,
+                              float* __restrict__ dkpe_f32, int Sq, int Skv, int H, float scale, int causal, int dkpe_per_head,
+                              const __grid_constant__ TensorMap tm_dq_accum, int ring_n, int ring_rank, int ring_split) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const u32 raw = smem_addr(smem_raw);
   const u32 base = (raw + 1023u) & ~1023u;
@@ -490,34 +408,19 @@ __device__ __forceinline__ void dkdv_body(const TensorMap& tm_q_nope, const Tens
   const u32 bar_kv = base + HB_BAR_OFF;
   auto bar_full = [&](int s) { return bar_kv + 8u * (1 + s); };
   auto bar_empty = [&](int s) { return bar_kv + 8u * (1 + HB_STAGES + s); };
-  // Persistent only: K/V read for the last time in the item; item k's slot (see st_shared_v4).
-  const u32 bar_kv_empty = base + HB_KV_EMPTY_OFF;
-  auto item_slot = [&](int k) { return base + HB_ITEM_OFF + (k & 1) * HB_ITEM_BYTES; };
 
   const int tid = threadIdx.x;
   // Warp-uniform to the compiler (a shuffle from lane 0), so values derived from it can live in
   // uniform registers, as wgmma descriptors must.
   const int wg = __shfl_sync(0xffffffffu, tid >> 7, 0);  // 0 producer, 1..2 consumers
+  const int h = blockIdx.x, b = blockIdx.z;
+  const KeyTile tile = key_tile(blockIdx.y, Skv, causal, ring_n, ring_rank, ring_split);
+  const int k0 = tile.k0;
+  const int kb = tile.slot * gridDim.z + b;     // the k/v side's batch coordinate: slot-major
+  causal = causal && tile.slot == 0;            // later ring slots are unmasked
   const int num_q_tiles = (Sq + HB_BM - 1) / HB_BM;
-  // One CTA per item: the item is the CTA's grid position. Persistent: these stay unused (each
-  // role decodes or reads its items itself; see the loops).
-  int h = 0, b = 0, k0 = 0, kb = 0, m_begin = 0, n_steps = 0;
-  int n_y = 0, n_items = 0;
-  if (PERSISTENT) {
-    n_y = key_tiles(Skv, ring_n, ring_rank, ring_split);
-    n_items = H * n_y * B;  // < 2^31 (the host checks)
-    // A grid wider than the work: this CTA has no item (the whole CTA leaves before any barrier).
-    if (static_cast<int>(blockIdx.x) >= n_items) return;
-  } else {
-    h = blockIdx.x;
-    b = blockIdx.z;
-    const KeyTile tile = key_tile(blockIdx.y, Skv, causal, ring_n, ring_rank, ring_split);
-    k0 = tile.k0;
-    kb = tile.slot * gridDim.z + b;     // the k/v side's batch coordinate: slot-major
-    causal = causal && tile.slot == 0;  // later ring slots are unmasked
-    m_begin = tile.m_begin;
-    n_steps = num_q_tiles - m_begin;    // ≥ 1: k0 < Skv, Skv = Sq when causal, and a ring's c < Sq
-  }
+  const int m_begin = tile.m_begin;
+  const int n_steps = num_q_tiles - m_begin;    // ≥ 1: k0 < Skv, Skv = Sq when causal, and a ring's c < Sq
 
   if (tid == 0) {
     mbar_init(bar_kv, 1);
@@ -525,13 +428,13 @@ __device__ __forceinline__ void dkdv_body(const TensorMap& tm_q_nope, const Tens
       mbar_init(bar_full(s), 32);
       mbar_init(bar_empty(s), 256);
     }
-    if (PERSISTENT) mbar_init(bar_kv_empty, 256);
     asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
-    if (!PERSISTENT) st_shared_v2(base + HB_ORIGIN_OFF, k0, m_begin * HB_BM);
+    st_shared_v2(base + HB_ORIGIN_OFF, k0, m_begin * HB_BM);
   }
   __syncthreads();
 
   const long long HS = static_cast<long long>(H);
+  const long long krow_bsh0 = static_cast<long long>(kb) * Skv * H + h;  // (kb, s=0, h) key row index
 
   if (wg == 0) {
     // ---------------- producer ----------------
@@ -541,6 +444,15 @@ __device__ __forceinline__ void dkdv_body(const TensorMap& tm_q_nope, const Tens
     // Warps 1-3 have nothing to do once their registers are given up.
     if (tid < 32) {
       const int lane = tid;
+      // The key and query origins of the copies' coordinates, read back from shared memory
+      // (tid 0 stored them) instead of reusing k0/m_begin: when a TMA coordinate is the very
+      // value the consumers' loop also uses, ptxas (nvcc 13.0) made the consumers spill 16
+      // bytes and serialise their wgmmas (C7512), presumably because the copy's operands must
+      // sit in uniform registers and the shared value then occupies one in the consumers too.
+      const int2 origin = ld_shared_v2(base + HB_ORIGIN_OFF);
+      const int k0 = origin.x, q_first = origin.y;
+      const float* lse_bh = lse + (static_cast<long long>(b) * H + h) * Sq;
+      const float* d_bh = d_sum + (static_cast<long long>(b) * H + h) * Sq;
       if (lane == 0) {
         tmap_prefetch(tm_q_nope);
         tmap_prefetch(tm_q_pe);
@@ -548,119 +460,55 @@ __device__ __forceinline__ void dkdv_body(const TensorMap& tm_q_nope, const Tens
         tmap_prefetch(tm_k_pe);
         tmap_prefetch(tm_v);
         tmap_prefetch(tm_dout);
+        // K = k_nope (two 64-column blocks) | k_pe, V = two blocks; keys past Skv arrive as zeros.
+        mbar_arrive_expect_tx(bar_kv, HB_K_BYTES + HB_V_BYTES);
+        tma_load_4d(sK, tm_k_nope, bar_kv, 0, h, k0, kb);
+        tma_load_4d(sK + HB_K_BLOCK, tm_k_nope, bar_kv, 64, h, k0, kb);
+        tma_load_3d(sK + 2 * HB_K_BLOCK, tm_k_pe, bar_kv, 0, k0, kb);
+        tma_load_4d(sV, tm_v, bar_kv, 0, h, k0, kb);
+        tma_load_4d(sV + HB_K_BLOCK, tm_v, bar_kv, 64, h, k0, kb);
       }
 #if MLA_HB_PROFILE_CLOCKS
       const bool prof_on = lane == 0;
       long long prof_last = clock64();
 #endif
-      u32 c = 0;                                // ring positions issued so far, across items
-      int it = PERSISTENT ? blockIdx.x : 0;     // this CTA's first item; the later ones are claimed
-      for (int k = 0;; k++) {
-        int q_first;
-        if (PERSISTENT) {
-          if (it < 0) {
-            // No more work: item slot k carries 0 steps, published by one more bar_kv phase.
-            // Slot k % 2 last held item k − 2, whose consumers are done with it once item
-            // k − 1's kv_empty phase completed (they arrive there in program order after item
-            // k − 2's epilogue); k ≥ 1 here, as the first item always exists.
-            if (lane == 0) {
-              mbar_wait(bar_kv_empty, (k - 1) & 1);
-              st_shared_v4(item_slot(k), 0, 0, 0, 0);
-              mbar_arrive(bar_kv);
-            }
-            break;
-          }
-          // Every lane decodes the item (lane 0 claimed it; the index was broadcast below).
-          h = it % H;
-          const int rest = it / H;
-          b = rest / n_y;
-          const KeyTile tile = key_tile(rest % n_y, Skv, causal, ring_n, ring_rank, ring_split);
-          k0 = tile.k0;
-          kb = tile.slot * B + b;
-          m_begin = tile.m_begin;
-          n_steps = num_q_tiles - m_begin;
-          q_first = m_begin * HB_BM;
-        } else {
-          // The key and query origins of the copies' coordinates, read back from shared memory
-          // (tid 0 stored them) instead of reusing k0/m_begin: when a TMA coordinate is the very
-          // value the consumers' loop also uses, ptxas (nvcc 13.0) made the consumers spill 16
-          // bytes and serialise their wgmmas (C7512), presumably because the copy's operands must
-          // sit in uniform registers and the shared value then occupies one in the consumers too.
-          const int2 origin = ld_shared_v2(base + HB_ORIGIN_OFF);
-          k0 = origin.x;
-          q_first = origin.y;
-        }
-        const float* lse_bh = lse + (static_cast<long long>(b) * H + h) * Sq;
-        const float* d_bh = d_sum + (static_cast<long long>(b) * H + h) * Sq;
-        const u32 c_first = c;  // the item's first ring position, for the consumers
-        // K = k_nope (two 64-column blocks) | k_pe, V = two blocks; keys past Skv arrive as zeros.
-        // Persistent: one K/V buffer, refilled once both consumers read K and V for the last time
-        // in item k − 1 (kv_empty, phase k − 1); it publishes item k's slot with its arrival.
-        auto load_kv = [&]() {
-          if (PERSISTENT) {
-            if (k > 0) mbar_wait(bar_kv_empty, (k - 1) & 1);
-            const u32 slot = item_slot(k);
-            st_shared_v4(slot, k0, q_first, n_steps, causal && kb >= B);
-            st_shared_v4(slot + 16, h, b, kb, static_cast<int>(c_first));
-          }
-          mbar_arrive_expect_tx(bar_kv, HB_K_BYTES + HB_V_BYTES);
-          tma_load_4d(sK, tm_k_nope, bar_kv, 0, h, k0, kb);
-          tma_load_4d(sK + HB_K_BLOCK, tm_k_nope, bar_kv, 64, h, k0, kb);
-          tma_load_3d(sK + 2 * HB_K_BLOCK, tm_k_pe, bar_kv, 0, k0, kb);
-          tma_load_4d(sV, tm_v, bar_kv, 0, h, k0, kb);
-          tma_load_4d(sV + HB_K_BLOCK, tm_v, bar_kv, 64, h, k0, kb);
-        };
-        // The first item's K/V go out first (nothing to wait for); a later item's only after its
-        // first min(steps, 2) Q/dO stages: those stages free (empty) before the previous item's
-        // last dQ GEMMs free K/V, so the producer issues them early and they land while the
-        // consumers finish that item.
-        const int kv_after = k == 0 ? -1 : min(n_steps, HB_STAGES) - 1;
-        if (lane == 0 && kv_after < 0) load_kv();
-        for (int i = 0; i < n_steps; i++, c++) {
-          const int s = c % HB_STAGES;
-          const int q0 = q_first + i * HB_BM;
-          // Stage s was last read at ring position c-2; its consumers arrive once their dV/dK
-          // GEMMs are done. Every lane waits: each overwrites its part of lse/D.
-          if (c >= HB_STAGES) mbar_wait(bar_empty(s), ((c / HB_STAGES) - 1) & 1);
-          HB_CLOCK(0, HB_WAIT_EMPTY);
-          // Lane 0 first announces the Q/dO bytes and issues their copies, so they are in flight
-          // while the lanes load lse and D from device memory (which TMA cannot do, see above).
-          if (MLA_HB_PROFILE_NO_LOADS && c >= HB_STAGES) {
-            mbar_arrive(bar_full(s));
-            if (lane == 0 && i == kv_after) load_kv();
-            continue;
-          }
-          if (lane == 0) {
-            const u32 full = bar_full(s), tQ = sQ + s * HB_Q_BYTES, tdO = sdO + s * HB_DO_BYTES;
-            mbar_expect_tx(full, HB_Q_BYTES + HB_DO_BYTES);
-            tma_load_4d(tQ, tm_q_nope, full, 0, h, q0, b);
-            tma_load_4d(tQ + HB_Q_BLOCK, tm_q_nope, full, 64, h, q0, b);
-            tma_load_4d(tQ + 2 * HB_Q_BLOCK, tm_q_pe, full, 0, h, q0, b);
-            tma_load_4d(tdO, tm_dout, full, 0, h, q0, b);
-            tma_load_4d(tdO + HB_Q_BLOCK, tm_dout, full, 64, h, q0, b);
-          }
-          // Rows past the end: lse = +inf, so P (and with it dS) is exactly 0; D = 0.
-          #pragma unroll
-          for (int r2 = 0; r2 < 2; r2++) {
-            const int r = lane + 32 * r2;
-            sLse[s * HB_BM + r] = q0 + r < Sq ? lse_bh[q0 + r] * LOG2E : inf_f32();
-            sD[s * HB_BM + r] = q0 + r < Sq ? d_bh[q0 + r] : 0.f;
-          }
-          // Each lane's arrival releases its own lse/D stores (the consumers read them with
-          // ordinary loads after their wait on the same barrier). The phase completes only when
-          // all 32 lanes arrived and every announced byte landed (the copy engine's writes are
-          // then visible to the consumers' wgmmas without a proxy fence). The producer never
-          // waits on a full barrier, so it cannot block the consumers' progress on the step it
-          // waits for.
+      for (int i = 0; i < n_steps; i++) {
+        const int s = i % HB_STAGES;
+        const int q0 = q_first + i * HB_BM;
+        // Stage s was last read at step i-2; its consumers arrive once their dV/dK GEMMs are
+        // done. Every lane waits: each overwrites its part of lse/D.
+        if (i >= HB_STAGES) mbar_wait(bar_empty(s), ((i / HB_STAGES) - 1) & 1);
+        HB_CLOCK(0, HB_WAIT_EMPTY);
+        // Lane 0 first announces the Q/dO bytes and issues their copies, so they are in flight
+        // while the lanes load lse and D from device memory (which TMA cannot do, see above).
+        if (MLA_HB_PROFILE_NO_LOADS && i >= HB_STAGES) {
           mbar_arrive(bar_full(s));
-          HB_CLOCK(0, HB_PRODUCE);
-          if (lane == 0 && i == kv_after) load_kv();
+          continue;
         }
-        if (!PERSISTENT) break;
-        // Claimed once this item's last copies are out, so the claim's latency overlaps the
-        // consumers' last steps; lane 0 claims and every lane takes its answer.
-        if (lane == 0) it = claim_item(n_items, work_counter, work_base);
-        it = __shfl_sync(0xffffffffu, it, 0);
+        if (lane == 0) {
+          const u32 full = bar_full(s), tQ = sQ + s * HB_Q_BYTES, tdO = sdO + s * HB_DO_BYTES;
+          mbar_expect_tx(full, HB_Q_BYTES + HB_DO_BYTES);
+          tma_load_4d(tQ, tm_q_nope, full, 0, h, q0, b);
+          tma_load_4d(tQ + HB_Q_BLOCK, tm_q_nope, full, 64, h, q0, b);
+          tma_load_4d(tQ + 2 * HB_Q_BLOCK, tm_q_pe, full, 0, h, q0, b);
+          tma_load_4d(tdO, tm_dout, full, 0, h, q0, b);
+          tma_load_4d(tdO + HB_Q_BLOCK, tm_dout, full, 64, h, q0, b);
+        }
+        // Rows past the end: lse = +inf, so P (and with it dS) is exactly 0; D = 0.
+        #pragma unroll
+        for (int k = 0; k < 2; k++) {
+          const int r = lane + 32 * k;
+          sLse[s * HB_BM + r] = q0 + r < Sq ? lse_bh[q0 + r] * LOG2E : inf_f32();
+          sD[s * HB_BM + r] = q0 + r < Sq ? d_bh[q0 + r] : 0.f;
+        }
+        // Each lane's arrival releases its own lse/D stores (the consumers read them with
+        // ordinary loads after their wait on the same barrier). The phase completes only when
+        // all 32 lanes arrived and every announced byte landed (the copy engine's writes are
+        // then visible to the consumers' wgmmas without a proxy fence). The producer never
+        // waits on a full barrier, so it cannot block the consumers' progress on the step it
+        // waits for.
+        mbar_arrive(bar_full(s));
+        HB_CLOCK(0, HB_PRODUCE);
       }
     }
   } else {
@@ -668,241 +516,169 @@ __device__ __forceinline__ void dkdv_body(const TensorMap& tm_q_nope, const Tens
     asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;" ::"n"(HB_CONSUMER_REGS));
     const int w = wg - 1;               // 0, 1: keys 64·w.. of the tile
     const int ctid = tid - 128 * wg;
-    const int warp0 = ctid >> 5, lane = ctid & 31;
-    const int g0 = lane >> 2, t0 = lane & 3;
-    const int key_l0 = w * 64 + warp0 * 16 + g0;  // this thread's first key row in the tile (the other: +8)
-    const float scale_log2_0 = scale * LOG2E;
+    const int warp = ctid >> 5, lane = ctid & 31;
+    const int g = lane >> 2, t = lane & 3;
+    const int key_l = w * 64 + warp * 16 + g;  // this thread's first key row in the tile (the other: +8)
+    const float scale_log2 = scale * LOG2E;
     const u32 sK_w = sK + w * 64 * 128, sV_w = sV + w * 64 * 128;
     const bool with_dq = dq_accum != nullptr;
 
     float acc_dv[64], acc_dk[96];  // dK: [0, 64) the nope columns (m64n128 layout), [64, 96) pe (m64n64)
-    // Item k's slot: its address also carries k's parity (bit 5), so the item loop keeps one
-    // register. The consumers have none to spare (header): the item's fields are re-read from
-    // the slot where each is used (volatile loads, which the compiler can neither keep live nor
-    // hoist) rather than held across the steps as the one-CTA-per-tile kernel holds its own.
-    u32 item = base + HB_ITEM_OFF;
-    auto f_k0 = [&]() { return PERSISTENT ? ld_shared_s32(item + 0) : k0; };
-    auto f_q_first = [&]() { return PERSISTENT ? ld_shared_s32(item + 4) : m_begin * HB_BM; };
-    auto f_steps = [&]() { return PERSISTENT ? ld_shared_s32(item + 8) : n_steps; };
-    auto f_causal = [&]() { return PERSISTENT ? ld_shared_s32(item + 12) : causal; };
-    auto f_c_first = [&]() { return PERSISTENT ? static_cast<u32>(ld_shared_s32(item + 28)) : 0u; };
-    for (;;) {
-      #pragma unroll
-      for (int i = 0; i < 64; i++) acc_dv[i] = 0.f;
-      #pragma unroll
-      for (int i = 0; i < 96; i++) acc_dk[i] = 0.f;
+    #pragma unroll
+    for (int i = 0; i < 64; i++) acc_dv[i] = 0.f;
+    #pragma unroll
+    for (int i = 0; i < 96; i++) acc_dk[i] = 0.f;
 
-      mbar_wait(bar_kv, (item / HB_ITEM_BYTES) & 1);
-      // Persistent: the per-thread constants pass through an empty asm at each item's start, so
-      // that what the compiler derives from them for the steps (the dSᵀ store addresses, say) is
-      // derived anew per item instead of hoisted out of the item loop and kept live through the
-      // epilogue, where the 160 accumulators leave no room for it (ptxas spilled 32-44 bytes).
-      int warp = warp0, g = g0, t = t0, key_l = key_l0;
-      float scale_log2 = scale_log2_0;
-      if (PERSISTENT) asm volatile("" : "+r"(warp), "+r"(g), "+r"(t), "+r"(key_l), "+f"(scale_log2));
-      // Persistent: the item's slot was written before the bar_kv arrival that completed the
-      // phase just waited for, and is not rewritten before this consumer's kv_empty arrival of
-      // the next item (see the producer).
-      if (PERSISTENT && f_steps() == 0) break;  // no more items
+    mbar_wait(bar_kv, 0);
 #if MLA_HB_PROFILE_CLOCKS
-      const bool prof_on = ctid == 0;
-      long long prof_last = clock64();
+    const bool prof_on = ctid == 0;
+    long long prof_last = clock64();
 #endif
-      for (int i = 0; i < f_steps(); i++) {
-        const u32 pc = f_c_first() + i;  // ring position
-        const int s = pc % HB_STAGES;
-        const u32 tQ = sQ + s * HB_Q_BYTES, tdO = sdO + s * HB_DO_BYTES;
-        const int ds_buf = i % HB_DS_BUFS;
-        const u32 tdS = sdS + ds_buf * HB_DS_BYTES;
-        const float* tLse = sLse + s * HB_BM;
-        const float* tD = sD + s * HB_BM;
-        mbar_wait(bar_full(s), (pc / HB_STAGES) & 1);
-        HB_CLOCK(wg, HB_WAIT_FULL);
+    for (int i = 0; i < n_steps; i++) {
+      const int s = i % HB_STAGES;
+      const int q0 = (m_begin + i) * HB_BM;
+      const u32 tQ = sQ + s * HB_Q_BYTES, tdO = sdO + s * HB_DO_BYTES;
+      const int ds_buf = i % HB_DS_BUFS;
+      const u32 tdS = sdS + ds_buf * HB_DS_BYTES;
+      const float* tLse = sLse + s * HB_BM;
+      const float* tD = sD + s * HB_BM;
+      mbar_wait(bar_full(s), (i / HB_STAGES) & 1);
+      HB_CLOCK(wg, HB_WAIT_FULL);
 
-        float acc_s[32], acc_dp[32];
-        u32 p[4][4], ds[4][4];
-        // One GEMM at a time: Sᵀ and dPᵀ in flight together would need 64 accumulator registers
-        // next to the 160 of dK/dV, which spills at 232 (ptxas, see the header).
-        wgmma_fence();
-        gemm_st(acc_s, sK_w, tQ);
-        wgmma_commit();
-        wgmma_wait<0>();
-        HB_CLOCK(wg, HB_GEMM_S);
-        // Pᵀ: rows = keys key_l (+8), columns = queries 8j+2t (+1). Element (j, e) of row r is
-        // masked iff 8j + e < thr[r]: key ≥ Skv masks the whole row, causal masks key > query, i.e.
-        // 8j + e < key − q0 − 2t (a bound ≤ 0 off the diagonal, so no branch is needed).
-        int thr[2];
-        {
-          const int q0 = f_q_first() + i * HB_BM, k0_i = f_k0(), causal_i = f_causal();
-          #pragma unroll
-          for (int r = 0; r < 2; r++) {
-            const int key = k0_i + key_l + 8 * r;
-            thr[r] = key >= Skv ? (1 << 30) : causal_i ? key - q0 - 2 * t : -(1 << 30);
-          }
-        }
-        #pragma unroll
-        for (int j = 0; j < 8; j++) {
-          const float2 l2 = *reinterpret_cast<const float2*>(tLse + 8 * j + 2 * t);
-          #pragma unroll
-          for (int r = 0; r < 2; r++) {
-#if MLA_HB_PROFILE_NO_SOFTMAX
-            const float p0 = acc_s[4 * j + 2 * r] * scale_log2 - l2.x;
-            const float p1 = acc_s[4 * j + 2 * r + 1] * scale_log2 - l2.y;
-#else
-            const float p0 = fast_exp2(acc_s[4 * j + 2 * r] * scale_log2 - l2.x);
-            const float p1 = fast_exp2(acc_s[4 * j + 2 * r + 1] * scale_log2 - l2.y);
-#endif
-            acc_s[4 * j + 2 * r] = 8 * j < thr[r] ? 0.f : p0;
-            acc_s[4 * j + 2 * r + 1] = 8 * j + 1 < thr[r] ? 0.f : p1;
-          }
-        }
-        pack_a<64>(p, acc_s);
-        HB_CLOCK(wg, HB_SOFTMAX);
-        wgmma_fence();
-        gemm_dpt(acc_dp, sV_w, tdO);
-        wgmma_commit();
-        wgmma_wait<0>();
-        HB_CLOCK(wg, HB_GEMM_DP);
-        // dSᵀ = Pᵀ∘(dPᵀ − D), with Pᵀ as rounded for dV (its f32 registers are gone by now).
-        #pragma unroll
-        for (int j = 0; j < 8; j++) {
-          const float2 d2 = *reinterpret_cast<const float2*>(tD + 8 * j + 2 * t);
-          #pragma unroll
-          for (int r = 0; r < 2; r++) {
-            const float2 pf = unpack_bf16x2(p[j >> 1][(j & 1) * 2 + r]);
-            acc_dp[4 * j + 2 * r] = pf.x * (acc_dp[4 * j + 2 * r] - d2.x);
-            acc_dp[4 * j + 2 * r + 1] = pf.y * (acc_dp[4 * j + 2 * r + 1] - d2.y);
-          }
-        }
-        pack_a<64>(ds, acc_dp);
-        // Buffer ds_buf last held step i-2's dSᵀ, read by the dQ GEMMs of consumer (i-2) % 2: the
-        // other consumer waits for their "read" signal before storing its half (that consumer
-        // waited for its own GEMMs). Steps count within the item: at an item's start both
-        // buffers are free, as the previous item's dQ GEMMs all completed before the kv_empty
-        // arrivals that let this item's K/V (bar_kv) be issued.
-        if (with_dq && i >= HB_DS_BUFS && w != ((i - HB_DS_BUFS) & 1)) {
-          HB_CLOCK(wg, HB_DS);
-          ds_bar_sync<HB_DSE_BAR>(ds_buf);
-          HB_CLOCK(wg, HB_WAIT_DSE);
-        }
-        if (with_dq) {
-          // dSᵀ row key_l (+8), 4-byte pair at query 8j+2t: 16-byte piece j of a 128-byte row,
-          // swizzled by row % 8 = g, so the warp's 32 stores hit 32 distinct banks.
-          #pragma unroll
-          for (int j = 0; j < 8; j++)
-            #pragma unroll
-            for (int r = 0; r < 2; r++)
-              asm volatile("st.shared.b32 [%0], %1;" ::"r"(tdS + (key_l + 8 * r) * 128 + ((j ^ g) << 4) + 4 * t),
-                           "r"(ds[j >> 1][(j & 1) * 2 + r])
-                           : "memory");
-        }
-        HB_CLOCK(wg, HB_DS);
-        wgmma_fence();
-        gemm_dv_dk(acc_dv, acc_dk, p, ds, tQ, tdO);
-        wgmma_commit();
-        // Before the "dSᵀ full" barrier (below): the dQ wgmmas read the dSᵀ stores. Issued behind
-        // the dV/dK GEMMs (which do not read dSᵀ from shared memory), its wait for the stores
-        // overlaps their execution.
-        if (with_dq) fence_proxy_async();
-        // Waiting here, before the dQ GEMMs, frees the 32 registers of Pᵀ and dSᵀ for them.
-        wgmma_wait<0>();
-        mbar_arrive(bar_empty(s));  // the stage (Q, dO, lse, D) is free
-        HB_CLOCK(wg, HB_GEMM_DVDK);
-
-        if (with_dq) {
-          const u32 stg = sdQ + w * HB_DQ_BOX_BYTES;
-          const int q0 = f_q_first() + i * HB_BM, n_steps = f_steps();
-          // Step i's dQ belongs to consumer i % 2; the other one publishes its half and goes on.
-          if (w != (i & 1)) ds_bar_arrive<HB_DSF_BAR>(ds_buf);
-          // Step i-1's dQ, one step late: its other half was stored during step i-1.
-          if (i >= 1 && w == ((i - 1) & 1)) {
-            const int prev = (i - 1) % HB_DS_BUFS;
-            ds_bar_sync<HB_DSF_BAR>(prev);
-            HB_CLOCK(wg, HB_WAIT_DS);
-            dq_step<PERSISTENT>(sdS + prev * HB_DS_BYTES, sK, stg, warp, g, t, tm_dq_accum, q0 - HB_BM, item);
-            HB_CLOCK(wg, HB_DQ);
-            // Its buffer is free for step i+2's halves (no signal when there is no such step, so
-            // every arrival has a matching wait).
-            if (i - 1 + HB_DS_BUFS < n_steps) ds_bar_arrive<HB_DSE_BAR>(prev);
-          }
-          // The last step's dQ has no next step to hide in.
-          if (i == n_steps - 1 && w == (i & 1)) {
-            ds_bar_sync<HB_DSF_BAR>(ds_buf);
-            HB_CLOCK(wg, HB_WAIT_DS);
-            dq_step<PERSISTENT>(tdS, sK, stg, warp, g, t, tm_dq_accum, q0, item);
-            HB_CLOCK(wg, HB_DQ);
-          }
-        }
-#if MLA_HB_PROFILE_CLOCKS
-        if (prof_on) atomicAdd(&hb_clocks[0 * HB_PHASES + HB_STEPS], 1ull);
-#endif
-      }
-      if (PERSISTENT) {
-        // K and V were read for the last time in this item (the last dQ GEMMs, waited for in
-        // dq_step, or without dQ the last step's Sᵀ and dPᵀ): the producer may load the next
-        // item's while this one's epilogue runs. Its dQ reduce-adds may still be reading the
-        // staging boxes: each warp waits for those reads before rewriting its box (dq_box_wait).
-        mbar_arrive(bar_kv_empty);
-        h = ld_shared_s32(item + 16);
-        kb = ld_shared_s32(item + 24);
-      } else {
-        // The reduce-adds must have completed before the block (and its shared memory) is gone
-        // and before the next kernel (finish) reads dq_accum.
-        if (lane == 0 && with_dq) bulk_wait();
-      }
-
-      // Epilogue: dV → bf16; dK·scale → dk_nope bf16 and the f32 dk_pe part.
-      const long long krow_bsh0 = static_cast<long long>(kb) * Skv * H + h;  // (kb, s=0, h) key row index
-      const int k0_e = f_k0();
+      float acc_s[32], acc_dp[32];
+      u32 p[4][4], ds[4][4];
+      // One GEMM at a time: Sᵀ and dPᵀ in flight together would need 64 accumulator registers
+      // next to the 160 of dK/dV, which spills at 232 (ptxas, see the header).
+      wgmma_fence();
+      gemm_st(acc_s, sK_w, tQ);
+      wgmma_commit();
+      wgmma_wait<0>();
+      HB_CLOCK(wg, HB_GEMM_S);
+      // Pᵀ: rows = keys key_l (+8), columns = queries 8j+2t (+1). Element (j, e) of row r is
+      // masked iff 8j + e < thr[r]: key ≥ Skv masks the whole row, causal masks key > query, i.e.
+      // 8j + e < key − q0 − 2t (a bound ≤ 0 off the diagonal, so no branch is needed).
+      int thr[2];
       #pragma unroll
       for (int r = 0; r < 2; r++) {
-        const int key = k0_e + key_l + 8 * r;
-        if (key >= Skv) continue;
-        const long long row = krow_bsh0 + key * HS;
+        const int key = k0 + key_l + 8 * r;
+        thr[r] = key >= Skv ? (1 << 30) : causal ? key - q0 - 2 * t : -(1 << 30);
+      }
+      #pragma unroll
+      for (int j = 0; j < 8; j++) {
+        const float2 l2 = *reinterpret_cast<const float2*>(tLse + 8 * j + 2 * t);
         #pragma unroll
-        for (int j = 0; j < 16; j++) {
-          *reinterpret_cast<u32*>(dv + row * D_V + 8 * j + 2 * t) = pack_bf16x2(acc_dv[4 * j + 2 * r], acc_dv[4 * j + 2 * r + 1]);
-          *reinterpret_cast<u32*>(dk_nope + row * D_NOPE + 8 * j + 2 * t) =
-              pack_bf16x2(acc_dk[4 * j + 2 * r] * scale, acc_dk[4 * j + 2 * r + 1] * scale);
-        }
-        #pragma unroll
-        for (int j = 0; j < 8; j++) {
-          const float x0 = acc_dk[64 + 4 * j + 2 * r] * scale, x1 = acc_dk[64 + 4 * j + 2 * r + 1] * scale;
-          if (dkpe_per_head) *reinterpret_cast<float2*>(dkpe_f32 + row * D_ROPE + 8 * j + 2 * t) = make_float2(x0, x1);
-          else red_add_v2(dkpe_f32 + (static_cast<long long>(kb) * Skv + key) * D_ROPE + 8 * j + 2 * t, x0, x1);
+        for (int r = 0; r < 2; r++) {
+#if MLA_HB_PROFILE_NO_SOFTMAX
+          const float p0 = acc_s[4 * j + 2 * r] * scale_log2 - l2.x;
+          const float p1 = acc_s[4 * j + 2 * r + 1] * scale_log2 - l2.y;
+#else
+          const float p0 = fast_exp2(acc_s[4 * j + 2 * r] * scale_log2 - l2.x);
+          const float p1 = fast_exp2(acc_s[4 * j + 2 * r + 1] * scale_log2 - l2.y);
+#endif
+          acc_s[4 * j + 2 * r] = 8 * j < thr[r] ? 0.f : p0;
+          acc_s[4 * j + 2 * r + 1] = 8 * j + 1 < thr[r] ? 0.f : p1;
         }
       }
-      if (!PERSISTENT) break;
-      item ^= HB_ITEM_BYTES;
+      pack_a<64>(p, acc_s);
+      HB_CLOCK(wg, HB_SOFTMAX);
+      wgmma_fence();
+      gemm_dpt(acc_dp, sV_w, tdO);
+      wgmma_commit();
+      wgmma_wait<0>();
+      HB_CLOCK(wg, HB_GEMM_DP);
+      // dSᵀ = Pᵀ∘(dPᵀ − D), with Pᵀ as rounded for dV (its f32 registers are gone by now).
+      #pragma unroll
+      for (int j = 0; j < 8; j++) {
+        const float2 d2 = *reinterpret_cast<const float2*>(tD + 8 * j + 2 * t);
+        #pragma unroll
+        for (int r = 0; r < 2; r++) {
+          const float2 pf = unpack_bf16x2(p[j >> 1][(j & 1) * 2 + r]);
+          acc_dp[4 * j + 2 * r] = pf.x * (acc_dp[4 * j + 2 * r] - d2.x);
+          acc_dp[4 * j + 2 * r + 1] = pf.y * (acc_dp[4 * j + 2 * r + 1] - d2.y);
+        }
+      }
+      pack_a<64>(ds, acc_dp);
+      // Buffer ds_buf last held step i-3's dSᵀ, read by the dQ GEMMs of consumer (i-3) % 2: the
+      // other consumer waits for their "read" signal before storing its half (that consumer
+      // waited for its own GEMMs).
+      if (with_dq && i >= HB_DS_BUFS && w != ((i - HB_DS_BUFS) & 1)) {
+        HB_CLOCK(wg, HB_DS);
+        ds_bar_sync<HB_DSE_BAR>(ds_buf);
+        HB_CLOCK(wg, HB_WAIT_DSE);
+      }
+      if (with_dq) {
+        // dSᵀ row key_l (+8), 4-byte pair at query 8j+2t: 16-byte piece j of a 128-byte row,
+        // swizzled by row % 8 = g, so the warp's 32 stores hit 32 distinct banks.
+        #pragma unroll
+        for (int j = 0; j < 8; j++)
+          #pragma unroll
+          for (int r = 0; r < 2; r++)
+            asm volatile("st.shared.b32 [%0], %1;" ::"r"(tdS + (key_l + 8 * r) * 128 + ((j ^ g) << 4) + 4 * t),
+                         "r"(ds[j >> 1][(j & 1) * 2 + r])
+                         : "memory");
+      }
+      HB_CLOCK(wg, HB_DS);
+      wgmma_fence();
+      gemm_dv_dk(acc_dv, acc_dk, p, ds, tQ, tdO);
+      wgmma_commit();
+      // Before the "dSᵀ full" barrier (below): the dQ wgmmas read the dSᵀ stores. Issued behind
+      // the dV/dK GEMMs (which do not read dSᵀ from shared memory), its wait for the stores
+      // overlaps their execution.
+      if (with_dq) fence_proxy_async();
+      // Waiting here, before the dQ GEMMs, frees the 32 registers of Pᵀ and dSᵀ for them.
+      wgmma_wait<0>();
+      mbar_arrive(bar_empty(s));  // the stage (Q, dO, lse, D) is free
+      HB_CLOCK(wg, HB_GEMM_DVDK);
+
+      if (with_dq) {
+        const u32 stg = sdQ + w * HB_DQ_BOX_BYTES;
+        // Step i's dQ belongs to consumer i % 2; the other one publishes its half and goes on.
+        if (w != (i & 1)) ds_bar_arrive<HB_DSF_BAR>(ds_buf);
+        // Step i-1's dQ, one step late: its other half was stored during step i-1.
+        if (i >= 1 && w == ((i - 1) & 1)) {
+          const int prev = (i - 1) % HB_DS_BUFS;
+          ds_bar_sync<HB_DSF_BAR>(prev);
+          HB_CLOCK(wg, HB_WAIT_DS);
+          dq_step(sdS + prev * HB_DS_BYTES, sK, stg, warp, g, t, tm_dq_accum, q0 - HB_BM);
+          HB_CLOCK(wg, HB_DQ);
+          // Its buffer is free for step i+2's halves (no signal when there is no such step, so
+          // every arrival has a matching wait).
+          if (i - 1 + HB_DS_BUFS < n_steps) ds_bar_arrive<HB_DSE_BAR>(prev);
+        }
+        // The last step's dQ has no next step to hide in.
+        if (i == n_steps - 1 && w == (i & 1)) {
+          ds_bar_sync<HB_DSF_BAR>(ds_buf);
+          HB_CLOCK(wg, HB_WAIT_DS);
+          dq_step(tdS, sK, stg, warp, g, t, tm_dq_accum, q0);
+          HB_CLOCK(wg, HB_DQ);
+        }
+      }
+#if MLA_HB_PROFILE_CLOCKS
+      if (prof_on) atomicAdd(&hb_clocks[0 * HB_PHASES + HB_STEPS], 1ull);
+#endif
     }
-    // Persistent: the CTA's last reduce-adds must complete before it (and its shared memory) is
-    // gone and before the next kernel (finish) reads dq_accum.
-    if (PERSISTENT && lane == 0 && with_dq) bulk_wait();
+    // The reduce-adds must have completed before the block (and its shared memory) is gone and
+    // before the next kernel (finish) reads dq_accum.
+    if (lane == 0 && with_dq) bulk_wait();
+
+    // Epilogue: dV → bf16; dK·scale → dk_nope bf16 and the f32 dk_pe part.
+    #pragma unroll
+    for (int r = 0; r < 2; r++) {
+      const int key = k0 + key_l + 8 * r;
+      if (key >= Skv) continue;
+      const long long row = krow_bsh0 + key * HS;
+      #pragma unroll
+      for (int j = 0; j < 16; j++) {
+        *reinterpret_cast<u32*>(dv + row * D_V + 8 * j + 2 * t) = pack_bf16x2(acc_dv[4 * j + 2 * r], acc_dv[4 * j + 2 * r + 1]);
+        *reinterpret_cast<u32*>(dk_nope + row * D_NOPE + 8 * j + 2 * t) =
+            pack_bf16x2(acc_dk[4 * j + 2 * r] * scale, acc_dk[4 * j + 2 * r + 1] * scale);
+      }
+      #pragma unroll
+      for (int j = 0; j < 8; j++) {
+        const float x0 = acc_dk[64 + 4 * j + 2 * r] * scale, x1 = acc_dk[64 + 4 * j + 2 * r + 1] * scale;
+        if (dkpe_per_head) *reinterpret_cast<float2*>(dkpe_f32 + row * D_ROPE + 8 * j + 2 * t) = make_float2(x0, x1);
+        else red_add_v2(dkpe_f32 + (static_cast<long long>(kb) * Skv + key) * D_ROPE + 8 * j + 2 * t, x0, x1);
+      }
+    }
   }
-}
-
-extern "C" __global__ void __launch_bounds__(HB_THREADS, 1)
-mla_attention_bwd_dkdv_hopper(const __grid_constant__ TensorMap tm_q_nope, const __grid_constant__ TensorMap tm_q_pe,
-                              const __grid_constant__ TensorMap tm_k_nope, const __grid_constant__ TensorMap tm_k_pe,
-                              const __grid_constant__ TensorMap tm_v, const __grid_constant__ TensorMap tm_dout,
-                              const float* __restrict__ lse, const float* __restrict__ d_sum,
-                              bf16_t* __restrict__ dk_nope, bf16_t* __restrict__ dv, float* __restrict__ dq_accum,
-                              float* __restrict__ dkpe_f32, int Sq, int Skv, int H, float scale, int causal, int dkpe_per_head,
-                              const __grid_constant__ TensorMap tm_dq_accum, int ring_n, int ring_rank, int ring_split) {
-  dkdv_body<false>(tm_q_nope, tm_q_pe, tm_k_nope, tm_k_pe, tm_v, tm_dout, lse, d_sum, dk_nope, dv, dq_accum, dkpe_f32, Sq, Skv, H,
-                   scale, causal, dkpe_per_head, tm_dq_accum, ring_n, ring_rank, ring_split, gridDim.z, nullptr, 0);
-}
-
-// The persistent variant (header): as above, then B, the work counter and its value at the
-// launch's start (the persistent forward's convention).
-extern "C" __global__ void __launch_bounds__(HB_THREADS, 1)
-mla_attention_bwd_dkdv_hopper_persistent(
-    const __grid_constant__ TensorMap tm_q_nope, const __grid_constant__ TensorMap tm_q_pe,
-    const __grid_constant__ TensorMap tm_k_nope, const __grid_constant__ TensorMap tm_k_pe, const __grid_constant__ TensorMap tm_v,
-    const __grid_constant__ TensorMap tm_dout, const float* __restrict__ lse, const float* __restrict__ d_sum,
-    bf16_t* __restrict__ dk_nope, bf16_t* __restrict__ dv, float* __restrict__ dq_accum, float* __restrict__ dkpe_f32, int Sq,
-    int Skv, int H, float scale, int causal, int dkpe_per_head, const __grid_constant__ TensorMap tm_dq_accum, int ring_n,
-    int ring_rank, int ring_split, int B, unsigned* __restrict__ work_counter, unsigned work_base) {
-  dkdv_body<true>(tm_q_nope, tm_q_pe, tm_k_nope, tm_k_pe, tm_v, tm_dout, lse, d_sum, dk_nope, dv, dq_accum, dkpe_f32, Sq, Skv, H,
-                  scale, causal, dkpe_per_head, tm_dq_accum, ring_n, ring_rank, ring_split, B, work_counter, work_base);
 }

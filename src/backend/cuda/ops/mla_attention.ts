@@ -52,12 +52,11 @@ export const MLA_HOP_FWD_DEFINES = {
 } as const;
 /**
  * mla_attention_bwd_hopper.cu: keys per block, query rows per step (one TMA box of q_nope, q_pe,
- * dout), query rows per dQ reduce-add box (each warp adds its own rows); shared memory of the
- * one-CTA-per-tile entry and of the persistent one (its item slots and kv_empty barrier appended).
+ * dout), query rows per dQ reduce-add box (each warp adds its own rows).
  */
 export const MLA_HOP_BWD_DEFINES = {
   ...MLA_COMMON_DEFINES, MLA_HOP_BWD_THREADS: 384, MLA_HOP_BWD_KEYS: 128, MLA_HOP_BWD_QUERIES: 64, MLA_HOP_BWD_DQ_ROWS: 16,
-  MLA_HOP_BWD_SMEM: 231464, MLA_HOP_BWD_PERSISTENT_SMEM: 231544,
+  MLA_HOP_BWD_SMEM: 231464,
 } as const;
 
 const { MLA_D_NOPE: D_NOPE, MLA_D_ROPE: D_ROPE, MLA_D_V: D_V, MLA_TILE: TILE } = MLA_COMMON_DEFINES;
@@ -82,14 +81,6 @@ export interface MlaForwardOptions extends AttentionOptions {
 export interface MlaBackwardOptions extends AttentionOptions {
   /** Identical bits on every run (no atomics); slower. Default false. */
   deterministic?: boolean;
-  /**
-   * Hopper backward only (opt-in, not yet measured on a GPU): how many CTAs walk the
-   * n_items = H·(key tiles of every ring slot)·B key tiles. false (default): one CTA per key tile;
-   * true: one per SM, each taking several tiles claimed from the work counter, so one tile's K/V
-   * load and first Q/dO stages overlap the previous tile's last dQ and its epilogue; a number n:
-   * at most n CTAs (tests force several tiles per CTA on small shapes).
-   */
-  persistent?: boolean | number;
 }
 
 export interface MlaGrads { dqNope: Tensor; dqPe: Tensor; dkNope: Tensor; dkPe: Tensor; dv: Tensor }
@@ -205,19 +196,15 @@ export class MlaAttentionLauncher {
   /** The Hopper backward's arguments: six tensor maps (q_nope, q_pe, k_nope, k_pe, v, dout), then as dkdvArgs, then dq_accum's map, then the ring slots. */
   private readonly dkdvHopperArgs = new KernelArgs(22, [0, 1, 2, 3, 4, 5, 18]);
   private readonly dkdvHopperMaps: TensorMapSlots;
-  /** The persistent Hopper backward's: as dkdvHopperArgs, then B, the work counter and its value at the launch's start. */
-  private readonly dkdvHopperPersistentArgs = new KernelArgs(25, [0, 1, 2, 3, 4, 5, 18]);
-  private readonly dkdvHopperPersistentMaps: TensorMapSlots;
   private readonly dqArgs = new KernelArgs(15);
   private readonly finishArgs = new KernelArgs(10);
-  /** The persistent Hopper kernels' default CTA count. */
+  /** The persistent Hopper forward's default CTA count. */
   private readonly smCount: number;
   /**
-   * The persistent Hopper kernels' work counter (one u32 their CTAs claim tiles from; never
-   * reset; the forward and the persistent backward share it) and the value it holds once the
-   * launches queued so far have run: each launch with fewer CTAs than tiles adds its tile count
-   * (the forward kernel's header says why), mod 2^32. Launches run in stream order (the context's
-   * one compute stream), so each starts where the last ended.
+   * The persistent Hopper forward's work counter (one u32 its CTAs claim query tiles from; never
+   * reset) and the value it holds once the launches queued so far have run: each launch with
+   * fewer CTAs than tiles adds its tile count (the kernel header says why), mod 2^32. Launches
+   * run in stream order (the context's one compute stream), so each starts where the last ended.
    */
   private readonly workCounter: GpuBlock;
   private workClaims = 0;
@@ -232,7 +219,6 @@ export class MlaAttentionLauncher {
     this.bwdHopperFile = new KernelFile(ctx, 'mla_attention_bwd_hopper.cu', MLA_HOP_BWD_DEFINES);
     this.fwdHopperMaps = new TensorMapSlots(ctx.driver, this.fwdHopperArgs);
     this.dkdvHopperMaps = new TensorMapSlots(ctx.driver, this.dkdvHopperArgs);
-    this.dkdvHopperPersistentMaps = new TensorMapSlots(ctx.driver, this.dkdvHopperPersistentArgs);
   }
 
   /** o = softmax(scale·q·kᵀ, causal mask or none) · v and lse, with q = (qNope|qPe), k = (kNope|kPe). */
@@ -326,8 +312,7 @@ export class MlaAttentionLauncher {
    * finish kernel (Backend.mlaAttentionBackwardBlock).
    */
   backwardBlock(dqAccum: Tensor, qFrom: number, grads: MlaKvGrads, dout: Tensor, qNope: Tensor, qPe: Tensor, kNope: Tensor,
-                kPe: Tensor, v: Tensor, o: Tensor, lse: Tensor, opts: Omit<MlaBackwardOptions, 'deterministic'>, ends: MlaBlockEnds = {},
-                ring?: RingSlots): void {
+                kPe: Tensor, v: Tensor, o: Tensor, lse: Tensor, opts: AttentionOptions, ends: MlaBlockEnds = {}, ring?: RingSlots): void {
     const op = 'mlaAttentionBackwardBlock';
     const d = this.backwardInputs(op, grads, dout, qNope, qPe, kNope, kPe, v, o, lse, opts, ring);
     if (!d) return;
@@ -407,24 +392,11 @@ export class MlaAttentionLauncher {
       .i32(12, Sq).i32(13, Skv).i32(14, H).f32(15, opts.scale).i32(16, opts.causal ? 1 : 0).i32(17, deterministic ? 1 : 0);
     if (kernels === 'hopper') {
       const { MLA_HOP_BWD_THREADS: threads, MLA_HOP_BWD_KEYS: keys, MLA_HOP_BWD_QUERIES: queries, MLA_HOP_BWD_DQ_ROWS: dqRows,
-        MLA_HOP_BWD_SMEM: tileSmem, MLA_HOP_BWD_PERSISTENT_SMEM: persistentSmem } = MLA_HOP_BWD_DEFINES;
-      const persistent = opts.persistent ?? false;
-      if (typeof persistent === 'number' && !(Number.isInteger(persistent) && persistent >= 1)) {
-        throw new Error(`${op}: persistent: ${persistent} must be true, false or a whole number of CTAs ≥ 1`);
-      }
-      // Work items of the persistent entry: key tiles of one (head, batch), numbered as the grid
-      // (H, key tiles, B) of the other; a 1-D grid of `ctas` walks them (kernel header).
-      const tiles = ringKeyTiles(d, keys), items = H * tiles * B;
-      if (persistent !== false && items > 2 ** 31 - 1) {
-        throw new Error(`${op}: H·${tiles}·B = ${items} key tiles exceed the grid's 2^31-1; split the batch`);
-      }
-      const ctas = persistent === false ? 0 : Math.min(items, persistent === true ? this.smCount : persistent);
-      const smem = persistent === false ? tileSmem : persistentSmem;
-      const k = this.bwdHopperFile.kernel(persistent === false ? 'mla_attention_bwd_dkdv_hopper' : 'mla_attention_bwd_dkdv_hopper_persistent');
+        MLA_HOP_BWD_SMEM: smem } = MLA_HOP_BWD_DEFINES;
+      const k = this.bwdHopperFile.kernel('mla_attention_bwd_dkdv_hopper');
       k.allowDynamicShared(smem, op);
-      const args = persistent === false ? this.dkdvHopperArgs : this.dkdvHopperPersistentArgs;
       // The Hopper kernel copies q, dO (`queries` per step) and k, v (its `keys`) with TMA.
-      const maps = persistent === false ? this.dkdvHopperMaps : this.dkdvHopperPersistentMaps;
+      const maps = this.dkdvHopperMaps;
       maps.set(0, headRows(pQn, B, Sq, H, D_NOPE, queries), `${op}: qNope`);
       maps.set(1, headRows(pQp, B, Sq, H, D_ROPE, queries), `${op}: qPe`);
       maps.set(2, headRows(pKn, n * B, Skv, H, D_NOPE, keys), `${op}: kNope`);
@@ -442,13 +414,7 @@ export class MlaAttentionLauncher {
           strides: [128, D_QK * 4, H * D_QK * 4, dq.rows * H * D_QK * 4],
           box: [32, 2, 1, dqRows, 1], swizzle128: true }, `${op}: dq accumulator`);
       }
-      if (persistent === false) {
-        k.launch([H, tiles, B], [threads, 1, 1], smem, ringArgs(dkdvTail(args), 19, d));
-        return;
-      }
-      k.launch([ctas, 1, 1], [threads, 1, 1], smem,
-        ringArgs(dkdvTail(args), 19, d).i32(22, B).ptr(23, this.workCounter.ptr).u32(24, this.workClaims));
-      if (ctas < items) this.workClaims = (this.workClaims + items) >>> 0;
+      k.launch([H, ringKeyTiles(d, keys), B], [threads, 1, 1], smem, ringArgs(dkdvTail(this.dkdvHopperArgs), 19, d));
       return;
     }
     if (d.ring) throw new Error(`${op}: ring slots in one launch need the Hopper kernels; use one launch per ring step`);
