@@ -131,7 +131,7 @@ export function runGroupedGemmBench(opts: { log?: (line: string) => void } = {})
       // The gate-and-up data product: dy as dG, u as dU, ws and ups as the gates and ups. Against
       // the two data products (the up's into dx, the gate's into x as scratch) and the add.
       be.write(u, noise(M * N, 1));
-      be.groupedGemmGateUpData = true;  // opt-in on the backend path (GroupedGemmLauncher.gateUpData)
+      be.groupedGemmGateUpData = true;  // the default (GroupedGemmLauncher.gateUpData); said here as the comparison depends on it
       const gateUp = (['tma', 'tma_pair'] as const).map((set) => {
         be.groupedGemmKernels = set;
         const one = time(() => be.groupedLinearBackwardDataPair(dx, dy, u, ws, ups, offsets));

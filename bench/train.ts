@@ -95,8 +95,9 @@ export async function runTrainBench(flags: Record<string, string>, peersRun?: { 
     keep_logits: flags['keep_logits'] === 'true' || flags['keep_logits'] === '1',
   }, 'bench train');
   const backend = await selectBackend(cfg.device as DeviceChoice, { mlaKernels: cfg.mla_kernels, groupedGemm: cfg.grouped_gemm });
-  // --gate_up_dx: the experts' gate-and-up data product as one tma launch (opt-in until measured).
-  if ((flags['gate_up_dx'] === 'true' || flags['gate_up_dx'] === '1') && backend instanceof CudaBackend) backend.groupedGemmGateUpData = true;
+  // --gate_up_dx=false: the experts' gate-and-up data product composed (two data products and an add)
+  // rather than one tma launch, to measure what the one launch gains.
+  if ((flags['gate_up_dx'] === 'false' || flags['gate_up_dx'] === '0') && backend instanceof CudaBackend) backend.groupedGemmGateUpData = false;
   const estimate = refuseIfTooLarge(backend, cfg, model, { pp: 1, dp: launch.world, cp: 1, ep: 1 }, S, micro, G / micro / launch.world);
   const dist = launch.source === 'none' ? null : await initDistributed(cfg, model, backend);
   say(`bench train: ${backend.description}; ${layers} layers, ${(parameterCount(model) / 1e9).toFixed(3)}B parameters, ` +

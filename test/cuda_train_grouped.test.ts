@@ -2,9 +2,9 @@
 // (--grouped_gemm per_expert: one cuBLASLt product per expert): 20 steps of a small MoE model
 // whose widths the kernels take (hidden 256, expert width 128, 16 experts, top-4), with the
 // mma.sync kernels and, on sm_90a, the wgmma and tma ones (all three products of each set: the
-// tma set's forward, data and its own persistent weight kernel), and auto (on sm_90a the tma set
-// with wgmma's weight product for beta 1), and tma_pair (the tma set with its forward, data and
-// SwiGLU products in 2-CTA clusters). Two micro-batches a step, so every step's expert gradients are
+// tma set's forward, data and its own persistent weight kernel), tma_pair (the tma set with its
+// forward, data, gate-and-up data and SwiGLU products in 2-CTA clusters), and auto (on sm_90a
+// tma_pair with wgmma's weight product for beta 1). Two micro-batches a step, so every step's expert gradients are
 // written once with beta 0 (the first write after the optimizer marked them logically zero) and
 // once with beta 1. A second test runs one micro-batch a step, where the tma weight product's
 // Σ g² (autograd/grad_squares.ts) is what the gradient norm reads for the expert gradients: the

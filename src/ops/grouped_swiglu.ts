@@ -8,7 +8,7 @@
 //   dg·Wg + du·Wu, is then one backend call (Backend.groupedLinearBackwardDataPair), which CUDA's
 //   tma set can make one product over the 2N-long reduction, written and rounded once, instead of
 //   two products and autograd's add of them (the add alone ~0.71 ms a step on an H100, issue 16;
-//   opt-in until that kernel has run on a GPU: GroupedGemmLauncher.gateUpData). The
+//   GroupedGemmLauncher.gateUpData, on by default). The
 //   CPU oracle composes that call from the two products and the add, so on the CPU this node
 //   gives the bits of the two groupedLinear nodes it replaces (backend/grouped_data_pair.ts), and
 //   each weight's gradient is groupedLinear's (groupedWeightGrads), the up's first, as the two

@@ -183,7 +183,7 @@ export class CudaBackend implements Backend {
   /** The grouped GEMM kernel set bf16 products run ('mma', 'wgmma', 'tma', 'tma_pair' or 'per_expert'); settable for tests and benchmarks. */
   get groupedGemmKernels(): GroupedGemmKernels { return this.groupedGemm.kernels; }
   set groupedGemmKernels(k: GroupedGemmKernels) { this.groupedGemm.use(k); }
-  /** The gate-and-up data product as one tma launch rather than composed (GroupedGemmLauncher.gateUpData; opt-in). */
+  /** The gate-and-up data product as one tma launch rather than composed (GroupedGemmLauncher.gateUpData; on by default). */
   set groupedGemmGateUpData(on: boolean) { this.groupedGemm.gateUpData = on; }
   /** tma_pair, by pair kernel launched so far: 2-CTA clusters resident at once and launched last time (benchmarks print them). */
   get groupedGemmPairClusters(): ReadonlyMap<string, { resident: number; launched: number }> { return this.groupedGemm.pairClusters; }

@@ -87,7 +87,7 @@
 // registers) or one weight tile sent to two CTAs (the CTA pairs below).
 //
 // CTA pairs (grouped_tma_pair_*: the forward, data, gate-and-up data and SwiGLU products of the
-// opt-in `tma_pair` set). Clusters of two CTAs on neighbouring row tiles (row-tile slots 2y and
+// `tma_pair` set, 'auto' on sm_90a). Clusters of two CTAs on neighbouring row tiles (row-tile slots 2y and
 // 2y + 1, one column tile): when both tiles are one expert's they need the same weight tile, and each CTA copies
 // half of its pieces into both CTAs' stages at once (cp.async.bulk.tensor … multicast::cluster),
 // so a pair reads 64 KiB a k-step from L2 instead of 96: a third less. When the two tiles are different experts' (an expert's last row tile beside

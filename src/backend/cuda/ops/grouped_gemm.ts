@@ -13,11 +13,13 @@
 //   tma_pair  the tma set with the forward, data, gate-and-up data and SwiGLU products in
 //          clusters of two CTAs on neighbouring row tiles, which copy a weight tile they share
 //          into both by TMA multicast (kernel header "CTA pairs": a third less L2 traffic); the
-//          weight product is tma's.
-//          Opt-in until measured: an earlier form of it (ce87017) measured 1.3–1.6× slower than
-//          tma; the kernel header lists what was changed since and why.
-// Which one runs is the backend option groupedGemm; 'auto' is tma on sm_90a (with wgmma's weight
-// product where it accumulates, beta 1), else mma. Measured on an H100 (2026-12-07 02:58 UTC,
+//          weight product is tma's. An earlier form of it (ce87017) measured 1.3–1.6× slower
+//          than tma; the kernel header lists what was changed since and why. This one, on an H100
+//          (2026-12-07 19:17 UTC, bench gemm --grouped): forward 0.543 / 0.579 ms against tma's
+//          0.603 / 0.644, data 0.588 / 0.541 against 0.638 / 0.573, SwiGLU forward 1.216
+//          against 1.635, gate-and-up data 1.053 against 1.207 (and 1.511 composed).
+// Which one runs is the backend option groupedGemm; 'auto' is tma_pair on sm_90a (with wgmma's
+// weight product where it accumulates, beta 1), else mma. Measured on an H100 (2026-12-07 02:58 UTC,
 // bench gemm --grouped, the bench shapes: 64 experts, 49152 rows), ms per product:
 //                              mma    wgmma   tma    one cuBLASLt call per expert
 //   forward 2048 → 1408       1.190  0.753  0.561  0.964
@@ -139,12 +141,12 @@ export class GroupedGemmLauncher {
   /** tma set: the weight product with beta 1 runs wgmma's kernel ('auto'; use()). */
   private accumulateWithWgmma = false;
   /**
-   * Whether the backend's gate-and-up data product runs the tma kernel (groupedLinearBackwardDataPair)
-   * or composes two data products and an add. Off by default until the kernel has run on a GPU
-   * (written 2026-12-07 with no device time left to test it); the CUDA tests and bench gemm
-   * --grouped call the launcher directly, and bench train --gate_up_dx switches it on.
+   * Whether the backend's gate-and-up data product runs the tma sets' one-reduction kernel
+   * (groupedLinearBackwardDataPair; on by default) or composes two data products and an add
+   * (bench train --gate_up_dx=false, to measure the difference; H100, bench gemm --grouped:
+   * 1.053 ms in one launch against 1.393 composed under tma_pair).
    */
-  gateUpData = false;
+  gateUpData = true;
   /**
    * tma_pair, by kernel name: the 2-CTA clusters the GPU runs at once (asked once per kernel) and
    * how many the kernel's last launch ran (benchmarks print both).
@@ -167,7 +169,7 @@ export class GroupedGemmLauncher {
   }
 
   /**
-   * Chooses the kernel set ('auto': tma on sm_90a, else mma); wgmma, tma or tma_pair off sm_90a is an error.
+   * Chooses the kernel set ('auto': tma_pair on sm_90a, else mma); wgmma, tma or tma_pair off sm_90a is an error.
    * Under 'auto' the weight product that accumulates into a gradient (beta 1: the second and later
    * micro-batches) runs wgmma's kernel, which measured faster there (header).
    */
@@ -176,7 +178,7 @@ export class GroupedGemmLauncher {
     if ((request === 'wgmma' || request === 'tma' || request === 'tma_pair') && !hopper) {
       throw new Error(`the ${request} grouped GEMM kernels need an sm_90a GPU (H100/H200); ${this.ctx.name} is ${this.ctx.arch}: use groupedGemm 'mma' or 'auto'`);
     }
-    this.kernels = request === 'auto' ? (hopper ? 'tma' : 'mma') : request;
+    this.kernels = request === 'auto' ? (hopper ? 'tma_pair' : 'mma') : request;
     this.accumulateWithWgmma = request === 'auto';
   }
 
