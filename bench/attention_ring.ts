@@ -190,6 +190,13 @@ export interface RingBenchOptions {
   rounds?: number;
   /** Time only the one-launch rows (and the whole kernel), not the per-step launches: a shorter run on the device. */
   oneLaunchOnly?: boolean;
+  /**
+   * The whole-sequence kernel's batch (default 1); the same-total-work rows run the ring at cp×
+   * it. At 1 the whole kernel's k/v (s·h·640 bytes: 42 MB at s = 4096) nearly fit the 50 MB L2
+   * while the ring's cp batches of cp slots do not; a larger batch puts both past L2, to see how
+   * much of the ratio is that.
+   */
+  batch?: number;
   log?: (line: string) => void;
 }
 
@@ -212,7 +219,8 @@ export async function runRingAttentionBench(opts: RingBenchOptions): Promise<Rin
   for (const s of seqs) zigzagChunk(s, cp);
   const rounds = opts.rounds ?? 3;
   if (!cudaAvailable()) throw new Error('bench attention needs a CUDA GPU: libcuda did not load or no device is visible');
-  const b = 1, h = 16;
+  const b = opts.batch ?? 1, h = 16;
+  if (!(Number.isInteger(b) && b >= 1)) throw new Error(`bench attention --batch ${b}: give the whole-sequence kernel's batch, an integer ≥ 1`);
   const be = new CudaBackend(new CudaContext());
   const kernels = chooseMlaKernels({ arch: be.ctx.arch, computeCapability: be.ctx.computeCapability, dtype: 'bf16', dNope: D_NOPE, dRope: D_ROPE, dV: D_V, request: 'auto' });
   if (kernels === 'generic') throw new Error(`bench attention times the tensor-core MLA kernels; ${be.ctx.name} has none (compute capability 8.0 or later)`);

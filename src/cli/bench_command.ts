@@ -26,7 +26,10 @@ export async function benchCommand(args: ParsedArgs): Promise<void> {
       else (await loadBench('gemm', 'runGemmBench'))({});
       return;
     case 'attention':
-      if (args.flags.cp !== undefined) await (await loadBench('attention_ring', 'runRingAttentionBench'))({ cp: Number(args.flags.cp), oneLaunchOnly: args.flags.one_launch === 'true' });
+      if (args.flags.cp !== undefined) await (await loadBench('attention_ring', 'runRingAttentionBench'))({
+        cp: Number(args.flags.cp), oneLaunchOnly: args.flags.one_launch === 'true',
+        ...(args.flags.batch !== undefined ? { batch: Number(args.flags.batch) } : {}),
+      });
       else await (await loadBench('attention', 'runAttentionBench'))();
       return;
     case 'train':

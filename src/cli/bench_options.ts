@@ -14,7 +14,7 @@ export const BENCH_COMMAND: CommandSpec = {
     { name: 'steps', value: 'N', default: '20', help: 'train: steps to time (the median excludes the first three); simulate: steps to run (default 2; the first is not timed)' },
     { name: 'layers', value: 'N', default: '4', help: 'train: layers of DeepSeek-V2-Lite to keep (layer 0 dense, the rest MoE); simulate: default all 27 (tiny: 4)' },
     { name: 'seq_len', value: 'N', default: '2048', help: 'train, simulate: tokens per sequence (simulate --model tiny: 32)' },
-    { name: 'batch', value: 'N', default: '4', help: 'train: sequences per step; simulate: the global batch (default 1024, the reference\'s; tiny: 16)' },
+    { name: 'batch', value: 'N', default: '4', help: 'train: sequences per step; simulate: the global batch (default 1024, the reference\'s; tiny: 16); attention --cp: the whole-sequence kernel\'s batch, the ring\'s same-work rows run cp× it (default 1)' },
     { name: 'micro', value: 'N', default: 'the batch', help: 'train: sequences per micro-batch; simulate: default 1' },
     { name: 'device', value: 'auto|cpu|cuda', default: 'cuda', help: 'train, simulate: the device' },
     { name: 'recompute', value: 'cheap|copies|none|layers', default: 'cheap', help: 'train: what backward computes again instead of keeping (the train option)' },
