@@ -37,7 +37,7 @@ import { groupedLinear } from '../ops/grouped_linear.js';
 import { mlaAttention } from '../ops/mla_attention.js';
 import { Param, type ParamMaker } from '../nn/param.js';
 import { ParamArena, wholeParamTensors } from '../nn/param_arena.js';
-import { normalValues } from '../nn/init.js';
+import { normalValuesMany } from '../nn/init.js';
 import { ropeTablesAt, yarnMscale } from '../nn/rope_tables.js';
 import type { DeepseekV2Config } from './deepseek_v2_config.js';
 import type { AttentionHook } from './attention_hook.js';
@@ -94,6 +94,9 @@ interface Routing {
   /** The owned row of each routed slot [N·k] i32 (slot n·k + j: token n's j-th pick), −1 for slots of other experts. */
   rowOfSlot: Tensor;
 }
+
+/** Values made per batch of initialisation (256 MB of f32 in flight, with their copies). */
+const INIT_BATCH = 64 << 20;
 
 export class DeepseekV2 implements DeepseekV2Weights<Param> {
   readonly embed: Param | null;
@@ -176,11 +179,25 @@ export class DeepseekV2 implements DeepseekV2Weights<Param> {
   initialize(seed: number): void {
     const sigma = this.config.initializer_range;
     const residual = sigma / Math.sqrt(2 * this.config.num_hidden_layers);
+    // Consecutive normal parameters are made together, about INIT_BATCH values at a time, so
+    // that the many small ones (expert matrices) spread over the init workers too; loads keep
+    // the parameters' order.
+    let batch: { p: Param; length: number; std: number; param: number }[] = [];
+    let values = 0;
+    const flush = () => {
+      const made = normalValuesMany(batch, seed);
+      batch.forEach((b, k) => b.p.load(made[k]!));
+      batch = [];
+      values = 0;
+    };
     this.params.forEach((p, i) => {
       const spec = this.specs[i]!;
-      if (spec.init === 'ones') { p.load(new Float32Array(p.size).fill(1)); return; }
-      p.load(normalValues(p.size, spec.init === 'residual' ? residual : sigma, seed, spec.index));
+      if (spec.init === 'ones') { flush(); p.load(new Float32Array(p.size).fill(1)); return; }
+      batch.push({ p, length: p.size, std: spec.init === 'residual' ? residual : sigma, param: spec.index });
+      values += p.size;
+      if (values >= INIT_BATCH) flush();
     });
+    flush();
   }
 
   /**
