@@ -14,10 +14,12 @@ c = 512, items of 8–16 steps against the whole kernel's 2–64.
 
 a and b are fitted (least squares over a grid) to what an H100 measured on 2026-12-07 (stop 27,
 `moetrain bench attention --cp 2|4`): the whole kernel's backward TFLOP/s and the six one-launch
-ring ratios. The model then says what the persistent entry (MlaBackwardOptions.persistent: CTAs
-claim items in the same order, the next item's K/V and first Q/dO stages overlap the current
-one's end) would give if it hid a half or three quarters of a, against the whole kernel run
-either way. A prediction to check on the device, not a measurement.
+ring ratios. The model then says what the ring would give if a fraction of a were hidden (a
+half, three quarters), against the whole kernel as it is and against one that hid as much.
+A persistent backward (CTAs claiming items in this order, the next item's K/V and first Q/dO
+stages overlapping the current one's end) was predicted from this to hide about half; measured
+on an H100 (stop 29) it took 0.647 → 0.622 ms off the s = 4096 ring, about a sixth of a, and was
+taken out again (bench/attention_notes.md, "stop 29").
 """
 import heapq
 
@@ -73,8 +75,8 @@ def main():
         for hidden in (0.5, 0.75):
             ap = a * (1 - hidden)
             ring_p = ring_us(cp, s, ap, b)
-            cells.append(f"{hidden:.0%} of a hidden: {whole / ring_p:.3f} (whole per tile), {launch_us(whole_items(s), 1, ap, b) / ring_p:.3f} (whole persistent too)")
-        print(f"cp{cp} s={s}: measured {ratio:.3f}, model {whole / ring_us(cp, s, a, b):.3f}; persistent: " + "; ".join(cells))
+            cells.append(f"{hidden:.0%} of a hidden: {whole / ring_p:.3f} (whole per tile), {launch_us(whole_items(s), 1, ap, b) / ring_p:.3f} (whole hiding as much)")
+        print(f"cp{cp} s={s}: measured {ratio:.3f}, model {whole / ring_us(cp, s, a, b):.3f}; " + "; ".join(cells))
 
 
 if __name__ == "__main__":
