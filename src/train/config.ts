@@ -27,8 +27,8 @@ export interface TrainConfig {
   /**
    * Routed-expert GEMM on CUDA (bf16): "auto", "mma" (mma.sync kernels), "wgmma" (Hopper kernels,
    * sm_90a), "tma" (Hopper, TMA-fed kernels for all three products; sm_90a), "tma_pair" (tma with
-   * the forward, data and SwiGLU products in 2-CTA clusters sharing each weight tile; sm_90a,
-   * opt-in) or "per_expert" (one cuBLASLt product per expert, reading the counts on the host).
+   * the forward, data, gate-and-up data and SwiGLU products in 2-CTA clusters sharing each weight
+   * tile; sm_90a, what "auto" runs there) or "per_expert" (one cuBLASLt product per expert, reading the counts on the host).
    */
   grouped_gemm: 'auto' | 'mma' | 'wgmma' | 'tma' | 'tma_pair' | 'per_expert';
   /** The head keeps each micro-batch's logits (tokens × vocabulary, compute dtype) for backward instead of recomputing them. */

@@ -376,14 +376,13 @@ export class GroupedGemmLauncher {
    * columns · ceil(slots / 2) pair tiles, at most as many clusters as the GPU runs at once.
    */
   private launchPersistent(name: 'fwd' | 'dx' | 'fwd_swiglu' | 'dx_gate_up', columns: number, slots: number, args: KernelArgs, what: string): void {
-    if (this.kernels !== 'tma_pair') {
-      const k = this.tmaFile.kernel(`grouped_tma_${name}_bf16`);
-      k.allowDynamicShared(TMA_SMEM, what);
+    const pair = this.kernels === 'tma_pair';
+    const k = this.tmaFile.kernel(`grouped_tma_${pair ? 'pair_' : ''}${name}_bf16`);
+    k.allowDynamicShared(TMA_SMEM, what);
+    if (!pair) {
       k.launch([Math.min(columns * slots, this.ctx.smCount), 1, 1], [TMA_THREADS, 1, 1], TMA_SMEM, args);
       return;
     }
-    const k = this.tmaFile.kernel(`grouped_tma_pair_${name}_bf16`);
-    k.allowDynamicShared(TMA_SMEM, what);
     const counts = this.clusterCounts(k, what);
     counts.launched = Math.min(columns * Math.ceil(slots / 2), counts.resident);
     k.launch([2 * counts.launched, 1, 1], [TMA_THREADS, 1, 1], TMA_SMEM, args);
