@@ -439,6 +439,32 @@ test('cross-entropy forward and backward, V 1000 / 1001 / 102400, ignored labels
   }
 });
 
+test('crossEntropyWithGrad: the forward and backward kernels\' bits (dloss = 1), in place or not, the row cached in shared memory (bf16 at V 102400) or read twice (f32 at V 102400); and the CPU\'s values', { skip }, () => {
+  for (const [N, V, dt, inPlace] of [[13, 1001, 'bf16', true], [7, 102400, 'bf16', true], [5, 102400, 'f32', true], [9, 1001, 'f32', false], [6, 102400, 'bf16', false]] as const) {
+    const values = randn(N * V, 3);
+    const logits = input([N, V], dt, values);
+    const labelValues = randint(N, 0, V);
+    labelValues[1] = -1; labelValues[N - 1] = -100;
+    const labels = input([N], 'i32', labelValues);
+    const what = `crossEntropyWithGrad N=${N} V=${V} ${dt}${inPlace ? ' in place' : ''}`;
+    // The two kernels on the GPU: the bits to match.
+    const one = input([1], 'f32', Float32Array.of(1));
+    const wantLoss = output([N], 'f32'), wantLse = output([N], 'f32'), wantD = output([N, V], dt);
+    gpu().crossEntropy(wantLoss.g, wantLse.g, logits.g, labels.g);
+    gpu().crossEntropyBackward(wantD.g, logits.g, labels.g, wantLse.g, one.g, 1 / N);
+    const loss = output([N], 'f32'), lse = output([N], 'f32');
+    const d = inPlace ? logits : output([N, V], dt);
+    cpu.crossEntropyWithGrad(loss.c, lse.c, d.c, logits.c, labels.c, 1 / N);
+    gpu().crossEntropyWithGrad(loss.g, lse.g, d.g, logits.g, labels.g, 1 / N);
+    gpu().synchronize();
+    assert.deepEqual(gpu().read(loss.g), gpu().read(wantLoss.g), `${what}: loss bits`);
+    assert.deepEqual(gpu().read(lse.g), gpu().read(wantLse.g), `${what}: lse bits`);
+    assert.deepEqual(gpu().read(d.g), gpu().read(wantD.g), `${what}: dlogits bits`);
+    expectClose(loss, EXP_TOL, `${what} loss`);
+    expectClose(d, dt === 'f32' ? EXP_TOL : BF16_TOL, `${what} dlogits`);
+  }
+});
+
 test('softmax forward and backward (router widths)', { skip }, () => {
   for (const [R, C] of [[37, 64], [37, 300], [5, 7]] as const) {
     const x = input([R, C], 'f32', randn(R * C, 3));
@@ -637,6 +663,8 @@ test('bandwidth of the memory-bound kernels', { skip: bench }, (t) => {
   report(`crossEntropy fwd [${N},${V}] bf16`, N * V * 2, time(() => b.crossEntropy(loss, lse, logits, labels)));
   const dlogits = emptyTensor(b, [N, V], 'bf16');
   report(`crossEntropy bwd [${N},${V}] bf16`, N * V * 4, time(() => b.crossEntropyBackward(dlogits, logits, labels, lse, dloss, 1 / N)));
+  // In place, as the kept lm_head logits (the values change each run; the row's work does not).
+  report(`crossEntropyWithGrad [${N},${V}] bf16 in place`, N * V * 4, time(() => b.crossEntropyWithGrad(loss, lse, logits, logits, labels, 1 / N)));
   logits.dispose(); dlogits.dispose();
 
   const R = 16384, D = 2048;

@@ -1,8 +1,10 @@
 // The chunked lm_head + cross-entropy (ops/linear_cross_entropy.ts) against the unchunked pair
 // crossEntropyMean(linear(x, W)) on the CPU backend: loss, dx and dW, over chunk sizes that do and
 // do not divide N, with ignored labels, with and without a preallocated f32 weight gradient (the
-// Param path), in f32 and in bf16; its gradient against finite differences; and no bytes left
-// live afterwards.
+// Param path), in f32 and in bf16; the kept-logits path (the loss's gradient formed in forward
+// by Backend.crossEntropyWithGrad, the upstream gradient applied as the products' alpha) under
+// upstream gradients of 1, ½ and ⅓; crossEntropyWithGrad against the forward and backward it
+// fuses; its gradient against finite differences; and no bytes left live afterwards.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { CpuBackend } from '../src/backend/cpu/cpu_backend.js';
@@ -11,6 +13,7 @@ import { backward } from '../src/autograd/backward.js';
 import { fromHost, toHostF32 } from '../src/ops/create.js';
 import { linear } from '../src/ops/linear.js';
 import { crossEntropyMean } from '../src/ops/cross_entropy.js';
+import { scale } from '../src/ops/elementwise.js';
 import { linearCrossEntropyMean, linearCrossEntropyChunkRows } from '../src/ops/linear_cross_entropy.js';
 import { tidy, keep } from '../src/tensor/scope.js';
 import { emptyTensor, type Tensor } from '../src/tensor/tensor.js';
@@ -30,7 +33,7 @@ interface Result { loss: number; dx: Float32Array; dw: Float32Array }
 
 /** Loss, dx and dW of one implementation; dW lands in a preallocated f32 grad when `gradInit` is set (filled with it). */
 function run(backend: Backend, c: Case, dtype: DType, chunked: boolean, chunkRows: number | undefined, gradInit: number | null, seed: number,
-  keepLogits = false): Result {
+  keepLogits = false, upstream = 1): Result {
   return tidy(() => {
     const x = fromHost(backend, randomValues(c.N * c.D, seed, 1), [c.N, c.D], dtype);
     const w = fromHost(backend, randomValues(c.V * c.D, seed + 1, 0.5), [c.V, c.D], dtype);
@@ -40,7 +43,8 @@ function run(backend: Backend, c: Case, dtype: DType, chunked: boolean, chunkRow
     const count = c.labels.filter((l) => l >= 0).length;
     const loss = chunked ? linearCrossEntropyMean(x, w, y, count, chunkRows, keepLogits) : crossEntropyMean(linear(x, w), y, count);
     const value = toHostF32(loss)[0]!;
-    backward(loss);
+    // upstream ≠ 1: the loss reaches backward through a scale, as the trainer's 1/micro-batches.
+    backward(upstream === 1 ? loss : scale(loss, upstream));
     const out = { loss: value, dx: toHostF32(x.grad!), dw: toHostF32(w.grad!) };
     x.grad!.dispose(); w.grad!.dispose();
     return out;
@@ -97,6 +101,50 @@ for (const dtype of ['f32', 'bf16'] as const) {
       assert.deepEqual(got.dw, want.dw);
     }
     assert.equal(be.memoryStats().liveBytes, before, 'every tensor released, the kept logits too');
+  });
+}
+
+test('keepLogits: an upstream gradient of ½ gives the unchunked pair\'s gradients bit for bit, one of ⅓ within f32 rounding (the kept path applies it as the products\' alpha)', () => {
+  const c = makeCase(37, 24, 53, 3, 5);
+  for (const dtype of ['f32', 'bf16'] as const) {
+    for (const gradInit of [null, 0.25]) {
+      const want = run(be, c, dtype, false, undefined, gradInit, 11, false, 0.5);
+      const got = run(be, c, dtype, true, 8, gradInit, 11, true, 0.5);
+      assert.deepEqual(got.dx, want.dx, `${dtype}: dx`);
+      assert.deepEqual(got.dw, want.dw, `${dtype}: dW`);
+      const want3 = run(be, c, dtype, false, undefined, gradInit, 11, false, 1 / 3);
+      const got3 = run(be, c, dtype, true, 8, gradInit, 11, true, 1 / 3);
+      // bf16: dlogits round before the ⅓ (kept) or after it (the pair): one bf16 rounding apart.
+      const tol = dtype === 'f32' ? 1e-6 : 4e-3;
+      assert.ok(relErr(got3.dx, want3.dx) < tol, `${dtype}: dx relative error ${relErr(got3.dx, want3.dx)}`);
+      assert.ok(relErr(got3.dw, want3.dw) < tol, `${dtype}: dW relative error ${relErr(got3.dw, want3.dw)}`);
+      assert.ok(relErr(got3.dx, want3.dx) > 0 || dtype === 'f32', 'the ⅓ case does take the other rounding (else this test checks nothing)');
+    }
+  }
+});
+
+for (const dtype of ['f32', 'bf16'] as const) {
+  test(`crossEntropyWithGrad is crossEntropy then crossEntropyBackward with dloss = 1, bit for bit, in place or not (${dtype}, ignored labels)`, () => {
+    const N = 11, V = 29, sc = 1 / 7;
+    const labelsHost = Int32Array.from({ length: N }, (_, i) => (i % 4 === 1 ? -100 : (i * 5 + 3) % V));
+    tidy(() => {
+      const values = randomValues(N * V, 5, 3);
+      const logits = fromHost(be, values, [N, V], dtype), labels = fromHost(be, labelsHost, [N], 'i32');
+      const one = fromHost(be, [1], [1], 'f32');
+      const wantLoss = emptyTensor(be, [N], 'f32'), wantLse = emptyTensor(be, [N], 'f32'), wantD = emptyTensor(be, [N, V], dtype);
+      be.crossEntropy(wantLoss, wantLse, logits, labels);
+      be.crossEntropyBackward(wantD, logits, labels, wantLse, one, sc);
+      const loss = emptyTensor(be, [N], 'f32'), lse = emptyTensor(be, [N], 'f32'), d = emptyTensor(be, [N, V], dtype);
+      be.fill(d, Number.NaN);
+      be.crossEntropyWithGrad(loss, lse, d, logits, labels, sc);
+      assert.deepEqual(toHostF32(loss), toHostF32(wantLoss));
+      assert.deepEqual(toHostF32(lse), toHostF32(wantLse));
+      assert.deepEqual(toHostF32(d), toHostF32(wantD));
+      const inPlace = fromHost(be, values, [N, V], dtype);
+      be.crossEntropyWithGrad(loss, lse, inPlace, inPlace, labels, sc);
+      assert.deepEqual(toHostF32(inPlace), toHostF32(wantD), 'in place');
+      assert.deepEqual(toHostF32(loss), toHostF32(wantLoss), 'in place: the loss read the logits before they were overwritten');
+    });
   });
 }
 

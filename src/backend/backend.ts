@@ -209,6 +209,14 @@ export interface Backend extends StorageOwner {
   crossEntropy(loss: Tensor, lse: Tensor, logits: Tensor, labels: Tensor): void;
   /** dlogits[n] = dloss[0]·scale·(softmax(logits[n]) − onehot(labels[n])); 0 for ignored rows. */
   crossEntropyBackward(dlogits: Tensor, logits: Tensor, labels: Tensor, lse: Tensor, dloss: Tensor, scale: number): void;
+  /**
+   * crossEntropy and its gradient in one pass over the logits, for a loss whose upstream gradient
+   * is applied later (ops/linear_cross_entropy.ts scales the lm_head's products by it): loss and
+   * lse as crossEntropy, dlogits[n] = scale·(softmax(logits[n]) − onehot(labels[n])), 0 for ignored
+   * rows. dlogits may be logits itself. The bits are crossEntropy's, then crossEntropyBackward's
+   * with dloss = 1.
+   */
+  crossEntropyWithGrad(loss: Tensor, lse: Tensor, dlogits: Tensor, logits: Tensor, labels: Tensor, scale: number): void;
   /** Row softmax over the last dimension, f32 in and out. */
   softmax(out: Tensor, x: Tensor): void;
   /** dx = y·(dy − Σ dy·y), rows of the last dimension, f32. */

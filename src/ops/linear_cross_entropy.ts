@@ -27,11 +27,17 @@
 // rows; each row's logits, loss and dx are the same as unchunked on the CPU backend).
 //
 // keepLogits (the train option keep_logits) trades memory for that GEMM: forward computes all N
-// rows' logits at once into one [N, V] buffer that stays alive until backward, which turns it
-// into dlogits in place and runs dx and dW as one GEMM each (no recompute, and dW's f32 gradient
-// read and written once rather than once per chunk). It costs N·V·2 bytes held from the head's
-// forward to its backward (1.56 GiB for 8192 tokens), at the start of backward where the step's
-// memory peaks, against the chunk's 512 MiB.
+// rows' logits at once into one [N, V] buffer that stays alive until backward, and backward runs
+// dx and dW as one GEMM each (no recompute, and dW's f32 gradient read and written once rather
+// than once per chunk). It costs N·V·2 bytes held from the head's forward to its backward
+// (1.56 GiB for 8192 tokens), at the start of backward where the step's memory peaks, against
+// the chunk's 512 MiB. Forward turns the buffer into dlogits/count in the same pass that computes
+// the loss (Backend.crossEntropyWithGrad: one read and one write of the logits, where a
+// forward pass and a backward pass read them twice and write once; 1.68 GB less at 8192 tokens,
+// ≈0.56 ms on an H100), and backward applies the upstream gradient g as the two GEMMs' alpha.
+// g is a device scalar: backward reads it (one wait on the device per micro-batch, before the
+// head's backward products are queued). When g is a power of two (1/micro-batches: 1, ½, ¼, …)
+// the results are bit for bit those of scaling dlogits by it, as the chunked path does.
 //
 // Shape legend: N rows (tokens), D hidden, V vocabulary, R rows of one chunk.
 import { backendOf } from '../backend/backend.js';
@@ -40,6 +46,7 @@ import { accumulateLeafGrad } from '../autograd/backward.js';
 import { claimGradBeta } from '../autograd/lazy_grad_zero.js';
 import { bytesPerElement } from '../tensor/dtype.js';
 import { emptyTensor, type Tensor } from '../tensor/tensor.js';
+import { toHostF32 } from './create.js';
 
 /**
  * Bytes of one chunk's logits. Larger chunks make dW's accumulation cheaper: each chunk's dW GEMM
@@ -83,7 +90,8 @@ export function linearCrossEntropyMean(x: Tensor, w: Tensor, labels: Tensor, cou
     const logits = chunk!.view([rows, V], [V, 1], 0), xc = rowsView(x2, r0, rows, D);
     const lc = vecView(loss, r0, rows), zc = vecView(lse, r0, rows), yc = vecView(labels, r0, rows);
     backend.matmul(logits, xc, w, { transB: true });
-    backend.crossEntropy(lc, zc, logits, yc);
+    if (keep) backend.crossEntropyWithGrad(lc, zc, logits, logits, yc, 1 / Math.max(count, 1));
+    else backend.crossEntropy(lc, zc, logits, yc);
     for (const t of [logits, xc, lc, zc, yc]) t.dispose();
   });
   const mean = emptyTensor(backend, [1], 'f32');
@@ -105,13 +113,17 @@ export function linearCrossEntropyMean(x: Tensor, w: Tensor, labels: Tensor, cou
       const direct = w.requiresGrad && !w.gradLink && w.grad !== null;
       const gw = !needsGrad(w) ? null : direct ? w.grad! : emptyTensor(backend, w.shape, 'f32');
       const buf = sl ?? emptyTensor(backend, [R, V], x.dtype);
+      // Kept: the buffer already holds dlogits/count; g scales the products.
+      const alpha = sl ? toHostF32(g!)[0]! : 1;
       forEachChunk(N, R, (r0, rows) => {
         const dlogits = buf.view([rows, V], [V, 1], buf.offset), xc = rowsView(sx, r0, rows, D);
         const yc = vecView(sy, r0, rows), zc = vecView(sz, r0, rows);
-        if (!sl) backend.matmul(dlogits, xc, sw, { transB: true });
-        backend.crossEntropyBackward(dlogits, dlogits, yc, zc, g!, 1 / Math.max(count, 1));
-        if (gx2) { const gxc = rowsView(gx2, r0, rows, D); backend.matmul(gxc, dlogits, sw, {}); gxc.dispose(); }
-        if (gw) backend.matmul(gw, dlogits, xc, { transA: true, beta: direct ? claimGradBeta(gw) : r0 > 0 ? 1 : 0 });
+        if (!sl) {
+          backend.matmul(dlogits, xc, sw, { transB: true });
+          backend.crossEntropyBackward(dlogits, dlogits, yc, zc, g!, 1 / Math.max(count, 1));
+        }
+        if (gx2) { const gxc = rowsView(gx2, r0, rows, D); backend.matmul(gxc, dlogits, sw, { alpha }); gxc.dispose(); }
+        if (gw) backend.matmul(gw, dlogits, xc, { transA: true, alpha, beta: direct ? claimGradBeta(gw) : r0 > 0 ? 1 : 0 });
         for (const t of [dlogits, xc, yc, zc]) t.dispose();
       });
       if (!sl) buf.dispose();

@@ -173,6 +173,9 @@ export class CpuBackend implements Backend {
   crossEntropyBackward(dlogits: Tensor, logits: Tensor, labels: Tensor, lse: Tensor, dloss: Tensor, scale: number): void {
     m.crossEntropyBackward(dlogits, logits, labels, lse, dloss, scale);
   }
+  crossEntropyWithGrad(loss: Tensor, lse: Tensor, dlogits: Tensor, logits: Tensor, labels: Tensor, scale: number): void {
+    m.crossEntropyWithGrad(loss, lse, dlogits, logits, labels, scale);
+  }
   softmax(out: Tensor, x: Tensor): void { m.softmax(out, x); }
   softmaxBackward(dx: Tensor, dy: Tensor, y: Tensor): void { m.softmaxBackward(dx, dy, y); }
   topk(values: Tensor, indices: Tensor, x: Tensor, k: number): void { m.topk(values, indices, x, k); }

@@ -117,8 +117,19 @@ export function crossEntropy(loss: Tensor, lse: Tensor, logits: Tensor, labels: 
 }
 
 export function crossEntropyBackward(dlogits: Tensor, logits: Tensor, labels: Tensor, lse: Tensor, dloss: Tensor, scale: number): void {
+  crossEntropyGrad(dlogits, logits, labels, lse, readF32(dloss)[0]! * scale);
+}
+
+/** crossEntropy, then its gradient with dloss = 1 into dlogits (which may be logits: both are read before it is written). */
+export function crossEntropyWithGrad(loss: Tensor, lse: Tensor, dlogits: Tensor, logits: Tensor, labels: Tensor, scale: number): void {
+  crossEntropy(loss, lse, logits, labels);
+  crossEntropyGrad(dlogits, logits, labels, lse, 1 * scale);
+}
+
+/** dlogits = g·(softmax(logits) − onehot(labels)) by rows, 0 for ignored rows. */
+function crossEntropyGrad(dlogits: Tensor, logits: Tensor, labels: Tensor, lse: Tensor, g: number): void {
   const V = logits.shape[logits.rank - 1]!, N = logits.size / V;
-  const X = readF32(logits), Y = readI32(labels), Z = readF32(lse), g = readF32(dloss)[0]! * scale;
+  const X = readF32(logits), Y = readI32(labels), Z = readF32(lse);
   const DX = new Float32Array(X.length);
   for (let n = 0; n < N; n++) {
     const y = Y[n]!;

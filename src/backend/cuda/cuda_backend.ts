@@ -220,6 +220,9 @@ export class CudaBackend implements Backend {
   crossEntropyBackward(dlogits: Tensor, logits: Tensor, labels: Tensor, lse: Tensor, dloss: Tensor, scale: number): void {
     this.loss.crossEntropyBackward(dlogits, logits, labels, lse, dloss, scale);
   }
+  crossEntropyWithGrad(loss: Tensor, lse: Tensor, dlogits: Tensor, logits: Tensor, labels: Tensor, scale: number): void {
+    this.loss.crossEntropyWithGrad(loss, lse, dlogits, logits, labels, scale);
+  }
   softmax(out: Tensor, x: Tensor): void { this.rowSoftmax.softmax(out, x); }
   softmaxBackward(dx: Tensor, dy: Tensor, y: Tensor): void { this.rowSoftmax.softmaxBackward(dx, dy, y); }
   topk(values: Tensor, indices: Tensor, x: Tensor, k: number): void { this.router.topk(values, indices, x, k); }

@@ -5,8 +5,16 @@
 // (lse is still written), NaN where label ≥ V.
 // Backward: dlogits[n] = dloss[0]·scale·(softmax(x[n]) − onehot(label[n])), 0 for ignored rows;
 // dlogits may be the logits buffer itself (each element is read before it is written).
+// Forward with gradient (cross_entropy_with_grad): both in one block per row, for a loss whose
+// upstream gradient is applied later (ops/linear_cross_entropy.ts with kept logits): the forward's
+// statistics pass, then the backward's pass with dloss = 1, over the same row. The row's aligned
+// body is kept in dynamic shared memory by the first pass (V·2 bytes: 200 KiB at V = 102400 in
+// bf16, within Hopper's 227 KiB) so the second reads it from there, not from HBM again; when it
+// does not fit (f32 logits at that V) the launcher passes 0 bytes and the second pass reads the
+// row again. Same operations in the same order as the two kernels: the same bits.
 // Floors (N=8192, V=102400, bf16): forward reads 1.68 GB ≈ 0.56 ms; backward reads and writes
-// 3.36 GB ≈ 1.12 ms. __expf (ex2.approx) keeps the exponentials off the critical path.
+// 3.36 GB ≈ 1.12 ms; forward with gradient reads and writes 3.36 GB ≈ 1.12 ms, where the two
+// kernels move 5.04 GB. __expf (ex2.approx) keeps the exponentials off the critical path.
 #include "common.cuh"
 
 // Threads per block (one block per row; also the launch bound): a -D define from
@@ -27,10 +35,14 @@ __device__ __forceinline__ void add_one(MaxSum& st, float x) {
   else st.s += __expf(x - st.m);
 }
 
+// The forward's statistics of row n; returns lse[n] to every thread when `everyone` (the fused
+// kernel), else only to warp 0's lane 0. cache: where the row's aligned body goes (its vector b at
+// cache + b·N), or null.
 template <typename TL>
-__device__ __forceinline__ void ce_fwd(float* __restrict__ loss, float* __restrict__ lse, const TL* __restrict__ logits,
-                                       const int* __restrict__ labels, int V) {
+__device__ __forceinline__ float ce_fwd(float* __restrict__ loss, float* __restrict__ lse, const TL* logits,
+                                        const int* __restrict__ labels, int V, TL* cache) {
   __shared__ MaxSum warpStats[32];
+  __shared__ float rowLse;
   constexpr int N = Vec16<TL>::N;
   const long long n = blockIdx.x;
   const TL* row = logits + n * V;
@@ -40,7 +52,13 @@ __device__ __forceinline__ void ce_fwd(float* __restrict__ loss, float* __restri
   for (int c = threadIdx.x; c < head; c += blockDim.x) add_one(st, to_f32(row[c]));
   for (int b = threadIdx.x; b < body; b += blockDim.x) {
     float v[N];
-    load16(row + head + b * N, v);
+    if (cache) {
+      // The 16 bytes go to shared memory as they are, and are widened from there.
+      *reinterpret_cast<uint4*>(cache + b * N) = *reinterpret_cast<const uint4*>(row + head + b * N);
+      load16(cache + b * N, v);
+    } else {
+      load16(row + head + b * N, v);
+    }
     float m = st.m;
 #pragma unroll
     for (int i = 0; i < N; ++i) m = fmaxf(m, v[i]);
@@ -71,25 +89,28 @@ __device__ __forceinline__ void ce_fwd(float* __restrict__ loss, float* __restri
       const int label = labels[n];
       lse[n] = l;
       loss[n] = label < 0 ? 0.f : (label >= V ? MT_NAN : l - to_f32(row[label]));
+      rowLse = l;
     }
   }
+  __syncthreads();
+  return rowLse;
 }
 
 template <typename A, typename B> struct SameType { static constexpr bool value = false; };
 template <typename A> struct SameType<A, A> { static constexpr bool value = true; };
 
+// The backward of row n with lse l and gradient factor g. cache: the row's aligned body as
+// ce_fwd left it (read from there instead of the row), or null; only passed when out and the row
+// share their alignment.
 template <typename TO, typename TL>
-__device__ __forceinline__ void ce_bwd(TO* dlogits, const TL* logits, const int* __restrict__ labels, const float* __restrict__ lse,
-                                       const float* __restrict__ dloss, float scale, int V) {
+__device__ __forceinline__ void ce_bwd_row(TO* dlogits, const TL* logits, int label, float l, float g, int V, const TL* cache) {
   const long long n = blockIdx.x;
   const TL* row = logits + n * V;
   TO* out = dlogits + n * V;
-  const int label = labels[n];
   if (label < 0) {
     for (int c = threadIdx.x; c < V; c += blockDim.x) out[c] = from_f32<TO>(0.f);
     return;
   }
-  const float g = dloss[0] * scale, l = lse[n];
   int head = V, body = 0;
   constexpr int N = Vec16<TL>::N;
   if (SameType<TO, TL>::value) {
@@ -103,7 +124,8 @@ __device__ __forceinline__ void ce_bwd(TO* dlogits, const TL* logits, const int*
     for (int b = threadIdx.x; b < body; b += blockDim.x) {
       const int c0 = head + b * N;
       float v[N];
-      load16(row + c0, v);
+      if (cache) load16(cache + b * N, v);
+      else load16(row + c0, v);
 #pragma unroll
       for (int i = 0; i < N; ++i) v[i] = g * (__expf(v[i] - l) - (c0 + i == label ? 1.f : 0.f));
       store16(reinterpret_cast<TL*>(out) + c0, v);
@@ -113,15 +135,34 @@ __device__ __forceinline__ void ce_bwd(TO* dlogits, const TL* logits, const int*
     out[c] = from_f32<TO>(g * (__expf(to_f32(row[c]) - l) - (c == label ? 1.f : 0.f)));
 }
 
+// The row's cache in dynamic shared memory (cache_bytes > 0: at least its aligned body).
+template <typename TL>
+__device__ __forceinline__ TL* ce_cache(int cache_bytes) {
+  extern __shared__ __align__(16) unsigned char ce_shared[];
+  return cache_bytes > 0 ? reinterpret_cast<TL*>(ce_shared) : nullptr;
+}
+
 #define MT_CE_FWD(TL)                                                                                               \
   extern "C" __global__ void __launch_bounds__(CE_THREADS) cross_entropy_fwd_##TL(float* loss, float* lse,          \
                                                                                   const TL* logits, const int* labels, int V) { \
-    ce_fwd<TL>(loss, lse, logits, labels, V);                                                                       \
+    ce_fwd<TL>(loss, lse, logits, labels, V, nullptr);                                                              \
   }
 #define MT_CE_BWD(TO, TL)                                                                                           \
   extern "C" __global__ void __launch_bounds__(CE_THREADS) cross_entropy_bwd_##TO##_##TL(                           \
       TO* dlogits, const TL* logits, const int* labels, const float* lse, const float* dloss, float scale, int V) { \
-    ce_bwd<TO, TL>(dlogits, logits, labels, lse, dloss, scale, V);                                                  \
+    const long long n = blockIdx.x;                                                                                 \
+    ce_bwd_row<TO, TL>(dlogits, logits, labels[n], lse[n], dloss[0] * scale, V, nullptr);                           \
+  }
+// dlogits may be logits: every element is read (first pass) before the barrier in ce_fwd, and
+// in the second pass each is read and then written by the same thread.
+#define MT_CE_WITH_GRAD(TL)                                                                                         \
+  extern "C" __global__ void __launch_bounds__(CE_THREADS) cross_entropy_with_grad_##TL(                            \
+      float* loss, float* lse, TL* dlogits, const TL* logits, const int* labels, float scale, int V, int cache_bytes) { \
+    TL* cache = ce_cache<TL>(cache_bytes);                                                                          \
+    const float l = ce_fwd<TL>(loss, lse, logits, labels, V, cache);                                               \
+    /* ce_bwd's factor with dloss = 1: 1·scale. */                                                                  \
+    ce_bwd_row<TL, TL>(dlogits, logits, labels[blockIdx.x], l, 1.f * scale, V, cache);                              \
   }
 MT_FLOAT_TYPES1(MT_CE_FWD)
 MT_FLOAT_TYPES2(MT_CE_BWD)
+MT_FLOAT_TYPES1(MT_CE_WITH_GRAD)
