@@ -509,6 +509,10 @@ test('bincount per group and expertOrder (stable)', { skip }, () => {
 test('gatherRows and scatterAddRows, with and without weights', { skip }, () => {
   // D 129: element path; D 256: the gather's 16-byte vector path.
   for (const D of [129, 256]) scatterGatherCases(37, D, 222);
+  // Narrower than a warp: one thread per element. D 1 over 49,157 rows: the router's weights in
+  // expert order at the bench's 8192 tokens × top-6, plus an awkward tail.
+  scatterGatherCases(8192, 1, 49157);
+  scatterGatherCases(37, 31, 222);
 });
 
 function scatterGatherCases(N: number, D: number, M: number): void {

@@ -10,7 +10,8 @@
 // The gap is the atomics. The MoE layer's own combine and its dispatch's backward do not come
 // here: each token sums its k slots' rows through the inverse of expertOrder (slot_rows.cu,
 // deterministic, no f32 workspace); this kernel serves the expert-parallel dispatcher and the
-// top-k backward.
+// top-k backward. Narrow rows (D below a warp: the router weights' gradient, D = 1) take
+// scatter_add_rows_narrow, one thread per element (as gather_rows_narrow, gather_rows.cu).
 #include "common.cuh"
 
 template <typename TS, typename TW>
@@ -25,9 +26,27 @@ __device__ __forceinline__ void scatter_add_rows(float* out, const TS* __restric
   for (int d = threadIdx.x; d < D; d += blockDim.x) atomicAdd(o + d, w * to_f32(sr[d]));
 }
 
+template <typename TS, typename TW>
+__device__ __forceinline__ void scatter_add_rows_narrow(float* out, const TS* __restrict__ src, const int* __restrict__ idx,
+                                                        const TW* __restrict__ weights, int N, int D, long long total) {
+  const long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+  if (t >= total) return;
+  const long long m = t / D;
+  const int d = (int)(t - m * D), dst = idx[m];
+  if (dst < 0 || dst >= N) return;
+  const float w = weights == nullptr ? 1.f : to_f32(weights[m]);
+  atomicAdd(out + (long long)dst * D + d, w * to_f32(src[t]));
+}
+
 #define MT_SCATTER(TS, TW)                                                                                        \
   extern "C" __global__ void scatter_add_rows_##TS##_##TW(float* out, const TS* src, const int* idx, const TW* weights, \
                                                           int N, int D) {                                         \
     scatter_add_rows<TS, TW>(out, src, idx, weights, N, D);                                                       \
   }
+#define MT_SCATTER_NARROW(TS, TW)                                                                                 \
+  extern "C" __global__ void scatter_add_rows_narrow_##TS##_##TW(float* out, const TS* src, const int* idx, const TW* weights, \
+                                                                 int N, int D, long long total) {                   \
+    scatter_add_rows_narrow<TS, TW>(out, src, idx, weights, N, D, total);                                           \
+  }
 MT_FLOAT_TYPES2(MT_SCATTER)
+MT_FLOAT_TYPES2(MT_SCATTER_NARROW)

@@ -10,6 +10,8 @@ import type { CudaContext } from '../runtime/context.js';
 
 /** Block size of the elementwise and grid-stride kernels. */
 export const THREADS = 256;
+/** Rows narrower than this (a warp) are gathered and scattered one thread per element, not one block per row. */
+export const NARROW_ROW = 32;
 
 /** Element counts are 32-bit inside the view-indexing kernels. */
 const MAX_ELEMENTS = 2 ** 31 - 1;
