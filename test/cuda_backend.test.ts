@@ -419,6 +419,24 @@ test('embedding forward and backward (repeated ids accumulate)', { skip }, () =>
   }
 });
 
+test('embeddingBackward into a zero gradient leaves Σ g² of the whole gradient (repeated and invalid ids; 8192 tokens over V 102400)', { skip }, () => {
+  for (const [N, V, D] of [[300, 1000, 129], [8192, 102400, 64]] as const) {
+    const idValues = randint(N, 0, Math.min(V, 50 + N / 4));  // many repeats
+    idValues[3] = -1; idValues[N - 2] = V;                    // skipped by the scatter, and by the squares
+    const ids = input([N], 'i32', idValues);
+    const dout = input([N, D], 'bf16');
+    const dweight = output([V, D], 'f32');
+    cpu.fill(dweight.c, 0); gpu().fill(dweight.g, 0);
+    const squares = output([1], 'f32');
+    assert.equal(cpu.embeddingBackward(dweight.c, ids.c, dout.c, squares.c), false, 'the CPU leaves no squares');
+    assert.equal(gpu().embeddingBackward(dweight.g, ids.g, dout.g, squares.g), true, 'CUDA leaves the squares');
+    cpu.fill(squares.c, 0);
+    cpu.sumSquaresInto(squares.c, dweight.c);  // the norm's pass over the whole gradient
+    expectClose(dweight, F32_TOL, `embeddingBackward N=${N} V=${V}`);
+    expectClose(squares, F32_TOL, `embeddingBackward squares N=${N} V=${V}`);
+  }
+});
+
 test('cross-entropy forward and backward, V 1000 / 1001 / 102400, ignored labels', { skip }, () => {
   for (const [N, V, lt, dt] of [[37, 1000, 'f32', 'f32'], [13, 1001, 'bf16', 'bf16'], [7, 102400, 'bf16', 'bf16'], [5, 102400, 'f32', 'f32'], [9, 1001, 'bf16', 'f32']] as const) {
     const logits = input([N, V], lt, randn(N * V, 3));

@@ -1,7 +1,7 @@
 // Gradient squares left by their writer for the norm (autograd/grad_squares.ts, train/grad_square_sum.ts)
 // on the CPU. The CPU backend declines the squares (a sum there costs what the norm's pass costs),
 // so these tests use a CPU backend that gives them (SquaresCpu: the Σ of the squares of what the
-// grouped weight product wrote, plus `bias`):
+// grouped weight product wrote, and of the embedding rows its backward named, each plus `bias`):
 // - the ledger: a record covers its group; a write of any of its gradients (claimGradBeta,
 //   settleGrad's fill, a grouped product) or a zero mark drops the whole group; turning recording
 //   off or on drops every record; the ledger takes nothing while recording is off;
@@ -10,7 +10,9 @@
 // - the trainer, tiny model, 3 steps: with the squares its losses, norms and weights match the
 //   plain CPU run's (norms within 1e-6 relative: only the order of the f32 adds differs); with
 //   one micro-batch the records are what the norm reads (a bias in the backend's sums moves the
-//   norm by exactly that much), with three micro-batches (accumulating writes) they are not;
+//   norm by exactly that much), with three micro-batches (accumulating writes) they are not; the
+//   embedding is asked for its squares at each step's first micro-batch only (its gradient is zero
+//   outside the rows named only then);
 // - GradSquareSum ignores a record whose gradients are not all its own.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
@@ -21,7 +23,7 @@ import { isRecordingGradSquares, recordGradSquares, setGradSquaresRecording, tak
 import { tinyConfig } from '../src/models/tiny_config.js';
 import { Param } from '../src/nn/param.js';
 import { Rng } from '../src/nn/rng.js';
-import { fromHost, toHostF32 } from '../src/ops/create.js';
+import { fromHost, toHostF32, toHostI32 } from '../src/ops/create.js';
 import { groupedLinear } from '../src/ops/grouped_linear.js';
 import { tidy } from '../src/tensor/scope.js';
 import { emptyTensor, type Tensor } from '../src/tensor/tensor.js';
@@ -41,6 +43,19 @@ class SquaresCpu extends CpuBackend {
     this.given++;
     return true;
   }
+
+  /** As CUDA's: the squares of the rows ids name, each once (+ bias); right only when the rest is zero. */
+  override embeddingBackward(dweight: Tensor, ids: Tensor, dout: Tensor, squares?: Tensor): boolean {
+    super.embeddingBackward(dweight, ids, dout);
+    if (!squares) return false;
+    const D = dweight.shape[1]!, g = toHostF32(dweight);
+    let s = this.bias;
+    for (const id of new Set(toHostI32(ids))) for (let d = 0; d < D; d++) s += g[id * D + d]! ** 2;
+    this.write(squares, new Float32Array([s]));
+    this.embeddingGiven++;
+    return true;
+  }
+  embeddingGiven = 0;
 }
 
 const cpu = new SquaresCpu();
@@ -133,6 +148,8 @@ for (const micro of [1, 3]) {
     const withSquares = new SquaresCpu();
     const got = train(withSquares, micro);
     assert.ok(withSquares.given > 0, 'the backend was asked for squares');
+    // The embedding's gradient is zero before the step's first scatter only: asked once a step.
+    assert.equal(withSquares.embeddingGiven, 3, 'the embedding was asked for its squares at each step\'s first micro-batch');
     got.metrics.forEach((m, s) => {
       const p = plain.metrics[s]!;
       if (s === 0) assert.ok(Object.is(m.crossEntropy, p.crossEntropy), 'step 1 loss bit for bit');
@@ -148,9 +165,10 @@ for (const micro of [1, 3]) {
     // A bias in each product's sum moves the norm²: by bias × the products in the step where the records are read.
     const bias = 1000, biased = train(new SquaresCpu(bias), micro);
     const n = plain.metrics[0]!.gradientNorm, b = biased.metrics[0]!.gradientNorm;
-    const products = 3 * (model.num_hidden_layers - model.first_k_dense_replace);
+    // Each expert weight product's record, and the embedding's.
+    const products = 3 * (model.num_hidden_layers - model.first_k_dense_replace) + 1;
     const want = micro === 1 ? Math.sqrt(n * n + bias * products) : n;
-    assert.ok(Math.abs(b - want) <= 1e-5 * want, `step 1 norm ${b}, expected ${want} (plain ${n}, ${products} expert products)`);
+    assert.ok(Math.abs(b - want) <= 1e-5 * want, `step 1 norm ${b}, expected ${want} (plain ${n}, ${products} records: expert products and the embedding)`);
   });
 }
 

@@ -200,8 +200,13 @@ export interface Backend extends StorageOwner {
   swigluBackward(dgate: Tensor, dup: Tensor, dout: Tensor, gate: Tensor, up: Tensor): void;
   /** out[n] = weight[ids[n]]; ids i32 [N], weight [V,D], out [N,D]. */
   embedding(out: Tensor, ids: Tensor, weight: Tensor): void;
-  /** dweight (f32 [V,D], accumulated) += dout rows scattered by ids. */
-  embeddingBackward(dweight: Tensor, ids: Tensor, dout: Tensor): void;
+  /**
+   * dweight (f32 [V,D], accumulated) += dout rows scattered by ids. With squares (f32 [1]) a
+   * backend may also write Σ g² over the rows ids name, each row once, as stored after the write,
+   * and return true; otherwise it leaves squares alone and returns false. The caller asks only
+   * when dweight was zero before, so that sum is the whole gradient's (autograd/grad_squares.ts).
+   */
+  embeddingBackward(dweight: Tensor, ids: Tensor, dout: Tensor, squares?: Tensor): boolean;
   /**
    * Per-row softmax cross-entropy in f32. logits [N,V] (bf16 or f32), labels i32 [N] (a label < 0
    * is ignored: loss 0). loss [N] f32, lse [N] f32 (log-sum-exp, saved for backward).

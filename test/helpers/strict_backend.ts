@@ -50,11 +50,18 @@ export class StrictCpuBackend extends CpuBackend {
     dense('swigluBackward', ['dout', dout], ['gate', gate], ['up', up]); super.swigluBackward(dgate, dup, dout, gate, up);
   }
   override embedding(out: Tensor, ids: Tensor, weight: Tensor): void { dense('embedding', ['ids', ids], ['weight', weight]); super.embedding(out, ids, weight); }
-  override embeddingBackward(dweight: Tensor, ids: Tensor, dout: Tensor): void { dense('embeddingBackward', ['ids', ids], ['dout', dout]); super.embeddingBackward(dweight, ids, dout); }
+  override embeddingBackward(dweight: Tensor, ids: Tensor, dout: Tensor, squares?: Tensor): boolean {
+    dense('embeddingBackward', ['ids', ids], ['dout', dout]);
+    return super.embeddingBackward(dweight, ids, dout, squares);
+  }
   override crossEntropy(loss: Tensor, lse: Tensor, logits: Tensor, labels: Tensor): void { dense('crossEntropy', ['logits', logits], ['labels', labels]); super.crossEntropy(loss, lse, logits, labels); }
   override crossEntropyBackward(dlogits: Tensor, logits: Tensor, labels: Tensor, lse: Tensor, dloss: Tensor, scale: number): void {
     dense('crossEntropyBackward', ['logits', logits], ['labels', labels], ['lse', lse], ['dloss', dloss]);
     super.crossEntropyBackward(dlogits, logits, labels, lse, dloss, scale);
+  }
+  override crossEntropyWithGrad(loss: Tensor, lse: Tensor, dlogits: Tensor, logits: Tensor, labels: Tensor, scale: number): void {
+    dense('crossEntropyWithGrad', ['logits', logits], ['labels', labels], ['dlogits', dlogits]);
+    super.crossEntropyWithGrad(loss, lse, dlogits, logits, labels, scale);
   }
   override softmax(out: Tensor, x: Tensor): void { dense('softmax', ['x', x]); super.softmax(out, x); }
   override softmaxBackward(dx: Tensor, dy: Tensor, y: Tensor): void { dense('softmaxBackward', ['dy', dy], ['y', y]); super.softmaxBackward(dx, dy, y); }

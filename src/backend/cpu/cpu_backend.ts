@@ -168,7 +168,10 @@ export class CpuBackend implements Backend {
   swiglu(out: Tensor, gate: Tensor, up: Tensor): void { m.swiglu(out, gate, up); }
   swigluBackward(dgate: Tensor, dup: Tensor, dout: Tensor, gate: Tensor, up: Tensor): void { m.swigluBackward(dgate, dup, dout, gate, up); }
   embedding(out: Tensor, ids: Tensor, weight: Tensor): void { m.embedding(out, ids, weight); }
-  embeddingBackward(dweight: Tensor, ids: Tensor, dout: Tensor): void { m.embeddingBackward(dweight, ids, dout); }
+  embeddingBackward(dweight: Tensor, ids: Tensor, dout: Tensor, _squares?: Tensor): boolean {
+    m.embeddingBackward(dweight, ids, dout);
+    return false;
+  }
   crossEntropy(loss: Tensor, lse: Tensor, logits: Tensor, labels: Tensor): void { m.crossEntropy(loss, lse, logits, labels); }
   crossEntropyBackward(dlogits: Tensor, logits: Tensor, labels: Tensor, lse: Tensor, dloss: Tensor, scale: number): void {
     m.crossEntropyBackward(dlogits, logits, labels, lse, dloss, scale);

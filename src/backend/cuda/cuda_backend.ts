@@ -109,7 +109,7 @@ export class CudaBackend implements Backend {
     this.norm = new RmsNormLauncher(ctx, alloc);
     this.rotary = new RopeLauncher(ctx);
     this.gatedUnit = new SwigluLauncher(ctx);
-    this.lookup = new EmbeddingLauncher(ctx);
+    this.lookup = new EmbeddingLauncher(ctx, alloc, this.sumSquaresList);
     this.loss = new CrossEntropyLauncher(ctx);
     this.rowSoftmax = new SoftmaxLauncher(ctx);
     this.merger = new AttentionMergeLauncher(ctx);
@@ -215,7 +215,9 @@ export class CudaBackend implements Backend {
   swiglu(out: Tensor, gate: Tensor, up: Tensor): void { this.gatedUnit.swiglu(out, gate, up); }
   swigluBackward(dgate: Tensor, dup: Tensor, dout: Tensor, gate: Tensor, up: Tensor): void { this.gatedUnit.swigluBackward(dgate, dup, dout, gate, up); }
   embedding(out: Tensor, ids: Tensor, weight: Tensor): void { this.lookup.embedding(out, ids, weight); }
-  embeddingBackward(dweight: Tensor, ids: Tensor, dout: Tensor): void { this.lookup.embeddingBackward(dweight, ids, dout); }
+  embeddingBackward(dweight: Tensor, ids: Tensor, dout: Tensor, squares?: Tensor): boolean {
+    return this.lookup.embeddingBackward(dweight, ids, dout, squares);
+  }
   crossEntropy(loss: Tensor, lse: Tensor, logits: Tensor, labels: Tensor): void { this.loss.crossEntropy(loss, lse, logits, labels); }
   crossEntropyBackward(dlogits: Tensor, logits: Tensor, labels: Tensor, lse: Tensor, dloss: Tensor, scale: number): void {
     this.loss.crossEntropyBackward(dlogits, logits, labels, lse, dloss, scale);
