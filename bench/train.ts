@@ -41,8 +41,8 @@ import { PROFILE_KINDS, SectionProfiler, type KindTimes, type ProfileKind } from
 /**
  * Bytes per parameter of the optimizer phase: Σ g² reads the gradient (4), the fused AdamW pass 30
  * (adam_multi.cu, which leaves the gradients: the trainer marks them logically zero,
- * autograd/lazy_grad_zero.ts); lean: Σ g² 2, the pass 14 (adam_lean_multi.cu; the embedding's f32
- * gradient aside).
+ * autograd/lazy_grad_zero.ts); lean: Σ g² 2, the pass 14 (adam_lean_multi.cu; the router's and
+ * the norm gains' f32 state aside).
  */
 const OPTIMIZER_BYTES: Record<Recipe, { perParam: number; what: string }> = {
   default: { perParam: 30, what: 'fused AdamW + bf16 copy 30 B/parameter (gradients zeroed lazily)' },

@@ -10,7 +10,8 @@
 //   run that resumes from a checkpoint logs the same losses and writes the same bytes as one
 //   that ran straight through, and a run cannot change its recipe on resume; live bytes steady;
 // - what is refused: precision f32, a launched (sharded) run;
-// - memory: the lean model's persistent bytes per parameter.
+// - memory: the lean model's persistent bytes per parameter; every matrix's gradient bf16 with one
+//   micro-batch a step (the embedding's too: its backward sums each row in f32 and rounds once).
 import assert from 'node:assert/strict';
 import { after, test } from 'node:test';
 import { spawnSync } from 'node:child_process';
@@ -220,7 +221,7 @@ test('lean memory: no f32 master; bf16 gradients with one micro-batch, f32 with 
     return bytes / params;
   };
   const d = held('default', 8), l1 = held('lean', 8), l2 = held('lean', 16);
-  // The tiny model is small: the embedding (f32 gradient) and the f32 router weigh more than in DeepSeek-V2-Lite.
+  // The tiny model is small: the f32 router and the norm gains weigh more than in DeepSeek-V2-Lite.
   assert.ok(Math.abs(d - 18) < 0.5, `default ${d} B/param`);
   assert.ok(l1 < 9.5 && l1 >= 8, `lean, one micro-batch: ${l1} B/param`);
   assert.ok(l2 < 10.5 && l2 > l1, `lean, accumulating: ${l2} B/param`);
@@ -252,6 +253,38 @@ test('lean parameters: the matrices are bf16 without a master; the norm gains an
   assert.equal(gains, perLayer * model.num_hidden_layers + 1);
   assert.ok(matrices > 0 && router > 0, `${matrices} matrices, ${router} routers`);
   t.dispose();
+});
+
+test('lean gradients: bf16 for every matrix, the embedding\'s too, with one micro-batch a step; f32 when accumulating', () => {
+  for (const [global, want] of [[8, 'bf16'], [16, 'f32']] as const) {
+    const cfg = resolveTrainConfig({ device: 'cpu', recipe: 'lean', seq_len: 32, micro_batch_size: 8, global_batch_size: global }, 'test');
+    const t = new Training(cfg, model, cpu);
+    const embed = t.model.embed!;
+    assert.equal(embed.grad.dtype, want, `embedding gradient, ${global / 8} micro-batch(es)`);
+    for (const p of t.model.params) if (p.lean) assert.equal(p.grad.dtype, want, `matrix [${p.shape}]`);
+    t.dispose();
+  }
+});
+
+test('embeddingBackward into a bf16 gradient: each named row is the f32 sum of its tokens\' rows from its stored value, rounded once; other rows untouched', () => {
+  const V = 11, D = 6, ids = Int32Array.from([3, 7, 3, 0, 3, 7, 10]);
+  const rng = new Rng(5);
+  const dout = Float32Array.from({ length: ids.length * D }, () => rng.normal());
+  const start = Float32Array.from({ length: V * D }, () => rng.normal() * 0.1);
+  const wide = fromHost(cpu, start, [V, D], 'f32'), narrow = fromHost(cpu, start, [V, D], 'bf16');
+  const startBf16 = toHostF32(narrow);
+  const idsT = fromHost(cpu, ids, [ids.length], 'i32'), g = fromHost(cpu, dout, [ids.length, D], 'f32');
+  // The f32 path from the same (bf16-rounded) start, then rounded: what one rounding of each row's sum gives.
+  const fromBf16 = fromHost(cpu, startBf16, [V, D], 'f32');
+  cpu.embeddingBackward(fromBf16, idsT, g);
+  cpu.embeddingBackward(narrow, idsT, g);
+  const want = toHostF32(fromBf16), got = toHostF32(narrow);
+  for (let i = 0; i < V * D; i++) {
+    const row = Math.floor(i / D);
+    const expected = ids.includes(row) ? bf(f32ToBf16(want[i]!)) : startBf16[i]!;
+    assert.equal(got[i], expected, `element ${i} (row ${row})`);
+  }
+  for (const t of [wide, narrow, idsT, g, fromBf16]) t.dispose();
 });
 
 test('refused: lean with precision f32, lean in a launched run', () => {

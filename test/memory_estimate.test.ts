@@ -89,8 +89,8 @@ test('the lean recipe: about 8 bytes per parameter (10 accumulating) on one rank
   const est = (recipe: 'default' | 'lean', microBatches: number) =>
     estimateMemory({ model: c, mesh: one, seqLen: 2048, microBatchSize: 4, microBatches, precision: 'bf16', recipe, device: 'cuda' })[0]!;
   const lean = est('lean', 1), acc = est('lean', 2), dflt = est('default', 1);
-  // The embedding (210M of 2.26B parameters) keeps an f32 gradient: 8.2 bytes per parameter overall.
-  assert.ok(lean.persistentBytes / lean.heldParams > 8 && lean.persistentBytes / lean.heldParams < 8.3, `${lean.persistentBytes / lean.heldParams} B/param`);
+  // The f32 router and the norm gains keep the default's state: a little over 8 bytes per parameter overall.
+  assert.ok(lean.persistentBytes / lean.heldParams > 8 && lean.persistentBytes / lean.heldParams < 8.05, `${lean.persistentBytes / lean.heldParams} B/param`);
   assert.ok(Math.abs(acc.persistentBytes / acc.heldParams - 10) < 0.01, `${acc.persistentBytes / acc.heldParams} B/param accumulating`);
   assert.equal(lean.peakBytes - lean.persistentBytes, dflt.peakBytes - dflt.persistentBytes);
   assert.throws(() => estimateMemory({ model: c, mesh: { ...one, dp: 2 }, seqLen: 2048, microBatchSize: 1, microBatches: 1, precision: 'bf16', recipe: 'lean', device: 'cuda' }),

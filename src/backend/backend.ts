@@ -201,7 +201,8 @@ export interface Backend extends StorageOwner {
   /** out[n] = weight[ids[n]]; ids i32 [N], weight [V,D], out [N,D]. */
   embedding(out: Tensor, ids: Tensor, weight: Tensor): void;
   /**
-   * dweight (f32 [V,D], accumulated) += dout rows scattered by ids. With squares (f32 [1]) a
+   * dweight (f32 or bf16 [V,D], accumulated) += dout rows scattered by ids; a bf16 row gets the f32
+   * sum of its rows added to its stored value and rounded once. With squares (f32 [1]) a
    * backend may also write Σ g² over the rows ids name, each row once, as stored after the write,
    * and return true; otherwise it leaves squares alone and returns false. The caller asks only
    * when dweight was zero before, so that sum is the whole gradient's (autograd/grad_squares.ts).

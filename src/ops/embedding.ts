@@ -1,4 +1,5 @@
-// Token embedding lookup; the backward scatters rows into the weight's f32 gradient. The scatter
+// Token embedding lookup; the backward scatters rows into the weight's gradient (f32; bf16 in the
+// lean recipe with one micro-batch a step, each row summed in f32 and rounded once). The scatter
 // can only add, so a gradient marked logically zero (autograd/lazy_grad_zero.ts) is zero-filled
 // first (the same pass a zeroing optimizer would spend on it). Such a gradient is nonzero only in
 // the rows this micro-batch's ids name, so the backend may leave the squares of those rows for

@@ -8,8 +8,8 @@
 //   gradient (4 B) and two f32 moments (8 B) per held parameter: 18 B in the default recipe. A
 //   single process carves all of them from slabs (nn/param_arena.ts), so no block is rounded;
 //   in the lean recipe (optim/recipe.ts; one rank only) bf16 weights (2 B), bf16 moments (4 B)
-//   and a bf16 gradient (2 B) where a matmul writes it once per step, f32 (4 B) for the
-//   embedding and under accumulation: 8 B per matrix parameter; the f32 router (16 B) and the
+//   and a bf16 gradient (2 B) where one pass writes it once per step (a matmul, the embedding's
+//   rows), f32 (4 B) under accumulation: 8 B per matrix parameter; the f32 router (16 B) and the
 //   norm gains (18 B) keep the default's state (recipe.ts leanKeepsMaster);
 // - with sharding, a layer's bf16 weights are gathered before use (the next layer's gather is
 //   issued early, so two layers are whole at once) and its f32 gradients are whole from its
@@ -163,8 +163,8 @@ export function estimateMemory(input: EstimateInput): RankEstimate[] {
     let dense = (s === 0 ? V * D : 0) + (last ? V * D + D : 0), experts = 0, largestPair = 0, prev = 0, router = 0;
     // Elements of every unit that is gathered (sharded over more than one rank), and of those the f32 router's.
     let gatheredUnits = denseGroup > 1 ? (s === 0 ? V * D : 0) + (last ? V * D + D : 0) : 0, gatheredRouter = 0;
-    // The lean recipe keeps f32 gradients for the embedding and the norms, and the norms' masters
-    // and f32 moments (see the header).
+    // The lean recipe keeps f32 gradients for the norms, and the norms' masters and f32 moments
+    // (see the header).
     let norms = last ? D : 0;
     for (let l = st.first; l < st.end; l++) {
       norms += 2 * D + c.kv_lora_rank + (c.q_lora_rank ?? 0);
@@ -187,7 +187,7 @@ export function estimateMemory(input: EstimateInput): RankEstimate[] {
     if (recipe === 'lean') {
       // One rank: held counts every parameter. The f32 router and the norm gains are updated as in
       // the default recipe.
-      const bf16Grads = microBatches === 1 ? held - router - norms - (s === 0 ? V * D : 0) : 0;
+      const bf16Grads = microBatches === 1 ? held - router - norms : 0;
       masterWeights = 4 * (router + norms);
       computeWeights = 2 * (held - router);
       gradients = 2 * bf16Grads + 4 * (held - bf16Grads);

@@ -179,8 +179,8 @@ export class Training {
       this.parts = [];
       this.pipeline = null;
       if (config.recipe === 'lean') {
-        // bf16 weights without masters, except where leanKeepsMaster says; gradients bf16 where a
-        // matmul writes them once per step. Carved from one arena (nn/param_arena.ts), as the
+        // bf16 weights without masters, except where leanKeepsMaster says; gradients bf16 where one
+        // pass writes them once per step (leanGradDtype). Carved from one arena (nn/param_arena.ts), as the
         // default recipe's parameters are.
         const micro = config.global_batch_size / config.micro_batch_size;
         const specs: ParamSpec[] = [];

@@ -1,6 +1,7 @@
 // The model-specific kernels of the CPU backend (norms, rotary, activations, embedding, loss,
 // routing, expert dispatch), written as the direct definitions in f32.
 import type { Tensor } from '../../tensor/tensor.js';
+import { bf16ArrayToF32, f32ArrayToBf16 } from '../../tensor/dtype.js';
 import { readF32, readI32, writeF32, denseView } from './host.js';
 
 export function rmsNorm(y: Tensor, rstd: Tensor, x: Tensor, w: Tensor, eps: number): void {
@@ -90,13 +91,31 @@ export function embedding(out: Tensor, ids: Tensor, weight: Tensor): void {
   writeF32(out, O);
 }
 
+/**
+ * dweight += dout rows scattered by ids, added in f32 in the order of n. A bf16 dweight (the lean
+ * recipe's) gets each named row's f32 sum, from its stored value, rounded once.
+ */
 export function embeddingBackward(dweight: Tensor, ids: Tensor, dout: Tensor): void {
   const D = dweight.shape[1]!;
-  const I = readI32(ids), G = readF32(dout), DW = denseView(dweight) as Float32Array;
-  for (let n = 0; n < I.length; n++) {
-    const base = I[n]! * D;
-    for (let j = 0; j < D; j++) DW[base + j] += G[n * D + j]!;
+  const I = readI32(ids), G = readF32(dout);
+  const dense = denseView(dweight);
+  if (dense instanceof Float32Array) {
+    for (let n = 0; n < I.length; n++) {
+      const base = I[n]! * D;
+      for (let j = 0; j < D; j++) dense[base + j] += G[n * D + j]!;
+    }
+    return;
   }
+  if (!(dense instanceof Uint16Array)) throw new Error(`internal: embeddingBackward into ${dweight.dtype}`);
+  // Each named row widened once, summed in f32, rounded back once.
+  const rows = new Map<number, Float32Array>();
+  for (let n = 0; n < I.length; n++) {
+    const id = I[n]!;
+    let acc = rows.get(id);
+    if (!acc) { acc = bf16ArrayToF32(dense.subarray(id * D, (id + 1) * D)); rows.set(id, acc); }
+    for (let j = 0; j < D; j++) acc[j] += G[n * D + j]!;
+  }
+  for (const [id, acc] of rows) f32ArrayToBf16(acc, dense.subarray(id * D, (id + 1) * D));
 }
 
 export function crossEntropy(loss: Tensor, lse: Tensor, logits: Tensor, labels: Tensor): void {
