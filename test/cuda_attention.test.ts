@@ -279,6 +279,48 @@ for (const c of FEW_CTA_CASES) {
   });
 }
 
+// The model passes q_nope, k_nope and v as views of their projections (q [B,S,H,192], kv
+// [B,S,H,256]): the Hopper kernels read them in place through tensor maps with that row stride,
+// the other kernel sets get contiguous copies (CudaBackend.withAttentionRows). Either way the
+// results are those of contiguous inputs: o, lse, dk_nope and dv bit for bit; dq and dk_pe, which
+// fast mode adds with f32 atomics, within their run-to-run rounding.
+for (const c of [{ B: 2, S: 1000, H: 16, causal: true }, { B: 1, S: 384, H: 3, causal: false }] as Case[]) {
+  test(`MLA attention on CUDA takes q_nope, k_nope and v as views of their projections: B=${c.B} S=${c.S} H=${c.H} ${c.causal ? 'causal' : 'full'}`, { skip }, () => {
+    const be = gpu();
+    const p = makeProblem(c, 41);
+    const opts = { causal: c.causal, scale: SCALE };
+    const owned: Tensor[] = [];
+    const keep = (t: Tensor): Tensor => { owned.push(t); return t; };
+    const upload = (shape: Shape, values: Float32Array): Tensor => { const t = keep(emptyTensor(be, shape, 'bf16')); be.write(t, f32ArrayToBf16(values)); return t; };
+    try {
+      const { B, S, H } = c;
+      const dense = Object.fromEntries((Object.keys(p.shapes) as (keyof Problem['values'])[]).map((n) => [n, upload(p.shapes[n], p.values[n])])) as Record<keyof Problem['values'], Tensor>;
+      // The projections, with the dense inputs' values in their columns (q_pe's columns hold q_pe).
+      const q = keep(emptyTensor(be, [B, S, H, D_NOPE + D_ROPE], 'bf16')), kv = keep(emptyTensor(be, [B, S, H, D_NOPE + D_V], 'bf16'));
+      const cols = (t: Tensor, from: number, width: number): Tensor => keep(t.view([B, S, H, width], t.strides, t.offset + from));
+      const views = { qNope: cols(q, 0, D_NOPE), kNope: cols(kv, 0, D_NOPE), v: cols(kv, D_NOPE, D_V) };
+      be.copy(views.qNope, dense.qNope); be.copy(cols(q, D_NOPE, D_ROPE), dense.qPe);
+      be.copy(views.kNope, dense.kNope); be.copy(views.v, dense.v);
+      assert.ok(!views.qNope.isContiguous() && !views.kNope.isContiguous() && !views.v.isContiguous());
+      const run = (qn: Tensor, kn: Tensor, vv: Tensor) => {
+        const o = keep(poisoned(be, [B, S, H, D_V], 'bf16')), lse = keep(poisoned(be, [B, H, S], 'f32'));
+        be.mlaAttention(o, lse, qn, dense.qPe, kn, dense.kPe, vv, opts);
+        const grads = Object.fromEntries(GRAD_NAMES.map((g) => [g, keep(poisoned(be, p.shapes[GRAD_OF[g]], 'bf16'))])) as unknown as MlaGrads;
+        be.mlaAttentionBackward(grads, dense.dout, qn, dense.qPe, kn, dense.kPe, vv, o, lse, opts);
+        return { o: be.read(o) as Uint16Array, lse: be.read(lse) as Float32Array, ...Object.fromEntries(GRAD_NAMES.map((g) => [g, readBf16(be, grads[g])])) } as Record<string, Uint16Array | Float32Array>;
+      };
+      const want = run(dense.qNope, dense.kNope, dense.v), got = run(views.qNope, views.kNope, views.v);
+      for (const k of ['o', 'lse', 'dkNope', 'dv']) assert.equal(firstDifference(got[k]!, want[k]!), -1, `${k}: bit for bit`);
+      for (const k of ['dqNope', 'dqPe', 'dkPe']) {
+        const err = relativeError(got[k] as Float32Array, want[k] as Float32Array);
+        assert.ok(err < 1e-2, `${k}: relative error ${err} against contiguous inputs`);
+      }
+    } finally {
+      for (const t of owned) t.dispose();
+    }
+  });
+}
+
 test('MLA attention on CUDA rejects inputs it cannot take, naming the input', { skip }, () => {
   const be = gpu();
   const owned: Tensor[] = [];

@@ -269,6 +269,8 @@ export interface Backend extends StorageOwner {
    * by every head), v [B,Skv,H,Dv], all bf16 (or all f32); o [B,Sq,H,Dv] like the inputs; lse
    * [B,H,Sq] f32 (natural log of the softmax denominator of the scaled scores). Sq ≠ Skv is a
    * non-causal block (ring attention's steps); causal needs Sq = Skv (query i sees keys ≤ i).
+   * View: qNope, kNope and v (here and in the backward) may be views of a wider [B,S,H,rs] tensor
+   * (the projections they are split from: rs a multiple of 8, their other dimensions packed).
    */
   mlaAttention(o: Tensor, lse: Tensor, qNope: Tensor, qPe: Tensor, kNope: Tensor, kPe: Tensor, v: Tensor, opts: AttentionOptions): void;
   /** Gradients of mlaAttention (overwritten), each shaped as its input; dkPe [B,Skv,1,Dr] is summed over heads. */

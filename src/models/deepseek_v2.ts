@@ -339,10 +339,12 @@ export class DeepseekV2 implements DeepseekV2Weights<Param> {
     const q = w.qProj
       ? linear(x, w.qProj.value)
       : linear(rmsNorm(linear(x, w.qLora!.aProj.value), w.qLora!.aNorm.value, c.rms_norm_eps), w.qLora!.bProj.value);
-    const [qNope, qPeRaw] = splitLastDim(reshape(q, [B, S, H, Dn + Dr]), [Dn, Dr]) as [Tensor, Tensor];
+    // q_nope, k_nope and v stay views of their projections (mlaAttention reads them in place); q_pe
+    // is copied out for RoPE.
+    const [qNope, qPeRaw] = splitLastDim(reshape(q, [B, S, H, Dn + Dr]), [Dn, Dr], [true, false]) as [Tensor, Tensor];
     const [ckv, kPeRaw] = splitLastDim(linear(x, w.kvAProj.value), [c.kv_lora_rank, Dr]) as [Tensor, Tensor];
     const kv = linear(rmsNorm(ckv, w.kvANorm.value, c.rms_norm_eps), w.kvBProj.value);
-    const [kNope, v] = splitLastDim(reshape(kv, [B, S, H, Dn + Dv]), [Dn, Dv]) as [Tensor, Tensor];
+    const [kNope, v] = splitLastDim(reshape(kv, [B, S, H, Dn + Dv]), [Dn, Dv], [true, true]) as [Tensor, Tensor];
     const { cos, sin } = this.rope(S);
     const qPe = rope(qPeRaw, cos, sin);
     const kPe = rope(reshape(kPeRaw, [B, S, 1, Dr]), cos, sin);

@@ -81,18 +81,25 @@ export function broadcastView(x: Tensor, shape: Shape): Tensor {
   return x.view(shape, strides, x.offset);
 }
 
-/** Splits the last dimension into contiguous pieces of the given widths (differentiable). */
-export function splitLastDim(x: Tensor, widths: readonly number[]): Tensor[] {
+/**
+ * Splits the last dimension into pieces of the given widths (differentiable): contiguous copies,
+ * or where `views[i]` is set, piece i as a view of x (no copy; x's memory then lives as long as
+ * the view). The model keeps q_nope, k_nope and v as views: mlaAttention reads them as they lie
+ * in their projections. The backward is the same either way (the pieces' gradients written into
+ * one gradient of x).
+ */
+export function splitLastDim(x: Tensor, widths: readonly number[], views: readonly boolean[] = []): Tensor[] {
   const last = x.rank - 1, D = x.shape[last]!;
   if (widths.reduce((a, b) => a + b, 0) !== D) throw new Error(`internal: split ${D} into [${widths}]`);
   let start = 0;
-  const outs = widths.map((w) => {
+  const outs = widths.map((w, i) => {
     const shape = [...x.shape.slice(0, last), w];
-    const out = emptyTensor(backendOf(x), shape, x.dtype);
     const src = x.view(shape, x.strides, x.offset + start * x.strides[last]!);
+    start += w;
+    if (views[i]) return src;
+    const out = emptyTensor(backendOf(x), shape, x.dtype);
     backendOf(x).copy(out, src);
     src.dispose();
-    start += w;
     return out;
   });
   const node = beginNode('splitLastDim', [x], widths.length);

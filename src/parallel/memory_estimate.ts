@@ -107,17 +107,18 @@ function layerActivationBytes(c: DeepseekV2Config, layer: number, T: number, e: 
                               keep: { swiglu: boolean; copies: boolean }, cp: number): { saved: number; working: number } {
   const D = c.hidden_size, H = c.num_attention_heads, Dn = c.qk_nope_head_dim, Dr = c.qk_rope_head_dim, Dv = c.v_head_dim, C = c.kv_lora_rank;
   const r = (elements: number, size = e) => rounded(elements * size, device);
-  // Attention: the layer input and its norm (rstd, output), q-LoRA's pair, q_nope and the rotated
-  // q_pe, the compressed kv and its norm, k_nope, v, the rotated k_pe, the attention output and
-  // lse; then the residual sum and the post-attention norm.
+  // Attention: the layer input and its norm (rstd, output), q-LoRA's pair, q (whole: q_nope is a
+  // view of it) and the rotated q_pe, the compressed kv and its norm, kv (k_nope and v are views
+  // of it), the rotated k_pe, the attention output and lse; then the residual sum and the
+  // post-attention norm.
   let saved = r(T * D) + r(T, 4) + r(T * D);
   if (c.q_lora_rank !== null) saved += r(T * c.q_lora_rank) * 2 + r(T, 4);
-  saved += r(T * H * Dn) + r(T * H * Dr) + r(T * C) * 2 + r(T, 4) + r(T * H * Dn) + r(T * H * Dv) + r(T * Dr) + r(T * H * Dv) + r(T * H, 4);
+  saved += r(T * H * (Dn + Dr)) + r(T * H * Dr) + r(T * C) * 2 + r(T, 4) + r(T * H * (Dn + Dv)) + r(T * Dr) + r(T * H * Dv) + r(T * H, 4);
   saved += r(T * D) + r(T, 4) + r(T * D);
-  // The attention's working set: q, the kv_a output, kv, the unrotated q_pe and k_pe, o_proj's output;
+  // The attention's working set: the kv_a output, the unrotated q_pe and k_pe, o_proj's output;
   // with cp > 1 also the ring's slots, every cp rank's k_nope, k_pe and v (ring_attention.ts).
   const ringSlots = cp > 1 ? r(cp * T * (H * (Dn + Dv) + Dr)) : 0;
-  const attnWorking = r(T * H * (Dn + Dr)) + r(T * (C + Dr)) + r(T * H * (Dn + Dv)) + r(T * H * Dr) + r(T * Dr) + r(T * D) + ringSlots;
+  const attnWorking = r(T * (C + Dr)) + r(T * H * Dr) + r(T * Dr) + r(T * D) + ringSlots;
   if (!isMoeLayer(c, layer)) {
     // Gate and up (and the SwiGLU output unless recomputed); working: the SwiGLU output and down's output.
     const I = c.intermediate_size;

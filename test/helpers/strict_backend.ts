@@ -16,6 +16,18 @@ function dense(method: string, ...named: [string, Tensor | null][]): void {
   }
 }
 
+/** Contiguous, or a view of a wider [B,S,H,rs] tensor (rs a multiple of 8, the rest packed): what mlaAttention's q_nope, k_nope and v may be. */
+function headRows(method: string, ...named: [string, Tensor][]): void {
+  for (const [name, t] of named) {
+    if (t.isContiguous()) continue;
+    const [, S, H] = t.shape as [number, number, number], rs = t.strides[2]!;
+    const packed = [S * H * rs, H * rs, rs, 1];
+    if (t.rank !== 4 || rs % 8 !== 0 || rs < t.shape[3]! || t.strides.some((st, i) => t.shape[i] !== 1 && st !== packed[i])) {
+      throw new Error(`contract: ${method}(${name}) got a view the kernels cannot read (shape [${t.shape}], strides [${t.strides}])`);
+    }
+  }
+}
+
 export class StrictCpuBackend extends CpuBackend {
   override sumSquaresMulti(out: Tensor, list: TensorList<Tensor>): void {
     dense('sumSquaresMulti', ...list.entries.map((t, i): [string, Tensor] => [`list[${i}]`, t])); super.sumSquaresMulti(out, list);
@@ -83,14 +95,16 @@ export class StrictCpuBackend extends CpuBackend {
     super.sumSlotRowsBackward(drows, dweights, dout, rows, tokenOfRow, weights);
   }
   override mlaAttention(o: Tensor, lse: Tensor, qNope: Tensor, qPe: Tensor, kNope: Tensor, kPe: Tensor, v: Tensor, opts: AttentionOptions): void {
-    dense('mlaAttention', ['qNope', qNope], ['qPe', qPe], ['kNope', kNope], ['kPe', kPe], ['v', v]);
+    dense('mlaAttention', ['qPe', qPe], ['kPe', kPe]);
+    headRows('mlaAttention', ['qNope', qNope], ['kNope', kNope], ['v', v]);
     super.mlaAttention(o, lse, qNope, qPe, kNope, kPe, v, opts);
   }
   override mlaAttentionBackward(
     grads: { dqNope: Tensor; dqPe: Tensor; dkNope: Tensor; dkPe: Tensor; dv: Tensor },
     dout: Tensor, qNope: Tensor, qPe: Tensor, kNope: Tensor, kPe: Tensor, v: Tensor, o: Tensor, lse: Tensor, opts: AttentionOptions,
   ): void {
-    dense('mlaAttentionBackward', ['dout', dout], ['qNope', qNope], ['qPe', qPe], ['kNope', kNope], ['kPe', kPe], ['v', v], ['o', o], ['lse', lse]);
+    dense('mlaAttentionBackward', ['dout', dout], ['qPe', qPe], ['kPe', kPe], ['o', o], ['lse', lse]);
+    headRows('mlaAttentionBackward', ['qNope', qNope], ['kNope', kNope], ['v', v]);
     super.mlaAttentionBackward(grads, dout, qNope, qPe, kNope, kPe, v, o, lse, opts);
   }
 }

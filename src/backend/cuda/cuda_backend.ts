@@ -253,17 +253,41 @@ export class CudaBackend implements Backend {
     });
   }
 
+  /**
+   * Runs fn on q_nope, k_nope and v as the kernel set takes them: the Hopper kernels read views of
+   * a wider projection through tensor maps (the model's split makes no copy); the others get
+   * contiguous copies, freed when fn returns.
+   */
+  private withAttentionRows(hopper: boolean, rows: readonly [Tensor, Tensor, Tensor], fn: (qNope: Tensor, kNope: Tensor, v: Tensor) => void): void {
+    if (hopper || rows.every((t) => t.isContiguous())) { fn(...rows); return; }
+    const copies = rows.map((t) => {
+      if (t.isContiguous()) return null;
+      const c = emptyTensor(this, t.shape, t.dtype);
+      this.copy(c, t);
+      return c;
+    });
+    try {
+      fn(copies[0] ?? rows[0], copies[1] ?? rows[1], copies[2] ?? rows[2]);
+    } finally {
+      for (const c of copies) c?.dispose();
+    }
+  }
+
   mlaAttention(o: Tensor, lse: Tensor, qNope: Tensor, qPe: Tensor, kNope: Tensor, kPe: Tensor, v: Tensor, opts: AttentionOptions): void {
     const kernels = this.mlaKernelsFor(qNope, qPe, v);
-    if (kernels === 'generic') this.attentionGeneric.forward(o, lse, qNope, qPe, kNope, kPe, v, opts);
-    else this.attention.forward(kernels, o, lse, qNope, qPe, kNope, kPe, v, opts);
+    this.withAttentionRows(kernels === 'hopper', [qNope, kNope, v], (qn, kn, vv) => {
+      if (kernels === 'generic') this.attentionGeneric.forward(o, lse, qn, qPe, kn, kPe, vv, opts);
+      else this.attention.forward(kernels, o, lse, qn, qPe, kn, kPe, vv, opts);
+    });
   }
 
   mlaAttentionBackward(grads: MlaGrads, dout: Tensor, qNope: Tensor, qPe: Tensor, kNope: Tensor, kPe: Tensor, v: Tensor, o: Tensor,
                        lse: Tensor, opts: AttentionOptions): void {
     const kernels = this.mlaKernelsFor(qNope, qPe, v);
-    if (kernels === 'generic') this.attentionGeneric.backward(grads, dout, qNope, qPe, kNope, kPe, v, o, lse, opts);
-    else this.attention.backward(kernels, grads, dout, qNope, qPe, kNope, kPe, v, o, lse, opts);
+    this.withAttentionRows(kernels === 'hopper', [qNope, kNope, v], (qn, kn, vv) => {
+      if (kernels === 'generic') this.attentionGeneric.backward(grads, dout, qn, qPe, kn, kPe, vv, o, lse, opts);
+      else this.attention.backward(kernels, grads, dout, qn, qPe, kn, kPe, vv, o, lse, opts);
+    });
   }
 
   attentionMerge(accO: Tensor, accLse: Tensor, o: Tensor, lse: Tensor): void { this.merger.merge(accO, accLse, o, lse); }

@@ -9,6 +9,10 @@
 // Shapes (B batch, Sq query and Skv key positions, H heads; bf16, contiguous BSHD):
 //   qNope [B,Sq,H,128]  qPe [B,Sq,H,64]  kNope [B,Skv,H,128]  kPe [B,Skv,1,64]
 //   v [B,Skv,H,128]  o [B,Sq,H,128]  lse [B,H,Sq] f32 (natural log)
+// qNope, kNope and v may also be views of a wider [B,S,H,rs] tensor (the model's q and kv
+// projections, rs 192 and 256): the Hopper kernels' tensor maps take the row stride rs, so the
+// split costs no copy (three fewer 33 MB copies a layer at the bench's 8192 tokens); the mma.sync
+// kernels read by pointer and take them contiguous (CudaBackend copies views for them).
 // Sq ≠ Skv is a non-causal block (ring attention's steps); causal needs Sq = Skv.
 // Backward scratch (from the caching allocator, freed in stream order when the call returns):
 //   D [B,H,Sq] f32 = rowsum(dO∘O); fast mode: dqAccum [B,Sq,H,192] f32 and dkPe [B,Skv,64] f32
@@ -87,8 +91,12 @@ export interface MlaGrads { dqNope: Tensor; dqPe: Tensor; dkNope: Tensor; dkPe: 
 /** The key side's gradients of one block (backwardBlock): dkPe summed over heads. */
 export type MlaKvGrads = Pick<MlaGrads, 'dkNope' | 'dkPe' | 'dv'>;
 
-/** B batch rows of q (the k/v side has slots·B), positions and heads; slots: ring slots (1: no ring). */
-interface Dims { B: number; Sq: number; Skv: number; H: number; ring?: RingSlots }
+/**
+ * B batch rows of q (the k/v side has slots·B), positions and heads; slots: ring slots (1: no
+ * ring); rs: the elements from one head's row to the next of q_nope, k_nope and v (their width
+ * when contiguous; wider when they are views of the projections they were split from).
+ */
+interface Dims { B: number; Sq: number; Skv: number; H: number; ring?: RingSlots; rs: { qNope: number; kNope: number; v: number } }
 
 /** How many slots of B batch rows the k/v side has. */
 const slotsOf = (d: Dims): number => d.ring?.ranks ?? 1;
@@ -110,6 +118,25 @@ function ringKeyTiles(d: Dims, keys: number): number {
     tiles += (src < d.ring.rank ? d.Sq / 2 : d.Sq) / keys;
   }
   return tiles;
+}
+
+/**
+ * Checks a bf16 [B,S,H,width] input that may be a view of a wider [B,S,H,rs] tensor (the Hopper
+ * kernels read it through a tensor map, whose row stride is rs; the model passes q_nope, k_nope
+ * and v as views of their projections, so their split costs no copy); returns rs.
+ */
+function expectHeadRows(op: string, name: string, t: Tensor, shape: readonly [number, number, number, number], layout: string): number {
+  if (t.isContiguous()) { expectTensor(op, name, t, shape, 'bf16', layout); return shape[3]; }
+  if (t.dtype !== 'bf16') throw new Error(`${op}: ${name} is ${t.dtype}; the CUDA kernels take bf16 here (cast ${name} to bf16)`);
+  if (t.rank !== 4 || t.shape.some((d, i) => d !== shape[i])) throw new Error(`${op}: ${name} has shape [${t.shape}], expected ${layout} = [${shape}]`);
+  const [, S, H, width] = shape, rs = t.strides[2]!;
+  const packed = [S * H * rs, H * rs, rs, 1];
+  const rowsOk = t.strides[3] === 1 && rs >= width && rs % 8 === 0 && t.strides.every((st, i) => t.shape[i] === 1 || st === packed[i]);
+  if (!rowsOk) {
+    throw new Error(`${op}: ${name} has strides [${t.strides}]; the kernels take ${layout} contiguous, or a view of [B,S,H,rs] with rs ≥ ${width} a multiple of 8 (make a contiguous copy first)`);
+  }
+  if (devicePtr(t) % 16n !== 0n) throw new Error(`${op}: ${name} starts at a 16-byte-misaligned address (offset ${t.offset} elements)`);
+  return rs;
 }
 
 function expectTensor(op: string, name: string, t: Tensor, shape: readonly number[], dtype: 'bf16' | 'f32', layout: string): void {
@@ -136,11 +163,11 @@ function inputDims(op: string, qNope: Tensor, qPe: Tensor, kNope: Tensor, kPe: T
   const [B, Sq, H] = qNope.shape as [number, number, number, number];
   const Skv = kNope.shape[1]!;
   const n = ring?.ranks ?? 1, kvB = n === 1 ? 'B' : `${n}·B`;
-  expectTensor(op, 'qNope', qNope, [B, Sq, H, D_NOPE], 'bf16', `[B,Sq,H,${D_NOPE}]`);
+  const rsQ = expectHeadRows(op, 'qNope', qNope, [B, Sq, H, D_NOPE], `[B,Sq,H,${D_NOPE}]`);
   expectTensor(op, 'qPe', qPe, [B, Sq, H, D_ROPE], 'bf16', `[B,Sq,H,${D_ROPE}]`);
-  expectTensor(op, 'kNope', kNope, [n * B, Skv, H, D_NOPE], 'bf16', `[${kvB},Skv,H,${D_NOPE}]`);
+  const rsK = expectHeadRows(op, 'kNope', kNope, [n * B, Skv, H, D_NOPE], `[${kvB},Skv,H,${D_NOPE}]`);
   expectTensor(op, 'kPe', kPe, [n * B, Skv, 1, D_ROPE], 'bf16', `[${kvB},Skv,1,${D_ROPE}] (one rope key shared by every head)`);
-  expectTensor(op, 'v', v, [n * B, Skv, H, D_V], 'bf16', `[${kvB},Skv,H,${D_V}]`);
+  const rsV = expectHeadRows(op, 'v', v, [n * B, Skv, H, D_V], `[${kvB},Skv,H,${D_V}]`);
   if (ring) {
     const { ranks, rank } = ring;
     if (!(Number.isInteger(ranks) && ranks >= 2 && Number.isInteger(rank) && rank >= 0 && rank < ranks)) {
@@ -156,7 +183,14 @@ function inputDims(op: string, qNope: Tensor, qPe: Tensor, kNope: Tensor, kPe: T
   if (n * B > 65535 || H > 65535) throw new Error(`${op}: k/v batch rows ${n * B} and heads ${H} must each be at most 65535 (grid limits); split the batch`);
   const S = Math.max(Sq, n * Skv);
   if (B * S * H > 2 ** 31 - 1) throw new Error(`${op}: B·S·H = ${B * S * H} rows (S = ${S}, the longer of q and kv) exceed 2^31-1; split the batch`);
-  return { B, Sq, Skv, H, ...(ring ? { ring } : {}) };
+  return { B, Sq, Skv, H, ...(ring ? { ring } : {}), rs: { qNope: rsQ, kNope: rsK, v: rsV } };
+}
+
+/** The mma.sync kernels read q_nope, k_nope and v by pointer, contiguous (CudaBackend copies views first). */
+function expectContiguousRows(op: string, d: Dims): void {
+  if (d.rs.qNope !== D_NOPE || d.rs.kNope !== D_NOPE || d.rs.v !== D_V) {
+    throw new Error(`internal: ${op}: the mma.sync kernels take contiguous q_nope, k_nope and v, got row strides ${d.rs.qNope}, ${d.rs.kNope}, ${d.rs.v}`);
+  }
 }
 
 function checkScale(op: string, opts: AttentionOptions): void {
@@ -166,10 +200,11 @@ function checkScale(op: string, opts: AttentionOptions): void {
 /**
  * Tensor map of a bf16 [B,S,H,width] tensor for the Hopper kernels: dims (width, H, S, B), one
  * copy = 64 columns × `rows` positions of one head, 128-byte swizzled. Positions past S are
- * outside the map, so a partial last tile arrives zero-filled.
+ * outside the map, so a partial last tile arrives zero-filled. rs: elements from one head's row
+ * to the next (width when contiguous; a view's wider stride otherwise).
  */
-function headRows(address: bigint, B: number, S: number, H: number, width: number, rows: number): TiledMap {
-  const row = width * 2;
+function headRows(address: bigint, B: number, S: number, H: number, width: number, rows: number, rs = width): TiledMap {
+  const row = rs * 2;
   return { dtype: 'bf16', address, dims: [width, H, S, B], strides: [row, H * row, S * H * row], box: [64, 1, rows, 1], swizzle128: true };
 }
 
@@ -242,11 +277,11 @@ export class MlaAttentionLauncher {
       const k = this.fwdHopperFile.kernel('mla_attention_fwd_hopper');
       k.allowDynamicShared(smem, op);
       const maps = this.fwdHopperMaps;
-      maps.set(0, headRows(devicePtr(qNope), B, Sq, H, D_NOPE, rows), `${op}: qNope`);
+      maps.set(0, headRows(devicePtr(qNope), B, Sq, H, D_NOPE, rows, d.rs.qNope), `${op}: qNope`);
       maps.set(1, headRows(devicePtr(qPe), B, Sq, H, D_ROPE, rows), `${op}: qPe`);
-      maps.set(2, headRows(devicePtr(kNope), n * B, Skv, H, D_NOPE, keys), `${op}: kNope`);
+      maps.set(2, headRows(devicePtr(kNope), n * B, Skv, H, D_NOPE, keys, d.rs.kNope), `${op}: kNope`);
       maps.set(3, sharedRows(devicePtr(kPe), n * B, Skv, D_ROPE, keys), `${op}: kPe`);
-      maps.set(4, headRows(devicePtr(v), n * B, Skv, H, D_V, keys), `${op}: v`);
+      maps.set(4, headRows(devicePtr(v), n * B, Skv, H, D_V, keys, d.rs.v), `${op}: v`);
       // Work items: query tiles of one (head, batch); a 1-D grid of `ctas` walks them (kernel header).
       const items = H * Math.ceil(Sq / rows) * B;
       if (items > 2 ** 31 - 1) throw new Error(`${op}: H·ceil(Sq/${rows})·B = ${items} query tiles exceed the grid's 2^31-1; split the batch`);
@@ -260,6 +295,7 @@ export class MlaAttentionLauncher {
       if (ctas < items) this.workClaims = (this.workClaims + items) >>> 0;
       return;
     }
+    expectContiguousRows(op, d);
     const k = this.fwdFile.kernel('mla_attention_fwd');
     k.allowDynamicShared(MLA_FWD_DEFINES.MLA_FWD_SMEM, op);
     const args = fwdTail(this.fwdArgs.ptr(0, devicePtr(qNope)).ptr(1, devicePtr(qPe)).ptr(2, devicePtr(kNope)).ptr(3, devicePtr(kPe))
@@ -289,6 +325,7 @@ export class MlaAttentionLauncher {
       this.dkdv(kernels, d, grads, dout, qNope, qPe, kNope, kPe, v, lse, dSum, dkPeF32, opts,
         deterministic ? null : { address: dqAccum, rows: Sq });
       if (deterministic) {
+        expectContiguousRows(op, d);
         const k = this.bwdFile.kernel('mla_attention_bwd_dq');
         k.allowDynamicShared(MLA_BWD_DQ_SMEM, op);
         k.launch([Math.ceil(Sq / TILE), H, B], [MLA_BWD_THREADS, 1, 1], MLA_BWD_DQ_SMEM,
@@ -397,11 +434,11 @@ export class MlaAttentionLauncher {
       k.allowDynamicShared(smem, op);
       // The Hopper kernel copies q, dO (`queries` per step) and k, v (its `keys`) with TMA.
       const maps = this.dkdvHopperMaps;
-      maps.set(0, headRows(pQn, B, Sq, H, D_NOPE, queries), `${op}: qNope`);
+      maps.set(0, headRows(pQn, B, Sq, H, D_NOPE, queries, d.rs.qNope), `${op}: qNope`);
       maps.set(1, headRows(pQp, B, Sq, H, D_ROPE, queries), `${op}: qPe`);
-      maps.set(2, headRows(pKn, n * B, Skv, H, D_NOPE, keys), `${op}: kNope`);
+      maps.set(2, headRows(pKn, n * B, Skv, H, D_NOPE, keys, d.rs.kNope), `${op}: kNope`);
       maps.set(3, sharedRows(pKp, n * B, Skv, D_ROPE, keys), `${op}: kPe`);
-      maps.set(4, headRows(pV, n * B, Skv, H, D_V, keys), `${op}: v`);
+      maps.set(4, headRows(pV, n * B, Skv, H, D_V, keys, d.rs.v), `${op}: v`);
       maps.set(5, headRows(pDo, B, Sq, H, D_V, queries), `${op}: dout`);
       // dQ leaves as bulk reduce-adds into the accumulator: boxes of 64 columns × dqRows queries
       // (each warp of a consumer adds its own rows), seen as 5-D (32 columns, 6 blocks of 32, H,
@@ -419,6 +456,7 @@ export class MlaAttentionLauncher {
     }
     if (d.ring) throw new Error(`${op}: ring slots in one launch need the Hopper kernels; use one launch per ring step`);
     if (dq && dq.rows !== Sq) throw new Error('internal: the mma.sync backward adds dQ into an accumulator of its own rows only');
+    expectContiguousRows(op, d);
     const { MLA_BWD_THREADS, MLA_BWD_DKDV_SMEM } = MLA_BWD_DEFINES;
     const k = this.bwdFile.kernel('mla_attention_bwd_dkdv');
     k.allowDynamicShared(MLA_BWD_DKDV_SMEM, op);
