@@ -38,6 +38,18 @@ __device__ __forceinline__ void add_one(MaxSum& st, float x) {
 // The forward's statistics of row n; returns lse[n] to every thread when `everyone` (the fused
 // kernel), else only to warp 0's lane 0. cache: where the row's aligned body goes (its vector b at
 // cache + b·N), or null.
+// One 16-byte vector of the row into a thread's (max, sum): its max first, then its exponentials.
+template <int N>
+__device__ __forceinline__ void ce_add_vector(MaxSum& st, const float* v) {
+  float m = st.m;
+#pragma unroll
+  for (int i = 0; i < N; ++i) m = fmaxf(m, v[i]);
+  float s = st.s * __expf(st.m - m);
+#pragma unroll
+  for (int i = 0; i < N; ++i) s += __expf(v[i] - m);
+  st = MaxSum{m, s};
+}
+
 template <typename TL>
 __device__ __forceinline__ float ce_fwd(float* __restrict__ loss, float* __restrict__ lse, const TL* logits,
                                         const int* __restrict__ labels, int V, TL* cache) {
@@ -50,22 +62,32 @@ __device__ __forceinline__ float ce_fwd(float* __restrict__ loss, float* __restr
   const int head = head_to_align16(row, V);
   const int body = (V - head) / N;
   for (int c = threadIdx.x; c < head; c += blockDim.x) add_one(st, to_f32(row[c]));
-  for (int b = threadIdx.x; b < body; b += blockDim.x) {
-    float v[N];
-    if (cache) {
-      // The 16 bytes go to shared memory as they are, and are widened from there.
-      *reinterpret_cast<uint4*>(cache + b * N) = *reinterpret_cast<const uint4*>(row + head + b * N);
-      load16(cache + b * N, v);
-    } else {
-      load16(row + head + b * N, v);
+  // CE_AHEAD vectors a thread are loaded before any is added (in the same order as one at a time,
+  // so the same bits): with the row cache the kernel runs one block per SM, and one load in flight
+  // per thread left pass 1 at about half of HBM's bandwidth (cross_entropy_with_grad measured
+  // 1.81 ms on an H100 at N = 8192, V = 102400, against the two kernels' 1.69).
+  constexpr int AHEAD = 4;
+  const TL* body0 = row + head;
+  int b = threadIdx.x;
+  for (; b + (AHEAD - 1) * (int)blockDim.x < body; b += AHEAD * blockDim.x) {
+    uint4 raw[AHEAD];
+#pragma unroll
+    for (int u = 0; u < AHEAD; ++u) raw[u] = *reinterpret_cast<const uint4*>(body0 + (b + u * blockDim.x) * N);
+#pragma unroll
+    for (int u = 0; u < AHEAD; ++u) {
+      TL* at = cache ? cache + (b + u * blockDim.x) * N : nullptr;
+      if (at) *reinterpret_cast<uint4*>(at) = raw[u];
+      float v[N];
+      load16(reinterpret_cast<const TL*>(&raw[u]), v);
+      ce_add_vector<N>(st, v);
     }
-    float m = st.m;
-#pragma unroll
-    for (int i = 0; i < N; ++i) m = fmaxf(m, v[i]);
-    float s = st.s * __expf(st.m - m);
-#pragma unroll
-    for (int i = 0; i < N; ++i) s += __expf(v[i] - m);
-    st = MaxSum{m, s};
+  }
+  for (; b < body; b += blockDim.x) {
+    float v[N];
+    const uint4 raw = *reinterpret_cast<const uint4*>(body0 + b * N);
+    if (cache) *reinterpret_cast<uint4*>(cache + b * N) = raw;
+    load16(reinterpret_cast<const TL*>(&raw), v);
+    ce_add_vector<N>(st, v);
   }
   for (int c = head + body * N + threadIdx.x; c < V; c += blockDim.x) add_one(st, to_f32(row[c]));
   // Merge: warps by shuffles, then the first warp over the warps' results.
