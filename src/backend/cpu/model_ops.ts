@@ -142,7 +142,7 @@ export function crossEntropyBackward(dlogits: Tensor, logits: Tensor, labels: Te
 /** crossEntropy, then its gradient with dloss = 1 into dlogits (which may be logits: both are read before it is written). */
 export function crossEntropyWithGrad(loss: Tensor, lse: Tensor, dlogits: Tensor, logits: Tensor, labels: Tensor, scale: number): void {
   crossEntropy(loss, lse, logits, labels);
-  crossEntropyGrad(dlogits, logits, labels, lse, 1 * scale);
+  crossEntropyGrad(dlogits, logits, labels, lse, scale);  // dloss = 1: the factor is scale itself
 }
 
 /** dlogits = g·(softmax(logits) − onehot(labels)) by rows, 0 for ignored rows. */
