@@ -3,8 +3,7 @@
 // expert, skewed as routing skews them), timed as one grouped launch each, for each grouped
 // kernel set (mma: kernels/grouped_gemm.cu; wgmma: kernels/grouped_gemm_wgmma.cu, sm_90a; tma:
 // kernels/grouped_gemm_tma.cu, its own kernels for all three products, the weight product's
-// persistent one included, sm_90a; tma_pair: tma with the forward and data products in 2-CTA
-// clusters, its weight product tma's, so only those rows have its column), against
+// persistent one included, sm_90a; tma_pair: tma with every product in 2-CTA clusters), against
 // one cuBLASLt product per expert (the per-expert path), median of CUDA-event timings. A fourth row
 // per shape times the weight product into bf16 gradients (the lean recipe) and a fifth the weight
 // product with beta 0 (a step's first write into gradients marked logically zero,
@@ -13,7 +12,9 @@
 // N = 1408) on tma and tma_pair; and the gate-and-up data product (x's gradient through the gate
 // and the up, dX = dG·Wg + dU·Wu, N = 1408 → K = 2048: one launch over the 2N-long reduction,
 // Backend.groupedLinearBackwardDataPair) on tma and tma_pair against what autograd ran before it:
-// the two data products and the add of their outputs (each part timed too); and it prints how
+// the two data products and the add of their outputs (each part timed too); the gate-and-up
+// weight product (both weights' gradients over the same x, Backend.groupedLinearWeightGradPair:
+// one launch under tma_pair, two under tma) into f32 and bf16 gradients, beta 0; and it prints how
 // many 2-CTA clusters each tma_pair kernel launched beside how many the GPU runs at once and its
 // SM count (a grid short of SMs / 2 clusters would leave SMs idle).
 //
@@ -108,8 +109,7 @@ export function runGroupedGemmBench(opts: { log?: (line: string) => void } = {})
       if (hopper) {
         be.groupedGemmKernels = 'wgmma'; times.wgmma = time(grouped);
         be.groupedGemmKernels = 'tma'; times.tma = time(grouped);
-        // tma_pair differs from tma in the forward and data products only.
-        if (!product.startsWith('weight')) { be.groupedGemmKernels = 'tma_pair'; times.tma_pair = time(grouped); }
+        be.groupedGemmKernels = 'tma_pair'; times.tma_pair = time(grouped);
       }
       const perExpertMs = time(perExpert);
       rows.push({ product, K, N, floorMs: (2 * M * N * K) / CEILING_FLOPS * 1e3, grouped: times, perExpertMs });
@@ -141,6 +141,19 @@ export function runGroupedGemmBench(opts: { log?: (line: string) => void } = {})
         return `${set} ${one.toFixed(3)} ms (${tf(one)} TFLOP/s) vs ${two.toFixed(3)} ms (products ${products.toFixed(3)}, add ${add.toFixed(3)}): ${(one / two).toFixed(2)}×`;
       });
       gateUpLine = `gate-and-up data (dX = dG·Wg + dU·Wu, N ${N} → K ${K}, 2 products, floor ${floor} ms), one launch vs two products + add: ${gateUp.join('; ')}`;
+      // The gate-and-up weight product: dy as dG, u as dU, into gs and a second f32 set (beta 0), then gb and a second bf16 set.
+      const gs2 = counts.map(() => emptyTensor(be, [N, K], 'f32')), gb2 = counts.map(() => emptyTensor(be, [N, K], 'bf16'));
+      const weightPair = (['f32', 'bf16'] as const).map((dtype) => {
+        const [g1, g2] = dtype === 'f32' ? [gs, gs2] : [gb, gb2];
+        const cells = (['tma', 'tma_pair'] as const).map((set) => {
+          be.groupedGemmKernels = set;
+          const ms = time(() => be.groupedLinearWeightGradPair(g1, g2, dy, u, x, offsets, 0));
+          return `${set} ${ms.toFixed(3)} ms (${tf(ms)} TFLOP/s)`;
+        });
+        return `${dtype} ${cells.join(', ')}`;
+      });
+      gateUpLine += `\ngate-and-up weight (dWg = dGᵀ·X, dWu = dUᵀ·X, beta 0, K ${K}, N ${N}, 2 products, floor ${floor} ms; tma: two launches, tma_pair: one): ${weightPair.join('; ')}`;
+      for (const t of [...gs2, ...gb2]) t.dispose();
       for (const t of [...ups, u, h]) t.dispose();
     }
     for (const t of [x, dy, y, dx, ...ws, ...gs, ...gb, ...xr, ...dyr, ...yr, ...dxr]) t.dispose();

@@ -452,12 +452,19 @@ function expectSquares(gave: boolean, got: number, grads: readonly Tensor[], wha
   assert.ok(Math.abs(got - want) <= 1e-5 * want + 1e-30, `${what}: squares ${got}, host Σ g² ${want}`);
 }
 
+/** How a weight-product test runs on the GPU: the tma set, tma_pair's one-product kernel, or tma_pair's two products in one launch (twin). */
+type WeightForm = 'tma' | 'tma_pair' | 'twin';
+const WEIGHT_FORMS: readonly WeightForm[] = ['tma', 'tma_pair', 'twin'];
+
 /**
  * dW over `counts` rows (offsets from a nonzero base; `tail` rows after the last expert's, in no
- * expert) on the tma set and the CPU: beta 0 into NaN-poisoned gradients, then beta 1 with
- * another dY on top, f32 and bf16 gradients. Experts with no rows must hold exactly +0.
+ * expert) on the GPU in `form` and on the CPU: beta 0 into NaN-poisoned gradients, then beta 1
+ * with other dYs on top, f32 and bf16 gradients. twin runs two products over the same rows in one
+ * call (Backend.groupedLinearWeightGradPair: the first on dY, the second on dY2, then swapped for
+ * beta 1), each against its own CPU product; the squares are the Σ over both. Experts with no
+ * rows must hold exactly +0.
  */
-function tmaWeightAgainstCpu(counts: readonly number[], K: number, N: number, tail: number, what: string): void {
+function tmaWeightAgainstCpu(form: WeightForm, counts: readonly number[], K: number, N: number, tail: number, what: string): void {
   // The GPU sees `tail` rows in no expert after the last; the CPU reference, which requires the
   // offsets to cover every row, gets only the covered ones (the rows a correct kernel reads).
   const covered = counts.reduce((a, b) => a + b, 0), M = covered + tail;
@@ -467,60 +474,69 @@ function tmaWeightAgainstCpu(counts: readonly number[], K: number, N: number, ta
     dy2: upload(b, dyv2.subarray(0, rows * N), [rows, N], 'bf16'), off: offsetsOn(b, counts, 77, 1),
   });
   const c = side(cpu, covered), g = side(gpu(), M);
-  gpu().groupedGemmKernels = 'tma';
+  gpu().groupedGemmKernels = form === 'tma' ? 'tma' : 'tma_pair';
+  const products = form === 'twin' ? 2 : 1;
   for (const dtype of ['f32', 'bf16'] as const) {
     const tol = dtype === 'f32' ? F32_TOL : BF16_TOL;
-    const cg = counts.map(() => { const t = emptyTensor(cpu, [N, K], dtype); cpu.fill(t, Number.NaN); return t; });
-    const gg = counts.map(() => poisoned([N, K], dtype));
-    for (const [beta, dyC, dyG] of [[0, c.dy, g.dy], [1, c.dy2, g.dy2]] as const) {
+    const cg = [0, 1].slice(0, products).map(() => counts.map(() => { const t = emptyTensor(cpu, [N, K], dtype); cpu.fill(t, Number.NaN); return t; }));
+    const gg = [0, 1].slice(0, products).map(() => counts.map(() => poisoned([N, K], dtype)));
+    for (const [beta, dyC, dyG, dyC2, dyG2] of [[0, c.dy, g.dy, c.dy2, g.dy2], [1, c.dy2, g.dy2, c.dy, g.dy]] as const) {
       const squares = poisoned([1], 'f32');
-      cpu.groupedLinearWeightGrad(cg, dyC, c.x, c.off, beta);
-      const gave = gpu().groupedLinearWeightGrad(gg, dyG, g.x, g.off, beta, squares);
+      cpu.groupedLinearWeightGrad(cg[0]!, dyC, c.x, c.off, beta);
+      if (products === 2) cpu.groupedLinearWeightGrad(cg[1]!, dyC2, c.x, c.off, beta);
+      const gave = products === 2
+        ? gpu().groupedLinearWeightGradPair(gg[0]!, gg[1]!, dyG, dyG2, g.x, g.off, beta, squares)
+        : gpu().groupedLinearWeightGrad(gg[0]!, dyG, g.x, g.off, beta, squares);
       // beta 0 also gives the Σ of the squares of what it wrote (as stored); beta 1 declines.
       const sq = readF32(gpu(), squares)[0]!;
       squares.dispose();
-      if (beta === 0) expectSquares(gave, sq, gg, `${what}, ${dtype} gradients, beta 0`);
-      else assert.ok(!gave && Number.isNaN(sq), `${what}, ${dtype} gradients, beta 1: squares declined and left alone (${gave}, ${sq})`);
-      for (let e = 0; e < counts.length; e++) {
-        const got = readF32(gpu(), gg[e]!);
-        const name = `${what}, ${dtype} gradients, beta ${beta === 0 ? '0' : '0 then 1'}: expert ${e} (${counts[e]} rows)`;
+      if (beta === 0) expectSquares(gave, sq, gg.flat(), `${form} ${what}, ${dtype} gradients, beta 0`);
+      else assert.ok(!gave && Number.isNaN(sq), `${form} ${what}, ${dtype} gradients, beta 1: squares declined and left alone (${gave}, ${sq})`);
+      for (let p = 0; p < products; p++) for (let e = 0; e < counts.length; e++) {
+        const got = readF32(gpu(), gg[p]![e]!);
+        const name = `${form} ${what}, ${dtype} gradients, beta ${beta === 0 ? '0' : '0 then 1'}: product ${p + 1}, expert ${e} (${counts[e]} rows)`;
         if (counts[e] === 0) assert.ok(got.every((v) => Object.is(v, 0)), `${name} holds zeros`);
-        else expectClose(got, readF32(cpu, cg[e]!), tol, name);
+        else expectClose(got, readF32(cpu, cg[p]![e]!), tol, name);
       }
     }
-    for (const t of gg) t.dispose();
+    for (const t of gg.flat()) t.dispose();
   }
   for (const t of [g.x, g.dy, g.dy2, g.off]) t.dispose();
 }
 
-// dW [N, K]: N = 64 (one row tile, its second dY block outside the tensor), 192 (a second row
-// tile of 64 rows), 1408 (11 row tiles); K = 64 and 320 (a narrow column tile of 64), 448 (a
-// wide one of 192), 1408 (five wide and a narrow one of 128).
-for (const [K, N] of [[64, 64], [320, 192], [448, 64], [1408, 192], [192, 1408]] as const) {
-  test(`grouped GEMM (tma), weight product K = ${K}, N = ${N}: beta 0 and 1, f32 and bf16 gradients against the CPU backend`, { skip: skipHopper }, () => {
-    tmaWeightAgainstCpu([0, 1, 65, 130, 0, 63, 64, 129, 7], K, N, 0, `E = 9, K = ${K}, N = ${N}`);
-    tmaWeightAgainstCpu([1], K, N, 0, `M = 1, K = ${K}, N = ${N}`);
-    tmaWeightAgainstCpu([3, 0, 65], K, N, 50, `rows in no expert after the last, K = ${K}, N = ${N}`);
+// dW [N, K]: N = 64 (one row tile, its second dY block outside the tensor; under tma_pair a
+// phantom beside it), 192 (a second row tile of 64 rows), 1408 (11 row tiles: a pair with a
+// phantom at the end); K = 64 and 320 (a narrow column tile of 64), 448 (a wide one of 192), 1408
+// (five wide and a narrow one of 128).
+for (const form of WEIGHT_FORMS) for (const [K, N] of [[64, 64], [320, 192], [448, 64], [1408, 192], [192, 1408]] as const) {
+  test(`grouped GEMM (${form}), weight product K = ${K}, N = ${N}: beta 0 and 1, f32 and bf16 gradients against the CPU backend`, { skip: skipHopper }, () => {
+    tmaWeightAgainstCpu(form, [0, 1, 65, 130, 0, 63, 64, 129, 7], K, N, 0, `E = 9, K = ${K}, N = ${N}`);
+    tmaWeightAgainstCpu(form, [1], K, N, 0, `M = 1, K = ${K}, N = ${N}`);
+    tmaWeightAgainstCpu(form, [3, 0, 65], K, N, 50, `rows in no expert after the last, K = ${K}, N = ${N}`);
   });
 }
 
 for (const [K, N] of [[2048, 1408], [1408, 2048]] as const) {
-  test(`grouped GEMM (tma), bench shapes E = 64, M = 49152, K = ${K}, N = ${N}: the weight product matches the wgmma set (f32 and bf16, beta 0 and 1), and its squares the host's`, { skip: skipHopper }, () => {
+  test(`grouped GEMM (tma, tma_pair), bench shapes E = 64, M = 49152, K = ${K}, N = ${N}: the weight product matches the wgmma set (f32 and bf16, beta 0 and 1), tma_pair's (one product and two) tma's bit for bit, and the squares the host's`, { skip: skipHopper }, () => {
     const be = gpu();
     const E = 64, M = 49152, counts = skewedCounts(E, M);
     counts[E - 1]! += counts[3]! - 1 + counts[9]! - 129;
     counts[3] = 1; counts[9] = 129;
     const x = upload(be, values(M * K, 1), [M, K], 'bf16'), dy = upload(be, values(M * N, 1), [M, N], 'bf16');
+    const dy2 = upload(be, values(M * N, 1), [M, N], 'bf16');
     const off = offsetsOn(be, counts, 0, 0);
     const init = counts.map(() => values(N * K, 1));
-    const run = (set: 'wgmma' | 'tma', dtype: 'f32' | 'bf16', beta: 0 | 1) => {
-      be.groupedGemmKernels = set;
-      const gs = init.map((v) => (beta === 0 ? poisoned([N, K], dtype) : upload(be, v, [N, K], dtype)));
-      const squares = set === 'tma' && beta === 0 ? poisoned([1], 'f32') : undefined;
-      const gave = be.groupedLinearWeightGrad(gs, dy, x, off, beta, squares);
-      if (squares) { expectSquares(gave, readF32(be, squares)[0]!, gs, `tma ${dtype} dW beta 0`); squares.dispose(); }
-      const out = gs.map((t) => readF32(be, t));
-      for (const t of gs) t.dispose();
+    // The gradients of dy (and, twin, of dy2 too: its list second) after the product.
+    const run = (form: 'wgmma' | WeightForm, dtype: 'f32' | 'bf16', beta: 0 | 1, dyFirst = dy) => {
+      be.groupedGemmKernels = form === 'twin' ? 'tma_pair' : form;
+      const grads = () => init.map((v) => (beta === 0 ? poisoned([N, K], dtype) : upload(be, v, [N, K], dtype)));
+      const gs = grads(), gs2 = form === 'twin' ? grads() : [];
+      const squares = form !== 'wgmma' && beta === 0 ? poisoned([1], 'f32') : undefined;
+      const gave = form === 'twin' ? be.groupedLinearWeightGradPair(gs, gs2, dy, dy2, x, off, beta, squares)
+        : be.groupedLinearWeightGrad(gs, dyFirst, x, off, beta, squares);
+      if (squares) { expectSquares(gave, readF32(be, squares)[0]!, [...gs, ...gs2], `${form} ${dtype} dW beta 0`); squares.dispose(); }
+      const out = [...gs, ...gs2].map((t) => readF32(be, t));
+      for (const t of [...gs, ...gs2]) t.dispose();
       return out;
     };
     for (const [dtype, beta] of [['f32', 0], ['f32', 1], ['bf16', 1], ['bf16', 0]] as const) {
@@ -530,8 +546,19 @@ for (const [K, N] of [[2048, 1408], [1408, 2048]] as const) {
         if (counts[e] === 0) assert.deepEqual(got[e], ref[e], `${name}: no rows`);
         else expectClose(got[e]!, ref[e]!, dtype === 'f32' ? F32_TOL : BF16_TOL, name);
       }
+      // tma_pair: the same wgmmas over the same k-steps per tile, only X's boxes arrive by multicast.
+      const pair = run('tma_pair', dtype, beta);
+      for (let e = 0; e < E; e++) assert.deepEqual(pair[e], got[e], `tma_pair ${dtype} dW (beta ${beta}) of expert ${e} equals tma's bit for bit`);
+      if (N === 1408) {
+        // twin (both at once, the experts' gate and up shape): each product equals tma's run of it alone.
+        const twin = run('twin', dtype, beta), second = run('tma', dtype, beta, dy2);
+        for (let e = 0; e < E; e++) {
+          assert.deepEqual(twin[e], got[e], `twin ${dtype} dW (beta ${beta}), first product, expert ${e} equals tma's bit for bit`);
+          assert.deepEqual(twin[E + e], second[e], `twin ${dtype} dW (beta ${beta}), second product, expert ${e} equals tma's bit for bit`);
+        }
+      }
     }
-    for (const t of [x, dy, off]) t.dispose();
+    for (const t of [x, dy, dy2, off]) t.dispose();
   });
 }
 

@@ -24,7 +24,7 @@ import { randomValues } from './helpers/grad_check.js';
 
 /** A CPU backend that counts its grouped calls. */
 class CountingCpu extends CpuBackend {
-  calls = { groupedLinear: 0, groupedSwiGLU: 0, groupedLinearBackwardData: 0, groupedLinearBackwardDataPair: 0 };
+  calls = { groupedLinear: 0, groupedSwiGLU: 0, groupedLinearBackwardData: 0, groupedLinearBackwardDataPair: 0, groupedLinearWeightGrad: 0, groupedLinearWeightGradPair: 0 };
   override groupedLinear(...a: Parameters<CpuBackend['groupedLinear']>): void { this.calls.groupedLinear++; super.groupedLinear(...a); }
   override groupedLinearBackwardData(...a: Parameters<CpuBackend['groupedLinearBackwardData']>): void {
     this.calls.groupedLinearBackwardData++;
@@ -35,6 +35,17 @@ class CountingCpu extends CpuBackend {
     const before = this.calls.groupedLinearBackwardData;
     super.groupedLinearBackwardDataPair(...a);
     this.calls.groupedLinearBackwardData = before;  // composed from the plain product on the CPU: not the caller's calls
+  }
+  override groupedLinearWeightGrad(...a: Parameters<CpuBackend['groupedLinearWeightGrad']>): boolean {
+    this.calls.groupedLinearWeightGrad++;
+    return super.groupedLinearWeightGrad(...a);
+  }
+  override groupedLinearWeightGradPair(...a: Parameters<CpuBackend['groupedLinearWeightGradPair']>): boolean {
+    this.calls.groupedLinearWeightGradPair++;
+    const before = this.calls.groupedLinearWeightGrad;
+    const gave = super.groupedLinearWeightGradPair(...a);
+    this.calls.groupedLinearWeightGrad = before;  // composed from the plain product on the CPU: not the caller's calls
+    return gave;
   }
   override groupedSwiGLU(...a: Parameters<CpuBackend['groupedSwiGLU']>): void {
     this.calls.groupedSwiGLU++;
@@ -75,8 +86,9 @@ for (const [counts, K, N, dtype] of shapes) for (const leafX of [true, false]) {
   test(`groupedSwiGLU = swiglu(groupedLinear(gates), groupedLinear(ups)) bit for bit, forward and every gradient: ${JSON.stringify({ counts, K, N, dtype, leafX })}`, () => {
     const be = new CountingCpu();
     const a = run(be, [...counts], K, N, dtype, true, leafX);
-    assert.deepEqual(be.calls, { groupedLinear: 0, groupedSwiGLU: 1, groupedLinearBackwardData: leafX ? 2 : 0, groupedLinearBackwardDataPair: leafX ? 0 : 1 },
-      'one fused forward; x made by an op: one pair data product');
+    assert.deepEqual(be.calls, { groupedLinear: 0, groupedSwiGLU: 1, groupedLinearBackwardData: leafX ? 2 : 0, groupedLinearBackwardDataPair: leafX ? 0 : 1,
+      groupedLinearWeightGrad: 0, groupedLinearWeightGradPair: 1 },
+      'one fused forward; x made by an op: one pair data product; the two weight products in one call');
     const b = run(new CpuBackend(), [...counts], K, N, dtype, false, leafX);
     assert.deepEqual(a.h, b.h, 'h');
     assert.deepEqual(a.dx, b.dx, 'dx');

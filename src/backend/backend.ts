@@ -176,6 +176,15 @@ export interface Backend extends StorageOwner {
    */
   groupedLinearWeightGrad(dweights: readonly Tensor[], dy: Tensor, x: Tensor, offsets: Tensor, beta?: 0 | 1, squares?: Tensor): boolean;
   /**
+   * Two weight products over the same rows x (the experts' gate, 1, and up, 2;
+   * ops/grouped_swiglu.ts): groupedLinearWeightGrad(dw2, dy2, …) and groupedLinearWeightGrad(dw1,
+   * dy1, …) with the same beta, each gradient written as that call writes it (so the values do not
+   * depend on which form ran). squares as there, Σ over the gradients of both. A backend may run
+   * them as one launch (CUDA's tma_pair set: the same tile of both products shares its x operand).
+   */
+  groupedLinearWeightGradPair(dw1: readonly Tensor[], dw2: readonly Tensor[], dy1: Tensor, dy2: Tensor, x: Tensor, offsets: Tensor, beta?: 0 | 1,
+                              squares?: Tensor): boolean;
+  /**
    * The experts' gate and up products and their SwiGLU: g = groupedLinear(x, gates), u =
    * groupedLinear(x, ups), h = silu(g)·u, all [M, N], with the values of those three calls (a
    * backend may do it in one pass; the CUDA tma set does, in the products' epilogue).

@@ -67,15 +67,32 @@ function recordGroupedLinear(x: Tensor, weights: readonly Tensor[], offsets: Ten
  * that is returned (null elsewhere) or added into its leaf, as linear.ts does.
  */
 export function groupedWeightGrads(weights: readonly Tensor[], dy: Tensor, x: Tensor, offsets: Tensor): (Tensor | null)[] {
+  return weightGrads([[weights, dy]], x, offsets)[0]!;
+}
+
+/**
+ * groupedWeightGrads of two products over the same x (the experts' gate, 1, and up, 2), as one
+ * backend call (Backend.groupedLinearWeightGradPair: one launch on CUDA's tma_pair set).
+ * Returns the first product's gradients, then the second's.
+ */
+export function groupedWeightGradPair(w1: readonly Tensor[], dy1: Tensor, w2: readonly Tensor[], dy2: Tensor, x: Tensor,
+                                      offsets: Tensor): [(Tensor | null)[], (Tensor | null)[]] {
+  const [g1, g2] = weightGrads([[w1, dy1], [w2, dy2]], x, offsets);
+  return [g1!, g2!];
+}
+
+/** One or two products' weight gradients in one backend call (groupedWeightGrads, groupedWeightGradPair). */
+function weightGrads(products: readonly (readonly [readonly Tensor[], Tensor])[], x: Tensor, offsets: Tensor): (Tensor | null)[][] {
   const backend = backendOf(x);
-  const gws: (Tensor | null)[] = weights.map(() => null);
-  if (x.shape[0] === 0 || !weights.some(needsGrad)) return gws;
-  // One beta for the whole product: 0 when no target holds values to keep (fresh tensors,
+  const gws = products.map(([weights]) => weights.map((): Tensor | null => null));
+  const all = products.flatMap(([weights]) => weights);
+  if (x.shape[0] === 0 || !all.some(needsGrad)) return gws;
+  // One beta for the whole call: 0 when no target holds values to keep (fresh tensors,
   // gradients marked logically zero; an expert without rows then gets zeros), else 1 with the
   // fresh and the marked ones zero-filled first (a mix of marked and written gradients does not
   // arise in training, where the optimizer marks them all at once).
-  const overwrite = weights.every((w) => !direct(w) || isGradZeroPending(w.grad!));
-  const targets = weights.map((w) => {
+  const overwrite = all.every((w) => !direct(w) || isGradZeroPending(w.grad!));
+  const targets = products.map(([weights]) => weights.map((w) => {
     if (direct(w)) {
       // Both make any record of the gradient's squares stale; settleGrad only when it fills.
       if (overwrite) claimGradBeta(w.grad!); else { settleGrad(w.grad!); forgetGradSquares(w.grad!); }
@@ -84,18 +101,22 @@ export function groupedWeightGrads(weights: readonly Tensor[], dy: Tensor, x: Te
     const t = emptyTensor(backend, w.shape, 'f32');
     if (!overwrite) backend.fill(t, 0);
     return t;
-  });
+  }));
   // The squares are worth recording when every target is a leaf's gradient (the norm reads those).
-  const record = overwrite && isRecordingGradSquares() && weights.every(direct);
+  const record = overwrite && isRecordingGradSquares() && all.every(direct);
   const squares = record ? emptyTensor(backend, [1], 'f32') : undefined;
-  if (backend.groupedLinearWeightGrad(targets, dy, x, offsets, overwrite ? 0 : 1, squares)) recordGradSquares(targets, squares!);
+  const beta = overwrite ? 0 : 1;
+  const gave = products.length === 1
+    ? backend.groupedLinearWeightGrad(targets[0]!, products[0]![1], x, offsets, beta, squares)
+    : backend.groupedLinearWeightGradPair(targets[0]!, targets[1]!, products[0]![1], products[1]![1], x, offsets, beta, squares);
+  if (gave) recordGradSquares(targets.flat(), squares!);
   else squares?.dispose();
-  weights.forEach((w, e) => {
+  products.forEach(([weights], p) => weights.forEach((w, e) => {
     if (direct(w)) return;
-    const t = targets[e]!;
+    const t = targets[p]![e]!;
     if (w.requiresGrad && !w.gradLink) { accumulateLeafGrad(w, t); t.dispose(); }
-    else if (needsGrad(w)) gws[e] = t;
+    else if (needsGrad(w)) gws[p]![e] = t;
     else t.dispose();
-  });
+  }));
   return gws;
 }

@@ -11,13 +11,15 @@
 //   GroupedGemmLauncher.gateUpData, on by default). The
 //   CPU oracle composes that call from the two products and the add, so on the CPU this node
 //   gives the bits of the two groupedLinear nodes it replaces (backend/grouped_data_pair.ts), and
-//   each weight's gradient is groupedLinear's (groupedWeightGrads), the up's first, as the two
-//   nodes ran them.
+//   each weight's gradient is groupedLinear's, the up's first, as the two nodes ran them. Both
+//   products' weight gradients are one backend call too (Backend.groupedLinearWeightGradPair),
+//   which CUDA's tma_pair set runs as one launch whose CTA pairs share x's tiles (kernel header
+//   "Weight product in CTA pairs"); each gradient's values are those of its own product.
 import { backendOf } from '../backend/backend.js';
 import { beginNode, linkOutputs, needsGrad } from '../autograd/tape.js';
 import { accumulateLeafGrad } from '../autograd/backward.js';
 import { emptyTensor, type Tensor } from '../tensor/tensor.js';
-import { groupedLinearShape, groupedWeightGrads } from './grouped_linear.js';
+import { groupedLinearShape, groupedWeightGradPair, groupedWeightGrads } from './grouped_linear.js';
 import { recordSwiglu } from './swiglu.js';
 
 /** h [M, N] = silu(g)·u with g, u = groupedLinear(x, gates / ups, offsets); gates and ups E × [N, K]. */
@@ -52,6 +54,10 @@ export function groupedSwiGLU(x: Tensor, gates: readonly Tensor[], ups: readonly
         }
       }
       const none = () => gates.map(() => null);
+      if (dg && du) {
+        const [gateGrads, upGrads] = groupedWeightGradPair(gates, dg, ups, du, sx, so);
+        return [gx, ...gateGrads, ...upGrads];
+      }
       const upGrads = du ? groupedWeightGrads(ups, du, sx, so) : none();
       const gateGrads = dg ? groupedWeightGrads(gates, dg, sx, so) : none();
       return [gx, ...gateGrads, ...upGrads];

@@ -51,6 +51,12 @@ export class StrictCpuBackend extends CpuBackend {
     dense('groupedLinearWeightGrad', ['dy', dy], ['x', x], ['offsets', offsets], ...dweights.map((w, e): [string, Tensor] => [`dweights[${e}]`, w]));
     return super.groupedLinearWeightGrad(dweights, dy, x, offsets, beta, squares);
   }
+  override groupedLinearWeightGradPair(dw1: readonly Tensor[], dw2: readonly Tensor[], dy1: Tensor, dy2: Tensor, x: Tensor, offsets: Tensor,
+                                       beta: 0 | 1 = 1, squares?: Tensor): boolean {
+    dense('groupedLinearWeightGradPair', ['dy1', dy1], ['dy2', dy2], ['x', x], ['offsets', offsets],
+      ...[...dw1, ...dw2].map((w, e): [string, Tensor] => [`dweights[${e}]`, w]));
+    return super.groupedLinearWeightGradPair(dw1, dw2, dy1, dy2, x, offsets, beta, squares);
+  }
   override rmsNorm(y: Tensor, rstd: Tensor, x: Tensor, w: Tensor, eps: number): void { dense('rmsNorm', ['x', x], ['w', w]); super.rmsNorm(y, rstd, x, w, eps); }
   override rmsNormBackward(dx: Tensor, dw: Tensor, dy: Tensor, x: Tensor, w: Tensor, rstd: Tensor): void {
     dense('rmsNormBackward', ['dy', dy], ['x', x], ['w', w], ['rstd', rstd]); super.rmsNormBackward(dx, dw, dy, x, w, rstd);

@@ -12,6 +12,7 @@ import { cpuMatmul } from './matmul.js';
 import { cpuGroupedLinear, cpuGroupedLinearBackwardData, cpuGroupedLinearWeightGrad } from './grouped_matmul.js';
 import { mlaBackwardBlockByWhole } from '../mla_backward_block.js';
 import { groupedDataPairByParts } from '../grouped_data_pair.js';
+import { groupedWeightPairByParts } from '../grouped_weight_pair.js';
 import { cpuAttentionMerge, cpuMlaAttention, cpuMlaAttentionBackward } from './attention.js';
 import * as m from './model_ops.js';
 
@@ -154,6 +155,11 @@ export class CpuBackend implements Backend {
   groupedLinearWeightGrad(dweights: readonly Tensor[], dy: Tensor, x: Tensor, offsets: Tensor, beta: 0 | 1 = 1, _squares?: Tensor): boolean {
     cpuGroupedLinearWeightGrad(dweights, dy, x, offsets, beta);
     return false;
+  }
+  /** The two products, the second's first (grouped_weight_pair.ts). */
+  groupedLinearWeightGradPair(dw1: readonly Tensor[], dw2: readonly Tensor[], dy1: Tensor, dy2: Tensor, x: Tensor, offsets: Tensor, beta: 0 | 1 = 1,
+                              squares?: Tensor): boolean {
+    return groupedWeightPairByParts(this, dw1, dw2, dy1, dy2, x, offsets, beta, squares);
   }
 
   rmsNorm(y: Tensor, rstd: Tensor, x: Tensor, w: Tensor, eps: number): void { m.rmsNorm(y, rstd, x, w, eps); }

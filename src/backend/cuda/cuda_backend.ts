@@ -24,6 +24,7 @@ import { MatmulLauncher } from './ops/matmul.js';
 import { MlaAttentionLauncher, type MlaGrads, type MlaKvGrads } from './ops/mla_attention.js';
 import { mlaBackwardBlockByWhole } from '../mla_backward_block.js';
 import { groupedDataPairByParts } from '../grouped_data_pair.js';
+import { groupedWeightPairByParts } from '../grouped_weight_pair.js';
 import { MlaAttentionGenericLauncher } from './ops/mla_attention_generic.js';
 import { chooseMlaKernels, type MlaKernels, type MlaKernelsRequest } from './ops/mla_kernel_choice.js';
 import { RmsNormLauncher } from './ops/rms_norm.js';
@@ -201,6 +202,12 @@ export class CudaBackend implements Backend {
   }
   groupedLinearWeightGrad(dweights: readonly Tensor[], dy: Tensor, x: Tensor, offsets: Tensor, beta: 0 | 1 = 1, squares?: Tensor): boolean {
     return this.groupedGemm.groupedLinearWeightGrad(dweights, dy, x, offsets, beta, squares);
+  }
+  /** tma_pair: one launch over both products (kernel header "Weight product in CTA pairs"); elsewhere the two products (grouped_weight_pair.ts). */
+  groupedLinearWeightGradPair(dw1: readonly Tensor[], dw2: readonly Tensor[], dy1: Tensor, dy2: Tensor, x: Tensor, offsets: Tensor, beta: 0 | 1 = 1,
+                              squares?: Tensor): boolean {
+    return this.groupedGemm.groupedLinearWeightGradPair(dw1, dw2, dy1, dy2, x, offsets, beta, squares)
+      ?? groupedWeightPairByParts(this, dw1, dw2, dy1, dy2, x, offsets, beta, squares);
   }
   rmsNorm(y: Tensor, rstd: Tensor, x: Tensor, w: Tensor, eps: number): void { this.norm.rmsNorm(y, rstd, x, w, eps); }
   rmsNormBackward(dx: Tensor, dw: Tensor, dy: Tensor, x: Tensor, w: Tensor, rstd: Tensor): void { this.norm.rmsNormBackward(dx, dw, dy, x, w, rstd); }

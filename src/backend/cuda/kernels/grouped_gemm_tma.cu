@@ -720,53 +720,94 @@ __device__ __forceinline__ void prefetch_l2(const void* p, u32 bytes) {
 // rotated_tile(r) in round r, as the forward does (at K = 1408, 6 column tiles a row tile, plain
 // striding would leave 22 of 132 CTAs on the narrow column every round); its producer and consumers walk the same list and read the same offsets,
 // so they agree on every tile's k-steps without talking.
+// CL = 2 (header: "Weight product in CTA pairs"): t is a pair tile over E · rows · tk, rows =
+// ceil(tn / 2) pairs of neighbouring row tiles (2p for the cluster's CTA 0, 2p + 1 for CTA 1;
+// past tn a phantom: dY's columns there arrive as zeros and nothing is stored), or with `twin`
+// tn rows, row tile p of the first product for CTA 0 and of the second for CTA 1; cluster c of C
+// takes the (c + r) mod C-th of round r's C pair tiles. Both CTAs of a pair share the expert,
+// its rows and the column tile, so their X boxes are the same.
 struct DwTile {
   int e, i0, j0, s, rows, ktiles;  // expert, the tile's first dW row and column, the expert's first row and row count
+  int id, second;                  // the tile's index among the launch's (squares' partials), and whether it is the second product's
 };
-__device__ __forceinline__ DwTile dw_tile(int t, int tn, int tk, const int* __restrict__ off, int M) {
-  DwTile d;
-  const int per = tn * tk;
-  d.e = t / per;
-  const int r = t - d.e * per;
-  d.i0 = (r / tk) * BM;
-  d.j0 = (r % tk) * BN;
-  int en;
-  ggc::expert_rows(off, d.e, M, d.s, en);
-  d.rows = en - d.s;
-  d.ktiles = (d.rows + BK - 1) / BK;
-  return d;
-}
+template <int CL = 1>
+struct DwWalk {
+  const int* __restrict__ off;
+  int M, tk, per, total, twin, r = 0;
+  __device__ __forceinline__ DwWalk(const int* __restrict__ off_, int E, int M_, int N, int K, int twin_)
+      : off(off_), M(M_), tk((K + BN - 1) / BN), twin(twin_) {
+    const int tn = (N + BM - 1) / BM;
+    per = (CL == 1 || twin ? tn : (tn + 1) / 2) * tk;
+    total = E * per;
+  }
+  // The CTA's next tile; false when it has none left.
+  __device__ __forceinline__ bool next(DwTile& d) {
+    int t;
+    if (CL == 1) {
+      t = rotated_tile(r++);
+    } else {
+      const int C = (int)cluster_count();
+      t = r * C + (int)((cluster_id() + r) % C);
+      ++r;
+    }
+    if (t >= total) return false;
+    d.e = t / per;
+    const int rem = t - d.e * per, y = rem / tk;
+    d.j0 = (rem - y * tk) * BN;
+    const int rank = CL == 2 ? (int)cluster_rank() : 0;
+    d.i0 = (CL == 1 || twin ? y : 2 * y + rank) * BM;
+    d.id = CL == 1 ? t : 2 * t + rank;
+    d.second = CL == 2 && twin && rank == 1;
+    int en;
+    ggc::expert_rows(off, d.e, M, d.s, en);
+    d.rows = en - d.s;
+    d.ktiles = (d.rows + BK - 1) / BK;
+    return true;
+  }
+};
 
-// The producer's thread: for each of the CTA's tiles, its k-steps into the ring (ring position
-// `it` runs on across tiles, so the producer fills the next tile's stages while the consumers
-// store this one). Step kt: dY rows s + 64·kt.. as two column blocks (i0, i0 + 64) and X's rows as
-// four (j0 + 64b), two for a narrow tile. Before a tile's first step with beta 1, the old
-// gradient tile is prefetched into L2 for the epilogue's read.
-template <typename G>
-__device__ __forceinline__ void dw_produce(u32 base, u32 bars, u64 dy_map, u64 x_map, G* const* __restrict__ dW,
-                                           const int* __restrict__ off, int E, int M, int N, int K, int beta) {
-  tmap_prefetch(dy_map);
-  tmap_prefetch(x_map);
-  const int tn = (N + BM - 1) / BM, tk = (K + BN - 1) / BN, total = E * tn * tk;
+// The producer: for each of the CTA's tiles, its k-steps into the ring (ring position `it` runs
+// on across tiles, so the producer fills the next tile's stages while the consumers store this
+// one). Step kt: dY rows s + 64·kt.. as two column blocks (i0, i0 + 64) and X's rows as four
+// (j0 + 64b), two for a narrow tile. Before a tile's first step with beta 1, the old gradient
+// tile is prefetched into L2 for the epilogue's read. CL = 1: thread 0 alone. CL = 2: warp 0,
+// lane 0 issuing (produce_ring<true>); dY's blocks are this CTA's own (dy2_map for a twin's
+// second product), X's block b is copied by CTA b mod 2 into both (each stage's "full" barrier
+// counts all of A and B however they come), then the warp drains the ring (drain_ring).
+template <typename G, int CL = 1>
+__device__ __forceinline__ void dw_produce(u32 base, u32 bars, u64 dy_map, u64 dy2_map, u64 x_map, G* const* __restrict__ dW,
+                                           const int* __restrict__ off, int E, int M, int N, int K, int beta, int twin) {
+  const bool lead = CL == 1 || (threadIdx.x & 31) == 0;
+  const u32 rank = CL == 2 ? cluster_rank() : 0u;
+  if (lead) {
+    tmap_prefetch(dy_map);
+    if (twin) tmap_prefetch(dy2_map);
+    tmap_prefetch(x_map);
+  }
+  DwWalk<CL> walk(off, E, M, N, K, twin);
   int it = 0;
-  for (int r = 0, t = rotated_tile(0); t < total; t = rotated_tile(++r)) {
-    const DwTile d = dw_tile(t, tn, tk, off, M);
+  for (DwTile d; walk.next(d);) {
     if (d.ktiles == 0) continue;
-    if (beta) {
+    if (beta && lead) {
       const int rows = min(BM, N - d.i0);
       const u32 bytes = min(BN, K - d.j0) * (u32)sizeof(G);
-      const G* g = dW[d.e] + (long long)d.i0 * K + d.j0;
+      const G* g = dW[d.second * E + d.e] + (long long)d.i0 * K + d.j0;
       for (int i = 0; i < rows; ++i) prefetch_l2(g + (long long)i * K, bytes);
     }
     const int bblocks = K - d.j0 <= BN / 2 ? 2 : 4;
-    produce_ring(base, bars, d.ktiles, A_BYTES + bblocks * DW_BLOCK, it, [&](int kt, u32 full, u32 ta) {
+    const u64 a_map = d.second ? dy2_map : dy_map;
+    produce_ring<CL == 2>(base, bars, d.ktiles, A_BYTES + bblocks * DW_BLOCK, it, [&](int kt, u32 full, u32 ta) {
       const int row = d.s + kt * BK;
       const u32 tb = ta + A_BYTES;
-      tma_load_2d(ta, dy_map, full, d.i0, row);
-      tma_load_2d(ta + DW_BLOCK, dy_map, full, d.i0 + 64, row);
-      for (int b = 0; b < bblocks; ++b) tma_load_2d(tb + b * DW_BLOCK, x_map, full, d.j0 + 64 * b, row);
+      tma_load_2d(ta, a_map, full, d.i0, row);
+      tma_load_2d(ta + DW_BLOCK, a_map, full, d.i0 + 64, row);
+      for (int b = 0; b < bblocks; ++b) {
+        if (CL == 1) tma_load_2d(tb + b * DW_BLOCK, x_map, full, d.j0 + 64 * b, row);
+        else if ((u32)(b & 1) == rank) tma_load_2d_multicast(tb + b * DW_BLOCK, x_map, full, d.j0 + 64 * b, row, 0x3);
+      }
     });
   }
+  if (CL == 2) drain_ring(bars, it);
 }
 
 // A consumer warpgroup's k-steps of one tile: acc (dW rows i0 + 64·half.., WN columns) = Σ over
@@ -774,10 +815,10 @@ __device__ __forceinline__ void dw_produce(u32 base, u32 bars, u64 dy_map, u64 x
 // next expert's (or zeros past M): this warpgroup zeroes them in its own dY column block
 // (the only one it reads) once the stage has landed, so they add 0 · X; X's rows are left as
 // they are (finite activations: a non-finite one there makes the step's loss non-finite anyway).
-template <int WN>
+template <int WN, int CL>
 __device__ __forceinline__ void dw_consume(float (&acc)[128], u32 base, u32 bars, int half, int ktiles, int valid_last, int& it) {
   const int t128 = threadIdx.x & 127;
-  consume_ring(base, bars, ktiles, it, [&](int kt, u32 stage) {
+  consume_ring<CL>(base, bars, ktiles, it, [&](int kt, u32 stage) {
     const u32 ta = stage + half * DW_BLOCK, tb = stage + A_BYTES;
     if (kt == ktiles - 1 && valid_last < BK) {
       // Whole 128-byte rows: the swizzle permutes 16-byte pieces within a row, never across rows.
@@ -797,37 +838,43 @@ __device__ __forceinline__ void dw_consume(float (&acc)[128], u32 base, u32 bars
 
 // The persistent weight-product CTA (grid ≤ the SM count): a producer warpgroup and two consumer
 // warpgroups (rows 0..63 and 64..127 of each 128 × 256 tile) over the CTA's tiles. With squares
-// (beta 0 only; null otherwise), consumer warp v (0..7) of tile t writes the Σ of the squares of
-// the values it stored to squares[8t + v]: every tile is written, an expert without rows too
-// (zeros), so one fixed-order reduction can add all 8·tiles partials (header: "Gradient
-// norm").
-template <typename G>
-__device__ __forceinline__ void dw_cta(const TensorMap& dy_map, const TensorMap& x_map, G* const* __restrict__ dW,
+// (beta 0 only; null otherwise), consumer warp v (0..7) of tile id t writes the Σ of the squares of
+// the values it stored to squares[8t + v]: every tile is written, an expert without rows and a
+// pair's phantom too (zeros), so one fixed-order reduction can add all 8·tiles partials (header:
+// "Gradient norm"). dW holds E gradient addresses, 2E with twin (the first product's, then the
+// second's: dy2_map's). CL = 2: one of a cluster's CTA pair (header: "Weight product in CTA
+// pairs"), meeting the peer at a cluster barrier after the inits, as gemm_cta does.
+template <typename G, int CL = 1>
+__device__ __forceinline__ void dw_cta(const TensorMap& dy_map, const TensorMap& dy2_map, const TensorMap& x_map, G* const* __restrict__ dW,
                                        const int* __restrict__ off, int E, int M, int N, int K, int beta, float* __restrict__ squares,
-                                       unsigned char* smem_raw) {
+                                       int twin, unsigned char* smem_raw) {
   const u32 base = (ggc::smem_addr(smem_raw) + 1023u) & ~1023u;
   const u32 bars = base + BAR_OFFSET;
   const int tid = threadIdx.x, wg = tid >> 7;
-  if (tid == 0) init_ring(bars);
-  __syncthreads();
+  if (tid == 0) init_ring<CL>(bars);
+  if (CL == 2) cluster_sync();
+  else __syncthreads();
   if (wg == 0) {
     asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;" ::"n"(PRODUCER_REGS));
-    if (tid == 0) dw_produce<G>(base, bars, reinterpret_cast<u64>(&dy_map), reinterpret_cast<u64>(&x_map), dW, off, E, M, N, K, beta);
+    if (CL == 1 ? tid == 0 : tid < 32) {
+      dw_produce<G, CL>(base, bars, reinterpret_cast<u64>(&dy_map), reinterpret_cast<u64>(&dy2_map), reinterpret_cast<u64>(&x_map), dW, off, E,
+                        M, N, K, beta, twin);
+    }
     return;
   }
   asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;" ::"n"(CONSUMER_REGS));
-  const int half = wg - 1, tn = (N + BM - 1) / BM, tk = (K + BN - 1) / BN, total = E * tn * tk;
+  const int half = wg - 1;
+  DwWalk<CL> walk(off, E, M, N, K, twin);
   int it = 0;
-  for (int r = 0, t = rotated_tile(0); t < total; t = rotated_tile(++r)) {
-    const DwTile d = dw_tile(t, tn, tk, off, M);
+  for (DwTile d; walk.next(d);) {
     if (d.ktiles == 0 && beta) continue;  // no rows: the gradient keeps its value (beta 0: zeros below)
     float acc[128];
 #pragma unroll
     for (int c = 0; c < 128; ++c) acc[c] = 0.f;
     const int cols = min(BN, K - d.j0), valid_last = d.rows - (d.ktiles - 1) * BK;
-    if (cols <= BN / 2) dw_consume<128>(acc, base, bars, half, d.ktiles, valid_last, it);
-    else dw_consume<256>(acc, base, bars, half, d.ktiles, valid_last, it);
-    G* tile = dW[d.e] + (long long)d.i0 * K + d.j0;
+    if (cols <= BN / 2) dw_consume<128, CL>(acc, base, bars, half, d.ktiles, valid_last, it);
+    else dw_consume<256, CL>(acc, base, bars, half, d.ktiles, valid_last, it);
+    G* tile = dW[d.second * E + d.e] + (long long)d.i0 * K + d.j0;  // a phantom's (i0 ≥ N) stores nothing
     if (squares == nullptr) {
       store_tile(acc, tile, K, half, N - d.i0, cols, beta);
       continue;
@@ -835,7 +882,7 @@ __device__ __forceinline__ void dw_cta(const TensorMap& dy_map, const TensorMap&
     float sq = store_tile<true>(acc, tile, K, half, N - d.i0, cols, 0);
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) sq += __shfl_xor_sync(0xffffffffu, sq, o);
-    if ((threadIdx.x & 31) == 0) squares[8 * t + ((threadIdx.x - 128) >> 5)] = sq;
+    if ((threadIdx.x & 31) == 0) squares[8 * d.id + ((threadIdx.x - 128) >> 5)] = sq;
   }
 }
 
@@ -917,7 +964,7 @@ extern "C" __global__ void __launch_bounds__(ggt::THREADS, 1)
 grouped_tma_dw_bf16(const __grid_constant__ ggt::TensorMap dy_map, const __grid_constant__ ggt::TensorMap x_map, float* const* __restrict__ dW,
                     const int* __restrict__ off, int E, int M, int N, int K, int beta, float* __restrict__ squares) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  ggt::dw_cta(dy_map, x_map, dW, off, E, M, N, K, beta, squares, smem_raw);
+  ggt::dw_cta(dy_map, dy_map, x_map, dW, off, E, M, N, K, beta, squares, 0, smem_raw);
 }
 
 // The same with bf16 gradients (the lean recipe with one micro-batch), rounded once.
@@ -925,5 +972,27 @@ extern "C" __global__ void __launch_bounds__(ggt::THREADS, 1)
 grouped_tma_dw_bf16_gbf16(const __grid_constant__ ggt::TensorMap dy_map, const __grid_constant__ ggt::TensorMap x_map, bf16* const* __restrict__ dW,
                           const int* __restrict__ off, int E, int M, int N, int K, int beta, float* __restrict__ squares) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  ggt::dw_cta(dy_map, x_map, dW, off, E, M, N, K, beta, squares, smem_raw);
+  ggt::dw_cta(dy_map, dy_map, x_map, dW, off, E, M, N, K, beta, squares, 0, smem_raw);
+}
+
+// The weight product in CTA pairs (header: "Weight product in CTA pairs"), f32 and bf16 gradients:
+// the single kernels' arguments plus dy2_map and twin. twin 0: one product (dy2_map unused, dW E
+// addresses), pairs of neighbouring row tiles; twin 1: two products over the same X (the experts'
+// gate and up), dy_map over the first's dY and dy2_map over the second's, dW the first's E
+// gradients then the second's E, a pair being the same tile of both. Squares: 8 partials a tile
+// of 2 · (pair tiles). grid 2·min(pair tiles, the 2-CTA clusters the device runs at once), pair
+// tiles E·ceil(K/BN)·(twin ? ceil(N/BM) : ceil(ceil(N/BM) / 2)).
+extern "C" __global__ void __cluster_dims__(2, 1, 1) __launch_bounds__(ggt::THREADS, 1)
+grouped_tma_pair_dw_bf16(const __grid_constant__ ggt::TensorMap dy_map, const __grid_constant__ ggt::TensorMap dy2_map,
+                         const __grid_constant__ ggt::TensorMap x_map, float* const* __restrict__ dW, const int* __restrict__ off, int E, int M,
+                         int N, int K, int beta, float* __restrict__ squares, int twin) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  ggt::dw_cta<float, 2>(dy_map, dy2_map, x_map, dW, off, E, M, N, K, beta, squares, twin, smem_raw);
+}
+extern "C" __global__ void __cluster_dims__(2, 1, 1) __launch_bounds__(ggt::THREADS, 1)
+grouped_tma_pair_dw_bf16_gbf16(const __grid_constant__ ggt::TensorMap dy_map, const __grid_constant__ ggt::TensorMap dy2_map,
+                               const __grid_constant__ ggt::TensorMap x_map, bf16* const* __restrict__ dW, const int* __restrict__ off, int E,
+                               int M, int N, int K, int beta, float* __restrict__ squares, int twin) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  ggt::dw_cta<bf16, 2>(dy_map, dy2_map, x_map, dW, off, E, M, N, K, beta, squares, twin, smem_raw);
 }

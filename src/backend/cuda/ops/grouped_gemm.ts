@@ -132,6 +132,9 @@ export class GroupedGemmLauncher {
   /** tma weight product: the maps over dY and X (by value), the gradients' address table, offsets, E, M, N, K, beta, squares' partials. */
   private readonly tmaDwArgs = new KernelArgs(10, [0, 1]);
   private readonly tmaDwMaps: TensorMapSlots;
+  /** tma_pair weight product: the maps over dY, dY2 and X (by value), then the single kernel's table..squares, and twin. */
+  private readonly pairDwArgs = new KernelArgs(12, [0, 1, 2]);
+  private readonly pairDwMaps: TensorMapSlots;
   private readonly weightMaps: TensorMapArray;
   private table = new BigUint64Array(0);
   /** Uploaded address tables and map arrays by contents, oldest first (bounded: TABLE_CACHE entries). */
@@ -163,6 +166,7 @@ export class GroupedGemmLauncher {
     this.tmaSwigluMaps = new TensorMapSlots(ctx.driver, this.tmaSwigluArgs);
     this.tmaGateUpDxMaps = new TensorMapSlots(ctx.driver, this.tmaGateUpDxArgs);
     this.tmaDwMaps = new TensorMapSlots(ctx.driver, this.tmaDwArgs);
+    this.pairDwMaps = new TensorMapSlots(ctx.driver, this.pairDwArgs);
     this.weightMaps = new TensorMapArray(ctx.driver);
     this.kernels = 'mma';
     this.use(request);
@@ -288,8 +292,8 @@ export class GroupedGemmLauncher {
     }
     if (!typed || !this.kernelsTake(x, dy, dweights, K, N)) { this.perExpert('weight', dy, x, dweights, offsets, beta); return false; }
     const E = dweights.length;
-    if (this.tma && K > 0 && N > 0 && !(beta === 1 && this.accumulateWithWgmma)) {
-      return this.launchTmaWeight(dweights, dy, x, offsets, M, N, K, beta, !f32, beta === 0 ? squares : undefined);
+    if (this.tmaWeight(beta) && K > 0 && N > 0) {
+      return this.launchTmaWeight([dweights], [dy], x, offsets, M, N, K, beta, !f32, beta === 0 ? squares : undefined);
     }
     const table = this.tableOf(dweights);
     const args = this.dwArgs.ptr(0, table).ptr(1, devicePtr(dy)).ptr(2, devicePtr(x)).ptr(3, devicePtr(offsets))
@@ -298,6 +302,28 @@ export class GroupedGemmLauncher {
     k.launch([Math.ceil(K / BN), Math.ceil(N / BM), E], [THREADS, 1, 1], smem, args);
     return false;
   }
+
+  /**
+   * Two weight products over the same rows, dW1_e = dY1_eᵀ·X_e + beta·dW1_e and dW2_e likewise
+   * (the experts' gate and up: Backend.groupedLinearWeightGradPair), in one launch where the
+   * tma_pair set runs them (kernel header "Weight product in CTA pairs": a pair is the same tile of
+   * both, so every pair shares its X boxes). Returns null where it declines (another set, beta 1
+   * under 'auto', mixed or other gradient types, shapes the kernels do not take; the caller runs
+   * the two products), else whether it set squares (beta 0 with squares: Σ over both products).
+   */
+  groupedLinearWeightGradPair(dw1: readonly Tensor[], dw2: readonly Tensor[], dy1: Tensor, dy2: Tensor, x: Tensor, offsets: Tensor,
+                              beta: 0 | 1, squares?: Tensor): boolean | null {
+    const { M, N, K } = this.check('groupedLinearWeightGradPair first', x, dy1, dw1, offsets);
+    this.check('groupedLinearWeightGradPair second', x, dy2, dw2, offsets);
+    const all = [...dw1, ...dw2];
+    const f32 = all.every((g) => g.dtype === 'f32'), bf16 = all.every((g) => g.dtype === 'bf16');
+    if (this.kernels !== 'tma_pair' || !this.tmaWeight(beta) || M === 0 || K === 0 || N === 0 || dw1.length !== dw2.length) return null;
+    if (!(f32 || bf16) || !this.kernelsTake(x, dy1, [...all, dy2], K, N)) return null;
+    return this.launchTmaWeight([dw1, dw2], [dy1, dy2], x, offsets, M, N, K, beta, bf16, beta === 0 ? squares : undefined);
+  }
+
+  /** Whether the weight product with this beta runs the tma set's kernel (beta 1 goes to wgmma's under 'auto': header). */
+  private tmaWeight(beta: 0 | 1): boolean { return this.tma && !(beta === 1 && this.accumulateWithWgmma); }
 
   /**
    * Shapes of one product: rows [M, K] (x or dx), cols [M, N] (out or dy), mats E × [N, K].
@@ -401,28 +427,48 @@ export class GroupedGemmLauncher {
   }
 
   /**
-   * The tma set's weight product dW_e = dY_eᵀ·X_e + beta·dW_e: maps over the whole dY [M, N] and
-   * X [M, K] with boxes of 64 columns × 64 rows (the MN-major column blocks of the kernel header),
-   * the gradients' address table, and a persistent grid of at most one CTA per SM over the
-   * E·ceil(N/128)·ceil(K/256) output tiles. With squares (beta 0), the kernel leaves 8 partial sums
-   * of squares a tile in a scratch block and sum_squares_multi's final reduction adds them into
-   * squares[0]; returns whether it did.
+   * The tma set's weight product dW_e = dY_eᵀ·X_e + beta·dW_e, or under tma_pair two of them over
+   * the same X (dweights and dys of length 2, each product's E gradients and its dY): maps over
+   * the whole dY [M, N] (each) and X [M, K] with boxes of 64 columns × 64 rows (the MN-major
+   * column blocks of the kernel header), the gradients' address table (the first product's E
+   * addresses, then the second's). tma: a persistent grid of at most one CTA per SM over the
+   * E·ceil(N/128)·ceil(K/256) output tiles. tma_pair (kernel header "Weight product in CTA pairs"):
+   * clusters of two over E·ceil(K/256) times ceil(ceil(N/128) / 2) pairs of row tiles (one
+   * product) or ceil(N/128) (two: the same tile of each), at most as many clusters as the GPU
+   * runs at once. With squares (beta 0), the kernel leaves 8 partial sums of squares a tile in a
+   * scratch block and sum_squares_multi's final reduction adds them into squares[0]; returns
+   * whether it did.
    */
-  private launchTmaWeight(dweights: readonly Tensor[], dy: Tensor, x: Tensor, offsets: Tensor, M: number, N: number, K: number,
-                          beta: 0 | 1, bf16Grads: boolean, squares?: Tensor): boolean {
-    const what = 'grouped GEMM (tma) weight';
+  private launchTmaWeight(dweights: readonly (readonly Tensor[])[], dys: readonly Tensor[], x: Tensor, offsets: Tensor, M: number, N: number,
+                          K: number, beta: 0 | 1, bf16Grads: boolean, squares?: Tensor): boolean {
+    const pair = this.kernels === 'tma_pair', twin = dys.length === 2;
+    if (twin && !pair) throw new Error('internal: two weight products in one launch need the tma_pair set');
+    const what = `grouped GEMM (${this.kernels}) weight${twin ? ' pair' : ''}`;
     const box = [64, WGMMA_BK];
-    this.tmaDwMaps.set(0, { dtype: 'bf16', address: devicePtr(dy), dims: [N, M], strides: [N * 2], box, swizzle128: true }, `${what}: dY [${M}, ${N}]`);
-    this.tmaDwMaps.set(1, { dtype: 'bf16', address: devicePtr(x), dims: [K, M], strides: [K * 2], box, swizzle128: true }, `${what}: X [${M}, ${K}]`);
-    const E = dweights.length, tiles = E * Math.ceil(N / BM) * Math.ceil(K / TMA_BN);
+    const maps = pair ? this.pairDwMaps : this.tmaDwMaps, args = pair ? this.pairDwArgs : this.tmaDwArgs;
+    const dyMap = (dy: Tensor): TiledMap => ({ dtype: 'bf16', address: devicePtr(dy), dims: [N, M], strides: [N * 2], box, swizzle128: true });
+    maps.set(0, dyMap(dys[0]!), `${what}: dY [${M}, ${N}]`);
+    if (pair) maps.set(1, dyMap(dys[dys.length - 1]!), `${what}: dY2 [${M}, ${N}]`);
+    maps.set(pair ? 2 : 1, { dtype: 'bf16', address: devicePtr(x), dims: [K, M], strides: [K * 2], box, swizzle128: true }, `${what}: X [${M}, ${K}]`);
+    const E = dweights[0]!.length, tn = Math.ceil(N / BM), tk = Math.ceil(K / TMA_BN);
+    // Tiles with a squares slot: every tile of a pair, its phantom (a row tile past N) included.
+    const pairTiles = E * tk * (twin ? tn : Math.ceil(tn / 2)), tiles = pair ? 2 * pairTiles : E * tn * tk;
     if (squares && (squares.dtype !== 'f32' || squares.size !== 1)) throw new Error(`internal: ${what}: squares is ${squares}, expected f32 [1]`);
     // Stream-ordered allocator: the block freed below is reused only by later work on the stream.
     const partials = squares ? this.allocator.alloc(tiles * SQUARES_PER_TILE * 4) : null;
-    const args = this.tmaDwArgs.ptr(2, this.tableOf(dweights)).ptr(3, devicePtr(offsets))
-      .i32(4, E).i32(5, M).i32(6, N).i32(7, K).i32(8, beta).ptr(9, partials?.ptr ?? 0n);
-    const k = this.tmaFile.kernel(`grouped_tma_dw_bf16${bf16Grads ? '_gbf16' : ''}`);
+    const a = pair ? 3 : 2;
+    args.ptr(a, this.tableOf(dweights.flat())).ptr(a + 1, devicePtr(offsets))
+      .i32(a + 2, E).i32(a + 3, M).i32(a + 4, N).i32(a + 5, K).i32(a + 6, beta).ptr(a + 7, partials?.ptr ?? 0n);
+    if (pair) args.i32(a + 8, twin ? 1 : 0);
+    const k = this.tmaFile.kernel(`grouped_tma_${pair ? 'pair_' : ''}dw_bf16${bf16Grads ? '_gbf16' : ''}`);
     k.allowDynamicShared(TMA_SMEM, what);
-    k.launch([Math.min(tiles, this.ctx.smCount), 1, 1], [TMA_THREADS, 1, 1], TMA_SMEM, args);
+    if (pair) {
+      const counts = this.clusterCounts(k, what);
+      counts.launched = Math.min(pairTiles, counts.resident);
+      k.launch([2 * counts.launched, 1, 1], [TMA_THREADS, 1, 1], TMA_SMEM, args);
+    } else {
+      k.launch([Math.min(tiles, this.ctx.smCount), 1, 1], [TMA_THREADS, 1, 1], TMA_SMEM, args);
+    }
     if (!squares || !partials) return false;
     this.partialSums.sumPartials(squares, partials.ptr, tiles * SQUARES_PER_TILE);
     this.allocator.free(partials);
