@@ -168,6 +168,35 @@
 //   measured 1.31 (f32 beta 1) and 1.00 ms (bf16).
 // bench/grouped_gemm_tma_dw_model.py replays its tile walk, boxes, zeroing, descriptors,
 // epilogue and the ring across tiles.
+
+// Weight product in CTA pairs (grouped_tma_pair_dw_bf16 / _gbf16, the tma_pair set). Why: at 85
+// FLOP per byte of operands the weight product measured ~400–435 TFLOP/s (0.65–0.70 ms a product,
+// H100), the L2-bound rate the forward had before its pairs (header "CTA pairs", which took it to
+// ~490–520). Two CTAs of a cluster compute dW tiles that read the same X boxes (32 of each
+// k-step's 48 KiB): each copies its own dY blocks (16 KiB) and half of X's blocks into both CTAs
+// (multicast), so a CTA reads 32 KiB a k-step from L2 instead of 48, a third less, as the
+// forward's pairs do. Unlike the forward's, a pair's two tiles always share their operand: they
+// are one expert's (the same rows, the same k-steps) at the same column tile, so there is no
+// unshared case. The pairs, by the launch's `twin`:
+//   one product (twin 0): row tiles 2p and 2p + 1 of dW. At N = 2048 (16 row tiles, the down
+//   projection's gradient) every pair is whole; at N = 1408 (11) the sixth pair's second tile is
+//   a phantom: its dY columns lie past N, arrive as zeros and nothing is stored, 1/12 of the
+//   product's MMA time spent on nothing.
+//   two products over the same X (twin 1, Backend.groupedLinearWeightGradPair: the experts' gate
+//   and up gradients, N = 1408, K = 2048): CTA 0 computes tile (p, j) of the first product and CTA
+//   1 the same tile of the second (dy2_map, the table's second E addresses), so the 11 row tiles
+//   need no phantom, and the two products are one launch instead of two (one ring fill and one
+//   tail instead of two).
+// The protocol is the forward pairs' (header "CTA pairs"): each stage's full barrier counts all 48
+// KiB however they come, its empty barrier waits for the consumer warps of both CTAs (the peer's
+// multicast writes this CTA's stage), the producer is warp 0 with lane 0 issuing, and it drains
+// the ring before the CTA ends. A consumer warpgroup zeroes the dY rows past the expert's end in
+// its own CTA's stage only (the dY blocks are never multicast). Squares: every tile of every pair
+// writes its 8 partials, the phantom its zeros, at index 2·(pair tile) + rank.
+// Each tile's wgmmas and k-steps are the single kernel's, so the gradients are its bits (tested).
+// Prediction (bench shapes, if the product stays bound by L2 bytes): 0.65–0.70 → ~0.50 ms a
+// product (the down's), and the gate-and-up pair ~1.0 ms against 2 × 0.695; the lean step's nine
+// launches (6.35 ms, ~401 TFLOP/s, bench train --kernels) → six, ~4.7 ms.
 //
 // SwiGLU (the experts' gate and up in one forward, grouped_tma_fwd_swiglu_bf16): a 128 × 256 tile
 // holds 128 columns of the gate product (piece 0 of the B stage: rows jp..jp + 127 of Wg_e) and
