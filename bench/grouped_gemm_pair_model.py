@@ -25,6 +25,14 @@ What it replays, for clusters of two CTAs over random expert row counts:
   without waiting. A CTA has ended once its producer and its consumers have; required: no copy
   lands in, and no remote arrival names, a CTA that has ended (its shared memory is gone).
 
+- the weight product's pair walk (DwWalk<2>, "Weight product in CTA pairs"), one product (pairs
+  of neighbouring row tiles of dW, a phantom past N) and two (twin: the same tile of each).
+  Required: both CTAs of a cluster get the same expert, rows and column tile every round (so
+  their X boxes, which each copies half of into both, are the same), every (product, expert, row
+  tile, column tile) is stored by exactly one CTA, a phantom only when N has an odd number of row
+  tiles (one product), and the squares' tile ids cover 0..2·pair tiles − 1 once each. Its ring is
+  the forward's (the same produce_ring / consume_ring / drain_ring), with every pair shared.
+
   python3 bench/grouped_gemm_pair_model.py              (a few seconds)
   python3 bench/grouped_gemm_pair_model.py --mutations  (plants each bug of MUTATIONS in turn and
                                                          requires the replay to fail on it)
@@ -224,6 +232,57 @@ def check(counts, width, red, fwd, C, base=0, seed=0):
     assert all(v == 1 for v in seen.values()), 'a tile computed twice'
 
 
+def dw_walk(rank, cid, C, off, E, M, N, K, twin):
+    """DwWalk<2>::next for CTA `rank` of cluster `cid` of C: (expert, i0, j0, s, rows, id, second) per round."""
+    tn = (N + BM - 1) // BM; tk = (K + BN - 1) // BN
+    per = (tn if twin else (tn + 1) // 2) * tk
+    total = E * per; r = 0; out = []
+    while True:
+        t = r * C + (cid + r) % C; r += 1
+        if t >= total: return out
+        e = t // per; rem = t - e * per; y = rem // tk
+        j0 = (rem - y * tk) * BN
+        i0 = (y if twin and 'dw_twin_rows' not in MUT else 2 * y + rank) * BM
+        tid = 2 * t + rank if 'dw_id' not in MUT else t + rank
+        s, en = expert_rows(off, e, M)
+        out.append((e, i0, j0, s, en - s, tid, 1 if twin and rank == 1 else 0))
+
+
+def check_dw(counts, N, K, C, twin, base=0):
+    E = len(counts); off = [base]
+    for c in counts: off.append(off[-1] + c)
+    M = off[-1] - base
+    tn = (N + BM - 1) // BM; tk = (K + BN - 1) // BN
+    pair_tiles = E * tk * (tn if twin else (tn + 1) // 2)
+    stored = {}; ids = []
+    for cid in range(C):
+        w0, w1 = dw_walk(0, cid, C, off, E, M, N, K, twin), dw_walk(1, cid, C, off, E, M, N, K, twin)
+        assert len(w0) == len(w1), ('walk lengths', cid)
+        for a, b in zip(w0, w1):
+            assert a[0] == b[0] and a[2:5] == b[2:5], ('the pair disagrees on expert, column tile or rows', a, b)
+            for (e, i0, j0, _s, _rows, tid, second) in (a, b):
+                ids.append(tid)
+                if i0 >= N:
+                    assert not twin and tn % 2 == 1 and i0 == tn * BM, ('phantom', e, i0)
+                    continue
+                key = (second, e, i0, j0)
+                assert key not in stored, ('stored twice', key)
+                stored[key] = True
+    want = {(p, e, i * BM, j * BN) for p in range(2 if twin else 1) for e in range(E) for i in range(tn) for j in range(tk)}
+    assert set(stored) == want, ('tiles missing', len(want - set(stored)))
+    assert sorted(ids) == list(range(2 * pair_tiles)), 'squares tile ids are not 0..2·pair tiles − 1 once each'
+
+
+def dw_suite():
+    # N: 1 row tile (a phantom beside it), 2, 11 (a phantom at the end), 16; K: a narrow column tile, 5 wide + 1 narrow, 8 wide.
+    for counts in ([0, 1, 130, 7, 64], [300, 0, 257, 1], [1]):
+        for N in (64, 192, 1408, 2048):
+            for K in (64, 1408, 2048):
+                for C in (1, 3, 66):
+                    for twin in (0, 1):
+                        check_dw(counts, N, K, C, twin, base=77)
+
+
 def suite():
     for seed in range(3):
         # Zero-row experts, an odd number of row tiles (a phantom), experts that straddle pairs;
@@ -235,6 +294,7 @@ def suite():
         check([300, 0, 257, 1], 640, 320, False, C=2, seed=seed)
         # One row tile in all (M = 1): one pair, CTA 1 a phantom; more clusters than pair tiles.
         check([1], 128, 64, True, C=4, seed=seed)
+    dw_suite()
     print('ok')
 
 
@@ -246,6 +306,8 @@ MUTATIONS = {
     'both_copy': 'both CTAs copy every shared piece into both',
     'release_current': 'the stage the in-flight wgmma group reads is given back',
     'no_drain': "the producer warp ends after its last copy (the peer's consumers may still arrive on this CTA's barriers)",
+    'dw_twin_rows': 'the weight pair of two products walks neighbouring row tiles, as one product does',
+    'dw_id': "a weight pair's squares id is t + rank (the next pair's CTA 0 overwrites CTA 1's partials)",
 }
 
 
