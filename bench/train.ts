@@ -98,6 +98,9 @@ export async function runTrainBench(flags: Record<string, string>, peersRun?: { 
   // --gate_up_dx=false: the experts' gate-and-up data product composed (two data products and an add)
   // rather than one tma launch, to measure what the one launch gains.
   if ((flags['gate_up_dx'] === 'false' || flags['gate_up_dx'] === '0') && backend instanceof CudaBackend) backend.groupedGemmGateUpData = false;
+  // --pair_dw=false: under tma_pair, the experts' weight products run tma's one-CTA kernel, one
+  // launch a product (as before the pairs had their own), to measure what the pairs gain.
+  if ((flags['pair_dw'] === 'false' || flags['pair_dw'] === '0') && backend instanceof CudaBackend) backend.groupedGemmPairWeight = false;
   const estimate = refuseIfTooLarge(backend, cfg, model, { pp: 1, dp: launch.world, cp: 1, ep: 1 }, S, micro, G / micro / launch.world);
   const dist = launch.source === 'none' ? null : await initDistributed(cfg, model, backend);
   say(`bench train: ${backend.description}; ${layers} layers, ${(parameterCount(model) / 1e9).toFixed(3)}B parameters, ` +

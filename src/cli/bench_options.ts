@@ -24,6 +24,7 @@ export const BENCH_COMMAND: CommandSpec = {
     { name: 'gemm_ceiling', value: 'TFLOPS', default: '786', help: 'train: the measured bf16 GEMM ceiling that the second MFU figure is taken against' },
     { name: 'grouped_gemm', value: 'auto|mma|wgmma|tma|tma_pair|per_expert', default: 'auto', help: 'train: routed-expert GEMM kernels (as the train option)' },
     { name: 'gate_up_dx', value: null, help: 'train: --gate_up_dx=false composes the routed experts\' gate and up input gradients from two data products and an add instead of the tma sets\' one launch over the 2N reduction (to measure what it gains)' },
+    { name: 'pair_dw', value: null, help: 'train: --pair_dw=false runs the routed experts\' weight products with the tma set\'s one-CTA kernel under tma_pair (one launch a product) instead of its CTA pairs (to measure what they gain)' },
     { name: 'peer', value: 'eager|compile|both|none', default: 'eager', help: 'train: the PyTorch peer run first in the same command' },
     { name: 'model', value: 'PATH|tiny', default: 'configs/deepseek-v2-lite.json', help: 'simulate: the model config, or "tiny" (the built-in demo model, for a CPU smoke test)' },
     { name: 'layout', value: 'pp2,dp2,cp1,ep2', default: 'pp2,dp2,cp1,ep2', help: 'simulate: the mesh (sizes not named are 1); --parallel.* override it' },

@@ -186,6 +186,8 @@ export class CudaBackend implements Backend {
   set groupedGemmKernels(k: GroupedGemmKernels) { this.groupedGemm.use(k); }
   /** The gate-and-up data product as one tma launch rather than composed (GroupedGemmLauncher.gateUpData; on by default). */
   set groupedGemmGateUpData(on: boolean) { this.groupedGemm.gateUpData = on; }
+  /** Under tma_pair, the weight products in CTA pairs (GroupedGemmLauncher.pairWeight; on by default) rather than tma's one-CTA kernel. */
+  set groupedGemmPairWeight(on: boolean) { this.groupedGemm.pairWeight = on; }
   /** tma_pair, by pair kernel launched so far: 2-CTA clusters resident at once and launched last time (benchmarks print them). */
   get groupedGemmPairClusters(): ReadonlyMap<string, { resident: number; launched: number }> { return this.groupedGemm.pairClusters; }
   groupedLinear(out: Tensor, x: Tensor, weights: readonly Tensor[], offsets: Tensor): void { this.groupedGemm.groupedLinear(out, x, weights, offsets); }

@@ -151,6 +151,12 @@ export class GroupedGemmLauncher {
    */
   gateUpData = true;
   /**
+   * Whether tma_pair runs the weight products in CTA pairs, the gate's and the up's as one launch
+   * (kernel header "Weight product in CTA pairs"; on by default), or tma's one-CTA kernel, a launch
+   * a product (bench train --pair_dw=false, to measure the difference).
+   */
+  pairWeight = true;
+  /**
    * tma_pair, by kernel name: the 2-CTA clusters the GPU runs at once (asked once per kernel) and
    * how many the kernel's last launch ran (benchmarks print both).
    */
@@ -317,10 +323,13 @@ export class GroupedGemmLauncher {
     this.check('groupedLinearWeightGradPair second', x, dy2, dw2, offsets);
     const all = [...dw1, ...dw2];
     const f32 = all.every((g) => g.dtype === 'f32'), bf16 = all.every((g) => g.dtype === 'bf16');
-    if (this.kernels !== 'tma_pair' || !this.tmaWeight(beta) || M === 0 || K === 0 || N === 0 || dw1.length !== dw2.length) return null;
+    if (!this.pairsWeights || !this.tmaWeight(beta) || M === 0 || K === 0 || N === 0 || dw1.length !== dw2.length) return null;
     if (!(f32 || bf16) || !this.kernelsTake(x, dy1, [...all, dy2], K, N)) return null;
     return this.launchTmaWeight([dw1, dw2], [dy1, dy2], x, offsets, M, N, K, beta, bf16, beta === 0 ? squares : undefined);
   }
+
+  /** Whether the weight products run in CTA pairs (tma_pair with pairWeight). */
+  private get pairsWeights(): boolean { return this.kernels === 'tma_pair' && this.pairWeight; }
 
   /** Whether the weight product with this beta runs the tma set's kernel (beta 1 goes to wgmma's under 'auto': header). */
   private tmaWeight(beta: 0 | 1): boolean { return this.tma && !(beta === 1 && this.accumulateWithWgmma); }
@@ -441,7 +450,7 @@ export class GroupedGemmLauncher {
    */
   private launchTmaWeight(dweights: readonly (readonly Tensor[])[], dys: readonly Tensor[], x: Tensor, offsets: Tensor, M: number, N: number,
                           K: number, beta: 0 | 1, bf16Grads: boolean, squares?: Tensor): boolean {
-    const pair = this.kernels === 'tma_pair', twin = dys.length === 2;
+    const pair = this.pairsWeights, twin = dys.length === 2;
     if (twin && !pair) throw new Error('internal: two weight products in one launch need the tma_pair set');
     const what = `grouped GEMM (${this.kernels}) weight${twin ? ' pair' : ''}`;
     const box = [64, WGMMA_BK];
