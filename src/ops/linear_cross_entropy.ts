@@ -35,8 +35,9 @@
 // the loss (Backend.crossEntropyWithGrad: one read and one write of the logits, where a
 // forward pass and a backward pass read them twice and write once: 1.68 GB less at 8192 tokens.
 // Measured on an H100 (2026-12-07) it took 1.81 ms against the two kernels' 1.69, one block per SM
-// with one load in flight per thread; with loads ahead (kernels/cross_entropy.cu) not yet
-// measured), and backward applies the upstream gradient g as the two GEMMs' alpha.
+// with one load in flight per thread; with four loads ahead (kernels/cross_entropy.cu) 1.48 ms
+// (2026-12-08, bench train --kernels), against a 1.12 ms floor), and backward applies the
+// upstream gradient g as the two GEMMs' alpha.
 // g is a device scalar: backward reads it (one wait on the device per micro-batch, before the
 // head's backward products are queued). When g is a power of two (1/micro-batches: 1, ½, ¼, …)
 // the results are bit for bit those of scaling dlogits by it, as the chunked path does.

@@ -197,6 +197,17 @@
 // Prediction (bench shapes, if the product stays bound by L2 bytes): 0.65–0.70 → ~0.50 ms a
 // product (the down's), and the gate-and-up pair ~1.0 ms against 2 × 0.695; the lean step's nine
 // launches (6.35 ms, ~401 TFLOP/s, bench train --kernels) → six, ~4.7 ms.
+// Measured (H100, 2026-12-08 00:28–00:33 UTC, bench gemm --grouped and bench train --kernels):
+// beta 0, f32, 0.714 → 0.650 ms (N = 1408, a phantom in 12) and 0.683 → 0.671 (N = 2048); the
+// gate-and-up pair 1.414 → 1.299 ms (f32) and 1.540 → 1.376 (bf16); the lean step's weight
+// products 6.35 ms in 9 launches → 6.05 in 6, and the lean step 121,483 → 122,257 tokens/s in the
+// same call (--pair_dw=false against the default). So the third fewer L2 bytes bought 5–11%: the
+// weight product is not bound by L2 bytes the way the forward was. The next suspect is the
+// epilogue, which the consumers run exposed after every tile of ~12 k-steps (128 KiB of f32
+// stores, 64 KiB of bf16; the bf16 one is slower than the f32 one here, 1.540 against 1.414 ms
+// for the pair under tma, though it writes half the bytes: its 4-byte stores fill half of each
+// 32-byte sector a warp touches). Staging the tile in shared memory and storing it by TMA while
+// the consumers start the next tile is the change to try (bf16: 64 KiB, with three ring stages).
 //
 // SwiGLU (the experts' gate and up in one forward, grouped_tma_fwd_swiglu_bf16): a 128 × 256 tile
 // holds 128 columns of the gate product (piece 0 of the B stage: rows jp..jp + 127 of Wg_e) and

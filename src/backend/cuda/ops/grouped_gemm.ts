@@ -12,12 +12,19 @@
 //          (x's gradient through the experts' gate and up as one reduction over 2N).
 //   tma_pair  the tma set with the forward, data, gate-and-up data and SwiGLU products in
 //          clusters of two CTAs on neighbouring row tiles, which copy a weight tile they share
-//          into both by TMA multicast (kernel header "CTA pairs": a third less L2 traffic); the
-//          weight product is tma's. An earlier form of it (ce87017) measured 1.3–1.6× slower
+//          into both by TMA multicast (kernel header "CTA pairs": a third less L2 traffic); and
+//          the weight product in clusters whose two tiles share the activations' boxes, the
+//          gate's and the up's gradients as one launch (groupedLinearWeightGradPair; kernel
+//          header "Weight product in CTA pairs"). An earlier form of it (ce87017) measured 1.3–1.6× slower
 //          than tma; the kernel header lists what was changed since and why. This one, on an H100
 //          (2026-12-07 19:17 UTC, bench gemm --grouped): forward 0.543 / 0.579 ms against tma's
 //          0.603 / 0.644, data 0.588 / 0.541 against 0.638 / 0.573, SwiGLU forward 1.216
-//          against 1.635, gate-and-up data 1.053 against 1.207 (and 1.511 composed).
+//          against 1.635, gate-and-up data 1.053 against 1.207 (and 1.511 composed). Its weight
+//          product (H100, 2026-12-08 00:33 UTC), beta 0: f32 0.650 / 0.671 ms against tma's
+//          0.714 / 0.683; the gate-and-up pair in one launch 1.299 ms (f32) and 1.376 (bf16)
+//          against tma's two launches 1.414 and 1.540: 8–11%, not the third a bound on L2 bytes
+//          would give (kernel header). With beta 1 it is slower than tma's (3.29 against 2.97 ms,
+//          f32), but 'auto' sends beta 1 to wgmma's kernel anyway.
 // Which one runs is the backend option groupedGemm; 'auto' is tma_pair on sm_90a (with wgmma's
 // weight product where it accumulates, beta 1), else mma. Measured on an H100 (2026-12-07 02:58 UTC,
 // bench gemm --grouped, the bench shapes: 64 experts, 49152 rows), ms per product:
