@@ -518,6 +518,17 @@ __device__ __forceinline__ void consume_ring(u32 base, u32 bars, int ktiles, int
 // round r take tiles rG..rG + G − 1, CTA b the (b + r) mod G-th, so a CTA's column tile moves
 // every round. The tile grows with r, so a CTA stops at its first tile ≥ the total.
 __device__ __forceinline__ int rotated_tile(int r) { return r * (int)gridDim.x + (int)((blockIdx.x + r) % gridDim.x); }
+// The tile of round r of this CTA's walk, r then advanced: rotated_tile, or with CL = 2 the same
+// rotation over clusters (cluster c of C takes the (c + r) mod C-th of round r's C pair tiles;
+// both CTAs of a cluster get the same).
+template <int CL>
+__device__ __forceinline__ int next_round_tile(int& r) {
+  if (CL == 1) return rotated_tile(r++);
+  const int C = (int)cluster_count();
+  const int u = r * C + (int)((cluster_id() + r) % C);
+  ++r;
+  return u;
+}
 
 struct GemmTile {
   int e, row0, rowEnd, j0, cols;  // expert, the tile's rows row0..rowEnd−1 (≤ BM stored), first column, valid columns
@@ -546,14 +557,7 @@ struct GemmWalk {
   // The CTA's next tile; false when it has none left. shared (CL = 2): the pair's two tiles are
   // one expert's.
   __device__ __forceinline__ bool next(GemmTile& g, bool& shared) {
-    int u;
-    if (CL == 1) {
-      u = rotated_tile(r++);
-    } else {
-      const int C = (int)cluster_count();
-      u = r * C + (int)((cluster_id() + r) % C);
-      ++r;
-    }
+    const int u = next_round_tile<CL>(r);
     if (u >= total) return false;
     const int y = u / gx;
     g.j0 = (u - y * gx) * BN;
@@ -782,14 +786,7 @@ struct DwWalk {
   }
   // The CTA's next tile; false when it has none left.
   __device__ __forceinline__ bool next(DwTile& d) {
-    int t;
-    if (CL == 1) {
-      t = rotated_tile(r++);
-    } else {
-      const int C = (int)cluster_count();
-      t = r * C + (int)((cluster_id() + r) % C);
-      ++r;
-    }
+    const int t = next_round_tile<CL>(r);
     if (t >= total) return false;
     d.e = t / per;
     const int rem = t - d.e * per, y = rem / tk;
