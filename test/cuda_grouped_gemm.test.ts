@@ -14,12 +14,16 @@
 // against the wgmma set. tma_pair's forward and dX (CTA pairs, kernel header) run the same cases
 // (pairs within one expert, across two, and beside a phantom slot past the last row tile) and at
 // the bench shapes must equal tma's bit for bit (the same wgmmas over the same k-steps; only how
-// the weight tile reaches shared memory differs). Its weight product likewise: against the CPU at K, N ∈ {64, 192, 320,
+// the weight tile reaches shared memory differs). The weight product, on tma, on tma_pair (pairs of
+// row tiles, a phantom beside an odd last one) and on tma_pair's two products in one launch
+// (Backend.groupedLinearWeightGradPair, each against its own CPU product), likewise: against the
+// CPU at K, N ∈ {64, 192, 320,
 // 448, 1408} (a narrow column tile of 64 or 128 columns, a wide one of 192, a second row tile of
 // 64 rows) over experts of 0, 1, 63, 64, 65, 129 and 130 rows (last steps of 1, 63 and 64 rows,
 // whose next rows are the next expert's, or rows in no expert after the last), beta 0 into
 // poisoned then beta 1 on top, f32 and bf16 gradients; and at the bench shapes against the wgmma
-// set (f32 beta 0 and 1, bf16 beta 0 and 1). With beta 0 it also gives the Σ of the squares of
+// set (f32 beta 0 and 1, bf16 beta 0 and 1), tma_pair's forms equal to tma's bit for bit (each
+// tile's wgmmas and k-steps are tma's; only X's boxes arrive by multicast). With beta 0 it also gives the Σ of the squares of
 // what it wrote (autograd/grad_squares.ts): checked against the host's f64 sum of the stored
 // gradients at all those shapes (≤ 1e-5 relative), and beta 1 must decline and leave it alone.
 // The tma set's SwiGLU forward (gate, up and silu(gate)·up in one launch) must give, bit for bit,
