@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Model of the tma set's weight product (src/backend/cuda/kernels/grouped_gemm_tma.cu,
+"""Model of the tma set's weight product (src/backend/cuda/kernels/grouped_gemm_tma_dw.cuh,
 grouped_tma_dw_bf16 / _gbf16: dW_e[N, K] = dY_eᵀ·X_e + beta·dW_e, persistent CTAs). No GPU;
 python3 with numpy. The sibling of grouped_gemm_model.py (forward and data products).
 

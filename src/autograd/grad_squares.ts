@@ -1,7 +1,7 @@
 // Gradient squares left by the op that wrote the gradients. The step's gradient norm adds up the
 // squares of every gradient: a pass over all of them (sum_squares_multi, 9 GB on the bench model,
 // at its byte floor). The expert weight product can add up the squares of what it writes while
-// the values are still in registers, for almost nothing (kernels/grouped_gemm_tma.cu, "Gradient
+// the values are still in registers, for almost nothing (kernels/grouped_gemm_tma_dw.cuh, "Gradient
 // norm"), so when it overwrites a group of gradients (beta 0) it records here the group and one
 // f32 [1] holding their Σ g². At the norm the trainer takes the records and sums the squares of
 // the other gradients only.

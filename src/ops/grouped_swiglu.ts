@@ -13,8 +13,8 @@
 //   gives the bits of the two groupedLinear nodes it replaces (backend/grouped_data_pair.ts), and
 //   each weight's gradient is groupedLinear's, the up's first, as the two nodes ran them. Both
 //   products' weight gradients are one backend call too (Backend.groupedLinearWeightGradPair),
-//   which CUDA's tma_pair set runs as one launch whose CTA pairs share x's tiles (kernel header
-//   "Weight product in CTA pairs"); each gradient's values are those of its own product.
+//   which CUDA's tma_pair set runs as one launch whose CTA pairs share x's tiles
+//   (kernels/grouped_gemm_tma_dw.cuh, "Weight product in CTA pairs"); each gradient's values are those of its own product.
 import { backendOf } from '../backend/backend.js';
 import { beginNode, linkOutputs, needsGrad } from '../autograd/tape.js';
 import { accumulateLeafGrad } from '../autograd/backward.js';

@@ -205,7 +205,7 @@ export class CudaBackend implements Backend {
   groupedLinearWeightGrad(dweights: readonly Tensor[], dy: Tensor, x: Tensor, offsets: Tensor, beta: 0 | 1 = 1, squares?: Tensor): boolean {
     return this.groupedGemm.groupedLinearWeightGrad(dweights, dy, x, offsets, beta, squares);
   }
-  /** tma_pair: one launch over both products (kernel header "Weight product in CTA pairs"); elsewhere the two products (grouped_weight_pair.ts). */
+  /** tma_pair: one launch over both products (kernels/grouped_gemm_tma_dw.cuh, "Weight product in CTA pairs"); elsewhere the two products (grouped_weight_pair.ts). */
   groupedLinearWeightGradPair(dw1: readonly Tensor[], dw2: readonly Tensor[], dy1: Tensor, dy2: Tensor, x: Tensor, offsets: Tensor, beta: 0 | 1 = 1,
                               squares?: Tensor): boolean {
     return this.groupedGemm.groupedLinearWeightGradPair(dw1, dw2, dy1, dy2, x, offsets, beta, squares)

@@ -4,7 +4,8 @@
 // shape rules:
 //   mma    kernels/grouped_gemm.cu, mma.sync m16n8k16 (sm_80 and later);
 //   wgmma  kernels/grouped_gemm_wgmma.cu, Hopper warpgroup MMA (sm_90a only);
-//   tma    kernels/grouped_gemm_tma.cu (sm_90a only): TMA copies from a producer warpgroup,
+//   tma    kernels/grouped_gemm_tma.cu (sm_90a only; its machinery in grouped_gemm_tma.cuh, the
+//          weight product in grouped_gemm_tma_dw.cuh): TMA copies from a producer warpgroup,
 //          128 × 256 tiles, all three products, each a persistent kernel (at most one CTA per SM,
 //          each walking its share of the output tiles with the copy ring running on from tile to
 //          tile; forward and data over (row tile, column tile), the weight product over (expert,
@@ -15,7 +16,7 @@
 //          into both by TMA multicast (kernel header "CTA pairs": a third less L2 traffic); and
 //          the weight product in clusters whose two tiles share the activations' boxes, the
 //          gate's and the up's gradients as one launch (groupedLinearWeightGradPair; kernel
-//          header "Weight product in CTA pairs"). An earlier form of it (ce87017) measured 1.3–1.6× slower
+//          kernels/grouped_gemm_tma_dw.cuh, "Weight product in CTA pairs"). An earlier form of it (ce87017) measured 1.3–1.6× slower
 //          than tma; the kernel header lists what was changed since and why. This one, on an H100
 //          (2026-12-07 19:17 UTC, bench gemm --grouped): forward 0.543 / 0.579 ms against tma's
 //          0.603 / 0.644, data 0.588 / 0.541 against 0.638 / 0.573, SwiGLU forward 1.216
@@ -23,7 +24,7 @@
 //          product (H100, 2026-12-08 00:33 UTC), beta 0: f32 0.650 / 0.671 ms against tma's
 //          0.714 / 0.683; the gate-and-up pair in one launch 1.299 ms (f32) and 1.376 (bf16)
 //          against tma's two launches 1.414 and 1.540: 8–11%, not the third a bound on L2 bytes
-//          would give (kernel header). With beta 1 it is slower than tma's (3.29 against 2.97 ms,
+//          would give (grouped_gemm_tma_dw.cuh). With beta 1 it is slower than tma's (3.29 against 2.97 ms,
 //          f32), but 'auto' sends beta 1 to wgmma's kernel anyway.
 // Which one runs is the backend option groupedGemm; 'auto' is tma_pair on sm_90a (with wgmma's
 // weight product where it accumulates, beta 1), else mma. Measured on an H100 (2026-12-07 02:58 UTC,
@@ -159,7 +160,7 @@ export class GroupedGemmLauncher {
   gateUpData = true;
   /**
    * Whether tma_pair runs the weight products in CTA pairs, the gate's and the up's as one launch
-   * (kernel header "Weight product in CTA pairs"; on by default), or tma's one-CTA kernel, a launch
+   * (kernels/grouped_gemm_tma_dw.cuh, "Weight product in CTA pairs"; on by default), or tma's one-CTA kernel, a launch
    * a product (bench train --pair_dw=false, to measure the difference).
    */
   pairWeight = true;
@@ -319,7 +320,7 @@ export class GroupedGemmLauncher {
   /**
    * Two weight products over the same rows, dW1_e = dY1_eᵀ·X_e + beta·dW1_e and dW2_e likewise
    * (the experts' gate and up: Backend.groupedLinearWeightGradPair), in one launch where the
-   * tma_pair set runs them (kernel header "Weight product in CTA pairs": a pair is the same tile of
+   * tma_pair set runs them (kernels/grouped_gemm_tma_dw.cuh, "Weight product in CTA pairs": a pair is the same tile of
    * both, so every pair shares its X boxes). Returns null where it declines (another set, beta 1
    * under 'auto', mixed or other gradient types, shapes the kernels do not take; the caller runs
    * the two products), else whether it set squares (beta 0 with squares: Σ over both products).
@@ -446,9 +447,9 @@ export class GroupedGemmLauncher {
    * The tma set's weight product dW_e = dY_eᵀ·X_e + beta·dW_e, or under tma_pair two of them over
    * the same X (dweights and dys of length 2, each product's E gradients and its dY): maps over
    * the whole dY [M, N] (each) and X [M, K] with boxes of 64 columns × 64 rows (the MN-major
-   * column blocks of the kernel header), the gradients' address table (the first product's E
+   * column blocks of grouped_gemm_tma_dw.cuh), the gradients' address table (the first product's E
    * addresses, then the second's). tma: a persistent grid of at most one CTA per SM over the
-   * E·ceil(N/128)·ceil(K/256) output tiles. tma_pair (kernel header "Weight product in CTA pairs"):
+   * E·ceil(N/128)·ceil(K/256) output tiles. tma_pair (kernels/grouped_gemm_tma_dw.cuh, "Weight product in CTA pairs"):
    * clusters of two over E·ceil(K/256) times ceil(ceil(N/128) / 2) pairs of row tiles (one
    * product) or ceil(N/128) (two: the same tile of each), at most as many clusters as the GPU
    * runs at once. With squares (beta 0), the kernel leaves 8 partial sums of squares a tile in a
@@ -493,7 +494,7 @@ export class GroupedGemmLauncher {
 
   /**
    * The device array of the experts' weight maps (each W_e [N, K]: dims (K, N); forward boxes of
-   * 64 k × 128 weight rows, data boxes of 64 output columns × 64 reduction rows; kernel header),
+   * 64 k × 128 weight rows, data boxes of 64 output columns × 64 reduction rows; grouped_gemm_tma.cuh, operands),
    * encoded and uploaded on first use of these weights for this product.
    */
   private weightMapsOf(product: 'fwd' | 'dx', weights: readonly Tensor[], N: number, K: number, what: string): bigint {
