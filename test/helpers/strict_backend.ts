@@ -3,6 +3,7 @@
 // everywhere, so an op or gradient rule that hands a strided view to a method that requires a
 // contiguous tensor would pass every CPU test and then read garbage on the GPU. Tests that run on
 // this backend catch that on a machine without a GPU.
+import { headRowStride } from '../../src/backend/mla_head_rows.js';
 import { CpuBackend } from '../../src/backend/cpu/cpu_backend.js';
 import type { AttentionOptions, MatmulOptions } from '../../src/backend/backend.js';
 import type { TensorList } from '../../src/backend/tensor_list.js';
@@ -16,13 +17,10 @@ function dense(method: string, ...named: [string, Tensor | null][]): void {
   }
 }
 
-/** Contiguous, or a view of a wider [B,S,H,rs] tensor (rs a multiple of 8, the rest packed): what mlaAttention's q_nope, k_nope and v may be. */
+/** Contiguous, or a view of a wider [B,S,H,rs] tensor: what mlaAttention's q_nope, k_nope and v may be (backend/mla_head_rows.ts). */
 function headRows(method: string, ...named: [string, Tensor][]): void {
   for (const [name, t] of named) {
-    if (t.isContiguous()) continue;
-    const [, S, H] = t.shape as [number, number, number], rs = t.strides[2]!;
-    const packed = [S * H * rs, H * rs, rs, 1];
-    if (t.rank !== 4 || rs % 8 !== 0 || rs < t.shape[3]! || t.strides.some((st, i) => t.shape[i] !== 1 && st !== packed[i])) {
+    if (headRowStride(t) === null) {
       throw new Error(`contract: ${method}(${name}) got a view the kernels cannot read (shape [${t.shape}], strides [${t.strides}])`);
     }
   }

@@ -25,6 +25,7 @@
 // The -D defines below are every number a kernel and this launcher share; each kernel derives
 // its layout from them and static_asserts the shared-memory size given here. Profiling and
 // variant builds (other -D switches) are listed in bench/attention_notes.md, "Build switches".
+import { headRowStride } from '../../mla_head_rows.js';
 import { bytesPerElement } from '../../../tensor/dtype.js';
 import type { Tensor } from '../../../tensor/tensor.js';
 import type { AttentionOptions, MlaBlockEnds, RingSlots } from '../../backend.js';
@@ -129,11 +130,9 @@ function expectHeadRows(op: string, name: string, t: Tensor, shape: readonly [nu
   if (t.isContiguous()) { expectTensor(op, name, t, shape, 'bf16', layout); return shape[3]; }
   if (t.dtype !== 'bf16') throw new Error(`${op}: ${name} is ${t.dtype}; the CUDA kernels take bf16 here (cast ${name} to bf16)`);
   if (t.rank !== 4 || t.shape.some((d, i) => d !== shape[i])) throw new Error(`${op}: ${name} has shape [${t.shape}], expected ${layout} = [${shape}]`);
-  const [, S, H, width] = shape, rs = t.strides[2]!;
-  const packed = [S * H * rs, H * rs, rs, 1];
-  const rowsOk = t.strides[3] === 1 && rs >= width && rs % 8 === 0 && t.strides.every((st, i) => t.shape[i] === 1 || st === packed[i]);
-  if (!rowsOk) {
-    throw new Error(`${op}: ${name} has strides [${t.strides}]; the kernels take ${layout} contiguous, or a view of [B,S,H,rs] with rs ≥ ${width} a multiple of 8 (make a contiguous copy first)`);
+  const rs = headRowStride(t);
+  if (rs === null) {
+    throw new Error(`${op}: ${name} has strides [${t.strides}]; the kernels take ${layout} contiguous, or a view of [B,S,H,rs] with rs ≥ ${shape[3]} a multiple of 8 (make a contiguous copy first)`);
   }
   if (devicePtr(t) % 16n !== 0n) throw new Error(`${op}: ${name} starts at a 16-byte-misaligned address (offset ${t.offset} elements)`);
   return rs;
